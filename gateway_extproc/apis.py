@@ -1,0 +1,47 @@
+"""The provider APIs the gateway understands, and how a request path maps to one.
+
+Pure: no I/O. Everything the rest of the code needs to know about "which API is this" lives here.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Schema(enum.StrEnum):
+    """Wire family of a provider: decides error format, auth header and usage fields."""
+
+    OPENAI = "openai"
+    ANTHROPIC = "anthropic"
+
+
+class Api(enum.StrEnum):
+    """One metered endpoint. The value is the path under the gateway's `/v1` prefix."""
+
+    OPENAI_CHAT = "/chat/completions"
+    OPENAI_RESPONSES = "/responses"
+    OPENAI_EMBEDDINGS = "/embeddings"
+    OPENAI_COMPLETIONS = "/completions"
+    ANTHROPIC_MESSAGES = "/messages"
+
+    @property
+    def schema(self) -> Schema:
+        return Schema.ANTHROPIC if self is Api.ANTHROPIC_MESSAGES else Schema.OPENAI
+
+
+API_PREFIX = "/v1"
+MODELS_PATH = "/v1/models"
+_BY_PATH = {API_PREFIX + api.value: api for api in Api}
+
+
+def api_for_path(path: str) -> Api | None:
+    """The API a request path addresses (query string ignored), or None if it is not metered."""
+    return _BY_PATH.get(path.split("?", 1)[0].rstrip("/"))
+
+
+def schema_for_path(path: str) -> Schema:
+    """Best guess at the client's API family, used to format errors for unknown paths too."""
+    api = api_for_path(path)
+    if api is not None:
+        return api.schema
+    return Schema.ANTHROPIC if path.startswith(API_PREFIX + "/messages") else Schema.OPENAI

@@ -1,0 +1,34 @@
+"""Token usage of one request, normalised across providers.
+
+Input kinds are disjoint: `input_tokens` excludes cache reads and cache writes (OpenAI reports
+cached tokens *inside* `prompt_tokens`; Anthropic reports them beside `input_tokens` - the
+extractors normalise both to this shape, so nothing is counted twice).
+Output follows both providers: `output_tokens` includes `reasoning_tokens`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+
+class UsageSource(enum.StrEnum):
+    PROVIDER = "provider"  # the provider reported it
+    ESTIMATED = "estimated"  # no usage arrived (omitted, disconnect, abort): estimated from what was seen
+    NONE = "none"  # nothing billable happened (error status, request never sent)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Usage:
+    input_tokens: int = 0
+    cached_input_tokens: int = 0
+    cache_write_input_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    @property
+    def total_input_tokens(self) -> int:
+        return self.input_tokens + self.cached_input_tokens + self.cache_write_input_tokens
+
+    def as_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
