@@ -1,0 +1,92 @@
+"""The small error hierarchy. Only `ClientError`s reach clients, rendered in their API's format.
+
+Anything else that escapes the processor becomes a generic 500 carrying the request id; the
+details go to the log only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from gateway_extproc.apis import Schema
+
+
+class ConfigError(Exception):
+    """Configuration is invalid. Carries every problem found, each prefixed by its path."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("invalid configuration:\n  " + "\n  ".join(self.problems))
+
+
+class ClientError(Exception):
+    """An error the client may see. `code` is stable and documented in the README."""
+
+    status = 400
+    code = "invalid_request"
+    openai_type = "invalid_request_error"
+    anthropic_type = "invalid_request_error"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+class BadRequest(ClientError):
+    pass
+
+
+class UnknownModel(ClientError):
+    code = "model_not_found"
+    anthropic_type = "not_found_error"
+
+
+class NotFound(ClientError):
+    status = 404
+    code = "not_found"
+    anthropic_type = "not_found_error"
+
+
+class PayloadTooLarge(ClientError):
+    status = 413
+    code = "request_too_large"
+    anthropic_type = "request_too_large"
+
+
+class ProviderUnavailable(ClientError):
+    status = 503
+    code = "provider_unavailable"
+    openai_type = "server_error"
+    anthropic_type = "api_error"
+
+
+class InternalError(ClientError):
+    status = 500
+    code = "internal_error"
+    openai_type = "server_error"
+    anthropic_type = "api_error"
+
+
+def error_body(schema: Schema, err: ClientError, request_id: str) -> bytes:
+    """The JSON error body in the format the client's SDK parses."""
+    payload: dict[str, Any]
+    if schema is Schema.ANTHROPIC:
+        payload = {
+            "type": "error",
+            "error": {"type": err.anthropic_type, "message": err.message},
+            "request_id": request_id,
+        }
+    else:
+        payload = {
+            "error": {
+                "message": err.message,
+                "type": err.openai_type,
+                "param": None,
+                "code": err.code,
+            },
+            "request_id": request_id,
+        }
+    return orjson.dumps(payload)
