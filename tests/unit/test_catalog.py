@@ -1,0 +1,374 @@
+"""The price catalog: the shipped file, lookups, operator overrides and all-at-once validation."""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway_extproc.apis import Schema
+from gateway_extproc.catalog import Catalog, ModelEntry, Price
+from gateway_extproc.errors import ConfigError
+from gateway_extproc.pricing import usd_to_micros
+
+
+@pytest.fixture(scope="module")
+def shipped() -> Catalog:
+    return Catalog.load()
+
+
+def catalog_of(*docs: Any) -> Catalog:
+    return Catalog.from_documents([(f"doc{i}.yaml", doc) for i, doc in enumerate(docs)])
+
+
+def problems_of(*docs: Any) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        catalog_of(*docs)
+    return info.value.problems
+
+
+BAD_PRICE = "must be a number >= 0 with at most 6 decimal places"
+CHAT = {"provider": "local", "schema": "openai", "max_output_tokens": 1000}
+
+
+# --- the shipped catalog -----------------------------------------------------------------------
+
+SHIPPED_MODELS = [
+    *("gpt-5", "gpt-5-mini", "gpt-5-nano", "gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano"),
+    *("gpt-4o", "gpt-4o-2024-05-13", "gpt-4o-mini", "o3", "o4-mini", "o1"),
+    *("text-embedding-3-small", "text-embedding-3-large", "text-embedding-ada-002"),
+    "gpt-3.5-turbo-instruct",
+    *("claude-opus-4-1", "claude-opus-4", "claude-sonnet-4-5", "claude-sonnet-4"),
+    *("claude-haiku-4-5", "claude-3-5-haiku", "claude-3-7-sonnet"),
+]
+
+
+def test_shipped_catalog_loads_with_date_and_expected_models(shipped: Catalog) -> None:
+    assert isinstance(shipped.prices_as_of, datetime.date)
+    assert sorted(e.name for e in shipped.models()) == sorted(SHIPPED_MODELS)
+    assert [e.name for e in shipped.models()] == sorted(e.name for e in shipped.models())
+
+
+def test_every_shipped_entry_is_priced_and_consistent(shipped: Catalog) -> None:
+    for entry in shipped.models():
+        assert not entry.free, entry.name  # list prices only; free is for self-hosted models
+        assert entry.price.input > 0, entry.name
+        assert entry.provider in {"openai", "anthropic"}, entry.name
+        assert entry.schema is Schema(entry.provider), entry.name
+        if entry.embedding:
+            assert entry.price.output == 0 and entry.max_output_tokens == 0, entry.name
+        else:
+            assert entry.price.output > 0 and entry.max_output_tokens > 0, entry.name
+        assert entry.price.cached_input <= entry.price.input, entry.name
+    assert shipped.validate_providers(["openai", "anthropic"]) == []
+
+
+# (model, input, output, cached_input, cache_write) in USD per 1M tokens
+SHIPPED_PRICES = [
+    ("gpt-5", "1.25", "10", "0.125", "1.25"),
+    ("gpt-5-mini", "0.25", "2", "0.025", "0.25"),
+    ("gpt-5-nano", "0.05", "0.40", "0.005", "0.05"),
+    ("gpt-4.1", "2", "8", "0.50", "2"),
+    ("gpt-4.1-nano", "0.10", "0.40", "0.025", "0.10"),
+    ("gpt-4o", "2.50", "10", "1.25", "2.50"),
+    ("gpt-4o-2024-05-13", "5", "15", "5", "5"),
+    ("gpt-4o-mini", "0.15", "0.60", "0.075", "0.15"),
+    ("o4-mini", "1.10", "4.40", "0.275", "1.10"),
+    ("text-embedding-3-small", "0.02", "0", "0.02", "0.02"),
+    ("claude-sonnet-4-5", "3", "15", "0.30", "3.75"),
+    ("claude-haiku-4-5", "1", "5", "0.10", "1.25"),
+    ("claude-3-5-haiku", "0.80", "4", "0.08", "1"),
+    ("claude-opus-4-1", "15", "75", "1.50", "18.75"),
+]
+
+
+@pytest.mark.parametrize(("name", "inp", "out", "cached", "write"), SHIPPED_PRICES)
+def test_shipped_prices(
+    shipped: Catalog, name: str, inp: str, out: str, cached: str, write: str
+) -> None:
+    entry = shipped.lookup(name)
+    assert entry is not None
+    as_pico = [usd_to_micros(x) for x in (inp, out, cached, write, out)]
+    assert entry.price == Price(*as_pico)
+
+
+LOOKUPS = [
+    ("gpt-4o", "gpt-4o"),  # exact
+    ("gpt-4o-2024-08-06", "gpt-4o"),  # listed alias
+    ("gpt-4o-2024-05-13", "gpt-4o-2024-05-13"),  # exact beats the dated fallback: dearer snapshot
+    ("gpt-4o-2030-01-31", "gpt-4o"),  # OpenAI-style dated snapshot not listed
+    ("gpt-4o-mini-2024-07-18", "gpt-4o-mini"),
+    ("gpt-4.1-mini-2030-12-01", "gpt-4.1-mini"),
+    ("claude-sonnet-4-5", "claude-sonnet-4-5"),
+    ("claude-sonnet-4-5-20250929", "claude-sonnet-4-5"),  # listed alias
+    ("claude-sonnet-4-5-20300101", "claude-sonnet-4-5"),  # Anthropic-style dated snapshot
+    ("claude-3-5-haiku-latest", "claude-3-5-haiku"),
+    ("claude-3-7-sonnet-latest", "claude-3-7-sonnet"),
+    ("claude-opus-4-0", "claude-opus-4"),
+    ("claude-opus-4-1-20250805", "claude-opus-4-1"),
+    ("gpt-4o-2024-13-01", None),  # not a date
+    ("gpt-4o-20241301", None),
+    ("gpt-4o-2024-08-6", None),
+    ("gpt-4o-2024-0806", None),
+    ("claude-sonnet-4-5-2025092", None),
+    ("-2024-08-06", None),
+    ("unknown-model", None),
+    ("unknown-model-2024-08-06", None),
+    ("GPT-4O", None),  # names are exact
+    ("", None),
+]
+
+
+@pytest.mark.parametrize(("asked", "expected"), LOOKUPS)
+def test_lookup(shipped: Catalog, asked: str, expected: str | None) -> None:
+    entry = shipped.lookup(asked)
+    assert (entry.name if entry else None) == expected
+
+
+def test_every_name_and_alias_resolves_to_its_model(shipped: Catalog) -> None:
+    for entry in shipped.models():
+        for name in (entry.name, *entry.aliases):
+            assert shipped.lookup(name) is entry
+
+
+# --- defaults and free models ------------------------------------------------------------------
+
+
+def test_price_defaults() -> None:
+    catalog = catalog_of({"models": {"m": {**CHAT, "input": 1, "output": "2.5"}}})
+    entry = catalog.lookup("m")
+    assert entry == ModelEntry(
+        name="m",
+        provider="local",
+        schema=Schema.OPENAI,
+        max_output_tokens=1000,
+        price=Price(1_000_000, 2_500_000, 1_000_000, 1_000_000, 2_500_000),
+    )
+    assert catalog.prices_as_of is None
+
+
+def test_free_model_is_explicit_zero() -> None:
+    entry = catalog_of({"models": {"llama": {**CHAT, "free": True}}}).lookup("llama")
+    assert entry is not None and entry.free and entry.price == Price.free()
+
+
+def test_embedding_needs_only_input() -> None:
+    doc = {
+        "models": {"emb": {"provider": "p", "schema": "openai", "embedding": True, "input": 0.1}}
+    }
+    entry = catalog_of(doc).lookup("emb")
+    assert entry is not None and entry.embedding
+    assert (entry.price.input, entry.price.output, entry.max_output_tokens) == (100_000, 0, 0)
+
+
+def test_reasoning_price_when_it_differs() -> None:
+    doc = {"models": {"r": {**CHAT, "input": 1, "output": 4, "reasoning": 8}}}
+    entry = catalog_of(doc).lookup("r")
+    assert entry is not None and (entry.price.output, entry.price.reasoning) == (
+        4 * 10**6,
+        8 * 10**6,
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw", "pico"),
+    [(0.075, 75_000), ("0.075", 75_000), (0.0375, 37_500), (3, 3_000_000), (0, 0), ("1e2", 10**8)],
+)
+def test_price_values_accepted(raw: object, pico: int) -> None:
+    entry = catalog_of({"models": {"m": {**CHAT, "input": raw, "output": 1}}}).lookup("m")
+    assert entry is not None and entry.price.input == pico
+
+
+@pytest.mark.parametrize(
+    "raw", [-1, -0.5, "abc", True, float("nan"), float("inf"), "1e-7", 0.0000001, None, [1], ""]
+)
+def test_price_values_rejected(raw: object) -> None:
+    assert problems_of({"models": {"m": {**CHAT, "input": raw, "output": 1}}}) == [
+        f"doc0.yaml: models.m.input: {BAD_PRICE} (got {raw!r})"
+    ]
+
+
+# --- operator files ----------------------------------------------------------------------------
+
+
+def test_operator_files_merge_fields_add_and_remove(tmp_path: Path) -> None:
+    first = tmp_path / "first.yaml"
+    first.write_text(
+        'prices_as_of: "2026-01-15"\n'
+        "models:\n"
+        "  gpt-4o: {input: 2.25}\n"  # field-level: output and cached_input stay
+        "  o1: {remove: true}\n"
+        "  llama-3-70b: {provider: vllm, schema: openai, max_output_tokens: 8192, free: true}\n"
+        "  claude-haiku-4-5: {free: true}\n"  # free drops the inherited prices
+    )
+    second = tmp_path / "second.yaml"
+    second.write_text("models:\n  gpt-4o: {output: 9.5, aliases: [my-4o]}\n")
+    catalog = Catalog.load([first, second])
+
+    assert catalog.prices_as_of == datetime.date(2026, 1, 15)
+    gpt_4o = catalog.lookup("my-4o")
+    assert gpt_4o is not None and gpt_4o.name == "gpt-4o"
+    assert gpt_4o.price == Price(2_250_000, 9_500_000, 1_250_000, 2_250_000, 9_500_000)
+    assert gpt_4o.max_output_tokens == 16_384 and gpt_4o.provider == "openai"
+    assert gpt_4o.aliases == ("my-4o",)  # aliases are replaced, not appended
+    assert catalog.lookup("gpt-4o-2024-08-06") is gpt_4o  # still, by the dated fallback
+    for gone in ("o1", "o1-2024-12-17", "o1-2030-01-01"):
+        assert catalog.lookup(gone) is None
+    llama = catalog.lookup("llama-3-70b")
+    assert llama is not None and llama.free and llama.price == Price.free()
+    haiku = catalog.lookup("claude-haiku-4-5-20251001")
+    assert haiku is not None and haiku.free and haiku.price == Price.free()
+    assert catalog.validate_providers(["openai", "anthropic"]) == [
+        f"{first}: models.llama-3-70b.provider: 'vllm' is not a configured provider "
+        "(known: anthropic, openai)"
+    ]
+
+
+def test_removed_model_can_be_added_again() -> None:
+    base = {"models": {"m": {**CHAT, "input": 1, "output": 1, "aliases": ["m-latest"]}}}
+    again = {"models": {"m": {**CHAT, "free": True}}}
+    entry = catalog_of(base, {"models": {"m": {"remove": True}}}, again).lookup("m")
+    assert entry is not None and entry.free and entry.aliases == ()
+
+
+def test_empty_operator_documents_change_nothing() -> None:
+    base = {"models": {"m": {**CHAT, "input": 1, "output": 1}}}
+    assert [e.name for e in catalog_of(base, None, {}, {"models": None}).models()] == ["m"]
+
+
+def test_load_reports_unreadable_and_invalid_files_together(tmp_path: Path) -> None:
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("models: [unclosed\n")
+    duplicate = tmp_path / "dup.yaml"
+    duplicate.write_text("models:\n  gpt-4o: {input: 1}\n  gpt-4o: {input: 2}\n")
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("models:\n  gpt-4o: {inptu: 1}\n")
+    missing = tmp_path / "missing.yaml"
+    with pytest.raises(ConfigError) as info:
+        Catalog.load([bad_yaml, missing, duplicate, typo])
+    problems = info.value.problems
+    assert len(problems) == 4, problems
+    assert problems[0].startswith(f"{bad_yaml}: invalid YAML: ")
+    assert problems[1] == f"{missing}: cannot read: No such file or directory"
+    assert problems[2].startswith(f"{duplicate}: invalid YAML: ")
+    assert "found duplicate key 'gpt-4o'" in problems[2]
+    assert problems[3] == f"{typo}: models.gpt-4o.inptu: unknown key (did you mean 'input'?)"
+
+
+# --- validation: every problem at once ---------------------------------------------------------
+
+
+def test_every_validation_error_reported_at_once() -> None:
+    base = {
+        "prices_as_of": "2025-11-01",
+        "currency": "USD",
+        "models": {
+            "good": {**CHAT, "input": 1, "output": 2, "aliases": ["good-latest"]},
+            "taken": {**CHAT, "input": 1, "output": 2},
+        },
+    }
+    operator = {
+        "prices_as_of": "Nov 2025",
+        "currency": "EUR",
+        "modles": {},
+        "models": {
+            "good": {"input": "abc"},
+            "unpriced": {**CHAT},
+            "half-priced": {**CHAT, "input": 1},
+            "typo": {**CHAT, "inptu": 1, "output": 2},
+            "bad-schema": {**CHAT, "schema": "gemini", "input": 1, "output": 2},
+            "zero-max": {**CHAT, "max_output_tokens": 0, "input": 1, "output": 2},
+            "bool-max": {**CHAT, "max_output_tokens": True, "input": 1, "output": 2},
+            "no-fields": {"input": 1, "output": 2},
+            "free-and-priced": {**CHAT, "free": True, "output": 2},
+            "free-yes": {**CHAT, "free": "yes"},
+            "negative": {**CHAT, "input": -1, "output": 2},
+            "precise": {**CHAT, "input": "0.0000001", "output": 2},
+            "dup-alias": {**CHAT, "input": 1, "output": 2, "aliases": ["good-latest"]},
+            "alias-name": {**CHAT, "input": 1, "output": 2, "aliases": ["taken"]},
+            "self-alias": {**CHAT, "input": 1, "output": 2, "aliases": ["x", "self-alias", "x"]},
+            "bad-aliases": {**CHAT, "input": 1, "output": 2, "aliases": "good"},
+            "bad-provider": {**CHAT, "provider": "", "input": 1, "output": 2},
+            "remove-and-more": {"remove": True, "input": 1},
+            "never-existed": {"remove": True},
+            "not-a-mapping": "gpt-4o",
+            5: {**CHAT, "input": 1, "output": 2},
+        },
+    }
+    problems = problems_of(base, operator)
+    op = "doc1.yaml"
+    expected = [
+        f"{op}: prices_as_of: must be a date YYYY-MM-DD (got 'Nov 2025')",
+        f"{op}: currency: must be USD (got 'EUR')",
+        f"{op}: modles: unknown key (did you mean 'models'?)",
+        f"{op}: models.good.input: must be a number >= 0 with at most 6 decimal places (got 'abc')",
+        f"{op}: models.unpriced: needs input and output prices, or free: true",
+        f"{op}: models.half-priced: needs input and output prices, or free: true",
+        f"{op}: models.typo.inptu: unknown key (did you mean 'input'?)",
+        f"{op}: models.typo: needs input and output prices, or free: true",
+        f"{op}: models.bad-schema.schema: must be one of openai, anthropic (got 'gemini')",
+        f"{op}: models.zero-max.max_output_tokens: must be a positive integer (got 0)",
+        f"{op}: models.bool-max.max_output_tokens: must be a positive integer (got True)",
+        f"{op}: models.no-fields.provider: required",
+        f"{op}: models.no-fields.schema: required",
+        f"{op}: models.no-fields.max_output_tokens: required",
+        f"{op}: models.free-and-priced: free: true conflicts with prices (output)",
+        f"{op}: models.free-yes.free: must be true or false (got 'yes')",
+        f"{op}: models.negative.input: {BAD_PRICE} (got -1)",
+        f"{op}: models.precise.input: must be a number >= 0 with at most 6 decimal places "
+        "(got '0.0000001')",
+        f"{op}: models.dup-alias.aliases[0]: 'good-latest' is already an alias of good",
+        f"{op}: models.alias-name.aliases[0]: 'taken' is already the name of a model (doc0.yaml)",
+        f"{op}: models.self-alias.aliases[1]: 'self-alias' is the model's own name",
+        f"{op}: models.self-alias.aliases[2]: 'x' is listed twice",
+        f"{op}: models.bad-aliases.aliases: must be a list of model names (got 'good')",
+        f"{op}: models.bad-provider.provider: must be a non-empty string without surrounding "
+        "spaces (got '')",
+        f"{op}: models.remove-and-more.remove: cannot be combined with other fields",
+        f"{op}: models.never-existed.remove: no such model in an earlier catalog",
+        f"{op}: models.not-a-mapping: must be a mapping of model fields (got 'gpt-4o')",
+        f"{op}: models: model name 5: must be a non-empty string without surrounding spaces",
+    ]
+    missing = [p for p in expected if p not in problems]
+    unexpected = [p for p in problems if p not in expected]
+    assert (missing, unexpected) == ([], [])
+    assert len(problems) == len(expected)
+
+
+@pytest.mark.parametrize(
+    ("doc", "problem"),
+    [
+        ([], "doc0.yaml: must be a mapping with keys prices_as_of, currency, models"),
+        ({"models": []}, "doc0.yaml: models: must be a mapping of model name to fields"),
+        ({"prices_as_of": "2025-13-01"}, "doc0.yaml: prices_as_of: must be a date YYYY-MM-DD"),
+        ({"models": {" m": CHAT}}, "doc0.yaml: models: model name ' m': must be a non-empty"),
+        (
+            {"models": {"e": {"provider": "p", "schema": "openai", "embedding": True}}},
+            "doc0.yaml: models.e: needs an input price, or free: true",
+        ),
+        (
+            {"models": {"m": {**CHAT, "input": 1, "output": 1, "aliases": ["ok", 3]}}},
+            "doc0.yaml: models.m.aliases: must be a list of model names; each must be",
+        ),
+        ({"models": {"m": {**CHAT, "input": 1, "output": 1, "embedding": 1}}}, "embedding: must"),
+        ({"models": {"m": {**CHAT, "input": 1, "output": 1, "max_output_tokens": 1.5}}}, "max_"),
+    ],
+)
+def test_single_problems(doc: object, problem: str) -> None:
+    problems = problems_of(doc)
+    assert len(problems) == 1 and problem in problems[0], problems
+
+
+def test_yaml_date_objects_are_accepted() -> None:
+    catalog = catalog_of({"prices_as_of": datetime.date(2025, 11, 1)})
+    assert catalog.prices_as_of == datetime.date(2025, 11, 1)
+    assert problems_of({"prices_as_of": datetime.datetime(2025, 11, 1, 12, 0)})
+
+
+def test_constructor_rejects_ambiguous_names() -> None:
+    one = ModelEntry("a", "p", Schema.OPENAI, 1, Price.free(), free=True, aliases=("b",))
+    two = ModelEntry("b", "p", Schema.OPENAI, 1, Price.free(), free=True)
+    with pytest.raises(ValueError, match="more than one model"):
+        Catalog([one, two])
