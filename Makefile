@@ -1,0 +1,41 @@
+# The two commands a user needs: `make run` and `make test`. Both build .venv from pip first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint typecheck unit e2e envoy-config clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## run: the gateway on http://127.0.0.1:10000 (GATEWAY_PORT overrides); Ctrl-C stops it all
+run: $(STAMP)
+	$(BIN)/gatewayctl run
+
+## test: lint, type-check, unit tests, end-to-end tests through real Envoy
+test: $(STAMP) lint typecheck
+	$(BIN)/pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check gateway_extproc tests
+	$(BIN)/ruff format --check gateway_extproc tests
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest -q tests/unit
+
+e2e: $(STAMP)
+	$(BIN)/pytest -q tests/e2e
+
+## envoy-config: regenerate envoy/envoy.yaml (the bootstrap for the built-in config)
+envoy-config: $(STAMP)
+	$(BIN)/gatewayctl envoy-config --out envoy/envoy.yaml --ca-file /etc/ssl/certs/ca-certificates.crt
+
+clean:
+	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache

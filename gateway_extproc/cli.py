@@ -1,0 +1,129 @@
+"""`gatewayctl`: run the local stack, render the Envoy config, check a config file."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from gateway_extproc.errors import ConfigError
+
+
+def _config_path(value: str | None) -> Path | None:
+    value = value or os.environ.get("GATEWAY_CONFIG")
+    return Path(value) if value else None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gateway_extproc.stack import Stack, StackError
+
+    stack = Stack(run_dir=Path(args.run_dir), config_path=_config_path(args.config))
+    stopping = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        stack.start()
+    except StackError as exc:
+        print(f"gatewayctl: {exc}", file=sys.stderr)
+        return 1
+    mocked = [u.provider for u in stack_upstreams(stack) if u.mocked]
+    print(
+        f"\n  gateway   {stack.gateway_url}  (OpenAI SDK: base_url={stack.gateway_url}/v1, "
+        f"Anthropic SDK: base_url={stack.gateway_url})\n"
+        f"  admin     {stack.admin_url}\n"
+        f"  redis     {stack.redis_url}\n"
+        + (f"  mock      {stack.mock_url}  serving: {', '.join(mocked)}\n" if mocked else "")
+        + "  audit     one JSON line per request on stdout"
+        + (f" and in {stack.config.audit_file}" if stack.config.audit_file else "")
+        + "\n  Ctrl-C stops everything.\n",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        while not stopping:
+            for name, proc in stack.procs:
+                if proc.poll() is not None:
+                    print(f"gatewayctl: {name} exited ({proc.returncode}); stopping", file=sys.stderr)
+                    stopping = True
+            time.sleep(0.2)
+    finally:
+        stack.stop()
+    return 0
+
+
+def stack_upstreams(stack: object) -> list:  # type: ignore[type-arg]
+    from gateway_extproc.stack import Stack
+    from gateway_extproc.upstreams import resolve_upstreams
+
+    assert isinstance(stack, Stack)
+    return list(resolve_upstreams(stack.config, stack.environ, stack.mock_url).values())
+
+
+def cmd_envoy_config(args: argparse.Namespace) -> int:
+    from gateway_extproc import envoy_config
+    from gateway_extproc.config import load_config
+    from gateway_extproc.stack import ca_bundle
+    from gateway_extproc.upstreams import resolve_upstreams
+
+    config = load_config(_config_path(args.config), os.environ)
+    upstreams = resolve_upstreams(
+        config, os.environ, args.mock_url, assume_credentials=args.mock_url is None
+    )
+    ports = envoy_config.EnvoyPorts(
+        listen_host=config.listen_host,
+        listen_port=config.listen_port,
+        admin_port=config.admin_port,
+        sidecar_host=config.sidecar_host,
+        sidecar_port=args.sidecar_port,
+    )
+    text = envoy_config.render(envoy_config.build(config, ports, upstreams.values(), args.ca_file or ca_bundle()))
+    if args.out:
+        Path(args.out).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from gateway_extproc.config import load_config
+
+    config = load_config(_config_path(args.config), os.environ)
+    print(f"ok: {len(config.providers)} providers, {len(config.catalog.models())} models")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gatewayctl", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="start redis, the mock provider (if needed), sidecar and Envoy")
+    run.add_argument("--config", help="operator config file (default: $GATEWAY_CONFIG or built-in)")
+    run.add_argument("--run-dir", default=".run", help="where generated files and pids go")
+    run.set_defaults(func=cmd_run)
+    env = sub.add_parser("envoy-config", help="print the Envoy bootstrap for a config")
+    env.add_argument("--config")
+    env.add_argument("--out")
+    env.add_argument("--sidecar-port", type=int, default=50051)
+    env.add_argument("--mock-url", default=None)
+    env.add_argument("--ca-file", default=None)
+    env.set_defaults(func=cmd_envoy_config)
+    check = sub.add_parser("check-config", help="validate a config and report every problem")
+    check.add_argument("--config")
+    check.set_defaults(func=cmd_check)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"gatewayctl: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

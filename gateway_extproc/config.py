@@ -1,0 +1,288 @@
+"""Gateway configuration: parsed once, validated whole, every problem reported with its path.
+
+The environment is read only when `load_config` is called with it, never at import time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+import urllib.parse
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gateway_extproc.apis import Schema
+from gateway_extproc.catalog import Catalog
+from gateway_extproc.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class Credential:
+    """Where a provider key comes from and which header carries it upstream."""
+
+    header: str
+    prefix: str = ""
+    env: str | None = None
+    file: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ProviderConfig:
+    name: str
+    schema: Schema
+    base_url: str
+    auth: Credential | None  # None: the provider needs no key (local vLLM, Ollama)
+
+    @property
+    def cluster(self) -> str:
+        return f"provider_{self.name}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    max_request_body_bytes: int = 8 * 1024 * 1024
+    ext_proc_message_timeout_ms: int = 5000
+    stream_idle_timeout_s: int = 600
+    upstream_connect_timeout_s: int = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class GatewayConfig:
+    listen_host: str
+    listen_port: int
+    admin_port: int
+    limits: Limits
+    sidecar_host: str
+    sidecar_port: int
+    drain_s: float
+    grace_s: float
+    providers: dict[str, ProviderConfig]
+    mock_unconfigured_providers: bool
+    catalog: Catalog
+    audit_stdout: bool
+    audit_file: str | None
+
+
+def _default_document() -> dict[str, Any]:
+    text = importlib.resources.files("gateway_extproc").joinpath("default_config.yaml").read_text()
+    doc = yaml.safe_load(text)
+    assert isinstance(doc, dict)
+    return doc
+
+
+def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Mappings merge key by key; anything else in `override` replaces; None deletes."""
+    out = dict(base)
+    for key, value in override.items():
+        if value is None and key in out and isinstance(out[key], Mapping):
+            del out[key]
+        elif isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+class _Reader:
+    """Collects problems while reading a document, so all of them are reported at once."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def section(self, doc: Mapping[str, Any], key: str, allowed: set[str]) -> Mapping[str, Any]:
+        value = doc.get(key, {})
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            self.problems.append(f"{key}: must be a mapping")
+            return {}
+        for extra in sorted(set(value) - allowed):
+            self.problems.append(f"{key}.{extra}: unknown key")
+        return value
+
+    def integer(self, doc: Mapping[str, Any], path: str, key: str, lo: int, hi: int) -> int:
+        value = doc.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            self.problems.append(f"{path}.{key}: must be an integer in [{lo}, {hi}] (got {value!r})")
+            return lo
+        return value
+
+    def number(self, doc: Mapping[str, Any], path: str, key: str, default: float) -> float:
+        value = doc.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            self.problems.append(f"{path}.{key}: must be a number >= 0 (got {value!r})")
+            return default
+        return float(value)
+
+    def string(self, doc: Mapping[str, Any], path: str, key: str, *, optional: bool = False) -> str:
+        value = doc.get(key)
+        if value is None and optional:
+            return ""
+        if not isinstance(value, str) or not value:
+            self.problems.append(f"{path}.{key}: must be a non-empty string (got {value!r})")
+            return ""
+        return value
+
+    def boolean(self, doc: Mapping[str, Any], path: str, key: str, default: bool) -> bool:
+        value = doc.get(key, default)
+        if not isinstance(value, bool):
+            self.problems.append(f"{path}.{key}: must be true or false (got {value!r})")
+            return default
+        return value
+
+
+_PROVIDER_KEYS = {"schema", "base_url", "auth"}
+_AUTH_KEYS = {"header", "prefix", "env", "file"}
+
+
+def _provider(r: _Reader, name: str, doc: object) -> ProviderConfig | None:
+    path = f"providers.{name}"
+    if not isinstance(doc, Mapping):
+        r.problems.append(f"{path}: must be a mapping")
+        return None
+    for extra in sorted(set(doc) - _PROVIDER_KEYS):
+        r.problems.append(f"{path}.{extra}: unknown key")
+    schema_value = doc.get("schema")
+    try:
+        schema = Schema(schema_value)
+    except ValueError:
+        choices = ", ".join(s.value for s in Schema)
+        r.problems.append(f"{path}.schema: must be one of {choices} (got {schema_value!r})")
+        schema = Schema.OPENAI
+    base_url = r.string(doc, path, "base_url")
+    if base_url:
+        parts = urllib.parse.urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            r.problems.append(f"{path}.base_url: must be an http(s) URL (got {base_url!r})")
+        elif parts.query or parts.fragment:
+            r.problems.append(f"{path}.base_url: must not carry a query or fragment")
+    auth: Credential | None = None
+    auth_doc = doc.get("auth")
+    if isinstance(auth_doc, Mapping):
+        for extra in sorted(set(auth_doc) - _AUTH_KEYS):
+            r.problems.append(f"{path}.auth.{extra}: unknown key")
+        header = r.string(auth_doc, f"{path}.auth", "header").lower()
+        prefix = auth_doc.get("prefix", "")
+        env, file = auth_doc.get("env"), auth_doc.get("file")
+        if (env is None) == (file is None):
+            r.problems.append(f"{path}.auth: set exactly one of env, file")
+        if not isinstance(prefix, str):
+            r.problems.append(f"{path}.auth.prefix: must be a string")
+            prefix = ""
+        auth = Credential(header=header, prefix=prefix, env=env, file=file)
+    elif auth_doc is not None:
+        r.problems.append(f"{path}.auth: must be a mapping or null")
+    return ProviderConfig(name=name, schema=schema, base_url=base_url, auth=auth)
+
+
+def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayConfig:
+    """Validate a merged document; raise ConfigError listing every problem."""
+    r = _Reader()
+    known = {"listener", "limits", "sidecar", "providers", "mock_unconfigured_providers"}
+    for extra in sorted(set(doc) - known - {"catalog", "audit"}):
+        r.problems.append(f"{extra}: unknown key")
+    listener = r.section(doc, "listener", {"host", "port", "admin_port"})
+    limits_doc = r.section(doc, "limits", {f.name for f in dataclasses.fields(Limits)})
+    sidecar = r.section(doc, "sidecar", {"host", "port", "drain_s", "grace_s"})
+    audit = r.section(doc, "audit", {"stdout", "file"})
+    catalog_doc = r.section(doc, "catalog", {"files"})
+
+    port = listener.get("port")
+    if "GATEWAY_PORT" in environ:
+        try:
+            port = int(environ["GATEWAY_PORT"])
+        except ValueError:
+            r.problems.append(f"GATEWAY_PORT: must be an integer (got {environ['GATEWAY_PORT']!r})")
+    listen_port = r.integer({"port": port}, "listener", "port", 0, 65535)
+    limits = Limits(
+        max_request_body_bytes=r.integer(
+            limits_doc, "limits", "max_request_body_bytes", 1024, 512 * 1024 * 1024
+        ),
+        ext_proc_message_timeout_ms=r.integer(
+            limits_doc, "limits", "ext_proc_message_timeout_ms", 50, 3_600_000
+        ),
+        stream_idle_timeout_s=r.integer(limits_doc, "limits", "stream_idle_timeout_s", 1, 86_400),
+        upstream_connect_timeout_s=r.integer(
+            limits_doc, "limits", "upstream_connect_timeout_s", 1, 600
+        ),
+    )
+
+    providers: dict[str, ProviderConfig] = {}
+    providers_doc = doc.get("providers")
+    if not isinstance(providers_doc, Mapping) or not providers_doc:
+        r.problems.append("providers: must name at least one provider")
+    else:
+        for name, pdoc in providers_doc.items():
+            if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
+                r.problems.append(f"providers.{name}: name must be letters, digits, - and _")
+                continue
+            provider = _provider(r, name, pdoc)
+            if provider is not None:
+                providers[name] = provider
+
+    catalog_files = catalog_doc.get("files") or []
+    catalog: Catalog | None = None
+    if not isinstance(catalog_files, list) or not all(isinstance(f, str) for f in catalog_files):
+        r.problems.append("catalog.files: must be a list of paths")
+    else:
+        try:
+            catalog = Catalog.load([Path(f) for f in catalog_files])
+        except ConfigError as exc:
+            r.problems.extend(exc.problems)
+        except OSError as exc:
+            r.problems.append(f"catalog.files: {exc}")
+    if catalog is not None and providers:
+        r.problems.extend(catalog.validate_providers(providers))
+        for entry in catalog.models():
+            provider = providers.get(entry.provider)
+            if provider is not None and provider.schema is not entry.schema:
+                r.problems.append(
+                    f"catalog: models.{entry.name}: schema {entry.schema.value} but provider "
+                    f"{entry.provider} speaks {provider.schema.value}"
+                )
+
+    audit_file = environ.get("GATEWAY_AUDIT_LOG") or audit.get("file")
+    if audit_file is not None and not isinstance(audit_file, str):
+        r.problems.append("audit.file: must be a path or null")
+        audit_file = None
+    config = GatewayConfig(
+        listen_host=r.string(listener, "listener", "host"),
+        listen_port=listen_port,
+        admin_port=r.integer(listener, "listener", "admin_port", 0, 65535),
+        limits=limits,
+        sidecar_host=r.string(sidecar, "sidecar", "host"),
+        sidecar_port=r.integer(sidecar, "sidecar", "port", 0, 65535),
+        drain_s=r.number(sidecar, "sidecar", "drain_s", 2.0),
+        grace_s=r.number(sidecar, "sidecar", "grace_s", 5.0),
+        providers=providers,
+        mock_unconfigured_providers=r.boolean(doc, "", "mock_unconfigured_providers", True),
+        catalog=catalog if catalog is not None else Catalog.from_documents([]),
+        audit_stdout=r.boolean(audit, "audit", "stdout", True),
+        audit_file=audit_file or None,
+    )
+    if r.problems:
+        raise ConfigError(r.problems)
+    return config
+
+
+def load_document(path: Path | None) -> dict[str, Any]:
+    """The built-in document with the operator file (if any) merged over it."""
+    doc = _default_document()
+    if path is None:
+        return doc
+    try:
+        user = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError([f"{path}: {exc}"]) from exc
+    if user is None:
+        return doc
+    if not isinstance(user, Mapping):
+        raise ConfigError([f"{path}: must be a mapping at the top level"])
+    return merge(doc, user)
+
+
+def load_config(path: Path | None, environ: Mapping[str, str]) -> GatewayConfig:
+    return parse_config(load_document(path), environ)

@@ -1,0 +1,22 @@
+"""What every stream processor shares: built once at start-up, immutable afterwards."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+
+from gateway_extproc.audit import AuditSink
+from gateway_extproc.catalog import Catalog
+from gateway_extproc.config import GatewayConfig
+from gateway_extproc.upstreams import Upstream
+
+
+@dataclasses.dataclass(frozen=True)
+class GatewayContext:
+    config: GatewayConfig
+    catalog: Catalog
+    upstreams: dict[str, Upstream]
+    audit: AuditSink
+    monotonic: Callable[[], float] = time.monotonic
+    wall_clock: Callable[[], float] = time.time

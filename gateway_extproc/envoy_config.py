@@ -1,0 +1,258 @@
+"""Generate Envoy's bootstrap from the gateway config: the clusters follow the provider list.
+
+Pure: takes resolved values, returns a dict (and YAML text). `envoy --mode validate` is run on
+every config this produces by the tests and by `gatewayctl run` before it starts Envoy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from collections.abc import Iterable
+from typing import Any
+
+import yaml
+
+from gateway_extproc.config import GatewayConfig
+from gateway_extproc.processor import CLUSTER_HEADER
+from gateway_extproc.server import GRPC_MESSAGE_SLACK
+from gateway_extproc.upstreams import Upstream
+
+EXTPROC_CLUSTER = "gateway_extproc"
+_T = "type.googleapis.com/envoy."
+_HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+# One JSON line per request on stderr; no request or response headers that may carry secrets.
+ACCESS_LOG_FORMAT = {
+    "type": "envoy.access",
+    "time": "%START_TIME%",
+    "request_id": "%REQ(X-REQUEST-ID)%",
+    "method": "%REQ(:METHOD)%",
+    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+    "status": "%RESPONSE_CODE%",
+    "details": "%RESPONSE_CODE_DETAILS%",
+    "flags": "%RESPONSE_FLAGS%",
+    "upstream_cluster": "%UPSTREAM_CLUSTER%",
+    "upstream_host": "%UPSTREAM_HOST%",
+    "duration_ms": "%DURATION%",
+    "bytes_received": "%BYTES_RECEIVED%",
+    "bytes_sent": "%BYTES_SENT%",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvoyPorts:
+    listen_host: str
+    listen_port: int
+    admin_port: int
+    sidecar_host: str
+    sidecar_port: int
+
+
+def _socket(host: str, port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": host, "port_value": port}}
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _protocol_options(http2: bool, *, tls: bool = False) -> dict[str, Any]:
+    if http2:
+        config: dict[str, Any] = {"explicit_http_config": {"http2_protocol_options": {}}}
+    elif tls:  # ALPN picks h2 or http/1.1, as the provider prefers
+        config = {"auto_config": {"http2_protocol_options": {}, "http_protocol_options": {}}}
+    else:
+        config = {"explicit_http_config": {"http_protocol_options": {}}}
+    return {_HTTP_OPTIONS: {"@type": _T[: -len("envoy.")] + _HTTP_OPTIONS, **config}}
+
+
+def _provider_cluster(up: Upstream, config: GatewayConfig, ca_file: str) -> dict[str, Any]:
+    endpoint: dict[str, Any] = {"address": _socket(up.host, up.port)}
+    if not _is_ip(up.host):
+        endpoint["hostname"] = up.host  # used by auto_host_rewrite for the Host header
+    cluster: dict[str, Any] = {
+        "name": up.cluster,
+        "type": "STATIC" if _is_ip(up.host) else "LOGICAL_DNS",
+        "connect_timeout": f"{config.limits.upstream_connect_timeout_s}s",
+        "per_connection_buffer_limit_bytes": config.limits.max_request_body_bytes,
+        "load_assignment": {
+            "cluster_name": up.cluster,
+            "endpoints": [{"lb_endpoints": [{"endpoint": endpoint}]}],
+        },
+        "typed_extension_protocol_options": _protocol_options(False, tls=up.tls),
+    }
+    if not _is_ip(up.host):
+        cluster["dns_lookup_family"] = "V4_PREFERRED"
+    if up.tls:
+        cluster["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": _T + "extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": up.host,
+                "common_tls_context": {
+                    "alpn_protocols": ["h2", "http/1.1"],
+                    "validation_context": {
+                        "trusted_ca": {"filename": ca_file},
+                        "match_typed_subject_alt_names": [
+                            {"san_type": "DNS", "matcher": {"exact": up.host}}
+                        ],
+                    },
+                },
+            },
+        }
+    return cluster
+
+
+def _ext_proc_filter(config: GatewayConfig) -> dict[str, Any]:
+    timeout_ms = config.limits.ext_proc_message_timeout_ms
+    return {
+        "name": "envoy.filters.http.ext_proc",
+        "typed_config": {
+            "@type": _T + "extensions.filters.http.ext_proc.v3.ExternalProcessor",
+            "grpc_service": {
+                "envoy_grpc": {
+                    "cluster_name": EXTPROC_CLUSTER,
+                    "max_receive_message_length": config.limits.max_request_body_bytes
+                    + GRPC_MESSAGE_SLACK,
+                },
+            },
+            # A dead sidecar must not let traffic through unmetered: fail closed, clearly.
+            "failure_mode_allow": False,
+            "status_on_error": {"code": 503},
+            "message_timeout": f"{timeout_ms / 1000:g}s",
+            "max_message_timeout": f"{max(timeout_ms / 1000, 30):g}s",
+            "allow_mode_override": True,
+            "processing_mode": {
+                "request_header_mode": "SEND",
+                "request_body_mode": "BUFFERED",
+                "response_header_mode": "SEND",
+                # JSON bodies are buffered (the cost header needs the whole body); the sidecar
+                # switches event streams to STREAMED with mode_override.
+                "response_body_mode": "BUFFERED",
+                "request_trailer_mode": "SKIP",
+                "response_trailer_mode": "SKIP",
+            },
+        },
+    }
+
+
+def _compressor_filter() -> dict[str, Any]:
+    # Before ext_proc in the list, so it runs after it on responses: the sidecar meters
+    # identity bytes and the client still gets gzip when it asked for it.
+    return {
+        "name": "envoy.filters.http.compressor",
+        "typed_config": {
+            "@type": _T + "extensions.filters.http.compressor.v3.Compressor",
+            "response_direction_config": {
+                "common_config": {"content_type": ["application/json"]},
+            },
+            "compressor_library": {
+                "name": "gzip",
+                "typed_config": {
+                    "@type": _T + "extensions.compression.gzip.compressor.v3.Gzip",
+                },
+            },
+        },
+    }
+
+
+def _http_connection_manager(config: GatewayConfig) -> dict[str, Any]:
+    idle = f"{config.limits.stream_idle_timeout_s}s"
+    return {
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": _T + "extensions.filters.network.http_connection_manager.v3."
+            "HttpConnectionManager",
+            "stat_prefix": "gateway",
+            "codec_type": "AUTO",
+            "use_remote_address": True,
+            "stream_idle_timeout": idle,
+            "request_headers_timeout": "30s",
+            "access_log": [
+                {
+                    "name": "envoy.access_loggers.stderr",
+                    "typed_config": {
+                        "@type": _T + "extensions.access_loggers.stream.v3.StderrAccessLog",
+                        "log_format": {"json_format": ACCESS_LOG_FORMAT},
+                    },
+                }
+            ],
+            "route_config": {
+                "name": "llm",
+                "virtual_hosts": [
+                    {
+                        "name": "llm",
+                        "domains": ["*"],
+                        "routes": [
+                            {
+                                "match": {
+                                    "prefix": "/",
+                                    "headers": [{"name": CLUSTER_HEADER, "present_match": True}],
+                                },
+                                "route": {
+                                    "cluster_header": CLUSTER_HEADER,
+                                    # LLM responses stream for minutes: no overall timeout;
+                                    # an idle stream is still cut.
+                                    "timeout": "0s",
+                                    "idle_timeout": idle,
+                                    "auto_host_rewrite": True,
+                                },
+                            }
+                        ],
+                    }
+                ],
+            },
+            "http_filters": [
+                _compressor_filter(),
+                _ext_proc_filter(config),
+                {
+                    "name": "envoy.filters.http.router",
+                    "typed_config": {"@type": _T + "extensions.filters.http.router.v3.Router"},
+                },
+            ],
+        },
+    }
+
+
+def build(
+    config: GatewayConfig, ports: EnvoyPorts, upstreams: Iterable[Upstream], ca_file: str
+) -> dict[str, Any]:
+    limit = config.limits.max_request_body_bytes
+    sidecar_cluster = {
+        "name": EXTPROC_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": _protocol_options(True),
+        "load_assignment": {
+            "cluster_name": EXTPROC_CLUSTER,
+            "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": _socket(ports.sidecar_host, ports.sidecar_port)}}]}
+            ],
+        },
+    }
+    return {
+        "admin": {"address": _socket("127.0.0.1", ports.admin_port)},
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "gateway",
+                    "address": _socket(ports.listen_host, ports.listen_port),
+                    # Bounds buffered bodies: larger requests get 413 from Envoy.
+                    "per_connection_buffer_limit_bytes": limit,
+                    "filter_chains": [{"filters": [_http_connection_manager(config)]}],
+                }
+            ],
+            "clusters": [sidecar_cluster]
+            + [_provider_cluster(up, config, ca_file) for up in upstreams],
+        },
+    }
+
+
+def render(bootstrap: dict[str, Any]) -> str:
+    header = "# Generated by gatewayctl envoy-config from the gateway config. Do not edit.\n"
+    return header + yaml.safe_dump(bootstrap, sort_keys=False, width=100)

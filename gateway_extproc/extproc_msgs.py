@@ -1,0 +1,96 @@
+"""Builders for ext_proc protobuf replies: the only module that spells Envoy's message shapes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.type.v3 import http_status_pb2
+
+ProcessingRequest = pb.ProcessingRequest
+ProcessingResponse = pb.ProcessingResponse
+
+
+def headers_of(message: pb.HttpHeaders) -> dict[str, str]:
+    """Envoy's header map as a dict of lower-case names (Envoy sends values as raw bytes)."""
+    out: dict[str, str] = {}
+    for h in message.headers.headers:
+        out[h.key.lower()] = h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value
+    return out
+
+
+def _mutation(set_headers: Mapping[str, str], remove: Iterable[str]) -> pb.HeaderMutation:
+    return pb.HeaderMutation(
+        set_headers=[
+            base_pb2.HeaderValueOption(
+                header=base_pb2.HeaderValue(key=k, raw_value=v.encode()),
+                append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+            )
+            for k, v in set_headers.items()
+        ],
+        remove_headers=list(remove),
+    )
+
+
+def common(
+    *,
+    set_headers: Mapping[str, str] | None = None,
+    remove: Iterable[str] = (),
+    body: bytes | None = None,
+    clear_route_cache: bool = False,
+) -> pb.CommonResponse:
+    resp = pb.CommonResponse(clear_route_cache=clear_route_cache)
+    if set_headers or remove:
+        resp.header_mutation.CopyFrom(_mutation(set_headers or {}, remove))
+    if body is not None:
+        resp.body_mutation.body = body
+    return resp
+
+
+def request_headers_reply(c: pb.CommonResponse) -> pb.ProcessingResponse:
+    return pb.ProcessingResponse(request_headers=pb.HeadersResponse(response=c))
+
+
+def request_body_reply(c: pb.CommonResponse) -> pb.ProcessingResponse:
+    return pb.ProcessingResponse(request_body=pb.BodyResponse(response=c))
+
+
+def response_headers_reply(c: pb.CommonResponse, *, stream_body: bool) -> pb.ProcessingResponse:
+    reply = pb.ProcessingResponse(response_headers=pb.HeadersResponse(response=c))
+    if stream_body:
+        reply.mode_override.CopyFrom(
+            processing_mode_pb2.ProcessingMode(
+                response_body_mode=processing_mode_pb2.ProcessingMode.STREAMED
+            )
+        )
+    return reply
+
+
+def response_body_reply(c: pb.CommonResponse | None = None) -> pb.ProcessingResponse:
+    return pb.ProcessingResponse(response_body=pb.BodyResponse(response=c or pb.CommonResponse()))
+
+
+def passthrough(request: pb.ProcessingRequest) -> pb.ProcessingResponse:
+    """An empty 'continue' reply of the right kind for any phase."""
+    phase = request.WhichOneof("request")
+    if phase in ("request_headers", "response_headers"):
+        return pb.ProcessingResponse(**{phase: pb.HeadersResponse()})
+    if phase in ("request_body", "response_body"):
+        return pb.ProcessingResponse(**{phase: pb.BodyResponse()})
+    return pb.ProcessingResponse(**{phase or "request_trailers": pb.TrailersResponse()})
+
+
+def immediate(
+    status: int, body: bytes, headers: Mapping[str, str], details: str
+) -> pb.ProcessingResponse:
+    """Answer the client directly; Envoy never contacts the upstream."""
+    return pb.ProcessingResponse(
+        immediate_response=pb.ImmediateResponse(
+            status=http_status_pb2.HttpStatus(code=status),  # type: ignore[arg-type]
+            headers=_mutation(headers, ()),
+            body=body,
+            details=details,
+        )
+    )

