@@ -241,7 +241,10 @@ class StreamProcessor:
         if self.meter is not None:
             result = self.meter.finish()
             usage, provider_model, output_chars = result.usage, result.served_model, result.output_chars
-            complete = complete and result.completed
+            # The stream's own terminal event makes its usage final, even when the client hung
+            # up before the transport's end-of-stream reached Envoy.
+            complete = result.completed and not self.metering_broken
+            self.completed = self.completed or result.completed
         elif self.json_body and not self.metering_broken:
             jr = usage_from_json(self.request.api, bytes(self.json_body))
             usage, provider_model, output_chars = jr.usage, jr.served_model, jr.output_chars

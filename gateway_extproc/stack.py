@@ -99,12 +99,13 @@ class Stack:
     environ: Mapping[str, str] = dataclasses.field(default_factory=lambda: dict(os.environ))
     listen_port: int | None = None  # None: from config (GATEWAY_PORT); 0: ephemeral
     admin_port: int | None = None
-    output: IO[bytes] | None = None  # where children write; None: inherit the terminal
+    log_path: Path | None = None  # where children write; None: inherit the terminal
     mock_args: tuple[str, ...] = ()
     start_sidecar: bool = True
 
     def __post_init__(self) -> None:
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.output: IO[bytes] | None = None
         self.config: GatewayConfig = load_config(self.config_path, self.environ)
         self.redis_url = ""
         self.mock_url: str | None = None
@@ -207,6 +208,8 @@ class Stack:
 
     def start(self) -> Stack:
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.log_path is not None:
+            self.output = self.log_path.open("ab")
         try:
             self.start_redis()
             if needs_mock(self.config, self.environ):
@@ -233,3 +236,6 @@ class Stack:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+        if self.output is not None:
+            self.output.close()
+            self.output = None

@@ -1,0 +1,74 @@
+"""The end-to-end stack: real Envoy, the real sidecar, a real redis-server and the mock provider,
+started once per session on ephemeral loopback ports by the same code `make run` uses."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import anthropic
+import openai
+import pytest
+
+from gateway_extproc.stack import Stack
+from tests.e2e.harness import FIXTURES, AuditLog, MockLog
+
+pytestmark = pytest.mark.e2e
+
+
+def stack_environ(run_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    env.update(GATEWAY_AUDIT_LOG=str(run_dir / "audit.jsonl"), PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def start_stack(run_dir: Path, **kwargs: object) -> Stack:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    environ = kwargs.pop("environ", None) or stack_environ(run_dir)
+    stack = Stack(
+        run_dir=run_dir,
+        environ=environ,  # type: ignore[arg-type]
+        listen_port=0,
+        admin_port=0,
+        log_path=run_dir / "stack.log",
+        **kwargs,  # type: ignore[arg-type]
+    )
+    try:
+        return stack.start()
+    except BaseException:
+        print((run_dir / "stack.log").read_text(errors="replace")[-5000:])
+        raise
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    run_dir = tmp_path_factory.mktemp("stack")
+    s = start_stack(run_dir, mock_args=("--fixtures-dir", str(FIXTURES)))
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="session")
+def audit(stack: Stack) -> AuditLog:
+    return AuditLog(stack.run_dir / "audit.jsonl")
+
+
+@pytest.fixture(scope="session")
+def mock(stack: Stack) -> MockLog:
+    assert stack.mock_url is not None
+    return MockLog(stack.mock_url.removesuffix("/v1"))
+
+
+@pytest.fixture
+def oai(stack: Stack) -> Iterator[openai.OpenAI]:
+    client = openai.OpenAI(base_url=stack.gateway_url + "/v1", api_key="client-key", max_retries=0)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def claude(stack: Stack) -> Iterator[anthropic.Anthropic]:
+    client = anthropic.Anthropic(base_url=stack.gateway_url, api_key="client-key", max_retries=0)
+    yield client
+    client.close()

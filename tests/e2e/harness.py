@@ -1,0 +1,100 @@
+"""Helpers for end-to-end tests: the audit log, the mock's request log, exact expected costs."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+FIXTURES = REPO.parent / "shared" / "fixtures" / "recorded-openai"
+CATALOG = REPO / "gateway_extproc" / "catalog.yaml"
+
+
+class AuditLog:
+    """Reads the audit file the sidecar appends to (GATEWAY_AUDIT_LOG)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def records(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def wait_for(self, request_id: str, timeout: float = 15) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [r for r in self.records() if r["request_id"] == request_id]
+            if found:
+                assert len(found) == 1, f"{len(found)} audit records for {request_id}"
+                return found[0]
+            time.sleep(0.05)
+        raise AssertionError(f"no audit record for request {request_id} after {timeout}s")
+
+
+class MockLog:
+    """What the mock provider received (GET /_mock/requests)."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+
+    def requests(self) -> list[dict[str, Any]]:
+        with urllib.request.urlopen(self.base + "/_mock/requests", timeout=5) as r:
+            return list(json.load(r))
+
+    def clear(self) -> None:
+        req = urllib.request.Request(self.base + "/_mock/requests", method="DELETE")
+        with urllib.request.urlopen(req, timeout=5):
+            pass
+
+    def last(self) -> dict[str, Any]:
+        reqs = self.requests()
+        assert reqs, "the mock received no request"
+        return reqs[-1]
+
+
+def _raw_catalog() -> dict[str, Any]:
+    doc = yaml.safe_load(CATALOG.read_text())
+    models: dict[str, Any] = doc["models"]
+    return models
+
+
+def expected_cost_micros(model: str, tokens: dict[str, int]) -> int:
+    """The catalog's list price for these tokens, computed independently of the gateway's code:
+    USD per 1M tokens straight from catalog.yaml, exact fractions, rounded half up once."""
+    entry = _raw_catalog()[model]
+
+    def price(field: str, default: str) -> Fraction:
+        return Fraction(str(entry.get(field, entry.get(default, 0))))
+
+    usd_per_million = (
+        tokens["input_tokens"] * price("input", "input")
+        + tokens["cached_input_tokens"] * price("cached_input", "input")
+        + tokens["cache_write_input_tokens"] * price("cache_write", "input")
+        + (tokens["output_tokens"] - tokens["reasoning_tokens"]) * price("output", "output")
+        + tokens["reasoning_tokens"] * price("reasoning", "output")
+    )
+    micros = usd_per_million  # $/1M tokens x tokens = micro-dollars
+    return int(micros + Fraction(1, 2)) if micros >= 0 else -int(-micros + Fraction(1, 2))
+
+
+def tokens(
+    input_tokens: int = 0,
+    cached: int = 0,
+    cache_write: int = 0,
+    output: int = 0,
+    reasoning: int = 0,
+) -> dict[str, int]:
+    return {
+        "input_tokens": input_tokens,
+        "cached_input_tokens": cached,
+        "cache_write_input_tokens": cache_write,
+        "output_tokens": output,
+        "reasoning_tokens": reasoning,
+    }
