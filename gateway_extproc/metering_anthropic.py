@@ -1,0 +1,140 @@
+"""Anthropic Messages usage.
+
+Normalisation (see `tokens.Usage`): Anthropic's `input_tokens` *excludes* cache reads and cache
+writes, which it reports beside it, so the fields map one to one. Thinking tokens are part of
+`output_tokens` and not reported separately: `reasoning_tokens` stays 0.
+
+In a stream, usage is cumulative, never a delta: `message_start` carries `message.usage`, each
+`message_delta` carries `usage` with the running `output_tokens` and possibly updated input
+fields. Values are never summed. A cumulative count never goes down, so for every field the
+latest value is also the largest: the largest wins, which is the same for Anthropic's own streams
+and also ignores the `input_tokens: 0` placeholders some Anthropic-compatible servers put in
+`message_delta` (the bug behind envoyproxy/ai-gateway#1631).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import orjson
+
+from gateway_extproc.metering_common import (
+    JsonMeterResult,
+    count,
+    nonempty_str,
+    text_len,
+    usage_or_none,
+)
+from gateway_extproc.tokens import Usage
+
+__all__ = ["AnthropicStream", "meter_anthropic_json", "usage_from_anthropic"]
+
+_FIELDS = (
+    "input_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
+    "output_tokens",
+)
+
+
+def _valid_fields(obj: object) -> dict[str, int]:
+    fields: dict[str, int] = {}
+    for name in _FIELDS:
+        value = count(obj, name)
+        if value is not None:
+            fields[name] = value
+    return fields
+
+
+def _usage(fields: dict[str, int]) -> Usage | None:
+    return usage_or_none(
+        bool(fields),
+        input_tokens=fields.get("input_tokens", 0),
+        cached_input_tokens=fields.get("cache_read_input_tokens", 0),
+        cache_write_input_tokens=fields.get("cache_creation_input_tokens", 0),
+        output_tokens=fields.get("output_tokens", 0),
+    )
+
+
+def usage_from_anthropic(obj: object) -> Usage | None:
+    """Usage from an Anthropic `usage` object. None when it holds no valid count."""
+    return _usage(_valid_fields(obj))
+
+
+def _block_chars(block: object) -> int:
+    """Generated characters in a content block: text, thinking, tool input (as JSON)."""
+    if not isinstance(block, dict):
+        return 0
+    n = text_len(block.get("text")) + text_len(block.get("thinking"))
+    tool_input = block.get("input")
+    if isinstance(tool_input, dict | list):
+        # Nested deeper than orjson writes (254 levels): not worth a crash, count nothing.
+        with contextlib.suppress(orjson.JSONEncodeError):
+            n += len(orjson.dumps(tool_input))
+    return n
+
+
+def meter_anthropic_json(obj: dict[str, object]) -> JsonMeterResult:
+    """A non-streamed Messages response."""
+    content = obj.get("content")
+    chars = sum(_block_chars(block) for block in content) if isinstance(content, list) else 0
+    return JsonMeterResult(
+        usage=usage_from_anthropic(obj.get("usage")),
+        served_model=nonempty_str(obj.get("model")),
+        output_chars=chars,
+    )
+
+
+class AnthropicStream:
+    """Messages streams: `message_start`, `content_block_*`, `message_delta`, `message_stop`.
+
+    Completed on `message_stop`, unless an `error` event came first (an overloaded or failed
+    stream ends with `event: error`, or may be cut short).
+    """
+
+    __slots__ = ("_counts", "_errored", "completed", "output_chars", "served_model")
+
+    def __init__(self) -> None:
+        self.served_model: str | None = None
+        self.output_chars = 0
+        self.completed = False
+        self._errored = False
+        self._counts: dict[str, int] = {}
+
+    def on_json(self, event: str | None, obj: dict[str, object]) -> None:
+        kind = obj.get("type")
+        if not isinstance(kind, str):
+            kind = event
+        if kind == "content_block_delta":
+            delta = obj.get("delta")
+            if isinstance(delta, dict):  # text_delta, input_json_delta, thinking_delta
+                self.output_chars += (
+                    text_len(delta.get("text"))
+                    + text_len(delta.get("partial_json"))
+                    + text_len(delta.get("thinking"))
+                )
+        elif kind == "message_delta":
+            self._merge(obj.get("usage"))
+        elif kind == "message_start":
+            message = obj.get("message")
+            if isinstance(message, dict):
+                if self.served_model is None:
+                    self.served_model = nonempty_str(message.get("model"))
+                self._merge(message.get("usage"))
+        elif kind == "message_stop":
+            self.completed = not self._errored
+        elif kind == "error":
+            self._errored = True
+            self.completed = False
+
+    def on_done(self) -> None:
+        pass  # not part of this protocol
+
+    def usage(self) -> Usage | None:
+        return _usage(self._counts)
+
+    def _merge(self, usage: object) -> None:
+        counts = self._counts
+        for name, value in _valid_fields(usage).items():
+            if value >= counts.get(name, 0):
+                counts[name] = value

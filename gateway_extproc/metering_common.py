@@ -1,0 +1,94 @@
+"""Pieces shared by the per-provider metering modules: defensive field readers and the interface
+of a per-API stream handler.
+
+Provider output is untrusted input: every reader here takes `object` and returns None (or 0) for
+anything that is not the expected shape, so a hostile or buggy response can never raise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Protocol
+
+from gateway_extproc.tokens import Usage
+
+# Above this a "token count" is not a count but garbage (the largest context windows hold ~1e7
+# tokens); it is ignored like any other invalid value rather than charged.
+MAX_TOKEN_COUNT = 1 << 40
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JsonMeterResult:
+    """What a non-streamed response says about its cost."""
+
+    usage: Usage | None  # None: the response reported none (or was not JSON)
+    served_model: str | None  # the model the response names, None if it names none
+    output_chars: int  # generated characters seen, for `estimate_tokens` when usage is None
+
+
+def count(obj: object, key: str) -> int | None:
+    """`obj[key]` if `obj` is a dict and that is a plausible token count, else None."""
+    if not isinstance(obj, dict):
+        return None
+    value = obj.get(key)
+    if type(value) is not int or not 0 <= value <= MAX_TOKEN_COUNT:  # bool and float excluded
+        return None
+    return value
+
+
+def total_and_part(total: int | None, part: int | None) -> tuple[int, int]:
+    """A reported total and a reported part of it (OpenAI's `prompt_tokens` and its
+    `cached_tokens`), made consistent: the part never exceeds the total; a missing total is
+    taken to be the part; a missing part is 0."""
+    p = part or 0
+    if total is None:
+        return p, p
+    return total, min(p, total)
+
+
+def text_len(value: object) -> int:
+    """Characters of `value` if it is a string, else 0."""
+    return len(value) if isinstance(value, str) else 0
+
+
+def nonempty_str(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def usage_or_none(
+    seen: bool,
+    *,
+    input_tokens: int = 0,
+    cached_input_tokens: int = 0,
+    cache_write_input_tokens: int = 0,
+    output_tokens: int = 0,
+    reasoning_tokens: int = 0,
+) -> Usage | None:
+    """A `Usage`, or None when no valid count was seen at all (the caller then estimates)."""
+    if not seen:
+        return None
+    return Usage(
+        input_tokens=input_tokens,
+        cached_input_tokens=cached_input_tokens,
+        cache_write_input_tokens=cache_write_input_tokens,
+        output_tokens=output_tokens,
+        reasoning_tokens=reasoning_tokens,
+    )
+
+
+class StreamHandler(Protocol):
+    """What `StreamMeter` needs from a per-API handler of parsed SSE events.
+
+    `on_json` gets every event whose data is a JSON object, `on_done` the `data: [DONE]` marker.
+    Neither may raise on any input.
+    """
+
+    served_model: str | None
+    output_chars: int
+    completed: bool
+
+    def on_json(self, event: str | None, obj: dict[str, object]) -> None: ...
+
+    def on_done(self) -> None: ...
+
+    def usage(self) -> Usage | None: ...
