@@ -51,7 +51,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         while not stopping:
             for name, proc in stack.procs:
                 if proc.poll() is not None:
-                    print(f"gatewayctl: {name} exited ({proc.returncode}); stopping", file=sys.stderr)
+                    print(
+                        f"gatewayctl: {name} exited ({proc.returncode}); stopping", file=sys.stderr
+                    )
                     stopping = True
             time.sleep(0.2)
     finally:
@@ -84,7 +86,9 @@ def cmd_envoy_config(args: argparse.Namespace) -> int:
         sidecar_host=config.sidecar_host,
         sidecar_port=args.sidecar_port,
     )
-    text = envoy_config.render(envoy_config.build(config, ports, upstreams.values(), args.ca_file or ca_bundle()))
+    text = envoy_config.render(
+        envoy_config.build(config, ports, upstreams.values(), args.ca_file or ca_bundle())
+    )
     if args.out:
         Path(args.out).write_text(text)
     else:
@@ -103,7 +107,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gatewayctl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="start redis, the mock provider (if needed), sidecar and Envoy")
+    run = sub.add_parser(
+        "run", help="start redis, the mock provider (if needed), sidecar and Envoy"
+    )
     run.add_argument("--config", help="operator config file (default: $GATEWAY_CONFIG or built-in)")
     run.add_argument("--run-dir", default=".run", help="where generated files and pids go")
     run.set_defaults(func=cmd_run)

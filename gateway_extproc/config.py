@@ -43,10 +43,11 @@ class ProviderConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Limits:
-    max_request_body_bytes: int = 8 * 1024 * 1024
+    max_request_body_bytes: int = 32 * 1024 * 1024
     ext_proc_message_timeout_ms: int = 5000
     stream_idle_timeout_s: int = 600
     upstream_connect_timeout_s: int = 10
+    max_downstream_connections: int = 10000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,7 +107,9 @@ class _Reader:
     def integer(self, doc: Mapping[str, Any], path: str, key: str, lo: int, hi: int) -> int:
         value = doc.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-            self.problems.append(f"{path}.{key}: must be an integer in [{lo}, {hi}] (got {value!r})")
+            self.problems.append(
+                f"{path}.{key}: must be an integer in [{lo}, {hi}] (got {value!r})"
+            )
             return lo
         return value
 
@@ -147,7 +150,7 @@ def _provider(r: _Reader, name: str, doc: object) -> ProviderConfig | None:
         r.problems.append(f"{path}.{extra}: unknown key")
     schema_value = doc.get("schema")
     try:
-        schema = Schema(schema_value)
+        schema = Schema(str(schema_value))
     except ValueError:
         choices = ", ".join(s.value for s in Schema)
         r.problems.append(f"{path}.schema: must be one of {choices} (got {schema_value!r})")
@@ -207,6 +210,9 @@ def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayC
         stream_idle_timeout_s=r.integer(limits_doc, "limits", "stream_idle_timeout_s", 1, 86_400),
         upstream_connect_timeout_s=r.integer(
             limits_doc, "limits", "upstream_connect_timeout_s", 1, 600
+        ),
+        max_downstream_connections=r.integer(
+            limits_doc, "limits", "max_downstream_connections", 1, 10_000_000
         ),
     )
 

@@ -148,9 +148,9 @@ def _compressor_filter() -> dict[str, Any]:
         "name": "envoy.filters.http.compressor",
         "typed_config": {
             "@type": _T + "extensions.filters.http.compressor.v3.Compressor",
-            "response_direction_config": {
-                "common_config": {"content_type": ["application/json"]},
-            },
+            # Envoy's default content types include application/json and not
+            # text/event-stream: JSON is compressed, event streams pass as they are.
+            "response_direction_config": {"common_config": {}},
             "compressor_library": {
                 "name": "gzip",
                 "typed_config": {
@@ -159,6 +159,68 @@ def _compressor_filter() -> dict[str, Any]:
             },
         },
     }
+
+
+def _error_json(anthropic: bool, message: str, code: str) -> dict[str, Any]:
+    if anthropic:
+        return {
+            "type": "error",
+            "error": {"type": code, "message": message},
+            "request_id": "%REQ(X-REQUEST-ID)%",
+        }
+    return {
+        "error": {"message": message, "type": "gateway_error", "param": None, "code": code},
+        "request_id": "%REQ(X-REQUEST-ID)%",
+    }
+
+
+def _local_reply_config(config: GatewayConfig) -> dict[str, Any]:
+    """Envoy's own error replies (sidecar down, body too large, provider unreachable) as JSON in
+    the client's API format. The sidecar's replies (details `gateway_*`) are left alone."""
+    cases = [
+        (
+            "response.code_details.startsWith('ext_proc')",
+            503,
+            "the gateway's metering sidecar is unavailable; "
+            "the request was not sent to the provider",
+            "gateway_unavailable",
+        ),
+        (
+            "response.code_details == 'request_payload_too_large'",
+            413,
+            f"request body exceeds the gateway's limit of "
+            f"{config.limits.max_request_body_bytes} bytes",
+            "request_too_large",
+        ),
+        (
+            "!response.code_details.startsWith('gateway_')",
+            None,
+            "%LOCAL_REPLY_BODY% (%RESPONSE_CODE_DETAILS%)",
+            "gateway_error",
+        ),
+    ]
+    mappers = []
+    for condition, status, message, code in cases:
+        for anthropic in (True, False):
+            path_test = "request.path.startsWith('/v1/messages')"
+            expression = f"{condition} && {'' if anthropic else '!'}{path_test}"
+            mapper: dict[str, Any] = {
+                "filter": {
+                    "extension_filter": {
+                        "name": "envoy.access_loggers.extension_filters.cel",
+                        "typed_config": {
+                            "@type": _T
+                            + "extensions.access_loggers.filters.cel.v3.ExpressionFilter",
+                            "expression": expression,
+                        },
+                    }
+                },
+                "body_format_override": {"json_format": _error_json(anthropic, message, code)},
+            }
+            if status is not None:
+                mapper["status_code"] = status
+            mappers.append(mapper)
+    return {"mappers": mappers}
 
 
 def _http_connection_manager(config: GatewayConfig) -> dict[str, Any]:
@@ -173,6 +235,7 @@ def _http_connection_manager(config: GatewayConfig) -> dict[str, Any]:
             "use_remote_address": True,
             "stream_idle_timeout": idle,
             "request_headers_timeout": "30s",
+            "local_reply_config": _local_reply_config(config),
             "access_log": [
                 {
                     "name": "envoy.access_loggers.stderr",
@@ -202,6 +265,8 @@ def _http_connection_manager(config: GatewayConfig) -> dict[str, Any]:
                                     "idle_timeout": idle,
                                     "auto_host_rewrite": True,
                                 },
+                                # The routing header is the gateway's own: never sent upstream.
+                                "request_headers_to_remove": [CLUSTER_HEADER],
                             }
                         ],
                     }
@@ -231,12 +296,30 @@ def build(
         "load_assignment": {
             "cluster_name": EXTPROC_CLUSTER,
             "endpoints": [
-                {"lb_endpoints": [{"endpoint": {"address": _socket(ports.sidecar_host, ports.sidecar_port)}}]}
+                {
+                    "lb_endpoints": [
+                        {"endpoint": {"address": _socket(ports.sidecar_host, ports.sidecar_port)}}
+                    ]
+                }
             ],
         },
     }
     return {
         "admin": {"address": _socket("127.0.0.1", ports.admin_port)},
+        "overload_manager": {
+            "resource_monitors": [
+                {
+                    "name": "envoy.resource_monitors.global_downstream_max_connections",
+                    "typed_config": {
+                        "@type": _T + "extensions.resource_monitors.downstream_connections.v3."
+                        "DownstreamConnectionsConfig",
+                        "max_active_downstream_connections": (
+                            config.limits.max_downstream_connections
+                        ),
+                    },
+                }
+            ]
+        },
         "static_resources": {
             "listeners": [
                 {

@@ -11,6 +11,8 @@ from envoy.type.v3 import http_status_pb2
 
 ProcessingRequest = pb.ProcessingRequest
 ProcessingResponse = pb.ProcessingResponse
+HttpHeaders = pb.HttpHeaders
+HttpBody = pb.HttpBody
 
 
 def headers_of(message: pb.HttpHeaders) -> dict[str, str]:
@@ -88,7 +90,7 @@ def immediate(
     """Answer the client directly; Envoy never contacts the upstream."""
     return pb.ProcessingResponse(
         immediate_response=pb.ImmediateResponse(
-            status=http_status_pb2.HttpStatus(code=status),  # type: ignore[arg-type]
+            status=http_status_pb2.HttpStatus(code=status),
             headers=_mutation(headers, ()),
             body=body,
             details=details,

@@ -44,9 +44,11 @@ def _count(value: Any) -> tuple[int, int]:
             chars += len(item)
         elif isinstance(item, dict):
             for key, sub in item.items():
-                if key in _MEDIA_KEYS and not isinstance(sub, str | int | float):
-                    media += 1
-                elif key in _MEDIA_KEYS and isinstance(sub, str) and sub.startswith("data:"):
+                is_media = key in _MEDIA_KEYS and (
+                    isinstance(sub, dict | list)
+                    or (isinstance(sub, str) and sub.startswith("data:"))
+                )
+                if is_media:
                     media += 1
                 else:
                     stack.append(sub)

@@ -84,7 +84,9 @@ class StreamProcessor:
             return self._reject(err)
         except Exception:
             log.exception("request processing failed", extra={"request_id": self.request_id})
-            return self._reject(InternalError(f"internal gateway error (request id {self.request_id})"))
+            return self._reject(
+                InternalError(f"internal gateway error (request id {self.request_id})")
+            )
 
     def close(self) -> None:
         """The ext_proc stream ended. If the response did not finish (client disconnect,
@@ -94,7 +96,7 @@ class StreamProcessor:
 
     # -- request side -----------------------------------------------------------------------
 
-    def _on_request_headers(self, message: msgs.pb.HttpHeaders) -> msgs.ProcessingResponse:
+    def _on_request_headers(self, message: msgs.HttpHeaders) -> msgs.ProcessingResponse:
         headers = msgs.headers_of(message)
         self.request_id = headers.get("x-request-id", "-")
         self.method = headers.get(":method", "")
@@ -102,7 +104,9 @@ class StreamProcessor:
         bare_path = self.path.split("?", 1)[0].rstrip("/")
         anthropic_client = "anthropic-version" in headers
         api = api_for_path(self.path)
-        self.schema = api.schema if api else (Schema.ANTHROPIC if anthropic_client else Schema.OPENAI)
+        self.schema = (
+            api.schema if api else (Schema.ANTHROPIC if anthropic_client else Schema.OPENAI)
+        )
 
         if bare_path == MODELS_PATH or bare_path.startswith(MODELS_PATH + "/"):
             return self._models(bare_path)
@@ -134,7 +138,7 @@ class StreamProcessor:
         self._finish()
         return msgs.immediate(200, body, self._json_headers(), "gateway_models")
 
-    def _on_request_body(self, message: msgs.pb.HttpBody) -> msgs.ProcessingResponse:
+    def _on_request_body(self, message: msgs.HttpBody) -> msgs.ProcessingResponse:
         api = api_for_path(self.path)
         assert api is not None  # the headers phase rejected everything else
         request = parse_request(api, message.body)
@@ -168,7 +172,7 @@ class StreamProcessor:
 
     # -- response side ----------------------------------------------------------------------
 
-    def _on_response_headers(self, message: msgs.pb.HttpHeaders) -> msgs.ProcessingResponse:
+    def _on_response_headers(self, message: msgs.HttpHeaders) -> msgs.ProcessingResponse:
         headers = msgs.headers_of(message)
         try:
             self.status = int(headers.get(":status", "0"))
@@ -182,7 +186,9 @@ class StreamProcessor:
             self.decompressor = zlib.decompressobj()
         elif encoding not in ("identity", ""):
             self.metering_broken = True  # e.g. br: counted from the estimate, and said so
-            log.warning("cannot meter %s-encoded body", encoding, extra={"request_id": self.request_id})
+            log.warning(
+                "cannot meter %s-encoded body", encoding, extra={"request_id": self.request_id}
+            )
         streaming = headers.get("content-type", "").startswith("text/event-stream")
         if streaming and self.request is not None:
             self.meter = StreamMeter(self.request.api)
@@ -198,7 +204,7 @@ class StreamProcessor:
         data = self.decompressor.decompress(chunk)
         return data + self.decompressor.flush() if end else data
 
-    def _on_response_body(self, message: msgs.pb.HttpBody) -> msgs.ProcessingResponse:
+    def _on_response_body(self, message: msgs.HttpBody) -> msgs.ProcessingResponse:
         end = message.end_of_stream
         data = b"" if self.metering_broken else self._decoded(message.body, end)
         if self.meter is not None:
@@ -212,7 +218,9 @@ class StreamProcessor:
             return msgs.response_body_reply()
         self.completed = True
         cost = self._finish()
-        return msgs.response_body_reply(msgs.common(set_headers={"x-gateway-cost-usd": format_usd(cost)}))
+        return msgs.response_body_reply(
+            msgs.common(set_headers={"x-gateway-cost-usd": format_usd(cost)})
+        )
 
     # -- endings ----------------------------------------------------------------------------
 
@@ -240,7 +248,11 @@ class StreamProcessor:
         complete = self.completed and not self.metering_broken
         if self.meter is not None:
             result = self.meter.finish()
-            usage, provider_model, output_chars = result.usage, result.served_model, result.output_chars
+            usage, provider_model, output_chars = (
+                result.usage,
+                result.served_model,
+                result.output_chars,
+            )
             # The stream's own terminal event makes its usage final, even when the client hung
             # up before the transport's end-of-stream reached Envoy.
             complete = result.completed and not self.metering_broken
@@ -263,7 +275,9 @@ class StreamProcessor:
                 UsageSource.ESTIMATED,
                 provider_model,
             )
-        usage = Usage(input_tokens=self.request.input_tokens_estimate, output_tokens=estimated_output)
+        usage = Usage(
+            input_tokens=self.request.input_tokens_estimate, output_tokens=estimated_output
+        )
         return usage, UsageSource.ESTIMATED, provider_model
 
     def _finish(self) -> int:
@@ -300,4 +314,3 @@ class StreamProcessor:
         except OSError:
             log.exception("audit write failed", extra={"request_id": self.request_id})
         return cost
-

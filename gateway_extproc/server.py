@@ -37,8 +37,10 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
     def __init__(self, ctx: GatewayContext) -> None:
         self.ctx = ctx
 
-    async def Process(  # noqa: N802 - the gRPC method name
-        self, request_iterator: AsyncIterator[pb.ProcessingRequest], context: grpc.aio.ServicerContext
+    async def Process(
+        self,
+        request_iterator: AsyncIterator[pb.ProcessingRequest],
+        context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.ProcessingResponse]:
         processor = StreamProcessor(self.ctx)
         try:
@@ -64,7 +66,11 @@ async def serve(ctx: GatewayContext, address: str, port_file: Path | None) -> No
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        (
+            SERVICE_NAME,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
         server,
     )
     port = server.add_insecure_port(address)
@@ -98,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, default=None, help="operator config file")
     parser.add_argument("--address", default=None, help="host:port or unix:PATH (default: config)")
     parser.add_argument("--port-file", type=Path, default=None, help="write the bound port here")
-    parser.add_argument("--mock-url", default=None, help="base URL of the mock provider, if running")
+    parser.add_argument(
+        "--mock-url", default=None, help="base URL of the mock provider, if running"
+    )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     setup_logging(args.log_level)

@@ -115,7 +115,9 @@ class Stack:
 
     # -- processes --------------------------------------------------------------------------
 
-    def _spawn(self, name: str, argv: list[str], env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, name: str, argv: list[str], env: Mapping[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(
             argv,
             stdout=self.output,
@@ -131,8 +133,19 @@ class Stack:
         port = free_port()
         proc = self._spawn(
             "redis-server",
-            [find_binary("redis-server"), "--port", str(port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", str(self.run_dir)],
+            [
+                find_binary("redis-server"),
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.run_dir),
+            ],
         )
 
         def ping() -> bool:
@@ -148,8 +161,18 @@ class Stack:
         port_file.unlink(missing_ok=True)
         proc = self._spawn(
             "mock-provider",
-            [sys.executable, "-m", "gateway_extproc.mock", "--host", "127.0.0.1", "--port", "0",
-             "--port-file", str(port_file), *self.mock_args],
+            [
+                sys.executable,
+                "-m",
+                "gateway_extproc.mock",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--port-file",
+                str(port_file),
+                *self.mock_args,
+            ],
         )
         wait_for(lambda: _read_port(port_file), "mock provider", 20, proc)
         self.mock_url = f"http://127.0.0.1:{port_file.read_text().strip()}/v1"
@@ -157,8 +180,15 @@ class Stack:
     def start_sidecar_process(self) -> None:
         port_file = self.run_dir / "sidecar.port"
         port_file.unlink(missing_ok=True)
-        argv = [sys.executable, "-m", "gateway_extproc.server", "--address",
-                f"{self.config.sidecar_host}:{self.config.sidecar_port}", "--port-file", str(port_file)]
+        argv = [
+            sys.executable,
+            "-m",
+            "gateway_extproc.server",
+            "--address",
+            f"{self.config.sidecar_host}:{self.config.sidecar_port}",
+            "--port-file",
+            str(port_file),
+        ]
         if self.config_path is not None:
             argv += ["--config", str(self.config_path)]
         if self.mock_url:
@@ -188,10 +218,25 @@ class Stack:
         admin_file.unlink(missing_ok=True)
         proc = self._spawn(
             "envoy",
-            [find_binary("envoy"), "-c", str(path), "--admin-address-path", str(admin_file),
-             "--disable-hot-restart", "--log-level", "warn", "--concurrency", "2"],
+            [
+                find_binary("envoy"),
+                "-c",
+                str(path),
+                "--admin-address-path",
+                str(admin_file),
+                "--disable-hot-restart",
+                "--log-level",
+                "warn",
+                "--concurrency",
+                "2",
+            ],
         )
-        wait_for(lambda: admin_file.exists() and admin_file.read_text().strip() != "", "envoy admin", 30, proc)
+        wait_for(
+            lambda: admin_file.exists() and admin_file.read_text().strip() != "",
+            "envoy admin",
+            30,
+            proc,
+        )
         self.admin_url = "http://" + admin_file.read_text().strip()
 
         def ready() -> bool:

@@ -14,7 +14,9 @@ import enum
 
 class UsageSource(enum.StrEnum):
     PROVIDER = "provider"  # the provider reported it
-    ESTIMATED = "estimated"  # no usage arrived (omitted, disconnect, abort): estimated from what was seen
+    ESTIMATED = (
+        "estimated"  # no usage arrived (omitted, disconnect, abort): estimated from what was seen
+    )
     NONE = "none"  # nothing billable happened (error status, request never sent)
 
 

@@ -90,7 +90,9 @@ def resolve_upstreams(
             tls=tls,
             base_path=path,
             auth_header=None if mocked or provider.auth is None else provider.auth.header,
-            auth_value=None if mocked or provider.auth is None else provider.auth.prefix + (secret or ""),
+            auth_value=None
+            if mocked or provider.auth is None
+            else provider.auth.prefix + (secret or ""),
             mocked=mocked,
         )
     if problems:

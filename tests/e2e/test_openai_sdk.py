@@ -29,7 +29,12 @@ def test_chat_non_stream(oai: openai.OpenAI, audit: AuditLog) -> None:
 
 @pytest.mark.parametrize(
     "chunking",
-    [{}, {"x-mock-chunk-bytes": "1"}, {"x-mock-chunk-bytes": "7"}, {"x-mock-events-per-write": "5"}],
+    [
+        {},
+        {"x-mock-chunk-bytes": "1"},
+        {"x-mock-chunk-bytes": "7"},
+        {"x-mock-events-per-write": "5"},
+    ],
     ids=["event-per-write", "1-byte-writes", "7-byte-writes", "5-events-per-write"],
 )
 def test_chat_stream_every_chunking(
@@ -55,7 +60,11 @@ def test_chat_stream_every_chunking(
 
 
 def test_cached_and_reasoning_tokens_priced_separately(oai: openai.OpenAI, audit: AuditLog) -> None:
-    headers = {"x-mock-cached-tokens": "1000", "x-mock-reasoning-tokens": "300", "x-mock-output-tokens": "20"}
+    headers = {
+        "x-mock-cached-tokens": "1000",
+        "x-mock-reasoning-tokens": "300",
+        "x-mock-output-tokens": "20",
+    }
     with oai.chat.completions.with_streaming_response.create(
         model="o4-mini",
         messages=MESSAGES,
@@ -73,13 +82,20 @@ def test_cached_and_reasoning_tokens_priced_separately(oai: openai.OpenAI, audit
     reasoning = usage.completion_tokens_details.reasoning_tokens or 0
     assert cached == 1000 and reasoning == 300
     # OpenAI counts cached tokens inside prompt_tokens: the gateway must not count them twice.
-    want = tokens(usage.prompt_tokens - cached, cached=cached, output=usage.completion_tokens, reasoning=reasoning)
+    want = tokens(
+        usage.prompt_tokens - cached,
+        cached=cached,
+        output=usage.completion_tokens,
+        reasoning=reasoning,
+    )
     assert record["tokens"] == want
     assert record["cost_micros"] == expected_cost_micros("o4-mini", want)
 
 
 def test_responses_api_stream_and_json(oai: openai.OpenAI, audit: AuditLog) -> None:
-    raw = oai.responses.with_raw_response.create(model="gpt-4.1", input="hello", extra_headers={"x-mock-cached-tokens": "64"})
+    raw = oai.responses.with_raw_response.create(
+        model="gpt-4.1", input="hello", extra_headers={"x-mock-cached-tokens": "64"}
+    )
     resp = raw.parse()
     assert resp.usage is not None
     rec = audit.wait_for(raw.headers["x-gateway-request-id"])
@@ -102,7 +118,9 @@ def test_responses_api_stream_and_json(oai: openai.OpenAI, audit: AuditLog) -> N
 
 
 def test_embeddings_and_legacy_completions(oai: openai.OpenAI, audit: AuditLog) -> None:
-    raw = oai.embeddings.with_raw_response.create(model="text-embedding-3-small", input=["a b c", "d e"])
+    raw = oai.embeddings.with_raw_response.create(
+        model="text-embedding-3-small", input=["a b c", "d e"]
+    )
     emb = raw.parse()
     rec = audit.wait_for(raw.headers["x-gateway-request-id"])
     assert rec["tokens"] == tokens(emb.usage.prompt_tokens)
@@ -121,7 +139,7 @@ def test_embeddings_and_legacy_completions(oai: openai.OpenAI, audit: AuditLog) 
 
 def test_models_list_from_catalog(oai: openai.OpenAI) -> None:
     ids = {m.id for m in oai.models.list()}
-    assert {"gpt-4o", "gpt-4o-mini", "claude-sonnet-4-5", "text-embedding-3-small"} <= ids
+    assert {"gpt-4o", "gpt-4o-mini", "claude-haiku-4-5", "text-embedding-3-small"} <= ids
     assert oai.models.retrieve("gpt-4o").owned_by == "openai"
     with pytest.raises(openai.NotFoundError):
         oai.models.retrieve("no-such-model")

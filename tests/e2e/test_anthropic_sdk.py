@@ -1,0 +1,96 @@
+"""The official Anthropic SDK through Envoy + sidecar + mock."""
+
+from __future__ import annotations
+
+import anthropic
+import pytest
+
+from tests.e2e.harness import AuditLog, MockLog, expected_cost_micros, tokens
+
+pytestmark = pytest.mark.e2e
+MESSAGES: list[anthropic.types.MessageParam] = [{"role": "user", "content": "Say hello."}]
+
+
+def test_messages_non_stream_with_cache_tokens(
+    claude: anthropic.Anthropic, audit: AuditLog
+) -> None:
+    raw = claude.messages.with_raw_response.create(
+        model="claude-haiku-4-5",
+        max_tokens=64,
+        messages=MESSAGES,
+        extra_headers={"x-mock-cached-tokens": "2048", "x-mock-cache-write-tokens": "512"},
+    )
+    msg = raw.parse()
+    rec = audit.wait_for(raw.headers["x-gateway-request-id"])
+    # Anthropic reports cache reads and writes beside input_tokens, not inside it.
+    want = tokens(
+        msg.usage.input_tokens,
+        cached=msg.usage.cache_read_input_tokens or 0,
+        cache_write=msg.usage.cache_creation_input_tokens or 0,
+        output=msg.usage.output_tokens,
+    )
+    assert want["cached_input_tokens"] == 2048 and want["cache_write_input_tokens"] == 512
+    assert rec["tokens"] == want and rec["usage_source"] == "provider"
+    assert rec["cost_micros"] == expected_cost_micros("claude-haiku-4-5", want)
+    assert raw.headers["x-gateway-cost-usd"] == f"{rec['cost_micros'] / 1e6:.6f}"
+
+
+@pytest.mark.parametrize("chunk_bytes", ["", "1", "5", "64"])
+def test_messages_stream_every_chunking(
+    claude: anthropic.Anthropic, audit: AuditLog, chunk_bytes: str
+) -> None:
+    headers = {"x-mock-output-tokens": "30", "x-mock-cached-tokens": "100"}
+    if chunk_bytes:
+        headers["x-mock-chunk-bytes"] = chunk_bytes
+    with claude.messages.with_streaming_response.create(
+        model="claude-haiku-4-5",
+        max_tokens=500,
+        messages=MESSAGES,
+        stream=True,
+        extra_headers=headers,
+    ) as response:
+        rid = response.headers["x-gateway-request-id"]
+        events = list(response.parse())
+    start = next(e for e in events if e.type == "message_start")
+    delta = next(e for e in events if e.type == "message_delta")
+    want = tokens(
+        start.message.usage.input_tokens,
+        cached=start.message.usage.cache_read_input_tokens or 0,
+        cache_write=start.message.usage.cache_creation_input_tokens or 0,
+        output=delta.usage.output_tokens,
+    )
+    assert want["output_tokens"] == 30
+    rec = audit.wait_for(rid)
+    assert rec["tokens"] == want and rec["completed"] is True
+    assert rec["cost_micros"] == expected_cost_micros("claude-haiku-4-5", want)
+
+
+def test_stream_helper_and_dated_alias(
+    claude: anthropic.Anthropic, audit: AuditLog, mock: MockLog
+) -> None:
+    with claude.messages.stream(
+        model="claude-haiku-4-5-20251001", max_tokens=20, messages=MESSAGES
+    ) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert len(text.split()) == final.usage.output_tokens
+    sent = mock.last()
+    assert sent["body"]["model"] == "claude-haiku-4-5-20251001"  # the client's name goes upstream
+    records = [r for r in audit.records() if r["requested_model"] == "claude-haiku-4-5-20251001"]
+    assert records and records[-1]["served_model"] == "claude-haiku-4-5"
+    assert records[-1]["tokens"]["output_tokens"] == final.usage.output_tokens
+
+
+def test_models_list_in_anthropic_format(claude: anthropic.Anthropic) -> None:
+    ids = [m.id for m in claude.models.list()]
+    assert "claude-haiku-4-5" in ids and "gpt-4o" in ids
+
+
+def test_errors_in_anthropic_format(claude: anthropic.Anthropic) -> None:
+    with pytest.raises(anthropic.BadRequestError) as bad:
+        claude.messages.create(model="claude-unknown-9", max_tokens=5, messages=MESSAGES)
+    assert bad.value.body["type"] == "error"  # type: ignore[index]
+    assert "claude-unknown-9" in bad.value.message
+    with pytest.raises(anthropic.BadRequestError) as wrong_api:
+        claude.messages.create(model="gpt-4o", max_tokens=5, messages=MESSAGES)
+    assert "/v1/chat/completions" in wrong_api.value.message or "openai" in wrong_api.value.message
