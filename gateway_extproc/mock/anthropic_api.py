@@ -1,0 +1,118 @@
+"""Anthropic Messages API (POST /v1/messages), built as pure values.
+
+Usage as Anthropic reports it: `input_tokens` excludes cache reads and writes, which are reported
+beside it (`cache_read_input_tokens`, `cache_creation_input_tokens`). A stream's `message_start`
+carries the input side and `output_tokens: 1`; `message_delta` carries the final cumulative
+`output_tokens`. With `x-mock-omit-usage` the `usage` keys are left out entirely (the SDK's
+`messages.stream()` helper needs them; read such streams with `create(stream=True)`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from gateway_extproc.mock.content import (
+    UNKNOWN_MODEL_PREFIXES,
+    OutputPlan,
+    estimate_input_tokens,
+    max_tokens_of,
+    plan_output,
+    wants_stream,
+)
+from gateway_extproc.mock.errors import ApiError
+from gateway_extproc.mock.wire import Reply, ReplyContext, StreamReply, json_reply, sse
+
+
+def anthropic_usage(
+    input_tokens: int, cache_read: int, cache_write: int, output_tokens: int
+) -> dict[str, Any]:
+    return {
+        "input_tokens": input_tokens,
+        "cache_creation_input_tokens": cache_write,
+        "cache_read_input_tokens": cache_read,
+        "output_tokens": output_tokens,
+    }
+
+
+def _require(body: dict[str, Any], name: str) -> Any:
+    if body.get(name) is None:
+        raise ApiError(400, f"{name}: Field required", param=name)
+    return body[name]
+
+
+def _model(body: dict[str, Any]) -> str:
+    model = _require(body, "model")
+    if not isinstance(model, str) or not model:
+        raise ApiError(400, "model: Input should be a valid string", param="model")
+    if model.startswith(UNKNOWN_MODEL_PREFIXES):
+        raise ApiError(404, f"model: {model}", code="model_not_found")
+    return model
+
+
+def _stop_reason(plan: OutputPlan) -> str:
+    return "max_tokens" if plan.truncated else "end_turn"
+
+
+def messages_reply(body: dict[str, Any], ctx: ReplyContext) -> Reply:
+    model = _model(body)
+    messages = _require(body, "messages")
+    limit = max_tokens_of(body, "max_tokens")
+    if limit is None:
+        raise ApiError(400, "max_tokens: Field required", param="max_tokens")
+    stream = wants_stream(body)
+    controls = ctx.controls
+    plan = plan_output(controls.output_tokens, 0, limit)
+    base_input = estimate_input_tokens(messages)
+    message_id = f"msg_mock{ctx.suffix}"
+    omit = controls.omit_usage
+
+    def usage(output_tokens: int) -> dict[str, Any]:
+        return anthropic_usage(
+            base_input, controls.cached_tokens, controls.cache_write_tokens, output_tokens
+        )
+
+    message: dict[str, Any] = {
+        "id": message_id,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+    }
+    if stream:
+        if not omit:
+            message["usage"] = usage(1)
+        final_usage = None if omit else {"output_tokens": plan.output_tokens}
+        return StreamReply(tuple(message_events(message, plan, final_usage)))
+    message.update(content=[{"type": "text", "text": plan.text}], stop_reason=_stop_reason(plan))
+    if not omit:
+        message["usage"] = usage(plan.output_tokens)
+    return json_reply(message)
+
+
+def message_events(
+    start: dict[str, Any], plan: OutputPlan, final_usage: dict[str, Any] | None
+) -> Iterator[bytes]:
+    """The SSE events of a streamed message, `message_start` to `message_stop`."""
+    yield sse({"type": "message_start", "message": start}, event="message_start")
+    block = {
+        "type": "content_block_start",
+        "index": 0,
+        "content_block": {"type": "text", "text": ""},
+    }
+    yield sse(block, event="content_block_start")
+    yield sse({"type": "ping"}, event="ping")
+    for word in plan.words:
+        delta = {"type": "content_block_delta", "index": 0}
+        yield sse({**delta, "delta": {"type": "text_delta", "text": word}}, "content_block_delta")
+    yield sse({"type": "content_block_stop", "index": 0}, event="content_block_stop")
+    end: dict[str, Any] = {
+        "type": "message_delta",
+        "delta": {"stop_reason": _stop_reason(plan), "stop_sequence": None},
+    }
+    if final_usage is not None:
+        end["usage"] = final_usage
+    yield sse(end, event="message_delta")
+    yield sse({"type": "message_stop"}, event="message_stop")

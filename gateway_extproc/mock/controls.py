@@ -1,0 +1,164 @@
+"""The `x-mock-*` control headers a test sends to steer one mock response.
+
+    x-mock-output-tokens: N       reply length in words = output tokens (default 12, max 100000),
+                                  capped by the request's max-tokens field
+    x-mock-cached-tokens: N       OpenAI cached_tokens (inside prompt_tokens) /
+                                  Anthropic cache_read_input_tokens (beside input_tokens)
+    x-mock-cache-write-tokens: N  Anthropic cache_creation_input_tokens
+    x-mock-reasoning-tokens: N    OpenAI reasoning_tokens (inside completion/output tokens)
+    x-mock-latency-ms: N          sleep before the response headers
+    x-mock-chunk-delay-ms: N      sleep between body writes
+    x-mock-chunk-bytes: N         write the body in N-byte pieces, across event borders
+    x-mock-events-per-write: N    put N whole SSE events in each write (default 1)
+    x-mock-status: S              answer with error status S (400-599), provider-format body
+    x-mock-abort-after-events: N  send N events (or N body writes' worth for JSON: 0 or all), then
+                                  cut the connection without terminating the body
+    x-mock-omit-usage: 1          report no usage at all
+    x-mock-replay: NAME           replay NAME.yaml (go-vcr cassette) from --fixtures-dir
+
+Pure: `parse_controls` turns request headers into a frozen `Controls` value, or raises
+`ControlError` listing every bad header at once (an unknown `x-mock-*` name is an error too).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+
+DEFAULT_OUTPUT_TOKENS = 12
+MAX_OUTPUT_TOKENS = 100_000
+MAX_DELAY_MS = 3_600_000
+INJECTABLE_STATUSES = range(400, 600)
+_REPLAY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"", "0", "false", "no", "off"})
+
+
+class ControlError(ValueError):
+    """One or more control headers are malformed. Carries every problem found."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("invalid mock control headers: " + "; ".join(self.problems))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Controls:
+    """What the test asked of this response. Defaults describe a plain, prompt reply."""
+
+    output_tokens: int = DEFAULT_OUTPUT_TOKENS
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    latency_ms: int = 0
+    chunk_delay_ms: int = 0
+    chunk_bytes: int | None = None  # None: write whole events
+    events_per_write: int = 1
+    status: int | None = None
+    abort_after_events: int | None = None
+    omit_usage: bool = False
+    replay: str | None = None
+
+
+class _Reader:
+    """Reads typed control values from lower-cased headers, collecting every problem."""
+
+    def __init__(self, headers: Mapping[str, str]) -> None:
+        self.headers = {name.lower(): value.strip() for name, value in headers.items()}
+        self.problems: list[str] = []
+
+    def _raw(self, name: str) -> str | None:
+        value = self.headers.get(name)
+        return value if value else None
+
+    def integer(self, name: str, low: int, high: int) -> int | None:
+        raw = self._raw(name)
+        if raw is None:
+            return None
+        try:
+            value = int(raw)
+        except ValueError:
+            self.problems.append(f"{name}: {raw!r} is not an integer")
+            return None
+        if not low <= value <= high:
+            self.problems.append(f"{name}: {value} must be between {low} and {high}")
+            return None
+        return value
+
+    def flag(self, name: str) -> bool:
+        raw = (self._raw(name) or "").lower()
+        if raw in _TRUE:
+            return True
+        if raw not in _FALSE:
+            self.problems.append(f"{name}: {raw!r} must be 1/true or 0/false")
+        return False
+
+    def status(self, name: str) -> int | None:
+        value = self.integer(name, 0, 999)
+        if value is not None and value not in INJECTABLE_STATUSES:
+            self.problems.append(f"{name}: {value} must be an HTTP error status (400-599)")
+            return None
+        return value
+
+    def replay(self, name: str) -> str | None:
+        raw = self._raw(name)
+        if raw is None:
+            return None
+        fixture = raw.removesuffix(".yaml")
+        if not _REPLAY_NAME.match(fixture):
+            self.problems.append(f"{name}: {raw!r} must be a fixture name (letters, digits, . _ -)")
+            return None
+        return fixture
+
+    def unknown(self) -> None:
+        for name in self.headers:
+            if name.startswith("x-mock-") and name not in CONTROL_HEADERS:
+                known = ", ".join(CONTROL_HEADERS)
+                self.problems.append(f"{name}: unknown control header (known: {known})")
+
+
+CONTROL_HEADERS = (
+    "x-mock-output-tokens",
+    "x-mock-cached-tokens",
+    "x-mock-cache-write-tokens",
+    "x-mock-reasoning-tokens",
+    "x-mock-latency-ms",
+    "x-mock-chunk-delay-ms",
+    "x-mock-chunk-bytes",
+    "x-mock-events-per-write",
+    "x-mock-status",
+    "x-mock-abort-after-events",
+    "x-mock-omit-usage",
+    "x-mock-replay",
+)
+_BIG = 1 << 30
+
+
+def _or(value: int | None, default: int) -> int:
+    return default if value is None else value
+
+
+def parse_controls(headers: Mapping[str, str]) -> Controls:
+    """Read the `x-mock-*` headers (names case-insensitive); unknown `x-mock-*` names are errors."""
+    read = _Reader(headers)
+    controls = Controls(
+        output_tokens=_or(
+            read.integer("x-mock-output-tokens", 0, MAX_OUTPUT_TOKENS), DEFAULT_OUTPUT_TOKENS
+        ),
+        cached_tokens=_or(read.integer("x-mock-cached-tokens", 0, _BIG), 0),
+        cache_write_tokens=_or(read.integer("x-mock-cache-write-tokens", 0, _BIG), 0),
+        reasoning_tokens=_or(read.integer("x-mock-reasoning-tokens", 0, _BIG), 0),
+        latency_ms=_or(read.integer("x-mock-latency-ms", 0, MAX_DELAY_MS), 0),
+        chunk_delay_ms=_or(read.integer("x-mock-chunk-delay-ms", 0, MAX_DELAY_MS), 0),
+        chunk_bytes=read.integer("x-mock-chunk-bytes", 1, _BIG),
+        events_per_write=_or(read.integer("x-mock-events-per-write", 1, _BIG), 1),
+        status=read.status("x-mock-status"),
+        abort_after_events=read.integer("x-mock-abort-after-events", 0, _BIG),
+        omit_usage=read.flag("x-mock-omit-usage"),
+        replay=read.replay("x-mock-replay"),
+    )
+    read.unknown()
+    if read.problems:
+        raise ControlError(read.problems)
+    return controls

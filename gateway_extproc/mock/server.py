@@ -1,0 +1,281 @@
+"""The mock provider's aiohttp application: routes, auth, request recording, sending replies.
+
+Thin I/O around the pure builders: a handler reads the body, records it, parses the control
+headers, then sends the `Reply` a builder returned, applying latency, write splitting, per-write
+delays, gzip and aborts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiohttp import web
+from multidict import CIMultiDict
+
+from gateway_extproc.mock.anthropic_api import messages_reply
+from gateway_extproc.mock.content import parse_body
+from gateway_extproc.mock.controls import ControlError, Controls, parse_controls
+from gateway_extproc.mock.errors import ApiError, Family, error_body, injected_error
+from gateway_extproc.mock.openai_api import chat_reply, completion_reply, embeddings_reply
+from gateway_extproc.mock.replay import load_recording
+from gateway_extproc.mock.responses_api import responses_reply
+from gateway_extproc.mock.wire import (
+    BodyEncoder,
+    JsonReply,
+    Reply,
+    ReplyContext,
+    StreamReply,
+    encoder_for,
+    plan_for,
+)
+
+MAX_RECORDED = 100
+SHUTDOWN_GRACE_SECONDS = 0.5  # in-flight requests get this long on shutdown, then are cut
+MAX_BODY_BYTES = 64 * 1024 * 1024
+Builder = Callable[[dict[str, Any], ReplyContext], Reply]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MockConfig:
+    fixtures_dir: Path | None
+    openai_key: str | None
+    anthropic_key: str | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Endpoint:
+    family: Family
+    build: Builder
+
+
+ENDPOINTS: dict[str, Endpoint] = {
+    "/v1/chat/completions": Endpoint(Family.OPENAI, chat_reply),
+    "/v1/completions": Endpoint(Family.OPENAI, completion_reply),
+    "/v1/embeddings": Endpoint(Family.OPENAI, embeddings_reply),
+    "/v1/responses": Endpoint(Family.OPENAI, responses_reply),
+    "/v1/messages": Endpoint(Family.ANTHROPIC, messages_reply),
+}
+CONFIG = web.AppKey("mock_config", MockConfig)
+RECORDS = web.AppKey("mock_records", collections.deque[dict[str, Any]])
+
+
+def _redact(key: str) -> str:
+    return f"{key[:3]}...{key[-4:]}" if len(key) > 8 else "***"
+
+
+def _bearer(headers: Mapping[str, str]) -> str | None:
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
+def auth_error(family: Family, headers: Mapping[str, str], config: MockConfig) -> ApiError | None:
+    """The 401 to answer when a configured provider key is missing or wrong."""
+    if family is Family.ANTHROPIC:
+        # The API takes `x-api-key`; anthropic SDK v2 sends `Authorization: Bearer` instead.
+        key = config.anthropic_key
+        if key is None or key in (headers.get("x-api-key"), _bearer(headers)):
+            return None
+        return ApiError(401, "invalid x-api-key")
+    if config.openai_key is None:
+        return None
+    authorization = headers.get("authorization", "")
+    if _bearer(headers) == config.openai_key:
+        return None
+    if not authorization:
+        message = (
+            "You didn't provide an API key. You need to provide your API key in an "
+            "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
+        )
+    else:
+        presented = authorization.removeprefix("Bearer ").strip()
+        message = (
+            f"Incorrect API key provided: {_redact(presented)}. You can find your API key at "
+            "https://platform.openai.com/account/api-keys."
+        )
+    return ApiError(401, message, code="invalid_api_key")
+
+
+def record_of(request: web.Request, raw: bytes) -> dict[str, Any]:
+    """What `/_mock/requests` shows of one request."""
+    headers: dict[str, str] = {}
+    for name, value in request.headers.items():
+        key = name.lower()
+        headers[key] = f"{headers[key]}, {value}" if key in headers else value
+    try:
+        body: Any = orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
+        body = None
+    return {
+        "method": request.method,
+        "path": request.path,
+        "query": request.query_string,
+        "headers": headers,
+        "body": body,
+    }
+
+
+def _error_reply(family: Family, err: ApiError, request_id: str) -> JsonReply:
+    body = error_body(family, err, request_id)
+    return JsonReply(body, status=err.status, headers=tuple(err.headers().items()))
+
+
+def _response_headers(family: Family, reply: Reply, request_id: str) -> CIMultiDict[str]:
+    headers: CIMultiDict[str] = CIMultiDict()
+    recorded = {name.lower() for name, _ in reply.headers}
+    if family is Family.ANTHROPIC:
+        defaults = {"request-id": request_id}
+    else:
+        defaults = {"x-request-id": request_id, "openai-version": "2020-10-01"}
+    for name, value in defaults.items():
+        if name not in recorded:
+            headers[name] = value
+    for name, value in reply.headers:
+        headers.add(name, value)
+    headers["Content-Type"] = reply.content_type
+    return headers
+
+
+async def send_reply(
+    request: web.Request,
+    reply: Reply,
+    controls: Controls,
+    encoder: BodyEncoder,
+    headers: CIMultiDict[str],
+) -> web.StreamResponse:
+    """Write `reply` as the controls ask: split, delayed, compressed, maybe cut off."""
+    if encoder.content_encoding is not None:
+        headers["Content-Encoding"] = encoder.content_encoding
+        headers["Vary"] = "Accept-Encoding"
+    streamed = isinstance(reply, StreamReply)
+    if isinstance(reply, StreamReply):
+        plan = plan_for(reply.events, controls)
+        writes = [encoder.encode(chunk) for chunk in plan.writes]
+    else:
+        payload = encoder.encode(reply.body) + encoder.finish()
+        plan = plan_for([payload], controls)
+        writes = list(plan.writes)
+        if not plan.abort and len(writes) <= 1:
+            return web.Response(body=payload, status=reply.status, headers=headers)
+        headers["Content-Length"] = str(len(payload))
+    response = web.StreamResponse(status=reply.status, headers=headers)
+    await response.prepare(request)
+    delay = controls.chunk_delay_ms / 1000
+    try:
+        for index, chunk in enumerate(writes):
+            if index and delay:
+                await asyncio.sleep(delay)
+            await response.write(chunk)
+        if plan.abort:
+            _abort(request)
+            return response
+        if streamed:
+            tail = encoder.finish()
+            if tail:
+                await response.write(tail)
+        await response.write_eof()
+    except ConnectionError:
+        pass  # the client (or the gateway) went away mid-body; nothing left to do
+    return response
+
+
+def _abort(request: web.Request) -> None:
+    """Cut the connection after what was written: no terminating chunk, no more bytes."""
+    transport = request.transport
+    if transport is not None:
+        transport.close()
+
+
+async def _handle(endpoint: Endpoint, request: web.Request) -> web.StreamResponse:
+    raw = await request.read()
+    request.app[RECORDS].append(record_of(request, raw))
+    family = endpoint.family
+    request_id = f"req_mock{secrets.token_hex(12)}"
+    encoder = encoder_for(request.headers.get("Accept-Encoding"))
+    try:
+        controls = parse_controls(request.headers)
+    except ControlError as exc:
+        reply: Reply = _error_reply(family, ApiError(400, str(exc)), request_id)
+        headers = _response_headers(family, reply, request_id)
+        return await send_reply(request, reply, Controls(), encoder, headers)
+    if controls.latency_ms:
+        await asyncio.sleep(controls.latency_ms / 1000)
+    try:
+        reply = await _reply(endpoint, request, raw, controls)
+    except ApiError as err:
+        reply = _error_reply(family, err, request_id)
+    headers = _response_headers(family, reply, request_id)
+    return await send_reply(request, reply, controls, encoder, headers)
+
+
+async def _reply(endpoint: Endpoint, request: web.Request, raw: bytes, controls: Controls) -> Reply:
+    """The reply to send, in the order a provider decides: auth, then the request itself."""
+    config = request.app[CONFIG]
+    denied = auth_error(endpoint.family, request.headers, config)
+    if denied is not None:
+        raise denied
+    if controls.replay is not None:
+        fixtures = config.fixtures_dir
+        recording = await asyncio.to_thread(load_recording, fixtures, controls.replay)
+        return recording.reply()
+    if controls.status is not None:
+        raise injected_error(controls.status)
+    context = ReplyContext(controls, secrets.token_hex(12), int(time.time()))
+    return endpoint.build(parse_body(raw), context)
+
+
+def _handler(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        return await _handle(endpoint, request)
+
+    return handle
+
+
+async def _list_requests(request: web.Request) -> web.Response:
+    records = request.app[RECORDS]
+    return web.Response(body=orjson.dumps(list(records)), content_type="application/json")
+
+
+async def _clear_requests(request: web.Request) -> web.Response:
+    records = request.app[RECORDS]
+    cleared = len(records)
+    records.clear()
+    return web.json_response({"cleared": cleared})
+
+
+async def _health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def _not_found(request: web.Request) -> web.Response:
+    raw = await request.read()
+    request.app[RECORDS].append(record_of(request, raw))
+    family = Family.ANTHROPIC if request.path.startswith("/v1/messages") else Family.OPENAI
+    err = ApiError(
+        404, f"Unknown request URL: {request.method} {request.path}.", code="unknown_url"
+    )
+    reply = _error_reply(family, err, f"req_mock{secrets.token_hex(12)}")
+    return web.Response(body=reply.body, status=404, content_type="application/json")
+
+
+def create_app(
+    fixtures_dir: Path | None, openai_key: str | None, anthropic_key: str | None
+) -> web.Application:
+    """The mock provider. Keys, when given, are required on their provider's endpoints."""
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app[CONFIG] = MockConfig(fixtures_dir, openai_key or None, anthropic_key or None)
+    app[RECORDS] = collections.deque(maxlen=MAX_RECORDED)
+    for path, endpoint in ENDPOINTS.items():
+        app.router.add_post(path, _handler(endpoint))
+    app.router.add_get("/_mock/requests", _list_requests)
+    app.router.add_delete("/_mock/requests", _clear_requests)
+    app.router.add_get("/_mock/health", _health)
+    app.router.add_route("*", "/{tail:.*}", _not_found)
+    return app
