@@ -74,13 +74,23 @@ def _default_document() -> dict[str, Any]:
     return doc
 
 
+# Mappings that an operator file replaces whole: merging `auth: {file: ...}` into a built-in
+# `auth: {env: ...}` would leave both set.
+_REPLACED_WHOLE = frozenset({"auth"})
+
+
 def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    """Mappings merge key by key; anything else in `override` replaces; None deletes."""
+    """Mappings merge key by key (except `auth`, replaced whole); anything else in `override`
+    replaces; None deletes a mapping."""
     out = dict(base)
     for key, value in override.items():
         if value is None and key in out and isinstance(out[key], Mapping):
             del out[key]
-        elif isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+        elif (
+            key not in _REPLACED_WHOLE
+            and isinstance(value, Mapping)
+            and isinstance(out.get(key), Mapping)
+        ):
             out[key] = merge(out[key], value)
         else:
             out[key] = value
@@ -132,7 +142,8 @@ class _Reader:
     def boolean(self, doc: Mapping[str, Any], path: str, key: str, default: bool) -> bool:
         value = doc.get(key, default)
         if not isinstance(value, bool):
-            self.problems.append(f"{path}.{key}: must be true or false (got {value!r})")
+            where = f"{path}.{key}" if path else key
+            self.problems.append(f"{where}: must be true or false (got {value!r})")
             return default
         return value
 
@@ -157,7 +168,11 @@ def _provider(r: _Reader, name: str, doc: object) -> ProviderConfig | None:
         schema = Schema.OPENAI
     base_url = r.string(doc, path, "base_url")
     if base_url:
-        parts = urllib.parse.urlsplit(base_url)
+        try:
+            parts = urllib.parse.urlsplit(base_url)
+            parts.port  # noqa: B018 - ValueError for port :99999 or :x (urlsplit: for host [::1)
+        except ValueError:
+            parts = urllib.parse.urlsplit("")
         if parts.scheme not in ("http", "https") or not parts.hostname:
             r.problems.append(f"{path}.base_url: must be an http(s) URL (got {base_url!r})")
         elif parts.query or parts.fragment:

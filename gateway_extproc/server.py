@@ -83,7 +83,7 @@ async def serve(ctx: GatewayContext, address: str, port_file: Path | None) -> No
         tmp = port_file.with_suffix(".tmp")
         tmp.write_text(str(port))
         tmp.replace(port_file)
-    log.info("ext_proc listening on %s (port %d)", address, port)
+    log.info("ext_proc listening on %s", address.rsplit(":", 1)[0] + f":{port}")
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -1,0 +1,162 @@
+"""Providers are configuration: real-shaped providers get the gateway's credential injected,
+and a self-hosted OpenAI-compatible server is one config entry plus a catalog entry."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import anthropic
+import openai
+import pytest
+
+from gateway_extproc.stack import Stack
+from tests.e2e.conftest import stack_environ, start_stack
+from tests.e2e.harness import AuditLog, MockLog
+
+pytestmark = pytest.mark.e2e
+OPENAI_KEY = "sk-gateway-owned-openai-key"
+ANTHROPIC_KEY = "sk-ant-gateway-owned-key"
+
+
+@pytest.fixture(scope="module")
+def keyed_mock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A provider that refuses any request without the gateway's own keys."""
+    run_dir = tmp_path_factory.mktemp("keyed-mock")
+    port_file = run_dir / "port"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gateway_extproc.mock",
+            "--port",
+            "0",
+            "--port-file",
+            str(port_file),
+            "--openai-key",
+            OPENAI_KEY,
+            "--anthropic-key",
+            ANTHROPIC_KEY,
+        ],
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not port_file.exists():
+            assert time.monotonic() < deadline and proc.poll() is None, "mock did not start"
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port_file.read_text().strip()}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def configured_stack(tmp_path_factory: pytest.TempPathFactory, keyed_mock: str) -> Iterator[Stack]:
+    run_dir = tmp_path_factory.mktemp("configured")
+    key_file = run_dir / "anthropic.key"
+    key_file.write_text(ANTHROPIC_KEY + "\n")
+    catalog = run_dir / "catalog.yaml"
+    catalog.write_text(
+        "models:\n"
+        "  local-llama-70b:\n"
+        "    provider: vllm\n    schema: openai\n    max_output_tokens: 4096\n    free: true\n"
+    )
+    config = run_dir / "gateway.yaml"
+    config.write_text(
+        f"""
+mock_unconfigured_providers: false
+providers:
+  openai:
+    base_url: {keyed_mock}/v1
+    auth: {{header: authorization, prefix: "Bearer ", env: TEST_GATEWAY_OPENAI_KEY}}
+  anthropic:
+    base_url: {keyed_mock}/v1
+    auth: {{header: x-api-key, file: {key_file}}}
+  vllm:
+    schema: openai
+    base_url: {keyed_mock}/v1
+    auth: null
+catalog:
+  files: [{catalog}]
+"""
+    )
+    env = stack_environ(run_dir, TEST_GATEWAY_OPENAI_KEY=OPENAI_KEY)
+    s = start_stack(run_dir, config_path=config, environ=env)
+    yield s
+    s.stop()
+
+
+def test_gateway_injects_provider_keys(configured_stack: Stack, keyed_mock: str) -> None:
+    mock = MockLog(keyed_mock)
+    audit = AuditLog(configured_stack.run_dir / "audit.jsonl")
+    with openai.OpenAI(
+        base_url=configured_stack.gateway_url + "/v1", api_key="user-token", max_retries=0
+    ) as oai:
+        raw = oai.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert raw.parse().choices[0].message.content
+    assert mock.last()["headers"]["authorization"] == f"Bearer {OPENAI_KEY}"
+    rec = audit.wait_for(raw.headers["x-gateway-request-id"])
+    assert rec["upstream_mocked"] is False and rec["provider"] == "openai"
+
+    with anthropic.Anthropic(
+        base_url=configured_stack.gateway_url, api_key="user-token", max_retries=0
+    ) as claude:
+        msg = claude.messages.create(
+            model="claude-haiku-4-5", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+        )
+    assert msg.usage.output_tokens == 10
+    seen = mock.last()["headers"]
+    assert seen["x-api-key"] == ANTHROPIC_KEY and "authorization" not in seen
+
+
+def test_self_hosted_provider_is_one_config_entry(configured_stack: Stack, keyed_mock: str) -> None:
+    mock = MockLog(keyed_mock)
+    audit = AuditLog(configured_stack.run_dir / "audit.jsonl")
+    with openai.OpenAI(
+        base_url=configured_stack.gateway_url + "/v1", api_key="user-token", max_retries=0
+    ) as oai:
+        # The vLLM entry has no credential: the keyed mock refuses the request, and the 401
+        # comes back to the client unchanged (and is recorded).
+        with pytest.raises(openai.AuthenticationError):
+            oai.chat.completions.create(
+                model="local-llama-70b", messages=[{"role": "user", "content": "hi"}]
+            )
+        assert "authorization" not in mock.last()["headers"]
+        ids = {m.id for m in oai.models.list()}
+    assert "local-llama-70b" in ids
+    rec = [r for r in audit.records() if r["requested_model"] == "local-llama-70b"][-1]
+    assert rec["provider"] == "vllm" and rec["status"] == 401 and rec["cost_micros"] == 0
+
+
+def test_missing_key_is_a_startup_error_when_the_mock_is_off(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text("mock_unconfigured_providers: false\n")
+    env = {k: v for k, v in stack_environ(tmp_path).items() if not k.endswith("_API_KEY")}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway_extproc.cli",
+            "envoy-config",
+            "--config",
+            str(config),
+            "--mock-url",
+            "http://127.0.0.1:1/v1",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert (
+        "providers.openai.auth: no credential in environment variable OPENAI_API_KEY"
+        in result.stderr
+    )
+    assert "providers.anthropic.auth" in result.stderr

@@ -1,0 +1,141 @@
+"""Streams that do not end well are still metered; long streams are not cut; idle ones are."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from gateway_extproc.stack import Stack
+from tests.e2e.conftest import start_stack
+from tests.e2e.harness import AuditLog, expected_cost_micros
+
+pytestmark = pytest.mark.e2e
+MESSAGES = [{"role": "user", "content": "Tell me a long story."}]
+
+
+def _records_for(audit: AuditLog, predicate: object, timeout: float = 15) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [r for r in audit.records() if predicate(r)]  # type: ignore[operator]
+        if found:
+            return found[-1]
+        time.sleep(0.05)
+    raise AssertionError("no matching audit record")
+
+
+def test_upstream_abort_mid_stream_is_estimated(oai: openai.OpenAI, audit: AuditLog) -> None:
+    headers = {
+        "x-mock-output-tokens": "50",
+        "x-mock-abort-after-events": "10",
+        "x-mock-chunk-delay-ms": "20",
+    }
+    received: list[str] = []
+    with oai.chat.completions.with_streaming_response.create(
+        model="gpt-4o-mini", messages=MESSAGES, stream=True, extra_headers=headers
+    ) as response:
+        rid = response.headers["x-gateway-request-id"]
+        with pytest.raises((openai.APIError, httpx.HTTPError)):
+            for chunk in response.parse():
+                received += [c.delta.content or "" for c in chunk.choices]
+    rec = audit.wait_for(rid)
+    assert rec["completed"] is False and rec["usage_source"] == "estimated"
+    streamed_chars = len("".join(received))
+    assert rec["tokens"]["output_tokens"] >= -(-streamed_chars // 4) > 0
+    assert rec["tokens"]["input_tokens"] > 0
+    assert rec["cost_micros"] == expected_cost_micros("gpt-4o-mini", rec["tokens"])
+
+
+def test_client_disconnect_mid_stream_is_charged_for_what_was_streamed(
+    oai: openai.OpenAI, audit: AuditLog
+) -> None:
+    headers = {"x-mock-output-tokens": "400", "x-mock-chunk-delay-ms": "20"}
+    with oai.chat.completions.with_streaming_response.create(
+        model="gpt-4o", messages=MESSAGES, stream=True, extra_headers=headers
+    ) as response:
+        rid = response.headers["x-gateway-request-id"]
+        stream = response.parse()
+        for n, _chunk in enumerate(stream):
+            if n == 15:
+                break
+        stream.close()  # the SDK closes the stream: Envoy resets, the sidecar's stream ends
+    rec = audit.wait_for(rid)
+    assert rec["completed"] is False and rec["usage_source"] == "estimated"
+    assert 0 < rec["tokens"]["output_tokens"] < 400
+    assert rec["cost_micros"] > 0
+
+
+def test_omitted_usage_is_estimated(
+    oai: openai.OpenAI, claude: anthropic.Anthropic, audit: AuditLog
+) -> None:
+    raw = oai.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=MESSAGES, extra_headers={"x-mock-omit-usage": "1"}
+    )
+    completion = raw.parse()
+    assert completion.usage is None
+    rec = audit.wait_for(raw.headers["x-gateway-request-id"])
+    assert rec["usage_source"] == "estimated" and rec["completed"] is True
+    assert rec["tokens"]["output_tokens"] > 0 and rec["cost_micros"] > 0
+
+    with claude.messages.with_streaming_response.create(
+        model="claude-haiku-4-5",
+        max_tokens=100,
+        messages=MESSAGES,  # type: ignore[arg-type]
+        stream=True,
+        extra_headers={"x-mock-omit-usage": "1"},
+    ) as response:
+        rid = response.headers["x-gateway-request-id"]
+        list(response.parse())
+    rec = audit.wait_for(rid)
+    assert rec["usage_source"] == "estimated" and rec["tokens"]["output_tokens"] > 0
+
+
+def test_a_three_minute_stream_is_not_cut(oai: openai.OpenAI, audit: AuditLog) -> None:
+    """Envoy's default 15 s route timeout would end this with a 504 after 15 s."""
+    headers = {"x-mock-output-tokens": "61", "x-mock-chunk-delay-ms": "3000"}
+    started = time.monotonic()
+    with oai.chat.completions.with_streaming_response.create(
+        model="gpt-4o-mini", messages=MESSAGES, stream=True, extra_headers=headers, timeout=400
+    ) as response:
+        rid = response.headers["x-gateway-request-id"]
+        chunks = list(response.parse())
+    assert time.monotonic() - started >= 180
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert len(text.split()) == 61
+    rec = audit.wait_for(rid)
+    assert rec["completed"] is True and rec["usage_source"] == "provider"
+    assert rec["tokens"]["output_tokens"] == 61
+
+
+@pytest.fixture(scope="module")
+def impatient_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    run_dir = tmp_path_factory.mktemp("impatient")
+    config = run_dir / "gateway.yaml"
+    config.write_text("limits:\n  stream_idle_timeout_s: 2\n")
+    s = start_stack(run_dir, config_path=config)
+    yield s
+    s.stop()
+
+
+def test_idle_streams_are_still_cut(impatient_stack: Stack) -> None:
+    body = b'{"model": "gpt-4o-mini", "stream": true, "messages": []}'
+    started = time.monotonic()
+    headers = {"content-type": "application/json", "x-mock-chunk-delay-ms": "5000"}
+    with httpx.stream(
+        "POST",
+        impatient_stack.gateway_url + "/v1/chat/completions",
+        content=body,
+        headers=headers,
+        timeout=30,
+    ) as r:
+        with pytest.raises(httpx.HTTPError):
+            for _ in r.iter_raw():
+                pass
+    assert time.monotonic() - started < 5
+    audit = AuditLog(impatient_stack.run_dir / "audit.jsonl")
+    rec = _records_for(audit, lambda r: r["stream"] is True)
+    assert rec["completed"] is False and rec["usage_source"] == "estimated"
