@@ -125,16 +125,18 @@ def test_idle_streams_are_still_cut(impatient_stack: Stack) -> None:
     body = b'{"model": "gpt-4o-mini", "stream": true, "messages": []}'
     started = time.monotonic()
     headers = {"content-type": "application/json", "x-mock-chunk-delay-ms": "5000"}
-    with httpx.stream(
-        "POST",
-        impatient_stack.gateway_url + "/v1/chat/completions",
-        content=body,
-        headers=headers,
-        timeout=30,
-    ) as r:
-        with pytest.raises(httpx.HTTPError):
-            for _ in r.iter_raw():
-                pass
+    with (
+        httpx.stream(
+            "POST",
+            impatient_stack.gateway_url + "/v1/chat/completions",
+            content=body,
+            headers=headers,
+            timeout=30,
+        ) as r,
+        pytest.raises(httpx.HTTPError),
+    ):
+        for _ in r.iter_raw():
+            pass
     assert time.monotonic() - started < 5
     audit = AuditLog(impatient_stack.run_dir / "audit.jsonl")
     rec = _records_for(audit, lambda r: r["stream"] is True)
