@@ -47,6 +47,7 @@ def _count(value: Any) -> tuple[int, int]:
                 is_media = key in _MEDIA_KEYS and (
                     isinstance(sub, dict | list)
                     or (isinstance(sub, str) and sub.startswith("data:"))
+                    or (key == "image_url" and isinstance(sub, str))  # Responses: a plain URL
                 )
                 if is_media:
                     media += 1
