@@ -36,12 +36,16 @@ CHAT = {"provider": "local", "schema": "openai", "max_output_tokens": 1000}
 # --- the shipped catalog -----------------------------------------------------------------------
 
 SHIPPED_MODELS = [
-    *("gpt-5", "gpt-5-mini", "gpt-5-nano", "gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano"),
-    *("gpt-4o", "gpt-4o-2024-05-13", "gpt-4o-mini", "o3", "o4-mini", "o1"),
+    *("gpt-6.2-sol", "gpt-6.1-sol", "gpt-6-sol", "gpt-6.1-terra", "gpt-6-luna"),
+    *("gpt-5.6-luna", "gpt-5.4-nano", "gpt-5", "gpt-5-mini", "gpt-5-nano"),
+    *("gpt-4.1", "gpt-4.1-mini", "gpt-4o", "gpt-4o-mini", "gpt-4o-mini-search-preview"),
+    *("o3", "o4-mini", "gpt-3.5-turbo-instruct", "babbage-002", "davinci-002"),
     *("text-embedding-3-small", "text-embedding-3-large", "text-embedding-ada-002"),
-    "gpt-3.5-turbo-instruct",
-    *("claude-opus-4-1", "claude-opus-4", "claude-sonnet-4-5", "claude-sonnet-4"),
-    *("claude-haiku-4-5", "claude-3-5-haiku", "claude-3-7-sonnet"),
+    *("claude-fable-5-1", "claude-mythos-5-1", "claude-fable-5", "claude-mythos-5"),
+    *("claude-opus-5-5", "claude-opus-5", "claude-opus-4-8", "claude-opus-4-7"),
+    *("claude-opus-4-6", "claude-opus-4-5"),
+    *("claude-sonnet-5-5", "claude-sonnet-5", "claude-sonnet-4-6", "claude-sonnet-4-5"),
+    *("claude-haiku-5-5", "claude-haiku-4-5"),
 ]
 
 
@@ -67,20 +71,22 @@ def test_every_shipped_entry_is_priced_and_consistent(shipped: Catalog) -> None:
 
 # (model, input, output, cached_input, cache_write) in USD per 1M tokens
 SHIPPED_PRICES = [
+    ("gpt-6.2-sol", "2", "10", "0.10", "2.50"),
+    ("gpt-6.1-terra", "1", "5", "0.05", "1.25"),
+    ("gpt-6-luna", "0.10", "0.50", "0.01", "0.125"),
     ("gpt-5", "1.25", "10", "0.125", "1.25"),
     ("gpt-5-mini", "0.25", "2", "0.025", "0.25"),
     ("gpt-5-nano", "0.05", "0.40", "0.005", "0.05"),
     ("gpt-4.1", "2", "8", "0.50", "2"),
-    ("gpt-4.1-nano", "0.10", "0.40", "0.025", "0.10"),
     ("gpt-4o", "2.50", "10", "1.25", "2.50"),
-    ("gpt-4o-2024-05-13", "5", "15", "5", "5"),
     ("gpt-4o-mini", "0.15", "0.60", "0.075", "0.15"),
     ("o4-mini", "1.10", "4.40", "0.275", "1.10"),
     ("text-embedding-3-small", "0.02", "0", "0.02", "0.02"),
     ("claude-sonnet-4-5", "3", "15", "0.30", "3.75"),
+    ("claude-sonnet-5-5", "2", "10", "0.10", "2.50"),
     ("claude-haiku-4-5", "1", "5", "0.10", "1.25"),
-    ("claude-3-5-haiku", "0.80", "4", "0.08", "1"),
-    ("claude-opus-4-1", "15", "75", "1.50", "18.75"),
+    ("claude-opus-5-5", "4", "20", "0.20", "5"),
+    ("claude-fable-5-1", "10", "50", "0.25", "12.50"),
 ]
 
 
@@ -97,17 +103,16 @@ def test_shipped_prices(
 LOOKUPS = [
     ("gpt-4o", "gpt-4o"),  # exact
     ("gpt-4o-2024-08-06", "gpt-4o"),  # listed alias
-    ("gpt-4o-2024-05-13", "gpt-4o-2024-05-13"),  # exact beats the dated fallback: dearer snapshot
     ("gpt-4o-2030-01-31", "gpt-4o"),  # OpenAI-style dated snapshot not listed
     ("gpt-4o-mini-2024-07-18", "gpt-4o-mini"),
     ("gpt-4.1-mini-2030-12-01", "gpt-4.1-mini"),
     ("claude-sonnet-4-5", "claude-sonnet-4-5"),
     ("claude-sonnet-4-5-20250929", "claude-sonnet-4-5"),  # listed alias
     ("claude-sonnet-4-5-20300101", "claude-sonnet-4-5"),  # Anthropic-style dated snapshot
-    ("claude-3-5-haiku-latest", "claude-3-5-haiku"),
-    ("claude-3-7-sonnet-latest", "claude-3-7-sonnet"),
-    ("claude-opus-4-0", "claude-opus-4"),
-    ("claude-opus-4-1-20250805", "claude-opus-4-1"),
+    ("claude-opus-4-5-20251101", "claude-opus-4-5"),  # listed alias
+    ("gpt-5-nano-2025-08-07", "gpt-5-nano"),  # listed alias
+    ("claude-opus-4-6-20300101", "claude-opus-4-6"),  # Anthropic-style dated, no listed alias
+    ("gpt-6.2-sol-2030-01-01", "gpt-6.2-sol"),  # dotted name, OpenAI-style dated
     ("gpt-4o-2024-13-01", None),  # not a date
     ("gpt-4o-20241301", None),
     ("gpt-4o-2024-08-6", None),
@@ -125,6 +130,23 @@ LOOKUPS = [
 def test_lookup(shipped: Catalog, asked: str, expected: str | None) -> None:
     entry = shipped.lookup(asked)
     assert (entry.name if entry else None) == expected
+
+
+def test_exact_dated_name_beats_the_dated_fallback() -> None:
+    # A snapshot priced differently from its undated model is listed as its own model (the shipped
+    # catalog had gpt-4o-2024-05-13 until OpenAI shut it down on 2026-10-23).
+    doc = {
+        "models": {
+            "gpt-4o": {**CHAT, "input": "2.50", "output": 10},
+            "gpt-4o-2024-05-13": {**CHAT, "input": 5, "output": 15},
+        }
+    }
+    catalog = catalog_of(doc)
+    dearer = catalog.lookup("gpt-4o-2024-05-13")
+    assert dearer is not None and dearer.name == "gpt-4o-2024-05-13"
+    assert dearer.price.input == 5_000_000
+    fallback = catalog.lookup("gpt-4o-2024-08-06")
+    assert fallback is not None and fallback.name == "gpt-4o"
 
 
 def test_every_name_and_alias_resolves_to_its_model(shipped: Catalog) -> None:
@@ -199,7 +221,7 @@ def test_operator_files_merge_fields_add_and_remove(tmp_path: Path) -> None:
         'prices_as_of: "2026-01-15"\n'
         "models:\n"
         "  gpt-4o: {input: 2.25}\n"  # field-level: output and cached_input stay
-        "  o1: {remove: true}\n"
+        "  o3: {remove: true}\n"
         "  llama-3-70b: {provider: vllm, schema: openai, max_output_tokens: 8192, free: true}\n"
         "  claude-haiku-4-5: {free: true}\n"  # free drops the inherited prices
     )
@@ -214,7 +236,7 @@ def test_operator_files_merge_fields_add_and_remove(tmp_path: Path) -> None:
     assert gpt_4o.max_output_tokens == 16_384 and gpt_4o.provider == "openai"
     assert gpt_4o.aliases == ("my-4o",)  # aliases are replaced, not appended
     assert catalog.lookup("gpt-4o-2024-08-06") is gpt_4o  # still, by the dated fallback
-    for gone in ("o1", "o1-2024-12-17", "o1-2030-01-01"):
+    for gone in ("o3", "o3-2025-04-16", "o3-2030-01-01"):
         assert catalog.lookup(gone) is None
     llama = catalog.lookup("llama-3-70b")
     assert llama is not None and llama.free and llama.price == Price.free()
