@@ -34,7 +34,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except StackError as exc:
         print(f"gatewayctl: {exc}", file=sys.stderr)
         return 1
-    mocked = [u.provider for u in stack_upstreams(stack) if u.mocked]
+    mocked = [u.provider for u in stack.upstreams.values() if u.mocked]
     print(
         f"\n  gateway   {stack.gateway_url}  (OpenAI SDK: base_url={stack.gateway_url}/v1, "
         f"Anthropic SDK: base_url={stack.gateway_url})\n"
@@ -59,14 +59,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         stack.stop()
     return 0
-
-
-def stack_upstreams(stack: object) -> list:  # type: ignore[type-arg]
-    from gateway_extproc.stack import Stack
-    from gateway_extproc.upstreams import resolve_upstreams
-
-    assert isinstance(stack, Stack)
-    return list(resolve_upstreams(stack.config, stack.environ, stack.mock_url).values())
 
 
 def cmd_envoy_config(args: argparse.Namespace) -> int:

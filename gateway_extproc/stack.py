@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import shutil
 import signal
@@ -17,13 +18,13 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO
 
 from gateway_extproc import envoy_config
 from gateway_extproc.config import GatewayConfig, load_config
-from gateway_extproc.upstreams import needs_mock, resolve_upstreams
+from gateway_extproc.upstreams import Upstream, needs_mock, resolve_upstreams
 
 
 class StackError(RuntimeError):
@@ -61,14 +62,15 @@ def ca_bundle() -> str:
         return "/etc/ssl/certs/ca-certificates.crt"
 
 
-def wait_for(predicate: object, what: str, timeout: float, proc: subprocess.Popen[bytes]) -> None:
+def wait_for(
+    check: Callable[[], bool], what: str, timeout: float, proc: subprocess.Popen[bytes]
+) -> None:
     deadline = time.monotonic() + timeout
-    check = predicate  # a zero-argument callable returning bool
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise StackError(f"{what} exited with status {proc.returncode} while starting")
         try:
-            if check():  # type: ignore[operator]
+            if check():
                 return
         except OSError:
             pass
@@ -112,6 +114,7 @@ class Stack:
         self.gateway_url = ""
         self.admin_url = ""
         self.sidecar_port = 0
+        self.upstreams: dict[str, Upstream] = {}
 
     # -- processes --------------------------------------------------------------------------
 
@@ -199,7 +202,7 @@ class Stack:
         self.sidecar_port = int(port_file.read_text().strip())
 
     def envoy_yaml(self) -> str:
-        upstreams = resolve_upstreams(self.config, self.environ, self.mock_url)
+        self.upstreams = upstreams = resolve_upstreams(self.config, self.environ, self.mock_url)
         ports = envoy_config.EnvoyPorts(
             listen_host=self.config.listen_host,
             listen_port=self.config.listen_port if self.listen_port is None else self.listen_port,
@@ -245,8 +248,6 @@ class Stack:
 
         wait_for(ready, "envoy", 30, proc)
         with urllib.request.urlopen(self.admin_url + "/listeners?format=json", timeout=2) as r:
-            import json
-
             listeners = json.load(r)["listener_statuses"]
         address = listeners[0]["local_address"]["socket_address"]
         self.gateway_url = f"http://{address['address']}:{address['port_value']}"

@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from gateway_extproc.stack import Stack
-from tests.e2e.harness import FIXTURES, AuditLog, MockLog
+from tests.e2e.harness import FIXTURES, RETIRED_MODELS, AuditLog, MockLog
 
 pytestmark = pytest.mark.e2e
 
@@ -44,7 +44,9 @@ def start_stack(run_dir: Path, **kwargs: object) -> Stack:
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     run_dir = tmp_path_factory.mktemp("stack")
-    s = start_stack(run_dir, mock_args=("--fixtures-dir", str(FIXTURES)))
+    config = run_dir / "gateway.yaml"
+    config.write_text(f"catalog:\n  files: [{RETIRED_MODELS}]\n")
+    s = start_stack(run_dir, config_path=config, mock_args=("--fixtures-dir", str(FIXTURES)))
     yield s
     s.stop()
 

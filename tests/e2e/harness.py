@@ -14,6 +14,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO.parent / "shared" / "fixtures" / "recorded-openai"
 CATALOG = REPO / "gateway_extproc" / "catalog.yaml"
+# Models the recorded transcripts use that the providers have since retired (operator catalog).
+RETIRED_MODELS = REPO / "tests" / "fixtures" / "retired-models.yaml"
 
 
 class AuditLog:
@@ -60,8 +62,9 @@ class MockLog:
 
 
 def _raw_catalog() -> dict[str, Any]:
-    doc = yaml.safe_load(CATALOG.read_text())
-    models: dict[str, Any] = doc["models"]
+    models: dict[str, Any] = {}
+    for path in (CATALOG, RETIRED_MODELS):
+        models.update(yaml.safe_load(path.read_text())["models"])
     return models
 
 

@@ -66,7 +66,7 @@ def test_cached_and_reasoning_tokens_priced_separately(oai: openai.OpenAI, audit
         "x-mock-output-tokens": "20",
     }
     with oai.chat.completions.with_streaming_response.create(
-        model="o4-mini",
+        model="gpt-6-luna",
         messages=MESSAGES,
         stream=True,
         stream_options={"include_usage": True},
@@ -89,7 +89,7 @@ def test_cached_and_reasoning_tokens_priced_separately(oai: openai.OpenAI, audit
         reasoning=reasoning,
     )
     assert record["tokens"] == want
-    assert record["cost_micros"] == expected_cost_micros("o4-mini", want)
+    assert record["cost_micros"] == expected_cost_micros("gpt-6-luna", want)
 
 
 def test_responses_api_stream_and_json(oai: openai.OpenAI, audit: AuditLog) -> None:
