@@ -44,6 +44,29 @@ class UnknownModel(ClientError):
     anthropic_type = "not_found_error"
 
 
+class Unauthenticated(ClientError):
+    """No credential, or one that does not verify. Carries a WWW-Authenticate challenge."""
+
+    status = 401
+    code = "unauthenticated"
+    anthropic_type = "authentication_error"
+
+    def __init__(self, message: str, *, error: str = "invalid_token") -> None:
+        description = message.replace('"', "'")
+        challenge = f'Bearer realm="llm-gateway", error="{error}", error_description="{description}"'
+        if error == "missing_token":  # RFC 6750: no error code when no credential was sent
+            challenge = 'Bearer realm="llm-gateway"'
+        super().__init__(message, headers={"www-authenticate": challenge})
+
+
+class Forbidden(ClientError):
+    """A verified identity asked for something its policy does not allow."""
+
+    status = 403
+    code = "model_not_allowed"
+    anthropic_type = "permission_error"
+
+
 class NotFound(ClientError):
     status = 404
     code = "not_found"

@@ -1,0 +1,1 @@
+"""Who is calling: verified JWTs, static service tokens, client metadata, model policies."""
