@@ -76,6 +76,11 @@ async def serve(ctx: GatewayContext, address: str, port_file: Path | None) -> No
     port = server.add_insecure_port(address)
     if port == 0:
         raise RuntimeError(f"cannot listen on {address}")
+    # Before the port file says "ready": a SIGTERM from then on always drains.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     await server.start()
     for service in ("", SERVICE_NAME):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
@@ -84,11 +89,6 @@ async def serve(ctx: GatewayContext, address: str, port_file: Path | None) -> No
         tmp.write_text(str(port))
         tmp.replace(port_file)
     log.info("ext_proc listening on %s", address.rsplit(":", 1)[0] + f":{port}")
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("draining: reporting NOT_SERVING for %.1fs", ctx.config.drain_s)
     for service in ("", SERVICE_NAME):

@@ -1,0 +1,355 @@
+"""The generated Envoy bootstrap: the properties the gateway relies on, and `envoy --mode
+validate` on every shape it produces (the production one, mocked providers, a self-hosted one)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from gateway_extproc.config import GatewayConfig, load_config
+from gateway_extproc.envoy_config import EXTPROC_CLUSTER, EnvoyPorts, build, render
+from gateway_extproc.processor import CLUSTER_HEADER
+from gateway_extproc.server import GRPC_MESSAGE_SLACK
+from gateway_extproc.stack import StackError, validate_envoy_config
+from gateway_extproc.upstreams import Upstream, resolve_upstreams
+
+REPO = Path(__file__).resolve().parents[2]
+CA_FILE = "/etc/ssl/certs/ca-certificates.crt"
+MOCK = "http://127.0.0.1:18081/v1"
+PORTS = EnvoyPorts(
+    listen_host="127.0.0.1",
+    listen_port=10000,
+    admin_port=9901,
+    sidecar_host="127.0.0.1",
+    sidecar_port=50051,
+)
+
+
+def bootstrap(config: GatewayConfig, upstreams: dict[str, Upstream]) -> dict[str, Any]:
+    return build(config, PORTS, upstreams.values(), CA_FILE)
+
+
+@pytest.fixture(scope="module")
+def config() -> GatewayConfig:
+    return load_config(None, {})
+
+
+@pytest.fixture(scope="module")
+def production(config: GatewayConfig) -> dict[str, Any]:
+    return bootstrap(config, resolve_upstreams(config, {}, None, assume_credentials=True))
+
+
+@pytest.fixture(scope="module")
+def mocked(config: GatewayConfig) -> dict[str, Any]:
+    return bootstrap(config, resolve_upstreams(config, {}, MOCK))
+
+
+@pytest.fixture(scope="module")
+def self_hosted(tmp_path_factory: pytest.TempPathFactory) -> tuple[GatewayConfig, dict[str, Any]]:
+    path = tmp_path_factory.mktemp("cfg") / "gateway.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "limits": {"max_request_body_bytes": 65536, "ext_proc_message_timeout_ms": 750},
+                "providers": {
+                    "vllm": {
+                        "schema": "openai",
+                        "base_url": "http://127.0.0.1:8000/v1",
+                        "auth": None,
+                    }
+                },
+            }
+        )
+    )
+    cfg = load_config(path, {})
+    return cfg, bootstrap(cfg, resolve_upstreams(cfg, {"OPENAI_API_KEY": "sk-x"}, MOCK))
+
+
+# --- finding things in a bootstrap ---------------------------------------------------------------
+
+
+def listener(b: dict[str, Any]) -> dict[str, Any]:
+    (only,) = b["static_resources"]["listeners"]
+    return only
+
+
+def hcm(b: dict[str, Any]) -> dict[str, Any]:
+    (chain,) = listener(b)["filter_chains"]
+    (manager,) = chain["filters"]
+    assert manager["name"] == "envoy.filters.network.http_connection_manager"
+    return manager["typed_config"]
+
+
+def route(b: dict[str, Any]) -> dict[str, Any]:
+    (vhost,) = hcm(b)["route_config"]["virtual_hosts"]
+    (only,) = vhost["routes"]
+    return only
+
+
+def http_filter(b: dict[str, Any], name: str) -> dict[str, Any]:
+    found = [f["typed_config"] for f in hcm(b)["http_filters"] if f["name"] == name]
+    assert len(found) == 1, name
+    return found[0]
+
+
+def cluster(b: dict[str, Any], name: str) -> dict[str, Any]:
+    found = [c for c in b["static_resources"]["clusters"] if c["name"] == name]
+    assert len(found) == 1, name
+    return found[0]
+
+
+def cluster_names(b: dict[str, Any]) -> list[str]:
+    return [c["name"] for c in b["static_resources"]["clusters"]]
+
+
+def endpoint(c: dict[str, Any]) -> dict[str, Any]:
+    (group,) = c["load_assignment"]["endpoints"]
+    (lb,) = group["lb_endpoints"]
+    return lb["endpoint"]
+
+
+# --- properties --------------------------------------------------------------------------------
+
+
+def test_admin_on_loopback(production: dict[str, Any], mocked: dict[str, Any]) -> None:
+    for b in (production, mocked):
+        assert b["admin"]["address"] == {
+            "socket_address": {"address": "127.0.0.1", "port_value": 9901}
+        }
+
+
+def test_listener(config: GatewayConfig, production: dict[str, Any]) -> None:
+    lst = listener(production)
+    assert lst["address"] == {"socket_address": {"address": "127.0.0.1", "port_value": 10000}}
+    assert lst["per_connection_buffer_limit_bytes"] == config.limits.max_request_body_bytes
+    overload = production["overload_manager"]["resource_monitors"][0]["typed_config"]
+    assert overload["max_active_downstream_connections"] == 10000
+
+
+def test_route(config: GatewayConfig, production: dict[str, Any]) -> None:
+    r = route(production)
+    # Only requests the sidecar routed reach a provider; the header itself never goes upstream.
+    assert r["match"] == {
+        "prefix": "/",
+        "headers": [{"name": CLUSTER_HEADER, "present_match": True}],
+    }
+    assert r["route"]["cluster_header"] == CLUSTER_HEADER
+    assert r["request_headers_to_remove"] == [CLUSTER_HEADER]
+    # No overall timeout (streams run for minutes), but an idle stream is still cut.
+    assert r["route"]["timeout"] == "0s"
+    idle = f"{config.limits.stream_idle_timeout_s}s"
+    assert r["route"]["idle_timeout"] == idle != "0s"
+    assert hcm(production)["stream_idle_timeout"] == idle
+    assert r["route"]["auto_host_rewrite"] is True
+
+
+def test_filter_order(production: dict[str, Any]) -> None:
+    # The compressor sits before ext_proc so that, on responses, ext_proc meters identity bytes.
+    assert [f["name"] for f in hcm(production)["http_filters"]] == [
+        "envoy.filters.http.compressor",
+        "envoy.filters.http.ext_proc",
+        "envoy.filters.http.router",
+    ]
+
+
+def test_ext_proc_filter(config: GatewayConfig, production: dict[str, Any]) -> None:
+    ext = http_filter(production, "envoy.filters.http.ext_proc")
+    assert ext["failure_mode_allow"] is False  # fail closed: nothing passes unmetered
+    assert ext["status_on_error"] == {"code": 503}
+    assert ext["message_timeout"] == "5s"
+    assert ext["allow_mode_override"] is True
+    assert ext["processing_mode"] == {
+        "request_header_mode": "SEND",
+        "request_body_mode": "BUFFERED",
+        "response_header_mode": "SEND",
+        "response_body_mode": "BUFFERED",
+        "request_trailer_mode": "SKIP",
+        "response_trailer_mode": "SKIP",
+    }
+    grpc = ext["grpc_service"]["envoy_grpc"]
+    assert grpc["cluster_name"] == EXTPROC_CLUSTER
+    limit = config.limits.max_request_body_bytes
+    assert grpc["max_receive_message_length"] >= limit
+    assert grpc["max_receive_message_length"] == limit + GRPC_MESSAGE_SLACK
+
+
+def test_sidecar_cluster(production: dict[str, Any]) -> None:
+    c = cluster(production, EXTPROC_CLUSTER)
+    assert endpoint(c)["address"] == {
+        "socket_address": {"address": "127.0.0.1", "port_value": 50051}
+    }
+    options = c["typed_extension_protocol_options"]
+    (http,) = options.values()
+    assert "http2_protocol_options" in http["explicit_http_config"]  # gRPC needs HTTP/2
+    assert "transport_socket" not in c
+
+
+def test_production_provider_clusters(config: GatewayConfig, production: dict[str, Any]) -> None:
+    assert cluster_names(production) == [EXTPROC_CLUSTER, "provider_openai", "provider_anthropic"]
+    for name, host in (("openai", "api.openai.com"), ("anthropic", "api.anthropic.com")):
+        c = cluster(production, f"provider_{name}")
+        assert c["type"] == "LOGICAL_DNS"
+        assert c["connect_timeout"] == "10s"
+        assert c["per_connection_buffer_limit_bytes"] == config.limits.max_request_body_bytes
+        assert endpoint(c) == {
+            "address": {"socket_address": {"address": host, "port_value": 443}},
+            "hostname": host,
+        }
+        tls = c["transport_socket"]
+        assert tls["name"] == "envoy.transport_sockets.tls"
+        ctx = tls["typed_config"]
+        assert ctx["sni"] == host
+        validation = ctx["common_tls_context"]["validation_context"]
+        assert validation["trusted_ca"] == {"filename": CA_FILE}
+        assert validation["match_typed_subject_alt_names"] == [
+            {"san_type": "DNS", "matcher": {"exact": host}}
+        ]
+        (http,) = c["typed_extension_protocol_options"].values()
+        assert "auto_config" in http  # ALPN chooses h2 or http/1.1
+
+
+def test_mocked_provider_clusters(config: GatewayConfig, mocked: dict[str, Any]) -> None:
+    assert cluster_names(mocked) == [EXTPROC_CLUSTER, "provider_openai", "provider_anthropic"]
+    for name in ("openai", "anthropic"):
+        c = cluster(mocked, f"provider_{name}")
+        assert c["type"] == "STATIC"
+        assert endpoint(c) == {
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": 18081}}
+        }
+        assert "transport_socket" not in c  # http: no TLS
+        assert "dns_lookup_family" not in c
+        assert c["per_connection_buffer_limit_bytes"] == config.limits.max_request_body_bytes
+        (http,) = c["typed_extension_protocol_options"].values()
+        assert "http_protocol_options" in http["explicit_http_config"]
+
+
+def test_self_hosted_and_small_limit(self_hosted: tuple[GatewayConfig, dict[str, Any]]) -> None:
+    cfg, b = self_hosted
+    assert cluster_names(b) == [
+        EXTPROC_CLUSTER,
+        "provider_openai",
+        "provider_anthropic",
+        "provider_vllm",
+    ]
+    assert cluster(b, "provider_openai")["transport_socket"]["typed_config"]["sni"] == (
+        "api.openai.com"
+    )
+    assert "transport_socket" not in cluster(b, "provider_anthropic")  # mocked
+    vllm = cluster(b, "provider_vllm")
+    assert "transport_socket" not in vllm
+    assert endpoint(vllm)["address"]["socket_address"] == {
+        "address": "127.0.0.1",
+        "port_value": 8000,
+    }
+    assert listener(b)["per_connection_buffer_limit_bytes"] == 65536
+    for name in ("provider_openai", "provider_anthropic", "provider_vllm"):
+        assert cluster(b, name)["per_connection_buffer_limit_bytes"] == 65536
+    ext = http_filter(b, "envoy.filters.http.ext_proc")
+    assert ext["grpc_service"]["envoy_grpc"]["max_receive_message_length"] >= 65536
+    assert ext["message_timeout"] == "0.75s"
+    assert cfg.limits.max_request_body_bytes == 65536
+
+
+def test_local_reply_mappers(config: GatewayConfig, production: dict[str, Any]) -> None:
+    mappers = hcm(production)["local_reply_config"]["mappers"]
+    assert len(mappers) == 6  # three cases, each in Anthropic and OpenAI format
+    by_expression = {
+        m["filter"]["extension_filter"]["typed_config"]["expression"]: m for m in mappers
+    }
+    for anthropic in (True, False):
+        path = ("" if anthropic else "!") + "request.path.startsWith('/v1/messages')"
+        down = by_expression[f"response.code_details.startsWith('ext_proc') && {path}"]
+        too_large = by_expression[f"response.code_details == 'request_payload_too_large' && {path}"]
+        other = by_expression[f"!response.code_details.startsWith('gateway_') && {path}"]
+        assert (down["status_code"], too_large["status_code"]) == (503, 413)
+        assert "status_code" not in other  # Envoy's own status is kept
+        for m in (down, too_large, other):
+            body = m["body_format_override"]["json_format"]
+            assert body["request_id"] == "%REQ(X-REQUEST-ID)%"
+            if anthropic:
+                assert body["type"] == "error" and set(body["error"]) == {"type", "message"}
+            else:
+                assert set(body["error"]) == {"message", "type", "param", "code"}
+        limit = str(config.limits.max_request_body_bytes)
+        assert limit in too_large["body_format_override"]["json_format"]["error"]["message"]
+
+
+def test_access_log_has_no_secret_headers(production: dict[str, Any]) -> None:
+    (log,) = hcm(production)["access_log"]
+    text = str(log["typed_config"]["log_format"]).lower()
+    for secret in ("authorization", "x-api-key", "api-key"):
+        assert secret not in text
+
+
+def test_render_round_trips(production: dict[str, Any]) -> None:
+    text = render(production)
+    assert text.startswith("# Generated by gatewayctl envoy-config")
+    assert yaml.safe_load(text) == production
+
+
+# --- envoy --mode validate ---------------------------------------------------------------------
+
+
+def _validate(tmp_path: Path, b: dict[str, Any]) -> None:
+    path = tmp_path / "envoy.yaml"
+    path.write_text(render(b))
+    validate_envoy_config(path)  # raises StackError with Envoy's complaint
+
+
+def test_envoy_validates_production(tmp_path: Path, production: dict[str, Any]) -> None:
+    _validate(tmp_path, production)
+
+
+def test_envoy_validates_mocked(tmp_path: Path, mocked: dict[str, Any]) -> None:
+    _validate(tmp_path, mocked)
+
+
+def test_envoy_validates_self_hosted(
+    tmp_path: Path, self_hosted: tuple[GatewayConfig, dict[str, Any]]
+) -> None:
+    _validate(tmp_path, self_hosted[1])
+
+
+def test_envoy_rejects_a_broken_bootstrap(tmp_path: Path, mocked: dict[str, Any]) -> None:
+    # The validation step itself is live: a wrong field name fails it.
+    broken = yaml.safe_load(render(mocked))
+    broken["static_resources"]["clusters"][0]["conect_timeout"] = "1s"
+    with pytest.raises(StackError, match="conect_timeout"):
+        _validate(tmp_path, broken)
+
+
+CHECKED_IN = REPO / "envoy" / "envoy.yaml"
+
+
+@pytest.mark.skipif(not CHECKED_IN.exists(), reason="envoy/envoy.yaml is not checked in")
+def test_checked_in_envoy_yaml_is_current_and_valid() -> None:
+    validate_envoy_config(CHECKED_IN)
+    environ = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY") and not k.startswith("GATEWAY_")
+    }
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway_extproc.cli",
+            "envoy-config",
+            "--ca-file",
+            CA_FILE,
+        ],
+        cwd=REPO,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert CHECKED_IN.read_text() == result.stdout, "run `make envoy-config` and commit the result"

@@ -1,0 +1,1021 @@
+"""`StreamProcessor.handle()` driven with ext_proc messages shaped as Envoy sends them, and the
+audit line each request leaves behind. No gRPC, no Envoy: one processor per simulated stream."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import gzip
+import json
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+
+from gateway_extproc import processor as processor_module
+from gateway_extproc.audit import AuditSink
+from gateway_extproc.catalog import Catalog
+from gateway_extproc.config import GatewayConfig, load_config
+from gateway_extproc.context import GatewayContext
+from gateway_extproc.pricing import cost_micros, format_usd
+from gateway_extproc.processor import CLUSTER_HEADER, StreamProcessor
+from gateway_extproc.tokens import Usage
+from gateway_extproc.upstreams import resolve_upstreams
+
+MOCK = "http://127.0.0.1:9/v1"
+OPENAI_KEY = "sk-proc-test-0123456789"
+RID = "req-0001"
+WALL = 1_700_000_000.0  # 2023-11-14T22:13:20Z
+STREAMS = Path(__file__).resolve().parents[1] / "fixtures" / "streams"
+
+# A catalog of the tests' own, so prices and names do not move with the shipped catalog.
+CATALOG_DOC = {
+    "models": {
+        "gpt-test": {
+            "provider": "openai",
+            "schema": "openai",
+            "max_output_tokens": 1000,
+            "input": 2.5,
+            "cached_input": 1.25,
+            "output": 10,
+            "aliases": ["gpt-test-latest"],
+        },
+        "claude-test": {
+            "provider": "anthropic",
+            "schema": "anthropic",
+            "max_output_tokens": 1000,
+            "input": 3,
+            "cached_input": 0.3,
+            "cache_write": 3.75,
+            "output": 15,
+        },
+        "embed-test": {"provider": "openai", "schema": "openai", "embedding": True, "input": 0.02},
+        # Its provider has no upstream: never listed, never served.
+        "local-test": {
+            "provider": "local",
+            "schema": "openai",
+            "max_output_tokens": 100,
+            "free": True,
+        },
+    }
+}
+
+
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclasses.dataclass
+class Gateway:
+    ctx: GatewayContext
+    clock: Clock
+    audit_path: Path
+
+    def processor(self) -> StreamProcessor:
+        return StreamProcessor(self.ctx)
+
+    def records(self) -> list[dict[str, Any]]:
+        if not self.audit_path.exists():
+            return []
+        return [json.loads(line) for line in self.audit_path.read_text().splitlines()]
+
+    def record(self) -> dict[str, Any]:
+        (only,) = self.records()
+        return only
+
+
+def _gateway(tmp_path: Path, config: GatewayConfig, environ: dict[str, str]) -> Iterator[Gateway]:
+    audit_path = tmp_path / "audit.jsonl"
+    clock = Clock()
+    ctx = GatewayContext(
+        config=config,
+        catalog=Catalog.from_documents([("test-catalog", CATALOG_DOC)]),
+        upstreams=resolve_upstreams(config, environ, MOCK),
+        audit=AuditSink(stdout=False, path=str(audit_path)),
+        monotonic=clock,
+        wall_clock=lambda: WALL,
+    )
+    try:
+        yield Gateway(ctx, clock, audit_path)
+    finally:
+        ctx.audit.close()
+
+
+@pytest.fixture(scope="module")
+def config() -> GatewayConfig:
+    return load_config(None, {})
+
+
+@pytest.fixture
+def gw(tmp_path: Path, config: GatewayConfig) -> Iterator[Gateway]:
+    """No provider keys: every provider is served by the mock."""
+    yield from _gateway(tmp_path, config, {})
+
+
+@pytest.fixture
+def keyed(tmp_path: Path, config: GatewayConfig) -> Iterator[Gateway]:
+    """OPENAI_API_KEY set: the OpenAI upstream is real-shaped (TLS, credential)."""
+    yield from _gateway(tmp_path, config, {"OPENAI_API_KEY": OPENAI_KEY})
+
+
+# --- ext_proc messages as Envoy sends them -------------------------------------------------------
+
+
+def _header_map(headers: dict[str, str]) -> base_pb2.HeaderMap:
+    # Envoy puts header values in raw_value (bytes) and leaves value empty.
+    return base_pb2.HeaderMap(
+        headers=[base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in headers.items()]
+    )
+
+
+def req_headers(
+    path: str,
+    method: str = "POST",
+    extra: dict[str, str] | None = None,
+    *,
+    end: bool = False,
+    request_id: str | None = RID,
+) -> pb.ProcessingRequest:
+    headers = {":method": method, ":path": path, ":authority": "gateway", ":scheme": "http"}
+    if request_id is not None:
+        headers["x-request-id"] = request_id
+    if method == "POST":
+        headers["content-type"] = "application/json"
+    headers.update(extra or {})
+    return pb.ProcessingRequest(
+        request_headers=pb.HttpHeaders(headers=_header_map(headers), end_of_stream=end)
+    )
+
+
+def req_body(body: bytes | dict[str, Any]) -> pb.ProcessingRequest:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return pb.ProcessingRequest(request_body=pb.HttpBody(body=raw, end_of_stream=True))
+
+
+def resp_headers(
+    status: int = 200,
+    content_type: str = "application/json",
+    extra: dict[str, str] | None = None,
+    *,
+    end: bool = False,
+) -> pb.ProcessingRequest:
+    headers = {":status": str(status), "content-type": content_type, **(extra or {})}
+    return pb.ProcessingRequest(
+        response_headers=pb.HttpHeaders(headers=_header_map(headers), end_of_stream=end)
+    )
+
+
+def resp_body(chunk: bytes, *, end: bool = False) -> pb.ProcessingRequest:
+    return pb.ProcessingRequest(response_body=pb.HttpBody(body=chunk, end_of_stream=end))
+
+
+def set_headers(mutation: pb.HeaderMutation) -> dict[str, str]:
+    out = {}
+    for option in mutation.set_headers:
+        # Overwrite, never append: a client's own header must not survive beside ours.
+        assert option.append_action == base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+        out[option.header.key] = option.header.raw_value.decode()
+    return out
+
+
+def chunks(data: bytes, size: int) -> list[bytes]:
+    return [data[i : i + size] for i in range(0, len(data), size)]
+
+
+def fixture(name: str) -> bytes:
+    return (STREAMS / name).read_bytes()
+
+
+CHAT_PATH = "/v1/chat/completions"
+MESSAGES_PATH = "/v1/messages"
+CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "Hello there"}]}
+MESSAGES = {
+    "model": "claude-test",
+    "max_tokens": 100,
+    "messages": [{"role": "user", "content": "Hello there"}],
+}
+
+
+def forward(
+    p: StreamProcessor, path: str, body: dict[str, Any], extra: dict[str, str] | None = None
+) -> pb.CommonResponse:
+    """Headers and body phases of a request the gateway forwards; the body phase's reply."""
+    first = p.handle(req_headers(path, extra=extra))
+    assert first.WhichOneof("response") == "request_headers"
+    second = p.handle(req_body(body))
+    assert second.WhichOneof("response") == "request_body", second
+    return second.request_body.response
+
+
+# --- request headers -----------------------------------------------------------------------------
+
+# (id, client headers, headers removed)
+HEADER_REMOVALS: list[tuple[str, dict[str, str], set[str]]] = [
+    ("nothing to remove", {}, {"accept-encoding"}),
+    (
+        "credentials",
+        {"authorization": "Bearer sk-client", "x-api-key": "sk-ant-client", "api-key": "az"},
+        {"authorization", "x-api-key", "api-key", "accept-encoding"},
+    ),
+    ("google key", {"x-goog-api-key": "g"}, {"x-goog-api-key", "accept-encoding"}),
+    ("accept-encoding", {"accept-encoding": "gzip, br"}, {"accept-encoding"}),
+    (
+        "gateway headers",
+        {CLUSTER_HEADER: "provider_anthropic", "x-gateway-budget": "x", "X-Gateway-Team": "t"},
+        {CLUSTER_HEADER, "x-gateway-budget", "x-gateway-team", "accept-encoding"},
+    ),
+    (
+        "ordinary headers stay",
+        {"openai-organization": "org", "anthropic-version": "2023-06-01", "user-agent": "sdk"},
+        {"accept-encoding"},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("extra", "removed"), [h[1:] for h in HEADER_REMOVALS], ids=[h[0] for h in HEADER_REMOVALS]
+)
+def test_request_headers_removed(gw: Gateway, extra: dict[str, str], removed: set[str]) -> None:
+    reply = gw.processor().handle(req_headers(CHAT_PATH, extra=extra))
+    assert reply.WhichOneof("response") == "request_headers"
+    common = reply.request_headers.response
+    assert set(common.header_mutation.remove_headers) == removed
+    assert not common.header_mutation.set_headers
+    assert gw.records() == []  # nothing is written before the request ends
+
+
+# --- request body --------------------------------------------------------------------------------
+
+
+def test_body_phase_routes_with_credential(keyed: Gateway) -> None:
+    p = keyed.processor()
+    common = forward(p, CHAT_PATH + "?trace=1", CHAT, {"authorization": "Bearer sk-client"})
+    assert set_headers(common.header_mutation) == {
+        CLUSTER_HEADER: "provider_openai",
+        ":path": "/v1/chat/completions?trace=1",
+        "authorization": f"Bearer {OPENAI_KEY}",
+    }
+    assert common.clear_route_cache is True
+    assert not common.HasField("body_mutation")  # unchanged: the client's bytes go upstream
+
+
+def test_body_phase_mocked_upstream_gets_no_credential(keyed: Gateway) -> None:
+    p = keyed.processor()
+    common = forward(p, MESSAGES_PATH, MESSAGES)
+    assert set_headers(common.header_mutation) == {
+        CLUSTER_HEADER: "provider_anthropic",
+        ":path": "/v1/messages",
+    }
+    assert common.clear_route_cache is True
+    assert not common.HasField("body_mutation")
+
+
+def test_body_phase_alias_and_dated_names(gw: Gateway) -> None:
+    for model in ("gpt-test-latest", "gpt-test-2025-01-31"):
+        p = gw.processor()
+        common = forward(p, CHAT_PATH, {**CHAT, "model": model})
+        assert set_headers(common.header_mutation)[CLUSTER_HEADER] == "provider_openai"
+        assert not common.HasField("body_mutation")  # the client's model name goes upstream
+        assert p.entry is not None and p.entry.name == "gpt-test"
+
+
+def test_body_mutation_only_when_the_body_changes(gw: Gateway) -> None:
+    body = {**CHAT, "stream": True, "stream_options": {"include_obfuscation": False}}
+    common = forward(gw.processor(), CHAT_PATH, body)
+    new_body = common.body_mutation.body
+    assert orjson.loads(new_body) == {
+        **body,
+        "stream_options": {"include_obfuscation": False, "include_usage": True},
+    }
+    headers = set_headers(common.header_mutation)
+    assert headers["content-length"] == str(len(new_body))
+    assert headers[CLUSTER_HEADER] == "provider_openai"
+
+    asked = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
+    common = forward(gw.processor(), CHAT_PATH, asked)
+    assert not common.HasField("body_mutation")
+    assert "content-length" not in set_headers(common.header_mutation)
+
+
+# --- immediate responses -----------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Rejection:
+    id: str
+    path: str
+    method: str = "POST"
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)
+    body: bytes | None = None  # None: the headers carry end_of_stream
+    status: int = 400
+    anthropic: bool = False
+    code: str = "invalid_request"
+    error_type: str = "invalid_request_error"
+    message: str = ""  # a substring of the error message
+
+
+REJECTIONS = [
+    Rejection(
+        "malformed JSON, OpenAI",
+        CHAT_PATH,
+        body=b'{"model": "gpt-test",',
+        message="request body is not valid JSON",
+    ),
+    Rejection(
+        "malformed JSON, Anthropic",
+        MESSAGES_PATH,
+        body=b"{nope}",
+        anthropic=True,
+        message="request body is not valid JSON",
+    ),
+    Rejection(
+        "not an object",
+        "/v1/responses",
+        body=b"[]",
+        message="request body must be a JSON object",
+    ),
+    Rejection(
+        "unknown model, OpenAI",
+        CHAT_PATH,
+        body=orjson.dumps({**CHAT, "model": "gpt-nope"}),
+        code="model_not_found",
+        message="model 'gpt-nope' is not in the gateway's catalog",
+    ),
+    Rejection(
+        "unknown model, Anthropic",
+        MESSAGES_PATH,
+        body=orjson.dumps({**MESSAGES, "model": "claude-nope"}),
+        anthropic=True,
+        code="model_not_found",
+        error_type="not_found_error",
+        message="model 'claude-nope' is not in the gateway's catalog",
+    ),
+    Rejection(
+        "model without an upstream",
+        CHAT_PATH,
+        body=orjson.dumps({**CHAT, "model": "local-test"}),
+        code="model_not_found",
+        message="model 'local-test' has no configured provider",
+    ),
+    Rejection(
+        "OpenAI model on /v1/messages",
+        MESSAGES_PATH,
+        body=orjson.dumps({**MESSAGES, "model": "gpt-test"}),
+        anthropic=True,
+        message="model 'gpt-test' is served through the openai API, not /v1/messages",
+    ),
+    Rejection(
+        "Anthropic model on /v1/chat/completions",
+        CHAT_PATH,
+        body=orjson.dumps({**CHAT, "model": "claude-test"}),
+        message="model 'claude-test' is served through the anthropic API, not /v1/chat/completions",
+    ),
+    Rejection(
+        "unknown path",
+        "/v1/images/generations",
+        status=404,
+        code="not_found",
+        message="the gateway does not serve POST /v1/images/generations",
+    ),
+    Rejection(
+        "unknown path, Anthropic client",
+        "/v1/complete",
+        headers={"anthropic-version": "2023-06-01"},
+        status=404,
+        anthropic=True,
+        code="not_found",
+        error_type="not_found_error",
+        message="the gateway does not serve POST /v1/complete",
+    ),
+    Rejection(
+        "root path",
+        "/",
+        method="GET",
+        status=404,
+        code="not_found",
+        message="the gateway does not serve GET /",
+    ),
+    Rejection(
+        "GET on a POST path",
+        CHAT_PATH,
+        method="GET",
+        status=404,
+        code="not_found",
+        message="/v1/chat/completions accepts POST only",
+    ),
+    Rejection(
+        "GET on /v1/messages",
+        MESSAGES_PATH,
+        method="GET",
+        status=404,
+        anthropic=True,
+        code="not_found",
+        error_type="not_found_error",
+        message="/v1/messages accepts POST only",
+    ),
+    Rejection(
+        "POST on /v1/models",
+        "/v1/models",
+        status=404,
+        code="not_found",
+        message="/v1/models accepts GET only",
+    ),
+    Rejection(
+        "unknown model id",
+        "/v1/models/gpt-nope",
+        method="GET",
+        status=404,
+        code="not_found",
+        message="model 'gpt-nope' is not in the gateway's catalog",
+    ),
+    Rejection(
+        "model id without an upstream",
+        "/v1/models/local-test",
+        method="GET",
+        status=404,
+        code="not_found",
+        message="model 'local-test' is not in the gateway's catalog",
+    ),
+    Rejection(
+        "empty body (headers end the stream)",
+        CHAT_PATH,
+        message="request body is empty: expected a JSON object",
+    ),
+    Rejection(
+        "empty body, Anthropic",
+        MESSAGES_PATH,
+        anthropic=True,
+        message="request body is empty: expected a JSON object",
+    ),
+    Rejection(
+        "whitespace body",
+        CHAT_PATH,
+        body=b"  \n",
+        message="request body is empty: expected a JSON object",
+    ),
+    Rejection(
+        "stream not a boolean",
+        CHAT_PATH,
+        body=orjson.dumps({**CHAT, "stream": "yes"}),
+        message="`stream` must be a boolean",
+    ),
+]
+
+
+@pytest.mark.parametrize("case", REJECTIONS, ids=[r.id for r in REJECTIONS])
+def test_immediate_response(gw: Gateway, case: Rejection) -> None:
+    p = gw.processor()
+    first = p.handle(req_headers(case.path, case.method, case.headers, end=case.body is None))
+    if case.body is None or first.WhichOneof("response") == "immediate_response":
+        reply = first
+    else:
+        assert first.WhichOneof("response") == "request_headers"
+        reply = p.handle(req_body(case.body))
+    assert reply.WhichOneof("response") == "immediate_response"
+    imm = reply.immediate_response
+    assert imm.status.code == case.status
+    assert imm.details == f"gateway_{case.code}"
+    assert set_headers(imm.headers) == {
+        "content-type": "application/json",
+        "x-gateway-request-id": RID,
+    }
+    body = orjson.loads(imm.body)
+    assert body["request_id"] == RID
+    if case.anthropic:
+        assert body["type"] == "error"
+        assert set(body["error"]) == {"type", "message"}
+        assert body["error"]["type"] == case.error_type
+    else:
+        assert set(body["error"]) == {"message", "type", "param", "code"}
+        assert body["error"]["code"] == case.code
+        assert body["error"]["type"] == "invalid_request_error"
+    assert case.message in body["error"]["message"]
+
+    p.close()  # the stream ends: still exactly one audit line
+    record = gw.record()
+    assert (record["status"], record["error_code"]) == (case.status, case.code)
+    assert record["usage_source"] == "none"
+    assert (record["cost_micros"], record["cost_usd"]) == (0, "0.000000")
+    assert record["provider"] is None
+    assert record["path"] == case.path
+
+
+def test_request_id_missing(gw: Gateway) -> None:
+    p = gw.processor()
+    reply = p.handle(req_headers("/nope", request_id=None))
+    assert set_headers(reply.immediate_response.headers)["x-gateway-request-id"] == "-"
+    assert orjson.loads(reply.immediate_response.body)["request_id"] == "-"
+
+
+def test_unexpected_error_is_a_generic_500(gw: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*_: object, **__: object) -> None:
+        raise RuntimeError("secret detail")
+
+    monkeypatch.setattr(processor_module, "upstream_body", boom)
+    p = gw.processor()
+    p.handle(req_headers(CHAT_PATH))
+    imm = p.handle(req_body(CHAT)).immediate_response
+    assert imm.status.code == 500
+    body = orjson.loads(imm.body)
+    assert body["error"]["code"] == "internal_error"
+    assert body["error"]["message"] == f"internal gateway error (request id {RID})"
+    assert b"secret detail" not in imm.body
+    assert gw.record()["error_code"] == "internal_error"
+
+
+# --- GET /v1/models ----------------------------------------------------------------------------
+
+
+def models_reply(gw: Gateway, path: str, extra: dict[str, str] | None = None) -> Any:
+    p = gw.processor()
+    reply = p.handle(req_headers(path, "GET", extra, end=True))
+    imm = reply.immediate_response
+    assert imm.status.code == 200
+    assert imm.details == "gateway_models"
+    assert set_headers(imm.headers)["content-type"] == "application/json"
+    return orjson.loads(imm.body)
+
+
+def test_models_openai_format(gw: Gateway) -> None:
+    body = models_reply(gw, "/v1/models")
+    assert body["object"] == "list"
+    assert [m["id"] for m in body["data"]] == ["claude-test", "embed-test", "gpt-test"]
+    assert body["data"][2] == {
+        "id": "gpt-test",
+        "object": "model",
+        "created": body["data"][2]["created"],
+        "owned_by": "openai",
+    }
+    record = gw.record()
+    assert (record["status"], record["usage_source"], record["api"]) == (200, "none", None)
+
+
+def test_models_anthropic_format(gw: Gateway) -> None:
+    body = models_reply(gw, "/v1/models?limit=20", {"anthropic-version": "2023-06-01"})
+    assert [m["id"] for m in body["data"]] == ["claude-test", "embed-test", "gpt-test"]
+    assert body["data"][0]["type"] == "model"
+    assert body["data"][0]["display_name"] == "claude-test"
+    assert (body["has_more"], body["first_id"], body["last_id"]) == (
+        False,
+        "claude-test",
+        "gpt-test",
+    )
+
+
+def test_one_model(gw: Gateway) -> None:
+    body = models_reply(gw, "/v1/models/gpt-test-latest")
+    assert (body["id"], body["object"], body["owned_by"]) == ("gpt-test", "model", "openai")
+    body = models_reply(gw, "/v1/models/claude-test/", {"anthropic-version": "2023-06-01"})
+    assert (body["id"], body["type"]) == ("claude-test", "model")
+
+
+# --- response side -----------------------------------------------------------------------------
+
+
+def test_sse_response_headers_switch_to_streamed(gw: Gateway) -> None:
+    p = gw.processor()
+    forward(p, CHAT_PATH, {**CHAT, "stream": True})
+    reply = p.handle(resp_headers(content_type="text/event-stream; charset=utf-8"))
+    assert reply.WhichOneof("response") == "response_headers"
+    assert reply.HasField("mode_override")
+    assert reply.mode_override.response_body_mode == processing_mode_pb2.ProcessingMode.STREAMED
+    assert set_headers(reply.response_headers.response.header_mutation) == {
+        "x-gateway-request-id": RID
+    }
+
+
+def test_json_response_headers_stay_buffered(gw: Gateway) -> None:
+    p = gw.processor()
+    forward(p, CHAT_PATH, CHAT)
+    reply = p.handle(resp_headers())
+    assert not reply.HasField("mode_override")
+    assert set_headers(reply.response_headers.response.header_mutation) == {
+        "x-gateway-request-id": RID
+    }
+
+
+def chat_json(prompt: int = 100, completion: int = 50) -> bytes:
+    return orjson.dumps(
+        {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "model": "gpt-test-2025-01-31",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi!"}}],
+            "usage": {
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "total_tokens": prompt + completion,
+            },
+        }
+    )
+
+
+def test_json_response_cost_header_and_audit(gw: Gateway) -> None:
+    p = gw.processor()
+    forward(p, CHAT_PATH, CHAT)
+    gw.clock.advance(0.25)
+    p.handle(resp_headers())
+    gw.clock.advance(0.5)
+    body = chat_json(prompt=100, completion=50)
+    first, rest = body[:10], body[10:]
+    assert p.handle(resp_body(first)).response_body.response == pb.CommonResponse()
+    reply = p.handle(resp_body(rest, end=True))
+    # 100 x $2.50/1M + 50 x $10/1M = $0.00075
+    assert set_headers(reply.response_body.response.header_mutation) == {
+        "x-gateway-cost-usd": "0.000750"
+    }
+    p.close()
+    assert gw.record() == {
+        "type": "gateway.audit.v1",
+        "request_id": RID,
+        "time": "2023-11-14T22:13:20.000Z",
+        "method": "POST",
+        "path": CHAT_PATH,
+        "api": "openai_chat",
+        "requested_model": "gpt-test",
+        "served_model": "gpt-test",
+        "provider_model": "gpt-test-2025-01-31",
+        "provider": "openai",
+        "upstream_mocked": True,
+        "stream": False,
+        "status": 200,
+        "completed": True,
+        "tokens": {
+            "input_tokens": 100,
+            "cached_input_tokens": 0,
+            "cache_write_input_tokens": 0,
+            "output_tokens": 50,
+            "reasoning_tokens": 0,
+        },
+        "usage_source": "provider",
+        "cost_micros": 750,
+        "cost_usd": "0.000750",
+        "latency_ms": 750.0,
+        "time_to_first_byte_ms": 250.0,
+        "error_code": None,
+    }
+
+
+def test_keyed_upstream_is_not_mocked_in_audit(keyed: Gateway) -> None:
+    p = keyed.processor()
+    forward(p, CHAT_PATH, CHAT)
+    p.handle(resp_headers())
+    p.handle(resp_body(chat_json(), end=True))
+    record = keyed.record()
+    assert (record["provider"], record["upstream_mocked"]) == ("openai", False)
+    assert OPENAI_KEY not in keyed.audit_path.read_text()
+
+
+# (fixture, path, request body, usage the provider reported, provider model)
+STREAM_CASES: list[tuple[str, str, dict[str, Any], Usage, str]] = [
+    (
+        "openai_chat_include_usage.sse",
+        CHAT_PATH,
+        {**CHAT, "stream": True},
+        Usage(input_tokens=86, cached_input_tokens=1920, output_tokens=300, reasoning_tokens=256),
+        "o3-mini-2025-01-31",
+    ),
+    (
+        "openai_completions_usage.sse",
+        "/v1/completions",
+        {"model": "gpt-test", "prompt": "def fib(n):", "stream": True},
+        Usage(input_tokens=9, output_tokens=7),
+        "gpt-3.5-turbo-instruct:20230824-v2",
+    ),
+    (
+        "openai_responses.sse",
+        "/v1/responses",
+        {"model": "gpt-test", "input": "Hi", "stream": True},
+        Usage(input_tokens=476, cached_input_tokens=1024, output_tokens=420, reasoning_tokens=384),
+        "o4-mini-2025-04-16",
+    ),
+    (
+        "anthropic_messages.sse",
+        MESSAGES_PATH,
+        {**MESSAGES, "stream": True},
+        Usage(
+            input_tokens=30,
+            cached_input_tokens=3000,
+            cache_write_input_tokens=1200,
+            output_tokens=89,
+        ),
+        "claude-sonnet-4-5-20250929",
+    ),
+]
+
+
+@pytest.mark.parametrize("size", [1, 7, 64, 1 << 20], ids=lambda s: f"{s}B-chunks")
+@pytest.mark.parametrize(
+    ("name", "path", "body", "usage", "provider_model"),
+    STREAM_CASES,
+    ids=[c[0] for c in STREAM_CASES],
+)
+def test_stream_metered_from_provider_usage(
+    gw: Gateway,
+    name: str,
+    path: str,
+    body: dict[str, Any],
+    usage: Usage,
+    provider_model: str,
+    size: int,
+) -> None:
+    p = gw.processor()
+    forward(p, path, body)
+    p.handle(resp_headers(content_type="text/event-stream"))
+    parts = chunks(fixture(name), size)
+    for part in parts[:-1]:
+        reply = p.handle(resp_body(part))
+        assert reply.response_body.response == pb.CommonResponse()  # bytes pass untouched
+    p.handle(resp_body(parts[-1], end=True))
+    p.close()
+    record = gw.record()
+    entry = gw.ctx.catalog.lookup(body["model"])
+    assert entry is not None
+    assert record["tokens"] == usage.as_dict()
+    assert record["usage_source"] == "provider"
+    assert record["completed"] is True
+    assert record["stream"] is True
+    assert record["provider_model"] == provider_model
+    assert record["cost_micros"] == cost_micros(usage, entry.price) > 0
+    assert record["cost_usd"] == format_usd(record["cost_micros"])
+
+
+def test_stream_cost_by_hand(gw: Gateway) -> None:
+    p = gw.processor()
+    forward(p, CHAT_PATH, {**CHAT, "stream": True})
+    p.handle(resp_headers(content_type="text/event-stream"))
+    p.handle(resp_body(fixture("openai_chat_include_usage.sse"), end=True))
+    # 86 x $2.50 + 1920 x $1.25 (cached) + 300 x $10 (reasoning at the output price), per 1M
+    assert gw.record()["cost_micros"] == 215 + 2400 + 3000
+
+
+def test_stream_end_arrives_as_an_empty_chunk(gw: Gateway) -> None:
+    p = gw.processor()
+    forward(p, CHAT_PATH, {**CHAT, "stream": True})
+    p.handle(resp_headers(content_type="text/event-stream"))
+    p.handle(resp_body(fixture("openai_chat_include_usage.sse")))
+    p.handle(resp_body(b"", end=True))
+    assert gw.record()["usage_source"] == "provider"
+
+
+def test_stream_without_usage_is_estimated(gw: Gateway) -> None:
+    p = gw.processor()
+    forward(p, CHAT_PATH, {**CHAT, "stream": True})
+    p.handle(resp_headers(content_type="text/event-stream"))
+    p.handle(resp_body(fixture("openai_chat_no_usage.sse"), end=True))
+    record = gw.record()
+    assert record["usage_source"] == "estimated"
+    assert record["completed"] is True
+    text = "Bonjour à tous, ça va ?"
+    assert record["tokens"]["output_tokens"] == -(-len(text) // 4)
+    assert record["tokens"]["input_tokens"] == p.request.input_tokens_estimate  # type: ignore[union-attr]
+
+
+def test_stream_cut_before_the_end_then_close(gw: Gateway) -> None:
+    p = gw.processor()
+    forward(p, CHAT_PATH, {**CHAT, "stream": True})
+    p.handle(resp_headers(content_type="text/event-stream"))
+    data = fixture("openai_chat_include_usage.sse")
+    seen = data[: data.index(b'"usage":{')]  # the usage chunk and [DONE] never arrive
+    for part in chunks(seen, 50):
+        p.handle(resp_body(part))
+    assert gw.records() == []  # still open
+    gw.clock.advance(2)
+    p.close()  # client disconnect / upstream reset: the stream ends without end_of_stream
+    record = gw.record()
+    assert record["usage_source"] == "estimated"
+    assert record["completed"] is False
+    assert record["tokens"]["output_tokens"] > 0
+    assert record["tokens"]["input_tokens"] == p.request.input_tokens_estimate > 0  # type: ignore[union-attr]
+    assert record["cost_micros"] > 0
+    assert record["latency_ms"] == 2000.0
+
+
+def test_anthropic_stream_cut_keeps_the_reported_input(gw: Gateway) -> None:
+    p = gw.processor()
+    forward(p, MESSAGES_PATH, {**MESSAGES, "stream": True})
+    p.handle(resp_headers(content_type="text/event-stream"))
+    data = fixture("anthropic_messages.sse")
+    p.handle(resp_body(data[: data.index(b"event: message_delta")]))
+    p.close()
+    record = gw.record()
+    assert record["usage_source"] == "estimated"
+    assert record["completed"] is False
+    tokens = record["tokens"]
+    # message_start's counts are kept; output is at least what was seen.
+    assert (tokens["input_tokens"], tokens["cached_input_tokens"]) == (25, 3000)
+    assert tokens["cache_write_input_tokens"] == 1200
+    assert tokens["output_tokens"] > 1
+
+
+def gzip_bytes(data: bytes) -> bytes:
+    return gzip.compress(data, mtime=0)
+
+
+def test_gzip_json_response_is_metered(gw: Gateway) -> None:
+    p = gw.processor()
+    forward(p, CHAT_PATH, CHAT)
+    p.handle(resp_headers(extra={"content-encoding": "gzip"}))
+    compressed = gzip_bytes(chat_json(prompt=100, completion=50))
+    parts = chunks(compressed, 5)
+    for part in parts[:-1]:
+        p.handle(resp_body(part))
+    reply = p.handle(resp_body(parts[-1], end=True))
+    assert set_headers(reply.response_body.response.header_mutation) == {
+        "x-gateway-cost-usd": "0.000750"
+    }
+    record = gw.record()
+    assert (record["usage_source"], record["cost_micros"]) == ("provider", 750)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "x-gzip", "deflate", " GZIP "])
+def test_compressed_stream_is_metered(gw: Gateway, encoding: str) -> None:
+    p = gw.processor()
+    forward(p, CHAT_PATH, {**CHAT, "stream": True})
+    p.handle(resp_headers(content_type="text/event-stream", extra={"content-encoding": encoding}))
+    raw = fixture("openai_chat_include_usage.sse")
+    data = zlib.compress(raw) if encoding == "deflate" else gzip_bytes(raw)
+    for part in chunks(data, 3):
+        p.handle(resp_body(part))
+    p.handle(resp_body(b"", end=True))
+    record = gw.record()
+    assert record["usage_source"] == "provider"
+    assert record["tokens"]["output_tokens"] == 300
+
+
+def test_unsupported_encoding_is_estimated(gw: Gateway) -> None:
+    p = gw.processor()
+    forward(p, CHAT_PATH, CHAT)
+    p.handle(resp_headers(extra={"content-encoding": "br"}))
+    reply = p.handle(resp_body(b"\x8b\x00 not json to us", end=True))
+    assert "x-gateway-cost-usd" in set_headers(reply.response_body.response.header_mutation)
+    record = gw.record()
+    assert record["usage_source"] == "estimated"
+    assert record["tokens"]["input_tokens"] == p.request.input_tokens_estimate  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("status", [400, 401, 404, 429, 500, 529])
+def test_upstream_error_costs_nothing(gw: Gateway, status: int) -> None:
+    p = gw.processor()
+    forward(p, MESSAGES_PATH, MESSAGES)
+    p.handle(resp_headers(status))
+    error = {"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}}
+    reply = p.handle(resp_body(orjson.dumps(error), end=True))
+    assert set_headers(reply.response_body.response.header_mutation) == {
+        "x-gateway-cost-usd": "0.000000"
+    }
+    record = gw.record()
+    assert record["status"] == status
+    assert record["usage_source"] == "none"
+    assert record["tokens"] == Usage().as_dict()
+    assert record["cost_micros"] == 0
+
+
+def test_upstream_error_stream_costs_nothing(gw: Gateway) -> None:
+    p = gw.processor()
+    forward(p, CHAT_PATH, {**CHAT, "stream": True})
+    p.handle(resp_headers(503, "text/event-stream"))
+    p.handle(resp_body(fixture("openai_chat_include_usage.sse")[:300]))
+    p.close()
+    record = gw.record()
+    assert (record["status"], record["usage_source"], record["cost_micros"]) == (503, "none", 0)
+
+
+def test_headers_only_response(gw: Gateway) -> None:
+    p = gw.processor()
+    forward(p, CHAT_PATH, CHAT)
+    p.handle(resp_headers(200, extra={"content-length": "0"}, end=True))
+    p.close()
+    record = gw.record()
+    assert (record["completed"], record["usage_source"]) == (True, "estimated")
+
+
+def test_close_twice_writes_one_record(gw: Gateway) -> None:
+    p = gw.processor()
+    forward(p, CHAT_PATH, CHAT)
+    p.close()
+    p.close()
+    record = gw.record()
+    # Forwarded, but no response ever came: the input is estimated, nothing is complete.
+    assert (record["usage_source"], record["completed"], record["status"]) == (
+        "estimated",
+        False,
+        0,
+    )
+    assert record["time_to_first_byte_ms"] is None
+
+
+def test_close_after_finish_writes_nothing_more(gw: Gateway) -> None:
+    p = gw.processor()
+    forward(p, CHAT_PATH, CHAT)
+    p.handle(resp_headers())
+    p.handle(resp_body(chat_json(), end=True))
+    p.close()
+    p.close()
+    assert len(gw.records()) == 1
+
+
+def test_close_before_anything(gw: Gateway) -> None:
+    p = gw.processor()
+    p.close()
+    record = gw.record()
+    assert (record["request_id"], record["status"], record["usage_source"]) == ("-", 0, "none")
+
+
+def test_metering_fault_passes_the_response_through(gw: Gateway) -> None:
+    p = gw.processor()
+    forward(p, CHAT_PATH, CHAT)
+    p.handle(resp_headers(extra={"content-encoding": "gzip"}))
+    reply = p.handle(resp_body(b"this is not gzip", end=True))  # zlib.error inside
+    assert reply == pb.ProcessingResponse(response_body=pb.BodyResponse())
+    assert gw.records() == []
+    p.close()  # the stream ends: metered from the estimate, once
+    record = gw.record()
+    assert record["usage_source"] == "estimated"
+    assert record["status"] == 200
+
+
+def test_stream_metering_fault_passes_through(gw: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    p = gw.processor()
+    forward(p, CHAT_PATH, {**CHAT, "stream": True})
+    p.handle(resp_headers(content_type="text/event-stream"))
+    data = fixture("openai_chat_include_usage.sse")
+    p.handle(resp_body(data[:100]))
+
+    assert p.meter is not None
+
+    def broken(chunk: bytes) -> None:
+        raise RuntimeError("meter bug")
+
+    monkeypatch.setattr(p, "meter", _Wrapped(p.meter, broken))
+    reply = p.handle(resp_body(data[100:200]))
+    assert reply == pb.ProcessingResponse(response_body=pb.BodyResponse())
+    monkeypatch.undo()
+    for part in chunks(data[200:], 100):
+        assert p.handle(resp_body(part)).WhichOneof("response") == "response_body"
+    p.handle(resp_body(b"", end=True))
+    p.close()
+    record = gw.record()
+    # Once metering broke, the provider's report is no longer trusted as complete.
+    assert record["usage_source"] == "estimated"
+
+
+class _Wrapped:
+    """A StreamMeter whose feed is replaced."""
+
+    def __init__(self, meter: object, feed: object) -> None:
+        self._meter = meter
+        self.feed = feed
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._meter, name)
+
+
+def test_response_headers_fault_passes_through(
+    gw: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(_api: object) -> None:
+        raise RuntimeError("meter bug")
+
+    monkeypatch.setattr(processor_module, "StreamMeter", broken)
+    p = gw.processor()
+    forward(p, CHAT_PATH, {**CHAT, "stream": True})
+    reply = p.handle(resp_headers(content_type="text/event-stream"))
+    assert reply == pb.ProcessingResponse(response_headers=pb.HeadersResponse())
+    p.close()
+    assert len(gw.records()) == 1
+
+
+def test_audit_time_is_the_arrival_time(gw: Gateway) -> None:
+    p = gw.processor()
+    forward(p, CHAT_PATH, CHAT)
+    p.close()
+    arrived = datetime.datetime.fromtimestamp(WALL, datetime.UTC)
+    assert gw.record()["time"] == arrived.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def test_audit_never_holds_prompts_or_completions(keyed: Gateway) -> None:
+    p = keyed.processor()
+    secret_prompt = "my password is hunter2"
+    forward(p, CHAT_PATH, {**CHAT, "messages": [{"role": "user", "content": secret_prompt}]})
+    p.handle(resp_headers())
+    p.handle(resp_body(chat_json(), end=True))
+    text = keyed.audit_path.read_text()
+    assert secret_prompt not in text
+    assert "Hi!" not in text
+    assert OPENAI_KEY not in text

@@ -1,0 +1,326 @@
+"""The ext_proc gRPC server as a process on an ephemeral loopback port: health, reflection, a
+bidirectional Process stream, the audit line, SIGTERM draining, and a bad config at start-up."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import yaml
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from gateway_extproc.config import load_config
+from gateway_extproc.processor import CLUSTER_HEADER
+
+REPO = Path(__file__).resolve().parents[2]
+MOCK = "http://127.0.0.1:9/v1"
+SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@dataclasses.dataclass
+class Sidecar:
+    proc: subprocess.Popen[bytes]
+    port: int
+    audit: Path
+    stderr: Path
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def audit_lines(self) -> list[dict[str, object]]:
+        if not self.audit.exists():
+            return []
+        return [json.loads(line) for line in self.audit.read_text().splitlines()]
+
+
+def _environ(audit: Path) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY") and not k.startswith("GATEWAY_")
+    }
+    env["GATEWAY_AUDIT_LOG"] = str(audit)
+    return env
+
+
+def _spawn(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen[bytes], Path, Path, Path]:
+    port_file = tmp_path / "port"
+    audit = tmp_path / "audit.jsonl"
+    stderr = tmp_path / "stderr.log"
+    with (tmp_path / "stdout.log").open("wb") as out, stderr.open("wb") as err:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gateway_extproc.server",
+                "--address",
+                "127.0.0.1:0",
+                "--port-file",
+                str(port_file),
+                "--mock-url",
+                MOCK,
+                *extra,
+            ],
+            cwd=REPO,
+            env=_environ(audit),
+            stdout=out,
+            stderr=err,
+        )
+    return proc, port_file, audit, stderr
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(timeout=10)
+
+
+def _wait_for_port(proc: subprocess.Popen[bytes], port_file: Path, stderr: Path) -> int:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"sidecar exited with {proc.returncode}:\n{stderr.read_text()}")
+        if port_file.exists():
+            return int(port_file.read_text())
+        time.sleep(0.02)
+    pytest.fail(f"sidecar wrote no port file:\n{stderr.read_text()}")
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator[Callable[..., Sidecar]]:
+    """Start a sidecar (extra CLI arguments optional); every one started is killed afterwards."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def _start(*extra: str) -> Sidecar:
+        proc, port_file, audit, stderr = _spawn(tmp_path, *extra)
+        started.append(proc)
+        return Sidecar(proc, _wait_for_port(proc, port_file, stderr), audit, stderr)
+
+    try:
+        yield _start
+    finally:
+        for proc in started:
+            _stop(proc)
+
+
+@pytest.fixture(scope="module")
+def sidecar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sidecar]:
+    proc, port_file, audit, stderr = _spawn(tmp_path_factory.mktemp("sidecar"))
+    try:
+        yield Sidecar(proc, _wait_for_port(proc, port_file, stderr), audit, stderr)
+    finally:
+        _stop(proc)
+
+
+def _check(channel: grpc.Channel, service: str) -> int:
+    stub = health_pb2_grpc.HealthStub(channel)
+    reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+    return int(reply.status)
+
+
+# --- health and reflection ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("service", ["", SERVICE])
+def test_health_serving(sidecar: Sidecar, service: str) -> None:
+    with grpc.insecure_channel(sidecar.target) as channel:
+        assert _check(channel, service) == SERVING
+
+
+def test_health_unknown_service(sidecar: Sidecar) -> None:
+    with grpc.insecure_channel(sidecar.target) as channel, pytest.raises(grpc.RpcError) as info:
+        _check(channel, "no.such.Service")
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_reflection_lists_the_services(sidecar: Sidecar) -> None:
+    with grpc.insecure_channel(sidecar.target) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        (reply,) = list(stub.ServerReflectionInfo(iter([request]), timeout=5))
+    services = {s.name for s in reply.list_services_response.service}
+    assert SERVICE in services
+    assert "grpc.health.v1.Health" in services
+
+
+# --- the Process stream --------------------------------------------------------------------------
+
+
+def _headers(headers: dict[str, str], *, end: bool = False) -> pb.ProcessingRequest:
+    header_map = base_pb2.HeaderMap(
+        headers=[base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in headers.items()]
+    )
+    return pb.ProcessingRequest(
+        request_headers=pb.HttpHeaders(headers=header_map, end_of_stream=end)
+    )
+
+
+def _chat_model() -> str:
+    """A chat-capable OpenAI model of the shipped catalog (its names change with prices)."""
+    config = load_config(None, {})
+    return next(
+        m.name for m in config.catalog.models() if m.provider == "openai" and not m.embedding
+    )
+
+
+def test_process_stream(sidecar: Sidecar) -> None:
+    before = len(sidecar.audit_lines())
+    model = _chat_model()
+    outbox: queue.Queue[pb.ProcessingRequest | None] = queue.Queue()
+
+    def requests() -> Iterator[pb.ProcessingRequest]:
+        while (message := outbox.get(timeout=10)) is not None:
+            yield message
+
+    with grpc.insecure_channel(sidecar.target) as channel:
+        replies = pb_grpc.ExternalProcessorStub(channel).Process(requests(), timeout=10)
+        outbox.put(
+            _headers(
+                {
+                    ":method": "POST",
+                    ":path": "/v1/chat/completions",
+                    "x-request-id": "grpc-test-1",
+                    "authorization": "Bearer sk-client",
+                    "content-type": "application/json",
+                }
+            )
+        )
+        first = next(replies)
+        assert first.WhichOneof("response") == "request_headers"
+        assert "authorization" in first.request_headers.response.header_mutation.remove_headers
+
+        body = json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}]})
+        outbox.put(
+            pb.ProcessingRequest(request_body=pb.HttpBody(body=body.encode(), end_of_stream=True))
+        )
+        second = next(replies)
+        assert second.WhichOneof("response") == "request_body"
+        common = second.request_body.response
+        set_headers = {
+            h.header.key: h.header.raw_value.decode() for h in common.header_mutation.set_headers
+        }
+        assert set_headers[CLUSTER_HEADER] == "provider_openai"
+        assert set_headers[":path"] == "/v1/chat/completions"
+        assert "authorization" not in set_headers  # mocked: no key injected
+        assert common.clear_route_cache
+
+        outbox.put(None)  # Envoy ends the stream (here: before any response)
+        assert list(replies) == []
+
+    deadline = time.monotonic() + 5
+    while len(sidecar.audit_lines()) == before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    lines = sidecar.audit_lines()[before:]
+    assert len(lines) == 1
+    record = lines[0]
+    assert record["request_id"] == "grpc-test-1"
+    assert record["requested_model"] == model
+    assert (record["provider"], record["upstream_mocked"]) == ("openai", True)
+    assert (record["completed"], record["usage_source"]) == (False, "estimated")
+
+
+def test_process_stream_immediate_response(sidecar: Sidecar) -> None:
+    with grpc.insecure_channel(sidecar.target) as channel:
+        stub = pb_grpc.ExternalProcessorStub(channel)
+        message = _headers(
+            {":method": "GET", ":path": "/v1/models", "x-request-id": "m-1"}, end=True
+        )
+        (reply,) = list(stub.Process(iter([message]), timeout=10))
+    assert reply.immediate_response.status.code == 200
+    assert json.loads(reply.immediate_response.body)["object"] == "list"
+
+
+# --- lifecycle ---------------------------------------------------------------------------------
+
+
+def test_sigterm_drains_then_exits(start: Callable[..., Sidecar], tmp_path: Path) -> None:
+    config = tmp_path / "drain.yaml"
+    config.write_text(yaml.safe_dump({"sidecar": {"drain_s": 1.5, "grace_s": 1}}))
+    sidecar = start("--config", str(config))
+    with grpc.insecure_channel(sidecar.target) as channel:
+        assert _check(channel, SERVICE) == SERVING
+        sent = time.monotonic()
+        sidecar.proc.send_signal(signal.SIGTERM)
+        statuses = set()
+        while time.monotonic() - sent < 1.0:
+            statuses.add(_check(channel, SERVICE))
+            if NOT_SERVING in statuses:
+                break
+            time.sleep(0.02)
+        assert NOT_SERVING in statuses, "health must turn NOT_SERVING during the drain"
+        assert _check(channel, "") == NOT_SERVING
+        assert sidecar.proc.poll() is None, "the sidecar keeps serving while it drains"
+    assert sidecar.proc.wait(timeout=6) == 0
+    elapsed = time.monotonic() - sent
+    assert 1.4 <= elapsed < 6, elapsed
+
+
+def test_bad_config_exits_2_with_every_problem(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "listner": {},
+                "limits": {"max_request_body_bytes": 1},
+                "providers": {"openai": {"base_url": "ftp://x"}},
+            }
+        )
+    )
+    audit = tmp_path / "audit.jsonl"
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway_extproc.server", "--config", str(config)],
+        cwd=REPO,
+        env=_environ(audit),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    for problem in (
+        "invalid configuration:",
+        "listner: unknown key",
+        "limits.max_request_body_bytes: must be an integer in [1024, 536870912] (got 1)",
+        "providers.openai.base_url: must be an http(s) URL (got 'ftp://x')",
+    ):
+        assert problem in result.stderr
+    assert result.stdout == ""
+    assert not audit.exists()
+
+
+def test_missing_key_without_mock_exits_2(tmp_path: Path) -> None:
+    config = tmp_path / "strict.yaml"
+    config.write_text(yaml.safe_dump({"mock_unconfigured_providers": False}))
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway_extproc.server", "--config", str(config)],
+        cwd=REPO,
+        env=_environ(tmp_path / "audit.jsonl"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "providers.openai.auth: no credential in environment variable OPENAI_API_KEY" in (
+        result.stderr
+    )
+    assert "providers.anthropic.auth: no credential in environment variable ANTHROPIC_API_KEY" in (
+        result.stderr
+    )
