@@ -354,6 +354,17 @@ class Catalog:
         """Every model, sorted by name."""
         return list(self._entries.values())
 
+    def without_shipped_models_of(self, providers: Iterable[str]) -> Catalog:
+        """Drop the shipped models of providers the operator removed (`providers: {X: null}`).
+        Operator-file models are kept, so a typo in their provider is still reported."""
+        gone = set(providers)
+        kept = [
+            e
+            for e in self._entries.values()
+            if not (e.provider in gone and self._sources.get(e.name) == PACKAGED_CATALOG)
+        ]
+        return Catalog(kept, self.prices_as_of, self._sources)
+
     def validate_providers(self, known: Iterable[str]) -> list[str]:
         """Problems for models whose provider is not one of `known` (the gateway's providers)."""
         names = set(known)

@@ -187,6 +187,9 @@ def _provider(r: _Reader, name: str, doc: object) -> ProviderConfig | None:
         env, file = auth_doc.get("env"), auth_doc.get("file")
         if (env is None) == (file is None):
             r.problems.append(f"{path}.auth: set exactly one of env, file")
+        for key, value in (("env", env), ("file", file)):
+            if value is not None and (not isinstance(value, str) or not value):
+                r.problems.append(f"{path}.auth.{key}: must be a non-empty string (got {value!r})")
         if not isinstance(prefix, str):
             r.problems.append(f"{path}.auth.prefix: must be a string")
             prefix = ""
@@ -256,6 +259,8 @@ def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayC
         except OSError as exc:
             r.problems.append(f"catalog.files: {exc}")
     if catalog is not None and providers:
+        removed = set(_default_document()["providers"]) - set(providers_doc or {})
+        catalog = catalog.without_shipped_models_of(removed)
         r.problems.extend(catalog.validate_providers(providers))
         for entry in catalog.models():
             provider = providers.get(entry.provider)

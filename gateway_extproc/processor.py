@@ -73,6 +73,11 @@ class StreamProcessor:
             except Exception:
                 log.exception("metering failed", extra={"request_id": self.request_id})
                 self.metering_broken = True
+                if phase == "response_headers":  # keep streams streaming even so
+                    content_type = msgs.headers_of(message.response_headers).get("content-type", "")
+                    return msgs.response_headers_reply(
+                        msgs.common(), stream_body=content_type.startswith("text/event-stream")
+                    )
                 return msgs.passthrough(message)
         try:
             if phase == "request_headers":
@@ -283,8 +288,19 @@ class StreamProcessor:
     def _finish(self) -> int:
         """Write the audit record exactly once; return the request's cost in micro-dollars."""
         self.finished = True
-        usage, source, provider_model = self._metered_usage()
-        cost = cost_micros(usage, self.entry.price) if self.entry is not None else 0
+        try:
+            usage, source, provider_model = self._metered_usage()
+            cost = cost_micros(usage, self.entry.price) if self.entry is not None else 0
+        except Exception:  # the record must still be written: charge the request's estimate
+            log.exception("metering failed at the end", extra={"request_id": self.request_id})
+            estimate = self.request.input_tokens_estimate if self.request else 0
+            usage, source, provider_model = (
+                Usage(input_tokens=estimate),
+                UsageSource.ESTIMATED,
+                None,
+            )
+            cost = cost_micros(usage, self.entry.price) if self.entry is not None else 0
+            self.error_code = self.error_code or "metering_failed"
         now = self.ctx.monotonic()
         record = AuditRecord(
             request_id=self.request_id,

@@ -17,6 +17,7 @@ from gateway_extproc.config import (
     load_config,
     load_document,
     merge,
+    parse_config,
 )
 from gateway_extproc.errors import ConfigError
 
@@ -693,3 +694,20 @@ def test_operator_file_missing(tmp_path: Path) -> None:
     assert len(problems) == 1
     assert problems[0].startswith(f"{path}: ")
     assert "No such file" in problems[0]
+
+
+def test_removing_a_builtin_provider_drops_its_shipped_models() -> None:
+    doc = merge(load_document(None), {"providers": {"anthropic": None}})
+    config = parse_config(doc, {})
+    assert set(config.providers) == {"openai"}
+    assert config.catalog.models()
+    assert all(e.provider == "openai" for e in config.catalog.models())
+
+
+def test_auth_sources_must_be_non_empty_strings() -> None:
+    doc = merge(
+        load_document(None), {"providers": {"openai": {"auth": {"header": "x", "env": ""}}}}
+    )
+    with pytest.raises(ConfigError) as exc:
+        parse_config(doc, {})
+    assert "providers.openai.auth.env: must be a non-empty string (got '')" in exc.value.problems

@@ -986,7 +986,7 @@ class _Wrapped:
         return getattr(self._meter, name)
 
 
-def test_response_headers_fault_passes_through(
+def test_response_headers_fault_passes_through_and_keeps_streaming(
     gw: Gateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def broken(_api: object) -> None:
@@ -996,7 +996,10 @@ def test_response_headers_fault_passes_through(
     p = gw.processor()
     forward(p, CHAT_PATH, {**CHAT, "stream": True})
     reply = p.handle(resp_headers(content_type="text/event-stream"))
-    assert reply == pb.ProcessingResponse(response_headers=pb.HeadersResponse())
+    # The response still streams (a buffered stream could hit the buffer limit).
+    assert reply.WhichOneof("response") == "response_headers"
+    assert reply.mode_override.response_body_mode == processing_mode_pb2.ProcessingMode.STREAMED
+    assert not reply.response_headers.response.HasField("header_mutation")
     p.close()
     assert len(gw.records()) == 1
 
