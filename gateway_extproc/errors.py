@@ -53,7 +53,9 @@ class Unauthenticated(ClientError):
 
     def __init__(self, message: str, *, error: str = "invalid_token") -> None:
         description = message.replace('"', "'")
-        challenge = f'Bearer realm="llm-gateway", error="{error}", error_description="{description}"'
+        challenge = (
+            f'Bearer realm="llm-gateway", error="{error}", error_description="{description}"'
+        )
         if error == "missing_token":  # RFC 6750: no error code when no credential was sent
             challenge = 'Bearer realm="llm-gateway"'
         super().__init__(message, headers={"www-authenticate": challenge})
