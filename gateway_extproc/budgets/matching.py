@@ -1,0 +1,75 @@
+"""Which budgets apply to a request, and which of their counters (scope values) it charges. Pure.
+
+A budget applies when every `match` filter holds and the identity has a value for the budget's
+scope: a user budget does not apply to a service token, an attribute budget not to an identity
+without that attribute. An "each value" scope charges one counter per value the request has: a
+user in three groups charges three counters of an each-group budget. A fixed-value scope applies
+only when the request has that value. A global budget has the single counter `*`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable
+from typing import NamedTuple
+
+from gateway_extproc.budgets.model import GLOBAL_SCOPE_VALUE, BudgetConfig, Match, ScopeKind
+from gateway_extproc.identity.model import Identity
+
+
+class Applicable(NamedTuple):
+    budget: BudgetConfig
+    scope_value: str  # the counter this request charges
+
+
+def applicable(
+    budgets: Iterable[BudgetConfig], *, identity: Identity, model: str, provider: str
+) -> list[Applicable]:
+    """Every (budget, scope value) this request charges, in configuration order."""
+    out: list[Applicable] = []
+    for budget in budgets:
+        if not matches(budget.match, identity=identity, model=model, provider=provider):
+            continue
+        values = scope_values(budget, identity=identity, model=model, provider=provider)
+        fixed = budget.scope.value
+        if fixed is not None:
+            values = [fixed] if fixed in values else []
+        out.extend(Applicable(budget, value) for value in values)
+    return out
+
+
+def matches(match: Match, *, identity: Identity, model: str, provider: str) -> bool:
+    """Whether every filter that is set holds for this request."""
+    if match.groups is not None and not match.groups & identity.groups:
+        return False
+    if match.models is not None and not any(fnmatch.fnmatchcase(model, p) for p in match.models):
+        return False
+    if match.providers is not None and provider not in match.providers:
+        return False
+    if match.users is not None and identity.user not in match.users:
+        return False
+    return match.services is None or identity.service in match.services
+
+
+def scope_values(
+    budget: BudgetConfig, *, identity: Identity, model: str, provider: str
+) -> list[str]:
+    """The identity's values for the budget's scope dimension (empty: the budget does not apply)."""
+    kind = budget.scope.kind
+    single: str | None
+    if kind is ScopeKind.GROUP:
+        return sorted(identity.groups)
+    if kind is ScopeKind.USER:
+        single = identity.user
+    elif kind is ScopeKind.SERVICE:
+        single = identity.service
+    elif kind is ScopeKind.MODEL:
+        single = model
+    elif kind is ScopeKind.PROVIDER:
+        single = provider
+    elif kind is ScopeKind.ATTRIBUTE:
+        assert budget.scope.attribute is not None
+        single = identity.attributes.get(budget.scope.attribute)
+    else:
+        single = GLOBAL_SCOPE_VALUE
+    return [single] if single else []
