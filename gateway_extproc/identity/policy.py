@@ -1,0 +1,381 @@
+"""Model access policies: which models each user, service and group may use.
+
+Parsed once from the `policies` section of the config and compiled (one regex per pattern list
+of each rule); after that `PolicySet.allows` is pure: no clock, no I/O.
+
+    policies:
+      default: {allow: ["*"]}        # an identity no rule names; allow: [] allows nothing
+      anonymous: {allow: [gpt-4o-mini]}   # optional; anonymous callers, else `default` applies
+      rules:
+        - groups: [interns]          # subjects: users / groups / services (exact names)
+          allow: [gpt-4o-mini]       # model patterns, shell-style wildcards
+        - services: [ci-runner]
+          allow: ["gpt-5*"]
+          deny: ["gpt-5-pro*"]
+
+Precedence:
+
+1. An anonymous caller is decided by `policies.anonymous` if present, else by `policies.default`.
+   Rules never apply to anonymous callers.
+2. For any other identity exactly one kind of rule decides, the most specific that matches:
+   the rules listing the identity's user in `users`; if there are none, the rules listing its
+   service in `services`; if none, the rules listing any of its groups in `groups` (every such
+   rule, across all of its groups); if none, `policies.default`. A rule naming several kinds of
+   subject counts as a rule of each kind: `{users: [alice], groups: [eng]}` is a user rule for
+   alice and a group rule for the rest of eng.
+3. Within the deciding kind, a model is allowed if at least one matching rule allows it and no
+   matching rule denies it: deny wins. A kind whose matching rules only deny allows nothing.
+   Less specific rules neither add nor remove anything: a user rule replaces, not extends, the
+   rules of the user's service and groups.
+4. Patterns are case-sensitive shell-style wildcards (`fnmatch.fnmatchcase`: `*`, `?`, `[seq]`,
+   `[!seq]`) matched against the whole name. A request is checked by the catalog's canonical
+   model name and by the name the client sent (an alias or a dated snapshot): it is allowed if
+   either name is allowed and neither name is denied.
+5. Without a `policies` section, or without `policies.default`, an identity no rule names may
+   use every model (as if `default: {allow: ["*"]}`).
+
+Validation reports every problem with its path: unknown keys; a rule must name at least one
+subject and at least one allow or deny pattern (`deny: ["*"]` blocks its subjects); `default`
+and `anonymous` must set `allow`; names and patterns are non-empty strings without surrounding
+spaces. A pattern that matches no catalog model is a warning only (`unmatched_patterns`).
+
+Decisions are memoised per (the identity's deciding subjects, model, requested name) in a
+bounded dict, since the same callers ask for the same models over and over.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Generic, TypeVar
+
+from gateway_extproc.identity.model import Identity, Kind
+
+__all__ = ["DEFAULT_MEMO_SIZE", "PolicySet", "parse_policies"]
+
+DEFAULT_MEMO_SIZE = 16_384
+_TOP_KEYS = ("default", "anonymous", "rules")
+_POLICY_KEYS = ("allow", "deny")
+_SUBJECT_KEYS = (("users", "user"), ("services", "service"), ("groups", "group"))
+_RULE_KEYS = ("users", "groups", "services", "allow", "deny")
+_EXPLAIN_MAX_PATTERNS = 10
+
+_Subjects = frozenset[tuple[str, str]]  # ("user" | "service" | "group" | "anonymous", name)
+_DEFAULT: _Subjects = frozenset()
+_ANONYMOUS: _Subjects = frozenset({("anonymous", "")})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Patterns:
+    """A rule's allow or deny list, compiled into one anchored regex."""
+
+    items: tuple[tuple[str, str], ...] = ()  # (config path, pattern)
+    regex: re.Pattern[str] | None = None
+
+    @classmethod
+    def compile(cls, items: Sequence[tuple[str, str]]) -> _Patterns:
+        if not items:
+            return cls()
+        joined = "|".join(fnmatch.translate(pattern) for _, pattern in items)
+        return cls(tuple(items), re.compile(f"(?:{joined})"))
+
+    def matches(self, name: str) -> bool:
+        return self.regex is not None and self.regex.match(name) is not None
+
+    def first_match(self, name: str) -> str | None:
+        for _, pattern in self.items:
+            if fnmatch.fnmatchcase(name, pattern):
+                return pattern
+        return None
+
+
+@dataclasses.dataclass(frozen=True, slots=True, eq=False)  # eq=False: compared by identity
+class _Rule:
+    order: int  # position in `rules`; -1 for default and anonymous
+    allow: _Patterns
+    deny: _Patterns
+
+
+_ALLOW_ALL = _Rule(-1, _Patterns.compile([("policies.default.allow[0]", "*")]), _Patterns())
+_ALLOW_NOTHING = _Rule(-1, _Patterns(), _Patterns())
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Decider:
+    """The rules of the deciding kind for one set of subjects, and how to name them."""
+
+    label: str  # "group interns", "groups eng, ml-team", "the default policy"
+    plural: bool
+    rules: tuple[_Rule, ...]
+
+    def allows(self, names: tuple[str, ...]) -> bool:
+        rules = self.rules
+        if any(rule.deny.matches(name) for rule in rules for name in names):
+            return False
+        return any(rule.allow.matches(name) for rule in rules for name in names)
+
+    def says(self, singular: str, plural: str) -> str:
+        """The label and the verb agreeing with it: "group eng allows", "groups eng, ml allow"."""
+        return f"{self.label} {plural if self.plural else singular}"
+
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+class _Memo(Generic[_K, _V]):
+    """A dict bounded to `size` entries; the oldest entry makes room. Size 0 remembers nothing."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.data: dict[_K, _V] = {}
+
+    def get(self, key: _K) -> _V | None:
+        return self.data.get(key)
+
+    def put(self, key: _K, value: _V) -> None:
+        if self.size <= 0:
+            return
+        if len(self.data) >= self.size:
+            del self.data[next(iter(self.data))]
+        self.data[key] = value
+
+
+class PolicySet:
+    """The compiled policies. Immutable apart from its memo; a reload builds a new one."""
+
+    def __init__(
+        self,
+        default: _Rule,
+        anonymous: _Rule | None,
+        rules: Sequence[tuple[_Rule, Mapping[str, Sequence[str]]]],
+        memo_size: int = DEFAULT_MEMO_SIZE,
+    ) -> None:
+        """Use `parse_policies` or `PolicySet.allow_all()`; `rules` pairs each compiled rule
+        with its subjects by kind (`{"group": ["interns"]}`)."""
+        self._default = default
+        self._anonymous = anonymous
+        self._rules = tuple(rule for rule, _ in rules)
+        index: dict[str, dict[str, list[_Rule]]] = {"user": {}, "service": {}, "group": {}}
+        for rule, subjects in rules:
+            for kind, names in subjects.items():
+                for name in names:
+                    listed = index[kind].setdefault(name, [])
+                    if rule not in listed:
+                        listed.append(rule)
+        self._users = {name: tuple(found) for name, found in index["user"].items()}
+        self._services = {name: tuple(found) for name, found in index["service"].items()}
+        self._groups = {name: tuple(found) for name, found in index["group"].items()}
+        self._deciders: _Memo[_Subjects, _Decider] = _Memo(memo_size)
+        self._decisions: _Memo[tuple[_Subjects, str, str | None], bool] = _Memo(memo_size)
+
+    @classmethod
+    def allow_all(cls, memo_size: int = DEFAULT_MEMO_SIZE) -> PolicySet:
+        """Every identity may use every model: the gateway without a `policies` section."""
+        return cls(_ALLOW_ALL, None, [], memo_size)
+
+    @classmethod
+    def allow_nothing(cls) -> PolicySet:
+        return cls(_ALLOW_NOTHING, None, [], 0)
+
+    def allows(self, identity: Identity, model: str, requested: str | None = None) -> bool:
+        """May `identity` use catalog model `model`, asked for by the name `requested`?"""
+        subjects = self._subjects(identity)
+        if requested == model:
+            requested = None
+        key = (subjects, model, requested)
+        decision = self._decisions.get(key)
+        if decision is None:
+            names = (model,) if requested is None else (model, requested)
+            decision = self._decider(subjects).allows(names)
+            self._decisions.put(key, decision)
+        return decision
+
+    def allowed_models(self, identity: Identity, names: Iterable[str]) -> list[str]:
+        """The names (in their order) that `identity` may use, for `GET /v1/models`."""
+        return [name for name in names if self.allows(identity, name)]
+
+    def explain(self, identity: Identity, model: str, requested: str | None = None) -> str:
+        """Which rule decided, for the 403 message: "group interns allows only gpt-4o-mini"."""
+        decider = self._decider(self._subjects(identity))
+        names = (model,) if requested is None or requested == model else (model, requested)
+        for rule in decider.rules:
+            for name in names:
+                pattern = rule.deny.first_match(name)
+                if pattern is not None:
+                    return f"{decider.says('denies', 'deny')} {pattern}"
+        if decider.allows(names):
+            return f"{decider.says('allows', 'allow')} {model}"
+        patterns = list(
+            dict.fromkeys(pattern for rule in decider.rules for _, pattern in rule.allow.items)
+        )
+        if not patterns:
+            return f"{decider.says('allows', 'allow')} no models"
+        shown = ", ".join(patterns[:_EXPLAIN_MAX_PATTERNS])
+        more = len(patterns) - _EXPLAIN_MAX_PATTERNS
+        if more > 0:
+            shown += f" and {more} more"
+        return f"{decider.says('allows', 'allow')} only {shown}"
+
+    def unmatched_patterns(self, catalog_names: Iterable[str]) -> list[str]:
+        """The patterns (each once, in config order) that match none of `catalog_names`, for the
+        loader to warn about. Pass the catalog's names and aliases. Not an error: a policy may
+        name models an operator catalog adds later."""
+        names = list(catalog_names)
+        rules = [self._default, *([self._anonymous] if self._anonymous else []), *self._rules]
+        patterns = dict.fromkeys(
+            pattern for rule in rules for _, pattern in (*rule.allow.items, *rule.deny.items)
+        )
+        return [
+            pattern
+            for pattern in patterns
+            if not any(fnmatch.fnmatchcase(name, pattern) for name in names)
+        ]
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _subjects(self, identity: Identity) -> _Subjects:
+        """The subjects of the kind that decides for `identity` (step 2 of the precedence)."""
+        if identity.kind is Kind.ANONYMOUS:
+            return _ANONYMOUS if self._anonymous is not None else _DEFAULT
+        if identity.user is not None and identity.user in self._users:
+            return frozenset({("user", identity.user)})
+        if identity.service is not None and identity.service in self._services:
+            return frozenset({("service", identity.service)})
+        groups = self._groups
+        return frozenset(("group", group) for group in identity.groups if group in groups)
+
+    def _decider(self, subjects: _Subjects) -> _Decider:
+        decider = self._deciders.get(subjects)
+        if decider is None:
+            decider = self._build_decider(subjects)
+            self._deciders.put(subjects, decider)
+        return decider
+
+    def _build_decider(self, subjects: _Subjects) -> _Decider:
+        if subjects == _DEFAULT:
+            return _Decider("the default policy", False, (self._default,))
+        if subjects == _ANONYMOUS and self._anonymous is not None:
+            return _Decider("the anonymous policy", False, (self._anonymous,))
+        kind = next(iter(subjects))[0]
+        index = {"user": self._users, "service": self._services, "group": self._groups}[kind]
+        names = sorted(name for _, name in subjects)
+        found = dict.fromkeys(rule for name in names for rule in index[name])
+        rules = tuple(sorted(found, key=lambda rule: rule.order))
+        label = f"{kind}{'s' if len(names) > 1 else ''} {', '.join(names)}"
+        return _Decider(label, len(names) > 1, rules)
+
+
+# --- parsing -----------------------------------------------------------------------------------
+
+
+def _expected(keys: Iterable[str]) -> str:
+    return f"unknown key (expected one of {', '.join(keys)})"
+
+
+def _names(
+    doc: Mapping[object, object], path: str, key: str, what: str, problems: list[str]
+) -> list[str]:
+    """`doc[key]`: a list of subject names or model patterns; each bad element is a problem."""
+    if key not in doc:
+        return []
+    raw, path = doc[key], f"{path}.{key}"
+    if not isinstance(raw, list):
+        problems.append(f"{path}: must be a list of {what} (got {raw!r})")
+        return []
+    out: list[str] = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, str) or not item.strip() or item != item.strip():
+            problems.append(
+                f"{path}[{i}]: must be a non-empty string without surrounding spaces (got {item!r})"
+            )
+        else:
+            out.append(item)
+    return out
+
+
+def _patterns(doc: Mapping[object, object], path: str, key: str, problems: list[str]) -> _Patterns:
+    items = _names(doc, path, key, "model patterns", problems)
+    return _Patterns.compile([(f"{path}.{key}[{i}]", item) for i, item in enumerate(items)])
+
+
+def _policy(doc: object, path: str, problems: list[str]) -> _Rule | None:
+    """`default` or `anonymous`: `{allow: [...], deny: [...]}`, allow required."""
+    if not isinstance(doc, Mapping):
+        problems.append(f"{path}: must be a mapping with allow (and optionally deny)")
+        return None
+    for key in doc:
+        if key not in _POLICY_KEYS:
+            problems.append(f"{path}.{key}: {_expected(_POLICY_KEYS)}")
+    if "allow" not in doc:
+        problems.append(f"{path}.allow: required (allow: [] allows nothing)")
+    return _Rule(
+        -1, _patterns(doc, path, "allow", problems), _patterns(doc, path, "deny", problems)
+    )
+
+
+def _rule(
+    doc: object, order: int, path: str, problems: list[str]
+) -> tuple[_Rule, dict[str, list[str]]] | None:
+    if not isinstance(doc, Mapping):
+        problems.append(f"{path}: must be a mapping with subjects and allow/deny (got {doc!r})")
+        return None
+    for key in doc:
+        if key not in _RULE_KEYS:
+            problems.append(f"{path}.{key}: {_expected(_RULE_KEYS)}")
+    before = len(problems)
+    subjects = {kind: _names(doc, path, key, "names", problems) for key, kind in _SUBJECT_KEYS}
+    if len(problems) == before and not any(subjects.values()):
+        problems.append(f"{path}: names no subject (set users, groups or services)")
+    before = len(problems)
+    allow = _patterns(doc, path, "allow", problems)
+    deny = _patterns(doc, path, "deny", problems)
+    if len(problems) == before and not allow.items and not deny.items:
+        problems.append(
+            f"{path}: needs at least one allow or deny pattern (to allow nothing: deny: ['*'])"
+        )
+    return _Rule(order, allow, deny), {kind: names for kind, names in subjects.items() if names}
+
+
+def parse_policies(
+    doc: object,
+    problems: list[str],
+    *,
+    path: str = "policies",
+    memo_size: int = DEFAULT_MEMO_SIZE,
+) -> PolicySet:
+    """Validate and compile the `policies` section (`doc` is its value; None: allow all).
+
+    Every problem is appended to `problems` with its path; if there are any, the returned set
+    allows nothing (the caller raises `ConfigError` with them)."""
+    if doc is None:
+        return PolicySet.allow_all(memo_size)
+    before = len(problems)
+    if not isinstance(doc, Mapping):
+        problems.append(f"{path}: must be a mapping with keys {', '.join(_TOP_KEYS)}")
+        return PolicySet.allow_nothing()
+    for key in doc:
+        if key not in _TOP_KEYS:
+            problems.append(f"{path}.{key}: {_expected(_TOP_KEYS)}")
+    default_doc = doc.get("default")
+    default = (
+        _ALLOW_ALL if default_doc is None else _policy(default_doc, f"{path}.default", problems)
+    )
+    anonymous_doc = doc.get("anonymous")
+    anonymous = (
+        None if anonymous_doc is None else _policy(anonymous_doc, f"{path}.anonymous", problems)
+    )
+    rules: list[tuple[_Rule, dict[str, list[str]]]] = []
+    rules_doc = doc.get("rules")
+    if rules_doc is not None and not isinstance(rules_doc, list):
+        problems.append(f"{path}.rules: must be a list of rules (got {rules_doc!r})")
+    elif rules_doc is not None:
+        for i, rule_doc in enumerate(rules_doc):
+            parsed = _rule(rule_doc, i, f"{path}.rules[{i}]", problems)
+            if parsed is not None:
+                rules.append(parsed)
+    if len(problems) > before or default is None:
+        return PolicySet.allow_nothing()
+    return PolicySet(default, anonymous, rules, memo_size)
