@@ -12,9 +12,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# make run's configuration: local defaults with the development issuer (GATEWAY_CONFIG overrides).
+CONFIG ?= $(or $(GATEWAY_CONFIG),config/local.yaml)
+
 ## run: the gateway on http://127.0.0.1:10000 (GATEWAY_PORT overrides); Ctrl-C stops it all
 run: $(STAMP)
-	$(BIN)/gatewayctl run
+	$(BIN)/gatewayctl run --config $(CONFIG)
 
 ## test: lint, type-check, unit tests, end-to-end tests through real Envoy
 test: $(STAMP) lint typecheck

@@ -10,10 +10,12 @@ import dataclasses
 import datetime
 import sys
 import threading
+from collections.abc import Mapping
 from typing import IO, Any
 
 import orjson
 
+from gateway_extproc.identity.model import Identity
 from gateway_extproc.pricing import format_usd
 from gateway_extproc.tokens import Usage, UsageSource
 
@@ -39,6 +41,8 @@ class AuditRecord:
     latency_ms: float
     time_to_first_byte_ms: float | None
     error_code: str | None = None
+    identity: Identity | None = None  # None: the request was refused before it was identified
+    unverified_metadata: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> bytes:
         doc: dict[str, Any] = {
@@ -65,8 +69,26 @@ class AuditRecord:
                 None if self.time_to_first_byte_ms is None else round(self.time_to_first_byte_ms, 3)
             ),
             "error_code": self.error_code,
+            "identity": _identity(self.identity),
+            # Client-supplied (x-gateway-metadata): recorded, never trusted for policy or budgets.
+            "unverified_metadata": dict(self.unverified_metadata),
         }
         return orjson.dumps(doc)
+
+
+def _identity(identity: Identity | None) -> dict[str, Any] | None:
+    if identity is None:
+        return None
+    return {
+        "kind": identity.kind.value,
+        "auth_method": identity.auth_method.value,
+        "user": identity.user,
+        "service": identity.service,
+        "groups": sorted(identity.groups),
+        "issuer": identity.issuer,
+        "client_id": identity.client_id,
+        "attributes": dict(identity.attributes),
+    }
 
 
 class AuditSink:

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from gateway_extproc.errors import ConfigError
+from gateway_extproc.identity.devissuer import add_token_command
 
 
 def _config_path(value: str | None) -> Path | None:
@@ -115,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("check-config", help="validate a config and report every problem")
     check.add_argument("--config")
     check.set_defaults(func=cmd_check)
+    add_token_command(sub)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))

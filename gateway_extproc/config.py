@@ -17,6 +17,9 @@ import yaml
 from gateway_extproc.apis import Schema
 from gateway_extproc.catalog import Catalog
 from gateway_extproc.errors import ConfigError
+from gateway_extproc.identity.model import IdentityConfig
+from gateway_extproc.identity.policy import PolicySet, parse_policies
+from gateway_extproc.identity.settings import parse_identity
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +68,9 @@ class GatewayConfig:
     catalog: Catalog
     audit_stdout: bool
     audit_file: str | None
+    identity: IdentityConfig = dataclasses.field(default_factory=IdentityConfig)
+    policies: PolicySet = dataclasses.field(default_factory=PolicySet.allow_all)
+    dev_issuer: bool = False  # accept tokens from the local development issuer (make run)
 
 
 def _default_document() -> dict[str, Any]:
@@ -203,7 +209,8 @@ def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayC
     """Validate a merged document; raise ConfigError listing every problem."""
     r = _Reader()
     known = {"listener", "limits", "sidecar", "providers", "mock_unconfigured_providers"}
-    for extra in sorted(set(doc) - known - {"catalog", "audit"}):
+    known |= {"catalog", "audit", "identity", "policies"}
+    for extra in sorted(set(doc) - known):
         r.problems.append(f"{extra}: unknown key")
     listener = r.section(doc, "listener", {"host", "port", "admin_port"})
     limits_doc = r.section(doc, "limits", {f.name for f in dataclasses.fields(Limits)})
@@ -270,6 +277,14 @@ def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayC
                     f"{entry.provider} speaks {provider.schema.value}"
                 )
 
+    identity_doc = doc.get("identity")
+    dev_issuer = False
+    if isinstance(identity_doc, Mapping) and "dev_issuer" in identity_doc:
+        dev_issuer = r.boolean(identity_doc, "identity", "dev_issuer", False)
+        identity_doc = {k: v for k, v in identity_doc.items() if k != "dev_issuer"}
+    identity = parse_identity(identity_doc, environ, r.problems)
+    policies = parse_policies(doc.get("policies"), r.problems)
+
     audit_file = environ.get("GATEWAY_AUDIT_LOG") or audit.get("file")
     if audit_file is not None and not isinstance(audit_file, str):
         r.problems.append("audit.file: must be a path or null")
@@ -288,6 +303,9 @@ def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayC
         catalog=catalog if catalog is not None else Catalog.from_documents([]),
         audit_stdout=r.boolean(audit, "audit", "stdout", True),
         audit_file=audit_file or None,
+        identity=identity,
+        policies=policies,
+        dev_issuer=dev_issuer,
     )
     if r.problems:
         raise ConfigError(r.problems)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from gateway_extproc.audit import AuditSink
 from gateway_extproc.catalog import Catalog
 from gateway_extproc.config import GatewayConfig
+from gateway_extproc.identity.authenticator import Authenticator
 from gateway_extproc.upstreams import Upstream
 
 
@@ -18,5 +19,6 @@ class GatewayContext:
     catalog: Catalog
     upstreams: dict[str, Upstream]
     audit: AuditSink
+    authenticator: Authenticator
     monotonic: Callable[[], float] = time.monotonic
     wall_clock: Callable[[], float] = time.time

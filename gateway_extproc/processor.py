@@ -18,11 +18,14 @@ from gateway_extproc.context import GatewayContext
 from gateway_extproc.errors import (
     BadRequest,
     ClientError,
+    Forbidden,
     InternalError,
     NotFound,
     UnknownModel,
     error_body,
 )
+from gateway_extproc.identity.metadata import parse_metadata
+from gateway_extproc.identity.model import Identity
 from gateway_extproc.inbound import ParsedRequest, parse_request, upstream_body
 from gateway_extproc.metering import StreamMeter, estimate_tokens, usage_from_json
 from gateway_extproc.models_api import list_models, one_model
@@ -59,10 +62,28 @@ class StreamProcessor:
         self.metering_broken = False
         self.completed = False
         self.finished = False
+        self.identity: Identity | None = None
+        self.metadata: dict[str, str] = {}
 
     # -- dispatch ---------------------------------------------------------------------------
 
-    def handle(self, message: msgs.ProcessingRequest) -> msgs.ProcessingResponse:
+    async def handle(self, message: msgs.ProcessingRequest) -> msgs.ProcessingResponse:
+        """One ext_proc message in, its reply out. Only identification may await (a JWKS
+        refresh for an unknown key id); every other phase is synchronous."""
+        phase = message.WhichOneof("request")
+        if phase == "request_headers":
+            headers = msgs.headers_of(message.request_headers)
+            self._note_request(headers)
+            try:
+                await self._identify(headers)
+            except ClientError as err:
+                return self._reject(err)
+            except Exception:
+                log.exception("identification failed", extra={"request_id": self.request_id})
+                return self._reject(InternalError(f"internal gateway error ({self.request_id})"))
+        return self._handle(message)
+
+    def _handle(self, message: msgs.ProcessingRequest) -> msgs.ProcessingResponse:
         phase = message.WhichOneof("request")
         if phase in ("response_headers", "response_body"):
             # The response is already on its way: a metering fault must never break it.
@@ -101,17 +122,32 @@ class StreamProcessor:
 
     # -- request side -----------------------------------------------------------------------
 
-    def _on_request_headers(self, message: msgs.HttpHeaders) -> msgs.ProcessingResponse:
-        headers = msgs.headers_of(message)
+    def _note_request(self, headers: dict[str, str]) -> None:
+        """Request id, method, path and the client's API family (for error formats)."""
         self.request_id = headers.get("x-request-id", "-")
         self.method = headers.get(":method", "")
         self.path = headers.get(":path", "")
-        bare_path = self.path.split("?", 1)[0].rstrip("/")
-        anthropic_client = "anthropic-version" in headers
         api = api_for_path(self.path)
+        anthropic_client = "anthropic-version" in headers
         self.schema = (
             api.schema if api else (Schema.ANTHROPIC if anthropic_client else Schema.OPENAI)
         )
+
+    async def _identify(self, headers: dict[str, str]) -> None:
+        """Who is calling: a verified token (cached after the first verify), a static service
+        token, or anonymous when allowed. Raises Unauthenticated / BadRequest."""
+        auth = self.ctx.authenticator
+        identity = auth.cached(headers, self.ctx.wall_clock())
+        self.identity = identity if identity is not None else await auth.authenticate(headers)
+        header = self.ctx.config.identity.metadata_header
+        self.metadata = parse_metadata(headers.get(header), header=header)
+
+    def _on_request_headers(self, message: msgs.HttpHeaders) -> msgs.ProcessingResponse:
+        headers = msgs.headers_of(message)
+        bare_path = self.path.split("?", 1)[0].rstrip("/")
+        api = api_for_path(self.path)
+        if self.identity is None:  # handle() identifies first; this is a programming error
+            raise RuntimeError("request headers processed before identification")
 
         if bare_path == MODELS_PATH or bare_path.startswith(MODELS_PATH + "/"):
             return self._models(bare_path)
@@ -130,14 +166,20 @@ class StreamProcessor:
         if self.method != "GET":
             raise NotFound(f"{bare_path} accepts GET only")
         catalog = self.ctx.catalog
-        entries = [e for e in catalog.models() if e.provider in self.ctx.upstreams]
+        assert self.identity is not None
+        policies, identity = self.ctx.config.policies, self.identity
+        entries = [
+            e
+            for e in catalog.models()
+            if e.provider in self.ctx.upstreams and policies.allows(identity, e.name)
+        ]
         if bare_path == MODELS_PATH:
             body = list_models(self.schema, entries)
         else:
             wanted = bare_path[len(MODELS_PATH) + 1 :]
             entry = catalog.lookup(wanted)
-            if entry is None or entry.provider not in self.ctx.upstreams:
-                raise NotFound(f"model {wanted!r} is not in the gateway's catalog")
+            if entry is None or entry not in entries:
+                raise NotFound(f"model {wanted!r} is not available to you at this gateway")
             body = one_model(self.schema, entry)
         self.status = 200
         self._finish()
@@ -159,6 +201,13 @@ class StreamProcessor:
             raise BadRequest(
                 f"model {request.model!r} is served through the {entry.schema.value} API, "
                 f"not {API_PREFIX}{api.value}"
+            )
+        assert self.identity is not None
+        policies = self.ctx.config.policies
+        if not policies.allows(self.identity, entry.name, request.model):
+            raise Forbidden(
+                f"{self.identity.subject} may not use model {request.model!r}: "
+                f"{policies.explain(self.identity, entry.name, request.model)}"
             )
         upstream = self.ctx.upstreams.get(entry.provider)
         if upstream is None:
@@ -324,6 +373,8 @@ class StreamProcessor:
                 None if self.first_byte is None else (self.first_byte - self.started) * 1000
             ),
             error_code=self.error_code,
+            identity=self.identity,
+            unverified_metadata=self.metadata,
         )
         try:
             self.ctx.audit.write(record)

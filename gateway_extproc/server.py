@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -22,6 +23,8 @@ from gateway_extproc.audit import AuditSink
 from gateway_extproc.config import GatewayConfig, load_config
 from gateway_extproc.context import GatewayContext
 from gateway_extproc.errors import ConfigError
+from gateway_extproc.identity.authenticator import Authenticator
+from gateway_extproc.identity.devissuer import ensure_dev_issuer
 from gateway_extproc.logs import setup_logging
 from gateway_extproc.processor import StreamProcessor
 from gateway_extproc.upstreams import resolve_upstreams
@@ -29,6 +32,8 @@ from gateway_extproc.upstreams import resolve_upstreams
 log = logging.getLogger("gateway.server")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ExternalProcessor"].full_name
+# Top-level claims of development tokens recorded as attributes (gatewayctl token --attr).
+DEV_ATTRIBUTES = ("department", "cost_center", "team")
 # gRPC overhead allowed on top of the largest body Envoy may send in one message.
 GRPC_MESSAGE_SLACK = 1024 * 1024
 
@@ -45,7 +50,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         processor = StreamProcessor(self.ctx)
         try:
             async for message in request_iterator:
-                yield processor.handle(message)
+                yield await processor.handle(message)
         finally:
             # Runs on normal end, on cancellation (client gone, Envoy reset) and on errors.
             processor.close()
@@ -73,6 +78,7 @@ async def serve(ctx: GatewayContext, address: str, port_file: Path | None) -> No
         ),
         server,
     )
+    await ctx.authenticator.start()
     port = server.add_insecure_port(address)
     if port == 0:
         raise RuntimeError(f"cannot listen on {address}")
@@ -95,6 +101,7 @@ async def serve(ctx: GatewayContext, address: str, port_file: Path | None) -> No
         await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
     await asyncio.sleep(ctx.config.drain_s)
     await server.stop(ctx.config.grace_s)
+    await ctx.authenticator.close()
     ctx.audit.close()
     log.info("stopped")
 
@@ -119,11 +126,23 @@ def main(argv: list[str] | None = None) -> int:
     for up in upstreams.values():
         if up.mocked:
             log.warning("provider %s has no credential: served by the mock provider", up.provider)
+    identity = config.identity
+    if config.dev_issuer:
+        run_dir = Path(os.environ.get("GATEWAY_RUN_DIR", ".run"))
+        dev = ensure_dev_issuer(run_dir / "dev-issuer")
+        identity = dataclasses.replace(
+            identity, issuers=(*identity.issuers, dev.issuer_config(DEV_ATTRIBUTES))
+        )
+        log.warning("accepting tokens from the local development issuer (%s)", dev.jwks_path)
+    names = [n for e in config.catalog.models() for n in (e.name, *e.aliases)]
+    for pattern in config.policies.unmatched_patterns(names):
+        log.warning("policy pattern %r matches no model in the catalog", pattern)
     ctx = GatewayContext(
         config=config,
         catalog=config.catalog,
         upstreams=upstreams,
         audit=AuditSink(stdout=config.audit_stdout, path=config.audit_file),
+        authenticator=Authenticator(identity),
     )
     address = args.address or f"{config.sidecar_host}:{config.sidecar_port}"
     run = asyncio.run

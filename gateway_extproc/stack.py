@@ -196,7 +196,11 @@ class Stack:
             argv += ["--config", str(self.config_path)]
         if self.mock_url:
             argv += ["--mock-url", self.mock_url]
-        env = {**self.environ, "GATEWAY_REDIS_URL": self.redis_url}
+        env = {
+            **self.environ,
+            "GATEWAY_REDIS_URL": self.redis_url,
+            "GATEWAY_RUN_DIR": str(self.run_dir),
+        }
         proc = self._spawn("sidecar", argv, env)
         wait_for(lambda: _read_port(port_file), "ext_proc sidecar", 30, proc)
         self.sidecar_port = int(port_file.read_text().strip())

@@ -3,6 +3,7 @@ started once per session on ephemeral loopback ports by the same code `make run`
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,17 @@ from gateway_extproc.stack import Stack
 from tests.e2e.harness import FIXTURES, RETIRED_MODELS, AuditLog, MockLog
 
 pytestmark = pytest.mark.e2e
+
+
+# Static service tokens the metering tests' clients use (secret -> service name).
+CLIENT_TOKENS = {"client-key": "e2e-client", "sk-leak-me-not-0815": "leak-test"}
+
+
+def static_tokens_yaml(indent: str = "    ") -> str:
+    return "".join(
+        f'{indent}{name}: {{sha256: "{hashlib.sha256(secret.encode()).hexdigest()}"}}\n'
+        for secret, name in CLIENT_TOKENS.items()
+    )
 
 
 def stack_environ(run_dir: Path, **extra: str) -> dict[str, str]:
@@ -45,7 +57,12 @@ def start_stack(run_dir: Path, **kwargs: object) -> Stack:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     run_dir = tmp_path_factory.mktemp("stack")
     config = run_dir / "gateway.yaml"
-    config.write_text(f"catalog:\n  files: [{RETIRED_MODELS}]\n")
+    # Metering tests run as anonymous callers or with static service tokens;
+    # tests/e2e/test_identity.py covers identity.
+    config.write_text(
+        f"catalog:\n  files: [{RETIRED_MODELS}]\n"
+        f"identity:\n  allow_anonymous: true\n  static_tokens:\n{static_tokens_yaml()}"
+    )
     s = start_stack(run_dir, config_path=config, mock_args=("--fixtures-dir", str(FIXTURES)))
     yield s
     s.stop()

@@ -130,9 +130,9 @@ def test_client_credentials_and_internal_headers_never_reach_the_provider(
         stack,
         CHAT,
         body,
-        authorization="Bearer sk-client-secret",
+        authorization="Bearer client-key",
         **{
-            "x-api-key": "client-key",
+            "x-api-key": "another-client-key",
             "x-gateway-cluster": "provider_anthropic",
             "x-gateway-user": "mallory",
             "accept-encoding": "gzip",

@@ -15,6 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.e2e.harness import REPO
+
 pytestmark = pytest.mark.e2e
 
 
@@ -33,7 +35,10 @@ def test_run_serves_the_mock_writes_audit_and_ctrl_c_stops_everything(tmp_path: 
         GATEWAY_PORT="0", GATEWAY_AUDIT_LOG=str(tmp_path / "audit.jsonl"), PYTHONUNBUFFERED="1"
     )
     config = tmp_path / "gateway.yaml"
-    config.write_text("listener: {admin_port: 0}\n")  # 9901 may be taken on this machine
+    # config/local.yaml is what `make run` uses; 9901 may be taken on this machine.
+    config.write_text(
+        (REPO / "config" / "local.yaml").read_text() + "\nlistener: {admin_port: 0}\n"
+    )
     stderr_path = tmp_path / "stderr.log"
     with stderr_path.open("wb") as stderr:
         proc = subprocess.Popen(
@@ -63,11 +68,33 @@ def test_run_serves_the_mock_writes_audit_and_ctrl_c_stops_everything(tmp_path: 
             gateway = banner.group(1)
             admin = re.search(r"admin +(http://[\d.]+:\d+)", stderr_path.read_text())
             assert admin is not None
+            # The README's demo: mint a token from the local development issuer.
+            token = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "gateway_extproc.cli",
+                    "token",
+                    "--user",
+                    "alice@example.com",
+                    "--group",
+                    "eng",
+                    "--dir",
+                    str(tmp_path / "run" / "dev-issuer"),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+                env=env,
+            ).stdout.strip()
             r = httpx.post(
                 gateway + "/v1/chat/completions",
                 json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+                headers={"authorization": f"Bearer {token}"},
                 timeout=10,
             )
+            anonymous = httpx.post(gateway + "/v1/chat/completions", json={"model": "gpt-4o-mini"})
+            assert anonymous.status_code == 401
             assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"]
             proc.send_signal(signal.SIGINT)  # what Ctrl-C delivers
             out, _ = proc.communicate(timeout=30)
@@ -79,4 +106,6 @@ def test_run_serves_the_mock_writes_audit_and_ctrl_c_stops_everything(tmp_path: 
     audit = [json.loads(line) for line in out.splitlines() if line.startswith(b"{")]
     mine = [a for a in audit if a["request_id"] == r.headers["x-gateway-request-id"]]
     assert len(mine) == 1 and mine[0]["cost_micros"] > 0 and mine[0]["usage_source"] == "provider"
+    assert mine[0]["identity"]["user"] == "alice@example.com"
+    assert mine[0]["identity"]["issuer"] == "dev" and mine[0]["identity"]["groups"] == ["eng"]
     assert not _port_open(gateway) and not _port_open(admin.group(1))

@@ -14,7 +14,7 @@ import openai
 import pytest
 
 from gateway_extproc.stack import Stack
-from tests.e2e.conftest import stack_environ, start_stack
+from tests.e2e.conftest import stack_environ, start_stack, static_tokens_yaml
 from tests.e2e.harness import AuditLog, MockLog
 
 pytestmark = pytest.mark.e2e
@@ -69,7 +69,9 @@ def configured_stack(tmp_path_factory: pytest.TempPathFactory, keyed_mock: str) 
     config.write_text(
         f"""
 mock_unconfigured_providers: false
-providers:
+identity:
+  static_tokens:
+{static_tokens_yaml()}providers:
   openai:
     base_url: {keyed_mock}/v1
     auth: {{header: authorization, prefix: "Bearer ", env: TEST_GATEWAY_OPENAI_KEY}}
@@ -94,7 +96,7 @@ def test_gateway_injects_provider_keys(configured_stack: Stack, keyed_mock: str)
     mock = MockLog(keyed_mock)
     audit = AuditLog(configured_stack.run_dir / "audit.jsonl")
     with openai.OpenAI(
-        base_url=configured_stack.gateway_url + "/v1", api_key="user-token", max_retries=0
+        base_url=configured_stack.gateway_url + "/v1", api_key="client-key", max_retries=0
     ) as oai:
         raw = oai.chat.completions.with_raw_response.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
@@ -105,7 +107,7 @@ def test_gateway_injects_provider_keys(configured_stack: Stack, keyed_mock: str)
     assert rec["upstream_mocked"] is False and rec["provider"] == "openai"
 
     with anthropic.Anthropic(
-        base_url=configured_stack.gateway_url, api_key="user-token", max_retries=0
+        base_url=configured_stack.gateway_url, api_key="client-key", max_retries=0
     ) as claude:
         msg = claude.messages.create(
             model="claude-haiku-4-5", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
@@ -119,7 +121,7 @@ def test_self_hosted_provider_is_one_config_entry(configured_stack: Stack, keyed
     mock = MockLog(keyed_mock)
     audit = AuditLog(configured_stack.run_dir / "audit.jsonl")
     with openai.OpenAI(
-        base_url=configured_stack.gateway_url + "/v1", api_key="user-token", max_retries=0
+        base_url=configured_stack.gateway_url + "/v1", api_key="client-key", max_retries=0
     ) as oai:
         # The vLLM entry has no credential: the keyed mock refuses the request, and the 401
         # comes back to the client unchanged (and is recorded).

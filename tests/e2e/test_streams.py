@@ -115,7 +115,7 @@ def test_a_three_minute_stream_is_not_cut(oai: openai.OpenAI, audit: AuditLog) -
 def impatient_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     run_dir = tmp_path_factory.mktemp("impatient")
     config = run_dir / "gateway.yaml"
-    config.write_text("limits:\n  stream_idle_timeout_s: 2\n")
+    config.write_text("limits:\n  stream_idle_timeout_s: 2\nidentity:\n  allow_anonymous: true\n")
     s = start_stack(run_dir, config_path=config)
     yield s
     s.stop()

@@ -3,9 +3,11 @@ audit line each request leaves behind. No gRPC, no Envoy: one processor per simu
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime
 import gzip
+import hashlib
 import json
 import zlib
 from collections.abc import Iterator
@@ -21,8 +23,9 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from gateway_extproc import processor as processor_module
 from gateway_extproc.audit import AuditSink
 from gateway_extproc.catalog import Catalog
-from gateway_extproc.config import GatewayConfig, load_config
+from gateway_extproc.config import GatewayConfig, load_document, merge, parse_config
 from gateway_extproc.context import GatewayContext
+from gateway_extproc.identity.authenticator import Authenticator
 from gateway_extproc.pricing import cost_micros, format_usd
 from gateway_extproc.processor import CLUSTER_HEADER, StreamProcessor
 from gateway_extproc.tokens import Usage
@@ -80,6 +83,11 @@ class Clock:
         self.now += seconds
 
 
+def handle(p: StreamProcessor, message: pb.ProcessingRequest) -> pb.ProcessingResponse:
+    """One message through the processor (async only to await a JWKS refresh)."""
+    return asyncio.run(p.handle(message))
+
+
 @dataclasses.dataclass
 class Gateway:
     ctx: GatewayContext
@@ -107,6 +115,7 @@ def _gateway(tmp_path: Path, config: GatewayConfig, environ: dict[str, str]) -> 
         catalog=Catalog.from_documents([("test-catalog", CATALOG_DOC)]),
         upstreams=resolve_upstreams(config, environ, MOCK),
         audit=AuditSink(stdout=False, path=str(audit_path)),
+        authenticator=Authenticator(config.identity),
         monotonic=clock,
         wall_clock=lambda: WALL,
     )
@@ -118,7 +127,11 @@ def _gateway(tmp_path: Path, config: GatewayConfig, environ: dict[str, str]) -> 
 
 @pytest.fixture(scope="module")
 def config() -> GatewayConfig:
-    return load_config(None, {})
+    """The built-in config; callers are anonymous or hold the static token `sk-client`
+    (identity has its own tests below)."""
+    client = {"sha256": hashlib.sha256(b"sk-client").hexdigest()}
+    identity = {"allow_anonymous": True, "static_tokens": {"test-client": client}}
+    return parse_config(merge(load_document(None), {"identity": identity}), {})
 
 
 @pytest.fixture
@@ -215,9 +228,9 @@ def forward(
     p: StreamProcessor, path: str, body: dict[str, Any], extra: dict[str, str] | None = None
 ) -> pb.CommonResponse:
     """Headers and body phases of a request the gateway forwards; the body phase's reply."""
-    first = p.handle(req_headers(path, extra=extra))
+    first = handle(p, req_headers(path, extra=extra))
     assert first.WhichOneof("response") == "request_headers"
-    second = p.handle(req_body(body))
+    second = handle(p, req_body(body))
     assert second.WhichOneof("response") == "request_body", second
     return second.request_body.response
 
@@ -251,7 +264,7 @@ HEADER_REMOVALS: list[tuple[str, dict[str, str], set[str]]] = [
     ("extra", "removed"), [h[1:] for h in HEADER_REMOVALS], ids=[h[0] for h in HEADER_REMOVALS]
 )
 def test_request_headers_removed(gw: Gateway, extra: dict[str, str], removed: set[str]) -> None:
-    reply = gw.processor().handle(req_headers(CHAT_PATH, extra=extra))
+    reply = handle(gw.processor(), req_headers(CHAT_PATH, extra=extra))
     assert reply.WhichOneof("response") == "request_headers"
     common = reply.request_headers.response
     assert set(common.header_mutation.remove_headers) == removed
@@ -441,7 +454,7 @@ REJECTIONS = [
         method="GET",
         status=404,
         code="not_found",
-        message="model 'gpt-nope' is not in the gateway's catalog",
+        message="model 'gpt-nope' is not available to you at this gateway",
     ),
     Rejection(
         "model id without an upstream",
@@ -449,7 +462,7 @@ REJECTIONS = [
         method="GET",
         status=404,
         code="not_found",
-        message="model 'local-test' is not in the gateway's catalog",
+        message="model 'local-test' is not available to you at this gateway",
     ),
     Rejection(
         "empty body (headers end the stream)",
@@ -480,12 +493,12 @@ REJECTIONS = [
 @pytest.mark.parametrize("case", REJECTIONS, ids=[r.id for r in REJECTIONS])
 def test_immediate_response(gw: Gateway, case: Rejection) -> None:
     p = gw.processor()
-    first = p.handle(req_headers(case.path, case.method, case.headers, end=case.body is None))
+    first = handle(p, req_headers(case.path, case.method, case.headers, end=case.body is None))
     if case.body is None or first.WhichOneof("response") == "immediate_response":
         reply = first
     else:
         assert first.WhichOneof("response") == "request_headers"
-        reply = p.handle(req_body(case.body))
+        reply = handle(p, req_body(case.body))
     assert reply.WhichOneof("response") == "immediate_response"
     imm = reply.immediate_response
     assert imm.status.code == case.status
@@ -517,7 +530,7 @@ def test_immediate_response(gw: Gateway, case: Rejection) -> None:
 
 def test_request_id_missing(gw: Gateway) -> None:
     p = gw.processor()
-    reply = p.handle(req_headers("/nope", request_id=None))
+    reply = handle(p, req_headers("/nope", request_id=None))
     assert set_headers(reply.immediate_response.headers)["x-gateway-request-id"] == "-"
     assert orjson.loads(reply.immediate_response.body)["request_id"] == "-"
 
@@ -528,8 +541,8 @@ def test_unexpected_error_is_a_generic_500(gw: Gateway, monkeypatch: pytest.Monk
 
     monkeypatch.setattr(processor_module, "upstream_body", boom)
     p = gw.processor()
-    p.handle(req_headers(CHAT_PATH))
-    imm = p.handle(req_body(CHAT)).immediate_response
+    handle(p, req_headers(CHAT_PATH))
+    imm = handle(p, req_body(CHAT)).immediate_response
     assert imm.status.code == 500
     body = orjson.loads(imm.body)
     assert body["error"]["code"] == "internal_error"
@@ -543,7 +556,7 @@ def test_unexpected_error_is_a_generic_500(gw: Gateway, monkeypatch: pytest.Monk
 
 def models_reply(gw: Gateway, path: str, extra: dict[str, str] | None = None) -> Any:
     p = gw.processor()
-    reply = p.handle(req_headers(path, "GET", extra, end=True))
+    reply = handle(p, req_headers(path, "GET", extra, end=True))
     imm = reply.immediate_response
     assert imm.status.code == 200
     assert imm.details == "gateway_models"
@@ -590,7 +603,7 @@ def test_one_model(gw: Gateway) -> None:
 def test_sse_response_headers_switch_to_streamed(gw: Gateway) -> None:
     p = gw.processor()
     forward(p, CHAT_PATH, {**CHAT, "stream": True})
-    reply = p.handle(resp_headers(content_type="text/event-stream; charset=utf-8"))
+    reply = handle(p, resp_headers(content_type="text/event-stream; charset=utf-8"))
     assert reply.WhichOneof("response") == "response_headers"
     assert reply.HasField("mode_override")
     assert reply.mode_override.response_body_mode == processing_mode_pb2.ProcessingMode.STREAMED
@@ -602,7 +615,7 @@ def test_sse_response_headers_switch_to_streamed(gw: Gateway) -> None:
 def test_json_response_headers_stay_buffered(gw: Gateway) -> None:
     p = gw.processor()
     forward(p, CHAT_PATH, CHAT)
-    reply = p.handle(resp_headers())
+    reply = handle(p, resp_headers())
     assert not reply.HasField("mode_override")
     assert set_headers(reply.response_headers.response.header_mutation) == {
         "x-gateway-request-id": RID
@@ -629,12 +642,12 @@ def test_json_response_cost_header_and_audit(gw: Gateway) -> None:
     p = gw.processor()
     forward(p, CHAT_PATH, CHAT)
     gw.clock.advance(0.25)
-    p.handle(resp_headers())
+    handle(p, resp_headers())
     gw.clock.advance(0.5)
     body = chat_json(prompt=100, completion=50)
     first, rest = body[:10], body[10:]
-    assert p.handle(resp_body(first)).response_body.response == pb.CommonResponse()
-    reply = p.handle(resp_body(rest, end=True))
+    assert handle(p, resp_body(first)).response_body.response == pb.CommonResponse()
+    reply = handle(p, resp_body(rest, end=True))
     # 100 x $2.50/1M + 50 x $10/1M = $0.00075
     assert set_headers(reply.response_body.response.header_mutation) == {
         "x-gateway-cost-usd": "0.000750"
@@ -668,14 +681,25 @@ def test_json_response_cost_header_and_audit(gw: Gateway) -> None:
         "latency_ms": 750.0,
         "time_to_first_byte_ms": 250.0,
         "error_code": None,
+        "identity": {
+            "kind": "anonymous",
+            "auth_method": "anonymous",
+            "user": None,
+            "service": None,
+            "groups": [],
+            "issuer": None,
+            "client_id": None,
+            "attributes": {},
+        },
+        "unverified_metadata": {},
     }
 
 
 def test_keyed_upstream_is_not_mocked_in_audit(keyed: Gateway) -> None:
     p = keyed.processor()
     forward(p, CHAT_PATH, CHAT)
-    p.handle(resp_headers())
-    p.handle(resp_body(chat_json(), end=True))
+    handle(p, resp_headers())
+    handle(p, resp_body(chat_json(), end=True))
     record = keyed.record()
     assert (record["provider"], record["upstream_mocked"]) == ("openai", False)
     assert OPENAI_KEY not in keyed.audit_path.read_text()
@@ -736,12 +760,12 @@ def test_stream_metered_from_provider_usage(
 ) -> None:
     p = gw.processor()
     forward(p, path, body)
-    p.handle(resp_headers(content_type="text/event-stream"))
+    handle(p, resp_headers(content_type="text/event-stream"))
     parts = chunks(fixture(name), size)
     for part in parts[:-1]:
-        reply = p.handle(resp_body(part))
+        reply = handle(p, resp_body(part))
         assert reply.response_body.response == pb.CommonResponse()  # bytes pass untouched
-    p.handle(resp_body(parts[-1], end=True))
+    handle(p, resp_body(parts[-1], end=True))
     p.close()
     record = gw.record()
     entry = gw.ctx.catalog.lookup(body["model"])
@@ -758,8 +782,8 @@ def test_stream_metered_from_provider_usage(
 def test_stream_cost_by_hand(gw: Gateway) -> None:
     p = gw.processor()
     forward(p, CHAT_PATH, {**CHAT, "stream": True})
-    p.handle(resp_headers(content_type="text/event-stream"))
-    p.handle(resp_body(fixture("openai_chat_include_usage.sse"), end=True))
+    handle(p, resp_headers(content_type="text/event-stream"))
+    handle(p, resp_body(fixture("openai_chat_include_usage.sse"), end=True))
     # 86 x $2.50 + 1920 x $1.25 (cached) + 300 x $10 (reasoning at the output price), per 1M
     assert gw.record()["cost_micros"] == 215 + 2400 + 3000
 
@@ -767,17 +791,17 @@ def test_stream_cost_by_hand(gw: Gateway) -> None:
 def test_stream_end_arrives_as_an_empty_chunk(gw: Gateway) -> None:
     p = gw.processor()
     forward(p, CHAT_PATH, {**CHAT, "stream": True})
-    p.handle(resp_headers(content_type="text/event-stream"))
-    p.handle(resp_body(fixture("openai_chat_include_usage.sse")))
-    p.handle(resp_body(b"", end=True))
+    handle(p, resp_headers(content_type="text/event-stream"))
+    handle(p, resp_body(fixture("openai_chat_include_usage.sse")))
+    handle(p, resp_body(b"", end=True))
     assert gw.record()["usage_source"] == "provider"
 
 
 def test_stream_without_usage_is_estimated(gw: Gateway) -> None:
     p = gw.processor()
     forward(p, CHAT_PATH, {**CHAT, "stream": True})
-    p.handle(resp_headers(content_type="text/event-stream"))
-    p.handle(resp_body(fixture("openai_chat_no_usage.sse"), end=True))
+    handle(p, resp_headers(content_type="text/event-stream"))
+    handle(p, resp_body(fixture("openai_chat_no_usage.sse"), end=True))
     record = gw.record()
     assert record["usage_source"] == "estimated"
     assert record["completed"] is True
@@ -789,11 +813,11 @@ def test_stream_without_usage_is_estimated(gw: Gateway) -> None:
 def test_stream_cut_before_the_end_then_close(gw: Gateway) -> None:
     p = gw.processor()
     forward(p, CHAT_PATH, {**CHAT, "stream": True})
-    p.handle(resp_headers(content_type="text/event-stream"))
+    handle(p, resp_headers(content_type="text/event-stream"))
     data = fixture("openai_chat_include_usage.sse")
     seen = data[: data.index(b'"usage":{')]  # the usage chunk and [DONE] never arrive
     for part in chunks(seen, 50):
-        p.handle(resp_body(part))
+        handle(p, resp_body(part))
     assert gw.records() == []  # still open
     gw.clock.advance(2)
     p.close()  # client disconnect / upstream reset: the stream ends without end_of_stream
@@ -809,9 +833,9 @@ def test_stream_cut_before_the_end_then_close(gw: Gateway) -> None:
 def test_anthropic_stream_cut_keeps_the_reported_input(gw: Gateway) -> None:
     p = gw.processor()
     forward(p, MESSAGES_PATH, {**MESSAGES, "stream": True})
-    p.handle(resp_headers(content_type="text/event-stream"))
+    handle(p, resp_headers(content_type="text/event-stream"))
     data = fixture("anthropic_messages.sse")
-    p.handle(resp_body(data[: data.index(b"event: message_delta")]))
+    handle(p, resp_body(data[: data.index(b"event: message_delta")]))
     p.close()
     record = gw.record()
     assert record["usage_source"] == "estimated"
@@ -830,12 +854,12 @@ def gzip_bytes(data: bytes) -> bytes:
 def test_gzip_json_response_is_metered(gw: Gateway) -> None:
     p = gw.processor()
     forward(p, CHAT_PATH, CHAT)
-    p.handle(resp_headers(extra={"content-encoding": "gzip"}))
+    handle(p, resp_headers(extra={"content-encoding": "gzip"}))
     compressed = gzip_bytes(chat_json(prompt=100, completion=50))
     parts = chunks(compressed, 5)
     for part in parts[:-1]:
-        p.handle(resp_body(part))
-    reply = p.handle(resp_body(parts[-1], end=True))
+        handle(p, resp_body(part))
+    reply = handle(p, resp_body(parts[-1], end=True))
     assert set_headers(reply.response_body.response.header_mutation) == {
         "x-gateway-cost-usd": "0.000750"
     }
@@ -847,12 +871,12 @@ def test_gzip_json_response_is_metered(gw: Gateway) -> None:
 def test_compressed_stream_is_metered(gw: Gateway, encoding: str) -> None:
     p = gw.processor()
     forward(p, CHAT_PATH, {**CHAT, "stream": True})
-    p.handle(resp_headers(content_type="text/event-stream", extra={"content-encoding": encoding}))
+    handle(p, resp_headers(content_type="text/event-stream", extra={"content-encoding": encoding}))
     raw = fixture("openai_chat_include_usage.sse")
     data = zlib.compress(raw) if encoding == "deflate" else gzip_bytes(raw)
     for part in chunks(data, 3):
-        p.handle(resp_body(part))
-    p.handle(resp_body(b"", end=True))
+        handle(p, resp_body(part))
+    handle(p, resp_body(b"", end=True))
     record = gw.record()
     assert record["usage_source"] == "provider"
     assert record["tokens"]["output_tokens"] == 300
@@ -861,8 +885,8 @@ def test_compressed_stream_is_metered(gw: Gateway, encoding: str) -> None:
 def test_unsupported_encoding_is_estimated(gw: Gateway) -> None:
     p = gw.processor()
     forward(p, CHAT_PATH, CHAT)
-    p.handle(resp_headers(extra={"content-encoding": "br"}))
-    reply = p.handle(resp_body(b"\x8b\x00 not json to us", end=True))
+    handle(p, resp_headers(extra={"content-encoding": "br"}))
+    reply = handle(p, resp_body(b"\x8b\x00 not json to us", end=True))
     assert "x-gateway-cost-usd" in set_headers(reply.response_body.response.header_mutation)
     record = gw.record()
     assert record["usage_source"] == "estimated"
@@ -873,9 +897,9 @@ def test_unsupported_encoding_is_estimated(gw: Gateway) -> None:
 def test_upstream_error_costs_nothing(gw: Gateway, status: int) -> None:
     p = gw.processor()
     forward(p, MESSAGES_PATH, MESSAGES)
-    p.handle(resp_headers(status))
+    handle(p, resp_headers(status))
     error = {"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}}
-    reply = p.handle(resp_body(orjson.dumps(error), end=True))
+    reply = handle(p, resp_body(orjson.dumps(error), end=True))
     assert set_headers(reply.response_body.response.header_mutation) == {
         "x-gateway-cost-usd": "0.000000"
     }
@@ -889,8 +913,8 @@ def test_upstream_error_costs_nothing(gw: Gateway, status: int) -> None:
 def test_upstream_error_stream_costs_nothing(gw: Gateway) -> None:
     p = gw.processor()
     forward(p, CHAT_PATH, {**CHAT, "stream": True})
-    p.handle(resp_headers(503, "text/event-stream"))
-    p.handle(resp_body(fixture("openai_chat_include_usage.sse")[:300]))
+    handle(p, resp_headers(503, "text/event-stream"))
+    handle(p, resp_body(fixture("openai_chat_include_usage.sse")[:300]))
     p.close()
     record = gw.record()
     assert (record["status"], record["usage_source"], record["cost_micros"]) == (503, "none", 0)
@@ -899,7 +923,7 @@ def test_upstream_error_stream_costs_nothing(gw: Gateway) -> None:
 def test_headers_only_response(gw: Gateway) -> None:
     p = gw.processor()
     forward(p, CHAT_PATH, CHAT)
-    p.handle(resp_headers(200, extra={"content-length": "0"}, end=True))
+    handle(p, resp_headers(200, extra={"content-length": "0"}, end=True))
     p.close()
     record = gw.record()
     assert (record["completed"], record["usage_source"]) == (True, "estimated")
@@ -923,8 +947,8 @@ def test_close_twice_writes_one_record(gw: Gateway) -> None:
 def test_close_after_finish_writes_nothing_more(gw: Gateway) -> None:
     p = gw.processor()
     forward(p, CHAT_PATH, CHAT)
-    p.handle(resp_headers())
-    p.handle(resp_body(chat_json(), end=True))
+    handle(p, resp_headers())
+    handle(p, resp_body(chat_json(), end=True))
     p.close()
     p.close()
     assert len(gw.records()) == 1
@@ -940,8 +964,8 @@ def test_close_before_anything(gw: Gateway) -> None:
 def test_metering_fault_passes_the_response_through(gw: Gateway) -> None:
     p = gw.processor()
     forward(p, CHAT_PATH, CHAT)
-    p.handle(resp_headers(extra={"content-encoding": "gzip"}))
-    reply = p.handle(resp_body(b"this is not gzip", end=True))  # zlib.error inside
+    handle(p, resp_headers(extra={"content-encoding": "gzip"}))
+    reply = handle(p, resp_body(b"this is not gzip", end=True))  # zlib.error inside
     assert reply == pb.ProcessingResponse(response_body=pb.BodyResponse())
     assert gw.records() == []
     p.close()  # the stream ends: metered from the estimate, once
@@ -953,9 +977,9 @@ def test_metering_fault_passes_the_response_through(gw: Gateway) -> None:
 def test_stream_metering_fault_passes_through(gw: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
     p = gw.processor()
     forward(p, CHAT_PATH, {**CHAT, "stream": True})
-    p.handle(resp_headers(content_type="text/event-stream"))
+    handle(p, resp_headers(content_type="text/event-stream"))
     data = fixture("openai_chat_include_usage.sse")
-    p.handle(resp_body(data[:100]))
+    handle(p, resp_body(data[:100]))
 
     assert p.meter is not None
 
@@ -963,12 +987,12 @@ def test_stream_metering_fault_passes_through(gw: Gateway, monkeypatch: pytest.M
         raise RuntimeError("meter bug")
 
     monkeypatch.setattr(p, "meter", _Wrapped(p.meter, broken))
-    reply = p.handle(resp_body(data[100:200]))
+    reply = handle(p, resp_body(data[100:200]))
     assert reply == pb.ProcessingResponse(response_body=pb.BodyResponse())
     monkeypatch.undo()
     for part in chunks(data[200:], 100):
-        assert p.handle(resp_body(part)).WhichOneof("response") == "response_body"
-    p.handle(resp_body(b"", end=True))
+        assert handle(p, resp_body(part)).WhichOneof("response") == "response_body"
+    handle(p, resp_body(b"", end=True))
     p.close()
     record = gw.record()
     # Once metering broke, the provider's report is no longer trusted as complete.
@@ -995,7 +1019,7 @@ def test_response_headers_fault_passes_through_and_keeps_streaming(
     monkeypatch.setattr(processor_module, "StreamMeter", broken)
     p = gw.processor()
     forward(p, CHAT_PATH, {**CHAT, "stream": True})
-    reply = p.handle(resp_headers(content_type="text/event-stream"))
+    reply = handle(p, resp_headers(content_type="text/event-stream"))
     # The response still streams (a buffered stream could hit the buffer limit).
     assert reply.WhichOneof("response") == "response_headers"
     assert reply.mode_override.response_body_mode == processing_mode_pb2.ProcessingMode.STREAMED
@@ -1016,9 +1040,72 @@ def test_audit_never_holds_prompts_or_completions(keyed: Gateway) -> None:
     p = keyed.processor()
     secret_prompt = "my password is hunter2"
     forward(p, CHAT_PATH, {**CHAT, "messages": [{"role": "user", "content": secret_prompt}]})
-    p.handle(resp_headers())
-    p.handle(resp_body(chat_json(), end=True))
+    handle(p, resp_headers())
+    handle(p, resp_body(chat_json(), end=True))
     text = keyed.audit_path.read_text()
     assert secret_prompt not in text
     assert "Hi!" not in text
     assert OPENAI_KEY not in text
+
+
+# --- identity and policies -----------------------------------------------------------------------
+
+BOT_SECRET = "static-secret-for-the-docs-bot"
+
+
+@pytest.fixture
+def secured(tmp_path: Path) -> Iterator[Gateway]:
+    """Anonymous refused; one static token; interns may use one model."""
+    doc = merge(
+        load_document(None),
+        {
+            "identity": {
+                "static_tokens": {
+                    "docs-bot": {
+                        "sha256": hashlib.sha256(BOT_SECRET.encode()).hexdigest(),
+                        "groups": ["interns"],
+                    }
+                }
+            },
+            "policies": {"rules": [{"groups": ["interns"], "allow": ["gpt-test"]}]},
+        },
+    )
+    yield from _gateway(tmp_path, parse_config(doc, {}), {})
+
+
+def test_no_credential_is_401_with_a_challenge(secured: Gateway) -> None:
+    reply = handle(secured.processor(), req_headers(CHAT_PATH))
+    assert reply.immediate_response.status.code == 401
+    headers = {
+        h.header.key: h.header.raw_value for h in reply.immediate_response.headers.set_headers
+    }
+    assert headers["www-authenticate"].startswith(b"Bearer")
+    assert secured.record()["status"] == 401 and secured.record()["identity"] is None
+
+
+def test_static_token_identity_is_recorded_and_policy_applies(secured: Gateway) -> None:
+    bearer = {"authorization": f"Bearer {BOT_SECRET}"}
+    p = secured.processor()
+    forward(p, CHAT_PATH, {"model": "gpt-test", "messages": []}, extra=bearer)
+    p.close()
+    ident = secured.record()["identity"]
+    assert ident["service"] == "docs-bot" and ident["auth_method"] == "static_token"
+
+    p = secured.processor()
+    handle(p, req_headers(CHAT_PATH, extra=bearer))
+    reply = handle(p, req_body({"model": "embed-test", "input": "x"}))
+    assert reply.immediate_response.status.code == 403
+    assert b"embed-test" in reply.immediate_response.body
+
+
+def test_models_list_shows_only_allowed_models(secured: Gateway) -> None:
+    bearer = {"authorization": f"Bearer {BOT_SECRET}"}
+    reply = handle(secured.processor(), req_headers("/v1/models", "GET", extra=bearer, end=True))
+    ids = [m["id"] for m in json.loads(reply.immediate_response.body)["data"]]
+    assert ids == ["gpt-test"]
+
+
+def test_bad_metadata_header_is_400(secured: Gateway) -> None:
+    extra = {"authorization": f"Bearer {BOT_SECRET}", "x-gateway-metadata": "[1]"}
+    reply = handle(secured.processor(), req_headers(CHAT_PATH, extra=extra))
+    assert reply.immediate_response.status.code == 400

@@ -4,6 +4,7 @@ bidirectional Process stream, the audit line, SIGTERM draining, and a bad config
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import queue
@@ -122,7 +123,12 @@ def start(tmp_path: Path) -> Iterator[Callable[..., Sidecar]]:
 
 @pytest.fixture(scope="module")
 def sidecar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sidecar]:
-    proc, port_file, audit, stderr = _spawn(tmp_path_factory.mktemp("sidecar"))
+    tmp = tmp_path_factory.mktemp("sidecar")
+    config = tmp / "anonymous.yaml"  # these tests are about the gRPC tier, not identity
+    client = {"sha256": hashlib.sha256(b"sk-client").hexdigest()}
+    identity = {"allow_anonymous": True, "static_tokens": {"test-client": client}}
+    config.write_text(yaml.safe_dump({"identity": identity}))
+    proc, port_file, audit, stderr = _spawn(tmp, "--config", str(config))
     try:
         yield Sidecar(proc, _wait_for_port(proc, port_file, stderr), audit, stderr)
     finally:
