@@ -1,0 +1,145 @@
+-- Shared helpers, prepended by the store to each budget script (Redis 6.2 has no Functions).
+--
+-- Money is integer micro-dollars. Lua numbers are doubles, exact for integers below 2^53; limits
+-- are capped at 10^9 USD = 10^15 micros, and redis.call() formats numbers with %.17g, so every
+-- HINCRBY argument is an exact integer. Never tostring() an amount (%.14g).
+--
+-- Counter hashes: calendar {spent, held, a:<pct>}; rolling {b:<bucket>..., held, a:<pct>}.
+-- Reservation record fields per charge i: k (counter key), f (spent field), e (estimate),
+-- ea (absolute expiry ms, calendar) / lf (lifetime ms, rolling), bm / nb (rolling bucket ms and
+-- count, 0 for calendar), t (alert thresholds "pct=micros,..."), plus labels for the caller.
+
+local function hash_table(key)
+  local flat = redis.call('HGETALL', key)
+  local t = {}
+  for j = 1, #flat, 2 do
+    t[flat[j]] = flat[j + 1]
+  end
+  return t
+end
+
+-- The oldest rolling bucket inside the window at now_ms.
+local function oldest_bucket(bucket_ms, nbuckets, now_ms)
+  return math.floor(now_ms / bucket_ms) - nbuckets + 1
+end
+
+-- Spend inside the window at now_ms, and (rolling) the bucket fields that fell out of it.
+local function window_spent(key, bucket_ms, nbuckets, now_ms)
+  if bucket_ms == 0 then
+    return tonumber(redis.call('HGET', key, 'spent') or '0'), {}
+  end
+  local oldest = oldest_bucket(bucket_ms, nbuckets, now_ms)
+  local flat = redis.call('HGETALL', key)
+  local total, stale = 0, {}
+  for j = 1, #flat, 2 do
+    local name = flat[j]
+    if string.sub(name, 1, 2) == 'b:' then
+      if tonumber(string.sub(name, 3)) >= oldest then
+        total = total + tonumber(flat[j + 1])
+      else
+        stale[#stale + 1] = name
+      end
+    end
+  end
+  return total, stale
+end
+
+local function held_of(key)
+  return tonumber(redis.call('HGET', key, 'held') or '0')
+end
+
+-- Every write to a counter sets its TTL in the same script: calendar counters live until their
+-- window ends plus a grace period (a key for a long-gone window is deleted at once); rolling
+-- counters live for their duration plus grace after their last write. Expiry instants come from
+-- the caller's clock, so they are applied as TTLs relative to the caller's now: a clock skew
+-- between the gateway and Redis shifts an expiry by the skew, never by more.
+local function touch(key, expire_at_ms, life_ms, now_ms)
+  if expire_at_ms > 0 then
+    redis.call('PEXPIRE', key, expire_at_ms - now_ms)
+  else
+    redis.call('PEXPIRE', key, life_ms)
+  end
+end
+
+-- Expire the key at expire_at_ms (caller's clock) unless it already lives longer.
+local function extend_to(key, expire_at_ms, now_ms)
+  if redis.call('PTTL', key) < expire_at_ms - now_ms then
+    redis.call('PEXPIRE', key, expire_at_ms - now_ms)
+  end
+end
+
+-- The caller passes the counter keys it read from the record; they must be exactly those.
+local function check_keys(rec)
+  local n = tonumber(rec['n'])
+  if #KEYS ~= n + 2 then
+    error('budget script: expected ' .. (n + 2) .. ' keys for this reservation')
+  end
+  for i = 1, n do
+    if rec['k:' .. i] ~= KEYS[2 + i] then
+      error('budget script: key ' .. (2 + i) .. ' is not the one this reservation debited')
+    end
+  end
+  return n
+end
+
+-- Drop every charge's hold and add its spend to the key and field recorded at reserve (so a
+-- window that rolled over meanwhile still gets the spend). amount: the cost to charge every
+-- budget, or nil to charge each its own estimate. Returns alert crossings as a flat list of
+-- (charge index, threshold percent, spent after): a crossing is reported at most once per counter
+-- and threshold - per calendar window (HSETNX marker living in the window's own hash and TTL), or
+-- per rolling duration (marker holding the time it re-arms).
+local function finish(rec, amount, now_ms)
+  local n = check_keys(rec)
+  local crossings = {}
+  for i = 1, n do
+    local key = KEYS[2 + i]
+    if redis.call('EXISTS', key) == 1 then -- else its window is long gone
+      local est = tonumber(rec['e:' .. i])
+      local charge = amount or est
+      if redis.call('HINCRBY', key, 'held', -est) < 0 then
+        redis.call('HSET', key, 'held', 0)
+      end
+      local bucket_ms, nbuckets = tonumber(rec['bm:' .. i]), tonumber(rec['nb:' .. i])
+      local before = window_spent(key, bucket_ms, nbuckets, now_ms)
+      local field = rec['f:' .. i]
+      redis.call('HINCRBY', key, field, charge)
+      local after = before + charge
+      if bucket_ms > 0 then
+        local oldest = oldest_bucket(bucket_ms, nbuckets, now_ms)
+        if tonumber(string.sub(field, 3)) < oldest then
+          after = before -- settled into a bucket that has already left the window
+        end
+      end
+      for pct, micros in string.gmatch(rec['t:' .. i] or '', '(%d+)=(%d+)') do
+        local threshold = tonumber(micros)
+        if before < threshold and after >= threshold then
+          local marker = 'a:' .. pct
+          local fire
+          if bucket_ms == 0 then
+            fire = redis.call('HSETNX', key, marker, 1) == 1
+          else
+            fire = tonumber(redis.call('HGET', key, marker) or '0') <= now_ms
+            if fire then
+              redis.call('HSET', key, marker, now_ms + bucket_ms * nbuckets)
+            end
+          end
+          if fire then
+            crossings[#crossings + 1] = i
+            crossings[#crossings + 1] = tonumber(pct)
+            crossings[#crossings + 1] = after
+          end
+        end
+      end
+      touch(key, tonumber(rec['ea:' .. i]), tonumber(rec['lf:' .. i]), now_ms)
+    end
+  end
+  return crossings
+end
+
+-- Move a reservation to its final state: keep the record only for the retention period (so late
+-- retries still find it and do nothing) and take it off the lease set.
+local function close(rec_key, leases, rec, state, charged, retention_ms)
+  redis.call('HSET', rec_key, 'state', state, 'charged', charged)
+  redis.call('PEXPIRE', rec_key, retention_ms)
+  redis.call('ZREM', leases, rec['id'])
+end

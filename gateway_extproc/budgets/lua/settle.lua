@@ -1,0 +1,23 @@
+-- settle: charge the real cost of a RESERVED request and drop its holds. Never rejects.
+--
+-- KEYS[1] reservation record, KEYS[2] lease set, KEYS[2+i] the counter keys the record lists.
+-- ARGV[1] actual cost (micros), ARGV[2] now ms, ARGV[3] record retention ms.
+-- Only RESERVED (checkpointed or not) moves to SETTLED; any other state - SETTLED, RELEASED,
+-- EXPIRED, or no record at all - is a no-op that reports it.
+-- Reply: {state, changed (1/0), alert crossings (charge index, percent, spent after)...}.
+local rec_key, leases = KEYS[1], KEYS[2]
+local rec = hash_table(rec_key)
+if rec['state'] == nil then
+  return {'UNKNOWN', 0}
+end
+if rec['state'] ~= 'RESERVED' then
+  return {rec['state'], 0}
+end
+local actual = tonumber(ARGV[1])
+local crossings = finish(rec, actual, tonumber(ARGV[2]))
+close(rec_key, leases, rec, 'SETTLED', actual, tonumber(ARGV[3]))
+local out = {'SETTLED', 1}
+for j = 1, #crossings do
+  out[#out + 1] = crossings[j]
+end
+return out

@@ -1,0 +1,353 @@
+"""The budget store: reserve -> settle / release on Redis, atomically, in Lua (see `lua/`).
+
+Thin adapter: window ids, keys and script arguments are derived here from `now` (the caller's
+clock), every decision is made inside one script call. Every Redis failure raises
+`BudgetStoreError`; deadlines are the caller's (wrap a call in `asyncio.wait_for`: no call holds
+state between awaits that a cancellation could corrupt - each mutation is one script).
+
+Key layout (P = prefix, T = hash tag; every key of every call shares the slot of `{T}`):
+
+    P:{T}:c:<budget>:<scope value>:<window id>   calendar counter  hash spent, held, a:<pct>
+    P:{T}:r:<budget>:<scope value>:<bucket s>    rolling counter   hash b:<bucket>..., held, a:<pct>
+    P:{T}:res:<request id>                       reservation       hash state, lease, charges...
+    P:{T}:leases                                 lease expiries    zset request id -> lease ms
+
+TTLs are set by the script that writes the key: calendar counters live until their window ends
+plus `counter_grace_s`; rolling counters `duration + counter_grace_s` after their last write;
+a reservation until its lease ends plus `record_retention_s`, then `record_retention_s` after it
+is settled / released / expired (long enough for retries to find it and do nothing); the lease
+set as long as its latest lease plus `record_retention_s`.
+
+Redis Cluster: one hash tag for all budget state keeps a multi-budget reserve a single atomic
+script (no CROSSSLOT, no compensation protocol), at the cost of putting all budget state on one
+shard. The numbers make that acceptable: each request is two script calls (reserve, settle) of
+O(budgets applied) hash operations, ~20-50 us of server time, so one shard sustains ~10,000
+LLM requests/s - far beyond the rate of any company's LLM traffic (dominated by seconds-long
+completions); memory is ~100-200 bytes per calendar counter (10,000 users x 5 budgets ~ 10 MB),
+~1 KB per 24-bucket rolling counter, and ~1 KB per reservation kept `record_retention_s`
+(1,000 req/s x 600 s ~ 600 MB at the extreme; lower the retention there). Shard budget state
+further by giving tenants different stores (prefixes / tags) if one shard ever is not enough.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.resources
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisClusterException, RedisError
+
+from gateway_extproc.budgets import windows
+from gateway_extproc.budgets.model import BudgetConfig, CalendarWindow, RollingWindow
+from gateway_extproc.budgets.results import (
+    AlertCrossing,
+    BudgetState,
+    BudgetStatus,
+    BudgetStoreError,
+    Charge,
+    Reaped,
+    ReapResult,
+    ReservationState,
+    ReserveResult,
+    SettleResult,
+)
+
+ROLLING_WINDOW_ID = "rolling"
+SCRIPTS = ("reserve", "settle", "release", "checkpoint", "reap")
+
+
+def _script(name: str) -> str:
+    lua = importlib.resources.files("gateway_extproc.budgets").joinpath("lua")
+    common = lua.joinpath("common.lua").read_text(encoding="utf-8")
+    return common + "\n" + lua.joinpath(f"{name}.lua").read_text(encoding="utf-8")
+
+
+def _ms(now: float) -> int:
+    return math.floor(now * 1000)
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _decoded(record: Mapping[Any, Any]) -> dict[str, str]:
+    return {_text(k): _text(v) for k, v in record.items()}
+
+
+@contextlib.contextmanager
+def _redis_errors(operation: str) -> Iterator[None]:
+    try:
+        yield
+    except (RedisError, RedisClusterException, OSError) as exc:
+        raise BudgetStoreError(f"budget {operation} failed: {type(exc).__name__}: {exc}") from exc
+
+
+class BudgetStore:
+    """Budget counters and reservations in Redis (standalone `Redis` or `RedisCluster`)."""
+
+    def __init__(
+        self,
+        client: Redis | RedisCluster,
+        prefix: str = "llmgw",
+        *,
+        hash_tag: str = "gwb",
+        counter_grace_s: int = 7 * 86_400,
+        record_retention_s: int = 600,
+    ) -> None:
+        for name, value in (("prefix", prefix), ("hash_tag", hash_tag)):
+            if not value or "{" in value or "}" in value:
+                raise ValueError(f"{name} must be non-empty and free of braces (got {value!r})")
+        if counter_grace_s < 0 or record_retention_s <= 0:
+            raise ValueError("counter_grace_s must be >= 0 and record_retention_s > 0")
+        self._client = client
+        self._base = f"{prefix}:{{{hash_tag}}}"
+        self._leases = f"{self._base}:leases"
+        self._grace_ms = counter_grace_s * 1000
+        self._retention_ms = record_retention_s * 1000
+        self._sources = {name: _script(name) for name in SCRIPTS}
+        self._reserve = client.register_script(self._sources["reserve"])
+        self._settle = client.register_script(self._sources["settle"])
+        self._release = client.register_script(self._sources["release"])
+        self._checkpoint = client.register_script(self._sources["checkpoint"])
+        self._reap = client.register_script(self._sources["reap"])
+
+    async def load_scripts(self) -> None:
+        """Connect and load every script (on a cluster: on every primary). Call once at start-up.
+
+        Optional - a script missing on a node is loaded on its first NOSCRIPT - but it fails fast
+        on a bad Redis, and a `RedisCluster` client must discover its nodes before concurrent use
+        (redis-py 8 can fail connections that race its lazy first initialisation).
+        """
+        with _redis_errors("load_scripts"):
+            if isinstance(self._client, RedisCluster):
+                await self._client.initialize()
+            for source in self._sources.values():
+                await self._client.script_load(source)
+
+    # -- keys ---------------------------------------------------------------------------------
+
+    def counter_key(self, budget: BudgetConfig, scope_value: str, now: float) -> tuple[str, str]:
+        """The counter hash a charge at `now` debits, and its window id."""
+        window = budget.window
+        if isinstance(window, CalendarWindow):
+            span = windows.calendar_span(window, now)
+            return f"{self._base}:c:{budget.name}:{scope_value}:{span.id}", span.id
+        key = f"{self._base}:r:{budget.name}:{scope_value}:{window.bucket_s}"
+        return key, ROLLING_WINDOW_ID
+
+    def record_key(self, request_id: str) -> str:
+        return f"{self._base}:res:{request_id}"
+
+    @property
+    def leases_key(self) -> str:
+        return self._leases
+
+    # -- reserve ------------------------------------------------------------------------------
+
+    async def reserve(
+        self, request_id: str, charges: Sequence[Charge], lease_s: float, now: float
+    ) -> ReserveResult:
+        """Hold every charge's estimate, all or nothing; replaying a request id changes nothing."""
+        if not request_id:
+            raise ValueError("request_id must be non-empty")
+        if lease_s <= 0:
+            raise ValueError("lease_s must be > 0")
+        if not charges:
+            return ReserveResult(True, False, ReservationState.UNKNOWN, ())
+        now_ms = _ms(now)
+        keys = [self.record_key(request_id), self._leases]
+        args: list[str | int] = [request_id, now_ms, _ms(now + lease_s), self._retention_ms]
+        args.append(len(charges))
+        window_ids: list[str] = []
+        for charge in charges:
+            if charge.estimate_micros < 0 or charge.limit_micros < 0:
+                raise ValueError(f"negative amount in {charge!r}")
+            key, window_id = self.counter_key(charge.budget, charge.scope_value, now)
+            if key in keys:
+                raise ValueError(f"two charges for {charge.budget.name} {charge.scope_value!r}")
+            keys.append(key)
+            window_ids.append(window_id)
+            args.extend(self._charge_args(charge, window_id, now, now_ms))
+        with _redis_errors("reserve"):
+            reply = await self._reserve(keys=keys, args=args)
+        status, state = _text(reply[0]), _text(reply[1])
+        budgets = tuple(
+            BudgetState(
+                budget=charge.budget,
+                scope_value=charge.scope_value,
+                window_id=window_id,
+                spent_micros=int(reply[2 + 4 * i]),
+                held_micros=int(reply[3 + 4 * i]),
+                limit_micros=int(reply[4 + 4 * i]),
+                would_block=int(reply[5 + 4 * i]) == 1,
+            )
+            for i, (charge, window_id) in enumerate(zip(charges, window_ids, strict=True))
+        )
+        reservation = ReservationState(state) if state else ReservationState.UNKNOWN
+        return ReserveResult(
+            admitted=reservation is ReservationState.RESERVED,
+            replayed=status == "replay",
+            state=reservation,
+            budgets=budgets,
+        )
+
+    def _charge_args(
+        self, charge: Charge, window_id: str, now: float, now_ms: int
+    ) -> list[str | int]:
+        window = charge.budget.window
+        if isinstance(window, CalendarWindow):
+            end = windows.calendar_span(window, now).end
+            field, expire_at, life, bucket_ms, count = "spent", end * 1000 + self._grace_ms, 0, 0, 0
+        else:
+            bucket_ms = window.bucket_s * 1000
+            field, expire_at, count = f"b:{now_ms // bucket_ms}", 0, window.buckets
+            life = window.duration_s * 1000 + self._grace_ms
+        limit = charge.limit_micros
+        thresholds = ",".join(
+            f"{pct}={-(-limit * pct // 100)}" for pct in charge.budget.alerts.thresholds_percent
+        )
+        return [
+            field,
+            charge.estimate_micros,
+            limit,
+            1 if charge.budget.enforced else 0,
+            expire_at,
+            life,
+            bucket_ms,
+            count,
+            thresholds,
+            charge.budget.name,
+            charge.scope_value,
+            window_id,
+        ]
+
+    # -- settle, release, checkpoint ----------------------------------------------------------
+
+    async def settle(self, request_id: str, actual_micros: int, now: float) -> SettleResult:
+        """Charge the real cost into the windows recorded at reserve. Never rejects; idempotent."""
+        if actual_micros < 0:
+            raise ValueError("actual_micros must be >= 0")
+        with _redis_errors("settle"):
+            record, keys = await self._record(request_id)
+            if record is None:
+                return SettleResult(ReservationState.UNKNOWN, False)
+            reply = await self._settle(
+                keys=keys, args=[actual_micros, _ms(now), self._retention_ms]
+            )
+        return SettleResult(
+            ReservationState(_text(reply[0])), int(reply[1]) == 1, _crossings(record, reply[2:])
+        )
+
+    async def release(self, request_id: str) -> SettleResult:
+        """Drop the holds of a request that cost nothing. Idempotent."""
+        with _redis_errors("release"):
+            record, keys = await self._record(request_id)
+            if record is None:
+                return SettleResult(ReservationState.UNKNOWN, False)
+            reply = await self._release(keys=keys, args=[self._retention_ms])
+        return SettleResult(ReservationState(_text(reply[0])), int(reply[1]) == 1)
+
+    async def checkpoint(
+        self, request_id: str, partial_micros: int, lease_s: float, now: float
+    ) -> SettleResult:
+        """Record a long stream's cost so far (charged if it is reaped) and extend its lease."""
+        if partial_micros < 0 or lease_s <= 0:
+            raise ValueError("partial_micros must be >= 0 and lease_s > 0")
+        with _redis_errors("checkpoint"):
+            reply = await self._checkpoint(
+                keys=[self.record_key(request_id), self._leases],
+                args=[partial_micros, _ms(now + lease_s), _ms(now), self._retention_ms],
+            )
+        return SettleResult(ReservationState(_text(reply[0])), int(reply[1]) == 1)
+
+    async def _record(self, request_id: str) -> tuple[dict[str, str] | None, list[str]]:
+        """The reservation record and the keys a script on it needs (read-only; the script
+        re-checks the state and that the keys are the recorded ones)."""
+        record_key = self.record_key(request_id)
+        record = _decoded(await self._client.hgetall(record_key))
+        if "state" not in record:
+            return None, [record_key, self._leases]
+        counters = [record[f"k:{i}"] for i in range(1, int(record["n"]) + 1)]
+        return record, [record_key, self._leases, *counters]
+
+    # -- reap ---------------------------------------------------------------------------------
+
+    async def reap(self, now: float, limit: int = 100) -> ReapResult:
+        """Expire up to `limit` reservations whose lease ran out (their sidecar died): charge the
+        checkpoint, else the estimate, exactly once even with concurrent reapers."""
+        now_ms = _ms(now)
+        reaped: list[Reaped] = []
+        crossings: list[AlertCrossing] = []
+        with _redis_errors("reap"):
+            due = await self._client.zrangebyscore(self._leases, "-inf", now_ms, start=0, num=limit)
+            for member in due:
+                request_id = _text(member)
+                record, keys = await self._record(request_id)
+                reply = await self._reap(keys=keys, args=[request_id, now_ms, self._retention_ms])
+                if record is None or int(reply[1]) != 1:
+                    continue
+                amount = int(reply[2])
+                n = int(record["n"])
+                charged = tuple(
+                    int(record[f"e:{i}"]) if amount < 0 else amount for i in range(1, n + 1)
+                )
+                reaped.append(Reaped(request_id, charged))
+                crossings.extend(_crossings(record, reply[3:]))
+        return ReapResult(tuple(reaped), tuple(crossings))
+
+    # -- reads --------------------------------------------------------------------------------
+
+    async def status(self, budget: BudgetConfig, scope_value: str, now: float) -> BudgetStatus:
+        """A counter's spend in the window at `now`, its live holds and the budget's limit."""
+        spent, held, _ = await self._read(budget, scope_value, now)
+        return BudgetStatus(spent, held, budget.limit_micros)
+
+    async def retry_after(
+        self, budget: BudgetConfig, scope_value: str, estimate_micros: int, now: float
+    ) -> float | None:
+        """Seconds until `estimate_micros` may fit (for Retry-After); None if it never will by
+        waiting (larger than the limit, or held back by live holds alone)."""
+        spent, held, buckets = await self._read(budget, scope_value, now)
+        excess = spent + held + estimate_micros - budget.limit_micros
+        if excess <= 0:
+            return 0.0
+        window = budget.window
+        if isinstance(window, RollingWindow):
+            return windows.rolling_retry_after(buckets, window, now, excess)
+        if held + estimate_micros > budget.limit_micros:
+            return None
+        return windows.calendar_span(window, now).seconds_to_reset(now)
+
+    async def _read(
+        self, budget: BudgetConfig, scope_value: str, now: float
+    ) -> tuple[int, int, dict[int, int]]:
+        key, _ = self.counter_key(budget, scope_value, now)
+        with _redis_errors("status"):
+            fields = _decoded(await self._client.hgetall(key))
+        held = int(fields.get("held", 0))
+        if isinstance(budget.window, CalendarWindow):
+            return int(fields.get("spent", 0)), held, {}
+        buckets = {int(k[2:]): int(v) for k, v in fields.items() if k.startswith("b:")}
+        return windows.rolling_spend(buckets, budget.window, now), held, buckets
+
+
+def _crossings(record: Mapping[str, str], flat: Sequence[Any]) -> tuple[AlertCrossing, ...]:
+    """Script crossings (charge index, percent, spent after) labelled from the record."""
+    out = []
+    for j in range(0, len(flat), 3):
+        i = int(flat[j])
+        out.append(
+            AlertCrossing(
+                budget=record[f"b:{i}"],
+                scope_value=record[f"s:{i}"],
+                window_id=record[f"w:{i}"],
+                threshold_percent=int(flat[j + 1]),
+                spent_micros=int(flat[j + 2]),
+                limit_micros=int(record[f"l:{i}"]),
+            )
+        )
+    return tuple(out)
