@@ -71,6 +71,9 @@ class GatewayConfig:
     identity: IdentityConfig = dataclasses.field(default_factory=IdentityConfig)
     policies: PolicySet = dataclasses.field(default_factory=PolicySet.allow_all)
     dev_issuer: bool = False  # accept tokens from the local development issuer (make run)
+    reload_poll_s: float = 10.0  # 0: reload on SIGHUP only
+    catalog_files: tuple[str, ...] = ()
+    identity_files: tuple[str, ...] = ()  # static_tokens_file, hs_secret files
 
 
 def _default_document() -> dict[str, Any]:
@@ -205,6 +208,19 @@ def _provider(r: _Reader, name: str, doc: object) -> ProviderConfig | None:
     return ProviderConfig(name=name, schema=schema, base_url=base_url, auth=auth)
 
 
+def _identity_files(doc: object) -> tuple[str, ...]:
+    """Secret files the identity section reads (a reload watches them)."""
+    if not isinstance(doc, Mapping):
+        return ()
+    files = [doc.get("static_tokens_file")]
+    issuers = doc.get("issuers")
+    if isinstance(issuers, Mapping):
+        for issuer in issuers.values():
+            secret = issuer.get("hs_secret") if isinstance(issuer, Mapping) else None
+            files.append(secret.get("file") if isinstance(secret, Mapping) else None)
+    return tuple(f for f in files if isinstance(f, str) and f)
+
+
 def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayConfig:
     """Validate a merged document; raise ConfigError listing every problem."""
     r = _Reader()
@@ -214,7 +230,7 @@ def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayC
         r.problems.append(f"{extra}: unknown key")
     listener = r.section(doc, "listener", {"host", "port", "admin_port"})
     limits_doc = r.section(doc, "limits", {f.name for f in dataclasses.fields(Limits)})
-    sidecar = r.section(doc, "sidecar", {"host", "port", "drain_s", "grace_s"})
+    sidecar = r.section(doc, "sidecar", {"host", "port", "drain_s", "grace_s", "reload_poll_s"})
     audit = r.section(doc, "audit", {"stdout", "file"})
     catalog_doc = r.section(doc, "catalog", {"files"})
 
@@ -283,6 +299,7 @@ def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayC
         dev_issuer = r.boolean(identity_doc, "identity", "dev_issuer", False)
         identity_doc = {k: v for k, v in identity_doc.items() if k != "dev_issuer"}
     identity = parse_identity(identity_doc, environ, r.problems)
+    identity_files = _identity_files(identity_doc)
     policies = parse_policies(doc.get("policies"), r.problems)
 
     audit_file = environ.get("GATEWAY_AUDIT_LOG") or audit.get("file")
@@ -306,6 +323,9 @@ def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayC
         identity=identity,
         policies=policies,
         dev_issuer=dev_issuer,
+        reload_poll_s=r.number(sidecar, "sidecar", "reload_poll_s", 10.0),
+        catalog_files=tuple(catalog_files) if isinstance(catalog_files, list) else (),
+        identity_files=identity_files,
     )
     if r.problems:
         raise ConfigError(r.problems)

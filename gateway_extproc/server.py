@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
 import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
@@ -19,35 +19,30 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from gateway_extproc.audit import AuditSink
-from gateway_extproc.config import GatewayConfig, load_config
-from gateway_extproc.context import GatewayContext
+from gateway_extproc.config import GatewayConfig
 from gateway_extproc.errors import ConfigError
-from gateway_extproc.identity.authenticator import Authenticator
-from gateway_extproc.identity.devissuer import ensure_dev_issuer
 from gateway_extproc.logs import setup_logging
 from gateway_extproc.processor import StreamProcessor
-from gateway_extproc.upstreams import resolve_upstreams
+from gateway_extproc.runtime import Runtime, build_context
 
 log = logging.getLogger("gateway.server")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ExternalProcessor"].full_name
-# Top-level claims of development tokens recorded as attributes (gatewayctl token --attr).
-DEV_ATTRIBUTES = ("department", "cost_center", "team")
 # gRPC overhead allowed on top of the largest body Envoy may send in one message.
 GRPC_MESSAGE_SLACK = 1024 * 1024
 
 
 class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
-    def __init__(self, ctx: GatewayContext) -> None:
-        self.ctx = ctx
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
 
     async def Process(
         self,
         request_iterator: AsyncIterator[pb.ProcessingRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.ProcessingResponse]:
-        processor = StreamProcessor(self.ctx)
+        # The context current when the stream starts serves the whole stream, across reloads.
+        processor = StreamProcessor(self.runtime.ctx)
         try:
             async for message in request_iterator:
                 yield await processor.handle(message)
@@ -65,9 +60,10 @@ def grpc_options(config: GatewayConfig) -> list[tuple[str, int]]:
     ]
 
 
-async def serve(ctx: GatewayContext, address: str, port_file: Path | None) -> None:
+async def serve(runtime: Runtime, address: str, port_file: Path | None) -> None:
+    ctx = runtime.ctx
     server = grpc.aio.server(options=grpc_options(ctx.config))
-    pb_grpc.add_ExternalProcessorServicer_to_server(ExternalProcessor(ctx), server)
+    pb_grpc.add_ExternalProcessorServicer_to_server(ExternalProcessor(runtime), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -87,6 +83,16 @@ async def serve(ctx: GatewayContext, address: str, port_file: Path | None) -> No
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    background: set[asyncio.Task[Any]] = set()
+
+    def reload_now() -> None:
+        task = asyncio.create_task(runtime.reload("SIGHUP"))
+        background.add(task)
+        task.add_done_callback(background.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload_now)
+    if ctx.config.reload_poll_s > 0:
+        background.add(asyncio.create_task(runtime.watch(ctx.config.reload_poll_s)))
     await server.start()
     for service in ("", SERVICE_NAME):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
@@ -99,10 +105,12 @@ async def serve(ctx: GatewayContext, address: str, port_file: Path | None) -> No
     log.info("draining: reporting NOT_SERVING for %.1fs", ctx.config.drain_s)
     for service in ("", SERVICE_NAME):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
-    await asyncio.sleep(ctx.config.drain_s)
-    await server.stop(ctx.config.grace_s)
-    await ctx.authenticator.close()
-    ctx.audit.close()
+    await asyncio.sleep(runtime.ctx.config.drain_s)
+    await server.stop(runtime.ctx.config.grace_s)
+    for task in background:
+        task.cancel()
+    await runtime.close()
+    runtime.ctx.audit.close()
     log.info("stopped")
 
 
@@ -118,39 +126,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
     try:
-        config = load_config(args.config, os.environ)
-        upstreams = resolve_upstreams(config, os.environ, args.mock_url)
+        ctx = build_context(args.config, os.environ, args.mock_url)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    for up in upstreams.values():
-        if up.mocked:
-            log.warning("provider %s has no credential: served by the mock provider", up.provider)
-    identity = config.identity
-    if config.dev_issuer:
-        run_dir = Path(os.environ.get("GATEWAY_RUN_DIR", ".run"))
-        dev = ensure_dev_issuer(run_dir / "dev-issuer")
-        identity = dataclasses.replace(
-            identity, issuers=(*identity.issuers, dev.issuer_config(DEV_ATTRIBUTES))
-        )
-        log.warning("accepting tokens from the local development issuer (%s)", dev.jwks_path)
-    names = [n for e in config.catalog.models() for n in (e.name, *e.aliases)]
-    for pattern in config.policies.unmatched_patterns(names):
-        log.warning("policy pattern %r matches no model in the catalog", pattern)
-    ctx = GatewayContext(
-        config=config,
-        catalog=config.catalog,
-        upstreams=upstreams,
-        audit=AuditSink(stdout=config.audit_stdout, path=config.audit_file),
-        authenticator=Authenticator(identity),
-    )
+    runtime = Runtime(ctx, args.config, os.environ, args.mock_url)
+    config = ctx.config
     address = args.address or f"{config.sidecar_host}:{config.sidecar_port}"
     run = asyncio.run
     with contextlib.suppress(ImportError):
         import uvloop
 
         run = uvloop.run
-    run(serve(ctx, address, args.port_file))
+    run(serve(runtime, address, args.port_file))
     return 0
 
 

@@ -152,7 +152,13 @@ def test_operator_file_merges_over_defaults(tmp_path: Path) -> None:
     assert doc["listener"] == {"host": "127.0.0.1", "port": 8080, "admin_port": 9901}
     assert doc["limits"]["max_request_body_bytes"] == 1 << 20
     assert doc["limits"]["stream_idle_timeout_s"] == 600  # untouched keys keep their defaults
-    assert doc["sidecar"] == {"host": "127.0.0.1", "port": 0, "drain_s": 0.5, "grace_s": 5}
+    assert doc["sidecar"] == {
+        "host": "127.0.0.1",
+        "port": 0,
+        "drain_s": 0.5,
+        "grace_s": 5,
+        "reload_poll_s": 10,
+    }
     assert list(doc["providers"]) == ["openai", "local"]  # anthropic removed
     assert doc["providers"]["openai"] == {  # base_url replaced, auth kept from the default
         "schema": "openai",

@@ -1,0 +1,147 @@
+"""Build the sidecar's shared context from configuration, and swap it atomically on reload.
+
+A reload (SIGHUP, or a change to a watched file such as a mounted secret) parses and validates
+everything again; only a fully valid configuration replaces the running one. A bad reload keeps
+the last good configuration and logs every problem. Streams already in flight finish with the
+context they started with. Envoy's own settings (listener, clusters) are not reloaded: a change
+to the provider list needs a restart, and the sidecar says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from gateway_extproc.audit import AuditSink
+from gateway_extproc.config import GatewayConfig, load_config
+from gateway_extproc.context import GatewayContext
+from gateway_extproc.errors import ConfigError
+from gateway_extproc.identity.authenticator import Authenticator
+from gateway_extproc.identity.devissuer import ensure_dev_issuer
+from gateway_extproc.upstreams import resolve_upstreams
+
+log = logging.getLogger("gateway.runtime")
+
+# Top-level claims of development tokens recorded as attributes (gatewayctl token --attr).
+DEV_ATTRIBUTES = ("department", "cost_center", "team")
+# How long a replaced context's resources live on for streams that started with it.
+RETIRE_AFTER_S = 600.0
+
+
+def build_context(
+    config_path: Path | None,
+    environ: Mapping[str, str],
+    mock_url: str | None,
+    audit: AuditSink | None = None,
+) -> GatewayContext:
+    """Everything the processors share. Raises ConfigError listing every problem."""
+    config = load_config(config_path, environ)
+    upstreams = resolve_upstreams(config, environ, mock_url)
+    identity = config.identity
+    if config.dev_issuer:
+        run_dir = Path(environ.get("GATEWAY_RUN_DIR") or ".run")
+        dev = ensure_dev_issuer(run_dir / "dev-issuer")
+        identity = dataclasses.replace(
+            identity, issuers=(*identity.issuers, dev.issuer_config(DEV_ATTRIBUTES))
+        )
+        log.warning("accepting tokens from the local development issuer (%s)", dev.jwks_path)
+    for up in upstreams.values():
+        if up.mocked:
+            log.warning("provider %s has no credential: served by the mock provider", up.provider)
+    names = [n for e in config.catalog.models() for n in (e.name, *e.aliases)]
+    for pattern in config.policies.unmatched_patterns(names):
+        log.warning("policy pattern %r matches no model in the catalog", pattern)
+    return GatewayContext(
+        config=config,
+        catalog=config.catalog,
+        upstreams=upstreams,
+        audit=audit or AuditSink(stdout=config.audit_stdout, path=config.audit_file),
+        authenticator=Authenticator(identity),
+    )
+
+
+def watched_files(config_path: Path | None, config: GatewayConfig) -> list[Path]:
+    """Files whose change triggers a reload: the config, catalogs, secrets it names."""
+    paths = [config_path] if config_path else []
+    paths += [Path(f) for f in config.catalog_files]
+    paths += [Path(p.auth.file) for p in config.providers.values() if p.auth and p.auth.file]
+    paths += [Path(f) for f in config.identity_files]
+    return paths
+
+
+def _stamp(paths: list[Path]) -> tuple[tuple[str, int, int], ...]:
+    out = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+            out.append((str(path), st.st_mtime_ns, st.st_size))
+        except OSError:
+            out.append((str(path), -1, -1))
+    return tuple(out)
+
+
+class Runtime:
+    """Holds the current context; `reload()` replaces it only with a valid one."""
+
+    def __init__(
+        self,
+        ctx: GatewayContext,
+        config_path: Path | None,
+        environ: Mapping[str, str],
+        mock_url: str | None,
+    ) -> None:
+        self.ctx = ctx
+        self._config_path = config_path
+        self._environ = environ
+        self._mock_url = mock_url
+        self._stamp = _stamp(watched_files(config_path, ctx.config))
+        self._lock = asyncio.Lock()
+        self._retiring: set[asyncio.Task[None]] = set()
+        self.reloads = 0
+        self.failed_reloads = 0
+
+    async def reload(self, reason: str) -> bool:
+        async with self._lock:
+            try:
+                new = build_context(
+                    self._config_path, self._environ, self._mock_url, self.ctx.audit
+                )
+            except ConfigError as exc:
+                self.failed_reloads += 1
+                log.error(
+                    "reload (%s) rejected; keeping the running configuration: %s", reason, exc
+                )
+                return False
+            if set(new.upstreams) != set(self.ctx.upstreams):
+                log.warning("the provider list changed: restart Envoy to apply its clusters")
+            await new.authenticator.start()
+            old, self.ctx = self.ctx, new
+            self._stamp = _stamp(watched_files(self._config_path, new.config))
+            self.reloads += 1
+            log.info("configuration reloaded (%s)", reason)
+            task = asyncio.create_task(self._retire(old))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+            return True
+
+    async def _retire(self, old: GatewayContext) -> None:
+        await asyncio.sleep(RETIRE_AFTER_S)
+        await old.authenticator.close()
+
+    async def watch(self, interval_s: float) -> None:
+        """Reload when a watched file changes (mounted secrets are updated in place)."""
+        while True:
+            await asyncio.sleep(interval_s)
+            stamp = _stamp(watched_files(self._config_path, self.ctx.config))
+            if stamp != self._stamp:
+                self._stamp = stamp
+                await self.reload("a watched file changed")
+
+    async def close(self) -> None:
+        for task in self._retiring:
+            task.cancel()
+        await self.ctx.authenticator.close()
