@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
+import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -19,9 +22,17 @@ from pathlib import Path
 import pytest
 import redis
 
-from gateway_extproc.stack import find_binary
-
 START_TIMEOUT_S = 15.0
+
+
+def find_binary(name: str) -> str:
+    """redis-server / redis-cli from this virtualenv, else PATH. (Not `gateway_extproc.stack`,
+    whose imports pull in the whole sidecar: these fixtures only need the binaries.)"""
+    here = str(Path(sys.executable).parent)
+    found = shutil.which(name, path=here + os.pathsep + os.environ.get("PATH", ""))
+    if found is None:
+        raise RuntimeError(f"{name} not found in the virtualenv or on PATH: run `make test`")
+    return found
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +50,7 @@ class RedisClusterNodes:
         return self.nodes[0]
 
 
-def _free_port(*, cluster: bool = False) -> int:
+def free_port(*, cluster: bool = False) -> int:
     """A free loopback port; for a cluster node also its bus port (port + 10000)."""
     for _ in range(100):
         with socket.socket() as s:
@@ -105,7 +116,7 @@ def _server(directory: Path, port: int, **options: str) -> subprocess.Popen[byte
 def standalone_redis() -> Iterator[RedisEndpoint]:
     """A standalone redis-server on a free loopback port, stopped on exit."""
     with tempfile.TemporaryDirectory(prefix="redis-") as tmp:
-        port = _free_port()
+        port = free_port()
         proc = _server(Path(tmp), port)
         try:
             _wait_ping(proc, port)
@@ -122,7 +133,7 @@ def redis_cluster(masters: int = 3) -> Iterator[RedisClusterNodes]:
         try:
             ports = []
             for _ in range(masters):
-                port = _free_port(cluster=True)
+                port = free_port(cluster=True)
                 ports.append(port)
                 cluster_options = {
                     "cluster_enabled": "yes",

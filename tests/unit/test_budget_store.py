@@ -31,10 +31,10 @@ from gateway_extproc.budgets.model import (
 )
 from gateway_extproc.budgets.results import BudgetStoreError, Charge, ReservationState
 from gateway_extproc.budgets.store import BudgetStore
-from gateway_extproc.stack import free_port
 from tests.redis_servers import (  # noqa: F401 - session fixtures used via getfixturevalue
     RedisClusterNodes,
     RedisEndpoint,
+    free_port,
     redis_cluster_servers,
     redis_standalone_server,
 )
@@ -423,3 +423,14 @@ async def test_scripts_reload_after_script_flush(store: BudgetStore) -> None:
     assert (await store.reserve("r1", [Charge.of(b, "alice", USD)], 60, T0)).admitted
     await store._client.script_flush()
     assert (await store.settle("r1", USD, T0)).changed
+
+
+async def test_zero_amounts(store: BudgetStore) -> None:
+    """A free request (estimate 0) reserves, settles and releases: Lua's -0 is never sent."""
+    b = budget("b", 10, window=RollingWindow(86_400, HOUR))
+    for request_id in ("settled", "released", "reaped"):
+        assert (await store.reserve(request_id, [Charge.of(b, "alice", 0)], 30, T0)).admitted
+    assert (await store.settle("settled", 0, T0)).changed
+    assert (await store.release("released")).changed
+    assert [r.request_id for r in (await store.reap(T0 + 60)).reaped] == ["reaped"]
+    assert await spent_held(store, b) == (0, 0)

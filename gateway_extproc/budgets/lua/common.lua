@@ -2,7 +2,8 @@
 --
 -- Money is integer micro-dollars. Lua numbers are doubles, exact for integers below 2^53; limits
 -- are capped at 10^9 USD = 10^15 micros, and redis.call() formats numbers with %.17g, so every
--- HINCRBY argument is an exact integer. Never tostring() an amount (%.14g).
+-- HINCRBY argument is an exact integer. Never tostring() an amount (%.14g), and negate as
+-- `0 - x`, never `-x`: -0 is formatted "-0", which HINCRBY rejects as not an integer.
 --
 -- Counter hashes: calendar {spent, held, a:<pct>}; rolling {b:<bucket>..., held, a:<pct>}.
 -- Reservation record fields per charge i: k (counter key), f (spent field), e (estimate),
@@ -96,7 +97,7 @@ local function finish(rec, amount, now_ms)
     if redis.call('EXISTS', key) == 1 then -- else its window is long gone
       local est = tonumber(rec['e:' .. i])
       local charge = amount or est
-      if redis.call('HINCRBY', key, 'held', -est) < 0 then
+      if redis.call('HINCRBY', key, 'held', 0 - est) < 0 then
         redis.call('HSET', key, 'held', 0)
       end
       local bucket_ms, nbuckets = tonumber(rec['bm:' .. i]), tonumber(rec['nb:' .. i])

@@ -16,7 +16,7 @@ local n = check_keys(rec)
 for i = 1, n do
   local key = KEYS[2 + i]
   if redis.call('EXISTS', key) == 1 then -- else its window is long gone: nothing to drop
-    if redis.call('HINCRBY', key, 'held', -tonumber(rec['e:' .. i])) < 0 then
+    if redis.call('HINCRBY', key, 'held', 0 - tonumber(rec['e:' .. i])) < 0 then
       redis.call('HSET', key, 'held', 0)
     end
   end
