@@ -161,6 +161,10 @@ class BudgetMachine(RuleBasedStateMachine):
             assert (result.state, result.changed) == (ReservationState.RELEASED, True)
             del self.live[request_id]
             self.final[request_id] = ReservationState.RELEASED
+        elif self.final[request_id] is ReservationState.UNKNOWN:
+            # nothing was reserved: a tombstone makes a late reserve of this id replay
+            assert (result.state, result.changed) == (ReservationState.RELEASED, False)
+            self.final[request_id] = ReservationState.RELEASED
         else:
             assert not result.changed and result.state is self.final[request_id]
 

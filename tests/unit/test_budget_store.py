@@ -212,10 +212,21 @@ async def test_duplicate_and_out_of_order_calls(store: BudgetStore) -> None:
 
     for outcome in (
         await store.settle("never", 1, T0),
-        await store.release("never"),
         await store.checkpoint("never", 1, 60, T0),
     ):
         assert (outcome.state, outcome.changed) == (ReservationState.UNKNOWN, False)
+
+
+async def test_release_before_a_late_reserve_leaves_a_tombstone(store: BudgetStore) -> None:
+    """A reserve that timed out may still reach Redis after the caller released it."""
+    b = budget("b", 100)
+    released = await store.release("timed-out")
+    assert (released.state, released.changed) == (ReservationState.RELEASED, False)
+    late = await store.reserve("timed-out", [Charge.of(b, "alice", 10 * USD)], 60, T0)
+    assert late.replayed and not late.admitted and late.state is ReservationState.RELEASED
+    assert await spent_held(store, b) == (0, 0)
+    assert (await store.settle("timed-out", USD, T0)).changed is False
+    assert 0 < await store._client.pttl(store.record_key("timed-out")) <= 600_000
 
 
 async def test_settle_after_the_window_rolled_lands_in_the_reserved_window(

@@ -1,16 +1,24 @@
 -- release: RESERVED -> RELEASED, dropping every hold without charging anything (the request
 -- failed before it cost money). Idempotent: any other state is a no-op that reports it.
+-- No record at all (the reserve timed out on the wire and may still arrive): leave a RELEASED
+-- tombstone for the retention period, so that late reserve replays instead of holding anything.
 --
 -- KEYS[1] reservation record, KEYS[2] lease set, KEYS[2+i] the counter keys the record lists.
--- ARGV[1] record retention ms. Reply: {state, changed (1/0)}.
+-- ARGV[1] record retention ms, ARGV[2] request id. Reply: {state, changed (1/0)}, or
+-- {'STALE', 0} when the caller passed no counter keys but the reservation has some.
 -- Writes only to counters that still exist (HINCRBY keeps their TTL).
 local rec_key, leases = KEYS[1], KEYS[2]
 local rec = hash_table(rec_key)
 if rec['state'] == nil then
-  return {'UNKNOWN', 0}
+  redis.call('HSET', rec_key, 'state', 'RELEASED', 'id', ARGV[2], 'n', 0, 'charged', 0)
+  redis.call('PEXPIRE', rec_key, tonumber(ARGV[1]))
+  return {'RELEASED', 0}
 end
 if rec['state'] ~= 'RESERVED' then
   return {rec['state'], 0}
+end
+if #KEYS == 2 and tonumber(rec['n']) > 0 then
+  return {'STALE', 0} -- the reserve landed after the caller read 'no record': read it again
 end
 local n = check_keys(rec)
 for i = 1, n do
