@@ -56,7 +56,7 @@ class BudgetState:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ReserveResult:
-    admitted: bool  # holds are in place (for a replay: the reservation is still RESERVED)
+    admitted: bool  # holds are in place (a replay: still RESERVED; no charges at all: True)
     replayed: bool  # the request id already had a reservation; nothing changed
     state: ReservationState  # UNKNOWN when rejected (nothing was written)
     budgets: tuple[BudgetState, ...]  # in the order of the charges
