@@ -43,6 +43,7 @@ class AuditRecord:
     error_code: str | None = None
     identity: Identity | None = None  # None: the request was refused before it was identified
     unverified_metadata: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    budget: Mapping[str, Any] | None = None  # budgets.report.audit_fields; None: none checked
 
     def to_json(self) -> bytes:
         doc: dict[str, Any] = {
@@ -72,6 +73,7 @@ class AuditRecord:
             "identity": _identity(self.identity),
             # Client-supplied (x-gateway-metadata): recorded, never trusted for policy or budgets.
             "unverified_metadata": dict(self.unverified_metadata),
+            "budget": self.budget,
         }
         return orjson.dumps(doc)
 

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 
 from gateway_extproc.audit import AuditSink
+from gateway_extproc.budgets.gate import BudgetGate
 from gateway_extproc.catalog import Catalog
 from gateway_extproc.config import GatewayConfig
 from gateway_extproc.identity.authenticator import Authenticator
@@ -20,5 +21,6 @@ class GatewayContext:
     upstreams: dict[str, Upstream]
     audit: AuditSink
     authenticator: Authenticator
+    budgets: BudgetGate
     monotonic: Callable[[], float] = time.monotonic
     wall_clock: Callable[[], float] = time.time

@@ -118,6 +118,11 @@ class StreamMeter:
             events = exc.events
         self._consume(events)
 
+    @property
+    def output_chars_so_far(self) -> int:
+        """Generated characters seen until now (for checkpoints of long streams)."""
+        return self._handler.output_chars
+
     def finish(self) -> StreamMeterResult:
         """Flush the decoder and return the result. Idempotent; feed nothing afterwards."""
         if self._result is None:

@@ -6,6 +6,7 @@ and pricing are pure calls, so nothing on the per-chunk path can block or fail o
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 import zlib
@@ -13,6 +14,8 @@ import zlib
 from gateway_extproc import extproc_msgs as msgs
 from gateway_extproc.apis import API_PREFIX, MODELS_PATH, Schema, api_for_path
 from gateway_extproc.audit import AuditRecord
+from gateway_extproc.budgets import report as budget_report
+from gateway_extproc.budgets.gate import Admission
 from gateway_extproc.catalog import ModelEntry
 from gateway_extproc.context import GatewayContext
 from gateway_extproc.errors import (
@@ -64,6 +67,8 @@ class StreamProcessor:
         self.finished = False
         self.identity: Identity | None = None
         self.metadata: dict[str, str] = {}
+        self.admission: Admission | None = None
+        self.lease_keeper: asyncio.Future[None] | None = None
 
     # -- dispatch ---------------------------------------------------------------------------
 
@@ -80,7 +85,19 @@ class StreamProcessor:
                 return self._reject(err)
             except Exception:
                 log.exception("identification failed", extra={"request_id": self.request_id})
-                return self._reject(InternalError(f"internal gateway error ({self.request_id})"))
+                return self._reject(
+                    InternalError(f"internal gateway error (request id {self.request_id})")
+                )
+        if phase == "request_body":
+            try:
+                return await self._on_request_body(message.request_body)
+            except ClientError as err:
+                return self._reject(err)
+            except Exception:
+                log.exception("request processing failed", extra={"request_id": self.request_id})
+                return self._reject(
+                    InternalError(f"internal gateway error (request id {self.request_id})")
+                )
         return self._handle(message)
 
     def _handle(self, message: msgs.ProcessingRequest) -> msgs.ProcessingResponse:
@@ -104,7 +121,7 @@ class StreamProcessor:
             if phase == "request_headers":
                 return self._on_request_headers(message.request_headers)
             if phase == "request_body":
-                return self._on_request_body(message.request_body)
+                raise RuntimeError("request body must go through handle()")
             return msgs.passthrough(message)
         except ClientError as err:
             return self._reject(err)
@@ -185,7 +202,7 @@ class StreamProcessor:
         self._finish()
         return msgs.immediate(200, body, self._json_headers(), "gateway_models")
 
-    def _on_request_body(self, message: msgs.HttpBody) -> msgs.ProcessingResponse:
+    async def _on_request_body(self, message: msgs.HttpBody) -> msgs.ProcessingResponse:
         api = api_for_path(self.path)
         assert api is not None  # the headers phase rejected everything else
         request = parse_request(api, message.body)
@@ -209,20 +226,50 @@ class StreamProcessor:
                 f"{self.identity.subject} may not use model {request.model!r}: "
                 f"{policies.explain(self.identity, entry.name, request.model)}"
             )
-        upstream = self.ctx.upstreams.get(entry.provider)
-        if upstream is None:
+        if entry.provider not in self.ctx.upstreams:
             raise UnknownModel(f"model {request.model!r} has no configured provider")
+        # Budgets: reserve the worst case everywhere it applies, or block / downgrade (429).
+        self.admission = admission = await self.ctx.budgets.admit(
+            request_id=self.request_id,
+            identity=self.identity,
+            entry=entry,
+            requested=request.model,
+            input_tokens=request.input_tokens_estimate,
+            max_output=request.max_output_tokens,
+        )
+        if admission.reserved:
+            self.lease_keeper = asyncio.ensure_future(self._keep_lease())
+        served = request.model
+        if admission.downgraded_from is not None:
+            self.entry = entry = admission.entry
+            served = entry.name
+        upstream = self.ctx.upstreams[entry.provider]
         self.upstream = upstream
         set_headers = {CLUSTER_HEADER: upstream.cluster, ":path": upstream.upstream_path(self.path)}
         if upstream.auth_header and upstream.auth_value:
             set_headers[upstream.auth_header] = upstream.auth_value
-        new_body = upstream_body(request, served_model=request.model)
+        new_body = upstream_body(request, served_model=served)
         if new_body is not None:
             set_headers["content-length"] = str(len(new_body))
         self.forwarded = True
         return msgs.request_body_reply(
             msgs.common(set_headers=set_headers, body=new_body, clear_route_cache=True)
         )
+
+    async def _keep_lease(self) -> None:
+        """While the response runs, checkpoint its cost so far and extend the reservation's
+        lease (a long stream is not reaped; a dead sidecar's stream is charged what it used)."""
+        gate = self.ctx.budgets
+        while True:
+            await asyncio.sleep(gate.settings.lease_s / 3)
+            if self.request is None or self.entry is None:
+                return
+            chars = self.meter.output_chars_so_far if self.meter is not None else 0
+            partial = Usage(
+                input_tokens=self.request.input_tokens_estimate,
+                output_tokens=estimate_tokens(chars),
+            )
+            await gate.checkpoint(self.request_id, cost_micros(partial, self.entry.price))
 
     # -- response side ----------------------------------------------------------------------
 
@@ -246,7 +293,8 @@ class StreamProcessor:
         streaming = headers.get("content-type", "").startswith("text/event-stream")
         if streaming and self.request is not None:
             self.meter = StreamMeter(self.request.api)
-        reply = msgs.common(set_headers={"x-gateway-request-id": self.request_id})
+        extra = budget_report.response_headers(self.admission)
+        reply = msgs.common(set_headers={"x-gateway-request-id": self.request_id, **extra})
         if message.end_of_stream:
             self.completed = True
             self._finish()
@@ -272,9 +320,9 @@ class StreamProcessor:
             return msgs.response_body_reply()
         self.completed = True
         cost = self._finish()
-        return msgs.response_body_reply(
-            msgs.common(set_headers={"x-gateway-cost-usd": format_usd(cost)})
-        )
+        headers = {"x-gateway-cost-usd": format_usd(cost)}
+        headers.update(budget_report.response_headers(self.admission, cost))
+        return msgs.response_body_reply(msgs.common(set_headers=headers))
 
     # -- endings ----------------------------------------------------------------------------
 
@@ -375,7 +423,13 @@ class StreamProcessor:
             error_code=self.error_code,
             identity=self.identity,
             unverified_metadata=self.metadata,
+            budget=budget_report.audit_fields(self.admission),
         )
+        if self.lease_keeper is not None:
+            self.lease_keeper.cancel()
+        if self.admission is not None:  # settle the real cost, or release the hold
+            billed = source is not UsageSource.NONE
+            self.ctx.budgets.finish(self.admission, cost if billed else None, self.request_id)
         try:
             self.ctx.audit.write(record)
         except OSError:

@@ -16,7 +16,15 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
 from gateway_extproc.audit import AuditSink
+from gateway_extproc.budgets.alerts import AlertSender, webhooks_of
+from gateway_extproc.budgets.gate import BudgetGate, GateSettings
+from gateway_extproc.budgets.store import BudgetStore
 from gateway_extproc.config import GatewayConfig, load_config
 from gateway_extproc.context import GatewayContext
 from gateway_extproc.errors import ConfigError
@@ -61,6 +69,56 @@ def build_context(
         upstreams=upstreams,
         audit=audit or AuditSink(stdout=config.audit_stdout, path=config.audit_file),
         authenticator=Authenticator(identity),
+        budgets=build_gate(config),
+    )
+
+
+def build_gate(config: GatewayConfig) -> BudgetGate:
+    """The budget gate; no Redis client at all when no budget is configured."""
+    sc = config.budget_store
+    settings = GateSettings(
+        deadline_s=sc.deadline_ms / 1000,
+        lease_s=float(sc.lease_s),
+        breaker_failures=sc.breaker_failures,
+        breaker_open_s=sc.breaker_open_s,
+        estimate_max_output_tokens=sc.estimate_max_output_tokens,
+        reap_interval_s=sc.reap_interval_s,
+    )
+    store = None
+    close_client = None
+    if config.budgets:
+        # Socket timeouts bound every call even if a caller forgets its deadline; the gate's
+        # own deadline (tens of ms) is what the request path waits at most.
+        # No client-side retries (a dead Redis would otherwise hold a call for ~20 s) and a
+        # pool sized for bursts of concurrent requests.
+        client: Redis | RedisCluster
+        if sc.cluster:
+            client = RedisCluster.from_url(
+                sc.redis_url,
+                socket_timeout=2.0,
+                socket_connect_timeout=1.0,
+                retry=Retry(NoBackoff(), 0),
+                max_connections=1024,
+            )
+        else:
+            client = Redis.from_url(
+                sc.redis_url,
+                socket_timeout=2.0,
+                socket_connect_timeout=1.0,
+                retry=Retry(NoBackoff(), 0),
+                max_connections=1024,
+            )
+        store = BudgetStore(client, sc.key_prefix)
+        close_client = client.aclose
+    alerts = AlertSender(webhooks=webhooks_of(config.budgets))
+    return BudgetGate(
+        store,
+        config.budgets,
+        config.catalog,
+        lambda entry: entry.provider,
+        settings,
+        alerts=alerts,
+        close_client=close_client,
     )
 
 
@@ -118,7 +176,7 @@ class Runtime:
                 return False
             if set(new.upstreams) != set(self.ctx.upstreams):
                 log.warning("the provider list changed: restart Envoy to apply its clusters")
-            await new.authenticator.start()
+            await start_context(new)
             old, self.ctx = self.ctx, new
             self._stamp = _stamp(watched_files(self._config_path, new.config))
             self.reloads += 1
@@ -130,7 +188,7 @@ class Runtime:
 
     async def _retire(self, old: GatewayContext) -> None:
         await asyncio.sleep(RETIRE_AFTER_S)
-        await old.authenticator.close()
+        await close_context(old)
 
     async def watch(self, interval_s: float) -> None:
         """Reload when a watched file changes (mounted secrets are updated in place)."""
@@ -141,7 +199,23 @@ class Runtime:
                 self._stamp = stamp
                 await self.reload("a watched file changed")
 
+    async def reap_forever(self) -> None:
+        """Charge reservations of dead sidecars, with whichever configuration is current."""
+        while True:
+            await asyncio.sleep(self.ctx.budgets.settings.reap_interval_s)
+            await self.ctx.budgets.reap_once()
+
     async def close(self) -> None:
         for task in self._retiring:
             task.cancel()
-        await self.ctx.authenticator.close()
+        await close_context(self.ctx)
+
+
+async def start_context(ctx: GatewayContext) -> None:
+    await ctx.authenticator.start()
+    await ctx.budgets.start()
+
+
+async def close_context(ctx: GatewayContext) -> None:
+    await ctx.budgets.close()
+    await ctx.authenticator.close()

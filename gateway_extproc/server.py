@@ -23,7 +23,7 @@ from gateway_extproc.config import GatewayConfig
 from gateway_extproc.errors import ConfigError
 from gateway_extproc.logs import setup_logging
 from gateway_extproc.processor import StreamProcessor
-from gateway_extproc.runtime import Runtime, build_context
+from gateway_extproc.runtime import Runtime, build_context, start_context
 
 log = logging.getLogger("gateway.server")
 
@@ -74,7 +74,7 @@ async def serve(runtime: Runtime, address: str, port_file: Path | None) -> None:
         ),
         server,
     )
-    await ctx.authenticator.start()
+    await start_context(ctx)
     port = server.add_insecure_port(address)
     if port == 0:
         raise RuntimeError(f"cannot listen on {address}")
@@ -91,6 +91,7 @@ async def serve(runtime: Runtime, address: str, port_file: Path | None) -> None:
         task.add_done_callback(background.discard)
 
     loop.add_signal_handler(signal.SIGHUP, reload_now)
+    background.add(asyncio.create_task(runtime.reap_forever()))
     if ctx.config.reload_poll_s > 0:
         background.add(asyncio.create_task(runtime.watch(ctx.config.reload_poll_s)))
     await server.start()

@@ -44,7 +44,8 @@ def webhooks_of(budgets: Iterable[BudgetConfig]) -> dict[str, str | None]:
 
 
 def loggable_url(url: str) -> str:
-    """`scheme://host[:port]/path` of `url`: no userinfo, query or fragment (they carry tokens)."""
+    """`scheme://host[:port]` of `url`: no userinfo, path, query or fragment. Webhook services
+    put their secret in any of them (Slack-style URLs carry it in the path)."""
     try:
         parts = urllib.parse.urlsplit(url)
         host = parts.hostname or ""
@@ -54,7 +55,7 @@ def loggable_url(url: str) -> str:
     if ":" in host:
         host = f"[{host}]"
     netloc = host if port is None else f"{host}:{port}"
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    return urllib.parse.urlunsplit((parts.scheme, netloc, "", "", ""))
 
 
 def alert_payload(crossing: AlertCrossing, now: float) -> bytes:

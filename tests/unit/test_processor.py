@@ -28,6 +28,7 @@ from gateway_extproc.context import GatewayContext
 from gateway_extproc.identity.authenticator import Authenticator
 from gateway_extproc.pricing import cost_micros, format_usd
 from gateway_extproc.processor import CLUSTER_HEADER, StreamProcessor
+from gateway_extproc.runtime import build_gate
 from gateway_extproc.tokens import Usage
 from gateway_extproc.upstreams import resolve_upstreams
 
@@ -116,6 +117,7 @@ def _gateway(tmp_path: Path, config: GatewayConfig, environ: dict[str, str]) -> 
         upstreams=resolve_upstreams(config, environ, MOCK),
         audit=AuditSink(stdout=False, path=str(audit_path)),
         authenticator=Authenticator(config.identity),
+        budgets=build_gate(config),
         monotonic=clock,
         wall_clock=lambda: WALL,
     )
@@ -692,6 +694,14 @@ def test_json_response_cost_header_and_audit(gw: Gateway) -> None:
             "attributes": {},
         },
         "unverified_metadata": {},
+        "budget": {
+            "decision": "none",
+            "would_block": False,
+            "downgraded_from": None,
+            "downgrade_budget": None,
+            "budgets": [],
+            "estimate_micros": 0,
+        },
     }
 
 

@@ -1,0 +1,60 @@
+"""What a response and its audit record say about budgets. Pure: admission in, values out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway_extproc.budgets.gate import Admission, Decision
+from gateway_extproc.pricing import format_usd
+
+
+def response_headers(admission: Admission | None, cost_micros: int | None = None) -> dict[str, str]:
+    """The most constrained budget's name and what it has left; the downgrade, if any.
+
+    Streams report the remainder at admission (the request's worst case still held); JSON
+    responses, whose cost is known when the headers go out, report it after the real cost."""
+    if admission is None:
+        return {}
+    headers: dict[str, str] = {}
+    tightest = admission.most_constrained
+    if tightest is not None:
+        remaining = tightest.remaining_micros
+        if cost_micros is not None:
+            estimate = next(
+                (c.estimate_micros for c in admission.charges if c.budget is tightest.budget), 0
+            )
+            remaining += estimate - cost_micros
+        headers["x-gateway-budget-name"] = tightest.budget.name
+        headers["x-gateway-budget-remaining-usd"] = format_usd(max(remaining, 0))
+    if admission.would_block:
+        headers["x-gateway-budget-would-block"] = "true"
+    if admission.decision is Decision.FAIL_OPEN:
+        headers["x-gateway-budget-unchecked"] = "true"
+    if admission.downgraded_from:
+        headers["x-gateway-downgraded-from"] = admission.downgraded_from
+    return headers
+
+
+def audit_fields(admission: Admission | None) -> dict[str, Any] | None:
+    if admission is None:
+        return None
+    result = admission.result
+    return {
+        "decision": admission.decision.value,
+        "would_block": admission.would_block,
+        "downgraded_from": admission.downgraded_from,
+        "downgrade_budget": admission.downgrade_budget,
+        "budgets": [
+            {
+                "name": b.budget.name,
+                "scope_value": b.scope_value,
+                "window": b.window_id,
+                "action": b.budget.action.value,
+                "limit_micros": b.limit_micros,
+                "remaining_micros": b.remaining_micros,
+                "would_block": b.would_block,
+            }
+            for b in (result.budgets if result else ())
+        ],
+        "estimate_micros": max((c.estimate_micros for c in admission.charges), default=0),
+    }
