@@ -132,8 +132,8 @@ class Stack:
         self.procs.append((name, proc))
         return proc
 
-    def start_redis(self) -> None:
-        port = free_port()
+    def start_redis(self, port: int = 0) -> None:
+        port = port or free_port()
         proc = self._spawn(
             "redis-server",
             [
@@ -180,7 +180,7 @@ class Stack:
         wait_for(lambda: _read_port(port_file), "mock provider", 20, proc)
         self.mock_url = f"http://127.0.0.1:{port_file.read_text().strip()}/v1"
 
-    def start_sidecar_process(self) -> None:
+    def start_sidecar_process(self, port: int | None = None) -> None:
         port_file = self.run_dir / "sidecar.port"
         port_file.unlink(missing_ok=True)
         argv = [
@@ -188,7 +188,7 @@ class Stack:
             "-m",
             "gateway_extproc.server",
             "--address",
-            f"{self.config.sidecar_host}:{self.config.sidecar_port}",
+            f"{self.config.sidecar_host}:{self.config.sidecar_port if port is None else port}",
             "--port-file",
             str(port_file),
         ]
@@ -274,6 +274,20 @@ class Stack:
 
     def process(self, name: str) -> subprocess.Popen[bytes]:
         return next(p for n, p in self.procs if n == name)
+
+    def restart(self, name: str) -> None:
+        """Start a stopped (or killed) redis-server or sidecar again on the port it had, so the
+        rest of the stack finds it where it was (tests of crashes and outages)."""
+        proc = self.process(name)
+        if proc.poll() is None:
+            raise StackError(f"{name} is still running")
+        self.procs = [(n, p) for n, p in self.procs if p is not proc]
+        if name == "redis-server":
+            self.start_redis(int(self.redis_url.rsplit(":", 1)[1].split("/")[0]))
+        elif name == "sidecar":
+            self.start_sidecar_process(self.sidecar_port)
+        else:
+            raise StackError(f"cannot restart {name}")
 
     def stop(self, timeout: float = 10) -> None:
         while self.procs:

@@ -8,9 +8,11 @@ deadline, the circuit breaker, the fallback model and the per-budget Redis-failu
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import enum
+import functools
 import logging
 import math
 import time
@@ -157,6 +159,11 @@ class BudgetGate:
         self.fail_open_admitted = 0
         self.store_errors = 0
         self._pending: set[asyncio.Task[None]] = set()
+        # Spend admitted fail-open, to charge when the store is back (bounded; drops counted).
+        self._unreconciled: collections.deque[tuple[str, tuple[Charge, ...], int, float]] = (
+            collections.deque(maxlen=100_000)
+        )
+        self.reconcile_dropped = 0
 
     # -- admission ----------------------------------------------------------------------------
 
@@ -322,11 +329,45 @@ class BudgetGate:
     def finish(self, admission: Admission, cost_micros: int | None, request_id: str) -> None:
         """Settle the real cost (None: nothing was consumed -> release), in the background: the
         response is never held up by Redis, and a failed settle is left to the lease reaper."""
-        if admission.settled or not admission.reserved:
-            admission.settled = True
+        if admission.settled:
             return
         admission.settled = True
-        self._background(self._settle(request_id, cost_micros))
+        if admission.decision is Decision.FAIL_OPEN and cost_micros:
+            # Admitted while the store was down: charge the spend when it is back.
+            if len(self._unreconciled) == self._unreconciled.maxlen:
+                self.reconcile_dropped += 1
+            self._unreconciled.append(
+                (request_id, admission.charges, cost_micros, admission.arrived)
+            )
+            return
+        if admission.reserved:
+            self._background(self._settle(request_id, cost_micros))
+
+    async def reconcile(self) -> int:
+        """Charge fail-open spend now that the store answers: for each request, a reservation
+        with no limit (the request was already served) settled at its real cost, in the
+        windows of its arrival time. Idempotent per request id. Returns how many were charged."""
+        done = 0
+        store = self.store
+        while self._unreconciled and store is not None:
+            request_id, charges, cost, arrived = self._unreconciled[0]
+            unlimited = tuple(
+                dataclasses.replace(c, estimate_micros=cost, limit_micros=2**52) for c in charges
+            )
+            try:
+                await self._call(
+                    functools.partial(
+                        store.reserve, request_id, unlimited, self.settings.lease_s, arrived
+                    )
+                )
+                await asyncio.wait_for(store.settle(request_id, cost, arrived), 1.0)
+            except (BudgetStoreError, TimeoutError, OSError):
+                return done
+            self._unreconciled.popleft()
+            done += 1
+        if done:
+            log.warning("reconciled %d request(s) admitted while the budget store was down", done)
+        return done
 
     async def _settle(self, request_id: str, cost_micros: int | None) -> None:
         store = self.store
@@ -396,9 +437,12 @@ class BudgetGate:
             await self.close_client()
 
     async def reap_once(self) -> None:
-        """Charge reservations whose sidecar died (lease expired), exactly once across replicas."""
+        """Charge reservations whose sidecar died (lease expired), exactly once across replicas;
+        charge fail-open spend if the store is back."""
         if self.store is None:
             return
+        if self._unreconciled:
+            await self.reconcile()
         try:
             result = await asyncio.wait_for(self.store.reap(self.clock()), 5.0)
         except (BudgetStoreError, TimeoutError, OSError) as exc:

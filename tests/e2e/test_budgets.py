@@ -1,0 +1,318 @@
+"""Dollar budgets through real Envoy, the sidecar and redis-server: block, downgrade, monitor,
+exact admission under 200 concurrent requests, disconnects, a killed sidecar, a Redis outage."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import redis
+
+from gateway_extproc.catalog import Catalog
+from gateway_extproc.identity.devissuer import DevIssuer, ensure_dev_issuer
+from gateway_extproc.inbound import estimate_input_tokens
+from gateway_extproc.pricing import worst_case_micros
+from gateway_extproc.stack import Stack
+from tests.e2e.conftest import start_stack
+from tests.e2e.harness import AuditLog, MockLog
+
+pytestmark = pytest.mark.e2e
+CHAT = "/v1/chat/completions"
+MESSAGES = [{"role": "user", "content": "Count the stars, please."}]
+CROWD_N = 10
+CROWD_MAX_TOKENS = 500
+
+
+def crowd_estimate() -> int:
+    entry = Catalog.load().lookup("gpt-4o-mini")
+    assert entry is not None
+    body = {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": CROWD_MAX_TOKENS}
+    return worst_case_micros(estimate_input_tokens(body), CROWD_MAX_TOKENS, entry.price)
+
+
+def usd(micros: int) -> str:
+    return f"{micros / 1_000_000:.6f}"
+
+
+BUDGETS = f"""
+identity: {{dev_issuer: true}}
+budget_store: {{lease_s: 6, reap_interval_s: 1, deadline_ms: 250, breaker_open_s: 1}}
+budgets:
+  - name: tight
+    scope: {{kind: user}}
+    match: {{groups: [tight]}}
+    limit_usd: 0.003
+    window: {{type: calendar, period: month}}
+    action: block
+  - name: saver
+    scope: {{kind: user}}
+    match: {{groups: [saver], models: [gpt-4o]}}
+    limit_usd: 0.003
+    window: {{type: calendar, period: day, timezone: Europe/Berlin}}
+    action: downgrade
+    downgrade_to: gpt-4o-mini
+  - name: watch
+    scope: {{kind: global}}
+    match: {{groups: [watched]}}
+    limit_usd: 0.000001
+    window: {{type: rolling, duration: 1h, bucket: 5m}}
+    action: monitor
+  - name: crowd
+    scope: {{kind: group, value: crowd}}
+    limit_usd: {usd(CROWD_N * crowd_estimate() + crowd_estimate() // 2)}
+    window: {{type: calendar, period: week}}
+    action: block
+  - name: streamers
+    scope: {{kind: user}}
+    match: {{groups: [streamers, reap]}}
+    limit_usd: 5
+    window: {{type: calendar, period: month}}
+    action: block
+  - name: closed
+    scope: {{kind: group, value: closed}}
+    limit_usd: 5
+    window: {{type: calendar, period: month}}
+    action: block
+    on_redis_error: fail_closed
+  - name: open
+    scope: {{kind: group, value: open}}
+    limit_usd: 5
+    window: {{type: calendar, period: month}}
+    action: block
+    on_redis_error: fail_open
+"""
+
+
+class Budgeted:
+    def __init__(self, stack: Stack, issuer: DevIssuer) -> None:
+        self.stack = stack
+        self.issuer = issuer
+        self.audit = AuditLog(stack.run_dir / "audit.jsonl")
+        assert stack.mock_url is not None
+        self.mock = MockLog(stack.mock_url.removesuffix("/v1"))
+        self.redis = redis.Redis.from_url(stack.redis_url)
+
+    def token(self, user: str, *groups: str) -> str:
+        return self.issuer.mint(user, list(groups), None, 3600, {}, time.time())
+
+    def post(self, token: str, body: dict[str, Any], **headers: str) -> httpx.Response:
+        return httpx.post(
+            self.stack.gateway_url + CHAT,
+            json=body,
+            headers={"authorization": f"Bearer {token}", **headers},
+            timeout=60,
+        )
+
+    def counters(self, budget: str, scope_value: str) -> tuple[int, int]:
+        """(spent, held) summed over the budget's counters for one scope value."""
+        spent = held = 0
+        for key in self.redis.scan_iter(f"llmgw:{{gwb}}:[cr]:{budget}:{scope_value}:*"):
+            fields = {k.decode(): int(v) for k, v in self.redis.hgetall(key).items()}
+            spent += fields.get("spent", 0) + sum(
+                v for k, v in fields.items() if k.startswith("b:")
+            )
+            held += fields.get("held", 0)
+        return spent, held
+
+    def close(self) -> None:
+        self.redis.close()
+
+
+def _start(tmp_path: Path) -> Budgeted:
+    run_dir = tmp_path / "run"
+    issuer = ensure_dev_issuer(run_dir / "dev-issuer")  # the sidecar loads the same key
+    config = tmp_path / "gateway.yaml"
+    config.write_text(BUDGETS)
+    return Budgeted(start_stack(run_dir, config_path=config), issuer)
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Budgeted]:
+    b = _start(tmp_path_factory.mktemp("budgets"))
+    yield b
+    b.close()
+    b.stack.stop()
+
+
+def eventually(check: Callable[[], bool], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.2)
+
+
+def test_block_with_a_clear_429_and_retry_after(gw: Budgeted) -> None:
+    token = gw.token("tina@example.com", "tight")
+    body = {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 1000}
+    statuses = []
+    for _ in range(10):
+        r = gw.post(token, body, **{"x-mock-output-tokens": "1000"})
+        statuses.append(r.status_code)
+        if r.status_code == 429:
+            break
+        assert r.headers["x-gateway-budget-name"] == "tight"
+    assert statuses[-1] == 429 and statuses.count(200) == 4, statuses
+    err = r.json()["error"]
+    assert err["code"] == "budget_exceeded"
+    assert "'tight'" in err["message"] and "tina@example.com" in err["message"]
+    assert int(r.headers["retry-after"]) > 0
+    rec = gw.audit.wait_for(r.headers["x-gateway-request-id"])
+    assert rec["status"] == 429 and rec["error_code"] == "budget_exceeded"
+    eventually(lambda: gw.counters("tight", "tina@example.com")[1] == 0)
+    spent, _ = gw.counters("tight", "tina@example.com")
+    assert 0 < spent <= 3000
+    with openai.OpenAI(base_url=gw.stack.gateway_url + "/v1", api_key=token, max_retries=0) as oai:
+        with pytest.raises(openai.RateLimitError):
+            oai.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=1000)  # type: ignore[arg-type]
+
+
+def test_downgrade_end_to_end(gw: Budgeted) -> None:
+    token = gw.token("sam@example.com", "saver")
+    body = {"model": "gpt-4o", "messages": MESSAGES, "max_tokens": 100}
+    for _ in range(10):
+        r = gw.post(token, body, **{"x-mock-output-tokens": "100"})
+        assert r.status_code == 200, r.text
+        if "x-gateway-downgraded-from" in r.headers:
+            break
+    assert r.headers["x-gateway-downgraded-from"] == "gpt-4o"
+    assert gw.mock.last()["body"]["model"] == "gpt-4o-mini"  # the fallback upstream got it
+    assert r.json()["model"] == "gpt-4o-mini"
+    rec = gw.audit.wait_for(r.headers["x-gateway-request-id"])
+    assert rec["requested_model"] == "gpt-4o" and rec["served_model"] == "gpt-4o-mini"
+    assert (
+        rec["budget"]["decision"] == "downgraded" and rec["budget"]["downgrade_budget"] == "saver"
+    )
+
+
+def test_monitor_budget_reports_but_never_blocks(gw: Budgeted) -> None:
+    token = gw.token("wendy@example.com", "watched")
+    for _ in range(3):
+        r = gw.post(token, {"model": "gpt-4o-mini", "messages": MESSAGES})
+        assert r.status_code == 200
+        assert r.headers["x-gateway-budget-would-block"] == "true"
+        assert r.headers["x-gateway-budget-name"] == "watch"
+        assert r.headers["x-gateway-budget-remaining-usd"] == "0.000000"
+    rec = gw.audit.wait_for(r.headers["x-gateway-request-id"])
+    assert (
+        rec["budget"]["would_block"] is True and rec["budget"]["budgets"][0]["action"] == "monitor"
+    )
+
+
+def test_200_concurrent_requests_admit_at_most_n(gw: Budgeted) -> None:
+    token = gw.token("carl@example.com", "crowd")
+    body = {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": CROWD_MAX_TOKENS}
+    # Slow answers keep every admitted request's hold in place while the others arrive.
+    headers = {"authorization": f"Bearer {token}", "x-mock-latency-ms": "3000"}
+
+    async def burst() -> list[int]:
+        limits = httpx.Limits(max_connections=250, max_keepalive_connections=0)
+        async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+            calls = [
+                client.post(gw.stack.gateway_url + CHAT, json=body, headers=headers)
+                for _ in range(200)
+            ]
+            return [r.status_code for r in await asyncio.gather(*calls)]
+
+    statuses = asyncio.run(burst())
+    assert set(statuses) <= {200, 429}, statuses
+    assert statuses.count(200) <= CROWD_N
+    assert statuses.count(200) >= CROWD_N // 2  # the test did exercise the limit
+    eventually(lambda: gw.counters("crowd", "crowd")[1] == 0)  # every hold released or settled
+    spent, _ = gw.counters("crowd", "crowd")
+    limit = CROWD_N * crowd_estimate() + crowd_estimate() // 2
+    assert 0 < spent <= limit
+
+
+def test_client_disconnect_charges_what_was_streamed_and_releases_the_hold(gw: Budgeted) -> None:
+    token = gw.token("dora@example.com", "streamers")
+    with openai.OpenAI(base_url=gw.stack.gateway_url + "/v1", api_key=token, max_retries=0) as oai:
+        with oai.chat.completions.with_streaming_response.create(
+            model="gpt-4o",
+            messages=MESSAGES,
+            stream=True,
+            max_tokens=2000,  # type: ignore[arg-type]
+            extra_headers={"x-mock-output-tokens": "2000", "x-mock-chunk-delay-ms": "10"},
+        ) as response:
+            rid = response.headers["x-gateway-request-id"]
+            stream = response.parse()
+            for n, _ in enumerate(stream):
+                if n == 20:
+                    break
+            stream.close()
+    rec = gw.audit.wait_for(rid)
+    assert rec["usage_source"] == "estimated" and rec["completed"] is False
+    eventually(lambda: gw.counters("streamers", "dora@example.com")[1] == 0)
+    spent, _ = gw.counters("streamers", "dora@example.com")
+    assert spent == rec["cost_micros"]  # charged what was streamed, not the 2000-token estimate
+    assert 0 < spent < rec["budget"]["estimate_micros"]
+
+
+def test_sidecar_killed_mid_stream_is_charged_once_by_the_reaper(gw: Budgeted) -> None:
+    token = gw.token("rex@example.com", "reap")
+    errors: list[BaseException] = []
+
+    def stream() -> None:
+        try:
+            with httpx.stream(
+                "POST",
+                gw.stack.gateway_url + CHAT,
+                timeout=60,
+                json={"model": "gpt-4o", "messages": MESSAGES, "stream": True, "max_tokens": 3000},
+                headers={
+                    "authorization": f"Bearer {token}",
+                    "x-mock-output-tokens": "3000",
+                    "x-mock-chunk-delay-ms": "25",
+                },
+            ) as r:
+                for _ in r.iter_raw():
+                    pass
+        except BaseException as exc:  # the reset is expected
+            errors.append(exc)
+
+    thread = threading.Thread(target=stream)
+    thread.start()
+    eventually(lambda: gw.counters("streamers", "rex@example.com")[1] > 0)  # reserved
+    time.sleep(4.5)  # past one checkpoint (lease_s / 3 = 2 s)
+    gw.stack.process("sidecar").kill()  # SIGKILL: no finally, no settle
+    thread.join(30)
+    gw.stack.restart("sidecar")
+    eventually(lambda: gw.counters("streamers", "rex@example.com")[1] == 0, timeout=30)
+    spent, _ = gw.counters("streamers", "rex@example.com")
+    assert spent > 0
+    time.sleep(3)  # more reaper rounds, on a sidecar that reaps every second
+    assert gw.counters("streamers", "rex@example.com") == (spent, 0)  # charged exactly once
+    estimate = worst_case_micros(10, 3000, Catalog.load().lookup("gpt-4o").price)  # type: ignore[union-attr]
+    assert spent < estimate  # the checkpoint's partial cost, not the whole estimate
+
+
+def test_redis_outage_fail_closed_and_fail_open_then_recovery(gw: Budgeted) -> None:
+    closed = gw.token("cleo@example.com", "closed")
+    opened = gw.token("otto@example.com", "open")
+    body = {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 50}
+    assert gw.post(closed, body).status_code == 200
+    gw.stack.process("redis-server").terminate()
+    gw.stack.process("redis-server").wait(10)
+    try:
+        for _ in range(3):
+            started = time.monotonic()
+            r = gw.post(closed, body)
+            assert time.monotonic() - started < 1.5  # bounded by the deadline, not a hang
+            assert r.status_code == 503 and r.json()["error"]["code"] == "budget_store_unavailable"
+            r = gw.post(opened, body)
+            assert r.status_code == 200 and r.headers["x-gateway-budget-unchecked"] == "true"
+        rec = gw.audit.wait_for(r.headers["x-gateway-request-id"])
+        assert rec["budget"]["decision"] == "fail_open"
+    finally:
+        gw.stack.restart("redis-server")
+    eventually(lambda: gw.post(closed, body).status_code == 200)  # no restart of the gateway
+    # The fail-open spend is charged once Redis is back.
+    eventually(lambda: gw.counters("open", "open")[0] > 0)
+    assert json.loads(json.dumps(rec))["cost_micros"] > 0
