@@ -169,9 +169,9 @@ def test_block_with_a_clear_429_and_retry_after(gw: Budgeted) -> None:
     eventually(lambda: gw.counters("tight", "tina@example.com")[1] == 0)
     spent, _ = gw.counters("tight", "tina@example.com")
     assert 0 < spent <= 3000
-    with openai.OpenAI(base_url=gw.stack.gateway_url + "/v1", api_key=token, max_retries=0) as oai:
-        with pytest.raises(openai.RateLimitError):
-            oai.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=1000)  # type: ignore[arg-type]
+    oai = openai.OpenAI(base_url=gw.stack.gateway_url + "/v1", api_key=token, max_retries=0)
+    with oai, pytest.raises(openai.RateLimitError):
+        oai.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=1000)  # type: ignore[arg-type]
 
 
 def test_downgrade_end_to_end(gw: Budgeted) -> None:
@@ -233,20 +233,23 @@ def test_200_concurrent_requests_admit_at_most_n(gw: Budgeted) -> None:
 
 def test_client_disconnect_charges_what_was_streamed_and_releases_the_hold(gw: Budgeted) -> None:
     token = gw.token("dora@example.com", "streamers")
-    with openai.OpenAI(base_url=gw.stack.gateway_url + "/v1", api_key=token, max_retries=0) as oai:
-        with oai.chat.completions.with_streaming_response.create(
+    oai = openai.OpenAI(base_url=gw.stack.gateway_url + "/v1", api_key=token, max_retries=0)
+    with (
+        oai,
+        oai.chat.completions.with_streaming_response.create(
             model="gpt-4o",
             messages=MESSAGES,
             stream=True,
             max_tokens=2000,  # type: ignore[arg-type]
             extra_headers={"x-mock-output-tokens": "2000", "x-mock-chunk-delay-ms": "10"},
-        ) as response:
-            rid = response.headers["x-gateway-request-id"]
-            stream = response.parse()
-            for n, _ in enumerate(stream):
-                if n == 20:
-                    break
-            stream.close()
+        ) as response,
+    ):
+        rid = response.headers["x-gateway-request-id"]
+        stream = response.parse()
+        for n, _ in enumerate(stream):
+            if n == 20:
+                break
+        stream.close()
     rec = gw.audit.wait_for(rid)
     assert rec["usage_source"] == "estimated" and rec["completed"] is False
     eventually(lambda: gw.counters("streamers", "dora@example.com")[1] == 0)
