@@ -8,7 +8,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -76,6 +76,13 @@ budgets:
     limit_usd: 5
     window: {{type: calendar, period: month}}
     action: block
+  - name: alerted
+    scope: {{kind: user}}
+    match: {{groups: [alerted]}}
+    limit_usd: 0.002
+    window: {{type: calendar, period: month}}
+    action: monitor
+    alerts: {{thresholds_percent: [50, 100], webhook: "WEBHOOK_URL"}}
   - name: closed
     scope: {{kind: group, value: closed}}
     limit_usd: 5
@@ -126,17 +133,48 @@ class Budgeted:
         self.redis.close()
 
 
-def _start(tmp_path: Path) -> Budgeted:
-    run_dir = tmp_path / "run"
-    issuer = ensure_dev_issuer(run_dir / "dev-issuer")  # the sidecar loads the same key
-    config = tmp_path / "gateway.yaml"
-    config.write_text(BUDGETS)
-    return Budgeted(start_stack(run_dir, config_path=config), issuer)
+class Webhook:
+    """Records the JSON bodies POSTed to it (budget alerts)."""
+
+    def __init__(self) -> None:
+        self.posts: list[dict[str, Any]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers["content-length"])
+                outer.posts.append(json.loads(self.rfile.read(length)))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/hooks/budgets"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
 
 
 @pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Budgeted]:
-    b = _start(tmp_path_factory.mktemp("budgets"))
+def webhook() -> Iterator[Webhook]:
+    hook = Webhook()
+    yield hook
+    hook.close()
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory, webhook: Webhook) -> Iterator[Budgeted]:
+    tmp_path = tmp_path_factory.mktemp("budgets")
+    run_dir = tmp_path / "run"
+    issuer = ensure_dev_issuer(run_dir / "dev-issuer")  # the sidecar loads the same key
+    config = tmp_path / "gateway.yaml"
+    config.write_text(BUDGETS.replace("WEBHOOK_URL", webhook.url))
+    b = Budgeted(start_stack(run_dir, config_path=config), issuer)
     yield b
     b.close()
     b.stack.stop()
@@ -204,6 +242,23 @@ def test_monitor_budget_reports_but_never_blocks(gw: Budgeted) -> None:
     assert (
         rec["budget"]["would_block"] is True and rec["budget"]["budgets"][0]["action"] == "monitor"
     )
+
+
+def test_alerts_post_once_per_threshold_per_window(gw: Budgeted, webhook: Webhook) -> None:
+    token = gw.token("alma@example.com", "alerted")
+    body = {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 1000}
+    for _ in range(6):  # ~$0.0006 each against $0.002: crosses 50 % and then 100 %
+        assert gw.post(token, body, **{"x-mock-output-tokens": "1000"}).status_code == 200
+    eventually(lambda: len(webhook.posts) >= 2)
+    time.sleep(1)  # no duplicates arrive later
+    mine = [p for p in webhook.posts if p["budget"] == "alerted"]
+    assert sorted(p["threshold_percent"] for p in mine) == [50, 100]
+    first = min(mine, key=lambda p: p["threshold_percent"])
+    assert first["scope_value"] == "alma@example.com" and first["limit_usd"] == "0.002000"
+    assert first["spent_micros"] >= 1000 and first["window"] == time.strftime(
+        "%Y-%m", time.gmtime()
+    )
+    assert b"budget alert" in (gw.stack.run_dir / "stack.log").read_bytes()
 
 
 def test_200_concurrent_requests_admit_at_most_n(gw: Budgeted) -> None:
