@@ -123,11 +123,11 @@ def _describe(state: BudgetState) -> str:
     who = f"{budget.scope.kind.value} {state.scope_value}"
     if budget.scope.kind.value == "global":
         who = "everyone"
-    window = (
-        f"this {budget.window.period.value}"
-        if isinstance(budget.window, CalendarWindow)
-        else f"the last {budget.window.duration_s // 3600 or 1}h"
-    )
+    if isinstance(budget.window, CalendarWindow):
+        period = budget.window.period.value
+        window = "today" if period == "day" else f"this {period}"
+    else:
+        window = f"in the last {budget.window.duration_s // 60} minutes"
     return (
         f"budget {budget.name!r} for {who} is exhausted: ${format_usd(state.spent_micros)} "
         f"spent and ${format_usd(state.held_micros)} reserved of "
