@@ -38,7 +38,7 @@ e2e: $(STAMP)
 
 ## envoy-config: regenerate envoy/envoy.yaml (the bootstrap for the built-in config)
 envoy-config: $(STAMP)
-	$(BIN)/gatewayctl envoy-config --out envoy/envoy.yaml --ca-file /etc/ssl/certs/ca-certificates.crt
+	$(BIN)/gatewayctl envoy-config --out envoy/envoy.yaml --workers 2 --ca-file /etc/ssl/certs/ca-certificates.crt
 
 clean:
 	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache

@@ -30,6 +30,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    # SIGHUP reloads the configuration of every sidecar worker.
+    signal.signal(signal.SIGHUP, lambda _s, _f: stack.signal_sidecars(signal.SIGHUP))
     try:
         stack.start()
     except StackError as exc:
@@ -77,7 +79,9 @@ def cmd_envoy_config(args: argparse.Namespace) -> int:
         listen_port=config.listen_port,
         admin_port=config.admin_port,
         sidecar_host=config.sidecar_host,
-        sidecar_port=args.sidecar_port,
+        sidecar_ports=tuple(
+            args.sidecar_port + i for i in range(args.workers or config.sidecar_workers)
+        ),
     )
     text = envoy_config.render(
         envoy_config.build(config, ports, upstreams.values(), args.ca_file or ca_bundle())
@@ -109,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     env = sub.add_parser("envoy-config", help="print the Envoy bootstrap for a config")
     env.add_argument("--config")
     env.add_argument("--out")
-    env.add_argument("--sidecar-port", type=int, default=50051)
+    env.add_argument("--sidecar-port", type=int, default=50051, help="first worker's port")
+    env.add_argument("--workers", type=int, default=0, help="sidecar workers (default: config)")
     env.add_argument("--mock-url", default=None)
     env.add_argument("--ca-file", default=None)
     env.set_defaults(func=cmd_envoy_config)

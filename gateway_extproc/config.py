@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import importlib.resources
+import os
 import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
@@ -76,7 +77,7 @@ class GatewayConfig:
     admin_port: int
     limits: Limits
     sidecar_host: str
-    sidecar_port: int
+    sidecar_port: int  # the first worker's port; worker i listens on port + i (0: any free)
     drain_s: float
     grace_s: float
     providers: dict[str, ProviderConfig]
@@ -88,6 +89,7 @@ class GatewayConfig:
     policies: PolicySet = dataclasses.field(default_factory=PolicySet.allow_all)
     dev_issuer: bool = False  # accept tokens from the local development issuer (make run)
     reload_poll_s: float = 10.0  # 0: reload on SIGHUP only
+    sidecar_workers: int = 1  # sidecar processes behind Envoy's ext_proc cluster
     catalog_files: tuple[str, ...] = ()
     identity_files: tuple[str, ...] = ()  # static_tokens_file, hs_secret files
     budgets: tuple[BudgetConfig, ...] = ()
@@ -329,7 +331,10 @@ def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayC
         r.problems.append(f"{extra}: unknown key")
     listener = r.section(doc, "listener", {"host", "port", "admin_port"})
     limits_doc = r.section(doc, "limits", {f.name for f in dataclasses.fields(Limits)})
-    sidecar = r.section(doc, "sidecar", {"host", "port", "drain_s", "grace_s", "reload_poll_s"})
+    sidecar = r.section(
+        doc, "sidecar", {"host", "port", "workers", "drain_s", "grace_s", "reload_poll_s"}
+    )
+    workers = r.integer({"workers": sidecar.get("workers", 0)}, "sidecar", "workers", 0, 256)
     audit = r.section(doc, "audit", {"stdout", "file"})
     catalog_doc = r.section(doc, "catalog", {"files"})
 
@@ -431,6 +436,7 @@ def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayC
         policies=policies,
         dev_issuer=dev_issuer,
         reload_poll_s=r.number(sidecar, "sidecar", "reload_poll_s", 10.0),
+        sidecar_workers=workers or (os.cpu_count() or 1),
         catalog_files=tuple(catalog_files) if isinstance(catalog_files, list) else (),
         identity_files=identity_files,
         budgets=budgets,

@@ -46,7 +46,7 @@ class EnvoyPorts:
     listen_port: int
     admin_port: int
     sidecar_host: str
-    sidecar_port: int
+    sidecar_ports: tuple[int, ...]
 
 
 def _socket(host: str, port: int) -> dict[str, Any]:
@@ -298,7 +298,8 @@ def build(
             "endpoints": [
                 {
                     "lb_endpoints": [
-                        {"endpoint": {"address": _socket(ports.sidecar_host, ports.sidecar_port)}}
+                        {"endpoint": {"address": _socket(ports.sidecar_host, port)}}
+                        for port in ports.sidecar_ports
                     ]
                 }
             ],

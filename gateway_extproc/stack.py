@@ -113,7 +113,7 @@ class Stack:
         self.mock_url: str | None = None
         self.gateway_url = ""
         self.admin_url = ""
-        self.sidecar_port = 0
+        self.sidecar_ports: dict[int, int] = {}  # worker -> bound port
         self.upstreams: dict[str, Upstream] = {}
 
     # -- processes --------------------------------------------------------------------------
@@ -180,15 +180,21 @@ class Stack:
         wait_for(lambda: _read_port(port_file), "mock provider", 20, proc)
         self.mock_url = f"http://127.0.0.1:{port_file.read_text().strip()}/v1"
 
-    def start_sidecar_process(self, port: int | None = None) -> None:
-        port_file = self.run_dir / "sidecar.port"
+    def start_sidecar_process(self, worker: int = 0, port: int | None = None) -> None:
+        """Start sidecar worker `worker` (process name "sidecar" for worker 0, else
+        "sidecar-N"); `port` None: the configured port + worker, or any free port."""
+        name = "sidecar" if worker == 0 else f"sidecar-{worker}"
+        port_file = self.run_dir / f"{name}.port"
         port_file.unlink(missing_ok=True)
+        if port is None:
+            base = self.config.sidecar_port
+            port = base + worker if base else 0
         argv = [
             sys.executable,
             "-m",
             "gateway_extproc.server",
             "--address",
-            f"{self.config.sidecar_host}:{self.config.sidecar_port if port is None else port}",
+            f"{self.config.sidecar_host}:{port}",
             "--port-file",
             str(port_file),
         ]
@@ -201,9 +207,14 @@ class Stack:
             "GATEWAY_REDIS_URL": self.redis_url,
             "GATEWAY_RUN_DIR": str(self.run_dir),
         }
-        proc = self._spawn("sidecar", argv, env)
-        wait_for(lambda: _read_port(port_file), "ext_proc sidecar", 30, proc)
-        self.sidecar_port = int(port_file.read_text().strip())
+        proc = self._spawn(name, argv, env)
+        wait_for(lambda: _read_port(port_file), f"ext_proc {name}", 30, proc)
+        bound = int(port_file.read_text().strip())
+        self.sidecar_ports = {**self.sidecar_ports, worker: bound}
+
+    def start_sidecars(self) -> None:
+        for worker in range(self.config.sidecar_workers):
+            self.start_sidecar_process(worker)
 
     def envoy_yaml(self) -> str:
         self.upstreams = upstreams = resolve_upstreams(self.config, self.environ, self.mock_url)
@@ -212,7 +223,8 @@ class Stack:
             listen_port=self.config.listen_port if self.listen_port is None else self.listen_port,
             admin_port=self.config.admin_port if self.admin_port is None else self.admin_port,
             sidecar_host=self.config.sidecar_host,
-            sidecar_port=self.sidecar_port or free_port(),
+            sidecar_ports=tuple(self.sidecar_ports[w] for w in sorted(self.sidecar_ports))
+            or tuple(free_port() for _ in range(self.config.sidecar_workers)),
         )
         bootstrap = envoy_config.build(self.config, ports, upstreams.values(), ca_bundle())
         return envoy_config.render(bootstrap)
@@ -265,7 +277,7 @@ class Stack:
             if needs_mock(self.config, self.environ):
                 self.start_mock()
             if self.start_sidecar:
-                self.start_sidecar_process()
+                self.start_sidecars()
             self.start_envoy()
         except BaseException:
             self.stop()
@@ -274,6 +286,12 @@ class Stack:
 
     def process(self, name: str) -> subprocess.Popen[bytes]:
         return next(p for n, p in self.procs if n == name)
+
+    def signal_sidecars(self, sig: int) -> None:
+        """Send a signal to every sidecar worker (SIGHUP: reload the configuration)."""
+        for name, proc in self.procs:
+            if (name == "sidecar" or name.startswith("sidecar-")) and proc.poll() is None:
+                proc.send_signal(sig)
 
     def restart(self, name: str) -> None:
         """Start a stopped (or killed) redis-server or sidecar again on the port it had, so the
@@ -284,8 +302,9 @@ class Stack:
         self.procs = [(n, p) for n, p in self.procs if p is not proc]
         if name == "redis-server":
             self.start_redis(int(self.redis_url.rsplit(":", 1)[1].split("/")[0]))
-        elif name == "sidecar":
-            self.start_sidecar_process(self.sidecar_port)
+        elif name == "sidecar" or name.startswith("sidecar-"):
+            worker = 0 if name == "sidecar" else int(name.split("-", 1)[1])
+            self.start_sidecar_process(worker, self.sidecar_ports[worker])
         else:
             raise StackError(f"cannot restart {name}")
 

@@ -44,6 +44,7 @@ def usd(micros: int) -> str:
 
 BUDGETS = f"""
 identity: {{dev_issuer: true}}
+sidecar: {{workers: 1}}  # the SIGKILL test kills the one sidecar the stream is on
 budget_store: {{lease_s: 6, reap_interval_s: 1, deadline_ms: 250, breaker_open_s: 1}}
 budgets:
   - name: tight

@@ -59,12 +59,12 @@ def test_sighup_revokes_a_static_token_and_a_bad_reload_keeps_the_last_good(
     stack, config = reloadable
     assert status(stack, "secret-a") == 200
     config.write_text(config_with({"bot-b": "secret-b"}))
-    stack.process("sidecar").send_signal(signal.SIGHUP)
+    stack.signal_sidecars(signal.SIGHUP)
     eventually(lambda: status(stack, "secret-a") == 401)
     assert status(stack, "secret-b") == 200
 
     config.write_text("identity:\n  static_tokens:\n    bot-c: {sha256: not-hex}\n")
-    stack.process("sidecar").send_signal(signal.SIGHUP)
+    stack.signal_sidecars(signal.SIGHUP)
     eventually(lambda: b"reload (SIGHUP) rejected" in (stack.run_dir / "stack.log").read_bytes())
     assert status(stack, "secret-b") == 200  # still the last good configuration
     assert b"static_tokens.bot-c.sha256" in (stack.run_dir / "stack.log").read_bytes()

@@ -27,7 +27,7 @@ PORTS = EnvoyPorts(
     listen_port=10000,
     admin_port=9901,
     sidecar_host="127.0.0.1",
-    sidecar_port=50051,
+    sidecar_ports=(50051, 50052),
 )
 
 
@@ -181,9 +181,13 @@ def test_ext_proc_filter(config: GatewayConfig, production: dict[str, Any]) -> N
 
 def test_sidecar_cluster(production: dict[str, Any]) -> None:
     c = cluster(production, EXTPROC_CLUSTER)
-    assert endpoint(c)["address"] == {
-        "socket_address": {"address": "127.0.0.1", "port_value": 50051}
-    }
+    # One endpoint per sidecar worker; Envoy balances ext_proc streams across them.
+    (locality,) = c["load_assignment"]["endpoints"]
+    addresses = [e["endpoint"]["address"]["socket_address"] for e in locality["lb_endpoints"]]
+    assert addresses == [
+        {"address": "127.0.0.1", "port_value": 50051},
+        {"address": "127.0.0.1", "port_value": 50052},
+    ]
     options = c["typed_extension_protocol_options"]
     (http,) = options.values()
     assert "http2_protocol_options" in http["explicit_http_config"]  # gRPC needs HTTP/2
@@ -341,6 +345,8 @@ def test_checked_in_envoy_yaml_is_current_and_valid() -> None:
             "-m",
             "gateway_extproc.cli",
             "envoy-config",
+            "--workers",
+            "2",
             "--ca-file",
             CA_FILE,
         ],
