@@ -81,8 +81,16 @@ def cost_pico(usage: Usage, price: Price) -> int:
     reasoning; reasoning beyond the reported output is ignored (it cannot be billed twice).
     Raises ValueError on a negative token count: that is an extractor bug, not a free request.
     """
-    counts = dataclasses.astuple(usage)
-    if any(n < 0 for n in counts):
+    if (
+        min(
+            usage.input_tokens,
+            usage.cached_input_tokens,
+            usage.cache_write_input_tokens,
+            usage.output_tokens,
+            usage.reasoning_tokens,
+        )
+        < 0
+    ):
         raise ValueError(f"negative token count in {usage!r}")
     reasoning = min(usage.reasoning_tokens, usage.output_tokens)
     return (

@@ -73,56 +73,20 @@ class StreamProcessor:
     # -- dispatch ---------------------------------------------------------------------------
 
     async def handle(self, message: msgs.ProcessingRequest) -> msgs.ProcessingResponse:
-        """One ext_proc message in, its reply out. Only identification may await (a JWKS
-        refresh for an unknown key id); every other phase is synchronous."""
-        phase = message.WhichOneof("request")
-        if phase == "request_headers":
-            headers = msgs.headers_of(message.request_headers)
-            self._note_request(headers)
-            try:
-                await self._identify(headers)
-            except ClientError as err:
-                return self._reject(err)
-            except Exception:
-                log.exception("identification failed", extra={"request_id": self.request_id})
-                return self._reject(
-                    InternalError(f"internal gateway error (request id {self.request_id})")
-                )
-        if phase == "request_body":
-            try:
-                return await self._on_request_body(message.request_body)
-            except ClientError as err:
-                return self._reject(err)
-            except Exception:
-                log.exception("request processing failed", extra={"request_id": self.request_id})
-                return self._reject(
-                    InternalError(f"internal gateway error (request id {self.request_id})")
-                )
-        return self._handle(message)
-
-    def _handle(self, message: msgs.ProcessingRequest) -> msgs.ProcessingResponse:
+        """One ext_proc message in, its reply out. The request phases may await (a JWKS
+        refresh, the budget reservation); the response phases never do."""
         phase = message.WhichOneof("request")
         if phase in ("response_headers", "response_body"):
-            # The response is already on its way: a metering fault must never break it.
-            try:
-                if phase == "response_headers":
-                    return self._on_response_headers(message.response_headers)
-                return self._on_response_body(message.response_body)
-            except Exception:
-                log.exception("metering failed", extra={"request_id": self.request_id})
-                self.metering_broken = True
-                if phase == "response_headers":  # keep streams streaming even so
-                    content_type = msgs.headers_of(message.response_headers).get("content-type", "")
-                    return msgs.response_headers_reply(
-                        msgs.common(), stream_body=content_type.startswith("text/event-stream")
-                    )
-                return msgs.passthrough(message)
+            return self._on_response(message, phase)
         try:
             if phase == "request_headers":
-                return self._on_request_headers(message.request_headers)
+                headers = msgs.headers_of(message.request_headers)
+                self._note_request(headers)
+                await self._identify(headers)
+                return self._on_request_headers(headers, message.request_headers.end_of_stream)
             if phase == "request_body":
-                raise RuntimeError("request body must go through handle()")
-            return msgs.passthrough(message)
+                return await self._on_request_body(message.request_body)
+            return msgs.passthrough(message)  # trailers: not requested, answered if sent
         except ClientError as err:
             return self._reject(err)
         except Exception:
@@ -130,6 +94,22 @@ class StreamProcessor:
             return self._reject(
                 InternalError(f"internal gateway error (request id {self.request_id})")
             )
+
+    def _on_response(self, message: msgs.ProcessingRequest, phase: str) -> msgs.ProcessingResponse:
+        # The response is already on its way: a metering fault must never break it.
+        try:
+            if phase == "response_headers":
+                return self._on_response_headers(message.response_headers)
+            return self._on_response_body(message.response_body)
+        except Exception:
+            log.exception("metering failed", extra={"request_id": self.request_id})
+            self.metering_broken = True
+            if phase == "response_headers":  # keep streams streaming even so
+                content_type = msgs.headers_of(message.response_headers).get("content-type", "")
+                return msgs.response_headers_reply(
+                    msgs.common(), stream_body=content_type.startswith("text/event-stream")
+                )
+            return msgs.passthrough(message)
 
     def close(self) -> None:
         """The ext_proc stream ended. If the response did not finish (client disconnect,
@@ -159,8 +139,9 @@ class StreamProcessor:
         header = self.ctx.config.identity.metadata_header
         self.metadata = parse_metadata(headers.get(header), header=header)
 
-    def _on_request_headers(self, message: msgs.HttpHeaders) -> msgs.ProcessingResponse:
-        headers = msgs.headers_of(message)
+    def _on_request_headers(
+        self, headers: dict[str, str], end_of_stream: bool
+    ) -> msgs.ProcessingResponse:
         bare_path = self.path.split("?", 1)[0].rstrip("/")
         api = api_for_path(self.path)
         if self.identity is None:  # handle() identifies first; this is a programming error
@@ -172,7 +153,7 @@ class StreamProcessor:
             raise NotFound(f"the gateway does not serve {self.method} {bare_path or '/'}")
         if self.method != "POST":
             raise NotFound(f"{bare_path} accepts POST only")
-        if message.end_of_stream:
+        if end_of_stream:
             raise BadRequest("request body is empty: expected a JSON object")
         remove = [h for h in headers if h.startswith("x-gateway-") or h in CREDENTIAL_HEADERS]
         # Providers must send identity-encoded bodies, or metering sees only gzip bytes.

@@ -33,4 +33,10 @@ class Usage:
         return self.input_tokens + self.cached_input_tokens + self.cache_write_input_tokens
 
     def as_dict(self) -> dict[str, int]:
-        return dataclasses.asdict(self)
+        return {
+            "input_tokens": self.input_tokens,
+            "cached_input_tokens": self.cached_input_tokens,
+            "cache_write_input_tokens": self.cache_write_input_tokens,
+            "output_tokens": self.output_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
+        }
