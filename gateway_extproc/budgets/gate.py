@@ -22,7 +22,13 @@ from typing import Any, TypeVar
 from gateway_extproc.budgets.alerts import AlertSender
 from gateway_extproc.budgets.matching import applicable
 from gateway_extproc.budgets.model import Action, BudgetConfig, CalendarWindow, OnRedisError
-from gateway_extproc.budgets.results import BudgetState, BudgetStoreError, Charge, ReserveResult
+from gateway_extproc.budgets.results import (
+    BudgetState,
+    BudgetStoreError,
+    Charge,
+    ReservationState,
+    ReserveResult,
+)
 from gateway_extproc.budgets.store import BudgetStore
 from gateway_extproc.catalog import Catalog, ModelEntry
 from gateway_extproc.errors import ClientError
@@ -354,13 +360,18 @@ class BudgetGate:
             unlimited = tuple(
                 dataclasses.replace(c, estimate_micros=cost, limit_micros=2**52) for c in charges
             )
+            reserve = functools.partial(
+                store.reserve, charges=unlimited, lease_s=self.settings.lease_s, now=arrived
+            )
             try:
-                await self._call(
-                    functools.partial(
-                        store.reserve, request_id, unlimited, self.settings.lease_s, arrived
-                    )
-                )
-                await asyncio.wait_for(store.settle(request_id, cost, arrived), 1.0)
+                charge_id = request_id
+                result = await self._call(functools.partial(reserve, charge_id))
+                if result.replayed and result.state is ReservationState.RELEASED:
+                    # The failed reserve's background release left a tombstone on the id:
+                    # nothing was charged under it, so charge under an id of its own.
+                    charge_id = f"{request_id}:fail-open"
+                    await self._call(functools.partial(reserve, charge_id))
+                await asyncio.wait_for(store.settle(charge_id, cost, arrived), 1.0)
             except (BudgetStoreError, TimeoutError, OSError):
                 return done
             self._unreconciled.popleft()
