@@ -18,8 +18,8 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from gateway_extproc.audit import AuditSink
 from gateway_extproc.budgets.alerts import AlertSender, webhooks_of

@@ -21,7 +21,13 @@ from typing import Any, TypeVar
 
 from gateway_extproc.budgets.alerts import AlertSender
 from gateway_extproc.budgets.matching import applicable
-from gateway_extproc.budgets.model import Action, BudgetConfig, CalendarWindow, OnRedisError
+from gateway_extproc.budgets.model import (
+    Action,
+    BudgetConfig,
+    CalendarWindow,
+    OnRedisError,
+    ScopeKind,
+)
 from gateway_extproc.budgets.results import (
     BudgetState,
     BudgetStoreError,
@@ -182,22 +188,20 @@ class BudgetGate:
     def charges(
         self, identity: Identity, entry: ModelEntry, requested: str, estimate: int
     ) -> tuple[Charge, ...]:
-        found = applicable(
-            self.budgets, identity=identity, model=requested, provider=self.provider_of(entry)
-        )
-        if requested != entry.name:  # a budget on the canonical name applies to its aliases
-            seen = {(a.budget.name, a.scope_value) for a in found}
-            found += [
-                a
-                for a in applicable(
-                    self.budgets,
-                    identity=identity,
-                    model=entry.name,
-                    provider=self.provider_of(entry),
-                )
-                if (a.budget.name, a.scope_value) not in seen
-            ]
-        return tuple(Charge.of(a.budget, a.scope_value, estimate) for a in found)
+        """Every (budget, scope value) the request charges. Filters see both the name the
+        client sent and the catalog name; a model-scoped counter is always keyed by the
+        catalog name, so an alias and its model share one counter."""
+        provider = self.provider_of(entry)
+        names = [requested] if requested == entry.name else [requested, entry.name]
+        seen: set[tuple[str, str]] = set()
+        out: list[Charge] = []
+        for name in names:
+            for a in applicable(self.budgets, identity=identity, model=name, provider=provider):
+                value = entry.name if a.budget.scope.kind is ScopeKind.MODEL else a.scope_value
+                if (a.budget.name, value) not in seen:
+                    seen.add((a.budget.name, value))
+                    out.append(Charge.of(a.budget, value, estimate))
+        return tuple(out)
 
     async def _call(self, factory: Callable[[], Awaitable[_T]]) -> _T:
         """One store call within the deadline, through the circuit breaker."""
@@ -371,9 +375,11 @@ class BudgetGate:
                     # nothing was charged under it, so charge under an id of its own.
                     charge_id = f"{request_id}:fail-open"
                     await self._call(functools.partial(reserve, charge_id))
-                await asyncio.wait_for(store.settle(charge_id, cost, arrived), 1.0)
+                settled = await asyncio.wait_for(store.settle(charge_id, cost, arrived), 1.0)
             except (BudgetStoreError, TimeoutError, OSError):
                 return done
+            if self.alerts is not None:
+                self.alerts.send(settled.crossings)
             self._unreconciled.popleft()
             done += 1
         if done:

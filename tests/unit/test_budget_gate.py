@@ -47,6 +47,7 @@ from gateway_extproc.budgets.model import (
     Window,
 )
 from gateway_extproc.budgets.results import AlertCrossing, Charge
+from gateway_extproc.budgets.settings import parse_budgets
 from gateway_extproc.budgets.store import BudgetStore
 from gateway_extproc.catalog import Catalog, ModelEntry
 from gateway_extproc.identity.model import AuthMethod, Identity, Kind
@@ -769,3 +770,30 @@ async def test_reaper_charges_expired_leases(harness: Harness) -> None:
     await gate.drain()
     assert await counter(gate, watched) == (GPT4O_COST + 1000, 0)
     assert await record_state(gate, "crashed") == "EXPIRED"
+
+
+def test_an_alias_and_its_model_share_one_model_scoped_counter() -> None:
+    """Each-model budgets are keyed by the catalog name, whatever alias the client sent."""
+    problems: list[str] = []
+    budgets = parse_budgets(
+        [
+            {
+                "name": "per-model",
+                "scope": {"kind": "model"},
+                "limit_usd": 10,
+                "window": {"type": "calendar", "period": "month"},
+                "action": "block",
+            }
+        ],
+        problems,
+    )
+    assert problems == []
+    catalog = Catalog.load()
+    entry = catalog.lookup("gpt-4o-2024-08-06")
+    assert entry is not None and entry.name == "gpt-4o"
+    gate = BudgetGate(None, budgets, catalog, lambda e: e.provider, GateSettings())
+    anyone = Identity(
+        Kind.USER, AuthMethod.JWT, "u@example.com", None, frozenset(), "dev", {}, None
+    )
+    charges = gate.charges(anyone, entry, "gpt-4o-2024-08-06", 100)
+    assert [(c.budget.name, c.scope_value) for c in charges] == [("per-model", "gpt-4o")]
