@@ -6,7 +6,6 @@ The environment is read only when `load_config` is called with it, never at impo
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import importlib.resources
 import os
 import urllib.parse
@@ -17,7 +16,12 @@ from typing import Any
 import yaml
 
 from gateway_extproc.apis import Schema
-from gateway_extproc.budgets.model import Action, BudgetConfig
+from gateway_extproc.budgets.loader import (
+    BudgetStoreConfig,
+    downgrade_problems,
+    parse_budget_store,
+)
+from gateway_extproc.budgets.model import BudgetConfig
 from gateway_extproc.budgets.settings import parse_budgets
 from gateway_extproc.catalog import Catalog
 from gateway_extproc.errors import ConfigError
@@ -55,19 +59,6 @@ class Limits:
     stream_idle_timeout_s: int = 600
     upstream_connect_timeout_s: int = 10
     max_downstream_connections: int = 10000
-
-
-@dataclasses.dataclass(frozen=True)
-class BudgetStoreConfig:
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    cluster: bool = False
-    key_prefix: str = "llmgw"
-    deadline_ms: int = 50
-    lease_s: int = 120
-    reap_interval_s: float = 10.0
-    breaker_failures: int = 5
-    breaker_open_s: float = 5.0
-    estimate_max_output_tokens: int = 8192
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,87 +219,6 @@ def _provider(r: _Reader, name: str, doc: object) -> ProviderConfig | None:
     return ProviderConfig(name=name, schema=schema, base_url=base_url, auth=auth)
 
 
-def _downgrade_problems(budgets: tuple[BudgetConfig, ...], catalog: Catalog) -> list[str]:
-    """A downgrade target must exist and speak the API of every model the budget can apply to
-    (requests are not translated between API schemas)."""
-    problems = []
-    for i, budget in enumerate(budgets):
-        if budget.action is not Action.DOWNGRADE:
-            continue
-        path = f"budgets[{i}].downgrade_to"
-        target = catalog.lookup(budget.downgrade_to or "")
-        if target is None:
-            problems.append(f"{path}: {budget.downgrade_to!r} is not in the catalog")
-            continue
-        patterns = budget.match.models
-        providers = budget.match.providers
-        other = sorted(
-            e.name
-            for e in catalog.models()
-            if e.schema is not target.schema
-            and (patterns is None or any(fnmatch.fnmatchcase(e.name, p) for p in patterns))
-            and (providers is None or e.provider in providers)
-        )
-        if other:
-            shown = ", ".join(other[:5]) + (f" and {len(other) - 5} more" if len(other) > 5 else "")
-            problems.append(
-                f"{path}: {target.name} speaks the {target.schema.value} API but the budget also "
-                f"applies to {shown}; restrict it with match.models or match.providers"
-            )
-    return problems
-
-
-def _budget_store(
-    r: _Reader, doc: Mapping[str, Any], environ: Mapping[str, str]
-) -> BudgetStoreConfig:
-    d = BudgetStoreConfig()
-    url = environ.get("GATEWAY_REDIS_URL") or doc.get("redis_url", d.redis_url)
-    if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
-        r.problems.append(
-            f"budget_store.redis_url: must be a redis://, rediss:// or unix:// URL (got {url!r})"
-        )
-        url = d.redis_url
-    prefix = doc.get("key_prefix", d.key_prefix)
-    if not isinstance(prefix, str) or not prefix or "{" in prefix or "}" in prefix:
-        r.problems.append("budget_store.key_prefix: must be a non-empty string without braces")
-        prefix = d.key_prefix
-    return BudgetStoreConfig(
-        redis_url=url,
-        cluster=r.boolean(doc, "budget_store", "cluster", d.cluster),
-        key_prefix=prefix,
-        deadline_ms=r.integer(
-            {"deadline_ms": doc.get("deadline_ms", d.deadline_ms)},
-            "budget_store",
-            "deadline_ms",
-            1,
-            60_000,
-        ),
-        lease_s=r.integer(
-            {"lease_s": doc.get("lease_s", d.lease_s)}, "budget_store", "lease_s", 5, 86_400
-        ),
-        reap_interval_s=r.number(doc, "budget_store", "reap_interval_s", d.reap_interval_s),
-        breaker_failures=r.integer(
-            {"breaker_failures": doc.get("breaker_failures", d.breaker_failures)},
-            "budget_store",
-            "breaker_failures",
-            1,
-            1000,
-        ),
-        breaker_open_s=r.number(doc, "budget_store", "breaker_open_s", d.breaker_open_s),
-        estimate_max_output_tokens=r.integer(
-            {
-                "estimate_max_output_tokens": doc.get(
-                    "estimate_max_output_tokens", d.estimate_max_output_tokens
-                )
-            },
-            "budget_store",
-            "estimate_max_output_tokens",
-            1,
-            10_000_000,
-        ),
-    )
-
-
 def _identity_files(doc: object) -> tuple[str, ...]:
     """Secret files the identity section reads (a reload watches them)."""
     if not isinstance(doc, Mapping):
@@ -408,11 +318,11 @@ def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayC
 
     budgets = parse_budgets(doc.get("budgets"), r.problems)
     if catalog is not None:
-        r.problems.extend(_downgrade_problems(budgets, catalog))
+        r.problems.extend(downgrade_problems(budgets, catalog))
     store_doc = r.section(
         doc, "budget_store", {f.name for f in dataclasses.fields(BudgetStoreConfig)}
     )
-    budget_store = _budget_store(r, store_doc, environ)
+    budget_store = parse_budget_store(store_doc, environ, r.problems)
 
     audit_file = environ.get("GATEWAY_AUDIT_LOG") or audit.get("file")
     if audit_file is not None and not isinstance(audit_file, str):

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 from gateway_extproc.budgets.alerts import AlertSender
+from gateway_extproc.budgets.breaker import CircuitBreaker
 from gateway_extproc.budgets.matching import applicable
 from gateway_extproc.budgets.model import (
     Action,
@@ -28,6 +29,7 @@ from gateway_extproc.budgets.model import (
     OnRedisError,
     ScopeKind,
 )
+from gateway_extproc.budgets.refusals import BudgetExceeded, BudgetUnavailable, describe
 from gateway_extproc.budgets.results import (
     BudgetState,
     BudgetStoreError,
@@ -37,26 +39,11 @@ from gateway_extproc.budgets.results import (
 )
 from gateway_extproc.budgets.store import BudgetStore
 from gateway_extproc.catalog import Catalog, ModelEntry
-from gateway_extproc.errors import ClientError
 from gateway_extproc.identity.model import Identity
 from gateway_extproc.pricing import format_usd, worst_case_micros
 
 log = logging.getLogger("gateway.budgets")
 _T = TypeVar("_T")
-
-
-class BudgetExceeded(ClientError):
-    status = 429
-    code = "budget_exceeded"
-    openai_type = "insufficient_quota"
-    anthropic_type = "rate_limit_error"
-
-
-class BudgetUnavailable(ClientError):
-    status = 503
-    code = "budget_store_unavailable"
-    openai_type = "server_error"
-    anthropic_type = "overloaded_error"
 
 
 class Decision(enum.StrEnum):
@@ -74,36 +61,6 @@ class GateSettings:
     breaker_open_s: float = 5.0  # while open, calls fail at once (no waiting on a dead Redis)
     estimate_max_output_tokens: int = 8192  # caps the model's output limit in estimates
     reap_interval_s: float = 10.0
-
-
-class CircuitBreaker:
-    """Open after N consecutive failures; half-open (one trial call) after `open_s`."""
-
-    def __init__(self, failures: int, open_s: float) -> None:
-        self.failures_to_open = failures
-        self.open_s = open_s
-        self.consecutive = 0
-        self.opened_at: float | None = None
-        self.opened = 0  # times it opened (a counter for metrics)
-
-    def allow(self, now: float) -> bool:
-        if self.opened_at is None:
-            return True
-        if now - self.opened_at >= self.open_s:
-            self.opened_at = now  # half-open: let this call try; a failure re-opens for open_s
-            return True
-        return False
-
-    def success(self) -> None:
-        self.consecutive = 0
-        self.opened_at = None
-
-    def failure(self, now: float) -> None:
-        self.consecutive += 1
-        if self.consecutive >= self.failures_to_open:
-            if self.opened_at is None:
-                self.opened += 1
-            self.opened_at = now
 
 
 @dataclasses.dataclass
@@ -128,23 +85,6 @@ class Admission:
     @property
     def would_block(self) -> bool:
         return bool(self.result and self.result.monitor_would_block)
-
-
-def _describe(state: BudgetState) -> str:
-    budget = state.budget
-    who = f"{budget.scope.kind.value} {state.scope_value}"
-    if budget.scope.kind.value == "global":
-        who = "everyone"
-    if isinstance(budget.window, CalendarWindow):
-        period = budget.window.period.value
-        window = "today" if period == "day" else f"this {period}"
-    else:
-        window = f"in the last {budget.window.duration_s // 60} minutes"
-    return (
-        f"budget {budget.name!r} for {who} is exhausted: ${format_usd(state.spent_micros)} "
-        f"spent and ${format_usd(state.held_micros)} reserved of "
-        f"${format_usd(state.limit_micros)} {window}"
-    )
 
 
 class BudgetGate:
@@ -331,7 +271,7 @@ class BudgetGate:
             window = state.budget.window
             retry_after = window.duration_s if not isinstance(window, CalendarWindow) else 3600.0
         seconds = max(1, math.ceil(retry_after))
-        message = f"{_describe(state)}; this request could cost up to ${format_usd(estimate)}"
+        message = f"{describe(state)}; this request could cost up to ${format_usd(estimate)}"
         return BudgetExceeded(message, headers={"retry-after": str(seconds)})
 
     # -- the end of a request -----------------------------------------------------------------

@@ -24,15 +24,8 @@ from redis.retry import Retry
 
 from gateway_extproc.apis import Schema
 from gateway_extproc.budgets.alerts import AlertSender
-from gateway_extproc.budgets.gate import (
-    Admission,
-    BudgetExceeded,
-    BudgetGate,
-    BudgetUnavailable,
-    CircuitBreaker,
-    Decision,
-    GateSettings,
-)
+from gateway_extproc.budgets.breaker import CircuitBreaker
+from gateway_extproc.budgets.gate import Admission, BudgetGate, Decision, GateSettings
 from gateway_extproc.budgets.model import (
     Action,
     Alerts,
@@ -46,6 +39,7 @@ from gateway_extproc.budgets.model import (
     ScopeKind,
     Window,
 )
+from gateway_extproc.budgets.refusals import BudgetExceeded, BudgetUnavailable
 from gateway_extproc.budgets.results import AlertCrossing, Charge
 from gateway_extproc.budgets.settings import parse_budgets
 from gateway_extproc.budgets.store import BudgetStore
