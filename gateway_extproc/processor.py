@@ -219,7 +219,9 @@ class StreamProcessor:
             max_output=request.max_output_tokens,
         )
         if admission.reserved:
-            self.lease_keeper = asyncio.ensure_future(self._keep_lease())
+            self.lease_keeper = asyncio.ensure_future(
+                self.ctx.budgets.keep_lease(self.request_id, self._cost_so_far)
+            )
         served = request.model
         if admission.downgraded_from is not None:
             self.entry = entry = admission.entry
@@ -237,20 +239,15 @@ class StreamProcessor:
             msgs.common(set_headers=set_headers, body=new_body, clear_route_cache=True)
         )
 
-    async def _keep_lease(self) -> None:
-        """While the response runs, checkpoint its cost so far and extend the reservation's
-        lease (a long stream is not reaped; a dead sidecar's stream is charged what it used)."""
-        gate = self.ctx.budgets
-        while True:
-            await asyncio.sleep(gate.settings.lease_s / 3)
-            if self.request is None or self.entry is None:
-                return
-            chars = self.meter.output_chars_so_far if self.meter is not None else 0
-            partial = Usage(
-                input_tokens=self.request.input_tokens_estimate,
-                output_tokens=estimate_tokens(chars),
-            )
-            await gate.checkpoint(self.request_id, cost_micros(partial, self.entry.price))
+    def _cost_so_far(self) -> int:
+        """The request's cost until now, for lease checkpoints of long responses."""
+        if self.request is None or self.entry is None:
+            return 0
+        chars = self.meter.output_chars_so_far if self.meter is not None else 0
+        usage = Usage(
+            input_tokens=self.request.input_tokens_estimate, output_tokens=estimate_tokens(chars)
+        )
+        return cost_micros(usage, self.entry.price)
 
     # -- response side ----------------------------------------------------------------------
 

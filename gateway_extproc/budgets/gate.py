@@ -360,6 +360,14 @@ class BudgetGate:
         with contextlib.suppress(BudgetStoreError, TimeoutError, OSError):
             await asyncio.wait_for(self.store.release(request_id), 2.0)
 
+    async def keep_lease(self, request_id: str, cost_so_far: Callable[[], int]) -> None:
+        """While a response runs, checkpoint its cost so far and renew its reservation's lease
+        every lease_s / 3: a long stream is never reaped, and if this sidecar dies the reaper
+        charges what the stream had used. Cancelled when the request finishes."""
+        while True:
+            await asyncio.sleep(self.settings.lease_s / 3)
+            await self.checkpoint(request_id, cost_so_far())
+
     async def checkpoint(self, request_id: str, partial_micros: int) -> None:
         """Record partial usage of a long response and extend its lease."""
         if self.store is None:
