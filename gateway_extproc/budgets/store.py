@@ -34,6 +34,7 @@ stores (prefix and hash tag): each keeps its own atomicity on its own shard.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import importlib.resources
 import math
@@ -60,6 +61,8 @@ from gateway_extproc.budgets.results import (
 )
 
 ROLLING_WINDOW_ID = "rolling"
+# Reservations of this process remembered for their settle (bounded; oldest forgotten first).
+RECENT_RESERVATIONS = 100_000
 SCRIPTS = ("reserve", "settle", "release", "checkpoint", "reap")
 
 
@@ -107,6 +110,9 @@ class BudgetStore:
         if counter_grace_s < 0 or record_retention_s <= 0:
             raise ValueError("counter_grace_s must be >= 0 and record_retention_s > 0")
         self._client = client
+        self._recent: collections.OrderedDict[str, tuple[dict[str, str], list[str]]] = (
+            collections.OrderedDict()
+        )
         self._base = f"{prefix}:{{{hash_tag}}}"
         self._leases = f"{self._base}:leases"
         self._grace_ms = counter_grace_s * 1000
@@ -191,6 +197,8 @@ class BudgetStore:
             for i, (charge, window_id) in enumerate(zip(charges, window_ids, strict=True))
         )
         reservation = ReservationState(state) if state else ReservationState.UNKNOWN
+        if reservation is ReservationState.RESERVED and status != "replay":
+            self._remember(request_id, keys, charges, window_ids)
         return ReserveResult(
             admitted=reservation is ReservationState.RESERVED,
             replayed=status == "replay",
@@ -271,9 +279,33 @@ class BudgetStore:
             )
         return SettleResult(ReservationState(_text(reply[0])), int(reply[1]) == 1)
 
+    def _remember(
+        self,
+        request_id: str,
+        keys: list[str],
+        charges: Sequence[Charge],
+        window_ids: Sequence[str],
+    ) -> None:
+        """Keep what this process just reserved, so its settle or release needs no HGETALL of
+        the record first: one round trip instead of two. (The script still reads the record
+        and checks the keys; another process, or one restarted, falls back to reading it.)"""
+        labels = {"n": str(len(charges))}
+        for i, (charge, window_id) in enumerate(zip(charges, window_ids, strict=True), 1):
+            labels[f"b:{i}"] = charge.budget.name
+            labels[f"s:{i}"] = charge.scope_value
+            labels[f"w:{i}"] = window_id
+            labels[f"l:{i}"] = str(charge.limit_micros)
+            labels[f"e:{i}"] = str(charge.estimate_micros)
+        self._recent[request_id] = (labels, [*keys])
+        if len(self._recent) > RECENT_RESERVATIONS:
+            self._recent.popitem(last=False)
+
     async def _record(self, request_id: str) -> tuple[dict[str, str] | None, list[str]]:
         """The reservation record and the keys a script on it needs (read-only; the script
         re-checks the state and that the keys are the recorded ones)."""
+        known = self._recent.pop(request_id, None)
+        if known is not None:
+            return known
         record_key = self.record_key(request_id)
         record = _decoded(await self._client.hgetall(record_key))
         if "state" not in record:
