@@ -1,0 +1,90 @@
+"""The no-op ext_proc: the floor of a Python ext_proc sidecar (grpc.aio + uvloop).
+
+`python -m bench.noop --port-file F` answers every ProcessingRequest at once with an empty
+reply of its kind. Response headers of an event stream get `mode_override` response body
+STREAMED, as the gateway's do, so Envoy sends both the same phases. Server options are the
+gateway's own (`gateway_extproc.server.grpc_options` for the built-in config).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+
+from gateway_extproc import extproc_msgs as msgs
+from gateway_extproc.config import load_config
+from gateway_extproc.server import grpc_options
+
+# Built once: the servicer only picks one.
+_REPLIES = {
+    "request_headers": msgs.request_headers_reply(pb.CommonResponse()),
+    "request_body": msgs.request_body_reply(pb.CommonResponse()),
+    "response_headers": msgs.response_headers_reply(pb.CommonResponse(), stream_body=False),
+    "response_body": msgs.response_body_reply(),
+    "request_trailers": pb.ProcessingResponse(request_trailers=pb.TrailersResponse()),
+    "response_trailers": pb.ProcessingResponse(response_trailers=pb.TrailersResponse()),
+}
+_STREAM_HEADERS_REPLY = msgs.response_headers_reply(pb.CommonResponse(), stream_body=True)
+
+
+def _is_event_stream(message: pb.HttpHeaders) -> bool:
+    for header in message.headers.headers:
+        if header.key.lower() == "content-type":
+            value = header.raw_value or header.value.encode()
+            return bool(value.startswith(b"text/event-stream"))
+    return False
+
+
+class NoopProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
+    async def Process(
+        self, request_iterator: AsyncIterator[pb.ProcessingRequest], context: Any
+    ) -> AsyncIterator[pb.ProcessingResponse]:
+        async for message in request_iterator:
+            phase = message.WhichOneof("request")
+            if phase == "response_headers" and _is_event_stream(message.response_headers):
+                yield _STREAM_HEADERS_REPLY
+            else:
+                yield _REPLIES[phase]
+
+
+async def serve(port_file: Path | None) -> None:
+    server = grpc.aio.server(options=grpc_options(load_config(None, os.environ)))
+    pb_grpc.add_ExternalProcessorServicer_to_server(NoopProcessor(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    if port_file is not None:
+        tmp = port_file.with_suffix(".tmp")
+        tmp.write_text(str(port))
+        tmp.replace(port_file)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop(1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="bench.noop", description=__doc__)
+    parser.add_argument("--port-file", type=Path, default=None)
+    args = parser.parse_args(argv)
+    run = asyncio.run
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        run = uvloop.run
+    run(serve(args.port_file))
+
+
+if __name__ == "__main__":
+    main()

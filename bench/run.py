@@ -1,0 +1,367 @@
+"""`python -m bench`: start each setup in turn, drive it with wrk and the stream timer, print
+the table and the targets, write them as JSON to bench/results/. Progress goes to stderr.
+
+Every figure is the median of `--runs` wrk runs (each after a warm-up run) or of the timed
+streams; every process started is stopped at the end, on Ctrl-C and on errors too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+from typing import IO
+
+import redis
+
+from bench import load, report, setups
+from bench.report import Row
+from bench.upstream import CHUNKS, response_bytes
+from gateway_extproc.stack import StackError, find_binary
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    duration_s: int  # wrk takes whole seconds
+    warmup_s: int
+    runs: int
+    connections: int  # the saturating concurrency
+    workers: int  # N
+    gap_ms: float  # between the events of a paced stream
+
+
+@dataclasses.dataclass(frozen=True)
+class Load:
+    name: str  # json | sse | sse-paced
+    stream: bool
+    gap_ms: float | None = None
+
+
+class Bench:
+    def __init__(self, settings: Settings, run_dir: Path, token: str) -> None:
+        self.settings = settings
+        self.run_dir = run_dir
+        self.token = token
+        self.wrk = load.ensure_wrk()
+        self.started = time.monotonic()
+        self.rows: list[Row] = []
+        self.redis_round_trips: dict[str, dict[str, float]] = {}
+
+    def progress(self, message: str) -> None:
+        print(f"[{time.monotonic() - self.started:5.0f}s] {message}", file=sys.stderr, flush=True)
+
+    def _script(self, spec: Load) -> Path:
+        body = load.request_body(spec.stream)
+        return load.lua_script(self.run_dir / f"{spec.name}.lua", body, self.token, spec.gap_ms)
+
+    def _sample(
+        self,
+        running: setups.Running,
+        spec: Load,
+        script: Path,
+        connections: int,
+        client: redis.Redis | None,
+        label: str,
+    ) -> dict[str, float]:
+        """One wrk run; CPU, ext_proc messages and Redis commands per response's worth of
+        upstream bytes (not per response wrk completed: the streams a run cuts short when it
+        ends did work too, many of them for paced streams)."""
+        admin = running.admin_url
+        rx = load.upstream_bytes(running.upstream_cluster)
+        whole = response_bytes(spec.stream, paced=spec.gap_ms is not None)
+        sidecar0 = load.cpu_seconds(running.sidecar_pids)
+        envoy0 = load.cpu_seconds((running.envoy_pid,))
+        msgs0 = load.envoy_counter(admin, load.EXTPROC_MESSAGES)
+        rx0 = load.envoy_counter(admin, rx)
+        redis0 = load.redis_commands(client)
+        result = load.run_wrk(self.wrk, running.url, script, connections, self.settings.duration_s)
+        n = max((load.envoy_counter(admin, rx) - rx0) / whole, 1.0)
+        self.progress(
+            f"{label}: {result.rps:,.0f} req/s, p50 {result.p50_ms:.2f} ms, "
+            f"p99 {result.p99_ms:.2f} ms"
+        )
+        return {
+            "requests": result.requests,
+            "errors": result.errors,
+            "rps": result.rps,
+            "p50_ms": result.p50_ms,
+            "p99_ms": result.p99_ms,
+            "sidecar_ms": (load.cpu_seconds(running.sidecar_pids) - sidecar0) * 1000 / n,
+            "envoy_ms": (load.cpu_seconds((running.envoy_pid,)) - envoy0) * 1000 / n,
+            "msgs": (load.envoy_counter(admin, load.EXTPROC_MESSAGES) - msgs0) / n,
+            "redis": (load.redis_commands(client) - redis0) / n,
+        }
+
+    def wrk_row(self, running: setups.Running, spec: Load, connections: int) -> Row:
+        """Warm-up, then `runs` wrk runs with process CPU and counters sampled around each."""
+        s = self.settings
+        script = self._script(spec)
+        label = f"{running.setup} W={running.workers} {spec.name} c={connections}"
+        load.run_wrk(self.wrk, running.url, script, connections, s.warmup_s)
+        client = redis.Redis.from_url(running.redis_url) if running.redis_url else None
+        try:
+            samples = [
+                self._sample(running, spec, script, connections, client, f"{label} run {i + 1}")
+                for i in range(s.runs)
+            ]
+        finally:
+            if client is not None:
+                client.close()
+        errors = sum(int(x["errors"]) for x in samples)
+        requests = sum(int(x["requests"]) for x in samples)
+        if errors > requests * 0.001:
+            raise load.BenchError(f"{label}: {errors} of {requests} requests failed")
+
+        def median(key: str) -> float:
+            return statistics.median(x[key] for x in samples)
+
+        sidecar = bool(running.sidecar_pids)
+        return Row(
+            setup=running.setup,
+            workers=running.workers,
+            load=spec.name,
+            connections=connections,
+            requests=requests,
+            errors=errors,
+            rps=median("rps"),
+            p50_ms=None if spec.gap_ms else median("p50_ms"),
+            p99_ms=None if spec.gap_ms else median("p99_ms"),
+            sidecar_ms_per_req=median("sidecar_ms") if sidecar else None,
+            sidecar_us_per_chunk=median("sidecar_ms") * 1000 / CHUNKS
+            if sidecar and spec.stream
+            else None,
+            envoy_ms_per_req=median("envoy_ms"),
+            extproc_msgs_per_req=median("msgs") if sidecar else None,
+            redis_cmds_per_req=median("redis") if running.redis_url else None,
+        )
+
+    def timed_streams(self, running: setups.Running, spec: Load, row: Row | None) -> Row:
+        """The stream timer at concurrency 1: time to first byte and per-chunk time."""
+        times = load.time_streams(
+            running.url,
+            load.request_body(True),
+            self.token,
+            CHUNKS,
+            gap_ms=spec.gap_ms,
+            count=200,
+            max_seconds=3.0,
+            warmup=2 if spec.gap_ms else 10,
+        )
+        self.progress(
+            f"{running.setup} W={running.workers} {spec.name} stream timer: "
+            f"{times.streams} streams, first byte {times.ttfb_ms:.2f} ms, "
+            f"chunk {times.chunk_us:.1f} us"
+        )
+        if row is None:
+            row = Row(running.setup, running.workers, spec.name, 1)
+        return dataclasses.replace(row, ttfb_ms=times.ttfb_ms, chunk_us=times.chunk_us)
+
+    def measure(self, running: setups.Running, full: bool) -> None:
+        """Every load on a started setup; `full` adds the concurrency-1 measurements."""
+        s = self.settings
+        json_load, sse = Load("json", False), Load("sse", True)
+        paced = Load("sse-paced", True, s.gap_ms)
+        if full:
+            self.rows.append(self.wrk_row(running, json_load, 1))
+        self.rows.append(self.wrk_row(running, json_load, s.connections))
+        if full:
+            self.rows.append(self.timed_streams(running, sse, self.wrk_row(running, sse, 1)))
+        self.rows.append(self.wrk_row(running, sse, s.connections))
+        if full:
+            self.rows.append(self.timed_streams(running, paced, None))
+        if running.sidecar_pids:
+            self.rows.append(self.wrk_row(running, paced, s.connections))
+        if running.redis_url and full:
+            self.redis_probe(running, (json_load, sse, paced))
+        if running.audit_path is not None:
+            check_audit(running.audit_path)
+
+    def redis_probe(self, running: setups.Running, specs: tuple[Load, ...]) -> None:
+        """Redis round trips per request, one request at a time under MONITOR (after the
+        measured runs: MONITOR slows Redis). A call per chunk would show as 200 per stream."""
+        assert running.redis_url is not None
+        counts = {"json": 50, "sse": 20, "sse-paced": 10}
+        time.sleep(1.0)  # the streams the last wrk run cut short are settled meanwhile
+        monitor = load.RedisMonitor(running.redis_url)
+        try:
+            for spec in specs:
+                before = monitor.snapshot()
+                for _ in range(counts[spec.name]):
+                    body = load.request_body(spec.stream)
+                    load.request_once(running.url, body, self.token, spec.gap_ms)
+                time.sleep(0.5)  # settling runs after the response: let it finish
+                delta = monitor.snapshot() - before
+                per = {k: v / counts[spec.name] for k, v in sorted(delta.items())}
+                self.redis_round_trips[spec.name] = {"total": sum(per.values()), **per}
+                self.progress(
+                    f"gateway Redis round trips per {spec.name} request: "
+                    + ", ".join(f"{k} {v:.2f}" for k, v in per.items())
+                )
+        finally:
+            monitor.close()
+
+
+def check_audit(path: Path) -> None:
+    """The gateway really did the work: no request was refused, and every completed one was
+    identified by its JWT, admitted by the budget, metered from the provider's usage and
+    priced. (wrk cuts the requests in flight when a run ends: recorded as not completed.)"""
+    records = [json.loads(line) for line in path.read_bytes().splitlines() if line]
+    completed = [r for r in records if r.get("completed") and r.get("status") == 200]
+    bad = [r for r in records if r.get("error_code")] + [
+        r
+        for r in completed
+        if r.get("usage_source") != "provider"
+        or r.get("cost_micros", 0) <= 0
+        or (r.get("identity") or {}).get("auth_method") != "jwt"
+        or (r.get("budget") or {}).get("decision") != "admitted"
+    ]
+    if bad or not completed:
+        raise load.BenchError(
+            f"{len(bad)} of {len(records)} gateway audit records are not metered requests, "
+            f"e.g. {bad[0] if bad else None}"
+        )
+
+
+def gateway_commit() -> str:
+    """The commit measured (`git describe --always --dirty`), when run from a git checkout."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        done = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+        if done.returncode == 0:
+            return done.stdout.strip()
+    return "unknown"
+
+
+def envoy_version() -> str:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(
+            [find_binary("envoy"), "--version"], capture_output=True, text=True, timeout=30
+        ).stdout
+        return out.strip().rsplit("version:", 1)[-1].strip()
+    return "unknown"
+
+
+def parse_args(argv: list[str] | None) -> tuple[Settings, bool]:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--duration", type=int, default=4, help="seconds per wrk run")
+    parser.add_argument("--warmup", type=int, default=1, help="seconds of warm-up per load")
+    parser.add_argument("--runs", type=int, default=3, help="wrk runs per load (median)")
+    parser.add_argument("--connections", type=int, default=32, help="saturating concurrency")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="N")
+    parser.add_argument("--gap-ms", type=float, default=1.0, help="paced streams: event gap")
+    parser.add_argument("--keep", action="store_true", help="keep the run directory (logs)")
+    a = parser.parse_args(argv)
+    settings = Settings(a.duration, a.warmup, a.runs, a.connections, a.workers, a.gap_ms)
+    return settings, a.keep
+
+
+@contextlib.contextmanager
+def _terminate_as_exit() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so every `finally` stops what it started."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run(settings: Settings, run_dir: Path, log: IO[bytes]) -> dict[str, object]:
+    env = dict(os.environ)
+    identity = setups.make_identity(run_dir)
+    bench = Bench(settings, run_dir, identity.token)
+    n = settings.workers
+    bench.progress(
+        f"bench: {os.cpu_count()} cores shared by wrk, Envoy (--concurrency 1), the upstream, "
+        f"the sidecar workers and redis-server; logs in {run_dir}"
+    )
+    procs = setups.Procs(log)
+    try:
+        port, _pid = setups.start_upstream(procs, run_dir)
+        bench.progress(f"upstream on 127.0.0.1:{port}")
+        log_path = run_dir / "processes.log"
+        plans = [
+            ("plain", 0, True),
+            ("noop", 1, True),
+            ("gateway", 1, True),
+            ("noop", n, False),
+            ("gateway", n, False),
+        ]
+        for setup, workers, full in plans:
+            if workers == n and not full and n == 1:
+                continue  # W=N is W=1 on a one-core machine
+            bench.progress(f"starting {setup}" + (f" with {workers} worker(s)" if workers else ""))
+            if setup == "plain":
+                cm = setups.plain(log, run_dir, port, env)
+            elif setup == "noop":
+                cm = setups.noop(log, run_dir, port, workers, env)
+            else:
+                cm = setups.gateway(log, log_path, run_dir, port, workers, identity, env)
+            with cm as running:
+                bench.measure(running, full)
+    finally:
+        procs.stop()
+    return report.build(
+        bench.rows,
+        redis_round_trips=bench.redis_round_trips,
+        settings=dataclasses.asdict(settings) | {"chunks": CHUNKS},
+        machine={
+            "cpus": os.cpu_count(),
+            "envoy": envoy_version(),
+            "envoy_concurrency": setups.ENVOY_CONCURRENCY,
+            "python": sys.version.split()[0],
+            "commit": gateway_commit(),
+        },
+        elapsed_s=time.monotonic() - bench.started,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings, keep = parse_args(argv)
+    run_dir = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
+    ok = False
+    try:
+        with _terminate_as_exit(), (run_dir / "processes.log").open("ab") as log:
+            result = run(settings, run_dir, log)
+        ok = True
+    except (load.BenchError, StackError) as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bench: interrupted; everything it started is stopped", file=sys.stderr)
+        return 130
+    finally:
+        if ok and not keep:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        else:
+            print(f"bench: logs kept in {run_dir}", file=sys.stderr)
+    print(report.render(result))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = RESULTS / f"bench-{stamp}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwritten to {out}")
+    return 0

@@ -1,0 +1,351 @@
+"""The three setups under test, each started on ephemeral loopback ports and stopped on exit.
+
+1. `plain`: Envoy routing `/` straight to the upstream cluster (the data plane's floor).
+2. `noop`: Envoy with the gateway's own ext_proc filter, pointed at `bench.noop` workers.
+3. `gateway`: the full gateway from `gateway_extproc.stack.Stack` (redis-server and sidecar
+   workers), with its own config: a JWKS issuer, a policy rule, a user budget, an audit file.
+
+The Envoy bootstraps of (2) and (3) both come from `envoy_config.build`, so filters, processing
+modes and timeouts are identical; (2) adds a fallback route to the provider cluster, as the
+no-op sets no routing header. (1) is (2) without the ext_proc and compressor filters, the
+ext_proc cluster and the gateway's route. Every Envoy runs with `--concurrency 1`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import jwt
+import yaml
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from gateway_extproc import envoy_config
+from gateway_extproc.config import GatewayConfig, load_document, merge, parse_config
+from gateway_extproc.stack import (
+    Stack,
+    ca_bundle,
+    find_binary,
+    validate_envoy_config,
+    wait_for,
+)
+from gateway_extproc.upstreams import resolve_upstreams
+
+ENVOY_CONCURRENCY = 1
+ISSUER = "https://bench.invalid/issuer"
+AUDIENCE = "llm-gateway"
+USER = "bench@example.com"
+GROUP = "bench"
+REPO = Path(__file__).resolve().parent.parent  # children run `-m bench.*` from here
+
+
+@dataclasses.dataclass(frozen=True)
+class Running:
+    """A started setup: where to send load and which processes to sample."""
+
+    setup: str  # plain | noop | gateway
+    workers: int  # ext_proc worker processes (0 for plain)
+    url: str  # http://127.0.0.1:PORT
+    admin_url: str
+    envoy_pid: int
+    sidecar_pids: tuple[int, ...]
+    upstream_cluster: str
+    redis_url: str | None = None
+    audit_path: Path | None = None
+
+
+class Procs:
+    """Processes the bench starts itself; `stop()` ends them in reverse order."""
+
+    def __init__(self, output: IO[bytes]) -> None:
+        self.output = output
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def spawn(self, argv: list[str]) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            argv,
+            stdout=self.output,
+            stderr=self.output,
+            stdin=subprocess.DEVNULL,
+            cwd=REPO,
+            start_new_session=True,  # Ctrl-C reaches only us; we stop the children
+        )
+        self.procs.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        while self.procs:
+            proc = self.procs.pop()
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+def _port_from_file(procs: Procs, module: str, port_file: Path) -> tuple[int, int]:
+    port_file.unlink(missing_ok=True)
+    proc = procs.spawn([sys.executable, "-m", module, "--port-file", str(port_file)])
+
+    def ready() -> bool:
+        return port_file.exists() and port_file.read_text().strip().isdigit()
+
+    wait_for(ready, module, 30, proc)
+    return int(port_file.read_text()), proc.pid
+
+
+def start_upstream(procs: Procs, run_dir: Path) -> tuple[int, int]:
+    """(port, pid) of a new `bench.upstream` process."""
+    return _port_from_file(procs, "bench.upstream", run_dir / "upstream.port")
+
+
+def start_envoy(procs: Procs, bootstrap: Mapping[str, Any], path: Path) -> tuple[str, str, int]:
+    """Validate and start Envoy; (listener URL, admin URL, pid) once it is ready."""
+    path.write_text(envoy_config.render(dict(bootstrap)))
+    validate_envoy_config(path)
+    admin_file = path.with_suffix(".admin")
+    admin_file.unlink(missing_ok=True)
+    proc = procs.spawn(
+        [
+            find_binary("envoy"),
+            "-c",
+            str(path),
+            "--admin-address-path",
+            str(admin_file),
+            "--disable-hot-restart",
+            "--log-level",
+            "warn",
+            "--concurrency",
+            str(ENVOY_CONCURRENCY),
+        ]
+    )
+    wait_for(
+        lambda: admin_file.exists() and admin_file.read_text().strip() != "", "envoy", 30, proc
+    )
+    admin_url = "http://" + admin_file.read_text().strip()
+
+    def ready() -> bool:
+        with urllib.request.urlopen(admin_url + "/ready", timeout=1) as r:
+            return bool(r.status == 200)
+
+    wait_for(ready, "envoy", 30, proc)
+    with urllib.request.urlopen(admin_url + "/listeners?format=json", timeout=2) as r:
+        address = json.load(r)["listener_statuses"][0]["local_address"]["socket_address"]
+    return f"http://{address['address']}:{address['port_value']}", admin_url, proc.pid
+
+
+# -- configuration ----------------------------------------------------------------------------
+
+
+def provider_overrides(upstream_port: int) -> dict[str, Any]:
+    """One provider, `openai`, served by the bench upstream without a credential."""
+    return {
+        "listener": {"port": 0, "admin_port": 0},
+        "providers": {
+            "openai": {"base_url": f"http://127.0.0.1:{upstream_port}/v1", "auth": None},
+            "anthropic": None,
+        },
+        "mock_unconfigured_providers": False,
+    }
+
+
+def _cluster(config: GatewayConfig) -> str:
+    return config.providers["openai"].cluster
+
+
+def data_plane_config(upstream_port: int, environ: Mapping[str, str]) -> GatewayConfig:
+    return parse_config(merge(load_document(None), provider_overrides(upstream_port)), environ)
+
+
+def noop_bootstrap(
+    config: GatewayConfig, sidecar_ports: tuple[int, ...], environ: Mapping[str, str]
+) -> dict[str, Any]:
+    ports = envoy_config.EnvoyPorts(
+        listen_host="127.0.0.1",
+        listen_port=0,
+        admin_port=0,
+        sidecar_host="127.0.0.1",
+        sidecar_ports=sidecar_ports,
+    )
+    upstreams = resolve_upstreams(config, environ, None).values()
+    bootstrap = envoy_config.build(config, ports, upstreams, ca_bundle())
+    # The no-op never sets the gateway's routing header: a fallback route after the gateway's
+    # own sends such requests to the provider's cluster (the gateway's requests never use it).
+    hcm = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    routes = hcm["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+    fallback = copy.deepcopy(routes[0])
+    fallback["match"] = {"prefix": "/"}
+    del fallback["route"]["cluster_header"]
+    fallback["route"]["cluster"] = _cluster(config)
+    del fallback["request_headers_to_remove"]
+    routes.append(fallback)
+    return bootstrap
+
+
+def plain_bootstrap(noop: Mapping[str, Any], cluster: str) -> dict[str, Any]:
+    """The no-op's bootstrap without ext_proc and compressor filters and without the ext_proc
+    cluster: the same listener, HCM (access log, timeouts, local replies), router and upstream
+    cluster, and only the fallback route, so every request goes straight to `cluster`."""
+    bootstrap = copy.deepcopy(dict(noop))
+    resources = bootstrap["static_resources"]
+    resources["clusters"] = [c for c in resources["clusters"] if c["name"] == cluster]
+    hcm = resources["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"].endswith(".router")]
+    vhost = hcm["route_config"]["virtual_hosts"][0]
+    vhost["routes"] = [r for r in vhost["routes"] if r["route"].get("cluster") == cluster]
+    return bootstrap
+
+
+@dataclasses.dataclass(frozen=True)
+class Identity:
+    jwks_path: Path
+    token: str
+
+
+def make_identity(run_dir: Path) -> Identity:
+    """An RS256 key, its JWKS file, and one user token valid for a day."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    jwks_path = run_dir / "jwks.json"
+    jwks_path.write_text(json.dumps({"keys": [{**jwk, "kid": "bench", "alg": "RS256"}]}))
+    now = int(time.time())
+    claims = {
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "iat": now,
+        "nbf": now,
+        "exp": now + 86400,
+        "email": USER,
+        "groups": [GROUP],
+        "azp": "bench",
+    }
+    token = jwt.encode(claims, key, algorithm="RS256", headers={"kid": "bench"})
+    return Identity(jwks_path, token)
+
+
+def gateway_document(upstream_port: int, workers: int, identity: Identity) -> dict[str, Any]:
+    """The production defaults but for two settings. `drain_s: 0`: nothing to drain at the
+    end of a bench. `deadline_ms: 1000`: at saturation on 2 shared cores the sidecar's event
+    loop lags more than the default 50 ms, Redis calls "time out", the breaker opens and the
+    gateway answers 503 budget_store_unavailable at once: load shedding, not the work measured."""
+    return {
+        **provider_overrides(upstream_port),
+        "sidecar": {"workers": workers, "drain_s": 0},
+        "budget_store": {"deadline_ms": 1000},
+        "audit": {"stdout": False},
+        "identity": {
+            "issuers": {
+                "bench": {
+                    "issuer": ISSUER,
+                    "audiences": [AUDIENCE],
+                    "jwks_file": str(identity.jwks_path),
+                    "algorithms": ["RS256"],
+                }
+            }
+        },
+        "policies": {
+            "default": {"allow": []},
+            "rules": [{"groups": [GROUP], "allow": ["gpt-4o*"]}],
+        },
+        "budgets": [
+            {
+                "name": "bench-user-monthly",
+                "scope": {"kind": "user"},
+                "limit_usd": 1_000_000,
+                "window": {"type": "calendar", "period": "month", "timezone": "UTC"},
+                "action": "block",
+            }
+        ],
+    }
+
+
+# -- the setups -------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def plain(
+    output: IO[bytes], run_dir: Path, upstream_port: int, environ: Mapping[str, str]
+) -> Iterator[Running]:
+    config = data_plane_config(upstream_port, environ)
+    cluster = _cluster(config)
+    bootstrap = plain_bootstrap(noop_bootstrap(config, (1,), environ), cluster)
+    procs = Procs(output)
+    try:
+        url, admin, pid = start_envoy(procs, bootstrap, run_dir / "envoy-plain.yaml")
+        yield Running("plain", 0, url, admin, pid, (), cluster)
+    finally:
+        procs.stop()
+
+
+@contextlib.contextmanager
+def noop(
+    output: IO[bytes], run_dir: Path, upstream_port: int, workers: int, environ: Mapping[str, str]
+) -> Iterator[Running]:
+    config = data_plane_config(upstream_port, environ)
+    procs = Procs(output)
+    try:
+        started = [
+            _port_from_file(procs, "bench.noop", run_dir / f"noop-{i}.port") for i in range(workers)
+        ]
+        bootstrap = noop_bootstrap(config, tuple(port for port, _ in started), environ)
+        url, admin, pid = start_envoy(procs, bootstrap, run_dir / f"envoy-noop-{workers}.yaml")
+        sidecars = tuple(pid for _, pid in started)
+        yield Running("noop", workers, url, admin, pid, sidecars, _cluster(config))
+    finally:
+        procs.stop()
+
+
+@contextlib.contextmanager
+def gateway(
+    output: IO[bytes],
+    log_path: Path,
+    run_dir: Path,
+    upstream_port: int,
+    workers: int,
+    identity: Identity,
+    environ: Mapping[str, str],
+) -> Iterator[Running]:
+    """The full gateway: Stack starts redis-server and the sidecar workers; Envoy is started
+    here from Stack's own bootstrap, with `--concurrency 1` (Stack's Envoy uses 2)."""
+    config_path = run_dir / f"gateway-{workers}.yaml"
+    document = gateway_document(upstream_port, workers, identity)
+    config_path.write_text(yaml.safe_dump(document, sort_keys=False))
+    audit_path = run_dir / f"audit-{workers}.jsonl"
+    env = {**environ, "GATEWAY_AUDIT_LOG": str(audit_path)}
+    stack = Stack(
+        run_dir=run_dir / f"stack-{workers}",
+        config_path=config_path,
+        environ=env,
+        listen_port=0,
+        admin_port=0,
+        log_path=log_path,
+    )
+    procs = Procs(output)
+    try:
+        stack.run_dir.mkdir(parents=True, exist_ok=True)
+        stack.output = log_path.open("ab")
+        stack.start_redis()
+        stack.start_sidecars()
+        bootstrap = yaml.safe_load(stack.envoy_yaml())
+        url, admin, pid = start_envoy(procs, bootstrap, run_dir / f"envoy-gateway-{workers}.yaml")
+        sidecars = tuple(
+            stack.process("sidecar" if w == 0 else f"sidecar-{w}").pid for w in range(workers)
+        )
+        cluster = _cluster(stack.config)
+        yield Running(
+            "gateway", workers, url, admin, pid, sidecars, cluster, stack.redis_url, audit_path
+        )
+    finally:
+        procs.stop()
+        stack.stop()
