@@ -70,8 +70,14 @@ def response_headers_reply(c: pb.CommonResponse, *, stream_body: bool) -> pb.Pro
     return reply
 
 
+# The reply to nearly every streamed chunk: built once, never mutated, serialised per send.
+_CONTINUE_BODY = pb.ProcessingResponse(response_body=pb.BodyResponse(response=pb.CommonResponse()))
+
+
 def response_body_reply(c: pb.CommonResponse | None = None) -> pb.ProcessingResponse:
-    return pb.ProcessingResponse(response_body=pb.BodyResponse(response=c or pb.CommonResponse()))
+    if c is None:
+        return _CONTINUE_BODY
+    return pb.ProcessingResponse(response_body=pb.BodyResponse(response=c))
 
 
 def passthrough(request: pb.ProcessingRequest) -> pb.ProcessingResponse:

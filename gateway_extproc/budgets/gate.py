@@ -149,7 +149,8 @@ class BudgetGate:
         if self.store is None or not self.breaker.allow(now):
             raise BudgetStoreError("budget store unavailable (circuit open)")
         try:
-            result = await asyncio.wait_for(factory(), self.settings.deadline_s)
+            async with asyncio.timeout(self.settings.deadline_s):  # no extra task, unlike wait_for
+                result = await factory()
         except (BudgetStoreError, TimeoutError, OSError) as exc:
             self.breaker.failure(self.clock())
             self.store_errors += 1
@@ -331,12 +332,11 @@ class BudgetGate:
         assert store is not None
         for attempt in range(3):
             try:
-                if cost_micros is None:
-                    await asyncio.wait_for(store.release(request_id), 1.0 + attempt)
-                    return
-                result = await asyncio.wait_for(
-                    store.settle(request_id, cost_micros, self.clock()), 1.0 + attempt
-                )
+                async with asyncio.timeout(1.0 + attempt):
+                    if cost_micros is None:
+                        await store.release(request_id)
+                        return
+                    result = await store.settle(request_id, cost_micros, self.clock())
             except (BudgetStoreError, TimeoutError, OSError) as exc:
                 log.warning(
                     "settle attempt %d failed: %s",
