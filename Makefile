@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit e2e envoy-config clean
+.PHONY: run test bench lint typecheck unit e2e envoy-config clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,9 +23,13 @@ run: $(STAMP)
 test: $(STAMP) lint typecheck
 	$(BIN)/pytest -q
 
+## bench: overhead of the gateway vs plain Envoy and a no-op ext_proc (~5 min; not part of test)
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
 lint: $(STAMP)
-	$(BIN)/ruff check gateway_extproc tests
-	$(BIN)/ruff format --check gateway_extproc tests
+	$(BIN)/ruff check gateway_extproc tests bench
+	$(BIN)/ruff format --check gateway_extproc tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
