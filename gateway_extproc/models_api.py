@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
 
-from gateway_extproc.apis import Schema
-from gateway_extproc.catalog import ModelEntry
+from gateway_extproc.apis import MODELS_PATH, Schema
+from gateway_extproc.catalog import Catalog, ModelEntry
+from gateway_extproc.errors import NotFound
 
 # A fixed creation time: the catalog does not know release dates, and clients only display it.
 _CREATED = 1_700_000_000
@@ -44,3 +45,18 @@ def list_models(schema: Schema, entries: Sequence[ModelEntry]) -> bytes:
 
 def one_model(schema: Schema, entry: ModelEntry) -> bytes:
     return orjson.dumps(_anthropic(entry) if schema is Schema.ANTHROPIC else _openai(entry))
+
+
+def models_response(
+    schema: Schema, bare_path: str, catalog: Catalog, visible: Callable[[ModelEntry], bool]
+) -> bytes:
+    """`GET /v1/models` (the models `visible` to this caller) or `GET /v1/models/{id}`.
+    Raises NotFound for a model the caller cannot see."""
+    entries = [e for e in catalog.models() if visible(e)]
+    if bare_path == MODELS_PATH:
+        return list_models(schema, entries)
+    wanted = bare_path[len(MODELS_PATH) + 1 :]
+    entry = catalog.lookup(wanted)
+    if entry is None or entry not in entries:
+        raise NotFound(f"model {wanted!r} is not available to you at this gateway")
+    return one_model(schema, entry)

@@ -31,7 +31,7 @@ from gateway_extproc.identity.metadata import parse_metadata
 from gateway_extproc.identity.model import Identity
 from gateway_extproc.inbound import ParsedRequest, parse_request, upstream_body
 from gateway_extproc.metering import StreamMeter, estimate_tokens, usage_from_json
-from gateway_extproc.models_api import list_models, one_model
+from gateway_extproc.models_api import models_response
 from gateway_extproc.pricing import cost_micros, format_usd
 from gateway_extproc.tokens import Usage, UsageSource
 from gateway_extproc.upstreams import Upstream
@@ -163,22 +163,15 @@ class StreamProcessor:
     def _models(self, bare_path: str) -> msgs.ProcessingResponse:
         if self.method != "GET":
             raise NotFound(f"{bare_path} accepts GET only")
-        catalog = self.ctx.catalog
-        assert self.identity is not None
-        policies, identity = self.ctx.config.policies, self.identity
-        entries = [
-            e
-            for e in catalog.models()
-            if e.provider in self.ctx.upstreams and policies.allows(identity, e.name)
-        ]
-        if bare_path == MODELS_PATH:
-            body = list_models(self.schema, entries)
-        else:
-            wanted = bare_path[len(MODELS_PATH) + 1 :]
-            entry = catalog.lookup(wanted)
-            if entry is None or entry not in entries:
-                raise NotFound(f"model {wanted!r} is not available to you at this gateway")
-            body = one_model(self.schema, entry)
+        identity, ctx = self.identity, self.ctx
+        assert identity is not None
+
+        def visible(entry: ModelEntry) -> bool:
+            return entry.provider in ctx.upstreams and ctx.config.policies.allows(
+                identity, entry.name
+            )
+
+        body = models_response(self.schema, bare_path, ctx.catalog, visible)
         self.status = 200
         self._finish()
         return msgs.immediate(200, body, self._json_headers(), "gateway_models")
