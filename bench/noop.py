@@ -8,9 +8,7 @@ gateway's own (`gateway_extproc.server.grpc_options` for the built-in config).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -21,6 +19,7 @@ import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
+from bench.service import run_service
 from gateway_extproc import extproc_msgs as msgs
 from gateway_extproc.config import load_config
 from gateway_extproc.server import grpc_options
@@ -75,15 +74,7 @@ async def serve(port_file: Path | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="bench.noop", description=__doc__)
-    parser.add_argument("--port-file", type=Path, default=None)
-    args = parser.parse_args(argv)
-    run = asyncio.run
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        run = uvloop.run
-    run(serve(args.port_file))
+    run_service("bench.noop", __doc__, serve, argv)
 
 
 if __name__ == "__main__":

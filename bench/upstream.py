@@ -15,15 +15,15 @@ socket reads (one ext_proc body message); a paced one as one message per event, 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
 import json
 import re
 import signal
 import time
 from pathlib import Path
 from typing import Any, cast
+
+from bench.service import run_service
 
 CHUNKS = 200
 MODEL = "gpt-4o-mini-2024-07-18"
@@ -220,15 +220,7 @@ async def serve(port_file: Path | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="bench.upstream", description=__doc__)
-    parser.add_argument("--port-file", type=Path, default=None)
-    args = parser.parse_args(argv)
-    run = asyncio.run
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        run = uvloop.run
-    run(serve(args.port_file))
+    run_service("bench.upstream", __doc__, serve, argv)
 
 
 if __name__ == "__main__":
