@@ -20,7 +20,6 @@ import json
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -34,8 +33,7 @@ from gateway_extproc.config import GatewayConfig, load_document, merge, parse_co
 from gateway_extproc.stack import (
     Stack,
     ca_bundle,
-    find_binary,
-    validate_envoy_config,
+    launch_envoy,
     wait_for,
 )
 from gateway_extproc.upstreams import resolve_upstreams
@@ -113,36 +111,7 @@ def start_upstream(procs: Procs, run_dir: Path) -> tuple[int, int]:
 def start_envoy(procs: Procs, bootstrap: Mapping[str, Any], path: Path) -> tuple[str, str, int]:
     """Validate and start Envoy; (listener URL, admin URL, pid) once it is ready."""
     path.write_text(envoy_config.render(dict(bootstrap)))
-    validate_envoy_config(path)
-    admin_file = path.with_suffix(".admin")
-    admin_file.unlink(missing_ok=True)
-    proc = procs.spawn(
-        [
-            find_binary("envoy"),
-            "-c",
-            str(path),
-            "--admin-address-path",
-            str(admin_file),
-            "--disable-hot-restart",
-            "--log-level",
-            "warn",
-            "--concurrency",
-            str(ENVOY_CONCURRENCY),
-        ]
-    )
-    wait_for(
-        lambda: admin_file.exists() and admin_file.read_text().strip() != "", "envoy", 30, proc
-    )
-    admin_url = "http://" + admin_file.read_text().strip()
-
-    def ready() -> bool:
-        with urllib.request.urlopen(admin_url + "/ready", timeout=1) as r:
-            return bool(r.status == 200)
-
-    wait_for(ready, "envoy", 30, proc)
-    with urllib.request.urlopen(admin_url + "/listeners?format=json", timeout=2) as r:
-        address = json.load(r)["listener_statuses"][0]["local_address"]["socket_address"]
-    return f"http://{address['address']}:{address['port_value']}", admin_url, proc.pid
+    return launch_envoy(path, procs.spawn, ENVOY_CONCURRENCY)
 
 
 # -- configuration ----------------------------------------------------------------------------

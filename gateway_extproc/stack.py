@@ -94,6 +94,46 @@ def validate_envoy_config(path: Path) -> None:
         raise StackError(f"envoy rejected {path}:\n{result.stdout}{result.stderr}")
 
 
+def launch_envoy(
+    path: Path, spawn: Callable[[list[str]], subprocess.Popen[bytes]], concurrency: int
+) -> tuple[str, str, int]:
+    """Validate the bootstrap at `path`, start Envoy with `spawn`, wait until it is ready.
+    Returns (listener URL, admin URL, pid); the listener may have been given port 0."""
+    validate_envoy_config(path)
+    admin_file = path.with_suffix(".admin")
+    admin_file.unlink(missing_ok=True)
+    proc = spawn(
+        [
+            find_binary("envoy"),
+            "-c",
+            str(path),
+            "--admin-address-path",
+            str(admin_file),
+            "--disable-hot-restart",
+            "--log-level",
+            "warn",
+            "--concurrency",
+            str(concurrency),
+        ]
+    )
+    wait_for(
+        lambda: admin_file.exists() and admin_file.read_text().strip() != "",
+        "envoy admin",
+        30,
+        proc,
+    )
+    admin_url = "http://" + admin_file.read_text().strip()
+
+    def ready() -> bool:
+        with urllib.request.urlopen(admin_url + "/ready", timeout=1) as r:
+            return bool(r.status == 200)
+
+    wait_for(ready, "envoy", 30, proc)
+    with urllib.request.urlopen(admin_url + "/listeners?format=json", timeout=2) as r:
+        address = json.load(r)["listener_statuses"][0]["local_address"]["socket_address"]
+    return f"http://{address['address']}:{address['port_value']}", admin_url, proc.pid
+
+
 @dataclasses.dataclass
 class Stack:
     run_dir: Path
@@ -104,6 +144,7 @@ class Stack:
     log_path: Path | None = None  # where children write; None: inherit the terminal
     mock_args: tuple[str, ...] = ()
     start_sidecar: bool = True
+    envoy_concurrency: int = 2  # Envoy worker threads
 
     def __post_init__(self) -> None:
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
@@ -232,41 +273,9 @@ class Stack:
     def start_envoy(self) -> None:
         path = self.run_dir / "envoy.yaml"
         path.write_text(self.envoy_yaml())
-        validate_envoy_config(path)
-        admin_file = self.run_dir / "envoy.admin"
-        admin_file.unlink(missing_ok=True)
-        proc = self._spawn(
-            "envoy",
-            [
-                find_binary("envoy"),
-                "-c",
-                str(path),
-                "--admin-address-path",
-                str(admin_file),
-                "--disable-hot-restart",
-                "--log-level",
-                "warn",
-                "--concurrency",
-                "2",
-            ],
+        self.gateway_url, self.admin_url, _ = launch_envoy(
+            path, lambda argv: self._spawn("envoy", argv), self.envoy_concurrency
         )
-        wait_for(
-            lambda: admin_file.exists() and admin_file.read_text().strip() != "",
-            "envoy admin",
-            30,
-            proc,
-        )
-        self.admin_url = "http://" + admin_file.read_text().strip()
-
-        def ready() -> bool:
-            with urllib.request.urlopen(self.admin_url + "/ready", timeout=1) as r:
-                return bool(r.status == 200)
-
-        wait_for(ready, "envoy", 30, proc)
-        with urllib.request.urlopen(self.admin_url + "/listeners?format=json", timeout=2) as r:
-            listeners = json.load(r)["listener_statuses"]
-        address = listeners[0]["local_address"]["socket_address"]
-        self.gateway_url = f"http://{address['address']}:{address['port_value']}"
 
     def start(self) -> Stack:
         self.run_dir.mkdir(parents=True, exist_ok=True)
