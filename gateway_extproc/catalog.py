@@ -57,6 +57,10 @@ class ModelEntry:
     free: bool = False
     embedding: bool = False
     aliases: tuple[str, ...] = ()
+    # Bounds for worst-case budget reservations (see gateway_extproc/bounds.py); None: not known.
+    context_window: int | None = None  # input + output tokens the model accepts at most
+    image_input_tokens: int | None = None  # the most one image part can cost, in input tokens
+    default_max_output_tokens: int | None = None  # cap injected when a request sets none
 
 
 # --- field parsers: raw YAML value -> typed value, or ValueError("must be ...") -----------------
@@ -117,6 +121,9 @@ _FIELDS: dict[str, Callable[[object], object]] = {
     "provider": _text,
     "schema": _schema,
     "max_output_tokens": _positive_int,
+    "context_window": _positive_int,
+    "image_input_tokens": _positive_int,
+    "default_max_output_tokens": _positive_int,
     **{field: _price for field in _PRICE_FIELDS},
     "free": _flag,
     "embedding": _flag,
@@ -260,6 +267,9 @@ class _Merger:
             free=free,
             embedding=embedding,
             aliases=f.get("aliases", ()),
+            context_window=f.get("context_window"),
+            image_input_tokens=f.get("image_input_tokens"),
+            default_max_output_tokens=f.get("default_max_output_tokens"),
         )
 
     def _check_names(self) -> None:
