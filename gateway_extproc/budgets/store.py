@@ -15,10 +15,12 @@ Key layout (P = prefix, T = hash tag; every key of every call shares the slot of
     P:{T}:leases                                 lease expiries    zset request id -> lease ms
 
 TTLs are set by the script that writes the key: calendar counters live until their window ends
-plus `counter_grace_s`; rolling counters `duration + counter_grace_s` after their last write;
-a reservation until its lease ends plus `record_retention_s`, then `record_retention_s` after it
-is settled / released / expired (long enough for retries to find it and do nothing); the lease
-set as long as its latest lease plus `record_retention_s`.
+plus `counter_grace_s`; rolling counters `duration + counter_grace_s` after their last write.
+A RESERVED reservation and the lease set have no TTL at all (a TTL could lapse during an outage
+and leak the hold into its counter forever): only settle, release or reap end a reservation. After
+that its record lives `record_retention_s` (long enough for retries to find it and do nothing), or
+`expired_retention_s` when the reaper ended it, so that its sidecar's late settle or release
+corrects the reaper's charge to the real cost exactly once.
 
 Redis Cluster: one hash tag for all budget state keeps a multi-budget reserve a single atomic
 script (no CROSSSLOT, no cross-slot compensation protocol), at the cost of putting all budget
@@ -103,6 +105,7 @@ class BudgetStore:
         hash_tag: str = "gwb",
         counter_grace_s: int = 7 * 86_400,
         record_retention_s: int = 600,
+        expired_retention_s: int = 86_400,
     ) -> None:
         for name, value in (("prefix", prefix), ("hash_tag", hash_tag)):
             if not value or "{" in value or "}" in value:
@@ -117,6 +120,9 @@ class BudgetStore:
         self._leases = f"{self._base}:leases"
         self._grace_ms = counter_grace_s * 1000
         self._retention_ms = record_retention_s * 1000
+        # A reaped reservation's record lives long enough for its sidecar's late settle or
+        # release (retried until Redis answers) to find it and correct the reaper's charge.
+        self._expired_retention_ms = max(expired_retention_s, record_retention_s) * 1000
         self._sources = {name: _script(name) for name in SCRIPTS}
         self._reserve = client.register_script(self._sources["reserve"])
         self._settle = client.register_script(self._sources["settle"])
@@ -326,7 +332,9 @@ class BudgetStore:
             for member in due:
                 request_id = _text(member)
                 record, keys = await self._record(request_id)
-                reply = await self._reap(keys=keys, args=[request_id, now_ms, self._retention_ms])
+                reply = await self._reap(
+                    keys=keys, args=[request_id, now_ms, self._expired_retention_ms]
+                )
                 if record is None or int(reply[1]) != 1:
                     continue
                 amount = int(reply[2])

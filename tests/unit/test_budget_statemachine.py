@@ -84,6 +84,7 @@ class BudgetMachine(RuleBasedStateMachine):
         self.final: dict[str, ReservationState] = {}
         self.charged: dict[str, int] = {}  # request -> what settle / reap charged (once)
         self.hourly_buckets: dict[int, int] = {}
+        self.reaped: set[str] = set()  # EXPIRED, not yet corrected by a late settle / release
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self.runner.run(coro)
@@ -104,6 +105,13 @@ class BudgetMachine(RuleBasedStateMachine):
         bucket = self.bucket[request_id]
         self.hourly_buckets[bucket] = self.hourly_buckets.get(bucket, 0) + amount
         del self.live[request_id]
+
+    def correct(self, request_id: str, amount: int) -> None:
+        """A late settle (or release: 0) of a reaped request replaces the reaper's charge."""
+        self.reaped.discard(request_id)
+        bucket = self.bucket[request_id]
+        self.hourly_buckets[bucket] += amount - self.charged[request_id]
+        self.charged[request_id] = amount
 
     # -- rules ------------------------------------------------------------------------------
 
@@ -150,6 +158,11 @@ class BudgetMachine(RuleBasedStateMachine):
             self.charge(request_id, actual)
             self.final[request_id] = ReservationState.SETTLED
             event("settled")
+        elif request_id in self.reaped:
+            assert (result.state, result.changed) == (ReservationState.SETTLED, True)
+            self.correct(request_id, actual)
+            self.final[request_id] = ReservationState.SETTLED
+            event("late settle corrected a reap")
         else:
             assert not result.changed
             assert result.state is self.final[request_id]
@@ -161,6 +174,11 @@ class BudgetMachine(RuleBasedStateMachine):
             assert (result.state, result.changed) == (ReservationState.RELEASED, True)
             del self.live[request_id]
             self.final[request_id] = ReservationState.RELEASED
+        elif request_id in self.reaped:
+            assert (result.state, result.changed) == (ReservationState.RELEASED, True)
+            self.correct(request_id, 0)
+            self.final[request_id] = ReservationState.RELEASED
+            event("late release refunded a reap")
         elif self.final[request_id] is ReservationState.UNKNOWN:
             # nothing was reserved: a tombstone makes a late reserve of this id replay
             assert (result.state, result.changed) == (ReservationState.RELEASED, False)
@@ -191,6 +209,7 @@ class BudgetMachine(RuleBasedStateMachine):
             assert reaped.charged_micros == (amount,) * len(BUDGETS)
             self.charge(request_id, amount)
             self.final[request_id] = ReservationState.EXPIRED
+            self.reaped.add(request_id)
             event("reaped")
 
     # -- invariants -------------------------------------------------------------------------

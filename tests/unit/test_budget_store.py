@@ -264,12 +264,44 @@ async def test_every_key_written_has_a_ttl(store: BudgetStore) -> None:
         assert await client.pttl(key) > 0, key
 
     assert (await store.reserve("r9", charges, 60, T0)).admitted
-    assert await client.pttl(store.leases_key) > 0
     month_end = at("2026-12-01T00:00:00")
     assert abs(await client.pttl(counter_keys[0]) - (month_end + GRACE_S - T0) * 1000) < 5000
     assert abs(await client.pttl(counter_keys[1]) - (86_400 + GRACE_S) * 1000) < 5000
-    assert abs(await client.pttl(store.record_key("r9")) - (60 + 600) * 1000) < 5000
-    assert abs(await client.pttl(store.record_key("r0")) - 600 * 1000) < 5000
+    assert abs(await client.pttl(store.record_key("r0")) - 600 * 1000) < 5000  # settled
+    assert abs(await client.pttl(store.record_key("r2")) - 86_400 * 1000) < 5000  # reaped
+    # A live reservation and the lease set never expire: only settle/release/reap end them.
+    assert await client.pttl(store.record_key("r9")) == -1
+    assert await client.pttl(store.leases_key) == -1
+    await store.checkpoint("r9", 5, 30, T0)
+    assert await client.pttl(store.record_key("r9")) == -1
+
+
+async def test_a_late_settle_corrects_the_reapers_charge_once(store: BudgetStore) -> None:
+    monthly = budget("monthly", 100)
+    charges = [Charge.of(monthly, "alice", 10 * USD)]
+    assert (await store.reserve("late", charges, 60, T0)).admitted
+    await store.checkpoint("late", 2 * USD, 60, T0)
+    assert [r.charged_micros for r in (await store.reap(T0 + 1000)).reaped] == [(2 * USD,)]
+    assert await spent_held(store, monthly, T0) == (2 * USD, 0)
+    result = await store.settle("late", 7 * USD, T0 + 1001)  # the real cost arrives late
+    assert (result.state, result.changed) == (ReservationState.SETTLED, True)
+    assert await spent_held(store, monthly, T0) == (7 * USD, 0)
+    again = await store.settle("late", 9 * USD, T0 + 1002)
+    assert (again.state, again.changed) == (ReservationState.SETTLED, False)
+    assert await spent_held(store, monthly, T0) == (7 * USD, 0)
+
+
+async def test_a_late_release_refunds_the_reapers_estimate(store: BudgetStore) -> None:
+    monthly = budget("monthly", 100)
+    charges = [Charge.of(monthly, "alice", 10 * USD)]
+    assert (await store.reserve("failed", charges, 60, T0)).admitted
+    assert [r.charged_micros for r in (await store.reap(T0 + 1000)).reaped] == [(10 * USD,)]
+    assert await spent_held(store, monthly, T0) == (10 * USD, 0)
+    result = await store.release("failed")  # the provider errored: nothing was billed
+    assert (result.state, result.changed) == (ReservationState.RELEASED, True)
+    assert await spent_held(store, monthly, T0) == (0, 0)
+    assert (await store.release("failed")).changed is False
+    assert await spent_held(store, monthly, T0) == (0, 0)
 
 
 async def test_every_key_of_a_store_shares_one_slot(store: BudgetStore) -> None:
@@ -319,9 +351,14 @@ async def test_checkpoint_and_reap_charge_once_with_concurrent_reapers(
     crossings = [c for result in (early, *results) for c in result.crossings]
     assert [(c.threshold_percent, c.spent_micros) for c in crossings] == [(5, 7 * USD)]
     assert await spent_held(store, b) == (7 * USD, 0)
+    # The sidecar was alive after all (say Redis was out of its reach): its late settle corrects
+    # the reaper's 3 USD checkpoint charge to the real 9 USD, once.
     late = await store.settle("long", 9 * USD, T0 + 101)
-    assert (late.state, late.changed) == (ReservationState.EXPIRED, False)
-    assert await spent_held(store, b) == (7 * USD, 0)
+    assert (late.state, late.changed) == (ReservationState.SETTLED, True)
+    assert await spent_held(store, b) == (13 * USD, 0)
+    replay = await store.settle("long", 9 * USD, T0 + 102)
+    assert (replay.state, replay.changed) == (ReservationState.SETTLED, False)
+    assert await spent_held(store, b) == (13 * USD, 0)
     assert (await store.reap(T0 + 200)).reaped == ()
 
 

@@ -2,7 +2,7 @@
 --
 -- KEYS[1] reservation record, KEYS[2] lease set.
 -- ARGV[1] partial cost so far (micros; the record keeps the largest seen), ARGV[2] new lease
--- expiry ms, ARGV[3] now ms, ARGV[4] record retention ms.
+-- expiry ms, ARGV[3] now ms, ARGV[4] record retention ms (unused: a RESERVED record has no TTL).
 -- Only a RESERVED reservation changes. Reply: {state, changed (1/0)}.
 local rec_key, leases = KEYS[1], KEYS[2]
 local state = redis.call('HGET', rec_key, 'state')
@@ -19,7 +19,7 @@ if previous > partial then
 end
 local lease_ms, now_ms, retention_ms = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 redis.call('HSET', rec_key, 'partial', partial, 'lease', lease_ms)
-extend_to(rec_key, lease_ms + retention_ms, now_ms)
+redis.call('PERSIST', rec_key)
 redis.call('ZADD', leases, lease_ms, redis.call('HGET', rec_key, 'id'))
-extend_to(leases, lease_ms + retention_ms, now_ms)
+redis.call('PERSIST', leases)
 return {'RESERVED', 1}

@@ -137,6 +137,27 @@ local function finish(rec, amount, now_ms)
   return crossings
 end
 
+-- A reservation the reaper expired (its lease ran out: its sidecar died, or could not reach Redis
+-- for longer than the lease) is corrected once when its real outcome arrives late: each counter
+-- gets (actual - what the reaper charged it) in the very field the reserve recorded, so the real
+-- cost wins whichever came first. A late release refunds the reaper's charge (actual 0).
+local function correct(rec, actual)
+  local n = check_keys(rec)
+  for i = 1, n do
+    local key = KEYS[2 + i]
+    if redis.call('EXISTS', key) == 1 then -- else its window is long gone
+      local charged = rec['charged']
+      if charged == 'estimate' then
+        charged = rec['e:' .. i]
+      end
+      local delta = actual - tonumber(charged)
+      if delta ~= 0 then
+        redis.call('HINCRBY', key, rec['f:' .. i], delta)
+      end
+    end
+  end
+end
+
 -- Move a reservation to its final state: keep the record only for the retention period (so late
 -- retries still find it and do nothing) and take it off the lease set.
 local function close(rec_key, leases, rec, state, charged, retention_ms)

@@ -3,7 +3,8 @@
 -- concurrent reapers serialize on this script and all but the first find it no longer RESERVED.
 --
 -- KEYS[1] reservation record, KEYS[2] lease set, KEYS[2+i] the counter keys the record lists.
--- ARGV[1] request id, ARGV[2] now ms, ARGV[3] record retention ms.
+-- ARGV[1] request id, ARGV[2] now ms, ARGV[3] record retention ms (long: a late settle or release
+-- of this request still finds the record and corrects the charge, see correct() in common.lua).
 -- Reply: {state, changed (1/0), charged (-1: each charge its own estimate), alert crossings
 -- (charge index, threshold percent, spent after)...}.
 local rec_key, leases = KEYS[1], KEYS[2]

@@ -6,7 +6,8 @@
 -- KEYS[1] reservation record, KEYS[2] lease set, KEYS[2+i] the counter keys the record lists.
 -- ARGV[1] record retention ms, ARGV[2] request id. Reply: {state, changed (1/0)}, or
 -- {'STALE', 0} when the caller passed no counter keys but the reservation has some.
--- Writes only to counters that still exist (HINCRBY keeps their TTL).
+-- Writes only to counters that still exist (HINCRBY keeps their TTL). A reservation the reaper
+-- EXPIRED is released once more: its charge is refunded (a failed request is never billed).
 local rec_key, leases = KEYS[1], KEYS[2]
 local rec = hash_table(rec_key)
 if rec['state'] == nil then
@@ -14,11 +15,18 @@ if rec['state'] == nil then
   redis.call('PEXPIRE', rec_key, tonumber(ARGV[1]))
   return {'RELEASED', 0}
 end
+local open = rec['state'] == 'RESERVED' or (rec['state'] == 'EXPIRED' and rec['corrected'] == nil)
+if open and #KEYS == 2 and tonumber(rec['n']) > 0 then
+  return {'STALE', 0} -- the reserve landed after the caller read 'no record': read it again
+end
+if rec['state'] == 'EXPIRED' and rec['corrected'] == nil then
+  correct(rec, 0) -- nothing was billed: refund what the reaper charged
+  redis.call('HSET', rec_key, 'corrected', 1, 'reaped_charge', rec['charged'])
+  close(rec_key, leases, rec, 'RELEASED', 0, tonumber(ARGV[1]))
+  return {'RELEASED', 1}
+end
 if rec['state'] ~= 'RESERVED' then
   return {rec['state'], 0}
-end
-if #KEYS == 2 and tonumber(rec['n']) > 0 then
-  return {'STALE', 0} -- the reserve landed after the caller read 'no record': read it again
 end
 local n = check_keys(rec)
 for i = 1, n do

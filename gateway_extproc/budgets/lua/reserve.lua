@@ -61,9 +61,11 @@ elseif not existing then
     end
   end
   redis.call('HSET', rec_key, unpack(fields))
-  redis.call('PEXPIRE', rec_key, lease_ms + retention_ms - now_ms)
+  -- A RESERVED record and the lease set never expire: only settle, release or reap end a
+  -- reservation (a TTL could lapse in a long outage and leak the hold into the counter).
+  redis.call('PERSIST', rec_key)
   redis.call('ZADD', leases, lease_ms, request_id)
-  extend_to(leases, lease_ms + retention_ms, now_ms)
+  redis.call('PERSIST', leases)
 end
 
 local out = {status, state}

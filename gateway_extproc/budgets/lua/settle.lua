@@ -2,18 +2,25 @@
 --
 -- KEYS[1] reservation record, KEYS[2] lease set, KEYS[2+i] the counter keys the record lists.
 -- ARGV[1] actual cost (micros), ARGV[2] now ms, ARGV[3] record retention ms.
--- Only RESERVED (checkpointed or not) moves to SETTLED; any other state - SETTLED, RELEASED,
--- EXPIRED, or no record at all - is a no-op that reports it.
+-- RESERVED (checkpointed or not) moves to SETTLED. EXPIRED (the reaper charged the checkpoint or
+-- the estimate) moves to SETTLED once, correcting every counter to the real cost. Any other state -
+-- SETTLED, RELEASED, a corrected EXPIRED, or no record at all - is a no-op that reports it.
 -- Reply: {state, changed (1/0), alert crossings (charge index, percent, spent after)...}.
 local rec_key, leases = KEYS[1], KEYS[2]
 local rec = hash_table(rec_key)
 if rec['state'] == nil then
   return {'UNKNOWN', 0}
 end
+local actual = tonumber(ARGV[1])
+if rec['state'] == 'EXPIRED' and rec['corrected'] == nil then
+  correct(rec, actual)
+  redis.call('HSET', rec_key, 'corrected', 1, 'reaped_charge', rec['charged'])
+  close(rec_key, leases, rec, 'SETTLED', actual, tonumber(ARGV[3]))
+  return {'SETTLED', 1}
+end
 if rec['state'] ~= 'RESERVED' then
   return {rec['state'], 0}
 end
-local actual = tonumber(ARGV[1])
 local crossings = finish(rec, actual, tonumber(ARGV[2]))
 close(rec_key, leases, rec, 'SETTLED', actual, tonumber(ARGV[3]))
 local out = {'SETTLED', 1}
