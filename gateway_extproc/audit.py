@@ -44,6 +44,7 @@ class AuditRecord:
     identity: Identity | None = None  # None: the request was refused before it was identified
     unverified_metadata: Mapping[str, str] = dataclasses.field(default_factory=dict)
     budget: Mapping[str, Any] | None = None  # budgets.report.audit_fields; None: none checked
+    output_cap_injected: bool = False  # the gateway wrote its output cap into the request
 
     def to_json(self) -> bytes:
         doc: dict[str, Any] = {
@@ -74,6 +75,7 @@ class AuditRecord:
             # Client-supplied (x-gateway-metadata): recorded, never trusted for policy or budgets.
             "unverified_metadata": dict(self.unverified_metadata),
             "budget": self.budget,
+            "output_cap_injected": self.output_cap_injected,
         }
         return orjson.dumps(doc)
 

@@ -320,7 +320,9 @@ def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayC
     if catalog is not None:
         r.problems.extend(downgrade_problems(budgets, catalog))
     store_doc = r.section(
-        doc, "budget_store", {f.name for f in dataclasses.fields(BudgetStoreConfig)}
+        doc,
+        "budget_store",
+        {f.name for f in dataclasses.fields(BudgetStoreConfig)} | {"estimate_max_output_tokens"},
     )
     budget_store = parse_budget_store(store_doc, environ, r.problems)
 

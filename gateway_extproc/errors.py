@@ -39,6 +39,12 @@ class BadRequest(ClientError):
     pass
 
 
+class CostUnbounded(ClientError):
+    """A budgeted request whose worst-case cost has no upper bound (see bounds.py)."""
+
+    code = "cost_unbounded"
+
+
 class UnknownModel(ClientError):
     code = "model_not_found"
     anthropic_type = "not_found_error"

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from gateway_extproc.apis import Api
+from gateway_extproc.bounds import Shape, shape_of
 from gateway_extproc.errors import BadRequest
 
 # Characters per token for estimates (the usual rule of thumb for English text with BPE
@@ -32,6 +33,7 @@ class ParsedRequest:
     max_output_tokens: int | None  # what the request allows; None when it does not say
     input_tokens_estimate: int
     wants_usage: bool  # OpenAI streams: the client itself asked for the usage chunk
+    shape: Shape  # what bounds the request's worst case (see bounds.py)
 
 
 def _count(value: Any) -> tuple[int, int]:
@@ -115,6 +117,15 @@ def parse_request(api: Api, raw: bytes) -> ParsedRequest:
     if options is not None and not isinstance(options, dict):
         raise BadRequest("`stream_options` must be an object")
     wants_usage = bool(options and options.get("include_usage") is True)
+    if api is Api.OPENAI_RESPONSES and body.get("background") is True and not stream:
+        raise BadRequest(
+            "`background: true` without `stream: true` is not supported: the gateway meters a "
+            "response as it passes and would never see a background response's usage"
+        )
+    try:
+        shape = shape_of(api, body, max_out)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
     return ParsedRequest(
         api=api,
         body=body,
@@ -123,19 +134,30 @@ def parse_request(api: Api, raw: bytes) -> ParsedRequest:
         max_output_tokens=max_out,
         input_tokens_estimate=estimate_input_tokens(body),
         wants_usage=wants_usage,
+        shape=shape,
     )
 
 
-def upstream_body(request: ParsedRequest, served_model: str) -> bytes | None:
+def upstream_body(
+    request: ParsedRequest,
+    served_model: str,
+    output_cap: tuple[str, int] | None = None,
+) -> bytes | None:
     """The body to send upstream, or None when the client's bytes can go unchanged.
 
-    Changes: the served model (downgrades) and, for OpenAI chat/completions streams,
-    `stream_options.include_usage` so the provider reports usage at the end of the stream.
+    Changes: the served model (downgrades); the output cap `(field, tokens)` a budgeted request
+    without a limit gets, so the provider enforces the reservation's bound; and, for OpenAI
+    chat/completions streams, `stream_options.include_usage` so the provider reports usage at
+    the end of the stream.
     """
     body = request.body
     changed = False
     if served_model != request.model:
         body = {**body, "model": served_model}
+        changed = True
+    if output_cap is not None:
+        field, tokens = output_cap
+        body = {**body, field: tokens}
         changed = True
     needs_usage = request.api in (Api.OPENAI_CHAT, Api.OPENAI_COMPLETIONS) and request.stream
     if needs_usage and not request.wants_usage:

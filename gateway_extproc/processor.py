@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import secrets
 import zlib
 
 from gateway_extproc import extproc_msgs as msgs
 from gateway_extproc.apis import API_PREFIX, MODELS_PATH, Schema, api_for_path
 from gateway_extproc.audit import AuditRecord
+from gateway_extproc.bounds import Bound, Unbounded, bound
 from gateway_extproc.budgets import report as budget_report
 from gateway_extproc.budgets.gate import Admission
 from gateway_extproc.catalog import ModelEntry
@@ -21,6 +23,7 @@ from gateway_extproc.context import GatewayContext
 from gateway_extproc.errors import (
     BadRequest,
     ClientError,
+    CostUnbounded,
     Forbidden,
     InternalError,
     NotFound,
@@ -49,6 +52,9 @@ class StreamProcessor:
         self.started = ctx.monotonic()
         self.arrived = ctx.wall_clock()
         self.request_id = "-"
+        # The budget reservation's id: random, never from a client-influenced header (the
+        # request id stays the correlation id in logs and headers).
+        self.reservation_id = secrets.token_hex(16)
         self.method = ""
         self.path = ""
         self.schema = Schema.OPENAI
@@ -203,34 +209,56 @@ class StreamProcessor:
         if entry.provider not in self.ctx.upstreams:
             raise UnknownModel(f"model {request.model!r} has no configured provider")
         # Budgets: reserve the worst case everywhere it applies, or block / downgrade (429).
-        self.admission = admission = await self.ctx.budgets.admit(
-            request_id=self.request_id,
-            identity=self.identity,
+        identity = self.identity
+        gate = self.ctx.budgets
+
+        def bound_for(model: ModelEntry) -> Bound:
+            try:
+                return bound(
+                    request.shape,
+                    model,
+                    default_max_output=gate.settings.default_max_output_tokens,
+                    unseen_input=gate.settings.unseen_input,
+                )
+            except Unbounded as exc:
+                raise CostUnbounded(str(exc)) from None
+
+        self.admission = admission = await gate.admit(
+            reservation_id=self.reservation_id,
+            identity=identity,
             entry=entry,
             requested=request.model,
-            input_tokens=request.input_tokens_estimate,
-            max_output=request.max_output_tokens,
+            bound_for=bound_for,
+            allowed=lambda model: policies.allows(identity, model.name),
         )
         if admission.reserved:
             self.lease_keeper = asyncio.ensure_future(
-                self.ctx.budgets.keep_lease(self.request_id, self._cost_so_far)
+                gate.keep_lease(self.reservation_id, self._cost_so_far)
             )
         served = request.model
         if admission.downgraded_from is not None:
             self.entry = entry = admission.entry
             served = entry.name
+        cap = admission.bound
+        output_cap = None
+        if cap is not None and cap.cap_field and cap.inject_max_output is not None:
+            output_cap = (cap.cap_field, cap.inject_max_output)
         upstream = self.ctx.upstreams[entry.provider]
         self.upstream = upstream
         set_headers = {CLUSTER_HEADER: upstream.cluster, ":path": upstream.upstream_path(self.path)}
         if upstream.auth_header and upstream.auth_value:
             set_headers[upstream.auth_header] = upstream.auth_value
-        new_body = upstream_body(request, served_model=served)
+        new_body = upstream_body(request, served_model=served, output_cap=output_cap)
         if new_body is not None:
             set_headers["content-length"] = str(len(new_body))
         self.forwarded = True
         return msgs.request_body_reply(
             msgs.common(set_headers=set_headers, body=new_body, clear_route_cache=True)
         )
+
+    def _cap_injected(self) -> bool:
+        bound = self.admission.bound if self.admission is not None else None
+        return self.forwarded and bound is not None and bound.inject_max_output is not None
 
     def _cost_so_far(self) -> int:
         """The request's cost until now, for lease checkpoints of long responses."""
@@ -369,6 +397,11 @@ class StreamProcessor:
             )
             cost = cost_micros(usage, self.entry.price) if self.entry is not None else 0
             self.error_code = self.error_code or "metering_failed"
+        if self.lease_keeper is not None:
+            self.lease_keeper.cancel()
+        if self.admission is not None:  # settle the real cost, or release the hold
+            billed = source is not UsageSource.NONE
+            self.ctx.budgets.finish(self.admission, cost if billed else None)
         now = self.ctx.monotonic()
         record = AuditRecord(
             request_id=self.request_id,
@@ -395,12 +428,8 @@ class StreamProcessor:
             identity=self.identity,
             unverified_metadata=self.metadata,
             budget=budget_report.audit_fields(self.admission),
+            output_cap_injected=self._cap_injected(),
         )
-        if self.lease_keeper is not None:
-            self.lease_keeper.cancel()
-        if self.admission is not None:  # settle the real cost, or release the hold
-            billed = source is not UsageSource.NONE
-            self.ctx.budgets.finish(self.admission, cost if billed else None, self.request_id)
         try:
             self.ctx.audit.write(record)
         except OSError:

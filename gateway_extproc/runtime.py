@@ -24,6 +24,9 @@ from redis.backoff import NoBackoff
 from gateway_extproc.audit import AuditSink
 from gateway_extproc.budgets.alerts import AlertSender, webhooks_of
 from gateway_extproc.budgets.gate import BudgetGate, GateSettings
+from gateway_extproc.budgets.journal import Journal
+from gateway_extproc.budgets.loader import BudgetStoreConfig
+from gateway_extproc.budgets.services import BudgetServices
 from gateway_extproc.budgets.store import BudgetStore
 from gateway_extproc.config import GatewayConfig, load_config
 from gateway_extproc.context import GatewayContext
@@ -45,8 +48,12 @@ def build_context(
     environ: Mapping[str, str],
     mock_url: str | None,
     audit: AuditSink | None = None,
+    services: BudgetServices | None = None,
 ) -> GatewayContext:
-    """Everything the processors share. Raises ConfigError listing every problem."""
+    """Everything the processors share. Raises ConfigError listing every problem.
+
+    `services` (the budget store, settlement, fail-open journal) outlive a reload: the runtime
+    passes the running ones; without them (the first build, tests) new ones are made."""
     config = load_config(config_path, environ)
     upstreams = resolve_upstreams(config, environ, mock_url)
     identity = config.identity
@@ -69,56 +76,75 @@ def build_context(
         upstreams=upstreams,
         audit=audit or AuditSink(stdout=config.audit_stdout, path=config.audit_file),
         authenticator=Authenticator(identity),
-        budgets=build_gate(config),
+        budgets=build_gate(config, services),
     )
 
 
-def build_gate(config: GatewayConfig) -> BudgetGate:
-    """The budget gate; no Redis client at all when no budget is configured."""
+def gate_settings(config: GatewayConfig) -> GateSettings:
     sc = config.budget_store
-    settings = GateSettings(
+    return GateSettings(
         deadline_s=sc.deadline_ms / 1000,
         lease_s=float(sc.lease_s),
         breaker_failures=sc.breaker_failures,
         breaker_open_s=sc.breaker_open_s,
-        estimate_max_output_tokens=sc.estimate_max_output_tokens,
+        default_max_output_tokens=sc.default_max_output_tokens,
         reap_interval_s=sc.reap_interval_s,
+        unseen_input=sc.unseen_input,
+        max_inflight=sc.max_inflight,
+        queue_timeout_s=sc.queue_timeout_ms / 1000,
     )
-    store = None
+
+
+def connect_store(
+    sc: BudgetStoreConfig, pool_size: int
+) -> tuple[BudgetStore, Redis | RedisCluster]:
+    """The budget store's Redis client. Socket timeouts bound every call even if a caller forgets
+    its deadline; no client-side retries (a dead Redis would otherwise hold a call for ~20 s); a
+    pool as large as the calls the services let run at once (they queue the rest)."""
+    options: dict[str, object] = {
+        "socket_timeout": 2.0,
+        "socket_connect_timeout": 1.0,
+        "retry": Retry(NoBackoff(), 0),
+        "max_connections": pool_size,
+    }
+    client: Redis | RedisCluster
+    if sc.cluster:
+        client = RedisCluster.from_url(sc.redis_url, **options)
+    else:
+        client = Redis.from_url(sc.redis_url, **options)  # type: ignore[arg-type]
+    return BudgetStore(client, sc.key_prefix), client
+
+
+def build_services(config: GatewayConfig, journal: Journal | None = None) -> BudgetServices:
+    """The process-lifetime budget services; no Redis client when no budget is configured."""
+    settings = gate_settings(config)
+    store: BudgetStore | None = None
     close_client = None
     if config.budgets:
-        # Socket timeouts bound every call even if a caller forgets its deadline; the gate's
-        # own deadline (tens of ms) is what the request path waits at most.
-        # No client-side retries (a dead Redis would otherwise hold a call for ~20 s) and a
-        # pool sized for bursts of concurrent requests.
-        client: Redis | RedisCluster
-        if sc.cluster:
-            client = RedisCluster.from_url(
-                sc.redis_url,
-                socket_timeout=2.0,
-                socket_connect_timeout=1.0,
-                retry=Retry(NoBackoff(), 0),
-                max_connections=1024,
-            )
-        else:
-            client = Redis.from_url(
-                sc.redis_url,
-                socket_timeout=2.0,
-                socket_connect_timeout=1.0,
-                retry=Retry(NoBackoff(), 0),
-                max_connections=1024,
-            )
-        store = BudgetStore(client, sc.key_prefix)
+        store, client = connect_store(config.budget_store, settings.max_inflight)
         close_client = client.aclose
     alerts = AlertSender(webhooks=webhooks_of(config.budgets))
+    return BudgetServices(
+        store, settings, alerts=alerts, close_client=close_client, journal=journal
+    )
+
+
+def build_gate(config: GatewayConfig, services: BudgetServices | None = None) -> BudgetGate:
+    """The budget gate of one configuration, over the running services (or new ones)."""
+    if services is None:
+        services = build_services(config)
+    elif config.budgets and services.store is None:
+        log.warning(
+            "budgets were added by a reload but the sidecar started without a budget store: "
+            "restart it to connect to Redis (until then the budgets' on_redis_error applies)"
+        )
     return BudgetGate(
-        store,
+        services.store,
         config.budgets,
         config.catalog,
         lambda entry: entry.provider,
-        settings,
-        alerts=alerts,
-        close_client=close_client,
+        gate_settings(config),
+        services=services,
     )
 
 
@@ -153,6 +179,9 @@ class Runtime:
         mock_url: str | None,
     ) -> None:
         self.ctx = ctx
+        # Budget store, settlement and fail-open spend: one set for the process, shared by
+        # every configuration a reload brings in, closed only at shutdown.
+        self.services = ctx.budgets.services
         self._config_path = config_path
         self._environ = environ
         self._mock_url = mock_url
@@ -166,7 +195,11 @@ class Runtime:
         async with self._lock:
             try:
                 new = build_context(
-                    self._config_path, self._environ, self._mock_url, self.ctx.audit
+                    self._config_path,
+                    self._environ,
+                    self._mock_url,
+                    self.ctx.audit,
+                    self.services,
                 )
             except ConfigError as exc:
                 self.failed_reloads += 1
@@ -205,10 +238,16 @@ class Runtime:
             await asyncio.sleep(self.ctx.budgets.settings.reap_interval_s)
             await self.ctx.budgets.reap_once()
 
-    async def close(self) -> None:
+    async def start(self) -> None:
+        await self.services.start()
+        await start_context(self.ctx)
+
+    async def close(self, grace_s: float = 5.0) -> None:
+        """Stop: pending settles get up to `grace_s`, then what is left is journaled."""
         for task in self._retiring:
             task.cancel()
         await close_context(self.ctx)
+        await self.services.close(grace_s)
 
 
 async def start_context(ctx: GatewayContext) -> None:

@@ -19,11 +19,12 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from gateway_extproc.budgets.journal import Journal
 from gateway_extproc.config import GatewayConfig
 from gateway_extproc.errors import ConfigError
 from gateway_extproc.logs import setup_logging
 from gateway_extproc.processor import StreamProcessor
-from gateway_extproc.runtime import Runtime, build_context, start_context
+from gateway_extproc.runtime import Runtime, build_context
 
 log = logging.getLogger("gateway.server")
 
@@ -74,7 +75,7 @@ async def serve(runtime: Runtime, address: str, port_file: Path | None) -> None:
         ),
         server,
     )
-    await start_context(ctx)
+    await runtime.start()
     port = server.add_insecure_port(address)
     if port == 0:
         raise RuntimeError(f"cannot listen on {address}")
@@ -110,7 +111,7 @@ async def serve(runtime: Runtime, address: str, port_file: Path | None) -> None:
     await server.stop(runtime.ctx.config.grace_s)
     for task in background:
         task.cancel()
-    await runtime.close()
+    await runtime.close(runtime.ctx.config.grace_s)
     runtime.ctx.audit.close()
     log.info("stopped")
 
@@ -123,6 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--mock-url", default=None, help="base URL of the mock provider, if running"
     )
+    parser.add_argument(
+        "--journal",
+        type=Path,
+        default=None,
+        help="file journaling spend owed to Redis (fail-open admissions, unfinished settles)",
+    )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
@@ -132,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return 2
     runtime = Runtime(ctx, args.config, os.environ, args.mock_url)
+    if args.journal is not None:
+        runtime.services.use_journal(Journal(args.journal))
+    elif ctx.config.budgets:
+        log.warning("no --journal: fail-open spend is kept in memory only")
     config = ctx.config
     address = args.address or f"{config.sidecar_host}:{config.sidecar_port}"
     run = asyncio.run

@@ -238,6 +238,9 @@ class Stack:
             f"{self.config.sidecar_host}:{port}",
             "--port-file",
             str(port_file),
+            # Spend owed to Redis survives a restart of this worker (replayed at start).
+            "--journal",
+            str(self.run_dir / "journal" / f"{name}.jsonl"),
         ]
         if self.config_path is not None:
             argv += ["--config", str(self.config_path)]

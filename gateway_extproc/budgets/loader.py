@@ -7,6 +7,7 @@ import fnmatch
 from collections.abc import Mapping
 from typing import Any
 
+from gateway_extproc.bounds import UnseenInput
 from gateway_extproc.budgets.model import Action, BudgetConfig
 from gateway_extproc.catalog import Catalog
 
@@ -21,7 +22,10 @@ class BudgetStoreConfig:
     reap_interval_s: float = 10.0
     breaker_failures: int = 5
     breaker_open_s: float = 5.0
-    estimate_max_output_tokens: int = 8192
+    default_max_output_tokens: int = 8192
+    unseen_input: UnseenInput = UnseenInput.RESERVE_CONTEXT_WINDOW
+    max_inflight: int = 64
+    queue_timeout_ms: int = 2000
 
 
 # field -> (type, lowest, highest) for the numeric settings
@@ -31,7 +35,13 @@ _NUMBERS: dict[str, tuple[type, float, float]] = {
     "reap_interval_s": (float, 0.1, 3600),
     "breaker_failures": (int, 1, 1000),
     "breaker_open_s": (float, 0.1, 3600),
-    "estimate_max_output_tokens": (int, 1, 10_000_000),
+    "default_max_output_tokens": (int, 1, 10_000_000),
+    "max_inflight": (int, 1, 4096),
+    "queue_timeout_ms": (int, 1, 60_000),
+}
+_RENAMED = {
+    "estimate_max_output_tokens": "default_max_output_tokens (the cap is now injected into "
+    "the upstream request when the client sets none, so the provider enforces it)",
 }
 
 
@@ -58,6 +68,15 @@ def parse_budget_store(
         problems.append(f"budget_store.cluster: must be true or false (got {cluster!r})")
     else:
         values["cluster"] = cluster
+    for old, new in _RENAMED.items():
+        if old in doc:
+            problems.append(f"budget_store.{old}: renamed to {new}")
+    unseen = doc.get("unseen_input", d.unseen_input.value)
+    try:
+        values["unseen_input"] = UnseenInput(unseen)
+    except ValueError:
+        choices = ", ".join(u.value for u in UnseenInput)
+        problems.append(f"budget_store.unseen_input: must be one of {choices} (got {unseen!r})")
     for name, (kind, lo, hi) in _NUMBERS.items():
         value = doc.get(name, getattr(d, name))
         ok_type = isinstance(value, int | float) if kind is float else isinstance(value, int)

@@ -56,5 +56,13 @@ def audit_fields(admission: Admission | None) -> dict[str, Any] | None:
             }
             for b in (result.budgets if result else ())
         ],
-        "estimate_micros": max((c.estimate_micros for c in admission.charges), default=0),
+        "estimate_micros": admission.estimate_micros,
+        "overrun_micros": admission.overrun_micros,
+        "reservation_id": admission.reservation_id if admission.charges else None,
+        "bound": None
+        if admission.bound is None
+        else {
+            "input_tokens": admission.bound.input_tokens,
+            "output_tokens": admission.bound.output_tokens,
+        },
     }

@@ -36,6 +36,7 @@ stores (prefix and hash tag): each keeps its own atomicity on its own shard.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import importlib.resources
@@ -142,6 +143,15 @@ class BudgetStore:
                 await self._client.initialize()
             for source in self._sources.values():
                 await self._client.script_load(source)
+
+    async def warm(self, connections: int) -> None:
+        """Open up to `connections` pooled connections now (concurrent PINGs), so that a burst
+        of requests finds them ready instead of racing to connect."""
+        with _redis_errors("warm"):
+            if isinstance(self._client, RedisCluster):
+                await self._client.ping()
+                return
+            await asyncio.gather(*(self._client.ping() for _ in range(max(connections, 1))))
 
     # -- keys ---------------------------------------------------------------------------------
 

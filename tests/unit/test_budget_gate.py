@@ -23,6 +23,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from gateway_extproc.apis import Schema
+from gateway_extproc.bounds import Bound
 from gateway_extproc.budgets.alerts import AlertSender
 from gateway_extproc.budgets.breaker import CircuitBreaker
 from gateway_extproc.budgets.gate import Admission, BudgetGate, Decision, GateSettings
@@ -45,7 +46,7 @@ from gateway_extproc.budgets.settings import parse_budgets
 from gateway_extproc.budgets.store import BudgetStore
 from gateway_extproc.catalog import Catalog, ModelEntry
 from gateway_extproc.identity.model import AuthMethod, Identity, Kind
-from gateway_extproc.pricing import Price, worst_case_micros
+from gateway_extproc.pricing import Price
 from tests.redis_servers import (  # noqa: F401 - redis_standalone_server is a session fixture
     RedisEndpoint,
     _server,
@@ -209,12 +210,11 @@ async def admit(
     requested: str | None = None,
 ) -> Admission:
     return await gate.admit(
-        request_id=request_id,
+        reservation_id=request_id,
         identity=ALICE,
         entry=entry,
         requested=requested or entry.name,
-        input_tokens=1000,
-        max_output=100,
+        bound_for=lambda e: Bound(1000, 0 if e.embedding else 100, None, None),
     )
 
 
@@ -272,28 +272,10 @@ def test_circuit_breaker(events: str) -> None:
 # -- estimate and charges (no Redis) ---------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("entry", "max_output", "cap", "output_priced"),
-    [
-        (GPT4O, None, 8192, 8192),  # no max in the request: the estimate cap
-        (GPT4O, None, 100_000, 16_384),  # ... unless the model's own limit is lower
-        (GPT4O, 100, 8192, 100),  # the request's max
-        (GPT4O, 12_000, 8192, 12_000),  # the request's max even above the estimate cap
-        (GPT4O, 50_000, 8192, 16_384),  # but never above the model's limit
-        (EMBEDDING, None, 8192, 0),  # embeddings produce no output
-    ],
-)
-def test_estimate(entry: ModelEntry, max_output: int | None, cap: int, output_priced: int) -> None:
-    settings = dataclasses.replace(SETTINGS, estimate_max_output_tokens=cap)
-    gate = BudgetGate(None, (), CATALOG, lambda e: e.provider, settings)
-    expected = worst_case_micros(1000, output_priced, entry.price)
-    assert gate.estimate(entry, 1000, max_output) == expected
-
-
 def test_estimate_in_micro_dollars() -> None:
     gate = BudgetGate(None, (), CATALOG, lambda e: e.provider, SETTINGS)
-    assert gate.estimate(GPT4O, 1000, 100) == GPT4O_COST
-    assert gate.estimate(MINI, 1000, 100) == MINI_COST
+    assert gate.estimate(Bound(1000, 100, None, None), GPT4O) == GPT4O_COST
+    assert gate.estimate(Bound(1000, 100, None, None), MINI) == MINI_COST
 
 
 CHARGE_BUDGETS = (
@@ -336,7 +318,7 @@ async def test_no_applicable_budget_is_decided_without_redis(harness: Harness) -
     control = harness.client()
     before = await store_commands(control)
     admission = await admit(gate)
-    gate.finish(admission, 1234, "req-1")
+    gate.finish(admission, 1234)
     await gate.drain()
     assert admission.decision is Decision.NONE and admission.entry is GPT4O
     assert not admission.reserved and admission.charges == ()
@@ -481,7 +463,7 @@ async def test_downgrade_budget_without_room_serves_the_fallback(
     assert (admission.downgraded_from, admission.downgrade_budget) == ("gpt-4o", "gpt4o-cap")
     assert {c.estimate_micros for c in admission.charges} == {MINI_COST}
     assert [await counter(gate, b) for b in budgets] == holds
-    gate.finish(admission, 100, "req-1")
+    gate.finish(admission, 100)
     await gate.drain()
     assert [await counter(gate, b) for b in budgets] == [(100 if h else 0, 0) for _, h in holds]
 
@@ -536,7 +518,11 @@ async def test_never_downgrades_across_api_schemas(harness: Harness) -> None:
     cheap = ModelEntry("cheap-messages", "q", Schema.ANTHROPIC, 1000, price)
     cap = budget("cap", 5000, Action.DOWNGRADE, downgrade_to="cheap-messages")
     gate = await harness.gate([cap], catalog=Catalog([big, cheap]))
-    assert gate.estimate(cheap, 1000, 100) < cap.limit_micros < gate.estimate(big, 1000, 100)
+    assert (
+        gate.estimate(Bound(1000, 100, None, None), cheap)
+        < cap.limit_micros
+        < gate.estimate(Bound(1000, 100, None, None), big)
+    )
     with pytest.raises(BudgetExceeded, match="budget 'cap' for user"):
         await admit(gate, entry=big)
     assert await counter(gate, cap) == (0, 0)
@@ -572,7 +558,7 @@ async def test_finish_settles_or_releases_once(
     gate = await harness.gate([SMALL])
     admission = await admit(gate)
     for cost in costs:
-        gate.finish(admission, cost, "req-1")
+        gate.finish(admission, cost)
     await gate.drain()
     assert admission.settled
     assert await counter(gate, SMALL) == (spent, 0)
@@ -585,9 +571,9 @@ async def test_settle_passes_threshold_crossings_to_the_alert_sender(harness: Ha
     gate = await harness.gate([watched], alerts=alerts)
     first = await admit(gate, "req-1")
     second = await admit(gate, "req-2")
-    gate.finish(first, 6000, "req-1")
+    gate.finish(first, 6000)
     await gate.drain()
-    gate.finish(second, 2500, "req-2")
+    gate.finish(second, 2500)
     await gate.drain()
     assert [(a.threshold_percent, a.spent_micros) for a in alerts.sent] == [(50, 6000), (80, 8500)]
     assert {(a.budget, a.scope_value, a.window_id, a.limit_micros) for a in alerts.sent} == {
@@ -669,8 +655,8 @@ async def test_fail_open_spend_is_reconciled_once_when_redis_is_back(harness: Ha
     gate = await harness.gate([opened], endpoint=RedisEndpoint("127.0.0.1", port), clock=clock)
     admission = await admit(gate, "down")
     assert admission.decision is Decision.FAIL_OPEN
-    gate.finish(admission, 2500, "down")
-    gate.finish(admission, 2500, "down")
+    gate.finish(admission, 2500)
+    gate.finish(admission, 2500)
     assert await gate.reconcile() == 0  # still down: kept for later
     with tempfile.TemporaryDirectory(prefix="redis-") as tmp:
         proc = _server(Path(tmp), port)
@@ -702,7 +688,7 @@ async def test_fail_open_after_a_timeout_is_still_reconciled(
     assert admission.decision is Decision.FAIL_OPEN
     await gate.drain()  # the background release ran
     assert await record_state(gate, "slow") == "RELEASED"
-    gate.finish(admission, 2500, "slow")
+    gate.finish(admission, 2500)
     assert await gate.reconcile() == 1
     assert await gate.reconcile() == 0
     assert await counter(gate, opened) == (2500, 0)
@@ -759,11 +745,13 @@ async def test_reaper_charges_expired_leases(harness: Harness) -> None:
     await gate.reap_once()  # "streaming" expired: charged its checkpoint
     assert await counter(gate, watched) == (GPT4O_COST + 1000, 0)
     assert [(a.budget, a.threshold_percent) for a in alerts.sent] == [("watched", 50)]
-    gate.finish(crashed, 100, "crashed")  # the sidecar was only slow: too late, no change
-    gate.finish(streaming, 1500, "streaming")
+    # The sidecar was only slow (say Redis was out of its reach): its late settles correct the
+    # reaper's charges to the real costs, once.
+    gate.finish(crashed, 100)
+    gate.finish(streaming, 1500)
     await gate.drain()
-    assert await counter(gate, watched) == (GPT4O_COST + 1000, 0)
-    assert await record_state(gate, "crashed") == "EXPIRED"
+    assert await counter(gate, watched) == (100 + 1500, 0)
+    assert await record_state(gate, "crashed") == "SETTLED"
 
 
 def test_an_alias_and_its_model_share_one_model_scoped_counter() -> None:

@@ -701,7 +701,11 @@ def test_json_response_cost_header_and_audit(gw: Gateway) -> None:
             "downgrade_budget": None,
             "budgets": [],
             "estimate_micros": 0,
+            "overrun_micros": 0,
+            "reservation_id": None,
+            "bound": None,
         },
+        "output_cap_injected": False,
     }
 
 

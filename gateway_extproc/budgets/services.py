@@ -1,0 +1,396 @@
+"""Budget state that lives as long as the process: the store and its breaker, settlement that
+never gives up, fail-open spend owed to Redis, the journal, alerts and the reaper.
+
+A configuration reload builds a new `BudgetGate` (budgets, catalog, estimates) over the SAME
+services, so a reload can never strand a settle in flight or fail-open spend not yet charged.
+
+Store calls on the request path go through `call`: at most `max_inflight` at once per worker
+(more wait their turn up to `queue_timeout_s`, then get an honest 503 `overloaded`), each with a
+deadline that measures Redis rather than this process's own queueing: a call that overruns
+`deadline_s` fails only if Redis has answered nothing at all for that long; while Redis keeps
+answering other calls (the process is merely busy) the call waits, up to `queue_timeout_s`.
+Only such failures and connection errors count towards the circuit breaker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any, TypeVar
+
+from gateway_extproc.bounds import UnseenInput
+from gateway_extproc.budgets.alerts import AlertSender, webhooks_of
+from gateway_extproc.budgets.breaker import CircuitBreaker
+from gateway_extproc.budgets.journal import SYNC_INTERVAL_S, Journal
+from gateway_extproc.budgets.model import BudgetConfig
+from gateway_extproc.budgets.results import BudgetStoreError, Charge
+from gateway_extproc.budgets.store import BudgetStore
+from gateway_extproc.errors import ClientError
+from gateway_extproc.pricing import format_usd
+
+log = logging.getLogger("gateway.budgets")
+_T = TypeVar("_T")
+# A fail-open charge has no limit: the request was already served.
+_UNLIMITED = 2**52
+# Settle / release retries: first pause, longest pause between attempts, per-attempt timeout.
+RETRY_FIRST_S, RETRY_MAX_S, ATTEMPT_TIMEOUT_S = 0.1, 5.0, 2.0
+
+
+class Overloaded(ClientError):
+    """This worker has more budget checks queued than it can answer in time: an honest 503."""
+
+    status = 503
+    code = "overloaded"
+    openai_type = "server_error"
+    anthropic_type = "overloaded_error"
+
+
+@dataclasses.dataclass(frozen=True)
+class GateSettings:
+    deadline_s: float = 0.05  # Redis silent this long on a request-path call: it is down
+    lease_s: float = 120.0  # a reservation whose sidecar died is charged after this
+    breaker_failures: int = 5  # consecutive store failures that open the breaker
+    breaker_open_s: float = 5.0  # while open, calls fail at once (no waiting on a dead Redis)
+    default_max_output_tokens: int = 8192  # injected when a budgeted request sets no limit
+    reap_interval_s: float = 10.0
+    unseen_input: UnseenInput = UnseenInput.RESERVE_CONTEXT_WINDOW
+    max_inflight: int = 64  # concurrent store calls per worker (and Redis connections)
+    queue_timeout_s: float = 2.0  # longest wait for a turn, or for a busy Redis to answer
+
+
+@dataclasses.dataclass
+class BudgetStats:
+    """Counters for logs and metrics."""
+
+    store_errors: int = 0
+    fail_open_admitted: int = 0
+    overloaded: int = 0
+    overruns: int = 0
+    overrun_micros: int = 0
+    settle_retries: int = 0
+    reconcile_dropped: int = 0
+    reaped: int = 0
+
+
+class BudgetServices:
+    def __init__(
+        self,
+        store: BudgetStore | None,
+        settings: GateSettings,
+        alerts: AlertSender | None = None,
+        clock: Callable[[], float] = time.time,
+        close_client: Callable[[], Awaitable[None]] | None = None,
+        journal: Journal | None = None,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.alerts = alerts
+        self.clock = clock
+        self.close_client = close_client
+        self.journal = journal
+        self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_open_s)
+        self.stats = BudgetStats()
+        self.budget_lookup: Callable[[str], BudgetConfig | None] = lambda name: None
+        self._slots = asyncio.Semaphore(settings.max_inflight)
+        self._last_ok = float("-inf")  # loop time of the last answer from Redis
+        self._pending: set[asyncio.Task[None]] = set()
+        self._settling: dict[str, int | None] = {}  # reservation -> cost (None: release)
+        # Spend admitted fail-open, to charge when the store is back (bounded; drops counted).
+        self._unreconciled: collections.deque[tuple[str, tuple[Charge, ...], int, float]] = (
+            collections.deque(maxlen=100_000)
+        )
+        self._sync_task: asyncio.Task[None] | None = None
+        self._replayed: set[str] = set()  # settles owed by a previous run (journal entries)
+
+    def use_journal(self, journal: Journal) -> None:
+        """Journal fail-open spend and unfinished settles in `journal` (call before start)."""
+        self.journal = journal
+
+    def configure(
+        self, settings: GateSettings, budgets: Sequence[BudgetConfig], *, webhooks: bool = True
+    ) -> None:
+        """Apply a (re)loaded configuration's settings, budgets (by name, for the journal) and,
+        with `webhooks`, their alert webhooks."""
+        self.settings = settings
+        self.breaker.failures_to_open = settings.breaker_failures
+        self.breaker.open_s = settings.breaker_open_s
+        by_name = {b.name: b for b in budgets}
+        self.budget_lookup = by_name.get
+        if webhooks and self.alerts is not None:
+            self.alerts.set_webhooks(webhooks_of(budgets))
+
+    # -- store calls on the request path -----------------------------------------------------
+
+    async def call(self, factory: Callable[[], Awaitable[_T]]) -> _T:
+        """One store call: a turn among `max_inflight`, then Redis's answer within the deadline,
+        through the circuit breaker. Raises BudgetStoreError, or Overloaded (not a store fault)."""
+        if self.store is None or not self.breaker.allow(self.clock()):
+            raise BudgetStoreError("budget store unavailable (circuit open)")
+        try:
+            async with asyncio.timeout(self.settings.queue_timeout_s):
+                await self._slots.acquire()
+        except TimeoutError:
+            self.stats.overloaded += 1
+            raise Overloaded(
+                "the gateway is overloaded: too many requests are waiting for their budget "
+                "check; retry shortly"
+            ) from None
+        try:
+            return await self._answer(factory)
+        finally:
+            self._slots.release()
+
+    async def _answer(self, factory: Callable[[], Awaitable[_T]]) -> _T:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline, patience = self.settings.deadline_s, self.settings.queue_timeout_s
+        task = asyncio.ensure_future(factory())
+        try:
+            while not task.done():
+                await asyncio.wait((task,), timeout=deadline)
+                if task.done():
+                    break
+                now = loop.time()
+                if now - self._last_ok >= deadline or now - started >= patience:
+                    task.cancel()  # a cancelled script ran whole or not at all
+                    raise TimeoutError
+            result = task.result()
+        except (BudgetStoreError, TimeoutError, OSError) as exc:
+            self.breaker.failure(self.clock())
+            self.stats.store_errors += 1
+            raise BudgetStoreError(f"budget store: {type(exc).__name__}") from exc
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        self._last_ok = loop.time()
+        self.breaker.success()
+        return result
+
+    # -- the end of a request ----------------------------------------------------------------
+
+    def settle(self, reservation_id: str, cost_micros: int | None) -> None:
+        """Settle the real cost (None: nothing was billed -> release), in the background and
+        retried until Redis has it: the response is never held up, and no money is dropped."""
+        if self.store is None or reservation_id in self._settling:
+            return
+        self._settling[reservation_id] = cost_micros
+        self._background(self._settle(reservation_id, cost_micros))
+
+    async def _settle(self, reservation_id: str, cost_micros: int | None) -> None:
+        store = self.store
+        assert store is not None
+        pause = RETRY_FIRST_S
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(ATTEMPT_TIMEOUT_S):
+                        if cost_micros is None:
+                            await store.release(reservation_id)
+                            return
+                        result = await store.settle(reservation_id, cost_micros, self.clock())
+                except (BudgetStoreError, TimeoutError, OSError) as exc:
+                    self.stats.settle_retries += 1
+                    log.warning(
+                        "settle failed (%s); retrying in %.1fs",
+                        exc,
+                        pause,
+                        extra={"request_id": reservation_id},
+                    )
+                    await asyncio.sleep(pause)
+                    pause = min(pause * 2, RETRY_MAX_S)
+                    continue
+                if self.alerts is not None:
+                    self.alerts.send(result.crossings)
+                return
+        finally:
+            if not _cancelled():  # else close() journals it as still owed
+                self._settling.pop(reservation_id, None)
+                if reservation_id in self._replayed and self.journal is not None:
+                    self._replayed.discard(reservation_id)
+                    self.journal.done(reservation_id)
+
+    def owe_fail_open(
+        self, reservation_id: str, charges: tuple[Charge, ...], cost: int, arrived: float
+    ) -> None:
+        """Spend admitted while the store was down: journal it, charge it when Redis is back."""
+        if len(self._unreconciled) == self._unreconciled.maxlen:
+            self.stats.reconcile_dropped += 1
+            log.error("fail-open queue full: the oldest unreconciled spend is dropped")
+        self._unreconciled.append((reservation_id, charges, cost, arrived))
+        if self.journal is not None:
+            self.journal.owe(
+                {
+                    "op": "fail_open",
+                    "id": reservation_id,
+                    "cost": cost,
+                    "arrived": arrived,
+                    "charges": [[c.budget.name, c.scope_value] for c in charges],
+                }
+            )
+
+    async def reconcile(self) -> int:
+        """Charge fail-open spend now that the store answers: for each request, a reservation
+        with no limit (the request was already served) settled at its real cost, in the
+        windows of its arrival time. Idempotent per request id. Returns how many were charged."""
+        done = 0
+        store = self.store
+        while self._unreconciled and store is not None:
+            request_id, charges, cost, arrived = self._unreconciled[0]
+            unlimited = tuple(
+                dataclasses.replace(c, estimate_micros=cost, limit_micros=_UNLIMITED)
+                for c in charges
+            )
+            reserve = functools.partial(
+                store.reserve, charges=unlimited, lease_s=self.settings.lease_s, now=arrived
+            )
+            try:
+                charge_id = f"{request_id}:fail-open"
+                await self.call(functools.partial(reserve, charge_id))
+                settled = await asyncio.wait_for(store.settle(charge_id, cost, arrived), 1.0)
+            except (BudgetStoreError, TimeoutError, OSError, Overloaded):
+                return done
+            if self.alerts is not None:
+                self.alerts.send(settled.crossings)
+            self._unreconciled.popleft()
+            if self.journal is not None:
+                self.journal.done(request_id)
+            done += 1
+        if done:
+            log.warning("reconciled %d request(s) admitted while the budget store was down", done)
+        return done
+
+    # -- leases and the reaper ---------------------------------------------------------------
+
+    async def keep_lease(self, reservation_id: str, cost_so_far: Callable[[], int]) -> None:
+        """While a response runs, checkpoint its cost so far and renew its reservation's lease
+        every lease_s / 3: a long stream is never reaped, and if this sidecar dies the reaper
+        charges what the stream had used. Cancelled when the request finishes."""
+        while True:
+            await asyncio.sleep(self.settings.lease_s / 3)
+            await self.checkpoint(reservation_id, cost_so_far())
+
+    async def checkpoint(self, reservation_id: str, partial_micros: int) -> None:
+        if self.store is None:
+            return
+        now = self.clock()
+        try:
+            await asyncio.wait_for(
+                self.store.checkpoint(reservation_id, partial_micros, self.settings.lease_s, now),
+                1.0,
+            )
+        except (BudgetStoreError, TimeoutError, OSError) as exc:
+            log.warning("checkpoint failed: %s", exc, extra={"request_id": reservation_id})
+
+    async def reap_once(self) -> None:
+        """Charge reservations whose sidecar died (lease expired), exactly once across replicas;
+        charge fail-open spend if the store is back."""
+        if self.store is None:
+            return
+        if self._unreconciled:
+            await self.reconcile()
+        try:
+            result = await asyncio.wait_for(self.store.reap(self.clock()), 5.0)
+        except (BudgetStoreError, TimeoutError, OSError) as exc:
+            log.warning("reaper: %s", exc)
+            return
+        for reaped in result.reaped:
+            self.stats.reaped += 1
+            log.warning(
+                "reaped an expired reservation: charged %s",
+                format_usd(sum(reaped.charged_micros)),
+                extra={"request_id": reaped.request_id},
+            )
+        if self.alerts is not None:
+            self.alerts.send(result.crossings)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def start(self) -> None:
+        if self.alerts is not None:
+            await self.alerts.start()
+        if self.journal is not None:
+            self._replay_journal()
+            self._sync_task = asyncio.ensure_future(self._sync_forever())
+        if self.store is not None:
+            try:  # fail fast on a bad URL in the log; requests still apply on_redis_error
+                await asyncio.wait_for(self.store.load_scripts(), 5.0)
+                await asyncio.wait_for(self.store.warm(self.settings.max_inflight), 5.0)
+            except (BudgetStoreError, TimeoutError, OSError) as exc:
+                log.error("budget store not reachable at start: %s", exc)
+
+    def _replay_journal(self) -> None:
+        """Re-queue what a previous run of this worker still owed Redis, then compact."""
+        assert self.journal is not None
+        entries = self.journal.outstanding()
+        kept = []
+        for entry in entries:
+            key = str(entry["id"])
+            if entry["op"] == "settle":
+                cost = entry.get("cost")
+                self._replayed.add(key)
+                self.settle(key, None if cost is None else int(cost))
+                kept.append(entry)
+                continue
+            charges = []
+            for name, scope_value in entry.get("charges", []):
+                budget = self.budget_lookup(name)
+                if budget is None:
+                    log.error("journal: budget %r is gone; its fail-open spend is dropped", name)
+                    continue
+                charges.append(Charge.of(budget, scope_value, int(entry["cost"])))
+            if charges:
+                self._unreconciled.append(
+                    (key, tuple(charges), int(entry["cost"]), float(entry["arrived"]))
+                )
+                kept.append(entry)
+        self.journal.compact(kept)
+        if kept:
+            log.warning("journal: %d charge(s) owed to Redis from a previous run", len(kept))
+
+    async def _sync_forever(self) -> None:
+        assert self.journal is not None
+        while True:
+            await asyncio.sleep(SYNC_INTERVAL_S)
+            await asyncio.to_thread(self.journal.sync)
+
+    async def drain(self, timeout_s: float = 5.0) -> None:
+        if self._pending:
+            await asyncio.wait(list(self._pending), timeout=timeout_s)
+
+    async def close(self, grace_s: float = 5.0) -> None:
+        """Await pending settles up to `grace_s`; journal what is left; close everything."""
+        await self.drain(grace_s)
+        for task in list(self._pending):
+            task.cancel()
+        if self.journal is not None:
+            for reservation_id, cost in self._settling.items():
+                self.journal.owe({"op": "settle", "id": reservation_id, "cost": cost})
+            if self._sync_task is not None:
+                self._sync_task.cancel()
+            self.journal.close()
+        elif self._settling or self._unreconciled:
+            log.error(
+                "stopping with %d settle(s) and %d fail-open charge(s) not taken by Redis, and "
+                "no journal to keep them",
+                len(self._settling),
+                len(self._unreconciled),
+            )
+        if self.alerts is not None:
+            await self.alerts.close()
+        if self.close_client is not None:
+            await self.close_client()
+
+
+def _cancelled() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

@@ -1,0 +1,254 @@
+"""The worst-case bound of a request (gateway_extproc/bounds.py): pure, table-driven."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gateway_extproc.apis import Api, Schema
+from gateway_extproc.bounds import (
+    PER_MESSAGE_TOKENS,
+    PER_REQUEST_TOKENS,
+    TOOLS_PROMPT_TOKENS,
+    Bound,
+    Unbounded,
+    UnseenInput,
+    bound,
+    shape_of,
+)
+from gateway_extproc.catalog import ModelEntry
+from gateway_extproc.pricing import Price
+
+PRICE = Price(input=1, output=1, cached_input=1, cache_write=1, reasoning=1)
+CHAT_MODEL = ModelEntry(
+    "chat", "p", Schema.OPENAI, 16_000, PRICE, context_window=128_000, image_input_tokens=1_500
+)
+CLAUDE = ModelEntry(
+    "claude", "q", Schema.ANTHROPIC, 64_000, PRICE, context_window=200_000, image_input_tokens=1_600
+)
+NO_WINDOW = ModelEntry("bare", "p", Schema.OPENAI, 4_096, PRICE)
+FREE = ModelEntry("free", "p", Schema.OPENAI, 4_096, Price.free(), free=True)
+EMBED = ModelEntry("embed", "p", Schema.OPENAI, 0, PRICE, embedding=True, context_window=8_192)
+
+
+def b(api: Api, body: dict[str, Any], entry: ModelEntry = CHAT_MODEL, **kw: Any) -> Bound:
+    max_out = body.get("max_completion_tokens", body.get("max_tokens"))
+    max_out = body.get("max_output_tokens", max_out)
+    return bound(
+        shape_of(api, body, max_out),
+        entry,
+        default_max_output=kw.get("default", 8192),
+        unseen_input=kw.get("unseen", UnseenInput.RESERVE_CONTEXT_WINDOW),
+    )
+
+
+def text_of(body: dict[str, Any]) -> int:
+    """Independent count: UTF-8 bytes of every key and string, digits of numbers."""
+
+    def walk(v: Any) -> int:
+        if isinstance(v, str):
+            return len(v.encode())
+        if isinstance(v, dict):
+            return sum(len(k.encode()) + walk(x) for k, x in v.items())
+        if isinstance(v, list):
+            return sum(walk(x) for x in v)
+        return 0 if v is None else len(str(v))
+
+    return walk(body)
+
+
+# -- input: text is bounded by its UTF-8 bytes -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["hello world", "统计星星的数量" * 50, "emoji 🚀🚀🚀", "def f(x):\n    return x**2\n" * 20, ""],
+)
+def test_text_is_bounded_by_its_utf8_bytes(text: str) -> None:
+    body = {"model": "chat", "max_tokens": 10, "messages": [{"role": "user", "content": text}]}
+    expected = text_of(body) + PER_REQUEST_TOKENS + PER_MESSAGE_TOKENS
+    assert b(Api.OPENAI_CHAT, body).input_tokens == expected
+    # CJK: 3 bytes per character, far above characters / 4
+    assert expected >= len(text.encode())
+
+
+def test_tools_add_the_tool_prompt_margin() -> None:
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    plain = {"model": "chat", "max_tokens": 1, "messages": []}
+    with_tools = {**plain, "tools": tools}
+    gap = b(Api.OPENAI_CHAT, with_tools).input_tokens - b(Api.OPENAI_CHAT, plain).input_tokens
+    assert gap == TOOLS_PROMPT_TOKENS + text_of({"tools": tools})
+
+
+@pytest.mark.parametrize(
+    ("value", "ids"),
+    [([1, 2, 3, 4, 5], 5), ([[1, 2], [3, 4, 5]], 5), ([50_000] * 100, 100)],
+)
+def test_token_id_arrays_count_one_token_per_id(value: list[Any], ids: int) -> None:
+    body = {"model": "embed", "input": value}
+    shape = shape_of(Api.OPENAI_EMBEDDINGS, body, 0)
+    assert shape.text_tokens == ids + text_of({"model": "embed"}) + PER_REQUEST_TOKENS + (
+        PER_MESSAGE_TOKENS * len(value)
+    )
+    assert shape.text_tokens >= ids  # the old estimate counted 0 for token arrays
+
+
+def test_input_is_clamped_to_the_context_window() -> None:
+    body = {
+        "model": "chat",
+        "max_tokens": 1,
+        "messages": [{"role": "user", "content": "x" * 10**6}],
+    }
+    assert b(Api.OPENAI_CHAT, body).input_tokens == 128_000
+
+
+# -- media parts ---------------------------------------------------------------------------
+
+
+IMAGE_PARTS: list[tuple[Api, dict[str, Any]]] = [
+    (Api.OPENAI_CHAT, {"type": "image_url", "image_url": {"url": "https://x/y.png"}}),
+    (
+        Api.OPENAI_CHAT,
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64," + "A" * 10**5}},
+    ),
+    (Api.OPENAI_RESPONSES, {"type": "input_image", "file_id": "file-123"}),
+    (Api.OPENAI_RESPONSES, {"type": "input_image", "image_url": "https://x/y.png"}),
+    (Api.ANTHROPIC_MESSAGES, {"type": "image", "source": {"type": "base64", "data": "A" * 10**5}}),
+]
+
+
+@pytest.mark.parametrize(("api", "part"), IMAGE_PARTS)
+def test_each_image_costs_the_models_image_maximum(api: Api, part: dict[str, Any]) -> None:
+    entry = CLAUDE if api is Api.ANTHROPIC_MESSAGES else CHAT_MODEL
+    key = "input" if api is Api.OPENAI_RESPONSES else "messages"
+    body = {"model": "m", key: [{"role": "user", "content": [part, part]}], "max_tokens": 1}
+    empty = {"model": "m", key: [{"role": "user", "content": []}], "max_tokens": 1}
+    extra = b(api, body, entry).input_tokens - b(api, empty, entry).input_tokens
+    assert extra == 2 * entry.image_input_tokens  # type: ignore[operator]
+
+
+FILE_PARTS: list[tuple[Api, dict[str, Any]]] = [
+    (Api.OPENAI_CHAT, {"type": "file", "file": {"file_id": "file-1"}}),
+    (Api.OPENAI_CHAT, {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}),
+    (Api.OPENAI_RESPONSES, {"type": "input_file", "file_url": "https://x/doc.pdf"}),
+    (Api.ANTHROPIC_MESSAGES, {"type": "document", "source": {"type": "base64", "data": "JVBER"}}),
+]
+
+
+@pytest.mark.parametrize(("api", "part"), FILE_PARTS)
+def test_a_file_part_reserves_the_context_window(api: Api, part: dict[str, Any]) -> None:
+    entry = CLAUDE if api is Api.ANTHROPIC_MESSAGES else CHAT_MODEL
+    key = "input" if api is Api.OPENAI_RESPONSES else "messages"
+    body = {"model": "m", key: [{"role": "user", "content": [part]}], "max_tokens": 1}
+    assert b(api, body, entry).input_tokens == entry.context_window
+    with pytest.raises(Unbounded, match="context_window"):
+        b(api, body, NO_WINDOW)
+    assert b(api, body, FREE).input_tokens >= 0  # free models cost nothing: no refusal
+
+
+def test_images_without_an_image_maximum_fall_back_to_the_context_window() -> None:
+    entry = ModelEntry("w", "p", Schema.OPENAI, 100, PRICE, context_window=50_000)
+    body = {
+        "model": "w",
+        "max_tokens": 1,
+        "messages": [{"role": "user", "content": [IMAGE_PARTS[0][1]]}],
+    }
+    assert b(Api.OPENAI_CHAT, body, entry).input_tokens == 50_000
+    with pytest.raises(Unbounded, match="image"):
+        b(Api.OPENAI_CHAT, body, NO_WINDOW)
+
+
+# -- input the gateway cannot see -----------------------------------------------------------
+
+
+UNSEEN: list[tuple[Api, dict[str, Any], str]] = [
+    (Api.OPENAI_RESPONSES, {"previous_response_id": "resp_1"}, "previous_response_id"),
+    (Api.OPENAI_RESPONSES, {"conversation": "conv_1"}, "conversation"),
+    (Api.OPENAI_RESPONSES, {"prompt": {"id": "pmpt_1"}}, "prompt"),
+    (Api.OPENAI_RESPONSES, {"tools": [{"type": "web_search"}]}, "tools[0].type=web_search"),
+    (Api.OPENAI_RESPONSES, {"tools": [{"type": "file_search"}]}, "tools[0].type=file_search"),
+    (Api.OPENAI_CHAT, {"web_search_options": {}}, "web_search_options"),
+    (
+        Api.ANTHROPIC_MESSAGES,
+        {"tools": [{"type": "web_search_20250305", "name": "web_search"}]},
+        "tools[0].type=web_search_20250305",
+    ),
+    (Api.ANTHROPIC_MESSAGES, {"mcp_servers": [{"url": "https://mcp"}]}, "mcp_servers"),
+]
+
+
+@pytest.mark.parametrize(("api", "fields", "named"), UNSEEN)
+def test_unseen_input_reserves_the_context_window_or_is_refused(
+    api: Api, fields: dict[str, Any], named: str
+) -> None:
+    entry = CLAUDE if api is Api.ANTHROPIC_MESSAGES else CHAT_MODEL
+    body = {"model": "m", "max_tokens": 5, "max_output_tokens": 5, "input": "hi", **fields}
+    assert b(api, body, entry).input_tokens == entry.context_window
+    with pytest.raises(Unbounded, match=named.replace("[", r"\[").replace("]", r"\]")):
+        b(api, body, entry, unseen=UnseenInput.REFUSE)
+    with pytest.raises(Unbounded, match="no context_window"):
+        b(api, body, NO_WINDOW)
+
+
+@pytest.mark.parametrize(
+    ("api", "tool"),
+    [
+        (Api.OPENAI_RESPONSES, {"type": "function", "name": "f"}),
+        (Api.OPENAI_CHAT, {"type": "function", "function": {"name": "f"}}),
+        (Api.ANTHROPIC_MESSAGES, {"name": "f", "input_schema": {}}),
+        (Api.ANTHROPIC_MESSAGES, {"type": "bash_20250124", "name": "bash"}),  # runs client-side
+    ],
+)
+def test_client_side_tools_are_seen(api: Api, tool: dict[str, Any]) -> None:
+    assert shape_of(api, {"model": "m", "tools": [tool]}, 5).unseen == ()
+
+
+# -- output --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("api", "body", "output", "inject", "field"),
+    [
+        (Api.OPENAI_CHAT, {"max_completion_tokens": 100}, 100, None, None),
+        (Api.OPENAI_CHAT, {"max_tokens": 100}, 100, None, None),
+        (Api.OPENAI_CHAT, {"max_tokens": 50_000}, 16_000, None, None),  # clamped to the model's
+        (Api.OPENAI_CHAT, {}, 8192, 8192, "max_completion_tokens"),  # the gateway's cap
+        (Api.OPENAI_CHAT, {"n": 3, "max_tokens": 100}, 300, None, None),  # n choices
+        (Api.OPENAI_CHAT, {"n": 2}, 2 * 8192, 8192, "max_completion_tokens"),
+        (Api.OPENAI_COMPLETIONS, {"n": 2, "best_of": 5, "max_tokens": 10}, 50, None, None),
+        (Api.OPENAI_COMPLETIONS, {}, 8192, 8192, "max_tokens"),
+        (Api.OPENAI_RESPONSES, {}, 8192, 8192, "max_output_tokens"),
+        (Api.OPENAI_RESPONSES, {"max_output_tokens": 7}, 7, None, None),
+    ],
+)
+def test_output_bound(
+    api: Api, body: dict[str, Any], output: int, inject: int | None, field: str | None
+) -> None:
+    result = b(api, {"model": "chat", **body})
+    assert (result.output_tokens, result.inject_max_output, result.cap_field) == (
+        output,
+        inject,
+        field,
+    )
+
+
+def test_the_injected_cap_is_the_models_own_default_and_never_above_its_maximum() -> None:
+    own = ModelEntry("own", "p", Schema.OPENAI, 16_000, PRICE, default_max_output_tokens=2_000)
+    assert b(Api.OPENAI_CHAT, {"model": "own"}, own).inject_max_output == 2_000
+    assert b(Api.OPENAI_CHAT, {"model": "bare"}, NO_WINDOW, default=100_000).output_tokens == 4_096
+
+
+def test_anthropic_without_max_tokens_reserves_the_models_maximum_and_injects_nothing() -> None:
+    result = b(Api.ANTHROPIC_MESSAGES, {"model": "claude", "messages": []}, CLAUDE)
+    assert (result.output_tokens, result.inject_max_output) == (64_000, None)
+
+
+def test_embeddings_produce_no_output() -> None:
+    assert b(Api.OPENAI_EMBEDDINGS, {"model": "embed", "input": "hi"}, EMBED).output_tokens == 0
+
+
+@pytest.mark.parametrize("n", [0, -1, 129, True, "2", 1.5])
+def test_a_bad_n_is_refused(n: object) -> None:
+    with pytest.raises(ValueError, match="`n`"):
+        shape_of(Api.OPENAI_CHAT, {"model": "chat", "n": n}, None)
