@@ -5,7 +5,9 @@ Pure. The invariants tests rely on:
   one word is one output token;
 - input tokens are `estimate_input_tokens(field)` = ceil(len(compact UTF-8 JSON of the field) / 4),
   at least 1, where the field is `messages` (chat, Anthropic), `prompt` (completions) or `input`
-  (embeddings, responses).
+  (embeddings, responses); as the providers count them, a token-id array is one token per id,
+  and an image part (`image_url`, `input_image`, `image`) is IMAGE_PART_TOKENS (a 1024x1024
+  high-detail image on gpt-4o: 85 + 4 x 170) instead of its JSON.
 """
 
 from __future__ import annotations
@@ -47,11 +49,43 @@ def output_words(count: int) -> tuple[str, ...]:
     return tuple(WORDS[i % len(WORDS)] + " " for i in range(count))
 
 
+IMAGE_PART_TOKENS = 765
+_IMAGE_TYPES = ("image_url", "input_image", "image")
+
+
+def _token_ids(field: Any) -> int | None:
+    if isinstance(field, list) and field:
+        if all(isinstance(x, int) and not isinstance(x, bool) for x in field):
+            return len(field)
+        counts = [_token_ids(x) for x in field]
+        if all(c is not None for c in counts):
+            return sum(c for c in counts if c is not None)
+    return None
+
+
 def estimate_input_tokens(field: Any) -> int:
-    """ceil(len(compact UTF-8 JSON of `field`) / 4), at least 1; 1 when the field is absent."""
+    """ceil(len(compact UTF-8 JSON of `field`) / 4), at least 1; 1 when the field is absent.
+    Token-id arrays count one per id; image parts IMAGE_PART_TOKENS each."""
     if field is None:
         return 1
-    return max(1, math.ceil(len(orjson.dumps(field)) / 4))
+    ids = _token_ids(field)
+    if ids is not None:
+        return ids
+    images = 0
+
+    def without_images(value: Any) -> Any:
+        nonlocal images
+        if isinstance(value, dict):
+            if value.get("type") in _IMAGE_TYPES:
+                images += 1
+                return None
+            return {k: without_images(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [without_images(v) for v in value]
+        return value
+
+    text = orjson.dumps(without_images(field))
+    return max(1, math.ceil(len(text) / 4)) + images * IMAGE_PART_TOKENS
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -15,6 +15,8 @@
                                   cut the connection without terminating the body
     x-mock-omit-usage: 1          report no usage at all
     x-mock-replay: NAME           replay NAME.yaml (go-vcr cassette) from --fixtures-dir
+    x-mock-hold: NAME             hold the response until `POST /_mock/release/NAME` (tests that
+                                  need every admitted request in flight at once)
 
 Pure: `parse_controls` turns request headers into a frozen `Controls` value, or raises
 `ControlError` listing every bad header at once (an unknown `x-mock-*` name is an error too).
@@ -59,6 +61,7 @@ class Controls:
     abort_after_events: int | None = None
     omit_usage: bool = False
     replay: str | None = None
+    hold: str | None = None
 
 
 class _Reader:
@@ -131,6 +134,7 @@ CONTROL_HEADERS = (
     "x-mock-abort-after-events",
     "x-mock-omit-usage",
     "x-mock-replay",
+    "x-mock-hold",
 )
 _BIG = 1 << 30
 
@@ -157,6 +161,7 @@ def parse_controls(headers: Mapping[str, str]) -> Controls:
         abort_after_events=read.integer("x-mock-abort-after-events", 0, _BIG),
         omit_usage=read.flag("x-mock-omit-usage"),
         replay=read.replay("x-mock-replay"),
+        hold=read.replay("x-mock-hold"),
     )
     read.unknown()
     if read.problems:

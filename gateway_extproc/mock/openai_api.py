@@ -32,15 +32,17 @@ DEFAULT_EMBEDDING_DIMENSIONS = 8
 MAX_EMBEDDING_DIMENSIONS = 4096
 
 
-def chat_usage(base_input: int, cached: int, plan: OutputPlan) -> dict[str, Any]:
+def chat_usage(base_input: int, cached: int, plan: OutputPlan, choices: int = 1) -> dict[str, Any]:
+    """Usage of a chat completion; `choices` (n) each generate the plan's output."""
     prompt = base_input + cached
+    output = plan.output_tokens * choices
     return {
         "prompt_tokens": prompt,
-        "completion_tokens": plan.output_tokens,
-        "total_tokens": prompt + plan.output_tokens,
+        "completion_tokens": output,
+        "total_tokens": prompt + output,
         "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
         "completion_tokens_details": {
-            "reasoning_tokens": plan.reasoning_tokens,
+            "reasoning_tokens": plan.reasoning_tokens * choices,
             "audio_tokens": 0,
             "accepted_prediction_tokens": 0,
             "rejected_prediction_tokens": 0,
@@ -61,16 +63,18 @@ def _finish_reason(plan: OutputPlan) -> str:
 
 
 def chat_reply(body: dict[str, Any], ctx: ReplyContext) -> Reply:
-    """POST /v1/chat/completions."""
+    """POST /v1/chat/completions. JSON replies honour `n` (each choice generates the plan)."""
     model = require_model(body)
     messages = require_field(body, "messages")
     stream = wants_stream(body)
     controls = ctx.controls
     limit = max_tokens_of(body, "max_completion_tokens", "max_tokens")
     plan = plan_output(controls.output_tokens, controls.reasoning_tokens, limit)
+    requested_n = body.get("n")
+    n = requested_n if isinstance(requested_n, int) and requested_n > 0 and not stream else 1
     usage = None
     if not controls.omit_usage:
-        usage = chat_usage(estimate_input_tokens(messages), controls.cached_tokens, plan)
+        usage = chat_usage(estimate_input_tokens(messages), controls.cached_tokens, plan, n)
     response_id = f"chatcmpl-mock{ctx.suffix}"
     if stream:
         events = chat_chunks(response_id, ctx.created, model, plan, include_usage(body), usage)
@@ -82,7 +86,7 @@ def chat_reply(body: dict[str, Any], ctx: ReplyContext) -> Reply:
         "model": model,
         "choices": [
             {
-                "index": 0,
+                "index": index,
                 "message": {
                     "role": "assistant",
                     "content": plan.text,
@@ -92,6 +96,7 @@ def chat_reply(body: dict[str, Any], ctx: ReplyContext) -> Reply:
                 "logprobs": None,
                 "finish_reason": _finish_reason(plan),
             }
+            for index in range(n)
         ],
     }
     if usage is not None:

@@ -65,6 +65,8 @@ ENDPOINTS: dict[str, Endpoint] = {
 }
 CONFIG = web.AppKey("mock_config", MockConfig)
 RECORDS = web.AppKey("mock_records", collections.deque[dict[str, Any]])
+HOLDS = web.AppKey("mock_holds", dict[str, asyncio.Event])
+HELD = web.AppKey("mock_held", collections.Counter[str])
 
 
 def _redact(key: str) -> str:
@@ -205,6 +207,8 @@ async def _handle(endpoint: Endpoint, request: web.Request) -> web.StreamRespons
         reply: Reply = _error_reply(family, ApiError(400, str(exc)), request_id)
         headers = _response_headers(family, reply, request_id)
         return await send_reply(request, reply, Controls(), encoder, headers)
+    if controls.hold is not None:
+        await _hold(request.app, controls.hold)
     if controls.latency_ms:
         await asyncio.sleep(controls.latency_ms / 1000)
     try:
@@ -229,6 +233,27 @@ async def _reply(endpoint: Endpoint, request: web.Request, raw: bytes, controls:
         raise injected_error(controls.status)
     context = ReplyContext(controls, secrets.token_hex(12), int(time.time()))
     return endpoint.build(parse_body(raw), context)
+
+
+async def _hold(app: web.Application, name: str) -> None:
+    event = app[HOLDS].setdefault(name, asyncio.Event())
+    app[HELD][name] += 1
+    try:
+        await event.wait()
+    finally:
+        app[HELD][name] -= 1
+
+
+async def _release(request: web.Request) -> web.Response:
+    """POST /_mock/release/NAME: every response held under NAME (and any later one) goes."""
+    name = request.match_info["name"]
+    request.app[HOLDS].setdefault(name, asyncio.Event()).set()
+    return web.json_response({"released": name})
+
+
+async def _held(request: web.Request) -> web.Response:
+    """GET /_mock/held/NAME: how many responses are waiting under NAME."""
+    return web.json_response({"held": request.app[HELD][request.match_info["name"]]})
 
 
 def _handler(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
@@ -272,10 +297,14 @@ def create_app(
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     app[CONFIG] = MockConfig(fixtures_dir, openai_key or None, anthropic_key or None)
     app[RECORDS] = collections.deque(maxlen=MAX_RECORDED)
+    app[HOLDS] = {}
+    app[HELD] = collections.Counter()
     for path, endpoint in ENDPOINTS.items():
         app.router.add_post(path, _handler(endpoint))
     app.router.add_get("/_mock/requests", _list_requests)
     app.router.add_delete("/_mock/requests", _clear_requests)
     app.router.add_get("/_mock/health", _health)
+    app.router.add_post("/_mock/release/{name}", _release)
+    app.router.add_get("/_mock/held/{name}", _held)
     app.router.add_route("*", "/{tail:.*}", _not_found)
     return app
