@@ -28,6 +28,7 @@ from gateway_extproc.errors import ConfigError
 from gateway_extproc.identity.model import IdentityConfig
 from gateway_extproc.identity.policy import PolicySet, parse_policies
 from gateway_extproc.identity.settings import parse_identity
+from gateway_extproc.namespaces import namespace_problems
 
 
 @dataclasses.dataclass(frozen=True)
@@ -317,6 +318,7 @@ def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayC
     policies = parse_policies(doc.get("policies"), r.problems)
 
     budgets = parse_budgets(doc.get("budgets"), r.problems)
+    r.problems.extend(namespace_problems(identity, doc.get("policies"), budgets))
     if catalog is not None:
         r.problems.extend(downgrade_problems(budgets, catalog))
     store_doc = r.section(

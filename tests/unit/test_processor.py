@@ -688,6 +688,7 @@ def test_json_response_cost_header_and_audit(gw: Gateway) -> None:
             "auth_method": "anonymous",
             "user": None,
             "service": None,
+            "static_token": None,
             "groups": [],
             "issuer": None,
             "client_id": None,
@@ -1099,7 +1100,8 @@ def test_static_token_identity_is_recorded_and_policy_applies(secured: Gateway) 
     forward(p, CHAT_PATH, {"model": "gpt-test", "messages": []}, extra=bearer)
     p.close()
     ident = secured.record()["identity"]
-    assert ident["service"] == "docs-bot" and ident["auth_method"] == "static_token"
+    assert ident["static_token"] == "docs-bot" and ident["auth_method"] == "static_token"
+    assert ident["service"] is None  # static tokens are not JWT services
 
     p = secured.processor()
     handle(p, req_headers(CHAT_PATH, extra=bearer))
