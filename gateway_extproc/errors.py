@@ -39,6 +39,12 @@ class BadRequest(ClientError):
     pass
 
 
+class HeaderNotAllowed(ClientError):
+    """A client header that changes price or billing, which the provider may not receive."""
+
+    code = "header_not_allowed"
+
+
 class UnknownModel(ClientError):
     code = "model_not_found"
     anthropic_type = "not_found_error"

@@ -49,6 +49,7 @@ class StreamProcessor:
         self.started = ctx.monotonic()
         self.arrived = ctx.wall_clock()
         self.request_id = "-"
+        self.client_headers: tuple[str, ...] = ()
         self.method = ""
         self.path = ""
         self.schema = Schema.OPENAI
@@ -122,6 +123,7 @@ class StreamProcessor:
     def _note_request(self, headers: dict[str, str]) -> None:
         """Request id, method, path and the client's API family (for error formats)."""
         self.request_id = headers.get("x-request-id", "-")
+        self.client_headers = tuple(headers)  # names; which reach the provider: forwarding.py
         self.method = headers.get(":method", "")
         self.path = headers.get(":path", "")
         api = api_for_path(self.path)
@@ -202,6 +204,8 @@ class StreamProcessor:
             )
         if entry.provider not in self.ctx.upstreams:
             raise UnknownModel(f"model {request.model!r} has no configured provider")
+        upstream = self.ctx.upstreams[entry.provider]  # a refused billing header: 400, unreserved
+        upstream.forward.removals(self.client_headers, provider=upstream.provider)
         # Budgets: reserve the worst case everywhere it applies, or block / downgrade (429).
         self.admission = admission = await self.ctx.budgets.admit(
             request_id=self.request_id,
@@ -227,9 +231,14 @@ class StreamProcessor:
         new_body = upstream_body(request, served_model=served)
         if new_body is not None:
             set_headers["content-length"] = str(len(new_body))
+        remove = upstream.forward.removals(
+            self.client_headers, provider=upstream.provider, keep=set_headers
+        )
         self.forwarded = True
         return msgs.request_body_reply(
-            msgs.common(set_headers=set_headers, body=new_body, clear_route_cache=True)
+            msgs.common(
+                set_headers=set_headers, remove=remove, body=new_body, clear_route_cache=True
+            )
         )
 
     def _cost_so_far(self) -> int:

@@ -289,6 +289,25 @@ def test_body_phase_routes_with_credential(keyed: Gateway) -> None:
     assert not common.HasField("body_mutation")  # unchanged: the client's bytes go upstream
 
 
+def test_body_phase_drops_headers_the_provider_may_not_see(keyed: Gateway) -> None:
+    extra = {"authorization": "Bearer sk-client", "cookie": "c", "x-stainless-os": "Linux"}
+    common = forward(keyed.processor(), CHAT_PATH, CHAT, extra)
+    # the provider credential is set, not removed; Envoy's own and allowed headers stay
+    assert list(common.header_mutation.remove_headers) == ["cookie"]
+    assert "authorization" in set_headers(common.header_mutation)
+
+
+def test_body_phase_refuses_a_billing_header_before_any_reservation(keyed: Gateway) -> None:
+    p = keyed.processor()
+    handle(p, req_headers(CHAT_PATH, extra={"openai-organization": "org-other"}))
+    reply = handle(p, req_body(CHAT))
+    assert reply.immediate_response.status.code == 400
+    assert json.loads(reply.immediate_response.body)["error"]["code"] == "header_not_allowed"
+    assert b"openai-organization" in reply.immediate_response.body
+    record = keyed.record()
+    assert record["budget"] is None and record["error_code"] == "header_not_allowed"
+
+
 def test_body_phase_mocked_upstream_gets_no_credential(keyed: Gateway) -> None:
     p = keyed.processor()
     common = forward(p, MESSAGES_PATH, MESSAGES)
