@@ -31,6 +31,7 @@ from gateway_extproc.identity.metadata import parse_metadata
 from gateway_extproc.identity.model import Identity
 from gateway_extproc.inbound import ParsedRequest, parse_request, upstream_body
 from gateway_extproc.metering import StreamMeter, estimate_tokens, usage_from_json
+from gateway_extproc.model_mismatch import price_reported
 from gateway_extproc.models_api import models_response
 from gateway_extproc.pricing import cost_micros, format_usd
 from gateway_extproc.tokens import Usage, UsageSource
@@ -362,12 +363,22 @@ class StreamProcessor:
         )
         return usage, UsageSource.ESTIMATED, provider_model
 
+    def _priced(self, usage: Usage, provider_model: str | None) -> int:
+        """The cost; by the dearer model when the provider reports another (model_mismatch)."""
+        if self.entry is None:
+            return 0
+        cost, mismatch = price_reported(usage, self.entry, provider_model, self.ctx.catalog.lookup)
+        if mismatch is not None:
+            self.ctx.model_mismatches[mismatch.kind] += 1
+            log.warning("%s", mismatch.describe(), extra={"request_id": self.request_id})
+        return cost
+
     def _finish(self) -> int:
         """Write the audit record exactly once; return the request's cost in micro-dollars."""
         self.finished = True
         try:
             usage, source, provider_model = self._metered_usage()
-            cost = cost_micros(usage, self.entry.price) if self.entry is not None else 0
+            cost = self._priced(usage, provider_model)
         except Exception:  # the record must still be written: charge the request's estimate
             log.exception("metering failed at the end", extra={"request_id": self.request_id})
             estimate = self.request.input_tokens_estimate if self.request else 0

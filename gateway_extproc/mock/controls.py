@@ -15,6 +15,7 @@
                                   cut the connection without terminating the body
     x-mock-omit-usage: 1          report no usage at all
     x-mock-replay: NAME           replay NAME.yaml (go-vcr cassette) from --fixtures-dir
+    x-mock-response-model: NAME   report NAME as the response's model (not the request's)
 
 Pure: `parse_controls` turns request headers into a frozen `Controls` value, or raises
 `ControlError` listing every bad header at once (an unknown `x-mock-*` name is an error too).
@@ -59,6 +60,7 @@ class Controls:
     abort_after_events: int | None = None
     omit_usage: bool = False
     replay: str | None = None
+    response_model: str | None = None
 
 
 class _Reader:
@@ -111,6 +113,13 @@ class _Reader:
             return None
         return fixture
 
+    def name(self, name: str) -> str | None:
+        raw = self._raw(name)
+        if raw is not None and not _REPLAY_NAME.match(raw):
+            self.problems.append(f"{name}: {raw!r} must be a model name (letters, digits, . _ -)")
+            return None
+        return raw
+
     def unknown(self) -> None:
         for name in self.headers:
             if name.startswith("x-mock-") and name not in CONTROL_HEADERS:
@@ -131,6 +140,7 @@ CONTROL_HEADERS = (
     "x-mock-abort-after-events",
     "x-mock-omit-usage",
     "x-mock-replay",
+    "x-mock-response-model",
 )
 _BIG = 1 << 30
 
@@ -157,6 +167,7 @@ def parse_controls(headers: Mapping[str, str]) -> Controls:
         abort_after_events=read.integer("x-mock-abort-after-events", 0, _BIG),
         omit_usage=read.flag("x-mock-omit-usage"),
         replay=read.replay("x-mock-replay"),
+        response_model=read.name("x-mock-response-model"),
     )
     read.unknown()
     if read.problems:

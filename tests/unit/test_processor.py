@@ -659,6 +659,28 @@ def chat_json(prompt: int = 100, completion: int = 50) -> bytes:
     )
 
 
+def test_a_dearer_reported_model_is_charged_logged_and_counted(
+    gw: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    p = gw.processor()
+    forward(p, CHAT_PATH, CHAT)
+    handle(p, resp_headers())
+    body = chat_json(prompt=100, completion=50).replace(b"gpt-test-2025-01-31", b"claude-test")
+    reply = handle(p, resp_body(body, end=True))
+    # claude-test: 100 x $3/1M + 50 x $15/1M = $0.00105 (gpt-test would be $0.00075)
+    assert set_headers(reply.response_body.response.header_mutation) == {
+        "x-gateway-cost-usd": "0.001050"
+    }
+    p.close()
+    record = gw.record()
+    assert (record["served_model"], record["provider_model"]) == ("gpt-test", "claude-test")
+    assert record["cost_micros"] == 1050
+    assert gw.ctx.model_mismatches == {"dearer_reported": 1}
+    (warning,) = [r for r in caplog.records if "reported model" in r.getMessage()]
+    assert getattr(warning, "request_id", None) == RID
+    assert "'claude-test'" in warning.getMessage() and "'gpt-test'" in warning.getMessage()
+
+
 def test_json_response_cost_header_and_audit(gw: Gateway) -> None:
     p = gw.processor()
     forward(p, CHAT_PATH, CHAT)
