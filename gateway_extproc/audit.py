@@ -88,6 +88,7 @@ def _identity(identity: Identity | None) -> dict[str, Any] | None:
         "auth_method": identity.auth_method.value,
         "user": identity.user,
         "service": identity.service,
+        "static_token": identity.static_token,
         "groups": sorted(identity.groups),
         "issuer": identity.issuer,
         "client_id": identity.client_id,

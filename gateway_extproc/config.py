@@ -25,9 +25,11 @@ from gateway_extproc.budgets.model import BudgetConfig
 from gateway_extproc.budgets.settings import parse_budgets
 from gateway_extproc.catalog import Catalog
 from gateway_extproc.errors import ConfigError
+from gateway_extproc.forwarding import forward_header_problems
 from gateway_extproc.identity.model import IdentityConfig
 from gateway_extproc.identity.policy import PolicySet, parse_policies
 from gateway_extproc.identity.settings import parse_identity
+from gateway_extproc.namespaces import namespace_problems
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +48,7 @@ class ProviderConfig:
     schema: Schema
     base_url: str
     auth: Credential | None  # None: the provider needs no key (local vLLM, Ollama)
+    forward_headers: tuple[str, ...] = ()  # client headers forwarded beyond the defaults
 
     @property
     def cluster(self) -> str:
@@ -168,7 +171,7 @@ class _Reader:
         return value
 
 
-_PROVIDER_KEYS = {"schema", "base_url", "auth"}
+_PROVIDER_KEYS = {"schema", "base_url", "auth", "forward_headers"}
 _AUTH_KEYS = {"header", "prefix", "env", "file"}
 
 
@@ -216,7 +219,13 @@ def _provider(r: _Reader, name: str, doc: object) -> ProviderConfig | None:
         auth = Credential(header=header, prefix=prefix, env=env, file=file)
     elif auth_doc is not None:
         r.problems.append(f"{path}.auth: must be a mapping or null")
-    return ProviderConfig(name=name, schema=schema, base_url=base_url, auth=auth)
+    forward, problems = forward_header_problems(
+        doc.get("forward_headers"), f"{path}.forward_headers"
+    )
+    r.problems.extend(problems)
+    return ProviderConfig(
+        name=name, schema=schema, base_url=base_url, auth=auth, forward_headers=forward
+    )
 
 
 def _identity_files(doc: object) -> tuple[str, ...]:
@@ -317,6 +326,7 @@ def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayC
     policies = parse_policies(doc.get("policies"), r.problems)
 
     budgets = parse_budgets(doc.get("budgets"), r.problems)
+    r.problems.extend(namespace_problems(identity, doc.get("policies"), budgets))
     if catalog is not None:
         r.problems.extend(downgrade_problems(budgets, catalog))
     store_doc = r.section(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import time
 from collections.abc import Callable
@@ -22,5 +23,9 @@ class GatewayContext:
     audit: AuditSink
     authenticator: Authenticator
     budgets: BudgetGate
+    # Reported-model mismatches by kind (model_mismatch.MismatchKind), for metrics.
+    model_mismatches: collections.Counter[str] = dataclasses.field(
+        default_factory=collections.Counter
+    )
     monotonic: Callable[[], float] = time.monotonic
     wall_clock: Callable[[], float] = time.time

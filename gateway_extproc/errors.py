@@ -45,6 +45,12 @@ class CostUnbounded(ClientError):
     code = "cost_unbounded"
 
 
+class HeaderNotAllowed(ClientError):
+    """A client header that changes price or billing, which the provider may not receive."""
+
+    code = "header_not_allowed"
+
+
 class UnknownModel(ClientError):
     code = "model_not_found"
     anthropic_type = "not_found_error"

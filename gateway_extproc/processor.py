@@ -34,6 +34,7 @@ from gateway_extproc.identity.metadata import parse_metadata
 from gateway_extproc.identity.model import Identity
 from gateway_extproc.inbound import ParsedRequest, parse_request, upstream_body
 from gateway_extproc.metering import StreamMeter, estimate_tokens, usage_from_json
+from gateway_extproc.model_mismatch import price_reported
 from gateway_extproc.models_api import models_response
 from gateway_extproc.pricing import cost_micros, format_usd
 from gateway_extproc.tokens import Usage, UsageSource
@@ -55,6 +56,7 @@ class StreamProcessor:
         # The budget reservation's id: random, never from a client-influenced header (the
         # request id stays the correlation id in logs and headers).
         self.reservation_id = secrets.token_hex(16)
+        self.client_headers: tuple[str, ...] = ()
         self.method = ""
         self.path = ""
         self.schema = Schema.OPENAI
@@ -128,6 +130,7 @@ class StreamProcessor:
     def _note_request(self, headers: dict[str, str]) -> None:
         """Request id, method, path and the client's API family (for error formats)."""
         self.request_id = headers.get("x-request-id", "-")
+        self.client_headers = tuple(headers)  # names; which reach the provider: forwarding.py
         self.method = headers.get(":method", "")
         self.path = headers.get(":path", "")
         api = api_for_path(self.path)
@@ -208,6 +211,8 @@ class StreamProcessor:
             )
         if entry.provider not in self.ctx.upstreams:
             raise UnknownModel(f"model {request.model!r} has no configured provider")
+        upstream = self.ctx.upstreams[entry.provider]  # a refused billing header: 400, unreserved
+        upstream.forward.removals(self.client_headers, provider=upstream.provider)
         # Budgets: reserve the worst case everywhere it applies, or block / downgrade (429).
         identity = self.identity
         gate = self.ctx.budgets
@@ -251,9 +256,14 @@ class StreamProcessor:
         new_body = upstream_body(request, served_model=served, output_cap=output_cap)
         if new_body is not None:
             set_headers["content-length"] = str(len(new_body))
+        remove = upstream.forward.removals(
+            self.client_headers, provider=upstream.provider, keep=set_headers
+        )
         self.forwarded = True
         return msgs.request_body_reply(
-            msgs.common(set_headers=set_headers, body=new_body, clear_route_cache=True)
+            msgs.common(
+                set_headers=set_headers, remove=remove, body=new_body, clear_route_cache=True
+            )
         )
 
     def _cap_injected(self) -> bool:
@@ -381,12 +391,22 @@ class StreamProcessor:
         )
         return usage, UsageSource.ESTIMATED, provider_model
 
+    def _priced(self, usage: Usage, provider_model: str | None) -> int:
+        """The cost; by the dearer model when the provider reports another (model_mismatch)."""
+        if self.entry is None:
+            return 0
+        cost, mismatch = price_reported(usage, self.entry, provider_model, self.ctx.catalog.lookup)
+        if mismatch is not None:
+            self.ctx.model_mismatches[mismatch.kind] += 1
+            log.warning("%s", mismatch.describe(), extra={"request_id": self.request_id})
+        return cost
+
     def _finish(self) -> int:
         """Write the audit record exactly once; return the request's cost in micro-dollars."""
         self.finished = True
         try:
             usage, source, provider_model = self._metered_usage()
-            cost = cost_micros(usage, self.entry.price) if self.entry is not None else 0
+            cost = self._priced(usage, provider_model)
         except Exception:  # the record must still be written: charge the request's estimate
             log.exception("metering failed at the end", extra={"request_id": self.request_id})
             estimate = self.request.input_tokens_estimate if self.request else 0

@@ -14,6 +14,7 @@ from pathlib import Path
 from gateway_extproc.apis import Schema
 from gateway_extproc.config import GatewayConfig, ProviderConfig
 from gateway_extproc.errors import ConfigError
+from gateway_extproc.forwarding import ForwardPolicy, forward_policy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +29,9 @@ class Upstream:
     auth_header: str | None
     auth_value: str | None = dataclasses.field(default=None, repr=False)  # a secret
     mocked: bool = False
+    forward: ForwardPolicy = dataclasses.field(  # which client headers it receives
+        default_factory=lambda: forward_policy(Schema.OPENAI, (), mocked=False)
+    )
 
     def upstream_path(self, client_path: str) -> str:
         """`/v1/chat/completions?x=1` -> base_path + `/chat/completions?x=1`."""
@@ -94,6 +98,7 @@ def resolve_upstreams(
             if mocked or provider.auth is None
             else provider.auth.prefix + (secret or ""),
             mocked=mocked,
+            forward=forward_policy(provider.schema, provider.forward_headers, mocked=mocked),
         )
     if problems:
         raise ConfigError(problems)

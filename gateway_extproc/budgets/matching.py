@@ -5,6 +5,11 @@ scope: a user budget does not apply to a service token, an attribute budget not 
 without that attribute. An "each value" scope charges one counter per value the request has: a
 user in three groups charges three counters of an each-group budget. A fixed-value scope applies
 only when the request has that value. A global budget has the single counter `*`.
+
+Static tokens and JWT services are separate namespaces: `services` and `scope.kind: service` name
+JWT services (and static tokens only with `identity.static_tokens_share_service_namespace`, which
+sets a static token's `service`); `static_tokens` and `scope.kind: static_token` name static
+tokens. The Identity carries this, so nothing here needs the setting.
 """
 
 from __future__ import annotations
@@ -48,6 +53,8 @@ def matches(match: Match, *, identity: Identity, model: str, provider: str) -> b
         return False
     if match.users is not None and identity.user not in match.users:
         return False
+    if match.static_tokens is not None and identity.static_token not in match.static_tokens:
+        return False
     return match.services is None or identity.service in match.services
 
 
@@ -63,6 +70,8 @@ def scope_values(
         single = identity.user
     elif kind is ScopeKind.SERVICE:
         single = identity.service
+    elif kind is ScopeKind.STATIC_TOKEN:
+        single = identity.static_token
     elif kind is ScopeKind.MODEL:
         single = model
     elif kind is ScopeKind.PROVIDER:

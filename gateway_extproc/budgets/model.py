@@ -16,11 +16,12 @@ class ScopeKind(enum.StrEnum):
 
     USER = "user"
     GROUP = "group"
-    SERVICE = "service"
+    SERVICE = "service"  # a JWT service (a static token too, if namespaces are shared)
     MODEL = "model"
     PROVIDER = "provider"
     ATTRIBUTE = "attribute"
     GLOBAL = "global"
+    STATIC_TOKEN = "static_token"  # a static token by name: a namespace apart from services
 
 
 class Action(enum.StrEnum):
@@ -59,6 +60,7 @@ class Match:
     providers: frozenset[str] | None = None
     users: frozenset[str] | None = None
     services: frozenset[str] | None = None
+    static_tokens: frozenset[str] | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

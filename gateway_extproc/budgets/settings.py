@@ -60,7 +60,7 @@ _BUDGET_KEYS = {
     "alerts",
     "on_redis_error",
 }
-_MATCH_KEYS = ("groups", "models", "providers", "users", "services")
+_MATCH_KEYS = ("groups", "models", "providers", "users", "services", "static_tokens")
 
 E = TypeVar("E", bound=enum.Enum)
 
@@ -222,6 +222,7 @@ def _match(doc: object, path: str, out: list[str]) -> Match:
         providers=as_set("providers"),
         users=as_set("users"),
         services=as_set("services"),
+        static_tokens=as_set("static_tokens"),
     )
 
 

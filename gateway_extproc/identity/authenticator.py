@@ -7,7 +7,9 @@ Credential rules (header names lower-case):
 - No credential: `ANONYMOUS` if `allow_anonymous`, else 401 `missing_token`.
 - Longer than `max_token_bytes`: refused before any parsing.
 - Static service tokens: the credential's SHA-256 compared with every configured digest in
-  constant time. Revoking one is a config reload (a new Authenticator without it).
+  constant time. Revoking one is a config reload (a new Authenticator without it). Its identity
+  names it as `static_token`, a namespace apart from JWT services (`service` is set too only
+  with `static_tokens_share_service_namespace`).
 - Anything else is a JWT (`jwt_verify`), keys from each issuer's `JwksCache`; an unknown kid
   refreshes that issuer's JWKS (rate limited) and retries once.
 
@@ -96,6 +98,7 @@ class Authenticator:
             for issuer in config.issuers
             if issuer.hs_secret is None
         }
+        shared = config.static_tokens_share_service_namespace
         self._static = tuple(
             (
                 token.sha256,
@@ -103,11 +106,12 @@ class Authenticator:
                     kind=Kind.SERVICE,
                     auth_method=AuthMethod.STATIC_TOKEN,
                     user=None,
-                    service=token.service,
+                    service=token.service if shared else None,  # a namespace of its own
                     groups=token.groups,
                     issuer=STATIC_ISSUER,
                     attributes=dict(token.attributes),
                     expires_at=None,
+                    static_token=token.service,
                 ),
             )
             for token in config.static_tokens

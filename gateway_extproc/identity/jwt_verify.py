@@ -9,7 +9,9 @@ token never chooses how it is verified):
 2. `verify`: pick the key (by kid; without a kid only if exactly one key fits the algorithm),
    then `jwt.decode` with exactly that one algorithm, the issuer's audiences, `iss`, required
    claims; then exp/nbf/iat against `now` with the issuer's leeway.
-3. `identity_from_claims`: user / groups / service / attributes by dotted claim paths.
+3. `identity_from_claims`: user / groups / service / attributes by dotted claim paths, then
+   what the issuer may vouch for (`vouching`): a kind, user domain, service name or group it
+   may not assert is refused.
 
 Every refusal is a `TokenRejected` with a short message fit for the client (it never echoes the
 token or values taken from it) and a `reason` code for counting. `UnknownKeyId` lets the caller
@@ -30,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from gateway_extproc.identity.jwks import KeySet, PublicKey, SigningKey
 from gateway_extproc.identity.model import AuthMethod, Identity, IssuerConfig, Kind
+from gateway_extproc.identity.vouching import refusal
 
 __all__ = [
     "ASYMMETRIC_ALGORITHMS",
@@ -265,8 +268,8 @@ def _first_string(claims: Mapping[str, Any], paths: tuple[str, ...]) -> str | No
 def identity_from_claims(
     claims: Mapping[str, Any], issuer: IssuerConfig, *, expires_at: float | None
 ) -> Identity:
-    """Step 3. A user when a user path resolves, else a service; a token naming neither is
-    refused."""
+    """Step 3. A user when a user path resolves, else a service; a token naming neither, or
+    naming what its issuer may not assert, is refused."""
     mapping = issuer.claims
     groups: set[str] = set()
     for path in mapping.groups:
@@ -289,7 +292,7 @@ def identity_from_claims(
         raise TokenRejected(
             f"token names no user or service (claims tried: {paths})", reason="no_principal"
         )
-    return Identity(
+    identity = Identity(
         kind=Kind.USER if user is not None else Kind.SERVICE,
         auth_method=AuthMethod.JWT,
         user=user,
@@ -300,3 +303,7 @@ def identity_from_claims(
         expires_at=expires_at,
         client_id=_first_string(claims, _CLIENT_ID_CLAIMS),
     )
+    why = refusal(identity, issuer.name, issuer.asserts)
+    if why is not None:
+        raise TokenRejected(why, reason="not_vouched")
+    return identity

@@ -34,11 +34,14 @@ class Identity:
     attributes: Mapping[str, str]  # verified custom attributes (department, cost_center, ...)
     expires_at: float | None  # unix time; None for static tokens and anonymous
     client_id: str | None = None  # the OAuth client a user token was issued to (azp), if any
+    # A static token's name. Static tokens and JWT services are separate namespaces: `service`
+    # is None for a static token unless `identity.static_tokens_share_service_namespace`.
+    static_token: str | None = None
 
     @property
     def subject(self) -> str:
-        """The principal's name: the user, else the service, else "anonymous"."""
-        return self.user or self.service or "anonymous"
+        """The principal's name: the user, else the service or static token, else "anonymous"."""
+        return self.user or self.service or self.static_token or "anonymous"
 
 
 ANONYMOUS = Identity(
@@ -65,6 +68,23 @@ class ClaimMapping:
 
 
 @dataclasses.dataclass(frozen=True)
+class Assertions:
+    """What an issuer may vouch for (`identity.issuers.NAME.asserts`); a token asserting more is
+    refused. Every restriction that is set must hold; None means unrestricted."""
+
+    kinds: frozenset[Kind] = frozenset({Kind.USER, Kind.SERVICE})
+    user_domains: tuple[str, ...] | None = None  # lower-case e-mail domains, matched exactly
+    service_prefixes: tuple[str, ...] | None = None  # a service name starts with one of these
+    groups: tuple[str, ...] | None = None  # shell wildcards every asserted group must match
+
+
+UNRESTRICTED = Assertions()
+# An issuer with a shared secret (hs_secret): whoever holds the secret can mint any token, so by
+# default it vouches for services only, and for no groups.
+SHARED_SECRET_DEFAULT = Assertions(kinds=frozenset({Kind.SERVICE}), groups=())
+
+
+@dataclasses.dataclass(frozen=True)
 class IssuerConfig:
     name: str  # config key, recorded in audit records
     issuer: str  # the exact `iss` claim
@@ -79,6 +99,7 @@ class IssuerConfig:
     jwks_refresh_min_interval_s: int = 30  # an unknown kid refreshes at most this often
     jwks_max_stale_s: int = 3600  # after fetch failures, keep the last good keys this long
     claims: ClaimMapping = dataclasses.field(default_factory=ClaimMapping)
+    asserts: Assertions = UNRESTRICTED
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,3 +120,6 @@ class IdentityConfig:
     max_token_bytes: int = 8192
     verified_cache_size: int = 10_000
     metadata_header: str = "x-gateway-metadata"
+    # Whether a static token's name is also its `service` (policies `services`, budget
+    # `match.services` / `scope.kind: service` then match it, as they match JWT services).
+    static_tokens_share_service_namespace: bool = False

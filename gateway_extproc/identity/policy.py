@@ -9,9 +9,11 @@ of each rule); after that `PolicySet.allows` is pure: no clock, no I/O.
       rules:
         - groups: [interns]          # subjects: users / groups / services (exact names)
           allow: [gpt-4o-mini]       # model patterns, shell-style wildcards
-        - services: [ci-runner]
+        - services: [ci-runner]      # JWT services
           allow: ["gpt-5*"]
           deny: ["gpt-5-pro*"]
+        - static_tokens: [docs-bot]  # static tokens: a namespace apart from JWT services
+          allow: [gpt-4o-mini]
 
 Precedence:
 
@@ -19,7 +21,9 @@ Precedence:
    Rules never apply to anonymous callers.
 2. For any other identity exactly one kind of rule decides, the most specific that matches:
    the rules listing the identity's user in `users`; if there are none, the rules listing its
-   service in `services`; if none, the rules listing any of its groups in `groups` (every such
+   service in `services`; if none, the rules listing its static token in `static_tokens` (a
+   static token is a `service` too only with `identity.static_tokens_share_service_namespace`);
+   if none, the rules listing any of its groups in `groups` (every such
    rule, across all of its groups); if none, `policies.default`. A rule naming several kinds of
    subject counts as a rule of each kind: `{users: [alice], groups: [eng]}` is a user rule for
    alice and a group rule for the rest of eng.
@@ -58,11 +62,18 @@ __all__ = ["DEFAULT_MEMO_SIZE", "PolicySet", "parse_policies"]
 DEFAULT_MEMO_SIZE = 16_384
 _TOP_KEYS = ("default", "anonymous", "rules")
 _POLICY_KEYS = ("allow", "deny")
-_SUBJECT_KEYS = (("users", "user"), ("services", "service"), ("groups", "group"))
-_RULE_KEYS = ("users", "groups", "services", "allow", "deny")
+_SUBJECT_KEYS = (
+    ("users", "user"),
+    ("services", "service"),
+    ("static_tokens", "static_token"),
+    ("groups", "group"),
+)
+_RULE_KEYS = ("users", "groups", "services", "static_tokens", "allow", "deny")
+_KIND_LABELS = {"static_token": "static token"}
 _EXPLAIN_MAX_PATTERNS = 10
 
-_Subjects = frozenset[tuple[str, str]]  # ("user" | "service" | "group" | "anonymous", name)
+# ("user" | "service" | "static_token" | "group" | "anonymous", name)
+_Subjects = frozenset[tuple[str, str]]
 _DEFAULT: _Subjects = frozenset()
 _ANONYMOUS: _Subjects = frozenset({("anonymous", "")})
 
@@ -158,7 +169,12 @@ class PolicySet:
         self._default = default
         self._anonymous = anonymous
         self._rules = tuple(rule for rule, _ in rules)
-        index: dict[str, dict[str, list[_Rule]]] = {"user": {}, "service": {}, "group": {}}
+        index: dict[str, dict[str, list[_Rule]]] = {
+            "user": {},
+            "service": {},
+            "static_token": {},
+            "group": {},
+        }
         for rule, subjects in rules:
             for kind, names in subjects.items():
                 for name in names:
@@ -167,6 +183,7 @@ class PolicySet:
                         listed.append(rule)
         self._users = {name: tuple(found) for name, found in index["user"].items()}
         self._services = {name: tuple(found) for name, found in index["service"].items()}
+        self._static = {name: tuple(found) for name, found in index["static_token"].items()}
         self._groups = {name: tuple(found) for name, found in index["group"].items()}
         self._deciders: _Memo[_Subjects, _Decider] = _Memo(memo_size)
         self._decisions: _Memo[tuple[_Subjects, str, str | None], bool] = _Memo(memo_size)
@@ -244,6 +261,8 @@ class PolicySet:
             return frozenset({("user", identity.user)})
         if identity.service is not None and identity.service in self._services:
             return frozenset({("service", identity.service)})
+        if identity.static_token is not None and identity.static_token in self._static:
+            return frozenset({("static_token", identity.static_token)})
         groups = self._groups
         return frozenset(("group", group) for group in identity.groups if group in groups)
 
@@ -260,11 +279,17 @@ class PolicySet:
         if subjects == _ANONYMOUS and self._anonymous is not None:
             return _Decider("the anonymous policy", False, (self._anonymous,))
         kind = next(iter(subjects))[0]
-        index = {"user": self._users, "service": self._services, "group": self._groups}[kind]
+        index = {
+            "user": self._users,
+            "service": self._services,
+            "static_token": self._static,
+            "group": self._groups,
+        }[kind]
         names = sorted(name for _, name in subjects)
         found = dict.fromkeys(rule for name in names for rule in index[name])
         rules = tuple(sorted(found, key=lambda rule: rule.order))
-        label = f"{kind}{'s' if len(names) > 1 else ''} {', '.join(names)}"
+        noun = _KIND_LABELS.get(kind, kind)
+        label = f"{noun}{'s' if len(names) > 1 else ''} {', '.join(names)}"
         return _Decider(label, len(names) > 1, rules)
 
 
@@ -328,7 +353,7 @@ def _rule(
     before = len(problems)
     subjects = {kind: _names(doc, path, key, "names", problems) for key, kind in _SUBJECT_KEYS}
     if len(problems) == before and not any(subjects.values()):
-        problems.append(f"{path}: names no subject (set users, groups or services)")
+        problems.append(f"{path}: names no subject (set users, groups, services or static_tokens)")
     before = len(problems)
     allow = _patterns(doc, path, "allow", problems)
     deny = _patterns(doc, path, "deny", problems)

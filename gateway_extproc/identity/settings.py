@@ -12,9 +12,11 @@
           jwks_url: https://login.example.com/realms/corp/protocol/openid-connect/certs
           algorithms: [RS256, ES256]
           claims: {user: [email], groups: [groups, realm_access.roles]}
+          asserts: {kinds: [user, service], user_domains: [example.com]}   # see vouching.py
       static_tokens:
         docs-bot: {sha256: "<64 hex>", groups: [bots], attributes: {cost_center: "42"}}
       static_tokens_file: /run/secrets/static-tokens.yaml   # same mapping as static_tokens
+      static_tokens_share_service_namespace: false   # true: a static token is also a `service`
 
 `parse_identity` appends every problem, each with its path, to the caller's list and returns a
 best-effort config; the caller raises `ConfigError` if any were found. Secrets (`hs_secret`,
@@ -38,6 +40,7 @@ from gateway_extproc.identity.model import (
     IssuerConfig,
     StaticToken,
 )
+from gateway_extproc.identity.vouching import parse_asserts
 
 __all__ = ["DEFAULT_ALGORITHMS", "parse_identity"]
 
@@ -293,6 +296,9 @@ def _issuer(
         jwks_refresh_min_interval_s=r.integer("jwks_refresh_min_interval_s", 30, 1, 3600),
         jwks_max_stale_s=max_stale,
         claims=_claims(r),
+        asserts=parse_asserts(
+            doc.get("asserts"), r.at("asserts"), shared_secret=secret_set, problems=problems
+        ),
     )
 
 
@@ -419,4 +425,7 @@ def parse_identity(doc: object, environ: Mapping[str, str], problems: list[str])
             "verified_cache_size", default.verified_cache_size, 0, 10_000_000
         ),
         metadata_header=header.lower(),
+        static_tokens_share_service_namespace=r.boolean(
+            "static_tokens_share_service_namespace", default.static_tokens_share_service_namespace
+        ),
     )

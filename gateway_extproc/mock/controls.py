@@ -17,6 +17,7 @@
     x-mock-replay: NAME           replay NAME.yaml (go-vcr cassette) from --fixtures-dir
     x-mock-hold: NAME             hold the response until `POST /_mock/release/NAME` (tests that
                                   need every admitted request in flight at once)
+    x-mock-response-model: NAME   report NAME as the response's model (not the request's)
 
 Pure: `parse_controls` turns request headers into a frozen `Controls` value, or raises
 `ControlError` listing every bad header at once (an unknown `x-mock-*` name is an error too).
@@ -62,6 +63,7 @@ class Controls:
     omit_usage: bool = False
     replay: str | None = None
     hold: str | None = None
+    response_model: str | None = None
 
 
 class _Reader:
@@ -114,6 +116,13 @@ class _Reader:
             return None
         return fixture
 
+    def name(self, name: str) -> str | None:
+        raw = self._raw(name)
+        if raw is not None and not _REPLAY_NAME.match(raw):
+            self.problems.append(f"{name}: {raw!r} must be a model name (letters, digits, . _ -)")
+            return None
+        return raw
+
     def unknown(self) -> None:
         for name in self.headers:
             if name.startswith("x-mock-") and name not in CONTROL_HEADERS:
@@ -135,6 +144,7 @@ CONTROL_HEADERS = (
     "x-mock-omit-usage",
     "x-mock-replay",
     "x-mock-hold",
+    "x-mock-response-model",
 )
 _BIG = 1 << 30
 
@@ -162,6 +172,7 @@ def parse_controls(headers: Mapping[str, str]) -> Controls:
         omit_usage=read.flag("x-mock-omit-usage"),
         replay=read.replay("x-mock-replay"),
         hold=read.replay("x-mock-hold"),
+        response_model=read.name("x-mock-response-model"),
     )
     read.unknown()
     if read.problems:

@@ -232,7 +232,10 @@ async def _reply(endpoint: Endpoint, request: web.Request, raw: bytes, controls:
     if controls.status is not None:
         raise injected_error(controls.status)
     context = ReplyContext(controls, secrets.token_hex(12), int(time.time()))
-    return endpoint.build(parse_body(raw), context)
+    body = parse_body(raw)
+    if controls.response_model is not None:  # report another model than the one asked for
+        body = {**body, "model": controls.response_model}
+    return endpoint.build(body, context)
 
 
 async def _hold(app: web.Application, name: str) -> None:

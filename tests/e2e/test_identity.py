@@ -213,6 +213,7 @@ def test_sdks_with_valid_tokens_are_attributed(
         "auth_method": "jwt",
         "user": "alice@example.com",
         "service": None,
+        "static_token": None,
         "groups": ["eng", "ml-team"],
         "issuer": "corp",
         "client_id": None,
@@ -243,7 +244,8 @@ def test_static_service_token(secured: Stack, audit: AuditLog) -> None:
     assert r.status_code == 200, r.text
     ident = audit.wait_for(r.headers["x-gateway-request-id"])["identity"]
     assert (
-        ident["service"] == "docs-bot"
+        ident["static_token"] == "docs-bot"
+        and ident["service"] is None  # static tokens are not JWT services
         and ident["auth_method"] == "static_token"
         and ident["groups"] == ["bots"]
     )

@@ -179,14 +179,21 @@ async def test_static_token(auth: Authenticator) -> None:
         kind=Kind.SERVICE,
         auth_method=AuthMethod.STATIC_TOKEN,
         user=None,
-        service="docs-bot",
+        service=None,  # static tokens are a namespace apart from JWT services
         groups=frozenset({"bots"}),
         issuer="static",
         attributes={"cost_center": "42"},
         expires_at=None,
+        static_token="docs-bot",
     )
-    assert (await auth.authenticate(bearer(CI))).service == "ci"
+    assert (await auth.authenticate(bearer(CI))).static_token == "ci"
     assert auth.verifications == 0
+
+
+async def test_static_tokens_may_share_the_service_namespace(clock: Clock) -> None:
+    config = IdentityConfig(static_tokens=STATIC, static_tokens_share_service_namespace=True)
+    identity = await Authenticator(config, clock=clock).authenticate({"x-api-key": DOCS_BOT})
+    assert (identity.service, identity.static_token, identity.subject) == ("docs-bot",) * 3
 
 
 async def test_static_token_compared_with_every_digest(
@@ -214,12 +221,12 @@ async def test_wrong_static_token_refused(auth: Authenticator, wrong: str) -> No
 
 async def test_static_token_revoked_by_a_config_without_it(clock: Clock) -> None:
     before = Authenticator(IdentityConfig(static_tokens=STATIC), clock=clock)
-    assert (await before.authenticate({"x-api-key": DOCS_BOT})).service == "docs-bot"
+    assert (await before.authenticate({"x-api-key": DOCS_BOT})).static_token == "docs-bot"
     after = Authenticator(IdentityConfig(static_tokens=STATIC[1:]), clock=clock)
     with pytest.raises(Unauthenticated) as info:
         await after.authenticate({"x-api-key": DOCS_BOT})
     assert info.value.message == "malformed token"
-    assert (await after.authenticate({"x-api-key": CI})).service == "ci"
+    assert (await after.authenticate({"x-api-key": CI})).static_token == "ci"
 
 
 # --- size limit ------------------------------------------------------------------------------

@@ -153,7 +153,7 @@ def test_every_problem_at_once_with_its_path() -> None:
         "(got 'Bad Name')",
         "budgets[1].scope.colour: unknown key",
         "budgets[1].scope.kind: must be one of user, group, service, model, provider, "
-        "attribute, global (got 'team')",
+        "attribute, global, static_token (got 'team')",
         "budgets[1].limit_usd: more than 6 decimal places (got '12.3456789')",
         "budgets[1].window.period: must be one of day, week, month (got 'fortnight')",
         "budgets[1].window.timezone: must be an IANA time zone like Europe/Berlin "

@@ -229,10 +229,10 @@ def test_every_problem_at_once_with_its_path(tmp_path: Path) -> None:
     expected = [
         "identity.isuers: unknown key (expected one of allow_anonymous, issuers, "
         "max_token_bytes, metadata_header, static_tokens, static_tokens_file, "
-        "verified_cache_size)",
+        "static_tokens_share_service_namespace, verified_cache_size)",
         "identity.metadata_header: must be an HTTP header name (got 'bad header')",
-        "identity.issuers.corp.audience: unknown key (expected one of algorithms, audiences, "
-        "claims, hs_secret, issuer, jwks_cache_ttl_s, jwks_file, jwks_max_stale_s, "
+        "identity.issuers.corp.audience: unknown key (expected one of algorithms, asserts, "
+        "audiences, claims, hs_secret, issuer, jwks_cache_ttl_s, jwks_file, jwks_max_stale_s, "
         "jwks_refresh_min_interval_s, jwks_url, leeway_s, required_claims)",
         "identity.issuers.corp.audiences: must name at least one audience",
         "identity.issuers.corp.jwks_url: must be an http(s) URL "

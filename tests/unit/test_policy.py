@@ -262,13 +262,13 @@ def test_every_problem_reported_at_once_with_its_path() -> None:
         "(got '')",
         "policies.rules[0].allow[3]: must be a non-empty string without surrounding spaces "
         "(got ' gpt-5 ')",
-        "policies.rules[1]: names no subject (set users, groups or services)",
+        "policies.rules[1]: names no subject (set users, groups, services or static_tokens)",
         "policies.rules[2]: needs at least one allow or deny pattern (to allow nothing: "
         "deny: ['*'])",
         "policies.rules[3]: needs at least one allow or deny pattern (to allow nothing: "
         "deny: ['*'])",
-        "policies.rules[4].group: unknown key (expected one of users, groups, services, allow, "
-        "deny)",
+        "policies.rules[4].group: unknown key (expected one of users, groups, services, "
+        "static_tokens, allow, deny)",
         "policies.rules[4].users: must be a list of names (got 'alice')",
         "policies.rules[5].services[0]: must be a non-empty string without surrounding spaces "
         "(got '')",
@@ -276,7 +276,7 @@ def test_every_problem_reported_at_once_with_its_path() -> None:
         "(got None)",
         "policies.rules[5].deny: must be a list of model patterns (got None)",
         "policies.rules[6]: must be a mapping with subjects and allow/deny (got 'interns: gpt-4o')",
-        "policies.rules[7]: names no subject (set users, groups or services)",
+        "policies.rules[7]: names no subject (set users, groups, services or static_tokens)",
     ]
 
 
@@ -300,7 +300,7 @@ def test_problems_are_appended_to_earlier_ones() -> None:
     parse_policies({"rules": [{"allow": ["*"]}]}, problems)
     assert problems == [
         "catalog: something",
-        "policies.rules[0]: names no subject (set users, groups or services)",
+        "policies.rules[0]: names no subject (set users, groups, services or static_tokens)",
     ]
 
 

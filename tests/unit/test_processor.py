@@ -289,6 +289,25 @@ def test_body_phase_routes_with_credential(keyed: Gateway) -> None:
     assert not common.HasField("body_mutation")  # unchanged: the client's bytes go upstream
 
 
+def test_body_phase_drops_headers_the_provider_may_not_see(keyed: Gateway) -> None:
+    extra = {"authorization": "Bearer sk-client", "cookie": "c", "x-stainless-os": "Linux"}
+    common = forward(keyed.processor(), CHAT_PATH, CHAT, extra)
+    # the provider credential is set, not removed; Envoy's own and allowed headers stay
+    assert list(common.header_mutation.remove_headers) == ["cookie"]
+    assert "authorization" in set_headers(common.header_mutation)
+
+
+def test_body_phase_refuses_a_billing_header_before_any_reservation(keyed: Gateway) -> None:
+    p = keyed.processor()
+    handle(p, req_headers(CHAT_PATH, extra={"openai-organization": "org-other"}))
+    reply = handle(p, req_body(CHAT))
+    assert reply.immediate_response.status.code == 400
+    assert json.loads(reply.immediate_response.body)["error"]["code"] == "header_not_allowed"
+    assert b"openai-organization" in reply.immediate_response.body
+    record = keyed.record()
+    assert record["budget"] is None and record["error_code"] == "header_not_allowed"
+
+
 def test_body_phase_mocked_upstream_gets_no_credential(keyed: Gateway) -> None:
     p = keyed.processor()
     common = forward(p, MESSAGES_PATH, MESSAGES)
@@ -640,6 +659,28 @@ def chat_json(prompt: int = 100, completion: int = 50) -> bytes:
     )
 
 
+def test_a_dearer_reported_model_is_charged_logged_and_counted(
+    gw: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    p = gw.processor()
+    forward(p, CHAT_PATH, CHAT)
+    handle(p, resp_headers())
+    body = chat_json(prompt=100, completion=50).replace(b"gpt-test-2025-01-31", b"claude-test")
+    reply = handle(p, resp_body(body, end=True))
+    # claude-test: 100 x $3/1M + 50 x $15/1M = $0.00105 (gpt-test would be $0.00075)
+    assert set_headers(reply.response_body.response.header_mutation) == {
+        "x-gateway-cost-usd": "0.001050"
+    }
+    p.close()
+    record = gw.record()
+    assert (record["served_model"], record["provider_model"]) == ("gpt-test", "claude-test")
+    assert record["cost_micros"] == 1050
+    assert gw.ctx.model_mismatches == {"dearer_reported": 1}
+    (warning,) = [r for r in caplog.records if "reported model" in r.getMessage()]
+    assert getattr(warning, "request_id", None) == RID
+    assert "'claude-test'" in warning.getMessage() and "'gpt-test'" in warning.getMessage()
+
+
 def test_json_response_cost_header_and_audit(gw: Gateway) -> None:
     p = gw.processor()
     forward(p, CHAT_PATH, CHAT)
@@ -688,6 +729,7 @@ def test_json_response_cost_header_and_audit(gw: Gateway) -> None:
             "auth_method": "anonymous",
             "user": None,
             "service": None,
+            "static_token": None,
             "groups": [],
             "issuer": None,
             "client_id": None,
@@ -1103,7 +1145,8 @@ def test_static_token_identity_is_recorded_and_policy_applies(secured: Gateway) 
     forward(p, CHAT_PATH, {"model": "gpt-test", "messages": []}, extra=bearer)
     p.close()
     ident = secured.record()["identity"]
-    assert ident["service"] == "docs-bot" and ident["auth_method"] == "static_token"
+    assert ident["static_token"] == "docs-bot" and ident["auth_method"] == "static_token"
+    assert ident["service"] is None  # static tokens are not JWT services
 
     p = secured.processor()
     handle(p, req_headers(CHAT_PATH, extra=bearer))

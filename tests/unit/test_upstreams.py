@@ -12,6 +12,7 @@ import yaml
 from gateway_extproc.apis import Schema
 from gateway_extproc.config import GatewayConfig, load_config
 from gateway_extproc.errors import ConfigError
+from gateway_extproc.forwarding import forward_policy
 from gateway_extproc.upstreams import Upstream, needs_mock, resolve_upstreams
 
 MOCK = "http://127.0.0.1:9/v1"
@@ -56,6 +57,7 @@ def test_credentials_from_the_environment(default_config: GatewayConfig) -> None
         auth_header="x-api-key",
         auth_value=ANTHROPIC_KEY,
         mocked=False,
+        forward=forward_policy(Schema.ANTHROPIC, (), mocked=False),
     )
     assert not needs_mock(default_config, environ)
 
@@ -124,6 +126,7 @@ def test_missing_credentials_are_mocked(default_config: GatewayConfig) -> None:
         auth_header=None,  # the mock gets no credential header from the gateway
         auth_value=None,
         mocked=True,
+        forward=forward_policy(Schema.ANTHROPIC, (), mocked=True),  # x-mock-* controls too
     )
 
 

@@ -1,0 +1,82 @@
+"""The provider reports another model than the gateway priced: charged by the dearer, reported."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway_extproc.catalog import Catalog, ModelEntry
+from gateway_extproc.model_mismatch import Mismatch, MismatchKind, price_reported
+from gateway_extproc.pricing import cost_micros
+from gateway_extproc.tokens import Usage
+
+CATALOG = Catalog.load([])
+USAGE = Usage(input_tokens=1000, output_tokens=500, cached_input_tokens=200)
+
+
+def entry(name: str) -> ModelEntry:
+    found = CATALOG.lookup(name)
+    assert found is not None
+    return found
+
+
+def cost(name: str, usage: Usage = USAGE) -> int:
+    return cost_micros(usage, entry(name).price)
+
+
+def test_no_report_or_the_same_model_is_no_mismatch() -> None:
+    mini = entry("gpt-4o-mini")
+    assert price_reported(USAGE, mini, None, CATALOG.lookup) == (cost("gpt-4o-mini"), None)
+    assert price_reported(USAGE, mini, "gpt-4o-mini", CATALOG.lookup) == (cost("gpt-4o-mini"), None)
+    # a dated snapshot of the same model, as providers report it
+    dated = price_reported(USAGE, mini, "gpt-4o-mini-2024-07-18", CATALOG.lookup)
+    assert dated == (cost("gpt-4o-mini"), None)
+
+
+def test_a_dearer_reported_model_is_charged_at_its_price() -> None:
+    charged, mismatch = price_reported(USAGE, entry("gpt-4o-mini"), "gpt-4o", CATALOG.lookup)
+    assert cost("gpt-4o") > cost("gpt-4o-mini")
+    assert charged == cost("gpt-4o")
+    assert mismatch == Mismatch(MismatchKind.DEARER_REPORTED, "gpt-4o-mini", "gpt-4o", "gpt-4o")
+    assert mismatch.describe() == (
+        "provider reported model 'gpt-4o' but the gateway priced 'gpt-4o-mini' "
+        "(dearer_reported); charged at 'gpt-4o'"
+    )
+
+
+def test_a_cheaper_reported_model_does_not_lower_the_price() -> None:
+    charged, mismatch = price_reported(
+        USAGE, entry("gpt-4o"), "gpt-4o-mini-2024-07-18", CATALOG.lookup
+    )
+    assert charged == cost("gpt-4o")
+    assert mismatch == Mismatch(
+        MismatchKind.CHEAPER_REPORTED, "gpt-4o", "gpt-4o-mini-2024-07-18", "gpt-4o"
+    )
+
+
+def test_an_unknown_reported_model_keeps_the_priced_cost_and_is_reported_bounded() -> None:
+    charged, mismatch = price_reported(USAGE, entry("gpt-4o"), "x" * 500, CATALOG.lookup)
+    assert charged == cost("gpt-4o")
+    assert mismatch is not None and mismatch.kind is MismatchKind.UNKNOWN_REPORTED
+    assert mismatch.charged == "gpt-4o"
+    assert len(mismatch.describe()) < 250
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        Usage(),
+        Usage(input_tokens=10),
+        Usage(output_tokens=10),
+        Usage(input_tokens=5000, cached_input_tokens=4000, output_tokens=1),
+        Usage(input_tokens=1, output_tokens=100, reasoning_tokens=90),
+    ],
+)
+@pytest.mark.parametrize(
+    ("priced", "reported"),
+    [("gpt-4o-mini", "gpt-4o"), ("gpt-4o", "gpt-4o-mini"), ("claude-haiku-4-5", "claude-opus-4-8")],
+)
+def test_the_charge_is_always_the_dearer_of_the_two(
+    usage: Usage, priced: str, reported: str
+) -> None:
+    charged, _ = price_reported(usage, entry(priced), reported, CATALOG.lookup)
+    assert charged == max(cost(priced, usage), cost(reported, usage))
