@@ -207,13 +207,18 @@ def shape_of(api: Api, body: dict[str, Any], max_output: int | None) -> Shape:
     for key, value in body.items():
         ids = _token_ids(value) if key in _TOKEN_ARRAY_FIELDS else None
         if ids is not None:
-            text += ids
+            text += ids + _utf8_len(key)
             continue
         t, i, f = _walk(value)
         text += t + _utf8_len(key)
         images += i
         files += f
-    messages = sum(len(body[key]) for key in _MESSAGE_LISTS if isinstance(body.get(key), list))
+    messages = sum(  # chat messages, Responses input items, Anthropic messages
+        isinstance(item, dict)
+        for key in _MESSAGE_LISTS
+        if isinstance(body.get(key), list)
+        for item in body[key]
+    )
     tools = body.get("tools") or body.get("functions")
     margins = PER_REQUEST_TOKENS + PER_MESSAGE_TOKENS * messages
     if tools:

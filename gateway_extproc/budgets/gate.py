@@ -250,7 +250,8 @@ class BudgetGate:
         except BudgetStoreError as exc:
             # A reserve that timed out may still run in Redis: release it in the background
             # (idempotent, and a tombstone stops a late reserve from holding anything).
-            services.settle(reservation_id, None)
+            if exc.maybe_ran:
+                services.settle(reservation_id, None)
             closed = [
                 c.budget.name
                 for c in charges

@@ -11,7 +11,12 @@ from gateway_extproc.budgets.model import BudgetConfig
 
 class BudgetStoreError(Exception):
     """Redis failed (connection, timeout, script error, cluster trouble). The caller applies the
-    budgets' `on_redis_error` policy; the message never carries request content."""
+    budgets' `on_redis_error` policy; the message never carries request content. `maybe_ran`:
+    the call may have reached Redis (false when it was never sent, e.g. the breaker is open)."""
+
+    def __init__(self, message: str, *, maybe_ran: bool = True) -> None:
+        super().__init__(message)
+        self.maybe_ran = maybe_ran
 
 
 class ReservationState(enum.StrEnum):

@@ -130,7 +130,7 @@ class BudgetServices:
         """One store call: a turn among `max_inflight`, then Redis's answer within the deadline,
         through the circuit breaker. Raises BudgetStoreError, or Overloaded (not a store fault)."""
         if self.store is None or not self.breaker.allow(self.clock()):
-            raise BudgetStoreError("budget store unavailable (circuit open)")
+            raise BudgetStoreError("budget store unavailable (circuit open)", maybe_ran=False)
         try:
             async with asyncio.timeout(self.settings.queue_timeout_s):
                 await self._slots.acquire()
@@ -150,15 +150,20 @@ class BudgetServices:
         started = loop.time()
         deadline, patience = self.settings.deadline_s, self.settings.queue_timeout_s
         task = asyncio.ensure_future(factory())
+        wait, suspect = deadline, False
         try:
             while not task.done():
-                await asyncio.wait((task,), timeout=deadline)
+                woken = loop.time() + wait
+                await asyncio.wait((task,), timeout=wait)
                 if task.done():
                     break
-                now = loop.time()
-                if now - self._last_ok >= deadline or now - started >= patience:
+                silent = self._redis_silent(loop, woken, deadline)
+                if (silent and suspect) or loop.time() - started >= patience:
                     task.cancel()  # a cancelled script ran whole or not at all
                     raise TimeoutError
+                # Silent once: look again shortly, after the loop has read what Redis may have
+                # sent while this wake-up was queued behind other work.
+                suspect, wait = silent, deadline / 5 if silent else deadline
             result = task.result()
         except (BudgetStoreError, TimeoutError, OSError) as exc:
             self.breaker.failure(self.clock())
@@ -170,6 +175,14 @@ class BudgetServices:
         self._last_ok = loop.time()
         self.breaker.success()
         return result
+
+    def _redis_silent(self, loop: asyncio.AbstractEventLoop, woken: float, deadline: float) -> bool:
+        """Whether Redis, not this process, is why a call overran its deadline: this wake-up
+        came on time (the event loop is not lagging) and no call at all got an answer from
+        Redis for a whole deadline. A busy process whose calls keep being answered waits on."""
+        now = loop.time()
+        lagging = now - woken > deadline / 2
+        return not lagging and now - self._last_ok >= deadline
 
     # -- the end of a request ----------------------------------------------------------------
 
@@ -188,7 +201,9 @@ class BudgetServices:
         try:
             while True:
                 try:
-                    async with asyncio.timeout(ATTEMPT_TIMEOUT_S):
+                    # A turn among the store calls (no queue deadline: it is off the request
+                    # path), so settles never take more connections than the pool has.
+                    async with self._slots, asyncio.timeout(ATTEMPT_TIMEOUT_S):
                         if cost_micros is None:
                             await store.release(reservation_id)
                             return
