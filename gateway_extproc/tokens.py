@@ -41,6 +41,11 @@ class Usage:
             + self.cache_write_1h_input_tokens
         )
 
+    def with_output_at_least(self, output_tokens: int) -> Usage:
+        """This usage with output raised to `output_tokens` if that is more: a provider's partial
+        report of a stream cut short, completed by the output seen since. Every input kind stays."""
+        return dataclasses.replace(self, output_tokens=max(self.output_tokens, output_tokens))
+
     def as_dict(self) -> dict[str, int]:
         return {
             "input_tokens": self.input_tokens,

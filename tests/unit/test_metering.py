@@ -790,6 +790,12 @@ def test_anthropic_one_hour_writes_are_cumulative_too() -> None:
     )
 
 
+def test_a_partial_report_completed_by_the_output_seen_keeps_every_input_kind() -> None:
+    partial = U(inp=10, cached=20, write=30, out=1, reasoning=0, write_1h=40)
+    assert partial.with_output_at_least(25) == U(10, 20, 30, 25, 0, 40)
+    assert partial.with_output_at_least(0) == partial
+
+
 def test_anthropic_zero_placeholders_in_message_delta_do_not_erase_input() -> None:
     # Some Anthropic-compatible servers send `input_tokens: 0` in message_delta for "not here".
     start_usage = {"input_tokens": 40, "cache_read_input_tokens": 7, "output_tokens": 1}
