@@ -7,7 +7,9 @@ problem is reported at once, prefixed by its file and path
 (`catalog.yaml: models.gpt-4o.input: must be a number ...`).
 
 A model is priced (`input` and `output`; embedding models only `input`) or explicitly
-`free: true` (self-hosted, zero price by policy). Nothing is ever silently $0.
+`free: true` (self-hosted, zero price by policy). Nothing is ever silently $0. The price fields -
+flat ones, the 1-hour cache write, `long_context` and `service_tiers` - are parsed and defaulted
+in `catalog_prices`.
 
 Lookups are O(1) dict reads: exact name, then alias, then a dated snapshot's undated name
 (`gpt-4o-2024-08-06` -> `gpt-4o`, `claude-3-5-haiku-20241022` -> `claude-3-5-haiku`).
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import difflib
 import functools
 import importlib.resources
 import re
@@ -28,12 +29,25 @@ from typing import Any
 import yaml
 
 from gateway_extproc.apis import Schema
+from gateway_extproc.catalog_prices import (
+    PRICE_FIELDS,
+    TIERED_FIELDS,
+    FieldProblems,
+    PriceBuilder,
+    parse_long_context,
+    parse_price,
+    parse_service_tiers,
+    unknown_key,
+)
 from gateway_extproc.errors import ConfigError
-from gateway_extproc.pricing import Price, scaled_decimal
+from gateway_extproc.pricing import Price
 
 __all__ = ["PACKAGED_CATALOG", "Catalog", "ModelEntry", "Price"]
 
 PACKAGED_CATALOG = "catalog.yaml"
+# The window Anthropic's `context-1m` betas open; a model whose catalog window is this large prices
+# such prompts at its listed (or long-context tier) prices.
+LONG_CONTEXT_BETA_TOKENS = 1_000_000
 
 # A trailing snapshot date: OpenAI `-YYYY-MM-DD` or Anthropic `-YYYYMMDD`.
 _DATED = re.compile(
@@ -42,7 +56,6 @@ _DATED = re.compile(
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _NAME_RULE = "must be a non-empty string without surrounding spaces"
 _TOP_KEYS = ("prices_as_of", "currency", "models")
-_PRICE_FIELDS = ("input", "output", "cached_input", "cache_write", "reasoning")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -61,19 +74,22 @@ class ModelEntry:
     context_window: int | None = None  # input + output tokens the model accepts at most
     image_input_tokens: int | None = None  # the most one image part can cost, in input tokens
     default_max_output_tokens: int | None = None  # cap injected when a request sets none
+    # Prices of a requested `service_tier` other than the standard one (see pricing.price_for_tier)
+    service_tiers: tuple[tuple[str, Price], ...] = ()
+
+    @property
+    def prices_long_context(self) -> bool:
+        """Whether the catalog can price a request that asks for a long-context beta (Anthropic
+        `anthropic-beta: context-1m-...`): the model is free by policy, has a long-context price
+        tier, or its context window already holds 1M tokens at its one price (Anthropic: "Claude
+        Opus 4.6 and Sonnet 4.6 include the full 1M token context window at standard pricing").
+        Otherwise the beta would unlock prompts whose price the catalog does not know."""
+        if self.free or self.price.long_context is not None:
+            return True
+        return self.context_window is not None and self.context_window >= LONG_CONTEXT_BETA_TOKENS
 
 
 # --- field parsers: raw YAML value -> typed value, or ValueError("must be ...") -----------------
-
-
-def _price(raw: object) -> int:
-    try:
-        pico = scaled_decimal(raw)  # USD per 1M tokens x 10^6 = pico-USD per token
-    except ValueError:
-        pico = -1
-    if pico < 0:
-        raise ValueError("must be a number >= 0 with at most 6 decimal places")
-    return pico
 
 
 def _text(raw: object) -> str:
@@ -124,18 +140,14 @@ _FIELDS: dict[str, Callable[[object], object]] = {
     "context_window": _positive_int,
     "image_input_tokens": _positive_int,
     "default_max_output_tokens": _positive_int,
-    **{field: _price for field in _PRICE_FIELDS},
+    **{field: parse_price for field in PRICE_FIELDS},
+    "long_context": parse_long_context,
+    "service_tiers": parse_service_tiers,
     "free": _flag,
     "embedding": _flag,
     "aliases": _aliases,
     "remove": _flag,
 }
-
-
-def _unknown(key: object, expected: Iterable[str]) -> str:
-    close = difflib.get_close_matches(str(key), list(expected), n=1)
-    hint = f"did you mean {close[0]!r}?" if close else f"expected one of {', '.join(expected)}"
-    return f"unknown key ({hint})"
 
 
 @dataclasses.dataclass
@@ -165,7 +177,7 @@ class _Merger:
             return
         for key in doc:
             if key not in _TOP_KEYS:
-                self.problems.append(f"{source}: {key}: {_unknown(key, _TOP_KEYS)}")
+                self.problems.append(f"{source}: {key}: {unknown_key(key, _TOP_KEYS)}")
         if "prices_as_of" in doc:
             try:
                 self.prices_as_of = _date(doc["prices_as_of"])
@@ -198,10 +210,13 @@ class _Merger:
         for key, raw in body.items():
             parse = _FIELDS.get(key)
             if parse is None:
-                self.problems.append(f"{path}.{key}: {_unknown(key, _FIELDS)}")
+                self.problems.append(f"{path}.{key}: {unknown_key(key, _FIELDS)}")
                 continue
             try:
                 parsed[key] = parse(raw)
+            except FieldProblems as exc:  # a nested field: each problem at its own path
+                self.problems += [f"{path}.{key}{sub}: {msg}" for sub, msg in exc.problems]
+                failed.add(key)
             except ValueError as exc:
                 self.problems.append(f"{path}.{key}: {exc} (got {raw!r})")
                 failed.add(key)
@@ -214,7 +229,7 @@ class _Merger:
         draft = self.drafts.setdefault(name, _Draft(source))
         draft.source = source
         if parsed.get("free") is True:  # zero price by explicit policy replaces inherited prices
-            for field in _PRICE_FIELDS:
+            for field in (*PRICE_FIELDS, *TIERED_FIELDS):
                 draft.fields.pop(field, None)
         draft.fields.update((key, (value, source)) for key, value in parsed.items())
         draft.failed |= failed
@@ -234,7 +249,7 @@ class _Merger:
         for key in required:
             if key not in f and key not in draft.failed:
                 self.problems.append(f"{path}.{key}: required")
-        priced = [key for key in _PRICE_FIELDS if key in f]
+        priced = [key for key in (*PRICE_FIELDS, *TIERED_FIELDS) if key in f]
         needed = ("input",) if embedding else ("input", "output")
         if free and priced:
             self.problems.append(f"{path}: free: true conflicts with prices ({', '.join(priced)})")
@@ -247,17 +262,14 @@ class _Merger:
             self.problems.append(f"{path}: needs {wanted}, or free: true")
         if draft.failed or len(self.problems) > before:
             return None
-        if free:
-            price = Price.free()
-        else:
-            output = f.get("output", 0)
-            price = Price(
-                input=f["input"],
-                output=output,
-                cached_input=f.get("cached_input", f["input"]),
-                cache_write=f.get("cache_write", f["input"]),
-                reasoning=f.get("reasoning", output),
-            )
+        price: Price | None = Price.free()
+        tiers: tuple[tuple[str, Price], ...] | None = ()
+        if not free:
+            prices = PriceBuilder(f["schema"], embedding, self.problems)
+            price = prices.price(path, f)
+            tiers = None if price is None else prices.service_tiers(path, f, price)
+        if price is None or tiers is None:
+            return None
         return ModelEntry(
             name=name,
             provider=f["provider"],
@@ -270,6 +282,7 @@ class _Merger:
             context_window=f.get("context_window"),
             image_input_tokens=f.get("image_input_tokens"),
             default_max_output_tokens=f.get("default_max_output_tokens"),
+            service_tiers=tiers,
         )
 
     def _check_names(self) -> None:

@@ -1,8 +1,12 @@
 """Anthropic Messages usage.
 
 Normalisation (see `tokens.Usage`): Anthropic's `input_tokens` *excludes* cache reads and cache
-writes, which it reports beside it, so the fields map one to one. Thinking tokens are part of
-`output_tokens` and not reported separately: `reasoning_tokens` stays 0.
+writes, which it reports beside it, so the fields map one to one. Cache writes are priced by their
+lifetime: `cache_creation_input_tokens` is the sum of `cache_creation.ephemeral_5m_input_tokens`
+and `cache_creation.ephemeral_1h_input_tokens`; the 1-hour part becomes
+`cache_write_1h_input_tokens` and the rest `cache_write_input_tokens` (without the breakdown, all
+of it is 5-minute: the default TTL). Thinking tokens are part of `output_tokens` and not reported
+separately: `reasoning_tokens` stays 0.
 
 In a stream, usage is cumulative, never a delta: `message_start` carries `message.usage`, each
 `message_delta` carries `usage` with the running `output_tokens` and possibly updated input
@@ -35,23 +39,32 @@ _FIELDS = (
     "cache_creation_input_tokens",
     "output_tokens",
 )
+_WRITE_5M, _WRITE_1H = "ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens"
 
 
 def _valid_fields(obj: object) -> dict[str, int]:
+    """The valid counts of a `usage` object, the `cache_creation` breakdown flattened in."""
     fields: dict[str, int] = {}
-    for name in _FIELDS:
-        value = count(obj, name)
-        if value is not None:
-            fields[name] = value
+    breakdown = obj.get("cache_creation") if isinstance(obj, dict) else None
+    for source, names in ((obj, _FIELDS), (breakdown, (_WRITE_5M, _WRITE_1H))):
+        for name in names:
+            value = count(source, name)
+            if value is not None:
+                fields[name] = value
     return fields
 
 
 def _usage(fields: dict[str, int]) -> Usage | None:
+    writes = fields.get("cache_creation_input_tokens")
+    if writes is None:  # only the breakdown was reported
+        writes = fields.get(_WRITE_5M, 0) + fields.get(_WRITE_1H, 0)
+    writes_1h = min(fields.get(_WRITE_1H, 0), writes)  # a part never exceeds its total
     return usage_or_none(
         bool(fields),
         input_tokens=fields.get("input_tokens", 0),
         cached_input_tokens=fields.get("cache_read_input_tokens", 0),
-        cache_write_input_tokens=fields.get("cache_creation_input_tokens", 0),
+        cache_write_input_tokens=writes - writes_1h,
+        cache_write_1h_input_tokens=writes_1h,
         output_tokens=fields.get("output_tokens", 0),
     )
 

@@ -63,6 +63,7 @@ def usage_or_none(
     cache_write_input_tokens: int = 0,
     output_tokens: int = 0,
     reasoning_tokens: int = 0,
+    cache_write_1h_input_tokens: int = 0,
 ) -> Usage | None:
     """A `Usage`, or None when no valid count was seen at all (the caller then estimates)."""
     if not seen:
@@ -73,6 +74,7 @@ def usage_or_none(
         cache_write_input_tokens=cache_write_input_tokens,
         output_tokens=output_tokens,
         reasoning_tokens=reasoning_tokens,
+        cache_write_1h_input_tokens=cache_write_1h_input_tokens,
     )
 
 

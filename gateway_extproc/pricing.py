@@ -15,8 +15,12 @@ from __future__ import annotations
 import dataclasses
 import decimal
 from fractions import Fraction
+from typing import TYPE_CHECKING
 
 from gateway_extproc.tokens import Usage
+
+if TYPE_CHECKING:  # the catalog imports this module
+    from gateway_extproc.catalog import ModelEntry
 
 PICO_PER_MICRO = 10**6
 MICROS_PER_USD = 10**6
@@ -25,17 +29,51 @@ DECIMAL_PLACES = 6
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Price:
-    """A model's prices in integer pico-dollars per token, every field already defaulted."""
+    """A model's prices in integer pico-dollars per token, every field already defaulted.
+
+    `cache_write_1h` is Anthropic's 1-hour cache write; None means Anthropic's published rule,
+    twice `input` (see `write_1h`). `long_context`, when set, prices a whole request whose input
+    exceeds its threshold (the providers bill every token of such a request at the long rates).
+    """
 
     input: int
     output: int
     cached_input: int
     cache_write: int
     reasoning: int
+    cache_write_1h: int | None = None
+    long_context: LongContext | None = None
 
     @classmethod
     def free(cls) -> Price:
-        return cls(input=0, output=0, cached_input=0, cache_write=0, reasoning=0)
+        return cls(input=0, output=0, cached_input=0, cache_write=0, reasoning=0, cache_write_1h=0)
+
+    @property
+    def write_1h(self) -> int:
+        """The 1-hour cache-write rate: `cache_write_1h`, or twice `input` when that is None."""
+        if self.cache_write_1h is None:
+            return CACHE_WRITE_1H_TIMES_INPUT * self.input
+        return self.cache_write_1h
+
+    def for_input(self, total_input_tokens: int) -> Price:
+        """The prices a request with this many input tokens (all kinds) is billed at."""
+        tier = self.long_context
+        if tier is not None and total_input_tokens > tier.above_input_tokens:
+            return tier.price
+        return self
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LongContext:
+    """A long-prompt price tier: a request with more than `above_input_tokens` input tokens (cache
+    reads and writes included) is billed entirely at `price` (which has no tier of its own)."""
+
+    above_input_tokens: int
+    price: Price
+
+
+# Anthropic: "1-hour cache write tokens are 2 times the base input tokens price".
+CACHE_WRITE_1H_TIMES_INPUT = 2
 
 
 def scaled_decimal(value: object) -> int:
@@ -78,7 +116,9 @@ def cost_pico(usage: Usage, price: Price) -> int:
     """The exact cost of `usage` in pico-dollars (unrounded).
 
     Input kinds are disjoint (see `Usage`), so each is priced once at its own rate. Output includes
-    reasoning; reasoning beyond the reported output is ignored (it cannot be billed twice).
+    reasoning; reasoning beyond the reported output is ignored (it cannot be billed twice). A
+    request whose input (all kinds) exceeds the price's long-context threshold is priced entirely
+    at the long-context tier, as the providers bill it.
     Raises ValueError on a negative token count: that is an extractor bug, not a free request.
     """
     if (
@@ -86,19 +126,22 @@ def cost_pico(usage: Usage, price: Price) -> int:
             usage.input_tokens,
             usage.cached_input_tokens,
             usage.cache_write_input_tokens,
+            usage.cache_write_1h_input_tokens,
             usage.output_tokens,
             usage.reasoning_tokens,
         )
         < 0
     ):
         raise ValueError(f"negative token count in {usage!r}")
+    p = price.for_input(usage.total_input_tokens)
     reasoning = min(usage.reasoning_tokens, usage.output_tokens)
     return (
-        usage.input_tokens * price.input
-        + usage.cached_input_tokens * price.cached_input
-        + usage.cache_write_input_tokens * price.cache_write
-        + (usage.output_tokens - reasoning) * price.output
-        + reasoning * price.reasoning
+        usage.input_tokens * p.input
+        + usage.cached_input_tokens * p.cached_input
+        + usage.cache_write_input_tokens * p.cache_write
+        + usage.cache_write_1h_input_tokens * p.write_1h
+        + (usage.output_tokens - reasoning) * p.output
+        + reasoning * p.reasoning
     )
 
 
@@ -110,12 +153,42 @@ def cost_micros(usage: Usage, price: Price) -> int:
 def worst_case_micros(input_tokens: int, max_output_tokens: int, price: Price) -> int:
     """An upper bound on a request's cost, for budget reservations before the response is seen.
 
-    Every input token at the dearest input rate (full, cache write or - if misconfigured above
-    them - cache read), every possible output token at the dearer of the output and reasoning
-    rates; rounded up. `cost_micros` of any usage within these counts never exceeds it.
+    Every input token at the dearest input rate (full, 5-minute or 1-hour cache write or - if
+    misconfigured above them - cache read), every possible output token at the dearer of the
+    output and reasoning rates; rounded up. When `input_tokens` exceeds the long-context
+    threshold the real input may or may not, so the dearer of both tiers is taken.
+    `cost_micros` of any usage within these counts never exceeds it.
     """
     if input_tokens < 0 or max_output_tokens < 0:
         raise ValueError("token counts must be >= 0")
-    pico = input_tokens * max(price.input, price.cache_write, price.cached_input)
-    pico += max_output_tokens * max(price.output, price.reasoning)
+    pico = _worst_pico(input_tokens, max_output_tokens, price)
+    tier = price.long_context
+    if tier is not None and input_tokens > tier.above_input_tokens:
+        pico = max(pico, _worst_pico(input_tokens, max_output_tokens, tier.price))
     return -(-pico // PICO_PER_MICRO)
+
+
+def _worst_pico(input_tokens: int, max_output_tokens: int, p: Price) -> int:
+    dearest_input = max(p.input, p.cache_write, p.write_1h, p.cached_input)
+    return input_tokens * dearest_input + max_output_tokens * max(p.output, p.reasoning)
+
+
+# `service_tier` values billed at the standard price: OpenAI `auto` / `default`, Anthropic `auto` /
+# `standard_only` (Anthropic's Priority Tier draws down a prepaid capacity commitment; the
+# per-token list price does not change).
+STANDARD_SERVICE_TIERS = frozenset({"auto", "default", "standard_only"})
+
+
+def price_for_tier(entry: ModelEntry, tier: str | None) -> Price | None:
+    """The price of a request for `entry` asking for `service_tier: tier` (None: not asked).
+
+    The standard price for no tier or a standard one; a free model is free in any tier; else the
+    catalog's price for that tier, or None when it has none - the request must then be refused
+    (400 `unsupported_option`), never billed at the standard price.
+    """
+    if tier is None or tier in STANDARD_SERVICE_TIERS or entry.free:
+        return entry.price
+    for name, price in entry.service_tiers:
+        if name == tier:
+            return price
+    return None

@@ -376,13 +376,7 @@ class StreamProcessor:
         estimated_output = estimate_tokens(output_chars)
         if usage is not None:  # partial report (stream cut short): keep what the provider said
             return (
-                Usage(
-                    input_tokens=usage.input_tokens,
-                    cached_input_tokens=usage.cached_input_tokens,
-                    cache_write_input_tokens=usage.cache_write_input_tokens,
-                    output_tokens=max(usage.output_tokens, estimated_output),
-                    reasoning_tokens=usage.reasoning_tokens,
-                ),
+                usage.with_output_at_least(estimated_output),
                 UsageSource.ESTIMATED,
                 provider_model,
             )

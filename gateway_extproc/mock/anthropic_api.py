@@ -1,7 +1,8 @@
 """Anthropic Messages API (POST /v1/messages), built as pure values.
 
 Usage as Anthropic reports it: `input_tokens` excludes cache reads and writes, which are reported
-beside it (`cache_read_input_tokens`, `cache_creation_input_tokens`). A stream's `message_start`
+beside it (`cache_read_input_tokens`, `cache_creation_input_tokens`, the latter the sum of the
+`cache_creation` breakdown into 5-minute and 1-hour writes). A stream's `message_start`
 carries the input side and `output_tokens: 1`; `message_delta` carries the final cumulative
 `output_tokens`. With `x-mock-omit-usage` the `usage` keys are left out entirely (the SDK's
 `messages.stream()` helper needs them; read such streams with `create(stream=True)`).
@@ -25,12 +26,20 @@ from gateway_extproc.mock.wire import Reply, ReplyContext, StreamReply, json_rep
 
 
 def anthropic_usage(
-    input_tokens: int, cache_read: int, cache_write: int, output_tokens: int
+    input_tokens: int,
+    cache_read: int,
+    cache_write: int,
+    output_tokens: int,
+    cache_write_1h: int = 0,
 ) -> dict[str, Any]:
     return {
         "input_tokens": input_tokens,
-        "cache_creation_input_tokens": cache_write,
+        "cache_creation_input_tokens": cache_write + cache_write_1h,
         "cache_read_input_tokens": cache_read,
+        "cache_creation": {
+            "ephemeral_5m_input_tokens": cache_write,
+            "ephemeral_1h_input_tokens": cache_write_1h,
+        },
         "output_tokens": output_tokens,
     }
 
@@ -69,7 +78,11 @@ def messages_reply(body: dict[str, Any], ctx: ReplyContext) -> Reply:
 
     def usage(output_tokens: int) -> dict[str, Any]:
         return anthropic_usage(
-            base_input, controls.cached_tokens, controls.cache_write_tokens, output_tokens
+            base_input,
+            controls.cached_tokens,
+            controls.cache_write_tokens,
+            output_tokens,
+            controls.cache_write_1h_tokens,
         )
 
     message: dict[str, Any] = {

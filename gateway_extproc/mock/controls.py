@@ -4,7 +4,10 @@
                                   capped by the request's max-tokens field
     x-mock-cached-tokens: N       OpenAI cached_tokens (inside prompt_tokens) /
                                   Anthropic cache_read_input_tokens (beside input_tokens)
-    x-mock-cache-write-tokens: N  Anthropic cache_creation_input_tokens
+    x-mock-cache-write-tokens: N  Anthropic 5-minute cache writes (cache_creation.ephemeral_5m_...)
+    x-mock-cache-write-1h-tokens: N
+                                  Anthropic 1-hour cache writes (cache_creation.ephemeral_1h_...);
+                                  cache_creation_input_tokens reports the sum of both
     x-mock-reasoning-tokens: N    OpenAI reasoning_tokens (inside completion/output tokens)
     x-mock-latency-ms: N          sleep before the response headers
     x-mock-chunk-delay-ms: N      sleep between body writes
@@ -53,6 +56,7 @@ class Controls:
     output_tokens: int = DEFAULT_OUTPUT_TOKENS
     cached_tokens: int = 0
     cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
     reasoning_tokens: int = 0
     latency_ms: int = 0
     chunk_delay_ms: int = 0
@@ -134,6 +138,7 @@ CONTROL_HEADERS = (
     "x-mock-output-tokens",
     "x-mock-cached-tokens",
     "x-mock-cache-write-tokens",
+    "x-mock-cache-write-1h-tokens",
     "x-mock-reasoning-tokens",
     "x-mock-latency-ms",
     "x-mock-chunk-delay-ms",
@@ -162,6 +167,7 @@ def parse_controls(headers: Mapping[str, str]) -> Controls:
         ),
         cached_tokens=_or(read.integer("x-mock-cached-tokens", 0, _BIG), 0),
         cache_write_tokens=_or(read.integer("x-mock-cache-write-tokens", 0, _BIG), 0),
+        cache_write_1h_tokens=_or(read.integer("x-mock-cache-write-1h-tokens", 0, _BIG), 0),
         reasoning_tokens=_or(read.integer("x-mock-reasoning-tokens", 0, _BIG), 0),
         latency_ms=_or(read.integer("x-mock-latency-ms", 0, MAX_DELAY_MS), 0),
         chunk_delay_ms=_or(read.integer("x-mock-chunk-delay-ms", 0, MAX_DELAY_MS), 0),

@@ -70,16 +70,37 @@ def _raw_catalog() -> dict[str, Any]:
 
 def expected_cost_micros(model: str, tokens: dict[str, int]) -> int:
     """The catalog's list price for these tokens, computed independently of the gateway's code:
-    USD per 1M tokens straight from catalog.yaml, exact fractions, rounded half up once."""
+    USD per 1M tokens straight from catalog.yaml, exact fractions, rounded half up once. A request
+    whose input exceeds the model's `long_context` threshold is priced entirely at that tier."""
     entry = _raw_catalog()[model]
+    total_input = sum(
+        tokens.get(kind, 0)
+        for kind in (
+            "input_tokens",
+            "cached_input_tokens",
+            "cache_write_input_tokens",
+            "cache_write_1h_input_tokens",
+        )
+    )
+    long = entry.get("long_context")
+    if long is not None and total_input > long["above_input_tokens"]:
+        entry = long
 
     def price(field: str, default: str) -> Fraction:
         return Fraction(str(entry.get(field, entry.get(default, 0))))
 
+    # The 1-hour write: listed, else twice input (Anthropic's rule) or the 5-minute rate (OpenAI).
+    if "cache_write_1h" in entry:
+        write_1h = price("cache_write_1h", "input")
+    elif _raw_catalog()[model]["schema"] == "anthropic":
+        write_1h = 2 * price("input", "input")
+    else:
+        write_1h = price("cache_write", "input")
     usd_per_million = (
         tokens["input_tokens"] * price("input", "input")
         + tokens["cached_input_tokens"] * price("cached_input", "input")
         + tokens["cache_write_input_tokens"] * price("cache_write", "input")
+        + tokens.get("cache_write_1h_input_tokens", 0) * write_1h
         + (tokens["output_tokens"] - tokens["reasoning_tokens"]) * price("output", "output")
         + tokens["reasoning_tokens"] * price("reasoning", "output")
     )
@@ -93,11 +114,13 @@ def tokens(
     cache_write: int = 0,
     output: int = 0,
     reasoning: int = 0,
+    cache_write_1h: int = 0,
 ) -> dict[str, int]:
     return {
         "input_tokens": input_tokens,
         "cached_input_tokens": cached,
         "cache_write_input_tokens": cache_write,
+        "cache_write_1h_input_tokens": cache_write_1h,
         "output_tokens": output,
         "reasoning_tokens": reasoning,
     }

@@ -65,6 +65,62 @@ def test_messages_stream_every_chunking(
     assert rec["cost_micros"] == expected_cost_micros("claude-haiku-4-5", want)
 
 
+# claude-haiku-4-5 list prices (catalog.yaml), USD per 1M tokens = micro-dollars per token:
+# input $1, cache read $0.10, 5-minute write $1.25, 1-hour write $2 (2x input), output $5.
+ONE_HOUR_HEADERS = {
+    "x-mock-cached-tokens": "1000",
+    "x-mock-cache-write-tokens": "400",
+    "x-mock-cache-write-1h-tokens": "3000",
+    "x-mock-output-tokens": "20",
+}
+# 1,000 x $0.10 = 100 + 400 x $1.25 = 500 + 3,000 x $2 = 6,000 + 20 x $5 = 100
+ONE_HOUR_COST_BESIDE_INPUT = 6_700
+
+
+def test_one_hour_cache_writes_priced_at_their_rate(
+    claude: anthropic.Anthropic, audit: AuditLog
+) -> None:
+    raw = claude.messages.with_raw_response.create(
+        model="claude-haiku-4-5", max_tokens=64, messages=MESSAGES, extra_headers=ONE_HOUR_HEADERS
+    )
+    msg = raw.parse()
+    creation = msg.usage.cache_creation
+    assert creation is not None and creation.ephemeral_1h_input_tokens == 3000
+    assert msg.usage.cache_creation_input_tokens == 3400
+    rec = audit.wait_for(raw.headers["x-gateway-request-id"])
+    assert rec["tokens"] == tokens(
+        msg.usage.input_tokens, cached=1000, cache_write=400, cache_write_1h=3000, output=20
+    )
+    # Exact, from the literal prices above: the 1-hour writes are not billed at the 5-minute rate.
+    assert rec["cost_micros"] == msg.usage.input_tokens * 1 + ONE_HOUR_COST_BESIDE_INPUT
+    assert rec["cost_micros"] == expected_cost_micros("claude-haiku-4-5", rec["tokens"])
+    assert raw.headers["x-gateway-cost-usd"] == f"{rec['cost_micros'] / 1e6:.6f}"
+
+
+@pytest.mark.parametrize("chunk_bytes", ["", "7"])
+def test_one_hour_cache_writes_in_a_stream(
+    claude: anthropic.Anthropic, audit: AuditLog, chunk_bytes: str
+) -> None:
+    headers = dict(ONE_HOUR_HEADERS)
+    if chunk_bytes:
+        headers["x-mock-chunk-bytes"] = chunk_bytes
+    with claude.messages.with_streaming_response.create(
+        model="claude-haiku-4-5",
+        max_tokens=64,
+        messages=MESSAGES,
+        stream=True,
+        extra_headers=headers,
+    ) as response:
+        rid = response.headers["x-gateway-request-id"]
+        events = list(response.parse())
+    start = next(e for e in events if e.type == "message_start")
+    rec = audit.wait_for(rid)
+    assert rec["completed"] is True and rec["usage_source"] == "provider"
+    assert rec["tokens"]["cache_write_1h_input_tokens"] == 3000
+    assert rec["tokens"]["cache_write_input_tokens"] == 400
+    assert rec["cost_micros"] == start.message.usage.input_tokens * 1 + ONE_HOUR_COST_BESIDE_INPUT
+
+
 def test_stream_helper_and_dated_alias(
     claude: anthropic.Anthropic, audit: AuditLog, mock: MockLog
 ) -> None:

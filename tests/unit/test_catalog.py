@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from pathlib import Path
 from typing import Any
@@ -69,35 +70,36 @@ def test_every_shipped_entry_is_priced_and_consistent(shipped: Catalog) -> None:
     assert shipped.validate_providers(["openai", "anthropic"]) == []
 
 
-# (model, input, output, cached_input, cache_write) in USD per 1M tokens
+# (model, input, output, cached_input, cache_write, cache_write_1h) in USD per 1M tokens. The
+# 1-hour write defaults to twice input for Anthropic (its rule) and to cache_write for OpenAI.
 SHIPPED_PRICES = [
-    ("gpt-6.2-sol", "2", "10", "0.10", "2.50"),
-    ("gpt-6.1-terra", "1", "5", "0.05", "1.25"),
-    ("gpt-6-luna", "0.10", "0.50", "0.01", "0.125"),
-    ("gpt-5", "1.25", "10", "0.125", "1.25"),
-    ("gpt-5-mini", "0.25", "2", "0.025", "0.25"),
-    ("gpt-5-nano", "0.05", "0.40", "0.005", "0.05"),
-    ("gpt-4.1", "2", "8", "0.50", "2"),
-    ("gpt-4o", "2.50", "10", "1.25", "2.50"),
-    ("gpt-4o-mini", "0.15", "0.60", "0.075", "0.15"),
-    ("o3", "2", "8", "0.50", "2"),
-    ("text-embedding-3-small", "0.02", "0", "0.02", "0.02"),
-    ("claude-sonnet-4-5", "3", "15", "0.30", "3.75"),
-    ("claude-sonnet-5-5", "2", "10", "0.10", "2.50"),
-    ("claude-haiku-4-5", "1", "5", "0.10", "1.25"),
-    ("claude-opus-5-5", "4", "20", "0.20", "5"),
-    ("claude-fable-5-1", "10", "50", "0.25", "12.50"),
+    ("gpt-6.2-sol", "2", "10", "0.10", "2.50", "2.50"),
+    ("gpt-6.1-terra", "1", "5", "0.05", "1.25", "1.25"),
+    ("gpt-6-luna", "0.10", "0.50", "0.01", "0.125", "0.125"),
+    ("gpt-5", "1.25", "10", "0.125", "1.25", "1.25"),
+    ("gpt-5-mini", "0.25", "2", "0.025", "0.25", "0.25"),
+    ("gpt-5-nano", "0.05", "0.40", "0.005", "0.05", "0.05"),
+    ("gpt-4.1", "2", "8", "0.50", "2", "2"),
+    ("gpt-4o", "2.50", "10", "1.25", "2.50", "2.50"),
+    ("gpt-4o-mini", "0.15", "0.60", "0.075", "0.15", "0.15"),
+    ("o3", "2", "8", "0.50", "2", "2"),
+    ("text-embedding-3-small", "0.02", "0", "0.02", "0.02", "0.02"),
+    ("claude-sonnet-4-5", "3", "15", "0.30", "3.75", "6"),
+    ("claude-sonnet-5-5", "2", "10", "0.10", "2.50", "4"),
+    ("claude-haiku-4-5", "1", "5", "0.10", "1.25", "2"),
+    ("claude-opus-5-5", "4", "20", "0.20", "5", "8"),
+    ("claude-fable-5-1", "10", "50", "0.25", "12.50", "20"),
 ]
 
 
-@pytest.mark.parametrize(("name", "inp", "out", "cached", "write"), SHIPPED_PRICES)
+@pytest.mark.parametrize(("name", "inp", "out", "cached", "write", "write_1h"), SHIPPED_PRICES)
 def test_shipped_prices(
-    shipped: Catalog, name: str, inp: str, out: str, cached: str, write: str
+    shipped: Catalog, name: str, inp: str, out: str, cached: str, write: str, write_1h: str
 ) -> None:
     entry = shipped.lookup(name)
     assert entry is not None
-    as_pico = [usd_to_micros(x) for x in (inp, out, cached, write, out)]
-    assert entry.price == Price(*as_pico)
+    as_pico = [usd_to_micros(x) for x in (inp, out, cached, write, out, write_1h)]
+    assert dataclasses.replace(entry.price, long_context=None) == Price(*as_pico)
 
 
 LOOKUPS = [
@@ -166,7 +168,7 @@ def test_price_defaults() -> None:
         provider="local",
         schema=Schema.OPENAI,
         max_output_tokens=1000,
-        price=Price(1_000_000, 2_500_000, 1_000_000, 1_000_000, 2_500_000),
+        price=Price(1_000_000, 2_500_000, 1_000_000, 1_000_000, 2_500_000, 1_000_000),
     )
     assert catalog.prices_as_of is None
 
@@ -232,7 +234,7 @@ def test_operator_files_merge_fields_add_and_remove(tmp_path: Path) -> None:
     assert catalog.prices_as_of == datetime.date(2026, 1, 15)
     gpt_4o = catalog.lookup("my-4o")
     assert gpt_4o is not None and gpt_4o.name == "gpt-4o"
-    assert gpt_4o.price == Price(2_250_000, 9_500_000, 1_250_000, 2_250_000, 9_500_000)
+    assert gpt_4o.price == Price(2_250_000, 9_500_000, 1_250_000, 2_250_000, 9_500_000, 2_250_000)
     assert gpt_4o.max_output_tokens == 16_384 and gpt_4o.provider == "openai"
     assert gpt_4o.aliases == ("my-4o",)  # aliases are replaced, not appended
     assert catalog.lookup("gpt-4o-2024-08-06") is gpt_4o  # still, by the dated fallback

@@ -54,8 +54,15 @@ def test_estimate_tokens(chars: int, tokens: int) -> None:
 # --- usage normalisation -----------------------------------------------------------------------
 
 
-def U(inp: int = 0, cached: int = 0, write: int = 0, out: int = 0, reasoning: int = 0) -> Usage:
-    return Usage(inp, cached, write, out, reasoning)
+def U(
+    inp: int = 0,
+    cached: int = 0,
+    write: int = 0,
+    out: int = 0,
+    reasoning: int = 0,
+    write_1h: int = 0,
+) -> Usage:
+    return Usage(inp, cached, write, out, reasoning, write_1h)
 
 
 OPENAI_USAGE: list[tuple[str, object, Usage | None]] = [
@@ -198,6 +205,55 @@ ANTHROPIC_USAGE: list[tuple[str, object, Usage | None]] = [
             "output_tokens": 2,
         },
         U(inp=5, out=2),
+    ),
+    (
+        "1-hour writes split from the total",
+        {
+            "input_tokens": 25,
+            "cache_creation_input_tokens": 5000,
+            "cache_creation": {
+                "ephemeral_5m_input_tokens": 1200,
+                "ephemeral_1h_input_tokens": 3800,
+            },
+            "output_tokens": 7,
+        },
+        U(inp=25, write=1200, write_1h=3800, out=7),
+    ),
+    (
+        "no breakdown: all 5-minute",
+        {"input_tokens": 1, "cache_creation_input_tokens": 5000, "output_tokens": 7},
+        U(inp=1, write=5000, out=7),
+    ),
+    (
+        "breakdown without a total: their sum",
+        {"cache_creation": {"ephemeral_5m_input_tokens": 2, "ephemeral_1h_input_tokens": 3}},
+        U(write=2, write_1h=3),
+    ),
+    (
+        "the total wins over a 5-minute count that disagrees",
+        {
+            "cache_creation_input_tokens": 100,
+            "cache_creation": {"ephemeral_5m_input_tokens": 7, "ephemeral_1h_input_tokens": 60},
+        },
+        U(write=40, write_1h=60),
+    ),
+    (
+        "1-hour part never exceeds the total",
+        {"cache_creation_input_tokens": 100, "cache_creation": {"ephemeral_1h_input_tokens": 500}},
+        U(write_1h=100),
+    ),
+    (
+        "invalid breakdown values ignored",
+        {
+            "cache_creation_input_tokens": 10,
+            "cache_creation": {"ephemeral_5m_input_tokens": "x", "ephemeral_1h_input_tokens": -4},
+        },
+        U(write=10),
+    ),
+    (
+        "breakdown not an object",
+        {"cache_creation_input_tokens": 10, "cache_creation": [{"ephemeral_1h_input_tokens": 9}]},
+        U(write=10),
     ),
     ("output only", {"output_tokens": 15}, U(out=15)),
     ("null", None, None),
@@ -498,6 +554,20 @@ STREAM_CASES: list[tuple[str, Api, StreamMeterResult]] = [
         ),
     ),
     (
+        "anthropic_cache_1h.sse",
+        Api.ANTHROPIC_MESSAGES,
+        StreamMeterResult(
+            # message_start splits 5,000 writes into 1,200 5-minute and 3,800 1-hour ones;
+            # message_delta repeats the total without the breakdown: the split stands.
+            usage=U(inp=12, cached=800, write=1200, write_1h=3800, out=40),
+            served_model="claude-opus-4-6",
+            output_chars=len("Cached for an hour."),
+            completed=True,
+            events=6,
+            malformed_events=0,
+        ),
+    ),
+    (
         "anthropic_error.sse",
         Api.ANTHROPIC_MESSAGES,
         StreamMeterResult(
@@ -554,6 +624,7 @@ TERMINAL_LINES = {
     "openai_responses.sse": b'data: {"type":"response.completed"',
     "openai_responses_incomplete.sse": b'data: {"type":"response.incomplete"',
     "anthropic_messages.sse": b'data: {"type":"message_stop"}',
+    "anthropic_cache_1h.sse": b'data: {"type":"message_stop"}',
 }
 
 
@@ -683,6 +754,46 @@ def test_anthropic_usage_is_cumulative_latest_wins() -> None:
     assert result.completed is True
     # [DONE] is not part of this protocol.
     assert meter(Api.ANTHROPIC_MESSAGES, sse("[DONE]")).completed is False
+
+
+def test_anthropic_one_hour_writes_are_cumulative_too() -> None:
+    # The breakdown may arrive in message_start, in message_delta, or in both; per field the
+    # largest value wins, and the 1-hour part is split off the total whichever event carried it.
+    start_usage = {"input_tokens": 10, "cache_creation_input_tokens": 900, "output_tokens": 1}
+    breakdown = {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 900}
+    late = sse(
+        {"type": "message_start", "message": {"model": "claude-x", "usage": start_usage}},
+        {"type": "message_delta", "usage": {"output_tokens": 5, "cache_creation": breakdown}},
+        {"type": "message_stop"},
+    )
+    assert meter(Api.ANTHROPIC_MESSAGES, late).usage == U(inp=10, write_1h=900, out=5)
+    zeros = {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0}
+    early = sse(
+        {
+            "type": "message_start",
+            "message": {"usage": {**start_usage, "cache_creation": breakdown}},
+        },
+        {
+            "type": "message_delta",
+            "usage": {
+                "output_tokens": 5,
+                "cache_creation_input_tokens": 0,
+                "cache_creation": zeros,
+            },
+        },
+        {"type": "message_stop"},
+    )
+    assert meter(Api.ANTHROPIC_MESSAGES, early).usage == U(inp=10, write_1h=900, out=5)
+    body = {"content": [], "usage": {**start_usage, "cache_creation": breakdown}}
+    assert usage_from_json(Api.ANTHROPIC_MESSAGES, json.dumps(body).encode()).usage == U(
+        inp=10, write_1h=900, out=1
+    )
+
+
+def test_a_partial_report_completed_by_the_output_seen_keeps_every_input_kind() -> None:
+    partial = U(inp=10, cached=20, write=30, out=1, reasoning=0, write_1h=40)
+    assert partial.with_output_at_least(25) == U(10, 20, 30, 25, 0, 40)
+    assert partial.with_output_at_least(0) == partial
 
 
 def test_anthropic_zero_placeholders_in_message_delta_do_not_erase_input() -> None:

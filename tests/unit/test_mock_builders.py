@@ -199,7 +199,8 @@ def test_responses_capped_is_incomplete() -> None:
 
 def test_messages_stream_events_and_usage() -> None:
     body = {"model": "claude", "max_tokens": 3, "messages": MESSAGES, "stream": True}
-    reply = messages_reply(body, ctx(output_tokens=5, cached_tokens=4, cache_write_tokens=2))
+    controls = ctx(output_tokens=5, cached_tokens=4, cache_write_tokens=2, cache_write_1h_tokens=6)
+    reply = messages_reply(body, controls)
     names = sse_names(reply)
     assert names == [
         "message_start",
@@ -215,8 +216,9 @@ def test_messages_stream_events_and_usage() -> None:
     data = sse_data(reply)
     assert data[0]["message"]["usage"] == {
         "input_tokens": MESSAGES_TOKENS,
-        "cache_creation_input_tokens": 2,
+        "cache_creation_input_tokens": 8,
         "cache_read_input_tokens": 4,
+        "cache_creation": {"ephemeral_5m_input_tokens": 2, "ephemeral_1h_input_tokens": 6},
         "output_tokens": 1,
     }
     assert data[7]["delta"]["stop_reason"] == "max_tokens"

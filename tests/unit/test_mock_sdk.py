@@ -199,7 +199,11 @@ async def test_openai_request_errors(mock: RunningMock) -> None:
 
 
 async def test_messages_non_stream(mock: RunningMock) -> None:
-    headers = {"x-mock-cached-tokens": "7", "x-mock-cache-write-tokens": "3"}
+    headers = {
+        "x-mock-cached-tokens": "7",
+        "x-mock-cache-write-tokens": "3",
+        "x-mock-cache-write-1h-tokens": "5",
+    }
     async with anthropic_client(mock) as client:
         raw = await client.messages.with_raw_response.create(
             model="claude-x", max_tokens=100, messages=MESSAGES, extra_headers=headers
@@ -210,7 +214,10 @@ async def test_messages_non_stream(mock: RunningMock) -> None:
     assert message.stop_reason == "end_turn"
     usage = message.usage
     assert (usage.input_tokens, usage.output_tokens) == (INPUT_TOKENS, 12)
-    assert (usage.cache_read_input_tokens, usage.cache_creation_input_tokens) == (7, 3)
+    assert (usage.cache_read_input_tokens, usage.cache_creation_input_tokens) == (7, 8)
+    assert usage.cache_creation is not None
+    assert usage.cache_creation.ephemeral_5m_input_tokens == 3
+    assert usage.cache_creation.ephemeral_1h_input_tokens == 5
 
 
 async def test_messages_stream_helper_and_raw_events(mock: RunningMock) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from decimal import Decimal
 from fractions import Fraction
@@ -10,11 +11,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway_extproc.apis import Schema
+from gateway_extproc.catalog import ModelEntry
 from gateway_extproc.pricing import (
+    LongContext,
     Price,
     cost_micros,
     cost_pico,
     format_usd,
+    price_for_tier,
     usd_to_micros,
     worst_case_micros,
 )
@@ -27,14 +32,20 @@ def price(
     cached_input: str | None = None,
     cache_write: str | None = None,
     reasoning: str | None = None,
+    cache_write_1h: str | None = None,
+    long_context: LongContext | None = None,
 ) -> Price:
-    """A Price from list prices in USD per 1M tokens, defaulted like the catalog does."""
+    """A Price from list prices in USD per 1M tokens, defaulted like the catalog does for
+    `schema: openai` (the 1-hour write at the 5-minute rate) unless `cache_write_1h` is given."""
+    write = cache_write or input
     return Price(
         input=usd_to_micros(input),
         output=usd_to_micros(output),
         cached_input=usd_to_micros(cached_input or input),
-        cache_write=usd_to_micros(cache_write or input),
+        cache_write=usd_to_micros(write),
         reasoning=usd_to_micros(reasoning or output),
+        cache_write_1h=usd_to_micros(cache_write_1h or write),
+        long_context=long_context,
     )
 
 
@@ -153,6 +164,7 @@ def test_rounding_happens_once_per_request_not_per_kind() -> None:
         Usage(cache_write_input_tokens=-1),
         Usage(output_tokens=-1),
         Usage(reasoning_tokens=-1),
+        Usage(cache_write_1h_input_tokens=-1),
     ],
 )
 def test_negative_token_counts_are_rejected(usage: Usage) -> None:
@@ -233,6 +245,216 @@ def test_worst_case_rejects_negative_counts() -> None:
         worst_case_micros(-1, 0, GPT_4O)
     with pytest.raises(ValueError):
         worst_case_micros(0, -1, GPT_4O)
+
+
+# --- 1-hour cache writes ----------------------------------------------------------------------
+
+SONNET_1H = price("3.00", "15.00", cached_input="0.30", cache_write="3.75", cache_write_1h="6.00")
+NO_1H_PRICE = Price(input=3_000_000, output=15_000_000, cached_input=0, cache_write=0, reasoning=0)
+
+ONE_HOUR_CASES = [
+    # 100 x $3 = 300 + 5m 1,000 x $3.75 = 3,750 + 1h 2,000 x $6 = 12,000 + 10 x $15 = 150
+    (
+        "1h writes at their own rate",
+        Usage(
+            input_tokens=100,
+            cache_write_input_tokens=1000,
+            cache_write_1h_input_tokens=2000,
+            output_tokens=10,
+        ),
+        SONNET_1H,
+        16_200,
+    ),
+    # cache_write_1h None is Anthropic's rule, twice input: 1,000 x $6 = 6,000 (not the $0 5m rate)
+    ("None is twice input", Usage(cache_write_1h_input_tokens=1000), NO_1H_PRICE, 6_000),
+    # 1h 1 x $0.25 (2 x $0.125) + 5m 1 x $0.30 = 0.55 -> 1: rounded once over both kinds
+    (
+        "rounded once with the 5m write",
+        Usage(cache_write_input_tokens=1, cache_write_1h_input_tokens=1),
+        Price(input=125_000, output=0, cached_input=0, cache_write=300_000, reasoning=0),
+        1,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("usage", "the_price", "expected"),
+    [case[1:] for case in ONE_HOUR_CASES],
+    ids=[case[0] for case in ONE_HOUR_CASES],
+)
+def test_one_hour_cache_writes(usage: Usage, the_price: Price, expected: int) -> None:
+    assert cost_micros(usage, the_price) == expected
+
+
+def test_one_hour_write_rate_defaults_to_twice_input() -> None:
+    assert NO_1H_PRICE.write_1h == 6_000_000
+    assert dataclasses.replace(NO_1H_PRICE, cache_write_1h=0).write_1h == 0  # free is free
+    assert Price.free().write_1h == 0
+
+
+# --- long-context tiers ------------------------------------------------------------------------
+
+# GPT-6.2 Sol: above 272K input tokens input and cache rates double, output x1.5, whole request.
+SOL_LONG = LongContext(272_000, price("4.00", "15.00", cached_input="0.20", cache_write="5.00"))
+SOL = price("2.00", "10.00", cached_input="0.10", cache_write="2.50", long_context=SOL_LONG)
+
+LONG_CASES = [
+    # at the threshold the base tier: 272,000 x $2 = 544,000 + 1,000 x $10 = 10,000
+    ("at the threshold", Usage(input_tokens=272_000, output_tokens=1000), 554_000),
+    # one over: every token at the tier: 272,001 x $4 = 1,088,004 + 1,000 x $15 = 15,000
+    ("one token over", Usage(input_tokens=272_001, output_tokens=1000), 1_103_004),
+    # cache reads count toward the threshold: 1 x $4 = 4 + 272,000 x $0.20 = 54,400
+    ("cache reads count", Usage(input_tokens=1, cached_input_tokens=272_000), 54_404),
+    # so do both kinds of cache write: (136,000 + 136,001) x $5 = 1,360,005
+    (
+        "cache writes count",
+        Usage(cache_write_input_tokens=136_000, cache_write_1h_input_tokens=136_001),
+        1_360_005,
+    ),
+    # output does not: 272,000 x $2 = 544,000 + 1,000,000 x $10 = 10,000,000
+    ("output does not count", Usage(input_tokens=272_000, output_tokens=10**6), 10_544_000),
+    # reasoning is output, at the tier's output rate: 300,000 x $4 + 500 x $15 = 1,207,500
+    (
+        "reasoning at the tier rate",
+        Usage(input_tokens=300_000, output_tokens=500, reasoning_tokens=500),
+        1_207_500,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("usage", "expected"),
+    [case[1:] for case in LONG_CASES],
+    ids=[case[0] for case in LONG_CASES],
+)
+def test_long_context_tier_prices_the_whole_request(usage: Usage, expected: int) -> None:
+    assert cost_micros(usage, SOL) == expected
+
+
+WORST_LONG_CASES = [
+    # a bound at the threshold cannot reach the tier: 272,000 x $2.50 (cache write) + 1,000 x $10
+    ("bound at the threshold", 272_000, 1000, SOL, 690_000),
+    # one over: the tier is dearer, 272,001 x $5 (its cache write) + 1,000 x $15
+    ("bound over the threshold", 272_001, 1000, SOL, 1_375_005),
+    # a (misconfigured) tier cheaper than the base: the base still bounds a shorter prompt
+    (
+        "cheaper tier",
+        100,
+        0,
+        price("2", "2", long_context=LongContext(10, price("1", "1"))),
+        200,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("input_tokens", "max_output", "the_price", "expected"),
+    [case[1:] for case in WORST_LONG_CASES],
+    ids=[case[0] for case in WORST_LONG_CASES],
+)
+def test_worst_case_with_long_context(
+    input_tokens: int, max_output: int, the_price: Price, expected: int
+) -> None:
+    assert worst_case_micros(input_tokens, max_output, the_price) == expected
+
+
+small_tokens = st.integers(min_value=0, max_value=400_000)
+some_tokens = st.one_of(small_tokens, tokens)
+one_hour = st.one_of(st.none(), picos)
+
+
+def prices_strategy(with_tier: bool) -> st.SearchStrategy[Price]:
+    base = st.builds(Price, picos, picos, picos, picos, picos, one_hour)
+    if not with_tier:
+        return base
+    tier = st.builds(LongContext, st.integers(min_value=0, max_value=500_000), base)
+    return st.builds(dataclasses.replace, base, long_context=st.one_of(st.none(), tier))
+
+
+def usages() -> st.SearchStrategy[Usage]:
+    return st.builds(Usage, *[some_tokens] * 6)
+
+
+def exact_micros(usage: Usage, p: Price) -> Fraction:
+    """Independently of `pricing`: the tier by the rule, each kind at its USD-per-1M rate."""
+    tier = p.long_context
+    if tier is not None and usage.total_input_tokens > tier.above_input_tokens:
+        p = tier.price
+    per_million = {
+        field: Fraction(dollars(getattr(p, field)))
+        for field in ("input", "output", "cached_input", "cache_write", "reasoning")
+    }
+    write_1h = 2 * p.input if p.cache_write_1h is None else p.cache_write_1h
+    reasoning = min(usage.reasoning_tokens, usage.output_tokens)
+    return (
+        usage.input_tokens * per_million["input"]
+        + usage.cached_input_tokens * per_million["cached_input"]
+        + usage.cache_write_input_tokens * per_million["cache_write"]
+        + usage.cache_write_1h_input_tokens * Fraction(dollars(write_1h))
+        + (usage.output_tokens - reasoning) * per_million["output"]
+        + reasoning * per_million["reasoning"]
+    )  # USD per 1M tokens x tokens = micro-dollars
+
+
+@settings(database=None, max_examples=400)
+@given(usage=usages(), p=prices_strategy(with_tier=True))
+def test_cost_with_1h_and_tiers_matches_fraction_arithmetic(usage: Usage, p: Price) -> None:
+    exact = exact_micros(usage, p)
+    assert cost_micros(usage, p) == math.floor(exact + Fraction(1, 2))
+
+
+@settings(database=None, max_examples=400)
+@given(
+    usage=usages(),
+    p=prices_strategy(with_tier=True),
+    extra_input=small_tokens,
+    extra_output=small_tokens,
+)
+def test_worst_case_bounds_any_usage_within_the_counts(
+    usage: Usage, p: Price, extra_input: int, extra_output: int
+) -> None:
+    # Any usage whose input (all kinds) and output fit the counts costs at most the bound.
+    bound = worst_case_micros(
+        usage.total_input_tokens + extra_input, usage.output_tokens + extra_output, p
+    )
+    assert cost_micros(usage, p) <= bound
+    assert exact_micros(usage, p) <= bound
+
+
+# --- service tiers -----------------------------------------------------------------------------
+
+GPT_4O_PRIORITY = price("4.25", "17.00", cached_input="2.125")
+GPT_4O_ENTRY = ModelEntry(
+    "gpt-4o",
+    "openai",
+    Schema.OPENAI,
+    16_384,
+    GPT_4O,
+    service_tiers=(("priority", GPT_4O_PRIORITY),),
+)
+FREE_ENTRY = ModelEntry("llama", "vllm", Schema.OPENAI, 4096, Price.free(), free=True)
+
+
+@pytest.mark.parametrize("tier", [None, "auto", "default", "standard_only"])
+def test_standard_service_tiers_get_the_standard_price(tier: str | None) -> None:
+    assert price_for_tier(GPT_4O_ENTRY, tier) is GPT_4O
+
+
+def test_a_priced_service_tier_gets_its_price() -> None:
+    assert price_for_tier(GPT_4O_ENTRY, "priority") is GPT_4O_PRIORITY
+    # 1,000 x $4.25 + 1,000 x $2.125 + 100 x $17 = 4,250 + 2,125 + 1,700
+    usage = Usage(input_tokens=1000, cached_input_tokens=1000, output_tokens=100)
+    assert cost_micros(usage, GPT_4O_PRIORITY) == 8_075
+
+
+@pytest.mark.parametrize("tier", ["flex", "scale", "ultrafast", "Priority", "", "standard"])
+def test_a_service_tier_the_catalog_cannot_price_is_none(tier: str) -> None:
+    assert price_for_tier(GPT_4O_ENTRY, tier) is None
+
+
+@pytest.mark.parametrize("tier", [None, "priority", "flex", "anything"])
+def test_a_free_model_is_free_in_any_tier(tier: str | None) -> None:
+    assert price_for_tier(FREE_ENTRY, tier) == Price.free()
 
 
 # --- USD strings -------------------------------------------------------------------------------

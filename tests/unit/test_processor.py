@@ -715,6 +715,7 @@ def test_json_response_cost_header_and_audit(gw: Gateway) -> None:
             "input_tokens": 100,
             "cached_input_tokens": 0,
             "cache_write_input_tokens": 0,
+            "cache_write_1h_input_tokens": 0,
             "output_tokens": 50,
             "reasoning_tokens": 0,
         },
