@@ -33,6 +33,7 @@ from typing import Any
 
 from gateway_extproc.apis import Api
 from gateway_extproc.catalog import ModelEntry
+from gateway_extproc.pricing import Price, price_for_tier
 
 # Margins (tokens) for what the provider adds around the text it is sent: the chat template's
 # special tokens per request and per message (OpenAI documents 3-4), and the tool-use system
@@ -73,6 +74,8 @@ class Shape:
     choices: int  # output multiplier: n (x best_of)
     max_output: int | None  # the request's own output limit; None: it sets none
     cap_field: str | None  # where the gateway injects its cap when the request sets none
+    service_tier: str | None = None  # OpenAI `service_tier` (prices differ per tier)
+    cache_1h: bool = False  # some `cache_control` asks for a 1-hour TTL (Anthropic)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -83,10 +86,41 @@ class Bound:
     output_tokens: int  # all choices together
     inject_max_output: int | None  # the cap to write into the upstream body, if any
     cap_field: str | None
+    price: Price | None = None  # the model's price for this request (its service tier)
+    reserve_price: Price | None = None  # `price` without rates the request cannot incur
 
 
 class Unbounded(ValueError):
     """The request's cost has no upper bound for this model: the caller refuses it (400)."""
+
+
+class Unpriced(ValueError):
+    """The request asks for an option the catalog cannot price for this model (a service tier,
+    a long-context beta): the caller refuses it (400) rather than bill it at standard rates."""
+
+
+def request_price(entry: ModelEntry, tier: str | None, *, long_context_beta: bool = False) -> Price:
+    """The price a request for `entry` is billed at. Raises Unpriced."""
+    price = price_for_tier(entry, tier)
+    if price is None:
+        raise Unpriced(
+            f"service_tier {tier!r} cannot be priced for {entry.name}: the catalog has no "
+            "price for that tier"
+        )
+    if long_context_beta and not entry.prices_long_context:
+        raise Unpriced(
+            f"the long-context beta cannot be priced for {entry.name}: the catalog has no "
+            "long_context tier for it"
+        )
+    return price
+
+
+def _without_1h(price: Price) -> Price:
+    """`price` where a 1-hour cache write costs a 5-minute one (no 1-hour TTL was asked for)."""
+    tier = price.long_context
+    if tier is not None:
+        tier = dataclasses.replace(tier, price=_without_1h(tier.price))
+    return dataclasses.replace(price, cache_write_1h=price.cache_write, long_context=tier)
 
 
 def _utf8_len(text: str) -> int:
@@ -114,9 +148,11 @@ def _part_kind(item: dict[str, Any]) -> str | None:
     return None
 
 
-def _walk(value: Any) -> tuple[int, int, int]:
-    """(text bytes, image parts, file parts) of a JSON value, iteratively (no recursion)."""
+def _walk(value: Any) -> tuple[int, int, int, bool]:
+    """(text bytes, image parts, file parts, a 1-hour cache TTL asked for) of a JSON value,
+    iteratively (no recursion)."""
     text = images = files = 0
+    ttl_1h = False
     stack = [value]
     while stack:
         item = stack.pop()
@@ -130,6 +166,8 @@ def _walk(value: Any) -> tuple[int, int, int]:
             if kind == "file":
                 files += 1
                 continue
+            if item.get("ttl") == "1h":
+                ttl_1h = True
             for key, sub in item.items():
                 text += _utf8_len(key)
                 stack.append(sub)
@@ -137,7 +175,7 @@ def _walk(value: Any) -> tuple[int, int, int]:
             stack.extend(item)
         elif item is not None:  # numbers and booleans: their text
             text += len(str(item))
-    return text, images, files
+    return text, images, files, ttl_1h
 
 
 def _token_ids(value: Any) -> int | None:
@@ -203,16 +241,20 @@ _CAP_FIELD = {
 
 def shape_of(api: Api, body: dict[str, Any], max_output: int | None) -> Shape:
     """The model-independent part of the bound. Raises ValueError (a 400) for a bad `n`."""
-    text, images, files = 0, 0, 0
+    text, images, files, cache_1h = 0, 0, 0, False
     for key, value in body.items():
         ids = _token_ids(value) if key in _TOKEN_ARRAY_FIELDS else None
         if ids is not None:
             text += ids + _utf8_len(key)
             continue
-        t, i, f = _walk(value)
+        t, i, f, h = _walk(value)
         text += t + _utf8_len(key)
         images += i
         files += f
+        cache_1h = cache_1h or h
+    tier = body.get("service_tier")
+    if tier is not None and not isinstance(tier, str):
+        raise ValueError("`service_tier` must be a string")
     messages = sum(  # chat messages, Responses input items, Anthropic messages
         isinstance(item, dict)
         for key in _MESSAGE_LISTS
@@ -231,6 +273,8 @@ def shape_of(api: Api, body: dict[str, Any], max_output: int | None) -> Shape:
         choices=_choices(api, body),
         max_output=max_output,
         cap_field=_CAP_FIELD.get(api),
+        service_tier=tier,
+        cache_1h=cache_1h,
     )
 
 
@@ -240,9 +284,12 @@ def bound(
     *,
     default_max_output: int,
     unseen_input: UnseenInput,
+    long_context_beta: bool = False,
 ) -> Bound:
     """The request's worst case on `entry`. Raises Unbounded when there is none (the caller
-    answers 400): input it cannot see under `refuse`, or a part no catalog field bounds."""
+    answers 400): input it cannot see under `refuse`, or a part no catalog field bounds; and
+    Unpriced for an option the catalog cannot price."""
+    price = request_price(entry, shape.service_tier, long_context_beta=long_context_beta)
     window = entry.context_window
     if shape.unseen and not entry.free and (unseen_input is UnseenInput.REFUSE or window is None):
         why = (
@@ -285,4 +332,6 @@ def bound(
         output_tokens=per_choice * shape.choices,
         inject_max_output=inject,
         cap_field=shape.cap_field if inject is not None else None,
+        price=price,
+        reserve_price=price if shape.cache_1h else _without_1h(price),
     )

@@ -51,6 +51,12 @@ class HeaderNotAllowed(ClientError):
     code = "header_not_allowed"
 
 
+class UnsupportedOption(ClientError):
+    """A request option the catalog cannot price (a service tier, a long-context beta)."""
+
+    code = "unsupported_option"
+
+
 class UnknownModel(ClientError):
     code = "model_not_found"
     anthropic_type = "not_found_error"

@@ -7,6 +7,7 @@ and pricing are pure calls, so nothing on the per-chunk path can block or fail o
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import logging
 import secrets
@@ -15,7 +16,7 @@ import zlib
 from gateway_extproc import extproc_msgs as msgs
 from gateway_extproc.apis import API_PREFIX, MODELS_PATH, Schema, api_for_path
 from gateway_extproc.audit import AuditRecord
-from gateway_extproc.bounds import Bound, Unbounded, bound
+from gateway_extproc.bounds import Bound, Unbounded, Unpriced, bound, request_price
 from gateway_extproc.budgets import report as budget_report
 from gateway_extproc.budgets.gate import Admission
 from gateway_extproc.catalog import ModelEntry
@@ -28,6 +29,7 @@ from gateway_extproc.errors import (
     InternalError,
     NotFound,
     UnknownModel,
+    UnsupportedOption,
     error_body,
 )
 from gateway_extproc.identity.metadata import parse_metadata
@@ -57,6 +59,7 @@ class StreamProcessor:
         # request id stays the correlation id in logs and headers).
         self.reservation_id = secrets.token_hex(16)
         self.client_headers: tuple[str, ...] = ()
+        self.anthropic_beta = ""
         self.method = ""
         self.path = ""
         self.schema = Schema.OPENAI
@@ -131,6 +134,7 @@ class StreamProcessor:
         """Request id, method, path and the client's API family (for error formats)."""
         self.request_id = headers.get("x-request-id", "-")
         self.client_headers = tuple(headers)  # names; which reach the provider: forwarding.py
+        self.anthropic_beta = headers.get("anthropic-beta", "")
         self.method = headers.get(":method", "")
         self.path = headers.get(":path", "")
         api = api_for_path(self.path)
@@ -213,6 +217,16 @@ class StreamProcessor:
             raise UnknownModel(f"model {request.model!r} has no configured provider")
         upstream = self.ctx.upstreams[entry.provider]  # a refused billing header: 400, unreserved
         upstream.forward.removals(self.client_headers, provider=upstream.provider)
+        # The price of this request: its service tier, a long-context beta (400 if unpriced).
+        long_context_beta = "context-1m" in self.anthropic_beta
+        try:
+            price = request_price(
+                entry, request.shape.service_tier, long_context_beta=long_context_beta
+            )
+        except Unpriced as exc:
+            raise UnsupportedOption(str(exc)) from None
+        if price is not entry.price:
+            self.entry = entry = dataclasses.replace(entry, price=price)
         # Budgets: reserve the worst case everywhere it applies, or block / downgrade (429).
         identity = self.identity
         gate = self.ctx.budgets
@@ -224,9 +238,12 @@ class StreamProcessor:
                     model,
                     default_max_output=gate.settings.default_max_output_tokens,
                     unseen_input=gate.settings.unseen_input,
+                    long_context_beta=long_context_beta,
                 )
             except Unbounded as exc:
                 raise CostUnbounded(str(exc)) from None
+            except Unpriced as exc:
+                raise UnsupportedOption(str(exc)) from None
 
         self.admission = admission = await gate.admit(
             reservation_id=self.reservation_id,
@@ -244,6 +261,8 @@ class StreamProcessor:
         if admission.downgraded_from is not None:
             self.entry = entry = admission.entry
             served = entry.name
+            if admission.bound is not None and admission.bound.price is not None:
+                self.entry = entry = dataclasses.replace(entry, price=admission.bound.price)
         cap = admission.bound
         output_cap = None
         if cap is not None and cap.cap_field and cap.inject_max_output is not None:

@@ -159,8 +159,10 @@ class BudgetGate:
 
     @staticmethod
     def estimate(bound: Bound, entry: ModelEntry) -> int:
-        """The worst-case cost in micro-dollars of a bound on `entry`."""
-        return worst_case_micros(bound.input_tokens, bound.output_tokens, entry.price)
+        """The worst-case cost in micro-dollars of a bound on `entry` (at the bound's price:
+        the request's service tier, without rates it cannot incur)."""
+        price = bound.reserve_price or entry.price
+        return worst_case_micros(bound.input_tokens, bound.output_tokens, price)
 
     async def admit(
         self,

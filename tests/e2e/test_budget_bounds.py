@@ -24,6 +24,7 @@ from tests.e2e.worst_case import (
     EMBEDDING_3_SMALL,
     GPT4O,
     GPT4O_MINI,
+    GPT4O_PRIORITY,
     cost_micros,
     estimate_micros,
     held_burst,
@@ -135,6 +136,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         "identity: {dev_issuer: true}\n"
         "catalog: {files: [CATALOG_FILE]}\n"
         "sidecar: {workers: 2}\n"
+        "providers: {anthropic: {forward_headers: [anthropic-beta]}}\n"
         "budgets:\n"
         + budget("capped", "capped", CAPPED_LIMIT)
         + budget("choices", "choices", choices_estimate(2))
@@ -169,6 +171,8 @@ def test_the_literal_prices_are_the_catalogs() -> None:
         assert max(entry.get("cache_write", 0), entry.get("cached_input", 0)) <= entry["input"]
         if price["output"]:
             assert str(entry["output"]) == str(float(price["output"])), name
+    priority = models["gpt-4o"]["service_tiers"]["priority"]
+    assert (priority["input"], priority["output"]) == (4.25, 17.0)
 
 
 def overrun_free(gw: Gateway, response: httpx.Response) -> dict[str, Any]:
@@ -316,7 +320,57 @@ def test_background_responses_without_stream_are_refused(gw: Gateway) -> None:
     assert r.status_code == 400 and "background" in r.json()["error"]["message"], r.text
 
 
-# -- 5. a burst is answered with 200s and 429s, never 503s -----------------------------------
+# -- 5. options that change the price: priced, or refused ------------------------------------
+
+
+def test_a_priority_request_is_reserved_and_billed_at_priority_prices(gw: Gateway) -> None:
+    token = gw.token("vip@example.com", "plenty")
+    body = {"model": "gpt-4o", "messages": STORY, "max_tokens": 100, "service_tier": "priority"}
+    r = gw.post(token, CHAT, body, **{"x-mock-output-tokens": "100"})
+    assert r.status_code == 200, r.text
+    rec = overrun_free(gw, r)
+    assert rec["cost_micros"] == cost_micros(mock_input_tokens(STORY), 100, GPT4O_PRIORITY)
+    assert rec["budget"]["estimate_micros"] == estimate_micros(
+        input_bound(body), 100, GPT4O_PRIORITY
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "headers", "named"),
+    [
+        (CHAT, {"model": "gpt-4o", "service_tier": "flex"}, {}, "service_tier 'flex'"),
+        (CHAT, {"model": "gpt-4o-mini", "service_tier": "scale"}, {}, "service_tier 'scale'"),
+        (
+            "/v1/messages",
+            {"model": "claude-haiku-4-5"},
+            {"anthropic-beta": "context-1m-2025-08-07", "anthropic-version": "2023-06-01"},
+            "long-context beta",
+        ),
+    ],
+)
+def test_an_option_the_catalog_cannot_price_is_refused(
+    gw: Gateway, path: str, body: dict[str, Any], headers: dict[str, str], named: str
+) -> None:
+    full = {**body, "max_tokens": 10, "messages": STORY}
+    r = gw.post(gw.token("opt@example.com", "plenty"), path, full, **headers)
+    assert r.status_code == 400, r.text
+    payload = r.json()
+    error = payload["error"]
+    assert named in error["message"]
+    if path == CHAT:
+        assert error["code"] == "unsupported_option"
+    assert not [q for q in gw.mock.requests() if q["body"] == full]  # never reached the provider
+
+
+def test_the_long_context_beta_is_served_where_it_is_priced(gw: Gateway) -> None:
+    headers = {"anthropic-beta": "context-1m-2025-08-07", "anthropic-version": "2023-06-01"}
+    body = {"model": "claude-sonnet-4-6", "max_tokens": 10, "messages": STORY}
+    r = gw.post(gw.token("long@example.com", "plenty"), "/v1/messages", body, **headers)
+    assert r.status_code == 200, r.text
+    assert gw.mock.last()["headers"]["anthropic-beta"] == "context-1m-2025-08-07"
+
+
+# -- 6. a burst is answered with 200s and 429s, never 503s -----------------------------------
 
 
 @pytest.mark.parametrize("count", [200, 1000])

@@ -21,6 +21,7 @@ PER_REQUEST, PER_MESSAGE, TOOLS = 16, 8, 512
 # the catalog in test_budget_bounds.py::test_the_literal_prices_are_the_catalogs).
 GPT4O = {"input": Fraction("2.50"), "output": Fraction("10.00")}
 GPT4O_MINI = {"input": Fraction("0.15"), "output": Fraction("0.60")}
+GPT4O_PRIORITY = {"input": Fraction("4.25"), "output": Fraction("17.00")}
 EMBEDDING_3_SMALL = {"input": Fraction("0.02"), "output": Fraction(0)}
 
 

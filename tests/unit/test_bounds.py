@@ -13,8 +13,10 @@ from gateway_extproc.bounds import (
     TOOLS_PROMPT_TOKENS,
     Bound,
     Unbounded,
+    Unpriced,
     UnseenInput,
     bound,
+    request_price,
     shape_of,
 )
 from gateway_extproc.catalog import ModelEntry
@@ -252,3 +254,53 @@ def test_embeddings_produce_no_output() -> None:
 def test_a_bad_n_is_refused(n: object) -> None:
     with pytest.raises(ValueError, match="`n`"):
         shape_of(Api.OPENAI_CHAT, {"model": "chat", "n": n}, None)
+
+
+# -- price-changing options ------------------------------------------------------------------
+
+PRIORITY = Price(input=4, output=8, cached_input=2, cache_write=4, reasoning=8)
+TIERED = ModelEntry(
+    "tiered", "p", Schema.OPENAI, 1000, PRICE, context_window=10_000,
+    service_tiers=(("priority", PRIORITY),),
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("tier", "price"), [(None, PRICE), ("auto", PRICE), ("default", PRICE), ("priority", PRIORITY)]
+)
+def test_the_bound_carries_the_service_tiers_price(tier: str | None, price: Price) -> None:
+    body = {"model": "tiered", "max_tokens": 1, **({"service_tier": tier} if tier else {})}
+    assert b(Api.OPENAI_CHAT, body, TIERED).price == price
+
+
+@pytest.mark.parametrize("tier", ["flex", "scale", "fast"])
+def test_a_tier_the_catalog_cannot_price_is_refused(tier: str) -> None:
+    with pytest.raises(Unpriced, match=f"service_tier '{tier}' cannot be priced for tiered"):
+        b(Api.OPENAI_CHAT, {"model": "tiered", "max_tokens": 1, "service_tier": tier}, TIERED)
+    assert b(Api.OPENAI_CHAT, {"model": "f", "service_tier": tier}, FREE).price == Price.free()
+
+
+def test_a_long_context_beta_needs_a_long_context_price() -> None:
+    body = {"model": "claude", "max_tokens": 1, "messages": []}
+    with pytest.raises(Unpriced, match="long-context beta"):
+        bound(shape_of(Api.ANTHROPIC_MESSAGES, body, 1), CLAUDE, default_max_output=1,
+              unseen_input=UnseenInput.REFUSE, long_context_beta=True)  # fmt: skip
+    assert request_price(CLAUDE, None) == CLAUDE.price
+
+
+def test_one_hour_cache_writes_are_reserved_only_when_asked_for() -> None:
+    anthropic = Price(input=10, output=50, cached_input=1, cache_write=12, reasoning=50)
+    entry = ModelEntry("c", "q", Schema.ANTHROPIC, 100, anthropic, context_window=1000)
+    block = {"type": "text", "text": "x", "cache_control": {"type": "ephemeral"}}
+    plain = {"model": "c", "max_tokens": 1, "messages": [{"role": "user", "content": [block]}]}
+    one_hour = {**block, "cache_control": {"type": "ephemeral", "ttl": "1h"}}
+    hourly = {**plain, "messages": [{"role": "user", "content": [one_hour]}]}
+    five = b(Api.ANTHROPIC_MESSAGES, plain, entry)
+    assert five.reserve_price is not None and five.reserve_price.write_1h == 12
+    assert five.price == anthropic and anthropic.write_1h == 20  # settled at the real rates
+    assert b(Api.ANTHROPIC_MESSAGES, hourly, entry).reserve_price == anthropic
+
+
+def test_a_non_string_service_tier_is_refused() -> None:
+    with pytest.raises(ValueError, match="service_tier"):
+        shape_of(Api.OPENAI_CHAT, {"model": "m", "service_tier": 1}, None)
