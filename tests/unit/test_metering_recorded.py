@@ -14,10 +14,9 @@ import pytest
 from gateway_extproc.apis import Api
 from gateway_extproc.metering import StreamMeter, StreamMeterResult, usage_from_json
 from gateway_extproc.tokens import Usage
-from tests.recorded import RECORDED_DIR, Interaction, load_cassettes
+from tests.recorded import Interaction, load_cassettes
 
-CASSETTES = load_cassettes()
-pytestmark = pytest.mark.skipif(not CASSETTES, reason=f"no recordings under {RECORDED_DIR}")
+CASSETTES = load_cassettes()  # raises, naming what is missing, if the recordings are absent
 
 EVERY_SPLIT_UP_TO = 2000  # bytes; longer bodies get SPREAD_SPLITS split points + byte-at-a-time
 SPREAD_SPLITS = 200

@@ -31,12 +31,12 @@ from gateway_extproc.processor import CLUSTER_HEADER, StreamProcessor
 from gateway_extproc.runtime import build_gate
 from gateway_extproc.tokens import Usage
 from gateway_extproc.upstreams import resolve_upstreams
+from tests.paths import STREAMS
 
 MOCK = "http://127.0.0.1:9/v1"
 OPENAI_KEY = "sk-proc-test-0123456789"
 RID = "req-0001"
 WALL = 1_700_000_000.0  # 2023-11-14T22:13:20Z
-STREAMS = Path(__file__).resolve().parents[1] / "fixtures" / "streams"
 
 # A catalog of the tests' own, so prices and names do not move with the shipped catalog.
 CATALOG_DOC = {

@@ -26,8 +26,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from gateway_extproc.config import load_config
 from gateway_extproc.processor import CLUSTER_HEADER
+from tests.paths import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 MOCK = "http://127.0.0.1:9/v1"
 SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
 SERVING = health_pb2.HealthCheckResponse.SERVING
