@@ -193,5 +193,5 @@ def test_chat_streaming_without_include_usage_must_be_estimated() -> None:
     result = meter_split(it.api, it.response_body)
     assert result.usage is None
     assert result.completed
-    # "Hi there! How can I help today? ... a topic you’re curious about." (the deltas joined)
+    # The deltas joined: "Hi there! How can I help today? I can answer questions, [...]"
     assert result.output_chars == 209
