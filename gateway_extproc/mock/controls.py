@@ -15,6 +15,8 @@
                                   cut the connection without terminating the body
     x-mock-omit-usage: 1          report no usage at all
     x-mock-replay: NAME           replay NAME.yaml (go-vcr cassette) from --fixtures-dir
+    x-mock-content-encoding: E    label the body `Content-Encoding: E` without encoding it (a
+                                  body the gateway cannot decode: its metering fails)
 
 Pure: `parse_controls` turns request headers into a frozen `Controls` value, or raises
 `ControlError` listing every bad header at once (an unknown `x-mock-*` name is an error too).
@@ -31,6 +33,7 @@ MAX_OUTPUT_TOKENS = 100_000
 MAX_DELAY_MS = 3_600_000
 INJECTABLE_STATUSES = range(400, 600)
 _REPLAY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_CODING = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"", "0", "false", "no", "off"})
 
@@ -59,6 +62,7 @@ class Controls:
     abort_after_events: int | None = None
     omit_usage: bool = False
     replay: str | None = None
+    content_encoding: str | None = None  # a false Content-Encoding label for the body
 
 
 class _Reader:
@@ -111,6 +115,13 @@ class _Reader:
             return None
         return fixture
 
+    def coding(self, name: str) -> str | None:
+        raw = self._raw(name)
+        if raw is not None and not _CODING.match(raw):
+            self.problems.append(f"{name}: {raw!r} must be a content-coding name")
+            return None
+        return raw
+
     def unknown(self) -> None:
         for name in self.headers:
             if name.startswith("x-mock-") and name not in CONTROL_HEADERS:
@@ -131,6 +142,7 @@ CONTROL_HEADERS = (
     "x-mock-abort-after-events",
     "x-mock-omit-usage",
     "x-mock-replay",
+    "x-mock-content-encoding",
 )
 _BIG = 1 << 30
 
@@ -157,6 +169,7 @@ def parse_controls(headers: Mapping[str, str]) -> Controls:
         abort_after_events=read.integer("x-mock-abort-after-events", 0, _BIG),
         omit_usage=read.flag("x-mock-omit-usage"),
         replay=read.replay("x-mock-replay"),
+        content_encoding=read.coding("x-mock-content-encoding"),
     )
     read.unknown()
     if read.problems:

@@ -212,6 +212,16 @@ async def test_latency_and_chunk_delay(mock: RunningMock) -> None:
     assert len(result.chunks) == 5 and time.monotonic() - started >= 0.2
 
 
+async def test_false_content_encoding_label(mock: RunningMock) -> None:
+    plain = await raw_post(mock, "/v1/chat/completions", chat(stream=True))
+    labelled = await raw_post(
+        mock, "/v1/chat/completions", chat(stream=True), {"x-mock-content-encoding": "gzip"}
+    )
+    assert "content-encoding" not in plain.headers
+    assert labelled.headers["content-encoding"] == "gzip"  # but the bytes are not gzip
+    assert labelled.body.startswith(b"data: {") and labelled.body.endswith(b"data: [DONE]\n\n")
+
+
 # --- replay -----------------------------------------------------------------------------------
 
 
