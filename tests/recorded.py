@@ -1,4 +1,5 @@
-"""Recorded real OpenAI transcripts (go-vcr v2 cassettes) in the repo's sibling `shared/` tree.
+"""Recorded real OpenAI transcripts (go-vcr v2 cassettes) in the repo's sibling `shared/` tree
+(`tests.paths.RECORDED_OPENAI`).
 
 `load_cassettes()` maps each cassette's name to its interactions on endpoints the gateway meters
 (`apis.api_for_path` of the URL path); others (audio, images, Azure deployment paths) are left out.
@@ -8,17 +9,13 @@ Bodies are returned as the bytes the provider sent (SSE bodies are stored verbat
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import yaml
 
 from gateway_extproc.apis import Api, api_for_path
-
-RECORDED_DIR = (
-    Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "recorded-openai"
-)
+from tests.paths import recorded_openai
 
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -40,9 +37,10 @@ def _header(headers: dict[str, list[str]] | None, name: str) -> str:
 
 @functools.cache
 def load_cassettes() -> dict[str, list[Interaction]]:
-    """{cassette stem: metered interactions}; empty if the recordings are not checked out."""
+    """{cassette stem: metered interactions}; raises MissingTestData if the recordings are not
+    checked out (see tests/paths.py)."""
     cassettes: dict[str, list[Interaction]] = {}
-    for path in sorted(RECORDED_DIR.glob("*.yaml")):
+    for path in sorted(recorded_openai().glob("*.yaml")):
         doc = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
         interactions = []
         for item in doc.get("interactions") or []:

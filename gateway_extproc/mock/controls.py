@@ -21,6 +21,8 @@
     x-mock-hold: NAME             hold the response until `POST /_mock/release/NAME` (tests that
                                   need every admitted request in flight at once)
     x-mock-response-model: NAME   report NAME as the response's model (not the request's)
+    x-mock-content-encoding: E    label the body `Content-Encoding: E` without encoding it (a
+                                  body the gateway cannot decode: its metering fails)
 
 Pure: `parse_controls` turns request headers into a frozen `Controls` value, or raises
 `ControlError` listing every bad header at once (an unknown `x-mock-*` name is an error too).
@@ -37,6 +39,7 @@ MAX_OUTPUT_TOKENS = 100_000
 MAX_DELAY_MS = 3_600_000
 INJECTABLE_STATUSES = range(400, 600)
 _REPLAY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_CODING = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"", "0", "false", "no", "off"})
 
@@ -68,6 +71,7 @@ class Controls:
     replay: str | None = None
     hold: str | None = None
     response_model: str | None = None
+    content_encoding: str | None = None  # a false Content-Encoding label for the body
 
 
 class _Reader:
@@ -127,6 +131,13 @@ class _Reader:
             return None
         return raw
 
+    def coding(self, name: str) -> str | None:
+        raw = self._raw(name)
+        if raw is not None and not _CODING.match(raw):
+            self.problems.append(f"{name}: {raw!r} must be a content-coding name")
+            return None
+        return raw
+
     def unknown(self) -> None:
         for name in self.headers:
             if name.startswith("x-mock-") and name not in CONTROL_HEADERS:
@@ -150,6 +161,7 @@ CONTROL_HEADERS = (
     "x-mock-replay",
     "x-mock-hold",
     "x-mock-response-model",
+    "x-mock-content-encoding",
 )
 _BIG = 1 << 30
 
@@ -179,6 +191,7 @@ def parse_controls(headers: Mapping[str, str]) -> Controls:
         replay=read.replay("x-mock-replay"),
         hold=read.replay("x-mock-hold"),
         response_model=read.name("x-mock-response-model"),
+        content_encoding=read.coding("x-mock-content-encoding"),
     )
     read.unknown()
     if read.problems:

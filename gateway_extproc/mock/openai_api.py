@@ -1,9 +1,9 @@
 """OpenAI chat completions, legacy completions and embeddings, built as pure values.
 
-Shapes copy real OpenAI output (see /work/shared/fixtures/recorded-openai): chat streams carry
-`"usage": null` on every chunk and a final `"choices": []` usage chunk only when the request set
-`stream_options.include_usage`; cached tokens are inside `prompt_tokens`, reasoning tokens inside
-`completion_tokens`.
+Shapes copy real OpenAI output (the recorded transcripts in `shared/fixtures/recorded-openai`,
+beside the repository): chat streams carry `"usage": null` on every chunk and a final
+`"choices": []` usage chunk only when the request set `stream_options.include_usage`; cached
+tokens are inside `prompt_tokens`, reasoning tokens inside `completion_tokens`.
 """
 
 from __future__ import annotations

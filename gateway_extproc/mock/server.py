@@ -156,6 +156,8 @@ async def send_reply(
     if encoder.content_encoding is not None:
         headers["Content-Encoding"] = encoder.content_encoding
         headers["Vary"] = "Accept-Encoding"
+    if controls.content_encoding is not None:  # a false label: the bytes stay as they are
+        headers["Content-Encoding"] = controls.content_encoding
     streamed = isinstance(reply, StreamReply)
     if isinstance(reply, StreamReply):
         plan = plan_for(reply.events, controls)

@@ -13,7 +13,8 @@ import openai
 import pytest
 
 from gateway_extproc.stack import Stack
-from tests.e2e.harness import FIXTURES, RETIRED_MODELS, AuditLog, MockLog
+from tests.e2e.harness import RETIRED_MODELS, AuditLog, MockLog
+from tests.paths import recorded_openai
 
 pytestmark = pytest.mark.e2e
 
@@ -63,7 +64,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         f"catalog:\n  files: [{RETIRED_MODELS}]\n"
         f"identity:\n  allow_anonymous: true\n  static_tokens:\n{static_tokens_yaml()}"
     )
-    s = start_stack(run_dir, config_path=config, mock_args=("--fixtures-dir", str(FIXTURES)))
+    replays = ("--fixtures-dir", str(recorded_openai()))  # the mock replays the recordings
+    s = start_stack(run_dir, config_path=config, mock_args=replays)
     yield s
     s.stop()
 

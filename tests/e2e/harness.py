@@ -11,11 +11,11 @@ from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-FIXTURES = REPO.parent / "shared" / "fixtures" / "recorded-openai"
+from tests.paths import REPO, TEST_FIXTURES
+
 CATALOG = REPO / "gateway_extproc" / "catalog.yaml"
 # Models the recorded transcripts use that the providers have since retired (operator catalog).
-RETIRED_MODELS = REPO / "tests" / "fixtures" / "retired-models.yaml"
+RETIRED_MODELS = TEST_FIXTURES / "retired-models.yaml"
 
 
 class AuditLog:

@@ -6,7 +6,6 @@ import gzip
 import json
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import anthropic
 import httpx
@@ -196,17 +195,3 @@ def test_sidecar_down_is_a_fast_clear_503(stack_without_sidecar: Stack) -> None:
             model="claude-haiku-4-5", max_tokens=5, messages=[{"role": "user", "content": "x"}]
         )
     assert exc.value.status_code == 503 and "unavailable" in exc.value.message
-
-
-def test_audit_never_holds_prompts_or_credentials(stack: Stack, audit: AuditLog) -> None:
-    secret_prompt = "my-very-secret-prompt-text-4711"
-    body = json.dumps(
-        {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": secret_prompt}]}
-    ).encode()
-    r = post(stack, CHAT, body, authorization="Bearer sk-leak-me-not-0815")
-    audit.wait_for(r.headers["x-gateway-request-id"])
-    everything = Path(stack.run_dir / "audit.jsonl").read_text() + (
-        stack.run_dir / "stack.log"
-    ).read_text(errors="replace")
-    assert secret_prompt not in everything
-    assert "sk-leak-me-not-0815" not in everything

@@ -113,8 +113,14 @@ def test_responses_api_stream_and_json(oai: openai.OpenAI, audit: AuditLog) -> N
     usage = completed.response.usage
     assert usage is not None
     rec = audit.wait_for(rid)
-    assert rec["tokens"] == tokens(usage.input_tokens, output=usage.output_tokens)
+    cached = usage.input_tokens_details.cached_tokens
+    reasoning = usage.output_tokens_details.reasoning_tokens
+    want = tokens(
+        usage.input_tokens - cached, cached=cached, output=usage.output_tokens, reasoning=reasoning
+    )
+    assert rec["tokens"] == want and usage.output_tokens > 0
     assert rec["stream"] is True and rec["usage_source"] == "provider"
+    assert rec["cost_micros"] == expected_cost_micros("gpt-4.1", want) > 0
 
 
 def test_embeddings_and_legacy_completions(oai: openai.OpenAI, audit: AuditLog) -> None:
@@ -134,7 +140,10 @@ def test_embeddings_and_legacy_completions(oai: openai.OpenAI, audit: AuditLog) 
     usage = next(c.usage for c in chunks if c.usage is not None)
     assert usage.completion_tokens == 9  # capped by max_tokens
     rec = audit.wait_for(rid)
-    assert rec["tokens"] == tokens(usage.prompt_tokens, output=9)
+    want = tokens(usage.prompt_tokens, output=9)
+    assert rec["tokens"] == want
+    assert rec["stream"] is True and rec["usage_source"] == "provider"
+    assert rec["cost_micros"] == expected_cost_micros("gpt-3.5-turbo-instruct", want) > 0
 
 
 def test_models_list_from_catalog(oai: openai.OpenAI) -> None:

@@ -1,8 +1,10 @@
 """Providers are configuration: real-shaped providers get the gateway's credential injected,
-and a self-hosted OpenAI-compatible server is one config entry plus a catalog entry."""
+and a self-hosted OpenAI-compatible server is one config entry plus a catalog entry (a `free`
+one is metered at zero cost). Audio is refused, as the README says, until it is metered."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import time
@@ -10,38 +12,26 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import anthropic
+import httpx
 import openai
 import pytest
 
 from gateway_extproc.stack import Stack
 from tests.e2e.conftest import stack_environ, start_stack, static_tokens_yaml
-from tests.e2e.harness import AuditLog, MockLog
+from tests.e2e.harness import AuditLog, MockLog, tokens
 
 pytestmark = pytest.mark.e2e
 OPENAI_KEY = "sk-gateway-owned-openai-key"
 ANTHROPIC_KEY = "sk-ant-gateway-owned-key"
 
 
-@pytest.fixture(scope="module")
-def keyed_mock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A provider that refuses any request without the gateway's own keys."""
-    run_dir = tmp_path_factory.mktemp("keyed-mock")
+@contextlib.contextmanager
+def running_mock(run_dir: Path, *args: str) -> Iterator[str]:
+    """The mock provider as its own process; yields its base URL (without /v1)."""
     port_file = run_dir / "port"
+    command = [sys.executable, "-m", "gateway_extproc.mock", "--port", "0"]
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gateway_extproc.mock",
-            "--port",
-            "0",
-            "--port-file",
-            str(port_file),
-            "--openai-key",
-            OPENAI_KEY,
-            "--anthropic-key",
-            ANTHROPIC_KEY,
-        ],
-        stderr=subprocess.DEVNULL,
+        [*command, "--port-file", str(port_file), *args], stderr=subprocess.DEVNULL
     )
     try:
         deadline = time.monotonic() + 20
@@ -55,7 +45,24 @@ def keyed_mock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def configured_stack(tmp_path_factory: pytest.TempPathFactory, keyed_mock: str) -> Iterator[Stack]:
+def keyed_mock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A provider that refuses any request without the gateway's own keys."""
+    keys = ("--openai-key", OPENAI_KEY, "--anthropic-key", ANTHROPIC_KEY)
+    with running_mock(tmp_path_factory.mktemp("keyed-mock"), *keys) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def open_mock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A self-hosted server that needs no credential (as a local Ollama or vLLM)."""
+    with running_mock(tmp_path_factory.mktemp("open-mock")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def configured_stack(
+    tmp_path_factory: pytest.TempPathFactory, keyed_mock: str, open_mock: str
+) -> Iterator[Stack]:
     run_dir = tmp_path_factory.mktemp("configured")
     key_file = run_dir / "anthropic.key"
     key_file.write_text(ANTHROPIC_KEY + "\n")
@@ -64,6 +71,8 @@ def configured_stack(tmp_path_factory: pytest.TempPathFactory, keyed_mock: str) 
         "models:\n"
         "  local-llama-70b:\n"
         "    provider: vllm\n    schema: openai\n    max_output_tokens: 4096\n    free: true\n"
+        "  local-qwen-7b:\n"
+        "    provider: ollama\n    schema: openai\n    max_output_tokens: 4096\n    free: true\n"
     )
     config = run_dir / "gateway.yaml"
     config.write_text(
@@ -81,6 +90,10 @@ identity:
   vllm:
     schema: openai
     base_url: {keyed_mock}/v1
+    auth: null
+  ollama:
+    schema: openai
+    base_url: {open_mock}/v1
     auth: null
 catalog:
   files: [{catalog}]
@@ -134,6 +147,67 @@ def test_self_hosted_provider_is_one_config_entry(configured_stack: Stack, keyed
     assert "local-llama-70b" in ids
     rec = [r for r in audit.records() if r["requested_model"] == "local-llama-70b"][-1]
     assert rec["provider"] == "vllm" and rec["status"] == 401 and rec["cost_micros"] == 0
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_free_self_hosted_model_is_served_and_metered_at_zero_cost(
+    configured_stack: Stack, open_mock: str, stream: bool
+) -> None:
+    mock = MockLog(open_mock)
+    audit = AuditLog(configured_stack.run_dir / "audit.jsonl")
+    body = {"model": "local-qwen-7b", "messages": [{"role": "user", "content": "hi"}]}
+    if stream:
+        body["stream"] = True
+    r = httpx.post(
+        configured_stack.gateway_url + "/v1/chat/completions",
+        json=body,
+        headers={"authorization": "Bearer client-key", "x-mock-output-tokens": "25"},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    if not stream:  # a stream's headers leave before its cost is known
+        assert r.headers["x-gateway-cost-usd"] == "0.000000"
+    served = mock.last()
+    assert served["body"]["model"] == "local-qwen-7b" and "authorization" not in served["headers"]
+    rec = audit.wait_for(r.headers["x-gateway-request-id"])
+    assert (rec["provider"], rec["served_model"], rec["status"]) == ("ollama", "local-qwen-7b", 200)
+    # Metered like any model (the server's usage report, 25 tokens out), priced at zero.
+    assert rec["usage_source"] == "provider" and rec["completed"] is True
+    assert rec["tokens"]["output_tokens"] == 25 and rec["tokens"]["input_tokens"] > 0
+    assert rec["tokens"] == tokens(rec["tokens"]["input_tokens"], output=25)
+    assert (rec["cost_micros"], rec["cost_usd"]) == (0, "0.000000")
+
+
+# README, Decisions and limits: "audio chat models are left out rather than mis-priced" and
+# "other provider paths (audio, images, files, batches) get a clear 404 until they are metered".
+@pytest.mark.parametrize("model", ["gpt-4o-audio-preview", "gpt-4o-audio-preview-2025-06-03"])
+def test_audio_chat_models_are_refused_as_unknown(stack: Stack, mock: MockLog, model: str) -> None:
+    before = len(mock.requests())
+    body = {
+        "model": model,
+        "modalities": ["text", "audio"],
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    r = httpx.post(stack.gateway_url + "/v1/chat/completions", json=body, timeout=30)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["code"] == "model_not_found" and model in r.json()["error"]["message"]
+    assert len(mock.requests()) == before  # never sent to the provider
+
+
+@pytest.mark.parametrize(
+    "path", ["/v1/audio/transcriptions", "/v1/audio/translations", "/v1/audio/speech"]
+)
+def test_audio_endpoints_are_a_clear_404(stack: Stack, mock: MockLog, path: str) -> None:
+    before = len(mock.requests())
+    r = httpx.post(
+        stack.gateway_url + path,
+        json={"model": "gpt-4o-mini-tts", "input": "hi", "voice": "alloy"},
+        timeout=30,
+    )
+    assert r.status_code == 404, r.text
+    error = r.json()["error"]
+    assert error["code"] == "not_found" and path in error["message"]
+    assert len(mock.requests()) == before
 
 
 def test_missing_key_is_a_startup_error_when_the_mock_is_off(tmp_path: Path) -> None:

@@ -190,10 +190,9 @@ async def test_hang_times_out_is_retried_then_fails(
     server.hang = True
     sender = make(webhooks={"team-eng": server.url}, timeout_s=0.1, attempts=3)
     await sender.start()
-    started = time.monotonic()
     sender.send([CROSSING])
     await sender.close(drain_timeout_s=5)
-    assert time.monotonic() - started < 2
+    assert "not delivered before shutdown" not in caplog.text  # ended by the 3 timeouts
     assert len(server.requests) == 3
     assert counters(sender) == (0, 1, 0, 2)
     assert "timed out after 0.1s" in caplog.text
@@ -271,7 +270,7 @@ async def test_close_gives_up_after_drain_timeout(
     sender.send(crossing(n) for n in range(3))
     started = time.monotonic()
     await sender.close(drain_timeout_s=0.2)
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 15  # gave up long before the 30 s request timeout
     assert len(server.requests) == 1  # the first one is in flight, two still queued
     assert counters(sender) == (0, 0, 3, 0)
     assert caplog.text.count("not delivered before shutdown") == 3

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,8 +21,7 @@ from gateway_extproc.metering import (
     usage_from_openai_responses,
 )
 from gateway_extproc.tokens import Usage
-
-STREAMS = Path(__file__).resolve().parents[1] / "fixtures" / "streams"
+from tests.paths import STREAMS
 
 
 def meter(api: Api, *chunks: bytes, max_line_bytes: int = 1 << 20) -> StreamMeterResult:

@@ -13,8 +13,7 @@ import httpx
 import pytest
 
 from gateway_extproc.mock.cli import parse_args, write_port_file
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.paths import REPO
 
 
 def test_write_port_file_is_atomic(tmp_path: Path) -> None:

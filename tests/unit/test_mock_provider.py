@@ -54,6 +54,7 @@ def test_controls_parse_every_header_case_insensitively() -> None:
             "x-mock-abort-after-events": "2",
             "x-mock-omit-usage": "1",
             "x-mock-replay": "chat-streaming.yaml",
+            "x-mock-content-encoding": "br",
         }
     )
     assert controls == Controls(
@@ -70,6 +71,7 @@ def test_controls_parse_every_header_case_insensitively() -> None:
         abort_after_events=2,
         omit_usage=True,
         replay="chat-streaming",
+        content_encoding="br",
     )
 
 
@@ -82,12 +84,14 @@ def test_controls_report_every_problem_at_once() -> None:
                 "x-mock-chunk-bytes": "zero",
                 "x-mock-omit-usage": "maybe",
                 "x-mock-replay": "../etc/passwd",
+                "x-mock-content-encoding": "gzip, br",
                 "x-mock-typo": "1",
             }
         )
     problems = "\n".join(caught.value.problems)
-    assert len(caught.value.problems) == 6
-    for name in ("output-tokens", "status", "chunk-bytes", "omit-usage", "replay", "x-mock-typo"):
+    assert len(caught.value.problems) == 7
+    names = ("output-tokens", "status", "chunk-bytes", "omit-usage", "replay", "content-encoding")
+    for name in (*names, "x-mock-typo"):
         assert name in problems
 
 

@@ -23,8 +23,8 @@ import pytest
 from gateway_extproc.mock.content import output_words
 from gateway_extproc.mock.replay import parse_cassette
 from gateway_extproc.mock.testing import RunningMock, running_mock
+from tests.paths import recorded_openai
 
-RECORDED = Path("/work/shared/fixtures/recorded-openai")  # real OpenAI transcripts, if present
 MESSAGES: list[Any] = [{"role": "user", "content": "Hello!"}]
 TEXT_12 = "".join(output_words(12))
 JSON_CASSETTE = """version: 2
@@ -47,8 +47,7 @@ def fixtures_dir(tmp_path: Path) -> Path:
     directory = tmp_path / "fixtures"
     directory.mkdir()
     (directory / "teapot.yaml").write_text(JSON_CASSETTE)
-    if (RECORDED / "chat-streaming.yaml").is_file():
-        shutil.copy(RECORDED / "chat-streaming.yaml", directory)
+    shutil.copy(recorded_openai() / "chat-streaming.yaml", directory)  # a real OpenAI stream
     return directory
 
 
@@ -213,10 +212,19 @@ async def test_latency_and_chunk_delay(mock: RunningMock) -> None:
     assert len(result.chunks) == 5 and time.monotonic() - started >= 0.2
 
 
+async def test_false_content_encoding_label(mock: RunningMock) -> None:
+    plain = await raw_post(mock, "/v1/chat/completions", chat(stream=True))
+    labelled = await raw_post(
+        mock, "/v1/chat/completions", chat(stream=True), {"x-mock-content-encoding": "gzip"}
+    )
+    assert "content-encoding" not in plain.headers
+    assert labelled.headers["content-encoding"] == "gzip"  # but the bytes are not gzip
+    assert labelled.body.startswith(b"data: {") and labelled.body.endswith(b"data: [DONE]\n\n")
+
+
 # --- replay -----------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not (RECORDED / "chat-streaming.yaml").is_file(), reason="no recordings")
 async def test_replay_recorded_stream_byte_for_byte(mock: RunningMock, fixtures_dir: Path) -> None:
     recording = parse_cassette((fixtures_dir / "chat-streaming.yaml").read_text())
     replay = {"x-mock-replay": "chat-streaming"}

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import yaml
 
 from gateway_extproc.budgets.model import Action, ScopeKind
 from gateway_extproc.config import load_config, load_document, merge, parse_config
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.paths import REPO
 
 
 def test_readme_budgets_example_loads_with_the_shipped_catalog() -> None:

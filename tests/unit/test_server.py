@@ -26,8 +26,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from gateway_extproc.config import load_config
 from gateway_extproc.processor import CLUSTER_HEADER
+from tests.paths import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 MOCK = "http://127.0.0.1:9/v1"
 SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -258,24 +258,21 @@ def test_process_stream_immediate_response(sidecar: Sidecar) -> None:
 
 def test_sigterm_drains_then_exits(start: Callable[..., Sidecar], tmp_path: Path) -> None:
     config = tmp_path / "drain.yaml"
-    config.write_text(yaml.safe_dump({"sidecar": {"drain_s": 1.5, "grace_s": 1}}))
+    # A drain long enough that the checks below happen inside it on any machine.
+    drain_s = 4
+    config.write_text(yaml.safe_dump({"sidecar": {"drain_s": drain_s, "grace_s": 1}}))
     sidecar = start("--config", str(config))
     with grpc.insecure_channel(sidecar.target) as channel:
         assert _check(channel, SERVICE) == SERVING
         sent = time.monotonic()
         sidecar.proc.send_signal(signal.SIGTERM)
-        statuses = set()
-        while time.monotonic() - sent < 1.0:
-            statuses.add(_check(channel, SERVICE))
-            if NOT_SERVING in statuses:
-                break
+        while (status := _check(channel, SERVICE)) != NOT_SERVING:
+            assert status == SERVING and sidecar.proc.poll() is None, "exited without a drain"
             time.sleep(0.02)
-        assert NOT_SERVING in statuses, "health must turn NOT_SERVING during the drain"
         assert _check(channel, "") == NOT_SERVING
         assert sidecar.proc.poll() is None, "the sidecar keeps serving while it drains"
-    assert sidecar.proc.wait(timeout=6) == 0
-    elapsed = time.monotonic() - sent
-    assert 1.4 <= elapsed < 6, elapsed
+    assert sidecar.proc.wait(timeout=30) == 0
+    assert time.monotonic() - sent >= drain_s  # it waited the drain out
 
 
 def test_bad_config_exits_2_with_every_problem(tmp_path: Path) -> None:

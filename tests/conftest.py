@@ -1,0 +1,15 @@
+"""Session-wide test policy: every collected test must run (see tests/skip_policy.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.skip_policy import SkipPolicy
+
+# Tests allowed not to run, by node id, each with the reason that is fine. Empty: everything the
+# suite collects runs on the machine `make test` is meant for (data beside the repo included).
+ALLOWED_SKIPS: dict[str, str] = {}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(SkipPolicy(ALLOWED_SKIPS), "skip-policy")
