@@ -3,7 +3,6 @@ exact admission under 200 concurrent requests, disconnects, a killed sidecar, a 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 import time
@@ -16,13 +15,19 @@ import openai
 import pytest
 import redis
 
-from gateway_extproc.catalog import Catalog
 from gateway_extproc.identity.devissuer import DevIssuer, ensure_dev_issuer
-from gateway_extproc.inbound import estimate_input_tokens
-from gateway_extproc.pricing import worst_case_micros
 from gateway_extproc.stack import Stack
 from tests.e2e.conftest import start_stack
 from tests.e2e.harness import AuditLog, MockLog
+from tests.e2e.worst_case import (
+    GPT4O,
+    GPT4O_MINI,
+    cost_micros,
+    estimate_micros,
+    held_burst,
+    input_bound,
+    mock_input_tokens,
+)
 
 pytestmark = pytest.mark.e2e
 CHAT = "/v1/chat/completions"
@@ -31,11 +36,17 @@ CROWD_N = 10
 CROWD_MAX_TOKENS = 500
 
 
+CROWD_BODY = {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": CROWD_MAX_TOKENS}
+
+
 def crowd_estimate() -> int:
-    entry = Catalog.load().lookup("gpt-4o-mini")
-    assert entry is not None
-    body = {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": CROWD_MAX_TOKENS}
-    return worst_case_micros(estimate_input_tokens(body), CROWD_MAX_TOKENS, entry.price)
+    """The README's worst case from literal prices (tests/e2e/worst_case.py)."""
+    return estimate_micros(input_bound(CROWD_BODY), CROWD_MAX_TOKENS, GPT4O_MINI)
+
+
+def stack_mock(gw: Budgeted) -> str:
+    assert gw.stack.mock_url is not None
+    return gw.stack.mock_url.removesuffix("/v1")
 
 
 def usd(micros: int) -> str:
@@ -130,14 +141,30 @@ class Budgeted:
             held += fields.get("held", 0)
         return spent, held
 
-    def reservation(self, request_id: str) -> dict[str, str]:
-        """The reservation record of one request ({} if there is none)."""
-        record = self.redis.hgetall(f"llmgw:{{gwb}}:res:{request_id}")
+    def reservation(self, reservation_id: str) -> dict[str, str]:
+        """One reservation record ({} if there is none)."""
+        record = self.redis.hgetall(f"llmgw:{{gwb}}:res:{reservation_id}")
         return {k.decode(): v.decode() for k, v in record.items()}
 
-    def leased(self, request_id: str) -> bool:
-        """Whether the request is still in the lease set (a reaper could still charge it)."""
-        return self.redis.zscore("llmgw:{gwb}:leases", request_id) is not None
+    def reservation_of(self, request_id: str) -> str:
+        """A request's reservation id, from its audit record (random, not the request id)."""
+        reservation_id = self.audit.wait_for(request_id)["budget"]["reservation_id"]
+        assert isinstance(reservation_id, str) and len(reservation_id) == 32, reservation_id
+        assert reservation_id != request_id
+        return reservation_id
+
+    def reservations_for(self, budget: str, scope_value: str) -> list[str]:
+        """Ids of the reservations whose first charge is this budget and scope value."""
+        found = []
+        for key in self.redis.scan_iter("llmgw:{gwb}:res:*"):
+            record = {k.decode(): v.decode() for k, v in self.redis.hgetall(key).items()}
+            if (record.get("b:1"), record.get("s:1")) == (budget, scope_value):
+                found.append(key.decode().rsplit(":", 1)[1])
+        return found
+
+    def leased(self, reservation_id: str) -> bool:
+        """Whether the reservation is still in the lease set (a reaper could still charge it)."""
+        return self.redis.zscore("llmgw:{gwb}:leases", reservation_id) is not None
 
     def close(self) -> None:
         self.redis.close()
@@ -213,6 +240,11 @@ def stays_at(count: Callable[[], int], expected: int, quiet_s: float = 1.0) -> N
 def test_block_with_a_clear_429_and_retry_after(gw: Budgeted) -> None:
     token = gw.token("tina@example.com", "tight")
     body = {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 1000}
+    # From literal prices: each request reserves its worst case and costs its real price; one is
+    # admitted while what was spent plus that worst case fits in $0.003.
+    estimate = estimate_micros(input_bound(body), 1000, GPT4O_MINI)
+    cost = cost_micros(mock_input_tokens(MESSAGES), 1000, GPT4O_MINI)
+    admitted = (3000 - estimate) // cost + 1
     statuses = []
     for _ in range(10):
         r = gw.post(token, body, **{"x-mock-output-tokens": "1000"})
@@ -220,7 +252,8 @@ def test_block_with_a_clear_429_and_retry_after(gw: Budgeted) -> None:
         if r.status_code == 429:
             break
         assert r.headers["x-gateway-budget-name"] == "tight"
-    assert statuses[-1] == 429 and statuses.count(200) == 4, statuses
+        eventually(lambda: gw.counters("tight", "tina@example.com")[1] == 0)  # settled
+    assert statuses[-1] == 429 and statuses.count(200) == admitted == 4, statuses
     err = r.json()["error"]
     assert err["code"] == "budget_exceeded"
     assert "'tight'" in err["message"] and "tina@example.com" in err["message"]
@@ -228,8 +261,7 @@ def test_block_with_a_clear_429_and_retry_after(gw: Budgeted) -> None:
     rec = gw.audit.wait_for(r.headers["x-gateway-request-id"])
     assert rec["status"] == 429 and rec["error_code"] == "budget_exceeded"
     eventually(lambda: gw.counters("tight", "tina@example.com")[1] == 0)
-    spent, _ = gw.counters("tight", "tina@example.com")
-    assert 0 < spent <= 3000
+    assert gw.counters("tight", "tina@example.com") == (admitted * cost, 0)
     oai = openai.OpenAI(base_url=gw.stack.gateway_url + "/v1", api_key=token, max_retries=0)
     with oai, pytest.raises(openai.RateLimitError):
         oai.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=1000)  # type: ignore[arg-type]
@@ -285,29 +317,25 @@ def test_alerts_post_once_per_threshold_per_window(gw: Budgeted, webhook: Webhoo
     assert b"budget alert" in (gw.stack.run_dir / "stack.log").read_bytes()
 
 
-def test_200_concurrent_requests_admit_at_most_n(gw: Budgeted) -> None:
+def test_200_concurrent_requests_admit_exactly_n(gw: Budgeted) -> None:
     token = gw.token("carl@example.com", "crowd")
-    body = {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": CROWD_MAX_TOKENS}
-    # Slow answers keep every admitted request's hold in place while the others arrive.
-    headers = {"authorization": f"Bearer {token}", "x-mock-latency-ms": "3000"}
-
-    async def burst() -> list[int]:
-        limits = httpx.Limits(max_connections=250, max_keepalive_connections=0)
-        async with httpx.AsyncClient(limits=limits, timeout=60) as client:
-            calls = [
-                client.post(gw.stack.gateway_url + CHAT, json=body, headers=headers)
-                for _ in range(200)
-            ]
-            return [r.status_code for r in await asyncio.gather(*calls)]
-
-    statuses = asyncio.run(burst())
+    # The mock holds every admitted response until all 200 are decided: every hold is in place
+    # while the others arrive, so exactly CROWD_N fit (room for 10.5 worst cases).
+    assert stack_mock(gw)
+    responses = held_burst(
+        gw.stack.gateway_url + CHAT,
+        CROWD_BODY,
+        {"authorization": f"Bearer {token}", "x-mock-output-tokens": "40"},
+        200,
+        stack_mock(gw),
+        "crowd",
+    )
+    statuses = [r.status_code for r in responses]
     assert set(statuses) <= {200, 429}, statuses
-    assert statuses.count(200) <= CROWD_N
-    assert statuses.count(200) >= CROWD_N // 2  # the test did exercise the limit
+    assert statuses.count(200) == CROWD_N
     eventually(lambda: gw.counters("crowd", "crowd")[1] == 0)  # every hold released or settled
-    spent, _ = gw.counters("crowd", "crowd")
-    limit = CROWD_N * crowd_estimate() + crowd_estimate() // 2
-    assert 0 < spent <= limit
+    cost = cost_micros(mock_input_tokens(MESSAGES), 40, GPT4O_MINI)
+    assert gw.counters("crowd", "crowd") == (CROWD_N * cost, 0)
 
 
 def test_client_disconnect_charges_what_was_streamed_and_releases_the_hold(gw: Budgeted) -> None:
@@ -365,7 +393,9 @@ def test_sidecar_killed_mid_stream_is_charged_once_by_the_reaper(gw: Budgeted) -
     thread = threading.Thread(target=stream)
     thread.start()
     eventually(lambda: bool(request_ids))
-    (rid,) = request_ids
+    # The sidecar dies before it writes an audit record: find the stream's reservation in Redis.
+    eventually(lambda: len(gw.reservations_for("streamers", "rex@example.com")) == 1)
+    (rid,) = gw.reservations_for("streamers", "rex@example.com")
     # The sidecar checkpoints the cost so far every lease_s / 3: wait for one to land in Redis.
     eventually(lambda: int(gw.reservation(rid).get("partial", 0)) > 0)
     gw.stack.process("sidecar").kill()  # SIGKILL: no finally, no settle
@@ -383,7 +413,8 @@ def test_sidecar_killed_mid_stream_is_charged_once_by_the_reaper(gw: Budgeted) -
     partial = int(record["partial"])
     assert record["charged"] == str(partial)
     assert gw.counters("streamers", "rex@example.com") == (partial, 0)
-    estimate = worst_case_micros(10, 3000, Catalog.load().lookup("gpt-4o").price)  # type: ignore[union-attr]
+    body = {"model": "gpt-4o", "messages": MESSAGES, "stream": True, "max_tokens": 3000}
+    estimate = estimate_micros(input_bound(body), 3000, GPT4O)
     assert 0 < partial < estimate  # the checkpoint's partial cost, not the whole estimate
 
 
@@ -394,8 +425,8 @@ def test_upstream_error_releases_the_hold_and_charges_nothing(gw: Budgeted, stre
     body = {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 500, "stream": stream}
     r = gw.post(token, body, **{"x-mock-status": "500"})
     assert r.status_code == 500, r.text
-    rid = r.headers["x-gateway-request-id"]
-    rec = gw.audit.wait_for(rid)
+    rec = gw.audit.wait_for(r.headers["x-gateway-request-id"])
+    rid = gw.reservation_of(rec["request_id"])
     assert (rec["status"], rec["usage_source"], rec["cost_micros"]) == (500, "none", 0)
     assert rec["budget"]["decision"] == "admitted" and rec["budget"]["estimate_micros"] > 0
     # The admission held the estimate; the error released it: nothing spent, nothing held.
@@ -432,8 +463,8 @@ def test_redis_outage_fail_closed_and_fail_open_then_recovery(gw: Budgeted) -> N
 
     # Each request was charged under a settled record of its own, at its own cost: a later
     # reconcile round replays that record and changes nothing.
-    def charge_record(rid: str) -> dict[str, str]:  # see BudgetGate.reconcile
-        return gw.reservation(f"{rid}:fail-open") or gw.reservation(rid)
+    def charge_record(rid: str) -> dict[str, str]:  # see BudgetServices.reconcile
+        return gw.reservation(f"{gw.reservation_of(rid)}:fail-open")
 
     for rec in records:
         charged = charge_record(rec["request_id"])
