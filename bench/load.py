@@ -327,3 +327,25 @@ def time_streams(
         total_ms=statistics.median(totals) / 1e6,
         chunk_us=chunk_ns / 1e3,
     )
+
+
+def burst(url: str, token: str, count: int) -> list[int]:
+    """`count` concurrent gpt-4o requests (no max-tokens field: the gateway injects its cap)
+    from one user; the HTTP status of each."""
+    import asyncio
+
+    import httpx
+
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "a burst"}]}
+    headers = {"authorization": f"Bearer {token}"}
+
+    async def run() -> list[int]:
+        limits = httpx.Limits(max_connections=count, max_keepalive_connections=0)
+        async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+            calls = [
+                client.post(url + "/v1/chat/completions", json=body, headers=headers)
+                for _ in range(count)
+            ]
+            return [r.status_code for r in await asyncio.gather(*calls)]
+
+    return asyncio.run(run())

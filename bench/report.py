@@ -90,6 +90,7 @@ def build(
     settings: Mapping[str, Any],
     machine: Mapping[str, Any],
     elapsed_s: float,
+    bursts: Iterable[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     table = _Rows(rows)
     sat = int(settings["connections"])
@@ -164,6 +165,14 @@ def build(
                 "ms",
             )
         )
+    bursts = list(bursts)
+    if bursts:
+        failed = sum(
+            n for b in bursts for code, n in b["statuses"].items() if code not in ("200", "429")
+        )
+        over = any(b["spent_micros"] > b["limit_micros"] for b in bursts)
+        name = "bursts of 200 and 1,000: statuses other than 200/429 (spend over limit: FAIL)"
+        targets.append(_target(name, float(failed) + (1e9 if over else 0.0), 0.0, "responses"))
     return {
         "settings": dict(settings),
         "machine": dict(machine),
@@ -172,6 +181,7 @@ def build(
         "ratios": ratios,
         "redis_round_trips_per_request": trips,
         "targets": targets,
+        "bursts": [dict(b) for b in bursts],
     }
 
 
@@ -250,6 +260,14 @@ def render(result: Mapping[str, Any]) -> str:
     for name, per in result["redis_round_trips_per_request"].items():
         detail = ", ".join(f"{k} {v:.2f}" for k, v in per.items() if k != "total")
         text.append(f"  {name:<10} {per['total']:.2f}  ({detail})")
+    if result.get("bursts"):
+        text += ["", "Bursts from one user against a $0.10 budget (a healthy Redis: 200/429 only)"]
+        for b in result["bursts"]:
+            statuses = ", ".join(f"{k}: {v}" for k, v in b["statuses"].items())
+            text.append(
+                f"  W={b['workers']} {b['requests']:>5} concurrent  {statuses}  "
+                f"spent {b['spent_micros']:,} of {b['limit_micros']:,} µ$"
+            )
     text += ["", "Targets"]
     for t in result["targets"]:
         value = "-" if t["value"] is None else f"{t['value']:.3g} {t['unit']}"

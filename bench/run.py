@@ -57,6 +57,7 @@ class Bench:
         self.settings = settings
         self.run_dir = run_dir
         self.token = token
+        self.bursts: list[dict[str, object]] = []
         self.wrk = load.ensure_wrk()
         self.started = time.monotonic()
         self.rows: list[Row] = []
@@ -190,6 +191,35 @@ class Bench:
             self.redis_probe(running, (json_load, sse, paced))
         if running.audit_path is not None:
             check_audit(running.audit_path)
+        if running.redis_url and not full:
+            for count in (200, 1000):
+                self.bursts.append(self.burst(running, count))
+
+    def burst(self, running: setups.Running, count: int) -> dict[str, object]:
+        """`count` concurrent requests from one user against the burst budget (room for about
+        9 worst cases): a healthy Redis must only ever produce 200s and 429s."""
+        assert running.redis_url is not None
+        client = redis.Redis.from_url(running.redis_url)
+        try:
+            for key in client.scan_iter("llmgw:{gwb}:c:bench-burst:*"):
+                client.delete(key)
+            statuses = load.burst(running.url, self.token, count)
+            time.sleep(1.0)  # the admitted requests' settles run after their responses
+            spent = sum(
+                int(client.hget(key, "spent") or 0)
+                for key in client.scan_iter("llmgw:{gwb}:c:bench-burst:*")
+            )
+        finally:
+            client.close()
+        result: dict[str, object] = {
+            "workers": running.workers,
+            "requests": count,
+            "statuses": {str(k): statuses.count(k) for k in sorted(set(statuses))},
+            "spent_micros": spent,
+            "limit_micros": setups.BURST_LIMIT_MICROS,
+        }
+        self.progress(f"burst of {count}: {result['statuses']}, spent {spent} of the limit")
+        return result
 
     def redis_probe(self, running: setups.Running, specs: tuple[Load, ...]) -> None:
         """Redis round trips per request, one request at a time under MONITOR (after the
@@ -336,6 +366,7 @@ def run(settings: Settings, run_dir: Path, log: IO[bytes]) -> dict[str, object]:
             "commit": gateway_commit(),
         },
         elapsed_s=time.monotonic() - bench.started,
+        bursts=bench.bursts,
     )
 
 

@@ -434,7 +434,7 @@ class StreamProcessor:
             self.lease_keeper.cancel()
         if self.admission is not None:  # settle the real cost, or release the hold
             billed = source is not UsageSource.NONE
-            self.ctx.budgets.finish(self.admission, cost if billed else None)
+            self.ctx.budgets.finish(self.admission, cost if billed else None, self.request_id)
         now = self.ctx.monotonic()
         record = AuditRecord(
             request_id=self.request_id,

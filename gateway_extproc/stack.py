@@ -183,10 +183,16 @@ class Stack:
                 str(port),
                 "--bind",
                 "127.0.0.1",
+                # Budget state as production should keep it (README, Redis requirements): never
+                # evicted, and an append-only file so a restart loses at most a second.
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes",
+                "--appendfsync",
+                "everysec",
+                "--maxmemory-policy",
+                "noeviction",
                 "--dir",
                 str(self.run_dir),
             ],

@@ -299,7 +299,9 @@ class BudgetGate:
 
     # -- the end of a request -----------------------------------------------------------------
 
-    def finish(self, admission: Admission, cost_micros: int | None) -> None:
+    def finish(
+        self, admission: Admission, cost_micros: int | None, request_id: str | None = None
+    ) -> None:
         """Hand the real cost to settlement (None: nothing was consumed -> release). Never
         blocks: the response is not held up by Redis. A cost above the reservation's estimate
         is an overrun: counted, logged and recorded on the admission for the audit."""
@@ -313,11 +315,13 @@ class BudgetGate:
             self.services.stats.overruns += 1
             self.services.stats.overrun_micros += overrun
             log.warning(
-                "worst-case overrun: cost %s exceeds the reserved estimate %s by %s",
+                "worst-case overrun: cost %s exceeds the reserved estimate %s by %s "
+                "(reservation %s)",
                 format_usd(cost_micros),
                 format_usd(admission.estimate_micros),
                 format_usd(overrun),
-                extra={"request_id": rid},
+                rid,
+                extra={"request_id": request_id or rid},
             )
         if admission.decision is Decision.FAIL_OPEN:
             if cost_micros:  # admitted while the store was down: charge it when it is back

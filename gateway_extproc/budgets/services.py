@@ -106,6 +106,7 @@ class BudgetServices:
         )
         self._sync_task: asyncio.Task[None] | None = None
         self._replayed: set[str] = set()  # settles owed by a previous run (journal entries)
+        self.attempt_timeout_s = ATTEMPT_TIMEOUT_S  # one settle / release attempt
 
     def use_journal(self, journal: Journal) -> None:
         """Journal fail-open spend and unfinished settles in `journal` (call before start)."""
@@ -203,7 +204,7 @@ class BudgetServices:
                 try:
                     # A turn among the store calls (no queue deadline: it is off the request
                     # path), so settles never take more connections than the pool has.
-                    async with self._slots, asyncio.timeout(ATTEMPT_TIMEOUT_S):
+                    async with self._slots, asyncio.timeout(self.attempt_timeout_s):
                         if cost_micros is None:
                             await store.release(reservation_id)
                             return

@@ -393,3 +393,25 @@ def test_a_burst_gets_200s_and_429s_only(burst_gw: Gateway, count: int) -> None:
     spent = burst_gw.settled("burst", user)
     each = cost_micros(mock_input_tokens(STORY), 200, GPT4O_MINI)
     assert spent == expected * each <= BURST_LIMIT
+
+
+# -- 7. an overrun (the bound failed: here, a provider reporting a dearer model) -------------
+
+
+def test_a_cost_above_the_worst_case_is_an_audited_overrun(gw: Gateway) -> None:
+    token = gw.token("over@example.com", "plenty")
+    body = {"model": "gpt-4o-mini", "messages": STORY, "max_tokens": 200}
+    r = gw.post(
+        token, CHAT, body, **{"x-mock-output-tokens": "200", "x-mock-response-model": "gpt-4o"}
+    )
+    assert r.status_code == 200, r.text
+    rec = gw.audit.wait_for(r.headers["x-gateway-request-id"])
+    estimate = estimate_micros(input_bound(body), 200, GPT4O_MINI)
+    cost = cost_micros(mock_input_tokens(STORY), 200, GPT4O)  # priced as the dearer model
+    assert (rec["budget"]["estimate_micros"], rec["cost_micros"]) == (estimate, cost)
+    assert rec["budget"]["overrun_micros"] == cost - estimate > 0
+    log = (gw.stack.run_dir / "stack.log").read_text()
+    assert any(
+        "worst-case overrun" in line and rec["request_id"] in line for line in log.splitlines()
+    )
+    assert gw.settled("plenty", "over@example.com") == cost  # the real cost is still charged

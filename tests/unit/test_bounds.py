@@ -304,3 +304,46 @@ def test_one_hour_cache_writes_are_reserved_only_when_asked_for() -> None:
 def test_a_non_string_service_tier_is_refused() -> None:
     with pytest.raises(ValueError, match="service_tier"):
         shape_of(Api.OPENAI_CHAT, {"model": "m", "service_tier": 1}, None)
+
+
+# -- the bound on real provider reports -------------------------------------------------------
+
+
+def test_the_bound_holds_on_every_recorded_request() -> None:
+    """Every recorded OpenAI request (shared/fixtures/recorded-openai) whose model the catalog
+    prices: the reserved input bound is at least the input the provider reported. The old
+    characters / 4 estimate fell short on 7 of them (tools, token arrays, images)."""
+    from gateway_extproc.catalog import Catalog
+    from gateway_extproc.inbound import parse_request
+    from gateway_extproc.metering import StreamMeter, usage_from_json
+    from tests.e2e.harness import RETIRED_MODELS
+    from tests.recorded import load_cassettes
+
+    catalog = Catalog.load([RETIRED_MODELS])
+    checked, short_before = 0, 0
+    for name, interactions in load_cassettes().items():
+        for it in interactions:
+            if it.status != 200:
+                continue
+            request = parse_request(it.api, it.request_body)
+            entry = catalog.lookup(request.model)
+            if entry is None or request.shape.unseen:
+                continue  # audio models are not in the catalog; unseen input: context window
+            if it.is_stream:
+                meter = StreamMeter(it.api)
+                meter.feed(it.response_body)
+                usage = meter.finish().usage
+            else:
+                usage = usage_from_json(it.api, it.response_body).usage
+            if usage is None:
+                continue
+            worst = bound(
+                request.shape,
+                entry,
+                default_max_output=8192,
+                unseen_input=UnseenInput.RESERVE_CONTEXT_WINDOW,
+            )
+            assert worst.input_tokens >= usage.total_input_tokens, name
+            checked += 1
+            short_before += request.input_tokens_estimate < usage.total_input_tokens
+    assert checked >= 25 and short_before >= 7, (checked, short_before)

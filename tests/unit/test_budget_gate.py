@@ -663,6 +663,32 @@ async def test_hanging_store_meets_the_deadline_then_the_breaker_fails_fast(
     assert await counter(gate, closed) == (0, GPT4O_COST)
 
 
+async def test_a_settle_is_retried_until_redis_has_it(
+    harness: Harness, own_redis: RedisEndpoint
+) -> None:
+    """Not dropped after a few attempts: a settle keeps trying while Redis holds its scripts,
+    and lands exactly once when Redis answers again."""
+    b = budget("b", 10**7)
+    gate = await harness.gate([b], endpoint=own_redis, deadline_s=0.2)
+    gate.services.attempt_timeout_s = 0.1
+    admission = await admit(gate, "patient")
+    control = harness.client(own_redis)
+    await control.client_pause(60_000, all=False)  # scripts wait; reads still answer
+    try:
+        gate.finish(admission, 1234)
+        for _ in range(1000):  # until more attempts failed than the old code ever made (3)
+            if gate.services.stats.settle_retries >= 5:
+                break
+            await asyncio.sleep(0.01)
+        assert gate.services.stats.settle_retries >= 5
+        assert await counter(gate, b) == (0, GPT4O_COST)  # still held, nothing charged yet
+    finally:
+        await control.client_unpause()
+    await gate.drain(NOT_A_HANG_S * 4)
+    assert await counter(gate, b) == (1234, 0)
+    assert await record_state(gate, "patient") == "SETTLED"
+
+
 async def test_fail_open_spend_is_reconciled_once_when_redis_is_back(harness: Harness) -> None:
     clock = Clock()
     port = free_port()

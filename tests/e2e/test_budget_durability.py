@@ -1,0 +1,208 @@
+"""No money is lost on any fault path, through real Envoy, the sidecar, redis-server and the mock:
+fail-open spend survives a reload and a crash (the journal), a settle that cannot reach Redis is
+retried, survives SIGTERM (journaled) and lands exactly once when Redis is back."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from gateway_extproc.identity.devissuer import DevIssuer, ensure_dev_issuer
+from gateway_extproc.stack import Stack
+from tests.e2e.conftest import start_stack
+from tests.e2e.harness import AuditLog
+
+pytestmark = pytest.mark.e2e
+CHAT = "/v1/chat/completions"
+MESSAGES = [{"role": "user", "content": "Count the waves, please."}]
+BODY = {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 50}
+
+CONFIG = """
+identity: {dev_issuer: true}
+sidecar: {workers: 1, reload_poll_s: 0}
+budget_store: {lease_s: 6, reap_interval_s: 1, deadline_ms: 250, breaker_open_s: 1}
+budgets:
+  - name: open
+    scope: {kind: user}
+    match: {groups: [open]}
+    limit_usd: 5
+    window: {type: calendar, period: month}
+    action: block
+    on_redis_error: fail_open
+  - name: steady
+    scope: {kind: user}
+    match: {groups: [steady]}
+    limit_usd: 5
+    window: {type: calendar, period: month}
+    action: block
+"""
+
+
+class Durable:
+    def __init__(self, stack: Stack, issuer: DevIssuer) -> None:
+        self.stack = stack
+        self.issuer = issuer
+        self.audit = AuditLog(stack.run_dir / "audit.jsonl")
+        self.journal = stack.run_dir / "journal" / "sidecar.jsonl"
+
+    def token(self, user: str, group: str) -> str:
+        return self.issuer.mint(user, [group], None, 3600, {}, time.time())
+
+    def post(self, token: str, **headers: str) -> httpx.Response:
+        return httpx.post(
+            self.stack.gateway_url + CHAT,
+            json=BODY,
+            headers={"authorization": f"Bearer {token}", **headers},
+            timeout=60,
+        )
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.stack.redis_url)
+
+    def spent_held(self, budget: str, user: str) -> tuple[int, int]:
+        with self.client() as r:
+            spent = held = 0
+            for key in r.scan_iter(f"llmgw:{{gwb}}:c:{budget}:{user}:*"):
+                fields = {k.decode(): int(v) for k, v in r.hgetall(key).items()}
+                spent += fields.get("spent", 0)
+                held += fields.get("held", 0)
+            return spent, held
+
+    def record(self, key: str) -> dict[str, str]:
+        with self.client() as r:
+            raw = r.hgetall(f"llmgw:{{gwb}}:res:{key}")
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    def journal_entries(self) -> list[dict[str, Any]]:
+        if not self.journal.exists():
+            return []
+        return [json.loads(line) for line in self.journal.read_text().splitlines() if line]
+
+    def stop_redis(self) -> None:
+        self.stack.process("redis-server").terminate()
+        self.stack.process("redis-server").wait(10)
+
+
+def eventually(check: Callable[[], bool], timeout: float = 30, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"condition not reached: {what}"
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def gw(tmp_path: Path) -> Iterator[Durable]:
+    run_dir = tmp_path / "run"
+    issuer = ensure_dev_issuer(run_dir / "dev-issuer")
+    config = tmp_path / "gateway.yaml"
+    config.write_text(CONFIG)
+    d = Durable(start_stack(run_dir, config_path=config), issuer)
+    yield d
+    d.stack.stop()
+
+
+def test_fail_open_spend_survives_a_reload_and_a_crash(gw: Durable) -> None:
+    token = gw.token("otto@example.com", "open")
+    gw.stop_redis()
+    records = []
+    for i in range(3):
+        if i == 2:  # a reload builds a new configuration over the same services and journal
+            gw.stack.signal_sidecars(signal.SIGHUP)
+            eventually(
+                lambda: "configuration reloaded" in (gw.stack.run_dir / "stack.log").read_text(),
+                what="the reload",
+            )
+        r = gw.post(token)
+        assert r.status_code == 200 and r.headers["x-gateway-budget-unchecked"] == "true", r.text
+        records.append(gw.audit.wait_for(r.headers["x-gateway-request-id"]))
+    reservations = [rec["budget"]["reservation_id"] for rec in records]
+    # Each fail-open charge is in the journal (written at once, fsync'd within 0.2 s)...
+    eventually(
+        lambda: (
+            {e["id"] for e in gw.journal_entries() if e["op"] == "fail_open"} == set(reservations)
+        ),
+        what="three fail-open entries in the journal",
+    )
+    gw.stack.process("sidecar").kill()  # ... so a crash loses nothing (no finally runs)
+    gw.stack.process("sidecar").wait(10)
+    gw.stack.restart("redis-server")
+    gw.stack.restart("sidecar")  # replays the journal and charges what it owes
+    owed = sum(rec["cost_micros"] for rec in records)
+    assert owed > 0
+    eventually(lambda: gw.spent_held("open", "otto@example.com") == (owed, 0), what="charged")
+    for rec, rid in zip(records, reservations, strict=True):
+        charged = gw.record(f"{rid}:fail-open")
+        assert (charged["state"], charged["charged"]) == ("SETTLED", str(rec["cost_micros"]))
+    eventually(
+        lambda: {e["id"] for e in gw.journal_entries() if e["op"] == "done"} == set(reservations),
+        what="every journal entry marked done",
+    )
+    # A second restart replays nothing: exactly once.
+    gw.stack.process("sidecar").terminate()
+    gw.stack.process("sidecar").wait(30)
+    gw.stack.restart("sidecar")
+    assert gw.post(token).status_code == 200
+    eventually(lambda: gw.spent_held("open", "otto@example.com")[1] == 0, what="settled")
+    spent, _ = gw.spent_held("open", "otto@example.com")
+    last = gw.audit.records()[-1]
+    assert spent == owed + last["cost_micros"]
+
+
+def test_a_settle_outlives_a_redis_outage_and_a_sigterm(gw: Durable) -> None:
+    """A stream admitted while Redis was up ends while it is down: the settle is retried, the
+    SIGTERMed worker journals it, its successor settles it exactly once when Redis is back."""
+    token = gw.token("stella@example.com", "steady")
+    request_ids: list[str] = []
+    body = {**BODY, "stream": True, "max_tokens": 400}
+    started = threading.Event()
+
+    def stream() -> None:
+        with httpx.stream(
+            "POST",
+            gw.stack.gateway_url + CHAT,
+            json=body,
+            timeout=60,
+            headers={
+                "authorization": f"Bearer {token}",
+                "x-mock-output-tokens": "400",
+                "x-mock-chunk-delay-ms": "5",
+            },
+        ) as r:
+            request_ids.append(r.headers["x-gateway-request-id"])
+            started.set()
+            for _ in r.iter_raw():
+                pass
+
+    thread = threading.Thread(target=stream)
+    thread.start()
+    assert started.wait(30)
+    gw.stop_redis()  # the stream is admitted and running; its settle will find Redis down
+    thread.join(60)
+    rec = gw.audit.wait_for(request_ids[0])
+    assert rec["status"] == 200 and rec["completed"] and rec["usage_source"] == "provider"
+    rid = rec["budget"]["reservation_id"]
+    eventually(
+        lambda: "settle failed" in (gw.stack.run_dir / "stack.log").read_text(),
+        what="a failed settle attempt",
+    )
+    gw.stack.process("sidecar").terminate()  # SIGTERM: drains, then journals the settle
+    gw.stack.process("sidecar").wait(60)
+    owed = [e for e in gw.journal_entries() if e["op"] == "settle"]
+    assert [(e["id"], e["cost"]) for e in owed] == [(rid, rec["cost_micros"])]
+    gw.stack.restart("redis-server")
+    gw.stack.restart("sidecar")
+    # The real cost lands once, whether the settle or the reaper (lease 6 s) got there first.
+    eventually(
+        lambda: gw.spent_held("steady", "stella@example.com") == (rec["cost_micros"], 0),
+        what="settled at the real cost",
+    )
+    assert gw.record(rid)["state"] == "SETTLED"
