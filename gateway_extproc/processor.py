@@ -14,6 +14,7 @@ import zlib
 from gateway_extproc import extproc_msgs as msgs
 from gateway_extproc.apis import API_PREFIX, MODELS_PATH, Schema, api_for_path
 from gateway_extproc.audit import AuditRecord
+from gateway_extproc.bodyparse import parse_off_loop
 from gateway_extproc.budgets import report as budget_report
 from gateway_extproc.budgets.gate import Admission
 from gateway_extproc.catalog import ModelEntry
@@ -29,7 +30,7 @@ from gateway_extproc.errors import (
 )
 from gateway_extproc.identity.metadata import parse_metadata
 from gateway_extproc.identity.model import Identity
-from gateway_extproc.inbound import ParsedRequest, parse_request, upstream_body
+from gateway_extproc.inbound import ParsedRequest, upstream_body
 from gateway_extproc.metering import StreamMeter, estimate_tokens, usage_from_json
 from gateway_extproc.models_api import models_response
 from gateway_extproc.pricing import cost_micros, format_usd
@@ -179,7 +180,8 @@ class StreamProcessor:
     async def _on_request_body(self, message: msgs.HttpBody) -> msgs.ProcessingResponse:
         api = api_for_path(self.path)
         assert api is not None  # the headers phase rejected everything else
-        request = parse_request(api, message.body)
+        # Capped and, for large bodies, off the event loop: no body stalls the other streams.
+        request = await parse_off_loop(api, message.body, self.ctx.config.limits)
         self.request = request
         entry = self.ctx.catalog.lookup(request.model)
         if entry is None:
