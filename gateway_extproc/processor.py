@@ -1,7 +1,9 @@
 """One processor per ext_proc stream: it owns that request's state from headers to audit record.
 
-`handle` is synchronous and does no I/O besides the audit line at the end: parsing, metering
-and pricing are pure calls, so nothing on the per-chunk path can block or fail on a network.
+`handle` is a coroutine. The request phases await I/O: a JWKS refresh when a token names an
+unknown key, the budget reservation in Redis (under its deadline), and large bodies are parsed
+in a worker thread. The response phases await nothing: metering and pricing are pure calls, so
+nothing on the per-chunk path can block or fail on a network. The audit line is queued.
 """
 
 from __future__ import annotations
