@@ -20,9 +20,11 @@ from gateway_extproc.errors import BadRequest, PayloadTooLarge
 WINDOW = 256 * 1024
 # The body of a JSON string after its opening quote: stops at the closing quote (or the window's
 # end; an escape is never split, since `\\.` needs both bytes inside the window).
-_STRING_BODY = re.compile(rb'[^"\\]*(?:\\.[^"\\]*)*')
+_STRING_BODY = re.compile(rb'[^"\\]*+(?:\\.[^"\\]*+)*+')
 # A string closed in the window (group 1), or one still open at its end (group 2, kept).
-_STRINGS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*(")|("[^"\\]*(?:\\.[^"\\]*)*\\?\Z)')
+# Possessive (*+): a string that does not close in the window fails the first alternative after
+# one scan instead of backtracking through it character by character.
+_STRINGS = re.compile(rb'"[^"\\]*+(?:\\.[^"\\]*+)*+(")|("[^"\\]*+(?:\\.[^"\\]*+)*+\\?\Z)')
 _NOT_BRACKETS = bytes(c for c in range(256) if c not in b"[]{}")
 _STEP = bytes.maketrans(b"[{]}", b"\x02\x02\x00\x00")
 
@@ -83,16 +85,26 @@ def _outside_strings(raw: bytes, *, max_strings: int) -> Iterator[bytes | None]:
 def _string_end(raw: bytes, pos: int, n: int) -> int:
     """The index after the string's closing quote (or `n` when the string never closes)."""
     while True:
-        match = _STRING_BODY.match(raw, pos, min(n, pos + WINDOW))
+        end = min(n, pos + WINDOW)
+        # Fast path (base64 images, plain text): no backslash before the next quote - memchr.
+        quote = raw.find(b'"', pos, end)
+        if raw.find(b"\\", pos, end if quote < 0 else quote) < 0:
+            if quote >= 0:
+                return quote + 1
+            if end >= n:
+                return n
+            pos = end
+            continue
+        match = _STRING_BODY.match(raw, pos, end)
         assert match is not None  # the pattern matches the empty string
-        end = match.end()
-        if end < n and raw[end] == ord('"'):
-            return end + 1
-        if end >= n:
+        stop = match.end()
+        if stop < n and raw[stop] == ord('"'):
+            return stop + 1
+        if stop >= n:
             return n
         # The window ended inside the string, possibly just before an escape: carry on from
         # there (a one-byte window cannot hold the escape: step over it whole).
-        pos = end if end > pos else pos + 2
+        pos = stop if stop > pos else pos + 2
 
 
 def _too_many(max_values: int) -> PayloadTooLarge:
