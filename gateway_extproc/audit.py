@@ -159,10 +159,19 @@ class _Writer:
         self._owned = owned
         self._queue: queue.Queue[bytes | None] = queue.Queue(max_queued)
         self._last_drop_log = -math.inf
+        self._stopped = False
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._thread.start()
 
     def put(self, line: bytes, request_id: str) -> None:
+        if self._stopped:  # a stream that ended after shutdown began: say so, never hide it
+            self.dropped += 1
+            log.error(
+                "audit %s is closed: record not written",
+                self.name,
+                extra={"request_id": request_id},
+            )
+            return
         try:
             self._queue.put_nowait(line)
         except queue.Full:
@@ -188,6 +197,7 @@ class _Writer:
         return True
 
     def stop(self, deadline: float) -> None:
+        self._stopped = True
         with contextlib.suppress(queue.Full):  # a blocked writer: reported below
             self._queue.put(None, timeout=max(0.0, deadline - time.monotonic()))
         self._thread.join(max(0.0, deadline - time.monotonic()))

@@ -131,6 +131,17 @@ def test_close_drains_everything_to_the_file(tmp_path: Path) -> None:
     assert ids(path.read_bytes()) == [f"r{n}" for n in range(5000)]
 
 
+def test_a_record_after_close_is_counted_and_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sink = AuditSink(stdout=False, path=str(tmp_path / "audit.jsonl"))
+    sink.close()
+    with caplog.at_level(logging.ERROR, logger="gateway.audit"):
+        sink.write(record("late"))
+    assert sink.dropped == 1
+    assert [r.request_id for r in caplog.records] == ["late"]  # type: ignore[attr-defined]
+
+
 def test_a_blocked_stdout_neither_delays_the_file_nor_hangs_close(
     blocked_stdout: BlockingStream,
     tmp_path: Path,
