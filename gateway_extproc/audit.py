@@ -6,10 +6,15 @@ never credentials. Field names are documented in the README and are a stable int
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
+import logging
+import math
+import queue
 import sys
 import threading
+import time
 from collections.abc import Mapping
 from typing import IO, Any
 
@@ -18,6 +23,8 @@ import orjson
 from gateway_extproc.identity.model import Identity
 from gateway_extproc.pricing import format_usd
 from gateway_extproc.tokens import Usage, UsageSource
+
+log = logging.getLogger("gateway.audit")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -96,25 +103,133 @@ def _identity(identity: Identity | None) -> dict[str, Any] | None:
     }
 
 
-class AuditSink:
-    """Writes one JSON line per record to stdout and/or an append-only file."""
+# Records queued per destination before write() starts dropping (~1 KB each: ~10 MB at most).
+MAX_QUEUED = 10_000
+# Lines written (and flushed) together when the writer finds several waiting.
+_BATCH = 256
+# How often a destination that keeps dropping records logs it.
+_DROP_LOG_INTERVAL_S = 1.0
 
-    def __init__(self, *, stdout: bool, path: str | None) -> None:
-        self._streams: list[IO[bytes]] = []
+
+class AuditSink:
+    """Writes one JSON line per record to stdout and/or an append-only file.
+
+    `write` never blocks the caller (the event loop): each destination has a bounded queue
+    drained by its own writer thread, so a slow stdout pipe delays neither the file nor the
+    requests. When a destination's queue is full the record is dropped there, counted in
+    `dropped` and logged (at most once a second, with the request id). `close` drains every
+    queue before it returns, so a clean shutdown loses nothing.
+    """
+
+    def __init__(self, *, stdout: bool, path: str | None, max_queued: int = MAX_QUEUED) -> None:
+        self._writers: list[_Writer] = []
         if stdout:
-            self._streams.append(sys.stdout.buffer)
-        self._file: IO[bytes] | None = open(path, "ab") if path else None  # noqa: SIM115
-        if self._file is not None:
-            self._streams.append(self._file)
-        self._lock = threading.Lock()
+            self._writers.append(_Writer("stdout", sys.stdout.buffer, max_queued, owned=False))
+        if path:
+            file = open(path, "ab")  # noqa: SIM115 - closed by its writer thread
+            self._writers.append(_Writer(path, file, max_queued, owned=True))
+
+    @property
+    def dropped(self) -> int:
+        """Records dropped because a destination's queue was full (summed over destinations)."""
+        return sum(w.dropped for w in self._writers)
 
     def write(self, record: AuditRecord) -> None:
         line = record.to_json() + b"\n"
-        with self._lock:
-            for stream in self._streams:
-                stream.write(line)
-                stream.flush()
+        for writer in self._writers:
+            writer.put(line, record.request_id)
 
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
+    def flush(self, timeout_s: float | None = None) -> bool:
+        """Wait until every queued line is written; False if `timeout_s` passed first."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        return all(w.wait_idle(deadline) for w in self._writers)
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Write everything queued, then stop the writers (and close the file). A destination
+        still blocked after `timeout_s` is abandoned and the lines it did not write are logged."""
+        deadline = time.monotonic() + timeout_s
+        for writer in self._writers:
+            writer.stop(deadline)
+
+
+class _Writer:
+    """One destination: a bounded queue and the thread that drains it."""
+
+    def __init__(self, name: str, stream: IO[bytes], max_queued: int, *, owned: bool) -> None:
+        self.name = name
+        self.dropped = 0
+        self._stream = stream
+        self._owned = owned
+        self._queue: queue.Queue[bytes | None] = queue.Queue(max_queued)
+        self._last_drop_log = -math.inf
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, line: bytes, request_id: str) -> None:
+        if self._stopped:  # a stream that ended after shutdown began: say so, never hide it
+            self.dropped += 1
+            log.error(
+                "audit %s is closed: record not written",
+                self.name,
+                extra={"request_id": request_id},
+            )
+            return
+        try:
+            self._queue.put_nowait(line)
+        except queue.Full:
+            self.dropped += 1
+            now = time.monotonic()
+            if now - self._last_drop_log >= _DROP_LOG_INTERVAL_S:
+                self._last_drop_log = now
+                log.error(
+                    "audit %s is not keeping up: record dropped (%d dropped so far)",
+                    self.name,
+                    self.dropped,
+                    extra={"request_id": request_id},
+                )
+
+    def wait_idle(self, deadline: float | None) -> bool:
+        done = self._queue.all_tasks_done
+        with done:
+            while self._queue.unfinished_tasks:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                done.wait(remaining)
+        return True
+
+    def stop(self, deadline: float) -> None:
+        self._stopped = True
+        with contextlib.suppress(queue.Full):  # a blocked writer: reported below
+            self._queue.put(None, timeout=max(0.0, deadline - time.monotonic()))
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        if self._thread.is_alive():
+            log.error(
+                "audit %s still blocked at shutdown: %d queued records not written",
+                self.name,
+                self._queue.qsize(),
+            )
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            lines = [self._queue.get()]
+            while len(lines) < _BATCH:
+                try:
+                    lines.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stopping = None in lines
+            data = b"".join(line for line in lines if line is not None)
+            try:
+                if data:
+                    self._stream.write(data)
+                    self._stream.flush()
+            except (OSError, ValueError):
+                log.exception("audit %s: write failed, %d records lost", self.name, len(lines))
+            finally:
+                for _ in lines:
+                    self._queue.task_done()
+        if self._owned:
+            self._stream.close()

@@ -98,7 +98,32 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     config = load_config(_config_path(args.config), os.environ)
     print(f"ok: {len(config.providers)} providers, {len(config.catalog.models())} models")
-    return 0
+    if not args.redis:
+        return 0
+    return _check_redis(config.budget_store.redis_url, config.budget_store.cluster, config.budgets)
+
+
+def _check_redis(url: str, cluster: bool, budgets: tuple[object, ...]) -> int:
+    """Exit status: 0 safe for budget state, 1 warnings, 2 unreachable."""
+    import redis
+
+    from gateway_extproc.budgets.redis_check import check, display_url
+
+    if not budgets:
+        print("note: no budgets are configured, so the gateway does not use Redis yet")
+    try:
+        found = check(url, cluster=cluster)
+    except redis.RedisError as exc:
+        print(f"gatewayctl: cannot check Redis at {display_url(url)}: {exc}", file=sys.stderr)
+        return 2
+    warned = False
+    for server, warnings in found.items():
+        for warning in warnings:
+            warned = True
+            print(f"warning: redis {server}: {warning}")
+        if not warnings:
+            print(f"ok: redis {server}: noeviction and persistent")
+    return 1 if warned else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,6 +145,12 @@ def main(argv: list[str] | None = None) -> int:
     env.set_defaults(func=cmd_envoy_config)
     check = sub.add_parser("check-config", help="validate a config and report every problem")
     check.add_argument("--config")
+    check.add_argument(
+        "--redis",
+        action="store_true",
+        help="also connect to budget_store.redis_url and warn if it may evict or lose budget "
+        "state (exit status 1 on warnings, 2 if unreachable)",
+    )
     check.set_defaults(func=cmd_check)
     add_token_command(sub)
     args = parser.parse_args(argv)

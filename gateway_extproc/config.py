@@ -62,6 +62,9 @@ class Limits:
     stream_idle_timeout_s: int = 600
     upstream_connect_timeout_s: int = 10
     max_downstream_connections: int = 10000
+    # Structural caps on a request body, checked before it is parsed (gateway_extproc/jsonshape).
+    max_json_depth: int = 128  # below orjson's re-serialisation limit (255 levels)
+    max_json_values: int = 200_000  # array elements + object members; bounds the parse
 
 
 @dataclasses.dataclass(frozen=True)
@@ -278,6 +281,8 @@ def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayC
         max_downstream_connections=r.integer(
             limits_doc, "limits", "max_downstream_connections", 1, 10_000_000
         ),
+        max_json_depth=r.integer(limits_doc, "limits", "max_json_depth", 2, 254),
+        max_json_values=r.integer(limits_doc, "limits", "max_json_values", 100, 100_000_000),
     )
 
     providers: dict[str, ProviderConfig] = {}

@@ -1,7 +1,9 @@
 """One processor per ext_proc stream: it owns that request's state from headers to audit record.
 
-`handle` is synchronous and does no I/O besides the audit line at the end: parsing, metering
-and pricing are pure calls, so nothing on the per-chunk path can block or fail on a network.
+`handle` is a coroutine. The request phases await I/O: a JWKS refresh when a token names an
+unknown key, the budget reservation in Redis (under its deadline), and large bodies are parsed
+in a worker thread. The response phases await nothing: metering and pricing are pure calls, so
+nothing on the per-chunk path can block or fail on a network. The audit line is queued.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import zlib
 from gateway_extproc import extproc_msgs as msgs
 from gateway_extproc.apis import API_PREFIX, MODELS_PATH, Schema, api_for_path
 from gateway_extproc.audit import AuditRecord
+from gateway_extproc.bodyparse import parse_off_loop
 from gateway_extproc.bounds import Bound, Unbounded, Unpriced, bound, request_price
 from gateway_extproc.budgets import report as budget_report
 from gateway_extproc.budgets.gate import Admission
@@ -34,7 +37,7 @@ from gateway_extproc.errors import (
 )
 from gateway_extproc.identity.metadata import parse_metadata
 from gateway_extproc.identity.model import Identity
-from gateway_extproc.inbound import ParsedRequest, parse_request, upstream_body
+from gateway_extproc.inbound import ParsedRequest, upstream_body
 from gateway_extproc.metering import StreamMeter, estimate_tokens, usage_from_json
 from gateway_extproc.model_mismatch import price_reported
 from gateway_extproc.models_api import models_response
@@ -192,7 +195,8 @@ class StreamProcessor:
     async def _on_request_body(self, message: msgs.HttpBody) -> msgs.ProcessingResponse:
         api = api_for_path(self.path)
         assert api is not None  # the headers phase rejected everything else
-        request = parse_request(api, message.body)
+        # Capped and, for large bodies, off the event loop: no body stalls the other streams.
+        request = await parse_off_loop(api, message.body, self.ctx.config.limits)
         self.request = request
         entry = self.ctx.catalog.lookup(request.model)
         if entry is None:

@@ -308,6 +308,15 @@ INVALID: list[tuple[str, dict[str, Any], dict[str, str], list[str]]] = [
         ["limits.ext_proc_message_timeout_ms: must be an integer in [50, 3600000] (got 100.5)"],
     ),
     (
+        "JSON depth beyond what the gateway can re-serialise",
+        {"limits": {"max_json_depth": 255, "max_json_values": 99}},
+        {},
+        [
+            "limits.max_json_depth: must be an integer in [2, 254] (got 255)",
+            "limits.max_json_values: must be an integer in [100, 100000000] (got 99)",
+        ],
+    ),
+    (
         "unknown limit",
         {"limits": {"max_body": 1}},
         {},

@@ -98,6 +98,7 @@ class Gateway:
         return StreamProcessor(self.ctx)
 
     def records(self) -> list[dict[str, Any]]:
+        assert self.ctx.audit.flush(timeout_s=10)  # lines are written by the audit thread
         if not self.audit_path.exists():
             return []
         return [json.loads(line) for line in self.audit_path.read_text().splitlines()]
