@@ -102,17 +102,39 @@ async def serve(runtime: Runtime, address: str, port_file: Path | None) -> None:
         tmp.write_text(str(port))
         tmp.replace(port_file)
     log.info("ext_proc listening on %s", address.rsplit(":", 1)[0] + f":{port}")
+    if ctx.config.drain_s < ctx.config.unhealthy_after_s:
+        log.warning(
+            "sidecar.drain_s (%gs) is shorter than Envoy may take to notice a draining worker "
+            "(%gs): streams that start in between fail at shutdown",
+            ctx.config.drain_s,
+            ctx.config.unhealthy_after_s,
+        )
     await stop.wait()
-    log.info("draining: reporting NOT_SERVING for %.1fs", ctx.config.drain_s)
-    for service in ("", SERVICE_NAME):
-        await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
-    await asyncio.sleep(runtime.ctx.config.drain_s)
-    await server.stop(runtime.ctx.config.grace_s)
+    await drain(server, health_servicer, runtime)
     for task in background:
         task.cancel()
     await runtime.close()
     runtime.ctx.audit.close()
     log.info("stopped")
+
+
+async def drain(
+    server: grpc.aio.Server, health_servicer: health.aio.HealthServicer, runtime: Runtime
+) -> None:
+    """SIGTERM: report NOT_SERVING but keep serving, streams in flight and new ones, until
+    Envoy's health checks have stopped sending new ones (drain_s); then stop accepting and
+    let the streams in flight end, for up to grace_s (an LLM stream runs for minutes)."""
+    config = runtime.ctx.config
+    log.info(
+        "draining: NOT_SERVING, still serving for %gs while Envoy stops sending streams",
+        config.drain_s,
+    )
+    for service in ("", SERVICE_NAME):
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await asyncio.sleep(config.drain_s)
+    log.info("no new streams; waiting up to %gs for those in flight", config.grace_s)
+    # Streams still running when grace_s ends are cancelled: metered as far as they got.
+    await server.stop(config.grace_s)
 
 
 def main(argv: list[str] | None = None) -> int:

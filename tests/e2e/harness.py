@@ -101,3 +101,17 @@ def tokens(
         "output_tokens": output,
         "reasoning_tokens": reasoning,
     }
+
+
+def extproc_hosts(admin_url: str) -> dict[int, dict[str, str]]:
+    """Envoy's view of each sidecar worker (admin /clusters), by port: `health_flags`
+    ("healthy", "/failed_active_hc", ...), `rq_active`, `rq_total`, ..."""
+    with urllib.request.urlopen(admin_url + "/clusters", timeout=5) as r:
+        lines = r.read().decode().splitlines()
+    hosts: dict[int, dict[str, str]] = {}
+    for line in lines:
+        parts = line.split("::")
+        if len(parts) == 4 and parts[0] == "gateway_extproc" and parts[1][:1].isdigit():
+            port = int(parts[1].rsplit(":", 1)[1])
+            hosts.setdefault(port, {})[parts[2]] = parts[3]
+    return hosts
