@@ -3,17 +3,20 @@
 A reload (SIGHUP, or a change to a watched file such as a mounted secret) parses and validates
 everything again; only a fully valid configuration replaces the running one. A bad reload keeps
 the last good configuration and logs every problem. Streams already in flight finish with the
-context they started with. Envoy's own settings (listener, clusters) are not reloaded: a change
-to the provider list needs a restart, and the sidecar says so.
+context they started with: each context counts its streams, and a replaced one is closed when
+its last stream ends (or at shutdown), however long that stream runs. Envoy's own settings
+(listener, clusters) are not reloaded: a change to the provider list needs a restart, and the
+sidecar says so.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from redis.asyncio import Redis
@@ -36,8 +39,6 @@ log = logging.getLogger("gateway.runtime")
 
 # Top-level claims of development tokens recorded as attributes (gatewayctl token --attr).
 DEV_ATTRIBUTES = ("department", "cost_center", "team")
-# How long a replaced context's resources live on for streams that started with it.
-RETIRE_AFTER_S = 600.0
 
 
 def build_context(
@@ -158,6 +159,10 @@ class Runtime:
         self._mock_url = mock_url
         self._stamp = _stamp(watched_files(config_path, ctx.config))
         self._lock = asyncio.Lock()
+        # Streams in flight per context (by id: contexts are not hashable), and the contexts
+        # a reload replaced while streams were still using them.
+        self._streams: dict[int, int] = {}
+        self._replaced: dict[int, GatewayContext] = {}
         self._retiring: set[asyncio.Task[None]] = set()
         self.reloads = 0
         self.failed_reloads = 0
@@ -181,14 +186,36 @@ class Runtime:
             self._stamp = _stamp(watched_files(self._config_path, new.config))
             self.reloads += 1
             log.info("configuration reloaded (%s)", reason)
-            task = asyncio.create_task(self._retire(old))
-            self._retiring.add(task)
-            task.add_done_callback(self._retiring.discard)
+            if id(old) in self._streams:
+                self._replaced[id(old)] = old  # closed when its last stream ends
+            else:
+                self._retire(old)
             return True
 
-    async def _retire(self, old: GatewayContext) -> None:
-        await asyncio.sleep(RETIRE_AFTER_S)
-        await close_context(old)
+    @contextlib.contextmanager
+    def stream(self) -> Iterator[GatewayContext]:
+        """The current context, for one ext_proc stream: it stays open until the stream ends,
+        even if a reload replaces it meanwhile."""
+        ctx = self.ctx
+        key = id(ctx)
+        self._streams[key] = self._streams.get(key, 0) + 1
+        try:
+            yield ctx
+        finally:
+            self._streams[key] -= 1
+            if self._streams[key] == 0:
+                del self._streams[key]
+                if self._replaced.pop(key, None) is not None:
+                    self._retire(ctx)
+
+    @property
+    def streams_in_flight(self) -> int:
+        return sum(self._streams.values())
+
+    def _retire(self, old: GatewayContext) -> None:
+        task = asyncio.create_task(close_context(old))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     async def watch(self, interval_s: float) -> None:
         """Reload when a watched file changes (mounted secrets are updated in place)."""
@@ -206,8 +233,13 @@ class Runtime:
             await self.ctx.budgets.reap_once()
 
     async def close(self) -> None:
-        for task in self._retiring:
-            task.cancel()
+        """At shutdown, after the server stopped: close every context, replaced ones included
+        (closing a context settles what its streams left pending)."""
+        for old in self._replaced.values():
+            self._retire(old)
+        self._replaced.clear()
+        if self._retiring:
+            await asyncio.wait(list(self._retiring))
         await close_context(self.ctx)
 
 

@@ -41,14 +41,16 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         request_iterator: AsyncIterator[pb.ProcessingRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.ProcessingResponse]:
-        # The context current when the stream starts serves the whole stream, across reloads.
-        processor = StreamProcessor(self.runtime.ctx)
-        try:
-            async for message in request_iterator:
-                yield await processor.handle(message)
-        finally:
-            # Runs on normal end, on cancellation (client gone, Envoy reset) and on errors.
-            processor.close()
+        # The context current when the stream starts serves the whole stream, across reloads;
+        # the runtime keeps it open until its last stream ends.
+        with self.runtime.stream() as ctx:
+            processor = StreamProcessor(ctx)
+            try:
+                async for message in request_iterator:
+                    yield await processor.handle(message)
+            finally:
+                # Runs on normal end, on cancellation (client gone, Envoy reset) and on errors.
+                processor.close()
 
 
 def grpc_options(config: GatewayConfig) -> list[tuple[str, int]]:
@@ -132,7 +134,11 @@ async def drain(
     for service in ("", SERVICE_NAME):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
     await asyncio.sleep(config.drain_s)
-    log.info("no new streams; waiting up to %gs for those in flight", config.grace_s)
+    log.info(
+        "no new streams; waiting up to %gs for %d in flight",
+        config.grace_s,
+        runtime.streams_in_flight,
+    )
     # Streams still running when grace_s ends are cancelled: metered as far as they got.
     await server.stop(config.grace_s)
 

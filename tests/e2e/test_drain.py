@@ -230,4 +230,4 @@ def test_a_stream_cut_by_the_grace_period_is_audited_and_settled_before_exit(
     assert counters(stack) == (rec["cost_micros"], 0)
     stream.join()
     assert stream.error is not None or b"[DONE]" not in stream.body  # the client saw it cut
-    assert "waiting up to 1s for those in flight" in sidecar_log(stack)
+    assert "waiting up to 1s for 1 in flight" in sidecar_log(stack)
