@@ -14,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import logging
-import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -132,14 +132,15 @@ def watched_files(config_path: Path | None, config: GatewayConfig) -> list[Path]
     return paths
 
 
-def _stamp(paths: list[Path]) -> tuple[tuple[str, int, int], ...]:
+def _stamp(paths: list[Path]) -> tuple[tuple[str, bytes], ...]:
+    """What the watched files hold (a digest of each): exact even when a file is rewritten
+    within one mtime tick at the same size, as a rotated token or key usually is."""
     out = []
     for path in paths:
         try:
-            st = os.stat(path)
-            out.append((str(path), st.st_mtime_ns, st.st_size))
+            out.append((str(path), hashlib.sha256(path.read_bytes()).digest()))
         except OSError:
-            out.append((str(path), -1, -1))
+            out.append((str(path), b""))
     return tuple(out)
 
 
@@ -169,11 +170,16 @@ class Runtime:
 
     async def reload(self, reason: str) -> bool:
         async with self._lock:
+            # Stamped before reading: a file that changes while it loads is seen at the next
+            # poll and loaded again, so every worker converges on the last version.
+            files = watched_files(self._config_path, self.ctx.config)
+            stamp = _stamp(files)
             try:
                 new = build_context(
                     self._config_path, self._environ, self._mock_url, self.ctx.audit
                 )
             except ConfigError as exc:
+                self._stamp = stamp  # not retried until a file changes again
                 self.failed_reloads += 1
                 log.error(
                     "reload (%s) rejected; keeping the running configuration: %s", reason, exc
@@ -183,7 +189,8 @@ class Runtime:
                 log.warning("the provider list changed: restart Envoy to apply its clusters")
             await start_context(new)
             old, self.ctx = self.ctx, new
-            self._stamp = _stamp(watched_files(self._config_path, new.config))
+            new_files = watched_files(self._config_path, new.config)
+            self._stamp = stamp if new_files == files else _stamp(new_files)
             self.reloads += 1
             log.info("configuration reloaded (%s)", reason)
             if id(old) in self._streams:
@@ -218,12 +225,12 @@ class Runtime:
         task.add_done_callback(self._retiring.discard)
 
     async def watch(self, interval_s: float) -> None:
-        """Reload when a watched file changes (mounted secrets are updated in place)."""
+        """Reload when a watched file changes (mounted secrets are updated in place). Each
+        worker polls on its own, so a change (a revoked token) is in effect on every worker
+        within `interval_s` plus the time one reload takes."""
         while True:
             await asyncio.sleep(interval_s)
-            stamp = _stamp(watched_files(self._config_path, self.ctx.config))
-            if stamp != self._stamp:
-                self._stamp = stamp
+            if _stamp(watched_files(self._config_path, self.ctx.config)) != self._stamp:
                 await self.reload("a watched file changed")
 
     async def reap_forever(self) -> None:

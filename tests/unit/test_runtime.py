@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -99,3 +101,70 @@ async def _settle() -> None:
     """Let the closing tasks run."""
     for _ in range(5):
         await asyncio.sleep(0)
+
+
+# --- the file watch: every change is seen, so every worker converges within reload_poll_s ----
+
+
+def services(rt: Runtime) -> list[str]:
+    return [t.service for t in rt.ctx.config.identity.static_tokens]
+
+
+@pytest.fixture
+def watched(tmp_path: Path) -> Iterator[tuple[Runtime, Path]]:
+    tokens = tmp_path / "tokens.yaml"
+    tokens.write_text(f'bot-x: {{sha256: "{hashlib.sha256(b"x").hexdigest()}"}}\n')
+    path = tmp_path / "gateway.yaml"
+    path.write_text(f"identity:\n  static_tokens_file: {tokens}\n")
+    env = {"GATEWAY_AUDIT_LOG": str(tmp_path / "audit.jsonl")}
+    rt = Runtime(build_context(path, env, MOCK), path, env, MOCK)
+    yield rt, tokens
+    rt.ctx.audit.close()
+
+
+async def _until(check: Callable[[], bool], timeout_s: float = 10) -> None:
+    for _ in range(int(timeout_s / 0.01)):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached")
+
+
+async def test_a_rewrite_of_the_same_size_within_one_mtime_tick_is_seen(
+    watched: tuple[Runtime, Path],
+) -> None:
+    rt, tokens = watched
+    before = os.stat(tokens)
+    tokens.write_text(f'bot-y: {{sha256: "{hashlib.sha256(b"y").hexdigest()}"}}\n')
+    os.utime(tokens, ns=(before.st_atime_ns, before.st_mtime_ns))  # same size, same mtime
+    watch = asyncio.create_task(rt.watch(0.01))
+    try:
+        await _until(lambda: services(rt) == ["bot-y"])
+    finally:
+        watch.cancel()
+    await rt.close()
+
+
+async def test_a_change_while_a_reload_reads_the_files_is_loaded_next(
+    watched: tuple[Runtime, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rt, tokens = watched
+    real = runtime_module.build_context
+    rotations = iter(["bot-z"])
+
+    def build_then_rotate(*args: Any, **kwargs: Any) -> GatewayContext:
+        ctx = real(*args, **kwargs)
+        # The secret is rotated again just after this reload read it.
+        for name in rotations:
+            tokens.write_text(f'{name}: {{sha256: "{hashlib.sha256(b"z").hexdigest()}"}}\n')
+        return ctx
+
+    monkeypatch.setattr(runtime_module, "build_context", build_then_rotate)
+    tokens.write_text(f'bot-y: {{sha256: "{hashlib.sha256(b"y").hexdigest()}"}}\n')
+    watch = asyncio.create_task(rt.watch(0.01))
+    try:
+        await _until(lambda: services(rt) == ["bot-z"])  # not stuck on bot-y
+    finally:
+        watch.cancel()
+    assert rt.reloads == 2
+    await rt.close()
