@@ -163,11 +163,16 @@ def test_sigterm_mid_stream_drains_to_the_other_worker_and_loses_nothing(
     other_port = stack.sidecar_ports[other]
 
     proc.send_signal(signal.SIGTERM)
-    # Envoy's health checks see NOT_SERVING and stop choosing the worker ...
-    eventually(
-        lambda: "failed_active_hc" in extproc_hosts(stack.admin_url)[port]["health_flags"],
-        "Envoy marks the draining worker unhealthy",
-    )
+    # Until Envoy's health checks see NOT_SERVING, requests may still reach the draining
+    # worker: it serves them. Then Envoy stops choosing it ...
+    in_between: list[int] = []
+
+    def unhealthy() -> bool:
+        in_between.append(post(stack).status_code)
+        return "failed_active_hc" in extproc_hosts(stack.admin_url)[port]["health_flags"]
+
+    eventually(unhealthy, "Envoy marks the draining worker unhealthy")
+    assert set(in_between) == {200}, in_between
     assert proc.poll() is None, "the worker keeps serving its stream"
     # ... so new requests during the drain go to the other worker, and succeed.
     before = extproc_hosts(stack.admin_url)
@@ -194,7 +199,7 @@ def test_sigterm_mid_stream_drains_to_the_other_worker_and_loses_nothing(
     assert rec["tokens"]["output_tokens"] == 200
     assert rec["cost_micros"] == expected_cost_micros("gpt-4o-mini", rec["tokens"])
     non_streamed = [r for r in audit.records() if r["stream"] is False]
-    assert len(non_streamed) == 6
+    assert len(non_streamed) == len(in_between) + 6
     spent, held = counters(stack)
     assert held == 0
     assert spent == rec["cost_micros"] + sum(r["cost_micros"] for r in non_streamed)
