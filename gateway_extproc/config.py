@@ -81,7 +81,7 @@ class GatewayConfig:
     dev_issuer: bool = False  # accept tokens from the local development issuer (make run)
     reload_poll_s: float = 10.0  # 0: reload on SIGHUP only
     health_check_interval_s: float = 1.0  # Envoy's gRPC health checks of each worker
-    health_check_unhealthy_threshold: int = 2  # failed checks before Envoy stops using it
+    health_check_unhealthy_threshold: int = 2  # unanswered checks before Envoy stops using it
     sidecar_workers: int = 1  # sidecar processes behind Envoy's ext_proc cluster
     catalog_files: tuple[str, ...] = ()
     identity_files: tuple[str, ...] = ()  # static_tokens_file, hs_secret files
@@ -91,8 +91,9 @@ class GatewayConfig:
     @property
     def unhealthy_after_s(self) -> float:
         """How long Envoy may take to stop sending new streams to a worker that turned
-        NOT_SERVING: up to one interval until the next check, then `threshold` failed checks,
-        with one interval of slack for the answers themselves."""
+        NOT_SERVING: the next check (within one interval) sees it and takes the worker out
+        at once; `threshold` more intervals of slack cover checks that time out while the
+        worker is busy."""
         return self.health_check_interval_s * (self.health_check_unhealthy_threshold + 1)
 
 
