@@ -3,7 +3,8 @@
 `python -m bench.noop --port-file F` answers every ProcessingRequest at once with an empty
 reply of its kind. Response headers of an event stream get `mode_override` response body
 STREAMED, as the gateway's do, so Envoy sends both the same phases. Server options are the
-gateway's own (`gateway_extproc.server.grpc_options` for the built-in config).
+gateway's own (`gateway_extproc.server.grpc_options` for the built-in config), and it answers
+Envoy's gRPC health checks SERVING like the gateway, so Envoy treats both setups alike.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from typing import Any
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from bench.service import run_service
 from gateway_extproc import extproc_msgs as msgs
 from gateway_extproc.config import load_config
-from gateway_extproc.server import grpc_options
+from gateway_extproc.server import SERVICE_NAME, grpc_options
 
 # Built once: the servicer only picks one.
 _REPLIES = {
@@ -59,8 +61,11 @@ class NoopProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
 async def serve(port_file: Path | None) -> None:
     server = grpc.aio.server(options=grpc_options(load_config(None, os.environ)))
     pb_grpc.add_ExternalProcessorServicer_to_server(NoopProcessor(), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
+    await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     if port_file is not None:
         tmp = port_file.with_suffix(".tmp")
         tmp.write_text(str(port))

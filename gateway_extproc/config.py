@@ -86,11 +86,21 @@ class GatewayConfig:
     policies: PolicySet = dataclasses.field(default_factory=PolicySet.allow_all)
     dev_issuer: bool = False  # accept tokens from the local development issuer (make run)
     reload_poll_s: float = 10.0  # 0: reload on SIGHUP only
+    health_check_interval_s: float = 1.0  # Envoy's gRPC health checks of each worker
+    health_check_unhealthy_threshold: int = 2  # unanswered checks before Envoy stops using it
     sidecar_workers: int = 1  # sidecar processes behind Envoy's ext_proc cluster
     catalog_files: tuple[str, ...] = ()
     identity_files: tuple[str, ...] = ()  # static_tokens_file, hs_secret files
     budgets: tuple[BudgetConfig, ...] = ()
     budget_store: BudgetStoreConfig = dataclasses.field(default_factory=BudgetStoreConfig)
+
+    @property
+    def unhealthy_after_s(self) -> float:
+        """How long Envoy may take to stop sending new streams to a worker that turned
+        NOT_SERVING: the next check (within one interval) sees it and takes the worker out
+        at once; `threshold` more intervals of slack cover checks that time out while the
+        worker is busy."""
+        return self.health_check_interval_s * (self.health_check_unhealthy_threshold + 1)
 
 
 def _default_document() -> dict[str, Any]:
@@ -254,7 +264,18 @@ def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayC
     listener = r.section(doc, "listener", {"host", "port", "admin_port"})
     limits_doc = r.section(doc, "limits", {f.name for f in dataclasses.fields(Limits)})
     sidecar = r.section(
-        doc, "sidecar", {"host", "port", "workers", "drain_s", "grace_s", "reload_poll_s"}
+        doc,
+        "sidecar",
+        {
+            "host",
+            "port",
+            "workers",
+            "drain_s",
+            "grace_s",
+            "reload_poll_s",
+            "health_check_interval_s",
+            "health_check_unhealthy_threshold",
+        },
     )
     workers = r.integer({"workers": sidecar.get("workers", 0)}, "sidecar", "workers", 0, 256)
     audit = r.section(doc, "audit", {"stdout", "file"})
@@ -352,8 +373,8 @@ def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayC
         limits=limits,
         sidecar_host=r.string(sidecar, "sidecar", "host"),
         sidecar_port=r.integer(sidecar, "sidecar", "port", 0, 65535),
-        drain_s=r.number(sidecar, "sidecar", "drain_s", 2.0),
-        grace_s=r.number(sidecar, "sidecar", "grace_s", 5.0),
+        drain_s=r.number(sidecar, "sidecar", "drain_s", 3.0),
+        grace_s=r.number(sidecar, "sidecar", "grace_s", 600.0),
         providers=providers,
         mock_unconfigured_providers=r.boolean(doc, "", "mock_unconfigured_providers", True),
         catalog=catalog if catalog is not None else Catalog.from_documents([]),
@@ -363,6 +384,10 @@ def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayC
         policies=policies,
         dev_issuer=dev_issuer,
         reload_poll_s=r.number(sidecar, "sidecar", "reload_poll_s", 10.0),
+        health_check_interval_s=_interval(r, sidecar),
+        health_check_unhealthy_threshold=r.integer(
+            sidecar, "sidecar", "health_check_unhealthy_threshold", 1, 100
+        ),
         sidecar_workers=workers or (os.cpu_count() or 1),
         catalog_files=tuple(catalog_files) if isinstance(catalog_files, list) else (),
         identity_files=identity_files,
@@ -372,6 +397,16 @@ def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayC
     if r.problems:
         raise ConfigError(r.problems)
     return config
+
+
+def _interval(r: _Reader, sidecar: Mapping[str, Any]) -> float:
+    value = r.number(sidecar, "sidecar", "health_check_interval_s", 1.0)
+    if not 0.01 <= value <= 300:
+        r.problems.append(
+            f"sidecar.health_check_interval_s: must be in [0.01, 300] seconds (got {value!r})"
+        )
+        return 1.0
+    return value
 
 
 def load_document(path: Path | None) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import yaml
 
 from gateway_extproc.config import GatewayConfig
 from gateway_extproc.processor import CLUSTER_HEADER
-from gateway_extproc.server import GRPC_MESSAGE_SLACK
+from gateway_extproc.server import GRPC_MESSAGE_SLACK, SERVICE_NAME
 from gateway_extproc.upstreams import Upstream
 
 EXTPROC_CLUSTER = "gateway_extproc"
@@ -284,6 +284,39 @@ def _http_connection_manager(config: GatewayConfig) -> dict[str, Any]:
     }
 
 
+def _seconds(value: float) -> str:
+    return f"{value:.3f}".rstrip("0").rstrip(".") + "s"
+
+
+def _sidecar_health(config: GatewayConfig) -> dict[str, Any]:
+    """How Envoy notices a draining (NOT_SERVING) or dead worker and stops giving it new
+    streams. Streams already open on it are left alone (`close_connections_on_host_health_
+    failure` stays false), so they finish while the worker drains."""
+    interval = _seconds(config.health_check_interval_s)
+    return {
+        "health_checks": [
+            {
+                "timeout": interval,
+                "interval": interval,
+                # Also before the first request, and while unhealthy: a worker is noticed
+                # within the same bound whatever the traffic (the default is 60 s).
+                "no_traffic_interval": interval,
+                "unhealthy_threshold": config.health_check_unhealthy_threshold,
+                "healthy_threshold": 1,
+                "grpc_health_check": {"service_name": SERVICE_NAME},
+            }
+        ],
+        # A worker that crashed fails its streams before the next health check does:
+        # stop choosing it after a few consecutive failures.
+        "outlier_detection": {
+            "consecutive_5xx": 3,
+            "interval": interval,
+            "base_ejection_time": "5s",
+            "max_ejection_percent": 50,
+        },
+    }
+
+
 def build(
     config: GatewayConfig, ports: EnvoyPorts, upstreams: Iterable[Upstream], ca_file: str
 ) -> dict[str, Any]:
@@ -293,6 +326,7 @@ def build(
         "type": "STATIC",
         "connect_timeout": "1s",
         "typed_extension_protocol_options": _protocol_options(True),
+        **_sidecar_health(config),
         "load_assignment": {
             "cluster_name": EXTPROC_CLUSTER,
             "endpoints": [

@@ -3,17 +3,20 @@
 A reload (SIGHUP, or a change to a watched file such as a mounted secret) parses and validates
 everything again; only a fully valid configuration replaces the running one. A bad reload keeps
 the last good configuration and logs every problem. Streams already in flight finish with the
-context they started with. Envoy's own settings (listener, clusters) are not reloaded: a change
-to the provider list needs a restart, and the sidecar says so.
+context they started with: each context counts its streams, and a replaced one is closed when
+its last stream ends (or at shutdown), however long that stream runs. Envoy's own settings
+(listener, clusters) are not reloaded: a change to the provider list needs a restart, and the
+sidecar says so.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import hashlib
 import logging
-import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from redis.asyncio import Redis
@@ -39,8 +42,6 @@ log = logging.getLogger("gateway.runtime")
 
 # Top-level claims of development tokens recorded as attributes (gatewayctl token --attr).
 DEV_ATTRIBUTES = ("department", "cost_center", "team")
-# How long a replaced context's resources live on for streams that started with it.
-RETIRE_AFTER_S = 600.0
 
 
 def build_context(
@@ -157,14 +158,15 @@ def watched_files(config_path: Path | None, config: GatewayConfig) -> list[Path]
     return paths
 
 
-def _stamp(paths: list[Path]) -> tuple[tuple[str, int, int], ...]:
+def _stamp(paths: list[Path]) -> tuple[tuple[str, bytes], ...]:
+    """What the watched files hold (a digest of each): exact even when a file is rewritten
+    within one mtime tick at the same size, as a rotated token or key usually is."""
     out = []
     for path in paths:
         try:
-            st = os.stat(path)
-            out.append((str(path), st.st_mtime_ns, st.st_size))
+            out.append((str(path), hashlib.sha256(path.read_bytes()).digest()))
         except OSError:
-            out.append((str(path), -1, -1))
+            out.append((str(path), b""))
     return tuple(out)
 
 
@@ -187,12 +189,20 @@ class Runtime:
         self._mock_url = mock_url
         self._stamp = _stamp(watched_files(config_path, ctx.config))
         self._lock = asyncio.Lock()
+        # Streams in flight per context (by id: contexts are not hashable), and the contexts
+        # a reload replaced while streams were still using them.
+        self._streams: dict[int, int] = {}
+        self._replaced: dict[int, GatewayContext] = {}
         self._retiring: set[asyncio.Task[None]] = set()
         self.reloads = 0
         self.failed_reloads = 0
 
     async def reload(self, reason: str) -> bool:
         async with self._lock:
+            # Stamped before reading: a file that changes while it loads is seen at the next
+            # poll and loaded again, so every worker converges on the last version.
+            files = watched_files(self._config_path, self.ctx.config)
+            stamp = _stamp(files)
             try:
                 new = build_context(
                     self._config_path,
@@ -202,6 +212,7 @@ class Runtime:
                     self.services,
                 )
             except ConfigError as exc:
+                self._stamp = stamp  # not retried until a file changes again
                 self.failed_reloads += 1
                 log.error(
                     "reload (%s) rejected; keeping the running configuration: %s", reason, exc
@@ -211,25 +222,48 @@ class Runtime:
                 log.warning("the provider list changed: restart Envoy to apply its clusters")
             await start_context(new)
             old, self.ctx = self.ctx, new
-            self._stamp = _stamp(watched_files(self._config_path, new.config))
+            new_files = watched_files(self._config_path, new.config)
+            self._stamp = stamp if new_files == files else _stamp(new_files)
             self.reloads += 1
             log.info("configuration reloaded (%s)", reason)
-            task = asyncio.create_task(self._retire(old))
-            self._retiring.add(task)
-            task.add_done_callback(self._retiring.discard)
+            if id(old) in self._streams:
+                self._replaced[id(old)] = old  # closed when its last stream ends
+            else:
+                self._retire(old)
             return True
 
-    async def _retire(self, old: GatewayContext) -> None:
-        await asyncio.sleep(RETIRE_AFTER_S)
-        await close_context(old)
+    @contextlib.contextmanager
+    def stream(self) -> Iterator[GatewayContext]:
+        """The current context, for one ext_proc stream: it stays open until the stream ends,
+        even if a reload replaces it meanwhile."""
+        ctx = self.ctx
+        key = id(ctx)
+        self._streams[key] = self._streams.get(key, 0) + 1
+        try:
+            yield ctx
+        finally:
+            self._streams[key] -= 1
+            if self._streams[key] == 0:
+                del self._streams[key]
+                if self._replaced.pop(key, None) is not None:
+                    self._retire(ctx)
+
+    @property
+    def streams_in_flight(self) -> int:
+        return sum(self._streams.values())
+
+    def _retire(self, old: GatewayContext) -> None:
+        task = asyncio.create_task(close_context(old))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     async def watch(self, interval_s: float) -> None:
-        """Reload when a watched file changes (mounted secrets are updated in place)."""
+        """Reload when a watched file changes (mounted secrets are updated in place). Each
+        worker polls on its own, so a change (a revoked token) is in effect on every worker
+        within `interval_s` plus the time one reload takes."""
         while True:
             await asyncio.sleep(interval_s)
-            stamp = _stamp(watched_files(self._config_path, self.ctx.config))
-            if stamp != self._stamp:
-                self._stamp = stamp
+            if _stamp(watched_files(self._config_path, self.ctx.config)) != self._stamp:
                 await self.reload("a watched file changed")
 
     async def reap_forever(self) -> None:
@@ -243,9 +277,14 @@ class Runtime:
         await start_context(self.ctx)
 
     async def close(self, grace_s: float = 5.0) -> None:
-        """Stop: pending settles get up to `grace_s`, then what is left is journaled."""
-        for task in self._retiring:
-            task.cancel()
+        """At shutdown, after the server stopped: close every context, replaced ones included,
+        then the process-lifetime budget services (pending settles get up to `grace_s`, what is
+        left is journaled)."""
+        for old in self._replaced.values():
+            self._retire(old)
+        self._replaced.clear()
+        if self._retiring:
+            await asyncio.wait(list(self._retiring))
         await close_context(self.ctx)
         await self.services.close(grace_s)
 

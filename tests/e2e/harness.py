@@ -9,7 +9,11 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import grpc
 import yaml
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from tests.paths import REPO, TEST_FIXTURES
 
@@ -124,3 +128,44 @@ def tokens(
         "output_tokens": output,
         "reasoning_tokens": reasoning,
     }
+
+
+def extproc_hosts(admin_url: str) -> dict[int, dict[str, str]]:
+    """Envoy's view of each sidecar worker (admin /clusters), by port: `health_flags`
+    ("healthy", "/failed_active_hc", ...), `rq_active`, `rq_total`, ..."""
+    with urllib.request.urlopen(admin_url + "/clusters", timeout=5) as r:
+        lines = r.read().decode().splitlines()
+    hosts: dict[int, dict[str, str]] = {}
+    for line in lines:
+        parts = line.split("::")
+        if len(parts) == 4 and parts[0] == "gateway_extproc" and parts[1][:1].isdigit():
+            port = int(parts[1].rsplit(":", 1)[1])
+            hosts.setdefault(port, {})[parts[2]] = parts[3]
+    return hosts
+
+
+def worker_auth_status(port: int, credential: str) -> int:
+    """Ask one sidecar worker directly (an ext_proc stream on its port, as Envoy would) what it
+    makes of a chat request with this bearer credential: 401 if it refuses it, else 200."""
+    headers = {
+        ":method": "POST",
+        ":path": "/v1/chat/completions",
+        "x-request-id": "worker-probe",
+        "authorization": f"Bearer {credential}",
+        "content-type": "application/json",
+    }
+    message = pb.ProcessingRequest(
+        request_headers=pb.HttpHeaders(
+            headers=base_pb2.HeaderMap(
+                headers=[
+                    base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in headers.items()
+                ]
+            )
+        )
+    )
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.ExternalProcessorStub(channel)
+        reply = next(iter(stub.Process(iter([message]), timeout=10)))
+    if reply.WhichOneof("response") == "immediate_response":
+        return int(reply.immediate_response.status.code)
+    return 200

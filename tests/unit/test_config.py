@@ -42,7 +42,10 @@ def test_builtin_config_loads() -> None:
     assert (config.listen_host, config.listen_port, config.admin_port) == ("127.0.0.1", 10000, 9901)
     assert config.limits == Limits()  # the document and the dataclass defaults agree
     assert (config.sidecar_host, config.sidecar_port) == ("127.0.0.1", 0)
-    assert (config.drain_s, config.grace_s) == (2.0, 5.0)
+    assert (config.drain_s, config.grace_s) == (3.0, 600.0)
+    assert (config.health_check_interval_s, config.health_check_unhealthy_threshold) == (1.0, 2)
+    # A draining worker keeps accepting until Envoy has certainly stopped sending it streams.
+    assert config.drain_s >= config.unhealthy_after_s == 3.0
     assert config.mock_unconfigured_providers is True
     assert (config.audit_stdout, config.audit_file) == (True, None)
 
@@ -157,8 +160,10 @@ def test_operator_file_merges_over_defaults(tmp_path: Path) -> None:
         "port": 0,
         "workers": 0,
         "drain_s": 0.5,
-        "grace_s": 5,
+        "grace_s": 600,
         "reload_poll_s": 10,
+        "health_check_interval_s": 1,
+        "health_check_unhealthy_threshold": 2,
     }
     assert list(doc["providers"]) == ["openai", "local"]  # anthropic removed
     assert doc["providers"]["openai"] == {  # base_url replaced, auth kept from the default
@@ -327,6 +332,18 @@ INVALID: list[tuple[str, dict[str, Any], dict[str, str], list[str]]] = [
         {"sidecar": {"drain_s": -0.1}},
         {},
         ["sidecar.drain_s: must be a number >= 0 (got -0.1)"],
+    ),
+    (
+        "health check interval of zero",
+        {"sidecar": {"health_check_interval_s": 0}},
+        {},
+        ["sidecar.health_check_interval_s: must be in [0.01, 300] seconds (got 0.0)"],
+    ),
+    (
+        "unhealthy threshold of zero",
+        {"sidecar": {"health_check_unhealthy_threshold": 0}},
+        {},
+        ["sidecar.health_check_unhealthy_threshold: must be an integer in [1, 100] (got 0)"],
     ),
     (
         "empty host",

@@ -15,7 +15,7 @@ import yaml
 from gateway_extproc.config import GatewayConfig, load_config
 from gateway_extproc.envoy_config import EXTPROC_CLUSTER, EnvoyPorts, build, render
 from gateway_extproc.processor import CLUSTER_HEADER
-from gateway_extproc.server import GRPC_MESSAGE_SLACK
+from gateway_extproc.server import GRPC_MESSAGE_SLACK, SERVICE_NAME
 from gateway_extproc.stack import StackError, validate_envoy_config
 from gateway_extproc.upstreams import Upstream, resolve_upstreams
 from tests.paths import REPO
@@ -192,6 +192,32 @@ def test_sidecar_cluster(production: dict[str, Any]) -> None:
     (http,) = options.values()
     assert "http2_protocol_options" in http["explicit_http_config"]  # gRPC needs HTTP/2
     assert "transport_socket" not in c
+
+
+def test_sidecar_cluster_health_checks(production: dict[str, Any]) -> None:
+    """A worker that reports NOT_SERVING (draining) or is dead gets no new streams; the ones
+    it has are not cut."""
+    c = cluster(production, EXTPROC_CLUSTER)
+    (check,) = c["health_checks"]
+    assert check["grpc_health_check"] == {"service_name": SERVICE_NAME}
+    assert check["interval"] == check["no_traffic_interval"] == check["timeout"] == "1s"
+    assert (check["unhealthy_threshold"], check["healthy_threshold"]) == (2, 1)
+    assert not c.get("close_connections_on_host_health_failure", False)
+    assert c["outlier_detection"]["consecutive_5xx"] == 3
+    # Panic routing (default 50 %) stays: with every worker draining, Envoy still uses them.
+    assert "common_lb_config" not in c
+
+
+def test_sidecar_health_check_follows_the_config(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.yaml"
+    sidecar = {"health_check_interval_s": 0.25, "health_check_unhealthy_threshold": 3}
+    path.write_text(yaml.safe_dump({"sidecar": sidecar}))
+    cfg = load_config(path, {})
+    b = bootstrap(cfg, resolve_upstreams(cfg, {}, MOCK))
+    (check,) = cluster(b, EXTPROC_CLUSTER)["health_checks"]
+    assert (check["interval"], check["unhealthy_threshold"]) == ("0.25s", 3)
+    assert cluster(b, EXTPROC_CLUSTER)["outlier_detection"]["interval"] == "0.25s"
+    _validate(tmp_path, b)
 
 
 def test_production_provider_clusters(config: GatewayConfig, production: dict[str, Any]) -> None:

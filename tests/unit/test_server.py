@@ -275,6 +275,60 @@ def test_sigterm_drains_then_exits(start: Callable[..., Sidecar], tmp_path: Path
     assert time.monotonic() - sent >= drain_s  # it waited the drain out
 
 
+def test_sigterm_serves_old_and_new_streams_through_the_drain_then_waits_for_old_ones(
+    start: Callable[..., Sidecar], tmp_path: Path
+) -> None:
+    """What Envoy relies on: during drain_s a NOT_SERVING worker still serves every stream (Envoy
+    has not noticed yet); afterwards it refuses new ones and lets the open ones finish."""
+    config = tmp_path / "drain.yaml"
+    sidecar_cfg = {"drain_s": 1, "grace_s": 60, "health_check_interval_s": 0.25}
+    config.write_text(
+        yaml.safe_dump({"sidecar": sidecar_cfg, "identity": {"allow_anonymous": True}})
+    )
+    sidecar = start("--config", str(config))
+    outbox: queue.Queue[pb.ProcessingRequest | None] = queue.Queue()
+
+    def requests() -> Iterator[pb.ProcessingRequest]:
+        while (message := outbox.get(timeout=30)) is not None:
+            yield message
+
+    def models(channel: grpc.Channel) -> int:
+        message = _headers({":method": "GET", ":path": "/v1/models", "x-request-id": "m"}, end=True)
+        stub = pb_grpc.ExternalProcessorStub(channel)
+        (reply,) = list(stub.Process(iter([message]), timeout=5))
+        return int(reply.immediate_response.status.code)
+
+    with grpc.insecure_channel(sidecar.target) as channel:
+        replies = pb_grpc.ExternalProcessorStub(channel).Process(requests(), timeout=60)
+        outbox.put(
+            _headers({":method": "POST", ":path": "/v1/chat/completions", "x-request-id": "old-1"})
+        )
+        assert next(replies).WhichOneof("response") == "request_headers"
+        sidecar.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while _check(channel, SERVICE) != NOT_SERVING:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert models(channel) == 200, "a new stream during the drain is served"
+        while b"no new streams" not in sidecar.stderr.read_bytes():
+            assert time.monotonic() < deadline and sidecar.proc.poll() is None
+            time.sleep(0.02)
+        with pytest.raises(grpc.RpcError) as refused:
+            models(channel)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        # The stream that was open before SIGTERM still works, and the worker waits for it.
+        body = json.dumps({"model": _chat_model(), "messages": [{"role": "user", "content": "x"}]})
+        outbox.put(
+            pb.ProcessingRequest(request_body=pb.HttpBody(body=body.encode(), end_of_stream=True))
+        )
+        assert next(replies).WhichOneof("response") == "request_body"
+        assert sidecar.proc.poll() is None
+        outbox.put(None)
+        assert list(replies) == []
+    assert sidecar.proc.wait(timeout=30) == 0
+    assert [r["request_id"] for r in sidecar.audit_lines()] == ["m", "old-1"]
+
+
 def test_bad_config_exits_2_with_every_problem(tmp_path: Path) -> None:
     config = tmp_path / "bad.yaml"
     config.write_text(

@@ -1,0 +1,170 @@
+"""The runtime's contexts across reloads: a replaced context stays open exactly as long as a
+stream that started with it runs, however long that is, and is closed when its last stream ends
+or at shutdown (closing is what settles a context's pending budget work)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway_extproc import runtime as runtime_module
+from gateway_extproc.context import GatewayContext
+from gateway_extproc.runtime import Runtime, build_context
+
+MOCK = "http://127.0.0.1:9/v1"
+
+
+def tokens_config(secret: str) -> str:
+    digest = hashlib.sha256(secret.encode()).hexdigest()
+    return f'identity:\n  static_tokens:\n    bot: {{sha256: "{digest}"}}\n'
+
+
+@pytest.fixture
+def closed(monkeypatch: pytest.MonkeyPatch) -> list[GatewayContext]:
+    """Contexts closed, in order (close_context recorded, then run)."""
+    seen: list[GatewayContext] = []
+    real = runtime_module.close_context
+
+    async def record(ctx: GatewayContext) -> None:
+        seen.append(ctx)
+        await real(ctx)
+
+    monkeypatch.setattr(runtime_module, "close_context", record)
+    return seen
+
+
+@pytest.fixture
+def runtime(tmp_path: Path) -> Iterator[Runtime]:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(tokens_config("one"))
+    env = {"GATEWAY_AUDIT_LOG": str(tmp_path / "audit.jsonl")}
+    rt = Runtime(build_context(path, env, MOCK), path, env, MOCK)
+    yield rt
+    rt.ctx.audit.close()  # shared by every context, closed by the server at exit
+
+
+async def test_a_replaced_context_lives_until_its_last_stream_ends(
+    runtime: Runtime, closed: list[GatewayContext]
+) -> None:
+    first = runtime.ctx
+    with runtime.stream() as a, runtime.stream() as b:
+        assert a is b is first and runtime.streams_in_flight == 2
+        assert await runtime.reload("test")
+        second = runtime.ctx
+        assert second is not first
+        with runtime.stream() as c:
+            assert c is second  # new streams get the new context
+            assert runtime.streams_in_flight == 3
+        await _settle()
+        assert closed == []  # still in use by a and b, however long they run
+        assert await runtime.reload("again")  # second has no stream: closed at once
+        await _settle()
+        assert closed == [second]
+    await _settle()
+    assert closed == [second, first]  # first closed when its last stream ended
+    assert runtime.streams_in_flight == 0
+    await runtime.close()
+    assert closed == [second, first, runtime.ctx]
+
+
+async def test_shutdown_closes_replaced_contexts_whose_streams_never_ended(
+    runtime: Runtime, closed: list[GatewayContext]
+) -> None:
+    first = runtime.ctx
+    stream = runtime.stream()
+    assert stream.__enter__() is first
+    assert await runtime.reload("test")
+    await runtime.close()
+    assert closed == [first, runtime.ctx]
+    stream.__exit__(None, None, None)  # a straggler ending later closes nothing twice
+    await _settle()
+    assert closed == [first, runtime.ctx]
+
+
+async def test_a_rejected_reload_keeps_the_context_open(
+    runtime: Runtime, closed: list[GatewayContext], tmp_path: Path
+) -> None:
+    (tmp_path / "gateway.yaml").write_text("identity: {static_tokens: {bot: {sha256: x}}}\n")
+    current = runtime.ctx
+    assert not await runtime.reload("test")
+    assert runtime.ctx is current and closed == []
+    await runtime.close()
+
+
+async def _settle() -> None:
+    """Let the closing tasks run."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+# --- the file watch: every change is seen, so every worker converges within reload_poll_s ----
+
+
+def services(rt: Runtime) -> list[str]:
+    return [t.service for t in rt.ctx.config.identity.static_tokens]
+
+
+@pytest.fixture
+def watched(tmp_path: Path) -> Iterator[tuple[Runtime, Path]]:
+    tokens = tmp_path / "tokens.yaml"
+    tokens.write_text(f'bot-x: {{sha256: "{hashlib.sha256(b"x").hexdigest()}"}}\n')
+    path = tmp_path / "gateway.yaml"
+    path.write_text(f"identity:\n  static_tokens_file: {tokens}\n")
+    env = {"GATEWAY_AUDIT_LOG": str(tmp_path / "audit.jsonl")}
+    rt = Runtime(build_context(path, env, MOCK), path, env, MOCK)
+    yield rt, tokens
+    rt.ctx.audit.close()
+
+
+async def _until(check: Callable[[], bool], timeout_s: float = 10) -> None:
+    for _ in range(int(timeout_s / 0.01)):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached")
+
+
+async def test_a_rewrite_of_the_same_size_within_one_mtime_tick_is_seen(
+    watched: tuple[Runtime, Path],
+) -> None:
+    rt, tokens = watched
+    before = os.stat(tokens)
+    tokens.write_text(f'bot-y: {{sha256: "{hashlib.sha256(b"y").hexdigest()}"}}\n')
+    os.utime(tokens, ns=(before.st_atime_ns, before.st_mtime_ns))  # same size, same mtime
+    watch = asyncio.create_task(rt.watch(0.01))
+    try:
+        await _until(lambda: services(rt) == ["bot-y"])
+    finally:
+        watch.cancel()
+    await rt.close()
+
+
+async def test_a_change_while_a_reload_reads_the_files_is_loaded_next(
+    watched: tuple[Runtime, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rt, tokens = watched
+    real = runtime_module.build_context
+    rotations = iter(["bot-z"])
+
+    def build_then_rotate(*args: Any, **kwargs: Any) -> GatewayContext:
+        ctx = real(*args, **kwargs)
+        # The secret is rotated again just after this reload read it.
+        for name in rotations:
+            tokens.write_text(f'{name}: {{sha256: "{hashlib.sha256(b"z").hexdigest()}"}}\n')
+        return ctx
+
+    monkeypatch.setattr(runtime_module, "build_context", build_then_rotate)
+    tokens.write_text(f'bot-y: {{sha256: "{hashlib.sha256(b"y").hexdigest()}"}}\n')
+    watch = asyncio.create_task(rt.watch(0.01))
+    try:
+        await _until(lambda: services(rt) == ["bot-z"])  # not stuck on bot-y
+    finally:
+        watch.cancel()
+    assert rt.reloads == 2
+    await rt.close()
