@@ -101,7 +101,10 @@ def check(url: str, *, cluster: bool, timeout_s: float = 3.0) -> dict[str, list[
     with redis.RedisCluster.from_url(url, **options) as rc:
         for node in rc.get_primaries():
             client = rc.get_redis_connection(node)
-            out[f"{node.host}:{node.port}"] = problems(read_settings(client))
+            try:
+                out[f"{node.host}:{node.port}"] = problems(read_settings(client))
+            finally:  # the cluster client's close() leaves the node clients' sockets open
+                client.connection_pool.disconnect()
     return out
 
 
