@@ -36,8 +36,8 @@ identity:
     drainer: {{sha256: "{digest}"}}
 budgets:
   - name: {BUDGET}
-    scope: {{kind: service}}
-    match: {{services: [drainer]}}
+    scope: {{kind: static_token}}
+    match: {{static_tokens: [drainer]}}
     limit_usd: 5
     window: {{type: calendar, period: month}}
     action: block

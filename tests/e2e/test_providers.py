@@ -95,6 +95,7 @@ identity:
     schema: openai
     base_url: {open_mock}/v1
     auth: null
+    forward_headers: ["x-mock-*"]  # a mock standing in for Ollama: let its controls through
 catalog:
   files: [{catalog}]
 """

@@ -200,8 +200,9 @@ def test_a_billing_header_is_refused_unless_the_provider_allows_it(
     assert "header openai-organization is not forwarded to provider openai" in exc.value.message
     assert mock.requests() == []
 
-    # anthropic-beta is allowed for the anthropic provider by its forward_headers.
-    beta = "context-1m-2025-08-07"
+    # anthropic-beta is allowed for the anthropic provider by its forward_headers. (A long-context
+    # beta is also priced: tests/e2e/test_budget_bounds.py.)
+    beta = "token-efficient-tools-2025-02-19"
     with anthropic.Anthropic(
         base_url=stack.gateway_url, api_key=STATIC_SECRET, max_retries=0
     ) as claude:
