@@ -76,6 +76,7 @@ class Shape:
     cap_field: str | None  # where the gateway injects its cap when the request sets none
     service_tier: str | None = None  # OpenAI `service_tier` (prices differ per tier)
     cache_1h: bool = False  # some `cache_control` asks for a 1-hour TTL (Anthropic)
+    unpriced: tuple[str, ...] = ()  # options present that change the price, which no catalog prices
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -99,8 +100,19 @@ class Unpriced(ValueError):
     a long-context beta): the caller refuses it (400) rather than bill it at standard rates."""
 
 
-def request_price(entry: ModelEntry, tier: str | None, *, long_context_beta: bool = False) -> Price:
+def request_price(
+    entry: ModelEntry,
+    tier: str | None,
+    *,
+    long_context_beta: bool = False,
+    unpriced: tuple[str, ...] = (),
+) -> Price:
     """The price a request for `entry` is billed at. Raises Unpriced."""
+    if unpriced and not entry.free:
+        raise Unpriced(
+            f"{', '.join(unpriced)} changes the price of {entry.name}, and the catalog "
+            "cannot price it"
+        )
     price = price_for_tier(entry, tier)
     if price is None:
         raise Unpriced(
@@ -232,6 +244,12 @@ def _choices(api: Api, body: dict[str, Any]) -> int:
     return result
 
 
+# Body options that change the per-token price and that the catalog does not price, with the
+# values that leave it standard: Anthropic fast mode and US-only inference (1.1x).
+_UNPRICED_OPTIONS: dict[Api, dict[str, tuple[object, ...]]] = {
+    Api.ANTHROPIC_MESSAGES: {"speed": (None, "standard"), "inference_geo": (None, "global")},
+}
+
 _CAP_FIELD = {
     Api.OPENAI_CHAT: "max_completion_tokens",
     Api.OPENAI_RESPONSES: "max_output_tokens",
@@ -255,6 +273,11 @@ def shape_of(api: Api, body: dict[str, Any], max_output: int | None) -> Shape:
     tier = body.get("service_tier")
     if tier is not None and not isinstance(tier, str):
         raise ValueError("`service_tier` must be a string")
+    unpriced = tuple(
+        f"{field}={body[field]!r}"
+        for field, standard in _UNPRICED_OPTIONS.get(api, {}).items()
+        if body.get(field) not in standard
+    )
     messages = sum(  # chat messages, Responses input items, Anthropic messages
         isinstance(item, dict)
         for key in _MESSAGE_LISTS
@@ -275,6 +298,7 @@ def shape_of(api: Api, body: dict[str, Any], max_output: int | None) -> Shape:
         cap_field=_CAP_FIELD.get(api),
         service_tier=tier,
         cache_1h=cache_1h,
+        unpriced=unpriced,
     )
 
 
@@ -289,7 +313,9 @@ def bound(
     """The request's worst case on `entry`. Raises Unbounded when there is none (the caller
     answers 400): input it cannot see under `refuse`, or a part no catalog field bounds; and
     Unpriced for an option the catalog cannot price."""
-    price = request_price(entry, shape.service_tier, long_context_beta=long_context_beta)
+    price = request_price(
+        entry, shape.service_tier, long_context_beta=long_context_beta, unpriced=shape.unpriced
+    )
     window = entry.context_window
     if shape.unseen and not entry.free and (unseen_input is UnseenInput.REFUSE or window is None):
         why = (

@@ -225,7 +225,10 @@ class StreamProcessor:
         long_context_beta = "context-1m" in self.anthropic_beta
         try:
             price = request_price(
-                entry, request.shape.service_tier, long_context_beta=long_context_beta
+                entry,
+                request.shape.service_tier,
+                long_context_beta=long_context_beta,
+                unpriced=request.shape.unpriced,
             )
         except Unpriced as exc:
             raise UnsupportedOption(str(exc)) from None

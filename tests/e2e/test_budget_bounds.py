@@ -346,6 +346,13 @@ def test_a_priority_request_is_reserved_and_billed_at_priority_prices(gw: Gatewa
             {"anthropic-beta": "context-1m-2025-08-07", "anthropic-version": "2023-06-01"},
             "long-context beta",
         ),
+        ("/v1/messages", {"model": "claude-haiku-4-5", "speed": "fast"}, {}, "speed='fast'"),
+        (
+            "/v1/messages",
+            {"model": "claude-haiku-4-5", "inference_geo": "us"},
+            {},
+            "inference_geo='us'",
+        ),
     ],
 )
 def test_an_option_the_catalog_cannot_price_is_refused(

@@ -347,3 +347,17 @@ def test_the_bound_holds_on_every_recorded_request() -> None:
             checked += 1
             short_before += request.input_tokens_estimate < usage.total_input_tokens
     assert checked >= 25 and short_before >= 7, (checked, short_before)
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [({"speed": "fast"}, "speed='fast'"), ({"inference_geo": "us"}, "inference_geo='us'")],
+)
+def test_anthropic_price_options_the_catalog_cannot_price_are_refused(
+    fields: dict[str, Any], named: str
+) -> None:
+    body = {"model": "claude", "max_tokens": 1, "messages": [], **fields}
+    with pytest.raises(Unpriced, match=named):
+        b(Api.ANTHROPIC_MESSAGES, body, CLAUDE)
+    standard = {**body, "speed": "standard", "inference_geo": "global"}
+    assert b(Api.ANTHROPIC_MESSAGES, standard, CLAUDE).price == CLAUDE.price
