@@ -78,10 +78,13 @@ def cmd_envoy_config(args: argparse.Namespace) -> int:
         listen_host=config.listen_host,
         listen_port=config.listen_port,
         admin_port=config.admin_port,
-        sidecar_host=config.sidecar_host,
+        # Where Envoy reaches the workers: a sidecar bound to 0.0.0.0 (for the kubelet's gRPC
+        # probe) is still reached over loopback.
+        sidecar_host=args.sidecar_host or config.sidecar_host,
         sidecar_ports=tuple(
             args.sidecar_port + i for i in range(args.workers or config.sidecar_workers)
         ),
+        ops_port=args.ops_port,
     )
     text = envoy_config.render(
         envoy_config.build(config, ports, upstreams.values(), args.ca_file or ca_bundle())
@@ -100,10 +103,13 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"ok: {len(config.providers)} providers, {len(config.catalog.models())} models")
     if not args.redis:
         return 0
-    return _check_redis(config.budget_store.redis_url, config.budget_store.cluster, config.budgets)
+    store = config.budget_store
+    return _check_redis(store.redis_url, store.cluster, config.budgets, store.redis_password)
 
 
-def _check_redis(url: str, cluster: bool, budgets: tuple[object, ...]) -> int:
+def _check_redis(
+    url: str, cluster: bool, budgets: tuple[object, ...], password: str | None = None
+) -> int:
     """Exit status: 0 safe for budget state, 1 warnings, 2 unreachable."""
     import redis
 
@@ -112,7 +118,7 @@ def _check_redis(url: str, cluster: bool, budgets: tuple[object, ...]) -> int:
     if not budgets:
         print("note: no budgets are configured, so the gateway does not use Redis yet")
     try:
-        found = check(url, cluster=cluster)
+        found = check(url, cluster=cluster, password=password)
     except redis.RedisError as exc:
         print(f"gatewayctl: cannot check Redis at {display_url(url)}: {exc}", file=sys.stderr)
         return 2
@@ -124,6 +130,17 @@ def _check_redis(url: str, cluster: bool, budgets: tuple[object, ...]) -> int:
         if not warnings:
             print(f"ok: redis {server}: noeviction and persistent")
     return 1 if warned else 0
+
+
+def cmd_drain_envoy(args: argparse.Namespace) -> int:
+    from gateway_extproc.envoy_drain import drain_envoy
+
+    def log(line: str) -> None:
+        print(f"gatewayctl drain-envoy: {line}", file=sys.stderr, flush=True)
+
+    done = Path(args.done_file) if args.done_file else None
+    drain_envoy(f"http://127.0.0.1:{args.admin_port}", args.timeout, args.min_wait, done, log)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,7 +159,28 @@ def main(argv: list[str] | None = None) -> int:
     env.add_argument("--workers", type=int, default=0, help="sidecar workers (default: config)")
     env.add_argument("--mock-url", default=None)
     env.add_argument("--ca-file", default=None)
+    env.add_argument(
+        "--sidecar-host", default=None, help="address Envoy dials the workers on (default: config)"
+    )
+    env.add_argument(
+        "--ops-port",
+        type=int,
+        default=None,
+        help="add a listener on listener.host with /ready (503 unless a sidecar worker is "
+        "healthy, or while draining) and /stats/prometheus, for Kubernetes probes and scraping",
+    )
     env.set_defaults(func=cmd_envoy_config)
+    drain = sub.add_parser(
+        "drain-envoy",
+        help="preStop: fail Envoy's health, drain its listeners, wait for its requests to end",
+    )
+    drain.add_argument("--admin-port", type=int, default=9901)
+    drain.add_argument("--timeout", type=float, default=600, help="longest wait, seconds")
+    drain.add_argument(
+        "--min-wait", type=float, default=5, help="serve stragglers at least this long, seconds"
+    )
+    drain.add_argument("--done-file", default=None, help="written when done (Envoy's preStop)")
+    drain.set_defaults(func=cmd_drain_envoy)
     check = sub.add_parser("check-config", help="validate a config and report every problem")
     check.add_argument("--config")
     check.add_argument(
