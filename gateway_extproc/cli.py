@@ -67,6 +67,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_envoy_config(args: argparse.Namespace) -> int:
     from gateway_extproc import envoy_config
     from gateway_extproc.config import load_config
+    from gateway_extproc.envoy_ops import with_downstream_tls
     from gateway_extproc.stack import ca_bundle
     from gateway_extproc.upstreams import resolve_upstreams
 
@@ -86,9 +87,13 @@ def cmd_envoy_config(args: argparse.Namespace) -> int:
         ),
         ops_port=args.ops_port,
     )
-    text = envoy_config.render(
-        envoy_config.build(config, ports, upstreams.values(), args.ca_file or ca_bundle())
-    )
+    bootstrap = envoy_config.build(config, ports, upstreams.values(), args.ca_file or ca_bundle())
+    if args.tls_cert or args.tls_key:
+        if not (args.tls_cert and args.tls_key):
+            print("gatewayctl: --tls-cert and --tls-key go together", file=sys.stderr)
+            return 2
+        with_downstream_tls(bootstrap, args.tls_cert, args.tls_key)
+    text = envoy_config.render(bootstrap)
     if args.out:
         Path(args.out).write_text(text)
     else:
@@ -169,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         help="add a listener on listener.host with /ready (503 unless a sidecar worker is "
         "healthy, or while draining) and /stats/prometheus, for Kubernetes probes and scraping",
     )
+    env.add_argument("--tls-cert", default=None, help="serve the listener over TLS: PEM chain")
+    env.add_argument("--tls-key", default=None, help="and its PEM private key")
     env.set_defaults(func=cmd_envoy_config)
     drain = sub.add_parser(
         "drain-envoy",

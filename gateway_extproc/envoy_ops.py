@@ -91,3 +91,25 @@ def ops_listener(host: str, port: int, sidecar_cluster: str) -> dict[str, Any]:
 
 def _method(name: str) -> dict[str, Any]:
     return {"name": ":method", "string_match": {"exact": name}}
+
+
+def with_downstream_tls(bootstrap: dict[str, Any], cert_file: str, key_file: str) -> None:
+    """Terminate TLS on the gateway listener with a mounted certificate (a Kubernetes TLS
+    Secret). Envoy reads the files at start: a renewed certificate takes effect on restart."""
+    (gateway,) = (x for x in bootstrap["static_resources"]["listeners"] if x["name"] == "gateway")
+    for chain in gateway["filter_chains"]:
+        chain["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": _T + "extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                "common_tls_context": {
+                    "alpn_protocols": ["h2", "http/1.1"],
+                    "tls_certificates": [
+                        {
+                            "certificate_chain": {"filename": cert_file},
+                            "private_key": {"filename": key_file},
+                        }
+                    ],
+                },
+            },
+        }

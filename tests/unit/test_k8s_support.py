@@ -20,6 +20,7 @@ from gateway_extproc.envoy_config import EXTPROC_CLUSTER
 from gateway_extproc.envoy_drain import ACTIVE_STAT, drain_envoy
 from gateway_extproc.stack import validate_envoy_config
 from tests.redis_servers import RedisEndpoint, standalone_redis
+from tests.selfsigned import write_self_signed
 
 
 def test_envoy_config_with_ops_port_and_loopback_sidecar(tmp_path: Path) -> None:
@@ -161,3 +162,16 @@ def test_redis_password_from_the_environment_is_used_and_never_shown(
     out = capsys.readouterr()
     assert "noeviction" in out.out or "warning" in out.out
     assert "pa:ss" not in out.out + out.err
+
+
+def test_envoy_config_with_tls_at_the_listener(tmp_path: Path) -> None:
+    write_self_signed(tmp_path / "tls.crt", tmp_path / "tls.key")
+    out = tmp_path / "envoy.yaml"
+    tls = ["--tls-cert", str(tmp_path / "tls.crt"), "--tls-key", str(tmp_path / "tls.key")]
+    assert main(["envoy-config", "--out", str(out), "--workers", "1", *tls]) == 0
+    validate_envoy_config(out)
+    b = yaml.safe_load(out.read_text())
+    (gateway,) = (x for x in b["static_resources"]["listeners"] if x["name"] == "gateway")
+    socket = gateway["filter_chains"][0]["transport_socket"]
+    assert socket["typed_config"]["@type"].endswith("DownstreamTlsContext")
+    assert main(["envoy-config", "--out", str(out), "--tls-cert", "x.crt"]) == 2
