@@ -105,6 +105,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     from gateway_extproc.config import load_config
 
     config = load_config(_config_path(args.config), os.environ)
+    if args.require_credentials:
+        from gateway_extproc.upstreams import resolve_upstreams
+
+        resolve_upstreams(config, os.environ, None)  # ConfigError names each missing one
     print(f"ok: {len(config.providers)} providers, {len(config.catalog.models())} models")
     if not args.redis:
         return 0
@@ -195,6 +199,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also connect to budget_store.redis_url and warn if it may evict or lose budget "
         "state (exit status 1 on warnings, 2 if unreachable)",
+    )
+    check.add_argument(
+        "--require-credentials",
+        action="store_true",
+        help="also require every provider's key (its env variable or file) to be present, as "
+        "the sidecar does when no mock provider runs (exit status 2 naming each missing one)",
     )
     check.set_defaults(func=cmd_check)
     add_token_command(sub)

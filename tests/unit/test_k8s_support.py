@@ -175,3 +175,23 @@ def test_envoy_config_with_tls_at_the_listener(tmp_path: Path) -> None:
     socket = gateway["filter_chains"][0]["transport_socket"]
     assert socket["typed_config"]["@type"].endswith("DownstreamTlsContext")
     assert main(["envoy-config", "--out", str(out), "--tls-cert", "x.crt"]) == 2
+
+
+def test_check_config_can_require_every_provider_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = tmp_path / "openai-key"
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        "providers:\n"
+        f"  openai: {{auth: {{header: authorization, prefix: 'Bearer ', file: {key}}}}}\n"
+        "  anthropic: null\n"
+    )
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    assert main(["check-config", "--config", str(config)]) == 0
+    assert main(["check-config", "--config", str(config), "--require-credentials"]) == 2
+    assert f"providers.openai.auth: no credential in file {key}" in capsys.readouterr().err
+    key.write_text("sk-secret-value\n")
+    assert main(["check-config", "--config", str(config), "--require-credentials"]) == 0
+    out = capsys.readouterr()
+    assert "sk-secret" not in out.out + out.err
