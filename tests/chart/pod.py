@@ -81,9 +81,9 @@ class Pod:
 
     def path(self, text: str) -> str:
         """`text` with every mount path replaced by its directory under root."""
-        for mount in sorted(self.mounts, key=len, reverse=True):
-            text = re.sub(re.escape(mount) + r"(?=/|$|\s|\"|,)", str(self.mounts[mount]), text)
-        return text
+        mounts = sorted(self.mounts, key=len, reverse=True)
+        pattern = "(?<![\\w/.-])(" + "|".join(map(re.escape, mounts)) + ')(?=/|$|\\s|"|,)'
+        return re.sub(pattern, lambda m: str(self.mounts[m[1]]), text, flags=re.MULTILINE)
 
     def _lay_out(self, volume: dict[str, Any], where: Path) -> None:
         where.mkdir(parents=True, exist_ok=True)
@@ -141,6 +141,10 @@ class Pod:
             timeout=timeout,
             check=False,
         )
+
+    @staticmethod
+    def python_module(module: str) -> list[str]:
+        return [sys.executable, "-m", module]
 
     def pre_stop(self, name: str) -> list[str]:
         return self.command(self.container(name)["lifecycle"]["preStop"]["exec"]["command"])
