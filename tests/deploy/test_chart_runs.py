@@ -22,8 +22,8 @@ import openai
 import pytest
 import redis
 
-from tests.chart.pod import Pod, render
-from tests.chart.test_chart_render import CASES
+from tests.deploy.pod import Pod, render
+from tests.deploy.test_chart_render import CASES
 from tests.redis_servers import RedisEndpoint, free_port, standalone_redis
 from tests.selfsigned import write_self_signed
 

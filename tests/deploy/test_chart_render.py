@@ -14,7 +14,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.chart.pod import CHART, notes, one, render
+from tests.deploy.pod import CHART, notes, one, render
 
 KUBERNETES = "1.33"  # the schemas every manifest is validated against
 CASES: dict[str, dict[str, Any]] = {"default": {}} | {
