@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import importlib.metadata
+import re
 from pathlib import Path
 from typing import Any
 
@@ -333,3 +334,14 @@ def test_chart_files_are_documented() -> None:
                 "priorityClassName",
             }, line
     assert Path(CHART / "values.schema.json").exists()
+
+
+def test_readme_example_is_the_ci_company_values() -> None:
+    readme = (CHART.parents[1] / "README.md").read_text()
+    block = re.search(
+        r"<!-- company-values:start -->\s*```yaml\n(.*?)```\s*<!-- company-values:end -->",
+        readme,
+        re.S,
+    )
+    assert block is not None
+    assert block.group(1) == (CHART / "ci" / "company-values.yaml").read_text()
