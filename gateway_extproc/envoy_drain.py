@@ -26,7 +26,8 @@ def _post(admin_url: str, path: str) -> None:
 
 
 def active_requests(admin_url: str) -> int:
-    """Requests in flight on the gateway listener. Raises OSError when Envoy cannot be asked."""
+    """Requests in flight on the gateway listener. Raises OSError when Envoy cannot be asked,
+    ValueError when it has no such stat (not the gateway's bootstrap)."""
     url = f"{admin_url}/stats?filter=^{ACTIVE_STAT.replace('.', '[.]')}$"
     with urllib.request.urlopen(url, timeout=2) as response:
         text = response.read().decode()
@@ -34,7 +35,7 @@ def active_requests(admin_url: str) -> int:
         name, _, value = line.partition(":")
         if name.strip() == ACTIVE_STAT:
             return int(value.strip())
-    return 0
+    raise ValueError(f"envoy has no stat {ACTIVE_STAT}")
 
 
 def drain_envoy(
@@ -63,7 +64,7 @@ def drain_envoy(
                 break
             sleep(poll_s)
     except (OSError, ValueError) as exc:  # urllib.error.URLError is an OSError
-        log(f"envoy: admin not reachable ({exc}); nothing to drain")
+        log(f"envoy: cannot drain ({exc}); going on with the shutdown")
     if done_file is not None:
         done_file.parent.mkdir(parents=True, exist_ok=True)
         done_file.write_text("drained\n")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import signal
+import socket
 import subprocess
 import time
 import urllib.error
@@ -22,6 +23,7 @@ import openai
 import pytest
 import redis
 
+from gateway_extproc.envoy_drain import active_requests
 from tests.deploy.pod import Pod, render
 from tests.deploy.test_chart_render import CASES
 from tests.redis_servers import RedisEndpoint, free_port, standalone_redis
@@ -161,6 +163,9 @@ def test_the_company_example_boots_serves_and_drains(
                 "0",
                 "--port-file",
                 str(mock_port_file),
+                # The mock refuses requests without the key mounted from the Secret.
+                "--openai-key",
+                "sk-llm-gateway-openai-api-key",
             ],
             {},
         )
@@ -206,15 +211,27 @@ def test_the_company_example_boots_serves_and_drains(
             assert any(b"engineering-monthly" in k for k in r.keys("*"))
         client.close()
 
-        # Termination: both preStop hooks start together. The sidecar's drains Envoy (no longer
-        # ready), waits for its requests and writes the file Envoy's hook waits for.
-        envoy_hook = subprocess.Popen(pod.pre_stop("envoy"))
-        drain = subprocess.run(
-            pod.pre_stop("sidecar"), capture_output=True, text=True, timeout=60, check=False
-        )
-        assert drain.returncode == 0, drain.stderr
-        assert "0 requests active" in drain.stderr
-        assert http_status(ready) in (0, 503)
+        # Termination with a request in flight (its body half sent). Both preStop hooks start
+        # together: the sidecar's drains Envoy (no longer ready) and waits for that request;
+        # Envoy's waits for the file the sidecar's writes when it is done.
+        with socket.create_connection(("127.0.0.1", ports["port"])) as in_flight:
+            in_flight.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\n"
+                b"authorization: Bearer " + STATIC_TOKEN.encode() + b"\r\n"
+                b"content-type: application/json\r\ncontent-length: 1000\r\n\r\n{"
+            )
+            admin = f"http://127.0.0.1:{ports['adminPort']}"
+            wait_until(lambda: active_requests(admin) == 1, "request not in flight", 10, log)
+            envoy_hook = subprocess.Popen(pod.pre_stop("envoy"))
+            drain = subprocess.Popen(pod.pre_stop("sidecar"), stderr=subprocess.PIPE, text=True)
+            wait_until(lambda: http_status(ready) in (0, 503), "still ready", 10, log)
+            time.sleep(2)
+            assert drain.poll() is None and envoy_hook.poll() is None  # both still waiting
+            assert envoy.poll() is None
+        # The client went away: no request is active, both hooks return.
+        _, stderr = drain.communicate(timeout=30)
+        assert drain.returncode == 0, stderr
+        assert "0 requests active" in stderr
         assert envoy_hook.wait(10) == 0
         assert envoy.poll() is None  # Envoy gets SIGTERM only now
     finally:
