@@ -162,13 +162,18 @@ pod template. Identity, policies, budgets and the catalog reload in the running 
 {{- fail "httpRoute.parentRefs: required when httpRoute.enabled is true" }}
 {{- end }}
 {{- $cfg := .Values.config }}
-{{- range $k := list "listener" }}
-{{- if hasKey $cfg $k }}
-{{- fail (printf "config.%s: set by the chart (envoy.port, envoy.adminPort); remove it from config" $k) }}
+{{- if hasKey $cfg "listener" }}
+{{- fail "config.listener: set by the chart (envoy.port, envoy.adminPort; Envoy listens on 0.0.0.0); remove it from config" }}
+{{- end }}
+{{- range $k, $by := dict "host" "the chart (0.0.0.0, dialled over loopback)" "port" "sidecar.port" "workers" "sidecar.workers" }}
+{{- if hasKey (default dict $cfg.sidecar) $k }}
+{{- fail (printf "config.sidecar.%s: set by %s; remove it from config" $k $by) }}
 {{- end }}
 {{- end }}
-{{- if hasKey (default dict $cfg.budget_store) "redis_url" }}
-{{- fail "config.budget_store.redis_url: set by the chart from redis.external.url or redis.bundled" }}
+{{- range $k, $by := dict "redis_url" "redis.external.url or redis.bundled" "cluster" "redis.external.cluster" }}
+{{- if hasKey (default dict $cfg.budget_store) $k }}
+{{- fail (printf "config.budget_store.%s: set by the chart from %s" $k $by) }}
+{{- end }}
 {{- end }}
 {{- end }}
 
