@@ -30,7 +30,8 @@ NAMESPACE = "llm"
 
 
 def render(values: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Every manifest the chart renders for `values` (raises helm_python.HelmError)."""
+    """Every manifest the chart renders for `values`, `helm test` hooks included (raises
+    helm_python.HelmError)."""
     chart = helm.Chart.load(CHART)
     out = chart.render(dict(values), name=RELEASE, namespace=NAMESPACE, is_install=True)
     docs: list[dict[str, Any]] = []
@@ -102,8 +103,12 @@ class Pod:
                 (where / item["path"]).write_text(data[item["key"]])
 
     def container(self, name: str) -> dict[str, Any]:
+        """A container of the Deployment's pod, or of a `helm test` Pod."""
+        tests = [c for d in self.docs if d["kind"] == "Pod" for c in d["spec"]["containers"]]
         (found,) = (
-            c for c in self.spec["initContainers"] + self.spec["containers"] if c["name"] == name
+            c
+            for c in self.spec["initContainers"] + self.spec["containers"] + tests
+            if c["name"] == name
         )
         return found
 

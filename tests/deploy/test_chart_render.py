@@ -106,6 +106,8 @@ def test_what_each_case_adds(rendered: dict[str, list[dict[str, Any]]]) -> None:
         "Service",
         "ServiceAccount",
     }
+    assert "Pod" not in kinds("default")  # no Redis, nothing for `helm test` to check
+    assert "Pod" in kinds("company") and "Pod" in kinds("bundled-redis")
     assert "StatefulSet" in kinds("bundled-redis")
     assert "StatefulSet" not in kinds("default")
     assert "Ingress" in kinds("ingress") and "HTTPRoute" in kinds("httproute")

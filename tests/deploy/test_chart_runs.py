@@ -187,6 +187,13 @@ def test_the_company_example_boots_serves_and_drains(
             result = pod.run(init)
             assert result.returncode == 0, (init, result.stdout, result.stderr)
 
+        # `helm test`: the Redis check reaches the password-protected Redis and warns that
+        # this throwaway one keeps nothing on disk.
+        check = pod.run("check-redis")
+        assert check.returncode == 1, check.stdout + check.stderr
+        assert "warning: redis" in check.stdout and "persist" in check.stdout
+        assert REDIS_PASSWORD not in check.stdout + check.stderr
+
         envoy = procs.start(pod.argv("envoy"), pod.env("envoy"))
         ready = f"http://127.0.0.1:{ports['opsPort']}/ready"
         # Envoy is up but no sidecar is: not ready (the kubelet keeps the pod out of the Service).

@@ -219,3 +219,33 @@ pod template. Identity, policies, budgets and the catalog reload in the running 
 - {name: envoy-tls, mountPath: /etc/envoy-tls, readOnly: true}
 {{- end }}
 {{- end }}
+
+{{/* Secret volumes the sidecar mounts (provider keys, static tokens, Redis CA, Envoy TLS). */}}
+{{- define "llm-gateway.secretVolumes" -}}
+{{- range $name, $key := .Values.providerKeys }}
+- name: provider-{{ $name }}
+  secret:
+    secretName: {{ $key.existingSecret }}
+    items: [{key: {{ $key.key }}, path: {{ $key.key }}}]
+{{- end }}
+{{- with .Values.staticTokens.existingSecret }}
+- name: static-tokens
+  secret:
+    secretName: {{ . }}
+    items: [{key: {{ $.Values.staticTokens.key }}, path: {{ $.Values.staticTokens.key }}}]
+{{- end }}
+{{- with .Values.redis.external.tls.caSecret }}
+- name: redis-ca
+  secret:
+    secretName: {{ . }}
+    items: [{key: {{ $.Values.redis.external.tls.caKey }}, path: ca.crt}]
+{{- end }}
+{{- if .Values.envoy.tls.enabled }}
+- name: envoy-tls
+  secret:
+    secretName: {{ .Values.envoy.tls.secretName }}
+{{- end }}
+{{- with .Values.sidecar.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
