@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -244,3 +246,38 @@ def test_the_company_example_boots_serves_and_drains(
     finally:
         procs.stop()
     assert "sk-llm-gateway" not in log.read_text(errors="replace")  # provider keys never logged
+
+
+def test_tls_at_envoy_serves_https(tmp_path: Path) -> None:
+    """The tls case's Envoy, started as rendered, terminates TLS with the Secret's certificate
+    (no sidecar running: the answer is the gateway's JSON 503, over HTTPS)."""
+    values = copy.deepcopy(CASES["tls"])
+    ports = {"port": free_port(), "opsPort": free_port(), "adminPort": free_port()}
+    values["envoy"] = {**values["envoy"], **ports, "concurrency": 1}
+    values["sidecar"] = {"port": free_port()}
+    docs = render(values)
+    secrets = fake_secrets(docs, tmp_path)
+    pod = Pod(docs, tmp_path / "pod", secrets)
+    for init in ("check-config", "envoy-config", "envoy-validate"):
+        result = pod.run(init)
+        assert result.returncode == 0, (init, result.stdout, result.stderr)
+    log = tmp_path / "envoy.log"
+    procs = Processes(log)
+    try:
+        procs.start(pod.argv("envoy"), pod.env("envoy"))
+        context = ssl.create_default_context(cafile=str(tmp_path / "tls.crt"))
+        url = f"https://localhost:{ports['port']}/v1/models"
+
+        def answered() -> bool:
+            try:
+                urllib.request.urlopen(url, context=context, timeout=2)
+            except urllib.error.HTTPError as exc:
+                body = json.loads(exc.read())
+                return exc.code == 503 and body["error"]["code"] == "gateway_unavailable"
+            except OSError:
+                return False
+            return False
+
+        wait_until(answered, "no HTTPS answer", 20, log)
+    finally:
+        procs.stop()
