@@ -282,6 +282,12 @@ BAD = [
     ),
     ({"providerKeys": {"openai": {"key": "api-key"}}}, "/providerKeys/openai"),
     ({"redis": {"external": {"url": "http://redis"}}}, "/redis/external/url"),
+    ({"config": {"budget": []}}, "additional properties 'budget' not allowed"),
+    ({"config": {"limits": {"max_json_depth": 300}}}, "/config/limits/max_json_depth"),
+    (
+        {"config": {"budgets": [{"name": "x", "scope": {"kind": "user"}, "action": "stop"}]}},
+        "/config/budgets/0",
+    ),
     ({"terminationGracePeriodSeconds": 120}, "terminationGracePeriodSeconds: 120 is too short"),
     (
         {"config": {"sidecar": {"grace_s": 900}}},
