@@ -67,6 +67,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_envoy_config(args: argparse.Namespace) -> int:
     from gateway_extproc import envoy_config
     from gateway_extproc.config import load_config
+    from gateway_extproc.envoy_ops import with_downstream_tls
     from gateway_extproc.stack import ca_bundle
     from gateway_extproc.upstreams import resolve_upstreams
 
@@ -78,14 +79,21 @@ def cmd_envoy_config(args: argparse.Namespace) -> int:
         listen_host=config.listen_host,
         listen_port=config.listen_port,
         admin_port=config.admin_port,
-        sidecar_host=config.sidecar_host,
+        # Where Envoy reaches the workers: a sidecar bound to 0.0.0.0 (for the kubelet's gRPC
+        # probe) is still reached over loopback.
+        sidecar_host=args.sidecar_host or config.sidecar_host,
         sidecar_ports=tuple(
             args.sidecar_port + i for i in range(args.workers or config.sidecar_workers)
         ),
+        ops_port=args.ops_port,
     )
-    text = envoy_config.render(
-        envoy_config.build(config, ports, upstreams.values(), args.ca_file or ca_bundle())
-    )
+    bootstrap = envoy_config.build(config, ports, upstreams.values(), args.ca_file or ca_bundle())
+    if args.tls_cert or args.tls_key:
+        if not (args.tls_cert and args.tls_key):
+            print("gatewayctl: --tls-cert and --tls-key go together", file=sys.stderr)
+            return 2
+        with_downstream_tls(bootstrap, args.tls_cert, args.tls_key)
+    text = envoy_config.render(bootstrap)
     if args.out:
         Path(args.out).write_text(text)
     else:
@@ -97,13 +105,20 @@ def cmd_check(args: argparse.Namespace) -> int:
     from gateway_extproc.config import load_config
 
     config = load_config(_config_path(args.config), os.environ)
+    if args.require_credentials:
+        from gateway_extproc.upstreams import resolve_upstreams
+
+        resolve_upstreams(config, os.environ, None)  # ConfigError names each missing one
     print(f"ok: {len(config.providers)} providers, {len(config.catalog.models())} models")
     if not args.redis:
         return 0
-    return _check_redis(config.budget_store.redis_url, config.budget_store.cluster, config.budgets)
+    store = config.budget_store
+    return _check_redis(store.redis_url, store.cluster, config.budgets, store.redis_password)
 
 
-def _check_redis(url: str, cluster: bool, budgets: tuple[object, ...]) -> int:
+def _check_redis(
+    url: str, cluster: bool, budgets: tuple[object, ...], password: str | None = None
+) -> int:
     """Exit status: 0 safe for budget state, 1 warnings, 2 unreachable."""
     import redis
 
@@ -112,7 +127,7 @@ def _check_redis(url: str, cluster: bool, budgets: tuple[object, ...]) -> int:
     if not budgets:
         print("note: no budgets are configured, so the gateway does not use Redis yet")
     try:
-        found = check(url, cluster=cluster)
+        found = check(url, cluster=cluster, password=password)
     except redis.RedisError as exc:
         print(f"gatewayctl: cannot check Redis at {display_url(url)}: {exc}", file=sys.stderr)
         return 2
@@ -124,6 +139,17 @@ def _check_redis(url: str, cluster: bool, budgets: tuple[object, ...]) -> int:
         if not warnings:
             print(f"ok: redis {server}: noeviction and persistent")
     return 1 if warned else 0
+
+
+def cmd_drain_envoy(args: argparse.Namespace) -> int:
+    from gateway_extproc.envoy_drain import drain_envoy
+
+    def log(line: str) -> None:
+        print(f"gatewayctl drain-envoy: {line}", file=sys.stderr, flush=True)
+
+    done = Path(args.done_file) if args.done_file else None
+    drain_envoy(f"http://127.0.0.1:{args.admin_port}", args.timeout, args.min_wait, done, log)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,7 +168,30 @@ def main(argv: list[str] | None = None) -> int:
     env.add_argument("--workers", type=int, default=0, help="sidecar workers (default: config)")
     env.add_argument("--mock-url", default=None)
     env.add_argument("--ca-file", default=None)
+    env.add_argument(
+        "--sidecar-host", default=None, help="address Envoy dials the workers on (default: config)"
+    )
+    env.add_argument(
+        "--ops-port",
+        type=int,
+        default=None,
+        help="add a listener on listener.host with /ready (503 unless a sidecar worker is "
+        "healthy, or while draining) and /stats/prometheus, for Kubernetes probes and scraping",
+    )
+    env.add_argument("--tls-cert", default=None, help="serve the listener over TLS: PEM chain")
+    env.add_argument("--tls-key", default=None, help="and its PEM private key")
     env.set_defaults(func=cmd_envoy_config)
+    drain = sub.add_parser(
+        "drain-envoy",
+        help="preStop: fail Envoy's health, drain its listeners, wait for its requests to end",
+    )
+    drain.add_argument("--admin-port", type=int, default=9901)
+    drain.add_argument("--timeout", type=float, default=600, help="longest wait, seconds")
+    drain.add_argument(
+        "--min-wait", type=float, default=5, help="serve stragglers at least this long, seconds"
+    )
+    drain.add_argument("--done-file", default=None, help="written when done (Envoy's preStop)")
+    drain.set_defaults(func=cmd_drain_envoy)
     check = sub.add_parser("check-config", help="validate a config and report every problem")
     check.add_argument("--config")
     check.add_argument(
@@ -150,6 +199,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also connect to budget_store.redis_url and warn if it may evict or lose budget "
         "state (exit status 1 on warnings, 2 if unreachable)",
+    )
+    check.add_argument(
+        "--require-credentials",
+        action="store_true",
+        help="also require every provider's key (its env variable or file) to be present, as "
+        "the sidecar does when no mock provider runs (exit status 2 naming each missing one)",
     )
     check.set_defaults(func=cmd_check)
     add_token_command(sub)

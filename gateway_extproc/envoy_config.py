@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from gateway_extproc.config import GatewayConfig
+from gateway_extproc.envoy_ops import admin_cluster, ops_listener
 from gateway_extproc.processor import CLUSTER_HEADER
 from gateway_extproc.server import GRPC_MESSAGE_SLACK, SERVICE_NAME
 from gateway_extproc.upstreams import Upstream
@@ -47,6 +48,7 @@ class EnvoyPorts:
     admin_port: int
     sidecar_host: str
     sidecar_ports: tuple[int, ...]
+    ops_port: int | None = None  # readiness and metrics for Kubernetes (envoy_ops.py)
 
 
 def _socket(host: str, port: int) -> dict[str, Any]:
@@ -339,6 +341,19 @@ def build(
             ],
         },
     }
+    listeners: list[dict[str, Any]] = [
+        {
+            "name": "gateway",
+            "address": _socket(ports.listen_host, ports.listen_port),
+            # Bounds buffered bodies: larger requests get 413 from Envoy.
+            "per_connection_buffer_limit_bytes": limit,
+            "filter_chains": [{"filters": [_http_connection_manager(config)]}],
+        }
+    ]
+    clusters = [sidecar_cluster] + [_provider_cluster(up, config, ca_file) for up in upstreams]
+    if ports.ops_port is not None:
+        listeners.append(ops_listener(ports.listen_host, ports.ops_port, EXTPROC_CLUSTER))
+        clusters.append(admin_cluster(ports.admin_port))
     return {
         "admin": {"address": _socket("127.0.0.1", ports.admin_port)},
         "overload_manager": {
@@ -355,19 +370,7 @@ def build(
                 }
             ]
         },
-        "static_resources": {
-            "listeners": [
-                {
-                    "name": "gateway",
-                    "address": _socket(ports.listen_host, ports.listen_port),
-                    # Bounds buffered bodies: larger requests get 413 from Envoy.
-                    "per_connection_buffer_limit_bytes": limit,
-                    "filter_chains": [{"filters": [_http_connection_manager(config)]}],
-                }
-            ],
-            "clusters": [sidecar_cluster]
-            + [_provider_cluster(up, config, ca_file) for up in upstreams],
-        },
+        "static_resources": {"listeners": listeners, "clusters": clusters},
     }
 
 

@@ -108,6 +108,8 @@ def connect_store(
         "retry": Retry(NoBackoff(), 0),
         "max_connections": pool_size,
     }
+    if sc.redis_password is not None:
+        options["password"] = sc.redis_password
     client: Redis | RedisCluster
     if sc.cluster:
         client = RedisCluster.from_url(sc.redis_url, **options)

@@ -26,6 +26,8 @@ class BudgetStoreConfig:
     unseen_input: UnseenInput = UnseenInput.RESERVE_CONTEXT_WINDOW
     max_inflight: int = 64
     queue_timeout_ms: int = 2000
+    # GATEWAY_REDIS_PASSWORD (a mounted Secret in Kubernetes): kept out of the URL and of repr.
+    redis_password: str | None = dataclasses.field(default=None, repr=False)
 
 
 # field -> (type, lowest, highest) for the numeric settings
@@ -50,7 +52,7 @@ def parse_budget_store(
 ) -> BudgetStoreConfig:
     """Read `budget_store` (unknown keys are reported by the caller); GATEWAY_REDIS_URL wins."""
     d = BudgetStoreConfig()
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = {"redis_password": environ.get("GATEWAY_REDIS_PASSWORD") or None}
     url = environ.get("GATEWAY_REDIS_URL") or doc.get("redis_url", d.redis_url)
     if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
         problems.append(

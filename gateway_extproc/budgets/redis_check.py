@@ -86,14 +86,18 @@ def read_settings(client: redis.Redis) -> RedisSettings:
     )
 
 
-def check(url: str, *, cluster: bool, timeout_s: float = 3.0) -> dict[str, list[str]]:
+def check(
+    url: str, *, cluster: bool, timeout_s: float = 3.0, password: str | None = None
+) -> dict[str, list[str]]:
     """Warnings per server (every primary of a cluster). Raises redis.RedisError when a server
     cannot be reached."""
-    options = {
+    options: dict[str, object] = {
         "socket_timeout": timeout_s,
         "socket_connect_timeout": timeout_s,
         "decode_responses": True,
     }
+    if password is not None:
+        options["password"] = password
     if not cluster:
         with redis.Redis.from_url(url, **options) as client:
             return {display_url(url): problems(read_settings(client))}

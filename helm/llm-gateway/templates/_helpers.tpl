@@ -1,0 +1,251 @@
+{{/* Expand the name of the chart. */}}
+{{- define "llm-gateway.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* A default fully qualified app name (63 characters: DNS names). */}}
+{{- define "llm-gateway.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "llm-gateway.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "llm-gateway.labels" -}}
+helm.sh/chart: {{ include "llm-gateway.chart" . }}
+{{ include "llm-gateway.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "llm-gateway.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "llm-gateway.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: gateway
+{{- end }}
+
+{{- define "llm-gateway.redisSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "llm-gateway.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: redis
+{{- end }}
+
+{{- define "llm-gateway.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "llm-gateway.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "llm-gateway.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/* Paths inside the pod. */}}
+{{- define "llm-gateway.configDir" -}}/etc/llm-gateway{{- end }}
+{{- define "llm-gateway.configFile" -}}/etc/llm-gateway/gateway.yaml{{- end }}
+{{- define "llm-gateway.envoyDir" -}}/etc/envoy{{- end }}
+{{- define "llm-gateway.envoyFile" -}}/etc/envoy/envoy.yaml{{- end }}
+{{- define "llm-gateway.drainedFile" -}}/run/llm-gateway/envoy-drained{{- end }}
+{{- define "llm-gateway.keyDir" -}}/var/run/secrets/llm-gateway{{- end }}
+
+{{/* Default auth header/prefix of the built-in providers. */}}
+{{- define "llm-gateway.providerAuth" -}}
+{{- $name := index . 0 }}{{- $key := index . 1 }}{{- $file := index . 2 }}
+{{- $auth := dict "file" $file }}
+{{- if eq $name "openai" }}
+{{- $_ := set $auth "header" (default "authorization" $key.header) }}
+{{- $_ := set $auth "prefix" (hasKey $key "prefix" | ternary $key.prefix "Bearer ") }}
+{{- else if eq $name "anthropic" }}
+{{- $_ := set $auth "header" (default "x-api-key" $key.header) }}
+{{- if $key.prefix }}{{- $_ := set $auth "prefix" $key.prefix }}{{- end }}
+{{- else }}
+{{- if not $key.header }}
+{{- fail (printf "providerKeys.%s.header: required for a provider other than openai and anthropic" $name) }}
+{{- end }}
+{{- $_ := set $auth "header" $key.header }}
+{{- if $key.prefix }}{{- $_ := set $auth "prefix" $key.prefix }}{{- end }}
+{{- end }}
+{{- toJson $auth }}
+{{- end }}
+
+{{/* The Redis URL the sidecar uses (no password: that comes from a Secret). */}}
+{{- define "llm-gateway.redisUrl" -}}
+{{- if .Values.redis.bundled.enabled }}
+{{- printf "redis://%s-redis:6379/0" (include "llm-gateway.fullname" .) }}
+{{- else }}
+{{- .Values.redis.external.url }}
+{{- end }}
+{{- end }}
+
+{{/*
+The gateway configuration: the user's `config` with what the chart owns set over it.
+Rendered as JSON (valid YAML) so that large integers keep their exact value.
+*/}}
+{{- define "llm-gateway.gatewayConfig" -}}
+{{- $c := deepCopy (default dict .Values.config) }}
+{{- $_ := set $c "listener" (dict "host" "0.0.0.0" "port" (int .Values.envoy.port) "admin_port" (int .Values.envoy.adminPort)) }}
+{{- $sidecar := deepCopy (default dict $c.sidecar) }}
+{{- $_ := set $sidecar "host" "0.0.0.0" }}
+{{- $_ := set $sidecar "port" (int .Values.sidecar.port) }}
+{{- $_ := set $sidecar "workers" (int .Values.sidecar.workers) }}
+{{- $_ := set $c "sidecar" $sidecar }}
+{{- $providers := deepCopy (default dict $c.providers) }}
+{{- range $name, $key := .Values.providerKeys }}
+{{- $p := deepCopy (default dict (index $providers $name)) }}
+{{- $file := printf "%s/providers/%s/%s" (include "llm-gateway.keyDir" $) $name $key.key }}
+{{- $_ := set $p "auth" (include "llm-gateway.providerAuth" (list $name $key $file) | fromJson) }}
+{{- $_ := set $providers $name $p }}
+{{- end }}
+{{- if $providers }}{{- $_ := set $c "providers" $providers }}{{- end }}
+{{- if .Values.staticTokens.existingSecret }}
+{{- $identity := deepCopy (default dict $c.identity) }}
+{{- $_ := set $identity "static_tokens_file" (printf "%s/static-tokens/%s" (include "llm-gateway.keyDir" .) .Values.staticTokens.key) }}
+{{- $_ := set $c "identity" $identity }}
+{{- end }}
+{{- if .Values.catalog }}
+{{- $catalog := deepCopy (default dict $c.catalog) }}
+{{- $_ := set $catalog "files" (append (default list $catalog.files) (printf "%s/catalog.yaml" (include "llm-gateway.configDir" .))) }}
+{{- $_ := set $c "catalog" $catalog }}
+{{- end }}
+{{- $redisUrl := include "llm-gateway.redisUrl" . }}
+{{- if $redisUrl }}
+{{- $store := deepCopy (default dict $c.budget_store) }}
+{{- $_ := set $store "redis_url" $redisUrl }}
+{{- $_ := set $store "cluster" (and (not .Values.redis.bundled.enabled) .Values.redis.external.cluster) }}
+{{- $_ := set $c "budget_store" $store }}
+{{- end }}
+{{- toPrettyJson $c }}
+{{- end }}
+
+{{/* What only a restart applies (Envoy's bootstrap, process-lifetime state): hashed into the
+pod template. Identity, policies, budgets and the catalog reload in the running sidecars. */}}
+{{- define "llm-gateway.restartChecksum" -}}
+{{- $c := include "llm-gateway.gatewayConfig" . | fromJson }}
+{{- $restart := omit $c "identity" "policies" "budgets" "catalog" }}
+{{- toJson (dict "config" $restart "envoy" .Values.envoy "sidecar" .Values.sidecar "providerKeys" .Values.providerKeys "redis" .Values.redis) | sha256sum }}
+{{- end }}
+
+{{/* Values that a schema cannot check; each failure names the value. */}}
+{{- define "llm-gateway.validate" -}}
+{{- $sidecar := default dict .Values.config.sidecar }}
+{{- $grace := int (default 600 $sidecar.grace_s) }}
+{{- $drain := int (default 3 $sidecar.drain_s) }}
+{{- $need := add $grace $drain 15 }}
+{{- if lt (int .Values.terminationGracePeriodSeconds) (int $need) }}
+{{- fail (printf "terminationGracePeriodSeconds: %d is too short for config.sidecar.grace_s (%d) + drain_s (%d) + 15 s of final settles: at least %d" (int .Values.terminationGracePeriodSeconds) $grace $drain $need) }}
+{{- end }}
+{{- if and .Values.config.budgets (not (include "llm-gateway.redisUrl" .)) }}
+{{- fail "redis.external.url: required when config.budgets is set (or set redis.bundled.enabled: true for an evaluation)" }}
+{{- end }}
+{{- if and .Values.redis.bundled.enabled .Values.redis.external.url }}
+{{- fail "redis.external.url: set either it or redis.bundled.enabled, not both" }}
+{{- end }}
+{{- if and .Values.redis.external.url (not (regexMatch "^rediss?://[^@/]+(/[0-9]*)?$" .Values.redis.external.url)) }}
+{{- fail "redis.external.url: must be redis://HOST:PORT[/DB] or rediss://..., without a password (use redis.external.existingSecret)" }}
+{{- end }}
+{{- if and .Values.envoy.tls.enabled (not .Values.envoy.tls.secretName) }}
+{{- fail "envoy.tls.secretName: required when envoy.tls.enabled is true" }}
+{{- end }}
+{{- if and .Values.httpRoute.enabled (not .Values.httpRoute.parentRefs) }}
+{{- fail "httpRoute.parentRefs: required when httpRoute.enabled is true" }}
+{{- end }}
+{{- $cfg := .Values.config }}
+{{- if hasKey $cfg "listener" }}
+{{- fail "config.listener: set by the chart (envoy.port, envoy.adminPort; Envoy listens on 0.0.0.0); remove it from config" }}
+{{- end }}
+{{- range $k, $by := dict "host" "the chart (0.0.0.0, dialled over loopback)" "port" "sidecar.port" "workers" "sidecar.workers" }}
+{{- if hasKey (default dict $cfg.sidecar) $k }}
+{{- fail (printf "config.sidecar.%s: set by %s; remove it from config" $k $by) }}
+{{- end }}
+{{- end }}
+{{- range $k, $by := dict "redis_url" "redis.external.url or redis.bundled" "cluster" "redis.external.cluster" }}
+{{- if hasKey (default dict $cfg.budget_store) $k }}
+{{- fail (printf "config.budget_store.%s: set by the chart from %s" $k $by) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The sidecar's environment (also check-config's). Secrets only by reference. */}}
+{{- define "llm-gateway.sidecarEnv" -}}
+- {name: PYTHONUNBUFFERED, value: "1"}
+{{- if and .Values.redis.external.existingSecret (not .Values.redis.bundled.enabled) }}
+- name: GATEWAY_REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.redis.external.existingSecret }}
+      key: {{ .Values.redis.external.passwordKey }}
+{{- end }}
+{{- if .Values.redis.external.tls.caSecret }}
+- {name: SSL_CERT_FILE, value: /etc/llm-gateway-redis-ca/ca.crt}
+{{- end }}
+{{- with .Values.sidecar.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "llm-gateway.sidecarMounts" -}}
+# The directory, not a subPath: ConfigMap and Secret updates reach the running sidecar.
+- {name: config, mountPath: {{ include "llm-gateway.configDir" . }}, readOnly: true}
+- {name: tmp, mountPath: /tmp}
+{{- range $name, $key := .Values.providerKeys }}
+- {name: provider-{{ $name }}, mountPath: {{ include "llm-gateway.keyDir" $ }}/providers/{{ $name }}, readOnly: true}
+{{- end }}
+{{- if .Values.staticTokens.existingSecret }}
+- {name: static-tokens, mountPath: {{ include "llm-gateway.keyDir" . }}/static-tokens, readOnly: true}
+{{- end }}
+{{- if .Values.redis.external.tls.caSecret }}
+- {name: redis-ca, mountPath: /etc/llm-gateway-redis-ca, readOnly: true}
+{{- end }}
+{{- with .Values.sidecar.extraVolumeMounts }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "llm-gateway.envoyMounts" -}}
+- {name: envoy-config, mountPath: {{ include "llm-gateway.envoyDir" . }}, readOnly: true}
+{{- if .Values.envoy.tls.enabled }}
+- {name: envoy-tls, mountPath: /etc/envoy-tls, readOnly: true}
+{{- end }}
+{{- end }}
+
+{{/* Secret volumes the sidecar mounts (provider keys, static tokens, Redis CA, Envoy TLS). */}}
+{{- define "llm-gateway.secretVolumes" -}}
+{{- range $name, $key := .Values.providerKeys }}
+- name: provider-{{ $name }}
+  secret:
+    secretName: {{ $key.existingSecret }}
+    items: [{key: {{ $key.key }}, path: {{ $key.key }}}]
+{{- end }}
+{{- with .Values.staticTokens.existingSecret }}
+- name: static-tokens
+  secret:
+    secretName: {{ . }}
+    items: [{key: {{ $.Values.staticTokens.key }}, path: {{ $.Values.staticTokens.key }}}]
+{{- end }}
+{{- with .Values.redis.external.tls.caSecret }}
+- name: redis-ca
+  secret:
+    secretName: {{ . }}
+    items: [{key: {{ $.Values.redis.external.tls.caKey }}, path: ca.crt}]
+{{- end }}
+{{- if .Values.envoy.tls.enabled }}
+- name: envoy-tls
+  secret:
+    secretName: {{ .Values.envoy.tls.secretName }}
+{{- end }}
+{{- with .Values.sidecar.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
