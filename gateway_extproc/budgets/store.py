@@ -13,6 +13,9 @@ Key layout (P = prefix, T = hash tag; every key of every call shares the slot of
     P:{T}:r:<budget>:<scope value>:<bucket s>    rolling counter   hash b:<bucket>..., held, a:<pct>
     P:{T}:res:<request id>                       reservation       hash state, lease, charges...
     P:{T}:leases                                 lease expiries    zset request id -> lease ms
+    P:{T}:ov:<budget>:<scope value>              override          hash limit, expires, reason...
+    P:{T}:overrides                              override index    zset budget\x1fscope -> expiry
+    P:{T}:spend:<YYYY-MM-DD>                     spend rollup      hash "<row>|<metric>" (spend/)
 
 TTLs are set by the script that writes the key: calendar counters live until their window ends
 plus `counter_grace_s`; rolling counters `duration + counter_grace_s` after their last write.
@@ -62,11 +65,12 @@ from gateway_extproc.budgets.results import (
     ReserveResult,
     SettleResult,
 )
+from gateway_extproc.spend.rollup import RollupSettings, UsageRecord, day_key, day_of, script_args
 
 ROLLING_WINDOW_ID = "rolling"
 # Reservations of this process remembered for their settle (bounded; oldest forgotten first).
 RECENT_RESERVATIONS = 100_000
-SCRIPTS = ("reserve", "settle", "release", "checkpoint", "reap")
+SCRIPTS = ("reserve", "settle", "release", "checkpoint", "reap", "record")
 
 
 def _script(name: str) -> str:
@@ -107,6 +111,7 @@ class BudgetStore:
         counter_grace_s: int = 7 * 86_400,
         record_retention_s: int = 600,
         expired_retention_s: int = 86_400,
+        rollups: RollupSettings | None = None,
     ) -> None:
         for name, value in (("prefix", prefix), ("hash_tag", hash_tag)):
             if not value or "{" in value or "}" in value:
@@ -114,6 +119,7 @@ class BudgetStore:
         if counter_grace_s < 0 or record_retention_s <= 0:
             raise ValueError("counter_grace_s must be >= 0 and record_retention_s > 0")
         self._client = client
+        self.rollups = rollups or RollupSettings()
         self._recent: collections.OrderedDict[str, tuple[dict[str, str], list[str]]] = (
             collections.OrderedDict()
         )
@@ -130,6 +136,20 @@ class BudgetStore:
         self._release = client.register_script(self._sources["release"])
         self._checkpoint = client.register_script(self._sources["checkpoint"])
         self._reap = client.register_script(self._sources["reap"])
+        self._record_usage = client.register_script(self._sources["record"])
+
+    @property
+    def client(self) -> Redis | RedisCluster:
+        return self._client
+
+    @property
+    def key_base(self) -> str:
+        """`P:{T}`: every key of this store starts with it (one hash slot)."""
+        return self._base
+
+    @property
+    def counter_grace_ms(self) -> int:
+        return self._grace_ms
 
     async def load_scripts(self) -> None:
         """Connect and load every script (on a cluster: on every primary). Call once at start-up.
@@ -164,6 +184,12 @@ class BudgetStore:
         key = f"{self._base}:r:{budget.name}:{scope_value}:{window.bucket_s}"
         return key, ROLLING_WINDOW_ID
 
+    def override_key(self, budget: str, scope_value: str) -> str:
+        return f"{self._base}:ov:{budget}:{scope_value}"
+
+    def rollup_key(self, usage: UsageRecord) -> str:
+        return day_key(self._base, day_of(usage.arrived, self.rollups.zone))
+
     def record_key(self, request_id: str) -> str:
         return f"{self._base}:res:{request_id}"
 
@@ -197,6 +223,7 @@ class BudgetStore:
             keys.append(key)
             window_ids.append(window_id)
             args.extend(self._charge_args(charge, window_id, now, now_ms))
+        keys += [self.override_key(c.budget.name, c.scope_value) for c in charges]
         with _redis_errors("reserve"):
             reply = await self._reserve(keys=keys, args=args)
         status, state = _text(reply[0]), _text(reply[1])
@@ -205,16 +232,17 @@ class BudgetStore:
                 budget=charge.budget,
                 scope_value=charge.scope_value,
                 window_id=window_id,
-                spent_micros=int(reply[2 + 4 * i]),
-                held_micros=int(reply[3 + 4 * i]),
-                limit_micros=int(reply[4 + 4 * i]),
-                would_block=int(reply[5 + 4 * i]) == 1,
+                spent_micros=int(reply[2 + 5 * i]),
+                held_micros=int(reply[3 + 5 * i]),
+                limit_micros=int(reply[4 + 5 * i]),
+                would_block=int(reply[5 + 5 * i]) == 1,
+                overridden=int(reply[6 + 5 * i]) == 1,
             )
             for i, (charge, window_id) in enumerate(zip(charges, window_ids, strict=True))
         )
         reservation = ReservationState(state) if state else ReservationState.UNKNOWN
         if reservation is ReservationState.RESERVED and status != "replay":
-            self._remember(request_id, keys, charges, window_ids)
+            self._remember(request_id, keys[: 2 + len(charges)], charges, window_ids)
         return ReserveResult(
             admitted=reservation is ReservationState.RESERVED,
             replayed=status == "replay",
@@ -254,20 +282,33 @@ class BudgetStore:
 
     # -- settle, release, checkpoint ----------------------------------------------------------
 
-    async def settle(self, request_id: str, actual_micros: int, now: float) -> SettleResult:
-        """Charge the real cost into the windows recorded at reserve. Never rejects; idempotent."""
+    async def settle(
+        self, request_id: str, actual_micros: int, now: float, usage: UsageRecord | None = None
+    ) -> SettleResult:
+        """Charge the real cost into the windows recorded at reserve. Never rejects; idempotent.
+        `usage`: the request's spend rollup, written by the same script when it settles."""
         if actual_micros < 0:
             raise ValueError("actual_micros must be >= 0")
         with _redis_errors("settle"):
             record, keys = await self._record(request_id)
             if record is None:
                 return SettleResult(ReservationState.UNKNOWN, False)
-            reply = await self._settle(
-                keys=keys, args=[actual_micros, _ms(now), self._retention_ms]
-            )
+            args: list[str | int] = [actual_micros, _ms(now), self._retention_ms]
+            if usage is not None:
+                keys = [*keys, self.rollup_key(usage)]
+                args += script_args(usage, self.rollups)
+            reply = await self._settle(keys=keys, args=args)
         return SettleResult(
             ReservationState(_text(reply[0])), int(reply[1]) == 1, _crossings(record, reply[2:])
         )
+
+    async def record_usage(self, request_id: str, usage: UsageRecord, now: float) -> SettleResult:
+        """Roll up a billed request that reserved nothing (no budget applied); idempotent."""
+        keys = [self.record_key(request_id), self.rollup_key(usage)]
+        args = [self._retention_ms, _ms(now), *script_args(usage, self.rollups)]
+        with _redis_errors("record"):
+            reply = await self._record_usage(keys=keys, args=args)
+        return SettleResult(ReservationState(_text(reply[0])), int(reply[1]) == 1)
 
     async def release(self, request_id: str) -> SettleResult:
         """Drop the holds of a request that cost nothing. Idempotent. Releasing an id that has no
