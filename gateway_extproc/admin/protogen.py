@@ -18,7 +18,7 @@ SOURCES = ("gateway/admin/v1/admin.proto",)
 
 
 def generate(out_dir: Path) -> None:
-    import grpc_tools
+    import grpc_tools  # type: ignore[import-untyped]
     from grpc_tools import protoc
 
     include = Path(grpc_tools.__file__).parent / "_proto"
