@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from gateway_extproc.admin.cli import add_admin_commands
 from gateway_extproc.errors import ConfigError
 from gateway_extproc.identity.devissuer import add_token_command
 
@@ -42,7 +43,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"\n  gateway   {stack.gateway_url}  (OpenAI SDK: base_url={stack.gateway_url}/v1, "
         f"Anthropic SDK: base_url={stack.gateway_url})\n"
         f"  admin     {stack.admin_url}\n"
-        f"  redis     {stack.redis_url}\n"
+        + (
+            f"  admin API {stack.admin_api_address}  (gatewayctl spend, gatewayctl budgets)\n"
+            if stack.admin_api_address
+            else ""
+        )
+        + f"  redis     {stack.redis_url}\n"
         + (f"  mock      {stack.mock_url}  serving: {', '.join(mocked)}\n" if mocked else "")
         + "  audit     one JSON line per request on stdout"
         + (f" and in {stack.config.audit_file}" if stack.config.audit_file else "")
@@ -153,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     check.set_defaults(func=cmd_check)
     add_token_command(sub)
+    add_admin_commands(sub)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
