@@ -73,8 +73,9 @@ class Gateway:
     ) -> str:
         return self.issuer.mint(user, list(groups), service, 3600, dict(attrs), time.time())
 
-    def post(self, token: str, body: dict[str, Any], path: str = "/v1/chat/completions",
-             **headers: str) -> httpx.Response:  # fmt: skip
+    def post(
+        self, token: str, body: dict[str, Any], path: str = "/v1/chat/completions", **headers: str
+    ) -> httpx.Response:
         return httpx.post(
             self.stack.gateway_url + path,
             json=body,
@@ -208,8 +209,13 @@ def run_mix(gw: Gateway) -> None:
     claude = {"model": "claude-haiku-4-5", "max_tokens": 40, "messages": MESSAGES}
     assert gw.post(alice, claude, "/v1/messages").status_code == 200
     for _ in range(2):
-        body = {"model": "gpt-4o", "messages": MESSAGES, "max_tokens": 60, "stream": True,
-                "stream_options": {"include_usage": True}}  # fmt: skip
+        body = {
+            "model": "gpt-4o",
+            "messages": MESSAGES,
+            "max_tokens": 60,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
         assert gw.post(bob, body).status_code == 200
     ci = gw.token(None, "bots", service="ci-bot")
     assert gw.post(ci, mini).status_code == 200
@@ -247,8 +253,11 @@ def test_api_spend_equals_the_audit_records(gw: Gateway) -> None:
     records = gw.audit.records()
     billed = [r for r in records if r["usage_source"] != "none"]
     assert {r["budget"]["decision"] for r in billed if r["budget"]} >= {
-        "fail_open", "downgraded", "admitted", "none",
-    }  # fmt: skip
+        "fail_open",
+        "downgraded",
+        "admitted",
+        "none",
+    }
     assert any(r["usage_source"] == "estimated" for r in billed)
     days = sorted({r["time"][:10] for r in records})
     since = days[0]
@@ -279,8 +288,19 @@ def test_api_spend_equals_the_audit_records(gw: Gateway) -> None:
             continue
         assert api_sums(gw, dims, since, until) == expected, dims
     # Filters: alice's spend on OpenAI models only.
-    doc = gw.cli_json("spend", "--by", "model", "--where", "user=alice@example.com",
-                      "--where", "provider=openai", "--since", since, "--until", until)  # fmt: skip
+    doc = gw.cli_json(
+        "spend",
+        "--by",
+        "model",
+        "--where",
+        "user=alice@example.com",
+        "--where",
+        "provider=openai",
+        "--since",
+        since,
+        "--until",
+        until,
+    )
     assert [row["model"] for row in doc["rows"]] == ["gpt-4o-mini"]
     assert doc["rows"][0]["requests"] == 3
 
@@ -290,8 +310,18 @@ def test_overrides_and_top_ups_through_gatewayctl(gw: Gateway) -> None:
     mini = {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 50}
     while gw.post(tina, mini).status_code == 200:
         pass
-    done = gw.cli("budgets", "override", "tight", "tina2@example.com", "--limit-usd", "2",
-                  "--expires", "1h", "--reason", "demo day")  # fmt: skip
+    done = gw.cli(
+        "budgets",
+        "override",
+        "tight",
+        "tina2@example.com",
+        "--limit-usd",
+        "2",
+        "--expires",
+        "1h",
+        "--reason",
+        "demo day",
+    )
     assert done.returncode == 0, done.stderr
     r = gw.post(tina, mini)
     assert r.status_code == 200, r.text  # the very next reserve sees the override
@@ -302,25 +332,52 @@ def test_overrides_and_top_ups_through_gatewayctl(gw: Gateway) -> None:
     overrides = gw.cli_json("budgets", "overrides")
     assert [(o["budget"], o["scope_value"]) for o in overrides] == [("tight", "tina2@example.com")]
     # A stricter override: the 429 says a temporary limit is in force.
-    done = gw.cli("budgets", "override", "tight", "tina2@example.com", "--limit-usd", "0.000001",
-                  "--expires", "1h", "--reason", "freeze")  # fmt: skip
+    done = gw.cli(
+        "budgets",
+        "override",
+        "tight",
+        "tina2@example.com",
+        "--limit-usd",
+        "0.000001",
+        "--expires",
+        "1h",
+        "--reason",
+        "freeze",
+    )
     assert done.returncode == 0, done.stderr
     r = gw.post(tina, mini)
     assert r.status_code == 429
     assert "temporary limit set by an administrator" in r.json()["error"]["message"]
-    assert gw.cli("budgets", "override", "tight", "tina2@example.com", "--remove",
-                  "--reason", "over").returncode == 0  # fmt: skip
+    assert (
+        gw.cli(
+            "budgets", "override", "tight", "tina2@example.com", "--remove", "--reason", "over"
+        ).returncode
+        == 0
+    )
     assert gw.post(tina, mini).status_code == 429
     # A top-up for this month lets her through again, and is visible in the status.
-    done = gw.cli("budgets", "top-up", "tight", "tina2@example.com", "--amount-usd", "1",
-                  "--reason", "month end", "--format", "json")  # fmt: skip
+    done = gw.cli(
+        "budgets",
+        "top-up",
+        "tight",
+        "tina2@example.com",
+        "--amount-usd",
+        "1",
+        "--reason",
+        "month end",
+        "--format",
+        "json",
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)[0]["top_up_usd"] == "1.000000"
     assert gw.post(tina, mini).status_code == 200
     admin_lines = [r for r in gw.audit.records() if r.get("type") == "gateway.admin.v1"]
     assert [a["method"] for a in admin_lines] == [
-        "SetOverride", "SetOverride", "RemoveOverride", "TopUp",
-    ]  # fmt: skip
+        "SetOverride",
+        "SetOverride",
+        "RemoveOverride",
+        "TopUp",
+    ]
     assert {a["reason"] for a in admin_lines} == {"demo day", "freeze", "over", "month end"}
 
 
