@@ -127,7 +127,7 @@ def cmd_spend(args: argparse.Namespace) -> int:
 def _expiry(text: str) -> float:
     """A duration from now (2h, 7d) or an RFC 3339 instant."""
     try:
-        return time.time() + parse_duration(text)
+        return float(round(time.time()) + parse_duration(text))
     except ValueError:
         pass
     try:
