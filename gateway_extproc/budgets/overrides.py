@@ -13,12 +13,12 @@ next request, atomically with its reservation:
 from __future__ import annotations
 
 import dataclasses
-import importlib.resources
 import math
 
 from gateway_extproc.budgets import windows
 from gateway_extproc.budgets.model import BudgetConfig, CalendarWindow
-from gateway_extproc.budgets.store import BudgetStore, _decoded, _redis_errors, _text
+from gateway_extproc.budgets.scripts import decoded, redis_errors, script_source, text
+from gateway_extproc.budgets.store import BudgetStore
 
 SEP = "\x1f"  # between budget and scope value in the override index
 
@@ -48,17 +48,11 @@ class CounterState:
         return base + self.top_up_micros
 
 
-def _script() -> str:
-    lua = importlib.resources.files("gateway_extproc.budgets").joinpath("lua")
-    common = lua.joinpath("common.lua").read_text(encoding="utf-8")
-    return common + "\n" + lua.joinpath("admin.lua").read_text(encoding="utf-8")
-
-
 class Overrides:
     def __init__(self, store: BudgetStore) -> None:
         self.store = store
         self._index = f"{store.key_base}:overrides"
-        self._admin = store.client.register_script(_script())
+        self._admin = store.client.register_script(script_source("admin"))
 
     async def set(
         self,
@@ -83,13 +77,13 @@ class Overrides:
             reason,
             set_by,
         ]
-        with _redis_errors("override"):
+        with redis_errors("override"):
             previous = int(await self._admin(keys=keys, args=args))
         return None if previous < 0 else previous
 
     async def remove(self, budget: str, scope_value: str) -> bool:
         keys = [self.store.override_key(budget, scope_value), self._index]
-        with _redis_errors("override"):
+        with redis_errors("override"):
             removed = await self._admin(
                 keys=keys, args=["override_remove", f"{budget}{SEP}{scope_value}"]
             )
@@ -107,7 +101,7 @@ class Overrides:
             raise ValueError("a top-up must be positive")
         key, _ = self.store.counter_key(budget, scope_value, now)
         end_ms = windows.calendar_span(window, now).end * 1000 + self.store.counter_grace_ms
-        with _redis_errors("top-up"):
+        with redis_errors("top-up"):
             credit = await self._admin(
                 keys=[key], args=["top_up", amount_micros, end_ms, math.floor(now * 1000)]
             )
@@ -115,12 +109,12 @@ class Overrides:
 
     async def in_force(self, now: float) -> list[Override]:
         """Every override in force, by budget and scope value."""
-        with _redis_errors("overrides"):
+        with redis_errors("overrides"):
             members = await self.store.client.zrangebyscore(
                 self._index, math.floor(now * 1000) + 1, "+inf"
             )
             out = []
-            for member in sorted(_text(m) for m in members):
+            for member in sorted(text(m) for m in members):
                 budget, _, scope_value = member.partition(SEP)
                 found = await self.get(budget, scope_value, now)
                 if found is not None:
@@ -128,8 +122,8 @@ class Overrides:
         return out
 
     async def get(self, budget: str, scope_value: str, now: float) -> Override | None:
-        with _redis_errors("overrides"):
-            doc = _decoded(
+        with redis_errors("overrides"):
+            doc = decoded(
                 await self.store.client.hgetall(self.store.override_key(budget, scope_value))
             )
         return _override(budget, scope_value, doc, now)
@@ -138,13 +132,13 @@ class Overrides:
         """Spend, holds, top-up and override of one budget and scope value at `now`."""
         key, _ = self.store.counter_key(budget, scope_value, now)
         status = await self.store.status(budget, scope_value, now)
-        with _redis_errors("status"):
+        with redis_errors("status"):
             credit = await self.store.client.hget(key, "tu")
         calendar = isinstance(budget.window, CalendarWindow)
         return CounterState(
             spent_micros=status.spent_micros,
             held_micros=status.held_micros,
-            top_up_micros=int(_text(credit)) if calendar and credit is not None else 0,
+            top_up_micros=int(text(credit)) if calendar and credit is not None else 0,
             override=await self.get(budget.name, scope_value, now),
         )
 
@@ -153,9 +147,9 @@ class Overrides:
         key, _ = self.store.counter_key(budget, "\x00", now)
         prefix, _, suffix = key.partition("\x00")
         found: set[str] = set()
-        with _redis_errors("budgets"):
+        with redis_errors("budgets"):
             async for raw in self.store.client.scan_iter(match=_glob(prefix) + "*", count=500):
-                name = _text(raw)
+                name = text(raw)
                 if name.endswith(suffix):
                     found.add(name[len(prefix) : len(name) - len(suffix)])
         return sorted(found)
