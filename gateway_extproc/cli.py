@@ -106,17 +106,21 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"ok: {len(config.providers)} providers, {len(config.catalog.models())} models")
     if not args.redis:
         return 0
-    return _check_redis(config.budget_store.redis_url, config.budget_store.cluster, config.budgets)
+    uses_redis = bool(config.budgets) or config.admin_api.enabled
+    return _check_redis(config.budget_store.redis_url, config.budget_store.cluster, uses_redis)
 
 
-def _check_redis(url: str, cluster: bool, budgets: tuple[object, ...]) -> int:
+def _check_redis(url: str, cluster: bool, uses_redis: bool) -> int:
     """Exit status: 0 safe for budget state, 1 warnings, 2 unreachable."""
     import redis
 
     from gateway_extproc.budgets.redis_check import check, display_url
 
-    if not budgets:
-        print("note: no budgets are configured, so the gateway does not use Redis yet")
+    if not uses_redis:
+        print(
+            "note: no budgets are configured and the admin API is off, so the gateway does not "
+            "use Redis yet"
+        )
     try:
         found = check(url, cluster=cluster)
     except redis.RedisError as exc:
