@@ -88,6 +88,8 @@ def cmd_envoy_config(args: argparse.Namespace) -> int:
         sidecar_ports=tuple(
             args.sidecar_port + i for i in range(args.workers or config.sidecar_workers)
         ),
+        admin_api_port=config.admin_api.port,
+        admin_api_http_port=config.admin_api.http_port,
     )
     text = envoy_config.render(
         envoy_config.build(config, ports, upstreams.values(), args.ca_file or ca_bundle())

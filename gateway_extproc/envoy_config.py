@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from gateway_extproc.admin import envoy_json
 from gateway_extproc.config import GatewayConfig
 from gateway_extproc.processor import CLUSTER_HEADER
 from gateway_extproc.server import GRPC_MESSAGE_SLACK, SERVICE_NAME
@@ -47,6 +48,8 @@ class EnvoyPorts:
     admin_port: int
     sidecar_host: str
     sidecar_ports: tuple[int, ...]
+    admin_api_port: int = 0  # worker 0's admin gRPC port (0: no JSON listener)
+    admin_api_http_port: int = 0  # the JSON listener's port (0: none)
 
 
 def _socket(host: str, port: int) -> dict[str, Any]:
@@ -339,7 +342,7 @@ def build(
             ],
         },
     }
-    return {
+    bootstrap: dict[str, Any] = {
         "admin": {"address": _socket("127.0.0.1", ports.admin_port)},
         "overload_manager": {
             "resource_monitors": [
@@ -369,6 +372,12 @@ def build(
             + [_provider_cluster(up, config, ca_file) for up in upstreams],
         },
     }
+    admin = config.admin_api  # JSON over HTTP: admin_api.http_port (or the stack's choice)
+    if admin.enabled and ports.admin_api_port and ports.admin_api_http_port:
+        resources = bootstrap["static_resources"]
+        resources["listeners"].append(envoy_json.listener(admin.host, ports.admin_api_http_port))
+        resources["clusters"].append(envoy_json.cluster(ports.sidecar_host, ports.admin_api_port))
+    return bootstrap
 
 
 def render(bootstrap: dict[str, Any]) -> str:

@@ -159,6 +159,7 @@ class Stack:
     listen_port: int | None = None  # None: from config (GATEWAY_PORT); 0: ephemeral
     admin_port: int | None = None
     admin_api_port: int | None = None  # None: from config (admin_api.port); 0: ephemeral
+    admin_api_http_port: int | None = None  # None: from config (admin_api.http_port)
     log_path: Path | None = None  # where children write; None: inherit the terminal
     mock_args: tuple[str, ...] = ()
     start_sidecar: bool = True
@@ -303,6 +304,12 @@ class Stack:
             sidecar_host=self.config.sidecar_host,
             sidecar_ports=tuple(self.sidecar_ports[w] for w in sorted(self.sidecar_ports))
             or tuple(free_port() for _ in range(self.config.sidecar_workers)),
+            admin_api_port=int(self.admin_api_address.rsplit(":", 1)[1])
+            if self.admin_api_address
+            else 0,
+            admin_api_http_port=self.config.admin_api.http_port
+            if self.admin_api_http_port is None
+            else self.admin_api_http_port,
         )
         bootstrap = envoy_config.build(self.config, ports, upstreams.values(), ca_bundle())
         return envoy_config.render(bootstrap)

@@ -28,6 +28,7 @@ class AdminApiConfig:
     enabled: bool = False
     host: str = "127.0.0.1"
     port: int = DEFAULT_ADMIN_PORT
+    http_port: int = 0  # JSON over HTTP through Envoy's gRPC-JSON transcoder (0: off)
     read_groups: frozenset[str] = frozenset({DEFAULT_ADMIN_GROUP})
     write_groups: frozenset[str] = frozenset({DEFAULT_ADMIN_GROUP})
 
@@ -49,10 +50,13 @@ def parse_admin_api(doc: object, problems: list[str]) -> AdminApiConfig:
     if not isinstance(host, str) or not host:
         problems.append(f"admin_api.host: must be a host name or address (got {host!r})")
         host = default.host
-    port = doc.get("port", default.port)
-    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
-        problems.append(f"admin_api.port: must be an integer in [0, 65535] (got {port!r})")
-        port = default.port
+    ports = {}
+    for key in ("port", "http_port"):
+        port = doc.get(key, getattr(default, key))
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+            problems.append(f"admin_api.{key}: must be an integer in [0, 65535] (got {port!r})")
+            port = getattr(default, key)
+        ports[key] = port
     groups = {}
     for key in ("read_groups", "write_groups"):
         value = doc.get(key, sorted(getattr(default, key)))
@@ -62,7 +66,14 @@ def parse_admin_api(doc: object, problems: list[str]) -> AdminApiConfig:
         groups[key] = frozenset(value)
     if enabled and not groups["write_groups"]:
         problems.append("admin_api.write_groups: must name at least one group")
-    return AdminApiConfig(enabled, host, port, groups["read_groups"], groups["write_groups"])
+    return AdminApiConfig(
+        enabled,
+        host,
+        ports["port"],
+        ports["http_port"],
+        groups["read_groups"],
+        groups["write_groups"],
+    )
 
 
 def parse_spend(doc: object, problems: list[str]) -> RollupSettings:

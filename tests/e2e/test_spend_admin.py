@@ -22,7 +22,7 @@ import openai
 import pytest
 
 from gateway_extproc.identity.devissuer import DevIssuer, ensure_dev_issuer
-from gateway_extproc.stack import Stack
+from gateway_extproc.stack import Stack, free_port
 from tests.e2e.conftest import start_stack
 from tests.e2e.harness import AuditLog
 
@@ -64,8 +64,8 @@ budgets:
 
 
 class Gateway:
-    def __init__(self, stack: Stack, issuer: DevIssuer) -> None:
-        self.stack, self.issuer = stack, issuer
+    def __init__(self, stack: Stack, issuer: DevIssuer, json_port: int) -> None:
+        self.stack, self.issuer, self.json_port = stack, issuer, json_port
         self.audit = AuditLog(stack.run_dir / "audit.jsonl")
 
     def token(
@@ -113,8 +113,11 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     issuer = ensure_dev_issuer(run_dir / "dev-issuer")  # the sidecar loads the same key
     config = tmp_path / "gateway.yaml"
     config.write_text(CONFIG)
-    stack = start_stack(run_dir, config_path=config, admin_api_port=0)
-    yield Gateway(stack, issuer)
+    json_port = free_port()
+    stack = start_stack(
+        run_dir, config_path=config, admin_api_port=0, admin_api_http_port=json_port
+    )
+    yield Gateway(stack, issuer, json_port)
     stack.stop()
 
 
@@ -393,3 +396,31 @@ def test_bad_callers_and_bad_input(gw: Gateway) -> None:
     assert done.returncode == 1 and "amount_micros must be positive" in done.stderr
     table = gw.cli("budgets")
     assert table.returncode == 0 and "tight" in table.stdout and "BUDGET" in table.stdout
+
+
+def test_json_over_http_through_envoy(gw: Gateway) -> None:
+    """The admin API as JSON over HTTP (Envoy's gRPC-JSON transcoder on its own listener)."""
+    base = f"http://127.0.0.1:{gw.json_port}/gateway.admin.v1.AdminService"
+    admin = gw.token("root@example.com", "gateway-admins")
+    r = httpx.post(
+        base + "/GetSpend",
+        json={"groupBy": ["provider"], "window": {"name": "month"}},
+        headers={"authorization": f"Bearer {admin}"},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    assert doc["groupBy"] == ["provider"] and doc["timezone"] == "UTC"
+    assert {row["key"][0] for row in doc["rows"]} >= {"openai", "anthropic"}
+    assert int(doc["total"]["costMicros"]) > 0  # int64 is a JSON string in proto3 JSON
+    r = httpx.post(base + "/ListBudgets", json={}, timeout=30)
+    assert r.status_code == 401, r.text
+    assert "missing credential" in r.json()["message"]
+    outsider = gw.token("eve@example.com", "eng")
+    r = httpx.post(
+        base + "/TopUp",
+        json={"budget": "tight", "scopeValue": "x", "amountMicros": "1", "reason": "r"},
+        headers={"authorization": f"Bearer {outsider}"},
+        timeout=30,
+    )
+    assert r.status_code == 403 and "needs one of the groups" in r.json()["message"]
