@@ -112,11 +112,14 @@ async def serve(
     if admin_address is not None:  # worker 0 only (the admin API's own port)
         admin, admin_port = await admin_server.start(lambda: runtime.ctx, admin_address)
         if admin_port_file is not None:
-            _write_port(admin_port_file, admin_port)
+            admin_port_file.with_suffix(".tmp").write_text(str(admin_port))
+            admin_port_file.with_suffix(".tmp").replace(admin_port_file)
     for service in ("", SERVICE_NAME):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     if port_file is not None:
-        _write_port(port_file, port)
+        tmp = port_file.with_suffix(".tmp")
+        tmp.write_text(str(port))
+        tmp.replace(port_file)
     log.info("ext_proc listening on %s", address.rsplit(":", 1)[0] + f":{port}")
     if ctx.config.drain_s < ctx.config.unhealthy_after_s:
         log.warning(
@@ -134,12 +137,6 @@ async def serve(
     await runtime.close(SETTLE_GRACE_S)
     runtime.ctx.audit.close()
     log.info("stopped")
-
-
-def _write_port(path: Path, port: int) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(str(port))
-    tmp.replace(path)
 
 
 async def drain(
