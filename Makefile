@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench lint typecheck unit e2e envoy-config clean
+.PHONY: run test bench lint typecheck unit e2e envoy-config proto clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ e2e: $(STAMP)
 ## envoy-config: regenerate envoy/envoy.yaml (the bootstrap for the built-in config)
 envoy-config: $(STAMP)
 	$(BIN)/gatewayctl envoy-config --out envoy/envoy.yaml --workers 2 --ca-file /etc/ssl/certs/ca-certificates.crt
+
+## proto: regenerate gateway_extproc/admin/_generated from proto/ (committed; never hand-edited)
+proto: $(STAMP)
+	$(BIN)/python -m gateway_extproc.admin.protogen
 
 clean:
 	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache

@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import orjson
 
@@ -103,6 +103,15 @@ def _identity(identity: Identity | None) -> dict[str, Any] | None:
     }
 
 
+class AuditLine(Protocol):
+    """A line of the audit log: a request's `AuditRecord`, or an admin API change."""
+
+    @property
+    def request_id(self) -> str: ...
+
+    def to_json(self) -> bytes: ...
+
+
 # Records queued per destination before write() starts dropping (~1 KB each: ~10 MB at most).
 MAX_QUEUED = 10_000
 # Lines written (and flushed) together when the writer finds several waiting.
@@ -134,7 +143,7 @@ class AuditSink:
         """Records dropped because a destination's queue was full (summed over destinations)."""
         return sum(w.dropped for w in self._writers)
 
-    def write(self, record: AuditRecord) -> None:
+    def write(self, record: AuditLine) -> None:
         line = record.to_json() + b"\n"
         for writer in self._writers:
             writer.put(line, record.request_id)

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from gateway_extproc.admin.cli import add_admin_commands
 from gateway_extproc.errors import ConfigError
 from gateway_extproc.identity.devissuer import add_token_command
 
@@ -42,7 +43,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"\n  gateway   {stack.gateway_url}  (OpenAI SDK: base_url={stack.gateway_url}/v1, "
         f"Anthropic SDK: base_url={stack.gateway_url})\n"
         f"  admin     {stack.admin_url}\n"
-        f"  redis     {stack.redis_url}\n"
+        + (
+            f"  admin API {stack.admin_api_address}  (gatewayctl spend, gatewayctl budgets)\n"
+            if stack.admin_api_address
+            else ""
+        )
+        + f"  redis     {stack.redis_url}\n"
         + (f"  mock      {stack.mock_url}  serving: {', '.join(mocked)}\n" if mocked else "")
         + "  audit     one JSON line per request on stdout"
         + (f" and in {stack.config.audit_file}" if stack.config.audit_file else "")
@@ -86,6 +92,8 @@ def cmd_envoy_config(args: argparse.Namespace) -> int:
             args.sidecar_port + i for i in range(args.workers or config.sidecar_workers)
         ),
         ops_port=args.ops_port,
+        admin_api_port=config.admin_api.port,
+        admin_api_http_port=config.admin_api.http_port,
     )
     bootstrap = envoy_config.build(config, ports, upstreams.values(), args.ca_file or ca_bundle())
     if args.tls_cert or args.tls_key:
@@ -113,19 +121,21 @@ def cmd_check(args: argparse.Namespace) -> int:
     if not args.redis:
         return 0
     store = config.budget_store
-    return _check_redis(store.redis_url, store.cluster, config.budgets, store.redis_password)
+    uses_redis = bool(config.budgets) or config.admin_api.enabled
+    return _check_redis(store.redis_url, store.cluster, uses_redis, store.redis_password)
 
 
-def _check_redis(
-    url: str, cluster: bool, budgets: tuple[object, ...], password: str | None = None
-) -> int:
+def _check_redis(url: str, cluster: bool, uses_redis: bool, password: str | None = None) -> int:
     """Exit status: 0 safe for budget state, 1 warnings, 2 unreachable."""
     import redis
 
     from gateway_extproc.budgets.redis_check import check, display_url
 
-    if not budgets:
-        print("note: no budgets are configured, so the gateway does not use Redis yet")
+    if not uses_redis:
+        print(
+            "note: no budgets are configured and the admin API is off, so the gateway does not "
+            "use Redis yet"
+        )
     try:
         found = check(url, cluster=cluster, password=password)
     except redis.RedisError as exc:
@@ -208,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     check.set_defaults(func=cmd_check)
     add_token_command(sub)
+    add_admin_commands(sub)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))

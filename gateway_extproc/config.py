@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from gateway_extproc.admin.settings import AdminApiConfig, parse_admin_api, parse_spend
 from gateway_extproc.apis import Schema
 from gateway_extproc.budgets.loader import (
     BudgetStoreConfig,
@@ -30,6 +31,7 @@ from gateway_extproc.identity.model import IdentityConfig
 from gateway_extproc.identity.policy import PolicySet, parse_policies
 from gateway_extproc.identity.settings import parse_identity
 from gateway_extproc.namespaces import namespace_problems
+from gateway_extproc.spend.rollup import RollupSettings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +95,8 @@ class GatewayConfig:
     identity_files: tuple[str, ...] = ()  # static_tokens_file, hs_secret files
     budgets: tuple[BudgetConfig, ...] = ()
     budget_store: BudgetStoreConfig = dataclasses.field(default_factory=BudgetStoreConfig)
+    admin_api: AdminApiConfig = dataclasses.field(default_factory=AdminApiConfig)
+    spend: RollupSettings = dataclasses.field(default_factory=RollupSettings)
 
     @property
     def unhealthy_after_s(self) -> float:
@@ -259,6 +263,7 @@ def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayC
     r = _Reader()
     known = {"listener", "limits", "sidecar", "providers", "mock_unconfigured_providers"}
     known |= {"catalog", "audit", "identity", "policies", "budgets", "budget_store"}
+    known |= {"admin_api", "spend"}
     for extra in sorted(set(doc) - known):
         r.problems.append(f"{extra}: unknown key")
     listener = r.section(doc, "listener", {"host", "port", "admin_port"})
@@ -393,6 +398,8 @@ def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayC
         identity_files=identity_files,
         budgets=budgets,
         budget_store=budget_store,
+        admin_api=parse_admin_api(doc.get("admin_api"), r.problems),
+        spend=parse_spend(doc.get("spend"), r.problems),
     )
     if r.problems:
         raise ConfigError(r.problems)

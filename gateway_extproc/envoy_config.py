@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from gateway_extproc.admin import envoy_json
 from gateway_extproc.config import GatewayConfig
 from gateway_extproc.envoy_ops import admin_cluster, ops_listener
 from gateway_extproc.processor import CLUSTER_HEADER
@@ -49,6 +50,8 @@ class EnvoyPorts:
     sidecar_host: str
     sidecar_ports: tuple[int, ...]
     ops_port: int | None = None  # readiness and metrics for Kubernetes (envoy_ops.py)
+    admin_api_port: int = 0  # worker 0's admin gRPC port (0: no JSON listener)
+    admin_api_http_port: int = 0  # the JSON listener's port (0: none)
 
 
 def _socket(host: str, port: int) -> dict[str, Any]:
@@ -354,7 +357,7 @@ def build(
     if ports.ops_port is not None:
         listeners.append(ops_listener(ports.listen_host, ports.ops_port, EXTPROC_CLUSTER))
         clusters.append(admin_cluster(ports.admin_port))
-    return {
+    bootstrap: dict[str, Any] = {
         "admin": {"address": _socket("127.0.0.1", ports.admin_port)},
         "overload_manager": {
             "resource_monitors": [
@@ -372,6 +375,12 @@ def build(
         },
         "static_resources": {"listeners": listeners, "clusters": clusters},
     }
+    admin = config.admin_api  # JSON over HTTP: admin_api.http_port (or the stack's choice)
+    if admin.enabled and ports.admin_api_port and ports.admin_api_http_port:
+        resources = bootstrap["static_resources"]
+        resources["listeners"].append(envoy_json.listener(admin.host, ports.admin_api_http_port))
+        resources["clusters"].append(envoy_json.cluster(ports.sidecar_host, ports.admin_api_port))
+    return bootstrap
 
 
 def render(bootstrap: dict[str, Any]) -> str:

@@ -42,6 +42,7 @@ from gateway_extproc.metering import StreamMeter, estimate_tokens, usage_from_js
 from gateway_extproc.model_mismatch import price_reported
 from gateway_extproc.models_api import models_response
 from gateway_extproc.pricing import cost_micros, format_usd
+from gateway_extproc.spend.rollup import Dimensions, UsageRecord
 from gateway_extproc.tokens import Usage, UsageSource
 from gateway_extproc.upstreams import Upstream
 
@@ -421,6 +422,13 @@ class StreamProcessor:
             log.warning("%s", mismatch.describe(), extra={"request_id": self.request_id})
         return cost
 
+    def _rollup(self, usage: Usage, source: UsageSource, cost: int) -> UsageRecord:
+        """What this billed request adds to the spend reports (written by its settle)."""
+        provider = self.upstream.provider if self.upstream else None
+        model = self.entry.name if self.entry else None
+        dims = Dimensions.of(self.identity, model, provider)
+        return UsageRecord(self.arrived, dims, usage, cost, source is UsageSource.ESTIMATED)
+
     def _finish(self) -> int:
         """Write the audit record exactly once; return the request's cost in micro-dollars."""
         self.finished = True
@@ -441,7 +449,10 @@ class StreamProcessor:
             self.lease_keeper.cancel()
         if self.admission is not None:  # settle the real cost, or release the hold
             billed = source is not UsageSource.NONE
-            self.ctx.budgets.finish(self.admission, cost if billed else None, self.request_id)
+            rollup = self._rollup(usage, source, cost) if billed else None
+            self.ctx.budgets.finish(
+                self.admission, cost if billed else None, self.request_id, rollup
+            )
         now = self.ctx.monotonic()
         record = AuditRecord(
             request_id=self.request_id,

@@ -36,6 +36,7 @@ from gateway_extproc.context import GatewayContext
 from gateway_extproc.errors import ConfigError
 from gateway_extproc.identity.authenticator import Authenticator
 from gateway_extproc.identity.devissuer import ensure_dev_issuer
+from gateway_extproc.spend.rollup import RollupSettings
 from gateway_extproc.upstreams import resolve_upstreams
 
 log = logging.getLogger("gateway.runtime")
@@ -97,7 +98,7 @@ def gate_settings(config: GatewayConfig) -> GateSettings:
 
 
 def connect_store(
-    sc: BudgetStoreConfig, pool_size: int
+    sc: BudgetStoreConfig, pool_size: int, rollups: RollupSettings | None = None
 ) -> tuple[BudgetStore, Redis | RedisCluster]:
     """The budget store's Redis client. Socket timeouts bound every call even if a caller forgets
     its deadline; no client-side retries (a dead Redis would otherwise hold a call for ~20 s); a
@@ -115,16 +116,17 @@ def connect_store(
         client = RedisCluster.from_url(sc.redis_url, **options)
     else:
         client = Redis.from_url(sc.redis_url, **options)  # type: ignore[arg-type]
-    return BudgetStore(client, sc.key_prefix), client
+    return BudgetStore(client, sc.key_prefix, rollups=rollups), client
 
 
 def build_services(config: GatewayConfig, journal: Journal | None = None) -> BudgetServices:
-    """The process-lifetime budget services; no Redis client when no budget is configured."""
+    """The process-lifetime budget services; no Redis client when no budget is configured and
+    the admin API is off (with one, every billed request's spend is rolled up for reports)."""
     settings = gate_settings(config)
     store: BudgetStore | None = None
     close_client = None
-    if config.budgets:
-        store, client = connect_store(config.budget_store, settings.max_inflight)
+    if config.budgets or config.admin_api.enabled:
+        store, client = connect_store(config.budget_store, settings.max_inflight, config.spend)
         close_client = client.aclose
     alerts = AlertSender(webhooks=webhooks_of(config.budgets))
     return BudgetServices(

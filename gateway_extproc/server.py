@@ -19,6 +19,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from gateway_extproc.admin import server as admin_server
 from gateway_extproc.budgets.journal import Journal
 from gateway_extproc.config import GatewayConfig
 from gateway_extproc.errors import ConfigError
@@ -66,7 +67,13 @@ def grpc_options(config: GatewayConfig) -> list[tuple[str, int]]:
     ]
 
 
-async def serve(runtime: Runtime, address: str, port_file: Path | None) -> None:
+async def serve(
+    runtime: Runtime,
+    address: str,
+    port_file: Path | None,
+    admin_address: str | None = None,
+    admin_port_file: Path | None = None,
+) -> None:
     ctx = runtime.ctx
     server = grpc.aio.server(options=grpc_options(ctx.config))
     pb_grpc.add_ExternalProcessorServicer_to_server(ExternalProcessor(runtime), server)
@@ -101,6 +108,12 @@ async def serve(runtime: Runtime, address: str, port_file: Path | None) -> None:
     if ctx.config.reload_poll_s > 0:
         background.add(asyncio.create_task(runtime.watch(ctx.config.reload_poll_s)))
     await server.start()
+    admin = None
+    if admin_address is not None:  # worker 0 only (the admin API's own port)
+        admin, admin_port = await admin_server.start(lambda: runtime.ctx, admin_address)
+        if admin_port_file is not None:
+            admin_port_file.with_suffix(".tmp").write_text(str(admin_port))
+            admin_port_file.with_suffix(".tmp").replace(admin_port_file)
     for service in ("", SERVICE_NAME):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     if port_file is not None:
@@ -116,6 +129,8 @@ async def serve(runtime: Runtime, address: str, port_file: Path | None) -> None:
             ctx.config.unhealthy_after_s,
         )
     await stop.wait()
+    if admin is not None:
+        await admin.stop(1.0)
     await drain(server, health_servicer, runtime)
     for task in background:
         task.cancel()
@@ -161,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="file journaling spend owed to Redis (fail-open admissions, unfinished settles)",
     )
+    parser.add_argument(
+        "--admin-address", default=None, help="serve the admin API on host:port (worker 0)"
+    )
+    parser.add_argument("--admin-port-file", type=Path, default=None)
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
@@ -181,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         import uvloop
 
         run = uvloop.run
-    run(serve(runtime, address, args.port_file))
+    run(serve(runtime, address, args.port_file, args.admin_address, args.admin_port_file))
     return 0
 
 

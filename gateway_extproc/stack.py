@@ -158,6 +158,8 @@ class Stack:
     environ: Mapping[str, str] = dataclasses.field(default_factory=lambda: dict(os.environ))
     listen_port: int | None = None  # None: from config (GATEWAY_PORT); 0: ephemeral
     admin_port: int | None = None
+    admin_api_port: int | None = None  # None: from config (admin_api.port); 0: ephemeral
+    admin_api_http_port: int | None = None  # None: from config (admin_api.http_port)
     log_path: Path | None = None  # where children write; None: inherit the terminal
     mock_args: tuple[str, ...] = ()
     start_sidecar: bool = True
@@ -171,6 +173,7 @@ class Stack:
         self.mock_url: str | None = None
         self.gateway_url = ""
         self.admin_url = ""
+        self.admin_api_address = ""  # host:port of the admin API, when admin_api.enabled
         self.sidecar_ports: dict[int, int] = {}  # worker -> bound port
         self.upstreams: dict[str, Upstream] = {}
 
@@ -269,6 +272,13 @@ class Stack:
             argv += ["--config", str(self.config_path)]
         if self.mock_url:
             argv += ["--mock-url", self.mock_url]
+        admin = self.config.admin_api
+        admin_port_file = self.run_dir / "admin-api.port"
+        if worker == 0 and admin.enabled:
+            admin_port = admin.port if self.admin_api_port is None else self.admin_api_port
+            admin_port_file.unlink(missing_ok=True)
+            argv += ["--admin-address", f"{admin.host}:{admin_port}"]
+            argv += ["--admin-port-file", str(admin_port_file)]
         env = {
             **self.environ,
             "GATEWAY_REDIS_URL": self.redis_url,
@@ -278,6 +288,8 @@ class Stack:
         wait_for(lambda: _read_port(port_file), f"ext_proc {name}", 30, proc)
         bound = int(port_file.read_text().strip())
         self.sidecar_ports = {**self.sidecar_ports, worker: bound}
+        if worker == 0 and admin.enabled:
+            self.admin_api_address = f"{admin.host}:{admin_port_file.read_text().strip()}"
 
     def start_sidecars(self) -> None:
         for worker in range(self.config.sidecar_workers):
@@ -292,6 +304,12 @@ class Stack:
             sidecar_host=self.config.sidecar_host,
             sidecar_ports=tuple(self.sidecar_ports[w] for w in sorted(self.sidecar_ports))
             or tuple(free_port() for _ in range(self.config.sidecar_workers)),
+            admin_api_port=int(self.admin_api_address.rsplit(":", 1)[1])
+            if self.admin_api_address
+            else 0,
+            admin_api_http_port=self.config.admin_api.http_port
+            if self.admin_api_http_port is None
+            else self.admin_api_http_port,
         )
         bootstrap = envoy_config.build(self.config, ports, upstreams.values(), ca_bundle())
         return envoy_config.render(bootstrap)

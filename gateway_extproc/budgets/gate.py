@@ -39,6 +39,7 @@ from gateway_extproc.budgets.store import BudgetStore
 from gateway_extproc.catalog import Catalog, ModelEntry
 from gateway_extproc.identity.model import Identity
 from gateway_extproc.pricing import format_usd, worst_case_micros
+from gateway_extproc.spend.rollup import UsageRecord
 
 __all__ = ["Admission", "BudgetGate", "Decision", "GateSettings", "Overloaded"]
 
@@ -300,10 +301,15 @@ class BudgetGate:
     # -- the end of a request -----------------------------------------------------------------
 
     def finish(
-        self, admission: Admission, cost_micros: int | None, request_id: str | None = None
+        self,
+        admission: Admission,
+        cost_micros: int | None,
+        request_id: str | None = None,
+        usage: UsageRecord | None = None,
     ) -> None:
-        """Hand the real cost to settlement (None: nothing was consumed -> release). Never
-        blocks: the response is not held up by Redis. A cost above the reservation's estimate
+        """Hand the real cost to settlement (None: nothing was consumed -> release), with the
+        request's spend rollup (`usage`, for a billed request). Never blocks: the response is
+        not held up by Redis. A cost above the reservation's estimate
         is an overrun: counted, logged and recorded on the admission for the audit."""
         if admission.settled:
             return
@@ -325,10 +331,16 @@ class BudgetGate:
             )
         if admission.decision is Decision.FAIL_OPEN:
             if cost_micros:  # admitted while the store was down: charge it when it is back
-                self.services.owe_fail_open(rid, admission.charges, cost_micros, admission.arrived)
+                self.services.owe_fail_open(
+                    rid, admission.charges, cost_micros, admission.arrived, usage
+                )
+            elif usage is not None:  # billed at $0: roll it up alone
+                self.services.settle(rid, None, usage, reserved=False)
             return
         if admission.reserved:
-            self.services.settle(rid, cost_micros)
+            self.services.settle(rid, cost_micros, usage if cost_micros is not None else None)
+        elif usage is not None:  # nothing reserved (no budget applied): roll it up alone
+            self.services.settle(rid, None, usage, reserved=False)
 
     # -- delegated to the process-lifetime services -------------------------------------------
 

@@ -32,8 +32,10 @@ def describe(state: BudgetState) -> str:
         window = "today" if period == "day" else f"this {period}"
     else:
         window = f"in the last {budget.window.duration_s // 60} minutes"
+    limit = f"${format_usd(state.limit_micros)}"
+    if state.overridden:
+        limit += " (a temporary limit set by an administrator)"
     return (
         f"budget {budget.name!r} for {who} is exhausted: ${format_usd(state.spent_micros)} "
-        f"spent and ${format_usd(state.held_micros)} reserved of "
-        f"${format_usd(state.limit_micros)} {window}"
+        f"spent and ${format_usd(state.held_micros)} reserved of {limit} {window}"
     )

@@ -26,6 +26,9 @@ def response_headers(admission: Admission | None, cost_micros: int | None = None
             remaining += estimate - cost_micros
         headers["x-gateway-budget-name"] = tightest.budget.name
         headers["x-gateway-budget-remaining-usd"] = format_usd(max(remaining, 0))
+        headers["x-gateway-budget-limit-usd"] = format_usd(tightest.limit_micros)
+        if tightest.overridden:  # the limit in force is an admin override's
+            headers["x-gateway-budget-override"] = "true"
     if admission.would_block:
         headers["x-gateway-budget-would-block"] = "true"
     if admission.decision is Decision.FAIL_OPEN:
@@ -51,6 +54,7 @@ def audit_fields(admission: Admission | None) -> dict[str, Any] | None:
                 "window": b.window_id,
                 "action": b.budget.action.value,
                 "limit_micros": b.limit_micros,
+                "overridden": b.overridden,
                 "remaining_micros": b.remaining_micros,
                 "would_block": b.would_block,
             }

@@ -52,6 +52,7 @@ class BudgetState:
     held_micros: int
     limit_micros: int
     would_block: bool  # spent + held + estimate > limit (monitor budgets report, never block)
+    overridden: bool = False  # limit_micros is an admin override's (top-ups are added in)
 
     @property
     def remaining_micros(self) -> int:

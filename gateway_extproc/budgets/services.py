@@ -32,6 +32,7 @@ from gateway_extproc.budgets.results import BudgetStoreError, Charge
 from gateway_extproc.budgets.store import BudgetStore
 from gateway_extproc.errors import ClientError
 from gateway_extproc.pricing import format_usd
+from gateway_extproc.spend.rollup import UsageRecord
 
 log = logging.getLogger("gateway.budgets")
 _T = TypeVar("_T")
@@ -99,11 +100,12 @@ class BudgetServices:
         self._slots = asyncio.Semaphore(settings.max_inflight)
         self._last_ok = float("-inf")  # loop time of the last answer from Redis
         self._pending: set[asyncio.Task[None]] = set()
-        self._settling: dict[str, int | None] = {}  # reservation -> cost (None: release)
+        # reservation -> (cost (None: release), spend rollup, whether it reserved anything)
+        self._settling: dict[str, tuple[int | None, UsageRecord | None, bool]] = {}
         # Spend admitted fail-open, to charge when the store is back (bounded; drops counted).
-        self._unreconciled: collections.deque[tuple[str, tuple[Charge, ...], int, float]] = (
-            collections.deque(maxlen=100_000)
-        )
+        self._unreconciled: collections.deque[
+            tuple[str, tuple[Charge, ...], int, float, UsageRecord | None]
+        ] = collections.deque(maxlen=100_000)
         self._sync_task: asyncio.Task[None] | None = None
         self._replayed: set[str] = set()  # settles owed by a previous run (journal entries)
         self.attempt_timeout_s = ATTEMPT_TIMEOUT_S  # one settle / release attempt
@@ -187,15 +189,32 @@ class BudgetServices:
 
     # -- the end of a request ----------------------------------------------------------------
 
-    def settle(self, reservation_id: str, cost_micros: int | None) -> None:
-        """Settle the real cost (None: nothing was billed -> release), in the background and
-        retried until Redis has it: the response is never held up, and no money is dropped."""
+    def settle(
+        self,
+        reservation_id: str,
+        cost_micros: int | None,
+        usage: UsageRecord | None = None,
+        *,
+        reserved: bool = True,
+    ) -> None:
+        """Settle the real cost (None: nothing was billed -> release), with the request's spend
+        rollup, in the background and retried until Redis has it: the response is never held
+        up, and no money is dropped. `reserved` False: nothing was reserved (no budget applied),
+        only the rollup is written."""
         if self.store is None or reservation_id in self._settling:
             return
-        self._settling[reservation_id] = cost_micros
-        self._background(self._settle(reservation_id, cost_micros))
+        if not reserved and usage is None:
+            return
+        self._settling[reservation_id] = (cost_micros, usage, reserved)
+        self._background(self._settle(reservation_id, cost_micros, usage, reserved))
 
-    async def _settle(self, reservation_id: str, cost_micros: int | None) -> None:
+    async def _settle(
+        self,
+        reservation_id: str,
+        cost_micros: int | None,
+        usage: UsageRecord | None = None,
+        reserved: bool = True,
+    ) -> None:
         store = self.store
         assert store is not None
         pause = RETRY_FIRST_S
@@ -205,10 +224,15 @@ class BudgetServices:
                     # A turn among the store calls (no queue deadline: it is off the request
                     # path), so settles never take more connections than the pool has.
                     async with self._slots, asyncio.timeout(self.attempt_timeout_s):
+                        if not reserved and usage is not None:
+                            await store.record_usage(reservation_id, usage, self.clock())
+                            return
                         if cost_micros is None:
                             await store.release(reservation_id)
                             return
-                        result = await store.settle(reservation_id, cost_micros, self.clock())
+                        result = await store.settle(
+                            reservation_id, cost_micros, self.clock(), usage
+                        )
                 except (BudgetStoreError, TimeoutError, OSError) as exc:
                     self.stats.settle_retries += 1
                     log.warning(
@@ -231,13 +255,18 @@ class BudgetServices:
                     self.journal.done(reservation_id)
 
     def owe_fail_open(
-        self, reservation_id: str, charges: tuple[Charge, ...], cost: int, arrived: float
+        self,
+        reservation_id: str,
+        charges: tuple[Charge, ...],
+        cost: int,
+        arrived: float,
+        usage: UsageRecord | None = None,
     ) -> None:
         """Spend admitted while the store was down: journal it, charge it when Redis is back."""
         if len(self._unreconciled) == self._unreconciled.maxlen:
             self.stats.reconcile_dropped += 1
             log.error("fail-open queue full: the oldest unreconciled spend is dropped")
-        self._unreconciled.append((reservation_id, charges, cost, arrived))
+        self._unreconciled.append((reservation_id, charges, cost, arrived, usage))
         if self.journal is not None:
             self.journal.owe(
                 {
@@ -246,6 +275,7 @@ class BudgetServices:
                     "cost": cost,
                     "arrived": arrived,
                     "charges": [[c.budget.name, c.scope_value] for c in charges],
+                    "usage": None if usage is None else usage.to_json(),
                 }
             )
 
@@ -256,7 +286,7 @@ class BudgetServices:
         done = 0
         store = self.store
         while self._unreconciled and store is not None:
-            request_id, charges, cost, arrived = self._unreconciled[0]
+            request_id, charges, cost, arrived, usage = self._unreconciled[0]
             unlimited = tuple(
                 dataclasses.replace(c, estimate_micros=cost, limit_micros=_UNLIMITED)
                 for c in charges
@@ -267,7 +297,7 @@ class BudgetServices:
             try:
                 charge_id = f"{request_id}:fail-open"
                 await self.call(functools.partial(reserve, charge_id))
-                settled = await asyncio.wait_for(store.settle(charge_id, cost, arrived), 1.0)
+                settled = await asyncio.wait_for(store.settle(charge_id, cost, arrived, usage), 1.0)
             except (BudgetStoreError, TimeoutError, OSError, Overloaded):
                 return done
             if self.alerts is not None:
@@ -351,10 +381,12 @@ class BudgetServices:
         kept = []
         for entry in entries:
             key = str(entry["id"])
+            usage = _usage_of(entry)
             if entry["op"] == "settle":
                 cost = entry.get("cost")
                 self._replayed.add(key)
-                self.settle(key, None if cost is None else int(cost))
+                reserved = bool(entry.get("reserved", True))
+                self.settle(key, None if cost is None else int(cost), usage, reserved=reserved)
                 kept.append(entry)
                 continue
             charges = []
@@ -366,7 +398,7 @@ class BudgetServices:
                 charges.append(Charge.of(budget, scope_value, int(entry["cost"])))
             if charges:
                 self._unreconciled.append(
-                    (key, tuple(charges), int(entry["cost"]), float(entry["arrived"]))
+                    (key, tuple(charges), int(entry["cost"]), float(entry["arrived"]), usage)
                 )
                 kept.append(entry)
         self.journal.compact(kept)
@@ -389,8 +421,16 @@ class BudgetServices:
         for task in list(self._pending):
             task.cancel()
         if self.journal is not None:
-            for reservation_id, cost in self._settling.items():
-                self.journal.owe({"op": "settle", "id": reservation_id, "cost": cost})
+            for reservation_id, (cost, usage, reserved) in self._settling.items():
+                entry: dict[str, Any] = {
+                    "op": "settle",
+                    "id": reservation_id,
+                    "cost": cost,
+                    "reserved": reserved,
+                }
+                if usage is not None:
+                    entry["usage"] = usage.to_json()
+                self.journal.owe(entry)
             if self._sync_task is not None:
                 self._sync_task.cancel()
             self.journal.close()
@@ -410,3 +450,8 @@ class BudgetServices:
 def _cancelled() -> bool:
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
+
+
+def _usage_of(entry: dict[str, Any]) -> UsageRecord | None:
+    doc = entry.get("usage")
+    return UsageRecord.from_json(doc) if isinstance(doc, dict) else None

@@ -13,6 +13,9 @@ Key layout (P = prefix, T = hash tag; every key of every call shares the slot of
     P:{T}:r:<budget>:<scope value>:<bucket s>    rolling counter   hash b:<bucket>..., held, a:<pct>
     P:{T}:res:<request id>                       reservation       hash state, lease, charges...
     P:{T}:leases                                 lease expiries    zset request id -> lease ms
+    P:{T}:ov:<budget>:<scope value>              override          hash limit, expires, reason...
+    P:{T}:overrides                              override index    zset budget\x1fscope -> expiry
+    P:{T}:spend:<YYYY-MM-DD>                     spend rollup      hash "<row>|<metric>" (spend/)
 
 TTLs are set by the script that writes the key: calendar counters live until their window ends
 plus `counter_grace_s`; rolling counters `duration + counter_grace_s` after their last write.
@@ -38,15 +41,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
-import importlib.resources
-import math
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisClusterException, RedisError
 
 from gateway_extproc.budgets import windows
 from gateway_extproc.budgets.model import BudgetConfig, CalendarWindow, RollingWindow
@@ -62,37 +60,20 @@ from gateway_extproc.budgets.results import (
     ReserveResult,
     SettleResult,
 )
+from gateway_extproc.budgets.scripts import (
+    crossings,
+    decoded,
+    ms,
+    redis_errors,
+    script_source,
+    text,
+)
+from gateway_extproc.spend.rollup import RollupSettings, UsageRecord, day_key, day_of, script_args
 
 ROLLING_WINDOW_ID = "rolling"
 # Reservations of this process remembered for their settle (bounded; oldest forgotten first).
 RECENT_RESERVATIONS = 100_000
-SCRIPTS = ("reserve", "settle", "release", "checkpoint", "reap")
-
-
-def _script(name: str) -> str:
-    lua = importlib.resources.files("gateway_extproc.budgets").joinpath("lua")
-    common = lua.joinpath("common.lua").read_text(encoding="utf-8")
-    return common + "\n" + lua.joinpath(f"{name}.lua").read_text(encoding="utf-8")
-
-
-def _ms(now: float) -> int:
-    return math.floor(now * 1000)
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _decoded(record: Mapping[Any, Any]) -> dict[str, str]:
-    return {_text(k): _text(v) for k, v in record.items()}
-
-
-@contextlib.contextmanager
-def _redis_errors(operation: str) -> Iterator[None]:
-    try:
-        yield
-    except (RedisError, RedisClusterException, OSError) as exc:
-        raise BudgetStoreError(f"budget {operation} failed: {type(exc).__name__}: {exc}") from exc
+SCRIPTS = ("reserve", "settle", "release", "checkpoint", "reap", "record")
 
 
 class BudgetStore:
@@ -107,6 +88,7 @@ class BudgetStore:
         counter_grace_s: int = 7 * 86_400,
         record_retention_s: int = 600,
         expired_retention_s: int = 86_400,
+        rollups: RollupSettings | None = None,
     ) -> None:
         for name, value in (("prefix", prefix), ("hash_tag", hash_tag)):
             if not value or "{" in value or "}" in value:
@@ -114,6 +96,7 @@ class BudgetStore:
         if counter_grace_s < 0 or record_retention_s <= 0:
             raise ValueError("counter_grace_s must be >= 0 and record_retention_s > 0")
         self._client = client
+        self.rollups = rollups or RollupSettings()
         self._recent: collections.OrderedDict[str, tuple[dict[str, str], list[str]]] = (
             collections.OrderedDict()
         )
@@ -124,12 +107,26 @@ class BudgetStore:
         # A reaped reservation's record lives long enough for its sidecar's late settle or
         # release (retried until Redis answers) to find it and correct the reaper's charge.
         self._expired_retention_ms = max(expired_retention_s, record_retention_s) * 1000
-        self._sources = {name: _script(name) for name in SCRIPTS}
+        self._sources = {name: script_source(name) for name in SCRIPTS}
         self._reserve = client.register_script(self._sources["reserve"])
         self._settle = client.register_script(self._sources["settle"])
         self._release = client.register_script(self._sources["release"])
         self._checkpoint = client.register_script(self._sources["checkpoint"])
         self._reap = client.register_script(self._sources["reap"])
+        self._record_usage = client.register_script(self._sources["record"])
+
+    @property
+    def client(self) -> Redis | RedisCluster:
+        return self._client
+
+    @property
+    def key_base(self) -> str:
+        """`P:{T}`: every key of this store starts with it (one hash slot)."""
+        return self._base
+
+    @property
+    def counter_grace_ms(self) -> int:
+        return self._grace_ms
 
     async def load_scripts(self) -> None:
         """Connect and load every script (on a cluster: on every primary). Call once at start-up.
@@ -138,7 +135,7 @@ class BudgetStore:
         on a bad Redis, and a `RedisCluster` client must discover its nodes before concurrent use
         (redis-py 8 can fail connections that race its lazy first initialisation).
         """
-        with _redis_errors("load_scripts"):
+        with redis_errors("load_scripts"):
             if isinstance(self._client, RedisCluster):
                 await self._client.initialize()
             for source in self._sources.values():
@@ -147,7 +144,7 @@ class BudgetStore:
     async def warm(self, connections: int) -> None:
         """Open up to `connections` pooled connections now (concurrent PINGs), so that a burst
         of requests finds them ready instead of racing to connect."""
-        with _redis_errors("warm"):
+        with redis_errors("warm"):
             if isinstance(self._client, RedisCluster):
                 await self._client.ping()
                 return
@@ -163,6 +160,12 @@ class BudgetStore:
             return f"{self._base}:c:{budget.name}:{scope_value}:{span.id}", span.id
         key = f"{self._base}:r:{budget.name}:{scope_value}:{window.bucket_s}"
         return key, ROLLING_WINDOW_ID
+
+    def override_key(self, budget: str, scope_value: str) -> str:
+        return f"{self._base}:ov:{budget}:{scope_value}"
+
+    def rollup_key(self, usage: UsageRecord) -> str:
+        return day_key(self._base, day_of(usage.arrived, self.rollups.zone))
 
     def record_key(self, request_id: str) -> str:
         return f"{self._base}:res:{request_id}"
@@ -183,9 +186,9 @@ class BudgetStore:
             raise ValueError("lease_s must be > 0")
         if not charges:  # no budget applies: admitted, nothing to hold or settle
             return ReserveResult(True, False, ReservationState.UNKNOWN, ())
-        now_ms = _ms(now)
+        now_ms = ms(now)
         keys = [self.record_key(request_id), self._leases]
-        args: list[str | int] = [request_id, now_ms, _ms(now + lease_s), self._retention_ms]
+        args: list[str | int] = [request_id, now_ms, ms(now + lease_s), self._retention_ms]
         args.append(len(charges))
         window_ids: list[str] = []
         for charge in charges:
@@ -197,24 +200,26 @@ class BudgetStore:
             keys.append(key)
             window_ids.append(window_id)
             args.extend(self._charge_args(charge, window_id, now, now_ms))
-        with _redis_errors("reserve"):
+        keys += [self.override_key(c.budget.name, c.scope_value) for c in charges]
+        with redis_errors("reserve"):
             reply = await self._reserve(keys=keys, args=args)
-        status, state = _text(reply[0]), _text(reply[1])
+        status, state = text(reply[0]), text(reply[1])
         budgets = tuple(
             BudgetState(
                 budget=charge.budget,
                 scope_value=charge.scope_value,
                 window_id=window_id,
-                spent_micros=int(reply[2 + 4 * i]),
-                held_micros=int(reply[3 + 4 * i]),
-                limit_micros=int(reply[4 + 4 * i]),
-                would_block=int(reply[5 + 4 * i]) == 1,
+                spent_micros=int(reply[2 + 5 * i]),
+                held_micros=int(reply[3 + 5 * i]),
+                limit_micros=int(reply[4 + 5 * i]),
+                would_block=int(reply[5 + 5 * i]) == 1,
+                overridden=int(reply[6 + 5 * i]) == 1,
             )
             for i, (charge, window_id) in enumerate(zip(charges, window_ids, strict=True))
         )
         reservation = ReservationState(state) if state else ReservationState.UNKNOWN
         if reservation is ReservationState.RESERVED and status != "replay":
-            self._remember(request_id, keys, charges, window_ids)
+            self._remember(request_id, keys[: 2 + len(charges)], charges, window_ids)
         return ReserveResult(
             admitted=reservation is ReservationState.RESERVED,
             replayed=status == "replay",
@@ -254,32 +259,45 @@ class BudgetStore:
 
     # -- settle, release, checkpoint ----------------------------------------------------------
 
-    async def settle(self, request_id: str, actual_micros: int, now: float) -> SettleResult:
-        """Charge the real cost into the windows recorded at reserve. Never rejects; idempotent."""
+    async def settle(
+        self, request_id: str, actual_micros: int, now: float, usage: UsageRecord | None = None
+    ) -> SettleResult:
+        """Charge the real cost into the windows recorded at reserve. Never rejects; idempotent.
+        `usage`: the request's spend rollup, written by the same script when it settles."""
         if actual_micros < 0:
             raise ValueError("actual_micros must be >= 0")
-        with _redis_errors("settle"):
+        with redis_errors("settle"):
             record, keys = await self._record(request_id)
             if record is None:
                 return SettleResult(ReservationState.UNKNOWN, False)
-            reply = await self._settle(
-                keys=keys, args=[actual_micros, _ms(now), self._retention_ms]
-            )
+            args: list[str | int] = [actual_micros, ms(now), self._retention_ms]
+            if usage is not None:
+                keys = [*keys, self.rollup_key(usage)]
+                args += script_args(usage, self.rollups)
+            reply = await self._settle(keys=keys, args=args)
         return SettleResult(
-            ReservationState(_text(reply[0])), int(reply[1]) == 1, _crossings(record, reply[2:])
+            ReservationState(text(reply[0])), int(reply[1]) == 1, crossings(record, reply[2:])
         )
+
+    async def record_usage(self, request_id: str, usage: UsageRecord, now: float) -> SettleResult:
+        """Roll up a billed request that reserved nothing (no budget applied); idempotent."""
+        keys = [self.record_key(request_id), self.rollup_key(usage)]
+        args = [self._retention_ms, ms(now), *script_args(usage, self.rollups)]
+        with redis_errors("record"):
+            reply = await self._record_usage(keys=keys, args=args)
+        return SettleResult(ReservationState(text(reply[0])), int(reply[1]) == 1)
 
     async def release(self, request_id: str) -> SettleResult:
         """Drop the holds of a request that cost nothing. Idempotent. Releasing an id that has no
         reservation (its reserve timed out and may still be on the wire) leaves a RELEASED
         tombstone for `record_retention_s`: that reserve, should it arrive, replays and holds
         nothing (state RELEASED, changed False)."""
-        with _redis_errors("release"):
+        with redis_errors("release"):
             for _ in range(3):
                 _, keys = await self._record(request_id)
                 reply = await self._release(keys=keys, args=[self._retention_ms, request_id])
-                if _text(reply[0]) != "STALE":
-                    return SettleResult(ReservationState(_text(reply[0])), int(reply[1]) == 1)
+                if text(reply[0]) != "STALE":
+                    return SettleResult(ReservationState(text(reply[0])), int(reply[1]) == 1)
         raise BudgetStoreError("budget release failed: the reservation kept changing")
 
     async def checkpoint(
@@ -288,12 +306,12 @@ class BudgetStore:
         """Record a long stream's cost so far (charged if it is reaped) and extend its lease."""
         if partial_micros < 0 or lease_s <= 0:
             raise ValueError("partial_micros must be >= 0 and lease_s > 0")
-        with _redis_errors("checkpoint"):
+        with redis_errors("checkpoint"):
             reply = await self._checkpoint(
                 keys=[self.record_key(request_id), self._leases],
-                args=[partial_micros, _ms(now + lease_s), _ms(now), self._retention_ms],
+                args=[partial_micros, ms(now + lease_s), ms(now), self._retention_ms],
             )
-        return SettleResult(ReservationState(_text(reply[0])), int(reply[1]) == 1)
+        return SettleResult(ReservationState(text(reply[0])), int(reply[1]) == 1)
 
     def _remember(
         self,
@@ -323,7 +341,7 @@ class BudgetStore:
         if known is not None:
             return known
         record_key = self.record_key(request_id)
-        record = _decoded(await self._client.hgetall(record_key))
+        record = decoded(await self._client.hgetall(record_key))
         if "state" not in record:
             return None, [record_key, self._leases]
         counters = [record[f"k:{i}"] for i in range(1, int(record["n"]) + 1)]
@@ -334,13 +352,13 @@ class BudgetStore:
     async def reap(self, now: float, limit: int = 100) -> ReapResult:
         """Expire up to `limit` reservations whose lease ran out (their sidecar died): charge the
         checkpoint, else the estimate, exactly once even with concurrent reapers."""
-        now_ms = _ms(now)
+        now_ms = ms(now)
         reaped: list[Reaped] = []
-        crossings: list[AlertCrossing] = []
-        with _redis_errors("reap"):
+        found: list[AlertCrossing] = []
+        with redis_errors("reap"):
             due = await self._client.zrangebyscore(self._leases, "-inf", now_ms, start=0, num=limit)
             for member in due:
-                request_id = _text(member)
+                request_id = text(member)
                 record, keys = await self._record(request_id)
                 reply = await self._reap(
                     keys=keys, args=[request_id, now_ms, self._expired_retention_ms]
@@ -353,8 +371,8 @@ class BudgetStore:
                     int(record[f"e:{i}"]) if amount < 0 else amount for i in range(1, n + 1)
                 )
                 reaped.append(Reaped(request_id, charged))
-                crossings.extend(_crossings(record, reply[3:]))
-        return ReapResult(tuple(reaped), tuple(crossings))
+                found.extend(crossings(record, reply[3:]))
+        return ReapResult(tuple(reaped), tuple(found))
 
     # -- reads --------------------------------------------------------------------------------
 
@@ -383,28 +401,10 @@ class BudgetStore:
         self, budget: BudgetConfig, scope_value: str, now: float
     ) -> tuple[int, int, dict[int, int]]:
         key, _ = self.counter_key(budget, scope_value, now)
-        with _redis_errors("status"):
-            fields = _decoded(await self._client.hgetall(key))
+        with redis_errors("status"):
+            fields = decoded(await self._client.hgetall(key))
         held = int(fields.get("held", 0))
         if isinstance(budget.window, CalendarWindow):
             return int(fields.get("spent", 0)), held, {}
         buckets = {int(k[2:]): int(v) for k, v in fields.items() if k.startswith("b:")}
         return windows.rolling_spend(buckets, budget.window, now), held, buckets
-
-
-def _crossings(record: Mapping[str, str], flat: Sequence[Any]) -> tuple[AlertCrossing, ...]:
-    """Script crossings (charge index, percent, spent after) labelled from the record."""
-    out = []
-    for j in range(0, len(flat), 3):
-        i = int(flat[j])
-        out.append(
-            AlertCrossing(
-                budget=record[f"b:{i}"],
-                scope_value=record[f"s:{i}"],
-                window_id=record[f"w:{i}"],
-                threshold_percent=int(flat[j + 1]),
-                spent_micros=int(flat[j + 2]),
-                limit_micros=int(record[f"l:{i}"]),
-            )
-        )
-    return tuple(out)

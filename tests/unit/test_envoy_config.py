@@ -3,6 +3,7 @@ validate` on every shape it produces (the production one, mocked providers, a se
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -384,3 +385,31 @@ def test_checked_in_envoy_yaml_is_current_and_valid() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert CHECKED_IN.read_text() == result.stdout, "run `make envoy-config` and commit the result"
+
+
+def test_admin_api_json_listener(tmp_path: Path) -> None:
+    """The admin API as JSON over HTTP: its own listener (never the public one) with the
+    gRPC-JSON transcoder, routed only to worker 0's admin gRPC port; Envoy accepts it."""
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump({"admin_api": {"enabled": True, "http_port": 10091}}))
+    cfg = load_config(path, {})
+    ports = dataclasses.replace(PORTS, admin_api_port=10090, admin_api_http_port=10091)
+    b = build(cfg, ports, resolve_upstreams(cfg, {}, MOCK).values(), CA_FILE)
+    gateway, json_listener = b["static_resources"]["listeners"]
+    assert gateway["name"] == "gateway" and json_listener["name"] == "admin_api_json"
+    assert json_listener["address"]["socket_address"] == {
+        "address": "127.0.0.1",
+        "port_value": 10091,
+    }
+    (manager,) = json_listener["filter_chains"][0]["filters"]
+    transcoder = manager["typed_config"]["http_filters"][0]["typed_config"]
+    assert transcoder["services"] == ["gateway.admin.v1.AdminService"]
+    (route_,) = manager["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+    assert route_["route"]["cluster"] == "gateway_admin_api"
+    assert endpoint(cluster(b, "gateway_admin_api"))["address"]["socket_address"]["port_value"] == (
+        10090
+    )
+    assert "gateway_admin_api" not in str(gateway)  # the public listener never routes there
+    no_json = build(cfg, PORTS, resolve_upstreams(cfg, {}, MOCK).values(), CA_FILE)
+    assert len(no_json["static_resources"]["listeners"]) == 1
+    _validate(tmp_path, b)

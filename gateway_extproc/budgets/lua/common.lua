@@ -69,10 +69,11 @@ local function extend_to(key, expire_at_ms, now_ms)
   end
 end
 
--- The caller passes the counter keys it read from the record; they must be exactly those.
-local function check_keys(rec)
+-- The caller passes the counter keys it read from the record; they must be exactly those
+-- (followed by `extra` more keys the script names itself, e.g. a rollup hash).
+local function check_keys(rec, extra)
   local n = tonumber(rec['n'])
-  if #KEYS ~= n + 2 then
+  if #KEYS ~= n + 2 + (extra or 0) then
     error('budget script: expected ' .. (n + 2) .. ' keys for this reservation')
   end
   for i = 1, n do
@@ -89,8 +90,8 @@ end
 -- (charge index, threshold percent, spent after): a crossing is reported at most once per counter
 -- and threshold - per calendar window (HSETNX marker living in the window's own hash and TTL), or
 -- per rolling duration (marker holding the time it re-arms).
-local function finish(rec, amount, now_ms)
-  local n = check_keys(rec)
+local function finish(rec, amount, now_ms, extra)
+  local n = check_keys(rec, extra)
   local crossings = {}
   for i = 1, n do
     local key = KEYS[2 + i]
@@ -141,8 +142,8 @@ end
 -- for longer than the lease) is corrected once when its real outcome arrives late: each counter
 -- gets (actual - what the reaper charged it) in the very field the reserve recorded, so the real
 -- cost wins whichever came first. A late release refunds the reaper's charge (actual 0).
-local function correct(rec, actual)
-  local n = check_keys(rec)
+local function correct(rec, actual, extra)
+  local n = check_keys(rec, extra)
   for i = 1, n do
     local key = KEYS[2 + i]
     if redis.call('EXISTS', key) == 1 then -- else its window is long gone
@@ -164,4 +165,15 @@ local function close(rec_key, leases, rec, state, charged, retention_ms)
   redis.call('HSET', rec_key, 'state', state, 'charged', charged)
   redis.call('PEXPIRE', rec_key, retention_ms)
   redis.call('ZREM', leases, rec['id'])
+end
+
+-- Add a billed request's usage to its day's spend rollup (a hash passed in KEYS) and keep the
+-- day for its retention. ARGV from index `first`: expire-at ms (caller's clock), the row, then
+-- metric / amount pairs. Amounts go to HINCRBY as the caller's integer strings, untouched.
+local function roll_up(key, first, now_ms)
+  local row = ARGV[first + 1]
+  for j = first + 2, #ARGV, 2 do
+    redis.call('HINCRBY', key, row .. '|' .. ARGV[j], ARGV[j + 1])
+  end
+  extend_to(key, tonumber(ARGV[first]), now_ms)
 end

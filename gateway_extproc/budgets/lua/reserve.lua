@@ -1,14 +1,17 @@
 -- reserve: hold each charge's worst-case estimate, all or nothing.
 --
--- KEYS[1] reservation record, KEYS[2] lease set, KEYS[2+i] counter hash of charge i.
+-- KEYS[1] reservation record, KEYS[2] lease set, KEYS[2+i] counter hash of charge i,
+-- KEYS[2+n+i] the override hash of charge i's budget and scope value (admin API; may not exist).
 -- ARGV[1] request id, ARGV[2] now ms, ARGV[3] lease expiry ms, ARGV[4] record retention ms,
 -- ARGV[5] n; then 12 per charge: spent field ('spent' or 'b:<bucket>'), estimate, limit,
 -- enforced (1/0), expire-at ms (calendar, else 0), lifetime ms (rolling, else 0), bucket ms and
 -- bucket count (rolling, else 0 0), thresholds 'pct=micros,...', budget, scope value, window id.
 --
+-- A charge's limit is its override's while one is in force (hash {limit, expires ms}), else
+-- ARGV's; a calendar counter adds its window's top-up credit (field tu).
 -- Every charge is checked: spent + held + estimate <= limit. Nothing is written unless every
 -- enforced charge passes; monitor charges are checked and reported, never refuse.
--- Reply: {status, state, then per charge: spent, held, limit, would_block}; status is
+-- Reply: {status, state, then per charge: spent, held, limit, would_block, overridden}; status is
 -- 'admitted' (spent/held after the hold), 'rejected' (nothing written) or 'replay' (the request id
 -- already has a reservation: its state is returned, current counters, nothing changes).
 local rec_key, leases = KEYS[1], KEYS[2]
@@ -16,8 +19,8 @@ local request_id = ARGV[1]
 local now_ms, lease_ms, retention_ms = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local n = tonumber(ARGV[5])
 local PER = 12
-if #KEYS ~= n + 2 or #ARGV ~= 5 + n * PER then
-  error('reserve: expected ' .. (n + 2) .. ' keys and ' .. (5 + n * PER) .. ' arguments')
+if #KEYS ~= 2 * n + 2 or #ARGV ~= 5 + n * PER then
+  error('reserve: expected ' .. (2 * n + 2) .. ' keys and ' .. (5 + n * PER) .. ' arguments')
 end
 local function arg(i, j)
   return ARGV[5 + (i - 1) * PER + j]
@@ -25,13 +28,21 @@ end
 
 local existing = redis.call('HGET', rec_key, 'state')
 local admitted = true
-local spent, held, blocks, stale = {}, {}, {}, {}
+local spent, held, blocks, stale, limits, overridden = {}, {}, {}, {}, {}, {}
 for i = 1, n do
   local key = KEYS[2 + i]
   spent[i], stale[i] = window_spent(key, tonumber(arg(i, 7)), tonumber(arg(i, 8)), now_ms)
   held[i] = held_of(key)
   blocks[i] = 0
-  if not existing and spent[i] + held[i] + tonumber(arg(i, 2)) > tonumber(arg(i, 3)) then
+  limits[i], overridden[i] = tonumber(arg(i, 3)), 0
+  local ov = redis.call('HMGET', KEYS[2 + n + i], 'limit', 'expires')
+  if ov[1] and tonumber(ov[2]) > now_ms then
+    limits[i], overridden[i] = tonumber(ov[1]), 1
+  end
+  if tonumber(arg(i, 7)) == 0 then
+    limits[i] = limits[i] + tonumber(redis.call('HGET', key, 'tu') or '0')
+  end
+  if not existing and spent[i] + held[i] + tonumber(arg(i, 2)) > limits[i] then
     blocks[i] = 1
     if arg(i, 4) == '1' then
       admitted = false
@@ -72,7 +83,8 @@ local out = {status, state}
 for i = 1, n do
   out[#out + 1] = spent[i]
   out[#out + 1] = held[i]
-  out[#out + 1] = tonumber(arg(i, 3))
+  out[#out + 1] = limits[i]
   out[#out + 1] = blocks[i]
+  out[#out + 1] = overridden[i]
 end
 return out

@@ -2,6 +2,8 @@
 --
 -- KEYS[1] reservation record, KEYS[2] lease set, KEYS[2+i] the counter keys the record lists.
 -- ARGV[1] actual cost (micros), ARGV[2] now ms, ARGV[3] record retention ms.
+-- With a spend rollup: one more key, the day's rollup hash, and ARGV[4...] its row (roll_up);
+-- it is written only by the call that settles (exactly once per request).
 -- RESERVED (checkpointed or not) moves to SETTLED. EXPIRED (the reaper charged the checkpoint or
 -- the estimate) moves to SETTLED once, correcting every counter to the real cost. Any other state -
 -- SETTLED, RELEASED, a corrected EXPIRED, or no record at all - is a no-op that reports it.
@@ -12,8 +14,18 @@ if rec['state'] == nil then
   return {'UNKNOWN', 0}
 end
 local actual = tonumber(ARGV[1])
+local extra = 0
+if #ARGV > 3 then
+  extra = 1
+end
+local function roll()
+  if extra == 1 then
+    roll_up(KEYS[#KEYS], 4, tonumber(ARGV[2]))
+  end
+end
 if rec['state'] == 'EXPIRED' and rec['corrected'] == nil then
-  correct(rec, actual)
+  correct(rec, actual, extra)
+  roll()
   redis.call('HSET', rec_key, 'corrected', 1, 'reaped_charge', rec['charged'])
   close(rec_key, leases, rec, 'SETTLED', actual, tonumber(ARGV[3]))
   return {'SETTLED', 1}
@@ -21,7 +33,8 @@ end
 if rec['state'] ~= 'RESERVED' then
   return {rec['state'], 0}
 end
-local crossings = finish(rec, actual, tonumber(ARGV[2]))
+local crossings = finish(rec, actual, tonumber(ARGV[2]), extra)
+roll()
 close(rec_key, leases, rec, 'SETTLED', actual, tonumber(ARGV[3]))
 local out = {'SETTLED', 1}
 for j = 1, #crossings do

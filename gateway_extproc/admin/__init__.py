@@ -1,0 +1,1 @@
+"""The admin API: spend reports and budget administration over gRPC (proto/)."""

@@ -1,0 +1,101 @@
+"""JSON over HTTP for the admin API: an Envoy listener with the gRPC-JSON transcoder in front of
+sidecar worker 0's admin gRPC port, so `curl` and dashboards work. Pure (dicts for the bootstrap).
+
+`POST /gateway.admin.v1.AdminService/<Method>` with the request message as JSON (proto3 JSON
+names: `groupBy`, `scopeValue`, ...) and `authorization: Bearer <token>`, which Envoy passes on as
+gRPC metadata; gRPC errors come back as HTTP statuses with a JSON `{code, message}` body.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from google.protobuf import descriptor_pb2, timestamp_pb2
+
+from gateway_extproc.admin._generated.gateway.admin.v1 import admin_pb2 as pb
+from gateway_extproc.admin.api import SERVICE
+
+CLUSTER = "gateway_admin_api"
+_T = "type.googleapis.com/envoy."
+
+
+def descriptor_set() -> bytes:
+    """The admin API's protos and their imports, as the transcoder needs them."""
+    files = descriptor_pb2.FileDescriptorSet()
+    for module in (timestamp_pb2, pb):
+        module.DESCRIPTOR.CopyToProto(files.file.add())
+    return bytes(files.SerializeToString())
+
+
+def _socket(host: str, port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": host, "port_value": port}}
+
+
+def listener(host: str, port: int) -> dict[str, Any]:
+    transcoder = {
+        "name": "envoy.filters.http.grpc_json_transcoder",
+        "typed_config": {
+            "@type": _T + "extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder",
+            "proto_descriptor_bin": base64.b64encode(descriptor_set()).decode(),
+            "services": [SERVICE],
+            "auto_mapping": True,  # POST /gateway.admin.v1.AdminService/<Method>, JSON body
+            "convert_grpc_status": True,
+            "print_options": {"add_whitespace": True, "always_print_primitive_fields": True},
+        },
+    }
+    manager = {
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": _T + "extensions.filters.network.http_connection_manager.v3."
+            "HttpConnectionManager",
+            "stat_prefix": "admin_api_json",
+            "codec_type": "AUTO",
+            "route_config": {
+                "name": "admin_api",
+                "virtual_hosts": [
+                    {
+                        "name": "admin_api",
+                        "domains": ["*"],
+                        "routes": [
+                            {
+                                "match": {"prefix": f"/{SERVICE}/"},
+                                "route": {"cluster": CLUSTER, "timeout": "60s"},
+                            }
+                        ],
+                    }
+                ],
+            },
+            "http_filters": [
+                transcoder,
+                {
+                    "name": "envoy.filters.http.router",
+                    "typed_config": {"@type": _T + "extensions.filters.http.router.v3.Router"},
+                },
+            ],
+        },
+    }
+    return {
+        "name": "admin_api_json",
+        "address": _socket(host, port),
+        "filter_chains": [{"filters": [manager]}],
+    }
+
+
+def cluster(host: str, port: int) -> dict[str, Any]:
+    options = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    return {
+        "name": CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": {
+            options: {
+                "@type": "type.googleapis.com/" + options,
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        },
+        "load_assignment": {
+            "cluster_name": CLUSTER,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket(host, port)}}]}],
+        },
+    }

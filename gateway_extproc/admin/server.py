@@ -1,0 +1,233 @@
+"""The admin API's gRPC server: authentication, per-method authorisation, error statuses.
+
+Served by sidecar worker 0 only, on `admin_api.host:port` - one address for the CLI, a
+Kubernetes Service and (later) a JSON transcoder to point at; it is low-volume, and every worker
+reads and writes the same Redis state, so serving it from one worker loses nothing. Each call
+is authenticated with the request path's own identity machinery (the same issuers and static
+tokens, from the running configuration, so a reload applies) and authorised per method: the
+caller's groups must meet `admin_api.read_groups` or `write_groups` (write implies read).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from gateway_extproc.admin import budget_api, spend_api
+from gateway_extproc.admin._generated.gateway.admin.v1 import admin_pb2 as pb
+from gateway_extproc.admin.api import METHODS, READ, SERVICE, Handler, generic_handler
+from gateway_extproc.admin.budget_api import AdminAuditRecord, AdminError
+from gateway_extproc.budgets.overrides import Overrides
+from gateway_extproc.budgets.results import BudgetStoreError
+from gateway_extproc.budgets.store import BudgetStore
+from gateway_extproc.context import GatewayContext
+from gateway_extproc.errors import Unauthenticated
+from gateway_extproc.identity.model import Identity
+from gateway_extproc.pricing import format_usd
+from gateway_extproc.spend.query import QueryError, RetentionError
+
+log = logging.getLogger("gateway.admin")
+
+
+@dataclasses.dataclass(frozen=True)
+class Call:
+    caller: Identity
+    ctx: GatewayContext
+    store: BudgetStore
+    now: float
+
+
+class AdminServicer:
+    def __init__(
+        self, context: Callable[[], GatewayContext], clock: Callable[[], float] = time.time
+    ) -> None:
+        self._context = context  # the running configuration's context (swapped on reload)
+        self._clock = clock
+        self._overrides: dict[int, Overrides] = {}
+
+    def handlers(self) -> dict[str, Handler]:
+        def bind(name: str) -> Handler:
+            async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                return await self._call(name, request, context)
+
+            return handle
+
+        return {name: bind(name) for name in METHODS}
+
+    async def _call(self, name: str, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        ctx = self._context()
+        try:
+            caller = await self._authorise(name, ctx, context)
+            store = ctx.budgets.store
+            if store is None:
+                raise AdminError("FAILED_PRECONDITION", "this gateway has no budget store")
+            method = getattr(self, f"_{name}")
+            return await method(request, Call(caller, ctx, store, self._clock()))
+        except AdminError as exc:
+            code, message = grpc.StatusCode[exc.code], str(exc)
+        except RetentionError as exc:
+            code, message = grpc.StatusCode.OUT_OF_RANGE, str(exc)
+        except QueryError as exc:
+            code, message = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+        except BudgetStoreError as exc:
+            log.error("admin %s: %s", name, exc)
+            code, message = grpc.StatusCode.UNAVAILABLE, "the budget store is unavailable"
+        await context.abort(code, message)
+        raise AssertionError("abort returned")  # pragma: no cover
+
+    async def _authorise(
+        self, name: str, ctx: GatewayContext, context: grpc.aio.ServicerContext
+    ) -> Identity:
+        metadata = {k.lower(): v for k, v in (context.invocation_metadata() or ())}
+        header = metadata.get("authorization")
+        try:
+            identity = await ctx.authenticator.authenticate(
+                {"authorization": header} if isinstance(header, str) else {}
+            )
+        except Unauthenticated as exc:
+            raise AdminError("UNAUTHENTICATED", f"{exc}") from None
+        settings = ctx.config.admin_api
+        allowed = settings.write_groups
+        if METHODS[name].role == READ:
+            allowed = allowed | settings.read_groups
+        if not identity.groups & allowed:
+            raise AdminError(
+                "PERMISSION_DENIED",
+                f"{identity.subject} may not call {name}: it needs one of the groups "
+                f"{', '.join(sorted(allowed))}",
+            )
+        return identity
+
+    def overrides(self, store: BudgetStore) -> Overrides:
+        found = self._overrides.get(id(store))
+        if found is None or found.store is not store:
+            found = self._overrides[id(store)] = Overrides(store)
+        return found
+
+    # -- methods ------------------------------------------------------------------------------
+
+    async def _GetSpend(self, request: pb.GetSpendRequest, call: Call) -> pb.GetSpendResponse:
+        return await spend_api.get_spend(request, call.store, call.now)
+
+    async def _ListBudgets(
+        self, request: pb.ListBudgetsRequest, call: Call
+    ) -> pb.ListBudgetsResponse:
+        overrides = self.overrides(call.store)
+        out = pb.ListBudgetsResponse()
+        for budget in call.ctx.config.budgets:
+            for value in await budget_api.scope_values(overrides, budget, call.now):
+                out.budgets.append(await budget_api.status(overrides, budget, value, call.now))
+        return out
+
+    async def _GetBudgetStatus(
+        self, request: pb.GetBudgetStatusRequest, call: Call
+    ) -> pb.GetBudgetStatusResponse:
+        budget = budget_api.find_budget(call.ctx.config.budgets, request.budget)
+        overrides = self.overrides(call.store)
+        values = [request.scope_value]
+        if request.scope_value:
+            budget_api.check_scope_value(budget, request.scope_value)
+        else:
+            values = await budget_api.scope_values(overrides, budget, call.now)
+        statuses = [await budget_api.status(overrides, budget, v, call.now) for v in values]
+        return pb.GetBudgetStatusResponse(statuses=statuses)
+
+    async def _ListOverrides(
+        self, request: pb.ListOverridesRequest, call: Call
+    ) -> pb.ListOverridesResponse:
+        found = await self.overrides(call.store).in_force(call.now)
+        return pb.ListOverridesResponse(overrides=[budget_api.override_pb(o) for o in found])
+
+    async def _SetOverride(self, request: pb.SetOverrideRequest, call: Call) -> pb.Override:
+        budget = budget_api.validate_override(request, call.ctx.config.budgets, call.now)
+        expires = budget_api.seconds_of(request.expires_at)
+        overrides = self.overrides(call.store)
+        previous = await overrides.set(
+            budget,
+            request.scope_value,
+            request.limit_micros,
+            expires,
+            request.reason,
+            call.caller.subject,
+            call.now,
+        )
+        change = {
+            "limit_usd": format_usd(request.limit_micros),
+            "previous_override_usd": None if previous is None else format_usd(previous),
+            "configured_limit_usd": format_usd(budget.limit_micros),
+            "expires_at": budget_api.ts(expires).ToJsonString(),
+        }
+        self._audit(call, "SetOverride", request, change)
+        found = await overrides.get(budget.name, request.scope_value, call.now)
+        if found is None:  # expired between the two calls
+            raise AdminError("ABORTED", "the override expired at once")
+        return budget_api.override_pb(found, previous)
+
+    async def _RemoveOverride(
+        self, request: pb.RemoveOverrideRequest, call: Call
+    ) -> pb.RemoveOverrideResponse:
+        budget = budget_api.find_budget(call.ctx.config.budgets, request.budget)
+        budget_api.check_scope_value(budget, request.scope_value)
+        removed = await self.overrides(call.store).remove(budget.name, request.scope_value)
+        if removed:
+            self._audit(call, "RemoveOverride", request, {"removed": True})
+        return pb.RemoveOverrideResponse(removed=removed)
+
+    async def _TopUp(self, request: pb.TopUpRequest, call: Call) -> pb.TopUpResponse:
+        budget = budget_api.validate_top_up(request, call.ctx.config.budgets)
+        overrides = self.overrides(call.store)
+        credit = await overrides.top_up(
+            budget, request.scope_value, request.amount_micros, call.now
+        )
+        change = {
+            "amount_usd": format_usd(request.amount_micros),
+            "window_credit_usd": format_usd(credit),
+        }
+        self._audit(call, "TopUp", request, change)
+        status = await budget_api.status(overrides, budget, request.scope_value, call.now)
+        return pb.TopUpResponse(top_up_micros=credit, status=status)
+
+    def _audit(self, call: Call, method: str, request: Any, change: dict[str, Any]) -> None:
+        """The admin audit line: who, when, what, why (and a log line saying the same)."""
+        budget, value, reason = request.budget, request.scope_value, request.reason
+        record = AdminAuditRecord(method, call.caller, call.now, budget, value, change, reason)
+        log.warning(
+            "admin %s by %s: budget %s scope value %s: %s",
+            method,
+            call.caller.subject,
+            budget,
+            value,
+            change,
+            extra={"request_id": record.request_id},
+        )
+        try:
+            call.ctx.audit.write(record)
+        except OSError:
+            log.exception("admin audit write failed", extra={"request_id": record.request_id})
+
+
+async def start(
+    context: Callable[[], GatewayContext], address: str, clock: Callable[[], float] = time.time
+) -> tuple[grpc.aio.Server, int]:
+    """Start the admin API on `address` (host:port; port 0: any free one). Returns the server
+    (stop it with `server.stop(grace)`) and the bound port."""
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((generic_handler(AdminServicer(context, clock).handlers()),))
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+    reflection.enable_server_reflection((SERVICE, health_name, reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise RuntimeError(f"admin API: cannot listen on {address}")
+    await server.start()
+    await health_servicer.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
+    log.info("admin API listening on %s", address.rsplit(":", 1)[0] + f":{port}")
+    return server, port

@@ -1,0 +1,101 @@
+"""The `admin_api:` and `spend:` sections: parsed once, every problem reported with its path.
+
+admin_api:
+  enabled: false            # served by sidecar worker 0 only
+  host: 127.0.0.1           # loopback by default: expose it deliberately (a Service)
+  port: 10090
+  read_groups: [gateway-admins]    # GetSpend, ListBudgets, GetBudgetStatus, ListOverrides
+  write_groups: [gateway-admins]   # also SetOverride, RemoveOverride, TopUp
+spend:
+  timezone: UTC             # rollups are kept per day in this timezone
+  retention_days: 400
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zoneinfo
+from collections.abc import Mapping
+
+from gateway_extproc.spend.rollup import DEFAULT_RETENTION_DAYS, RollupSettings
+
+DEFAULT_ADMIN_PORT = 10090
+DEFAULT_ADMIN_GROUP = "gateway-admins"
+
+
+@dataclasses.dataclass(frozen=True)
+class AdminApiConfig:
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_ADMIN_PORT
+    http_port: int = 0  # JSON over HTTP through Envoy's gRPC-JSON transcoder (0: off)
+    read_groups: frozenset[str] = frozenset({DEFAULT_ADMIN_GROUP})
+    write_groups: frozenset[str] = frozenset({DEFAULT_ADMIN_GROUP})
+
+
+def parse_admin_api(doc: object, problems: list[str]) -> AdminApiConfig:
+    if doc is None:
+        return AdminApiConfig()
+    if not isinstance(doc, Mapping):
+        problems.append("admin_api: must be a mapping")
+        return AdminApiConfig()
+    for extra in sorted(set(map(str, doc)) - {f.name for f in dataclasses.fields(AdminApiConfig)}):
+        problems.append(f"admin_api.{extra}: unknown key")
+    default = AdminApiConfig()
+    enabled = doc.get("enabled", default.enabled)
+    if not isinstance(enabled, bool):
+        problems.append(f"admin_api.enabled: must be true or false (got {enabled!r})")
+        enabled = False
+    host = doc.get("host", default.host)
+    if not isinstance(host, str) or not host:
+        problems.append(f"admin_api.host: must be a host name or address (got {host!r})")
+        host = default.host
+    ports = {}
+    for key in ("port", "http_port"):
+        port = doc.get(key, getattr(default, key))
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+            problems.append(f"admin_api.{key}: must be an integer in [0, 65535] (got {port!r})")
+            port = getattr(default, key)
+        ports[key] = port
+    groups = {}
+    for key in ("read_groups", "write_groups"):
+        value = doc.get(key, sorted(getattr(default, key)))
+        if not isinstance(value, list) or not all(isinstance(g, str) and g for g in value):
+            problems.append(f"admin_api.{key}: must be a list of group names (got {value!r})")
+            value = []
+        groups[key] = frozenset(value)
+    if enabled and not groups["write_groups"]:
+        problems.append("admin_api.write_groups: must name at least one group")
+    return AdminApiConfig(
+        enabled,
+        host,
+        ports["port"],
+        ports["http_port"],
+        groups["read_groups"],
+        groups["write_groups"],
+    )
+
+
+def parse_spend(doc: object, problems: list[str]) -> RollupSettings:
+    if doc is None:
+        return RollupSettings()
+    if not isinstance(doc, Mapping):
+        problems.append("spend: must be a mapping")
+        return RollupSettings()
+    for extra in sorted(set(map(str, doc)) - {"timezone", "retention_days"}):
+        problems.append(f"spend.{extra}: unknown key")
+    timezone = doc.get("timezone", "UTC")
+    try:
+        if not isinstance(timezone, str) or timezone.startswith("/") or ".." in timezone:
+            raise ValueError
+        zoneinfo.ZoneInfo(timezone)
+    except (ValueError, zoneinfo.ZoneInfoNotFoundError):
+        problems.append(
+            f"spend.timezone: must be an IANA time zone like Europe/Berlin (got {timezone!r})"
+        )
+        timezone = "UTC"
+    days = doc.get("retention_days", DEFAULT_RETENTION_DAYS)
+    if not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= 3660:
+        problems.append(f"spend.retention_days: must be an integer in [1, 3660] (got {days!r})")
+        days = DEFAULT_RETENTION_DAYS
+    return RollupSettings(timezone=str(timezone), retention_days=days)

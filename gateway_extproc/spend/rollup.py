@@ -1,0 +1,177 @@
+"""What one billed request adds to the spend rollups, and where. Pure (no Redis, no clock).
+
+A rollup is one Redis hash per day (in the configured rollup timezone):
+
+    P:{T}:spend:<YYYY-MM-DD>    field "<row>|<metric>" -> integer
+
+`<row>` is the canonical JSON of the request's dimensions (user, groups, service, static token,
+served model, provider, verified attributes), `<metric>` one of `METRICS`. A report reads the
+days it covers and groups and filters the rows in Python (`query.py`), so any dimension can be
+grouped by or filtered on without a hash per dimension. The settle script writes the fields
+with HINCRBY and sets the day's TTL (the end of the day plus the retention) in the same call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import zoneinfo
+from collections.abc import Mapping
+
+import orjson
+
+from gateway_extproc.identity.model import Identity
+from gateway_extproc.tokens import Usage
+
+# metric -> what it counts (integers; money in micro-dollars)
+METRICS: Mapping[str, str] = {
+    "n": "requests",
+    "in": "input_tokens",
+    "ci": "cached_input_tokens",
+    "cw": "cache_write_input_tokens",
+    "cw1h": "cache_write_1h_input_tokens",
+    "out": "output_tokens",
+    "rs": "reasoning_tokens",
+    "c": "cost_micros",
+    "ce": "estimated_cost_micros",  # the part of c that was estimated, not provider-reported
+}
+DEFAULT_RETENTION_DAYS = 400
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Dimensions:
+    """Who and what a request's spend is attributed to."""
+
+    user: str | None = None
+    groups: tuple[str, ...] = ()  # sorted
+    service: str | None = None
+    static_token: str | None = None
+    model: str | None = None  # the catalog model served (after any downgrade)
+    provider: str | None = None
+    attributes: tuple[tuple[str, str], ...] = ()  # sorted (name, value)
+
+    @classmethod
+    def of(cls, identity: Identity | None, model: str | None, provider: str | None) -> Dimensions:
+        if identity is None:
+            return cls(model=model, provider=provider)
+        return cls(
+            user=identity.user,
+            groups=tuple(sorted(identity.groups)),
+            service=identity.service,
+            static_token=identity.static_token,
+            model=model,
+            provider=provider,
+            attributes=tuple(sorted(identity.attributes.items())),
+        )
+
+    def encode(self) -> str:
+        doc = [
+            self.user,
+            list(self.groups),
+            self.service,
+            self.static_token,
+            self.model,
+            self.provider,
+            [list(pair) for pair in self.attributes],
+        ]
+        return orjson.dumps(doc).decode()
+
+    @classmethod
+    def decode(cls, text: str) -> Dimensions:
+        user, groups, service, token, model, provider, attrs = orjson.loads(text)
+        return cls(
+            user=user,
+            groups=tuple(groups),
+            service=service,
+            static_token=token,
+            model=model,
+            provider=provider,
+            attributes=tuple((str(k), str(v)) for k, v in attrs),
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class UsageRecord:
+    """One billed request, as the settle path rolls it up."""
+
+    arrived: float  # unix time the request arrived (its day)
+    dimensions: Dimensions
+    usage: Usage
+    cost_micros: int
+    estimated: bool  # the usage was estimated (stream cut short, no provider report)
+
+    def metrics(self) -> list[tuple[str, int]]:
+        """(metric, amount) pairs to add; zero amounts left out (they cost memory)."""
+        u = self.usage
+        values = (
+            ("n", 1),
+            ("in", u.input_tokens),
+            ("ci", u.cached_input_tokens),
+            ("cw", u.cache_write_input_tokens),
+            ("cw1h", u.cache_write_1h_input_tokens),
+            ("out", u.output_tokens),
+            ("rs", u.reasoning_tokens),
+            ("c", self.cost_micros),
+            ("ce", self.cost_micros if self.estimated else 0),
+        )
+        return [(m, v) for m, v in values if v]
+
+    def to_json(self) -> dict[str, object]:
+        """For the journal (settles owed across a restart)."""
+        return {
+            "arrived": self.arrived,
+            "row": self.dimensions.encode(),
+            "usage": self.usage.as_dict(),
+            "cost": self.cost_micros,
+            "estimated": self.estimated,
+        }
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, object]) -> UsageRecord:
+        usage = doc["usage"]
+        assert isinstance(usage, Mapping)
+        return cls(
+            arrived=float(str(doc["arrived"])),
+            dimensions=Dimensions.decode(str(doc["row"])),
+            usage=Usage(**{str(k): int(v) for k, v in usage.items()}),
+            cost_micros=int(str(doc["cost"])),
+            estimated=bool(doc["estimated"]),
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RollupSettings:
+    timezone: str = "UTC"
+    retention_days: int = DEFAULT_RETENTION_DAYS
+
+    @property
+    def zone(self) -> zoneinfo.ZoneInfo:
+        return zoneinfo.ZoneInfo(self.timezone)
+
+
+def day_of(ts: float, zone: dt.tzinfo) -> dt.date:
+    return dt.datetime.fromtimestamp(ts, zone).date()
+
+
+def day_start(day: dt.date, zone: dt.tzinfo) -> float:
+    return dt.datetime.combine(day, dt.time(), zone).timestamp()
+
+
+def day_key(base: str, day: dt.date) -> str:
+    """The rollup hash of `day` under a store's key base (`P:{T}`)."""
+    return f"{base}:spend:{day.isoformat()}"
+
+
+def expire_at_ms(day: dt.date, settings: RollupSettings) -> int:
+    """When a day's rollup is deleted: the end of the day plus the retention."""
+    end = day_start(day + dt.timedelta(days=1), settings.zone)
+    return int(end * 1000) + settings.retention_days * 86_400_000
+
+
+def script_args(record: UsageRecord, settings: RollupSettings) -> list[str | int]:
+    """The trailing ARGV of a settle or record script: expiry ms, row, then metric pairs."""
+    day = day_of(record.arrived, settings.zone)
+    args: list[str | int] = [expire_at_ms(day, settings), record.dimensions.encode()]
+    for metric, value in record.metrics():
+        args += [metric, value]
+    return args

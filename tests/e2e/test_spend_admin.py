@@ -1,0 +1,426 @@
+"""Spend reports and the admin API through the real stack (Envoy, two sidecar workers,
+redis-server, the mock provider): a scripted mix of requests - users, groups, a service,
+attributes, two providers, streams, a disconnect, a downgrade, a refusal, fail-open admissions
+during a Redis outage - whose spend the API reports exactly as the audit records sum it, to the
+micro-dollar; and `gatewayctl` changing a budget with an override and a top-up. One stack."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from gateway_extproc.identity.devissuer import DevIssuer, ensure_dev_issuer
+from gateway_extproc.stack import Stack, free_port
+from tests.e2e.conftest import start_stack
+from tests.e2e.harness import AuditLog
+
+pytestmark = pytest.mark.e2e
+MESSAGES = [{"role": "user", "content": "Count the stars, please."}]
+CONFIG = """
+identity: {dev_issuer: true}
+sidecar: {workers: 2}
+admin_api: {enabled: true}
+budget_store: {deadline_ms: 250, breaker_open_s: 1, reap_interval_s: 1}
+budgets:
+  - name: saver
+    scope: {kind: user}
+    match: {groups: [saver], models: [gpt-4o]}
+    limit_usd: 0.003
+    window: {type: calendar, period: day}
+    action: downgrade
+    downgrade_to: gpt-4o-mini
+  - name: tight
+    scope: {kind: user}
+    match: {groups: [tight]}
+    limit_usd: 0.00001
+    window: {type: calendar, period: month}
+    action: block
+  - name: open
+    scope: {kind: group, value: open}
+    limit_usd: 5
+    window: {type: calendar, period: month}
+    action: block
+    on_redis_error: fail_open
+  - name: eng
+    scope: {kind: group}
+    match: {groups: [eng, ml]}
+    limit_usd: 100
+    window: {type: calendar, period: month}
+    action: monitor
+    on_redis_error: fail_open
+"""
+
+
+class Gateway:
+    def __init__(self, stack: Stack, issuer: DevIssuer, json_port: int) -> None:
+        self.stack, self.issuer, self.json_port = stack, issuer, json_port
+        self.audit = AuditLog(stack.run_dir / "audit.jsonl")
+
+    def token(
+        self, user: str | None, *groups: str, service: str | None = None, **attrs: str
+    ) -> str:
+        return self.issuer.mint(user, list(groups), service, 3600, dict(attrs), time.time())
+
+    def post(
+        self, token: str, body: dict[str, Any], path: str = "/v1/chat/completions", **headers: str
+    ) -> httpx.Response:
+        return httpx.post(
+            self.stack.gateway_url + path,
+            json=body,
+            headers={"authorization": f"Bearer {token}", **headers},
+            timeout=60,
+        )
+
+    def cli(self, *argv: str, token: str | None = None) -> subprocess.CompletedProcess[str]:
+        """gatewayctl as a user runs it against make run: no address or credential flags (the
+        environment only says where this test's stack is and where its dev issuer lives)."""
+        env = {**os.environ, "GATEWAY_RUN_DIR": str(self.stack.run_dir)}
+        env["GATEWAY_ADMIN_ADDRESS"] = self.stack.admin_api_address
+        env.pop("GATEWAY_ADMIN_TOKEN", None)
+        if token is not None:
+            env["GATEWAY_ADMIN_TOKEN"] = token
+        return subprocess.run(
+            [sys.executable, "-m", "gateway_extproc.cli", *argv],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    def cli_json(self, *argv: str) -> Any:
+        done = self.cli(*argv, "--format", "json")
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    tmp_path = tmp_path_factory.mktemp("spend")
+    run_dir = tmp_path / "run"
+    issuer = ensure_dev_issuer(run_dir / "dev-issuer")  # the sidecar loads the same key
+    config = tmp_path / "gateway.yaml"
+    config.write_text(CONFIG)
+    json_port = free_port()
+    stack = start_stack(
+        run_dir, config_path=config, admin_api_port=0, admin_api_http_port=json_port
+    )
+    yield Gateway(stack, issuer, json_port)
+    stack.stop()
+
+
+def eventually(check: Callable[[], bool], timeout: float = 30) -> None:
+    """Wait for `check()` to hold; the timeout only bounds a failure, it never decides a pass."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.2)
+
+
+# -- what the audit records say -----------------------------------------------------------------
+
+
+def values(record: dict[str, Any], dim: str) -> list[str]:
+    ident = record["identity"] or {}
+    if dim == "group":
+        return list(ident.get("groups") or []) or [""]
+    if dim == "day":
+        return [record["time"][:10]]
+    if dim == "model":
+        return [record["served_model"] or ""]
+    if dim == "provider":
+        return [record["provider"] or ""]
+    if dim.startswith("attribute:"):
+        return [(ident.get("attributes") or {}).get(dim.split(":", 1)[1]) or ""]
+    return [ident.get(dim) or ""]
+
+
+def audit_sums(records: list[dict[str, Any]], dims: list[str]) -> dict[tuple[str, ...], tuple]:
+    sums: dict[tuple[str, ...], list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])
+    for rec in records:
+        if rec["usage_source"] == "none":  # not billed: no spend to report
+            continue
+        estimated = rec["usage_source"] == "estimated"
+        for key in itertools.product(*(values(rec, d) for d in dims)):
+            s = sums[key]
+            s[0] += 1
+            s[1] += rec["cost_micros"]
+            s[2] += rec["cost_micros"] if estimated else 0
+            s[3] += rec["tokens"]["input_tokens"]
+            s[4] += rec["tokens"]["output_tokens"]
+    return {k: tuple(v) for k, v in sums.items()}
+
+
+def api_sums(gw: Gateway, dims: list[str], since: str, until: str) -> dict[tuple[str, ...], tuple]:
+    argv = ["spend", "--since", since, "--until", until]
+    for d in dims:
+        argv += ["--by", d]
+    doc = gw.cli_json(*argv)
+    out = {}
+    for row in doc["rows"]:
+        key = tuple(row[d] for d in dims)
+        out[key] = (
+            row["requests"],
+            row["cost_micros"],
+            row["estimated_cost_micros"],
+            row["input_tokens"],
+            row["output_tokens"],
+        )
+    return out
+
+
+# -- the scripted mix ---------------------------------------------------------------------------
+
+
+def disconnect_mid_stream(gw: Gateway, token: str) -> str:
+    oai = openai.OpenAI(base_url=gw.stack.gateway_url + "/v1", api_key=token, max_retries=0)
+    with (
+        oai,
+        oai.chat.completions.with_streaming_response.create(
+            model="gpt-4o",
+            messages=MESSAGES,  # type: ignore[arg-type]
+            stream=True,
+            max_tokens=2000,
+            extra_headers={"x-mock-output-tokens": "2000", "x-mock-chunk-delay-ms": "10"},
+        ) as response,
+    ):
+        rid = response.headers["x-gateway-request-id"]
+        for n, _ in enumerate(response.parse()):
+            if n == 20:
+                break
+    return rid
+
+
+def run_mix(gw: Gateway) -> None:
+    mini = {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 50}
+    alice = gw.token("alice@example.com", "eng", cost_center="42", team="search")
+    bob = gw.token("bob@example.com", "eng", "ml", cost_center="7")
+    for _ in range(3):
+        assert gw.post(alice, mini).status_code == 200
+    claude = {"model": "claude-haiku-4-5", "max_tokens": 40, "messages": MESSAGES}
+    assert gw.post(alice, claude, "/v1/messages").status_code == 200
+    for _ in range(2):
+        body = {
+            "model": "gpt-4o",
+            "messages": MESSAGES,
+            "max_tokens": 60,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        assert gw.post(bob, body).status_code == 200
+    ci = gw.token(None, "bots", service="ci-bot")
+    assert gw.post(ci, mini).status_code == 200
+    sam = gw.token("sam@example.com", "saver")
+    big = {"model": "gpt-4o", "messages": MESSAGES, "max_tokens": 100}
+    for _ in range(10):
+        r = gw.post(sam, big, **{"x-mock-output-tokens": "100"})
+        assert r.status_code == 200, r.text
+        if "x-gateway-downgraded-from" in r.headers:
+            break
+    assert r.headers["x-gateway-downgraded-from"] == "gpt-4o"
+    tina = gw.token("tina@example.com", "tight")
+    for _ in range(10):
+        if gw.post(tina, mini).status_code == 429:
+            break
+    else:
+        raise AssertionError("tight never refused")
+    disconnect_mid_stream(gw, gw.token("dora@example.com", "ml"))
+    # A Redis outage: fail-open admissions (and a request no budget applies to) are rolled up
+    # once Redis is back, from the settle retries and the fail-open reconciliation.
+    otto = gw.token("otto@example.com", "open")
+    nora = gw.token("nora@example.com")
+    gw.stack.process("redis-server").terminate()
+    gw.stack.process("redis-server").wait(10)
+    try:
+        for token in (otto, otto, nora):
+            r = gw.post(token, mini)
+            assert r.status_code == 200, r.text
+    finally:
+        gw.stack.restart("redis-server")
+
+
+def test_api_spend_equals_the_audit_records(gw: Gateway) -> None:
+    run_mix(gw)
+    records = gw.audit.records()
+    billed = [r for r in records if r["usage_source"] != "none"]
+    assert {r["budget"]["decision"] for r in billed if r["budget"]} >= {
+        "fail_open",
+        "downgraded",
+        "admitted",
+        "none",
+    }
+    assert any(r["usage_source"] == "estimated" for r in billed)
+    days = sorted({r["time"][:10] for r in records})
+    since = days[0]
+    until = (dt.date.fromisoformat(days[-1]) + dt.timedelta(days=1)).isoformat()
+
+    def settled() -> bool:  # every billed request's settle has reached Redis
+        total = gw.cli_json("spend", "--since", since, "--until", until)
+        return total["total"]["requests"] == len(billed)
+
+    eventually(settled)
+    for dims in (
+        [],
+        ["user"],
+        ["group"],
+        ["service"],
+        ["model"],
+        ["provider"],
+        ["attribute:cost_center"],
+        ["day", "model"],
+        ["user", "attribute:team"],
+    ):
+        expected = audit_sums(records, dims)
+        if not dims:
+            got = gw.cli_json("spend", "--since", since, "--until", until)["total"]
+            assert (got["requests"], got["cost_micros"], got["estimated_cost_micros"]) == expected[
+                ()
+            ][:3]
+            continue
+        assert api_sums(gw, dims, since, until) == expected, dims
+    # Filters: alice's spend on OpenAI models only.
+    doc = gw.cli_json(
+        "spend",
+        "--by",
+        "model",
+        "--where",
+        "user=alice@example.com",
+        "--where",
+        "provider=openai",
+        "--since",
+        since,
+        "--until",
+        until,
+    )
+    assert [row["model"] for row in doc["rows"]] == ["gpt-4o-mini"]
+    assert doc["rows"][0]["requests"] == 3
+
+
+def test_overrides_and_top_ups_through_gatewayctl(gw: Gateway) -> None:
+    tina = gw.token("tina2@example.com", "tight")
+    mini = {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 50}
+    while gw.post(tina, mini).status_code == 200:
+        pass
+    done = gw.cli(
+        "budgets",
+        "override",
+        "tight",
+        "tina2@example.com",
+        "--limit-usd",
+        "2",
+        "--expires",
+        "1h",
+        "--reason",
+        "demo day",
+    )
+    assert done.returncode == 0, done.stderr
+    r = gw.post(tina, mini)
+    assert r.status_code == 200, r.text  # the very next reserve sees the override
+    assert r.headers["x-gateway-budget-override"] == "true"
+    assert r.headers["x-gateway-budget-limit-usd"] == "2.000000"
+    [status] = gw.cli_json("budgets", "tight", "--scope-value", "tina2@example.com")
+    assert status["limit_usd"] == "2.000000" and status["override_reason"] == "demo day"
+    overrides = gw.cli_json("budgets", "overrides")
+    assert [(o["budget"], o["scope_value"]) for o in overrides] == [("tight", "tina2@example.com")]
+    # A stricter override: the 429 says a temporary limit is in force.
+    done = gw.cli(
+        "budgets",
+        "override",
+        "tight",
+        "tina2@example.com",
+        "--limit-usd",
+        "0.000001",
+        "--expires",
+        "1h",
+        "--reason",
+        "freeze",
+    )
+    assert done.returncode == 0, done.stderr
+    r = gw.post(tina, mini)
+    assert r.status_code == 429
+    assert "temporary limit set by an administrator" in r.json()["error"]["message"]
+    assert (
+        gw.cli(
+            "budgets", "override", "tight", "tina2@example.com", "--remove", "--reason", "over"
+        ).returncode
+        == 0
+    )
+    assert gw.post(tina, mini).status_code == 429
+    # A top-up for this month lets her through again, and is visible in the status.
+    done = gw.cli(
+        "budgets",
+        "top-up",
+        "tight",
+        "tina2@example.com",
+        "--amount-usd",
+        "1",
+        "--reason",
+        "month end",
+        "--format",
+        "json",
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)[0]["top_up_usd"] == "1.000000"
+    assert gw.post(tina, mini).status_code == 200
+    admin_lines = [r for r in gw.audit.records() if r.get("type") == "gateway.admin.v1"]
+    assert [a["method"] for a in admin_lines] == [
+        "SetOverride",
+        "SetOverride",
+        "RemoveOverride",
+        "TopUp",
+    ]
+    assert {a["reason"] for a in admin_lines} == {"demo day", "freeze", "over", "month end"}
+
+
+def test_bad_callers_and_bad_input(gw: Gateway) -> None:
+    outsider = gw.token("eve@example.com", "eng")
+    done = gw.cli("spend", token=outsider)
+    assert done.returncode == 1 and "PERMISSION_DENIED" in done.stderr
+    done = gw.cli("spend", "--by", "colour")
+    assert done.returncode == 1 and "unknown dimension 'colour'" in done.stderr
+    done = gw.cli("budgets", "top-up", "nope", "x", "--amount-usd", "1", "--reason", "r")
+    assert done.returncode == 1 and "NOT_FOUND" in done.stderr
+    done = gw.cli("budgets", "top-up", "tight", "x", "--amount-usd", "-1", "--reason", "r")
+    assert done.returncode == 1 and "amount_micros must be positive" in done.stderr
+    table = gw.cli("budgets")
+    assert table.returncode == 0 and "tight" in table.stdout and "BUDGET" in table.stdout
+
+
+def test_json_over_http_through_envoy(gw: Gateway) -> None:
+    """The admin API as JSON over HTTP (Envoy's gRPC-JSON transcoder on its own listener)."""
+    base = f"http://127.0.0.1:{gw.json_port}/gateway.admin.v1.AdminService"
+    admin = gw.token("root@example.com", "gateway-admins")
+    r = httpx.post(
+        base + "/GetSpend",
+        json={"groupBy": ["provider"], "window": {"name": "month"}},
+        headers={"authorization": f"Bearer {admin}"},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    assert doc["groupBy"] == ["provider"] and doc["timezone"] == "UTC"
+    assert {row["key"][0] for row in doc["rows"]} >= {"openai", "anthropic"}
+    assert int(doc["total"]["costMicros"]) > 0  # int64 is a JSON string in proto3 JSON
+    r = httpx.post(base + "/ListBudgets", json={}, timeout=30)
+    assert r.status_code == 401, r.text
+    assert "missing credential" in r.json()["message"]
+    outsider = gw.token("eve@example.com", "eng")
+    r = httpx.post(
+        base + "/TopUp",
+        json={"budget": "tight", "scopeValue": "x", "amountMicros": "1", "reason": "r"},
+        headers={"authorization": f"Bearer {outsider}"},
+        timeout=30,
+    )
+    assert r.status_code == 403 and "needs one of the groups" in r.json()["message"]
