@@ -101,6 +101,11 @@ Rendered as JSON (valid YAML) so that large integers keep their exact value.
 {{- $_ := set $sidecar "port" (int .Values.sidecar.port) }}
 {{- $_ := set $sidecar "workers" (int .Values.sidecar.workers) }}
 {{- $_ := set $c "sidecar" $sidecar }}
+{{- with .Values.adminApi }}
+{{- if .enabled }}
+{{- $_ := set $c "admin_api" (dict "enabled" true "host" "0.0.0.0" "port" (int .port) "http_port" (int .httpPort) "read_groups" .readGroups "write_groups" .writeGroups) }}
+{{- end }}
+{{- end }}
 {{- $providers := deepCopy (default dict $c.providers) }}
 {{- range $name, $key := .Values.providerKeys }}
 {{- $p := deepCopy (default dict (index $providers $name)) }}
@@ -168,6 +173,27 @@ pod template. Identity, policies, budgets and the catalog reload in the running 
 {{- range $k, $by := dict "host" "the chart (0.0.0.0, dialled over loopback)" "port" "sidecar.port" "workers" "sidecar.workers" }}
 {{- if hasKey (default dict $cfg.sidecar) $k }}
 {{- fail (printf "config.sidecar.%s: set by %s; remove it from config" $k $by) }}
+{{- end }}
+{{- end }}
+{{- if hasKey $cfg "admin_api" }}
+{{- fail "config.admin_api: set by the chart from adminApi (adminApi.enabled, port, httpPort, readGroups, writeGroups); remove it from config" }}
+{{- end }}
+{{- $admin := .Values.adminApi }}
+{{- if $admin.enabled }}
+{{- if not (include "llm-gateway.redisUrl" .) }}
+{{- fail "adminApi.enabled: needs Redis (the API reads budget state and spend rollups from it): set redis.external.url, or redis.bundled.enabled for an evaluation" }}
+{{- end }}
+{{- $taken := dict (toString (int .Values.envoy.port)) "envoy.port" (toString (int .Values.envoy.opsPort)) "envoy.opsPort" (toString (int .Values.envoy.adminPort)) "envoy.adminPort" }}
+{{- range $i, $_ := until (int .Values.sidecar.workers) }}
+{{- $_ := set $taken (toString (add (int $.Values.sidecar.port) $i)) (printf "sidecar.port + %d (worker %d)" $i $i) }}
+{{- end }}
+{{- range $k, $port := dict "adminApi.port" (int $admin.port) "adminApi.httpPort" (int $admin.httpPort) }}
+{{- if and $port (hasKey $taken (toString $port)) }}
+{{- fail (printf "%s: %d is already used by %s" $k $port (get $taken (toString $port))) }}
+{{- end }}
+{{- end }}
+{{- if eq (int $admin.port) (int $admin.httpPort) }}
+{{- fail (printf "adminApi.httpPort: %d is adminApi.port too" (int $admin.httpPort)) }}
 {{- end }}
 {{- end }}
 {{- range $k, $by := dict "redis_url" "redis.external.url or redis.bundled" "cluster" "redis.external.cluster" }}
