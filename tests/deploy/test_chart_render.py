@@ -38,6 +38,7 @@ def test_the_ci_matrix_covers_what_the_issue_asks() -> None:
         "httproute",
         "tls",
         "hpa-off",
+        "admin",
     } <= set(CASES)
 
 
@@ -113,6 +114,7 @@ def test_what_each_case_adds(rendered: dict[str, list[dict[str, Any]]]) -> None:
     assert "Ingress" in kinds("ingress") and "HTTPRoute" in kinds("httproute")
     assert "ServiceMonitor" in kinds("redis-cluster") and "ServiceMonitor" not in kinds("default")
     assert "HorizontalPodAutoscaler" not in kinds("hpa-off")
+    assert [c for c in CASES if "gw-llm-gateway-admin" in services(rendered[c])] == ["admin"]
     deployment = one(rendered["hpa-off"], "Deployment")
     assert deployment["spec"]["replicas"] == 3
     assert "replicas" not in one(rendered["default"], "Deployment")["spec"]  # the HPA owns it
@@ -235,6 +237,90 @@ def test_network_policy(rendered: dict[str, list[dict[str, Any]]]) -> None:
     assert egress_ports == {53, 443, 6380}  # DNS, providers/IdP, the Redis URL's port
 
 
+def services(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+
+
+# --- the admin API (issue 14): its own port and Service, never the public ones --------------
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_admin_service_only_when_enabled_and_never_the_public_port(
+    case: str, rendered: dict[str, list[dict[str, Any]]]
+) -> None:
+    docs = rendered[case]
+    enabled = bool(CASES[case].get("adminApi", {}).get("enabled"))
+    by_name = services(docs)
+    by_name.pop("gw-llm-gateway-redis", None)  # the bundled Redis's own
+    public = by_name.pop("gw-llm-gateway")
+    assert {p["targetPort"] for p in public["spec"]["ports"]} == {"http", "ops"}
+    if not enabled:
+        assert by_name == {}
+        assert "admin_api" not in gateway_config(docs)
+        assert all(
+            "admin" not in p["name"] for c in pod_spec(docs)["containers"] for p in c["ports"]
+        )
+        return
+    admin = by_name.pop("gw-llm-gateway-admin")
+    assert by_name == {}
+    assert admin["spec"]["type"] == "ClusterIP"
+    assert admin["spec"]["selector"] == public["spec"]["selector"]
+    assert {p["targetPort"] for p in admin["spec"]["ports"]} <= {"admin-api", "admin-json"}
+    assert "http" not in {p["targetPort"] for p in admin["spec"]["ports"]}
+    # Neither the Ingress nor the HTTPRoute ever points at the admin Service.
+    for doc in docs:
+        assert "gw-llm-gateway-admin" not in str(doc.get("spec")) or doc is admin
+
+
+def test_admin_api_config_ports_and_policy(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    docs = rendered["admin"]
+    assert gateway_config(docs)["admin_api"] == {
+        "enabled": True,
+        "host": "0.0.0.0",
+        "port": 10090,
+        "http_port": 10091,
+        "read_groups": ["finance"],
+        "write_groups": ["platform-admins"],
+    }
+    envoy, worker0, worker1 = pod_spec(docs)["containers"]
+    # Worker 0 alone serves it, on the port the Service targets; readiness is unchanged.
+    assert worker0["args"][-2:] == ["--admin-address", "0.0.0.0:10090"]
+    assert "--admin-address" not in worker1["args"]
+    assert {"name": "admin-api", "containerPort": 10090, "protocol": "TCP"} in worker0["ports"]
+    assert [p["name"] for p in worker1["ports"]] == ["grpc-1"]
+    assert worker0["readinessProbe"]["grpc"] == {"port": 50051}
+    assert {"name": "admin-json", "containerPort": 10091, "protocol": "TCP"} in envoy["ports"]
+    assert envoy["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "ops"}
+    admin = one(docs, "Service", "-admin")
+    assert admin["metadata"]["annotations"] == {"team": "platform"}
+    assert [(p["name"], p["port"], p.get("appProtocol")) for p in admin["spec"]["ports"]] == [
+        ("admin-api", 10090, "grpc"),
+        ("admin-json", 10091, "http"),
+    ]
+    ingress = one(docs, "NetworkPolicy")["spec"]["ingress"]
+    assert [[p["port"] for p in r["ports"]] for r in ingress] == [[10000], [9902], [10090, 10091]]
+    assert ingress[2]["from"] == CASES["admin"]["adminApi"]["allowFrom"]
+    assert "from" not in ingress[0]  # the listener stays open to clients (ingressFrom: [])
+
+
+def test_admin_api_defaults() -> None:
+    values = copy.deepcopy(CASES["company"]) | {"adminApi": {"enabled": True}}
+    docs = render(values)
+    config = gateway_config(docs)["admin_api"]
+    assert (config["port"], config["http_port"]) == (10090, 0)
+    assert config["read_groups"] == config["write_groups"] == ["gateway-admins"]
+    admin = one(docs, "Service", "-admin")
+    assert [p["name"] for p in admin["spec"]["ports"]] == ["admin-api"]
+    assert all(p["name"] != "admin-json" for p in pod_spec(docs)["containers"][0]["ports"])
+    rule = one(docs, "NetworkPolicy")["spec"]["ingress"][2]
+    assert rule == {"ports": [{"port": 10090, "protocol": "TCP"}], "from": [{"podSelector": {}}]}
+    text = notes(values)
+    assert "kubectl -n llm port-forward svc/gw-llm-gateway-admin 10090" in text
+    assert "GATEWAY_ADMIN_ADDRESS=127.0.0.1:10090" in text and "GATEWAY_ADMIN_TOKEN" in text
+    assert "gatewayctl budgets" in text
+    assert "admin API" not in notes(CASES["company"])
+
+
 def test_restart_checksum_follows_only_what_needs_a_restart() -> None:
     def checksum(values: dict[str, Any]) -> str:
         meta = one(render(values), "Deployment")["spec"]["template"]["metadata"]
@@ -266,6 +352,7 @@ def test_notes_say_how_to_reach_and_authenticate() -> None:
 
 # --- bad values: refused at render, naming the value ----------------------------------------
 
+REDIS = {"redis": {"external": {"url": "redis://redis:6379/0"}}}
 BAD = [
     ({"replicaCount": "many"}, "/replicaCount"),
     ({"replicas": 3}, "replicas"),
@@ -307,6 +394,24 @@ BAD = [
         {"providerKeys": {"vllm": {"existingSecret": "vllm", "key": "token"}}},
         "providerKeys.vllm.header: required",
     ),
+    (
+        {"config": {"admin_api": {"enabled": True, "port": 10090}}},
+        "config.admin_api: set by the chart from adminApi",
+    ),
+    ({"adminApi": {"enabled": True}}, "adminApi.enabled: needs Redis"),
+    (
+        {**REDIS, "adminApi": {"enabled": True, "port": 50051}},
+        "adminApi.port: 50051 is already used by sidecar.port + 0 (worker 0)",
+    ),
+    (
+        {**REDIS, "adminApi": {"enabled": True, "httpPort": 9902}},
+        "adminApi.httpPort: 9902 is already used by envoy.opsPort",
+    ),
+    ({**REDIS, "adminApi": {"enabled": True, "httpPort": 10090}}, "adminApi.httpPort: 10090 is"),
+    ({"adminApi": {"service": {"type": "LoadBalancer"}}}, "/adminApi/service/type"),
+    ({"adminApi": {"writeGroups": []}}, "/adminApi/writeGroups"),
+    ({"adminApi": {"port": 0}}, "/adminApi/port"),
+    ({"adminApi": {"expose": True}}, "additional properties 'expose' not allowed"),
 ]
 
 
@@ -335,6 +440,7 @@ def test_chart_files_are_documented() -> None:
                 "autoscaling",
                 "podDisruptionBudget",
                 "serviceAccount",
+                "adminApi",
                 "networkPolicy",
                 "serviceMonitor",
                 "podAnnotations",
