@@ -2,8 +2,10 @@
 ConfigMap and the pod's own init-container commands (`gatewayctl check-config`, `gatewayctl
 envoy-config`, `envoy --mode validate`) succeed; then the company example boots — sidecar and
 Envoy started with their containers' exact command lines on loopback — serves the official openai
-SDK through a budget, reports ready only with a healthy sidecar, and drains in the README's
-order when its preStop hooks run."""
+SDK through a budget, reports ready only with a healthy sidecar, answers `gatewayctl budgets` and
+gRPC health on worker 0's admin port (and JSON through Envoy's admin listener) with the admin API
+enabled as the admin case enables it, and drains in the README's order when its preStop hooks
+run."""
 
 from __future__ import annotations
 
@@ -21,9 +23,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import openai
 import pytest
 import redis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway_extproc.envoy_drain import active_requests
 from tests.deploy.pod import Pod, render
@@ -183,6 +187,13 @@ def test_the_company_example_boots_serves_and_drains(
             "anthropic": {"base_url": mock_url},
         }
         values["redis"]["external"]["url"] = f"redis://127.0.0.1:{protected_redis.port}/0"
+        # The admin API as the admin case enables it; the static token's group may change budgets.
+        admin_ports = {"port": free_port(), "httpPort": free_port()}
+        values["adminApi"] = {
+            **CASES["admin"]["adminApi"],
+            **admin_ports,
+            "writeGroups": ["engineering"],
+        }
         docs = render(values)
         pod = Pod(docs, tmp_path / "pod", fake_secrets(docs, tmp_path))
         for init in ("check-config", "envoy-config", "envoy-validate"):
@@ -219,6 +230,7 @@ def test_the_company_example_boots_serves_and_drains(
         with redis.Redis(port=protected_redis.port, password=REDIS_PASSWORD) as r:
             assert any(b"engineering-monthly" in k for k in r.keys("*"))
         client.close()
+        check_admin_api(pod, admin_ports, ports["port"])
 
         # Termination with a request in flight (its body half sent). Both preStop hooks start
         # together: the sidecar's drains Envoy (no longer ready) and waits for that request;
@@ -246,6 +258,47 @@ def test_the_company_example_boots_serves_and_drains(
     finally:
         procs.stop()
     assert "sk-llm-gateway" not in log.read_text(errors="replace")  # provider keys never logged
+
+
+def check_admin_api(pod: Pod, admin: dict[str, int], public_port: int) -> None:
+    """Worker 0's admin port, as NOTES.txt says to reach it: gRPC health under the service's
+    name, `gatewayctl budgets` with GATEWAY_ADMIN_ADDRESS / GATEWAY_ADMIN_TOKEN, and the same
+    API as JSON on Envoy's admin listener; the public listener does not serve it."""
+    address = f"127.0.0.1:{admin['port']}"
+    with grpc.insecure_channel(address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        answer = health.Check(
+            health_pb2.HealthCheckRequest(service="gateway.admin.v1.AdminService"), timeout=10
+        )
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+    env = pod.env("sidecar") | {
+        "GATEWAY_ADMIN_ADDRESS": address,
+        "GATEWAY_ADMIN_TOKEN": STATIC_TOKEN,
+    }
+    budgets = subprocess.run(
+        pod.command(["gatewayctl", "budgets"]),  # as NOTES.txt says, a status table
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert budgets.returncode == 0, budgets.stdout + budgets.stderr
+    assert "engineering-monthly" in budgets.stdout
+    path = "/gateway.admin.v1.AdminService/ListBudgets"
+    headers = {"authorization": f"Bearer {STATIC_TOKEN}", "content-type": "application/json"}
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{admin['httpPort']}{path}", data=b"{}", headers=headers
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert b"engineering-monthly" in response.read()
+    public = urllib.request.Request(
+        f"http://127.0.0.1:{public_port}{path}", data=b"{}", headers=headers
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(public, timeout=10)
+    assert refused.value.code >= 400
+    assert b"engineering-monthly" not in refused.value.read()
 
 
 def test_tls_at_envoy_serves_https(tmp_path: Path) -> None:
