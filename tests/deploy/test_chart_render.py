@@ -293,6 +293,8 @@ def test_admin_api_config_ports_and_policy(rendered: dict[str, list[dict[str, An
     assert envoy["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "ops"}
     admin = one(docs, "Service", "-admin")
     assert admin["metadata"]["annotations"] == {"team": "platform"}
+    # The ServiceMonitor's selector (the public Service's labels) does not pick it up.
+    assert admin["metadata"]["labels"]["app.kubernetes.io/component"] == "admin-api"
     assert [(p["name"], p["port"], p.get("appProtocol")) for p in admin["spec"]["ports"]] == [
         ("admin-api", 10090, "grpc"),
         ("admin-json", 10091, "http"),
