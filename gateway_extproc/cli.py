@@ -44,6 +44,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"  admin     {stack.admin_url}\n"
         f"  redis     {stack.redis_url}\n"
         + (f"  mock      {stack.mock_url}  serving: {', '.join(mocked)}\n" if mocked else "")
+        + "".join(f"  metrics   {url}\n" for url in stack.metrics_urls)
         + "  audit     one JSON line per request on stdout"
         + (f" and in {stack.config.audit_file}" if stack.config.audit_file else "")
         + "\n  Ctrl-C stops everything.\n",

@@ -30,6 +30,7 @@ from gateway_extproc.identity.model import IdentityConfig
 from gateway_extproc.identity.policy import PolicySet, parse_policies
 from gateway_extproc.identity.settings import parse_identity
 from gateway_extproc.namespaces import namespace_problems
+from gateway_extproc.observability.settings import ObservabilityConfig, parse_observability
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +94,7 @@ class GatewayConfig:
     identity_files: tuple[str, ...] = ()  # static_tokens_file, hs_secret files
     budgets: tuple[BudgetConfig, ...] = ()
     budget_store: BudgetStoreConfig = dataclasses.field(default_factory=BudgetStoreConfig)
+    observability: ObservabilityConfig = dataclasses.field(default_factory=ObservabilityConfig)
 
     @property
     def unhealthy_after_s(self) -> float:
@@ -259,6 +261,7 @@ def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayC
     r = _Reader()
     known = {"listener", "limits", "sidecar", "providers", "mock_unconfigured_providers"}
     known |= {"catalog", "audit", "identity", "policies", "budgets", "budget_store"}
+    known |= {"observability"}
     for extra in sorted(set(doc) - known):
         r.problems.append(f"{extra}: unknown key")
     listener = r.section(doc, "listener", {"host", "port", "admin_port"})
@@ -393,6 +396,7 @@ def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayC
         identity_files=identity_files,
         budgets=budgets,
         budget_store=budget_store,
+        observability=parse_observability(doc.get("observability"), r.problems),
     )
     if r.problems:
         raise ConfigError(r.problems)
