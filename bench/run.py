@@ -27,7 +27,7 @@ from typing import IO
 
 import redis
 
-from bench import load, report, setups
+from bench import load, otlp_sink, report, setups
 from bench.report import Row
 from bench.upstream import CHUNKS, response_bytes
 from gateway_extproc.stack import StackError, find_binary
@@ -187,11 +187,11 @@ class Bench:
             self.rows.append(self.timed_streams(running, paced, None))
         if running.sidecar_pids:
             self.rows.append(self.wrk_row(running, paced, s.connections))
-        if running.redis_url and full:
+        if running.setup == "gateway" and full:
             self.redis_probe(running, (json_load, sse, paced))
         if running.audit_path is not None:
             check_audit(running.audit_path)
-        if running.redis_url and not full:
+        if running.setup == "gateway" and not full:
             for count in (200, 1000):
                 self.bursts.append(self.burst(running, count))
 
@@ -337,9 +337,11 @@ def run(settings: Settings, run_dir: Path, log: IO[bytes]) -> dict[str, object]:
             ("plain", 0, True),
             ("noop", 1, True),
             ("gateway", 1, True),
+            ("gateway+otel", 1, True),  # traces + metrics on, exported to a local sink
             ("noop", n, False),
             ("gateway", n, False),
         ]
+        sink: otlp_sink.Sink | None = None
         for setup, workers, full in plans:
             if workers == n and not full and n == 1:
                 continue  # W=N is W=1 on a one-core machine
@@ -348,10 +350,21 @@ def run(settings: Settings, run_dir: Path, log: IO[bytes]) -> dict[str, object]:
                 cm = setups.plain(log, run_dir, port, env)
             elif setup == "noop":
                 cm = setups.noop(log, run_dir, port, workers, env)
+            elif setup == "gateway+otel":
+                sink = otlp_sink.Sink()
+                cm = setups.gateway(
+                    log, log_path, run_dir, port, workers, identity, env, sink.endpoint
+                )
             else:
                 cm = setups.gateway(log, log_path, run_dir, port, workers, identity, env)
-            with cm as running:
-                bench.measure(running, full)
+            try:
+                with cm as running:
+                    bench.measure(running, full)
+            finally:
+                if sink is not None:
+                    bench.progress(f"otlp sink received {sink.traces.spans} spans")
+                    sink.stop()
+                    sink = None
     finally:
         procs.stop()
     return report.build(
