@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from gateway_extproc.config import GatewayConfig
+from gateway_extproc.observability import envoy_tracing
 from gateway_extproc.processor import CLUSTER_HEADER
 from gateway_extproc.server import GRPC_MESSAGE_SLACK, SERVICE_NAME
 from gateway_extproc.upstreams import Upstream
@@ -223,6 +224,11 @@ def _local_reply_config(config: GatewayConfig) -> dict[str, Any]:
     return {"mappers": mappers}
 
 
+def _tracing(config: GatewayConfig) -> dict[str, Any]:
+    block = envoy_tracing.tracing(config.observability.envoy_otlp_endpoint)
+    return {} if block is None else {"tracing": block}
+
+
 def _http_connection_manager(config: GatewayConfig) -> dict[str, Any]:
     idle = f"{config.limits.stream_idle_timeout_s}s"
     return {
@@ -236,6 +242,7 @@ def _http_connection_manager(config: GatewayConfig) -> dict[str, Any]:
             "stream_idle_timeout": idle,
             "request_headers_timeout": "30s",
             "local_reply_config": _local_reply_config(config),
+            **_tracing(config),
             "access_log": [
                 {
                     "name": "envoy.access_loggers.stderr",
@@ -366,7 +373,8 @@ def build(
                 }
             ],
             "clusters": [sidecar_cluster]
-            + [_provider_cluster(up, config, ca_file) for up in upstreams],
+            + [_provider_cluster(up, config, ca_file) for up in upstreams]
+            + envoy_tracing.collector_cluster(config.observability.envoy_otlp_endpoint),
         },
     }
 

@@ -52,7 +52,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         # the runtime keeps it open until its last stream ends.
         with self.runtime.stream() as ctx:
             processor = StreamProcessor(ctx)
-            if ctx.config.observability.envoy_tracing:  # Envoy's span: the parent of ours
+            if ctx.config.observability.envoy_otlp_endpoint:  # Envoy's span: the parent of ours
                 processor.trace_context = trace_context(context.invocation_metadata())
             busy, messages = 0.0, 0  # the sidecar's own time on this request
             try:

@@ -41,7 +41,8 @@ class ObservabilityConfig:
     # Budget gauges per scope value (user, group ...), not only per budget; capped the same way.
     budget_scope_values: bool = False
     max_label_values: int = 1000
-    envoy_tracing: bool = False  # Envoy's own spans to the same OTLP collector
+    # host:port of an OTLP/gRPC collector: Envoy traces too (its span parents the sidecar's).
+    envoy_otlp_endpoint: str | None = None
 
 
 _KEYS = {f.name for f in dataclasses.fields(ObservabilityConfig)}
@@ -85,13 +86,22 @@ def parse_observability(doc: object, problems: list[str]) -> ObservabilityConfig
                 problems.append(f"{path}: must be an integer in [1, 100000] (got {value!r})")
             else:
                 values[field.name] = value
-        elif field.name == "cost_by_attribute" and value is None:
+        elif field.name in ("cost_by_attribute", "envoy_otlp_endpoint") and value is None:
             values[field.name] = None
+        elif field.name == "envoy_otlp_endpoint" and not _host_port(value):
+            problems.append(f"{path}: must be host:port of an OTLP/gRPC collector (got {value!r})")
         elif not isinstance(value, str) or not value:
             problems.append(f"{path}: must be a non-empty string (got {value!r})")
         else:
             values[field.name] = value
     return dataclasses.replace(default, **values)
+
+
+def _host_port(value: object) -> bool:
+    if not isinstance(value, str) or "://" in value:
+        return False
+    host, _, port = value.rpartition(":")
+    return bool(host) and port.isdigit() and 0 < int(port) < 65536
 
 
 class Protocol(enum.StrEnum):

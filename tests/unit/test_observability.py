@@ -278,12 +278,15 @@ def test_capped_labels_and_per_scope_gauges() -> None:
 def test_parse_observability_reports_every_problem() -> None:
     problems: list[str] = []
     doc = {"identity_subject": "maybe", "metrics_port": -1, "metrics": "yes", "bogus": 1}
+    doc["envoy_otlp_endpoint"] = "http://collector:4317"
     parse_observability(doc, problems)
     assert problems == [
         "observability.bogus: unknown key",
         "observability.metrics: must be true or false (got 'yes')",
         "observability.metrics_port: must be an integer in [0, 65535] (got -1)",
         "observability.identity_subject: must be one of on, hashed, off (got 'maybe')",
+        "observability.envoy_otlp_endpoint: must be host:port of an OTLP/gRPC collector "
+        "(got 'http://collector:4317')",
     ]
     # YAML 1.1 turns a bare on/off into booleans.
     config = parse_observability({"identity_groups": True, "identity_kind": False}, problems)
