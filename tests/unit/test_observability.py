@@ -319,3 +319,37 @@ def test_no_exporter_configured_means_no_telemetry() -> None:
         ObservabilityConfig(metrics=False), {}, worker=0, metrics_port=0, current=lambda: None
     )
     assert not telemetry.enabled and telemetry.tracer is None and telemetry.metrics is None
+
+
+def test_the_dashboard_queries_only_what_the_sidecar_exports() -> None:
+    import json
+    import re
+
+    from opentelemetry.exporter.prometheus import PrometheusMetricReader
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from tests.paths import REPO
+
+    registry = CollectorRegistry()
+    provider = MeterProvider(metric_readers=[PrometheusMetricReader(registry=registry)])
+    config = ObservabilityConfig(cost_by_subject=Disclosure.HASHED, cost_by_attribute="team")
+    ctx = fake_context()
+    metrics = GatewayMetrics(provider.get_meter("test"), config, lambda: ctx)
+    metrics.record(record(), FACTS)
+    metrics.record(record(status=429, error_code="budget_exceeded"), FACTS)
+    metrics.stream_done(0.001, 4)
+    metrics.store_call(0.001, True)
+    text = generate_latest(registry).decode()
+    names = set(re.findall(r"^(\w+)[{ ]", text, re.M))
+    labels = set(re.findall(r"[{,](\w+)=", text))
+    dashboard = json.loads((REPO / "dashboards" / "llm-gateway.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", ())]
+    assert exprs
+    for expr in exprs:
+        for name in re.findall(r"\b((?:gateway|gen_ai)_\w+)\b(?=[{\[)\s])", expr):
+            if name not in labels:
+                assert name in names, f"{name} in {expr!r} is not exported"
+        for group in re.findall(r"by \(([^)]*)\)", expr):
+            for label in (g.strip() for g in group.split(",")):
+                assert label == "le" or label in labels, f"label {label} in {expr!r}"
+    provider.shutdown()
