@@ -1,6 +1,7 @@
 """Traces and metrics of real requests through Envoy: an in-process OTLP gRPC collector receives
-the sidecar's spans (SDK clients, streamed and not, downgraded, blocked), and a scrape of every
-worker's /metrics equals the audit records' totals exactly."""
+the sidecar's spans (SDK clients, streamed and not, downgraded, blocked) and Envoy's own (one trace
+from the client's traceparent through Envoy's ingress and ext_proc spans to the sidecar's), and a
+scrape of every worker's /metrics equals the audit records' totals exactly."""
 
 from __future__ import annotations
 
@@ -35,7 +36,10 @@ TRACEPARENT = f"00-{TRACE_ID}-b7ad6b7169203331-01"
 CONFIG = """
 identity: {dev_issuer: true}
 sidecar: {workers: 2}
-observability: {cost_by_attribute: team, identity_subject: hashed}
+observability:
+  cost_by_attribute: team
+  identity_subject: hashed
+  envoy_otlp_endpoint: "COLLECTOR"  # Envoy traces to the same collector
 budgets:
   - name: tight
     scope: {kind: user}
@@ -81,6 +85,15 @@ class Collector(pb_grpc.TraceServiceServicer):  # type: ignore[misc]
             self.changed.notify_all()
         return pb.ExportTraceServiceResponse()
 
+    def envoy_span(self, trace_id: str, name_part: str, timeout: float = 20) -> Span:
+        def found() -> list[Span]:
+            return [s for s in self.spans if s.trace_id.hex() == trace_id and name_part in s.name]
+
+        with self.changed:
+            assert self.changed.wait_for(found, timeout), f"no {name_part} span in {trace_id}"
+            (span,) = found()
+            return span
+
     def span_of(self, request_id: str, timeout: float = 20) -> Span:
         def found() -> list[Span]:
             return [s for s in self.spans if attrs(s).get("gateway.request.id") == request_id]
@@ -122,8 +135,8 @@ def obs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
     run_dir = tmp / "run"
     issuer = ensure_dev_issuer(run_dir / "dev-issuer")
     config = tmp / "gateway.yaml"
-    config.write_text(CONFIG)
     collector = Collector()
+    config.write_text(CONFIG.replace("COLLECTOR", f"127.0.0.1:{collector.port}"))
     environ = stack_environ(
         run_dir,
         OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=f"http://127.0.0.1:{collector.port}",
@@ -157,7 +170,13 @@ def test_chat_span_continues_the_clients_trace(obs: Observed) -> None:
     span = obs.collector.span_of(raw.headers["x-gateway-request-id"])
     assert span.name == "chat gpt-4o-mini"
     assert span.kind == Span.SpanKind.SPAN_KIND_CLIENT
-    assert span.trace_id.hex() == TRACE_ID and span.parent_span_id.hex() == "b7ad6b7169203331"
+    # One trace: the client's; Envoy's spans continue it and parent the sidecar's span.
+    assert span.trace_id.hex() == TRACE_ID
+    ingress = obs.collector.envoy_span(TRACE_ID, "ingress")
+    extproc = obs.collector.envoy_span(TRACE_ID, "ExternalProcessor.Process")
+    assert ingress.parent_span_id.hex() == "b7ad6b7169203331"  # the client's span
+    assert extproc.parent_span_id == ingress.span_id
+    assert span.parent_span_id == extproc.span_id  # ext_proc metadata carried Envoy's context
     a = attrs(span)
     rec = obs.audit.wait_for(raw.headers["x-gateway-request-id"])
     assert a["gen_ai.operation.name"] == "chat" and a["gen_ai.provider.name"] == "openai"
@@ -173,8 +192,10 @@ def test_chat_span_continues_the_clients_trace(obs: Observed) -> None:
     assert "alice" not in str(a)  # hashed subject
     assert "server.address" in a
     resources = obs.collector.resources
-    assert all(r["service.name"] == "gateway-e2e" for r in resources)
-    assert all(r["deployment.environment.name"] == "test" for r in resources)
+    assert {r["service.name"] for r in resources} == {"gateway-e2e", "llm-spend-gateway-envoy"}
+    sidecar = [r for r in resources if r["service.name"] == "gateway-e2e"]
+    assert all(r["deployment.environment.name"] == "test" for r in sidecar)
+    assert {r["gateway.worker"] for r in sidecar} <= {0, 1}
     content_free(obs, token, completion.choices[0].message.content or SECRET_PROMPT)
 
 
@@ -191,7 +212,7 @@ def test_streamed_and_anthropic_spans_start_their_own_traces(obs: Observed) -> N
     span = obs.collector.span_of(stream.headers["x-gateway-request-id"])
     a = attrs(span)
     assert a["gen_ai.request.stream"] is True and a["gen_ai.usage.output_tokens"] > 0
-    assert span.trace_id.hex() != TRACE_ID and not span.parent_span_id
+    assert span.trace_id.hex() != TRACE_ID  # a new trace, started by Envoy
     claude = anthropic.Anthropic(base_url=obs.stack.gateway_url, api_key=token, max_retries=0)
     with claude:
         msg = claude.messages.with_raw_response.create(
