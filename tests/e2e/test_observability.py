@@ -17,6 +17,8 @@ import anthropic
 import grpc
 import openai
 import pytest
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as mpb
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc as mpb_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as pb
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as pb_grpc
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
@@ -72,6 +74,8 @@ class Collector(pb_grpc.TraceServiceServicer):  # type: ignore[misc]
         self.changed = threading.Condition()
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         pb_grpc.add_TraceServiceServicer_to_server(self, self.server)
+        self.metrics = MetricsCollector(self.changed)
+        mpb_grpc.add_MetricsServiceServicer_to_server(self.metrics, self.server)
         self.port = self.server.add_insecure_port("127.0.0.1:0")
         self.server.start()
 
@@ -102,6 +106,23 @@ class Collector(pb_grpc.TraceServiceServicer):  # type: ignore[misc]
             assert self.changed.wait_for(found, timeout), f"no span for {request_id}"
             (span,) = found()
             return span
+
+
+class MetricsCollector(mpb_grpc.MetricsServiceServicer):  # type: ignore[misc]
+    """OTLP metrics: metric names by the exporting worker's service.instance.id."""
+
+    def __init__(self, changed: threading.Condition) -> None:
+        self.changed = changed
+        self.names: dict[str, set[str]] = {}
+
+    def Export(self, request: mpb.ExportMetricsServiceRequest, context: object) -> Any:
+        with self.changed:
+            for rm in request.resource_metrics:
+                resource = {a.key: value(a.value) for a in rm.resource.attributes}
+                names = self.names.setdefault(str(resource["service.instance.id"]), set())
+                names.update(m.name for sm in rm.scope_metrics for m in sm.metrics)
+            self.changed.notify_all()
+        return mpb.ExportMetricsServiceResponse()
 
 
 def value(v: AnyValue) -> Any:
@@ -139,8 +160,9 @@ def obs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
     config.write_text(CONFIG.replace("COLLECTOR", f"127.0.0.1:{collector.port}"))
     environ = stack_environ(
         run_dir,
-        OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=f"http://127.0.0.1:{collector.port}",
+        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{collector.port}",  # traces + metrics
         OTEL_BSP_SCHEDULE_DELAY="50",
+        OTEL_METRIC_EXPORT_INTERVAL="500",
         OTEL_SERVICE_NAME="gateway-e2e",
         OTEL_RESOURCE_ATTRIBUTES="deployment.environment.name=test",
     )
@@ -316,3 +338,19 @@ def test_metrics_of_every_worker_equal_the_audit_totals(obs: Observed) -> None:
     assert limit > 0 and limit % 100_000_000 == 0  # 100 USD in each worker that saw it
     assert 0 < total(samples, "gateway_budget_remaining_micro_usd", everyone) < limit
     assert total(samples, "gateway_extproc_duration_seconds_count") > 0
+
+
+def test_every_worker_exports_its_metrics_by_otlp(obs: Observed) -> None:
+    with obs.oai(obs.token("dave@example.com")) as client:
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=5
+        )
+    metrics = obs.collector.metrics
+
+    def exported() -> bool:
+        workers = [n for n in metrics.names.values() if "gateway.audit.dropped" in n]
+        usage = any("gen_ai.client.token.usage" in n for n in metrics.names.values())
+        return len(workers) == 2 and usage
+
+    with obs.collector.changed:  # one stream per worker (per-worker service.instance.id)
+        assert obs.collector.changed.wait_for(exported, 20), metrics.names
