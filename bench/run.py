@@ -43,6 +43,7 @@ class Settings:
     connections: int  # the saturating concurrency
     workers: int  # N
     gap_ms: float  # between the events of a paced stream
+    setups: list[str] = dataclasses.field(default_factory=list)  # which setups run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -300,8 +301,15 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, bool]:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="N")
     parser.add_argument("--gap-ms", type=float, default=1.0, help="paced streams: event gap")
     parser.add_argument("--keep", action="store_true", help="keep the run directory (logs)")
+    parser.add_argument(
+        "--setups",
+        default="plain,noop,gateway,gateway+otel",
+        help="comma-separated subset, e.g. gateway,gateway+otel (telemetry on versus off)",
+    )
     a = parser.parse_args(argv)
-    settings = Settings(a.duration, a.warmup, a.runs, a.connections, a.workers, a.gap_ms)
+    settings = Settings(
+        a.duration, a.warmup, a.runs, a.connections, a.workers, a.gap_ms, a.setups.split(",")
+    )
     return settings, a.keep
 
 
@@ -343,6 +351,8 @@ def run(settings: Settings, run_dir: Path, log: IO[bytes]) -> dict[str, object]:
         ]
         sink: otlp_sink.Sink | None = None
         for setup, workers, full in plans:
+            if setup not in settings.setups:
+                continue
             if workers == n and not full and n == 1:
                 continue  # W=N is W=1 on a one-core machine
             bench.progress(f"starting {setup}" + (f" with {workers} worker(s)" if workers else ""))

@@ -122,7 +122,12 @@ def provider_overrides(upstream_port: int) -> dict[str, Any]:
     return {
         "listener": {"port": 0, "admin_port": 0},
         "providers": {
-            "openai": {"base_url": f"http://127.0.0.1:{upstream_port}/v1", "auth": None},
+            "openai": {
+                "base_url": f"http://127.0.0.1:{upstream_port}/v1",
+                "auth": None,
+                # The pacing header must reach the upstream through the header allow-list.
+                "forward_headers": ["x-bench-*"],
+            },
             "anthropic": None,
         },
         "mock_unconfigured_providers": False,
