@@ -87,6 +87,7 @@ class StreamProcessor:
         # W3C trace context the span continues: Envoy's (ext_proc gRPC metadata, when Envoy
         # traces; set by the server) or else the client's request headers.
         self.trace_context: tuple[str | None, str | None] = (None, None)
+        self.response_meta: tuple[str | None, tuple[str, ...]] = (None, ())  # id, finish reasons
 
     # -- dispatch ---------------------------------------------------------------------------
 
@@ -393,6 +394,7 @@ class StreamProcessor:
                 result.served_model,
                 result.output_chars,
             )
+            self.response_meta = (result.response_id, result.finish_reasons)
             # The stream's own terminal event makes its usage final, even when the client hung
             # up before the transport's end-of-stream reached Envoy.
             complete = result.completed and not self.metering_broken
@@ -400,6 +402,7 @@ class StreamProcessor:
         elif self.json_body and not self.metering_broken:
             jr = usage_from_json(self.request.api, bytes(self.json_body))
             usage, provider_model, output_chars = jr.usage, jr.served_model, jr.output_chars
+            self.response_meta = (jr.response_id, jr.finish_reasons)
         if usage is not None and complete:
             return usage, UsageSource.PROVIDER, provider_model
         estimated_output = estimate_tokens(output_chars)
@@ -492,6 +495,8 @@ class StreamProcessor:
             traceparent=self.trace_context[0],
             tracestate=self.trace_context[1],
             max_tokens=max_tokens,
+            response_id=self.response_meta[0],
+            finish_reasons=self.response_meta[1],
             server_address=up.host if up is not None else None,
             server_port=up.port if up is not None else None,
             budgets=tuple(

@@ -41,6 +41,8 @@ class RequestFacts:
     traceparent: str | None = None  # the client's W3C trace context (or Envoy's, when it traces)
     tracestate: str | None = None
     max_tokens: int | None = None  # the output limit sent upstream (the request's or the cap)
+    response_id: str | None = None  # the provider's id of the response
+    finish_reasons: tuple[str, ...] = ()
     server_address: str | None = None  # the provider host
     server_port: int | None = None
     # Each budget the admission checked: (name, scope value, limit, spent, held), micro-dollars.
@@ -133,6 +135,10 @@ def span_attributes(
         attrs[RESPONSE_MODEL] = record.provider_model
     if facts.max_tokens is not None:
         attrs["gen_ai.request.max_tokens"] = facts.max_tokens
+    if facts.response_id:
+        attrs["gen_ai.response.id"] = facts.response_id
+    if facts.finish_reasons:
+        attrs["gen_ai.response.finish_reasons"] = list(facts.finish_reasons)
     if facts.server_address:
         attrs["server.address"] = facts.server_address
         if facts.server_port:

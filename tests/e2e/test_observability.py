@@ -205,6 +205,8 @@ def test_chat_span_continues_the_clients_trace(obs: Observed) -> None:
     assert a["gen_ai.request.model"] == "gpt-4o-mini"
     assert a["gen_ai.response.model"] == completion.model
     assert a["gen_ai.request.max_tokens"] == 50 and a["gen_ai.request.stream"] is False
+    assert a["gen_ai.response.id"] == completion.id
+    assert a["gen_ai.response.finish_reasons"] == [completion.choices[0].finish_reason]
     assert completion.usage is not None
     assert a["gen_ai.usage.input_tokens"] == completion.usage.prompt_tokens
     assert a["gen_ai.usage.output_tokens"] == completion.usage.completion_tokens
@@ -234,6 +236,7 @@ def test_streamed_and_anthropic_spans_start_their_own_traces(obs: Observed) -> N
     span = obs.collector.span_of(stream.headers["x-gateway-request-id"])
     a = attrs(span)
     assert a["gen_ai.request.stream"] is True and a["gen_ai.usage.output_tokens"] > 0
+    assert a["gen_ai.response.id"] and a["gen_ai.response.finish_reasons"]
     assert span.trace_id.hex() != TRACE_ID  # a new trace, started by Envoy
     claude = anthropic.Anthropic(base_url=obs.stack.gateway_url, api_key=token, max_retries=0)
     with claude:
@@ -244,6 +247,9 @@ def test_streamed_and_anthropic_spans_start_their_own_traces(obs: Observed) -> N
         )
     a = attrs(obs.collector.span_of(msg.headers["x-gateway-request-id"]))
     assert a["gen_ai.provider.name"] == "anthropic" and a["gen_ai.request.max_tokens"] == 64
+    message = msg.parse()
+    assert a["gen_ai.response.id"] == message.id
+    assert a["gen_ai.response.finish_reasons"] == [message.stop_reason]
     content_free(obs, token, text)
 
 
