@@ -49,11 +49,15 @@ class Telemetry:
         self._shutdowns: list[Callable[[], object]] = []
 
     def request_done(self, record: AuditRecord, facts: at.RequestFacts) -> None:
-        """A request's audit record was written: its span and its metrics."""
-        if self.metrics is not None:
-            self.metrics.record(record, facts)
-        if self.tracer is not None:
-            self._span(self.tracer, record, facts)
+        """A request's audit record was written: its span and its metrics. Never raises: a
+        telemetry fault must not touch the request (it is logged with the request id)."""
+        try:
+            if self.metrics is not None:
+                self.metrics.record(record, facts)
+            if self.tracer is not None:
+                self._span(self.tracer, record, facts)
+        except Exception:
+            log.exception("telemetry failed", extra={"request_id": record.request_id})
 
     def stream_done(self, busy_s: float, messages: int) -> None:
         if self.metrics is not None:

@@ -353,3 +353,13 @@ def test_the_dashboard_queries_only_what_the_sidecar_exports() -> None:
             for label in (g.strip() for g in group.split(",")):
                 assert label == "le" or label in labels, f"label {label} in {expr!r}"
     provider.shutdown()
+
+
+def test_a_telemetry_fault_never_reaches_the_request(caplog: pytest.LogCaptureFixture) -> None:
+    class Broken:
+        def record(self, record: AuditRecord, facts: at.RequestFacts) -> None:
+            raise RuntimeError("boom")
+
+    telemetry = Telemetry(metrics=Broken())  # type: ignore[arg-type]
+    telemetry.request_done(record(), FACTS)  # logged, not raised
+    assert "telemetry failed" in caplog.text
