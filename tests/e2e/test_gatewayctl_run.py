@@ -39,7 +39,11 @@ def _requests_total(url: str) -> float:
 
 
 def test_run_serves_the_mock_writes_audit_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.endswith("_API_KEY") and not k.startswith("OTEL_")
+    }
     env.update(
         GATEWAY_PORT="0", GATEWAY_AUDIT_LOG=str(tmp_path / "audit.jsonl"), PYTHONUNBUFFERED="1"
     )
@@ -80,6 +84,7 @@ def test_run_serves_the_mock_writes_audit_and_ctrl_c_stops_everything(tmp_path: 
             # Every sidecar worker's own /metrics endpoint, printed in full.
             metrics = re.findall(r"metrics +(http://[\d.]+:\d+/metrics)", stderr_path.read_text())
             assert len(metrics) == len(set(metrics)) >= 1
+            assert "traces    off" in stderr_path.read_text()  # no OTEL_* exporter configured
             # The README's demo: mint a token from the local development issuer.
             token = subprocess.run(
                 [
