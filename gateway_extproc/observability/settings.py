@@ -113,7 +113,7 @@ def otlp_protocol(environ: Mapping[str, str], signal: str) -> Protocol | None:
     """The OTLP protocol for `signal` ("traces" or "metrics"), or None when it is not exported."""
     upper = signal.upper()
     chosen = environ.get(f"OTEL_{upper}_EXPORTER", "").strip().lower()
-    if chosen == "none":
+    if chosen == "none" or environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return None
     endpoint = environ.get(f"OTEL_EXPORTER_OTLP_{upper}_ENDPOINT") or environ.get(
         "OTEL_EXPORTER_OTLP_ENDPOINT"

@@ -306,6 +306,7 @@ def test_parse_observability_reports_every_problem() -> None:
         ),
         ({"OTEL_EXPORTER_OTLP_ENDPOINT": "x", "OTEL_TRACES_EXPORTER": "none"}, "traces", None),
         ({"OTEL_METRICS_EXPORTER": "otlp"}, "metrics", Protocol.GRPC),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "x", "OTEL_SDK_DISABLED": "true"}, "traces", None),
     ],
 )
 def test_exporters_follow_the_otel_environment(
