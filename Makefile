@@ -23,9 +23,10 @@ run: $(STAMP)
 test: $(STAMP) lint typecheck
 	$(BIN)/pytest -q
 
-## bench: overhead of the gateway vs plain Envoy and a no-op ext_proc (~5 min; not part of test)
+## bench: overhead of the gateway vs plain Envoy and a no-op ext_proc, and of traces + metrics on vs off (~6 min;
+##        not part of test; BENCH_ARGS="--setups gateway,gateway+otel" for the telemetry comparison alone)
 bench: $(STAMP)
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check gateway_extproc tests bench

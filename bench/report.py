@@ -7,7 +7,12 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-SETUP_NAMES = {"plain": "plain envoy", "noop": "no-op ext_proc", "gateway": "gateway"}
+SETUP_NAMES = {
+    "plain": "plain envoy",
+    "noop": "no-op ext_proc",
+    "gateway": "gateway",
+    "gateway+otel": "gateway, traces + metrics on",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +121,20 @@ def build(
                 v("sidecar_us_per_chunk", "gateway", w, load, sat),
                 v("sidecar_us_per_chunk", "noop", w, load, sat),
             )
+
+    # Telemetry on versus off (W=1): latency added at c=1, throughput and sidecar CPU at c=sat.
+    if table.find("gateway+otel", 1, "json", 1) is not None:
+        for load in ("json", "sse"):
+            ratios[f"telemetry: added p50 ms {load} c=1 W=1"] = _diff(
+                v("p50_ms", "gateway+otel", 1, load, 1), v("p50_ms", "gateway", 1, load, 1)
+            )
+            ratios[f"telemetry: rps on/off {load} c={sat} W=1"] = _ratio(
+                v("rps", "gateway+otel", 1, load, sat), v("rps", "gateway", 1, load, sat)
+            )
+        ratios[f"telemetry: sidecar cpu/request on/off json c={sat} W=1"] = _ratio(
+            v("sidecar_ms_per_req", "gateway+otel", 1, "json", sat),
+            v("sidecar_ms_per_req", "gateway", 1, "json", sat),
+        )
 
     def added(field: str, load: str) -> float | None:
         return _diff(v(field, "gateway", 1, load, 1), v(field, "noop", 1, load, 1))

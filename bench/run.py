@@ -27,7 +27,7 @@ from typing import IO
 
 import redis
 
-from bench import load, report, setups
+from bench import load, otlp_sink, report, setups
 from bench.report import Row
 from bench.upstream import CHUNKS, response_bytes
 from gateway_extproc.stack import StackError, find_binary
@@ -43,6 +43,7 @@ class Settings:
     connections: int  # the saturating concurrency
     workers: int  # N
     gap_ms: float  # between the events of a paced stream
+    setups: list[str] = dataclasses.field(default_factory=list)  # which setups run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,11 +188,11 @@ class Bench:
             self.rows.append(self.timed_streams(running, paced, None))
         if running.sidecar_pids:
             self.rows.append(self.wrk_row(running, paced, s.connections))
-        if running.redis_url and full:
+        if running.setup == "gateway" and full:
             self.redis_probe(running, (json_load, sse, paced))
         if running.audit_path is not None:
             check_audit(running.audit_path)
-        if running.redis_url and not full:
+        if running.setup == "gateway" and not full:
             for count in (200, 1000):
                 self.bursts.append(self.burst(running, count))
 
@@ -300,8 +301,15 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, bool]:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="N")
     parser.add_argument("--gap-ms", type=float, default=1.0, help="paced streams: event gap")
     parser.add_argument("--keep", action="store_true", help="keep the run directory (logs)")
+    parser.add_argument(
+        "--setups",
+        default="plain,noop,gateway,gateway+otel",
+        help="comma-separated subset, e.g. gateway,gateway+otel (telemetry on versus off)",
+    )
     a = parser.parse_args(argv)
-    settings = Settings(a.duration, a.warmup, a.runs, a.connections, a.workers, a.gap_ms)
+    settings = Settings(
+        a.duration, a.warmup, a.runs, a.connections, a.workers, a.gap_ms, a.setups.split(",")
+    )
     return settings, a.keep
 
 
@@ -337,10 +345,14 @@ def run(settings: Settings, run_dir: Path, log: IO[bytes]) -> dict[str, object]:
             ("plain", 0, True),
             ("noop", 1, True),
             ("gateway", 1, True),
+            ("gateway+otel", 1, True),  # traces + metrics on, exported to a local sink
             ("noop", n, False),
             ("gateway", n, False),
         ]
+        sink: otlp_sink.Sink | None = None
         for setup, workers, full in plans:
+            if setup not in settings.setups:
+                continue
             if workers == n and not full and n == 1:
                 continue  # W=N is W=1 on a one-core machine
             bench.progress(f"starting {setup}" + (f" with {workers} worker(s)" if workers else ""))
@@ -348,10 +360,21 @@ def run(settings: Settings, run_dir: Path, log: IO[bytes]) -> dict[str, object]:
                 cm = setups.plain(log, run_dir, port, env)
             elif setup == "noop":
                 cm = setups.noop(log, run_dir, port, workers, env)
+            elif setup == "gateway+otel":
+                sink = otlp_sink.Sink()
+                cm = setups.gateway(
+                    log, log_path, run_dir, port, workers, identity, env, sink.endpoint
+                )
             else:
                 cm = setups.gateway(log, log_path, run_dir, port, workers, identity, env)
-            with cm as running:
-                bench.measure(running, full)
+            try:
+                with cm as running:
+                    bench.measure(running, full)
+            finally:
+                if sink is not None:
+                    bench.progress(f"otlp sink received {sink.traces.spans} spans")
+                    sink.stop()
+                    sink = None
     finally:
         procs.stop()
     return report.build(

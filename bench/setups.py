@@ -122,7 +122,12 @@ def provider_overrides(upstream_port: int) -> dict[str, Any]:
     return {
         "listener": {"port": 0, "admin_port": 0},
         "providers": {
-            "openai": {"base_url": f"http://127.0.0.1:{upstream_port}/v1", "auth": None},
+            "openai": {
+                "base_url": f"http://127.0.0.1:{upstream_port}/v1",
+                "auth": None,
+                # The pacing header must reach the upstream through the header allow-list.
+                "forward_headers": ["x-bench-*"],
+            },
             "anthropic": None,
         },
         "mock_unconfigured_providers": False,
@@ -293,16 +298,30 @@ def gateway(
     workers: int,
     identity: Identity,
     environ: Mapping[str, str],
+    otlp_endpoint: str | None = None,
 ) -> Iterator[Running]:
     """The full gateway: Stack starts redis-server and the sidecar workers; Envoy is started
-    here from Stack's own bootstrap, with `--concurrency 1` (Stack's Envoy uses 2)."""
-    config_path = run_dir / f"gateway-{workers}.yaml"
+    here from Stack's own bootstrap, with `--concurrency 1` (Stack's Envoy uses 2).
+
+    Telemetry is off (no /metrics, no OTEL_* exporter) unless `otlp_endpoint` is given: then
+    the `gateway+otel` setup serves /metrics, traces every request (sampler always_on) and
+    exports spans and metrics by OTLP/gRPC to that endpoint."""
+    name = "gateway" if otlp_endpoint is None else "gateway+otel"
+    config_path = run_dir / f"{name}-{workers}.yaml"
     document = gateway_document(upstream_port, workers, identity)
+    document["observability"] = {"metrics": otlp_endpoint is not None}
     config_path.write_text(yaml.safe_dump(document, sort_keys=False))
-    audit_path = run_dir / f"audit-{workers}.jsonl"
-    env = {**environ, "GATEWAY_AUDIT_LOG": str(audit_path)}
+    audit_path = run_dir / f"audit-{name}-{workers}.jsonl"
+    env = {k: v for k, v in environ.items() if not k.startswith("OTEL_")}
+    env["GATEWAY_AUDIT_LOG"] = str(audit_path)
+    if otlp_endpoint is not None:
+        env |= {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_endpoint,
+            "OTEL_TRACES_SAMPLER": "always_on",
+            "OTEL_METRIC_EXPORT_INTERVAL": "5000",
+        }
     stack = Stack(
-        run_dir=run_dir / f"stack-{workers}",
+        run_dir=run_dir / f"stack-{name}-{workers}",
         config_path=config_path,
         environ=env,
         listen_port=0,
@@ -316,13 +335,13 @@ def gateway(
         stack.start_redis()
         stack.start_sidecars()
         bootstrap = yaml.safe_load(stack.envoy_yaml())
-        url, admin, pid = start_envoy(procs, bootstrap, run_dir / f"envoy-gateway-{workers}.yaml")
+        url, admin, pid = start_envoy(procs, bootstrap, run_dir / f"envoy-{name}-{workers}.yaml")
         sidecars = tuple(
             stack.process("sidecar" if w == 0 else f"sidecar-{w}").pid for w in range(workers)
         )
         cluster = _cluster(stack.config)
         yield Running(
-            "gateway", workers, url, admin, pid, sidecars, cluster, stack.redis_url, audit_path
+            name, workers, url, admin, pid, sidecars, cluster, stack.redis_url, audit_path
         )
     finally:
         procs.stop()

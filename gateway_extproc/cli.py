@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from gateway_extproc.admin.cli import add_admin_commands
@@ -50,6 +51,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         + f"  redis     {stack.redis_url}\n"
         + (f"  mock      {stack.mock_url}  serving: {', '.join(mocked)}\n" if mocked else "")
+        + "".join(f"  metrics   {url}\n" for url in stack.metrics_urls)
+        + _traces_line(stack.environ)
         + "  audit     one JSON line per request on stdout"
         + (f" and in {stack.config.audit_file}" if stack.config.audit_file else "")
         + "\n  Ctrl-C stops everything.\n",
@@ -68,6 +71,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         stack.stop()
     return 0
+
+
+def _traces_line(environ: Mapping[str, str]) -> str:
+    from gateway_extproc.observability.settings import otlp_protocol
+
+    protocol = otlp_protocol(environ, "traces")
+    if protocol is None:
+        return "  traces    off (set OTEL_EXPORTER_OTLP_ENDPOINT to export)\n"
+    endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get(
+        "OTEL_EXPORTER_OTLP_ENDPOINT", "the exporter's default endpoint"
+    )
+    return f"  traces    OTLP ({protocol.value}) to {endpoint}\n"
 
 
 def cmd_envoy_config(args: argparse.Namespace) -> int:

@@ -31,6 +31,7 @@ from gateway_extproc.identity.model import IdentityConfig
 from gateway_extproc.identity.policy import PolicySet, parse_policies
 from gateway_extproc.identity.settings import parse_identity
 from gateway_extproc.namespaces import namespace_problems
+from gateway_extproc.observability.settings import ObservabilityConfig, parse_observability
 from gateway_extproc.spend.rollup import RollupSettings
 
 
@@ -97,6 +98,7 @@ class GatewayConfig:
     budget_store: BudgetStoreConfig = dataclasses.field(default_factory=BudgetStoreConfig)
     admin_api: AdminApiConfig = dataclasses.field(default_factory=AdminApiConfig)
     spend: RollupSettings = dataclasses.field(default_factory=RollupSettings)
+    observability: ObservabilityConfig = dataclasses.field(default_factory=ObservabilityConfig)
 
     @property
     def unhealthy_after_s(self) -> float:
@@ -264,6 +266,7 @@ def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayC
     known = {"listener", "limits", "sidecar", "providers", "mock_unconfigured_providers"}
     known |= {"catalog", "audit", "identity", "policies", "budgets", "budget_store"}
     known |= {"admin_api", "spend"}
+    known |= {"observability"}
     for extra in sorted(set(doc) - known):
         r.problems.append(f"{extra}: unknown key")
     listener = r.section(doc, "listener", {"host", "port", "admin_port"})
@@ -400,6 +403,7 @@ def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayC
         budget_store=budget_store,
         admin_api=parse_admin_api(doc.get("admin_api"), r.problems),
         spend=parse_spend(doc.get("spend"), r.problems),
+        observability=parse_observability(doc.get("observability"), r.problems),
     )
     if r.problems:
         raise ConfigError(r.problems)

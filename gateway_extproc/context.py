@@ -12,6 +12,7 @@ from gateway_extproc.budgets.gate import BudgetGate
 from gateway_extproc.catalog import Catalog
 from gateway_extproc.config import GatewayConfig
 from gateway_extproc.identity.authenticator import Authenticator
+from gateway_extproc.observability.telemetry import Telemetry
 from gateway_extproc.upstreams import Upstream
 
 
@@ -27,5 +28,7 @@ class GatewayContext:
     model_mismatches: collections.Counter[str] = dataclasses.field(
         default_factory=collections.Counter
     )
+    # Spans and metrics: process-lifetime, handed to every context a reload builds. Off by default.
+    telemetry: Telemetry = dataclasses.field(default_factory=Telemetry)
     monotonic: Callable[[], float] = time.monotonic
     wall_clock: Callable[[], float] = time.time

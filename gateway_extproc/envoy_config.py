@@ -16,6 +16,7 @@ import yaml
 from gateway_extproc.admin import envoy_json
 from gateway_extproc.config import GatewayConfig
 from gateway_extproc.envoy_ops import admin_cluster, ops_listener
+from gateway_extproc.observability import envoy_tracing
 from gateway_extproc.processor import CLUSTER_HEADER
 from gateway_extproc.server import GRPC_MESSAGE_SLACK, SERVICE_NAME
 from gateway_extproc.upstreams import Upstream
@@ -228,6 +229,11 @@ def _local_reply_config(config: GatewayConfig) -> dict[str, Any]:
     return {"mappers": mappers}
 
 
+def _tracing(config: GatewayConfig) -> dict[str, Any]:
+    block = envoy_tracing.tracing(config.observability.envoy_otlp_endpoint)
+    return {} if block is None else {"tracing": block}
+
+
 def _http_connection_manager(config: GatewayConfig) -> dict[str, Any]:
     idle = f"{config.limits.stream_idle_timeout_s}s"
     return {
@@ -241,6 +247,7 @@ def _http_connection_manager(config: GatewayConfig) -> dict[str, Any]:
             "stream_idle_timeout": idle,
             "request_headers_timeout": "30s",
             "local_reply_config": _local_reply_config(config),
+            **_tracing(config),
             "access_log": [
                 {
                     "name": "envoy.access_loggers.stderr",
@@ -354,6 +361,7 @@ def build(
         }
     ]
     clusters = [sidecar_cluster] + [_provider_cluster(up, config, ca_file) for up in upstreams]
+    clusters += envoy_tracing.collector_cluster(config.observability.envoy_otlp_endpoint)
     if ports.ops_port is not None:
         listeners.append(ops_listener(ports.listen_host, ports.ops_port, EXTPROC_CLUSTER))
         clusters.append(admin_cluster(ports.admin_port))

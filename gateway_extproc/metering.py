@@ -87,6 +87,9 @@ class StreamMeterResult:
     completed: bool  # the stream reached its protocol's end marker
     events: int  # SSE events decoded
     malformed_events: int  # events whose data was not a JSON object, plus over-long lines
+    # For traces only, so not part of a result's value (equality).
+    response_id: str | None = dataclasses.field(default=None, compare=False)  # the provider's id
+    finish_reasons: tuple[str, ...] = dataclasses.field(default=(), compare=False)  # per choice
 
 
 def _handler(api: Api) -> StreamHandler:
@@ -135,6 +138,8 @@ class StreamMeter:
                 completed=handler.completed,
                 events=self._events,
                 malformed_events=self._malformed,
+                response_id=handler.response_id,
+                finish_reasons=handler.finish_reasons(),
             )
         return self._result
 

@@ -91,10 +91,13 @@ def meter_anthropic_json(obj: dict[str, object]) -> JsonMeterResult:
     """A non-streamed Messages response."""
     content = obj.get("content")
     chars = sum(_block_chars(block) for block in content) if isinstance(content, list) else 0
+    stop = nonempty_str(obj.get("stop_reason"))
     return JsonMeterResult(
         usage=usage_from_anthropic(obj.get("usage")),
         served_model=nonempty_str(obj.get("model")),
         output_chars=chars,
+        response_id=nonempty_str(obj.get("id")),
+        finish_reasons=(stop[:64],) if stop else (),
     )
 
 
@@ -105,14 +108,27 @@ class AnthropicStream:
     stream ends with `event: error`, or may be cut short).
     """
 
-    __slots__ = ("_counts", "_errored", "completed", "output_chars", "served_model")
+    __slots__ = (
+        "_counts",
+        "_errored",
+        "_stop",
+        "completed",
+        "output_chars",
+        "response_id",
+        "served_model",
+    )
 
     def __init__(self) -> None:
         self.served_model: str | None = None
+        self.response_id: str | None = None
         self.output_chars = 0
         self.completed = False
         self._errored = False
         self._counts: dict[str, int] = {}
+        self._stop: str | None = None
+
+    def finish_reasons(self) -> tuple[str, ...]:
+        return (self._stop[:64],) if self._stop else ()
 
     def on_json(self, event: str | None, obj: dict[str, object]) -> None:
         kind = obj.get("type")
@@ -128,11 +144,16 @@ class AnthropicStream:
                 )
         elif kind == "message_delta":
             self._merge(obj.get("usage"))
+            delta = obj.get("delta")
+            if isinstance(delta, dict):
+                self._stop = nonempty_str(delta.get("stop_reason")) or self._stop
         elif kind == "message_start":
             message = obj.get("message")
             if isinstance(message, dict):
                 if self.served_model is None:
                     self.served_model = nonempty_str(message.get("model"))
+                if self.response_id is None:
+                    self.response_id = nonempty_str(message.get("id"))
                 self._merge(message.get("usage"))
         elif kind == "message_stop":
             self.completed = not self._errored

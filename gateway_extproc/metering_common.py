@@ -24,6 +24,9 @@ class JsonMeterResult:
     usage: Usage | None  # None: the response reported none (or was not JSON)
     served_model: str | None  # the model the response names, None if it names none
     output_chars: int  # generated characters seen, for `estimate_tokens` when usage is None
+    # For traces only, so not part of a result's value (equality).
+    response_id: str | None = dataclasses.field(default=None, compare=False)  # the provider's id
+    finish_reasons: tuple[str, ...] = dataclasses.field(default=(), compare=False)  # per choice
 
 
 def count(obj: object, key: str) -> int | None:
@@ -53,6 +56,29 @@ def text_len(value: object) -> int:
 
 def nonempty_str(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
+
+
+MAX_FINISH_REASONS = 16  # `n` choices each report one; more are not worth a span attribute
+
+
+def note_finish_reasons(choices: object, found: dict[int, str]) -> None:
+    """Record `choice.finish_reason` by `choice.index` (position when absent) into `found`."""
+    if not isinstance(choices, list):
+        return
+    for position, choice in enumerate(choices):
+        if not isinstance(choice, dict):
+            continue
+        reason = nonempty_str(choice.get("finish_reason"))
+        if reason is None:
+            continue
+        index = choice.get("index")
+        key = index if type(index) is int else position
+        if key in found or len(found) < MAX_FINISH_REASONS:
+            found[key] = reason[:64]
+
+
+def ordered(found: dict[int, str]) -> tuple[str, ...]:
+    return tuple(found[k] for k in sorted(found))
 
 
 def usage_or_none(
@@ -88,6 +114,9 @@ class StreamHandler(Protocol):
     served_model: str | None
     output_chars: int
     completed: bool
+    response_id: str | None
+
+    def finish_reasons(self) -> tuple[str, ...]: ...
 
     def on_json(self, event: str | None, obj: dict[str, object]) -> None: ...
 

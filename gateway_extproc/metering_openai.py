@@ -12,6 +12,8 @@ from gateway_extproc.metering_common import (
     JsonMeterResult,
     count,
     nonempty_str,
+    note_finish_reasons,
+    ordered,
     text_len,
     total_and_part,
     usage_or_none,
@@ -110,11 +112,23 @@ def _choices_chars(choices: object, key: str) -> int:
 
 def meter_openai_chat_json(obj: dict[str, object]) -> JsonMeterResult:
     """A non-streamed chat completion, legacy completion or embeddings response."""
+    reasons: dict[int, str] = {}
+    note_finish_reasons(obj.get("choices"), reasons)
     return JsonMeterResult(
         usage=usage_from_openai(obj.get("usage")),
         served_model=nonempty_str(obj.get("model")),
         output_chars=_choices_chars(obj.get("choices"), "message"),
+        response_id=nonempty_str(obj.get("id")),
+        finish_reasons=ordered(reasons),
     )
+
+
+def _responses_finish(response: dict[str, object]) -> tuple[str, ...]:
+    """A Responses API response's end: `incomplete_details.reason`, else its `status`."""
+    details = response.get("incomplete_details")
+    reason = nonempty_str(details.get("reason")) if isinstance(details, dict) else None
+    reason = reason or nonempty_str(response.get("status"))
+    return (reason[:64],) if reason else ()
 
 
 def meter_openai_responses_json(obj: dict[str, object]) -> JsonMeterResult:
@@ -123,6 +137,8 @@ def meter_openai_responses_json(obj: dict[str, object]) -> JsonMeterResult:
         usage=usage_from_openai_responses(obj.get("usage")),
         served_model=nonempty_str(obj.get("model")),
         output_chars=_output_items_chars(obj.get("output")),
+        response_id=nonempty_str(obj.get("id")),
+        finish_reasons=_responses_finish(obj),
     )
 
 
@@ -152,23 +168,32 @@ class OpenAIChatStream:
     last chunk, whose `choices` is empty); the latest valid one wins.
     """
 
-    __slots__ = ("_usage", "completed", "output_chars", "served_model")
+    __slots__ = ("_reasons", "_usage", "completed", "output_chars", "response_id", "served_model")
 
     def __init__(self) -> None:
         self.served_model: str | None = None
+        self.response_id: str | None = None
         self.output_chars = 0
         self.completed = False
         self._usage: Usage | None = None
+        self._reasons: dict[int, str] = {}
 
     def on_json(self, event: str | None, obj: dict[str, object]) -> None:
         if self.served_model is None:
             self.served_model = nonempty_str(obj.get("model"))  # Azure's first chunk has ""
+        if self.response_id is None:
+            self.response_id = nonempty_str(obj.get("id"))
         raw_usage = obj.get("usage")
         if raw_usage is not None:
             usage = usage_from_openai(raw_usage)
             if usage is not None:
                 self._usage = usage
-        self.output_chars += _choices_chars(obj.get("choices"), "delta")
+        choices = obj.get("choices")
+        self.output_chars += _choices_chars(choices, "delta")
+        note_finish_reasons(choices, self._reasons)
+
+    def finish_reasons(self) -> tuple[str, ...]:
+        return ordered(self._reasons)
 
     def on_done(self) -> None:
         self.completed = True
@@ -189,13 +214,18 @@ class OpenAIResponsesStream:
     except `response.audio.delta`, which is base64 audio.
     """
 
-    __slots__ = ("_usage", "completed", "output_chars", "served_model")
+    __slots__ = ("_finish", "_usage", "completed", "output_chars", "response_id", "served_model")
 
     def __init__(self) -> None:
         self.served_model: str | None = None
+        self.response_id: str | None = None
         self.output_chars = 0
         self.completed = False
         self._usage: Usage | None = None
+        self._finish: tuple[str, ...] = ()
+
+    def finish_reasons(self) -> tuple[str, ...]:
+        return self._finish
 
     def on_json(self, event: str | None, obj: dict[str, object]) -> None:
         kind = obj.get("type")
@@ -210,8 +240,11 @@ class OpenAIResponsesStream:
             return
         if self.served_model is None:
             self.served_model = nonempty_str(response.get("model"))
+        if self.response_id is None:
+            self.response_id = nonempty_str(response.get("id"))
         if kind in _RESPONSES_TERMINAL:
             self.completed = True
+            self._finish = _responses_finish(response)
             usage = usage_from_openai_responses(response.get("usage"))
             if usage is not None:
                 self._usage = usage

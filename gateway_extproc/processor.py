@@ -41,6 +41,7 @@ from gateway_extproc.inbound import ParsedRequest, upstream_body
 from gateway_extproc.metering import StreamMeter, estimate_tokens, usage_from_json
 from gateway_extproc.model_mismatch import price_reported
 from gateway_extproc.models_api import models_response
+from gateway_extproc.observability.attributes import RequestFacts
 from gateway_extproc.pricing import cost_micros, format_usd
 from gateway_extproc.spend.rollup import Dimensions, UsageRecord
 from gateway_extproc.tokens import Usage, UsageSource
@@ -84,6 +85,10 @@ class StreamProcessor:
         self.metadata: dict[str, str] = {}
         self.admission: Admission | None = None
         self.lease_keeper: asyncio.Future[None] | None = None
+        # W3C trace context the span continues: Envoy's (ext_proc gRPC metadata, when Envoy
+        # traces; set by the server) or else the client's request headers.
+        self.trace_context: tuple[str | None, str | None] = (None, None)
+        self.response_meta: tuple[str | None, tuple[str, ...]] = (None, ())  # id, finish reasons
 
     # -- dispatch ---------------------------------------------------------------------------
 
@@ -141,6 +146,8 @@ class StreamProcessor:
         self.anthropic_beta = headers.get("anthropic-beta", "")
         self.method = headers.get(":method", "")
         self.path = headers.get(":path", "")
+        if self.trace_context[0] is None:
+            self.trace_context = (headers.get("traceparent"), headers.get("tracestate"))
         api = api_for_path(self.path)
         anthropic_client = "anthropic-version" in headers
         self.schema = (
@@ -391,6 +398,7 @@ class StreamProcessor:
                 result.served_model,
                 result.output_chars,
             )
+            self.response_meta = (result.response_id, result.finish_reasons)
             # The stream's own terminal event makes its usage final, even when the client hung
             # up before the transport's end-of-stream reached Envoy.
             complete = result.completed and not self.metering_broken
@@ -398,6 +406,7 @@ class StreamProcessor:
         elif self.json_body and not self.metering_broken:
             jr = usage_from_json(self.request.api, bytes(self.json_body))
             usage, provider_model, output_chars = jr.usage, jr.served_model, jr.output_chars
+            self.response_meta = (jr.response_id, jr.finish_reasons)
         if usage is not None and complete:
             return usage, UsageSource.PROVIDER, provider_model
         estimated_output = estimate_tokens(output_chars)
@@ -485,4 +494,27 @@ class StreamProcessor:
             self.ctx.audit.write(record)
         except OSError:
             log.exception("audit write failed", extra={"request_id": self.request_id})
+        if self.ctx.telemetry.enabled:
+            self.ctx.telemetry.request_done(record, self._facts())
         return cost
+
+    def _facts(self) -> RequestFacts:
+        """What a span says beyond the audit record (observability/attributes.py)."""
+        max_tokens = self.request.max_output_tokens if self.request else None
+        if self._cap_injected() and self.admission is not None and self.admission.bound:
+            max_tokens = self.admission.bound.inject_max_output
+        result = self.admission.result if self.admission is not None else None
+        up = self.upstream
+        return RequestFacts(
+            traceparent=self.trace_context[0],
+            tracestate=self.trace_context[1],
+            max_tokens=max_tokens,
+            response_id=self.response_meta[0],
+            finish_reasons=self.response_meta[1],
+            server_address=up.host if up is not None else None,
+            server_port=up.port if up is not None else None,
+            budgets=tuple(
+                (b.budget.name, b.scope_value, b.limit_micros, b.spent_micros, b.held_micros)
+                for b in (result.budgets if result is not None else ())
+            ),
+        )

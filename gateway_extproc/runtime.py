@@ -36,6 +36,7 @@ from gateway_extproc.context import GatewayContext
 from gateway_extproc.errors import ConfigError
 from gateway_extproc.identity.authenticator import Authenticator
 from gateway_extproc.identity.devissuer import ensure_dev_issuer
+from gateway_extproc.observability.telemetry import Telemetry
 from gateway_extproc.spend.rollup import RollupSettings
 from gateway_extproc.upstreams import resolve_upstreams
 
@@ -51,6 +52,7 @@ def build_context(
     mock_url: str | None,
     audit: AuditSink | None = None,
     services: BudgetServices | None = None,
+    telemetry: Telemetry | None = None,
 ) -> GatewayContext:
     """Everything the processors share. Raises ConfigError listing every problem.
 
@@ -79,6 +81,7 @@ def build_context(
         audit=audit or AuditSink(stdout=config.audit_stdout, path=config.audit_file),
         authenticator=Authenticator(identity),
         budgets=build_gate(config, services),
+        telemetry=telemetry or Telemetry(),
     )
 
 
@@ -214,6 +217,7 @@ class Runtime:
                     self._mock_url,
                     self.ctx.audit,
                     self.services,
+                    self.ctx.telemetry,
                 )
             except ConfigError as exc:
                 self._stamp = stamp  # not retried until a file changes again

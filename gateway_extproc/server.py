@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from gateway_extproc.budgets.journal import Journal
 from gateway_extproc.config import GatewayConfig
 from gateway_extproc.errors import ConfigError
 from gateway_extproc.logs import setup_logging
+from gateway_extproc.observability.telemetry import start_telemetry
 from gateway_extproc.processor import StreamProcessor
 from gateway_extproc.runtime import Runtime, build_context
 
@@ -50,12 +53,30 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         # the runtime keeps it open until its last stream ends.
         with self.runtime.stream() as ctx:
             processor = StreamProcessor(ctx)
+            if ctx.config.observability.envoy_otlp_endpoint:  # Envoy's span: the parent of ours
+                processor.trace_context = trace_context(context.invocation_metadata())
+            busy, messages = 0.0, 0  # the sidecar's own time on this request
             try:
                 async for message in request_iterator:
-                    yield await processor.handle(message)
+                    started = time.perf_counter()
+                    reply = await processor.handle(message)
+                    busy += time.perf_counter() - started
+                    messages += 1
+                    yield reply
             finally:
                 # Runs on normal end, on cancellation (client gone, Envoy reset) and on errors.
                 processor.close()
+                ctx.telemetry.stream_done(busy, messages)
+
+
+def trace_context(metadata: object) -> tuple[str | None, str | None]:
+    """`traceparent` / `tracestate` from the ext_proc stream's gRPC metadata (Envoy injects
+    its span's context there when it traces)."""
+    found: dict[str, str] = {}
+    for key, value in metadata or ():  # type: ignore[attr-defined]
+        if key in ("traceparent", "tracestate") and isinstance(value, str):
+            found[key] = value
+    return found.get("traceparent"), found.get("tracestate")
 
 
 def grpc_options(config: GatewayConfig) -> list[tuple[str, int]]:
@@ -136,6 +157,7 @@ async def serve(
         task.cancel()
     await runtime.close(SETTLE_GRACE_S)
     runtime.ctx.audit.close()
+    runtime.ctx.telemetry.shutdown()
     log.info("stopped")
 
 
@@ -180,6 +202,16 @@ def main(argv: list[str] | None = None) -> int:
         "--admin-address", default=None, help="serve the admin API on host:port (worker 0)"
     )
     parser.add_argument("--admin-port-file", type=Path, default=None)
+    parser.add_argument("--worker", type=int, default=0, help="this worker's index (telemetry)")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="the /metrics port (default: observability.metrics_port + worker; 0: any free)",
+    )
+    parser.add_argument(
+        "--metrics-port-file", type=Path, default=None, help="write the bound /metrics port here"
+    )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
@@ -194,6 +226,30 @@ def main(argv: list[str] | None = None) -> int:
     elif ctx.config.budgets:
         log.warning("no --journal: fail-open spend is kept in memory only")
     config = ctx.config
+    obs = config.observability
+    metrics_port = args.metrics_port
+    if metrics_port is None:
+        metrics_port = obs.metrics_port + args.worker if obs.metrics_port else 0
+    try:
+        telemetry = start_telemetry(
+            obs,
+            os.environ,
+            worker=args.worker,
+            metrics_port=metrics_port,
+            current=lambda: runtime.ctx,
+        )
+    except OSError as exc:
+        print(f"cannot serve /metrics on {obs.metrics_host}:{metrics_port}: {exc}", file=sys.stderr)
+        return 2
+    runtime.ctx = dataclasses.replace(runtime.ctx, telemetry=telemetry)
+    if telemetry.metrics is not None:
+        runtime.services.on_call = telemetry.metrics.store_call
+    if telemetry.metrics_port is not None:
+        log.info("metrics on http://%s:%d/metrics", obs.metrics_host, telemetry.metrics_port)
+        if args.metrics_port_file is not None:
+            tmp = args.metrics_port_file.with_suffix(".tmp")
+            tmp.write_text(str(telemetry.metrics_port))
+            tmp.replace(args.metrics_port_file)
     address = args.address or f"{config.sidecar_host}:{config.sidecar_port}"
     run = asyncio.run
     with contextlib.suppress(ImportError):

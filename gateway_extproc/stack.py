@@ -175,6 +175,7 @@ class Stack:
         self.admin_url = ""
         self.admin_api_address = ""  # host:port of the admin API, when admin_api.enabled
         self.sidecar_ports: dict[int, int] = {}  # worker -> bound port
+        self.metrics_ports: dict[int, int] = {}  # worker -> its /metrics port
         self.upstreams: dict[str, Upstream] = {}
 
     # -- processes --------------------------------------------------------------------------
@@ -256,6 +257,8 @@ class Stack:
         if port is None:
             base = self.config.sidecar_port
             port = base + worker if base else 0
+        metrics_file = self.run_dir / f"{name}-metrics.port"
+        metrics_file.unlink(missing_ok=True)
         argv = [
             sys.executable,
             "-m",
@@ -264,12 +267,18 @@ class Stack:
             f"{self.config.sidecar_host}:{port}",
             "--port-file",
             str(port_file),
+            "--worker",
+            str(worker),
+            "--metrics-port-file",
+            str(metrics_file),
             # Spend owed to Redis survives a restart of this worker (replayed at start).
             "--journal",
             str(self.run_dir / "journal" / f"{name}.jsonl"),
         ]
         if self.config_path is not None:
             argv += ["--config", str(self.config_path)]
+        if worker in self.metrics_ports:  # a restart keeps the port Prometheus scrapes
+            argv += ["--metrics-port", str(self.metrics_ports[worker])]
         if self.mock_url:
             argv += ["--mock-url", self.mock_url]
         admin = self.config.admin_api
@@ -290,6 +299,16 @@ class Stack:
         self.sidecar_ports = {**self.sidecar_ports, worker: bound}
         if worker == 0 and admin.enabled:
             self.admin_api_address = f"{admin.host}:{admin_port_file.read_text().strip()}"
+        if _read_port(metrics_file):  # written before the port file, when metrics are on
+            self.metrics_ports = {**self.metrics_ports, worker: int(metrics_file.read_text())}
+
+    @property
+    def metrics_urls(self) -> list[str]:
+        """Every worker's /metrics URL (Prometheus scrapes each: they are separate processes)."""
+        host = self.config.observability.metrics_host
+        host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        ports = [self.metrics_ports[w] for w in sorted(self.metrics_ports)]
+        return [f"http://{host}:{port}/metrics" for port in ports]
 
     def start_sidecars(self) -> None:
         for worker in range(self.config.sidecar_workers):

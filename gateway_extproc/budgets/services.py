@@ -109,6 +109,8 @@ class BudgetServices:
         self._sync_task: asyncio.Task[None] | None = None
         self._replayed: set[str] = set()  # settles owed by a previous run (journal entries)
         self.attempt_timeout_s = ATTEMPT_TIMEOUT_S  # one settle / release attempt
+        # Called with (seconds, ok) after each request-path store call (metrics), if set.
+        self.on_call: Callable[[float, bool], None] | None = None
 
     def use_journal(self, journal: Journal) -> None:
         """Journal fail-open spend and unfinished settles in `journal` (call before start)."""
@@ -171,10 +173,14 @@ class BudgetServices:
         except (BudgetStoreError, TimeoutError, OSError) as exc:
             self.breaker.failure(self.clock())
             self.stats.store_errors += 1
+            if self.on_call is not None:
+                self.on_call(loop.time() - started, False)
             raise BudgetStoreError(f"budget store: {type(exc).__name__}") from exc
         except asyncio.CancelledError:
             task.cancel()
             raise
+        if self.on_call is not None:
+            self.on_call(loop.time() - started, True)
         self._last_ok = loop.time()
         self.breaker.success()
         return result

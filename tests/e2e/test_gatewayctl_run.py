@@ -29,8 +29,21 @@ def _port_open(url: str) -> bool:
         return False
 
 
+def _requests_total(url: str) -> float:
+    text = httpx.get(url, timeout=5).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("gateway_requests_total{")
+    )
+
+
 def test_run_serves_the_mock_writes_audit_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.endswith("_API_KEY") and not k.startswith("OTEL_")
+    }
     env.update(
         GATEWAY_PORT="0", GATEWAY_AUDIT_LOG=str(tmp_path / "audit.jsonl"), PYTHONUNBUFFERED="1"
     )
@@ -68,6 +81,10 @@ def test_run_serves_the_mock_writes_audit_and_ctrl_c_stops_everything(tmp_path: 
             gateway = banner.group(1)
             admin = re.search(r"admin +(http://[\d.]+:\d+)", stderr_path.read_text())
             assert admin is not None
+            # Every sidecar worker's own /metrics endpoint, printed in full.
+            metrics = re.findall(r"metrics +(http://[\d.]+:\d+/metrics)", stderr_path.read_text())
+            assert len(metrics) == len(set(metrics)) >= 1
+            assert "traces    off" in stderr_path.read_text()  # no OTEL_* exporter configured
             # The README's demo: mint a token from the local development issuer.
             token = subprocess.run(
                 [
@@ -96,6 +113,8 @@ def test_run_serves_the_mock_writes_audit_and_ctrl_c_stops_everything(tmp_path: 
             anonymous = httpx.post(gateway + "/v1/chat/completions", json={"model": "gpt-4o-mini"})
             assert anonymous.status_code == 401
             assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"]
+            # Both requests are recorded before their responses leave: one scrape sees them.
+            assert sum(_requests_total(url) for url in metrics) == 2
             proc.send_signal(signal.SIGINT)  # what Ctrl-C delivers
             out, _ = proc.communicate(timeout=30)
         finally:

@@ -413,3 +413,27 @@ def test_admin_api_json_listener(tmp_path: Path) -> None:
     no_json = build(cfg, PORTS, resolve_upstreams(cfg, {}, MOCK).values(), CA_FILE)
     assert len(no_json["static_resources"]["listeners"]) == 1
     _validate(tmp_path, b)
+
+
+@pytest.mark.parametrize("endpoint", ["otel-collector.monitoring:4317", "127.0.0.1:4317"])
+def test_envoy_tracing_to_the_collector_validates(tmp_path: Path, endpoint: str) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump({"observability": {"envoy_otlp_endpoint": endpoint}}))
+    cfg = load_config(path, {})
+    b = bootstrap(cfg, resolve_upstreams(cfg, {}, MOCK))
+    hcm = listener(b)["filter_chains"][0]["filters"][0]["typed_config"]
+    provider = hcm["tracing"]["provider"]
+    assert provider["name"] == "envoy.tracers.opentelemetry"
+    assert (
+        provider["typed_config"]["grpc_service"]["envoy_grpc"]["cluster_name"] == "otel_collector"
+    )
+    (cluster,) = [c for c in b["static_resources"]["clusters"] if c["name"] == "otel_collector"]
+    address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+    assert address["socket_address"] == {"address": endpoint.split(":")[0], "port_value": 4317}
+    _validate(tmp_path, b)
+
+
+def test_no_envoy_tracing_by_default(production: dict[str, Any]) -> None:
+    hcm = listener(production)["filter_chains"][0]["filters"][0]["typed_config"]
+    assert "tracing" not in hcm
+    assert all(c["name"] != "otel_collector" for c in production["static_resources"]["clusters"])

@@ -5,6 +5,7 @@ or at shutdown (closing is what settles a context's pending budget work)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import os
 from collections.abc import Callable, Iterator
@@ -15,6 +16,7 @@ import pytest
 
 from gateway_extproc import runtime as runtime_module
 from gateway_extproc.context import GatewayContext
+from gateway_extproc.observability.telemetry import Telemetry
 from gateway_extproc.runtime import Runtime, build_context
 
 MOCK = "http://127.0.0.1:9/v1"
@@ -168,3 +170,11 @@ async def test_a_change_while_a_reload_reads_the_files_is_loaded_next(
         watch.cancel()
     assert rt.reloads == 2
     await rt.close()
+
+
+async def test_a_reload_keeps_the_process_telemetry(runtime: Runtime) -> None:
+    telemetry = Telemetry()
+    runtime.ctx = dataclasses.replace(runtime.ctx, telemetry=telemetry)
+    assert await runtime.reload("test")
+    assert runtime.ctx.telemetry is telemetry  # spans and metrics outlive a configuration
+    await runtime.close()

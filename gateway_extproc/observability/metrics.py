@@ -1,0 +1,287 @@
+"""Every metric the sidecar exports, declared here: GenAI convention instruments and the gateway's
+own spend, budget and health signals.
+
+Per-request instruments are recorded once, when a request's audit record is written. Counters the
+process already keeps (budget store errors, breaker, JWKS, audit drops, ...) are observed by
+callbacks at collection time: nothing on the request path. Each worker process has its own
+instruments and its own /metrics endpoint; Prometheus sums the workers (label `instance`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
+
+from gateway_extproc.audit import AuditRecord
+from gateway_extproc.observability import attributes as at
+from gateway_extproc.observability.settings import Disclosure, ObservabilityConfig
+
+if TYPE_CHECKING:
+    from gateway_extproc.context import GatewayContext
+
+# Bucket advice of the GenAI conventions.
+TOKEN_BUCKETS = [float(4**i) for i in range(14)]  # 1, 4, 16, ... 67108864
+DURATION_BUCKETS = [0.01 * 2**i for i in range(14)]  # 0.01 ... 81.92 s
+FIRST_CHUNK_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75]
+FIRST_CHUNK_BUCKETS += [1.0, 2.5, 5.0, 7.5, 10.0]
+# The gateway's own work: a budget store call, the ext_proc handling of one request.
+FAST_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1]
+FAST_BUCKETS += [0.25, 0.5, 1.0, 2.5]
+OTHER = "_other"  # label value once a capped label has seen max_label_values values
+NONE = "_none"
+
+Attrs = dict[str, str]
+
+
+class CappedLabel:
+    """A label whose distinct values are capped per worker: the first `limit` values pass,
+    later ones become `_other` (a client can never blow up the series count)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.seen: set[str] = set()
+
+    def __call__(self, value: str) -> str:
+        if value in self.seen:
+            return value
+        if len(self.seen) >= self.limit:
+            return OTHER
+        self.seen.add(value)
+        return value
+
+
+@dataclasses.dataclass
+class BudgetGauge:
+    limit: int
+    spent: int
+    held: int
+
+
+class GatewayMetrics:
+    def __init__(
+        self,
+        meter: Meter,
+        config: ObservabilityConfig,
+        current: Callable[[], GatewayContext | None],
+    ) -> None:
+        self.config = config
+        self.current = current
+        self._subjects = CappedLabel(config.max_label_values)
+        self._attribute_values = CappedLabel(config.max_label_values)
+        self._scopes = CappedLabel(config.max_label_values)
+        self.budgets: dict[tuple[str, str], BudgetGauge] = {}
+        m = meter
+        self.token_usage = m.create_histogram(
+            "gen_ai.client.token.usage",
+            unit="{token}",
+            description="Tokens per request by gen_ai.token.type (input includes cached input)",
+            explicit_bucket_boundaries_advisory=TOKEN_BUCKETS,
+        )
+        self.duration = m.create_histogram(
+            "gen_ai.client.operation.duration",
+            unit="s",
+            description="Time from the request's arrival at the gateway to its last byte",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self.first_chunk = m.create_histogram(
+            "gen_ai.client.operation.time_to_first_chunk",
+            unit="s",
+            description="Time from the request's arrival to the provider's response headers",
+            explicit_bucket_boundaries_advisory=FIRST_CHUNK_BUCKETS,
+        )
+        self.requests = m.create_counter(
+            "gateway.requests", unit="{request}", description="Requests by outcome"
+        )
+        self.cost = m.create_counter(
+            "gateway.cost.micro_usd",
+            unit="{microdollar}",
+            description="Spend in micro-dollars (USD/1e6)",
+        )
+        self.budget_spend = m.create_counter(
+            "gateway.budget.spend.micro_usd",
+            unit="{microdollar}",
+            description="Spend charged to each budget, micro-dollars",
+        )
+        self.decisions = m.create_counter(
+            "gateway.budget.decisions", unit="{request}", description="Budget decisions"
+        )
+        self.store_duration = m.create_histogram(
+            "gateway.budget_store.duration",
+            unit="s",
+            description="Budget store (Redis) calls on the request path",
+            explicit_bucket_boundaries_advisory=FAST_BUCKETS,
+        )
+        self.extproc_duration = m.create_histogram(
+            "gateway.extproc.duration",
+            unit="s",
+            description="Time the sidecar spent handling one request's ext_proc messages",
+            explicit_bucket_boundaries_advisory=FAST_BUCKETS,
+        )
+        self.extproc_messages = m.create_counter(
+            "gateway.extproc.messages", unit="{message}", description="ext_proc messages handled"
+        )
+        for name, unit, desc, fn in (
+            (
+                "gateway.budget.remaining.micro_usd",
+                "{microdollar}",
+                "Left as last seen",
+                self._remaining,
+            ),
+            ("gateway.budget.held.micro_usd", "{microdollar}", "Held as last seen", self._held),
+            ("gateway.budget.limit.micro_usd", "{microdollar}", "The budget's limit", self._limit),
+            ("gateway.budget_store.breaker.open", "1", "1 while the breaker is open", self._open),
+        ):
+            m.create_observable_gauge(name, [fn], unit=unit, description=desc)
+        for name, unit, desc, fn in (
+            ("gateway.budget.overruns", "{request}", "Real cost above the bound", self._overruns),
+            (
+                "gateway.budget.overrun.micro_usd",
+                "{microdollar}",
+                "Sum of overruns",
+                self._overrun_micros,
+            ),
+            ("gateway.budget_store.errors", "{error}", "Failed store calls", self._store_errors),
+            ("gateway.budget_store.overloaded", "{request}", "503 overloaded", self._overloaded),
+            ("gateway.budget_store.breaker.openings", "{event}", "Opened", self._openings),
+            ("gateway.budget.fail_open", "{request}", "Admitted unchecked", self._fail_open),
+            ("gateway.budget.settle_retries", "{retry}", "Settle retries", self._settle_retries),
+            ("gateway.budget.reaped", "{reservation}", "Reaper charges", self._reaped),
+            ("gateway.budget.fail_open_dropped", "{request}", "Unreconciled", self._dropped),
+            ("gateway.jwks.refresh.failures", "{fetch}", "JWKS fetch failures", self._jwks_fail),
+            ("gateway.audit.dropped", "{record}", "Audit records dropped", self._audit_dropped),
+            ("gateway.model_mismatches", "{response}", "Reported model differs", self._mismatch),
+        ):
+            m.create_observable_counter(name, [fn], unit=unit, description=desc)
+
+    # -- per request --------------------------------------------------------------------------
+
+    def record(self, record: AuditRecord, facts: at.RequestFacts) -> None:
+        """One finished request: everything but the ext_proc time (see `stream_done`)."""
+        model = record.served_model or NONE  # a catalog name, never a client's string
+        provider = record.provider or NONE
+        error = at.error_type(record)
+        outcome: Attrs = {
+            "http.response.status_class": at.status_class(record.status),
+            at.ERROR_TYPE: error or NONE,
+            at.PROVIDER: provider,
+            at.REQUEST_MODEL: model,
+        }
+        self.requests.add(1, outcome)
+        for decision in at.decisions(record):
+            self.decisions.add(1, {"gateway.budget.decision": decision})
+        for name, scope, limit, spent, held in facts.budgets:
+            key = (name, self._scopes(scope) if self.config.budget_scope_values else "")
+            self.budgets[key] = BudgetGauge(limit, spent, held)
+        if record.api is None or record.provider is None:
+            return  # refused before a provider was chosen: no GenAI operation happened
+        op: Attrs = {at.OPERATION: at.operation_name(record.api), at.PROVIDER: provider}
+        op[at.REQUEST_MODEL] = model
+        timing = dict(op, **({at.ERROR_TYPE: error} if error else {}))
+        self.duration.record(record.latency_ms / 1000, timing)
+        if record.stream and record.time_to_first_byte_ms is not None:
+            self.first_chunk.record(record.time_to_first_byte_ms / 1000, timing)
+        if not at.billed(record):
+            return
+        for token_type, count in at.token_counts(record.usage):
+            if count or token_type in ("input", "output"):
+                self.token_usage.record(count, {**op, at.TOKEN_TYPE: token_type})
+        self.cost.add(record.cost_micros, self._cost_labels(record, provider, model))
+        for budget in (record.budget or {}).get("budgets", ()):
+            self.budget_spend.add(record.cost_micros, {"gateway.budget.name": str(budget["name"])})
+
+    def _cost_labels(self, record: AuditRecord, provider: str, model: str) -> Attrs:
+        labels: Attrs = {at.PROVIDER: provider, at.REQUEST_MODEL: model}
+        identity, config = record.identity, self.config
+        if config.cost_by_subject is not Disclosure.OFF:
+            subject = at.disclose(identity.subject, config.cost_by_subject) if identity else None
+            labels["gateway.identity.subject"] = self._subjects(subject or NONE)
+        if config.cost_by_attribute:
+            value = identity.attributes.get(config.cost_by_attribute) if identity else None
+            labels["gateway.identity.attribute"] = self._attribute_values(value or NONE)
+        return labels
+
+    def stream_done(self, busy_s: float, messages: int) -> None:
+        self.extproc_duration.record(busy_s)
+        self.extproc_messages.add(messages)
+
+    def store_call(self, seconds: float, ok: bool) -> None:
+        self.store_duration.record(seconds, {"gateway.outcome": "ok" if ok else "error"})
+
+    # -- observed at collection ---------------------------------------------------------------
+
+    def _budget_obs(self, field: str) -> Iterable[Observation]:
+        per_scope = self.config.budget_scope_values
+        for (name, scope), gauge in list(self.budgets.items()):
+            labels = {"gateway.budget.name": name}
+            if per_scope:
+                labels["gateway.budget.scope_value"] = scope
+            value = {
+                "remaining": gauge.limit - gauge.spent - gauge.held,
+                "held": gauge.held,
+                "limit": gauge.limit,
+            }[field]
+            yield Observation(value, labels)
+
+    def _remaining(self, _o: CallbackOptions) -> Iterable[Observation]:
+        return self._budget_obs("remaining")
+
+    def _held(self, _o: CallbackOptions) -> Iterable[Observation]:
+        return self._budget_obs("held")
+
+    def _limit(self, _o: CallbackOptions) -> Iterable[Observation]:
+        return self._budget_obs("limit")
+
+    def _stat(self, read: Callable[[GatewayContext], int]) -> Iterable[Observation]:
+        ctx = self.current()
+        return [] if ctx is None else [Observation(read(ctx))]
+
+    def _open(self, _o: CallbackOptions) -> Iterable[Observation]:
+        return self._stat(lambda c: int(c.budgets.services.breaker.opened_at is not None))
+
+    def _openings(self, _o: CallbackOptions) -> Iterable[Observation]:
+        return self._stat(lambda c: c.budgets.services.breaker.opened)
+
+    def _overruns(self, _o: CallbackOptions) -> Iterable[Observation]:
+        return self._stat(lambda c: c.budgets.services.stats.overruns)
+
+    def _overrun_micros(self, _o: CallbackOptions) -> Iterable[Observation]:
+        return self._stat(lambda c: c.budgets.services.stats.overrun_micros)
+
+    def _store_errors(self, _o: CallbackOptions) -> Iterable[Observation]:
+        return self._stat(lambda c: c.budgets.services.stats.store_errors)
+
+    def _overloaded(self, _o: CallbackOptions) -> Iterable[Observation]:
+        return self._stat(lambda c: c.budgets.services.stats.overloaded)
+
+    def _fail_open(self, _o: CallbackOptions) -> Iterable[Observation]:
+        return self._stat(lambda c: c.budgets.services.stats.fail_open_admitted)
+
+    def _settle_retries(self, _o: CallbackOptions) -> Iterable[Observation]:
+        return self._stat(lambda c: c.budgets.services.stats.settle_retries)
+
+    def _reaped(self, _o: CallbackOptions) -> Iterable[Observation]:
+        return self._stat(lambda c: c.budgets.services.stats.reaped)
+
+    def _dropped(self, _o: CallbackOptions) -> Iterable[Observation]:
+        return self._stat(lambda c: c.budgets.services.stats.reconcile_dropped)
+
+    def _audit_dropped(self, _o: CallbackOptions) -> Iterable[Observation]:
+        return self._stat(lambda c: c.audit.dropped)
+
+    def _jwks_fail(self, _o: CallbackOptions) -> Iterable[Observation]:
+        ctx = self.current()
+        if ctx is None:
+            return []
+        return [
+            Observation(cache.fetch_failed, {"gateway.issuer": name})
+            for name, cache in ctx.authenticator.jwks.items()
+        ]
+
+    def _mismatch(self, _o: CallbackOptions) -> Iterable[Observation]:
+        ctx = self.current()
+        if ctx is None:
+            return []
+        return [Observation(n, {"gateway.mismatch": k}) for k, n in ctx.model_mismatches.items()]
