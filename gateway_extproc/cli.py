@@ -10,7 +10,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from gateway_extproc.admin.cli import add_admin_commands
+from gateway_extproc.admin.cli import add_admin_commands, budgets_command
 from gateway_extproc.errors import ConfigError
 from gateway_extproc.identity.devissuer import add_token_command
 
@@ -234,7 +234,13 @@ def main(argv: list[str] | None = None) -> int:
     check.set_defaults(func=cmd_check)
     add_token_command(sub)
     add_admin_commands(sub)
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["budgets"]:
+        # Its own parser takes everything after the word, options first included (argparse's
+        # REMAINDER leaves a leading -h or --format to the top-level parser, which refuses it).
+        args = argparse.Namespace(rest=argv[1:], func=budgets_command)
+    else:
+        args = parser.parse_args(argv)
     try:
         return int(args.func(args))
     except ConfigError as exc:

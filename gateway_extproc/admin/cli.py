@@ -225,7 +225,7 @@ def add_admin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         add_help=False,
     )
     budgets.add_argument("rest", nargs=argparse.REMAINDER)
-    budgets.set_defaults(func=_guarded(cmd_budgets))
+    budgets.set_defaults(func=budgets_command)
 
 
 def _guarded(command: Any) -> Any:
@@ -237,3 +237,7 @@ def _guarded(command: Any) -> Any:
             return 1
 
     return run
+
+
+# `gatewayctl budgets ...`: cli.main hands it every word after `budgets`, options first included.
+budgets_command = _guarded(cmd_budgets)
