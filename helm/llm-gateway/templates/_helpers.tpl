@@ -201,6 +201,9 @@ pod template. Identity, policies, budgets and the catalog reload in the running 
 {{- if gt (add $mport $workers -1) 65535 }}
 {{- fail (printf "metrics.port: %d + %d workers goes past 65535" $mport $workers) }}
 {{- end }}
+{{- if and .Values.otel.endpoint (not (regexMatch "^https?://[^@/]+(/[^@]*)?$" .Values.otel.endpoint)) }}
+{{- fail "otel.endpoint: must be http(s)://HOST[:PORT][/PATH], without credentials (put headers in otel.headersSecret)" }}
+{{- end }}
 {{- if and .Values.otel.headersSecret.name (not .Values.otel.endpoint) }}
 {{- fail "otel.headersSecret.name: set otel.endpoint too (the headers go to that collector)" }}
 {{- end }}
