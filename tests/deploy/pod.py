@@ -115,12 +115,23 @@ class Pod:
     def env(self, name: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
         env = {k: v for k, v in env.items() if not k.startswith("GATEWAY_")}
+        pod = {"metadata.name": "gw-llm-gateway-0", "metadata.namespace": NAMESPACE}  # downward API
+        defined: dict[str, str] = {}
         for var in self.container(name).get("env", []):
             if "value" in var:
-                env[var["name"]] = self.path(var["value"])
+                # `$(NAME)` of a variable defined earlier in the list, as the kubelet expands it.
+                value = re.sub(
+                    r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
+                    lambda m: defined.get(m.group(1), m.group(0)),
+                    var["value"],
+                )
+                defined[var["name"]] = env[var["name"]] = self.path(value)
+            elif "fieldRef" in var["valueFrom"]:
+                field = var["valueFrom"]["fieldRef"]["fieldPath"]
+                defined[var["name"]] = env[var["name"]] = pod[field]
             else:
                 ref = var["valueFrom"]["secretKeyRef"]
-                env[var["name"]] = self.secrets[ref["name"]][ref["key"]]
+                defined[var["name"]] = env[var["name"]] = self.secrets[ref["name"]][ref["key"]]
         return env
 
     def argv(self, name: str) -> list[str]:

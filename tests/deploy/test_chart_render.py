@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import importlib.metadata
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ def test_the_ci_matrix_covers_what_the_issue_asks() -> None:
         "tls",
         "hpa-off",
         "admin",
+        "observability",
     } <= set(CASES)
 
 
@@ -129,7 +131,9 @@ def pod_spec(docs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def gateway_config(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    config: dict[str, Any] = yaml.safe_load(one(docs, "ConfigMap")["data"]["gateway.yaml"])
+    config: dict[str, Any] = yaml.safe_load(
+        one(docs, "ConfigMap", "gw-llm-gateway")["data"]["gateway.yaml"]
+    )
     return config
 
 
@@ -252,6 +256,7 @@ def test_admin_service_only_when_enabled_and_never_the_public_port(
     enabled = bool(CASES[case].get("adminApi", {}).get("enabled"))
     by_name = services(docs)
     by_name.pop("gw-llm-gateway-redis", None)  # the bundled Redis's own
+    by_name.pop("gw-llm-gateway-metrics", None)  # the ServiceMonitor's own
     public = by_name.pop("gw-llm-gateway")
     assert {p["targetPort"] for p in public["spec"]["ports"]} == {"http", "ops"}
     if not enabled:
@@ -287,7 +292,7 @@ def test_admin_api_config_ports_and_policy(rendered: dict[str, list[dict[str, An
     assert worker0["args"][-2:] == ["--admin-address", "0.0.0.0:10090"]
     assert "--admin-address" not in worker1["args"]
     assert {"name": "admin-api", "containerPort": 10090, "protocol": "TCP"} in worker0["ports"]
-    assert [p["name"] for p in worker1["ports"]] == ["grpc-1"]
+    assert [p["name"] for p in worker1["ports"]] == ["grpc-1", "metrics-1"]
     assert worker0["readinessProbe"]["grpc"] == {"port": 50051}
     assert {"name": "admin-json", "containerPort": 10091, "protocol": "TCP"} in envoy["ports"]
     assert envoy["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "ops"}
@@ -300,7 +305,11 @@ def test_admin_api_config_ports_and_policy(rendered: dict[str, list[dict[str, An
         ("admin-json", 10091, "http"),
     ]
     ingress = one(docs, "NetworkPolicy")["spec"]["ingress"]
-    assert [[p["port"] for p in r["ports"]] for r in ingress] == [[10000], [9902], [10090, 10091]]
+    assert [[p["port"] for p in r["ports"]] for r in ingress] == [
+        [10000],
+        [9902, 9464, 9465],
+        [10090, 10091],
+    ]
     assert ingress[2]["from"] == CASES["admin"]["adminApi"]["allowFrom"]
     assert "from" not in ingress[0]  # the listener stays open to clients (ingressFrom: [])
 
@@ -414,6 +423,33 @@ BAD = [
     ({"adminApi": {"writeGroups": []}}, "/adminApi/writeGroups"),
     ({"adminApi": {"port": 0}}, "/adminApi/port"),
     ({"adminApi": {"expose": True}}, "additional properties 'expose' not allowed"),
+    (
+        {"config": {"observability": {"metrics_port": 9000}}},
+        "config.observability.metrics_port: set by metrics.port",
+    ),
+    (
+        {"config": {"observability": {"metrics_host": "127.0.0.1"}}},
+        "config.observability.metrics_host: set by the chart",
+    ),
+    (
+        {"config": {"observability": {"envoy_otlp_endpoint": "otel:4317"}}},
+        "config.observability.envoy_otlp_endpoint: set by otel.envoyTracing",
+    ),
+    ({"config": {"observability": {"identity_subject": "clear"}}}, "identity_subject"),
+    ({"metrics": {"port": 0}}, "/metrics/port"),
+    ({"metrics": {"port": 9902}}, "metrics.port: 9902 (worker 0's /metrics) is already used by"),
+    (
+        {"metrics": {"port": 50050}, "sidecar": {"workers": 2}},
+        "metrics.port: 50051 (worker 1's /metrics) is already used by sidecar.port + 0",
+    ),
+    ({"otel": {"protocol": "http"}}, "/otel/protocol"),
+    ({"otel": {"endpoint": "otel:4317"}}, "/otel/endpoint"),
+    ({"otel": {"endpoint": "http://user:hunter2@otel:4317"}}, "otel.endpoint: must be"),
+    ({"otel": {"envoyTracing": "http://otel:4317"}}, "/otel/envoyTracing"),
+    ({"otel": {"tracesSampler": "sometimes"}}, "/otel/tracesSampler"),
+    ({"otel": {"headersSecret": {"name": "otel-headers"}}}, "otel.headersSecret.name: set otel"),
+    ({"otel": {"headers": "authorization=hunter2"}}, "additional properties 'headers'"),
+    ({"dashboard": {"labels": {"grafana_dashboard": 1}}}, "/dashboard/labels"),
 ]
 
 
@@ -444,6 +480,8 @@ def test_chart_files_are_documented() -> None:
                 "serviceAccount",
                 "adminApi",
                 "networkPolicy",
+                "metrics",
+                "dashboard",
                 "serviceMonitor",
                 "podAnnotations",
                 "podLabels",
@@ -465,3 +503,156 @@ def test_readme_example_is_the_ci_company_values() -> None:
     )
     assert block is not None
     assert block.group(1) == (CHART / "ci" / "company-values.yaml").read_text()
+
+
+# --- metrics, traces and the dashboard (issue 12) -------------------------------------------
+
+
+def test_every_worker_serves_metrics_on_its_own_port(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    docs = rendered["observability"]
+    observability = gateway_config(docs)["observability"]
+    assert observability["metrics_host"] == "0.0.0.0" and observability["metrics_port"] == 9464
+    # Other observability keys pass through.
+    assert observability["cost_by_subject"] == "hashed" and observability["max_label_values"] == 500
+    _, *workers = pod_spec(docs)["containers"]
+    assert len(workers) == 2
+    for i, worker in enumerate(workers):
+        ports = {p["name"]: p["containerPort"] for p in worker["ports"]}
+        assert ports == {f"grpc-{i}": 50051 + i, f"metrics-{i}": 9464 + i}
+    # On by default, with one worker; off with config.observability.metrics: false.
+    default = pod_spec(rendered["default"])["containers"][1]
+    assert {"name": "metrics-0", "containerPort": 9464, "protocol": "TCP"} in default["ports"]
+    assert gateway_config(rendered["default"])["observability"]["metrics_port"] == 9464
+    off = render(
+        {"config": {"observability": {"metrics": False}}, "serviceMonitor": {"enabled": True}}
+    )
+    assert [p["name"] for p in pod_spec(off)["containers"][1]["ports"]] == ["grpc-0"]
+    assert [e["port"] for e in one(off, "ServiceMonitor")["spec"]["endpoints"]] == ["ops"]
+
+
+def test_service_monitor_scrapes_envoy_and_every_worker(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    docs = rendered["observability"]
+    monitor = one(docs, "ServiceMonitor")
+    endpoints = [(e["port"], e["path"]) for e in monitor["spec"]["endpoints"]]
+    assert endpoints == [
+        ("ops", "/stats/prometheus"),
+        ("metrics-0", "/metrics"),
+        ("metrics-1", "/metrics"),
+    ]
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    # It selects the headless -metrics Service alone (never the public or admin Service) ...
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    chosen = [
+        d["metadata"]["name"]
+        for d in docs
+        if d["kind"] == "Service"
+        and all(d["metadata"]["labels"].get(k) == v for k, v in selector.items())
+    ]
+    assert chosen == ["gw-llm-gateway-metrics"]
+    metrics = one(docs, "Service", "-metrics")
+    assert metrics["spec"]["clusterIP"] == "None"
+    assert metrics["spec"]["selector"] == one(docs, "Service", "gw-llm-gateway")["spec"]["selector"]
+    assert [(p["name"], p["targetPort"]) for p in metrics["spec"]["ports"]] == [
+        ("ops", "ops"),
+        ("metrics-0", "metrics-0"),
+        ("metrics-1", "metrics-1"),
+    ]
+    # ... and the public Service never exposes the workers' metrics ports.
+    public = one(docs, "Service", "gw-llm-gateway")
+    assert {p["targetPort"] for p in public["spec"]["ports"]} == {"http", "ops"}
+    # With admin API on too, the admin Service stays out of the selector.
+    both = render(CASES["admin"] | {"serviceMonitor": {"enabled": True}})
+    admin = one(both, "Service", "-admin")["metadata"]["labels"]
+    assert not all(admin.get(k) == v for k, v in selector.items())
+
+
+def test_otel_environment_and_no_secret_in_clear(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    docs = rendered["observability"]
+    spec = pod_spec(docs)
+    for worker in spec["containers"][1:]:
+        env = {e["name"]: e for e in worker["env"]}
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"] == (
+            "http://otel-collector.observability.svc:4317"
+        )
+        assert env["OTEL_EXPORTER_OTLP_PROTOCOL"]["value"] == "grpc"
+        assert env["OTEL_EXPORTER_OTLP_HEADERS"] == {
+            "name": "OTEL_EXPORTER_OTLP_HEADERS",
+            "valueFrom": {"secretKeyRef": {"name": "otel-headers", "key": "headers"}},
+        }
+        assert env["OTEL_SERVICE_NAME"]["value"] == "llm-gateway-prod"
+        assert env["OTEL_TRACES_SAMPLER"]["value"] == "parentbased_traceidratio"
+        assert env["OTEL_TRACES_SAMPLER_ARG"]["value"] == "0.25"
+        assert env["K8S_POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+        names = [e["name"] for e in worker["env"]]
+        assert names.index("K8S_POD_NAME") < names.index("OTEL_RESOURCE_ATTRIBUTES")
+        attrs = dict(a.split("=", 1) for a in env["OTEL_RESOURCE_ATTRIBUTES"]["value"].split(","))
+        assert attrs["k8s.pod.name"] == "$(K8S_POD_NAME)"
+        assert attrs["deployment.environment.name"] == "prod"
+    # Only the workers export; the init containers get no OTEL_* variables.
+    for init in spec["initContainers"]:
+        assert not [e for e in init.get("env", []) if e["name"].startswith("OTEL_")]
+    assert not [d for d in docs if d["kind"] == "Secret"]
+    # Envoy's spans to the collector: through the generated configuration.
+    assert gateway_config(docs)["observability"]["envoy_otlp_endpoint"] == (
+        "otel-collector.observability.svc:4317"
+    )
+    # No endpoint: nothing exported, no endpoint variables.
+    default = {e["name"] for e in pod_spec(rendered["default"])["containers"][1]["env"]}
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in default
+    assert "OTEL_EXPORTER_OTLP_HEADERS" not in default
+    assert "envoy_otlp_endpoint" not in gateway_config(rendered["default"])["observability"]
+
+
+def test_network_policy_for_metrics_and_the_collector(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    policy = one(rendered["observability"], "NetworkPolicy")["spec"]
+    scrape = policy["ingress"][1]
+    assert [p["port"] for p in scrape["ports"]] == [9902, 9464, 9465]
+    assert scrape["from"] == CASES["observability"]["networkPolicy"]["metricsFrom"]
+    otel_to = CASES["observability"]["networkPolicy"]["otelTo"]
+    collector = [r for r in policy["egress"] if r.get("to") == otel_to]
+    assert [[p["port"] for p in r["ports"]] for r in collector] == [[4317], [4317]]
+    http = render({"otel": {"endpoint": "http://otel:4318", "protocol": "http/protobuf"}})
+    egress = one(http, "NetworkPolicy")["spec"]["egress"]
+    assert {"ports": [{"port": 4318, "protocol": "TCP"}]} in egress
+    default = one(rendered["default"], "NetworkPolicy")["spec"]
+    assert {p["port"] for r in default["egress"] for p in r["ports"]} == {53, 443}
+
+
+def test_dashboard_config_map(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    dashboard = one(rendered["observability"], "ConfigMap", "-dashboard")
+    meta = dashboard["metadata"]
+    assert meta["labels"]["grafana_dashboard"] == "1"
+    assert meta["namespace"] == "monitoring"
+    assert meta["annotations"] == {"grafana_folder": "LLM"}
+    original = (CHART.parents[1] / "dashboards" / "llm-gateway.json").read_text()
+    assert json.loads(dashboard["data"]["llm-gateway.json"]) == json.loads(original)
+    for case in CASES:
+        if not CASES[case].get("dashboard", {}).get("enabled"):
+            assert not [d for d in rendered[case] if d["metadata"]["name"].endswith("-dashboard")]
+    labels = {"grafana_dashboard": None, "grafana": "yes"}  # null drops a default label
+    custom = render({"dashboard": {"enabled": True, "labels": labels}})
+    meta = one(custom, "ConfigMap", "-dashboard")["metadata"]
+    assert meta["labels"]["grafana"] == "yes" and "grafana_dashboard" not in meta["labels"]
+    assert "namespace" not in meta
+
+
+def test_the_charts_dashboard_is_the_repositorys() -> None:
+    """Helm reads no file outside the chart: the chart carries a copy, kept identical."""
+    copy_ = (CHART / "dashboards" / "llm-gateway.json").read_bytes()
+    assert copy_ == (CHART.parents[1] / "dashboards" / "llm-gateway.json").read_bytes()
+
+
+def test_notes_tell_where_metrics_and_traces_go() -> None:
+    text = notes(CASES["observability"])
+    assert "127.0.0.1:9464/metrics" in text and "metrics-0..1" in text
+    assert "http://otel-collector.observability.svc:4317" in text and "otel-headers" in text
+    assert "gw-llm-gateway-dashboard in monitoring" in text
+    assert "No OTLP export" in notes({})

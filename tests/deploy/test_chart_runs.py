@@ -53,7 +53,7 @@ def fake_secrets(docs: list[dict[str, Any]], tmp: Path) -> dict[str, dict[str, s
             refs += [(volume["secret"]["secretName"], item["key"]) for item in items]
     for c in spec["initContainers"] + spec["containers"]:
         for var in c.get("env", []):
-            if "valueFrom" in var:
+            if "secretKeyRef" in var.get("valueFrom", {}):
                 ref = var["valueFrom"]["secretKeyRef"]
                 refs.append((ref["name"], ref["key"]))
     for name, k in refs:
@@ -182,6 +182,7 @@ def test_the_company_example_boots_serves_and_drains(
         ports = {"port": free_port(), "opsPort": free_port(), "adminPort": free_port()}
         values["envoy"] = {**ports, "concurrency": 1}
         values["sidecar"] = {"port": free_port(), "drainMinWaitSeconds": 0}
+        values["metrics"] = {"port": free_port()}
         values["config"]["providers"] = {
             "openai": {"base_url": mock_url},
             "anthropic": {"base_url": mock_url},
@@ -217,6 +218,12 @@ def test_the_company_example_boots_serves_and_drains(
         with urllib.request.urlopen(metrics, timeout=5) as response:
             assert b"envoy_cluster_upstream_cx_total" in response.read()
         assert http_status(f"http://127.0.0.1:{ports['opsPort']}/quitquitquit") == 404
+        # Worker 0's /metrics on the port the chart rendered (container port metrics-0).
+        sidecar_ports = {p["name"]: p["containerPort"] for p in pod.container("sidecar")["ports"]}
+        assert sidecar_ports["metrics-0"] == values["metrics"]["port"]
+        worker0 = f"http://127.0.0.1:{sidecar_ports['metrics-0']}/metrics"
+        with urllib.request.urlopen(worker0, timeout=5) as response:
+            assert response.status == 200 and b"# TYPE " in response.read()
 
         client = openai.OpenAI(
             base_url=f"http://127.0.0.1:{ports['port']}/v1", api_key=STATIC_TOKEN, max_retries=0

@@ -101,6 +101,11 @@ Rendered as JSON (valid YAML) so that large integers keep their exact value.
 {{- $_ := set $sidecar "port" (int .Values.sidecar.port) }}
 {{- $_ := set $sidecar "workers" (int .Values.sidecar.workers) }}
 {{- $_ := set $c "sidecar" $sidecar }}
+{{- $obs := deepCopy (default dict $c.observability) }}
+{{- $_ := set $obs "metrics_host" "0.0.0.0" }}
+{{- $_ := set $obs "metrics_port" (int .Values.metrics.port) }}
+{{- with .Values.otel.envoyTracing }}{{- $_ := set $obs "envoy_otlp_endpoint" . }}{{- end }}
+{{- $_ := set $c "observability" $obs }}
 {{- with .Values.adminApi }}
 {{- if .enabled }}
 {{- $_ := set $c "admin_api" (dict "enabled" true "host" "0.0.0.0" "port" (int .port) "http_port" (int .httpPort) "read_groups" .readGroups "write_groups" .writeGroups) }}
@@ -139,7 +144,7 @@ pod template. Identity, policies, budgets and the catalog reload in the running 
 {{- define "llm-gateway.restartChecksum" -}}
 {{- $c := include "llm-gateway.gatewayConfig" . | fromJson }}
 {{- $restart := omit $c "identity" "policies" "budgets" "catalog" }}
-{{- toJson (dict "config" $restart "envoy" .Values.envoy "sidecar" .Values.sidecar "providerKeys" .Values.providerKeys "redis" .Values.redis) | sha256sum }}
+{{- toJson (dict "config" $restart "envoy" .Values.envoy "sidecar" .Values.sidecar "providerKeys" .Values.providerKeys "redis" .Values.redis "otel" .Values.otel) | sha256sum }}
 {{- end }}
 
 {{/* Values that a schema cannot check; each failure names the value. */}}
@@ -174,6 +179,33 @@ pod template. Identity, policies, budgets and the catalog reload in the running 
 {{- if hasKey (default dict $cfg.sidecar) $k }}
 {{- fail (printf "config.sidecar.%s: set by %s; remove it from config" $k $by) }}
 {{- end }}
+{{- end }}
+{{- range $k, $by := dict "metrics_host" "the chart (0.0.0.0: scraped through the pod IP)" "metrics_port" "metrics.port (worker i: metrics.port + i)" "envoy_otlp_endpoint" "otel.envoyTracing" }}
+{{- if hasKey (default dict $cfg.observability) $k }}
+{{- fail (printf "config.observability.%s: set by %s; remove it from config" $k $by) }}
+{{- end }}
+{{- end }}
+{{- $mport := int .Values.metrics.port }}
+{{- $workers := int .Values.sidecar.workers }}
+{{- $used := dict (toString (int .Values.envoy.port)) "envoy.port" (toString (int .Values.envoy.opsPort)) "envoy.opsPort" (toString (int .Values.envoy.adminPort)) "envoy.adminPort" }}
+{{- if .Values.adminApi.enabled }}{{- $_ := set $used (toString (int .Values.adminApi.port)) "adminApi.port" }}{{- end }}
+{{- range $i, $_ := until $workers }}
+{{- $_ := set $used (toString (add (int $.Values.sidecar.port) $i)) (printf "sidecar.port + %d (worker %d)" $i $i) }}
+{{- end }}
+{{- range $i, $_ := until $workers }}
+{{- $p := toString (add $mport $i) }}
+{{- if hasKey $used $p }}
+{{- fail (printf "metrics.port: %s (worker %d's /metrics) is already used by %s" $p $i (get $used $p)) }}
+{{- end }}
+{{- end }}
+{{- if gt (add $mport $workers -1) 65535 }}
+{{- fail (printf "metrics.port: %d + %d workers goes past 65535" $mport $workers) }}
+{{- end }}
+{{- if and .Values.otel.endpoint (not (regexMatch "^https?://[^@/]+(/[^@]*)?$" .Values.otel.endpoint)) }}
+{{- fail "otel.endpoint: must be http(s)://HOST[:PORT][/PATH], without credentials (put headers in otel.headersSecret)" }}
+{{- end }}
+{{- if and .Values.otel.headersSecret.name (not .Values.otel.endpoint) }}
+{{- fail "otel.headersSecret.name: set otel.endpoint too (the headers go to that collector)" }}
 {{- end }}
 {{- if hasKey $cfg "admin_api" }}
 {{- fail "config.admin_api: set by the chart from adminApi (adminApi.enabled, port, httpPort, readGroups, writeGroups); remove it from config" }}
@@ -218,6 +250,53 @@ pod template. Identity, policies, budgets and the catalog reload in the running 
 {{- end }}
 {{- with .Values.sidecar.extraEnv }}
 {{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Whether the workers serve /metrics (config.observability.metrics, on by default). */}}
+{{- define "llm-gateway.metricsOn" -}}
+{{- $obs := default dict .Values.config.observability }}
+{{- if or (not (hasKey $obs "metrics")) $obs.metrics }}true{{- end }}
+{{- end }}
+
+{{/* The collector's port (otel.endpoint, else the protocol's default), for the NetworkPolicy. */}}
+{{- define "llm-gateway.otelPort" -}}
+{{- $u := urlParse .Values.otel.endpoint }}
+{{- if contains ":" $u.host }}{{- last (splitList ":" $u.host) }}
+{{- else if eq $u.scheme "https" }}443
+{{- else }}{{- ternary 4317 4318 (eq .Values.otel.protocol "grpc") }}
+{{- end }}
+{{- end }}
+
+{{/* OpenTelemetry export (the standard OTEL_* variables) of the sidecar workers. The headers
+only from a Secret. */}}
+{{- define "llm-gateway.otelEnv" -}}
+- name: K8S_POD_NAME
+  valueFrom: {fieldRef: {fieldPath: metadata.name}}
+- name: K8S_NAMESPACE_NAME
+  valueFrom: {fieldRef: {fieldPath: metadata.namespace}}
+- {name: OTEL_SERVICE_NAME, value: {{ .Values.otel.serviceName | quote }}}
+{{- $attrs := list "k8s.pod.name=$(K8S_POD_NAME)" "k8s.namespace.name=$(K8S_NAMESPACE_NAME)" (printf "k8s.deployment.name=%s" (include "llm-gateway.fullname" .)) }}
+{{- range $k, $v := .Values.otel.resourceAttributes }}
+{{- $attrs = append $attrs (printf "%s=%v" $k $v) }}
+{{- end }}
+- {name: OTEL_RESOURCE_ATTRIBUTES, value: {{ join "," $attrs | quote }}}
+{{- with .Values.otel.endpoint }}
+- {name: OTEL_EXPORTER_OTLP_ENDPOINT, value: {{ . | quote }}}
+- {name: OTEL_EXPORTER_OTLP_PROTOCOL, value: {{ $.Values.otel.protocol | quote }}}
+{{- end }}
+{{- with .Values.otel.headersSecret.name }}
+- name: OTEL_EXPORTER_OTLP_HEADERS
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.otel.headersSecret.key }}
+{{- end }}
+{{- with .Values.otel.tracesSampler }}
+- {name: OTEL_TRACES_SAMPLER, value: {{ . | quote }}}
+{{- end }}
+{{- with .Values.otel.tracesSamplerArg }}
+- {name: OTEL_TRACES_SAMPLER_ARG, value: {{ . | quote }}}
 {{- end }}
 {{- end }}
 
