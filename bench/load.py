@@ -24,6 +24,8 @@ from pathlib import Path
 
 import redis
 
+from bench.upstream import CHUNKS
+
 PATH = "/v1/chat/completions"
 MARKER = "WRK_JSON "
 
@@ -77,7 +79,9 @@ def request_body(stream: bool) -> bytes:
             {"role": "system", "content": "You are a terse assistant."},
             {"role": "user", "content": "Name a few letters of the NATO alphabet."},
         ],
-        "max_tokens": 100,
+        # The canned upstream always generates CHUNKS tokens: the limit admits them all (a
+        # real provider stops at the limit; this one does not, and would show as an overrun).
+        "max_tokens": CHUNKS,
     }
     if stream:
         doc.update(stream=True, stream_options={"include_usage": True})

@@ -17,7 +17,7 @@ class BudgetStoreConfig:
     redis_url: str = "redis://127.0.0.1:6379/0"
     cluster: bool = False
     key_prefix: str = "llmgw"
-    deadline_ms: int = 50
+    deadline_ms: int = 250
     lease_s: int = 120
     reap_interval_s: float = 10.0
     breaker_failures: int = 5

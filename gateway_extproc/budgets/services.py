@@ -53,7 +53,7 @@ class Overloaded(ClientError):
 
 @dataclasses.dataclass(frozen=True)
 class GateSettings:
-    deadline_s: float = 0.05  # Redis silent this long on a request-path call: it is down
+    deadline_s: float = 0.25  # Redis silent this long on a request-path call: it is down
     lease_s: float = 120.0  # a reservation whose sidecar died is charged after this
     breaker_failures: int = 5  # consecutive store failures that open the breaker
     breaker_open_s: float = 5.0  # while open, calls fail at once (no waiting on a dead Redis)
