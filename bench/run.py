@@ -197,8 +197,8 @@ class Bench:
                 self.bursts.append(self.burst(running, count))
 
     def burst(self, running: setups.Running, count: int) -> dict[str, object]:
-        """`count` concurrent requests from one user against the burst budget (room for about
-        9 worst cases): a healthy Redis must only ever produce 200s and 429s."""
+        """`count` concurrent requests from one user against the burst budget ($0.10; each
+        reserves the injected cap's worst case): a healthy Redis must only produce 200s and 429s."""
         assert running.redis_url is not None
         client = redis.Redis.from_url(running.redis_url)
         try:
