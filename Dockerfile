@@ -13,8 +13,12 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 COPY pyproject.toml ./
 COPY gateway_extproc ./gateway_extproc
+# xds-protos and opentelemetry-proto both ship opentelemetry/proto/*_pb2.py and the last one
+# installed wins: reinstall opentelemetry-proto's (newer) files last, as the Makefile does.
 RUN python -m venv /opt/gateway \
     && /opt/gateway/bin/pip install --no-cache-dir . \
+    && /opt/gateway/bin/pip install --no-cache-dir --no-deps --force-reinstall \
+       "opentelemetry-proto==$(/opt/gateway/bin/python -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')" \
     && /opt/gateway/bin/pip uninstall --yes pip
 
 # --- runtime: the virtualenv on a clean base, no compilers, no caches, a fixed non-root UID -----

@@ -6,10 +6,17 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test bench lint typecheck unit e2e envoy-config proto clean
 
+# xds-protos (Envoy's API) and opentelemetry-proto both ship opentelemetry/proto/*_pb2.py; whichever
+# pip installs last wins, and xds-protos' older copy breaks the OTLP exporters. Reinstall
+# opentelemetry-proto's own files last (the Dockerfile does the same).
+OTEL_PROTO_FIX = $(BIN)/pip install --quiet --no-deps --force-reinstall \
+	"opentelemetry-proto==$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')"
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(OTEL_PROTO_FIX)
 	touch $(STAMP)
 
 # make run's configuration: local defaults with the development issuer (GATEWAY_CONFIG overrides).

@@ -77,10 +77,44 @@ def image_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
         env=env,
         timeout=600,
     )
+    version = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", OTEL_PROTO_VERSION],
+        check=True,
+        env=env,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    subprocess.run(  # the Dockerfile's second pip step: opentelemetry-proto's files win
+        [
+            str(venv / "bin" / "pip"),
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "--force-reinstall",
+            f"opentelemetry-proto=={version}",
+        ],
+        check=True,
+        env=env,
+        timeout=600,
+    )
     subprocess.run(
         [str(venv / "bin" / "pip"), "uninstall", "--yes", "--quiet", "pip"], check=True, env=env
     )
     return venv
+
+
+OTEL_PROTO_VERSION = "import importlib.metadata as m; print(m.version('opentelemetry-proto'))"
+
+
+def test_the_image_can_export_otlp(image_venv: Path) -> None:
+    """xds-protos ships an older opentelemetry/proto: the OTLP exporters must import."""
+    code = (
+        "from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope\n"
+        "import opentelemetry.exporter.otlp.proto.grpc.trace_exporter\n"
+        "import opentelemetry.exporter.otlp.proto.http.trace_exporter\n"
+    )
+    subprocess.run([str(image_venv / "bin" / "python"), "-c", code], check=True, timeout=60)
 
 
 def image_env(venv: Path) -> dict[str, str]:
