@@ -22,6 +22,12 @@ CATALOG = REPO / "gateway_extproc" / "catalog.yaml"
 RETIRED_MODELS = TEST_FIXTURES / "retired-models.yaml"
 
 
+def complete_lines(text: str) -> list[str]:
+    """The lines a writer has finished. The audit and journal files are appended in batches by a
+    writer thread, so a reader can see the start of a line whose end is still being written."""
+    return [line for line in text.split("\n")[:-1] if line.strip()]
+
+
 class AuditLog:
     """Reads the audit file the sidecar appends to (GATEWAY_AUDIT_LOG)."""
 
@@ -31,7 +37,7 @@ class AuditLog:
     def records(self) -> list[dict[str, Any]]:
         if not self.path.exists():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        return [json.loads(line) for line in complete_lines(self.path.read_text())]
 
     def wait_for(self, request_id: str, timeout: float = 15) -> dict[str, Any]:
         deadline = time.monotonic() + timeout

@@ -19,7 +19,7 @@ import redis
 from gateway_extproc.identity.devissuer import DevIssuer, ensure_dev_issuer
 from gateway_extproc.stack import Stack
 from tests.e2e.conftest import start_stack
-from tests.e2e.harness import AuditLog
+from tests.e2e.harness import AuditLog, complete_lines
 
 pytestmark = pytest.mark.e2e
 CHAT = "/v1/chat/completions"
@@ -85,7 +85,7 @@ class Durable:
     def journal_entries(self) -> list[dict[str, Any]]:
         if not self.journal.exists():
             return []
-        return [json.loads(line) for line in self.journal.read_text().splitlines() if line]
+        return [json.loads(line) for line in complete_lines(self.journal.read_text())]
 
     def stop_redis(self) -> None:
         self.stack.process("redis-server").terminate()
