@@ -6,6 +6,7 @@ The environment is read only when `load_config` is called with it, never at impo
 from __future__ import annotations
 
 import dataclasses
+import enum
 import importlib.resources
 import os
 import urllib.parse
@@ -70,6 +71,24 @@ class Limits:
     max_json_values: int = 200_000  # array elements + object members; bounds the parse
 
 
+class MeteringMode(enum.StrEnum):
+    OBSERVE = "observe"  # the response path is observed; Envoy never waits for the sidecar
+    SYNCHRONOUS = "synchronous"  # every response message waits; JSON gets x-gateway-cost-usd
+
+
+@dataclasses.dataclass(frozen=True)
+class MeteringConfig:
+    mode: MeteringMode = MeteringMode.OBSERVE
+    # Observe mode: how long Envoy keeps an observer stream open after the request's own
+    # stream ended without a response end (a client disconnect, a reset): the sidecar meters
+    # what it saw when the stream closes. Envoy's `deferred_close_timeout`.
+    observer_close_timeout_ms: int = 5000
+
+    @property
+    def synchronous(self) -> bool:
+        return self.mode is MeteringMode.SYNCHRONOUS
+
+
 @dataclasses.dataclass(frozen=True)
 class GatewayConfig:
     listen_host: str
@@ -99,6 +118,7 @@ class GatewayConfig:
     admin_api: AdminApiConfig = dataclasses.field(default_factory=AdminApiConfig)
     spend: RollupSettings = dataclasses.field(default_factory=RollupSettings)
     observability: ObservabilityConfig = dataclasses.field(default_factory=ObservabilityConfig)
+    metering: MeteringConfig = dataclasses.field(default_factory=MeteringConfig)
 
     @property
     def unhealthy_after_s(self) -> float:
@@ -260,13 +280,25 @@ def _identity_files(doc: object) -> tuple[str, ...]:
     return tuple(f for f in files if isinstance(f, str) and f)
 
 
+def _metering(r: _Reader, doc: Mapping[str, Any]) -> MeteringConfig:
+    section = r.section(doc, "metering", {"mode", "observer_close_timeout_ms"})
+    mode = section.get("mode", MeteringMode.OBSERVE.value)
+    if mode not in {m.value for m in MeteringMode}:
+        choices = ", ".join(m.value for m in MeteringMode)
+        r.problems.append(f"metering.mode: must be one of {choices} (got {mode!r})")
+        mode = MeteringMode.OBSERVE.value
+    key = "observer_close_timeout_ms"
+    timeout = r.integer({key: section.get(key, 5000)}, "metering", key, 100, 600_000)
+    return MeteringConfig(MeteringMode(mode), timeout)
+
+
 def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayConfig:
     """Validate a merged document; raise ConfigError listing every problem."""
     r = _Reader()
     known = {"listener", "limits", "sidecar", "providers", "mock_unconfigured_providers"}
     known |= {"catalog", "audit", "identity", "policies", "budgets", "budget_store"}
     known |= {"admin_api", "spend"}
-    known |= {"observability"}
+    known |= {"observability", "metering"}
     for extra in sorted(set(doc) - known):
         r.problems.append(f"{extra}: unknown key")
     listener = r.section(doc, "listener", {"host", "port", "admin_port"})
@@ -404,6 +436,7 @@ def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayC
         admin_api=parse_admin_api(doc.get("admin_api"), r.problems),
         spend=parse_spend(doc.get("spend"), r.problems),
         observability=parse_observability(doc.get("observability"), r.problems),
+        metering=_metering(r, doc),
     )
     if r.problems:
         raise ConfigError(r.problems)

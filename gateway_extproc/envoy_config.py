@@ -13,7 +13,9 @@ from typing import Any
 
 import yaml
 
+from gateway_extproc import handoff
 from gateway_extproc.admin import envoy_json
+from gateway_extproc.budgets import report as budget_report
 from gateway_extproc.config import GatewayConfig
 from gateway_extproc.envoy_ops import admin_cluster, ops_listener
 from gateway_extproc.observability import envoy_tracing
@@ -86,6 +88,7 @@ def _provider_cluster(up: Upstream, config: GatewayConfig, ca_file: str) -> dict
         "type": "STATIC" if _is_ip(up.host) else "LOGICAL_DNS",
         "connect_timeout": f"{config.limits.upstream_connect_timeout_s}s",
         "per_connection_buffer_limit_bytes": config.limits.max_request_body_bytes,
+        "circuit_breakers": CIRCUIT_BREAKERS,
         "load_assignment": {
             "cluster_name": up.cluster,
             "endpoints": [{"lb_endpoints": [{"endpoint": endpoint}]}],
@@ -114,37 +117,86 @@ def _provider_cluster(up: Upstream, config: GatewayConfig, ca_file: str) -> dict
     return cluster
 
 
-def _ext_proc_filter(config: GatewayConfig) -> dict[str, Any]:
-    timeout_ms = config.limits.ext_proc_message_timeout_ms
+def _ext_proc_service(config: GatewayConfig) -> dict[str, Any]:
     return {
-        "name": "envoy.filters.http.ext_proc",
-        "typed_config": {
-            "@type": _T + "extensions.filters.http.ext_proc.v3.ExternalProcessor",
-            "grpc_service": {
-                "envoy_grpc": {
-                    "cluster_name": EXTPROC_CLUSTER,
-                    "max_receive_message_length": config.limits.max_request_body_bytes
-                    + GRPC_MESSAGE_SLACK,
-                },
-            },
-            # A dead sidecar must not let traffic through unmetered: fail closed, clearly.
-            "failure_mode_allow": False,
-            "status_on_error": {"code": 503},
-            "message_timeout": f"{timeout_ms / 1000:g}s",
-            "max_message_timeout": f"{max(timeout_ms / 1000, 30):g}s",
-            "allow_mode_override": True,
-            "processing_mode": {
-                "request_header_mode": "SEND",
-                "request_body_mode": "BUFFERED",
-                "response_header_mode": "SEND",
-                # JSON bodies are buffered (the cost header needs the whole body); the sidecar
-                # switches event streams to STREAMED with mode_override.
-                "response_body_mode": "BUFFERED",
-                "request_trailer_mode": "SKIP",
-                "response_trailer_mode": "SKIP",
-            },
+        "envoy_grpc": {
+            "cluster_name": EXTPROC_CLUSTER,
+            "max_receive_message_length": config.limits.max_request_body_bytes + GRPC_MESSAGE_SLACK,
         },
     }
+
+
+def _ext_proc_filters(config: GatewayConfig) -> list[dict[str, Any]]:
+    """Synchronous mode: one filter that waits for the sidecar on every message. Observe mode
+    (the default): a synchronous filter for the request only, and an observability-mode filter
+    Envoy never waits for, which sees the response (and the request body, so that a request
+    cut before its response still reaches an observer) with the request filter's state in
+    dynamic metadata (handoff.py)."""
+    timeout_ms = config.limits.ext_proc_message_timeout_ms
+    synchronous = config.metering.synchronous
+    request: dict[str, Any] = {
+        "@type": _T + "extensions.filters.http.ext_proc.v3.ExternalProcessor",
+        "grpc_service": _ext_proc_service(config),
+        # A dead sidecar must not let traffic through unmetered: fail closed, clearly.
+        "failure_mode_allow": False,
+        "status_on_error": {"code": 503},
+        "message_timeout": f"{timeout_ms / 1000:g}s",
+        "max_message_timeout": f"{max(timeout_ms / 1000, 30):g}s",
+        "processing_mode": {
+            "request_header_mode": "SEND",
+            "request_body_mode": "BUFFERED",
+            "response_header_mode": "SEND" if synchronous else "SKIP",
+            # JSON bodies are buffered (the cost header needs the whole body); the sidecar
+            # switches event streams to STREAMED with mode_override.
+            "response_body_mode": "BUFFERED" if synchronous else "NONE",
+            "request_trailer_mode": "SKIP",
+            "response_trailer_mode": "SKIP",
+        },
+    }
+    if synchronous:
+        request["allow_mode_override"] = True
+        return [{"name": "envoy.filters.http.ext_proc", "typed_config": request}]
+    request["metadata_options"] = {"receiving_namespaces": {"untyped": [handoff.NAMESPACE]}}
+    close_ms = config.metering.observer_close_timeout_ms
+    observer = {
+        "@type": _T + "extensions.filters.http.ext_proc.v3.ExternalProcessor",
+        "grpc_service": _ext_proc_service(config),
+        "observability_mode": True,
+        # Fail closed as in synchronous mode: an observer stream that dies (its worker killed
+        # or cut by the grace period) resets the client's response, so what the sidecar
+        # metered - or the reaper charges - is what the client got. (With true, the response
+        # would run on unmetered; measured on Envoy 1.40, see README "Performance".)
+        "failure_mode_allow": False,
+        "deferred_close_timeout": f"{close_ms / 1000:g}s",
+        "processing_mode": {
+            "request_header_mode": "SKIP",
+            "request_body_mode": "STREAMED",
+            "response_header_mode": "SEND",
+            "response_body_mode": "STREAMED",
+            "request_trailer_mode": "SKIP",
+            "response_trailer_mode": "SKIP",
+        },
+        "metadata_options": {"forwarding_namespaces": {"untyped": [handoff.NAMESPACE]}},
+    }
+    return [
+        {"name": "gateway.request", "typed_config": request},
+        {"name": "gateway.observer", "typed_config": observer},
+    ]
+
+
+def _response_headers_from_metadata(config: GatewayConfig) -> list[dict[str, Any]]:
+    """Observe mode: the response headers the request phase decided (request id, budget
+    report), copied by Envoy from dynamic metadata; an absent key adds nothing."""
+    if config.metering.synchronous:
+        return []
+    names = ("x-gateway-request-id", *budget_report.RESPONSE_HEADERS)
+    return [
+        {
+            "header": {"key": name, "value": f"%DYNAMIC_METADATA({handoff.NAMESPACE}:{name})%"},
+            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+        }
+        for name in names
+    ]
 
 
 def _compressor_filter() -> dict[str, Any]:
@@ -279,6 +331,7 @@ def _http_connection_manager(config: GatewayConfig) -> dict[str, Any]:
                                 },
                                 # The routing header is the gateway's own: never sent upstream.
                                 "request_headers_to_remove": [CLUSTER_HEADER],
+                                "response_headers_to_add": _response_headers_from_metadata(config),
                             }
                         ],
                     }
@@ -286,7 +339,7 @@ def _http_connection_manager(config: GatewayConfig) -> dict[str, Any]:
             },
             "http_filters": [
                 _compressor_filter(),
-                _ext_proc_filter(config),
+                *_ext_proc_filters(config),
                 {
                     "name": "envoy.filters.http.router",
                     "typed_config": {"@type": _T + "extensions.filters.http.router.v3.Router"},
@@ -329,6 +382,17 @@ def _sidecar_health(config: GatewayConfig) -> dict[str, Any]:
     }
 
 
+# Envoy's default circuit breaker allows 1,024 concurrent requests per cluster: 1,024 LLM
+# streams in flight (fewer in observe mode, where each request holds two ext_proc streams)
+# and the next request got a 503. The gateway bounds load itself (the listener's connection
+# limit, the budget store's queue); the breakers only guard against runaway growth.
+CIRCUIT_BREAKERS = {
+    "thresholds": [
+        {"priority": "DEFAULT", "max_requests": 1_000_000, "max_pending_requests": 1_000_000}
+    ]
+}
+
+
 def build(
     config: GatewayConfig, ports: EnvoyPorts, upstreams: Iterable[Upstream], ca_file: str
 ) -> dict[str, Any]:
@@ -337,6 +401,7 @@ def build(
         "name": EXTPROC_CLUSTER,
         "type": "STATIC",
         "connect_timeout": "1s",
+        "circuit_breakers": CIRCUIT_BREAKERS,
         "typed_extension_protocol_options": _protocol_options(True),
         **_sidecar_health(config),
         "load_assignment": {

@@ -8,6 +8,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.type.v3 import http_status_pb2
+from google.protobuf import struct_pb2
 
 ProcessingRequest = pb.ProcessingRequest
 ProcessingResponse = pb.ProcessingResponse
@@ -55,8 +56,23 @@ def request_headers_reply(c: pb.CommonResponse) -> pb.ProcessingResponse:
     return pb.ProcessingResponse(request_headers=pb.HeadersResponse(response=c))
 
 
-def request_body_reply(c: pb.CommonResponse) -> pb.ProcessingResponse:
-    return pb.ProcessingResponse(request_body=pb.BodyResponse(response=c))
+def request_body_reply(
+    c: pb.CommonResponse, *, dynamic_metadata: struct_pb2.Struct | None = None
+) -> pb.ProcessingResponse:
+    reply = pb.ProcessingResponse(request_body=pb.BodyResponse(response=c))
+    if dynamic_metadata is not None:
+        reply.dynamic_metadata.CopyFrom(dynamic_metadata)
+    return reply
+
+
+def observed_state(request: pb.ProcessingRequest, namespace: str, key: str) -> str | None:
+    """A string the request filter left in Envoy's dynamic metadata (forwarded to an
+    observability-mode stream on every message), or None."""
+    metadata = request.metadata_context.filter_metadata
+    if namespace not in metadata:
+        return None
+    value = metadata[namespace].fields.get(key)
+    return value.string_value if value is not None else None
 
 
 def response_headers_reply(c: pb.CommonResponse, *, stream_body: bool) -> pb.ProcessingResponse:

@@ -1,19 +1,23 @@
-"""One processor per ext_proc stream: it owns that request's state from headers to audit record.
+"""One processor per synchronous ext_proc stream: a request's identity, policy, budget and route.
 
 `handle` is a coroutine. The request phases await I/O: a JWKS refresh when a token names an
 unknown key, the budget reservation in Redis (under its deadline), and large bodies are parsed
-in a worker thread. The response phases await nothing: metering and pricing are pure calls, so
-nothing on the per-chunk path can block or fail on a network. The audit line is queued.
+in a worker thread. Once the request is forwarded, its response belongs to a `ResponseObserver`
+(observer.py) built from a `RequestState` (handoff.py): in the default `metering.mode: observe`
+the state travels in Envoy dynamic metadata to an observability-mode ext_proc stream that Envoy
+never waits for; in `synchronous` mode this processor answers the response phases itself (the
+JSON `x-gateway-cost-usd` header needs the whole body before the headers go out). Requests the
+gateway answers itself (errors, /v1/models) are audited here.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import datetime
 import logging
 import secrets
-import zlib
+
+from google.protobuf import struct_pb2
 
 from gateway_extproc import extproc_msgs as msgs
 from gateway_extproc.apis import API_PREFIX, MODELS_PATH, Schema, api_for_path
@@ -35,17 +39,15 @@ from gateway_extproc.errors import (
     UnsupportedOption,
     error_body,
 )
+from gateway_extproc.handoff import NAMESPACE, STATE_KEY, RequestState
 from gateway_extproc.identity.metadata import parse_metadata
 from gateway_extproc.identity.model import Identity
 from gateway_extproc.inbound import ParsedRequest, upstream_body
-from gateway_extproc.metering import StreamMeter, estimate_tokens, usage_from_json
-from gateway_extproc.model_mismatch import price_reported
 from gateway_extproc.models_api import models_response
 from gateway_extproc.observability.attributes import RequestFacts
-from gateway_extproc.pricing import cost_micros, format_usd
-from gateway_extproc.spend.rollup import Dimensions, UsageRecord
+from gateway_extproc.observer import ResponseObserver
+from gateway_extproc.pricing import format_usd
 from gateway_extproc.tokens import Usage, UsageSource
-from gateway_extproc.upstreams import Upstream
 
 log = logging.getLogger("gateway.processor")
 
@@ -70,25 +72,19 @@ class StreamProcessor:
         self.schema = Schema.OPENAI
         self.request: ParsedRequest | None = None
         self.entry: ModelEntry | None = None
-        self.upstream: Upstream | None = None
-        self.forwarded = False
         self.status: int | None = None
         self.error_code: str | None = None
-        self.first_byte: float | None = None
-        self.meter: StreamMeter | None = None
-        self.json_body = bytearray()
-        self.decompressor: zlib._Decompress | None = None
-        self.metering_broken = False
-        self.completed = False
         self.finished = False
         self.identity: Identity | None = None
         self.metadata: dict[str, str] = {}
         self.admission: Admission | None = None
-        self.lease_keeper: asyncio.Future[None] | None = None
+        # Synchronous mode: the forwarded request's response side, answered on this stream.
+        # Observe mode: None; the state went to the observer stream in dynamic metadata.
+        self.observer: ResponseObserver | None = None
+        self.handed_off = False
         # W3C trace context the span continues: Envoy's (ext_proc gRPC metadata, when Envoy
         # traces; set by the server) or else the client's request headers.
         self.trace_context: tuple[str | None, str | None] = (None, None)
-        self.response_meta: tuple[str | None, tuple[str, ...]] = (None, ())  # id, finish reasons
 
     # -- dispatch ---------------------------------------------------------------------------
 
@@ -116,14 +112,27 @@ class StreamProcessor:
             )
 
     def _on_response(self, message: msgs.ProcessingRequest, phase: str) -> msgs.ProcessingResponse:
-        # The response is already on its way: a metering fault must never break it.
+        """Synchronous mode. The response is already on its way: a metering fault must never
+        break it."""
+        observer = self.observer
+        if observer is None:  # not forwarded by this stream (observe mode never gets here)
+            return msgs.passthrough(message)
         try:
             if phase == "response_headers":
-                return self._on_response_headers(message.response_headers)
-            return self._on_response_body(message.response_body)
+                headers = msgs.headers_of(message.response_headers)
+                streaming = observer.on_headers(headers, message.response_headers.end_of_stream)
+                extra = budget_report.response_headers(self.admission)
+                reply = msgs.common(set_headers={"x-gateway-request-id": self.request_id, **extra})
+                return msgs.response_headers_reply(reply, stream_body=streaming)
+            body = message.response_body
+            cost = observer.on_body(body.body, body.end_of_stream)
+            if cost is None or observer.meter is not None:
+                return msgs.response_body_reply()
+            headers = {"x-gateway-cost-usd": format_usd(cost)}
+            headers.update(budget_report.response_headers(self.admission, cost))
+            return msgs.response_body_reply(msgs.common(set_headers=headers))
         except Exception:
-            log.exception("metering failed", extra={"request_id": self.request_id})
-            self.metering_broken = True
+            observer.broken()
             if phase == "response_headers":  # keep streams streaming even so
                 content_type = msgs.headers_of(message.response_headers).get("content-type", "")
                 return msgs.response_headers_reply(
@@ -132,9 +141,12 @@ class StreamProcessor:
             return msgs.passthrough(message)
 
     def close(self) -> None:
-        """The ext_proc stream ended. If the response did not finish (client disconnect,
-        upstream abort, Envoy reset), meter what was seen now: spend is never lost."""
-        if not self.finished:
+        """The ext_proc stream ended. A forwarded request in synchronous mode whose response
+        did not finish (client disconnect, upstream abort, Envoy reset) is metered from what
+        was seen now: spend is never lost. In observe mode the observer stream does that."""
+        if self.observer is not None:
+            self.observer.close()
+        elif not self.handed_off and not self.finished:
             self._finish()
 
     # -- request side -----------------------------------------------------------------------
@@ -268,10 +280,6 @@ class StreamProcessor:
             bound_for=bound_for,
             allowed=lambda model: policies.allows(identity, model.name),
         )
-        if admission.reserved:
-            self.lease_keeper = asyncio.ensure_future(
-                gate.keep_lease(self.reservation_id, self._cost_so_far)
-            )
         served = request.model
         if admission.downgraded_from is not None:
             self.entry = entry = admission.entry
@@ -283,7 +291,6 @@ class StreamProcessor:
         if cap is not None and cap.cap_field and cap.inject_max_output is not None:
             output_cap = (cap.cap_field, cap.inject_max_output)
         upstream = self.ctx.upstreams[entry.provider]
-        self.upstream = upstream
         set_headers = {CLUSTER_HEADER: upstream.cluster, ":path": upstream.upstream_path(self.path)}
         if upstream.auth_header and upstream.auth_value:
             set_headers[upstream.auth_header] = upstream.auth_value
@@ -293,79 +300,58 @@ class StreamProcessor:
         remove = upstream.forward.removals(
             self.client_headers, provider=upstream.provider, keep=set_headers
         )
-        self.forwarded = True
-        return msgs.request_body_reply(
-            msgs.common(
-                set_headers=set_headers, remove=remove, body=new_body, clear_route_cache=True
+        common = msgs.common(
+            set_headers=set_headers, remove=remove, body=new_body, clear_route_cache=True
+        )
+        state = self._hand_off(request, entry, upstream.provider)
+        if self.ctx.config.metering.synchronous:
+            self.observer = ResponseObserver(
+                self.ctx, dataclasses.replace(state, started_monotonic=self.started)
             )
+            return msgs.request_body_reply(common)
+        self.handed_off = True
+        return msgs.request_body_reply(common, dynamic_metadata=self._dynamic_metadata(state))
+
+    def _hand_off(
+        self, request: ParsedRequest, entry: ModelEntry, upstream_provider: str
+    ) -> RequestState:
+        """The forwarded request's state, for whoever meters its response."""
+        admission = self.admission
+        assert admission is not None and self.identity is not None
+        bound = admission.bound
+        cap_injected = bound is not None and bound.inject_max_output is not None
+        max_tokens = request.max_output_tokens
+        if cap_injected and bound is not None:
+            max_tokens = bound.inject_max_output
+        return RequestState(
+            request_id=self.request_id,
+            arrived=self.arrived,
+            method=self.method,
+            path=self.path,
+            api=request.api,
+            requested_model=request.model,
+            served_model=entry.name,
+            price=entry.price,
+            provider=upstream_provider,
+            stream=request.stream,
+            input_tokens_estimate=request.input_tokens_estimate,
+            max_tokens=max_tokens,
+            cap_injected=cap_injected,
+            identity=self.identity,
+            metadata=self.metadata,
+            budget=admission.handoff(budget_report.audit_fields(admission)),
+            traceparent=self.trace_context[0],
+            tracestate=self.trace_context[1],
         )
 
-    def _cap_injected(self) -> bool:
-        bound = self.admission.bound if self.admission is not None else None
-        return self.forwarded and bound is not None and bound.inject_max_output is not None
-
-    def _cost_so_far(self) -> int:
-        """The request's cost until now, for lease checkpoints of long responses."""
-        if self.request is None or self.entry is None:
-            return 0
-        chars = self.meter.output_chars_so_far if self.meter is not None else 0
-        usage = Usage(
-            input_tokens=self.request.input_tokens_estimate, output_tokens=estimate_tokens(chars)
-        )
-        return cost_micros(usage, self.entry.price)
-
-    # -- response side ----------------------------------------------------------------------
-
-    def _on_response_headers(self, message: msgs.HttpHeaders) -> msgs.ProcessingResponse:
-        headers = msgs.headers_of(message)
-        try:
-            self.status = int(headers.get(":status", "0"))
-        except ValueError:
-            self.status = 0
-        self.first_byte = self.ctx.monotonic()
-        encoding = headers.get("content-encoding", "identity").strip().lower()
-        if encoding in ("gzip", "x-gzip"):
-            self.decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        elif encoding == "deflate":
-            self.decompressor = zlib.decompressobj()
-        elif encoding not in ("identity", ""):
-            self.metering_broken = True  # e.g. br: counted from the estimate, and said so
-            log.warning(
-                "cannot meter %s-encoded body", encoding, extra={"request_id": self.request_id}
-            )
-        streaming = headers.get("content-type", "").startswith("text/event-stream")
-        if streaming and self.request is not None:
-            self.meter = StreamMeter(self.request.api)
-        extra = budget_report.response_headers(self.admission)
-        reply = msgs.common(set_headers={"x-gateway-request-id": self.request_id, **extra})
-        if message.end_of_stream:
-            self.completed = True
-            self._finish()
-        return msgs.response_headers_reply(reply, stream_body=streaming)
-
-    def _decoded(self, chunk: bytes, end: bool) -> bytes:
-        if self.decompressor is None:
-            return chunk
-        data = self.decompressor.decompress(chunk)
-        return data + self.decompressor.flush() if end else data
-
-    def _on_response_body(self, message: msgs.HttpBody) -> msgs.ProcessingResponse:
-        end = message.end_of_stream
-        data = b"" if self.metering_broken else self._decoded(message.body, end)
-        if self.meter is not None:
-            self.meter.feed(data)
-            if end:
-                self.completed = True
-                self._finish()
-            return msgs.response_body_reply()
-        self.json_body += data
-        if not end:
-            return msgs.response_body_reply()
-        self.completed = True
-        cost = self._finish()
-        headers = {"x-gateway-cost-usd": format_usd(cost)}
-        headers.update(budget_report.response_headers(self.admission, cost))
-        return msgs.response_body_reply(msgs.common(set_headers=headers))
+    def _dynamic_metadata(self, state: RequestState) -> struct_pb2.Struct:
+        """Observe mode: the state for the observer stream, and the response headers Envoy adds
+        from it (envoy_config.py lists the names)."""
+        fields = {STATE_KEY: state.encode(), "x-gateway-request-id": self.request_id}
+        fields.update(budget_report.response_headers(self.admission))
+        metadata = struct_pb2.Struct()
+        metadata.update({NAMESPACE: fields})
+        return metadata
 
     # -- endings ----------------------------------------------------------------------------
 
@@ -375,94 +361,17 @@ class StreamProcessor:
     def _reject(self, err: ClientError) -> msgs.ProcessingResponse:
         self.status = err.status
         self.error_code = err.code
-        self.forwarded = False
         self._finish()
         headers = self._json_headers() | err.headers
         body = error_body(self.schema, err, self.request_id)
         return msgs.immediate(err.status, body, headers, f"gateway_{err.code}")
 
-    def _metered_usage(self) -> tuple[Usage, UsageSource, str | None]:
-        """What the request consumed, from the provider's report or, failing that, an estimate."""
-        if not self.forwarded or self.request is None:
-            return Usage(), UsageSource.NONE, None
-        if self.status is not None and self.status >= 400:
-            return Usage(), UsageSource.NONE, None  # providers do not bill failed requests
-        usage: Usage | None = None
-        provider_model: str | None = None
-        output_chars = 0
-        complete = self.completed and not self.metering_broken
-        if self.meter is not None:
-            result = self.meter.finish()
-            usage, provider_model, output_chars = (
-                result.usage,
-                result.served_model,
-                result.output_chars,
-            )
-            self.response_meta = (result.response_id, result.finish_reasons)
-            # The stream's own terminal event makes its usage final, even when the client hung
-            # up before the transport's end-of-stream reached Envoy.
-            complete = result.completed and not self.metering_broken
-            self.completed = self.completed or result.completed
-        elif self.json_body and not self.metering_broken:
-            jr = usage_from_json(self.request.api, bytes(self.json_body))
-            usage, provider_model, output_chars = jr.usage, jr.served_model, jr.output_chars
-            self.response_meta = (jr.response_id, jr.finish_reasons)
-        if usage is not None and complete:
-            return usage, UsageSource.PROVIDER, provider_model
-        estimated_output = estimate_tokens(output_chars)
-        if usage is not None:  # partial report (stream cut short): keep what the provider said
-            return (
-                usage.with_output_at_least(estimated_output),
-                UsageSource.ESTIMATED,
-                provider_model,
-            )
-        usage = Usage(
-            input_tokens=self.request.input_tokens_estimate, output_tokens=estimated_output
-        )
-        return usage, UsageSource.ESTIMATED, provider_model
-
-    def _priced(self, usage: Usage, provider_model: str | None) -> int:
-        """The cost; by the dearer model when the provider reports another (model_mismatch)."""
-        if self.entry is None:
-            return 0
-        cost, mismatch = price_reported(usage, self.entry, provider_model, self.ctx.catalog.lookup)
-        if mismatch is not None:
-            self.ctx.model_mismatches[mismatch.kind] += 1
-            log.warning("%s", mismatch.describe(), extra={"request_id": self.request_id})
-        return cost
-
-    def _rollup(self, usage: Usage, source: UsageSource, cost: int) -> UsageRecord:
-        """What this billed request adds to the spend reports (written by its settle)."""
-        provider = self.upstream.provider if self.upstream else None
-        model = self.entry.name if self.entry else None
-        dims = Dimensions.of(self.identity, model, provider)
-        return UsageRecord(self.arrived, dims, usage, cost, source is UsageSource.ESTIMATED)
-
-    def _finish(self) -> int:
-        """Write the audit record exactly once; return the request's cost in micro-dollars."""
+    def _finish(self) -> None:
+        """Audit a request the gateway answered itself (an error, /v1/models); a reservation
+        taken before a late failure is released."""
         self.finished = True
-        try:
-            usage, source, provider_model = self._metered_usage()
-            cost = self._priced(usage, provider_model)
-        except Exception:  # the record must still be written: charge the request's estimate
-            log.exception("metering failed at the end", extra={"request_id": self.request_id})
-            estimate = self.request.input_tokens_estimate if self.request else 0
-            usage, source, provider_model = (
-                Usage(input_tokens=estimate),
-                UsageSource.ESTIMATED,
-                None,
-            )
-            cost = cost_micros(usage, self.entry.price) if self.entry is not None else 0
-            self.error_code = self.error_code or "metering_failed"
-        if self.lease_keeper is not None:
-            self.lease_keeper.cancel()
-        if self.admission is not None:  # settle the real cost, or release the hold
-            billed = source is not UsageSource.NONE
-            rollup = self._rollup(usage, source, cost) if billed else None
-            self.ctx.budgets.finish(
-                self.admission, cost if billed else None, self.request_id, rollup
-            )
-        now = self.ctx.monotonic()
+        if self.admission is not None:
+            self.ctx.budgets.finish(self.admission, None, self.request_id)
         record = AuditRecord(
             request_id=self.request_id,
             time=datetime.datetime.fromtimestamp(self.arrived, datetime.UTC),
@@ -471,50 +380,27 @@ class StreamProcessor:
             api=self.request.api.name.lower() if self.request else None,
             requested_model=self.request.model if self.request else None,
             served_model=self.entry.name if self.entry else None,
-            provider_model=provider_model,
-            provider=self.upstream.provider if self.upstream else None,
-            upstream_mocked=self.upstream.mocked if self.upstream else False,
+            provider_model=None,
+            provider=None,
+            upstream_mocked=False,
             stream=self.request.stream if self.request else False,
             status=self.status if self.status is not None else 0,
-            completed=self.completed,
-            usage=usage,
-            usage_source=source,
-            cost_micros=cost,
-            latency_ms=(now - self.started) * 1000,
-            time_to_first_byte_ms=(
-                None if self.first_byte is None else (self.first_byte - self.started) * 1000
-            ),
+            completed=False,
+            usage=Usage(),
+            usage_source=UsageSource.NONE,
+            cost_micros=0,
+            latency_ms=(self.ctx.monotonic() - self.started) * 1000,
+            time_to_first_byte_ms=None,
             error_code=self.error_code,
             identity=self.identity,
             unverified_metadata=self.metadata,
             budget=budget_report.audit_fields(self.admission),
-            output_cap_injected=self._cap_injected(),
+            output_cap_injected=False,
         )
         try:
             self.ctx.audit.write(record)
         except OSError:
             log.exception("audit write failed", extra={"request_id": self.request_id})
         if self.ctx.telemetry.enabled:
-            self.ctx.telemetry.request_done(record, self._facts())
-        return cost
-
-    def _facts(self) -> RequestFacts:
-        """What a span says beyond the audit record (observability/attributes.py)."""
-        max_tokens = self.request.max_output_tokens if self.request else None
-        if self._cap_injected() and self.admission is not None and self.admission.bound:
-            max_tokens = self.admission.bound.inject_max_output
-        result = self.admission.result if self.admission is not None else None
-        up = self.upstream
-        return RequestFacts(
-            traceparent=self.trace_context[0],
-            tracestate=self.trace_context[1],
-            max_tokens=max_tokens,
-            response_id=self.response_meta[0],
-            finish_reasons=self.response_meta[1],
-            server_address=up.host if up is not None else None,
-            server_port=up.port if up is not None else None,
-            budgets=tuple(
-                (b.budget.name, b.scope_value, b.limit_micros, b.spent_micros, b.held_micros)
-                for b in (result.budgets if result is not None else ())
-            ),
-        )
+            parent, state = self.trace_context
+            self.ctx.telemetry.request_done(record, RequestFacts(parent, state))

@@ -27,6 +27,7 @@ from gateway_extproc.config import GatewayConfig
 from gateway_extproc.errors import ConfigError
 from gateway_extproc.logs import setup_logging
 from gateway_extproc.observability.telemetry import start_telemetry
+from gateway_extproc.observer import StreamObserver
 from gateway_extproc.processor import StreamProcessor
 from gateway_extproc.runtime import Runtime, build_context
 
@@ -52,20 +53,32 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         # The context current when the stream starts serves the whole stream, across reloads;
         # the runtime keeps it open until its last stream ends.
         with self.runtime.stream() as ctx:
-            processor = StreamProcessor(ctx)
-            if ctx.config.observability.envoy_otlp_endpoint:  # Envoy's span: the parent of ours
-                processor.trace_context = trace_context(context.invocation_metadata())
+            processor: StreamProcessor | None = None
+            observer = StreamObserver(ctx)
             busy, messages = 0.0, 0  # the sidecar's own time on this request
             try:
                 async for message in request_iterator:
                     started = time.perf_counter()
+                    if message.observability_mode:  # Envoy waits for no reply
+                        done = observer.handle(message)
+                        busy += time.perf_counter() - started
+                        messages += 1
+                        if done:  # close it now rather than after Envoy's deferred close
+                            return
+                        continue
+                    if processor is None:
+                        processor = StreamProcessor(ctx)
+                        if ctx.config.observability.envoy_otlp_endpoint:  # Envoy's span: parent
+                            processor.trace_context = trace_context(context.invocation_metadata())
                     reply = await processor.handle(message)
                     busy += time.perf_counter() - started
                     messages += 1
                     yield reply
             finally:
                 # Runs on normal end, on cancellation (client gone, Envoy reset) and on errors.
-                processor.close()
+                if processor is not None:
+                    processor.close()
+                observer.close()
                 ctx.telemetry.stream_done(busy, messages)
 
 

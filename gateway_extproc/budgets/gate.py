@@ -15,6 +15,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from gateway_extproc.bounds import Bound
 from gateway_extproc.budgets.alerts import AlertSender
@@ -37,6 +38,7 @@ from gateway_extproc.budgets.results import (
 from gateway_extproc.budgets.services import BudgetServices, GateSettings, Overloaded
 from gateway_extproc.budgets.store import BudgetStore
 from gateway_extproc.catalog import Catalog, ModelEntry
+from gateway_extproc.handoff import BudgetHandoff
 from gateway_extproc.identity.model import Identity
 from gateway_extproc.pricing import format_usd, worst_case_micros
 from gateway_extproc.spend.rollup import UsageRecord
@@ -85,6 +87,24 @@ class Admission:
     @property
     def would_block(self) -> bool:
         return bool(self.result and self.result.monitor_would_block)
+
+    def handoff(self, audit: dict[str, Any] | None = None) -> BudgetHandoff:
+        """What settling this admission needs, as values another worker can be handed."""
+        return BudgetHandoff(
+            decision=self.decision.value,
+            reservation_id=self.reservation_id,
+            reserved=self.reserved,
+            charges=tuple(
+                (c.budget.name, c.scope_value, c.estimate_micros, c.limit_micros)
+                for c in self.charges
+            ),
+            arrived=self.arrived,
+            audit=audit,
+            span_budgets=tuple(
+                (b.budget.name, b.scope_value, b.limit_micros, b.spent_micros, b.held_micros)
+                for b in (self.result.budgets if self.result is not None else ())
+            ),
+        )
 
 
 class BudgetGate:
@@ -309,38 +329,66 @@ class BudgetGate:
     ) -> None:
         """Hand the real cost to settlement (None: nothing was consumed -> release), with the
         request's spend rollup (`usage`, for a billed request). Never blocks: the response is
-        not held up by Redis. A cost above the reservation's estimate
-        is an overrun: counted, logged and recorded on the admission for the audit."""
+        not held up by Redis. An overrun is recorded on the admission for the audit."""
         if admission.settled:
             return
         admission.settled = True
-        rid = admission.reservation_id
-        if cost_micros and admission.charges and cost_micros > admission.estimate_micros:
-            overrun = cost_micros - admission.estimate_micros
-            admission.overrun_micros = overrun
+        admission.overrun_micros = self.settle_outcome(
+            admission.handoff(), cost_micros, request_id, usage
+        )
+
+    def settle_outcome(
+        self,
+        budget: BudgetHandoff,
+        cost_micros: int | None,
+        request_id: str | None = None,
+        usage: UsageRecord | None = None,
+    ) -> int:
+        """Settle a request from its handed-over admission (any worker can: the observer of a
+        response need not be the worker that reserved it). Returns the overrun: a cost above
+        the reservation's estimate, also counted and logged (0: the bound held)."""
+        rid = budget.reservation_id
+        overrun = 0
+        estimate = budget.estimate_micros
+        if cost_micros and budget.charges and cost_micros > estimate:
+            overrun = cost_micros - estimate
             self.services.stats.overruns += 1
             self.services.stats.overrun_micros += overrun
             log.warning(
                 "worst-case overrun: cost %s exceeds the reserved estimate %s by %s "
                 "(reservation %s)",
                 format_usd(cost_micros),
-                format_usd(admission.estimate_micros),
+                format_usd(estimate),
                 format_usd(overrun),
                 rid,
                 extra={"request_id": request_id or rid},
             )
-        if admission.decision is Decision.FAIL_OPEN:
+        if budget.decision == Decision.FAIL_OPEN.value:
             if cost_micros:  # admitted while the store was down: charge it when it is back
                 self.services.owe_fail_open(
-                    rid, admission.charges, cost_micros, admission.arrived, usage
+                    rid, self._charges_of(budget), cost_micros, budget.arrived, usage
                 )
             elif usage is not None:  # billed at $0: roll it up alone
                 self.services.settle(rid, None, usage, reserved=False)
-            return
-        if admission.reserved:
+            return overrun
+        if budget.reserved:
             self.services.settle(rid, cost_micros, usage if cost_micros is not None else None)
         elif usage is not None:  # nothing reserved (no budget applied): roll it up alone
             self.services.settle(rid, None, usage, reserved=False)
+        return overrun
+
+    def _charges_of(self, budget: BudgetHandoff) -> tuple[Charge, ...]:
+        """The handed-over charges as this worker's budget configs (a budget a reload removed
+        meanwhile is dropped, and logged)."""
+        by_name = {b.name: b for b in self.budgets}
+        charges = []
+        for name, scope_value, estimate, limit in budget.charges:
+            config = by_name.get(name)
+            if config is None:
+                log.error("fail-open spend for budget %r dropped: no longer configured", name)
+                continue
+            charges.append(Charge(config, scope_value, estimate, limit))
+        return tuple(charges)
 
     # -- delegated to the process-lifetime services -------------------------------------------
 

@@ -7,6 +7,18 @@ from typing import Any
 from gateway_extproc.budgets.gate import Admission, Decision
 from gateway_extproc.pricing import format_usd
 
+# Every header `response_headers` may return: in observe mode Envoy copies them from dynamic
+# metadata, and its route names each one (envoy_config.py).
+RESPONSE_HEADERS = (
+    "x-gateway-budget-name",
+    "x-gateway-budget-remaining-usd",
+    "x-gateway-budget-limit-usd",
+    "x-gateway-budget-override",
+    "x-gateway-budget-would-block",
+    "x-gateway-budget-unchecked",
+    "x-gateway-downgraded-from",
+)
+
 
 def response_headers(admission: Admission | None, cost_micros: int | None = None) -> dict[str, str]:
     """The most constrained budget's name and what it has left; the downgrade, if any.

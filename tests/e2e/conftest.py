@@ -3,9 +3,10 @@ started once per session on ephemeral loopback ports by the same code `make run`
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import anthropic
@@ -54,20 +55,64 @@ def start_stack(run_dir: Path, **kwargs: object) -> Stack:
         raise
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    run_dir = tmp_path_factory.mktemp("stack")
+def _metering_stack(run_dir: Path, mode: str) -> Stack:
     config = run_dir / "gateway.yaml"
     # Metering tests run as anonymous callers or with static service tokens;
     # tests/e2e/test_identity.py covers identity.
     config.write_text(
         f"catalog:\n  files: [{RETIRED_MODELS}]\n"
         f"identity:\n  allow_anonymous: true\n  static_tokens:\n{static_tokens_yaml()}"
+        f"metering:\n  mode: {mode}\n"
     )
     replays = ("--fixtures-dir", str(recorded_openai()))  # the mock replays the recordings
-    s = start_stack(run_dir, config_path=config, mock_args=replays)
+    return start_stack(run_dir, config_path=config, mock_args=replays)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The default `metering.mode: observe`: Envoy never waits for the response side."""
+    s = _metering_stack(tmp_path_factory.mktemp("stack"), "observe")
     yield s
     s.stop()
+
+
+@pytest.fixture(scope="session")
+def sync_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """`metering.mode: synchronous`: the sidecar answers every response message (JSON responses
+    carry x-gateway-cost-usd)."""
+    s = _metering_stack(tmp_path_factory.mktemp("sync-stack"), "synchronous")
+    yield s
+    s.stop()
+
+
+@dataclasses.dataclass
+class Metered:
+    """A client of one of the two metering stacks, with that stack's audit log."""
+
+    oai: openai.OpenAI
+    claude: anthropic.Anthropic
+    audit: AuditLog
+    synchronous: bool
+
+    def cost_header(self, headers: Mapping[str, str], cost_micros: int) -> None:
+        """Synchronous mode sends a JSON response's cost; observe mode cannot (the headers
+        leave before the body is read) and sends none."""
+        if self.synchronous:
+            assert headers["x-gateway-cost-usd"] == f"{cost_micros / 1e6:.6f}"
+        else:
+            assert "x-gateway-cost-usd" not in headers
+
+
+@pytest.fixture(params=["observe", "synchronous"])
+def metered(request: pytest.FixtureRequest) -> Iterator[Metered]:
+    """The test runs against both metering modes."""
+    synchronous = request.param == "synchronous"
+    s: Stack = request.getfixturevalue("sync_stack" if synchronous else "stack")
+    oai = openai.OpenAI(base_url=s.gateway_url + "/v1", api_key="client-key", max_retries=0)
+    claude = anthropic.Anthropic(base_url=s.gateway_url, api_key="client-key", max_retries=0)
+    yield Metered(oai, claude, AuditLog(s.run_dir / "audit.jsonl"), synchronous)
+    oai.close()
+    claude.close()
 
 
 @pytest.fixture(scope="session")

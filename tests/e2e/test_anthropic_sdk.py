@@ -5,15 +5,15 @@ from __future__ import annotations
 import anthropic
 import pytest
 
+from tests.e2e.conftest import Metered
 from tests.e2e.harness import AuditLog, MockLog, expected_cost_micros, tokens
 
 pytestmark = pytest.mark.e2e
 MESSAGES: list[anthropic.types.MessageParam] = [{"role": "user", "content": "Say hello."}]
 
 
-def test_messages_non_stream_with_cache_tokens(
-    claude: anthropic.Anthropic, audit: AuditLog
-) -> None:
+def test_messages_non_stream_with_cache_tokens(metered: Metered) -> None:
+    claude, audit = metered.claude, metered.audit
     raw = claude.messages.with_raw_response.create(
         model="claude-haiku-4-5",
         max_tokens=64,
@@ -32,7 +32,7 @@ def test_messages_non_stream_with_cache_tokens(
     assert want["cached_input_tokens"] == 2048 and want["cache_write_input_tokens"] == 512
     assert rec["tokens"] == want and rec["usage_source"] == "provider"
     assert rec["cost_micros"] == expected_cost_micros("claude-haiku-4-5", want)
-    assert raw.headers["x-gateway-cost-usd"] == f"{rec['cost_micros'] / 1e6:.6f}"
+    metered.cost_header(raw.headers, rec["cost_micros"])
 
 
 @pytest.mark.parametrize("chunk_bytes", ["", "1", "5", "64"])
@@ -77,9 +77,8 @@ ONE_HOUR_HEADERS = {
 ONE_HOUR_COST_BESIDE_INPUT = 6_700
 
 
-def test_one_hour_cache_writes_priced_at_their_rate(
-    claude: anthropic.Anthropic, audit: AuditLog
-) -> None:
+def test_one_hour_cache_writes_priced_at_their_rate(metered: Metered) -> None:
+    claude, audit = metered.claude, metered.audit
     raw = claude.messages.with_raw_response.create(
         model="claude-haiku-4-5", max_tokens=64, messages=MESSAGES, extra_headers=ONE_HOUR_HEADERS
     )
@@ -94,7 +93,7 @@ def test_one_hour_cache_writes_priced_at_their_rate(
     # Exact, from the literal prices above: the 1-hour writes are not billed at the 5-minute rate.
     assert rec["cost_micros"] == msg.usage.input_tokens * 1 + ONE_HOUR_COST_BESIDE_INPUT
     assert rec["cost_micros"] == expected_cost_micros("claude-haiku-4-5", rec["tokens"])
-    assert raw.headers["x-gateway-cost-usd"] == f"{rec['cost_micros'] / 1e6:.6f}"
+    metered.cost_header(raw.headers, rec["cost_micros"])
 
 
 @pytest.mark.parametrize("chunk_bytes", ["", "7"])

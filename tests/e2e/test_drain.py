@@ -110,16 +110,22 @@ class SlowStream:
         assert not self.thread.is_alive()
 
 
+# ext_proc streams per request in observe mode: the request filter's and the observer's.
+STREAMS_PER_REQUEST = 2
+
+
 def worker_with_the_stream(stack: Stack) -> int:
-    """The worker whose ext_proc stream is open, from Envoy's own counters."""
+    """A worker with one of the request's two ext_proc streams open (both may be on one
+    worker), from Envoy's own counters."""
     busy: list[int] = []
 
     def found() -> bool:
         hosts = extproc_hosts(stack.admin_url)
-        busy[:] = [w for w, port in stack.sidecar_ports.items() if hosts[port]["rq_active"] != "0"]
-        return len(busy) == 1
+        active = {w: int(hosts[port]["rq_active"]) for w, port in stack.sidecar_ports.items()}
+        busy[:] = [w for w, n in active.items() if n]
+        return sum(active.values()) == STREAMS_PER_REQUEST
 
-    eventually(found, "one worker with a stream in flight")
+    eventually(found, "the request's ext_proc streams in flight")
     return busy[0]
 
 
@@ -181,7 +187,9 @@ def test_sigterm_mid_stream_drains_to_the_other_worker_and_loses_nothing(
         assert r.status_code == 200, r.text
     after = extproc_hosts(stack.admin_url)
     assert after[port]["rq_total"] == before[port]["rq_total"]
-    assert int(after[other_port]["rq_total"]) == int(before[other_port]["rq_total"]) + 6
+    assert int(after[other_port]["rq_total"]) == (
+        int(before[other_port]["rq_total"]) + 6 * STREAMS_PER_REQUEST
+    )
     # The worker stopped accepting (after drain_s) while its stream was still running.
     eventually(lambda: "no new streams; waiting up to" in sidecar_log(stack), "drain ends")
     assert stream.thread.is_alive(), "the stream should outlast the drain"
@@ -235,4 +243,5 @@ def test_a_stream_cut_by_the_grace_period_is_audited_and_settled_before_exit(
     assert counters(stack) == (rec["cost_micros"], 0)
     stream.join()
     assert stream.error is not None or b"[DONE]" not in stream.body  # the client saw it cut
-    assert "waiting up to 1s for 1 in flight" in sidecar_log(stack)
+    # The request's stream and its observer's (one worker).
+    assert f"waiting up to 1s for {STREAMS_PER_REQUEST} in flight" in sidecar_log(stack)

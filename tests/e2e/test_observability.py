@@ -89,14 +89,23 @@ class Collector(pb_grpc.TraceServiceServicer):  # type: ignore[misc]
             self.changed.notify_all()
         return pb.ExportTraceServiceResponse()
 
-    def envoy_span(self, trace_id: str, name_part: str, timeout: float = 20) -> Span:
+    def envoy_spans(
+        self, trace_id: str, name_part: str, count: int = 1, timeout: float = 20
+    ) -> list[Span]:
         def found() -> list[Span]:
             return [s for s in self.spans if s.trace_id.hex() == trace_id and name_part in s.name]
 
         with self.changed:
-            assert self.changed.wait_for(found, timeout), f"no {name_part} span in {trace_id}"
-            (span,) = found()
-            return span
+            assert self.changed.wait_for(lambda: len(found()) >= count, timeout), (
+                f"fewer than {count} {name_part} spans in {trace_id}"
+            )
+            spans = found()
+            assert len(spans) == count
+            return spans
+
+    def envoy_span(self, trace_id: str, name_part: str, timeout: float = 20) -> Span:
+        (span,) = self.envoy_spans(trace_id, name_part, 1, timeout)
+        return span
 
     def span_of(self, request_id: str, timeout: float = 20) -> Span:
         def found() -> list[Span]:
@@ -195,10 +204,14 @@ def test_chat_span_continues_the_clients_trace(obs: Observed) -> None:
     # One trace: the client's; Envoy's spans continue it and parent the sidecar's span.
     assert span.trace_id.hex() == TRACE_ID
     ingress = obs.collector.envoy_span(TRACE_ID, "ingress")
-    extproc = obs.collector.envoy_span(TRACE_ID, "ExternalProcessor.Process")
+    # Two ext_proc streams (observe mode): the request filter's and the observer's.
+    extprocs = obs.collector.envoy_spans(TRACE_ID, "ExternalProcessor.Process", count=2)
     assert ingress.parent_span_id.hex() == "b7ad6b7169203331"  # the client's span
-    assert extproc.parent_span_id == ingress.span_id
-    assert span.parent_span_id == extproc.span_id  # ext_proc metadata carried Envoy's context
+    assert all(e.parent_span_id == ingress.span_id for e in extprocs)
+    # The request stream (it starts first) carried Envoy's context in its gRPC metadata, and the
+    # request state handed it to the observer that records the span.
+    request_stream = min(extprocs, key=lambda e: e.start_time_unix_nano)
+    assert span.parent_span_id == request_stream.span_id
     a = attrs(span)
     rec = obs.audit.wait_for(raw.headers["x-gateway-request-id"])
     assert a["gen_ai.operation.name"] == "chat" and a["gen_ai.provider.name"] == "openai"

@@ -5,13 +5,15 @@ from __future__ import annotations
 import openai
 import pytest
 
+from tests.e2e.conftest import Metered
 from tests.e2e.harness import AuditLog, MockLog, expected_cost_micros, tokens
 
 pytestmark = pytest.mark.e2e
 MESSAGES = [{"role": "user", "content": "Say hello to the gateway."}]
 
 
-def test_chat_non_stream(oai: openai.OpenAI, audit: AuditLog) -> None:
+def test_chat_non_stream(metered: Metered) -> None:
+    oai, audit = metered.oai, metered.audit
     raw = oai.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES)
     completion = raw.parse()
     assert completion.usage is not None
@@ -22,7 +24,7 @@ def test_chat_non_stream(oai: openai.OpenAI, audit: AuditLog) -> None:
     assert record["usage_source"] == "provider"
     assert record["stream"] is False and record["status"] == 200 and record["completed"] is True
     assert record["cost_micros"] == expected_cost_micros("gpt-4o-mini", want)
-    assert raw.headers["x-gateway-cost-usd"] == f"{record['cost_micros'] / 1e6:.6f}"
+    metered.cost_header(raw.headers, record["cost_micros"])
     assert record["requested_model"] == record["served_model"] == "gpt-4o-mini"
     assert record["provider"] == "openai" and record["upstream_mocked"] is True
 

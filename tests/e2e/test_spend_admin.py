@@ -236,7 +236,9 @@ def run_mix(gw: Gateway) -> None:
             break
     else:
         raise AssertionError("tight never refused")
-    disconnect_mid_stream(gw, gw.token("dora@example.com", "ml"))
+    cut = disconnect_mid_stream(gw, gw.token("dora@example.com", "ml"))
+    # Observe mode: the cut stream is metered when Envoy closes its observer stream.
+    gw.audit.wait_for(cut)
     # A Redis outage: fail-open admissions (and a request no budget applies to) are rolled up
     # once Redis is back, from the settle retries and the fail-open reconciliation.
     otto = gw.token("otto@example.com", "open")

@@ -244,8 +244,6 @@ def test_a_dearer_reported_model_is_charged_at_its_price(
     dearer = expected_cost_micros("gpt-4o", record["tokens"])
     assert dearer > expected_cost_micros("gpt-4o-mini", record["tokens"])
     assert record["cost_micros"] == dearer
-    if not stream:
-        assert raw.headers["x-gateway-cost-usd"] == f"{dearer / 1_000_000:.6f}"
     log = (stack.run_dir / "stack.log").read_text(errors="replace")
     (line,) = [line for line in log.splitlines() if request_id in line and "reported" in line]
     assert "'gpt-4o'" in line and "'gpt-4o-mini'" in line and "dearer_reported" in line

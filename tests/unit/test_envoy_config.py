@@ -13,8 +13,10 @@ from typing import Any
 import pytest
 import yaml
 
+from gateway_extproc.budgets.report import RESPONSE_HEADERS
 from gateway_extproc.config import GatewayConfig, load_config
 from gateway_extproc.envoy_config import EXTPROC_CLUSTER, EnvoyPorts, build, render
+from gateway_extproc.handoff import NAMESPACE
 from gateway_extproc.processor import CLUSTER_HEADER
 from gateway_extproc.server import GRPC_MESSAGE_SLACK, SERVICE_NAME
 from gateway_extproc.stack import StackError, validate_envoy_config
@@ -44,6 +46,14 @@ def config() -> GatewayConfig:
 @pytest.fixture(scope="module")
 def production(config: GatewayConfig) -> dict[str, Any]:
     return bootstrap(config, resolve_upstreams(config, {}, None, assume_credentials=True))
+
+
+@pytest.fixture(scope="module")
+def synchronous(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    path = tmp_path_factory.mktemp("sync") / "gateway.yaml"
+    path.write_text("metering: {mode: synchronous}\n")
+    cfg = load_config(path, {})
+    return bootstrap(cfg, resolve_upstreams(cfg, {}, None, assume_credentials=True))
 
 
 @pytest.fixture(scope="module")
@@ -150,17 +160,84 @@ def test_route(config: GatewayConfig, production: dict[str, Any]) -> None:
     assert r["route"]["auto_host_rewrite"] is True
 
 
-def test_filter_order(production: dict[str, Any]) -> None:
-    # The compressor sits before ext_proc so that, on responses, ext_proc meters identity bytes.
+def test_filter_order(production: dict[str, Any], synchronous: dict[str, Any]) -> None:
+    # The compressor sits before ext_proc so that, on responses, ext_proc meters identity bytes;
+    # in observe mode the observer sits after the request filter, so it sees the request body
+    # the request filter rewrote, with its dynamic metadata.
     assert [f["name"] for f in hcm(production)["http_filters"]] == [
+        "envoy.filters.http.compressor",
+        "gateway.request",
+        "gateway.observer",
+        "envoy.filters.http.router",
+    ]
+    assert [f["name"] for f in hcm(synchronous)["http_filters"]] == [
         "envoy.filters.http.compressor",
         "envoy.filters.http.ext_proc",
         "envoy.filters.http.router",
     ]
 
 
-def test_ext_proc_filter(config: GatewayConfig, production: dict[str, Any]) -> None:
-    ext = http_filter(production, "envoy.filters.http.ext_proc")
+def _check_grpc(config: GatewayConfig, ext: dict[str, Any]) -> None:
+    grpc = ext["grpc_service"]["envoy_grpc"]
+    assert grpc["cluster_name"] == EXTPROC_CLUSTER
+    limit = config.limits.max_request_body_bytes
+    assert grpc["max_receive_message_length"] >= limit
+    assert grpc["max_receive_message_length"] == limit + GRPC_MESSAGE_SLACK
+
+
+def test_request_filter_waits_on_the_request_only(
+    config: GatewayConfig, production: dict[str, Any]
+) -> None:
+    ext = http_filter(production, "gateway.request")
+    assert ext["failure_mode_allow"] is False  # fail closed: nothing passes unmetered
+    assert ext["status_on_error"] == {"code": 503}
+    assert ext["message_timeout"] == "5s"
+    assert ext["processing_mode"] == {
+        "request_header_mode": "SEND",
+        "request_body_mode": "BUFFERED",
+        "response_header_mode": "SKIP",
+        "response_body_mode": "NONE",
+        "request_trailer_mode": "SKIP",
+        "response_trailer_mode": "SKIP",
+    }
+    assert ext["metadata_options"] == {"receiving_namespaces": {"untyped": [NAMESPACE]}}
+    _check_grpc(config, ext)
+
+
+def test_observer_filter_is_never_waited_for(
+    config: GatewayConfig, production: dict[str, Any]
+) -> None:
+    ext = http_filter(production, "gateway.observer")
+    assert ext["observability_mode"] is True
+    # A dead observer cuts the response: nothing flows on unmetered.
+    assert ext["failure_mode_allow"] is False
+    assert ext["deferred_close_timeout"] == "5s"
+    assert ext["processing_mode"] == {
+        "request_header_mode": "SKIP",
+        "request_body_mode": "STREAMED",
+        "response_header_mode": "SEND",
+        "response_body_mode": "STREAMED",
+        "request_trailer_mode": "SKIP",
+        "response_trailer_mode": "SKIP",
+    }
+    assert ext["metadata_options"] == {"forwarding_namespaces": {"untyped": [NAMESPACE]}}
+    _check_grpc(config, ext)
+
+
+def test_response_headers_come_from_metadata(
+    production: dict[str, Any], synchronous: dict[str, Any]
+) -> None:
+    added = {
+        h["header"]["key"]: h["header"]["value"]
+        for h in route(production)["response_headers_to_add"]
+    }
+    assert added["x-gateway-request-id"] == f"%DYNAMIC_METADATA({NAMESPACE}:x-gateway-request-id)%"
+    assert set(added) == {"x-gateway-request-id", *RESPONSE_HEADERS}
+    assert route(synchronous)["response_headers_to_add"] == []  # the sidecar sets them
+
+
+def test_synchronous_filter(config: GatewayConfig, synchronous: dict[str, Any]) -> None:
+    ext = http_filter(synchronous, "envoy.filters.http.ext_proc")
     assert ext["failure_mode_allow"] is False  # fail closed: nothing passes unmetered
     assert ext["status_on_error"] == {"code": 503}
     assert ext["message_timeout"] == "5s"
@@ -173,11 +250,8 @@ def test_ext_proc_filter(config: GatewayConfig, production: dict[str, Any]) -> N
         "request_trailer_mode": "SKIP",
         "response_trailer_mode": "SKIP",
     }
-    grpc = ext["grpc_service"]["envoy_grpc"]
-    assert grpc["cluster_name"] == EXTPROC_CLUSTER
-    limit = config.limits.max_request_body_bytes
-    assert grpc["max_receive_message_length"] >= limit
-    assert grpc["max_receive_message_length"] == limit + GRPC_MESSAGE_SLACK
+    assert "observability_mode" not in ext
+    _check_grpc(config, ext)
 
 
 def test_sidecar_cluster(production: dict[str, Any]) -> None:
@@ -281,7 +355,7 @@ def test_self_hosted_and_small_limit(self_hosted: tuple[GatewayConfig, dict[str,
     assert listener(b)["per_connection_buffer_limit_bytes"] == 65536
     for name in ("provider_openai", "provider_anthropic", "provider_vllm"):
         assert cluster(b, name)["per_connection_buffer_limit_bytes"] == 65536
-    ext = http_filter(b, "envoy.filters.http.ext_proc")
+    ext = http_filter(b, "gateway.request")
     assert ext["grpc_service"]["envoy_grpc"]["max_receive_message_length"] >= 65536
     assert ext["message_timeout"] == "0.75s"
     assert cfg.limits.max_request_body_bytes == 65536
@@ -335,6 +409,10 @@ def _validate(tmp_path: Path, b: dict[str, Any]) -> None:
 
 def test_envoy_validates_production(tmp_path: Path, production: dict[str, Any]) -> None:
     _validate(tmp_path, production)
+
+
+def test_envoy_validates_synchronous(tmp_path: Path, synchronous: dict[str, Any]) -> None:
+    _validate(tmp_path, synchronous)
 
 
 def test_envoy_validates_mocked(tmp_path: Path, mocked: dict[str, Any]) -> None:

@@ -20,6 +20,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
+from gateway_extproc import observer as observer_module
 from gateway_extproc import processor as processor_module
 from gateway_extproc.audit import AuditSink
 from gateway_extproc.catalog import Catalog
@@ -133,7 +134,10 @@ def config() -> GatewayConfig:
     (identity has its own tests below)."""
     client = {"sha256": hashlib.sha256(b"sk-client").hexdigest()}
     identity = {"allow_anonymous": True, "static_tokens": {"test-client": client}}
-    return parse_config(merge(load_document(None), {"identity": identity}), {})
+    # Synchronous mode: one processor answers every phase, which these tests drive message by
+    # message; test_observer.py drives the same response side in observe mode.
+    doc = {"identity": identity, "metering": {"mode": "synchronous"}}
+    return parse_config(merge(load_document(None), doc), {})
 
 
 @pytest.fixture
@@ -1047,12 +1051,12 @@ def test_stream_metering_fault_passes_through(gw: Gateway, monkeypatch: pytest.M
     data = fixture("openai_chat_include_usage.sse")
     handle(p, resp_body(data[:100]))
 
-    assert p.meter is not None
+    assert p.observer is not None and p.observer.meter is not None
 
     def broken(chunk: bytes) -> None:
         raise RuntimeError("meter bug")
 
-    monkeypatch.setattr(p, "meter", _Wrapped(p.meter, broken))
+    monkeypatch.setattr(p.observer, "meter", _Wrapped(p.observer.meter, broken))
     reply = handle(p, resp_body(data[100:200]))
     assert reply == pb.ProcessingResponse(response_body=pb.BodyResponse())
     monkeypatch.undo()
@@ -1082,7 +1086,7 @@ def test_response_headers_fault_passes_through_and_keeps_streaming(
     def broken(_api: object) -> None:
         raise RuntimeError("meter bug")
 
-    monkeypatch.setattr(processor_module, "StreamMeter", broken)
+    monkeypatch.setattr(observer_module, "StreamMeter", broken)
     p = gw.processor()
     forward(p, CHAT_PATH, {**CHAT, "stream": True})
     reply = handle(p, resp_headers(content_type="text/event-stream"))
@@ -1134,6 +1138,7 @@ def secured(tmp_path: Path) -> Iterator[Gateway]:
                 }
             },
             "policies": {"rules": [{"groups": ["interns"], "allow": ["gpt-test"]}]},
+            "metering": {"mode": "synchronous"},
         },
     )
     yield from _gateway(tmp_path, parse_config(doc, {}), {})

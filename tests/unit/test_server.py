@@ -24,7 +24,11 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from gateway_extproc.apis import Api
 from gateway_extproc.config import load_config
+from gateway_extproc.handoff import NAMESPACE, STATE_KEY, RequestState
+from gateway_extproc.identity.model import ANONYMOUS
+from gateway_extproc.pricing import Price
 from gateway_extproc.processor import CLUSTER_HEADER
 from tests.paths import REPO
 
@@ -226,9 +230,26 @@ def test_process_stream(sidecar: Sidecar) -> None:
         assert set_headers[":path"] == "/v1/chat/completions"
         assert "authorization" not in set_headers  # mocked: no key injected
         assert common.clear_route_cache
-
-        outbox.put(None)  # Envoy ends the stream (here: before any response)
+        # Observe mode: the request's state and response headers go to Envoy's dynamic metadata.
+        handed = second.dynamic_metadata.fields[NAMESPACE].struct_value.fields
+        assert handed["x-gateway-request-id"].string_value == "grpc-test-1"
+        state = RequestState.decode(handed[STATE_KEY].string_value)
+        assert (state.request_id, state.requested_model) == ("grpc-test-1", model)
+        outbox.put(None)  # Envoy ends the request's stream
         assert list(replies) == []
+        assert sidecar.audit_lines()[before:] == []  # the observer audits it, not this stream
+
+        # The observer stream, as Envoy sends it: the request body, then (here) nothing more -
+        # the client went away before the response. Envoy waits for no reply.
+        observed = pb.ProcessingRequest(
+            request_body=pb.HttpBody(body=body.encode(), end_of_stream=True),
+            observability_mode=True,
+        )
+        observed.metadata_context.filter_metadata[NAMESPACE].CopyFrom(
+            second.dynamic_metadata.fields[NAMESPACE].struct_value
+        )
+        stub = pb_grpc.ExternalProcessorStub(channel)
+        assert list(stub.Process(iter([observed]), timeout=10)) == []
 
     deadline = time.monotonic() + 5
     while len(sidecar.audit_lines()) == before and time.monotonic() < deadline:
@@ -240,6 +261,73 @@ def test_process_stream(sidecar: Sidecar) -> None:
     assert record["requested_model"] == model
     assert (record["provider"], record["upstream_mocked"]) == ("openai", True)
     assert (record["completed"], record["usage_source"]) == (False, "estimated")
+
+
+def test_observer_stream_meters_a_response_and_closes_at_its_end(sidecar: Sidecar) -> None:
+    """An observability-mode stream gets no replies; the sidecar ends it itself once the
+    response is over (rather than leaving it to Envoy's deferred close)."""
+    before = len(sidecar.audit_lines())
+    model = _chat_model()
+    state = RequestState(
+        request_id="grpc-observed-1",
+        arrived=time.time(),
+        method="POST",
+        path="/v1/chat/completions",
+        api=Api.OPENAI_CHAT,
+        requested_model=model,
+        served_model=model,
+        price=Price(input=2_000_000, output=8_000_000, cached_input=0, cache_write=0, reasoning=0),
+        provider="openai",
+        stream=False,
+        input_tokens_estimate=9,
+        max_tokens=None,
+        cap_injected=False,
+        identity=ANONYMOUS,
+        metadata={},
+        budget=None,
+    )
+    usage = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+    response = json.dumps({"object": "chat.completion", "model": model, "usage": usage})
+    messages = [
+        pb.ProcessingRequest(
+            response_headers=pb.HttpHeaders(
+                headers=base_pb2.HeaderMap(
+                    headers=[
+                        base_pb2.HeaderValue(key=":status", raw_value=b"200"),
+                        base_pb2.HeaderValue(key="content-type", raw_value=b"application/json"),
+                    ]
+                )
+            )
+        ),
+        pb.ProcessingRequest(response_body=pb.HttpBody(body=response.encode(), end_of_stream=True)),
+    ]
+    for message in messages:
+        message.observability_mode = True
+        message.metadata_context.filter_metadata[NAMESPACE].update({STATE_KEY: state.encode()})
+    outbox: queue.Queue[pb.ProcessingRequest | None] = queue.Queue()
+    for message in messages:
+        outbox.put(message)
+
+    def requests() -> Iterator[pb.ProcessingRequest]:
+        while (message := outbox.get(timeout=10)) is not None:
+            yield message
+
+    with grpc.insecure_channel(sidecar.target) as channel:
+        # The client never ends its side: the server closes the stream after the response end.
+        replies = pb_grpc.ExternalProcessorStub(channel).Process(requests(), timeout=10)
+        assert list(replies) == []
+    deadline = time.monotonic() + 5
+    while len(sidecar.audit_lines()) == before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    (record,) = sidecar.audit_lines()[before:]
+    assert record["request_id"] == "grpc-observed-1"
+    assert (record["completed"], record["usage_source"], record["status"]) == (
+        True,
+        "provider",
+        200,
+    )
+    # 10 x $2 + 5 x $8 per million tokens
+    assert record["cost_micros"] == 60
 
 
 def test_process_stream_immediate_response(sidecar: Sidecar) -> None:
@@ -282,9 +370,13 @@ def test_sigterm_serves_old_and_new_streams_through_the_drain_then_waits_for_old
     has not noticed yet); afterwards it refuses new ones and lets the open ones finish."""
     config = tmp_path / "drain.yaml"
     sidecar_cfg = {"drain_s": 1, "grace_s": 60, "health_check_interval_s": 0.25}
-    config.write_text(
-        yaml.safe_dump({"sidecar": sidecar_cfg, "identity": {"allow_anonymous": True}})
-    )
+    # Synchronous: the old stream's own processor audits the request when the stream ends.
+    doc = {
+        "sidecar": sidecar_cfg,
+        "identity": {"allow_anonymous": True},
+        "metering": {"mode": "synchronous"},
+    }
+    config.write_text(yaml.safe_dump(doc))
     sidecar = start("--config", str(config))
     outbox: queue.Queue[pb.ProcessingRequest | None] = queue.Queue()
 

@@ -1,0 +1,213 @@
+"""A forwarded request's state, handed from the request phase to whoever meters its response.
+
+In the default `metering.mode: observe`, the request phase (a synchronous ext_proc stream) and
+the response phase (a second ext_proc filter in observability mode: Envoy never waits for it)
+are two gRPC streams that may land on different sidecar workers. The request phase puts this
+state into Envoy dynamic metadata (namespace `NAMESPACE`, key `STATE_KEY`, one compact JSON
+string); Envoy forwards it on every message of the observer's stream, so any worker can meter,
+price, settle and audit the request. In `synchronous` mode the same state object is handed over
+in-process. Pure: values in, values out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from gateway_extproc.apis import Api
+from gateway_extproc.identity.model import AuthMethod, Identity, Kind
+from gateway_extproc.pricing import LongContext, Price
+
+# Envoy dynamic-metadata namespace the request filter writes and the observer filter forwards.
+NAMESPACE = "llm_gateway"
+STATE_KEY = "state"
+# Beside STATE_KEY, the namespace holds response headers under their own names; Envoy copies
+# them into the client's response (route `response_headers_to_add`, envoy_config.py).
+VERSION = 1
+
+
+class HandoffError(ValueError):
+    """The metadata does not hold a state this sidecar can read."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BudgetHandoff:
+    """What settling a request's reservation needs (budgets/gate.py `settle_outcome`)."""
+
+    decision: str  # budgets.gate.Decision value
+    reservation_id: str
+    reserved: bool
+    charges: tuple[tuple[str, str, int, int], ...]  # budget, scope value, estimate, limit (micros)
+    arrived: float
+    audit: Mapping[str, Any] | None  # budgets/report.py audit_fields, overrun filled at the end
+    span_budgets: tuple[tuple[str, str, int, int, int], ...] = ()  # observability facts
+
+    @property
+    def estimate_micros(self) -> int:
+        return max((c[2] for c in self.charges), default=0)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RequestState:
+    request_id: str
+    arrived: float  # unix time the request phase started
+    method: str
+    path: str
+    api: Api
+    requested_model: str
+    served_model: str  # the catalog entry sent upstream (after a downgrade)
+    price: Price  # its price for this request (service tier, long-context beta applied)
+    provider: str
+    stream: bool
+    input_tokens_estimate: int
+    max_tokens: int | None  # the output limit sent upstream (the client's or the injected cap)
+    cap_injected: bool
+    identity: Identity
+    metadata: Mapping[str, str]  # unverified client metadata (audited as such)
+    budget: BudgetHandoff | None
+    traceparent: str | None = None
+    tracestate: str | None = None
+    started_monotonic: float | None = None  # same process only (synchronous mode)
+
+    # -- encoding ----------------------------------------------------------------------------
+
+    def encode(self) -> str:
+        """Compact JSON for the dynamic metadata (monotonic time is process-local: dropped)."""
+        doc: dict[str, Any] = {
+            "v": VERSION,
+            "rid": self.request_id,
+            "t": self.arrived,
+            "m": self.method,
+            "p": self.path,
+            "api": self.api.name,
+            "req": self.requested_model,
+            "srv": self.served_model,
+            "price": _price_doc(self.price),
+            "prov": self.provider,
+            "s": self.stream,
+            "in": self.input_tokens_estimate,
+            "max": self.max_tokens,
+            "cap": self.cap_injected,
+            "id": _identity_doc(self.identity),
+            "md": dict(self.metadata),
+            "b": None if self.budget is None else _budget_doc(self.budget),
+            "tp": self.traceparent,
+            "ts": self.tracestate,
+        }
+        return orjson.dumps(doc).decode()
+
+    @classmethod
+    def decode(cls, text: str) -> RequestState:
+        try:
+            doc = orjson.loads(text)
+            if doc.get("v") != VERSION:
+                raise HandoffError(f"state version {doc.get('v')!r} is not {VERSION}")
+            return cls(
+                request_id=str(doc["rid"]),
+                arrived=float(doc["t"]),
+                method=str(doc["m"]),
+                path=str(doc["p"]),
+                api=Api[doc["api"]],
+                requested_model=str(doc["req"]),
+                served_model=str(doc["srv"]),
+                price=_price_of(doc["price"]),
+                provider=str(doc["prov"]),
+                stream=bool(doc["s"]),
+                input_tokens_estimate=int(doc["in"]),
+                max_tokens=None if doc["max"] is None else int(doc["max"]),
+                cap_injected=bool(doc["cap"]),
+                identity=_identity_of(doc["id"]),
+                metadata={str(k): str(v) for k, v in doc["md"].items()},
+                budget=None if doc["b"] is None else _budget_of(doc["b"]),
+                traceparent=doc["tp"],
+                tracestate=doc["ts"],
+            )
+        except HandoffError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, orjson.JSONDecodeError) as exc:
+            raise HandoffError(f"unreadable request state: {type(exc).__name__}: {exc}") from None
+
+
+def _price_doc(price: Price) -> list[Any]:
+    tier = price.long_context
+    return [
+        price.input,
+        price.output,
+        price.cached_input,
+        price.cache_write,
+        price.reasoning,
+        price.cache_write_1h,
+        None if tier is None else [tier.above_input_tokens, _price_doc(tier.price)],
+    ]
+
+
+def _price_of(doc: list[Any]) -> Price:
+    tier = doc[6]
+    return Price(
+        input=int(doc[0]),
+        output=int(doc[1]),
+        cached_input=int(doc[2]),
+        cache_write=int(doc[3]),
+        reasoning=int(doc[4]),
+        cache_write_1h=None if doc[5] is None else int(doc[5]),
+        long_context=None if tier is None else LongContext(int(tier[0]), _price_of(tier[1])),
+    )
+
+
+def _identity_doc(identity: Identity) -> dict[str, Any]:
+    return {
+        "k": identity.kind.value,
+        "a": identity.auth_method.value,
+        "u": identity.user,
+        "s": identity.service,
+        "g": sorted(identity.groups),
+        "i": identity.issuer,
+        "at": dict(identity.attributes),
+        "e": identity.expires_at,
+        "c": identity.client_id,
+        "st": identity.static_token,
+    }
+
+
+def _identity_of(doc: Mapping[str, Any]) -> Identity:
+    return Identity(
+        kind=Kind(doc["k"]),
+        auth_method=AuthMethod(doc["a"]),
+        user=doc["u"],
+        service=doc["s"],
+        groups=frozenset(str(g) for g in doc["g"]),
+        issuer=doc["i"],
+        attributes={str(k): str(v) for k, v in doc["at"].items()},
+        expires_at=doc["e"],
+        client_id=doc["c"],
+        static_token=doc["st"],
+    )
+
+
+def _budget_doc(b: BudgetHandoff) -> dict[str, Any]:
+    return {
+        "d": b.decision,
+        "r": b.reservation_id,
+        "res": b.reserved,
+        "c": [list(c) for c in b.charges],
+        "t": b.arrived,
+        "a": None if b.audit is None else dict(b.audit),
+        "sb": [list(s) for s in b.span_budgets],
+    }
+
+
+def _budget_of(doc: Mapping[str, Any]) -> BudgetHandoff:
+    return BudgetHandoff(
+        decision=str(doc["d"]),
+        reservation_id=str(doc["r"]),
+        reserved=bool(doc["res"]),
+        charges=tuple((str(c[0]), str(c[1]), int(c[2]), int(c[3])) for c in doc["c"]),
+        arrived=float(doc["t"]),
+        audit=doc["a"],
+        span_budgets=tuple(
+            (str(s[0]), str(s[1]), int(s[2]), int(s[3]), int(s[4])) for s in doc["sb"]
+        ),
+    )

@@ -1,0 +1,312 @@
+"""The response side of a forwarded request: meter it as it passes, then end the request once -
+settle (or release) its reservation, write its audit record, record its span and metrics.
+
+It works from a `RequestState` alone, so it runs wherever the response is seen: in the default
+`observe` mode on whichever sidecar worker Envoy's observability-mode ext_proc stream reached
+(Envoy does not wait for it: nothing here can delay a response or a streamed chunk), in
+`synchronous` mode inside the request's own processor. Nothing here awaits I/O: metering and
+pricing are pure calls; settles and the audit line are queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime
+import logging
+import zlib
+
+from gateway_extproc import extproc_msgs as msgs
+from gateway_extproc.audit import AuditRecord
+from gateway_extproc.catalog import ModelEntry
+from gateway_extproc.context import GatewayContext
+from gateway_extproc.handoff import NAMESPACE, STATE_KEY, HandoffError, RequestState
+from gateway_extproc.metering import StreamMeter, estimate_tokens, usage_from_json
+from gateway_extproc.model_mismatch import price_reported
+from gateway_extproc.observability.attributes import RequestFacts
+from gateway_extproc.pricing import cost_micros
+from gateway_extproc.spend.rollup import Dimensions, UsageRecord
+from gateway_extproc.tokens import Usage, UsageSource
+
+log = logging.getLogger("gateway.observer")
+
+
+def served_entry(ctx: GatewayContext, state: RequestState) -> ModelEntry:
+    """The catalog entry the request was sent to, at the price the request phase fixed."""
+    entry = ctx.catalog.lookup(state.served_model)
+    if entry is None:  # a reload removed it meanwhile: the handed-over price still holds
+        return ModelEntry(state.served_model, state.provider, state.api.schema, 0, state.price)
+    if entry.price != state.price:
+        entry = dataclasses.replace(entry, price=state.price)
+    return entry
+
+
+class ResponseObserver:
+    def __init__(self, ctx: GatewayContext, state: RequestState) -> None:
+        self.ctx = ctx
+        self.state = state
+        self.entry = served_entry(ctx, state)
+        self.upstream = ctx.upstreams.get(state.provider)
+        self.status: int | None = None
+        self.first_byte: float | None = None  # on the clock `_now` reads
+        self.meter: StreamMeter | None = None
+        self.json_body = bytearray()
+        self.decompressor: zlib._Decompress | None = None
+        self.metering_broken = False
+        self.completed = False
+        self.finished = False
+        self.error_code: str | None = None
+        self.overrun_micros = 0
+        self.cost = 0
+        self.response_meta: tuple[str | None, tuple[str, ...]] = (None, ())  # id, finish reasons
+        self.lease_keeper: asyncio.Future[None] | None = None
+        budget = state.budget
+        if budget is not None and budget.reserved:
+            # While the response runs, checkpoint its cost and renew the reservation's lease.
+            self.lease_keeper = asyncio.ensure_future(
+                ctx.budgets.keep_lease(budget.reservation_id, self._cost_so_far)
+            )
+
+    def _now(self) -> float:
+        """Monotonic in the request's own process, else wall-clock (another worker)."""
+        if self.state.started_monotonic is not None:
+            return self.ctx.monotonic() - self.state.started_monotonic
+        return self.ctx.wall_clock() - self.state.arrived
+
+    # -- metering ----------------------------------------------------------------------------
+
+    def on_headers(self, headers: dict[str, str], end_of_stream: bool) -> bool:
+        """The response's headers; True when its body is an event stream."""
+        try:
+            self.status = int(headers.get(":status", "0"))
+        except ValueError:
+            self.status = 0
+        self.first_byte = self._now()
+        encoding = headers.get("content-encoding", "identity").strip().lower()
+        if encoding in ("gzip", "x-gzip"):
+            self.decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif encoding == "deflate":
+            self.decompressor = zlib.decompressobj()
+        elif encoding not in ("identity", ""):
+            self.metering_broken = True  # e.g. br: counted from the estimate, and said so
+            log.warning(
+                "cannot meter %s-encoded body", encoding, extra={"request_id": self.request_id}
+            )
+        streaming = headers.get("content-type", "").startswith("text/event-stream")
+        if streaming:
+            self.meter = StreamMeter(self.state.api)
+        if end_of_stream:
+            self.completed = True
+            self.finish()
+        return streaming
+
+    def on_body(self, chunk: bytes, end: bool) -> int | None:
+        """One body chunk; at the end, the request's cost (micro-dollars)."""
+        data = b"" if self.metering_broken else self._decoded(chunk, end)
+        if self.meter is not None:
+            self.meter.feed(data)
+        else:
+            self.json_body += data
+        if not end:
+            return None
+        self.completed = True
+        return self.finish()
+
+    def broken(self) -> None:
+        """Metering raised: the response still flows; the request is charged its estimate."""
+        log.exception("metering failed", extra={"request_id": self.request_id})
+        self.metering_broken = True
+
+    def _decoded(self, chunk: bytes, end: bool) -> bytes:
+        if self.decompressor is None:
+            return chunk
+        data = self.decompressor.decompress(chunk)
+        return data + self.decompressor.flush() if end else data
+
+    @property
+    def request_id(self) -> str:
+        return self.state.request_id
+
+    def _cost_so_far(self) -> int:
+        """The request's cost until now, for lease checkpoints of long responses."""
+        chars = self.meter.output_chars_so_far if self.meter is not None else 0
+        usage = Usage(
+            input_tokens=self.state.input_tokens_estimate, output_tokens=estimate_tokens(chars)
+        )
+        return cost_micros(usage, self.entry.price)
+
+    # -- the end -----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """The stream ended. If the response did not finish (client disconnect, upstream
+        abort, Envoy reset), meter what was seen now: spend is never lost."""
+        if not self.finished:
+            self.finish()
+
+    def _metered_usage(self) -> tuple[Usage, UsageSource, str | None]:
+        """What the request consumed, from the provider's report or, failing that, an estimate."""
+        if self.status is not None and self.status >= 400:
+            return Usage(), UsageSource.NONE, None  # providers do not bill failed requests
+        usage: Usage | None = None
+        provider_model: str | None = None
+        output_chars = 0
+        complete = self.completed and not self.metering_broken
+        if self.meter is not None:
+            result = self.meter.finish()
+            usage, provider_model, output_chars = (
+                result.usage,
+                result.served_model,
+                result.output_chars,
+            )
+            self.response_meta = (result.response_id, result.finish_reasons)
+            # The stream's own terminal event makes its usage final, even when the client hung
+            # up before the transport's end-of-stream reached Envoy.
+            complete = result.completed and not self.metering_broken
+            self.completed = self.completed or result.completed
+        elif self.json_body and not self.metering_broken:
+            jr = usage_from_json(self.state.api, bytes(self.json_body))
+            usage, provider_model, output_chars = jr.usage, jr.served_model, jr.output_chars
+            self.response_meta = (jr.response_id, jr.finish_reasons)
+        if usage is not None and complete:
+            return usage, UsageSource.PROVIDER, provider_model
+        estimated_output = estimate_tokens(output_chars)
+        if usage is not None:  # partial report (stream cut short): keep what the provider said
+            return (
+                usage.with_output_at_least(estimated_output),
+                UsageSource.ESTIMATED,
+                provider_model,
+            )
+        usage = Usage(input_tokens=self.state.input_tokens_estimate, output_tokens=estimated_output)
+        return usage, UsageSource.ESTIMATED, provider_model
+
+    def _priced(self, usage: Usage, provider_model: str | None) -> int:
+        """The cost; by the dearer model when the provider reports another (model_mismatch)."""
+        cost, mismatch = price_reported(usage, self.entry, provider_model, self.ctx.catalog.lookup)
+        if mismatch is not None:
+            self.ctx.model_mismatches[mismatch.kind] += 1
+            log.warning("%s", mismatch.describe(), extra={"request_id": self.request_id})
+        return cost
+
+    def finish(self) -> int:
+        """Settle and audit exactly once; return the request's cost in micro-dollars."""
+        if self.finished:
+            return self.cost
+        self.finished = True
+        state = self.state
+        try:
+            usage, source, provider_model = self._metered_usage()
+            cost = self._priced(usage, provider_model)
+        except Exception:  # the record must still be written: charge the request's estimate
+            log.exception("metering failed at the end", extra={"request_id": self.request_id})
+            usage, source, provider_model = (
+                Usage(input_tokens=state.input_tokens_estimate),
+                UsageSource.ESTIMATED,
+                None,
+            )
+            cost = cost_micros(usage, self.entry.price)
+            self.error_code = self.error_code or "metering_failed"
+        if self.lease_keeper is not None:
+            self.lease_keeper.cancel()
+        billed = source is not UsageSource.NONE
+        dims = Dimensions.of(state.identity, self.entry.name, state.provider)
+        rollup = UsageRecord(state.arrived, dims, usage, cost, source is UsageSource.ESTIMATED)
+        gate = self.ctx.budgets
+        if state.budget is not None:  # settle the real cost, or release the hold (or roll up)
+            self.overrun_micros = gate.settle_outcome(
+                state.budget, cost if billed else None, self.request_id, rollup if billed else None
+            )
+        self._audit(usage, source, provider_model, cost)
+        self.cost = cost
+        return cost
+
+    def _audit(
+        self, usage: Usage, source: UsageSource, provider_model: str | None, cost: int
+    ) -> None:
+        state = self.state
+        budget = None
+        if state.budget is not None and state.budget.audit is not None:
+            budget = {**state.budget.audit, "overrun_micros": self.overrun_micros}
+        record = AuditRecord(
+            request_id=state.request_id,
+            time=datetime.datetime.fromtimestamp(state.arrived, datetime.UTC),
+            method=state.method,
+            path=state.path.split("?", 1)[0],
+            api=state.api.name.lower(),
+            requested_model=state.requested_model,
+            served_model=self.entry.name,
+            provider_model=provider_model,
+            provider=state.provider,
+            upstream_mocked=self.upstream.mocked if self.upstream else False,
+            stream=state.stream,
+            status=self.status if self.status is not None else 0,
+            completed=self.completed,
+            usage=usage,
+            usage_source=source,
+            cost_micros=cost,
+            latency_ms=self._now() * 1000,
+            time_to_first_byte_ms=None if self.first_byte is None else self.first_byte * 1000,
+            error_code=self.error_code,
+            identity=state.identity,
+            unverified_metadata=state.metadata,
+            budget=budget,
+            output_cap_injected=state.cap_injected,
+        )
+        try:
+            self.ctx.audit.write(record)
+        except OSError:
+            log.exception("audit write failed", extra={"request_id": self.request_id})
+        if self.ctx.telemetry.enabled:
+            up = self.upstream
+            facts = RequestFacts(
+                traceparent=state.traceparent,
+                tracestate=state.tracestate,
+                max_tokens=state.max_tokens,
+                response_id=self.response_meta[0],
+                finish_reasons=self.response_meta[1],
+                server_address=up.host if up is not None else None,
+                server_port=up.port if up is not None else None,
+                budgets=state.budget.span_budgets if state.budget is not None else (),
+            )
+            self.ctx.telemetry.request_done(record, facts)
+
+
+class StreamObserver:
+    """One observability-mode ext_proc stream (observe mode): Envoy sends the request body and
+    the response without waiting for replies. The request filter's state arrives in dynamic
+    metadata with the first message; a stream without it (a request the gateway answered
+    itself, already audited) has nothing to meter and is closed at once - else Envoy would
+    keep it open for its deferred close, holding a stream per refused request."""
+
+    def __init__(self, ctx: GatewayContext) -> None:
+        self.ctx = ctx
+        self.response: ResponseObserver | None = None
+
+    def handle(self, message: msgs.ProcessingRequest) -> bool:
+        """Observe one message; True when there is nothing more to observe (the stream may
+        close)."""
+        response = self.response
+        if response is None:
+            text = msgs.observed_state(message, NAMESPACE, STATE_KEY)
+            if text is None:
+                return True
+            try:
+                state = RequestState.decode(text)
+            except HandoffError as exc:
+                log.error("observer stream without a usable request state: %s", exc)
+                return True
+            self.response = response = ResponseObserver(self.ctx, state)
+        phase = message.WhichOneof("request")
+        try:
+            if phase == "response_headers":
+                headers = msgs.headers_of(message.response_headers)
+                response.on_headers(headers, message.response_headers.end_of_stream)
+            elif phase == "response_body":
+                body = message.response_body
+                response.on_body(body.body, body.end_of_stream)
+        except Exception:
+            response.broken()
+        return response.finished
+
+    def close(self) -> None:
+        if self.response is not None:
+            self.response.close()
