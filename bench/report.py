@@ -10,16 +10,18 @@ from typing import Any
 SETUP_NAMES = {
     "plain": "plain envoy",
     "noop": "no-op ext_proc",
-    "gateway": "gateway",
+    "gateway-sync": "gateway, synchronous (before)",
+    "gateway": "gateway, observe (after)",
     "gateway+otel": "gateway, traces + metrics on",
 }
+GATEWAYS = ("gateway", "gateway-sync")
 
 
 @dataclasses.dataclass(frozen=True)
 class Row:
     """One setup under one load at one concurrency; None where it does not apply."""
 
-    setup: str  # plain | noop | gateway
+    setup: str  # plain | noop | gateway-sync | gateway | gateway+otel
     workers: int  # sidecar processes (0: plain Envoy)
     load: str  # json | sse | sse-paced
     connections: int
@@ -74,7 +76,9 @@ def _added(rows: _Rows, row: Row) -> dict[str, float | None]:
             None if row.setup == "plain" or plain is None else (_diff(mine, getattr(plain, field)))
         )
         out[f"{name}_vs_noop"] = (
-            None if row.setup != "gateway" or noop is None else (_diff(mine, getattr(noop, field)))
+            None
+            if row.setup not in GATEWAYS or noop is None
+            else (_diff(mine, getattr(noop, field)))
         )
     return out
 
@@ -86,6 +90,56 @@ def _target(
     ok = value is not None and (value >= limit if minimum else value <= limit)
     status = "n/a" if value is None else ("PASS" if ok else "FAIL")
     return {"target": name, "value": value, "limit": limit, "unit": unit, "status": status}
+
+
+def _response_path_targets(table: _Rows, sat: int) -> list[dict[str, Any]]:
+    """Issue 13, in one run: the gateway (observe mode) against plain Envoy and against the
+    synchronous response path it replaced."""
+    v = table.value
+
+    def over_plain(setup: str, field: str, load: str) -> float | None:
+        return _diff(v(field, setup, 1, load, 1), v(field, "plain", 0, load, 1))
+
+    targets = []
+    request_path = over_plain("gateway", "p50_ms", "json")
+    targets.append(
+        _target("observe: added p50 over plain Envoy <= 1.3 ms, json, c=1", request_path, 1.3, "ms")
+    )
+    # ~0 added per chunk: the upstream-write-to-client-read latency of a paced chunk within
+    # 0.05 ms of plain Envoy's (the timer's noise on this machine is of that order).
+    lag = over_plain("gateway", "chunk_us", "sse-paced")
+    targets.append(
+        _target(
+            "observe: added chunk latency over plain Envoy <= 50 us, sse-paced, c=1",
+            lag,
+            50.0,
+            "us",
+        )
+    )
+    limit = request_path if request_path is not None else 0.0
+    for load in ("sse-paced", "sse"):
+        targets.append(
+            _target(
+                f"observe: added TTFB over plain <= added json p50 ({limit:.2f} ms), {load}, c=1",
+                over_plain("gateway", "ttfb_ms", load),
+                limit,
+                "ms",
+            )
+        )
+    workers = sorted({r.workers for r in table.rows if r.setup == "gateway-sync"})
+    for w in workers:
+        targets.append(
+            _target(
+                f"observe rps >= 2x synchronous's, json, c={sat}, W={w}",
+                _ratio(
+                    v("rps", "gateway", w, "json", sat), v("rps", "gateway-sync", w, "json", sat)
+                ),
+                2.0,
+                "ratio",
+                minimum=True,
+            )
+        )
+    return targets
 
 
 def build(
@@ -122,6 +176,18 @@ def build(
                 v("sidecar_us_per_chunk", "noop", w, load, sat),
             )
 
+    # Issue 13: observe mode (after) against synchronous mode (before), same workers.
+    sync_workers = sorted({r.workers for r in table.rows if r.setup == "gateway-sync"})
+    for w in sorted(set(workers) & set(sync_workers)):
+        for load in ("json", "sse", "sse-paced"):
+            ratios[f"rps observe/synchronous {load} c={sat} W={w}"] = _ratio(
+                v("rps", "gateway", w, load, sat), v("rps", "gateway-sync", w, load, sat)
+            )
+        ratios[f"sidecar cpu/request observe/synchronous json c={sat} W={w}"] = _ratio(
+            v("sidecar_ms_per_req", "gateway", w, "json", sat),
+            v("sidecar_ms_per_req", "gateway-sync", w, "json", sat),
+        )
+
     # Telemetry on versus off (W=1): latency added at c=1, throughput and sidecar CPU at c=sat.
     if table.find("gateway+otel", 1, "json", 1) is not None:
         for load in ("json", "sse"):
@@ -140,7 +206,8 @@ def build(
         return _diff(v(field, "gateway", 1, load, 1), v(field, "noop", 1, load, 1))
 
     json_added = added("p50_ms", "json")
-    targets = [
+    targets = _response_path_targets(table, sat)
+    targets += [
         _target(
             f"gateway rps >= 50% of no-op's, json, c={sat}, W={w}",
             ratios[f"rps gateway/noop json c={sat} W={w}"],

@@ -303,7 +303,7 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, bool]:
     parser.add_argument("--keep", action="store_true", help="keep the run directory (logs)")
     parser.add_argument(
         "--setups",
-        default="plain,noop,gateway,gateway+otel",
+        default="plain,noop,gateway-sync,gateway,gateway+otel",
         help="comma-separated subset, e.g. gateway,gateway+otel (telemetry on versus off)",
     )
     a = parser.parse_args(argv)
@@ -344,9 +344,11 @@ def run(settings: Settings, run_dir: Path, log: IO[bytes]) -> dict[str, object]:
         plans = [
             ("plain", 0, True),
             ("noop", 1, True),
+            ("gateway-sync", 1, True),  # the synchronous response path (before issue 13)
             ("gateway", 1, True),
             ("gateway+otel", 1, True),  # traces + metrics on, exported to a local sink
             ("noop", n, False),
+            ("gateway-sync", n, False),
             ("gateway", n, False),
         ]
         sink: otlp_sink.Sink | None = None
@@ -360,6 +362,10 @@ def run(settings: Settings, run_dir: Path, log: IO[bytes]) -> dict[str, object]:
                 cm = setups.plain(log, run_dir, port, env)
             elif setup == "noop":
                 cm = setups.noop(log, run_dir, port, workers, env)
+            elif setup == "gateway-sync":
+                cm = setups.gateway(
+                    log, log_path, run_dir, port, workers, identity, env, synchronous=True
+                )
             elif setup == "gateway+otel":
                 sink = otlp_sink.Sink()
                 cm = setups.gateway(

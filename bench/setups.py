@@ -301,17 +301,23 @@ def gateway(
     identity: Identity,
     environ: Mapping[str, str],
     otlp_endpoint: str | None = None,
+    synchronous: bool = False,
 ) -> Iterator[Running]:
     """The full gateway: Stack starts redis-server and the sidecar workers; Envoy is started
     here from Stack's own bootstrap, with `--concurrency 1` (Stack's Envoy uses 2).
 
+    `synchronous`: the `gateway-sync` setup, `metering.mode: synchronous` (the response path
+    before issue 13, kept as an opt-in for the JSON cost header); else the default observe mode.
     Telemetry is off (no /metrics, no OTEL_* exporter) unless `otlp_endpoint` is given: then
     the `gateway+otel` setup serves /metrics, traces every request (sampler always_on) and
     exports spans and metrics by OTLP/gRPC to that endpoint."""
     name = "gateway" if otlp_endpoint is None else "gateway+otel"
+    if synchronous:
+        name = "gateway-sync"
     config_path = run_dir / f"{name}-{workers}.yaml"
     document = gateway_document(upstream_port, workers, identity)
     document["observability"] = {"metrics": otlp_endpoint is not None}
+    document["metering"] = {"mode": "synchronous" if synchronous else "observe"}
     config_path.write_text(yaml.safe_dump(document, sort_keys=False))
     audit_path = run_dir / f"audit-{name}-{workers}.jsonl"
     env = {k: v for k, v in environ.items() if not k.startswith("OTEL_")}
