@@ -29,12 +29,14 @@ from gateway_extproc.errors import (
     ClientError,
     CostUnbounded,
     Forbidden,
+    GuardrailBlocked,
     InternalError,
     NotFound,
     UnknownModel,
     UnsupportedOption,
     error_body,
 )
+from gateway_extproc.guardrails import GuardResult
 from gateway_extproc.identity.metadata import parse_metadata
 from gateway_extproc.identity.model import Identity
 from gateway_extproc.inbound import ParsedRequest, upstream_body
@@ -84,6 +86,7 @@ class StreamProcessor:
         self.identity: Identity | None = None
         self.metadata: dict[str, str] = {}
         self.admission: Admission | None = None
+        self.guard: GuardResult | None = None  # what the guardrails found and did
         self.lease_keeper: asyncio.Future[None] | None = None
         # W3C trace context the span continues: Envoy's (ext_proc gRPC metadata, when Envoy
         # traces; set by the server) or else the client's request headers.
@@ -225,6 +228,10 @@ class StreamProcessor:
                 f"{self.identity.subject} may not use model {request.model!r}: "
                 f"{policies.explain(self.identity, entry.name, request.model)}"
             )
+        # Guardrails: PII and secrets in the prompt are blocked (400), redacted or monitored.
+        self.guard = self.ctx.config.guardrails.check(self.identity, entry, request)
+        if self.guard is not None and self.guard.blocked:
+            raise GuardrailBlocked(self.guard.block_message())
         if entry.provider not in self.ctx.upstreams:
             raise UnknownModel(f"model {request.model!r} has no configured provider")
         upstream = self.ctx.upstreams[entry.provider]  # a refused billing header: 400, unreserved
@@ -287,7 +294,10 @@ class StreamProcessor:
         set_headers = {CLUSTER_HEADER: upstream.cluster, ":path": upstream.upstream_path(self.path)}
         if upstream.auth_header and upstream.auth_value:
             set_headers[upstream.auth_header] = upstream.auth_value
-        new_body = upstream_body(request, served_model=served, output_cap=output_cap)
+        redacted = self.guard.body if self.guard is not None else None
+        new_body = upstream_body(
+            request, served_model=served, output_cap=output_cap, redacted=redacted
+        )
         if new_body is not None:
             set_headers["content-length"] = str(len(new_body))
         remove = upstream.forward.removals(
@@ -489,6 +499,7 @@ class StreamProcessor:
             unverified_metadata=self.metadata,
             budget=budget_report.audit_fields(self.admission),
             output_cap_injected=self._cap_injected(),
+            guardrails=self.guard.audit_fields() if self.guard is not None else None,
         )
         try:
             self.ctx.audit.write(record)
