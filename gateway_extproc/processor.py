@@ -18,7 +18,7 @@ import zlib
 from gateway_extproc import extproc_msgs as msgs
 from gateway_extproc.apis import API_PREFIX, MODELS_PATH, Schema, api_for_path
 from gateway_extproc.audit import AuditRecord
-from gateway_extproc.bodyparse import parse_off_loop
+from gateway_extproc.bodyparse import off_loop_if_large, parse_off_loop
 from gateway_extproc.bounds import Bound, Unbounded, Unpriced, bound, request_price
 from gateway_extproc.budgets import report as budget_report
 from gateway_extproc.budgets.gate import Admission
@@ -229,7 +229,11 @@ class StreamProcessor:
                 f"{policies.explain(self.identity, entry.name, request.model)}"
             )
         # Guardrails: PII and secrets in the prompt are blocked (400), redacted or monitored.
-        self.guard = self.ctx.config.guardrails.check(self.identity, entry, request)
+        guardrails = self.ctx.config.guardrails
+        if guardrails.rules:  # a large prompt is scanned off the event loop, like its parse
+            self.guard = await off_loop_if_large(
+                len(message.body), guardrails.check, self.identity, entry, request
+            )
         if self.guard is not None and self.guard.blocked:
             raise GuardrailBlocked(self.guard.block_message())
         if entry.provider not in self.ctx.upstreams:

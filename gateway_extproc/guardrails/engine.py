@@ -89,7 +89,7 @@ class Guardrails:
             text: str = container[key]
             acted: list[tuple[Finding, GuardAction]] = []
             for finding in scan(text, wanted):
-                action = _action(finding, text, applicable)
+                action = finding_action(finding, text, applicable)
                 if action is None:
                     continue
                 acted.append((finding, action))
@@ -103,7 +103,7 @@ class Guardrails:
         return GuardResult(names, dict(counts), actions, body)
 
 
-def _action(finding: Finding, text: str, rules: list[GuardrailConfig]) -> GuardAction | None:
+def finding_action(finding: Finding, text: str, rules: list[GuardrailConfig]) -> GuardAction | None:
     """The strictest action any applicable guardrail takes on this finding."""
     value = text[finding.start : finding.end]
     best: GuardAction | None = None

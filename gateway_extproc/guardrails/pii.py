@@ -12,29 +12,32 @@ neither library finds these in free text fast enough (phonenumbers' matcher: ~1.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import phonenumbers
 from stdnum import iban as stdnum_iban
 from stdnum import luhn
 from stdnum.us import ssn as stdnum_ssn
 
+from gateway_extproc.guardrails.prepared import Free, Prepared
+
 Span = tuple[int, int]
 
-EMAIL = re.compile(
-    r"(?<![A-Za-z0-9._%+\-])"
-    r"[A-Za-z0-9][A-Za-z0-9._%+\-]{0,63}@"
-    r"(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.){1,8}[A-Za-z]{2,24}"
-    r"(?![A-Za-z0-9\-])"
+# Found from each "@" (a literal search): the domain by an anchored match after it, the local
+# part (1-64 characters, starting with a letter or digit) by walking back from it.
+_LOCAL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._%+-")
+_DOMAIN = re.compile(
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.){1,8}[A-Za-z]{2,24}(?![A-Za-z0-9\-])"
 )
 
-# A phone number as people write it: an optional +CC, then 2-5 groups of digits separated by
-# one space, dot or dash, an area code in parentheses allowed. Validation is phonenumbers'.
+# Applied inside the digit runs (prepared.py). A phone number as people write it: an optional
+# +CC, then 2-6 groups of digits separated by one space, dot or dash, an area code in
+# parentheses allowed; validation is phonenumbers'.
 PHONE = re.compile(
     r"(?<![\w+.\-/])"
     r"(?:\+\d{1,3}[ .\-]?)?"
     r"(?:\(\d{1,5}\)[ .\-]?)?"
-    r"\d{1,5}(?:[ .\-]\d{1,5}){1,5}"
+    r"\d{1,6}(?:[ .\-]\d{1,6}){1,5}"
     r"(?![\w]|[.\-/]\d)"
 )
 PHONE_COMPACT = re.compile(r"(?<![\w+.\-/])\+\d{8,15}(?![\w]|[.\-/]\d)")  # +14155552671
@@ -47,8 +50,9 @@ _CARD_PREFIX = re.compile(
     r"|35(?:2[89]|[3-8]\d)|62"
 )
 
+# The look-behind follows the first letter, so the engine skips to capitals quickly.
 IBAN = re.compile(
-    r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?(?![A-Za-z0-9])"
+    r"[A-Z](?<![A-Za-z0-9][A-Z])[A-Z]\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?(?![A-Za-z0-9])"
 )
 
 SSN = re.compile(r"(?<![\d\-])\d{3}([\- ])\d{2}\1\d{4}(?![\d\-])")
@@ -56,11 +60,20 @@ SSN = re.compile(r"(?<![\d\-])\d{3}([\- ])\d{2}\1\d{4}(?![\d\-])")
 PHONE_REGION = "US"  # how numbers written without +CC are read
 
 
-def find_emails(text: str, allowed_domains: frozenset[str] = frozenset()) -> Iterator[Span]:
-    for m in EMAIL.finditer(text):
-        if allowed_domains and domain_allowed(m[0].rsplit("@", 1)[1].lower(), allowed_domains):
-            continue
-        yield m.span()
+def find_emails(p: Prepared, free: Free) -> Iterator[Span]:
+    text = p.text
+    at = text.find("@")
+    while at > 0:
+        domain = _DOMAIN.match(text, at + 1)  # anchored, cheap: checked first
+        if domain is not None:
+            start = at
+            while start > 0 and at - start <= 64 and text[start - 1] in _LOCAL_CHARS:
+                start -= 1
+            local_ok = 0 < at - start <= 64 and text[start].isalnum()
+            bounded = start == 0 or text[start - 1] not in _LOCAL_CHARS  # else too long
+            if local_ok and bounded and free(start, domain.end()):
+                yield start, domain.end()
+        at = text.find("@", at + 1)
 
 
 def domain_allowed(domain: str, allowed: frozenset[str]) -> bool:
@@ -86,9 +99,23 @@ def phone_valid(candidate: str) -> bool:
     return bool(phonenumbers.is_valid_number(number))
 
 
-def find_phones(text: str) -> Iterator[Span]:
+def _in_runs(
+    p: Prepared, pattern: re.Pattern[str], free: Free, shortest: int
+) -> Iterator[re.Match[str]]:
+    """Matches of `pattern` inside the digit runs of at least `shortest` characters (its
+    look-arounds see the text around them) that no earlier finding covers."""
+    text, n = p.text, len(p.text)
+    for start, end in p.digit_runs:
+        if end - start < shortest:
+            continue
+        for m in pattern.finditer(text, start, min(n, end + 2)):
+            if m.end() <= end and free(m.start(), m.end()):
+                yield m
+
+
+def find_phones(p: Prepared, free: Free) -> Iterator[Span]:
     for pattern in (PHONE, PHONE_COMPACT):
-        for m in pattern.finditer(text):
+        for m in _in_runs(p, pattern, free, 7):
             if phone_valid(m[0]):
                 yield m.span()
 
@@ -101,22 +128,19 @@ def card_valid(candidate: str) -> bool:
     return _CARD_PREFIX.match(digits) is not None and luhn.is_valid(digits)
 
 
-def find_cards(text: str) -> Iterator[Span]:
-    for m in CARD.finditer(text):
+def find_cards(p: Prepared, free: Free) -> Iterator[Span]:
+    for m in _in_runs(p, CARD, free, 13):
         if card_valid(m[0]):
             yield m.span()
 
 
-def find_ibans(text: str) -> Iterator[Span]:
-    for m in IBAN.finditer(text):
-        if stdnum_iban.is_valid(m[0]):
+def find_ibans(p: Prepared, free: Free) -> Iterator[Span]:
+    for m in IBAN.finditer(p.text):
+        if free(m.start(), m.end()) and stdnum_iban.is_valid(m[0]):
             yield m.span()
 
 
-def find_ssns(text: str) -> Iterator[Span]:
-    for m in SSN.finditer(text):
+def find_ssns(p: Prepared, free: Free) -> Iterator[Span]:
+    for m in _in_runs(p, SSN, free, 11):
         if stdnum_ssn.is_valid(m[0].replace(" ", "-")):
             yield m.span()
-
-
-Finder = Callable[[str], Iterator[Span]]

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from gateway_extproc.guardrails import pii
 from gateway_extproc.guardrails import secret_patterns as sp
 from gateway_extproc.guardrails.categories import Category
+from gateway_extproc.guardrails.prepared import Free, Prepared
 
 Span = tuple[int, int]
 
@@ -25,12 +26,15 @@ class Finding:
     category: Category
 
 
-def _simple(category: Category) -> Callable[[str], Iterator[Span]]:
-    return lambda text: sp.find_simple(text, category)
+Detector = Callable[[Prepared, Free], Iterator[Span]]
+
+
+def _simple(category: Category) -> Detector:
+    return lambda p, free: sp.find_simple(p, category, free)
 
 
 # Most specific first: a span kept for an earlier category is never re-reported by a later one.
-_ORDER: tuple[tuple[Category, Callable[[str], Iterator[Span]]], ...] = (
+_ORDER: tuple[tuple[Category, Detector], ...] = (
     (Category.PRIVATE_KEY, sp.find_private_keys),
     (Category.ANTHROPIC_KEY, _simple(Category.ANTHROPIC_KEY)),
     (Category.OPENAI_KEY, _simple(Category.OPENAI_KEY)),
@@ -52,17 +56,23 @@ _ORDER: tuple[tuple[Category, Callable[[str], Iterator[Span]]], ...] = (
 def scan(text: str, categories: Iterable[Category]) -> list[Finding]:
     """Every finding of the given categories in `text`, ordered by position, never overlapping."""
     wanted = frozenset(categories)
+    prepared = Prepared(text)
     starts: list[int] = []  # kept spans, sorted by start; they never overlap
     kept: list[Finding] = []
+
+    def free(start: int, end: int) -> bool:
+        i = bisect.bisect_left(starts, start)
+        if i < len(kept) and kept[i].start < end:
+            return False  # overlaps the next kept span
+        return not (i > 0 and kept[i - 1].end > start)  # or the previous one
+
     for category, find in _ORDER:
         if category not in wanted:
             continue
-        for start, end in find(text):
+        for start, end in find(prepared, free):
+            if not free(start, end):
+                continue
             i = bisect.bisect_left(starts, start)
-            if i < len(kept) and kept[i].start < end:
-                continue  # overlaps the next kept span
-            if i > 0 and kept[i - 1].end > start:
-                continue  # overlaps the previous one
             starts.insert(i, start)
             kept.insert(i, Finding(start, end, category))
     return kept
