@@ -56,7 +56,7 @@ def evaluate(detector: Detector, cases: list[Case], categories: Iterable[str]) -
     scores = {c: Score() for c in categories}
     for case in cases:
         found = Counter(detector(case.text))
-        for (category, value), n in (found | case.expect).items():
+        for category, value in found | case.expect:
             if category not in scores:
                 continue
             hit = min(found[(category, value)], case.expect[(category, value)])
@@ -69,7 +69,5 @@ def evaluate(detector: Detector, cases: list[Case], categories: Iterable[str]) -
 def table(scores: dict[str, Score], title: str = "category") -> str:
     lines = [f"| {title} | TP | FP | FN | precision | recall |", "|---|---|---|---|---|---|"]
     for name, s in scores.items():
-        lines.append(
-            f"| {name} | {s.tp} | {s.fp} | {s.fn} | {s.precision:.2f} | {s.recall:.2f} |"
-        )
+        lines.append(f"| {name} | {s.tp} | {s.fp} | {s.fn} | {s.precision:.2f} | {s.recall:.2f} |")
     return "\n".join(lines)
