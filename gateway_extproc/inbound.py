@@ -138,6 +138,18 @@ def parse_request(api: Api, raw: bytes) -> ParsedRequest:
     )
 
 
+def with_body(request: ParsedRequest, body: dict[str, Any]) -> ParsedRequest:
+    """The request with another body of the same structure (the guardrails' redacted copy): its
+    worst case and estimate are computed again, since a redaction marker can be longer than
+    what it replaces."""
+    return dataclasses.replace(
+        request,
+        body=body,
+        input_tokens_estimate=estimate_input_tokens(body),
+        shape=shape_of(request.api, body, request.max_output_tokens),
+    )
+
+
 def upstream_body(
     request: ParsedRequest,
     served_model: str,

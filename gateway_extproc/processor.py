@@ -39,7 +39,7 @@ from gateway_extproc.errors import (
 from gateway_extproc.guardrails import GuardResult
 from gateway_extproc.identity.metadata import parse_metadata
 from gateway_extproc.identity.model import Identity
-from gateway_extproc.inbound import ParsedRequest, upstream_body
+from gateway_extproc.inbound import ParsedRequest, upstream_body, with_body
 from gateway_extproc.metering import StreamMeter, estimate_tokens, usage_from_json
 from gateway_extproc.model_mismatch import price_reported
 from gateway_extproc.models_api import models_response
@@ -236,6 +236,9 @@ class StreamProcessor:
             )
         if self.guard is not None and self.guard.blocked:
             raise GuardrailBlocked(self.guard.block_message())
+        redacted = self.guard.body if self.guard is not None else None
+        if redacted is not None:  # bounded and sent as the provider will see it
+            self.request = request = with_body(request, redacted)
         if entry.provider not in self.ctx.upstreams:
             raise UnknownModel(f"model {request.model!r} has no configured provider")
         upstream = self.ctx.upstreams[entry.provider]  # a refused billing header: 400, unreserved
@@ -298,7 +301,6 @@ class StreamProcessor:
         set_headers = {CLUSTER_HEADER: upstream.cluster, ":path": upstream.upstream_path(self.path)}
         if upstream.auth_header and upstream.auth_value:
             set_headers[upstream.auth_header] = upstream.auth_value
-        redacted = self.guard.body if self.guard is not None else None
         new_body = upstream_body(
             request, served_model=served, output_cap=output_cap, redacted=redacted
         )

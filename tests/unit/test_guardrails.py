@@ -4,16 +4,18 @@ precision and recall: test_guardrails_corpus."""
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
 import orjson
 import pytest
+import yaml
 
 from gateway_extproc.apis import Api
 from gateway_extproc.budgets.model import Match
 from gateway_extproc.catalog import Catalog, ModelEntry
-from gateway_extproc.config import load_document, parse_config
+from gateway_extproc.config import load_document, merge, parse_config
 from gateway_extproc.errors import ConfigError
 from gateway_extproc.guardrails import Category, GuardAction, GuardrailConfig, Guardrails, pii
 from gateway_extproc.guardrails import secret_patterns as sp
@@ -22,6 +24,7 @@ from gateway_extproc.guardrails.scan import Finding, redact, scan
 from gateway_extproc.guardrails.settings import parse_guardrails
 from gateway_extproc.identity.model import ANONYMOUS, AuthMethod, Identity, Kind
 from gateway_extproc.inbound import ParsedRequest, parse_request
+from tests.paths import REPO
 
 C = Category
 A = GuardAction
@@ -405,3 +408,18 @@ def test_gateway_config_loads_guardrails_and_defaults_to_none() -> None:
         "guardrails[0].categories: must be a non-empty mapping of category to block, redact or "
         "monitor"
     ]
+
+
+def test_the_readme_example_loads() -> None:
+    readme = (REPO / "README.md").read_text()
+    block = re.search(
+        r"<!-- guardrails-example:start -->\s*```yaml\n(.*?)```\s*<!-- guardrails-example:end -->",
+        readme,
+        re.S,
+    )
+    assert block is not None
+    config = parse_config(merge(load_document(None), yaml.safe_load(block.group(1))), {})
+    names = [g.name for g in config.guardrails.rules]
+    assert names == ["no-secrets", "eng-pii", "support-watch"]
+    support = config.guardrails.rules[2]
+    assert support.actions[C.OPENAI_KEY] is A.BLOCK and support.actions[C.JWT] is A.MONITOR

@@ -15,7 +15,7 @@ from gateway_extproc.catalog import Catalog
 from gateway_extproc.guardrails import Category, GuardAction, GuardrailConfig, Guardrails
 from gateway_extproc.guardrails.texts import text_slots
 from gateway_extproc.identity.model import ANONYMOUS
-from gateway_extproc.inbound import parse_request, upstream_body
+from gateway_extproc.inbound import parse_request, upstream_body, with_body
 
 MAIL = "alice@corp.io"  # one e-mail address per text the model reads
 R = "[REDACTED:email]"
@@ -243,3 +243,19 @@ def test_token_id_prompts_and_unknown_part_types_are_not_text() -> None:
     }
     assert list(text_slots(Api.OPENAI_COMPLETIONS, body)) == []
     assert list(text_slots(Api.OPENAI_CHAT, body)) == []
+
+
+def test_the_worst_case_is_computed_on_the_redacted_body() -> None:
+    """`[REDACTED:email]` (16 bytes) is longer than `a@b.io` (6): the bound must grow with it."""
+    request = parse_request(
+        Api.OPENAI_CHAT,
+        orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "a@b.io"}]}),
+    )
+    entry = Catalog.load([]).lookup("gpt-4o-mini")
+    assert entry is not None
+    result = REDACT_EMAIL.check(ANONYMOUS, entry, request)
+    assert result is not None and result.body is not None
+    redacted = with_body(request, result.body)
+    assert redacted.shape.text_tokens == request.shape.text_tokens + len(R) - len("a@b.io")
+    assert redacted.input_tokens_estimate >= request.input_tokens_estimate
+    assert request.body["messages"][0]["content"] == "a@b.io"
