@@ -1,12 +1,13 @@
 """PII detectors: e-mail addresses, phone numbers, payment cards, IBANs, US SSNs. Pure.
 
-Each detector is a linear-time candidate pattern (bounded quantifiers, a look-behind so a match
-is only attempted at a token boundary, no nested ambiguous repetition) followed by a validator.
+Each detector is a linear-time candidate pattern (bounded quantifiers, a token-boundary check,
+no nested ambiguous repetition) followed by a validator. Phone, card and SSN patterns run only
+inside the digit runs `Prepared` finds once; e-mail addresses are found from each "@".
 The validators come from maintained libraries where they do the job (README, "Guardrails"):
 `phonenumbers` (Google's libphonenumber metadata) decides whether a candidate is a real phone
-number, `python-stdnum` checks IBANs (country lengths and mod-97) and SSNs (invalid areas,
-groups, serials and the numbers the SSA retired). The candidate patterns are this project's:
-neither library finds these in free text fast enough (phonenumbers' matcher: ~1.4 s per MB).
+number, `python-stdnum` checks cards (Luhn), IBANs (country lengths and mod-97) and SSNs
+(invalid areas, groups, serials and the numbers the SSA retired). The candidate patterns are
+this project's: phonenumbers' own matcher took ~760 ms per MB of prose, the whole scan ~50 ms.
 """
 
 from __future__ import annotations

@@ -2,10 +2,11 @@
 high-entropy assignments. Pure.
 
 The patterns are this project's (README, "Guardrails": detect-secrets was measured and not
-kept). Every pattern is linear-time: a look-behind so a match starts only at a token boundary,
-character classes that exclude the separator that ends them, no nested ambiguous repetition.
-Private key blocks are found by searching for the END line with `str.find`, not by a lazy
-`.*?` (which is quadratic when BEGIN lines have no END).
+kept). Every pattern is linear-time: it starts with a literal the engine jumps to, the token
+boundary is checked in code, quantifiers are possessive or their classes exclude what ends them,
+and no repetition is nested ambiguously. Private key blocks are delimited by searching for the
+END line, not by a lazy `.*?` (quadratic when BEGIN lines have no END); AWS secret keys are
+looked for only in windows after "aws"; the generic assignment runs on the lower-cased text.
 """
 
 from __future__ import annotations
