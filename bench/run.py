@@ -27,7 +27,7 @@ from typing import IO
 
 import redis
 
-from bench import load, otlp_sink, report, setups
+from bench import guardrails, load, otlp_sink, report, setups
 from bench.report import Row
 from bench.upstream import CHUNKS, response_bytes
 from gateway_extproc.stack import StackError, find_binary
@@ -303,8 +303,9 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, bool]:
     parser.add_argument("--keep", action="store_true", help="keep the run directory (logs)")
     parser.add_argument(
         "--setups",
-        default="plain,noop,gateway-sync,gateway,gateway+otel",
-        help="comma-separated subset, e.g. gateway,gateway+otel (telemetry on versus off)",
+        default="plain,noop,gateway-sync,gateway,gateway+otel,guardrails",
+        help="comma-separated subset, e.g. gateway,gateway+otel (telemetry on versus off); "
+        "guardrails: the 1 MB prompt scan (pure CPU, no processes)",
     )
     a = parser.parse_args(argv)
     settings = Settings(
@@ -419,6 +420,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"bench: logs kept in {run_dir}", file=sys.stderr)
     print(report.render(result))
+    if "guardrails" in settings.setups:
+        result["guardrails_scan"] = guardrails.measure()
+        print("\n" + guardrails.render(result["guardrails_scan"]))
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     out = RESULTS / f"bench-{stamp}.json"

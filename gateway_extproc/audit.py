@@ -52,6 +52,8 @@ class AuditRecord:
     unverified_metadata: Mapping[str, str] = dataclasses.field(default_factory=dict)
     budget: Mapping[str, Any] | None = None  # budgets.report.audit_fields; None: none checked
     output_cap_injected: bool = False  # the gateway wrote its output cap into the request
+    # GuardResult.audit_fields: rules, action, categories -> {count, action}; None: none applied
+    guardrails: Mapping[str, Any] | None = None
 
     def to_json(self) -> bytes:
         doc: dict[str, Any] = {
@@ -83,6 +85,7 @@ class AuditRecord:
             "unverified_metadata": dict(self.unverified_metadata),
             "budget": self.budget,
             "output_cap_injected": self.output_cap_injected,
+            "guardrails": self.guardrails,
         }
         return orjson.dumps(doc)
 

@@ -28,6 +28,7 @@ from gateway_extproc.budgets.settings import parse_budgets
 from gateway_extproc.catalog import Catalog
 from gateway_extproc.errors import ConfigError
 from gateway_extproc.forwarding import forward_header_problems
+from gateway_extproc.guardrails import Guardrails, parse_guardrails
 from gateway_extproc.identity.model import IdentityConfig
 from gateway_extproc.identity.policy import PolicySet, parse_policies
 from gateway_extproc.identity.settings import parse_identity
@@ -119,6 +120,7 @@ class GatewayConfig:
     spend: RollupSettings = dataclasses.field(default_factory=RollupSettings)
     observability: ObservabilityConfig = dataclasses.field(default_factory=ObservabilityConfig)
     metering: MeteringConfig = dataclasses.field(default_factory=MeteringConfig)
+    guardrails: Guardrails = dataclasses.field(default_factory=Guardrails)
 
     @property
     def unhealthy_after_s(self) -> float:
@@ -298,7 +300,7 @@ def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayC
     known = {"listener", "limits", "sidecar", "providers", "mock_unconfigured_providers"}
     known |= {"catalog", "audit", "identity", "policies", "budgets", "budget_store"}
     known |= {"admin_api", "spend"}
-    known |= {"observability", "metering"}
+    known |= {"observability", "metering", "guardrails"}
     for extra in sorted(set(doc) - known):
         r.problems.append(f"{extra}: unknown key")
     listener = r.section(doc, "listener", {"host", "port", "admin_port"})
@@ -393,6 +395,7 @@ def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayC
 
     budgets = parse_budgets(doc.get("budgets"), r.problems)
     r.problems.extend(namespace_problems(identity, doc.get("policies"), budgets))
+    guardrails = Guardrails(parse_guardrails(doc.get("guardrails"), r.problems))
     if catalog is not None:
         r.problems.extend(downgrade_problems(budgets, catalog))
     store_doc = r.section(
@@ -437,6 +440,7 @@ def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayC
         spend=parse_spend(doc.get("spend"), r.problems),
         observability=parse_observability(doc.get("observability"), r.problems),
         metering=_metering(r, doc),
+        guardrails=guardrails,
     )
     if r.problems:
         raise ConfigError(r.problems)

@@ -57,6 +57,13 @@ class UnsupportedOption(ClientError):
     code = "unsupported_option"
 
 
+class GuardrailBlocked(ClientError):
+    """A guardrail blocks a category the prompt contains (the message names the categories,
+    never the matched text)."""
+
+    code = "guardrail_blocked"
+
+
 class UnknownModel(ClientError):
     code = "model_not_found"
     anthropic_type = "not_found_error"

@@ -70,6 +70,9 @@ class RequestState:
     budget: BudgetHandoff | None
     traceparent: str | None = None
     tracestate: str | None = None
+    # Audit record fields the request phase decided (guardrails, rate limits, cache): name ->
+    # a JSON value, passed to AuditRecord as they are.
+    audit_extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     started_monotonic: float | None = None  # same process only (synchronous mode)
 
     # -- encoding ----------------------------------------------------------------------------
@@ -96,6 +99,7 @@ class RequestState:
             "b": None if self.budget is None else _budget_doc(self.budget),
             "tp": self.traceparent,
             "ts": self.tracestate,
+            "ax": dict(self.audit_extra),
         }
         return orjson.dumps(doc).decode()
 
@@ -124,6 +128,7 @@ class RequestState:
                 budget=None if doc["b"] is None else _budget_of(doc["b"]),
                 traceparent=doc["tp"],
                 tracestate=doc["ts"],
+                audit_extra=dict(doc["ax"]),
             )
         except HandoffError:
             raise

@@ -138,20 +138,33 @@ def parse_request(api: Api, raw: bytes) -> ParsedRequest:
     )
 
 
+def with_body(request: ParsedRequest, body: dict[str, Any]) -> ParsedRequest:
+    """The request with another body of the same structure (the guardrails' redacted copy): its
+    worst case and estimate are computed again, since a redaction marker can be longer than
+    what it replaces."""
+    return dataclasses.replace(
+        request,
+        body=body,
+        input_tokens_estimate=estimate_input_tokens(body),
+        shape=shape_of(request.api, body, request.max_output_tokens),
+    )
+
+
 def upstream_body(
     request: ParsedRequest,
     served_model: str,
     output_cap: tuple[str, int] | None = None,
+    redacted: dict[str, Any] | None = None,
 ) -> bytes | None:
     """The body to send upstream, or None when the client's bytes can go unchanged.
 
     Changes: the served model (downgrades); the output cap `(field, tokens)` a budgeted request
     without a limit gets, so the provider enforces the reservation's bound; and, for OpenAI
     chat/completions streams, `stream_options.include_usage` so the provider reports usage at
-    the end of the stream.
+    the end of the stream; and the guardrails' `redacted` copy of the body, when they redacted.
     """
-    body = request.body
-    changed = False
+    body = request.body if redacted is None else redacted
+    changed = redacted is not None
     if served_model != request.model:
         body = {**body, "model": served_model}
         changed = True

@@ -250,6 +250,7 @@ class ResponseObserver:
             unverified_metadata=state.metadata,
             budget=budget,
             output_cap_injected=state.cap_injected,
+            **state.audit_extra,
         )
         try:
             self.ctx.audit.write(record)

@@ -16,13 +16,14 @@ import dataclasses
 import datetime
 import logging
 import secrets
+from typing import Any
 
 from google.protobuf import struct_pb2
 
 from gateway_extproc import extproc_msgs as msgs
 from gateway_extproc.apis import API_PREFIX, MODELS_PATH, Schema, api_for_path
 from gateway_extproc.audit import AuditRecord
-from gateway_extproc.bodyparse import parse_off_loop
+from gateway_extproc.bodyparse import off_loop_if_large, parse_off_loop
 from gateway_extproc.bounds import Bound, Unbounded, Unpriced, bound, request_price
 from gateway_extproc.budgets import report as budget_report
 from gateway_extproc.budgets.gate import Admission
@@ -33,6 +34,7 @@ from gateway_extproc.errors import (
     ClientError,
     CostUnbounded,
     Forbidden,
+    GuardrailBlocked,
     InternalError,
     NotFound,
     UnknownModel,
@@ -40,9 +42,10 @@ from gateway_extproc.errors import (
     error_body,
 )
 from gateway_extproc.handoff import NAMESPACE, STATE_KEY, RequestState
+from gateway_extproc.guardrails import GuardResult
 from gateway_extproc.identity.metadata import parse_metadata
 from gateway_extproc.identity.model import Identity
-from gateway_extproc.inbound import ParsedRequest, upstream_body
+from gateway_extproc.inbound import ParsedRequest, upstream_body, with_body
 from gateway_extproc.models_api import models_response
 from gateway_extproc.observability.attributes import RequestFacts
 from gateway_extproc.observer import ResponseObserver
@@ -82,6 +85,7 @@ class StreamProcessor:
         # Observe mode: None; the state went to the observer stream in dynamic metadata.
         self.observer: ResponseObserver | None = None
         self.handed_off = False
+        self.guard: GuardResult | None = None  # what the guardrails found and did
         # W3C trace context the span continues: Envoy's (ext_proc gRPC metadata, when Envoy
         # traces; set by the server) or else the client's request headers.
         self.trace_context: tuple[str | None, str | None] = (None, None)
@@ -237,6 +241,17 @@ class StreamProcessor:
                 f"{self.identity.subject} may not use model {request.model!r}: "
                 f"{policies.explain(self.identity, entry.name, request.model)}"
             )
+        # Guardrails: PII and secrets in the prompt are blocked (400), redacted or monitored.
+        guardrails = self.ctx.config.guardrails
+        if guardrails.rules:  # a large prompt is scanned off the event loop, like its parse
+            self.guard = await off_loop_if_large(
+                len(message.body), guardrails.check, self.identity, entry, request
+            )
+        if self.guard is not None and self.guard.blocked:
+            raise GuardrailBlocked(self.guard.block_message())
+        redacted = self.guard.body if self.guard is not None else None
+        if redacted is not None:  # bounded and sent as the provider will see it
+            self.request = request = with_body(request, redacted)
         if entry.provider not in self.ctx.upstreams:
             raise UnknownModel(f"model {request.model!r} has no configured provider")
         upstream = self.ctx.upstreams[entry.provider]  # a refused billing header: 400, unreserved
@@ -294,7 +309,9 @@ class StreamProcessor:
         set_headers = {CLUSTER_HEADER: upstream.cluster, ":path": upstream.upstream_path(self.path)}
         if upstream.auth_header and upstream.auth_value:
             set_headers[upstream.auth_header] = upstream.auth_value
-        new_body = upstream_body(request, served_model=served, output_cap=output_cap)
+        new_body = upstream_body(
+            request, served_model=served, output_cap=output_cap, redacted=redacted
+        )
         if new_body is not None:
             set_headers["content-length"] = str(len(new_body))
         remove = upstream.forward.removals(
@@ -342,7 +359,12 @@ class StreamProcessor:
             budget=admission.handoff(budget_report.audit_fields(admission)),
             traceparent=self.trace_context[0],
             tracestate=self.trace_context[1],
+            audit_extra=self._audit_extra(),
         )
+
+    def _audit_extra(self) -> dict[str, Any]:
+        """Audit fields the request phase decided beyond the budget's."""
+        return {"guardrails": self.guard.audit_fields() if self.guard is not None else None}
 
     def _dynamic_metadata(self, state: RequestState) -> struct_pb2.Struct:
         """Observe mode: the state for the observer stream, and the response headers Envoy adds
@@ -396,6 +418,7 @@ class StreamProcessor:
             unverified_metadata=self.metadata,
             budget=budget_report.audit_fields(self.admission),
             output_cap_injected=False,
+            **self._audit_extra(),
         )
         try:
             self.ctx.audit.write(record)

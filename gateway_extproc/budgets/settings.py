@@ -132,7 +132,7 @@ def _budget(doc: object, path: str, out: list[str]) -> BudgetConfig | None:
             f"{path}.name: must be 1-64 of a-z, 0-9, _ and -, starting alphanumeric (got {name!r})"
         )
     scope = _scope(doc.get("scope"), f"{path}.scope", out)
-    match = _match(doc.get("match"), f"{path}.match", out)
+    match = parse_match(doc.get("match"), f"{path}.match", out)
     limit = _limit(doc.get("limit_usd"), f"{path}.limit_usd", out)
     window = _window(doc.get("window"), f"{path}.window", out)
     action = _choice(doc.get("action"), f"{path}.action", Action, out)
@@ -190,7 +190,7 @@ def _scope(doc: object, path: str, out: list[str]) -> Scope | None:
     return Scope(kind=kind, attribute=attribute, value=value)
 
 
-def _match(doc: object, path: str, out: list[str]) -> Match:
+def parse_match(doc: object, path: str, out: list[str]) -> Match:
     if doc is None:
         return Match()
     if not isinstance(doc, Mapping):

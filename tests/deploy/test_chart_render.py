@@ -450,6 +450,10 @@ BAD = [
     ({"otel": {"headersSecret": {"name": "otel-headers"}}}, "otel.headersSecret.name: set otel"),
     ({"otel": {"headers": "authorization=hunter2"}}, "additional properties 'headers'"),
     ({"dashboard": {"labels": {"grafana_dashboard": 1}}}, "/dashboard/labels"),
+    (
+        {"config": {"guardrails": [{"name": "g", "categories": {"email": "drop"}}]}},
+        "/config/guardrails/0/categories/email",
+    ),
 ]
 
 

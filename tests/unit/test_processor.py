@@ -756,6 +756,7 @@ def test_json_response_cost_header_and_audit(gw: Gateway) -> None:
             "bound": None,
         },
         "output_cap_injected": False,
+        "guardrails": None,
     }
 
 

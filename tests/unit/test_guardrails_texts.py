@@ -1,0 +1,261 @@
+"""Where each API keeps the text the model reads: every such string is scanned and redacted in
+the body sent upstream, and nothing else is touched (images, files, audio, ids, parameters)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import orjson
+import pytest
+
+from gateway_extproc.apis import Api
+from gateway_extproc.budgets.model import Match
+from gateway_extproc.catalog import Catalog
+from gateway_extproc.guardrails import Category, GuardAction, GuardrailConfig, Guardrails
+from gateway_extproc.guardrails.texts import text_slots
+from gateway_extproc.identity.model import ANONYMOUS
+from gateway_extproc.inbound import parse_request, upstream_body, with_body
+
+MAIL = "alice@corp.io"  # one e-mail address per text the model reads
+R = "[REDACTED:email]"
+# A data URL, an id and a file name that each carry an address: never scanned, never changed.
+IMAGE = "data:image/png;base64,YWxpY2VAY29ycC5pbw==" + MAIL
+REDACT_EMAIL = Guardrails((GuardrailConfig("pii", Match(), {Category.EMAIL: GuardAction.REDACT}),))
+
+SHAPES: dict[str, tuple[Api, str, dict[str, Any], int]] = {
+    "chat": (
+        Api.OPENAI_CHAT,
+        "gpt-4o-mini",
+        {
+            "messages": [
+                {"role": "system", "content": f"system {MAIL}"},
+                {
+                    "role": "user",
+                    "name": MAIL,
+                    "content": [
+                        {"type": "text", "text": f"part {MAIL}"},
+                        {"type": "image_url", "image_url": {"url": IMAGE}},
+                        {"type": "input_audio", "input_audio": {"data": IMAGE, "format": "wav"}},
+                        {"type": "file", "file": {"file_data": IMAGE, "filename": MAIL}},
+                    ],
+                },
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": MAIL,
+                            "type": "function",
+                            "function": {"name": "send", "arguments": f'{{"to": "{MAIL}"}}'},
+                        }
+                    ],
+                },
+                {"role": "tool", "tool_call_id": MAIL, "content": f"sent to {MAIL}"},
+            ],
+            "user": MAIL,
+            "metadata": {"owner": MAIL},
+        },
+        4,
+    ),
+    "responses": (
+        Api.OPENAI_RESPONSES,
+        "gpt-4o-mini",
+        {
+            "instructions": f"instructions {MAIL}",
+            "input": [
+                {"role": "user", "content": f"plain {MAIL}"},
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "input_text", "text": f"input_text {MAIL}"},
+                        {"type": "input_image", "image_url": IMAGE},
+                        {"type": "input_file", "file_data": IMAGE, "filename": MAIL},
+                    ],
+                },
+                {"role": "assistant", "content": [{"type": "output_text", "text": f"out {MAIL}"}]},
+                {"type": "function_call", "call_id": MAIL, "name": "f", "arguments": f'"{MAIL}"'},
+                {"type": "function_call_output", "call_id": MAIL, "output": f"result {MAIL}"},
+            ],
+        },
+        6,
+    ),
+    "responses string input": (
+        Api.OPENAI_RESPONSES,
+        "gpt-4o-mini",
+        {"input": f"hi {MAIL}"},
+        1,
+    ),
+    "completions": (
+        Api.OPENAI_COMPLETIONS,
+        "gpt-3.5-turbo-instruct",
+        {"prompt": [f"one {MAIL}", f"two {MAIL}"], "suffix": "x"},
+        2,
+    ),
+    "embeddings": (
+        Api.OPENAI_EMBEDDINGS,
+        "text-embedding-3-small",
+        {"input": f"embed {MAIL}"},
+        1,
+    ),
+    "anthropic": (
+        Api.ANTHROPIC_MESSAGES,
+        "claude-haiku-4-5",
+        {
+            "max_tokens": 100,
+            "system": [{"type": "text", "text": f"system {MAIL}"}],
+            "metadata": {"user_id": MAIL},
+            "messages": [
+                {"role": "user", "content": f"plain {MAIL}"},
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": f"block {MAIL}"},
+                        {
+                            "type": "image",
+                            "source": {"type": "base64", "media_type": "image/png", "data": IMAGE},
+                        },
+                        {
+                            "type": "document",
+                            "source": {
+                                "type": "base64",
+                                "media_type": "application/pdf",
+                                "data": IMAGE,
+                            },
+                        },
+                    ],
+                },
+                {
+                    "role": "assistant",
+                    "content": [
+                        {
+                            "type": "tool_use",
+                            "id": "toolu_1",
+                            "name": "send",
+                            "input": {"to": MAIL, "n": 1},
+                        }
+                    ],
+                },
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "tool_result",
+                            "tool_use_id": "toolu_1",
+                            "content": [
+                                {"type": "text", "text": f"result {MAIL}"},
+                                {"type": "image", "source": {"type": "url", "url": IMAGE}},
+                            ],
+                        },
+                        {"type": "tool_result", "tool_use_id": "toolu_2", "content": f"ok {MAIL}"},
+                    ],
+                },
+            ],
+        },
+        6,
+    ),
+    "anthropic string system": (
+        Api.ANTHROPIC_MESSAGES,
+        "claude-haiku-4-5",
+        {
+            "max_tokens": 10,
+            "system": f"sys {MAIL}",
+            "messages": [{"role": "user", "content": "hi"}],
+        },
+        1,
+    ),
+}
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_every_text_is_redacted_and_nothing_else_changes(shape: str) -> None:
+    api, model, fields, texts = SHAPES[shape]
+    body = {"model": model, **fields}
+    request = parse_request(api, orjson.dumps(body))
+    original = copy.deepcopy(request.body)
+    entry = Catalog.load([]).lookup(model)
+    assert entry is not None
+    result = REDACT_EMAIL.check(ANONYMOUS, entry, request)
+    assert result is not None and result.body is not None
+    assert result.counts == {Category.EMAIL: texts}
+    assert request.body == original  # the parsed client body is never modified
+
+    sent = upstream_body(request, served_model=model, redacted=result.body)
+    assert sent is not None
+    upstream = orjson.loads(sent)
+    # Each text the model reads now carries the marker instead of the address...
+    read = [c[k] for c, k in text_slots(api, upstream)]
+    assert sum(R in t for t in read) == texts
+    assert not any(MAIL in t for t in read)
+    # ...and everything else is byte for byte the client's (images, files, ids, metadata).
+    untouched = orjson.dumps(upstream).count(MAIL.encode())
+    assert untouched == orjson.dumps(body).count(MAIL.encode()) - texts
+    assert orjson.dumps(upstream).count(IMAGE.encode()) == orjson.dumps(body).count(IMAGE.encode())
+    for c, k in text_slots(api, upstream):
+        c[k] = c[k].replace(R, MAIL)
+    assert upstream == body
+
+
+def test_no_redaction_sends_the_clients_bytes() -> None:
+    request = parse_request(
+        Api.OPENAI_CHAT,
+        orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    entry = Catalog.load([]).lookup("gpt-4o-mini")
+    assert entry is not None
+    result = REDACT_EMAIL.check(ANONYMOUS, entry, request)
+    assert result is not None and result.body is None
+    assert upstream_body(request, served_model="gpt-4o-mini", redacted=None) is None
+
+
+def test_redaction_combines_with_the_other_upstream_rewrites() -> None:
+    request = parse_request(
+        Api.OPENAI_CHAT,
+        orjson.dumps(
+            {"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": MAIL}]}
+        ),
+    )
+    entry = Catalog.load([]).lookup("gpt-4o")
+    assert entry is not None
+    result = REDACT_EMAIL.check(ANONYMOUS, entry, request)
+    assert result is not None
+    sent = upstream_body(
+        request,
+        served_model="gpt-4o-mini",
+        output_cap=("max_completion_tokens", 99),
+        redacted=result.body,
+    )
+    assert sent is not None
+    assert orjson.loads(sent) == {
+        "model": "gpt-4o-mini",
+        "stream": True,
+        "messages": [{"role": "user", "content": R}],
+        "max_completion_tokens": 99,
+        "stream_options": {"include_usage": True},
+    }
+
+
+def test_token_id_prompts_and_unknown_part_types_are_not_text() -> None:
+    body = {
+        "model": "m",
+        "prompt": [[1, 2, 3]],
+        "messages": [{"content": [{"type": "refusal", "refusal": MAIL}]}],
+    }
+    assert list(text_slots(Api.OPENAI_COMPLETIONS, body)) == []
+    assert list(text_slots(Api.OPENAI_CHAT, body)) == []
+
+
+def test_the_worst_case_is_computed_on_the_redacted_body() -> None:
+    """`[REDACTED:email]` (16 bytes) is longer than `a@b.io` (6): the bound must grow with it."""
+    request = parse_request(
+        Api.OPENAI_CHAT,
+        orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "a@b.io"}]}),
+    )
+    entry = Catalog.load([]).lookup("gpt-4o-mini")
+    assert entry is not None
+    result = REDACT_EMAIL.check(ANONYMOUS, entry, request)
+    assert result is not None and result.body is not None
+    redacted = with_body(request, result.body)
+    assert redacted.shape.text_tokens == request.shape.text_tokens + len(R) - len("a@b.io")
+    assert redacted.input_tokens_estimate >= request.input_tokens_estimate
+    assert request.body["messages"][0]["content"] == "a@b.io"
