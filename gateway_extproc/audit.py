@@ -15,7 +15,7 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import IO, Any, Protocol
 
 import orjson
@@ -52,6 +52,8 @@ class AuditRecord:
     unverified_metadata: Mapping[str, str] = dataclasses.field(default_factory=dict)
     budget: Mapping[str, Any] | None = None  # budgets.report.audit_fields; None: none checked
     output_cap_injected: bool = False  # the gateway wrote its output cap into the request
+    # budgets.report.rate_limit_fields: the rate limits checked; None: none applied
+    rate_limits: Sequence[Mapping[str, Any]] | None = None
 
     def to_json(self) -> bytes:
         doc: dict[str, Any] = {
@@ -83,6 +85,7 @@ class AuditRecord:
             "unverified_metadata": dict(self.unverified_metadata),
             "budget": self.budget,
             "output_cap_injected": self.output_cap_injected,
+            "rate_limits": None if self.rate_limits is None else list(self.rate_limits),
         }
         return orjson.dumps(doc)
 

@@ -43,6 +43,7 @@ from gateway_extproc.model_mismatch import price_reported
 from gateway_extproc.models_api import models_response
 from gateway_extproc.observability.attributes import RequestFacts
 from gateway_extproc.pricing import cost_micros, format_usd
+from gateway_extproc.ratelimits.report import RateLimited
 from gateway_extproc.spend.rollup import Dimensions, UsageRecord
 from gateway_extproc.tokens import Usage, UsageSource
 from gateway_extproc.upstreams import Upstream
@@ -84,6 +85,7 @@ class StreamProcessor:
         self.identity: Identity | None = None
         self.metadata: dict[str, str] = {}
         self.admission: Admission | None = None
+        self.rate_limited: RateLimited | None = None  # the 429 of a rate limit, for the audit
         self.lease_keeper: asyncio.Future[None] | None = None
         # W3C trace context the span continues: Envoy's (ext_proc gRPC metadata, when Envoy
         # traces; set by the server) or else the client's request headers.
@@ -260,14 +262,18 @@ class StreamProcessor:
             except Unpriced as exc:
                 raise UnsupportedOption(str(exc)) from None
 
-        self.admission = admission = await gate.admit(
-            reservation_id=self.reservation_id,
-            identity=identity,
-            entry=entry,
-            requested=request.model,
-            bound_for=bound_for,
-            allowed=lambda model: policies.allows(identity, model.name),
-        )
+        try:
+            self.admission = admission = await gate.admit(
+                reservation_id=self.reservation_id,
+                identity=identity,
+                entry=entry,
+                requested=request.model,
+                bound_for=bound_for,
+                allowed=lambda model: policies.allows(identity, model.name),
+            )
+        except RateLimited as refused:
+            self.rate_limited = refused
+            raise
         if admission.reserved:
             self.lease_keeper = asyncio.ensure_future(
                 gate.keep_lease(self.reservation_id, self._cost_so_far)
@@ -489,6 +495,7 @@ class StreamProcessor:
             unverified_metadata=self.metadata,
             budget=budget_report.audit_fields(self.admission),
             output_cap_injected=self._cap_injected(),
+            rate_limits=budget_report.rate_limit_fields(self.admission, self.rate_limited),
         )
         try:
             self.ctx.audit.write(record)
