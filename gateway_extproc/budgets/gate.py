@@ -15,19 +15,17 @@ import enum
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Sequence
 
 from gateway_extproc.bounds import Bound
 from gateway_extproc.budgets.alerts import AlertSender
 from gateway_extproc.budgets.breaker import CircuitBreaker
-from gateway_extproc.budgets.matching import Scoped, applicable
+from gateway_extproc.budgets.matching import for_entry
 from gateway_extproc.budgets.model import (
     Action,
     BudgetConfig,
     CalendarWindow,
     OnRedisError,
-    ScopeKind,
 )
 from gateway_extproc.budgets.refusals import BudgetExceeded, BudgetUnavailable, describe
 from gateway_extproc.budgets.results import (
@@ -51,7 +49,6 @@ log = logging.getLogger("gateway.budgets")
 # The worst case of a request on a model (bounds.bound with the request's shape); may raise
 # bounds.Unbounded, which the processor answers with a 400.
 BoundFor = Callable[[ModelEntry], Bound]
-S = TypeVar("S", bound=Scoped)
 
 
 class Decision(enum.StrEnum):
@@ -156,31 +153,26 @@ class BudgetGate:
     def applicable(
         self, identity: Identity, entry: ModelEntry, requested: str
     ) -> list[tuple[BudgetConfig, str]]:
-        """Every (budget, scope value) a request for `entry` charges. Filters see both the name
-        the client sent and the catalog name; a model-scoped counter is always keyed by the
-        catalog name, so an alias and its model share one counter."""
-        return self._applicable(self.budgets, identity, entry, requested)
+        """Every (budget, scope value) a request for `entry` charges (see `for_entry`)."""
+        return for_entry(
+            self.budgets,
+            identity=identity,
+            served=entry.name,
+            requested=requested,
+            provider=self.provider_of(entry),
+        )
 
     def applicable_rate_limits(
         self, identity: Identity, entry: ModelEntry, requested: str
     ) -> list[tuple[RateLimitConfig, str]]:
-        """Every (rate limit, scope value) a request for `entry` counts in (as `applicable`)."""
-        return self._applicable(self.rate_limits, identity, entry, requested)
-
-    def _applicable(
-        self, items: Iterable[S], identity: Identity, entry: ModelEntry, requested: str
-    ) -> list[tuple[S, str]]:
-        provider = self.provider_of(entry)
-        names = [requested] if requested == entry.name else [requested, entry.name]
-        seen: set[tuple[str, str]] = set()
-        out: list[tuple[S, str]] = []
-        for name in names:
-            for item, value in applicable(items, identity=identity, model=name, provider=provider):
-                value = entry.name if item.scope.kind is ScopeKind.MODEL else value
-                if (item.name, value) not in seen:
-                    seen.add((item.name, value))
-                    out.append((item, value))
-        return out
+        """Every (rate limit, scope value) a request for `entry` counts in."""
+        return for_entry(
+            self.rate_limits,
+            identity=identity,
+            served=entry.name,
+            requested=requested,
+            provider=self.provider_of(entry),
+        )
 
     def rate_charges(
         self, identity: Identity, entry: ModelEntry, requested: str, bound: Bound | None

@@ -60,6 +60,25 @@ def applicable(
     return out
 
 
+def for_entry(
+    items: Iterable[S], *, identity: Identity, served: str, requested: str, provider: str
+) -> list[tuple[S, str]]:
+    """Every (budget or rate limit, scope value) a request for catalog model `served`, asked
+    for as `requested` (an alias, or the same name), charges. Filters see both names; a
+    model-scoped counter is always keyed by the catalog name, so an alias and its model share
+    one counter."""
+    names = [requested] if requested == served else [requested, served]
+    seen: set[tuple[str, str]] = set()
+    out: list[tuple[S, str]] = []
+    for name in names:
+        for item, value in applicable(items, identity=identity, model=name, provider=provider):
+            value = served if item.scope.kind is ScopeKind.MODEL else value
+            if (item.name, value) not in seen:
+                seen.add((item.name, value))
+                out.append((item, value))
+    return out
+
+
 def matches(match: Match, *, identity: Identity, model: str, provider: str) -> bool:
     """Whether every filter that is set holds for this request."""
     if match.groups is not None and not match.groups & identity.groups:

@@ -70,7 +70,8 @@ from gateway_extproc.budgets.scripts import (
     script_source,
     text,
 )
-from gateway_extproc.ratelimits.model import BUCKETS, RateLimitCharge, RateLimitState
+from gateway_extproc.ratelimits import wire
+from gateway_extproc.ratelimits.model import RateLimitCharge
 from gateway_extproc.spend.rollup import RollupSettings, UsageRecord, day_key, day_of, script_args
 
 ROLLING_WINDOW_ID = "rolling"
@@ -220,7 +221,7 @@ class BudgetStore:
         keys += rate_keys
         args.append(len(limits))
         for limit in limits:
-            args.extend(_rate_limit_args(limit))
+            args.extend(wire.script_args(limit))
         with redis_errors("reserve"):
             reply = await self._reserve(keys=keys, args=args)
         status, state = text(reply[0]), text(reply[1])
@@ -239,7 +240,7 @@ class BudgetStore:
         )
         first = 2 + 5 * len(charges)
         rates = tuple(
-            _rate_limit_state(limit, reply[first + 7 * j : first + 7 * (j + 1)])
+            wire.state(limit, reply[first + wire.REPLY * j : first + wire.REPLY * (j + 1)])
             for j, limit in enumerate(limits)
         )
         reservation = ReservationState(state) if state else ReservationState.UNKNOWN
@@ -441,34 +442,3 @@ class BudgetStore:
             return int(fields.get("spent", 0)), held, {}
         buckets = {int(k[2:]): int(v) for k, v in fields.items() if k.startswith("b:")}
         return windows.rolling_spend(buckets, budget.window, now), held, buckets
-
-
-def _rate_limit_args(charge: RateLimitCharge) -> list[str | int]:
-    limit = charge.limit
-    if charge.tokens_estimate < 0:
-        raise ValueError(f"negative token estimate in {charge!r}")
-    return [
-        limit.bucket_ms,
-        BUCKETS,
-        -1 if limit.requests is None else limit.requests,
-        -1 if limit.tokens is None else limit.tokens,
-        charge.tokens_estimate if limit.tokens is not None else 0,
-        1 if limit.enforced else 0,
-        limit.name,
-        charge.scope_value,
-    ]
-
-
-def _rate_limit_state(charge: RateLimitCharge, values: Sequence[object]) -> RateLimitState:
-    n = [int(text(v)) for v in values]
-    return RateLimitState(
-        limit=charge.limit,
-        scope_value=charge.scope_value,
-        requests_used=n[0],
-        tokens_used=n[1],
-        would_block=n[2] == 1,
-        requests_retry_ms=n[3],
-        tokens_retry_ms=n[4],
-        requests_reset_ms=n[5],
-        tokens_reset_ms=n[6],
-    )
