@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import anthropic
 import openai
 import pytest
 import redis
@@ -74,6 +75,12 @@ rate_limits:
   - name: combo-rpm
     scope: {{kind: user}}
     match: {{groups: [combo]}}
+    requests: 1
+    window: 1h
+    action: block
+  - name: claude-rpm
+    scope: {{kind: user}}
+    match: {{groups: [claude]}}
     requests: 1
     window: 1h
     action: block
@@ -350,3 +357,22 @@ def test_a_request_refused_by_a_budget_counts_nothing_in_rate_limits(gw: Limited
     assert gw.budget("broke", "bo@example.com") == (0, 0)
     rid = refused.value.response.headers["x-gateway-request-id"]
     assert gw.audit.wait_for(rid)["error_code"] == "budget_exceeded"
+
+
+def test_an_anthropic_client_gets_its_own_error_format(gw: Limited) -> None:
+    token = gw.token("ann@example.com", "claude")
+    claude = anthropic.Anthropic(base_url=gw.stack.gateway_url, api_key=token, max_retries=0)
+    messages: list[anthropic.types.MessageParam] = [{"role": "user", "content": "Hi."}]
+    with claude:
+        first = claude.messages.with_raw_response.create(
+            model="claude-haiku-4-5", max_tokens=5, messages=messages
+        )
+        assert first.headers["x-ratelimit-remaining-requests"] == "0"
+        with pytest.raises(anthropic.RateLimitError) as refused:
+            claude.messages.create(model="claude-haiku-4-5", max_tokens=5, messages=messages)
+    body = refused.value.body
+    assert isinstance(body, dict) and body["type"] == "error"
+    assert body["error"]["type"] == "rate_limit_error"
+    assert "rate limit 'claude-rpm'" in body["error"]["message"]
+    headers = refused.value.response.headers
+    assert int(headers["retry-after"]) > 0 and headers["x-ratelimit-limit-requests"] == "1"
