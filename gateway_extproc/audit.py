@@ -15,7 +15,7 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import IO, Any, Protocol
 
 import orjson
@@ -54,6 +54,8 @@ class AuditRecord:
     output_cap_injected: bool = False  # the gateway wrote its output cap into the request
     # GuardResult.audit_fields: rules, action, categories -> {count, action}; None: none applied
     guardrails: Mapping[str, Any] | None = None
+    # budgets.report.rate_limit_fields: the rate limits checked; None: none applied
+    rate_limits: Sequence[Mapping[str, Any]] | None = None
 
     def to_json(self) -> bytes:
         doc: dict[str, Any] = {
@@ -86,6 +88,7 @@ class AuditRecord:
             "budget": self.budget,
             "output_cap_injected": self.output_cap_injected,
             "guardrails": self.guardrails,
+            "rate_limits": None if self.rate_limits is None else list(self.rate_limits),
         }
         return orjson.dumps(doc)
 

@@ -136,7 +136,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     if not args.redis:
         return 0
     store = config.budget_store
-    uses_redis = bool(config.budgets) or config.admin_api.enabled
+    uses_redis = config.uses_store
     return _check_redis(store.redis_url, store.cluster, uses_redis, store.redis_password)
 
 

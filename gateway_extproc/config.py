@@ -34,6 +34,8 @@ from gateway_extproc.identity.policy import PolicySet, parse_policies
 from gateway_extproc.identity.settings import parse_identity
 from gateway_extproc.namespaces import namespace_problems
 from gateway_extproc.observability.settings import ObservabilityConfig, parse_observability
+from gateway_extproc.ratelimits.model import RateLimitConfig
+from gateway_extproc.ratelimits.settings import parse_rate_limits
 from gateway_extproc.spend.rollup import RollupSettings
 
 
@@ -116,11 +118,17 @@ class GatewayConfig:
     identity_files: tuple[str, ...] = ()  # static_tokens_file, hs_secret files
     budgets: tuple[BudgetConfig, ...] = ()
     budget_store: BudgetStoreConfig = dataclasses.field(default_factory=BudgetStoreConfig)
+    rate_limits: tuple[RateLimitConfig, ...] = ()
     admin_api: AdminApiConfig = dataclasses.field(default_factory=AdminApiConfig)
     spend: RollupSettings = dataclasses.field(default_factory=RollupSettings)
     observability: ObservabilityConfig = dataclasses.field(default_factory=ObservabilityConfig)
     metering: MeteringConfig = dataclasses.field(default_factory=MeteringConfig)
     guardrails: Guardrails = dataclasses.field(default_factory=Guardrails)
+
+    @property
+    def uses_store(self) -> bool:
+        """Whether the sidecar needs Redis: budgets, rate limits or the admin API."""
+        return bool(self.budgets or self.rate_limits) or self.admin_api.enabled
 
     @property
     def unhealthy_after_s(self) -> float:
@@ -299,7 +307,7 @@ def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayC
     r = _Reader()
     known = {"listener", "limits", "sidecar", "providers", "mock_unconfigured_providers"}
     known |= {"catalog", "audit", "identity", "policies", "budgets", "budget_store"}
-    known |= {"admin_api", "spend"}
+    known |= {"admin_api", "spend", "rate_limits"}
     known |= {"observability", "metering", "guardrails"}
     for extra in sorted(set(doc) - known):
         r.problems.append(f"{extra}: unknown key")
@@ -394,8 +402,10 @@ def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayC
     policies = parse_policies(doc.get("policies"), r.problems)
 
     budgets = parse_budgets(doc.get("budgets"), r.problems)
+    rate_limits = parse_rate_limits(doc.get("rate_limits"), r.problems)
     r.problems.extend(namespace_problems(identity, doc.get("policies"), budgets))
     guardrails = Guardrails(parse_guardrails(doc.get("guardrails"), r.problems))
+    r.problems.extend(namespace_problems(identity, None, rate_limits, "rate_limits"))
     if catalog is not None:
         r.problems.extend(downgrade_problems(budgets, catalog))
     store_doc = r.section(
@@ -436,6 +446,7 @@ def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayC
         identity_files=identity_files,
         budgets=budgets,
         budget_store=budget_store,
+        rate_limits=rate_limits,
         admin_api=parse_admin_api(doc.get("admin_api"), r.problems),
         spend=parse_spend(doc.get("spend"), r.problems),
         observability=parse_observability(doc.get("observability"), r.problems),

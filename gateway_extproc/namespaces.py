@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from gateway_extproc.budgets.model import BudgetConfig, ScopeKind
+from gateway_extproc.budgets.matching import Scoped
+from gateway_extproc.budgets.model import ScopeKind
 from gateway_extproc.identity.model import IdentityConfig
 
 __all__ = ["namespace_problems"]
@@ -27,7 +28,10 @@ def _message(path: str, name: str) -> str:
 
 
 def namespace_problems(
-    identity: IdentityConfig, policies_doc: object, budgets: Sequence[BudgetConfig]
+    identity: IdentityConfig,
+    policies_doc: object,
+    budgets: Sequence[Scoped],
+    section: str = "budgets",
 ) -> list[str]:
     """Every place that names a static token as a service, with its path."""
     if identity.static_tokens_share_service_namespace:
@@ -44,7 +48,7 @@ def namespace_problems(
                 out.append(_message(f"policies.rules[{i}].services[{j}]", name))
     for i, budget in enumerate(budgets):
         for name in sorted((budget.match.services or frozenset()) & static):
-            out.append(_message(f"budgets[{i}].match.services", name))
+            out.append(_message(f"{section}[{i}].match.services", name))
         if budget.scope.kind is ScopeKind.SERVICE and budget.scope.value in static:
-            out.append(_message(f"budgets[{i}].scope.value", budget.scope.value))
+            out.append(_message(f"{section}[{i}].scope.value", budget.scope.value))
     return out

@@ -41,8 +41,8 @@ from gateway_extproc.errors import (
     UnsupportedOption,
     error_body,
 )
-from gateway_extproc.handoff import NAMESPACE, STATE_KEY, RequestState
 from gateway_extproc.guardrails import GuardResult
+from gateway_extproc.handoff import NAMESPACE, STATE_KEY, RequestState
 from gateway_extproc.identity.metadata import parse_metadata
 from gateway_extproc.identity.model import Identity
 from gateway_extproc.inbound import ParsedRequest, upstream_body, with_body
@@ -50,6 +50,7 @@ from gateway_extproc.models_api import models_response
 from gateway_extproc.observability.attributes import RequestFacts
 from gateway_extproc.observer import ResponseObserver
 from gateway_extproc.pricing import format_usd
+from gateway_extproc.ratelimits.report import RateLimited
 from gateway_extproc.tokens import Usage, UsageSource
 
 log = logging.getLogger("gateway.processor")
@@ -86,6 +87,7 @@ class StreamProcessor:
         self.observer: ResponseObserver | None = None
         self.handed_off = False
         self.guard: GuardResult | None = None  # what the guardrails found and did
+        self.rate_limited: RateLimited | None = None  # the 429 of a rate limit, for the audit
         # W3C trace context the span continues: Envoy's (ext_proc gRPC metadata, when Envoy
         # traces; set by the server) or else the client's request headers.
         self.trace_context: tuple[str | None, str | None] = (None, None)
@@ -287,14 +289,18 @@ class StreamProcessor:
             except Unpriced as exc:
                 raise UnsupportedOption(str(exc)) from None
 
-        self.admission = admission = await gate.admit(
-            reservation_id=self.reservation_id,
-            identity=identity,
-            entry=entry,
-            requested=request.model,
-            bound_for=bound_for,
-            allowed=lambda model: policies.allows(identity, model.name),
-        )
+        try:
+            self.admission = admission = await gate.admit(
+                reservation_id=self.reservation_id,
+                identity=identity,
+                entry=entry,
+                requested=request.model,
+                bound_for=bound_for,
+                allowed=lambda model: policies.allows(identity, model.name),
+            )
+        except RateLimited as refused:
+            self.rate_limited = refused
+            raise
         served = request.model
         if admission.downgraded_from is not None:
             self.entry = entry = admission.entry
@@ -364,7 +370,10 @@ class StreamProcessor:
 
     def _audit_extra(self) -> dict[str, Any]:
         """Audit fields the request phase decided beyond the budget's."""
-        return {"guardrails": self.guard.audit_fields() if self.guard is not None else None}
+        return {
+            "guardrails": self.guard.audit_fields() if self.guard is not None else None,
+            "rate_limits": budget_report.rate_limit_fields(self.admission, self.rate_limited),
+        }
 
     def _dynamic_metadata(self, state: RequestState) -> struct_pb2.Struct:
         """Observe mode: the state for the observer stream, and the response headers Envoy adds

@@ -128,7 +128,7 @@ def build_services(config: GatewayConfig, journal: Journal | None = None) -> Bud
     settings = gate_settings(config)
     store: BudgetStore | None = None
     close_client = None
-    if config.budgets or config.admin_api.enabled:
+    if config.uses_store:
         store, client = connect_store(config.budget_store, settings.max_inflight, config.spend)
         close_client = client.aclose
     alerts = AlertSender(webhooks=webhooks_of(config.budgets))
@@ -141,10 +141,11 @@ def build_gate(config: GatewayConfig, services: BudgetServices | None = None) ->
     """The budget gate of one configuration, over the running services (or new ones)."""
     if services is None:
         services = build_services(config)
-    elif config.budgets and services.store is None:
+    elif (config.budgets or config.rate_limits) and services.store is None:
         log.warning(
-            "budgets were added by a reload but the sidecar started without a budget store: "
-            "restart it to connect to Redis (until then the budgets' on_redis_error applies)"
+            "budgets or rate limits were added by a reload but the sidecar started without a "
+            "budget store: restart it to connect to Redis (until then the budgets' "
+            "on_redis_error applies; rate limits admit)"
         )
     return BudgetGate(
         services.store,
@@ -153,6 +154,7 @@ def build_gate(config: GatewayConfig, services: BudgetServices | None = None) ->
         lambda entry: entry.provider,
         gate_settings(config),
         services=services,
+        rate_limits=config.rate_limits,
     )
 
 

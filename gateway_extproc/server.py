@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     runtime = Runtime(ctx, args.config, os.environ, args.mock_url)
     if args.journal is not None:
         runtime.services.use_journal(Journal(args.journal))
-    elif ctx.config.budgets:
+    elif ctx.config.budgets or ctx.config.rate_limits:
         log.warning("no --journal: fail-open spend is kept in memory only")
     config = ctx.config
     obs = config.observability

@@ -1,5 +1,6 @@
 """The budget gate on the request path: admit (reserve the worst case in every budget that
-applies), downgrade or block; at the end hand the real cost to settlement.
+applies and count the request in every rate limit that applies, in one script), downgrade or
+block; at the end hand the real cost to settlement.
 
 One gate per configuration (budgets, catalog, estimate settings); everything that must outlive a
 reload - the store and its breaker, settles being retried, fail-open spend - lives in the
@@ -20,13 +21,12 @@ from typing import Any
 from gateway_extproc.bounds import Bound
 from gateway_extproc.budgets.alerts import AlertSender
 from gateway_extproc.budgets.breaker import CircuitBreaker
-from gateway_extproc.budgets.matching import applicable
+from gateway_extproc.budgets.matching import for_entry
 from gateway_extproc.budgets.model import (
     Action,
     BudgetConfig,
     CalendarWindow,
     OnRedisError,
-    ScopeKind,
 )
 from gateway_extproc.budgets.refusals import BudgetExceeded, BudgetUnavailable, describe
 from gateway_extproc.budgets.results import (
@@ -41,6 +41,8 @@ from gateway_extproc.catalog import Catalog, ModelEntry
 from gateway_extproc.handoff import BudgetHandoff
 from gateway_extproc.identity.model import Identity
 from gateway_extproc.pricing import format_usd, worst_case_micros
+from gateway_extproc.ratelimits import report as rate_report
+from gateway_extproc.ratelimits.model import RateLimitCharge, RateLimitConfig, RateLimitState
 from gateway_extproc.spend.rollup import UsageRecord
 
 __all__ = ["Admission", "BudgetGate", "Decision", "GateSettings", "Overloaded"]
@@ -65,16 +67,30 @@ class Admission:
     reservation_id: str = ""
     charges: tuple[Charge, ...] = ()
     result: ReserveResult | None = None
-    bound: Bound | None = None  # the worst case on `entry`, when a budget applies
+    bound: Bound | None = None  # the worst case on `entry`, when a budget or token limit applies
     downgraded_from: str | None = None
     downgrade_budget: str | None = None
     arrived: float = 0.0
     settled: bool = False
     overrun_micros: int = 0  # real cost above the estimate (0: the bound held)
+    rate_charges: tuple[RateLimitCharge, ...] = ()
 
     @property
     def reserved(self) -> bool:
-        return self.result is not None and self.result.admitted and bool(self.charges)
+        return (
+            self.result is not None
+            and self.result.admitted
+            and bool(self.charges or self.rate_charges)
+        )
+
+    @property
+    def rate_limits(self) -> tuple[RateLimitState, ...]:
+        return self.result.rate_limits if self.result else ()
+
+    @property
+    def rate_limit_would_block(self) -> tuple[RateLimitState, ...]:
+        """The monitor rate limits this admitted request went over."""
+        return tuple(r for r in self.rate_limits if r.would_block and not r.limit.enforced)
 
     @property
     def estimate_micros(self) -> int:
@@ -119,8 +135,10 @@ class BudgetGate:
         clock: Callable[[], float] = time.time,
         close_client: Callable[[], Awaitable[None]] | None = None,
         services: BudgetServices | None = None,
+        rate_limits: Sequence[RateLimitConfig] = (),
     ) -> None:
         self.budgets = tuple(budgets)
+        self.rate_limits = tuple(rate_limits)
         self.catalog = catalog
         self.provider_of = provider_of
         self.settings = settings
@@ -155,20 +173,36 @@ class BudgetGate:
     def applicable(
         self, identity: Identity, entry: ModelEntry, requested: str
     ) -> list[tuple[BudgetConfig, str]]:
-        """Every (budget, scope value) a request for `entry` charges. Filters see both the name
-        the client sent and the catalog name; a model-scoped counter is always keyed by the
-        catalog name, so an alias and its model share one counter."""
-        provider = self.provider_of(entry)
-        names = [requested] if requested == entry.name else [requested, entry.name]
-        seen: set[tuple[str, str]] = set()
-        out: list[tuple[BudgetConfig, str]] = []
-        for name in names:
-            for a in applicable(self.budgets, identity=identity, model=name, provider=provider):
-                value = entry.name if a.budget.scope.kind is ScopeKind.MODEL else a.scope_value
-                if (a.budget.name, value) not in seen:
-                    seen.add((a.budget.name, value))
-                    out.append((a.budget, value))
-        return out
+        """Every (budget, scope value) a request for `entry` charges (see `for_entry`)."""
+        return for_entry(
+            self.budgets,
+            identity=identity,
+            served=entry.name,
+            requested=requested,
+            provider=self.provider_of(entry),
+        )
+
+    def applicable_rate_limits(
+        self, identity: Identity, entry: ModelEntry, requested: str
+    ) -> list[tuple[RateLimitConfig, str]]:
+        """Every (rate limit, scope value) a request for `entry` counts in."""
+        return for_entry(
+            self.rate_limits,
+            identity=identity,
+            served=entry.name,
+            requested=requested,
+            provider=self.provider_of(entry),
+        )
+
+    def rate_charges(
+        self, identity: Identity, entry: ModelEntry, requested: str, bound: Bound | None
+    ) -> tuple[RateLimitCharge, ...]:
+        """The rate-limit counters a request counts in; token limits hold the bound's tokens."""
+        tokens = 0 if bound is None else bound.input_tokens + bound.output_tokens
+        return tuple(
+            RateLimitCharge(limit, value, tokens if limit.tokens is not None else 0)
+            for limit, value in self.applicable_rate_limits(identity, entry, requested)
+        )
 
     def charges(
         self, identity: Identity, entry: ModelEntry, requested: str, estimate: int
@@ -195,26 +229,42 @@ class BudgetGate:
         bound_for: BoundFor,
         allowed: Callable[[ModelEntry], bool] = lambda entry: True,
     ) -> Admission:
-        """Reserve the worst case in every applicable budget, or raise BudgetExceeded (429) /
+        """Reserve the worst case in every applicable budget and count the request in every
+        applicable rate limit (one script), or raise RateLimited / BudgetExceeded (429),
         BudgetUnavailable / Overloaded (503). May return a downgraded admission serving another
-        model (one `allowed` for the caller). `bound_for` is only called when a budget applies."""
+        model (one `allowed` for the caller). `bound_for` is only called when a budget or a
+        token rate limit applies."""
         now = self.clock()
         budgets = self.applicable(identity, entry, requested)
-        if not budgets:
+        limits = self.applicable_rate_limits(identity, entry, requested)
+        if not budgets and not limits:
             return Admission(Decision.NONE, entry, reservation_id, arrived=now)
-        bound = bound_for(entry)
-        estimate = self.estimate(bound, entry)
+        needs_bound = bool(budgets) or any(limit.tokens is not None for limit, _ in limits)
+        bound = bound_for(entry) if needs_bound else None
+        estimate = self.estimate(bound, entry) if bound is not None and budgets else 0
         charges = tuple(Charge.of(b, value, estimate) for b, value in budgets)
-        result = await self._reserve(reservation_id, charges, now)
+        rates = self.rate_charges(identity, entry, requested, bound)
+        result = await self._reserve(reservation_id, charges, now, rates)
+        decision = Decision.ADMITTED if budgets else Decision.NONE
         if result is None:
             self.services.stats.fail_open_admitted += 1
             return Admission(
                 Decision.FAIL_OPEN, entry, reservation_id, charges, None, bound, arrived=now
             )
         if result.admitted:
+            self._report_would_block(result, reservation_id)
             return Admission(
-                Decision.ADMITTED, entry, reservation_id, charges, result, bound, arrived=now
+                decision,
+                entry,
+                reservation_id,
+                charges,
+                result,
+                bound,
+                arrived=now,
+                rate_charges=rates,
             )
+        if result.rate_limited:
+            raise rate_report.refusal(result.rate_limited, result.rate_limits, _tokens(rates))
         blockers = result.blocking
         if not blockers:  # a replayed reservation id whose reservation already ended
             raise BudgetUnavailable(f"reservation {reservation_id} was already used")
@@ -232,6 +282,7 @@ class BudgetGate:
         target_bound = bound_for(served)
         target_estimate = self.estimate(target_bound, target)
         fallback = self.charges(identity, target, target.name, target_estimate)
+        fallback_rates = self.rate_charges(identity, target, target.name, target_bound)
 
         def downgraded(
             decision: Decision,
@@ -248,27 +299,50 @@ class BudgetGate:
                 downgraded_from=entry.name,
                 downgrade_budget=decider.budget.name,
                 arrived=now,
+                rate_charges=fallback_rates if result is not None else (),
             )
 
-        if not fallback:  # no budget applies to the fallback at all
+        if not fallback and not fallback_rates:  # nothing applies to the fallback at all
             return downgraded(Decision.DOWNGRADED)
-        retry = await self._reserve(reservation_id, fallback, now)
+        retry = await self._reserve(reservation_id, fallback, now, fallback_rates)
         if retry is None:
             self.services.stats.fail_open_admitted += 1
             return downgraded(Decision.FAIL_OPEN, fallback)
+        if retry.rate_limited:
+            raise rate_report.refusal(
+                retry.rate_limited, retry.rate_limits, _tokens(fallback_rates)
+            )
         if not retry.admitted:
             raise await self._exceeded(retry.blocking[0] if retry.blocking else decider, fallback)
+        self._report_would_block(retry, reservation_id)
         return downgraded(Decision.DOWNGRADED, fallback, retry)
 
+    @staticmethod
+    def _report_would_block(result: ReserveResult, reservation_id: str) -> None:
+        for state in result.rate_limits:
+            if state.would_block and not state.limit.enforced:
+                log.warning(
+                    "rate limit %r (monitor) would block %s %s",
+                    state.limit.name,
+                    state.limit.scope.kind.value,
+                    state.scope_value,
+                    extra={"request_id": reservation_id},
+                )
+
     async def _reserve(
-        self, reservation_id: str, charges: tuple[Charge, ...], now: float
+        self,
+        reservation_id: str,
+        charges: tuple[Charge, ...],
+        now: float,
+        rates: tuple[RateLimitCharge, ...] = (),
     ) -> ReserveResult | None:
-        """The reservation, or None when the store failed and every budget is fail_open."""
+        """The reservation, or None when the store failed and every budget is fail_open (rate
+        limits fail open: their state is disposable, see README "Rate limits")."""
         services = self.services
         store = services.store
         try:
             result = await services.call(
-                lambda: store.reserve(reservation_id, charges, self.settings.lease_s, now)  # type: ignore[union-attr]
+                lambda: store.reserve(reservation_id, charges, self.settings.lease_s, now, rates)  # type: ignore[union-attr]
             )
         except BudgetStoreError as exc:
             # A reserve that timed out may still run in Redis: release it in the background
@@ -363,7 +437,7 @@ class BudgetGate:
                 rid,
                 extra={"request_id": request_id or rid},
             )
-        if budget.decision == Decision.FAIL_OPEN.value:
+        if budget.decision == Decision.FAIL_OPEN.value and budget.charges:
             if cost_micros:  # admitted while the store was down: charge it when it is back
                 self.services.owe_fail_open(
                     rid, self._charges_of(budget), cost_micros, budget.arrived, usage
@@ -414,3 +488,7 @@ class BudgetGate:
     async def close(self) -> None:
         if self._owns_services:
             await self.services.close()
+
+
+def _tokens(rates: Sequence[RateLimitCharge]) -> int:
+    return max((r.tokens_estimate for r in rates), default=0)

@@ -1,4 +1,5 @@
-"""Which budgets apply to a request, and which of their counters (scope values) it charges. Pure.
+"""Which budgets (and rate limits: the same grammar) apply to a request, and which of their
+counters (scope values) it charges. Pure.
 
 A budget applies when every `match` filter holds and the identity has a value for the budget's
 scope: a user budget does not apply to a service token, an attribute budget not to an identity
@@ -16,22 +17,38 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Iterable
-from typing import NamedTuple
+from typing import Generic, NamedTuple, Protocol, TypeVar
 
-from gateway_extproc.budgets.model import GLOBAL_SCOPE_VALUE, BudgetConfig, Match, ScopeKind
+from gateway_extproc.budgets.model import GLOBAL_SCOPE_VALUE, Match, Scope, ScopeKind
 from gateway_extproc.identity.model import Identity
 
 
-class Applicable(NamedTuple):
-    budget: BudgetConfig
+class Scoped(Protocol):
+    """What matching needs of a budget or a rate limit."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def scope(self) -> Scope: ...
+
+    @property
+    def match(self) -> Match: ...
+
+
+S = TypeVar("S", bound=Scoped)
+
+
+class Applicable(NamedTuple, Generic[S]):
+    budget: S  # a budget or a rate limit
     scope_value: str  # the counter this request charges
 
 
 def applicable(
-    budgets: Iterable[BudgetConfig], *, identity: Identity, model: str, provider: str
-) -> list[Applicable]:
+    budgets: Iterable[S], *, identity: Identity, model: str, provider: str
+) -> list[Applicable[S]]:
     """Every (budget, scope value) this request charges, in configuration order."""
-    out: list[Applicable] = []
+    out: list[Applicable[S]] = []
     for budget in budgets:
         if not matches(budget.match, identity=identity, model=model, provider=provider):
             continue
@@ -40,6 +57,25 @@ def applicable(
         if fixed is not None:
             values = [fixed] if fixed in values else []
         out.extend(Applicable(budget, value) for value in values)
+    return out
+
+
+def for_entry(
+    items: Iterable[S], *, identity: Identity, served: str, requested: str, provider: str
+) -> list[tuple[S, str]]:
+    """Every (budget or rate limit, scope value) a request for catalog model `served`, asked
+    for as `requested` (an alias, or the same name), charges. Filters see both names; a
+    model-scoped counter is always keyed by the catalog name, so an alias and its model share
+    one counter."""
+    names = [requested] if requested == served else [requested, served]
+    seen: set[tuple[str, str]] = set()
+    out: list[tuple[S, str]] = []
+    for name in names:
+        for item, value in applicable(items, identity=identity, model=name, provider=provider):
+            value = served if item.scope.kind is ScopeKind.MODEL else value
+            if (item.name, value) not in seen:
+                seen.add((item.name, value))
+                out.append((item, value))
     return out
 
 
@@ -58,9 +94,7 @@ def matches(match: Match, *, identity: Identity, model: str, provider: str) -> b
     return match.services is None or identity.service in match.services
 
 
-def scope_values(
-    budget: BudgetConfig, *, identity: Identity, model: str, provider: str
-) -> list[str]:
+def scope_values(budget: Scoped, *, identity: Identity, model: str, provider: str) -> list[str]:
     """The identity's values for the budget's scope dimension (empty: the budget does not apply)."""
     kind = budget.scope.kind
     single: str | None

@@ -1,4 +1,5 @@
-"""What a response and its audit record say about budgets. Pure: admission in, values out."""
+"""What a response and its audit record say about budgets (and the admission's rate limits).
+Pure: admission in, values out."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from typing import Any
 
 from gateway_extproc.budgets.gate import Admission, Decision
 from gateway_extproc.pricing import format_usd
+from gateway_extproc.ratelimits import report as rate_report
+from gateway_extproc.ratelimits.report import RateLimited
 
 # Every header `response_headers` may return: in observe mode Envoy copies them from dynamic
 # metadata, and its route names each one (envoy_config.py).
@@ -17,17 +20,27 @@ RESPONSE_HEADERS = (
     "x-gateway-budget-would-block",
     "x-gateway-budget-unchecked",
     "x-gateway-downgraded-from",
+    "x-gateway-ratelimit-would-block",
+    *(
+        f"x-ratelimit-{what}-{unit}"
+        for unit in ("requests", "tokens")
+        for what in ("limit", "remaining", "reset")
+    ),
 )
 
 
 def response_headers(admission: Admission | None, cost_micros: int | None = None) -> dict[str, str]:
-    """The most constrained budget's name and what it has left; the downgrade, if any.
+    """The most constrained budget's name and what it has left; the downgrade, if any; the
+    `x-ratelimit-*` headers of the most constrained rate limits (at admission, this request
+    counted and its worst-case tokens held).
 
     Streams report the remainder at admission (the request's worst case still held); JSON
     responses, whose cost is known when the headers go out, report it after the real cost."""
     if admission is None:
         return {}
-    headers: dict[str, str] = {}
+    headers: dict[str, str] = rate_report.headers(admission.rate_limits)
+    if admission.rate_limit_would_block:
+        headers["x-gateway-ratelimit-would-block"] = "true"
     tightest = admission.most_constrained
     if tightest is not None:
         remaining = tightest.remaining_micros
@@ -74,7 +87,9 @@ def audit_fields(admission: Admission | None) -> dict[str, Any] | None:
         ],
         "estimate_micros": admission.estimate_micros,
         "overrun_micros": admission.overrun_micros,
-        "reservation_id": admission.reservation_id if admission.charges else None,
+        "reservation_id": (
+            admission.reservation_id if admission.charges or admission.reserved else None
+        ),
         "bound": None
         if admission.bound is None
         else {
@@ -82,3 +97,15 @@ def audit_fields(admission: Admission | None) -> dict[str, Any] | None:
             "output_tokens": admission.bound.output_tokens,
         },
     }
+
+
+def rate_limit_fields(
+    admission: Admission | None, refused: RateLimited | None = None
+) -> list[dict[str, Any]] | None:
+    """The audit record's `rate_limits`: every rate limit the request counted in, or that
+    refused it (`refused`), with what it has left; None when none applied."""
+    if refused is not None:
+        return rate_report.audit_fields(refused.states)
+    if admission is None or not admission.rate_limits:
+        return None
+    return rate_report.audit_fields(admission.rate_limits)

@@ -7,6 +7,7 @@ import enum
 from typing import NamedTuple
 
 from gateway_extproc.budgets.model import BudgetConfig
+from gateway_extproc.ratelimits.model import RateLimitState
 
 
 class BudgetStoreError(Exception):
@@ -66,11 +67,17 @@ class ReserveResult:
     replayed: bool  # the request id already had a reservation; nothing changed
     state: ReservationState  # UNKNOWN when rejected (nothing was written)
     budgets: tuple[BudgetState, ...]  # in the order of the charges
+    rate_limits: tuple[RateLimitState, ...] = ()  # in the order of the rate-limit charges
 
     @property
     def blocking(self) -> tuple[BudgetState, ...]:
         """The enforced (block / downgrade) budgets that refused the request."""
         return tuple(b for b in self.budgets if b.would_block and b.budget.enforced)
+
+    @property
+    def rate_limited(self) -> tuple[RateLimitState, ...]:
+        """The enforced rate limits that refused the request."""
+        return tuple(r for r in self.rate_limits if r.would_block and r.limit.enforced)
 
     @property
     def monitor_would_block(self) -> tuple[BudgetState, ...]:

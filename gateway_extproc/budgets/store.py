@@ -11,6 +11,7 @@ Key layout (P = prefix, T = hash tag; every key of every call shares the slot of
 
     P:{T}:c:<budget>:<scope value>:<window id>   calendar counter  hash spent, held, a:<pct>
     P:{T}:r:<budget>:<scope value>:<bucket s>    rolling counter   hash b:<bucket>..., held, a:<pct>
+    P:{T}:rl:<limit>:<scope value>:<window s>    rate limit        hash r:<bucket>, t:<bucket>
     P:{T}:res:<request id>                       reservation       hash state, lease, charges...
     P:{T}:leases                                 lease expiries    zset request id -> lease ms
     P:{T}:ov:<budget>:<scope value>              override          hash limit, expires, reason...
@@ -18,7 +19,8 @@ Key layout (P = prefix, T = hash tag; every key of every call shares the slot of
     P:{T}:spend:<YYYY-MM-DD>                     spend rollup      hash "<row>|<metric>" (spend/)
 
 TTLs are set by the script that writes the key: calendar counters live until their window ends
-plus `counter_grace_s`; rolling counters `duration + counter_grace_s` after their last write.
+plus `counter_grace_s`; rolling counters `duration + counter_grace_s` after their last write;
+rate-limit counters one window (plus a bucket) after their last request: they are disposable.
 A RESERVED reservation and the lease set have no TTL at all (a TTL could lapse during an outage
 and leak the hold into its counter forever): only settle, release or reap end a reservation. After
 that its record lives `record_retention_s` (long enough for retries to find it and do nothing), or
@@ -68,6 +70,8 @@ from gateway_extproc.budgets.scripts import (
     script_source,
     text,
 )
+from gateway_extproc.ratelimits import wire
+from gateway_extproc.ratelimits.model import RateLimitCharge
 from gateway_extproc.spend.rollup import RollupSettings, UsageRecord, day_key, day_of, script_args
 
 ROLLING_WINDOW_ID = "rolling"
@@ -161,6 +165,10 @@ class BudgetStore:
         key = f"{self._base}:r:{budget.name}:{scope_value}:{window.bucket_s}"
         return key, ROLLING_WINDOW_ID
 
+    def rate_limit_key(self, charge: RateLimitCharge) -> str:
+        limit = charge.limit
+        return f"{self._base}:rl:{limit.name}:{charge.scope_value}:{limit.window_s}"
+
     def override_key(self, budget: str, scope_value: str) -> str:
         return f"{self._base}:ov:{budget}:{scope_value}"
 
@@ -177,14 +185,20 @@ class BudgetStore:
     # -- reserve ------------------------------------------------------------------------------
 
     async def reserve(
-        self, request_id: str, charges: Sequence[Charge], lease_s: float, now: float
+        self,
+        request_id: str,
+        charges: Sequence[Charge],
+        lease_s: float,
+        now: float,
+        limits: Sequence[RateLimitCharge] = (),
     ) -> ReserveResult:
-        """Hold every charge's estimate, all or nothing; replaying a request id changes nothing."""
+        """Hold every charge's estimate and count the request in every rate limit, all or
+        nothing; replaying a request id changes nothing."""
         if not request_id:
             raise ValueError("request_id must be non-empty")
         if lease_s <= 0:
             raise ValueError("lease_s must be > 0")
-        if not charges:  # no budget applies: admitted, nothing to hold or settle
+        if not charges and not limits:  # nothing applies: admitted, nothing to hold or settle
             return ReserveResult(True, False, ReservationState.UNKNOWN, ())
         now_ms = ms(now)
         keys = [self.record_key(request_id), self._leases]
@@ -201,6 +215,13 @@ class BudgetStore:
             window_ids.append(window_id)
             args.extend(self._charge_args(charge, window_id, now, now_ms))
         keys += [self.override_key(c.budget.name, c.scope_value) for c in charges]
+        rate_keys = [self.rate_limit_key(c) for c in limits]
+        if len(set(rate_keys)) != len(rate_keys):
+            raise ValueError("two charges for one rate-limit counter")
+        keys += rate_keys
+        args.append(len(limits))
+        for limit in limits:
+            args.extend(wire.script_args(limit))
         with redis_errors("reserve"):
             reply = await self._reserve(keys=keys, args=args)
         status, state = text(reply[0]), text(reply[1])
@@ -217,14 +238,21 @@ class BudgetStore:
             )
             for i, (charge, window_id) in enumerate(zip(charges, window_ids, strict=True))
         )
+        first = 2 + 5 * len(charges)
+        rates = tuple(
+            wire.state(limit, reply[first + wire.REPLY * j : first + wire.REPLY * (j + 1)])
+            for j, limit in enumerate(limits)
+        )
         reservation = ReservationState(state) if state else ReservationState.UNKNOWN
         if reservation is ReservationState.RESERVED and status != "replay":
-            self._remember(request_id, keys[: 2 + len(charges)], charges, window_ids)
+            held = [*keys[: 2 + len(charges)], *rate_keys]
+            self._remember(request_id, held, charges, window_ids, len(limits))
         return ReserveResult(
             admitted=reservation is ReservationState.RESERVED,
             replayed=status == "replay",
             state=reservation,
             budgets=budgets,
+            rate_limits=rates,
         )
 
     def _charge_args(
@@ -263,14 +291,18 @@ class BudgetStore:
         self, request_id: str, actual_micros: int, now: float, usage: UsageRecord | None = None
     ) -> SettleResult:
         """Charge the real cost into the windows recorded at reserve. Never rejects; idempotent.
-        `usage`: the request's spend rollup, written by the same script when it settles."""
+        `usage`: the request's spend rollup, written by the same script when it settles; its
+        input + output tokens correct the rate limits' token holds (without it they stay)."""
         if actual_micros < 0:
             raise ValueError("actual_micros must be >= 0")
+        tokens = -1
+        if usage is not None:
+            tokens = usage.usage.total_input_tokens + usage.usage.output_tokens
         with redis_errors("settle"):
             record, keys = await self._record(request_id)
             if record is None:
                 return SettleResult(ReservationState.UNKNOWN, False)
-            args: list[str | int] = [actual_micros, ms(now), self._retention_ms]
+            args: list[str | int] = [actual_micros, ms(now), self._retention_ms, tokens]
             if usage is not None:
                 keys = [*keys, self.rollup_key(usage)]
                 args += script_args(usage, self.rollups)
@@ -319,11 +351,12 @@ class BudgetStore:
         keys: list[str],
         charges: Sequence[Charge],
         window_ids: Sequence[str],
+        rate_limits: int = 0,
     ) -> None:
         """Keep what this process just reserved, so its settle or release needs no HGETALL of
         the record first: one round trip instead of two. (The script still reads the record
         and checks the keys; another process, or one restarted, falls back to reading it.)"""
-        labels = {"n": str(len(charges))}
+        labels = {"n": str(len(charges)), "rn": str(rate_limits)}
         for i, (charge, window_id) in enumerate(zip(charges, window_ids, strict=True), 1):
             labels[f"b:{i}"] = charge.budget.name
             labels[f"s:{i}"] = charge.scope_value
@@ -345,6 +378,7 @@ class BudgetStore:
         if "state" not in record:
             return None, [record_key, self._leases]
         counters = [record[f"k:{i}"] for i in range(1, int(record["n"]) + 1)]
+        counters += [record[f"rk:{j}"] for j in range(1, int(record.get("rn", "0")) + 1)]
         return record, [record_key, self._leases, *counters]
 
     # -- reap ---------------------------------------------------------------------------------

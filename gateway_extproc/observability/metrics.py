@@ -108,6 +108,11 @@ class GatewayMetrics:
         self.decisions = m.create_counter(
             "gateway.budget.decisions", unit="{request}", description="Budget decisions"
         )
+        self.rate_limit_decisions = m.create_counter(
+            "gateway.rate_limit.decisions",
+            unit="{request}",
+            description="Rate-limit outcomes per limit: counted, blocked, would_block",
+        )
         self.store_duration = m.create_histogram(
             "gateway.budget_store.duration",
             unit="s",
@@ -172,6 +177,19 @@ class GatewayMetrics:
         self.requests.add(1, outcome)
         for decision in at.decisions(record):
             self.decisions.add(1, {"gateway.budget.decision": decision})
+        for limit_state in record.rate_limits or ():
+            outcome_name = "counted"
+            if limit_state["blocked"]:
+                outcome_name = "blocked"
+            elif limit_state["would_block"]:
+                outcome_name = "would_block"
+            self.rate_limit_decisions.add(
+                1,
+                {
+                    "gateway.rate_limit.name": str(limit_state["name"]),
+                    "gateway.rate_limit.decision": outcome_name,
+                },
+            )
         for name, scope, limit, spent, held in facts.budgets:
             key = (name, self._scopes(scope) if self.config.budget_scope_values else "")
             self.budgets[key] = BudgetGauge(limit, spent, held)

@@ -342,6 +342,7 @@ def test_restart_checksum_follows_only_what_needs_a_restart() -> None:
     reloadable = copy.deepcopy(base)
     reloadable["config"]["budgets"][0]["limit_usd"] = 6000
     reloadable["config"]["policies"]["default"] = {"allow": []}
+    reloadable["config"]["rate_limits"] = [RATE_LIMIT]
     restart = copy.deepcopy(base)
     restart["config"]["limits"] = {"max_request_body_bytes": 1048576}
     assert checksum(reloadable) == checksum(base)
@@ -364,6 +365,13 @@ def test_notes_say_how_to_reach_and_authenticate() -> None:
 # --- bad values: refused at render, naming the value ----------------------------------------
 
 REDIS = {"redis": {"external": {"url": "redis://redis:6379/0"}}}
+RATE_LIMIT = {
+    "name": "rpm",
+    "scope": {"kind": "user"},
+    "requests": 20,
+    "window": "60s",
+    "action": "block",
+}
 BAD = [
     ({"replicaCount": "many"}, "/replicaCount"),
     ({"replicas": 3}, "replicas"),
@@ -394,6 +402,14 @@ BAD = [
     (
         {"config": {"budgets": [CASES["bundled-redis"]["config"]["budgets"][0]]}},
         "redis.external.url: required when config.budgets is set",
+    ),
+    (
+        {"config": {"rate_limits": [RATE_LIMIT]}},
+        "redis.external.url: required when config.rate_limits is set",
+    ),
+    (
+        {**REDIS, "config": {"rate_limits": [{**RATE_LIMIT, "action": "downgrade"}]}},
+        "/config/rate_limits/0/action",
     ),
     (
         {"redis": {"external": {"url": "redis://:hunter2@redis:6379/0"}}},

@@ -1,5 +1,6 @@
 """Random sequences of reserve / settle / release / checkpoint / reap / time passing against a
-real redis-server, checked step by step against a plain-Python model of the budgets."""
+real redis-server, checked step by step against a plain-Python model of the budgets and of a
+rate limit (requests and tokens in a sliding window) checked in the same reservations."""
 
 from __future__ import annotations
 
@@ -30,6 +31,14 @@ from gateway_extproc.budgets.model import (
 )
 from gateway_extproc.budgets.results import Charge, ReservationState
 from gateway_extproc.budgets.store import BudgetStore
+from gateway_extproc.ratelimits.model import (
+    BUCKETS,
+    RateLimitAction,
+    RateLimitCharge,
+    RateLimitConfig,
+)
+from gateway_extproc.spend.rollup import Dimensions, UsageRecord
+from gateway_extproc.tokens import Usage
 from tests.redis_servers import (  # noqa: F401 - session fixture
     RedisEndpoint,
     redis_standalone_server,
@@ -63,6 +72,16 @@ WATCH = BudgetConfig(
     action=Action.MONITOR,
 )
 BUDGETS = (MONTHLY, HOURLY, WATCH)
+RATE = RateLimitConfig(
+    name="rate",
+    scope=Scope(ScopeKind.USER),
+    window_s=600,  # 30 s buckets; ticks of up to 900 s let whole windows pass
+    action=RateLimitAction.BLOCK,
+    requests=8,
+    tokens=20_000,
+)
+RATE_BUCKET_S = RATE.window_s // BUCKETS
+TOKENS = st.integers(0, 6_000)
 ENDPOINT: RedisEndpoint | None = None  # set by the test before the machine runs
 
 
@@ -85,6 +104,11 @@ class BudgetMachine(RuleBasedStateMachine):
         self.charged: dict[str, int] = {}  # request -> what settle / reap charged (once)
         self.hourly_buckets: dict[int, int] = {}
         self.reaped: set[str] = set()  # EXPIRED, not yet corrected by a late settle / release
+        # The rate limit: bucket -> [requests, tokens] as Redis keeps them (stale buckets are
+        # dropped by the next admitted reserve), and each request's bucket and token hold.
+        self.rate: dict[int, list[int]] = {}
+        self.rate_bucket: dict[str, int] = {}
+        self.rate_hold: dict[str, int] = {}
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self.runner.run(coro)
@@ -98,6 +122,27 @@ class BudgetMachine(RuleBasedStateMachine):
     def hourly_spent(self) -> int:
         oldest = int(self.now // 60) - 59
         return sum(v for b, v in self.hourly_buckets.items() if b >= oldest)
+
+    def rate_oldest(self) -> int:
+        return int(self.now // RATE_BUCKET_S) - BUCKETS + 1
+
+    def rate_used(self) -> tuple[int, int]:
+        oldest = self.rate_oldest()
+        live = [v for b, v in self.rate.items() if b >= oldest]
+        return sum(v[0] for v in live), sum(v[1] for v in live)
+
+    def rate_correct(self, request_id: str, tokens: int) -> None:
+        """Settle (real tokens), release (0), late settle / release: the hold becomes `tokens`
+        in the bucket it was held in, if Redis still has that bucket."""
+        bucket = self.rate_bucket[request_id]
+        if bucket in self.rate:
+            self.rate[bucket][1] += tokens - self.rate_hold[request_id]
+
+    def rate_charge(self, estimate_tokens: int) -> RateLimitCharge:
+        return RateLimitCharge(RATE, "alice", estimate_tokens)
+
+    def usage(self, tokens: int) -> UsageRecord:
+        return UsageRecord(self.now, Dimensions(), Usage(input_tokens=tokens), 0, False)
 
     def charge(self, request_id: str, amount: int) -> None:
         assert request_id not in self.charged, "a request was charged twice"
@@ -115,17 +160,37 @@ class BudgetMachine(RuleBasedStateMachine):
 
     # -- rules ------------------------------------------------------------------------------
 
-    @rule(target=requests, estimate=AMOUNTS, lease_s=st.sampled_from([30, 300]))
-    def reserve(self, estimate: int, lease_s: int) -> str:
+    @rule(target=requests, estimate=AMOUNTS, lease_s=st.sampled_from([30, 300]), tokens=TOKENS)
+    def reserve(self, estimate: int, lease_s: int, tokens: int) -> str:
         request_id = f"req-{uuid.uuid4().hex[:8]}"
         held = sum(self.live.values())
         fits_monthly = sum(self.charged.values()) + held + estimate <= MONTHLY.limit_micros
         fits_hourly = self.hourly_spent() + held + estimate <= HOURLY.limit_micros
+        rate_requests, rate_tokens = self.rate_used()
+        assert RATE.requests is not None and RATE.tokens is not None
+        fits_rate = rate_requests < RATE.requests and rate_tokens + tokens <= RATE.tokens
         charges = [Charge.of(b, "alice" if b is not WATCH else "*", estimate) for b in BUDGETS]
-        result = self.run(self.store.reserve(request_id, charges, lease_s, self.now))
-        assert result.admitted == (fits_monthly and fits_hourly)
+        result = self.run(
+            self.store.reserve(request_id, charges, lease_s, self.now, [self.rate_charge(tokens)])
+        )
+        assert result.admitted == (fits_monthly and fits_hourly and fits_rate)
+        assert bool(result.rate_limited) == (not fits_rate)
         event("admitted" if result.admitted else "rejected")
+        if not fits_rate:
+            event("rate limited")
         assert not result.replayed
+        (rate,) = result.rate_limits
+        if result.admitted:  # at admission: used (incl. this) <= limit, in both dimensions
+            assert rate.requests_used <= RATE.requests and rate.tokens_used <= RATE.tokens
+            oldest = self.rate_oldest()
+            self.rate = {b: v for b, v in self.rate.items() if b >= oldest}  # stale dropped
+            bucket = int(self.now // RATE_BUCKET_S)
+            counts = self.rate.setdefault(bucket, [0, 0])
+            counts[0] += 1
+            counts[1] += tokens
+            self.rate_bucket[request_id] = bucket
+            self.rate_hold[request_id] = tokens
+        assert (rate.requests_used, rate.tokens_used) == self.rate_used()
         if result.admitted:
             for state in result.budgets:  # at admission: spent + held (incl. this) <= limit
                 if state.budget.enforced:
@@ -143,23 +208,26 @@ class BudgetMachine(RuleBasedStateMachine):
             return  # rejected: nothing was written, so a retry is a new reserve, not a replay
         estimate = self.live.get(request_id, 1)
         charges = [Charge.of(b, "alice" if b is not WATCH else "*", estimate) for b in BUDGETS]
-        result = self.run(self.store.reserve(request_id, charges, 30, self.now))
+        rate = [self.rate_charge(self.rate_hold.get(request_id, 0))]
+        result = self.run(self.store.reserve(request_id, charges, 30, self.now, rate))
         assert result.replayed
         if request_id in self.live:
             assert result.admitted and result.state is ReservationState.RESERVED
         else:
             assert not result.admitted and result.state is self.final[request_id]
 
-    @rule(request_id=requests, actual=AMOUNTS)
-    def settle(self, request_id: str, actual: int) -> None:
-        result = self.run(self.store.settle(request_id, actual, self.now))
+    @rule(request_id=requests, actual=AMOUNTS, tokens=TOKENS)
+    def settle(self, request_id: str, actual: int, tokens: int) -> None:
+        result = self.run(self.store.settle(request_id, actual, self.now, self.usage(tokens)))
         if request_id in self.live:
             assert (result.state, result.changed) == (ReservationState.SETTLED, True)
+            self.rate_correct(request_id, tokens)
             self.charge(request_id, actual)
             self.final[request_id] = ReservationState.SETTLED
             event("settled")
         elif request_id in self.reaped:
             assert (result.state, result.changed) == (ReservationState.SETTLED, True)
+            self.rate_correct(request_id, tokens)
             self.correct(request_id, actual)
             self.final[request_id] = ReservationState.SETTLED
             event("late settle corrected a reap")
@@ -172,10 +240,12 @@ class BudgetMachine(RuleBasedStateMachine):
         result = self.run(self.store.release(request_id))
         if request_id in self.live:
             assert (result.state, result.changed) == (ReservationState.RELEASED, True)
+            self.rate_correct(request_id, 0)
             del self.live[request_id]
             self.final[request_id] = ReservationState.RELEASED
         elif request_id in self.reaped:
             assert (result.state, result.changed) == (ReservationState.RELEASED, True)
+            self.rate_correct(request_id, 0)
             self.correct(request_id, 0)
             self.final[request_id] = ReservationState.RELEASED
             event("late release refunded a reap")
@@ -223,6 +293,17 @@ class BudgetMachine(RuleBasedStateMachine):
         assert monthly.held_micros == hourly.held_micros == watch.held_micros == held >= 0
         assert monthly.spent_micros == sum(self.charged.values()) == watch.spent_micros
         assert hourly.spent_micros == self.hourly_spent()
+
+    @invariant()
+    def rate_limit_counters_match_the_model(self) -> None:
+        key = self.store.rate_limit_key(self.rate_charge(0))
+        fields = self.run(self.client.hgetall(key))
+        stored: dict[int, list[int]] = {}
+        for name, value in fields.items():
+            kind, bucket = name.decode().split(":")
+            stored.setdefault(int(bucket), [0, 0])[0 if kind == "r" else 1] += int(value)
+        assert stored == self.rate
+        assert all(v[1] >= 0 for v in stored.values())
 
 
 def test_budget_state_machine(redis_standalone_server: RedisEndpoint) -> None:  # noqa: F811

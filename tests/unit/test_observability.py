@@ -364,3 +364,25 @@ def test_a_telemetry_fault_never_reaches_the_request(caplog: pytest.LogCaptureFi
     telemetry = Telemetry(metrics=Broken())  # type: ignore[arg-type]
     telemetry.request_done(record(), FACTS)  # logged, not raised
     assert "telemetry failed" in caplog.text
+
+
+def test_rate_limit_outcomes_are_counted_per_limit() -> None:
+    metrics, reader = metrics_with(ObservabilityConfig())
+
+    def state(name: str, would_block: bool, blocked: bool) -> dict[str, Any]:
+        return {"name": name, "would_block": would_block, "blocked": blocked}
+
+    metrics.record(record(rate_limits=[state("rpm", False, False)]), FACTS)
+    metrics.record(record(rate_limits=[state("rpm", False, False), state("w", True, False)]), FACTS)
+    metrics.record(
+        record(status=429, error_code="rate_limited", rate_limits=[state("rpm", True, True)]),
+        FACTS,
+    )
+    got = collect(reader)
+    counted = {
+        (p.attributes["gateway.rate_limit.name"], p.attributes["gateway.rate_limit.decision"]): (
+            p.value
+        )
+        for p in got["gateway.rate_limit.decisions"]
+    }
+    assert counted == {("rpm", "counted"): 2, ("w", "would_block"): 1, ("rpm", "blocked"): 1}

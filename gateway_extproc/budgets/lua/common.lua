@@ -9,6 +9,8 @@
 -- Reservation record fields per charge i: k (counter key), f (spent field), e (estimate),
 -- ea (absolute expiry ms, calendar) / lf (lifetime ms, rolling), bm / nb (rolling bucket ms and
 -- count, 0 for calendar), t (alert thresholds "pct=micros,..."), plus labels for the caller.
+-- Rate limits per charge j (rn of them): rk (counter key), rf (bucket of the reserve), re (token
+-- estimate held), rt (1: the limit counts tokens), plus labels rb (name), rs (scope value).
 
 local function hash_table(key)
   local flat = redis.call('HGETALL', key)
@@ -71,17 +73,106 @@ end
 
 -- The caller passes the counter keys it read from the record; they must be exactly those
 -- (followed by `extra` more keys the script names itself, e.g. a rollup hash).
+-- The budget counters come first, then the rate-limit counters (`rn` of them, fields rk:j).
 local function check_keys(rec, extra)
   local n = tonumber(rec['n'])
-  if #KEYS ~= n + 2 + (extra or 0) then
-    error('budget script: expected ' .. (n + 2) .. ' keys for this reservation')
+  local m = tonumber(rec['rn'] or '0')
+  if #KEYS ~= n + m + 2 + (extra or 0) then
+    error('budget script: expected ' .. (n + m + 2) .. ' keys for this reservation')
   end
   for i = 1, n do
     if rec['k:' .. i] ~= KEYS[2 + i] then
       error('budget script: key ' .. (2 + i) .. ' is not the one this reservation debited')
     end
   end
+  for j = 1, m do
+    if rec['rk:' .. j] ~= KEYS[2 + n + j] then
+      error('budget script: key ' .. (2 + n + j) .. ' is not the one this reservation counted')
+    end
+  end
   return n
+end
+
+-- Rate-limit counters: hash {r:<bucket> requests, t:<bucket> tokens}, bucket = floor(ms /
+-- bucket_ms); the window at now is the current bucket and the nbuckets - 1 before it. Sums in
+-- the window, per-bucket amounts (ascending bucket order) and the fields that fell out of it.
+local function rate_window(key, bucket_ms, nbuckets, now_ms)
+  local oldest = oldest_bucket(bucket_ms, nbuckets, now_ms)
+  local flat = redis.call('HGETALL', key)
+  local reqs, toks, per, stale = 0, 0, {}, {}
+  for j = 1, #flat, 2 do
+    local name = flat[j]
+    local bucket = tonumber(string.sub(name, 3))
+    if bucket and bucket >= oldest then
+      local amount = tonumber(flat[j + 1])
+      per[bucket] = per[bucket] or {0, 0}
+      if string.sub(name, 1, 2) == 'r:' then
+        reqs = reqs + amount
+        per[bucket][1] = per[bucket][1] + amount
+      else
+        toks = toks + amount
+        per[bucket][2] = per[bucket][2] + amount
+      end
+    else
+      stale[#stale + 1] = name
+    end
+  end
+  local order = {}
+  for bucket in pairs(per) do
+    order[#order + 1] = bucket
+  end
+  table.sort(order)
+  return reqs, toks, per, order, stale
+end
+
+-- Milliseconds until `used - (what has aged out) + add <= limit` in dimension d (1 requests,
+-- 2 tokens): 0 if it fits now, -1 if it never will by waiting (add alone is over the limit).
+local function rate_wait(per, order, d, used, add, limit, bucket_ms, nbuckets, now_ms)
+  if used + add <= limit then
+    return 0
+  end
+  if add > limit then
+    return -1
+  end
+  for _, bucket in ipairs(order) do
+    used = used - per[bucket][d]
+    if used + add <= limit then
+      return (bucket + nbuckets) * bucket_ms - now_ms
+    end
+  end
+  return 0
+end
+
+-- Milliseconds until nothing counted in dimension d is left in the window.
+local function rate_reset(per, order, d, bucket_ms, nbuckets, now_ms)
+  for k = #order, 1, -1 do
+    if per[order[k]][d] > 0 then
+      return (order[k] + nbuckets) * bucket_ms - now_ms
+    end
+  end
+  return 0
+end
+
+-- Correct each rate-limit counter's token hold (the worst case, added at reserve to the bucket
+-- of its arrival) to `tokens` (the real input + output; 0 for a release; -1: unknown, keep the
+-- hold). Only a bucket field that still exists is corrected: a window that has passed is gone.
+-- The request itself stays counted whatever its outcome.
+local function rate_correct(rec, tokens)
+  local n, m = tonumber(rec['n']), tonumber(rec['rn'] or '0')
+  if tokens < 0 then
+    return
+  end
+  for j = 1, m do
+    local est = tonumber(rec['re:' .. j])
+    if rec['rt:' .. j] == '1' and tokens ~= est then
+      local key, field = KEYS[2 + n + j], 't:' .. rec['rf:' .. j]
+      if redis.call('HEXISTS', key, field) == 1 then
+        if redis.call('HINCRBY', key, field, tokens - est) < 0 then
+          redis.call('HSET', key, field, 0)
+        end
+      end
+    end
+  end
 end
 
 -- Drop every charge's hold and add its spend to the key and field recorded at reserve (so a

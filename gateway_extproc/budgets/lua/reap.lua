@@ -1,6 +1,8 @@
 -- reap: a reservation whose lease ran out while RESERVED (its sidecar died) is charged its last
 -- checkpointed cost if any, else each charge's estimate; holds drop; state EXPIRED. Exactly once:
 -- concurrent reapers serialize on this script and all but the first find it no longer RESERVED.
+-- Rate-limit counters keep the token estimate held at reserve (the worst case) until a late
+-- settle or release corrects it (rate_correct).
 --
 -- KEYS[1] reservation record, KEYS[2] lease set, KEYS[2+i] the counter keys the record lists.
 -- ARGV[1] request id, ARGV[2] now ms, ARGV[3] record retention ms (long: a late settle or release

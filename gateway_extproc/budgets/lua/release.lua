@@ -8,6 +8,7 @@
 -- {'STALE', 0} when the caller passed no counter keys but the reservation has some.
 -- Writes only to counters that still exist (HINCRBY keeps their TTL). A reservation the reaper
 -- EXPIRED is released once more: its charge is refunded (a failed request is never billed).
+-- Rate limits keep counting the request; their token holds drop to 0.
 local rec_key, leases = KEYS[1], KEYS[2]
 local rec = hash_table(rec_key)
 if rec['state'] == nil then
@@ -16,11 +17,12 @@ if rec['state'] == nil then
   return {'RELEASED', 0}
 end
 local open = rec['state'] == 'RESERVED' or (rec['state'] == 'EXPIRED' and rec['corrected'] == nil)
-if open and #KEYS == 2 and tonumber(rec['n']) > 0 then
+if open and #KEYS == 2 and tonumber(rec['n']) + tonumber(rec['rn'] or '0') > 0 then
   return {'STALE', 0} -- the reserve landed after the caller read 'no record': read it again
 end
 if rec['state'] == 'EXPIRED' and rec['corrected'] == nil then
   correct(rec, 0) -- nothing was billed: refund what the reaper charged
+  rate_correct(rec, 0)
   redis.call('HSET', rec_key, 'corrected', 1, 'reaped_charge', rec['charged'])
   close(rec_key, leases, rec, 'RELEASED', 0, tonumber(ARGV[1]))
   return {'RELEASED', 1}
@@ -37,5 +39,6 @@ for i = 1, n do
     end
   end
 end
+rate_correct(rec, 0)
 close(rec_key, leases, rec, 'RELEASED', 0, tonumber(ARGV[1]))
 return {'RELEASED', 1}

@@ -11,19 +11,31 @@
 -- ARGV's; a calendar counter adds its window's top-up credit (field tu).
 -- Every charge is checked: spent + held + estimate <= limit. Nothing is written unless every
 -- enforced charge passes; monitor charges are checked and reported, never refuse.
--- Reply: {status, state, then per charge: spent, held, limit, would_block, overridden}; status is
+-- Rate limits follow: ARGV[6 + n * PER] m, then 8 per rate limit j: bucket ms, bucket count,
+-- request limit (-1: none), token limit (-1: none), token estimate, enforced (1/0), name, scope
+-- value; KEYS[2+2n+j] its counter hash. A rate limit is checked like a budget (its enforced ones
+-- refuse, nothing written); when admitted, one request and the token estimate are added to the
+-- current bucket and the key lives one window (rate-limit state is disposable).
+-- Reply: {status, state, then per charge: spent, held, limit, would_block, overridden, then per
+-- rate limit: requests used, tokens used, would_block, requests retry ms, tokens retry ms,
+-- requests reset ms, tokens reset ms (used counts include this request when admitted)}; status is
 -- 'admitted' (spent/held after the hold), 'rejected' (nothing written) or 'replay' (the request id
 -- already has a reservation: its state is returned, current counters, nothing changes).
 local rec_key, leases = KEYS[1], KEYS[2]
 local request_id = ARGV[1]
 local now_ms, lease_ms, retention_ms = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local n = tonumber(ARGV[5])
-local PER = 12
-if #KEYS ~= 2 * n + 2 or #ARGV ~= 5 + n * PER then
-  error('reserve: expected ' .. (2 * n + 2) .. ' keys and ' .. (5 + n * PER) .. ' arguments')
+local PER, RPER = 12, 8
+local m = tonumber(ARGV[6 + n * PER] or '0')
+if #KEYS ~= 2 * n + 2 + m or #ARGV ~= 6 + n * PER + m * RPER then
+  error('reserve: expected ' .. (2 * n + 2 + m) .. ' keys and ' .. (6 + n * PER + m * RPER)
+    .. ' arguments')
 end
 local function arg(i, j)
   return ARGV[5 + (i - 1) * PER + j]
+end
+local function rarg(i, j)
+  return tonumber(ARGV[6 + n * PER + (i - 1) * RPER + j])
 end
 
 local existing = redis.call('HGET', rec_key, 'state')
@@ -50,6 +62,30 @@ for i = 1, n do
   end
 end
 
+-- Rate limits: r[i] = {requests, tokens, per-bucket, order, stale, blocked}.
+local rates = {}
+for i = 1, m do
+  local key = KEYS[2 + 2 * n + i]
+  local bucket_ms, nb = rarg(i, 1), rarg(i, 2)
+  local reqs, toks, per, order, stale = rate_window(key, bucket_ms, nb, now_ms)
+  local rlim, tlim, est = rarg(i, 3), rarg(i, 4), rarg(i, 5)
+  local rwait, twait = 0, 0
+  if rlim >= 0 then
+    rwait = rate_wait(per, order, 1, reqs, 1, rlim, bucket_ms, nb, now_ms)
+  end
+  if tlim >= 0 then
+    twait = rate_wait(per, order, 2, toks, est, tlim, bucket_ms, nb, now_ms)
+  end
+  local blocked = 0
+  if not existing and (rwait ~= 0 or twait ~= 0) then
+    blocked = 1
+    if rarg(i, 6) == 1 then
+      admitted = false
+    end
+  end
+  rates[i] = {reqs, toks, per, order, stale, blocked, rwait, twait}
+end
+
 local status, state = 'replay', existing
 if not existing and not admitted then
   status, state = 'rejected', ''
@@ -71,6 +107,40 @@ elseif not existing then
       fields[#fields + 1] = arg(i, j)
     end
   end
+  fields[#fields + 1] = 'rn'
+  fields[#fields + 1] = m
+  for i = 1, m do
+    local key, r = KEYS[2 + 2 * n + i], rates[i]
+    local bucket_ms, nb, est = rarg(i, 1), rarg(i, 2), rarg(i, 5)
+    local bucket = math.floor(now_ms / bucket_ms)
+    r[1] = r[1] + 1
+    redis.call('HINCRBY', key, 'r:' .. bucket, 1)
+    local counts = 0
+    if rarg(i, 4) >= 0 then
+      counts = 1
+      r[2] = r[2] + est
+      redis.call('HINCRBY', key, 't:' .. bucket, est)
+    end
+    r[3][bucket] = r[3][bucket] or {0, 0}
+    r[3][bucket][1] = r[3][bucket][1] + 1
+    r[3][bucket][2] = r[3][bucket][2] + est * counts
+    if #r[4] == 0 or r[4][#r[4]] ~= bucket then
+      r[4][#r[4] + 1] = bucket
+    end
+    if #r[5] > 0 then
+      redis.call('HDEL', key, unpack(r[5]))
+    end
+    redis.call('PEXPIRE', key, bucket_ms * (nb + 1))
+    local base = 6 + n * PER + (i - 1) * RPER
+    local labels = {
+      'rk', key, 'rf', bucket, 're', est * counts, 'rt', counts,
+      'rb', ARGV[base + 7], 'rs', ARGV[base + 8]
+    }
+    for j = 1, #labels, 2 do
+      fields[#fields + 1] = labels[j] .. ':' .. i
+      fields[#fields + 1] = labels[j + 1]
+    end
+  end
   redis.call('HSET', rec_key, unpack(fields))
   -- A RESERVED record and the lease set never expire: only settle, release or reap end a
   -- reservation (a TTL could lapse in a long outage and leak the hold into the counter).
@@ -86,5 +156,16 @@ for i = 1, n do
   out[#out + 1] = limits[i]
   out[#out + 1] = blocks[i]
   out[#out + 1] = overridden[i]
+end
+for i = 1, m do
+  local r = rates[i]
+  local bucket_ms, nb = rarg(i, 1), rarg(i, 2)
+  out[#out + 1] = r[1]
+  out[#out + 1] = r[2]
+  out[#out + 1] = r[6]
+  out[#out + 1] = r[7]
+  out[#out + 1] = r[8]
+  out[#out + 1] = rate_reset(r[3], r[4], 1, bucket_ms, nb, now_ms)
+  out[#out + 1] = rate_reset(r[3], r[4], 2, bucket_ms, nb, now_ms)
 end
 return out

@@ -140,10 +140,11 @@ Rendered as JSON (valid YAML) so that large integers keep their exact value.
 {{- end }}
 
 {{/* What only a restart applies (Envoy's bootstrap, process-lifetime state): hashed into the
-pod template. Identity, policies, budgets and the catalog reload in the running sidecars. */}}
+pod template. Identity, policies, budgets, rate limits and the catalog reload in the running
+sidecars. */}}
 {{- define "llm-gateway.restartChecksum" -}}
 {{- $c := include "llm-gateway.gatewayConfig" . | fromJson }}
-{{- $restart := omit $c "identity" "policies" "budgets" "catalog" }}
+{{- $restart := omit $c "identity" "policies" "budgets" "rate_limits" "catalog" }}
 {{- toJson (dict "config" $restart "envoy" .Values.envoy "sidecar" .Values.sidecar "providerKeys" .Values.providerKeys "redis" .Values.redis "otel" .Values.otel) | sha256sum }}
 {{- end }}
 
@@ -158,6 +159,9 @@ pod template. Identity, policies, budgets and the catalog reload in the running 
 {{- end }}
 {{- if and .Values.config.budgets (not (include "llm-gateway.redisUrl" .)) }}
 {{- fail "redis.external.url: required when config.budgets is set (or set redis.bundled.enabled: true for an evaluation)" }}
+{{- end }}
+{{- if and .Values.config.rate_limits (not (include "llm-gateway.redisUrl" .)) }}
+{{- fail "redis.external.url: required when config.rate_limits is set (or set redis.bundled.enabled: true for an evaluation)" }}
 {{- end }}
 {{- if and .Values.redis.bundled.enabled .Values.redis.external.url }}
 {{- fail "redis.external.url: set either it or redis.bundled.enabled, not both" }}
