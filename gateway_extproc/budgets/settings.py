@@ -330,3 +330,7 @@ def _alerts(doc: object, path: str, out: list[str]) -> Alerts:
             out.append(f"{path}.webhook: must be an http(s) URL or null (got {webhook!r})")
             webhook = None
     return Alerts(thresholds_percent=thresholds, webhook=webhook)
+
+
+# The `match` grammar, for other sections that select requests the way budgets do (cache rules).
+parse_match = _match
