@@ -52,6 +52,8 @@ class AuditRecord:
     unverified_metadata: Mapping[str, str] = dataclasses.field(default_factory=dict)
     budget: Mapping[str, Any] | None = None  # budgets.report.audit_fields; None: none checked
     output_cap_injected: bool = False  # the gateway wrote its output cap into the request
+    cache: str | None = None  # hit | miss | skip | refresh; None: no cache rule applied
+    cost_saved_micros: int | None = None  # a hit: what the answer would have cost
 
     def to_json(self) -> bytes:
         doc: dict[str, Any] = {
@@ -83,6 +85,8 @@ class AuditRecord:
             "unverified_metadata": dict(self.unverified_metadata),
             "budget": self.budget,
             "output_cap_injected": self.output_cap_injected,
+            "cache": self.cache,
+            "cost_saved_micros": self.cost_saved_micros,
         }
         return orjson.dumps(doc)
 

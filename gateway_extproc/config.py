@@ -24,6 +24,7 @@ from gateway_extproc.budgets.loader import (
 )
 from gateway_extproc.budgets.model import BudgetConfig
 from gateway_extproc.budgets.settings import parse_budgets
+from gateway_extproc.cache.settings import CacheConfig, parse_cache
 from gateway_extproc.catalog import Catalog
 from gateway_extproc.errors import ConfigError
 from gateway_extproc.forwarding import forward_header_problems
@@ -99,6 +100,7 @@ class GatewayConfig:
     admin_api: AdminApiConfig = dataclasses.field(default_factory=AdminApiConfig)
     spend: RollupSettings = dataclasses.field(default_factory=RollupSettings)
     observability: ObservabilityConfig = dataclasses.field(default_factory=ObservabilityConfig)
+    cache: CacheConfig = dataclasses.field(default_factory=CacheConfig)
 
     @property
     def unhealthy_after_s(self) -> float:
@@ -267,6 +269,7 @@ def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayC
     known |= {"catalog", "audit", "identity", "policies", "budgets", "budget_store"}
     known |= {"admin_api", "spend"}
     known |= {"observability"}
+    known |= {"cache"}
     for extra in sorted(set(doc) - known):
         r.problems.append(f"{extra}: unknown key")
     listener = r.section(doc, "listener", {"host", "port", "admin_port"})
@@ -404,6 +407,7 @@ def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayC
         admin_api=parse_admin_api(doc.get("admin_api"), r.problems),
         spend=parse_spend(doc.get("spend"), r.problems),
         observability=parse_observability(doc.get("observability"), r.problems),
+        cache=parse_cache(doc.get("cache"), r.problems),
     )
     if r.problems:
         raise ConfigError(r.problems)

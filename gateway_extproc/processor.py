@@ -22,6 +22,8 @@ from gateway_extproc.bodyparse import parse_off_loop
 from gateway_extproc.bounds import Bound, Unbounded, Unpriced, bound, request_price
 from gateway_extproc.budgets import report as budget_report
 from gateway_extproc.budgets.gate import Admission
+from gateway_extproc.cache.key import CONTROL_HEADER, STATUS_HEADER, TTL_HEADER, CacheTicket
+from gateway_extproc.cache.key import client_headers as cache_client_headers
 from gateway_extproc.catalog import ModelEntry
 from gateway_extproc.context import GatewayContext
 from gateway_extproc.errors import (
@@ -89,6 +91,11 @@ class StreamProcessor:
         # traces; set by the server) or else the client's request headers.
         self.trace_context: tuple[str | None, str | None] = (None, None)
         self.response_meta: tuple[str | None, tuple[str, ...]] = (None, ())  # id, finish reasons
+        # The response cache: the client's two headers, the request's decision (None: no cache
+        # rule applies; small and serialisable for the response side), the cost a hit saved.
+        self.cache_headers: tuple[str | None, str | None] = (None, None)
+        self.cache_ticket: CacheTicket | None = None
+        self.cost_saved: int | None = None
 
     # -- dispatch ---------------------------------------------------------------------------
 
@@ -146,6 +153,7 @@ class StreamProcessor:
         self.anthropic_beta = headers.get("anthropic-beta", "")
         self.method = headers.get(":method", "")
         self.path = headers.get(":path", "")
+        self.cache_headers = (headers.get(CONTROL_HEADER), headers.get(TTL_HEADER))
         if self.trace_context[0] is None:
             self.trace_context = (headers.get("traceparent"), headers.get("tracestate"))
         api = api_for_path(self.path)
@@ -242,6 +250,9 @@ class StreamProcessor:
             raise UnsupportedOption(str(exc)) from None
         if price is not entry.price:
             self.entry = entry = dataclasses.replace(entry, price=price)
+        cached = await self._cache_lookup(request, entry)  # a hit reserves nothing
+        if cached is not None:
+            return cached
         # Budgets: reserve the worst case everywhere it applies, or block / downgrade (429).
         identity = self.identity
         gate = self.ctx.budgets
@@ -274,6 +285,8 @@ class StreamProcessor:
             )
         served = request.model
         if admission.downgraded_from is not None:
+            if self.cache_ticket is not None:  # another model's answer: not stored
+                self.cache_ticket = CacheTicket(self.cache_ticket.status)
             self.entry = entry = admission.entry
             served = entry.name
             if admission.bound is not None and admission.bound.price is not None:
@@ -299,6 +312,31 @@ class StreamProcessor:
                 set_headers=set_headers, remove=remove, body=new_body, clear_route_cache=True
             )
         )
+
+    async def _cache_lookup(
+        self, request: ParsedRequest, entry: ModelEntry
+    ) -> msgs.ProcessingResponse | None:
+        """Answer from the response cache (an immediate 200, no provider call, no reservation),
+        or note the decision the response side needs to store the answer (`cache_ticket`)."""
+        assert self.identity is not None
+        lookup = await self.ctx.cache.lookup(
+            request=request,
+            entry=entry,
+            identity=self.identity,
+            client=cache_client_headers(*self.cache_headers),
+            beta=self.anthropic_beta,
+        )
+        self.cache_ticket = lookup.ticket
+        if lookup.hit is None:
+            return None
+        self.upstream = self.ctx.upstreams[entry.provider]  # for the audit: who was spared
+        self.status = 200
+        self.completed = True
+        self.cost_saved = cost_micros(lookup.hit.usage, entry.price)
+        self._finish()
+        headers = {"content-type": lookup.hit.content_type, STATUS_HEADER: "hit"}
+        headers |= {"x-gateway-request-id": self.request_id, "x-gateway-cost-usd": format_usd(0)}
+        return msgs.immediate(200, lookup.hit.body, headers, "gateway_cache_hit")
 
     def _cap_injected(self) -> bool:
         bound = self.admission.bound if self.admission is not None else None
@@ -337,6 +375,8 @@ class StreamProcessor:
         if streaming and self.request is not None:
             self.meter = StreamMeter(self.request.api)
         extra = budget_report.response_headers(self.admission)
+        if self.cache_ticket is not None:
+            extra = {**extra, **self.cache_ticket.response_headers()}
         reply = msgs.common(set_headers={"x-gateway-request-id": self.request_id, **extra})
         if message.end_of_stream:
             self.completed = True
@@ -354,6 +394,7 @@ class StreamProcessor:
         data = b"" if self.metering_broken else self._decoded(message.body, end)
         if self.meter is not None:
             self.meter.feed(data)
+            self.ctx.cache.capture(self.cache_ticket, self.json_body, data)  # a miss to store
             if end:
                 self.completed = True
                 self._finish()
@@ -454,6 +495,14 @@ class StreamProcessor:
             )
             cost = cost_micros(usage, self.entry.price) if self.entry is not None else 0
             self.error_code = self.error_code or "metering_failed"
+        self.ctx.cache.store(
+            self.cache_ticket,
+            self.request.api if self.request else None,
+            status=self.status,
+            complete=source is UsageSource.PROVIDER,
+            stream=self.meter is not None,
+            body=self.json_body,
+        )
         if self.lease_keeper is not None:
             self.lease_keeper.cancel()
         if self.admission is not None:  # settle the real cost, or release the hold
@@ -489,6 +538,8 @@ class StreamProcessor:
             unverified_metadata=self.metadata,
             budget=budget_report.audit_fields(self.admission),
             output_cap_injected=self._cap_injected(),
+            cache=self.cache_ticket.status if self.cache_ticket is not None else None,
+            cost_saved_micros=self.cost_saved,
         )
         try:
             self.ctx.audit.write(record)

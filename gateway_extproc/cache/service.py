@@ -136,7 +136,7 @@ class ResponseCache:
         status: int | None,
         complete: bool,
         stream: bool,
-        body: bytes,
+        body: bytes | bytearray,
     ) -> None:
         """Store a miss's answer in the background when the provider answered 200 and the
         response completed with the provider's usage. Never raises, never blocks."""
@@ -144,8 +144,9 @@ class ResponseCache:
             return
         if status != 200 or not complete:
             return
+        raw = bytes(body)
         try:
-            answer = answer_from_stream(api, body) if stream else answer_from_json(api, body)
+            answer = answer_from_stream(api, raw) if stream else answer_from_json(api, raw)
         except Exception:
             log.exception("cache: could not read the answer to store")
             return

@@ -752,6 +752,8 @@ def test_json_response_cost_header_and_audit(gw: Gateway) -> None:
             "bound": None,
         },
         "output_cap_injected": False,
+        "cache": None,
+        "cost_saved_micros": None,
     }
 
 
