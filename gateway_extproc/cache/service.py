@@ -169,9 +169,13 @@ class ResponseCache:
         except Exception as exc:
             log.warning("cache store failed: %s: %s", type(exc).__name__, exc)
 
-    async def close(self) -> None:
+    async def drain(self, timeout_s: float = 5.0) -> None:
+        """Wait for the stores still under way."""
         if self._pending:
-            await asyncio.wait(list(self._pending), timeout=5)
+            await asyncio.wait(list(self._pending), timeout=timeout_s)
+
+    async def close(self) -> None:
+        await self.drain()
         if self.store_ is not None:
             await self.store_.close()
 
