@@ -23,7 +23,6 @@ from gateway_extproc.bounds import Bound, Unbounded, Unpriced, bound, request_pr
 from gateway_extproc.budgets import report as budget_report
 from gateway_extproc.budgets.gate import Admission
 from gateway_extproc.cache.key import CONTROL_HEADER, STATUS_HEADER, TTL_HEADER, CacheTicket
-from gateway_extproc.cache.key import client_headers as cache_client_headers
 from gateway_extproc.catalog import ModelEntry
 from gateway_extproc.context import GatewayContext
 from gateway_extproc.errors import (
@@ -323,7 +322,7 @@ class StreamProcessor:
             request=request,
             entry=entry,
             identity=self.identity,
-            client=cache_client_headers(*self.cache_headers),
+            headers=self.cache_headers,
             beta=self.anthropic_beta,
         )
         self.cache_ticket = lookup.ticket

@@ -26,9 +26,9 @@ from gateway_extproc.budgets.loader import BudgetStoreConfig
 from gateway_extproc.cache.key import (
     CACHEABLE,
     CacheTicket,
-    ClientCacheHeaders,
     Control,
     cache_key,
+    client_headers,
     has_tools,
     rule_for,
     tenant,
@@ -86,14 +86,17 @@ class ResponseCache:
         request: ParsedRequest,
         entry: ModelEntry,
         identity: Identity,
-        client: ClientCacheHeaders,
+        headers: tuple[str | None, str | None] = (None, None),
         beta: str = "",
     ) -> Lookup:
+        """The cache's decision for a request; `headers` are the client's x-gateway-cache and
+        x-gateway-cache-ttl values, checked (400 when invalid) only when a rule applies."""
         if self.store_ is None or request.api not in CACHEABLE:
             return NOT_CACHED
         rule = rule_for(self.config.rules, identity, entry.name, entry.provider)
         if rule is None:
             return NOT_CACHED
+        client = client_headers(*headers)
         scope = tenant(rule, identity)
         if scope is None or (has_tools(request.body) and not rule.side_effect_tools):
             return Lookup(CacheTicket("skip"))

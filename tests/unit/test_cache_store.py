@@ -14,11 +14,11 @@ from redis.asyncio.cluster import RedisCluster
 
 from gateway_extproc.apis import Api
 from gateway_extproc.budgets.model import Match
-from gateway_extproc.cache.key import ClientCacheHeaders, Control
 from gateway_extproc.cache.service import ResponseCache
 from gateway_extproc.cache.settings import CacheConfig, CacheRule
 from gateway_extproc.cache.store import CacheStore
 from gateway_extproc.catalog import Catalog
+from gateway_extproc.errors import BadRequest
 from gateway_extproc.identity.model import AuthMethod, Identity, Kind
 from gateway_extproc.inbound import parse_request
 from tests.redis_servers import (  # noqa: F401 - session fixtures used via getfixturevalue
@@ -110,7 +110,7 @@ async def ask(c: ResponseCache, user: str = "a", **body: Any) -> Any:
     entry = CATALOG.lookup("gpt-4o-mini")
     assert entry is not None
     return await c.lookup(
-        request=request, entry=entry, identity=identity(user), client=ClientCacheHeaders()
+        request=request, entry=entry, identity=identity(user), headers=(None, None)
     )
 
 
@@ -171,13 +171,9 @@ async def test_skip_refresh_and_tools(store: CacheStore) -> None:
     entry = CATALOG.lookup("gpt-4o-mini")
     assert entry is not None
     who = identity("a")
-    skip = await c.lookup(
-        request=request, entry=entry, identity=who, client=ClientCacheHeaders(Control.SKIP)
-    )
+    skip = await c.lookup(request=request, entry=entry, identity=who, headers=("skip", None))
     assert skip.ticket is not None and skip.ticket.key == ""
-    refresh = await c.lookup(
-        request=request, entry=entry, identity=who, client=ClientCacheHeaders(Control.REFRESH, 5)
-    )
+    refresh = await c.lookup(request=request, entry=entry, identity=who, headers=("refresh", "5"))
     assert (
         refresh.ticket is not None
         and refresh.ticket.status == "refresh"
@@ -207,3 +203,15 @@ def test_no_rules_no_cache() -> None:
     assert not CacheConfig().enabled
     off = ResponseCache.off()
     assert off.store_ is None
+
+
+async def test_bad_client_headers_are_refused_only_where_a_rule_applies(store: CacheStore) -> None:
+    c = cache(store)
+    request = parse_request(Api.OPENAI_CHAT, orjson.dumps({"model": "gpt-4o-mini", "messages": []}))
+    entry = CATALOG.lookup("gpt-4o-mini")
+    assert entry is not None
+    with pytest.raises(BadRequest):
+        await c.lookup(request=request, entry=entry, identity=identity("a"), headers=("yes", None))
+    outsider = Identity(Kind.USER, AuthMethod.JWT, "o", None, frozenset(), "dev", {}, None)
+    result = await c.lookup(request=request, entry=entry, identity=outsider, headers=("yes", None))
+    assert result.ticket is None  # no rule: the cache is not involved, its headers ignored
