@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
+
+import yaml
 
 from gateway_extproc.budgets.model import Match
 from gateway_extproc.cache.settings import CacheConfig, CacheRule, CacheScope, parse_cache
-from gateway_extproc.config import load_config
+from gateway_extproc.config import load_config, load_document, merge, parse_config
+from tests.paths import REPO
 
 
 def parse(doc: Any) -> tuple[CacheConfig, list[str]]:
@@ -84,3 +88,13 @@ def test_entry_cap_within_total_cap_and_rules_a_list() -> None:
 def test_the_gateway_config_reads_the_section() -> None:
     config = load_config(None, {})
     assert config.cache == CacheConfig()
+
+
+def test_the_readme_example_loads() -> None:
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Response cache", 1)[1]
+    block = re.search(r"```yaml\n(.*?)```", section, re.S)
+    assert block is not None
+    config = parse_config(merge(load_document(None), yaml.safe_load(block.group(1))), {})
+    assert [r.name for r in config.cache.rules] == ["eng-cache"]
+    assert config.cache.rules[0].ttl_s == 3600
