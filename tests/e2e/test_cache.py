@@ -370,3 +370,15 @@ def test_requests_with_tools_are_not_cached_by_default(gw: Cached) -> None:
         )
         assert raw.headers[STATUS] == "skip"
     assert gw.upstream_calls(marker) == 2
+
+
+def test_invalid_cache_headers_are_a_400_in_the_clients_format(gw: Cached) -> None:
+    client = gw.anthropic("olga@example.com", "cached")
+    with pytest.raises(anthropic.BadRequestError) as exc:
+        client.messages.create(
+            model="claude-sonnet-5",
+            max_tokens=10,
+            messages=question("x"),
+            extra_headers={"x-gateway-cache-ttl": "soon"},
+        )
+    assert "x-gateway-cache-ttl" in str(exc.value)
