@@ -147,19 +147,19 @@ class ResponseCache:
             return
         if status != 200 or not complete:
             return
-        raw = bytes(body)
         try:
+            raw = bytes(body)
             answer = answer_from_stream(api, raw) if stream else answer_from_json(api, raw)
-        except Exception:
-            log.exception("cache: could not read the answer to store")
+            if answer is None:
+                return
+            value = orjson.dumps(answer)
+            if len(value) > self.config.max_entry_bytes:
+                log.info("cache: answer of %d bytes over max_entry_bytes: not stored", len(value))
+                return
+            future = asyncio.ensure_future(self._put(ticket, value))
+        except Exception:  # the caller is settling a budget next: never let this fail it
+            log.exception("cache: could not store the answer")
             return
-        if answer is None:
-            return
-        value = orjson.dumps(answer)
-        if len(value) > self.config.max_entry_bytes:
-            log.info("cache: answer of %d bytes over max_entry_bytes: not stored", len(value))
-            return
-        future = asyncio.ensure_future(self._put(ticket, value))
         self._pending.add(future)
         future.add_done_callback(self._pending.discard)
 
