@@ -32,10 +32,9 @@ TTL_HEADER = "x-gateway-cache-ttl"  # seconds, at most the rule's ttl
 STATUS_HEADER = "x-gateway-cache-status"  # hit | miss | skip | refresh (response)
 KEY_VERSION = 1
 
-# The APIs whose answers are cached. Not cached: the Responses API (server-side state:
-# `store`, `previous_response_id`, conversation and background objects live at the provider),
-# embeddings and legacy completions.
-CACHEABLE = frozenset({Api.OPENAI_CHAT, Api.ANTHROPIC_MESSAGES})
+# The APIs whose answers are cached (not embeddings, not legacy completions). Responses requests
+# that depend on mutable provider-side state are not cached (`stateful`).
+CACHEABLE = frozenset({Api.OPENAI_CHAT, Api.ANTHROPIC_MESSAGES, Api.OPENAI_RESPONSES})
 # Fields that change how the answer is delivered or labelled, never what it says.
 DROPPED = frozenset(
     {
@@ -44,7 +43,6 @@ DROPPED = frozenset(
         "stream_options",
         "user",
         "metadata",
-        "store",
         "safety_identifier",
         "prompt_cache_key",
         "prompt_cache_retention",
@@ -129,6 +127,15 @@ def tenant(rule: CacheRule, identity: Identity) -> str | None:
     if identity.static_token:
         return f"static_token:{identity.static_token}"
     return f"service:{identity.issuer or ''}:{identity.service}" if identity.service else None
+
+
+def stateful(api: Api, body: Mapping[str, Any]) -> bool:
+    """A Responses request whose answer depends on provider-side state that can change: a
+    `conversation` (it grows) or a `background` response. (`previous_response_id` names an
+    immutable response, so it is simply part of the key.)"""
+    if api is not Api.OPENAI_RESPONSES:
+        return False
+    return body.get("background") is True or body.get("conversation") is not None
 
 
 def has_tools(body: Mapping[str, Any]) -> bool:

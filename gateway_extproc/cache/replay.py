@@ -15,6 +15,11 @@ from gateway_extproc.cache.replay_anthropic import (
     message_to_sse,
 )
 from gateway_extproc.cache.replay_openai import chat_from_events, chat_replayable, chat_to_sse
+from gateway_extproc.cache.replay_responses import (
+    response_from_events,
+    response_replayable,
+    response_to_sse,
+)
 from gateway_extproc.sse import SSEDecoder, SSEError, SSEEvent
 
 JSON = "application/json"
@@ -49,6 +54,8 @@ def answer_from_stream(api: Api, raw: bytes) -> dict[str, Any] | None:
         return chat_from_events(obj for _, obj in parsed)
     if api is Api.ANTHROPIC_MESSAGES:
         return message_from_events(parsed)
+    if api is Api.OPENAI_RESPONSES:
+        return response_from_events(parsed)
     return None
 
 
@@ -64,6 +71,8 @@ def answer_from_json(api: Api, raw: bytes) -> dict[str, Any] | None:
         return answer
     if api is Api.ANTHROPIC_MESSAGES and message_replayable(answer):
         return answer
+    if api is Api.OPENAI_RESPONSES and response_replayable(answer):
+        return answer
     return None
 
 
@@ -75,4 +84,6 @@ def replay(
         return orjson.dumps(answer), JSON
     if api is Api.ANTHROPIC_MESSAGES:
         return message_to_sse(answer), EVENT_STREAM
+    if api is Api.OPENAI_RESPONSES:
+        return response_to_sse(answer), EVENT_STREAM
     return chat_to_sse(answer, include_usage=include_usage), EVENT_STREAM

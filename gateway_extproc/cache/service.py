@@ -31,6 +31,7 @@ from gateway_extproc.cache.key import (
     client_headers,
     has_tools,
     rule_for,
+    stateful,
     tenant,
 )
 from gateway_extproc.cache.replay import answer_from_json, answer_from_stream, replay
@@ -98,7 +99,8 @@ class ResponseCache:
             return NOT_CACHED
         client = client_headers(*headers)
         scope = tenant(rule, identity)
-        if scope is None or (has_tools(request.body) and not rule.side_effect_tools):
+        tools = has_tools(request.body) and not rule.side_effect_tools
+        if scope is None or tools or stateful(request.api, request.body):
             return Lookup(CacheTicket("skip"))
         if client.control is Control.SKIP:
             return Lookup(CacheTicket("skip"))

@@ -382,3 +382,43 @@ def test_invalid_cache_headers_are_a_400_in_the_clients_format(gw: Cached) -> No
             extra_headers={"x-gateway-cache-ttl": "soon"},
         )
     assert "x-gateway-cache-ttl" in str(exc.value)
+
+
+def test_responses_api_stream_after_json_and_json_after_stream(gw: Cached) -> None:
+    client = gw.openai("pia@example.com", "cached")
+    first, second = uuid.uuid4().hex, uuid.uuid4().hex
+    before = gw.entries()
+    raw = client.responses.with_raw_response.create(model="gpt-5-mini", input=f"What is {first}?")
+    assert raw.headers[STATUS] == "miss"
+    answer = raw.parse()
+    before.add(gw.new_entry(before))
+    raw_stream = client.responses.with_raw_response.create(
+        model="gpt-5-mini", input=f"What is {first}?", stream=True
+    )
+    assert raw_stream.headers[STATUS] == "hit"
+    events = list(raw_stream.parse())
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    (final,) = [e.response for e in events if e.type == "response.completed"]
+    assert text == final.output_text == answer.output_text
+    assert final.usage is not None and answer.usage is not None
+    assert final.usage.output_tokens == answer.usage.output_tokens
+    assert gw.upstream_calls(first) == 1
+
+    with client.responses.stream(model="gpt-5-mini", input=f"What is {second}?") as stream:
+        streamed = stream.get_final_response()
+    gw.new_entry(before)
+    raw = client.responses.with_raw_response.create(model="gpt-5-mini", input=f"What is {second}?")
+    assert raw.headers[STATUS] == "hit"
+    assert raw.parse().output_text == streamed.output_text
+    assert gw.upstream_calls(second) == 1
+
+
+def test_responses_in_a_conversation_are_not_cached(gw: Cached) -> None:
+    client = gw.openai("quin@example.com", "cached")
+    marker = uuid.uuid4().hex
+    for _ in range(2):
+        raw = client.responses.with_raw_response.create(
+            model="gpt-5-mini", input=f"What is {marker}?", conversation="conv_1"
+        )
+        assert raw.headers[STATUS] == "skip"
+    assert gw.upstream_calls(marker) == 2

@@ -15,6 +15,7 @@ from gateway_extproc.cache.key import (
     cache_key,
     client_headers,
     rule_for,
+    stateful,
     tenant,
 )
 from gateway_extproc.cache.settings import CacheRule, CacheScope
@@ -57,6 +58,8 @@ def key(
         {"logprobs": True},
         {"reasoning_effort": "high"},
         {"some_future_parameter": 1},  # unknown fields are part of the key
+        {"store": True},  # a stored response can be chained (previous_response_id), a replay not
+        {"previous_response_id": "resp_1"},
     ],
 )
 def test_parameters_that_change_the_answer_change_the_key(change: dict[str, Any]) -> None:
@@ -70,7 +73,6 @@ def test_parameters_that_change_the_answer_change_the_key(change: dict[str, Any]
         {"stream": True, "stream_options": {"include_usage": True}},
         {"user": "someone"},
         {"metadata": {"trace": "1"}},
-        {"store": True},
         {"model": "gpt-4o-mini-2024-07-18"},  # an alias: the catalog model decides
         {"temperature": 0.2},  # the same value
     ],
@@ -146,3 +148,10 @@ def test_ticket_travels_as_one_string() -> None:
     assert CacheTicket.from_metadata(ticket.to_metadata()) == ticket
     assert CacheTicket.from_metadata(CacheTicket("skip").to_metadata()) == CacheTicket("skip")
     assert ticket.response_headers() == {"x-gateway-cache-status": "miss"}
+
+
+def test_stateful_responses_requests() -> None:
+    assert stateful(Api.OPENAI_RESPONSES, {"conversation": "conv_1"})
+    assert stateful(Api.OPENAI_RESPONSES, {"background": True, "stream": True})
+    assert not stateful(Api.OPENAI_RESPONSES, {"previous_response_id": "resp_1"})
+    assert not stateful(Api.OPENAI_CHAT, {"conversation": "x"})

@@ -249,7 +249,7 @@ def test_json_answers_are_kept_as_the_provider_sent_them(api: Api, body: bytes) 
         (Api.ANTHROPIC_MESSAGES, orjson.dumps({"type": "error"})),
         (Api.OPENAI_RESPONSES, orjson.dumps({"object": "response"})),
     ],
-    ids=["not-json", "no-usage", "audio", "anthropic-error", "responses-api"],
+    ids=["not-json", "no-usage", "audio", "anthropic-error", "responses-without-status"],
 )
 def test_json_answers_that_cannot_be_replayed_are_not_cached(api: Api, body: bytes) -> None:
     assert answer_from_json(api, body) is None
