@@ -56,6 +56,8 @@ class AuditRecord:
     guardrails: Mapping[str, Any] | None = None
     # budgets.report.rate_limit_fields: the rate limits checked; None: none applied
     rate_limits: Sequence[Mapping[str, Any]] | None = None
+    cache: str | None = None  # hit | miss | skip | refresh; None: no cache rule applied
+    cost_saved_micros: int | None = None  # a hit: what the answer would have cost
 
     def to_json(self) -> bytes:
         doc: dict[str, Any] = {
@@ -89,6 +91,8 @@ class AuditRecord:
             "output_cap_injected": self.output_cap_injected,
             "guardrails": self.guardrails,
             "rate_limits": None if self.rate_limits is None else list(self.rate_limits),
+            "cache": self.cache,
+            "cost_saved_micros": self.cost_saved_micros,
         }
         return orjson.dumps(doc)
 

@@ -25,6 +25,7 @@ from gateway_extproc.budgets.loader import (
 )
 from gateway_extproc.budgets.model import BudgetConfig
 from gateway_extproc.budgets.settings import parse_budgets
+from gateway_extproc.cache.settings import CacheConfig, parse_cache
 from gateway_extproc.catalog import Catalog
 from gateway_extproc.errors import ConfigError
 from gateway_extproc.forwarding import forward_header_problems
@@ -124,6 +125,7 @@ class GatewayConfig:
     observability: ObservabilityConfig = dataclasses.field(default_factory=ObservabilityConfig)
     metering: MeteringConfig = dataclasses.field(default_factory=MeteringConfig)
     guardrails: Guardrails = dataclasses.field(default_factory=Guardrails)
+    cache: CacheConfig = dataclasses.field(default_factory=CacheConfig)
 
     @property
     def uses_store(self) -> bool:
@@ -308,7 +310,7 @@ def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayC
     known = {"listener", "limits", "sidecar", "providers", "mock_unconfigured_providers"}
     known |= {"catalog", "audit", "identity", "policies", "budgets", "budget_store"}
     known |= {"admin_api", "spend", "rate_limits"}
-    known |= {"observability", "metering", "guardrails"}
+    known |= {"observability", "metering", "guardrails", "cache"}
     for extra in sorted(set(doc) - known):
         r.problems.append(f"{extra}: unknown key")
     listener = r.section(doc, "listener", {"host", "port", "admin_port"})
@@ -452,6 +454,7 @@ def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayC
         observability=parse_observability(doc.get("observability"), r.problems),
         metering=_metering(r, doc),
         guardrails=guardrails,
+        cache=parse_cache(doc.get("cache"), r.problems),
     )
     if r.problems:
         raise ConfigError(r.problems)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from gateway_extproc.audit import AuditSink
 from gateway_extproc.budgets.gate import BudgetGate
+from gateway_extproc.cache.service import ResponseCache
 from gateway_extproc.catalog import Catalog
 from gateway_extproc.config import GatewayConfig
 from gateway_extproc.identity.authenticator import Authenticator
@@ -30,5 +31,7 @@ class GatewayContext:
     )
     # Spans and metrics: process-lifetime, handed to every context a reload builds. Off by default.
     telemetry: Telemetry = dataclasses.field(default_factory=Telemetry)
+    # The response cache of this configuration (off without cache rules).
+    cache: ResponseCache = dataclasses.field(default_factory=ResponseCache.off)
     monotonic: Callable[[], float] = time.monotonic
     wall_clock: Callable[[], float] = time.time

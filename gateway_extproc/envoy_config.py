@@ -15,11 +15,10 @@ import yaml
 
 from gateway_extproc import handoff
 from gateway_extproc.admin import envoy_json
-from gateway_extproc.budgets import report as budget_report
 from gateway_extproc.config import GatewayConfig
 from gateway_extproc.envoy_ops import admin_cluster, ops_listener
 from gateway_extproc.observability import envoy_tracing
-from gateway_extproc.processor import CLUSTER_HEADER
+from gateway_extproc.processor import CLUSTER_HEADER, METADATA_RESPONSE_HEADERS
 from gateway_extproc.server import GRPC_MESSAGE_SLACK, SERVICE_NAME
 from gateway_extproc.upstreams import Upstream
 
@@ -189,7 +188,7 @@ def _response_headers_from_metadata(config: GatewayConfig) -> list[dict[str, Any
     report), copied by Envoy from dynamic metadata; an absent key adds nothing."""
     if config.metering.synchronous:
         return []
-    names = ("x-gateway-request-id", *budget_report.RESPONSE_HEADERS)
+    names = METADATA_RESPONSE_HEADERS
     return [
         {
             "header": {"key": name, "value": f"%DYNAMIC_METADATA({handoff.NAMESPACE}:{name})%"},

@@ -73,6 +73,7 @@ class RequestState:
     # Audit record fields the request phase decided (guardrails, rate limits, cache): name ->
     # a JSON value, passed to AuditRecord as they are.
     audit_extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    cache: str | None = None  # the response cache's ticket (cache.key.CacheTicket metadata)
     started_monotonic: float | None = None  # same process only (synchronous mode)
 
     # -- encoding ----------------------------------------------------------------------------
@@ -100,6 +101,7 @@ class RequestState:
             "tp": self.traceparent,
             "ts": self.tracestate,
             "ax": dict(self.audit_extra),
+            "ck": self.cache,
         }
         return orjson.dumps(doc).decode()
 
@@ -129,6 +131,7 @@ class RequestState:
                 traceparent=doc["tp"],
                 tracestate=doc["ts"],
                 audit_extra=dict(doc["ax"]),
+                cache=None if doc["ck"] is None else str(doc["ck"]),
             )
         except HandoffError:
             raise

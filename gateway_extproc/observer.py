@@ -18,6 +18,7 @@ import zlib
 
 from gateway_extproc import extproc_msgs as msgs
 from gateway_extproc.audit import AuditRecord
+from gateway_extproc.cache.key import CacheTicket
 from gateway_extproc.catalog import ModelEntry
 from gateway_extproc.context import GatewayContext
 from gateway_extproc.handoff import NAMESPACE, STATE_KEY, HandoffError, RequestState
@@ -60,6 +61,8 @@ class ResponseObserver:
         self.cost = 0
         self.response_meta: tuple[str | None, tuple[str, ...]] = (None, ())  # id, finish reasons
         self.lease_keeper: asyncio.Future[None] | None = None
+        # The response cache's decision for a miss: its answer is stored when it completes.
+        self.cache_ticket = None if state.cache is None else CacheTicket.from_metadata(state.cache)
         budget = state.budget
         if budget is not None and budget.reserved:
             # While the response runs, checkpoint its cost and renew the reservation's lease.
@@ -105,6 +108,7 @@ class ResponseObserver:
         data = b"" if self.metering_broken else self._decoded(chunk, end)
         if self.meter is not None:
             self.meter.feed(data)
+            self.ctx.cache.capture(self.cache_ticket, self.json_body, data)  # a miss to store
         else:
             self.json_body += data
         if not end:
@@ -215,6 +219,14 @@ class ResponseObserver:
             self.overrun_micros = gate.settle_outcome(
                 state.budget, cost if billed else None, self.request_id, rollup if billed else None
             )
+        self.ctx.cache.store(
+            self.cache_ticket,
+            state.api,
+            status=self.status,
+            complete=source is UsageSource.PROVIDER,
+            stream=self.meter is not None,
+            body=self.json_body,
+        )
         self._audit(usage, source, provider_model, cost)
         self.cost = cost
         return cost

@@ -27,6 +27,7 @@ from gateway_extproc.bodyparse import off_loop_if_large, parse_off_loop
 from gateway_extproc.bounds import Bound, Unbounded, Unpriced, bound, request_price
 from gateway_extproc.budgets import report as budget_report
 from gateway_extproc.budgets.gate import Admission
+from gateway_extproc.cache.key import CONTROL_HEADER, STATUS_HEADER, TTL_HEADER, CacheTicket
 from gateway_extproc.catalog import ModelEntry
 from gateway_extproc.context import GatewayContext
 from gateway_extproc.errors import (
@@ -49,13 +50,16 @@ from gateway_extproc.inbound import ParsedRequest, upstream_body, with_body
 from gateway_extproc.models_api import models_response
 from gateway_extproc.observability.attributes import RequestFacts
 from gateway_extproc.observer import ResponseObserver
-from gateway_extproc.pricing import format_usd
+from gateway_extproc.pricing import cost_micros, format_usd
 from gateway_extproc.ratelimits.report import RateLimited
 from gateway_extproc.tokens import Usage, UsageSource
 
 log = logging.getLogger("gateway.processor")
 
 CLUSTER_HEADER = "x-gateway-cluster"
+# Observe mode: every response header the request phase may decide, copied by Envoy from
+# dynamic metadata (envoy_config.py).
+METADATA_RESPONSE_HEADERS = ("x-gateway-request-id", *budget_report.RESPONSE_HEADERS, STATUS_HEADER)
 # Client headers that carry credentials: never forwarded to a provider.
 CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key", "x-goog-api-key")
 
@@ -88,6 +92,11 @@ class StreamProcessor:
         self.handed_off = False
         self.guard: GuardResult | None = None  # what the guardrails found and did
         self.rate_limited: RateLimited | None = None  # the 429 of a rate limit, for the audit
+        # The response cache: the client's two headers, the request's decision (None: no cache
+        # rule applies; small and serialisable for the response side), the cost a hit saved.
+        self.cache_headers: tuple[str | None, str | None] = (None, None)
+        self.cache_ticket: CacheTicket | None = None
+        self.cost_saved: int | None = None
         # W3C trace context the span continues: Envoy's (ext_proc gRPC metadata, when Envoy
         # traces; set by the server) or else the client's request headers.
         self.trace_context: tuple[str | None, str | None] = (None, None)
@@ -127,7 +136,7 @@ class StreamProcessor:
             if phase == "response_headers":
                 headers = msgs.headers_of(message.response_headers)
                 streaming = observer.on_headers(headers, message.response_headers.end_of_stream)
-                extra = budget_report.response_headers(self.admission)
+                extra = self._response_headers()
                 reply = msgs.common(set_headers={"x-gateway-request-id": self.request_id, **extra})
                 return msgs.response_headers_reply(reply, stream_body=streaming)
             body = message.response_body
@@ -135,7 +144,7 @@ class StreamProcessor:
             if cost is None or observer.meter is not None:
                 return msgs.response_body_reply()
             headers = {"x-gateway-cost-usd": format_usd(cost)}
-            headers.update(budget_report.response_headers(self.admission, cost))
+            headers.update(self._response_headers(cost))
             return msgs.response_body_reply(msgs.common(set_headers=headers))
         except Exception:
             observer.broken()
@@ -162,6 +171,7 @@ class StreamProcessor:
         self.request_id = headers.get("x-request-id", "-")
         self.client_headers = tuple(headers)  # names; which reach the provider: forwarding.py
         self.anthropic_beta = headers.get("anthropic-beta", "")
+        self.cache_headers = (headers.get(CONTROL_HEADER), headers.get(TTL_HEADER))
         self.method = headers.get(":method", "")
         self.path = headers.get(":path", "")
         if self.trace_context[0] is None:
@@ -254,6 +264,9 @@ class StreamProcessor:
         redacted = self.guard.body if self.guard is not None else None
         if redacted is not None:  # bounded and sent as the provider will see it
             self.request = request = with_body(request, redacted)
+        cached = await self._cache_lookup(request, entry)  # a hit reserves nothing
+        if cached is not None:
+            return cached
         if entry.provider not in self.ctx.upstreams:
             raise UnknownModel(f"model {request.model!r} has no configured provider")
         upstream = self.ctx.upstreams[entry.provider]  # a refused billing header: 400, unreserved
@@ -307,6 +320,8 @@ class StreamProcessor:
             served = entry.name
             if admission.bound is not None and admission.bound.price is not None:
                 self.entry = entry = dataclasses.replace(entry, price=admission.bound.price)
+            if self.cache_ticket is not None:  # another model's answer: not stored
+                self.cache_ticket = CacheTicket(self.cache_ticket.status)
         cap = admission.bound
         output_cap = None
         if cap is not None and cap.cap_field and cap.inject_max_output is not None:
@@ -366,6 +381,7 @@ class StreamProcessor:
             traceparent=self.trace_context[0],
             tracestate=self.trace_context[1],
             audit_extra=self._audit_extra(),
+            cache=self.cache_ticket.to_metadata() if self.cache_ticket is not None else None,
         )
 
     def _audit_extra(self) -> dict[str, Any]:
@@ -373,13 +389,46 @@ class StreamProcessor:
         return {
             "guardrails": self.guard.audit_fields() if self.guard is not None else None,
             "rate_limits": budget_report.rate_limit_fields(self.admission, self.rate_limited),
+            "cache": self.cache_ticket.status if self.cache_ticket is not None else None,
+            "cost_saved_micros": self.cost_saved,
         }
+
+    def _response_headers(self, cost_micros: int | None = None) -> dict[str, str]:
+        """Response headers the request phase decided: budgets, rate limits, the cache status
+        (METADATA_RESPONSE_HEADERS names every one)."""
+        headers = budget_report.response_headers(self.admission, cost_micros)
+        if self.cache_ticket is not None:
+            headers.update(self.cache_ticket.response_headers())
+        return headers
+
+    async def _cache_lookup(
+        self, request: ParsedRequest, entry: ModelEntry
+    ) -> msgs.ProcessingResponse | None:
+        """Answer from the response cache (an immediate 200, no provider call, no reservation),
+        or note the decision the response side needs to store the answer (`cache_ticket`)."""
+        assert self.identity is not None
+        lookup = await self.ctx.cache.lookup(
+            request=request,
+            entry=entry,
+            identity=self.identity,
+            headers=self.cache_headers,
+            beta=self.anthropic_beta,
+        )
+        self.cache_ticket = lookup.ticket
+        if lookup.hit is None:
+            return None
+        self.status = 200
+        self.cost_saved = cost_micros(lookup.hit.usage, entry.price)
+        self._finish()
+        headers = {"content-type": lookup.hit.content_type, STATUS_HEADER: "hit"}
+        headers |= {"x-gateway-request-id": self.request_id, "x-gateway-cost-usd": format_usd(0)}
+        return msgs.immediate(200, lookup.hit.body, headers, "gateway_cache_hit")
 
     def _dynamic_metadata(self, state: RequestState) -> struct_pb2.Struct:
         """Observe mode: the state for the observer stream, and the response headers Envoy adds
         from it (envoy_config.py lists the names)."""
         fields = {STATE_KEY: state.encode(), "x-gateway-request-id": self.request_id}
-        fields.update(budget_report.response_headers(self.admission))
+        fields.update(self._response_headers())
         metadata = struct_pb2.Struct()
         metadata.update({NAMESPACE: fields})
         return metadata
@@ -401,6 +450,7 @@ class StreamProcessor:
         """Audit a request the gateway answered itself (an error, /v1/models); a reservation
         taken before a late failure is released."""
         self.finished = True
+        hit = self.cost_saved is not None  # answered from the response cache
         if self.admission is not None:
             self.ctx.budgets.finish(self.admission, None, self.request_id)
         record = AuditRecord(
@@ -412,11 +462,11 @@ class StreamProcessor:
             requested_model=self.request.model if self.request else None,
             served_model=self.entry.name if self.entry else None,
             provider_model=None,
-            provider=None,
+            provider=self.entry.provider if hit and self.entry else None,
             upstream_mocked=False,
             stream=self.request.stream if self.request else False,
             status=self.status if self.status is not None else 0,
-            completed=False,
+            completed=hit,
             usage=Usage(),
             usage_source=UsageSource.NONE,
             cost_micros=0,

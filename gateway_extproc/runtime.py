@@ -31,6 +31,7 @@ from gateway_extproc.budgets.journal import Journal
 from gateway_extproc.budgets.loader import BudgetStoreConfig
 from gateway_extproc.budgets.services import BudgetServices
 from gateway_extproc.budgets.store import BudgetStore
+from gateway_extproc.cache.service import build_cache
 from gateway_extproc.config import GatewayConfig, load_config
 from gateway_extproc.context import GatewayContext
 from gateway_extproc.errors import ConfigError
@@ -82,6 +83,7 @@ def build_context(
         authenticator=Authenticator(identity),
         budgets=build_gate(config, services),
         telemetry=telemetry or Telemetry(),
+        cache=build_cache(config.cache, config.budget_store),
     )
 
 
@@ -306,4 +308,5 @@ async def start_context(ctx: GatewayContext) -> None:
 
 async def close_context(ctx: GatewayContext) -> None:
     await ctx.budgets.close()
+    await ctx.cache.close()
     await ctx.authenticator.close()

@@ -125,6 +125,14 @@ class GatewayMetrics:
             description="Time the sidecar spent handling one request's ext_proc messages",
             explicit_bucket_boundaries_advisory=FAST_BUCKETS,
         )
+        self.cache_requests = m.create_counter(
+            "gateway.cache.requests", unit="{request}", description="Response cache outcomes"
+        )
+        self.cache_saved = m.create_counter(
+            "gateway.cache.saved.micro_usd",
+            unit="{microdollar}",
+            description="What cache hits would have cost at catalog prices, micro-dollars",
+        )
         self.extproc_messages = m.create_counter(
             "gateway.extproc.messages", unit="{message}", description="ext_proc messages handled"
         )
@@ -175,6 +183,13 @@ class GatewayMetrics:
             at.REQUEST_MODEL: model,
         }
         self.requests.add(1, outcome)
+        if record.cache is not None:
+            self.cache_requests.add(
+                1, {"gateway.cache.status": record.cache, at.REQUEST_MODEL: model}
+            )
+            if record.cost_saved_micros:
+                saved: Attrs = {at.PROVIDER: provider, at.REQUEST_MODEL: model}
+                self.cache_saved.add(record.cost_saved_micros, saved)
         for decision in at.decisions(record):
             self.decisions.add(1, {"gateway.budget.decision": decision})
         for limit_state in record.rate_limits or ():

@@ -758,6 +758,8 @@ def test_json_response_cost_header_and_audit(gw: Gateway) -> None:
         "output_cap_injected": False,
         "guardrails": None,
         "rate_limits": None,
+        "cache": None,
+        "cost_saved_micros": None,
     }
 
 

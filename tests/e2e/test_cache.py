@@ -1,0 +1,424 @@
+"""The response cache through real Envoy, the sidecar, redis-server and the mock provider, with the
+official SDKs as clients: tenant isolation, JSON after stream and stream after JSON in both APIs,
+TTL expiry, the entry size cap, the skip / refresh / ttl headers, budgets untouched by a hit."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+import redis
+
+from gateway_extproc.identity.devissuer import DevIssuer, ensure_dev_issuer
+from gateway_extproc.stack import Stack
+from tests.e2e.conftest import start_stack
+from tests.e2e.harness import AuditLog, MockLog, expected_cost_micros
+
+pytestmark = pytest.mark.e2e
+
+MAX_ENTRY = 4096
+CONFIG = f"""
+identity: {{dev_issuer: true}}
+sidecar: {{workers: 1}}
+cache:
+  max_entry_bytes: {MAX_ENTRY}
+  rules:
+    - name: short
+      match: {{groups: [short]}}
+      ttl: 2s
+    - name: team
+      match: {{groups: [team]}}
+      ttl: 1h
+      scope: group
+    - name: everyone
+      match: {{groups: [cached]}}
+      ttl: 1h
+budgets:
+  - name: cached-users
+    scope: {{kind: user}}
+    match: {{groups: [cached]}}
+    limit_usd: 5
+    window: {{type: calendar, period: month}}
+    action: block
+"""
+ENTRIES = "llmgw:{gwc}:e:*"
+STATUS = "x-gateway-cache-status"
+
+
+def eventually(check: Callable[[], bool], timeout: float = 15) -> None:
+    """Wait for `check()`; the timeout only bounds a failure, it never decides a pass."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.05)
+
+
+class Cached:
+    def __init__(self, stack: Stack, issuer: DevIssuer) -> None:
+        self.stack = stack
+        self.issuer = issuer
+        self.audit = AuditLog(stack.run_dir / "audit.jsonl")
+        assert stack.mock_url is not None
+        self.mock = MockLog(stack.mock_url.removesuffix("/v1"))
+        self.redis = redis.Redis.from_url(stack.redis_url)
+        self.clients: list[openai.OpenAI | anthropic.Anthropic] = []  # closed at the end
+
+    def token(self, user: str, *groups: str) -> str:
+        return self.issuer.mint(user, list(groups), None, 3600, {}, time.time())
+
+    def openai(self, user: str, *groups: str) -> openai.OpenAI:
+        base = self.stack.gateway_url + "/v1"
+        client = openai.OpenAI(base_url=base, api_key=self.token(user, *groups), max_retries=0)
+        self.clients.append(client)
+        return client
+
+    def anthropic(self, user: str, *groups: str) -> anthropic.Anthropic:
+        token = self.token(user, *groups)
+        client = anthropic.Anthropic(
+            base_url=self.stack.gateway_url, auth_token=token, max_retries=0
+        )
+        self.clients.append(client)
+        return client
+
+    def upstream_calls(self, marker: str) -> int:
+        """Requests the mock provider received whose body mentions `marker`."""
+        return sum(marker in str(r.get("body")) for r in self.mock.requests())
+
+    def entries(self) -> set[bytes]:
+        return set(self.redis.scan_iter(ENTRIES))
+
+    def new_entry(self, before: set[bytes]) -> bytes:
+        """Wait for one entry that was not there `before` (the store runs after the response)."""
+        found: list[bytes] = []
+
+        def appeared() -> bool:
+            found[:] = sorted(self.entries() - before)
+            return bool(found)
+
+        eventually(appeared)
+        assert len(found) == 1, found
+        return found[0]
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cached]:
+    tmp_path = tmp_path_factory.mktemp("cache")
+    run_dir = tmp_path / "run"
+    issuer = ensure_dev_issuer(run_dir / "dev-issuer")
+    config = tmp_path / "gateway.yaml"
+    config.write_text(CONFIG)
+    c = Cached(start_stack(run_dir, config_path=config), issuer)
+    yield c
+    for client in c.clients:
+        client.close()
+    c.redis.close()
+    c.stack.stop()
+
+
+def question(marker: str) -> list[Any]:
+    return [{"role": "user", "content": f"What is {marker}?"}]
+
+
+def chat_json(client: openai.OpenAI, marker: str, **headers: str) -> tuple[Any, Any]:
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=question(marker), extra_headers=headers
+    )
+    return raw.headers, raw.parse()
+
+
+def chat_stream(
+    client: openai.OpenAI, marker: str, include_usage: bool
+) -> tuple[Any, str, list[Any]]:
+    """(headers, text, usage of every chunk) of a streamed chat completion."""
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini",
+        messages=question(marker),
+        stream=True,
+        stream_options={"include_usage": include_usage},
+    )
+    text, usages = "", []
+    for chunk in raw.parse():
+        usages.append(chunk.usage)
+        for choice in chunk.choices:
+            text += choice.delta.content or ""
+    return raw.headers, text, usages
+
+
+def test_two_users_never_share_an_entry(gw: Cached) -> None:
+    marker = uuid.uuid4().hex
+    alice, bob = gw.openai("alice@example.com", "cached"), gw.openai("bob@example.com", "cached")
+    before = gw.entries()
+    headers, first = chat_json(alice, marker)
+    assert headers[STATUS] == "miss"
+    alice_entry = gw.new_entry(before)
+    headers, again = chat_json(alice, marker)
+    assert headers[STATUS] == "hit"
+    assert again.choices[0].message.content == first.choices[0].message.content
+    assert gw.upstream_calls(marker) == 1
+
+    headers, _ = chat_json(bob, marker)  # the same request, another tenant: a miss
+    assert headers[STATUS] == "miss"
+    assert gw.upstream_calls(marker) == 2
+    bob_entry = gw.new_entry(before | {alice_entry})
+    assert bob_entry != alice_entry
+    headers, _ = chat_json(bob, marker)
+    assert headers[STATUS] == "hit"
+    assert gw.upstream_calls(marker) == 2
+
+
+def test_group_scope_shares_within_the_group_only(gw: Cached) -> None:
+    marker = uuid.uuid4().hex
+    before = gw.entries()
+    headers, _ = chat_json(gw.openai("carol@example.com", "team"), marker)
+    assert headers[STATUS] == "miss"
+    gw.new_entry(before)
+    headers, _ = chat_json(gw.openai("dave@example.com", "team"), marker)
+    assert headers[STATUS] == "hit"  # the same group: shared, as configured
+    assert gw.upstream_calls(marker) == 1
+
+
+def test_openai_stream_after_json(gw: Cached) -> None:
+    marker = uuid.uuid4().hex
+    client = gw.openai("erin@example.com", "cached")
+    before = gw.entries()
+    _, answer = chat_json(client, marker)
+    gw.new_entry(before)
+    headers, text, usages = chat_stream(client, marker, include_usage=True)
+    assert headers[STATUS] == "hit"
+    assert headers["content-type"].startswith("text/event-stream")
+    assert text == answer.choices[0].message.content
+    assert usages[-1] is not None and usages[-1] == answer.usage  # the usage chunk, last
+    assert all(u is None for u in usages[:-1])
+    _, text, usages = chat_stream(client, marker, include_usage=False)  # not asked: no usage
+    assert text == answer.choices[0].message.content
+    assert all(u is None for u in usages)
+    assert gw.upstream_calls(marker) == 1
+
+
+def test_openai_json_after_stream(gw: Cached) -> None:
+    marker = uuid.uuid4().hex
+    client = gw.openai("frank@example.com", "cached")
+    before = gw.entries()
+    headers, text, _ = chat_stream(client, marker, include_usage=False)
+    assert headers[STATUS] == "miss"
+    gw.new_entry(before)
+    headers, answer = chat_json(client, marker)
+    assert headers[STATUS] == "hit"
+    assert answer.choices[0].message.content == text
+    assert answer.choices[0].finish_reason == "stop"
+    assert answer.usage is not None and answer.usage.completion_tokens > 0
+    assert gw.upstream_calls(marker) == 1
+
+
+def anthropic_ask(client: anthropic.Anthropic, marker: str) -> tuple[Any, Any]:
+    raw = client.messages.with_raw_response.create(
+        model="claude-sonnet-5", max_tokens=200, messages=question(marker)
+    )
+    return raw.headers, raw.parse()
+
+
+def anthropic_stream(client: anthropic.Anthropic, marker: str) -> tuple[Any, str, Any]:
+    with client.messages.stream(
+        model="claude-sonnet-5", max_tokens=200, messages=question(marker)
+    ) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+        return stream.response.headers, text, final
+
+
+def test_anthropic_stream_after_json(gw: Cached) -> None:
+    marker = uuid.uuid4().hex
+    client = gw.anthropic("gina@example.com", "cached")
+    before = gw.entries()
+    headers, message = anthropic_ask(client, marker)
+    assert headers[STATUS] == "miss"
+    gw.new_entry(before)
+    headers, text, final = anthropic_stream(client, marker)
+    assert headers[STATUS] == "hit"
+    assert text == message.content[0].text
+    assert [b.text for b in final.content] == [b.text for b in message.content]
+    assert final.stop_reason == message.stop_reason
+    assert final.usage.output_tokens == message.usage.output_tokens
+    assert final.usage.input_tokens == message.usage.input_tokens
+    assert gw.upstream_calls(marker) == 1
+
+
+def test_anthropic_json_after_stream(gw: Cached) -> None:
+    marker = uuid.uuid4().hex
+    client = gw.anthropic("hank@example.com", "cached")
+    before = gw.entries()
+    headers, text, final = anthropic_stream(client, marker)
+    assert headers[STATUS] == "miss"
+    gw.new_entry(before)
+    headers, message = anthropic_ask(client, marker)
+    assert headers[STATUS] == "hit"
+    assert message.content[0].text == text
+    assert message.usage.output_tokens == final.usage.output_tokens > 0
+    assert message.stop_reason == "end_turn"
+    assert gw.upstream_calls(marker) == 1
+
+
+def test_ttl_expiry(gw: Cached) -> None:
+    marker = uuid.uuid4().hex
+    client = gw.openai("ivan@example.com", "short")  # rule ttl: 2s
+    before = gw.entries()
+    chat_json(client, marker)
+    entry = gw.new_entry(before)
+    assert 0 < gw.redis.pttl(entry) <= 2000
+    headers, _ = chat_json(client, marker)
+    assert headers[STATUS] == "hit"
+    eventually(lambda: not gw.redis.exists(entry))
+    headers, _ = chat_json(client, marker)
+    assert headers[STATUS] == "miss"
+    assert gw.upstream_calls(marker) == 2
+
+
+def test_client_ttl_shortens_the_rule(gw: Cached) -> None:
+    marker = uuid.uuid4().hex
+    client = gw.openai("judy@example.com", "cached")  # rule ttl: 1h
+    before = gw.entries()
+    chat_json(client, marker, **{"x-gateway-cache-ttl": "5"})
+    entry = gw.new_entry(before)
+    assert 0 < gw.redis.pttl(entry) <= 5000
+    assert gw.mock.last()["headers"].get("x-gateway-cache-ttl") is None  # never forwarded
+
+
+def test_entry_over_the_size_cap_is_not_stored(gw: Cached) -> None:
+    marker = uuid.uuid4().hex
+    client = gw.openai("karl@example.com", "cached")
+    big = {"x-mock-output-tokens": str(MAX_ENTRY)}  # words: well over MAX_ENTRY bytes
+    before = gw.entries()
+    headers, _ = chat_json(client, marker, **big)
+    assert headers[STATUS] == "miss"
+    # A small answer stored after it: the sidecar has dealt with the big one by then.
+    chat_json(client, marker + "-small")
+    gw.new_entry(before)
+    headers, _ = chat_json(client, marker, **big)
+    assert headers[STATUS] == "miss"
+    assert gw.upstream_calls(marker + "?") == 2
+
+
+def test_skip_and_refresh(gw: Cached) -> None:
+    marker = uuid.uuid4().hex
+    client = gw.openai("lena@example.com", "cached")
+    before = gw.entries()
+    headers, _ = chat_json(client, marker, **{"x-gateway-cache": "skip"})
+    assert headers[STATUS] == "skip"
+    headers, _ = chat_json(client, marker)  # skip stored nothing
+    assert headers[STATUS] == "miss"
+    entry = gw.new_entry(before)
+    headers, _ = chat_json(client, marker, **{"x-gateway-cache": "skip"})
+    assert headers[STATUS] == "skip"  # skip does not read either
+    assert gw.upstream_calls(marker) == 3
+    expiry = gw.redis.pttl(entry)
+    headers, _ = chat_json(client, marker, **{"x-gateway-cache": "refresh"})
+    assert headers[STATUS] == "refresh"
+    assert gw.upstream_calls(marker) == 4
+    eventually(lambda: gw.redis.pttl(entry) > expiry)  # stored again, with a fresh TTL
+    headers, _ = chat_json(client, marker)
+    assert headers[STATUS] == "hit"
+    assert gw.upstream_calls(marker) == 4
+
+
+def test_hit_costs_nothing_and_is_audited_with_the_cost_saved(gw: Cached) -> None:
+    marker = uuid.uuid4().hex
+    client = gw.openai("mona@example.com", "cached")
+    before = gw.entries()
+    headers, _ = chat_json(client, marker)
+    miss = gw.audit.wait_for(headers["x-gateway-request-id"])
+    gw.new_entry(before)
+    eventually(lambda: counters(gw, "mona@example.com")[1] == 0)  # the miss settled
+    held_spent = counters(gw, "mona@example.com")
+    assert held_spent[0] > 0
+    headers, _ = chat_json(client, marker)
+    assert headers[STATUS] == "hit"
+    assert headers["x-gateway-cost-usd"] == "0.000000"
+    hit = gw.audit.wait_for(headers["x-gateway-request-id"])
+    assert miss["cache"] == "miss" and miss["cost_micros"] > 0
+    assert miss["cost_micros"] == expected_cost_micros("gpt-4o-mini", miss["tokens"])
+    assert hit["cache"] == "hit"
+    assert hit["cost_micros"] == 0 and hit["usage_source"] == "none"
+    assert hit["cost_saved_micros"] == miss["cost_micros"]
+    assert hit["budget"] is None  # no reservation, no settle
+    assert hit["status"] == 200 and hit["served_model"] == "gpt-4o-mini"
+    assert counters(gw, "mona@example.com") == held_spent
+
+
+def counters(gw: Cached, user: str) -> tuple[int, int]:
+    """(spent, held) of the user's budget counters."""
+    spent = held = 0
+    for key in gw.redis.scan_iter(f"llmgw:{{gwb}}:[cr]:cached-users:{user}:*"):
+        record = gw.redis.hgetall(key).items()
+        fields = {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in record}
+        spent += fields.get("spent", 0) + sum(v for k, v in fields.items() if k.startswith("b:"))
+        held += fields.get("held", 0)
+    return spent, held
+
+
+def test_requests_with_tools_are_not_cached_by_default(gw: Cached) -> None:
+    marker = uuid.uuid4().hex
+    client = gw.openai("nina@example.com", "cached")
+    tools: Any = [{"type": "function", "function": {"name": "send_mail", "parameters": {}}}]
+    for _ in range(2):
+        raw = client.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=question(marker), tools=tools
+        )
+        assert raw.headers[STATUS] == "skip"
+    assert gw.upstream_calls(marker) == 2
+
+
+def test_invalid_cache_headers_are_a_400_in_the_clients_format(gw: Cached) -> None:
+    client = gw.anthropic("olga@example.com", "cached")
+    with pytest.raises(anthropic.BadRequestError) as exc:
+        client.messages.create(
+            model="claude-sonnet-5",
+            max_tokens=10,
+            messages=question("x"),
+            extra_headers={"x-gateway-cache-ttl": "soon"},
+        )
+    assert "x-gateway-cache-ttl" in str(exc.value)
+
+
+def test_responses_api_stream_after_json_and_json_after_stream(gw: Cached) -> None:
+    client = gw.openai("pia@example.com", "cached")
+    first, second = uuid.uuid4().hex, uuid.uuid4().hex
+    before = gw.entries()
+    raw = client.responses.with_raw_response.create(model="gpt-5-mini", input=f"What is {first}?")
+    assert raw.headers[STATUS] == "miss"
+    answer = raw.parse()
+    before.add(gw.new_entry(before))
+    raw_stream = client.responses.with_raw_response.create(
+        model="gpt-5-mini", input=f"What is {first}?", stream=True
+    )
+    assert raw_stream.headers[STATUS] == "hit"
+    events = list(raw_stream.parse())
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    (final,) = [e.response for e in events if e.type == "response.completed"]
+    assert text == final.output_text == answer.output_text
+    assert final.usage is not None and answer.usage is not None
+    assert final.usage.output_tokens == answer.usage.output_tokens
+    assert gw.upstream_calls(first) == 1
+
+    with client.responses.stream(model="gpt-5-mini", input=f"What is {second}?") as stream:
+        streamed = stream.get_final_response()
+    gw.new_entry(before)
+    raw = client.responses.with_raw_response.create(model="gpt-5-mini", input=f"What is {second}?")
+    assert raw.headers[STATUS] == "hit"
+    assert raw.parse().output_text == streamed.output_text
+    assert gw.upstream_calls(second) == 1
+
+
+def test_responses_in_a_conversation_are_not_cached(gw: Cached) -> None:
+    client = gw.openai("quin@example.com", "cached")
+    marker = uuid.uuid4().hex
+    for _ in range(2):
+        raw = client.responses.with_raw_response.create(
+            model="gpt-5-mini", input=f"What is {marker}?", conversation="conv_1"
+        )
+        assert raw.headers[STATUS] == "skip"
+    assert gw.upstream_calls(marker) == 2
