@@ -330,5 +330,3 @@ def _alerts(doc: object, path: str, out: list[str]) -> Alerts:
             out.append(f"{path}.webhook: must be an http(s) URL or null (got {webhook!r})")
             webhook = None
     return Alerts(thresholds_percent=thresholds, webhook=webhook)
-
-

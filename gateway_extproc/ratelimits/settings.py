@@ -20,10 +20,10 @@ from collections.abc import Mapping
 
 from gateway_extproc.budgets.settings import (
     _choice,
-    _match,
     _scope,
     _unknown_keys,
     parse_duration,
+    parse_match,
 )
 from gateway_extproc.ratelimits.model import (
     MAX_WINDOW_S,
@@ -92,7 +92,7 @@ def _rate_limit(doc: object, path: str, out: list[str]) -> RateLimitConfig | Non
             f"{path}.name: must be 1-64 of a-z, 0-9, _ and -, starting alphanumeric (got {name!r})"
         )
     scope = _scope(doc.get("scope"), f"{path}.scope", out)
-    match = _match(doc.get("match"), f"{path}.match", out)
+    match = parse_match(doc.get("match"), f"{path}.match", out)
     requests = _count(doc, "requests", path, out)
     tokens = _count(doc, "tokens", path, out)
     if doc.get("requests") is None and doc.get("tokens") is None:
