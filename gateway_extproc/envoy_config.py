@@ -128,9 +128,9 @@ def _ext_proc_service(config: GatewayConfig) -> dict[str, Any]:
 def _ext_proc_filters(config: GatewayConfig) -> list[dict[str, Any]]:
     """Synchronous mode: one filter that waits for the sidecar on every message. Observe mode
     (the default): a synchronous filter for the request only, and an observability-mode filter
-    Envoy never waits for, which sees the response (and the request body, so that a request
-    cut before its response still reaches an observer) with the request filter's state in
-    dynamic metadata (handoff.py)."""
+    Envoy never waits for, which sees the request headers (after the request filter is done
+    with the body) and the response, with the request filter's state in dynamic metadata
+    (handoff.py)."""
     timeout_ms = config.limits.ext_proc_message_timeout_ms
     synchronous = config.metering.synchronous
     request: dict[str, Any] = {
@@ -167,9 +167,13 @@ def _ext_proc_filters(config: GatewayConfig) -> list[dict[str, Any]]:
         # would run on unmetered; measured on Envoy 1.40, see README "Performance".)
         "failure_mode_allow": False,
         "deferred_close_timeout": f"{close_ms / 1000:g}s",
+        # Request headers: Envoy passes them on only after the request filter has handled the
+        # body, so they carry its state; a request cut before its response still reaches an
+        # observer. (Observing the request body instead would make Envoy drop content-length
+        # and send the provider a chunked body: some servers answer 411.)
         "processing_mode": {
-            "request_header_mode": "SKIP",
-            "request_body_mode": "STREAMED",
+            "request_header_mode": "SEND",
+            "request_body_mode": "NONE",
             "response_header_mode": "SEND",
             "response_body_mode": "STREAMED",
             "request_trailer_mode": "SKIP",

@@ -284,8 +284,8 @@ class ResponseObserver:
 
 
 class StreamObserver:
-    """One observability-mode ext_proc stream (observe mode): Envoy sends the request body and
-    the response without waiting for replies. The request filter's state arrives in dynamic
+    """One observability-mode ext_proc stream (observe mode): Envoy sends the request headers
+    and the response without waiting for replies. The request filter's state arrives in dynamic
     metadata with the first message; a stream without it (a request the gateway answered
     itself, already audited) has nothing to meter and is closed at once - else Envoy would
     keep it open for its deferred close, holding a stream per refused request."""

@@ -213,8 +213,8 @@ def test_observer_filter_is_never_waited_for(
     assert ext["failure_mode_allow"] is False
     assert ext["deferred_close_timeout"] == "5s"
     assert ext["processing_mode"] == {
-        "request_header_mode": "SKIP",
-        "request_body_mode": "STREAMED",
+        "request_header_mode": "SEND",
+        "request_body_mode": "NONE",
         "response_header_mode": "SEND",
         "response_body_mode": "STREAMED",
         "request_trailer_mode": "SKIP",

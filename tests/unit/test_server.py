@@ -239,12 +239,10 @@ def test_process_stream(sidecar: Sidecar) -> None:
         assert list(replies) == []
         assert sidecar.audit_lines()[before:] == []  # the observer audits it, not this stream
 
-        # The observer stream, as Envoy sends it: the request body, then (here) nothing more -
-        # the client went away before the response. Envoy waits for no reply.
-        observed = pb.ProcessingRequest(
-            request_body=pb.HttpBody(body=body.encode(), end_of_stream=True),
-            observability_mode=True,
-        )
+        # The observer stream, as Envoy sends it: the request headers, then (here) nothing
+        # more - the client went away before the response. Envoy waits for no reply.
+        observed = _headers({":method": "POST", ":path": "/v1/chat/completions"})
+        observed.observability_mode = True
         observed.metadata_context.filter_metadata[NAMESPACE].CopyFrom(
             second.dynamic_metadata.fields[NAMESPACE].struct_value
         )
