@@ -139,7 +139,11 @@ def _cluster(config: GatewayConfig) -> str:
 
 
 def data_plane_config(upstream_port: int, environ: Mapping[str, str]) -> GatewayConfig:
-    return parse_config(merge(load_document(None), provider_overrides(upstream_port)), environ)
+    """Plain Envoy's and the no-op's: one synchronous ext_proc filter on every phase (the
+    no-op answers each message at once: the floor of a synchronous ext_proc)."""
+    doc = merge(load_document(None), provider_overrides(upstream_port))
+    doc["metering"] = {"mode": "synchronous"}
+    return parse_config(doc, environ)
 
 
 def noop_bootstrap(
