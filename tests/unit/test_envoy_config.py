@@ -17,7 +17,7 @@ from gateway_extproc.budgets.report import RESPONSE_HEADERS
 from gateway_extproc.config import GatewayConfig, load_config
 from gateway_extproc.envoy_config import EXTPROC_CLUSTER, EnvoyPorts, build, render
 from gateway_extproc.handoff import NAMESPACE
-from gateway_extproc.processor import CLUSTER_HEADER
+from gateway_extproc.processor import CLUSTER_HEADER, METADATA_RESPONSE_HEADERS
 from gateway_extproc.server import GRPC_MESSAGE_SLACK, SERVICE_NAME
 from gateway_extproc.stack import StackError, validate_envoy_config
 from gateway_extproc.upstreams import Upstream, resolve_upstreams
@@ -232,7 +232,8 @@ def test_response_headers_come_from_metadata(
         for h in route(production)["response_headers_to_add"]
     }
     assert added["x-gateway-request-id"] == f"%DYNAMIC_METADATA({NAMESPACE}:x-gateway-request-id)%"
-    assert set(added) == {"x-gateway-request-id", *RESPONSE_HEADERS}
+    assert set(added) == set(METADATA_RESPONSE_HEADERS)
+    assert {"x-gateway-request-id", "x-gateway-cache-status", *RESPONSE_HEADERS} <= set(added)
     assert route(synchronous)["response_headers_to_add"] == []  # the sidecar sets them
 
 
