@@ -1,0 +1,289 @@
+"""Observe mode without Envoy: the request phase's reply carries the request's state in dynamic
+metadata, and a `StreamObserver` - as on another worker - meters, prices and audits the response
+from that state alone, sending no reply. The request state's encoding round-trips exactly."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from google.protobuf import struct_pb2
+
+from gateway_extproc.apis import Api
+from gateway_extproc.config import GatewayConfig, load_document, merge, parse_config
+from gateway_extproc.handoff import (
+    NAMESPACE,
+    STATE_KEY,
+    BudgetHandoff,
+    HandoffError,
+    RequestState,
+)
+from gateway_extproc.identity.model import AuthMethod, Identity, Kind
+from gateway_extproc.observer import StreamObserver
+from gateway_extproc.pricing import LongContext, Price
+from tests.unit.test_processor import (
+    CHAT,
+    CHAT_INPUT_ESTIMATE,
+    CHAT_PATH,
+    RID,
+    Gateway,
+    _gateway,
+    chunks,
+    fixture,
+    handle,
+    req_headers,
+    resp_body,
+    resp_headers,
+)
+
+
+@pytest.fixture(scope="module")
+def config() -> GatewayConfig:
+    client = {"sha256": hashlib.sha256(b"sk-client").hexdigest()}
+    identity = {"allow_anonymous": True, "static_tokens": {"test-client": client}}
+    doc = merge(load_document(None), {"identity": identity})
+    parsed = parse_config(doc, {})
+    assert not parsed.metering.synchronous  # observe is the default
+    return parsed
+
+
+@pytest.fixture
+def gw(tmp_path: Path, config: GatewayConfig) -> Iterator[Gateway]:
+    yield from _gateway(tmp_path, config, {})
+
+
+def handed_over(gw: Gateway, body: dict[str, Any]) -> struct_pb2.Struct:
+    """A forwarded request's request phase; the dynamic metadata its body reply carries. The
+    request's own stream then ends without writing anything: the observer owns the rest."""
+    p = gw.processor()
+    handle(p, req_headers(CHAT_PATH))
+    reply = handle(
+        p,
+        pb.ProcessingRequest(
+            request_body=pb.HttpBody(body=json.dumps(body).encode(), end_of_stream=True)
+        ),
+    )
+    assert reply.WhichOneof("response") == "request_body"
+    p.close()
+    assert gw.records() == []
+    return reply.dynamic_metadata
+
+
+def observed(message: pb.ProcessingRequest, metadata: struct_pb2.Struct) -> pb.ProcessingRequest:
+    """The message as the observability-mode filter sends it: Envoy forwards the namespace."""
+    message.observability_mode = True
+    message.metadata_context.filter_metadata[NAMESPACE].CopyFrom(
+        metadata.fields[NAMESPACE].struct_value
+    )
+    return message
+
+
+def test_the_reply_hands_the_state_and_the_response_headers_over(gw: Gateway) -> None:
+    metadata = handed_over(gw, CHAT)
+    fields = metadata.fields[NAMESPACE].struct_value.fields
+    assert fields["x-gateway-request-id"].string_value == RID
+    state = RequestState.decode(fields[STATE_KEY].string_value)
+    assert (state.request_id, state.api, state.requested_model, state.served_model) == (
+        RID,
+        Api.OPENAI_CHAT,
+        "gpt-test",
+        "gpt-test",
+    )
+    assert state.provider == "openai" and state.stream is False
+    assert state.input_tokens_estimate == CHAT_INPUT_ESTIMATE
+    assert (state.price.input, state.price.output, state.price.cached_input) == (
+        2_500_000,
+        10_000_000,
+        1_250_000,
+    )  # pico-dollars per token: the catalog's $2.50 / $10 / $1.25 per million
+    assert state.identity.kind is Kind.ANONYMOUS
+    assert state.started_monotonic is None  # process-local: never handed over
+
+
+def test_an_observer_meters_a_json_response_from_the_state_alone(gw: Gateway) -> None:
+    metadata = handed_over(gw, CHAT)
+    observer = StreamObserver(gw.ctx)
+    assert observer.handle(observed(req_headers(CHAT_PATH), metadata)) is False
+    assert observer.handle(observed(resp_headers(), metadata)) is False
+    usage = {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}
+    body = json.dumps({"object": "chat.completion", "model": "gpt-test", "usage": usage})
+    # The response's end: the stream may close now (not after Envoy's deferred close).
+    assert observer.handle(observed(resp_body(body.encode(), end=True), metadata)) is True
+    observer.close()  # the stream then ends: nothing more is written
+    record = gw.record()
+    assert record["request_id"] == RID
+    assert (record["status"], record["completed"], record["usage_source"]) == (
+        200,
+        True,
+        "provider",
+    )
+    assert record["cost_micros"] == 450  # 100 x $2.50 + 20 x $10 per million
+    assert record["identity"]["kind"] == "anonymous"
+
+
+@pytest.mark.parametrize("size", [1, 7, 4096])
+def test_an_observer_meters_a_stream_in_any_chunking(gw: Gateway, size: int) -> None:
+    metadata = handed_over(gw, {**CHAT, "stream": True})
+    observer = StreamObserver(gw.ctx)
+    observer.handle(observed(resp_headers(content_type="text/event-stream"), metadata))
+    for part in chunks(fixture("openai_chat_include_usage.sse"), size):
+        assert observer.handle(observed(resp_body(part), metadata)) is False
+    assert observer.handle(observed(resp_body(b"", end=True), metadata)) is True
+    record = gw.record()
+    assert record["usage_source"] == "provider" and record["stream"] is True
+    # 86 x $2.50 + 1920 x $1.25 (cached) + 300 x $10 (reasoning at the output price), per 1M
+    assert record["cost_micros"] == 215 + 2400 + 3000
+
+
+def test_a_request_cut_before_its_response_is_charged_its_input_estimate(gw: Gateway) -> None:
+    metadata = handed_over(gw, CHAT)
+    observer = StreamObserver(gw.ctx)
+    observer.handle(observed(req_headers(CHAT_PATH), metadata))
+    observer.close()  # Envoy's deferred close: no response ever came
+    record = gw.record()
+    assert (record["status"], record["completed"], record["usage_source"]) == (
+        0,
+        False,
+        "estimated",
+    )
+    assert record["tokens"]["input_tokens"] == CHAT_INPUT_ESTIMATE
+    assert record["cost_micros"] == 20  # 8 x $2.50 per million
+
+
+def test_a_stream_cut_midway_is_estimated_from_what_the_observer_saw(gw: Gateway) -> None:
+    metadata = handed_over(gw, {**CHAT, "stream": True})
+    observer = StreamObserver(gw.ctx)
+    observer.handle(observed(resp_headers(content_type="text/event-stream"), metadata))
+    data = fixture("openai_chat_include_usage.sse")
+    observer.handle(observed(resp_body(data[: len(data) // 2]), metadata))
+    observer.close()
+    record = gw.record()
+    assert (record["completed"], record["usage_source"]) == (False, "estimated")
+    assert record["tokens"]["output_tokens"] > 0
+
+
+def test_an_upstream_error_costs_nothing(gw: Gateway) -> None:
+    metadata = handed_over(gw, CHAT)
+    observer = StreamObserver(gw.ctx)
+    observer.handle(observed(resp_headers(status=429), metadata))
+    assert observer.handle(observed(resp_body(b'{"error": {}}', end=True), metadata)) is True
+    record = gw.record()
+    assert (record["status"], record["usage_source"], record["cost_micros"]) == (429, "none", 0)
+
+
+def test_a_stream_without_state_is_closed_at_once_and_writes_nothing(gw: Gateway) -> None:
+    # A request the gateway answered itself: its local reply passes the observer filter with
+    # no state (the request phase audited it).
+    observer = StreamObserver(gw.ctx)
+    message = resp_headers(status=401)
+    message.observability_mode = True
+    assert observer.handle(message) is True
+    observer.close()
+    assert gw.records() == []
+
+
+def test_an_unreadable_state_is_logged_and_the_stream_closed(
+    gw: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    message = resp_headers()
+    message.observability_mode = True
+    message.metadata_context.filter_metadata[NAMESPACE].update({STATE_KEY: "{not json"})
+    observer = StreamObserver(gw.ctx)
+    assert observer.handle(message) is True
+    assert gw.records() == []
+    assert "without a usable request state" in caplog.text
+
+
+def test_a_metering_fault_still_writes_one_estimated_record(gw: Gateway) -> None:
+    metadata = handed_over(gw, CHAT)
+    observer = StreamObserver(gw.ctx)
+    observer.handle(observed(resp_headers(extra={"content-encoding": "gzip"}), metadata))
+    assert observer.handle(observed(resp_body(b"not gzip", end=True), metadata)) is False
+    observer.close()
+    record = gw.record()
+    assert record["usage_source"] == "estimated" and record["status"] == 200
+
+
+# -- the state's encoding ----------------------------------------------------------------------
+
+
+FULL = RequestState(
+    request_id="r-1",
+    arrived=1_700_000_000.25,
+    method="POST",
+    path="/v1/messages?beta=true",
+    api=Api.ANTHROPIC_MESSAGES,
+    requested_model="claude-x",
+    served_model="claude-y",
+    price=Price(
+        input=3,
+        output=15,
+        cached_input=1,
+        cache_write=4,
+        reasoning=15,
+        cache_write_1h=None,
+        long_context=LongContext(200_000, Price(6, 22, 2, 8, 22, cache_write_1h=12)),
+    ),
+    provider="anthropic",
+    stream=True,
+    input_tokens_estimate=1234,
+    max_tokens=8192,
+    cap_injected=True,
+    identity=Identity(
+        kind=Kind.USER,
+        auth_method=AuthMethod.JWT,
+        user="alice@example.com",
+        service=None,
+        groups=frozenset({"eng", "ml"}),
+        issuer="corp",
+        attributes={"cost_center": "42"},
+        expires_at=1_700_003_600.0,
+        client_id="cli",
+    ),
+    metadata={"ticket": "T-1"},
+    budget=BudgetHandoff(
+        decision="downgraded",
+        reservation_id="ab" * 16,
+        reserved=True,
+        charges=(("eng-monthly", "alice@example.com", 5000, 1_000_000),),
+        arrived=1_700_000_000.25,
+        audit={"decision": "downgraded", "budgets": [{"name": "eng-monthly"}]},
+        span_budgets=(("eng-monthly", "alice@example.com", 1_000_000, 10, 5000),),
+    ),
+    traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    tracestate="k=v",
+    audit_extra={"guardrails": {"action": "redact"}, "rate_limits": None},
+    cache="miss:60:abc",
+)
+
+
+def test_the_state_round_trips_exactly() -> None:
+    assert RequestState.decode(FULL.encode()) == FULL
+
+
+def test_a_minimal_state_round_trips() -> None:
+    minimal = dataclasses.replace(
+        FULL,
+        budget=None,
+        traceparent=None,
+        tracestate=None,
+        audit_extra={},
+        cache=None,
+        max_tokens=None,
+    )
+    assert RequestState.decode(minimal.encode()) == minimal
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "[]", "{}", '{"v": 99}', FULL.encode().replace('"api":"ANTHROPIC_MESSAGES"', '"api":"X"')],
+)
+def test_an_unreadable_state_is_a_handoff_error(text: str) -> None:
+    with pytest.raises(HandoffError):
+        RequestState.decode(text)
