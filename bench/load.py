@@ -25,6 +25,7 @@ from pathlib import Path
 import redis
 
 from bench.upstream import CHUNKS
+from gateway_extproc.envoy_config import EXTPROC_CLUSTER
 
 PATH = "/v1/chat/completions"
 MARKER = "WRK_JSON "
@@ -157,6 +158,7 @@ def envoy_counter(admin_url: str, name: str) -> int:
 
 
 EXTPROC_MESSAGES = "http.gateway.ext_proc.stream_msgs_sent"  # Envoy -> sidecar messages
+EXTPROC_ACTIVE = f"cluster.{EXTPROC_CLUSTER}.upstream_rq_active"  # ext_proc streams open (gauge)
 
 
 def upstream_bytes(cluster: str) -> str:
@@ -353,3 +355,12 @@ def burst(url: str, token: str, count: int) -> list[int]:
             return [r.status_code for r in await asyncio.gather(*calls)]
 
     return asyncio.run(run())
+
+
+def wait_idle(admin_url: str, timeout_s: float = 30.0) -> None:
+    """Until Envoy has no ext_proc stream open (every request metered and settled)."""
+    deadline = time.monotonic() + timeout_s
+    while envoy_counter(admin_url, EXTPROC_ACTIVE) > 0:
+        if time.monotonic() > deadline:
+            raise BenchError(f"ext_proc streams still open after {timeout_s:g} s")
+        time.sleep(0.1)

@@ -227,7 +227,10 @@ class Bench:
         measured runs: MONITOR slows Redis). A call per chunk would show as 200 per stream."""
         assert running.redis_url is not None
         counts = {"json": 50, "sse": 20, "sse-paced": 10}
-        time.sleep(1.0)  # the streams the last wrk run cut short are settled meanwhile
+        # The streams the last wrk run cut short are settled first: in observe mode when Envoy
+        # closes their observer streams (metering.observer_close_timeout_ms later).
+        load.wait_idle(running.admin_url)
+        time.sleep(0.5)
         monitor = load.RedisMonitor(running.redis_url)
         try:
             for spec in specs:

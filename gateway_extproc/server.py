@@ -49,7 +49,9 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         self,
         request_iterator: AsyncIterator[pb.ProcessingRequest],
         context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[pb.ProcessingResponse]:
+    ) -> None:
+        # context.read() / write(): an observer stream reads and never writes, a request
+        # stream writes one reply per message.
         # The context current when the stream starts serves the whole stream, across reloads;
         # the runtime keeps it open until its last stream ends.
         with self.runtime.stream() as ctx:
@@ -57,12 +59,15 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
             observer = StreamObserver(ctx)
             busy, messages = 0.0, 0  # the sidecar's own time on this request
             try:
-                async for message in request_iterator:
+                while True:
+                    message = await context.read()
+                    if message is grpc.aio.EOF:
+                        return
                     started = time.perf_counter()
+                    messages += 1
                     if message.observability_mode:  # Envoy waits for no reply
                         done = observer.handle(message)
                         busy += time.perf_counter() - started
-                        messages += 1
                         if done:  # close it now rather than after Envoy's deferred close
                             return
                         continue
@@ -72,8 +77,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
                             processor.trace_context = trace_context(context.invocation_metadata())
                     reply = await processor.handle(message)
                     busy += time.perf_counter() - started
-                    messages += 1
-                    yield reply
+                    await context.write(reply)
             finally:
                 # Runs on normal end, on cancellation (client gone, Envoy reset) and on errors.
                 if processor is not None:
