@@ -10,7 +10,6 @@ pricing are pure calls; settles and the audit line are queued.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import datetime
 import logging
@@ -60,15 +59,13 @@ class ResponseObserver:
         self.overrun_micros = 0
         self.cost = 0
         self.response_meta: tuple[str | None, tuple[str, ...]] = (None, ())  # id, finish reasons
-        self.lease_keeper: asyncio.Future[None] | None = None
         # The response cache's decision for a miss: its answer is stored when it completes.
         self.cache_ticket = None if state.cache is None else CacheTicket.from_metadata(state.cache)
         budget = state.budget
-        if budget is not None and budget.reserved:
+        self.lease = budget.reservation_id if budget is not None and budget.reserved else None
+        if self.lease is not None:
             # While the response runs, checkpoint its cost and renew the reservation's lease.
-            self.lease_keeper = asyncio.ensure_future(
-                ctx.budgets.keep_lease(budget.reservation_id, self._cost_so_far)
-            )
+            ctx.budgets.services.hold_lease(self.lease, self._cost_so_far)
 
     def _now(self) -> float:
         """Monotonic in the request's own process, else wall-clock (another worker)."""
@@ -209,8 +206,8 @@ class ResponseObserver:
             )
             cost = cost_micros(usage, self.entry.price)
             self.error_code = self.error_code or "metering_failed"
-        if self.lease_keeper is not None:
-            self.lease_keeper.cancel()
+        if self.lease is not None:
+            self.ctx.budgets.services.drop_lease(self.lease)
         billed = source is not UsageSource.NONE
         dims = Dimensions.of(state.identity, self.entry.name, state.provider)
         rollup = UsageRecord(state.arrived, dims, usage, cost, source is UsageSource.ESTIMATED)

@@ -469,9 +469,6 @@ class BudgetGate:
     async def reconcile(self) -> int:
         return await self.services.reconcile()
 
-    async def keep_lease(self, reservation_id: str, cost_so_far: Callable[[], int]) -> None:
-        await self.services.keep_lease(reservation_id, cost_so_far)
-
     async def checkpoint(self, reservation_id: str, partial_micros: int) -> None:
         await self.services.checkpoint(reservation_id, partial_micros)
 

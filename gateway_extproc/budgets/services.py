@@ -109,6 +109,9 @@ class BudgetServices:
         self._sync_task: asyncio.Task[None] | None = None
         self._replayed: set[str] = set()  # settles owed by a previous run (journal entries)
         self.attempt_timeout_s = ATTEMPT_TIMEOUT_S  # one settle / release attempt
+        # Reservations of responses in flight: id -> (last renewal, cost so far).
+        self._leases: dict[str, tuple[float, Callable[[], int]]] = {}
+        self._lease_task: asyncio.Future[None] | None = None
         # Called with (seconds, ok) after each request-path store call (metrics), if set.
         self.on_call: Callable[[float, bool], None] | None = None
 
@@ -318,13 +321,30 @@ class BudgetServices:
 
     # -- leases and the reaper ---------------------------------------------------------------
 
-    async def keep_lease(self, reservation_id: str, cost_so_far: Callable[[], int]) -> None:
-        """While a response runs, checkpoint its cost so far and renew its reservation's lease
-        every lease_s / 3: a long stream is never reaped, and if this sidecar dies the reaper
-        charges what the stream had used. Cancelled when the request finishes."""
+    def hold_lease(self, reservation_id: str, cost_so_far: Callable[[], int]) -> None:
+        """While a response runs, its reservation's lease is renewed with a checkpoint of its
+        cost so far every lease_s / 3 (by one task for the whole process, not one per request):
+        a long stream is never reaped, and if this sidecar dies the reaper charges what the
+        stream had used. `drop_lease` when the request finishes."""
+        self._leases[reservation_id] = (self.clock(), cost_so_far)
+        if self._lease_task is None and self.store is not None:
+            self._lease_task = asyncio.ensure_future(self._renew_leases())
+
+    def drop_lease(self, reservation_id: str) -> None:
+        self._leases.pop(reservation_id, None)
+
+    async def _renew_leases(self) -> None:
+        period = self.settings.lease_s / 3
         while True:
-            await asyncio.sleep(self.settings.lease_s / 3)
-            await self.checkpoint(reservation_id, cost_so_far())
+            # A lease is renewed between period and 1.5 x period after its last renewal: well
+            # before it runs out (lease_s = 3 x period after the reserve).
+            await asyncio.sleep(period / 2)
+            now = self.clock()
+            due = [(rid, fn) for rid, (since, fn) in self._leases.items() if now - since >= period]
+            for rid, cost_so_far in due:
+                if rid in self._leases:  # not finished meanwhile
+                    self._leases[rid] = (now, cost_so_far)
+                    await self.checkpoint(rid, cost_so_far())
 
     async def checkpoint(self, reservation_id: str, partial_micros: int) -> None:
         if self.store is None:
@@ -424,6 +444,8 @@ class BudgetServices:
     async def close(self, grace_s: float = 5.0) -> None:
         """Await pending settles up to `grace_s`; journal what is left; close everything."""
         await self.drain(grace_s)
+        if self._lease_task is not None:
+            self._lease_task.cancel()
         for task in list(self._pending):
             task.cancel()
         if self.journal is not None:

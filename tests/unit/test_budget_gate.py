@@ -796,6 +796,37 @@ async def test_reaper_charges_expired_leases(harness: Harness) -> None:
     assert await record_state(gate, "crashed") == "SETTLED"
 
 
+async def test_held_leases_are_renewed_with_their_cost_until_dropped(harness: Harness) -> None:
+    """One task renews every response's lease (not one task per request): a response that runs
+    longer than lease_s / 3 is checkpointed with its cost so far, so the reaper never charges a
+    live stream, and a dropped lease is renewed no more."""
+    clock = Clock()
+    watched = budget("watched", 8000)
+    gate = await harness.gate([watched], clock=clock, lease_s=0.6)
+    await admit(gate, "long")
+    await admit(gate, "short")
+    assert gate.store is not None
+    services = gate.services
+    services.hold_lease("long", lambda: 700)
+    services.hold_lease("short", lambda: 300)
+    services.drop_lease("short")  # finished at once: never renewed
+    key = gate.store.record_key
+
+    async def partial(rid: str) -> bytes | None:
+        value: bytes | None = await gate.store._client.hget(key(rid), "partial")  # type: ignore[union-attr]
+        return value
+
+    clock.now = T0 + 0.25  # past lease_s / 3 for the renewal task (it reads the gate's clock)
+    deadline = asyncio.get_running_loop().time() + 5
+    while await partial("long") is None:
+        assert asyncio.get_running_loop().time() < deadline, "the lease was never renewed"
+        await asyncio.sleep(0.02)
+    assert await partial("long") == b"700"
+    assert await partial("short") is None
+    services.drop_lease("long")
+    assert services._leases == {}
+
+
 def test_an_alias_and_its_model_share_one_model_scoped_counter() -> None:
     """Each-model budgets are keyed by the catalog name, whatever alias the client sent."""
     problems: list[str] = []
