@@ -12,6 +12,7 @@ from pathlib import Path
 import anthropic
 import openai
 import pytest
+import yaml
 
 from gateway_extproc.stack import Stack
 from tests.e2e.harness import RETIRED_MODELS, AuditLog, MockLog
@@ -37,8 +38,18 @@ def stack_environ(run_dir: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def start_stack(run_dir: Path, **kwargs: object) -> Stack:
+def start_stack(run_dir: Path, *, drain: bool = False, **kwargs: object) -> Stack:
+    """A stack on ephemeral ports. Its sidecars stop without the production drain period
+    (`sidecar.drain_s: 0`, unless the config sets it or `drain`): a test stack has no load
+    balancer to wait for, and the suite starts two dozen of them."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = kwargs.get("config_path")
+    if not drain and isinstance(config_path, Path):
+        doc = yaml.safe_load(config_path.read_text()) or {}
+        sidecar = doc.setdefault("sidecar", {})
+        if isinstance(sidecar, dict) and "drain_s" not in sidecar:
+            sidecar["drain_s"] = 0
+            config_path.write_text(yaml.safe_dump(doc, sort_keys=False))
     environ = kwargs.pop("environ", None) or stack_environ(run_dir)
     stack = Stack(
         run_dir=run_dir,

@@ -4,6 +4,7 @@ exact admission under 200 concurrent requests, disconnects, a killed sidecar, a 
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,9 +25,11 @@ from tests.e2e.worst_case import (
     GPT4O_MINI,
     cost_micros,
     estimate_micros,
+    held,
     held_burst,
     input_bound,
     mock_input_tokens,
+    release,
 )
 
 pytestmark = pytest.mark.e2e
@@ -363,6 +366,38 @@ def test_client_disconnect_charges_what_was_streamed_and_releases_the_hold(gw: B
     spent, _ = gw.counters("streamers", "dora@example.com")
     assert spent == rec["cost_micros"]  # charged what was streamed, not the 2000-token estimate
     assert 0 < spent < rec["budget"]["estimate_micros"]
+
+
+def test_client_disconnect_before_the_response_charges_the_input_estimate(gw: Budgeted) -> None:
+    """Observe mode: the observer saw the request headers (with the request's state) and no
+    response; when Envoy closes its stream after the client left, the request is charged its
+    input estimate - what synchronous mode charged - and the rest of its hold is released."""
+    token = gw.token("cara@example.com", "streamers")
+    body = json.dumps({"model": "gpt-4o", "messages": MESSAGES, "max_tokens": 100}).encode()
+    host, port = gw.stack.gateway_url.removeprefix("http://").split(":")
+    request = (
+        f"POST {CHAT} HTTP/1.1\r\nhost: {host}\r\nauthorization: Bearer {token}\r\n"
+        f"content-type: application/json\r\nx-mock-hold: cut-before\r\n"
+        f"content-length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    mock = stack_mock(gw)
+    with socket.create_connection((host, int(port)), timeout=10) as client:
+        client.sendall(request)
+        eventually(lambda: held(mock, "cut-before") == 1)  # at the provider, no answer yet
+    (rid,) = gw.reservations_for("streamers", "cara@example.com")
+    release(mock, "cut-before")
+
+    def audited() -> bool:
+        return any((r.get("budget") or {}).get("reservation_id") == rid for r in gw.audit.records())
+
+    eventually(audited)
+    (rec,) = [r for r in gw.audit.records() if (r.get("budget") or {}).get("reservation_id") == rid]
+    assert (rec["status"], rec["completed"], rec["usage_source"]) == (0, False, "estimated")
+    assert rec["tokens"]["output_tokens"] == 0 and rec["tokens"]["input_tokens"] > 0
+    eventually(lambda: gw.counters("streamers", "cara@example.com")[1] == 0)
+    assert gw.counters("streamers", "cara@example.com") == (rec["cost_micros"], 0)
+    assert 0 < rec["cost_micros"] < rec["budget"]["estimate_micros"]
+    assert gw.reservation(rid)["state"] == "SETTLED"
 
 
 def test_sidecar_killed_mid_stream_is_charged_once_by_the_reaper(gw: Budgeted) -> None:

@@ -146,7 +146,7 @@ def sidecar_log(stack: Stack) -> str:
 def two_workers(tmp_path: Path) -> Iterator[Stack]:
     path = tmp_path / "gateway.yaml"
     path.write_text(config(workers=2, grace_s=120))
-    stack = start_stack(tmp_path / "run", config_path=path)
+    stack = start_stack(tmp_path / "run", config_path=path, drain=True)
     yield stack
     stack.stop()
 
@@ -217,7 +217,7 @@ def test_sigterm_mid_stream_drains_to_the_other_worker_and_loses_nothing(
 def impatient(tmp_path: Path) -> Iterator[Stack]:
     path = tmp_path / "gateway.yaml"
     path.write_text(config(workers=1, grace_s=1))
-    stack = start_stack(tmp_path / "run", config_path=path)
+    stack = start_stack(tmp_path / "run", config_path=path, drain=True)
     yield stack
     stack.stop()
 
