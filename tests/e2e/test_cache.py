@@ -17,7 +17,7 @@ import redis
 from gateway_extproc.identity.devissuer import DevIssuer, ensure_dev_issuer
 from gateway_extproc.stack import Stack
 from tests.e2e.conftest import start_stack
-from tests.e2e.harness import AuditLog, MockLog, expected_cost_micros
+from tests.e2e.harness import AuditLog, MockLog, expected_cost_micros, extproc_hosts
 
 pytestmark = pytest.mark.e2e
 
@@ -92,6 +92,23 @@ class Cached:
     def entries(self) -> set[bytes]:
         return set(self.redis.scan_iter(ENTRIES))
 
+    def settled(self) -> None:
+        """Every earlier response metered and its answer stored. In observe mode a miss is
+        stored by the observer just after the client has the response, so a test's `before`
+        could otherwise miss the previous test's last entry: wait until Envoy has no ext_proc
+        stream open (each observer stream closes once its request is finished, store
+        scheduled), then until the entries stay the same for a quiet period."""
+        eventually(
+            lambda: all(h["rq_active"] == "0" for h in extproc_hosts(self.stack.admin_url).values())
+        )
+        seen = self.entries()
+        quiet_until = time.monotonic() + 0.2
+        while time.monotonic() < quiet_until:
+            time.sleep(0.05)
+            now = self.entries()
+            if now != seen:
+                seen, quiet_until = now, time.monotonic() + 0.2
+
     def new_entry(self, before: set[bytes]) -> bytes:
         """Wait for one entry that was not there `before` (the store runs after the response)."""
         found: list[bytes] = []
@@ -103,6 +120,11 @@ class Cached:
         eventually(appeared)
         assert len(found) == 1, found
         return found[0]
+
+
+@pytest.fixture(autouse=True)
+def _settled(gw: Cached) -> None:
+    gw.settled()
 
 
 @pytest.fixture(scope="module")
