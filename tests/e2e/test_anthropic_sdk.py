@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import anthropic
 import pytest
 
@@ -131,9 +133,21 @@ def test_stream_helper_and_dated_alias(
     assert len(text.split()) == final.usage.output_tokens
     sent = mock.last()
     assert sent["body"]["model"] == "claude-haiku-4-5-20251001"  # the client's name goes upstream
-    records = [r for r in audit.records() if r["requested_model"] == "claude-haiku-4-5-20251001"]
-    assert records and records[-1]["served_model"] == "claude-haiku-4-5"
-    assert records[-1]["tokens"]["output_tokens"] == final.usage.output_tokens
+    # The audit line is written once the response has been metered, just after the client has
+    # it (observe mode): wait for the one with this response's id.
+    deadline = time.monotonic() + 15
+    while not (
+        records := [
+            r
+            for r in audit.records()
+            if r["requested_model"] == "claude-haiku-4-5-20251001"
+            and r.get("completed")
+            and r["tokens"]["output_tokens"] == final.usage.output_tokens
+        ]
+    ):
+        assert time.monotonic() < deadline, "no audit record for the aliased stream"
+        time.sleep(0.05)
+    assert records[-1]["served_model"] == "claude-haiku-4-5"
 
 
 def test_models_list_in_anthropic_format(claude: anthropic.Anthropic) -> None:

@@ -146,7 +146,12 @@ def test_self_hosted_provider_is_one_config_entry(configured_stack: Stack, keyed
         assert "authorization" not in mock.last()["headers"]
         ids = {m.id for m in oai.models.list()}
     assert "local-llama-70b" in ids
-    rec = [r for r in audit.records() if r["requested_model"] == "local-llama-70b"][-1]
+    # Audited by the observer once the error response has passed (observe mode): wait for it.
+    deadline = time.monotonic() + 15
+    while not (found := [r for r in audit.records() if r["requested_model"] == "local-llama-70b"]):
+        assert time.monotonic() < deadline, "no audit record for the refused request"
+        time.sleep(0.05)
+    rec = found[-1]
     assert rec["provider"] == "vllm" and rec["status"] == 401 and rec["cost_micros"] == 0
 
 
