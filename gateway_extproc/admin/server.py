@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from redis.exceptions import ConnectionError
 
 from gateway_extproc.admin import budget_api, spend_api
 from gateway_extproc.admin._generated.gateway.admin.v1 import admin_pb2 as pb
@@ -69,7 +70,16 @@ class AdminServicer:
             if store is None:
                 raise AdminError("FAILED_PRECONDITION", "this gateway has no budget store")
             method = getattr(self, f"_{name}")
-            return await method(request, Call(caller, ctx, store, self._clock()))
+            try:
+                return await method(request, Call(caller, ctx, store, self._clock()))
+            except BudgetStoreError as exc:
+                # After a Redis restart each pooled connection fails its first use ("Connection
+                # closed by server"). A read is idempotent: once more, on a fresh connection.
+                # (A write is not retried: it may have reached Redis.)
+                if METHODS[name].role != READ or not isinstance(exc.__cause__, ConnectionError):
+                    raise
+                log.warning("admin %s: %s; retrying the read once", name, exc)
+                return await method(request, Call(caller, ctx, store, self._clock()))
         except AdminError as exc:
             code, message = grpc.StatusCode[exc.code], str(exc)
         except RetentionError as exc:
