@@ -2,7 +2,10 @@
 
 `python -m bench.noop --port-file F` answers every ProcessingRequest at once with an empty
 reply of its kind. Response headers of an event stream get `mode_override` response body
-STREAMED, as the gateway's do, so Envoy sends both the same phases. Server options are the
+STREAMED, as the gateway's do, so Envoy sends both the same phases. Observability-mode
+messages (the `noop-observe` setup: the gateway's two-filter observe mode) get no reply, and
+the stream closes at the response's end, as the gateway's observer does: the floor of
+observe mode's transport. Server options are the
 gateway's own (`gateway_extproc.server.grpc_options` for the built-in config), and it answers
 Envoy's gRPC health checks SERVING like the gateway, so Envoy treats both setups alike.
 """
@@ -46,12 +49,23 @@ def _is_event_stream(message: pb.HttpHeaders) -> bool:
     return False
 
 
+def _response_ended(message: pb.ProcessingRequest) -> bool:
+    phase = message.WhichOneof("request")
+    if phase == "response_headers":
+        return bool(message.response_headers.end_of_stream)
+    return phase == "response_body" and bool(message.response_body.end_of_stream)
+
+
 class NoopProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     async def Process(
         self, request_iterator: AsyncIterator[pb.ProcessingRequest], context: Any
     ) -> AsyncIterator[pb.ProcessingResponse]:
         async for message in request_iterator:
             phase = message.WhichOneof("request")
+            if message.observability_mode:
+                if _response_ended(message):
+                    return
+                continue
             if phase == "response_headers" and _is_event_stream(message.response_headers):
                 yield _STREAM_HEADERS_REPLY
             else:

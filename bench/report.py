@@ -10,6 +10,7 @@ from typing import Any
 SETUP_NAMES = {
     "plain": "plain envoy",
     "noop": "no-op ext_proc",
+    "noop-observe": "no-op ext_proc, observe mode",
     "gateway-sync": "gateway, synchronous (before)",
     "gateway": "gateway, observe (after)",
     "gateway+otel": "gateway, traces + metrics on",
@@ -21,7 +22,7 @@ GATEWAYS = ("gateway", "gateway-sync")
 class Row:
     """One setup under one load at one concurrency; None where it does not apply."""
 
-    setup: str  # plain | noop | gateway-sync | gateway | gateway+otel
+    setup: str  # plain | noop | noop-observe | gateway-sync | gateway | gateway+otel
     workers: int  # sidecar processes (0: plain Envoy)
     load: str  # json | sse | sse-paced
     connections: int
@@ -187,6 +188,22 @@ def build(
             v("sidecar_ms_per_req", "gateway", w, "json", sat),
             v("sidecar_ms_per_req", "gateway-sync", w, "json", sat),
         )
+
+    # Observe mode's floor: the same two filters and messages with a processor that does
+    # nothing. What the gateway cannot beat whatever its own work costs.
+    if table.find("noop-observe", 1, "json", 1) is not None:
+        for field, load, unit in (
+            ("p50_ms", "json", "ms"),
+            ("ttfb_ms", "sse", "ms"),
+            ("chunk_us", "sse-paced", "us"),
+        ):
+            ratios[f"floor: noop-observe added {field.split('_')[0]} {unit} {load} c=1 W=1"] = (
+                _diff(v(field, "noop-observe", 1, load, 1), v(field, "plain", 0, load, 1))
+            )
+        for w in sorted(set(sync_workers)):
+            ratios[f"floor: rps noop-observe/gateway-sync json c={sat} W={w}"] = _ratio(
+                v("rps", "noop-observe", w, "json", sat), v("rps", "gateway-sync", w, "json", sat)
+            )
 
     # Telemetry on versus off (W=1): latency added at c=1, throughput and sidecar CPU at c=sat.
     if table.find("gateway+otel", 1, "json", 1) is not None:

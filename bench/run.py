@@ -306,7 +306,7 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, bool]:
     parser.add_argument("--keep", action="store_true", help="keep the run directory (logs)")
     parser.add_argument(
         "--setups",
-        default="plain,noop,gateway-sync,gateway,gateway+otel,guardrails",
+        default="plain,noop,noop-observe,gateway-sync,gateway,gateway+otel,guardrails",
         help="comma-separated subset, e.g. gateway,gateway+otel (telemetry on versus off); "
         "guardrails: the 1 MB prompt scan (pure CPU, no processes)",
     )
@@ -348,10 +348,12 @@ def run(settings: Settings, run_dir: Path, log: IO[bytes]) -> dict[str, object]:
         plans = [
             ("plain", 0, True),
             ("noop", 1, True),
+            ("noop-observe", 1, True),  # observe mode's transport with no work: its floor
             ("gateway-sync", 1, True),  # the synchronous response path (before issue 13)
             ("gateway", 1, True),
             ("gateway+otel", 1, True),  # traces + metrics on, exported to a local sink
             ("noop", n, False),
+            ("noop-observe", n, False),
             ("gateway-sync", n, False),
             ("gateway", n, False),
         ]
@@ -364,8 +366,8 @@ def run(settings: Settings, run_dir: Path, log: IO[bytes]) -> dict[str, object]:
             bench.progress(f"starting {setup}" + (f" with {workers} worker(s)" if workers else ""))
             if setup == "plain":
                 cm = setups.plain(log, run_dir, port, env)
-            elif setup == "noop":
-                cm = setups.noop(log, run_dir, port, workers, env)
+            elif setup in ("noop", "noop-observe"):
+                cm = setups.noop(log, run_dir, port, workers, env, observe=setup == "noop-observe")
             elif setup == "gateway-sync":
                 cm = setups.gateway(
                     log, log_path, run_dir, port, workers, identity, env, synchronous=True

@@ -138,11 +138,14 @@ def _cluster(config: GatewayConfig) -> str:
     return config.providers["openai"].cluster
 
 
-def data_plane_config(upstream_port: int, environ: Mapping[str, str]) -> GatewayConfig:
+def data_plane_config(
+    upstream_port: int, environ: Mapping[str, str], metering_mode: str = "synchronous"
+) -> GatewayConfig:
     """Plain Envoy's and the no-op's: one synchronous ext_proc filter on every phase (the
-    no-op answers each message at once: the floor of a synchronous ext_proc)."""
+    no-op answers each message at once: the floor of a synchronous ext_proc), or with
+    `metering_mode` observe the gateway's two filters (the floor of observe mode)."""
     doc = merge(load_document(None), provider_overrides(upstream_port))
-    doc["metering"] = {"mode": "synchronous"}
+    doc["metering"] = {"mode": metering_mode}
     return parse_config(doc, environ)
 
 
@@ -279,18 +282,26 @@ def plain(
 
 @contextlib.contextmanager
 def noop(
-    output: IO[bytes], run_dir: Path, upstream_port: int, workers: int, environ: Mapping[str, str]
+    output: IO[bytes],
+    run_dir: Path,
+    upstream_port: int,
+    workers: int,
+    environ: Mapping[str, str],
+    *,
+    observe: bool = False,
 ) -> Iterator[Running]:
-    config = data_plane_config(upstream_port, environ)
+    setup = "noop-observe" if observe else "noop"
+    config = data_plane_config(upstream_port, environ, "observe" if observe else "synchronous")
     procs = Procs(output)
     try:
         started = [
-            _port_from_file(procs, "bench.noop", run_dir / f"noop-{i}.port") for i in range(workers)
+            _port_from_file(procs, "bench.noop", run_dir / f"{setup}-{i}.port")
+            for i in range(workers)
         ]
         bootstrap = noop_bootstrap(config, tuple(port for port, _ in started), environ)
-        url, admin, pid = start_envoy(procs, bootstrap, run_dir / f"envoy-noop-{workers}.yaml")
+        url, admin, pid = start_envoy(procs, bootstrap, run_dir / f"envoy-{setup}-{workers}.yaml")
         sidecars = tuple(pid for _, pid in started)
-        yield Running("noop", workers, url, admin, pid, sidecars, _cluster(config))
+        yield Running(setup, workers, url, admin, pid, sidecars, _cluster(config))
     finally:
         procs.stop()
 

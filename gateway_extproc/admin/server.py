@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from redis.exceptions import ConnectionError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gateway_extproc.admin import budget_api, spend_api
 from gateway_extproc.admin._generated.gateway.admin.v1 import admin_pb2 as pb
@@ -76,7 +76,9 @@ class AdminServicer:
                 # After a Redis restart each pooled connection fails its first use ("Connection
                 # closed by server"). A read is idempotent: once more, on a fresh connection.
                 # (A write is not retried: it may have reached Redis.)
-                if METHODS[name].role != READ or not isinstance(exc.__cause__, ConnectionError):
+                if METHODS[name].role != READ or not isinstance(
+                    exc.__cause__, RedisConnectionError
+                ):
                     raise
                 log.warning("admin %s: %s; retrying the read once", name, exc)
                 return await method(request, Call(caller, ctx, store, self._clock()))

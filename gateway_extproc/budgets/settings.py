@@ -22,8 +22,8 @@ import enum
 import re
 import urllib.parse
 import zoneinfo
-from collections.abc import Mapping
-from typing import TypeVar
+from collections.abc import Callable, Mapping
+from typing import Protocol, TypeVar
 
 from gateway_extproc.budgets.model import (
     Action,
@@ -67,26 +67,62 @@ E = TypeVar("E", bound=enum.Enum)
 
 def parse_budgets(doc: object, problems: list[str]) -> tuple[BudgetConfig, ...]:
     """Read the `budgets:` list; append every problem (with its path) to `problems`."""
+    return parse_rules(doc, "budgets", _budget, problems)
+
+
+R = TypeVar("R", bound="_Named")
+
+
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+def parse_rules(
+    doc: object,
+    section: str,
+    parse_one: Callable[[object, str, list[str]], R | None],
+    problems: list[str],
+) -> tuple[R, ...]:
+    """Read a list of named rules (`budgets:`, `rate_limits:`): each item through `parse_one`,
+    every problem appended with its path; a name used twice is a problem (the first wins)."""
     if doc is None:
         return ()
     if not isinstance(doc, list):
-        problems.append("budgets: must be a list")
+        problems.append(f"{section}: must be a list")
         return ()
-    budgets: list[BudgetConfig] = []
+    rules: list[R] = []
     first_index: dict[str, int] = {}
     for i, item in enumerate(doc):
-        path = f"budgets[{i}]"
+        path = f"{section}[{i}]"
         name = item.get("name") if isinstance(item, Mapping) else None
         if isinstance(name, str) and name in first_index:
             problems.append(
-                f"{path}.name: {name!r} is already used by budgets[{first_index[name]}]"
+                f"{path}.name: {name!r} is already used by {section}[{first_index[name]}]"
             )
         elif isinstance(name, str):
             first_index[name] = i
-        budget = _budget(item, path, problems)
-        if budget is not None and first_index[budget.name] == i:
-            budgets.append(budget)
-    return tuple(budgets)
+        rule = parse_one(item, path, problems)
+        if rule is not None and first_index[rule.name] == i:
+            rules.append(rule)
+    return tuple(rules)
+
+
+def parse_rule_header(
+    doc: Mapping[object, object], path: str, keys: set[str], out: list[str]
+) -> tuple[str | None, Scope | None, Match]:
+    """What every rule starts with: no key outside `keys`, a name, a scope and match filters
+    (a budget and a rate limit read them the same way)."""
+    _unknown_keys(doc, path, keys, out)
+    name = doc.get("name")
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        out.append(
+            f"{path}.name: must be 1-64 of a-z, 0-9, _ and -, starting alphanumeric (got {name!r})"
+        )
+        name = None
+    scope = _scope(doc.get("scope"), f"{path}.scope", out)
+    match = parse_match(doc.get("match"), f"{path}.match", out)
+    return name, scope, match
 
 
 def parse_duration(text: object) -> int:
@@ -125,14 +161,7 @@ def _budget(doc: object, path: str, out: list[str]) -> BudgetConfig | None:
         out.append(f"{path}: must be a mapping")
         return None
     before = len(out)
-    _unknown_keys(doc, path, _BUDGET_KEYS, out)
-    name = doc.get("name")
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
-        out.append(
-            f"{path}.name: must be 1-64 of a-z, 0-9, _ and -, starting alphanumeric (got {name!r})"
-        )
-    scope = _scope(doc.get("scope"), f"{path}.scope", out)
-    match = parse_match(doc.get("match"), f"{path}.match", out)
+    name, scope, match = parse_rule_header(doc, path, _BUDGET_KEYS, out)
     limit = _limit(doc.get("limit_usd"), f"{path}.limit_usd", out)
     window = _window(doc.get("window"), f"{path}.window", out)
     action = _choice(doc.get("action"), f"{path}.action", Action, out)
@@ -150,8 +179,7 @@ def _budget(doc: object, path: str, out: list[str]) -> BudgetConfig | None:
     )
     if len(out) > before:
         return None
-    assert isinstance(name, str)
-    assert scope is not None and limit is not None and window is not None
+    assert name is not None and scope is not None and limit is not None and window is not None
     assert action is not None and on_error is not None
     assert downgrade_to is None or isinstance(downgrade_to, str)
     return BudgetConfig(

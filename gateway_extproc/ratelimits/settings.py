@@ -15,15 +15,13 @@ rate limit and a budget read the same words the same way.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 
 from gateway_extproc.budgets.settings import (
     _choice,
-    _scope,
-    _unknown_keys,
     parse_duration,
-    parse_match,
+    parse_rule_header,
+    parse_rules,
 )
 from gateway_extproc.ratelimits.model import (
     MAX_WINDOW_S,
@@ -33,33 +31,12 @@ from gateway_extproc.ratelimits.model import (
 )
 
 MAX_COUNT = 10**12  # keeps every sum inside Lua's exact integers
-_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _KEYS = {"name", "scope", "match", "requests", "tokens", "window", "action"}
 
 
 def parse_rate_limits(doc: object, problems: list[str]) -> tuple[RateLimitConfig, ...]:
     """Read the `rate_limits:` list; append every problem (with its path) to `problems`."""
-    if doc is None:
-        return ()
-    if not isinstance(doc, list):
-        problems.append("rate_limits: must be a list")
-        return ()
-    out: list[RateLimitConfig] = []
-    first_index: dict[str, int] = {}
-    for i, item in enumerate(doc):
-        path = f"rate_limits[{i}]"
-        name = item.get("name") if isinstance(item, Mapping) else None
-        if isinstance(name, str) and name in first_index:
-            problems.append(
-                f"{path}.name: {name!r} is already used by rate_limits[{first_index[name]}]"
-            )
-            continue
-        if isinstance(name, str):
-            first_index[name] = i
-        limit = _rate_limit(item, path, problems)
-        if limit is not None:
-            out.append(limit)
-    return tuple(out)
+    return parse_rules(doc, "rate_limits", _rate_limit, problems)
 
 
 def parse_window(text: object) -> int:
@@ -85,14 +62,7 @@ def _rate_limit(doc: object, path: str, out: list[str]) -> RateLimitConfig | Non
         out.append(f"{path}: must be a mapping")
         return None
     before = len(out)
-    _unknown_keys(doc, path, _KEYS, out)
-    name = doc.get("name")
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
-        out.append(
-            f"{path}.name: must be 1-64 of a-z, 0-9, _ and -, starting alphanumeric (got {name!r})"
-        )
-    scope = _scope(doc.get("scope"), f"{path}.scope", out)
-    match = parse_match(doc.get("match"), f"{path}.match", out)
+    name, scope, match = parse_rule_header(doc, path, _KEYS, out)
     requests = _count(doc, "requests", path, out)
     tokens = _count(doc, "tokens", path, out)
     if doc.get("requests") is None and doc.get("tokens") is None:
@@ -105,7 +75,7 @@ def _rate_limit(doc: object, path: str, out: list[str]) -> RateLimitConfig | Non
     action = _choice(doc.get("action"), f"{path}.action", RateLimitAction, out)
     if len(out) > before:
         return None
-    assert isinstance(name, str) and scope is not None
+    assert name is not None and scope is not None
     assert window is not None and action is not None
     return RateLimitConfig(
         name=name,
