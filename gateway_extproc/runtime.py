@@ -205,6 +205,9 @@ class Runtime:
         self._streams: dict[int, int] = {}
         self._replaced: dict[int, GatewayContext] = {}
         self._retiring: set[asyncio.Task[None]] = set()
+        self.accepting = True  # False once a drain stops taking new streams
+        self._idle = asyncio.Event()  # set while no stream is in flight
+        self._idle.set()
         self.reloads = 0
         self.failed_reloads = 0
 
@@ -251,6 +254,7 @@ class Runtime:
         ctx = self.ctx
         key = id(ctx)
         self._streams[key] = self._streams.get(key, 0) + 1
+        self._idle.clear()
         try:
             yield ctx
         finally:
@@ -259,6 +263,16 @@ class Runtime:
                 del self._streams[key]
                 if self._replaced.pop(key, None) is not None:
                     self._retire(ctx)
+                if not self._streams:
+                    self._idle.set()
+
+    async def streams_ended(self, timeout_s: float) -> bool:
+        """Wait up to `timeout_s` for every stream in flight to end; True if they all did."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
 
     @property
     def streams_in_flight(self) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -175,3 +176,13 @@ def worker_auth_status(port: int, credential: str) -> int:
     if reply.WhichOneof("response") == "immediate_response":
         return int(reply.immediate_response.status.code)
     return 200
+
+
+def eventually(
+    check: Callable[[], bool], timeout: float = 30, what: str = "condition", interval: float = 0.05
+) -> None:
+    """Wait for `check()` to hold. The timeout only bounds a failure; it never decides a pass."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"{what}: not reached after {timeout}s"
+        time.sleep(interval)

@@ -8,7 +8,7 @@ the gateway's own estimator."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -19,7 +19,7 @@ import yaml
 from gateway_extproc.identity.devissuer import DevIssuer, ensure_dev_issuer
 from gateway_extproc.stack import Stack
 from tests.e2e.conftest import start_stack
-from tests.e2e.harness import CATALOG, AuditLog, MockLog
+from tests.e2e.harness import CATALOG, AuditLog, MockLog, eventually
 from tests.e2e.worst_case import (
     EMBEDDING_3_SMALL,
     GPT4O,
@@ -108,13 +108,6 @@ class Gateway:
         """Spent, once every hold is gone (settles run in the background)."""
         eventually(lambda: self.counters(budget, scope_value)[1] == 0)
         return self.counters(budget, scope_value)[0]
-
-
-def eventually(check: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.1)
 
 
 def _gateway(tmp: Any, config: str) -> Iterator[Gateway]:

@@ -8,7 +8,7 @@ import json
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ import redis
 from gateway_extproc.identity.devissuer import DevIssuer, ensure_dev_issuer
 from gateway_extproc.stack import Stack
 from tests.e2e.conftest import start_stack
-from tests.e2e.harness import AuditLog, complete_lines
+from tests.e2e.harness import AuditLog, complete_lines, eventually
 
 pytestmark = pytest.mark.e2e
 CHAT = "/v1/chat/completions"
@@ -90,13 +90,6 @@ class Durable:
     def stop_redis(self) -> None:
         self.stack.process("redis-server").terminate()
         self.stack.process("redis-server").wait(10)
-
-
-def eventually(check: Callable[[], bool], timeout: float = 30, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"condition not reached: {what}"
-        time.sleep(0.1)
 
 
 @pytest.fixture

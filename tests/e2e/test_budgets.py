@@ -19,7 +19,7 @@ import redis
 from gateway_extproc.identity.devissuer import DevIssuer, ensure_dev_issuer
 from gateway_extproc.stack import Stack
 from tests.e2e.conftest import start_stack
-from tests.e2e.harness import AuditLog, MockLog
+from tests.e2e.harness import AuditLog, MockLog, eventually
 from tests.e2e.worst_case import (
     GPT4O,
     GPT4O_MINI,
@@ -218,14 +218,6 @@ def gw(tmp_path_factory: pytest.TempPathFactory, webhook: Webhook) -> Iterator[B
     yield b
     b.close()
     b.stack.stop()
-
-
-def eventually(check: Callable[[], bool], timeout: float = 20) -> None:
-    """Wait for `check()` to hold; the timeout only bounds a failure, it never decides a pass."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.2)
 
 
 def stays_at(count: Callable[[], int], expected: int, quiet_s: float = 1.0) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import anthropic
@@ -17,7 +17,7 @@ import redis
 from gateway_extproc.identity.devissuer import DevIssuer, ensure_dev_issuer
 from gateway_extproc.stack import Stack
 from tests.e2e.conftest import start_stack
-from tests.e2e.harness import AuditLog, MockLog, expected_cost_micros, extproc_hosts
+from tests.e2e.harness import AuditLog, MockLog, eventually, expected_cost_micros, extproc_hosts
 
 pytestmark = pytest.mark.e2e
 
@@ -48,14 +48,6 @@ budgets:
 """
 ENTRIES = "llmgw:{gwc}:e:*"
 STATUS = "x-gateway-cache-status"
-
-
-def eventually(check: Callable[[], bool], timeout: float = 15) -> None:
-    """Wait for `check()`; the timeout only bounds a failure, it never decides a pass."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.05)
 
 
 class Cached:

@@ -9,8 +9,7 @@ from __future__ import annotations
 import hashlib
 import signal
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -19,7 +18,7 @@ import redis
 
 from gateway_extproc.stack import Stack
 from tests.e2e.conftest import start_stack
-from tests.e2e.harness import AuditLog, expected_cost_micros, extproc_hosts
+from tests.e2e.harness import AuditLog, eventually, expected_cost_micros, extproc_hosts
 
 pytestmark = pytest.mark.e2e
 CHAT = "/v1/chat/completions"
@@ -42,13 +41,6 @@ budgets:
     window: {{type: calendar, period: month}}
     action: block
 """
-
-
-def eventually(check: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"{what}: not reached after {timeout}s"
-        time.sleep(0.05)
 
 
 def counters(stack: Stack) -> tuple[int, int]:
@@ -125,7 +117,7 @@ def worker_with_the_stream(stack: Stack) -> int:
         busy[:] = [w for w, n in active.items() if n]
         return sum(active.values()) == STREAMS_PER_REQUEST
 
-    eventually(found, "the request's ext_proc streams in flight")
+    eventually(found, what="the request's ext_proc streams in flight")
     return busy[0]
 
 
@@ -159,7 +151,7 @@ def test_sigterm_mid_stream_drains_to_the_other_worker_and_loses_nothing(
     healthy = lambda: all(  # noqa: E731
         h["health_flags"] == "healthy" for h in extproc_hosts(stack.admin_url).values()
     )
-    eventually(healthy, "both workers healthy in Envoy")
+    eventually(healthy, what="both workers healthy in Envoy")
     # 200 words at 100 ms: the stream runs ~20 s, far longer than the drain (3 s).
     stream = SlowStream(stack, tokens=200, delay_ms=100)
     assert stream.first_bytes.wait(30) and stream.error is None
@@ -177,7 +169,7 @@ def test_sigterm_mid_stream_drains_to_the_other_worker_and_loses_nothing(
         in_between.append(post(stack).status_code)
         return "failed_active_hc" in extproc_hosts(stack.admin_url)[port]["health_flags"]
 
-    eventually(unhealthy, "Envoy marks the draining worker unhealthy")
+    eventually(unhealthy, what="Envoy marks the draining worker unhealthy")
     assert set(in_between) == {200}, in_between
     assert proc.poll() is None, "the worker keeps serving its stream"
     # ... so new requests during the drain go to the other worker, and succeed.
@@ -191,7 +183,7 @@ def test_sigterm_mid_stream_drains_to_the_other_worker_and_loses_nothing(
         int(before[other_port]["rq_total"]) + 6 * STREAMS_PER_REQUEST
     )
     # The worker stopped accepting (after drain_s) while its stream was still running.
-    eventually(lambda: "no new streams; waiting up to" in sidecar_log(stack), "drain ends")
+    eventually(lambda: "no new streams; waiting up to" in sidecar_log(stack), what="drain ends")
     assert stream.thread.is_alive(), "the stream should outlast the drain"
 
     stream.join()
@@ -210,10 +202,10 @@ def test_sigterm_mid_stream_drains_to_the_other_worker_and_loses_nothing(
     assert rec["cost_micros"] == expected_cost_micros("gpt-4o-mini", rec["tokens"])
     eventually(
         lambda: len([r for r in audit.records() if r["stream"] is False]) == len(in_between) + 6,
-        "every short request audited",
+        what="every short request audited",
     )
     non_streamed = [r for r in audit.records() if r["stream"] is False]
-    eventually(lambda: counters(stack)[1] == 0, "every hold settled")
+    eventually(lambda: counters(stack)[1] == 0, what="every hold settled")
     spent, held = counters(stack)
     assert held == 0
     assert spent == rec["cost_micros"] + sum(r["cost_micros"] for r in non_streamed)

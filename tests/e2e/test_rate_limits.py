@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import anthropic
@@ -18,7 +18,7 @@ import redis
 from gateway_extproc.identity.devissuer import DevIssuer, ensure_dev_issuer
 from gateway_extproc.stack import Stack
 from tests.e2e.conftest import start_stack
-from tests.e2e.harness import AuditLog
+from tests.e2e.harness import AuditLog, eventually
 from tests.e2e.worst_case import held, input_bound, release
 
 pytestmark = pytest.mark.e2e
@@ -153,14 +153,6 @@ def seconds(duration: str) -> float:
     assert match is not None and duration, duration
     h, m, s, ms = (float(g) if g else 0.0 for g in match.groups())
     return h * 3600 + m * 60 + s + ms / 1000
-
-
-def eventually(check: Callable[[], bool], timeout: float = 20) -> None:
-    """Wait for `check()` to hold; the timeout only bounds a failure, it never decides a pass."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.1)
 
 
 def test_a_burst_of_200_against_20_per_minute_admits_exactly_20(gw: Limited) -> None:

@@ -10,8 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import signal
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -19,7 +18,7 @@ import pytest
 
 from gateway_extproc.stack import Stack
 from tests.e2e.conftest import start_stack
-from tests.e2e.harness import worker_auth_status
+from tests.e2e.harness import eventually, worker_auth_status
 
 pytestmark = pytest.mark.e2e
 WORKERS = 2
@@ -50,13 +49,6 @@ def status(stack: Stack, secret: str) -> int:
     return r.status_code
 
 
-def eventually(check: Callable[[], bool], timeout: float = RELOAD_DEADLINE_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.1)
-
-
 def every_worker(stack: Stack, accepts: dict[str, bool]) -> None:
     """Wait until each worker, asked directly, accepts exactly the credentials marked True;
     then check that requests through Envoy (enough to reach every worker) agree."""
@@ -67,7 +59,7 @@ def every_worker(stack: Stack, accepts: dict[str, bool]) -> None:
         return all(worker_auth_status(port, s) == code for s, code in wanted.items())
 
     for port in stack.sidecar_ports.values():
-        eventually(functools.partial(agrees, port))
+        eventually(functools.partial(agrees, port), timeout=RELOAD_DEADLINE_S)
     for _ in range(3 * WORKERS):
         assert {secret: status(stack, secret) for secret in wanted} == wanted
 

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -24,7 +24,7 @@ import pytest
 from gateway_extproc.identity.devissuer import DevIssuer, ensure_dev_issuer
 from gateway_extproc.stack import Stack, free_port
 from tests.e2e.conftest import start_stack
-from tests.e2e.harness import AuditLog
+from tests.e2e.harness import AuditLog, eventually
 
 pytestmark = pytest.mark.e2e
 MESSAGES = [{"role": "user", "content": "Count the stars, please."}]
@@ -119,14 +119,6 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     )
     yield Gateway(stack, issuer, json_port)
     stack.stop()
-
-
-def eventually(check: Callable[[], bool], timeout: float = 30) -> None:
-    """Wait for `check()` to hold; the timeout only bounds a failure, it never decides a pass."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.2)
 
 
 # -- what the audit records say -----------------------------------------------------------------
