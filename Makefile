@@ -26,9 +26,14 @@ CONFIG ?= $(or $(GATEWAY_CONFIG),config/local.yaml)
 run: $(STAMP)
 	$(BIN)/gatewayctl run --config $(CONFIG)
 
+# Test files run in parallel, a whole file per pytest-xdist worker (each file's stacks stay in
+# one process). Most of the end-to-end time is waiting (a 3-minute stream, drains, deferred
+# closes), so two workers on two cores halve the run (TEST_WORKERS=0 runs serially).
+TEST_WORKERS ?= 2
+
 ## test: lint, type-check, unit tests, end-to-end tests through real Envoy
 test: $(STAMP) lint typecheck
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 ## bench: overhead of the gateway vs plain Envoy and a no-op ext_proc, and of traces + metrics on vs off (~6 min;
 ##        not part of test; BENCH_ARGS="--setups gateway,gateway+otel" for the telemetry comparison alone)
