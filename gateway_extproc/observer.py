@@ -14,6 +14,7 @@ import dataclasses
 import datetime
 import logging
 import zlib
+from collections.abc import Callable
 
 from gateway_extproc import extproc_msgs as msgs
 from gateway_extproc.audit import AuditRecord
@@ -24,7 +25,7 @@ from gateway_extproc.handoff import NAMESPACE, STATE_KEY, HandoffError, RequestS
 from gateway_extproc.metering import StreamMeter, estimate_tokens, usage_from_json
 from gateway_extproc.model_mismatch import price_reported
 from gateway_extproc.observability.attributes import RequestFacts
-from gateway_extproc.pricing import cost_micros
+from gateway_extproc.pricing import cost_micros, format_usd
 from gateway_extproc.spend.rollup import Dimensions, UsageRecord
 from gateway_extproc.tokens import Usage, UsageSource
 
@@ -112,6 +113,37 @@ class ResponseObserver:
             return None
         self.completed = True
         return self.finish()
+
+    def reply(
+        self,
+        message: msgs.ProcessingRequest,
+        response_headers: Callable[[int | None], dict[str, str]],
+    ) -> msgs.ProcessingResponse:
+        """Synchronous mode: observe a response message and answer it. `response_headers(cost)`
+        gives the headers the request phase decided (with the cost once a JSON body is
+        metered). The response is already on its way: a metering fault never breaks it."""
+        phase = message.WhichOneof("request")
+        try:
+            if phase == "response_headers":
+                headers = msgs.headers_of(message.response_headers)
+                streaming = self.on_headers(headers, message.response_headers.end_of_stream)
+                request_id = {"x-gateway-request-id": self.state.request_id}
+                reply = msgs.common(set_headers=request_id | response_headers(None))
+                return msgs.response_headers_reply(reply, stream_body=streaming)
+            body = message.response_body
+            cost = self.on_body(body.body, body.end_of_stream)
+            if cost is None or self.meter is not None:
+                return msgs.response_body_reply()
+            headers = {"x-gateway-cost-usd": format_usd(cost)} | response_headers(cost)
+            return msgs.response_body_reply(msgs.common(set_headers=headers))
+        except Exception:
+            self.broken()
+            if phase == "response_headers":  # keep streams streaming even so
+                content_type = msgs.headers_of(message.response_headers).get("content-type", "")
+                return msgs.response_headers_reply(
+                    msgs.common(), stream_body=content_type.startswith("text/event-stream")
+                )
+            return msgs.passthrough(message)
 
     def broken(self) -> None:
         """Metering raised: the response still flows; the request is charged its estimate."""

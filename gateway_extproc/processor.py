@@ -21,10 +21,10 @@ from typing import Any
 from google.protobuf import struct_pb2
 
 from gateway_extproc import extproc_msgs as msgs
+from gateway_extproc import route
 from gateway_extproc.apis import API_PREFIX, MODELS_PATH, Schema, api_for_path
 from gateway_extproc.audit import AuditRecord
 from gateway_extproc.bodyparse import off_loop_if_large, parse_off_loop
-from gateway_extproc.bounds import Bound, Unbounded, Unpriced, bound, request_price
 from gateway_extproc.budgets import report as budget_report
 from gateway_extproc.budgets.gate import Admission
 from gateway_extproc.cache.key import CONTROL_HEADER, STATUS_HEADER, TTL_HEADER, CacheTicket
@@ -33,20 +33,18 @@ from gateway_extproc.context import GatewayContext
 from gateway_extproc.errors import (
     BadRequest,
     ClientError,
-    CostUnbounded,
     Forbidden,
     GuardrailBlocked,
     InternalError,
     NotFound,
     UnknownModel,
-    UnsupportedOption,
     error_body,
 )
 from gateway_extproc.guardrails import GuardResult
 from gateway_extproc.handoff import NAMESPACE, STATE_KEY, RequestState
 from gateway_extproc.identity.metadata import parse_metadata
 from gateway_extproc.identity.model import Identity
-from gateway_extproc.inbound import ParsedRequest, upstream_body, with_body
+from gateway_extproc.inbound import ParsedRequest, with_body
 from gateway_extproc.models_api import models_response
 from gateway_extproc.observability.attributes import RequestFacts
 from gateway_extproc.observer import ResponseObserver
@@ -56,7 +54,7 @@ from gateway_extproc.tokens import Usage, UsageSource
 
 log = logging.getLogger("gateway.processor")
 
-CLUSTER_HEADER = "x-gateway-cluster"
+CLUSTER_HEADER = route.CLUSTER_HEADER
 # Observe mode: every response header the request phase may decide, copied by Envoy from
 # dynamic metadata (envoy_config.py).
 METADATA_RESPONSE_HEADERS = ("x-gateway-request-id", *budget_report.RESPONSE_HEADERS, STATUS_HEADER)
@@ -107,8 +105,10 @@ class StreamProcessor:
         """One ext_proc message in, its reply out. The request phases may await (a JWKS
         refresh, the budget reservation); the response phases never do."""
         phase = message.WhichOneof("request")
-        if phase in ("response_headers", "response_body"):
-            return self._on_response(message, phase)
+        if phase in ("response_headers", "response_body"):  # synchronous mode
+            if self.observer is None:  # not forwarded by this stream
+                return msgs.passthrough(message)
+            return self.observer.reply(message, self._response_headers)
         try:
             if phase == "request_headers":
                 headers = msgs.headers_of(message.request_headers)
@@ -125,35 +125,6 @@ class StreamProcessor:
             return self._reject(
                 InternalError(f"internal gateway error (request id {self.request_id})")
             )
-
-    def _on_response(self, message: msgs.ProcessingRequest, phase: str) -> msgs.ProcessingResponse:
-        """Synchronous mode. The response is already on its way: a metering fault must never
-        break it."""
-        observer = self.observer
-        if observer is None:  # not forwarded by this stream (observe mode never gets here)
-            return msgs.passthrough(message)
-        try:
-            if phase == "response_headers":
-                headers = msgs.headers_of(message.response_headers)
-                streaming = observer.on_headers(headers, message.response_headers.end_of_stream)
-                extra = self._response_headers()
-                reply = msgs.common(set_headers={"x-gateway-request-id": self.request_id, **extra})
-                return msgs.response_headers_reply(reply, stream_body=streaming)
-            body = message.response_body
-            cost = observer.on_body(body.body, body.end_of_stream)
-            if cost is None or observer.meter is not None:
-                return msgs.response_body_reply()
-            headers = {"x-gateway-cost-usd": format_usd(cost)}
-            headers.update(self._response_headers(cost))
-            return msgs.response_body_reply(msgs.common(set_headers=headers))
-        except Exception:
-            observer.broken()
-            if phase == "response_headers":  # keep streams streaming even so
-                content_type = msgs.headers_of(message.response_headers).get("content-type", "")
-                return msgs.response_headers_reply(
-                    msgs.common(), stream_body=content_type.startswith("text/event-stream")
-                )
-            return msgs.passthrough(message)
 
     def close(self) -> None:
         """The ext_proc stream ended. A forwarded request in synchronous mode whose response
@@ -273,42 +244,22 @@ class StreamProcessor:
         upstream.forward.removals(self.client_headers, provider=upstream.provider)
         # The price of this request: its service tier, a long-context beta (400 if unpriced).
         long_context_beta = "context-1m" in self.anthropic_beta
-        try:
-            price = request_price(
-                entry,
-                request.shape.service_tier,
-                long_context_beta=long_context_beta,
-                unpriced=request.shape.unpriced,
-            )
-        except Unpriced as exc:
-            raise UnsupportedOption(str(exc)) from None
-        if price is not entry.price:
-            self.entry = entry = dataclasses.replace(entry, price=price)
+        self.entry = entry = route.priced(entry, request, long_context_beta=long_context_beta)
         # Budgets: reserve the worst case everywhere it applies, or block / downgrade (429).
         identity = self.identity
         gate = self.ctx.budgets
-
-        def bound_for(model: ModelEntry) -> Bound:
-            try:
-                return bound(
-                    request.shape,
-                    model,
-                    default_max_output=gate.settings.default_max_output_tokens,
-                    unseen_input=gate.settings.unseen_input,
-                    long_context_beta=long_context_beta,
-                )
-            except Unbounded as exc:
-                raise CostUnbounded(str(exc)) from None
-            except Unpriced as exc:
-                raise UnsupportedOption(str(exc)) from None
-
         try:
             self.admission = admission = await gate.admit(
                 reservation_id=self.reservation_id,
                 identity=identity,
                 entry=entry,
                 requested=request.model,
-                bound_for=bound_for,
+                bound_for=route.bounder(
+                    request,
+                    default_max_output=gate.settings.default_max_output_tokens,
+                    unseen_input=gate.settings.unseen_input,
+                    long_context_beta=long_context_beta,
+                ),
                 allowed=lambda model: policies.allows(identity, model.name),
             )
         except RateLimited as refused:
@@ -322,24 +273,15 @@ class StreamProcessor:
                 self.entry = entry = dataclasses.replace(entry, price=admission.bound.price)
             if self.cache_ticket is not None:  # another model's answer: not stored
                 self.cache_ticket = CacheTicket(self.cache_ticket.status)
-        cap = admission.bound
-        output_cap = None
-        if cap is not None and cap.cap_field and cap.inject_max_output is not None:
-            output_cap = (cap.cap_field, cap.inject_max_output)
         upstream = self.ctx.upstreams[entry.provider]
-        set_headers = {CLUSTER_HEADER: upstream.cluster, ":path": upstream.upstream_path(self.path)}
-        if upstream.auth_header and upstream.auth_value:
-            set_headers[upstream.auth_header] = upstream.auth_value
-        new_body = upstream_body(
-            request, served_model=served, output_cap=output_cap, redacted=redacted
-        )
-        if new_body is not None:
-            set_headers["content-length"] = str(len(new_body))
-        remove = upstream.forward.removals(
-            self.client_headers, provider=upstream.provider, keep=set_headers
-        )
-        common = msgs.common(
-            set_headers=set_headers, remove=remove, body=new_body, clear_route_cache=True
+        common = route.forward(
+            upstream,
+            request,
+            admission,
+            served_model=served,
+            path=self.path,
+            client_headers=self.client_headers,
+            redacted=redacted,
         )
         state = self._hand_off(request, entry, upstream.provider)
         if self.ctx.config.metering.synchronous:

@@ -21,7 +21,7 @@ from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from gateway_extproc import observer as observer_module
-from gateway_extproc import processor as processor_module
+from gateway_extproc import route as route_module
 from gateway_extproc.audit import AuditSink
 from gateway_extproc.catalog import Catalog
 from gateway_extproc.config import GatewayConfig, load_document, merge, parse_config
@@ -567,7 +567,7 @@ def test_unexpected_error_is_a_generic_500(gw: Gateway, monkeypatch: pytest.Monk
     def boom(*_: object, **__: object) -> None:
         raise RuntimeError("secret detail")
 
-    monkeypatch.setattr(processor_module, "upstream_body", boom)
+    monkeypatch.setattr(route_module, "upstream_body", boom)
     p = gw.processor()
     handle(p, req_headers(CHAT_PATH))
     imm = handle(p, req_body(CHAT)).immediate_response

@@ -1,0 +1,99 @@
+"""Where an admitted request goes and at what price: the request's price (its service tier, a
+long-context beta), the worst-case bound its reservation holds, and the request phase's reply
+that sends it to the served model's provider (cluster, path, credential, the body with the
+served model and the output cap, the client headers the provider must not see).
+
+Pure given the catalog entry, the admission and the provider's `Upstream`; processor.py calls
+these in order on each forwarded request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+
+from gateway_extproc import extproc_msgs as msgs
+from gateway_extproc.bounds import Bound, Unbounded, Unpriced, UnseenInput, bound, request_price
+from gateway_extproc.budgets.gate import Admission
+from gateway_extproc.catalog import ModelEntry
+from gateway_extproc.errors import CostUnbounded, UnsupportedOption
+from gateway_extproc.inbound import ParsedRequest, upstream_body
+from gateway_extproc.upstreams import Upstream
+
+CLUSTER_HEADER = "x-gateway-cluster"
+
+
+def priced(entry: ModelEntry, request: ParsedRequest, *, long_context_beta: bool) -> ModelEntry:
+    """The catalog entry at this request's price (its service tier, the long-context tier).
+    Raises UnsupportedOption (400) for an option the catalog has no price for."""
+    try:
+        price = request_price(
+            entry,
+            request.shape.service_tier,
+            long_context_beta=long_context_beta,
+            unpriced=request.shape.unpriced,
+        )
+    except Unpriced as exc:
+        raise UnsupportedOption(str(exc)) from None
+    return entry if price is entry.price else dataclasses.replace(entry, price=price)
+
+
+def bounder(
+    request: ParsedRequest,
+    *,
+    default_max_output: int,
+    unseen_input: UnseenInput,
+    long_context_beta: bool,
+) -> Callable[[ModelEntry], Bound]:
+    """The worst-case bound of this request on a model (the gate asks again for a downgrade
+    target). Raises CostUnbounded or UnsupportedOption (400)."""
+
+    def bound_for(model: ModelEntry) -> Bound:
+        try:
+            return bound(
+                request.shape,
+                model,
+                default_max_output=default_max_output,
+                unseen_input=unseen_input,
+                long_context_beta=long_context_beta,
+            )
+        except Unbounded as exc:
+            raise CostUnbounded(str(exc)) from None
+        except Unpriced as exc:
+            raise UnsupportedOption(str(exc)) from None
+
+    return bound_for
+
+
+def forward(
+    upstream: Upstream,
+    request: ParsedRequest,
+    admission: Admission,
+    *,
+    served_model: str,
+    path: str,
+    client_headers: tuple[str, ...],
+    redacted: dict[str, Any] | None,
+) -> pb.CommonResponse:
+    """The request phase's CommonResponse for a forwarded request: Envoy's route picks the
+    cluster from CLUSTER_HEADER; the body is rewritten only when the served model, the
+    injected output cap or a redaction changes it."""
+    cap = admission.bound
+    output_cap = None
+    if cap is not None and cap.cap_field and cap.inject_max_output is not None:
+        output_cap = (cap.cap_field, cap.inject_max_output)
+    set_headers = {CLUSTER_HEADER: upstream.cluster, ":path": upstream.upstream_path(path)}
+    if upstream.auth_header and upstream.auth_value:
+        set_headers[upstream.auth_header] = upstream.auth_value
+    new_body = upstream_body(
+        request, served_model=served_model, output_cap=output_cap, redacted=redacted
+    )
+    if new_body is not None:
+        set_headers["content-length"] = str(len(new_body))
+    remove = upstream.forward.removals(client_headers, provider=upstream.provider, keep=set_headers)
+    return msgs.common(
+        set_headers=set_headers, remove=remove, body=new_body, clear_route_cache=True
+    )
