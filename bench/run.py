@@ -178,7 +178,7 @@ class Bench:
         s = self.settings
         json_load, sse = Load("json", False), Load("sse", True)
         paced = Load("sse-paced", True, s.gap_ms)
-        if full:
+        if full or running.sidecar_pids:  # c=1 at W=N too: `make run` starts one per core
             self.rows.append(self.wrk_row(running, json_load, 1))
         self.rows.append(self.wrk_row(running, json_load, s.connections))
         if full:
