@@ -27,6 +27,7 @@ from gateway_extproc.budgets.model import BudgetConfig
 from gateway_extproc.budgets.settings import parse_budgets
 from gateway_extproc.cache.settings import CacheConfig, parse_cache
 from gateway_extproc.catalog import Catalog
+from gateway_extproc.config_reader import Reader
 from gateway_extproc.errors import ConfigError
 from gateway_extproc.forwarding import forward_header_problems
 from gateway_extproc.guardrails import Guardrails, parse_guardrails
@@ -171,62 +172,11 @@ def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any
     return out
 
 
-class _Reader:
-    """Collects problems while reading a document, so all of them are reported at once."""
-
-    def __init__(self) -> None:
-        self.problems: list[str] = []
-
-    def section(self, doc: Mapping[str, Any], key: str, allowed: set[str]) -> Mapping[str, Any]:
-        value = doc.get(key, {})
-        if value is None:
-            return {}
-        if not isinstance(value, Mapping):
-            self.problems.append(f"{key}: must be a mapping")
-            return {}
-        for extra in sorted(set(value) - allowed):
-            self.problems.append(f"{key}.{extra}: unknown key")
-        return value
-
-    def integer(self, doc: Mapping[str, Any], path: str, key: str, lo: int, hi: int) -> int:
-        value = doc.get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-            self.problems.append(
-                f"{path}.{key}: must be an integer in [{lo}, {hi}] (got {value!r})"
-            )
-            return lo
-        return value
-
-    def number(self, doc: Mapping[str, Any], path: str, key: str, default: float) -> float:
-        value = doc.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            self.problems.append(f"{path}.{key}: must be a number >= 0 (got {value!r})")
-            return default
-        return float(value)
-
-    def string(self, doc: Mapping[str, Any], path: str, key: str, *, optional: bool = False) -> str:
-        value = doc.get(key)
-        if value is None and optional:
-            return ""
-        if not isinstance(value, str) or not value:
-            self.problems.append(f"{path}.{key}: must be a non-empty string (got {value!r})")
-            return ""
-        return value
-
-    def boolean(self, doc: Mapping[str, Any], path: str, key: str, default: bool) -> bool:
-        value = doc.get(key, default)
-        if not isinstance(value, bool):
-            where = f"{path}.{key}" if path else key
-            self.problems.append(f"{where}: must be true or false (got {value!r})")
-            return default
-        return value
-
-
 _PROVIDER_KEYS = {"schema", "base_url", "auth", "forward_headers"}
 _AUTH_KEYS = {"header", "prefix", "env", "file"}
 
 
-def _provider(r: _Reader, name: str, doc: object) -> ProviderConfig | None:
+def _provider(r: Reader, name: str, doc: object) -> ProviderConfig | None:
     path = f"providers.{name}"
     if not isinstance(doc, Mapping):
         r.problems.append(f"{path}: must be a mapping")
@@ -292,7 +242,7 @@ def _identity_files(doc: object) -> tuple[str, ...]:
     return tuple(f for f in files if isinstance(f, str) and f)
 
 
-def _metering(r: _Reader, doc: Mapping[str, Any]) -> MeteringConfig:
+def _metering(r: Reader, doc: Mapping[str, Any]) -> MeteringConfig:
     section = r.section(doc, "metering", {"mode", "observer_close_timeout_ms"})
     mode = section.get("mode", MeteringMode.OBSERVE.value)
     if mode not in {m.value for m in MeteringMode}:
@@ -306,7 +256,7 @@ def _metering(r: _Reader, doc: Mapping[str, Any]) -> MeteringConfig:
 
 def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayConfig:
     """Validate a merged document; raise ConfigError listing every problem."""
-    r = _Reader()
+    r = Reader()
     known = {"listener", "limits", "sidecar", "providers", "mock_unconfigured_providers"}
     known |= {"catalog", "audit", "identity", "policies", "budgets", "budget_store"}
     known |= {"admin_api", "spend", "rate_limits"}
@@ -461,7 +411,7 @@ def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayC
     return config
 
 
-def _interval(r: _Reader, sidecar: Mapping[str, Any]) -> float:
+def _interval(r: Reader, sidecar: Mapping[str, Any]) -> float:
     value = r.number(sidecar, "sidecar", "health_check_interval_s", 1.0)
     if not 0.01 <= value <= 300:
         r.problems.append(
