@@ -9,7 +9,6 @@ import dataclasses
 import enum
 import importlib.resources
 import os
-import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,6 @@ from typing import Any
 import yaml
 
 from gateway_extproc.admin.settings import AdminApiConfig, parse_admin_api, parse_spend
-from gateway_extproc.apis import Schema
 from gateway_extproc.budgets.loader import (
     BudgetStoreConfig,
     downgrade_problems,
@@ -27,9 +25,9 @@ from gateway_extproc.budgets.model import BudgetConfig
 from gateway_extproc.budgets.settings import parse_budgets
 from gateway_extproc.cache.settings import CacheConfig, parse_cache
 from gateway_extproc.catalog import Catalog
+from gateway_extproc.config_providers import ProviderConfig, parse_provider
 from gateway_extproc.config_reader import Reader
 from gateway_extproc.errors import ConfigError
-from gateway_extproc.forwarding import forward_header_problems
 from gateway_extproc.guardrails import Guardrails, parse_guardrails
 from gateway_extproc.identity.model import IdentityConfig
 from gateway_extproc.identity.policy import PolicySet, parse_policies
@@ -39,29 +37,6 @@ from gateway_extproc.observability.settings import ObservabilityConfig, parse_ob
 from gateway_extproc.ratelimits.model import RateLimitConfig
 from gateway_extproc.ratelimits.settings import parse_rate_limits
 from gateway_extproc.spend.rollup import RollupSettings
-
-
-@dataclasses.dataclass(frozen=True)
-class Credential:
-    """Where a provider key comes from and which header carries it upstream."""
-
-    header: str
-    prefix: str = ""
-    env: str | None = None
-    file: str | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class ProviderConfig:
-    name: str
-    schema: Schema
-    base_url: str
-    auth: Credential | None  # None: the provider needs no key (local vLLM, Ollama)
-    forward_headers: tuple[str, ...] = ()  # client headers forwarded beyond the defaults
-
-    @property
-    def cluster(self) -> str:
-        return f"provider_{self.name}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,63 +147,6 @@ def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any
     return out
 
 
-_PROVIDER_KEYS = {"schema", "base_url", "auth", "forward_headers"}
-_AUTH_KEYS = {"header", "prefix", "env", "file"}
-
-
-def _provider(r: Reader, name: str, doc: object) -> ProviderConfig | None:
-    path = f"providers.{name}"
-    if not isinstance(doc, Mapping):
-        r.problems.append(f"{path}: must be a mapping")
-        return None
-    for extra in sorted(set(doc) - _PROVIDER_KEYS):
-        r.problems.append(f"{path}.{extra}: unknown key")
-    schema_value = doc.get("schema")
-    try:
-        schema = Schema(str(schema_value))
-    except ValueError:
-        choices = ", ".join(s.value for s in Schema)
-        r.problems.append(f"{path}.schema: must be one of {choices} (got {schema_value!r})")
-        schema = Schema.OPENAI
-    base_url = r.string(doc, path, "base_url")
-    if base_url:
-        try:
-            parts = urllib.parse.urlsplit(base_url)
-            parts.port  # noqa: B018 - ValueError for port :99999 or :x (urlsplit: for host [::1)
-        except ValueError:
-            parts = urllib.parse.urlsplit("")
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            r.problems.append(f"{path}.base_url: must be an http(s) URL (got {base_url!r})")
-        elif parts.query or parts.fragment:
-            r.problems.append(f"{path}.base_url: must not carry a query or fragment")
-    auth: Credential | None = None
-    auth_doc = doc.get("auth")
-    if isinstance(auth_doc, Mapping):
-        for extra in sorted(set(auth_doc) - _AUTH_KEYS):
-            r.problems.append(f"{path}.auth.{extra}: unknown key")
-        header = r.string(auth_doc, f"{path}.auth", "header").lower()
-        prefix = auth_doc.get("prefix", "")
-        env, file = auth_doc.get("env"), auth_doc.get("file")
-        if (env is None) == (file is None):
-            r.problems.append(f"{path}.auth: set exactly one of env, file")
-        for key, value in (("env", env), ("file", file)):
-            if value is not None and (not isinstance(value, str) or not value):
-                r.problems.append(f"{path}.auth.{key}: must be a non-empty string (got {value!r})")
-        if not isinstance(prefix, str):
-            r.problems.append(f"{path}.auth.prefix: must be a string")
-            prefix = ""
-        auth = Credential(header=header, prefix=prefix, env=env, file=file)
-    elif auth_doc is not None:
-        r.problems.append(f"{path}.auth: must be a mapping or null")
-    forward, problems = forward_header_problems(
-        doc.get("forward_headers"), f"{path}.forward_headers"
-    )
-    r.problems.extend(problems)
-    return ProviderConfig(
-        name=name, schema=schema, base_url=base_url, auth=auth, forward_headers=forward
-    )
-
-
 def _identity_files(doc: object) -> tuple[str, ...]:
     """Secret files the identity section reads (a reload watches them)."""
     if not isinstance(doc, Mapping):
@@ -317,7 +235,7 @@ def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayC
             if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
                 r.problems.append(f"providers.{name}: name must be letters, digits, - and _")
                 continue
-            provider = _provider(r, name, pdoc)
+            provider = parse_provider(r, name, pdoc)
             if provider is not None:
                 providers[name] = provider
 
