@@ -6,7 +6,6 @@ The environment is read only when `load_config` is called with it, never at impo
 from __future__ import annotations
 
 import dataclasses
-import enum
 import importlib.resources
 import os
 from collections.abc import Mapping
@@ -25,6 +24,7 @@ from gateway_extproc.budgets.model import BudgetConfig
 from gateway_extproc.budgets.settings import parse_budgets
 from gateway_extproc.cache.settings import CacheConfig, parse_cache
 from gateway_extproc.catalog import Catalog
+from gateway_extproc.config_metering import MeteringConfig, parse_metering
 from gateway_extproc.config_providers import ProviderConfig, parse_provider
 from gateway_extproc.config_reader import Reader
 from gateway_extproc.errors import ConfigError
@@ -49,24 +49,6 @@ class Limits:
     # Structural caps on a request body, checked before it is parsed (gateway_extproc/jsonshape).
     max_json_depth: int = 128  # below orjson's re-serialisation limit (255 levels)
     max_json_values: int = 200_000  # array elements + object members; bounds the parse
-
-
-class MeteringMode(enum.StrEnum):
-    OBSERVE = "observe"  # the response path is observed; Envoy never waits for the sidecar
-    SYNCHRONOUS = "synchronous"  # every response message waits; JSON gets x-gateway-cost-usd
-
-
-@dataclasses.dataclass(frozen=True)
-class MeteringConfig:
-    mode: MeteringMode = MeteringMode.OBSERVE
-    # Observe mode: how long Envoy keeps an observer stream open after the request's own
-    # stream ended without a response end (a client disconnect, a reset): the sidecar meters
-    # what it saw when the stream closes. Envoy's `deferred_close_timeout`.
-    observer_close_timeout_ms: int = 5000
-
-    @property
-    def synchronous(self) -> bool:
-        return self.mode is MeteringMode.SYNCHRONOUS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,18 +140,6 @@ def _identity_files(doc: object) -> tuple[str, ...]:
             secret = issuer.get("hs_secret") if isinstance(issuer, Mapping) else None
             files.append(secret.get("file") if isinstance(secret, Mapping) else None)
     return tuple(f for f in files if isinstance(f, str) and f)
-
-
-def _metering(r: Reader, doc: Mapping[str, Any]) -> MeteringConfig:
-    section = r.section(doc, "metering", {"mode", "observer_close_timeout_ms"})
-    mode = section.get("mode", MeteringMode.OBSERVE.value)
-    if mode not in {m.value for m in MeteringMode}:
-        choices = ", ".join(m.value for m in MeteringMode)
-        r.problems.append(f"metering.mode: must be one of {choices} (got {mode!r})")
-        mode = MeteringMode.OBSERVE.value
-    key = "observer_close_timeout_ms"
-    timeout = r.integer({key: section.get(key, 5000)}, "metering", key, 100, 600_000)
-    return MeteringConfig(MeteringMode(mode), timeout)
 
 
 def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayConfig:
@@ -320,7 +290,7 @@ def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayC
         admin_api=parse_admin_api(doc.get("admin_api"), r.problems),
         spend=parse_spend(doc.get("spend"), r.problems),
         observability=parse_observability(doc.get("observability"), r.problems),
-        metering=_metering(r, doc),
+        metering=parse_metering(r, doc),
         guardrails=guardrails,
         cache=parse_cache(doc.get("cache"), r.problems),
     )
