@@ -6,10 +6,8 @@ The environment is read only when `load_config` is called with it, never at impo
 from __future__ import annotations
 
 import dataclasses
-import enum
 import importlib.resources
 import os
-import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,7 +15,6 @@ from typing import Any
 import yaml
 
 from gateway_extproc.admin.settings import AdminApiConfig, parse_admin_api, parse_spend
-from gateway_extproc.apis import Schema
 from gateway_extproc.budgets.loader import (
     BudgetStoreConfig,
     downgrade_problems,
@@ -27,8 +24,10 @@ from gateway_extproc.budgets.model import BudgetConfig
 from gateway_extproc.budgets.settings import parse_budgets
 from gateway_extproc.cache.settings import CacheConfig, parse_cache
 from gateway_extproc.catalog import Catalog
+from gateway_extproc.config_metering import MeteringConfig, parse_metering
+from gateway_extproc.config_providers import ProviderConfig, parse_provider
+from gateway_extproc.config_reader import Reader
 from gateway_extproc.errors import ConfigError
-from gateway_extproc.forwarding import forward_header_problems
 from gateway_extproc.guardrails import Guardrails, parse_guardrails
 from gateway_extproc.identity.model import IdentityConfig
 from gateway_extproc.identity.policy import PolicySet, parse_policies
@@ -41,29 +40,6 @@ from gateway_extproc.spend.rollup import RollupSettings
 
 
 @dataclasses.dataclass(frozen=True)
-class Credential:
-    """Where a provider key comes from and which header carries it upstream."""
-
-    header: str
-    prefix: str = ""
-    env: str | None = None
-    file: str | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class ProviderConfig:
-    name: str
-    schema: Schema
-    base_url: str
-    auth: Credential | None  # None: the provider needs no key (local vLLM, Ollama)
-    forward_headers: tuple[str, ...] = ()  # client headers forwarded beyond the defaults
-
-    @property
-    def cluster(self) -> str:
-        return f"provider_{self.name}"
-
-
-@dataclasses.dataclass(frozen=True)
 class Limits:
     max_request_body_bytes: int = 32 * 1024 * 1024
     ext_proc_message_timeout_ms: int = 5000
@@ -73,24 +49,6 @@ class Limits:
     # Structural caps on a request body, checked before it is parsed (gateway_extproc/jsonshape).
     max_json_depth: int = 128  # below orjson's re-serialisation limit (255 levels)
     max_json_values: int = 200_000  # array elements + object members; bounds the parse
-
-
-class MeteringMode(enum.StrEnum):
-    OBSERVE = "observe"  # the response path is observed; Envoy never waits for the sidecar
-    SYNCHRONOUS = "synchronous"  # every response message waits; JSON gets x-gateway-cost-usd
-
-
-@dataclasses.dataclass(frozen=True)
-class MeteringConfig:
-    mode: MeteringMode = MeteringMode.OBSERVE
-    # Observe mode: how long Envoy keeps an observer stream open after the request's own
-    # stream ended without a response end (a client disconnect, a reset): the sidecar meters
-    # what it saw when the stream closes. Envoy's `deferred_close_timeout`.
-    observer_close_timeout_ms: int = 5000
-
-    @property
-    def synchronous(self) -> bool:
-        return self.mode is MeteringMode.SYNCHRONOUS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,114 +129,6 @@ def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any
     return out
 
 
-class _Reader:
-    """Collects problems while reading a document, so all of them are reported at once."""
-
-    def __init__(self) -> None:
-        self.problems: list[str] = []
-
-    def section(self, doc: Mapping[str, Any], key: str, allowed: set[str]) -> Mapping[str, Any]:
-        value = doc.get(key, {})
-        if value is None:
-            return {}
-        if not isinstance(value, Mapping):
-            self.problems.append(f"{key}: must be a mapping")
-            return {}
-        for extra in sorted(set(value) - allowed):
-            self.problems.append(f"{key}.{extra}: unknown key")
-        return value
-
-    def integer(self, doc: Mapping[str, Any], path: str, key: str, lo: int, hi: int) -> int:
-        value = doc.get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-            self.problems.append(
-                f"{path}.{key}: must be an integer in [{lo}, {hi}] (got {value!r})"
-            )
-            return lo
-        return value
-
-    def number(self, doc: Mapping[str, Any], path: str, key: str, default: float) -> float:
-        value = doc.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            self.problems.append(f"{path}.{key}: must be a number >= 0 (got {value!r})")
-            return default
-        return float(value)
-
-    def string(self, doc: Mapping[str, Any], path: str, key: str, *, optional: bool = False) -> str:
-        value = doc.get(key)
-        if value is None and optional:
-            return ""
-        if not isinstance(value, str) or not value:
-            self.problems.append(f"{path}.{key}: must be a non-empty string (got {value!r})")
-            return ""
-        return value
-
-    def boolean(self, doc: Mapping[str, Any], path: str, key: str, default: bool) -> bool:
-        value = doc.get(key, default)
-        if not isinstance(value, bool):
-            where = f"{path}.{key}" if path else key
-            self.problems.append(f"{where}: must be true or false (got {value!r})")
-            return default
-        return value
-
-
-_PROVIDER_KEYS = {"schema", "base_url", "auth", "forward_headers"}
-_AUTH_KEYS = {"header", "prefix", "env", "file"}
-
-
-def _provider(r: _Reader, name: str, doc: object) -> ProviderConfig | None:
-    path = f"providers.{name}"
-    if not isinstance(doc, Mapping):
-        r.problems.append(f"{path}: must be a mapping")
-        return None
-    for extra in sorted(set(doc) - _PROVIDER_KEYS):
-        r.problems.append(f"{path}.{extra}: unknown key")
-    schema_value = doc.get("schema")
-    try:
-        schema = Schema(str(schema_value))
-    except ValueError:
-        choices = ", ".join(s.value for s in Schema)
-        r.problems.append(f"{path}.schema: must be one of {choices} (got {schema_value!r})")
-        schema = Schema.OPENAI
-    base_url = r.string(doc, path, "base_url")
-    if base_url:
-        try:
-            parts = urllib.parse.urlsplit(base_url)
-            parts.port  # noqa: B018 - ValueError for port :99999 or :x (urlsplit: for host [::1)
-        except ValueError:
-            parts = urllib.parse.urlsplit("")
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            r.problems.append(f"{path}.base_url: must be an http(s) URL (got {base_url!r})")
-        elif parts.query or parts.fragment:
-            r.problems.append(f"{path}.base_url: must not carry a query or fragment")
-    auth: Credential | None = None
-    auth_doc = doc.get("auth")
-    if isinstance(auth_doc, Mapping):
-        for extra in sorted(set(auth_doc) - _AUTH_KEYS):
-            r.problems.append(f"{path}.auth.{extra}: unknown key")
-        header = r.string(auth_doc, f"{path}.auth", "header").lower()
-        prefix = auth_doc.get("prefix", "")
-        env, file = auth_doc.get("env"), auth_doc.get("file")
-        if (env is None) == (file is None):
-            r.problems.append(f"{path}.auth: set exactly one of env, file")
-        for key, value in (("env", env), ("file", file)):
-            if value is not None and (not isinstance(value, str) or not value):
-                r.problems.append(f"{path}.auth.{key}: must be a non-empty string (got {value!r})")
-        if not isinstance(prefix, str):
-            r.problems.append(f"{path}.auth.prefix: must be a string")
-            prefix = ""
-        auth = Credential(header=header, prefix=prefix, env=env, file=file)
-    elif auth_doc is not None:
-        r.problems.append(f"{path}.auth: must be a mapping or null")
-    forward, problems = forward_header_problems(
-        doc.get("forward_headers"), f"{path}.forward_headers"
-    )
-    r.problems.extend(problems)
-    return ProviderConfig(
-        name=name, schema=schema, base_url=base_url, auth=auth, forward_headers=forward
-    )
-
-
 def _identity_files(doc: object) -> tuple[str, ...]:
     """Secret files the identity section reads (a reload watches them)."""
     if not isinstance(doc, Mapping):
@@ -292,21 +142,9 @@ def _identity_files(doc: object) -> tuple[str, ...]:
     return tuple(f for f in files if isinstance(f, str) and f)
 
 
-def _metering(r: _Reader, doc: Mapping[str, Any]) -> MeteringConfig:
-    section = r.section(doc, "metering", {"mode", "observer_close_timeout_ms"})
-    mode = section.get("mode", MeteringMode.OBSERVE.value)
-    if mode not in {m.value for m in MeteringMode}:
-        choices = ", ".join(m.value for m in MeteringMode)
-        r.problems.append(f"metering.mode: must be one of {choices} (got {mode!r})")
-        mode = MeteringMode.OBSERVE.value
-    key = "observer_close_timeout_ms"
-    timeout = r.integer({key: section.get(key, 5000)}, "metering", key, 100, 600_000)
-    return MeteringConfig(MeteringMode(mode), timeout)
-
-
 def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayConfig:
     """Validate a merged document; raise ConfigError listing every problem."""
-    r = _Reader()
+    r = Reader()
     known = {"listener", "limits", "sidecar", "providers", "mock_unconfigured_providers"}
     known |= {"catalog", "audit", "identity", "policies", "budgets", "budget_store"}
     known |= {"admin_api", "spend", "rate_limits"}
@@ -367,7 +205,7 @@ def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayC
             if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
                 r.problems.append(f"providers.{name}: name must be letters, digits, - and _")
                 continue
-            provider = _provider(r, name, pdoc)
+            provider = parse_provider(r, name, pdoc)
             if provider is not None:
                 providers[name] = provider
 
@@ -452,7 +290,7 @@ def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayC
         admin_api=parse_admin_api(doc.get("admin_api"), r.problems),
         spend=parse_spend(doc.get("spend"), r.problems),
         observability=parse_observability(doc.get("observability"), r.problems),
-        metering=_metering(r, doc),
+        metering=parse_metering(r, doc),
         guardrails=guardrails,
         cache=parse_cache(doc.get("cache"), r.problems),
     )
@@ -461,7 +299,7 @@ def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayC
     return config
 
 
-def _interval(r: _Reader, sidecar: Mapping[str, Any]) -> float:
+def _interval(r: Reader, sidecar: Mapping[str, Any]) -> float:
     value = r.number(sidecar, "sidecar", "health_check_interval_s", 1.0)
     if not 0.01 <= value <= 300:
         r.problems.append(

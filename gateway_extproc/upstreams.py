@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from gateway_extproc.apis import Schema
-from gateway_extproc.config import GatewayConfig, ProviderConfig
+from gateway_extproc.config import GatewayConfig
+from gateway_extproc.config_providers import ProviderConfig
 from gateway_extproc.errors import ConfigError
 from gateway_extproc.forwarding import ForwardPolicy, forward_policy
 

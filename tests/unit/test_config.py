@@ -11,7 +11,6 @@ import yaml
 
 from gateway_extproc.apis import Schema
 from gateway_extproc.config import (
-    Credential,
     GatewayConfig,
     Limits,
     load_config,
@@ -19,6 +18,7 @@ from gateway_extproc.config import (
     merge,
     parse_config,
 )
+from gateway_extproc.config_providers import Credential
 from gateway_extproc.errors import ConfigError
 
 

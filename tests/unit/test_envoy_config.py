@@ -15,7 +15,8 @@ import yaml
 
 from gateway_extproc.budgets.report import RESPONSE_HEADERS
 from gateway_extproc.config import GatewayConfig, load_config
-from gateway_extproc.envoy_config import EXTPROC_CLUSTER, EnvoyPorts, build, render
+from gateway_extproc.envoy_config import EnvoyPorts, build, render
+from gateway_extproc.envoy_extproc import EXTPROC_CLUSTER
 from gateway_extproc.handoff import NAMESPACE
 from gateway_extproc.processor import CLUSTER_HEADER, METADATA_RESPONSE_HEADERS
 from gateway_extproc.server import GRPC_MESSAGE_SLACK, SERVICE_NAME

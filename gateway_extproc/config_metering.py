@@ -1,0 +1,41 @@
+"""The metering section of the gateway config: whether Envoy waits for the sidecar on the
+response path (synchronous) or only lets it observe (observe, the default)."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Mapping
+from typing import Any
+
+from gateway_extproc.config_reader import Reader
+
+
+class MeteringMode(enum.StrEnum):
+    OBSERVE = "observe"  # the response path is observed; Envoy never waits for the sidecar
+    SYNCHRONOUS = "synchronous"  # every response message waits; JSON gets x-gateway-cost-usd
+
+
+@dataclasses.dataclass(frozen=True)
+class MeteringConfig:
+    mode: MeteringMode = MeteringMode.OBSERVE
+    # Observe mode: how long Envoy keeps an observer stream open after the request's own
+    # stream ended without a response end (a client disconnect, a reset): the sidecar meters
+    # what it saw when the stream closes. Envoy's `deferred_close_timeout`.
+    observer_close_timeout_ms: int = 5000
+
+    @property
+    def synchronous(self) -> bool:
+        return self.mode is MeteringMode.SYNCHRONOUS
+
+
+def parse_metering(r: Reader, doc: Mapping[str, Any]) -> MeteringConfig:
+    section = r.section(doc, "metering", {"mode", "observer_close_timeout_ms"})
+    mode = section.get("mode", MeteringMode.OBSERVE.value)
+    if mode not in {m.value for m in MeteringMode}:
+        choices = ", ".join(m.value for m in MeteringMode)
+        r.problems.append(f"metering.mode: must be one of {choices} (got {mode!r})")
+        mode = MeteringMode.OBSERVE.value
+    key = "observer_close_timeout_ms"
+    timeout = r.integer({key: section.get(key, 5000)}, "metering", key, 100, 600_000)
+    return MeteringConfig(MeteringMode(mode), timeout)
