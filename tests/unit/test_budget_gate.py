@@ -24,9 +24,10 @@ from redis.retry import Retry
 
 from gateway_extproc.apis import Schema
 from gateway_extproc.bounds import Bound
+from gateway_extproc.budgets.admission import Admission, Decision
 from gateway_extproc.budgets.alerts import AlertSender
 from gateway_extproc.budgets.breaker import CircuitBreaker
-from gateway_extproc.budgets.gate import Admission, BudgetGate, Decision, GateSettings
+from gateway_extproc.budgets.gate import BudgetGate, GateSettings
 from gateway_extproc.budgets.model import (
     Action,
     Alerts,
