@@ -19,6 +19,7 @@ from gateway_extproc.bounds import Bound
 from gateway_extproc.budgets.admission import Admission, Decision
 from gateway_extproc.budgets.alerts import AlertSender
 from gateway_extproc.budgets.breaker import CircuitBreaker
+from gateway_extproc.budgets.calls import Overloaded
 from gateway_extproc.budgets.matching import for_entry
 from gateway_extproc.budgets.model import (
     Action,
@@ -33,7 +34,7 @@ from gateway_extproc.budgets.results import (
     Charge,
     ReserveResult,
 )
-from gateway_extproc.budgets.services import BudgetServices, GateSettings, Overloaded
+from gateway_extproc.budgets.services import BudgetServices, GateSettings
 from gateway_extproc.budgets.settle import settle_outcome
 from gateway_extproc.budgets.store import BudgetStore
 from gateway_extproc.catalog import Catalog, ModelEntry
