@@ -10,17 +10,16 @@ Lua scripts; this module adds the worst case, the fallback model and `on_redis_e
 
 from __future__ import annotations
 
-import dataclasses
-import enum
 import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
 
 from gateway_extproc.bounds import Bound
+from gateway_extproc.budgets.admission import Admission, Decision
 from gateway_extproc.budgets.alerts import AlertSender
 from gateway_extproc.budgets.breaker import CircuitBreaker
+from gateway_extproc.budgets.calls import Overloaded
 from gateway_extproc.budgets.matching import for_entry
 from gateway_extproc.budgets.model import (
     Action,
@@ -35,14 +34,15 @@ from gateway_extproc.budgets.results import (
     Charge,
     ReserveResult,
 )
-from gateway_extproc.budgets.services import BudgetServices, GateSettings, Overloaded
+from gateway_extproc.budgets.services import BudgetServices, GateSettings
+from gateway_extproc.budgets.settle import settle_outcome
 from gateway_extproc.budgets.store import BudgetStore
 from gateway_extproc.catalog import Catalog, ModelEntry
 from gateway_extproc.handoff import BudgetHandoff
 from gateway_extproc.identity.model import Identity
 from gateway_extproc.pricing import format_usd, worst_case_micros
 from gateway_extproc.ratelimits import report as rate_report
-from gateway_extproc.ratelimits.model import RateLimitCharge, RateLimitConfig, RateLimitState
+from gateway_extproc.ratelimits.model import RateLimitCharge, RateLimitConfig
 from gateway_extproc.spend.rollup import UsageRecord
 
 __all__ = ["Admission", "BudgetGate", "Decision", "GateSettings", "Overloaded"]
@@ -51,76 +51,6 @@ log = logging.getLogger("gateway.budgets")
 # The worst case of a request on a model (bounds.bound with the request's shape); may raise
 # bounds.Unbounded, which the processor answers with a 400.
 BoundFor = Callable[[ModelEntry], Bound]
-
-
-class Decision(enum.StrEnum):
-    NONE = "none"  # no budget applies
-    ADMITTED = "admitted"
-    DOWNGRADED = "downgraded"
-    FAIL_OPEN = "fail_open"  # the store failed and every applicable budget is fail_open
-
-
-@dataclasses.dataclass
-class Admission:
-    decision: Decision
-    entry: ModelEntry  # the model that will be served (the fallback when downgraded)
-    reservation_id: str = ""
-    charges: tuple[Charge, ...] = ()
-    result: ReserveResult | None = None
-    bound: Bound | None = None  # the worst case on `entry`, when a budget or token limit applies
-    downgraded_from: str | None = None
-    downgrade_budget: str | None = None
-    arrived: float = 0.0
-    settled: bool = False
-    overrun_micros: int = 0  # real cost above the estimate (0: the bound held)
-    rate_charges: tuple[RateLimitCharge, ...] = ()
-
-    @property
-    def reserved(self) -> bool:
-        return (
-            self.result is not None
-            and self.result.admitted
-            and bool(self.charges or self.rate_charges)
-        )
-
-    @property
-    def rate_limits(self) -> tuple[RateLimitState, ...]:
-        return self.result.rate_limits if self.result else ()
-
-    @property
-    def rate_limit_would_block(self) -> tuple[RateLimitState, ...]:
-        """The monitor rate limits this admitted request went over."""
-        return tuple(r for r in self.rate_limits if r.would_block and not r.limit.enforced)
-
-    @property
-    def estimate_micros(self) -> int:
-        return max((c.estimate_micros for c in self.charges), default=0)
-
-    @property
-    def most_constrained(self) -> BudgetState | None:
-        return self.result.most_constrained if self.result else None
-
-    @property
-    def would_block(self) -> bool:
-        return bool(self.result and self.result.monitor_would_block)
-
-    def handoff(self, audit: dict[str, Any] | None = None) -> BudgetHandoff:
-        """What settling this admission needs, as values another worker can be handed."""
-        return BudgetHandoff(
-            decision=self.decision.value,
-            reservation_id=self.reservation_id,
-            reserved=self.reserved,
-            charges=tuple(
-                (c.budget.name, c.scope_value, c.estimate_micros, c.limit_micros)
-                for c in self.charges
-            ),
-            arrived=self.arrived,
-            audit=audit,
-            span_budgets=tuple(
-                (b.budget.name, b.scope_value, b.limit_micros, b.spent_micros, b.held_micros)
-                for b in (self.result.budgets if self.result is not None else ())
-            ),
-        )
 
 
 class BudgetGate:
@@ -418,51 +348,9 @@ class BudgetGate:
         request_id: str | None = None,
         usage: UsageRecord | None = None,
     ) -> int:
-        """Settle a request from its handed-over admission (any worker can: the observer of a
-        response need not be the worker that reserved it). Returns the overrun: a cost above
-        the reservation's estimate, also counted and logged (0: the bound held)."""
-        rid = budget.reservation_id
-        overrun = 0
-        estimate = budget.estimate_micros
-        if cost_micros and budget.charges and cost_micros > estimate:
-            overrun = cost_micros - estimate
-            self.services.stats.overruns += 1
-            self.services.stats.overrun_micros += overrun
-            log.warning(
-                "worst-case overrun: cost %s exceeds the reserved estimate %s by %s "
-                "(reservation %s)",
-                format_usd(cost_micros),
-                format_usd(estimate),
-                format_usd(overrun),
-                rid,
-                extra={"request_id": request_id or rid},
-            )
-        if budget.decision == Decision.FAIL_OPEN.value and budget.charges:
-            if cost_micros:  # admitted while the store was down: charge it when it is back
-                self.services.owe_fail_open(
-                    rid, self._charges_of(budget), cost_micros, budget.arrived, usage
-                )
-            elif usage is not None:  # billed at $0: roll it up alone
-                self.services.settle(rid, None, usage, reserved=False)
-            return overrun
-        if budget.reserved:
-            self.services.settle(rid, cost_micros, usage if cost_micros is not None else None)
-        elif usage is not None:  # nothing reserved (no budget applied): roll it up alone
-            self.services.settle(rid, None, usage, reserved=False)
-        return overrun
-
-    def _charges_of(self, budget: BudgetHandoff) -> tuple[Charge, ...]:
-        """The handed-over charges as this worker's budget configs (a budget a reload removed
-        meanwhile is dropped, and logged)."""
-        by_name = {b.name: b for b in self.budgets}
-        charges = []
-        for name, scope_value, estimate, limit in budget.charges:
-            config = by_name.get(name)
-            if config is None:
-                log.error("fail-open spend for budget %r dropped: no longer configured", name)
-                continue
-            charges.append(Charge(config, scope_value, estimate, limit))
-        return tuple(charges)
+        """Settle a request from its handed-over admission; returns the overrun (see
+        `settle.settle_outcome`)."""
+        return settle_outcome(self.services, self.budgets, budget, cost_micros, request_id, usage)
 
     # -- delegated to the process-lifetime services -------------------------------------------
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway_extproc.budgets.gate import Admission, Decision
+from gateway_extproc.budgets.admission import Admission, Decision
 from gateway_extproc.pricing import format_usd
 from gateway_extproc.ratelimits import report as rate_report
 from gateway_extproc.ratelimits.report import RateLimited

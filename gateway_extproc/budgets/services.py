@@ -4,12 +4,8 @@ never gives up, fail-open spend owed to Redis, the journal, alerts and the reape
 A configuration reload builds a new `BudgetGate` (budgets, catalog, estimates) over the SAME
 services, so a reload can never strand a settle in flight or fail-open spend not yet charged.
 
-Store calls on the request path go through `call`: at most `max_inflight` at once per worker
-(more wait their turn up to `queue_timeout_s`, then get an honest 503 `overloaded`), each with a
-deadline that measures Redis rather than this process's own queueing: a call that overruns
-`deadline_s` fails only if Redis has answered nothing at all for that long; while Redis keeps
-answering other calls (the process is merely busy) the call waits, up to `queue_timeout_s`.
-Only such failures and connection errors count towards the circuit breaker.
+Store calls on the request path go through `call` (calls.py: a bounded number at once, each with
+a deadline that measures Redis, through the circuit breaker).
 """
 
 from __future__ import annotations
@@ -26,12 +22,12 @@ from typing import Any, TypeVar
 from gateway_extproc.bounds import UnseenInput
 from gateway_extproc.budgets.alerts import AlertSender, webhooks_of
 from gateway_extproc.budgets.breaker import CircuitBreaker
+from gateway_extproc.budgets.calls import Overloaded, StoreCalls
 from gateway_extproc.budgets.journal import SYNC_INTERVAL_S, Journal
+from gateway_extproc.budgets.leases import Leases
 from gateway_extproc.budgets.model import BudgetConfig
 from gateway_extproc.budgets.results import BudgetStoreError, Charge
 from gateway_extproc.budgets.store import BudgetStore
-from gateway_extproc.errors import ClientError
-from gateway_extproc.pricing import format_usd
 from gateway_extproc.spend.rollup import UsageRecord
 
 log = logging.getLogger("gateway.budgets")
@@ -40,15 +36,6 @@ _T = TypeVar("_T")
 _UNLIMITED = 2**52
 # Settle / release retries: first pause, longest pause between attempts, per-attempt timeout.
 RETRY_FIRST_S, RETRY_MAX_S, ATTEMPT_TIMEOUT_S = 0.1, 5.0, 2.0
-
-
-class Overloaded(ClientError):
-    """This worker has more budget checks queued than it can answer in time: an honest 503."""
-
-    status = 503
-    code = "overloaded"
-    openai_type = "server_error"
-    anthropic_type = "overloaded_error"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,8 +84,7 @@ class BudgetServices:
         self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_open_s)
         self.stats = BudgetStats()
         self.budget_lookup: Callable[[str], BudgetConfig | None] = lambda name: None
-        self._slots = asyncio.Semaphore(settings.max_inflight)
-        self._last_ok = float("-inf")  # loop time of the last answer from Redis
+        self._calls = StoreCalls(self, settings.max_inflight)
         self._pending: set[asyncio.Task[None]] = set()
         # reservation -> (cost (None: release), spend rollup, whether it reserved anything)
         self._settling: dict[str, tuple[int | None, UsageRecord | None, bool]] = {}
@@ -109,9 +95,7 @@ class BudgetServices:
         self._sync_task: asyncio.Task[None] | None = None
         self._replayed: set[str] = set()  # settles owed by a previous run (journal entries)
         self.attempt_timeout_s = ATTEMPT_TIMEOUT_S  # one settle / release attempt
-        # Reservations of responses in flight: id -> (last renewal, cost so far).
-        self._leases: dict[str, tuple[float, Callable[[], int]]] = {}
-        self._lease_task: asyncio.Future[None] | None = None
+        self._leases = Leases(self)  # reservations of responses in flight
         # Called with (seconds, ok) after each request-path store call (metrics), if set.
         self.on_call: Callable[[float, bool], None] | None = None
 
@@ -137,64 +121,7 @@ class BudgetServices:
     async def call(self, factory: Callable[[], Awaitable[_T]]) -> _T:
         """One store call: a turn among `max_inflight`, then Redis's answer within the deadline,
         through the circuit breaker. Raises BudgetStoreError, or Overloaded (not a store fault)."""
-        if self.store is None or not self.breaker.allow(self.clock()):
-            raise BudgetStoreError("budget store unavailable (circuit open)", maybe_ran=False)
-        try:
-            async with asyncio.timeout(self.settings.queue_timeout_s):
-                await self._slots.acquire()
-        except TimeoutError:
-            self.stats.overloaded += 1
-            raise Overloaded(
-                "the gateway is overloaded: too many requests are waiting for their budget "
-                "check; retry shortly"
-            ) from None
-        try:
-            return await self._answer(factory)
-        finally:
-            self._slots.release()
-
-    async def _answer(self, factory: Callable[[], Awaitable[_T]]) -> _T:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        deadline, patience = self.settings.deadline_s, self.settings.queue_timeout_s
-        task = asyncio.ensure_future(factory())
-        wait, suspect = deadline, False
-        try:
-            while not task.done():
-                woken = loop.time() + wait
-                await asyncio.wait((task,), timeout=wait)
-                if task.done():
-                    break
-                silent = self._redis_silent(loop, woken, deadline)
-                if (silent and suspect) or loop.time() - started >= patience:
-                    task.cancel()  # a cancelled script ran whole or not at all
-                    raise TimeoutError
-                # Silent once: look again shortly, after the loop has read what Redis may have
-                # sent while this wake-up was queued behind other work.
-                suspect, wait = silent, deadline / 5 if silent else deadline
-            result = task.result()
-        except (BudgetStoreError, TimeoutError, OSError) as exc:
-            self.breaker.failure(self.clock())
-            self.stats.store_errors += 1
-            if self.on_call is not None:
-                self.on_call(loop.time() - started, False)
-            raise BudgetStoreError(f"budget store: {type(exc).__name__}") from exc
-        except asyncio.CancelledError:
-            task.cancel()
-            raise
-        if self.on_call is not None:
-            self.on_call(loop.time() - started, True)
-        self._last_ok = loop.time()
-        self.breaker.success()
-        return result
-
-    def _redis_silent(self, loop: asyncio.AbstractEventLoop, woken: float, deadline: float) -> bool:
-        """Whether Redis, not this process, is why a call overran its deadline: this wake-up
-        came on time (the event loop is not lagging) and no call at all got an answer from
-        Redis for a whole deadline. A busy process whose calls keep being answered waits on."""
-        now = loop.time()
-        lagging = now - woken > deadline / 2
-        return not lagging and now - self._last_ok >= deadline
+        return await self._calls.call(factory)
 
     # -- the end of a request ----------------------------------------------------------------
 
@@ -232,7 +159,7 @@ class BudgetServices:
                 try:
                     # A turn among the store calls (no queue deadline: it is off the request
                     # path), so settles never take more connections than the pool has.
-                    async with self._slots, asyncio.timeout(self.attempt_timeout_s):
+                    async with self._calls.slots, asyncio.timeout(self.attempt_timeout_s):
                         if not reserved and usage is not None:
                             await store.record_usage(reservation_id, usage, self.clock())
                             return
@@ -319,44 +246,18 @@ class BudgetServices:
             log.warning("reconciled %d request(s) admitted while the budget store was down", done)
         return done
 
-    # -- leases and the reaper ---------------------------------------------------------------
+    # -- leases and the reaper (leases.py) ---------------------------------------------------
 
     def hold_lease(self, reservation_id: str, cost_so_far: Callable[[], int]) -> None:
-        """While a response runs, its reservation's lease is renewed with a checkpoint of its
-        cost so far every lease_s / 3 (by one task for the whole process, not one per request):
-        a long stream is never reaped, and if this sidecar dies the reaper charges what the
-        stream had used. `drop_lease` when the request finishes."""
-        self._leases[reservation_id] = (self.clock(), cost_so_far)
-        if self._lease_task is None and self.store is not None:
-            self._lease_task = asyncio.ensure_future(self._renew_leases())
+        """Renew the reservation's lease, with a checkpoint of its cost so far, while its
+        response runs (see `Leases.hold`). `drop_lease` when the request finishes."""
+        self._leases.hold(reservation_id, cost_so_far)
 
     def drop_lease(self, reservation_id: str) -> None:
-        self._leases.pop(reservation_id, None)
-
-    async def _renew_leases(self) -> None:
-        period = self.settings.lease_s / 3
-        while True:
-            # A lease is renewed between period and 1.5 x period after its last renewal: well
-            # before it runs out (lease_s = 3 x period after the reserve).
-            await asyncio.sleep(period / 2)
-            now = self.clock()
-            due = [(rid, fn) for rid, (since, fn) in self._leases.items() if now - since >= period]
-            for rid, cost_so_far in due:
-                if rid in self._leases:  # not finished meanwhile
-                    self._leases[rid] = (now, cost_so_far)
-                    await self.checkpoint(rid, cost_so_far())
+        self._leases.drop(reservation_id)
 
     async def checkpoint(self, reservation_id: str, partial_micros: int) -> None:
-        if self.store is None:
-            return
-        now = self.clock()
-        try:
-            await asyncio.wait_for(
-                self.store.checkpoint(reservation_id, partial_micros, self.settings.lease_s, now),
-                1.0,
-            )
-        except (BudgetStoreError, TimeoutError, OSError) as exc:
-            log.warning("checkpoint failed: %s", exc, extra={"request_id": reservation_id})
+        await self._leases.checkpoint(reservation_id, partial_micros)
 
     async def reap_once(self) -> None:
         """Charge reservations whose sidecar died (lease expired), exactly once across replicas;
@@ -365,20 +266,7 @@ class BudgetServices:
             return
         if self._unreconciled:
             await self.reconcile()
-        try:
-            result = await asyncio.wait_for(self.store.reap(self.clock()), 5.0)
-        except (BudgetStoreError, TimeoutError, OSError) as exc:
-            log.warning("reaper: %s", exc)
-            return
-        for reaped in result.reaped:
-            self.stats.reaped += 1
-            log.warning(
-                "reaped an expired reservation: charged %s",
-                format_usd(sum(reaped.charged_micros)),
-                extra={"request_id": reaped.request_id},
-            )
-        if self.alerts is not None:
-            self.alerts.send(result.crossings)
+        await self._leases.reap(self.store)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -444,8 +332,7 @@ class BudgetServices:
     async def close(self, grace_s: float = 5.0) -> None:
         """Await pending settles up to `grace_s`; journal what is left; close everything."""
         await self.drain(grace_s)
-        if self._lease_task is not None:
-            self._lease_task.cancel()
+        self._leases.close()
         for task in list(self._pending):
             task.cancel()
         if self.journal is not None:

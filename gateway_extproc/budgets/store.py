@@ -52,7 +52,6 @@ from gateway_extproc.budgets import windows
 from gateway_extproc.budgets.model import BudgetConfig, CalendarWindow, RollingWindow
 from gateway_extproc.budgets.results import (
     AlertCrossing,
-    BudgetState,
     BudgetStatus,
     BudgetStoreError,
     Charge,
@@ -70,6 +69,7 @@ from gateway_extproc.budgets.scripts import (
     script_source,
     text,
 )
+from gateway_extproc.budgets.wire import budget_states, charge_args, record_labels
 from gateway_extproc.ratelimits import wire
 from gateway_extproc.ratelimits.model import RateLimitCharge
 from gateway_extproc.spend.rollup import RollupSettings, UsageRecord, day_key, day_of, script_args
@@ -213,7 +213,7 @@ class BudgetStore:
                 raise ValueError(f"two charges for {charge.budget.name} {charge.scope_value!r}")
             keys.append(key)
             window_ids.append(window_id)
-            args.extend(self._charge_args(charge, window_id, now, now_ms))
+            args.extend(charge_args(charge, window_id, now, now_ms, self._grace_ms))
         keys += [self.override_key(c.budget.name, c.scope_value) for c in charges]
         rate_keys = [self.rate_limit_key(c) for c in limits]
         if len(set(rate_keys)) != len(rate_keys):
@@ -225,19 +225,7 @@ class BudgetStore:
         with redis_errors("reserve"):
             reply = await self._reserve(keys=keys, args=args)
         status, state = text(reply[0]), text(reply[1])
-        budgets = tuple(
-            BudgetState(
-                budget=charge.budget,
-                scope_value=charge.scope_value,
-                window_id=window_id,
-                spent_micros=int(reply[2 + 5 * i]),
-                held_micros=int(reply[3 + 5 * i]),
-                limit_micros=int(reply[4 + 5 * i]),
-                would_block=int(reply[5 + 5 * i]) == 1,
-                overridden=int(reply[6 + 5 * i]) == 1,
-            )
-            for i, (charge, window_id) in enumerate(zip(charges, window_ids, strict=True))
-        )
+        budgets = budget_states(charges, window_ids, reply)
         first = 2 + 5 * len(charges)
         rates = tuple(
             wire.state(limit, reply[first + wire.REPLY * j : first + wire.REPLY * (j + 1)])
@@ -254,36 +242,6 @@ class BudgetStore:
             budgets=budgets,
             rate_limits=rates,
         )
-
-    def _charge_args(
-        self, charge: Charge, window_id: str, now: float, now_ms: int
-    ) -> list[str | int]:
-        window = charge.budget.window
-        if isinstance(window, CalendarWindow):
-            end = windows.calendar_span(window, now).end
-            field, expire_at, life, bucket_ms, count = "spent", end * 1000 + self._grace_ms, 0, 0, 0
-        else:
-            bucket_ms = window.bucket_s * 1000
-            field, expire_at, count = f"b:{now_ms // bucket_ms}", 0, window.buckets
-            life = window.duration_s * 1000 + self._grace_ms
-        limit = charge.limit_micros
-        thresholds = ",".join(
-            f"{pct}={-(-limit * pct // 100)}" for pct in charge.budget.alerts.thresholds_percent
-        )
-        return [
-            field,
-            charge.estimate_micros,
-            limit,
-            1 if charge.budget.enforced else 0,
-            expire_at,
-            life,
-            bucket_ms,
-            count,
-            thresholds,
-            charge.budget.name,
-            charge.scope_value,
-            window_id,
-        ]
 
     # -- settle, release, checkpoint ----------------------------------------------------------
 
@@ -356,13 +314,7 @@ class BudgetStore:
         """Keep what this process just reserved, so its settle or release needs no HGETALL of
         the record first: one round trip instead of two. (The script still reads the record
         and checks the keys; another process, or one restarted, falls back to reading it.)"""
-        labels = {"n": str(len(charges)), "rn": str(rate_limits)}
-        for i, (charge, window_id) in enumerate(zip(charges, window_ids, strict=True), 1):
-            labels[f"b:{i}"] = charge.budget.name
-            labels[f"s:{i}"] = charge.scope_value
-            labels[f"w:{i}"] = window_id
-            labels[f"l:{i}"] = str(charge.limit_micros)
-            labels[f"e:{i}"] = str(charge.estimate_micros)
+        labels = record_labels(charges, window_ids, rate_limits)
         self._recent[request_id] = (labels, [*keys])
         if len(self._recent) > RECENT_RESERVATIONS:
             self._recent.popitem(last=False)

@@ -24,9 +24,10 @@ from redis.retry import Retry
 
 from gateway_extproc.apis import Schema
 from gateway_extproc.bounds import Bound
+from gateway_extproc.budgets.admission import Admission, Decision
 from gateway_extproc.budgets.alerts import AlertSender
 from gateway_extproc.budgets.breaker import CircuitBreaker
-from gateway_extproc.budgets.gate import Admission, BudgetGate, Decision, GateSettings
+from gateway_extproc.budgets.gate import BudgetGate, GateSettings
 from gateway_extproc.budgets.model import (
     Action,
     Alerts,
@@ -824,7 +825,7 @@ async def test_held_leases_are_renewed_with_their_cost_until_dropped(harness: Ha
     assert await partial("long") == b"700"
     assert await partial("short") is None
     services.drop_lease("long")
-    assert services._leases == {}
+    assert services._leases.held == {}
 
 
 def test_an_alias_and_its_model_share_one_model_scoped_counter() -> None:

@@ -11,7 +11,8 @@ import pytest
 
 from gateway_extproc.bounds import Bound
 from gateway_extproc.budgets import report
-from gateway_extproc.budgets.gate import BudgetGate, Decision
+from gateway_extproc.budgets.admission import Decision
+from gateway_extproc.budgets.gate import BudgetGate
 from gateway_extproc.budgets.model import Action, Match, Scope, ScopeKind
 from gateway_extproc.budgets.refusals import BudgetExceeded
 from gateway_extproc.budgets.store import BudgetStore
