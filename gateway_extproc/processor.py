@@ -26,7 +26,7 @@ from gateway_extproc.apis import API_PREFIX, MODELS_PATH, Schema, api_for_path
 from gateway_extproc.audit import AuditRecord
 from gateway_extproc.bodyparse import off_loop_if_large, parse_off_loop
 from gateway_extproc.budgets import report as budget_report
-from gateway_extproc.budgets.gate import Admission
+from gateway_extproc.budgets.admission import Admission
 from gateway_extproc.cache.key import CONTROL_HEADER, STATUS_HEADER, TTL_HEADER, CacheTicket
 from gateway_extproc.catalog import ModelEntry
 from gateway_extproc.context import GatewayContext

@@ -17,7 +17,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from gateway_extproc import extproc_msgs as msgs
 from gateway_extproc.bounds import Bound, Unbounded, Unpriced, UnseenInput, bound, request_price
-from gateway_extproc.budgets.gate import Admission
+from gateway_extproc.budgets.admission import Admission
 from gateway_extproc.catalog import ModelEntry
 from gateway_extproc.errors import CostUnbounded, UnsupportedOption
 from gateway_extproc.inbound import ParsedRequest, upstream_body
