@@ -359,10 +359,21 @@ class StreamProcessor:
         self.cache_ticket = lookup.ticket
         if lookup.hit is None:
             return None
+        try:  # rate limits set to count hits count this one (the 429 wins over the hit)
+            self.admission = await self.ctx.budgets.admit_cache_hit(
+                reservation_id=self.reservation_id,
+                identity=self.identity,
+                entry=entry,
+                requested=request.model,
+            )
+        except RateLimited as refused:
+            self.rate_limited = refused
+            self.cache_ticket = None  # not answered from the cache
+            raise
         self.status = 200
         self.cost_saved = cost_micros(lookup.hit.usage, entry.price)
         self._finish()
-        headers = {"content-type": lookup.hit.content_type, STATUS_HEADER: "hit"}
+        headers = {"content-type": lookup.hit.content_type} | self._response_headers()
         headers |= {"x-gateway-request-id": self.request_id, "x-gateway-cost-usd": format_usd(0)}
         return msgs.immediate(200, lookup.hit.body, headers, "gateway_cache_hit")
 

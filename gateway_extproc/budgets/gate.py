@@ -247,6 +247,32 @@ class BudgetGate:
         self._report_would_block(retry, reservation_id)
         return downgraded(Decision.DOWNGRADED, fallback, retry)
 
+    async def admit_cache_hit(
+        self, *, reservation_id: str, identity: Identity, entry: ModelEntry, requested: str
+    ) -> Admission | None:
+        """A response-cache hit holds nothing and counts in no budget; it counts one request
+        (no tokens) in each applicable rate limit set to `count_cache_hits`, or raises
+        RateLimited (429). None when no such limit applies, or when the store is unreachable
+        (rate limits admit then). The caller releases the admission at once: the request
+        stays counted."""
+        rates = tuple(
+            RateLimitCharge(limit, value, 0)
+            for limit, value in self.applicable_rate_limits(identity, entry, requested)
+            if limit.count_cache_hits
+        )
+        if not rates:
+            return None
+        now = self.clock()
+        result = await self._reserve(reservation_id, (), now, rates)
+        if result is None:
+            return None
+        if result.rate_limited:
+            raise rate_report.refusal(result.rate_limited, result.rate_limits, 0)
+        self._report_would_block(result, reservation_id)
+        return Admission(
+            Decision.NONE, entry, reservation_id, (), result, None, arrived=now, rate_charges=rates
+        )
+
     @staticmethod
     def _report_would_block(result: ReserveResult, reservation_id: str) -> None:
         for state in result.rate_limits:

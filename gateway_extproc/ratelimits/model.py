@@ -34,6 +34,7 @@ class RateLimitConfig:
     requests: int | None = None  # per window; None: not limited
     tokens: int | None = None  # input + output per window; None: not limited
     match: Match = dataclasses.field(default_factory=Match)
+    count_cache_hits: bool = False  # a response-cache hit counts one request here too
 
     @property
     def enforced(self) -> bool:

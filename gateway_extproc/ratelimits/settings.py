@@ -8,6 +8,7 @@
         tokens: 100000                      # input + output per window (optional)
         window: 60s                         # 1s .. 24h
         action: block                       # block | monitor
+        count_cache_hits: false             # true: a cache hit counts one request too
 
 At least one of `requests` and `tokens`. Scope and match are parsed by the budgets' parser, so a
 rate limit and a budget read the same words the same way.
@@ -31,7 +32,7 @@ from gateway_extproc.ratelimits.model import (
 )
 
 MAX_COUNT = 10**12  # keeps every sum inside Lua's exact integers
-_KEYS = {"name", "scope", "match", "requests", "tokens", "window", "action"}
+_KEYS = {"name", "scope", "match", "requests", "tokens", "window", "action", "count_cache_hits"}
 
 
 def parse_rate_limits(doc: object, problems: list[str]) -> tuple[RateLimitConfig, ...]:
@@ -73,6 +74,9 @@ def _rate_limit(doc: object, path: str, out: list[str]) -> RateLimitConfig | Non
     except ValueError as exc:
         out.append(f"{path}.window: {exc}")
     action = _choice(doc.get("action"), f"{path}.action", RateLimitAction, out)
+    count_cache_hits = doc.get("count_cache_hits", False)
+    if not isinstance(count_cache_hits, bool):
+        out.append(f"{path}.count_cache_hits: must be true or false (got {count_cache_hits!r})")
     if len(out) > before:
         return None
     assert name is not None and scope is not None
@@ -85,4 +89,5 @@ def _rate_limit(doc: object, path: str, out: list[str]) -> RateLimitConfig | Non
         action=action,
         requests=requests,
         tokens=tokens,
+        count_cache_hits=count_cache_hits,
     )

@@ -45,6 +45,14 @@ budgets:
     limit_usd: 5
     window: {{type: calendar, period: month}}
     action: block
+rate_limits:
+  - name: hit-counting
+    scope: {{kind: user}}
+    match: {{groups: [hit-counted]}}
+    requests: 2
+    window: 1h
+    action: block
+    count_cache_hits: true
 """
 ENTRIES = "llmgw:{gwc}:e:*"
 STATUS = "x-gateway-cache-status"
@@ -438,3 +446,26 @@ def test_responses_in_a_conversation_are_not_cached(gw: Cached) -> None:
         )
         assert raw.headers[STATUS] == "skip"
     assert gw.upstream_calls(marker) == 2
+
+
+def test_a_rate_limit_set_to_count_hits_counts_them_and_refuses_past_its_limit(gw: Cached) -> None:
+    marker = uuid.uuid4().hex
+    client = gw.openai("hank@example.com", "cached", "hit-counted")
+    before = gw.entries()
+    headers, _ = chat_json(client, marker)  # a miss: request 1 of 2
+    assert headers[STATUS] == "miss" and headers["x-ratelimit-remaining-requests"] == "1"
+    gw.new_entry(before)
+    headers, _ = chat_json(client, marker)  # a hit: request 2 of 2
+    assert headers[STATUS] == "hit" and headers["x-ratelimit-remaining-requests"] == "0"
+    hit = gw.audit.wait_for(headers["x-gateway-request-id"])
+    assert hit["cache"] == "hit" and hit["cost_micros"] == 0
+    counted = [(r["name"], r["remaining_requests"]) for r in hit["rate_limits"]]
+    assert counted == [("hit-counting", 0)]
+    with pytest.raises(openai.RateLimitError) as refused:
+        chat_json(client, marker)  # cached, but the limit counts hits: 429
+    assert refused.value.code == "rate_limited"
+    assert refused.value.response.headers["x-ratelimit-remaining-requests"] == "0"
+    record = gw.audit.wait_for(refused.value.response.headers["x-gateway-request-id"])
+    assert record["status"] == 429 and record["error_code"] == "rate_limited"
+    assert record["cache"] is None  # not answered from the cache
+    assert gw.upstream_calls(marker) == 1

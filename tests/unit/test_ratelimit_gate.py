@@ -212,3 +212,45 @@ async def test_rate_limits_fail_open_when_the_store_is_down(harness: Harness) ->
     admission = await admit(gate, "a")
     assert admission.decision is Decision.FAIL_OPEN and not admission.reserved  # type: ignore[attr-defined]
     assert dataclasses.asdict(SETTINGS)  # settings untouched
+
+
+async def hit(gate: BudgetGate, rid: str) -> object:
+    return await gate.admit_cache_hit(
+        reservation_id=rid, identity=ALICE, entry=GPT4O, requested=GPT4O.name
+    )
+
+
+async def requests_counted(gate: BudgetGate, lim: RateLimitConfig) -> int:
+    store = gate.store
+    assert store is not None
+    fields = await store.client.hgetall(store.rate_limit_key(RateLimitCharge(lim, USER, 0)))
+    return sum(int(v) for k, v in fields.items() if k.startswith(b"r:"))
+
+
+async def test_cache_hits_count_one_request_only_where_configured(harness: Harness) -> None:
+    counting = dataclasses.replace(
+        limit("hits", requests=2, tokens=10_000, models=("gpt-4o",)), count_cache_hits=True
+    )
+    free = limit("free", requests=1)  # every model; a hit counts nothing here
+    gate = await make_gate(harness, (counting, free))
+    for rid in ("h1", "h2"):
+        admission = await hit(gate, rid)
+        assert admission is not None and admission.reserved  # type: ignore[attr-defined]
+        assert [s.limit.name for s in admission.rate_limits] == ["hits"]  # type: ignore[attr-defined]
+        gate.finish(admission, None, rid)  # type: ignore[arg-type]  # released at once: still counted
+    await gate.drain()
+    assert await requests_counted(gate, counting) == 2
+    assert await tokens_counted(gate, counting) == 0  # a hit generates no tokens
+    assert await requests_counted(gate, free) == 0  # a limit not set to count hits
+    with pytest.raises(RateLimited) as refused:
+        await hit(gate, "h3")
+    assert [s.limit.name for s in refused.value.states] == ["hits"]
+    assert await requests_counted(gate, counting) == 2  # the refused hit holds nothing
+    await admit(gate, "real", MINI)  # the free limit still has its one request
+    assert await requests_counted(gate, free) == 1
+
+
+async def test_a_cache_hit_counts_nowhere_without_a_counting_limit(harness: Harness) -> None:
+    gate = await make_gate(harness, (limit(requests=1),))
+    assert await hit(gate, "h") is None
+    await admit(gate, "real")  # the limit's one request is still free

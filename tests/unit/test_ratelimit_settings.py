@@ -176,3 +176,19 @@ def test_retry_after_waits_for_every_refusing_limit() -> None:
     assert retry_after_s([state("a", retry=(1, 0)), state("b", retry=(0, 2500))]) == 3
     assert retry_after_s([state("a", retry=(0, -1))]) == 60  # never fits: a whole window
     assert retry_after_s([]) == 1
+
+
+def test_count_cache_hits_is_a_boolean_defaulting_to_false() -> None:
+    base = {"name": "r", "scope": {"kind": "user"}, "requests": 5, "window": "60s"}
+    problems: list[str] = []
+    (default, counting) = parse_rate_limits(
+        [
+            {**base, "action": "block"},
+            {**base, "name": "c", "action": "block", "count_cache_hits": True},
+        ],
+        problems,
+    )
+    assert problems == []
+    assert default.count_cache_hits is False and counting.count_cache_hits is True
+    parse_rate_limits([{**base, "action": "block", "count_cache_hits": "yes"}], problems)
+    assert problems == ["rate_limits[0].count_cache_hits: must be true or false (got 'yes')"]
