@@ -35,7 +35,7 @@ TEST_WORKERS ?= 2
 test: $(STAMP) lint typecheck
 	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
-## bench: overhead of the gateway vs plain Envoy and a no-op ext_proc, and of traces + metrics on vs off (~6 min;
+## bench: overhead of the gateway vs plain Envoy and a no-op ext_proc, and of traces + metrics on vs off (~11 min;
 ##        not part of test; BENCH_ARGS="--setups gateway,gateway+otel" for the telemetry comparison alone)
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
