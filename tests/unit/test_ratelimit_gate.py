@@ -100,11 +100,16 @@ async def admit(gate: BudgetGate, rid: str, entry: object = GPT4O) -> object:
     )
 
 
-async def tokens_counted(gate: BudgetGate, lim: RateLimitConfig) -> int:
+async def counted(gate: BudgetGate, lim: RateLimitConfig, kind: bytes) -> int:
+    """What a rate limit's counter holds over its buckets: b"r" requests, b"t" tokens."""
     store = gate.store
     assert store is not None
     fields = await store.client.hgetall(store.rate_limit_key(RateLimitCharge(lim, USER, 0)))
-    return sum(int(v) for k, v in fields.items() if k.startswith(b"t:"))
+    return sum(int(v) for k, v in fields.items() if k.startswith(kind + b":"))
+
+
+async def tokens_counted(gate: BudgetGate, lim: RateLimitConfig) -> int:
+    return await counted(gate, lim, b"t")
 
 
 async def test_rate_limits_alone_reserve_and_refuse_with_headers(harness: Harness) -> None:
@@ -221,10 +226,7 @@ async def hit(gate: BudgetGate, rid: str) -> object:
 
 
 async def requests_counted(gate: BudgetGate, lim: RateLimitConfig) -> int:
-    store = gate.store
-    assert store is not None
-    fields = await store.client.hgetall(store.rate_limit_key(RateLimitCharge(lim, USER, 0)))
-    return sum(int(v) for k, v in fields.items() if k.startswith(b"r:"))
+    return await counted(gate, lim, b"r")
 
 
 async def test_cache_hits_count_one_request_only_where_configured(harness: Harness) -> None:
