@@ -32,6 +32,7 @@ FAST_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05
 FAST_BUCKETS += [0.25, 0.5, 1.0, 2.5]
 OTHER = "_other"  # label value once a capped label has seen max_label_values values
 NONE = "_none"
+NONE_FOUND = "none"  # a guardrail applied and found nothing
 
 Attrs = dict[str, str]
 
@@ -133,6 +134,16 @@ class GatewayMetrics:
             unit="{microdollar}",
             description="What cache hits would have cost at catalog prices, micro-dollars",
         )
+        self.guardrail_decisions = m.create_counter(
+            "gateway.guardrail.decisions",
+            unit="{request}",
+            description="Requests a guardrail applied to, by what it did (none: nothing found)",
+        )
+        self.guardrail_findings = m.create_counter(
+            "gateway.guardrail.findings",
+            unit="{finding}",
+            description="PII and secrets found in prompts, by category and the action taken",
+        )
         self.extproc_messages = m.create_counter(
             "gateway.extproc.messages", unit="{message}", description="ext_proc messages handled"
         )
@@ -190,6 +201,16 @@ class GatewayMetrics:
             if record.cost_saved_micros:
                 saved: Attrs = {at.PROVIDER: provider, at.REQUEST_MODEL: model}
                 self.cache_saved.add(record.cost_saved_micros, saved)
+        guard = record.guardrails
+        if guard is not None:  # categories and actions are closed sets: bounded labels
+            action = str(guard.get("action") or NONE_FOUND)
+            self.guardrail_decisions.add(1, {"gateway.guardrail.action": action})
+            for category, found in (guard.get("categories") or {}).items():
+                labels = {
+                    "gateway.guardrail.category": str(category),
+                    "gateway.guardrail.action": str(found["action"]),
+                }
+                self.guardrail_findings.add(int(found["count"]), labels)
         for decision in at.decisions(record):
             self.decisions.add(1, {"gateway.budget.decision": decision})
         for limit_state in record.rate_limits or ():

@@ -386,3 +386,34 @@ def test_rate_limit_outcomes_are_counted_per_limit() -> None:
         for p in got["gateway.rate_limit.decisions"]
     }
     assert counted == {("rpm", "counted"): 2, ("w", "would_block"): 1, ("rpm", "blocked"): 1}
+
+
+def test_guardrail_decisions_and_findings_are_counted_by_category_and_action() -> None:
+    metrics, reader = metrics_with(ObservabilityConfig())
+
+    def guard(action: str | None, **categories: tuple[int, str]) -> dict[str, Any]:
+        found = {c: {"count": n, "action": a} for c, (n, a) in categories.items()}
+        return {"rules": ["pii"], "action": action, "categories": found}
+
+    metrics.record(record(guardrails=guard(None)), FACTS)  # applied, found nothing
+    metrics.record(record(guardrails=guard("redact", email=(2, "redact"))), FACTS)
+    metrics.record(
+        record(
+            status=400,
+            error_code="guardrail_blocked",
+            guardrails=guard("block", email=(1, "redact"), openai_key=(1, "block")),
+        ),
+        FACTS,
+    )
+    metrics.record(record(), FACTS)  # no guardrail applied: not counted
+    got = collect(reader)
+    points = got["gateway.guardrail.decisions"]
+    decisions = {p.attributes["gateway.guardrail.action"]: p.value for p in points}
+    assert decisions == {"none": 1, "redact": 1, "block": 1}
+    findings = {
+        (p.attributes["gateway.guardrail.category"], p.attributes["gateway.guardrail.action"]): (
+            p.value
+        )
+        for p in got["gateway.guardrail.findings"]
+    }
+    assert findings == {("email", "redact"): 3, ("openai_key", "block"): 1}
