@@ -19,7 +19,8 @@ from gateway_extproc.config import GatewayConfig
 from gateway_extproc.envoy_extproc import EXTPROC_CLUSTER, ext_proc_filters
 from gateway_extproc.envoy_ops import admin_cluster, ops_listener
 from gateway_extproc.observability import envoy_tracing
-from gateway_extproc.processor import CLUSTER_HEADER, METADATA_RESPONSE_HEADERS
+from gateway_extproc.processor import METADATA_RESPONSE_HEADERS
+from gateway_extproc.route import CLUSTER_HEADER
 from gateway_extproc.server import SERVICE_NAME
 from gateway_extproc.upstreams import Upstream
 

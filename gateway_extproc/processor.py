@@ -54,7 +54,6 @@ from gateway_extproc.tokens import Usage, UsageSource
 
 log = logging.getLogger("gateway.processor")
 
-CLUSTER_HEADER = route.CLUSTER_HEADER
 # Observe mode: every response header the request phase may decide, copied by Envoy from
 # dynamic metadata (envoy_config.py).
 METADATA_RESPONSE_HEADERS = ("x-gateway-request-id", *budget_report.RESPONSE_HEADERS, STATUS_HEADER)

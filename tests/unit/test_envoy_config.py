@@ -18,7 +18,8 @@ from gateway_extproc.config import GatewayConfig, load_config
 from gateway_extproc.envoy_config import EnvoyPorts, build, render
 from gateway_extproc.envoy_extproc import EXTPROC_CLUSTER
 from gateway_extproc.handoff import NAMESPACE
-from gateway_extproc.processor import CLUSTER_HEADER, METADATA_RESPONSE_HEADERS
+from gateway_extproc.processor import METADATA_RESPONSE_HEADERS
+from gateway_extproc.route import CLUSTER_HEADER
 from gateway_extproc.server import GRPC_MESSAGE_SLACK, SERVICE_NAME
 from gateway_extproc.stack import StackError, validate_envoy_config
 from gateway_extproc.upstreams import Upstream, resolve_upstreams

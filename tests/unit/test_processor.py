@@ -27,7 +27,8 @@ from gateway_extproc.catalog import Catalog
 from gateway_extproc.config import GatewayConfig, load_document, merge, parse_config
 from gateway_extproc.context import GatewayContext
 from gateway_extproc.identity.authenticator import Authenticator
-from gateway_extproc.processor import CLUSTER_HEADER, StreamProcessor
+from gateway_extproc.processor import StreamProcessor
+from gateway_extproc.route import CLUSTER_HEADER
 from gateway_extproc.runtime import build_gate
 from gateway_extproc.tokens import Usage
 from gateway_extproc.upstreams import resolve_upstreams

@@ -29,7 +29,7 @@ from gateway_extproc.config import load_config
 from gateway_extproc.handoff import NAMESPACE, STATE_KEY, RequestState
 from gateway_extproc.identity.model import ANONYMOUS
 from gateway_extproc.pricing import Price
-from gateway_extproc.processor import CLUSTER_HEADER
+from gateway_extproc.route import CLUSTER_HEADER
 from tests.paths import REPO
 
 MOCK = "http://127.0.0.1:9/v1"
