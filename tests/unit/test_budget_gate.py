@@ -19,8 +19,8 @@ from typing import Any, cast
 
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from gateway_extproc.apis import Schema
 from gateway_extproc.bounds import Bound
