@@ -1,25 +1,25 @@
 # The sidecar image: the gateway's ext_proc server and gatewayctl. Envoy runs from the official
 # Envoy image as its own container (see helm/llm-gateway). Not built on the development machines
-# (no container engine there); tests/unit/test_image.py checks it with hadolint and runs the
+# (no container engine there); tests/deploy/test_image.py checks it with hadolint and runs the
 # commands it runs from a virtualenv built the same way.
 
 ARG PYTHON_IMAGE=python:3.12.8-slim-bookworm
 
-# --- build: a virtualenv with the package and its dependencies from pyproject.toml only -------
+# --- build: a virtualenv from uv.lock, every file checked against the lock's hashes ---------
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    UV_NO_CACHE=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
-COPY pyproject.toml ./
+COPY pyproject.toml uv.lock ./
+COPY scripts/locked_install.py ./scripts/
 COPY gateway_extproc ./gateway_extproc
-# xds-protos and opentelemetry-proto both ship opentelemetry/proto/*_pb2.py and the last one
-# installed wins: reinstall opentelemetry-proto's (newer) files last, as the Makefile does.
-RUN python -m venv /opt/gateway \
-    && /opt/gateway/bin/pip install --no-cache-dir . \
-    && /opt/gateway/bin/pip install --no-cache-dir --no-deps --force-reinstall \
-       "opentelemetry-proto==$(/opt/gateway/bin/python -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')" \
-    && /opt/gateway/bin/pip uninstall --yes pip
+# What make does for .venv, without the dev extra: pip installs the locked uv (hash-checked) in a
+# throw-away virtualenv, `uv sync --locked --no-editable` installs the runtime dependencies and the
+# package, opentelemetry-proto is written last (xds-protos ships older copies of its files), and
+# the virtualenv has neither pip nor uv.
+RUN python scripts/locked_install.py /opt/gateway --image
 
 # --- runtime: the virtualenv on a clean base, no compilers, no caches, a fixed non-root UID -----
 FROM ${PYTHON_IMAGE}

@@ -1,23 +1,36 @@
-# The two commands a user needs: `make run` and `make test`. Both build .venv from pip first.
+# The two commands a user needs: `make run` and `make test`. Both build .venv from uv.lock first:
+# exact versions, every file checked against the lock's hashes (scripts/locked_install.py).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench lint typecheck unit e2e envoy-config proto clean
+.PHONY: run test bench lint typecheck unit e2e envoy-config proto lock deps-latest clean
 
-# xds-protos (Envoy's API) and opentelemetry-proto both ship opentelemetry/proto/*_pb2.py; whichever
-# pip installs last wins, and xds-protos' older copy breaks the OTLP exporters. Reinstall
-# opentelemetry-proto's own files last (the Dockerfile does the same).
-OTEL_PROTO_FIX = $(BIN)/pip install --quiet --no-deps --force-reinstall \
-	"opentelemetry-proto==$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')"
-
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
-	$(OTEL_PROTO_FIX)
+$(STAMP): pyproject.toml uv.lock scripts/locked_install.py
+	$(PYTHON) scripts/locked_install.py $(VENV) --extra dev
 	touch $(STAMP)
+
+## lock: re-resolve uv.lock from pyproject.toml's ranges, keeping every pin that still fits;
+##       UPGRADE=redis moves one package (and what it needs) to its newest allowed release
+lock:
+	$(PYTHON) scripts/locked_install.py $(VENV) --uv-only
+	$(BIN)/uv lock $(if $(UPGRADE),--upgrade-package $(UPGRADE))
+
+# The newest releases within pyproject.toml's ranges, in a throw-away virtualenv, against the unit
+# tests: try an upgrade before a user meets it. Not part of `make test`; nothing here touches .venv.
+LATEST := .venv-latest
+## deps-latest: the unit tests on the newest releases the ranges allow (prints what differs from the lock)
+deps-latest:
+	$(PYTHON) scripts/locked_install.py $(VENV) --uv-only
+	rm -rf $(LATEST)
+	$(BIN)/uv venv --quiet --python $(PYTHON) $(LATEST)
+	$(BIN)/uv pip install --quiet --python $(LATEST)/bin/python -e '.[dev]'
+	$(BIN)/uv pip install --quiet --python $(LATEST)/bin/python -e '.[dev]' --reinstall-package opentelemetry-proto
+	$(BIN)/uv pip freeze --python $(BIN)/python --exclude-editable | grep -v '^pip==' > $(LATEST)/locked.txt
+	$(BIN)/uv pip freeze --python $(LATEST)/bin/python --exclude-editable > $(LATEST)/latest.txt
+	@echo "Newer than the lock (- locked, + latest):"; diff $(LATEST)/locked.txt $(LATEST)/latest.txt | grep '^[<>]' | sed 's/^</-/; s/^>/+/' || echo "  nothing"
+	$(LATEST)/bin/pytest -q -n $(TEST_WORKERS) --dist loadfile tests/unit
 
 # make run's configuration: local defaults with the development issuer (GATEWAY_CONFIG overrides).
 CONFIG ?= $(or $(GATEWAY_CONFIG),config/local.yaml)
@@ -41,8 +54,8 @@ bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check gateway_extproc tests bench
-	$(BIN)/ruff format --check gateway_extproc tests bench
+	$(BIN)/ruff check gateway_extproc tests bench scripts
+	$(BIN)/ruff format --check gateway_extproc tests bench scripts
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -62,4 +75,4 @@ proto: $(STAMP)
 	$(BIN)/python -m gateway_extproc.admin.protogen
 
 clean:
-	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LATEST) .run .pytest_cache .mypy_cache .ruff_cache

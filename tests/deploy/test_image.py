@@ -1,6 +1,6 @@
 """The sidecar image, without a container engine: the Dockerfile is hadolint-clean, and the
 commands the image runs work from a clean virtualenv built the way the Dockerfile builds it
-(`python -m venv`, `pip install .` of the files it copies, pip removed)."""
+(`scripts/locked_install.py --image` over exactly the files it copies: uv.lock, hashes checked)."""
 
 from __future__ import annotations
 
@@ -49,62 +49,42 @@ def test_dockerfile_shape() -> None:
     for label in ("source", "version", "licenses"):
         assert f"org.opencontainers.image.{label}=" in final
     assert image_entrypoint() == ["python", "-m", "gateway_extproc.server"]
-    # Dependencies come from pyproject.toml only: the build stage copies nothing else.
+    # Dependencies come from the lock only, installed by the script make uses too.
     copies = re.findall(r"^COPY (?!--from)(.+)$", text, re.MULTILINE)
-    assert copies == ["pyproject.toml ./", "gateway_extproc ./gateway_extproc"]
+    assert copies == [*IMAGE_SOURCES.values()]
+    runs = re.findall(r"^RUN (.+)$", text.split("\nFROM ${PYTHON_IMAGE}\n", 1)[0], re.MULTILINE)
+    assert runs == [" ".join(IMAGE_INSTALL)]
+
+
+# What the build stage copies (source path -> COPY line) and the one command it runs.
+IMAGE_SOURCES = {
+    "pyproject.toml uv.lock": "pyproject.toml uv.lock ./",
+    "scripts/locked_install.py": "scripts/locked_install.py ./scripts/",
+    "gateway_extproc": "gateway_extproc ./gateway_extproc",
+}
+IMAGE_INSTALL = ["python", "scripts/locked_install.py", "/opt/gateway", "--image"]
 
 
 @pytest.fixture(scope="module")
 def image_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """What the build stage does, in a temporary directory. pip's cache is allowed here (the
-    Dockerfile disables it) so the test stays cheap."""
+    """What the build stage does, in a temporary directory: the files it copies, then its one
+    RUN line. uv's cache is allowed here (the Dockerfile disables it) so the test stays cheap."""
     root = tmp_path_factory.mktemp("image")
     src = root / "src"
-    src.mkdir()
-    shutil.copy(REPO / "pyproject.toml", src / "pyproject.toml")
-    shutil.copytree(
-        REPO / "gateway_extproc",
-        src / "gateway_extproc",
-        ignore=shutil.ignore_patterns("__pycache__"),
-    )
+    for sources in IMAGE_SOURCES:
+        for name in sources.split():
+            target = src / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if (REPO / name).is_dir():
+                shutil.copytree(REPO / name, target, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                shutil.copy(REPO / name, target)
     venv = root / "opt" / "gateway"
-    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, env=env)
-    subprocess.run(
-        [str(venv / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check", "."],
-        cwd=src,
-        check=True,
-        env=env,
-        timeout=600,
-    )
-    version = subprocess.run(
-        [str(venv / "bin" / "python"), "-c", OTEL_PROTO_VERSION],
-        check=True,
-        env=env,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    subprocess.run(  # the Dockerfile's second pip step: opentelemetry-proto's files win
-        [
-            str(venv / "bin" / "pip"),
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--no-deps",
-            "--force-reinstall",
-            f"opentelemetry-proto=={version}",
-        ],
-        check=True,
-        env=env,
-        timeout=600,
-    )
-    subprocess.run(
-        [str(venv / "bin" / "pip"), "uninstall", "--yes", "--quiet", "pip"], check=True, env=env
-    )
+    env = {k: v for k, v in os.environ.items() if k not in {"VIRTUAL_ENV", "UV_NO_CACHE"}}
+    where = {"python": sys.executable, "/opt/gateway": str(venv)}
+    argv = [where.get(arg, arg) for arg in IMAGE_INSTALL]
+    subprocess.run(argv, cwd=src, check=True, env=env, timeout=600)
     return venv
-
-
-OTEL_PROTO_VERSION = "import importlib.metadata as m; print(m.version('opentelemetry-proto'))"
 
 
 def test_the_image_can_export_otlp(image_venv: Path) -> None:
@@ -130,7 +110,7 @@ def image_env(venv: Path) -> dict[str, str]:
 def test_the_image_has_no_dev_tools(image_venv: Path) -> None:
     names = {p.name for p in (image_venv / "bin").iterdir()}
     assert "gatewayctl" in names
-    assert not names & {"pip", "pytest", "ruff", "mypy", "envoy", "hadolint"}
+    assert not names & {"pip", "uv", "pytest", "ruff", "mypy", "envoy", "hadolint"}
 
 
 def test_gatewayctl_envoy_config_from_the_image(image_venv: Path, tmp_path: Path) -> None:
