@@ -29,6 +29,7 @@ from gateway_extproc.config_providers import ProviderConfig, parse_provider
 from gateway_extproc.config_reader import Reader
 from gateway_extproc.errors import ConfigError
 from gateway_extproc.guardrails import Guardrails, parse_guardrails
+from gateway_extproc.identity.devissuer import ALLOW_ENV as DEV_ISSUER_ALLOW_ENV
 from gateway_extproc.identity.model import IdentityConfig
 from gateway_extproc.identity.policy import PolicySet, parse_policies
 from gateway_extproc.identity.settings import parse_identity
@@ -237,6 +238,12 @@ def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayC
     if isinstance(identity_doc, Mapping) and "dev_issuer" in identity_doc:
         dev_issuer = r.boolean(identity_doc, "identity", "dev_issuer", False)
         identity_doc = {k: v for k, v in identity_doc.items() if k != "dev_issuer"}
+    if dev_issuer and environ.get(DEV_ISSUER_ALLOW_ENV) != "1":
+        r.problems.append(
+            "identity.dev_issuer: the local development issuer is for gatewayctl run (make run) "
+            "only: anyone who can read its key directory can mint any identity. Remove it, or "
+            f"set {DEV_ISSUER_ALLOW_ENV}=1 in the environment to allow it deliberately"
+        )
     identity = parse_identity(identity_doc, environ, r.problems)
     identity_files = _identity_files(identity_doc)
     policies = parse_policies(doc.get("policies"), r.problems)
