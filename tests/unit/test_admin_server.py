@@ -18,7 +18,7 @@ import pytest
 from gateway_extproc.admin import server as admin_server
 from gateway_extproc.admin._generated.gateway.admin.v1 import admin_pb2 as pb
 from gateway_extproc.admin.api import AdminClient
-from gateway_extproc.admin.budget_api import ts
+from gateway_extproc.admin.budget_api import MAX_OVERRIDE_S, ts
 from gateway_extproc.budgets.results import Charge
 from gateway_extproc.context import GatewayContext
 from gateway_extproc.runtime import build_context, close_context, start_context
@@ -172,6 +172,21 @@ async def test_top_up_raises_the_limit_for_this_window(admin: Admin) -> None:
     assert response.status.remaining_micros == 120 * USD
 
 
+def override(expires: float, reason: str = "launch week") -> pb.SetOverrideRequest:
+    request = pb.SetOverrideRequest(
+        budget="team-monthly", scope_value="eng", limit_micros=USD, reason=reason
+    )
+    request.expires_at.CopyFrom(ts(expires))
+    return request
+
+
+@pytest.mark.parametrize("expires", [NOW + 1, NOW + MAX_OVERRIDE_S])
+async def test_override_expiry_bounds_are_inclusive(admin: Admin, expires: float) -> None:
+    """The edges the README promises: any instant after now, up to 366 days away."""
+    found = await admin.call("SetOverride", override(expires))
+    assert found.expires_at == ts(expires)
+
+
 @pytest.mark.parametrize(
     ("method", "request_", "code", "words"),
     [
@@ -210,6 +225,42 @@ async def test_top_up_raises_the_limit_for_this_window(admin: Admin) -> None:
             pb.SetOverrideRequest(budget="team-monthly", scope_value="eng", limit_micros=1),
             "INVALID_ARGUMENT",
             "expires_at is required",
+        ),
+        (
+            "SetOverride",
+            override(NOW - 1),
+            "INVALID_ARGUMENT",
+            "expires_at is in the past",
+        ),
+        (
+            "SetOverride",
+            override(NOW),
+            "INVALID_ARGUMENT",
+            "expires_at is in the past",
+        ),
+        (
+            "SetOverride",
+            override(NOW + MAX_OVERRIDE_S + 1),
+            "INVALID_ARGUMENT",
+            "expires_at is more than 366 days away",
+        ),
+        (
+            "SetOverride",
+            override(NOW + 3600, reason=""),
+            "INVALID_ARGUMENT",
+            "reason is required",
+        ),
+        (
+            "SetOverride",
+            override(NOW + 3600, reason=" \t "),
+            "INVALID_ARGUMENT",
+            "reason is required",
+        ),
+        (
+            "TopUp",
+            pb.TopUpRequest(budget="team-monthly", scope_value="eng", amount_micros=5),
+            "INVALID_ARGUMENT",
+            "reason is required",
         ),
         (
             "TopUp",
