@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from gateway_extproc.admin.auth import caller_problems
 from gateway_extproc.admin.settings import AdminApiConfig, parse_admin_api, parse_spend
 from gateway_extproc.budgets.loader import (
     BudgetStoreConfig,
@@ -301,6 +302,7 @@ def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayC
         guardrails=guardrails,
         cache=parse_cache(doc.get("cache"), r.problems),
     )
+    r.problems.extend(caller_problems(config.admin_api, identity, dev_issuer))
     if r.problems:
         raise ConfigError(r.problems)
     return config

@@ -3,7 +3,7 @@
 Address: --admin-address, else $GATEWAY_ADMIN_ADDRESS, else 127.0.0.1:10090 (make run's).
 Credential: --token, else $GATEWAY_ADMIN_TOKEN, else - against a local `make run` - a
 short-lived token minted by the local development issuer for the group `gateway-admins`
-($GATEWAY_ADMIN_GROUP), as `gatewayctl token` does for clients.
+($GATEWAY_ADMIN_GROUP) and the admin audience `llm-gateway-admin` ($GATEWAY_ADMIN_AUDIENCE).
 """
 
 from __future__ import annotations
@@ -23,7 +23,11 @@ from gateway_extproc.admin import output
 from gateway_extproc.admin._generated.gateway.admin.v1 import admin_pb2 as pb
 from gateway_extproc.admin.api import AdminClient
 from gateway_extproc.admin.budget_api import ts
-from gateway_extproc.admin.settings import DEFAULT_ADMIN_GROUP, DEFAULT_ADMIN_PORT
+from gateway_extproc.admin.settings import (
+    DEFAULT_ADMIN_AUDIENCE,
+    DEFAULT_ADMIN_GROUP,
+    DEFAULT_ADMIN_PORT,
+)
 from gateway_extproc.budgets.settings import parse_duration
 from gateway_extproc.identity.devissuer import DevIssuerError, default_directory, ensure_dev_issuer
 from gateway_extproc.pricing import usd_to_micros
@@ -52,8 +56,9 @@ def _credential(args: argparse.Namespace) -> str:
     except (OSError, DevIssuerError) as exc:
         raise CliError(f"development issuer: {exc}") from exc
     group = os.environ.get("GATEWAY_ADMIN_GROUP", DEFAULT_ADMIN_GROUP)
+    audience = os.environ.get("GATEWAY_ADMIN_AUDIENCE", DEFAULT_ADMIN_AUDIENCE)
     user = f"{getpass.getuser()}@localhost"
-    return issuer.mint(user, [group], None, 300, {}, time.time())
+    return issuer.mint(user, [group], None, 300, {}, time.time(), audience=audience)
 
 
 async def _call(args: argparse.Namespace, method: str, request: Any) -> Any:

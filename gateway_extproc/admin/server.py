@@ -3,9 +3,10 @@
 Served by sidecar worker 0 only, on `admin_api.host:port` - one address for the CLI, a
 Kubernetes Service and (later) a JSON transcoder to point at; it is low-volume, and every worker
 reads and writes the same Redis state, so serving it from one worker loses nothing. Each call
-is authenticated with the request path's own identity machinery (the same issuers and static
-tokens, from the running configuration, so a reload applies) and authorised per method: the
-caller's groups must meet `admin_api.read_groups` or `write_groups` (write implies read).
+is authenticated with credentials of the admin API's own (admin/auth.py: an admin audience from
+an admitted issuer, or an admin static token; from the running configuration, so a reload
+applies) and authorised per method: the caller's groups must meet `admin_api.read_groups` or
+`write_groups` (write implies read).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from gateway_extproc.admin import budget_api, spend_api
 from gateway_extproc.admin._generated.gateway.admin.v1 import admin_pb2 as pb
 from gateway_extproc.admin.api import METHODS, READ, SERVICE, Handler, generic_handler
+from gateway_extproc.admin.auth import hint
 from gateway_extproc.admin.budget_api import AdminAuditRecord, AdminError
 from gateway_extproc.budgets.overrides import Overrides
 from gateway_extproc.budgets.results import BudgetStoreError
@@ -99,13 +101,16 @@ class AdminServicer:
     ) -> Identity:
         metadata = {k.lower(): v for k, v in (context.invocation_metadata() or ())}
         header = metadata.get("authorization")
+        settings = ctx.config.admin_api
+        authenticator = ctx.admin_authenticator
+        if authenticator is None:  # a context built without the admin API (tests)
+            raise AdminError("UNAVAILABLE", "the admin API is not enabled in this configuration")
         try:
-            identity = await ctx.authenticator.authenticate(
+            identity = await authenticator.authenticate(
                 {"authorization": header} if isinstance(header, str) else {}
             )
         except Unauthenticated as exc:
-            raise AdminError("UNAUTHENTICATED", f"{exc}") from None
-        settings = ctx.config.admin_api
+            raise AdminError("UNAUTHENTICATED", f"{exc} ({hint(settings)})") from None
         allowed = settings.write_groups
         if METHODS[name].role == READ:
             allowed = allowed | settings.read_groups

@@ -6,6 +6,9 @@ admin_api:
   port: 10090
   read_groups: [gateway-admins]    # GetSpend, ListBudgets, GetBudgetStatus, ListOverrides
   write_groups: [gateway-admins]   # also SetOverride, RemoveOverride, TopUp
+  audiences: [llm-gateway-admin]   # an admin token's aud: never a data-plane audience
+  issuers: [corp]                  # identity.issuers minting admin tokens (default: JWKS ones)
+  static_tokens: [ops-root]        # admin credentials (the data plane refuses them)
 spend:
   timezone: UTC             # rollups are kept per day in this timezone
   retention_days: 400
@@ -21,6 +24,7 @@ from gateway_extproc.spend.rollup import DEFAULT_RETENTION_DAYS, RollupSettings
 
 DEFAULT_ADMIN_PORT = 10090
 DEFAULT_ADMIN_GROUP = "gateway-admins"
+DEFAULT_ADMIN_AUDIENCE = "llm-gateway-admin"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +35,12 @@ class AdminApiConfig:
     http_port: int = 0  # JSON over HTTP through Envoy's gRPC-JSON transcoder (0: off)
     read_groups: frozenset[str] = frozenset({DEFAULT_ADMIN_GROUP})
     write_groups: frozenset[str] = frozenset({DEFAULT_ADMIN_GROUP})
+    # Who may be a caller at all (admin/auth.py): a JWT for one of `audiences` from one of
+    # `issuers` (None: every issuer with a JWKS, never a shared-secret one unless named), or one
+    # of `static_tokens`. Groups then decide what it may do.
+    audiences: tuple[str, ...] = (DEFAULT_ADMIN_AUDIENCE,)
+    issuers: tuple[str, ...] | None = None
+    static_tokens: frozenset[str] = frozenset()
 
 
 def parse_admin_api(doc: object, problems: list[str]) -> AdminApiConfig:
@@ -41,6 +51,7 @@ def parse_admin_api(doc: object, problems: list[str]) -> AdminApiConfig:
         return AdminApiConfig()
     for extra in sorted(set(map(str, doc)) - {f.name for f in dataclasses.fields(AdminApiConfig)}):
         problems.append(f"admin_api.{extra}: unknown key")
+    audiences, issuers, static_tokens = _callers(doc, problems)
     default = AdminApiConfig()
     enabled = doc.get("enabled", default.enabled)
     if not isinstance(enabled, bool):
@@ -67,13 +78,42 @@ def parse_admin_api(doc: object, problems: list[str]) -> AdminApiConfig:
     if enabled and not groups["write_groups"]:
         problems.append("admin_api.write_groups: must name at least one group")
     return AdminApiConfig(
-        enabled,
-        host,
-        ports["port"],
-        ports["http_port"],
-        groups["read_groups"],
-        groups["write_groups"],
+        enabled=enabled,
+        host=host,
+        port=ports["port"],
+        http_port=ports["http_port"],
+        read_groups=groups["read_groups"],
+        write_groups=groups["write_groups"],
+        audiences=audiences,
+        issuers=issuers,
+        static_tokens=static_tokens,
     )
+
+
+def _names(doc: Mapping[object, object], key: str, problems: list[str]) -> tuple[str, ...] | None:
+    """A list of non-empty strings without spaces around them; None when absent."""
+    if key not in doc:
+        return None
+    value = doc[key]
+    if not isinstance(value, list) or not all(
+        isinstance(v, str) and v and v == v.strip() for v in value
+    ):
+        problems.append(f"admin_api.{key}: must be a list of names (got {value!r})")
+        return None
+    return tuple(dict.fromkeys(value))
+
+
+def _callers(
+    doc: Mapping[object, object], problems: list[str]
+) -> tuple[tuple[str, ...], tuple[str, ...] | None, frozenset[str]]:
+    """`audiences`, `issuers`, `static_tokens` (the names are checked against `identity` by
+    admin/auth.py, which sees the issuers)."""
+    audiences = _names(doc, "audiences", problems)
+    if audiences == ():
+        problems.append("admin_api.audiences: must name at least one audience")
+    tokens = _names(doc, "static_tokens", problems)
+    issuers = _names(doc, "issuers", problems)
+    return audiences or AdminApiConfig.audiences, issuers, frozenset(tokens or ())
 
 
 def parse_spend(doc: object, problems: list[str]) -> RollupSettings:

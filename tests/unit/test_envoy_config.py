@@ -472,7 +472,9 @@ def test_admin_api_json_listener(tmp_path: Path) -> None:
     """The admin API as JSON over HTTP: its own listener (never the public one) with the
     gRPC-JSON transcoder, routed only to worker 0's admin gRPC port; Envoy accepts it."""
     path = tmp_path / "gateway.yaml"
-    path.write_text(yaml.safe_dump({"admin_api": {"enabled": True, "http_port": 10091}}))
+    ops = {"ops": {"sha256": "0" * 64}}  # an admin static token: someone can call the API
+    admin = {"enabled": True, "http_port": 10091, "static_tokens": ["ops"]}
+    path.write_text(yaml.safe_dump({"identity": {"static_tokens": ops}, "admin_api": admin}))
     cfg = load_config(path, {})
     ports = dataclasses.replace(PORTS, admin_api_port=10090, admin_api_http_port=10091)
     b = build(cfg, ports, resolve_upstreams(cfg, {}, MOCK).values(), CA_FILE)
