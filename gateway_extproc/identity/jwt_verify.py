@@ -287,6 +287,8 @@ def _user(claims: Mapping[str, Any], issuer: IssuerConfig) -> str | None:
     user, path = _first_path(claims, issuer.claims.user)
     if path != EMAIL_CLAIM or issuer.trust_unverified_email or _email_verified(claims):
         return user
+    if Kind.USER not in issuer.asserts.kinds:
+        return user  # refused as a user by `refusal`, saying the issuer asserts no users
     domains = issuer.asserts.user_domains
     if domains is not None:
         raise TokenRejected(

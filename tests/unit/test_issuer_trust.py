@@ -122,6 +122,17 @@ def test_an_unverified_email_without_a_fallback_is_refused(
     assert (info.value.reason, info.value.message) == ("email_unverified", message)
 
 
+def test_a_services_only_issuer_is_refused_for_asserting_a_user_at_all() -> None:
+    services = dataclasses.replace(CORP, asserts=Assertions(kinds=frozenset({Kind.SERVICE})))
+    for claims in ({"email": ALICE}, {"email": ALICE, "sub": "u-1"}):
+        with pytest.raises(TokenRejected) as info:
+            user_of(services, **claims)
+        assert (info.value.reason, info.value.message) == (
+            "not_vouched",
+            "issuer corp may not assert a user (it may assert services)",
+        )
+
+
 def test_trust_unverified_email_is_parsed_per_issuer() -> None:
     problems: list[str] = []
     doc = {
