@@ -9,6 +9,8 @@ admin_api:
   audiences: [llm-gateway-admin]   # an admin token's aud: never a data-plane audience
   issuers: [corp]                  # identity.issuers minting admin tokens (default: JWKS ones)
   static_tokens: [ops-root]        # admin credentials (the data plane refuses them)
+  tls: {cert_file: ..., key_file: ..., client_ca_file: ...}   # with a client CA: mutual TLS
+  socket: /run/llm-gateway/admin-api.sock   # plaintext for Envoy's JSON listener (tls + http_port)
 spend:
   timezone: UTC             # rollups are kept per day in this timezone
   retention_days: 400
@@ -20,6 +22,7 @@ import dataclasses
 import zoneinfo
 from collections.abc import Mapping
 
+from gateway_extproc.admin.tls import AdminTls, parse_tls
 from gateway_extproc.spend.rollup import DEFAULT_RETENTION_DAYS, RollupSettings
 
 DEFAULT_ADMIN_PORT = 10090
@@ -41,6 +44,11 @@ class AdminApiConfig:
     audiences: tuple[str, ...] = (DEFAULT_ADMIN_AUDIENCE,)
     issuers: tuple[str, ...] | None = None
     static_tokens: frozenset[str] = frozenset()
+    tls: AdminTls | None = None  # admin/tls.py
+    # A unix socket worker 0 also serves the API on, in plaintext, for Envoy's JSON transcoder
+    # in the same pod (needed with `tls` and `http_port`: Envoy terminates the JSON listener's
+    # TLS itself and holds no client certificate).
+    socket: str | None = None
 
 
 def parse_admin_api(doc: object, problems: list[str]) -> AdminApiConfig:
@@ -77,6 +85,12 @@ def parse_admin_api(doc: object, problems: list[str]) -> AdminApiConfig:
         groups[key] = frozenset(value)
     if enabled and not groups["write_groups"]:
         problems.append("admin_api.write_groups: must name at least one group")
+    tls, socket = parse_tls(doc.get("tls"), problems), _socket(doc.get("socket"), problems)
+    if enabled and tls is not None and ports["http_port"] and socket is None:
+        problems.append(
+            "admin_api.socket: required with tls and http_port: Envoy's JSON listener reaches "
+            "worker 0 over this unix socket (e.g. /run/llm-gateway/admin-api.sock)"
+        )
     return AdminApiConfig(
         enabled=enabled,
         host=host,
@@ -87,6 +101,8 @@ def parse_admin_api(doc: object, problems: list[str]) -> AdminApiConfig:
         audiences=audiences,
         issuers=issuers,
         static_tokens=static_tokens,
+        tls=tls,
+        socket=socket,
     )
 
 
@@ -101,6 +117,17 @@ def _names(doc: Mapping[object, object], key: str, problems: list[str]) -> tuple
         problems.append(f"admin_api.{key}: must be a list of names (got {value!r})")
         return None
     return tuple(dict.fromkeys(value))
+
+
+def _socket(value: object, problems: list[str]) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.startswith("/") or len(value.encode()) > 100:
+        problems.append(
+            f"admin_api.socket: must be an absolute path of at most 100 bytes (got {value!r})"
+        )
+        return None
+    return value
 
 
 def _callers(
