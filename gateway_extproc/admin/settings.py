@@ -122,9 +122,9 @@ def _names(doc: Mapping[object, object], key: str, problems: list[str]) -> tuple
 def _socket(value: object, problems: list[str]) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or not value.startswith("/") or len(value.encode()) > 100:
-        problems.append(
-            f"admin_api.socket: must be an absolute path of at most 100 bytes (got {value!r})"
+    if not isinstance(value, str) or not value.startswith("/") or len(value.encode()) > 107:
+        problems.append(  # 107: what a unix socket address holds (sun_path, with its NUL)
+            f"admin_api.socket: must be an absolute path of at most 107 bytes (got {value!r})"
         )
         return None
     return value

@@ -91,10 +91,15 @@ def test_json_over_https_needs_the_pod_local_socket(tmp_path: Path) -> None:
         {"enabled": True, "http_port": 10091, "tls": tls, "socket": "/run/x.sock"}, problems
     )
     assert (problems, ok.socket) == ([], "/run/x.sock")
-    parse_admin_api({"socket": "relative.sock"}, problems)
-    assert problems == [
-        "admin_api.socket: must be an absolute path of at most 100 bytes (got 'relative.sock')"
-    ]
+    for bad in ("relative.sock", "/" + "s" * 107):
+        problems.clear()
+        parse_admin_api({"socket": bad}, problems)
+        assert problems == [
+            f"admin_api.socket: must be an absolute path of at most 107 bytes (got {bad!r})"
+        ]
+    problems.clear()
+    assert parse_admin_api({"socket": "/" + "s" * 106}, problems).socket is not None
+    assert problems == []
 
 
 # -- the server -------------------------------------------------------------------------------
