@@ -107,10 +107,10 @@ def parse_admin_api(doc: object, problems: list[str]) -> AdminApiConfig:
 
 
 def _names(doc: Mapping[object, object], key: str, problems: list[str]) -> tuple[str, ...] | None:
-    """A list of non-empty strings without spaces around them; None when absent."""
-    if key not in doc:
+    """A list of non-empty strings without spaces around them; None when absent or null."""
+    value = doc.get(key)
+    if value is None:
         return None
-    value = doc[key]
     if not isinstance(value, list) or not all(
         isinstance(v, str) and v and v == v.strip() for v in value
     ):
