@@ -207,7 +207,9 @@ def make_identity(run_dir: Path) -> Identity:
         "iat": now,
         "nbf": now,
         "exp": now + 86400,
+        "sub": "bench-user",
         "email": USER,
+        "email_verified": True,  # else the user would be the sub (identity/jwt_verify.py)
         "groups": [GROUP],
         "azp": "bench",
     }

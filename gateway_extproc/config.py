@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from gateway_extproc.admin.auth import caller_problems
 from gateway_extproc.admin.settings import AdminApiConfig, parse_admin_api, parse_spend
 from gateway_extproc.budgets.loader import (
     BudgetStoreConfig,
@@ -29,6 +30,7 @@ from gateway_extproc.config_providers import ProviderConfig, parse_provider
 from gateway_extproc.config_reader import Reader
 from gateway_extproc.errors import ConfigError
 from gateway_extproc.guardrails import Guardrails, parse_guardrails
+from gateway_extproc.identity.devissuer import ALLOW_ENV as DEV_ISSUER_ALLOW_ENV
 from gateway_extproc.identity.model import IdentityConfig
 from gateway_extproc.identity.policy import PolicySet, parse_policies
 from gateway_extproc.identity.settings import parse_identity
@@ -237,6 +239,12 @@ def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayC
     if isinstance(identity_doc, Mapping) and "dev_issuer" in identity_doc:
         dev_issuer = r.boolean(identity_doc, "identity", "dev_issuer", False)
         identity_doc = {k: v for k, v in identity_doc.items() if k != "dev_issuer"}
+    if dev_issuer and environ.get(DEV_ISSUER_ALLOW_ENV) != "1":
+        r.problems.append(
+            "identity.dev_issuer: the local development issuer is for gatewayctl run (make run) "
+            "only: anyone who can read its key directory can mint any identity. Remove it, or "
+            f"set {DEV_ISSUER_ALLOW_ENV}=1 in the environment to allow it deliberately"
+        )
     identity = parse_identity(identity_doc, environ, r.problems)
     identity_files = _identity_files(identity_doc)
     policies = parse_policies(doc.get("policies"), r.problems)
@@ -294,6 +302,7 @@ def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayC
         guardrails=guardrails,
         cache=parse_cache(doc.get("cache"), r.problems),
     )
+    r.problems.extend(caller_problems(config.admin_api, identity, dev_issuer))
     if r.problems:
         raise ConfigError(r.problems)
     return config

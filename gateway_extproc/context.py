@@ -33,5 +33,7 @@ class GatewayContext:
     telemetry: Telemetry = dataclasses.field(default_factory=Telemetry)
     # The response cache of this configuration (off without cache rules).
     cache: ResponseCache = dataclasses.field(default_factory=ResponseCache.off)
+    # The admin API's callers (admin/auth.py), sharing `authenticator`'s signing keys.
+    admin_authenticator: Authenticator | None = None
     monotonic: Callable[[], float] = time.monotonic
     wall_clock: Callable[[], float] = time.time

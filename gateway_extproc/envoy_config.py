@@ -384,8 +384,12 @@ def build(
     admin = config.admin_api  # JSON over HTTP: admin_api.http_port (or the stack's choice)
     if admin.enabled and ports.admin_api_port and ports.admin_api_http_port:
         resources = bootstrap["static_resources"]
-        resources["listeners"].append(envoy_json.listener(admin.host, ports.admin_api_http_port))
-        resources["clusters"].append(envoy_json.cluster(ports.sidecar_host, ports.admin_api_port))
+        resources["listeners"].append(
+            envoy_json.listener(admin.host, ports.admin_api_http_port, admin.tls)
+        )
+        resources["clusters"].append(
+            envoy_json.cluster(ports.sidecar_host, ports.admin_api_port, admin.socket)
+        )
     return bootstrap
 
 

@@ -24,6 +24,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from gateway_extproc.admin.auth import admin_identity, data_plane_identity
 from gateway_extproc.audit import AuditSink
 from gateway_extproc.budgets.alerts import AlertSender, webhooks_of
 from gateway_extproc.budgets.gate import BudgetGate, GateSettings
@@ -72,6 +73,12 @@ def build_context(
     for up in upstreams.values():
         if up.mocked:
             log.warning("provider %s has no credential: served by the mock provider", up.provider)
+    authenticator = Authenticator(data_plane_identity(identity, config.admin_api))
+    admin_authenticator = None
+    if config.admin_api.enabled:
+        admin_authenticator = Authenticator(
+            admin_identity(identity, config.admin_api), jwks=authenticator.jwks
+        )
     names = [n for e in config.catalog.models() for n in (e.name, *e.aliases)]
     for pattern in config.policies.unmatched_patterns(names):
         log.warning("policy pattern %r matches no model in the catalog", pattern)
@@ -80,10 +87,11 @@ def build_context(
         catalog=config.catalog,
         upstreams=upstreams,
         audit=audit or AuditSink(stdout=config.audit_stdout, path=config.audit_file),
-        authenticator=Authenticator(identity),
+        authenticator=authenticator,
         budgets=build_gate(config, services),
         telemetry=telemetry or Telemetry(),
         cache=build_cache(config.cache, config.budget_store),
+        admin_authenticator=admin_authenticator,
     )
 
 

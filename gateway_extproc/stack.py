@@ -24,6 +24,7 @@ from typing import IO
 
 from gateway_extproc import envoy_config
 from gateway_extproc.config import GatewayConfig, load_config
+from gateway_extproc.identity.devissuer import ALLOW_ENV as DEV_ISSUER_ALLOW_ENV
 from gateway_extproc.upstreams import Upstream, needs_mock, resolve_upstreams
 
 
@@ -166,6 +167,8 @@ class Stack:
     envoy_concurrency: int = 2  # Envoy worker threads
 
     def __post_init__(self) -> None:
+        # A local run: its configuration may trust the development issuer (config/local.yaml).
+        self.environ = {**self.environ, DEV_ISSUER_ALLOW_ENV: "1"}
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.output: IO[bytes] | None = None
         self.config: GatewayConfig = load_config(self.config_path, self.environ)

@@ -1,9 +1,10 @@
 """`gatewayctl spend` and `gatewayctl budgets`: clients of the admin API.
 
-Address: --admin-address, else $GATEWAY_ADMIN_ADDRESS, else 127.0.0.1:10090 (make run's).
+Address: --admin-address, else $GATEWAY_ADMIN_ADDRESS, else 127.0.0.1:10090 (make run's);
+plaintext unless a TLS option is given (--tls, --tls-ca, --tls-cert/--tls-key for mutual TLS).
 Credential: --token, else $GATEWAY_ADMIN_TOKEN, else - against a local `make run` - a
 short-lived token minted by the local development issuer for the group `gateway-admins`
-($GATEWAY_ADMIN_GROUP), as `gatewayctl token` does for clients.
+($GATEWAY_ADMIN_GROUP) and the admin audience `llm-gateway-admin` ($GATEWAY_ADMIN_AUDIENCE).
 """
 
 from __future__ import annotations
@@ -23,7 +24,12 @@ from gateway_extproc.admin import output
 from gateway_extproc.admin._generated.gateway.admin.v1 import admin_pb2 as pb
 from gateway_extproc.admin.api import AdminClient
 from gateway_extproc.admin.budget_api import ts
-from gateway_extproc.admin.settings import DEFAULT_ADMIN_GROUP, DEFAULT_ADMIN_PORT
+from gateway_extproc.admin.settings import (
+    DEFAULT_ADMIN_AUDIENCE,
+    DEFAULT_ADMIN_GROUP,
+    DEFAULT_ADMIN_PORT,
+)
+from gateway_extproc.admin.tls import channel_credentials
 from gateway_extproc.budgets.settings import parse_duration
 from gateway_extproc.identity.devissuer import DevIssuerError, default_directory, ensure_dev_issuer
 from gateway_extproc.pricing import usd_to_micros
@@ -52,14 +58,32 @@ def _credential(args: argparse.Namespace) -> str:
     except (OSError, DevIssuerError) as exc:
         raise CliError(f"development issuer: {exc}") from exc
     group = os.environ.get("GATEWAY_ADMIN_GROUP", DEFAULT_ADMIN_GROUP)
+    audience = os.environ.get("GATEWAY_ADMIN_AUDIENCE", DEFAULT_ADMIN_AUDIENCE)
     user = f"{getpass.getuser()}@localhost"
-    return issuer.mint(user, [group], None, 300, {}, time.time())
+    return issuer.mint(user, [group], None, 300, {}, time.time(), audience=audience)
+
+
+def _channel(args: argparse.Namespace, address: str) -> grpc.aio.Channel:
+    """Plaintext, or TLS when any TLS option (or $GATEWAY_ADMIN_TLS_*) is given."""
+    env = os.environ.get
+    ca = args.tls_ca or env("GATEWAY_ADMIN_TLS_CA")
+    cert = args.tls_cert or env("GATEWAY_ADMIN_TLS_CERT")
+    key = args.tls_key or env("GATEWAY_ADMIN_TLS_KEY")
+    name = args.tls_server_name or env("GATEWAY_ADMIN_TLS_SERVER_NAME")
+    if not (args.tls or ca or cert or key or name):
+        return grpc.aio.insecure_channel(address)
+    try:
+        credentials = channel_credentials(ca, cert, key)
+    except (OSError, ValueError) as exc:
+        raise CliError(f"TLS: {exc}") from None
+    options = [("grpc.ssl_target_name_override", name)] if name else []
+    return grpc.aio.secure_channel(address, credentials, options=options)
 
 
 async def _call(args: argparse.Namespace, method: str, request: Any) -> Any:
     address = args.admin_address or os.environ.get("GATEWAY_ADMIN_ADDRESS") or DEFAULT_ADDRESS
     token = _credential(args)
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with _channel(args, address) as channel:
         try:
             return await AdminClient(channel, token).call(method, request)
         except grpc.aio.AioRpcError as exc:
@@ -74,6 +98,16 @@ def _connection_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--admin-address", help=f"host:port (default {DEFAULT_ADDRESS})")
     parser.add_argument("--token", help="admin credential (default: $GATEWAY_ADMIN_TOKEN)")
     parser.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    tls = parser.add_argument_group("TLS (admin_api.tls; each also from $GATEWAY_ADMIN_TLS_*)")
+    tls.add_argument("--tls", action="store_true", help="TLS with gRPC's default root CAs")
+    tls.add_argument("--tls-ca", help="PEM CA bundle to trust ($GATEWAY_ADMIN_TLS_CA)")
+    tls.add_argument("--tls-cert", help="client certificate, mutual TLS ($GATEWAY_ADMIN_TLS_CERT)")
+    tls.add_argument("--tls-key", help="its private key ($GATEWAY_ADMIN_TLS_KEY)")
+    tls.add_argument(
+        "--tls-server-name",
+        help="the name the server certificate must carry when the address does not "
+        "(a port-forward: the Service's DNS name; $GATEWAY_ADMIN_TLS_SERVER_NAME)",
+    )
 
 
 def _where(text: str) -> tuple[str, str]:

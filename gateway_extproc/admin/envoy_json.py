@@ -3,7 +3,9 @@ sidecar worker 0's admin gRPC port, so `curl` and dashboards work. Pure (dicts f
 
 `POST /gateway.admin.v1.AdminService/<Method>` with the request message as JSON (proto3 JSON
 names: `groupBy`, `scopeValue`, ...) and `authorization: Bearer <token>`, which Envoy passes on as
-gRPC metadata; gRPC errors come back as HTTP statuses with a JSON `{code, message}` body.
+gRPC metadata; gRPC errors come back as HTTP statuses with a JSON `{code, message}` body. With
+`admin_api.tls` the listener serves the same certificate (and asks for client certificates
+when the gRPC port does) and reaches worker 0 over `admin_api.socket`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from google.protobuf import descriptor_pb2, timestamp_pb2
 
 from gateway_extproc.admin._generated.gateway.admin.v1 import admin_pb2 as pb
 from gateway_extproc.admin.api import SERVICE
+from gateway_extproc.admin.tls import AdminTls
 
 CLUSTER = "gateway_admin_api"
 _T = "type.googleapis.com/envoy."
@@ -32,7 +35,29 @@ def _socket(host: str, port: int) -> dict[str, Any]:
     return {"socket_address": {"address": host, "port_value": port}}
 
 
-def listener(host: str, port: int) -> dict[str, Any]:
+def _downstream_tls(tls: AdminTls) -> dict[str, Any]:
+    """The listener's TLS: the admin API's own certificate; with a client CA, a client
+    certificate signed by it is required (as on the gRPC port). Read at start."""
+    common: dict[str, Any] = {
+        "tls_certificates": [
+            {
+                "certificate_chain": {"filename": tls.cert_file},
+                "private_key": {"filename": tls.key_file},
+            }
+        ],
+        "alpn_protocols": ["h2", "http/1.1"],
+    }
+    context: dict[str, Any] = {
+        "@type": _T + "extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+        "common_tls_context": common,
+    }
+    if tls.client_ca_file is not None:
+        common["validation_context"] = {"trusted_ca": {"filename": tls.client_ca_file}}
+        context["require_client_certificate"] = True
+    return {"name": "envoy.transport_sockets.tls", "typed_config": context}
+
+
+def listener(host: str, port: int, tls: AdminTls | None = None) -> dict[str, Any]:
     transcoder = {
         "name": "envoy.filters.http.grpc_json_transcoder",
         "typed_config": {
@@ -75,15 +100,17 @@ def listener(host: str, port: int) -> dict[str, Any]:
             ],
         },
     }
-    return {
-        "name": "admin_api_json",
-        "address": _socket(host, port),
-        "filter_chains": [{"filters": [manager]}],
-    }
+    chain: dict[str, Any] = {"filters": [manager]}
+    if tls is not None:
+        chain["transport_socket"] = _downstream_tls(tls)
+    return {"name": "admin_api_json", "address": _socket(host, port), "filter_chains": [chain]}
 
 
-def cluster(host: str, port: int) -> dict[str, Any]:
+def cluster(host: str, port: int, unix_socket: str | None = None) -> dict[str, Any]:
+    """Worker 0's admin port, or its plaintext unix socket (`admin_api.socket`: with TLS on the
+    port, Envoy - which holds no client certificate - goes through the pod-local socket)."""
     options = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    address = _socket(host, port) if unix_socket is None else {"pipe": {"path": unix_socket}}
     return {
         "name": CLUSTER,
         "type": "STATIC",
@@ -96,6 +123,6 @@ def cluster(host: str, port: int) -> dict[str, Any]:
         },
         "load_assignment": {
             "cluster_name": CLUSTER,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket(host, port)}}]}],
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}],
         },
     }

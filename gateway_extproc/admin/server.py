@@ -3,9 +3,10 @@
 Served by sidecar worker 0 only, on `admin_api.host:port` - one address for the CLI, a
 Kubernetes Service and (later) a JSON transcoder to point at; it is low-volume, and every worker
 reads and writes the same Redis state, so serving it from one worker loses nothing. Each call
-is authenticated with the request path's own identity machinery (the same issuers and static
-tokens, from the running configuration, so a reload applies) and authorised per method: the
-caller's groups must meet `admin_api.read_groups` or `write_groups` (write implies read).
+is authenticated with credentials of the admin API's own (admin/auth.py: an admin audience from
+an admitted issuer, or an admin static token; from the running configuration, so a reload
+applies) and authorised per method: the caller's groups must meet `admin_api.read_groups` or
+`write_groups` (write implies read).
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from gateway_extproc.admin import budget_api, spend_api
 from gateway_extproc.admin._generated.gateway.admin.v1 import admin_pb2 as pb
 from gateway_extproc.admin.api import METHODS, READ, SERVICE, Handler, generic_handler
+from gateway_extproc.admin.auth import hint
 from gateway_extproc.admin.budget_api import AdminAuditRecord, AdminError
+from gateway_extproc.admin.tls import server_credentials
 from gateway_extproc.budgets.overrides import Overrides
 from gateway_extproc.budgets.results import BudgetStoreError
 from gateway_extproc.budgets.store import BudgetStore
@@ -99,13 +102,16 @@ class AdminServicer:
     ) -> Identity:
         metadata = {k.lower(): v for k, v in (context.invocation_metadata() or ())}
         header = metadata.get("authorization")
+        settings = ctx.config.admin_api
+        authenticator = ctx.admin_authenticator
+        if authenticator is None:  # a context built without the admin API (tests)
+            raise AdminError("UNAVAILABLE", "the admin API is not enabled in this configuration")
         try:
-            identity = await ctx.authenticator.authenticate(
+            identity = await authenticator.authenticate(
                 {"authorization": header} if isinstance(header, str) else {}
             )
         except Unauthenticated as exc:
-            raise AdminError("UNAUTHENTICATED", f"{exc}") from None
-        settings = ctx.config.admin_api
+            raise AdminError("UNAUTHENTICATED", f"{exc} ({hint(settings)})") from None
         allowed = settings.write_groups
         if METHODS[name].role == READ:
             allowed = allowed | settings.read_groups
@@ -228,18 +234,31 @@ class AdminServicer:
 async def start(
     context: Callable[[], GatewayContext], address: str, clock: Callable[[], float] = time.time
 ) -> tuple[grpc.aio.Server, int]:
-    """Start the admin API on `address` (host:port; port 0: any free one). Returns the server
-    (stop it with `server.stop(grace)`) and the bound port."""
+    """Start the admin API on `address` (host:port; port 0: any free one), over TLS when
+    `admin_api.tls` is set, and on `admin_api.socket` (plaintext, for Envoy in the same pod) when
+    that is set. Returns the server (stop it with `server.stop(grace)`) and the bound port."""
+    settings = context().config.admin_api
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((generic_handler(AdminServicer(context, clock).handlers()),))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
     reflection.enable_server_reflection((SERVICE, health_name, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(address)
+    if settings.tls is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, server_credentials(settings.tls))
     if port == 0:
         raise RuntimeError(f"admin API: cannot listen on {address}")
+    # gRPC replaces a socket file a killed worker left, and removes it at stop.
+    socket = f"unix:{settings.socket}" if settings.socket is not None else None
+    if socket is not None and server.add_insecure_port(socket) == 0:
+        raise RuntimeError(f"admin API: cannot listen on unix:{settings.socket}")
     await server.start()
     await health_servicer.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
-    log.info("admin API listening on %s", address.rsplit(":", 1)[0] + f":{port}")
+    mode = "plaintext" if settings.tls is None else "TLS"
+    if settings.tls is not None and settings.tls.client_ca_file is not None:
+        mode = "mutual TLS"
+    where = address.rsplit(":", 1)[0] + f":{port}"
+    log.info("admin API listening on %s (%s)", where, mode)
     return server, port

@@ -81,7 +81,9 @@ def credential(headers: Mapping[str, str]) -> str | None:
 
 class Authenticator:
     """One per loaded config. `clock` is wall time (token exp/nbf/iat and JWKS ages); `fetch`
-    replaces the JWKS HTTP GET (tests)."""
+    replaces the JWKS HTTP GET (tests). `jwks`: another authenticator's key caches to use
+    (the admin API's, for the same issuers with other audiences); that one starts and closes
+    them."""
 
     def __init__(
         self,
@@ -89,12 +91,16 @@ class Authenticator:
         *,
         clock: Callable[[], float] = time.time,
         fetch: Fetch | None = None,
+        jwks: Mapping[str, JwksCache] | None = None,
     ) -> None:
         self.config = config
         self._clock = clock
         self._issuers = {issuer.issuer: issuer for issuer in config.issuers}
+        self._owns_jwks = jwks is None
         self.jwks: Mapping[str, JwksCache] = {
             issuer.name: JwksCache(issuer, clock=clock, fetch=fetch)
+            if jwks is None
+            else jwks[issuer.name]
             for issuer in config.issuers
             if issuer.hs_secret is None
         }
@@ -128,6 +134,8 @@ class Authenticator:
 
     async def start(self) -> None:
         """Load every JWKS (a failure is logged and counted, not fatal), then keep them fresh."""
+        if not self._owns_jwks:
+            return
         await asyncio.gather(*(cache.refresh("start") for cache in self.jwks.values()))
         for name, cache in self.jwks.items():
             self._tasks.append(asyncio.create_task(cache.run(), name=f"jwks-refresh-{name}"))
@@ -137,6 +145,8 @@ class Authenticator:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        if not self._owns_jwks:
+            return
         for cache in self.jwks.values():
             await cache.close()
 

@@ -9,7 +9,10 @@
 
     export TOKEN=$(gatewayctl token --user alice@example.com --group ml-team)
 
-It is for development only: anyone who can read the run directory can mint tokens.
+It is for development only: anyone who can read the run directory can mint tokens. So a
+configuration with `identity.dev_issuer: true` is refused unless `GATEWAY_ALLOW_DEV_ISSUER=1` is
+in the environment, which `gatewayctl run` (make run, the test stacks) sets for its own processes
+and a deployment never does by accident: copying `config/local.yaml` into production is refused.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from gateway_extproc.identity.model import ClaimMapping, IssuerConfig
 
 __all__ = [
+    "ALLOW_ENV",
     "DEV_AUDIENCE",
     "DEV_ISSUER",
     "JWKS_FILE",
@@ -48,12 +52,16 @@ __all__ = [
     "jwk_thumbprint",
 ]
 
+ALLOW_ENV = "GATEWAY_ALLOW_DEV_ISSUER"  # "1": identity.dev_issuer may be on (gatewayctl run)
 DEV_ISSUER = "http://gateway.local/dev-issuer"
 DEV_AUDIENCE = "llm-gateway"
 KEY_FILE = "dev-issuer.key.pem"
 JWKS_FILE = "jwks.json"
 RESERVED_CLAIMS = frozenset(
-    {"iss", "aud", "sub", "iat", "nbf", "exp", "jti", "email", "client_id", "azp", "groups"}
+    {
+        *("iss", "aud", "sub", "iat", "nbf", "exp", "jti"),
+        *("email", "email_verified", "client_id", "azp", "groups"),
+    }
 )
 _ATTRIBUTE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
 
@@ -118,8 +126,10 @@ class DevIssuer:
         ttl_s: int,
         attributes: dict[str, str],
         now: float,
+        audience: str = DEV_AUDIENCE,
     ) -> str:
-        """An ES256 JWT for a user (`email` claim) or a service (`client_id`, no `email`).
+        """An ES256 JWT for a user (`email` claim, verified: this issuer vouches for it) or a
+        service (`client_id`, no `email`), for `audience` (the admin API has its own).
 
         Raises ValueError unless exactly one of `user`, `service` is a non-empty string, `ttl_s`
         is positive, groups are non-empty strings and no attribute shadows a standard claim."""
@@ -139,7 +149,7 @@ class DevIssuer:
         claims: dict[str, object] = {
             **attributes,
             "iss": DEV_ISSUER,
-            "aud": DEV_AUDIENCE,
+            "aud": audience,
             "sub": subject,
             "iat": issued,
             "nbf": issued,
@@ -148,6 +158,7 @@ class DevIssuer:
         }
         if user is not None:
             claims["email"] = user
+            claims["email_verified"] = True
         else:
             claims["client_id"] = service
         return jwt.encode(claims, self.key, algorithm="ES256", headers={"kid": self.kid})
@@ -257,6 +268,12 @@ def add_token_command(
         "--ttl", type=_ttl, default=3600, metavar="SECONDS", help="lifetime (default 3600)"
     )
     parser.add_argument(
+        "--audience",
+        default=DEV_AUDIENCE,
+        help=f"the aud claim (default {DEV_AUDIENCE}; the admin API wants its own, "
+        "admin_api.audiences: llm-gateway-admin by default)",
+    )
+    parser.add_argument(
         "--attr",
         action="append",
         type=_attribute,
@@ -291,6 +308,7 @@ def cmd_token(args: argparse.Namespace) -> int:
             ttl_s=args.ttl,
             attributes=dict(args.attributes or []),
             now=time.time(),
+            audience=args.audience,
         )
     except ValueError as exc:
         print(f"gatewayctl token: {exc}", file=sys.stderr)

@@ -1,6 +1,7 @@
 """An issuer's signing keys: a parsed JWKS (`KeySet`) and the per-issuer cache that refreshes it.
 
-`JwksCache` fetches the JWKS over HTTP(S) (or reads `jwks_file`) and keeps it:
+`JwksCache` fetches the JWKS over HTTPS (plain HTTP only on loopback; `insecure_url`) or reads
+`jwks_file`, and keeps it:
 - refreshed every `jwks_cache_ttl_s` by `run()` (the authenticator's background task);
 - refreshed on demand when a token names an unknown `kid` (key rotation) or when there are no
   keys at all, at most once per `jwks_refresh_min_interval_s`;
@@ -16,8 +17,10 @@ types) are skipped with a warning and never fail the whole set.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Literal
@@ -43,6 +46,7 @@ __all__ = [
     "RefreshReason",
     "SigningKey",
     "http_fetch",
+    "insecure_url",
 ]
 
 logger = logging.getLogger(__name__)
@@ -53,6 +57,8 @@ RefreshReason = Literal["start", "ttl", "unknown_kid", "keys_unavailable"]
 
 FETCH_TIMEOUT_S = 5.0
 MAX_JWKS_BYTES = 1 << 20
+MAX_REDIRECTS = 3
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 MIN_RSA_BITS = 2048
 _ON_DEMAND = frozenset({"unknown_kid", "keys_unavailable"})
 
@@ -144,24 +150,56 @@ class KeySet:
         return cls.from_jwks(doc, source=source)
 
 
+def insecure_url(url: str) -> str | None:
+    """Why keys fetched from `url` could be replaced in transit, or None: http:// is allowed
+    only to a loopback address (a JWKS proxy or test IdP on the same host)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "https":
+        return None
+    host = (parts.hostname or "").lower()
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if parts.scheme == "http" and loopback:
+        return None
+    return (
+        "must use https: signing keys fetched over plain http can be replaced in transit "
+        "(http:// is allowed only to a loopback address such as 127.0.0.1 or localhost)"
+    )
+
+
 async def http_fetch(url: str) -> bytes:
-    """GET a JWKS: 200 only, at most FETCH_TIMEOUT_S, at most MAX_JWKS_BYTES."""
+    """GET a JWKS: 200 only, at most FETCH_TIMEOUT_S, at most MAX_JWKS_BYTES. Redirects are
+    followed (at most MAX_REDIRECTS) only to URLs `insecure_url` accepts: an https URL that
+    redirects to plain http is refused before the second request."""
     timeout = aiohttp.ClientTimeout(total=FETCH_TIMEOUT_S)
     headers = {"accept": "application/json, application/jwk-set+json"}
-    async with (
-        aiohttp.ClientSession(timeout=timeout) as session,
-        session.get(url, headers=headers) as response,
-    ):
-        if response.status != 200:
-            raise JwksError(f"HTTP {response.status}")
-        if (response.content_length or 0) > MAX_JWKS_BYTES:
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        for _ in range(MAX_REDIRECTS + 1):
+            problem = insecure_url(url)
+            if problem is not None:
+                raise JwksError(f"refused {url}: {problem}")
+            async with session.get(url, headers=headers, allow_redirects=False) as response:
+                location = response.headers.get("location")
+                if response.status in _REDIRECTS and location:
+                    url = urllib.parse.urljoin(url, location)
+                    continue
+                return await _body(response)
+    raise JwksError(f"more than {MAX_REDIRECTS} redirects")
+
+
+async def _body(response: aiohttp.ClientResponse) -> bytes:
+    if response.status != 200:
+        raise JwksError(f"HTTP {response.status}")
+    if (response.content_length or 0) > MAX_JWKS_BYTES:
+        raise JwksError(f"the JWKS is larger than {MAX_JWKS_BYTES} bytes")
+    body = bytearray()
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        body += chunk
+        if len(body) > MAX_JWKS_BYTES:
             raise JwksError(f"the JWKS is larger than {MAX_JWKS_BYTES} bytes")
-        body = bytearray()
-        async for chunk in response.content.iter_chunked(64 * 1024):
-            body += chunk
-            if len(body) > MAX_JWKS_BYTES:
-                raise JwksError(f"the JWKS is larger than {MAX_JWKS_BYTES} bytes")
-        return bytes(body)
+    return bytes(body)
 
 
 def _read_file(path: str) -> bytes:

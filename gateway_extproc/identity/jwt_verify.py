@@ -9,7 +9,8 @@ token never chooses how it is verified):
 2. `verify`: pick the key (by kid; without a kid only if exactly one key fits the algorithm),
    then `jwt.decode` with exactly that one algorithm, the issuer's audiences, `iss`, required
    claims; then exp/nbf/iat against `now` with the issuer's leeway.
-3. `identity_from_claims`: user / groups / service / attributes by dotted claim paths, then
+3. `identity_from_claims`: user / groups / service / attributes by dotted claim paths (the
+   standard `email` claim only with `email_verified: true`, else the user is `sub`), then
    what the issuer may vouch for (`vouching`): a kind, user domain, service name or group it
    may not assert is refused.
 
@@ -36,6 +37,7 @@ from gateway_extproc.identity.vouching import refusal
 
 __all__ = [
     "ASYMMETRIC_ALGORITHMS",
+    "EMAIL_CLAIM",
     "HMAC_ALGORITHMS",
     "KeysUnavailable",
     "TokenRejected",
@@ -57,6 +59,7 @@ _RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512
 ASYMMETRIC_ALGORITHMS = _RSA_ALGORITHMS | frozenset(_EC_CURVES) | {"EdDSA"}
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 _CLIENT_ID_CLAIMS = ("azp", "client_id")
+EMAIL_CLAIM = "email"  # OIDC's standard claim, whose companion is `email_verified`
 
 
 class TokenRejected(Exception):
@@ -258,11 +261,50 @@ def claim_at(claims: Mapping[str, Any], path: str) -> object:
 
 
 def _first_string(claims: Mapping[str, Any], paths: tuple[str, ...]) -> str | None:
+    return _first_path(claims, paths)[0]
+
+
+def _first_path(claims: Mapping[str, Any], paths: tuple[str, ...]) -> tuple[str | None, str]:
+    """The first non-blank string among `paths`, and the path it came from."""
     for path in paths:
         value = claim_at(claims, path)
         if isinstance(value, str) and value.strip():
-            return value
-    return None
+            return value, path
+    return None, ""
+
+
+def _email_verified(claims: Mapping[str, Any]) -> bool:
+    """OIDC's `email_verified` is a boolean; some IdPs send the string "true"."""
+    value = claims.get("email_verified")
+    return value is True or (isinstance(value, str) and value.strip().lower() == "true")
+
+
+def _user(claims: Mapping[str, Any], issuer: IssuerConfig) -> str | None:
+    """The user claim. The standard `email` claim counts only when verified (or when the issuer
+    is trusted with unverified addresses): an IdP that lets users edit their address would
+    otherwise let anyone become anyone. An unverified address gives way to `sub`, which the
+    IdP assigns."""
+    user, path = _first_path(claims, issuer.claims.user)
+    if path != EMAIL_CLAIM or issuer.trust_unverified_email or _email_verified(claims):
+        return user
+    if Kind.USER not in issuer.asserts.kinds:
+        return user  # refused as a user by `refusal`, saying the issuer asserts no users
+    domains = issuer.asserts.user_domains
+    if domains is not None:
+        raise TokenRejected(
+            f"token e-mail is not verified (email_verified is not true) and issuer "
+            f"{issuer.name} vouches only for users with e-mail addresses in "
+            f"{', '.join(domains) or 'none'}",
+            reason="email_unverified",
+        )
+    sub = claims.get("sub")
+    if not isinstance(sub, str) or not sub.strip():
+        raise TokenRejected(
+            "token e-mail is not verified (email_verified is not true) and the token has no "
+            "sub to name the user by",
+            reason="email_unverified",
+        )
+    return sub
 
 
 def identity_from_claims(
@@ -285,7 +327,7 @@ def identity_from_claims(
             isinstance(value, int | float) and not isinstance(value, bool)
         ):
             attributes[name] = str(value)
-    user = _first_string(claims, mapping.user)
+    user = _user(claims, issuer)
     service = None if user is not None else _first_string(claims, mapping.service)
     if user is None and service is None:
         paths = ", ".join(mapping.user + mapping.service)

@@ -100,6 +100,10 @@ class IssuerConfig:
     jwks_max_stale_s: int = 3600  # after fetch failures, keep the last good keys this long
     claims: ClaimMapping = dataclasses.field(default_factory=ClaimMapping)
     asserts: Assertions = UNRESTRICTED
+    # The standard `email` claim names the user only with `email_verified: true`, unless the
+    # issuer is trusted to put only verified (or immutable) addresses there; otherwise the
+    # user is the token's `sub` (jwt_verify.identity_from_claims).
+    trust_unverified_email: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

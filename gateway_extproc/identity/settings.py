@@ -13,6 +13,7 @@
           algorithms: [RS256, ES256]
           claims: {user: [email], groups: [groups, realm_access.roles]}
           asserts: {kinds: [user, service], user_domains: [example.com]}   # see vouching.py
+          trust_unverified_email: false   # true: `email` names the user without email_verified
       static_tokens:
         docs-bot: {sha256: "<64 hex>", groups: [bots], attributes: {cost_center: "42"}}
       static_tokens_file: /run/secrets/static-tokens.yaml   # same mapping as static_tokens
@@ -33,6 +34,7 @@ from pathlib import Path
 
 import yaml
 
+from gateway_extproc.identity.jwks import insecure_url
 from gateway_extproc.identity.jwt_verify import ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS
 from gateway_extproc.identity.model import (
     ClaimMapping,
@@ -40,7 +42,7 @@ from gateway_extproc.identity.model import (
     IssuerConfig,
     StaticToken,
 )
-from gateway_extproc.identity.vouching import parse_asserts
+from gateway_extproc.identity.vouching import parse_asserts, several_unrestricted
 
 __all__ = ["DEFAULT_ALGORITHMS", "parse_identity"]
 
@@ -241,6 +243,10 @@ def _jwks_url(r: _Reader) -> str | None:
         r.problem("jwks_url", f"must be an http(s) URL (got {url!r})")
     elif parts.fragment:
         r.problem("jwks_url", "must not carry a fragment")
+    else:
+        problem = insecure_url(url)
+        if problem is not None:
+            r.problem("jwks_url", problem)
     return url
 
 
@@ -299,6 +305,7 @@ def _issuer(
         asserts=parse_asserts(
             doc.get("asserts"), r.at("asserts"), shared_secret=secret_set, problems=problems
         ),
+        trust_unverified_email=r.boolean("trust_unverified_email", False),
     )
 
 
@@ -329,6 +336,9 @@ def _issuers(
         elif issuer.issuer:
             seen[issuer.issuer] = name
         out.append(issuer)
+    problem = several_unrestricted(out)
+    if problem is not None:
+        problems.append(f"identity.issuers: {problem}")
     return tuple(out)
 
 

@@ -16,24 +16,26 @@ identity against it. Pure.
 
 A token is refused (401) when it asserts a kind, user, service or group its issuer may not:
 trusting an issuer's signature is not trusting it for every principal. Messages name the issuer
-and the rule, never a value taken from the token.
+and the rule, never a value taken from the token. At most one issuer may go unrestricted
+(`several_unrestricted`): the configuration is refused otherwise.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from gateway_extproc.identity.model import (
     SHARED_SECRET_DEFAULT,
     UNRESTRICTED,
     Assertions,
     Identity,
+    IssuerConfig,
     Kind,
 )
 
-__all__ = ["ASSERTS_KEYS", "parse_asserts", "refusal"]
+__all__ = ["ASSERTS_KEYS", "parse_asserts", "refusal", "several_unrestricted"]
 
 ASSERTS_KEYS = ("kinds", "user_domains", "service_prefixes", "groups")
 _KINDS = {Kind.USER.value: Kind.USER, Kind.SERVICE.value: Kind.SERVICE}
@@ -101,6 +103,33 @@ def parse_asserts(
         user_domains=domains,
         service_prefixes=prefixes,
         groups=default.groups if "groups" not in doc else groups,
+    )
+
+
+def _restricts_nothing(a: Assertions) -> bool:
+    """Whether `a` lets its issuer assert every principal: both kinds, and no domain, prefix
+    or group pattern that excludes anything (the group pattern "*" matches every group)."""
+    return (
+        a.kinds == UNRESTRICTED.kinds
+        and a.user_domains is None
+        and a.service_prefixes is None
+        and (a.groups is None or "*" in a.groups)
+    )
+
+
+def several_unrestricted(issuers: Iterable[IssuerConfig]) -> str | None:
+    """Why these issuers cannot be trusted together, or None. An issuer whose `asserts` allows
+    everything (a JWKS issuer without `asserts`, or with one that restricts nothing) may mint
+    any principal; two such issuers can each impersonate the other's users, so with several
+    issuers at most one may go unrestricted."""
+    names = [issuer.name for issuer in issuers if _restricts_nothing(issuer.asserts)]
+    if len(names) < 2:
+        return None
+    return (
+        f"{', '.join(names)} may each vouch for any user, service and group (no asserts "
+        "restricts them), so each could impersonate the other's users: give all but one of "
+        "them an asserts (user_domains, service_prefixes, groups or kinds) saying what it "
+        "vouches for"
     )
 
 

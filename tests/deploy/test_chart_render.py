@@ -116,7 +116,8 @@ def test_what_each_case_adds(rendered: dict[str, list[dict[str, Any]]]) -> None:
     assert "Ingress" in kinds("ingress") and "HTTPRoute" in kinds("httproute")
     assert "ServiceMonitor" in kinds("redis-cluster") and "ServiceMonitor" not in kinds("default")
     assert "HorizontalPodAutoscaler" not in kinds("hpa-off")
-    assert [c for c in CASES if "gw-llm-gateway-admin" in services(rendered[c])] == ["admin"]
+    admin_cases = [c for c in CASES if "gw-llm-gateway-admin" in services(rendered[c])]
+    assert sorted(admin_cases) == ["admin", "admin-tls"]
     deployment = one(rendered["hpa-off"], "Deployment")
     assert deployment["spec"]["replicas"] == 3
     assert "replicas" not in one(rendered["default"], "Deployment")["spec"]  # the HPA owns it
@@ -286,6 +287,8 @@ def test_admin_api_config_ports_and_policy(rendered: dict[str, list[dict[str, An
         "http_port": 10091,
         "read_groups": ["finance"],
         "write_groups": ["platform-admins"],
+        "audiences": ["llm-gateway-admin"],
+        "static_tokens": ["ops-admin"],
     }
     envoy, worker0, worker1 = pod_spec(docs)["containers"]
     # Worker 0 alone serves it, on the port the Service targets; readiness is unchanged.
@@ -330,6 +333,61 @@ def test_admin_api_defaults() -> None:
     assert "GATEWAY_ADMIN_ADDRESS=127.0.0.1:10090" in text and "GATEWAY_ADMIN_TOKEN" in text
     assert "gatewayctl budgets" in text
     assert "admin API" not in notes(CASES["company"])
+
+
+def mounts(container: dict[str, Any]) -> dict[str, str]:
+    return {m["name"]: m["mountPath"] for m in container.get("volumeMounts", [])}
+
+
+def test_admin_api_tls(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """adminApi.tls: the sidecar's config points at the mounted Secret (and client CA), Envoy's
+    JSON listener mounts the same files and reaches worker 0 over the pod-local socket."""
+    docs = rendered["admin-tls"]
+    admin = gateway_config(docs)["admin_api"]
+    assert admin["tls"] == {
+        "cert_file": "/etc/llm-gateway-admin-tls/tls.crt",
+        "key_file": "/etc/llm-gateway-admin-tls/tls.key",
+        "client_ca_file": "/etc/llm-gateway-admin-ca/ca.crt",
+    }
+    assert admin["socket"] == "/run/llm-gateway/admin-api.sock"
+    assert (admin["audiences"], admin["issuers"], admin["static_tokens"]) == (
+        ["llm-gateway-admin"],
+        ["corp"],
+        ["ops-admin"],
+    )
+    spec = pod_spec(docs)
+    envoy, worker0 = spec["containers"][:2]
+    want = {"admin-tls": "/etc/llm-gateway-admin-tls", "admin-ca": "/etc/llm-gateway-admin-ca"}
+    for container in [envoy, worker0, *spec["initContainers"]]:
+        assert want.items() <= mounts(container).items(), container["name"]
+    # The socket lives on the volume Envoy and the workers share.
+    assert mounts(envoy)["run"] == mounts(worker0)["run"] == "/run/llm-gateway"
+    volumes = {v["name"]: v.get("secret") for v in spec["volumes"]}
+    assert volumes["admin-tls"] == {
+        "secretName": "llm-gateway-admin-tls",
+        "items": [{"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"}],
+    }
+    assert volumes["admin-ca"] == {
+        "secretName": "platform-ca",
+        "items": [{"key": "ca.crt", "path": "ca.crt"}],
+    }
+    text = notes(CASES["admin-tls"])
+    assert "mutual TLS gRPC" in text and "GATEWAY_ADMIN_TLS_CERT" in text
+    assert "curl -s --cacert" in text and "https://127.0.0.1:10091" in text
+    assert "a token for audience llm-gateway-admin" in text and "ops-admin" in text
+
+
+def test_admin_api_tls_without_json_or_client_ca() -> None:
+    values = copy.deepcopy(CASES["admin-tls"])
+    values["adminApi"] |= {"httpPort": 0, "tls": {"enabled": True, "secretName": "admin-tls"}}
+    docs = render(values)
+    admin = gateway_config(docs)["admin_api"]
+    assert "client_ca_file" not in admin["tls"] and "socket" not in admin
+    envoy, worker0 = pod_spec(docs)["containers"][:2]
+    assert "admin-tls" not in mounts(envoy) and "admin-tls" in mounts(worker0)
+    assert "admin-ca" not in mounts(worker0)
+    assert "plaintext gRPC" not in notes(values) and "TLS gRPC" in notes(values)
+    assert "plaintext gRPC" in notes(CASES["admin"])
 
 
 def test_restart_checksum_follows_only_what_needs_a_restart() -> None:
@@ -439,6 +497,16 @@ BAD = [
     ({"adminApi": {"writeGroups": []}}, "/adminApi/writeGroups"),
     ({"adminApi": {"port": 0}}, "/adminApi/port"),
     ({"adminApi": {"expose": True}}, "additional properties 'expose' not allowed"),
+    (
+        {**REDIS, "adminApi": {"enabled": True, "tls": {"enabled": True}}},
+        "adminApi.tls.secretName: required",
+    ),
+    (
+        {**REDIS, "adminApi": {"enabled": True, "tls": {"clientCASecret": "ca"}}},
+        "adminApi.tls.clientCASecret: client certificates need adminApi.tls.enabled",
+    ),
+    ({"adminApi": {"audiences": []}}, "/adminApi/audiences"),
+    ({"adminApi": {"tls": {"certFile": "/x"}}}, "additional properties 'certFile' not allowed"),
     (
         {"config": {"observability": {"metrics_port": 9000}}},
         "config.observability.metrics_port: set by metrics.port",

@@ -36,6 +36,7 @@ from tests.redis_servers import RedisEndpoint, free_port, standalone_redis
 from tests.selfsigned import write_self_signed
 
 STATIC_TOKEN = "sk-gw-chart-test-9f8e7d"
+ADMIN_TOKEN = "sk-gw-chart-admin-3c2b1a"  # the admin cases' ops-admin: an admin credential only
 REDIS_PASSWORD = "chart:test@pass"
 
 
@@ -44,6 +45,7 @@ def fake_secrets(docs: list[dict[str, Any]], tmp: Path) -> dict[str, dict[str, s
     cert, key = tmp / "tls.crt", tmp / "tls.key"
     write_self_signed(cert, key)
     digest = hashlib.sha256(STATIC_TOKEN.encode()).hexdigest()
+    admin_digest = hashlib.sha256(ADMIN_TOKEN.encode()).hexdigest()
     out: dict[str, dict[str, str]] = {}
     spec = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
     refs: list[tuple[str, str]] = []
@@ -57,12 +59,15 @@ def fake_secrets(docs: list[dict[str, Any]], tmp: Path) -> dict[str, dict[str, s
                 ref = var["valueFrom"]["secretKeyRef"]
                 refs.append((ref["name"], ref["key"]))
     for name, k in refs:
-        if k == "tls.crt":
+        if k.endswith(".crt"):  # tls.crt, and a CA bundle (the admin API's client CA)
             value = cert.read_text()
         elif k == "tls.key":
             value = key.read_text()
         elif k.endswith(".yaml"):
-            value = f'docs-bot: {{sha256: "{digest}", groups: [engineering]}}\n'
+            value = (
+                f'docs-bot: {{sha256: "{digest}", groups: [engineering]}}\n'
+                f'ops-admin: {{sha256: "{admin_digest}", groups: [engineering]}}\n'
+            )
         elif "redis" in name or k == "password":
             value = REDIS_PASSWORD
         else:
@@ -280,7 +285,7 @@ def check_admin_api(pod: Pod, admin: dict[str, int], public_port: int) -> None:
         assert answer.status == health_pb2.HealthCheckResponse.SERVING
     env = pod.env("sidecar") | {
         "GATEWAY_ADMIN_ADDRESS": address,
-        "GATEWAY_ADMIN_TOKEN": STATIC_TOKEN,
+        "GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN,
     }
     budgets = subprocess.run(
         pod.command(["gatewayctl", "budgets"]),  # as NOTES.txt says, a status table
@@ -292,8 +297,17 @@ def check_admin_api(pod: Pod, admin: dict[str, int], public_port: int) -> None:
     )
     assert budgets.returncode == 0, budgets.stdout + budgets.stderr
     assert "engineering-monthly" in budgets.stdout
+    spender = subprocess.run(  # the data plane's static token, in a write group: refused
+        pod.command(["gatewayctl", "budgets"]),
+        env=env | {"GATEWAY_ADMIN_TOKEN": STATIC_TOKEN},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert spender.returncode == 1 and "UNAUTHENTICATED" in spender.stderr, spender.stderr
     path = "/gateway.admin.v1.AdminService/ListBudgets"
-    headers = {"authorization": f"Bearer {STATIC_TOKEN}", "content-type": "application/json"}
+    headers = {"authorization": f"Bearer {ADMIN_TOKEN}", "content-type": "application/json"}
     request = urllib.request.Request(
         f"http://127.0.0.1:{admin['httpPort']}{path}", data=b"{}", headers=headers
     )

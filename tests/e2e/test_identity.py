@@ -28,6 +28,7 @@ STATIC_SECRET = "gw-static-docs-bot-7c1e4b"
 ALICE = {
     "sub": "u-1",
     "email": "alice@example.com",
+    "email_verified": True,
     "groups": ["eng", "ml-team"],
     "org": {"cost_center": "cc-42"},
 }
@@ -254,7 +255,7 @@ def test_static_service_token(secured: Stack, audit: AuditLog) -> None:
 def test_spoofed_identity_headers_do_not_change_who_you_are(
     secured: Stack, key: SigningKey, audit: AuditLog
 ) -> None:
-    intern = key.token({"email": "ivan@example.com", "groups": ["interns"]})
+    intern = key.token({"email": "ivan@example.com", "email_verified": True, "groups": ["interns"]})
     r = post(
         secured,
         {
@@ -269,7 +270,7 @@ def test_spoofed_identity_headers_do_not_change_who_you_are(
 
 
 def test_policies_decide_which_models(secured: Stack, key: SigningKey, mock: MockLog) -> None:
-    intern = key.token({"email": "ivan@example.com", "groups": ["interns"]})
+    intern = key.token({"email": "ivan@example.com", "email_verified": True, "groups": ["interns"]})
     with openai.OpenAI(base_url=secured.gateway_url + "/v1", api_key=intern, max_retries=0) as oai:
         mock.clear()
         with pytest.raises(openai.PermissionDeniedError) as exc:

@@ -21,6 +21,7 @@ import httpx
 import openai
 import pytest
 
+from gateway_extproc.admin.settings import DEFAULT_ADMIN_AUDIENCE as ADMIN_AUDIENCE
 from gateway_extproc.identity.devissuer import DevIssuer, ensure_dev_issuer
 from gateway_extproc.stack import Stack, free_port
 from tests.e2e.conftest import start_stack
@@ -72,6 +73,10 @@ class Gateway:
         self, user: str | None, *groups: str, service: str | None = None, **attrs: str
     ) -> str:
         return self.issuer.mint(user, list(groups), service, 3600, dict(attrs), time.time())
+
+    def admin_token(self, user: str, *groups: str) -> str:
+        """A token for the admin API's own audience (a data-plane token is refused there)."""
+        return self.issuer.mint(user, list(groups), None, 3600, {}, time.time(), ADMIN_AUDIENCE)
 
     def post(
         self, token: str, body: dict[str, Any], path: str = "/v1/chat/completions", **headers: str
@@ -379,9 +384,13 @@ def test_overrides_and_top_ups_through_gatewayctl(gw: Gateway) -> None:
 
 
 def test_bad_callers_and_bad_input(gw: Gateway) -> None:
-    outsider = gw.token("eve@example.com", "eng")
+    outsider = gw.admin_token("eve@example.com", "eng")
     done = gw.cli("spend", token=outsider)
     assert done.returncode == 1 and "PERMISSION_DENIED" in done.stderr
+    # A data-plane token is no admin credential, whatever its groups.
+    done = gw.cli("spend", token=gw.token("root@example.com", "gateway-admins"))
+    assert done.returncode == 1 and "UNAUTHENTICATED" in done.stderr
+    assert "token audience is not accepted" in done.stderr
     done = gw.cli("spend", "--by", "colour")
     assert done.returncode == 1 and "unknown dimension 'colour'" in done.stderr
     done = gw.cli("budgets", "top-up", "nope", "x", "--amount-usd", "1", "--reason", "r")
@@ -395,7 +404,7 @@ def test_bad_callers_and_bad_input(gw: Gateway) -> None:
 def test_json_over_http_through_envoy(gw: Gateway) -> None:
     """The admin API as JSON over HTTP (Envoy's gRPC-JSON transcoder on its own listener)."""
     base = f"http://127.0.0.1:{gw.json_port}/gateway.admin.v1.AdminService"
-    admin = gw.token("root@example.com", "gateway-admins")
+    admin = gw.admin_token("root@example.com", "gateway-admins")
     r = httpx.post(
         base + "/GetSpend",
         json={"groupBy": ["provider"], "window": {"name": "month"}},
@@ -410,7 +419,12 @@ def test_json_over_http_through_envoy(gw: Gateway) -> None:
     r = httpx.post(base + "/ListBudgets", json={}, timeout=30)
     assert r.status_code == 401, r.text
     assert "missing credential" in r.json()["message"]
-    outsider = gw.token("eve@example.com", "eng")
+    spender = gw.token("root@example.com", "gateway-admins")  # the data plane's audience
+    r = httpx.post(
+        base + "/ListBudgets", json={}, headers={"authorization": f"Bearer {spender}"}, timeout=30
+    )
+    assert r.status_code == 401 and "audience" in r.json()["message"], r.text
+    outsider = gw.admin_token("eve@example.com", "eng")
     r = httpx.post(
         base + "/TopUp",
         json={"budget": "tight", "scopeValue": "x", "amountMicros": "1", "reason": "r"},

@@ -26,6 +26,7 @@ CI_SECRET = "ci-shared-secret-that-is-long-enough-0815"
 STATIC_SECRET = "gw-static-docs-bot-4f2a9d"
 CHAT = "/v1/chat/completions"
 MESSAGES = [{"role": "user", "content": "hi"}]
+VERIFIED_ALICE = {"email": "alice@example.com", "email_verified": True}
 
 
 def config_text(jwks_url: str) -> str:
@@ -127,7 +128,7 @@ def test_the_ci_issuer_cannot_mint_a_user_token_for_alice(
     assert mock.requests() == [], "a refused request reached the provider"
 
     # What each issuer may assert still works.
-    assert chat(stack, key.token({"email": "alice@example.com"})).status_code == 200
+    assert chat(stack, key.token(VERIFIED_ALICE)).status_code == 200
     r = chat(stack, ci_token(client_id="ci-build"))
     assert r.status_code == 200, r.text
     ident = audit.wait_for(r.headers["x-gateway-request-id"])["identity"]
@@ -224,7 +225,7 @@ def test_a_billing_header_is_refused_unless_the_provider_allows_it(
 def test_a_dearer_reported_model_is_charged_at_its_price(
     stack: Stack, key: SigningKey, audit: AuditLog, stream: bool
 ) -> None:
-    token = key.token({"email": "alice@example.com"})
+    token = key.token(VERIFIED_ALICE)
     with openai.OpenAI(base_url=stack.gateway_url + "/v1", api_key=token, max_retries=0) as oai:
         raw = oai.chat.completions.with_raw_response.create(
             model="gpt-4o-mini",

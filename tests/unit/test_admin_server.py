@@ -1,26 +1,31 @@
-"""The admin API's gRPC server on an ephemeral port, over a real redis-server: authentication,
-per-method authorisation, every method, and bad input answered with a clear status and no
-change. The context is the sidecar's own (`build_context`), with static tokens as callers."""
+"""The admin API's gRPC server on an ephemeral port, over a real redis-server: authentication
+with the admin API's own credentials (data-plane tokens refused), per-method authorisation,
+every method, and bad input answered with a clear status and no change. The context is the
+sidecar's own (`build_context`), with admin static tokens and JWTs as callers."""
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import grpc
+import jwt
 import orjson
 import pytest
 
 from gateway_extproc.admin import server as admin_server
 from gateway_extproc.admin._generated.gateway.admin.v1 import admin_pb2 as pb
 from gateway_extproc.admin.api import AdminClient
-from gateway_extproc.admin.budget_api import ts
+from gateway_extproc.admin.budget_api import MAX_OVERRIDE_S, ts
 from gateway_extproc.budgets.results import Charge
 from gateway_extproc.context import GatewayContext
+from gateway_extproc.errors import Unauthenticated
+from gateway_extproc.identity.devissuer import DEV_ISSUER, DevIssuer, ensure_dev_issuer
 from gateway_extproc.runtime import build_context, close_context, start_context
 from gateway_extproc.spend.rollup import Dimensions, UsageRecord
 from gateway_extproc.tokens import Usage
@@ -28,16 +33,28 @@ from tests.redis_servers import RedisEndpoint, redis_standalone_server  # noqa: 
 
 USD = 1_000_000
 NOW = dt.datetime(2026, 11, 26, 15, tzinfo=dt.UTC).timestamp()
-TOKENS = {"root": "admins", "finance": "finance", "bob": "eng"}
+TOKENS = {"root": "admins", "finance": "finance", "bob": "eng", "dp": "admins"}
+CI_SECRET = "c" * 32
 
 CONFIG = """
 identity:
+  issuers:
+    corp:
+      issuer: {corp_iss}
+      audiences: [llm-gateway]
+      jwks_file: {jwks}
+    ci:   # a shared secret: not an admin issuer unless admin_api.issuers names it
+      issuer: https://ci.example.com
+      audiences: [llm-gateway]
+      hs_secret: {{env: CI_SECRET}}
+      asserts: {{kinds: [user, service], user_domains: [example.com], groups: ["*"]}}
   static_tokens:
 {tokens}
 admin_api:
   enabled: true
   read_groups: [finance]
   write_groups: [admins]
+  static_tokens: [root, finance, bob]   # dp is a data-plane token
 budget_store:
   key_prefix: {prefix}
 audit:
@@ -66,17 +83,24 @@ def static_tokens() -> str:
 
 
 class Admin:
-    def __init__(self, ctx: GatewayContext, port: int, channel: grpc.aio.Channel) -> None:
-        self.ctx, self.port, self.channel = ctx, port, channel
+    def __init__(
+        self, ctx: GatewayContext, port: int, channel: grpc.aio.Channel, corp: DevIssuer
+    ) -> None:
+        self.ctx, self.port, self.channel, self.corp = ctx, port, channel, corp
 
     async def call(self, method: str, request: Any, who: str | None = "root") -> Any:
-        token = f"secret-{who}" if who else None
+        """`who`: a static token's name, or a raw JWT (it has dots)."""
+        token = who if who and "." in who else f"secret-{who}" if who else None
         return await AdminClient(self.channel, token).call(method, request)
 
     async def status(self, method: str, request: Any, who: str | None = "root") -> Any:
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await self.call(method, request, who)
         return info.value.code(), info.value.details()
+
+    def corp_token(self, audience: str, *groups: str) -> str:
+        now = time.time()  # the authenticator checks exp against the wall clock
+        return self.corp.mint("ann@example.com", list(groups), None, 600, {}, now, audience)
 
 
 @pytest.fixture
@@ -87,15 +111,24 @@ async def admin(
     config = tmp_path / "gateway.yaml"
     audit = tmp_path / "audit.jsonl"
     prefix = f"t{uuid.uuid4().hex[:8]}"
-    config.write_text(CONFIG.format(tokens=static_tokens(), prefix=prefix, audit=audit))
+    corp = ensure_dev_issuer(tmp_path / "corp")  # a JWKS-file issuer for JWT callers
+    config.write_text(
+        CONFIG.format(
+            tokens=static_tokens(),
+            prefix=prefix,
+            audit=audit,
+            corp_iss=DEV_ISSUER,
+            jwks=corp.jwks_path,
+        )
+    )
     node = redis_standalone_server
-    env = {"GATEWAY_REDIS_URL": f"redis://{node.host}:{node.port}/0"}
+    env = {"GATEWAY_REDIS_URL": f"redis://{node.host}:{node.port}/0", "CI_SECRET": CI_SECRET}
     ctx = build_context(config, env, "http://127.0.0.1:9/v1")  # providers: the (unused) mock
     await start_context(ctx)
     await ctx.budgets.services.start()
     server, port = await admin_server.start(lambda: ctx, "127.0.0.1:0", clock=lambda: NOW)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        yield Admin(ctx, port, channel)
+        yield Admin(ctx, port, channel, corp)
     await server.stop(None)
     await close_context(ctx)
     await ctx.budgets.services.close()
@@ -122,6 +155,50 @@ async def test_callers_are_authenticated_and_authorised_per_method(admin: Admin)
     code, message = await admin.status("TopUp", top_up, who="finance")
     assert code is grpc.StatusCode.PERMISSION_DENIED and "needs one of the groups admins" in message
     assert audit_lines(admin) == []
+
+
+async def test_data_plane_credentials_are_not_admin_credentials(admin: Admin) -> None:
+    listing = pb.ListBudgetsRequest()
+    refused = {
+        "a data-plane static token, even in an admin group": "dp",
+        "a data-plane JWT of an admin issuer": admin.corp_token("llm-gateway", "admins"),
+        "an admin-audience JWT of a shared-secret issuer not named": jwt.encode(
+            {
+                "iss": "https://ci.example.com",
+                "aud": "llm-gateway-admin",
+                "email": "ann@example.com",
+                "email_verified": True,
+                "groups": ["admins"],
+                "iat": int(time.time()),
+                "exp": int(time.time()) + 600,
+            },
+            CI_SECRET,
+            algorithm="HS256",
+        ),
+    }
+    for what, who in refused.items():
+        code, message = await admin.status("ListBudgets", listing, who=who)
+        assert code is grpc.StatusCode.UNAUTHENTICATED, what
+        assert message.endswith(
+            "(the admin API accepts a token for audience llm-gateway-admin from every issuer "
+            "with a JWKS, or an admin static token; data-plane tokens are refused)"
+        ), what
+    # An admin-audience token of an admin issuer: its groups decide.
+    await admin.call("ListBudgets", listing, who=admin.corp_token("llm-gateway-admin", "admins"))
+    code, _ = await admin.status(
+        "ListBudgets", listing, who=admin.corp_token("llm-gateway-admin", "eng")
+    )
+    assert code is grpc.StatusCode.PERMISSION_DENIED
+    assert audit_lines(admin) == []
+
+
+async def test_admin_credentials_are_refused_on_the_data_plane(admin: Admin) -> None:
+    data_plane = admin.ctx.authenticator
+    for token in ("secret-root", admin.corp_token("llm-gateway-admin", "admins")):
+        with pytest.raises(Unauthenticated):
+            await data_plane.authenticate({"authorization": f"Bearer {token}"})
+    ok = await data_plane.authenticate({"authorization": "Bearer secret-dp"})
+    assert ok.static_token == "dp"
 
 
 async def test_override_is_seen_by_status_and_audited(admin: Admin) -> None:
@@ -172,6 +249,21 @@ async def test_top_up_raises_the_limit_for_this_window(admin: Admin) -> None:
     assert response.status.remaining_micros == 120 * USD
 
 
+def override(expires: float, reason: str = "launch week") -> pb.SetOverrideRequest:
+    request = pb.SetOverrideRequest(
+        budget="team-monthly", scope_value="eng", limit_micros=USD, reason=reason
+    )
+    request.expires_at.CopyFrom(ts(expires))
+    return request
+
+
+@pytest.mark.parametrize("expires", [NOW + 1, NOW + MAX_OVERRIDE_S])
+async def test_override_expiry_bounds_are_inclusive(admin: Admin, expires: float) -> None:
+    """The edges the README promises: any instant after now, up to 366 days away."""
+    found = await admin.call("SetOverride", override(expires))
+    assert found.expires_at == ts(expires)
+
+
 @pytest.mark.parametrize(
     ("method", "request_", "code", "words"),
     [
@@ -210,6 +302,42 @@ async def test_top_up_raises_the_limit_for_this_window(admin: Admin) -> None:
             pb.SetOverrideRequest(budget="team-monthly", scope_value="eng", limit_micros=1),
             "INVALID_ARGUMENT",
             "expires_at is required",
+        ),
+        (
+            "SetOverride",
+            override(NOW - 1),
+            "INVALID_ARGUMENT",
+            "expires_at is in the past",
+        ),
+        (
+            "SetOverride",
+            override(NOW),
+            "INVALID_ARGUMENT",
+            "expires_at is in the past",
+        ),
+        (
+            "SetOverride",
+            override(NOW + MAX_OVERRIDE_S + 1),
+            "INVALID_ARGUMENT",
+            "expires_at is more than 366 days away",
+        ),
+        (
+            "SetOverride",
+            override(NOW + 3600, reason=""),
+            "INVALID_ARGUMENT",
+            "reason is required",
+        ),
+        (
+            "SetOverride",
+            override(NOW + 3600, reason=" \t "),
+            "INVALID_ARGUMENT",
+            "reason is required",
+        ),
+        (
+            "TopUp",
+            pb.TopUpRequest(budget="team-monthly", scope_value="eng", amount_micros=5),
+            "INVALID_ARGUMENT",
+            "reason is required",
         ),
         (
             "TopUp",

@@ -72,6 +72,7 @@ def token(user: str = "alice@example.com", exp: float = NOW + 300, **extra: Any)
         "iat": int(NOW),
         "exp": int(exp),
         "email": user,
+        "email_verified": True,
         **extra,
     }
     return jwt.encode(claims, KEY, algorithm="ES256", headers={"kid": "k1"})
@@ -319,7 +320,7 @@ async def test_cache_disabled_and_tokens_without_exp(clock: Clock) -> None:
     assert no_cache.cache_size == 0
     lax = dataclasses.replace(ISSUER, required_claims=())
     auth = Authenticator(IdentityConfig(issuers=(lax,)), clock=clock, fetch=fetch)
-    claims = {"iss": ISSUER.issuer, "aud": "llm-gateway", "email": "a@x"}
+    claims = {"iss": ISSUER.issuer, "aud": "llm-gateway", "email": "a@x", "email_verified": True}
     forever = jwt.encode(claims, KEY, algorithm="ES256", headers={"kid": "k1"})
     identity = await auth.authenticate(bearer(forever))
     assert (identity.expires_at, auth.cache_size) == (None, 0)

@@ -24,6 +24,7 @@ from gateway_extproc.server import GRPC_MESSAGE_SLACK, SERVICE_NAME
 from gateway_extproc.stack import StackError, validate_envoy_config
 from gateway_extproc.upstreams import Upstream, resolve_upstreams
 from tests.paths import REPO
+from tests.selfsigned import CertAuthority
 
 CA_FILE = "/etc/ssl/certs/ca-certificates.crt"
 MOCK = "http://127.0.0.1:18081/v1"
@@ -472,7 +473,9 @@ def test_admin_api_json_listener(tmp_path: Path) -> None:
     """The admin API as JSON over HTTP: its own listener (never the public one) with the
     gRPC-JSON transcoder, routed only to worker 0's admin gRPC port; Envoy accepts it."""
     path = tmp_path / "gateway.yaml"
-    path.write_text(yaml.safe_dump({"admin_api": {"enabled": True, "http_port": 10091}}))
+    ops = {"ops": {"sha256": "0" * 64}}  # an admin static token: someone can call the API
+    admin = {"enabled": True, "http_port": 10091, "static_tokens": ["ops"]}
+    path.write_text(yaml.safe_dump({"identity": {"static_tokens": ops}, "admin_api": admin}))
     cfg = load_config(path, {})
     ports = dataclasses.replace(PORTS, admin_api_port=10090, admin_api_http_port=10091)
     b = build(cfg, ports, resolve_upstreams(cfg, {}, MOCK).values(), CA_FILE)
@@ -493,6 +496,42 @@ def test_admin_api_json_listener(tmp_path: Path) -> None:
     assert "gateway_admin_api" not in str(gateway)  # the public listener never routes there
     no_json = build(cfg, PORTS, resolve_upstreams(cfg, {}, MOCK).values(), CA_FILE)
     assert len(no_json["static_resources"]["listeners"]) == 1
+    _validate(tmp_path, b)
+
+
+@pytest.mark.parametrize("mutual", [False, True])
+def test_admin_api_json_listener_over_tls(tmp_path: Path, mutual: bool) -> None:
+    """With admin_api.tls, the JSON listener serves the admin certificate (asking for a client
+    certificate when the gRPC port does) and reaches worker 0 over the pod-local unix socket
+    (Envoy holds no client certificate for the TLS port); Envoy accepts it."""
+    ca = CertAuthority()
+    cert, key = ca.issue(tmp_path / "tls.crt", tmp_path / "tls.key")
+    tls = {"cert_file": str(cert), "key_file": str(key)}
+    if mutual:
+        tls["client_ca_file"] = str(ca.write_ca(tmp_path / "ca.crt"))
+    admin = {
+        "enabled": True,
+        "http_port": 10091,
+        "static_tokens": ["ops"],
+        "tls": tls,
+        "socket": str(tmp_path / "admin.sock"),
+    }
+    ops = {"ops": {"sha256": "0" * 64}}
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump({"identity": {"static_tokens": ops}, "admin_api": admin}))
+    cfg = load_config(path, {})
+    ports = dataclasses.replace(PORTS, admin_api_port=10090, admin_api_http_port=10091)
+    b = build(cfg, ports, resolve_upstreams(cfg, {}, MOCK).values(), CA_FILE)
+    json_listener = b["static_resources"]["listeners"][1]
+    context = json_listener["filter_chains"][0]["transport_socket"]["typed_config"]
+    certificate = context["common_tls_context"]["tls_certificates"][0]
+    assert certificate["certificate_chain"] == {"filename": str(cert)}
+    assert context.get("require_client_certificate", False) is mutual
+    validation = context["common_tls_context"].get("validation_context")
+    assert validation == ({"trusted_ca": {"filename": tls["client_ca_file"]}} if mutual else None)
+    assert endpoint(cluster(b, "gateway_admin_api"))["address"] == {
+        "pipe": {"path": str(tmp_path / "admin.sock")}
+    }
     _validate(tmp_path, b)
 
 

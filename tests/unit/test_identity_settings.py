@@ -60,6 +60,7 @@ issuers:
     audiences: [llm-gateway, llm-gateway-staging]
     jwks_url: http://127.0.0.1:8080/jwks
     claims: {service: [repository]}
+    asserts: {kinds: [service]}
 static_tokens:
   docs-bot: {sha256: "%s", groups: [bots], attributes: {cost_center: "42", tier: 3}}
 static_tokens_file: null
@@ -184,6 +185,7 @@ def test_every_problem_at_once_with_its_path(tmp_path: Path) -> None:
                 "jwks_refresh_min_interval_s": 0,
                 "required_claims": "exp",
                 "audience": "typo",
+                "trust_unverified_email": "no",
                 "claims": {
                     "user": ["email", "bad..path"],
                     "roles": ["x"],
@@ -197,6 +199,12 @@ def test_every_problem_at_once_with_its_path(tmp_path: Path) -> None:
                 "jwks_file": str(tmp_path / "missing.json"),
             },
             "none": {"audiences": ["gw"]},
+            "plain": {
+                "issuer": "https://plain.example.com",
+                "audiences": ["gw"],
+                "jwks_url": "http://plain.example.com/certs",
+                "asserts": {"user_domains": ["example.com"]},
+            },
             "hs": {
                 "issuer": "https://hs.example.com",
                 "audiences": ["gw"],
@@ -233,7 +241,9 @@ def test_every_problem_at_once_with_its_path(tmp_path: Path) -> None:
         "identity.metadata_header: must be an HTTP header name (got 'bad header')",
         "identity.issuers.corp.audience: unknown key (expected one of algorithms, asserts, "
         "audiences, claims, hs_secret, issuer, jwks_cache_ttl_s, jwks_file, jwks_max_stale_s, "
-        "jwks_refresh_min_interval_s, jwks_url, leeway_s, required_claims)",
+        "jwks_refresh_min_interval_s, jwks_url, leeway_s, required_claims, "
+        "trust_unverified_email)",
+        "identity.issuers.corp.trust_unverified_email: must be true or false (got 'no')",
         "identity.issuers.corp.audiences: must name at least one audience",
         "identity.issuers.corp.jwks_url: must be an http(s) URL "
         "(got 'ftp://login.example.com/certs')",
@@ -258,6 +268,13 @@ def test_every_problem_at_once_with_its_path(tmp_path: Path) -> None:
         "identity.issuers.copy.issuer: same iss as identity.issuers.corp",
         "identity.issuers.none.issuer: required: the exact iss claim of this issuer's tokens",
         "identity.issuers.none: set exactly one of jwks_url, jwks_file, hs_secret",
+        "identity.issuers.plain.jwks_url: must use https: signing keys fetched over plain "
+        "http can be replaced in transit (http:// is allowed only to a loopback address such "
+        "as 127.0.0.1 or localhost)",
+        "identity.issuers: corp, copy, none may each vouch for any user, service and group "
+        "(no asserts restricts them), so each could impersonate the other's users: give all "
+        "but one of them an asserts (user_domains, service_prefixes, groups or kinds) saying "
+        "what it vouches for",
         "identity.issuers.hs.hs_secret.env: environment variable UNSET_VAR is not set or empty",
         "identity.issuers.hs.algorithms: ES256 needs a JWKS; an issuer with hs_secret "
         "allows only HS*",
@@ -281,7 +298,9 @@ def test_every_problem_at_once_with_its_path(tmp_path: Path) -> None:
     ]
     assert sorted(problems) == sorted(expected)
     # best effort: the parts that parsed are there
-    assert [i.name for i in config.issuers] == ["corp", "copy", "none", "hs", "short", "weak"]
+    assert [i.name for i in config.issuers] == [
+        *("corp", "copy", "none", "plain", "hs", "short", "weak")
+    ]
     assert config.issuers[0].algorithms == ("RS256",)
     assert [t.service for t in config.static_tokens] == ["dup"]
 

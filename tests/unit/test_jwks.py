@@ -40,6 +40,7 @@ def token(key: ec.EllipticCurvePrivateKey, kid: str, user: str = "alice@example.
         "iat": int(NOW),
         "exp": int(NOW) + 3600,
         "email": user,
+        "email_verified": True,
     }
     return jwt.encode(claims, key, algorithm="ES256", headers={"kid": kid})
 

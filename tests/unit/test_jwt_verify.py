@@ -113,6 +113,7 @@ def claims(**overrides: Any) -> dict[str, Any]:
         "iat": int(NOW) - 10,
         "exp": int(NOW) + 300,
         "email": "alice@example.com",
+        "email_verified": True,
         "groups": ["eng"],
     }
     base.update(overrides)

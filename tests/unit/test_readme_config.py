@@ -10,6 +10,7 @@ import yaml
 from gateway_extproc.budgets.model import Action, ScopeKind
 from gateway_extproc.config import load_config, load_document, merge, parse_config
 from gateway_extproc.errors import ConfigError
+from gateway_extproc.identity.devissuer import ALLOW_ENV
 from tests.paths import REPO
 
 
@@ -48,7 +49,7 @@ def test_readme_budgets_example_loads_with_the_shipped_catalog() -> None:
 
 
 def test_make_run_config_loads_with_demo_budgets() -> None:
-    config = load_config(REPO / "config" / "local.yaml", {})
+    config = load_config(REPO / "config" / "local.yaml", {ALLOW_ENV: "1"})  # gatewayctl run's
     assert config.dev_issuer
     assert {b.name for b in config.budgets} == {"demo-gpt4o-daily", "demo-interns-daily"}
 

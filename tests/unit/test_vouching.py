@@ -273,9 +273,13 @@ def mint(iss: str, secret: str, **claims: Any) -> str:
 def test_the_ci_issuer_cannot_mint_a_user_token_for_alice() -> None:
     config = two_issuers()
     issuers = {i.issuer: i for i in config.issuers}
-    alice = mint("https://login.example.com", CORP_SECRET, email="alice@example.com")
+    alice = mint(
+        "https://login.example.com", CORP_SECRET, email="alice@example.com", email_verified=True
+    )
     assert verify_token(alice, issuers, {}, time.time()).user == "alice@example.com"
-    forged = mint("https://ci.example.com", CI_SECRET, email="alice@example.com")
+    forged = mint(
+        "https://ci.example.com", CI_SECRET, email="alice@example.com", email_verified=True
+    )
     with pytest.raises(TokenRejected) as info:
         verify_token(forged, issuers, {}, time.time())
     assert (info.value.reason, info.value.message) == (

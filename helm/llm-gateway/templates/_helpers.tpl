@@ -59,6 +59,15 @@ app.kubernetes.io/component: redis
 {{- define "llm-gateway.envoyFile" -}}/etc/envoy/envoy.yaml{{- end }}
 {{- define "llm-gateway.drainedFile" -}}/run/llm-gateway/envoy-drained{{- end }}
 {{- define "llm-gateway.keyDir" -}}/var/run/secrets/llm-gateway{{- end }}
+{{- define "llm-gateway.adminTlsDir" -}}/etc/llm-gateway-admin-tls{{- end }}
+{{- define "llm-gateway.adminCaDir" -}}/etc/llm-gateway-admin-ca{{- end }}
+{{/* Worker 0's plaintext admin socket for Envoy's JSON listener (the shared `run` volume). */}}
+{{- define "llm-gateway.adminSocket" -}}/run/llm-gateway/admin-api.sock{{- end }}
+
+{{/* Whether the admin API serves TLS (and so which containers mount its Secrets). */}}
+{{- define "llm-gateway.adminTls" -}}
+{{- if and .Values.adminApi.enabled .Values.adminApi.tls.enabled }}true{{- end }}
+{{- end }}
 
 {{/* Default auth header/prefix of the built-in providers. */}}
 {{- define "llm-gateway.providerAuth" -}}
@@ -111,6 +120,9 @@ Rendered as JSON (valid YAML) so that large integers keep their exact value.
 {{- $_ := set $c "admin_api" (dict "enabled" true "host" "0.0.0.0" "port" (int .port) "http_port" (int .httpPort) "read_groups" .readGroups "write_groups" .writeGroups) }}
 {{- end }}
 {{- end }}
+{{- if .Values.adminApi.enabled }}
+{{- include "llm-gateway.adminCallers" (list .Values.adminApi (get $c "admin_api")) }}
+{{- end }}
 {{- $providers := deepCopy (default dict $c.providers) }}
 {{- range $name, $key := .Values.providerKeys }}
 {{- $p := deepCopy (default dict (index $providers $name)) }}
@@ -137,6 +149,26 @@ Rendered as JSON (valid YAML) so that large integers keep their exact value.
 {{- $_ := set $c "budget_store" $store }}
 {{- end }}
 {{- toPrettyJson $c }}
+{{- end }}
+
+{{/* The admin API's own credentials and TLS (admin/auth.py, admin/tls.py), set on the
+admin_api mapping given. */}}
+{{- define "llm-gateway.adminCallers" -}}
+{{- $v := index . 0 }}{{- $admin := index . 1 }}
+{{- $_ := set $admin "audiences" $v.audiences }}
+{{- with $v.issuers }}{{- $_ := set $admin "issuers" . }}{{- end }}
+{{- with $v.staticTokens }}{{- $_ := set $admin "static_tokens" . }}{{- end }}
+{{- if $v.tls.enabled }}
+{{- $dir := include "llm-gateway.adminTlsDir" . }}
+{{- $tls := dict "cert_file" (printf "%s/tls.crt" $dir) "key_file" (printf "%s/tls.key" $dir) }}
+{{- if $v.tls.clientCASecret }}
+{{- $_ := set $tls "client_ca_file" (printf "%s/ca.crt" (include "llm-gateway.adminCaDir" .)) }}
+{{- end }}
+{{- $_ := set $admin "tls" $tls }}
+{{- if $v.httpPort }}
+{{- $_ := set $admin "socket" (include "llm-gateway.adminSocket" .) }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/* What only a restart applies (Envoy's bootstrap, process-lifetime state): hashed into the
@@ -212,7 +244,7 @@ sidecars. */}}
 {{- fail "otel.headersSecret.name: set otel.endpoint too (the headers go to that collector)" }}
 {{- end }}
 {{- if hasKey $cfg "admin_api" }}
-{{- fail "config.admin_api: set by the chart from adminApi (adminApi.enabled, port, httpPort, readGroups, writeGroups); remove it from config" }}
+{{- fail "config.admin_api: set by the chart from adminApi (adminApi.enabled, port, httpPort, readGroups, writeGroups, audiences, issuers, staticTokens, tls); remove it from config" }}
 {{- end }}
 {{- $admin := .Values.adminApi }}
 {{- if $admin.enabled }}
@@ -231,6 +263,12 @@ sidecars. */}}
 {{- if eq (int $admin.port) (int $admin.httpPort) }}
 {{- fail (printf "adminApi.httpPort: %d is adminApi.port too" (int $admin.httpPort)) }}
 {{- end }}
+{{- end }}
+{{- if and $admin.tls.enabled (not $admin.tls.secretName) }}
+{{- fail "adminApi.tls.secretName: required when adminApi.tls.enabled is true (a kubernetes.io/tls Secret)" }}
+{{- end }}
+{{- if and $admin.tls.clientCASecret (not $admin.tls.enabled) }}
+{{- fail "adminApi.tls.clientCASecret: client certificates need adminApi.tls.enabled: true" }}
 {{- end }}
 {{- range $k, $by := dict "redis_url" "redis.external.url or redis.bundled" "cluster" "redis.external.cluster" }}
 {{- if hasKey (default dict $cfg.budget_store) $k }}
@@ -317,6 +355,7 @@ only from a Secret. */}}
 {{- if .Values.redis.external.tls.caSecret }}
 - {name: redis-ca, mountPath: /etc/llm-gateway-redis-ca, readOnly: true}
 {{- end }}
+{{- include "llm-gateway.adminTlsMounts" . }}
 {{- with .Values.sidecar.extraVolumeMounts }}
 {{ toYaml . }}
 {{- end }}
@@ -326,6 +365,19 @@ only from a Secret. */}}
 - {name: envoy-config, mountPath: {{ include "llm-gateway.envoyDir" . }}, readOnly: true}
 {{- if .Values.envoy.tls.enabled }}
 - {name: envoy-tls, mountPath: /etc/envoy-tls, readOnly: true}
+{{- end }}
+{{- if .Values.adminApi.httpPort }}
+{{- include "llm-gateway.adminTlsMounts" . }}
+{{- end }}
+{{- end }}
+
+{{/* The admin API's certificate (and client CA), where admin_api.tls says. */}}
+{{- define "llm-gateway.adminTlsMounts" -}}
+{{- if include "llm-gateway.adminTls" . }}
+- {name: admin-tls, mountPath: {{ include "llm-gateway.adminTlsDir" . }}, readOnly: true}
+{{- if .Values.adminApi.tls.clientCASecret }}
+- {name: admin-ca, mountPath: {{ include "llm-gateway.adminCaDir" . }}, readOnly: true}
+{{- end }}
 {{- end }}
 {{- end }}
 
@@ -353,6 +405,18 @@ only from a Secret. */}}
 - name: envoy-tls
   secret:
     secretName: {{ .Values.envoy.tls.secretName }}
+{{- end }}
+{{- if include "llm-gateway.adminTls" . }}
+- name: admin-tls
+  secret:
+    secretName: {{ .Values.adminApi.tls.secretName }}
+    items: [{key: tls.crt, path: tls.crt}, {key: tls.key, path: tls.key}]
+{{- with .Values.adminApi.tls.clientCASecret }}
+- name: admin-ca
+  secret:
+    secretName: {{ . }}
+    items: [{key: {{ $.Values.adminApi.tls.clientCAKey }}, path: ca.crt}]
+{{- end }}
 {{- end }}
 {{- with .Values.sidecar.extraVolumes }}
 {{ toYaml . }}
