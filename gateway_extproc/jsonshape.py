@@ -84,11 +84,13 @@ def count_values(parsed: Any) -> int:
         return 1
     values = 1
     stack: list[Any] = [parsed]
+    push, pop = stack.append, stack.pop
     while stack:
-        item = stack.pop()
+        item = pop()
         values += len(item) or 1
-        children = item.values() if type(item) is dict else item
-        stack.extend([c for c in children if type(c) is dict or type(c) is list])
+        for child in item.values() if type(item) is dict else item:
+            if type(child) is dict or type(child) is list:
+                push(child)
     return values
 
 
