@@ -17,9 +17,11 @@ own piece of the folded text. The map back is exact except inside a character th
 several (`⑴` → `(1)`) or a run of them: a span starting or ending inside one is widened to it.
 
 Cost: ASCII text, nothing (`str.isascii`); other text with nothing to fold, one regex search;
-else one translate per run of folded characters. The tables (~5,000 characters, read from the
-running Python's `unicodedata`) are built once per process: `prepare()` builds them when the
-guardrails configuration is read, so no request waits for it.
+else one `str.translate` (~50-100 ms per million characters here). The map back is built only
+when a finding needs it: one regex pass, and Python work per run of characters folding to none
+or several. The tables (~9,000 code points, from the running Python's `unicodedata`) are built
+once per process: `prepare()` builds them when the guardrails configuration is read, so no
+request waits for them.
 """
 
 from __future__ import annotations
@@ -65,22 +67,31 @@ DROPPED = (
 _FOLDABLE = ((0x80, 0xD800), (0xE000, 0x20000), (0x2F800, 0x2FA20))
 
 
+# Any character outside the Basic Multilingual Plane (emoji, mathematical letters, tags). A class
+# listing just the astral characters that fold is a list of ranges the regex engine walks one by
+# one for every character of the text (~150 ms per million characters here); one range is cheap,
+# and whether an astral character moves offsets is looked up per character.
+_ASTRAL = (0x10000, 0x10FFFF)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Tables:
     fold: dict[int, str]  # code point -> what it folds to, for every character that changes
-    anything: re.Pattern[str]  # one character that changes
-    # a run of characters that fold to one character each (group 1), or to none or several
-    # (group 2): only the second kind moves offsets
-    runs: re.Pattern[str]
+    anything: re.Pattern[str]  # a BMP character that folds, or any astral character
+    # a run of BMP characters that fold to none or several characters each, and of astral
+    # characters: characters folding to one leave offsets where they were
+    resized: re.Pattern[str]
 
 
-def _char_class(code_points: list[int]) -> str:
+def _char_class(code_points: list[int], extra: tuple[int, int]) -> str:
+    """A regex class of `code_points` and the range `extra` (which sorts after them)."""
     ranges: list[list[int]] = []
     for cp in sorted(code_points):
         if ranges and cp == ranges[-1][1] + 1:
             ranges[-1][1] = cp
         else:
             ranges.append([cp, cp])
+    ranges.append(list(extra))
     parts = (f"\\U{lo:08x}" if lo == hi else f"\\U{lo:08x}-\\U{hi:08x}" for lo, hi in ranges)
     return "[" + "".join(parts) + "]"
 
@@ -95,79 +106,98 @@ def _tables() -> _Tables:
                 fold[ord(ch)] = normalize("NFKC", ch)
     dropped = {cp: "" for lo, hi in DROPPED for cp in range(lo, hi + 1)}
     fold = {cp: value.translate(dropped) for cp, value in fold.items()} | dropped
-    one = [cp for cp, value in fold.items() if len(value) == 1]
-    other = [cp for cp, value in fold.items() if len(value) != 1]
+    bmp = [cp for cp in fold if cp <= 0xFFFF]
+    resizing = [cp for cp in bmp if len(fold[cp]) != 1]
     return _Tables(
         fold,
-        re.compile(_char_class(list(fold))),
-        re.compile(f"({_char_class(one)}+)|({_char_class(other)}+)"),
+        re.compile(_char_class(bmp, _ASTRAL)),
+        re.compile(_char_class(resizing, _ASTRAL) + "+"),
     )
 
 
 def prepare() -> None:
-    """Build the tables now (~20-50 ms), not on the first request that needs them."""
+    """Build the tables now (~15-20 ms of CPU here), not on the first request that needs them."""
     _tables()
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
 class Folded:
-    """`text` folded, and where its runs of resizing characters came from: folded
-    `starts[i]:ends[i]` is original `origin_starts[i]:origin_ends[i]`; between runs, offsets
-    shift by the same amount on both sides."""
+    """`text` folded from `written`, with the map back built on first use (a text without
+    findings never needs it). The map: folded `starts[i]:ends[i]` came from written
+    `origin_starts[i]:origin_ends[i]`, a run of characters folding to none or several; between
+    runs, offsets differ by the same amount on both sides."""
 
-    text: str
-    starts: tuple[int, ...] = ()
-    ends: tuple[int, ...] = ()
-    origin_starts: tuple[int, ...] = ()
-    origin_ends: tuple[int, ...] = ()
+    __slots__ = ("_runs", "_start", "text", "written")
+
+    def __init__(self, text: str, written: str | None = None, start: int = 0) -> None:
+        self.text = text
+        self.written = text if written is None else written
+        self._start = start  # no character before this one folds
+        self._runs: tuple[list[int], list[int], list[int], list[int]] | None = None
 
     def original(self, start: int, end: int) -> tuple[int, int]:
-        """The span of the original text that folds to `text[start:end]` (widened to whole runs
+        """The span of the written text that folds to `text[start:end]` (widened to whole runs
         of characters folding to several when it starts or ends inside one)."""
-        if not self.starts:
+        if self.written is self.text:
             return start, end
-        i = bisect.bisect_right(self.starts, start) - 1
+        if self._runs is None:
+            self._runs = _runs(self.written, self._start)
+        starts, ends, origin_starts, origin_ends = self._runs
+        if not starts:
+            return start, end
+        i = bisect.bisect_right(starts, start) - 1
         if i >= 0:
-            start = (
-                self.origin_starts[i]
-                if start < self.ends[i]
-                else self.origin_ends[i] + start - self.ends[i]
-            )
-        j = bisect.bisect_left(self.starts, end) - 1  # the last run that starts before `end`
+            start = origin_starts[i] if start < ends[i] else origin_ends[i] + start - ends[i]
+        j = bisect.bisect_left(starts, end) - 1  # the last run that starts before `end`
         if j >= 0:
-            end = self.origin_ends[j] + max(0, end - self.ends[j])
+            end = origin_ends[j] + max(0, end - ends[j])
         return start, max(start, end)  # an empty span at dropped characters stays empty
 
 
 def fold(text: str) -> Folded:
-    """`text` as the detectors read it (the same object when nothing folds)."""
+    """`text` as the detectors read it (`Folded.text` is `text` itself when nothing folds)."""
     if text.isascii():
         return Folded(text)
     tables = _tables()
     first = tables.anything.search(text)
     if first is None:
         return Folded(text)
+    folded = text.translate(tables.fold)  # one C-level pass
+    if folded == text:  # only astral characters that do not fold (emoji)
+        return Folded(text)
+    return Folded(folded, text, first.start())
+
+
+def _runs(text: str, begin: int) -> tuple[list[int], list[int], list[int], list[int]]:
+    """Where `text`'s characters folding to none or several are, and what they fold to."""
+    tables = _tables()
     table = tables.fold
-    pieces: list[str] = []
     starts: list[int] = []
     ends: list[int] = []
     origin_starts: list[int] = []
     origin_ends: list[int] = []
-    pos = length = 0
-    for run in tables.runs.finditer(text, first.start()):
-        start, end = run.span()
-        pieces.append(text[pos:start])
-        length += start - pos
-        folded = run[0].translate(table)
-        pieces.append(folded)
-        if run.lastindex == 2:
-            starts.append(length)
-            ends.append(length + len(folded))
+    shift = 0  # folded offset minus written offset, after the runs seen so far
+    for run in tables.resized.finditer(text, begin):
+        chars = run[0]
+        start = run.start()
+        if max(chars) <= "\uffff":  # BMP characters that fold to none or several: one run
+            length = len(chars.translate(table))
+            starts.append(start + shift)
+            ends.append(start + shift + length)
             origin_starts.append(start)
-            origin_ends.append(end)
-        length += len(folded)
-        pos = end
-    pieces.append(text[pos:])
-    return Folded(
-        "".join(pieces), tuple(starts), tuple(ends), tuple(origin_starts), tuple(origin_ends)
-    )
+            origin_ends.append(start + len(chars))
+            shift += length - len(chars)
+            continue
+        for i, char in enumerate(chars, start):  # astral among them: most (emoji) do not fold
+            value = table.get(ord(char))
+            if value is None or len(value) == 1:
+                continue
+            if origin_ends and origin_ends[-1] == i:  # right after the last run: extend it
+                origin_ends[-1] = i + 1
+                ends[-1] += len(value)
+            else:
+                starts.append(i + shift)
+                ends.append(i + shift + len(value))
+                origin_starts.append(i)
+                origin_ends.append(i + 1)
+            shift += len(value) - 1
+    return starts, ends, origin_starts, origin_ends
