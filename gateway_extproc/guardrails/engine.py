@@ -105,8 +105,8 @@ class Guardrails:
 
 def finding_action(finding: Finding, text: str, rules: list[GuardrailConfig]) -> GuardAction | None:
     """The strictest action any applicable guardrail takes on this finding. The allow-lists
-    compare the match as the detector read it (`finding.value`, folded: `ops\uff20example.com`
-    is at example.com), not as written in `text`."""
+    compare the match as the detector read it (`finding.value`, folded: `ops` U+FF20
+    `example.com` is at example.com), not as written in `text`."""
     value = finding.value
     best: GuardAction | None = None
     for rule in rules:
