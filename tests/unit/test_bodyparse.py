@@ -71,7 +71,7 @@ async def test_a_repeated_key_is_refused_in_both_paths(size: int) -> None:
         b'{"model": "gpt-4o", "messages": [{"role": "user", "content": "sk-secret", '
         b'"content": "' + b"x" * size + b'"}]}'
     )
-    with pytest.raises(BadRequest, match='repeats the key `content`'):
+    with pytest.raises(BadRequest, match="repeats the key `content`"):
         await bodyparse.parse_off_loop(Api.OPENAI_CHAT, raw, LIMITS)
 
 
