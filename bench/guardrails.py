@@ -1,8 +1,10 @@
 """Guardrail scan time on a 1 MB prompt: pure CPU, no processes (part of `make bench`; alone:
 `python -m bench.guardrails`). The whole request-path call (`Guardrails.check`: find the texts,
-scan for every category, redact into a copy of the body) on a chat request whose one message
-is 1 MB of clean prose, of text dense with findings, and of inputs built to make a
-backtracking regex go quadratic. Each figure is the median of `RUNS` runs, in ms."""
+fold them, scan for every category, redact into a copy of the body) on a chat request whose one
+message is a million characters of clean prose, of text dense with findings, of non-ASCII
+prose (with nothing to fold, and with full-width punctuation to fold), and of inputs built to
+make a backtracking regex go quadratic or the folding map grow. Each figure is the median of
+`RUNS` runs, in ms."""
 
 from __future__ import annotations
 
@@ -32,6 +34,10 @@ _DENSE = (
     "iban DE89 3704 0044 0532 0130 00 ssn 536-22-1234 key sk-u8jzPde0IgxLd6GncfBAepfJBd0Kh8oO"
     "OL8dKLzdocJ2isAj aws AKIA6I8J76B2LAJLJ4H9 password=Zx8!kQ2@pL9#mN4v\n"
 )
+# Non-ASCII prose: accents, dashes and emoji (nothing to fold); Chinese with full-width commas
+# and colons (folded to ASCII ones, one character for one).
+_ACCENTED = "Café crème, naïve façade — déjà vu 😀; Größe 12 cm, Ærø, señor Ñandú. "
+_CJK = "数据中心的迁移已经完成\uff0c延迟下降了百分之十二\uff1a账单服务运行在新集群上。"
 _ADVERSARIAL: dict[str, str] = {
     "adversarial: letters, no separators": "a",
     "adversarial: digits, no separators": "7",
@@ -40,6 +46,9 @@ _ADVERSARIAL: dict[str, str] = {
     "adversarial: BEGIN without END": "-----BEGIN RSA PRIVATE KEY-----\n",
     "adversarial: 'eyJ' segments": "eyJhbGciOi.",
     "adversarial: 'token=' repeated": "token=",
+    "adversarial: zero-width space after each letter": "a\u200b",
+    "adversarial: 'a' and a full-width at sign": "a\uff20",
+    "adversarial: 'a' and a ligature (folds to two)": "a\ufb01",
 }
 
 
@@ -51,6 +60,8 @@ def texts() -> dict[str, str]:
     return {
         "clean prose": _fill(_PROSE),
         "dense with findings": _fill(_DENSE),
+        "accented prose and emoji (nothing to fold)": _fill(_ACCENTED),
+        "Chinese prose, full-width punctuation": _fill(_CJK),
         **{name: _fill(unit) for name, unit in _ADVERSARIAL.items()},
     }
 
@@ -88,9 +99,9 @@ def measure() -> dict[str, object]:
 def render(result: dict[str, object]) -> str:
     texts_ = result["texts"]
     assert isinstance(texts_, dict)
-    lines = [f"Guardrails: scan + redact of a {result['bytes']:,}-byte prompt (median ms)"]
+    lines = [f"Guardrails: scan + redact of a {result['bytes']:,}-character prompt (median ms)"]
     for name, r in texts_.items():
-        lines.append(f"  {name:<40} {r['ms']:>8.1f} ms  {r['findings']:>7,} findings")
+        lines.append(f"  {name:<50} {r['ms']:>8.1f} ms  {r['findings']:>7,} findings")
     return "\n".join(lines)
 
 

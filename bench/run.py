@@ -27,7 +27,7 @@ from typing import IO
 
 import redis
 
-from bench import guardrails, load, otlp_sink, report, setups
+from bench import guardrails, load, otlp_sink, report, request_body, setups
 from bench.report import Row
 from bench.upstream import CHUNKS, response_bytes
 from gateway_extproc.stack import StackError, find_binary
@@ -306,9 +306,10 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, bool]:
     parser.add_argument("--keep", action="store_true", help="keep the run directory (logs)")
     parser.add_argument(
         "--setups",
-        default="plain,noop,noop-observe,gateway-sync,gateway,gateway+otel,guardrails",
+        default="plain,noop,noop-observe,gateway-sync,gateway,gateway+otel,guardrails,request-body",
         help="comma-separated subset, e.g. gateway,gateway+otel (telemetry on versus off); "
-        "guardrails: the 1 MB prompt scan (pure CPU, no processes)",
+        "guardrails: the 1 MB prompt scan; request-body: refusing repeated JSON keys versus "
+        "re-serialising every body (both pure CPU, no processes)",
     )
     a = parser.parse_args(argv)
     settings = Settings(
@@ -428,6 +429,9 @@ def main(argv: list[str] | None = None) -> int:
     if "guardrails" in settings.setups:
         result["guardrails_scan"] = guardrails.measure()
         print("\n" + guardrails.render(result["guardrails_scan"]))
+    if "request-body" in settings.setups:
+        result["request_body"] = request_body.measure()
+        print("\n" + request_body.render(result["request_body"]))
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     out = RESULTS / f"bench-{stamp}.json"

@@ -22,17 +22,20 @@ from typing import Any, TypeVar
 
 from gateway_extproc.apis import Api
 from gateway_extproc.config import Limits
-from gateway_extproc.inbound import ParsedRequest, parse_request
-from gateway_extproc.jsonshape import check_shape
+from gateway_extproc.inbound import ParsedRequest, load_body, request_of
+from gateway_extproc.jsonshape import check_shape, check_unique_keys
 
 OFFLOAD_BYTES = 64 * 1024
 T = TypeVar("T")
 
 
 def parse_checked(api: Api, raw: bytes, limits: Limits) -> ParsedRequest:
-    """The structural caps first (nothing is built for a body that breaks them), then the parse."""
-    check_shape(raw, max_depth=limits.max_json_depth, max_values=limits.max_json_values)
-    return parse_request(api, raw)
+    """The structural caps first (nothing is built for a body that breaks them), then the parse,
+    then no repeated key (the gateway checks the request the provider reads)."""
+    values = check_shape(raw, max_depth=limits.max_json_depth, max_values=limits.max_json_values)
+    body = load_body(raw)
+    check_unique_keys(raw, body, values)
+    return request_of(api, body)
 
 
 @functools.cache

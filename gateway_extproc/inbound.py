@@ -85,6 +85,11 @@ def _int_field(body: dict[str, Any], *names: str) -> int | None:
 
 def parse_request(api: Api, raw: bytes) -> ParsedRequest:
     """Parse and check the fields the gateway relies on; raise BadRequest with a clear message."""
+    return request_of(api, load_body(raw))
+
+
+def load_body(raw: bytes) -> dict[str, Any]:
+    """The body as a JSON object; BadRequest when it is empty, not JSON or not an object."""
     if not raw.strip():
         raise BadRequest("request body is empty: expected a JSON object")
     try:
@@ -93,6 +98,11 @@ def parse_request(api: Api, raw: bytes) -> ParsedRequest:
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
+    return body
+
+
+def request_of(api: Api, body: dict[str, Any]) -> ParsedRequest:
+    """Check the fields of a parsed body the gateway relies on."""
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
         raise BadRequest("`model` is required and must be a non-empty string")

@@ -1,18 +1,26 @@
-"""Structural caps on a JSON request body, checked on the raw bytes before it is parsed. Pure.
+"""Structural checks on a JSON request body: caps on the raw bytes before it is parsed, and no
+key repeated in an object after. Pure.
 
 Parsing cost grows with the number of JSON values, not with bytes: 6 MB of `[],` is two million
 lists, and orjson builds them in one call that holds the GIL (~0.3-1.5 s here, most of it in the
 garbage collector), so a thread alone cannot keep the event loop free. This pass rejects such a
 body before anything is built. It looks at structure only outside strings, and every C-level call
 it makes covers at most `WINDOW` bytes, so run in a thread it lets the event loop in between.
+
+The count it makes is exact, which also finds repeated keys: orjson keeps the last of a repeated
+key (`{"model": "a", "model": "b"}` parses as `{"model": "b"}`), other parsers keep the first, so
+the gateway would check one request while a provider or proxy might read another. A parsed body
+holding fewer values than its bytes did lost a member to a repeated key (`check_unique_keys`).
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import operator
 import re
 from collections.abc import Iterator
+from typing import Any
 
 from gateway_extproc.errors import BadRequest, PayloadTooLarge
 
@@ -29,11 +37,12 @@ _NOT_BRACKETS = bytes(c for c in range(256) if c not in b"[]{}")
 _STEP = bytes.maketrans(b"[{]}", b"\x02\x02\x00\x00")
 
 
-def check_shape(raw: bytes, *, max_depth: int, max_values: int) -> None:
+def check_shape(raw: bytes, *, max_depth: int, max_values: int) -> int:
     """Raise PayloadTooLarge (413) when `raw` holds more than `max_values` JSON values, BadRequest
-    (400) when it nests deeper than `max_depth`. Counts are exact for valid JSON: values are the
-    root, every array element and every object member (an empty array or object counts one);
-    depth is arrays and objects inside each other. Malformed JSON is left to the parser.
+    (400) when it nests deeper than `max_depth`; else return the number of values. Counts are
+    exact for valid JSON: values are the root, every array element and every object member (an
+    empty array or object counts one); depth is arrays and objects inside each other. Malformed
+    JSON is left to the parser (the count returned is then meaningless).
     """
     values = 1
     depth = 0
@@ -48,7 +57,7 @@ def check_shape(raw: bytes, *, max_depth: int, max_values: int) -> None:
         steps = piece.translate(_STEP, _NOT_BRACKETS)
         closers = steps.count(0)
         if closers > depth + len(steps) - closers:  # an unmatched closer: the parser says where
-            return
+            return values
         if steps:
             if (
                 depth + max(map(operator.sub, itertools.accumulate(steps), itertools.count(1)))
@@ -56,6 +65,69 @@ def check_shape(raw: bytes, *, max_depth: int, max_values: int) -> None:
             ):
                 raise _too_deep(max_depth)
             depth += len(steps) - 2 * closers
+    return values
+
+
+def check_unique_keys(raw: bytes, parsed: Any, values: int) -> None:
+    """Raise BadRequest (400) when an object in `raw` repeats a key, at any depth. `parsed` is
+    `raw` parsed, `values` its count by `check_shape`. Keys are compared decoded, as parsers
+    compare them: `"mo\\u0064el"` repeats `"model"`. Linear in the containers parsed; the bytes
+    are read again only to name the key of a body that is refused."""
+    if count_values(parsed) != values:
+        raise _repeated(raw)
+
+
+def count_values(parsed: Any) -> int:
+    """`check_shape`'s count, on a parsed value: the root, plus each array's elements and each
+    object's members, an empty array or object counting one. Iterative (no recursion limit)."""
+    if not isinstance(parsed, dict | list):
+        return 1
+    values = 1
+    stack: list[Any] = [parsed]
+    push, pop = stack.append, stack.pop
+    while stack:
+        item = pop()
+        values += len(item) or 1
+        for child in item.values() if type(item) is dict else item:
+            if type(child) is dict or type(child) is list:
+                push(child)
+    return values
+
+
+class _Repeated(Exception):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+def _no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _Repeated(key)
+        seen[key] = value
+    return seen
+
+
+def repeated_key(raw: bytes) -> str | None:
+    """The first key an object in `raw` repeats (decoded), or None (the reference check: the
+    standard library's parser hands each object's members over in order, repeats included)."""
+    try:
+        json.loads(raw, object_pairs_hook=_no_repeats)
+    except _Repeated as found:
+        return found.key
+    except (ValueError, RecursionError):  # not JSON a parser would read
+        return None
+    return None
+
+
+def _repeated(raw: bytes) -> BadRequest:
+    key = repeated_key(raw)
+    shown = "a key" if key is None else f"the key `{json.dumps(key[:64])[1:-1]}`"
+    return BadRequest(
+        f"request body repeats {shown} in one JSON object: parsers disagree on which value "
+        f"counts, so the gateway could check one while the provider reads the other; "
+        f"send each key once"
+    )
 
 
 def _outside_strings(raw: bytes, *, max_strings: int) -> Iterator[bytes | None]:

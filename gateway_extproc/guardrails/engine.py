@@ -104,8 +104,10 @@ class Guardrails:
 
 
 def finding_action(finding: Finding, text: str, rules: list[GuardrailConfig]) -> GuardAction | None:
-    """The strictest action any applicable guardrail takes on this finding."""
-    value = text[finding.start : finding.end]
+    """The strictest action any applicable guardrail takes on this finding. The allow-lists
+    compare the match as the detector read it (`finding.value`, folded: `ops` U+FF20
+    `example.com` is at example.com), not as written in `text`."""
+    value = finding.value
     best: GuardAction | None = None
     for rule in rules:
         action = rule.actions.get(finding.category)

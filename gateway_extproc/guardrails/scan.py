@@ -1,5 +1,9 @@
 """Scan one text for the categories asked for; redact findings. Pure.
 
+The detectors read the text folded (`normalise.fold`: NFKC per character, invisible characters
+dropped), and each finding is mapped back to the span of the text as written, which redaction
+replaces; the finding's `value` is the folded match (what the allow-lists compare).
+
 Findings of different detectors can overlap (a JWT after `token=` is also a generic secret; a
 phone-like run of digits inside an IBAN): the more specific one wins, in `_ORDER`, and a
 finding that overlaps one already kept is dropped, so the spans returned never overlap.
@@ -14,6 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from gateway_extproc.guardrails import pii
 from gateway_extproc.guardrails import secret_patterns as sp
 from gateway_extproc.guardrails.categories import Category
+from gateway_extproc.guardrails.normalise import fold
 from gateway_extproc.guardrails.prepared import Free, Prepared
 
 Span = tuple[int, int]
@@ -21,9 +26,10 @@ Span = tuple[int, int]
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Finding:
-    start: int
+    start: int  # the span in the text as written
     end: int
     category: Category
+    value: str = dataclasses.field(default="", repr=False)  # the match, folded
 
 
 Detector = Callable[[Prepared, Free], Iterator[Span]]
@@ -55,7 +61,23 @@ _ORDER: tuple[tuple[Category, Detector], ...] = (
 
 def scan(text: str, categories: Iterable[Category]) -> list[Finding]:
     """Every finding of the given categories in `text`, ordered by position, never overlapping."""
-    wanted = frozenset(categories)
+    folded = fold(text)
+    found = _scan(folded.text, frozenset(categories))
+    if folded.text is text:
+        return found
+    # Back to the text as written. Two findings that touch one character folding to several
+    # (`⑴` -> `(1)`) can both widen to it: the later one keeps what is left, if anything.
+    out: list[Finding] = []
+    for f in found:
+        start, end = folded.original(f.start, f.end)
+        if out and start < out[-1].end:
+            start = out[-1].end
+        if start < end:
+            out.append(Finding(start, end, f.category, f.value))
+    return out
+
+
+def _scan(text: str, wanted: frozenset[Category]) -> list[Finding]:
     prepared = Prepared(text)
     starts: list[int] = []  # kept spans, sorted by start; they never overlap
     kept: list[Finding] = []
@@ -74,7 +96,7 @@ def scan(text: str, categories: Iterable[Category]) -> list[Finding]:
                 continue
             i = bisect.bisect_left(starts, start)
             starts.insert(i, start)
-            kept.insert(i, Finding(start, end, category))
+            kept.insert(i, Finding(start, end, category, text[start:end]))
     return kept
 
 

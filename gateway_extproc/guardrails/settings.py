@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from gateway_extproc.budgets.model import Match
 from gateway_extproc.budgets.settings import parse_match
 from gateway_extproc.guardrails.categories import SHORTHANDS, Category, GuardAction
+from gateway_extproc.guardrails.normalise import prepare
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _DOMAIN = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,24}")
@@ -57,6 +58,8 @@ def parse_guardrails(doc: object, problems: list[str]) -> tuple[GuardrailConfig,
         guardrail = _guardrail(item, path, problems)
         if guardrail is not None:
             out.append(guardrail)
+    if out:
+        prepare()  # the folding tables, built with the configuration rather than on a request
     return tuple(out)
 
 

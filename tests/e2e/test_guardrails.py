@@ -30,7 +30,11 @@ OPENAI_KEY = "sk-proj-Ab3dEf6hIj9kLmN0pQr2StU5vWx8yZguardE2E"
 AWS_KEY = "AKIA6I8J76B2LAJLJ4H9"
 PHONE = "+1 415 555 2671"
 ALLOWED = "docs@example.com"
-PLANTED = (EMAIL, CARD, OPENAI_KEY, AWS_KEY, PHONE)
+# Obfuscated: a zero-width space inside a key, a full-width at sign in an address.
+HIDDEN_KEY_TAIL = "Zq9Lm2Xv8Nw4Rt6Yp1Ks3Hd5Gf7Jb0CguardHidden"
+HIDDEN_KEY = f"sk-\u200bproj-{HIDDEN_KEY_TAIL}"
+WIDE_EMAIL = "ana.lima.5e1d\uff20fabrikam.net"
+PLANTED = (EMAIL, CARD, OPENAI_KEY, AWS_KEY, PHONE, HIDDEN_KEY_TAIL, "ana.lima.5e1d")
 
 
 def _sha(secret: str) -> str:
@@ -235,6 +239,182 @@ def test_a_large_prompt_is_scanned_and_redacted(gw: Guarded) -> None:
     )
     assert r.status_code == 200, r.text
     assert gw.mock.last()["body"]["messages"][0]["content"].endswith(" [REDACTED:email]")
+
+
+def test_anthropic_documents_search_results_and_nested_tool_results_are_redacted(
+    gw: Guarded,
+) -> None:
+    with gw.anthropic(ENG_KEY) as client:
+        raw = client.messages.with_raw_response.create(
+            model="claude-haiku-4-5",
+            max_tokens=50,
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "document",
+                            "source": {"type": "text", "media_type": "text/plain", "data": EMAIL},
+                            "title": f"Card {CARD}",
+                            "context": f"from {EMAIL}",
+                        },
+                        {
+                            "type": "document",
+                            "source": {
+                                "type": "content",
+                                "content": [{"type": "text", "text": EMAIL}],
+                            },
+                        },
+                        {
+                            "type": "search_result",
+                            "source": "crm",
+                            "title": "Customer",
+                            "content": [{"type": "text", "text": f"mail {EMAIL}"}],
+                        },
+                        {"type": "text", "text": "Summarise."},
+                    ],
+                },
+                {
+                    "role": "assistant",
+                    "content": [{"type": "tool_use", "id": "toolu_1", "name": "crm", "input": {}}],
+                },
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "tool_result",
+                            "tool_use_id": "toolu_1",
+                            "content": [
+                                {
+                                    "type": "document",
+                                    "source": {
+                                        "type": "text",
+                                        "media_type": "text/plain",
+                                        "data": f"owner {EMAIL}",
+                                    },
+                                },
+                                {
+                                    "type": "search_result",
+                                    "source": "crm",
+                                    "title": EMAIL,
+                                    "content": [{"type": "text", "text": CARD}],
+                                },
+                            ],
+                        }
+                    ],
+                },
+            ],
+        )
+    assert raw.parse().content
+    sent = gw.mock.last()["body"]
+    first, _, tool = sent["messages"]
+    assert first["content"][0]["source"]["data"] == "[REDACTED:email]"
+    assert first["content"][0]["title"] == "Card [REDACTED:payment_card]"
+    assert first["content"][0]["context"] == "from [REDACTED:email]"
+    assert first["content"][1]["source"]["content"][0]["text"] == "[REDACTED:email]"
+    assert first["content"][2]["content"][0]["text"] == "mail [REDACTED:email]"
+    nested = tool["content"][0]["content"]
+    assert nested[0]["source"]["data"] == "owner [REDACTED:email]"
+    assert nested[1]["title"] == "[REDACTED:email]"
+    assert nested[1]["content"][0]["text"] == "[REDACTED:payment_card]"
+    record = gw.audit.wait_for(raw.headers["x-gateway-request-id"])
+    assert record["guardrails"]["categories"] == {
+        "email": {"count": 6, "action": "redact"},
+        "payment_card": {"count": 2, "action": "redact"},
+    }
+
+
+def test_chat_prediction_and_refusals_are_redacted(gw: Guarded) -> None:
+    with gw.openai(ENG_KEY) as client:
+        raw = client.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini",
+            messages=[
+                {"role": "user", "content": "Rewrite the note."},
+                {"role": "assistant", "content": None, "refusal": f"Not for {EMAIL}."},
+                {"role": "user", "content": "Please."},
+            ],
+            prediction={"type": "content", "content": f"Card {CARD} belongs to {EMAIL}."},
+        )
+    assert raw.parse().choices
+    sent = gw.mock.last()["body"]
+    assert sent["messages"][1]["refusal"] == "Not for [REDACTED:email]."
+    assert sent["prediction"]["content"] == (
+        "Card [REDACTED:payment_card] belongs to [REDACTED:email]."
+    )
+
+
+def test_a_secret_in_a_completions_suffix_is_blocked(gw: Guarded) -> None:
+    before = gw.upstream_count()
+    with gw.openai(ENG_KEY) as client, pytest.raises(openai.BadRequestError) as err:
+        client.completions.create(
+            model="gpt-3.5-turbo-instruct", prompt="def f():\n", suffix=f"# {OPENAI_KEY}"
+        )
+    assert err.value.code == "guardrail_blocked" and "openai_key" in err.value.message
+    gw.audit.wait_for(err.value.response.headers["x-gateway-request-id"])
+    assert gw.upstream_count() == before
+
+
+def test_responses_prompt_variables_are_redacted(gw: Guarded) -> None:
+    with gw.openai(ENG_KEY) as client:
+        raw = client.responses.with_raw_response.create(
+            model="gpt-4o-mini",
+            prompt={
+                "id": "pmpt_1",
+                "variables": {
+                    "customer": EMAIL,
+                    "card": {"type": "input_text", "text": f"card {CARD}"},
+                },
+            },
+            input="Write the letter.",
+        )
+    assert raw.parse().output
+    variables = gw.mock.last()["body"]["prompt"]["variables"]
+    assert variables == {
+        "customer": "[REDACTED:email]",
+        "card": {"type": "input_text", "text": "card [REDACTED:payment_card]"},
+    }
+
+
+def test_a_key_hidden_by_a_zero_width_space_is_blocked(gw: Guarded) -> None:
+    before = gw.upstream_count()
+    with gw.openai(ENG_KEY) as client, pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": f"why does {HIDDEN_KEY} get a 401?"}],
+        )
+    assert err.value.code == "guardrail_blocked" and "openai_key" in err.value.message
+    record = gw.audit.wait_for(err.value.response.headers["x-gateway-request-id"])
+    assert gw.upstream_count() == before
+    assert record["guardrails"]["categories"]["openai_key"] == {"count": 1, "action": "block"}
+
+
+def test_a_full_width_at_sign_is_redacted_where_it_was_written(gw: Guarded) -> None:
+    with gw.anthropic(ENG_KEY) as client:
+        raw = client.messages.with_raw_response.create(
+            model="claude-haiku-4-5",
+            max_tokens=50,
+            messages=[{"role": "user", "content": f"Write to \u200b{WIDE_EMAIL}, please."}],
+        )
+    assert raw.parse().content
+    # The span as written is replaced; the zero-width space before it is not part of it.
+    assert gw.mock.last()["body"]["messages"][0]["content"] == (
+        "Write to \u200b[REDACTED:email], please."
+    )
+
+
+def test_a_part_whose_type_is_not_a_string_is_scanned_not_a_crash(gw: Guarded) -> None:
+    """A list as a part's `type` made the guardrails raise (a 500); the provider judges it."""
+    r = httpx.post(
+        gw.stack.gateway_url + "/v1/chat/completions",
+        json={
+            "model": "gpt-4o-mini",
+            "messages": [{"role": "user", "content": [{"type": ["text"], "text": EMAIL}]}],
+        },
+        headers={"authorization": f"Bearer {ENG_KEY}"},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    assert gw.mock.last()["body"]["messages"][0]["content"][0]["text"] == "[REDACTED:email]"
 
 
 def test_no_planted_value_in_any_file_the_stack_wrote(gw: Guarded) -> None:

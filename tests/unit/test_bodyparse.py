@@ -64,6 +64,17 @@ async def test_caps_answer_in_both_paths(size: int) -> None:
         await bodyparse.parse_off_loop(Api.OPENAI_CHAT, deep, Limits(max_json_depth=8))
 
 
+@pytest.mark.parametrize("size", [100, 2 * bodyparse.OFFLOAD_BYTES])
+async def test_a_repeated_key_is_refused_in_both_paths(size: int) -> None:
+    """The provider may read the first `content` (a secret) where the gateway read the last."""
+    raw = (
+        b'{"model": "gpt-4o", "messages": [{"role": "user", "content": "sk-secret", '
+        b'"content": "' + b"x" * size + b'"}]}'
+    )
+    with pytest.raises(BadRequest, match="repeats the key `content`"):
+        await bodyparse.parse_off_loop(Api.OPENAI_CHAT, raw, LIMITS)
+
+
 async def test_the_event_loop_runs_while_a_large_body_is_parsed() -> None:
     """Ordering, not timing: a task on the loop keeps ticking while the parse is in progress
     (inline, the same parse would let it tick not once)."""

@@ -1,18 +1,30 @@
 """Precision and recall of every guardrail category on the labelled corpus
-(tests/fixtures/guardrails/corpus.yaml), against the thresholds the README documents.
+(tests/fixtures/guardrails/corpus.yaml: texts, obfuscated ones among them) and the labelled
+request bodies (tests/fixtures/guardrails/requests.yaml: every string the model reads in each),
+against the thresholds the README documents.
 
 Run with `-s` to see the table. The corpus was written while the detectors were tuned, so it is
 a regression floor for the near-misses it names, not an independent benchmark."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 
 from gateway_extproc.budgets.model import Match
 from gateway_extproc.guardrails import Category, GuardAction, GuardrailConfig
 from gateway_extproc.guardrails.engine import finding_action
 from gateway_extproc.guardrails.scan import scan
-from tests.guardrails_corpus import ALLOWED_EMAIL_DOMAINS, evaluate, load_corpus, table
+from gateway_extproc.guardrails.texts import text_slots
+from tests.guardrails_corpus import (
+    ALLOWED_EMAIL_DOMAINS,
+    RequestCase,
+    evaluate,
+    load_corpus,
+    load_requests,
+    table,
+    tally,
+)
 
 # README "Guardrails": every category must keep at least these on the corpus.
 MIN_PRECISION = 0.95
@@ -29,6 +41,14 @@ def gateway(text: str) -> Iterator[tuple[str, str]]:
             yield f.category.value, text[f.start : f.end]
 
 
+def in_request(case: RequestCase) -> Counter[tuple[str, str]]:
+    """The gateway's findings in every string of the body the model reads."""
+    found: Counter[tuple[str, str]] = Counter()
+    for container, key in text_slots(case.api, case.body):
+        found.update(gateway(container[key]))
+    return found
+
+
 def test_every_category_has_positives_and_near_misses() -> None:
     cases = load_corpus()
     for category in Category:
@@ -41,6 +61,8 @@ def test_every_category_has_positives_and_near_misses() -> None:
 
 def test_precision_and_recall_per_category() -> None:
     scores = evaluate(gateway, load_corpus(), [c.value for c in Category])
+    for case in load_requests():
+        tally(scores, in_request(case), case.expect)
     print("\n" + table(scores))
     for category, s in scores.items():
         assert s.precision >= MIN_PRECISION, (category, s)
@@ -52,3 +74,9 @@ def test_each_near_miss_is_quiet_and_each_positive_exact() -> None:
     for case in load_corpus():
         found = sorted(gateway(case.text))
         assert found == sorted(case.expect.elements()), case.text
+
+
+def test_each_request_finds_what_the_model_reads_and_nothing_else() -> None:
+    """Per request, so a regression names the shape it broke on."""
+    for case in load_requests():
+        assert in_request(case) == case.expect, case.name

@@ -4,6 +4,7 @@ the body sent upstream, and nothing else is touched (images, files, audio, ids, 
 from __future__ import annotations
 
 import copy
+from collections import Counter
 from typing import Any
 
 import orjson
@@ -16,6 +17,7 @@ from gateway_extproc.guardrails import Category, GuardAction, GuardrailConfig, G
 from gateway_extproc.guardrails.texts import text_slots
 from gateway_extproc.identity.model import ANONYMOUS
 from gateway_extproc.inbound import parse_request, upstream_body, with_body
+from tests.guardrails_corpus import ALLOWED_EMAIL_DOMAINS, RequestCase, load_requests
 
 MAIL = "alice@corp.io"  # one e-mail address per text the model reads
 R = "[REDACTED:email]"
@@ -235,14 +237,64 @@ def test_redaction_combines_with_the_other_upstream_rewrites() -> None:
     }
 
 
-def test_token_id_prompts_and_unknown_part_types_are_not_text() -> None:
-    body = {
+REDACT_ALL = Guardrails(
+    (
+        GuardrailConfig(
+            "all", Match(), dict.fromkeys(Category, GuardAction.REDACT), ALLOWED_EMAIL_DOMAINS
+        ),
+    )
+)
+
+
+@pytest.mark.parametrize("case", load_requests(), ids=lambda c: c.name)
+def test_every_labelled_value_is_redacted_and_nothing_else_changes(case: RequestCase) -> None:
+    """tests/fixtures/guardrails/requests.yaml: documents, search results, tool results,
+    predictions, refusals, suffixes, prompt variables, obfuscated values."""
+    request = parse_request(case.api, orjson.dumps(case.body))
+    entry = Catalog.load([]).lookup(case.body["model"])
+    assert entry is not None
+    result = REDACT_ALL.check(ANONYMOUS, entry, request)
+    assert result is not None and result.body is not None
+    assert {c.value: n for c, n in result.counts.items()} == dict(
+        Counter(c for c, _ in case.expect.elements())
+    )
+    sent = upstream_body(request, served_model=request.model, redacted=result.body)
+    assert sent is not None
+    upstream = orjson.loads(sent)
+    for _, value in case.expect:
+        assert value.encode() not in sent, value
+    for value in case.kept:  # media, ids, signed thinking: byte for byte the client's
+        assert sent.count(value.encode()) == orjson.dumps(case.body).count(value.encode())
+    # Only the strings the model reads changed: put them back and the bodies are equal.
+    pairs = zip(text_slots(case.api, upstream), text_slots(case.api, case.body), strict=True)
+    for (changed, key), (original, same_key) in pairs:
+        changed[key] = original[same_key]
+    assert upstream == case.body
+
+
+def test_token_ids_are_not_text_and_unknown_parts_are_read() -> None:
+    completions = {"model": "m", "prompt": [[1, 2, 3], [4]], "suffix": MAIL}
+    assert [c[k] for c, k in text_slots(Api.OPENAI_COMPLETIONS, completions)] == [MAIL]
+    chat = {
         "model": "m",
-        "prompt": [[1, 2, 3]],
-        "messages": [{"content": [{"type": "refusal", "refusal": MAIL}]}],
+        "messages": [
+            {"role": "user", "content": [{"type": "refusal", "refusal": MAIL}]},
+            {"role": "user", "content": [{"type": "future_part", "caption": MAIL, "id": "x"}]},
+        ],
     }
-    assert list(text_slots(Api.OPENAI_COMPLETIONS, body)) == []
-    assert list(text_slots(Api.OPENAI_CHAT, body)) == []
+    assert [c[k] for c, k in text_slots(Api.OPENAI_CHAT, chat)] == [MAIL, MAIL]
+
+
+@pytest.mark.parametrize("kind", [["text"], {"a": 1}, 7, None])
+def test_a_malformed_part_type_is_read_not_a_crash(kind: object) -> None:
+    """A `type` that is not a string (unhashable, even) is the provider's to refuse."""
+    part = {"type": kind, "text": MAIL}
+    for api, body in (
+        (Api.OPENAI_CHAT, {"messages": [{"role": "user", "content": [part]}]}),
+        (Api.OPENAI_RESPONSES, {"input": [{"role": "user", "content": [part]}]}),
+        (Api.ANTHROPIC_MESSAGES, {"messages": [{"role": "user", "content": [part]}]}),
+    ):
+        assert [c[k] for c, k in text_slots(api, body)] == [MAIL]
 
 
 def test_the_worst_case_is_computed_on_the_redacted_body() -> None:
