@@ -21,7 +21,8 @@ def _config_path(value: str | None) -> Path | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from gateway_extproc.stack import Stack, StackError
+    from gateway_extproc.launch import StackError
+    from gateway_extproc.stack import Stack
 
     stack = Stack(run_dir=Path(args.run_dir), config_path=_config_path(args.config))
     stopping = False
@@ -89,7 +90,7 @@ def cmd_envoy_config(args: argparse.Namespace) -> int:
     from gateway_extproc import envoy_config
     from gateway_extproc.config import load_config
     from gateway_extproc.envoy_ops import with_downstream_tls
-    from gateway_extproc.stack import ca_bundle
+    from gateway_extproc.launch import ca_bundle
     from gateway_extproc.upstreams import resolve_upstreams
 
     config = load_config(_config_path(args.config), os.environ)
