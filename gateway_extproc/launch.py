@@ -1,5 +1,6 @@
 """Finding the local stack's binaries and starting its processes: Envoy validated, started and
-waited for; ports and readiness waits. Used by `stack.py`, the bench and the tests."""
+waited for; ports, readiness waits, files only their owner reads. Used by `stack.py`, the
+bench and the tests."""
 
 from __future__ import annotations
 
@@ -69,6 +70,14 @@ def wait_for(
 
 def port_written(path: Path) -> bool:
     return path.exists() and path.read_text().strip().isdigit()
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner may read (Envoy's bootstrap carries the caller token)."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
 
 
 def validate_envoy_config(path: Path) -> None:

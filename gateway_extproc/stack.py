@@ -21,6 +21,7 @@ from typing import IO
 
 from gateway_extproc import envoy_config
 from gateway_extproc.config import GatewayConfig, load_config
+from gateway_extproc.envoy_extproc import ClientTls, sidecar_access
 from gateway_extproc.launch import (
     StackError,
     ca_bundle,
@@ -30,7 +31,9 @@ from gateway_extproc.launch import (
     port_written,
     validate_envoy_config,
     wait_for,
+    write_private,
 )
+from gateway_extproc.sidecar_auth.settings import fresh_secrets
 from gateway_extproc.upstreams import Upstream, needs_mock, resolve_upstreams
 
 # Importers of the stack (bench, tests) find these here as they always did.
@@ -76,6 +79,7 @@ class Stack:
     mock_args: tuple[str, ...] = ()
     start_sidecar: bool = True
     envoy_concurrency: int = 2  # Envoy worker threads
+    sidecar_client_tls: ClientTls | None = None  # Envoy's certificate for a sidecar with tls
 
     def __post_init__(self) -> None:
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
@@ -89,6 +93,9 @@ class Stack:
         self.sidecar_ports: dict[int, int] = {}  # worker -> bound port
         self.metrics_ports: dict[int, int] = {}  # worker -> its /metrics port
         self.upstreams: dict[str, Upstream] = {}
+        # This run's caller token and state key: in the sidecar workers' environment only (and
+        # the token in Envoy's bootstrap, a file only its owner reads), never on a command line.
+        self.sidecar_secrets = fresh_secrets(self.config.sidecar_auth)
 
     # -- processes --------------------------------------------------------------------------
 
@@ -201,7 +208,7 @@ class Stack:
             argv += ["--admin-address", f"{admin.host}:{admin_port}"]
             argv += ["--admin-port-file", str(admin_port_file)]
         env = {
-            **self.environ,
+            **self.sidecar_environ,
             "GATEWAY_REDIS_URL": self.redis_url,
             "GATEWAY_RUN_DIR": str(self.run_dir),
         }
@@ -242,12 +249,18 @@ class Stack:
             if self.admin_api_http_port is None
             else self.admin_api_http_port,
         )
-        bootstrap = envoy_config.build(self.config, ports, upstreams.values(), ca_bundle())
+        access = sidecar_access(self.config, self.sidecar_environ, self.sidecar_client_tls)
+        bootstrap = envoy_config.build(self.config, ports, upstreams.values(), ca_bundle(), access)
         return envoy_config.render(bootstrap)
+
+    @property
+    def sidecar_environ(self) -> dict[str, str]:
+        """The environment the sidecar workers read their caller secrets from."""
+        return {**self.environ, **self.sidecar_secrets}
 
     def start_envoy(self) -> None:
         path = self.run_dir / "envoy.yaml"
-        path.write_text(self.envoy_yaml())
+        write_private(path, self.envoy_yaml())
         self.gateway_url, self.admin_url, _ = launch_envoy(
             path, lambda argv: self._spawn("envoy", argv), self.envoy_concurrency
         )

@@ -25,6 +25,7 @@ from gateway_extproc.runtime import build_context, close_context, start_context
 from gateway_extproc.spend.rollup import Dimensions, UsageRecord
 from gateway_extproc.tokens import Usage
 from tests.redis_servers import RedisEndpoint, redis_standalone_server  # noqa: F401
+from tests.sidecar_secrets import ENV as SIDECAR_ENV
 
 USD = 1_000_000
 NOW = dt.datetime(2026, 11, 26, 15, tzinfo=dt.UTC).timestamp()
@@ -89,7 +90,7 @@ async def admin(
     prefix = f"t{uuid.uuid4().hex[:8]}"
     config.write_text(CONFIG.format(tokens=static_tokens(), prefix=prefix, audit=audit))
     node = redis_standalone_server
-    env = {"GATEWAY_REDIS_URL": f"redis://{node.host}:{node.port}/0"}
+    env = {"GATEWAY_REDIS_URL": f"redis://{node.host}:{node.port}/0", **SIDECAR_ENV}
     ctx = build_context(config, env, "http://127.0.0.1:9/v1")  # providers: the (unused) mock
     await start_context(ctx)
     await ctx.budgets.services.start()

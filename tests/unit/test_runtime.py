@@ -18,6 +18,7 @@ from gateway_extproc import runtime as runtime_module
 from gateway_extproc.context import GatewayContext
 from gateway_extproc.observability.telemetry import Telemetry
 from gateway_extproc.runtime import Runtime, build_context
+from tests.sidecar_secrets import ENV as SIDECAR_ENV
 
 MOCK = "http://127.0.0.1:9/v1"
 
@@ -45,7 +46,7 @@ def closed(monkeypatch: pytest.MonkeyPatch) -> list[GatewayContext]:
 def runtime(tmp_path: Path) -> Iterator[Runtime]:
     path = tmp_path / "gateway.yaml"
     path.write_text(tokens_config("one"))
-    env = {"GATEWAY_AUDIT_LOG": str(tmp_path / "audit.jsonl")}
+    env = {"GATEWAY_AUDIT_LOG": str(tmp_path / "audit.jsonl"), **SIDECAR_ENV}
     rt = Runtime(build_context(path, env, MOCK), path, env, MOCK)
     yield rt
     rt.ctx.audit.close()  # shared by every context, closed by the server at exit
@@ -118,7 +119,7 @@ def watched(tmp_path: Path) -> Iterator[tuple[Runtime, Path]]:
     tokens.write_text(f'bot-x: {{sha256: "{hashlib.sha256(b"x").hexdigest()}"}}\n')
     path = tmp_path / "gateway.yaml"
     path.write_text(f"identity:\n  static_tokens_file: {tokens}\n")
-    env = {"GATEWAY_AUDIT_LOG": str(tmp_path / "audit.jsonl")}
+    env = {"GATEWAY_AUDIT_LOG": str(tmp_path / "audit.jsonl"), **SIDECAR_ENV}
     rt = Runtime(build_context(path, env, MOCK), path, env, MOCK)
     yield rt, tokens
     rt.ctx.audit.close()
