@@ -76,6 +76,16 @@ async def test_a_replaced_context_lives_until_its_last_stream_ends(
     assert closed == [second, first, runtime.ctx]
 
 
+async def test_a_reload_keeps_the_caller_check_and_state_keys(runtime: Runtime) -> None:
+    """Read once at start (Envoy's bootstrap carries the token and changes only with a restart
+    too): every context a reload builds shares them, counters included."""
+    first = runtime.ctx.sidecar_auth
+    runtime._environ = {**runtime._environ, "GATEWAY_SIDECAR_TOKEN": "x" * 40}  # ignored
+    assert await runtime.reload("test")
+    assert runtime.ctx.sidecar_auth is first
+    await runtime.close()
+
+
 async def test_shutdown_closes_replaced_contexts_whose_streams_never_ended(
     runtime: Runtime, closed: list[GatewayContext]
 ) -> None:
