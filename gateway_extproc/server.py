@@ -51,10 +51,6 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         request_iterator: AsyncIterator[pb.ProcessingRequest],
         context: grpc.aio.ServicerContext,
     ) -> None:
-        # context.read() / write(): an observer stream reads and never writes, a request
-        # stream writes one reply per message.
-        # The context current when the stream starts serves the whole stream, across reloads;
-        # the runtime keeps it open until its last stream ends.
         # Who is calling, before anything else: only Envoy holds the token (sidecar_auth/).
         metadata = context.invocation_metadata()
         auth = self.runtime.ctx.sidecar_auth
@@ -72,6 +68,10 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "caller token required")
         if not self.runtime.accepting:  # drained: Envoy's health checks stopped sending these
             await context.abort(grpc.StatusCode.UNAVAILABLE, "draining: no new streams")
+        # context.read() / write(): an observer stream reads and never writes, a request
+        # stream writes one reply per message.
+        # The context current when the stream starts serves the whole stream, across reloads;
+        # the runtime keeps it open until its last stream ends.
         with self.runtime.stream() as ctx:
             processor: StreamProcessor | None = None
             observer = StreamObserver(ctx)
