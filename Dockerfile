@@ -38,8 +38,10 @@ ENV PATH=/opt/gateway/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 USER 10001:10001
-EXPOSE 50051
 # The sidecar alone: one ext_proc worker. Arguments: --config FILE --address HOST:PORT
-# --journal FILE (see `python -m gateway_extproc.server --help`).
+# --journal FILE (see `python -m gateway_extproc.server --help`). It listens on loopback, for
+# the Envoy in its own pod; elsewhere only with sidecar.tls (README "Who may talk to the
+# sidecar"). It needs its caller token and state keys (GATEWAY_SIDECAR_TOKEN,
+# GATEWAY_STATE_KEYS, or files named in the config).
 ENTRYPOINT ["python", "-m", "gateway_extproc.server"]
-CMD ["--address", "0.0.0.0:50051"]
+CMD ["--address", "127.0.0.1:50051"]

@@ -66,9 +66,10 @@ unit: $(STAMP)
 e2e: $(STAMP)
 	$(BIN)/pytest -q tests/e2e
 
-## envoy-config: regenerate envoy/envoy.yaml (the bootstrap for the built-in config)
+## envoy-config: regenerate envoy/envoy.yaml (the bootstrap for the built-in config; a placeholder
+##               where a deployment's sidecar caller token goes)
 envoy-config: $(STAMP)
-	$(BIN)/gatewayctl envoy-config --out envoy/envoy.yaml --workers 2 --ca-file /etc/ssl/certs/ca-certificates.crt
+	GATEWAY_SIDECAR_TOKEN=REPLACE-WITH-THIS-DEPLOYMENTS-SIDECAR-TOKEN $(BIN)/gatewayctl envoy-config --out envoy/envoy.yaml --workers 2 --ca-file /etc/ssl/certs/ca-certificates.crt
 
 ## proto: regenerate gateway_extproc/admin/_generated from proto/ (committed; never hand-edited)
 proto: $(STAMP)

@@ -11,6 +11,8 @@ SETUP_NAMES = {
     "plain": "plain envoy",
     "noop": "no-op ext_proc",
     "noop-observe": "no-op ext_proc, observe mode",
+    "noop-state": "no-op observe, state handed over",
+    "noop-trust": "no-op observe, state + caller checks",
     "gateway-sync": "gateway, synchronous (before)",
     "gateway": "gateway, observe (after)",
     "gateway+otel": "gateway, traces + metrics on",
@@ -214,6 +216,24 @@ def build(
         for w in sorted(set(sync_workers)):
             ratios[f"floor: rps noop-observe/gateway-sync json c={sat} W={w}"] = _ratio(
                 v("rps", "noop-observe", w, "json", sat), v("rps", "gateway-sync", w, "json", sat)
+            )
+
+    # The caller checks (W=1): sidecar CPU per request with the token check, the sign and the
+    # verify, minus the same no-op without them, against the no-op floor.
+    if table.find("noop-trust", 1, "json", sat) is not None:
+        for load in ("json", "sse"):
+            added_ms = _diff(
+                v("sidecar_ms_per_req", "noop-trust", 1, load, sat),
+                v("sidecar_ms_per_req", "noop-state", 1, load, sat),
+            )
+            ratios[f"caller checks: sidecar cpu us/request added {load} c={sat} W=1"] = (
+                None if added_ms is None else added_ms * 1000
+            )
+            ratios[f"caller checks: added / noop-observe cpu {load} c={sat} W=1"] = _ratio(
+                added_ms, v("sidecar_ms_per_req", "noop-observe", 1, load, sat)
+            )
+            ratios[f"caller checks: rps noop-trust/noop-state {load} c={sat} W=1"] = _ratio(
+                v("rps", "noop-trust", 1, load, sat), v("rps", "noop-state", 1, load, sat)
             )
 
     # Telemetry on versus off (W=1): latency added at c=1, throughput and sidecar CPU at c=sat.

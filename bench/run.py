@@ -27,7 +27,7 @@ from typing import IO
 
 import redis
 
-from bench import guardrails, load, otlp_sink, report, request_body, setups
+from bench import guardrails, load, otlp_sink, report, request_body, setups, trust
 from bench.report import Row
 from bench.upstream import CHUNKS, response_bytes
 from gateway_extproc.stack import StackError, find_binary
@@ -306,8 +306,10 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, bool]:
     parser.add_argument("--keep", action="store_true", help="keep the run directory (logs)")
     parser.add_argument(
         "--setups",
-        default="plain,noop,noop-observe,gateway-sync,gateway,gateway+otel,guardrails,request-body",
+        default="plain,noop,noop-observe,noop-state,noop-trust,gateway-sync,gateway,"
+        "gateway+otel,guardrails,request-body",
         help="comma-separated subset, e.g. gateway,gateway+otel (telemetry on versus off); "
+        "noop-state,noop-trust (the caller checks' cost, with the per-call figures); "
         "guardrails: the 1 MB prompt scan; request-body: refusing repeated JSON keys versus "
         "re-serialising every body (both pure CPU, no processes)",
     )
@@ -350,6 +352,10 @@ def run(settings: Settings, run_dir: Path, log: IO[bytes]) -> dict[str, object]:
             ("plain", 0, True),
             ("noop", 1, True),
             ("noop-observe", 1, True),  # observe mode's transport with no work: its floor
+            # The caller checks' cost: the same no-op handing a state over, without and with
+            # the token check, the sign and the verify (bench/noop.py, bench/trust.py).
+            ("noop-state", 1, False),
+            ("noop-trust", 1, False),
             ("gateway-sync", 1, True),  # the synchronous response path (before issue 13)
             ("gateway", 1, True),
             ("gateway+otel", 1, True),  # traces + metrics on, exported to a local sink
@@ -362,13 +368,13 @@ def run(settings: Settings, run_dir: Path, log: IO[bytes]) -> dict[str, object]:
         for setup, workers, full in plans:
             if setup not in settings.setups:
                 continue
-            if workers == n and not full and n == 1:
+            if workers == n and not full and n == 1 and setup not in setups.NOOP_HANDOFFS:
                 continue  # W=N is W=1 on a one-core machine
             bench.progress(f"starting {setup}" + (f" with {workers} worker(s)" if workers else ""))
             if setup == "plain":
                 cm = setups.plain(log, run_dir, port, env)
-            elif setup in ("noop", "noop-observe"):
-                cm = setups.noop(log, run_dir, port, workers, env, observe=setup == "noop-observe")
+            elif setup in setups.NOOP_HANDOFFS:
+                cm = setups.noop(log, run_dir, port, workers, env, setup=setup)
             elif setup == "gateway-sync":
                 cm = setups.gateway(
                     log, log_path, run_dir, port, workers, identity, env, synchronous=True
@@ -432,6 +438,9 @@ def main(argv: list[str] | None = None) -> int:
     if "request-body" in settings.setups:
         result["request_body"] = request_body.measure()
         print("\n" + request_body.render(result["request_body"]))
+    if "noop-trust" in settings.setups:
+        result["caller_checks"] = trust.measure()
+        print("\n" + trust.render(result["caller_checks"]))
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     out = RESULTS / f"bench-{stamp}.json"

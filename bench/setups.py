@@ -30,6 +30,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway_extproc import envoy_config
 from gateway_extproc.config import GatewayConfig, load_document, merge, parse_config
+from gateway_extproc.envoy_extproc import sidecar_access
+from gateway_extproc.sidecar_auth.settings import SidecarAuthConfig, fresh_secrets
 from gateway_extproc.stack import (
     Stack,
     ca_bundle,
@@ -68,13 +70,16 @@ class Procs:
         self.output = output
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def spawn(self, argv: list[str]) -> subprocess.Popen[bytes]:
+    def spawn(
+        self, argv: list[str], env: Mapping[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(
             argv,
             stdout=self.output,
             stderr=self.output,
             stdin=subprocess.DEVNULL,
             cwd=REPO,
+            env=None if env is None else dict(env),
             start_new_session=True,  # Ctrl-C reaches only us; we stop the children
         )
         self.procs.append(proc)
@@ -92,9 +97,16 @@ class Procs:
                     proc.wait()
 
 
-def _port_from_file(procs: Procs, module: str, port_file: Path) -> tuple[int, int]:
+def _port_from_file(
+    procs: Procs,
+    module: str,
+    port_file: Path,
+    args: tuple[str, ...] = (),
+    env: Mapping[str, str] | None = None,
+) -> tuple[int, int]:
     port_file.unlink(missing_ok=True)
-    proc = procs.spawn([sys.executable, "-m", module, "--port-file", str(port_file)])
+    argv = [sys.executable, "-m", module, "--port-file", str(port_file), *args]
+    proc = procs.spawn(argv, env)
 
     def ready() -> bool:
         return port_file.exists() and port_file.read_text().strip().isdigit()
@@ -160,7 +172,8 @@ def noop_bootstrap(
         sidecar_ports=sidecar_ports,
     )
     upstreams = resolve_upstreams(config, environ, None).values()
-    bootstrap = envoy_config.build(config, ports, upstreams, ca_bundle())
+    access = sidecar_access(config, {**environ, **NOOP_SECRETS})
+    bootstrap = envoy_config.build(config, ports, upstreams, ca_bundle(), access)
     # The no-op never sets the gateway's routing header: a fallback route after the gateway's
     # own sends such requests to the provider's cluster (the gateway's requests never use it).
     hcm = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
@@ -282,6 +295,15 @@ def plain(
         procs.stop()
 
 
+# The no-ops' caller token and state key (the noop-trust setup checks them; Envoy sends the
+# token to every no-op, so the setups differ only by the sidecar's work).
+NOOP_SECRETS = fresh_secrets(SidecarAuthConfig())
+# Setup -> the no-op's --handoff: nothing, a state handed to the observer, the same signed and
+# verified with the caller token checked (bench/noop.py).
+NOOP_HANDOFFS = {"noop": "none", "noop-observe": "none", "noop-state": "state"}
+NOOP_HANDOFFS["noop-trust"] = "signed"
+
+
 @contextlib.contextmanager
 def noop(
     output: IO[bytes],
@@ -290,14 +312,16 @@ def noop(
     workers: int,
     environ: Mapping[str, str],
     *,
-    observe: bool = False,
+    setup: str = "noop",
 ) -> Iterator[Running]:
-    setup = "noop-observe" if observe else "noop"
+    observe = setup != "noop"
     config = data_plane_config(upstream_port, environ, "observe" if observe else "synchronous")
     procs = Procs(output)
+    args = ("--handoff", NOOP_HANDOFFS[setup])
+    env = {**environ, **NOOP_SECRETS}
     try:
         started = [
-            _port_from_file(procs, "bench.noop", run_dir / f"{setup}-{i}.port")
+            _port_from_file(procs, "bench.noop", run_dir / f"{setup}-{i}.port", args, env)
             for i in range(workers)
         ]
         bootstrap = noop_bootstrap(config, tuple(port for port, _ in started), environ)

@@ -21,7 +21,8 @@ def _config_path(value: str | None) -> Path | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from gateway_extproc.stack import Stack, StackError
+    from gateway_extproc.launch import StackError
+    from gateway_extproc.stack import Stack
 
     stack = Stack(run_dir=Path(args.run_dir), config_path=_config_path(args.config))
     stopping = False
@@ -88,8 +89,9 @@ def _traces_line(environ: Mapping[str, str]) -> str:
 def cmd_envoy_config(args: argparse.Namespace) -> int:
     from gateway_extproc import envoy_config
     from gateway_extproc.config import load_config
+    from gateway_extproc.envoy_extproc import ClientTls, sidecar_access
     from gateway_extproc.envoy_ops import with_downstream_tls
-    from gateway_extproc.stack import ca_bundle
+    from gateway_extproc.launch import ca_bundle
     from gateway_extproc.upstreams import resolve_upstreams
 
     config = load_config(_config_path(args.config), os.environ)
@@ -110,7 +112,23 @@ def cmd_envoy_config(args: argparse.Namespace) -> int:
         admin_api_port=config.admin_api.port,
         admin_api_http_port=config.admin_api.http_port,
     )
-    bootstrap = envoy_config.build(config, ports, upstreams.values(), args.ca_file or ca_bundle())
+    sidecar_tls = (args.sidecar_tls_cert, args.sidecar_tls_key, args.sidecar_tls_ca)
+    client_tls = None
+    if any(sidecar_tls):
+        if not all(sidecar_tls):
+            print(
+                "gatewayctl: --sidecar-tls-cert, --sidecar-tls-key and --sidecar-tls-ca go "
+                "together",
+                file=sys.stderr,
+            )
+            return 2
+        server_name = args.sidecar_tls_server_name or args.sidecar_host or config.sidecar_host
+        client_tls = ClientTls(*sidecar_tls, server_name=server_name)
+    # The token from where the sidecar reads it (sidecar.caller_token): missing is an error.
+    access = sidecar_access(config, os.environ, client_tls)
+    bootstrap = envoy_config.build(
+        config, ports, upstreams.values(), args.ca_file or ca_bundle(), access
+    )
     if args.tls_cert or args.tls_key:
         if not (args.tls_cert and args.tls_key):
             print("gatewayctl: --tls-cert and --tls-key go together", file=sys.stderr)
@@ -129,9 +147,21 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     config = load_config(_config_path(args.config), os.environ)
     if args.require_credentials:
+        from gateway_extproc.sidecar_auth.settings import load_secrets
         from gateway_extproc.upstreams import resolve_upstreams
 
-        resolve_upstreams(config, os.environ, None)  # ConfigError names each missing one
+        problems: list[str] = []
+        # Every provider key and the sidecar's caller token and state keys: each missing one named.
+        for check in (
+            lambda: resolve_upstreams(config, os.environ, None),
+            lambda: load_secrets(config.sidecar_auth, os.environ),
+        ):
+            try:
+                check()
+            except ConfigError as exc:
+                problems += exc.problems
+        if problems:
+            raise ConfigError(problems)
     print(f"ok: {len(config.providers)} providers, {len(config.catalog.models())} models")
     if not args.redis:
         return 0
@@ -205,6 +235,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     env.add_argument("--tls-cert", default=None, help="serve the listener over TLS: PEM chain")
     env.add_argument("--tls-key", default=None, help="and its PEM private key")
+    env.add_argument(
+        "--sidecar-tls-cert",
+        default=None,
+        help="a sidecar apart from Envoy (sidecar.tls): Envoy's client certificate (PEM)",
+    )
+    env.add_argument("--sidecar-tls-key", default=None, help="and its PEM private key")
+    env.add_argument(
+        "--sidecar-tls-ca", default=None, help="the CA that signed the sidecar's certificate"
+    )
+    env.add_argument(
+        "--sidecar-tls-server-name",
+        default=None,
+        help="the DNS name the sidecar's certificate carries (default: the sidecar host)",
+    )
     env.set_defaults(func=cmd_envoy_config)
     drain = sub.add_parser(
         "drain-envoy",
@@ -229,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         "--require-credentials",
         action="store_true",
         help="also require every provider's key (its env variable or file) to be present, as "
-        "the sidecar does when no mock provider runs (exit status 2 naming each missing one)",
+        "the sidecar does when no mock provider runs, and the sidecar's caller token and state "
+        "keys (exit status 2 naming each missing one)",
     )
     check.set_defaults(func=cmd_check)
     add_token_command(sub)

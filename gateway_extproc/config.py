@@ -38,6 +38,8 @@ from gateway_extproc.namespaces import namespace_problems
 from gateway_extproc.observability.settings import ObservabilityConfig, parse_observability
 from gateway_extproc.ratelimits.model import RateLimitConfig
 from gateway_extproc.ratelimits.settings import parse_rate_limits
+from gateway_extproc.sidecar_auth.settings import KEYS as SIDECAR_AUTH_KEYS
+from gateway_extproc.sidecar_auth.settings import SidecarAuthConfig, parse_sidecar_auth
 from gateway_extproc.spend.rollup import RollupSettings
 
 
@@ -86,6 +88,8 @@ class GatewayConfig:
     metering: MeteringConfig = dataclasses.field(default_factory=MeteringConfig)
     guardrails: Guardrails = dataclasses.field(default_factory=Guardrails)
     cache: CacheConfig = dataclasses.field(default_factory=CacheConfig)
+    # Who may call the sidecar: Envoy's token, the state MAC keys, TLS (sidecar_auth/).
+    sidecar_auth: SidecarAuthConfig = dataclasses.field(default_factory=SidecarAuthConfig)
 
     @property
     def uses_store(self) -> bool:
@@ -167,6 +171,7 @@ def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayC
             "reload_poll_s",
             "health_check_interval_s",
             "health_check_unhealthy_threshold",
+            *SIDECAR_AUTH_KEYS,
         },
     )
     workers = r.integer({"workers": sidecar.get("workers", 0)}, "sidecar", "workers", 0, 256)
@@ -301,6 +306,7 @@ def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayC
         metering=parse_metering(r, doc),
         guardrails=guardrails,
         cache=parse_cache(doc.get("cache"), r.problems),
+        sidecar_auth=parse_sidecar_auth(sidecar, r.problems),
     )
     r.problems.extend(caller_problems(config.admin_api, identity, dev_issuer))
     if r.problems:

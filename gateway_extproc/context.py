@@ -14,6 +14,7 @@ from gateway_extproc.catalog import Catalog
 from gateway_extproc.config import GatewayConfig
 from gateway_extproc.identity.authenticator import Authenticator
 from gateway_extproc.observability.telemetry import Telemetry
+from gateway_extproc.sidecar_auth.guard import SidecarAuth
 from gateway_extproc.upstreams import Upstream
 
 
@@ -25,6 +26,8 @@ class GatewayContext:
     audit: AuditSink
     authenticator: Authenticator
     budgets: BudgetGate
+    # The caller check, the state seal and their counters: process-lifetime, kept by reloads.
+    sidecar_auth: SidecarAuth
     # Reported-model mismatches by kind (model_mismatch.MismatchKind), for metrics.
     model_mismatches: collections.Counter[str] = dataclasses.field(
         default_factory=collections.Counter

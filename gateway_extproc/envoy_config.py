@@ -16,7 +16,12 @@ import yaml
 from gateway_extproc import handoff
 from gateway_extproc.admin import envoy_json
 from gateway_extproc.config import GatewayConfig
-from gateway_extproc.envoy_extproc import EXTPROC_CLUSTER, ext_proc_filters
+from gateway_extproc.envoy_extproc import (
+    EXTPROC_CLUSTER,
+    SidecarAccess,
+    ext_proc_filters,
+    secure_sidecar_calls,
+)
 from gateway_extproc.envoy_ops import admin_cluster, ops_listener
 from gateway_extproc.observability import envoy_tracing
 from gateway_extproc.processor import METADATA_RESPONSE_HEADERS
@@ -327,8 +332,13 @@ CIRCUIT_BREAKERS = {
 
 
 def build(
-    config: GatewayConfig, ports: EnvoyPorts, upstreams: Iterable[Upstream], ca_file: str
+    config: GatewayConfig,
+    ports: EnvoyPorts,
+    upstreams: Iterable[Upstream],
+    ca_file: str,
+    access: SidecarAccess,
 ) -> dict[str, Any]:
+    """`access`: how Envoy proves itself to the sidecar (its caller token, a client cert)."""
     limit = config.limits.max_request_body_bytes
     sidecar_cluster = {
         "name": EXTPROC_CLUSTER,
@@ -390,6 +400,7 @@ def build(
         resources["clusters"].append(
             envoy_json.cluster(ports.sidecar_host, ports.admin_api_port, admin.socket)
         )
+    secure_sidecar_calls(bootstrap, access)
     return bootstrap
 
 

@@ -24,6 +24,9 @@ from gateway_extproc.pricing import LongContext, Price
 # Envoy dynamic-metadata namespace the request filter writes and the observer filter forwards.
 NAMESPACE = "llm_gateway"
 STATE_KEY = "state"
+# Beside it, the HMAC of STATE_KEY's exact text under the sidecar workers' state key
+# (sidecar_auth/seal.py): an observer trusts no state without it.
+MAC_KEY = "state_mac"
 # Beside STATE_KEY, the namespace holds response headers under their own names; Envoy copies
 # them into the client's response (route `response_headers_to_add`, envoy_config.py).
 VERSION = 1

@@ -21,11 +21,12 @@ from gateway_extproc.audit import AuditRecord
 from gateway_extproc.cache.key import CacheTicket
 from gateway_extproc.catalog import ModelEntry
 from gateway_extproc.context import GatewayContext
-from gateway_extproc.handoff import NAMESPACE, STATE_KEY, HandoffError, RequestState
+from gateway_extproc.handoff import MAC_KEY, NAMESPACE, STATE_KEY, HandoffError, RequestState
 from gateway_extproc.metering import StreamMeter, estimate_tokens, usage_from_json
 from gateway_extproc.model_mismatch import price_reported
 from gateway_extproc.observability.attributes import RequestFacts
 from gateway_extproc.pricing import cost_micros, format_usd
+from gateway_extproc.sidecar_auth.guard import RejectedState
 from gateway_extproc.spend.rollup import Dimensions, UsageRecord
 from gateway_extproc.tokens import Usage, UsageSource
 
@@ -317,7 +318,8 @@ class StreamObserver:
     and the response without waiting for replies. The request filter's state arrives in dynamic
     metadata with the first message; a stream without it (a request the gateway answered
     itself, already audited) has nothing to meter and is closed at once - else Envoy would
-    keep it open for its deferred close, holding a stream per refused request."""
+    keep it open for its deferred close, holding a stream per refused request. A state whose
+    MAC fails (not signed by a worker of this deployment) is never settled, cached or audited."""
 
     def __init__(self, ctx: GatewayContext) -> None:
         self.ctx = ctx
@@ -330,6 +332,8 @@ class StreamObserver:
         if response is None:
             text = msgs.observed_state(message, NAMESPACE, STATE_KEY)
             if text is None:
+                return True
+            if not self._signed(text, msgs.observed_state(message, NAMESPACE, MAC_KEY)):
                 return True
             try:
                 state = RequestState.decode(text)
@@ -348,6 +352,21 @@ class StreamObserver:
         except Exception:
             response.broken()
         return response.finished
+
+    def _signed(self, text: str, mac: str | None) -> bool:
+        """Verified once per stream, before the state is decoded: counted and logged (never
+        its contents) when it fails."""
+        if self.ctx.sidecar_auth.seal.verify(text, mac):
+            return True
+        reason = RejectedState.UNSIGNED if not mac else RejectedState.BAD_MAC
+        self.ctx.sidecar_auth.stats.rejected_states[reason] += 1
+        log.error(
+            "observer stream refused: its request state is %s; nothing settled, cached or "
+            "audited (a caller other than this deployment's Envoy, or state keys that differ "
+            "between workers)",
+            "unsigned" if reason == RejectedState.UNSIGNED else "not signed by a state key",
+        )
+        return False
 
     def close(self) -> None:
         if self.response is not None:

@@ -41,7 +41,7 @@ from gateway_extproc.errors import (
     error_body,
 )
 from gateway_extproc.guardrails import GuardResult
-from gateway_extproc.handoff import NAMESPACE, STATE_KEY, RequestState
+from gateway_extproc.handoff import MAC_KEY, NAMESPACE, STATE_KEY, RequestState
 from gateway_extproc.identity.metadata import parse_metadata
 from gateway_extproc.identity.model import Identity
 from gateway_extproc.inbound import ParsedRequest, with_body
@@ -379,7 +379,9 @@ class StreamProcessor:
     def _dynamic_metadata(self, state: RequestState) -> struct_pb2.Struct:
         """Observe mode: the state for the observer stream, and the response headers Envoy adds
         from it (envoy_config.py lists the names)."""
-        fields = {STATE_KEY: state.encode(), "x-gateway-request-id": self.request_id}
+        text = state.encode()
+        mac = self.ctx.sidecar_auth.seal.sign(text)  # the observer trusts only what we signed
+        fields = {STATE_KEY: text, MAC_KEY: mac, "x-gateway-request-id": self.request_id}
         fields.update(self._response_headers())
         metadata = struct_pb2.Struct()
         metadata.update({NAMESPACE: fields})

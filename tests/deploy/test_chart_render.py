@@ -4,6 +4,7 @@ engineer expects, and bad values refused at render with a message naming the val
 
 from __future__ import annotations
 
+import base64
 import copy
 import importlib.metadata
 import json
@@ -106,6 +107,7 @@ def test_what_each_case_adds(rendered: dict[str, list[dict[str, Any]]]) -> None:
         "HorizontalPodAutoscaler",
         "NetworkPolicy",
         "PodDisruptionBudget",
+        "Secret",  # the sidecar's caller token and state keys, generated
         "Service",
         "ServiceAccount",
     }
@@ -175,8 +177,12 @@ def test_probes_and_drain_order(rendered: dict[str, list[dict[str, Any]]]) -> No
     assert envoy["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "ops"}
     ports = {p["name"]: p["containerPort"] for p in envoy["ports"]}
     for i, sidecar in enumerate(sidecars):
-        assert sidecar["readinessProbe"]["grpc"] == {"port": 50051 + i}
-        assert f"0.0.0.0:{50051 + i}" in sidecar["args"]
+        # The worker is on loopback: readiness is Envoy's /ready (its gRPC health checks of
+        # the workers), liveness a loopback connect inside the container.
+        assert sidecar["readinessProbe"]["httpGet"] == {"path": "/ready", "port": ports["ops"]}
+        assert f"127.0.0.1:{50051 + i}" in sidecar["args"]
+        live = sidecar["livenessProbe"]["exec"]["command"]
+        assert live[0] == "python" and f"('127.0.0.1', {50051 + i})" in live[-1]
         journal = sidecar["args"][sidecar["args"].index("--journal") + 1]
         assert journal.startswith("/var/lib/llm-gateway/journal/")
         hook = sidecar["lifecycle"]["preStop"]["exec"]["command"]
@@ -197,7 +203,10 @@ def test_probes_and_drain_order(rendered: dict[str, list[dict[str, Any]]]) -> No
 
 def test_secrets_only_by_reference(rendered: dict[str, list[dict[str, Any]]]) -> None:
     docs = rendered["redis-cluster"]
-    assert not [d for d in docs if d["kind"] == "Secret"]
+    # The one Secret the chart writes holds values it generated, none from the values file.
+    assert [d["metadata"]["name"] for d in docs if d["kind"] == "Secret"] == [
+        "gw-llm-gateway-sidecar-auth"
+    ]
     config = gateway_config(docs)
     assert config["providers"]["openai"]["auth"] == {
         "file": "/var/run/secrets/llm-gateway/providers/openai/api-key",
@@ -217,6 +226,72 @@ def test_secrets_only_by_reference(rendered: dict[str, list[dict[str, Any]]]) ->
     assert env["SSL_CERT_FILE"]["value"] == "/etc/llm-gateway-redis-ca/ca.crt"
     company = gateway_config(rendered["company"])
     assert company["identity"]["static_tokens_file"].startswith("/var/run/secrets/llm-gateway/")
+
+
+def _mounts(container: dict[str, Any]) -> dict[str, str]:
+    return {m["name"]: m["mountPath"] for m in container.get("volumeMounts", [])}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_only_envoy_in_the_pod_reaches_the_sidecar(
+    case: str, rendered: dict[str, list[dict[str, Any]]]
+) -> None:
+    """README "Who may talk to the sidecar": the workers listen on 127.0.0.1 (no container port,
+    no Service or NetworkPolicy port), Envoy's bootstrap gets the caller token from the
+    envoy-config init container, and the state keys reach the sidecar containers (and
+    check-config) only - never Envoy's."""
+    docs = rendered[case]
+    sidecar_config = gateway_config(docs)["sidecar"]
+    assert sidecar_config["host"] == "127.0.0.1"
+    token_dir = "/var/run/secrets/llm-gateway/sidecar-token"
+    keys_dir = "/var/run/secrets/llm-gateway/state-keys"
+    assert sidecar_config["caller_token"] == {"file": f"{token_dir}/caller-token"}
+    assert sidecar_config["state_keys"] == {"file": f"{keys_dir}/state-keys"}
+    spec = pod_spec(docs)
+    init = {c["name"]: c for c in spec["initContainers"]}
+    envoy, *workers = spec["containers"]
+    for worker in workers:
+        address = worker["args"][worker["args"].index("--address") + 1]
+        assert address.startswith("127.0.0.1:")
+        port = int(address.rsplit(":", 1)[1])
+        assert port not in [p["containerPort"] for p in worker.get("ports", [])]
+        assert _mounts(worker)["sidecar-token"] == token_dir
+        assert _mounts(worker)["state-keys"] == keys_dir
+        for doc in docs:
+            if doc["kind"] in ("Service", "NetworkPolicy"):
+                assert f"'port': {port}" not in str(doc["spec"]), doc["metadata"]["name"]
+    assert _mounts(init["check-config"])["state-keys"] == keys_dir
+    assert _mounts(init["envoy-config"])["sidecar-token"] == token_dir
+    for container in (init["envoy-config"], init["envoy-validate"], envoy):
+        assert "state-keys" not in _mounts(container), container["name"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    secret = "gw-llm-gateway-sidecar-auth"
+    assert volumes["sidecar-token"]["secret"] == {
+        "secretName": secret,
+        "items": [{"key": "caller-token", "path": "caller-token"}],
+    }
+    assert volumes["state-keys"]["secret"] == {
+        "secretName": secret,
+        "items": [{"key": "state-keys", "path": "state-keys"}],
+    }
+
+
+def test_the_sidecar_auth_secret_is_generated_or_the_operators() -> None:
+    generated = one(render({}), "Secret", "-sidecar-auth")
+    values = {k: base64.b64decode(v).decode() for k, v in generated["data"].items()}
+    assert set(values) == {"caller-token", "state-keys"}
+    for value in values.values():  # what the sidecar accepts: 48 random letters and digits
+        assert re.fullmatch(r"[A-Za-z0-9]{48}", value)
+    assert values["caller-token"] != values["state-keys"]
+    again = one(render({}), "Secret", "-sidecar-auth")  # no cluster to look up: a new one
+    assert again["data"] != generated["data"]
+    docs = render({"sidecar": {"auth": {"existingSecret": "llm-gateway-callers"}}})
+    assert not [d for d in docs if d["kind"] == "Secret"]
+    volumes = {v["name"]: v for v in pod_spec(docs)["volumes"]}
+    assert volumes["sidecar-token"]["secret"]["secretName"] == "llm-gateway-callers"
+    assert volumes["state-keys"]["secret"]["secretName"] == "llm-gateway-callers"
+    template = (CHART / "templates" / "secret-sidecar-auth.yaml").read_text()
+    assert 'lookup "v1" "Secret" .Release.Namespace $name' in template  # kept across upgrades
 
 
 def test_bundled_redis_keeps_money(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -295,8 +370,8 @@ def test_admin_api_config_ports_and_policy(rendered: dict[str, list[dict[str, An
     assert worker0["args"][-2:] == ["--admin-address", "0.0.0.0:10090"]
     assert "--admin-address" not in worker1["args"]
     assert {"name": "admin-api", "containerPort": 10090, "protocol": "TCP"} in worker0["ports"]
-    assert [p["name"] for p in worker1["ports"]] == ["grpc-1", "metrics-1"]
-    assert worker0["readinessProbe"]["grpc"] == {"port": 50051}
+    assert [p["name"] for p in worker1["ports"]] == ["metrics-1"]
+    assert worker0["readinessProbe"]["httpGet"] == {"path": "/ready", "port": 9902}
     assert {"name": "admin-json", "containerPort": 10091, "protocol": "TCP"} in envoy["ports"]
     assert envoy["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "ops"}
     admin = one(docs, "Service", "-admin")
@@ -474,6 +549,17 @@ BAD = [
         "redis.external.url: must be",
     ),
     ({"envoy": {"tls": {"enabled": True}}}, "envoy.tls.secretName: required"),
+    (
+        {"config": {"sidecar": {"caller_token": {"env": "TOKEN"}}}},
+        "config.sidecar.caller_token: set by the chart (sidecar.auth)",
+    ),
+    (
+        {"config": {"sidecar": {"state_keys": {"file": "/k"}}}},
+        "config.sidecar.state_keys: set by the chart (sidecar.auth)",
+    ),
+    ({"config": {"sidecar": {"host": "0.0.0.0"}}}, "config.sidecar.host: set by the chart"),
+    ({"config": {"sidecar": {"tls": {}}}}, "config.sidecar.tls: set by the chart"),
+    ({"sidecar": {"auth": {"generate": True}}}, "additional properties 'generate' not allowed"),
     ({"httpRoute": {"enabled": True}}, "httpRoute.parentRefs: required"),
     (
         {"providerKeys": {"vllm": {"existingSecret": "vllm", "key": "token"}}},
@@ -608,7 +694,7 @@ def test_every_worker_serves_metrics_on_its_own_port(
     assert len(workers) == 2
     for i, worker in enumerate(workers):
         ports = {p["name"]: p["containerPort"] for p in worker["ports"]}
-        assert ports == {f"grpc-{i}": 50051 + i, f"metrics-{i}": 9464 + i}
+        assert ports == {f"metrics-{i}": 9464 + i}
     # On by default, with one worker; off with config.observability.metrics: false.
     default = pod_spec(rendered["default"])["containers"][1]
     assert {"name": "metrics-0", "containerPort": 9464, "protocol": "TCP"} in default["ports"]
@@ -616,7 +702,7 @@ def test_every_worker_serves_metrics_on_its_own_port(
     off = render(
         {"config": {"observability": {"metrics": False}}, "serviceMonitor": {"enabled": True}}
     )
-    assert [p["name"] for p in pod_spec(off)["containers"][1]["ports"]] == ["grpc-0"]
+    assert "ports" not in pod_spec(off)["containers"][1]  # nothing on the pod network
     assert [e["port"] for e in one(off, "ServiceMonitor")["spec"]["endpoints"]] == ["ops"]
 
 
@@ -685,7 +771,10 @@ def test_otel_environment_and_no_secret_in_clear(
     # Only the workers export; the init containers get no OTEL_* variables.
     for init in spec["initContainers"]:
         assert not [e for e in init.get("env", []) if e["name"].startswith("OTEL_")]
-    assert not [d for d in docs if d["kind"] == "Secret"]
+    # No Secret for the collector's headers: only the generated sidecar-auth one.
+    assert [d["metadata"]["name"] for d in docs if d["kind"] == "Secret"] == [
+        "gw-llm-gateway-sidecar-auth"
+    ]
     # Envoy's spans to the collector: through the generated configuration.
     assert gateway_config(docs)["observability"]["envoy_otlp_endpoint"] == (
         "otel-collector.observability.svc:4317"

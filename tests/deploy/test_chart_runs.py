@@ -9,6 +9,7 @@ run."""
 
 from __future__ import annotations
 
+import base64
 import copy
 import hashlib
 import json
@@ -27,6 +28,9 @@ import grpc
 import openai
 import pytest
 import redis
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway_extproc.envoy_drain import active_requests
@@ -58,8 +62,15 @@ def fake_secrets(docs: list[dict[str, Any]], tmp: Path) -> dict[str, dict[str, s
             if "secretKeyRef" in var.get("valueFrom", {}):
                 ref = var["valueFrom"]["secretKeyRef"]
                 refs.append((ref["name"], ref["key"]))
+    rendered = {  # the chart's own Secrets (the sidecar's caller token and state keys)
+        d["metadata"]["name"]: {k: base64.b64decode(v).decode() for k, v in d["data"].items()}
+        for d in docs
+        if d["kind"] == "Secret"
+    }
     for name, k in refs:
-        if k.endswith(".crt"):  # tls.crt, and a CA bundle (the admin API's client CA)
+        if name in rendered:
+            value = rendered[name][k]
+        elif k.endswith(".crt"):  # tls.crt, and a CA bundle (the admin API's client CA)
             value = cert.read_text()
         elif k == "tls.key":
             value = key.read_text()
@@ -219,6 +230,7 @@ def test_the_company_example_boots_serves_and_drains(
         wait_until(lambda: http_status(ready) == 503, "envoy /ready never answered", 30, log)
         procs.start(pod.argv("sidecar"), pod.env("sidecar"))
         wait_until(lambda: http_status(ready) == 200, "not ready with a sidecar", 30, log)
+        check_sidecar_callers(pod, values["sidecar"]["port"])
         metrics = f"http://127.0.0.1:{ports['opsPort']}/stats/prometheus"
         with urllib.request.urlopen(metrics, timeout=5) as response:
             assert b"envoy_cluster_upstream_cx_total" in response.read()
@@ -270,6 +282,26 @@ def test_the_company_example_boots_serves_and_drains(
     finally:
         procs.stop()
     assert "sk-llm-gateway" not in log.read_text(errors="replace")  # provider keys never logged
+
+
+def check_sidecar_callers(pod: Pod, port: int) -> None:
+    """The worker, on loopback, is probed as the kubelet would (Envoy's /ready, the exec
+    liveness command), and refuses an ext_proc stream without the caller token that Envoy -
+    serving the SDK through it - sends."""
+    sidecar = pod.container("sidecar")
+    probe = sidecar["readinessProbe"]["httpGet"]
+    assert http_status(f"http://127.0.0.1:{probe['port']}{probe['path']}") == 200
+    live = subprocess.run(pod.command(sidecar["livenessProbe"]["exec"]["command"]), timeout=30)
+    assert live.returncode == 0
+    headers = [base_pb2.HeaderValue(key=":path", raw_value=b"/v1/models")]
+    message = pb.ProcessingRequest(
+        request_headers=pb.HttpHeaders(headers=base_pb2.HeaderMap(headers=headers))
+    )
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.ExternalProcessorStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            list(stub.Process(iter([message]), timeout=10))
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 def check_admin_api(pod: Pod, admin: dict[str, int], public_port: int) -> None:

@@ -21,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from gateway_extproc.stack import find_binary, validate_envoy_config
 from tests.deploy.pod import image_entrypoint
 from tests.paths import REPO
+from tests.sidecar_secrets import ENV as SIDECAR_ENV
 
 DOCKERFILE = REPO / "Dockerfile"
 
@@ -49,6 +50,8 @@ def test_dockerfile_shape() -> None:
     for label in ("source", "version", "licenses"):
         assert f"org.opencontainers.image.{label}=" in final
     assert image_entrypoint() == ["python", "-m", "gateway_extproc.server"]
+    # By default the worker listens where only its own Envoy reaches it.
+    assert re.search(r'^CMD \["--address", "127\.0\.0\.1:50051"\]$', final, re.MULTILINE)
     # Dependencies come from the lock only, installed by the script make uses too.
     copies = re.findall(r"^COPY (?!--from)(.+)$", text, re.MULTILINE)
     assert copies == [*IMAGE_SOURCES.values()]
@@ -104,6 +107,7 @@ def image_env(venv: Path) -> dict[str, str]:
         "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONUNBUFFERED": "1",
         "HOME": "/nonexistent",
+        **SIDECAR_ENV,  # the caller token and state key, as a deployment provides them
     }
 
 

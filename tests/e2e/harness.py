@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import subprocess
+import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,9 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
+from gateway_extproc.sidecar_auth.caller import METADATA_KEY
+from gateway_extproc.sidecar_auth.settings import caller_tokens
+from gateway_extproc.stack import Stack
 from tests.paths import REPO, TEST_FIXTURES
 
 CATALOG = REPO / "gateway_extproc" / "catalog.yaml"
@@ -151,9 +157,17 @@ def extproc_hosts(admin_url: str) -> dict[int, dict[str, str]]:
     return hosts
 
 
-def worker_auth_status(port: int, credential: str) -> int:
-    """Ask one sidecar worker directly (an ext_proc stream on its port, as Envoy would) what it
-    makes of a chat request with this bearer credential: 401 if it refuses it, else 200."""
+def caller_metadata(stack: Stack) -> tuple[tuple[str, str], ...]:
+    """The gRPC metadata Envoy sends the stack's sidecar workers: this run's caller token."""
+    problems: list[str] = []
+    (token, *_) = caller_tokens(stack.config.sidecar_auth, stack.sidecar_environ, problems)
+    return ((METADATA_KEY, token),)
+
+
+def worker_auth_status(stack: Stack, port: int, credential: str) -> int:
+    """Ask one sidecar worker directly (an ext_proc stream on its port, as Envoy would, with the
+    run's caller token) what it makes of a chat request with this bearer credential: 401 if it
+    refuses it, else 200."""
     headers = {
         ":method": "POST",
         ":path": "/v1/chat/completions",
@@ -172,7 +186,8 @@ def worker_auth_status(port: int, credential: str) -> int:
     )
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = pb_grpc.ExternalProcessorStub(channel)
-        reply = next(iter(stub.Process(iter([message]), timeout=10)))
+        replies = stub.Process(iter([message]), timeout=10, metadata=caller_metadata(stack))
+        reply = next(iter(replies))
     if reply.WhichOneof("response") == "immediate_response":
         return int(reply.immediate_response.status.code)
     return 200
@@ -186,3 +201,22 @@ def eventually(
     while not check():
         assert time.monotonic() < deadline, f"{what}: not reached after {timeout}s"
         time.sleep(interval)
+
+
+@contextlib.contextmanager
+def running_mock(run_dir: Path, *args: str) -> Iterator[str]:
+    """The mock provider as its own process; yields its base URL (without /v1)."""
+    port_file = run_dir / "port"
+    command = [sys.executable, "-m", "gateway_extproc.mock", "--port", "0"]
+    proc = subprocess.Popen(
+        [*command, "--port-file", str(port_file), *args], stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not port_file.exists():
+            assert time.monotonic() < deadline and proc.poll() is None, "mock did not start"
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port_file.read_text().strip()}"
+    finally:
+        proc.terminate()
+        proc.wait(10)

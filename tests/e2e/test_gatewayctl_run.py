@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -14,7 +16,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
+from gateway_extproc.stack import Stack
 from tests.e2e.harness import REPO
 
 pytestmark = pytest.mark.e2e
@@ -36,6 +40,30 @@ def _requests_total(url: str) -> float:
         for line in text.splitlines()
         if line.startswith("gateway_requests_total{")
     )
+
+
+def check_run_secrets(run_dir: Path) -> None:
+    """The run's caller token: in Envoy's bootstrap (readable by its owner only) for every
+    ext_proc filter, never on any process's command line (the workers get it, and the state key,
+    in their environment)."""
+    bootstrap = run_dir / "envoy.yaml"
+    assert stat.S_IMODE(bootstrap.stat().st_mode) == 0o600
+    doc = yaml.safe_load(bootstrap.read_text())
+    tokens = {
+        meta["value"]
+        for listener in doc["static_resources"]["listeners"]
+        for chain in listener["filter_chains"]
+        for f in chain["filters"]
+        for h in f["typed_config"].get("http_filters", ())
+        for meta in h["typed_config"].get("grpc_service", {}).get("initial_metadata", ())
+    }
+    (token,) = tokens
+    assert len(token) >= 32
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            assert token.encode() not in cmdline.read_bytes(), cmdline
+    # Made for this run: a stack of the same configuration makes another.
+    assert token not in Stack(run_dir).sidecar_secrets.values()
 
 
 def test_run_serves_the_mock_writes_audit_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
@@ -85,6 +113,7 @@ def test_run_serves_the_mock_writes_audit_and_ctrl_c_stops_everything(tmp_path: 
             metrics = re.findall(r"metrics +(http://[\d.]+:\d+/metrics)", stderr_path.read_text())
             assert len(metrics) == len(set(metrics)) >= 1
             assert "traces    off" in stderr_path.read_text()  # no OTEL_* exporter configured
+            check_run_secrets(tmp_path / "run")
             # The README's demo: mint a token from the local development issuer.
             token = subprocess.run(
                 [

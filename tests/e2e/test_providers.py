@@ -4,7 +4,6 @@ one is metered at zero cost). Audio is refused, as the README says, until it is 
 
 from __future__ import annotations
 
-import contextlib
 import subprocess
 import sys
 import time
@@ -18,30 +17,11 @@ import pytest
 
 from gateway_extproc.stack import Stack
 from tests.e2e.conftest import stack_environ, start_stack, static_tokens_yaml
-from tests.e2e.harness import AuditLog, MockLog, tokens
+from tests.e2e.harness import AuditLog, MockLog, running_mock, tokens
 
 pytestmark = pytest.mark.e2e
 OPENAI_KEY = "sk-gateway-owned-openai-key"
 ANTHROPIC_KEY = "sk-ant-gateway-owned-key"
-
-
-@contextlib.contextmanager
-def running_mock(run_dir: Path, *args: str) -> Iterator[str]:
-    """The mock provider as its own process; yields its base URL (without /v1)."""
-    port_file = run_dir / "port"
-    command = [sys.executable, "-m", "gateway_extproc.mock", "--port", "0"]
-    proc = subprocess.Popen(
-        [*command, "--port-file", str(port_file), *args], stderr=subprocess.DEVNULL
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while not port_file.exists():
-            assert time.monotonic() < deadline and proc.poll() is None, "mock did not start"
-            time.sleep(0.05)
-        yield f"http://127.0.0.1:{port_file.read_text().strip()}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 @pytest.fixture(scope="module")

@@ -56,7 +56,7 @@ def every_worker(stack: Stack, accepts: dict[str, bool]) -> None:
     wanted = {secret: 200 if ok else 401 for secret, ok in accepts.items()}
 
     def agrees(port: int) -> bool:
-        return all(worker_auth_status(port, s) == code for s, code in wanted.items())
+        return all(worker_auth_status(stack, port, s) == code for s, code in wanted.items())
 
     for port in stack.sidecar_ports.values():
         eventually(functools.partial(agrees, port), timeout=RELOAD_DEADLINE_S)

@@ -30,6 +30,7 @@ from gateway_extproc.runtime import build_context, close_context, start_context
 from gateway_extproc.spend.rollup import Dimensions, UsageRecord
 from gateway_extproc.tokens import Usage
 from tests.redis_servers import RedisEndpoint, redis_standalone_server  # noqa: F401
+from tests.sidecar_secrets import ENV as SIDECAR_ENV
 
 USD = 1_000_000
 NOW = dt.datetime(2026, 11, 26, 15, tzinfo=dt.UTC).timestamp()
@@ -122,7 +123,11 @@ async def admin(
         )
     )
     node = redis_standalone_server
-    env = {"GATEWAY_REDIS_URL": f"redis://{node.host}:{node.port}/0", "CI_SECRET": CI_SECRET}
+    env = {
+        "GATEWAY_REDIS_URL": f"redis://{node.host}:{node.port}/0",
+        "CI_SECRET": CI_SECRET,
+        **SIDECAR_ENV,
+    }
     ctx = build_context(config, env, "http://127.0.0.1:9/v1")  # providers: the (unused) mock
     await start_context(ctx)
     await ctx.budgets.services.start()

@@ -26,6 +26,7 @@ from gateway_extproc.admin.tls import AdminTls, channel_credentials, parse_tls
 from gateway_extproc.runtime import build_context, close_context, start_context
 from tests.redis_servers import RedisEndpoint, redis_standalone_server  # noqa: F401
 from tests.selfsigned import CertAuthority
+from tests.sidecar_secrets import ENV as SIDECAR_ENV
 
 TOKEN = "admin-secret-for-tls-tests"
 LIST = pb.ListBudgetsRequest()
@@ -171,7 +172,7 @@ budget_store: {{key_prefix: t{uuid.uuid4().hex[:8]}}}
 audit: {{stdout: false}}
 """
     )
-    env = {"GATEWAY_REDIS_URL": f"redis://{redis.host}:{redis.port}/0"}
+    env = {"GATEWAY_REDIS_URL": f"redis://{redis.host}:{redis.port}/0", **SIDECAR_ENV}
     ctx = build_context(config, env, "http://127.0.0.1:9/v1")
     await start_context(ctx)
     await ctx.budgets.services.start()

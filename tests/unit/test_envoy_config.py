@@ -16,7 +16,7 @@ import yaml
 from gateway_extproc.budgets.report import RESPONSE_HEADERS
 from gateway_extproc.config import GatewayConfig, load_config
 from gateway_extproc.envoy_config import EnvoyPorts, build, render
-from gateway_extproc.envoy_extproc import EXTPROC_CLUSTER
+from gateway_extproc.envoy_extproc import EXTPROC_CLUSTER, SidecarAccess
 from gateway_extproc.handoff import NAMESPACE
 from gateway_extproc.processor import METADATA_RESPONSE_HEADERS
 from gateway_extproc.route import CLUSTER_HEADER
@@ -25,6 +25,7 @@ from gateway_extproc.stack import StackError, validate_envoy_config
 from gateway_extproc.upstreams import Upstream, resolve_upstreams
 from tests.paths import REPO
 from tests.selfsigned import CertAuthority
+from tests.sidecar_secrets import ACCESS, CALLER_TOKEN
 
 CA_FILE = "/etc/ssl/certs/ca-certificates.crt"
 MOCK = "http://127.0.0.1:18081/v1"
@@ -38,7 +39,7 @@ PORTS = EnvoyPorts(
 
 
 def bootstrap(config: GatewayConfig, upstreams: dict[str, Upstream]) -> dict[str, Any]:
-    return build(config, PORTS, upstreams.values(), CA_FILE)
+    return build(config, PORTS, upstreams.values(), CA_FILE, ACCESS)
 
 
 @pytest.fixture(scope="module")
@@ -258,6 +259,28 @@ def test_synchronous_filter(config: GatewayConfig, synchronous: dict[str, Any]) 
     _check_grpc(config, ext)
 
 
+def test_every_ext_proc_stream_carries_the_caller_token(
+    production: dict[str, Any], synchronous: dict[str, Any]
+) -> None:
+    """README "Who may talk to the sidecar": Envoy sends the token as gRPC metadata on every
+    ext_proc stream (both filters in observe mode); the sidecar cluster stays plaintext on
+    loopback unless a client certificate is configured."""
+    for b, filters in ((production, 2), (synchronous, 1)):
+        services = [
+            f["typed_config"]["grpc_service"]
+            for f in hcm(b)["http_filters"]
+            if f["typed_config"]["@type"].endswith("ext_proc.v3.ExternalProcessor")
+        ]
+        assert len(services) == filters
+        for service in services:
+            assert service["initial_metadata"] == [
+                {"key": "x-gateway-sidecar-token", "value": CALLER_TOKEN}
+            ]
+        assert "transport_socket" not in cluster(b, EXTPROC_CLUSTER)
+    with pytest.raises(ValueError):
+        SidecarAccess(None)  # neither a token nor a certificate: never an open bootstrap
+
+
 def test_sidecar_cluster(production: dict[str, Any]) -> None:
     c = cluster(production, EXTPROC_CLUSTER)
     # One endpoint per sidecar worker; Envoy balances ext_proc streams across them.
@@ -440,13 +463,19 @@ def test_envoy_rejects_a_broken_bootstrap(tmp_path: Path, mocked: dict[str, Any]
 CHECKED_IN = REPO / "envoy" / "envoy.yaml"
 
 
+# `make envoy-config` writes this where a deployment's own token goes (never a real one).
+PLACEHOLDER_TOKEN = "REPLACE-WITH-THIS-DEPLOYMENTS-SIDECAR-TOKEN"
+
+
 def test_checked_in_envoy_yaml_is_current_and_valid() -> None:
     validate_envoy_config(CHECKED_IN)
+    assert PLACEHOLDER_TOKEN in (REPO / "Makefile").read_text()
     environ = {
         k: v
         for k, v in os.environ.items()
         if k not in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY") and not k.startswith("GATEWAY_")
     }
+    environ["GATEWAY_SIDECAR_TOKEN"] = PLACEHOLDER_TOKEN
     result = subprocess.run(
         [
             sys.executable,
@@ -478,7 +507,7 @@ def test_admin_api_json_listener(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump({"identity": {"static_tokens": ops}, "admin_api": admin}))
     cfg = load_config(path, {})
     ports = dataclasses.replace(PORTS, admin_api_port=10090, admin_api_http_port=10091)
-    b = build(cfg, ports, resolve_upstreams(cfg, {}, MOCK).values(), CA_FILE)
+    b = build(cfg, ports, resolve_upstreams(cfg, {}, MOCK).values(), CA_FILE, ACCESS)
     gateway, json_listener = b["static_resources"]["listeners"]
     assert gateway["name"] == "gateway" and json_listener["name"] == "admin_api_json"
     assert json_listener["address"]["socket_address"] == {
@@ -494,7 +523,7 @@ def test_admin_api_json_listener(tmp_path: Path) -> None:
         10090
     )
     assert "gateway_admin_api" not in str(gateway)  # the public listener never routes there
-    no_json = build(cfg, PORTS, resolve_upstreams(cfg, {}, MOCK).values(), CA_FILE)
+    no_json = build(cfg, PORTS, resolve_upstreams(cfg, {}, MOCK).values(), CA_FILE, ACCESS)
     assert len(no_json["static_resources"]["listeners"]) == 1
     _validate(tmp_path, b)
 
@@ -521,7 +550,7 @@ def test_admin_api_json_listener_over_tls(tmp_path: Path, mutual: bool) -> None:
     path.write_text(yaml.safe_dump({"identity": {"static_tokens": ops}, "admin_api": admin}))
     cfg = load_config(path, {})
     ports = dataclasses.replace(PORTS, admin_api_port=10090, admin_api_http_port=10091)
-    b = build(cfg, ports, resolve_upstreams(cfg, {}, MOCK).values(), CA_FILE)
+    b = build(cfg, ports, resolve_upstreams(cfg, {}, MOCK).values(), CA_FILE, ACCESS)
     json_listener = b["static_resources"]["listeners"][1]
     context = json_listener["filter_chains"][0]["transport_socket"]["typed_config"]
     certificate = context["common_tls_context"]["tls_certificates"][0]

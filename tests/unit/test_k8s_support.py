@@ -20,9 +20,19 @@ from gateway_extproc.envoy_drain import ACTIVE_STAT, drain_envoy
 from gateway_extproc.envoy_extproc import EXTPROC_CLUSTER
 from gateway_extproc.stack import validate_envoy_config
 from tests.redis_servers import RedisEndpoint, standalone_redis
-from tests.selfsigned import write_self_signed
+from tests.selfsigned import write_pki, write_self_signed
+from tests.sidecar_secrets import CALLER_TOKEN
+from tests.sidecar_secrets import ENV as SIDECAR_ENV
 
 
+@pytest.fixture
+def token_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the sidecar's containers and envoy-config read: the caller token, the state keys."""
+    for name, value in SIDECAR_ENV.items():
+        monkeypatch.setenv(name, value)
+
+
+@pytest.mark.usefixtures("token_env")
 def test_envoy_config_with_ops_port_and_loopback_sidecar(tmp_path: Path) -> None:
     config = tmp_path / "gateway.yaml"
     config.write_text("listener: {host: 0.0.0.0}\nsidecar: {host: 0.0.0.0, workers: 2}\n")
@@ -164,6 +174,7 @@ def test_redis_password_from_the_environment_is_used_and_never_shown(
     assert "pa:ss" not in out.out + out.err
 
 
+@pytest.mark.usefixtures("token_env")
 def test_envoy_config_with_tls_at_the_listener(tmp_path: Path) -> None:
     write_self_signed(tmp_path / "tls.crt", tmp_path / "tls.key")
     out = tmp_path / "envoy.yaml"
@@ -188,10 +199,109 @@ def test_check_config_can_require_every_provider_key(
         "  anthropic: null\n"
     )
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    for name in SIDECAR_ENV:
+        monkeypatch.delenv(name, raising=False)
     assert main(["check-config", "--config", str(config)]) == 0
     assert main(["check-config", "--config", str(config), "--require-credentials"]) == 2
-    assert f"providers.openai.auth: no credential in file {key}" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"providers.openai.auth: no credential in file {key}" in err
+    # The sidecar's own secrets too, in the same list.
+    assert "sidecar.caller_token: environment variable GATEWAY_SIDECAR_TOKEN is not set" in err
+    assert "sidecar.state_keys: environment variable GATEWAY_STATE_KEYS is not set" in err
     key.write_text("sk-secret-value\n")
+    for name, value in SIDECAR_ENV.items():
+        monkeypatch.setenv(name, value)
     assert main(["check-config", "--config", str(config), "--require-credentials"]) == 0
     out = capsys.readouterr()
     assert "sk-secret" not in out.out + out.err
+    for value in SIDECAR_ENV.values():
+        assert value not in out.out + out.err
+
+
+# -- how Envoy proves itself to the sidecar -----------------------------------------------------
+
+
+def _ext_proc_services(b: dict[str, Any]) -> list[dict[str, Any]]:
+    (gateway,) = (x for x in b["static_resources"]["listeners"] if x["name"] == "gateway")
+    manager = gateway["filter_chains"][0]["filters"][0]["typed_config"]
+    return [
+        f["typed_config"]["grpc_service"]
+        for f in manager["http_filters"]
+        if f["typed_config"]["@type"].endswith("ext_proc.v3.ExternalProcessor")
+    ]
+
+
+@pytest.mark.parametrize("mode", ["observe", "synchronous"])
+def test_envoy_config_sends_the_caller_token_on_every_ext_proc_stream(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    token_file = tmp_path / "caller-token"
+    token_file.write_text(f"{CALLER_TOKEN}\nan-older-token-still-accepted-0123456789\n")
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {"sidecar": {"caller_token": {"file": str(token_file)}}, "metering": {"mode": mode}}
+        )
+    )
+    monkeypatch.delenv("GATEWAY_SIDECAR_TOKEN", raising=False)
+    out = tmp_path / "envoy.yaml"
+    assert main(["envoy-config", "--config", str(config), "--out", str(out), "--workers", "1"]) == 0
+    validate_envoy_config(out)
+    services = _ext_proc_services(yaml.safe_load(out.read_text()))
+    assert len(services) == (2 if mode == "observe" else 1)
+    for service in services:  # the first line: the one the sidecars accept first
+        assert service["initial_metadata"] == [
+            {"key": "x-gateway-sidecar-token", "value": CALLER_TOKEN}
+        ]
+
+
+def test_envoy_config_without_the_caller_token_fails_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("GATEWAY_SIDECAR_TOKEN", raising=False)
+    out = tmp_path / "envoy.yaml"
+    assert main(["envoy-config", "--out", str(out)]) == 2
+    assert "sidecar.caller_token: environment variable GATEWAY_SIDECAR_TOKEN is not set" in (
+        capsys.readouterr().err
+    )
+    assert not out.exists()
+
+
+@pytest.mark.usefixtures("token_env")
+def test_envoy_config_with_a_client_certificate_for_a_sidecar_apart(tmp_path: Path) -> None:
+    pki = write_pki(tmp_path / "pki", server_name="llm-gateway-sidecar.gateway.svc")
+    out = tmp_path / "envoy.yaml"
+    tls = [
+        "--sidecar-tls-cert",
+        pki.file("client.crt"),
+        "--sidecar-tls-key",
+        pki.file("client.key"),
+    ]
+    tls += [
+        "--sidecar-tls-ca",
+        pki.ca,
+        "--sidecar-tls-server-name",
+        "llm-gateway-sidecar.gateway.svc",
+    ]
+    assert main(["envoy-config", "--out", str(out), "--workers", "1", *tls]) == 0
+    validate_envoy_config(out)
+    b = yaml.safe_load(out.read_text())
+    (cluster,) = (c for c in b["static_resources"]["clusters"] if c["name"] == EXTPROC_CLUSTER)
+    context = cluster["transport_socket"]["typed_config"]
+    assert context["@type"].endswith("UpstreamTlsContext")
+    assert context["sni"] == "llm-gateway-sidecar.gateway.svc"
+    common = context["common_tls_context"]
+    assert common["alpn_protocols"] == ["h2"]
+    assert common["tls_certificates"] == [
+        {
+            "certificate_chain": {"filename": pki.file("client.crt")},
+            "private_key": {"filename": pki.file("client.key")},
+        }
+    ]
+    assert common["validation_context"]["trusted_ca"] == {"filename": pki.ca}
+    assert common["validation_context"]["match_typed_subject_alt_names"] == [
+        {"san_type": "DNS", "matcher": {"exact": "llm-gateway-sidecar.gateway.svc"}}
+    ]
+    for service in _ext_proc_services(b):  # the token travels too (inside TLS)
+        assert service["initial_metadata"][0]["value"] == CALLER_TOKEN
+    assert main(["envoy-config", "--out", str(out), "--sidecar-tls-cert", "x.crt"]) == 2

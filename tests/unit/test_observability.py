@@ -213,6 +213,11 @@ def fake_context() -> Any:
         audit=types.SimpleNamespace(dropped=7),
         authenticator=types.SimpleNamespace(jwks={"corp": cache}),
         model_mismatches={"unknown": 1},
+        sidecar_auth=types.SimpleNamespace(
+            stats=types.SimpleNamespace(
+                refused={"missing": 8, "wrong": 1}, rejected_states={"bad_mac": 9}
+            )
+        ),
     )
 
 
@@ -255,6 +260,12 @@ def test_metrics_sum_exactly_what_the_records_say() -> None:
     assert got["gateway.jwks.refresh.failures"][0].value == 6
     assert got["gateway.audit.dropped"][0].value == 7
     assert got["gateway.budget.reaped"][0].value == 5
+    refused = {
+        p.attributes["gateway.reason"]: p.value for p in got["gateway.sidecar.refused_streams"]
+    }
+    assert refused == {"missing": 8, "wrong": 1}
+    (rejected,) = got["gateway.handoff.rejected_states"]
+    assert (rejected.attributes["gateway.reason"], rejected.value) == ("bad_mac", 9)
 
 
 def test_a_request_refused_before_a_provider_counts_as_a_request_only() -> None:

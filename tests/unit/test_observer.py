@@ -18,6 +18,7 @@ from google.protobuf import struct_pb2
 from gateway_extproc.apis import Api
 from gateway_extproc.config import GatewayConfig, load_document, merge, parse_config
 from gateway_extproc.handoff import (
+    MAC_KEY,
     NAMESPACE,
     STATE_KEY,
     BudgetHandoff,
@@ -27,6 +28,7 @@ from gateway_extproc.handoff import (
 from gateway_extproc.identity.model import AuthMethod, Identity, Kind
 from gateway_extproc.observer import StreamObserver
 from gateway_extproc.pricing import LongContext, Price
+from gateway_extproc.sidecar_auth.seal import StateSeal
 from tests.unit.test_processor import (
     CHAT,
     CHAT_INPUT_ESTIMATE,
@@ -193,11 +195,108 @@ def test_an_unreadable_state_is_logged_and_the_stream_closed(
 ) -> None:
     message = resp_headers()
     message.observability_mode = True
-    message.metadata_context.filter_metadata[NAMESPACE].update({STATE_KEY: "{not json"})
+    text = "{not json"  # signed by a worker (the MAC holds), yet not a state this one reads
+    mac = gw.ctx.sidecar_auth.seal.sign(text)
+    message.metadata_context.filter_metadata[NAMESPACE].update({STATE_KEY: text, MAC_KEY: mac})
     observer = StreamObserver(gw.ctx)
     assert observer.handle(message) is True
     assert gw.records() == []
     assert "without a usable request state" in caplog.text
+
+
+# -- the state's MAC ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def spied(gw: Gateway, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """What the observer asked of the budget gate and the cache (settle, lease, store)."""
+    calls: list[str] = []
+    services = gw.ctx.budgets.services
+    monkeypatch.setattr(gw.ctx.budgets, "settle_outcome", lambda *a, **k: calls.append("settle"))
+    monkeypatch.setattr(services, "hold_lease", lambda *a, **k: calls.append("lease"))
+    monkeypatch.setattr(gw.ctx.cache, "store", lambda *a, **k: calls.append("cache"))
+    return calls
+
+
+def _forged(metadata: struct_pb2.Struct, **fields: str | None) -> struct_pb2.Struct:
+    forged = struct_pb2.Struct()
+    forged.CopyFrom(metadata)
+    namespace = forged.fields[NAMESPACE].struct_value
+    for key, value in fields.items():
+        if value is None:
+            del namespace.fields[key]
+        else:
+            namespace.fields[key].string_value = value
+    return forged
+
+
+def _observe_json(gw: Gateway, metadata: struct_pb2.Struct) -> bool:
+    """A whole JSON response on one observer stream; whether the first message closed it."""
+    observer = StreamObserver(gw.ctx)
+    closed = observer.handle(observed(resp_headers(), metadata))
+    if not closed:
+        usage = {"prompt_tokens": 7, "completion_tokens": 3}
+        body = json.dumps({"usage": usage}).encode()
+        observer.handle(observed(resp_body(body, end=True), metadata))
+    observer.close()
+    return closed
+
+
+def _tampered(text: str) -> str:
+    """The same state with its input estimate changed by one digit."""
+    doc = json.loads(text)
+    doc["in"] += 1
+    return json.dumps(doc, separators=(",", ":"))
+
+
+FORGERIES = {
+    "no MAC": lambda text, mac, other: {MAC_KEY: None},
+    "an empty MAC": lambda text, mac, other: {MAC_KEY: ""},
+    "a MAC of garbage": lambda text, mac, other: {MAC_KEY: "!!not-base64!!"},
+    "another state's MAC": lambda text, mac, other: {MAC_KEY: other},
+    "a changed state with its old MAC": lambda text, mac, other: {STATE_KEY: _tampered(text)},
+    "a truncated MAC": lambda text, mac, other: {MAC_KEY: mac[:-2]},
+}
+
+
+@pytest.mark.parametrize("forgery", sorted(FORGERIES))
+def test_a_state_failing_its_mac_is_never_settled_cached_or_audited(
+    gw: Gateway, spied: list[str], caplog: pytest.LogCaptureFixture, forgery: str
+) -> None:
+    metadata = handed_over(gw, CHAT)
+    fields = metadata.fields[NAMESPACE].struct_value.fields
+    text, mac = fields[STATE_KEY].string_value, fields[MAC_KEY].string_value
+    other = gw.ctx.sidecar_auth.seal.sign(_tampered(text))
+    forged = _forged(metadata, **FORGERIES[forgery](text, mac, other))
+    assert _observe_json(gw, forged) is True  # closed at its first message
+    assert gw.records() == [] and spied == []
+    reason = "unsigned" if forgery in ("no MAC", "an empty MAC") else "bad_mac"
+    assert gw.ctx.sidecar_auth.stats.rejected_states == {reason: 1}
+    assert "observer stream refused" in caplog.text
+    assert text not in caplog.text and RID not in caplog.text  # never the state's contents
+
+
+def test_a_signed_state_is_metered_settled_and_audited(gw: Gateway, spied: list[str]) -> None:
+    metadata = handed_over(gw, CHAT)
+    assert _observe_json(gw, metadata) is False
+    assert gw.record()["usage_source"] == "provider"
+    assert "cache" in spied
+    assert not gw.ctx.sidecar_auth.stats.rejected_states
+
+
+def test_state_keys_rotate_the_first_signs_any_listed_verifies(gw: Gateway) -> None:
+    old, new = b"old-state-key-0123456789abcdefghijklmn", b"new-state-key-0123456789abcdefghijklmn"
+    metadata = handed_over(gw, CHAT)
+    fields = metadata.fields[NAMESPACE].struct_value.fields
+    text = fields[STATE_KEY].string_value
+    signed_old = _forged(metadata, **{MAC_KEY: StateSeal((old,)).sign(text)})
+    for keys, accepted in (((new, old), True), ((old, new), True), ((new,), False)):
+        auth = dataclasses.replace(gw.ctx.sidecar_auth, seal=StateSeal(keys))
+        observer = StreamObserver(dataclasses.replace(gw.ctx, sidecar_auth=auth))
+        assert observer.handle(observed(resp_headers(), signed_old)) is (not accepted), keys
+        if observer.response is not None:
+            observer.response.finished = True  # not metered here: only whether it was let in
+    assert StateSeal((new, old)).sign(text) == StateSeal((new,)).sign(text)  # the first signs
 
 
 def test_a_metering_fault_still_writes_one_estimated_record(gw: Gateway) -> None:

@@ -33,6 +33,7 @@ from gateway_extproc.runtime import build_gate
 from gateway_extproc.tokens import Usage
 from gateway_extproc.upstreams import resolve_upstreams
 from tests.paths import STREAMS
+from tests.sidecar_secrets import sidecar_auth
 
 MOCK = "http://127.0.0.1:9/v1"
 OPENAI_KEY = "sk-proc-test-0123456789"
@@ -120,6 +121,7 @@ def _gateway(tmp_path: Path, config: GatewayConfig, environ: dict[str, str]) -> 
         audit=AuditSink(stdout=False, path=str(audit_path)),
         authenticator=Authenticator(config.identity),
         budgets=build_gate(config),
+        sidecar_auth=sidecar_auth(),
         monotonic=clock,
         wall_clock=lambda: WALL,
     )

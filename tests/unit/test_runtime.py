@@ -18,6 +18,7 @@ from gateway_extproc import runtime as runtime_module
 from gateway_extproc.context import GatewayContext
 from gateway_extproc.observability.telemetry import Telemetry
 from gateway_extproc.runtime import Runtime, build_context
+from tests.sidecar_secrets import ENV as SIDECAR_ENV
 
 MOCK = "http://127.0.0.1:9/v1"
 
@@ -45,7 +46,7 @@ def closed(monkeypatch: pytest.MonkeyPatch) -> list[GatewayContext]:
 def runtime(tmp_path: Path) -> Iterator[Runtime]:
     path = tmp_path / "gateway.yaml"
     path.write_text(tokens_config("one"))
-    env = {"GATEWAY_AUDIT_LOG": str(tmp_path / "audit.jsonl")}
+    env = {"GATEWAY_AUDIT_LOG": str(tmp_path / "audit.jsonl"), **SIDECAR_ENV}
     rt = Runtime(build_context(path, env, MOCK), path, env, MOCK)
     yield rt
     rt.ctx.audit.close()  # shared by every context, closed by the server at exit
@@ -73,6 +74,16 @@ async def test_a_replaced_context_lives_until_its_last_stream_ends(
     assert runtime.streams_in_flight == 0
     await runtime.close()
     assert closed == [second, first, runtime.ctx]
+
+
+async def test_a_reload_keeps_the_caller_check_and_state_keys(runtime: Runtime) -> None:
+    """Read once at start (Envoy's bootstrap carries the token and changes only with a restart
+    too): every context a reload builds shares them, counters included."""
+    first = runtime.ctx.sidecar_auth
+    runtime._environ = {**runtime._environ, "GATEWAY_SIDECAR_TOKEN": "x" * 40}  # ignored
+    assert await runtime.reload("test")
+    assert runtime.ctx.sidecar_auth is first
+    await runtime.close()
 
 
 async def test_shutdown_closes_replaced_contexts_whose_streams_never_ended(
@@ -118,7 +129,7 @@ def watched(tmp_path: Path) -> Iterator[tuple[Runtime, Path]]:
     tokens.write_text(f'bot-x: {{sha256: "{hashlib.sha256(b"x").hexdigest()}"}}\n')
     path = tmp_path / "gateway.yaml"
     path.write_text(f"identity:\n  static_tokens_file: {tokens}\n")
-    env = {"GATEWAY_AUDIT_LOG": str(tmp_path / "audit.jsonl")}
+    env = {"GATEWAY_AUDIT_LOG": str(tmp_path / "audit.jsonl"), **SIDECAR_ENV}
     rt = Runtime(build_context(path, env, MOCK), path, env, MOCK)
     yield rt, tokens
     rt.ctx.audit.close()

@@ -26,13 +26,19 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from gateway_extproc.apis import Api
 from gateway_extproc.config import load_config
-from gateway_extproc.handoff import NAMESPACE, STATE_KEY, RequestState
+from gateway_extproc.handoff import MAC_KEY, NAMESPACE, STATE_KEY, RequestState
 from gateway_extproc.identity.model import ANONYMOUS
 from gateway_extproc.pricing import Price
 from gateway_extproc.route import CLUSTER_HEADER
+from gateway_extproc.sidecar_auth.seal import StateSeal
 from tests.paths import REPO
+from tests.selfsigned import Pki, write_pki
+from tests.sidecar_secrets import ENV as SIDECAR_ENV
+from tests.sidecar_secrets import METADATA
+from tests.sidecar_secrets import STATE_KEY as STATE_SECRET
 
 MOCK = "http://127.0.0.1:9/v1"
+SERVER = (sys.executable, "-m", "gateway_extproc.server")
 SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -62,7 +68,7 @@ def _environ(audit: Path) -> dict[str, str]:
         if k not in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY") and not k.startswith("GATEWAY_")
     }
     env["GATEWAY_AUDIT_LOG"] = str(audit)
-    return env
+    return env | SIDECAR_ENV
 
 
 def _spawn(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen[bytes], Path, Path, Path]:
@@ -200,7 +206,9 @@ def test_process_stream(sidecar: Sidecar) -> None:
             yield message
 
     with grpc.insecure_channel(sidecar.target) as channel:
-        replies = pb_grpc.ExternalProcessorStub(channel).Process(requests(), timeout=10)
+        replies = pb_grpc.ExternalProcessorStub(channel).Process(
+            requests(), timeout=10, metadata=METADATA
+        )
         outbox.put(
             _headers(
                 {
@@ -247,7 +255,7 @@ def test_process_stream(sidecar: Sidecar) -> None:
             second.dynamic_metadata.fields[NAMESPACE].struct_value
         )
         stub = pb_grpc.ExternalProcessorStub(channel)
-        assert list(stub.Process(iter([observed]), timeout=10)) == []
+        assert list(stub.Process(iter([observed]), timeout=10, metadata=METADATA)) == []
 
     deadline = time.monotonic() + 5
     while len(sidecar.audit_lines()) == before and time.monotonic() < deadline:
@@ -299,9 +307,11 @@ def test_observer_stream_meters_a_response_and_closes_at_its_end(sidecar: Sideca
         ),
         pb.ProcessingRequest(response_body=pb.HttpBody(body=response.encode(), end_of_stream=True)),
     ]
+    text = state.encode()
+    mac = StateSeal((STATE_SECRET.encode(),)).sign(text)  # as the worker's request phase signs
     for message in messages:
         message.observability_mode = True
-        message.metadata_context.filter_metadata[NAMESPACE].update({STATE_KEY: state.encode()})
+        message.metadata_context.filter_metadata[NAMESPACE].update({STATE_KEY: text, MAC_KEY: mac})
     outbox: queue.Queue[pb.ProcessingRequest | None] = queue.Queue()
     for message in messages:
         outbox.put(message)
@@ -312,7 +322,9 @@ def test_observer_stream_meters_a_response_and_closes_at_its_end(sidecar: Sideca
 
     with grpc.insecure_channel(sidecar.target) as channel:
         # The client never ends its side: the server closes the stream after the response end.
-        replies = pb_grpc.ExternalProcessorStub(channel).Process(requests(), timeout=10)
+        replies = pb_grpc.ExternalProcessorStub(channel).Process(
+            requests(), timeout=10, metadata=METADATA
+        )
         assert list(replies) == []
     deadline = time.monotonic() + 5
     while len(sidecar.audit_lines()) == before and time.monotonic() < deadline:
@@ -334,7 +346,7 @@ def test_process_stream_immediate_response(sidecar: Sidecar) -> None:
         message = _headers(
             {":method": "GET", ":path": "/v1/models", "x-request-id": "m-1"}, end=True
         )
-        (reply,) = list(stub.Process(iter([message]), timeout=10))
+        (reply,) = list(stub.Process(iter([message]), timeout=10, metadata=METADATA))
     assert reply.immediate_response.status.code == 200
     assert json.loads(reply.immediate_response.body)["object"] == "list"
 
@@ -385,11 +397,13 @@ def test_sigterm_serves_old_and_new_streams_through_the_drain_then_waits_for_old
     def models(channel: grpc.Channel) -> int:
         message = _headers({":method": "GET", ":path": "/v1/models", "x-request-id": "m"}, end=True)
         stub = pb_grpc.ExternalProcessorStub(channel)
-        (reply,) = list(stub.Process(iter([message]), timeout=5))
+        (reply,) = list(stub.Process(iter([message]), timeout=5, metadata=METADATA))
         return int(reply.immediate_response.status.code)
 
     with grpc.insecure_channel(sidecar.target) as channel:
-        replies = pb_grpc.ExternalProcessorStub(channel).Process(requests(), timeout=60)
+        replies = pb_grpc.ExternalProcessorStub(channel).Process(
+            requests(), timeout=60, metadata=METADATA
+        )
         outbox.put(
             _headers({":method": "POST", ":path": "/v1/chat/completions", "x-request-id": "old-1"})
         )
@@ -417,6 +431,113 @@ def test_sigterm_serves_old_and_new_streams_through_the_drain_then_waits_for_old
         assert list(replies) == []
     assert sidecar.proc.wait(timeout=30) == 0
     assert [r["request_id"] for r in sidecar.audit_lines()] == ["m", "old-1"]
+
+
+# --- who may call ---------------------------------------------------------------------------------
+
+
+def _models_request(metadata: tuple[tuple[str, str], ...] | None, channel: grpc.Channel) -> int:
+    """GET /v1/models on a Process stream (the sidecar answers it itself with a 200)."""
+    message = _headers({":method": "GET", ":path": "/v1/models", "x-request-id": "who"}, end=True)
+    stub = pb_grpc.ExternalProcessorStub(channel)
+    (reply,) = list(stub.Process(iter([message]), timeout=10, metadata=metadata))
+    return int(reply.immediate_response.status.code)
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [None, (("x-gateway-sidecar-token", "not-the-token-0123456789abcdefghijklmnop"),)],
+    ids=["no token", "a wrong token"],
+)
+def test_a_stream_without_the_caller_token_is_refused_before_any_work(
+    sidecar: Sidecar, metadata: tuple[tuple[str, str], ...] | None
+) -> None:
+    """Refused UNAUTHENTICATED before a message is read: no answer, no audit record. Health and
+    reflection stay open (they carry no request data, and Envoy's health checks and an exec
+    probe use them); the ext_proc service is what only Envoy may call."""
+    before = len(sidecar.audit_lines())
+    with grpc.insecure_channel(sidecar.target) as channel:
+        with pytest.raises(grpc.RpcError) as refused:
+            _models_request(metadata, channel)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert _check(channel, SERVICE) == SERVING
+        assert _models_request(METADATA, channel) == 200  # Envoy, with the token
+    time.sleep(0.2)
+    assert [r["request_id"] for r in sidecar.audit_lines()[before:]] == ["who"]
+    log = sidecar.stderr.read_text()
+    assert "ext_proc stream(s) without the caller token" in log  # once a minute at most
+    assert "not-the-token" not in log
+
+
+def test_a_sidecar_without_its_secrets_does_not_start(tmp_path: Path) -> None:
+    env = {k: v for k, v in _environ(tmp_path / "audit.jsonl").items() if k not in SIDECAR_ENV}
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway_extproc.server", "--address", "127.0.0.1:0"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "sidecar.caller_token: environment variable GATEWAY_SIDECAR_TOKEN is not set" in (
+        result.stderr
+    )
+    assert "sidecar.state_keys: environment variable GATEWAY_STATE_KEYS is not set" in (
+        result.stderr
+    )
+
+
+def test_plaintext_ext_proc_is_refused_on_an_address_the_pod_network_reaches(
+    tmp_path: Path,
+) -> None:
+    result = subprocess.run(
+        [*SERVER, "--address", "0.0.0.0:0", "--mock-url", MOCK],
+        cwd=REPO,
+        env=_environ(tmp_path / "audit.jsonl"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "refusing to serve ext_proc in plaintext on 0.0.0.0:0" in result.stderr
+
+
+def test_a_sidecar_with_tls_requires_a_client_certificate(
+    start: Callable[..., Sidecar], tmp_path: Path
+) -> None:
+    pki = write_pki(tmp_path / "pki")
+    stranger = write_pki(tmp_path / "stranger")  # another CA's client certificate
+    config = tmp_path / "tls.yaml"
+    tls = {"cert_file": pki.file("server.crt"), "key_file": pki.file("server.key")}
+    tls["client_ca_file"] = pki.ca
+    identity = {"allow_anonymous": True}
+    config.write_text(yaml.safe_dump({"sidecar": {"tls": tls}, "identity": identity}))
+    sidecar = start("--config", str(config))
+    target = f"localhost:{sidecar.port}"
+
+    def channel(client: Pki | None) -> grpc.Channel:
+        pem = {}
+        if client is not None:
+            pem["private_key"] = Path(client.file("client.key")).read_bytes()
+            pem["certificate_chain"] = Path(client.file("client.crt")).read_bytes()
+        credentials = grpc.ssl_channel_credentials(Path(pki.ca).read_bytes(), **pem)
+        return grpc.secure_channel(target, credentials)
+
+    for client in (None, stranger):  # the TLS handshake fails: nothing reaches the servicer
+        with channel(client) as refused_channel, pytest.raises(grpc.RpcError) as refused:
+            _models_request(METADATA, refused_channel)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    with channel(pki) as ok:
+        assert _models_request(METADATA, ok) == 200
+        with pytest.raises(grpc.RpcError) as no_token:  # the token is still required here
+            _models_request(None, ok)
+        assert no_token.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with grpc.insecure_channel(target) as plaintext, pytest.raises(grpc.RpcError) as refused:
+        _models_request(METADATA, plaintext)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
 def test_bad_config_exits_2_with_every_problem(tmp_path: Path) -> None:

@@ -69,6 +69,14 @@ app.kubernetes.io/component: redis
 {{- if and .Values.adminApi.enabled .Values.adminApi.tls.enabled }}true{{- end }}
 {{- end }}
 
+{{- define "llm-gateway.callerTokenDir" -}}/var/run/secrets/llm-gateway/sidecar-token{{- end }}
+{{- define "llm-gateway.stateKeysDir" -}}/var/run/secrets/llm-gateway/state-keys{{- end }}
+
+{{/* The Secret with the sidecar's caller token and state keys (sidecar.auth). */}}
+{{- define "llm-gateway.sidecarAuthSecret" -}}
+{{- default (printf "%s-sidecar-auth" (include "llm-gateway.fullname" .)) .Values.sidecar.auth.existingSecret }}
+{{- end }}
+
 {{/* Default auth header/prefix of the built-in providers. */}}
 {{- define "llm-gateway.providerAuth" -}}
 {{- $name := index . 0 }}{{- $key := index . 1 }}{{- $file := index . 2 }}
@@ -106,9 +114,11 @@ Rendered as JSON (valid YAML) so that large integers keep their exact value.
 {{- $c := deepCopy (default dict .Values.config) }}
 {{- $_ := set $c "listener" (dict "host" "0.0.0.0" "port" (int .Values.envoy.port) "admin_port" (int .Values.envoy.adminPort)) }}
 {{- $sidecar := deepCopy (default dict $c.sidecar) }}
-{{- $_ := set $sidecar "host" "0.0.0.0" }}
+{{- $_ := set $sidecar "host" "127.0.0.1" }}
 {{- $_ := set $sidecar "port" (int .Values.sidecar.port) }}
 {{- $_ := set $sidecar "workers" (int .Values.sidecar.workers) }}
+{{- $_ := set $sidecar "caller_token" (dict "file" (printf "%s/caller-token" (include "llm-gateway.callerTokenDir" .))) }}
+{{- $_ := set $sidecar "state_keys" (dict "file" (printf "%s/state-keys" (include "llm-gateway.stateKeysDir" .))) }}
 {{- $_ := set $c "sidecar" $sidecar }}
 {{- $obs := deepCopy (default dict $c.observability) }}
 {{- $_ := set $obs "metrics_host" "0.0.0.0" }}
@@ -211,7 +221,7 @@ sidecars. */}}
 {{- if hasKey $cfg "listener" }}
 {{- fail "config.listener: set by the chart (envoy.port, envoy.adminPort; Envoy listens on 0.0.0.0); remove it from config" }}
 {{- end }}
-{{- range $k, $by := dict "host" "the chart (0.0.0.0, dialled over loopback)" "port" "sidecar.port" "workers" "sidecar.workers" }}
+{{- range $k, $by := dict "host" "the chart (127.0.0.1: only Envoy in the pod reaches it)" "port" "sidecar.port" "workers" "sidecar.workers" "caller_token" "the chart (sidecar.auth)" "state_keys" "the chart (sidecar.auth)" "tls" "the chart (Envoy and the sidecar share the pod: loopback; mutual TLS is for a sidecar apart, README)" }}
 {{- if hasKey (default dict $cfg.sidecar) $k }}
 {{- fail (printf "config.sidecar.%s: set by %s; remove it from config" $k $by) }}
 {{- end }}
@@ -346,6 +356,7 @@ only from a Secret. */}}
 # The directory, not a subPath: ConfigMap and Secret updates reach the running sidecar.
 - {name: config, mountPath: {{ include "llm-gateway.configDir" . }}, readOnly: true}
 - {name: tmp, mountPath: /tmp}
+- {name: sidecar-token, mountPath: {{ include "llm-gateway.callerTokenDir" . }}, readOnly: true}
 {{- range $name, $key := .Values.providerKeys }}
 - {name: provider-{{ $name }}, mountPath: {{ include "llm-gateway.keyDir" $ }}/providers/{{ $name }}, readOnly: true}
 {{- end }}
@@ -359,6 +370,12 @@ only from a Secret. */}}
 {{- with .Values.sidecar.extraVolumeMounts }}
 {{ toYaml . }}
 {{- end }}
+{{- end }}
+
+{{/* The state keys: the sidecar containers and check-config only (never Envoy's, nor the
+init container that writes Envoy's bootstrap). */}}
+{{- define "llm-gateway.stateKeysMount" -}}
+- {name: state-keys, mountPath: {{ include "llm-gateway.stateKeysDir" . }}, readOnly: true}
 {{- end }}
 
 {{- define "llm-gateway.envoyMounts" -}}
@@ -383,6 +400,14 @@ only from a Secret. */}}
 
 {{/* Secret volumes the sidecar mounts (provider keys, static tokens, Redis CA, Envoy TLS). */}}
 {{- define "llm-gateway.secretVolumes" -}}
+- name: sidecar-token
+  secret:
+    secretName: {{ include "llm-gateway.sidecarAuthSecret" . }}
+    items: [{key: caller-token, path: caller-token}]
+- name: state-keys
+  secret:
+    secretName: {{ include "llm-gateway.sidecarAuthSecret" . }}
+    items: [{key: state-keys, path: state-keys}]
 {{- range $name, $key := .Values.providerKeys }}
 - name: provider-{{ $name }}
   secret:
