@@ -21,6 +21,7 @@ from gateway_extproc.envoy_edge import (
     listener_settings,
     local_replies,
     overload_manager,
+    runtime,
 )
 from gateway_extproc.envoy_extproc import EXTPROC_CLUSTER, ext_proc_filters
 from gateway_extproc.envoy_ops import admin_cluster, ops_listener
@@ -370,12 +371,9 @@ def build(
         listeners.append(ops_listener(ports.listen_host, ports.ops_port, EXTPROC_CLUSTER))
         clusters.append(admin_cluster(ports.admin_port))
     bootstrap: dict[str, Any] = {
-        # The drain hook and readiness checks reach the admin even with clients at the cap.
-        "admin": {
-            "address": _socket("127.0.0.1", ports.admin_port),
-            "ignore_global_conn_limit": True,
-        },
+        "admin": {"address": _socket("127.0.0.1", ports.admin_port)},
         "overload_manager": overload_manager(config.limits),
+        "layered_runtime": runtime(config.limits, "gateway"),
         "static_resources": {"listeners": listeners, "clusters": clusters},
     }
     admin = config.admin_api  # JSON over HTTP: admin_api.http_port (or the stack's choice)

@@ -23,6 +23,9 @@ _T = "type.googleapis.com/envoy."
 _UNDERSCORES = {"reject": "REJECT_REQUEST", "drop": "DROP_HEADER", "allow": "ALLOW"}
 MEMORY_MONITOR = "envoy.resource_monitors.cgroup_memory"
 CONNECTIONS_MONITOR = "envoy.resource_monitors.global_downstream_max_connections"
+# Connections Envoy keeps for its other listeners (the kubelet's probes and Prometheus on the ops
+# listener, the admin API's JSON listener, the admin) beyond the clients' cap.
+OPERATIONS_RESERVE = 64
 
 # Memory pressure (used / bound) at which each overload action acts. Scaled actions act more as
 # pressure rises from the first value to the second.
@@ -101,10 +104,21 @@ def _scaled(band: tuple[float, float]) -> list[dict[str, Any]]:
     ]
 
 
+def runtime(limits: Limits, listener: str) -> dict[str, Any]:
+    """The clients' listener's own connection cap (`max_downstream_connections`), checked when a
+    connection is accepted, so silent connections count: Envoy's global cap is larger by
+    OPERATIONS_RESERVE, so clients holding every connection they may still leave room for the
+    probes and the drain hook. (`ignore_global_conn_limit` on the ops listener would do it too,
+    but Envoy 1.40 miscounts it: each ops connection freed a client slot, measured.)"""
+    key = f"envoy.resource_limits.listener.{listener}.connection_limit"
+    return {"layers": [{"name": "edge", "static_layer": {key: limits.max_downstream_connections}}]}
+
+
 def overload_manager(limits: Limits) -> dict[str, Any]:
-    """The global downstream connection cap, and load shed by memory pressure: Envoy's memory
-    against `envoy_memory_limit_bytes`, or its container's cgroup limit when that is 0 (no limit
-    anywhere: pressure stays 0 and nothing is shed)."""
+    """Envoy's global downstream connection cap (the clients' cap plus OPERATIONS_RESERVE), and
+    load shed by memory pressure: Envoy's memory against `envoy_memory_limit_bytes`, or its
+    container's cgroup limit when that is 0 (no limit anywhere: pressure stays 0 and nothing is
+    shed)."""
     memory: dict[str, Any] = {
         "@type": _T + "extensions.resource_monitors.cgroup_memory.v3.CgroupMemoryConfig"
     }
@@ -125,7 +139,9 @@ def overload_manager(limits: Limits) -> dict[str, Any]:
                 "typed_config": {
                     "@type": _T + "extensions.resource_monitors.downstream_connections.v3."
                     "DownstreamConnectionsConfig",
-                    "max_active_downstream_connections": limits.max_downstream_connections,
+                    "max_active_downstream_connections": (
+                        limits.max_downstream_connections + OPERATIONS_RESERVE
+                    ),
                 },
             },
             {"name": MEMORY_MONITOR, "typed_config": memory},

@@ -77,9 +77,8 @@ def ops_listener(host: str, port: int, sidecar_cluster: str) -> dict[str, Any]:
     return {
         "name": "ops",
         "address": {"socket_address": {"address": host, "port_value": port}},
-        # The kubelet's probes and Prometheus still get in when clients have taken every
-        # connection the overload manager allows (they are counted, not refused).
-        "ignore_global_conn_limit": True,
+        # Clients can take at most limits.max_downstream_connections, below Envoy's global cap
+        # (envoy_edge.runtime): the kubelet's probes and Prometheus still get in.
         "per_connection_buffer_limit_bytes": OPS_BUFFER_BYTES,
         "filter_chains": [
             {

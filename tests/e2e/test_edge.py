@@ -119,7 +119,7 @@ def test_silent_connections_beyond_the_cap_do_not_lock_out_a_client(edge_stack: 
     listener is full, and it closes the silent ones when the first-byte timeout runs out: a real
     SDK request then gets through. Before this, they were held for Envoy's 1 h idle timeout."""
     listener = "listener.127.0.0.1_0."  # the gateway listener's stats (bound to port 0)
-    refused_before = envoy_stats(edge_stack, listener + "downstream_global_cx_overflow")
+    refused_before = envoy_stats(edge_stack, listener + "downstream_cx_overflow")
     opened = time.monotonic()
     silent = [socket.create_connection(address(edge_stack)) for _ in range(CAP + 8)]
     try:
@@ -129,13 +129,13 @@ def test_silent_connections_beyond_the_cap_do_not_lock_out_a_client(edge_stack: 
 
         def all_counted() -> bool:
             stats = envoy_stats(
-                edge_stack, listener + "downstream_(global_cx_overflow|pre_cx_active|cx_active)"
+                edge_stack, listener + "downstream_(cx_overflow|pre_cx_active|cx_active)"
             )
             counted["accepted"] = (
                 stats[listener + "downstream_pre_cx_active"]
                 + stats[listener + "downstream_cx_active"]
             )
-            counted["refused"] = stats[listener + "downstream_global_cx_overflow"] - sum(
+            counted["refused"] = stats[listener + "downstream_cx_overflow"] - sum(
                 refused_before.values()
             )
             return counted["accepted"] + counted["refused"] >= CAP + 8

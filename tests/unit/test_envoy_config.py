@@ -16,6 +16,7 @@ import yaml
 from gateway_extproc.budgets.report import RESPONSE_HEADERS
 from gateway_extproc.config import GatewayConfig, load_config
 from gateway_extproc.envoy_config import EnvoyPorts, build, render
+from gateway_extproc.envoy_edge import OPERATIONS_RESERVE
 from gateway_extproc.envoy_extproc import EXTPROC_CLUSTER
 from gateway_extproc.handoff import NAMESPACE
 from gateway_extproc.processor import METADATA_RESPONSE_HEADERS
@@ -142,7 +143,11 @@ def test_listener(config: GatewayConfig, production: dict[str, Any]) -> None:
     assert lst["address"] == {"socket_address": {"address": "127.0.0.1", "port_value": 10000}}
     assert lst["per_connection_buffer_limit_bytes"] == config.limits.max_request_body_bytes
     overload = production["overload_manager"]["resource_monitors"][0]["typed_config"]
-    assert overload["max_active_downstream_connections"] == 10000
+    assert overload["max_active_downstream_connections"] == 10000 + OPERATIONS_RESERVE
+    (layer,) = production["layered_runtime"]["layers"]
+    assert layer["static_layer"] == {
+        "envoy.resource_limits.listener.gateway.connection_limit": 10000
+    }
 
 
 def test_route(config: GatewayConfig, production: dict[str, Any]) -> None:

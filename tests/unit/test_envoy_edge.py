@@ -16,6 +16,7 @@ from gateway_extproc.envoy_config import EnvoyPorts, build, render
 from gateway_extproc.envoy_edge import (
     CONNECTIONS_MONITOR,
     MEMORY_MONITOR,
+    OPERATIONS_RESERVE,
     connection_manager_settings,
     listener_settings,
     overload_manager,
@@ -68,6 +69,13 @@ def monitor(b: dict[str, Any], name: str) -> dict[str, Any]:
     return config
 
 
+def client_cap(b: dict[str, Any]) -> int:
+    """The clients' listener's own connection cap (a runtime key)."""
+    (layer,) = b["layered_runtime"]["layers"]
+    cap: int = layer["static_layer"]["envoy.resource_limits.listener.gateway.connection_limit"]
+    return cap
+
+
 def validate(tmp_path: Path, b: dict[str, Any]) -> None:
     path = tmp_path / "envoy.yaml"
     path.write_text(render(b))
@@ -97,7 +105,8 @@ def test_defaults_follow_the_edge_best_practices(tmp_path: Path) -> None:
         "initial_connection_window_size": 1 << 20,
     }
     assert manager["stream_idle_timeout"] == "600s"  # streams: idle cut only
-    assert monitor(b, CONNECTIONS_MONITOR)["max_active_downstream_connections"] == 10_000
+    assert client_cap(b) == 10_000
+    assert monitor(b, CONNECTIONS_MONITOR)["max_active_downstream_connections"] == 10_064
     assert "max_memory_bytes" not in monitor(b, MEMORY_MONITOR)  # the container's cgroup limit
     validate(tmp_path, b)
 
@@ -108,9 +117,7 @@ def test_every_edge_key_lands_where_envoy_reads_it(tmp_path: Path) -> None:
     manager = hcm(gateway)
     landed = {
         "max_request_body_bytes": gateway["per_connection_buffer_limit_bytes"],
-        "max_downstream_connections": monitor(b, CONNECTIONS_MONITOR)[
-            "max_active_downstream_connections"
-        ],
+        "max_downstream_connections": client_cap(b),
         "first_byte_timeout_s": gateway["listener_filters_timeout"],
         "request_headers_timeout_s": manager["request_headers_timeout"],
         "request_timeout_s": manager["request_timeout"],
@@ -176,14 +183,21 @@ def test_overload_actions_shed_by_memory_in_order() -> None:
     assert manager["buffer_factory_config"] == {"minimum_account_to_track_power_of_two": 20}
 
 
-def test_admin_and_ops_stay_reachable_at_the_connection_cap(tmp_path: Path) -> None:
-    b = bootstrap({}, tmp_path)
-    assert b["admin"]["ignore_global_conn_limit"] is True  # the drain hook, /ready checks
+def test_clients_cannot_take_the_connections_of_the_probes(tmp_path: Path) -> None:
+    """The clients' listener has its own cap; Envoy's global one is larger by a reserve that
+    only the ops listener (probes, Prometheus) and the admin (the drain hook) can use. No
+    listener opts out of the global cap: Envoy 1.40 miscounts those that do."""
+    b = bootstrap({"max_downstream_connections": 500}, tmp_path)
+    assert client_cap(b) == 500
+    total = monitor(b, CONNECTIONS_MONITOR)["max_active_downstream_connections"]
+    assert total == 500 + OPERATIONS_RESERVE
+    assert "ignore_global_conn_limit" not in b["admin"]
+    for listener in listeners(b).values():
+        assert "ignore_global_conn_limit" not in listener
     ops = listeners(b)["ops"]
-    assert ops["ignore_global_conn_limit"] is True  # the kubelet's probes, Prometheus
     assert ops["per_connection_buffer_limit_bytes"] == 32 * 1024
-    assert "ignore_global_conn_limit" not in listeners(b)["gateway"]
     assert ops == ops_listener("127.0.0.1", 9902, "gateway_extproc")
+    validate(tmp_path, b)
 
 
 def test_tls_inspects_the_client_hello_within_the_first_byte_timeout(tmp_path: Path) -> None:
