@@ -5,7 +5,7 @@ what Envoy sheds when its memory runs short (README "Envoy settings and why"; do
 Envoy's "Configuring Envoy as an edge proxy" best practices, with two measured departures on
 Envoy 1.40: the listener's per-connection buffer and each HTTP/2 stream's window stay at
 `limits.max_request_body_bytes`, because they are what bounds a request body that ext_proc
-buffers (a 32 KiB listener buffer refused a 200 KB HTTP/1 body with 413 even with a route's
+buffers (a 64 KiB listener buffer refused a 200 KB HTTP/1 body with 413 even with a route's
 `request_body_buffer_limit` raised; a 64 KiB stream window refused a 70 KB HTTP/2 body). Memory is
 bounded instead by the connection cap, the HTTP/2 stream cap and the overload manager.
 
