@@ -42,6 +42,10 @@ from gateway_extproc.sidecar_auth.settings import KEYS as SIDECAR_AUTH_KEYS
 from gateway_extproc.sidecar_auth.settings import SidecarAuthConfig, parse_sidecar_auth
 from gateway_extproc.spend.rollup import RollupSettings
 
+# What Envoy does with a request header whose name has an underscore (its
+# `headers_with_underscores_action`): some servers read `x_api_key` as `x-api-key`.
+UNDERSCORE_ACTIONS = ("reject", "drop", "allow")
+
 
 @dataclasses.dataclass(frozen=True)
 class Limits:
@@ -53,6 +57,15 @@ class Limits:
     # Structural caps on a request body, checked before it is parsed (gateway_extproc/jsonshape).
     max_json_depth: int = 128  # below orjson's re-serialisation limit (255 levels)
     max_json_values: int = 200_000  # array elements + object members; bounds the parse
+    # Envoy at the edge (envoy_edge.py; README "Envoy settings and why").
+    first_byte_timeout_s: int = 10  # a connection that sends nothing is closed
+    request_headers_timeout_s: int = 10  # from the first byte of a request to its last header
+    request_timeout_s: int = 300  # the whole request received (32 MiB at ~1 Mbit/s); 0: off
+    connection_idle_timeout_s: int = 75  # a connection without a request in flight
+    http2_max_concurrent_streams: int = 100
+    http2_connection_window_bytes: int = 1 << 20
+    headers_with_underscores: str = "reject"  # reject (400), drop, allow
+    envoy_memory_limit_bytes: int = 0  # overload manager's bound; 0: the container's cgroup limit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,6 +214,7 @@ def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayC
         ),
         max_json_depth=r.integer(limits_doc, "limits", "max_json_depth", 2, 254),
         max_json_values=r.integer(limits_doc, "limits", "max_json_values", 100, 100_000_000),
+        **_edge_limits(r, limits_doc),
     )
 
     providers: dict[str, ProviderConfig] = {}
@@ -312,6 +326,31 @@ def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayC
     if r.problems:
         raise ConfigError(r.problems)
     return config
+
+
+def _edge_limits(r: Reader, doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The `limits` keys that shape Envoy at the edge (envoy_edge.py)."""
+
+    def whole(key: str, lo: int, hi: int) -> int:
+        return r.integer(doc, "limits", key, lo, hi)
+
+    underscores = doc.get("headers_with_underscores")
+    if underscores not in UNDERSCORE_ACTIONS:
+        r.problems.append(
+            "limits.headers_with_underscores: must be one of "
+            f"{', '.join(UNDERSCORE_ACTIONS)} (got {underscores!r})"
+        )
+        underscores = Limits.headers_with_underscores
+    return {
+        "first_byte_timeout_s": whole("first_byte_timeout_s", 1, 600),
+        "request_headers_timeout_s": whole("request_headers_timeout_s", 1, 3600),
+        "request_timeout_s": whole("request_timeout_s", 0, 86_400),
+        "connection_idle_timeout_s": whole("connection_idle_timeout_s", 1, 86_400),
+        "http2_max_concurrent_streams": whole("http2_max_concurrent_streams", 1, 2**31 - 1),
+        "http2_connection_window_bytes": whole("http2_connection_window_bytes", 65_535, 2**31 - 1),
+        "headers_with_underscores": underscores,
+        "envoy_memory_limit_bytes": whole("envoy_memory_limit_bytes", 0, 1 << 50),
+    }
 
 
 def _interval(r: Reader, sidecar: Mapping[str, Any]) -> float:

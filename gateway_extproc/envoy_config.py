@@ -16,6 +16,13 @@ import yaml
 from gateway_extproc import handoff
 from gateway_extproc.admin import envoy_json
 from gateway_extproc.config import GatewayConfig
+from gateway_extproc.envoy_edge import (
+    connection_manager_settings,
+    listener_settings,
+    local_replies,
+    overload_manager,
+    runtime,
+)
 from gateway_extproc.envoy_extproc import (
     EXTPROC_CLUSTER,
     SidecarAccess,
@@ -173,7 +180,7 @@ def _error_json(anthropic: bool, message: str, code: str) -> dict[str, Any]:
 def _local_reply_config(config: GatewayConfig) -> dict[str, Any]:
     """Envoy's own error replies (sidecar down, body too large, provider unreachable) as JSON in
     the client's API format. The sidecar's replies (details `gateway_*`) are left alone."""
-    cases = [
+    cases: list[tuple[str, int | None, str, str]] = [
         (
             "response.code_details.startsWith('ext_proc')",
             503,
@@ -188,6 +195,7 @@ def _local_reply_config(config: GatewayConfig) -> dict[str, Any]:
             f"{config.limits.max_request_body_bytes} bytes",
             "request_too_large",
         ),
+        *local_replies(config.limits),
         (
             "!response.code_details.startsWith('gateway_')",
             None,
@@ -198,8 +206,10 @@ def _local_reply_config(config: GatewayConfig) -> dict[str, Any]:
     mappers = []
     for condition, status, message, code in cases:
         for anthropic in (True, False):
-            path_test = "request.path.startsWith('/v1/messages')"
-            expression = f"{condition} && {'' if anthropic else '!'}{path_test}"
+            # Envoy uses the first mapper that matches: the Anthropic one, else the OpenAI one,
+            # which also answers errors before any path was read (a malformed request line).
+            path_test = " && request.path.startsWith('/v1/messages')"
+            expression = condition + (path_test if anthropic else "")
             mapper: dict[str, Any] = {
                 "filter": {
                     "extension_filter": {
@@ -233,9 +243,8 @@ def _http_connection_manager(config: GatewayConfig) -> dict[str, Any]:
             "HttpConnectionManager",
             "stat_prefix": "gateway",
             "codec_type": "AUTO",
-            "use_remote_address": True,
+            **connection_manager_settings(config.limits),
             "stream_idle_timeout": idle,
-            "request_headers_timeout": "30s",
             "local_reply_config": _local_reply_config(config),
             **_tracing(config),
             "access_log": [
@@ -339,7 +348,6 @@ def build(
     access: SidecarAccess,
 ) -> dict[str, Any]:
     """`access`: how Envoy proves itself to the sidecar (its caller token, a client cert)."""
-    limit = config.limits.max_request_body_bytes
     sidecar_cluster = {
         "name": EXTPROC_CLUSTER,
         "type": "STATIC",
@@ -363,8 +371,7 @@ def build(
         {
             "name": "gateway",
             "address": _socket(ports.listen_host, ports.listen_port),
-            # Bounds buffered bodies: larger requests get 413 from Envoy.
-            "per_connection_buffer_limit_bytes": limit,
+            **listener_settings(config.limits),
             "filter_chains": [{"filters": [_http_connection_manager(config)]}],
         }
     ]
@@ -375,20 +382,8 @@ def build(
         clusters.append(admin_cluster(ports.admin_port))
     bootstrap: dict[str, Any] = {
         "admin": {"address": _socket("127.0.0.1", ports.admin_port)},
-        "overload_manager": {
-            "resource_monitors": [
-                {
-                    "name": "envoy.resource_monitors.global_downstream_max_connections",
-                    "typed_config": {
-                        "@type": _T + "extensions.resource_monitors.downstream_connections.v3."
-                        "DownstreamConnectionsConfig",
-                        "max_active_downstream_connections": (
-                            config.limits.max_downstream_connections
-                        ),
-                    },
-                }
-            ]
-        },
+        "overload_manager": overload_manager(config.limits),
+        "layered_runtime": runtime(config.limits, "gateway"),
         "static_resources": {"listeners": listeners, "clusters": clusters},
     }
     admin = config.admin_api  # JSON over HTTP: admin_api.http_port (or the stack's choice)

@@ -18,6 +18,7 @@ OPS_ADMIN_CLUSTER = "envoy_admin"
 READY_PATH = "/ready"
 METRICS_PATH = "/stats/prometheus"
 _T = "type.googleapis.com/envoy."
+OPS_BUFFER_BYTES = 32 * 1024  # two small GETs; Envoy's edge best practice for a listener
 
 
 def admin_cluster(admin_port: int) -> dict[str, Any]:
@@ -76,6 +77,9 @@ def ops_listener(host: str, port: int, sidecar_cluster: str) -> dict[str, Any]:
     return {
         "name": "ops",
         "address": {"socket_address": {"address": host, "port_value": port}},
+        # Clients can take at most limits.max_downstream_connections, below Envoy's global cap
+        # (envoy_edge.runtime): the kubelet's probes and Prometheus still get in.
+        "per_connection_buffer_limit_bytes": OPS_BUFFER_BYTES,
         "filter_chains": [
             {
                 "filters": [
@@ -95,9 +99,20 @@ def _method(name: str) -> dict[str, Any]:
 
 def with_downstream_tls(bootstrap: dict[str, Any], cert_file: str, key_file: str) -> None:
     """Terminate TLS on the gateway listener with a mounted certificate (a Kubernetes TLS
-    Secret). Envoy reads the files at start: a renewed certificate takes effect on restart."""
+    Secret). Envoy reads the files at start: a renewed certificate takes effect on restart.
+    A connection must send its ClientHello within the listener's first-byte timeout (the TLS
+    inspector replaces the HTTP one) and finish the handshake within it too."""
     (gateway,) = (x for x in bootstrap["static_resources"]["listeners"] if x["name"] == "gateway")
+    gateway["listener_filters"] = [
+        {
+            "name": "envoy.filters.listener.tls_inspector",
+            "typed_config": {
+                "@type": _T + "extensions.filters.listener.tls_inspector.v3.TlsInspector"
+            },
+        }
+    ]
     for chain in gateway["filter_chains"]:
+        chain["transport_socket_connect_timeout"] = gateway["listener_filters_timeout"]
         chain["transport_socket"] = {
             "name": "envoy.transport_sockets.tls",
             "typed_config": {

@@ -317,6 +317,16 @@ def test_network_policy(rendered: dict[str, list[dict[str, Any]]]) -> None:
     assert egress_ports == {53, 443, 6380}  # DNS, providers/IdP, the Redis URL's port
 
 
+# The default networkPolicy.metricsNamespaces ([monitoring]) as a NetworkPolicy peer.
+MONITORING = {
+    "namespaceSelector": {
+        "matchExpressions": [
+            {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["monitoring"]}
+        ]
+    }
+}
+
+
 def services(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
 
@@ -334,7 +344,7 @@ def test_admin_service_only_when_enabled_and_never_the_public_port(
     by_name.pop("gw-llm-gateway-redis", None)  # the bundled Redis's own
     by_name.pop("gw-llm-gateway-metrics", None)  # the ServiceMonitor's own
     public = by_name.pop("gw-llm-gateway")
-    assert {p["targetPort"] for p in public["spec"]["ports"]} == {"http", "ops"}
+    assert {p["targetPort"] for p in public["spec"]["ports"]} == {"http"}  # clients only
     if not enabled:
         assert by_name == {}
         assert "admin_api" not in gateway_config(docs)
@@ -393,21 +403,33 @@ def test_admin_api_config_ports_and_policy(rendered: dict[str, list[dict[str, An
 
 
 def test_admin_api_defaults() -> None:
+    """Enabled with the defaults, the admin API binds worker 0's loopback: no Service, no
+    NetworkPolicy rule, reached with kubectl port-forward (issue 21: it bound 0.0.0.0)."""
     values = copy.deepcopy(CASES["company"]) | {"adminApi": {"enabled": True}}
     docs = render(values)
     config = gateway_config(docs)["admin_api"]
+    assert config["host"] == "127.0.0.1"
     assert (config["port"], config["http_port"]) == (10090, 0)
     assert config["read_groups"] == config["write_groups"] == ["gateway-admins"]
+    _, worker0 = pod_spec(docs)["containers"]
+    assert worker0["args"][-2:] == ["--admin-address", "127.0.0.1:10090"]
+    assert not [d for d in docs if d["metadata"]["name"].endswith("-admin")]
+    assert all(p["name"] != "admin-json" for p in pod_spec(docs)["containers"][0]["ports"])
+    ingress = one(docs, "NetworkPolicy")["spec"]["ingress"]
+    assert all(10090 not in [p["port"] for p in r["ports"]] for r in ingress)
+    text = notes(values)
+    assert "kubectl -n llm port-forward deploy/gw-llm-gateway 10090" in text
+    assert "GATEWAY_ADMIN_ADDRESS=127.0.0.1:10090" in text and "GATEWAY_ADMIN_TOKEN" in text
+    assert "gatewayctl budgets" in text and "svc/gw-llm-gateway-admin" not in text
+    assert "admin API" not in notes(CASES["company"])
+    # Bound to the pod IP, it gets its Service and a NetworkPolicy rule from allowFrom.
+    values["adminApi"]["host"] = "0.0.0.0"
+    docs = render(values)
     admin = one(docs, "Service", "-admin")
     assert [p["name"] for p in admin["spec"]["ports"]] == ["admin-api"]
-    assert all(p["name"] != "admin-json" for p in pod_spec(docs)["containers"][0]["ports"])
     rule = one(docs, "NetworkPolicy")["spec"]["ingress"][2]
     assert rule == {"ports": [{"port": 10090, "protocol": "TCP"}], "from": [{"podSelector": {}}]}
-    text = notes(values)
-    assert "kubectl -n llm port-forward svc/gw-llm-gateway-admin 10090" in text
-    assert "GATEWAY_ADMIN_ADDRESS=127.0.0.1:10090" in text and "GATEWAY_ADMIN_TOKEN" in text
-    assert "gatewayctl budgets" in text
-    assert "admin API" not in notes(CASES["company"])
+    assert "kubectl -n llm port-forward svc/gw-llm-gateway-admin 10090" in notes(values)
 
 
 def mounts(container: dict[str, Any]) -> dict[str, str]:
@@ -737,7 +759,7 @@ def test_service_monitor_scrapes_envoy_and_every_worker(
     ]
     # ... and the public Service never exposes the workers' metrics ports.
     public = one(docs, "Service", "gw-llm-gateway")
-    assert {p["targetPort"] for p in public["spec"]["ports"]} == {"http", "ops"}
+    assert {p["targetPort"] for p in public["spec"]["ports"]} == {"http"}
     # With admin API on too, the admin Service stays out of the selector.
     both = render(CASES["admin"] | {"serviceMonitor": {"enabled": True}})
     admin = one(both, "Service", "-admin")["metadata"]["labels"]
@@ -792,7 +814,7 @@ def test_network_policy_for_metrics_and_the_collector(
     policy = one(rendered["observability"], "NetworkPolicy")["spec"]
     scrape = policy["ingress"][1]
     assert [p["port"] for p in scrape["ports"]] == [9902, 9464, 9465]
-    assert scrape["from"] == CASES["observability"]["networkPolicy"]["metricsFrom"]
+    assert scrape["from"] == [MONITORING, *CASES["observability"]["networkPolicy"]["metricsFrom"]]
     otel_to = CASES["observability"]["networkPolicy"]["otelTo"]
     collector = [r for r in policy["egress"] if r.get("to") == otel_to]
     assert [[p["port"] for p in r["ports"]] for r in collector] == [[4317], [4317]]

@@ -16,6 +16,7 @@ import yaml
 from gateway_extproc.budgets.report import RESPONSE_HEADERS
 from gateway_extproc.config import GatewayConfig, load_config
 from gateway_extproc.envoy_config import EnvoyPorts, build, render
+from gateway_extproc.envoy_edge import OPERATIONS_RESERVE
 from gateway_extproc.envoy_extproc import EXTPROC_CLUSTER, SidecarAccess
 from gateway_extproc.handoff import NAMESPACE
 from gateway_extproc.processor import METADATA_RESPONSE_HEADERS
@@ -144,7 +145,11 @@ def test_listener(config: GatewayConfig, production: dict[str, Any]) -> None:
     assert lst["address"] == {"socket_address": {"address": "127.0.0.1", "port_value": 10000}}
     assert lst["per_connection_buffer_limit_bytes"] == config.limits.max_request_body_bytes
     overload = production["overload_manager"]["resource_monitors"][0]["typed_config"]
-    assert overload["max_active_downstream_connections"] == 10000
+    assert overload["max_active_downstream_connections"] == 10000 + OPERATIONS_RESERVE
+    (layer,) = production["layered_runtime"]["layers"]
+    assert layer["static_layer"] == {
+        "envoy.resource_limits.listener.gateway.connection_limit": 10000
+    }
 
 
 def test_route(config: GatewayConfig, production: dict[str, Any]) -> None:
@@ -390,15 +395,21 @@ def test_self_hosted_and_small_limit(self_hosted: tuple[GatewayConfig, dict[str,
 
 def test_local_reply_mappers(config: GatewayConfig, production: dict[str, Any]) -> None:
     mappers = hcm(production)["local_reply_config"]["mappers"]
-    assert len(mappers) == 6  # three cases, each in Anthropic and OpenAI format
-    by_expression = {
-        m["filter"]["extension_filter"]["typed_config"]["expression"]: m for m in mappers
-    }
+    # Seven cases (sidecar down, too large, overloaded, header and request timeouts, an
+    # underscore in a header name, anything else), each in Anthropic and OpenAI format.
+    assert len(mappers) == 14
+    expressions = [m["filter"]["extension_filter"]["typed_config"]["expression"] for m in mappers]
+    by_expression = dict(zip(expressions, mappers, strict=True))
+    anthropic_path = " && request.path.startsWith('/v1/messages')"
+    # Envoy uses the first mapper that matches: each case's Anthropic mapper comes just before
+    # its OpenAI one, which has no path test, so errors before any path (a malformed request
+    # line, slow headers) still get JSON.
+    assert expressions[0::2] == [e + anthropic_path for e in expressions[1::2]]
     for anthropic in (True, False):
-        path = ("" if anthropic else "!") + "request.path.startsWith('/v1/messages')"
-        down = by_expression[f"response.code_details.startsWith('ext_proc') && {path}"]
-        too_large = by_expression[f"response.code_details == 'request_payload_too_large' && {path}"]
-        other = by_expression[f"!response.code_details.startsWith('gateway_') && {path}"]
+        path = anthropic_path if anthropic else ""
+        down = by_expression[f"response.code_details.startsWith('ext_proc'){path}"]
+        too_large = by_expression[f"response.code_details == 'request_payload_too_large'{path}"]
+        other = by_expression[f"!response.code_details.startsWith('gateway_'){path}"]
         assert (down["status_code"], too_large["status_code"]) == (503, 413)
         assert "status_code" not in other  # Envoy's own status is kept
         for m in (down, too_large, other):
@@ -410,6 +421,7 @@ def test_local_reply_mappers(config: GatewayConfig, production: dict[str, Any]) 
                 assert set(body["error"]) == {"message", "type", "param", "code"}
         limit = str(config.limits.max_request_body_bytes)
         assert limit in too_large["body_format_override"]["json_format"]["error"]["message"]
+    assert mappers[-1] is by_expression["!response.code_details.startsWith('gateway_')"]
 
 
 def test_access_log_has_no_secret_headers(production: dict[str, Any]) -> None:

@@ -48,8 +48,25 @@ app.kubernetes.io/component: redis
 {{- end }}
 {{- end }}
 
+{{/* An image: repository@digest when a digest pins it, else repository:tag. Takes (list image
+defaultTag). */}}
+{{- define "llm-gateway.imageRef" -}}
+{{- $image := index . 0 }}
+{{- if $image.digest }}
+{{- printf "%s@%s" $image.repository $image.digest }}
+{{- else }}
+{{- printf "%s:%s" $image.repository (default (index . 1) $image.tag) }}
+{{- end }}
+{{- end }}
+
 {{- define "llm-gateway.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- include "llm-gateway.imageRef" (list .Values.image .Chart.AppVersion) }}
+{{- end }}
+
+{{/* The Secret holding the bundled Redis's password: the operator's, or the one the chart
+generates (redis-auth-secret.yaml). */}}
+{{- define "llm-gateway.redisAuthSecret" -}}
+{{- default (printf "%s-redis-auth" (include "llm-gateway.fullname" .)) .Values.redis.bundled.auth.existingSecret }}
 {{- end }}
 
 {{/* Paths inside the pod. */}}
@@ -127,7 +144,7 @@ Rendered as JSON (valid YAML) so that large integers keep their exact value.
 {{- $_ := set $c "observability" $obs }}
 {{- with .Values.adminApi }}
 {{- if .enabled }}
-{{- $_ := set $c "admin_api" (dict "enabled" true "host" "0.0.0.0" "port" (int .port) "http_port" (int .httpPort) "read_groups" .readGroups "write_groups" .writeGroups) }}
+{{- $_ := set $c "admin_api" (dict "enabled" true "host" .host "port" (int .port) "http_port" (int .httpPort) "read_groups" .readGroups "write_groups" .writeGroups) }}
 {{- end }}
 {{- end }}
 {{- if .Values.adminApi.enabled }}
@@ -290,7 +307,13 @@ sidecars. */}}
 {{/* The sidecar's environment (also check-config's). Secrets only by reference. */}}
 {{- define "llm-gateway.sidecarEnv" -}}
 - {name: PYTHONUNBUFFERED, value: "1"}
-{{- if and .Values.redis.external.existingSecret (not .Values.redis.bundled.enabled) }}
+{{- if .Values.redis.bundled.enabled }}
+- name: GATEWAY_REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "llm-gateway.redisAuthSecret" . }}
+      key: {{ .Values.redis.bundled.auth.passwordKey }}
+{{- else if .Values.redis.external.existingSecret }}
 - name: GATEWAY_REDIS_PASSWORD
   valueFrom:
     secretKeyRef:
