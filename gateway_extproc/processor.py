@@ -107,7 +107,7 @@ class StreamProcessor:
         if phase in ("response_headers", "response_body"):  # synchronous mode
             if self.observer is None:  # not forwarded by this stream
                 return msgs.passthrough(message)
-            return self.observer.reply(message, self._response_headers)
+            return await self.observer.reply(message, self._response_headers)
         try:
             if phase == "request_headers":
                 headers = msgs.headers_of(message.request_headers)

@@ -1,0 +1,56 @@
+"""A response body as the observer receives it, within memory bounds. Pure (no I/O, no clock).
+
+Its bytes are decoded when the provider compressed them anyway (inflate.py: at most 100:1), then
+fed to the stream meter (an event stream: usage counted as it passes, nothing kept but the SSE
+decoder's line) or kept as JSON (metering_bounded.py: whole up to `metering.max_json_body_bytes`,
+beyond it only its ends). The bounds it ran into are listed in `limits_reached`.
+"""
+
+from __future__ import annotations
+
+from gateway_extproc.apis import Api
+from gateway_extproc.audit import LimitReached
+from gateway_extproc.inflate import DEFLATE_WBITS, GZIP_WBITS, Inflater
+from gateway_extproc.metering import StreamMeter
+from gateway_extproc.metering_bounded import JsonBody
+
+_WBITS = {"gzip": GZIP_WBITS, "x-gzip": GZIP_WBITS, "deflate": DEFLATE_WBITS}
+
+
+class ResponseBody:
+    __slots__ = ("inflater", "json", "limits_reached", "meter", "unreadable")
+
+    def __init__(self, api: Api, cap: int, *, stream: bool, encoding: str) -> None:
+        """`stream`: the body is `text/event-stream`; `encoding`: its content-encoding."""
+        self.meter = StreamMeter(api) if stream else None
+        self.json = JsonBody(cap)
+        self.inflater: Inflater | None = None
+        self.limits_reached: list[LimitReached] = []
+        self.unreadable: str | None = None  # why the body is not read (on): metering estimates
+        coding = encoding.strip().lower()
+        if coding in _WBITS:
+            self.inflater = Inflater(_WBITS[coding])
+        elif coding not in ("identity", ""):
+            self.unreadable = f"{coding}-encoded"
+
+    def take(self, chunk: bytes, end: bool) -> list[bytes]:
+        """Decode and meter or keep one chunk; the decoded bytes (a stream's, for the response
+        cache to keep)."""
+        if self.unreadable is not None:
+            return []
+        inflater = self.inflater
+        pieces = [chunk] if inflater is None else list(inflater.feed(chunk, end))
+        for piece in pieces:
+            if self.meter is not None:
+                self.meter.feed(piece)
+            else:
+                self.json.feed(piece)
+        if inflater is not None and inflater.exceeded:  # a decompression bomb: stop reading
+            self.unreadable = (
+                f"inflates beyond {inflater.max_ratio}:1 "
+                f"({inflater.produced} bytes from {inflater.received})"
+            )
+            self.limits_reached.append(LimitReached.RESPONSE_INFLATE_RATIO)
+        if self.json.truncated and LimitReached.RESPONSE_BODY_CAP not in self.limits_reached:
+            self.limits_reached.append(LimitReached.RESPONSE_BODY_CAP)
+        return pieces if self.meter is not None else []
