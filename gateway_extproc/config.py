@@ -43,6 +43,7 @@ from gateway_extproc.spend.rollup import RollupSettings
 class Limits:
     max_request_body_bytes: int = 32 * 1024 * 1024
     ext_proc_message_timeout_ms: int = 5000
+    guardrail_scan_timeout_ms: int = 1000  # below the message timeout (guardrails/scan.py)
     stream_idle_timeout_s: int = 600
     upstream_connect_timeout_s: int = 10
     max_downstream_connections: int = 10000
@@ -195,6 +196,7 @@ def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayC
         max_json_depth=r.integer(limits_doc, "limits", "max_json_depth", 2, 254),
         max_json_values=r.integer(limits_doc, "limits", "max_json_values", 100, 100_000_000),
     )
+    limits = dataclasses.replace(limits, guardrail_scan_timeout_ms=_scan_timeout(r, limits_doc))
 
     providers: dict[str, ProviderConfig] = {}
     providers_doc = doc.get("providers")
@@ -297,6 +299,24 @@ def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayC
     if r.problems:
         raise ConfigError(r.problems)
     return config
+
+
+def _scan_timeout(r: Reader, limits: Mapping[str, Any]) -> int:
+    """`limits.guardrail_scan_timeout_ms`: below the message timeout, whose answer the scan is
+    part of; by default 1 s, or half the message timeout when that is shorter."""
+    message_ms = limits.get("ext_proc_message_timeout_ms", Limits.ext_proc_message_timeout_ms)
+    if not isinstance(message_ms, int) or message_ms < 50:
+        return Limits.guardrail_scan_timeout_ms  # reported as the message timeout's problem
+    key = "guardrail_scan_timeout_ms"
+    if key not in limits:
+        return min(Limits.guardrail_scan_timeout_ms, message_ms // 2)
+    value = r.integer(limits, "limits", key, 10, 3_600_000)
+    if value >= message_ms:
+        r.problems.append(
+            f"limits.{key}: must be below limits.ext_proc_message_timeout_ms ({message_ms}): "
+            "the scan is part of one message's answer"
+        )
+    return value
 
 
 def _interval(r: Reader, sidecar: Mapping[str, Any]) -> float:

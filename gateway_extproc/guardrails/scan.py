@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from gateway_extproc.guardrails import pii
 from gateway_extproc.guardrails import secret_patterns as sp
 from gateway_extproc.guardrails.categories import Category
+from gateway_extproc.guardrails.deadline import NEVER, Deadline
 from gateway_extproc.guardrails.prepared import Free, Prepared
 
 Span = tuple[int, int]
@@ -53,14 +54,16 @@ _ORDER: tuple[tuple[Category, Detector], ...] = (
 )
 
 
-def scan(text: str, categories: Iterable[Category]) -> list[Finding]:
-    """Every finding of the given categories in `text`, ordered by position, never overlapping."""
+def scan(text: str, categories: Iterable[Category], deadline: Deadline = NEVER) -> list[Finding]:
+    """Every finding of the given categories in `text`, ordered by position, never overlapping.
+    Raises ScanTimeout past `deadline` (checked per detector and per candidate)."""
     wanted = frozenset(categories)
-    prepared = Prepared(text)
+    prepared = Prepared(text, deadline)
     starts: list[int] = []  # kept spans, sorted by start; they never overlap
     kept: list[Finding] = []
 
     def free(start: int, end: int) -> bool:
+        deadline.check()  # detectors ask before they validate a candidate
         i = bisect.bisect_left(starts, start)
         if i < len(kept) and kept[i].start < end:
             return False  # overlaps the next kept span
@@ -69,6 +72,7 @@ def scan(text: str, categories: Iterable[Category]) -> list[Finding]:
     for category, find in _ORDER:
         if category not in wanted:
             continue
+        deadline.check()
         for start, end in find(prepared, free):
             if not free(start, end):
                 continue
