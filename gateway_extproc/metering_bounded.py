@@ -55,12 +55,13 @@ class JsonBody:
         self.size += len(data)
         whole = self._whole
         if whole is not None:
-            whole += data
-            if len(whole) > self.cap:  # from now on only the ends are kept
-                self._head = bytes(whole[:HEAD_BYTES])
-                self._tail = bytearray(whole[-TAIL_BYTES:])
-                self._whole = None
-            return
+            if len(whole) + len(data) <= self.cap:
+                whole += data
+                return
+            # From now on only the ends are kept (a large chunk is not copied whole first).
+            self._head = bytes(whole[:HEAD_BYTES]) + data[: max(HEAD_BYTES - len(whole), 0)]
+            self._tail = bytearray(whole[-TAIL_BYTES:]) if len(data) < TAIL_BYTES else bytearray()
+            self._whole = None
         tail = self._tail
         if len(data) >= TAIL_BYTES:
             self._tail = bytearray(data[-TAIL_BYTES:])
@@ -78,9 +79,9 @@ class JsonBody:
         """Bytes held in memory now."""
         return len(self._whole) if self._whole is not None else len(self._head) + len(self._tail)
 
-    def whole(self) -> bytes | None:
-        """The body, when it was kept whole."""
-        return bytes(self._whole) if self._whole is not None else None
+    def whole(self) -> bytearray | None:
+        """The body (not a copy), when it was kept whole."""
+        return self._whole
 
     def meter(self, api: Api, *, ended: bool = True) -> JsonMeterResult:
         """What the body says about its cost. Never raises. A truncated body is read from its

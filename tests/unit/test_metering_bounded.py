@@ -250,3 +250,20 @@ def test_memory_stays_under_the_cap_whatever_the_size() -> None:
 def test_the_cap_must_hold_both_ends() -> None:
     with pytest.raises(ValueError, match="at least"):
         JsonBody(HEAD_BYTES)
+
+
+def test_a_chunk_far_over_the_cap_is_not_copied_whole() -> None:
+    """Envoy may hand the observer tens of MB in one message (as much as it read at once): only
+    its ends are copied."""
+    raw = orjson.dumps(chat(BIG))
+    first, rest = raw[:1000], raw[1000:]
+    tracemalloc.start()
+    try:
+        body = JsonBody(CAP)
+        body.feed(first)
+        body.feed(rest)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(raw) > 2_000_000 and peak < 4 * (HEAD_BYTES + TAIL_BYTES)
+    assert body.meter(Api.OPENAI_CHAT).usage == usage_from_json(Api.OPENAI_CHAT, raw).usage
