@@ -212,6 +212,7 @@ async def _send_padded(
             block = _PAD[: min(left, len(_PAD))]
             await response.write(encoder.encode(block))
             left -= len(block)
+            await asyncio.sleep(0)  # ~3 ms of gzip per block: let the mock's other replies go
         await response.write(encoder.encode(reply.body[1:]) + encoder.finish())
         await response.write_eof()
     except ConnectionError:
@@ -268,6 +269,8 @@ async def _reply(endpoint: Endpoint, request: web.Request, raw: bytes, controls:
     body = parse_body(raw)
     if controls.response_model is not None:  # report another model than the one asked for
         body = {**body, "model": controls.response_model}
+    if endpoint.build is embeddings_reply:  # up to ~100 MB of floats: off the mock's loop
+        return await asyncio.to_thread(endpoint.build, body, context)
     return endpoint.build(body, context)
 
 
