@@ -8,6 +8,8 @@ beyond it only its ends). The bounds it ran into are listed in `limits_reached`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from gateway_extproc.apis import Api
 from gateway_extproc.audit import LimitReached
 from gateway_extproc.inflate import DEFLATE_WBITS, GZIP_WBITS, Inflater
@@ -33,24 +35,28 @@ class ResponseBody:
         elif coding not in ("identity", ""):
             self.unreadable = f"{coding}-encoded"
 
-    def take(self, chunk: bytes, end: bool) -> list[bytes]:
-        """Decode and meter or keep one chunk; the decoded bytes (a stream's, for the response
-        cache to keep)."""
+    def take(self, chunk: bytes, end: bool) -> Sequence[bytes]:
+        """Decode and meter or keep one chunk; the decoded bytes of a stream (for the response
+        cache to keep), nothing for JSON. The common case - identity bytes - costs one call."""
         if self.unreadable is not None:
-            return []
+            return ()
         inflater = self.inflater
-        pieces = [chunk] if inflater is None else list(inflater.feed(chunk, end))
-        for piece in pieces:
-            if self.meter is not None:
-                self.meter.feed(piece)
-            else:
-                self.json.feed(piece)
+        pieces: Sequence[bytes] = (chunk,) if inflater is None else tuple(inflater.feed(chunk, end))
+        meter = self.meter
+        if meter is not None:
+            for piece in pieces:
+                meter.feed(piece)
+        else:
+            json = self.json
+            for piece in pieces:
+                json.feed(piece)
+            if json.truncated and LimitReached.RESPONSE_BODY_CAP not in self.limits_reached:
+                self.limits_reached.append(LimitReached.RESPONSE_BODY_CAP)
+            pieces = ()
         if inflater is not None and inflater.exceeded:  # a decompression bomb: stop reading
             self.unreadable = (
                 f"inflates beyond {inflater.max_ratio}:1 "
                 f"({inflater.produced} bytes from {inflater.received})"
             )
-            self.limits_reached.append(LimitReached.RESPONSE_INFLATE_RATIO)
-        if self.json.truncated and LimitReached.RESPONSE_BODY_CAP not in self.limits_reached:
-            self.limits_reached.append(LimitReached.RESPONSE_BODY_CAP)
-        return pieces if self.meter is not None else []
+            self.limits_reached.insert(0, LimitReached.RESPONSE_INFLATE_RATIO)
+        return pieces
