@@ -59,7 +59,7 @@ class ResponseObserver:
         self.upstream = ctx.upstreams.get(state.provider)
         self.status: int | None = None
         self.first_byte: float | None = None  # on the clock `_now` reads
-        self.body = self._body(stream=False, encoding="")  # replaced by the response headers'
+        self.body = ResponseBody(ctx.config.metering.max_json_body_bytes)
         self.parsed: JsonMeterResult | None = None  # a JSON body's parse, done off the loop
         self.sse_capture = bytearray()  # a streamed miss's events, for the response cache
         self.metering_broken = False
@@ -93,7 +93,9 @@ class ResponseObserver:
             self.status = 0
         self.first_byte = self._now()
         streaming = headers.get("content-type", "").startswith("text/event-stream")
-        self.body = self._body(stream=streaming, encoding=headers.get("content-encoding", ""))
+        self.body.start(
+            self.state.api, stream=streaming, encoding=headers.get("content-encoding", "")
+        )
         if self.body.unreadable is not None:  # e.g. br: counted from the estimate, and said so
             log.warning(
                 "cannot meter %s body", self.body.unreadable, extra={"request_id": self.request_id}
@@ -102,10 +104,6 @@ class ResponseObserver:
             self.completed = True
             self.finish()
         return streaming
-
-    def _body(self, *, stream: bool, encoding: str) -> ResponseBody:
-        cap = self.ctx.config.metering.max_json_body_bytes
-        return ResponseBody(self.state.api, cap, stream=stream, encoding=encoding)
 
     @property
     def meter(self) -> StreamMeter | None:
@@ -126,8 +124,10 @@ class ResponseObserver:
         if self.metering_broken:
             return
         was_readable = self.body.unreadable is None
-        for data in self.body.take(chunk, end):  # a stream's decoded bytes: a miss to store
-            self.ctx.cache.capture(self.cache_ticket, self.sse_capture, data)
+        pieces = self.body.take(chunk, end)  # a stream's decoded bytes: a miss to store
+        if self.cache_ticket is not None:
+            for data in pieces:
+                self.ctx.cache.capture(self.cache_ticket, self.sse_capture, data)
         if was_readable and self.body.unreadable is not None:  # a decompression bomb
             log.warning(
                 "response body %s: not decoded further, charged as estimated",
@@ -343,8 +343,10 @@ class ResponseObserver:
         budget = None
         if state.budget is not None and state.budget.audit is not None:
             budget = {**state.budget.audit, "overrun_micros": self.overrun_micros}
-        extra = dict(state.audit_extra)  # the request phase's bounds, then the response's
-        limits = (*extra.pop("limits_reached", ()), *self.body.limits_reached)
+        extra, limits = state.audit_extra, tuple(self.body.limits_reached)
+        if "limits_reached" in extra:  # the request phase's bounds come first
+            extra = dict(extra)
+            limits = (*extra.pop("limits_reached"), *limits)
         record = AuditRecord(
             request_id=state.request_id,
             time=datetime.datetime.fromtimestamp(state.arrived, datetime.UTC),

@@ -22,27 +22,35 @@ _WBITS = {"gzip": GZIP_WBITS, "x-gzip": GZIP_WBITS, "deflate": DEFLATE_WBITS}
 class ResponseBody:
     __slots__ = ("inflater", "json", "limits_reached", "meter", "unreadable")
 
-    def __init__(self, api: Api, cap: int, *, stream: bool, encoding: str) -> None:
-        """`stream`: the body is `text/event-stream`; `encoding`: its content-encoding."""
-        self.meter = StreamMeter(api) if stream else None
+    def __init__(self, cap: int) -> None:
         self.json = JsonBody(cap)
+        self.meter: StreamMeter | None = None
         self.inflater: Inflater | None = None
         self.limits_reached: list[LimitReached] = []
         self.unreadable: str | None = None  # why the body is not read (on): metering estimates
-        coding = encoding.strip().lower()
-        if coding in _WBITS:
-            self.inflater = Inflater(_WBITS[coding])
-        elif coding not in ("identity", ""):
-            self.unreadable = f"{coding}-encoded"
+
+    def start(self, api: Api, *, stream: bool, encoding: str) -> None:
+        """The response's headers: an event stream (`stream`) is metered as it passes; a
+        content-encoding is decoded (gzip, deflate) or makes the body unreadable (br, ...)."""
+        if stream:
+            self.meter = StreamMeter(api)
+        if encoding:
+            coding = encoding.strip().lower()
+            if coding in _WBITS:
+                self.inflater = Inflater(_WBITS[coding])
+            elif coding != "identity":
+                self.unreadable = f"{coding}-encoded"
 
     def take(self, chunk: bytes, end: bool) -> Sequence[bytes]:
         """Decode and meter or keep one chunk; the decoded bytes of a stream (for the response
-        cache to keep), nothing for JSON. The common case - identity bytes - costs one call."""
+        cache to keep), nothing for JSON. The common case - an identity stream - costs one call."""
+        meter, inflater = self.meter, self.inflater
+        if inflater is None and meter is not None and self.unreadable is None:
+            meter.feed(chunk)
+            return (chunk,)
         if self.unreadable is not None:
             return ()
-        inflater = self.inflater
         pieces: Sequence[bytes] = (chunk,) if inflater is None else tuple(inflater.feed(chunk, end))
-        meter = self.meter
         if meter is not None:
             for piece in pieces:
                 meter.feed(piece)
