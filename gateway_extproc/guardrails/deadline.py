@@ -17,13 +17,25 @@ class ScanTimeout(Exception):
 
 
 class Deadline:
-    __slots__ = ("at", "clock")
+    """`check` runs per candidate, up to ~100,000 times per MB dense with them: it reads the
+    clock on its first call and every 16th after it (~100 ns a check instead of ~220).
+    `check_now` always reads it (per detector: a detector can pass over the whole text without
+    a candidate)."""
+
+    __slots__ = ("_checks", "at", "clock")
 
     def __init__(self, clock: Callable[[], float], seconds: float) -> None:
         self.clock = clock
         self.at = clock() + seconds
+        self._checks = 0
 
     def check(self) -> None:
+        checks = self._checks
+        self._checks = checks + 1
+        if not checks & 15 and self.clock() > self.at:
+            raise ScanTimeout
+
+    def check_now(self) -> None:
         if self.clock() > self.at:
             raise ScanTimeout
 
@@ -35,6 +47,9 @@ class _Never(Deadline):
         super().__init__(lambda: 0.0, 0.0)
 
     def check(self) -> None:
+        pass
+
+    def check_now(self) -> None:
         pass
 
 

@@ -72,7 +72,7 @@ def scan(text: str, categories: Iterable[Category], deadline: Deadline = NEVER) 
     for category, find in _ORDER:
         if category not in wanted:
             continue
-        deadline.check()
+        deadline.check_now()
         for start, end in find(prepared, free):
             if not free(start, end):
                 continue

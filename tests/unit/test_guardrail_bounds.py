@@ -181,3 +181,18 @@ def test_the_scan_timeout_is_configured_below_the_message_timeout() -> None:
     )
     with pytest.raises(ConfigError, match=r"limits\.guardrail_scan_timeout_ms: must be below"):
         config({"email": "block"}, guardrail_scan_timeout_ms=5000)
+
+
+def test_check_reads_the_clock_every_16th_time_and_check_now_always() -> None:
+    reads: list[int] = []
+
+    def clock() -> float:
+        reads.append(1)
+        return 0.0
+
+    deadline = Deadline(clock, 1.0)
+    for _ in range(33):
+        deadline.check()
+    assert len(reads) == 1 + 3  # construction, then checks 1, 17 and 33
+    deadline.check_now()
+    assert len(reads) == 5
