@@ -217,3 +217,25 @@ def test_the_cap_is_configured_and_checked() -> None:
     doc = merge(load_document(None), {"metering": {"max_json_body_bytes": 1000}})
     with pytest.raises(ConfigError, match=r"metering\.max_json_body_bytes"):
         parse_config(doc, {})
+
+
+def test_synchronous_mode_stops_a_bomb_too_and_still_sends_the_cost(synchronous: Gateway) -> None:
+    wire = gzip_bomb(64)
+    p = synchronous.processor()
+    forward(p, CHAT_PATH, {**CHAT, "max_tokens": 50})
+    handle(p, resp_headers(extra={"content-encoding": "gzip"}))
+    parts = [wire[i : i + 16384] for i in range(0, len(wire), 16384)]
+
+    def feed() -> Any:
+        for part in parts:
+            handle(p, resp_body(part))
+        return handle(p, resp_body(b"", end=True))
+
+    replies: list[Any] = []
+    assert peak_while(lambda: replies.append(feed())) < CAP + 4 * (1 << 20)
+    cost = round(CHAT_INPUT_ESTIMATE * 2.5 + 50 * 10)
+    headers = set_headers(replies[0].response_body.response.header_mutation)
+    assert headers["x-gateway-cost-usd"] == f"{cost / 1e6:.6f}"
+    record = synchronous.record()
+    assert record["usage_source"] == "estimated" and record["cost_micros"] == cost
+    assert record["limits_reached"][0] == "response_inflate_ratio"
