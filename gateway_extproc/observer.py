@@ -29,7 +29,6 @@ from gateway_extproc.catalog import ModelEntry
 from gateway_extproc.context import GatewayContext
 from gateway_extproc.handoff import NAMESPACE, STATE_KEY, HandoffError, RequestState
 from gateway_extproc.metering import StreamMeter, estimate_tokens
-from gateway_extproc.metering_bounded import HEAD_BYTES, TAIL_BYTES
 from gateway_extproc.metering_common import JsonMeterResult
 from gateway_extproc.model_mismatch import price_reported
 from gateway_extproc.observability.attributes import RequestFacts
@@ -157,7 +156,9 @@ class ResponseObserver:
     def _parsed(self, future: asyncio.Future[JsonMeterResult]) -> None:
         error = None if future.cancelled() else future.exception()
         if future.cancelled() or error is not None:
-            log.error("response parse failed", exc_info=error, extra=self._log_extra)
+            log.error(
+                "response parse failed", exc_info=error, extra={"request_id": self.request_id}
+            )
             self.metering_broken = True
         else:
             self.parsed = future.result()
@@ -211,10 +212,6 @@ class ResponseObserver:
     def request_id(self) -> str:
         return self.state.request_id
 
-    @property
-    def _log_extra(self) -> dict[str, str]:
-        return {"request_id": self.state.request_id}
-
     def _cost_so_far(self) -> int:
         """The request's cost until now, for lease checkpoints of long responses."""
         chars = self.meter.output_chars_so_far if self.meter is not None else 0
@@ -257,12 +254,7 @@ class ResponseObserver:
             self.response_meta = (jr.response_id, jr.finish_reasons)
         if usage is not None and complete:
             return usage, UsageSource.PROVIDER, provider_model
-        estimated_output = estimate_tokens(output_chars)
-        if self.body.limits_reached:  # bytes were counted, not text: an upper bound
-            if self.meter is None:
-                estimated_output = estimate_tokens(self.body.json.size)
-            if self.state.max_tokens is not None:
-                estimated_output = min(estimated_output, self.state.max_tokens)
+        estimated_output = self.body.estimated_output(output_chars, self.state.max_tokens)
         if usage is not None:  # partial report (stream cut short): keep what the provider said
             return (
                 usage.with_output_at_least(estimated_output),
@@ -321,17 +313,10 @@ class ResponseObserver:
             stream=stream,
             body=self.sse_capture if stream else self.body.json.whole() or b"",
         )
-        if truncated and self.body.unreadable is None:
-            log.log(
-                logging.INFO if source is UsageSource.PROVIDER else logging.WARNING,
-                "response body of %d bytes over metering.max_json_body_bytes: metered from its "
-                "first %d and last %d bytes (%s), not cached",
-                self.body.json.size,
-                HEAD_BYTES,
-                TAIL_BYTES,
-                "usage read" if source is UsageSource.PROVIDER else "charged as estimated",
-                extra={"request_id": self.request_id},
-            )
+        note = self.body.truncation_note(usage_read=source is UsageSource.PROVIDER)
+        if note is not None:  # usage read: as expected for a large body; else worth a look
+            level = logging.INFO if source is UsageSource.PROVIDER else logging.WARNING
+            log.log(level, "%s", note, extra={"request_id": self.request_id})
         self._audit(usage, source, provider_model, cost)
         self.cost = cost
         return cost

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from gateway_extproc.apis import Api
 from gateway_extproc.audit import LimitReached
 from gateway_extproc.inflate import DEFLATE_WBITS, GZIP_WBITS, Inflater
-from gateway_extproc.metering import StreamMeter
-from gateway_extproc.metering_bounded import JsonBody
+from gateway_extproc.metering import StreamMeter, estimate_tokens
+from gateway_extproc.metering_bounded import HEAD_BYTES, TAIL_BYTES, JsonBody
 
 _WBITS = {"gzip": GZIP_WBITS, "x-gzip": GZIP_WBITS, "deflate": DEFLATE_WBITS}
 
@@ -68,3 +68,22 @@ class ResponseBody:
             )
             self.limits_reached.insert(0, LimitReached.RESPONSE_INFLATE_RATIO)
         return pieces
+
+    def truncation_note(self, *, usage_read: bool) -> str | None:
+        """What to log (sizes only, never content) of a JSON body cut to its ends."""
+        if not self.json.truncated or self.unreadable is not None:
+            return None
+        outcome = "usage read" if usage_read else "no usage found: charged as estimated"
+        return (
+            f"response body of {self.json.size} bytes over metering.max_json_body_bytes: metered "
+            f"from its first {HEAD_BYTES} and last {TAIL_BYTES} bytes ({outcome}), not cached"
+        )
+
+    def estimated_output(self, output_chars: int, max_tokens: int | None) -> int:
+        """Output tokens to charge when the provider's usage is not read: from the generated
+        characters seen; once a bound was reached, from every byte seen (an upper bound: bytes,
+        not text) and never above the request's own output limit."""
+        if not self.limits_reached:
+            return estimate_tokens(output_chars)
+        tokens = estimate_tokens(output_chars if self.meter is not None else self.json.size)
+        return tokens if max_tokens is None else min(tokens, max_tokens)
