@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import enum
 import logging
 import math
 import queue
@@ -25,6 +26,14 @@ from gateway_extproc.pricing import format_usd
 from gateway_extproc.tokens import Usage, UsageSource
 
 log = logging.getLogger("gateway.audit")
+
+
+class LimitReached(enum.StrEnum):
+    """A bound a request ran into (docs/security.md, "Memory and time bounds")."""
+
+    RESPONSE_BODY_CAP = "response_body_cap"  # metering.max_json_body_bytes: metered from the ends
+    RESPONSE_INFLATE_RATIO = "response_inflate_ratio"  # a decompression bomb: estimated
+    GUARDRAIL_SCAN_TIMEOUT = "guardrail_scan_timeout"  # limits.guardrail_scan_timeout_ms
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -58,6 +67,8 @@ class AuditRecord:
     rate_limits: Sequence[Mapping[str, Any]] | None = None
     cache: str | None = None  # hit | miss | skip | refresh; None: no cache rule applied
     cost_saved_micros: int | None = None  # a hit: what the answer would have cost
+    # Bounds this request ran into (LimitReached values), each with a documented outcome.
+    limits_reached: tuple[str, ...] = ()
 
     def to_json(self) -> bytes:
         doc: dict[str, Any] = {
@@ -93,6 +104,7 @@ class AuditRecord:
             "rate_limits": None if self.rate_limits is None else list(self.rate_limits),
             "cache": self.cache,
             "cost_saved_micros": self.cost_saved_micros,
+            "limits_reached": list(self.limits_reached),
         }
         return orjson.dumps(doc)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+from asyncio import Future
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -56,3 +57,9 @@ async def off_loop_if_large(size: int, fn: Callable[..., T], *args: Any) -> T:
         return fn(*args)
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(_parser_thread(), fn, *args)
+
+
+def run_off_loop(loop: asyncio.AbstractEventLoop, fn: Callable[..., T], *args: Any) -> Future[T]:
+    """`fn(*args)` in the body-parsing thread, as a future of `loop` (the observer hands a
+    large response's parse there and ends the request when it is done)."""
+    return loop.run_in_executor(_parser_thread(), fn, *args)

@@ -51,6 +51,7 @@ UNDERSCORE_ACTIONS = ("reject", "drop", "allow")
 class Limits:
     max_request_body_bytes: int = 32 * 1024 * 1024
     ext_proc_message_timeout_ms: int = 5000
+    guardrail_scan_timeout_ms: int = 1000  # below the message timeout (guardrails/scan.py)
     stream_idle_timeout_s: int = 600
     upstream_connect_timeout_s: int = 10
     max_downstream_connections: int = 10000
@@ -216,6 +217,7 @@ def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayC
         max_json_values=r.integer(limits_doc, "limits", "max_json_values", 100, 100_000_000),
         **_edge_limits(r, limits_doc),
     )
+    limits = dataclasses.replace(limits, guardrail_scan_timeout_ms=_scan_timeout(r, limits_doc))
 
     providers: dict[str, ProviderConfig] = {}
     providers_doc = doc.get("providers")
@@ -351,6 +353,24 @@ def _edge_limits(r: Reader, doc: Mapping[str, Any]) -> dict[str, Any]:
         "headers_with_underscores": underscores,
         "envoy_memory_limit_bytes": whole("envoy_memory_limit_bytes", 0, 1 << 50),
     }
+
+
+def _scan_timeout(r: Reader, limits: Mapping[str, Any]) -> int:
+    """`limits.guardrail_scan_timeout_ms`: below the message timeout, whose answer the scan is
+    part of; by default 1 s, or half the message timeout when that is shorter."""
+    message_ms = limits.get("ext_proc_message_timeout_ms", Limits.ext_proc_message_timeout_ms)
+    if not isinstance(message_ms, int) or message_ms < 50:
+        return Limits.guardrail_scan_timeout_ms  # reported as the message timeout's problem
+    key = "guardrail_scan_timeout_ms"
+    if key not in limits:
+        return min(Limits.guardrail_scan_timeout_ms, message_ms // 2)
+    value = r.integer(limits, "limits", key, 10, 3_600_000)
+    if value >= message_ms:
+        r.problems.append(
+            f"limits.{key}: must be below limits.ext_proc_message_timeout_ms ({message_ms}): "
+            "the scan is part of one message's answer"
+        )
+    return value
 
 
 def _interval(r: Reader, sidecar: Mapping[str, Any]) -> float:

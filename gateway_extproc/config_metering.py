@@ -10,6 +10,8 @@ from typing import Any
 
 from gateway_extproc.config_reader import Reader
 
+MIN_JSON_BODY_BYTES = 256 * 1024  # above what a truncated body keeps (metering_bounded.py)
+
 
 class MeteringMode(enum.StrEnum):
     OBSERVE = "observe"  # the response path is observed; Envoy never waits for the sidecar
@@ -23,6 +25,10 @@ class MeteringConfig:
     # stream ended without a response end (a client disconnect, a reset): the sidecar meters
     # what it saw when the stream closes. Envoy's `deferred_close_timeout`.
     observer_close_timeout_ms: int = 5000
+    # What the sidecar keeps of one non-streamed response: whole up to this, beyond it only its
+    # first and last 64 KiB (metering_bounded.py). Bounds memory per response; usage is read
+    # from the ends of a larger body.
+    max_json_body_bytes: int = 1 << 20
 
     @property
     def synchronous(self) -> bool:
@@ -30,7 +36,9 @@ class MeteringConfig:
 
 
 def parse_metering(r: Reader, doc: Mapping[str, Any]) -> MeteringConfig:
-    section = r.section(doc, "metering", {"mode", "observer_close_timeout_ms"})
+    section = r.section(
+        doc, "metering", {"mode", "observer_close_timeout_ms", "max_json_body_bytes"}
+    )
     mode = section.get("mode", MeteringMode.OBSERVE.value)
     if mode not in {m.value for m in MeteringMode}:
         choices = ", ".join(m.value for m in MeteringMode)
@@ -38,4 +46,6 @@ def parse_metering(r: Reader, doc: Mapping[str, Any]) -> MeteringConfig:
         mode = MeteringMode.OBSERVE.value
     key = "observer_close_timeout_ms"
     timeout = r.integer({key: section.get(key, 5000)}, "metering", key, 100, 600_000)
-    return MeteringConfig(MeteringMode(mode), timeout)
+    key = "max_json_body_bytes"
+    cap = r.integer({key: section.get(key, 1 << 20)}, "metering", key, MIN_JSON_BODY_BYTES, 1 << 30)
+    return MeteringConfig(MeteringMode(mode), timeout, cap)

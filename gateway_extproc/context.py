@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import dataclasses
 import time
 from collections.abc import Callable
+from typing import Any
 
 from gateway_extproc.audit import AuditSink
 from gateway_extproc.budgets.gate import BudgetGate
@@ -16,6 +18,26 @@ from gateway_extproc.identity.authenticator import Authenticator
 from gateway_extproc.observability.telemetry import Telemetry
 from gateway_extproc.sidecar_auth.guard import SidecarAuth
 from gateway_extproc.upstreams import Upstream
+
+
+class PendingEnds:
+    """Requests whose end (settle, audit) waits for their response body's parse in the
+    body-parsing thread (observe mode, large JSON bodies). A context closes only after they
+    have ended: their settles and cache stores use it."""
+
+    def __init__(self) -> None:
+        self._futures: set[asyncio.Future[Any]] = set()
+
+    def add(self, future: asyncio.Future[Any]) -> None:
+        self._futures.add(future)
+        future.add_done_callback(self._futures.discard)
+
+    def __len__(self) -> int:
+        return len(self._futures)
+
+    async def drain(self, timeout_s: float = 10.0) -> None:
+        if self._futures:
+            await asyncio.wait(list(self._futures), timeout=timeout_s)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,5 +60,6 @@ class GatewayContext:
     cache: ResponseCache = dataclasses.field(default_factory=ResponseCache.off)
     # The admin API's callers (admin/auth.py), sharing `authenticator`'s signing keys.
     admin_authenticator: Authenticator | None = None
+    pending_ends: PendingEnds = dataclasses.field(default_factory=PendingEnds)
     monotonic: Callable[[], float] = time.monotonic
     wall_clock: Callable[[], float] = time.time

@@ -38,6 +38,7 @@ __all__ = [
     "StreamMeter",
     "StreamMeterResult",
     "estimate_tokens",
+    "meter_object",
     "usage_from_anthropic",
     "usage_from_json",
     "usage_from_openai",
@@ -70,6 +71,11 @@ def usage_from_json(api: Api, body: bytes) -> JsonMeterResult:
         return _NOTHING
     if not isinstance(obj, dict):
         return _NOTHING
+    return meter_object(api, obj)
+
+
+def meter_object(api: Api, obj: dict[str, object]) -> JsonMeterResult:
+    """Meter a parsed non-streamed response of `api` (or the members of one that are known)."""
     if api is Api.ANTHROPIC_MESSAGES:
         return meter_anthropic_json(obj)
     if api is Api.OPENAI_RESPONSES:

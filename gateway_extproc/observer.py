@@ -6,26 +6,34 @@ It works from a `RequestState` alone, so it runs wherever the response is seen: 
 (Envoy does not wait for it: nothing here can delay a response or a streamed chunk), in
 `synchronous` mode inside the request's own processor. Nothing here awaits I/O: metering and
 pricing are pure calls; settles and the audit line are queued.
+
+Memory and time stay bounded whatever the upstream sends (response_body.py): compressed bodies
+inflate at most 100:1, a JSON body is kept whole only up to `metering.max_json_body_bytes`, and
+one over 64 KiB is parsed in the body-parsing thread, not on the event loop (synchronous mode
+awaits it; observe mode ends the request from there).
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime
 import logging
-import zlib
 from collections.abc import Callable
 
 from gateway_extproc import extproc_msgs as msgs
 from gateway_extproc.audit import AuditRecord
+from gateway_extproc.bodyparse import OFFLOAD_BYTES, off_loop_if_large, run_off_loop
 from gateway_extproc.cache.key import CacheTicket
 from gateway_extproc.catalog import ModelEntry
 from gateway_extproc.context import GatewayContext
 from gateway_extproc.handoff import MAC_KEY, NAMESPACE, STATE_KEY, HandoffError, RequestState
-from gateway_extproc.metering import StreamMeter, estimate_tokens, usage_from_json
+from gateway_extproc.metering import StreamMeter, estimate_tokens
+from gateway_extproc.metering_common import JsonMeterResult
 from gateway_extproc.model_mismatch import price_reported
 from gateway_extproc.observability.attributes import RequestFacts
 from gateway_extproc.pricing import cost_micros, format_usd
+from gateway_extproc.response_body import ResponseBody
 from gateway_extproc.sidecar_auth.guard import RejectedState
 from gateway_extproc.spend.rollup import Dimensions, UsageRecord
 from gateway_extproc.tokens import Usage, UsageSource
@@ -51,9 +59,9 @@ class ResponseObserver:
         self.upstream = ctx.upstreams.get(state.provider)
         self.status: int | None = None
         self.first_byte: float | None = None  # on the clock `_now` reads
-        self.meter: StreamMeter | None = None
-        self.json_body = bytearray()
-        self.decompressor: zlib._Decompress | None = None
+        self.body = ResponseBody(ctx.config.metering.max_json_body_bytes)
+        self.parsed: JsonMeterResult | None = None  # a JSON body's parse, done off the loop
+        self.sse_capture = bytearray()  # a streamed miss's events, for the response cache
         self.metering_broken = False
         self.completed = False
         self.finished = False
@@ -84,45 +92,88 @@ class ResponseObserver:
         except ValueError:
             self.status = 0
         self.first_byte = self._now()
-        encoding = headers.get("content-encoding", "identity").strip().lower()
-        if encoding in ("gzip", "x-gzip"):
-            self.decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        elif encoding == "deflate":
-            self.decompressor = zlib.decompressobj()
-        elif encoding not in ("identity", ""):
-            self.metering_broken = True  # e.g. br: counted from the estimate, and said so
-            log.warning(
-                "cannot meter %s-encoded body", encoding, extra={"request_id": self.request_id}
-            )
         streaming = headers.get("content-type", "").startswith("text/event-stream")
-        if streaming:
-            self.meter = StreamMeter(self.state.api)
+        self.body.start(
+            self.state.api, stream=streaming, encoding=headers.get("content-encoding", "")
+        )
+        if self.body.unreadable is not None:  # e.g. br: counted from the estimate, and said so
+            log.warning(
+                "cannot meter %s body", self.body.unreadable, extra={"request_id": self.request_id}
+            )
         if end_of_stream:
             self.completed = True
             self.finish()
         return streaming
 
+    @property
+    def meter(self) -> StreamMeter | None:
+        return self.body.meter
+
     def on_body(self, chunk: bytes, end: bool) -> int | None:
-        """One body chunk; at the end, the request's cost (micro-dollars)."""
-        data = b"" if self.metering_broken else self._decoded(chunk, end)
-        if self.meter is not None:
-            self.meter.feed(data)
-            self.ctx.cache.capture(self.cache_ticket, self.json_body, data)  # a miss to store
-        else:
-            self.json_body += data
+        """Observe mode: one body chunk; at the end, the request's cost (micro-dollars), or None
+        when a large JSON body went to the body-parsing thread (the request ends from there)."""
+        self._take(chunk, end)
         if not end:
             return None
         self.completed = True
+        if self._end_off_loop():
+            return None
         return self.finish()
 
-    def reply(
+    def _take(self, chunk: bytes, end: bool) -> None:
+        if self.metering_broken:
+            return
+        was_readable = self.body.unreadable is None
+        pieces = self.body.take(chunk, end)  # a stream's decoded bytes: a miss to store
+        if self.cache_ticket is not None:
+            for data in pieces:
+                self.ctx.cache.capture(self.cache_ticket, self.sse_capture, data)
+        if was_readable and self.body.unreadable is not None:  # a decompression bomb
+            log.warning(
+                "response body %s: not decoded further, charged as estimated",
+                self.body.unreadable,
+                extra={"request_id": self.request_id},
+            )
+
+    def _readable_json(self) -> bool:
+        return self.meter is None and self.body.unreadable is None and not self.metering_broken
+
+    def _end_off_loop(self) -> bool:
+        """Observe mode: parse a large JSON body in the body-parsing thread and end the request
+        when that is done (its context waits for it before closing). False when the parse is
+        cheap enough for the event loop, or there is no loop (tools, tests)."""
+        if not self._readable_json() or self.body.json.kept < OFFLOAD_BYTES:
+            return False
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        self.finished = True  # nothing more to observe: the stream may close now
+        future = run_off_loop(loop, self.body.json.meter, self.state.api)
+        future.add_done_callback(self._parsed)
+        self.ctx.pending_ends.add(future)
+        return True
+
+    def _parsed(self, future: asyncio.Future[JsonMeterResult]) -> None:
+        error = None if future.cancelled() else future.exception()
+        if future.cancelled() or error is not None:
+            log.error(
+                "response parse failed", exc_info=error, extra={"request_id": self.request_id}
+            )
+            self.metering_broken = True
+        else:
+            self.parsed = future.result()
+        self._end()
+
+    async def reply(
         self,
         message: msgs.ProcessingRequest,
         response_headers: Callable[[int | None], dict[str, str]],
     ) -> msgs.ProcessingResponse:
         """Synchronous mode: observe a response message and answer it. `response_headers(cost)`
         gives the headers the request phase decided (with the cost once a JSON body is
-        metered). The response is already on its way: a metering fault never breaks it."""
+        metered; a large one is parsed in the body-parsing thread, awaited here). The response
+        is already on its way: a metering fault never breaks it."""
         phase = message.WhichOneof("request")
         try:
             if phase == "response_headers":
@@ -132,8 +183,15 @@ class ResponseObserver:
                 reply = msgs.common(set_headers=request_id | response_headers(None))
                 return msgs.response_headers_reply(reply, stream_body=streaming)
             body = message.response_body
-            cost = self.on_body(body.body, body.end_of_stream)
-            if cost is None or self.meter is not None:
+            self._take(body.body, body.end_of_stream)
+            if not body.end_of_stream:
+                return msgs.response_body_reply()
+            self.completed = True
+            if self._readable_json():
+                json = self.body.json
+                self.parsed = await off_loop_if_large(json.kept, json.meter, self.state.api)
+            cost = self.finish()
+            if self.meter is not None:
                 return msgs.response_body_reply()
             headers = {"x-gateway-cost-usd": format_usd(cost)} | response_headers(cost)
             return msgs.response_body_reply(msgs.common(set_headers=headers))
@@ -150,12 +208,6 @@ class ResponseObserver:
         """Metering raised: the response still flows; the request is charged its estimate."""
         log.exception("metering failed", extra={"request_id": self.request_id})
         self.metering_broken = True
-
-    def _decoded(self, chunk: bytes, end: bool) -> bytes:
-        if self.decompressor is None:
-            return chunk
-        data = self.decompressor.decompress(chunk)
-        return data + self.decompressor.flush() if end else data
 
     @property
     def request_id(self) -> str:
@@ -184,7 +236,7 @@ class ResponseObserver:
         usage: Usage | None = None
         provider_model: str | None = None
         output_chars = 0
-        complete = self.completed and not self.metering_broken
+        complete = self.completed and not self.metering_broken and self.body.unreadable is None
         if self.meter is not None:
             result = self.meter.finish()
             usage, provider_model, output_chars = (
@@ -197,13 +249,13 @@ class ResponseObserver:
             # up before the transport's end-of-stream reached Envoy.
             complete = result.completed and not self.metering_broken
             self.completed = self.completed or result.completed
-        elif self.json_body and not self.metering_broken:
-            jr = usage_from_json(self.state.api, bytes(self.json_body))
+        elif self.body.json.size and self._readable_json():
+            jr = self.parsed or self.body.json.meter(self.state.api, ended=self.completed)
             usage, provider_model, output_chars = jr.usage, jr.served_model, jr.output_chars
             self.response_meta = (jr.response_id, jr.finish_reasons)
         if usage is not None and complete:
             return usage, UsageSource.PROVIDER, provider_model
-        estimated_output = estimate_tokens(output_chars)
+        estimated_output = self.body.estimated_output(output_chars, self.state.max_tokens)
         if usage is not None:  # partial report (stream cut short): keep what the provider said
             return (
                 usage.with_output_at_least(estimated_output),
@@ -226,6 +278,9 @@ class ResponseObserver:
         if self.finished:
             return self.cost
         self.finished = True
+        return self._end()
+
+    def _end(self) -> int:
         state = self.state
         try:
             usage, source, provider_model = self._metered_usage()
@@ -249,14 +304,20 @@ class ResponseObserver:
             self.overrun_micros = gate.settle_outcome(
                 state.budget, cost if billed else None, self.request_id, rollup if billed else None
             )
+        stream = self.meter is not None
+        truncated = self.body.json.truncated  # not kept whole: not stored
         self.ctx.cache.store(
             self.cache_ticket,
             state.api,
             status=self.status,
-            complete=source is UsageSource.PROVIDER,
-            stream=self.meter is not None,
-            body=self.json_body,
+            complete=source is UsageSource.PROVIDER and not truncated,
+            stream=stream,
+            body=self.sse_capture if stream else self.body.json.whole() or b"",
         )
+        note = self.body.truncation_note(usage_read=source is UsageSource.PROVIDER)
+        if note is not None:  # usage read: as expected for a large body; else worth a look
+            level = logging.INFO if source is UsageSource.PROVIDER else logging.WARNING
+            log.log(level, "%s", note, extra={"request_id": self.request_id})
         self._audit(usage, source, provider_model, cost)
         self.cost = cost
         return cost
@@ -268,6 +329,10 @@ class ResponseObserver:
         budget = None
         if state.budget is not None and state.budget.audit is not None:
             budget = {**state.budget.audit, "overrun_micros": self.overrun_micros}
+        extra, limits = state.audit_extra, tuple(self.body.limits_reached)
+        if "limits_reached" in extra:  # the request phase's bounds come first
+            extra = dict(extra)
+            limits = (*extra.pop("limits_reached"), *limits)
         record = AuditRecord(
             request_id=state.request_id,
             time=datetime.datetime.fromtimestamp(state.arrived, datetime.UTC),
@@ -292,7 +357,8 @@ class ResponseObserver:
             unverified_metadata=state.metadata,
             budget=budget,
             output_cap_injected=state.cap_injected,
-            **state.audit_extra,
+            limits_reached=limits,
+            **extra,
         )
         try:
             self.ctx.audit.write(record)

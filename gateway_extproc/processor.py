@@ -21,10 +21,10 @@ from typing import Any
 from google.protobuf import struct_pb2
 
 from gateway_extproc import extproc_msgs as msgs
-from gateway_extproc import route
+from gateway_extproc import prompt_checks, route
 from gateway_extproc.apis import API_PREFIX, MODELS_PATH, Schema, api_for_path
-from gateway_extproc.audit import AuditRecord
-from gateway_extproc.bodyparse import off_loop_if_large, parse_off_loop
+from gateway_extproc.audit import AuditRecord, LimitReached
+from gateway_extproc.bodyparse import parse_off_loop
 from gateway_extproc.budgets import report as budget_report
 from gateway_extproc.budgets.admission import Admission
 from gateway_extproc.cache.key import CONTROL_HEADER, STATUS_HEADER, TTL_HEADER, CacheTicket
@@ -34,7 +34,6 @@ from gateway_extproc.errors import (
     BadRequest,
     ClientError,
     Forbidden,
-    GuardrailBlocked,
     InternalError,
     NotFound,
     UnknownModel,
@@ -89,6 +88,7 @@ class StreamProcessor:
         self.handed_off = False
         self.guard: GuardResult | None = None  # what the guardrails found and did
         self.rate_limited: RateLimited | None = None  # the 429 of a rate limit, for the audit
+        self.limits_reached: list[LimitReached] = []  # bounds the request phase ran into
         # The response cache: the client's two headers, the request's decision (None: no cache
         # rule applies; small and serialisable for the response side), the cost a hit saved.
         self.cache_headers: tuple[str | None, str | None] = (None, None)
@@ -107,7 +107,7 @@ class StreamProcessor:
         if phase in ("response_headers", "response_body"):  # synchronous mode
             if self.observer is None:  # not forwarded by this stream
                 return msgs.passthrough(message)
-            return self.observer.reply(message, self._response_headers)
+            return await self.observer.reply(message, self._response_headers)
         try:
             if phase == "request_headers":
                 headers = msgs.headers_of(message.request_headers)
@@ -223,14 +223,22 @@ class StreamProcessor:
                 f"{self.identity.subject} may not use model {request.model!r}: "
                 f"{policies.explain(self.identity, entry.name, request.model)}"
             )
-        # Guardrails: PII and secrets in the prompt are blocked (400), redacted or monitored.
-        guardrails = self.ctx.config.guardrails
-        if guardrails.rules:  # a large prompt is scanned off the event loop, like its parse
-            self.guard = await off_loop_if_large(
-                len(message.body), guardrails.check, self.identity, entry, request
-            )
-        if self.guard is not None and self.guard.blocked:
-            raise GuardrailBlocked(self.guard.block_message())
+        # Guardrails: PII and secrets in the prompt are blocked (400), redacted or monitored; a
+        # large prompt is scanned off the event loop after its rate limits, and within a time.
+        if self.ctx.config.guardrails.rules:
+            try:
+                self.guard = guard = await prompt_checks.scan(
+                    self.ctx, self.identity, entry, request, size=len(message.body),
+                    beta=self.anthropic_beta, request_id=self.request_id,
+                )  # fmt: skip
+            except RateLimited as refused:  # a large prompt's rate limits come first
+                self.rate_limited = refused
+                raise
+            if guard is not None and guard.incomplete:
+                self.limits_reached.append(LimitReached.GUARDRAIL_SCAN_TIMEOUT)
+            refusal = prompt_checks.refusal(guard, self.ctx.config.limits)
+            if refusal is not None:
+                raise refusal
         redacted = self.guard.body if self.guard is not None else None
         if redacted is not None:  # bounded and sent as the provider will see it
             self.request = request = with_body(request, redacted)
@@ -327,12 +335,15 @@ class StreamProcessor:
 
     def _audit_extra(self) -> dict[str, Any]:
         """Audit fields the request phase decided beyond the budget's."""
-        return {
+        extra: dict[str, Any] = {
             "guardrails": self.guard.audit_fields() if self.guard is not None else None,
             "rate_limits": budget_report.rate_limit_fields(self.admission, self.rate_limited),
             "cache": self.cache_ticket.status if self.cache_ticket is not None else None,
             "cost_saved_micros": self.cost_saved,
         }
+        if self.limits_reached:
+            extra["limits_reached"] = list(self.limits_reached)
+        return extra
 
     def _response_headers(self, cost_micros: int | None = None) -> dict[str, str]:
         """Response headers the request phase decided: budgets, rate limits, the cache status

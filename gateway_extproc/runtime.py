@@ -347,6 +347,7 @@ async def start_context(ctx: GatewayContext) -> None:
 
 
 async def close_context(ctx: GatewayContext) -> None:
+    await ctx.pending_ends.drain()  # their settles and cache stores use this context
     await ctx.budgets.close()
     await ctx.cache.close()
     await ctx.authenticator.close()

@@ -71,13 +71,13 @@ from gateway_extproc.budgets.scripts import (
 )
 from gateway_extproc.budgets.wire import budget_states, charge_args, record_labels
 from gateway_extproc.ratelimits import wire
-from gateway_extproc.ratelimits.model import RateLimitCharge
+from gateway_extproc.ratelimits.model import RateLimitCharge, RateLimitState
 from gateway_extproc.spend.rollup import RollupSettings, UsageRecord, day_key, day_of, script_args
 
 ROLLING_WINDOW_ID = "rolling"
 # Reservations of this process remembered for their settle (bounded; oldest forgotten first).
 RECENT_RESERVATIONS = 100_000
-SCRIPTS = ("reserve", "settle", "release", "checkpoint", "reap", "record")
+SCRIPTS = ("reserve", "settle", "release", "checkpoint", "reap", "record", "peek")
 
 
 class BudgetStore:
@@ -118,6 +118,7 @@ class BudgetStore:
         self._checkpoint = client.register_script(self._sources["checkpoint"])
         self._reap = client.register_script(self._sources["reap"])
         self._record_usage = client.register_script(self._sources["record"])
+        self._peek = client.register_script(self._sources["peek"])
 
     @property
     def client(self) -> Redis | RedisCluster:
@@ -242,6 +243,20 @@ class BudgetStore:
             budgets=budgets,
             rate_limits=rates,
         )
+
+    async def peek_rate_limits(
+        self, limits: Sequence[RateLimitCharge], now: float
+    ) -> tuple[RateLimitState, ...]:
+        """Whether one more request fits each rate limit now; counts nothing (read only)."""
+        if not limits:
+            return ()
+        args: list[str | int] = [ms(now), len(limits)]
+        for limit in limits:
+            args.extend(wire.script_args(limit))
+        with redis_errors("peek"):
+            reply = await self._peek(keys=[self.rate_limit_key(c) for c in limits], args=args)
+        n = wire.REPLY
+        return tuple(wire.state(c, reply[n * j : n * (j + 1)]) for j, c in enumerate(limits))
 
     # -- settle, release, checkpoint ----------------------------------------------------------
 

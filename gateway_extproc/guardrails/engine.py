@@ -6,6 +6,11 @@ guardrail that looks for its category and does not allow-list it, that guardrail
 the strictest wins (block > redact > monitor). Any block refuses the request; otherwise redacted
 findings are replaced in a copy of the body (the client's request is otherwise unchanged).
 The result holds categories, counts and actions - never the matched text.
+
+A scan that runs past its deadline (`limits.guardrail_scan_timeout_ms`) is `incomplete`: text
+was left unscanned. If an applicable guardrail blocks or redacts anything, the request must
+then not go out (`refuse_unscanned`: the processor answers 413), else padding a prompt would be
+a way past them; a guardrail that only monitors forwards it with what the scan found so far.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any
 from gateway_extproc.budgets.matching import matches
 from gateway_extproc.catalog import ModelEntry
 from gateway_extproc.guardrails.categories import Category, GuardAction
+from gateway_extproc.guardrails.deadline import NEVER, Deadline, ScanTimeout
 from gateway_extproc.guardrails.pii import domain_allowed
 from gateway_extproc.guardrails.scan import Finding, redact, scan
 from gateway_extproc.guardrails.settings import GuardrailConfig
@@ -35,6 +41,8 @@ class GuardResult:
     counts: Mapping[Category, int]  # findings acted on, by category
     actions: Mapping[Category, GuardAction]  # the strictest action taken, by category
     body: dict[str, Any] | None = None  # the redacted body, when something was redacted
+    incomplete: bool = False  # the scan ran past its deadline: some text was not scanned
+    refuse_unscanned: bool = False  # incomplete, and an applicable guardrail blocks or redacts
 
     @property
     def blocked(self) -> tuple[Category, ...]:
@@ -71,7 +79,11 @@ class Guardrails:
     rules: tuple[GuardrailConfig, ...] = ()
 
     def check(
-        self, identity: Identity, entry: ModelEntry, request: ParsedRequest
+        self,
+        identity: Identity,
+        entry: ModelEntry,
+        request: ParsedRequest,
+        deadline: Deadline = NEVER,
     ) -> GuardResult | None:
         """None when no guardrail applies to this request."""
         applicable = [
@@ -85,17 +97,29 @@ class Guardrails:
         per_slot: list[list[tuple[Finding, GuardAction]]] = []
         counts: Counter[Category] = Counter()
         actions: dict[Category, GuardAction] = {}
-        for container, key in text_slots(request.api, request.body):
-            text: str = container[key]
-            acted: list[tuple[Finding, GuardAction]] = []
-            for finding in scan(text, wanted):
-                action = finding_action(finding, text, applicable)
-                if action is None:
-                    continue
-                acted.append((finding, action))
-                counts[finding.category] += 1
-                actions[finding.category] = max(action, actions.get(finding.category, action))
-            per_slot.append(acted)
+        try:
+            for container, key in text_slots(request.api, request.body):
+                text: str = container[key]
+                acted: list[tuple[Finding, GuardAction]] = []
+                for finding in scan(text, wanted, deadline):
+                    action = finding_action(finding, text, applicable)
+                    if action is None:
+                        continue
+                    acted.append((finding, action))
+                    counts[finding.category] += 1
+                    actions[finding.category] = max(action, actions.get(finding.category, action))
+                per_slot.append(acted)
+        except ScanTimeout:
+            enforcing = any(
+                a is not GuardAction.MONITOR for r in applicable for a in r.actions.values()
+            )
+            return GuardResult(
+                tuple(r.name for r in applicable),
+                dict(counts),
+                actions,
+                incomplete=True,
+                refuse_unscanned=enforcing,
+            )
         names = tuple(r.name for r in applicable)
         body = None
         if GuardAction.BLOCK not in actions.values() and GuardAction.REDACT in actions.values():

@@ -65,6 +65,7 @@ def find_emails(p: Prepared, free: Free) -> Iterator[Span]:
     text = p.text
     at = text.find("@")
     while at > 0:
+        p.deadline.check()  # `a@a@a@...` is millions of candidates that never reach free()
         domain = _DOMAIN.match(text, at + 1)  # anchored, cheap: checked first
         if domain is not None:
             start = at

@@ -6,6 +6,8 @@ import functools
 import re
 from collections.abc import Callable
 
+from gateway_extproc.guardrails.deadline import NEVER, Deadline
+
 # Whether a candidate span overlaps no finding kept so far: detectors ask before validating.
 Free = Callable[[int, int], bool]
 
@@ -17,10 +19,11 @@ _DIGIT_RUN = re.compile(r"[+(]?\d(?:[()]?[ .\-/]?[()]?\d)*+")
 
 
 class Prepared:
-    __slots__ = ("__dict__", "text")
+    __slots__ = ("__dict__", "deadline", "text")
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, deadline: Deadline = NEVER) -> None:
         self.text = text
+        self.deadline = deadline  # for detector loops that may run long between candidates
 
     @functools.cached_property
     def lower(self) -> str | None:

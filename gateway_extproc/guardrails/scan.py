@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from gateway_extproc.guardrails import pii
 from gateway_extproc.guardrails import secret_patterns as sp
 from gateway_extproc.guardrails.categories import Category
+from gateway_extproc.guardrails.deadline import NEVER, Deadline
 from gateway_extproc.guardrails.normalise import fold
 from gateway_extproc.guardrails.prepared import Free, Prepared
 
@@ -59,10 +60,11 @@ _ORDER: tuple[tuple[Category, Detector], ...] = (
 )
 
 
-def scan(text: str, categories: Iterable[Category]) -> list[Finding]:
-    """Every finding of the given categories in `text`, ordered by position, never overlapping."""
+def scan(text: str, categories: Iterable[Category], deadline: Deadline = NEVER) -> list[Finding]:
+    """Every finding of the given categories in `text`, ordered by position, never overlapping.
+    Raises ScanTimeout past `deadline` (checked per detector and per candidate)."""
     folded = fold(text)
-    found = _scan(folded.text, frozenset(categories))
+    found = _scan(folded.text, frozenset(categories), deadline)
     if folded.text is text:
         return found
     # Back to the text as written. Two findings that touch one character folding to several
@@ -77,12 +79,13 @@ def scan(text: str, categories: Iterable[Category]) -> list[Finding]:
     return out
 
 
-def _scan(text: str, wanted: frozenset[Category]) -> list[Finding]:
-    prepared = Prepared(text)
+def _scan(text: str, wanted: frozenset[Category], deadline: Deadline) -> list[Finding]:
+    prepared = Prepared(text, deadline)
     starts: list[int] = []  # kept spans, sorted by start; they never overlap
     kept: list[Finding] = []
 
     def free(start: int, end: int) -> bool:
+        deadline.check()  # detectors ask before they validate a candidate
         i = bisect.bisect_left(starts, start)
         if i < len(kept) and kept[i].start < end:
             return False  # overlaps the next kept span
@@ -91,6 +94,7 @@ def _scan(text: str, wanted: frozenset[Category]) -> list[Finding]:
     for category, find in _ORDER:
         if category not in wanted:
             continue
+        deadline.check_now()
         for start, end in find(prepared, free):
             if not free(start, end):
                 continue

@@ -23,6 +23,11 @@
     x-mock-response-model: NAME   report NAME as the response's model (not the request's)
     x-mock-content-encoding: E    label the body `Content-Encoding: E` without encoding it (a
                                   body the gateway cannot decode: its metering fails)
+    x-mock-gzip: 1                gzip the body even though the request did not ask for it (a
+                                  provider that ignores the dropped Accept-Encoding)
+    x-mock-pad-bytes: N           N spaces after a JSON reply's opening brace, written 1 MiB at a
+                                  time (a body far over the observer's cap; with x-mock-gzip, a
+                                  decompression bomb of ~1,000:1)
 
 Pure: `parse_controls` turns request headers into a frozen `Controls` value, or raises
 `ControlError` listing every bad header at once (an unknown `x-mock-*` name is an error too).
@@ -72,6 +77,8 @@ class Controls:
     hold: str | None = None
     response_model: str | None = None
     content_encoding: str | None = None  # a false Content-Encoding label for the body
+    gzip: bool = False  # compress whatever the request's Accept-Encoding
+    pad_bytes: int = 0  # spaces after a JSON reply's opening brace
 
 
 class _Reader:
@@ -162,8 +169,11 @@ CONTROL_HEADERS = (
     "x-mock-hold",
     "x-mock-response-model",
     "x-mock-content-encoding",
+    "x-mock-gzip",
+    "x-mock-pad-bytes",
 )
 _BIG = 1 << 30
+MAX_PAD_BYTES = 1 << 32
 
 
 def _or(value: int | None, default: int) -> int:
@@ -192,6 +202,8 @@ def parse_controls(headers: Mapping[str, str]) -> Controls:
         hold=read.replay("x-mock-hold"),
         response_model=read.name("x-mock-response-model"),
         content_encoding=read.coding("x-mock-content-encoding"),
+        gzip=read.flag("x-mock-gzip"),
+        pad_bytes=_or(read.integer("x-mock-pad-bytes", 0, MAX_PAD_BYTES), 0),
     )
     read.unknown()
     if read.problems:

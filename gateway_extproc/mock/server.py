@@ -29,6 +29,7 @@ from gateway_extproc.mock.replay import load_recording
 from gateway_extproc.mock.responses_api import responses_reply
 from gateway_extproc.mock.wire import (
     BodyEncoder,
+    GzipEncoder,
     JsonReply,
     Reply,
     ReplyContext,
@@ -40,6 +41,7 @@ from gateway_extproc.mock.wire import (
 MAX_RECORDED = 100
 SHUTDOWN_GRACE_SECONDS = 0.5  # in-flight requests get this long on shutdown, then are cut
 MAX_BODY_BYTES = 64 * 1024 * 1024
+_PAD = b" " * (1 << 20)
 Builder = Callable[[dict[str, Any], ReplyContext], Reply]
 
 
@@ -158,6 +160,8 @@ async def send_reply(
         headers["Vary"] = "Accept-Encoding"
     if controls.content_encoding is not None:  # a false label: the bytes stay as they are
         headers["Content-Encoding"] = controls.content_encoding
+    if isinstance(reply, JsonReply) and controls.pad_bytes:
+        return await _send_padded(request, reply, controls.pad_bytes, encoder, headers)
     streamed = isinstance(reply, StreamReply)
     if isinstance(reply, StreamReply):
         plan = plan_for(reply.events, controls)
@@ -190,6 +194,32 @@ async def send_reply(
     return response
 
 
+async def _send_padded(
+    request: web.Request,
+    reply: JsonReply,
+    pad_bytes: int,
+    encoder: BodyEncoder,
+    headers: CIMultiDict[str],
+) -> web.StreamResponse:
+    """`reply` with `pad_bytes` spaces after its opening brace, written (and encoded) a block at
+    a time: a body of any size without holding it."""
+    response = web.StreamResponse(status=reply.status, headers=headers)
+    await response.prepare(request)
+    try:
+        await response.write(encoder.encode(reply.body[:1]))
+        left = pad_bytes
+        while left > 0:
+            block = _PAD[: min(left, len(_PAD))]
+            await response.write(encoder.encode(block))
+            left -= len(block)
+            await asyncio.sleep(0)  # ~3 ms of gzip per block: let the mock's other replies go
+        await response.write(encoder.encode(reply.body[1:]) + encoder.finish())
+        await response.write_eof()
+    except ConnectionError:
+        pass  # the gateway stopped reading: nothing left to do
+    return response
+
+
 def _abort(request: web.Request) -> None:
     """Cut the connection after what was written: no terminating chunk, no more bytes."""
     transport = request.transport
@@ -209,6 +239,8 @@ async def _handle(endpoint: Endpoint, request: web.Request) -> web.StreamRespons
         reply: Reply = _error_reply(family, ApiError(400, str(exc)), request_id)
         headers = _response_headers(family, reply, request_id)
         return await send_reply(request, reply, Controls(), encoder, headers)
+    if controls.gzip:
+        encoder = GzipEncoder()
     if controls.hold is not None:
         await _hold(request.app, controls.hold)
     if controls.latency_ms:
@@ -237,6 +269,8 @@ async def _reply(endpoint: Endpoint, request: web.Request, raw: bytes, controls:
     body = parse_body(raw)
     if controls.response_model is not None:  # report another model than the one asked for
         body = {**body, "model": controls.response_model}
+    if endpoint.build is embeddings_reply:  # up to ~100 MB of floats: off the mock's loop
+        return await asyncio.to_thread(endpoint.build, body, context)
     return endpoint.build(body, context)
 
 

@@ -144,6 +144,11 @@ class GatewayMetrics:
             unit="{finding}",
             description="PII and secrets found in prompts, by category and the action taken",
         )
+        self.limits_reached = m.create_counter(
+            "gateway.limits.reached",
+            unit="{request}",
+            description="Requests that ran into a memory or time bound, by bound (gateway.limit)",
+        )
         self.extproc_messages = m.create_counter(
             "gateway.extproc.messages", unit="{message}", description="ext_proc messages handled"
         )
@@ -224,6 +229,8 @@ class GatewayMetrics:
                     "gateway.guardrail.action": str(found["action"]),
                 }
                 self.guardrail_findings.add(int(found["count"]), labels)
+        for reached in record.limits_reached:  # a closed set (audit.LimitReached): bounded
+            self.limits_reached.add(1, {"gateway.limit": reached})
         for decision in at.decisions(record):
             self.decisions.add(1, {"gateway.budget.decision": decision})
         for limit_state in record.rate_limits or ():

@@ -20,7 +20,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
-from gateway_extproc import observer as observer_module
+from gateway_extproc import response_body as response_body_module
 from gateway_extproc import route as route_module
 from gateway_extproc.audit import AuditSink
 from gateway_extproc.catalog import Catalog
@@ -763,6 +763,7 @@ def test_json_response_cost_header_and_audit(gw: Gateway) -> None:
         "rate_limits": None,
         "cache": None,
         "cost_saved_micros": None,
+        "limits_reached": [],
     }
 
 
@@ -1063,7 +1064,7 @@ def test_stream_metering_fault_passes_through(gw: Gateway, monkeypatch: pytest.M
     def broken(chunk: bytes) -> None:
         raise RuntimeError("meter bug")
 
-    monkeypatch.setattr(p.observer, "meter", _Wrapped(p.observer.meter, broken))
+    monkeypatch.setattr(p.observer.body, "meter", _Wrapped(p.observer.meter, broken))
     reply = handle(p, resp_body(data[100:200]))
     assert reply == pb.ProcessingResponse(response_body=pb.BodyResponse())
     monkeypatch.undo()
@@ -1093,7 +1094,7 @@ def test_response_headers_fault_passes_through_and_keeps_streaming(
     def broken(_api: object) -> None:
         raise RuntimeError("meter bug")
 
-    monkeypatch.setattr(observer_module, "StreamMeter", broken)
+    monkeypatch.setattr(response_body_module, "StreamMeter", broken)
     p = gw.processor()
     forward(p, CHAT_PATH, {**CHAT, "stream": True})
     reply = handle(p, resp_headers(content_type="text/event-stream"))
