@@ -22,11 +22,25 @@ from tests.e2e.harness import AuditLog, MockLog, eventually, expected_cost_micro
 pytestmark = pytest.mark.e2e
 
 MAX_ENTRY = 4096
-CONFIG = f"""
+# A model of the operator catalog whose injected output cap is short enough to cut an answer.
+CAPPED_MODEL = "gpt-capped-test"
+CAP = 8
+CATALOG = f"""
+models:
+  {CAPPED_MODEL}:
+    provider: openai
+    schema: openai
+    max_output_tokens: 1000
+    default_max_output_tokens: {CAP}
+    input: 0.15
+    output: 0.60
+"""
+CONFIG = """
 identity: {{dev_issuer: true}}
 sidecar: {{workers: 1}}
+catalog: {{files: [{catalog}]}}
 cache:
-  max_entry_bytes: {MAX_ENTRY}
+  max_entry_bytes: {max_entry}
   rules:
     - name: short
       match: {{groups: [short]}}
@@ -35,6 +49,14 @@ cache:
       match: {{groups: [team]}}
       ttl: 1h
       scope: group
+    - name: lookalikes  # a group named "x,y" and the pair x, y are two tenants
+      match: {{groups: ["x,y", x, y]}}
+      ttl: 1h
+      scope: group
+    - name: shared  # one tenant: callers with and without a budget (an injected cap)
+      match: {{groups: [shared]}}
+      ttl: 1h
+      scope: global
     - name: everyone
       match: {{groups: [cached]}}
       ttl: 1h
@@ -42,6 +64,12 @@ budgets:
   - name: cached-users
     scope: {{kind: user}}
     match: {{groups: [cached]}}
+    limit_usd: 5
+    window: {{type: calendar, period: month}}
+    action: block
+  - name: capped-users
+    scope: {{kind: user}}
+    match: {{groups: [capped]}}
     limit_usd: 5
     window: {{type: calendar, period: month}}
     action: block
@@ -132,8 +160,10 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cached]:
     tmp_path = tmp_path_factory.mktemp("cache")
     run_dir = tmp_path / "run"
     issuer = ensure_dev_issuer(run_dir / "dev-issuer")
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(CATALOG)
     config = tmp_path / "gateway.yaml"
-    config.write_text(CONFIG)
+    config.write_text(CONFIG.format(catalog=catalog, max_entry=MAX_ENTRY))
     c = Cached(start_stack(run_dir, config_path=config), issuer)
     yield c
     for client in c.clients:
@@ -202,6 +232,67 @@ def test_group_scope_shares_within_the_group_only(gw: Cached) -> None:
     headers, _ = chat_json(gw.openai("dave@example.com", "team"), marker)
     assert headers[STATUS] == "hit"  # the same group: shared, as configured
     assert gw.upstream_calls(marker) == 1
+
+
+def test_a_group_named_with_a_comma_is_not_the_pair_of_groups(gw: Cached) -> None:
+    marker = uuid.uuid4().hex
+    before = gw.entries()
+    headers, _ = chat_json(gw.openai("rita@example.com", "x,y"), marker)
+    assert headers[STATUS] == "miss"
+    one = gw.new_entry(before)
+    headers, _ = chat_json(gw.openai("sam@example.com", "x", "y"), marker)
+    assert headers[STATUS] == "miss"  # another tenant, whatever the names joined read
+    other = gw.new_entry(before | {one})
+    assert other != one
+    headers, _ = chat_json(gw.openai("tom@example.com", "y", "x"), marker)
+    assert headers[STATUS] == "hit"  # the same pair of groups: shared, as configured
+    assert gw.upstream_calls(marker) == 2
+
+
+def capped_ask(client: openai.OpenAI, marker: str, **body: Any) -> tuple[Any, Any]:
+    raw = client.chat.completions.with_raw_response.create(
+        model=CAPPED_MODEL,
+        messages=question(marker),
+        extra_headers={"x-mock-output-tokens": str(CAP * 4)},  # more than the cap lets through
+        **body,
+    )
+    return raw.headers, raw.parse()
+
+
+def test_an_answer_cut_by_the_injected_cap_is_never_replayed_to_a_caller_without_it(
+    gw: Cached,
+) -> None:
+    """Uma's budget makes the gateway cap her request's output (the model's
+    default_max_output_tokens); Vic has no budget, so his identical request goes out uncapped.
+    They share one cache tenant (scope: global), yet never each other's answer."""
+    marker = uuid.uuid4().hex
+    uma = gw.openai("uma@example.com", "shared", "capped")
+    vic = gw.openai("vic@example.com", "shared")
+    before = gw.entries()
+    headers, cut = capped_ask(uma, marker)
+    assert headers[STATUS] == "miss"
+    assert cut.choices[0].finish_reason == "length" and cut.usage.completion_tokens == CAP
+    assert gw.mock.last()["body"]["max_completion_tokens"] == CAP
+    capped_entry = gw.new_entry(before)
+
+    headers, whole = capped_ask(vic, marker)
+    assert headers[STATUS] == "miss"  # the cut answer is not his
+    assert whole.choices[0].finish_reason == "stop"
+    assert whole.usage.completion_tokens == CAP * 4
+    assert "max_completion_tokens" not in gw.mock.last()["body"]
+    gw.new_entry(before | {capped_entry})
+
+    headers, again = capped_ask(vic, marker)
+    assert headers[STATUS] == "hit"
+    assert again.choices[0].message.content == whole.choices[0].message.content
+    # Uma's request and one that sets the same cap itself reach the provider as one body.
+    headers, again = capped_ask(uma, marker)
+    assert headers[STATUS] == "hit"
+    assert again.choices[0].message.content == cut.choices[0].message.content
+    headers, again = capped_ask(vic, marker, max_completion_tokens=CAP)
+    assert headers[STATUS] == "hit"
+    assert again.choices[0].message.content == cut.choices[0].message.content
+    assert gw.upstream_calls(marker) == 2
 
 
 def test_openai_stream_after_json(gw: Cached) -> None:
