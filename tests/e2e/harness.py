@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import subprocess
 import sys
 import time
@@ -83,6 +84,25 @@ def _raw_catalog() -> dict[str, Any]:
     for path in (CATALOG, RETIRED_MODELS):
         models.update(yaml.safe_load(path.read_text())["models"])
     return models
+
+
+# A trailing snapshot date, as the catalog documents its fallback: `-YYYY-MM-DD` or `-YYYYMMDD`.
+_SNAPSHOT = re.compile(r"(?P<base>.+)-20\d\d-?\d\d-?\d\d")
+
+
+def catalog_model(requested: str) -> str:
+    """The catalog model a request for `requested` must be served and priced as, read from the
+    catalog files rather than from the gateway (or its audit record): the name itself, the model
+    that lists it in `aliases`, else the undated name of a dated snapshot."""
+    models = _raw_catalog()
+    names = {name: name for name in models}
+    for name, doc in models.items():
+        names.update((alias, name) for alias in doc.get("aliases") or [])
+    if requested in names:
+        return names[requested]
+    dated = _SNAPSHOT.fullmatch(requested)
+    assert dated is not None and dated["base"] in names, f"{requested!r} is in no catalog file"
+    return names[dated["base"]]
 
 
 def expected_cost_micros(model: str, tokens: dict[str, int]) -> int:
