@@ -20,6 +20,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
+from gateway_extproc.mock.server import MAX_RECORDED
 from gateway_extproc.sidecar_auth.caller import METADATA_KEY
 from gateway_extproc.sidecar_auth.settings import caller_tokens
 from gateway_extproc.stack import Stack
@@ -72,6 +73,14 @@ class MockLog:
         req = urllib.request.Request(self.base + "/_mock/requests", method="DELETE")
         with urllib.request.urlopen(req, timeout=5):
             pass
+
+    def received(self) -> list[dict[str, Any]]:
+        """What the mock received since `clear()`, for "never sent to the provider" checks: clear
+        first, act, then look. The mock keeps only its last MAX_RECORDED requests (a count or a
+        search of a full log can miss the very request it looks for), so a full log fails."""
+        reqs = self.requests()
+        assert len(reqs) < MAX_RECORDED, "the mock's log is full: clear() it before the action"
+        return reqs
 
     def last(self) -> dict[str, Any]:
         reqs = self.requests()

@@ -114,8 +114,9 @@ class Cached:
         return client
 
     def upstream_calls(self, marker: str) -> int:
-        """Requests the mock provider received whose body mentions `marker`."""
-        return sum(marker in str(r.get("body")) for r in self.mock.requests())
+        """Requests the mock provider received since the test began whose body mentions
+        `marker` (`_settled` clears its log: a full log could have dropped one)."""
+        return sum(marker in str(r.get("body")) for r in self.mock.received())
 
     def entries(self) -> set[bytes]:
         return set(self.redis.scan_iter(ENTRIES))
@@ -153,6 +154,7 @@ class Cached:
 @pytest.fixture(autouse=True)
 def _settled(gw: Cached) -> None:
     gw.settled()
+    gw.mock.clear()
 
 
 @pytest.fixture(scope="module")
