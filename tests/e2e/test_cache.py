@@ -131,8 +131,10 @@ class Cached:
             lambda: all(h["rq_active"] == "0" for h in extproc_hosts(self.stack.admin_url).values())
         )
         seen = self.entries()
+        deadline = time.monotonic() + 30
         quiet_until = time.monotonic() + 0.2
         while time.monotonic() < quiet_until:
+            assert time.monotonic() < deadline, "cache entries never stopped changing"
             time.sleep(0.05)
             now = self.entries()
             if now != seen:

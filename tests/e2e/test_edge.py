@@ -266,7 +266,9 @@ def test_http2_settings_bound_streams_and_admit_the_body_limit(stack: Stack) -> 
         sock.settimeout(10)
         sock.sendall(conn.data_to_send())
         while not settings or not connection_window:
-            for event in conn.receive_data(sock.recv(65536)):
+            data = sock.recv(65536)  # at most 10 s each (the socket timeout)
+            assert data, "Envoy closed the connection before its settings and window update"
+            for event in conn.receive_data(data):
                 if isinstance(event, h2.events.RemoteSettingsChanged):
                     settings = {int(k): v.new_value for k, v in event.changed_settings.items()}
                 elif isinstance(event, h2.events.WindowUpdated) and event.stream_id == 0:
