@@ -420,6 +420,23 @@ def test_entry_over_the_size_cap_is_not_stored(gw: Cached) -> None:
     assert gw.upstream_calls(marker + "?") == 2
 
 
+def test_a_redis_that_hangs_is_a_miss_within_the_deadline(gw: Cached) -> None:
+    """Redis accepts the lookup and never answers (CLIENT PAUSE ALL, as a stalled server does):
+    the request goes to the provider after budget_store.deadline_ms (250 ms), not the client's
+    2 s socket timeout. Carol's group rule has no budget, so nothing else waits on Redis."""
+    marker = uuid.uuid4().hex
+    client = gw.openai("carol@example.com", "team")
+    pause_ms = 3000  # CLIENT UNPAUSE would wait too: the pause ends on its own
+    gw.redis.client_pause(pause_ms, all=True)
+    paused = time.monotonic()
+    headers, _ = chat_json(client, marker)
+    took = time.monotonic() - paused
+    assert headers[STATUS] == "miss"
+    assert took < 2.0 < pause_ms / 1000  # answered while Redis was still paused
+    assert gw.upstream_calls(marker) == 1
+    eventually(lambda: gw.redis.ping(), what="redis paused")  # the next tests need it
+
+
 def test_skip_and_refresh(gw: Cached) -> None:
     marker = uuid.uuid4().hex
     client = gw.openai("lena@example.com", "cached")
