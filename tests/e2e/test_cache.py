@@ -403,6 +403,9 @@ def test_client_ttl_shortens_the_rule(gw: Cached) -> None:
     entry = gw.new_entry(before)
     assert 0 < gw.redis.pttl(entry) <= 5000
     assert gw.mock.last()["headers"].get("x-gateway-cache-ttl") is None  # never forwarded
+    chat_json(client, marker + "-longer", **{"x-gateway-cache-ttl": "86400"})  # a day asked
+    longer = gw.new_entry(before | {entry})
+    assert 3_000_000 < gw.redis.pttl(longer) <= 3_600_000  # the rule's hour: never lengthened
 
 
 def test_entry_over_the_size_cap_is_not_stored(gw: Cached) -> None:
