@@ -73,6 +73,13 @@ budgets:
     limit_usd: 5
     window: {{type: calendar, period: month}}
     action: block
+  - name: shrunk-users  # any gpt-4o request is over it: served by gpt-4o-mini instead
+    scope: {{kind: user}}
+    match: {{groups: [shrunk], models: [gpt-4o]}}
+    limit_usd: 0.000001
+    window: {{type: calendar, period: month}}
+    action: downgrade
+    downgrade_to: gpt-4o-mini
 rate_limits:
   - name: hit-counting
     scope: {{kind: user}}
@@ -296,6 +303,36 @@ def test_an_answer_cut_by_the_injected_cap_is_never_replayed_to_a_caller_without
     headers, again = capped_ask(vic, marker, max_completion_tokens=CAP)
     assert headers[STATUS] == "hit"
     assert again.choices[0].message.content == cut.choices[0].message.content
+    assert gw.upstream_calls(marker) == 2
+
+
+def test_a_downgraded_answer_is_never_stored(gw: Cached) -> None:
+    """Wes's gpt-4o request is served by gpt-4o-mini (his budget downgrades it): that answer is
+    not gpt-4o's and is never stored. Uma asks gpt-4o the same thing in the same tenant, with the
+    same output cap (a budget applies to both): a miss, answered by gpt-4o, then stored."""
+    marker = uuid.uuid4().hex
+    wes = gw.openai("wes@example.com", "shared", "shrunk")
+    uma = gw.openai("uma@example.com", "shared", "capped")
+    before = gw.entries()
+
+    def ask(client: openai.OpenAI) -> tuple[Any, Any]:
+        raw = client.chat.completions.with_raw_response.create(
+            model="gpt-4o", messages=question(marker)
+        )
+        return raw.headers, raw.parse()
+
+    headers, _ = ask(wes)
+    assert headers["x-gateway-downgraded-from"] == "gpt-4o" and headers[STATUS] == "miss"
+    assert gw.mock.last()["body"]["model"] == "gpt-4o-mini"
+    gw.settled()  # its response metered and done with: nothing was stored
+    assert gw.entries() == before
+    headers, large = ask(uma)
+    assert headers[STATUS] == "miss" and "x-gateway-downgraded-from" not in headers
+    assert gw.mock.last()["body"]["model"] == "gpt-4o"
+    gw.new_entry(before)
+    headers, again = ask(uma)
+    assert headers[STATUS] == "hit"
+    assert again.choices[0].message.content == large.choices[0].message.content
     assert gw.upstream_calls(marker) == 2
 
 
