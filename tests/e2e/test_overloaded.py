@@ -52,12 +52,24 @@ def post(stack: Stack, path: str, body: dict[str, object], **headers: str) -> ht
     return httpx.post(stack.gateway_url + path, json=body, headers=HEADERS | headers, timeout=30)
 
 
+def settled(client: redis.Redis) -> bool:
+    """The budget holds nothing and has spent something: every reservation so far settled."""
+    counters = [client.hgetall(k) for k in client.scan_iter("llmgw:{gwb}:c:everyone:*")]
+    return bool(counters) and all(
+        int(c.get(b"held", 0)) == 0 and int(c.get(b"spent", 0)) > 0 for c in counters
+    )
+
+
 def test_a_worker_out_of_store_turns_answers_503_overloaded(crowded: Stack) -> None:
     assert crowded.mock_url is not None
     mock = MockLog(crowded.mock_url.removesuffix("/v1"))
     audit = AuditLog(crowded.run_dir / "audit.jsonl")
-    assert post(crowded, "/v1/chat/completions", CHAT).status_code == 200  # scripts loaded
+    warm = post(crowded, "/v1/chat/completions", CHAT)  # the scripts are loaded
+    assert warm.status_code == 200, warm.text
     control = redis.Redis.from_url(crowded.redis_url)
+    # Its settle (after the response) takes a turn too: settled before Redis is paused, so the
+    # one call waiting there is the next reservation.
+    eventually(lambda: settled(control), what="the first request never settled")
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         control.client_pause(10_000, all=False)  # scripts wait; reads still answer
         try:
@@ -74,7 +86,8 @@ def test_a_worker_out_of_store_turns_answers_503_overloaded(crowded: Stack) -> N
         finally:
             control.client_unpause()
             control.close()
-        assert first.result(timeout=30).status_code == 200  # the turn's holder went through
+        holder = first.result(timeout=30)
+        assert holder.status_code == 200, holder.text  # the turn's holder went through
     assert openai_style.status_code == 503, openai_style.text
     error = openai_style.json()["error"]
     assert (error["code"], error["type"]) == ("overloaded", "server_error")
