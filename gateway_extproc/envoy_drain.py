@@ -56,12 +56,16 @@ def drain_envoy(
         log("envoy: health failed, listeners draining")
         # Endpoint removal reaches kube-proxy and ingress controllers asynchronously: keep
         # serving what still arrives for at least min_wait_s.
+        told = False
         while True:
             waited = clock() - start
             active = active_requests(admin_url)
             if (active == 0 and waited >= min_wait_s) or waited >= timeout_s:
                 log(f"envoy: {active} requests active after {waited:.0f}s")
                 break
+            if active and not told:  # once: why the pod is still terminating
+                log(f"envoy: waiting for {active} requests in flight (at most {timeout_s:g}s)")
+                told = True
             sleep(poll_s)
     except (OSError, ValueError) as exc:  # urllib.error.URLError is an OSError
         log(f"envoy: cannot drain ({exc}); going on with the shutdown")

@@ -27,6 +27,7 @@ from gateway_extproc.audit import AuditRecord, LimitReached
 from gateway_extproc.bodyparse import parse_off_loop
 from gateway_extproc.budgets import report as budget_report
 from gateway_extproc.budgets.admission import Admission
+from gateway_extproc.budgets.gate import BoundFor
 from gateway_extproc.cache.key import CONTROL_HEADER, STATUS_HEADER, TTL_HEADER, CacheTicket
 from gateway_extproc.catalog import ModelEntry
 from gateway_extproc.context import GatewayContext
@@ -93,6 +94,7 @@ class StreamProcessor:
         # rule applies; small and serialisable for the response side), the cost a hit saved.
         self.cache_headers: tuple[str | None, str | None] = (None, None)
         self.cache_ticket: CacheTicket | None = None
+        self.cache_cap: tuple[str, int] | None = None  # the output cap the cache key assumed
         self.cost_saved: int | None = None
         # W3C trace context the span continues: Envoy's (ext_proc gRPC metadata, when Envoy
         # traces; set by the server) or else the client's request headers.
@@ -250,7 +252,7 @@ class StreamProcessor:
         upstream = self.ctx.upstreams[entry.provider]  # a refused billing header: 400, unreserved
         upstream.forward.removals(self.client_headers, provider=upstream.provider)
         # The price of this request: its service tier, a long-context beta (400 if unpriced).
-        long_context_beta = "context-1m" in self.anthropic_beta
+        long_context_beta = self._long_context_beta
         self.entry = entry = route.priced(entry, request, long_context_beta=long_context_beta)
         # Budgets: reserve the worst case everywhere it applies, or block / downgrade (429).
         identity = self.identity
@@ -261,12 +263,7 @@ class StreamProcessor:
                 identity=identity,
                 entry=entry,
                 requested=request.model,
-                bound_for=route.bounder(
-                    request,
-                    default_max_output=gate.settings.default_max_output_tokens,
-                    unseen_input=gate.settings.unseen_input,
-                    long_context_beta=long_context_beta,
-                ),
+                bound_for=self._bounder(request),
                 allowed=lambda model: policies.allows(identity, model.name),
             )
         except RateLimited as refused:
@@ -280,6 +277,8 @@ class StreamProcessor:
                 self.entry = entry = dataclasses.replace(entry, price=admission.bound.price)
             if self.cache_ticket is not None:  # another model's answer: not stored
                 self.cache_ticket = CacheTicket(self.cache_ticket.status)
+        if self.cache_ticket is not None and route.output_cap(admission.bound) != self.cache_cap:
+            self.cache_ticket = CacheTicket(self.cache_ticket.status)  # keyed for another body
         upstream = self.ctx.upstreams[entry.provider]
         common = route.forward(
             upstream,
@@ -358,13 +357,21 @@ class StreamProcessor:
     ) -> msgs.ProcessingResponse | None:
         """Answer from the response cache (an immediate 200, no provider call, no reservation),
         or note the decision the response side needs to store the answer (`cache_ticket`)."""
-        assert self.identity is not None
+        identity = self.identity
+        assert identity is not None
+
+        def output_cap() -> tuple[str, int] | None:  # asked only when a key is computed
+            gate, bound_for = self.ctx.budgets, self._bounder(request)
+            self.cache_cap = route.cap_if_admitted(gate, identity, request, entry, bound_for)
+            return self.cache_cap
+
         lookup = await self.ctx.cache.lookup(
             request=request,
             entry=entry,
-            identity=self.identity,
+            identity=identity,
             headers=self.cache_headers,
             beta=self.anthropic_beta,
+            output_cap=output_cap,
         )
         self.cache_ticket = lookup.ticket
         if lookup.hit is None:
@@ -372,7 +379,7 @@ class StreamProcessor:
         try:  # rate limits set to count hits count this one (the 429 wins over the hit)
             self.admission = await self.ctx.budgets.admit_cache_hit(
                 reservation_id=self.reservation_id,
-                identity=self.identity,
+                identity=identity,
                 entry=entry,
                 requested=request.model,
             )
@@ -386,6 +393,20 @@ class StreamProcessor:
         headers = {"content-type": lookup.hit.content_type} | self._response_headers()
         headers |= {"x-gateway-request-id": self.request_id, "x-gateway-cost-usd": format_usd(0)}
         return msgs.immediate(200, lookup.hit.body, headers, "gateway_cache_hit")
+
+    @property
+    def _long_context_beta(self) -> bool:
+        return "context-1m" in self.anthropic_beta
+
+    def _bounder(self, request: ParsedRequest) -> BoundFor:
+        """The request's worst case on a model, as the budget gate asks for it."""
+        settings = self.ctx.budgets.settings
+        return route.bounder(
+            request,
+            default_max_output=settings.default_max_output_tokens,
+            unseen_input=settings.unseen_input,
+            long_context_beta=self._long_context_beta,
+        )
 
     def _dynamic_metadata(self, state: RequestState) -> struct_pb2.Struct:
         """Observe mode: the state for the observer stream, and the response headers Envoy adds

@@ -10,7 +10,6 @@ these in order on each forwarded request.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
@@ -18,8 +17,10 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from gateway_extproc import extproc_msgs as msgs
 from gateway_extproc.bounds import Bound, Unbounded, Unpriced, UnseenInput, bound, request_price
 from gateway_extproc.budgets.admission import Admission
+from gateway_extproc.budgets.gate import BoundFor, BudgetGate
 from gateway_extproc.catalog import ModelEntry
 from gateway_extproc.errors import CostUnbounded, UnsupportedOption
+from gateway_extproc.identity.model import Identity
 from gateway_extproc.inbound import ParsedRequest, upstream_body
 from gateway_extproc.upstreams import Upstream
 
@@ -47,7 +48,7 @@ def bounder(
     default_max_output: int,
     unseen_input: UnseenInput,
     long_context_beta: bool,
-) -> Callable[[ModelEntry], Bound]:
+) -> BoundFor:
     """The worst-case bound of this request on a model (the gate asks again for a downgrade
     target). Raises CostUnbounded or UnsupportedOption (400)."""
 
@@ -68,6 +69,32 @@ def bounder(
     return bound_for
 
 
+def output_cap(bound: Bound | None) -> tuple[str, int] | None:
+    """The `(field, tokens)` the gateway writes into the forwarded body (a budgeted request that
+    sets no output limit), or None."""
+    if bound is None or not bound.cap_field or bound.inject_max_output is None:
+        return None
+    return bound.cap_field, bound.inject_max_output
+
+
+def cap_if_admitted(
+    gate: BudgetGate,
+    identity: Identity,
+    request: ParsedRequest,
+    entry: ModelEntry,
+    bound_for: BoundFor,
+) -> tuple[str, int] | None:
+    """The output cap `forward` will write into this request's body once the gate admits it
+    on `entry` (not downgraded): the response cache keys an answer by the body the provider
+    answers, and it is known before the reservation is."""
+    if request.shape.max_output is not None or request.shape.cap_field is None:
+        return None  # the client's own limit is in its body, or the API takes none
+    bound = gate.bound_if_admitted(
+        identity=identity, entry=entry, requested=request.model, bound_for=bound_for
+    )
+    return output_cap(bound)
+
+
 def forward(
     upstream: Upstream,
     request: ParsedRequest,
@@ -81,15 +108,14 @@ def forward(
     """The request phase's CommonResponse for a forwarded request: Envoy's route picks the
     cluster from CLUSTER_HEADER; the body is rewritten only when the served model, the
     injected output cap or a redaction changes it."""
-    cap = admission.bound
-    output_cap = None
-    if cap is not None and cap.cap_field and cap.inject_max_output is not None:
-        output_cap = (cap.cap_field, cap.inject_max_output)
     set_headers = {CLUSTER_HEADER: upstream.cluster, ":path": upstream.upstream_path(path)}
     if upstream.auth_header and upstream.auth_value:
         set_headers[upstream.auth_header] = upstream.auth_value
     new_body = upstream_body(
-        request, served_model=served_model, output_cap=output_cap, redacted=redacted
+        request,
+        served_model=served_model,
+        output_cap=output_cap(admission.bound),
+        redacted=redacted,
     )
     if new_body is not None:
         set_headers["content-length"] = str(len(new_body))

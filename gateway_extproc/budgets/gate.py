@@ -169,8 +169,7 @@ class BudgetGate:
         limits = self.applicable_rate_limits(identity, entry, requested)
         if not budgets and not limits:
             return Admission(Decision.NONE, entry, reservation_id, arrived=now)
-        needs_bound = bool(budgets) or any(limit.tokens is not None for limit, _ in limits)
-        bound = bound_for(entry) if needs_bound else None
+        bound = bound_for(entry) if _needs_bound(budgets, limits) else None
         estimate = self.estimate(bound, entry) if bound is not None and budgets else 0
         charges = tuple(Charge.of(b, value, estimate) for b, value in budgets)
         rates = self.rate_charges(identity, entry, requested, bound)
@@ -246,6 +245,16 @@ class BudgetGate:
             raise await self._exceeded(retry.blocking[0] if retry.blocking else decider, fallback)
         self._report_would_block(retry, reservation_id)
         return downgraded(Decision.DOWNGRADED, fallback, retry)
+
+    def bound_if_admitted(
+        self, *, identity: Identity, entry: ModelEntry, requested: str, bound_for: BoundFor
+    ) -> Bound | None:
+        """The bound `admit` computes for this request when it admits it on `entry` (None: no
+        budget and no token rate limit applies, so it computes none and injects no output
+        cap). Pure: the response cache keys an answer by the cap the provider will see."""
+        budgets = self.applicable(identity, entry, requested)
+        limits = self.applicable_rate_limits(identity, entry, requested)
+        return bound_for(entry) if _needs_bound(budgets, limits) else None
 
     async def admit_cache_hit(
         self, *, reservation_id: str, identity: Identity, entry: ModelEntry, requested: str
@@ -403,3 +412,9 @@ class BudgetGate:
 
 def _tokens(rates: Sequence[RateLimitCharge]) -> int:
     return max((r.tokens_estimate for r in rates), default=0)
+
+
+def _needs_bound(budgets: Sequence[object], limits: Sequence[tuple[RateLimitConfig, str]]) -> bool:
+    """Whether a request's worst case is computed (and an output cap injected): a budget or a
+    token rate limit applies to it."""
+    return bool(budgets) or any(limit.tokens is not None for limit, _ in limits)

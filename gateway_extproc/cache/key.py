@@ -6,9 +6,14 @@ The key is sha256 over a canonical JSON (sorted keys, no whitespace) of:
   `model`; every other field - messages, system, tools, temperature, top_p, max tokens, seed,
   response_format, tool_choice, stop, n, logprobs, and any field this code does not know -
   is part of the key, so an unknown parameter can only cause a miss, never a wrong answer;
+- the output cap the gateway writes into the body it forwards (a budgeted request that sets
+  none gets one): the key is over the body the provider answered, so an answer the cap cut
+  short is replayed only to requests that send (or are given) the same cap;
 - the Anthropic beta flags (they change what the model does);
-- the tenant: the rule's scope value (the caller's subject by default). Entries of two
-  tenants have different keys, so a cached answer never crosses tenants.
+- the tenant: the rule's scope value (the caller's subject by default), as a list of its parts
+  (kind, then issuer and name, or the sorted group names) - JSON-encoded, so no two tenants
+  share an encoding whatever their names contain (a group named "a,b" is not the pair a, b).
+  Entries of two tenants have different keys, so a cached answer never crosses tenants.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from gateway_extproc.identity.model import Identity, Kind
 CONTROL_HEADER = "x-gateway-cache"  # skip | refresh
 TTL_HEADER = "x-gateway-cache-ttl"  # seconds, at most the rule's ttl
 STATUS_HEADER = "x-gateway-cache-status"  # hit | miss | skip | refresh (response)
-KEY_VERSION = 1
+KEY_VERSION = 2  # 2: the tenant as a list of parts; the injected output cap
 
 # The APIs whose answers are cached (not embeddings, not legacy completions). Responses requests
 # that depend on mutable provider-side state are not cached (`stateful`).
@@ -110,23 +115,27 @@ def rule_for(
     return None
 
 
-def tenant(rule: CacheRule, identity: Identity) -> str | None:
-    """The scope value entries are shared within; None: this identity cannot be cached under
-    the rule (anonymous callers have no subject of their own; a group scope needs a group)."""
+Tenant = tuple[str, ...]
+
+
+def tenant(rule: CacheRule, identity: Identity) -> Tenant | None:
+    """The scope value entries are shared within, as its parts (never joined into one string:
+    names may contain any separator); None: this identity cannot be cached under the rule
+    (anonymous callers have no subject of their own; a group scope needs a group)."""
     if rule.scope is CacheScope.GLOBAL:
-        return "global"
+        return ("global",)
     if rule.scope is CacheScope.GROUP:
         groups = identity.groups
         if rule.match.groups is not None:
             groups = groups & rule.match.groups
-        return "group:" + ",".join(sorted(groups)) if groups else None
+        return ("group", *sorted(groups)) if groups else None
     if identity.kind is Kind.ANONYMOUS:
         return None
     if identity.user:  # issuers are separate namespaces of user names
-        return f"user:{identity.issuer or ''}:{identity.user}"
+        return ("user", identity.issuer or "", identity.user)
     if identity.static_token:
-        return f"static_token:{identity.static_token}"
-    return f"service:{identity.issuer or ''}:{identity.service}" if identity.service else None
+        return ("static_token", identity.static_token)
+    return ("service", identity.issuer or "", identity.service) if identity.service else None
 
 
 def stateful(api: Api, body: Mapping[str, Any]) -> bool:
@@ -142,13 +151,31 @@ def has_tools(body: Mapping[str, Any]) -> bool:
     return any(body.get(field) for field in TOOL_FIELDS)
 
 
-def normalised(api: Api, model: str, body: Mapping[str, Any], beta: str) -> dict[str, Any]:
-    """What identifies the answer, tenant aside."""
+def normalised(
+    api: Api,
+    model: str,
+    body: Mapping[str, Any],
+    beta: str,
+    output_cap: tuple[str, int] | None = None,
+) -> dict[str, Any]:
+    """What identifies the answer, tenant aside: the body as the provider gets it (with the
+    `output_cap` field the gateway writes into it, if any)."""
     params = {k: v for k, v in body.items() if k not in DROPPED and v is not None}
+    if output_cap is not None:
+        field, tokens = output_cap
+        params[field] = tokens
     flags = sorted({f.strip() for f in beta.split(",") if f.strip()})
     return {"v": KEY_VERSION, "api": api.value, "model": model, "beta": flags, "body": params}
 
 
-def cache_key(api: Api, model: str, body: Mapping[str, Any], *, tenant: str, beta: str = "") -> str:
-    doc = {"tenant": tenant, **normalised(api, model, body, beta)}
+def cache_key(
+    api: Api,
+    model: str,
+    body: Mapping[str, Any],
+    *,
+    tenant: Tenant,
+    beta: str = "",
+    output_cap: tuple[str, int] | None = None,
+) -> str:
+    doc = {"tenant": list(tenant), **normalised(api, model, body, beta, output_cap)}
     return hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)).hexdigest()

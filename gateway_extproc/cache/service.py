@@ -89,9 +89,12 @@ class ResponseCache:
         identity: Identity,
         headers: tuple[str | None, str | None] = (None, None),
         beta: str = "",
+        output_cap: Callable[[], tuple[str, int] | None] = lambda: None,
     ) -> Lookup:
         """The cache's decision for a request; `headers` are the client's x-gateway-cache and
-        x-gateway-cache-ttl values, checked (400 when invalid) only when a rule applies."""
+        x-gateway-cache-ttl values, checked (400 when invalid) only when a rule applies.
+        `output_cap` gives the output cap the gateway will write into the forwarded body (asked
+        only when a key is needed): the key is over the body the provider answers."""
         if self.store_ is None or request.api not in CACHEABLE:
             return NOT_CACHED
         rule = rule_for(self.config.rules, identity, entry.name, entry.provider)
@@ -105,7 +108,14 @@ class ResponseCache:
         if client.control is Control.SKIP:
             return Lookup(CacheTicket("skip"))
         ttl = min(rule.ttl_s, client.ttl_s or rule.ttl_s)
-        key = cache_key(request.api, entry.name, request.body, tenant=scope, beta=beta)
+        key = cache_key(
+            request.api,
+            entry.name,
+            request.body,
+            tenant=scope,
+            beta=beta,
+            output_cap=output_cap(),
+        )
         if client.control is Control.REFRESH:
             return Lookup(CacheTicket("refresh", key, ttl))
         miss = Lookup(CacheTicket("miss", key, ttl))

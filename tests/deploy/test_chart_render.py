@@ -17,7 +17,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from gateway_extproc.server import SETTLE_GRACE_S
 from tests.deploy.pod import CHART, notes, one, render
+from tests.paths import REPO
 
 KUBERNETES = "1.33"  # the schemas every manifest is validated against
 CASES: dict[str, dict[str, Any]] = {"default": {}} | {
@@ -189,7 +191,7 @@ def test_probes_and_drain_order(rendered: dict[str, list[dict[str, Any]]]) -> No
         assert hook[:2] == ["gatewayctl", "drain-envoy"]
     # Envoy waits for the drain the sidecar's hook performs, bounded by the grace period.
     assert "/run/llm-gateway/envoy-drained" in envoy["lifecycle"]["preStop"]["exec"]["command"][-1]
-    assert spec["terminationGracePeriodSeconds"] >= 600 + 3 + 15
+    assert spec["terminationGracePeriodSeconds"] >= grace_period_needed(600, 3)
     envoy_config = spec["initContainers"][1]["args"]
     assert envoy_config[envoy_config.index("--ops-port") + 1] == str(ports["ops"])
     assert envoy_config[envoy_config.index("--sidecar-host") + 1] == "127.0.0.1"
@@ -855,3 +857,41 @@ def test_notes_tell_where_metrics_and_traces_go() -> None:
     assert "http://otel-collector.observability.svc:4317" in text and "otel-headers" in text
     assert "gw-llm-gateway-dashboard in monitoring" in text
     assert "No OTLP export" in notes({})
+
+
+# --- the pod's termination grace period: one formula --------------------------------------------
+
+HOOK_SLACK_S = 5  # the drain hook's last poll (1 s) and admin calls (2 s each), the exits
+
+
+def grace_period_needed(grace_s: int, drain_s: int) -> int:
+    """README "Deploys and shutdown": the preStop hooks wait up to `grace_s` for the streams,
+    the worker then drains for `drain_s` and settles what is pending for SETTLE_GRACE_S."""
+    return grace_s + drain_s + int(SETTLE_GRACE_S) + HOOK_SLACK_S
+
+
+FORMULA = f"grace_s + drain_s + {int(SETTLE_GRACE_S) + HOOK_SLACK_S}"
+
+
+@pytest.mark.parametrize(("grace_s", "drain_s"), [(600, 3), (120, 10), (30, 1)])
+def test_the_termination_grace_period_is_refused_below_the_formula(
+    grace_s: int, drain_s: int
+) -> None:
+    need = grace_period_needed(grace_s, drain_s)
+    sidecar = {"config": {"sidecar": {"grace_s": grace_s, "drain_s": drain_s}}}
+    deployment = one(render({**sidecar, "terminationGracePeriodSeconds": need}), "Deployment")
+    assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == need
+    with pytest.raises(helm.HelmError) as caught:
+        render({**sidecar, "terminationGracePeriodSeconds": need - 1})
+    assert f"terminationGracePeriodSeconds: {need - 1} is too short" in str(caught.value)
+    assert f"at least {need}" in str(caught.value)
+
+
+def test_the_readme_and_the_chart_state_the_same_formula() -> None:
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert defaults["terminationGracePeriodSeconds"] >= grace_period_needed(600, 3)
+    readme = " ".join((REPO / "README.md").read_text().split())
+    assert f"`terminationGracePeriodSeconds` at least `{FORMULA}`" in readme
+    assert f"shorter than `config.sidecar.{FORMULA}`" in readme
+    values = " ".join((CHART / "values.yaml").read_text().split())
+    assert f"At least config.sidecar.{FORMULA}" in values

@@ -160,6 +160,18 @@ def http_status(url: str) -> int:
         return 0
 
 
+def sleeping_child(pid: int) -> bool:
+    """Whether process `pid` has a `sleep` child: a shell loop that is waiting."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            head, _, tail = stat.read_text().rpartition(")")  # the name may hold spaces
+        except OSError:  # gone meanwhile
+            continue
+        if head.split("(", 1)[1] == "sleep" and int(tail.split()[1]) == pid:
+            return True
+    return False
+
+
 def wait_until(check: Any, what: str, timeout: float, log: Path) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -268,15 +280,21 @@ def test_the_company_example_boots_serves_and_drains(
             admin = f"http://127.0.0.1:{ports['adminPort']}"
             wait_until(lambda: active_requests(admin) == 1, "request not in flight", 10, log)
             envoy_hook = subprocess.Popen(pod.pre_stop("envoy"))
-            drain = subprocess.Popen(pod.pre_stop("sidecar"), stderr=subprocess.PIPE, text=True)
+            drain_log = tmp_path / "drain-hook.log"
+            with drain_log.open("w") as hook_stderr:
+                drain = subprocess.Popen(pod.pre_stop("sidecar"), stderr=hook_stderr)
             wait_until(lambda: http_status(ready) in (0, 503), "still ready", 10, log)
-            time.sleep(2)
+            # Both hooks wait, each for its reason: the sidecar's saw the request in flight,
+            # Envoy's loops (a `sleep` child) for the file the sidecar's writes when done.
+            waiting = "envoy: waiting for 1 requests in flight"
+            wait_until(lambda: waiting in drain_log.read_text(), "drain hook not waiting", 30, log)
+            wait_until(lambda: sleeping_child(envoy_hook.pid), "envoy hook not waiting", 10, log)
+            assert not Path(pod.path("/run/llm-gateway/envoy-drained")).exists()
             assert drain.poll() is None and envoy_hook.poll() is None  # both still waiting
             assert envoy.poll() is None
         # The client went away: no request is active, both hooks return.
-        _, stderr = drain.communicate(timeout=30)
-        assert drain.returncode == 0, stderr
-        assert "0 requests active" in stderr
+        assert drain.wait(30) == 0, drain_log.read_text()
+        assert "0 requests active" in drain_log.read_text()
         assert envoy_hook.wait(10) == 0
         assert envoy.poll() is None  # Envoy gets SIGTERM only now
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
+from gateway_extproc.mock.server import MAX_RECORDED
 from gateway_extproc.sidecar_auth.caller import METADATA_KEY
 from gateway_extproc.sidecar_auth.settings import caller_tokens
 from gateway_extproc.stack import Stack
@@ -72,6 +74,14 @@ class MockLog:
         with urllib.request.urlopen(req, timeout=5):
             pass
 
+    def received(self) -> list[dict[str, Any]]:
+        """What the mock received since `clear()`, for "never sent to the provider" checks: clear
+        first, act, then look. The mock keeps only its last MAX_RECORDED requests (a count or a
+        search of a full log can miss the very request it looks for), so a full log fails."""
+        reqs = self.requests()
+        assert len(reqs) < MAX_RECORDED, "the mock's log is full: clear() it before the action"
+        return reqs
+
     def last(self) -> dict[str, Any]:
         reqs = self.requests()
         assert reqs, "the mock received no request"
@@ -83,6 +93,25 @@ def _raw_catalog() -> dict[str, Any]:
     for path in (CATALOG, RETIRED_MODELS):
         models.update(yaml.safe_load(path.read_text())["models"])
     return models
+
+
+# A trailing snapshot date, as the catalog documents its fallback: `-YYYY-MM-DD` or `-YYYYMMDD`.
+_SNAPSHOT = re.compile(r"(?P<base>.+)-20\d\d-?\d\d-?\d\d")
+
+
+def catalog_model(requested: str) -> str:
+    """The catalog model a request for `requested` must be served and priced as, read from the
+    catalog files rather than from the gateway (or its audit record): the name itself, the model
+    that lists it in `aliases`, else the undated name of a dated snapshot."""
+    models = _raw_catalog()
+    names = {name: name for name in models}
+    for name, doc in models.items():
+        names.update((alias, name) for alias in doc.get("aliases") or [])
+    if requested in names:
+        return names[requested]
+    dated = _SNAPSHOT.fullmatch(requested)
+    assert dated is not None and dated["base"] in names, f"{requested!r} is in no catalog file"
+    return names[dated["base"]]
 
 
 def expected_cost_micros(model: str, tokens: dict[str, int]) -> int:

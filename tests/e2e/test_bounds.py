@@ -17,6 +17,7 @@ import hashlib
 import itertools
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -219,6 +220,16 @@ def test_an_answer_over_the_cap_is_not_cached(stack: Stack, audit: AuditLog) -> 
     assert record.get("limits_reached") == ["response_body_cap"]
 
 
+def extproc_bytes_sent(stack: Stack) -> int:
+    """Bytes Envoy has written to the sidecar workers (request bodies are most of them)."""
+    stat = "cluster.gateway_extproc.upstream_cx_tx_bytes_total"
+    url = f"{stack.admin_url}/stats?filter=^{stat.replace('.', '[.]')}$"
+    with urllib.request.urlopen(url, timeout=5) as r:
+        name, _, value = r.read().decode().strip().partition(": ")
+    assert name == stat, name
+    return int(value)
+
+
 def chat(content: str, model: str = "gpt-4o-mini") -> dict[str, Any]:
     return {"model": model, "messages": [{"role": "user", "content": content}]}
 
@@ -228,21 +239,29 @@ def test_a_pathological_prompt_does_not_make_other_requests_time_out(
 ) -> None:
     pathological = chat((DENSE * (16_000_000 // len(DENSE) + 1))[:16_000_000])  # ~8 s to scan
     large = chat(PROSE)  # 200 KB of prose: scanned in the parsing thread too, in ~10 ms
+    sent_before = extproc_bytes_sent(stack)
+
+    def timed(body: dict[str, Any]) -> tuple[httpx.Response, float, float]:
+        started = time.monotonic()
+        r = post(stack, "/v1/chat/completions", body)
+        return r, time.monotonic() - started, started
+
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        bad = pool.submit(post, stack, "/v1/chat/completions", pathological)
-        time.sleep(0.5)  # it is being uploaded, parsed, scanned
-
-        def timed(body: dict[str, Any]) -> tuple[httpx.Response, float]:
-            started = time.monotonic()
-            r = post(stack, "/v1/chat/completions", body)
-            return r, time.monotonic() - started
-
+        bad = pool.submit(timed, pathological)
+        # Once the whole body is with the sidecar it is parsed, then scanned (until the scan's
+        # deadline): the other requests start then, and must be answered meanwhile.
+        eventually(
+            lambda: extproc_bytes_sent(stack) - sent_before >= 16_000_000,
+            what="the pathological body never reached the sidecar",
+        )
         others = [pool.submit(timed, large) for _ in range(3)]
         others += [pool.submit(timed, chat("Hello")) for _ in range(3)]
-        refused = bad.result(timeout=120)
+        refused, took, sent = bad.result(timeout=120)
         answered = [f.result(timeout=120) for f in others]
-    assert [r.status_code for r, _ in answered] == [200] * 6, [r.text for r, _ in answered]
-    assert max(seconds for _, seconds in answered) < 4.0  # far from the 5 s message timeout
+    assert [r.status_code for r, _, _ in answered] == [200] * 6, [r.text for r, _, _ in answered]
+    assert max(seconds for _, seconds, _ in answered) < 4.0  # far from the 5 s message timeout
+    # They arrived while the bad one was in the sidecar (its body had reached it by then).
+    assert max(started for _, _, started in answered) < sent + took
     assert refused.status_code == 413, refused.text
     assert "limits.guardrail_scan_timeout_ms" in refused.json()["error"]["message"]
     record = audit.wait_for(refused.headers["x-gateway-request-id"])

@@ -22,11 +22,25 @@ from tests.e2e.harness import AuditLog, MockLog, eventually, expected_cost_micro
 pytestmark = pytest.mark.e2e
 
 MAX_ENTRY = 4096
-CONFIG = f"""
+# A model of the operator catalog whose injected output cap is short enough to cut an answer.
+CAPPED_MODEL = "gpt-capped-test"
+CAP = 8
+CATALOG = f"""
+models:
+  {CAPPED_MODEL}:
+    provider: openai
+    schema: openai
+    max_output_tokens: 1000
+    default_max_output_tokens: {CAP}
+    input: 0.15
+    output: 0.60
+"""
+CONFIG = """
 identity: {{dev_issuer: true}}
 sidecar: {{workers: 1}}
+catalog: {{files: [{catalog}]}}
 cache:
-  max_entry_bytes: {MAX_ENTRY}
+  max_entry_bytes: {max_entry}
   rules:
     - name: short
       match: {{groups: [short]}}
@@ -35,6 +49,14 @@ cache:
       match: {{groups: [team]}}
       ttl: 1h
       scope: group
+    - name: lookalikes  # a group named "x,y" and the pair x, y are two tenants
+      match: {{groups: ["x,y", x, y]}}
+      ttl: 1h
+      scope: group
+    - name: shared  # one tenant: callers with and without a budget (an injected cap)
+      match: {{groups: [shared]}}
+      ttl: 1h
+      scope: global
     - name: everyone
       match: {{groups: [cached]}}
       ttl: 1h
@@ -45,6 +67,19 @@ budgets:
     limit_usd: 5
     window: {{type: calendar, period: month}}
     action: block
+  - name: capped-users
+    scope: {{kind: user}}
+    match: {{groups: [capped]}}
+    limit_usd: 5
+    window: {{type: calendar, period: month}}
+    action: block
+  - name: shrunk-users  # any gpt-4o request is over it: served by gpt-4o-mini instead
+    scope: {{kind: user}}
+    match: {{groups: [shrunk], models: [gpt-4o]}}
+    limit_usd: 0.000001
+    window: {{type: calendar, period: month}}
+    action: downgrade
+    downgrade_to: gpt-4o-mini
 rate_limits:
   - name: hit-counting
     scope: {{kind: user}}
@@ -86,8 +121,9 @@ class Cached:
         return client
 
     def upstream_calls(self, marker: str) -> int:
-        """Requests the mock provider received whose body mentions `marker`."""
-        return sum(marker in str(r.get("body")) for r in self.mock.requests())
+        """Requests the mock provider received since the test began whose body mentions
+        `marker` (`_settled` clears its log: a full log could have dropped one)."""
+        return sum(marker in str(r.get("body")) for r in self.mock.received())
 
     def entries(self) -> set[bytes]:
         return set(self.redis.scan_iter(ENTRIES))
@@ -102,8 +138,10 @@ class Cached:
             lambda: all(h["rq_active"] == "0" for h in extproc_hosts(self.stack.admin_url).values())
         )
         seen = self.entries()
+        deadline = time.monotonic() + 30
         quiet_until = time.monotonic() + 0.2
         while time.monotonic() < quiet_until:
+            assert time.monotonic() < deadline, "cache entries never stopped changing"
             time.sleep(0.05)
             now = self.entries()
             if now != seen:
@@ -125,6 +163,7 @@ class Cached:
 @pytest.fixture(autouse=True)
 def _settled(gw: Cached) -> None:
     gw.settled()
+    gw.mock.clear()
 
 
 @pytest.fixture(scope="module")
@@ -132,8 +171,10 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cached]:
     tmp_path = tmp_path_factory.mktemp("cache")
     run_dir = tmp_path / "run"
     issuer = ensure_dev_issuer(run_dir / "dev-issuer")
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(CATALOG)
     config = tmp_path / "gateway.yaml"
-    config.write_text(CONFIG)
+    config.write_text(CONFIG.format(catalog=catalog, max_entry=MAX_ENTRY))
     c = Cached(start_stack(run_dir, config_path=config), issuer)
     yield c
     for client in c.clients:
@@ -202,6 +243,97 @@ def test_group_scope_shares_within_the_group_only(gw: Cached) -> None:
     headers, _ = chat_json(gw.openai("dave@example.com", "team"), marker)
     assert headers[STATUS] == "hit"  # the same group: shared, as configured
     assert gw.upstream_calls(marker) == 1
+
+
+def test_a_group_named_with_a_comma_is_not_the_pair_of_groups(gw: Cached) -> None:
+    marker = uuid.uuid4().hex
+    before = gw.entries()
+    headers, _ = chat_json(gw.openai("rita@example.com", "x,y"), marker)
+    assert headers[STATUS] == "miss"
+    one = gw.new_entry(before)
+    headers, _ = chat_json(gw.openai("sam@example.com", "x", "y"), marker)
+    assert headers[STATUS] == "miss"  # another tenant, whatever the names joined read
+    other = gw.new_entry(before | {one})
+    assert other != one
+    headers, _ = chat_json(gw.openai("tom@example.com", "y", "x"), marker)
+    assert headers[STATUS] == "hit"  # the same pair of groups: shared, as configured
+    assert gw.upstream_calls(marker) == 2
+
+
+def capped_ask(client: openai.OpenAI, marker: str, **body: Any) -> tuple[Any, Any]:
+    raw = client.chat.completions.with_raw_response.create(
+        model=CAPPED_MODEL,
+        messages=question(marker),
+        extra_headers={"x-mock-output-tokens": str(CAP * 4)},  # more than the cap lets through
+        **body,
+    )
+    return raw.headers, raw.parse()
+
+
+def test_an_answer_cut_by_the_injected_cap_is_never_replayed_to_a_caller_without_it(
+    gw: Cached,
+) -> None:
+    """Uma's budget makes the gateway cap her request's output (the model's
+    default_max_output_tokens); Vic has no budget, so his identical request goes out uncapped.
+    They share one cache tenant (scope: global), yet never each other's answer."""
+    marker = uuid.uuid4().hex
+    uma = gw.openai("uma@example.com", "shared", "capped")
+    vic = gw.openai("vic@example.com", "shared")
+    before = gw.entries()
+    headers, cut = capped_ask(uma, marker)
+    assert headers[STATUS] == "miss"
+    assert cut.choices[0].finish_reason == "length" and cut.usage.completion_tokens == CAP
+    assert gw.mock.last()["body"]["max_completion_tokens"] == CAP
+    capped_entry = gw.new_entry(before)
+
+    headers, whole = capped_ask(vic, marker)
+    assert headers[STATUS] == "miss"  # the cut answer is not his
+    assert whole.choices[0].finish_reason == "stop"
+    assert whole.usage.completion_tokens == CAP * 4
+    assert "max_completion_tokens" not in gw.mock.last()["body"]
+    gw.new_entry(before | {capped_entry})
+
+    headers, again = capped_ask(vic, marker)
+    assert headers[STATUS] == "hit"
+    assert again.choices[0].message.content == whole.choices[0].message.content
+    # Uma's request and one that sets the same cap itself reach the provider as one body.
+    headers, again = capped_ask(uma, marker)
+    assert headers[STATUS] == "hit"
+    assert again.choices[0].message.content == cut.choices[0].message.content
+    headers, again = capped_ask(vic, marker, max_completion_tokens=CAP)
+    assert headers[STATUS] == "hit"
+    assert again.choices[0].message.content == cut.choices[0].message.content
+    assert gw.upstream_calls(marker) == 2
+
+
+def test_a_downgraded_answer_is_never_stored(gw: Cached) -> None:
+    """Wes's gpt-4o request is served by gpt-4o-mini (his budget downgrades it): that answer is
+    not gpt-4o's and is never stored. Uma asks gpt-4o the same thing in the same tenant, with the
+    same output cap (a budget applies to both): a miss, answered by gpt-4o, then stored."""
+    marker = uuid.uuid4().hex
+    wes = gw.openai("wes@example.com", "shared", "shrunk")
+    uma = gw.openai("uma@example.com", "shared", "capped")
+    before = gw.entries()
+
+    def ask(client: openai.OpenAI) -> tuple[Any, Any]:
+        raw = client.chat.completions.with_raw_response.create(
+            model="gpt-4o", messages=question(marker)
+        )
+        return raw.headers, raw.parse()
+
+    headers, _ = ask(wes)
+    assert headers["x-gateway-downgraded-from"] == "gpt-4o" and headers[STATUS] == "miss"
+    assert gw.mock.last()["body"]["model"] == "gpt-4o-mini"
+    gw.settled()  # its response metered and done with: nothing was stored
+    assert gw.entries() == before
+    headers, large = ask(uma)
+    assert headers[STATUS] == "miss" and "x-gateway-downgraded-from" not in headers
+    assert gw.mock.last()["body"]["model"] == "gpt-4o"
+    gw.new_entry(before)
+    headers, again = ask(uma)
+    assert headers[STATUS] == "hit"
+    assert again.choices[0].message.content == large.choices[0].message.content
+    assert gw.upstream_calls(marker) == 2
 
 
 def test_openai_stream_after_json(gw: Cached) -> None:
@@ -308,6 +440,9 @@ def test_client_ttl_shortens_the_rule(gw: Cached) -> None:
     entry = gw.new_entry(before)
     assert 0 < gw.redis.pttl(entry) <= 5000
     assert gw.mock.last()["headers"].get("x-gateway-cache-ttl") is None  # never forwarded
+    chat_json(client, marker + "-longer", **{"x-gateway-cache-ttl": "86400"})  # a day asked
+    longer = gw.new_entry(before | {entry})
+    assert 3_000_000 < gw.redis.pttl(longer) <= 3_600_000  # the rule's hour: never lengthened
 
 
 def test_entry_over_the_size_cap_is_not_stored(gw: Cached) -> None:
@@ -323,6 +458,23 @@ def test_entry_over_the_size_cap_is_not_stored(gw: Cached) -> None:
     headers, _ = chat_json(client, marker, **big)
     assert headers[STATUS] == "miss"
     assert gw.upstream_calls(marker + "?") == 2
+
+
+def test_a_redis_that_hangs_is_a_miss_within_the_deadline(gw: Cached) -> None:
+    """Redis accepts the lookup and never answers (CLIENT PAUSE ALL, as a stalled server does):
+    the request goes to the provider after budget_store.deadline_ms (250 ms), not the client's
+    2 s socket timeout. Carol's group rule has no budget, so nothing else waits on Redis."""
+    marker = uuid.uuid4().hex
+    client = gw.openai("carol@example.com", "team")
+    pause_ms = 3000  # CLIENT UNPAUSE would wait too: the pause ends on its own
+    gw.redis.client_pause(pause_ms, all=True)
+    paused = time.monotonic()
+    headers, _ = chat_json(client, marker)
+    took = time.monotonic() - paused
+    assert headers[STATUS] == "miss"
+    assert took < 2.0 < pause_ms / 1000  # answered while Redis was still paused
+    assert gw.upstream_calls(marker) == 1
+    eventually(lambda: gw.redis.ping(), what="redis paused")  # the next tests need it
 
 
 def test_skip_and_refresh(gw: Cached) -> None:

@@ -187,7 +187,7 @@ def test_every_attack_is_refused_and_never_reaches_the_provider(
         err = r.json()["error"]
         assert err["code"] == "unauthenticated" and err["message"], name
         assert audit.wait_for(r.headers["x-gateway-request-id"])["status"] == 401
-    assert mock.requests() == [], "a refused request reached the provider"
+    assert mock.received() == [], "a refused request reached the provider"
     # ...and in the Anthropic format for /v1/messages.
     r = post(
         secured, {"x-api-key": "nonsense", "anthropic-version": "2023-06-01"}, path="/v1/messages"
@@ -278,7 +278,7 @@ def test_policies_decide_which_models(secured: Stack, key: SigningKey, mock: Moc
                 model="gpt-4o", messages=[{"role": "user", "content": "hi"}]
             )
         assert "gpt-4o" in exc.value.message
-        assert mock.requests() == []
+        assert mock.received() == []
         assert [m.id for m in oai.models.list()] == ["gpt-4o-mini"]
         oai.chat.completions.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]

@@ -168,7 +168,7 @@ def test_free_self_hosted_model_is_served_and_metered_at_zero_cost(
 # "other provider paths (audio, images, files, batches) get a clear 404 until they are metered".
 @pytest.mark.parametrize("model", ["gpt-4o-audio-preview", "gpt-4o-audio-preview-2025-06-03"])
 def test_audio_chat_models_are_refused_as_unknown(stack: Stack, mock: MockLog, model: str) -> None:
-    before = len(mock.requests())
+    mock.clear()
     body = {
         "model": model,
         "modalities": ["text", "audio"],
@@ -177,14 +177,14 @@ def test_audio_chat_models_are_refused_as_unknown(stack: Stack, mock: MockLog, m
     r = httpx.post(stack.gateway_url + "/v1/chat/completions", json=body, timeout=30)
     assert r.status_code == 400, r.text
     assert r.json()["error"]["code"] == "model_not_found" and model in r.json()["error"]["message"]
-    assert len(mock.requests()) == before  # never sent to the provider
+    assert mock.received() == []  # never sent to the provider
 
 
 @pytest.mark.parametrize(
     "path", ["/v1/audio/transcriptions", "/v1/audio/translations", "/v1/audio/speech"]
 )
 def test_audio_endpoints_are_a_clear_404(stack: Stack, mock: MockLog, path: str) -> None:
-    before = len(mock.requests())
+    mock.clear()
     r = httpx.post(
         stack.gateway_url + path,
         json={"model": "gpt-4o-mini-tts", "input": "hi", "voice": "alloy"},
@@ -193,7 +193,7 @@ def test_audio_endpoints_are_a_clear_404(stack: Stack, mock: MockLog, path: str)
     assert r.status_code == 404, r.text
     error = r.json()["error"]
     assert error["code"] == "not_found" and path in error["message"]
-    assert len(mock.requests()) == before
+    assert mock.received() == []
 
 
 def test_missing_key_is_a_startup_error_when_the_mock_is_off(tmp_path: Path) -> None:

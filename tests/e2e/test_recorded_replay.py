@@ -11,7 +11,7 @@ import pytest
 
 from gateway_extproc.apis import API_PREFIX, Api
 from gateway_extproc.stack import Stack
-from tests.e2e.harness import AuditLog, expected_cost_micros, tokens
+from tests.e2e.harness import AuditLog, catalog_model, expected_cost_micros, tokens
 from tests.recorded import load_cassettes
 
 pytestmark = pytest.mark.e2e
@@ -111,4 +111,21 @@ def test_replay_meters_exactly(
         assert rec["usage_source"] == "provider"
     assert rec["tokens"] == want and rec["completed"] is True
     assert rec["requested_model"] == request["model"]
-    assert rec["cost_micros"] == expected_cost_micros(rec["served_model"], want)
+    model = catalog_model(request["model"])  # from the request, never from the record
+    assert rec["served_model"] == model
+    assert rec["cost_micros"] == expected_cost_micros(model, want)
+
+
+# (requested, the catalog model): names, aliases (the operator file's too), dated snapshots
+RESOLVED = [
+    ("gpt-5-nano", "gpt-5-nano"),
+    ("gpt-4o-2024-08-06", "gpt-4o"),
+    ("gpt-4o-mini-search-preview-2025-03-11", "gpt-4o-mini-search-preview"),
+    ("gpt-5-nano-2031-01-30", "gpt-5-nano"),
+    ("claude-sonnet-4-5-20250929", "claude-sonnet-4-5"),
+]
+
+
+@pytest.mark.parametrize(("requested", "model"), RESOLVED)
+def test_the_oracle_resolves_the_model_from_the_catalog_files(requested: str, model: str) -> None:
+    assert catalog_model(requested) == model

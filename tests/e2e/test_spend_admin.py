@@ -310,8 +310,9 @@ def test_api_spend_equals_the_audit_records(gw: Gateway) -> None:
 def test_overrides_and_top_ups_through_gatewayctl(gw: Gateway) -> None:
     tina = gw.token("tina2@example.com", "tight")
     mini = {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 50}
-    while gw.post(tina, mini).status_code == 200:
-        pass
+    # $0.00001 is below any request's worst case (50 output tokens alone cost $0.00003).
+    refused = gw.post(tina, mini)
+    assert refused.status_code == 429, refused.text
     done = gw.cli(
         "budgets",
         "override",

@@ -125,7 +125,7 @@ def test_the_ci_issuer_cannot_mint_a_user_token_for_alice(
     r = chat(stack, ci_token(client_id="docs-bot"))
     assert r.status_code == 401
     assert "it vouches only for names starting with ci-" in r.json()["error"]["message"]
-    assert mock.requests() == [], "a refused request reached the provider"
+    assert mock.received() == [], "a refused request reached the provider"
 
     # What each issuer may assert still works.
     assert chat(stack, key.token(VERIFIED_ALICE)).status_code == 200
@@ -199,7 +199,7 @@ def test_a_billing_header_is_refused_unless_the_provider_allows_it(
         oai.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
     assert exc.value.code == "header_not_allowed"
     assert "header openai-organization is not forwarded to provider openai" in exc.value.message
-    assert mock.requests() == []
+    assert mock.received() == []
 
     # anthropic-beta is allowed for the anthropic provider by its forward_headers. (A long-context
     # beta is also priced: tests/e2e/test_budget_bounds.py.)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway_extproc.apis import Api
 from gateway_extproc.budgets.model import Match
@@ -29,10 +31,18 @@ BASE: dict[str, Any] = {
 }
 
 
+ALICE = ("user", "dev", "a")
+
+
 def key(
-    body: dict[str, Any], *, model: str = "gpt-4o-mini", who: str = "user:dev:a", beta: str = ""
+    body: dict[str, Any],
+    *,
+    model: str = "gpt-4o-mini",
+    who: tuple[str, ...] = ALICE,
+    beta: str = "",
+    cap: tuple[str, int] | None = None,
 ) -> str:
-    return cache_key(Api.OPENAI_CHAT, model, body, tenant=who, beta=beta)
+    return cache_key(Api.OPENAI_CHAT, model, body, tenant=who, beta=beta, output_cap=cap)
 
 
 @pytest.mark.parametrize(
@@ -88,10 +98,10 @@ def test_key_order_and_nulls_do_not_matter() -> None:
 
 def test_model_api_tenant_and_beta_are_in_the_key() -> None:
     assert key(BASE, model="gpt-4o") != key(BASE)
-    assert key(BASE, who="user:dev:b") != key(BASE)
+    assert key(BASE, who=("user", "dev", "b")) != key(BASE)
     assert key(BASE, beta="context-1m-2025-08-07") != key(BASE)
     assert key(BASE, beta="b, a") == key(BASE, beta="a,b")
-    other_api = cache_key(Api.ANTHROPIC_MESSAGES, "gpt-4o-mini", BASE, tenant="user:dev:a")
+    other_api = cache_key(Api.ANTHROPIC_MESSAGES, "gpt-4o-mini", BASE, tenant=ALICE)
     assert other_api != key(BASE)
     assert len(key(BASE)) == 64
 
@@ -116,14 +126,57 @@ def rule(scope: CacheScope, groups: list[str] | None = None) -> CacheRule:
 
 def test_tenants() -> None:
     user = rule(CacheScope.USER)
-    assert tenant(user, person("a@x", "eng")) == "user:dev:a@x"
+    assert tenant(user, person("a@x", "eng")) == ("user", "dev", "a@x")
     assert tenant(user, person("a@x", issuer="corp")) != tenant(user, person("a@x"))
     assert tenant(user, ANONYMOUS) is None  # anonymous callers share no subject: not cached
     group = rule(CacheScope.GROUP, ["eng", "ops"])
-    assert tenant(group, person("a@x", "eng", "sales")) == "group:eng"
-    assert tenant(group, person("b@x", "eng", "ops")) == "group:eng,ops"
+    assert tenant(group, person("a@x", "eng", "sales")) == ("group", "eng")
+    assert tenant(group, person("b@x", "eng", "ops")) == ("group", "eng", "ops")
     assert tenant(rule(CacheScope.GROUP), person("c@x")) is None
-    assert tenant(rule(CacheScope.GLOBAL), ANONYMOUS) == "global"
+    assert tenant(rule(CacheScope.GLOBAL), ANONYMOUS) == ("global",)
+
+
+# (what, two identities whose names, joined with a separator, read the same)
+LOOKALIKES = [
+    ("a group named a,b vs the pair a, b", person("x", "a,b"), person("y", "a", "b")),
+    ("a group named a vs the pair a, ''", person("x", "a"), person("y", "a", "")),
+    ("issuer and user split at another ':'", person("b", issuer="i:a"), person("a:b", issuer="i")),
+]
+
+
+@pytest.mark.parametrize(("what", "one", "other"), LOOKALIKES, ids=[c[0] for c in LOOKALIKES])
+def test_tenants_whose_names_join_alike_never_share_a_key(
+    what: str, one: Identity, other: Identity
+) -> None:
+    scope = CacheScope.GROUP if one.groups else CacheScope.USER
+    first, second = tenant(rule(scope), one), tenant(rule(scope), other)
+    assert first is not None and second is not None
+    assert first != second
+    assert key(BASE, who=first) != key(BASE, who=second)
+
+
+NAMES = st.text(alphabet=',:;| ab"\\', max_size=4)
+
+
+@given(st.frozensets(NAMES, min_size=1, max_size=4), st.frozensets(NAMES, min_size=1, max_size=4))
+def test_group_tenants_share_a_key_only_for_the_same_groups(
+    one: frozenset[str], other: frozenset[str]
+) -> None:
+    """Whatever the names contain, two callers share group-scoped entries exactly when they
+    are in the same (matched) groups."""
+    group = rule(CacheScope.GROUP)
+    first, second = tenant(group, person("x", *one)), tenant(group, person("y", *other))
+    assert first is not None and second is not None
+    assert (key(BASE, who=first) == key(BASE, who=second)) is (one == other)
+
+
+def test_the_output_cap_the_gateway_injects_is_in_the_key() -> None:
+    """The key is over the body the provider answers: an answer cut short by an injected cap is
+    not the answer to the same request without one, and is the answer to one that sets it."""
+    capped = key(BASE, cap=("max_completion_tokens", 4096))
+    assert capped != key(BASE)
+    assert capped != key(BASE, cap=("max_completion_tokens", 8192))
+    assert capped == key({**BASE, "max_completion_tokens": 4096})
 
 
 def test_first_matching_rule_wins() -> None:

@@ -3,6 +3,7 @@ TTLs, the total cap (put.lua), the per-entry cap, what is stored and what is not
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,8 +14,9 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from gateway_extproc.apis import Api
+from gateway_extproc.budgets.loader import BudgetStoreConfig
 from gateway_extproc.budgets.model import Match
-from gateway_extproc.cache.service import ResponseCache
+from gateway_extproc.cache.service import ResponseCache, build_cache
 from gateway_extproc.cache.settings import CacheConfig, CacheRule
 from gateway_extproc.cache.store import CacheStore
 from gateway_extproc.catalog import Catalog
@@ -27,11 +29,13 @@ from tests.redis_servers import (  # noqa: F401 - session fixtures used via getf
     free_port,
     redis_cluster_servers,
     redis_standalone_server,
+    standalone_redis,
 )
 from tests.unit.test_cache_replay import CHAT
 
 Client = Redis | RedisCluster
 NOW = 1_700_000_000.0
+SOCKET_TIMEOUT_S = 2.0  # build_cache's socket timeout: the bound a missing deadline falls back to
 
 
 @pytest.fixture(params=["standalone", "cluster"])
@@ -138,12 +142,17 @@ async def test_miss_store_hit_and_tenants(store: CacheStore) -> None:
 
 
 @pytest.mark.parametrize(
-    ("status", "complete", "max_entry"),
-    [(500, True, 1 << 20), (200, False, 1 << 20), (200, True, 1024)],
-    ids=["error-status", "incomplete", "over-entry-cap"],
+    ("status", "complete", "max_entry", "stored"),
+    [
+        (200, True, 1 << 20, True),  # the same answer, complete and small enough: stored
+        (500, True, 1 << 20, False),
+        (200, False, 1 << 20, False),
+        (200, True, 1024, False),
+    ],
+    ids=["stored", "error-status", "incomplete", "over-entry-cap"],
 )
 async def test_what_is_not_stored(
-    store: CacheStore, status: int, complete: bool, max_entry: int
+    store: CacheStore, status: int, complete: bool, max_entry: int, stored: bool
 ) -> None:
     c = cache(store, max_entry)
     big = {
@@ -162,7 +171,32 @@ async def test_what_is_not_stored(
         body=orjson.dumps(big),
     )
     await settle(c)
-    assert (await ask(c)).hit is None
+    hit = (await ask(c)).hit
+    assert (hit is not None) is stored
+    if hit is not None:
+        assert orjson.loads(hit.body)["choices"][0]["message"]["content"] == "w " * 1000
+
+
+# (rule TTL, the client's x-gateway-cache-ttl, the TTL the entry gets)
+TTLS = [(60, None, 60), (60, "5", 5), (60, "60", 60), (60, "61", 60), (60, "86400", 60)]
+
+
+@pytest.mark.parametrize(("rule_ttl", "header", "expected"), TTLS)
+async def test_the_client_ttl_shortens_the_rule_s_never_lengthens_it(
+    store: CacheStore, rule_ttl: int, header: str | None, expected: int
+) -> None:
+    rule = CacheRule("eng", Match(groups=frozenset({"eng"})), rule_ttl)
+    c = ResponseCache(CacheConfig((rule,), 1 << 20, 1 << 24), store, lambda: NOW)
+    request = parse_request(Api.OPENAI_CHAT, orjson.dumps({"model": "gpt-4o-mini", "messages": []}))
+    entry = CATALOG.lookup("gpt-4o-mini")
+    assert entry is not None
+    who = identity("a")
+    miss = await c.lookup(request=request, entry=entry, identity=who, headers=(None, header))
+    assert miss.ticket is not None and miss.ticket.ttl_s == expected
+    answer = orjson.dumps(CHAT)
+    c.store(miss.ticket, Api.OPENAI_CHAT, status=200, complete=True, stream=False, body=answer)
+    await settle(c)
+    assert 0 < await store.client.pttl(store.entry_key(miss.ticket.key)) <= expected * 1000
 
 
 async def test_skip_refresh_and_tools(store: CacheStore) -> None:
@@ -181,6 +215,27 @@ async def test_skip_refresh_and_tools(store: CacheStore) -> None:
     )
     tools = await ask(c, tools=[{"type": "function", "function": {"name": "f"}}])
     assert tools.ticket.status == "skip" and tools.ticket.key == ""
+
+
+async def test_a_hanging_redis_is_a_miss_within_the_deadline() -> None:
+    """A Redis that accepts the connection and the command but never answers (CLIENT PAUSE, as
+    a stalled or failing-over server does) costs a lookup its deadline, not the socket timeout
+    (2 s): the request goes to the provider."""
+    with standalone_redis() as endpoint:
+        url = f"redis://{endpoint.host}:{endpoint.port}/0"
+        rule = CacheRule("eng", Match(groups=frozenset({"eng"})), 60)
+        c = build_cache(CacheConfig((rule,)), BudgetStoreConfig(redis_url=url, deadline_ms=100))
+        assert (await ask(c)).ticket.status == "miss"  # connected: the pool has a connection
+        control = Redis(host=endpoint.host, port=endpoint.port)
+        # Every command waits, reads and CLIENT UNPAUSE too: the server is stopped paused.
+        await control.client_pause(60_000, all=True)
+        await control.aclose()
+        started = time.monotonic()
+        result = await ask(c)
+        waited = time.monotonic() - started
+        await c.close()
+    assert result.hit is None and result.ticket.status == "miss"
+    assert 0.1 <= waited < SOCKET_TIMEOUT_S / 2
 
 
 async def test_redis_down_is_a_miss() -> None:

@@ -176,10 +176,23 @@ async def test_single_flight_under_50_concurrent_callers(server: JwksServer, clo
     try:
         server.doc = {"keys": [jwk(KEY_B, "b")]}
         server.gate = asyncio.Event()
+        cache, joined = auth.jwks["corp"], 0
+        refresh = cache.refresh
+
+        async def counted(reason: Any) -> bool:
+            nonlocal joined
+            joined += 1  # before its first await: it has started the fetch or joined it
+            return await refresh(reason)
+
+        cache.refresh = counted  # type: ignore[method-assign]
         tokens = [token(KEY_B, "b", user=f"user{i}@example.com") for i in range(50)]
         calls = [asyncio.ensure_future(auth.authenticate(bearer(t))) for t in tokens]
         await server.held.wait()
-        await asyncio.sleep(0.02)  # every caller is now waiting on the one fetch
+        for _ in range(1000):  # until every caller waits on the one fetch (10 s at most)
+            if joined == 50:
+                break
+            await asyncio.sleep(0.01)
+        assert joined == 50, f"{joined} of 50 callers reached the refresh"
         server.gate.set()
         identities = await asyncio.gather(*calls)
         assert {i.user for i in identities} == {f"user{i}@example.com" for i in range(50)}

@@ -64,12 +64,12 @@ async def test_a_replaced_context_lives_until_its_last_stream_ends(
         with runtime.stream() as c:
             assert c is second  # new streams get the new context
             assert runtime.streams_in_flight == 3
-        await _settle()
+        await _retired(runtime)
         assert closed == []  # still in use by a and b, however long they run
         assert await runtime.reload("again")  # second has no stream: closed at once
-        await _settle()
+        await _retired(runtime)
         assert closed == [second]
-    await _settle()
+    await _retired(runtime)
     assert closed == [second, first]  # first closed when its last stream ended
     assert runtime.streams_in_flight == 0
     await runtime.close()
@@ -96,7 +96,7 @@ async def test_shutdown_closes_replaced_contexts_whose_streams_never_ended(
     await runtime.close()
     assert closed == [first, runtime.ctx]
     stream.__exit__(None, None, None)  # a straggler ending later closes nothing twice
-    await _settle()
+    await _retired(runtime)
     assert closed == [first, runtime.ctx]
 
 
@@ -110,10 +110,11 @@ async def test_a_rejected_reload_keeps_the_context_open(
     await runtime.close()
 
 
-async def _settle() -> None:
-    """Let the closing tasks run."""
-    for _ in range(5):
-        await asyncio.sleep(0)
+async def _retired(runtime: Runtime) -> None:
+    """Wait for every context being closed to be closed: a context is retired by a task
+    started at once (when its last stream ends, or a reload replaces an unused one)."""
+    if runtime._retiring:
+        await asyncio.wait_for(asyncio.wait(list(runtime._retiring)), 10)
 
 
 # --- the file watch: every change is seen, so every worker converges within reload_poll_s ----

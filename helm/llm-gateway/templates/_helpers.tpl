@@ -214,7 +214,7 @@ sidecars. */}}
 {{- $drain := int (default 3 $sidecar.drain_s) }}
 {{- $need := add $grace $drain 15 }}
 {{- if lt (int .Values.terminationGracePeriodSeconds) (int $need) }}
-{{- fail (printf "terminationGracePeriodSeconds: %d is too short for config.sidecar.grace_s (%d) + drain_s (%d) + 15 s of final settles: at least %d" (int .Values.terminationGracePeriodSeconds) $grace $drain $need) }}
+{{- fail (printf "terminationGracePeriodSeconds: %d is too short for config.sidecar.grace_s (%d) + drain_s (%d) + 15 s (final settles, the hooks' polls and exits): at least %d" (int .Values.terminationGracePeriodSeconds) $grace $drain $need) }}
 {{- end }}
 {{- if and .Values.config.budgets (not (include "llm-gateway.redisUrl" .)) }}
 {{- fail "redis.external.url: required when config.budgets is set (or set redis.bundled.enabled: true for an evaluation)" }}
