@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
 
 from gateway_extproc.apis import Api, Schema
-from gateway_extproc.bounds import (
+from gateway_extproc.bounds import Bound, Unbounded, Unpriced, UnseenInput, bound, request_price
+from gateway_extproc.catalog import ModelEntry
+from gateway_extproc.pricing import Price
+from gateway_extproc.shape import (
     PER_MESSAGE_TOKENS,
     PER_REQUEST_TOKENS,
     TOOLS_PROMPT_TOKENS,
-    Bound,
-    Unbounded,
-    Unpriced,
-    UnseenInput,
-    bound,
-    request_price,
     shape_of,
 )
-from gateway_extproc.catalog import ModelEntry
-from gateway_extproc.pricing import Price
 
 PRICE = Price(input=1, output=1, cached_input=1, cache_write=1, reasoning=1)
 CHAT_MODEL = ModelEntry(
@@ -361,3 +357,261 @@ def test_anthropic_price_options_the_catalog_cannot_price_are_refused(
         b(Api.ANTHROPIC_MESSAGES, body, CLAUDE)
     standard = {**body, "speed": "standard", "inference_geo": "global"}
     assert b(Api.ANTHROPIC_MESSAGES, standard, CLAUDE).price == CLAUDE.price
+
+
+# -- media parts are recognised by their type, in content arrays only (issue 22, item 1) ------
+
+DESCRIPTION = "A field described at length. " * 3_800  # ~110 KB of text the provider bills
+IMAGE_URL_PROPERTY = {
+    "type": "object",
+    "properties": {
+        "image_url": {"type": "string", "description": DESCRIPTION},
+        "image": {"type": "string", "format": "uri"},
+        "file": {"type": "object", "properties": {"file_data": {"type": "string"}}},
+    },
+}
+NOT_MEDIA: list[tuple[str, Api, dict[str, Any]]] = [
+    (
+        "a chat tool schema with an image_url property",
+        Api.OPENAI_CHAT,
+        {
+            "tools": [
+                {"type": "function", "function": {"name": "f", "parameters": IMAGE_URL_PROPERTY}}
+            ]
+        },
+    ),
+    (
+        "a Responses tool schema",
+        Api.OPENAI_RESPONSES,
+        {"tools": [{"type": "function", "name": "f", "parameters": IMAGE_URL_PROPERTY}]},
+    ),
+    (
+        "an Anthropic tool's input_schema",
+        Api.ANTHROPIC_MESSAGES,
+        {"tools": [{"name": "f", "input_schema": IMAGE_URL_PROPERTY}]},
+    ),
+    (
+        "an Anthropic tool_use input with image keys",
+        Api.ANTHROPIC_MESSAGES,
+        {
+            "messages": [
+                {
+                    "role": "assistant",
+                    "content": [
+                        {
+                            "type": "tool_use",
+                            "id": "t1",
+                            "name": "f",
+                            "input": {"image_url": {"url": DESCRIPTION}, "image": {"x": 1}},
+                        }
+                    ],
+                }
+            ]
+        },
+    ),
+    (
+        "a typed image block inside tool_use input is the tool's JSON, not a part",
+        Api.ANTHROPIC_MESSAGES,
+        {
+            "messages": [
+                {
+                    "role": "assistant",
+                    "content": [
+                        {
+                            "type": "tool_use",
+                            "id": "t1",
+                            "name": "f",
+                            "input": {"content": [{"type": "image", "caption": DESCRIPTION}]},
+                        }
+                    ],
+                }
+            ]
+        },
+    ),
+    (
+        "a response format schema",
+        Api.OPENAI_CHAT,
+        {"response_format": {"type": "json_schema", "json_schema": {"schema": IMAGE_URL_PROPERTY}}},
+    ),
+    (
+        "an image_url key on a message, not in a content array",
+        Api.OPENAI_CHAT,
+        {"messages": [{"role": "user", "content": "hi", "image_url": {"url": DESCRIPTION}}]},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("api", "fields"), [c[1:] for c in NOT_MEDIA], ids=[c[0] for c in NOT_MEDIA]
+)
+def test_text_beside_media_key_names_is_counted(api: Api, fields: dict[str, Any]) -> None:
+    """Before: any dict with an `image_url` (or `image`, `file`) key was taken for a media part
+    and its whole subtree skipped: a 110 KB description reserved ~2,100 input tokens."""
+    body = {"model": "m", "max_tokens": 5, **fields}
+    shape = shape_of(api, body, 5)
+    assert (shape.images, shape.files) == (0, 0)
+    messages = len(body.get("messages", []))
+    tools = TOOLS_PROMPT_TOKENS if body.get("tools") else 0
+    assert shape.text_tokens == text_of(body) + PER_REQUEST_TOKENS + 8 * messages + tools
+    assert shape.text_tokens > len(DESCRIPTION)
+
+
+MEDIA_IN_CONTENT: list[tuple[str, Api, dict[str, Any], tuple[int, int]]] = [
+    (
+        "an image in a Responses function_call_output",
+        Api.OPENAI_RESPONSES,
+        {
+            "input": [
+                {
+                    "type": "function_call_output",
+                    "call_id": "c1",
+                    "output": [{"type": "input_image", "image_url": "data:image/png;base64,AAAA"}],
+                }
+            ]
+        },
+        (1, 0),
+    ),
+    (
+        "an image and a document in an Anthropic tool_result",
+        Api.ANTHROPIC_MESSAGES,
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "tool_result",
+                            "tool_use_id": "t1",
+                            "content": [
+                                {"type": "image", "source": {"type": "base64", "data": "A"}},
+                                {"type": "document", "source": {"type": "text", "data": "d"}},
+                            ],
+                        }
+                    ],
+                }
+            ]
+        },
+        (1, 1),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("api", "fields", "media"),
+    [c[1:] for c in MEDIA_IN_CONTENT],
+    ids=[c[0] for c in MEDIA_IN_CONTENT],
+)
+def test_media_parts_nested_in_tool_outputs_are_parts(
+    api: Api, fields: dict[str, Any], media: tuple[int, int]
+) -> None:
+    shape = shape_of(api, {"model": "m", **fields}, 5)
+    assert (shape.images, shape.files) == media
+
+
+# -- input loaded from stored items (item 2) ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("items", "named"),
+    [
+        ([{"type": "item_reference", "id": "msg_1"}], "input[0].type=item_reference"),
+        (
+            [{"role": "user", "content": "hi"}] + [{"type": "item_reference", "id": "m"}] * 20,
+            "input[1].type=item_reference (20 items)",
+        ),
+        ([{"id": "msg_1"}], "input[0].type=item_reference"),  # `type` is optional
+    ],
+)
+def test_item_references_are_input_the_gateway_cannot_see(
+    items: list[dict[str, Any]], named: str
+) -> None:
+    """Before: 20 references reserved ~1,500 tokens, even with `unseen_input: refuse`."""
+    body = {"model": "chat", "max_output_tokens": 5, "input": items}
+    assert shape_of(Api.OPENAI_RESPONSES, body, 5).unseen == (named,)
+    assert b(Api.OPENAI_RESPONSES, body).input_tokens == CHAT_MODEL.context_window
+    with pytest.raises(Unbounded, match=re.escape(named)):
+        b(Api.OPENAI_RESPONSES, body, unseen=UnseenInput.REFUSE)
+
+
+def test_items_the_client_sends_whole_are_not_references() -> None:
+    items = [
+        {
+            "type": "message",
+            "id": "msg_1",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": "x"}],
+        },
+        {"type": "function_call", "id": "fc_1", "call_id": "c", "name": "f", "arguments": "{}"},
+        {"id": "msg_2", "role": "user", "content": "hi"},
+    ]
+    assert shape_of(Api.OPENAI_RESPONSES, {"model": "m", "input": items}, 5).unseen == ()
+
+
+# -- a 1-hour cache TTL on a media part (item 3) -----------------------------------------------
+
+ANTHROPIC_PRICE = Price(input=5, output=25, cached_input=1, cache_write=6, reasoning=25)
+OPUS = ModelEntry(
+    "opus",
+    "q",
+    Schema.ANTHROPIC,
+    128_000,
+    ANTHROPIC_PRICE,
+    context_window=1_000_000,
+    image_input_tokens=4_784,
+)
+
+
+@pytest.mark.parametrize(
+    "part",
+    [
+        {"type": "document", "source": {"type": "file", "file_id": "f1"}},
+        {"type": "image", "source": {"type": "url", "url": "https://x/y.png"}},
+    ],
+    ids=["document", "image"],
+)
+def test_a_one_hour_ttl_on_a_media_part_reserves_the_one_hour_rate(part: dict[str, Any]) -> None:
+    """Before: the media branch returned before the TTL check - a 900k-token document with
+    `ttl: 1h` reserved at the 5-minute write rate ($6.25/M) and was billed $10/M (2x input)."""
+    one_hour = {**part, "cache_control": {"type": "ephemeral", "ttl": "1h"}}
+    body = {"model": "opus", "max_tokens": 1, "messages": [{"role": "user", "content": [one_hour]}]}
+    result = b(Api.ANTHROPIC_MESSAGES, body, OPUS)
+    assert result.reserve_price == ANTHROPIC_PRICE and ANTHROPIC_PRICE.write_1h == 10
+    five = {**part, "cache_control": {"type": "ephemeral"}}
+    body = {"model": "opus", "max_tokens": 1, "messages": [{"role": "user", "content": [five]}]}
+    assert b(Api.ANTHROPIC_MESSAGES, body, OPUS).reserve_price.write_1h == 6  # type: ignore[union-attr]
+
+
+# -- Anthropic-defined client tools carry hidden prompt tokens (item 4c) -----------------------
+
+
+@pytest.mark.parametrize(
+    ("tools", "hidden"),
+    [
+        ([{"type": "computer_20250124", "name": "computer", "display_width_px": 1024}], 1_234),
+        ([{"type": "bash_20250124", "name": "bash"}], 245),
+        ([{"type": "text_editor_20250728", "name": "str_replace_based_edit_tool"}], 700),
+        (
+            [
+                {"type": "computer_20251124", "name": "computer"},
+                {"type": "bash_20250124", "name": "bash"},
+                {"type": "text_editor_20250124", "name": "str_replace_editor"},
+            ],
+            1_234 + 245 + 700,
+        ),
+        ([{"type": "memory_20250818", "name": "memory"}], 1_234),  # unlisted: the largest
+        ([{"type": "custom", "name": "f", "input_schema": {}}], 0),
+        ([{"name": "f", "input_schema": {}}], 0),
+    ],
+)
+def test_anthropic_client_tools_add_their_documented_tokens(
+    tools: list[dict[str, Any]], hidden: int
+) -> None:
+    """Before: only the 512-token tool margin - below the ~2.2k tokens computer use, bash and
+    the text editor add together."""
+    body = {"model": "claude", "max_tokens": 1, "messages": [], "tools": tools}
+    expected = text_of(body) + PER_REQUEST_TOKENS + TOOLS_PROMPT_TOKENS + hidden
+    assert shape_of(Api.ANTHROPIC_MESSAGES, body, 1).text_tokens == expected
+    # The same tool objects sent to an OpenAI API are hosted tools there, not hidden prompts.
+    assert shape_of(Api.OPENAI_RESPONSES, {"model": "m", "tools": tools}, 1).text_tokens == (
+        text_of({"model": "m", "tools": tools}) + PER_REQUEST_TOKENS + TOOLS_PROMPT_TOKENS
+    )
