@@ -18,8 +18,8 @@ it meets the model's catalog entry:
 * **All input** is at most the model's `context_window` (the provider refuses longer prompts).
 * **Input the gateway cannot see** is bounded by the context window, or refused, per
   `unseen_input`.
-* **Price**: the request's `service_tier`, the 1-hour cache-write rate only when asked for; an
-  option the catalog cannot price is refused (`Unpriced`).
+* **Price**: the request's `service_tier`, the 1-hour and 12-hour cache-write rates only when
+  asked for; an option the catalog cannot price is refused (`Unpriced`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import enum
 
 from gateway_extproc.catalog import ModelEntry
 from gateway_extproc.pricing import Price, price_for_tier
-from gateway_extproc.shape import Shape
+from gateway_extproc.shape import Retention, Shape
 
 
 class UnseenInput(enum.StrEnum):
@@ -66,6 +66,7 @@ def request_price(
     *,
     long_context_beta: bool = False,
     unpriced: tuple[str, ...] = (),
+    retention: tuple[tuple[str, Retention], ...] = (),
 ) -> Price:
     """The price a request for `entry` is billed at. Raises Unpriced."""
     if unpriced and not entry.free:
@@ -84,6 +85,32 @@ def request_price(
             f"the long-context beta cannot be priced for {entry.name}: the catalog has no "
             "long_context tier for it"
         )
+    if retention and not entry.free:
+        price = _retained(entry.name, price, retention)
+    return price
+
+
+def _retained(model: str, price: Price, retention: tuple[tuple[str, Retention], ...]) -> Price:
+    """`price` for a request asking for longer prompt-cache retention. Raises Unpriced.
+
+    OpenAI: cache writes carry no fee before GPT-5.6 (whatever the retention); GPT-5.6 and later
+    bill a 30-minute write at `cache_write` and publish a 12-hour write price for some models
+    (`cache_write_12h`); no price is published for 24-hour retention on them."""
+    kinds = {kind for _, kind in retention}
+    asked = ", ".join(option for option, _ in retention)
+    if Retention.EXTENDED_24H in kinds and not price.cache_writes_free:
+        raise Unpriced(
+            f"{asked} changes the price of {model}: its cache writes carry a fee, and the "
+            "catalog has no price for 24-hour retention"
+        )
+    if Retention.TTL_12H in kinds:
+        longer = price.with_12h_writes()
+        if longer is None:
+            raise Unpriced(
+                f"{asked} changes the price of {model}, and the catalog has no 12-hour "
+                "cache-write price (cache_write_12h) for it"
+            )
+        price = longer
     return price
 
 
@@ -107,7 +134,11 @@ def bound(
     answers 400): input it cannot see under `refuse`, or a part no catalog field bounds; and
     Unpriced for an option the catalog cannot price."""
     price = request_price(
-        entry, shape.service_tier, long_context_beta=long_context_beta, unpriced=shape.unpriced
+        entry,
+        shape.service_tier,
+        long_context_beta=long_context_beta,
+        unpriced=shape.unpriced,
+        retention=shape.retention,
     )
     window = entry.context_window
     if shape.unseen and not entry.free and (unseen_input is UnseenInput.REFUSE or window is None):

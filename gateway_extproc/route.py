@@ -27,14 +27,16 @@ CLUSTER_HEADER = "x-gateway-cluster"
 
 
 def priced(entry: ModelEntry, request: ParsedRequest, *, long_context_beta: bool) -> ModelEntry:
-    """The catalog entry at this request's price (its service tier, the long-context tier).
-    Raises UnsupportedOption (400) for an option the catalog has no price for."""
+    """The catalog entry at this request's price (its service tier, the long-context tier, the
+    cache retention it asks for). Raises UnsupportedOption (400) for an option the catalog has no
+    price for."""
     try:
         price = request_price(
             entry,
             request.shape.service_tier,
             long_context_beta=long_context_beta,
             unpriced=request.shape.unpriced,
+            retention=request.shape.retention,
         )
     except Unpriced as exc:
         raise UnsupportedOption(str(exc)) from None

@@ -13,8 +13,8 @@
 * **Input the gateway cannot see** (`unseen`): stored state the provider loads (Responses
   `previous_response_id`, `conversation`, a stored `prompt`, `item_reference` input items),
   hosted tools whose results become input, Anthropic server tools and MCP servers.
-* **Options that change the price**: `service_tier`, Anthropic 1-hour cache writes, and options
-  no catalog prices (`unpriced`).
+* **Options that change the price**: `service_tier`, Anthropic 1-hour cache writes, OpenAI
+  prompt-cache retention beyond the default, and options no catalog prices (`unpriced`).
 """
 
 from __future__ import annotations
@@ -51,6 +51,17 @@ _PART_LISTS = frozenset({"content", "output"})
 _VISIBLE_TOOL_TYPES = frozenset({"function", "custom", "local_shell", "apply_patch"})
 # Anthropic server tools run by the provider: their results become input the gateway never sees.
 _ANTHROPIC_SERVER_TOOLS = ("web_search", "web_fetch", "code_execution", "tool_search")
+# OpenAI prompt-cache retention at the default price: `prompt_cache_retention` (`in-memory` is
+# the SDKs' old spelling) and the `ttl` of `prompt_cache_options` / `prompt_cache_breakpoint`.
+_DEFAULT_RETENTION = (None, "in_memory", "in-memory")
+_DEFAULT_TTL = (None, "30m")
+
+
+class Retention(enum.StrEnum):
+    """OpenAI prompt-cache retention beyond the default a request asks for (pricing differs)."""
+
+    TTL_12H = "12h"  # `prompt_cache_options.ttl` / `prompt_cache_breakpoint.ttl` other than 30m
+    EXTENDED_24H = "24h"  # `prompt_cache_retention` other than in_memory
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -67,6 +78,8 @@ class Shape:
     service_tier: str | None = None  # OpenAI `service_tier` (prices differ per tier)
     cache_1h: bool = False  # some `cache_control` asks for a 1-hour TTL (Anthropic)
     unpriced: tuple[str, ...] = ()  # options present that change the price, which no catalog prices
+    # OpenAI prompt-cache options asking for longer retention: (the option as written, its kind)
+    retention: tuple[tuple[str, Retention], ...] = ()
 
 
 def _utf8_len(text: str) -> int:
@@ -91,12 +104,21 @@ def _asks_1h(part: dict[str, Any]) -> bool:
     return isinstance(control, dict) and control.get("ttl") == "1h"
 
 
+def _breakpoint_ttl(item: dict[str, Any]) -> str | None:
+    """`prompt_cache_breakpoint.ttl=...` when `item` sets a breakpoint with a longer TTL."""
+    point = item.get("prompt_cache_breakpoint")
+    if isinstance(point, dict) and point.get("ttl") not in _DEFAULT_TTL:
+        return f"prompt_cache_breakpoint.ttl={point.get('ttl')!r}"
+    return None
+
+
 @dataclasses.dataclass(slots=True)
 class _Walk:
     text: int = 0
     images: int = 0
     files: int = 0
     cache_1h: bool = False
+    ttl_12h: str | None = None  # the first longer breakpoint TTL, as written
 
 
 def _walk(value: Any, at: _At, w: _Walk) -> None:
@@ -114,9 +136,12 @@ def _walk(value: Any, at: _At, w: _Walk) -> None:
                 else:
                     w.files += 1
                 w.cache_1h = w.cache_1h or _asks_1h(item)
+                w.ttl_12h = w.ttl_12h or _breakpoint_ttl(item)
                 continue
             if item.get("ttl") == "1h":
                 w.cache_1h = True
+            if "prompt_cache_breakpoint" in item:
+                w.ttl_12h = w.ttl_12h or _breakpoint_ttl(item)
             holds_parts = at is _At.ITEM or (at is _At.PART and kind == "tool_result")
             for key, sub in item.items():
                 w.text += _utf8_len(key)
@@ -210,6 +235,23 @@ def _client_tool_tokens(api: Api, tools: object) -> int:
     return total
 
 
+def _retention(
+    api: Api, body: dict[str, Any], ttl_12h: str | None
+) -> tuple[tuple[str, Retention], ...]:
+    if api not in (Api.OPENAI_CHAT, Api.OPENAI_RESPONSES):
+        return ()
+    found: list[tuple[str, Retention]] = []
+    value = body.get("prompt_cache_retention")
+    if value not in _DEFAULT_RETENTION:
+        found.append((f"prompt_cache_retention={value!r}", Retention.EXTENDED_24H))
+    options = body.get("prompt_cache_options")
+    if isinstance(options, dict) and options.get("ttl") not in _DEFAULT_TTL:
+        found.append((f"prompt_cache_options.ttl={options.get('ttl')!r}", Retention.TTL_12H))
+    if ttl_12h is not None:
+        found.append((ttl_12h, Retention.TTL_12H))
+    return tuple(found)
+
+
 def _choices(api: Api, body: dict[str, Any]) -> int:
     """The output multiplier; raises ValueError naming the bad field."""
     names = {Api.OPENAI_CHAT: ("n",), Api.OPENAI_COMPLETIONS: ("n", "best_of")}.get(api, ())
@@ -276,4 +318,5 @@ def shape_of(api: Api, body: dict[str, Any], max_output: int | None) -> Shape:
         service_tier=tier,
         cache_1h=w.cache_1h,
         unpriced=unpriced,
+        retention=_retention(api, body, w.ttl_12h),
     )

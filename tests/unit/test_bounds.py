@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 from gateway_extproc.apis import Api, Schema
 from gateway_extproc.bounds import Bound, Unbounded, Unpriced, UnseenInput, bound, request_price
 from gateway_extproc.catalog import ModelEntry
-from gateway_extproc.pricing import Price
+from gateway_extproc.pricing import LongContext, Price
 from gateway_extproc.shape import (
     PER_MESSAGE_TOKENS,
     PER_REQUEST_TOKENS,
@@ -615,3 +616,102 @@ def test_anthropic_client_tools_add_their_documented_tokens(
     assert shape_of(Api.OPENAI_RESPONSES, {"model": "m", "tools": tools}, 1).text_tokens == (
         text_of({"model": "m", "tools": tools}) + PER_REQUEST_TOKENS + TOOLS_PROMPT_TOKENS
     )
+
+
+# -- OpenAI prompt-cache retention (item 4a) ---------------------------------------------------
+
+SOL = Price(input=2, output=10, cached_input=1, cache_write=3, reasoning=10, cache_write_12h=5)
+SOL_ENTRY = ModelEntry("sol", "p", Schema.OPENAI, 1_000, SOL, context_window=10_000)
+FEE_NO_12H = ModelEntry(
+    "fee",
+    "p",
+    Schema.OPENAI,
+    1_000,
+    dataclasses.replace(SOL, cache_write_12h=None),
+    context_window=10_000,
+)
+NO_FEE = ModelEntry("old", "p", Schema.OPENAI, 1_000, PRICE, context_window=10_000)
+TWELVE = {"prompt_cache_options": {"ttl": "12h"}}
+BREAKPOINT = {
+    "input": [
+        {
+            "role": "user",
+            "content": [
+                {
+                    "type": "input_text",
+                    "text": "x",
+                    "prompt_cache_breakpoint": {"mode": "explicit", "ttl": "12h"},
+                }
+            ],
+        }
+    ]
+}
+IMAGE_BREAKPOINT = {
+    "input": [
+        {
+            "role": "user",
+            "content": [
+                {"type": "input_image", "file_id": "f", "prompt_cache_breakpoint": {"ttl": "12h"}}
+            ],
+        }
+    ]
+}
+RETAIN_24H = {"prompt_cache_retention": "24h"}
+RETENTION_CASES: list[tuple[str, dict[str, Any], ModelEntry, Price | str]] = [
+    ("12h ttl: the 12-hour write rate", TWELVE, SOL_ENTRY, dataclasses.replace(SOL, cache_write=5)),
+    ("12h breakpoint", BREAKPOINT, SOL_ENTRY, dataclasses.replace(SOL, cache_write=5)),
+    (
+        "12h breakpoint on an image",
+        IMAGE_BREAKPOINT,
+        SOL_ENTRY,
+        dataclasses.replace(SOL, cache_write=5),
+    ),
+    ("12h ttl, no 12-hour price", TWELVE, FEE_NO_12H, "prompt_cache_options.ttl='12h'"),
+    ("12h ttl, writes carry no fee", TWELVE, NO_FEE, PRICE),
+    ("24h retention, writes carry a fee", RETAIN_24H, SOL_ENTRY, "prompt_cache_retention='24h'"),
+    ("24h retention, writes carry no fee", RETAIN_24H, NO_FEE, PRICE),
+    ("30m ttl is the default", {"prompt_cache_options": {"ttl": "30m"}}, SOL_ENTRY, SOL),
+    ("in_memory is the default", {"prompt_cache_retention": "in_memory"}, SOL_ENTRY, SOL),
+    ("free models are free", RETAIN_24H, FREE, Price.free()),
+]
+
+
+@pytest.mark.parametrize(
+    ("fields", "entry", "expected"),
+    [c[1:] for c in RETENTION_CASES],
+    ids=[c[0] for c in RETENTION_CASES],
+)
+@pytest.mark.parametrize("api", [Api.OPENAI_CHAT, Api.OPENAI_RESPONSES])
+def test_prompt_cache_retention_is_priced_or_refused(
+    api: Api, fields: dict[str, Any], entry: ModelEntry, expected: Price | str
+) -> None:
+    """Before: `prompt_cache_retention` and 12-hour TTLs were neither priced nor refused."""
+    body = {"model": entry.name, "max_tokens": 1, "max_output_tokens": 1, **fields}
+    if isinstance(expected, str):
+        with pytest.raises(Unpriced, match=re.escape(expected)):
+            b(api, body, entry)
+        return
+    result = b(api, body, entry)
+    assert result.price == expected
+    assert (
+        result.reserve_price is not None
+        and result.reserve_price.cache_write == expected.cache_write
+    )
+
+
+def test_a_12h_request_prices_every_long_context_tier_or_is_refused() -> None:
+    long = LongContext(100, dataclasses.replace(SOL, input=4, cache_write=6, cache_write_12h=10))
+    entry = dataclasses.replace(SOL_ENTRY, price=dataclasses.replace(SOL, long_context=long))
+    price = b(Api.OPENAI_RESPONSES, {"model": "sol", **TWELVE}, entry).price
+    assert price is not None and price.long_context is not None
+    assert (price.cache_write, price.long_context.price.cache_write) == (5, 10)
+    unknown = LongContext(
+        100, dataclasses.replace(SOL, input=4, cache_write=6, cache_write_12h=None)
+    )
+    entry = dataclasses.replace(SOL_ENTRY, price=dataclasses.replace(SOL, long_context=unknown))
+    with pytest.raises(Unpriced, match="12-hour"):
+        b(Api.OPENAI_RESPONSES, {"model": "sol", **TWELVE}, entry)
+
+
+def test_anthropic_bodies_have_no_openai_retention() -> None:
+    assert shape_of(Api.ANTHROPIC_MESSAGES, {"model": "c", **RETAIN_24H}, 1).retention == ()
