@@ -18,8 +18,9 @@ it meets the model's catalog entry:
 * **All input** is at most the model's `context_window` (the provider refuses longer prompts).
 * **Input the gateway cannot see** is bounded by the context window, or refused, per
   `unseen_input`.
-* **Price**: the request's `service_tier`, the 1-hour and 12-hour cache-write rates only when
-  asked for; an option the catalog cannot price is refused (`Unpriced`).
+* **Price**: the tier the request is served at (its `service_tier`, else its provider's
+  `default_service_tier`), the 1-hour and 12-hour cache-write rates only when asked for; an option
+  the catalog cannot price is refused (`Unpriced`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import dataclasses
 import enum
 
 from gateway_extproc.catalog import ModelEntry
-from gateway_extproc.pricing import Price, price_for_tier
+from gateway_extproc.pricing import Price, effective_tier, price_for_tier
 from gateway_extproc.shape import Retention, Shape
 
 
@@ -64,20 +65,24 @@ def request_price(
     entry: ModelEntry,
     tier: str | None,
     *,
+    default_tier: str | None = None,
     long_context_beta: bool = False,
     unpriced: tuple[str, ...] = (),
     retention: tuple[tuple[str, Retention], ...] = (),
 ) -> Price:
-    """The price a request for `entry` is billed at. Raises Unpriced."""
+    """The price a request for `entry` is billed at: the tier it asked for (`tier`), or when it
+    asked for none (or `auto`) its provider's `default_tier`. Raises Unpriced."""
     if unpriced and not entry.free:
         raise Unpriced(
             f"{', '.join(unpriced)} changes the price of {entry.name}, and the catalog "
             "cannot price it"
         )
-    price = price_for_tier(entry, tier)
+    served = effective_tier(tier, default_tier)
+    price = price_for_tier(entry, served)
     if price is None:
+        origin = "service_tier" if served == tier else "the provider's default_service_tier"
         raise Unpriced(
-            f"service_tier {tier!r} cannot be priced for {entry.name}: the catalog has no "
+            f"{origin} {served!r} cannot be priced for {entry.name}: the catalog has no "
             "price for that tier"
         )
     if long_context_beta and not entry.prices_long_context:
@@ -129,13 +134,16 @@ def bound(
     default_max_output: int,
     unseen_input: UnseenInput,
     long_context_beta: bool = False,
+    default_tier: str | None = None,
 ) -> Bound:
-    """The request's worst case on `entry`. Raises Unbounded when there is none (the caller
-    answers 400): input it cannot see under `refuse`, or a part no catalog field bounds; and
-    Unpriced for an option the catalog cannot price."""
+    """The request's worst case on `entry` (served by a provider whose default service tier is
+    `default_tier`). Raises Unbounded when there is none (the caller answers 400): input it
+    cannot see under `refuse`, or a part no catalog field bounds; and Unpriced for an option the
+    catalog cannot price."""
     price = request_price(
         entry,
         shape.service_tier,
+        default_tier=default_tier,
         long_context_beta=long_context_beta,
         unpriced=shape.unpriced,
         retention=shape.retention,

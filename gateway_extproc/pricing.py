@@ -216,6 +216,15 @@ def _worst_pico(input_tokens: int, max_output_tokens: int, p: Price) -> int:
 STANDARD_SERVICE_TIERS = frozenset({"auto", "default", "standard_only"})
 
 
+def effective_tier(requested: str | None, default: str | None) -> str | None:
+    """The tier a request is served at: its own `service_tier`, or - when it sets none, or OpenAI
+    `auto` ("the service tier configured in the Project settings") - its provider's configured
+    default (`providers.NAME.default_service_tier`; None: standard)."""
+    if requested is None or requested == "auto":
+        return default
+    return requested
+
+
 def price_for_tier(entry: ModelEntry, tier: str | None) -> Price | None:
     """The price of a request for `entry` asking for `service_tier: tier` (None: not asked).
 

@@ -251,7 +251,10 @@ class StreamProcessor:
         upstream.forward.removals(self.client_headers, provider=upstream.provider)
         # The price of this request: its service tier, a long-context beta (400 if unpriced).
         long_context_beta = "context-1m" in self.anthropic_beta
-        self.entry = entry = route.priced(entry, request, long_context_beta=long_context_beta)
+        providers = self.ctx.config.providers  # their default service tiers
+        self.entry = entry = route.priced(
+            entry, request, long_context_beta=long_context_beta, providers=providers
+        )
         # Budgets: reserve the worst case everywhere it applies, or block / downgrade (429).
         identity = self.identity
         gate = self.ctx.budgets
@@ -266,6 +269,7 @@ class StreamProcessor:
                     default_max_output=gate.settings.default_max_output_tokens,
                     unseen_input=gate.settings.unseen_input,
                     long_context_beta=long_context_beta,
+                    providers=providers,
                 ),
                 allowed=lambda model: policies.allows(identity, model.name),
             )

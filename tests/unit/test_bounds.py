@@ -715,3 +715,40 @@ def test_a_12h_request_prices_every_long_context_tier_or_is_refused() -> None:
 
 def test_anthropic_bodies_have_no_openai_retention() -> None:
     assert shape_of(Api.ANTHROPIC_MESSAGES, {"model": "c", **RETAIN_24H}, 1).retention == ()
+
+
+# -- the provider's default service tier (item 4b) ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("tier", "default", "price"),
+    [
+        (None, "priority", PRIORITY),  # names none: the project's default
+        ("auto", "priority", PRIORITY),  # "the service tier configured in the Project settings"
+        ("default", "priority", PRICE),  # standard, whatever the project's default
+        (None, None, PRICE),
+        ("priority", None, PRIORITY),
+        (None, "default", PRICE),
+    ],
+)
+def test_a_request_naming_no_tier_is_reserved_at_its_providers_default(
+    tier: str | None, default: str | None, price: Price
+) -> None:
+    body = {"model": "tiered", "max_tokens": 1, **({"service_tier": tier} if tier else {})}
+    shape = shape_of(Api.OPENAI_CHAT, body, 1)
+    result = bound(
+        shape, TIERED, default_max_output=1, unseen_input=UnseenInput.REFUSE, default_tier=default
+    )
+    assert result.price == price
+
+
+def test_a_default_tier_the_catalog_cannot_price_is_refused_naming_its_origin() -> None:
+    shape = shape_of(Api.OPENAI_CHAT, {"model": "chat", "max_tokens": 1}, 1)
+    with pytest.raises(Unpriced, match="default_service_tier 'priority' cannot be priced for chat"):
+        bound(
+            shape,
+            CHAT_MODEL,
+            default_max_output=1,
+            unseen_input=UnseenInput.REFUSE,
+            default_tier="priority",
+        )
