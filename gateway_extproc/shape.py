@@ -47,6 +47,7 @@ _TOKEN_ARRAY_FIELDS = ("input", "prompt")
 # Keys of a message or input item whose list holds content parts (a Responses tool output's
 # `output` may be a list of input_text / input_image / input_file parts).
 _PART_LISTS = frozenset({"content", "output"})
+_TOOL_RESULT_LISTS = frozenset({"content"})  # an Anthropic tool_result's parts
 # Responses / chat tools the client runs itself: their definitions are text the gateway sees.
 _VISIBLE_TOOL_TYPES = frozenset({"function", "custom", "local_shell", "apply_patch"})
 # Anthropic server tools run by the provider: their results become input the gateway never sees.
@@ -86,17 +87,7 @@ def _utf8_len(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
-class _At(enum.Enum):
-    """Where a JSON value sits, which decides what a dict there can be."""
-
-    PLAIN = 0  # anywhere else: every key and string is text
-    ITEMS = 1  # a list of messages or input items
-    ITEM = 2  # a message or input item
-    PARTS = 3  # a content array
-    PART = 4  # one content part
-
-
-_ELEMENT = {_At.ITEMS: _At.ITEM, _At.PARTS: _At.PART}
+_MEDIA_TYPES = _IMAGE_TYPES | _FILE_TYPES
 
 
 def _asks_1h(part: dict[str, Any]) -> bool:
@@ -114,44 +105,80 @@ def _breakpoint_ttl(item: dict[str, Any]) -> str | None:
 
 @dataclasses.dataclass(slots=True)
 class _Walk:
+    """What a body's walk found: text bytes, media parts, cache TTLs asked for."""
+
     text: int = 0
     images: int = 0
     files: int = 0
     cache_1h: bool = False
     ttl_12h: str | None = None  # the first longer breakpoint TTL, as written
 
+    def plain(self, value: Any) -> None:
+        """Every key and string of `value` is text (no media parts here), iteratively."""
+        text = 0
+        stack = [value]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, str):
+                text += _utf8_len(item)
+            elif isinstance(item, dict):
+                if item.get("ttl") == "1h":
+                    self.cache_1h = True
+                if "prompt_cache_breakpoint" in item:
+                    self.ttl_12h = self.ttl_12h or _breakpoint_ttl(item)
+                for key, sub in item.items():
+                    text += _utf8_len(key)
+                    stack.append(sub)
+            elif isinstance(item, list):
+                stack.extend(item)
+            elif item is not None:  # numbers and booleans: their text
+                text += len(str(item))
+        self.text += text
 
-def _walk(value: Any, at: _At, w: _Walk) -> None:
-    """Add a JSON value's text bytes, media parts and cache TTLs to `w`, iteratively."""
-    stack = [(value, at)]
-    while stack:
-        item, at = stack.pop()
-        if isinstance(item, str):
-            w.text += _utf8_len(item)
-        elif isinstance(item, dict):
-            kind = item.get("type") if at is _At.PART else None
-            if kind in _IMAGE_TYPES or kind in _FILE_TYPES:  # bounded per part, not by its bytes
-                if kind in _IMAGE_TYPES:
-                    w.images += 1
-                else:
-                    w.files += 1
-                w.cache_1h = w.cache_1h or _asks_1h(item)
-                w.ttl_12h = w.ttl_12h or _breakpoint_ttl(item)
-                continue
-            if item.get("ttl") == "1h":
-                w.cache_1h = True
-            if "prompt_cache_breakpoint" in item:
-                w.ttl_12h = w.ttl_12h or _breakpoint_ttl(item)
-            holds_parts = at is _At.ITEM or (at is _At.PART and kind == "tool_result")
-            for key, sub in item.items():
-                w.text += _utf8_len(key)
-                inner = _At.PARTS if holds_parts and key in _PART_LISTS else _At.PLAIN
-                stack.append((sub, inner))
-        elif isinstance(item, list):
-            inner = _ELEMENT.get(at, _At.PLAIN)
-            stack.extend((sub, inner) for sub in item)
-        elif item is not None:  # numbers and booleans: their text
-            w.text += len(str(item))
+    def items(self, value: Any) -> None:
+        """`messages` / `input`: a list of messages or input items, each holding content parts."""
+        if not isinstance(value, list):
+            self.plain(value)
+            return
+        for item in value:
+            if isinstance(item, dict):
+                self.holder(item, _PART_LISTS, nested=False)
+            else:
+                self.plain(item)
+
+    def holder(self, item: dict[str, Any], part_lists: frozenset[str], *, nested: bool) -> None:
+        """A message, an input item or an Anthropic tool_result: its `part_lists` hold parts."""
+        text = 0
+        for key, sub in item.items():
+            text += _utf8_len(key)
+            if key in part_lists and isinstance(sub, list):
+                for part in sub:
+                    self.part(part, nested=nested)
+            else:
+                self.plain(sub)
+        self.text += text
+        if item.get("ttl") == "1h":
+            self.cache_1h = True
+        if "prompt_cache_breakpoint" in item:
+            self.ttl_12h = self.ttl_12h or _breakpoint_ttl(item)
+
+    def part(self, part: Any, *, nested: bool) -> None:
+        """One content part: a media part is counted by its type, not its bytes."""
+        if not isinstance(part, dict):
+            self.plain(part)
+            return
+        kind = part.get("type")
+        if kind in _MEDIA_TYPES:
+            if kind in _IMAGE_TYPES:
+                self.images += 1
+            else:
+                self.files += 1
+            self.cache_1h = self.cache_1h or _asks_1h(part)
+            self.ttl_12h = self.ttl_12h or _breakpoint_ttl(part)
+        elif kind == "tool_result" and not nested:
+            self.holder(part, _TOOL_RESULT_LISTS, nested=True)
+        else:
+            self.plain(part)
 
 
 def _token_ids(value: Any) -> int | None:
@@ -288,7 +315,10 @@ def shape_of(api: Api, body: dict[str, Any], max_output: int | None) -> Shape:
             w.text += ids + _utf8_len(key)
             continue
         w.text += _utf8_len(key)
-        _walk(value, _At.ITEMS if key in _MESSAGE_LISTS else _At.PLAIN, w)
+        if key in _MESSAGE_LISTS:
+            w.items(value)
+        else:
+            w.plain(value)
     tier = body.get("service_tier")
     if tier is not None and not isinstance(tier, str):
         raise ValueError("`service_tier` must be a string")
