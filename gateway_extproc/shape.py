@@ -168,7 +168,9 @@ class _Walk:
             self.plain(part)
             return
         kind = part.get("type")
-        if kind in _MEDIA_TYPES:
+        if not isinstance(kind, str):  # a list or object here is the client's error: just text
+            self.plain(part)
+        elif kind in _MEDIA_TYPES:
             if kind in _IMAGE_TYPES:
                 self.images += 1
             else:

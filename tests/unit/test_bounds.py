@@ -7,6 +7,8 @@ import re
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway_extproc.apis import Api, Schema
 from gateway_extproc.bounds import Bound, Unbounded, Unpriced, UnseenInput, bound, request_price
@@ -507,6 +509,65 @@ def test_media_parts_nested_in_tool_outputs_are_parts(
 ) -> None:
     shape = shape_of(api, {"model": "m", **fields}, 5)
     assert (shape.images, shape.files) == media
+
+
+_SHAPE_KEYS = [
+    "messages", "input", "tools", "system", "content", "output", "type", "role", "id", "text",
+    "image_url", "image", "file", "file_data", "source", "input_schema", "parameters",
+    "cache_control", "ttl", "prompt_cache_breakpoint", "tool_use_id", "name",
+]  # fmt: skip
+_SHAPE_TYPES = [
+    "text", "image", "image_url", "input_image", "document", "file", "input_audio",
+    "tool_result", "tool_use", "item_reference", "function", "computer_20250124", "bash_20250124",
+    "1h", "12h",
+]  # fmt: skip
+_MEDIA = {"image", "image_url", "input_image", "document", "file", "input_audio", "input_file"}
+_values = st.recursive(
+    st.none() | st.booleans() | st.text(max_size=6) | st.sampled_from(_SHAPE_TYPES),
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(st.sampled_from(_SHAPE_KEYS), children, max_size=4)
+    ),
+    max_leaves=25,
+)
+
+
+def _typed_media(value: Any) -> bool:
+    if isinstance(value, dict):
+        kind = value.get("type")
+        return (isinstance(kind, str) and kind in _MEDIA) or any(
+            _typed_media(v) for v in value.values()
+        )
+    if isinstance(value, list):
+        return any(_typed_media(v) for v in value)
+    return False
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.sampled_from(list(Api)),
+    st.dictionaries(st.sampled_from(["messages", "input", "tools", "system", "metadata"]), _values),
+)
+def test_no_body_raises_and_text_is_never_skipped_outside_a_typed_media_part(
+    api: Api, fields: dict[str, Any]
+) -> None:
+    """Whatever the body: a Shape (or ValueError, a 400), never a crash; and unless some object
+    carries a media `type`, every key and string is counted."""
+    body = {"model": "m", **fields}
+    shape = shape_of(api, body, None)
+    assert shape.images >= 0 and shape.files >= 0
+    if not _typed_media(body):
+        assert (shape.images, shape.files) == (0, 0)
+        assert shape.text_tokens >= text_of(body) + PER_REQUEST_TOKENS
+
+
+@pytest.mark.parametrize("kind", [["image"], {"image": 1}, 3, None])
+def test_a_part_whose_type_is_not_a_string_is_text(kind: object) -> None:
+    """A client's malformed part is counted as text (the provider refuses it), never a crash."""
+    part = {"type": kind, "image_url": {"url": "x" * 100}}
+    body = {"model": "m", "messages": [{"role": "user", "content": [part]}]}
+    shape = shape_of(Api.OPENAI_CHAT, body, None)
+    assert (shape.images, shape.text_tokens) == (0, text_of(body) + PER_REQUEST_TOKENS + 8)
 
 
 # -- input loaded from stored items (item 2) ----------------------------------------------------
