@@ -1,7 +1,7 @@
 """The price fields of a catalog model: parsed from YAML, checked, and defaulted into a `Price`.
 
 Flat fields are USD per 1M tokens (`input`, `output`, `cached_input`, `cache_write`,
-`cache_write_1h`, `reasoning`). Two nested fields hold more of the same:
+`cache_write_1h`, `cache_write_12h`, `reasoning`). Two nested fields hold more of the same:
 
     long_context:      # the whole request at these prices when its input exceeds the threshold
       above_input_tokens: 272000
@@ -13,7 +13,9 @@ Flat fields are USD per 1M tokens (`input`, `output`, `cached_input`, `cache_wri
 Every level defaults like the model itself: `cached_input` and `cache_write` to its own `input`,
 `reasoning` to its own `output`, `cache_write_1h` to twice its `input` (Anthropic's rule) for
 `schema: anthropic` and to its own `cache_write` for `schema: openai` (OpenAI reports no 1-hour
-writes; the default keeps them from raising the worst-case reservation).
+writes; the default keeps them from raising the worst-case reservation). `cache_write_12h` is
+OpenAI's 12-hour cache write (`schema: openai` only); unset, it stays None (see
+`Price.with_12h_writes`: the level's `cache_write` where that carries no fee, else unknown).
 """
 
 from __future__ import annotations
@@ -25,7 +27,15 @@ from typing import Any
 from gateway_extproc.apis import Schema
 from gateway_extproc.pricing import CACHE_WRITE_1H_TIMES_INPUT, LongContext, Price, scaled_decimal
 
-PRICE_FIELDS = ("input", "output", "cached_input", "cache_write", "cache_write_1h", "reasoning")
+PRICE_FIELDS = (
+    "input",
+    "output",
+    "cached_input",
+    "cache_write",
+    "cache_write_1h",
+    "cache_write_12h",
+    "reasoning",
+)
 TIERED_FIELDS = ("long_context", "service_tiers")  # dropped with the prices by `free: true`
 SERVICE_TIERS = ("priority", "flex", "scale")
 _LONG_CONTEXT_KEYS = ("above_input_tokens", *PRICE_FIELDS)
@@ -168,6 +178,13 @@ class PriceBuilder:
             write_1h = f.get("cache_write_1h", CACHE_WRITE_1H_TIMES_INPUT * f["input"])
         else:
             write_1h = f.get("cache_write_1h", cache_write)
+        write_12h = f.get("cache_write_12h")
+        if write_12h is not None and self.schema is not Schema.OPENAI:
+            self.problems.append(
+                f"{path}.cache_write_12h: OpenAI's 12-hour cache write, for schema: openai only "
+                "(Anthropic's 1-hour write is cache_write_1h)"
+            )
+            return None
         long_context = None
         if (raw_tier := f.get("long_context")) is not None:  # never nested: the parser refuses
             tier_price = self._price(f"{path}.long_context", raw_tier)
@@ -182,4 +199,5 @@ class PriceBuilder:
             reasoning=f.get("reasoning", output),
             cache_write_1h=write_1h,
             long_context=long_context,
+            cache_write_12h=write_12h,
         )

@@ -29,13 +29,18 @@ class ProviderConfig:
     base_url: str
     auth: Credential | None  # None: the provider needs no key (local vLLM, Ollama)
     forward_headers: tuple[str, ...] = ()  # client headers forwarded beyond the defaults
+    # The tier a request that names none (or `auto`) is served and reserved at: the OpenAI
+    # project's own default (a project whose default is priority). None: standard.
+    default_service_tier: str | None = None
 
     @property
     def cluster(self) -> str:
         return f"provider_{self.name}"
 
 
-_PROVIDER_KEYS = {"schema", "base_url", "auth", "forward_headers"}
+_PROVIDER_KEYS = {"schema", "base_url", "auth", "forward_headers", "default_service_tier"}
+# OpenAI `service_tier` values a project can default to (`default` is the standard price).
+SERVICE_TIERS = ("default", "priority", "flex", "scale")
 _AUTH_KEYS = {"header", "prefix", "env", "file"}
 
 
@@ -87,6 +92,18 @@ def parse_provider(r: Reader, name: str, doc: object) -> ProviderConfig | None:
         doc.get("forward_headers"), f"{path}.forward_headers"
     )
     r.problems.extend(problems)
+    tier = doc.get("default_service_tier")
+    if tier is not None and (schema is not Schema.OPENAI or tier not in SERVICE_TIERS):
+        r.problems.append(
+            f"{path}.default_service_tier: must be one of {', '.join(SERVICE_TIERS)}, for "
+            f"schema: openai only (got {tier!r})"
+        )
+        tier = None
     return ProviderConfig(
-        name=name, schema=schema, base_url=base_url, auth=auth, forward_headers=forward
+        name=name,
+        schema=schema,
+        base_url=base_url,
+        auth=auth,
+        forward_headers=forward,
+        default_service_tier=tier,
     )

@@ -12,8 +12,8 @@ from typing import Any
 import orjson
 
 from gateway_extproc.apis import Api
-from gateway_extproc.bounds import Shape, shape_of
 from gateway_extproc.errors import BadRequest
+from gateway_extproc.shape import Shape, shape_of
 
 # Characters per token for estimates (the usual rule of thumb for English text with BPE
 # tokenizers), and the fixed estimate for one non-text part (image, audio, file).
@@ -33,7 +33,7 @@ class ParsedRequest:
     max_output_tokens: int | None  # what the request allows; None when it does not say
     input_tokens_estimate: int
     wants_usage: bool  # OpenAI streams: the client itself asked for the usage chunk
-    shape: Shape  # what bounds the request's worst case (see bounds.py)
+    shape: Shape  # what bounds the request's worst case (see shape.py)
 
 
 def _count(value: Any) -> tuple[int, int]:

@@ -96,6 +96,7 @@ class StreamMeterResult:
     # For traces only, so not part of a result's value (equality).
     response_id: str | None = dataclasses.field(default=None, compare=False)  # the provider's id
     finish_reasons: tuple[str, ...] = dataclasses.field(default=(), compare=False)  # per choice
+    service_tier: str | None = dataclasses.field(default=None, compare=False)  # reported (OpenAI)
 
 
 def _handler(api: Api) -> StreamHandler:
@@ -146,6 +147,7 @@ class StreamMeter:
                 malformed_events=self._malformed,
                 response_id=handler.response_id,
                 finish_reasons=handler.finish_reasons(),
+                service_tier=handler.service_tier,
             )
         return self._result
 

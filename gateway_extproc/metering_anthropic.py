@@ -116,11 +116,14 @@ class AnthropicStream:
         "output_chars",
         "response_id",
         "served_model",
+        "service_tier",
     )
 
     def __init__(self) -> None:
         self.served_model: str | None = None
         self.response_id: str | None = None
+        # Not read: Anthropic's tiers bill the same per-token price (pricing.STANDARD_SERVICE_TIERS)
+        self.service_tier: str | None = None
         self.output_chars = 0
         self.completed = False
         self._errored = False

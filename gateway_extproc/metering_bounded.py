@@ -29,7 +29,9 @@ from gateway_extproc.metering_common import JsonMeterResult
 HEAD_BYTES = 64 * 1024
 TAIL_BYTES = 64 * 1024
 # The members a truncated body is metered from (see `meter_object`); others are never parsed.
-WANTED = frozenset({"id", "model", "usage", "status", "incomplete_details", "stop_reason"})
+WANTED = frozenset(
+    {"id", "model", "usage", "status", "incomplete_details", "stop_reason", "service_tier"}
+)
 
 _TOKEN = re.compile(rb'["{}\[\],:]')
 _SPACE = b" \t\r\n"

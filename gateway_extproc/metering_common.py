@@ -27,6 +27,8 @@ class JsonMeterResult:
     # For traces only, so not part of a result's value (equality).
     response_id: str | None = dataclasses.field(default=None, compare=False)  # the provider's id
     finish_reasons: tuple[str, ...] = dataclasses.field(default=(), compare=False)  # per choice
+    # The service tier the provider says it served (OpenAI); priced by reported_tier.py.
+    service_tier: str | None = dataclasses.field(default=None, compare=False)
 
 
 def count(obj: object, key: str) -> int | None:
@@ -115,6 +117,7 @@ class StreamHandler(Protocol):
     output_chars: int
     completed: bool
     response_id: str | None
+    service_tier: str | None  # the tier the provider reports it served (None: not reported)
 
     def finish_reasons(self) -> tuple[str, ...]: ...
 

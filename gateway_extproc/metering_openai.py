@@ -1,9 +1,11 @@
 """OpenAI usage: chat completions, legacy completions, embeddings and the Responses API.
 
-Normalisation (see `tokens.Usage`): OpenAI's input total *includes* cached tokens, so
-`input_tokens = prompt_tokens - cached_tokens`; its output total includes reasoning tokens, which
-`Usage` keeps the same way (`output_tokens = completion_tokens`, `reasoning_tokens = reasoning`).
-Audio and prediction tokens stay inside the totals they are part of.
+Normalisation (see `tokens.Usage`): OpenAI's input total *includes* cache reads and cache writes
+(`cached_tokens`, `cache_write_tokens`, GPT-5.6 and later), so `input_tokens = prompt_tokens -
+cached_tokens - cache_write_tokens`; its output total includes reasoning tokens, which `Usage`
+keeps the same way (`output_tokens = completion_tokens`, `reasoning_tokens = reasoning`). Audio
+and prediction tokens stay inside the totals they are part of. The `service_tier` a response
+reports (the tier it was served and billed at) is read too.
 """
 
 from __future__ import annotations
@@ -35,11 +37,13 @@ def usage_from_openai(obj: object) -> Usage | None:
     `completion_tokens` and their `*_details`). None when `obj` holds no valid count."""
     if not isinstance(obj, dict):
         return None
+    details = obj.get("prompt_tokens_details")
     return _normalise(
         count(obj, "prompt_tokens"),
-        count(obj.get("prompt_tokens_details"), "cached_tokens"),
+        count(details, "cached_tokens"),
         count(obj, "completion_tokens"),
         count(obj.get("completion_tokens_details"), "reasoning_tokens"),
+        count(details, "cache_write_tokens"),
     )
 
 
@@ -48,24 +52,32 @@ def usage_from_openai_responses(obj: object) -> Usage | None:
     None when `obj` holds no valid count."""
     if not isinstance(obj, dict):
         return None
+    details = obj.get("input_tokens_details")
     return _normalise(
         count(obj, "input_tokens"),
-        count(obj.get("input_tokens_details"), "cached_tokens"),
+        count(details, "cached_tokens"),
         count(obj, "output_tokens"),
         count(obj.get("output_tokens_details"), "reasoning_tokens"),
+        count(details, "cache_write_tokens"),
     )
 
 
 def _normalise(
-    prompt: int | None, cached: int | None, completion: int | None, reasoning: int | None
+    prompt: int | None,
+    cached: int | None,
+    completion: int | None,
+    reasoning: int | None,
+    writes: int | None = None,
 ) -> Usage | None:
     seen = not (prompt is None and cached is None and completion is None and reasoning is None)
     prompt_total, cached = total_and_part(prompt, cached)
+    _, written = total_and_part(prompt_total - cached, writes)  # the rest of the input total
     completion_total, reasoning = total_and_part(completion, reasoning)
     return usage_or_none(
         seen,
-        input_tokens=prompt_total - cached,
+        input_tokens=prompt_total - cached - written,
         cached_input_tokens=cached,
+        cache_write_input_tokens=written,
         output_tokens=completion_total,
         reasoning_tokens=reasoning,
     )
@@ -120,6 +132,7 @@ def meter_openai_chat_json(obj: dict[str, object]) -> JsonMeterResult:
         output_chars=_choices_chars(obj.get("choices"), "message"),
         response_id=nonempty_str(obj.get("id")),
         finish_reasons=ordered(reasons),
+        service_tier=nonempty_str(obj.get("service_tier")),
     )
 
 
@@ -139,6 +152,7 @@ def meter_openai_responses_json(obj: dict[str, object]) -> JsonMeterResult:
         output_chars=_output_items_chars(obj.get("output")),
         response_id=nonempty_str(obj.get("id")),
         finish_reasons=_responses_finish(obj),
+        service_tier=nonempty_str(obj.get("service_tier")),
     )
 
 
@@ -168,11 +182,20 @@ class OpenAIChatStream:
     last chunk, whose `choices` is empty); the latest valid one wins.
     """
 
-    __slots__ = ("_reasons", "_usage", "completed", "output_chars", "response_id", "served_model")
+    __slots__ = (
+        "_reasons",
+        "_usage",
+        "completed",
+        "output_chars",
+        "response_id",
+        "served_model",
+        "service_tier",
+    )
 
     def __init__(self) -> None:
         self.served_model: str | None = None
         self.response_id: str | None = None
+        self.service_tier: str | None = None
         self.output_chars = 0
         self.completed = False
         self._usage: Usage | None = None
@@ -183,6 +206,7 @@ class OpenAIChatStream:
             self.served_model = nonempty_str(obj.get("model"))  # Azure's first chunk has ""
         if self.response_id is None:
             self.response_id = nonempty_str(obj.get("id"))
+        self.service_tier = nonempty_str(obj.get("service_tier")) or self.service_tier
         raw_usage = obj.get("usage")
         if raw_usage is not None:
             usage = usage_from_openai(raw_usage)
@@ -214,11 +238,20 @@ class OpenAIResponsesStream:
     except `response.audio.delta`, which is base64 audio.
     """
 
-    __slots__ = ("_finish", "_usage", "completed", "output_chars", "response_id", "served_model")
+    __slots__ = (
+        "_finish",
+        "_usage",
+        "completed",
+        "output_chars",
+        "response_id",
+        "served_model",
+        "service_tier",
+    )
 
     def __init__(self) -> None:
         self.served_model: str | None = None
         self.response_id: str | None = None
+        self.service_tier: str | None = None  # the latest event's (the terminal one's at the end)
         self.output_chars = 0
         self.completed = False
         self._usage: Usage | None = None
@@ -242,6 +275,7 @@ class OpenAIResponsesStream:
             self.served_model = nonempty_str(response.get("model"))
         if self.response_id is None:
             self.response_id = nonempty_str(response.get("id"))
+        self.service_tier = nonempty_str(response.get("service_tier")) or self.service_tier
         if kind in _RESPONSES_TERMINAL:
             self.completed = True
             self._finish = _responses_finish(response)

@@ -33,6 +33,7 @@ from gateway_extproc.metering_common import JsonMeterResult
 from gateway_extproc.model_mismatch import price_reported
 from gateway_extproc.observability.attributes import RequestFacts
 from gateway_extproc.pricing import cost_micros, format_usd
+from gateway_extproc.reported_tier import charge_reported_tier
 from gateway_extproc.response_body import ResponseBody
 from gateway_extproc.sidecar_auth.guard import RejectedState
 from gateway_extproc.spend.rollup import Dimensions, UsageRecord
@@ -69,6 +70,7 @@ class ResponseObserver:
         self.overrun_micros = 0
         self.cost = 0
         self.response_meta: tuple[str | None, tuple[str, ...]] = (None, ())  # id, finish reasons
+        self.service_tier: str | None = None  # the tier the provider reports it served
         # The response cache's decision for a miss: its answer is stored when it completes.
         self.cache_ticket = None if state.cache is None else CacheTicket.from_metadata(state.cache)
         budget = state.budget
@@ -245,6 +247,7 @@ class ResponseObserver:
                 result.output_chars,
             )
             self.response_meta = (result.response_id, result.finish_reasons)
+            self.service_tier = result.service_tier
             # The stream's own terminal event makes its usage final, even when the client hung
             # up before the transport's end-of-stream reached Envoy.
             complete = result.completed and not self.metering_broken
@@ -253,6 +256,7 @@ class ResponseObserver:
             jr = self.parsed or self.body.json.meter(self.state.api, ended=self.completed)
             usage, provider_model, output_chars = jr.usage, jr.served_model, jr.output_chars
             self.response_meta = (jr.response_id, jr.finish_reasons)
+            self.service_tier = jr.service_tier
         if usage is not None and complete:
             return usage, UsageSource.PROVIDER, provider_model
         estimated_output = self.body.estimated_output(output_chars, self.state.max_tokens)
@@ -271,6 +275,12 @@ class ResponseObserver:
         if mismatch is not None:
             self.ctx.model_mismatches[mismatch.kind] += 1
             log.warning("%s", mismatch.describe(), extra={"request_id": self.request_id})
+        served = self.ctx.catalog.lookup(self.state.served_model)
+        tier = charge_reported_tier(usage, cost, served, self.service_tier)
+        if tier is not None:  # billed at the tier the provider served (reported_tier.py)
+            level = logging.INFO if tier.priced else logging.WARNING
+            log.log(level, "%s", tier.describe(), extra={"request_id": self.request_id})
+            cost = tier.cost
         return cost
 
     def finish(self) -> int:

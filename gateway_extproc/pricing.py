@@ -34,6 +34,9 @@ class Price:
     `cache_write_1h` is Anthropic's 1-hour cache write; None means Anthropic's published rule,
     twice `input` (see `write_1h`). `long_context`, when set, prices a whole request whose input
     exceeds its threshold (the providers bill every token of such a request at the long rates).
+    `cache_write_12h` is OpenAI's 12-hour cache write (None: not listed, see `with_12h_writes`); a
+    request that asks for it is priced `with_12h_writes()` (its `cache_write` becomes that rate),
+    so the request's price - what the hand-off carries - never needs the field itself.
     """
 
     input: int
@@ -43,10 +46,19 @@ class Price:
     reasoning: int
     cache_write_1h: int | None = None
     long_context: LongContext | None = None
+    cache_write_12h: int | None = None
 
     @classmethod
     def free(cls) -> Price:
-        return cls(input=0, output=0, cached_input=0, cache_write=0, reasoning=0, cache_write_1h=0)
+        return cls(
+            input=0,
+            output=0,
+            cached_input=0,
+            cache_write=0,
+            reasoning=0,
+            cache_write_1h=0,
+            cache_write_12h=0,
+        )
 
     @property
     def write_1h(self) -> int:
@@ -54,6 +66,31 @@ class Price:
         if self.cache_write_1h is None:
             return CACHE_WRITE_1H_TIMES_INPUT * self.input
         return self.cache_write_1h
+
+    @property
+    def cache_writes_free(self) -> bool:
+        """Cache writes cost no more than input, in every tier (OpenAI models before GPT-5.6)."""
+        tier = self.long_context
+        free = self.cache_write <= self.input
+        return free and (tier is None or tier.price.cache_writes_free)
+
+    def with_12h_writes(self) -> Price | None:
+        """This price where every cache write is a 12-hour one (OpenAI reports cache writes
+        without their TTL: all are charged the longer rate). Unlisted, the 12-hour rate is
+        `cache_write` where writes carry no fee (no retention changes the price), else unknown:
+        None when any tier's is."""
+        rate = self.cache_write_12h
+        if rate is None:
+            if self.cache_write > self.input:
+                return None
+            rate = self.cache_write
+        tier = self.long_context
+        if tier is not None:
+            inner = tier.price.with_12h_writes()
+            if inner is None:
+                return None
+            tier = dataclasses.replace(tier, price=inner)
+        return dataclasses.replace(self, cache_write=rate, long_context=tier)
 
     def for_input(self, total_input_tokens: int) -> Price:
         """The prices a request with this many input tokens (all kinds) is billed at."""
@@ -177,6 +214,15 @@ def _worst_pico(input_tokens: int, max_output_tokens: int, p: Price) -> int:
 # `standard_only` (Anthropic's Priority Tier draws down a prepaid capacity commitment; the
 # per-token list price does not change).
 STANDARD_SERVICE_TIERS = frozenset({"auto", "default", "standard_only"})
+
+
+def effective_tier(requested: str | None, default: str | None) -> str | None:
+    """The tier a request is served at: its own `service_tier`, or - when it sets none, or OpenAI
+    `auto` ("the service tier configured in the Project settings") - its provider's configured
+    default (`providers.NAME.default_service_tier`; None: standard)."""
+    if requested is None or requested == "auto":
+        return default
+    return requested
 
 
 def price_for_tier(entry: ModelEntry, tier: str | None) -> Price | None:

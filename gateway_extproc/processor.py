@@ -253,7 +253,10 @@ class StreamProcessor:
         upstream.forward.removals(self.client_headers, provider=upstream.provider)
         # The price of this request: its service tier, a long-context beta (400 if unpriced).
         long_context_beta = self._long_context_beta
-        self.entry = entry = route.priced(entry, request, long_context_beta=long_context_beta)
+        providers = self.ctx.config.providers  # their default service tiers
+        self.entry = entry = route.priced(
+            entry, request, long_context_beta=long_context_beta, providers=providers
+        )
         # Budgets: reserve the worst case everywhere it applies, or block / downgrade (429).
         identity = self.identity
         gate = self.ctx.budgets
@@ -406,6 +409,7 @@ class StreamProcessor:
             default_max_output=settings.default_max_output_tokens,
             unseen_input=settings.unseen_input,
             long_context_beta=self._long_context_beta,
+            providers=self.ctx.config.providers,
         )
 
     def _dynamic_metadata(self, state: RequestState) -> struct_pb2.Struct:

@@ -10,6 +10,7 @@ these in order on each forwarded request.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
@@ -19,6 +20,7 @@ from gateway_extproc.bounds import Bound, Unbounded, Unpriced, UnseenInput, boun
 from gateway_extproc.budgets.admission import Admission
 from gateway_extproc.budgets.gate import BoundFor, BudgetGate
 from gateway_extproc.catalog import ModelEntry
+from gateway_extproc.config_providers import ProviderConfig
 from gateway_extproc.errors import CostUnbounded, UnsupportedOption
 from gateway_extproc.identity.model import Identity
 from gateway_extproc.inbound import ParsedRequest, upstream_body
@@ -27,15 +29,30 @@ from gateway_extproc.upstreams import Upstream
 CLUSTER_HEADER = "x-gateway-cluster"
 
 
-def priced(entry: ModelEntry, request: ParsedRequest, *, long_context_beta: bool) -> ModelEntry:
-    """The catalog entry at this request's price (its service tier, the long-context tier).
-    Raises UnsupportedOption (400) for an option the catalog has no price for."""
+def default_tier(providers: Mapping[str, ProviderConfig], entry: ModelEntry) -> str | None:
+    """The service tier `entry`'s provider serves a request that names none."""
+    provider = providers.get(entry.provider)
+    return None if provider is None else provider.default_service_tier
+
+
+def priced(
+    entry: ModelEntry,
+    request: ParsedRequest,
+    *,
+    long_context_beta: bool,
+    providers: Mapping[str, ProviderConfig] | None = None,
+) -> ModelEntry:
+    """The catalog entry at this request's price (its service tier - else its provider's default
+    - the long-context tier, the cache retention it asks for). Raises UnsupportedOption (400) for
+    an option the catalog has no price for."""
     try:
         price = request_price(
             entry,
             request.shape.service_tier,
+            default_tier=default_tier(providers or {}, entry),
             long_context_beta=long_context_beta,
             unpriced=request.shape.unpriced,
+            retention=request.shape.retention,
         )
     except Unpriced as exc:
         raise UnsupportedOption(str(exc)) from None
@@ -48,6 +65,7 @@ def bounder(
     default_max_output: int,
     unseen_input: UnseenInput,
     long_context_beta: bool,
+    providers: Mapping[str, ProviderConfig] | None = None,
 ) -> BoundFor:
     """The worst-case bound of this request on a model (the gate asks again for a downgrade
     target). Raises CostUnbounded or UnsupportedOption (400)."""
@@ -60,6 +78,7 @@ def bounder(
                 default_max_output=default_max_output,
                 unseen_input=unseen_input,
                 long_context_beta=long_context_beta,
+                default_tier=default_tier(providers or {}, model),
             )
         except Unbounded as exc:
             raise CostUnbounded(str(exc)) from None

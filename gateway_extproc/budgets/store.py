@@ -263,7 +263,8 @@ class BudgetStore:
     async def settle(
         self, request_id: str, actual_micros: int, now: float, usage: UsageRecord | None = None
     ) -> SettleResult:
-        """Charge the real cost into the windows recorded at reserve. Never rejects; idempotent.
+        """Charge the real cost into the calendar windows recorded at reserve and the rolling
+        buckets of `now` (windows.py). Never rejects; idempotent.
         `usage`: the request's spend rollup, written by the same script when it settles; its
         input + output tokens correct the rate limits' token holds (without it they stay)."""
         if actual_micros < 0:

@@ -14,7 +14,10 @@ current bucket is only partly elapsed, so the window effectively covers between
 still count, and none younger than `duration - bucket` is ever forgotten. The bound is one-sided in
 the safe direction (a budget can only be *stricter* than exact, by at most one bucket's spend).
 Memory is `duration / bucket` integer counters per scope value (24 for the default `24h` / `1h`),
-instead of one entry per request. A reservation's spend stays in the bucket it was reserved in.
+instead of one entry per request. A reservation holds its estimate beside the buckets and is
+settled into the bucket of its settle (not of its reserve): spend counts for a whole window from
+when it is charged, however long the request ran - one longer than the window would otherwise
+settle into a bucket already out of it, and never count.
 """
 
 from __future__ import annotations

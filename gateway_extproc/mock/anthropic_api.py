@@ -16,7 +16,7 @@ from typing import Any
 from gateway_extproc.mock.content import (
     UNKNOWN_MODEL_PREFIXES,
     OutputPlan,
-    estimate_input_tokens,
+    billed_input,
     max_tokens_of,
     plan_output,
     wants_stream,
@@ -72,7 +72,7 @@ def messages_reply(body: dict[str, Any], ctx: ReplyContext) -> Reply:
     stream = wants_stream(body)
     controls = ctx.controls
     plan = plan_output(controls.output_tokens, 0, limit)
-    base_input = estimate_input_tokens(messages)
+    base_input = billed_input(controls.input_tokens, messages)
     message_id = f"msg_mock{ctx.suffix}"
     omit = controls.omit_usage
 

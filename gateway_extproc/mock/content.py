@@ -88,6 +88,11 @@ def estimate_input_tokens(field: Any) -> int:
     return max(1, math.ceil(len(text) / 4)) + images * IMAGE_PART_TOKENS
 
 
+def billed_input(override: int | None, field: Any) -> int:
+    """The input tokens a reply reports: a test's `x-mock-input-tokens`, else the mock's count."""
+    return estimate_input_tokens(field) if override is None else override
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class OutputPlan:
     """What the mock will generate: visible words plus hidden reasoning tokens."""

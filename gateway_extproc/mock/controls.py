@@ -4,7 +4,11 @@
                                   capped by the request's max-tokens field
     x-mock-cached-tokens: N       OpenAI cached_tokens (inside prompt_tokens) /
                                   Anthropic cache_read_input_tokens (beside input_tokens)
-    x-mock-cache-write-tokens: N  Anthropic 5-minute cache writes (cache_creation.ephemeral_5m_...)
+    x-mock-input-tokens: N        input tokens billed (beside cache reads and writes) instead of the
+                                  mock's count of the request's text: a provider billing what the
+                                  request's text does not show (tool definitions, hidden prompts)
+    x-mock-cache-write-tokens: N  Anthropic 5-minute cache writes (cache_creation.ephemeral_5m_...);
+                                  OpenAI cache_write_tokens (inside prompt_tokens, as GPT-5.6 does)
     x-mock-cache-write-1h-tokens: N
                                   Anthropic 1-hour cache writes (cache_creation.ephemeral_1h_...);
                                   cache_creation_input_tokens reports the sum of both
@@ -21,6 +25,8 @@
     x-mock-hold: NAME             hold the response until `POST /_mock/release/NAME` (tests that
                                   need every admitted request in flight at once)
     x-mock-response-model: NAME   report NAME as the response's model (not the request's)
+    x-mock-service-tier: NAME     OpenAI: report NAME as the response's service_tier (the tier
+                                  served, e.g. a project's default priority; else `default`)
     x-mock-content-encoding: E    label the body `Content-Encoding: E` without encoding it (a
                                   body the gateway cannot decode: its metering fails)
     x-mock-gzip: 1                gzip the body even though the request did not ask for it (a
@@ -62,6 +68,7 @@ class Controls:
     """What the test asked of this response. Defaults describe a plain, prompt reply."""
 
     output_tokens: int = DEFAULT_OUTPUT_TOKENS
+    input_tokens: int | None = None  # None: the mock counts the request's text
     cached_tokens: int = 0
     cache_write_tokens: int = 0
     cache_write_1h_tokens: int = 0
@@ -76,6 +83,7 @@ class Controls:
     replay: str | None = None
     hold: str | None = None
     response_model: str | None = None
+    service_tier: str | None = None  # None: `default`
     content_encoding: str | None = None  # a false Content-Encoding label for the body
     gzip: bool = False  # compress whatever the request's Accept-Encoding
     pad_bytes: int = 0  # spaces after a JSON reply's opening brace
@@ -154,6 +162,7 @@ class _Reader:
 
 CONTROL_HEADERS = (
     "x-mock-output-tokens",
+    "x-mock-input-tokens",
     "x-mock-cached-tokens",
     "x-mock-cache-write-tokens",
     "x-mock-cache-write-1h-tokens",
@@ -168,6 +177,7 @@ CONTROL_HEADERS = (
     "x-mock-replay",
     "x-mock-hold",
     "x-mock-response-model",
+    "x-mock-service-tier",
     "x-mock-content-encoding",
     "x-mock-gzip",
     "x-mock-pad-bytes",
@@ -187,6 +197,7 @@ def parse_controls(headers: Mapping[str, str]) -> Controls:
         output_tokens=_or(
             read.integer("x-mock-output-tokens", 0, MAX_OUTPUT_TOKENS), DEFAULT_OUTPUT_TOKENS
         ),
+        input_tokens=read.integer("x-mock-input-tokens", 0, _BIG),
         cached_tokens=_or(read.integer("x-mock-cached-tokens", 0, _BIG), 0),
         cache_write_tokens=_or(read.integer("x-mock-cache-write-tokens", 0, _BIG), 0),
         cache_write_1h_tokens=_or(read.integer("x-mock-cache-write-1h-tokens", 0, _BIG), 0),
@@ -201,6 +212,7 @@ def parse_controls(headers: Mapping[str, str]) -> Controls:
         replay=read.replay("x-mock-replay"),
         hold=read.replay("x-mock-hold"),
         response_model=read.name("x-mock-response-model"),
+        service_tier=read.name("x-mock-service-tier"),
         content_encoding=read.coding("x-mock-content-encoding"),
         gzip=read.flag("x-mock-gzip"),
         pad_bytes=_or(read.integer("x-mock-pad-bytes", 0, MAX_PAD_BYTES), 0),

@@ -17,6 +17,7 @@ from typing import Any
 
 from gateway_extproc.mock.content import (
     OutputPlan,
+    billed_input,
     estimate_input_tokens,
     include_usage,
     max_tokens_of,
@@ -32,15 +33,21 @@ DEFAULT_EMBEDDING_DIMENSIONS = 8
 MAX_EMBEDDING_DIMENSIONS = 4096
 
 
-def chat_usage(base_input: int, cached: int, plan: OutputPlan, choices: int = 1) -> dict[str, Any]:
-    """Usage of a chat completion; `choices` (n) each generate the plan's output."""
-    prompt = base_input + cached
+def chat_usage(
+    base_input: int, cached: int, plan: OutputPlan, choices: int = 1, writes: int = 0
+) -> dict[str, Any]:
+    """Usage of a chat completion; `choices` (n) each generate the plan's output. Cache writes
+    (GPT-5.6 and later) are inside `prompt_tokens` like cache reads."""
+    prompt = base_input + cached + writes
     output = plan.output_tokens * choices
+    details: dict[str, Any] = {"cached_tokens": cached, "audio_tokens": 0}
+    if writes:
+        details["cache_write_tokens"] = writes
     return {
         "prompt_tokens": prompt,
         "completion_tokens": output,
         "total_tokens": prompt + output,
-        "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
+        "prompt_tokens_details": details,
         "completion_tokens_details": {
             "reasoning_tokens": plan.reasoning_tokens * choices,
             "audio_tokens": 0,
@@ -74,10 +81,15 @@ def chat_reply(body: dict[str, Any], ctx: ReplyContext) -> Reply:
     n = requested_n if isinstance(requested_n, int) and requested_n > 0 and not stream else 1
     usage = None
     if not controls.omit_usage:
-        usage = chat_usage(estimate_input_tokens(messages), controls.cached_tokens, plan, n)
+        base = billed_input(controls.input_tokens, messages)
+        writes = controls.cache_write_tokens
+        usage = chat_usage(base, controls.cached_tokens, plan, n, writes)
     response_id = f"chatcmpl-mock{ctx.suffix}"
+    tier = controls.service_tier or "default"
     if stream:
-        events = chat_chunks(response_id, ctx.created, model, plan, include_usage(body), usage)
+        events = chat_chunks(
+            response_id, ctx.created, model, plan, include_usage(body), usage, tier
+        )
         return StreamReply(tuple(events))
     payload: dict[str, Any] = {
         "id": response_id,
@@ -101,7 +113,7 @@ def chat_reply(body: dict[str, Any], ctx: ReplyContext) -> Reply:
     }
     if usage is not None:
         payload["usage"] = usage
-    payload.update(service_tier="default", system_fingerprint=None)
+    payload.update(service_tier=tier, system_fingerprint=None)
     return json_reply(payload)
 
 
@@ -112,6 +124,7 @@ def chat_chunks(
     plan: OutputPlan,
     with_usage: bool,
     usage: dict[str, Any] | None,
+    service_tier: str = "default",
 ) -> Iterator[bytes]:
     """The SSE events of a streamed chat completion, `data: [DONE]` included."""
     head = {
@@ -119,7 +132,7 @@ def chat_chunks(
         "object": "chat.completion.chunk",
         "created": created,
         "model": model,
-        "service_tier": "default",
+        "service_tier": service_tier,
         "system_fingerprint": None,
     }
     tail = {"usage": None} if with_usage else {}

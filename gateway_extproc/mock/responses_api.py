@@ -14,7 +14,7 @@ from typing import Any
 
 from gateway_extproc.mock.content import (
     OutputPlan,
-    estimate_input_tokens,
+    billed_input,
     max_tokens_of,
     plan_output,
     require_model,
@@ -23,11 +23,16 @@ from gateway_extproc.mock.content import (
 from gateway_extproc.mock.wire import Reply, ReplyContext, StreamReply, json_reply, sse
 
 
-def responses_usage(base_input: int, cached: int, plan: OutputPlan) -> dict[str, Any]:
-    input_tokens = base_input + cached
+def responses_usage(
+    base_input: int, cached: int, plan: OutputPlan, writes: int = 0
+) -> dict[str, Any]:
+    input_tokens = base_input + cached + writes
+    details: dict[str, Any] = {"cached_tokens": cached}
+    if writes:
+        details["cache_write_tokens"] = writes
     return {
         "input_tokens": input_tokens,
-        "input_tokens_details": {"cached_tokens": cached},
+        "input_tokens_details": details,
         "output_tokens": plan.output_tokens,
         "output_tokens_details": {"reasoning_tokens": plan.reasoning_tokens},
         "total_tokens": input_tokens + plan.output_tokens,
@@ -43,8 +48,10 @@ class _Builder:
         self.plan = plan_output(controls.output_tokens, controls.reasoning_tokens, self.limit)
         self.usage: dict[str, Any] | None = None
         if not controls.omit_usage:
-            base = estimate_input_tokens(body.get("input"))
-            self.usage = responses_usage(base, controls.cached_tokens, self.plan)
+            base = billed_input(controls.input_tokens, body.get("input"))
+            writes = controls.cache_write_tokens
+            self.usage = responses_usage(base, controls.cached_tokens, self.plan, writes)
+        self.service_tier = controls.service_tier or "default"
         self.body = body
         self.model = model
         self.created = ctx.created
@@ -99,7 +106,7 @@ class _Builder:
             "parallel_tool_calls": True,
             "previous_response_id": self.body.get("previous_response_id"),
             "reasoning": {"effort": None, "summary": None},
-            "service_tier": "default",
+            "service_tier": self.service_tier,
             "store": self.body.get("store", True),
             "temperature": self.body.get("temperature", 1.0),
             "text": {"format": {"type": "text"}},

@@ -99,7 +99,7 @@ class BudgetMachine(RuleBasedStateMachine):
         self.live: dict[str, int] = {}  # RESERVED request -> estimate
         self.lease: dict[str, float] = {}
         self.partial: dict[str, int] = {}
-        self.bucket: dict[str, int] = {}  # request -> the rolling bucket it reserved in
+        self.bucket: dict[str, int] = {}  # request -> the rolling bucket it was charged in
         self.final: dict[str, ReservationState] = {}
         self.charged: dict[str, int] = {}  # request -> what settle / reap charged (once)
         self.hourly_buckets: dict[int, int] = {}
@@ -147,7 +147,7 @@ class BudgetMachine(RuleBasedStateMachine):
     def charge(self, request_id: str, amount: int) -> None:
         assert request_id not in self.charged, "a request was charged twice"
         self.charged[request_id] = amount
-        bucket = self.bucket[request_id]
+        bucket = self.bucket[request_id] = int(self.now // 60)  # rolling: the settle's bucket
         self.hourly_buckets[bucket] = self.hourly_buckets.get(bucket, 0) + amount
         del self.live[request_id]
 
@@ -197,7 +197,6 @@ class BudgetMachine(RuleBasedStateMachine):
                     assert state.spent_micros + state.held_micros <= state.limit_micros
             self.live[request_id] = estimate
             self.lease[request_id] = self.now + lease_s
-            self.bucket[request_id] = int(self.now // 60)
         else:
             self.final[request_id] = ReservationState.UNKNOWN
         return request_id

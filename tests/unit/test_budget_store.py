@@ -428,6 +428,36 @@ async def test_rolling_window_spend_ages_out(store: BudgetStore) -> None:
     assert result.admitted and result.budgets[0].spent_micros == 0
 
 
+async def test_a_request_longer_than_its_rolling_window_still_counts(store: BudgetStore) -> None:
+    """A rolling charge is settled into the bucket of its settle. Before, it went to the bucket
+    of its reserve: a request that ran longer than the window settled into a bucket already out
+    of it, and its spend never counted (the next reserve deleted it as stale)."""
+    b = budget("short", 10, window=RollingWindow(HOUR, 60))
+    assert (await store.reserve("long", [Charge.of(b, "alice", 8 * USD)], 60, T0)).admitted
+    end = T0 + 2 * HOUR  # the stream ran two hours: a checkpoint kept its lease alive
+    assert (await store.settle("long", 8 * USD, end)).changed
+    assert await spent_held(store, b, end) == (8 * USD, 0)
+    refused = await store.reserve("next", [Charge.of(b, "alice", 5 * USD)], 60, end + 1)
+    assert not refused.admitted and refused.budgets[0].spent_micros == 8 * USD
+    assert await spent_held(store, b, end + HOUR - 60) == (8 * USD, 0)  # a whole window on
+    assert await spent_held(store, b, end + HOUR) == (0, 0)
+
+
+async def test_a_reaped_long_request_counts_where_the_reaper_charged_it(
+    store: BudgetStore,
+) -> None:
+    """The reaper charges a rolling counter in the bucket of the reap; the sidecar's late settle
+    corrects that very bucket to the real cost."""
+    b = budget("short", 10, window=RollingWindow(HOUR, 60))
+    assert (await store.reserve("lost", [Charge.of(b, "alice", 6 * USD)], 60, T0)).admitted
+    reaped = T0 + 2 * HOUR
+    assert [r.request_id for r in (await store.reap(reaped)).reaped] == ["lost"]
+    assert await spent_held(store, b, reaped) == (6 * USD, 0)
+    assert (await store.settle("lost", 2 * USD, reaped + 120)).changed
+    assert await spent_held(store, b, reaped + 120) == (2 * USD, 0)
+    assert await spent_held(store, b, reaped + HOUR) == (0, 0)  # aged out from the reap's bucket
+
+
 async def test_calendar_retry_after_is_the_reset(store: BudgetStore) -> None:
     b = budget("monthly", 10)
     await store.reserve("r1", [Charge.of(b, "alice", 9 * USD)], 60, T0)

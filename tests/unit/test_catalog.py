@@ -70,36 +70,49 @@ def test_every_shipped_entry_is_priced_and_consistent(shipped: Catalog) -> None:
     assert shipped.validate_providers(["openai", "anthropic"]) == []
 
 
-# (model, input, output, cached_input, cache_write, cache_write_1h) in USD per 1M tokens. The
-# 1-hour write defaults to twice input for Anthropic (its rule) and to cache_write for OpenAI.
+# (model, input, output, cached_input, cache_write, cache_write_1h, cache_write_12h) in USD per 1M
+# tokens. The 1-hour write defaults to twice input for Anthropic (its rule) and to cache_write for
+# OpenAI; the 12-hour write (OpenAI only) is None unless listed (Price.with_12h_writes).
 SHIPPED_PRICES = [
-    ("gpt-6.2-sol", "2", "10", "0.10", "2.50", "2.50"),
-    ("gpt-6.1-terra", "1", "5", "0.05", "1.25", "1.25"),
-    ("gpt-6-luna", "0.10", "0.50", "0.01", "0.125", "0.125"),
-    ("gpt-5", "1.25", "10", "0.125", "1.25", "1.25"),
-    ("gpt-5-mini", "0.25", "2", "0.025", "0.25", "0.25"),
-    ("gpt-5-nano", "0.05", "0.40", "0.005", "0.05", "0.05"),
-    ("gpt-4.1", "2", "8", "0.50", "2", "2"),
-    ("gpt-4o", "2.50", "10", "1.25", "2.50", "2.50"),
-    ("gpt-4o-mini", "0.15", "0.60", "0.075", "0.15", "0.15"),
-    ("o3", "2", "8", "0.50", "2", "2"),
-    ("text-embedding-3-small", "0.02", "0", "0.02", "0.02", "0.02"),
-    ("claude-sonnet-4-5", "3", "15", "0.30", "3.75", "6"),
-    ("claude-sonnet-5-5", "2", "10", "0.10", "2.50", "4"),
-    ("claude-haiku-4-5", "1", "5", "0.10", "1.25", "2"),
-    ("claude-opus-5-5", "4", "20", "0.20", "5", "8"),
-    ("claude-fable-5-1", "10", "50", "0.25", "12.50", "20"),
+    ("gpt-6.2-sol", "2", "10", "0.10", "2.50", "2.50", "5"),
+    ("gpt-6.1-terra", "1", "5", "0.05", "1.25", "1.25", None),
+    ("gpt-6-luna", "0.10", "0.50", "0.01", "0.125", "0.125", None),
+    ("gpt-5", "1.25", "10", "0.125", "1.25", "1.25", None),
+    ("gpt-5-mini", "0.25", "2", "0.025", "0.25", "0.25", None),
+    ("gpt-5-nano", "0.05", "0.40", "0.005", "0.05", "0.05", None),
+    ("gpt-4.1", "2", "8", "0.50", "2", "2", None),
+    ("gpt-4o", "2.50", "10", "1.25", "2.50", "2.50", None),
+    ("gpt-4o-mini", "0.15", "0.60", "0.075", "0.15", "0.15", None),
+    ("o3", "2", "8", "0.50", "2", "2", None),
+    ("text-embedding-3-small", "0.02", "0", "0.02", "0.02", "0.02", None),
+    ("claude-sonnet-4-5", "3", "15", "0.30", "3.75", "6", None),
+    ("claude-sonnet-5-5", "2", "10", "0.10", "2.50", "4", None),
+    ("claude-haiku-4-5", "1", "5", "0.10", "1.25", "2", None),
+    ("claude-opus-5-5", "4", "20", "0.20", "5", "8", None),
+    ("claude-fable-5-1", "10", "50", "0.25", "12.50", "20", None),
 ]
 
 
-@pytest.mark.parametrize(("name", "inp", "out", "cached", "write", "write_1h"), SHIPPED_PRICES)
+@pytest.mark.parametrize(
+    ("name", "inp", "out", "cached", "write", "write_1h", "write_12h"), SHIPPED_PRICES
+)
 def test_shipped_prices(
-    shipped: Catalog, name: str, inp: str, out: str, cached: str, write: str, write_1h: str
+    shipped: Catalog,
+    name: str,
+    inp: str,
+    out: str,
+    cached: str,
+    write: str,
+    write_1h: str,
+    write_12h: str | None,
 ) -> None:
     entry = shipped.lookup(name)
     assert entry is not None
     as_pico = [usd_to_micros(x) for x in (inp, out, cached, write, out, write_1h)]
-    assert dataclasses.replace(entry.price, long_context=None) == Price(*as_pico)
+    expected = Price(
+        *as_pico, cache_write_12h=None if write_12h is None else usd_to_micros(write_12h)
+    )
+    assert dataclasses.replace(entry.price, long_context=None) == expected
 
 
 LOOKUPS = [

@@ -72,6 +72,48 @@ def test_one_hour_write_price_is_validated() -> None:
     assert problems_of(doc) == [f"doc0.yaml: models.m.cache_write_1h: {BAD_PRICE} (got '-1')"]
 
 
+# --- the 12-hour cache write (OpenAI) ----------------------------------------------------------
+
+
+def test_twelve_hour_write_is_listed_or_none() -> None:
+    listed = {
+        "models": {
+            "m": {**CHAT, "input": 2, "output": 10, "cache_write": 2.5, "cache_write_12h": 5}
+        }
+    }
+    price = entry_of(listed).price
+    assert price.cache_write_12h == usd_to_micros("5")
+    assert price.with_12h_writes() == Price(
+        *usd("2", "10", "2", "5", "10", "2.5"), cache_write_12h=usd_to_micros("5")
+    )  # input, output, cached, cache_write (now the 12-hour rate), reasoning, 1-hour
+    unlisted = entry_of({"models": {"m": {**CHAT, "input": 2, "output": 10, "cache_write": 2.5}}})
+    assert unlisted.price.cache_write_12h is None and unlisted.price.with_12h_writes() is None
+    free_writes = entry_of({"models": {"m": {**CHAT, "input": 2, "output": 10}}}).price
+    assert free_writes.with_12h_writes() == free_writes  # no write fee: no retention changes it
+
+
+def test_twelve_hour_write_problems_have_paths() -> None:
+    claude = {"models": {"m": {**CLAUDE, "input": 3, "output": 15, "cache_write_12h": 6}}}
+    assert problems_of(claude) == [
+        "doc0.yaml: models.m.cache_write_12h: OpenAI's 12-hour cache write, for schema: openai "
+        "only (Anthropic's 1-hour write is cache_write_1h)"
+    ]
+    bad = {"models": {"m": {**CHAT, "input": 2, "output": 10, "cache_write_12h": "x"}}}
+    assert problems_of(bad) == [f"doc0.yaml: models.m.cache_write_12h: {BAD_PRICE} (got 'x')"]
+
+
+def test_shipped_twelve_hour_writes(shipped: Catalog) -> None:
+    """gpt-6.2-sol's page: "A 12-hour cache write costs $5 per million tokens for short-context
+    requests"; above 272K the cache rates double (the 12-hour one is taken to double too)."""
+    sol = shipped.lookup("gpt-6.2-sol")
+    assert sol is not None and sol.price.long_context is not None
+    twelve = sol.price.with_12h_writes()
+    assert twelve is not None and twelve.long_context is not None
+    assert (twelve.cache_write, twelve.long_context.price.cache_write) == usd("5", "10")
+    listed = sorted(e.name for e in shipped.models() if e.price.cache_write_12h is not None)
+    assert listed == ["gpt-6.2-sol"]
+
+
 # --- long-context tiers ------------------------------------------------------------------------
 
 

@@ -637,6 +637,30 @@ def test_operator_catalog_file_adds_models(tmp_path: Path) -> None:
     assert (entry.provider, entry.free) == ("local", True)
 
 
+@pytest.mark.parametrize(
+    ("provider", "tier", "problem"),
+    [
+        ("openai", "priority", None),
+        ("openai", "flex", None),
+        ("openai", "default", None),
+        ("openai", "fast", "providers.openai.default_service_tier: must be one of default, "
+         "priority, flex, scale, for schema: openai only (got 'fast')"),
+        ("anthropic", "priority", "providers.anthropic.default_service_tier: must be one of "
+         "default, priority, flex, scale, for schema: openai only (got 'priority')"),
+    ],
+)  # fmt: skip
+def test_a_providers_default_service_tier(
+    tmp_path: Path, provider: str, tier: str, problem: str | None
+) -> None:
+    path = write_yaml(
+        tmp_path / "gateway.yaml", {"providers": {provider: {"default_service_tier": tier}}}
+    )
+    if problem is not None:
+        assert problems_of(path) == [problem]
+        return
+    assert load_config(path, {}).providers[provider].default_service_tier == tier
+
+
 def test_catalog_model_for_a_provider_that_is_not_configured(tmp_path: Path) -> None:
     catalog = write_yaml(
         tmp_path / "prices.yaml",

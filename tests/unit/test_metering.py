@@ -137,6 +137,35 @@ OPENAI_USAGE: list[tuple[str, object, Usage | None]] = [
         {"prompt_tokens_details": {"cached_tokens": 5}},
         U(cached=5),
     ),
+    # GPT-5.6 and later report cache writes inside the input total, beside cache reads; they
+    # cost more than input ("1.25x the uncached input token rate").
+    (
+        "cache writes",
+        {
+            "prompt_tokens": 5000,
+            "completion_tokens": 20,
+            "prompt_tokens_details": {"cached_tokens": 1000, "cache_write_tokens": 3000},
+        },
+        U(inp=1000, cached=1000, write=3000, out=20),
+    ),
+    (
+        "cache writes only",
+        {"prompt_tokens": 3000, "prompt_tokens_details": {"cache_write_tokens": 3000}},
+        U(write=3000),
+    ),
+    (
+        "cache writes capped at what reads leave of the total",
+        {
+            "prompt_tokens": 10,
+            "prompt_tokens_details": {"cached_tokens": 4, "cache_write_tokens": 50},
+        },
+        U(cached=4, write=6),
+    ),
+    (
+        "bad cache writes ignored",
+        {"prompt_tokens": 10, "prompt_tokens_details": {"cache_write_tokens": -5}},
+        U(inp=10),
+    ),
 ]
 
 
@@ -731,6 +760,59 @@ def test_responses_rules() -> None:
     # The SSE event name stands in for a missing JSON `type`; [DONE] means nothing here.
     stream = b'event: response.output_text.delta\ndata: {"delta":"xy"}\n\n' + sse("[DONE]")
     assert meter(Api.OPENAI_RESPONSES, stream) == StreamMeterResult(None, None, 2, False, 2, 0)
+
+
+# --- the service tier a response reports (reported_tier.py prices it) ------------------------
+
+
+@pytest.mark.parametrize(
+    ("api", "body", "tier"),
+    [
+        (Api.OPENAI_CHAT, {"usage": {"prompt_tokens": 1}, "service_tier": "priority"}, "priority"),
+        (Api.OPENAI_CHAT, {"usage": {"prompt_tokens": 1}, "service_tier": "default"}, "default"),
+        (Api.OPENAI_CHAT, {"usage": {"prompt_tokens": 1}, "service_tier": None}, None),
+        (Api.OPENAI_CHAT, {"usage": {"prompt_tokens": 1}, "service_tier": 3}, None),
+        (Api.OPENAI_CHAT, {"usage": {"prompt_tokens": 1}}, None),
+        (Api.OPENAI_RESPONSES, {"usage": {"input_tokens": 1}, "service_tier": "flex"}, "flex"),
+        (Api.ANTHROPIC_MESSAGES, {"usage": {"input_tokens": 1, "service_tier": "priority"}}, None),
+    ],
+)
+def test_a_json_response_reports_its_service_tier(
+    api: Api, body: dict[str, Any], tier: str | None
+) -> None:
+    assert usage_from_json(api, json.dumps(body).encode()).service_tier == tier
+
+
+def _tier_streams() -> list[tuple[Api, bytes, str]]:
+    def event(kind: str, **fields: Any) -> bytes:
+        return f"event: {kind}\ndata: {json.dumps({'type': kind, **fields})}\n\n".encode()
+
+    chunk = {"id": "c1", "model": "gpt-4o", "service_tier": "priority", "choices": []}
+    chat = sse(
+        {**chunk, "choices": [{"index": 0, "delta": {"content": "hi"}}]},
+        {**chunk, "service_tier": None, "usage": {"prompt_tokens": 3, "completion_tokens": 1}},
+        "[DONE]",
+    )
+    response = {"id": "r1", "model": "gpt-5", "usage": None}
+    responses = (
+        event("response.created", response={**response, "service_tier": "auto"})
+        + event("response.output_text.delta", delta="ab")
+        + event(
+            "response.completed",
+            response={**response, "service_tier": "priority", "usage": {"input_tokens": 2}},
+        )
+    )
+    return [(Api.OPENAI_CHAT, chat, "priority"), (Api.OPENAI_RESPONSES, responses, "priority")]
+
+
+@pytest.mark.parametrize(("api", "raw", "tier"), _tier_streams(), ids=["chat", "responses"])
+def test_a_stream_reports_its_service_tier_at_every_split_point(
+    api: Api, raw: bytes, tier: str
+) -> None:
+    """Chat chunks each carry the tier (the latest non-empty one wins); a Responses stream's
+    terminal event carries the tier served (`response.created` may echo the one requested)."""
+    for i in range(len(raw) + 1):
+        assert meter(api, raw[:i], raw[i:]).service_tier == tier, i
 
 
 def test_anthropic_usage_is_cumulative_latest_wins() -> None:

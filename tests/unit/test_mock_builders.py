@@ -71,6 +71,39 @@ def test_chat_non_stream_usage_counts_cached_and_reasoning_inside() -> None:
     assert usage["total_tokens"] == MESSAGES_TOKENS + 5 + 15
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_openai_replies_bill_what_the_test_says(stream: bool) -> None:
+    """x-mock-input-tokens replaces the mock's count of the request's text (a provider billing
+    tool definitions or hidden prompts); cache writes sit inside the input total, as GPT-5.6
+    reports them; x-mock-service-tier is the tier reported as served."""
+    controls = {"input_tokens": 2_000, "cached_tokens": 5, "cache_write_tokens": 7}
+    body = {"model": "m", "messages": MESSAGES, "stream": stream, "service_tier": "auto"}
+    body["stream_options"] = {"include_usage": True}
+    chat = chat_reply(
+        body if stream else {**body, "stream": False}, ctx(service_tier="priority", **controls)
+    )
+    payloads = sse_data(chat) if stream else [as_json(chat)]
+    usage = [p for p in payloads if isinstance(p, dict) and p.get("usage")][-1]["usage"]
+    assert usage["prompt_tokens"] == 2_012
+    assert usage["prompt_tokens_details"] == {
+        "cached_tokens": 5, "audio_tokens": 0, "cache_write_tokens": 7
+    }  # fmt: skip
+    assert {p["service_tier"] for p in payloads if isinstance(p, dict)} == {"priority"}
+    responses = responses_reply(
+        {"model": "m", "input": "hi", "stream": stream}, ctx(service_tier="flex", **controls)
+    )
+    final = sse_data(responses)[-1]["response"] if stream else as_json(responses)
+    assert final["usage"]["input_tokens"] == 2_012
+    assert final["usage"]["input_tokens_details"] == {"cached_tokens": 5, "cache_write_tokens": 7}
+    assert final["service_tier"] == "flex"
+    claude = as_json(
+        messages_reply(
+            {"model": "c", "max_tokens": 5, "messages": MESSAGES}, ctx(input_tokens=2_000)
+        )
+    )
+    assert claude["usage"]["input_tokens"] == 2_000
+
+
 def test_chat_max_tokens_caps_with_length() -> None:
     body = {"model": "m", "messages": MESSAGES, "max_completion_tokens": 4}
     reply = as_json(chat_reply(body, ctx(output_tokens=50)))

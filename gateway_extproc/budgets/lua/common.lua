@@ -175,8 +175,11 @@ local function rate_correct(rec, tokens)
   end
 end
 
--- Drop every charge's hold and add its spend to the key and field recorded at reserve (so a
--- window that rolled over meanwhile still gets the spend). amount: the cost to charge every
+-- Drop every charge's hold and add its spend: a calendar charge to the window recorded at
+-- reserve (a month that ended meanwhile still gets the spend); a rolling charge to the bucket of
+-- now_ms, recorded as the charge's sf:<i> in the reservation (KEYS[1]) for a later correction - a
+-- request that ran longer than the window counts for a whole window from its end, and a rolling
+-- counter that expired meanwhile is written again. amount: the cost to charge every
 -- budget, or nil to charge each its own estimate. Returns alert crossings as a flat list of
 -- (charge index, threshold percent, spent after): a crossing is reported at most once per counter
 -- and threshold - per calendar window (HSETNX marker living in the window's own hash and TTL), or
@@ -186,23 +189,21 @@ local function finish(rec, amount, now_ms, extra)
   local crossings = {}
   for i = 1, n do
     local key = KEYS[2 + i]
-    if redis.call('EXISTS', key) == 1 then -- else its window is long gone
+    local bucket_ms, nbuckets = tonumber(rec['bm:' .. i]), tonumber(rec['nb:' .. i])
+    if bucket_ms > 0 or redis.call('EXISTS', key) == 1 then -- else its month is long gone
       local est = tonumber(rec['e:' .. i])
       local charge = amount or est
       if redis.call('HINCRBY', key, 'held', 0 - est) < 0 then
         redis.call('HSET', key, 'held', 0)
       end
-      local bucket_ms, nbuckets = tonumber(rec['bm:' .. i]), tonumber(rec['nb:' .. i])
       local before = window_spent(key, bucket_ms, nbuckets, now_ms)
       local field = rec['f:' .. i]
+      if bucket_ms > 0 then
+        field = 'b:' .. math.floor(now_ms / bucket_ms)
+        redis.call('HSET', KEYS[1], 'sf:' .. i, field)
+      end
       redis.call('HINCRBY', key, field, charge)
       local after = before + charge
-      if bucket_ms > 0 then
-        local oldest = oldest_bucket(bucket_ms, nbuckets, now_ms)
-        if tonumber(string.sub(field, 3)) < oldest then
-          after = before -- settled into a bucket that has already left the window
-        end
-      end
       for pct, micros in string.gmatch(rec['t:' .. i] or '', '(%d+)=(%d+)') do
         local threshold = tonumber(micros)
         if before < threshold and after >= threshold then
@@ -243,8 +244,8 @@ local function correct(rec, actual, extra)
         charged = rec['e:' .. i]
       end
       local delta = actual - tonumber(charged)
-      if delta ~= 0 then
-        redis.call('HINCRBY', key, rec['f:' .. i], delta)
+      if delta ~= 0 then -- where the reaper charged it (a rolling charge: the reap's bucket)
+        redis.call('HINCRBY', key, rec['sf:' .. i] or rec['f:' .. i], delta)
       end
     end
   end
