@@ -215,7 +215,7 @@ class ResponseObserver:
 
     def _cost_so_far(self) -> int:
         """The request's cost until now, for lease checkpoints of long responses."""
-        chars = self.meter.output_chars_so_far if self.meter is not None else 0
+        chars = self.meter.output_bytes_so_far if self.meter is not None else 0
         usage = Usage(
             input_tokens=self.state.input_tokens_estimate, output_tokens=estimate_tokens(chars)
         )
@@ -235,14 +235,14 @@ class ResponseObserver:
             return Usage(), UsageSource.NONE, None  # providers do not bill failed requests
         usage: Usage | None = None
         provider_model: str | None = None
-        output_chars = 0
+        output_bytes = 0
         complete = self.completed and not self.metering_broken and self.body.unreadable is None
         if self.meter is not None:
             result = self.meter.finish()
-            usage, provider_model, output_chars = (
+            usage, provider_model, output_bytes = (
                 result.usage,
                 result.served_model,
-                result.output_chars,
+                result.output_bytes,
             )
             self.response_meta = (result.response_id, result.finish_reasons)
             # The stream's own terminal event makes its usage final, even when the client hung
@@ -251,11 +251,11 @@ class ResponseObserver:
             self.completed = self.completed or result.completed
         elif self.body.json.size and self._readable_json():
             jr = self.parsed or self.body.json.meter(self.state.api, ended=self.completed)
-            usage, provider_model, output_chars = jr.usage, jr.served_model, jr.output_chars
+            usage, provider_model, output_bytes = jr.usage, jr.served_model, jr.output_bytes
             self.response_meta = (jr.response_id, jr.finish_reasons)
         if usage is not None and complete:
             return usage, UsageSource.PROVIDER, provider_model
-        estimated_output = self.body.estimated_output(output_chars, self.state.max_tokens)
+        estimated_output = self.body.estimated_output(output_bytes, self.state.max_tokens)
         if usage is not None:  # partial report (stream cut short): keep what the provider said
             return (
                 usage.with_output_at_least(estimated_output),

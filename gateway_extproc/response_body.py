@@ -79,11 +79,11 @@ class ResponseBody:
             f"from its first {HEAD_BYTES} and last {TAIL_BYTES} bytes ({outcome}), not cached"
         )
 
-    def estimated_output(self, output_chars: int, max_tokens: int | None) -> int:
+    def estimated_output(self, output_bytes: int, max_tokens: int | None) -> int:
         """Output tokens to charge when the provider's usage is not read: from the generated
         characters seen; once a bound was reached, from every byte seen (an upper bound: bytes,
         not text) and never above the request's own output limit."""
         if not self.limits_reached:
-            return estimate_tokens(output_chars)
-        tokens = estimate_tokens(output_chars if self.meter is not None else self.json.size)
+            return estimate_tokens(output_bytes)
+        tokens = estimate_tokens(output_bytes if self.meter is not None else self.json.size)
         return tokens if max_tokens is None else min(tokens, max_tokens)
