@@ -6,7 +6,7 @@ Pure: bytes in, `Usage` out - no I/O, no clock. The per-provider field rules liv
 `StreamMeter` runs for every chunk of every streamed response, so the per-chunk cost is one
 incremental SSE decode (no re-scanning of earlier bytes) and one `orjson.loads` per event.
 Nothing here raises on provider output: garbage is counted in `malformed_events` and ignored.
-When usage is missing, the caller charges `estimate_tokens(output_bytes)` and says so in the log.
+When usage is missing, the caller charges an upper bound from `output_bytes` (endings.py).
 """
 
 from __future__ import annotations
@@ -126,6 +126,11 @@ class StreamMeter:
             self._malformed += 1
             events = exc.events
         self._consume(events)
+
+    @property
+    def usage_so_far(self) -> Usage | None:
+        """The usage the stream reported until now (Anthropic's `message_start`), if any."""
+        return self._handler.usage()
 
     @property
     def output_bytes_so_far(self) -> int:

@@ -73,7 +73,7 @@ class ResponseBody:
         """What to log (sizes only, never content) of a JSON body cut to its ends."""
         if not self.json.truncated or self.unreadable is not None:
             return None
-        outcome = "usage read" if usage_read else "no usage found: charged as estimated"
+        outcome = "usage read" if usage_read else "no usage found: charged an upper bound"
         return (
             f"response body of {self.json.size} bytes over metering.max_json_body_bytes: metered "
             f"from its first {HEAD_BYTES} and last {TAIL_BYTES} bytes ({outcome}), not cached"

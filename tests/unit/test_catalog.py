@@ -187,8 +187,8 @@ def test_embedding_needs_only_input() -> None:
     assert (entry.price.input, entry.price.output, entry.max_output_tokens) == (100_000, 0, 0)
 
 
-# OpenAI's reasoning models: o-series, GPT-5.x and GPT-6.x (their pages: "reasoning tokens ... billed
-# as output tokens", never streamed). Claude models think only when a request enables `thinking`.
+# OpenAI's reasoning models: o-series, GPT-5.x and GPT-6.x (reasoning tokens billed as output, never
+# streamed). Claude models think only when a request enables `thinking`.
 HIDDEN_REASONING = {
     *("gpt-6.2-sol", "gpt-6.1-sol", "gpt-6-sol", "gpt-6.1-terra", "gpt-6-luna"),
     *("gpt-5.6-luna", "gpt-5.4-nano", "gpt-5", "gpt-5-mini", "gpt-5-nano", "o3"),
