@@ -72,6 +72,11 @@ class MockLog:
         with urllib.request.urlopen(req, timeout=5):
             pass
 
+    def bills(self) -> list[dict[str, Any]]:
+        """What the mock billed each request (GET /_mock/bills), by `request_id`."""
+        with urllib.request.urlopen(self.base + "/_mock/bills", timeout=5) as r:
+            return list(json.load(r))
+
     def last(self) -> dict[str, Any]:
         reqs = self.requests()
         assert reqs, "the mock received no request"
