@@ -29,7 +29,7 @@ from gateway_extproc.handoff import (
 )
 from gateway_extproc.identity.model import AuthMethod, Identity, Kind
 from gateway_extproc.metering import StreamMeter
-from gateway_extproc.observer import StreamObserver
+from gateway_extproc.observer import ResponseObserver, StreamObserver
 from gateway_extproc.pricing import LongContext, Price
 from gateway_extproc.sidecar_auth.seal import StateSeal
 from tests.unit.test_processor import (
@@ -37,6 +37,7 @@ from tests.unit.test_processor import (
     CHAT_INPUT_ESTIMATE,
     CHAT_PATH,
     RID,
+    WALL,
     Gateway,
     _gateway,
     chunks,
@@ -215,6 +216,39 @@ def test_a_stream_cut_midway_is_charged_what_it_showed_and_the_margin(gw: Gatewa
     assert 0 < seen < 1_000 - MARGIN
     assert record["tokens"]["output_tokens"] == seen + MARGIN
     assert record["tokens"]["input_tokens"] == limits_of(metadata).input_tokens
+
+
+def test_a_checkpoint_charges_the_bound_the_stream_may_reach_by_the_next_one(gw: Gateway) -> None:
+    """If this worker dies, the reaper charges the last checkpoint; the stream runs on until the
+    next one was due (lease_s / 2 = 60 s by default): its output seen is extrapolated at its own
+    rate over that time, then the margin is added."""
+    metadata = handed_over(gw, {**CHAT, "stream": True})
+    text = metadata.fields[NAMESPACE].struct_value.fields[STATE_KEY].string_value
+    now = [WALL]
+    ctx = dataclasses.replace(gw.ctx, wall_clock=lambda: now[0])
+    response = ResponseObserver(ctx, RequestState.decode(text))
+    limits = limits_of(metadata)
+    # Before the response: the margin (a stream's provider notices a cut at its first write).
+    assert response._cost_so_far() == cost_of(limits.input_tokens, MARGIN)
+    response.on_headers({":status": "200", "content-type": "text/event-stream"}, False)
+    data = fixture("openai_chat_include_usage.sse")
+    response.on_body(data[: len(data) // 2], False)
+    now[0] += 600  # ten minutes of stream so far
+    seen = response.body.meter.output_bytes_so_far if response.body.meter else 0
+    assert seen > 0
+    output = seen + -(-seen * 60 // 600) + MARGIN
+    assert response._cost_so_far() == cost_of(limits.input_tokens, output)
+    response.finished = True  # not ended here: only its checkpoints were asked for
+
+
+def test_a_json_request_waiting_for_its_answer_checkpoints_its_whole_bound(gw: Gateway) -> None:
+    """A non-streamed answer is generated whole before it is sent: if this worker dies while
+    the provider works on it, all of it is billed."""
+    metadata = handed_over(gw, CHAT)
+    text = metadata.fields[NAMESPACE].struct_value.fields[STATE_KEY].string_value
+    response = ResponseObserver(gw.ctx, RequestState.decode(text))
+    assert response._cost_so_far() == cost_of(limits_of(metadata).input_tokens, 1_000)
+    response.finished = True
 
 
 def test_an_upstream_error_costs_nothing(gw: Gateway) -> None:
