@@ -232,7 +232,7 @@ class ResponseObserver:
             self.finish()
 
     def _metered_usage(self) -> tuple[Usage, UsageSource, str | None]:
-        """What the request consumed, from the provider's report or, failing that, an estimate."""
+        """What the request consumed: the provider's report, else an upper bound of its bill."""
         if self.status is not None and self.status >= 400:
             return Usage(), UsageSource.NONE, None  # providers do not bill failed requests
         usage: Usage | None = None
@@ -284,9 +284,8 @@ class ResponseObserver:
             horizon = self.ctx.budgets.settings.lease_s / 2
             seen = checkpoint_output(seen, self._now() - self.first_byte, horizon)
         margin = self.ctx.config.metering.unseen_output_tokens
-        return charge(
-            limits, reported, seen, margin=margin, price=self.entry.price
-        ), UsageSource.BOUND
+        bound = charge(limits, reported, seen, margin=margin, price=self.entry.price)
+        return bound, UsageSource.BOUND
 
     def _priced(self, usage: Usage, provider_model: str | None) -> int:
         """The cost; by the dearer model when the provider reports another (model_mismatch)."""
