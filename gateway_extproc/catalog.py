@@ -76,6 +76,9 @@ class ModelEntry:
     default_max_output_tokens: int | None = None  # cap injected when a request sets none
     # Prices of a requested `service_tier` other than the standard one (see pricing.price_for_tier)
     service_tiers: tuple[tuple[str, Price], ...] = ()
+    # The model reasons in tokens its responses never show (billed as output): an ending whose
+    # usage is not read is charged its whole output limit (endings.py).
+    hidden_reasoning: bool = False
 
     @property
     def prices_long_context(self) -> bool:
@@ -145,6 +148,7 @@ _FIELDS: dict[str, Callable[[object], object]] = {
     "service_tiers": parse_service_tiers,
     "free": _flag,
     "embedding": _flag,
+    "hidden_reasoning": _flag,
     "aliases": _aliases,
     "remove": _flag,
 }
@@ -283,6 +287,7 @@ class _Merger:
             image_input_tokens=f.get("image_input_tokens"),
             default_max_output_tokens=f.get("default_max_output_tokens"),
             service_tiers=tiers,
+            hidden_reasoning=f.get("hidden_reasoning", False),
         )
 
     def _check_names(self) -> None:

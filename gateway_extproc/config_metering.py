@@ -9,8 +9,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from gateway_extproc.config_reader import Reader
+from gateway_extproc.endings import DEFAULT_UNSEEN_OUTPUT_TOKENS
 
 MIN_JSON_BODY_BYTES = 256 * 1024  # above what a truncated body keeps (metering_bounded.py)
+MAX_UNSEEN_OUTPUT_TOKENS = 10_000_000  # far above any output limit: the limit then decides
 
 
 class MeteringMode(enum.StrEnum):
@@ -29,6 +31,10 @@ class MeteringConfig:
     # first and last 64 KiB (metering_bounded.py). Bounds memory per response; usage is read
     # from the ends of a larger body.
     max_json_body_bytes: int = 1 << 20
+    # An ending whose usage is not read (a cut stream, no usage reported, a dead worker) is
+    # charged the output seen plus this many tokens, at most the request's output limit: what a
+    # provider generates before it notices a cut, and framing tokens no stream shows (endings.py).
+    unseen_output_tokens: int = DEFAULT_UNSEEN_OUTPUT_TOKENS
 
     @property
     def synchronous(self) -> bool:
@@ -37,7 +43,9 @@ class MeteringConfig:
 
 def parse_metering(r: Reader, doc: Mapping[str, Any]) -> MeteringConfig:
     section = r.section(
-        doc, "metering", {"mode", "observer_close_timeout_ms", "max_json_body_bytes"}
+        doc,
+        "metering",
+        {"mode", "observer_close_timeout_ms", "max_json_body_bytes", "unseen_output_tokens"},
     )
     mode = section.get("mode", MeteringMode.OBSERVE.value)
     if mode not in {m.value for m in MeteringMode}:
@@ -48,4 +56,7 @@ def parse_metering(r: Reader, doc: Mapping[str, Any]) -> MeteringConfig:
     timeout = r.integer({key: section.get(key, 5000)}, "metering", key, 100, 600_000)
     key = "max_json_body_bytes"
     cap = r.integer({key: section.get(key, 1 << 20)}, "metering", key, MIN_JSON_BODY_BYTES, 1 << 30)
-    return MeteringConfig(MeteringMode(mode), timeout, cap)
+    key = "unseen_output_tokens"
+    margin = section.get(key, DEFAULT_UNSEEN_OUTPUT_TOKENS)
+    margin = r.integer({key: margin}, "metering", key, 0, MAX_UNSEEN_OUTPUT_TOKENS)
+    return MeteringConfig(MeteringMode(mode), timeout, cap, margin)

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from gateway_extproc.apis import Api
+from gateway_extproc.endings import ChargeLimits
 from gateway_extproc.identity.model import AuthMethod, Identity, Kind
 from gateway_extproc.pricing import LongContext, Price
 
@@ -78,6 +79,9 @@ class RequestState:
     audit_extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     cache: str | None = None  # the response cache's ticket (cache.key.CacheTicket metadata)
     started_monotonic: float | None = None  # same process only (synchronous mode)
+    # What bounds the request's bill: an ending without the provider's usage is charged within
+    # it (endings.py). None: not boundable (or a state from an older worker): estimated.
+    charge_limits: ChargeLimits | None = None
 
     # -- encoding ----------------------------------------------------------------------------
 
@@ -105,6 +109,7 @@ class RequestState:
             "ts": self.tracestate,
             "ax": dict(self.audit_extra),
             "ck": self.cache,
+            "cl": None if self.charge_limits is None else self.charge_limits.to_doc(),
         }
         return orjson.dumps(doc).decode()
 
@@ -135,6 +140,7 @@ class RequestState:
                 tracestate=doc["ts"],
                 audit_extra=dict(doc["ax"]),
                 cache=None if doc["ck"] is None else str(doc["ck"]),
+                charge_limits=None if doc.get("cl") is None else ChargeLimits.of_doc(doc["cl"]),
             )
         except HandoffError:
             raise

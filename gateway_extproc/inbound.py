@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from gateway_extproc.apis import Api
-from gateway_extproc.errors import BadRequest
+from gateway_extproc.errors import BadRequest, UnsupportedOption
 from gateway_extproc.shape import Shape, shape_of
 
 # Characters per token for estimates (the usual rule of thumb for English text with BPE
@@ -127,10 +127,14 @@ def request_of(api: Api, body: dict[str, Any]) -> ParsedRequest:
     if options is not None and not isinstance(options, dict):
         raise BadRequest("`stream_options` must be an object")
     wants_usage = bool(options and options.get("include_usage") is True)
-    if api is Api.OPENAI_RESPONSES and body.get("background") is True and not stream:
-        raise BadRequest(
-            "`background: true` without `stream: true` is not supported: the gateway meters a "
-            "response as it passes and would never see a background response's usage"
+    if api is Api.OPENAI_RESPONSES and body.get("background") not in (None, False):
+        # Streamed too: the provider finishes a background response after the client leaves,
+        # and bills all of it; the gateway, metering what passes, would see only the start.
+        # Anything but false is refused (a provider may read "true" or 1 as true).
+        raise UnsupportedOption(
+            "`background: true` is not supported: a background response runs on at the "
+            "provider after the client leaves, and the gateway, which meters a response as it "
+            "passes, would never see what it was billed"
         )
     try:
         shape = shape_of(api, body, max_out)

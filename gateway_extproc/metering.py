@@ -6,7 +6,7 @@ Pure: bytes in, `Usage` out - no I/O, no clock. The per-provider field rules liv
 `StreamMeter` runs for every chunk of every streamed response, so the per-chunk cost is one
 incremental SSE decode (no re-scanning of earlier bytes) and one `orjson.loads` per event.
 Nothing here raises on provider output: garbage is counted in `malformed_events` and ignored.
-When usage is missing, the caller charges `estimate_tokens(output_chars)` and says so in the log.
+When usage is missing, the caller charges an upper bound from `output_bytes` (endings.py).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ CHARS_PER_TOKEN = 4
 
 
 def estimate_tokens(chars: int) -> int:
-    """Tokens for `chars` characters when the provider reported none: ceil(chars / 4).
+    """Tokens for `chars` characters (or bytes) when nothing bounds them: ceil(chars / 4).
 
     The usual rule of thumb for English text with OpenAI and Anthropic tokenizers; code, CJK
     text and JSON run denser, so treat it as an estimate that may be low, and log it as one.
@@ -59,7 +59,7 @@ def estimate_tokens(chars: int) -> int:
     return -(-chars // CHARS_PER_TOKEN)
 
 
-_NOTHING = JsonMeterResult(usage=None, served_model=None, output_chars=0)
+_NOTHING = JsonMeterResult(usage=None, served_model=None, output_bytes=0)
 
 
 def usage_from_json(api: Api, body: bytes) -> JsonMeterResult:
@@ -89,7 +89,7 @@ class StreamMeterResult:
 
     usage: Usage | None  # None: the stream reported none (omitted, cut short): estimate
     served_model: str | None  # the model the stream names, None if it names none
-    output_chars: int  # generated characters: text, tool-call arguments, reasoning
+    output_bytes: int  # UTF-8 bytes generated: text, tool-call arguments, reasoning
     completed: bool  # the stream reached its protocol's end marker
     events: int  # SSE events decoded
     malformed_events: int  # events whose data was not a JSON object, plus over-long lines
@@ -129,9 +129,14 @@ class StreamMeter:
         self._consume(events)
 
     @property
-    def output_chars_so_far(self) -> int:
-        """Generated characters seen until now (for checkpoints of long streams)."""
-        return self._handler.output_chars
+    def usage_so_far(self) -> Usage | None:
+        """The usage the stream reported until now (Anthropic's `message_start`), if any."""
+        return self._handler.usage()
+
+    @property
+    def output_bytes_so_far(self) -> int:
+        """UTF-8 bytes of generated output seen until now (for checkpoints of long streams)."""
+        return self._handler.output_bytes
 
     def finish(self) -> StreamMeterResult:
         """Flush the decoder and return the result. Idempotent; feed nothing afterwards."""
@@ -141,7 +146,7 @@ class StreamMeter:
             self._result = StreamMeterResult(
                 usage=handler.usage(),
                 served_model=handler.served_model,
-                output_chars=handler.output_chars,
+                output_bytes=handler.output_bytes,
                 completed=handler.completed,
                 events=self._events,
                 malformed_events=self._malformed,

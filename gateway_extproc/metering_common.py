@@ -23,7 +23,7 @@ class JsonMeterResult:
 
     usage: Usage | None  # None: the response reported none (or was not JSON)
     served_model: str | None  # the model the response names, None if it names none
-    output_chars: int  # generated characters seen, for `estimate_tokens` when usage is None
+    output_bytes: int  # UTF-8 bytes of generated output seen: bounds its tokens when usage is None
     # For traces only, so not part of a result's value (equality).
     response_id: str | None = dataclasses.field(default=None, compare=False)  # the provider's id
     finish_reasons: tuple[str, ...] = dataclasses.field(default=(), compare=False)  # per choice
@@ -51,9 +51,13 @@ def total_and_part(total: int | None, part: int | None) -> tuple[int, int]:
     return total, min(p, total)
 
 
-def text_len(value: object) -> int:
-    """Characters of `value` if it is a string, else 0."""
-    return len(value) if isinstance(value, str) else 0
+def utf8_len(value: object) -> int:
+    """UTF-8 bytes of `value` if it is a string, else 0. Output is counted in bytes because a
+    token of a byte-level tokenizer covers at least one byte: the bytes seen bound the tokens
+    seen (a character may be up to 4 tokens). `isascii` is O(1): ASCII text costs no encode."""
+    if not isinstance(value, str):
+        return 0
+    return len(value) if value.isascii() else len(value.encode("utf-8", "surrogatepass"))
 
 
 def nonempty_str(value: object) -> str | None:
@@ -114,7 +118,7 @@ class StreamHandler(Protocol):
     """
 
     served_model: str | None
-    output_chars: int
+    output_bytes: int
     completed: bool
     response_id: str | None
     service_tier: str | None  # the tier the provider reports it served (None: not reported)

@@ -17,23 +17,22 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import datetime
 import logging
 from collections.abc import Callable
 
 from gateway_extproc import extproc_msgs as msgs
-from gateway_extproc.audit import AuditRecord
 from gateway_extproc.bodyparse import OFFLOAD_BYTES, off_loop_if_large, run_off_loop
 from gateway_extproc.cache.key import CacheTicket
 from gateway_extproc.catalog import ModelEntry
 from gateway_extproc.context import GatewayContext
+from gateway_extproc.endings import charge, checkpoint_output, output_seen
 from gateway_extproc.handoff import MAC_KEY, NAMESPACE, STATE_KEY, HandoffError, RequestState
-from gateway_extproc.metering import StreamMeter, estimate_tokens
+from gateway_extproc.metering import StreamMeter
 from gateway_extproc.metering_common import JsonMeterResult
 from gateway_extproc.model_mismatch import price_reported
-from gateway_extproc.observability.attributes import RequestFacts
 from gateway_extproc.pricing import cost_micros, format_usd
 from gateway_extproc.reported_tier import charge_reported_tier
+from gateway_extproc.response_audit import write_record
 from gateway_extproc.response_body import ResponseBody
 from gateway_extproc.sidecar_auth.guard import RejectedState
 from gateway_extproc.spend.rollup import Dimensions, UsageRecord
@@ -132,7 +131,7 @@ class ResponseObserver:
                 self.ctx.cache.capture(self.cache_ticket, self.sse_capture, data)
         if was_readable and self.body.unreadable is not None:  # a decompression bomb
             log.warning(
-                "response body %s: not decoded further, charged as estimated",
+                "response body %s: not decoded further, charged its bound",
                 self.body.unreadable,
                 extra={"request_id": self.request_id},
             )
@@ -216,11 +215,14 @@ class ResponseObserver:
         return self.state.request_id
 
     def _cost_so_far(self) -> int:
-        """The request's cost until now, for lease checkpoints of long responses."""
-        chars = self.meter.output_chars_so_far if self.meter is not None else 0
-        usage = Usage(
-            input_tokens=self.state.input_tokens_estimate, output_tokens=estimate_tokens(chars)
-        )
+        """A lease checkpoint of a long response: an upper bound of what it will have cost when
+        the next checkpoint is due (lease_s / 2 at most), which the reaper charges if this
+        worker dies before then."""
+        meter = self.meter
+        if meter is None:
+            usage, _ = self._unreported(None, 0, ended=False)
+        else:
+            usage, _ = self._unreported(meter.usage_so_far, meter.output_bytes_so_far, ended=None)
         return cost_micros(usage, self.entry.price)
 
     # -- the end -----------------------------------------------------------------------------
@@ -232,19 +234,19 @@ class ResponseObserver:
             self.finish()
 
     def _metered_usage(self) -> tuple[Usage, UsageSource, str | None]:
-        """What the request consumed, from the provider's report or, failing that, an estimate."""
+        """What the request consumed: the provider's report, else an upper bound of its bill."""
         if self.status is not None and self.status >= 400:
             return Usage(), UsageSource.NONE, None  # providers do not bill failed requests
         usage: Usage | None = None
         provider_model: str | None = None
-        output_chars = 0
+        output_bytes = 0
         complete = self.completed and not self.metering_broken and self.body.unreadable is None
         if self.meter is not None:
             result = self.meter.finish()
-            usage, provider_model, output_chars = (
+            usage, provider_model, output_bytes = (
                 result.usage,
                 result.served_model,
-                result.output_chars,
+                result.output_bytes,
             )
             self.response_meta = (result.response_id, result.finish_reasons)
             self.service_tier = result.service_tier
@@ -254,20 +256,40 @@ class ResponseObserver:
             self.completed = self.completed or result.completed
         elif self.body.json.size and self._readable_json():
             jr = self.parsed or self.body.json.meter(self.state.api, ended=self.completed)
-            usage, provider_model, output_chars = jr.usage, jr.served_model, jr.output_chars
+            usage, provider_model, output_bytes = jr.usage, jr.served_model, jr.output_bytes
             self.response_meta = (jr.response_id, jr.finish_reasons)
             self.service_tier = jr.service_tier
         if usage is not None and complete:
             return usage, UsageSource.PROVIDER, provider_model
-        estimated_output = self.body.estimated_output(output_chars, self.state.max_tokens)
-        if usage is not None:  # partial report (stream cut short): keep what the provider said
-            return (
-                usage.with_output_at_least(estimated_output),
-                UsageSource.ESTIMATED,
-                provider_model,
-            )
-        usage = Usage(input_tokens=self.state.input_tokens_estimate, output_tokens=estimated_output)
-        return usage, UsageSource.ESTIMATED, provider_model
+        return (*self._unreported(usage, output_bytes, ended=self.completed), provider_model)
+
+    def _unreported(
+        self, reported: Usage | None, output_bytes: int, *, ended: bool | None
+    ) -> tuple[Usage, UsageSource]:
+        """An ending without the provider's whole usage (`reported`: what it did report): an
+        upper bound of its bill (endings.py), or an estimate where nothing bounds the request.
+        `ended` None: a checkpoint of a stream still running, bounded at the next checkpoint."""
+        limits = self.state.charge_limits
+        if limits is None:
+            output = self.body.estimated_output(output_bytes, self.state.max_tokens)
+            if reported is not None:  # partial report (stream cut short): keep what it said
+                return reported.with_output_at_least(output), UsageSource.ESTIMATED
+            usage = Usage(input_tokens=self.state.input_tokens_estimate, output_tokens=output)
+            return usage, UsageSource.ESTIMATED
+        seen = output_seen(
+            output_bytes,
+            countable=not self.metering_broken and self.body.unreadable is None,
+            streaming=self.meter is not None,
+            responded=self.status is not None,
+            asked_stream=self.state.stream,
+            ended=bool(ended),
+        )
+        if ended is None and seen is not None and self.first_byte is not None:
+            horizon = self.ctx.budgets.settings.lease_s / 2
+            seen = checkpoint_output(seen, self._now() - self.first_byte, horizon)
+        margin = self.ctx.config.metering.unseen_output_tokens
+        bound = charge(limits, reported, seen, margin=margin, price=self.entry.price)
+        return bound, UsageSource.BOUND
 
     def _priced(self, usage: Usage, provider_model: str | None) -> int:
         """The cost; by the dearer model when the provider reports another (model_mismatch)."""
@@ -295,20 +317,18 @@ class ResponseObserver:
         try:
             usage, source, provider_model = self._metered_usage()
             cost = self._priced(usage, provider_model)
-        except Exception:  # the record must still be written: charge the request's estimate
+        except Exception:  # the record must still be written: charge the request's bound
             log.exception("metering failed at the end", extra={"request_id": self.request_id})
-            usage, source, provider_model = (
-                Usage(input_tokens=state.input_tokens_estimate),
-                UsageSource.ESTIMATED,
-                None,
-            )
+            self.metering_broken = True  # nothing it saw is trusted: the whole bound
+            (usage, source), provider_model = self._unreported(None, 0, ended=False), None
             cost = cost_micros(usage, self.entry.price)
             self.error_code = self.error_code or "metering_failed"
         if self.lease is not None:
             self.ctx.budgets.services.drop_lease(self.lease)
         billed = source is not UsageSource.NONE
         dims = Dimensions.of(state.identity, self.entry.name, state.provider)
-        rollup = UsageRecord(state.arrived, dims, usage, cost, source is UsageSource.ESTIMATED)
+        estimated = source in (UsageSource.BOUND, UsageSource.ESTIMATED)  # not the provider's
+        rollup = UsageRecord(state.arrived, dims, usage, cost, estimated)
         gate = self.ctx.budgets
         if state.budget is not None:  # settle the real cost, or release the hold (or roll up)
             self.overrun_micros = gate.settle_outcome(
@@ -328,65 +348,9 @@ class ResponseObserver:
         if note is not None:  # usage read: as expected for a large body; else worth a look
             level = logging.INFO if source is UsageSource.PROVIDER else logging.WARNING
             log.log(level, "%s", note, extra={"request_id": self.request_id})
-        self._audit(usage, source, provider_model, cost)
+        write_record(self, usage, source, provider_model, cost, latency_s=self._now())
         self.cost = cost
         return cost
-
-    def _audit(
-        self, usage: Usage, source: UsageSource, provider_model: str | None, cost: int
-    ) -> None:
-        state = self.state
-        budget = None
-        if state.budget is not None and state.budget.audit is not None:
-            budget = {**state.budget.audit, "overrun_micros": self.overrun_micros}
-        extra, limits = state.audit_extra, tuple(self.body.limits_reached)
-        if "limits_reached" in extra:  # the request phase's bounds come first
-            extra = dict(extra)
-            limits = (*extra.pop("limits_reached"), *limits)
-        record = AuditRecord(
-            request_id=state.request_id,
-            time=datetime.datetime.fromtimestamp(state.arrived, datetime.UTC),
-            method=state.method,
-            path=state.path.split("?", 1)[0],
-            api=state.api.name.lower(),
-            requested_model=state.requested_model,
-            served_model=self.entry.name,
-            provider_model=provider_model,
-            provider=state.provider,
-            upstream_mocked=self.upstream.mocked if self.upstream else False,
-            stream=state.stream,
-            status=self.status if self.status is not None else 0,
-            completed=self.completed,
-            usage=usage,
-            usage_source=source,
-            cost_micros=cost,
-            latency_ms=self._now() * 1000,
-            time_to_first_byte_ms=None if self.first_byte is None else self.first_byte * 1000,
-            error_code=self.error_code,
-            identity=state.identity,
-            unverified_metadata=state.metadata,
-            budget=budget,
-            output_cap_injected=state.cap_injected,
-            limits_reached=limits,
-            **extra,
-        )
-        try:
-            self.ctx.audit.write(record)
-        except OSError:
-            log.exception("audit write failed", extra={"request_id": self.request_id})
-        if self.ctx.telemetry.enabled:
-            up = self.upstream
-            facts = RequestFacts(
-                traceparent=state.traceparent,
-                tracestate=state.tracestate,
-                max_tokens=state.max_tokens,
-                response_id=self.response_meta[0],
-                finish_reasons=self.response_meta[1],
-                server_address=up.host if up is not None else None,
-                server_port=up.port if up is not None else None,
-                budgets=state.budget.span_budgets if state.budget is not None else (),
-            )
-            self.ctx.telemetry.request_done(record, facts)
 
 
 class StreamObserver:

@@ -31,6 +31,7 @@ from gateway_extproc.budgets.gate import BoundFor
 from gateway_extproc.cache.key import CONTROL_HEADER, STATUS_HEADER, TTL_HEADER, CacheTicket
 from gateway_extproc.catalog import ModelEntry
 from gateway_extproc.context import GatewayContext
+from gateway_extproc.endings import limits_for
 from gateway_extproc.errors import (
     BadRequest,
     ClientError,
@@ -333,6 +334,7 @@ class StreamProcessor:
             tracestate=self.trace_context[1],
             audit_extra=self._audit_extra(),
             cache=self.cache_ticket.to_metadata() if self.cache_ticket is not None else None,
+            charge_limits=limits_for(request.api, request.body, request.shape, entry, bound),
         )
 
     def _audit_extra(self) -> dict[str, Any]:

@@ -17,9 +17,12 @@ import enum
 
 class UsageSource(enum.StrEnum):
     PROVIDER = "provider"  # the provider reported it
-    ESTIMATED = (
-        "estimated"  # no usage arrived (omitted, disconnect, abort): estimated from what was seen
-    )
+    # The provider's usage was not read (a cut stream, none reported, an unreadable body): an
+    # upper bound of its bill was charged (endings.py).
+    BOUND = "bound"
+    # As BOUND, where nothing bounds the request (no state from the request phase says how):
+    # estimated from what was seen.
+    ESTIMATED = "estimated"
     NONE = "none"  # nothing billable happened (error status, request never sent)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from gateway_extproc.mock.billing import Bill
 from gateway_extproc.mock.content import (
     UNKNOWN_MODEL_PREFIXES,
     OutputPlan,
@@ -94,15 +95,22 @@ def messages_reply(body: dict[str, Any], ctx: ReplyContext) -> Reply:
         "stop_reason": None,
         "stop_sequence": None,
     }
+    bill = Bill(
+        input_tokens=base_input,
+        cached_input_tokens=controls.cached_tokens,
+        cache_write_input_tokens=controls.cache_write_tokens,
+        cache_write_1h_input_tokens=controls.cache_write_1h_tokens,
+        words=len(plan.words),
+    )
     if stream:
         if not omit:
             message["usage"] = usage(1)
         final_usage = None if omit else {"output_tokens": plan.output_tokens}
-        return StreamReply(tuple(message_events(message, plan, final_usage)))
+        return StreamReply(tuple(message_events(message, plan, final_usage)), bill=bill)
     message.update(content=[{"type": "text", "text": plan.text}], stop_reason=_stop_reason(plan))
     if not omit:
         message["usage"] = usage(plan.output_tokens)
-    return json_reply(message)
+    return json_reply(message, bill=bill)
 
 
 def message_events(

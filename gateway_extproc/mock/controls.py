@@ -20,7 +20,9 @@
     x-mock-status: S              answer with error status S (400-599), provider-format body
     x-mock-abort-after-events: N  send N events (or N body writes' worth for JSON: 0 or all), then
                                   cut the connection without terminating the body
-    x-mock-omit-usage: 1          report no usage at all
+    x-mock-omit-usage: 1          report no usage at all (the mock still bills: GET /_mock/bills)
+    x-mock-generates-after-cut: N once a write fails (the client is gone), bill up to N more
+                                  words generated before the mock noticed (default 0)
     x-mock-replay: NAME           replay NAME.yaml (go-vcr cassette) from --fixtures-dir
     x-mock-hold: NAME             hold the response until `POST /_mock/release/NAME` (tests that
                                   need every admitted request in flight at once)
@@ -87,6 +89,7 @@ class Controls:
     content_encoding: str | None = None  # a false Content-Encoding label for the body
     gzip: bool = False  # compress whatever the request's Accept-Encoding
     pad_bytes: int = 0  # spaces after a JSON reply's opening brace
+    generates_after_cut: int = 0  # words billed after a failed write, before noticing the cut
 
 
 class _Reader:
@@ -181,6 +184,7 @@ CONTROL_HEADERS = (
     "x-mock-content-encoding",
     "x-mock-gzip",
     "x-mock-pad-bytes",
+    "x-mock-generates-after-cut",
 )
 _BIG = 1 << 30
 MAX_PAD_BYTES = 1 << 32
@@ -216,6 +220,9 @@ def parse_controls(headers: Mapping[str, str]) -> Controls:
         content_encoding=read.coding("x-mock-content-encoding"),
         gzip=read.flag("x-mock-gzip"),
         pad_bytes=_or(read.integer("x-mock-pad-bytes", 0, MAX_PAD_BYTES), 0),
+        generates_after_cut=_or(
+            read.integer("x-mock-generates-after-cut", 0, MAX_OUTPUT_TOKENS), 0
+        ),
     )
     read.unknown()
     if read.problems:

@@ -15,6 +15,7 @@ import struct
 from collections.abc import Iterator
 from typing import Any
 
+from gateway_extproc.mock.billing import Bill
 from gateway_extproc.mock.content import (
     OutputPlan,
     billed_input,
@@ -80,17 +81,23 @@ def chat_reply(body: dict[str, Any], ctx: ReplyContext) -> Reply:
     requested_n = body.get("n")
     n = requested_n if isinstance(requested_n, int) and requested_n > 0 and not stream else 1
     usage = None
+    base_input = billed_input(controls.input_tokens, messages)
     if not controls.omit_usage:
-        base = billed_input(controls.input_tokens, messages)
         writes = controls.cache_write_tokens
-        usage = chat_usage(base, controls.cached_tokens, plan, n, writes)
+        usage = chat_usage(base_input, controls.cached_tokens, plan, n, writes)
+    bill = Bill(
+        input_tokens=base_input,
+        cached_input_tokens=controls.cached_tokens,
+        reasoning_tokens=plan.reasoning_tokens * n,
+        words=len(plan.words) * n,
+    )
     response_id = f"chatcmpl-mock{ctx.suffix}"
     tier = controls.service_tier or "default"
     if stream:
         events = chat_chunks(
             response_id, ctx.created, model, plan, include_usage(body), usage, tier
         )
-        return StreamReply(tuple(events))
+        return StreamReply(tuple(events), bill=bill)
     payload: dict[str, Any] = {
         "id": response_id,
         "object": "chat.completion",
@@ -114,7 +121,7 @@ def chat_reply(body: dict[str, Any], ctx: ReplyContext) -> Reply:
     if usage is not None:
         payload["usage"] = usage
     payload.update(service_tier=tier, system_fingerprint=None)
-    return json_reply(payload)
+    return json_reply(payload, bill=bill)
 
 
 def chat_chunks(
@@ -157,14 +164,16 @@ def completion_reply(body: dict[str, Any], ctx: ReplyContext) -> Reply:
     controls = ctx.controls
     plan = plan_output(controls.output_tokens, 0, max_tokens_of(body, "max_tokens"))
     usage = None
+    base_input = estimate_input_tokens(body.get("prompt"))
     if not controls.omit_usage:
-        usage = completion_usage(estimate_input_tokens(body.get("prompt")), plan)
+        usage = completion_usage(base_input, plan)
+    bill = Bill(input_tokens=base_input, words=len(plan.words))
     response_id = f"cmpl-mock{ctx.suffix}"
     if stream:
         events = completion_chunks(
             response_id, ctx.created, model, plan, include_usage(body), usage
         )
-        return StreamReply(tuple(events))
+        return StreamReply(tuple(events), bill=bill)
     payload: dict[str, Any] = {
         "id": response_id,
         "object": "text_completion",
@@ -181,7 +190,7 @@ def completion_reply(body: dict[str, Any], ctx: ReplyContext) -> Reply:
     }
     if usage is not None:
         payload["usage"] = usage
-    return json_reply(payload)
+    return json_reply(payload, bill=bill)
 
 
 def completion_chunks(
@@ -251,7 +260,7 @@ def embeddings_reply(body: dict[str, Any], ctx: ReplyContext) -> Reply:
             encoded = base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode()
         data.append({"object": "embedding", "index": index, "embedding": encoded})
     payload: dict[str, Any] = {"object": "list", "data": data, "model": model}
+    tokens = estimate_input_tokens(body["input"])
     if not ctx.controls.omit_usage:
-        tokens = estimate_input_tokens(body["input"])
         payload["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
-    return json_reply(payload)
+    return json_reply(payload, bill=Bill(input_tokens=tokens))

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from gateway_extproc.mock.billing import Bill
 from gateway_extproc.mock.content import (
     OutputPlan,
     billed_input,
@@ -47,11 +48,17 @@ class _Builder:
         self.limit = max_tokens_of(body, "max_output_tokens")
         self.plan = plan_output(controls.output_tokens, controls.reasoning_tokens, self.limit)
         self.usage: dict[str, Any] | None = None
+        base = billed_input(controls.input_tokens, body.get("input"))
         if not controls.omit_usage:
-            base = billed_input(controls.input_tokens, body.get("input"))
             writes = controls.cache_write_tokens
             self.usage = responses_usage(base, controls.cached_tokens, self.plan, writes)
         self.service_tier = controls.service_tier or "default"
+        self.bill = Bill(
+            input_tokens=base,
+            cached_input_tokens=controls.cached_tokens,
+            reasoning_tokens=self.plan.reasoning_tokens,
+            words=len(self.plan.words),
+        )
         self.body = body
         self.model = model
         self.created = ctx.created
@@ -129,8 +136,8 @@ def responses_reply(body: dict[str, Any], ctx: ReplyContext) -> Reply:
     stream = wants_stream(body)
     builder = _Builder(body, ctx, model)
     if stream:
-        return StreamReply(tuple(_events(builder)))
-    return json_reply(builder.response(done=True))
+        return StreamReply(tuple(_events(builder)), bill=builder.bill)
+    return json_reply(builder.response(done=True), bill=builder.bill)
 
 
 def _events(b: _Builder) -> Iterator[bytes]:

@@ -21,6 +21,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway_extproc.mock.anthropic_api import messages_reply
+from gateway_extproc.mock.billing import Progress, billed
 from gateway_extproc.mock.content import parse_body
 from gateway_extproc.mock.controls import ControlError, Controls, parse_controls
 from gateway_extproc.mock.errors import ApiError, Family, error_body, injected_error
@@ -39,6 +40,7 @@ from gateway_extproc.mock.wire import (
 )
 
 MAX_RECORDED = 100
+MAX_BILLS = 1000
 SHUTDOWN_GRACE_SECONDS = 0.5  # in-flight requests get this long on shutdown, then are cut
 MAX_BODY_BYTES = 64 * 1024 * 1024
 _PAD = b" " * (1 << 20)
@@ -69,6 +71,7 @@ CONFIG = web.AppKey("mock_config", MockConfig)
 RECORDS = web.AppKey("mock_records", collections.deque[dict[str, Any]])
 HOLDS = web.AppKey("mock_holds", dict[str, asyncio.Event])
 HELD = web.AppKey("mock_held", collections.Counter[str])
+BILLS = web.AppKey("mock_bills", collections.deque[dict[str, Any]])
 
 
 def _redact(key: str) -> str:
@@ -153,8 +156,11 @@ async def send_reply(
     controls: Controls,
     encoder: BodyEncoder,
     headers: CIMultiDict[str],
+    progress: Progress | None = None,
 ) -> web.StreamResponse:
-    """Write `reply` as the controls ask: split, delayed, compressed, maybe cut off."""
+    """Write `reply` as the controls ask: split, delayed, compressed, maybe cut off; how far it
+    got goes into `progress`."""
+    progress = progress or Progress()
     if encoder.content_encoding is not None:
         headers["Content-Encoding"] = encoder.content_encoding
         headers["Vary"] = "Accept-Encoding"
@@ -174,12 +180,13 @@ async def send_reply(
             return web.Response(body=payload, status=reply.status, headers=headers)
         headers["Content-Length"] = str(len(payload))
     response = web.StreamResponse(status=reply.status, headers=headers)
-    await response.prepare(request)
     delay = controls.chunk_delay_ms / 1000
     try:
+        await response.prepare(request)
         for index, chunk in enumerate(writes):
             if index and delay:
                 await asyncio.sleep(delay)
+            progress.attempted = index + 1
             await response.write(chunk)
         if plan.abort:
             _abort(request)
@@ -190,7 +197,7 @@ async def send_reply(
                 await response.write(tail)
         await response.write_eof()
     except ConnectionError:
-        pass  # the client (or the gateway) went away mid-body; nothing left to do
+        progress.cut = True  # the client (or the gateway) went away mid-body
     return response
 
 
@@ -250,7 +257,30 @@ async def _handle(endpoint: Endpoint, request: web.Request) -> web.StreamRespons
     except ApiError as err:
         reply = _error_reply(family, err, request_id)
     headers = _response_headers(family, reply, request_id)
-    return await send_reply(request, reply, controls, encoder, headers)
+    progress = Progress()
+    try:
+        return await send_reply(request, reply, controls, encoder, headers, progress)
+    finally:
+        _bill(request, reply, controls, progress)
+
+
+def _bill(request: web.Request, reply: Reply, controls: Controls, progress: Progress) -> None:
+    """Record what the reply is billed (a failed request bills nothing)."""
+    if reply.bill is None or reply.status >= 400:
+        return
+    streamed = isinstance(reply, StreamReply)
+    writes = None  # a JSON reply, or a stream written whole: billed whole
+    if isinstance(reply, StreamReply) and (progress.cut or controls.abort_after_events is not None):
+        writes = plan_for(reply.events, controls).writes
+    request.app[BILLS].append(
+        {
+            "request_id": request.headers.get("x-request-id"),
+            "path": request.path,
+            "streamed": streamed,
+            "cut": progress.cut,
+            "tokens": billed(reply.bill, writes, progress, controls.generates_after_cut),
+        }
+    )
 
 
 async def _reply(endpoint: Endpoint, request: web.Request, raw: bytes, controls: Controls) -> Reply:
@@ -314,6 +344,12 @@ async def _clear_requests(request: web.Request) -> web.Response:
     return web.json_response({"cleared": cleared})
 
 
+async def _list_bills(request: web.Request) -> web.Response:
+    """GET /_mock/bills: what each request was billed, by its `x-request-id`."""
+    bills = request.app[BILLS]
+    return web.Response(body=orjson.dumps(list(bills)), content_type="application/json")
+
+
 async def _health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -338,10 +374,12 @@ def create_app(
     app[RECORDS] = collections.deque(maxlen=MAX_RECORDED)
     app[HOLDS] = {}
     app[HELD] = collections.Counter()
+    app[BILLS] = collections.deque(maxlen=MAX_BILLS)
     for path, endpoint in ENDPOINTS.items():
         app.router.add_post(path, _handler(endpoint))
     app.router.add_get("/_mock/requests", _list_requests)
     app.router.add_delete("/_mock/requests", _clear_requests)
+    app.router.add_get("/_mock/bills", _list_bills)
     app.router.add_get("/_mock/health", _health)
     app.router.add_post("/_mock/release/{name}", _release)
     app.router.add_get("/_mock/held/{name}", _held)

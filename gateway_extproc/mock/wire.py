@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from gateway_extproc.mock.billing import Bill
 from gateway_extproc.mock.controls import Controls
 
 JSON_CONTENT_TYPE = "application/json"
@@ -37,6 +38,7 @@ class JsonReply:
     status: int = 200
     content_type: str = JSON_CONTENT_TYPE
     headers: tuple[tuple[str, str], ...] = ()
+    bill: Bill | None = None  # what the provider bills for it (billing.py)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -47,13 +49,14 @@ class StreamReply:
     status: int = 200
     content_type: str = SSE_CONTENT_TYPE
     headers: tuple[tuple[str, str], ...] = ()
+    bill: Bill | None = None  # what the provider bills for all of it (billing.py)
 
 
 Reply = JsonReply | StreamReply
 
 
-def json_reply(payload: Any, status: int = 200) -> JsonReply:
-    return JsonReply(orjson.dumps(payload), status=status)
+def json_reply(payload: Any, status: int = 200, bill: Bill | None = None) -> JsonReply:
+    return JsonReply(orjson.dumps(payload), status=status, bill=bill)
 
 
 def sse(data: Any, event: str | None = None) -> bytes:

@@ -82,13 +82,19 @@ class MockLog:
         assert len(reqs) < MAX_RECORDED, "the mock's log is full: clear() it before the action"
         return reqs
 
+    def bills(self) -> list[dict[str, Any]]:
+        """What the mock billed each request (GET /_mock/bills), by `request_id`."""
+        with urllib.request.urlopen(self.base + "/_mock/bills", timeout=5) as r:
+            return list(json.load(r))
+
     def last(self) -> dict[str, Any]:
         reqs = self.requests()
         assert reqs, "the mock received no request"
         return reqs[-1]
 
 
-def _raw_catalog() -> dict[str, Any]:
+def raw_catalog() -> dict[str, Any]:
+    """Every model the catalog files list (the shipped catalog and the retired models), raw."""
     models: dict[str, Any] = {}
     for path in (CATALOG, RETIRED_MODELS):
         models.update(yaml.safe_load(path.read_text())["models"])
@@ -103,7 +109,7 @@ def catalog_model(requested: str) -> str:
     """The catalog model a request for `requested` must be served and priced as, read from the
     catalog files rather than from the gateway (or its audit record): the name itself, the model
     that lists it in `aliases`, else the undated name of a dated snapshot."""
-    models = _raw_catalog()
+    models = raw_catalog()
     names = {name: name for name in models}
     for name, doc in models.items():
         names.update((alias, name) for alias in doc.get("aliases") or [])
@@ -118,7 +124,7 @@ def expected_cost_micros(model: str, tokens: dict[str, int]) -> int:
     """The catalog's list price for these tokens, computed independently of the gateway's code:
     USD per 1M tokens straight from catalog.yaml, exact fractions, rounded half up once. A request
     whose input exceeds the model's `long_context` threshold is priced entirely at that tier."""
-    entry = _raw_catalog()[model]
+    entry = raw_catalog()[model]
     total_input = sum(
         tokens.get(kind, 0)
         for kind in (
@@ -138,7 +144,7 @@ def expected_cost_micros(model: str, tokens: dict[str, int]) -> int:
     # The 1-hour write: listed, else twice input (Anthropic's rule) or the 5-minute rate (OpenAI).
     if "cache_write_1h" in entry:
         write_1h = price("cache_write_1h", "input")
-    elif _raw_catalog()[model]["schema"] == "anthropic":
+    elif raw_catalog()[model]["schema"] == "anthropic":
         write_1h = 2 * price("input", "input")
     else:
         write_1h = price("cache_write", "input")

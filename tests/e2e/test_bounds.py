@@ -28,6 +28,7 @@ import pytest
 from gateway_extproc.stack import Stack
 from tests.e2e.conftest import start_stack
 from tests.e2e.harness import AuditLog, eventually, expected_cost_micros, tokens
+from tests.e2e.worst_case import input_bound
 
 pytestmark = pytest.mark.e2e
 
@@ -170,7 +171,7 @@ def test_a_large_embeddings_response_keeps_the_worker_flat_and_is_charged_exactl
     assert largest_gap(arrivals) < MAX_GAP_S
 
 
-def test_a_gzip_bomb_from_the_upstream_is_cut_and_charged_as_estimated(
+def test_a_gzip_bomb_from_the_upstream_is_cut_and_charged_its_bound(
     stack: Stack, audit: AuditLog
 ) -> None:
     memory = Memory(stack)
@@ -187,10 +188,11 @@ def test_a_gzip_bomb_from_the_upstream_is_cut_and_charged_as_estimated(
     assert status == 200 and wire < 2_000_000
     record = audit.wait_for(request_id)
     assert memory.growth_kb() < MAX_GROWTH_KB, f"worker peak RSS grew {memory.growth_kb()} kB"
-    assert record["usage_source"] == "estimated"
+    assert record["usage_source"] == "bound"
     assert record["limits_reached"][0] == "response_inflate_ratio"  # (then the cap, if it got
     # past 1 MiB before the ratio stopped it: that depends on how Envoy chunked the body)
-    # Charged an upper bound: the input estimate and the request's own output limit.
+    # Charged an upper bound: the input bound and the request's own output limit.
+    assert record["tokens"]["input_tokens"] == input_bound(body)
     assert record["tokens"]["output_tokens"] == 50
     expected = expected_cost_micros("gpt-4.1", tokens(record["tokens"]["input_tokens"], output=50))
     assert record["cost_micros"] == expected

@@ -169,5 +169,5 @@ def test_the_failure_paths_did_run(stack: Stack, sent: Sent, audit: AuditLog) ->
     lines = log.splitlines()
     assert any("metering failed" in line and gzip_rid in line for line in lines)
     assert any("cannot meter br-encoded body" in line and br_rid in line for line in lines)
-    assert records[gzip_rid]["usage_source"] == records[br_rid]["usage_source"] == "estimated"
+    assert records[gzip_rid]["usage_source"] == records[br_rid]["usage_source"] == "bound"
     assert {r["identity"]["static_token"] for r in records.values()} == {"leak-test"}

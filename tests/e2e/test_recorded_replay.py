@@ -11,7 +11,8 @@ import pytest
 
 from gateway_extproc.apis import API_PREFIX, Api
 from gateway_extproc.stack import Stack
-from tests.e2e.harness import AuditLog, catalog_model, expected_cost_micros, tokens
+from tests.e2e.harness import AuditLog, catalog_model, expected_cost_micros, raw_catalog, tokens
+from tests.e2e.worst_case import input_bound
 from tests.recorded import load_cassettes
 
 pytestmark = pytest.mark.e2e
@@ -82,6 +83,36 @@ def _estimated(request: dict[str, Any], stream_body: bytes) -> dict[str, int]:
     return tokens(input_tokens, output=-(-generated // 4))
 
 
+# metering.unseen_output_tokens (its default): output charged beyond the bytes seen.
+UNSEEN_OUTPUT_TOKENS = 1024
+
+
+def _bounded(request: dict[str, Any], stream_body: bytes) -> tuple[dict[str, int], str]:
+    """The README's charge for a response whose usage is not read ("How each ending is
+    charged"), worked out by hand: the input bound (the context window for input the gateway
+    cannot see) and the output's UTF-8 bytes + UNSEEN_OUTPUT_TOKENS within the output limit -
+    the whole limit for a model that hides its reasoning. Estimated where nothing bounds the
+    input (input it cannot see, no context window)."""
+    entry = raw_catalog()[catalog_model(request["model"])]
+    window = entry.get("context_window")
+    if "web_search_options" in request and window is None:
+        return _estimated(request, stream_body), "estimated"
+    assert "web_search_options" not in request and "n" not in request
+    limit = request.get("max_completion_tokens") or request.get("max_tokens")
+    limit = min(limit or entry["max_output_tokens"], entry["max_output_tokens"])
+    generated = 0
+    for line in stream_body.decode().splitlines():
+        if line.startswith("data: {"):
+            for choice in json.loads(line[6:])["choices"]:
+                delta = choice.get("delta") or {}
+                text = (delta.get("content") or "") + (choice.get("text") or "")
+                generated += len(text.encode())
+    hidden = entry.get("hidden_reasoning") and request.get("reasoning_effort") != "none"
+    output = limit if hidden else min(limit, generated + UNSEEN_OUTPUT_TOKENS)
+    bound = input_bound(request) if window is None else min(input_bound(request), window)
+    return tokens(bound, output=output), "bound"
+
+
 @pytest.mark.parametrize(
     "name, index, chunk_bytes", CASES, ids=[f"{n}#{i}-{c or 'as-recorded'}" for n, i, c in CASES]
 )
@@ -104,9 +135,10 @@ def test_replay_meters_exactly(
     request = json.loads(x.request_body)
     want = _reported(x.api, x.response_body, x.is_stream)
     if want is None:
-        # Recorded without include_usage, so the replay carries no usage: estimated, and said so.
-        want = _estimated(request, x.response_body)
-        assert rec["usage_source"] == "estimated"
+        # Recorded without include_usage, so the replay carries no usage: the bill is unknown,
+        # charged its upper bound, and said so.
+        want, source = _bounded(request, x.response_body)
+        assert rec["usage_source"] == source
     else:
         assert rec["usage_source"] == "provider"
     assert rec["tokens"] == want and rec["completed"] is True

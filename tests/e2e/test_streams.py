@@ -12,10 +12,13 @@ import pytest
 
 from gateway_extproc.stack import Stack
 from tests.e2e.conftest import start_stack
-from tests.e2e.harness import AuditLog, expected_cost_micros
+from tests.e2e.harness import AuditLog, MockLog, eventually, expected_cost_micros
+from tests.e2e.worst_case import input_bound
 
 pytestmark = pytest.mark.e2e
 MESSAGES = [{"role": "user", "content": "Tell me a long story."}]
+UNSEEN_OUTPUT_TOKENS = 1024  # metering.unseen_output_tokens (its default)
+GPT4O_MINI_MAX_OUTPUT = 16_384  # catalog: the output limit when the request sets none
 
 
 def _records_for(audit: AuditLog, predicate: object, timeout: float = 15) -> dict[str, object]:
@@ -28,7 +31,11 @@ def _records_for(audit: AuditLog, predicate: object, timeout: float = 15) -> dic
     raise AssertionError("no matching audit record")
 
 
-def test_upstream_abort_mid_stream_is_estimated(oai: openai.OpenAI, audit: AuditLog) -> None:
+def test_upstream_abort_mid_stream_is_charged_its_bound(
+    oai: openai.OpenAI, audit: AuditLog
+) -> None:
+    """The upstream cut the stream: its bill is unknown. Charged the input bound, and what was
+    streamed (UTF-8 bytes bound its tokens) plus what it may have generated unseen."""
     headers = {
         "x-mock-output-tokens": "50",
         "x-mock-abort-after-events": "10",
@@ -43,17 +50,24 @@ def test_upstream_abort_mid_stream_is_estimated(oai: openai.OpenAI, audit: Audit
             for chunk in response.parse():
                 received += [c.delta.content or "" for c in chunk.choices]
     rec = audit.wait_for(rid)
-    assert rec["completed"] is False and rec["usage_source"] == "estimated"
-    streamed_chars = len("".join(received))
-    assert rec["tokens"]["output_tokens"] >= -(-streamed_chars // 4) > 0
-    assert rec["tokens"]["input_tokens"] > 0
+    assert rec["completed"] is False and rec["usage_source"] == "bound"
+    streamed = len("".join(received).encode())
+    assert rec["tokens"]["output_tokens"] == streamed + UNSEEN_OUTPUT_TOKENS > 1024
+    body = {"messages": MESSAGES, "model": "gpt-4o-mini", "stream": True}
+    assert rec["tokens"]["input_tokens"] == input_bound(body)
     assert rec["cost_micros"] == expected_cost_micros("gpt-4o-mini", rec["tokens"])
 
 
-def test_client_disconnect_mid_stream_is_charged_for_what_was_streamed(
-    oai: openai.OpenAI, audit: AuditLog
+def test_client_disconnect_mid_stream_is_charged_at_least_what_the_provider_bills(
+    oai: openai.OpenAI, audit: AuditLog, mock: MockLog
 ) -> None:
-    headers = {"x-mock-output-tokens": "400", "x-mock-chunk-delay-ms": "20"}
+    """The mock bills what it generated until it noticed the client was gone - the words it
+    wrote, then 500 more (a provider noticing late): the charge is never below that bill."""
+    headers = {
+        "x-mock-output-tokens": "4000",
+        "x-mock-chunk-delay-ms": "20",
+        "x-mock-generates-after-cut": "500",
+    }
     with oai.chat.completions.with_streaming_response.create(
         model="gpt-4o", messages=MESSAGES, stream=True, extra_headers=headers
     ) as response:
@@ -64,12 +78,16 @@ def test_client_disconnect_mid_stream_is_charged_for_what_was_streamed(
                 break
         stream.close()  # the SDK closes the stream: Envoy resets, the sidecar's stream ends
     rec = audit.wait_for(rid)
-    assert rec["completed"] is False and rec["usage_source"] == "estimated"
-    assert 0 < rec["tokens"]["output_tokens"] < 400
-    assert rec["cost_micros"] > 0
+    assert rec["completed"] is False and rec["usage_source"] == "bound"
+    eventually(lambda: any(b["request_id"] == rid for b in mock.bills()))
+    (bill,) = [b for b in mock.bills() if b["request_id"] == rid]
+    assert bill["cut"] is True and 15 + 500 <= bill["tokens"]["output_tokens"] < 4000
+    assert rec["tokens"]["output_tokens"] >= bill["tokens"]["output_tokens"]
+    assert rec["cost_micros"] >= expected_cost_micros("gpt-4o-mini", bill["tokens"])
+    assert rec["tokens"]["output_tokens"] < GPT4O_MINI_MAX_OUTPUT  # not the whole limit
 
 
-def test_omitted_usage_is_estimated(
+def test_omitted_usage_is_charged_its_bound(
     oai: openai.OpenAI, claude: anthropic.Anthropic, audit: AuditLog
 ) -> None:
     raw = oai.chat.completions.with_raw_response.create(
@@ -78,8 +96,9 @@ def test_omitted_usage_is_estimated(
     completion = raw.parse()
     assert completion.usage is None
     rec = audit.wait_for(raw.headers["x-gateway-request-id"])
-    assert rec["usage_source"] == "estimated" and rec["completed"] is True
-    assert rec["tokens"]["output_tokens"] > 0 and rec["cost_micros"] > 0
+    assert rec["usage_source"] == "bound" and rec["completed"] is True
+    answer = completion.choices[0].message.content or ""
+    assert rec["tokens"]["output_tokens"] == len(answer.encode()) + UNSEEN_OUTPUT_TOKENS
 
     with claude.messages.with_streaming_response.create(
         model="claude-haiku-4-5",
@@ -91,7 +110,7 @@ def test_omitted_usage_is_estimated(
         rid = response.headers["x-gateway-request-id"]
         list(response.parse())
     rec = audit.wait_for(rid)
-    assert rec["usage_source"] == "estimated" and rec["tokens"]["output_tokens"] > 0
+    assert rec["usage_source"] == "bound" and rec["tokens"]["output_tokens"] == 100  # max_tokens
 
 
 def test_a_three_minute_stream_is_not_cut(oai: openai.OpenAI, audit: AuditLog) -> None:
@@ -142,4 +161,4 @@ def test_idle_streams_are_still_cut(impatient_stack: Stack) -> None:
     assert received.count(b"data: ") == 1 and received.endswith(b"\n\n")
     audit = AuditLog(impatient_stack.run_dir / "audit.jsonl")
     rec = _records_for(audit, lambda r: r["stream"] is True)
-    assert rec["completed"] is False and rec["usage_source"] == "estimated"
+    assert rec["completed"] is False and rec["usage_source"] == "bound"

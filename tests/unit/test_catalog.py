@@ -200,6 +200,30 @@ def test_embedding_needs_only_input() -> None:
     assert (entry.price.input, entry.price.output, entry.max_output_tokens) == (100_000, 0, 0)
 
 
+# OpenAI's reasoning models: o-series, GPT-5.x and GPT-6.x (reasoning tokens billed as output, never
+# streamed). Claude models think only when a request enables `thinking`.
+HIDDEN_REASONING = {
+    *("gpt-6.2-sol", "gpt-6.1-sol", "gpt-6-sol", "gpt-6.1-terra", "gpt-6-luna"),
+    *("gpt-5.6-luna", "gpt-5.4-nano", "gpt-5", "gpt-5-mini", "gpt-5-nano", "o3"),
+}
+
+
+def test_the_shipped_reasoning_models_say_their_reasoning_is_hidden(shipped: Catalog) -> None:
+    flagged = {entry.name for entry in shipped.models() if entry.hidden_reasoning}
+    assert flagged == HIDDEN_REASONING
+
+
+def test_hidden_reasoning_is_an_operator_field_defaulting_to_false() -> None:
+    doc = {"models": {"r": {**CHAT, "input": 1, "output": 4, "hidden_reasoning": True}}}
+    catalog = catalog_of({"models": {"plain": {**CHAT, "input": 1, "output": 1}}}, doc)
+    assert [(e.name, e.hidden_reasoning) for e in catalog.models()] == [
+        ("plain", False),
+        ("r", True),
+    ]
+    unflagged = catalog_of(doc, {"models": {"r": {"hidden_reasoning": False}}}).lookup("r")
+    assert unflagged is not None and unflagged.hidden_reasoning is False
+
+
 def test_reasoning_price_when_it_differs() -> None:
     doc = {"models": {"r": {**CHAT, "input": 1, "output": 4, "reasoning": 8}}}
     entry = catalog_of(doc).lookup("r")
@@ -390,6 +414,10 @@ def test_every_validation_error_reported_at_once() -> None:
             "doc0.yaml: models.m.aliases: must be a list of model names; each must be",
         ),
         ({"models": {"m": {**CHAT, "input": 1, "output": 1, "embedding": 1}}}, "embedding: must"),
+        (
+            {"models": {"m": {**CHAT, "input": 1, "output": 1, "hidden_reasoning": "yes"}}},
+            "doc0.yaml: models.m.hidden_reasoning: must be true or false",
+        ),
         ({"models": {"m": {**CHAT, "input": 1, "output": 1, "max_output_tokens": 1.5}}}, "max_"),
     ],
 )

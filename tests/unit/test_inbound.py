@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from gateway_extproc.apis import Api
-from gateway_extproc.errors import BadRequest
+from gateway_extproc.errors import BadRequest, UnsupportedOption
 from gateway_extproc.inbound import (
     TOKENS_PER_MEDIA_PART,
     TOKENS_PER_MESSAGE,
@@ -526,3 +526,33 @@ def test_upstream_body_rewrites_model_and_asks_for_usage() -> None:
         "model": "gpt-4o-mini",
         "stream_options": {"include_obfuscation": True, "include_usage": True},
     }
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"background": True},
+        {"background": True, "stream": True},
+        {"background": True, "stream": False},
+        {"background": "true", "stream": True},
+        {"background": 1, "stream": True},
+    ],
+    ids=["json", "streamed", "stream-false", "string", "one"],
+)
+def test_background_responses_are_refused_streamed_or_not(extra: dict[str, Any]) -> None:
+    """A streamed background response is no better than a non-streamed one: the client may read
+    `response.created` and leave while the provider finishes (and bills) the whole response."""
+    with pytest.raises(UnsupportedOption) as info:
+        parse(Api.OPENAI_RESPONSES, {**BASE[Api.OPENAI_RESPONSES], **extra})
+    assert (info.value.status, info.value.code) == (400, "unsupported_option")
+    assert "`background: true` is not supported" in info.value.message
+
+
+@pytest.mark.parametrize("value", [False, None])
+def test_a_background_that_is_false_is_not_refused(value: object) -> None:
+    body = {**BASE[Api.OPENAI_RESPONSES], "background": value, "stream": True}
+    assert parse(Api.OPENAI_RESPONSES, body).stream is True
+
+
+def test_background_is_a_responses_option_only() -> None:
+    assert parse(Api.OPENAI_CHAT, {**CHAT, "background": True}).model == "gpt-4o"

@@ -20,8 +20,14 @@ from gateway_extproc.metering import (
     usage_from_openai,
     usage_from_openai_responses,
 )
+from gateway_extproc.metering_common import utf8_len
 from gateway_extproc.tokens import Usage
 from tests.paths import STREAMS
+
+
+def utf8(text: str) -> int:
+    """What the meters count: UTF-8 bytes (a token covers at least one byte)."""
+    return len(text.encode())
 
 
 def meter(api: Api, *chunks: bytes, max_line_bytes: int = 1 << 20) -> StreamMeterResult:
@@ -401,14 +407,14 @@ JSON_CASES: list[tuple[str, Api, object, JsonMeterResult]] = [
         JsonMeterResult(
             U(inp=176, cached=1024, out=100, reasoning=64),
             "gpt-4o-2024-08-06",
-            len("Sure — here:") + len('{"a":1}') + len("Other"),
+            utf8("Sure — here:") + utf8('{"a":1}') + utf8("Other"),
         ),
     ),
     (
         "chat without usage",
         Api.OPENAI_CHAT,
         {**CHAT_JSON, "usage": None},
-        JsonMeterResult(None, "gpt-4o-2024-08-06", 24),
+        JsonMeterResult(None, "gpt-4o-2024-08-06", 26),
     ),
     (
         "completions",
@@ -429,7 +435,7 @@ JSON_CASES: list[tuple[str, Api, object, JsonMeterResult]] = [
         JsonMeterResult(
             U(inp=44, cached=256, out=90, reasoning=64),
             "o4-mini-2025-04-16",
-            len("Plan") + len("Hello") + len("No") + len('{"q":"x"}'),
+            utf8("Plan") + utf8("Hello") + utf8("No") + utf8('{"q":"x"}'),
         ),
     ),
     (
@@ -439,7 +445,7 @@ JSON_CASES: list[tuple[str, Api, object, JsonMeterResult]] = [
         JsonMeterResult(
             U(inp=12, cached=2000, write=500, out=40),
             "claude-opus-4-1-20250805",
-            len("Hmm.") + len("Größe") + len('{"a":1}'),
+            utf8("Hmm.") + utf8("Größe") + utf8('{"a":1}'),
         ),
     ),
     (
@@ -497,7 +503,7 @@ def test_anthropic_tool_input_too_deep_to_serialise() -> None:
         node["a"] = {}
         node = node["a"]
     body = {"content": [{"type": "tool_use", "input": deep}, {"type": "text", "text": "ok"}]}
-    assert usage_from_json(Api.ANTHROPIC_MESSAGES, json.dumps(body).encode()).output_chars == 2
+    assert usage_from_json(Api.ANTHROPIC_MESSAGES, json.dumps(body).encode()).output_bytes == 2
 
 
 # --- streams: hand-written fixtures modelled on the real formats -------------------------------
@@ -509,7 +515,8 @@ STREAM_CASES: list[tuple[str, Api, StreamMeterResult]] = [
         StreamMeterResult(
             usage=U(inp=86, cached=1920, out=300, reasoning=256),
             served_model="o3-mini-2025-01-31",
-            output_chars=len("Let me check the weather in Zürich 🌦") + len('{"location":"Zürich"}'),
+            output_bytes=utf8("Let me check the weather in Zürich 🌦")
+            + utf8('{"location":"Zürich"}'),
             completed=True,
             events=9,
             malformed_events=0,
@@ -521,7 +528,7 @@ STREAM_CASES: list[tuple[str, Api, StreamMeterResult]] = [
         StreamMeterResult(
             usage=None,
             served_model="gpt-4o-mini-2024-07-18",
-            output_chars=len("Bonjour à tous, ça va ?"),
+            output_bytes=utf8("Bonjour à tous, ça va ?"),
             completed=True,
             events=5,
             malformed_events=0,
@@ -533,7 +540,7 @@ STREAM_CASES: list[tuple[str, Api, StreamMeterResult]] = [
         StreamMeterResult(
             usage=U(inp=9, out=7),
             served_model="gpt-3.5-turbo-instruct:20230824-v2",
-            output_chars=len("def fib(n):\n    return n"),
+            output_bytes=utf8("def fib(n):\n    return n"),
             completed=True,
             events=5,
             malformed_events=0,
@@ -545,9 +552,9 @@ STREAM_CASES: list[tuple[str, Api, StreamMeterResult]] = [
         StreamMeterResult(
             usage=U(inp=476, cached=1024, out=420, reasoning=384),
             served_model="o4-mini-2025-04-16",
-            output_chars=len("**Planning** a greeting")
-            + len("Hi there — 你好!")
-            + len('{"q":"envoy"}'),
+            output_bytes=utf8("**Planning** a greeting")
+            + utf8("Hi there — 你好!")
+            + utf8('{"q":"envoy"}'),
             completed=True,
             events=20,
             malformed_events=0,
@@ -559,7 +566,7 @@ STREAM_CASES: list[tuple[str, Api, StreamMeterResult]] = [
         StreamMeterResult(
             usage=U(inp=12, out=4),
             served_model="gpt-4.1-2025-04-14",
-            output_chars=len("Once upon a time"),
+            output_bytes=utf8("Once upon a time"),
             completed=True,
             events=3,
             malformed_events=0,
@@ -572,9 +579,9 @@ STREAM_CASES: list[tuple[str, Api, StreamMeterResult]] = [
             # message_delta updated input_tokens 25 -> 30: the latest value wins, never a sum.
             usage=U(inp=30, cached=3000, write=1200, out=89),
             served_model="claude-sonnet-4-5-20250929",
-            output_chars=len("The user wants the weather; call the tool.")
-            + len("Checking the weather in Köln ☔")
-            + len('{"location": "Köln"}'),
+            output_bytes=utf8("The user wants the weather; call the tool.")
+            + utf8("Checking the weather in Köln ☔")
+            + utf8('{"location": "Köln"}'),
             completed=True,
             events=17,
             malformed_events=0,
@@ -588,7 +595,7 @@ STREAM_CASES: list[tuple[str, Api, StreamMeterResult]] = [
             # message_delta repeats the total without the breakdown: the split stands.
             usage=U(inp=12, cached=800, write=1200, write_1h=3800, out=40),
             served_model="claude-opus-4-6",
-            output_chars=len("Cached for an hour."),
+            output_bytes=utf8("Cached for an hour."),
             completed=True,
             events=6,
             malformed_events=0,
@@ -600,7 +607,7 @@ STREAM_CASES: list[tuple[str, Api, StreamMeterResult]] = [
         StreamMeterResult(
             usage=U(inp=410, out=1),
             served_model="claude-haiku-4-5-20251001",
-            output_chars=len("Partial answer"),
+            output_bytes=utf8("Partial answer"),
             completed=False,
             events=4,
             malformed_events=0,
@@ -678,12 +685,12 @@ def test_truncated_openai_chat_stream_loses_only_what_was_cut() -> None:
         result = meter(Api.OPENAI_CHAT, raw[:i])
         assert (result.usage == full.usage) is (i >= usage_end), i
         assert result.usage in (None, full.usage)
-        assert result.output_chars <= full.output_chars
+        assert result.output_bytes <= full.output_bytes
     before_usage = meter(Api.OPENAI_CHAT, raw[:usage_start])
     assert before_usage.usage is None
     assert before_usage.completed is False
-    assert before_usage.output_chars == full.output_chars == 57  # all the text had arrived
-    assert estimate_tokens(before_usage.output_chars) == 15
+    assert before_usage.output_bytes == full.output_bytes == 62  # all the text had arrived
+    assert estimate_tokens(before_usage.output_bytes) == 16
 
 
 def test_truncated_anthropic_stream_keeps_input_usage_from_message_start() -> None:
@@ -692,7 +699,7 @@ def test_truncated_anthropic_stream_keeps_input_usage_from_message_start() -> No
     result = meter(Api.ANTHROPIC_MESSAGES, raw[:cut])
     assert result.usage == U(inp=25, cached=3000, write=1200, out=1)
     assert result.completed is False
-    assert result.output_chars > 0
+    assert result.output_bytes > 0
 
 
 def test_empty_stream() -> None:
@@ -706,6 +713,38 @@ def test_finish_is_idempotent() -> None:
     m.feed(_fixture("openai_chat_include_usage.sse"))
     first = m.finish()
     assert m.finish() is first
+
+
+# --- output is counted in UTF-8 bytes: they bound the tokens ----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("", 0),
+        ("plain ascii", 11),
+        ("Größe", 7),  # 2-byte characters
+        ("你好", 6),  # 3-byte characters: a rare one may be 3 byte-fallback tokens
+        ("🌦", 4),  # 4 bytes, one character
+        ("\ud800", 3),  # a lone surrogate (JSON can carry one): counted, never raised on
+        (None, 0),
+        (42, 0),
+        (["text"], 0),
+    ],
+)
+def test_utf8_len(value: object, expected: int) -> None:
+    assert utf8_len(value) == expected
+
+
+@given(st.text())
+def test_utf8_len_is_the_encoded_length(text: str) -> None:
+    assert utf8_len(text) == len(text.encode("utf-8", "surrogatepass")) >= len(text)
+
+
+def test_a_stream_of_non_ascii_text_counts_its_bytes_not_its_characters() -> None:
+    text = "日本語のテキスト🌦"
+    stream = sse({"model": "m", "choices": [{"delta": {"content": text}}]}, "[DONE]")
+    assert meter(Api.OPENAI_CHAT, stream).output_bytes == len(text.encode()) == 28 > len(text)
 
 
 # --- stream rules ------------------------------------------------------------------------------
@@ -736,7 +775,7 @@ def test_openai_chat_counts_every_kind_of_generated_text() -> None:
     )
     result = meter(Api.OPENAI_CHAT, stream)
     assert result.served_model == "gpt-4o"
-    assert result.output_chars == 3 + 2 + 5 + 4 + 1 + 2 + 3 + 2
+    assert result.output_bytes == 3 + 2 + 5 + 4 + 1 + 2 + 3 + 2
     assert result.completed is False  # no [DONE]
 
 
@@ -935,7 +974,7 @@ def test_over_long_line_loses_one_event_not_the_stream() -> None:
     result = meter(Api.OPENAI_CHAT, stream, max_line_bytes=1024)
     expected = STREAM_CASES[0][2]
     assert result == StreamMeterResult(
-        expected.usage, expected.served_model, expected.output_chars, True, 9, 1
+        expected.usage, expected.served_model, expected.output_bytes, True, 9, 1
     )
     chunks = [stream[i : i + 300] for i in range(0, len(stream), 300)]
     assert meter(Api.OPENAI_CHAT, *chunks, max_line_bytes=1024) == result
@@ -978,7 +1017,7 @@ _json = st.recursive(
 def test_fuzz_stream_never_raises(api: Api, objs: list[Any]) -> None:
     result = meter(api, sse(*(json.dumps(o) for o in objs)))
     assert result.events == len(objs)
-    assert result.output_chars >= 0
+    assert result.output_bytes >= 0
     if result.usage is not None:
         assert all(v >= 0 for v in result.usage.as_dict().values())
         assert result.usage.reasoning_tokens <= result.usage.output_tokens
@@ -988,7 +1027,7 @@ def test_fuzz_stream_never_raises(api: Api, objs: list[Any]) -> None:
 @given(st.sampled_from(list(Api)), _json)
 def test_fuzz_json_body_never_raises(api: Api, obj: Any) -> None:
     result = usage_from_json(api, json.dumps(obj).encode())
-    assert result.output_chars >= 0
+    assert result.output_bytes >= 0
     for reader in (usage_from_openai, usage_from_openai_responses, usage_from_anthropic):
         usage = reader(obj)
         if usage is not None:

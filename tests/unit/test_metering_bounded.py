@@ -132,7 +132,7 @@ def test_a_truncated_body_is_metered_from_its_ends_as_a_full_parse(
             full.served_model,
             full.response_id,
         )
-        assert got.output_chars == len(raw)  # an upper bound, not the text
+        assert got.output_bytes == len(raw)  # an upper bound, not the text
 
 
 def test_finish_reasons_found_at_the_top_level_are_kept() -> None:

@@ -22,6 +22,11 @@ EVERY_SPLIT_UP_TO = 2000  # bytes; longer bodies get SPREAD_SPLITS split points 
 SPREAD_SPLITS = 200
 
 
+def utf8(text: str) -> int:
+    """What the meters count: UTF-8 bytes (a token covers at least one byte)."""
+    return len(text.encode())
+
+
 def _select(status_ok: bool, stream: bool | None = None) -> list[Any]:
     return [
         pytest.param(it, id=f"{name}#{i}")
@@ -50,11 +55,11 @@ def expected_usage(usage: dict[str, Any] | None) -> Usage | None:
     )
 
 
-def _message_chars(message: dict[str, Any]) -> int:
-    n = len(message.get("content") or "") + len(message.get("refusal") or "")
+def _message_bytes(message: dict[str, Any]) -> int:
+    n = utf8(message.get("content") or "") + utf8(message.get("refusal") or "")
     for call in message.get("tool_calls") or []:
-        n += len(call["function"].get("arguments") or "")
-    n += len((message.get("audio") or {}).get("transcript") or "")
+        n += utf8(call["function"].get("arguments") or "")
+    n += utf8((message.get("audio") or {}).get("transcript") or "")
     return n
 
 
@@ -74,12 +79,12 @@ def expected_stream(body: bytes) -> StreamMeterResult:
     for chunk in chunks:
         usage = chunk.get("usage") or usage
         for choice in chunk["choices"]:
-            chars += _message_chars(choice.get("delta") or {}) + len(choice.get("text") or "")
+            chars += _message_bytes(choice.get("delta") or {}) + utf8(choice.get("text") or "")
     done = body.count(b"data: [DONE]")
     return StreamMeterResult(
         usage=expected_usage(usage),
         served_model=chunks[0]["model"],
-        output_chars=chars,
+        output_bytes=chars,
         completed=done == 1,
         events=len(chunks) + done,
         malformed_events=0,
@@ -115,11 +120,11 @@ def test_json_matches_transcript(it: Interaction) -> None:
     assert result.usage is not None
     assert result.served_model == obj["model"]
     chars = sum(
-        _message_chars(choice.get("message") or {}) + len(choice.get("text") or "")
+        _message_bytes(choice.get("message") or {}) + utf8(choice.get("text") or "")
         for choice in obj.get("choices", [])
     )
-    assert result.output_chars == chars
-    assert (result.output_chars == 0) is (it.api is Api.OPENAI_EMBEDDINGS or chars == 0)
+    assert result.output_bytes == chars
+    assert (result.output_bytes == 0) is (it.api is Api.OPENAI_EMBEDDINGS or chars == 0)
 
 
 @pytest.mark.parametrize("it", _select(status_ok=False))
@@ -127,7 +132,7 @@ def test_error_responses_carry_no_usage(it: Interaction) -> None:
     assert not it.is_stream
     assert "error" in json.loads(it.response_body)
     result = usage_from_json(it.api, it.response_body)
-    assert (result.usage, result.served_model, result.output_chars) == (None, None, 0)
+    assert (result.usage, result.served_model, result.output_bytes) == (None, None, 0)
 
 
 def test_every_metered_endpoint_is_covered() -> None:
@@ -152,7 +157,7 @@ def test_chat_streaming_detailed_usage() -> None:
     assert result == StreamMeterResult(
         usage=Usage(input_tokens=12, output_tokens=100, reasoning_tokens=100),
         served_model="gpt-5-nano-2025-08-07",
-        output_chars=0,
+        output_bytes=0,
         completed=True,
         events=4,
         malformed_events=0,
@@ -164,20 +169,20 @@ def test_chat_reasoning() -> None:
     # prompt_tokens 27, cached_tokens 0, completion_tokens 267 of which reasoning_tokens 192
     assert result.usage == Usage(input_tokens=27, output_tokens=267, reasoning_tokens=192)
     assert result.served_model == "gpt-5-nano-2025-08-07"
-    assert result.output_chars == 134
+    assert result.output_bytes == 140  # UTF-8 bytes: 134 characters
 
 
 def test_chat_detailed_usage() -> None:
     result = usage_from_json(Api.OPENAI_CHAT, _one("chat-detailed-usage").response_body)
     # prompt_tokens 12, cached_tokens 0, completion_tokens 100 (all reasoning), empty content
     assert result.usage == Usage(input_tokens=12, output_tokens=100, reasoning_tokens=100)
-    assert result.output_chars == 0
+    assert result.output_bytes == 0
 
 
 def test_chat_tools_counts_tool_call_arguments() -> None:
     result = usage_from_json(Api.OPENAI_CHAT, _one("chat-tools").response_body)
     assert result.usage == Usage(input_tokens=162, output_tokens=287, reasoning_tokens=256)
-    assert result.output_chars == len('{"location":"Boston, MA","unit":"fahrenheit"}')
+    assert result.output_bytes == len('{"location":"Boston, MA","unit":"fahrenheit"}')
 
 
 def test_completion_streaming_usage() -> None:
@@ -194,4 +199,4 @@ def test_chat_streaming_without_include_usage_must_be_estimated() -> None:
     assert result.usage is None
     assert result.completed
     # The deltas joined: "Hi there! How can I help today? I can answer questions, [...]"
-    assert result.output_chars == 209
+    assert result.output_bytes == 213  # UTF-8 bytes: 209 characters

@@ -16,7 +16,9 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from google.protobuf import struct_pb2
 
 from gateway_extproc.apis import Api
+from gateway_extproc.bounds import PER_MESSAGE_TOKENS, PER_REQUEST_TOKENS
 from gateway_extproc.config import GatewayConfig, load_document, merge, parse_config
+from gateway_extproc.endings import ChargeLimits, InputKind
 from gateway_extproc.handoff import (
     MAC_KEY,
     NAMESPACE,
@@ -26,7 +28,8 @@ from gateway_extproc.handoff import (
     RequestState,
 )
 from gateway_extproc.identity.model import AuthMethod, Identity, Kind
-from gateway_extproc.observer import StreamObserver
+from gateway_extproc.metering import StreamMeter
+from gateway_extproc.observer import ResponseObserver, StreamObserver
 from gateway_extproc.pricing import LongContext, Price
 from gateway_extproc.sidecar_auth.seal import StateSeal
 from tests.unit.test_processor import (
@@ -34,6 +37,7 @@ from tests.unit.test_processor import (
     CHAT_INPUT_ESTIMATE,
     CHAT_PATH,
     RID,
+    WALL,
     Gateway,
     _gateway,
     chunks,
@@ -49,10 +53,27 @@ from tests.unit.test_processor import (
 def config() -> GatewayConfig:
     client = {"sha256": hashlib.sha256(b"sk-client").hexdigest()}
     identity = {"allow_anonymous": True, "static_tokens": {"test-client": client}}
-    doc = merge(load_document(None), {"identity": identity})
+    metering = {"unseen_output_tokens": MARGIN}
+    doc = merge(load_document(None), {"identity": identity, "metering": metering})
     parsed = parse_config(doc, {})
     assert not parsed.metering.synchronous  # observe is the default
     return parsed
+
+
+MARGIN = 100  # metering.unseen_output_tokens: below gpt-test's output limit of 1,000
+
+
+def limits_of(metadata: struct_pb2.Struct) -> ChargeLimits:
+    """The bound the request phase handed over with the request's state."""
+    text = metadata.fields[NAMESPACE].struct_value.fields[STATE_KEY].string_value
+    limits = RequestState.decode(text).charge_limits
+    assert limits is not None
+    return limits
+
+
+def cost_of(input_tokens: int, output_tokens: int) -> int:
+    """gpt-test's price ($2.50 input, $10 output per million), rounded half up."""
+    return (input_tokens * 2_500_000 + output_tokens * 10_000_000 + 500_000) // 1_000_000
 
 
 @pytest.fixture
@@ -143,31 +164,91 @@ def test_an_observer_meters_a_stream_in_any_chunking(gw: Gateway, size: int) -> 
     assert record["cost_micros"] == 215 + 2400 + 3000
 
 
-def test_a_request_cut_before_its_response_is_charged_its_input_estimate(gw: Gateway) -> None:
-    metadata = handed_over(gw, CHAT)
+def test_the_state_carries_the_bound_an_unreported_ending_is_charged_within(gw: Gateway) -> None:
+    """Unbudgeted, so no cap was injected: the provider's output limit is the model's 1,000."""
+
+    def text_bytes(value: Any) -> int:  # every key and string, as bounds.py counts them
+        if isinstance(value, str):
+            return len(value.encode())
+        if isinstance(value, dict):
+            return sum(len(k.encode()) + text_bytes(v) for k, v in value.items())
+        return sum(map(text_bytes, value)) if isinstance(value, list) else 0
+
+    limits = limits_of(handed_over(gw, CHAT))
+    assert limits == ChargeLimits(limits.input_tokens, 1_000, False, InputKind.INPUT)
+    assert limits.input_tokens == text_bytes(CHAT) + PER_REQUEST_TOKENS + PER_MESSAGE_TOKENS
+    assert limits.input_tokens > CHAT_INPUT_ESTIMATE  # bytes, not characters / 4
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_a_request_cut_before_its_response_is_charged_its_bound(gw: Gateway, stream: bool) -> None:
+    """No response came: the provider may have started. A non-streamed answer is generated whole
+    before it is sent (the whole output limit); a stream's provider notices the cut at its first
+    write (the margin)."""
+    metadata = handed_over(gw, {**CHAT, "stream": stream})
     observer = StreamObserver(gw.ctx)
     observer.handle(observed(req_headers(CHAT_PATH), metadata))
     observer.close()  # Envoy's deferred close: no response ever came
     record = gw.record()
-    assert (record["status"], record["completed"], record["usage_source"]) == (
-        0,
-        False,
-        "estimated",
+    assert (record["status"], record["completed"], record["usage_source"]) == (0, False, "bound")
+    limits = limits_of(metadata)
+    output = MARGIN if stream else 1_000
+    assert (record["tokens"]["input_tokens"], record["tokens"]["output_tokens"]) == (
+        limits.input_tokens,
+        output,
     )
-    assert record["tokens"]["input_tokens"] == CHAT_INPUT_ESTIMATE
-    assert record["cost_micros"] == 20  # 8 x $2.50 per million
+    assert record["cost_micros"] == cost_of(limits.input_tokens, output)
 
 
-def test_a_stream_cut_midway_is_estimated_from_what_the_observer_saw(gw: Gateway) -> None:
+def test_a_stream_cut_midway_is_charged_what_it_showed_and_the_margin(gw: Gateway) -> None:
     metadata = handed_over(gw, {**CHAT, "stream": True})
     observer = StreamObserver(gw.ctx)
     observer.handle(observed(resp_headers(content_type="text/event-stream"), metadata))
     data = fixture("openai_chat_include_usage.sse")
-    observer.handle(observed(resp_body(data[: len(data) // 2]), metadata))
+    half = data[: len(data) // 2]
+    observer.handle(observed(resp_body(half), metadata))
     observer.close()
     record = gw.record()
-    assert (record["completed"], record["usage_source"]) == (False, "estimated")
-    assert record["tokens"]["output_tokens"] > 0
+    assert (record["completed"], record["usage_source"]) == (False, "bound")
+    meter = StreamMeter(Api.OPENAI_CHAT)
+    meter.feed(half)
+    seen = meter.finish().output_bytes
+    assert 0 < seen < 1_000 - MARGIN
+    assert record["tokens"]["output_tokens"] == seen + MARGIN
+    assert record["tokens"]["input_tokens"] == limits_of(metadata).input_tokens
+
+
+def test_a_checkpoint_charges_the_bound_the_stream_may_reach_by_the_next_one(gw: Gateway) -> None:
+    """If this worker dies, the reaper charges the last checkpoint; the stream runs on until the
+    next one was due (lease_s / 2 = 60 s by default): its output seen is extrapolated at its own
+    rate over that time, then the margin is added."""
+    metadata = handed_over(gw, {**CHAT, "stream": True})
+    text = metadata.fields[NAMESPACE].struct_value.fields[STATE_KEY].string_value
+    now = [WALL]
+    ctx = dataclasses.replace(gw.ctx, wall_clock=lambda: now[0])
+    response = ResponseObserver(ctx, RequestState.decode(text))
+    limits = limits_of(metadata)
+    # Before the response: the margin (a stream's provider notices a cut at its first write).
+    assert response._cost_so_far() == cost_of(limits.input_tokens, MARGIN)
+    response.on_headers({":status": "200", "content-type": "text/event-stream"}, False)
+    data = fixture("openai_chat_include_usage.sse")
+    response.on_body(data[: len(data) // 2], False)
+    now[0] += 600  # ten minutes of stream so far
+    seen = response.body.meter.output_bytes_so_far if response.body.meter else 0
+    assert seen > 0
+    output = seen + -(-seen * 60 // 600) + MARGIN
+    assert response._cost_so_far() == cost_of(limits.input_tokens, output)
+    response.finished = True  # not ended here: only its checkpoints were asked for
+
+
+def test_a_json_request_waiting_for_its_answer_checkpoints_its_whole_bound(gw: Gateway) -> None:
+    """A non-streamed answer is generated whole before it is sent: if this worker dies while
+    the provider works on it, all of it is billed."""
+    metadata = handed_over(gw, CHAT)
+    text = metadata.fields[NAMESPACE].struct_value.fields[STATE_KEY].string_value
+    response = ResponseObserver(gw.ctx, RequestState.decode(text))
+    assert response._cost_so_far() == cost_of(limits_of(metadata).input_tokens, 1_000)
+    response.finished = True
 
 
 def test_an_upstream_error_costs_nothing(gw: Gateway) -> None:
@@ -299,14 +380,19 @@ def test_state_keys_rotate_the_first_signs_any_listed_verifies(gw: Gateway) -> N
     assert StateSeal((new, old)).sign(text) == StateSeal((new,)).sign(text)  # the first signs
 
 
-def test_a_metering_fault_still_writes_one_estimated_record(gw: Gateway) -> None:
+def test_a_metering_fault_still_writes_one_record_charged_the_whole_bound(gw: Gateway) -> None:
     metadata = handed_over(gw, CHAT)
     observer = StreamObserver(gw.ctx)
     observer.handle(observed(resp_headers(extra={"content-encoding": "gzip"}), metadata))
     assert observer.handle(observed(resp_body(b"not gzip", end=True), metadata)) is False
     observer.close()
     record = gw.record()
-    assert record["usage_source"] == "estimated" and record["status"] == 200
+    assert record["usage_source"] == "bound" and record["status"] == 200
+    limits = limits_of(metadata)  # nothing it saw is trusted: the input bound, the whole limit
+    assert (record["tokens"]["input_tokens"], record["tokens"]["output_tokens"]) == (
+        limits.input_tokens,
+        1_000,
+    )
 
 
 # -- the state's encoding ----------------------------------------------------------------------
@@ -359,6 +445,7 @@ FULL = RequestState(
     tracestate="k=v",
     audit_extra={"guardrails": {"action": "redact"}, "rate_limits": None},
     cache="miss:60:abc",
+    charge_limits=ChargeLimits(90_000, 8192, True, InputKind.CACHE_WRITE_1H),
 )
 
 
@@ -375,13 +462,30 @@ def test_a_minimal_state_round_trips() -> None:
         audit_extra={},
         cache=None,
         max_tokens=None,
+        charge_limits=None,
     )
     assert RequestState.decode(minimal.encode()) == minimal
 
 
+def test_a_state_from_a_worker_that_hands_over_no_limits_is_read() -> None:
+    """A rolling deploy: an older worker's state has no charge limits (then estimated)."""
+    doc = json.loads(FULL.encode())
+    del doc["cl"]
+    state = RequestState.decode(json.dumps(doc))
+    assert state == dataclasses.replace(FULL, charge_limits=None)
+
+
 @pytest.mark.parametrize(
     "text",
-    ["", "[]", "{}", '{"v": 99}', FULL.encode().replace('"api":"ANTHROPIC_MESSAGES"', '"api":"X"')],
+    [
+        "",
+        "[]",
+        "{}",
+        '{"v": 99}',
+        FULL.encode().replace('"api":"ANTHROPIC_MESSAGES"', '"api":"X"'),
+        FULL.encode().replace('"cl":[90000,8192,1,"cache_write_1h_input_tokens"]', '"cl":[1,2]'),
+        FULL.encode().replace('"cache_write_1h_input_tokens"]', '"tokens"]'),
+    ],
 )
 def test_an_unreadable_state_is_a_handoff_error(text: str) -> None:
     with pytest.raises(HandoffError):

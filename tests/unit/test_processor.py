@@ -139,8 +139,12 @@ def config() -> GatewayConfig:
     identity = {"allow_anonymous": True, "static_tokens": {"test-client": client}}
     # Synchronous mode: one processor answers every phase, which these tests drive message by
     # message; test_observer.py drives the same response side in observe mode.
-    doc = {"identity": identity, "metering": {"mode": "synchronous"}}
+    metering = {"mode": "synchronous", "unseen_output_tokens": MARGIN}
+    doc = {"identity": identity, "metering": metering}
     return parse_config(merge(load_document(None), doc), {})
+
+
+MARGIN = 100  # metering.unseen_output_tokens: below gpt-test's output limit of 1,000
 
 
 @pytest.fixture
@@ -229,6 +233,17 @@ CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "Hello the
 # The README's input estimate for CHAT: "user" + "Hello there" = 15 characters -> 4 tokens, + 4 for
 # the one message.
 CHAT_INPUT_ESTIMATE = 8
+# Its input bound (bounds.py): the UTF-8 bytes of every key and string - "model" "gpt-test"
+# "messages" "role" "user" "content" "Hello there" = 47 - + 16 per request + 8 per message.
+CHAT_INPUT_BOUND = 47 + 16 + 8
+STREAM_INPUT_BOUND = CHAT_INPUT_BOUND + len("stream") + len("True")  # {**CHAT, "stream": True}
+
+
+def gpt_test_cost(input_tokens: int, output_tokens: int) -> int:
+    """gpt-test: $2.50 input, $10 output per million tokens, in micro-dollars rounded half up."""
+    return (input_tokens * 2_500_000 + output_tokens * 10_000_000 + 500_000) // 1_000_000
+
+
 MESSAGES = {
     "model": "claude-test",
     "max_tokens": 100,
@@ -873,18 +888,20 @@ def test_stream_end_arrives_as_an_empty_chunk(gw: Gateway) -> None:
     assert gw.record()["usage_source"] == "provider"
 
 
-def test_stream_without_usage_is_estimated(gw: Gateway) -> None:
+def test_stream_without_usage_is_charged_its_bound(gw: Gateway) -> None:
+    """No usage reported: the provider's bill is unknown. The input bound, and the output's UTF-8
+    bytes (each token covers one at least) plus the margin for tokens no stream shows."""
     p = gw.processor()
     forward(p, CHAT_PATH, {**CHAT, "stream": True})
     handle(p, resp_headers(content_type="text/event-stream"))
     handle(p, resp_body(fixture("openai_chat_no_usage.sse"), end=True))
     record = gw.record()
-    assert record["usage_source"] == "estimated"
+    assert record["usage_source"] == "bound"
     assert record["completed"] is True
-    text = "Bonjour à tous, ça va ?"
-    assert record["tokens"]["output_tokens"] == -(-len(text) // 4) == 6
-    assert record["tokens"]["input_tokens"] == CHAT_INPUT_ESTIMATE
-    assert record["cost_micros"] == 20 + 60  # gpt-test: 8 x $2.50 + 6 x $10 per 1M tokens
+    output = len("Bonjour à tous, ça va ?".encode()) + MARGIN
+    bound = Usage(input_tokens=STREAM_INPUT_BOUND, output_tokens=output)
+    assert record["tokens"] == bound.as_dict()
+    assert record["cost_micros"] == gpt_test_cost(STREAM_INPUT_BOUND, output)
 
 
 def test_stream_cut_before_the_end_then_close(gw: Gateway) -> None:
@@ -899,11 +916,12 @@ def test_stream_cut_before_the_end_then_close(gw: Gateway) -> None:
     gw.clock.advance(2)
     p.close()  # client disconnect / upstream reset: the stream ends without end_of_stream
     record = gw.record()
-    assert record["usage_source"] == "estimated"
+    assert record["usage_source"] == "bound"
     assert record["completed"] is False
-    assert record["tokens"]["output_tokens"] > 0
-    assert record["tokens"]["input_tokens"] == CHAT_INPUT_ESTIMATE
-    assert record["cost_micros"] > 0
+    output = 62 + MARGIN  # every text byte had arrived (test_metering.py), then the margin
+    bound = Usage(input_tokens=STREAM_INPUT_BOUND, output_tokens=output)
+    assert record["tokens"] == bound.as_dict()
+    assert record["cost_micros"] == gpt_test_cost(STREAM_INPUT_BOUND, output)
     assert record["latency_ms"] == 2000.0
 
 
@@ -915,13 +933,13 @@ def test_anthropic_stream_cut_keeps_the_reported_input(gw: Gateway) -> None:
     handle(p, resp_body(data[: data.index(b"event: message_delta")]))
     p.close()
     record = gw.record()
-    assert record["usage_source"] == "estimated"
+    assert record["usage_source"] == "bound"
     assert record["completed"] is False
     tokens = record["tokens"]
-    # message_start's counts are kept; output is at least what was seen.
+    # message_start's counts are kept; output: what was seen and the margin, within max_tokens.
     assert (tokens["input_tokens"], tokens["cached_input_tokens"]) == (25, 3000)
     assert tokens["cache_write_input_tokens"] == 1200
-    assert tokens["output_tokens"] > 1
+    assert tokens["output_tokens"] == MESSAGES["max_tokens"] == 100
 
 
 def gzip_bytes(data: bytes) -> bytes:
@@ -959,16 +977,21 @@ def test_compressed_stream_is_metered(gw: Gateway, encoding: str) -> None:
     assert record["tokens"]["output_tokens"] == 300
 
 
-def test_unsupported_encoding_is_estimated(gw: Gateway) -> None:
+def test_unsupported_encoding_is_charged_the_whole_bound(gw: Gateway) -> None:
+    """Nothing of the body can be read: the input bound and the whole output limit (gpt-test's
+    1,000: no budget injected a cap)."""
     p = gw.processor()
     forward(p, CHAT_PATH, CHAT)
     handle(p, resp_headers(extra={"content-encoding": "br"}))
     reply = handle(p, resp_body(b"\x8b\x00 not json to us", end=True))
-    assert "x-gateway-cost-usd" in set_headers(reply.response_body.response.header_mutation)
+    cost = gpt_test_cost(CHAT_INPUT_BOUND, 1_000)
+    assert set_headers(reply.response_body.response.header_mutation)["x-gateway-cost-usd"] == (
+        f"{cost / 1e6:.6f}"
+    )
     record = gw.record()
-    assert record["usage_source"] == "estimated"
-    assert record["tokens"] == Usage(input_tokens=CHAT_INPUT_ESTIMATE).as_dict()
-    assert record["cost_micros"] == 20  # 8 x $2.50 per 1M tokens
+    assert record["usage_source"] == "bound"
+    assert record["tokens"] == Usage(input_tokens=CHAT_INPUT_BOUND, output_tokens=1_000).as_dict()
+    assert record["cost_micros"] == cost
 
 
 @pytest.mark.parametrize("status", [400, 401, 404, 429, 500, 529])
@@ -1004,7 +1027,8 @@ def test_headers_only_response(gw: Gateway) -> None:
     handle(p, resp_headers(200, extra={"content-length": "0"}, end=True))
     p.close()
     record = gw.record()
-    assert (record["completed"], record["usage_source"]) == (True, "estimated")
+    assert (record["completed"], record["usage_source"]) == (True, "bound")
+    assert record["tokens"]["output_tokens"] == MARGIN  # nothing seen, then the margin
 
 
 def test_close_twice_writes_one_record(gw: Gateway) -> None:
@@ -1013,12 +1037,10 @@ def test_close_twice_writes_one_record(gw: Gateway) -> None:
     p.close()
     p.close()
     record = gw.record()
-    # Forwarded, but no response ever came: the input is estimated, nothing is complete.
-    assert (record["usage_source"], record["completed"], record["status"]) == (
-        "estimated",
-        False,
-        0,
-    )
+    # Forwarded, but no response ever came: a JSON answer is generated whole before it is sent,
+    # so the input bound and the whole output limit; nothing is complete.
+    assert (record["usage_source"], record["completed"], record["status"]) == ("bound", False, 0)
+    assert record["tokens"] == Usage(input_tokens=CHAT_INPUT_BOUND, output_tokens=1_000).as_dict()
     assert record["time_to_first_byte_ms"] is None
 
 
@@ -1046,9 +1068,9 @@ def test_metering_fault_passes_the_response_through(gw: Gateway) -> None:
     reply = handle(p, resp_body(b"this is not gzip", end=True))  # zlib.error inside
     assert reply == pb.ProcessingResponse(response_body=pb.BodyResponse())
     assert gw.records() == []
-    p.close()  # the stream ends: metered from the estimate, once
+    p.close()  # the stream ends: charged its bound, once
     record = gw.record()
-    assert record["usage_source"] == "estimated"
+    assert record["usage_source"] == "bound"
     assert record["status"] == 200
 
 
@@ -1074,7 +1096,7 @@ def test_stream_metering_fault_passes_through(gw: Gateway, monkeypatch: pytest.M
     p.close()
     record = gw.record()
     # Once metering broke, the provider's report is no longer trusted as complete.
-    assert record["usage_source"] == "estimated"
+    assert record["usage_source"] == "bound"
 
 
 class _Wrapped:

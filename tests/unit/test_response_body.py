@@ -83,4 +83,4 @@ def test_the_truncation_note_has_sizes_never_content() -> None:
     b.take(b'{"choices": "secret words", ' + b" " * CAP, False)
     note = b.truncation_note(usage_read=False)
     assert note is not None and str(CAP + 28) in note and "secret" not in note
-    assert "charged as estimated" in note
+    assert "charged an upper bound" in note

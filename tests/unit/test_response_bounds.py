@@ -18,16 +18,16 @@ import pytest
 from gateway_extproc import metering_bounded
 from gateway_extproc.config import GatewayConfig, load_document, merge, parse_config
 from gateway_extproc.errors import ConfigError
-from gateway_extproc.metering import estimate_tokens
 from gateway_extproc.observer import StreamObserver
 from tests.unit.test_observer import handed_over, observed
 from tests.unit.test_processor import (
     CHAT,
-    CHAT_INPUT_ESTIMATE,
+    CHAT_INPUT_BOUND,
     CHAT_PATH,
     Gateway,
     _gateway,
     forward,
+    gpt_test_cost,
     handle,
     req_headers,
     resp_body,
@@ -116,9 +116,11 @@ def test_a_body_far_over_the_cap_keeps_memory_flat_and_is_charged_exactly(
 
 
 @pytest.mark.parametrize("max_tokens", [None, 50])
-def test_a_gzip_bomb_stops_at_the_ratio_and_is_charged_as_estimated(
+def test_a_gzip_bomb_stops_at_the_ratio_and_is_charged_its_whole_bound(
     observe: Gateway, max_tokens: int | None
 ) -> None:
+    """Its output cannot be counted: the input bound and the whole output limit (the request's,
+    else gpt-test's 1,000)."""
     wire = gzip_bomb(256)  # 256 MiB from ~260 KB
     body = {**CHAT, "max_tokens": max_tokens} if max_tokens else CHAT
     metadata = handed_over(observe, body)
@@ -134,13 +136,13 @@ def test_a_gzip_bomb_stops_at_the_ratio_and_is_charged_as_estimated(
 
     assert peak_while(feed) < CAP + 4 * (1 << 20)  # the cap, and a 1 MiB inflate slice or two
     record = observe.record()
-    assert record["usage_source"] == "estimated"
+    assert record["usage_source"] == "bound"
     assert record["limits_reached"] == ["response_inflate_ratio", "response_body_cap"]
-    decoded = 100 * 16384  # what the first compressed chunk may inflate to, then it stops
-    output = estimate_tokens(decoded) if max_tokens is None else max_tokens
-    assert record["tokens"]["input_tokens"] == CHAT_INPUT_ESTIMATE
+    output = 1_000 if max_tokens is None else max_tokens
+    input_bound = CHAT_INPUT_BOUND + (len("max_tokens50") if max_tokens else 0)
+    assert record["tokens"]["input_tokens"] == input_bound
     assert record["tokens"]["output_tokens"] == output
-    assert record["cost_micros"] == round(CHAT_INPUT_ESTIMATE * 2.5 + output * 10)
+    assert record["cost_micros"] == gpt_test_cost(input_bound, output)
 
 
 def test_synchronous_mode_parses_a_large_body_off_the_loop_and_sends_its_cost(
@@ -233,9 +235,9 @@ def test_synchronous_mode_stops_a_bomb_too_and_still_sends_the_cost(synchronous:
 
     replies: list[Any] = []
     assert peak_while(lambda: replies.append(feed())) < CAP + 4 * (1 << 20)
-    cost = round(CHAT_INPUT_ESTIMATE * 2.5 + 50 * 10)
+    cost = gpt_test_cost(CHAT_INPUT_BOUND + len("max_tokens50"), 50)  # the whole bound
     headers = set_headers(replies[0].response_body.response.header_mutation)
     assert headers["x-gateway-cost-usd"] == f"{cost / 1e6:.6f}"
     record = synchronous.record()
-    assert record["usage_source"] == "estimated" and record["cost_micros"] == cost
+    assert record["usage_source"] == "bound" and record["cost_micros"] == cost
     assert record["limits_reached"][0] == "response_inflate_ratio"

@@ -266,7 +266,7 @@ def test_process_stream(sidecar: Sidecar) -> None:
     assert record["request_id"] == "grpc-test-1"
     assert record["requested_model"] == model
     assert (record["provider"], record["upstream_mocked"]) == ("openai", True)
-    assert (record["completed"], record["usage_source"]) == (False, "estimated")
+    assert (record["completed"], record["usage_source"]) == (False, "bound")
 
 
 def test_observer_stream_meters_a_response_and_closes_at_its_end(sidecar: Sidecar) -> None:
