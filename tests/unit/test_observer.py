@@ -16,7 +16,6 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from google.protobuf import struct_pb2
 
 from gateway_extproc.apis import Api
-from gateway_extproc.bounds import PER_MESSAGE_TOKENS, PER_REQUEST_TOKENS
 from gateway_extproc.config import GatewayConfig, load_document, merge, parse_config
 from gateway_extproc.endings import ChargeLimits, InputKind
 from gateway_extproc.handoff import (
@@ -31,6 +30,7 @@ from gateway_extproc.identity.model import AuthMethod, Identity, Kind
 from gateway_extproc.metering import StreamMeter
 from gateway_extproc.observer import ResponseObserver, StreamObserver
 from gateway_extproc.pricing import LongContext, Price
+from gateway_extproc.shape import PER_MESSAGE_TOKENS, PER_REQUEST_TOKENS
 from gateway_extproc.sidecar_auth.seal import StateSeal
 from tests.unit.test_processor import (
     CHAT,
