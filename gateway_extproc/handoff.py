@@ -18,9 +18,9 @@ from typing import Any
 import orjson
 
 from gateway_extproc.apis import Api
-from gateway_extproc.endings import ChargeLimits
+from gateway_extproc.catalog.pricing import LongContext, Price
+from gateway_extproc.cost.endings import ChargeLimits
 from gateway_extproc.identity.model import AuthMethod, Identity, Kind
-from gateway_extproc.pricing import LongContext, Price
 
 # Envoy dynamic-metadata namespace the request filter writes and the observer filter forwards.
 NAMESPACE = "llm_gateway"

@@ -31,10 +31,10 @@ from gateway_extproc.admin.tls import server_credentials
 from gateway_extproc.budgets.overrides import Overrides
 from gateway_extproc.budgets.results import BudgetStoreError
 from gateway_extproc.budgets.store import BudgetStore
-from gateway_extproc.context import GatewayContext
+from gateway_extproc.catalog.pricing import format_usd
 from gateway_extproc.errors import Unauthenticated
+from gateway_extproc.extproc.context import GatewayContext
 from gateway_extproc.identity.model import Identity
-from gateway_extproc.pricing import format_usd
 from gateway_extproc.spend.query import QueryError, RetentionError
 
 log = logging.getLogger("gateway.admin")

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from gateway_extproc.budgets.results import BudgetStoreError
 from gateway_extproc.budgets.store import BudgetStore
-from gateway_extproc.pricing import format_usd
+from gateway_extproc.catalog.pricing import format_usd
 
 if TYPE_CHECKING:
     from gateway_extproc.budgets.services import BudgetServices

@@ -7,7 +7,7 @@ import enum
 from typing import NamedTuple
 
 from gateway_extproc.budgets.model import BudgetConfig
-from gateway_extproc.ratelimits.model import RateLimitState
+from gateway_extproc.budgets.ratelimits.model import RateLimitState
 
 
 class BudgetStoreError(Exception):

@@ -19,7 +19,6 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
-from gateway_extproc.bounds import UnseenInput
 from gateway_extproc.budgets.alerts import AlertSender, webhooks_of
 from gateway_extproc.budgets.breaker import CircuitBreaker
 from gateway_extproc.budgets.calls import Overloaded, StoreCalls
@@ -28,6 +27,7 @@ from gateway_extproc.budgets.leases import Leases
 from gateway_extproc.budgets.model import BudgetConfig
 from gateway_extproc.budgets.results import BudgetStoreError, Charge
 from gateway_extproc.budgets.store import BudgetStore
+from gateway_extproc.cost.bounds import UnseenInput
 from gateway_extproc.spend.rollup import UsageRecord
 
 log = logging.getLogger("gateway.budgets")

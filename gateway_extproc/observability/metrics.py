@@ -20,7 +20,7 @@ from gateway_extproc.observability import attributes as at
 from gateway_extproc.observability.settings import Disclosure, ObservabilityConfig
 
 if TYPE_CHECKING:
-    from gateway_extproc.context import GatewayContext
+    from gateway_extproc.extproc.context import GatewayContext
 
 # Bucket advice of the GenAI conventions.
 TOKEN_BUCKETS = [float(4**i) for i in range(14)]  # 1, 4, 16, ... 67108864

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
 
     from gateway_extproc.audit import AuditRecord
-    from gateway_extproc.context import GatewayContext
+    from gateway_extproc.extproc.context import GatewayContext
     from gateway_extproc.observability.metrics import GatewayMetrics
 
 log = logging.getLogger("gateway.observability")

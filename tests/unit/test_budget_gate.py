@@ -23,7 +23,6 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from gateway_extproc.apis import Schema
-from gateway_extproc.bounds import Bound
 from gateway_extproc.budgets.admission import Admission, Decision
 from gateway_extproc.budgets.alerts import AlertSender
 from gateway_extproc.budgets.breaker import CircuitBreaker
@@ -45,9 +44,10 @@ from gateway_extproc.budgets.refusals import BudgetExceeded, BudgetUnavailable
 from gateway_extproc.budgets.results import AlertCrossing, Charge
 from gateway_extproc.budgets.settings import parse_budgets
 from gateway_extproc.budgets.store import BudgetStore
-from gateway_extproc.catalog import Catalog, ModelEntry
+from gateway_extproc.catalog.models import Catalog, ModelEntry
+from gateway_extproc.catalog.pricing import Price
+from gateway_extproc.cost.bounds import Bound
 from gateway_extproc.identity.model import AuthMethod, Identity, Kind
-from gateway_extproc.pricing import Price
 from tests.redis_servers import (  # noqa: F401 - redis_standalone_server is a session fixture
     RedisEndpoint,
     _server,

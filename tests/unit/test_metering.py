@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway_extproc.apis import Api
-from gateway_extproc.metering import (
+from gateway_extproc.providers.base import utf8_len
+from gateway_extproc.providers.metering import (
     JsonMeterResult,
     StreamMeter,
     StreamMeterResult,
@@ -20,7 +21,6 @@ from gateway_extproc.metering import (
     usage_from_openai,
     usage_from_openai_responses,
 )
-from gateway_extproc.metering_common import utf8_len
 from gateway_extproc.tokens import Usage
 from tests.paths import STREAMS
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from gateway_extproc.apis import Api
-from gateway_extproc.metering import StreamMeter, StreamMeterResult, usage_from_json
+from gateway_extproc.providers.metering import StreamMeter, StreamMeterResult, usage_from_json
 from gateway_extproc.tokens import Usage
 from tests.recorded import Interaction, load_cassettes
 

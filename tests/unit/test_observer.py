@@ -16,8 +16,10 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from google.protobuf import struct_pb2
 
 from gateway_extproc.apis import Api
-from gateway_extproc.config import GatewayConfig, load_document, merge, parse_config
-from gateway_extproc.endings import ChargeLimits, InputKind
+from gateway_extproc.catalog.pricing import LongContext, Price
+from gateway_extproc.config.gateway import GatewayConfig, load_document, merge, parse_config
+from gateway_extproc.cost.endings import ChargeLimits, InputKind
+from gateway_extproc.cost.shape import PER_MESSAGE_TOKENS, PER_REQUEST_TOKENS
 from gateway_extproc.handoff import (
     MAC_KEY,
     NAMESPACE,
@@ -27,10 +29,8 @@ from gateway_extproc.handoff import (
     RequestState,
 )
 from gateway_extproc.identity.model import AuthMethod, Identity, Kind
-from gateway_extproc.metering import StreamMeter
-from gateway_extproc.observer import ResponseObserver, StreamObserver
-from gateway_extproc.pricing import LongContext, Price
-from gateway_extproc.shape import PER_MESSAGE_TOKENS, PER_REQUEST_TOKENS
+from gateway_extproc.providers.metering import StreamMeter
+from gateway_extproc.response.observer import ResponseObserver, StreamObserver
 from gateway_extproc.sidecar_auth.seal import StateSeal
 from tests.unit.test_processor import (
     CHAT,

@@ -9,15 +9,19 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway_extproc.bounds import Bound
 from gateway_extproc.budgets import report
 from gateway_extproc.budgets.admission import Decision
 from gateway_extproc.budgets.gate import BudgetGate
 from gateway_extproc.budgets.model import Action, Match, Scope, ScopeKind
+from gateway_extproc.budgets.ratelimits.model import (
+    RateLimitAction,
+    RateLimitCharge,
+    RateLimitConfig,
+)
+from gateway_extproc.budgets.ratelimits.report import RateLimited
 from gateway_extproc.budgets.refusals import BudgetExceeded
 from gateway_extproc.budgets.store import BudgetStore
-from gateway_extproc.ratelimits.model import RateLimitAction, RateLimitCharge, RateLimitConfig
-from gateway_extproc.ratelimits.report import RateLimited
+from gateway_extproc.cost.bounds import Bound
 from gateway_extproc.spend.rollup import Dimensions, UsageRecord
 from gateway_extproc.tokens import Usage
 from tests.unit.test_budget_gate import (  # noqa: F401 - fixtures
