@@ -15,12 +15,9 @@ from __future__ import annotations
 import dataclasses
 import decimal
 from fractions import Fraction
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from gateway_extproc.tokens import Usage
-
-if TYPE_CHECKING:  # the catalog imports this module
-    from gateway_extproc.catalog.models import ModelEntry
 
 PICO_PER_MICRO = 10**6
 MICROS_PER_USD = 10**6
@@ -225,7 +222,19 @@ def effective_tier(requested: str | None, default: str | None) -> str | None:
     return requested
 
 
-def price_for_tier(entry: ModelEntry, tier: str | None) -> Price | None:
+class TieredEntry(Protocol):
+    """What `price_for_tier` reads of a catalog entry (`catalog.models.ModelEntry`, which imports
+    this module: a view, not an import back)."""
+
+    @property
+    def free(self) -> bool: ...
+    @property
+    def price(self) -> Price: ...
+    @property
+    def service_tiers(self) -> tuple[tuple[str, Price], ...]: ...
+
+
+def price_for_tier(entry: TieredEntry, tier: str | None) -> Price | None:
     """The price of a request for `entry` asking for `service_tier: tier` (None: not asked).
 
     The standard price for no tier or a standard one; a free model is free in any tier; else the

@@ -14,20 +14,13 @@ Above OFFLOAD_BYTES the hop is cheaper for the loop than the parse.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import functools
-from asyncio import Future
-from collections.abc import Callable
-from typing import Any, TypeVar
-
 from gateway_extproc.apis import Api
 from gateway_extproc.config.gateway import Limits
+from gateway_extproc.extproc.offload import OFFLOAD_BYTES, off_loop_if_large
 from gateway_extproc.providers.inbound import ParsedRequest, load_body, request_of
 from gateway_extproc.request.jsonshape import check_shape, check_unique_keys
 
-OFFLOAD_BYTES = 64 * 1024
-T = TypeVar("T")
+__all__ = ["OFFLOAD_BYTES", "parse_checked", "parse_off_loop"]
 
 
 def parse_checked(api: Api, raw: bytes, limits: Limits) -> ParsedRequest:
@@ -39,27 +32,6 @@ def parse_checked(api: Api, raw: bytes, limits: Limits) -> ParsedRequest:
     return request_of(api, body)
 
 
-@functools.cache
-def _parser_thread() -> concurrent.futures.ThreadPoolExecutor:
-    """The process's one body-parsing thread (started on first use; joined at interpreter exit)."""
-    return concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="body-parse")
-
-
 async def parse_off_loop(api: Api, raw: bytes, limits: Limits) -> ParsedRequest:
     """`parse_checked`, off the event loop when the body is large enough to be worth it."""
     return await off_loop_if_large(len(raw), parse_checked, api, raw, limits)
-
-
-async def off_loop_if_large(size: int, fn: Callable[..., T], *args: Any) -> T:
-    """`fn(*args)` inline for a small body, else in the body-parsing thread (the guardrails'
-    scan of a large prompt goes there too: ~50 ms per MB of prose, README "Guardrails")."""
-    if size < OFFLOAD_BYTES:
-        return fn(*args)
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(_parser_thread(), fn, *args)
-
-
-def run_off_loop(loop: asyncio.AbstractEventLoop, fn: Callable[..., T], *args: Any) -> Future[T]:
-    """`fn(*args)` in the body-parsing thread, as a future of `loop` (the observer hands a
-    large response's parse there and ends the request when it is done)."""
-    return loop.run_in_executor(_parser_thread(), fn, *args)

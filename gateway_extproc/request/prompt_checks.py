@@ -22,13 +22,13 @@ from gateway_extproc.catalog.models import ModelEntry
 from gateway_extproc.config.gateway import Limits
 from gateway_extproc.errors import ClientError, GuardrailBlocked, PayloadTooLarge
 from gateway_extproc.extproc.context import GatewayContext
+from gateway_extproc.extproc.offload import OFFLOAD_BYTES, off_loop_if_large
 from gateway_extproc.guardrails import GuardResult
 from gateway_extproc.guardrails.deadline import Deadline
 from gateway_extproc.identity.model import Identity
 from gateway_extproc.providers.inbound import ParsedRequest
 from gateway_extproc.request import ratelimit_first as first
 from gateway_extproc.request import route
-from gateway_extproc.request.bodyparse import OFFLOAD_BYTES, off_loop_if_large
 
 log = logging.getLogger("gateway.guardrails")
 

@@ -6,20 +6,52 @@ from __future__ import annotations
 
 import datetime
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from gateway_extproc.audit import AuditRecord
 from gateway_extproc.observability.attributes import RequestFacts
 from gateway_extproc.tokens import Usage, UsageSource
 
 if TYPE_CHECKING:
-    from gateway_extproc.response.observer import ResponseObserver
+    from gateway_extproc.catalog.models import ModelEntry
+    from gateway_extproc.config.upstreams import Upstream
+    from gateway_extproc.extproc.context import GatewayContext
+    from gateway_extproc.handoff import RequestState
+    from gateway_extproc.response.body import ResponseBody
 
 log = logging.getLogger("gateway.observer")
 
 
+class Observed(Protocol):
+    """What the record reads of the `ResponseObserver` that metered the request (the observer
+    calls `write_record`: a view of it, not an import back)."""
+
+    @property
+    def ctx(self) -> GatewayContext: ...
+    @property
+    def state(self) -> RequestState: ...
+    @property
+    def entry(self) -> ModelEntry: ...
+    @property
+    def upstream(self) -> Upstream | None: ...
+    @property
+    def body(self) -> ResponseBody: ...
+    @property
+    def status(self) -> int | None: ...
+    @property
+    def first_byte(self) -> float | None: ...
+    @property
+    def completed(self) -> bool: ...
+    @property
+    def error_code(self) -> str | None: ...
+    @property
+    def overrun_micros(self) -> int: ...
+    @property
+    def response_meta(self) -> tuple[str | None, tuple[str, ...]]: ...
+
+
 def write_record(
-    o: ResponseObserver,
+    o: Observed,
     usage: Usage,
     source: UsageSource,
     provider_model: str | None,

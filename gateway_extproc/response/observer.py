@@ -26,10 +26,10 @@ from gateway_extproc.catalog.pricing import cost_micros, format_usd
 from gateway_extproc.cost.endings import charge, checkpoint_output, output_seen
 from gateway_extproc.extproc import messages as msgs
 from gateway_extproc.extproc.context import GatewayContext
+from gateway_extproc.extproc.offload import OFFLOAD_BYTES, off_loop_if_large, run_off_loop
 from gateway_extproc.handoff import MAC_KEY, NAMESPACE, STATE_KEY, HandoffError, RequestState
 from gateway_extproc.providers.base import JsonMeterResult
 from gateway_extproc.providers.metering import StreamMeter
-from gateway_extproc.request.bodyparse import OFFLOAD_BYTES, off_loop_if_large, run_off_loop
 from gateway_extproc.response.audit import write_record
 from gateway_extproc.response.body import ResponseBody
 from gateway_extproc.response.model_mismatch import price_reported
