@@ -1,5 +1,5 @@
-"""Pieces shared by the per-provider metering modules: defensive field readers and the interface
-of a per-API stream handler.
+"""The provider interface (`Provider`, and the per-API `StreamHandler` it makes) and what the
+per-provider packages share: defensive field readers.
 
 Provider output is untrusted input: every reader here takes `object` and returns None (or 0) for
 anything that is not the expected shape, so a hostile or buggy response can never raise.
@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Protocol
 
+from gateway_extproc.apis import Api, Schema
+from gateway_extproc.errors import ClientError
 from gateway_extproc.tokens import Usage
 
 # Above this a "token count" is not a count but garbage (the largest context windows hold ~1e7
@@ -130,3 +132,31 @@ class StreamHandler(Protocol):
     def on_done(self) -> None: ...
 
     def usage(self) -> Usage | None: ...
+
+
+class Provider(Protocol):
+    """One provider wire format (a `Schema`): everything the gateway asks of it once a request
+    is routed. One instance per schema, stateless; per-response state lives in the
+    `StreamHandler` it makes. A new provider is a package under `providers/` with one of these,
+    listed in `registry.py`, plus its models in the catalog.
+    """
+
+    @property
+    def schema(self) -> Schema: ...
+
+    @property
+    def apis(self) -> frozenset[Api]:
+        """The endpoints it serves (request parsing and bounds key off these)."""
+        ...
+
+    def meter_json(self, api: Api, obj: dict[str, object]) -> JsonMeterResult:
+        """Usage, served model and output size of a parsed non-streamed response of `api`."""
+        ...
+
+    def stream_handler(self, api: Api) -> StreamHandler:
+        """A fresh handler for one streamed response of `api`."""
+        ...
+
+    def error_body(self, err: ClientError, request_id: str) -> bytes:
+        """The gateway's own error in the JSON format this provider's SDKs parse."""
+        ...

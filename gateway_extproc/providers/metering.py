@@ -1,7 +1,8 @@
 """Metering: what a provider response says it cost, streamed or not.
 
 Pure: bytes in, `Usage` out - no I/O, no clock. The per-provider field rules live in
-`metering_openai` and `metering_anthropic`; this module picks one by `Api` and drives it.
+each provider's package (`openai/`, `anthropic/`); this module picks one by `Api` (registry.py)
+and drives it.
 
 `StreamMeter` runs for every chunk of every streamed response, so the per-chunk cost is one
 incremental SSE decode (no re-scanning of earlier bytes) and one `orjson.loads` per event.
@@ -16,20 +17,8 @@ import dataclasses
 import orjson
 
 from gateway_extproc.apis import Api
-from gateway_extproc.providers.anthropic.metering import (
-    AnthropicStream,
-    meter_anthropic_json,
-    usage_from_anthropic,
-)
 from gateway_extproc.providers.base import JsonMeterResult, StreamHandler
-from gateway_extproc.providers.openai.metering import (
-    OpenAIChatStream,
-    OpenAIResponsesStream,
-    meter_openai_chat_json,
-    meter_openai_responses_json,
-    usage_from_openai,
-    usage_from_openai_responses,
-)
+from gateway_extproc.providers.registry import BY_API
 from gateway_extproc.providers.sse import DEFAULT_MAX_LINE_BYTES, SSEDecoder, SSEError, SSEEvent
 from gateway_extproc.tokens import Usage
 
@@ -39,10 +28,7 @@ __all__ = [
     "StreamMeterResult",
     "estimate_tokens",
     "meter_object",
-    "usage_from_anthropic",
     "usage_from_json",
-    "usage_from_openai",
-    "usage_from_openai_responses",
 ]
 
 CHARS_PER_TOKEN = 4
@@ -76,11 +62,7 @@ def usage_from_json(api: Api, body: bytes) -> JsonMeterResult:
 
 def meter_object(api: Api, obj: dict[str, object]) -> JsonMeterResult:
     """Meter a parsed non-streamed response of `api` (or the members of one that are known)."""
-    if api is Api.ANTHROPIC_MESSAGES:
-        return meter_anthropic_json(obj)
-    if api is Api.OPENAI_RESPONSES:
-        return meter_openai_responses_json(obj)
-    return meter_openai_chat_json(obj)  # chat, legacy completions, embeddings
+    return BY_API[api].meter_json(api, obj)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -100,11 +82,7 @@ class StreamMeterResult:
 
 
 def _handler(api: Api) -> StreamHandler:
-    if api is Api.ANTHROPIC_MESSAGES:
-        return AnthropicStream()
-    if api is Api.OPENAI_RESPONSES:
-        return OpenAIResponsesStream()
-    return OpenAIChatStream()  # chat, legacy completions (embeddings never stream)
+    return BY_API[api].stream_handler(api)
 
 
 class StreamMeter:

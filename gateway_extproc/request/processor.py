@@ -37,7 +37,6 @@ from gateway_extproc.errors import (
     InternalError,
     NotFound,
     UnknownModel,
-    error_body,
 )
 from gateway_extproc.extproc import messages as msgs
 from gateway_extproc.extproc.context import GatewayContext
@@ -47,6 +46,7 @@ from gateway_extproc.identity.metadata import parse_metadata
 from gateway_extproc.identity.model import Identity
 from gateway_extproc.observability.attributes import RequestFacts
 from gateway_extproc.providers.inbound import ParsedRequest, with_body
+from gateway_extproc.providers.registry import error_body
 from gateway_extproc.request import prompt_checks, route
 from gateway_extproc.request.bodyparse import parse_off_loop
 from gateway_extproc.request.models_api import models_response

@@ -10,17 +10,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway_extproc.apis import Api
+from gateway_extproc.providers.anthropic.metering import usage_from_anthropic
 from gateway_extproc.providers.base import utf8_len
 from gateway_extproc.providers.metering import (
     JsonMeterResult,
     StreamMeter,
     StreamMeterResult,
     estimate_tokens,
-    usage_from_anthropic,
     usage_from_json,
-    usage_from_openai,
-    usage_from_openai_responses,
 )
+from gateway_extproc.providers.openai.metering import usage_from_openai, usage_from_openai_responses
 from gateway_extproc.tokens import Usage
 from tests.paths import STREAMS
 
