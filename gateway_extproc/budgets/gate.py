@@ -359,7 +359,7 @@ class BudgetGate:
 
     # -- the end of a request -----------------------------------------------------------------
 
-    def finish(
+    def settle_or_release(
         self,
         admission: Admission,
         cost_micros: int | None,

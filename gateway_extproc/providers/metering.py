@@ -87,7 +87,7 @@ def _handler(api: Api) -> StreamHandler:
 
 class StreamMeter:
     """Meters one streamed (`text/event-stream`) response: `feed` every body chunk as it passes,
-    then call `finish` once at end of stream (or when the stream is abandoned)."""
+    then call `flush` once at end of stream (or when the stream is abandoned)."""
 
     __slots__ = ("_decoder", "_events", "_handler", "_malformed", "_result")
 
@@ -116,7 +116,7 @@ class StreamMeter:
         """UTF-8 bytes of generated output seen until now (for checkpoints of long streams)."""
         return self._handler.output_bytes
 
-    def finish(self) -> StreamMeterResult:
+    def flush(self) -> StreamMeterResult:
         """Flush the decoder and return the result. Idempotent; feed nothing afterwards."""
         if self._result is None:
             self._consume(self._decoder.flush())

@@ -80,7 +80,7 @@ class StreamProcessor:
         self.entry: ModelEntry | None = None
         self.status: int | None = None
         self.error_code: str | None = None
-        self.finished = False
+        self.concluded = False
         self.identity: Identity | None = None
         self.metadata: dict[str, str] = {}
         self.admission: Admission | None = None
@@ -134,8 +134,8 @@ class StreamProcessor:
         was seen now: spend is never lost. In observe mode the observer stream does that."""
         if self.observer is not None:
             self.observer.close()
-        elif not self.handed_off and not self.finished:
-            self._finish()
+        elif not self.handed_off and not self.concluded:
+            self._conclude()
 
     # -- request side -----------------------------------------------------------------------
 
@@ -198,7 +198,7 @@ class StreamProcessor:
 
         body = models_response(self.schema, bare_path, ctx.catalog, visible)
         self.status = 200
-        self._finish()
+        self._conclude()
         return msgs.immediate(200, body, self._json_headers(), "gateway_models")
 
     async def _on_request_body(self, message: msgs.HttpBody) -> msgs.ProcessingResponse:
@@ -394,7 +394,7 @@ class StreamProcessor:
             raise
         self.status = 200
         self.cost_saved = cost_micros(lookup.hit.usage, entry.price)
-        self._finish()
+        self._conclude()
         headers = {"content-type": lookup.hit.content_type} | self._response_headers()
         headers |= {"x-gateway-request-id": self.request_id, "x-gateway-cost-usd": format_usd(0)}
         return msgs.immediate(200, lookup.hit.body, headers, "gateway_cache_hit")
@@ -433,18 +433,18 @@ class StreamProcessor:
     def _reject(self, err: ClientError) -> msgs.ProcessingResponse:
         self.status = err.status
         self.error_code = err.code
-        self._finish()
+        self._conclude()
         headers = self._json_headers() | err.headers
         body = error_body(self.schema, err, self.request_id)
         return msgs.immediate(err.status, body, headers, f"gateway_{err.code}")
 
-    def _finish(self) -> None:
+    def _conclude(self) -> None:
         """Audit a request the gateway answered itself (an error, /v1/models); a reservation
         taken before a late failure is released."""
-        self.finished = True
+        self.concluded = True
         hit = self.cost_saved is not None  # answered from the response cache
         if self.admission is not None:
-            self.ctx.budgets.finish(self.admission, None, self.request_id)
+            self.ctx.budgets.settle_or_release(self.admission, None, self.request_id)
         record = AuditRecord(
             request_id=self.request_id,
             time=datetime.datetime.fromtimestamp(self.arrived, datetime.UTC),

@@ -64,7 +64,7 @@ class ResponseObserver:
         self.sse_capture = bytearray()  # a streamed miss's events, for the response cache
         self.metering_broken = False
         self.completed = False
-        self.finished = False
+        self.concluded = False
         self.error_code: str | None = None
         self.overrun_micros = 0
         self.cost = 0
@@ -103,7 +103,7 @@ class ResponseObserver:
             )
         if end_of_stream:
             self.completed = True
-            self.finish()
+            self.conclude()
         return streaming
 
     @property
@@ -119,7 +119,7 @@ class ResponseObserver:
         self.completed = True
         if self._end_off_loop():
             return None
-        return self.finish()
+        return self.conclude()
 
     def _take(self, chunk: bytes, end: bool) -> None:
         if self.metering_broken:
@@ -149,7 +149,7 @@ class ResponseObserver:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return False
-        self.finished = True  # nothing more to observe: the stream may close now
+        self.concluded = True  # nothing more to observe: the stream may close now
         future = run_off_loop(loop, self.body.json.meter, self.state.api)
         future.add_done_callback(self._parsed)
         self.ctx.pending_ends.add(future)
@@ -191,7 +191,7 @@ class ResponseObserver:
             if self._readable_json():
                 json = self.body.json
                 self.parsed = await off_loop_if_large(json.kept, json.meter, self.state.api)
-            cost = self.finish()
+            cost = self.conclude()
             if self.meter is not None:
                 return msgs.response_body_reply()
             headers = {"x-gateway-cost-usd": format_usd(cost)} | response_headers(cost)
@@ -230,8 +230,8 @@ class ResponseObserver:
     def close(self) -> None:
         """The stream ended. If the response did not finish (client disconnect, upstream
         abort, Envoy reset), meter what was seen now: spend is never lost."""
-        if not self.finished:
-            self.finish()
+        if not self.concluded:
+            self.conclude()
 
     def _metered_usage(self) -> tuple[Usage, UsageSource, str | None]:
         """What the request consumed: the provider's report, else an upper bound of its bill."""
@@ -242,7 +242,7 @@ class ResponseObserver:
         output_bytes = 0
         complete = self.completed and not self.metering_broken and self.body.unreadable is None
         if self.meter is not None:
-            result = self.meter.finish()
+            result = self.meter.flush()
             usage, provider_model, output_bytes = (
                 result.usage,
                 result.served_model,
@@ -305,11 +305,12 @@ class ResponseObserver:
             cost = tier.cost
         return cost
 
-    def finish(self) -> int:
-        """Settle and audit exactly once; return the request's cost in micro-dollars."""
-        if self.finished:
+    def conclude(self) -> int:
+        """Settle the request's reservation (or release it: nothing billed) and write its audit
+        record, exactly once; return the request's cost in micro-dollars."""
+        if self.concluded:
             return self.cost
-        self.finished = True
+        self.concluded = True
         return self._end()
 
     def _end(self) -> int:
@@ -391,7 +392,7 @@ class StreamObserver:
                 response.on_body(body.body, body.end_of_stream)
         except Exception:
             response.broken()
-        return response.finished
+        return response.concluded
 
     def _signed(self, text: str, mac: str | None) -> bool:
         """Verified once per stream, before the state is decoded: counted and logged (never

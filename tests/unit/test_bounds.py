@@ -338,7 +338,7 @@ def test_the_bound_holds_on_every_recorded_request() -> None:
             if it.is_stream:
                 meter = StreamMeter(it.api)
                 meter.feed(it.response_body)
-                usage = meter.finish().usage
+                usage = meter.flush().usage
             else:
                 usage = usage_from_json(it.api, it.response_body).usage
             if usage is None:

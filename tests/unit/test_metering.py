@@ -33,7 +33,7 @@ def meter(api: Api, *chunks: bytes, max_line_bytes: int = 1 << 20) -> StreamMete
     m = StreamMeter(api, max_line_bytes=max_line_bytes)
     for chunk in chunks:
         m.feed(chunk)
-    return m.finish()
+    return m.flush()
 
 
 def sse(*objs: Any) -> bytes:
@@ -710,8 +710,8 @@ def test_empty_stream() -> None:
 def test_finish_is_idempotent() -> None:
     m = StreamMeter(Api.OPENAI_CHAT)
     m.feed(_fixture("openai_chat_include_usage.sse"))
-    first = m.finish()
-    assert m.finish() is first
+    first = m.flush()
+    assert m.flush() is first
 
 
 # --- output is counted in UTF-8 bytes: they bound the tokens ----------------------------------

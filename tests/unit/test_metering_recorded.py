@@ -95,7 +95,7 @@ def meter_split(api: Api, body: bytes, *cuts: int) -> StreamMeterResult:
     meter = StreamMeter(api)
     for start, end in zip((0, *cuts), (*cuts, len(body)), strict=True):
         meter.feed(body[start:end])
-    return meter.finish()
+    return meter.flush()
 
 
 @pytest.mark.parametrize("it", _select(status_ok=True, stream=True))

@@ -39,7 +39,7 @@ def fed(api: Api, data: bytes, step: int) -> StreamMeterResult:
     meter = StreamMeter(api)
     for i in range(0, len(data), step):
         meter.feed(data[i : i + step])
-    return meter.finish()
+    return meter.flush()
 
 
 @pytest.mark.parametrize(("api", "name", "response_id", "reasons"), STREAM_CASES)

@@ -27,7 +27,7 @@ local amount = nil
 if rec['partial'] then
   amount = tonumber(rec['partial'])
 end
-local crossings = finish(rec, amount, now_ms)
+local crossings = charge(rec, amount, now_ms)
 close(rec_key, leases, rec, 'EXPIRED', amount or 'estimate', tonumber(ARGV[3]))
 local out = {'EXPIRED', 1, amount or -1}
 for j = 1, #crossings do
