@@ -5,7 +5,7 @@
 3. `gateway`: the full gateway from `gateway_extproc.stack.Stack` (redis-server and sidecar
    workers), with its own config: a JWKS issuer, a policy rule, a user budget, an audit file.
 
-The Envoy bootstraps of (2) and (3) both come from `envoy_config.build`, so filters, processing
+The Envoy bootstraps of (2) and (3) both come from `envoy.bootstrap.build`, so filters, processing
 modes and timeouts are identical; (2) adds a fallback route to the provider cluster, as the
 no-op sets no routing header. (1) is (2) without the ext_proc and compressor filters, the
 ext_proc cluster and the gateway's route. Every Envoy runs with `--concurrency 1`.

@@ -9,7 +9,7 @@ problem is reported at once, prefixed by its file and path
 A model is priced (`input` and `output`; embedding models only `input`) or explicitly
 `free: true` (self-hosted, zero price by policy). Nothing is ever silently $0. The price fields -
 flat ones, the 1-hour cache write, `long_context` and `service_tiers` - are parsed and defaulted
-in `catalog_prices`.
+in `prices`.
 
 Lookups are O(1) dict reads: exact name, then alias, then a dated snapshot's undated name
 (`gpt-4o-2024-08-06` -> `gpt-4o`, `claude-3-5-haiku-20241022` -> `claude-3-5-haiku`).

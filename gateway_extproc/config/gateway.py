@@ -58,7 +58,7 @@ class Limits:
     # Structural caps on a request body, checked before it is parsed (gateway_extproc/jsonshape).
     max_json_depth: int = 128  # below orjson's re-serialisation limit (255 levels)
     max_json_values: int = 200_000  # array elements + object members; bounds the parse
-    # Envoy at the edge (envoy_edge.py; README "Envoy settings and why").
+    # Envoy at the edge (envoy/edge.py; README "Envoy settings and why").
     first_byte_timeout_s: int = 10  # a connection that sends nothing is closed
     request_headers_timeout_s: int = 10  # from the first byte of a request to its last header
     request_timeout_s: int = 300  # the whole request received (32 MiB at ~1 Mbit/s); 0: off
@@ -335,7 +335,7 @@ def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayC
 
 
 def _edge_limits(r: Reader, doc: Mapping[str, Any]) -> dict[str, Any]:
-    """The `limits` keys that shape Envoy at the edge (envoy_edge.py)."""
+    """The `limits` keys that shape Envoy at the edge (envoy/edge.py)."""
 
     def whole(key: str, lo: int, hi: int) -> int:
         return r.integer(doc, "limits", key, lo, hi)

@@ -11,7 +11,7 @@ from typing import Any
 from gateway_extproc.config.reader import Reader
 from gateway_extproc.cost.endings import DEFAULT_UNSEEN_OUTPUT_TOKENS
 
-MIN_JSON_BODY_BYTES = 256 * 1024  # above what a truncated body keeps (metering_bounded.py)
+MIN_JSON_BODY_BYTES = 256 * 1024  # above what a truncated body keeps (response/json_body.py)
 MAX_UNSEEN_OUTPUT_TOKENS = 10_000_000  # far above any output limit: the limit then decides
 
 
@@ -28,7 +28,7 @@ class MeteringConfig:
     # what it saw when the stream closes. Envoy's `deferred_close_timeout`.
     observer_close_timeout_ms: int = 5000
     # What the sidecar keeps of one non-streamed response: whole up to this, beyond it only its
-    # first and last 64 KiB (metering_bounded.py). Bounds memory per response; usage is read
+    # first and last 64 KiB (response/json_body.py). Bounds memory per response; usage is read
     # from the ends of a larger body.
     max_json_body_bytes: int = 1 << 20
     # An ending whose usage is not read (a cut stream, no usage reported, a dead worker) is

@@ -64,7 +64,7 @@ class EnvoyPorts:
     admin_port: int
     sidecar_host: str
     sidecar_ports: tuple[int, ...]
-    ops_port: int | None = None  # readiness and metrics for Kubernetes (envoy_ops.py)
+    ops_port: int | None = None  # readiness and metrics for Kubernetes (ops.py)
     admin_api_port: int = 0  # worker 0's admin gRPC port (0: no JSON listener)
     admin_api_http_port: int = 0  # the JSON listener's port (0: none)
 

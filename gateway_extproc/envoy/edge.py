@@ -48,7 +48,7 @@ def listener_settings(limits: Limits) -> dict[str, Any]:
     """The client listener's buffer, and a connection that sends nothing closed after
     `first_byte_timeout_s`: the HTTP inspector waits for its first bytes and Envoy closes the
     connection when its listener filters time out (a TLS listener inspects the ClientHello
-    instead, envoy_ops.with_downstream_tls)."""
+    instead, ops.with_downstream_tls)."""
     return {
         # Bounds a buffered request body (HTTP/1): over it, a 413 from Envoy.
         "per_connection_buffer_limit_bytes": limits.max_request_body_bytes,
@@ -174,7 +174,7 @@ def overload_manager(limits: Limits) -> dict[str, Any]:
 
 def local_replies(limits: Limits) -> list[tuple[str, int, str, str]]:
     """Envoy's own refusals at the edge, as (CEL condition on the local reply, status, message,
-    code), rendered in the client's API format with the other local replies (envoy_config.py)."""
+    code), rendered in the client's API format with the other local replies (bootstrap.py)."""
     return [
         (
             "response.code_details == 'overload'",

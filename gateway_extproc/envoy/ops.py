@@ -78,7 +78,7 @@ def ops_listener(host: str, port: int, sidecar_cluster: str) -> dict[str, Any]:
         "name": "ops",
         "address": {"socket_address": {"address": host, "port_value": port}},
         # Clients can take at most limits.max_downstream_connections, below Envoy's global cap
-        # (envoy_edge.runtime): the kubelet's probes and Prometheus still get in.
+        # (edge.runtime): the kubelet's probes and Prometheus still get in.
         "per_connection_buffer_limit_bytes": OPS_BUFFER_BYTES,
         "filter_chains": [
             {

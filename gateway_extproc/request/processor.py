@@ -56,7 +56,7 @@ from gateway_extproc.tokens import Usage, UsageSource
 log = logging.getLogger("gateway.processor")
 
 # Observe mode: every response header the request phase may decide, copied by Envoy from
-# dynamic metadata (envoy_config.py).
+# dynamic metadata (envoy/bootstrap.py).
 METADATA_RESPONSE_HEADERS = ("x-gateway-request-id", *budget_report.RESPONSE_HEADERS, STATUS_HEADER)
 # Client headers that carry credentials: never forwarded to a provider.
 CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key", "x-goog-api-key")
@@ -416,7 +416,7 @@ class StreamProcessor:
 
     def _dynamic_metadata(self, state: RequestState) -> struct_pb2.Struct:
         """Observe mode: the state for the observer stream, and the response headers Envoy adds
-        from it (envoy_config.py lists the names)."""
+        from it (envoy/bootstrap.py lists the names)."""
         text = state.encode()
         mac = self.ctx.sidecar_auth.seal.sign(text)  # the observer trusts only what we signed
         fields = {STATE_KEY: text, MAC_KEY: mac, "x-gateway-request-id": self.request_id}

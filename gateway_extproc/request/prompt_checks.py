@@ -6,7 +6,7 @@ every stream on the worker shares: unbounded, a 32 MiB prompt dense with finding
 and the large prompts queued behind it ran into Envoy's message timeout. So:
 
 - a prompt large enough for the thread is first checked against its enforced rate limits
-  (ratelimits/first.py: a read-only peek; the reservation still counts it later), so a client
+  (ratelimit_first.py: a read-only peek; the reservation still counts it later), so a client
   over its limit cannot spend the scan;
 - the scan stops at `limits.guardrail_scan_timeout_ms` (1 s), measured from its start in the
   thread; a request whose scan did not finish is refused 413 when an applicable guardrail

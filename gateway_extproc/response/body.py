@@ -2,7 +2,7 @@
 
 Its bytes are decoded when the provider compressed them anyway (inflate.py: at most 100:1), then
 fed to the stream meter (an event stream: usage counted as it passes, nothing kept but the SSE
-decoder's line) or kept as JSON (metering_bounded.py: whole up to `metering.max_json_body_bytes`,
+decoder's line) or kept as JSON (json_body.py: whole up to `metering.max_json_body_bytes`,
 beyond it only its ends). The bounds it ran into are listed in `limits_reached`.
 """
 

@@ -1,4 +1,4 @@
-"""Rate limits checked before a large prompt's scan (ratelimits/first.py), on a real
+"""Rate limits checked before a large prompt's scan (request/ratelimit_first.py), on a real
 redis-server: the peek counts nothing, agrees with what the reservation decides, refuses with
 the reservation's own 429, and lets requests through when Redis fails (rate limits fail open)."""
 
