@@ -238,9 +238,9 @@ def _mounts(container: dict[str, Any]) -> dict[str, str]:
 def test_only_envoy_in_the_pod_reaches_the_sidecar(
     case: str, rendered: dict[str, list[dict[str, Any]]]
 ) -> None:
-    """README "Who may talk to the sidecar": the workers listen on 127.0.0.1 (no container port,
-    no Service or NetworkPolicy port), Envoy's bootstrap gets the caller token from the
-    envoy-config init container, and the state keys reach the sidecar containers (and
+    """docs/security.md "Who may talk to the sidecar": the workers listen on 127.0.0.1 (no
+    container port, no Service or NetworkPolicy port), Envoy's bootstrap gets the caller token from
+    the envoy-config init container, and the state keys reach the sidecar containers (and
     check-config) only - never Envoy's."""
     docs = rendered[case]
     sidecar_config = gateway_config(docs)["sidecar"]
@@ -858,8 +858,8 @@ HOOK_SLACK_S = 5  # the drain hook's last poll (1 s) and admin calls (2 s each),
 
 
 def grace_period_needed(grace_s: int, drain_s: int) -> int:
-    """README "Deploys and shutdown": the preStop hooks wait up to `grace_s` for the streams,
-    the worker then drains for `drain_s` and settles what is pending for SETTLE_GRACE_S."""
+    """docs/operations.md "Deploys and shutdown": the preStop hooks wait up to `grace_s` for the
+    streams, the worker then drains for `drain_s` and settles what is pending for SETTLE_GRACE_S."""
     return grace_s + drain_s + int(SETTLE_GRACE_S) + HOOK_SLACK_S
 
 

@@ -1,4 +1,4 @@
-"""The configuration the README and `make run` ship is a working configuration."""
+"""The configuration the documentation and `make run` ship is a working configuration."""
 
 from __future__ import annotations
 
