@@ -1,5 +1,7 @@
 """Every relative link in the documentation resolves: README.md and docs/*.md link to files that
-exist and to headings those pages have, by GitHub's anchor rules."""
+exist and to headings those pages have, by GitHub's anchor rules. The README stays the front door:
+the two commands, a page short enough to read (the reference lives in docs/), and a "How a request
+flows" that names every package and module of the sidecar where it lives."""
 
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
 CODE_SPAN = re.compile(r"(`+)(.+?)\1")
 LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\]]*\])*\]\(([^()\s]+)(?:\s+\"[^\"]*\")?\)")
 EXTERNAL = ("http://", "https://", "mailto:")
+README_MAX_LINES = 350
+PACKAGE = REPO / "gateway_extproc"
 
 
 def prose_lines(text: str) -> list[tuple[int, str]]:
@@ -119,3 +123,25 @@ def test_the_checker_finds_a_broken_link_and_a_broken_anchor(tmp_path: Path) -> 
 @pytest.mark.parametrize("page", doc_pages(), ids=lambda p: str(p.relative_to(REPO)))
 def test_every_relative_link_resolves(page: Path) -> None:
     assert broken(page) == []
+
+
+def test_the_readme_is_the_front_door() -> None:
+    readme = (REPO / "README.md").read_text()
+    two = re.search(r"^## Two commands\n\n```sh\n(.*?)```", readme, re.S | re.M)
+    assert two is not None, "the README's first section is the two commands"
+    commands = [line.split("#", 1)[0].strip() for line in two.group(1).splitlines()]
+    assert commands == ["make run", "make test"]
+    lines = readme.count("\n")
+    assert lines <= README_MAX_LINES, (
+        f"README.md has {lines} lines: keep it the front door (at most {README_MAX_LINES}) "
+        "and put reference material in docs/"
+    )
+
+
+def test_how_a_request_flows_names_every_package_and_module() -> None:
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("\n## How a request flows\n", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"`([\w./]+)`", section))
+    code = {f"{p.name}/" for p in PACKAGE.iterdir() if (p / "__init__.py").exists()}
+    code |= {p.name for p in PACKAGE.glob("*.py") if p.name != "__init__.py"}
+    assert sorted(code - named) == [], "name these in the README's code map (How a request flows)"
