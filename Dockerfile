@@ -40,8 +40,8 @@ ENV PATH=/opt/gateway/bin:$PATH \
 USER 10001:10001
 # The sidecar alone: one ext_proc worker. Arguments: --config FILE --address HOST:PORT
 # --journal FILE (see `python -m gateway_extproc.server --help`). It listens on loopback, for
-# the Envoy in its own pod; elsewhere only with sidecar.tls (README "Who may talk to the
-# sidecar"). It needs its caller token and state keys (GATEWAY_SIDECAR_TOKEN,
+# the Envoy in its own pod; elsewhere only with sidecar.tls (docs/security.md "Who may talk
+# to the sidecar"). It needs its caller token and state keys (GATEWAY_SIDECAR_TOKEN,
 # GATEWAY_STATE_KEYS, or files named in the config).
 ENTRYPOINT ["python", "-m", "gateway_extproc.server"]
 CMD ["--address", "127.0.0.1:50051"]

@@ -1,4 +1,5 @@
-"""The library candidates the guardrail detectors were measured against (README, "Guardrails").
+"""The library candidates the guardrail detectors were measured against (docs/configuration.md,
+"Guardrails").
 
 Not part of `make bench` or the test suite: the candidates that were not kept are not project
 dependencies. To reproduce: `.venv/bin/pip install detect-secrets` (phonenumbers and

@@ -19,7 +19,7 @@ import yaml
 
 from gateway_extproc.server import SETTLE_GRACE_S
 from tests.deploy.pod import CHART, notes, one, render
-from tests.paths import REPO
+from tests.paths import doc_example, doc_text
 
 KUBERNETES = "1.33"  # the schemas every manifest is validated against
 CASES: dict[str, dict[str, Any]] = {"default": {}} | {
@@ -238,9 +238,9 @@ def _mounts(container: dict[str, Any]) -> dict[str, str]:
 def test_only_envoy_in_the_pod_reaches_the_sidecar(
     case: str, rendered: dict[str, list[dict[str, Any]]]
 ) -> None:
-    """README "Who may talk to the sidecar": the workers listen on 127.0.0.1 (no container port,
-    no Service or NetworkPolicy port), Envoy's bootstrap gets the caller token from the
-    envoy-config init container, and the state keys reach the sidecar containers (and
+    """docs/security.md "Who may talk to the sidecar": the workers listen on 127.0.0.1 (no
+    container port, no Service or NetworkPolicy port), Envoy's bootstrap gets the caller token from
+    the envoy-config init container, and the state keys reach the sidecar containers (and
     check-config) only - never Envoy's."""
     docs = rendered[case]
     sidecar_config = gateway_config(docs)["sidecar"]
@@ -693,14 +693,7 @@ def test_chart_files_are_documented() -> None:
 
 
 def test_readme_example_is_the_ci_company_values() -> None:
-    readme = (CHART.parents[1] / "README.md").read_text()
-    block = re.search(
-        r"<!-- company-values:start -->\s*```yaml\n(.*?)```\s*<!-- company-values:end -->",
-        readme,
-        re.S,
-    )
-    assert block is not None
-    assert block.group(1) == (CHART / "ci" / "company-values.yaml").read_text()
+    assert doc_example("company-values") == (CHART / "ci" / "company-values.yaml").read_text()
 
 
 # --- metrics, traces and the dashboard (issue 12) -------------------------------------------
@@ -865,8 +858,8 @@ HOOK_SLACK_S = 5  # the drain hook's last poll (1 s) and admin calls (2 s each),
 
 
 def grace_period_needed(grace_s: int, drain_s: int) -> int:
-    """README "Deploys and shutdown": the preStop hooks wait up to `grace_s` for the streams,
-    the worker then drains for `drain_s` and settles what is pending for SETTLE_GRACE_S."""
+    """docs/operations.md "Deploys and shutdown": the preStop hooks wait up to `grace_s` for the
+    streams, the worker then drains for `drain_s` and settles what is pending for SETTLE_GRACE_S."""
     return grace_s + drain_s + int(SETTLE_GRACE_S) + HOOK_SLACK_S
 
 
@@ -890,8 +883,8 @@ def test_the_termination_grace_period_is_refused_below_the_formula(
 def test_the_readme_and_the_chart_state_the_same_formula() -> None:
     defaults = yaml.safe_load((CHART / "values.yaml").read_text())
     assert defaults["terminationGracePeriodSeconds"] >= grace_period_needed(600, 3)
-    readme = " ".join((REPO / "README.md").read_text().split())
-    assert f"`terminationGracePeriodSeconds` at least `{FORMULA}`" in readme
-    assert f"shorter than `config.sidecar.{FORMULA}`" in readme
+    docs = doc_text()
+    assert f"`terminationGracePeriodSeconds` at least `{FORMULA}`" in docs
+    assert f"shorter than `config.sidecar.{FORMULA}`" in docs
     values = " ".join((CHART / "values.yaml").read_text().split())
     assert f"At least config.sidecar.{FORMULA}" in values

@@ -4,8 +4,8 @@ envoy-config`, `envoy --mode validate`) succeed; then the company example boots 
 Envoy started with their containers' exact command lines on loopback — serves the official openai
 SDK through a budget, reports ready only with a healthy sidecar, answers `gatewayctl budgets` and
 gRPC health on worker 0's admin port (and JSON through Envoy's admin listener) with the admin API
-enabled as the admin case enables it, and drains in the README's order when its preStop hooks
-run."""
+enabled as the admin case enables it, and drains in docs/operations.md's order when its preStop
+hooks run."""
 
 from __future__ import annotations
 
@@ -205,7 +205,8 @@ def test_the_company_example_boots_serves_and_drains(
         )
         wait_until(mock_port_file.exists, "mock provider not up", 20, log)
         mock_url = f"http://127.0.0.1:{mock_port_file.read_text().strip()}/v1"
-        # The README's values, with this machine's ports and the mock as both providers.
+        # The documented values (docs/operations.md), with this machine's ports and the mock as
+        # both providers.
         values = copy.deepcopy(CASES["company"])
         ports = {"port": free_port(), "opsPort": free_port(), "adminPort": free_port()}
         values["envoy"] = {**ports, "concurrency": 1}

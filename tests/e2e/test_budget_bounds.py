@@ -2,7 +2,7 @@
 mock provider (which honours max-tokens caps and counts tokens as the providers do): no request
 shape overruns its reservation, and bursts are answered with 200s and 429s only.
 
-Every expected number is computed here from literal prices and the README's bound, never from
+Every expected number is computed here from literal prices and the documented bound, never from
 the gateway's own estimator."""
 
 from __future__ import annotations

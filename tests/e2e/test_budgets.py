@@ -43,7 +43,7 @@ CROWD_BODY = {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": CROWD_
 
 
 def crowd_estimate() -> int:
-    """The README's worst case from literal prices (tests/e2e/worst_case.py)."""
+    """The documented worst case from literal prices (tests/e2e/worst_case.py)."""
     return estimate_micros(input_bound(CROWD_BODY), CROWD_MAX_TOKENS, GPT4O_MINI)
 
 

@@ -238,7 +238,7 @@ def test_a_stream_cut_by_the_grace_period_is_audited_and_settled_before_exit(
     rec = records[0]
     assert rec["stream"] is True and rec["completed"] is False
     # Its bill is unknown: what it showed + metering.unseen_output_tokens (1024) passes its
-    # max_tokens of 600, so the whole limit (README, "How each ending is charged").
+    # max_tokens of 600, so the whole limit (docs/budgets.md, "How each ending is charged").
     assert rec["usage_source"] == "bound" and rec["tokens"]["output_tokens"] == 600
     assert counters(stack) == (rec["cost_micros"], 0)
     stream.join()

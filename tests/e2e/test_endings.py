@@ -1,4 +1,4 @@
-"""Every ending is charged at least what the provider bills (README, "How each ending is
+"""Every ending is charged at least what the provider bills (docs/budgets.md, "How each ending is
 charged"), through real Envoy, the sidecar, redis-server and the mock provider - an upstream that
 bills what it says: what it generated until it noticed a client had gone, hidden reasoning
 included (`GET /_mock/bills`, gateway_extproc/mock/billing.py). A client that leaves mid-stream,

@@ -1,6 +1,6 @@
 """Providers are configuration: real-shaped providers get the gateway's credential injected,
 and a self-hosted OpenAI-compatible server is one config entry plus a catalog entry (a `free`
-one is metered at zero cost). Audio is refused, as the README says, until it is metered."""
+one is metered at zero cost). Audio is refused, as docs/decisions.md says, until it is metered."""
 
 from __future__ import annotations
 
@@ -164,7 +164,7 @@ def test_free_self_hosted_model_is_served_and_metered_at_zero_cost(
     assert (rec["cost_micros"], rec["cost_usd"]) == (0, "0.000000")
 
 
-# README, Decisions and limits: "audio chat models are left out rather than mis-priced" and
+# docs/decisions.md: "audio chat models are left out rather than mis-priced" and
 # "other provider paths (audio, images, files, batches) get a clear 404 until they are metered".
 @pytest.mark.parametrize("model", ["gpt-4o-audio-preview", "gpt-4o-audio-preview-2025-06-03"])
 def test_audio_chat_models_are_refused_as_unknown(stack: Stack, mock: MockLog, model: str) -> None:

@@ -63,7 +63,7 @@ def _string_chars(value: Any) -> int:
 
 
 def _estimated(request: dict[str, Any], stream_body: bytes) -> dict[str, int]:
-    """The README's estimate for a response without usage, worked out by hand: input is
+    """The documented estimate for a response without usage, worked out by hand: input is
     ceil(prompt characters / 4) + 4 per message (+ 1,000 per media part: these requests have
     none), output is ceil(generated characters / 4)."""
     assert not any(key in request for key in ("system", "input", "instructions", "tools"))
@@ -88,7 +88,7 @@ UNSEEN_OUTPUT_TOKENS = 1024
 
 
 def _bounded(request: dict[str, Any], stream_body: bytes) -> tuple[dict[str, int], str]:
-    """The README's charge for a response whose usage is not read ("How each ending is
+    """The documented charge for a response whose usage is not read ("How each ending is
     charged"), worked out by hand: the input bound (the context window for input the gateway
     cannot see) and the output's UTF-8 bytes + UNSEEN_OUTPUT_TOKENS within the output limit -
     the whole limit for a model that hides its reasoning. Estimated where nothing bounds the

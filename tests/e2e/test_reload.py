@@ -22,8 +22,9 @@ from tests.e2e.harness import eventually, worker_auth_status
 
 pytestmark = pytest.mark.e2e
 WORKERS = 2
-# The README's bound for a revoked token on every worker is reload_poll_s plus the time a
-# reload takes (well under a second here): this is a deadline for a hung reload, not a race.
+# The documented bound (docs/configuration.md) for a revoked token on every worker is
+# reload_poll_s plus the time a reload takes (well under a second here): this is a deadline for a
+# hung reload, not a race.
 RELOAD_DEADLINE_S = 20
 BODY = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}'
 

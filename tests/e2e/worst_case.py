@@ -1,6 +1,6 @@
 """Budget arithmetic for end-to-end tests, written independently of the gateway's code: the
-README's bound (Budgets: "What is reserved") from literal prices, and a burst that keeps every
-admitted response open until every decision is made, so admission counts are exact."""
+documented bound (docs/budgets.md, "What is reserved") from literal prices, and a burst that keeps
+every admitted response open until every decision is made, so admission counts are exact."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-# The README's margins: per request, per message, and when tools are declared.
+# The documented margins (docs/budgets.md): per request, per message, and when tools are declared.
 PER_REQUEST, PER_MESSAGE, TOOLS = 16, 8, 512
 
 # Literal list prices, USD per 1M tokens = micro-dollars per token (tests/e2e checks them against
@@ -39,7 +39,7 @@ def text_bytes(value: Any) -> int:
 
 
 def input_bound(body: dict[str, Any]) -> int:
-    """The README's input bound for a text-only body."""
+    """The documented input bound for a text-only body."""
     items = [
         item
         for key in ("messages", "input")

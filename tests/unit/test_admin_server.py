@@ -264,7 +264,7 @@ def override(expires: float, reason: str = "launch week") -> pb.SetOverrideReque
 
 @pytest.mark.parametrize("expires", [NOW + 1, NOW + MAX_OVERRIDE_S])
 async def test_override_expiry_bounds_are_inclusive(admin: Admin, expires: float) -> None:
-    """The edges the README promises: any instant after now, up to 366 days away."""
+    """The edges docs/admin.md promises: any instant after now, up to 366 days away."""
     found = await admin.call("SetOverride", override(expires))
     assert found.expires_at == ts(expires)
 

@@ -87,7 +87,7 @@ def test_admin_callers_default_to_an_audience_of_their_own() -> None:
     )
     named = load({"enabled": True, "issuers": ["ci"], "static_tokens": ["ops"]})
     assert (named.issuers, named.static_tokens) == (("ci",), frozenset({"ops"}))
-    # As the README's block writes the defaults.
+    # As docs/admin.md's block writes the defaults.
     spelled = {"issuers": None, "static_tokens": [], "tls": None, "socket": None}
     assert load({"enabled": True, **spelled}) == admin
 

@@ -1,7 +1,8 @@
 """Budget alert thresholds while an admin has raised the limit (an override or a top-up), on real
-Redis (standalone and a 3-master cluster): they stay relative to the CONFIGURED limit (README
-"Overrides and top-ups"), each crossed once, and the crossing reports the configured limit. An
-operator who raises a $10 budget to $40 for a launch still hears when $5 and $10 are spent."""
+Redis (standalone and a 3-master cluster): they stay relative to the CONFIGURED limit
+(docs/admin.md, "Overrides and top-ups"), each crossed once, and the crossing reports the
+configured limit. An operator who raises a $10 budget to $40 for a launch still hears when $5 and
+$10 are spent."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The `budgets:` parser: the README's example parses to the expected values, and every problem of
+"""The `budgets:` parser: the documented example parses to the expected values, and every problem of
 a broken document is reported at once, each with its path."""
 
 from __future__ import annotations

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import yaml
@@ -10,7 +9,7 @@ import yaml
 from gateway_extproc.budgets.model import Match
 from gateway_extproc.cache.settings import CacheConfig, CacheRule, CacheScope, parse_cache
 from gateway_extproc.config.gateway import load_config, load_document, merge, parse_config
-from tests.paths import REPO
+from tests.paths import doc_example
 
 
 def parse(doc: Any) -> tuple[CacheConfig, list[str]]:
@@ -91,10 +90,7 @@ def test_the_gateway_config_reads_the_section() -> None:
 
 
 def test_the_readme_example_loads() -> None:
-    readme = (REPO / "README.md").read_text()
-    section = readme.split("## Response cache", 1)[1]
-    block = re.search(r"```yaml\n(.*?)```", section, re.S)
-    assert block is not None
-    config = parse_config(merge(load_document(None), yaml.safe_load(block.group(1))), {})
+    block = doc_example("cache-example")
+    config = parse_config(merge(load_document(None), yaml.safe_load(block)), {})
     assert [r.name for r in config.cache.rules] == ["eng-cache"]
     assert config.cache.rules[0].ttl_s == 3600

@@ -267,8 +267,8 @@ def test_synchronous_filter(config: GatewayConfig, synchronous: dict[str, Any]) 
 def test_every_ext_proc_stream_carries_the_caller_token(
     production: dict[str, Any], synchronous: dict[str, Any]
 ) -> None:
-    """README "Who may talk to the sidecar": Envoy sends the token as gRPC metadata on every
-    ext_proc stream (both filters in observe mode); the sidecar cluster stays plaintext on
+    """docs/security.md "Who may talk to the sidecar": Envoy sends the token as gRPC metadata on
+    every ext_proc stream (both filters in observe mode); the sidecar cluster stays plaintext on
     loopback unless a client certificate is configured."""
     for b, filters in ((production, 2), (synchronous, 1)):
         services = [

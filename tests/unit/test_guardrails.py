@@ -4,7 +4,6 @@ precision and recall: test_guardrails_corpus."""
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Any
 
@@ -24,7 +23,7 @@ from gateway_extproc.guardrails.scan import Finding, redact, scan
 from gateway_extproc.guardrails.settings import parse_guardrails
 from gateway_extproc.identity.model import ANONYMOUS, AuthMethod, Identity, Kind
 from gateway_extproc.providers.inbound import ParsedRequest, parse_request
-from tests.paths import REPO
+from tests.paths import doc_example
 
 C = Category
 A = GuardAction
@@ -411,14 +410,8 @@ def test_gateway_config_loads_guardrails_and_defaults_to_none() -> None:
 
 
 def test_the_readme_example_loads() -> None:
-    readme = (REPO / "README.md").read_text()
-    block = re.search(
-        r"<!-- guardrails-example:start -->\s*```yaml\n(.*?)```\s*<!-- guardrails-example:end -->",
-        readme,
-        re.S,
-    )
-    assert block is not None
-    config = parse_config(merge(load_document(None), yaml.safe_load(block.group(1))), {})
+    block = doc_example("guardrails-example")
+    config = parse_config(merge(load_document(None), yaml.safe_load(block)), {})
     names = [g.name for g in config.guardrails.rules]
     assert names == ["no-secrets", "eng-pii", "support-watch"]
     support = config.guardrails.rules[2]

@@ -1,7 +1,7 @@
 """Precision and recall of every guardrail category on the labelled corpus
 (tests/fixtures/guardrails/corpus.yaml: texts, obfuscated ones among them) and the labelled
 request bodies (tests/fixtures/guardrails/requests.yaml: every string the model reads in each),
-against the thresholds the README documents.
+against the thresholds docs/configuration.md documents.
 
 Run with `-s` to see the table. The corpus was written while the detectors were tuned, so it is
 a regression floor for the near-misses it names, not an independent benchmark."""
@@ -26,7 +26,7 @@ from tests.guardrails_corpus import (
     tally,
 )
 
-# README "Guardrails": every category must keep at least these on the corpus.
+# docs/configuration.md "Guardrails": every category must keep at least these on the corpus.
 MIN_PRECISION = 0.95
 MIN_RECALL = 0.90
 

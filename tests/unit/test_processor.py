@@ -230,8 +230,8 @@ def fixture(name: str) -> bytes:
 CHAT_PATH = "/v1/chat/completions"
 MESSAGES_PATH = "/v1/messages"
 CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "Hello there"}]}
-# The README's input estimate for CHAT: "user" + "Hello there" = 15 characters -> 4 tokens, + 4 for
-# the one message.
+# The input estimate for CHAT (docs/budgets.md, "How each ending is charged"): "user" +
+# "Hello there" = 15 characters -> 4 tokens, + 4 for the one message.
 CHAT_INPUT_ESTIMATE = 8
 # Its input bound (bounds.py): the UTF-8 bytes of every key and string - "model" "gpt-test"
 # "messages" "role" "user" "content" "Hello there" = 47 - + 16 per request + 8 per message.

@@ -1,8 +1,6 @@
-"""The configuration the README and `make run` ship is a working configuration."""
+"""The configuration the documentation and `make run` ship is a working configuration."""
 
 from __future__ import annotations
-
-import re
 
 import pytest
 import yaml
@@ -11,18 +9,12 @@ from gateway_extproc.budgets.model import Action, ScopeKind
 from gateway_extproc.config.gateway import load_config, load_document, merge, parse_config
 from gateway_extproc.errors import ConfigError
 from gateway_extproc.identity.devissuer import ALLOW_ENV
-from tests.paths import REPO
+from tests.paths import REPO, doc_example
 
 
 def test_readme_budgets_example_loads_with_the_shipped_catalog() -> None:
-    readme = (REPO / "README.md").read_text()
-    block = re.search(
-        r"<!-- budgets-example:start -->\s*```yaml\n(.*?)```\s*<!-- budgets-example:end -->",
-        readme,
-        re.S,
-    )
-    assert block is not None
-    config = parse_config(merge(load_document(None), yaml.safe_load(block.group(1))), {})
+    block = doc_example("budgets-example")
+    config = parse_config(merge(load_document(None), yaml.safe_load(block)), {})
     names = [b.name for b in config.budgets]
     assert names == [
         "engineers-monthly",
@@ -55,15 +47,8 @@ def test_make_run_config_loads_with_demo_budgets() -> None:
 
 
 def test_readme_rate_limits_example_loads() -> None:
-    readme = (REPO / "README.md").read_text()
-    block = re.search(
-        r"<!-- rate-limits-example:start -->\s*```yaml\n(.*?)```\s*"
-        r"<!-- rate-limits-example:end -->",
-        readme,
-        re.S,
-    )
-    assert block is not None
-    config = parse_config(merge(load_document(None), yaml.safe_load(block.group(1))), {})
+    block = doc_example("rate-limits-example")
+    config = parse_config(merge(load_document(None), yaml.safe_load(block)), {})
     assert [(r.name, r.requests, r.tokens, r.window_s) for r in config.rate_limits] == [
         ("per-user-rpm", 20, 100_000, 60),
         ("ci-runner-burst", 5, None, 1),

@@ -238,7 +238,7 @@ sidecars. */}}
 {{- if hasKey $cfg "listener" }}
 {{- fail "config.listener: set by the chart (envoy.port, envoy.adminPort; Envoy listens on 0.0.0.0); remove it from config" }}
 {{- end }}
-{{- range $k, $by := dict "host" "the chart (127.0.0.1: only Envoy in the pod reaches it)" "port" "sidecar.port" "workers" "sidecar.workers" "caller_token" "the chart (sidecar.auth)" "state_keys" "the chart (sidecar.auth)" "tls" "the chart (Envoy and the sidecar share the pod: loopback; mutual TLS is for a sidecar apart, README)" }}
+{{- range $k, $by := dict "host" "the chart (127.0.0.1: only Envoy in the pod reaches it)" "port" "sidecar.port" "workers" "sidecar.workers" "caller_token" "the chart (sidecar.auth)" "state_keys" "the chart (sidecar.auth)" "tls" "the chart (Envoy and the sidecar share the pod: loopback; mutual TLS is for a sidecar apart, docs/security.md)" }}
 {{- if hasKey (default dict $cfg.sidecar) $k }}
 {{- fail (printf "config.sidecar.%s: set by %s; remove it from config" $k $by) }}
 {{- end }}
