@@ -24,6 +24,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from gateway_extproc import reaped_audit
 from gateway_extproc.admin.auth import admin_identity, data_plane_identity
 from gateway_extproc.audit import AuditSink
 from gateway_extproc.budgets.alerts import AlertSender, webhooks_of
@@ -220,6 +221,9 @@ class Runtime:
         # Budget store, settlement and fail-open spend: one set for the process, shared by
         # every configuration a reload brings in, closed only at shutdown.
         self.services = ctx.budgets.services
+        # A reservation this process's reaper expired gets its one audit record, written with
+        # whichever configuration (audit sink, telemetry) is current.
+        self.services.on_reaped = lambda reaped, now: reaped_audit.write(self.ctx, reaped, now)
         self._config_path = config_path
         self._environ = environ
         self._mock_url = mock_url

@@ -26,7 +26,7 @@ from gateway_extproc.budgets.calls import Overloaded, StoreCalls
 from gateway_extproc.budgets.journal import SYNC_INTERVAL_S, Journal
 from gateway_extproc.budgets.leases import Leases
 from gateway_extproc.budgets.model import BudgetConfig
-from gateway_extproc.budgets.results import BudgetStoreError, Charge
+from gateway_extproc.budgets.results import BudgetStoreError, Charge, Reaped, SettleResult
 from gateway_extproc.budgets.store import BudgetStore
 from gateway_extproc.spend.rollup import UsageRecord
 
@@ -98,6 +98,9 @@ class BudgetServices:
         self._leases = Leases(self)  # reservations of responses in flight
         # Called with (seconds, ok) after each request-path store call (metrics), if set.
         self.on_call: Callable[[float, bool], None] | None = None
+        # Called with (reservation, now) for each reservation this process's reaper expired:
+        # its one audit record (reaped_audit.py), if set.
+        self.on_reaped: Callable[[Reaped, float], None] | None = None
 
     def use_journal(self, journal: Journal) -> None:
         """Journal fail-open spend and unfinished settles in `journal` (call before start)."""
@@ -132,17 +135,19 @@ class BudgetServices:
         usage: UsageRecord | None = None,
         *,
         reserved: bool = True,
+        then: Callable[[SettleResult | None], None] | None = None,
     ) -> None:
         """Settle the real cost (None: nothing was billed -> release), with the request's spend
         rollup, in the background and retried until Redis has it: the response is never held
         up, and no money is dropped. `reserved` False: nothing was reserved (no budget applied),
-        only the rollup is written."""
-        if self.store is None or reservation_id in self._settling:
-            return
-        if not reserved and usage is None:
+        only the rollup is written. `then`: called once with the settle's or release's answer
+        (None: no answer - nothing to settle here, or stopped before Redis answered)."""
+        if self.store is None or reservation_id in self._settling or (not reserved and not usage):
+            if then is not None:
+                then(None)
             return
         self._settling[reservation_id] = (cost_micros, usage, reserved)
-        self._background(self._settle(reservation_id, cost_micros, usage, reserved))
+        self._background(self._settle(reservation_id, cost_micros, usage, reserved, then))
 
     async def _settle(
         self,
@@ -150,10 +155,12 @@ class BudgetServices:
         cost_micros: int | None,
         usage: UsageRecord | None = None,
         reserved: bool = True,
+        then: Callable[[SettleResult | None], None] | None = None,
     ) -> None:
         store = self.store
         assert store is not None
         pause = RETRY_FIRST_S
+        answer: SettleResult | None = None
         try:
             while True:
                 try:
@@ -164,9 +171,9 @@ class BudgetServices:
                             await store.record_usage(reservation_id, usage, self.clock())
                             return
                         if cost_micros is None:
-                            await store.release(reservation_id)
+                            answer = await store.release(reservation_id)
                             return
-                        result = await store.settle(
+                        answer = result = await store.settle(
                             reservation_id, cost_micros, self.clock(), usage
                         )
                 except (BudgetStoreError, TimeoutError, OSError) as exc:
@@ -184,6 +191,8 @@ class BudgetServices:
                     self.alerts.send(result.crossings)
                 return
         finally:
+            if then is not None:
+                then(answer)
             if not _cancelled():  # else close() journals it as still owed
                 self._settling.pop(reservation_id, None)
                 if reservation_id in self._replayed and self.journal is not None:

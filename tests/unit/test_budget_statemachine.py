@@ -20,6 +20,7 @@ from hypothesis.stateful import (
 )
 from redis.asyncio import Redis
 
+from gateway_extproc.budgets.facts import ReservationFacts
 from gateway_extproc.budgets.model import (
     Action,
     BudgetConfig,
@@ -109,6 +110,13 @@ class BudgetMachine(RuleBasedStateMachine):
         self.rate: dict[int, list[int]] = {}
         self.rate_bucket: dict[str, int] = {}
         self.rate_hold: dict[str, int] = {}
+        # The audit-visible charges: per request, the cost of each record its endings wrote -
+        # the final one (a settle or release by its observer, or the reaper's), then at most one
+        # correction (a late settle or release after the reap). Every ending is audited here as
+        # the gateway audits it: a settle or release by what it charged, a reap by what it rolled
+        # up, a late one by the correction the store reports.
+        self.records: dict[str, list[int]] = {}
+        self.arrived: dict[str, float] = {}
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self.runner.run(coro)
@@ -141,8 +149,17 @@ class BudgetMachine(RuleBasedStateMachine):
     def rate_charge(self, estimate_tokens: int) -> RateLimitCharge:
         return RateLimitCharge(RATE, "alice", estimate_tokens)
 
-    def usage(self, tokens: int) -> UsageRecord:
-        return UsageRecord(self.now, Dimensions(), Usage(input_tokens=tokens), 0, False)
+    def usage(self, request_id: str, tokens: int, cost: int) -> UsageRecord:
+        """A settle's rollup, as the observer writes it: at the request's arrival, its cost."""
+        arrived = self.arrived.get(request_id, self.now)
+        return UsageRecord(
+            arrived, Dimensions(user="alice"), Usage(input_tokens=tokens), cost, True
+        )
+
+    def audit(self, request_id: str, cost: int, *, correction: bool = False) -> None:
+        records = self.records.setdefault(request_id, [])
+        assert len(records) == (1 if correction else 0), "a request accounted for twice"
+        records.append(cost)
 
     def charge(self, request_id: str, amount: int) -> None:
         assert request_id not in self.charged, "a request was charged twice"
@@ -170,8 +187,11 @@ class BudgetMachine(RuleBasedStateMachine):
         assert RATE.requests is not None and RATE.tokens is not None
         fits_rate = rate_requests < RATE.requests and rate_tokens + tokens <= RATE.tokens
         charges = [Charge.of(b, "alice" if b is not WATCH else "*", estimate) for b in BUDGETS]
+        facts = ReservationFacts(self.now, Dimensions(user="alice"), {"rid": request_id})
         result = self.run(
-            self.store.reserve(request_id, charges, lease_s, self.now, [self.rate_charge(tokens)])
+            self.store.reserve(
+                request_id, charges, lease_s, self.now, [self.rate_charge(tokens)], facts
+            )
         )
         assert result.admitted == (fits_monthly and fits_hourly and fits_rate)
         assert bool(result.rate_limited) == (not fits_rate)
@@ -197,6 +217,7 @@ class BudgetMachine(RuleBasedStateMachine):
                     assert state.spent_micros + state.held_micros <= state.limit_micros
             self.live[request_id] = estimate
             self.lease[request_id] = self.now + lease_s
+            self.arrived[request_id] = self.now
         else:
             self.final[request_id] = ReservationState.UNKNOWN
         return request_id
@@ -217,15 +238,20 @@ class BudgetMachine(RuleBasedStateMachine):
 
     @rule(request_id=requests, actual=AMOUNTS, tokens=TOKENS)
     def settle(self, request_id: str, actual: int, tokens: int) -> None:
-        result = self.run(self.store.settle(request_id, actual, self.now, self.usage(tokens)))
+        usage = self.usage(request_id, tokens, actual)
+        result = self.run(self.store.settle(request_id, actual, self.now, usage))
         if request_id in self.live:
             assert (result.state, result.changed) == (ReservationState.SETTLED, True)
+            assert result.reaped_micros is None
             self.rate_correct(request_id, tokens)
             self.charge(request_id, actual)
+            self.audit(request_id, actual)
             self.final[request_id] = ReservationState.SETTLED
             event("settled")
         elif request_id in self.reaped:
             assert (result.state, result.changed) == (ReservationState.SETTLED, True)
+            assert result.reaped_micros == self.charged[request_id]  # the reaper's record
+            self.audit(request_id, actual - result.reaped_micros, correction=True)
             self.rate_correct(request_id, tokens)
             self.correct(request_id, actual)
             self.final[request_id] = ReservationState.SETTLED
@@ -239,11 +265,15 @@ class BudgetMachine(RuleBasedStateMachine):
         result = self.run(self.store.release(request_id))
         if request_id in self.live:
             assert (result.state, result.changed) == (ReservationState.RELEASED, True)
+            assert result.reaped_micros is None
             self.rate_correct(request_id, 0)
             del self.live[request_id]
+            self.audit(request_id, 0)
             self.final[request_id] = ReservationState.RELEASED
         elif request_id in self.reaped:
             assert (result.state, result.changed) == (ReservationState.RELEASED, True)
+            assert result.reaped_micros == self.charged[request_id]
+            self.audit(request_id, 0 - result.reaped_micros, correction=True)
             self.rate_correct(request_id, 0)
             self.correct(request_id, 0)
             self.final[request_id] = ReservationState.RELEASED
@@ -276,6 +306,9 @@ class BudgetMachine(RuleBasedStateMachine):
             request_id = reaped.request_id
             amount = self.partial.get(request_id, self.live[request_id])
             assert reaped.charged_micros == (amount,) * len(BUDGETS)
+            assert reaped.facts is not None and reaped.facts.audit == {"rid": request_id}
+            assert reaped.rolled_micros == amount  # what its one record charges
+            self.audit(request_id, amount)
             self.charge(request_id, amount)
             self.final[request_id] = ReservationState.EXPIRED
             self.reaped.add(request_id)
@@ -292,6 +325,27 @@ class BudgetMachine(RuleBasedStateMachine):
         assert monthly.held_micros == hourly.held_micros == watch.held_micros == held >= 0
         assert monthly.spent_micros == sum(self.charged.values()) == watch.spent_micros
         assert hourly.spent_micros == self.hourly_spent()
+
+    @invariant()
+    def the_ledger_equals_the_audit_and_the_rollups(self) -> None:
+        """Summing every record's cost gives the ledger; so does the spend rollup, which counts
+        each request that ended billed (settled, or reaped and not refunded) exactly once."""
+        ledger = self.run(self.store.status(MONTHLY, "alice", self.now)).spent_micros
+        assert sum(sum(costs) for costs in self.records.values()) == ledger
+        ended = {r for r in self.records if r not in self.live}
+        assert ended == set(self.records)  # a live reservation has no record yet
+        rolled = {"n": 0, "c": 0, "ce": 0}
+        for key in self.run(self.client.keys(self.store.key_base + ":spend:*")):
+            for name, value in self.run(self.client.hgetall(key)).items():
+                metric = name.decode().rsplit("|", 1)[1]
+                if metric in rolled:
+                    rolled[metric] += int(value)
+        billed = [
+            r
+            for r, state in self.final.items()
+            if state in (ReservationState.SETTLED, ReservationState.EXPIRED)
+        ]
+        assert rolled == {"n": len(billed), "c": ledger, "ce": ledger}
 
     @invariant()
     def rate_limit_counters_match_the_model(self) -> None:
