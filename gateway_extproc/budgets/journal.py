@@ -9,7 +9,10 @@ owed is replayed, and the file is compacted to the entries still outstanding.
 
 Entries: `{"op": "fail_open", "id", "cost", "arrived", "charges": [[budget, scope value], ...]}`,
 `{"op": "settle", "id", "cost"}` (cost null: a release; with `charges` and `arrived`, charged as
-fail-open spend if its reservation record vanished) and `{"op": "done", "id"}`.
+fail-open spend if its reservation record vanished) and `{"op": "done", "id", "of"}`. One request
+can owe both (a reserve that timed out is released, and its request served fail-open): entries
+are told apart by kind (`of`: "fail_open" or "settle"; a `done` without it, from an older
+version, ends both).
 
 Pod replacement: a worker holds an exclusive `flock` on its own journal for as long as it lives
 (the kernel drops it when the process dies, however it dies). Journals of workers that are gone
@@ -34,6 +37,7 @@ import orjson
 log = logging.getLogger("gateway.budgets.journal")
 SYNC_INTERVAL_S = 0.2
 SUFFIX = ".jsonl"
+KINDS = ("fail_open", "settle")
 # An adopter holds our file's lock for milliseconds: open it again for up to 5 s.
 _OPEN_ATTEMPTS, _OPEN_PAUSE_S = 100, 0.05
 
@@ -73,8 +77,9 @@ class Journal:
     def owe(self, entry: dict[str, Any]) -> None:
         self._write(entry)
 
-    def done(self, key: str) -> None:
-        self._write({"op": "done", "id": key})
+    def done(self, key: str, of: str = "settle") -> None:
+        """`key`'s entry of kind `of` ("settle" or "fail_open") is no longer owed."""
+        self._write({"op": "done", "id": key, "of": of})
 
     def _write(self, entry: dict[str, Any]) -> None:
         try:
@@ -148,7 +153,7 @@ def _adopt_one(own: Journal, path: Path) -> list[dict[str, Any]]:
 
 
 def _outstanding(f: IO[bytes], path: Path) -> list[dict[str, Any]]:
-    entries: dict[str, dict[str, Any]] = {}
+    entries: dict[tuple[str, str], dict[str, Any]] = {}
     for number, line in enumerate(f, 1):
         try:
             entry = orjson.loads(line)
@@ -157,10 +162,15 @@ def _outstanding(f: IO[bytes], path: Path) -> list[dict[str, Any]]:
             log.error("journal %s line %d is unreadable; skipped", path, number)
             continue
         if op == "done":
-            entries.pop(key, None)
+            for kind in (entry["of"],) if "of" in entry else KINDS:
+                entries.pop((kind, key), None)
         else:
-            entries[key] = entry
+            entries[(kind_of(op), key)] = entry
     return list(entries.values())
+
+
+def kind_of(op: str) -> str:
+    return "fail_open" if op == "fail_open" else "settle"
 
 
 def _still_named(f: IO[bytes], path: Path) -> bool:

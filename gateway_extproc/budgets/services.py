@@ -299,7 +299,7 @@ class BudgetServices:
                 self.alerts.send(settled.crossings)
             self._unreconciled.popleft()
             if self.journal is not None:
-                self.journal.done(request_id)
+                self.journal.done(request_id, "fail_open")
             done += 1
         if done:
             log.warning("reconciled %d request(s) admitted while the budget store was down", done)
@@ -397,7 +397,7 @@ class BudgetServices:
                 )
                 kept.append(entry)
             elif self.journal is not None:
-                self.journal.done(key)
+                self.journal.done(key, "fail_open")
         return kept
 
     def _charges_of(self, entry: dict[str, Any]) -> tuple[Charge, ...]:

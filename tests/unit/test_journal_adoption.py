@@ -72,7 +72,7 @@ j.owe({"op": "fail_open", "id": "r1", "cost": 5, "arrived": time.time(),
        "charges": [["team", "eng"]]})
 j.owe({"op": "fail_open", "id": "r2", "cost": 6, "arrived": time.time(),
        "charges": [["team", "eng"]]})
-j.done("r2")
+j.done("r2", "fail_open")
 j.sync()
 print("ready", flush=True)
 sys.stdin.read()
@@ -231,3 +231,23 @@ def test_a_restarted_worker_waits_for_an_adopter_then_opens_a_fresh_journal(
     assert ids(adopter.outstanding()) == ["r1"]
     restarted.close()
     adopter.close()
+
+
+def test_one_request_can_owe_a_release_and_fail_open_spend(tmp_path: Path) -> None:
+    """A reserve that timed out is released (it may have run) and its request served
+    fail-open: both are owed under one id, and settling one leaves the other owed."""
+    j = Journal(tmp_path / "j.jsonl")
+    j.owe(fail_open("r1"))
+    j.owe({"op": "settle", "id": "r1", "cost": None, "reserved": True})
+    assert sorted(e["op"] for e in j.outstanding()) == ["fail_open", "settle"]
+    j.done("r1")  # the release landed
+    assert [e["op"] for e in j.outstanding()] == ["fail_open"]
+    j.owe({"op": "settle", "id": "r2", "cost": 5})
+    j.done("r1", "fail_open")
+    assert [e["id"] for e in j.outstanding()] == ["r2"]
+    j.close()
+    with open(tmp_path / "j.jsonl", "ab") as f:  # a journal from before kinds: done ends both
+        f.write(b'{"op": "done", "id": "r2"}\n')
+    again = Journal(tmp_path / "j.jsonl")
+    assert again.outstanding() == []
+    again.close()
