@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from gateway_extproc.budgets.admission import Decision
 from gateway_extproc.budgets.model import BudgetConfig
 from gateway_extproc.budgets.results import Charge, SettleResult
-from gateway_extproc.budgets.services import BudgetServices
+from gateway_extproc.budgets.services import BudgetServices, IfVanished
 from gateway_extproc.handoff import BudgetHandoff
 from gateway_extproc.pricing import format_usd
 from gateway_extproc.spend.rollup import UsageRecord
@@ -58,21 +58,32 @@ def settle_outcome(
             services.settle(rid, None, usage, reserved=False, then=then)
         return overrun
     if budget.reserved:
-        cost_usage = usage if cost_micros is not None else None
-        services.settle(rid, cost_micros, cost_usage, then=then)
+        # If Redis lost the reservation record (a failover), the cost is owed fail-open.
+        if_vanished = IfVanished(_charges_of(budgets, budget, quiet=True), budget.arrived)
+        services.settle(
+            rid,
+            cost_micros,
+            usage if cost_micros is not None else None,
+            if_vanished=if_vanished,
+            then=then,
+        )
     else:  # nothing reserved (no budget applied): roll it up alone
         services.settle(rid, None, usage, reserved=False, then=then)
     return overrun
 
 
-def _charges_of(budgets: Sequence[BudgetConfig], budget: BudgetHandoff) -> tuple[Charge, ...]:
+def _charges_of(
+    budgets: Sequence[BudgetConfig], budget: BudgetHandoff, *, quiet: bool = False
+) -> tuple[Charge, ...]:
     """The handed-over charges as this worker's budget configs (a budget a reload removed
-    meanwhile is dropped, and logged)."""
+    meanwhile is dropped, and logged unless `quiet`)."""
     by_name = {b.name: b for b in budgets}
     charges = []
     for name, scope_value, estimate, limit in budget.charges:
         config = by_name.get(name)
         if config is None:
+            if quiet:
+                continue
             log.error("fail-open spend for budget %r dropped: no longer configured", name)
             continue
         charges.append(Charge(config, scope_value, estimate, limit))

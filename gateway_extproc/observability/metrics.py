@@ -180,6 +180,12 @@ class GatewayMetrics:
             ("gateway.budget.settle_retries", "{retry}", "Settle retries", self._settle_retries),
             ("gateway.budget.reaped", "{reservation}", "Reaper charges", self._reaped),
             ("gateway.budget.fail_open_dropped", "{request}", "Unreconciled", self._dropped),
+            (
+                "gateway.budget.vanished",
+                "{reservation}",
+                "Settles whose reservation record Redis had lost, charged fail-open",
+                self._vanished,
+            ),
             ("gateway.jwks.refresh.failures", "{fetch}", "JWKS fetch failures", self._jwks_fail),
             ("gateway.audit.dropped", "{record}", "Audit records dropped", self._audit_dropped),
             ("gateway.model_mismatches", "{response}", "Reported model differs", self._mismatch),
@@ -365,6 +371,9 @@ class GatewayMetrics:
 
     def _dropped(self, _o: CallbackOptions) -> Iterable[Observation]:
         return self._stat(lambda c: c.budgets.services.stats.reconcile_dropped)
+
+    def _vanished(self, _o: CallbackOptions) -> Iterable[Observation]:
+        return self._stat(lambda c: c.budgets.services.stats.vanished)
 
     def _audit_dropped(self, _o: CallbackOptions) -> Iterable[Observation]:
         return self._stat(lambda c: c.audit.dropped)

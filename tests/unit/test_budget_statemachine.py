@@ -1,6 +1,9 @@
 """Random sequences of reserve / settle / release / checkpoint / reap / time passing against a
 real redis-server, checked step by step against a plain-Python model of the budgets and of a
-rate limit (requests and tokens in a sliding window) checked in the same reservations."""
+rate limit (requests and tokens in a sliding window) checked in the same reservations. A live
+reservation's record can vanish (a failover lost the reserve): a settle through the budget
+services then owes its cost fail-open, and a reconcile charges it - never below the bill, never
+twice."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from hypothesis.stateful import (
     Bundle,
     RuleBasedStateMachine,
     invariant,
+    precondition,
     rule,
     run_state_machine_as_test,
 )
@@ -30,7 +34,8 @@ from gateway_extproc.budgets.model import (
     Scope,
     ScopeKind,
 )
-from gateway_extproc.budgets.results import Charge, ReservationState
+from gateway_extproc.budgets.results import Charge, ReservationState, SettleResult
+from gateway_extproc.budgets.services import BudgetServices, GateSettings, IfVanished
 from gateway_extproc.budgets.store import BudgetStore
 from gateway_extproc.ratelimits.model import (
     BUCKETS,
@@ -116,7 +121,18 @@ class BudgetMachine(RuleBasedStateMachine):
         # the gateway audits it: a settle or release by what it charged, a reap by what it rolled
         # up, a late one by the correction the store reports.
         self.records: dict[str, list[int]] = {}
-        self.arrived: dict[str, float] = {}
+        # Vanished records: the budget services settle them fail-open (services.py).
+        self.services = BudgetServices(self.store, GateSettings(), clock=lambda: self.now)
+        self.services.configure(GateSettings(), BUDGETS, webhooks=False)
+        self.arrived: dict[str, float] = {}  # request -> its reserve's time
+        self.estimate: dict[str, int] = {}
+        # Lost while RESERVED, not ended since. Ids are random, so choices are drawn from lists
+        # in the order the rules made them (insertion order), never sorted: a replayed example
+        # must pick the same request.
+        self.vanished: dict[str, None] = {}
+        self.owed: dict[str, int] = {}  # vanished and settled: cost owed, not reconciled yet
+        self.billed: dict[str, int] = {}  # what a settle through the services reported
+        self.reconciled: set[str] = set()  # vanished, then charged fail-open (rolled up once)
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self.runner.run(coro)
@@ -218,6 +234,7 @@ class BudgetMachine(RuleBasedStateMachine):
             self.live[request_id] = estimate
             self.lease[request_id] = self.now + lease_s
             self.arrived[request_id] = self.now
+            self.estimate[request_id] = estimate
         else:
             self.final[request_id] = ReservationState.UNKNOWN
         return request_id
@@ -314,6 +331,122 @@ class BudgetMachine(RuleBasedStateMachine):
             self.reaped.add(request_id)
             event("reaped")
 
+    # -- vanished records (a failover lost the reserve) ---------------------------------------
+
+    def charges(self, estimate: int) -> tuple[Charge, ...]:
+        return tuple(Charge.of(b, "alice" if b is not WATCH else "*", estimate) for b in BUDGETS)
+
+    @precondition(lambda self: self.live)
+    @rule(data=st.data())
+    def vanish(self, data: st.DataObject) -> None:
+        """Redis loses a live reservation's reserve (async replication, AOF everysec): the
+        record, its lease and its holds are gone, and the rate-limit counts it added."""
+        request_id = data.draw(st.sampled_from(list(self.live)))
+        estimate = self.live.pop(request_id)
+        arrived = self.arrived[request_id]
+        client = self.store.client
+
+        async def lose() -> None:
+            await client.delete(self.store.record_key(request_id))
+            await client.zrem(self.store.leases_key, request_id)
+            for budget in BUDGETS:
+                scope = "alice" if budget is not WATCH else "*"
+                key, _ = self.store.counter_key(budget, scope, arrived)
+                await client.hincrby(key, "held", -estimate)
+            bucket = self.rate_bucket[request_id]
+            if bucket in self.rate:
+                key = self.store.rate_limit_key(self.rate_charge(0))
+                await client.hincrby(key, f"r:{bucket}", -1)
+                await client.hincrby(key, f"t:{bucket}", -self.rate_hold[request_id])
+
+        self.run(lose())
+        bucket = self.rate_bucket[request_id]
+        if bucket in self.rate:
+            self.rate[bucket][0] -= 1
+            self.rate[bucket][1] -= self.rate_hold[request_id]
+        self.vanished[request_id] = None
+        self.final[request_id] = ReservationState.UNKNOWN
+        event("record vanished")
+
+    @rule(request_id=requests, actual=AMOUNTS, tokens=TOKENS)
+    def settle_through_services(self, request_id: str, actual: int, tokens: int) -> None:
+        """The budget services' settle, with the handed-over charges: a vanished record's cost
+        is owed as fail-open spend (in the windows of its arrival)."""
+        if request_id not in self.arrived:
+            return  # rejected: nothing is ever settled
+        if_vanished = IfVanished(self.charges(self.estimate[request_id]), self.arrived[request_id])
+
+        answers: list[SettleResult | None] = []
+
+        async def settle() -> None:
+            usage = self.usage(request_id, tokens, actual)
+            self.services.settle(
+                request_id, actual, usage, if_vanished=if_vanished, then=answers.append
+            )
+            await self.services.drain()
+
+        self.run(settle())
+        assert len(answers) == 1  # `then` is called exactly once
+        answer = answers[0]
+        if request_id in self.live:
+            self.rate_correct(request_id, tokens)
+            self.charge(request_id, actual)
+            self.audit(request_id, actual)
+            self.final[request_id] = ReservationState.SETTLED
+            self.billed[request_id] = actual
+        elif request_id in self.reaped:
+            assert answer is not None and answer.reaped_micros == self.charged[request_id]
+            self.audit(request_id, actual - answer.reaped_micros, correction=True)
+            self.rate_correct(request_id, tokens)
+            self.correct(request_id, actual)
+            self.final[request_id] = ReservationState.SETTLED
+            self.billed[request_id] = actual
+        elif (
+            request_id in self.vanished
+            and self.final[request_id] is ReservationState.UNKNOWN
+            and actual
+            and request_id not in self.charged
+            and request_id not in self.owed
+        ):
+            # The observer audits the real cost; the ledger takes it when it is reconciled.
+            self.audit(request_id, actual)
+            self.owed[request_id] = actual
+            self.billed[request_id] = actual
+            event("vanished record owed fail-open")
+
+    @precondition(
+        lambda self: any(self.final[r] is ReservationState.UNKNOWN for r in self.vanished)
+    )
+    @rule(data=st.data(), actual=AMOUNTS, tokens=TOKENS)
+    def settle_a_vanished_one(self, data: st.DataObject, actual: int, tokens: int) -> None:
+        gone = [r for r in self.vanished if self.final[r] is ReservationState.UNKNOWN]
+        self.settle_through_services(data.draw(st.sampled_from(gone)), actual, tokens)
+
+    @precondition(lambda self: self.owed)
+    @rule()
+    def reconcile_what_is_owed(self) -> None:
+        self.reconcile()
+
+    @rule()
+    def reconcile(self) -> None:
+        self.run(self.services.reconcile())
+        for request_id, amount in self.owed.items():
+            assert request_id not in self.charged, "a vanished request was charged twice"
+            self.charged[request_id] = amount
+            bucket = self.bucket[request_id] = int(self.arrived[request_id] // 60)
+            self.hourly_buckets[bucket] = self.hourly_buckets.get(bucket, 0) + amount
+            self.reconciled.add(request_id)
+            event("vanished record charged")
+        self.owed.clear()
+
+    @invariant()
+    def ledger_never_below_the_bill_nor_counted_twice(self) -> None:
+        """Every cost reported through the services is charged once (`charged` refuses a second
+        charge; the counters equal the model's), a vanished one once reconciled."""
+        for request_id, amount in self.billed.items():
+            if request_id not in self.owed:
+                assert self.charged[request_id] == amount
+
     # -- invariants -------------------------------------------------------------------------
 
     @invariant()
@@ -331,7 +464,8 @@ class BudgetMachine(RuleBasedStateMachine):
         """Summing every record's cost gives the ledger; so does the spend rollup, which counts
         each request that ended billed (settled, or reaped and not refunded) exactly once."""
         ledger = self.run(self.store.status(MONTHLY, "alice", self.now)).spent_micros
-        assert sum(sum(costs) for costs in self.records.values()) == ledger
+        owed = sum(self.owed.values())  # audited, charged when reconciled
+        assert sum(sum(costs) for costs in self.records.values()) == ledger + owed
         ended = {r for r in self.records if r not in self.live}
         assert ended == set(self.records)  # a live reservation has no record yet
         rolled = {"n": 0, "c": 0, "ce": 0}
@@ -344,7 +478,7 @@ class BudgetMachine(RuleBasedStateMachine):
             r
             for r, state in self.final.items()
             if state in (ReservationState.SETTLED, ReservationState.EXPIRED)
-        ]
+        ] + sorted(self.reconciled)
         assert rolled == {"n": len(billed), "c": ledger, "ce": ledger}
 
     @invariant()
