@@ -69,6 +69,10 @@ class AuditRecord:
     cost_saved_micros: int | None = None  # a hit: what the answer would have cost
     # Bounds this request ran into (LimitReached values), each with a documented outcome.
     limits_reached: tuple[str, ...] = ()
+    # A late ending of a request the reaper had already ended and audited (usage_source reaped,
+    # charged this much): this record corrects that one - its cost_micros is the real cost less
+    # this charge, so a request's records sum to what the ledger holds. None: no such record.
+    reaped_charge_micros: int | None = None
 
     def to_json(self) -> bytes:
         doc: dict[str, Any] = {
@@ -105,6 +109,7 @@ class AuditRecord:
             "cache": self.cache,
             "cost_saved_micros": self.cost_saved_micros,
             "limits_reached": list(self.limits_reached),
+            "reaped_charge_micros": self.reaped_charge_micros,
         }
         return orjson.dumps(doc)
 

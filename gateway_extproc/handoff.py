@@ -174,6 +174,15 @@ def _price_of(doc: list[Any]) -> Price:
     )
 
 
+def identity_doc(identity: Identity) -> dict[str, Any]:
+    """An identity as compact JSON values (the hand-off; a reservation's facts for the reaper)."""
+    return _identity_doc(identity)
+
+
+def identity_of(doc: Mapping[str, Any]) -> Identity:
+    return _identity_of(doc)
+
+
 def _identity_doc(identity: Identity) -> dict[str, Any]:
     return {
         "k": identity.kind.value,

@@ -40,6 +40,7 @@ from gateway_extproc.extproc.context import GatewayContext
 from gateway_extproc.identity.authenticator import Authenticator
 from gateway_extproc.identity.devissuer import ensure_dev_issuer
 from gateway_extproc.observability.telemetry import Telemetry
+from gateway_extproc.response import reaped_audit
 from gateway_extproc.sidecar_auth.guard import SidecarAuth
 from gateway_extproc.sidecar_auth.settings import load_secrets
 from gateway_extproc.spend.rollup import RollupSettings
@@ -220,6 +221,9 @@ class Runtime:
         # Budget store, settlement and fail-open spend: one set for the process, shared by
         # every configuration a reload brings in, closed only at shutdown.
         self.services = ctx.budgets.services
+        # A reservation this process's reaper expired gets its one audit record, written with
+        # whichever configuration (audit sink, telemetry) is current.
+        self.services.on_reaped = lambda reaped, now: reaped_audit.write(self.ctx, reaped, now)
         self._config_path = config_path
         self._environ = environ
         self._mock_url = mock_url

@@ -247,6 +247,15 @@ def main(argv: list[str] | None = None) -> int:
         help="file journaling spend owed to Redis (fail-open admissions, unfinished settles)",
     )
     parser.add_argument(
+        "--adopt-journals",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="take over the journals in DIR whose worker is gone (its lock is free), at start "
+        "and every reap interval: a shared volume keeps a replaced pod's owed spend (needs "
+        "--journal)",
+    )
+    parser.add_argument(
         "--admin-address", default=None, help="serve the admin API on host:port (worker 0)"
     )
     parser.add_argument("--admin-port-file", type=Path, default=None)
@@ -273,8 +282,16 @@ def main(argv: list[str] | None = None) -> int:
         print(problem, file=sys.stderr)
         return 2
     runtime = Runtime(ctx, args.config, os.environ, args.mock_url)
+    if args.adopt_journals is not None and args.journal is None:
+        print("--adopt-journals needs --journal (adopted entries go into it)", file=sys.stderr)
+        return 2
     if args.journal is not None:
-        runtime.services.use_journal(Journal(args.journal))
+        try:
+            journal = Journal(args.journal)
+        except OSError as exc:
+            print(f"cannot open the journal: {exc}", file=sys.stderr)
+            return 2
+        runtime.services.use_journal(journal, args.adopt_journals)
     elif ctx.config.budgets or ctx.config.rate_limits:
         log.warning("no --journal: fail-open spend is kept in memory only")
     config = ctx.config

@@ -81,6 +81,12 @@ class Stack:
     start_sidecar: bool = True
     envoy_concurrency: int = 2  # Envoy worker threads
     sidecar_client_tls: ClientTls | None = None  # Envoy's certificate for a sidecar with tls
+    # Each worker journals spend owed to Redis in journal_dir/<journal_prefix><worker name>.jsonl
+    # (None: run_dir/journal); adopt_journals: take over the gone workers' journals there.
+    journal_dir: Path | None = None
+    journal_prefix: str = ""
+    adopt_journals: Path | None = None
+    redis_url: str = ""  # a Redis this stack does not own (tests of outages); "": start one
 
     def __post_init__(self) -> None:
         # A local run: its configuration may trust the development issuer (config/local.yaml).
@@ -88,7 +94,7 @@ class Stack:
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.output: IO[bytes] | None = None
         self.config: GatewayConfig = load_config(self.config_path, self.environ)
-        self.redis_url = ""
+        self._own_redis = not self.redis_url
         self.mock_url: str | None = None
         self.gateway_url = ""
         self.admin_url = ""
@@ -195,8 +201,10 @@ class Stack:
             str(metrics_file),
             # Spend owed to Redis survives a restart of this worker (replayed at start).
             "--journal",
-            str(self.run_dir / "journal" / f"{name}.jsonl"),
+            str(self.journal_path(worker)),
         ]
+        if self.adopt_journals is not None:
+            argv += ["--adopt-journals", str(self.adopt_journals)]
         if self.config_path is not None:
             argv += ["--config", str(self.config_path)]
         if worker in self.metrics_ports:  # a restart keeps the port Prometheus scrapes
@@ -223,6 +231,10 @@ class Stack:
             self.admin_api_address = f"{admin.host}:{admin_port_file.read_text().strip()}"
         if port_written(metrics_file):  # written before the port file, when metrics are on
             self.metrics_ports = {**self.metrics_ports, worker: int(metrics_file.read_text())}
+
+    def journal_path(self, worker: int = 0) -> Path:
+        directory = self.journal_dir or self.run_dir / "journal"
+        return directory / f"{self.journal_prefix}{_sidecar_name(worker)}.jsonl"
 
     @property
     def metrics_urls(self) -> list[str]:
@@ -273,7 +285,8 @@ class Stack:
         if self.log_path is not None:
             self.output = self.log_path.open("ab")
         try:
-            self.start_redis()
+            if self._own_redis:
+                self.start_redis()
             if needs_mock(self.config, self.environ):
                 self.start_mock()
             if self.start_sidecar:

@@ -24,6 +24,9 @@ class UsageSource(enum.StrEnum):
     # estimated from what was seen.
     ESTIMATED = "estimated"
     NONE = "none"  # nothing billable happened (error status, request never sent)
+    # Nobody settled the reservation before its lease ran out (its observer never came, its
+    # sidecar died): the reaper charged its last checkpoint, else its whole estimate.
+    REAPED = "reaped"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ from gateway_extproc.budgets.admission import Admission, Decision
 from gateway_extproc.budgets.alerts import AlertSender
 from gateway_extproc.budgets.breaker import CircuitBreaker
 from gateway_extproc.budgets.calls import Overloaded
+from gateway_extproc.budgets.facts import ReservationFacts
 from gateway_extproc.budgets.matching import for_entry
 from gateway_extproc.budgets.model import (
     Action,
@@ -34,6 +35,7 @@ from gateway_extproc.budgets.results import (
     BudgetStoreError,
     Charge,
     ReserveResult,
+    SettleResult,
 )
 from gateway_extproc.budgets.services import BudgetServices, GateSettings
 from gateway_extproc.budgets.settle import settle_outcome
@@ -158,12 +160,14 @@ class BudgetGate:
         requested: str,
         bound_for: BoundFor,
         allowed: Callable[[ModelEntry], bool] = lambda entry: True,
+        facts_for: Callable[[ModelEntry], ReservationFacts] | None = None,
     ) -> Admission:
         """Reserve the worst case in every applicable budget and count the request in every
         applicable rate limit (one script), or raise RateLimited / BudgetExceeded (429),
         BudgetUnavailable / Overloaded (503). May return a downgraded admission serving another
         model (one `allowed` for the caller). `bound_for` is only called when a budget or a
-        token rate limit applies."""
+        token rate limit applies. `facts_for(served entry)`: what the reservation record keeps
+        for the reaper to audit the request by, should nobody settle it."""
         now = self.clock()
         budgets = self.applicable(identity, entry, requested)
         limits = self.applicable_rate_limits(identity, entry, requested)
@@ -173,7 +177,8 @@ class BudgetGate:
         estimate = self.estimate(bound, entry) if bound is not None and budgets else 0
         charges = tuple(Charge.of(b, value, estimate) for b, value in budgets)
         rates = self.rate_charges(identity, entry, requested, bound)
-        result = await self._reserve(reservation_id, charges, now, rates)
+        facts = None if facts_for is None else facts_for(entry)
+        result = await self._reserve(reservation_id, charges, now, rates, facts)
         decision = Decision.ADMITTED if budgets else Decision.NONE
         if result is None:
             self.services.stats.fail_open_admitted += 1
@@ -233,7 +238,8 @@ class BudgetGate:
 
         if not fallback and not fallback_rates:  # nothing applies to the fallback at all
             return downgraded(Decision.DOWNGRADED)
-        retry = await self._reserve(reservation_id, fallback, now, fallback_rates)
+        facts = None if facts_for is None else facts_for(served)
+        retry = await self._reserve(reservation_id, fallback, now, fallback_rates, facts)
         if retry is None:
             self.services.stats.fail_open_admitted += 1
             return downgraded(Decision.FAIL_OPEN, fallback)
@@ -300,6 +306,7 @@ class BudgetGate:
         charges: tuple[Charge, ...],
         now: float,
         rates: tuple[RateLimitCharge, ...] = (),
+        facts: ReservationFacts | None = None,
     ) -> ReserveResult | None:
         """The reservation, or None when the store failed and every budget is fail_open (rate
         limits fail open: their state is disposable, see README "Rate limits")."""
@@ -307,7 +314,9 @@ class BudgetGate:
         store = services.store
         try:
             result = await services.call(
-                lambda: store.reserve(reservation_id, charges, self.settings.lease_s, now, rates)  # type: ignore[union-attr]
+                lambda: store.reserve(  # type: ignore[union-attr]
+                    reservation_id, charges, self.settings.lease_s, now, rates, facts
+                )
             )
         except BudgetStoreError as exc:
             # A reserve that timed out may still run in Redis: release it in the background
@@ -382,10 +391,13 @@ class BudgetGate:
         cost_micros: int | None,
         request_id: str | None = None,
         usage: UsageRecord | None = None,
+        then: Callable[[SettleResult | None], None] | None = None,
     ) -> int:
         """Settle a request from its handed-over admission; returns the overrun (see
         `settle.settle_outcome`)."""
-        return settle_outcome(self.services, self.budgets, budget, cost_micros, request_id, usage)
+        return settle_outcome(
+            self.services, self.budgets, budget, cost_micros, request_id, usage, then
+        )
 
     # -- delegated to the process-lifetime services -------------------------------------------
 

@@ -69,8 +69,9 @@ class Leases:
         """Charge reservations whose sidecar died (lease expired), exactly once across
         replicas."""
         services = self._services
+        now = services.clock()
         try:
-            result = await asyncio.wait_for(store.reap(services.clock()), 5.0)
+            result = await asyncio.wait_for(store.reap(now), 5.0)
         except (BudgetStoreError, TimeoutError, OSError) as exc:
             log.warning("reaper: %s", exc)
             return
@@ -78,9 +79,11 @@ class Leases:
             services.stats.reaped += 1
             log.warning(
                 "reaped an expired reservation: charged %s",
-                format_usd(sum(reaped.charged_micros)),
+                format_usd(max(reaped.charged_micros, default=0)),
                 extra={"request_id": reaped.request_id},
             )
+            if services.on_reaped is not None:  # its one audit record
+                services.on_reaped(reaped, now)
         if services.alerts is not None:
             services.alerts.send(result.crossings)
 

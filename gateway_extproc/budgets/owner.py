@@ -9,6 +9,7 @@ from typing import Protocol
 
 from gateway_extproc.budgets.alerts import AlertSender
 from gateway_extproc.budgets.breaker import CircuitBreaker
+from gateway_extproc.budgets.results import Reaped
 from gateway_extproc.budgets.store import BudgetStore
 
 
@@ -44,3 +45,5 @@ class Owner(Protocol):
     def clock(self) -> Callable[[], float]: ...
     @property
     def on_call(self) -> Callable[[float, bool], None] | None: ...
+    @property
+    def on_reaped(self) -> Callable[[Reaped, float], None] | None: ...

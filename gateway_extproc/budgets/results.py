@@ -6,6 +6,7 @@ import dataclasses
 import enum
 from typing import NamedTuple
 
+from gateway_extproc.budgets.facts import ReservationFacts
 from gateway_extproc.budgets.model import BudgetConfig
 from gateway_extproc.budgets.ratelimits.model import RateLimitState
 
@@ -108,12 +109,20 @@ class SettleResult:
     state: ReservationState  # the reservation's state after the call
     changed: bool  # this call made the transition (False: a replayed or late call, a no-op)
     crossings: tuple[AlertCrossing, ...] = ()
+    # A late settle or release of a reservation the reaper had ended, audited and rolled up:
+    # what the reaper's record charged (this call corrected it). None: no such record.
+    reaped_micros: int | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Reaped:
     request_id: str
     charged_micros: tuple[int, ...]  # per charge: the checkpoint, else that charge's estimate
+    # The request's facts kept at reserve (None: none kept, so neither audited nor rolled up),
+    # and the cost the reap rolled up for it (the request's one charge).
+    facts: ReservationFacts | None = None
+    rolled_micros: int | None = None
+    budgets: tuple[tuple[str, str, str], ...] = ()  # per charge: budget, scope value, window id
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

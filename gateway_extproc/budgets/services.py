@@ -17,16 +17,25 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
+from gateway_extproc.budgets import journal as journals
 from gateway_extproc.budgets.alerts import AlertSender, webhooks_of
 from gateway_extproc.budgets.breaker import CircuitBreaker
 from gateway_extproc.budgets.calls import Overloaded, StoreCalls
 from gateway_extproc.budgets.journal import SYNC_INTERVAL_S, Journal
 from gateway_extproc.budgets.leases import Leases
 from gateway_extproc.budgets.model import BudgetConfig
-from gateway_extproc.budgets.results import BudgetStoreError, Charge
+from gateway_extproc.budgets.results import (
+    BudgetStoreError,
+    Charge,
+    Reaped,
+    ReservationState,
+    SettleResult,
+)
 from gateway_extproc.budgets.store import BudgetStore
+from gateway_extproc.catalog.pricing import format_usd
 from gateway_extproc.cost.bounds import UnseenInput
 from gateway_extproc.spend.rollup import UsageRecord
 
@@ -63,6 +72,17 @@ class BudgetStats:
     settle_retries: int = 0
     reconcile_dropped: int = 0
     reaped: int = 0
+    vanished: int = 0  # settles whose reservation record Redis had lost: charged fail-open
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class IfVanished:
+    """What a settle charges as fail-open spend if Redis lost its reservation record (a failover
+    with asynchronous replication, AOF `everysec`): the charges (budget, scope value) and the
+    request's arrival time, whose windows the spend goes to."""
+
+    charges: tuple[Charge, ...]
+    arrived: float
 
 
 class BudgetServices:
@@ -86,22 +106,31 @@ class BudgetServices:
         self.budget_lookup: Callable[[str], BudgetConfig | None] = lambda name: None
         self._calls = StoreCalls(self, settings.max_inflight)
         self._pending: set[asyncio.Task[None]] = set()
-        # reservation -> (cost (None: release), spend rollup, whether it reserved anything)
-        self._settling: dict[str, tuple[int | None, UsageRecord | None, bool]] = {}
+        # reservation -> (cost (None: release), spend rollup, whether it reserved anything,
+        # what to charge if its record vanished)
+        self._settling: dict[
+            str, tuple[int | None, UsageRecord | None, bool, IfVanished | None]
+        ] = {}
         # Spend admitted fail-open, to charge when the store is back (bounded; drops counted).
         self._unreconciled: collections.deque[
             tuple[str, tuple[Charge, ...], int, float, UsageRecord | None]
         ] = collections.deque(maxlen=100_000)
         self._sync_task: asyncio.Task[None] | None = None
         self._replayed: set[str] = set()  # settles owed by a previous run (journal entries)
+        self.adopt_from: Path | None = None  # journals of gone workers to take over
         self.attempt_timeout_s = ATTEMPT_TIMEOUT_S  # one settle / release attempt
         self._leases = Leases(self)  # reservations of responses in flight
         # Called with (seconds, ok) after each request-path store call (metrics), if set.
         self.on_call: Callable[[float, bool], None] | None = None
+        # Called with (reservation, now) for each reservation this process's reaper expired:
+        # its one audit record (response/reaped_audit.py), if set.
+        self.on_reaped: Callable[[Reaped, float], None] | None = None
 
-    def use_journal(self, journal: Journal) -> None:
-        """Journal fail-open spend and unfinished settles in `journal` (call before start)."""
+    def use_journal(self, journal: Journal, adopt_from: Path | None = None) -> None:
+        """Journal fail-open spend and unfinished settles in `journal` (call before start);
+        take over the journals of gone workers in `adopt_from` at start and every reap."""
         self.journal = journal
+        self.adopt_from = adopt_from
 
     def configure(
         self, settings: GateSettings, budgets: Sequence[BudgetConfig], *, webhooks: bool = True
@@ -132,17 +161,24 @@ class BudgetServices:
         usage: UsageRecord | None = None,
         *,
         reserved: bool = True,
+        if_vanished: IfVanished | None = None,
+        then: Callable[[SettleResult | None], None] | None = None,
     ) -> None:
         """Settle the real cost (None: nothing was billed -> release), with the request's spend
         rollup, in the background and retried until Redis has it: the response is never held
         up, and no money is dropped. `reserved` False: nothing was reserved (no budget applied),
-        only the rollup is written."""
-        if self.store is None or reservation_id in self._settling:
+        only the rollup is written. `if_vanished`: a cost whose reservation record Redis lost
+        is owed as fail-open spend on these charges (without it: logged, counted, dropped).
+        `then`: called once with the settle's or release's answer (None: no answer - nothing
+        to settle here, or stopped before Redis answered)."""
+        if self.store is None or reservation_id in self._settling or (not reserved and not usage):
+            if then is not None:
+                then(None)
             return
-        if not reserved and usage is None:
-            return
-        self._settling[reservation_id] = (cost_micros, usage, reserved)
-        self._background(self._settle(reservation_id, cost_micros, usage, reserved))
+        self._settling[reservation_id] = (cost_micros, usage, reserved, if_vanished)
+        self._background(
+            self._settle(reservation_id, cost_micros, usage, reserved, if_vanished, then)
+        )
 
     async def _settle(
         self,
@@ -150,10 +186,13 @@ class BudgetServices:
         cost_micros: int | None,
         usage: UsageRecord | None = None,
         reserved: bool = True,
+        if_vanished: IfVanished | None = None,
+        then: Callable[[SettleResult | None], None] | None = None,
     ) -> None:
         store = self.store
         assert store is not None
         pause = RETRY_FIRST_S
+        answer: SettleResult | None = None
         try:
             while True:
                 try:
@@ -164,9 +203,9 @@ class BudgetServices:
                             await store.record_usage(reservation_id, usage, self.clock())
                             return
                         if cost_micros is None:
-                            await store.release(reservation_id)
+                            answer = await store.release(reservation_id)
                             return
-                        result = await store.settle(
+                        answer = result = await store.settle(
                             reservation_id, cost_micros, self.clock(), usage
                         )
                 except (BudgetStoreError, TimeoutError, OSError) as exc:
@@ -180,15 +219,51 @@ class BudgetServices:
                     await asyncio.sleep(pause)
                     pause = min(pause * 2, RETRY_MAX_S)
                     continue
+                if result.state is ReservationState.UNKNOWN and cost_micros:
+                    self._vanished(reservation_id, cost_micros, usage, if_vanished)
                 if self.alerts is not None:
                     self.alerts.send(result.crossings)
                 return
         finally:
+            if then is not None:
+                then(answer)
             if not _cancelled():  # else close() journals it as still owed
                 self._settling.pop(reservation_id, None)
                 if reservation_id in self._replayed and self.journal is not None:
                     self._replayed.discard(reservation_id)
                     self.journal.done(reservation_id)
+
+    def _vanished(
+        self,
+        reservation_id: str,
+        cost: int,
+        usage: UsageRecord | None,
+        if_vanished: IfVanished | None,
+    ) -> None:
+        """A settle found no reservation record: Redis lost it (a failover with asynchronous
+        replication, AOF `everysec`), with its holds - a record that was settled, released or
+        reaped is kept `record_retention_s` for exactly this question, and a RESERVED one has no
+        TTL. The cost is owed as fail-open spend: journaled, charged under the id
+        `<id>:fail-open`, once."""
+        self.stats.vanished += 1
+        if reservation_id in self._replayed and self.journal is not None:
+            self._replayed.discard(reservation_id)  # the settle entry is done: ...
+            self.journal.done(reservation_id)  # ... the fail-open entry below replaces it
+        if if_vanished is None or not if_vanished.charges:
+            log.error(
+                "settle: the reservation record is gone (Redis lost it) and no charges are "
+                "known: cost %s dropped",
+                format_usd(cost),
+                extra={"request_id": reservation_id},
+            )
+            return
+        log.error(
+            "settle: the reservation record is gone (Redis lost it); its cost %s is charged "
+            "as fail-open spend",
+            format_usd(cost),
+            extra={"request_id": reservation_id},
+        )
+        self.owe_fail_open(reservation_id, if_vanished.charges, cost, if_vanished.arrived, usage)
 
     def owe_fail_open(
         self,
@@ -236,11 +311,13 @@ class BudgetServices:
                 settled = await asyncio.wait_for(store.settle(charge_id, cost, arrived, usage), 1.0)
             except (BudgetStoreError, TimeoutError, OSError, Overloaded):
                 return done
+            if settled.state is ReservationState.UNKNOWN:  # lost between reserve and settle
+                return done  # (a failover): reserved and settled again next time
             if self.alerts is not None:
                 self.alerts.send(settled.crossings)
             self._unreconciled.popleft()
             if self.journal is not None:
-                self.journal.done(request_id)
+                self.journal.done(request_id, "fail_open")
             done += 1
         if done:
             log.warning("reconciled %d request(s) admitted while the budget store was down", done)
@@ -264,9 +341,19 @@ class BudgetServices:
         charge fail-open spend if the store is back."""
         if self.store is None:
             return
+        await self.adopt()
         if self._unreconciled:
             await self.reconcile()
         await self._leases.reap(self.store)
+
+    async def adopt(self) -> int:
+        """Take over the journals of workers that are gone (`adopt_from`, journal.py `adopt`):
+        their settles and fail-open spend become this worker's. Returns how many entries."""
+        if self.journal is None or self.adopt_from is None:
+            return 0
+        entries = await asyncio.to_thread(journals.adopt, self.journal, self.adopt_from)
+        self._requeue(entries)
+        return len(entries)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -289,35 +376,57 @@ class BudgetServices:
                 log.error("budget store not reachable at start: %s", exc)
 
     def _replay_journal(self) -> None:
-        """Re-queue what a previous run of this worker still owed Redis, then compact."""
+        """Re-queue what a previous run of this worker still owed Redis, then compact; take over
+        the journals of gone workers (`adopt_from`)."""
         assert self.journal is not None
-        entries = self.journal.outstanding()
+        kept = self._requeue(self.journal.outstanding())
+        self.journal.compact(kept)
+        if kept:
+            log.warning("journal: %d charge(s) owed to Redis from a previous run", len(kept))
+        if self.adopt_from is not None:
+            self._requeue(journals.adopt(self.journal, self.adopt_from))
+
+    def _requeue(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Queue journal entries (settles, fail-open spend) again; returns those still owed (an
+        entry whose budgets are all gone is dropped, logged and marked done)."""
         kept = []
         for entry in entries:
             key = str(entry["id"])
             usage = _usage_of(entry)
+            charges = self._charges_of(entry)
             if entry["op"] == "settle":
                 cost = entry.get("cost")
                 self._replayed.add(key)
                 reserved = bool(entry.get("reserved", True))
-                self.settle(key, None if cost is None else int(cost), usage, reserved=reserved)
-                kept.append(entry)
-                continue
-            charges = []
-            for name, scope_value in entry.get("charges", []):
-                budget = self.budget_lookup(name)
-                if budget is None:
-                    log.error("journal: budget %r is gone; its fail-open spend is dropped", name)
-                    continue
-                charges.append(Charge.of(budget, scope_value, int(entry["cost"])))
-            if charges:
-                self._unreconciled.append(
-                    (key, tuple(charges), int(entry["cost"]), float(entry["arrived"]), usage)
+                if_vanished = None
+                if "arrived" in entry:
+                    if_vanished = IfVanished(charges, float(entry["arrived"]))
+                self.settle(
+                    key,
+                    None if cost is None else int(cost),
+                    usage,
+                    reserved=reserved,
+                    if_vanished=if_vanished,
                 )
                 kept.append(entry)
-        self.journal.compact(kept)
-        if kept:
-            log.warning("journal: %d charge(s) owed to Redis from a previous run", len(kept))
+            elif charges:
+                self._unreconciled.append(
+                    (key, charges, int(entry["cost"]), float(entry["arrived"]), usage)
+                )
+                kept.append(entry)
+            elif self.journal is not None:
+                self.journal.done(key, "fail_open")
+        return kept
+
+    def _charges_of(self, entry: dict[str, Any]) -> tuple[Charge, ...]:
+        charges = []
+        for name, scope_value in entry.get("charges", []):
+            budget = self.budget_lookup(name)
+            if budget is None:
+                log.error("journal: budget %r is gone; its spend owed to Redis is dropped", name)
+                continue
+            charges.append(Charge.of(budget, scope_value, int(entry.get("cost") or 0)))
+        return tuple(charges)
 
     async def _sync_forever(self) -> None:
         assert self.journal is not None
@@ -330,13 +439,17 @@ class BudgetServices:
             await asyncio.wait(list(self._pending), timeout=timeout_s)
 
     async def close(self, grace_s: float = 5.0) -> None:
-        """Await pending settles up to `grace_s`; journal what is left; close everything."""
+        """Await pending settles and charge fail-open spend, within `grace_s` together (the
+        reap loop, which reconciles while running, is stopped first); journal what is left;
+        close everything."""
+        deadline = time.monotonic() + grace_s
         await self.drain(grace_s)
         self._leases.close()
+        await self._reconcile_until(deadline)
         for task in list(self._pending):
             task.cancel()
         if self.journal is not None:
-            for reservation_id, (cost, usage, reserved) in self._settling.items():
+            for reservation_id, (cost, usage, reserved, vanish) in self._settling.items():
                 entry: dict[str, Any] = {
                     "op": "settle",
                     "id": reservation_id,
@@ -345,6 +458,9 @@ class BudgetServices:
                 }
                 if usage is not None:
                     entry["usage"] = usage.to_json()
+                if vanish is not None:
+                    entry["charges"] = [[c.budget.name, c.scope_value] for c in vanish.charges]
+                    entry["arrived"] = vanish.arrived
                 self.journal.owe(entry)
             if self._sync_task is not None:
                 self._sync_task.cancel()
@@ -360,6 +476,28 @@ class BudgetServices:
             await self.alerts.close()
         if self.close_client is not None:
             await self.close_client()
+
+    async def _reconcile_until(self, deadline: float) -> None:
+        """Charge fail-open spend before exit, retrying while Redis (or the breaker) refuses,
+        until `deadline` (monotonic). What is left stays in the journal for the next run."""
+        pause = RETRY_FIRST_S
+        while self._unreconciled and self.store is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                await asyncio.wait_for(self.reconcile(), left)
+            except TimeoutError:
+                break
+            if self._unreconciled:
+                await asyncio.sleep(min(pause, max(deadline - time.monotonic(), 0)))
+                pause = min(pause * 2, 1.0)
+        if self._unreconciled:
+            log.warning(
+                "stopping with %d fail-open charge(s) not taken by Redis: %s",
+                len(self._unreconciled),
+                "left in the journal" if self.journal is not None else "lost (no journal)",
+            )
 
 
 def _cancelled() -> bool:

@@ -49,6 +49,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from gateway_extproc.budgets import windows
+from gateway_extproc.budgets.facts import ReservationFacts
 from gateway_extproc.budgets.model import BudgetConfig, CalendarWindow, RollingWindow
 from gateway_extproc.budgets.ratelimits import wire
 from gateway_extproc.budgets.ratelimits.model import RateLimitCharge, RateLimitState
@@ -72,7 +73,14 @@ from gateway_extproc.budgets.scripts import (
     text,
 )
 from gateway_extproc.budgets.wire import budget_states, charge_args, record_labels
-from gateway_extproc.spend.rollup import RollupSettings, UsageRecord, day_key, day_of, script_args
+from gateway_extproc.spend.rollup import (
+    RollupSettings,
+    UsageRecord,
+    day_key,
+    day_of,
+    expire_at_ms,
+    script_args,
+)
 
 ROLLING_WINDOW_ID = "rolling"
 # Reservations of this process remembered for their settle (bounded; oldest forgotten first).
@@ -192,9 +200,11 @@ class BudgetStore:
         lease_s: float,
         now: float,
         limits: Sequence[RateLimitCharge] = (),
+        facts: ReservationFacts | None = None,
     ) -> ReserveResult:
         """Hold every charge's estimate and count the request in every rate limit, all or
-        nothing; replaying a request id changes nothing."""
+        nothing; replaying a request id changes nothing. `facts`: kept in the record, for the
+        reaper to audit and roll up the request should nobody settle it."""
         if not request_id:
             raise ValueError("request_id must be non-empty")
         if lease_s <= 0:
@@ -223,6 +233,9 @@ class BudgetStore:
         args.append(len(limits))
         for limit in limits:
             args.extend(wire.script_args(limit))
+        encoded = None if facts is None else facts.encode()
+        if encoded is not None:
+            args.append(encoded)
         with redis_errors("reserve"):
             reply = await self._reserve(keys=keys, args=args)
         status, state = text(reply[0]), text(reply[1])
@@ -235,7 +248,7 @@ class BudgetStore:
         reservation = ReservationState(state) if state else ReservationState.UNKNOWN
         if reservation is ReservationState.RESERVED and status != "replay":
             held = [*keys[: 2 + len(charges)], *rate_keys]
-            self._remember(request_id, held, charges, window_ids, len(limits))
+            self._remember(request_id, held, charges, window_ids, len(limits), encoded)
         return ReserveResult(
             admitted=reservation is ReservationState.RESERVED,
             replayed=status == "replay",
@@ -282,7 +295,10 @@ class BudgetStore:
                 args += script_args(usage, self.rollups)
             reply = await self._settle(keys=keys, args=args)
         return SettleResult(
-            ReservationState(text(reply[0])), int(reply[1]) == 1, crossings(record, reply[2:])
+            ReservationState(text(reply[0])),
+            int(reply[1]) == 1,
+            crossings(record, reply[3:]),
+            _reaped(reply[2]),
         )
 
     async def record_usage(self, request_id: str, usage: UsageRecord, now: float) -> SettleResult:
@@ -300,10 +316,13 @@ class BudgetStore:
         nothing (state RELEASED, changed False)."""
         with redis_errors("release"):
             for _ in range(3):
-                _, keys = await self._record(request_id)
+                record, keys = await self._record(request_id)
+                if record is not None and "uk" in record:  # reaped and rolled up: take it back
+                    keys = [*keys, record["uk"]]
                 reply = await self._release(keys=keys, args=[self._retention_ms, request_id])
                 if text(reply[0]) != "STALE":
-                    return SettleResult(ReservationState(text(reply[0])), int(reply[1]) == 1)
+                    state, changed = ReservationState(text(reply[0])), int(reply[1]) == 1
+                    return SettleResult(state, changed, reaped_micros=_reaped(reply[2]))
         raise BudgetStoreError("budget release failed: the reservation kept changing")
 
     async def checkpoint(
@@ -326,11 +345,14 @@ class BudgetStore:
         charges: Sequence[Charge],
         window_ids: Sequence[str],
         rate_limits: int = 0,
+        facts: str | None = None,
     ) -> None:
         """Keep what this process just reserved, so its settle or release needs no HGETALL of
         the record first: one round trip instead of two. (The script still reads the record
         and checks the keys; another process, or one restarted, falls back to reading it.)"""
         labels = record_labels(charges, window_ids, rate_limits)
+        if facts is not None:
+            labels["ad"] = facts
         self._recent[request_id] = (labels, [*keys])
         if len(self._recent) > RECENT_RESERVATIONS:
             self._recent.popitem(last=False)
@@ -352,8 +374,10 @@ class BudgetStore:
     # -- reap ---------------------------------------------------------------------------------
 
     async def reap(self, now: float, limit: int = 100) -> ReapResult:
-        """Expire up to `limit` reservations whose lease ran out (their sidecar died): charge the
-        checkpoint, else the estimate, exactly once even with concurrent reapers."""
+        """Expire up to `limit` reservations whose lease ran out (their sidecar died, their
+        observer never came): charge the checkpoint, else the estimate, exactly once even with
+        concurrent reapers; a reservation that kept its request's facts is rolled up in the
+        same script, and returned with them for its audit record."""
         now_ms = ms(now)
         reaped: list[Reaped] = []
         found: list[AlertCrossing] = []
@@ -362,9 +386,13 @@ class BudgetStore:
             for member in due:
                 request_id = text(member)
                 record, keys = await self._record(request_id)
-                reply = await self._reap(
-                    keys=keys, args=[request_id, now_ms, self._expired_retention_ms]
-                )
+                args: list[str | int] = [request_id, now_ms, self._expired_retention_ms]
+                facts = None if record is None else ReservationFacts.decode(record.get("ad", ""))
+                if facts is not None:
+                    day = day_of(facts.arrived, self.rollups.zone)
+                    keys = [*keys, day_key(self._base, day)]
+                    args += [expire_at_ms(day, self.rollups), facts.dimensions.encode()]
+                reply = await self._reap(keys=keys, args=args)
                 if record is None or int(reply[1]) != 1:
                     continue
                 amount = int(reply[2])
@@ -372,8 +400,12 @@ class BudgetStore:
                 charged = tuple(
                     int(record[f"e:{i}"]) if amount < 0 else amount for i in range(1, n + 1)
                 )
-                reaped.append(Reaped(request_id, charged))
-                found.extend(crossings(record, reply[3:]))
+                labels = tuple(
+                    (record[f"b:{i}"], record[f"s:{i}"], record[f"w:{i}"]) for i in range(1, n + 1)
+                )
+                rolled = _reaped(reply[3])
+                reaped.append(Reaped(request_id, charged, facts, rolled, labels))
+                found.extend(crossings(record, reply[4:]))
         return ReapResult(tuple(reaped), tuple(found))
 
     # -- reads --------------------------------------------------------------------------------
@@ -410,3 +442,9 @@ class BudgetStore:
             return int(fields.get("spent", 0)), held, {}
         buckets = {int(k[2:]): int(v) for k, v in fields.items() if k.startswith("b:")}
         return windows.rolling_spend(buckets, budget.window, now), held, buckets
+
+
+def _reaped(value: object) -> int | None:
+    """A script's reply of what the reaper rolled up (-1: nothing)."""
+    amount = int(text(value))
+    return None if amount < 0 else amount

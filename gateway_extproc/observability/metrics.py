@@ -18,6 +18,7 @@ from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from gateway_extproc.audit import AuditRecord
 from gateway_extproc.observability import attributes as at
 from gateway_extproc.observability.settings import Disclosure, ObservabilityConfig
+from gateway_extproc.tokens import UsageSource
 
 if TYPE_CHECKING:
     from gateway_extproc.audit import AuditSink
@@ -199,6 +200,12 @@ class GatewayMetrics:
             ("gateway.budget.settle_retries", "{retry}", "Settle retries", self._settle_retries),
             ("gateway.budget.reaped", "{reservation}", "Reaper charges", self._reaped),
             ("gateway.budget.fail_open_dropped", "{request}", "Unreconciled", self._dropped),
+            (
+                "gateway.budget.vanished",
+                "{reservation}",
+                "Settles whose reservation record Redis had lost, charged fail-open",
+                self._vanished,
+            ),
             ("gateway.jwks.refresh.failures", "{fetch}", "JWKS fetch failures", self._jwks_fail),
             ("gateway.audit.dropped", "{record}", "Audit records dropped", self._audit_dropped),
             ("gateway.model_mismatches", "{response}", "Reported model differs", self._mismatch),
@@ -221,9 +228,15 @@ class GatewayMetrics:
     # -- per request --------------------------------------------------------------------------
 
     def record(self, record: AuditRecord, facts: at.RequestFacts) -> None:
-        """One finished request: everything but the ext_proc time (see `stream_done`)."""
+        """One finished request: everything but the ext_proc time (see `stream_done`). A late
+        record correcting a reaped request's (`reaped_charge_micros`) counts only what the
+        reaper's could not: its tokens, and its cost when it adds to the reaper's charge (a
+        counter cannot go down: a lower real cost leaves the reaper's charge counted)."""
         model = record.served_model or NONE  # a catalog name, never a client's string
         provider = record.provider or NONE
+        if record.reaped_charge_micros is not None:
+            self._correction(record, provider, model)
+            return
         error = at.error_type(record)
         outcome: Attrs = {
             "http.response.status_class": at.status_class(record.status),
@@ -279,12 +292,29 @@ class GatewayMetrics:
             self.first_chunk.record(record.time_to_first_byte_ms / 1000, timing)
         if not at.billed(record):
             return
+        if record.usage_source is not UsageSource.REAPED:  # a reaped request's are unknown
+            self._tokens(record, op)
+        self._cost(record, provider, model)
+
+    def _tokens(self, record: AuditRecord, op: Attrs) -> None:
         for token_type, count in at.token_counts(record.usage):
             if count or token_type in ("input", "output"):
                 self.token_usage.record(count, {**op, at.TOKEN_TYPE: token_type})
+
+    def _cost(self, record: AuditRecord, provider: str, model: str) -> None:
+        if record.cost_micros < 0:  # a correction that lowers the charge: see `record`
+            return
         self.cost.add(record.cost_micros, self._cost_labels(record, provider, model))
         for budget in (record.budget or {}).get("budgets", ()):
             self.budget_spend.add(record.cost_micros, {"gateway.budget.name": str(budget["name"])})
+
+    def _correction(self, record: AuditRecord, provider: str, model: str) -> None:
+        if record.api is None or not at.billed(record):
+            return
+        op: Attrs = {at.OPERATION: at.operation_name(record.api), at.PROVIDER: provider}
+        op[at.REQUEST_MODEL] = model
+        self._tokens(record, op)
+        self._cost(record, provider, model)
 
     def _cost_labels(self, record: AuditRecord, provider: str, model: str) -> Attrs:
         labels: Attrs = {at.PROVIDER: provider, at.REQUEST_MODEL: model}
@@ -361,6 +391,9 @@ class GatewayMetrics:
 
     def _dropped(self, _o: CallbackOptions) -> Iterable[Observation]:
         return self._stat(lambda c: c.budgets.services.stats.reconcile_dropped)
+
+    def _vanished(self, _o: CallbackOptions) -> Iterable[Observation]:
+        return self._stat(lambda c: c.budgets.services.stats.vanished)
 
     def _audit_dropped(self, _o: CallbackOptions) -> Iterable[Observation]:
         return self._stat(lambda c: c.audit.dropped)

@@ -50,6 +50,7 @@ from gateway_extproc.providers.registry import error_body
 from gateway_extproc.request import prompt_checks, route
 from gateway_extproc.request.bodyparse import parse_off_loop
 from gateway_extproc.request.models_api import models_response
+from gateway_extproc.response import reaped_audit
 from gateway_extproc.response.observer import ResponseObserver
 from gateway_extproc.tokens import Usage, UsageSource
 
@@ -58,6 +59,8 @@ log = logging.getLogger("gateway.processor")
 # Observe mode: every response header the request phase may decide, copied by Envoy from
 # dynamic metadata (envoy/bootstrap.py).
 METADATA_RESPONSE_HEADERS = ("x-gateway-request-id", *budget_report.RESPONSE_HEADERS, STATUS_HEADER)
+# The error code of a request whose stream ended before it was forwarded (nothing was sent).
+CLIENT_LEFT = "client_disconnected_before_forward"
 # Client headers that carry credentials: never forwarded to a provider.
 CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key", "x-goog-api-key")
 
@@ -88,6 +91,9 @@ class StreamProcessor:
         # Observe mode: None; the state went to the observer stream in dynamic metadata.
         self.observer: ResponseObserver | None = None
         self.handed_off = False
+        # A reservation may exist for this id once a budget check began (its script may have
+        # run even if this stream was cancelled while waiting for its answer).
+        self.reserving = False
         self.guard: GuardResult | None = None  # what the guardrails found and did
         self.rate_limited: RateLimited | None = None  # the 429 of a rate limit, for the audit
         self.limits_reached: list[LimitReached] = []  # bounds the request phase ran into
@@ -131,10 +137,16 @@ class StreamProcessor:
     def close(self) -> None:
         """The ext_proc stream ended. A forwarded request in synchronous mode whose response
         did not finish (client disconnect, upstream abort, Envoy reset) is metered from what
-        was seen now: spend is never lost. In observe mode the observer stream does that."""
+        was seen now: spend is never lost. In observe mode the observer stream does that (or,
+        if it never opens, the reaper: response/reaped_audit.py). A stream that ended before its
+        request was forwarded (the client left while a request phase awaited, e.g. its budget
+        check) sent nothing to a provider: whatever it may have reserved is released, and its
+        record says so."""
         if self.observer is not None:
             self.observer.close()
         elif not self.handed_off and not self.concluded:
+            self.status = self.status or 499  # the client closed the request: no response
+            self.error_code = self.error_code or CLIENT_LEFT
             self._conclude()
 
     # -- request side -----------------------------------------------------------------------
@@ -261,6 +273,21 @@ class StreamProcessor:
         # Budgets: reserve the worst case everywhere it applies, or block / downgrade (429).
         identity = self.identity
         gate = self.ctx.budgets
+        facts = reaped_audit.facts_for(
+            request_id=self.request_id,
+            arrived=self.arrived,
+            method=self.method,
+            path=self.path,
+            api=request.api.name.lower(),
+            stream=request.stream,
+            requested=entry,
+            requested_model=request.model,
+            identity=identity,
+            metadata=self.metadata,
+            provider_of=gate.provider_of,
+            trace=self.trace_context,
+        )
+        self.reserving = True
         try:
             self.admission = admission = await gate.admit(
                 reservation_id=self.reservation_id,
@@ -269,6 +296,7 @@ class StreamProcessor:
                 requested=request.model,
                 bound_for=self._bounder(request),
                 allowed=lambda model: policies.allows(identity, model.name),
+                facts_for=facts,
             )
         except RateLimited as refused:
             self.rate_limited = refused
@@ -381,6 +409,7 @@ class StreamProcessor:
         self.cache_ticket = lookup.ticket
         if lookup.hit is None:
             return None
+        self.reserving = True
         try:  # rate limits set to count hits count this one (the 429 wins over the hit)
             self.admission = await self.ctx.budgets.admit_cache_hit(
                 reservation_id=self.reservation_id,
@@ -445,6 +474,10 @@ class StreamProcessor:
         hit = self.cost_saved is not None  # answered from the response cache
         if self.admission is not None:
             self.ctx.budgets.settle_or_release(self.admission, None, self.request_id)
+        elif self.reserving and self.status == 499:  # left during the check: release the id
+            # in the background (idempotent; with no reservation yet, a tombstone makes a
+            # reserve still on the wire hold nothing).
+            self.ctx.budgets.services.settle(self.reservation_id, None)
         record = AuditRecord(
             request_id=self.request_id,
             time=datetime.datetime.fromtimestamp(self.arrived, datetime.UTC),

@@ -58,8 +58,11 @@ def write_record(
     cost: int,
     *,
     latency_s: float,
+    reaped_micros: int | None = None,
 ) -> None:
-    """Write the audit line of the request `o` observed; record its span and metrics."""
+    """Write the audit line of the request `o` observed; record its span and metrics.
+    `reaped_micros`: the reaper had ended the request and its record charged this much; this
+    record is the correction (its cost: `cost` less that charge)."""
     state = o.state
     budget = None
     if state.budget is not None and state.budget.audit is not None:
@@ -84,7 +87,7 @@ def write_record(
         completed=o.completed,
         usage=usage,
         usage_source=source,
-        cost_micros=cost,
+        cost_micros=cost if reaped_micros is None else cost - reaped_micros,
         latency_ms=latency_s * 1000,
         time_to_first_byte_ms=None if o.first_byte is None else o.first_byte * 1000,
         error_code=o.error_code,
@@ -93,6 +96,7 @@ def write_record(
         budget=budget,
         output_cap_injected=state.cap_injected,
         limits_reached=limits,
+        reaped_charge_micros=reaped_micros,
         **extra,
     )
     try:

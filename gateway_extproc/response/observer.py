@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 from collections.abc import Callable
 
+from gateway_extproc.budgets.results import SettleResult
 from gateway_extproc.cache.key import CacheTicket
 from gateway_extproc.catalog.models import ModelEntry
 from gateway_extproc.catalog.pricing import cost_micros, format_usd
@@ -331,9 +333,19 @@ class ResponseObserver:
         estimated = source in (UsageSource.BOUND, UsageSource.ESTIMATED)  # not the provider's
         rollup = UsageRecord(state.arrived, dims, usage, cost, estimated)
         gate = self.ctx.budgets
+        record = functools.partial(
+            write_record, self, usage, source, provider_model, cost, latency_s=self._now()
+        )
+        then = None
+        if self._maybe_reaped():  # the record waits for the settle's answer (see below)
+            then = functools.partial(self._record_settled, record)
         if state.budget is not None:  # settle the real cost, or release the hold (or roll up)
             self.overrun_micros = gate.settle_outcome(
-                state.budget, cost if billed else None, self.request_id, rollup if billed else None
+                state.budget,
+                cost if billed else None,
+                self.request_id,
+                rollup if billed else None,
+                then,
             )
         stream = self.meter is not None
         truncated = self.body.json.truncated  # not kept whole: not stored
@@ -349,9 +361,31 @@ class ResponseObserver:
         if note is not None:  # usage read: as expected for a large body; else worth a look
             level = logging.INFO if source is UsageSource.PROVIDER else logging.WARNING
             log.log(level, "%s", note, extra={"request_id": self.request_id})
-        write_record(self, usage, source, provider_model, cost, latency_s=self._now())
+        if then is None:
+            record()
         self.cost = cost
         return cost
+
+    def _maybe_reaped(self) -> bool:
+        """Whether the reaper may have ended this request's reservation before its settle: only
+        once its lease could have run out (lease_s after the reserve, which followed the
+        arrival; half of it here, for clocks that differ between replicas). Such a request's
+        record is written when the settle answers, so that it can carry the correction of the
+        reaper's record (`_record_settled`); every other record is written at once."""
+        budget = self.state.budget
+        if budget is None or not budget.reserved:
+            return False
+        lease_s = self.ctx.budgets.settings.lease_s
+        return self.ctx.wall_clock() - self.state.arrived >= lease_s / 2
+
+    @staticmethod
+    def _record_settled(record: Callable[..., None], settled: SettleResult | None) -> None:
+        """Write the record once the settle answered. If the reaper had ended the reservation
+        and written its record (usage_source reaped, its charge), this settle corrected the
+        ledger and the rollup to the real cost, and this record carries that correction: its
+        cost is the real cost less the reaper's charge, so the request's records sum to what
+        the ledger holds (docs/budgets.md, "Every reservation ends in one audit record")."""
+        record(reaped_micros=None if settled is None else settled.reaped_micros)
 
 
 class StreamObserver:

@@ -137,7 +137,12 @@ class Pod:
     def argv(self, name: str) -> list[str]:
         """The container's command line, run with this machine's binaries."""
         c = self.container(name)
-        return self.command(c.get("command") or image_entrypoint(), c.get("args", []))
+        env = self.env(name)  # `$(NAME)` in args is the container's variable, as the kubelet does
+        args = [
+            re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), m.group(0)), a)
+            for a in c.get("args", [])
+        ]
+        return self.command(c.get("command") or image_entrypoint(), args)
 
     def command(self, command: Sequence[str], args: Sequence[str] = ()) -> list[str]:
         argv = [self.path(a) for a in [*command, *args]]

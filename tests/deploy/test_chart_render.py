@@ -522,6 +522,13 @@ def test_notes_say_how_to_reach_and_authenticate() -> None:
 # --- bad values: refused at render, naming the value ----------------------------------------
 
 REDIS = {"redis": {"external": {"url": "redis://redis:6379/0"}}}
+BUDGET = {
+    "name": "team",
+    "scope": {"kind": "group"},
+    "limit_usd": 100,
+    "window": {"type": "calendar", "period": "month"},
+    "action": "block",
+}
 RATE_LIMIT = {
     "name": "rpm",
     "scope": {"kind": "user"},
@@ -648,6 +655,16 @@ BAD = [
         {"config": {"guardrails": [{"name": "g", "categories": {"email": "drop"}}]}},
         "/config/guardrails/0/categories/email",
     ),
+    (
+        {
+            **REDIS,
+            "config": {
+                "budgets": [BUDGET, {**BUDGET, "name": "open", "on_redis_error": "fail_open"}]
+            },
+        },
+        "config.budgets[1] (open): on_redis_error: fail_open keeps spend",
+    ),
+    ({"sidecar": {"journal": {"persistence": {"size": ""}}}}, "/sidecar/journal/persistence/size"),
 ]
 
 
@@ -888,3 +905,74 @@ def test_the_readme_and_the_chart_state_the_same_formula() -> None:
     assert f"shorter than `config.sidecar.{FORMULA}`" in docs
     values = " ".join((CHART / "values.yaml").read_text().split())
     assert f"At least config.sidecar.{FORMULA}" in values
+
+
+# --- the fail-open journal across pod replacements ------------------------------------------
+
+FAIL_OPEN = {**REDIS, "config": {"budgets": [{**BUDGET, "on_redis_error": "fail_open"}]}}
+
+
+def journal_of(docs: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    spec = pod_spec(docs)
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    workers = [c for c in spec["containers"] if c["name"].startswith("sidecar")]
+    return volumes["journal"], workers
+
+
+def test_fail_open_budgets_keep_their_journal_on_a_shared_claim() -> None:
+    values = {
+        **FAIL_OPEN,
+        "sidecar": {
+            "workers": 2,
+            "journal": {"persistence": {"enabled": True, "storageClass": "nfs", "size": "2Gi"}},
+        },
+    }
+    docs = render(values)
+    [claim] = [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
+    assert claim["metadata"]["name"] == "gw-llm-gateway-journal"
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert claim["spec"]["storageClassName"] == "nfs"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "2Gi"
+    volume, workers = journal_of(docs)
+    assert volume == {
+        "name": "journal",
+        "persistentVolumeClaim": {"claimName": claim["metadata"]["name"]},
+    }
+    assert len(workers) == 2
+    for worker in workers:
+        args = worker["args"]
+        # one file per pod and worker ($(K8S_POD_NAME): the downward API, set in its env) ...
+        path = args[args.index("--journal") + 1]
+        assert path == f"/var/lib/llm-gateway/journal/$(K8S_POD_NAME)-{worker['name']}.jsonl"
+        assert "K8S_POD_NAME" in {e["name"] for e in worker["env"]}
+        # ... and every worker takes over those of workers that are gone
+        assert args[args.index("--adopt-journals") + 1] == "/var/lib/llm-gateway/journal"
+        mounts = {m["name"]: m["mountPath"] for m in worker["volumeMounts"]}
+        assert mounts["journal"] == "/var/lib/llm-gateway/journal"
+
+
+def test_an_existing_claim_is_used_as_it_is() -> None:
+    values = {
+        **FAIL_OPEN,
+        "sidecar": {"journal": {"persistence": {"enabled": True, "existingClaim": "journals"}}},
+    }
+    docs = render(values)
+    assert [d for d in docs if d["kind"] == "PersistentVolumeClaim"] == []
+    volume, _ = journal_of(docs)
+    assert volume["persistentVolumeClaim"] == {"claimName": "journals"}
+
+
+def test_fail_open_on_an_emptydir_only_when_the_loss_is_accepted() -> None:
+    with pytest.raises(helm.HelmError) as caught:
+        render(FAIL_OPEN)
+    assert "sidecar.journal.acceptLossOnPodReplacement" in str(caught.value)
+    docs = render({**FAIL_OPEN, "sidecar": {"journal": {"acceptLossOnPodReplacement": True}}})
+    volume, [worker] = journal_of(docs)
+    assert "emptyDir" in volume and "--adopt-journals" not in worker["args"]
+    assert [d for d in docs if d["kind"] == "PersistentVolumeClaim"] == []
+    # fail_closed budgets lose nothing with the pod (their settles are journaled at SIGTERM and
+    # the reaper charges the rest): no persistence needed
+    closed = copy.deepcopy(FAIL_OPEN)
+    closed["config"]["budgets"][0]["on_redis_error"] = "fail_closed"
+    volume, _ = journal_of(render(closed))
+    assert "emptyDir" in volume

@@ -4,8 +4,10 @@ retried, survives SIGTERM (journaled) and lands exactly once when Redis is back.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -16,8 +18,9 @@ import httpx
 import pytest
 import redis
 
+from gateway_extproc.budgets.journal import kind_of
 from gateway_extproc.identity.devissuer import DevIssuer, ensure_dev_issuer
-from gateway_extproc.stack import Stack
+from gateway_extproc.stack import Stack, find_binary, free_port
 from tests.e2e.conftest import start_stack
 from tests.e2e.harness import AuditLog, complete_lines, eventually
 
@@ -199,3 +202,116 @@ def test_a_settle_outlives_a_redis_outage_and_a_sigterm(gw: Durable) -> None:
         what="settled at the real cost",
     )
     assert gw.record(rid)["state"] == "SETTLED"
+
+
+@contextlib.contextmanager
+def redis_on(port: int, directory: Path) -> Iterator[None]:
+    """A redis-server on `port` for as long as the block runs (Redis coming back)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    argv = [find_binary("redis-server"), "--port", str(port), "--bind", "127.0.0.1"]
+    argv += ["--save", "", "--appendonly", "no", "--dir", str(directory)]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        eventually(lambda: _pings(port), what="redis-server up")
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _pings(port: int) -> bool:
+    try:
+        with redis.Redis(port=port, socket_timeout=0.5) as r:
+            return bool(r.ping())
+    except redis.ConnectionError:
+        return False
+
+
+def test_a_replaced_pods_fail_open_spend_is_adopted_by_the_next_pod(tmp_path: Path) -> None:
+    """A rolling deploy while Redis is down: pod A admits a request fail-open and is stopped
+    with Redis still down; pod B starts with its own journal file in the same (shared) directory
+    and --adopt-journals, takes pod A's over, and charges it once when Redis is back. A third
+    pod finds nothing left to adopt."""
+    shared = tmp_path / "journals"  # the chart's ReadWriteMany volume
+    port = free_port()
+    redis_url = f"redis://127.0.0.1:{port}/0"  # nothing listens there yet: Redis is down
+    config = tmp_path / "gateway.yaml"
+    config.write_text(CONFIG)
+
+    def pod(name: str) -> Stack:
+        run_dir = tmp_path / name
+        ensure_dev_issuer(run_dir / "dev-issuer")
+        return start_stack(
+            run_dir,
+            config_path=config,
+            redis_url=redis_url,
+            journal_dir=shared,
+            journal_prefix=f"{name}-",
+            adopt_journals=shared,
+        )
+
+    a = pod("pod-a")
+    try:
+        issuer = ensure_dev_issuer(a.run_dir / "dev-issuer")
+        token = issuer.mint("ada@example.com", ["open"], None, 3600, {}, time.time())
+        r = httpx.post(
+            a.gateway_url + CHAT,
+            json=BODY,
+            headers={"authorization": f"Bearer {token}"},
+            timeout=60,
+        )
+        assert r.status_code == 200 and r.headers["x-gateway-budget-unchecked"] == "true", r.text
+        rec = AuditLog(a.run_dir / "audit.jsonl").wait_for(r.headers["x-gateway-request-id"])
+        rid, cost = rec["budget"]["reservation_id"], rec["cost_micros"]
+        assert cost > 0
+    finally:
+        a.stop(timeout=30)  # SIGTERM with Redis still down: close() cannot charge it
+    # owed: the fail-open charge (and the release of the reserve that timed out, if it may have
+    # reached Redis: a tombstone for a reserve still on the wire)
+    owed = _outstanding(shared / "pod-a-sidecar.jsonl")
+    assert [e["id"] for e in owed if e["op"] == "fail_open"] == [rid]
+
+    b = pod("pod-b")  # Redis still down: adopts at start, charges when it is back
+    try:
+        assert not (shared / "pod-a-sidecar.jsonl").exists()
+        adopted = _outstanding(shared / "pod-b-sidecar.jsonl")
+        assert sorted(e["op"] for e in adopted) == sorted(e["op"] for e in owed)
+        with redis_on(port, tmp_path / "redis"):
+            with redis.Redis(port=port) as client:
+
+                def charged() -> dict[str, str]:
+                    raw = client.hgetall(f"llmgw:{{gwb}}:res:{rid}:fail-open")
+                    return {k.decode(): v.decode() for k, v in raw.items()}
+
+                eventually(lambda: charged().get("state") == "SETTLED", what="charged")
+                assert charged()["charged"] == str(cost)
+                spent = sum(
+                    int(client.hget(key, "spent") or 0)
+                    for key in client.scan_iter("llmgw:{gwb}:c:open:ada@example.com:*")
+                )
+                assert spent == cost
+            eventually(
+                lambda: _outstanding(shared / "pod-b-sidecar.jsonl") == [], what="marked done"
+            )
+            b.stop(timeout=30)
+            c = pod("pod-c")  # nothing owed is left: it adopts pod B's journal, empty
+            try:
+                assert sorted(p.name for p in shared.glob("*.jsonl")) == ["pod-c-sidecar.jsonl"]
+                assert _outstanding(shared / "pod-c-sidecar.jsonl") == []
+                assert "adopted" not in (c.run_dir / "stack.log").read_text()
+            finally:
+                c.stop(timeout=30)
+    finally:
+        b.stop(timeout=30)
+
+
+def _outstanding(path: Path) -> list[dict[str, Any]]:
+    """The journal's entries not marked done (read like the sidecar reads it)."""
+    entries: dict[tuple[str, str], dict[str, Any]] = {}
+    for line in complete_lines(path.read_text()):
+        entry = json.loads(line)
+        if entry["op"] == "done":
+            entries.pop((entry["of"], entry["id"]), None)
+        else:
+            entries[(kind_of(entry["op"]), entry["id"])] = entry
+    return list(entries.values())

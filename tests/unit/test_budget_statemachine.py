@@ -1,6 +1,9 @@
 """Random sequences of reserve / settle / release / checkpoint / reap / time passing against a
 real redis-server, checked step by step against a plain-Python model of the budgets and of a
-rate limit (requests and tokens in a sliding window) checked in the same reservations."""
+rate limit (requests and tokens in a sliding window) checked in the same reservations. A live
+reservation's record can vanish (a failover lost the reserve): a settle through the budget
+services then owes its cost fail-open, and a reconcile charges it - never below the bill, never
+twice."""
 
 from __future__ import annotations
 
@@ -15,11 +18,13 @@ from hypothesis.stateful import (
     Bundle,
     RuleBasedStateMachine,
     invariant,
+    precondition,
     rule,
     run_state_machine_as_test,
 )
 from redis.asyncio import Redis
 
+from gateway_extproc.budgets.facts import ReservationFacts
 from gateway_extproc.budgets.model import (
     Action,
     BudgetConfig,
@@ -35,7 +40,8 @@ from gateway_extproc.budgets.ratelimits.model import (
     RateLimitCharge,
     RateLimitConfig,
 )
-from gateway_extproc.budgets.results import Charge, ReservationState
+from gateway_extproc.budgets.results import Charge, ReservationState, SettleResult
+from gateway_extproc.budgets.services import BudgetServices, GateSettings, IfVanished
 from gateway_extproc.budgets.store import BudgetStore
 from gateway_extproc.spend.rollup import Dimensions, UsageRecord
 from gateway_extproc.tokens import Usage
@@ -109,6 +115,24 @@ class BudgetMachine(RuleBasedStateMachine):
         self.rate: dict[int, list[int]] = {}
         self.rate_bucket: dict[str, int] = {}
         self.rate_hold: dict[str, int] = {}
+        # The audit-visible charges: per request, the cost of each record its endings wrote -
+        # the final one (a settle or release by its observer, or the reaper's), then at most one
+        # correction (a late settle or release after the reap). Every ending is audited here as
+        # the gateway audits it: a settle or release by what it charged, a reap by what it rolled
+        # up, a late one by the correction the store reports.
+        self.records: dict[str, list[int]] = {}
+        # Vanished records: the budget services settle them fail-open (services.py).
+        self.services = BudgetServices(self.store, GateSettings(), clock=lambda: self.now)
+        self.services.configure(GateSettings(), BUDGETS, webhooks=False)
+        self.arrived: dict[str, float] = {}  # request -> its reserve's time
+        self.estimate: dict[str, int] = {}
+        # Lost while RESERVED, not ended since. Ids are random, so choices are drawn from lists
+        # in the order the rules made them (insertion order), never sorted: a replayed example
+        # must pick the same request.
+        self.vanished: dict[str, None] = {}
+        self.owed: dict[str, int] = {}  # vanished and settled: cost owed, not reconciled yet
+        self.billed: dict[str, int] = {}  # what a settle through the services reported
+        self.reconciled: set[str] = set()  # vanished, then charged fail-open (rolled up once)
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self.runner.run(coro)
@@ -141,8 +165,17 @@ class BudgetMachine(RuleBasedStateMachine):
     def rate_charge(self, estimate_tokens: int) -> RateLimitCharge:
         return RateLimitCharge(RATE, "alice", estimate_tokens)
 
-    def usage(self, tokens: int) -> UsageRecord:
-        return UsageRecord(self.now, Dimensions(), Usage(input_tokens=tokens), 0, False)
+    def usage(self, request_id: str, tokens: int, cost: int) -> UsageRecord:
+        """A settle's rollup, as the observer writes it: at the request's arrival, its cost."""
+        arrived = self.arrived.get(request_id, self.now)
+        return UsageRecord(
+            arrived, Dimensions(user="alice"), Usage(input_tokens=tokens), cost, True
+        )
+
+    def audit(self, request_id: str, cost: int, *, correction: bool = False) -> None:
+        records = self.records.setdefault(request_id, [])
+        assert len(records) == (1 if correction else 0), "a request accounted for twice"
+        records.append(cost)
 
     def charge(self, request_id: str, amount: int) -> None:
         assert request_id not in self.charged, "a request was charged twice"
@@ -170,8 +203,11 @@ class BudgetMachine(RuleBasedStateMachine):
         assert RATE.requests is not None and RATE.tokens is not None
         fits_rate = rate_requests < RATE.requests and rate_tokens + tokens <= RATE.tokens
         charges = [Charge.of(b, "alice" if b is not WATCH else "*", estimate) for b in BUDGETS]
+        facts = ReservationFacts(self.now, Dimensions(user="alice"), {"rid": request_id})
         result = self.run(
-            self.store.reserve(request_id, charges, lease_s, self.now, [self.rate_charge(tokens)])
+            self.store.reserve(
+                request_id, charges, lease_s, self.now, [self.rate_charge(tokens)], facts
+            )
         )
         assert result.admitted == (fits_monthly and fits_hourly and fits_rate)
         assert bool(result.rate_limited) == (not fits_rate)
@@ -197,6 +233,8 @@ class BudgetMachine(RuleBasedStateMachine):
                     assert state.spent_micros + state.held_micros <= state.limit_micros
             self.live[request_id] = estimate
             self.lease[request_id] = self.now + lease_s
+            self.arrived[request_id] = self.now
+            self.estimate[request_id] = estimate
         else:
             self.final[request_id] = ReservationState.UNKNOWN
         return request_id
@@ -217,15 +255,20 @@ class BudgetMachine(RuleBasedStateMachine):
 
     @rule(request_id=requests, actual=AMOUNTS, tokens=TOKENS)
     def settle(self, request_id: str, actual: int, tokens: int) -> None:
-        result = self.run(self.store.settle(request_id, actual, self.now, self.usage(tokens)))
+        usage = self.usage(request_id, tokens, actual)
+        result = self.run(self.store.settle(request_id, actual, self.now, usage))
         if request_id in self.live:
             assert (result.state, result.changed) == (ReservationState.SETTLED, True)
+            assert result.reaped_micros is None
             self.rate_correct(request_id, tokens)
             self.charge(request_id, actual)
+            self.audit(request_id, actual)
             self.final[request_id] = ReservationState.SETTLED
             event("settled")
         elif request_id in self.reaped:
             assert (result.state, result.changed) == (ReservationState.SETTLED, True)
+            assert result.reaped_micros == self.charged[request_id]  # the reaper's record
+            self.audit(request_id, actual - result.reaped_micros, correction=True)
             self.rate_correct(request_id, tokens)
             self.correct(request_id, actual)
             self.final[request_id] = ReservationState.SETTLED
@@ -239,11 +282,15 @@ class BudgetMachine(RuleBasedStateMachine):
         result = self.run(self.store.release(request_id))
         if request_id in self.live:
             assert (result.state, result.changed) == (ReservationState.RELEASED, True)
+            assert result.reaped_micros is None
             self.rate_correct(request_id, 0)
             del self.live[request_id]
+            self.audit(request_id, 0)
             self.final[request_id] = ReservationState.RELEASED
         elif request_id in self.reaped:
             assert (result.state, result.changed) == (ReservationState.RELEASED, True)
+            assert result.reaped_micros == self.charged[request_id]
+            self.audit(request_id, 0 - result.reaped_micros, correction=True)
             self.rate_correct(request_id, 0)
             self.correct(request_id, 0)
             self.final[request_id] = ReservationState.RELEASED
@@ -276,10 +323,129 @@ class BudgetMachine(RuleBasedStateMachine):
             request_id = reaped.request_id
             amount = self.partial.get(request_id, self.live[request_id])
             assert reaped.charged_micros == (amount,) * len(BUDGETS)
+            assert reaped.facts is not None and reaped.facts.audit == {"rid": request_id}
+            assert reaped.rolled_micros == amount  # what its one record charges
+            self.audit(request_id, amount)
             self.charge(request_id, amount)
             self.final[request_id] = ReservationState.EXPIRED
             self.reaped.add(request_id)
             event("reaped")
+
+    # -- vanished records (a failover lost the reserve) ---------------------------------------
+
+    def charges(self, estimate: int) -> tuple[Charge, ...]:
+        return tuple(Charge.of(b, "alice" if b is not WATCH else "*", estimate) for b in BUDGETS)
+
+    @precondition(lambda self: self.live)
+    @rule(data=st.data())
+    def vanish(self, data: st.DataObject) -> None:
+        """Redis loses a live reservation's reserve (async replication, AOF everysec): the
+        record, its lease and its holds are gone, and the rate-limit counts it added."""
+        request_id = data.draw(st.sampled_from(list(self.live)))
+        estimate = self.live.pop(request_id)
+        arrived = self.arrived[request_id]
+        client = self.store.client
+
+        async def lose() -> None:
+            await client.delete(self.store.record_key(request_id))
+            await client.zrem(self.store.leases_key, request_id)
+            for budget in BUDGETS:
+                scope = "alice" if budget is not WATCH else "*"
+                key, _ = self.store.counter_key(budget, scope, arrived)
+                await client.hincrby(key, "held", -estimate)
+            bucket = self.rate_bucket[request_id]
+            if bucket in self.rate:
+                key = self.store.rate_limit_key(self.rate_charge(0))
+                await client.hincrby(key, f"r:{bucket}", -1)
+                await client.hincrby(key, f"t:{bucket}", -self.rate_hold[request_id])
+
+        self.run(lose())
+        bucket = self.rate_bucket[request_id]
+        if bucket in self.rate:
+            self.rate[bucket][0] -= 1
+            self.rate[bucket][1] -= self.rate_hold[request_id]
+        self.vanished[request_id] = None
+        self.final[request_id] = ReservationState.UNKNOWN
+        event("record vanished")
+
+    @rule(request_id=requests, actual=AMOUNTS, tokens=TOKENS)
+    def settle_through_services(self, request_id: str, actual: int, tokens: int) -> None:
+        """The budget services' settle, with the handed-over charges: a vanished record's cost
+        is owed as fail-open spend (in the windows of its arrival)."""
+        if request_id not in self.arrived:
+            return  # rejected: nothing is ever settled
+        if_vanished = IfVanished(self.charges(self.estimate[request_id]), self.arrived[request_id])
+
+        answers: list[SettleResult | None] = []
+
+        async def settle() -> None:
+            usage = self.usage(request_id, tokens, actual)
+            self.services.settle(
+                request_id, actual, usage, if_vanished=if_vanished, then=answers.append
+            )
+            await self.services.drain()
+
+        self.run(settle())
+        assert len(answers) == 1  # `then` is called exactly once
+        answer = answers[0]
+        if request_id in self.live:
+            self.rate_correct(request_id, tokens)
+            self.charge(request_id, actual)
+            self.audit(request_id, actual)
+            self.final[request_id] = ReservationState.SETTLED
+            self.billed[request_id] = actual
+        elif request_id in self.reaped:
+            assert answer is not None and answer.reaped_micros == self.charged[request_id]
+            self.audit(request_id, actual - answer.reaped_micros, correction=True)
+            self.rate_correct(request_id, tokens)
+            self.correct(request_id, actual)
+            self.final[request_id] = ReservationState.SETTLED
+            self.billed[request_id] = actual
+        elif (
+            request_id in self.vanished
+            and self.final[request_id] is ReservationState.UNKNOWN
+            and actual
+            and request_id not in self.charged
+            and request_id not in self.owed
+        ):
+            # The observer audits the real cost; the ledger takes it when it is reconciled.
+            self.audit(request_id, actual)
+            self.owed[request_id] = actual
+            self.billed[request_id] = actual
+            event("vanished record owed fail-open")
+
+    @precondition(
+        lambda self: any(self.final[r] is ReservationState.UNKNOWN for r in self.vanished)
+    )
+    @rule(data=st.data(), actual=AMOUNTS, tokens=TOKENS)
+    def settle_a_vanished_one(self, data: st.DataObject, actual: int, tokens: int) -> None:
+        gone = [r for r in self.vanished if self.final[r] is ReservationState.UNKNOWN]
+        self.settle_through_services(data.draw(st.sampled_from(gone)), actual, tokens)
+
+    @precondition(lambda self: self.owed)
+    @rule()
+    def reconcile_what_is_owed(self) -> None:
+        self.reconcile()
+
+    @rule()
+    def reconcile(self) -> None:
+        self.run(self.services.reconcile())
+        for request_id, amount in self.owed.items():
+            assert request_id not in self.charged, "a vanished request was charged twice"
+            self.charged[request_id] = amount
+            bucket = self.bucket[request_id] = int(self.arrived[request_id] // 60)
+            self.hourly_buckets[bucket] = self.hourly_buckets.get(bucket, 0) + amount
+            self.reconciled.add(request_id)
+            event("vanished record charged")
+        self.owed.clear()
+
+    @invariant()
+    def ledger_never_below_the_bill_nor_counted_twice(self) -> None:
+        """Every cost reported through the services is charged once (`charged` refuses a second
+        charge; the counters equal the model's), a vanished one once reconciled."""
+        for request_id, amount in self.billed.items():
+            if request_id not in self.owed:
+                assert self.charged[request_id] == amount
 
     # -- invariants -------------------------------------------------------------------------
 
@@ -292,6 +458,28 @@ class BudgetMachine(RuleBasedStateMachine):
         assert monthly.held_micros == hourly.held_micros == watch.held_micros == held >= 0
         assert monthly.spent_micros == sum(self.charged.values()) == watch.spent_micros
         assert hourly.spent_micros == self.hourly_spent()
+
+    @invariant()
+    def the_ledger_equals_the_audit_and_the_rollups(self) -> None:
+        """Summing every record's cost gives the ledger; so does the spend rollup, which counts
+        each request that ended billed (settled, or reaped and not refunded) exactly once."""
+        ledger = self.run(self.store.status(MONTHLY, "alice", self.now)).spent_micros
+        owed = sum(self.owed.values())  # audited, charged when reconciled
+        assert sum(sum(costs) for costs in self.records.values()) == ledger + owed
+        ended = {r for r in self.records if r not in self.live}
+        assert ended == set(self.records)  # a live reservation has no record yet
+        rolled = {"n": 0, "c": 0, "ce": 0}
+        for key in self.run(self.client.keys(self.store.key_base + ":spend:*")):
+            for name, value in self.run(self.client.hgetall(key)).items():
+                metric = name.decode().rsplit("|", 1)[1]
+                if metric in rolled:
+                    rolled[metric] += int(value)
+        billed = [
+            r
+            for r, state in self.final.items()
+            if state in (ReservationState.SETTLED, ReservationState.EXPIRED)
+        ] + sorted(self.reconciled)
+        assert rolled == {"n": len(billed), "c": ledger, "ce": ledger}
 
     @invariant()
     def rate_limit_counters_match_the_model(self) -> None:

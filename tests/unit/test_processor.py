@@ -779,6 +779,7 @@ def test_json_response_cost_header_and_audit(gw: Gateway) -> None:
         "cache": None,
         "cost_saved_micros": None,
         "limits_reached": [],
+        "reaped_charge_micros": None,
     }
 
 
@@ -1058,7 +1059,8 @@ def test_close_before_anything(gw: Gateway) -> None:
     p = gw.processor()
     p.close()
     record = gw.record()
-    assert (record["request_id"], record["status"], record["usage_source"]) == ("-", 0, "none")
+    assert (record["request_id"], record["status"], record["usage_source"]) == ("-", 499, "none")
+    assert record["error_code"] == "client_disconnected_before_forward"
 
 
 def test_metering_fault_passes_the_response_through(gw: Gateway) -> None:

@@ -16,6 +16,9 @@
 -- value; KEYS[2+2n+j] its counter hash. A rate limit is checked like a budget (its enforced ones
 -- refuse, nothing written); when admitted, one request and the token estimate are added to the
 -- current bucket and the key lives one window (rate-limit state is disposable).
+-- Optionally one more ARGV after the rate limits: the request's facts (JSON: who, which model,
+-- its spend rollup row; never prompts or credentials), kept as field 'ad' for the reaper, which
+-- audits and rolls up a reservation nobody settled (reap.lua).
 -- Reply: {status, state, then per charge: spent, held, limit, would_block, overridden, then per
 -- rate limit: requests used, tokens used, would_block, requests retry ms, tokens retry ms,
 -- requests reset ms, tokens reset ms (used counts include this request when admitted)}; status is
@@ -27,7 +30,8 @@ local now_ms, lease_ms, retention_ms = tonumber(ARGV[2]), tonumber(ARGV[3]), ton
 local n = tonumber(ARGV[5])
 local PER, RPER = 12, 8
 local m = tonumber(ARGV[6 + n * PER] or '0')
-if #KEYS ~= 2 * n + 2 + m or #ARGV ~= 6 + n * PER + m * RPER then
+local facts = ARGV[7 + n * PER + m * RPER]
+if #KEYS ~= 2 * n + 2 + m or #ARGV - (facts and 1 or 0) ~= 6 + n * PER + m * RPER then
   error('reserve: expected ' .. (2 * n + 2 + m) .. ' keys and ' .. (6 + n * PER + m * RPER)
     .. ' arguments')
 end
@@ -140,6 +144,10 @@ elseif not existing then
       fields[#fields + 1] = labels[j] .. ':' .. i
       fields[#fields + 1] = labels[j + 1]
     end
+  end
+  if facts then
+    fields[#fields + 1] = 'ad'
+    fields[#fields + 1] = facts
   end
   redis.call('HSET', rec_key, unpack(fields))
   -- A RESERVED record and the lease set never expire: only settle, release or reap end a

@@ -297,6 +297,14 @@ sidecars. */}}
 {{- if and $admin.tls.clientCASecret (not $admin.tls.enabled) }}
 {{- fail "adminApi.tls.clientCASecret: client certificates need adminApi.tls.enabled: true" }}
 {{- end }}
+{{- $journal := .Values.sidecar.journal }}
+{{- if not (or $journal.persistence.enabled $journal.acceptLossOnPodReplacement) }}
+{{- range $i, $b := (default list $cfg.budgets) }}
+{{- if eq (toString (get (default dict $b) "on_redis_error")) "fail_open" }}
+{{- fail (printf "config.budgets[%d] (%v): on_redis_error: fail_open keeps spend Redis has not taken in a journal that an emptyDir loses with the pod: set sidecar.journal.persistence.enabled (a ReadWriteMany volume the next pod adopts it from), or sidecar.journal.acceptLossOnPodReplacement: true to accept the loss" $i (get (default dict $b) "name")) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- range $k, $by := dict "redis_url" "redis.external.url or redis.bundled" "cluster" "redis.external.cluster" }}
 {{- if hasKey (default dict $cfg.budget_store) $k }}
 {{- fail (printf "config.budget_store.%s: set by the chart from %s" $k $by) }}
