@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench lint typecheck unit e2e envoy-config proto lock deps-latest clean
+.PHONY: run test bench lint imports typecheck unit e2e envoy-config proto lock deps-latest clean
 
 $(STAMP): pyproject.toml uv.lock scripts/locked_install.py
 	$(PYTHON) scripts/locked_install.py $(VENV) --extra dev
@@ -44,8 +44,8 @@ run: $(STAMP)
 # closes), so two workers on two cores halve the run (TEST_WORKERS=0 runs serially).
 TEST_WORKERS ?= 2
 
-## test: lint, type-check, unit tests, end-to-end tests through real Envoy
-test: $(STAMP) lint typecheck
+## test: lint, import contracts, type-check, unit tests, end-to-end tests through real Envoy
+test: $(STAMP) lint imports typecheck
 	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 ## bench: overhead of the gateway vs plain Envoy and a no-op ext_proc, and of traces + metrics on vs off (~11 min;
@@ -56,6 +56,11 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check gateway_extproc tests bench scripts
 	$(BIN)/ruff format --check gateway_extproc tests bench scripts
+
+# The import contracts in pyproject.toml ([tool.importlinter]): layers, independent providers,
+# the mock apart, no cycles. A broken one names the import that breaks it.
+imports: $(STAMP)
+	$(BIN)/lint-imports --no-cache
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

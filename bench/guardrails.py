@@ -17,10 +17,10 @@ import orjson
 
 from gateway_extproc.apis import Api
 from gateway_extproc.budgets.model import Match
-from gateway_extproc.catalog import Catalog
+from gateway_extproc.catalog.models import Catalog
 from gateway_extproc.guardrails import Category, GuardAction, GuardrailConfig, Guardrails
 from gateway_extproc.identity.model import ANONYMOUS
-from gateway_extproc.inbound import parse_request
+from gateway_extproc.providers.inbound import parse_request
 
 SIZE = 1_000_000
 RUNS = 3

@@ -25,7 +25,7 @@ from pathlib import Path
 import redis
 
 from bench.upstream import CHUNKS
-from gateway_extproc.envoy_extproc import EXTPROC_CLUSTER
+from gateway_extproc.envoy.filters import EXTPROC_CLUSTER
 
 PATH = "/v1/chat/completions"
 MARKER = "WRK_JSON "

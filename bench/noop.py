@@ -35,8 +35,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from bench.service import run_service
 from bench.trust import sample_state
-from gateway_extproc import extproc_msgs as msgs
-from gateway_extproc.config import load_config
+from gateway_extproc.config.gateway import load_config
+from gateway_extproc.extproc import messages as msgs
 from gateway_extproc.handoff import MAC_KEY, NAMESPACE, STATE_KEY
 from gateway_extproc.server import SERVICE_NAME, grpc_options
 from gateway_extproc.sidecar_auth.guard import SidecarAuth

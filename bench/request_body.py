@@ -22,11 +22,11 @@ from typing import Any
 
 import orjson
 
-from gateway_extproc import extproc_msgs as msgs
 from gateway_extproc.apis import Api
-from gateway_extproc.bodyparse import OFFLOAD_BYTES
-from gateway_extproc.inbound import load_body, request_of
-from gateway_extproc.jsonshape import check_shape, count_values, repeated_key
+from gateway_extproc.extproc import messages as msgs
+from gateway_extproc.providers.inbound import load_body, request_of
+from gateway_extproc.request.bodyparse import OFFLOAD_BYTES
+from gateway_extproc.request.jsonshape import check_shape, count_values, repeated_key
 
 MIB = 1024 * 1024
 

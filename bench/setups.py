@@ -5,7 +5,7 @@
 3. `gateway`: the full gateway from `gateway_extproc.stack.Stack` (redis-server and sidecar
    workers), with its own config: a JWKS issuer, a policy rule, a user budget, an audit file.
 
-The Envoy bootstraps of (2) and (3) both come from `envoy_config.build`, so filters, processing
+The Envoy bootstraps of (2) and (3) both come from `envoy.bootstrap.build`, so filters, processing
 modes and timeouts are identical; (2) adds a fallback route to the provider cluster, as the
 no-op sets no routing header. (1) is (2) without the ext_proc and compressor filters, the
 ext_proc cluster and the gateway's route. Every Envoy runs with `--concurrency 1`.
@@ -28,9 +28,10 @@ import jwt
 import yaml
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from gateway_extproc import envoy_config
-from gateway_extproc.config import GatewayConfig, load_document, merge, parse_config
-from gateway_extproc.envoy_extproc import sidecar_access
+from gateway_extproc.config.gateway import GatewayConfig, load_document, merge, parse_config
+from gateway_extproc.config.upstreams import resolve_upstreams
+from gateway_extproc.envoy import bootstrap as envoy_config
+from gateway_extproc.envoy.filters import sidecar_access
 from gateway_extproc.sidecar_auth.settings import SidecarAuthConfig, fresh_secrets
 from gateway_extproc.stack import (
     Stack,
@@ -38,7 +39,6 @@ from gateway_extproc.stack import (
     launch_envoy,
     wait_for,
 )
-from gateway_extproc.upstreams import resolve_upstreams
 
 ENVOY_CONCURRENCY = 1
 ISSUER = "https://bench.invalid/issuer"

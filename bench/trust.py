@@ -17,9 +17,9 @@ import time
 from collections.abc import Callable
 
 from gateway_extproc.apis import Api
+from gateway_extproc.catalog.pricing import Price
 from gateway_extproc.handoff import BudgetHandoff, RequestState
 from gateway_extproc.identity.model import ANONYMOUS, AuthMethod, Kind
-from gateway_extproc.pricing import Price
 from gateway_extproc.sidecar_auth.caller import METADATA_KEY, CallerCheck
 from gateway_extproc.sidecar_auth.seal import StateSeal
 

@@ -21,8 +21,8 @@ from typing import IO, Any, Protocol
 
 import orjson
 
+from gateway_extproc.catalog.pricing import format_usd
 from gateway_extproc.identity.model import Identity
-from gateway_extproc.pricing import format_usd
 from gateway_extproc.tokens import Usage, UsageSource
 
 log = logging.getLogger("gateway.audit")

@@ -87,12 +87,12 @@ def _traces_line(environ: Mapping[str, str]) -> str:
 
 
 def cmd_envoy_config(args: argparse.Namespace) -> int:
-    from gateway_extproc import envoy_config
-    from gateway_extproc.config import load_config
-    from gateway_extproc.envoy_extproc import ClientTls, sidecar_access
-    from gateway_extproc.envoy_ops import with_downstream_tls
+    from gateway_extproc.config.gateway import load_config
+    from gateway_extproc.config.upstreams import resolve_upstreams
+    from gateway_extproc.envoy import bootstrap as envoy_config
+    from gateway_extproc.envoy.filters import ClientTls, sidecar_access
+    from gateway_extproc.envoy.ops import with_downstream_tls
     from gateway_extproc.launch import ca_bundle
-    from gateway_extproc.upstreams import resolve_upstreams
 
     config = load_config(_config_path(args.config), os.environ)
     upstreams = resolve_upstreams(
@@ -143,12 +143,12 @@ def cmd_envoy_config(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from gateway_extproc.config import load_config
+    from gateway_extproc.config.gateway import load_config
 
     config = load_config(_config_path(args.config), os.environ)
     if args.require_credentials:
+        from gateway_extproc.config.upstreams import resolve_upstreams
         from gateway_extproc.sidecar_auth.settings import load_secrets
-        from gateway_extproc.upstreams import resolve_upstreams
 
         problems: list[str] = []
         # Every provider key and the sidecar's caller token and state keys: each missing one named.
@@ -197,7 +197,7 @@ def _check_redis(url: str, cluster: bool, uses_redis: bool, password: str | None
 
 
 def cmd_drain_envoy(args: argparse.Namespace) -> int:
-    from gateway_extproc.envoy_drain import drain_envoy
+    from gateway_extproc.envoy.drain import drain_envoy
 
     def log(line: str) -> None:
         print(f"gatewayctl drain-envoy: {line}", file=sys.stderr, flush=True)

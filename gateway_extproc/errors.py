@@ -1,16 +1,11 @@
-"""The small error hierarchy. Only `ClientError`s reach clients, rendered in their API's format.
+"""The small error hierarchy. Only `ClientError`s reach clients, rendered in their API's format
+(each provider's `error_body`, providers/registry.py).
 
 Anything else that escapes the processor becomes a generic 500 carrying the request id; the
 details go to the log only.
 """
 
 from __future__ import annotations
-
-from typing import Any
-
-import orjson
-
-from gateway_extproc.apis import Schema
 
 
 class ConfigError(Exception):
@@ -118,25 +113,3 @@ class InternalError(ClientError):
     code = "internal_error"
     openai_type = "server_error"
     anthropic_type = "api_error"
-
-
-def error_body(schema: Schema, err: ClientError, request_id: str) -> bytes:
-    """The JSON error body in the format the client's SDK parses."""
-    payload: dict[str, Any]
-    if schema is Schema.ANTHROPIC:
-        payload = {
-            "type": "error",
-            "error": {"type": err.anthropic_type, "message": err.message},
-            "request_id": request_id,
-        }
-    else:
-        payload = {
-            "error": {
-                "message": err.message,
-                "type": err.openai_type,
-                "param": None,
-                "code": err.code,
-            },
-            "request_id": request_id,
-        }
-    return orjson.dumps(payload)

@@ -18,9 +18,9 @@ from typing import Any
 import orjson
 
 from gateway_extproc.apis import Api
-from gateway_extproc.endings import ChargeLimits
+from gateway_extproc.catalog.pricing import LongContext, Price
+from gateway_extproc.cost.endings import ChargeLimits
 from gateway_extproc.identity.model import AuthMethod, Identity, Kind
-from gateway_extproc.pricing import LongContext, Price
 
 # Envoy dynamic-metadata namespace the request filter writes and the observer filter forwards.
 NAMESPACE = "llm_gateway"
@@ -29,7 +29,7 @@ STATE_KEY = "state"
 # (sidecar_auth/seal.py): an observer trusts no state without it.
 MAC_KEY = "state_mac"
 # Beside STATE_KEY, the namespace holds response headers under their own names; Envoy copies
-# them into the client's response (route `response_headers_to_add`, envoy_config.py).
+# them into the client's response (route `response_headers_to_add`, envoy/bootstrap.py).
 VERSION = 1
 
 

@@ -24,7 +24,6 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from gateway_extproc import reaped_audit
 from gateway_extproc.admin.auth import admin_identity, data_plane_identity
 from gateway_extproc.audit import AuditSink
 from gateway_extproc.budgets.alerts import AlertSender, webhooks_of
@@ -34,16 +33,17 @@ from gateway_extproc.budgets.loader import BudgetStoreConfig
 from gateway_extproc.budgets.services import BudgetServices
 from gateway_extproc.budgets.store import BudgetStore
 from gateway_extproc.cache.service import build_cache
-from gateway_extproc.config import GatewayConfig, load_config
-from gateway_extproc.context import GatewayContext
+from gateway_extproc.config.gateway import GatewayConfig, load_config
+from gateway_extproc.config.upstreams import resolve_upstreams
 from gateway_extproc.errors import ConfigError
+from gateway_extproc.extproc.context import GatewayContext
 from gateway_extproc.identity.authenticator import Authenticator
 from gateway_extproc.identity.devissuer import ensure_dev_issuer
 from gateway_extproc.observability.telemetry import Telemetry
+from gateway_extproc.response import reaped_audit
 from gateway_extproc.sidecar_auth.guard import SidecarAuth
 from gateway_extproc.sidecar_auth.settings import load_secrets
 from gateway_extproc.spend.rollup import RollupSettings
-from gateway_extproc.upstreams import resolve_upstreams
 
 log = logging.getLogger("gateway.runtime")
 

@@ -23,12 +23,12 @@ from grpc_reflection.v1alpha import reflection
 
 from gateway_extproc.admin import server as admin_server
 from gateway_extproc.budgets.journal import Journal
-from gateway_extproc.config import GatewayConfig
+from gateway_extproc.config.gateway import GatewayConfig
 from gateway_extproc.errors import ConfigError
 from gateway_extproc.logs import setup_logging
 from gateway_extproc.observability.telemetry import start_telemetry
-from gateway_extproc.observer import StreamObserver
-from gateway_extproc.processor import StreamProcessor
+from gateway_extproc.request.processor import StreamProcessor
+from gateway_extproc.response.observer import StreamObserver
 from gateway_extproc.runtime import Runtime, build_context
 from gateway_extproc.sidecar_auth.settings import plaintext_bind_problem
 

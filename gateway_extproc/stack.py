@@ -19,9 +19,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
 
-from gateway_extproc import envoy_config
-from gateway_extproc.config import GatewayConfig, load_config
-from gateway_extproc.envoy_extproc import ClientTls, sidecar_access
+from gateway_extproc.config.gateway import GatewayConfig, load_config
+from gateway_extproc.config.upstreams import Upstream, needs_mock, resolve_upstreams
+from gateway_extproc.envoy import bootstrap as envoy_config
+from gateway_extproc.envoy.filters import ClientTls, sidecar_access
 from gateway_extproc.identity.devissuer import ALLOW_ENV as DEV_ISSUER_ALLOW_ENV
 from gateway_extproc.launch import (
     StackError,
@@ -35,7 +36,6 @@ from gateway_extproc.launch import (
     write_private,
 )
 from gateway_extproc.sidecar_auth.settings import fresh_secrets
-from gateway_extproc.upstreams import Upstream, needs_mock, resolve_upstreams
 
 # Importers of the stack (bench, tests) find these here as they always did.
 __all__ = [

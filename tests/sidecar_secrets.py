@@ -3,7 +3,7 @@ bootstrap, outside `Stack` (which makes fresh ones per run)."""
 
 from __future__ import annotations
 
-from gateway_extproc.envoy_extproc import SidecarAccess
+from gateway_extproc.envoy.filters import SidecarAccess
 from gateway_extproc.sidecar_auth.guard import SidecarAuth
 from gateway_extproc.sidecar_auth.settings import (
     DEFAULT_STATE_KEYS_ENV,

@@ -22,8 +22,8 @@ from gateway_extproc.budgets.model import (
 )
 from gateway_extproc.budgets.overrides import Override, Overrides
 from gateway_extproc.budgets.settings import MAX_LIMIT_USD
+from gateway_extproc.catalog.pricing import MICROS_PER_USD
 from gateway_extproc.identity.model import Identity
-from gateway_extproc.pricing import MICROS_PER_USD
 
 MAX_MICROS = MAX_LIMIT_USD * MICROS_PER_USD
 MAX_OVERRIDE_S = 366 * 86_400

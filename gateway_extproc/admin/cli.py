@@ -31,8 +31,8 @@ from gateway_extproc.admin.settings import (
 )
 from gateway_extproc.admin.tls import channel_credentials
 from gateway_extproc.budgets.settings import parse_duration
+from gateway_extproc.catalog.pricing import usd_to_micros
 from gateway_extproc.identity.devissuer import DevIssuerError, default_directory, ensure_dev_issuer
-from gateway_extproc.pricing import usd_to_micros
 
 DEFAULT_ADDRESS = f"127.0.0.1:{DEFAULT_ADMIN_PORT}"
 SUBCOMMANDS = ("override", "top-up", "overrides")

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from gateway_extproc.admin._generated.gateway.admin.v1 import admin_pb2 as pb
-from gateway_extproc.pricing import format_usd
+from gateway_extproc.catalog.pricing import format_usd
 
 SPEND_COLUMNS = (
     "requests",

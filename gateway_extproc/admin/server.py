@@ -14,8 +14,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -31,26 +31,54 @@ from gateway_extproc.admin.tls import server_credentials
 from gateway_extproc.budgets.overrides import Overrides
 from gateway_extproc.budgets.results import BudgetStoreError
 from gateway_extproc.budgets.store import BudgetStore
-from gateway_extproc.context import GatewayContext
+from gateway_extproc.catalog.pricing import format_usd
 from gateway_extproc.errors import Unauthenticated
 from gateway_extproc.identity.model import Identity
-from gateway_extproc.pricing import format_usd
 from gateway_extproc.spend.query import QueryError, RetentionError
 
+if TYPE_CHECKING:
+    from gateway_extproc.admin.settings import AdminApiConfig
+    from gateway_extproc.audit import AuditSink
+    from gateway_extproc.budgets.gate import BudgetGate
+    from gateway_extproc.budgets.model import BudgetConfig
+    from gateway_extproc.identity.authenticator import Authenticator
+
 log = logging.getLogger("gateway.admin")
+
+
+class AdminConfig(Protocol):
+    @property
+    def admin_api(self) -> AdminApiConfig: ...
+    @property
+    def budgets(self) -> Sequence[BudgetConfig]: ...
+
+
+class AdminContext(Protocol):
+    """What the admin API reads of the running configuration's context
+    (`extproc.context.GatewayContext`, built from a configuration that holds the admin API's
+    settings: a view of it, so the admin package does not import the context back)."""
+
+    @property
+    def config(self) -> AdminConfig: ...
+    @property
+    def budgets(self) -> BudgetGate: ...
+    @property
+    def admin_authenticator(self) -> Authenticator | None: ...
+    @property
+    def audit(self) -> AuditSink: ...
 
 
 @dataclasses.dataclass(frozen=True)
 class Call:
     caller: Identity
-    ctx: GatewayContext
+    ctx: AdminContext
     store: BudgetStore
     now: float
 
 
 class AdminServicer:
     def __init__(
-        self, context: Callable[[], GatewayContext], clock: Callable[[], float] = time.time
+        self, context: Callable[[], AdminContext], clock: Callable[[], float] = time.time
     ) -> None:
         self._context = context  # the running configuration's context (swapped on reload)
         self._clock = clock
@@ -98,7 +126,7 @@ class AdminServicer:
         raise AssertionError("abort returned")  # pragma: no cover
 
     async def _authorise(
-        self, name: str, ctx: GatewayContext, context: grpc.aio.ServicerContext
+        self, name: str, ctx: AdminContext, context: grpc.aio.ServicerContext
     ) -> Identity:
         metadata = {k.lower(): v for k, v in (context.invocation_metadata() or ())}
         header = metadata.get("authorization")
@@ -232,7 +260,7 @@ class AdminServicer:
 
 
 async def start(
-    context: Callable[[], GatewayContext], address: str, clock: Callable[[], float] = time.time
+    context: Callable[[], AdminContext], address: str, clock: Callable[[], float] = time.time
 ) -> tuple[grpc.aio.Server, int]:
     """Start the admin API on `address` (host:port; port 0: any free one), over TLS when
     `admin_api.tls` is set, and on `admin_api.socket` (plaintext, for Envoy in the same pod) when

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from gateway_extproc.admin._generated.gateway.admin.v1 import admin_pb2 as pb
+from gateway_extproc.admin.spend_reader import read_days
 from gateway_extproc.budgets.store import BudgetStore
 from gateway_extproc.spend import query
 from gateway_extproc.spend.query import DayRange, Dimension, SpendRow
-from gateway_extproc.spend.reader import read_days
 
 
 def day_range(request: pb.GetSpendRequest, store: BudgetStore, now: float) -> DayRange:

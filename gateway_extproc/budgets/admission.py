@@ -8,11 +8,11 @@ import dataclasses
 import enum
 from typing import Any
 
-from gateway_extproc.bounds import Bound
+from gateway_extproc.budgets.ratelimits.model import RateLimitCharge, RateLimitState
 from gateway_extproc.budgets.results import BudgetState, Charge, ReserveResult
-from gateway_extproc.catalog import ModelEntry
+from gateway_extproc.catalog.models import ModelEntry
+from gateway_extproc.cost.bounds import Bound
 from gateway_extproc.handoff import BudgetHandoff
-from gateway_extproc.ratelimits.model import RateLimitCharge, RateLimitState
 
 __all__ = ["Admission", "Decision"]
 

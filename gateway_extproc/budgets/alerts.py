@@ -27,7 +27,7 @@ import orjson
 
 from gateway_extproc.budgets.model import BudgetConfig
 from gateway_extproc.budgets.results import AlertCrossing
-from gateway_extproc.pricing import format_usd
+from gateway_extproc.catalog.pricing import format_usd
 
 log = logging.getLogger("gateway.budgets.alerts")
 

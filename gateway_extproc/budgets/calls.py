@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
+from gateway_extproc.budgets.owner import Owner
 from gateway_extproc.budgets.results import BudgetStoreError
 from gateway_extproc.errors import ClientError
-
-if TYPE_CHECKING:
-    from gateway_extproc.budgets.services import BudgetServices
 
 _T = TypeVar("_T")
 
@@ -37,7 +35,7 @@ class StoreCalls:
     the queue deadline), and when Redis last answered. The store, breaker, settings, clock,
     stats and `on_call` are the services'."""
 
-    def __init__(self, services: BudgetServices, max_inflight: int) -> None:
+    def __init__(self, services: Owner, max_inflight: int) -> None:
         self._services = services
         self.slots = asyncio.Semaphore(max_inflight)
         self._last_ok = float("-inf")  # loop time of the last answer from Redis

@@ -1,7 +1,7 @@
 """What a reservation record keeps about its request for the reaper: when it arrived, its spend
 rollup row, and the fields of its audit record (never prompts, never credentials). The reaper
 of a reservation nobody settled writes that request's one audit record and rolls it up from
-these (reaped_audit.py, lua/reap.lua). Pure: values in, values out."""
+these (response/reaped_audit.py, lua/reap.lua). Pure: values in, values out."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from gateway_extproc.spend.rollup import Dimensions
 class ReservationFacts:
     arrived: float  # unix time the request arrived (its rollup day, its audit record's time)
     dimensions: Dimensions  # its spend rollup row
-    audit: Mapping[str, Any]  # audit record fields, as reaped_audit.py reads them
+    audit: Mapping[str, Any]  # audit record fields, as response/reaped_audit.py reads them
 
     def encode(self) -> str:
         doc = {"t": self.arrived, "row": self.dimensions.encode(), "a": dict(self.audit)}

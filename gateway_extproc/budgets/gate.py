@@ -15,7 +15,6 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
-from gateway_extproc.bounds import Bound
 from gateway_extproc.budgets.admission import Admission, Decision
 from gateway_extproc.budgets.alerts import AlertSender
 from gateway_extproc.budgets.breaker import CircuitBreaker
@@ -28,6 +27,8 @@ from gateway_extproc.budgets.model import (
     CalendarWindow,
     OnRedisError,
 )
+from gateway_extproc.budgets.ratelimits import report as rate_report
+from gateway_extproc.budgets.ratelimits.model import RateLimitCharge, RateLimitConfig
 from gateway_extproc.budgets.refusals import BudgetExceeded, BudgetUnavailable, describe
 from gateway_extproc.budgets.results import (
     BudgetState,
@@ -39,12 +40,11 @@ from gateway_extproc.budgets.results import (
 from gateway_extproc.budgets.services import BudgetServices, GateSettings
 from gateway_extproc.budgets.settle import settle_outcome
 from gateway_extproc.budgets.store import BudgetStore
-from gateway_extproc.catalog import Catalog, ModelEntry
+from gateway_extproc.catalog.models import Catalog, ModelEntry
+from gateway_extproc.catalog.pricing import format_usd, worst_case_micros
+from gateway_extproc.cost.bounds import Bound
 from gateway_extproc.handoff import BudgetHandoff
 from gateway_extproc.identity.model import Identity
-from gateway_extproc.pricing import format_usd, worst_case_micros
-from gateway_extproc.ratelimits import report as rate_report
-from gateway_extproc.ratelimits.model import RateLimitCharge, RateLimitConfig
 from gateway_extproc.spend.rollup import UsageRecord
 
 __all__ = ["Admission", "BudgetGate", "Decision", "GateSettings", "Overloaded"]
@@ -368,7 +368,7 @@ class BudgetGate:
 
     # -- the end of a request -----------------------------------------------------------------
 
-    def finish(
+    def settle_or_release(
         self,
         admission: Admission,
         cost_micros: int | None,

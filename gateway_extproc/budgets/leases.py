@@ -6,14 +6,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
+from gateway_extproc.budgets.owner import Owner
 from gateway_extproc.budgets.results import BudgetStoreError
 from gateway_extproc.budgets.store import BudgetStore
-from gateway_extproc.pricing import format_usd
-
-if TYPE_CHECKING:
-    from gateway_extproc.budgets.services import BudgetServices
+from gateway_extproc.catalog.pricing import format_usd
 
 log = logging.getLogger("gateway.budgets")
 
@@ -22,7 +19,7 @@ class Leases:
     """The leases of one process's `BudgetServices` (its store, settings, clock, stats and
     alerts)."""
 
-    def __init__(self, services: BudgetServices) -> None:
+    def __init__(self, services: Owner) -> None:
         self._services = services
         # Reservations of responses in flight: id -> (last renewal, cost so far).
         self.held: dict[str, tuple[float, Callable[[], int]]] = {}

@@ -7,9 +7,9 @@ import fnmatch
 from collections.abc import Mapping
 from typing import Any
 
-from gateway_extproc.bounds import UnseenInput
 from gateway_extproc.budgets.model import Action, BudgetConfig
-from gateway_extproc.catalog import Catalog
+from gateway_extproc.catalog.models import Catalog
+from gateway_extproc.cost.bounds import UnseenInput
 
 
 @dataclasses.dataclass(frozen=True)

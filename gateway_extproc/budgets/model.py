@@ -1,7 +1,7 @@
 """Budget configuration values: what a `budgets:` entry says, already validated. Values only.
 
-Money is integer micro-dollars (see `gateway_extproc.pricing`). Shared by the settings parser,
-the matcher, the window arithmetic and the Redis store, so each can be tested against these
+Money is integer micro-dollars (see `gateway_extproc.catalog.pricing`). Shared by the settings
+parser, the matcher, the window arithmetic and the Redis store, so each can be tested against these
 shapes alone.
 """
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from gateway_extproc.budgets.model import CalendarWindow, ScopeKind
 from gateway_extproc.budgets.results import BudgetState
+from gateway_extproc.catalog.pricing import format_usd
 from gateway_extproc.errors import ClientError
-from gateway_extproc.pricing import format_usd
 
 
 class BudgetExceeded(ClientError):

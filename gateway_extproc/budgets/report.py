@@ -6,12 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 from gateway_extproc.budgets.admission import Admission, Decision
-from gateway_extproc.pricing import format_usd
-from gateway_extproc.ratelimits import report as rate_report
-from gateway_extproc.ratelimits.report import RateLimited
+from gateway_extproc.budgets.ratelimits import report as rate_report
+from gateway_extproc.budgets.ratelimits.report import RateLimited
+from gateway_extproc.catalog.pricing import format_usd
 
 # Every header `response_headers` may return: in observe mode Envoy copies them from dynamic
-# metadata, and its route names each one (envoy_config.py).
+# metadata, and its route names each one (envoy/bootstrap.py).
 RESPONSE_HEADERS = (
     "x-gateway-budget-name",
     "x-gateway-budget-remaining-usd",

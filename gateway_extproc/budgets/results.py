@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 from gateway_extproc.budgets.facts import ReservationFacts
 from gateway_extproc.budgets.model import BudgetConfig
-from gateway_extproc.ratelimits.model import RateLimitState
+from gateway_extproc.budgets.ratelimits.model import RateLimitState
 
 
 class BudgetStoreError(Exception):

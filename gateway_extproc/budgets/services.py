@@ -20,7 +20,6 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gateway_extproc.bounds import UnseenInput
 from gateway_extproc.budgets import journal as journals
 from gateway_extproc.budgets.alerts import AlertSender, webhooks_of
 from gateway_extproc.budgets.breaker import CircuitBreaker
@@ -36,7 +35,8 @@ from gateway_extproc.budgets.results import (
     SettleResult,
 )
 from gateway_extproc.budgets.store import BudgetStore
-from gateway_extproc.pricing import format_usd
+from gateway_extproc.catalog.pricing import format_usd
+from gateway_extproc.cost.bounds import UnseenInput
 from gateway_extproc.spend.rollup import UsageRecord
 
 log = logging.getLogger("gateway.budgets")
@@ -123,7 +123,7 @@ class BudgetServices:
         # Called with (seconds, ok) after each request-path store call (metrics), if set.
         self.on_call: Callable[[float, bool], None] | None = None
         # Called with (reservation, now) for each reservation this process's reaper expired:
-        # its one audit record (reaped_audit.py), if set.
+        # its one audit record (response/reaped_audit.py), if set.
         self.on_reaped: Callable[[Reaped, float], None] | None = None
 
     def use_journal(self, journal: Journal, adopt_from: Path | None = None) -> None:

@@ -38,7 +38,7 @@ from gateway_extproc.budgets.model import (
     ScopeKind,
     Window,
 )
-from gateway_extproc.pricing import MICROS_PER_USD, usd_to_micros
+from gateway_extproc.catalog.pricing import MICROS_PER_USD, usd_to_micros
 
 MAX_LIMIT_USD = 1_000_000_000  # keeps every sum well inside Lua's exact integers (2^53 micros)
 MAX_BUCKETS = 1440

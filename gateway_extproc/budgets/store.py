@@ -51,6 +51,8 @@ from redis.asyncio.cluster import RedisCluster
 from gateway_extproc.budgets import windows
 from gateway_extproc.budgets.facts import ReservationFacts
 from gateway_extproc.budgets.model import BudgetConfig, CalendarWindow, RollingWindow
+from gateway_extproc.budgets.ratelimits import wire
+from gateway_extproc.budgets.ratelimits.model import RateLimitCharge, RateLimitState
 from gateway_extproc.budgets.results import (
     AlertCrossing,
     BudgetStatus,
@@ -71,8 +73,6 @@ from gateway_extproc.budgets.scripts import (
     text,
 )
 from gateway_extproc.budgets.wire import budget_states, charge_args, record_labels
-from gateway_extproc.ratelimits import wire
-from gateway_extproc.ratelimits.model import RateLimitCharge, RateLimitState
 from gateway_extproc.spend.rollup import (
     RollupSettings,
     UsageRecord,

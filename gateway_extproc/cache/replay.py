@@ -9,18 +9,22 @@ from typing import Any
 import orjson
 
 from gateway_extproc.apis import Api
-from gateway_extproc.cache.replay_anthropic import (
+from gateway_extproc.providers.anthropic.replay import (
     message_from_events,
     message_replayable,
     message_to_sse,
 )
-from gateway_extproc.cache.replay_openai import chat_from_events, chat_replayable, chat_to_sse
-from gateway_extproc.cache.replay_responses import (
+from gateway_extproc.providers.openai.replay_chat import (
+    chat_from_events,
+    chat_replayable,
+    chat_to_sse,
+)
+from gateway_extproc.providers.openai.replay_responses import (
     response_from_events,
     response_replayable,
     response_to_sse,
 )
-from gateway_extproc.sse import SSEDecoder, SSEError, SSEEvent
+from gateway_extproc.providers.sse import SSEDecoder, SSEError, SSEEvent
 
 JSON = "application/json"
 EVENT_STREAM = "text/event-stream; charset=utf-8"

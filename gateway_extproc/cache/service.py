@@ -37,10 +37,10 @@ from gateway_extproc.cache.key import (
 from gateway_extproc.cache.replay import answer_from_json, answer_from_stream, replay
 from gateway_extproc.cache.settings import CacheConfig
 from gateway_extproc.cache.store import CacheStore
-from gateway_extproc.catalog import ModelEntry
+from gateway_extproc.catalog.models import ModelEntry
 from gateway_extproc.identity.model import Identity
-from gateway_extproc.inbound import ParsedRequest
-from gateway_extproc.metering import usage_from_json
+from gateway_extproc.providers.inbound import ParsedRequest
+from gateway_extproc.providers.metering import usage_from_json
 from gateway_extproc.tokens import Usage
 
 log = logging.getLogger("gateway.cache")

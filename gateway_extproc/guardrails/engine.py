@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from gateway_extproc.budgets.matching import matches
-from gateway_extproc.catalog import ModelEntry
+from gateway_extproc.catalog.models import ModelEntry
 from gateway_extproc.guardrails.categories import Category, GuardAction
 from gateway_extproc.guardrails.deadline import NEVER, Deadline, ScanTimeout
 from gateway_extproc.guardrails.pii import domain_allowed
@@ -30,7 +30,7 @@ from gateway_extproc.guardrails.scan import Finding, redact, scan
 from gateway_extproc.guardrails.settings import GuardrailConfig
 from gateway_extproc.guardrails.texts import text_slots
 from gateway_extproc.identity.model import Identity
-from gateway_extproc.inbound import ParsedRequest
+from gateway_extproc.providers.inbound import ParsedRequest
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -173,7 +173,7 @@ async def send_reply(
         plan = plan_for(reply.events, controls)
         writes = [encoder.encode(chunk) for chunk in plan.writes]
     else:
-        payload = encoder.encode(reply.body) + encoder.finish()
+        payload = encoder.encode(reply.body) + encoder.flush()
         plan = plan_for([payload], controls)
         writes = list(plan.writes)
         if not plan.abort and len(writes) <= 1:
@@ -192,7 +192,7 @@ async def send_reply(
             _abort(request)
             return response
         if streamed:
-            tail = encoder.finish()
+            tail = encoder.flush()
             if tail:
                 await response.write(tail)
         await response.write_eof()
@@ -220,7 +220,7 @@ async def _send_padded(
             await response.write(encoder.encode(block))
             left -= len(block)
             await asyncio.sleep(0)  # ~3 ms of gzip per block: let the mock's other replies go
-        await response.write(encoder.encode(reply.body[1:]) + encoder.finish())
+        await response.write(encoder.encode(reply.body[1:]) + encoder.flush())
         await response.write_eof()
     except ConnectionError:
         pass  # the gateway stopped reading: nothing left to do

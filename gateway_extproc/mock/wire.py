@@ -140,7 +140,7 @@ class BodyEncoder(Protocol):
 
     def encode(self, data: bytes) -> bytes: ...
 
-    def finish(self) -> bytes: ...
+    def flush(self) -> bytes: ...
 
 
 class IdentityEncoder:
@@ -149,7 +149,7 @@ class IdentityEncoder:
     def encode(self, data: bytes) -> bytes:
         return data
 
-    def finish(self) -> bytes:
+    def flush(self) -> bytes:
         return b""
 
 
@@ -164,13 +164,13 @@ class GzipEncoder:
     def encode(self, data: bytes) -> bytes:
         return self._zlib.compress(data) + self._zlib.flush(zlib.Z_SYNC_FLUSH)
 
-    def finish(self) -> bytes:
+    def flush(self) -> bytes:
         return self._zlib.flush(zlib.Z_FINISH)
 
 
 def gzip_whole(data: bytes) -> bytes:
     encoder = GzipEncoder()
-    return encoder.encode(data) + encoder.finish()
+    return encoder.encode(data) + encoder.flush()
 
 
 def encoder_for(accept_encoding: str | None) -> BodyEncoder:

@@ -10,8 +10,8 @@ instruments and its own /metrics endpoint; Prometheus sums the workers (label `i
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Protocol
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
@@ -21,7 +21,10 @@ from gateway_extproc.observability.settings import Disclosure, ObservabilityConf
 from gateway_extproc.tokens import UsageSource
 
 if TYPE_CHECKING:
-    from gateway_extproc.context import GatewayContext
+    from gateway_extproc.audit import AuditSink
+    from gateway_extproc.budgets.gate import BudgetGate
+    from gateway_extproc.identity.authenticator import Authenticator
+    from gateway_extproc.sidecar_auth.guard import SidecarAuth
 
 # Bucket advice of the GenAI conventions.
 TOKEN_BUCKETS = [float(4**i) for i in range(14)]  # 1, 4, 16, ... 67108864
@@ -62,12 +65,29 @@ class BudgetGauge:
     held: int
 
 
+class Observed(Protocol):
+    """What the metric callbacks read of the running configuration's context
+    (`extproc.context.GatewayContext`, which holds this module's telemetry: a view of it, so
+    observability does not import the context back)."""
+
+    @property
+    def budgets(self) -> BudgetGate: ...
+    @property
+    def audit(self) -> AuditSink: ...
+    @property
+    def authenticator(self) -> Authenticator: ...
+    @property
+    def model_mismatches(self) -> Mapping[str, int]: ...
+    @property
+    def sidecar_auth(self) -> SidecarAuth: ...
+
+
 class GatewayMetrics:
     def __init__(
         self,
         meter: Meter,
         config: ObservabilityConfig,
-        current: Callable[[], GatewayContext | None],
+        current: Callable[[], Observed | None],
     ) -> None:
         self.config = config
         self.current = current
@@ -338,7 +358,7 @@ class GatewayMetrics:
     def _limit(self, _o: CallbackOptions) -> Iterable[Observation]:
         return self._budget_obs("limit")
 
-    def _stat(self, read: Callable[[GatewayContext], int]) -> Iterable[Observation]:
+    def _stat(self, read: Callable[[Observed], int]) -> Iterable[Observation]:
         ctx = self.current()
         return [] if ctx is None else [Observation(read(ctx))]
 

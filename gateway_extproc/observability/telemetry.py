@@ -25,8 +25,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
 
     from gateway_extproc.audit import AuditRecord
-    from gateway_extproc.context import GatewayContext
-    from gateway_extproc.observability.metrics import GatewayMetrics
+    from gateway_extproc.observability.metrics import GatewayMetrics, Observed
 
 log = logging.getLogger("gateway.observability")
 SERVICE_NAME = "llm-spend-gateway"
@@ -161,7 +160,7 @@ def start_telemetry(
     *,
     worker: int,
     metrics_port: int,
-    current: Callable[[], GatewayContext | None],
+    current: Callable[[], Observed | None],
 ) -> Telemetry:
     """This worker's pipeline: traces when an OTLP endpoint is configured, the /metrics endpoint
     on `metrics_port` (0: any free port) unless disabled, OTLP metrics when configured."""

@@ -33,7 +33,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway_extproc.envoy_drain import active_requests
+from gateway_extproc.envoy.drain import active_requests
 from tests.deploy.pod import Pod, render
 from tests.deploy.test_chart_render import CASES
 from tests.redis_servers import RedisEndpoint, free_port, standalone_redis

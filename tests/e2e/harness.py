@@ -26,7 +26,7 @@ from gateway_extproc.sidecar_auth.settings import caller_tokens
 from gateway_extproc.stack import Stack
 from tests.paths import REPO, TEST_FIXTURES
 
-CATALOG = REPO / "gateway_extproc" / "catalog.yaml"
+CATALOG = REPO / "gateway_extproc" / "catalog" / "catalog.yaml"
 # Models the recorded transcripts use that the providers have since retired (operator catalog).
 RETIRED_MODELS = TEST_FIXTURES / "retired-models.yaml"
 

@@ -327,7 +327,7 @@ def test_metrics_of_every_worker_equal_the_audit_totals(obs: Observed) -> None:
         return total(scrape(obs), "gateway_requests_total") == len(obs.audit.records())
 
     deadline = time.monotonic() + 20
-    while not settled():  # the audit line and the metrics are written by the same _finish
+    while not settled():  # the audit line and the metrics are written by the same conclude
         assert time.monotonic() < deadline, "metrics never caught up with the audit log"
         time.sleep(0.1)
     samples = scrape(obs)

@@ -26,8 +26,8 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from gateway_extproc.apis import Api
 from gateway_extproc.budgets.admission import Decision
-from gateway_extproc.config import load_config
-from gateway_extproc.envoy_extproc import ClientTls
+from gateway_extproc.config.gateway import load_config
+from gateway_extproc.envoy.filters import ClientTls
 from gateway_extproc.handoff import MAC_KEY, NAMESPACE, STATE_KEY, BudgetHandoff, RequestState
 from gateway_extproc.identity.model import ANONYMOUS, AuthMethod, Kind
 from gateway_extproc.sidecar_auth.seal import StateSeal

@@ -23,8 +23,8 @@ from gateway_extproc.admin._generated.gateway.admin.v1 import admin_pb2 as pb
 from gateway_extproc.admin.api import AdminClient
 from gateway_extproc.admin.budget_api import MAX_OVERRIDE_S, ts
 from gateway_extproc.budgets.results import Charge
-from gateway_extproc.context import GatewayContext
 from gateway_extproc.errors import Unauthenticated
+from gateway_extproc.extproc.context import GatewayContext
 from gateway_extproc.identity.devissuer import DEV_ISSUER, DevIssuer, ensure_dev_issuer
 from gateway_extproc.runtime import build_context, close_context, start_context
 from gateway_extproc.spend.rollup import Dimensions, UsageRecord

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway_extproc.admin.settings import AdminApiConfig, parse_admin_api, parse_spend
-from gateway_extproc.config import load_document, merge, parse_config
+from gateway_extproc.config.gateway import load_document, merge, parse_config
 from gateway_extproc.errors import ConfigError
 from gateway_extproc.spend.rollup import RollupSettings
 

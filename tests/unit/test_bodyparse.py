@@ -8,11 +8,11 @@ import threading
 
 import pytest
 
-from gateway_extproc import bodyparse
 from gateway_extproc.apis import Api
-from gateway_extproc.config import Limits
+from gateway_extproc.config.gateway import Limits
 from gateway_extproc.errors import BadRequest, PayloadTooLarge
-from gateway_extproc.inbound import ParsedRequest
+from gateway_extproc.providers.inbound import ParsedRequest
+from gateway_extproc.request import bodyparse
 
 LIMITS = Limits()
 

@@ -1,4 +1,4 @@
-"""The worst-case bound of a request (gateway_extproc/bounds.py): pure, table-driven."""
+"""The worst-case bound of a request (gateway_extproc/cost/bounds.py): pure, table-driven."""
 
 from __future__ import annotations
 
@@ -11,10 +11,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway_extproc.apis import Api, Schema
-from gateway_extproc.bounds import Bound, Unbounded, Unpriced, UnseenInput, bound, request_price
-from gateway_extproc.catalog import ModelEntry
-from gateway_extproc.pricing import LongContext, Price
-from gateway_extproc.shape import (
+from gateway_extproc.catalog.models import ModelEntry
+from gateway_extproc.catalog.pricing import LongContext, Price
+from gateway_extproc.cost.bounds import (
+    Bound,
+    Unbounded,
+    Unpriced,
+    UnseenInput,
+    bound,
+    request_price,
+)
+from gateway_extproc.cost.shape import (
     PER_MESSAGE_TOKENS,
     PER_REQUEST_TOKENS,
     TOOLS_PROMPT_TOKENS,
@@ -312,9 +319,9 @@ def test_the_bound_holds_on_every_recorded_request() -> None:
     """Every recorded OpenAI request (shared/fixtures/recorded-openai) whose model the catalog
     prices: the reserved input bound is at least the input the provider reported. The old
     characters / 4 estimate fell short on 7 of them (tools, token arrays, images)."""
-    from gateway_extproc.catalog import Catalog
-    from gateway_extproc.inbound import parse_request
-    from gateway_extproc.metering import StreamMeter, usage_from_json
+    from gateway_extproc.catalog.models import Catalog
+    from gateway_extproc.providers.inbound import parse_request
+    from gateway_extproc.providers.metering import StreamMeter, usage_from_json
     from tests.e2e.harness import RETIRED_MODELS
     from tests.recorded import load_cassettes
 
@@ -331,7 +338,7 @@ def test_the_bound_holds_on_every_recorded_request() -> None:
             if it.is_stream:
                 meter = StreamMeter(it.api)
                 meter.feed(it.response_body)
-                usage = meter.finish().usage
+                usage = meter.flush().usage
             else:
                 usage = usage_from_json(it.api, it.response_body).usage
             if usage is None:

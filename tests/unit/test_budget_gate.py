@@ -23,7 +23,6 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from gateway_extproc.apis import Schema
-from gateway_extproc.bounds import Bound
 from gateway_extproc.budgets.admission import Admission, Decision
 from gateway_extproc.budgets.alerts import AlertSender
 from gateway_extproc.budgets.breaker import CircuitBreaker
@@ -45,9 +44,10 @@ from gateway_extproc.budgets.refusals import BudgetExceeded, BudgetUnavailable
 from gateway_extproc.budgets.results import AlertCrossing, Charge
 from gateway_extproc.budgets.settings import parse_budgets
 from gateway_extproc.budgets.store import BudgetStore
-from gateway_extproc.catalog import Catalog, ModelEntry
+from gateway_extproc.catalog.models import Catalog, ModelEntry
+from gateway_extproc.catalog.pricing import Price
+from gateway_extproc.cost.bounds import Bound
 from gateway_extproc.identity.model import AuthMethod, Identity, Kind
-from gateway_extproc.pricing import Price
 from tests.redis_servers import (  # noqa: F401 - redis_standalone_server is a session fixture
     RedisEndpoint,
     _server,
@@ -319,7 +319,7 @@ async def test_no_applicable_budget_is_decided_without_redis(harness: Harness) -
     control = harness.client()
     before = await store_commands(control)
     admission = await admit(gate)
-    gate.finish(admission, 1234)
+    gate.settle_or_release(admission, 1234)
     await gate.drain()
     assert admission.decision is Decision.NONE and admission.entry is GPT4O
     assert not admission.reserved and admission.charges == ()
@@ -464,7 +464,7 @@ async def test_downgrade_budget_without_room_serves_the_fallback(
     assert (admission.downgraded_from, admission.downgrade_budget) == ("gpt-4o", "gpt4o-cap")
     assert {c.estimate_micros for c in admission.charges} == {MINI_COST}
     assert [await counter(gate, b) for b in budgets] == holds
-    gate.finish(admission, 100)
+    gate.settle_or_release(admission, 100)
     await gate.drain()
     assert [await counter(gate, b) for b in budgets] == [(100 if h else 0, 0) for _, h in holds]
 
@@ -540,7 +540,7 @@ async def test_monitor_budget_without_room_admits_and_reports(harness: Harness) 
     assert await counter(gate, watch) == (0, GPT4O_COST)
 
 
-# -- finish ----------------------------------------------------------------------------------
+# -- settle_or_release -----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -549,7 +549,7 @@ async def test_monitor_budget_without_room_admits_and_reports(harness: Harness) 
         ([1234], 1234, "SETTLED"),
         ([0], 0, "SETTLED"),
         ([None], 0, "RELEASED"),
-        ([1234, 999], 1234, "SETTLED"),  # a second finish changes nothing
+        ([1234, 999], 1234, "SETTLED"),  # a second settle_or_release changes nothing
         ([None, 1234], 0, "RELEASED"),
     ],
 )
@@ -559,7 +559,7 @@ async def test_finish_settles_or_releases_once(
     gate = await harness.gate([SMALL])
     admission = await admit(gate)
     for cost in costs:
-        gate.finish(admission, cost)
+        gate.settle_or_release(admission, cost)
     await gate.drain()
     assert admission.settled
     assert await counter(gate, SMALL) == (spent, 0)
@@ -572,9 +572,9 @@ async def test_settle_passes_threshold_crossings_to_the_alert_sender(harness: Ha
     gate = await harness.gate([watched], alerts=alerts)
     first = await admit(gate, "req-1")
     second = await admit(gate, "req-2")
-    gate.finish(first, 6000)
+    gate.settle_or_release(first, 6000)
     await gate.drain()
-    gate.finish(second, 2500)
+    gate.settle_or_release(second, 2500)
     await gate.drain()
     assert [(a.threshold_percent, a.spent_micros) for a in alerts.sent] == [(50, 6000), (80, 8500)]
     assert {(a.budget, a.scope_value, a.window_id, a.limit_micros) for a in alerts.sent} == {
@@ -676,7 +676,7 @@ async def test_a_settle_is_retried_until_redis_has_it(
     control = harness.client(own_redis)
     await control.client_pause(60_000, all=False)  # scripts wait; reads still answer
     try:
-        gate.finish(admission, 1234)
+        gate.settle_or_release(admission, 1234)
         for _ in range(1000):  # until more attempts failed than the old code ever made (3)
             if gate.services.stats.settle_retries >= 5:
                 break
@@ -697,8 +697,8 @@ async def test_fail_open_spend_is_reconciled_once_when_redis_is_back(harness: Ha
     gate = await harness.gate([opened], endpoint=RedisEndpoint("127.0.0.1", port), clock=clock)
     admission = await admit(gate, "down")
     assert admission.decision is Decision.FAIL_OPEN
-    gate.finish(admission, 2500)
-    gate.finish(admission, 2500)
+    gate.settle_or_release(admission, 2500)
+    gate.settle_or_release(admission, 2500)
     assert await gate.reconcile() == 0  # still down: kept for later
     with tempfile.TemporaryDirectory(prefix="redis-") as tmp:
         proc = _server(Path(tmp), port)
@@ -730,7 +730,7 @@ async def test_fail_open_after_a_timeout_is_still_reconciled(
     assert admission.decision is Decision.FAIL_OPEN
     await gate.drain()  # the background release ran
     assert await record_state(gate, "slow") == "RELEASED"
-    gate.finish(admission, 2500)
+    gate.settle_or_release(admission, 2500)
     assert await gate.reconcile() == 1
     assert await gate.reconcile() == 0
     assert await counter(gate, opened) == (2500, 0)
@@ -790,8 +790,8 @@ async def test_reaper_charges_expired_leases(harness: Harness) -> None:
     assert [(a.budget, a.threshold_percent) for a in alerts.sent] == [("watched", 50)]
     # The sidecar was only slow (say Redis was out of its reach): its late settles correct the
     # reaper's charges to the real costs, once.
-    gate.finish(crashed, 100)
-    gate.finish(streaming, 1500)
+    gate.settle_or_release(crashed, 100)
+    gate.settle_or_release(streaming, 1500)
     await gate.drain()
     assert await counter(gate, watched) == (100 + 1500, 0)
     assert await record_state(gate, "crashed") == "SETTLED"

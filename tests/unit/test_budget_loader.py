@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway_extproc.budgets.loader import BudgetStoreConfig, parse_budget_store
-from gateway_extproc.config import load_document, merge, parse_config
+from gateway_extproc.config.gateway import load_document, merge, parse_config
 from gateway_extproc.errors import ConfigError
 
 MONTH = {"type": "calendar", "period": "month"}

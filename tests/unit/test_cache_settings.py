@@ -8,7 +8,7 @@ import yaml
 
 from gateway_extproc.budgets.model import Match
 from gateway_extproc.cache.settings import CacheConfig, CacheRule, CacheScope, parse_cache
-from gateway_extproc.config import load_config, load_document, merge, parse_config
+from gateway_extproc.config.gateway import load_config, load_document, merge, parse_config
 from tests.paths import doc_example
 
 

@@ -19,10 +19,10 @@ from gateway_extproc.budgets.model import Match
 from gateway_extproc.cache.service import ResponseCache, build_cache
 from gateway_extproc.cache.settings import CacheConfig, CacheRule
 from gateway_extproc.cache.store import CacheStore
-from gateway_extproc.catalog import Catalog
+from gateway_extproc.catalog.models import Catalog
 from gateway_extproc.errors import BadRequest
 from gateway_extproc.identity.model import AuthMethod, Identity, Kind
-from gateway_extproc.inbound import parse_request
+from gateway_extproc.providers.inbound import parse_request
 from tests.redis_servers import (  # noqa: F401 - session fixtures used via getfixturevalue
     RedisClusterNodes,
     RedisEndpoint,

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from gateway_extproc.apis import Schema
-from gateway_extproc.catalog import Catalog, ModelEntry, Price
+from gateway_extproc.catalog.models import Catalog, ModelEntry, Price
+from gateway_extproc.catalog.pricing import usd_to_micros
 from gateway_extproc.errors import ConfigError
-from gateway_extproc.pricing import usd_to_micros
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,8 @@ from typing import Any
 
 import pytest
 
-from gateway_extproc.catalog import Catalog, ModelEntry
-from gateway_extproc.errors import ConfigError
-from gateway_extproc.pricing import (
+from gateway_extproc.catalog.models import Catalog, ModelEntry
+from gateway_extproc.catalog.pricing import (
     LongContext,
     Price,
     cost_micros,
@@ -18,6 +17,7 @@ from gateway_extproc.pricing import (
     usd_to_micros,
     worst_case_micros,
 )
+from gateway_extproc.errors import ConfigError
 from gateway_extproc.tokens import Usage
 
 RETIRED = Path(__file__).resolve().parents[1] / "fixtures" / "retired-models.yaml"

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from gateway_extproc.apis import Schema
-from gateway_extproc.config import (
+from gateway_extproc.config.gateway import (
     GatewayConfig,
     Limits,
     load_config,
@@ -18,7 +18,7 @@ from gateway_extproc.config import (
     merge,
     parse_config,
 )
-from gateway_extproc.config_providers import Credential
+from gateway_extproc.config.providers import Credential
 from gateway_extproc.errors import ConfigError
 
 

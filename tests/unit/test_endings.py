@@ -1,4 +1,4 @@
-"""What an ending the provider did not report is charged (gateway_extproc/endings.py): pure,
+"""What an ending the provider did not report is charged (gateway_extproc/cost/endings.py): pure,
 table-driven, and a property - whatever the provider did that fits what the gateway saw, the
 charge is never below its bill."""
 
@@ -12,10 +12,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway_extproc.apis import Api, Schema
-from gateway_extproc.bounds import UnseenInput, bound
-from gateway_extproc.catalog import ModelEntry
-from gateway_extproc.config import load_document, merge, parse_config
-from gateway_extproc.endings import (
+from gateway_extproc.catalog.models import ModelEntry
+from gateway_extproc.catalog.pricing import LongContext, Price, cost_pico
+from gateway_extproc.config.gateway import load_document, merge, parse_config
+from gateway_extproc.cost.bounds import UnseenInput, bound
+from gateway_extproc.cost.endings import (
     ChargeLimits,
     InputKind,
     charge,
@@ -25,9 +26,8 @@ from gateway_extproc.endings import (
     limits_for,
     output_seen,
 )
+from gateway_extproc.cost.shape import shape_of
 from gateway_extproc.errors import ConfigError
-from gateway_extproc.pricing import LongContext, Price, cost_pico
-from gateway_extproc.shape import shape_of
 from gateway_extproc.tokens import Usage
 
 PRICE = Price(input=3, output=15, cached_input=1, cache_write=4, reasoning=15)

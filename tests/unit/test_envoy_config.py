@@ -14,16 +14,16 @@ import pytest
 import yaml
 
 from gateway_extproc.budgets.report import RESPONSE_HEADERS
-from gateway_extproc.config import GatewayConfig, load_config
-from gateway_extproc.envoy_config import EnvoyPorts, build, render
-from gateway_extproc.envoy_edge import OPERATIONS_RESERVE
-from gateway_extproc.envoy_extproc import EXTPROC_CLUSTER, SidecarAccess
+from gateway_extproc.config.gateway import GatewayConfig, load_config
+from gateway_extproc.config.upstreams import Upstream, resolve_upstreams
+from gateway_extproc.envoy.bootstrap import EnvoyPorts, build, render
+from gateway_extproc.envoy.edge import OPERATIONS_RESERVE
+from gateway_extproc.envoy.filters import EXTPROC_CLUSTER, SidecarAccess
 from gateway_extproc.handoff import NAMESPACE
-from gateway_extproc.processor import METADATA_RESPONSE_HEADERS
-from gateway_extproc.route import CLUSTER_HEADER
+from gateway_extproc.request.processor import METADATA_RESPONSE_HEADERS
+from gateway_extproc.request.route import CLUSTER_HEADER
 from gateway_extproc.server import GRPC_MESSAGE_SLACK, SERVICE_NAME
 from gateway_extproc.stack import StackError, validate_envoy_config
-from gateway_extproc.upstreams import Upstream, resolve_upstreams
 from tests.paths import REPO
 from tests.selfsigned import CertAuthority
 from tests.sidecar_secrets import ACCESS, CALLER_TOKEN

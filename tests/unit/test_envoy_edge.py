@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway_extproc.config import Limits, load_config, load_document, merge, parse_config
-from gateway_extproc.envoy_config import EnvoyPorts, build, render
-from gateway_extproc.envoy_edge import (
+from gateway_extproc.config.gateway import Limits, load_config, load_document, merge, parse_config
+from gateway_extproc.config.upstreams import resolve_upstreams
+from gateway_extproc.envoy.bootstrap import EnvoyPorts, build, render
+from gateway_extproc.envoy.edge import (
     CONNECTIONS_MONITOR,
     MEMORY_MONITOR,
     OPERATIONS_RESERVE,
@@ -21,10 +22,9 @@ from gateway_extproc.envoy_edge import (
     listener_settings,
     overload_manager,
 )
-from gateway_extproc.envoy_ops import ops_listener, with_downstream_tls
+from gateway_extproc.envoy.ops import ops_listener, with_downstream_tls
 from gateway_extproc.errors import ConfigError
 from gateway_extproc.stack import validate_envoy_config
-from gateway_extproc.upstreams import resolve_upstreams
 from tests.sidecar_secrets import ACCESS
 
 CA_FILE = "/etc/ssl/certs/ca-certificates.crt"

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from gateway_extproc.apis import Schema
-from gateway_extproc.config import load_document, merge, parse_config
+from gateway_extproc.config.gateway import load_document, merge, parse_config
 from gateway_extproc.errors import ConfigError, HeaderNotAllowed
-from gateway_extproc.forwarding import BILLING_HEADERS, forward_policy
+from gateway_extproc.providers.forwarding import BILLING_HEADERS, forward_policy
 
 OPENAI = forward_policy(Schema.OPENAI, (), mocked=False)
 ANTHROPIC = forward_policy(Schema.ANTHROPIC, (), mocked=False)

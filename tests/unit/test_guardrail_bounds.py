@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway_extproc.config import GatewayConfig, load_document, merge, parse_config
+from gateway_extproc.config.gateway import GatewayConfig, load_document, merge, parse_config
 from gateway_extproc.errors import ConfigError
 from gateway_extproc.guardrails import Category, GuardAction, Guardrails
 from gateway_extproc.guardrails.deadline import Deadline, ScanTimeout

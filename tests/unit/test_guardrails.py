@@ -13,8 +13,8 @@ import yaml
 
 from gateway_extproc.apis import Api
 from gateway_extproc.budgets.model import Match
-from gateway_extproc.catalog import Catalog, ModelEntry
-from gateway_extproc.config import load_document, merge, parse_config
+from gateway_extproc.catalog.models import Catalog, ModelEntry
+from gateway_extproc.config.gateway import load_document, merge, parse_config
 from gateway_extproc.errors import ConfigError
 from gateway_extproc.guardrails import Category, GuardAction, GuardrailConfig, Guardrails, pii
 from gateway_extproc.guardrails import secret_patterns as sp
@@ -22,7 +22,7 @@ from gateway_extproc.guardrails.prepared import Prepared
 from gateway_extproc.guardrails.scan import Finding, redact, scan
 from gateway_extproc.guardrails.settings import parse_guardrails
 from gateway_extproc.identity.model import ANONYMOUS, AuthMethod, Identity, Kind
-from gateway_extproc.inbound import ParsedRequest, parse_request
+from gateway_extproc.providers.inbound import ParsedRequest, parse_request
 from tests.paths import doc_example
 
 C = Category

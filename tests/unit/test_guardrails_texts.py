@@ -12,11 +12,11 @@ import pytest
 
 from gateway_extproc.apis import Api
 from gateway_extproc.budgets.model import Match
-from gateway_extproc.catalog import Catalog
+from gateway_extproc.catalog.models import Catalog
 from gateway_extproc.guardrails import Category, GuardAction, GuardrailConfig, Guardrails
 from gateway_extproc.guardrails.texts import text_slots
 from gateway_extproc.identity.model import ANONYMOUS
-from gateway_extproc.inbound import parse_request, upstream_body, with_body
+from gateway_extproc.providers.inbound import parse_request, upstream_body, with_body
 from tests.guardrails_corpus import ALLOWED_EMAIL_DOMAINS, RequestCase, load_requests
 
 MAIL = "alice@corp.io"  # one e-mail address per text the model reads

@@ -11,7 +11,7 @@ import pytest
 
 from gateway_extproc.apis import Api
 from gateway_extproc.errors import BadRequest, UnsupportedOption
-from gateway_extproc.inbound import (
+from gateway_extproc.providers.inbound import (
     TOKENS_PER_MEDIA_PART,
     TOKENS_PER_MESSAGE,
     ParsedRequest,

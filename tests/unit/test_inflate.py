@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway_extproc.inflate import (
+from gateway_extproc.response.inflate import (
     DEFLATE_WBITS,
     GZIP_WBITS,
     MAX_RATIO,

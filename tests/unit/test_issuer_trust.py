@@ -15,7 +15,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from gateway_extproc.config import load_document, merge, parse_config
+from gateway_extproc.config.gateway import load_document, merge, parse_config
 from gateway_extproc.errors import ConfigError
 from gateway_extproc.identity.devissuer import ALLOW_ENV
 from gateway_extproc.identity.jwks import JwksError, KeySet, http_fetch, insecure_url

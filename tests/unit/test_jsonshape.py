@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway_extproc import jsonshape
 from gateway_extproc.errors import BadRequest, PayloadTooLarge
-from gateway_extproc.jsonshape import check_shape, check_unique_keys, count_values
+from gateway_extproc.request import jsonshape
+from gateway_extproc.request.jsonshape import check_shape, check_unique_keys, count_values
 
 BIG = 10**9
 

@@ -16,8 +16,8 @@ import yaml
 
 from gateway_extproc.budgets.loader import parse_budget_store
 from gateway_extproc.cli import main
-from gateway_extproc.envoy_drain import ACTIVE_STAT, drain_envoy
-from gateway_extproc.envoy_extproc import EXTPROC_CLUSTER
+from gateway_extproc.envoy.drain import ACTIVE_STAT, drain_envoy
+from gateway_extproc.envoy.filters import EXTPROC_CLUSTER
 from gateway_extproc.stack import validate_envoy_config
 from tests.redis_servers import RedisEndpoint, standalone_redis
 from tests.selfsigned import write_pki, write_self_signed

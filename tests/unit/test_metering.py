@@ -10,17 +10,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway_extproc.apis import Api
-from gateway_extproc.metering import (
+from gateway_extproc.providers.anthropic.metering import usage_from_anthropic
+from gateway_extproc.providers.base import utf8_len
+from gateway_extproc.providers.metering import (
     JsonMeterResult,
     StreamMeter,
     StreamMeterResult,
     estimate_tokens,
-    usage_from_anthropic,
     usage_from_json,
-    usage_from_openai,
-    usage_from_openai_responses,
 )
-from gateway_extproc.metering_common import utf8_len
+from gateway_extproc.providers.openai.metering import usage_from_openai, usage_from_openai_responses
 from gateway_extproc.tokens import Usage
 from tests.paths import STREAMS
 
@@ -34,7 +33,7 @@ def meter(api: Api, *chunks: bytes, max_line_bytes: int = 1 << 20) -> StreamMete
     m = StreamMeter(api, max_line_bytes=max_line_bytes)
     for chunk in chunks:
         m.feed(chunk)
-    return m.finish()
+    return m.flush()
 
 
 def sse(*objs: Any) -> bytes:
@@ -711,8 +710,8 @@ def test_empty_stream() -> None:
 def test_finish_is_idempotent() -> None:
     m = StreamMeter(Api.OPENAI_CHAT)
     m.feed(_fixture("openai_chat_include_usage.sse"))
-    first = m.finish()
-    assert m.finish() is first
+    first = m.flush()
+    assert m.flush() is first
 
 
 # --- output is counted in UTF-8 bytes: they bound the tokens ----------------------------------

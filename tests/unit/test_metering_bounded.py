@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway_extproc.apis import Api
-from gateway_extproc.metering import usage_from_json
-from gateway_extproc.metering_bounded import (
+from gateway_extproc.providers.metering import usage_from_json
+from gateway_extproc.response.json_body import (
     HEAD_BYTES,
     TAIL_BYTES,
     WANTED,

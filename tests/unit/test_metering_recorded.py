@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from gateway_extproc.apis import Api
-from gateway_extproc.metering import StreamMeter, StreamMeterResult, usage_from_json
+from gateway_extproc.providers.metering import StreamMeter, StreamMeterResult, usage_from_json
 from gateway_extproc.tokens import Usage
 from tests.recorded import Interaction, load_cassettes
 
@@ -95,7 +95,7 @@ def meter_split(api: Api, body: bytes, *cuts: int) -> StreamMeterResult:
     meter = StreamMeter(api)
     for start, end in zip((0, *cuts), (*cuts, len(body)), strict=True):
         meter.feed(body[start:end])
-    return meter.finish()
+    return meter.flush()
 
 
 @pytest.mark.parametrize("it", _select(status_ok=True, stream=True))

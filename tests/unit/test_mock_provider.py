@@ -250,7 +250,7 @@ def test_gzip_encoder_flushes_every_write() -> None:
     for event in EVENTS:
         seen += decoder.decompress(encoder.encode(event))
         assert seen.endswith(event)  # decodable as soon as written: nothing held back
-    seen += decoder.decompress(encoder.finish())
+    seen += decoder.decompress(encoder.flush())
     assert seen == b"".join(EVENTS) and decoder.eof
 
 

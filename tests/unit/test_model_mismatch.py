@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from gateway_extproc.catalog import Catalog, ModelEntry
-from gateway_extproc.model_mismatch import Mismatch, MismatchKind, price_reported
-from gateway_extproc.pricing import cost_micros
+from gateway_extproc.catalog.models import Catalog, ModelEntry
+from gateway_extproc.catalog.pricing import cost_micros
+from gateway_extproc.response.model_mismatch import Mismatch, MismatchKind, price_reported
 from gateway_extproc.tokens import Usage
 
 CATALOG = Catalog.load([])

@@ -16,8 +16,10 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from google.protobuf import struct_pb2
 
 from gateway_extproc.apis import Api
-from gateway_extproc.config import GatewayConfig, load_document, merge, parse_config
-from gateway_extproc.endings import ChargeLimits, InputKind
+from gateway_extproc.catalog.pricing import LongContext, Price
+from gateway_extproc.config.gateway import GatewayConfig, load_document, merge, parse_config
+from gateway_extproc.cost.endings import ChargeLimits, InputKind
+from gateway_extproc.cost.shape import PER_MESSAGE_TOKENS, PER_REQUEST_TOKENS
 from gateway_extproc.handoff import (
     MAC_KEY,
     NAMESPACE,
@@ -27,10 +29,8 @@ from gateway_extproc.handoff import (
     RequestState,
 )
 from gateway_extproc.identity.model import AuthMethod, Identity, Kind
-from gateway_extproc.metering import StreamMeter
-from gateway_extproc.observer import ResponseObserver, StreamObserver
-from gateway_extproc.pricing import LongContext, Price
-from gateway_extproc.shape import PER_MESSAGE_TOKENS, PER_REQUEST_TOKENS
+from gateway_extproc.providers.metering import StreamMeter
+from gateway_extproc.response.observer import ResponseObserver, StreamObserver
 from gateway_extproc.sidecar_auth.seal import StateSeal
 from tests.unit.test_processor import (
     CHAT,
@@ -212,7 +212,7 @@ def test_a_stream_cut_midway_is_charged_what_it_showed_and_the_margin(gw: Gatewa
     assert (record["completed"], record["usage_source"]) == (False, "bound")
     meter = StreamMeter(Api.OPENAI_CHAT)
     meter.feed(half)
-    seen = meter.finish().output_bytes
+    seen = meter.flush().output_bytes
     assert 0 < seen < 1_000 - MARGIN
     assert record["tokens"]["output_tokens"] == seen + MARGIN
     assert record["tokens"]["input_tokens"] == limits_of(metadata).input_tokens
@@ -238,7 +238,7 @@ def test_a_checkpoint_charges_the_bound_the_stream_may_reach_by_the_next_one(gw:
     assert seen > 0
     output = seen + -(-seen * 60 // 600) + MARGIN
     assert response._cost_so_far() == cost_of(limits.input_tokens, output)
-    response.finished = True  # not ended here: only its checkpoints were asked for
+    response.concluded = True  # not ended here: only its checkpoints were asked for
 
 
 def test_a_json_request_waiting_for_its_answer_checkpoints_its_whole_bound(gw: Gateway) -> None:
@@ -248,7 +248,7 @@ def test_a_json_request_waiting_for_its_answer_checkpoints_its_whole_bound(gw: G
     text = metadata.fields[NAMESPACE].struct_value.fields[STATE_KEY].string_value
     response = ResponseObserver(gw.ctx, RequestState.decode(text))
     assert response._cost_so_far() == cost_of(limits_of(metadata).input_tokens, 1_000)
-    response.finished = True
+    response.concluded = True
 
 
 def test_an_upstream_error_costs_nothing(gw: Gateway) -> None:
@@ -376,7 +376,7 @@ def test_state_keys_rotate_the_first_signs_any_listed_verifies(gw: Gateway) -> N
         observer = StreamObserver(dataclasses.replace(gw.ctx, sidecar_auth=auth))
         assert observer.handle(observed(resp_headers(), signed_old)) is (not accepted), keys
         if observer.response is not None:
-            observer.response.finished = True  # not metered here: only whether it was let in
+            observer.response.concluded = True  # not metered here: only whether it was let in
     assert StateSeal((new, old)).sign(text) == StateSeal((new,)).sign(text)  # the first signs
 
 

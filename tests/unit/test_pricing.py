@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway_extproc.apis import Schema
-from gateway_extproc.catalog import ModelEntry
-from gateway_extproc.pricing import (
+from gateway_extproc.catalog.models import ModelEntry
+from gateway_extproc.catalog.pricing import (
     LongContext,
     Price,
     cost_micros,

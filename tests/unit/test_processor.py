@@ -20,18 +20,18 @@ from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
-from gateway_extproc import response_body as response_body_module
-from gateway_extproc import route as route_module
 from gateway_extproc.audit import AuditSink
-from gateway_extproc.catalog import Catalog
-from gateway_extproc.config import GatewayConfig, load_document, merge, parse_config
-from gateway_extproc.context import GatewayContext
+from gateway_extproc.catalog.models import Catalog
+from gateway_extproc.config.gateway import GatewayConfig, load_document, merge, parse_config
+from gateway_extproc.config.upstreams import resolve_upstreams
+from gateway_extproc.extproc.context import GatewayContext
 from gateway_extproc.identity.authenticator import Authenticator
-from gateway_extproc.processor import StreamProcessor
-from gateway_extproc.route import CLUSTER_HEADER
+from gateway_extproc.request import route as route_module
+from gateway_extproc.request.processor import StreamProcessor
+from gateway_extproc.request.route import CLUSTER_HEADER
+from gateway_extproc.response import body as response_body_module
 from gateway_extproc.runtime import build_gate
 from gateway_extproc.tokens import Usage
-from gateway_extproc.upstreams import resolve_upstreams
 from tests.paths import STREAMS
 from tests.sidecar_secrets import sidecar_auth
 

@@ -24,18 +24,18 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from gateway_extproc import route as route_module
 from gateway_extproc.apis import Api
 from gateway_extproc.audit import AuditSink
 from gateway_extproc.budgets.gate import BudgetGate
 from gateway_extproc.cache.service import build_cache
-from gateway_extproc.config import GatewayConfig, load_document, merge, parse_config
-from gateway_extproc.context import GatewayContext
+from gateway_extproc.config.gateway import GatewayConfig, load_document, merge, parse_config
+from gateway_extproc.config.upstreams import resolve_upstreams
+from gateway_extproc.extproc.context import GatewayContext
 from gateway_extproc.identity.authenticator import Authenticator
-from gateway_extproc.inbound import parse_request
-from gateway_extproc.processor import StreamProcessor
+from gateway_extproc.providers.inbound import parse_request
+from gateway_extproc.request import route as route_module
+from gateway_extproc.request.processor import StreamProcessor
 from gateway_extproc.runtime import build_gate
-from gateway_extproc.upstreams import resolve_upstreams
 from tests.redis_servers import (  # noqa: F401 - redis_standalone_server is a session fixture
     RedisEndpoint,
     redis_standalone_server,

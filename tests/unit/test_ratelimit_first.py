@@ -1,4 +1,4 @@
-"""Rate limits checked before a large prompt's scan (ratelimits/first.py), on a real
+"""Rate limits checked before a large prompt's scan (request/ratelimit_first.py), on a real
 redis-server: the peek counts nothing, agrees with what the reservation decides, refuses with
 the reservation's own 429, and lets requests through when Redis fails (rate limits fail open)."""
 
@@ -9,12 +9,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway_extproc.bounds import Bound
 from gateway_extproc.budgets.gate import BudgetGate
+from gateway_extproc.budgets.ratelimits.model import RateLimitAction, RateLimitCharge
+from gateway_extproc.budgets.ratelimits.report import RateLimited
+from gateway_extproc.cost.bounds import Bound
 from gateway_extproc.errors import CostUnbounded
-from gateway_extproc.ratelimits import first
-from gateway_extproc.ratelimits.model import RateLimitAction, RateLimitCharge
-from gateway_extproc.ratelimits.report import RateLimited
+from gateway_extproc.request import ratelimit_first as first
 from tests.redis_servers import RedisEndpoint
 from tests.unit.test_budget_gate import (  # noqa: F401 - fixtures
     ALICE,

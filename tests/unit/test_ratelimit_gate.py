@@ -9,15 +9,19 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway_extproc.bounds import Bound
 from gateway_extproc.budgets import report
 from gateway_extproc.budgets.admission import Decision
 from gateway_extproc.budgets.gate import BudgetGate
 from gateway_extproc.budgets.model import Action, Match, Scope, ScopeKind
+from gateway_extproc.budgets.ratelimits.model import (
+    RateLimitAction,
+    RateLimitCharge,
+    RateLimitConfig,
+)
+from gateway_extproc.budgets.ratelimits.report import RateLimited
 from gateway_extproc.budgets.refusals import BudgetExceeded
 from gateway_extproc.budgets.store import BudgetStore
-from gateway_extproc.ratelimits.model import RateLimitAction, RateLimitCharge, RateLimitConfig
-from gateway_extproc.ratelimits.report import RateLimited
+from gateway_extproc.cost.bounds import Bound
 from gateway_extproc.spend.rollup import Dimensions, UsageRecord
 from gateway_extproc.tokens import Usage
 from tests.unit.test_budget_gate import (  # noqa: F401 - fixtures
@@ -153,11 +157,11 @@ async def test_settle_corrects_the_token_hold_to_the_real_tokens(harness: Harnes
     admission = await admit(gate, "a")
     assert await tokens_counted(gate, tpm) == BOUND_TOKENS
     usage = UsageRecord(T0, Dimensions(), Usage(input_tokens=7, output_tokens=35), 3, False)
-    gate.finish(admission, 3, "a", usage)  # type: ignore[arg-type]
+    gate.settle_or_release(admission, 3, "a", usage)  # type: ignore[arg-type]
     await gate.drain()
     assert await tokens_counted(gate, tpm) == 42
     released = await admit(gate, "b")
-    gate.finish(released, None, "b")  # type: ignore[arg-type]
+    gate.settle_or_release(released, None, "b")  # type: ignore[arg-type]
     await gate.drain()
     assert await tokens_counted(gate, tpm) == 42
 
@@ -239,7 +243,7 @@ async def test_cache_hits_count_one_request_only_where_configured(harness: Harne
         admission = await hit(gate, rid)
         assert admission is not None and admission.reserved  # type: ignore[attr-defined]
         assert [s.limit.name for s in admission.rate_limits] == ["hits"]  # type: ignore[attr-defined]
-        gate.finish(admission, None, rid)  # type: ignore[arg-type]  # released at once: still counted
+        gate.settle_or_release(admission, None, rid)  # type: ignore[arg-type]  # released at once: still counted
     await gate.drain()
     assert await requests_counted(gate, counting) == 2
     assert await tokens_counted(gate, counting) == 0  # a hit generates no tokens

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 
 from gateway_extproc.budgets.model import Match, Scope, ScopeKind
-from gateway_extproc.ratelimits.model import (
+from gateway_extproc.budgets.ratelimits.model import (
     BUCKETS,
     RateLimitAction,
     RateLimitConfig,
     RateLimitState,
 )
-from gateway_extproc.ratelimits.report import format_reset, headers, retry_after_s
-from gateway_extproc.ratelimits.settings import parse_rate_limits
+from gateway_extproc.budgets.ratelimits.report import format_reset, headers, retry_after_s
+from gateway_extproc.budgets.ratelimits.settings import parse_rate_limits
 
 
 def parse(doc: object) -> tuple[tuple[RateLimitConfig, ...], list[str]]:

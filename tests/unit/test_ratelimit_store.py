@@ -9,14 +9,14 @@ import pytest
 from redis.asyncio.cluster import RedisCluster
 
 from gateway_extproc.budgets.model import Scope, ScopeKind
-from gateway_extproc.budgets.results import Charge, ReservationState
-from gateway_extproc.budgets.store import BudgetStore
-from gateway_extproc.ratelimits.model import (
+from gateway_extproc.budgets.ratelimits.model import (
     BUCKETS,
     RateLimitAction,
     RateLimitCharge,
     RateLimitConfig,
 )
+from gateway_extproc.budgets.results import Charge, ReservationState
+from gateway_extproc.budgets.store import BudgetStore
 from gateway_extproc.spend.rollup import Dimensions, UsageRecord
 from gateway_extproc.tokens import Usage
 from tests.redis_servers import (  # noqa: F401 - session fixtures used via getfixturevalue

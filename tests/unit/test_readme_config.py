@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from gateway_extproc.budgets.model import Action, ScopeKind
-from gateway_extproc.config import load_config, load_document, merge, parse_config
+from gateway_extproc.config.gateway import load_config, load_document, merge, parse_config
 from gateway_extproc.errors import ConfigError
 from gateway_extproc.identity.devissuer import ALLOW_ENV
 from tests.paths import REPO, doc_example

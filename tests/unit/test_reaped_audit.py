@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from gateway_extproc import reaped_audit
+from gateway_extproc.response import reaped_audit
 from tests.redis_servers import redis_standalone_server  # noqa: F401 - session fixture
 from tests.unit.test_processor_interactions import (  # noqa: F401 - fixtures
     ROOMY,

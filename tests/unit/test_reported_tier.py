@@ -1,14 +1,14 @@
-"""Pricing by the service tier the provider reports (gateway_extproc/reported_tier.py): pure,
-table-driven."""
+"""Pricing by the service tier the provider reports (gateway_extproc/response/reported_tier.py):
+pure, table-driven."""
 
 from __future__ import annotations
 
 import pytest
 
 from gateway_extproc.apis import Schema
-from gateway_extproc.catalog import ModelEntry
-from gateway_extproc.pricing import Price, cost_micros
-from gateway_extproc.reported_tier import TierCharge, charge_reported_tier
+from gateway_extproc.catalog.models import ModelEntry
+from gateway_extproc.catalog.pricing import Price, cost_micros
+from gateway_extproc.response.reported_tier import TierCharge, charge_reported_tier
 from gateway_extproc.tokens import Usage
 
 STANDARD = Price(input=2_500_000, output=10_000_000, cached_input=0, cache_write=0, reasoning=0)

@@ -9,7 +9,7 @@ import pytest
 
 from gateway_extproc.apis import Api
 from gateway_extproc.audit import LimitReached
-from gateway_extproc.response_body import ResponseBody
+from gateway_extproc.response.body import ResponseBody
 
 CAP = 256 * 1024
 

@@ -8,8 +8,8 @@ import orjson
 import pytest
 
 from gateway_extproc.apis import Api
-from gateway_extproc.metering import StreamMeter, StreamMeterResult, usage_from_json
-from gateway_extproc.metering_common import MAX_FINISH_REASONS
+from gateway_extproc.providers.base import MAX_FINISH_REASONS
+from gateway_extproc.providers.metering import StreamMeter, StreamMeterResult, usage_from_json
 from tests.paths import STREAMS
 
 STREAM_CASES = [
@@ -39,7 +39,7 @@ def fed(api: Api, data: bytes, step: int) -> StreamMeterResult:
     meter = StreamMeter(api)
     for i in range(0, len(data), step):
         meter.feed(data[i : i + step])
-    return meter.finish()
+    return meter.flush()
 
 
 @pytest.mark.parametrize(("api", "name", "response_id", "reasons"), STREAM_CASES)

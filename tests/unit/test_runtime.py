@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from gateway_extproc import runtime as runtime_module
-from gateway_extproc.context import GatewayContext
+from gateway_extproc.extproc.context import GatewayContext
 from gateway_extproc.observability.telemetry import Telemetry
 from gateway_extproc.runtime import Runtime, build_context
 from tests.sidecar_secrets import ENV as SIDECAR_ENV

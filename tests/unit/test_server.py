@@ -25,11 +25,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from gateway_extproc.apis import Api
-from gateway_extproc.config import load_config
+from gateway_extproc.catalog.pricing import Price
+from gateway_extproc.config.gateway import load_config
 from gateway_extproc.handoff import MAC_KEY, NAMESPACE, STATE_KEY, RequestState
 from gateway_extproc.identity.model import ANONYMOUS
-from gateway_extproc.pricing import Price
-from gateway_extproc.route import CLUSTER_HEADER
+from gateway_extproc.request.route import CLUSTER_HEADER
 from gateway_extproc.sidecar_auth.seal import StateSeal
 from tests.paths import REPO
 from tests.selfsigned import Pki, write_pki

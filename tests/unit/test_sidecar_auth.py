@@ -14,7 +14,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway_extproc.config import load_document, merge, parse_config
+from gateway_extproc.config.gateway import load_document, merge, parse_config
 from gateway_extproc.errors import ConfigError
 from gateway_extproc.launch import write_private
 from gateway_extproc.runtime import build_context

@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from gateway_extproc.admin.spend_reader import read_days
 from gateway_extproc.budgets.journal import Journal
 from gateway_extproc.budgets.model import (
     Action,
@@ -26,7 +27,6 @@ from gateway_extproc.budgets.results import Charge
 from gateway_extproc.budgets.services import BudgetServices, GateSettings
 from gateway_extproc.budgets.store import BudgetStore
 from gateway_extproc.spend import query
-from gateway_extproc.spend.reader import read_days
 from gateway_extproc.spend.rollup import Dimensions, UsageRecord
 from gateway_extproc.tokens import Usage
 from tests.redis_servers import RedisEndpoint, free_port, redis_standalone_server  # noqa: F401

@@ -11,6 +11,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
+from gateway_extproc.admin.spend_reader import read_days
 from gateway_extproc.budgets.model import (
     Action,
     BudgetConfig,
@@ -24,7 +25,6 @@ from gateway_extproc.budgets.overrides import Overrides
 from gateway_extproc.budgets.results import Charge, ReservationState
 from gateway_extproc.budgets.store import BudgetStore
 from gateway_extproc.spend import query
-from gateway_extproc.spend.reader import read_days
 from gateway_extproc.spend.rollup import Dimensions, RollupSettings, UsageRecord
 from gateway_extproc.tokens import Usage
 from tests.redis_servers import (  # noqa: F401 - session fixtures used via getfixturevalue

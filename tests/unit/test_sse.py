@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway_extproc.sse import SSEDecoder, SSEError, SSEEvent
+from gateway_extproc.providers.sse import SSEDecoder, SSEError, SSEEvent
 
 
 def decode(*chunks: bytes, max_line_bytes: int = 1 << 20) -> list[SSEEvent]:

@@ -10,10 +10,10 @@ import pytest
 import yaml
 
 from gateway_extproc.apis import Schema
-from gateway_extproc.config import GatewayConfig, load_config
+from gateway_extproc.config.gateway import GatewayConfig, load_config
+from gateway_extproc.config.upstreams import Upstream, needs_mock, resolve_upstreams
 from gateway_extproc.errors import ConfigError
-from gateway_extproc.forwarding import forward_policy
-from gateway_extproc.upstreams import Upstream, needs_mock, resolve_upstreams
+from gateway_extproc.providers.forwarding import forward_policy
 
 MOCK = "http://127.0.0.1:9/v1"
 OPENAI_KEY = "sk-test-0123456789abcdef"

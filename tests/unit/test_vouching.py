@@ -21,7 +21,7 @@ from gateway_extproc.budgets.model import (
     Scope,
     ScopeKind,
 )
-from gateway_extproc.config import load_document, merge, parse_config
+from gateway_extproc.config.gateway import load_document, merge, parse_config
 from gateway_extproc.errors import ConfigError, Unauthenticated
 from gateway_extproc.identity.authenticator import Authenticator
 from gateway_extproc.identity.jwt_verify import TokenRejected, verify_token

@@ -184,7 +184,7 @@ end
 -- (charge index, threshold percent, spent after): a crossing is reported at most once per counter
 -- and threshold - per calendar window (HSETNX marker living in the window's own hash and TTL), or
 -- per rolling duration (marker holding the time it re-arms).
-local function finish(rec, amount, now_ms, extra)
+local function charge(rec, amount, now_ms, extra)
   local n = check_keys(rec, extra)
   local crossings = {}
   for i = 1, n do
@@ -192,7 +192,7 @@ local function finish(rec, amount, now_ms, extra)
     local bucket_ms, nbuckets = tonumber(rec['bm:' .. i]), tonumber(rec['nb:' .. i])
     if bucket_ms > 0 or redis.call('EXISTS', key) == 1 then -- else its month is long gone
       local est = tonumber(rec['e:' .. i])
-      local charge = amount or est
+      local cost = amount or est
       if redis.call('HINCRBY', key, 'held', 0 - est) < 0 then
         redis.call('HSET', key, 'held', 0)
       end
@@ -202,8 +202,8 @@ local function finish(rec, amount, now_ms, extra)
         field = 'b:' .. math.floor(now_ms / bucket_ms)
         redis.call('HSET', KEYS[1], 'sf:' .. i, field)
       end
-      redis.call('HINCRBY', key, field, charge)
-      local after = before + charge
+      redis.call('HINCRBY', key, field, cost)
+      local after = before + cost
       for pct, micros in string.gmatch(rec['t:' .. i] or '', '(%d+)=(%d+)') do
         local threshold = tonumber(micros)
         if before < threshold and after >= threshold then

@@ -35,7 +35,7 @@ local extra = 0
 if #ARGV > 3 then
   extra = 1
 end
-local crossings = finish(rec, amount, now_ms, extra)
+local crossings = charge(rec, amount, now_ms, extra)
 local rolled = -1
 if extra == 1 then
   rolled = amount or 0

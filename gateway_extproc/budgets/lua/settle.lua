@@ -63,7 +63,7 @@ end
 if rec['state'] ~= 'RESERVED' then
   return {rec['state'], 0, -1}
 end
-local crossings = finish(rec, actual, tonumber(ARGV[2]), extra)
+local crossings = charge(rec, actual, tonumber(ARGV[2]), extra)
 rate_correct(rec, tokens)
 roll()
 close(rec_key, leases, rec, 'SETTLED', actual, tonumber(ARGV[3]))

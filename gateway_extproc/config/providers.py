@@ -1,0 +1,109 @@
+"""The providers section of the gateway config: each provider's API schema, base URL, the
+credential it is called with, and the client headers forwarded to it."""
+
+from __future__ import annotations
+
+import dataclasses
+import urllib.parse
+from collections.abc import Mapping
+
+from gateway_extproc.apis import Schema
+from gateway_extproc.config.reader import Reader
+from gateway_extproc.providers.forwarding import forward_header_problems
+
+
+@dataclasses.dataclass(frozen=True)
+class Credential:
+    """Where a provider key comes from and which header carries it upstream."""
+
+    header: str
+    prefix: str = ""
+    env: str | None = None
+    file: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ProviderConfig:
+    name: str
+    schema: Schema
+    base_url: str
+    auth: Credential | None  # None: the provider needs no key (local vLLM, Ollama)
+    forward_headers: tuple[str, ...] = ()  # client headers forwarded beyond the defaults
+    # The tier a request that names none (or `auto`) is served and reserved at: the OpenAI
+    # project's own default (a project whose default is priority). None: standard.
+    default_service_tier: str | None = None
+
+    @property
+    def cluster(self) -> str:
+        return f"provider_{self.name}"
+
+
+_PROVIDER_KEYS = {"schema", "base_url", "auth", "forward_headers", "default_service_tier"}
+# OpenAI `service_tier` values a project can default to (`default` is the standard price).
+SERVICE_TIERS = ("default", "priority", "flex", "scale")
+_AUTH_KEYS = {"header", "prefix", "env", "file"}
+
+
+def parse_provider(r: Reader, name: str, doc: object) -> ProviderConfig | None:
+    path = f"providers.{name}"
+    if not isinstance(doc, Mapping):
+        r.problems.append(f"{path}: must be a mapping")
+        return None
+    for extra in sorted(set(doc) - _PROVIDER_KEYS):
+        r.problems.append(f"{path}.{extra}: unknown key")
+    schema_value = doc.get("schema")
+    try:
+        schema = Schema(str(schema_value))
+    except ValueError:
+        choices = ", ".join(s.value for s in Schema)
+        r.problems.append(f"{path}.schema: must be one of {choices} (got {schema_value!r})")
+        schema = Schema.OPENAI
+    base_url = r.string(doc, path, "base_url")
+    if base_url:
+        try:
+            parts = urllib.parse.urlsplit(base_url)
+            parts.port  # noqa: B018 - ValueError for port :99999 or :x (urlsplit: for host [::1)
+        except ValueError:
+            parts = urllib.parse.urlsplit("")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            r.problems.append(f"{path}.base_url: must be an http(s) URL (got {base_url!r})")
+        elif parts.query or parts.fragment:
+            r.problems.append(f"{path}.base_url: must not carry a query or fragment")
+    auth: Credential | None = None
+    auth_doc = doc.get("auth")
+    if isinstance(auth_doc, Mapping):
+        for extra in sorted(set(auth_doc) - _AUTH_KEYS):
+            r.problems.append(f"{path}.auth.{extra}: unknown key")
+        header = r.string(auth_doc, f"{path}.auth", "header").lower()
+        prefix = auth_doc.get("prefix", "")
+        env, file = auth_doc.get("env"), auth_doc.get("file")
+        if (env is None) == (file is None):
+            r.problems.append(f"{path}.auth: set exactly one of env, file")
+        for key, value in (("env", env), ("file", file)):
+            if value is not None and (not isinstance(value, str) or not value):
+                r.problems.append(f"{path}.auth.{key}: must be a non-empty string (got {value!r})")
+        if not isinstance(prefix, str):
+            r.problems.append(f"{path}.auth.prefix: must be a string")
+            prefix = ""
+        auth = Credential(header=header, prefix=prefix, env=env, file=file)
+    elif auth_doc is not None:
+        r.problems.append(f"{path}.auth: must be a mapping or null")
+    forward, problems = forward_header_problems(
+        doc.get("forward_headers"), f"{path}.forward_headers"
+    )
+    r.problems.extend(problems)
+    tier = doc.get("default_service_tier")
+    if tier is not None and (schema is not Schema.OPENAI or tier not in SERVICE_TIERS):
+        r.problems.append(
+            f"{path}.default_service_tier: must be one of {', '.join(SERVICE_TIERS)}, for "
+            f"schema: openai only (got {tier!r})"
+        )
+        tier = None
+    return ProviderConfig(
+        name=name,
+        schema=schema,
+        base_url=base_url,
+        auth=auth,
+        forward_headers=forward,
+        default_service_tier=tier,
+    )

@@ -1,0 +1,185 @@
+"""The ext_proc filters that put the sidecar in Envoy's path: the request filter and the
+observability-mode observer filter (observe mode), or one synchronous filter (synchronous mode),
+with their processing modes and the metadata they hand over."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from gateway_extproc import handoff
+from gateway_extproc.config.gateway import GatewayConfig
+from gateway_extproc.errors import ConfigError
+from gateway_extproc.server import GRPC_MESSAGE_SLACK
+from gateway_extproc.sidecar_auth.caller import METADATA_KEY
+from gateway_extproc.sidecar_auth.settings import caller_tokens
+
+EXTPROC_CLUSTER = "gateway_extproc"
+_T = "type.googleapis.com/envoy."
+
+
+def _ext_proc_service(config: GatewayConfig) -> dict[str, Any]:
+    return {
+        "envoy_grpc": {
+            "cluster_name": EXTPROC_CLUSTER,
+            "max_receive_message_length": config.limits.max_request_body_bytes + GRPC_MESSAGE_SLACK,
+        },
+    }
+
+
+def ext_proc_filters(config: GatewayConfig) -> list[dict[str, Any]]:
+    """Synchronous mode: one filter that waits for the sidecar on every message. Observe mode
+    (the default): a synchronous filter for the request only, and an observability-mode filter
+    Envoy never waits for, which sees the request headers (after the request filter is done
+    with the body) and the response, with the request filter's state in dynamic metadata
+    (handoff.py)."""
+    timeout_ms = config.limits.ext_proc_message_timeout_ms
+    synchronous = config.metering.synchronous
+    request: dict[str, Any] = {
+        "@type": _T + "extensions.filters.http.ext_proc.v3.ExternalProcessor",
+        "grpc_service": _ext_proc_service(config),
+        # A dead sidecar must not let traffic through unmetered: fail closed, clearly.
+        "failure_mode_allow": False,
+        "status_on_error": {"code": 503},
+        "message_timeout": f"{timeout_ms / 1000:g}s",
+        "max_message_timeout": f"{max(timeout_ms / 1000, 30):g}s",
+        "processing_mode": {
+            "request_header_mode": "SEND",
+            "request_body_mode": "BUFFERED",
+            "response_header_mode": "SEND" if synchronous else "SKIP",
+            # JSON bodies are buffered (the cost header needs the whole body); the sidecar
+            # switches event streams to STREAMED with mode_override.
+            "response_body_mode": "BUFFERED" if synchronous else "NONE",
+            "request_trailer_mode": "SKIP",
+            "response_trailer_mode": "SKIP",
+        },
+    }
+    if synchronous:
+        request["allow_mode_override"] = True
+        return [{"name": "envoy.filters.http.ext_proc", "typed_config": request}]
+    request["metadata_options"] = {"receiving_namespaces": {"untyped": [handoff.NAMESPACE]}}
+    close_ms = config.metering.observer_close_timeout_ms
+    observer = {
+        "@type": _T + "extensions.filters.http.ext_proc.v3.ExternalProcessor",
+        "grpc_service": _ext_proc_service(config),
+        "observability_mode": True,
+        # Fail closed as in synchronous mode: an observer stream that dies (its worker killed
+        # or cut by the grace period) resets the client's response, so what the sidecar
+        # metered - or the reaper charges - is what the client got. (With true, the response
+        # would run on unmetered; measured on Envoy 1.40, see README "Performance".)
+        "failure_mode_allow": False,
+        "deferred_close_timeout": f"{close_ms / 1000:g}s",
+        # Request headers: Envoy passes them on only after the request filter has handled the
+        # body, so they carry its state; a request cut before its response still reaches an
+        # observer. (Observing the request body instead would make Envoy drop content-length
+        # and send the provider a chunked body: some servers answer 411.)
+        "processing_mode": {
+            "request_header_mode": "SEND",
+            "request_body_mode": "NONE",
+            "response_header_mode": "SEND",
+            "response_body_mode": "STREAMED",
+            "request_trailer_mode": "SKIP",
+            "response_trailer_mode": "SKIP",
+        },
+        "metadata_options": {"forwarding_namespaces": {"untyped": [handoff.NAMESPACE]}},
+    }
+    return [
+        {"name": "gateway.request", "typed_config": request},
+        {"name": "gateway.observer", "typed_config": observer},
+    ]
+
+
+# -- how Envoy proves itself to the sidecar ------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientTls:
+    """Envoy's side of TLS to a sidecar apart from it: its client certificate and key, the CA
+    that signed the sidecar's certificate, and the DNS name that certificate must carry (SNI)."""
+
+    cert_file: str
+    key_file: str
+    ca_file: str
+    server_name: str
+
+
+@dataclasses.dataclass(frozen=True)
+class SidecarAccess:
+    """How Envoy proves itself to the sidecar (README "Who may talk to the sidecar"): the caller
+    token it sends on every ext_proc stream, and/or a client certificate."""
+
+    token: str | None
+    tls: ClientTls | None = None
+
+    def __post_init__(self) -> None:
+        if self.token is None and self.tls is None:
+            raise ValueError("Envoy needs the sidecar's caller token or a client certificate")
+
+
+def sidecar_access(
+    config: GatewayConfig, environ: Mapping[str, str], tls: ClientTls | None = None
+) -> SidecarAccess:
+    """What the bootstrap generator gives Envoy: the first caller token the sidecar accepts
+    (read from `sidecar.caller_token` as the sidecar reads it), and `tls` if given."""
+    problems: list[str] = []
+    tokens = caller_tokens(config.sidecar_auth, environ, problems)
+    if not problems and not tokens and tls is None:
+        problems.append(
+            "sidecar.caller_token: null, so Envoy must present a client certificate "
+            "(envoy-config --sidecar-tls-cert, --sidecar-tls-key, --sidecar-tls-ca)"
+        )
+    if problems:
+        raise ConfigError(problems)
+    return SidecarAccess(tokens[0] if tokens else None, tls)
+
+
+def _is_ext_proc(http_filter: dict[str, Any]) -> bool:
+    config = http_filter.get("typed_config", {})
+    return bool(config.get("@type", "").endswith("ext_proc.v3.ExternalProcessor"))
+
+
+def secure_sidecar_calls(bootstrap: dict[str, Any], access: SidecarAccess) -> None:
+    """Every ext_proc filter of the gateway listener sends the caller token as gRPC metadata on
+    every stream (`GrpcService.initial_metadata`); with `access.tls` the ext_proc cluster
+    speaks TLS with Envoy's client certificate (ALPN h2 for gRPC)."""
+    resources = bootstrap["static_resources"]
+    (gateway,) = (x for x in resources["listeners"] if x["name"] == "gateway")
+    filters = [
+        f
+        for chain in gateway["filter_chains"]
+        for network in chain["filters"]
+        for f in network["typed_config"].get("http_filters", ())
+        if _is_ext_proc(f)
+    ]
+    assert filters, "the gateway listener has no ext_proc filter"
+    for f in filters:
+        if access.token is not None:
+            service = f["typed_config"]["grpc_service"]
+            service["initial_metadata"] = [{"key": METADATA_KEY, "value": access.token}]
+    if access.tls is None:
+        return
+    tls = access.tls
+    (cluster,) = (c for c in resources["clusters"] if c["name"] == EXTPROC_CLUSTER)
+    cluster["transport_socket"] = {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": _T + "extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "sni": tls.server_name,
+            "common_tls_context": {
+                "alpn_protocols": ["h2"],
+                "tls_certificates": [
+                    {
+                        "certificate_chain": {"filename": tls.cert_file},
+                        "private_key": {"filename": tls.key_file},
+                    }
+                ],
+                "validation_context": {
+                    "trusted_ca": {"filename": tls.ca_file},
+                    "match_typed_subject_alt_names": [
+                        {"san_type": "DNS", "matcher": {"exact": tls.server_name}}
+                    ],
+                },
+            },
+        },
+    }

@@ -1,0 +1,1 @@
+"""OpenAI's wire format: Chat Completions, Responses, legacy Completions and Embeddings."""

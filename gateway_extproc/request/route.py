@@ -1,0 +1,151 @@
+"""Where an admitted request goes and at what price: the request's price (its service tier, a
+long-context beta), the worst-case bound its reservation holds, and the request phase's reply
+that sends it to the served model's provider (cluster, path, credential, the body with the
+served model and the output cap, the client headers the provider must not see).
+
+Pure given the catalog entry, the admission and the provider's `Upstream`; processor.py calls
+these in order on each forwarded request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+
+from gateway_extproc.budgets.admission import Admission
+from gateway_extproc.budgets.gate import BoundFor, BudgetGate
+from gateway_extproc.catalog.models import ModelEntry
+from gateway_extproc.config.providers import ProviderConfig
+from gateway_extproc.config.upstreams import Upstream
+from gateway_extproc.cost.bounds import (
+    Bound,
+    Unbounded,
+    Unpriced,
+    UnseenInput,
+    bound,
+    request_price,
+)
+from gateway_extproc.errors import CostUnbounded, UnsupportedOption
+from gateway_extproc.extproc import messages as msgs
+from gateway_extproc.identity.model import Identity
+from gateway_extproc.providers.inbound import ParsedRequest, upstream_body
+
+CLUSTER_HEADER = "x-gateway-cluster"
+
+
+def default_tier(providers: Mapping[str, ProviderConfig], entry: ModelEntry) -> str | None:
+    """The service tier `entry`'s provider serves a request that names none."""
+    provider = providers.get(entry.provider)
+    return None if provider is None else provider.default_service_tier
+
+
+def priced(
+    entry: ModelEntry,
+    request: ParsedRequest,
+    *,
+    long_context_beta: bool,
+    providers: Mapping[str, ProviderConfig] | None = None,
+) -> ModelEntry:
+    """The catalog entry at this request's price (its service tier - else its provider's default
+    - the long-context tier, the cache retention it asks for). Raises UnsupportedOption (400) for
+    an option the catalog has no price for."""
+    try:
+        price = request_price(
+            entry,
+            request.shape.service_tier,
+            default_tier=default_tier(providers or {}, entry),
+            long_context_beta=long_context_beta,
+            unpriced=request.shape.unpriced,
+            retention=request.shape.retention,
+        )
+    except Unpriced as exc:
+        raise UnsupportedOption(str(exc)) from None
+    return entry if price is entry.price else dataclasses.replace(entry, price=price)
+
+
+def bounder(
+    request: ParsedRequest,
+    *,
+    default_max_output: int,
+    unseen_input: UnseenInput,
+    long_context_beta: bool,
+    providers: Mapping[str, ProviderConfig] | None = None,
+) -> BoundFor:
+    """The worst-case bound of this request on a model (the gate asks again for a downgrade
+    target). Raises CostUnbounded or UnsupportedOption (400)."""
+
+    def bound_for(model: ModelEntry) -> Bound:
+        try:
+            return bound(
+                request.shape,
+                model,
+                default_max_output=default_max_output,
+                unseen_input=unseen_input,
+                long_context_beta=long_context_beta,
+                default_tier=default_tier(providers or {}, model),
+            )
+        except Unbounded as exc:
+            raise CostUnbounded(str(exc)) from None
+        except Unpriced as exc:
+            raise UnsupportedOption(str(exc)) from None
+
+    return bound_for
+
+
+def output_cap(bound: Bound | None) -> tuple[str, int] | None:
+    """The `(field, tokens)` the gateway writes into the forwarded body (a budgeted request that
+    sets no output limit), or None."""
+    if bound is None or not bound.cap_field or bound.inject_max_output is None:
+        return None
+    return bound.cap_field, bound.inject_max_output
+
+
+def cap_if_admitted(
+    gate: BudgetGate,
+    identity: Identity,
+    request: ParsedRequest,
+    entry: ModelEntry,
+    bound_for: BoundFor,
+) -> tuple[str, int] | None:
+    """The output cap `forward` will write into this request's body once the gate admits it
+    on `entry` (not downgraded): the response cache keys an answer by the body the provider
+    answers, and it is known before the reservation is."""
+    if request.shape.max_output is not None or request.shape.cap_field is None:
+        return None  # the client's own limit is in its body, or the API takes none
+    bound = gate.bound_if_admitted(
+        identity=identity, entry=entry, requested=request.model, bound_for=bound_for
+    )
+    return output_cap(bound)
+
+
+def forward(
+    upstream: Upstream,
+    request: ParsedRequest,
+    admission: Admission,
+    *,
+    served_model: str,
+    path: str,
+    client_headers: tuple[str, ...],
+    redacted: dict[str, Any] | None,
+) -> pb.CommonResponse:
+    """The request phase's CommonResponse for a forwarded request: Envoy's route picks the
+    cluster from CLUSTER_HEADER; the body is rewritten only when the served model, the
+    injected output cap or a redaction changes it."""
+    set_headers = {CLUSTER_HEADER: upstream.cluster, ":path": upstream.upstream_path(path)}
+    if upstream.auth_header and upstream.auth_value:
+        set_headers[upstream.auth_header] = upstream.auth_value
+    new_body = upstream_body(
+        request,
+        served_model=served_model,
+        output_cap=output_cap(admission.bound),
+        redacted=redacted,
+    )
+    if new_body is not None:
+        set_headers["content-length"] = str(len(new_body))
+    remove = upstream.forward.removals(client_headers, provider=upstream.provider, keep=set_headers)
+    return msgs.common(
+        set_headers=set_headers, remove=remove, body=new_body, clear_route_cache=True
+    )
