@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench lint imports typecheck unit e2e envoy-config proto lock deps-latest clean
+.PHONY: run test bench profile lint imports typecheck unit e2e envoy-config proto lock deps-latest clean
 
 $(STAMP): pyproject.toml uv.lock scripts/locked_install.py
 	$(PYTHON) scripts/locked_install.py $(VENV) --extra dev
@@ -52,6 +52,11 @@ test: $(STAMP) lint imports typecheck
 ##        not part of test; BENCH_ARGS="--setups gateway,gateway+otel" for the telemetry comparison alone)
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+## profile: where the sidecar's CPU goes (py-spy, by category) under the bench's json and paced-SSE
+##          loads, gateway and no-op (~2 min; BENCH_ARGS="--setups gateway+otel" for telemetry on)
+profile: $(STAMP)
+	$(BIN)/python -m bench --profile --duration 15 $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check gateway_extproc tests bench scripts
