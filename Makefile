@@ -49,7 +49,9 @@ test: $(STAMP) lint imports typecheck
 	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 ## bench: overhead of the gateway vs plain Envoy and a no-op ext_proc, and of traces + metrics on vs off (~11 min;
-##        not part of test; BENCH_ARGS="--setups gateway,gateway+otel" for the telemetry comparison alone)
+##        not part of test; BENCH_ARGS="--setups gateway,gateway+otel" for the telemetry comparison alone);
+##        ends with the guard's verdict lines against bench/baseline.json (BENCH_ARGS="--setups noop,gateway"
+##        for the guard alone, ~6 min; add --update-baseline to rewrite the baseline from the run)
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 

@@ -23,14 +23,15 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
-from typing import IO
+from typing import IO, Any
 
 import redis
 
-from bench import guardrails, load, otlp_sink, report, request_body, setups, trust
+from bench import guard, guardrails, load, otlp_sink, report, request_body, setups, trust
 from bench import profile as profiler
 from bench.report import Row
 from bench.upstream import CHUNKS, response_bytes
+from gateway_extproc.request.processor import CLIENT_LEFT
 from gateway_extproc.stack import StackError, find_binary
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -263,10 +264,13 @@ class Bench:
 def check_audit(path: Path) -> None:
     """The gateway really did the work: no request was refused, and every completed one was
     identified by its JWT, admitted by the budget, metered from the provider's usage and
-    priced. (wrk cuts the requests in flight when a run ends: recorded as not completed.)"""
+    priced. (wrk cuts the requests in flight when a run ends: recorded as not completed, and
+    those it cut before they were forwarded as 499 `client_disconnected_before_forward`.)"""
     records = [json.loads(line) for line in path.read_bytes().splitlines() if line]
     completed = [r for r in records if r.get("completed") and r.get("status") == 200]
-    bad = [r for r in records if r.get("error_code")] + [
+    cut = (499, CLIENT_LEFT)
+    bad = [r for r in records if r.get("error_code") and (r.get("status"), r["error_code"]) != cut]
+    bad += [
         r
         for r in completed
         if r.get("usage_source") != "provider"
@@ -311,7 +315,7 @@ ALL_SETUPS = (
 )
 
 
-def parse_args(argv: list[str] | None) -> tuple[Settings, bool]:
+def parse_args(argv: list[str] | None) -> tuple[Settings, bool, bool]:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--duration", type=int, default=4, help="seconds per wrk run")
     parser.add_argument("--warmup", type=int, default=1, help="seconds of warm-up per load")
@@ -320,6 +324,12 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, bool]:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="N")
     parser.add_argument("--gap-ms", type=float, default=1.0, help="paced streams: event gap")
     parser.add_argument("--keep", action="store_true", help="keep the run directory (logs)")
+    parser.add_argument(
+        "--update-baseline",
+        action="store_true",
+        help="rewrite bench/baseline.json with this run's gateway/no-op CPU ratios "
+        "(bench/guard.py)",
+    )
     parser.add_argument(
         "--profile",
         action="store_true",
@@ -348,7 +358,7 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, bool]:
         chosen.split(","),
         a.profile,
     )
-    return settings, a.keep
+    return settings, a.keep, a.update_baseline
 
 
 @contextlib.contextmanager
@@ -458,7 +468,7 @@ def run(settings: Settings, run_dir: Path, log: IO[bytes]) -> dict[str, object]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    settings, keep = parse_args(argv)
+    settings, keep, update_baseline = parse_args(argv)
     run_dir = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
     ok = False
     try:
@@ -488,7 +498,29 @@ def main(argv: list[str] | None = None) -> int:
     if "noop-trust" in settings.setups:
         result["caller_checks"] = trust.measure()
         print("\n" + trust.render(result["caller_checks"]))
+    result["guard"] = check_floor(result, settings.connections, update_baseline)
     return _write(result, "bench")
+
+
+def check_floor(result: dict[str, Any], connections: int, update: bool) -> dict[str, Any]:
+    """Print the guard's verdict lines (bench/guard.py); with `update`, rewrite the baseline."""
+    ratios = guard.floor_ratios(result["rows"], connections)
+    baseline = guard.read_baseline()
+    verdicts = guard.verdicts(ratios, baseline)
+    print("\n" + guard.render(verdicts, baseline))
+    if update:
+        if all(v is None for v in ratios.values()):
+            print("baseline not updated: this run measured neither ratio (--setups noop,gateway)")
+        else:
+            today = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
+            commit = str(result["machine"].get("commit", "unknown"))
+            new = guard.updated_baseline(baseline, ratios, date=today, commit=commit)
+            guard.BASELINE.write_text(json.dumps(new, indent=2) + "\n")
+            print(f"baseline updated: {guard.BASELINE}")
+    return {
+        "ratios": ratios,
+        "verdicts": [dataclasses.asdict(v) | {"line": v.line()} for v in verdicts],
+    }
 
 
 def _write(result: dict[str, object], kind: str, text: str | None = None) -> int:
