@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench lint imports typecheck unit e2e envoy-config proto lock deps-latest clean
+.PHONY: run test bench profile lint imports typecheck unit e2e envoy-config proto lock deps-latest clean
 
 $(STAMP): pyproject.toml uv.lock scripts/locked_install.py
 	$(PYTHON) scripts/locked_install.py $(VENV) --extra dev
@@ -49,9 +49,16 @@ test: $(STAMP) lint imports typecheck
 	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 ## bench: overhead of the gateway vs plain Envoy and a no-op ext_proc, and of traces + metrics on vs off (~11 min;
-##        not part of test; BENCH_ARGS="--setups gateway,gateway+otel" for the telemetry comparison alone)
+##        not part of test; BENCH_ARGS="--setups gateway,gateway+otel" for the telemetry comparison alone);
+##        ends with the guard's verdict lines against bench/baseline.json (BENCH_ARGS="--setups noop,gateway"
+##        for the guard alone, ~6 min; add --update-baseline to rewrite the baseline from the run)
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+## profile: where the sidecar's CPU goes (py-spy, by category) under the bench's json and paced-SSE
+##          loads, gateway and no-op (~2 min; BENCH_ARGS="--setups gateway+otel" for telemetry on)
+profile: $(STAMP)
+	$(BIN)/python -m bench --profile --duration 15 $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check gateway_extproc tests bench scripts

@@ -23,13 +23,15 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
-from typing import IO
+from typing import IO, Any
 
 import redis
 
-from bench import guardrails, load, otlp_sink, report, request_body, setups, trust
+from bench import guard, guardrails, load, otlp_sink, report, request_body, setups, trust
+from bench import profile as profiler
 from bench.report import Row
 from bench.upstream import CHUNKS, response_bytes
+from gateway_extproc.request.processor import CLIENT_LEFT
 from gateway_extproc.stack import StackError, find_binary
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -44,6 +46,7 @@ class Settings:
     workers: int  # N
     gap_ms: float  # between the events of a paced stream
     setups: list[str] = dataclasses.field(default_factory=list)  # which setups run
+    profile: bool = False  # py-spy the sidecar instead of measuring (bench/profile.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +66,7 @@ class Bench:
         self.started = time.monotonic()
         self.rows: list[Row] = []
         self.redis_round_trips: dict[str, dict[str, float]] = {}
+        self.profiles: list[profiler.Profile] = []
 
     def progress(self, message: str) -> None:
         print(f"[{time.monotonic() - self.started:5.0f}s] {message}", file=sys.stderr, flush=True)
@@ -107,6 +111,7 @@ class Bench:
             "envoy_ms": (load.cpu_seconds((running.envoy_pid,)) - envoy0) * 1000 / n,
             "msgs": (load.envoy_counter(admin, load.EXTPROC_MESSAGES) - msgs0) / n,
             "redis": (load.redis_commands(client) - redis0) / n,
+            "served": n,
         }
 
     def wrk_row(self, running: setups.Running, spec: Load, connections: int) -> Row:
@@ -196,6 +201,12 @@ class Bench:
             for count in (200, 1000):
                 self.bursts.append(self.burst(running, count))
 
+    def profile(self, running: setups.Running) -> None:
+        """py-spy on the sidecar under json and paced SSE at the saturating concurrency."""
+        s = self.settings
+        for spec in (Load("json", False), Load("sse-paced", True, s.gap_ms)):
+            self.profiles.append(profiler.record(self, running, spec, s.connections))
+
     def burst(self, running: setups.Running, count: int) -> dict[str, object]:
         """`count` concurrent requests from one user against the burst budget ($0.10; each
         reserves the injected cap's worst case): a healthy Redis must only produce 200s and 429s."""
@@ -253,10 +264,13 @@ class Bench:
 def check_audit(path: Path) -> None:
     """The gateway really did the work: no request was refused, and every completed one was
     identified by its JWT, admitted by the budget, metered from the provider's usage and
-    priced. (wrk cuts the requests in flight when a run ends: recorded as not completed.)"""
+    priced. (wrk cuts the requests in flight when a run ends: recorded as not completed, and
+    those it cut before they were forwarded as 499 `client_disconnected_before_forward`.)"""
     records = [json.loads(line) for line in path.read_bytes().splitlines() if line]
     completed = [r for r in records if r.get("completed") and r.get("status") == 200]
-    bad = [r for r in records if r.get("error_code")] + [
+    cut = (499, CLIENT_LEFT)
+    bad = [r for r in records if r.get("error_code") and (r.get("status"), r["error_code"]) != cut]
+    bad += [
         r
         for r in completed
         if r.get("usage_source") != "provider"
@@ -295,7 +309,13 @@ def envoy_version() -> str:
     return "unknown"
 
 
-def parse_args(argv: list[str] | None) -> tuple[Settings, bool]:
+ALL_SETUPS = (
+    "plain,noop,noop-observe,noop-state,noop-trust,gateway-sync,gateway,"
+    "gateway+otel,guardrails,request-body"
+)
+
+
+def parse_args(argv: list[str] | None) -> tuple[Settings, bool, bool]:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--duration", type=int, default=4, help="seconds per wrk run")
     parser.add_argument("--warmup", type=int, default=1, help="seconds of warm-up per load")
@@ -305,19 +325,40 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, bool]:
     parser.add_argument("--gap-ms", type=float, default=1.0, help="paced streams: event gap")
     parser.add_argument("--keep", action="store_true", help="keep the run directory (logs)")
     parser.add_argument(
+        "--update-baseline",
+        action="store_true",
+        help="rewrite bench/baseline.json with this run's gateway/no-op CPU ratios "
+        "(bench/guard.py)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy the sidecar of each setup (default: noop,gateway; W=1) under json and "
+        "sse-paced at the saturating concurrency, one wrk run of --duration seconds each, and "
+        "print where its CPU goes (bench/profile.py)",
+    )
+    parser.add_argument(
         "--setups",
-        default="plain,noop,noop-observe,noop-state,noop-trust,gateway-sync,gateway,"
-        "gateway+otel,guardrails,request-body",
-        help="comma-separated subset, e.g. gateway,gateway+otel (telemetry on versus off); "
+        default=None,
+        help="comma-separated subset (default: all; with --profile: noop,gateway), "
+        "e.g. gateway,gateway+otel (telemetry on versus off); "
         "noop-state,noop-trust (the caller checks' cost, with the per-call figures); "
         "guardrails: the 1 MB prompt scan; request-body: refusing repeated JSON keys versus "
         "re-serialising every body (both pure CPU, no processes)",
     )
     a = parser.parse_args(argv)
+    chosen = a.setups or ("noop,gateway" if a.profile else ALL_SETUPS)
     settings = Settings(
-        a.duration, a.warmup, a.runs, a.connections, a.workers, a.gap_ms, a.setups.split(",")
+        a.duration,
+        a.warmup,
+        a.runs,
+        a.connections,
+        a.workers,
+        a.gap_ms,
+        chosen.split(","),
+        a.profile,
     )
-    return settings, a.keep
+    return settings, a.keep, a.update_baseline
 
 
 @contextlib.contextmanager
@@ -370,6 +411,8 @@ def run(settings: Settings, run_dir: Path, log: IO[bytes]) -> dict[str, object]:
                 continue
             if workers == n and not full and n == 1 and setup not in setups.NOOP_HANDOFFS:
                 continue  # W=N is W=1 on a one-core machine
+            if settings.profile and (workers != 1 or setup == "plain"):
+                continue  # a profile is of one sidecar worker
             bench.progress(f"starting {setup}" + (f" with {workers} worker(s)" if workers else ""))
             if setup == "plain":
                 cm = setups.plain(log, run_dir, port, env)
@@ -388,7 +431,10 @@ def run(settings: Settings, run_dir: Path, log: IO[bytes]) -> dict[str, object]:
                 cm = setups.gateway(log, log_path, run_dir, port, workers, identity, env)
             try:
                 with cm as running:
-                    bench.measure(running, full)
+                    if settings.profile:
+                        bench.profile(running)
+                    else:
+                        bench.measure(running, full)
             finally:
                 if sink is not None:
                     bench.progress(f"otlp sink received {sink.traces.spans} spans")
@@ -396,24 +442,33 @@ def run(settings: Settings, run_dir: Path, log: IO[bytes]) -> dict[str, object]:
                     sink = None
     finally:
         procs.stop()
+    machine = {
+        "cpus": os.cpu_count(),
+        "envoy": envoy_version(),
+        "envoy_concurrency": setups.ENVOY_CONCURRENCY,
+        "python": sys.version.split()[0],
+        "commit": gateway_commit(),
+    }
+    if settings.profile:
+        return {
+            "settings": dataclasses.asdict(settings),
+            "machine": machine,
+            "elapsed_s": round(time.monotonic() - bench.started, 1),
+            "profiles": profiler.as_json(bench.profiles),
+            "text": profiler.render(bench.profiles),
+        }
     return report.build(
         bench.rows,
         redis_round_trips=bench.redis_round_trips,
         settings=dataclasses.asdict(settings) | {"chunks": CHUNKS},
-        machine={
-            "cpus": os.cpu_count(),
-            "envoy": envoy_version(),
-            "envoy_concurrency": setups.ENVOY_CONCURRENCY,
-            "python": sys.version.split()[0],
-            "commit": gateway_commit(),
-        },
+        machine=machine,
         elapsed_s=time.monotonic() - bench.started,
         bursts=bench.bursts,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
-    settings, keep = parse_args(argv)
+    settings, keep, update_baseline = parse_args(argv)
     run_dir = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
     ok = False
     try:
@@ -431,6 +486,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(run_dir, ignore_errors=True)
         else:
             print(f"bench: logs kept in {run_dir}", file=sys.stderr)
+    if settings.profile:
+        return _write(result, "profile", str(result["text"]))
     print(report.render(result))
     if "guardrails" in settings.setups:
         result["guardrails_scan"] = guardrails.measure()
@@ -441,9 +498,37 @@ def main(argv: list[str] | None = None) -> int:
     if "noop-trust" in settings.setups:
         result["caller_checks"] = trust.measure()
         print("\n" + trust.render(result["caller_checks"]))
+    result["guard"] = check_floor(result, settings.connections, update_baseline)
+    return _write(result, "bench")
+
+
+def check_floor(result: dict[str, Any], connections: int, update: bool) -> dict[str, Any]:
+    """Print the guard's verdict lines (bench/guard.py); with `update`, rewrite the baseline."""
+    ratios = guard.floor_ratios(result["rows"], connections)
+    baseline = guard.read_baseline()
+    verdicts = guard.verdicts(ratios, baseline)
+    print("\n" + guard.render(verdicts, baseline))
+    if update:
+        if all(v is None for v in ratios.values()):
+            print("baseline not updated: this run measured neither ratio (--setups noop,gateway)")
+        else:
+            today = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
+            commit = str(result["machine"].get("commit", "unknown"))
+            new = guard.updated_baseline(baseline, ratios, date=today, commit=commit)
+            guard.BASELINE.write_text(json.dumps(new, indent=2) + "\n")
+            print(f"baseline updated: {guard.BASELINE}")
+    return {
+        "ratios": ratios,
+        "verdicts": [dataclasses.asdict(v) | {"line": v.line()} for v in verdicts],
+    }
+
+
+def _write(result: dict[str, object], kind: str, text: str | None = None) -> int:
+    if text is not None:
+        print(text)
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-    out = RESULTS / f"bench-{stamp}.json"
+    out = RESULTS / f"{kind}-{stamp}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwritten to {out}")
     return 0
