@@ -28,11 +28,16 @@ from gateway_extproc.envoy.filters import (
     EXTPROC_CLUSTER,
     SidecarAccess,
     ext_proc_filters,
+    observer_disabled,
     secure_sidecar_calls,
 )
 from gateway_extproc.envoy.ops import admin_cluster, ops_listener
 from gateway_extproc.observability import envoy_tracing
-from gateway_extproc.request.processor import METADATA_RESPONSE_HEADERS
+from gateway_extproc.request.processor import (
+    METADATA_RESPONSE_HEADERS,
+    RESPONSE_METERED_HERE,
+    RESPONSE_METERED_KEY,
+)
 from gateway_extproc.request.route import CLUSTER_HEADER
 from gateway_extproc.server import SERVICE_NAME
 
@@ -229,6 +234,43 @@ def _local_reply_config(config: GatewayConfig) -> dict[str, Any]:
     return {"mappers": mappers}
 
 
+def _routes(config: GatewayConfig, idle: str) -> list[dict[str, Any]]:
+    """The provider route (cluster from the request phase's routing header). Observe mode adds
+    the same route for a request whose response the request filter meters (its body reply sets
+    `RESPONSE_METERED_KEY` in dynamic metadata and clears the route cache, so Envoy re-matches):
+    the observer is off there, and the processor sets the response headers itself."""
+    match = {"prefix": "/", "headers": [{"name": CLUSTER_HEADER, "present_match": True}]}
+    action = {
+        "cluster_header": CLUSTER_HEADER,
+        # LLM responses stream for minutes: no overall timeout; an idle stream is still cut.
+        "timeout": "0s",
+        "idle_timeout": idle,
+        "auto_host_rewrite": True,
+    }
+    route: dict[str, Any] = {
+        "match": match,
+        "route": action,
+        # The routing header is the gateway's own: never sent upstream.
+        "request_headers_to_remove": [CLUSTER_HEADER],
+        "response_headers_to_add": _response_headers_from_metadata(config),
+    }
+    if config.metering.synchronous:
+        return [route]
+    metered_here = {
+        "filter": handoff.NAMESPACE,
+        "path": [{"key": RESPONSE_METERED_KEY}],
+        "value": {"string_match": {"exact": RESPONSE_METERED_HERE}},
+    }
+    one_stream = {
+        "name": "response_on_request_stream",
+        "match": {**match, "dynamic_metadata": [metered_here]},
+        "route": action,
+        "request_headers_to_remove": [CLUSTER_HEADER],
+        "typed_per_filter_config": observer_disabled(),
+    }
+    return [one_stream, route]
+
+
 def _tracing(config: GatewayConfig) -> dict[str, Any]:
     block = envoy_tracing.tracing(config.observability.envoy_otlp_endpoint)
     return {} if block is None else {"tracing": block}
@@ -262,25 +304,7 @@ def _http_connection_manager(config: GatewayConfig) -> dict[str, Any]:
                     {
                         "name": "llm",
                         "domains": ["*"],
-                        "routes": [
-                            {
-                                "match": {
-                                    "prefix": "/",
-                                    "headers": [{"name": CLUSTER_HEADER, "present_match": True}],
-                                },
-                                "route": {
-                                    "cluster_header": CLUSTER_HEADER,
-                                    # LLM responses stream for minutes: no overall timeout;
-                                    # an idle stream is still cut.
-                                    "timeout": "0s",
-                                    "idle_timeout": idle,
-                                    "auto_host_rewrite": True,
-                                },
-                                # The routing header is the gateway's own: never sent upstream.
-                                "request_headers_to_remove": [CLUSTER_HEADER],
-                                "response_headers_to_add": _response_headers_from_metadata(config),
-                            }
-                        ],
+                        "routes": _routes(config, idle),
                     }
                 ],
             },

@@ -16,6 +16,7 @@ from gateway_extproc.sidecar_auth.caller import METADATA_KEY
 from gateway_extproc.sidecar_auth.settings import caller_tokens
 
 EXTPROC_CLUSTER = "gateway_extproc"
+OBSERVER_FILTER = "gateway.observer"
 _T = "type.googleapis.com/envoy."
 
 
@@ -30,12 +31,13 @@ def _ext_proc_service(config: GatewayConfig) -> dict[str, Any]:
 
 def ext_proc_filters(config: GatewayConfig) -> list[dict[str, Any]]:
     """Synchronous mode: one filter that waits for the sidecar on every message. Observe mode
-    (the default): a synchronous filter for the request only, and an observability-mode filter
-    Envoy never waits for, which sees the request headers (after the request filter is done
-    with the body) and the response, with the request filter's state in dynamic metadata
-    (handoff.py)."""
+    (the default): the same request filter, which also meters the responses of non-streamed
+    requests (their buffered body on the same stream: one stream, four messages), and an
+    observability-mode filter Envoy never waits for, for event streams: it sees the request
+    headers (after the request filter is done with the body) and the response, with the
+    request filter's state in dynamic metadata (handoff.py). The route a non-streamed request
+    is re-matched to after its body disables the observer (`RESPONSE_ON_REQUEST_STREAM`)."""
     timeout_ms = config.limits.ext_proc_message_timeout_ms
-    synchronous = config.metering.synchronous
     request: dict[str, Any] = {
         "@type": _T + "extensions.filters.http.ext_proc.v3.ExternalProcessor",
         "grpc_service": _ext_proc_service(config),
@@ -47,16 +49,20 @@ def ext_proc_filters(config: GatewayConfig) -> list[dict[str, Any]]:
         "processing_mode": {
             "request_header_mode": "SEND",
             "request_body_mode": "BUFFERED",
-            "response_header_mode": "SEND" if synchronous else "SKIP",
-            # JSON bodies are buffered (the cost header needs the whole body); the sidecar
-            # switches event streams to STREAMED with mode_override.
-            "response_body_mode": "BUFFERED" if synchronous else "NONE",
+            "response_header_mode": "SEND",
+            # JSON bodies are buffered (the cost header needs the whole body), up to Envoy's
+            # buffer limit; a larger one is sent on unmetered after its first part (PARTIAL:
+            # with BUFFERED Envoy would answer the client 500 response_payload_too_large) and
+            # charged its bound. The reply to the response headers changes the mode for one
+            # request (`mode_override`, honoured only in a headers reply on Envoy 1.40):
+            # STREAMED for an event stream this stream meters, NONE for one the observer meters.
+            "response_body_mode": "BUFFERED_PARTIAL",
             "request_trailer_mode": "SKIP",
             "response_trailer_mode": "SKIP",
         },
+        "allow_mode_override": True,
     }
-    if synchronous:
-        request["allow_mode_override"] = True
+    if config.metering.synchronous:
         return [{"name": "envoy.filters.http.ext_proc", "typed_config": request}]
     request["metadata_options"] = {"receiving_namespaces": {"untyped": [handoff.NAMESPACE]}}
     close_ms = config.metering.observer_close_timeout_ms
@@ -86,8 +92,19 @@ def ext_proc_filters(config: GatewayConfig) -> list[dict[str, Any]]:
     }
     return [
         {"name": "gateway.request", "typed_config": request},
-        {"name": "gateway.observer", "typed_config": observer},
+        {"name": OBSERVER_FILTER, "typed_config": observer},
     ]
+
+
+def observer_disabled() -> dict[str, dict[str, Any]]:
+    """A route's `typed_per_filter_config` that turns the observer off for its requests: Envoy
+    opens no observer stream and sends it nothing (the request filter meters them)."""
+    return {
+        OBSERVER_FILTER: {
+            "@type": _T + "extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
+            "disabled": True,
+        }
+    }
 
 
 # -- how Envoy proves itself to the sidecar ------------------------------------------------------

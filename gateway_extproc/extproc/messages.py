@@ -86,6 +86,21 @@ def response_headers_reply(c: pb.CommonResponse, *, stream_body: bool) -> pb.Pro
     return reply
 
 
+# The reply to the response headers of a request whose response another stream meters (observe
+# mode's event streams): no body to this stream; built once, never mutated.
+_HEADERS_WITHOUT_BODY = pb.ProcessingResponse(
+    response_headers=pb.HeadersResponse(),
+    mode_override=processing_mode_pb2.ProcessingMode(
+        response_body_mode=processing_mode_pb2.ProcessingMode.NONE
+    ),
+)
+
+
+def response_headers_without_body() -> pb.ProcessingResponse:
+    """Continue, and send this stream neither the response body nor anything after it."""
+    return _HEADERS_WITHOUT_BODY
+
+
 # The reply to nearly every streamed chunk: built once, never mutated, serialised per send.
 _CONTINUE_BODY = pb.ProcessingResponse(response_body=pb.BodyResponse(response=pb.CommonResponse()))
 

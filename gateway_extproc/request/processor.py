@@ -3,11 +3,13 @@
 `handle` is a coroutine. The request phases await I/O: a JWKS refresh when a token names an
 unknown key, the budget reservation in Redis (under its deadline), and large bodies are parsed
 in a worker thread. Once the request is forwarded, its response belongs to a `ResponseObserver`
-(observer.py) built from a `RequestState` (handoff.py): in the default `metering.mode: observe`
-the state travels in Envoy dynamic metadata to an observability-mode ext_proc stream that Envoy
-never waits for; in `synchronous` mode this processor answers the response phases itself (the
-JSON `x-gateway-cost-usd` header needs the whole body before the headers go out). Requests the
-gateway answers itself (errors, /v1/models) are audited here.
+(observer.py) built from a `RequestState` (handoff.py). This processor keeps it and answers the
+response phases itself for a non-streamed answer in either mode (Envoy buffers the body; the
+JSON `x-gateway-cost-usd` header needs the whole body before the headers go out), and for an
+event stream in `synchronous` mode. An event stream or embeddings answer in the default
+`metering.mode: observe` is handed over: the state travels in Envoy dynamic metadata to an
+observability-mode ext_proc stream that Envoy never waits for. Requests the gateway answers
+itself (errors, /v1/models) are audited here.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 
 from google.protobuf import struct_pb2
 
-from gateway_extproc.apis import API_PREFIX, MODELS_PATH, Schema, api_for_path
+from gateway_extproc.apis import API_PREFIX, MODELS_PATH, Api, Schema, api_for_path
 from gateway_extproc.audit import AuditRecord, LimitReached
 from gateway_extproc.budgets import report as budget_report
 from gateway_extproc.budgets.admission import Admission
@@ -59,10 +61,26 @@ log = logging.getLogger("gateway.processor")
 # Observe mode: every response header the request phase may decide, copied by Envoy from
 # dynamic metadata (envoy/bootstrap.py).
 METADATA_RESPONSE_HEADERS = ("x-gateway-request-id", *budget_report.RESPONSE_HEADERS, STATUS_HEADER)
+# Observe mode: the dynamic metadata that tells Envoy this stream meters the request's response,
+# so the request is re-matched to the route that leaves the observer out (envoy/bootstrap.py).
+RESPONSE_METERED_KEY = "response_metered_by"
+RESPONSE_METERED_HERE = "request_stream"
+_METERED_HERE_METADATA = struct_pb2.Struct()
+_METERED_HERE_METADATA.update({NAMESPACE: {RESPONSE_METERED_KEY: RESPONSE_METERED_HERE}})
 # The error code of a request whose stream ended before it was forwarded (nothing was sent).
 CLIENT_LEFT = "client_disconnected_before_forward"
 # Client headers that carry credentials: never forwarded to a provider.
 CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key", "x-goog-api-key")
+
+
+def response_on_this_stream(request: ParsedRequest) -> bool:
+    """Observe mode: whether the request stream meters this request's response itself (its
+    headers and its buffered body: four messages on one stream, and `x-gateway-cost-usd`), or
+    the observer does. A non-streamed answer is buffered whole, once, by Envoy and the sidecar,
+    which a chat answer (bounded by its output tokens) affords; an embeddings answer grows with
+    its input (tens of MB for a large batch) and an event stream must not wait for the sidecar:
+    both stay with the observer, which sees them chunk by chunk and keeps a bounded part."""
+    return not request.stream and request.api is not Api.OPENAI_EMBEDDINGS
 
 
 class StreamProcessor:
@@ -113,8 +131,10 @@ class StreamProcessor:
         """One ext_proc message in, its reply out. The request phases may await (a JWKS
         refresh, the budget reservation); the response phases never do."""
         phase = message.WhichOneof("request")
-        if phase in ("response_headers", "response_body"):  # synchronous mode
-            if self.observer is None:  # not forwarded by this stream
+        if phase in ("response_headers", "response_body"):
+            if self.observer is None:  # the observer stream meters it (or nothing was forwarded)
+                if phase == "response_headers":
+                    return msgs.response_headers_without_body()
                 return msgs.passthrough(message)
             return await self.observer.reply(message, self._response_headers)
         try:
@@ -135,13 +155,13 @@ class StreamProcessor:
             )
 
     def close(self) -> None:
-        """The ext_proc stream ended. A forwarded request in synchronous mode whose response
-        did not finish (client disconnect, upstream abort, Envoy reset) is metered from what
-        was seen now: spend is never lost. In observe mode the observer stream does that (or,
-        if it never opens, the reaper: response/reaped_audit.py). A stream that ended before its
-        request was forwarded (the client left while a request phase awaited, e.g. its budget
-        check) sent nothing to a provider: whatever it may have reserved is released, and its
-        record says so."""
+        """The ext_proc stream ended. A forwarded request whose response this stream meters
+        and which did not finish (client disconnect, upstream abort, Envoy reset) is metered
+        from what was seen now: spend is never lost. A handed-over one is the observer
+        stream's (or, if it never opens, the reaper's: response/reaped_audit.py). A stream that
+        ended before its request was forwarded (the client left while a request phase
+        awaited, e.g. its budget check) sent nothing to a provider: whatever it may have
+        reserved is released, and its record says so."""
         if self.observer is not None:
             self.observer.close()
         elif not self.handed_off and not self.concluded:
@@ -327,6 +347,11 @@ class StreamProcessor:
                 self.ctx, dataclasses.replace(state, started_monotonic=self.started)
             )
             return msgs.request_body_reply(common)
+        if response_on_this_stream(request):  # observe mode: the observer stays out of it
+            self.observer = ResponseObserver(
+                self.ctx, dataclasses.replace(state, started_monotonic=self.started)
+            )
+            return msgs.request_body_reply(common, dynamic_metadata=_METERED_HERE_METADATA)
         self.handed_off = True
         return msgs.request_body_reply(common, dynamic_metadata=self._dynamic_metadata(state))
 

@@ -50,17 +50,20 @@ class ResponseBody:
             return (chunk,)
         if self.unreadable is not None:
             return ()
-        pieces: Sequence[bytes] = (chunk,) if inflater is None else tuple(inflater.feed(chunk, end))
+        decoded = (chunk,) if inflater is None else inflater.feed(chunk, end)
+        pieces: Sequence[bytes] = ()
         if meter is not None:
+            pieces = tuple(decoded)  # a stream's chunk: small, and kept for the response cache
             for piece in pieces:
                 meter.feed(piece)
         else:
+            # One slice at a time: a JSON body may come whole in one message (buffered), and
+            # 100:1 of it held at once would be the bomb the ratio guards against.
             json = self.json
-            for piece in pieces:
+            for piece in decoded:
                 json.feed(piece)
             if json.truncated and LimitReached.RESPONSE_BODY_CAP not in self.limits_reached:
                 self.limits_reached.append(LimitReached.RESPONSE_BODY_CAP)
-            pieces = ()
         if inflater is not None and inflater.exceeded:  # a decompression bomb: stop reading
             self.unreadable = (
                 f"inflates beyond {inflater.max_ratio}:1 "

@@ -89,8 +89,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 @pytest.fixture(scope="session")
 def sync_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """`metering.mode: synchronous`: the sidecar answers every response message (JSON responses
-    carry x-gateway-cost-usd)."""
+    """`metering.mode: synchronous`: the sidecar answers every response message, event streams'
+    chunks too."""
     s = _metering_stack(tmp_path_factory.mktemp("sync-stack"), "synchronous")
     yield s
     s.stop()
@@ -106,12 +106,9 @@ class Metered:
     synchronous: bool
 
     def cost_header(self, headers: Mapping[str, str], cost_micros: int) -> None:
-        """Synchronous mode sends a JSON response's cost; observe mode cannot (the headers
-        leave before the body is read) and sends none."""
-        if self.synchronous:
-            assert headers["x-gateway-cost-usd"] == f"{cost_micros / 1e6:.6f}"
-        else:
-            assert "x-gateway-cost-usd" not in headers
+        """A non-streamed JSON response carries its cost in both modes (observe mode meters it
+        on the request's own stream), equal to its audit record's."""
+        assert headers["x-gateway-cost-usd"] == f"{cost_micros / 1e6:.6f}"
 
 
 @pytest.fixture(params=["observe", "synchronous"])

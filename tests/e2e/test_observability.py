@@ -204,13 +204,11 @@ def test_chat_span_continues_the_clients_trace(obs: Observed) -> None:
     # One trace: the client's; Envoy's spans continue it and parent the sidecar's span.
     assert span.trace_id.hex() == TRACE_ID
     ingress = obs.collector.envoy_span(TRACE_ID, "ingress")
-    # Two ext_proc streams (observe mode): the request filter's and the observer's.
-    extprocs = obs.collector.envoy_spans(TRACE_ID, "ExternalProcessor.Process", count=2)
+    # One ext_proc stream: a non-streamed answer is metered on the request's own stream (no
+    # observer stream); it carried Envoy's context in its gRPC metadata.
+    (request_stream,) = obs.collector.envoy_spans(TRACE_ID, "ExternalProcessor.Process")
     assert ingress.parent_span_id.hex() == "b7ad6b7169203331"  # the client's span
-    assert all(e.parent_span_id == ingress.span_id for e in extprocs)
-    # The request stream (it starts first) carried Envoy's context in its gRPC metadata, and the
-    # request state handed it to the observer that records the span.
-    request_stream = min(extprocs, key=lambda e: e.start_time_unix_nano)
+    assert request_stream.parent_span_id == ingress.span_id
     assert span.parent_span_id == request_stream.span_id
     a = attrs(span)
     rec = obs.audit.wait_for(raw.headers["x-gateway-request-id"])

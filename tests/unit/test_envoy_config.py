@@ -20,7 +20,11 @@ from gateway_extproc.envoy.bootstrap import EnvoyPorts, build, render
 from gateway_extproc.envoy.edge import OPERATIONS_RESERVE
 from gateway_extproc.envoy.filters import EXTPROC_CLUSTER, SidecarAccess
 from gateway_extproc.handoff import NAMESPACE
-from gateway_extproc.request.processor import METADATA_RESPONSE_HEADERS
+from gateway_extproc.request.processor import (
+    METADATA_RESPONSE_HEADERS,
+    RESPONSE_METERED_HERE,
+    RESPONSE_METERED_KEY,
+)
 from gateway_extproc.request.route import CLUSTER_HEADER
 from gateway_extproc.server import GRPC_MESSAGE_SLACK, SERVICE_NAME
 from gateway_extproc.stack import StackError, validate_envoy_config
@@ -102,10 +106,17 @@ def hcm(b: dict[str, Any]) -> dict[str, Any]:
     return manager["typed_config"]
 
 
-def route(b: dict[str, Any]) -> dict[str, Any]:
+def routes(b: dict[str, Any]) -> list[dict[str, Any]]:
     (vhost,) = hcm(b)["route_config"]["virtual_hosts"]
-    (only,) = vhost["routes"]
-    return only
+    return list(vhost["routes"])
+
+
+def route(b: dict[str, Any]) -> dict[str, Any]:
+    """The route of every request the observer meters (the last: the one without a metadata
+    match)."""
+    *_, last = routes(b)
+    assert "dynamic_metadata" not in last["match"]
+    return last
 
 
 def http_filter(b: dict[str, Any], name: str) -> dict[str, Any]:
@@ -194,23 +205,60 @@ def _check_grpc(config: GatewayConfig, ext: dict[str, Any]) -> None:
     assert grpc["max_receive_message_length"] == limit + GRPC_MESSAGE_SLACK
 
 
-def test_request_filter_waits_on_the_request_only(
-    config: GatewayConfig, production: dict[str, Any]
+def test_request_filter_also_takes_the_response_of_a_non_streamed_request(
+    config: GatewayConfig, production: dict[str, Any], synchronous: dict[str, Any]
 ) -> None:
+    """The same filter as synchronous mode's: response headers and a partially buffered body,
+    which the reply to the response headers turns off (NONE) for a response the observer
+    meters (mode_override is honoured only in a reply to headers on Envoy 1.40)."""
     ext = http_filter(production, "gateway.request")
     assert ext["failure_mode_allow"] is False  # fail closed: nothing passes unmetered
     assert ext["status_on_error"] == {"code": 503}
     assert ext["message_timeout"] == "5s"
+    assert ext["allow_mode_override"] is True
     assert ext["processing_mode"] == {
         "request_header_mode": "SEND",
         "request_body_mode": "BUFFERED",
-        "response_header_mode": "SKIP",
-        "response_body_mode": "NONE",
+        "response_header_mode": "SEND",
+        "response_body_mode": "BUFFERED_PARTIAL",
         "request_trailer_mode": "SKIP",
         "response_trailer_mode": "SKIP",
     }
+    sync = http_filter(synchronous, "envoy.filters.http.ext_proc")
+    assert ext["processing_mode"] == sync["processing_mode"]
     assert ext["metadata_options"] == {"receiving_namespaces": {"untyped": [NAMESPACE]}}
     _check_grpc(config, ext)
+
+
+def test_a_non_streamed_request_is_rematched_to_a_route_without_the_observer(
+    production: dict[str, Any], synchronous: dict[str, Any]
+) -> None:
+    """The request-body reply's dynamic metadata selects the first route (it clears the route
+    cache); there the observer is disabled and the sidecar sets the response headers itself.
+    Otherwise the two routes are the same."""
+    one_stream, observed = routes(production)
+    assert one_stream["match"]["dynamic_metadata"] == [
+        {
+            "filter": NAMESPACE,
+            "path": [{"key": RESPONSE_METERED_KEY}],
+            "value": {"string_match": {"exact": RESPONSE_METERED_HERE}},
+        }
+    ]
+    assert one_stream["typed_per_filter_config"] == {
+        "gateway.observer": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3."
+            "ExtProcPerRoute",
+            "disabled": True,
+        }
+    }
+    assert "response_headers_to_add" not in one_stream
+    assert {**one_stream["match"], "dynamic_metadata": None} == {
+        **observed["match"],
+        "dynamic_metadata": None,
+    }
+    assert one_stream["route"] == observed["route"]
+    assert one_stream["request_headers_to_remove"] == observed["request_headers_to_remove"]
+    assert len(routes(synchronous)) == 1  # one filter: nothing to disable
 
 
 def test_observer_filter_is_never_waited_for(
@@ -256,7 +304,7 @@ def test_synchronous_filter(config: GatewayConfig, synchronous: dict[str, Any]) 
         "request_header_mode": "SEND",
         "request_body_mode": "BUFFERED",
         "response_header_mode": "SEND",
-        "response_body_mode": "BUFFERED",
+        "response_body_mode": "BUFFERED_PARTIAL",
         "request_trailer_mode": "SKIP",
         "response_trailer_mode": "SKIP",
     }

@@ -10,6 +10,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
@@ -30,6 +31,7 @@ from gateway_extproc.handoff import (
 )
 from gateway_extproc.identity.model import AuthMethod, Identity, Kind
 from gateway_extproc.providers.metering import StreamMeter
+from gateway_extproc.request import processor
 from gateway_extproc.response.observer import ResponseObserver, StreamObserver
 from gateway_extproc.sidecar_auth.seal import StateSeal
 from tests.unit.test_processor import (
@@ -83,15 +85,18 @@ def gw(tmp_path: Path, config: GatewayConfig) -> Iterator[Gateway]:
 
 def handed_over(gw: Gateway, body: dict[str, Any]) -> struct_pb2.Struct:
     """A forwarded request's request phase; the dynamic metadata its body reply carries. The
-    request's own stream then ends without writing anything: the observer owns the rest."""
+    request's own stream then ends without writing anything: the observer owns the rest. (A
+    non-streamed chat request is metered on its own stream; here it is handed over as an
+    embeddings request is, so that the observer's JSON path is tested with chat bodies.)"""
     p = gw.processor()
     handle(p, req_headers(CHAT_PATH))
-    reply = handle(
-        p,
-        pb.ProcessingRequest(
-            request_body=pb.HttpBody(body=json.dumps(body).encode(), end_of_stream=True)
-        ),
-    )
+    with mock.patch.object(processor, "response_on_this_stream", return_value=False):
+        reply = handle(
+            p,
+            pb.ProcessingRequest(
+                request_body=pb.HttpBody(body=json.dumps(body).encode(), end_of_stream=True)
+            ),
+        )
     assert reply.WhichOneof("response") == "request_body"
     p.close()
     assert gw.records() == []
