@@ -430,6 +430,7 @@ def test_sidecar_killed_mid_stream_is_charged_once_by_the_reaper(gw: Budgeted) -
     # The sidecar checkpoints the cost so far every lease_s / 3: wait for one to land in Redis.
     eventually(lambda: int(gw.reservation(rid).get("partial", 0)) > 0)
     gw.stack.process("sidecar").kill()  # SIGKILL: no finally, no settle
+    gw.stack.process("sidecar").wait(10)  # gone before restart() looks (it refuses a live one)
     thread.join(30)
     assert not thread.is_alive(), "the client's stream outlived the sidecar"
     gw.stack.restart("sidecar")

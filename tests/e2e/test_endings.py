@@ -236,6 +236,7 @@ def test_a_worker_killed_mid_stream_is_charged_at_least_the_bill_by_the_reaper(
     past = len(received) + 2_000
     eventually(lambda: len(received) > past, what="the stream past its checkpoint")
     gw.stack.process("sidecar").kill()  # SIGKILL: no finally, no settle
+    gw.stack.process("sidecar").wait(10)  # gone before restart() looks (it refuses a live one)
     thread.join(30)
     assert not thread.is_alive(), "the client's stream outlived the sidecar"
     gw.stack.restart("sidecar")

@@ -122,6 +122,7 @@ def test_a_reservation_nobody_settles_is_reaped_and_audited_once(gw: Budgeted) -
         (key,) = reservations(gw) - before
         eventually(lambda: len(gw.mock.received()) > 0, what="the request at the provider")
         gw.stack.process("sidecar").kill()  # SIGKILL: no finally, no settle
+        gw.stack.process("sidecar").wait(10)  # gone before restart() looks (it refuses a live one)
         thread.join(30)
         assert not thread.is_alive()
     gw.stack.restart("sidecar")
