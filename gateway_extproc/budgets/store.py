@@ -51,6 +51,7 @@ from redis.asyncio.cluster import RedisCluster
 from gateway_extproc.budgets import windows
 from gateway_extproc.budgets.facts import ReservationFacts
 from gateway_extproc.budgets.model import BudgetConfig, CalendarWindow, RollingWindow
+from gateway_extproc.budgets.pipe import Script, ScriptPipe
 from gateway_extproc.budgets.ratelimits import wire
 from gateway_extproc.budgets.ratelimits.model import RateLimitCharge, RateLimitState
 from gateway_extproc.budgets.results import (
@@ -101,7 +102,10 @@ class BudgetStore:
         record_retention_s: int = 600,
         expired_retention_s: int = 86_400,
         rollups: RollupSettings | None = None,
+        pipe: ScriptPipe | None = None,
     ) -> None:
+        """`pipe`: the scripts' lean path to a standalone Redis (pipe.py; `aclose` closes it),
+        else every call goes through `client`."""
         for name, value in (("prefix", prefix), ("hash_tag", hash_tag)):
             if not value or "{" in value or "}" in value:
                 raise ValueError(f"{name} must be non-empty and free of braces (got {value!r})")
@@ -120,17 +124,28 @@ class BudgetStore:
         # release (retried until Redis answers) to find it and correct the reaper's charge.
         self._expired_retention_ms = max(expired_retention_s, record_retention_s) * 1000
         self._sources = {name: script_source(name) for name in SCRIPTS}
-        self._reserve = client.register_script(self._sources["reserve"])
-        self._settle = client.register_script(self._sources["settle"])
-        self._release = client.register_script(self._sources["release"])
-        self._checkpoint = client.register_script(self._sources["checkpoint"])
-        self._reap = client.register_script(self._sources["reap"])
-        self._record_usage = client.register_script(self._sources["record"])
-        self._peek = client.register_script(self._sources["peek"])
+        self._pipe = pipe
+
+        def script(name: str) -> Script:
+            source = self._sources[name]
+            return Script(source, pipe, client.register_script(source))
+
+        self._reserve = script("reserve")
+        self._settle = script("settle")
+        self._release = script("release")
+        self._checkpoint = script("checkpoint")
+        self._reap = script("reap")
+        self._record_usage = script("record")
+        self._peek = script("peek")
 
     @property
     def client(self) -> Redis | RedisCluster:
         return self._client
+
+    async def aclose(self) -> None:
+        """Close the script pipe, if any (the client is its owner's to close)."""
+        if self._pipe is not None:
+            await self._pipe.aclose()
 
     @property
     def key_base(self) -> str:
