@@ -125,6 +125,7 @@ class BudgetStore:
         self._expired_retention_ms = max(expired_retention_s, record_retention_s) * 1000
         self._sources = {name: script_source(name) for name in SCRIPTS}
         self._pipe = pipe
+        self._spans: dict[CalendarWindow, windows.CalendarSpan] = {}  # calendar_span's memo
 
         def script(name: str) -> Script:
             source = self._sources[name]
@@ -184,10 +185,18 @@ class BudgetStore:
         """The counter hash a charge at `now` debits, and its window id."""
         window = budget.window
         if isinstance(window, CalendarWindow):
-            span = windows.calendar_span(window, now)
+            span = self.calendar_span(window, now)
             return f"{self._base}:c:{budget.name}:{scope_value}:{span.id}", span.id
         key = f"{self._base}:r:{budget.name}:{scope_value}:{window.bucket_s}"
         return key, ROLLING_WINDOW_ID
+
+    def calendar_span(self, window: CalendarWindow, now: float) -> windows.CalendarSpan:
+        """`windows.calendar_span`, remembered per window until `now` leaves it (every reserve
+        needs it; computing it builds datetimes in the window's timezone)."""
+        span = self._spans.get(window)
+        if span is None or not span.start <= now < span.end:
+            span = self._spans[window] = windows.calendar_span(window, now)
+        return span
 
     def rate_limit_key(self, charge: RateLimitCharge) -> str:
         limit = charge.limit
@@ -239,7 +248,9 @@ class BudgetStore:
                 raise ValueError(f"two charges for {charge.budget.name} {charge.scope_value!r}")
             keys.append(key)
             window_ids.append(window_id)
-            args.extend(charge_args(charge, window_id, now, now_ms, self._grace_ms))
+            window = charge.budget.window
+            end = self.calendar_span(window, now).end if isinstance(window, CalendarWindow) else 0
+            args.extend(charge_args(charge, window_id, end, now_ms, self._grace_ms))
         keys += [self.override_key(c.budget.name, c.scope_value) for c in charges]
         rate_keys = [self.rate_limit_key(c) for c in limits]
         if len(set(rate_keys)) != len(rate_keys):
