@@ -75,6 +75,7 @@ from gateway_extproc.budgets.scripts import (
 )
 from gateway_extproc.budgets.wire import budget_states, charge_args, record_labels
 from gateway_extproc.spend.rollup import (
+    RollupDay,
     RollupSettings,
     UsageRecord,
     day_key,
@@ -126,6 +127,7 @@ class BudgetStore:
         self._sources = {name: script_source(name) for name in SCRIPTS}
         self._pipe = pipe
         self._spans: dict[CalendarWindow, windows.CalendarSpan] = {}  # calendar_span's memo
+        self._day: RollupDay | None = None  # _rollup_day's memo
 
         def script(name: str) -> Script:
             source = self._sources[name]
@@ -206,7 +208,15 @@ class BudgetStore:
         return f"{self._base}:ov:{budget}:{scope_value}"
 
     def rollup_key(self, usage: UsageRecord) -> str:
-        return day_key(self._base, day_of(usage.arrived, self.rollups.zone))
+        return day_key(self._base, self._rollup_day(usage.arrived).day)
+
+    def _rollup_day(self, ts: float) -> RollupDay:
+        """The rollup day of `ts`, remembered until a settle's arrival leaves it (computing it
+        builds datetimes in the rollups' timezone)."""
+        day = self._day
+        if day is None or not day.holds(ts):
+            day = self._day = RollupDay.of(ts, self.rollups)
+        return day
 
     def record_key(self, request_id: str) -> str:
         return f"{self._base}:res:{request_id}"
@@ -318,7 +328,7 @@ class BudgetStore:
             args: list[str | int] = [actual_micros, ms(now), self._retention_ms, tokens]
             if usage is not None:
                 keys = [*keys, self.rollup_key(usage)]
-                args += script_args(usage, self.rollups)
+                args += script_args(usage, self.rollups, self._rollup_day(usage.arrived))
             reply = await self._settle(keys=keys, args=args)
         return SettleResult(
             ReservationState(text(reply[0])),
@@ -330,7 +340,8 @@ class BudgetStore:
     async def record_usage(self, request_id: str, usage: UsageRecord, now: float) -> SettleResult:
         """Roll up a billed request that reserved nothing (no budget applied); idempotent."""
         keys = [self.record_key(request_id), self.rollup_key(usage)]
-        args = [self._retention_ms, ms(now), *script_args(usage, self.rollups)]
+        day = self._rollup_day(usage.arrived)
+        args = [self._retention_ms, ms(now), *script_args(usage, self.rollups, day)]
         with redis_errors("record"):
             reply = await self._record_usage(keys=keys, args=args)
         return SettleResult(ReservationState(text(reply[0])), int(reply[1]) == 1)
