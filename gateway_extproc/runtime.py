@@ -16,7 +16,7 @@ import contextlib
 import dataclasses
 import hashlib
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 
 from redis.asyncio import Redis
@@ -30,6 +30,7 @@ from gateway_extproc.budgets.alerts import AlertSender, webhooks_of
 from gateway_extproc.budgets.gate import BudgetGate, GateSettings
 from gateway_extproc.budgets.journal import Journal
 from gateway_extproc.budgets.loader import BudgetStoreConfig
+from gateway_extproc.budgets.pipe import ScriptPipe
 from gateway_extproc.budgets.services import BudgetServices
 from gateway_extproc.budgets.store import BudgetStore
 from gateway_extproc.cache.service import build_cache
@@ -147,7 +148,8 @@ def connect_store(
         client = RedisCluster.from_url(sc.redis_url, **options)
     else:
         client = Redis.from_url(sc.redis_url, **options)  # type: ignore[arg-type]
-    return BudgetStore(client, sc.key_prefix, rollups=rollups), client
+    pipe = ScriptPipe.for_client(client)  # the scripts' lean path (budgets/pipe.py)
+    return BudgetStore(client, sc.key_prefix, rollups=rollups, pipe=pipe), client
 
 
 def build_services(config: GatewayConfig, journal: Journal | None = None) -> BudgetServices:
@@ -155,10 +157,15 @@ def build_services(config: GatewayConfig, journal: Journal | None = None) -> Bud
     the admin API is off (with one, every billed request's spend is rolled up for reports)."""
     settings = gate_settings(config)
     store: BudgetStore | None = None
-    close_client = None
+    close_client: Callable[[], Awaitable[None]] | None = None
     if config.uses_store:
         store, client = connect_store(config.budget_store, settings.max_inflight, config.spend)
-        close_client = client.aclose
+
+        async def close_both() -> None:
+            await store.aclose()
+            await client.aclose()
+
+        close_client = close_both
     alerts = AlertSender(webhooks=webhooks_of(config.budgets))
     return BudgetServices(
         store, settings, alerts=alerts, close_client=close_client, journal=journal

@@ -47,7 +47,10 @@ class StoreCalls:
         if services.store is None or not services.breaker.allow(services.clock()):
             raise BudgetStoreError("budget store unavailable (circuit open)", maybe_ran=False)
         try:
-            async with asyncio.timeout(services.settings.queue_timeout_s):
+            if self.slots.locked():  # wait for a turn, up to the queue deadline
+                async with asyncio.timeout(services.settings.queue_timeout_s):
+                    await self.slots.acquire()
+            else:  # a free turn: taken at once, no timer needed
                 await self.slots.acquire()
         except TimeoutError:
             services.stats.overloaded += 1
@@ -61,35 +64,26 @@ class StoreCalls:
             self.slots.release()
 
     async def _answer(self, factory: Callable[[], Awaitable[_T]]) -> _T:
+        """Await the call in this task (no task of its own, no asyncio.wait: they cost more than
+        the call itself on the lean Redis path); a timer looks at it each deadline and cancels
+        it (TimeoutError) only when Redis is silent or the patience ran out."""
         services = self._services
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline, patience = services.settings.deadline_s, services.settings.queue_timeout_s
-        task = asyncio.ensure_future(factory())
-        wait, suspect = deadline, False
         try:
-            while not task.done():
-                woken = loop.time() + wait
-                await asyncio.wait((task,), timeout=wait)
-                if task.done():
-                    break
-                silent = self._redis_silent(loop, woken, deadline)
-                if (silent and suspect) or loop.time() - started >= patience:
-                    task.cancel()  # a cancelled script ran whole or not at all
-                    raise TimeoutError
-                # Silent once: look again shortly, after the loop has read what Redis may have
-                # sent while this wake-up was queued behind other work.
-                suspect, wait = silent, deadline / 5 if silent else deadline
-            result = task.result()
+            async with asyncio.timeout(None) as limit:
+                watch = _Watch(self, loop, limit, started, deadline, patience)
+                try:
+                    result = await factory()
+                finally:
+                    watch.stop()
         except (BudgetStoreError, TimeoutError, OSError) as exc:
             services.breaker.failure(services.clock())
             services.stats.store_errors += 1
             if services.on_call is not None:
                 services.on_call(loop.time() - started, False)
             raise BudgetStoreError(f"budget store: {type(exc).__name__}") from exc
-        except asyncio.CancelledError:
-            task.cancel()
-            raise
         if services.on_call is not None:
             services.on_call(loop.time() - started, True)
         self._last_ok = loop.time()
@@ -103,3 +97,37 @@ class StoreCalls:
         now = loop.time()
         lagging = now - woken > deadline / 2
         return not lagging and now - self._last_ok >= deadline
+
+
+class _Watch:
+    """The deadline of one store call: at each wake-up, give up (cancel the call through its
+    `asyncio.timeout`, which raises TimeoutError) if Redis is silent twice in a row or the
+    patience ran out; else look again - shortly after a silent look, after another deadline
+    otherwise."""
+
+    def __init__(
+        self,
+        calls: StoreCalls,
+        loop: asyncio.AbstractEventLoop,
+        limit: asyncio.Timeout,
+        started: float,
+        deadline: float,
+        patience: float,
+    ) -> None:
+        self._calls, self._loop, self._limit = calls, loop, limit
+        self._started, self._deadline, self._patience = started, deadline, patience
+        self._handle = loop.call_at(started + deadline, self._look, started + deadline, False)
+
+    def _look(self, woken: float, suspect: bool) -> None:
+        loop = self._loop
+        silent = self._calls._redis_silent(loop, woken, self._deadline)
+        if (silent and suspect) or loop.time() - self._started >= self._patience:
+            self._limit.reschedule(loop.time())  # a cancelled script ran whole or not at all
+            return
+        # Silent once: look again shortly, after the loop has read what Redis may have sent
+        # while this wake-up was queued behind other work.
+        when = loop.time() + (self._deadline / 5 if silent else self._deadline)
+        self._handle = loop.call_at(when, self._look, when, silent)
+
+    def stop(self) -> None:
+        self._handle.cancel()

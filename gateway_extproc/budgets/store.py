@@ -51,6 +51,7 @@ from redis.asyncio.cluster import RedisCluster
 from gateway_extproc.budgets import windows
 from gateway_extproc.budgets.facts import ReservationFacts
 from gateway_extproc.budgets.model import BudgetConfig, CalendarWindow, RollingWindow
+from gateway_extproc.budgets.pipe import Script, ScriptPipe
 from gateway_extproc.budgets.ratelimits import wire
 from gateway_extproc.budgets.ratelimits.model import RateLimitCharge, RateLimitState
 from gateway_extproc.budgets.results import (
@@ -74,6 +75,7 @@ from gateway_extproc.budgets.scripts import (
 )
 from gateway_extproc.budgets.wire import budget_states, charge_args, record_labels
 from gateway_extproc.spend.rollup import (
+    RollupDay,
     RollupSettings,
     UsageRecord,
     day_key,
@@ -101,7 +103,10 @@ class BudgetStore:
         record_retention_s: int = 600,
         expired_retention_s: int = 86_400,
         rollups: RollupSettings | None = None,
+        pipe: ScriptPipe | None = None,
     ) -> None:
+        """`pipe`: the scripts' lean path to a standalone Redis (pipe.py; `aclose` closes it),
+        else every call goes through `client`."""
         for name, value in (("prefix", prefix), ("hash_tag", hash_tag)):
             if not value or "{" in value or "}" in value:
                 raise ValueError(f"{name} must be non-empty and free of braces (got {value!r})")
@@ -120,17 +125,30 @@ class BudgetStore:
         # release (retried until Redis answers) to find it and correct the reaper's charge.
         self._expired_retention_ms = max(expired_retention_s, record_retention_s) * 1000
         self._sources = {name: script_source(name) for name in SCRIPTS}
-        self._reserve = client.register_script(self._sources["reserve"])
-        self._settle = client.register_script(self._sources["settle"])
-        self._release = client.register_script(self._sources["release"])
-        self._checkpoint = client.register_script(self._sources["checkpoint"])
-        self._reap = client.register_script(self._sources["reap"])
-        self._record_usage = client.register_script(self._sources["record"])
-        self._peek = client.register_script(self._sources["peek"])
+        self._pipe = pipe
+        self._spans: dict[CalendarWindow, windows.CalendarSpan] = {}  # calendar_span's memo
+        self._day: RollupDay | None = None  # _rollup_day's memo
+
+        def script(name: str) -> Script:
+            source = self._sources[name]
+            return Script(source, pipe, client.register_script(source))
+
+        self._reserve = script("reserve")
+        self._settle = script("settle")
+        self._release = script("release")
+        self._checkpoint = script("checkpoint")
+        self._reap = script("reap")
+        self._record_usage = script("record")
+        self._peek = script("peek")
 
     @property
     def client(self) -> Redis | RedisCluster:
         return self._client
+
+    async def aclose(self) -> None:
+        """Close the script pipe, if any (the client is its owner's to close)."""
+        if self._pipe is not None:
+            await self._pipe.aclose()
 
     @property
     def key_base(self) -> str:
@@ -169,10 +187,18 @@ class BudgetStore:
         """The counter hash a charge at `now` debits, and its window id."""
         window = budget.window
         if isinstance(window, CalendarWindow):
-            span = windows.calendar_span(window, now)
+            span = self.calendar_span(window, now)
             return f"{self._base}:c:{budget.name}:{scope_value}:{span.id}", span.id
         key = f"{self._base}:r:{budget.name}:{scope_value}:{window.bucket_s}"
         return key, ROLLING_WINDOW_ID
+
+    def calendar_span(self, window: CalendarWindow, now: float) -> windows.CalendarSpan:
+        """`windows.calendar_span`, remembered per window until `now` leaves it (every reserve
+        needs it; computing it builds datetimes in the window's timezone)."""
+        span = self._spans.get(window)
+        if span is None or not span.start <= now < span.end:
+            span = self._spans[window] = windows.calendar_span(window, now)
+        return span
 
     def rate_limit_key(self, charge: RateLimitCharge) -> str:
         limit = charge.limit
@@ -182,7 +208,15 @@ class BudgetStore:
         return f"{self._base}:ov:{budget}:{scope_value}"
 
     def rollup_key(self, usage: UsageRecord) -> str:
-        return day_key(self._base, day_of(usage.arrived, self.rollups.zone))
+        return day_key(self._base, self._rollup_day(usage.arrived).day)
+
+    def _rollup_day(self, ts: float) -> RollupDay:
+        """The rollup day of `ts`, remembered until a settle's arrival leaves it (computing it
+        builds datetimes in the rollups' timezone)."""
+        day = self._day
+        if day is None or not day.holds(ts):
+            day = self._day = RollupDay.of(ts, self.rollups)
+        return day
 
     def record_key(self, request_id: str) -> str:
         return f"{self._base}:res:{request_id}"
@@ -224,7 +258,9 @@ class BudgetStore:
                 raise ValueError(f"two charges for {charge.budget.name} {charge.scope_value!r}")
             keys.append(key)
             window_ids.append(window_id)
-            args.extend(charge_args(charge, window_id, now, now_ms, self._grace_ms))
+            window = charge.budget.window
+            end = self.calendar_span(window, now).end if isinstance(window, CalendarWindow) else 0
+            args.extend(charge_args(charge, window_id, end, now_ms, self._grace_ms))
         keys += [self.override_key(c.budget.name, c.scope_value) for c in charges]
         rate_keys = [self.rate_limit_key(c) for c in limits]
         if len(set(rate_keys)) != len(rate_keys):
@@ -292,7 +328,7 @@ class BudgetStore:
             args: list[str | int] = [actual_micros, ms(now), self._retention_ms, tokens]
             if usage is not None:
                 keys = [*keys, self.rollup_key(usage)]
-                args += script_args(usage, self.rollups)
+                args += script_args(usage, self.rollups, self._rollup_day(usage.arrived))
             reply = await self._settle(keys=keys, args=args)
         return SettleResult(
             ReservationState(text(reply[0])),
@@ -304,7 +340,8 @@ class BudgetStore:
     async def record_usage(self, request_id: str, usage: UsageRecord, now: float) -> SettleResult:
         """Roll up a billed request that reserved nothing (no budget applied); idempotent."""
         keys = [self.record_key(request_id), self.rollup_key(usage)]
-        args = [self._retention_ms, ms(now), *script_args(usage, self.rollups)]
+        day = self._rollup_day(usage.arrived)
+        args = [self._retention_ms, ms(now), *script_args(usage, self.rollups, day)]
         with redis_errors("record"):
             reply = await self._record_usage(keys=keys, args=args)
         return SettleResult(ReservationState(text(reply[0])), int(reply[1]) == 1)

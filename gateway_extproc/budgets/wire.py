@@ -6,17 +6,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from gateway_extproc.budgets import windows
 from gateway_extproc.budgets.model import CalendarWindow
 from gateway_extproc.budgets.results import BudgetState, Charge
 
 
 def charge_args(
-    charge: Charge, window_id: str, now: float, now_ms: int, grace_ms: int
+    charge: Charge, window_id: str, window_end: int, now_ms: int, grace_ms: int
 ) -> list[str | int]:
+    """A charge's script arguments; `window_end`: its calendar window's end (unix seconds)."""
     window = charge.budget.window
     if isinstance(window, CalendarWindow):
-        end = windows.calendar_span(window, now).end
+        end = window_end
         field, expire_at, life, bucket_ms, count = "spent", end * 1000 + grace_ms, 0, 0, 0
     else:
         bucket_ms = window.bucket_s * 1000

@@ -24,17 +24,25 @@ def headers_of(message: pb.HttpHeaders) -> dict[str, str]:
     return out
 
 
+_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+
+
+def _fill_mutation(
+    mutation: pb.HeaderMutation, set_headers: Mapping[str, str], remove: Iterable[str]
+) -> None:
+    """Fill `mutation` in place (building a message and copying it in costs twice the work)."""
+    options = mutation.set_headers
+    for k, v in set_headers.items():
+        option = options.add(append_action=_OVERWRITE)
+        option.header.key = k
+        option.header.raw_value = v.encode()
+    mutation.remove_headers.extend(remove)
+
+
 def _mutation(set_headers: Mapping[str, str], remove: Iterable[str]) -> pb.HeaderMutation:
-    return pb.HeaderMutation(
-        set_headers=[
-            base_pb2.HeaderValueOption(
-                header=base_pb2.HeaderValue(key=k, raw_value=v.encode()),
-                append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
-            )
-            for k, v in set_headers.items()
-        ],
-        remove_headers=list(remove),
-    )
+    mutation = pb.HeaderMutation()
+    _fill_mutation(mutation, set_headers, remove)
+    return mutation
 
 
 def common(
@@ -46,10 +54,20 @@ def common(
 ) -> pb.CommonResponse:
     resp = pb.CommonResponse(clear_route_cache=clear_route_cache)
     if set_headers or remove:
-        resp.header_mutation.CopyFrom(_mutation(set_headers or {}, remove))
+        _fill_mutation(resp.header_mutation, set_headers or {}, remove)
     if body is not None:
         resp.body_mutation.body = body
     return resp
+
+
+def string_struct(namespace: str, fields: Mapping[str, str]) -> struct_pb2.Struct:
+    """Dynamic metadata `{namespace: {name: string}}`, filled in place (`Struct.update` walks
+    every value through protobuf's Python helpers: twice the time)."""
+    metadata = struct_pb2.Struct()
+    values = metadata.fields[namespace].struct_value.fields
+    for k, v in fields.items():
+        values[k].string_value = v
+    return metadata
 
 
 def request_headers_reply(c: pb.CommonResponse) -> pb.ProcessingResponse:

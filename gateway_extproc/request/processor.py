@@ -475,9 +475,7 @@ class StreamProcessor:
         mac = self.ctx.sidecar_auth.seal.sign(text)  # the observer trusts only what we signed
         fields = {STATE_KEY: text, MAC_KEY: mac, "x-gateway-request-id": self.request_id}
         fields.update(self._response_headers())
-        metadata = struct_pb2.Struct()
-        metadata.update({NAMESPACE: fields})
-        return metadata
+        return msgs.string_struct(NAMESPACE, fields)
 
     # -- endings ----------------------------------------------------------------------------
 

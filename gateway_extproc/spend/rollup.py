@@ -168,10 +168,35 @@ def expire_at_ms(day: dt.date, settings: RollupSettings) -> int:
     return int(end * 1000) + settings.retention_days * 86_400_000
 
 
-def script_args(record: UsageRecord, settings: RollupSettings) -> list[str | int]:
-    """The trailing ARGV of a settle or record script: expiry ms, row, then metric pairs."""
-    day = day_of(record.arrived, settings.zone)
-    args: list[str | int] = [expire_at_ms(day, settings), record.dimensions.encode()]
+@dataclasses.dataclass(frozen=True, slots=True)
+class RollupDay:
+    """A rollup day in the rollups' timezone: `[start, end)` in unix seconds, its expiry."""
+
+    day: dt.date
+    start: float
+    end: float
+    expire_at_ms: int
+
+    @classmethod
+    def of(cls, ts: float, settings: RollupSettings) -> RollupDay:
+        zone = settings.zone
+        day = day_of(ts, zone)
+        start = day_start(day, zone)
+        end = day_start(day + dt.timedelta(days=1), zone)
+        return cls(day, start, end, expire_at_ms(day, settings))
+
+    def holds(self, ts: float) -> bool:
+        return self.start <= ts < self.end
+
+
+def script_args(
+    record: UsageRecord, settings: RollupSettings, day: RollupDay | None = None
+) -> list[str | int]:
+    """The trailing ARGV of a settle or record script: expiry ms, row, then metric pairs.
+    `day`: the record's RollupDay when the caller has it."""
+    if day is None or not day.holds(record.arrived):
+        day = RollupDay.of(record.arrived, settings)
+    args: list[str | int] = [day.expire_at_ms, record.dimensions.encode()]
     for metric, value in record.metrics():
         args += [metric, value]
     return args

@@ -29,6 +29,7 @@ from gateway_extproc.budgets.model import (
     ScopeKind,
     Window,
 )
+from gateway_extproc.budgets.pipe import ScriptPipe
 from gateway_extproc.budgets.results import BudgetStoreError, Charge, ReservationState
 from gateway_extproc.budgets.store import BudgetStore
 from tests.redis_servers import (  # noqa: F401 - session fixtures used via getfixturevalue
@@ -72,11 +73,12 @@ def budget(
     )
 
 
-@pytest.fixture(params=["standalone", "cluster"])
+@pytest.fixture(params=["standalone", "pipelined", "cluster"])
 async def connect(request: pytest.FixtureRequest) -> AsyncIterator[Callable[[], Client]]:
-    """Make clients (one per simulated replica) to one Redis deployment; closed at teardown."""
+    """Make clients (one per simulated replica) to one Redis deployment; closed at teardown.
+    `pipelined`: standalone, the stores' scripts on their own pipelined connection (pipe.py)."""
     clients: list[Client] = []
-    if request.param == "standalone":
+    if request.param in ("standalone", "pipelined"):
         node: RedisEndpoint = request.getfixturevalue("redis_standalone_server")
 
         def make() -> Client:
@@ -99,16 +101,28 @@ MakeStore = Callable[[], Awaitable[BudgetStore]]
 
 
 @pytest.fixture
-def make_store(connect: Callable[[], Client]) -> MakeStore:
+async def make_store(
+    connect: Callable[[], Client], request: pytest.FixtureRequest
+) -> AsyncIterator[MakeStore]:
     """Stores (replicas) sharing one fresh key space (prefix and hash tag unique to the test)."""
     tag = uuid.uuid4().hex[:10]
+    pipelined = request.node.callspec.params["connect"] == "pipelined"
+    stores: list[BudgetStore] = []
 
     async def make() -> BudgetStore:
-        store = BudgetStore(connect(), prefix=f"t{tag}", hash_tag=tag, counter_grace_s=GRACE_S)
+        client = connect()
+        pipe = ScriptPipe.for_client(client) if pipelined else None
+        assert pipe is not None or not pipelined
+        store = BudgetStore(
+            client, prefix=f"t{tag}", hash_tag=tag, counter_grace_s=GRACE_S, pipe=pipe
+        )
+        stores.append(store)
         await store.load_scripts()
         return store
 
-    return make
+    yield make
+    for store in stores:
+        await store.aclose()
 
 
 @pytest.fixture
@@ -466,9 +480,10 @@ async def test_calendar_retry_after_is_the_reset(store: BudgetStore) -> None:
     assert await store.retry_after(b, "alice", 11 * USD, T0) is None
 
 
-async def test_redis_failures_raise_budget_store_error() -> None:
+@pytest.mark.parametrize("pipelined", [False, True])
+async def test_redis_failures_raise_budget_store_error(pipelined: bool) -> None:
     client = Redis(host="127.0.0.1", port=free_port(), retry=Retry(NoBackoff(), 0))
-    store = BudgetStore(client, "down")
+    store = BudgetStore(client, "down", pipe=ScriptPipe.for_client(client) if pipelined else None)
     b = budget("b", 10)
     calls: list[Callable[[], Awaitable[object]]] = [
         lambda: store.reserve("r1", [Charge.of(b, "alice", 1)], 60, T0),
@@ -483,6 +498,7 @@ async def test_redis_failures_raise_budget_store_error() -> None:
             with pytest.raises(BudgetStoreError, match="ConnectionError"):
                 await call()
     finally:
+        await store.aclose()
         await client.aclose()
 
 

@@ -8,8 +8,10 @@ import zoneinfo
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from redis.asyncio import Redis
 
 from gateway_extproc.budgets.model import CalendarWindow, Period, RollingWindow
+from gateway_extproc.budgets.store import BudgetStore
 from gateway_extproc.budgets.windows import (
     bucket_index,
     calendar_span,
@@ -195,3 +197,21 @@ def test_rolling_error_bound(now: int, age: int, bucket_s: int) -> None:
         assert counted
     if age >= window.duration_s:
         assert not counted
+
+
+@given(
+    st.lists(st.floats(min_value=1.6e9, max_value=1.9e9), min_size=1, max_size=20),
+    st.sampled_from(list(Period)),
+    st.sampled_from(["UTC", "Europe/Berlin", "America/New_York", "Australia/Lord_Howe"]),
+)
+def test_the_stores_remembered_span_is_always_the_span_of_now(
+    moments: list[float], period: Period, timezone: str
+) -> None:
+    """BudgetStore keeps the last span per window (computing one builds datetimes in the
+    timezone on every reserve): whatever order the moments come in, across window ends and
+    DST changes, it answers what calendar_span would."""
+    store = BudgetStore(Redis())
+    window = CalendarWindow(period, timezone)
+    for now in moments:
+        assert store.calendar_span(window, now) == calendar_span(window, now)
+        assert store.calendar_span(window, now + 1) == calendar_span(window, now + 1)

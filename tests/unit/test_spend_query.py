@@ -6,9 +6,13 @@ import datetime as dt
 import zoneinfo
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from redis.asyncio import Redis
 
+from gateway_extproc.budgets.store import BudgetStore
 from gateway_extproc.identity.model import AuthMethod, Identity, Kind
-from gateway_extproc.spend import query
+from gateway_extproc.spend import query, rollup
 from gateway_extproc.spend.query import DayRange, Dimension, QueryError, RetentionError
 from gateway_extproc.spend.rollup import (
     Dimensions,
@@ -165,3 +169,28 @@ def test_aggregate_groups_filters_and_sorts() -> None:
     assert [r.key for r in rows] == [("a",), ("b",)]  # dearest first
     assert rows[0].totals["estimated_cost_micros"] == 40
     assert rows[0].totals["input_tokens"] == 5 and rows[1].totals["requests"] == 3
+
+
+@given(
+    st.lists(st.floats(min_value=1.6e9, max_value=1.9e9), min_size=1, max_size=20),
+    st.sampled_from(["UTC", "Europe/Berlin", "America/Santiago", "America/Havana", "Asia/Beirut"]),
+)
+def test_the_stores_remembered_rollup_day_is_always_the_day_of_the_record(
+    moments: list[float], timezone: str
+) -> None:
+    """BudgetStore keeps the last rollup day (computing one builds datetimes in the timezone on
+    every settle): whatever order the records come in, across midnights and DST changes (some
+    of these zones change at midnight), a record rolls up into its own day with its expiry."""
+    settings = RollupSettings(timezone=timezone)
+    store = BudgetStore(Redis(), rollups=settings)
+    for ts in moments:
+        for t in (ts, ts + 1, ts + 3600):
+            day = rollup.day_of(t, settings.zone)
+            assert store.rollup_key(_record_at(t)) == rollup.day_key(store.key_base, day)
+            args = rollup.script_args(_record_at(t), settings, store._rollup_day(t))
+            assert args[0] == rollup.expire_at_ms(day, settings)
+
+
+def _record_at(ts: float) -> rollup.UsageRecord:
+    dims = rollup.Dimensions(user="alice", model="gpt-4o", provider="openai")
+    return rollup.UsageRecord(ts, dims, Usage(input_tokens=1), 1, False)
