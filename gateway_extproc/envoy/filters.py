@@ -49,14 +49,18 @@ def ext_proc_filters(config: GatewayConfig) -> list[dict[str, Any]]:
         "processing_mode": {
             "request_header_mode": "SEND",
             "request_body_mode": "BUFFERED",
-            "response_header_mode": "SEND",
-            # JSON bodies are buffered (the cost header needs the whole body), up to Envoy's
-            # buffer limit; a larger one is sent on unmetered after its first part (PARTIAL:
-            # with BUFFERED Envoy would answer the client 500 response_payload_too_large) and
-            # charged its bound. The reply to the response headers changes the mode for one
-            # request (`mode_override`, honoured only in a headers reply on Envoy 1.40):
-            # STREAMED for an event stream this stream meters, NONE for one the observer meters.
-            "response_body_mode": "BUFFERED_PARTIAL",
+            # No response by default: Envoy's own replies (a header timeout, a malformed
+            # request) and the sidecar's immediate responses are not metered. The reply to the
+            # request headers of a request the sidecar forwards asks for its response
+            # (`mode_override`, honoured only in a headers reply on Envoy 1.40; extproc/
+            # messages.py FORWARDED_MODE): the headers, and a JSON body buffered (the cost header
+            # needs the whole body) up to Envoy's buffer limit - a larger one is sent on
+            # unmetered after its first part (PARTIAL: with BUFFERED Envoy would answer the client
+            # 500 response_payload_too_large) and charged its bound. The reply to the response
+            # headers changes the mode again: STREAMED for an event stream this stream meters,
+            # NONE for one the observer meters.
+            "response_header_mode": "SKIP",
+            "response_body_mode": "NONE",
             "request_trailer_mode": "SKIP",
             "response_trailer_mode": "SKIP",
         },

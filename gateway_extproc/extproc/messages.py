@@ -70,8 +70,32 @@ def string_struct(namespace: str, fields: Mapping[str, str]) -> struct_pb2.Struc
     return metadata
 
 
-def request_headers_reply(c: pb.CommonResponse) -> pb.ProcessingResponse:
-    return pb.ProcessingResponse(request_headers=pb.HeadersResponse(response=c))
+_PM = processing_mode_pb2.ProcessingMode
+# The request filter's mode for a request the sidecar forwards, set by its reply to the request
+# headers (`mode_override`): its body, buffered; its response headers, and a JSON answer's body
+# buffered up to Envoy's limit (PARTIAL: a larger one goes on unmetered after its first part and is
+# charged its bound). The filter's configured mode sends it no response at all, so a reply Envoy
+# makes itself before this one (a header timeout, a malformed request) or one the sidecar made
+# (an immediate response) never comes back to the sidecar as a response to meter.
+FORWARDED_MODE = _PM(
+    request_header_mode=_PM.SEND,
+    request_body_mode=_PM.BUFFERED,
+    response_header_mode=_PM.SEND,
+    response_body_mode=_PM.BUFFERED_PARTIAL,
+    request_trailer_mode=_PM.SKIP,
+    response_trailer_mode=_PM.SKIP,
+)
+
+
+def request_headers_reply(
+    c: pb.CommonResponse, *, forwarded: bool = False
+) -> pb.ProcessingResponse:
+    """Continue; `forwarded`: the request goes on to a provider, so this stream gets its body and
+    its response (`FORWARDED_MODE`)."""
+    reply = pb.ProcessingResponse(request_headers=pb.HeadersResponse(response=c))
+    if forwarded:
+        reply.mode_override.CopyFrom(FORWARDED_MODE)
+    return reply
 
 
 def request_body_reply(

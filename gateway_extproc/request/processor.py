@@ -215,7 +215,7 @@ class StreamProcessor:
         remove = [h for h in headers if h.startswith("x-gateway-") or h in CREDENTIAL_HEADERS]
         # Providers must send identity-encoded bodies, or metering sees only gzip bytes.
         remove.append("accept-encoding")
-        return msgs.request_headers_reply(msgs.common(remove=remove))
+        return msgs.request_headers_reply(msgs.common(remove=remove), forwarded=True)
 
     def _models(self, bare_path: str) -> msgs.ProcessingResponse:
         if self.method != "GET":

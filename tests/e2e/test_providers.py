@@ -151,8 +151,12 @@ def test_free_self_hosted_model_is_served_and_metered_at_zero_cost(
         timeout=30,
     )
     assert r.status_code == 200, r.text
-    # Observe mode (the default): the headers leave before the cost is known; the audit has it.
-    assert "x-gateway-cost-usd" not in r.headers
+    # A JSON answer is metered before its headers leave (its cost header: $0); a stream's headers
+    # leave before the cost is known, and the audit has it.
+    if stream:
+        assert "x-gateway-cost-usd" not in r.headers
+    else:
+        assert r.headers["x-gateway-cost-usd"] == "0.000000"
     served = mock.last()
     assert served["body"]["model"] == "local-qwen-7b" and "authorization" not in served["headers"]
     rec = audit.wait_for(r.headers["x-gateway-request-id"])

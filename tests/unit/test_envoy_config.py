@@ -208,9 +208,11 @@ def _check_grpc(config: GatewayConfig, ext: dict[str, Any]) -> None:
 def test_request_filter_also_takes_the_response_of_a_non_streamed_request(
     config: GatewayConfig, production: dict[str, Any], synchronous: dict[str, Any]
 ) -> None:
-    """The same filter as synchronous mode's: response headers and a partially buffered body,
-    which the reply to the response headers turns off (NONE) for a response the observer
-    meters (mode_override is honoured only in a reply to headers on Envoy 1.40)."""
+    """The same filter as synchronous mode's: no response by default (a reply Envoy makes itself
+    is not metered); the reply to a forwarded request's headers asks for the response headers and
+    a partially buffered body (FORWARDED_MODE), which the reply to the response headers turns off
+    (NONE) for a response the observer meters (mode_override is honoured only in a reply to
+    headers on Envoy 1.40)."""
     ext = http_filter(production, "gateway.request")
     assert ext["failure_mode_allow"] is False  # fail closed: nothing passes unmetered
     assert ext["status_on_error"] == {"code": 503}
@@ -219,8 +221,8 @@ def test_request_filter_also_takes_the_response_of_a_non_streamed_request(
     assert ext["processing_mode"] == {
         "request_header_mode": "SEND",
         "request_body_mode": "BUFFERED",
-        "response_header_mode": "SEND",
-        "response_body_mode": "BUFFERED_PARTIAL",
+        "response_header_mode": "SKIP",  # Envoy's own replies are not sent to the sidecar
+        "response_body_mode": "NONE",
         "request_trailer_mode": "SKIP",
         "response_trailer_mode": "SKIP",
     }
@@ -303,8 +305,8 @@ def test_synchronous_filter(config: GatewayConfig, synchronous: dict[str, Any]) 
     assert ext["processing_mode"] == {
         "request_header_mode": "SEND",
         "request_body_mode": "BUFFERED",
-        "response_header_mode": "SEND",
-        "response_body_mode": "BUFFERED_PARTIAL",
+        "response_header_mode": "SKIP",  # Envoy's own replies are not sent to the sidecar
+        "response_body_mode": "NONE",
         "request_trailer_mode": "SKIP",
         "response_trailer_mode": "SKIP",
     }

@@ -27,6 +27,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from gateway_extproc.apis import Api
 from gateway_extproc.catalog.pricing import Price
 from gateway_extproc.config.gateway import load_config
+from gateway_extproc.extproc import messages as msgs
 from gateway_extproc.handoff import MAC_KEY, NAMESPACE, STATE_KEY, RequestState
 from gateway_extproc.identity.model import ANONYMOUS
 from gateway_extproc.request.route import CLUSTER_HEADER
@@ -223,8 +224,11 @@ def test_process_stream(sidecar: Sidecar) -> None:
         first = next(replies)
         assert first.WhichOneof("response") == "request_headers"
         assert "authorization" in first.request_headers.response.header_mutation.remove_headers
+        assert first.mode_override == msgs.FORWARDED_MODE  # its body and its response, here
 
-        body = json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}]})
+        # A stream: its response goes to the observer (a JSON answer stays on this stream).
+        messages = [{"role": "user", "content": "hi"}]
+        body = json.dumps({"model": model, "stream": True, "messages": messages})
         outbox.put(
             pb.ProcessingRequest(request_body=pb.HttpBody(body=body.encode(), end_of_stream=True))
         )
