@@ -46,7 +46,7 @@ HANDOFFS = ("none", "state", "signed")
 
 # Built once: the servicer only picks one.
 _REPLIES = {
-    "request_headers": msgs.request_headers_reply(pb.CommonResponse()),
+    "request_headers": msgs.request_headers_reply(pb.CommonResponse(), forwarded=True),
     "request_body": msgs.request_body_reply(pb.CommonResponse()),
     "response_headers": msgs.response_headers_reply(pb.CommonResponse(), stream_body=False),
     "response_body": msgs.response_body_reply(),
