@@ -64,6 +64,19 @@ OBSERVER = [*SERVICER, f"StreamObserver.handle ({REPO}/response/observer.py:90)"
             [*LOOP, "_RESP2Parser._read (redis/_parsers/resp2.py:40)"],
             "Redis calls (redis-py and the store)",
         ),
+        # The scripts' own pipelined connection is the Redis client too, not budget logic.
+        (
+            [
+                *PROCESSOR,
+                f"BudgetGate.admit ({REPO}/budgets/gate.py:100)",
+                f"_Protocol.send ({REPO}/budgets/pipe.py:89)",
+            ],
+            "Redis calls (redis-py and the store)",
+        ),
+        (
+            [*LOOP, f"_Protocol.data_received ({REPO}/budgets/pipe.py:57)"],
+            "Redis calls (redis-py and the store)",
+        ),
         (
             [*PROCESSOR, f"BudgetGate.admit ({REPO}/budgets/gate.py:100)"],
             "budget logic (matching, windows, settle)",
