@@ -47,6 +47,7 @@ class _Protocol(asyncio.Protocol):
         self.waiting: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
         self.transport: asyncio.Transport | None = None
         self.lost: Exception | None = None
+        self.pending: list[bytes] = []  # packed commands not yet written (see send)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -82,12 +83,29 @@ class _Protocol(asyncio.Protocol):
             self.transport.abort()
 
     def send(self, packed: bytes, now: float) -> asyncio.Future[Any]:
+        """Send a command. With nothing in flight it is written at once; while replies are
+        outstanding (load), the commands of one turn of the event loop are queued and go out in
+        one write at its end: a socket write is a system call, and under load several requests
+        reserve or settle in the same turn (client CPU per call at 32 concurrent callers 10 -> 5
+        us in the commit that added this; one caller unchanged)."""
         if self.lost is not None or self.transport is None:
             raise self.lost or ConnectionError("not connected to Redis")
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        idle = not self.waiting
         self.waiting.append((future, now))
-        self.transport.write(packed)
+        if idle:
+            self.transport.write(packed)
+            return future
+        if not self.pending:
+            loop.call_soon(self.flush)
+        self.pending.append(packed)
         return future
+
+    def flush(self) -> None:
+        pending, self.pending = self.pending, []
+        if self.lost is None and self.transport is not None and pending:
+            self.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
 
 
 class ScriptPipe:

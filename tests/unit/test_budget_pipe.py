@@ -53,6 +53,32 @@ async def test_concurrent_calls_get_their_own_replies_in_order(pipe: ScriptPipe)
     assert sorted(r[1] for r in replies) == list(range(1, 201))  # each ran exactly once
 
 
+async def test_calls_made_while_replies_are_due_go_out_in_one_write(pipe: ScriptPipe) -> None:
+    k = key()
+    assert await pipe.evalsha(ECHO, [k], ["connected"]) == [b"connected", 1]
+    conn = pipe._conn
+    assert conn is not None and conn.transport is not None
+    writes: list[bytes] = []
+    real = conn.transport
+
+    class Counting:  # uvloop's transport cannot be patched: stand in front of it
+        def write(self, data: bytes) -> None:
+            writes.append(data)
+            real.write(data)
+
+        def abort(self) -> None:
+            real.abort()
+
+    conn.transport = Counting()  # type: ignore[assignment]
+    replies = await asyncio.gather(*(pipe.evalsha(ECHO, [k], [f"c{i}"]) for i in range(50)))
+    assert [r[0] for r in replies] == [f"c{i}".encode() for i in range(50)]
+    # The first goes out at once (nothing in flight), the other 49 of that turn together.
+    assert [w.count(b"EVALSHA") for w in writes] == [1, 49]
+    assert await pipe.evalsha(ECHO, [k], ["alone"]) == [b"alone", 52]  # idle: written at once
+    assert [w.count(b"EVALSHA") for w in writes] == [1, 49, 1]
+    conn.transport = real
+
+
 async def test_a_script_the_server_lost_is_sent_whole_and_runs(
     pipe: ScriptPipe, client: Redis
 ) -> None:
