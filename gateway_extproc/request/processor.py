@@ -341,24 +341,27 @@ class StreamProcessor:
             client_headers=self.client_headers,
             redacted=redacted,
         )
-        state = self._hand_off(request, entry, upstream.provider)
-        if self.ctx.config.metering.synchronous:
-            self.observer = ResponseObserver(
-                self.ctx, dataclasses.replace(state, started_monotonic=self.started)
-            )
-            return msgs.request_body_reply(common)
-        if response_on_this_stream(request):  # observe mode: the observer stays out of it
-            self.observer = ResponseObserver(
-                self.ctx, dataclasses.replace(state, started_monotonic=self.started)
-            )
+        synchronous = self.ctx.config.metering.synchronous
+        here = synchronous or response_on_this_stream(request)  # else the observer meters it
+        state = self._hand_off(request, entry, upstream.provider, self.started if here else None)
+        if here:
+            self.observer = ResponseObserver(self.ctx, state)
+            if synchronous:
+                return msgs.request_body_reply(common)
+            # observe mode, a JSON answer: the observer stays out of it
             return msgs.request_body_reply(common, dynamic_metadata=_METERED_HERE_METADATA)
         self.handed_off = True
         return msgs.request_body_reply(common, dynamic_metadata=self._dynamic_metadata(state))
 
     def _hand_off(
-        self, request: ParsedRequest, entry: ModelEntry, upstream_provider: str
+        self,
+        request: ParsedRequest,
+        entry: ModelEntry,
+        upstream_provider: str,
+        started_monotonic: float | None,
     ) -> RequestState:
-        """The forwarded request's state, for whoever meters its response."""
+        """The forwarded request's state, for whoever meters its response (`started_monotonic`
+        only when that is this process)."""
         admission = self.admission
         assert admission is not None and self.identity is not None
         bound = admission.bound
@@ -388,6 +391,7 @@ class StreamProcessor:
             audit_extra=self._audit_extra(),
             cache=self.cache_ticket.to_metadata() if self.cache_ticket is not None else None,
             charge_limits=limits_for(request.api, request.body, request.shape, entry, bound),
+            started_monotonic=started_monotonic,
         )
 
     def _audit_extra(self) -> dict[str, Any]:
