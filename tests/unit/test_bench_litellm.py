@@ -5,12 +5,14 @@ bench itself (and LiteLLM's install) is not part of `make test`."""
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from bench import litellm, report, versus
 from bench.report import Row
+from gateway_extproc.stack import StackError
 
 
 def test_config_routes_the_bench_model_to_the_upstream_without_a_master_key() -> None:
@@ -200,3 +202,51 @@ def test_the_bench_report_carries_the_comparison_into_json_and_text() -> None:
         ROWS[:8], redis_round_trips={}, settings=settings, machine=machine, elapsed_s=1.0
     )
     assert "Against LiteLLM" not in report.render(without)
+
+
+def test_make_lock_recompiles_the_bench_lock_with_hashes() -> None:
+    makefile = (litellm.REPO / "Makefile").read_text()
+    recipe = makefile.split("\nlock:\n", 1)[1].split("\n\n", 1)[0].replace("\\\n", " ")
+    [compile_line] = [ln for ln in recipe.splitlines() if "pip compile" in ln]
+    for part in ("--generate-hashes", "-o bench/litellm.lock", "bench/litellm.in"):
+        assert part in compile_line
+    assert "#    make lock" in litellm.LOCK.read_text().splitlines()[1]
+
+
+class _Runs:
+    """subprocess.run as ensure_venv calls it: records argv, fails `uv pip sync` on demand."""
+
+    def __init__(self, fail_sync: bool) -> None:
+        self.fail_sync = fail_sync
+        self.argvs: list[list[str]] = []
+
+    def __call__(self, argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        self.argvs.append(argv)
+        if argv[1] == "venv":
+            Path(argv[-1], "bin").mkdir(parents=True)
+        if argv[1:3] == ["pip", "sync"] and self.fail_sync:
+            raise subprocess.CalledProcessError(2, argv)
+        return subprocess.CompletedProcess(argv, 0)
+
+
+def test_ensure_venv_syncs_the_lock_with_hashes_required_and_stamps_it_last(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lock = tmp_path / "litellm.lock"
+    lock.write_text("litellm==1.0 --hash=sha256:00\n")
+    cache = tmp_path / "cache"
+    failing = _Runs(fail_sync=True)
+    monkeypatch.setattr(litellm.subprocess, "run", failing)
+    with pytest.raises(StackError, match="installing LiteLLM"):
+        litellm.ensure_venv(lambda _: None, cache, lock)
+    assert not litellm.installed(cache / "venv", lock)  # a failed sync leaves no stamp
+
+    runs = _Runs(fail_sync=False)
+    monkeypatch.setattr(litellm.subprocess, "run", runs)
+    venv = litellm.ensure_venv(lambda _: None, cache, lock)
+    assert venv == cache / "venv" and litellm.installed(venv, lock)
+    [_make, sync] = runs.argvs
+    assert sync[1:3] == ["pip", "sync"] and "--require-hashes" in sync and sync[-1] == str(lock)
+    assert sync[sync.index("--python") + 1] == str(venv / "bin/python")
+    litellm.ensure_venv(lambda _: None, cache, lock)
+    assert len(runs.argvs) == 2  # the same lock: nothing installed again
