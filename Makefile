@@ -54,7 +54,9 @@ test: $(STAMP) lint imports typecheck
 ## bench: overhead of the gateway vs plain Envoy and a no-op ext_proc, and of traces + metrics on vs off (~11 min;
 ##        not part of test; BENCH_ARGS="--setups gateway,gateway+otel" for the telemetry comparison alone);
 ##        ends with the guard's verdict lines against bench/baseline.json (BENCH_ARGS="--setups noop,gateway"
-##        for the guard alone, ~6 min; add --update-baseline to rewrite the baseline from the run)
+##        for the guard alone, ~6 min; add --update-baseline to rewrite the baseline from the run);
+##        and the gateway's req/s over a LiteLLM proxy's (BENCH_ARGS="--setups litellm,gateway
+##        --workers 1" alone, ~4 min; LiteLLM installed once into .cache/bench-litellm/ from bench/litellm.lock)
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
