@@ -12,10 +12,13 @@ $(STAMP): pyproject.toml uv.lock scripts/locked_install.py
 	touch $(STAMP)
 
 ## lock: re-resolve uv.lock from pyproject.toml's ranges, keeping every pin that still fits;
-##       UPGRADE=redis moves one package (and what it needs) to its newest allowed release
+##       UPGRADE=redis moves one package (and what it needs) to its newest allowed release;
+##       and bench/litellm.lock (the bench's LiteLLM, its own venv) from bench/litellm.in
 lock:
 	$(PYTHON) scripts/locked_install.py $(VENV) --uv-only
 	$(BIN)/uv lock $(if $(UPGRADE),--upgrade-package $(UPGRADE))
+	$(BIN)/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes \
+		--custom-compile-command "make lock" -o bench/litellm.lock bench/litellm.in
 
 # The newest releases within pyproject.toml's ranges, in a throw-away virtualenv, against the unit
 # tests: try an upgrade before a user meets it. Not part of `make test`; nothing here touches .venv.
@@ -51,7 +54,9 @@ test: $(STAMP) lint imports typecheck
 ## bench: overhead of the gateway vs plain Envoy and a no-op ext_proc, and of traces + metrics on vs off (~11 min;
 ##        not part of test; BENCH_ARGS="--setups gateway,gateway+otel" for the telemetry comparison alone);
 ##        ends with the guard's verdict lines against bench/baseline.json (BENCH_ARGS="--setups noop,gateway"
-##        for the guard alone, ~6 min; add --update-baseline to rewrite the baseline from the run)
+##        for the guard alone, ~6 min; add --update-baseline to rewrite the baseline from the run);
+##        and the gateway's req/s over a LiteLLM proxy's (BENCH_ARGS="--setups litellm,gateway
+##        --workers 1" alone, ~4 min; LiteLLM installed once into .cache/bench-litellm/ from bench/litellm.lock)
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
@@ -88,4 +93,4 @@ proto: $(STAMP)
 	$(BIN)/python -m gateway_extproc.admin.protogen
 
 clean:
-	rm -rf $(VENV) $(LATEST) .run .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LATEST) .run .pytest_cache .mypy_cache .ruff_cache .cache/bench-litellm

@@ -35,9 +35,9 @@ done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
     '%s{"requests":%%d,"duration_us":%%d,"connect":%%d,"read":%%d,"write":%%d,'
-    .. '"status":%%d,"timeout":%%d,"p50_us":%%d,"p99_us":%%d}\\n',
+    .. '"status":%%d,"timeout":%%d,"p50_us":%%d,"p99_us":%%d,"mean_us":%%d}\\n',
     summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
-    latency:percentile(50), latency:percentile(99)))
+    latency:percentile(50), latency:percentile(99), math.floor(latency.mean)))
 end
 """
 
@@ -109,6 +109,7 @@ class WrkResult:
     duration_s: float
     p50_ms: float
     p99_ms: float
+    mean_ms: float  # of the completed requests: closed-loop throughput = connections / this
     errors: int  # socket errors + non-2xx/3xx statuses
 
     @property
@@ -130,6 +131,7 @@ def run_wrk(wrk: str, url: str, script: Path, connections: int, seconds: int) ->
         duration_s=doc["duration_us"] / 1e6,
         p50_ms=doc["p50_us"] / 1000,
         p99_ms=doc["p99_us"] / 1000,
+        mean_ms=doc["mean_us"] / 1000,
         errors=errors,
     )
 

@@ -7,6 +7,8 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from bench import versus
+
 SETUP_NAMES = {
     "plain": "plain envoy",
     "noop": "no-op ext_proc",
@@ -16,6 +18,7 @@ SETUP_NAMES = {
     "gateway-sync": "gateway, synchronous (before)",
     "gateway": "gateway, observe (after)",
     "gateway+otel": "gateway, traces + metrics on",
+    "litellm": "LiteLLM proxy, 1 worker, no DB",
 }
 GATEWAYS = ("gateway", "gateway-sync")
 
@@ -33,6 +36,7 @@ class Row:
     rps: float | None = None
     p50_ms: float | None = None
     p99_ms: float | None = None
+    mean_ms: float | None = None  # wrk's mean latency (not in the table: bench/versus.py's)
     ttfb_ms: float | None = None  # stream timer, concurrency 1
     chunk_us: float | None = None  # stream timer: see load.StreamTimes.chunk_us
     sidecar_ms_per_req: float | None = None  # CPU (utime + stime) of all sidecar workers
@@ -316,6 +320,7 @@ def build(
         "redis_round_trips_per_request": trips,
         "targets": targets,
         "bursts": [dict(b) for b in bursts],
+        "versus_litellm": versus.summary(versus.ratios(table.rows), machine.get("litellm")),
     }
 
 
@@ -347,8 +352,9 @@ chunk (us): sse = (end - first body byte) / {chunks} chunks; sse-paced = median 
   chunk from the upstream's write to the client's read, {gap:g} ms between chunks.
 +... pl / np: added over plain Envoy / over the no-op ext_proc (same load and W; c=1 only).
 sc/req: sidecar CPU ms per request (all W workers); sc/chunk: the same in us / {chunks} chunks.
-envoy/req: Envoy CPU ms per request; msgs/req: ext_proc messages Envoy sent per request;
-redis/req: Redis commands per request (those its Lua scripts run included).
+envoy/req: Envoy CPU ms per request (for the LiteLLM proxy: LiteLLM's own process); msgs/req:
+ext_proc messages Envoy sent per request; redis/req: Redis commands per request (those its Lua
+scripts run included).
 Envoy --concurrency {envoy_concurrency}; {cpus} cores shared by wrk (-t1), Envoy, the upstream,
 the sidecar and redis-server; saturating concurrency c={sat} (sse-paced c={sat}: streams last
 ~{chunks} x {gap:g} ms, so the offered load is bounded by the pacing too)."""
@@ -402,6 +408,9 @@ def render(result: Mapping[str, Any]) -> str:
                 f"  W={b['workers']} {b['requests']:>5} concurrent  {statuses}  "
                 f"spent {b['spent_micros']:,} of {b['limit_micros']:,} µ$"
             )
+    against = versus.render(result.get("versus_litellm") or {})
+    if against:
+        text += ["", *against]
     text += ["", "Targets"]
     for t in result["targets"]:
         value = "-" if t["value"] is None else f"{t['value']:.3g} {t['unit']}"

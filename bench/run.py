@@ -27,7 +27,8 @@ from typing import IO, Any
 
 import redis
 
-from bench import guard, guardrails, load, otlp_sink, report, request_body, setups, trust
+from bench import guard, guardrails, load, otlp_sink, report, request_body, setups, trust, versus
+from bench import litellm as litellm_setup
 from bench import profile as profiler
 from bench.report import Row
 from bench.upstream import CHUNKS, response_bytes
@@ -67,6 +68,7 @@ class Bench:
         self.rows: list[Row] = []
         self.redis_round_trips: dict[str, dict[str, float]] = {}
         self.profiles: list[profiler.Profile] = []
+        self.litellm_version: str | None = None
 
     def progress(self, message: str) -> None:
         print(f"[{time.monotonic() - self.started:5.0f}s] {message}", file=sys.stderr, flush=True)
@@ -86,17 +88,22 @@ class Bench:
     ) -> dict[str, float]:
         """One wrk run; CPU, ext_proc messages and Redis commands per response's worth of
         upstream bytes (not per response wrk completed: the streams a run cuts short when it
-        ends did work too, many of them for paced streams)."""
+        ends did work too, many of them for paced streams). LiteLLM has no Envoy to count
+        upstream bytes: per response wrk completed there."""
         admin = running.admin_url
+
+        def counter(name: str) -> float:
+            return load.envoy_counter(admin, name) if admin else 0.0
+
         rx = load.upstream_bytes(running.upstream_cluster)
         whole = response_bytes(spec.stream, paced=spec.gap_ms is not None)
         sidecar0 = load.cpu_seconds(running.sidecar_pids)
         envoy0 = load.cpu_seconds((running.envoy_pid,))
-        msgs0 = load.envoy_counter(admin, load.EXTPROC_MESSAGES)
-        rx0 = load.envoy_counter(admin, rx)
+        msgs0 = counter(load.EXTPROC_MESSAGES)
+        rx0 = counter(rx)
         redis0 = load.redis_commands(client)
         result = load.run_wrk(self.wrk, running.url, script, connections, self.settings.duration_s)
-        n = max((load.envoy_counter(admin, rx) - rx0) / whole, 1.0)
+        n = max((counter(rx) - rx0) / whole if admin else result.requests, 1.0)
         self.progress(
             f"{label}: {result.rps:,.0f} req/s, p50 {result.p50_ms:.2f} ms, "
             f"p99 {result.p99_ms:.2f} ms"
@@ -107,9 +114,10 @@ class Bench:
             "rps": result.rps,
             "p50_ms": result.p50_ms,
             "p99_ms": result.p99_ms,
+            "mean_ms": result.mean_ms,
             "sidecar_ms": (load.cpu_seconds(running.sidecar_pids) - sidecar0) * 1000 / n,
             "envoy_ms": (load.cpu_seconds((running.envoy_pid,)) - envoy0) * 1000 / n,
-            "msgs": (load.envoy_counter(admin, load.EXTPROC_MESSAGES) - msgs0) / n,
+            "msgs": (counter(load.EXTPROC_MESSAGES) - msgs0) / n,
             "redis": (load.redis_commands(client) - redis0) / n,
             "served": n,
         }
@@ -148,6 +156,7 @@ class Bench:
             rps=median("rps"),
             p50_ms=None if spec.gap_ms else median("p50_ms"),
             p99_ms=None if spec.gap_ms else median("p99_ms"),
+            mean_ms=None if spec.gap_ms else median("mean_ms"),
             sidecar_ms_per_req=median("sidecar_ms") if sidecar else None,
             sidecar_us_per_chunk=median("sidecar_ms") * 1000 / CHUNKS
             if sidecar and spec.stream
@@ -183,6 +192,12 @@ class Bench:
         s = self.settings
         json_load, sse = Load("json", False), Load("sse", True)
         paced = Load("sse-paced", True, s.gap_ms)
+        if running.setup == "litellm":
+            self.litellm_version = running.proxy_version
+            self.versus(running, (json_load, sse), ())
+            return
+        if running.setup == "gateway" and running.workers == 1 and "litellm" in s.setups:
+            self.versus(running, (json_load, sse), (1, s.connections))  # those measured below
         if full or running.sidecar_pids:  # c=1 at W=N too: `make run` starts one per core
             self.rows.append(self.wrk_row(running, json_load, 1))
         self.rows.append(self.wrk_row(running, json_load, s.connections))
@@ -200,6 +215,16 @@ class Bench:
         if running.setup == "gateway" and not full:
             for count in (200, 1000):
                 self.bursts.append(self.burst(running, count))
+
+    def versus(
+        self, running: setups.Running, specs: tuple[Load, ...], skip: tuple[int, ...]
+    ) -> None:
+        """The loads of the LiteLLM comparison (bench/versus.py) at the concurrencies not in
+        `skip`: LiteLLM's all, the gateway's c=16 beside the c=1 and c=sat that measure() runs."""
+        for spec in specs:
+            for c in versus.concurrencies(spec.name, self.settings.connections):
+                if c not in skip:
+                    self.rows.append(self.wrk_row(running, spec, c))
 
     def profile(self, running: setups.Running) -> None:
         """py-spy on the sidecar under json and paced SSE at the saturating concurrency."""
@@ -311,7 +336,7 @@ def envoy_version() -> str:
 
 ALL_SETUPS = (
     "plain,noop,noop-observe,noop-state,noop-trust,gateway-sync,gateway,"
-    "gateway+otel,guardrails,request-body"
+    "gateway+otel,litellm,guardrails,request-body"
 )
 
 
@@ -342,6 +367,8 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, bool, bool]:
         default=None,
         help="comma-separated subset (default: all; with --profile: noop,gateway), "
         "e.g. gateway,gateway+otel (telemetry on versus off); "
+        "litellm,gateway: the gateway's req/s over a LiteLLM proxy's (one worker, no database; "
+        "installed once into .cache/bench-litellm/ from bench/litellm.lock, bench/litellm.py); "
         "noop-state,noop-trust (the caller checks' cost, with the per-call figures); "
         "guardrails: the 1 MB prompt scan; request-body: refusing repeated JSON keys versus "
         "re-serialising every body (both pure CPU, no processes)",
@@ -400,6 +427,7 @@ def run(settings: Settings, run_dir: Path, log: IO[bytes]) -> dict[str, object]:
             ("gateway-sync", 1, True),  # the synchronous response path (before issue 13)
             ("gateway", 1, True),
             ("gateway+otel", 1, True),  # traces + metrics on, exported to a local sink
+            ("litellm", 0, True),  # issue 24's yardstick: LiteLLM, one worker, no database
             ("noop", n, False),
             ("noop-observe", n, False),
             ("gateway-sync", n, False),
@@ -411,13 +439,15 @@ def run(settings: Settings, run_dir: Path, log: IO[bytes]) -> dict[str, object]:
                 continue
             if workers == n and not full and n == 1 and setup not in setups.NOOP_HANDOFFS:
                 continue  # W=N is W=1 on a one-core machine
-            if settings.profile and (workers != 1 or setup == "plain"):
+            if settings.profile and (workers != 1 or setup in ("plain", "litellm")):
                 continue  # a profile is of one sidecar worker
             bench.progress(f"starting {setup}" + (f" with {workers} worker(s)" if workers else ""))
             if setup == "plain":
                 cm = setups.plain(log, run_dir, port, env)
             elif setup in setups.NOOP_HANDOFFS:
                 cm = setups.noop(log, run_dir, port, workers, env, setup=setup)
+            elif setup == "litellm":
+                cm = litellm_setup.litellm(log, run_dir, port, env, bench.progress)
             elif setup == "gateway-sync":
                 cm = setups.gateway(
                     log, log_path, run_dir, port, workers, identity, env, synchronous=True
@@ -449,6 +479,8 @@ def run(settings: Settings, run_dir: Path, log: IO[bytes]) -> dict[str, object]:
         "python": sys.version.split()[0],
         "commit": gateway_commit(),
     }
+    if bench.litellm_version is not None:
+        machine["litellm"] = bench.litellm_version
     if settings.profile:
         return {
             "settings": dataclasses.asdict(settings),

@@ -9,6 +9,8 @@ The Envoy bootstraps of (2) and (3) both come from `envoy.bootstrap.build`, so f
 modes and timeouts are identical; (2) adds a fallback route to the provider cluster, as the
 no-op sets no routing header. (1) is (2) without the ext_proc and compressor filters, the
 ext_proc cluster and the gateway's route. Every Envoy runs with `--concurrency 1`.
+
+A fourth, `litellm` (a LiteLLM proxy, no Envoy; issue 24's yardstick), is in bench/litellm.py.
 """
 
 from __future__ import annotations
@@ -52,15 +54,16 @@ REPO = Path(__file__).resolve().parent.parent  # children run `-m bench.*` from 
 class Running:
     """A started setup: where to send load and which processes to sample."""
 
-    setup: str  # plain | noop | gateway
-    workers: int  # ext_proc worker processes (0 for plain)
+    setup: str  # plain | noop | gateway | litellm
+    workers: int  # ext_proc worker processes (0 for plain and litellm)
     url: str  # http://127.0.0.1:PORT
-    admin_url: str
-    envoy_pid: int
+    admin_url: str  # Envoy's admin ("" for litellm: no Envoy there)
+    envoy_pid: int  # the proxy's process: Envoy's, or LiteLLM's in the litellm setup
     sidecar_pids: tuple[int, ...]
     upstream_cluster: str
     redis_url: str | None = None
     audit_path: Path | None = None
+    proxy_version: str | None = None  # LiteLLM's release (bench/litellm.py)
 
 
 class Procs:
