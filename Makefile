@@ -51,9 +51,11 @@ test: $(STAMP) lint imports typecheck
 ## bench: overhead of the gateway vs plain Envoy and a no-op ext_proc, and of traces + metrics on vs off (~11 min;
 ##        not part of test; BENCH_ARGS="--setups gateway,gateway+otel" for the telemetry comparison alone);
 ##        ends with the guard's verdict lines against bench/baseline.json (BENCH_ARGS="--setups noop,gateway"
-##        for the guard alone, ~6 min; add --update-baseline to rewrite the baseline from the run)
+##        for the guard alone, ~6 min; add --update-baseline to rewrite the baseline from the run);
+##        then a translated stream's sidecar CPU per chunk beside a native one (bench/translation.py, ~5 s)
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
+	$(BIN)/python -m bench.translation
 
 ## profile: where the sidecar's CPU goes (py-spy, by category) under the bench's json and paced-SSE
 ##          loads, gateway and no-op (~2 min; BENCH_ARGS="--setups gateway+otel" for telemetry on)
