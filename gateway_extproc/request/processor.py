@@ -484,14 +484,14 @@ class StreamProcessor:
     def _translation_to(self, entry: ModelEntry) -> Translation | None:
         """How this request reaches `entry`'s provider: None when it speaks the client's API,
         else the translation; BadRequest when the gateway has none for that pair."""
-        api = self.request.api if self.request is not None else None
-        if api is None or entry.schema is api.schema:
+        request = self.request
+        if request is None or entry.schema is request.api.schema:
             return None
-        translation = translation_for(api, entry.schema)
+        translation = translation_for(request.api, entry.schema)
         if translation is None:
             raise BadRequest(
-                f"model {entry.name!r} is served through the {entry.schema.value} API, "
-                f"and the gateway does not translate {API_PREFIX}{api.value} to it"
+                f"model {request.model!r} is served through the {entry.schema.value} API, "
+                f"not {API_PREFIX}{request.api.value}"
             )
         return translation
 
