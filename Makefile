@@ -57,8 +57,10 @@ test: $(STAMP) lint imports typecheck
 ##        for the guard alone, ~6 min; add --update-baseline to rewrite the baseline from the run);
 ##        and the gateway's req/s over a LiteLLM proxy's (BENCH_ARGS="--setups litellm,gateway
 ##        --workers 1" alone, ~4 min; LiteLLM installed once into .cache/bench-litellm/ from bench/litellm.lock)
+##        then a translated stream's sidecar CPU per chunk beside a native one (bench/translation.py, ~5 s)
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
+	$(BIN)/python -m bench.translation
 
 ## profile: where the sidecar's CPU goes (py-spy, by category) under the bench's json and paced-SSE
 ##          loads, gateway and no-op (~2 min; BENCH_ARGS="--setups gateway+otel" for telemetry on)

@@ -73,6 +73,9 @@ class AuditRecord:
     # charged this much): this record corrects that one - its cost_micros is the real cost less
     # this charge, so a request's records sum to what the ledger holds. None: no such record.
     reaped_charge_micros: int | None = None
+    # The API the provider was called with, when the gateway translated the request to it
+    # (translate/): `api` stays the API the client called. None: not translated.
+    provider_api: str | None = None
 
     def to_json(self) -> bytes:
         doc: dict[str, Any] = {
@@ -82,6 +85,7 @@ class AuditRecord:
             "method": self.method,
             "path": self.path,
             "api": self.api,
+            "provider_api": self.provider_api or self.api,
             "requested_model": self.requested_model,
             "served_model": self.served_model,
             "provider_model": self.provider_model,

@@ -52,6 +52,13 @@ class UnsupportedOption(ClientError):
     code = "unsupported_option"
 
 
+class Untranslatable(ClientError):
+    """A request option that has no faithful mapping to the API of the provider serving the
+    model (translate/: `n > 1`, `logprobs`, audio, ... on a chat request to a Claude model)."""
+
+    code = "untranslatable"
+
+
 class GuardrailBlocked(ClientError):
     """A guardrail blocks a category the prompt contains (the message names the categories,
     never the matched text)."""

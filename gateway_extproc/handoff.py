@@ -82,6 +82,10 @@ class RequestState:
     # What bounds the request's bill: an ending without the provider's usage is charged within
     # it (endings.py). None: not boundable (or a state from an older worker): estimated.
     charge_limits: ChargeLimits | None = None
+    # A translated request (translate/): the API the client called; `api` is the provider's,
+    # whose bytes are metered. None: the client called the provider's API itself.
+    client_api: Api | None = None
+    wants_usage: bool = False  # the client asked for a stream's usage (`include_usage`)
 
     # -- encoding ----------------------------------------------------------------------------
 
@@ -110,6 +114,8 @@ class RequestState:
             "ax": dict(self.audit_extra),
             "ck": self.cache,
             "cl": None if self.charge_limits is None else self.charge_limits.to_doc(),
+            "capi": None if self.client_api is None else self.client_api.name,
+            "wu": self.wants_usage,
         }
         return orjson.dumps(doc).decode()
 
@@ -141,6 +147,8 @@ class RequestState:
                 audit_extra=dict(doc["ax"]),
                 cache=None if doc["ck"] is None else str(doc["ck"]),
                 charge_limits=None if doc.get("cl") is None else ChargeLimits.of_doc(doc["cl"]),
+                client_api=None if doc.get("capi") is None else Api[doc["capi"]],
+                wants_usage=bool(doc.get("wu", False)),
             )
         except HandoffError:
             raise

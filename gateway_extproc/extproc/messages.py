@@ -14,6 +14,7 @@ ProcessingRequest = pb.ProcessingRequest
 ProcessingResponse = pb.ProcessingResponse
 HttpHeaders = pb.HttpHeaders
 HttpBody = pb.HttpBody
+CommonResponse = pb.CommonResponse
 
 
 def headers_of(message: pb.HttpHeaders) -> dict[str, str]:

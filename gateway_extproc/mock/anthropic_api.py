@@ -60,8 +60,19 @@ def _model(body: dict[str, Any]) -> str:
     return model
 
 
-def _stop_reason(plan: OutputPlan) -> str:
-    return "max_tokens" if plan.truncated else "end_turn"
+# The input of the tool a reply calls (x-mock-tool-use), and how its stream splits it.
+TOOL_INPUT = {"query": "mock"}
+_TOOL_JSON_PARTS = ('{"query": ', '"mock"}')
+
+
+def _stop_reason(plan: OutputPlan, tool: str | None = None) -> str:
+    if plan.truncated:
+        return "max_tokens"
+    return "end_turn" if tool is None else "tool_use"
+
+
+def _tool_block(tool: str, suffix: str) -> dict[str, Any]:
+    return {"type": "tool_use", "id": f"toolu_mock{suffix}", "name": tool, "input": {}}
 
 
 def messages_reply(body: dict[str, Any], ctx: ReplyContext) -> Reply:
@@ -106,15 +117,23 @@ def messages_reply(body: dict[str, Any], ctx: ReplyContext) -> Reply:
         if not omit:
             message["usage"] = usage(1)
         final_usage = None if omit else {"output_tokens": plan.output_tokens}
-        return StreamReply(tuple(message_events(message, plan, final_usage)), bill=bill)
-    message.update(content=[{"type": "text", "text": plan.text}], stop_reason=_stop_reason(plan))
+        tool = None if controls.tool_use is None else _tool_block(controls.tool_use, ctx.suffix)
+        events = message_events(message, plan, final_usage, tool)
+        return StreamReply(tuple(events), bill=bill)
+    content: list[dict[str, Any]] = [{"type": "text", "text": plan.text}]
+    if controls.tool_use is not None:
+        content.append({**_tool_block(controls.tool_use, ctx.suffix), "input": TOOL_INPUT})
+    message.update(content=content, stop_reason=_stop_reason(plan, controls.tool_use))
     if not omit:
         message["usage"] = usage(plan.output_tokens)
     return json_reply(message, bill=bill)
 
 
 def message_events(
-    start: dict[str, Any], plan: OutputPlan, final_usage: dict[str, Any] | None
+    start: dict[str, Any],
+    plan: OutputPlan,
+    final_usage: dict[str, Any] | None,
+    tool: dict[str, Any] | None = None,
 ) -> Iterator[bytes]:
     """The SSE events of a streamed message, `message_start` to `message_stop`."""
     yield sse({"type": "message_start", "message": start}, event="message_start")
@@ -129,9 +148,21 @@ def message_events(
         delta = {"type": "content_block_delta", "index": 0}
         yield sse({**delta, "delta": {"type": "text_delta", "text": word}}, "content_block_delta")
     yield sse({"type": "content_block_stop", "index": 0}, event="content_block_stop")
+    if tool is not None:
+        start_tool = {"type": "content_block_start", "index": 1, "content_block": tool}
+        yield sse(start_tool, event="content_block_start")
+        for part in _TOOL_JSON_PARTS:
+            delta = {"type": "input_json_delta", "partial_json": part}
+            yield sse(
+                {"type": "content_block_delta", "index": 1, "delta": delta}, "content_block_delta"
+            )
+        yield sse({"type": "content_block_stop", "index": 1}, event="content_block_stop")
     end: dict[str, Any] = {
         "type": "message_delta",
-        "delta": {"stop_reason": _stop_reason(plan), "stop_sequence": None},
+        "delta": {
+            "stop_reason": _stop_reason(plan, None if tool is None else tool["name"]),
+            "stop_sequence": None,
+        },
     }
     if final_usage is not None:
         end["usage"] = final_usage

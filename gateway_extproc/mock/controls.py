@@ -27,6 +27,8 @@
     x-mock-hold: NAME             hold the response until `POST /_mock/release/NAME` (tests that
                                   need every admitted request in flight at once)
     x-mock-response-model: NAME   report NAME as the response's model (not the request's)
+    x-mock-tool-use: NAME         Anthropic: after its text, call tool NAME with the input
+                                  {"query": "mock"} (stop_reason tool_use)
     x-mock-service-tier: NAME     OpenAI: report NAME as the response's service_tier (the tier
                                   served, e.g. a project's default priority; else `default`)
     x-mock-content-encoding: E    label the body `Content-Encoding: E` without encoding it (a
@@ -85,6 +87,7 @@ class Controls:
     replay: str | None = None
     hold: str | None = None
     response_model: str | None = None
+    tool_use: str | None = None  # Anthropic: the tool the reply calls
     service_tier: str | None = None  # None: `default`
     content_encoding: str | None = None  # a false Content-Encoding label for the body
     gzip: bool = False  # compress whatever the request's Accept-Encoding
@@ -180,6 +183,7 @@ CONTROL_HEADERS = (
     "x-mock-replay",
     "x-mock-hold",
     "x-mock-response-model",
+    "x-mock-tool-use",
     "x-mock-service-tier",
     "x-mock-content-encoding",
     "x-mock-gzip",
@@ -216,6 +220,7 @@ def parse_controls(headers: Mapping[str, str]) -> Controls:
         replay=read.replay("x-mock-replay"),
         hold=read.replay("x-mock-hold"),
         response_model=read.name("x-mock-response-model"),
+        tool_use=read.name("x-mock-tool-use"),
         service_tier=read.name("x-mock-service-tier"),
         content_encoding=read.coding("x-mock-content-encoding"),
         gzip=read.flag("x-mock-gzip"),

@@ -55,6 +55,7 @@ from gateway_extproc.request.models_api import models_response
 from gateway_extproc.response import reaped_audit
 from gateway_extproc.response.observer import ResponseObserver
 from gateway_extproc.tokens import Usage, UsageSource
+from gateway_extproc.translate.pairs import Translation, translation_for
 
 log = logging.getLogger("gateway.processor")
 
@@ -99,6 +100,10 @@ class StreamProcessor:
         self.schema = Schema.OPENAI
         self.request: ParsedRequest | None = None
         self.entry: ModelEntry | None = None
+        # A model served through another API than the client's: how the request is translated
+        # (translate/), and its body in the provider's API (model and output limit set later).
+        self.translation: Translation | None = None
+        self.translated: dict[str, Any] | None = None
         self.status: int | None = None
         self.error_code: str | None = None
         self.concluded = False
@@ -246,11 +251,7 @@ class StreamProcessor:
                 f"GET {MODELS_PATH} lists the models you can use"
             )
         self.entry = entry
-        if entry.schema is not api.schema:
-            raise BadRequest(
-                f"model {request.model!r} is served through the {entry.schema.value} API, "
-                f"not {API_PREFIX}{api.value}"
-            )
+        self.translation = self._translation_to(entry)
         assert self.identity is not None
         policies = self.ctx.config.policies
         if not policies.allows(self.identity, entry.name, request.model):
@@ -277,9 +278,12 @@ class StreamProcessor:
         redacted = self.guard.body if self.guard is not None else None
         if redacted is not None:  # bounded and sent as the provider will see it
             self.request = request = with_body(request, redacted)
-        cached = await self._cache_lookup(request, entry)  # a hit reserves nothing
-        if cached is not None:
-            return cached
+        if self.translation is not None:  # refused (400) before anything is reserved
+            self.translated = self.translation.request(request.body)
+        else:  # a translated request bypasses the cache (docs/translation.md)
+            cached = await self._cache_lookup(request, entry)  # a hit reserves nothing
+            if cached is not None:
+                return cached
         if entry.provider not in self.ctx.upstreams:
             raise UnknownModel(f"model {request.model!r} has no configured provider")
         upstream = self.ctx.upstreams[entry.provider]  # a refused billing header: 400, unreserved
@@ -332,17 +336,32 @@ class StreamProcessor:
         if self.cache_ticket is not None and route.output_cap(admission.bound) != self.cache_cap:
             self.cache_ticket = CacheTicket(self.cache_ticket.status)  # keyed for another body
         upstream = self.ctx.upstreams[entry.provider]
-        common = route.forward(
-            upstream,
-            request,
-            admission,
-            served_model=served,
-            path=self.path,
-            client_headers=self.client_headers,
-            redacted=redacted,
-        )
+        translation = self.translation = self._translation_to(entry)  # a downgrade may cross
+        if translation is None:
+            common = route.forward(
+                upstream,
+                request,
+                admission,
+                served_model=served,
+                path=self.path,
+                client_headers=self.client_headers,
+                redacted=redacted,
+            )
+        else:
+            if self.translated is None:  # downgraded onto a provider of another API
+                self.translated = translation.request(request.body)
+            common = route.forward_translated(
+                upstream,
+                translation,
+                self.translated,
+                served_model=served,
+                max_tokens=route.translated_max_tokens(request, admission.bound, entry),
+                client_headers=self.client_headers,
+            )
         synchronous = self.ctx.config.metering.synchronous
-        here = synchronous or response_on_this_stream(request)  # else the observer meters it
+        # A translated answer is rewritten, which only this stream can do (observe mode's
+        # observer never answers): its response comes here, streamed or not.
+        here = synchronous or response_on_this_stream(request) or translation is not None
         state = self._hand_off(request, entry, upstream.provider, self.started if here else None)
         if here:
             self.observer = ResponseObserver(self.ctx, state)
@@ -369,12 +388,17 @@ class StreamProcessor:
         max_tokens = request.max_output_tokens
         if cap_injected and bound is not None:
             max_tokens = bound.inject_max_output
+        translation = self.translation
+        if translation is not None:  # the limit the provider was sent
+            max_tokens = route.translated_max_tokens(request, bound, entry)
         return RequestState(
             request_id=self.request_id,
             arrived=self.arrived,
             method=self.method,
             path=self.path,
-            api=request.api,
+            api=request.api if translation is None else translation.provider_api,
+            client_api=None if translation is None else request.api,
+            wants_usage=request.wants_usage,
             requested_model=request.model,
             served_model=entry.name,
             price=entry.price,
@@ -457,6 +481,20 @@ class StreamProcessor:
         headers |= {"x-gateway-request-id": self.request_id, "x-gateway-cost-usd": format_usd(0)}
         return msgs.immediate(200, lookup.hit.body, headers, "gateway_cache_hit")
 
+    def _translation_to(self, entry: ModelEntry) -> Translation | None:
+        """How this request reaches `entry`'s provider: None when it speaks the client's API,
+        else the translation; BadRequest when the gateway has none for that pair."""
+        request = self.request
+        if request is None or entry.schema is request.api.schema:
+            return None
+        translation = translation_for(request.api, entry.schema)
+        if translation is None:
+            raise BadRequest(
+                f"model {request.model!r} is served through the {entry.schema.value} API, "
+                f"not {API_PREFIX}{request.api.value}"
+            )
+        return translation
+
     @property
     def _long_context_beta(self) -> bool:
         return "context-1m" in self.anthropic_beta
@@ -529,6 +567,9 @@ class StreamProcessor:
             unverified_metadata=self.metadata,
             budget=budget_report.audit_fields(self.admission),
             output_cap_injected=False,
+            provider_api=None
+            if self.translation is None
+            else self.translation.provider_api.name.lower(),
             **self._audit_extra(),
         )
         try:

@@ -15,6 +15,7 @@ from typing import Any
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
+from gateway_extproc.apis import API_PREFIX
 from gateway_extproc.budgets.admission import Admission
 from gateway_extproc.budgets.gate import BoundFor, BudgetGate
 from gateway_extproc.catalog.models import ModelEntry
@@ -32,6 +33,7 @@ from gateway_extproc.errors import CostUnbounded, UnsupportedOption
 from gateway_extproc.extproc import messages as msgs
 from gateway_extproc.identity.model import Identity
 from gateway_extproc.providers.inbound import ParsedRequest, upstream_body
+from gateway_extproc.translate.pairs import Translation
 
 CLUSTER_HEADER = "x-gateway-cluster"
 
@@ -149,3 +151,37 @@ def forward(
     return msgs.common(
         set_headers=set_headers, remove=remove, body=new_body, clear_route_cache=True
     )
+
+
+def translated_max_tokens(request: ParsedRequest, bound: Bound | None, entry: ModelEntry) -> int:
+    """The output limit a translated request carries to a provider that requires one
+    (Anthropic's `max_tokens`): the client's, else the budget's injected cap, else the model's
+    default cap, else its maximum output (what the worst-case bound assumed)."""
+    if request.max_output_tokens is not None:
+        return request.max_output_tokens
+    cap = output_cap(bound)
+    if cap is not None:
+        return cap[1]
+    return entry.default_max_output_tokens or entry.max_output_tokens
+
+
+def forward_translated(
+    upstream: Upstream,
+    translation: Translation,
+    translated: dict[str, Any],
+    *,
+    served_model: str,
+    max_tokens: int,
+    client_headers: tuple[str, ...],
+) -> pb.CommonResponse:
+    """`forward` for a request translated to the provider's API (translate/): the provider
+    API's path and version header, and always a new body."""
+    path = API_PREFIX + translation.provider_api.value
+    set_headers = {CLUSTER_HEADER: upstream.cluster, ":path": upstream.upstream_path(path)}
+    set_headers.update(translation.headers)
+    if upstream.auth_header and upstream.auth_value:
+        set_headers[upstream.auth_header] = upstream.auth_value
+    body = translation.upstream_body(translated, model=served_model, max_tokens=max_tokens)
+    set_headers["content-length"] = str(len(body))
+    remove = upstream.forward.removals(client_headers, provider=upstream.provider, keep=set_headers)
+    return msgs.common(set_headers=set_headers, remove=remove, body=body, clear_route_cache=True)

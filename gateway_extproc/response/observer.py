@@ -19,7 +19,7 @@ import asyncio
 import dataclasses
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from gateway_extproc.budgets.results import SettleResult
 from gateway_extproc.cache.key import CacheTicket
@@ -36,6 +36,7 @@ from gateway_extproc.response.audit import write_record
 from gateway_extproc.response.body import ResponseBody
 from gateway_extproc.response.model_mismatch import price_reported
 from gateway_extproc.response.reported_tier import charge_reported_tier
+from gateway_extproc.response.translated import REMOVED_HEADERS, TranslatedResponse
 from gateway_extproc.sidecar_auth.guard import RejectedState
 from gateway_extproc.spend.rollup import Dimensions, UsageRecord
 from gateway_extproc.tokens import Usage, UsageSource
@@ -74,6 +75,8 @@ class ResponseObserver:
         self.service_tier: str | None = None  # the tier the provider reports it served
         # The response cache's decision for a miss: its answer is stored when it completes.
         self.cache_ticket = None if state.cache is None else CacheTicket.from_metadata(state.cache)
+        # A translated request's answer, rewritten into the client's API (synchronous only).
+        self.translated = TranslatedResponse.of(state)
         budget = state.budget
         self.lease = budget.reservation_id if budget is not None and budget.reserved else None
         if self.lease is not None:
@@ -123,9 +126,10 @@ class ResponseObserver:
             return None
         return self.conclude()
 
-    def _take(self, chunk: bytes, end: bool) -> None:
+    def _take(self, chunk: bytes, end: bool) -> Sequence[bytes]:
+        """Meter one chunk; a stream's decoded bytes (the chunk itself when not decoded)."""
         if self.metering_broken:
-            return
+            return (chunk,)
         was_readable = self.body.unreadable is None
         pieces = self.body.take(chunk, end)  # a stream's decoded bytes: a miss to store
         if self.cache_ticket is not None:
@@ -137,6 +141,7 @@ class ResponseObserver:
                 self.body.unreadable,
                 extra={"request_id": self.request_id},
             )
+        return pieces if self.body.unreadable is None else (chunk,)
 
     def _readable_json(self) -> bool:
         return self.meter is None and self.body.unreadable is None and not self.metering_broken
@@ -183,21 +188,35 @@ class ResponseObserver:
                 headers = msgs.headers_of(message.response_headers)
                 streaming = self.on_headers(headers, message.response_headers.end_of_stream)
                 request_id = {"x-gateway-request-id": self.state.request_id}
-                reply = msgs.common(set_headers=request_id | response_headers(None))
+                translated = self.translated
+                remove: tuple[str, ...] = ()
+                if translated is not None:  # the body is rewritten: not the provider's length
+                    translated.start(status=self.status or 0, streaming=streaming)
+                    remove = REMOVED_HEADERS
+                reply = msgs.common(set_headers=request_id | response_headers(None), remove=remove)
                 return msgs.response_headers_reply(reply, stream_body=streaming)
             body = message.response_body
-            self._take(body.body, body.end_of_stream)
-            if not body.end_of_stream:
-                return msgs.response_body_reply()
+            pieces = self._take(body.body, body.end_of_stream)
+            end = body.end_of_stream
+            rewritten = None
+            if self.translated is not None and self.meter is not None:
+                rewritten = self.translated.chunk(pieces, end)
+            if not end:
+                return msgs.response_body_reply(_body(rewritten))
             self.completed = True
             if self._readable_json():
                 json = self.body.json
                 self.parsed = await off_loop_if_large(json.kept, json.meter, self.state.api)
             cost = self.conclude()
             if self.meter is not None:
-                return msgs.response_body_reply()
+                return msgs.response_body_reply(_body(rewritten))
             headers = {"x-gateway-cost-usd": format_usd(cost)} | response_headers(cost)
-            return msgs.response_body_reply(msgs.common(set_headers=headers))
+            if self.translated is not None:
+                whole = self.body.json.whole() if self.body.unreadable is None else None
+                rewritten = self.translated.whole(
+                    None if whole is None else bytes(whole), self.status or 0
+                )
+            return msgs.response_body_reply(msgs.common(set_headers=headers, body=rewritten))
         except Exception:
             self.broken()
             if phase == "response_headers":  # keep streams streaming even so
@@ -386,6 +405,11 @@ class ResponseObserver:
         cost is the real cost less the reaper's charge, so the request's records sum to what
         the ledger holds (docs/budgets.md, "Every reservation ends in one audit record")."""
         record(reaped_micros=None if settled is None else settled.reaped_micros)
+
+
+def _body(rewritten: bytes | None) -> msgs.CommonResponse | None:
+    """A streamed chunk's reply: unchanged (None), or replaced by `rewritten`."""
+    return None if rewritten is None else msgs.common(body=rewritten)
 
 
 class StreamObserver:

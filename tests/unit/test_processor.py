@@ -438,11 +438,11 @@ REJECTIONS = [
         anthropic=True,
         message="model 'gpt-test' is served through the openai API, not /v1/messages",
     ),
-    Rejection(
-        "Anthropic model on /v1/chat/completions",
-        CHAT_PATH,
-        body=orjson.dumps({**CHAT, "model": "claude-test"}),
-        message="model 'claude-test' is served through the anthropic API, not /v1/chat/completions",
+    Rejection(  # chat completions to it are translated (docs/translation.md); Responses are not
+        "Anthropic model on /v1/responses",
+        "/v1/responses",
+        body=orjson.dumps({"model": "claude-test", "input": "hi"}),
+        message="model 'claude-test' is served through the anthropic API, not /v1/responses",
     ),
     Rejection(
         "unknown path",
@@ -728,6 +728,7 @@ def test_json_response_cost_header_and_audit(gw: Gateway) -> None:
         "method": "POST",
         "path": CHAT_PATH,
         "api": "openai_chat",
+        "provider_api": "openai_chat",
         "requested_model": "gpt-test",
         "served_model": "gpt-test",
         "provider_model": "gpt-test-2025-01-31",

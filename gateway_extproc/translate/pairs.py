@@ -1,0 +1,72 @@
+"""The translations the gateway performs, one `Translation` per (client API, provider API) pair:
+the one place that lists them. A new pair (chat -> Gemini, Messages -> Bedrock) is a module of
+pure functions beside these and one entry in `PAIRS`."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from gateway_extproc.apis import Api, Schema
+from gateway_extproc.translate import chat_to_messages, messages_to_chat
+from gateway_extproc.translate.stream import MessagesToChatStream
+
+# The Messages API version the translated requests are written for.
+ANTHROPIC_VERSION = "2023-06-01"
+
+
+class StreamTranslator(Protocol):
+    """Fed the provider's stream bytes as they come (split anywhere); returns the client's."""
+
+    def feed(self, data: bytes) -> bytes: ...
+
+    def flush(self) -> bytes: ...
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Translation:
+    client_api: Api
+    provider_api: Api
+    # The client's body -> the provider's (unserialised: the model and the output limit are
+    # set when the request is forwarded). Raises errors.Untranslatable.
+    request: Callable[[dict[str, Any]], dict[str, Any]]
+    # The provider's body, the served model and the output limit -> the bytes sent upstream.
+    upstream_body: Callable[..., bytes]
+    headers: Mapping[str, str]  # set on the forwarded request (API version)
+    # The provider's JSON answer -> the client's (`created`: unix seconds).
+    response: Callable[..., bytes]
+    # A provider error body and its status -> the client's error body (same status).
+    error: Callable[[bytes, int], bytes]
+    # A streamed answer's translator (`created`, `include_usage`: the client asked for usage).
+    stream: Callable[..., StreamTranslator]
+
+    @property
+    def name(self) -> str:
+        """`openai_chat>anthropic_messages`, as the audit record and the logs name it."""
+        return f"{self.client_api.name.lower()}>{self.provider_api.name.lower()}"
+
+
+CHAT_TO_MESSAGES = Translation(
+    client_api=Api.OPENAI_CHAT,
+    provider_api=Api.ANTHROPIC_MESSAGES,
+    request=chat_to_messages.messages_request,
+    upstream_body=chat_to_messages.with_overrides,
+    headers={"anthropic-version": ANTHROPIC_VERSION},
+    response=messages_to_chat.chat_completion,
+    error=messages_to_chat.chat_error,
+    stream=MessagesToChatStream,
+)
+
+PAIRS: dict[tuple[Api, Schema], Translation] = {
+    (Api.OPENAI_CHAT, Schema.ANTHROPIC): CHAT_TO_MESSAGES,
+}
+BY_APIS: dict[tuple[Api, Api], Translation] = {
+    (t.client_api, t.provider_api): t for t in PAIRS.values()
+}
+
+
+def translation_for(client_api: Api, provider_schema: Schema) -> Translation | None:
+    """How a request to `client_api` reaches a provider of `provider_schema`; None when the
+    gateway does not translate that pair (the same schema needs none)."""
+    return PAIRS.get((client_api, provider_schema))
