@@ -13,6 +13,9 @@ class Schema(enum.StrEnum):
 
     OPENAI = "openai"
     ANTHROPIC = "anthropic"
+    # AWS Bedrock's InvokeModel for Anthropic models: Messages bodies, SigV4, event-stream
+    # framing (providers/bedrock/). Clients reach it through /v1/messages (translate/).
+    BEDROCK = "bedrock"
 
 
 class Api(enum.StrEnum):
@@ -23,15 +26,22 @@ class Api(enum.StrEnum):
     OPENAI_EMBEDDINGS = "/embeddings"
     OPENAI_COMPLETIONS = "/completions"
     ANTHROPIC_MESSAGES = "/messages"
+    # A provider-side API only: `POST /model/{id}/invoke[-with-response-stream]`, never a
+    # gateway path (not in `api_for_path`).
+    BEDROCK_INVOKE = "/model/invoke"
 
     @property
     def schema(self) -> Schema:
-        return Schema.ANTHROPIC if self is Api.ANTHROPIC_MESSAGES else Schema.OPENAI
+        if self is Api.ANTHROPIC_MESSAGES:
+            return Schema.ANTHROPIC
+        return Schema.BEDROCK if self is Api.BEDROCK_INVOKE else Schema.OPENAI
 
 
 API_PREFIX = "/v1"
 MODELS_PATH = "/v1/models"
-_BY_PATH = {API_PREFIX + api.value: api for api in Api}
+# The APIs clients call on the gateway (the others are spoken to providers only).
+CLIENT_APIS = tuple(api for api in Api if api is not Api.BEDROCK_INVOKE)
+_BY_PATH = {API_PREFIX + api.value: api for api in CLIENT_APIS}
 
 
 def api_for_path(path: str) -> Api | None:

@@ -4,6 +4,7 @@ credential it is called with, and the client headers forwarded to it."""
 from __future__ import annotations
 
 import dataclasses
+import re
 import urllib.parse
 from collections.abc import Mapping
 
@@ -32,6 +33,10 @@ class ProviderConfig:
     # The tier a request that names none (or `auto`) is served and reserved at: the OpenAI
     # project's own default (a project whose default is priority). None: standard.
     default_service_tier: str | None = None
+    # schema: bedrock only - the AWS region (SigV4 scope, default endpoint) and whether the EC2
+    # instance metadata service may supply credentials (providers/bedrock/signing.py).
+    region: str = ""
+    instance_metadata: bool = False
 
     @property
     def cluster(self) -> str:
@@ -39,6 +44,16 @@ class ProviderConfig:
 
 
 _PROVIDER_KEYS = {"schema", "base_url", "auth", "forward_headers", "default_service_tier"}
+_BEDROCK_KEYS = {"region", "instance_metadata"}
+_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]+")
+
+
+def bedrock_endpoint(region: str) -> str:
+    """Bedrock Runtime's public endpoint in `region` (`base_url` overrides it: a VPC endpoint,
+    a FIPS endpoint, a proxy)."""
+    return f"https://bedrock-runtime.{region}.amazonaws.com"
+
+
 # OpenAI `service_tier` values a project can default to (`default` is the standard price).
 SERVICE_TIERS = ("default", "priority", "flex", "scale")
 _AUTH_KEYS = {"header", "prefix", "env", "file"}
@@ -49,16 +64,29 @@ def parse_provider(r: Reader, name: str, doc: object) -> ProviderConfig | None:
     if not isinstance(doc, Mapping):
         r.problems.append(f"{path}: must be a mapping")
         return None
-    for extra in sorted(set(doc) - _PROVIDER_KEYS):
-        r.problems.append(f"{path}.{extra}: unknown key")
     schema_value = doc.get("schema")
-    try:
-        schema = Schema(str(schema_value))
-    except ValueError:
+    schema = Schema.OPENAI
+    if schema_value in tuple(Schema):
+        schema = Schema(schema_value)
+    bedrock = schema is Schema.BEDROCK
+    for extra in sorted(set(doc) - _PROVIDER_KEYS - (_BEDROCK_KEYS if bedrock else set())):
+        r.problems.append(f"{path}.{extra}: unknown key")
+    if schema_value not in tuple(Schema):
         choices = ", ".join(s.value for s in Schema)
         r.problems.append(f"{path}.schema: must be one of {choices} (got {schema_value!r})")
-        schema = Schema.OPENAI
-    base_url = r.string(doc, path, "base_url")
+    region, instance_metadata = "", False
+    if bedrock:
+        region = r.string(doc, path, "region")
+        if region and not _REGION.fullmatch(region):
+            r.problems.append(f"{path}.region: must be an AWS region name (got {region!r})")
+        instance_metadata = r.boolean(doc, path, "instance_metadata", False)
+        if doc.get("auth") is not None:
+            r.problems.append(
+                f"{path}.auth: not used by schema: bedrock (credentials come from the AWS chain)"
+            )
+    base_url = r.string(doc, path, "base_url", optional=bedrock) or (
+        bedrock_endpoint(region) if bedrock and region else ""
+    )
     if base_url:
         try:
             parts = urllib.parse.urlsplit(base_url)
@@ -106,4 +134,6 @@ def parse_provider(r: Reader, name: str, doc: object) -> ProviderConfig | None:
         auth=auth,
         forward_headers=forward,
         default_service_tier=tier,
+        region=region,
+        instance_metadata=instance_metadata,
     )

@@ -15,6 +15,12 @@ from gateway_extproc.apis import Schema
 from gateway_extproc.config.gateway import GatewayConfig
 from gateway_extproc.config.providers import ProviderConfig
 from gateway_extproc.errors import ConfigError
+from gateway_extproc.providers.bedrock.signing import (
+    BedrockSigner,
+    chain_credentials,
+    host_header,
+    mock_credentials,
+)
 from gateway_extproc.providers.forwarding import ForwardPolicy, forward_policy
 
 
@@ -33,6 +39,13 @@ class Upstream:
     forward: ForwardPolicy = dataclasses.field(  # which client headers it receives
         default_factory=lambda: forward_policy(Schema.OPENAI, (), mocked=False)
     )
+    # Signs each request after its last rewrite (schema: bedrock); None: a header credential.
+    signer: BedrockSigner | None = dataclasses.field(default=None, repr=False)
+
+    @property
+    def host_header(self) -> str:
+        """The `host` this upstream is called with (what a signature covers)."""
+        return host_header(self.host, self.port, tls=self.tls)
 
     def upstream_path(self, client_path: str) -> str:
         """`/v1/chat/completions?x=1` -> base_path + `/chat/completions?x=1`."""
@@ -74,18 +87,29 @@ def resolve_upstreams(
     upstreams: dict[str, Upstream] = {}
     problems: list[str] = []
     for name, provider in config.providers.items():
-        secret = "<credential>" if assume_credentials else _credential(provider, environ)
-        mocked = provider.auth is not None and secret is None
+        signer: BedrockSigner | None = None
+        if provider.schema is Schema.BEDROCK:  # the AWS chain, not a header credential
+            aws = None if assume_credentials else _aws_credentials(provider)
+            mocked = aws is None and not assume_credentials
+            secret = None
+            signer = BedrockSigner(aws or mock_credentials(), provider.region)
+        else:
+            secret = "<credential>" if assume_credentials else _credential(provider, environ)
+            mocked = provider.auth is not None and secret is None
         base_url = provider.base_url
         if mocked:
             if not (config.mock_unconfigured_providers and mock_base_url):
                 auth = provider.auth
-                assert auth is not None
-                source = f"environment variable {auth.env}" if auth.env else f"file {auth.file}"
+                if auth is None:
+                    source = "the AWS credential chain (environment, profile, web identity)"
+                else:
+                    source = f"environment variable {auth.env}" if auth.env else f"file {auth.file}"
                 problems.append(f"providers.{name}.auth: no credential in {source}")
                 continue
             base_url = mock_base_url
         host, port, tls, path = _address(base_url)
+        if mocked and signer is not None:  # Bedrock's paths start at the root, the mock's too
+            path = "/"
         upstreams[name] = Upstream(
             provider=name,
             schema=provider.schema,
@@ -100,14 +124,25 @@ def resolve_upstreams(
             else provider.auth.prefix + (secret or ""),
             mocked=mocked,
             forward=forward_policy(provider.schema, provider.forward_headers, mocked=mocked),
+            signer=signer,
         )
     if problems:
         raise ConfigError(problems)
     return upstreams
 
 
+def _aws_credentials(provider: ProviderConfig) -> object | None:
+    return chain_credentials(instance_metadata=provider.instance_metadata)
+
+
+def _lacks_credential(provider: ProviderConfig, environ: Mapping[str, str]) -> bool:
+    if provider.schema is Schema.BEDROCK:
+        return _aws_credentials(provider) is None
+    return provider.auth is not None and _credential(provider, environ) is None
+
+
 def needs_mock(config: GatewayConfig, environ: Mapping[str, str]) -> bool:
     """True when some provider lacks its credential and the config sends it to the mock."""
     return config.mock_unconfigured_providers and any(
-        p.auth is not None and _credential(p, environ) is None for p in config.providers.values()
+        _lacks_credential(p, environ) for p in config.providers.values()
     )

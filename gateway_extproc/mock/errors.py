@@ -17,6 +17,7 @@ class Family(enum.StrEnum):
 
     OPENAI = "openai"
     ANTHROPIC = "anthropic"
+    BEDROCK = "bedrock"  # AWS: `{"message": ...}` and the `x-amzn-errortype` header
 
 
 _OPENAI_TYPES: dict[int, tuple[str, str | None]] = {
@@ -95,6 +96,8 @@ def anthropic_type(status: int) -> str:
 
 def error_payload(family: Family, err: ApiError, request_id: str) -> dict[str, Any]:
     """The error object, as the provider's SDK expects it."""
+    if family is Family.BEDROCK:
+        return {"message": err.message}
     if family is Family.ANTHROPIC:
         return {
             "type": "error",

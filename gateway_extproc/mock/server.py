@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import datetime
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -21,6 +22,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway_extproc.mock.anthropic_api import messages_reply
+from gateway_extproc.mock.bedrock_api import ERROR_TYPES, invoke_reply, signature_error
 from gateway_extproc.mock.billing import Progress, billed
 from gateway_extproc.mock.content import parse_body
 from gateway_extproc.mock.controls import ControlError, Controls, parse_controls
@@ -67,6 +69,9 @@ ENDPOINTS: dict[str, Endpoint] = {
     "/v1/responses": Endpoint(Family.OPENAI, responses_reply),
     "/v1/messages": Endpoint(Family.ANTHROPIC, messages_reply),
 }
+# Bedrock: the model id is in the path (bedrock_api.py builds the replies).
+BEDROCK_PATHS = ("/model/{model_id}/invoke", "/model/{model_id}/invoke-with-response-stream")
+BEDROCK = Endpoint(Family.BEDROCK, messages_reply)
 CONFIG = web.AppKey("mock_config", MockConfig)
 RECORDS = web.AppKey("mock_records", collections.deque[dict[str, Any]])
 HOLDS = web.AppKey("mock_holds", dict[str, asyncio.Event])
@@ -123,6 +128,7 @@ def record_of(request: web.Request, raw: bytes) -> dict[str, Any]:
     return {
         "method": request.method,
         "path": request.path,
+        "raw_path": request.raw_path,  # as sent (percent-encoding kept): what a signature covers
         "query": request.query_string,
         "headers": headers,
         "body": body,
@@ -131,7 +137,11 @@ def record_of(request: web.Request, raw: bytes) -> dict[str, Any]:
 
 def _error_reply(family: Family, err: ApiError, request_id: str) -> JsonReply:
     body = error_body(family, err, request_id)
-    return JsonReply(body, status=err.status, headers=tuple(err.headers().items()))
+    headers = tuple(err.headers().items())
+    if family is Family.BEDROCK:  # what botocore reads the error code from
+        kind = err.code or ERROR_TYPES.get(err.status, "InternalServerException")
+        headers += (("x-amzn-ErrorType", f"{kind}:http://internal.amazon.com/coral/"),)
+    return JsonReply(body, status=err.status, headers=headers)
 
 
 def _response_headers(family: Family, reply: Reply, request_id: str) -> CIMultiDict[str]:
@@ -139,6 +149,8 @@ def _response_headers(family: Family, reply: Reply, request_id: str) -> CIMultiD
     recorded = {name.lower() for name, _ in reply.headers}
     if family is Family.ANTHROPIC:
         defaults = {"request-id": request_id}
+    elif family is Family.BEDROCK:
+        defaults = {"x-amzn-requestid": request_id}
     else:
         defaults = {"x-request-id": request_id, "openai-version": "2020-10-01"}
     for name, value in defaults.items():
@@ -276,6 +288,7 @@ def _bill(request: web.Request, reply: Reply, controls: Controls, progress: Prog
         {
             "request_id": request.headers.get("x-request-id"),
             "path": request.path,
+            "raw_path": request.raw_path,  # as sent (percent-encoding kept): what a signature covers
             "streamed": streamed,
             "cut": progress.cut,
             "tokens": billed(reply.bill, writes, progress, controls.generates_after_cut),
@@ -286,7 +299,12 @@ def _bill(request: web.Request, reply: Reply, controls: Controls, progress: Prog
 async def _reply(endpoint: Endpoint, request: web.Request, raw: bytes, controls: Controls) -> Reply:
     """The reply to send, in the order a provider decides: auth, then the request itself."""
     config = request.app[CONFIG]
-    denied = auth_error(endpoint.family, request.headers, config)
+    if endpoint.family is Family.BEDROCK:
+        headers = {name.lower(): value for name, value in request.headers.items()}
+        now = datetime.datetime.now(datetime.UTC)
+        denied = signature_error(request.method, request.raw_path, headers, raw, now=now)
+    else:
+        denied = auth_error(endpoint.family, request.headers, config)
     if denied is not None:
         raise denied
     if controls.replay is not None:
@@ -297,6 +315,9 @@ async def _reply(endpoint: Endpoint, request: web.Request, raw: bytes, controls:
         raise injected_error(controls.status)
     context = ReplyContext(controls, secrets.token_hex(12), int(time.time()))
     body = parse_body(raw)
+    if endpoint.family is Family.BEDROCK:
+        streamed = request.path.endswith("-with-response-stream")
+        return invoke_reply(request.match_info["model_id"], streamed, body, context)
     if controls.response_model is not None:  # report another model than the one asked for
         body = {**body, "model": controls.response_model}
     if endpoint.build is embeddings_reply:  # up to ~100 MB of floats: off the mock's loop
@@ -377,6 +398,8 @@ def create_app(
     app[BILLS] = collections.deque(maxlen=MAX_BILLS)
     for path, endpoint in ENDPOINTS.items():
         app.router.add_post(path, _handler(endpoint))
+    for path in BEDROCK_PATHS:
+        app.router.add_post(path, _handler(BEDROCK))
     app.router.add_get("/_mock/requests", _list_requests)
     app.router.add_delete("/_mock/requests", _clear_requests)
     app.router.add_get("/_mock/bills", _list_bills)

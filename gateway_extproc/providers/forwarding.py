@@ -36,7 +36,8 @@ __all__ = [
 
 DEFAULT_FORWARDED = ("content-type", "accept", "user-agent", "traceparent", "tracestate")
 DEFAULT_PREFIXES = ("x-stainless-",)
-SCHEMA_FORWARDED = {Schema.ANTHROPIC: ("anthropic-version",), Schema.OPENAI: ()}
+# Bedrock: `anthropic-version` goes into the body as `anthropic_version` (translate/).
+SCHEMA_FORWARDED = {Schema.ANTHROPIC: ("anthropic-version",), Schema.OPENAI: (), Schema.BEDROCK: ()}
 MOCK_PREFIX = "x-mock-"
 # What each header changes, for the 400 message.
 BILLING_HEADERS = {

@@ -350,6 +350,8 @@ class StreamProcessor:
         else:
             if self.translated is None:  # downgraded onto a provider of another API
                 self.translated = translation.request(request.body)
+            if upstream.signer is not None:  # temporary credentials refreshed off the loop
+                await upstream.signer.fresh()
             common = route.forward_translated(
                 upstream,
                 translation,
@@ -357,6 +359,8 @@ class StreamProcessor:
                 served_model=served,
                 max_tokens=route.translated_max_tokens(request, admission.bound, entry),
                 client_headers=self.client_headers,
+                provider_model=entry.name,
+                beta=self.anthropic_beta,
             )
         synchronous = self.ctx.config.metering.synchronous
         # A translated answer is rewritten, which only this stream can do (observe mode's

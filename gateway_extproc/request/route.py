@@ -173,15 +173,35 @@ def forward_translated(
     served_model: str,
     max_tokens: int,
     client_headers: tuple[str, ...],
+    provider_model: str | None = None,
+    beta: str = "",
 ) -> pb.CommonResponse:
     """`forward` for a request translated to the provider's API (translate/): the provider
-    API's path and version header, and always a new body."""
-    path = API_PREFIX + translation.provider_api.value
-    set_headers = {CLUSTER_HEADER: upstream.cluster, ":path": upstream.upstream_path(path)}
+    API's path and version header, and always a new body. `provider_model`: the id the
+    provider knows the served model by, when it goes into the path (Bedrock: the catalog
+    entry's name); `beta`: the client's `anthropic-beta` (Bedrock takes it in the body).
+    A signed upstream (Bedrock) is signed last, over the final path, host and body (the host
+    Envoy sends: its cluster endpoint's hostname, by the route's `auto_host_rewrite`); the
+    moved `anthropic-beta` header is not sent."""
+    base = upstream.base_path.rstrip("/")
+    if translation.upstream_path is None:
+        path = upstream.upstream_path(API_PREFIX + translation.provider_api.value)
+    else:
+        path = base + translation.upstream_path(translated, provider_model or served_model)
+    set_headers = {CLUSTER_HEADER: upstream.cluster, ":path": path}
     set_headers.update(translation.headers)
     if upstream.auth_header and upstream.auth_value:
         set_headers[upstream.auth_header] = upstream.auth_value
-    body = translation.upstream_body(translated, model=served_model, max_tokens=max_tokens)
+    body = translation.upstream_body(
+        translated, model=served_model, max_tokens=max_tokens, beta=beta
+    )
     set_headers["content-length"] = str(len(body))
     remove = upstream.forward.removals(client_headers, provider=upstream.provider, keep=set_headers)
+    signer = upstream.signer
+    if signer is not None:
+        host = upstream.host_header  # Envoy sends it: the route's auto_host_rewrite
+        scheme = "https" if upstream.tls else "http"
+        set_headers.update(signer.sign(host=host, path=path, body=body, scheme=scheme))
+        if "anthropic-beta" in client_headers and "anthropic-beta" not in remove:
+            remove.append("anthropic-beta")  # in the body now
     return msgs.common(set_headers=set_headers, remove=remove, body=body, clear_route_cache=True)

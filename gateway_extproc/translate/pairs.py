@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from gateway_extproc.apis import Api, Schema
-from gateway_extproc.translate import chat_to_messages, messages_to_chat
+from gateway_extproc.translate import chat_to_messages, messages_to_bedrock, messages_to_chat
 from gateway_extproc.translate.stream import MessagesToChatStream
 
 # The Messages API version the translated requests are written for.
@@ -40,6 +40,11 @@ class Translation:
     error: Callable[[bytes, int], bytes]
     # A streamed answer's translator (`created`, `include_usage`: the client asked for usage).
     stream: Callable[..., StreamTranslator]
+    # The provider's path for the provider body and the served model's id (None: the provider
+    # API's own path under the provider's base path).
+    upstream_path: Callable[[dict[str, Any], str], str] | None = None
+    # The content type of a translated stream, when the provider's is not the client's.
+    stream_content_type: str | None = None
 
     @property
     def name(self) -> str:
@@ -58,8 +63,22 @@ CHAT_TO_MESSAGES = Translation(
     stream=MessagesToChatStream,
 )
 
+MESSAGES_TO_BEDROCK = Translation(
+    client_api=Api.ANTHROPIC_MESSAGES,
+    provider_api=Api.BEDROCK_INVOKE,
+    request=messages_to_bedrock.invoke_request,
+    upstream_body=messages_to_bedrock.invoke_body,
+    headers={},
+    response=messages_to_bedrock.same_message,
+    error=messages_to_bedrock.anthropic_error,
+    stream=messages_to_bedrock.EventStreamToSSE,
+    upstream_path=messages_to_bedrock.invoke_path,
+    stream_content_type=messages_to_bedrock.STREAM_CONTENT_TYPE,
+)
+
 PAIRS: dict[tuple[Api, Schema], Translation] = {
     (Api.OPENAI_CHAT, Schema.ANTHROPIC): CHAT_TO_MESSAGES,
+    (Api.ANTHROPIC_MESSAGES, Schema.BEDROCK): MESSAGES_TO_BEDROCK,
 }
 BY_APIS: dict[tuple[Api, Api], Translation] = {
     (t.client_api, t.provider_api): t for t in PAIRS.values()

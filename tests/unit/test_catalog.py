@@ -47,6 +47,15 @@ SHIPPED_MODELS = [
     *("claude-opus-4-6", "claude-opus-4-5"),
     *("claude-sonnet-5-5", "claude-sonnet-5", "claude-sonnet-4-6", "claude-sonnet-4-5"),
     *("claude-haiku-5-5", "claude-haiku-4-5"),
+    # Claude on Bedrock: named by their Bedrock ids (global and US inference profiles).
+    *(
+        "global.anthropic.claude-sonnet-4-5-20250929-v1:0",
+        "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+    ),
+    *(
+        "global.anthropic.claude-haiku-4-5-20251001-v1:0",
+        "us.anthropic.claude-haiku-4-5-20251001-v1:0",
+    ),
 ]
 
 
@@ -60,14 +69,14 @@ def test_every_shipped_entry_is_priced_and_consistent(shipped: Catalog) -> None:
     for entry in shipped.models():
         assert not entry.free, entry.name  # list prices only; free is for self-hosted models
         assert entry.price.input > 0, entry.name
-        assert entry.provider in {"openai", "anthropic"}, entry.name
+        assert entry.provider in {"openai", "anthropic", "bedrock"}, entry.name
         assert entry.schema is Schema(entry.provider), entry.name
         if entry.embedding:
             assert entry.price.output == 0 and entry.max_output_tokens == 0, entry.name
         else:
             assert entry.price.output > 0 and entry.max_output_tokens > 0, entry.name
         assert entry.price.cached_input <= entry.price.input, entry.name
-    assert shipped.validate_providers(["openai", "anthropic"]) == []
+    assert shipped.validate_providers(["openai", "anthropic", "bedrock"]) == []
 
 
 # (model, input, output, cached_input, cache_write, cache_write_1h, cache_write_12h) in USD per 1M
@@ -90,6 +99,19 @@ SHIPPED_PRICES = [
     ("claude-haiku-4-5", "1", "5", "0.10", "1.25", "2", None),
     ("claude-opus-5-5", "4", "20", "0.20", "5", "8", None),
     ("claude-fable-5-1", "10", "50", "0.25", "12.50", "20", None),
+    # Bedrock: global profiles at Anthropic's rates, geographic ones 10% above.
+    ("bedrock-claude-sonnet-4-5", "3", "15", "0.30", "3.75", "6", None),
+    (
+        "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+        "3.30",
+        "16.50",
+        "0.33",
+        "4.125",
+        "6.60",
+        None,
+    ),
+    ("bedrock-claude-haiku-4-5", "1", "5", "0.10", "1.25", "2", None),
+    ("us.anthropic.claude-haiku-4-5-20251001-v1:0", "1.10", "5.50", "0.11", "1.375", "2.20", None),
 ]
 
 
@@ -281,9 +303,9 @@ def test_operator_files_merge_fields_add_and_remove(tmp_path: Path) -> None:
     assert llama is not None and llama.free and llama.price == Price.free()
     haiku = catalog.lookup("claude-haiku-4-5-20251001")
     assert haiku is not None and haiku.free and haiku.price == Price.free()
-    assert catalog.validate_providers(["openai", "anthropic"]) == [
+    assert catalog.validate_providers(["openai", "anthropic", "bedrock"]) == [
         f"{first}: models.llama-3-70b.provider: 'vllm' is not a configured provider "
-        "(known: anthropic, openai)"
+        "(known: anthropic, bedrock, openai)"
     ]
 
 
@@ -369,7 +391,7 @@ def test_every_validation_error_reported_at_once() -> None:
         f"{op}: models.half-priced: needs input and output prices, or free: true",
         f"{op}: models.typo.inptu: unknown key (did you mean 'input'?)",
         f"{op}: models.typo: needs input and output prices, or free: true",
-        f"{op}: models.bad-schema.schema: must be one of openai, anthropic (got 'gemini')",
+        f"{op}: models.bad-schema.schema: must be one of openai, anthropic, bedrock (got 'gemini')",
         f"{op}: models.zero-max.max_output_tokens: must be a positive integer (got 0)",
         f"{op}: models.bool-max.max_output_tokens: must be a positive integer (got True)",
         f"{op}: models.no-fields.provider: required",
