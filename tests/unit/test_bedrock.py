@@ -305,7 +305,16 @@ def test_stream_becomes_anthropic_sse(size: int) -> None:
 
 # --- signing -----------------------------------------------------------------------------------
 
-NOW = datetime.datetime.now(datetime.UTC)
+
+def _at(
+    signed: dict[str, str], later: datetime.timedelta = datetime.timedelta()
+) -> datetime.datetime:
+    """The time the request was signed (plus `later`): the verifier's clock, never this
+    process's, so a slow run cannot age a signature."""
+    when = datetime.datetime.strptime(signed["x-amz-date"], "%Y%m%dT%H%M%SZ")
+    return when.replace(tzinfo=datetime.UTC) + later
+
+
 PATH = "/model/global.anthropic.claude-haiku-4-5-20251001-v1%3A0/invoke"
 BODY = b'{"anthropic_version":"bedrock-2023-05-31","max_tokens":8,"messages":[]}'
 
@@ -329,7 +338,7 @@ def test_signature_verified_by_botocore_on_the_mock_side() -> None:
     signed = _sign(signing.mock_credentials())
     assert set(signed) == {"authorization", "x-amz-date", "content-type"}
     assert "SignedHeaders=content-type;host;x-amz-date," in signed["authorization"]
-    assert signature_error("POST", PATH, _received(signed), BODY, now=NOW) is None
+    assert signature_error("POST", PATH, _received(signed), BODY, now=_at(signed)) is None
 
 
 @pytest.mark.parametrize(
@@ -343,7 +352,7 @@ def test_signature_verified_by_botocore_on_the_mock_side() -> None:
         ({"path": PATH.replace("%3A", ":")}, "InvalidSignatureException"),
         ({"host": "127.0.0.1:10"}, "InvalidSignatureException"),
         ({"content-type": "text/plain"}, "InvalidSignatureException"),
-        ({"now": NOW + datetime.timedelta(minutes=6)}, "InvalidSignatureException"),
+        ({"later": datetime.timedelta(minutes=6)}, "InvalidSignatureException"),
         ({"authorization": ""}, "MissingAuthenticationTokenException"),
     ],
 )
@@ -358,17 +367,17 @@ def test_anything_changed_after_signing_is_refused(change: dict[str, Any], code:
         change.get("path", PATH),
         headers,
         change.get("body", BODY),
-        now=change.get("now", NOW),
+        now=_at(signed, change.get("later", datetime.timedelta(seconds=1))),
     )
     assert err is not None and err.status == 403 and err.code == code
 
 
 def test_other_credentials_are_refused() -> None:
     wrong_secret = _sign(Credentials(signing.MOCK_ACCESS_KEY, "another-secret"))
-    err = signature_error("POST", PATH, _received(wrong_secret), BODY, now=NOW)
+    err = signature_error("POST", PATH, _received(wrong_secret), BODY, now=_at(wrong_secret))
     assert err is not None and "signature we calculated does not match" in err.message
     other_key = _sign(Credentials("AKIDSOMEONEELSE", signing.MOCK_SECRET_KEY))
-    err = signature_error("POST", PATH, _received(other_key), BODY, now=NOW)
+    err = signature_error("POST", PATH, _received(other_key), BODY, now=_at(other_key))
     assert err is not None and err.code == "UnrecognizedClientException"
 
 
@@ -376,9 +385,9 @@ def test_session_token_is_sent_and_signed() -> None:
     signed = _sign(Credentials(signing.MOCK_ACCESS_KEY, signing.MOCK_SECRET_KEY, "session-1"))
     assert signed["x-amz-security-token"] == "session-1"
     assert "x-amz-security-token" in signed["authorization"].split("SignedHeaders=")[1]
-    assert signature_error("POST", PATH, _received(signed), BODY, now=NOW) is None
+    assert signature_error("POST", PATH, _received(signed), BODY, now=_at(signed)) is None
     tampered = {**_received(signed), "x-amz-security-token": "session-2"}
-    assert signature_error("POST", PATH, tampered, BODY, now=NOW) is not None
+    assert signature_error("POST", PATH, tampered, BODY, now=_at(signed)) is not None
 
 
 def _refreshable(expires_in: datetime.timedelta, calls: list[int]) -> Any:
@@ -407,7 +416,7 @@ def test_expired_session_credentials_are_refreshed_before_signing() -> None:
     calls: list[int] = []
     signed = _sign(_refreshable(datetime.timedelta(seconds=-5), calls))
     assert calls == [1] and signed["x-amz-security-token"] == "fresh-1"
-    assert signature_error("POST", PATH, _received(signed), BODY, now=NOW) is None
+    assert signature_error("POST", PATH, _received(signed), BODY, now=_at(signed)) is None
 
 
 def test_fresh_refreshes_off_the_loop_when_due_and_not_before() -> None:

@@ -157,6 +157,7 @@ def test_forward_is_signed_over_what_is_sent(tmp_path: Path, stream: bool) -> No
     removed = set(common.header_mutation.remove_headers)
     assert {"anthropic-version", "anthropic-beta", "x-api-key"} <= removed
     received = {**headers, "host": up.host_header}
-    now = datetime.datetime.now(datetime.UTC)
+    signed_at = datetime.datetime.strptime(headers["x-amz-date"], "%Y%m%dT%H%M%SZ")
+    now = signed_at.replace(tzinfo=datetime.UTC)  # the verifier's clock: when it was signed
     assert signature_error("POST", path, received, body, now=now) is None
     assert signature_error("POST", path, received, body + b" ", now=now) is not None
