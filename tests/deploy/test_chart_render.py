@@ -976,3 +976,44 @@ def test_fail_open_on_an_emptydir_only_when_the_loss_is_accepted() -> None:
     closed["config"]["budgets"][0]["on_redis_error"] = "fail_closed"
     volume, _ = journal_of(render(closed))
     assert "emptyDir" in volume
+
+
+def test_bedrock_provider_region_endpoint_and_irsa() -> None:
+    """`bedrock.enabled` adds the provider (its region, an endpoint override) to the gateway
+    config; `bedrock.roleArn` annotates the service account for IRSA, beside its other
+    annotations. Off by default: no provider, no annotation."""
+    base = copy.deepcopy(CASES["company"])
+    docs = render(base)
+    assert "bedrock" not in gateway_config(docs).get("providers", {})
+    assert "eks.amazonaws.com/role-arn" not in (
+        one(docs, "ServiceAccount")["metadata"].get("annotations") or {}
+    )
+    role = "arn:aws:iam::123456789012:role/llm-gateway-bedrock"
+    values = base | {
+        "bedrock": {"enabled": True, "region": "eu-west-1", "roleArn": role},
+        "serviceAccount": {"annotations": {"team": "platform"}},
+    }
+    docs = render(values)
+    assert gateway_config(docs)["providers"]["bedrock"] == {
+        "schema": "bedrock",
+        "region": "eu-west-1",
+    }
+    annotations = one(docs, "ServiceAccount")["metadata"]["annotations"]
+    assert annotations == {"team": "platform", "eks.amazonaws.com/role-arn": role}
+    endpoint = "https://vpce-0abc.bedrock-runtime.eu-west-1.vpce.amazonaws.com"
+    values["bedrock"] |= {"endpoint": endpoint}
+    assert gateway_config(render(values))["providers"]["bedrock"]["base_url"] == endpoint
+
+
+@pytest.mark.parametrize(
+    "bedrock",
+    [
+        {"region": "Europe"},
+        {"roleArn": "my-role"},
+        {"endpoint": "http://plain.example"},
+        {"regions": "eu-west-1"},
+    ],
+)
+def test_bedrock_values_are_validated(bedrock: dict[str, Any]) -> None:
+    with pytest.raises(helm.HelmError):
+        render(copy.deepcopy(CASES["company"]) | {"bedrock": {"enabled": True, **bedrock}})

@@ -157,6 +157,15 @@ Rendered as JSON (valid YAML) so that large integers keep their exact value.
 {{- $_ := set $p "auth" (include "llm-gateway.providerAuth" (list $name $key $file) | fromJson) }}
 {{- $_ := set $providers $name $p }}
 {{- end }}
+{{- with .Values.bedrock }}
+{{- if .enabled }}
+{{- $b := deepCopy (default dict (index $providers "bedrock")) }}
+{{- $_ := set $b "schema" "bedrock" }}
+{{- $_ := set $b "region" .region }}
+{{- with .endpoint }}{{- $_ := set $b "base_url" . }}{{- end }}
+{{- $_ := set $providers "bedrock" $b }}
+{{- end }}
+{{- end }}
 {{- if $providers }}{{- $_ := set $c "providers" $providers }}{{- end }}
 {{- if .Values.staticTokens.existingSecret }}
 {{- $identity := deepCopy (default dict $c.identity) }}
