@@ -288,7 +288,6 @@ def _bill(request: web.Request, reply: Reply, controls: Controls, progress: Prog
         {
             "request_id": request.headers.get("x-request-id"),
             "path": request.path,
-            "raw_path": request.raw_path,  # as sent (percent-encoding kept): what a signature covers
             "streamed": streamed,
             "cut": progress.cut,
             "tokens": billed(reply.bill, writes, progress, controls.generates_after_cut),
