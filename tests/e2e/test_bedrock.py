@@ -86,13 +86,16 @@ class Gateway:
         return c
 
 
-@pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    tmp_path = tmp_path_factory.mktemp("bedrock")
+@pytest.fixture(scope="module", params=["observe", "synchronous"])
+def gw(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
+    """Both metering modes (a Bedrock answer is rewritten on the request's stream in both)."""
+    tmp_path = tmp_path_factory.mktemp(f"bedrock-{request.param}")
     run_dir = tmp_path / "run"
     issuer = ensure_dev_issuer(run_dir / "dev-issuer")
     config = tmp_path / "gateway.yaml"
-    config.write_text(CONFIG)
+    config.write_text(CONFIG + f"metering: {{mode: {request.param}}}\n")
     environ = aws_free_environ(run_dir)
     g = Gateway(start_stack(run_dir, config_path=config, environ=environ), issuer)
     yield g
