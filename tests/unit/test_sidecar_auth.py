@@ -99,6 +99,14 @@ def test_any_change_to_the_state_fails_its_mac(position: int, char: str) -> None
     assert seal.verify(changed, mac) is (changed == STATE)
 
 
+@pytest.mark.parametrize("text", ["\ud800", STATE + "\udfff"])
+def test_a_lone_surrogate_in_the_state_or_the_mac_fails_without_raising(text: str) -> None:
+    seal = StateSeal((KEY,))
+    assert not seal.verify(text, seal.sign(STATE))
+    assert not seal.verify(STATE, text)
+    assert seal.verify(text, seal.sign(text))  # what the seal signs it verifies, whatever it is
+
+
 @given(mac=st.text(max_size=60))
 def test_no_other_string_is_the_mac(mac: str) -> None:
     seal = StateSeal((KEY,))
