@@ -35,7 +35,10 @@ class Upstream:
     )
 
     def upstream_path(self, client_path: str) -> str:
-        """`/v1/chat/completions?x=1` -> base_path + `/chat/completions?x=1`."""
+        """`/v1/chat/completions?x=1` -> base_path + `/chat/completions?x=1`. Gemini paths carry
+        their own version (`/v1beta/models/...`): base_path + the whole path."""
+        if self.schema is Schema.GEMINI:
+            return self.base_path.rstrip("/") + client_path
         suffix = client_path[3:] if client_path.startswith("/v1") else client_path
         return self.base_path.rstrip("/") + suffix
 
@@ -86,6 +89,10 @@ def resolve_upstreams(
                 continue
             base_url = mock_base_url
         host, port, tls, path = _address(base_url)
+        if mocked and provider.schema is Schema.GEMINI:
+            # The mock's URL is its OpenAI-style root (`.../v1`); Gemini paths carry their own
+            # version, so they go to the mock's root.
+            path = path.removesuffix("/v1") or "/"
         upstreams[name] = Upstream(
             provider=name,
             schema=provider.schema,

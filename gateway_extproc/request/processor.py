@@ -22,7 +22,7 @@ from typing import Any
 
 from google.protobuf import struct_pb2
 
-from gateway_extproc.apis import API_PREFIX, MODELS_PATH, Api, Schema, api_for_path
+from gateway_extproc.apis import MODELS_PATH, Api, Schema, api_for_path, looks_gemini
 from gateway_extproc.audit import AuditRecord, LimitReached
 from gateway_extproc.budgets import report as budget_report
 from gateway_extproc.budgets.admission import Admission
@@ -47,6 +47,7 @@ from gateway_extproc.handoff import MAC_KEY, NAMESPACE, STATE_KEY, RequestState
 from gateway_extproc.identity.metadata import parse_metadata
 from gateway_extproc.identity.model import Identity
 from gateway_extproc.observability.attributes import RequestFacts
+from gateway_extproc.providers.gemini.paths import parse_path, without_credentials
 from gateway_extproc.providers.inbound import ParsedRequest, with_body
 from gateway_extproc.providers.registry import error_body
 from gateway_extproc.request import prompt_checks, route
@@ -95,7 +96,8 @@ class StreamProcessor:
         self.client_headers: tuple[str, ...] = ()
         self.anthropic_beta = ""
         self.method = ""
-        self.path = ""
+        self.path = ""  # as the client sent it, less any credential in its query (Gemini `key=`)
+        self.path_changed = False  # a credential was taken out of the query: Envoy's :path too
         self.schema = Schema.OPENAI
         self.request: ParsedRequest | None = None
         self.entry: ModelEntry | None = None
@@ -178,14 +180,19 @@ class StreamProcessor:
         self.anthropic_beta = headers.get("anthropic-beta", "")
         self.cache_headers = (headers.get(CONTROL_HEADER), headers.get(TTL_HEADER))
         self.method = headers.get(":method", "")
-        self.path = headers.get(":path", "")
+        path = headers.get(":path", "")
+        gemini = looks_gemini(path)
+        self.path = without_credentials(path) if gemini else path
+        self.path_changed = self.path != path
         if self.trace_context[0] is None:
             self.trace_context = (headers.get("traceparent"), headers.get("tracestate"))
         api = api_for_path(self.path)
-        anthropic_client = "anthropic-version" in headers
-        self.schema = (
-            api.schema if api else (Schema.ANTHROPIC if anthropic_client else Schema.OPENAI)
-        )
+        if api is not None:
+            self.schema = api.schema
+        elif gemini:
+            self.schema = Schema.GEMINI
+        elif "anthropic-version" in headers:
+            self.schema = Schema.ANTHROPIC
 
     async def _identify(self, headers: dict[str, str]) -> None:
         """Who is calling: a verified token (cached after the first verify), a static service
@@ -204,7 +211,9 @@ class StreamProcessor:
         if self.identity is None:  # handle() identifies first; this is a programming error
             raise RuntimeError("request headers processed before identification")
 
-        if bare_path == MODELS_PATH or bare_path.startswith(MODELS_PATH + "/"):
+        if api is not None and api.schema is Schema.GEMINI:
+            parse_path(self.path)  # a bad model name or query: 400 before the body is read
+        elif bare_path == MODELS_PATH or bare_path.startswith(MODELS_PATH + "/"):
             return self._models(bare_path)
         if api is None:
             raise NotFound(f"the gateway does not serve {self.method} {bare_path or '/'}")
@@ -215,7 +224,11 @@ class StreamProcessor:
         remove = [h for h in headers if h.startswith("x-gateway-") or h in CREDENTIAL_HEADERS]
         # Providers must send identity-encoded bodies, or metering sees only gzip bytes.
         remove.append("accept-encoding")
-        return msgs.request_headers_reply(msgs.common(remove=remove), forwarded=True)
+        # A credential in the query (Gemini `?key=`) leaves the path before Envoy logs or
+        # forwards it (the body phase sets the provider's path anyway).
+        path = {":path": self.path} if self.path_changed else None
+        common = msgs.common(set_headers=path, remove=remove)
+        return msgs.request_headers_reply(common, forwarded=True)
 
     def _models(self, bare_path: str) -> msgs.ProcessingResponse:
         if self.method != "GET":
@@ -237,7 +250,7 @@ class StreamProcessor:
         api = api_for_path(self.path)
         assert api is not None  # the headers phase rejected everything else
         # Capped and, for large bodies, off the event loop: no body stalls the other streams.
-        request = await parse_off_loop(api, message.body, self.ctx.config.limits)
+        request = await parse_off_loop(api, message.body, self.ctx.config.limits, self.path)
         self.request = request
         entry = self.ctx.catalog.lookup(request.model)
         if entry is None:
@@ -249,7 +262,7 @@ class StreamProcessor:
         if entry.schema is not api.schema:
             raise BadRequest(
                 f"model {request.model!r} is served through the {entry.schema.value} API, "
-                f"not {API_PREFIX}{api.value}"
+                f"not {self.path.split('?', 1)[0]}"
             )
         assert self.identity is not None
         policies = self.ctx.config.policies
