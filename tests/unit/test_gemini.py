@@ -394,3 +394,11 @@ def test_error_body_is_googles_format() -> None:
         "no such model",
     )
     assert error["details"][0]["reason"] == "model_not_found"
+
+
+def test_the_guardrails_read_gemini_prompts() -> None:
+    from gateway_extproc.guardrails import texts
+
+    body = {"contents": [{"parts": [{"text": "my key sk-abc"}]}]}
+    slots = list(texts.text_slots(Api.GEMINI_STREAM, body))
+    assert [c[k] for c, k in slots] == ["my key sk-abc"]  # type: ignore[index]
