@@ -71,7 +71,11 @@ def test_builtin_config_loads() -> None:
 
 def test_builtin_config_reads_no_environment_by_default() -> None:
     # Keys in the environ change nothing in the config itself (upstreams read them later).
-    environ = {"OPENAI_API_KEY": "sk-test", "ANTHROPIC_API_KEY": "sk-ant"}
+    environ = {
+        "OPENAI_API_KEY": "sk-test",
+        "ANTHROPIC_API_KEY": "sk-ant",
+        "GEMINI_API_KEY": "AIza-x",
+    }
     assert load_config(None, environ).providers == load_config(None, {}).providers
 
 

@@ -18,6 +18,7 @@ from gateway_extproc.providers.forwarding import forward_policy
 MOCK = "http://127.0.0.1:9/v1"
 OPENAI_KEY = "sk-test-0123456789abcdef"
 ANTHROPIC_KEY = "sk-ant-test-0123456789"
+GEMINI_KEY = "AIza-test-0123456789"
 
 
 def config_with(tmp_path: Path, doc: dict[str, Any]) -> GatewayConfig:
@@ -32,7 +33,11 @@ def default_config() -> GatewayConfig:
 
 
 def test_credentials_from_the_environment(default_config: GatewayConfig) -> None:
-    environ = {"OPENAI_API_KEY": OPENAI_KEY, "ANTHROPIC_API_KEY": ANTHROPIC_KEY}
+    environ = {
+        "OPENAI_API_KEY": OPENAI_KEY,
+        "ANTHROPIC_API_KEY": ANTHROPIC_KEY,
+        "GEMINI_API_KEY": GEMINI_KEY,
+    }
     ups = resolve_upstreams(default_config, environ, MOCK)
     assert ups["openai"] == Upstream(
         provider="openai",
@@ -75,7 +80,9 @@ def test_credential_from_a_file(tmp_path: Path) -> None:
             }
         },
     )
-    ups = resolve_upstreams(config, {"ANTHROPIC_API_KEY": ANTHROPIC_KEY}, None)
+    ups = resolve_upstreams(
+        config, {"ANTHROPIC_API_KEY": ANTHROPIC_KEY, "GEMINI_API_KEY": GEMINI_KEY}, None
+    )
     assert (ups["openai"].auth_header, ups["openai"].auth_value) == (
         "authorization",
         f"Bearer {OPENAI_KEY}",
@@ -106,7 +113,9 @@ def test_credential_file_without_a_key(tmp_path: Path, content: str | None) -> N
         },
     )
     with pytest.raises(ConfigError) as info:
-        resolve_upstreams(config, {"ANTHROPIC_API_KEY": ANTHROPIC_KEY}, MOCK)
+        resolve_upstreams(
+            config, {"ANTHROPIC_API_KEY": ANTHROPIC_KEY, "GEMINI_API_KEY": GEMINI_KEY}, MOCK
+        )
     assert info.value.problems == [f"providers.openai.auth: no credential in file {key}"]
 
 
@@ -160,7 +169,9 @@ def test_missing_credential_without_mock_is_an_error(
     ]
     # One present key leaves only the other's problem.
     with pytest.raises(ConfigError) as info:
-        resolve_upstreams(config, {"ANTHROPIC_API_KEY": ANTHROPIC_KEY}, mock_url)
+        resolve_upstreams(
+            config, {"ANTHROPIC_API_KEY": ANTHROPIC_KEY, "GEMINI_API_KEY": GEMINI_KEY}, mock_url
+        )
     assert info.value.problems == [
         "providers.openai.auth: no credential in environment variable OPENAI_API_KEY"
     ]
@@ -191,7 +202,11 @@ def test_self_hosted_provider_needs_no_credential(tmp_path: Path) -> None:
             "mock_unconfigured_providers": False,
         },
     )
-    environ = {"OPENAI_API_KEY": OPENAI_KEY, "ANTHROPIC_API_KEY": ANTHROPIC_KEY}
+    environ = {
+        "OPENAI_API_KEY": OPENAI_KEY,
+        "ANTHROPIC_API_KEY": ANTHROPIC_KEY,
+        "GEMINI_API_KEY": GEMINI_KEY,
+    }
     up = resolve_upstreams(config, environ, None)["vllm"]
     assert up == Upstream(
         provider="vllm",
@@ -278,7 +293,11 @@ def test_upstream_path(base_path: str, client_path: str, expected: str) -> None:
 
 
 def test_secret_never_in_repr(default_config: GatewayConfig) -> None:
-    environ = {"OPENAI_API_KEY": OPENAI_KEY, "ANTHROPIC_API_KEY": ANTHROPIC_KEY}
+    environ = {
+        "OPENAI_API_KEY": OPENAI_KEY,
+        "ANTHROPIC_API_KEY": ANTHROPIC_KEY,
+        "GEMINI_API_KEY": GEMINI_KEY,
+    }
     ups = resolve_upstreams(default_config, environ, MOCK)
     for up in ups.values():
         assert up.auth_value is not None
@@ -292,7 +311,16 @@ def test_secret_never_in_repr(default_config: GatewayConfig) -> None:
 NEEDS_MOCK: list[tuple[str, dict[str, str], bool, bool]] = [
     ("no keys", {}, True, True),
     ("one key", {"OPENAI_API_KEY": OPENAI_KEY}, True, True),
-    ("both keys", {"OPENAI_API_KEY": OPENAI_KEY, "ANTHROPIC_API_KEY": ANTHROPIC_KEY}, True, False),
+    (
+        "both keys",
+        {
+            "OPENAI_API_KEY": OPENAI_KEY,
+            "ANTHROPIC_API_KEY": ANTHROPIC_KEY,
+            "GEMINI_API_KEY": GEMINI_KEY,
+        },
+        True,
+        False,
+    ),
     ("empty key", {"OPENAI_API_KEY": OPENAI_KEY, "ANTHROPIC_API_KEY": ""}, True, True),
     ("no keys, mock disabled", {}, False, False),
 ]
