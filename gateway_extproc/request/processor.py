@@ -271,6 +271,11 @@ class StreamProcessor:
                 f"{self.identity.subject} may not use model {request.model!r}: "
                 f"{policies.explain(self.identity, entry.name, request.model)}"
             )
+        if entry.provider not in self.ctx.upstreams:  # a built-in provider left out without a key
+            raise UnknownModel(
+                f"model {request.model!r} has no configured provider: this gateway does not "
+                f"serve {entry.provider}"
+            )
         # Guardrails: PII and secrets in the prompt are blocked (400), redacted or monitored; a
         # large prompt is scanned off the event loop after its rate limits, and within a time.
         if self.ctx.config.guardrails.rules:
@@ -293,8 +298,6 @@ class StreamProcessor:
         cached = await self._cache_lookup(request, entry)  # a hit reserves nothing
         if cached is not None:
             return cached
-        if entry.provider not in self.ctx.upstreams:
-            raise UnknownModel(f"model {request.model!r} has no configured provider")
         upstream = self.ctx.upstreams[entry.provider]  # a refused billing header: 400, unreserved
         upstream.forward.removals(self.client_headers, provider=upstream.provider)
         # The price of this request: its service tier, a long-context beta (400 if unpriced).
@@ -328,7 +331,9 @@ class StreamProcessor:
                 entry=entry,
                 requested=request.model,
                 bound_for=self._bounder(request),
-                allowed=lambda model: policies.allows(identity, model.name),
+                allowed=lambda model: (
+                    model.provider in self.ctx.upstreams and policies.allows(identity, model.name)
+                ),
                 facts_for=facts,
             )
         except RateLimited as refused:

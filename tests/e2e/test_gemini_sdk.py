@@ -219,3 +219,64 @@ def test_an_unknown_caller_is_refused(gemini_stack: Stack, tmp_path: Path) -> No
         client = _client(gemini_stack, api_key="not-a-token")
         client.models.generate_content(model="gemini-2.5-flash", contents="hi")
     assert caught.value.code == 401 and caught.value.status == "UNAUTHENTICATED"
+
+
+# -- an install upgraded to a release with gemini built in, without a Gemini key ------------------
+
+
+@pytest.fixture(scope="module")
+def upgraded_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, str]]:
+    """A production config written before gemini was built in: no mock, OpenAI's key, and no
+    word about gemini (or anthropic). The upgrade must start and keep serving OpenAI."""
+    run_dir = tmp_path_factory.mktemp("upgraded")
+    with running_mock(tmp_path_factory.mktemp("upgraded-provider")) as provider_url:
+        config = run_dir / "gateway.yaml"
+        config.write_text(
+            f"""
+mock_unconfigured_providers: false
+sidecar: {{workers: 1}}
+identity:
+  static_tokens:
+{static_tokens_yaml()}providers:
+  openai:
+    base_url: {provider_url}/v1
+"""
+        )
+        env = stack_environ(run_dir, OPENAI_API_KEY="sk-gateway-owned-openai-key")
+        stack = start_stack(run_dir, config_path=config, environ=env)
+        try:
+            yield stack, provider_url
+        finally:
+            stack.stop()
+
+
+def test_an_unnamed_provider_without_a_key_is_left_out_not_fatal(
+    upgraded_stack: tuple[Stack, str],
+) -> None:
+    stack, provider_url = upgraded_stack
+    assert set(stack.upstreams) == {"openai"}
+    client = _client(stack)
+    with pytest.raises(errors.ClientError) as caught:
+        client.models.generate_content(model="gemini-2.5-flash", contents="hi")
+    err = caught.value
+    assert err.code == 400 and err.status == "INVALID_ARGUMENT"
+    assert "has no configured provider" in str(err.message)
+    assert isinstance(err.details, dict)
+    assert err.details["error"]["details"][0]["reason"] == "model_not_found"
+    assert not MockLog(provider_url).received()  # nothing went anywhere
+    with httpx.Client(base_url=stack.gateway_url) as http:
+        headers = {"authorization": "Bearer client-key"}
+        chat = http.post(
+            "/v1/chat/completions",
+            json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+            headers=headers,
+        )
+        models = http.get("/v1/models", headers=headers).json()["data"]
+    assert chat.status_code == 200  # OpenAI, configured, is served as before
+    listed = {m["id"] for m in models}
+    assert "gpt-4o-mini" in listed
+    assert not any(m.startswith(("gemini-", "claude-")) for m in listed)
+    # Said once at start, by the one worker, for each provider left out.
+    log = (stack.run_dir / "stack.log").read_text()
+    assert log.count("provider gemini left out") == 1
+    assert log.count("provider anthropic left out") == 1
