@@ -35,7 +35,10 @@ class Upstream:
     )
 
     def upstream_path(self, client_path: str) -> str:
-        """`/v1/chat/completions?x=1` -> base_path + `/chat/completions?x=1`."""
+        """`/v1/chat/completions?x=1` -> base_path + `/chat/completions?x=1`. Gemini paths carry
+        their own version (`/v1beta/models/...`): base_path + the whole path."""
+        if self.schema is Schema.GEMINI:
+            return self.base_path.rstrip("/") + client_path
         suffix = client_path[3:] if client_path.startswith("/v1") else client_path
         return self.base_path.rstrip("/") + suffix
 
@@ -69,10 +72,13 @@ def resolve_upstreams(
     assume_credentials: bool = False,
 ) -> dict[str, Upstream]:
     """One upstream per provider. A provider without its credential goes to the mock when the
-    config allows it and a mock is running; otherwise that is a configuration error.
+    config allows it and a mock is running; otherwise a built-in provider the operator's file
+    does not name is left out (no upstream: its models answer "no configured provider"), and
+    any other is a configuration error, as is a config that leaves no provider at all.
     `assume_credentials` renders the production shape without reading any secret."""
     upstreams: dict[str, Upstream] = {}
     problems: list[str] = []
+    left_out: list[str] = []
     for name, provider in config.providers.items():
         secret = "<credential>" if assume_credentials else _credential(provider, environ)
         mocked = provider.auth is not None and secret is None
@@ -82,10 +88,17 @@ def resolve_upstreams(
                 auth = provider.auth
                 assert auth is not None
                 source = f"environment variable {auth.env}" if auth.env else f"file {auth.file}"
-                problems.append(f"providers.{name}.auth: no credential in {source}")
+                if name in config.optional_providers:
+                    left_out.append(f"{name} ({source})")
+                else:
+                    problems.append(f"providers.{name}.auth: no credential in {source}")
                 continue
             base_url = mock_base_url
         host, port, tls, path = _address(base_url)
+        if mocked and provider.schema is Schema.GEMINI:
+            # The mock's URL is its OpenAI-style root (`.../v1`); Gemini paths carry their own
+            # version, so they go to the mock's root.
+            path = path.removesuffix("/v1") or "/"
         upstreams[name] = Upstream(
             provider=name,
             schema=provider.schema,
@@ -100,6 +113,11 @@ def resolve_upstreams(
             else provider.auth.prefix + (secret or ""),
             mocked=mocked,
             forward=forward_policy(provider.schema, provider.forward_headers, mocked=mocked),
+        )
+    if not upstreams and left_out and not problems:
+        problems.append(
+            "providers: no provider has its credential: set the key of one of "
+            + ", ".join(left_out)
         )
     if problems:
         raise ConfigError(problems)

@@ -25,6 +25,7 @@ from gateway_extproc.mock.billing import Progress, billed
 from gateway_extproc.mock.content import parse_body
 from gateway_extproc.mock.controls import ControlError, Controls, parse_controls
 from gateway_extproc.mock.errors import ApiError, Family, error_body, injected_error
+from gateway_extproc.mock.gemini_api import generate_reply
 from gateway_extproc.mock.openai_api import chat_reply, completion_reply, embeddings_reply
 from gateway_extproc.mock.replay import load_recording
 from gateway_extproc.mock.responses_api import responses_reply
@@ -52,6 +53,7 @@ class MockConfig:
     fixtures_dir: Path | None
     openai_key: str | None
     anthropic_key: str | None
+    gemini_key: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -85,6 +87,19 @@ def _bearer(headers: Mapping[str, str]) -> str | None:
 
 def auth_error(family: Family, headers: Mapping[str, str], config: MockConfig) -> ApiError | None:
     """The 401 to answer when a configured provider key is missing or wrong."""
+    if family is Family.GEMINI:
+        key = config.gemini_key
+        presented = headers.get("x-goog-api-key")
+        if key is None or presented == key:
+            return None
+        if presented is None:
+            return ApiError(
+                403,
+                "Method doesn't allow unregistered callers (callers without established "
+                "identity). Please use API Key or other form of API consumer identity to call "
+                "this API.",
+            )
+        return ApiError(400, "API key not valid. Please pass a valid API key.")
     if family is Family.ANTHROPIC:
         # The API takes `x-api-key`; anthropic SDK v2 sends `Authorization: Bearer` instead.
         key = config.anthropic_key
@@ -137,7 +152,9 @@ def _error_reply(family: Family, err: ApiError, request_id: str) -> JsonReply:
 def _response_headers(family: Family, reply: Reply, request_id: str) -> CIMultiDict[str]:
     headers: CIMultiDict[str] = CIMultiDict()
     recorded = {name.lower() for name, _ in reply.headers}
-    if family is Family.ANTHROPIC:
+    if family is Family.GEMINI:
+        defaults = {"x-goog-request-id": request_id}  # not Google's header: the mock's trace
+    elif family is Family.ANTHROPIC:
         defaults = {"request-id": request_id}
     else:
         defaults = {"x-request-id": request_id, "openai-version": "2020-10-01"}
@@ -325,6 +342,22 @@ async def _held(request: web.Request) -> web.Response:
     return web.json_response({"held": request.app[HELD][request.match_info["name"]]})
 
 
+async def _gemini(request: web.Request) -> web.StreamResponse:
+    """POST /{v1beta|v1}/models/{model}:{generateContent|streamGenerateContent}."""
+    version = request.match_info["version"]
+    model, _, method = request.match_info["target"].partition(":")
+    stream = method == "streamGenerateContent"
+    if method not in ("generateContent", "streamGenerateContent"):
+        return await _not_found(request)
+    if stream and request.query.get("alt") != "sse":  # Google would stream a JSON array
+        return await _not_found(request)
+
+    def build(body: dict[str, Any], ctx: ReplyContext) -> Reply:
+        return generate_reply(body, ctx, model=model, stream=stream, version=version)
+
+    return await _handle(Endpoint(Family.GEMINI, build), request)
+
+
 def _handler(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handle(request: web.Request) -> web.StreamResponse:
         return await _handle(endpoint, request)
@@ -358,6 +391,8 @@ async def _not_found(request: web.Request) -> web.Response:
     raw = await request.read()
     request.app[RECORDS].append(record_of(request, raw))
     family = Family.ANTHROPIC if request.path.startswith("/v1/messages") else Family.OPENAI
+    if request.path.startswith("/v1beta/") or ":" in request.path:
+        family = Family.GEMINI
     err = ApiError(
         404, f"Unknown request URL: {request.method} {request.path}.", code="unknown_url"
     )
@@ -366,17 +401,23 @@ async def _not_found(request: web.Request) -> web.Response:
 
 
 def create_app(
-    fixtures_dir: Path | None, openai_key: str | None, anthropic_key: str | None
+    fixtures_dir: Path | None,
+    openai_key: str | None,
+    anthropic_key: str | None,
+    gemini_key: str | None = None,
 ) -> web.Application:
     """The mock provider. Keys, when given, are required on their provider's endpoints."""
     app = web.Application(client_max_size=MAX_BODY_BYTES)
-    app[CONFIG] = MockConfig(fixtures_dir, openai_key or None, anthropic_key or None)
+    app[CONFIG] = MockConfig(
+        fixtures_dir, openai_key or None, anthropic_key or None, gemini_key or None
+    )
     app[RECORDS] = collections.deque(maxlen=MAX_RECORDED)
     app[HOLDS] = {}
     app[HELD] = collections.Counter()
     app[BILLS] = collections.deque(maxlen=MAX_BILLS)
     for path, endpoint in ENDPOINTS.items():
         app.router.add_post(path, _handler(endpoint))
+    app.router.add_post(r"/{version:v1beta|v1}/models/{target}", _gemini)
     app.router.add_get("/_mock/requests", _list_requests)
     app.router.add_delete("/_mock/requests", _clear_requests)
     app.router.add_get("/_mock/bills", _list_bills)

@@ -36,7 +36,11 @@ __all__ = [
 
 DEFAULT_FORWARDED = ("content-type", "accept", "user-agent", "traceparent", "tracestate")
 DEFAULT_PREFIXES = ("x-stainless-",)
-SCHEMA_FORWARDED = {Schema.ANTHROPIC: ("anthropic-version",), Schema.OPENAI: ()}
+SCHEMA_FORWARDED = {
+    Schema.ANTHROPIC: ("anthropic-version",),
+    Schema.OPENAI: (),
+    Schema.GEMINI: ("x-goog-api-client",),  # the google SDKs' telemetry (SDK and runtime names)
+}
 MOCK_PREFIX = "x-mock-"
 # What each header changes, for the 400 message.
 BILLING_HEADERS = {

@@ -15,7 +15,7 @@ from typing import Any
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
-from gateway_extproc.apis import API_PREFIX
+from gateway_extproc.apis import API_PREFIX, Schema
 from gateway_extproc.budgets.admission import Admission
 from gateway_extproc.budgets.gate import BoundFor, BudgetGate
 from gateway_extproc.catalog.models import ModelEntry
@@ -32,6 +32,7 @@ from gateway_extproc.cost.bounds import (
 from gateway_extproc.errors import CostUnbounded, UnsupportedOption
 from gateway_extproc.extproc import messages as msgs
 from gateway_extproc.identity.model import Identity
+from gateway_extproc.providers.gemini.paths import parse_path
 from gateway_extproc.providers.inbound import ParsedRequest, upstream_body
 from gateway_extproc.translate.pairs import Translation
 
@@ -136,6 +137,8 @@ def forward(
     """The request phase's CommonResponse for a forwarded request: Envoy's route picks the
     cluster from CLUSTER_HEADER; the body is rewritten only when the served model, the
     injected output cap or a redaction changes it."""
+    if request.api.schema is Schema.GEMINI:  # the served model is in the path; `key=` never
+        path = parse_path(path).upstream(served_model)
     set_headers = {CLUSTER_HEADER: upstream.cluster, ":path": upstream.upstream_path(path)}
     if upstream.auth_header and upstream.auth_value:
         set_headers[upstream.auth_header] = upstream.auth_value

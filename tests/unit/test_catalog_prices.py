@@ -306,6 +306,8 @@ NO_IMAGE_MAXIMUM = {
     *("gpt-6.2-sol", "gpt-6.1-sol", "gpt-6-sol", "gpt-6.1-terra", "gpt-6-luna"),
     *("gpt-3.5-turbo-instruct", "babbage-002", "davinci-002", "gpt-4o-mini-search-preview"),
     *("text-embedding-3-small", "text-embedding-3-large", "text-embedding-ada-002"),
+    # Gemini tiles a large image into 258-token tiles with no published maximum.
+    *("gemini-2.5-pro", "gemini-2.5-flash", "gemini-2.5-flash-lite"),
 }
 
 
@@ -351,6 +353,7 @@ SHIPPED_LONG_CONTEXT = [
     ("gpt-5.6-luna", 272_000, "0.40", "0.04", "0.50", "0.50", "1.80"),
     ("claude-sonnet-4-5", 200_000, "6", "0.60", "7.50", "12", "22.50"),
     ("claude-haiku-5-5", 100_000, "0.50", "0.50", "0.625", "1", "2.50"),
+    ("gemini-2.5-pro", 200_000, "2.50", "0.25", "2.50", "2.50", "15"),
 ]
 
 

@@ -306,7 +306,8 @@ def test_tls_files_are_read_and_missing_ones_named(tmp_path: Path) -> None:
 def test_the_sidecar_does_not_start_without_its_secrets(tmp_path: Path) -> None:
     """build_context: a missing credential is a start-up error, reported with the providers'."""
     config = tmp_path / "gateway.yaml"
-    config.write_text(yaml.safe_dump({"mock_unconfigured_providers": False}))
+    doc = {"mock_unconfigured_providers": False, "providers": {"openai": {}}}  # openai required
+    config.write_text(yaml.safe_dump(doc))
     with pytest.raises(ConfigError) as info:
         build_context(config, {}, None)
     problems = "\n".join(info.value.problems)
