@@ -20,6 +20,7 @@ deployment name, and most resources name deployments after their model.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import re
 from collections.abc import Mapping
 
@@ -57,6 +58,8 @@ def parse_azure(doc: object, path: str, problems: list[str]) -> AzureSettings | 
         problems.append(f"{path}.api: must be one of {', '.join(APIS)} (got {api!r})")
         api = "v1"
     version = doc.get("api_version")
+    if isinstance(version, datetime.date):  # YAML reads an unquoted 2024-10-21 as a date
+        version = version.isoformat()
     valid = isinstance(version, str) and _API_VERSION.fullmatch(version) is not None
     if version is not None and not valid:
         problems.append(
