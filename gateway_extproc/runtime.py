@@ -368,3 +368,6 @@ async def close_context(ctx: GatewayContext) -> None:
     await ctx.budgets.close()
     await ctx.cache.close()
     await ctx.authenticator.close()
+    for upstream in ctx.upstreams.values():
+        if upstream.token is not None:
+            await upstream.token.close()

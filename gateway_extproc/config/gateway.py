@@ -241,7 +241,7 @@ def parse_config(
             if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
                 r.problems.append(f"providers.{name}: name must be letters, digits, - and _")
                 continue
-            provider = parse_provider(r, name, pdoc)
+            provider = parse_provider(r, name, pdoc, environ)
             if provider is not None:
                 providers[name] = provider
 

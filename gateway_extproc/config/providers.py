@@ -9,6 +9,7 @@ from collections.abc import Mapping
 
 from gateway_extproc.apis import Schema
 from gateway_extproc.config.reader import Reader
+from gateway_extproc.providers.azure.settings import AzureSettings, parse_azure
 from gateway_extproc.providers.forwarding import forward_header_problems
 
 
@@ -32,19 +33,23 @@ class ProviderConfig:
     # The tier a request that names none (or `auto`) is served and reserved at: the OpenAI
     # project's own default (a project whose default is priority). None: standard.
     default_service_tier: str | None = None
+    # Azure OpenAI (`schema: openai` at Azure's paths, deployments, Entra ID): providers/azure/.
+    azure: AzureSettings | None = None
 
     @property
     def cluster(self) -> str:
         return f"provider_{self.name}"
 
 
-_PROVIDER_KEYS = {"schema", "base_url", "auth", "forward_headers", "default_service_tier"}
+_PROVIDER_KEYS = {"schema", "base_url", "auth", "forward_headers", "default_service_tier", "azure"}
 # OpenAI `service_tier` values a project can default to (`default` is the standard price).
 SERVICE_TIERS = ("default", "priority", "flex", "scale")
 _AUTH_KEYS = {"header", "prefix", "env", "file"}
 
 
-def parse_provider(r: Reader, name: str, doc: object) -> ProviderConfig | None:
+def parse_provider(
+    r: Reader, name: str, doc: object, environ: Mapping[str, str] | None = None
+) -> ProviderConfig | None:
     path = f"providers.{name}"
     if not isinstance(doc, Mapping):
         r.problems.append(f"{path}: must be a mapping")
@@ -58,7 +63,16 @@ def parse_provider(r: Reader, name: str, doc: object) -> ProviderConfig | None:
         choices = ", ".join(s.value for s in Schema)
         r.problems.append(f"{path}.schema: must be one of {choices} (got {schema_value!r})")
         schema = Schema.OPENAI
-    base_url = r.string(doc, path, "base_url")
+    azure = parse_azure(doc.get("azure"), f"{path}.azure", r.problems)
+    if azure is not None and schema is not Schema.OPENAI:
+        r.problems.append(f"{path}.azure: for schema: openai only (Azure OpenAI)")
+    endpoint = (environ or {}).get(azure.endpoint_env or "") if azure is not None else None
+    if doc.get("base_url") is None and endpoint:  # AZURE_OPENAI_ENDPOINT, when the file has none
+        base_url = endpoint
+    elif doc.get("base_url") is None and azure is not None and azure.endpoint_env:
+        base_url = ""  # no endpoint yet: an error only if the provider is served (upstreams.py)
+    else:
+        base_url = r.string(doc, path, "base_url")
     if base_url:
         try:
             parts = urllib.parse.urlsplit(base_url)
@@ -88,6 +102,8 @@ def parse_provider(r: Reader, name: str, doc: object) -> ProviderConfig | None:
         auth = Credential(header=header, prefix=prefix, env=env, file=file)
     elif auth_doc is not None:
         r.problems.append(f"{path}.auth: must be a mapping or null")
+    if azure is not None and azure.entra_id and auth is not None:
+        r.problems.append(f"{path}.auth: must be null with azure.entra_id: true (Entra ID tokens)")
     forward, problems = forward_header_problems(
         doc.get("forward_headers"), f"{path}.forward_headers"
     )
@@ -106,4 +122,5 @@ def parse_provider(r: Reader, name: str, doc: object) -> ProviderConfig | None:
         auth=auth,
         forward_headers=forward,
         default_service_tier=tier,
+        azure=azure,
     )

@@ -11,10 +11,13 @@ import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 
-from gateway_extproc.apis import Schema
+from gateway_extproc.apis import Api, Schema
 from gateway_extproc.config.gateway import GatewayConfig
 from gateway_extproc.config.providers import ProviderConfig
 from gateway_extproc.errors import ConfigError
+from gateway_extproc.providers.azure.entra import TokenSource
+from gateway_extproc.providers.azure.paths import upstream_path as azure_path
+from gateway_extproc.providers.azure.settings import AzureSettings
 from gateway_extproc.providers.forwarding import ForwardPolicy, forward_policy
 
 
@@ -33,6 +36,24 @@ class Upstream:
     forward: ForwardPolicy = dataclasses.field(  # which client headers it receives
         default_factory=lambda: forward_policy(Schema.OPENAI, (), mocked=False)
     )
+    azure: AzureSettings | None = None  # Azure OpenAI: its paths and deployments
+    # Entra ID: `Authorization: Bearer` from this source instead of `auth_header`/`auth_value`.
+    token: TokenSource | None = dataclasses.field(default=None, repr=False, compare=False)
+
+    def credential(self) -> tuple[str, str] | None:
+        """The header that carries the gateway's credential upstream, and its value (a secret),
+        or None. An Entra ID token is the one cached (the request phase awaited
+        `token.ensure()` first)."""
+        if self.token is not None:
+            token = self.token.current()
+            return None if token is None else ("authorization", f"Bearer {token}")
+        if self.auth_header and self.auth_value:
+            return self.auth_header, self.auth_value
+        return None
+
+    def model_name(self, served_model: str) -> str:
+        """What the provider calls the served model: an Azure deployment, else the name."""
+        return served_model if self.azure is None else self.azure.deployment(served_model)
 
     def upstream_path(self, client_path: str) -> str:
         """`/v1/chat/completions?x=1` -> base_path + `/chat/completions?x=1`. Gemini paths carry
@@ -41,6 +62,14 @@ class Upstream:
             return self.base_path.rstrip("/") + client_path
         suffix = client_path[3:] if client_path.startswith("/v1") else client_path
         return self.base_path.rstrip("/") + suffix
+
+    def api_path(self, client_path: str, api: Api, served_model: str) -> str:
+        """`upstream_path`, or Azure's path of `api` on `served_model`'s deployment (the
+        client's query is not forwarded to Azure: its own api-version is)."""
+        if self.azure is None:
+            return self.upstream_path(client_path)
+        path = azure_path(self.azure, api, self.model_name(served_model))
+        return self.base_path.rstrip("/") + path
 
 
 def _credential(provider: ProviderConfig, environ: Mapping[str, str]) -> str | None:
@@ -94,10 +123,19 @@ def resolve_upstreams(
                     problems.append(f"providers.{name}.auth: no credential in {source}")
                 continue
             base_url = mock_base_url
+        if not base_url:  # an Azure provider whose endpoint variable is not set: as a key
+            env = provider.azure.endpoint_env if provider.azure else None
+            if name in config.optional_providers:
+                left_out.append(f"{name} (its endpoint: environment variable {env})")
+            else:
+                problems.append(
+                    f"providers.{name}.base_url: not set (nor environment variable {env})"
+                )
+            continue
         host, port, tls, path = _address(base_url)
-        if mocked and provider.schema is Schema.GEMINI:
-            # The mock's URL is its OpenAI-style root (`.../v1`); Gemini paths carry their own
-            # version, so they go to the mock's root.
+        if mocked and (provider.schema is Schema.GEMINI or provider.azure is not None):
+            # The mock's URL is its OpenAI-style root (`.../v1`); Gemini and Azure paths carry
+            # their own version, so they go to the mock's root.
             path = path.removesuffix("/v1") or "/"
         upstreams[name] = Upstream(
             provider=name,
@@ -113,6 +151,10 @@ def resolve_upstreams(
             else provider.auth.prefix + (secret or ""),
             mocked=mocked,
             forward=forward_policy(provider.schema, provider.forward_headers, mocked=mocked),
+            azure=provider.azure,
+            token=TokenSource()
+            if provider.azure is not None and provider.azure.entra_id and not assume_credentials
+            else None,
         )
     if not upstreams and left_out and not problems:
         problems.append(

@@ -18,6 +18,7 @@ class Family(enum.StrEnum):
     OPENAI = "openai"
     ANTHROPIC = "anthropic"
     GEMINI = "gemini"
+    AZURE = "azure"  # Azure OpenAI: OpenAI's format, its own 401
 
 
 _OPENAI_TYPES: dict[int, tuple[str, str | None]] = {
@@ -119,6 +120,8 @@ def error_payload(family: Family, err: ApiError, request_id: str) -> dict[str, A
             },
             "request_id": request_id,
         }
+    if family is Family.AZURE and err.status == 401:  # Azure's gateway, not the model API
+        return {"error": {"code": "401", "message": err.message}}
     kind, default_code = openai_type(err.status)
     return {
         "error": {

@@ -21,6 +21,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway_extproc.mock.anthropic_api import messages_reply
+from gateway_extproc.mock.azure_api import AZURE_METHODS, CONTENT_FILTER_HEADER, azure_reply
 from gateway_extproc.mock.billing import Progress, billed
 from gateway_extproc.mock.content import parse_body
 from gateway_extproc.mock.controls import ControlError, Controls, parse_controls
@@ -54,6 +55,8 @@ class MockConfig:
     openai_key: str | None
     anthropic_key: str | None
     gemini_key: str | None = None
+    azure_key: str | None = None  # `api-key` on Azure paths
+    azure_token: str | None = None  # `Authorization: Bearer` on Azure paths (Entra ID)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -87,6 +90,20 @@ def _bearer(headers: Mapping[str, str]) -> str | None:
 
 def auth_error(family: Family, headers: Mapping[str, str], config: MockConfig) -> ApiError | None:
     """The 401 to answer when a configured provider key is missing or wrong."""
+    if family is Family.AZURE:  # either credential Azure takes, when the mock was given one
+        if config.azure_key is None and config.azure_token is None:
+            return None
+        key, token = headers.get("api-key"), _bearer(headers)
+        if (key is not None and key == config.azure_key) or (
+            token is not None and token == config.azure_token
+        ):
+            return None
+        return ApiError(
+            401,
+            "Access denied due to invalid subscription key or wrong API endpoint. Make sure to "
+            "provide a valid key for an active subscription and use a correct regional API "
+            "endpoint for your resource.",
+        )
     if family is Family.GEMINI:
         key = config.gemini_key
         presented = headers.get("x-goog-api-key")
@@ -156,6 +173,8 @@ def _response_headers(family: Family, reply: Reply, request_id: str) -> CIMultiD
         defaults = {"x-goog-request-id": request_id}  # not Google's header: the mock's trace
     elif family is Family.ANTHROPIC:
         defaults = {"request-id": request_id}
+    elif family is Family.AZURE:
+        defaults = {"apim-request-id": request_id, "x-request-id": request_id}
     else:
         defaults = {"x-request-id": request_id, "openai-version": "2020-10-01"}
     for name, value in defaults.items():
@@ -358,6 +377,27 @@ async def _gemini(request: web.Request) -> web.StreamResponse:
     return await _handle(Endpoint(Family.GEMINI, build), request)
 
 
+async def _azure(request: web.Request) -> web.StreamResponse:
+    """Azure OpenAI: POST /openai/deployments/{d}/{method}?api-version=V (the deployment is the
+    model), /openai/v1/{method} and /openai/responses?api-version=V (the body's model is)."""
+    deployment = request.match_info.get("deployment")
+    method = request.match_info["method"]
+    build_openai = AZURE_METHODS.get(method)
+    versioned = not request.path.startswith("/openai/v1/")
+    if build_openai is None or (deployment is None and method != "responses" and versioned):
+        return await _not_found(request)
+    if versioned and not request.query.get("api-version"):
+        err = ApiError(404, "Resource not found", code="404")
+        reply = _error_reply(Family.AZURE, err, f"req_mock{secrets.token_hex(12)}")
+        return web.Response(body=reply.body, status=404, content_type="application/json")
+    filtered = request.headers.get(CONTENT_FILTER_HEADER) == "prompt"
+
+    def build(body: dict[str, Any], ctx: ReplyContext) -> Reply:
+        return azure_reply(build_openai, body, ctx, deployment=deployment, filtered=filtered)
+
+    return await _handle(Endpoint(Family.AZURE, build), request)
+
+
 def _handler(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handle(request: web.Request) -> web.StreamResponse:
         return await _handle(endpoint, request)
@@ -405,11 +445,18 @@ def create_app(
     openai_key: str | None,
     anthropic_key: str | None,
     gemini_key: str | None = None,
+    azure_key: str | None = None,
+    azure_token: str | None = None,
 ) -> web.Application:
     """The mock provider. Keys, when given, are required on their provider's endpoints."""
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     app[CONFIG] = MockConfig(
-        fixtures_dir, openai_key or None, anthropic_key or None, gemini_key or None
+        fixtures_dir,
+        openai_key or None,
+        anthropic_key or None,
+        gemini_key or None,
+        azure_key or None,
+        azure_token or None,
     )
     app[RECORDS] = collections.deque(maxlen=MAX_RECORDED)
     app[HOLDS] = {}
@@ -418,6 +465,9 @@ def create_app(
     for path, endpoint in ENDPOINTS.items():
         app.router.add_post(path, _handler(endpoint))
     app.router.add_post(r"/{version:v1beta|v1}/models/{target}", _gemini)
+    app.router.add_post(r"/openai/deployments/{deployment}/{method:.+}", _azure)
+    app.router.add_post(r"/openai/v1/{method:.+}", _azure)
+    app.router.add_post(r"/openai/{method:responses}", _azure)
     app.router.add_get("/_mock/requests", _list_requests)
     app.router.add_delete("/_mock/requests", _clear_requests)
     app.router.add_get("/_mock/bills", _list_bills)

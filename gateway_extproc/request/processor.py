@@ -354,6 +354,8 @@ class StreamProcessor:
         if self.cache_ticket is not None and route.output_cap(admission.bound) != self.cache_cap:
             self.cache_ticket = CacheTicket(self.cache_ticket.status)  # keyed for another body
         upstream = self.ctx.upstreams[entry.provider]
+        if upstream.token is not None:  # Entra ID: cached; waits only when none is valid (503)
+            await upstream.token.ensure()
         translation = self.translation = self._translation_to(entry)  # a downgrade may cross
         if translation is None:
             common = route.forward(

@@ -139,12 +139,14 @@ def forward(
     injected output cap or a redaction changes it."""
     if request.api.schema is Schema.GEMINI:  # the served model is in the path; `key=` never
         path = parse_path(path).upstream(served_model)
-    set_headers = {CLUSTER_HEADER: upstream.cluster, ":path": upstream.upstream_path(path)}
-    if upstream.auth_header and upstream.auth_value:
-        set_headers[upstream.auth_header] = upstream.auth_value
+    upstream_path = upstream.api_path(path, request.api, served_model)
+    set_headers = {CLUSTER_HEADER: upstream.cluster, ":path": upstream_path}
+    credential = upstream.credential()
+    if credential is not None:
+        set_headers[credential[0]] = credential[1]
     new_body = upstream_body(
         request,
-        served_model=served_model,
+        served_model=upstream.model_name(served_model),  # an Azure deployment: the body's model
         output_cap=output_cap(admission.bound),
         redacted=redacted,
     )
@@ -182,8 +184,9 @@ def forward_translated(
     path = API_PREFIX + translation.provider_api.value
     set_headers = {CLUSTER_HEADER: upstream.cluster, ":path": upstream.upstream_path(path)}
     set_headers.update(translation.headers)
-    if upstream.auth_header and upstream.auth_value:
-        set_headers[upstream.auth_header] = upstream.auth_value
+    credential = upstream.credential()
+    if credential is not None:
+        set_headers[credential[0]] = credential[1]
     body = translation.upstream_body(translated, model=served_model, max_tokens=max_tokens)
     set_headers["content-length"] = str(len(body))
     remove = upstream.forward.removals(client_headers, provider=upstream.provider, keep=set_headers)

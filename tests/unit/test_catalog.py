@@ -48,6 +48,8 @@ SHIPPED_MODELS = [
     *("claude-sonnet-5-5", "claude-sonnet-5", "claude-sonnet-4-6", "claude-sonnet-4-5"),
     *("claude-haiku-5-5", "claude-haiku-4-5"),
     *("gemini-2.5-pro", "gemini-2.5-flash", "gemini-2.5-flash-lite"),
+    *("azure/gpt-4o", "azure/gpt-4o-mini", "azure/gpt-4.1", "azure/gpt-4.1-mini"),
+    "azure/text-embedding-3-small",
 ]
 
 
@@ -61,14 +63,14 @@ def test_every_shipped_entry_is_priced_and_consistent(shipped: Catalog) -> None:
     for entry in shipped.models():
         assert not entry.free, entry.name  # list prices only; free is for self-hosted models
         assert entry.price.input > 0, entry.name
-        assert entry.provider in {"openai", "anthropic", "gemini"}, entry.name
-        assert entry.schema is Schema(entry.provider), entry.name
+        assert entry.provider in {"openai", "anthropic", "gemini", "azure"}, entry.name
+        assert entry.schema is Schema({"azure": "openai"}.get(entry.provider, entry.provider))
         if entry.embedding:
             assert entry.price.output == 0 and entry.max_output_tokens == 0, entry.name
         else:
             assert entry.price.output > 0 and entry.max_output_tokens > 0, entry.name
         assert entry.price.cached_input <= entry.price.input, entry.name
-    assert shipped.validate_providers(["openai", "anthropic", "gemini"]) == []
+    assert shipped.validate_providers(["openai", "anthropic", "gemini", "azure"]) == []
 
 
 # (model, input, output, cached_input, cache_write, cache_write_1h, cache_write_12h) in USD per 1M
@@ -285,9 +287,9 @@ def test_operator_files_merge_fields_add_and_remove(tmp_path: Path) -> None:
     assert llama is not None and llama.free and llama.price == Price.free()
     haiku = catalog.lookup("claude-haiku-4-5-20251001")
     assert haiku is not None and haiku.free and haiku.price == Price.free()
-    assert catalog.validate_providers(["openai", "anthropic", "gemini"]) == [
+    assert catalog.validate_providers(["openai", "anthropic", "gemini", "azure"]) == [
         f"{first}: models.llama-3-70b.provider: 'vllm' is not a configured provider "
-        "(known: anthropic, gemini, openai)"
+        "(known: anthropic, azure, gemini, openai)"
     ]
 
 

@@ -416,8 +416,9 @@ def test_mocked_provider_clusters(config: GatewayConfig, mocked: dict[str, Any])
         "provider_openai",
         "provider_anthropic",
         "provider_gemini",
+        "provider_azure",
     ]
-    for name in ("openai", "anthropic", "gemini"):
+    for name in ("openai", "anthropic", "gemini", "azure"):
         c = cluster(mocked, f"provider_{name}")
         assert c["type"] == "STATIC"
         assert endpoint(c) == {
@@ -437,6 +438,7 @@ def test_self_hosted_and_small_limit(self_hosted: tuple[GatewayConfig, dict[str,
         "provider_openai",
         "provider_anthropic",
         "provider_gemini",
+        "provider_azure",
         "provider_vllm",
     ]
     assert cluster(b, "provider_openai")["transport_socket"]["typed_config"]["sni"] == (

@@ -19,6 +19,8 @@ MOCK = "http://127.0.0.1:9/v1"
 OPENAI_KEY = "sk-test-0123456789abcdef"
 ANTHROPIC_KEY = "sk-ant-test-0123456789"
 GEMINI_KEY = "AIza-test-0123456789"
+AZURE_KEY = "azure-test-0123456789"
+AZURE_ENDPOINT = "https://contoso.openai.azure.com"
 
 
 def config_with(tmp_path: Path, doc: dict[str, Any]) -> GatewayConfig:
@@ -37,6 +39,8 @@ def test_credentials_from_the_environment(default_config: GatewayConfig) -> None
         "OPENAI_API_KEY": OPENAI_KEY,
         "ANTHROPIC_API_KEY": ANTHROPIC_KEY,
         "GEMINI_API_KEY": GEMINI_KEY,
+        "AZURE_OPENAI_API_KEY": AZURE_KEY,
+        "AZURE_OPENAI_ENDPOINT": AZURE_ENDPOINT,
     }
     ups = resolve_upstreams(default_config, environ, MOCK)
     assert ups["openai"] == Upstream(
@@ -191,7 +195,7 @@ def test_an_unnamed_builtin_provider_without_its_key_is_left_out(
     # A production config written before gemini was built in: it names no provider and sets
     # two keys. The upgrade starts; gemini is left out (no upstream, no cluster).
     config = config_with(tmp_path, {"mock_unconfigured_providers": allow})
-    assert config.optional_providers == {"openai", "anthropic", "gemini"}
+    assert config.optional_providers == {"openai", "anthropic", "gemini", "azure"}
     environ = {"OPENAI_API_KEY": OPENAI_KEY, "ANTHROPIC_API_KEY": ANTHROPIC_KEY}
     ups = resolve_upstreams(config, environ, mock_url)
     assert set(ups) == {"openai", "anthropic"}
@@ -204,18 +208,18 @@ def test_an_unnamed_builtin_provider_without_its_key_is_left_out(
     assert info.value.problems == [
         "providers: no provider has its credential: set the key of one of openai (environment "
         "variable OPENAI_API_KEY), anthropic (environment variable ANTHROPIC_API_KEY), gemini "
-        "(environment variable GEMINI_API_KEY)"
+        "(environment variable GEMINI_API_KEY), azure (environment variable AZURE_OPENAI_API_KEY)"
     ]
 
 
 def test_the_mock_still_serves_every_builtin_provider_without_a_key(tmp_path: Path) -> None:
     # make run: no file, no keys - every built-in provider, gemini too, goes to the mock.
     ups = resolve_upstreams(load_config(None, {}), {}, MOCK)
-    assert set(ups) == {"openai", "anthropic", "gemini"}
+    assert set(ups) == {"openai", "anthropic", "gemini", "azure"}
     assert all(up.mocked for up in ups.values())
     # A named provider without its key goes to the mock as well when mocking is on.
     config = config_with(tmp_path, NAMED)
-    assert config.optional_providers == {"gemini"}
+    assert config.optional_providers == {"gemini", "azure"}
     assert all(up.mocked for up in resolve_upstreams(config, {}, MOCK).values())
 
 
@@ -223,9 +227,9 @@ def test_optional_providers_come_from_the_operator_file_only(tmp_path: Path) -> 
     # A provider the file names, even as a bare `{}`, is not optional; one it removes is gone;
     # a document parsed without the file's names (parse_config alone) requires every key.
     config = config_with(tmp_path, {"providers": {"gemini": {}, "anthropic": None}})
-    assert set(config.providers) == {"openai", "gemini"}
-    assert config.optional_providers == {"openai"}
-    assert load_config(None, {}).optional_providers == {"openai", "anthropic", "gemini"}
+    assert set(config.providers) == {"openai", "gemini", "azure"}
+    assert config.optional_providers == {"openai", "azure"}
+    assert load_config(None, {}).optional_providers == {"openai", "anthropic", "gemini", "azure"}
     assert parse_config(load_document(None), {}).optional_providers == frozenset()
 
 
@@ -242,6 +246,7 @@ def test_assume_credentials_renders_the_production_shape(default_config: Gateway
         assert up.auth_value is not None and "<credential>" in up.auth_value
     # Even when mocking is off and no mock runs: nothing is read, nothing is missing.
     config = dataclasses.replace(default_config, mock_unconfigured_providers=False)
+    # azure has no endpoint to render without AZURE_OPENAI_ENDPOINT: left out like a key.
     assert set(resolve_upstreams(config, {}, None, assume_credentials=True)) == {
         "openai",
         "anthropic",
@@ -263,6 +268,8 @@ def test_self_hosted_provider_needs_no_credential(tmp_path: Path) -> None:
         "OPENAI_API_KEY": OPENAI_KEY,
         "ANTHROPIC_API_KEY": ANTHROPIC_KEY,
         "GEMINI_API_KEY": GEMINI_KEY,
+        "AZURE_OPENAI_API_KEY": AZURE_KEY,
+        "AZURE_OPENAI_ENDPOINT": AZURE_ENDPOINT,
     }
     up = resolve_upstreams(config, environ, None)["vllm"]
     assert up == Upstream(
@@ -354,6 +361,8 @@ def test_secret_never_in_repr(default_config: GatewayConfig) -> None:
         "OPENAI_API_KEY": OPENAI_KEY,
         "ANTHROPIC_API_KEY": ANTHROPIC_KEY,
         "GEMINI_API_KEY": GEMINI_KEY,
+        "AZURE_OPENAI_API_KEY": AZURE_KEY,
+        "AZURE_OPENAI_ENDPOINT": AZURE_ENDPOINT,
     }
     ups = resolve_upstreams(default_config, environ, MOCK)
     for up in ups.values():
@@ -374,6 +383,8 @@ NEEDS_MOCK: list[tuple[str, dict[str, str], bool, bool]] = [
             "OPENAI_API_KEY": OPENAI_KEY,
             "ANTHROPIC_API_KEY": ANTHROPIC_KEY,
             "GEMINI_API_KEY": GEMINI_KEY,
+            "AZURE_OPENAI_API_KEY": AZURE_KEY,
+            "AZURE_OPENAI_ENDPOINT": AZURE_ENDPOINT,
         },
         True,
         False,
