@@ -133,17 +133,19 @@ def start_envoy(procs: Procs, bootstrap: Mapping[str, Any], path: Path) -> tuple
 
 
 def provider_overrides(upstream_port: int) -> dict[str, Any]:
-    """One provider, `openai`, served by the bench upstream without a credential."""
+    """One provider, `openai`, served by the bench upstream without a credential; every other
+    built-in provider switched off."""
+    others = {name: None for name in load_document(None)["providers"] if name != "openai"}
     return {
         "listener": {"port": 0, "admin_port": 0},
         "providers": {
+            **others,
             "openai": {
                 "base_url": f"http://127.0.0.1:{upstream_port}/v1",
                 "auth": None,
                 # The pacing header must reach the upstream through the header allow-list.
                 "forward_headers": ["x-bench-*"],
             },
-            "anthropic": None,
         },
         "mock_unconfigured_providers": False,
     }

@@ -6,6 +6,7 @@ Pure: no I/O. Everything the rest of the code needs to know about "which API is 
 from __future__ import annotations
 
 import enum
+import re
 
 
 class Schema(enum.StrEnum):
@@ -13,6 +14,7 @@ class Schema(enum.StrEnum):
 
     OPENAI = "openai"
     ANTHROPIC = "anthropic"
+    GEMINI = "gemini"
     # AWS Bedrock's InvokeModel for Anthropic models: Messages bodies, SigV4, event-stream
     # framing (providers/bedrock/). Clients reach it through /v1/messages (translate/).
     BEDROCK = "bedrock"
@@ -26,6 +28,10 @@ class Api(enum.StrEnum):
     OPENAI_EMBEDDINGS = "/embeddings"
     OPENAI_COMPLETIONS = "/completions"
     ANTHROPIC_MESSAGES = "/messages"
+    # Gemini: the model is in the path, `/v1beta/models/{model}:generateContent` (or `/v1/...`);
+    # these values are the method, the part after the model.
+    GEMINI_GENERATE = ":generateContent"
+    GEMINI_STREAM = ":streamGenerateContent"
     # A provider-side API only: `POST /model/{id}/invoke[-with-response-stream]`, never a
     # gateway path (not in `api_for_path`).
     BEDROCK_INVOKE = "/model/invoke"
@@ -34,19 +40,38 @@ class Api(enum.StrEnum):
     def schema(self) -> Schema:
         if self is Api.ANTHROPIC_MESSAGES:
             return Schema.ANTHROPIC
+        if self in (Api.GEMINI_GENERATE, Api.GEMINI_STREAM):
+            return Schema.GEMINI
         return Schema.BEDROCK if self is Api.BEDROCK_INVOKE else Schema.OPENAI
 
 
 API_PREFIX = "/v1"
 MODELS_PATH = "/v1/models"
+GEMINI_VERSIONS = ("v1beta", "v1")
 # The APIs clients call on the gateway (the others are spoken to providers only).
 CLIENT_APIS = tuple(api for api in Api if api is not Api.BEDROCK_INVOKE)
-_BY_PATH = {API_PREFIX + api.value: api for api in CLIENT_APIS}
+_BY_PATH = {API_PREFIX + api.value: api for api in CLIENT_APIS if api.schema is not Schema.GEMINI}
+# `/{version}/{resource}:{method}`: which resource names a model is providers/gemini/paths.py's
+# to say (a bad one is a Gemini-format 400, not a 404).
+_GEMINI_PATH = re.compile(r"/(?:v1beta|v1)/[^?]*(:generateContent|:streamGenerateContent)")
+_GEMINI_METHODS = {api.value: api for api in (Api.GEMINI_GENERATE, Api.GEMINI_STREAM)}
 
 
 def api_for_path(path: str) -> Api | None:
     """The API a request path addresses (query string ignored), or None if it is not metered."""
-    return _BY_PATH.get(path.split("?", 1)[0].rstrip("/"))
+    bare = path.split("?", 1)[0].rstrip("/")
+    api = _BY_PATH.get(bare)
+    if api is not None:
+        return api
+    match = _GEMINI_PATH.fullmatch(bare)
+    return _GEMINI_METHODS[match.group(1)] if match else None
+
+
+def looks_gemini(path: str) -> bool:
+    """A path of Google's API family (`/v1beta/...`, `/v1/models/...:method`), metered or not:
+    its errors are answered in Gemini's format."""
+    bare = path.split("?", 1)[0]
+    return bare.startswith("/v1beta/") or (bare.startswith("/v1/models/") and ":" in bare)
 
 
 def schema_for_path(path: str) -> Schema:
@@ -54,4 +79,6 @@ def schema_for_path(path: str) -> Schema:
     api = api_for_path(path)
     if api is not None:
         return api.schema
+    if looks_gemini(path):
+        return Schema.GEMINI
     return Schema.ANTHROPIC if path.startswith(API_PREFIX + "/messages") else Schema.OPENAI

@@ -41,6 +41,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"gatewayctl: {exc}", file=sys.stderr)
         return 1
     mocked = [u.provider for u in stack.upstreams.values() if u.mocked]
+    left_out = sorted(stack.config.providers.keys() - stack.upstreams.keys())
     print(
         f"\n  gateway   {stack.gateway_url}  (OpenAI SDK: base_url={stack.gateway_url}/v1, "
         f"Anthropic SDK: base_url={stack.gateway_url})\n"
@@ -52,6 +53,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         + f"  redis     {stack.redis_url}\n"
         + (f"  mock      {stack.mock_url}  serving: {', '.join(mocked)}\n" if mocked else "")
+        + (
+            f"  left out  {', '.join(left_out)}  (no key; not named in the config)\n"
+            if left_out
+            else ""
+        )
         + "".join(f"  metrics   {url}\n" for url in stack.metrics_urls)
         + _traces_line(stack.environ)
         + "  audit     one JSON line per request on stdout"
@@ -152,16 +158,18 @@ def cmd_check(args: argparse.Namespace) -> int:
 
         problems: list[str] = []
         # Every provider key and the sidecar's caller token and state keys: each missing one named.
-        for check in (
-            lambda: resolve_upstreams(config, os.environ, None),
-            lambda: load_secrets(config.sidecar_auth, os.environ),
-        ):
-            try:
-                check()
-            except ConfigError as exc:
-                problems += exc.problems
+        try:
+            served = resolve_upstreams(config, os.environ, None)
+        except ConfigError as exc:
+            problems += exc.problems
+        try:
+            load_secrets(config.sidecar_auth, os.environ)
+        except ConfigError as exc:
+            problems += exc.problems
         if problems:
             raise ConfigError(problems)
+        for name in sorted(config.providers.keys() - served.keys()):
+            print(f"note: provider {name} left out: no credential, and the config does not name it")
     print(f"ok: {len(config.providers)} providers, {len(config.catalog.models())} models")
     if not args.redis:
         return 0

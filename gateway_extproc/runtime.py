@@ -91,6 +91,12 @@ def build_context(
     for up in upstreams.values():
         if up.mocked:
             log.warning("provider %s has no credential: served by the mock provider", up.provider)
+    for name in sorted(config.providers.keys() - upstreams.keys()):
+        log.warning(
+            "provider %s left out: it has no credential and the configuration does not name it; "
+            "its models answer 'no configured provider'",
+            name,
+        )
     authenticator = Authenticator(data_plane_identity(identity, config.admin_api))
     admin_authenticator = None
     if config.admin_api.enabled:
@@ -362,3 +368,6 @@ async def close_context(ctx: GatewayContext) -> None:
     await ctx.budgets.close()
     await ctx.cache.close()
     await ctx.authenticator.close()
+    for upstream in ctx.upstreams.values():
+        if upstream.token is not None:
+            await upstream.token.close()

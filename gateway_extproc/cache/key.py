@@ -1,7 +1,8 @@
 """The cache key and the per-request cache decision. Pure: values in, values out.
 
 The key is sha256 over a canonical JSON (sorted keys, no whitespace) of:
-- the API and the catalog model the request resolves to (aliases give the same key);
+- the API and the catalog model the request resolves to (aliases give the same key); Gemini's
+  stream path keys as its generateContent (the model and the stream are in the path, not the body);
 - the request body without the fields that cannot change the answer (`DROPPED`) and without
   `model`; every other field - messages, system, tools, temperature, top_p, max tokens, seed,
   response_format, tool_choice, stop, n, logprobs, and any field this code does not know -
@@ -39,7 +40,18 @@ KEY_VERSION = 2  # 2: the tenant as a list of parts; the injected output cap
 
 # The APIs whose answers are cached (not embeddings, not legacy completions). Responses requests
 # that depend on mutable provider-side state are not cached (`stateful`).
-CACHEABLE = frozenset({Api.OPENAI_CHAT, Api.ANTHROPIC_MESSAGES, Api.OPENAI_RESPONSES})
+CACHEABLE = frozenset(
+    {
+        Api.OPENAI_CHAT,
+        Api.ANTHROPIC_MESSAGES,
+        Api.OPENAI_RESPONSES,
+        Api.GEMINI_GENERATE,
+        Api.GEMINI_STREAM,
+    }
+)
+# Gemini streams by path, not by a body field: both paths key as generateContent, so a streamed
+# request and a JSON one share an entry as they do in the other APIs.
+_KEYED_AS = {Api.GEMINI_STREAM: Api.GEMINI_GENERATE}
 # Fields that change how the answer is delivered or labelled, never what it says.
 DROPPED = frozenset(
     {
@@ -165,7 +177,8 @@ def normalised(
         field, tokens = output_cap
         params[field] = tokens
     flags = sorted({f.strip() for f in beta.split(",") if f.strip()})
-    return {"v": KEY_VERSION, "api": api.value, "model": model, "beta": flags, "body": params}
+    keyed_as = _KEYED_AS.get(api, api)
+    return {"v": KEY_VERSION, "api": keyed_as.value, "model": model, "beta": flags, "body": params}
 
 
 def cache_key(

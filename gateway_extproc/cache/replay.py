@@ -14,6 +14,11 @@ from gateway_extproc.providers.anthropic.replay import (
     message_replayable,
     message_to_sse,
 )
+from gateway_extproc.providers.gemini.replay import (
+    generate_from_events,
+    generate_replayable,
+    generate_to_sse,
+)
 from gateway_extproc.providers.openai.replay_chat import (
     chat_from_events,
     chat_replayable,
@@ -28,6 +33,8 @@ from gateway_extproc.providers.sse import SSEDecoder, SSEError, SSEEvent
 
 JSON = "application/json"
 EVENT_STREAM = "text/event-stream; charset=utf-8"
+# generateContent and its stream answer with the same response: one entry serves both.
+GEMINI = frozenset({Api.GEMINI_GENERATE, Api.GEMINI_STREAM})
 
 
 def _events(raw: bytes) -> list[SSEEvent] | None:
@@ -60,6 +67,8 @@ def answer_from_stream(api: Api, raw: bytes) -> dict[str, Any] | None:
         return message_from_events(parsed)
     if api is Api.OPENAI_RESPONSES:
         return response_from_events(parsed)
+    if api in GEMINI:
+        return generate_from_events(obj for _, obj in parsed)
     return None
 
 
@@ -77,6 +86,8 @@ def answer_from_json(api: Api, raw: bytes) -> dict[str, Any] | None:
         return answer
     if api is Api.OPENAI_RESPONSES and response_replayable(answer):
         return answer
+    if api in GEMINI and generate_replayable(answer):
+        return answer
     return None
 
 
@@ -90,4 +101,6 @@ def replay(
         return message_to_sse(answer), EVENT_STREAM
     if api is Api.OPENAI_RESPONSES:
         return response_to_sse(answer), EVENT_STREAM
+    if api in GEMINI:
+        return generate_to_sse(answer), EVENT_STREAM
     return chat_to_sse(answer, include_usage=include_usage), EVENT_STREAM

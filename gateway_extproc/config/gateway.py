@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.resources
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +104,9 @@ class GatewayConfig:
     cache: CacheConfig = dataclasses.field(default_factory=CacheConfig)
     # Who may call the sidecar: Envoy's token, the state MAC keys, TLS (sidecar_auth/).
     sidecar_auth: SidecarAuthConfig = dataclasses.field(default_factory=SidecarAuthConfig)
+    # Built-in providers the operator's file does not name: one without its key (and no mock to
+    # serve it) is left out instead of stopping the gateway (config/upstreams.py).
+    optional_providers: frozenset[str] = frozenset()
 
     @property
     def uses_store(self) -> bool:
@@ -166,8 +169,14 @@ def _identity_files(doc: object) -> tuple[str, ...]:
     return tuple(f for f in files if isinstance(f, str) and f)
 
 
-def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayConfig:
-    """Validate a merged document; raise ConfigError listing every problem."""
+def parse_config(
+    doc: Mapping[str, Any],
+    environ: Mapping[str, str],
+    *,
+    named_providers: Collection[str] | None = None,
+) -> GatewayConfig:
+    """Validate a merged document; raise ConfigError listing every problem. `named_providers`:
+    the providers the operator's file names (None: all of them - every key is required)."""
     r = Reader()
     known = {"listener", "limits", "sidecar", "providers", "mock_unconfigured_providers"}
     known |= {"catalog", "audit", "identity", "policies", "budgets", "budget_store"}
@@ -232,7 +241,7 @@ def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayC
             if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
                 r.problems.append(f"providers.{name}: name must be letters, digits, - and _")
                 continue
-            provider = parse_provider(r, name, pdoc)
+            provider = parse_provider(r, name, pdoc, environ)
             if provider is not None:
                 providers[name] = provider
 
@@ -329,6 +338,9 @@ def parse_config(doc: Mapping[str, Any], environ: Mapping[str, str]) -> GatewayC
         guardrails=guardrails,
         cache=parse_cache(doc.get("cache"), r.problems),
         sidecar_auth=parse_sidecar_auth(sidecar, r.problems),
+        optional_providers=frozenset()
+        if named_providers is None
+        else (frozenset(_default_document()["providers"]) & set(providers)) - set(named_providers),
     )
     r.problems.extend(caller_problems(config.admin_api, identity, dev_issuer))
     if r.problems:
@@ -389,21 +401,32 @@ def _interval(r: Reader, sidecar: Mapping[str, Any]) -> float:
     return value
 
 
-def load_document(path: Path | None) -> dict[str, Any]:
-    """The built-in document with the operator file (if any) merged over it."""
-    doc = _default_document()
+def _operator_document(path: Path | None) -> Mapping[str, Any]:
     if path is None:
-        return doc
+        return {}
     try:
         user = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError([f"{path}: {exc}"]) from exc
     if user is None:
-        return doc
+        return {}
     if not isinstance(user, Mapping):
         raise ConfigError([f"{path}: must be a mapping at the top level"])
-    return merge(doc, user)
+    return user
+
+
+def load_document(path: Path | None) -> dict[str, Any]:
+    """The built-in document with the operator file (if any) merged over it."""
+    return merge(_default_document(), _operator_document(path))
 
 
 def load_config(path: Path | None, environ: Mapping[str, str]) -> GatewayConfig:
-    return parse_config(load_document(path), environ)
+    """The operator file over the built-in document, validated. A built-in provider the file
+    does not name is optional (GatewayConfig.optional_providers)."""
+    user = _operator_document(path)
+    named = user.get("providers")
+    return parse_config(
+        merge(_default_document(), user),
+        environ,
+        named_providers=list(named) if isinstance(named, Mapping) else [],
+    )

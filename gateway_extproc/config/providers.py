@@ -10,6 +10,7 @@ from collections.abc import Mapping
 
 from gateway_extproc.apis import Schema
 from gateway_extproc.config.reader import Reader
+from gateway_extproc.providers.azure.settings import AzureSettings, parse_azure
 from gateway_extproc.providers.forwarding import forward_header_problems
 
 
@@ -33,6 +34,8 @@ class ProviderConfig:
     # The tier a request that names none (or `auto`) is served and reserved at: the OpenAI
     # project's own default (a project whose default is priority). None: standard.
     default_service_tier: str | None = None
+    # Azure OpenAI (`schema: openai` at Azure's paths, deployments, Entra ID): providers/azure/.
+    azure: AzureSettings | None = None
     # schema: bedrock only - the AWS region (SigV4 scope, default endpoint) and whether the EC2
     # instance metadata service may supply credentials (providers/bedrock/signing.py).
     region: str = ""
@@ -43,7 +46,7 @@ class ProviderConfig:
         return f"provider_{self.name}"
 
 
-_PROVIDER_KEYS = {"schema", "base_url", "auth", "forward_headers", "default_service_tier"}
+_PROVIDER_KEYS = {"schema", "base_url", "auth", "forward_headers", "default_service_tier", "azure"}
 _BEDROCK_KEYS = {"region", "instance_metadata"}
 _REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]+")
 
@@ -59,7 +62,9 @@ SERVICE_TIERS = ("default", "priority", "flex", "scale")
 _AUTH_KEYS = {"header", "prefix", "env", "file"}
 
 
-def parse_provider(r: Reader, name: str, doc: object) -> ProviderConfig | None:
+def parse_provider(
+    r: Reader, name: str, doc: object, environ: Mapping[str, str] | None = None
+) -> ProviderConfig | None:
     path = f"providers.{name}"
     if not isinstance(doc, Mapping):
         r.problems.append(f"{path}: must be a mapping")
@@ -84,9 +89,18 @@ def parse_provider(r: Reader, name: str, doc: object) -> ProviderConfig | None:
             r.problems.append(
                 f"{path}.auth: not used by schema: bedrock (credentials come from the AWS chain)"
             )
-    base_url = r.string(doc, path, "base_url", optional=bedrock) or (
-        bedrock_endpoint(region) if bedrock and region else ""
-    )
+    azure = parse_azure(doc.get("azure"), f"{path}.azure", r.problems)
+    if azure is not None and schema is not Schema.OPENAI:
+        r.problems.append(f"{path}.azure: for schema: openai only (Azure OpenAI)")
+    endpoint = (environ or {}).get(azure.endpoint_env or "") if azure is not None else None
+    if doc.get("base_url") is None and endpoint:  # AZURE_OPENAI_ENDPOINT, when the file has none
+        base_url = endpoint
+    elif doc.get("base_url") is None and azure is not None and azure.endpoint_env:
+        base_url = ""  # no endpoint yet: an error only if the provider is served (upstreams.py)
+    else:
+        base_url = r.string(doc, path, "base_url", optional=bedrock) or (
+            bedrock_endpoint(region) if bedrock and region else ""
+        )
     if base_url:
         try:
             parts = urllib.parse.urlsplit(base_url)
@@ -116,6 +130,8 @@ def parse_provider(r: Reader, name: str, doc: object) -> ProviderConfig | None:
         auth = Credential(header=header, prefix=prefix, env=env, file=file)
     elif auth_doc is not None:
         r.problems.append(f"{path}.auth: must be a mapping or null")
+    if azure is not None and azure.entra_id and auth is not None:
+        r.problems.append(f"{path}.auth: must be null with azure.entra_id: true (Entra ID tokens)")
     forward, problems = forward_header_problems(
         doc.get("forward_headers"), f"{path}.forward_headers"
     )
@@ -134,6 +150,7 @@ def parse_provider(r: Reader, name: str, doc: object) -> ProviderConfig | None:
         auth=auth,
         forward_headers=forward,
         default_service_tier=tier,
+        azure=azure,
         region=region,
         instance_metadata=instance_metadata,
     )

@@ -11,10 +11,13 @@ import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 
-from gateway_extproc.apis import Schema
+from gateway_extproc.apis import Api, Schema
 from gateway_extproc.config.gateway import GatewayConfig
 from gateway_extproc.config.providers import ProviderConfig
 from gateway_extproc.errors import ConfigError
+from gateway_extproc.providers.azure.entra import TokenSource
+from gateway_extproc.providers.azure.paths import upstream_path as azure_path
+from gateway_extproc.providers.azure.settings import AzureSettings
 from gateway_extproc.providers.bedrock.signing import (
     BedrockSigner,
     chain_credentials,
@@ -41,6 +44,24 @@ class Upstream:
     )
     # Signs each request after its last rewrite (schema: bedrock); None: a header credential.
     signer: BedrockSigner | None = dataclasses.field(default=None, repr=False)
+    azure: AzureSettings | None = None  # Azure OpenAI: its paths and deployments
+    # Entra ID: `Authorization: Bearer` from this source instead of `auth_header`/`auth_value`.
+    token: TokenSource | None = dataclasses.field(default=None, repr=False, compare=False)
+
+    def credential(self) -> tuple[str, str] | None:
+        """The header that carries the gateway's credential upstream, and its value (a secret),
+        or None. An Entra ID token is the one cached (the request phase awaited
+        `token.ensure()` first)."""
+        if self.token is not None:
+            token = self.token.current()
+            return None if token is None else ("authorization", f"Bearer {token}")
+        if self.auth_header and self.auth_value:
+            return self.auth_header, self.auth_value
+        return None
+
+    def model_name(self, served_model: str) -> str:
+        """What the provider calls the served model: an Azure deployment, else the name."""
+        return served_model if self.azure is None else self.azure.deployment(served_model)
 
     @property
     def host_header(self) -> str:
@@ -48,9 +69,20 @@ class Upstream:
         return host_header(self.host, self.port, tls=self.tls)
 
     def upstream_path(self, client_path: str) -> str:
-        """`/v1/chat/completions?x=1` -> base_path + `/chat/completions?x=1`."""
+        """`/v1/chat/completions?x=1` -> base_path + `/chat/completions?x=1`. Gemini paths carry
+        their own version (`/v1beta/models/...`): base_path + the whole path."""
+        if self.schema is Schema.GEMINI:
+            return self.base_path.rstrip("/") + client_path
         suffix = client_path[3:] if client_path.startswith("/v1") else client_path
         return self.base_path.rstrip("/") + suffix
+
+    def api_path(self, client_path: str, api: Api, served_model: str) -> str:
+        """`upstream_path`, or Azure's path of `api` on `served_model`'s deployment (the
+        client's query is not forwarded to Azure: its own api-version is)."""
+        if self.azure is None:
+            return self.upstream_path(client_path)
+        path = azure_path(self.azure, api, self.model_name(served_model))
+        return self.base_path.rstrip("/") + path
 
 
 def _credential(provider: ProviderConfig, environ: Mapping[str, str]) -> str | None:
@@ -82,10 +114,13 @@ def resolve_upstreams(
     assume_credentials: bool = False,
 ) -> dict[str, Upstream]:
     """One upstream per provider. A provider without its credential goes to the mock when the
-    config allows it and a mock is running; otherwise that is a configuration error.
+    config allows it and a mock is running; otherwise a built-in provider the operator's file
+    does not name is left out (no upstream: its models answer "no configured provider"), and
+    any other is a configuration error, as is a config that leaves no provider at all.
     `assume_credentials` renders the production shape without reading any secret."""
     upstreams: dict[str, Upstream] = {}
     problems: list[str] = []
+    left_out: list[str] = []
     for name, provider in config.providers.items():
         signer: BedrockSigner | None = None
         if provider.schema is Schema.BEDROCK:  # the AWS chain, not a header credential
@@ -104,12 +139,28 @@ def resolve_upstreams(
                     source = "the AWS credential chain (environment, profile, web identity)"
                 else:
                     source = f"environment variable {auth.env}" if auth.env else f"file {auth.file}"
-                problems.append(f"providers.{name}.auth: no credential in {source}")
+                if name in config.optional_providers:
+                    left_out.append(f"{name} ({source})")
+                else:
+                    problems.append(f"providers.{name}.auth: no credential in {source}")
                 continue
             base_url = mock_base_url
+        if not base_url:  # an Azure provider whose endpoint variable is not set: as a key
+            env = provider.azure.endpoint_env if provider.azure else None
+            if name in config.optional_providers:
+                left_out.append(f"{name} (its endpoint: environment variable {env})")
+            else:
+                problems.append(
+                    f"providers.{name}.base_url: not set (nor environment variable {env})"
+                )
+            continue
         host, port, tls, path = _address(base_url)
         if mocked and signer is not None:  # Bedrock's paths start at the root, the mock's too
             path = "/"
+        elif mocked and (provider.schema is Schema.GEMINI or provider.azure is not None):
+            # The mock's URL is its OpenAI-style root (`.../v1`); Gemini and Azure paths carry
+            # their own version, so they go to the mock's root.
+            path = path.removesuffix("/v1") or "/"
         upstreams[name] = Upstream(
             provider=name,
             schema=provider.schema,
@@ -125,6 +176,15 @@ def resolve_upstreams(
             mocked=mocked,
             forward=forward_policy(provider.schema, provider.forward_headers, mocked=mocked),
             signer=signer,
+            azure=provider.azure,
+            token=TokenSource()
+            if provider.azure is not None and provider.azure.entra_id and not assume_credentials
+            else None,
+        )
+    if not upstreams and left_out and not problems:
+        problems.append(
+            "providers: no provider has its credential: set the key of one of "
+            + ", ".join(left_out)
         )
     if problems:
         raise ConfigError(problems)

@@ -32,7 +32,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from gateway_extproc.apis import Api
+from gateway_extproc.apis import Api, Schema
 from gateway_extproc.catalog.models import ModelEntry
 from gateway_extproc.catalog.pricing import Price
 from gateway_extproc.cost.bounds import Bound, Unbounded, Unpriced, UnseenInput, bound
@@ -115,6 +115,8 @@ def hides_reasoning(api: Api, body: Mapping[str, Any], entry: ModelEntry) -> boo
         off = isinstance(thinking, Mapping) and thinking.get("type") == "disabled"
         if thinking is not None and not off:
             return True
+    if api.schema is Schema.GEMINI:
+        return _gemini_thinks(body, entry.hidden_reasoning)
     if not entry.hidden_reasoning:
         return False
     if api is Api.OPENAI_CHAT:
@@ -125,6 +127,22 @@ def hides_reasoning(api: Api, body: Mapping[str, Any], entry: ModelEntry) -> boo
     else:
         effort = None
     return effort != "none"
+
+
+def _gemini_thinks(body: Mapping[str, Any], by_default: bool) -> bool:
+    """Gemini models think without showing it (thought summaries at most): unless the request's
+    `thinkingConfig.thinkingBudget` is 0 (off), a model that thinks by default does; one that
+    does not (2.5 Flash-Lite) does when a budget other than 0 is set."""
+    config = body.get("generationConfig", body.get("generation_config"))
+    thinking = None
+    if isinstance(config, Mapping):
+        thinking = config.get("thinkingConfig", config.get("thinking_config"))
+    budget = None
+    if isinstance(thinking, Mapping):
+        budget = thinking.get("thinkingBudget", thinking.get("thinking_budget"))
+    if budget is None:
+        return by_default
+    return bool(budget != 0)
 
 
 def dearest_input(price: Price) -> InputKind:

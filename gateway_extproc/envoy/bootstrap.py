@@ -33,6 +33,7 @@ from gateway_extproc.envoy.filters import (
 )
 from gateway_extproc.envoy.ops import admin_cluster, ops_listener
 from gateway_extproc.observability import envoy_tracing
+from gateway_extproc.providers.gemini.provider import rpc_status
 from gateway_extproc.request.processor import (
     METADATA_RESPONSE_HEADERS,
     RESPONSE_METERED_HERE,
@@ -171,8 +172,38 @@ def _compressor_filter() -> dict[str, Any]:
     }
 
 
-def _error_json(anthropic: bool, message: str, code: str) -> dict[str, Any]:
-    if anthropic:
+# Envoy's own replies for each client API family: (CEL test on the path, the family). Envoy
+# takes the first mapper that matches; the OpenAI one, last, has no test and also answers errors
+# before any path was read (a malformed request line).
+_FAMILIES = (
+    (
+        " && (request.path.startsWith('/v1beta/') || (request.path.startsWith('/v1/models/')"
+        " && request.path.contains(':')))",
+        "gemini",
+    ),
+    (" && request.path.startsWith('/v1/messages')", "anthropic"),
+    ("", "openai"),
+)
+
+
+def _error_json(family: str, message: str, code: str, status: int | None) -> dict[str, Any]:
+    if family == "gemini":  # google-genai reads code, message and status
+        return {
+            "error": {
+                "code": "%RESPONSE_CODE%" if status is None else status,
+                "message": message,
+                "status": rpc_status(status or 500),
+                "details": [
+                    {
+                        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                        "reason": code,
+                        "domain": "llm-gateway",
+                        "metadata": {"request_id": "%REQ(X-REQUEST-ID)%"},
+                    }
+                ],
+            }
+        }
+    if family == "anthropic":
         return {
             "type": "error",
             "error": {"type": code, "message": message},
@@ -212,11 +243,8 @@ def _local_reply_config(config: GatewayConfig) -> dict[str, Any]:
     ]
     mappers = []
     for condition, status, message, code in cases:
-        for anthropic in (True, False):
-            # Envoy uses the first mapper that matches: the Anthropic one, else the OpenAI one,
-            # which also answers errors before any path was read (a malformed request line).
-            path_test = " && request.path.startsWith('/v1/messages')"
-            expression = condition + (path_test if anthropic else "")
+        for path_test, family in _FAMILIES:
+            expression = condition + path_test
             mapper: dict[str, Any] = {
                 "filter": {
                     "extension_filter": {
@@ -228,7 +256,7 @@ def _local_reply_config(config: GatewayConfig) -> dict[str, Any]:
                         },
                     }
                 },
-                "body_format_override": {"json_format": _error_json(anthropic, message, code)},
+                "body_format_override": {"json_format": _error_json(family, message, code, status)},
             }
             if status is not None:
                 mapper["status_code"] = status

@@ -29,7 +29,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from gateway_extproc.apis import Api
+from gateway_extproc.apis import Api, Schema
+from gateway_extproc.providers.gemini import texts as gemini_texts
 
 Slot = tuple[dict[str, Any] | list[Any], Any]  # container[key] is a str
 
@@ -161,3 +162,5 @@ def text_slots(api: Api, body: dict[str, Any]) -> Iterator[Slot]:
         yield from _field(body, "suffix")
     elif api is Api.OPENAI_EMBEDDINGS:
         yield from _field(body, "input")
+    elif api.schema is Schema.GEMINI:
+        yield from gemini_texts.text_slots(body)

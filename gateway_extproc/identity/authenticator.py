@@ -2,8 +2,11 @@
 
 Credential rules (header names lower-case):
 - `authorization: Bearer <token>` (scheme case-insensitive); failing that `x-api-key: <token>`
-  (what the Anthropic SDK sends for `api_key`). Another Authorization scheme (Basic, ...)
-  without an x-api-key is refused, saying Bearer is required.
+  (what the Anthropic SDK sends for `api_key`), and on a Gemini path `x-goog-api-key: <token>`
+  (what google-genai sends for `api_key`). A `?key=` in the query is never a credential (URLs
+  are logged and cached on their way): the processor strips it, and it authenticates nothing.
+  Another Authorization scheme (Basic, ...) without an api key is refused, saying Bearer is
+  required.
 - No credential: `ANONYMOUS` if `allow_anonymous`, else 401 `missing_token`.
 - Longer than `max_token_bytes`: refused before any parsing.
 - Static service tokens: the credential's SHA-256 compared with every configured digest in
@@ -28,6 +31,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 
+from gateway_extproc.apis import looks_gemini
 from gateway_extproc.errors import Unauthenticated
 from gateway_extproc.identity.jwks import Fetch, JwksCache, KeySet
 from gateway_extproc.identity.jwt_verify import (
@@ -57,9 +61,12 @@ def _digest(token: str) -> bytes:
 
 
 def credential(headers: Mapping[str, str]) -> str | None:
-    """The Bearer token, else the x-api-key; None if neither. TokenRejected for another
-    Authorization scheme (without an x-api-key) or an empty Bearer token."""
+    """The Bearer token, else the x-api-key (x-goog-api-key on a Gemini path); None if neither.
+    TokenRejected for another Authorization scheme (without an api key) or an empty Bearer
+    token."""
     api_key = headers.get("x-api-key", "").strip()
+    if not api_key and looks_gemini(headers.get(":path", "")):
+        api_key = headers.get("x-goog-api-key", "").strip()
     authorization = headers.get("authorization", "").strip()
     if authorization:
         scheme, _, rest = authorization.partition(" ")
@@ -182,7 +189,8 @@ class Authenticator:
                 return ANONYMOUS
             raise self._refuse(
                 "missing_token",
-                "missing credential: send Authorization: Bearer <token>",
+                "missing credential: send Authorization: Bearer <token>"
+                + (" or x-goog-api-key: <token>" if looks_gemini(headers.get(":path", "")) else ""),
                 "missing_token",
             )
         limit = self.config.max_token_bytes

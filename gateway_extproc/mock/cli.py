@@ -30,6 +30,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--openai-key", help="require `Authorization: Bearer KEY` on OpenAI paths")
     parser.add_argument("--anthropic-key", help="require `x-api-key: KEY` on /v1/messages")
+    parser.add_argument("--gemini-key", help="require `x-goog-api-key: KEY` on Gemini paths")
+    parser.add_argument("--azure-key", help="accept `api-key: KEY` on Azure paths (/openai/...)")
+    parser.add_argument(
+        "--azure-token", help="accept `Authorization: Bearer TOKEN` on Azure paths (Entra ID)"
+    )
     return parser.parse_args(argv)
 
 
@@ -41,7 +46,14 @@ def write_port_file(path: Path, port: int) -> None:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    app = create_app(args.fixtures_dir, args.openai_key, args.anthropic_key)
+    app = create_app(
+        args.fixtures_dir,
+        args.openai_key,
+        args.anthropic_key,
+        args.gemini_key,
+        args.azure_key,
+        args.azure_token,
+    )
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
     await runner.setup()
     try:

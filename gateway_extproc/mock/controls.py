@@ -23,6 +23,7 @@
     x-mock-omit-usage: 1          report no usage at all (the mock still bills: GET /_mock/bills)
     x-mock-generates-after-cut: N once a write fails (the client is gone), bill up to N more
                                   words generated before the mock noticed (default 0)
+    x-mock-content-filter: prompt  Azure paths only: the prompt is filtered (400 content_filter)
     x-mock-replay: NAME           replay NAME.yaml (go-vcr cassette) from --fixtures-dir
     x-mock-hold: NAME             hold the response until `POST /_mock/release/NAME` (tests that
                                   need every admitted request in flight at once)
@@ -189,6 +190,7 @@ CONTROL_HEADERS = (
     "x-mock-gzip",
     "x-mock-pad-bytes",
     "x-mock-generates-after-cut",
+    "x-mock-content-filter",  # Azure paths: read by azure_api.py (`prompt`: a filtered prompt)
 )
 _BIG = 1 << 30
 MAX_PAD_BYTES = 1 << 32

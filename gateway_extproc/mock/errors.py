@@ -17,6 +17,8 @@ class Family(enum.StrEnum):
 
     OPENAI = "openai"
     ANTHROPIC = "anthropic"
+    GEMINI = "gemini"
+    AZURE = "azure"  # Azure OpenAI: OpenAI's format, its own 401
     BEDROCK = "bedrock"  # AWS: `{"message": ...}` and the `x-amzn-errortype` header
 
 
@@ -50,6 +52,17 @@ _INJECTED_MESSAGES: dict[int, str] = {
     429: "Rate limit reached (injected by x-mock-status: 429). Please try again in 1s.",
     500: "The server had an error while processing your request (injected by x-mock-status).",
     503: "The service is temporarily overloaded (injected by x-mock-status: 503).",
+}
+# google.rpc.Code names Google's APIs pair with each HTTP status.
+_GOOGLE_STATUS: dict[int, str] = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
 }
 RETRY_AFTER_SECONDS = "1"
 
@@ -98,6 +111,9 @@ def error_payload(family: Family, err: ApiError, request_id: str) -> dict[str, A
     """The error object, as the provider's SDK expects it."""
     if family is Family.BEDROCK:
         return {"message": err.message}
+    if family is Family.GEMINI:
+        status = _GOOGLE_STATUS.get(err.status, "INTERNAL" if err.status >= 500 else "UNKNOWN")
+        return {"error": {"code": err.status, "message": err.message, "status": status}}
     if family is Family.ANTHROPIC:
         return {
             "type": "error",
@@ -107,6 +123,8 @@ def error_payload(family: Family, err: ApiError, request_id: str) -> dict[str, A
             },
             "request_id": request_id,
         }
+    if family is Family.AZURE and err.status == 401:  # Azure's gateway, not the model API
+        return {"error": {"code": "401", "message": err.message}}
     kind, default_code = openai_type(err.status)
     return {
         "error": {

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
-import datetime
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -21,12 +20,14 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
+from gateway_extproc.mock import bedrock_routes as bedrock
 from gateway_extproc.mock.anthropic_api import messages_reply
-from gateway_extproc.mock.bedrock_api import ERROR_TYPES, invoke_reply, signature_error
+from gateway_extproc.mock.azure_api import AZURE_METHODS, CONTENT_FILTER_HEADER, azure_reply
 from gateway_extproc.mock.billing import Progress, billed
 from gateway_extproc.mock.content import parse_body
 from gateway_extproc.mock.controls import ControlError, Controls, parse_controls
 from gateway_extproc.mock.errors import ApiError, Family, error_body, injected_error
+from gateway_extproc.mock.gemini_api import generate_reply
 from gateway_extproc.mock.openai_api import chat_reply, completion_reply, embeddings_reply
 from gateway_extproc.mock.replay import load_recording
 from gateway_extproc.mock.responses_api import responses_reply
@@ -47,6 +48,8 @@ SHUTDOWN_GRACE_SECONDS = 0.5  # in-flight requests get this long on shutdown, th
 MAX_BODY_BYTES = 64 * 1024 * 1024
 _PAD = b" " * (1 << 20)
 Builder = Callable[[dict[str, Any], ReplyContext], Reply]
+# A provider's own request check (Bedrock: SigV4) instead of the key check (`auth_error`).
+Authorize = Callable[[web.Request, bytes], ApiError | None]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -54,12 +57,16 @@ class MockConfig:
     fixtures_dir: Path | None
     openai_key: str | None
     anthropic_key: str | None
+    gemini_key: str | None = None
+    azure_key: str | None = None  # `api-key` on Azure paths
+    azure_token: str | None = None  # `Authorization: Bearer` on Azure paths (Entra ID)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Endpoint:
     family: Family
     build: Builder
+    authorize: Authorize | None = None
 
 
 ENDPOINTS: dict[str, Endpoint] = {
@@ -69,9 +76,6 @@ ENDPOINTS: dict[str, Endpoint] = {
     "/v1/responses": Endpoint(Family.OPENAI, responses_reply),
     "/v1/messages": Endpoint(Family.ANTHROPIC, messages_reply),
 }
-# Bedrock: the model id is in the path (bedrock_api.py builds the replies).
-BEDROCK_PATHS = ("/model/{model_id}/invoke", "/model/{model_id}/invoke-with-response-stream")
-BEDROCK = Endpoint(Family.BEDROCK, messages_reply)
 CONFIG = web.AppKey("mock_config", MockConfig)
 RECORDS = web.AppKey("mock_records", collections.deque[dict[str, Any]])
 HOLDS = web.AppKey("mock_holds", dict[str, asyncio.Event])
@@ -90,6 +94,33 @@ def _bearer(headers: Mapping[str, str]) -> str | None:
 
 def auth_error(family: Family, headers: Mapping[str, str], config: MockConfig) -> ApiError | None:
     """The 401 to answer when a configured provider key is missing or wrong."""
+    if family is Family.AZURE:  # either credential Azure takes, when the mock was given one
+        if config.azure_key is None and config.azure_token is None:
+            return None
+        key, token = headers.get("api-key"), _bearer(headers)
+        if (key is not None and key == config.azure_key) or (
+            token is not None and token == config.azure_token
+        ):
+            return None
+        return ApiError(
+            401,
+            "Access denied due to invalid subscription key or wrong API endpoint. Make sure to "
+            "provide a valid key for an active subscription and use a correct regional API "
+            "endpoint for your resource.",
+        )
+    if family is Family.GEMINI:
+        key = config.gemini_key
+        presented = headers.get("x-goog-api-key")
+        if key is None or presented == key:
+            return None
+        if presented is None:
+            return ApiError(
+                403,
+                "Method doesn't allow unregistered callers (callers without established "
+                "identity). Please use API Key or other form of API consumer identity to call "
+                "this API.",
+            )
+        return ApiError(400, "API key not valid. Please pass a valid API key.")
     if family is Family.ANTHROPIC:
         # The API takes `x-api-key`; anthropic SDK v2 sends `Authorization: Bearer` instead.
         key = config.anthropic_key
@@ -138,19 +169,22 @@ def record_of(request: web.Request, raw: bytes) -> dict[str, Any]:
 def _error_reply(family: Family, err: ApiError, request_id: str) -> JsonReply:
     body = error_body(family, err, request_id)
     headers = tuple(err.headers().items())
-    if family is Family.BEDROCK:  # what botocore reads the error code from
-        kind = err.code or ERROR_TYPES.get(err.status, "InternalServerException")
-        headers += (("x-amzn-ErrorType", f"{kind}:http://internal.amazon.com/coral/"),)
+    if family is Family.BEDROCK:
+        headers += bedrock.error_headers(err)
     return JsonReply(body, status=err.status, headers=headers)
 
 
 def _response_headers(family: Family, reply: Reply, request_id: str) -> CIMultiDict[str]:
     headers: CIMultiDict[str] = CIMultiDict()
     recorded = {name.lower() for name, _ in reply.headers}
-    if family is Family.ANTHROPIC:
+    if family is Family.GEMINI:
+        defaults = {"x-goog-request-id": request_id}  # not Google's header: the mock's trace
+    elif family is Family.ANTHROPIC:
         defaults = {"request-id": request_id}
+    elif family is Family.AZURE:
+        defaults = {"apim-request-id": request_id, "x-request-id": request_id}
     elif family is Family.BEDROCK:
-        defaults = {"x-amzn-requestid": request_id}
+        defaults = {bedrock.REQUEST_ID_HEADER: request_id}
     else:
         defaults = {"x-request-id": request_id, "openai-version": "2020-10-01"}
     for name, value in defaults.items():
@@ -298,10 +332,8 @@ def _bill(request: web.Request, reply: Reply, controls: Controls, progress: Prog
 async def _reply(endpoint: Endpoint, request: web.Request, raw: bytes, controls: Controls) -> Reply:
     """The reply to send, in the order a provider decides: auth, then the request itself."""
     config = request.app[CONFIG]
-    if endpoint.family is Family.BEDROCK:
-        headers = {name.lower(): value for name, value in request.headers.items()}
-        now = datetime.datetime.now(datetime.UTC)
-        denied = signature_error(request.method, request.raw_path, headers, raw, now=now)
+    if endpoint.authorize is not None:
+        denied = endpoint.authorize(request, raw)
     else:
         denied = auth_error(endpoint.family, request.headers, config)
     if denied is not None:
@@ -314,10 +346,8 @@ async def _reply(endpoint: Endpoint, request: web.Request, raw: bytes, controls:
         raise injected_error(controls.status)
     context = ReplyContext(controls, secrets.token_hex(12), int(time.time()))
     body = parse_body(raw)
-    if endpoint.family is Family.BEDROCK:
-        streamed = request.path.endswith("-with-response-stream")
-        return invoke_reply(request.match_info["model_id"], streamed, body, context)
-    if controls.response_model is not None:  # report another model than the one asked for
+    # Report another model than the one asked for (Bedrock's is in its path, not its body).
+    if controls.response_model is not None and endpoint.family is not Family.BEDROCK:
         body = {**body, "model": controls.response_model}
     if endpoint.build is embeddings_reply:  # up to ~100 MB of floats: off the mock's loop
         return await asyncio.to_thread(endpoint.build, body, context)
@@ -343,6 +373,49 @@ async def _release(request: web.Request) -> web.Response:
 async def _held(request: web.Request) -> web.Response:
     """GET /_mock/held/NAME: how many responses are waiting under NAME."""
     return web.json_response({"held": request.app[HELD][request.match_info["name"]]})
+
+
+async def _gemini(request: web.Request) -> web.StreamResponse:
+    """POST /{v1beta|v1}/models/{model}:{generateContent|streamGenerateContent}."""
+    version = request.match_info["version"]
+    model, _, method = request.match_info["target"].partition(":")
+    stream = method == "streamGenerateContent"
+    if method not in ("generateContent", "streamGenerateContent"):
+        return await _not_found(request)
+    if stream and request.query.get("alt") != "sse":  # Google would stream a JSON array
+        return await _not_found(request)
+
+    def build(body: dict[str, Any], ctx: ReplyContext) -> Reply:
+        return generate_reply(body, ctx, model=model, stream=stream, version=version)
+
+    return await _handle(Endpoint(Family.GEMINI, build), request)
+
+
+async def _azure(request: web.Request) -> web.StreamResponse:
+    """Azure OpenAI: POST /openai/deployments/{d}/{method}?api-version=V (the deployment is the
+    model), /openai/v1/{method} and /openai/responses?api-version=V (the body's model is)."""
+    deployment = request.match_info.get("deployment")
+    method = request.match_info["method"]
+    build_openai = AZURE_METHODS.get(method)
+    versioned = not request.path.startswith("/openai/v1/")
+    if build_openai is None or (deployment is None and method != "responses" and versioned):
+        return await _not_found(request)
+    if versioned and not request.query.get("api-version"):
+        err = ApiError(404, "Resource not found", code="404")
+        reply = _error_reply(Family.AZURE, err, f"req_mock{secrets.token_hex(12)}")
+        return web.Response(body=reply.body, status=404, content_type="application/json")
+    filtered = request.headers.get(CONTENT_FILTER_HEADER) == "prompt"
+
+    def build(body: dict[str, Any], ctx: ReplyContext) -> Reply:
+        return azure_reply(build_openai, body, ctx, deployment=deployment, filtered=filtered)
+
+    return await _handle(Endpoint(Family.AZURE, build), request)
+
+
+async def _bedrock(request: web.Request) -> web.StreamResponse:
+    """POST /model/{model_id}/invoke[-with-response-stream], SigV4-signed (bedrock_routes.py)."""
+    endpoint = Endpoint(Family.BEDROCK, bedrock.builder(request), bedrock.authorize)
+    return await _handle(endpoint, request)
 
 
 def _handler(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
@@ -378,6 +451,8 @@ async def _not_found(request: web.Request) -> web.Response:
     raw = await request.read()
     request.app[RECORDS].append(record_of(request, raw))
     family = Family.ANTHROPIC if request.path.startswith("/v1/messages") else Family.OPENAI
+    if request.path.startswith("/v1beta/") or ":" in request.path:
+        family = Family.GEMINI
     err = ApiError(
         404, f"Unknown request URL: {request.method} {request.path}.", code="unknown_url"
     )
@@ -386,19 +461,35 @@ async def _not_found(request: web.Request) -> web.Response:
 
 
 def create_app(
-    fixtures_dir: Path | None, openai_key: str | None, anthropic_key: str | None
+    fixtures_dir: Path | None,
+    openai_key: str | None,
+    anthropic_key: str | None,
+    gemini_key: str | None = None,
+    azure_key: str | None = None,
+    azure_token: str | None = None,
 ) -> web.Application:
     """The mock provider. Keys, when given, are required on their provider's endpoints."""
     app = web.Application(client_max_size=MAX_BODY_BYTES)
-    app[CONFIG] = MockConfig(fixtures_dir, openai_key or None, anthropic_key or None)
+    app[CONFIG] = MockConfig(
+        fixtures_dir,
+        openai_key or None,
+        anthropic_key or None,
+        gemini_key or None,
+        azure_key or None,
+        azure_token or None,
+    )
     app[RECORDS] = collections.deque(maxlen=MAX_RECORDED)
     app[HOLDS] = {}
     app[HELD] = collections.Counter()
     app[BILLS] = collections.deque(maxlen=MAX_BILLS)
     for path, endpoint in ENDPOINTS.items():
         app.router.add_post(path, _handler(endpoint))
-    for path in BEDROCK_PATHS:
-        app.router.add_post(path, _handler(BEDROCK))
+    app.router.add_post(r"/{version:v1beta|v1}/models/{target}", _gemini)
+    app.router.add_post(r"/openai/deployments/{deployment}/{method:.+}", _azure)
+    app.router.add_post(r"/openai/v1/{method:.+}", _azure)
+    app.router.add_post(r"/openai/{method:responses}", _azure)
+    for path in bedrock.PATHS:
+        app.router.add_post(path, _bedrock)
     app.router.add_get("/_mock/requests", _list_requests)
     app.router.add_delete("/_mock/requests", _clear_requests)
     app.router.add_get("/_mock/bills", _list_bills)

@@ -37,10 +37,11 @@ async def running_mock(
     fixtures_dir: Path | None = None,
     openai_key: str | None = None,
     anthropic_key: str | None = None,
+    gemini_key: str | None = None,
     host: str = "127.0.0.1",
 ) -> AsyncIterator[RunningMock]:
     """Serve `create_app(...)` on an ephemeral port until the block exits."""
-    app = create_app(fixtures_dir, openai_key, anthropic_key)
+    app = create_app(fixtures_dir, openai_key, anthropic_key, gemini_key)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
     await runner.setup()
     try:

@@ -11,9 +11,12 @@ from typing import Any
 
 import orjson
 
-from gateway_extproc.apis import Api
+from gateway_extproc.apis import Api, Schema
 from gateway_extproc.cost.shape import Shape, shape_of
 from gateway_extproc.errors import BadRequest, UnsupportedOption
+from gateway_extproc.providers.gemini import texts as gemini_texts
+from gateway_extproc.providers.gemini.paths import parse_path
+from gateway_extproc.providers.gemini.request import gemini_request, gemini_shape, with_cap
 
 # Characters per token for estimates (the usual rule of thumb for English text with BPE
 # tokenizers), and the fixed estimate for one non-text part (image, audio, file).
@@ -60,7 +63,9 @@ def _count(value: Any) -> tuple[int, int]:
     return chars, media
 
 
-def estimate_input_tokens(body: dict[str, Any]) -> int:
+def estimate_input_tokens(body: dict[str, Any], api: Api | None = None) -> int:
+    if api is not None and api.schema is Schema.GEMINI:
+        return _gemini_estimate(body)
     chars = media = 0
     for field in _TEXT_FIELDS:
         if field in body:
@@ -70,6 +75,19 @@ def estimate_input_tokens(body: dict[str, Any]) -> int:
     messages = body.get("messages")
     overhead = TOKENS_PER_MESSAGE * len(messages) if isinstance(messages, list) else 0
     return math.ceil(chars / CHARS_PER_TOKEN) + media * TOKENS_PER_MEDIA_PART + overhead
+
+
+def _gemini_estimate(body: dict[str, Any]) -> int:
+    """Gemini: the prompt text (system instruction, parts), media parts at the fixed estimate."""
+    chars = 0
+    for container, key in gemini_texts.text_slots(body):
+        text = container[key]  # type: ignore[index]
+        chars += len(text) if isinstance(text, str) else 0
+    _, shape = gemini_shape(body)
+    contents = body.get("contents")
+    overhead = TOKENS_PER_MESSAGE * len(contents) if isinstance(contents, list) else 0
+    parts = (shape.images + shape.files) * TOKENS_PER_MEDIA_PART
+    return math.ceil(chars / CHARS_PER_TOKEN) + parts + overhead
 
 
 def _int_field(body: dict[str, Any], *names: str) -> int | None:
@@ -83,9 +101,10 @@ def _int_field(body: dict[str, Any], *names: str) -> int | None:
     return None
 
 
-def parse_request(api: Api, raw: bytes) -> ParsedRequest:
-    """Parse and check the fields the gateway relies on; raise BadRequest with a clear message."""
-    return request_of(api, load_body(raw))
+def parse_request(api: Api, raw: bytes, path: str = "") -> ParsedRequest:
+    """Parse and check the fields the gateway relies on; raise BadRequest with a clear message.
+    `path` is the request's path: Gemini names the model there."""
+    return request_of(api, load_body(raw), path)
 
 
 def load_body(raw: bytes) -> dict[str, Any]:
@@ -101,8 +120,20 @@ def load_body(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def request_of(api: Api, body: dict[str, Any]) -> ParsedRequest:
-    """Check the fields of a parsed body the gateway relies on."""
+def request_of(api: Api, body: dict[str, Any], path: str = "") -> ParsedRequest:
+    """Check the fields of a parsed body the gateway relies on (and of the path, for Gemini)."""
+    if api.schema is Schema.GEMINI:
+        gemini = gemini_request(api, body, parse_path(path).model)
+        return ParsedRequest(
+            api=api,
+            body=body,
+            model=gemini.model,
+            stream=gemini.stream,
+            max_output_tokens=gemini.max_output,
+            input_tokens_estimate=estimate_input_tokens(body, api),
+            wants_usage=False,
+            shape=gemini.shape,
+        )
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
         raise BadRequest("`model` is required and must be a non-empty string")
@@ -146,7 +177,7 @@ def request_of(api: Api, body: dict[str, Any]) -> ParsedRequest:
         model=model,
         stream=stream,
         max_output_tokens=max_out,
-        input_tokens_estimate=estimate_input_tokens(body),
+        input_tokens_estimate=estimate_input_tokens(body, api),
         wants_usage=wants_usage,
         shape=shape,
     )
@@ -156,11 +187,15 @@ def with_body(request: ParsedRequest, body: dict[str, Any]) -> ParsedRequest:
     """The request with another body of the same structure (the guardrails' redacted copy): its
     worst case and estimate are computed again, since a redaction marker can be longer than
     what it replaces."""
+    if request.api.schema is Schema.GEMINI:
+        _, shape = gemini_shape(body)
+    else:
+        shape = shape_of(request.api, body, request.max_output_tokens)
     return dataclasses.replace(
         request,
         body=body,
-        input_tokens_estimate=estimate_input_tokens(body),
-        shape=shape_of(request.api, body, request.max_output_tokens),
+        input_tokens_estimate=estimate_input_tokens(body, request.api),
+        shape=shape,
     )
 
 
@@ -179,6 +214,11 @@ def upstream_body(
     """
     body = request.body if redacted is None else redacted
     changed = redacted is not None
+    if request.api.schema is Schema.GEMINI:  # the model is in the path (route.py), the cap nested
+        if output_cap is not None:
+            body = with_cap(body, *output_cap)
+            changed = True
+        return orjson.dumps(body) if changed else None
     if served_model != request.model:
         body = {**body, "model": served_model}
         changed = True

@@ -23,15 +23,16 @@ from gateway_extproc.request.jsonshape import check_shape, check_unique_keys
 __all__ = ["OFFLOAD_BYTES", "parse_checked", "parse_off_loop"]
 
 
-def parse_checked(api: Api, raw: bytes, limits: Limits) -> ParsedRequest:
+def parse_checked(api: Api, raw: bytes, limits: Limits, path: str = "") -> ParsedRequest:
     """The structural caps first (nothing is built for a body that breaks them), then the parse,
     then no repeated key (the gateway checks the request the provider reads)."""
     values = check_shape(raw, max_depth=limits.max_json_depth, max_values=limits.max_json_values)
     body = load_body(raw)
     check_unique_keys(raw, body, values)
-    return request_of(api, body)
+    return request_of(api, body, path)
 
 
-async def parse_off_loop(api: Api, raw: bytes, limits: Limits) -> ParsedRequest:
-    """`parse_checked`, off the event loop when the body is large enough to be worth it."""
-    return await off_loop_if_large(len(raw), parse_checked, api, raw, limits)
+async def parse_off_loop(api: Api, raw: bytes, limits: Limits, path: str = "") -> ParsedRequest:
+    """`parse_checked`, off the event loop when the body is large enough to be worth it
+    (`path`: the request's, where Gemini names the model)."""
+    return await off_loop_if_large(len(raw), parse_checked, api, raw, limits, path)

@@ -22,7 +22,7 @@ from typing import Any
 
 from google.protobuf import struct_pb2
 
-from gateway_extproc.apis import API_PREFIX, MODELS_PATH, Api, Schema, api_for_path
+from gateway_extproc.apis import MODELS_PATH, Api, Schema, api_for_path, looks_gemini
 from gateway_extproc.audit import AuditRecord, LimitReached
 from gateway_extproc.budgets import report as budget_report
 from gateway_extproc.budgets.admission import Admission
@@ -47,6 +47,7 @@ from gateway_extproc.handoff import MAC_KEY, NAMESPACE, STATE_KEY, RequestState
 from gateway_extproc.identity.metadata import parse_metadata
 from gateway_extproc.identity.model import Identity
 from gateway_extproc.observability.attributes import RequestFacts
+from gateway_extproc.providers.gemini.paths import parse_path, without_credentials
 from gateway_extproc.providers.inbound import ParsedRequest, with_body
 from gateway_extproc.providers.registry import error_body
 from gateway_extproc.request import prompt_checks, route
@@ -96,7 +97,8 @@ class StreamProcessor:
         self.client_headers: tuple[str, ...] = ()
         self.anthropic_beta = ""
         self.method = ""
-        self.path = ""
+        self.path = ""  # as the client sent it, less any credential in its query (Gemini `key=`)
+        self.path_changed = False  # a credential was taken out of the query: Envoy's :path too
         self.schema = Schema.OPENAI
         self.request: ParsedRequest | None = None
         self.entry: ModelEntry | None = None
@@ -183,14 +185,19 @@ class StreamProcessor:
         self.anthropic_beta = headers.get("anthropic-beta", "")
         self.cache_headers = (headers.get(CONTROL_HEADER), headers.get(TTL_HEADER))
         self.method = headers.get(":method", "")
-        self.path = headers.get(":path", "")
+        path = headers.get(":path", "")
+        gemini = looks_gemini(path)
+        self.path = without_credentials(path) if gemini else path
+        self.path_changed = self.path != path
         if self.trace_context[0] is None:
             self.trace_context = (headers.get("traceparent"), headers.get("tracestate"))
         api = api_for_path(self.path)
-        anthropic_client = "anthropic-version" in headers
-        self.schema = (
-            api.schema if api else (Schema.ANTHROPIC if anthropic_client else Schema.OPENAI)
-        )
+        if api is not None:
+            self.schema = api.schema
+        elif gemini:
+            self.schema = Schema.GEMINI
+        elif "anthropic-version" in headers:
+            self.schema = Schema.ANTHROPIC
 
     async def _identify(self, headers: dict[str, str]) -> None:
         """Who is calling: a verified token (cached after the first verify), a static service
@@ -209,7 +216,9 @@ class StreamProcessor:
         if self.identity is None:  # handle() identifies first; this is a programming error
             raise RuntimeError("request headers processed before identification")
 
-        if bare_path == MODELS_PATH or bare_path.startswith(MODELS_PATH + "/"):
+        if api is not None and api.schema is Schema.GEMINI:
+            parse_path(self.path)  # a bad model name or query: 400 before the body is read
+        elif bare_path == MODELS_PATH or bare_path.startswith(MODELS_PATH + "/"):
             return self._models(bare_path)
         if api is None:
             raise NotFound(f"the gateway does not serve {self.method} {bare_path or '/'}")
@@ -220,7 +229,11 @@ class StreamProcessor:
         remove = [h for h in headers if h.startswith("x-gateway-") or h in CREDENTIAL_HEADERS]
         # Providers must send identity-encoded bodies, or metering sees only gzip bytes.
         remove.append("accept-encoding")
-        return msgs.request_headers_reply(msgs.common(remove=remove), forwarded=True)
+        # A credential in the query (Gemini `?key=`) leaves the path before Envoy logs or
+        # forwards it (the body phase sets the provider's path anyway).
+        path = {":path": self.path} if self.path_changed else None
+        common = msgs.common(set_headers=path, remove=remove)
+        return msgs.request_headers_reply(common, forwarded=True)
 
     def _models(self, bare_path: str) -> msgs.ProcessingResponse:
         if self.method != "GET":
@@ -242,7 +255,7 @@ class StreamProcessor:
         api = api_for_path(self.path)
         assert api is not None  # the headers phase rejected everything else
         # Capped and, for large bodies, off the event loop: no body stalls the other streams.
-        request = await parse_off_loop(api, message.body, self.ctx.config.limits)
+        request = await parse_off_loop(api, message.body, self.ctx.config.limits, self.path)
         self.request = request
         entry = self.ctx.catalog.lookup(request.model)
         if entry is None:
@@ -258,6 +271,11 @@ class StreamProcessor:
             raise Forbidden(
                 f"{self.identity.subject} may not use model {request.model!r}: "
                 f"{policies.explain(self.identity, entry.name, request.model)}"
+            )
+        if entry.provider not in self.ctx.upstreams:  # a built-in provider left out without a key
+            raise UnknownModel(
+                f"model {request.model!r} has no configured provider: this gateway does not "
+                f"serve {entry.provider}"
             )
         # Guardrails: PII and secrets in the prompt are blocked (400), redacted or monitored; a
         # large prompt is scanned off the event loop after its rate limits, and within a time.
@@ -284,8 +302,6 @@ class StreamProcessor:
             cached = await self._cache_lookup(request, entry)  # a hit reserves nothing
             if cached is not None:
                 return cached
-        if entry.provider not in self.ctx.upstreams:
-            raise UnknownModel(f"model {request.model!r} has no configured provider")
         upstream = self.ctx.upstreams[entry.provider]  # a refused billing header: 400, unreserved
         upstream.forward.removals(self.client_headers, provider=upstream.provider)
         # The price of this request: its service tier, a long-context beta (400 if unpriced).
@@ -319,7 +335,9 @@ class StreamProcessor:
                 entry=entry,
                 requested=request.model,
                 bound_for=self._bounder(request),
-                allowed=lambda model: policies.allows(identity, model.name),
+                allowed=lambda model: (
+                    model.provider in self.ctx.upstreams and policies.allows(identity, model.name)
+                ),
                 facts_for=facts,
             )
         except RateLimited as refused:
@@ -336,6 +354,8 @@ class StreamProcessor:
         if self.cache_ticket is not None and route.output_cap(admission.bound) != self.cache_cap:
             self.cache_ticket = CacheTicket(self.cache_ticket.status)  # keyed for another body
         upstream = self.ctx.upstreams[entry.provider]
+        if upstream.token is not None:  # Entra ID: cached; waits only when none is valid (503)
+            await upstream.token.ensure()
         translation = self.translation = self._translation_to(entry)  # a downgrade may cross
         if translation is None:
             common = route.forward(
@@ -495,7 +515,7 @@ class StreamProcessor:
         if translation is None:
             raise BadRequest(
                 f"model {request.model!r} is served through the {entry.schema.value} API, "
-                f"not {API_PREFIX}{request.api.value}"
+                f"not {self.path.split('?', 1)[0]}"
             )
         return translation
 

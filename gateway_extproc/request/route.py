@@ -15,7 +15,7 @@ from typing import Any
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
-from gateway_extproc.apis import API_PREFIX
+from gateway_extproc.apis import API_PREFIX, Schema
 from gateway_extproc.budgets.admission import Admission
 from gateway_extproc.budgets.gate import BoundFor, BudgetGate
 from gateway_extproc.catalog.models import ModelEntry
@@ -32,6 +32,7 @@ from gateway_extproc.cost.bounds import (
 from gateway_extproc.errors import CostUnbounded, UnsupportedOption
 from gateway_extproc.extproc import messages as msgs
 from gateway_extproc.identity.model import Identity
+from gateway_extproc.providers.gemini.paths import parse_path
 from gateway_extproc.providers.inbound import ParsedRequest, upstream_body
 from gateway_extproc.translate.pairs import Translation
 
@@ -136,12 +137,16 @@ def forward(
     """The request phase's CommonResponse for a forwarded request: Envoy's route picks the
     cluster from CLUSTER_HEADER; the body is rewritten only when the served model, the
     injected output cap or a redaction changes it."""
-    set_headers = {CLUSTER_HEADER: upstream.cluster, ":path": upstream.upstream_path(path)}
-    if upstream.auth_header and upstream.auth_value:
-        set_headers[upstream.auth_header] = upstream.auth_value
+    if request.api.schema is Schema.GEMINI:  # the served model is in the path; `key=` never
+        path = parse_path(path).upstream(served_model)
+    upstream_path = upstream.api_path(path, request.api, served_model)
+    set_headers = {CLUSTER_HEADER: upstream.cluster, ":path": upstream_path}
+    credential = upstream.credential()
+    if credential is not None:
+        set_headers[credential[0]] = credential[1]
     new_body = upstream_body(
         request,
-        served_model=served_model,
+        served_model=upstream.model_name(served_model),  # an Azure deployment: the body's model
         output_cap=output_cap(admission.bound),
         redacted=redacted,
     )
@@ -190,8 +195,9 @@ def forward_translated(
         path = base + translation.upstream_path(translated, provider_model or served_model)
     set_headers = {CLUSTER_HEADER: upstream.cluster, ":path": path}
     set_headers.update(translation.headers)
-    if upstream.auth_header and upstream.auth_value:
-        set_headers[upstream.auth_header] = upstream.auth_value
+    credential = upstream.credential()
+    if credential is not None:
+        set_headers[credential[0]] = credential[1]
     body = translation.upstream_body(
         translated, model=served_model, max_tokens=max_tokens, beta=beta
     )

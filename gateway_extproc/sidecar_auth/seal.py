@@ -31,16 +31,22 @@ class StateSeal:
 
     def sign(self, text: str) -> str:
         """The MAC of `text` under the first key."""
-        return self._mac(self._keyed[0], text.encode()).decode()
+        return self._mac(self._keyed[0], _utf8(text)).decode()
 
     def verify(self, text: str, mac: str | None) -> bool:
         """Whether `mac` is the MAC of `text` under any of the keys, exactly as `sign` writes
         it (constant-time compares, every key tried)."""
         if not mac:
             return False
-        presented = mac.encode()
-        data = text.encode()
+        presented = _utf8(mac)
+        data = _utf8(text)
         valid = False
         for keyed in self._keyed:
             valid |= hmac.compare_digest(presented, self._mac(keyed, data))
         return valid
+
+
+def _utf8(text: str) -> bytes:
+    """UTF-8, a lone surrogate included as its code point's bytes: a state or MAC that carries
+    one (never one the sidecar wrote) then fails to verify instead of raising."""
+    return text.encode("utf-8", "surrogatepass")

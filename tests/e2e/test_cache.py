@@ -1,5 +1,6 @@
 """The response cache through real Envoy, the sidecar, redis-server and the mock provider, with the
-official SDKs as clients: tenant isolation, JSON after stream and stream after JSON in both APIs,
+official SDKs as clients: tenant isolation, JSON after stream and stream after JSON in every API
+(Gemini's generateContent and its stream share an entry),
 TTL expiry, the entry size cap, the skip / refresh / ttl headers, budgets untouched by a hit."""
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import anthropic
 import openai
 import pytest
 import redis
+from google import genai
+from google.genai import types as genai_types
 
 from gateway_extproc.identity.devissuer import DevIssuer, ensure_dev_issuer
 from gateway_extproc.stack import Stack
@@ -119,6 +122,11 @@ class Cached:
         )
         self.clients.append(client)
         return client
+
+    def gemini(self, user: str, *groups: str) -> genai.Client:
+        """Keep it in a variable while it is used: a collected Client closes its connection."""
+        options = genai_types.HttpOptions(base_url=self.stack.gateway_url)
+        return genai.Client(api_key=self.token(user, *groups), http_options=options)
 
     def upstream_calls(self, marker: str) -> int:
         """Requests the mock provider received since the test began whose body mentions
@@ -415,6 +423,67 @@ def test_anthropic_json_after_stream(gw: Cached) -> None:
     assert message.usage.output_tokens == final.usage.output_tokens > 0
     assert message.stop_reason == "end_turn"
     assert gw.upstream_calls(marker) == 1
+
+
+def gemini_ask(client: genai.Client, marker: str) -> tuple[Any, Any]:
+    response = client.models.generate_content(
+        model="gemini-2.5-flash", contents=f"What is {marker}?"
+    )
+    raw = response.sdk_http_response
+    assert raw is not None and raw.headers is not None
+    return raw.headers, response
+
+
+def gemini_stream(client: genai.Client, marker: str) -> tuple[Any, str, Any]:
+    """(headers, text, the last chunk's usage) of a streamed generateContent."""
+    chunks = list(
+        client.models.generate_content_stream(
+            model="gemini-2.5-flash", contents=f"What is {marker}?"
+        )
+    )
+    raw = chunks[0].sdk_http_response
+    assert raw is not None and raw.headers is not None
+    return raw.headers, "".join(c.text or "" for c in chunks), chunks[-1].usage_metadata
+
+
+def test_gemini_stream_after_json(gw: Cached) -> None:
+    marker = uuid.uuid4().hex
+    client = gw.gemini("gemma@example.com", "cached")
+    before = gw.entries()
+    headers, response = gemini_ask(client, marker)
+    assert headers[STATUS] == "miss"
+    miss = gw.audit.wait_for(headers["x-gateway-request-id"])
+    gw.new_entry(before)
+    headers, again = gemini_ask(client, marker)
+    assert headers[STATUS] == "hit"
+    assert again.text == response.text and again.usage_metadata == response.usage_metadata
+    headers, text, usage = gemini_stream(client, marker)  # the stream path: the same entry
+    assert headers[STATUS] == "hit"
+    assert headers["content-type"].startswith("text/event-stream")
+    assert text == response.text and usage == response.usage_metadata
+    hit = gw.audit.wait_for(headers["x-gateway-request-id"])
+    assert hit["cache"] == "hit" and hit["cost_micros"] == 0 and hit["api"] == "gemini_stream"
+    assert hit["cost_saved_micros"] == miss["cost_micros"] > 0
+    assert gw.upstream_calls(marker) == 1
+
+
+def test_gemini_json_after_stream(gw: Cached) -> None:
+    marker = uuid.uuid4().hex
+    client = gw.gemini("gordon@example.com", "cached")
+    before = gw.entries()
+    headers, text, usage = gemini_stream(client, marker)
+    assert headers[STATUS] == "miss"
+    gw.new_entry(before)
+    headers, response = gemini_ask(client, marker)
+    assert headers[STATUS] == "hit"
+    assert response.text == text and response.usage_metadata == usage
+    assert response.candidates and response.candidates[0].finish_reason == "STOP"
+    assert usage is not None and (usage.candidates_token_count or 0) > 0
+    # Another tenant asking the same is a miss.
+    other = gw.gemini("gustav@example.com", "cached")
+    headers, _ = gemini_ask(other, marker)
+    assert headers[STATUS] == "miss"
+    assert gw.upstream_calls(marker) == 2
 
 
 def test_ttl_expiry(gw: Cached) -> None:

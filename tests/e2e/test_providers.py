@@ -202,7 +202,10 @@ def test_audio_endpoints_are_a_clear_404(stack: Stack, mock: MockLog, path: str)
 
 def test_missing_key_is_a_startup_error_when_the_mock_is_off(tmp_path: Path) -> None:
     config = tmp_path / "gateway.yaml"
-    config.write_text("mock_unconfigured_providers: false\n")
+    # Providers the file names need their keys (a built-in one it does not name is left out).
+    config.write_text(
+        "mock_unconfigured_providers: false\nproviders: {openai: {}, anthropic: {}}\n"
+    )
     env = {k: v for k, v in stack_environ(tmp_path).items() if not k.endswith("_API_KEY")}
     result = subprocess.run(
         [

@@ -1,5 +1,6 @@
 """Rate limits through real Envoy, the sidecar and redis-server, driven by the official openai
-SDK: a held burst of 200 against 20/minute, token limits settled at a stream's real tokens,
+(and google-genai) SDK: a held burst of 200 against 20/minute, token limits settled at a stream's
+real tokens and at Gemini's usageMetadata,
 monitor mode, and rate limits and budgets refusing all or nothing."""
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ import anthropic
 import openai
 import pytest
 import redis
+from google import genai
+from google.genai import errors as genai_errors
+from google.genai import types as genai_types
 
 from gateway_extproc.identity.devissuer import DevIssuer, ensure_dev_issuer
 from gateway_extproc.stack import Stack
@@ -26,6 +30,7 @@ MESSAGES = [{"role": "user", "content": "Count the stars, please."}]
 BURST = 200
 RPM = 20
 TPH = 100_000
+GEMINI_TPH = 5_000
 HEADERS = (
     "x-ratelimit-limit-requests",
     "x-ratelimit-remaining-requests",
@@ -82,6 +87,12 @@ rate_limits:
     scope: {{kind: user}}
     match: {{groups: [claude]}}
     requests: 1
+    window: 1h
+    action: block
+  - name: gemini-tokens
+    scope: {{kind: user}}
+    match: {{groups: [gemini], models: ["gemini-*"]}}
+    tokens: {GEMINI_TPH}
     window: 1h
     action: block
   - name: broke-rpm
@@ -266,6 +277,45 @@ def test_token_limits_count_a_streams_real_tokens_at_settle(gw: Limited) -> None
     assert real < hold_tokens
     eventually(lambda: gw.rate_counts("tokens-hourly", "tom@example.com", 3600) == (1, real))
     assert rec["rate_limits"][0]["remaining_tokens"] == TPH - hold_tokens
+
+
+def test_a_gemini_token_limit_counts_usage_metadata_and_refuses_in_geminis_format(
+    gw: Limited,
+) -> None:
+    token = gw.token("gil@example.com", "gemini")
+    options = genai_types.HttpOptions(base_url=gw.stack.gateway_url)
+    client = genai.Client(api_key=token, http_options=options)
+    config = genai_types.GenerateContentConfig(
+        max_output_tokens=200,
+        http_options=genai_types.HttpOptions(headers={"x-mock-output-tokens": "12"}),
+    )
+    first = client.models.generate_content(
+        model="gemini-2.5-flash", contents="Count the stars.", config=config
+    )
+    usage = first.usage_metadata
+    assert usage is not None and usage.total_token_count
+    raw = first.sdk_http_response
+    assert raw is not None and raw.headers is not None
+    assert raw.headers["x-ratelimit-limit-tokens"] == str(GEMINI_TPH)
+    rec = gw.audit.wait_for(raw.headers["x-gateway-request-id"])
+    used = rec["tokens"]
+    real = used["input_tokens"] + used["cached_input_tokens"] + used["output_tokens"]
+    assert real == usage.total_token_count  # settled at what usageMetadata reported
+    eventually(lambda: gw.rate_counts("gemini-tokens", "gil@example.com", 3600) == (1, real))
+    # A request whose worst case no longer fits: refused before the provider, Gemini's 429.
+    big = genai_types.GenerateContentConfig(max_output_tokens=GEMINI_TPH)
+    with pytest.raises(genai_errors.ClientError) as caught:
+        client.models.generate_content(model="gemini-2.5-flash", contents="More.", config=big)
+    err = caught.value
+    assert err.code == 429 and err.status == "RESOURCE_EXHAUSTED"
+    assert "rate limit 'gemini-tokens' for user gil@example.com" in str(err.message)
+    assert isinstance(err.details, dict)
+    (info,) = err.details["error"]["details"]
+    assert info["reason"] == "rate_limited"
+    refused = gw.audit.wait_for(info["metadata"]["request_id"])
+    assert refused["status"] == 429 and refused["api"] == "gemini_generate"
+    assert refused["rate_limits"][0]["blocked"] is True
+    assert gw.rate_counts("gemini-tokens", "gil@example.com", 3600) == (1, real)  # not counted
 
 
 def test_monitor_mode_admits_and_reports_would_block(gw: Limited) -> None:

@@ -45,10 +45,17 @@ def bedrock_config(tmp_path: Path, **bedrock: Any) -> GatewayConfig:
     }
     path = tmp_path / "gateway.yaml"
     path.write_text(yaml.safe_dump(doc))
-    return load_config(path, {})
+    return load_config(path, KEYS)
 
 
-KEYS = {"OPENAI_API_KEY": "sk-x", "ANTHROPIC_API_KEY": "sk-ant-x"}
+# Every built-in provider's key (and Azure's endpoint): only Bedrock can lack its credential.
+KEYS = {
+    "OPENAI_API_KEY": "sk-x",
+    "ANTHROPIC_API_KEY": "sk-ant-x",
+    "GEMINI_API_KEY": "gm-x",
+    "AZURE_OPENAI_API_KEY": "az-x",
+    "AZURE_OPENAI_ENDPOINT": "https://example.openai.azure.com",
+}
 
 
 def test_without_aws_credentials_the_mock_serves_it(tmp_path: Path) -> None:

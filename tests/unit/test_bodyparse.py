@@ -27,9 +27,9 @@ def record_thread(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     threads: list[str] = []
     real = bodyparse.parse_checked
 
-    def spy(api: Api, raw: bytes, limits: Limits) -> ParsedRequest:
+    def spy(api: Api, raw: bytes, limits: Limits, path: str = "") -> ParsedRequest:
         threads.append(threading.current_thread().name)
-        return real(api, raw, limits)
+        return real(api, raw, limits, path)
 
     monkeypatch.setattr(bodyparse, "parse_checked", spy)
     return threads

@@ -47,6 +47,9 @@ SHIPPED_MODELS = [
     *("claude-opus-4-6", "claude-opus-4-5"),
     *("claude-sonnet-5-5", "claude-sonnet-5", "claude-sonnet-4-6", "claude-sonnet-4-5"),
     *("claude-haiku-5-5", "claude-haiku-4-5"),
+    *("gemini-2.5-pro", "gemini-2.5-flash", "gemini-2.5-flash-lite"),
+    *("azure/gpt-4o", "azure/gpt-4o-mini", "azure/gpt-4.1", "azure/gpt-4.1-mini"),
+    "azure/text-embedding-3-small",
     # Claude on Bedrock: named by their Bedrock ids (global and US inference profiles).
     *(
         "global.anthropic.claude-sonnet-4-5-20250929-v1:0",
@@ -69,14 +72,14 @@ def test_every_shipped_entry_is_priced_and_consistent(shipped: Catalog) -> None:
     for entry in shipped.models():
         assert not entry.free, entry.name  # list prices only; free is for self-hosted models
         assert entry.price.input > 0, entry.name
-        assert entry.provider in {"openai", "anthropic", "bedrock"}, entry.name
-        assert entry.schema is Schema(entry.provider), entry.name
+        assert entry.provider in {"openai", "anthropic", "gemini", "azure", "bedrock"}, entry.name
+        assert entry.schema is Schema({"azure": "openai"}.get(entry.provider, entry.provider))
         if entry.embedding:
             assert entry.price.output == 0 and entry.max_output_tokens == 0, entry.name
         else:
             assert entry.price.output > 0 and entry.max_output_tokens > 0, entry.name
         assert entry.price.cached_input <= entry.price.input, entry.name
-    assert shipped.validate_providers(["openai", "anthropic", "bedrock"]) == []
+    assert shipped.validate_providers(["openai", "anthropic", "gemini", "azure", "bedrock"]) == []
 
 
 # (model, input, output, cached_input, cache_write, cache_write_1h, cache_write_12h) in USD per 1M
@@ -223,10 +226,13 @@ def test_embedding_needs_only_input() -> None:
 
 
 # OpenAI's reasoning models: o-series, GPT-5.x and GPT-6.x (reasoning tokens billed as output, never
-# streamed). Claude models think only when a request enables `thinking`.
+# streamed). Claude models think only when a request enables `thinking`. Gemini 2.5 Pro and Flash
+# think by default and show none of it (`thoughtsTokenCount` billed as output); Flash-Lite thinks
+# only with a thinking budget set in the request.
 HIDDEN_REASONING = {
     *("gpt-6.2-sol", "gpt-6.1-sol", "gpt-6-sol", "gpt-6.1-terra", "gpt-6-luna"),
     *("gpt-5.6-luna", "gpt-5.4-nano", "gpt-5", "gpt-5-mini", "gpt-5-nano", "o3"),
+    *("gemini-2.5-pro", "gemini-2.5-flash"),
 }
 
 
@@ -303,9 +309,9 @@ def test_operator_files_merge_fields_add_and_remove(tmp_path: Path) -> None:
     assert llama is not None and llama.free and llama.price == Price.free()
     haiku = catalog.lookup("claude-haiku-4-5-20251001")
     assert haiku is not None and haiku.free and haiku.price == Price.free()
-    assert catalog.validate_providers(["openai", "anthropic", "bedrock"]) == [
+    assert catalog.validate_providers(["openai", "anthropic", "gemini", "azure", "bedrock"]) == [
         f"{first}: models.llama-3-70b.provider: 'vllm' is not a configured provider "
-        "(known: anthropic, bedrock, openai)"
+        "(known: anthropic, azure, bedrock, gemini, openai)"
     ]
 
 
@@ -361,7 +367,7 @@ def test_every_validation_error_reported_at_once() -> None:
             "unpriced": {**CHAT},
             "half-priced": {**CHAT, "input": 1},
             "typo": {**CHAT, "inptu": 1, "output": 2},
-            "bad-schema": {**CHAT, "schema": "gemini", "input": 1, "output": 2},
+            "bad-schema": {**CHAT, "schema": "vertex", "input": 1, "output": 2},
             "zero-max": {**CHAT, "max_output_tokens": 0, "input": 1, "output": 2},
             "bool-max": {**CHAT, "max_output_tokens": True, "input": 1, "output": 2},
             "no-fields": {"input": 1, "output": 2},
@@ -391,7 +397,8 @@ def test_every_validation_error_reported_at_once() -> None:
         f"{op}: models.half-priced: needs input and output prices, or free: true",
         f"{op}: models.typo.inptu: unknown key (did you mean 'input'?)",
         f"{op}: models.typo: needs input and output prices, or free: true",
-        f"{op}: models.bad-schema.schema: must be one of openai, anthropic, bedrock (got 'gemini')",
+        f"{op}: models.bad-schema.schema: must be one of openai, anthropic, gemini, bedrock "
+        "(got 'vertex')",
         f"{op}: models.zero-max.max_output_tokens: must be a positive integer (got 0)",
         f"{op}: models.bool-max.max_output_tokens: must be a positive integer (got True)",
         f"{op}: models.no-fields.provider: required",

@@ -301,11 +301,16 @@ NO_CONTEXT_WINDOW = {
     *("gpt-3.5-turbo-instruct", "babbage-002", "davinci-002"),
     *("text-embedding-3-small", "text-embedding-3-large", "text-embedding-ada-002"),
     *("claude-opus-4-7", "o4-mini", "gpt-4o-mini-search-preview"),
+    *("azure/gpt-4o", "azure/gpt-4o-mini", "azure/gpt-4.1", "azure/gpt-4.1-mini"),
+    "azure/text-embedding-3-small",
 }
 NO_IMAGE_MAXIMUM = {
     *("gpt-6.2-sol", "gpt-6.1-sol", "gpt-6-sol", "gpt-6.1-terra", "gpt-6-luna"),
     *("gpt-3.5-turbo-instruct", "babbage-002", "davinci-002", "gpt-4o-mini-search-preview"),
     *("text-embedding-3-small", "text-embedding-3-large", "text-embedding-ada-002"),
+    "azure/text-embedding-3-small",
+    # Gemini tiles a large image into 258-token tiles with no published maximum.
+    *("gemini-2.5-pro", "gemini-2.5-flash", "gemini-2.5-flash-lite"),
 }
 
 
@@ -351,6 +356,7 @@ SHIPPED_LONG_CONTEXT = [
     ("gpt-5.6-luna", 272_000, "0.40", "0.04", "0.50", "0.50", "1.80"),
     ("claude-sonnet-4-5", 200_000, "6", "0.60", "7.50", "12", "22.50"),
     ("claude-haiku-5-5", 100_000, "0.50", "0.50", "0.625", "1", "2.50"),
+    ("gemini-2.5-pro", 200_000, "2.50", "0.25", "2.50", "2.50", "15"),
 ]
 
 

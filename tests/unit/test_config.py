@@ -20,6 +20,7 @@ from gateway_extproc.config.gateway import (
 )
 from gateway_extproc.config.providers import Credential
 from gateway_extproc.errors import ConfigError
+from gateway_extproc.providers.azure.settings import AzureSettings
 
 
 def write_yaml(path: Path, doc: object) -> Path:
@@ -49,7 +50,7 @@ def test_builtin_config_loads() -> None:
     assert config.mock_unconfigured_providers is True
     assert (config.audit_stdout, config.audit_file) == (True, None)
 
-    assert sorted(config.providers) == ["anthropic", "openai"]
+    assert sorted(config.providers) == ["anthropic", "azure", "gemini", "openai"]
     openai, anthropic = config.providers["openai"], config.providers["anthropic"]
     assert (openai.schema, openai.base_url, openai.cluster) == (
         Schema.OPENAI,
@@ -62,6 +63,19 @@ def test_builtin_config_loads() -> None:
         "https://api.anthropic.com/v1",
     )
     assert anthropic.auth == Credential(header="x-api-key", env="ANTHROPIC_API_KEY")
+    gemini = config.providers["gemini"]
+    assert (gemini.schema, gemini.base_url) == (
+        Schema.GEMINI,
+        "https://generativelanguage.googleapis.com",
+    )
+    assert gemini.auth == Credential(header="x-goog-api-key", env="GEMINI_API_KEY")
+    azure = config.providers["azure"]  # its endpoint from AZURE_OPENAI_ENDPOINT: none here
+    assert (azure.schema, azure.base_url, azure.azure) == (
+        Schema.OPENAI,
+        "",
+        AzureSettings(api="v1", endpoint_env="AZURE_OPENAI_ENDPOINT"),
+    )
+    assert azure.auth == Credential(header="api-key", env="AZURE_OPENAI_API_KEY")
 
     models = config.catalog.models()
     assert models, "the shipped catalog is loaded"
@@ -71,7 +85,11 @@ def test_builtin_config_loads() -> None:
 
 def test_builtin_config_reads_no_environment_by_default() -> None:
     # Keys in the environ change nothing in the config itself (upstreams read them later).
-    environ = {"OPENAI_API_KEY": "sk-test", "ANTHROPIC_API_KEY": "sk-ant"}
+    environ = {
+        "OPENAI_API_KEY": "sk-test",
+        "ANTHROPIC_API_KEY": "sk-ant",
+        "GEMINI_API_KEY": "AIza-x",
+    }
     assert load_config(None, environ).providers == load_config(None, {}).providers
 
 
@@ -165,7 +183,7 @@ def test_operator_file_merges_over_defaults(tmp_path: Path) -> None:
         "health_check_interval_s": 1,
         "health_check_unhealthy_threshold": 2,
     }
-    assert list(doc["providers"]) == ["openai", "local"]  # anthropic removed
+    assert list(doc["providers"]) == ["openai", "gemini", "azure", "local"]  # anthropic removed
     assert doc["providers"]["openai"] == {  # base_url replaced, auth kept from the default
         "schema": "openai",
         "base_url": "https://x.openai.azure.com/openai/v1",
@@ -202,7 +220,7 @@ def test_operator_file_parsed(tmp_path: Path) -> None:
     assert config.limits.ext_proc_message_timeout_ms == 250
     assert (config.drain_s, config.grace_s) == (0.5, 1.0)
     assert isinstance(config.grace_s, float)
-    assert list(config.providers) == ["openai", "anthropic", "local", "vault"]
+    assert list(config.providers) == ["openai", "anthropic", "gemini", "azure", "local", "vault"]
     assert config.providers["openai"].auth == Credential(
         header="authorization", file=str(tmp_path / "oai")
     )
@@ -359,7 +377,7 @@ INVALID: list[tuple[str, dict[str, Any], dict[str, str], list[str]]] = [
     ),
     (
         "no providers left",
-        {"providers": {"openai": None, "anthropic": None}},
+        {"providers": {"openai": None, "anthropic": None, "gemini": None, "azure": None}},
         {},
         ["providers: must name at least one provider"],
     ),
@@ -417,13 +435,16 @@ INVALID: list[tuple[str, dict[str, Any], dict[str, str], list[str]]] = [
         "bad schema",
         {"providers": {"openai": {"schema": "OpenAI"}}},
         {},
-        ["providers.openai.schema: must be one of openai, anthropic, bedrock (got 'OpenAI')"],
+        [
+            "providers.openai.schema: must be one of openai, anthropic, gemini, bedrock "
+            "(got 'OpenAI')"
+        ],
     ),
     (
         "missing schema",
         {"providers": {"local": {"base_url": "http://h/v1", "auth": None}}},
         {},
-        ["providers.local.schema: must be one of openai, anthropic, bedrock (got None)"],
+        ["providers.local.schema: must be one of openai, anthropic, gemini, bedrock (got None)"],
     ),
     (
         "missing base_url",
@@ -574,7 +595,7 @@ def test_every_problem_reported_at_once(tmp_path: Path) -> None:
         "mock_unconfigured_providers": 1,
         "providers": {
             "openai": {
-                "schema": "gemini",
+                "schema": "vertex",
                 "base_url": "ftp://api.openai.com/v1",
                 "region": "us",
                 "auth": {"header": "h", "prefix": 7, "env": "K", "file": "/k", "scope": "x"},
@@ -607,7 +628,7 @@ def test_every_problem_reported_at_once(tmp_path: Path) -> None:
         "limits.upstream_connect_timeout_s: must be an integer in [1, 600] (got 601)",
         "limits.max_downstream_connections: must be an integer in [1, 10000000] (got 'many')",
         "providers.openai.region: unknown key",
-        "providers.openai.schema: must be one of openai, anthropic, bedrock (got 'gemini')",
+        "providers.openai.schema: must be one of openai, anthropic, gemini, bedrock (got 'vertex')",
         "providers.openai.base_url: must be an http(s) URL (got 'ftp://api.openai.com/v1')",
         "providers.openai.auth.scope: unknown key",
         "providers.openai.auth: set exactly one of env, file",
@@ -620,7 +641,7 @@ def test_every_problem_reported_at_once(tmp_path: Path) -> None:
         "providers.v6.auth: must be a mapping or null",
         "providers.listed: must be a mapping",
         f"{catalog}: models.orphan.provider: 'nowhere' is not a configured provider "
-        "(known: anthropic, local, neither, openai, v6)",
+        "(known: anthropic, azure, gemini, local, neither, openai, v6)",
         "catalog: models.crossed: schema openai but provider anthropic speaks anthropic",
         "audit.file: must be a path or null",
         "listener.host: must be a non-empty string (got '')",
@@ -704,7 +725,7 @@ def test_catalog_model_for_a_provider_that_is_not_configured(tmp_path: Path) -> 
     path = write_yaml(tmp_path / "gateway.yaml", {"catalog": {"files": [str(catalog)]}})
     assert problems_of(path) == [
         f"{catalog}: models.llama-local.provider: 'local' is not a configured provider "
-        "(known: anthropic, openai)"
+        "(known: anthropic, azure, gemini, openai)"
     ]
 
 
@@ -798,7 +819,9 @@ def test_bedrock_provider_defaults_its_endpoint_from_its_region(tmp_path: Path) 
 
 
 def test_removing_a_builtin_provider_drops_its_shipped_models() -> None:
-    doc = merge(load_document(None), {"providers": {"anthropic": None}})
+    doc = merge(
+        load_document(None), {"providers": {"anthropic": None, "gemini": None, "azure": None}}
+    )
     config = parse_config(doc, {})
     assert set(config.providers) == {"openai"}
     assert config.catalog.models()

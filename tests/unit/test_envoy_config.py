@@ -378,8 +378,17 @@ def test_sidecar_health_check_follows_the_config(tmp_path: Path) -> None:
 
 
 def test_production_provider_clusters(config: GatewayConfig, production: dict[str, Any]) -> None:
-    assert cluster_names(production) == [EXTPROC_CLUSTER, "provider_openai", "provider_anthropic"]
-    for name, host in (("openai", "api.openai.com"), ("anthropic", "api.anthropic.com")):
+    assert cluster_names(production) == [
+        EXTPROC_CLUSTER,
+        "provider_openai",
+        "provider_anthropic",
+        "provider_gemini",
+    ]
+    for name, host in (
+        ("openai", "api.openai.com"),
+        ("anthropic", "api.anthropic.com"),
+        ("gemini", "generativelanguage.googleapis.com"),
+    ):
         c = cluster(production, f"provider_{name}")
         assert c["type"] == "LOGICAL_DNS"
         assert c["connect_timeout"] == "10s"
@@ -402,8 +411,14 @@ def test_production_provider_clusters(config: GatewayConfig, production: dict[st
 
 
 def test_mocked_provider_clusters(config: GatewayConfig, mocked: dict[str, Any]) -> None:
-    assert cluster_names(mocked) == [EXTPROC_CLUSTER, "provider_openai", "provider_anthropic"]
-    for name in ("openai", "anthropic"):
+    assert cluster_names(mocked) == [
+        EXTPROC_CLUSTER,
+        "provider_openai",
+        "provider_anthropic",
+        "provider_gemini",
+        "provider_azure",
+    ]
+    for name in ("openai", "anthropic", "gemini", "azure"):
         c = cluster(mocked, f"provider_{name}")
         assert c["type"] == "STATIC"
         assert endpoint(c) == {
@@ -422,6 +437,8 @@ def test_self_hosted_and_small_limit(self_hosted: tuple[GatewayConfig, dict[str,
         EXTPROC_CLUSTER,
         "provider_openai",
         "provider_anthropic",
+        "provider_gemini",
+        "provider_azure",
         "provider_vllm",
     ]
     assert cluster(b, "provider_openai")["transport_socket"]["typed_config"]["sni"] == (
@@ -446,17 +463,22 @@ def test_self_hosted_and_small_limit(self_hosted: tuple[GatewayConfig, dict[str,
 def test_local_reply_mappers(config: GatewayConfig, production: dict[str, Any]) -> None:
     mappers = hcm(production)["local_reply_config"]["mappers"]
     # Seven cases (sidecar down, too large, overloaded, header and request timeouts, an
-    # underscore in a header name, anything else), each in Anthropic and OpenAI format.
-    assert len(mappers) == 14
+    # underscore in a header name, anything else), each in Gemini, Anthropic and OpenAI format.
+    assert len(mappers) == 21
     expressions = [m["filter"]["extension_filter"]["typed_config"]["expression"] for m in mappers]
     by_expression = dict(zip(expressions, mappers, strict=True))
+    gemini_path = (
+        " && (request.path.startsWith('/v1beta/') || (request.path.startsWith('/v1/models/')"
+        " && request.path.contains(':')))"
+    )
     anthropic_path = " && request.path.startsWith('/v1/messages')"
-    # Envoy uses the first mapper that matches: each case's Anthropic mapper comes just before
-    # its OpenAI one, which has no path test, so errors before any path (a malformed request
-    # line, slow headers) still get JSON.
-    assert expressions[0::2] == [e + anthropic_path for e in expressions[1::2]]
-    for anthropic in (True, False):
-        path = anthropic_path if anthropic else ""
+    # Envoy uses the first mapper that matches: each case's Gemini mapper, then its Anthropic
+    # one, come just before its OpenAI one, which has no path test, so errors before any path (a
+    # malformed request line, slow headers) still get JSON.
+    openai_expressions = expressions[2::3]
+    assert expressions[0::3] == [e + gemini_path for e in openai_expressions]
+    assert expressions[1::3] == [e + anthropic_path for e in openai_expressions]
+    for family, path in (("gemini", gemini_path), ("anthropic", anthropic_path), ("openai", "")):
         down = by_expression[f"response.code_details.startsWith('ext_proc'){path}"]
         too_large = by_expression[f"response.code_details == 'request_payload_too_large'{path}"]
         other = by_expression[f"!response.code_details.startsWith('gateway_'){path}"]
@@ -464,11 +486,22 @@ def test_local_reply_mappers(config: GatewayConfig, production: dict[str, Any]) 
         assert "status_code" not in other  # Envoy's own status is kept
         for m in (down, too_large, other):
             body = m["body_format_override"]["json_format"]
+            if family == "gemini":  # google-genai's shape; the request id in the ErrorInfo
+                assert set(body["error"]) == {"code", "message", "status", "details"}
+                (info,) = body["error"]["details"]
+                assert info["metadata"]["request_id"] == "%REQ(X-REQUEST-ID)%"
+                continue
             assert body["request_id"] == "%REQ(X-REQUEST-ID)%"
-            if anthropic:
+            if family == "anthropic":
                 assert body["type"] == "error" and set(body["error"]) == {"type", "message"}
             else:
                 assert set(body["error"]) == {"message", "type", "param", "code"}
+        if family == "gemini":
+            assert down["body_format_override"]["json_format"]["error"]["code"] == 503
+            assert down["body_format_override"]["json_format"]["error"]["status"] == "UNAVAILABLE"
+            assert other["body_format_override"]["json_format"]["error"]["code"] == (
+                "%RESPONSE_CODE%"
+            )
         limit = str(config.limits.max_request_body_bytes)
         assert limit in too_large["body_format_override"]["json_format"]["error"]["message"]
     assert mappers[-1] is by_expression["!response.code_details.startsWith('gateway_')"]

@@ -41,6 +41,13 @@ BASE: dict[Api, dict[str, Any]] = {
     Api.OPENAI_EMBEDDINGS: {"model": "text-embedding-3-small", "input": "Hi"},
     Api.OPENAI_COMPLETIONS: {"model": "gpt-3.5-turbo-instruct", "prompt": "Hi"},
     Api.ANTHROPIC_MESSAGES: MESSAGES,
+    Api.GEMINI_GENERATE: {"contents": [{"role": "user", "parts": [{"text": "Hi"}]}]},
+    Api.GEMINI_STREAM: {"contents": [{"parts": [{"text": "Hi"}]}]},
+}
+# Gemini names the model, and whether it streams, in the path.
+GEMINI_PATHS = {
+    Api.GEMINI_GENERATE: "/v1beta/models/gemini-2.5-flash:generateContent",
+    Api.GEMINI_STREAM: "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
 }
 
 
@@ -54,15 +61,16 @@ def test_every_api_has_a_base_request() -> None:
 @pytest.mark.parametrize("api", CLIENT_APIS)
 def test_parse_minimal_request(api: Api) -> None:
     body = BASE[api]
-    req = parse(api, body)
+    path = GEMINI_PATHS.get(api, "")
+    req = parse_request(api, raw(body), path)
     assert (req.api, req.body, req.model, req.stream, req.wants_usage) == (
         api,
         body,
-        body["model"],
-        False,
+        "gemini-2.5-flash" if path else body["model"],
+        api is Api.GEMINI_STREAM,
         False,
     )
-    assert req.input_tokens_estimate == estimate_input_tokens(body) > 0
+    assert req.input_tokens_estimate == estimate_input_tokens(body, api) > 0
 
 
 # (api, extra fields, max_output_tokens)

@@ -591,7 +591,9 @@ def test_bad_config_exits_2_with_every_problem(tmp_path: Path) -> None:
 
 def test_missing_key_without_mock_exits_2(tmp_path: Path) -> None:
     config = tmp_path / "strict.yaml"
-    config.write_text(yaml.safe_dump({"mock_unconfigured_providers": False}))
+    # Providers the file names must have their keys (an unnamed built-in one is left out).
+    doc = {"mock_unconfigured_providers": False, "providers": {"openai": {}, "anthropic": {}}}
+    config.write_text(yaml.safe_dump(doc))
     result = subprocess.run(
         [sys.executable, "-m", "gateway_extproc.server", "--config", str(config)],
         cwd=REPO,

@@ -99,6 +99,14 @@ def test_any_change_to_the_state_fails_its_mac(position: int, char: str) -> None
     assert seal.verify(changed, mac) is (changed == STATE)
 
 
+@pytest.mark.parametrize("text", ["\ud800", STATE + "\udfff"])
+def test_a_lone_surrogate_in_the_state_or_the_mac_fails_without_raising(text: str) -> None:
+    seal = StateSeal((KEY,))
+    assert not seal.verify(text, seal.sign(STATE))
+    assert not seal.verify(STATE, text)
+    assert seal.verify(text, seal.sign(text))  # what the seal signs it verifies, whatever it is
+
+
 @given(mac=st.text(max_size=60))
 def test_no_other_string_is_the_mac(mac: str) -> None:
     seal = StateSeal((KEY,))
@@ -298,7 +306,8 @@ def test_tls_files_are_read_and_missing_ones_named(tmp_path: Path) -> None:
 def test_the_sidecar_does_not_start_without_its_secrets(tmp_path: Path) -> None:
     """build_context: a missing credential is a start-up error, reported with the providers'."""
     config = tmp_path / "gateway.yaml"
-    config.write_text(yaml.safe_dump({"mock_unconfigured_providers": False}))
+    doc = {"mock_unconfigured_providers": False, "providers": {"openai": {}}}  # openai required
+    config.write_text(yaml.safe_dump(doc))
     with pytest.raises(ConfigError) as info:
         build_context(config, {}, None)
     problems = "\n".join(info.value.problems)

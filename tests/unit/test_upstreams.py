@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from gateway_extproc.apis import Schema
-from gateway_extproc.config.gateway import GatewayConfig, load_config
+from gateway_extproc.config.gateway import GatewayConfig, load_config, load_document, parse_config
 from gateway_extproc.config.upstreams import Upstream, needs_mock, resolve_upstreams
 from gateway_extproc.errors import ConfigError
 from gateway_extproc.providers.forwarding import forward_policy
@@ -18,6 +18,9 @@ from gateway_extproc.providers.forwarding import forward_policy
 MOCK = "http://127.0.0.1:9/v1"
 OPENAI_KEY = "sk-test-0123456789abcdef"
 ANTHROPIC_KEY = "sk-ant-test-0123456789"
+GEMINI_KEY = "AIza-test-0123456789"
+AZURE_KEY = "azure-test-0123456789"
+AZURE_ENDPOINT = "https://contoso.openai.azure.com"
 
 
 def config_with(tmp_path: Path, doc: dict[str, Any]) -> GatewayConfig:
@@ -32,7 +35,13 @@ def default_config() -> GatewayConfig:
 
 
 def test_credentials_from_the_environment(default_config: GatewayConfig) -> None:
-    environ = {"OPENAI_API_KEY": OPENAI_KEY, "ANTHROPIC_API_KEY": ANTHROPIC_KEY}
+    environ = {
+        "OPENAI_API_KEY": OPENAI_KEY,
+        "ANTHROPIC_API_KEY": ANTHROPIC_KEY,
+        "GEMINI_API_KEY": GEMINI_KEY,
+        "AZURE_OPENAI_API_KEY": AZURE_KEY,
+        "AZURE_OPENAI_ENDPOINT": AZURE_ENDPOINT,
+    }
     ups = resolve_upstreams(default_config, environ, MOCK)
     assert ups["openai"] == Upstream(
         provider="openai",
@@ -75,7 +84,9 @@ def test_credential_from_a_file(tmp_path: Path) -> None:
             }
         },
     )
-    ups = resolve_upstreams(config, {"ANTHROPIC_API_KEY": ANTHROPIC_KEY}, None)
+    ups = resolve_upstreams(
+        config, {"ANTHROPIC_API_KEY": ANTHROPIC_KEY, "GEMINI_API_KEY": GEMINI_KEY}, None
+    )
     assert (ups["openai"].auth_header, ups["openai"].auth_value) == (
         "authorization",
         f"Bearer {OPENAI_KEY}",
@@ -106,7 +117,9 @@ def test_credential_file_without_a_key(tmp_path: Path, content: str | None) -> N
         },
     )
     with pytest.raises(ConfigError) as info:
-        resolve_upstreams(config, {"ANTHROPIC_API_KEY": ANTHROPIC_KEY}, MOCK)
+        resolve_upstreams(
+            config, {"ANTHROPIC_API_KEY": ANTHROPIC_KEY, "GEMINI_API_KEY": GEMINI_KEY}, MOCK
+        )
     assert info.value.problems == [f"providers.openai.auth: no credential in file {key}"]
 
 
@@ -135,25 +148,28 @@ def test_empty_env_var_is_no_credential(default_config: GatewayConfig) -> None:
     assert ups["openai"].mocked and ups["anthropic"].mocked
 
 
-# (id, mock_unconfigured_providers, mock URL) - each turns a missing key into an error
+# (id, mock_unconfigured_providers, mock URL) - each leaves a missing key without the mock
 NO_MOCK: list[tuple[str, bool, str | None]] = [
     ("mock disabled", False, MOCK),
     ("no mock running", True, None),
     ("mock URL empty", True, ""),
     ("neither", False, None),
 ]
+NAMED = {"providers": {"openai": {}, "anthropic": {"base_url": "https://anthropic.example/v1"}}}
 
 
 @pytest.mark.parametrize(
     ("allow", "mock_url"), [n[1:] for n in NO_MOCK], ids=[n[0] for n in NO_MOCK]
 )
-def test_missing_credential_without_mock_is_an_error(
+def test_a_named_provider_without_its_key_is_an_error(
     tmp_path: Path, allow: bool, mock_url: str | None
 ) -> None:
-    config = config_with(tmp_path, {"mock_unconfigured_providers": allow})
+    # The operator's file names openai and anthropic (even with nothing to change): their keys
+    # are required. gemini, not named, is left out without a word here.
+    config = config_with(tmp_path, {**NAMED, "mock_unconfigured_providers": allow})
     with pytest.raises(ConfigError) as info:
         resolve_upstreams(config, {}, mock_url)
-    # Every provider is reported, each naming where its key was looked for.
+    # Every named provider is reported, each naming where its key was looked for.
     assert info.value.problems == [
         "providers.openai.auth: no credential in environment variable OPENAI_API_KEY",
         "providers.anthropic.auth: no credential in environment variable ANTHROPIC_API_KEY",
@@ -164,20 +180,77 @@ def test_missing_credential_without_mock_is_an_error(
     assert info.value.problems == [
         "providers.openai.auth: no credential in environment variable OPENAI_API_KEY"
     ]
+    ups = resolve_upstreams(
+        config, {"OPENAI_API_KEY": OPENAI_KEY, "ANTHROPIC_API_KEY": ANTHROPIC_KEY}, mock_url
+    )
+    assert set(ups) == {"openai", "anthropic"}
+
+
+@pytest.mark.parametrize(
+    ("allow", "mock_url"), [n[1:] for n in NO_MOCK], ids=[n[0] for n in NO_MOCK]
+)
+def test_an_unnamed_builtin_provider_without_its_key_is_left_out(
+    tmp_path: Path, allow: bool, mock_url: str | None
+) -> None:
+    # A production config written before gemini was built in: it names no provider and sets
+    # two keys. The upgrade starts; gemini is left out (no upstream, no cluster).
+    config = config_with(tmp_path, {"mock_unconfigured_providers": allow})
+    assert config.optional_providers == {"openai", "anthropic", "gemini", "azure"}
+    environ = {"OPENAI_API_KEY": OPENAI_KEY, "ANTHROPIC_API_KEY": ANTHROPIC_KEY}
+    ups = resolve_upstreams(config, environ, mock_url)
+    assert set(ups) == {"openai", "anthropic"}
+    assert not any(up.mocked for up in ups.values())
+    # The same holds for every built-in provider: only gemini's key set, the others are left out.
+    assert set(resolve_upstreams(config, {"GEMINI_API_KEY": GEMINI_KEY}, mock_url)) == {"gemini"}
+    # No provider left at all is an error, naming every key that would do.
+    with pytest.raises(ConfigError) as info:
+        resolve_upstreams(config, {}, mock_url)
+    assert info.value.problems == [
+        "providers: no provider has its credential: set the key of one of openai (environment "
+        "variable OPENAI_API_KEY), anthropic (environment variable ANTHROPIC_API_KEY), gemini "
+        "(environment variable GEMINI_API_KEY), azure (environment variable AZURE_OPENAI_API_KEY)"
+    ]
+
+
+def test_the_mock_still_serves_every_builtin_provider_without_a_key(tmp_path: Path) -> None:
+    # make run: no file, no keys - every built-in provider, gemini too, goes to the mock.
+    ups = resolve_upstreams(load_config(None, {}), {}, MOCK)
+    assert set(ups) == {"openai", "anthropic", "gemini", "azure"}
+    assert all(up.mocked for up in ups.values())
+    # A named provider without its key goes to the mock as well when mocking is on.
+    config = config_with(tmp_path, NAMED)
+    assert config.optional_providers == {"gemini", "azure"}
+    assert all(up.mocked for up in resolve_upstreams(config, {}, MOCK).values())
+
+
+def test_optional_providers_come_from_the_operator_file_only(tmp_path: Path) -> None:
+    # A provider the file names, even as a bare `{}`, is not optional; one it removes is gone;
+    # a document parsed without the file's names (parse_config alone) requires every key.
+    config = config_with(tmp_path, {"providers": {"gemini": {}, "anthropic": None}})
+    assert set(config.providers) == {"openai", "gemini", "azure"}
+    assert config.optional_providers == {"openai", "azure"}
+    assert load_config(None, {}).optional_providers == {"openai", "anthropic", "gemini", "azure"}
+    assert parse_config(load_document(None), {}).optional_providers == frozenset()
 
 
 def test_assume_credentials_renders_the_production_shape(default_config: GatewayConfig) -> None:
     ups = resolve_upstreams(default_config, {}, MOCK, assume_credentials=True)
-    for name, host in (("openai", "api.openai.com"), ("anthropic", "api.anthropic.com")):
+    for name, host in (
+        ("openai", "api.openai.com"),
+        ("anthropic", "api.anthropic.com"),
+        ("gemini", "generativelanguage.googleapis.com"),
+    ):
         up = ups[name]
         assert (up.host, up.port, up.tls, up.mocked) == (host, 443, True, False)
         assert up.auth_header is not None
         assert up.auth_value is not None and "<credential>" in up.auth_value
     # Even when mocking is off and no mock runs: nothing is read, nothing is missing.
     config = dataclasses.replace(default_config, mock_unconfigured_providers=False)
+    # azure has no endpoint to render without AZURE_OPENAI_ENDPOINT: left out like a key.
     assert set(resolve_upstreams(config, {}, None, assume_credentials=True)) == {
         "openai",
         "anthropic",
+        "gemini",
     }
 
 
@@ -191,7 +264,13 @@ def test_self_hosted_provider_needs_no_credential(tmp_path: Path) -> None:
             "mock_unconfigured_providers": False,
         },
     )
-    environ = {"OPENAI_API_KEY": OPENAI_KEY, "ANTHROPIC_API_KEY": ANTHROPIC_KEY}
+    environ = {
+        "OPENAI_API_KEY": OPENAI_KEY,
+        "ANTHROPIC_API_KEY": ANTHROPIC_KEY,
+        "GEMINI_API_KEY": GEMINI_KEY,
+        "AZURE_OPENAI_API_KEY": AZURE_KEY,
+        "AZURE_OPENAI_ENDPOINT": AZURE_ENDPOINT,
+    }
     up = resolve_upstreams(config, environ, None)["vllm"]
     assert up == Upstream(
         provider="vllm",
@@ -278,7 +357,13 @@ def test_upstream_path(base_path: str, client_path: str, expected: str) -> None:
 
 
 def test_secret_never_in_repr(default_config: GatewayConfig) -> None:
-    environ = {"OPENAI_API_KEY": OPENAI_KEY, "ANTHROPIC_API_KEY": ANTHROPIC_KEY}
+    environ = {
+        "OPENAI_API_KEY": OPENAI_KEY,
+        "ANTHROPIC_API_KEY": ANTHROPIC_KEY,
+        "GEMINI_API_KEY": GEMINI_KEY,
+        "AZURE_OPENAI_API_KEY": AZURE_KEY,
+        "AZURE_OPENAI_ENDPOINT": AZURE_ENDPOINT,
+    }
     ups = resolve_upstreams(default_config, environ, MOCK)
     for up in ups.values():
         assert up.auth_value is not None
@@ -292,7 +377,18 @@ def test_secret_never_in_repr(default_config: GatewayConfig) -> None:
 NEEDS_MOCK: list[tuple[str, dict[str, str], bool, bool]] = [
     ("no keys", {}, True, True),
     ("one key", {"OPENAI_API_KEY": OPENAI_KEY}, True, True),
-    ("both keys", {"OPENAI_API_KEY": OPENAI_KEY, "ANTHROPIC_API_KEY": ANTHROPIC_KEY}, True, False),
+    (
+        "both keys",
+        {
+            "OPENAI_API_KEY": OPENAI_KEY,
+            "ANTHROPIC_API_KEY": ANTHROPIC_KEY,
+            "GEMINI_API_KEY": GEMINI_KEY,
+            "AZURE_OPENAI_API_KEY": AZURE_KEY,
+            "AZURE_OPENAI_ENDPOINT": AZURE_ENDPOINT,
+        },
+        True,
+        False,
+    ),
     ("empty key", {"OPENAI_API_KEY": OPENAI_KEY, "ANTHROPIC_API_KEY": ""}, True, True),
     ("no keys, mock disabled", {}, False, False),
 ]

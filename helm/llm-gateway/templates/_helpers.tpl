@@ -104,9 +104,12 @@ generates (redis-auth-secret.yaml). */}}
 {{- else if eq $name "anthropic" }}
 {{- $_ := set $auth "header" (default "x-api-key" $key.header) }}
 {{- if $key.prefix }}{{- $_ := set $auth "prefix" $key.prefix }}{{- end }}
+{{- else if eq $name "gemini" }}
+{{- $_ := set $auth "header" (default "x-goog-api-key" $key.header) }}
+{{- if $key.prefix }}{{- $_ := set $auth "prefix" $key.prefix }}{{- end }}
 {{- else }}
 {{- if not $key.header }}
-{{- fail (printf "providerKeys.%s.header: required for a provider other than openai and anthropic" $name) }}
+{{- fail (printf "providerKeys.%s.header: required for a provider other than openai, anthropic and gemini" $name) }}
 {{- end }}
 {{- $_ := set $auth "header" $key.header }}
 {{- if $key.prefix }}{{- $_ := set $auth "prefix" $key.prefix }}{{- end }}
