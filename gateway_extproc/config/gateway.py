@@ -262,10 +262,11 @@ def parse_config(
         r.problems.extend(catalog.validate_providers(providers))
         for entry in catalog.models():
             provider = providers.get(entry.provider)
-            if provider is not None and provider.schema is not entry.schema:
+            if provider is not None and entry.schema not in provider.speaks:
+                speaks = " and ".join(sorted(s.value for s in provider.speaks))
                 r.problems.append(
                     f"catalog: models.{entry.name}: schema {entry.schema.value} but provider "
-                    f"{entry.provider} speaks {provider.schema.value}"
+                    f"{entry.provider} speaks {speaks}"
                 )
 
     identity_doc = doc.get("identity")
