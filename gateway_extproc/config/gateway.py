@@ -135,12 +135,12 @@ def _default_document() -> dict[str, Any]:
 
 # Mappings that an operator file replaces whole: merging `auth: {file: ...}` into a built-in
 # `auth: {env: ...}` would leave both set.
-_REPLACED_WHOLE = frozenset({"auth"})
+_REPLACED_WHOLE = frozenset({"auth", "credentials"})  # a provider's key, Vertex's credentials
 
 
 def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    """Mappings merge key by key (except `auth`, replaced whole); anything else in `override`
-    replaces; None deletes a mapping."""
+    """Mappings merge key by key (except `auth` and `credentials`, replaced whole); anything
+    else in `override` replaces; None deletes a mapping."""
     out = dict(base)
     for key, value in override.items():
         if value is None and key in out and isinstance(out[key], Mapping):
