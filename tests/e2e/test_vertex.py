@@ -222,3 +222,26 @@ def test_the_mock_refuses_any_other_token(vertex_stack: Stack) -> None:
     assert wrong.status_code == 401
     assert wrong.json()["error"]["status"] == "UNAUTHENTICATED"
     assert right.status_code == 200 and right.json()["usage"]["input_tokens"] > 0
+
+
+def test_openai_chat_reaches_vertex_claude_translated(vertex_stack: Stack) -> None:
+    import openai  # the OpenAI SDK's chat completions, translated to Messages (translate/)
+
+    audit = AuditLog(vertex_stack.run_dir / "audit.jsonl")
+    with openai.OpenAI(
+        base_url=vertex_stack.gateway_url + "/v1", api_key="client-key", max_retries=0
+    ) as client:
+        raw = client.chat.completions.with_raw_response.create(
+            model="vertex-claude-sonnet-4-6",
+            messages=[{"role": "user", "content": "Say hello."}],
+            max_tokens=32,
+        )
+    completion = raw.parse()
+    assert completion.choices[0].message.content and completion.usage is not None
+    rec = audit.wait_for(raw.headers["x-gateway-request-id"])
+    assert rec["provider"] == "vertex" and rec["usage_source"] == "provider"
+    seen = _mock(vertex_stack).last()
+    assert seen["path"] == PREFIX + "/anthropic/models/claude-sonnet-4-6:rawPredict"
+    assert "model" not in seen["body"] and seen["body"]["max_tokens"] == 32
+    assert seen["body"]["anthropic_version"] == "vertex-2023-10-16"
+    assert "anthropic-version" not in seen["headers"]
