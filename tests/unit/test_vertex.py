@@ -256,7 +256,7 @@ def test_forward_to_vertex_claude_with_the_current_token() -> None:
 
 def test_a_mocked_vertex_gets_the_mocks_fixed_token() -> None:
     up = resolve_upstreams(load_config(None, {}), {}, "http://127.0.0.1:9/v1")["vertex"]
-    assert up.mocked and up.authorization() == ("authorization", "Bearer " + MOCK_TOKEN)
+    assert up.mocked and up.credential() == ("authorization", "Bearer " + MOCK_TOKEN)
     assert MOCK_TOKEN == vertex_api.VERTEX_TOKEN  # the two sides spell the same token
     assert up.upstream_path("/v1/projects/p/x") == "/v1/projects/p/x"  # the mock's root
 
