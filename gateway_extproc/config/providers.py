@@ -11,6 +11,9 @@ from gateway_extproc.apis import Schema
 from gateway_extproc.config.reader import Reader
 from gateway_extproc.providers.azure.settings import AzureSettings, parse_azure
 from gateway_extproc.providers.forwarding import forward_header_problems
+from gateway_extproc.providers.vertex.settings import VertexSettings, parse_vertex
+
+VERTEX = "vertex"  # `schema: vertex`: Google Vertex AI, serving Gemini and Claude models
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,13 +38,31 @@ class ProviderConfig:
     default_service_tier: str | None = None
     # Azure OpenAI (`schema: openai` at Azure's paths, deployments, Entra ID): providers/azure/.
     azure: AzureSettings | None = None
+    # `schema: vertex`: its project, location and Google credentials (`schema` is then gemini,
+    # Google's error family, and the provider speaks both the gemini and anthropic APIs).
+    vertex: VertexSettings | None = None
+
+    @property
+    def speaks(self) -> frozenset[Schema]:
+        """The APIs of the models it serves (a catalog entry's `schema` is one of them)."""
+        if self.vertex is not None:
+            return frozenset({Schema.GEMINI, Schema.ANTHROPIC})
+        return frozenset({self.schema})
 
     @property
     def cluster(self) -> str:
         return f"provider_{self.name}"
 
 
-_PROVIDER_KEYS = {"schema", "base_url", "auth", "forward_headers", "default_service_tier", "azure"}
+_PROVIDER_KEYS = {
+    "schema",
+    "base_url",
+    "auth",
+    "forward_headers",
+    "default_service_tier",
+    "azure",
+    VERTEX,
+}
 # OpenAI `service_tier` values a project can default to (`default` is the standard price).
 SERVICE_TIERS = ("default", "priority", "flex", "scale")
 _AUTH_KEYS = {"header", "prefix", "env", "file"}
@@ -57,17 +78,28 @@ def parse_provider(
     for extra in sorted(set(doc) - _PROVIDER_KEYS):
         r.problems.append(f"{path}.{extra}: unknown key")
     schema_value = doc.get("schema")
-    try:
-        schema = Schema(str(schema_value))
-    except ValueError:
-        choices = ", ".join(s.value for s in Schema)
-        r.problems.append(f"{path}.schema: must be one of {choices} (got {schema_value!r})")
-        schema = Schema.OPENAI
+    vertex: VertexSettings | None = None
+    if schema_value == VERTEX:
+        schema = Schema.GEMINI
+        vertex = parse_vertex(doc.get(VERTEX), f"{path}.{VERTEX}", r.problems)
+        if doc.get("auth") is not None:
+            r.problems.append(f"{path}.auth: a vertex provider takes vertex.credentials instead")
+    else:
+        try:
+            schema = Schema(str(schema_value))
+        except ValueError:
+            choices = ", ".join([*(s.value for s in Schema), VERTEX])
+            r.problems.append(f"{path}.schema: must be one of {choices} (got {schema_value!r})")
+            schema = Schema.OPENAI
+        if doc.get(VERTEX) is not None:
+            r.problems.append(f"{path}.{VERTEX}: for schema: vertex only")
     azure = parse_azure(doc.get("azure"), f"{path}.azure", r.problems)
     if azure is not None and schema is not Schema.OPENAI:
         r.problems.append(f"{path}.azure: for schema: openai only (Azure OpenAI)")
     endpoint = (environ or {}).get(azure.endpoint_env or "") if azure is not None else None
-    if doc.get("base_url") is None and endpoint:  # AZURE_OPENAI_ENDPOINT, when the file has none
+    if vertex is not None and doc.get("base_url") is None:
+        base_url = f"https://{vertex.host}"  # the location's endpoint
+    elif doc.get("base_url") is None and endpoint:  # AZURE_OPENAI_ENDPOINT, when the file has none
         base_url = endpoint
     elif doc.get("base_url") is None and azure is not None and azure.endpoint_env:
         base_url = ""  # no endpoint yet: an error only if the provider is served (upstreams.py)
@@ -123,4 +155,5 @@ def parse_provider(
         forward_headers=forward,
         default_service_tier=tier,
         azure=azure,
+        vertex=vertex,
     )

@@ -356,6 +356,8 @@ class StreamProcessor:
         upstream = self.ctx.upstreams[entry.provider]
         if upstream.token is not None:  # Entra ID: cached; waits only when none is valid (503)
             await upstream.token.ensure()
+        if upstream.vertex is not None:  # a Vertex entry's name is its Vertex model id
+            served = entry.name
         translation = self.translation = self._translation_to(entry)  # a downgrade may cross
         if translation is None:
             common = route.forward(

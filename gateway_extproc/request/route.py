@@ -13,6 +13,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from gateway_extproc.apis import API_PREFIX, Schema
@@ -34,6 +35,7 @@ from gateway_extproc.extproc import messages as msgs
 from gateway_extproc.identity.model import Identity
 from gateway_extproc.providers.gemini.paths import parse_path
 from gateway_extproc.providers.inbound import ParsedRequest, upstream_body
+from gateway_extproc.providers.vertex import paths as vertex_paths
 from gateway_extproc.translate.pairs import Translation
 
 CLUSTER_HEADER = "x-gateway-cluster"
@@ -137,7 +139,9 @@ def forward(
     """The request phase's CommonResponse for a forwarded request: Envoy's route picks the
     cluster from CLUSTER_HEADER; the body is rewritten only when the served model, the
     injected output cap or a redaction changes it."""
-    if request.api.schema is Schema.GEMINI:  # the served model is in the path; `key=` never
+    if upstream.vertex is not None:  # the model and the method in Vertex's path
+        path = _vertex_path(upstream, request.api.schema, served_model, stream=request.stream)
+    elif request.api.schema is Schema.GEMINI:  # the served model is in the path; never `key=`
         path = parse_path(path).upstream(served_model)
     upstream_path = upstream.api_path(path, request.api, served_model)
     set_headers = {CLUSTER_HEADER: upstream.cluster, ":path": upstream_path}
@@ -150,11 +154,26 @@ def forward(
         output_cap=output_cap(admission.bound),
         redacted=redacted,
     )
+    if upstream.vertex is not None and request.api.schema is Schema.ANTHROPIC:
+        # rawPredict: the model is in the path, Vertex's API version in the body.
+        body = request.body if new_body is None else orjson.loads(new_body)
+        new_body = vertex_paths.anthropic_body(body)
     if new_body is not None:
         set_headers["content-length"] = str(len(new_body))
     remove = upstream.forward.removals(client_headers, provider=upstream.provider, keep=set_headers)
     return msgs.common(
         set_headers=set_headers, remove=remove, body=new_body, clear_route_cache=True
+    )
+
+
+def _vertex_path(upstream: Upstream, schema: Schema, model: str, *, stream: bool) -> str:
+    assert upstream.vertex is not None and upstream.project is not None
+    return vertex_paths.vertex_path(
+        project=upstream.project,
+        location=upstream.vertex.location,
+        schema=schema,
+        model=upstream.vertex.model_id(model),
+        stream=stream,
     )
 
 
@@ -182,12 +201,20 @@ def forward_translated(
     """`forward` for a request translated to the provider's API (translate/): the provider
     API's path and version header, and always a new body."""
     path = API_PREFIX + translation.provider_api.value
+    body = translation.upstream_body(translated, model=served_model, max_tokens=max_tokens)
+    headers = dict(translation.headers)
+    if upstream.vertex is not None:  # Vertex: its path, the API version in the body
+        stream = translated.get("stream") is True
+        schema = translation.provider_api.schema
+        path = _vertex_path(upstream, schema, served_model, stream=stream)
+        if schema is Schema.ANTHROPIC:
+            body = vertex_paths.anthropic_body(orjson.loads(body))
+            headers.pop("anthropic-version", None)
     set_headers = {CLUSTER_HEADER: upstream.cluster, ":path": upstream.upstream_path(path)}
-    set_headers.update(translation.headers)
+    set_headers.update(headers)
     credential = upstream.credential()
     if credential is not None:
         set_headers[credential[0]] = credential[1]
-    body = translation.upstream_body(translated, model=served_model, max_tokens=max_tokens)
     set_headers["content-length"] = str(len(body))
     remove = upstream.forward.removals(client_headers, provider=upstream.provider, keep=set_headers)
     return msgs.common(set_headers=set_headers, remove=remove, body=body, clear_route_cache=True)

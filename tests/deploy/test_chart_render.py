@@ -976,3 +976,40 @@ def test_fail_open_on_an_emptydir_only_when_the_loss_is_accepted() -> None:
     closed["config"]["budgets"][0]["on_redis_error"] = "fail_closed"
     volume, _ = journal_of(render(closed))
     assert "emptyDir" in volume
+
+
+# --- Vertex AI through GKE workload identity (issue 25) ------------------------------------------
+
+
+def test_vertex_workload_identity(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    docs = rendered["vertex"]
+    account = one(docs, "ServiceAccount")
+    assert account["metadata"]["annotations"] == {
+        "iam.gke.io/gcp-service-account": "llm-gateway@acme-ml.iam.gserviceaccount.com"
+    }
+    assert gateway_config(docs)["providers"] == {
+        "openai": None,
+        "anthropic": None,
+        "gemini": None,
+        "vertex": {
+            "schema": "vertex",
+            "vertex": {
+                "project": "acme-ml",
+                "location": "us-east5",
+                "credentials": {"workload_identity": True},
+            },
+        },
+    }
+    egress = one(docs, "NetworkPolicy")["spec"]["egress"]
+    metadata = [r for r in egress if {"ipBlock": {"cidr": "169.254.169.254/32"}} in r.get("to", [])]
+    assert [p["port"] for p in metadata[0]["ports"]] == [80, 988]
+    # Without it: no annotation, no metadata-server egress, Vertex left to config.providers.
+    company = rendered["company"]
+    assert "iam.gke.io/gcp-service-account" not in str(one(company, "ServiceAccount"))
+    assert "169.254.169.254/32" not in str(one(company, "NetworkPolicy"))
+
+
+def test_vertex_workload_identity_needs_the_charts_service_account() -> None:
+    values = copy.deepcopy(CASES["vertex"]) | {"serviceAccount": {"create": False}}
+    with pytest.raises(helm.HelmError, match=r"vertex\.gcpServiceAccount: needs serviceAccount"):
+        render(values)
