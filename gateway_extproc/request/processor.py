@@ -22,7 +22,14 @@ from typing import Any
 
 from google.protobuf import struct_pb2
 
-from gateway_extproc.apis import MODELS_PATH, Api, Schema, api_for_path, looks_gemini
+from gateway_extproc.apis import (
+    MODELS_PATH,
+    Api,
+    Schema,
+    api_for_path,
+    looks_azure,
+    looks_gemini,
+)
 from gateway_extproc.audit import AuditRecord, LimitReached
 from gateway_extproc.budgets import report as budget_report
 from gateway_extproc.budgets.admission import Admission
@@ -47,6 +54,7 @@ from gateway_extproc.handoff import MAC_KEY, NAMESPACE, STATE_KEY, RequestState
 from gateway_extproc.identity.metadata import parse_metadata
 from gateway_extproc.identity.model import Identity
 from gateway_extproc.observability.attributes import RequestFacts
+from gateway_extproc.providers.azure.paths import parse_inbound
 from gateway_extproc.providers.gemini.paths import parse_path, without_credentials
 from gateway_extproc.providers.inbound import ParsedRequest, with_body
 from gateway_extproc.providers.registry import error_body
@@ -99,6 +107,8 @@ class StreamProcessor:
         self.method = ""
         self.path = ""  # as the client sent it, less any credential in its query (Gemini `key=`)
         self.path_changed = False  # a credential was taken out of the query: Envoy's :path too
+        # An `AzureOpenAI` client's deployment path: the gateway model it names
+        self.azure_deployment: str | None = None
         self.schema = Schema.OPENAI
         self.request: ParsedRequest | None = None
         self.entry: ModelEntry | None = None
@@ -188,6 +198,9 @@ class StreamProcessor:
         path = headers.get(":path", "")
         gemini = looks_gemini(path)
         self.path = without_credentials(path) if gemini else path
+        inbound = parse_inbound(path) if looks_azure(path) else None
+        if inbound is not None:  # an AzureOpenAI client: served as the gateway's own path is
+            self.path, self.azure_deployment = inbound.gateway_path, inbound.deployment
         self.path_changed = self.path != path
         if self.trace_context[0] is None:
             self.trace_context = (headers.get("traceparent"), headers.get("tracestate"))
@@ -256,6 +269,9 @@ class StreamProcessor:
         assert api is not None  # the headers phase rejected everything else
         # Capped and, for large bodies, off the event loop: no body stalls the other streams.
         request = await parse_off_loop(api, message.body, self.ctx.config.limits, self.path)
+        if self.azure_deployment is not None:  # Azure's path names the model, not the body:
+            # forwarding writes it into the body (upstream_body), the cache keys by it
+            request = dataclasses.replace(request, model=self.azure_deployment)
         self.request = request
         entry = self.ctx.catalog.lookup(request.model)
         if entry is None:
