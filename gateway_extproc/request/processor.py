@@ -375,6 +375,7 @@ class StreamProcessor:
                 translation,
                 self.translated,
                 served_model=served,
+                stream=request.stream,
                 max_tokens=route.translated_max_tokens(request, admission.bound, entry),
                 client_headers=self.client_headers,
             )
@@ -416,7 +417,9 @@ class StreamProcessor:
             arrived=self.arrived,
             method=self.method,
             path=self.path,
-            api=request.api if translation is None else translation.provider_api,
+            api=request.api
+            if translation is None
+            else translation.provider_api_for(request.stream),
             client_api=None if translation is None else request.api,
             wants_usage=request.wants_usage,
             requested_model=request.model,
@@ -589,7 +592,9 @@ class StreamProcessor:
             output_cap_injected=False,
             provider_api=None
             if self.translation is None
-            else self.translation.provider_api.name.lower(),
+            else self.translation.provider_api_for(
+                self.request is not None and self.request.stream
+            ).name.lower(),
             **self._audit_extra(),
         )
         try:

@@ -15,7 +15,7 @@ from typing import Any
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
-from gateway_extproc.apis import API_PREFIX, Schema
+from gateway_extproc.apis import Schema
 from gateway_extproc.budgets.admission import Admission
 from gateway_extproc.budgets.gate import BoundFor, BudgetGate
 from gateway_extproc.catalog.models import ModelEntry
@@ -176,12 +176,14 @@ def forward_translated(
     translated: dict[str, Any],
     *,
     served_model: str,
+    stream: bool,
     max_tokens: int,
     client_headers: tuple[str, ...],
 ) -> pb.CommonResponse:
     """`forward` for a request translated to the provider's API (translate/): the provider
-    API's path and version header, and always a new body."""
-    path = API_PREFIX + translation.provider_api.value
+    API's path (Gemini's names the served model and the method) and version header, and
+    always a new body."""
+    path = translation.provider_path(served_model, stream)
     set_headers = {CLUSTER_HEADER: upstream.cluster, ":path": upstream.upstream_path(path)}
     set_headers.update(translation.headers)
     credential = upstream.credential()
