@@ -56,7 +56,7 @@ from gateway_extproc.request.models_api import models_response
 from gateway_extproc.response import reaped_audit
 from gateway_extproc.response.observer import ResponseObserver
 from gateway_extproc.tokens import Usage, UsageSource
-from gateway_extproc.translate.pairs import Translation, translation_for
+from gateway_extproc.translate.pairs import Translation, reaches, translation_for
 
 log = logging.getLogger("gateway.processor")
 
@@ -336,7 +336,9 @@ class StreamProcessor:
                 requested=request.model,
                 bound_for=self._bounder(request),
                 allowed=lambda model: (
-                    model.provider in self.ctx.upstreams and policies.allows(identity, model.name)
+                    model.provider in self.ctx.upstreams
+                    and policies.allows(identity, model.name)
+                    and reaches(request.api, model.schema)
                 ),
                 facts_for=facts,
             )
@@ -356,7 +358,10 @@ class StreamProcessor:
         upstream = self.ctx.upstreams[entry.provider]
         if upstream.token is not None:  # Entra ID: cached; waits only when none is valid (503)
             await upstream.token.ensure()
+        requested_translation = self.translation
         translation = self.translation = self._translation_to(entry)  # a downgrade may cross
+        if translation is not requested_translation:  # translated for another API, or none
+            self.translated = None
         if translation is None:
             common = route.forward(
                 upstream,

@@ -108,3 +108,9 @@ def translation_for(client_api: Api, provider_schema: Schema) -> Translation | N
     """How a request to `client_api` reaches a provider of `provider_schema`; None when the
     gateway does not translate that pair (the same schema needs none)."""
     return PAIRS.get((client_api, provider_schema))
+
+
+def reaches(client_api: Api, provider_schema: Schema) -> bool:
+    """Whether a request to `client_api` can be served by a provider of `provider_schema`
+    (natively or translated): what a cross-API downgrade needs."""
+    return client_api.schema is provider_schema or (client_api, provider_schema) in PAIRS
