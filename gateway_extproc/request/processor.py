@@ -64,7 +64,7 @@ from gateway_extproc.request.models_api import models_response
 from gateway_extproc.response import reaped_audit
 from gateway_extproc.response.observer import ResponseObserver
 from gateway_extproc.tokens import Usage, UsageSource
-from gateway_extproc.translate.pairs import Translation, translation_for
+from gateway_extproc.translate.pairs import Translation, reaches, translation_for
 
 log = logging.getLogger("gateway.processor")
 
@@ -352,7 +352,9 @@ class StreamProcessor:
                 requested=request.model,
                 bound_for=self._bounder(request),
                 allowed=lambda model: (
-                    model.provider in self.ctx.upstreams and policies.allows(identity, model.name)
+                    model.provider in self.ctx.upstreams
+                    and policies.allows(identity, model.name)
+                    and reaches(request.api, model.schema)
                 ),
                 facts_for=facts,
             )
@@ -374,7 +376,10 @@ class StreamProcessor:
             await upstream.token.ensure()
         if upstream.vertex is not None:  # a Vertex entry's name is its Vertex model id
             served = entry.name
+        requested_translation = self.translation
         translation = self.translation = self._translation_to(entry)  # a downgrade may cross
+        if translation is not requested_translation:  # translated for another API, or none
+            self.translated = None
         if translation is None:
             common = route.forward(
                 upstream,
@@ -393,6 +398,7 @@ class StreamProcessor:
                 translation,
                 self.translated,
                 served_model=served,
+                stream=request.stream,
                 max_tokens=route.translated_max_tokens(request, admission.bound, entry),
                 client_headers=self.client_headers,
             )
@@ -434,7 +440,9 @@ class StreamProcessor:
             arrived=self.arrived,
             method=self.method,
             path=self.path,
-            api=request.api if translation is None else translation.provider_api,
+            api=request.api
+            if translation is None
+            else translation.provider_api_for(request.stream),
             client_api=None if translation is None else request.api,
             wants_usage=request.wants_usage,
             requested_model=request.model,
@@ -607,7 +615,9 @@ class StreamProcessor:
             output_cap_injected=False,
             provider_api=None
             if self.translation is None
-            else self.translation.provider_api.name.lower(),
+            else self.translation.provider_api_for(
+                self.request is not None and self.request.stream
+            ).name.lower(),
             **self._audit_extra(),
         )
         try:

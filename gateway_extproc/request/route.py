@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
-from gateway_extproc.apis import API_PREFIX, Schema
+from gateway_extproc.apis import Schema
 from gateway_extproc.budgets.admission import Admission
 from gateway_extproc.budgets.gate import BoundFor, BudgetGate
 from gateway_extproc.catalog.models import ModelEntry
@@ -195,16 +195,17 @@ def forward_translated(
     translated: dict[str, Any],
     *,
     served_model: str,
+    stream: bool,
     max_tokens: int,
     client_headers: tuple[str, ...],
 ) -> pb.CommonResponse:
     """`forward` for a request translated to the provider's API (translate/): the provider
-    API's path and version header, and always a new body."""
-    path = API_PREFIX + translation.provider_api.value
+    API's path (Gemini's names the served model and the method; Vertex has its own, with the
+    Anthropic API version in the body) and version header, and always a new body."""
+    path = translation.provider_path(served_model, stream)
     body = translation.upstream_body(translated, model=served_model, max_tokens=max_tokens)
     headers = dict(translation.headers)
     if upstream.vertex is not None:  # Vertex: its path, the API version in the body
-        stream = translated.get("stream") is True
         schema = translation.provider_api.schema
         path = _vertex_path(upstream, schema, served_model, stream=stream)
         if schema is Schema.ANTHROPIC:
