@@ -74,6 +74,12 @@ def looks_gemini(path: str) -> bool:
     return bare.startswith("/v1beta/") or (bare.startswith("/v1/models/") and ":" in bare)
 
 
+def looks_azure(path: str) -> bool:
+    """A path of Azure OpenAI's family (`/openai/deployments/...`, `/openai/v1/...`): a client
+    of the `AzureOpenAI` SDK, whose credential is the `api-key` header."""
+    return path.startswith("/openai/")
+
+
 def schema_for_path(path: str) -> Schema:
     """Best guess at the client's API family, used to format errors for unknown paths too."""
     api = api_for_path(path)

@@ -35,12 +35,13 @@ from gateway_extproc.budgets.services import BudgetServices
 from gateway_extproc.budgets.store import BudgetStore
 from gateway_extproc.cache.service import build_cache
 from gateway_extproc.config.gateway import GatewayConfig, load_config
-from gateway_extproc.config.upstreams import resolve_upstreams
+from gateway_extproc.config.upstreams import Upstream, resolve_upstreams
 from gateway_extproc.errors import ConfigError
 from gateway_extproc.extproc.context import GatewayContext
 from gateway_extproc.identity.authenticator import Authenticator
 from gateway_extproc.identity.devissuer import ensure_dev_issuer
 from gateway_extproc.observability.telemetry import Telemetry
+from gateway_extproc.providers.vertex.tokens import TokenSources
 from gateway_extproc.response import reaped_audit
 from gateway_extproc.sidecar_auth.guard import SidecarAuth
 from gateway_extproc.sidecar_auth.settings import load_secrets
@@ -60,6 +61,7 @@ def build_context(
     services: BudgetServices | None = None,
     telemetry: Telemetry | None = None,
     sidecar_auth: SidecarAuth | None = None,
+    vertex_tokens: TokenSources | None = None,
 ) -> GatewayContext:
     """Everything the processors share. Raises ConfigError listing every problem.
 
@@ -77,6 +79,10 @@ def build_context(
             sidecar_auth = SidecarAuth.of(load_secrets(config.sidecar_auth, environ))
         except ConfigError as exc:
             problems += exc.problems
+    if vertex_tokens is None:
+        vertex_tokens = TokenSources()
+    if not problems:
+        problems += _attach_vertex_tokens(upstreams, vertex_tokens, environ)
     if problems:
         raise ConfigError(problems)
     assert sidecar_auth is not None
@@ -117,7 +123,35 @@ def build_context(
         telemetry=telemetry or Telemetry(),
         cache=build_cache(config.cache, config.budget_store),
         admin_authenticator=admin_authenticator,
+        vertex_tokens=vertex_tokens,
     )
+
+
+def _attach_vertex_tokens(
+    upstreams: dict[str, Upstream], sources: TokenSources, environ: Mapping[str, str]
+) -> list[str]:
+    """Each Vertex upstream with credentials gets its token source (started: the first token is
+    fetched in the background) and, when the config names none, the credentials' project."""
+    problems: list[str] = []
+    for name, up in upstreams.items():
+        if up.vertex is None or up.mocked:
+            continue
+        try:
+            tokens, project = sources.get(up.vertex, environ)
+        except Exception as exc:  # google-auth raises many kinds: report the kind
+            problems.append(
+                f"providers.{name}.vertex.credentials: cannot read the Google credentials "
+                f"({type(exc).__name__})"
+            )
+            continue
+        project = up.project or project
+        if not project:
+            problems.append(
+                f"providers.{name}.vertex.project: not set, and the credentials name no project"
+            )
+            continue
+        upstreams[name] = dataclasses.replace(up, tokens=tokens, project=project)
+    return problems
 
 
 def gate_settings(config: GatewayConfig) -> GateSettings:
@@ -268,6 +302,7 @@ class Runtime:
                     self.services,
                     self.ctx.telemetry,
                     self.ctx.sidecar_auth,
+                    self.ctx.vertex_tokens,
                 )
             except ConfigError as exc:
                 self._stamp = stamp  # not retried until a file changes again
@@ -354,6 +389,7 @@ class Runtime:
         self._replaced.clear()
         if self._retiring:
             await asyncio.wait(list(self._retiring))
+        self.ctx.vertex_tokens.stop()
         await close_context(self.ctx)
         await self.services.close(grace_s)
 

@@ -209,8 +209,9 @@ class BudgetGate:
         # Every budget that refused says downgrade: the most constrained one picks the target.
         decider = min(blockers, key=lambda b: b.remaining_micros)
         target = self.catalog.lookup(decider.budget.downgrade_to or "")
-        if target is None or target.schema is not entry.schema or not allowed(target):
-            # The loader checks the schema; the caller's model policy is checked here.
+        if target is None or not allowed(target):
+            # The caller says what it may be served: its model policy, and a target of another
+            # API only when its request can be translated to it.
             raise await self._exceeded(decider, charges)
         served: ModelEntry = target
         target_bound = bound_for(served)

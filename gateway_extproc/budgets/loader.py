@@ -7,9 +7,11 @@ import fnmatch
 from collections.abc import Mapping
 from typing import Any
 
+from gateway_extproc.apis import Api
 from gateway_extproc.budgets.model import Action, BudgetConfig
 from gateway_extproc.catalog.models import Catalog
 from gateway_extproc.cost.bounds import UnseenInput
+from gateway_extproc.translate.pairs import reaches
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,8 +95,9 @@ def parse_budget_store(
 
 
 def downgrade_problems(budgets: tuple[BudgetConfig, ...], catalog: Catalog) -> list[str]:
-    """A downgrade target must exist and speak the API of every model the budget can apply to
-    (requests are not translated between API schemas)."""
+    """A downgrade target must exist and be reachable from every model the budget can apply to:
+    of the same API, or of one a client of that model's requests can be translated to
+    (translate/pairs.py; a request whose own API cannot reach it is blocked, not downgraded)."""
     problems = []
     for i, budget in enumerate(budgets):
         if budget.action is not Action.DOWNGRADE:
@@ -109,14 +112,15 @@ def downgrade_problems(budgets: tuple[BudgetConfig, ...], catalog: Catalog) -> l
         other = sorted(
             e.name
             for e in catalog.models()
-            if e.schema is not target.schema
+            if not any(reaches(a, e.schema) and reaches(a, target.schema) for a in Api)
             and (patterns is None or any(fnmatch.fnmatchcase(e.name, p) for p in patterns))
             and (providers is None or e.provider in providers)
         )
         if other:
             shown = ", ".join(other[:5]) + (f" and {len(other) - 5} more" if len(other) > 5 else "")
             problems.append(
-                f"{path}: {target.name} speaks the {target.schema.value} API but the budget also "
-                f"applies to {shown}; restrict it with match.models or match.providers"
+                f"{path}: {target.name} speaks the {target.schema.value} API, which no client of "
+                f"{shown} can be translated to; restrict the budget with match.models or "
+                "match.providers"
             )
     return problems

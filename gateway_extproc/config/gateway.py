@@ -135,12 +135,12 @@ def _default_document() -> dict[str, Any]:
 
 # Mappings that an operator file replaces whole: merging `auth: {file: ...}` into a built-in
 # `auth: {env: ...}` would leave both set.
-_REPLACED_WHOLE = frozenset({"auth"})
+_REPLACED_WHOLE = frozenset({"auth", "credentials"})  # a provider's key, Vertex's credentials
 
 
 def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    """Mappings merge key by key (except `auth`, replaced whole); anything else in `override`
-    replaces; None deletes a mapping."""
+    """Mappings merge key by key (except `auth` and `credentials`, replaced whole); anything
+    else in `override` replaces; None deletes a mapping."""
     out = dict(base)
     for key, value in override.items():
         if value is None and key in out and isinstance(out[key], Mapping):
@@ -264,10 +264,11 @@ def parse_config(
         r.problems.extend(catalog.validate_providers(providers))
         for entry in catalog.models():
             provider = providers.get(entry.provider)
-            if provider is not None and provider.schema is not entry.schema:
+            if provider is not None and entry.schema not in provider.speaks:
+                speaks = " and ".join(sorted(s.value for s in provider.speaks))
                 r.problems.append(
                     f"catalog: models.{entry.name}: schema {entry.schema.value} but provider "
-                    f"{entry.provider} speaks {provider.schema.value}"
+                    f"{entry.provider} speaks {speaks}"
                 )
 
     identity_doc = doc.get("identity")

@@ -12,6 +12,9 @@ from gateway_extproc.apis import Schema
 from gateway_extproc.config.reader import Reader
 from gateway_extproc.providers.azure.settings import AzureSettings, parse_azure
 from gateway_extproc.providers.forwarding import forward_header_problems
+from gateway_extproc.providers.vertex.settings import VertexSettings, parse_vertex
+
+VERTEX = "vertex"  # `schema: vertex`: Google Vertex AI, serving Gemini and Claude models
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,17 +39,35 @@ class ProviderConfig:
     default_service_tier: str | None = None
     # Azure OpenAI (`schema: openai` at Azure's paths, deployments, Entra ID): providers/azure/.
     azure: AzureSettings | None = None
+    # `schema: vertex`: its project, location and Google credentials (`schema` is then gemini,
+    # Google's error family, and the provider speaks both the gemini and anthropic APIs).
+    vertex: VertexSettings | None = None
     # schema: bedrock only - the AWS region (SigV4 scope, default endpoint) and whether the EC2
     # instance metadata service may supply credentials (providers/bedrock/signing.py).
     region: str = ""
     instance_metadata: bool = False
 
     @property
+    def speaks(self) -> frozenset[Schema]:
+        """The APIs of the models it serves (a catalog entry's `schema` is one of them)."""
+        if self.vertex is not None:
+            return frozenset({Schema.GEMINI, Schema.ANTHROPIC})
+        return frozenset({self.schema})
+
+    @property
     def cluster(self) -> str:
         return f"provider_{self.name}"
 
 
-_PROVIDER_KEYS = {"schema", "base_url", "auth", "forward_headers", "default_service_tier", "azure"}
+_PROVIDER_KEYS = {
+    "schema",
+    "base_url",
+    "auth",
+    "forward_headers",
+    "default_service_tier",
+    "azure",
+    VERTEX,
+}
 _BEDROCK_KEYS = {"region", "instance_metadata"}
 _REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]+")
 
@@ -70,15 +91,24 @@ def parse_provider(
         r.problems.append(f"{path}: must be a mapping")
         return None
     schema_value = doc.get("schema")
-    schema = Schema.OPENAI
-    if schema_value in tuple(Schema):
-        schema = Schema(schema_value)
-    bedrock = schema is Schema.BEDROCK
+    bedrock = schema_value == Schema.BEDROCK.value
     for extra in sorted(set(doc) - _PROVIDER_KEYS - (_BEDROCK_KEYS if bedrock else set())):
         r.problems.append(f"{path}.{extra}: unknown key")
-    if schema_value not in tuple(Schema):
-        choices = ", ".join(s.value for s in Schema)
-        r.problems.append(f"{path}.schema: must be one of {choices} (got {schema_value!r})")
+    vertex: VertexSettings | None = None
+    if schema_value == VERTEX:
+        schema = Schema.GEMINI
+        vertex = parse_vertex(doc.get(VERTEX), f"{path}.{VERTEX}", r.problems)
+        if doc.get("auth") is not None:
+            r.problems.append(f"{path}.auth: a vertex provider takes vertex.credentials instead")
+    else:
+        try:
+            schema = Schema(str(schema_value))
+        except ValueError:
+            choices = ", ".join([*(s.value for s in Schema), VERTEX])
+            r.problems.append(f"{path}.schema: must be one of {choices} (got {schema_value!r})")
+            schema = Schema.OPENAI
+        if doc.get(VERTEX) is not None:
+            r.problems.append(f"{path}.{VERTEX}: for schema: vertex only")
     region, instance_metadata = "", False
     if bedrock:
         region = r.string(doc, path, "region")
@@ -93,7 +123,9 @@ def parse_provider(
     if azure is not None and schema is not Schema.OPENAI:
         r.problems.append(f"{path}.azure: for schema: openai only (Azure OpenAI)")
     endpoint = (environ or {}).get(azure.endpoint_env or "") if azure is not None else None
-    if doc.get("base_url") is None and endpoint:  # AZURE_OPENAI_ENDPOINT, when the file has none
+    if vertex is not None and doc.get("base_url") is None:
+        base_url = f"https://{vertex.host}"  # the location's endpoint
+    elif doc.get("base_url") is None and endpoint:  # AZURE_OPENAI_ENDPOINT, when the file has none
         base_url = endpoint
     elif doc.get("base_url") is None and azure is not None and azure.endpoint_env:
         base_url = ""  # no endpoint yet: an error only if the provider is served (upstreams.py)
@@ -151,6 +183,7 @@ def parse_provider(
         forward_headers=forward,
         default_service_tier=tier,
         azure=azure,
+        vertex=vertex,
         region=region,
         instance_metadata=instance_metadata,
     )

@@ -14,7 +14,7 @@ from pathlib import Path
 from gateway_extproc.apis import Api, Schema
 from gateway_extproc.config.gateway import GatewayConfig
 from gateway_extproc.config.providers import ProviderConfig
-from gateway_extproc.errors import ConfigError
+from gateway_extproc.errors import ConfigError, ProviderUnavailable
 from gateway_extproc.providers.azure.entra import TokenSource
 from gateway_extproc.providers.azure.paths import upstream_path as azure_path
 from gateway_extproc.providers.azure.settings import AzureSettings
@@ -25,6 +25,9 @@ from gateway_extproc.providers.bedrock.signing import (
     mock_credentials,
 )
 from gateway_extproc.providers.forwarding import ForwardPolicy, forward_policy
+from gateway_extproc.providers.vertex.settings import MOCK_PROJECT, VertexSettings
+from gateway_extproc.providers.vertex.tokens import MOCK_TOKEN
+from gateway_extproc.providers.vertex.tokens import TokenSource as VertexTokens
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,20 +50,37 @@ class Upstream:
     azure: AzureSettings | None = None  # Azure OpenAI: its paths and deployments
     # Entra ID: `Authorization: Bearer` from this source instead of `auth_header`/`auth_value`.
     token: TokenSource | None = dataclasses.field(default=None, repr=False, compare=False)
+    # Vertex AI: its settings, the project its paths name, and (not mocked) the source of its
+    # OAuth2 access tokens, attached by the sidecar (runtime.py) once the credentials are read.
+    vertex: VertexSettings | None = None
+    project: str | None = None
+    tokens: VertexTokens | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def credential(self) -> tuple[str, str] | None:
         """The header that carries the gateway's credential upstream, and its value (a secret),
         or None. An Entra ID token is the one cached (the request phase awaited
-        `token.ensure()` first)."""
+        `token.ensure()` first). A Vertex token is the one its refresher thread keeps: none (not
+        fetched yet, or expired after failed refreshes) raises ProviderUnavailable (503)."""
         if self.token is not None:
             token = self.token.current()
             return None if token is None else ("authorization", f"Bearer {token}")
+        if self.tokens is not None:
+            bearer = self.tokens.bearer()
+            if bearer is None:
+                raise ProviderUnavailable(
+                    f"provider {self.provider} has no valid access token yet (Google credentials"
+                    " refreshing); retry shortly"
+                )
+            return "authorization", bearer
         if self.auth_header and self.auth_value:
             return self.auth_header, self.auth_value
         return None
 
     def model_name(self, served_model: str) -> str:
-        """What the provider calls the served model: an Azure deployment, else the name."""
+        """What the provider calls the served model: an Azure deployment, a Vertex model id,
+        else the name."""
+        if self.vertex is not None:
+            return self.vertex.model_id(served_model)
         return served_model if self.azure is None else self.azure.deployment(served_model)
 
     @property
@@ -71,7 +91,7 @@ class Upstream:
     def upstream_path(self, client_path: str) -> str:
         """`/v1/chat/completions?x=1` -> base_path + `/chat/completions?x=1`. Gemini paths carry
         their own version (`/v1beta/models/...`): base_path + the whole path."""
-        if self.schema is Schema.GEMINI:
+        if self.schema is Schema.GEMINI:  # Gemini, and Vertex's `/v1/projects/...` paths
             return self.base_path.rstrip("/") + client_path
         suffix = client_path[3:] if client_path.startswith("/v1") else client_path
         return self.base_path.rstrip("/") + suffix
@@ -128,6 +148,10 @@ def resolve_upstreams(
             mocked = aws is None and not assume_credentials
             secret = None
             signer = BedrockSigner(aws or mock_credentials(), provider.region)
+        elif provider.vertex is not None:
+            secret = "<credential>" if assume_credentials else None
+            source = provider.vertex.credential_source(environ)
+            mocked = source is None and not assume_credentials
         else:
             secret = "<credential>" if assume_credentials else _credential(provider, environ)
             mocked = provider.auth is not None and secret is None
@@ -135,14 +159,19 @@ def resolve_upstreams(
         if mocked:
             if not (config.mock_unconfigured_providers and mock_base_url):
                 auth = provider.auth
-                if auth is None:
+                if provider.vertex is not None:
+                    where = f"providers.{name}.vertex.credentials"
+                    source = provider.vertex.describe()
+                elif auth is None:  # Bedrock
+                    where = f"providers.{name}.auth"
                     source = "the AWS credential chain (environment, profile, web identity)"
                 else:
+                    where = f"providers.{name}.auth"
                     source = f"environment variable {auth.env}" if auth.env else f"file {auth.file}"
                 if name in config.optional_providers:
                     left_out.append(f"{name} ({source})")
                 else:
-                    problems.append(f"providers.{name}.auth: no credential in {source}")
+                    problems.append(f"{where}: no credential in {source}")
                 continue
             base_url = mock_base_url
         if not base_url:  # an Azure provider whose endpoint variable is not set: as a key
@@ -155,11 +184,21 @@ def resolve_upstreams(
                 )
             continue
         host, port, tls, path = _address(base_url)
+        vertex = provider.vertex
+        auth_header = None if mocked or provider.auth is None else provider.auth.header
+        auth_value = None
+        if not mocked and provider.auth is not None:
+            auth_value = provider.auth.prefix + (secret or "")
+        project = None
+        if vertex is not None:
+            project = vertex.project or (MOCK_PROJECT if mocked else None)
+            if mocked:  # the mock verifies its fixed test token, as Vertex verifies a real one
+                auth_header, auth_value = "authorization", "Bearer " + MOCK_TOKEN
         if mocked and signer is not None:  # Bedrock's paths start at the root, the mock's too
             path = "/"
         elif mocked and (provider.schema is Schema.GEMINI or provider.azure is not None):
-            # The mock's URL is its OpenAI-style root (`.../v1`); Gemini and Azure paths carry
-            # their own version, so they go to the mock's root.
+            # The mock's URL is its OpenAI-style root (`.../v1`); Gemini (and Vertex) and Azure
+            # paths carry their own version, so they go to the mock's root.
             path = path.removesuffix("/v1") or "/"
         upstreams[name] = Upstream(
             provider=name,
@@ -169,10 +208,8 @@ def resolve_upstreams(
             port=port,
             tls=tls,
             base_path=path,
-            auth_header=None if mocked or provider.auth is None else provider.auth.header,
-            auth_value=None
-            if mocked or provider.auth is None
-            else provider.auth.prefix + (secret or ""),
+            auth_header=auth_header,
+            auth_value=auth_value,
             mocked=mocked,
             forward=forward_policy(provider.schema, provider.forward_headers, mocked=mocked),
             signer=signer,
@@ -180,6 +217,8 @@ def resolve_upstreams(
             token=TokenSource()
             if provider.azure is not None and provider.azure.entra_id and not assume_credentials
             else None,
+            vertex=vertex,
+            project=project,
         )
     if not upstreams and left_out and not problems:
         problems.append(
@@ -198,6 +237,8 @@ def _aws_credentials(provider: ProviderConfig) -> object | None:
 def _lacks_credential(provider: ProviderConfig, environ: Mapping[str, str]) -> bool:
     if provider.schema is Schema.BEDROCK:
         return _aws_credentials(provider) is None
+    if provider.vertex is not None:
+        return provider.vertex.credential_source(environ) is None
     return provider.auth is not None and _credential(provider, environ) is None
 
 

@@ -17,6 +17,7 @@ from gateway_extproc.config.gateway import GatewayConfig
 from gateway_extproc.config.upstreams import Upstream
 from gateway_extproc.identity.authenticator import Authenticator
 from gateway_extproc.observability.telemetry import Telemetry
+from gateway_extproc.providers.vertex.tokens import TokenSources
 from gateway_extproc.sidecar_auth.guard import SidecarAuth
 
 
@@ -61,5 +62,7 @@ class GatewayContext:
     # The admin API's callers (admin/auth.py), sharing `authenticator`'s signing keys.
     admin_authenticator: Authenticator | None = None
     pending_ends: PendingEnds = dataclasses.field(default_factory=PendingEnds)
+    # Vertex AI access tokens: process-lifetime, handed to every context a reload builds.
+    vertex_tokens: TokenSources = dataclasses.field(default_factory=TokenSources)
     monotonic: Callable[[], float] = time.monotonic
     wall_clock: Callable[[], float] = time.time

@@ -3,8 +3,10 @@
 Credential rules (header names lower-case):
 - `authorization: Bearer <token>` (scheme case-insensitive); failing that `x-api-key: <token>`
   (what the Anthropic SDK sends for `api_key`), and on a Gemini path `x-goog-api-key: <token>`
-  (what google-genai sends for `api_key`). A `?key=` in the query is never a credential (URLs
-  are logged and cached on their way): the processor strips it, and it authenticates nothing.
+  (what google-genai sends for `api_key`), and on an Azure path (`/openai/...`) `api-key:
+  <token>` (what the `AzureOpenAI` SDK sends for `api_key`). A `?key=` in the query is never a
+  credential (URLs are logged and cached on their way): the processor strips it, and it
+  authenticates nothing.
   Another Authorization scheme (Basic, ...) without an api key is refused, saying Bearer is
   required.
 - No credential: `ANONYMOUS` if `allow_anonymous`, else 401 `missing_token`.
@@ -31,7 +33,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 
-from gateway_extproc.apis import looks_gemini
+from gateway_extproc.apis import looks_azure, looks_gemini
 from gateway_extproc.errors import Unauthenticated
 from gateway_extproc.identity.jwks import Fetch, JwksCache, KeySet
 from gateway_extproc.identity.jwt_verify import (
@@ -61,12 +63,16 @@ def _digest(token: str) -> bytes:
 
 
 def credential(headers: Mapping[str, str]) -> str | None:
-    """The Bearer token, else the x-api-key (x-goog-api-key on a Gemini path); None if neither.
+    """The Bearer token, else the x-api-key (x-goog-api-key on a Gemini path, api-key on an
+    Azure path); None if neither.
     TokenRejected for another Authorization scheme (without an api key) or an empty Bearer
     token."""
     api_key = headers.get("x-api-key", "").strip()
-    if not api_key and looks_gemini(headers.get(":path", "")):
+    path = headers.get(":path", "")
+    if not api_key and looks_gemini(path):
         api_key = headers.get("x-goog-api-key", "").strip()
+    elif not api_key and looks_azure(path):
+        api_key = headers.get("api-key", "").strip()
     authorization = headers.get("authorization", "").strip()
     if authorization:
         scheme, _, rest = authorization.partition(" ")
@@ -84,6 +90,13 @@ def credential(headers: Mapping[str, str]) -> str | None:
                 error="invalid_request",
             )
     return api_key or None
+
+
+def _other_header(path: str) -> str:
+    """The API key header a client of `path`'s family may send instead, for the 401."""
+    if looks_gemini(path):
+        return " or x-goog-api-key: <token>"
+    return " or api-key: <token>" if looks_azure(path) else ""
 
 
 class Authenticator:
@@ -190,7 +203,7 @@ class Authenticator:
             raise self._refuse(
                 "missing_token",
                 "missing credential: send Authorization: Bearer <token>"
-                + (" or x-goog-api-key: <token>" if looks_gemini(headers.get(":path", "")) else ""),
+                + _other_header(headers.get(":path", "")),
                 "missing_token",
             )
         limit = self.config.max_token_bytes

@@ -74,10 +74,10 @@ def azure_reply(
     filtered: bool,
 ) -> Reply:
     """`build`'s reply in Azure's shape. A deployment path's deployment is the model (Azure
-    ignores the body's `model` there)."""
+    ignores the body's `model` there), unless `x-mock-response-model` names another."""
     if filtered:
         return JsonReply(orjson.dumps(FILTERED_PROMPT), status=400)
-    if deployment is not None:
+    if deployment is not None and ctx.controls.response_model is None:
         body = {**body, "model": deployment}
     reply = build(body, ctx)
     if reply.status != 200 or build not in (chat_reply, completion_reply):

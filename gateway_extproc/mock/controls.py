@@ -28,8 +28,9 @@
     x-mock-hold: NAME             hold the response until `POST /_mock/release/NAME` (tests that
                                   need every admitted request in flight at once)
     x-mock-response-model: NAME   report NAME as the response's model (not the request's)
-    x-mock-tool-use: NAME         Anthropic: after its text, call tool NAME with the input
-                                  {"query": "mock"} (stop_reason tool_use)
+    x-mock-tool-use: NAME         Anthropic, Gemini: after its text, call tool NAME with the
+                                  input {"query": "mock"} (stop_reason tool_use; Gemini: a
+                                  functionCall part, finishReason STOP)
     x-mock-service-tier: NAME     OpenAI: report NAME as the response's service_tier (the tier
                                   served, e.g. a project's default priority; else `default`)
     x-mock-content-encoding: E    label the body `Content-Encoding: E` without encoding it (a
@@ -88,7 +89,7 @@ class Controls:
     replay: str | None = None
     hold: str | None = None
     response_model: str | None = None
-    tool_use: str | None = None  # Anthropic: the tool the reply calls
+    tool_use: str | None = None  # Anthropic, Gemini: the tool the reply calls
     service_tier: str | None = None  # None: `default`
     content_encoding: str | None = None  # a false Content-Encoding label for the body
     gzip: bool = False  # compress whatever the request's Accept-Encoding

@@ -7,6 +7,8 @@ The model is in the path, not the body. Usage as Google reports it in `usageMeta
 separated by CRLF blank lines, with no `[DONE]`; every event carries the running `usageMetadata`
 (so a gateway that summed them would overcount), the last one the totals and the `finishReason`.
 Thinking (`x-mock-reasoning-tokens`) counts against `maxOutputTokens`, as on Gemini 2.5.
+`x-mock-tool-use: NAME` adds a `functionCall` part after the text (in a stream, to the last
+event), with the arguments `{"query": "mock"}`; Gemini's finishReason stays STOP.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from gateway_extproc.mock.content import (
 )
 from gateway_extproc.mock.errors import ApiError
 from gateway_extproc.mock.wire import Reply, ReplyContext, StreamReply, json_reply
+
+TOOL_ARGS = {"query": "mock"}  # the arguments of the function a reply calls (x-mock-tool-use)
 
 
 def gemini_sse(data: Any) -> bytes:
@@ -85,12 +89,12 @@ def generate_reply(
     finish = "MAX_TOKENS" if plan.truncated else "STOP"
 
     def response(text: str, words: int, finish_reason: str | None) -> dict[str, Any]:
-        candidate: dict[str, Any] = {
-            "content": {"parts": [{"text": text}], "role": "model"},
-            "index": 0,
-        }
+        parts: list[dict[str, Any]] = [{"text": text}]
+        candidate: dict[str, Any] = {"content": {"parts": parts, "role": "model"}, "index": 0}
         if finish_reason is not None:
             candidate["finishReason"] = finish_reason
+            if controls.tool_use is not None:
+                parts.append({"functionCall": {"name": controls.tool_use, "args": TOOL_ARGS}})
         doc: dict[str, Any] = {"candidates": [candidate]}
         if not controls.omit_usage:
             doc["usageMetadata"] = _usage(prompt, cached, plan, words)

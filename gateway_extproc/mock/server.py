@@ -31,6 +31,14 @@ from gateway_extproc.mock.gemini_api import generate_reply
 from gateway_extproc.mock.openai_api import chat_reply, completion_reply, embeddings_reply
 from gateway_extproc.mock.replay import load_recording
 from gateway_extproc.mock.responses_api import responses_reply
+from gateway_extproc.mock.vertex_api import (
+    ANTHROPIC_METHODS,
+    GEMINI_METHODS,
+    VERTEX_TOKEN,
+    claude_reply,
+    gemini_reply,
+    token_error,
+)
 from gateway_extproc.mock.wire import (
     BodyEncoder,
     GzipEncoder,
@@ -60,6 +68,7 @@ class MockConfig:
     gemini_key: str | None = None
     azure_key: str | None = None  # `api-key` on Azure paths
     azure_token: str | None = None  # `Authorization: Bearer` on Azure paths (Entra ID)
+    vertex_token: str = VERTEX_TOKEN
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -67,6 +76,7 @@ class Endpoint:
     family: Family
     build: Builder
     authorize: Authorize | None = None
+    keyed: bool = True  # takes the family's API key (Vertex takes its bearer token instead)
 
 
 ENDPOINTS: dict[str, Endpoint] = {
@@ -335,7 +345,7 @@ async def _reply(endpoint: Endpoint, request: web.Request, raw: bytes, controls:
     if endpoint.authorize is not None:
         denied = endpoint.authorize(request, raw)
     else:
-        denied = auth_error(endpoint.family, request.headers, config)
+        denied = auth_error(endpoint.family, request.headers, config) if endpoint.keyed else None
     if denied is not None:
         raise denied
     if controls.replay is not None:
@@ -418,6 +428,30 @@ async def _bedrock(request: web.Request) -> web.StreamResponse:
     return await _handle(endpoint, request)
 
 
+async def _vertex(request: web.Request) -> web.StreamResponse:
+    """POST /v1/projects/{p}/locations/{l}/publishers/{google|anthropic}/models/{model}:METHOD."""
+    publisher = request.match_info["publisher"]
+    model, _, method = request.match_info["target"].partition(":")
+    if publisher == "google" and method in GEMINI_METHODS:
+        family, stream, build_reply = Family.GEMINI, GEMINI_METHODS[method], gemini_reply
+        if stream and request.query.get("alt") != "sse":
+            return await _not_found(request)
+    elif publisher == "anthropic" and method in ANTHROPIC_METHODS:
+        family, stream, build_reply = Family.ANTHROPIC, ANTHROPIC_METHODS[method], claude_reply
+    else:
+        return await _not_found(request)
+    denied = token_error(request.headers, request.app[CONFIG].vertex_token)
+    if denied is not None:  # Google's error format, whichever publisher
+        await request.read()
+        body = error_body(Family.GEMINI, denied, f"req_mock{secrets.token_hex(12)}")
+        return web.Response(body=body, status=401, content_type="application/json")
+
+    def build(body: dict[str, Any], ctx: ReplyContext) -> Reply:
+        return build_reply(body, ctx, model=model, stream=stream)
+
+    return await _handle(Endpoint(family, build, keyed=False), request)
+
+
 def _handler(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handle(request: web.Request) -> web.StreamResponse:
         return await _handle(endpoint, request)
@@ -490,6 +524,10 @@ def create_app(
     app.router.add_post(r"/openai/{method:responses}", _azure)
     for path in bedrock.PATHS:
         app.router.add_post(path, _bedrock)
+    app.router.add_post(
+        "/v1/projects/{project}/locations/{location}/publishers/{publisher}/models/{target}",
+        _vertex,
+    )
     app.router.add_get("/_mock/requests", _list_requests)
     app.router.add_delete("/_mock/requests", _clear_requests)
     app.router.add_get("/_mock/bills", _list_bills)

@@ -219,7 +219,7 @@ def upstream_body(
             body = with_cap(body, *output_cap)
             changed = True
         return orjson.dumps(body) if changed else None
-    if served_model != request.model:
+    if body.get("model") != served_model:  # a downgrade, or the model an Azure path named
         body = {**body, "model": served_model}
         changed = True
     if output_cap is not None:

@@ -22,7 +22,14 @@ from typing import Any
 
 from google.protobuf import struct_pb2
 
-from gateway_extproc.apis import MODELS_PATH, Api, Schema, api_for_path, looks_gemini
+from gateway_extproc.apis import (
+    MODELS_PATH,
+    Api,
+    Schema,
+    api_for_path,
+    looks_azure,
+    looks_gemini,
+)
 from gateway_extproc.audit import AuditRecord, LimitReached
 from gateway_extproc.budgets import report as budget_report
 from gateway_extproc.budgets.admission import Admission
@@ -47,6 +54,7 @@ from gateway_extproc.handoff import MAC_KEY, NAMESPACE, STATE_KEY, RequestState
 from gateway_extproc.identity.metadata import parse_metadata
 from gateway_extproc.identity.model import Identity
 from gateway_extproc.observability.attributes import RequestFacts
+from gateway_extproc.providers.azure.paths import parse_inbound
 from gateway_extproc.providers.gemini.paths import parse_path, without_credentials
 from gateway_extproc.providers.inbound import ParsedRequest, with_body
 from gateway_extproc.providers.registry import error_body
@@ -56,7 +64,7 @@ from gateway_extproc.request.models_api import models_response
 from gateway_extproc.response import reaped_audit
 from gateway_extproc.response.observer import ResponseObserver
 from gateway_extproc.tokens import Usage, UsageSource
-from gateway_extproc.translate.pairs import Translation, translation_for
+from gateway_extproc.translate.pairs import Translation, reaches, translation_for
 
 log = logging.getLogger("gateway.processor")
 
@@ -99,6 +107,8 @@ class StreamProcessor:
         self.method = ""
         self.path = ""  # as the client sent it, less any credential in its query (Gemini `key=`)
         self.path_changed = False  # a credential was taken out of the query: Envoy's :path too
+        # An `AzureOpenAI` client's deployment path: the gateway model it names
+        self.azure_deployment: str | None = None
         self.schema = Schema.OPENAI
         self.request: ParsedRequest | None = None
         self.entry: ModelEntry | None = None
@@ -188,6 +198,9 @@ class StreamProcessor:
         path = headers.get(":path", "")
         gemini = looks_gemini(path)
         self.path = without_credentials(path) if gemini else path
+        inbound = parse_inbound(path) if looks_azure(path) else None
+        if inbound is not None:  # an AzureOpenAI client: served as the gateway's own path is
+            self.path, self.azure_deployment = inbound.gateway_path, inbound.deployment
         self.path_changed = self.path != path
         if self.trace_context[0] is None:
             self.trace_context = (headers.get("traceparent"), headers.get("tracestate"))
@@ -256,6 +269,9 @@ class StreamProcessor:
         assert api is not None  # the headers phase rejected everything else
         # Capped and, for large bodies, off the event loop: no body stalls the other streams.
         request = await parse_off_loop(api, message.body, self.ctx.config.limits, self.path)
+        if self.azure_deployment is not None:  # Azure's path names the model, not the body:
+            # forwarding writes it into the body (upstream_body), the cache keys by it
+            request = dataclasses.replace(request, model=self.azure_deployment)
         self.request = request
         entry = self.ctx.catalog.lookup(request.model)
         if entry is None:
@@ -336,7 +352,9 @@ class StreamProcessor:
                 requested=request.model,
                 bound_for=self._bounder(request),
                 allowed=lambda model: (
-                    model.provider in self.ctx.upstreams and policies.allows(identity, model.name)
+                    model.provider in self.ctx.upstreams
+                    and policies.allows(identity, model.name)
+                    and reaches(request.api, model.schema)
                 ),
                 facts_for=facts,
             )
@@ -356,7 +374,12 @@ class StreamProcessor:
         upstream = self.ctx.upstreams[entry.provider]
         if upstream.token is not None:  # Entra ID: cached; waits only when none is valid (503)
             await upstream.token.ensure()
+        if upstream.vertex is not None or upstream.signer is not None:
+            served = entry.name  # a Vertex or Bedrock entry's name is the provider's model id
+        requested_translation = self.translation
         translation = self.translation = self._translation_to(entry)  # a downgrade may cross
+        if translation is not requested_translation:  # translated for another API, or none
+            self.translated = None
         if translation is None:
             common = route.forward(
                 upstream,
@@ -377,9 +400,9 @@ class StreamProcessor:
                 translation,
                 self.translated,
                 served_model=served,
+                stream=request.stream,
                 max_tokens=route.translated_max_tokens(request, admission.bound, entry),
                 client_headers=self.client_headers,
-                provider_model=entry.name,
                 beta=self.anthropic_beta,
             )
         synchronous = self.ctx.config.metering.synchronous
@@ -420,7 +443,9 @@ class StreamProcessor:
             arrived=self.arrived,
             method=self.method,
             path=self.path,
-            api=request.api if translation is None else translation.provider_api,
+            api=request.api
+            if translation is None
+            else translation.provider_api_for(request.stream),
             client_api=None if translation is None else request.api,
             wants_usage=request.wants_usage,
             requested_model=request.model,
@@ -593,7 +618,9 @@ class StreamProcessor:
             output_cap_injected=False,
             provider_api=None
             if self.translation is None
-            else self.translation.provider_api.name.lower(),
+            else self.translation.provider_api_for(
+                self.request is not None and self.request.stream
+            ).name.lower(),
             **self._audit_extra(),
         )
         try:

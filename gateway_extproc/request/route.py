@@ -13,9 +13,10 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
-from gateway_extproc.apis import API_PREFIX, Schema
+from gateway_extproc.apis import Schema
 from gateway_extproc.budgets.admission import Admission
 from gateway_extproc.budgets.gate import BoundFor, BudgetGate
 from gateway_extproc.catalog.models import ModelEntry
@@ -34,6 +35,7 @@ from gateway_extproc.extproc import messages as msgs
 from gateway_extproc.identity.model import Identity
 from gateway_extproc.providers.gemini.paths import parse_path
 from gateway_extproc.providers.inbound import ParsedRequest, upstream_body
+from gateway_extproc.providers.vertex import paths as vertex_paths
 from gateway_extproc.translate.pairs import Translation
 
 CLUSTER_HEADER = "x-gateway-cluster"
@@ -137,7 +139,9 @@ def forward(
     """The request phase's CommonResponse for a forwarded request: Envoy's route picks the
     cluster from CLUSTER_HEADER; the body is rewritten only when the served model, the
     injected output cap or a redaction changes it."""
-    if request.api.schema is Schema.GEMINI:  # the served model is in the path; `key=` never
+    if upstream.vertex is not None:  # the model and the method in Vertex's path
+        path = _vertex_path(upstream, request.api.schema, served_model, stream=request.stream)
+    elif request.api.schema is Schema.GEMINI:  # the served model is in the path; never `key=`
         path = parse_path(path).upstream(served_model)
     upstream_path = upstream.api_path(path, request.api, served_model)
     set_headers = {CLUSTER_HEADER: upstream.cluster, ":path": upstream_path}
@@ -150,11 +154,26 @@ def forward(
         output_cap=output_cap(admission.bound),
         redacted=redacted,
     )
+    if upstream.vertex is not None and request.api.schema is Schema.ANTHROPIC:
+        # rawPredict: the model is in the path, Vertex's API version in the body.
+        body = request.body if new_body is None else orjson.loads(new_body)
+        new_body = vertex_paths.anthropic_body(body)
     if new_body is not None:
         set_headers["content-length"] = str(len(new_body))
     remove = upstream.forward.removals(client_headers, provider=upstream.provider, keep=set_headers)
     return msgs.common(
         set_headers=set_headers, remove=remove, body=new_body, clear_route_cache=True
+    )
+
+
+def _vertex_path(upstream: Upstream, schema: Schema, model: str, *, stream: bool) -> str:
+    assert upstream.vertex is not None and upstream.project is not None
+    return vertex_paths.vertex_path(
+        project=upstream.project,
+        location=upstream.vertex.location,
+        schema=schema,
+        model=upstream.vertex.model_id(model),
+        stream=stream,
     )
 
 
@@ -176,31 +195,35 @@ def forward_translated(
     translated: dict[str, Any],
     *,
     served_model: str,
+    stream: bool,
     max_tokens: int,
     client_headers: tuple[str, ...],
-    provider_model: str | None = None,
     beta: str = "",
 ) -> pb.CommonResponse:
     """`forward` for a request translated to the provider's API (translate/): the provider
-    API's path and version header, and always a new body. `provider_model`: the id the
-    provider knows the served model by, when it goes into the path (Bedrock: the catalog
-    entry's name); `beta`: the client's `anthropic-beta` (Bedrock takes it in the body).
+    API's path (Gemini's names the served model and the method, Bedrock's the served model's
+    id; Vertex has its own, with the Anthropic API version in the body) and version header, and
+    always a new body. `beta`: the client's `anthropic-beta` (Bedrock takes it in the body).
     A signed upstream (Bedrock) is signed last, over the final path, host and body (the host
     Envoy sends: its cluster endpoint's hostname, by the route's `auto_host_rewrite`); the
     moved `anthropic-beta` header is not sent."""
-    base = upstream.base_path.rstrip("/")
-    if translation.upstream_path is None:
-        path = upstream.upstream_path(API_PREFIX + translation.provider_api.value)
-    else:
-        path = base + translation.upstream_path(translated, provider_model or served_model)
-    set_headers = {CLUSTER_HEADER: upstream.cluster, ":path": path}
-    set_headers.update(translation.headers)
-    credential = upstream.credential()
-    if credential is not None:
-        set_headers[credential[0]] = credential[1]
+    path = translation.provider_path(served_model, stream)
     body = translation.upstream_body(
         translated, model=served_model, max_tokens=max_tokens, beta=beta
     )
+    headers = dict(translation.headers)
+    if upstream.vertex is not None:  # Vertex: its path, the API version in the body
+        schema = translation.provider_api.schema
+        path = _vertex_path(upstream, schema, served_model, stream=stream)
+        if schema is Schema.ANTHROPIC:
+            body = vertex_paths.anthropic_body(orjson.loads(body))
+            headers.pop("anthropic-version", None)
+    path = upstream.upstream_path(path)
+    set_headers = {CLUSTER_HEADER: upstream.cluster, ":path": path}
+    set_headers.update(headers)
+    credential = upstream.credential()
+    if credential is not None:
+        set_headers[credential[0]] = credential[1]
     set_headers["content-length"] = str(len(body))
     remove = upstream.forward.removals(client_headers, provider=upstream.provider, keep=set_headers)
     signer = upstream.signer

@@ -9,6 +9,12 @@ hostile; so the request is charged the dearer of the two for the same usage, and
 reported to the caller to log and count. A reported name that resolves to the same catalog model
 (a dated snapshot such as `gpt-4o-2024-08-06` for `gpt-4o`, or an alias) is no mismatch. A name
 the catalog does not know cannot be priced: it is reported, and the priced model's cost stands.
+
+A provider that serves catalog models under a prefix reports names in its own namespace: Azure
+OpenAI answers `azure/gpt-4o` with the model its deployment runs (`gpt-4o-2024-11-20`), or with
+the deployment's name, never with the catalog's name. `in_provider` reads a reported name there
+first (the deployment that served the request, then `<prefix>/<name>` among the same provider's
+models), so a faithful answer is no mismatch while another model of that provider still is.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from gateway_extproc.catalog.models import ModelEntry
 from gateway_extproc.catalog.pricing import cost_micros
 from gateway_extproc.tokens import Usage
 
-__all__ = ["Mismatch", "MismatchKind", "price_reported"]
+__all__ = ["Mismatch", "MismatchKind", "in_provider", "price_reported"]
 
 
 class MismatchKind(enum.StrEnum):
@@ -67,3 +73,25 @@ def price_reported(
     if other_cost > cost:
         return other_cost, Mismatch(MismatchKind.DEARER_REPORTED, priced.name, reported, other.name)
     return cost, Mismatch(MismatchKind.CHEAPER_REPORTED, priced.name, reported, priced.name)
+
+
+def in_provider(
+    priced: ModelEntry,
+    lookup: Callable[[str], ModelEntry | None],
+    deployment: str | None = None,
+) -> Callable[[str], ModelEntry | None]:
+    """`lookup` for names `priced`'s provider reports: `deployment` (what the provider calls the
+    model it was asked for, e.g. an Azure deployment) is `priced`; else `<prefix>/<name>` when
+    `priced` is named `<prefix>/...` and that entry is the same provider's; else `lookup`."""
+    prefix = priced.name.rpartition("/")[0]
+
+    def resolve(reported: str) -> ModelEntry | None:
+        if deployment is not None and reported == deployment:
+            return priced
+        if prefix:
+            entry = lookup(f"{prefix}/{reported}")
+            if entry is not None and entry.provider == priced.provider:
+                return entry
+        return lookup(reported)
+
+    return resolve

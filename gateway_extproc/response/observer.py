@@ -34,7 +34,7 @@ from gateway_extproc.providers.base import JsonMeterResult
 from gateway_extproc.providers.metering import StreamMeter
 from gateway_extproc.response.audit import write_record
 from gateway_extproc.response.body import ResponseBody
-from gateway_extproc.response.model_mismatch import price_reported
+from gateway_extproc.response.model_mismatch import in_provider, price_reported
 from gateway_extproc.response.reported_tier import charge_reported_tier
 from gateway_extproc.response.translated import REMOVED_HEADERS, TranslatedResponse, is_stream
 from gateway_extproc.sidecar_auth.guard import RejectedState
@@ -315,7 +315,10 @@ class ResponseObserver:
 
     def _priced(self, usage: Usage, provider_model: str | None) -> int:
         """The cost; by the dearer model when the provider reports another (model_mismatch)."""
-        cost, mismatch = price_reported(usage, self.entry, provider_model, self.ctx.catalog.lookup)
+        up = self.upstream
+        deployment = None if up is None else up.model_name(self.state.served_model)
+        lookup = in_provider(self.entry, self.ctx.catalog.lookup, deployment)
+        cost, mismatch = price_reported(usage, self.entry, provider_model, lookup)
         if mismatch is not None:
             self.ctx.model_mismatches[mismatch.kind] += 1
             log.warning("%s", mismatch.describe(), extra={"request_id": self.request_id})

@@ -39,8 +39,8 @@ _ERROR_TYPES = {
 
 
 def invoke_request(body: dict[str, Any]) -> dict[str, Any]:
-    """The client's Messages body, kept for `upstream_body` and `upstream_path` (`stream` is
-    read by the path, then dropped; `model` is the served one's Bedrock id)."""
+    """The client's Messages body, kept for `upstream_body` (`stream` chose the path, and is
+    dropped there; `model` is the served one's Bedrock id, in the path)."""
     return {k: v for k, v in body.items() if k != "model"}
 
 
@@ -57,9 +57,9 @@ def invoke_body(
     return orjson.dumps(out)
 
 
-def invoke_path(translated: dict[str, Any], model: str) -> str:
+def invoke_path(model: str, stream: bool) -> str:
     """`/model/{id}/invoke`, or `.../invoke-with-response-stream` when the client streams."""
-    action = "invoke-with-response-stream" if translated.get("stream") is True else "invoke"
+    action = "invoke-with-response-stream" if stream else "invoke"
     return f"/model/{urllib.parse.quote(model, safe='')}/{action}"
 
 

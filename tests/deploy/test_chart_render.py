@@ -1017,3 +1017,59 @@ def test_bedrock_provider_region_endpoint_and_irsa() -> None:
 def test_bedrock_values_are_validated(bedrock: dict[str, Any]) -> None:
     with pytest.raises(helm.HelmError):
         render(copy.deepcopy(CASES["company"]) | {"bedrock": {"enabled": True, **bedrock}})
+
+
+# --- Vertex AI through GKE workload identity (issue 25) ------------------------------------------
+
+
+def test_vertex_workload_identity(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    docs = rendered["vertex"]
+    account = one(docs, "ServiceAccount")
+    assert account["metadata"]["annotations"] == {
+        "iam.gke.io/gcp-service-account": "llm-gateway@acme-ml.iam.gserviceaccount.com"
+    }
+    assert gateway_config(docs)["providers"] == {
+        "openai": None,
+        "anthropic": None,
+        "gemini": None,
+        "vertex": {
+            "schema": "vertex",
+            "vertex": {
+                "project": "acme-ml",
+                "location": "us-east5",
+                "credentials": {"workload_identity": True},
+            },
+        },
+    }
+    egress = one(docs, "NetworkPolicy")["spec"]["egress"]
+    metadata = [r for r in egress if {"ipBlock": {"cidr": "169.254.169.254/32"}} in r.get("to", [])]
+    assert [p["port"] for p in metadata[0]["ports"]] == [80, 988]
+    # Without it: no annotation, no metadata-server egress, Vertex left to config.providers.
+    company = rendered["company"]
+    assert "iam.gke.io/gcp-service-account" not in str(one(company, "ServiceAccount"))
+    assert "169.254.169.254/32" not in str(one(company, "NetworkPolicy"))
+
+
+def test_vertex_workload_identity_needs_the_charts_service_account() -> None:
+    values = copy.deepcopy(CASES["vertex"]) | {"serviceAccount": {"create": False}}
+    with pytest.raises(helm.HelmError, match=r"vertex\.gcpServiceAccount: needs serviceAccount"):
+        render(values)
+
+
+def test_bedrock_and_vertex_annotate_one_service_account() -> None:
+    """IRSA's role and GKE's Google service account are both set when both providers are on
+    (a multi-cloud chart), beside the operator's own annotations."""
+    role = "arn:aws:iam::123456789012:role/llm-gateway-bedrock"
+    values = copy.deepcopy(CASES["vertex"]) | {
+        "bedrock": {"enabled": True, "region": "us-east-1", "roleArn": role}
+    }
+    values["serviceAccount"] = values.get("serviceAccount", {}) | {"annotations": {"team": "ml"}}
+    docs = render(values)
+    assert one(docs, "ServiceAccount")["metadata"]["annotations"] == {
+        "team": "ml",
+        "eks.amazonaws.com/role-arn": role,
+        "iam.gke.io/gcp-service-account": "llm-gateway@acme-ml.iam.gserviceaccount.com",
+    }
+    providers = gateway_config(docs)["providers"]
+    assert providers["bedrock"] == {"schema": "bedrock", "region": "us-east-1"}
+    assert providers["vertex"]["schema"] == "vertex"

@@ -90,6 +90,12 @@ def _want(usage: openai.types.CompletionUsage) -> dict[str, int]:
     )
 
 
+def _mismatches(stack: Stack, request_id: str) -> list[str]:
+    """The sidecar's reported-model mismatch lines for the request (model_mismatch.py)."""
+    log = (stack.run_dir / "stack.log").read_text(errors="replace")
+    return [ln for ln in log.splitlines() if request_id in ln and "provider reported model" in ln]
+
+
 def test_v1_json_metered_key_injected_deployment_in_body(v1_stack: Stack, keyed_mock: str) -> None:
     mock, audit = MockLog(keyed_mock), AuditLog(v1_stack.run_dir / "audit.jsonl")
     raw = _client(v1_stack).chat.completions.with_raw_response.create(
@@ -110,6 +116,9 @@ def test_v1_json_metered_key_injected_deployment_in_body(v1_stack: Stack, keyed_
     assert rec["provider"] == "azure" and rec["upstream_mocked"] is False
     assert rec["tokens"] == want and rec["usage_source"] == "provider"
     assert rec["cost_micros"] == expected_cost_micros("azure/gpt-4.1", want) > 0
+    # the mock answers with the deployment's name: the model asked for, no mismatch
+    assert rec["provider_model"] == "prod-41" and completion.model == "prod-41"
+    assert _mismatches(v1_stack, raw.headers["x-gateway-request-id"]) == []
 
 
 @pytest.mark.parametrize("chunk_bytes", ["", "1", "7"])
@@ -141,6 +150,32 @@ def test_deployment_path_stream_in_azures_shape_metered(
     rec = audit.wait_for(raw.headers["x-gateway-request-id"])
     assert rec["tokens"] == want and rec["completed"] is True and rec["stream"] is True
     assert rec["cost_micros"] == expected_cost_micros("azure/gpt-4o", want) > 0
+    # Azure reports the deployment's model (`gpt-4o`), not `azure/gpt-4o`: no mismatch
+    assert rec["provider_model"] == "gpt-4o"
+    assert _mismatches(deployments_stack, raw.headers["x-gateway-request-id"]) == []
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_azure_reporting_a_dearer_model_is_charged_at_it(
+    deployments_stack: Stack, stream: bool
+) -> None:
+    """A real mismatch still is one: `azure/gpt-4.1` answered by a `gpt-4o` snapshot is charged
+    at `azure/gpt-4o` (the same provider's model, found without OpenAI's catalog entries)."""
+    audit = AuditLog(deployments_stack.run_dir / "audit.jsonl")
+    raw = _client(deployments_stack).chat.completions.with_raw_response.create(
+        model="azure/gpt-4.1",
+        messages=[{"role": "user", "content": "hi"}],
+        stream=stream,
+        extra_headers={"x-mock-response-model": "gpt-4o-2024-11-20"},
+    )
+    list(raw.parse()) if stream else raw.parse()  # type: ignore[call-overload]
+    request_id = raw.headers["x-gateway-request-id"]
+    rec = audit.wait_for(request_id)
+    assert rec["provider_model"] == "gpt-4o-2024-11-20" and rec["usage_source"] == "provider"
+    dearer = expected_cost_micros("azure/gpt-4o", rec["tokens"])
+    assert rec["cost_micros"] == dearer > expected_cost_micros("azure/gpt-4.1", rec["tokens"])
+    (line,) = _mismatches(deployments_stack, request_id)
+    assert "dearer_reported" in line and "'azure/gpt-4o'" in line
 
 
 def test_content_filter_400_reaches_the_client_and_charges_nothing(

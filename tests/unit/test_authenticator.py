@@ -111,6 +111,17 @@ async def auth(clock: Clock) -> Any:
         pytest.param({}, None, id="none"),
         pytest.param({"authorization": "  ", "x-api-key": ""}, None, id="blank"),
         pytest.param({"x-other": "abc"}, None, id="other_header"),
+        # what the AzureOpenAI SDK sends, read on Azure's paths only
+        pytest.param(
+            {":path": "/openai/deployments/d/chat/completions", "api-key": "k"}, "k", id="azure"
+        ),
+        pytest.param({":path": "/openai/v1/responses", "api-key": " k "}, "k", id="azure_v1"),
+        pytest.param({":path": "/v1/chat/completions", "api-key": "k"}, None, id="api_key_off"),
+        pytest.param(
+            {":path": "/openai/v1/embeddings", "api-key": "k", "authorization": "Bearer t"},
+            "t",
+            id="azure_bearer_first",
+        ),
     ],
 )
 def test_credential(headers: dict[str, str], expected: str | None) -> None:

@@ -248,11 +248,11 @@ def test_request_body_and_path() -> None:
     translated = mtb.invoke_request(client)
     assert "model" not in translated and client["model"]  # the client's body is not changed
     model = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"
-    path = mtb.invoke_path(translated, model)
+    path = mtb.invoke_path(model, True)
     assert (
         path == "/model/us.anthropic.claude-sonnet-4-5-20250929-v1%3A0/invoke-with-response-stream"
     )
-    assert mtb.invoke_path({**translated, "stream": False}, "a/b") == "/model/a%2Fb/invoke"
+    assert mtb.invoke_path("a/b", False) == "/model/a%2Fb/invoke"
     body = orjson.loads(mtb.invoke_body(translated, model=model, max_tokens=7, beta=""))
     assert body == {
         "max_tokens": 100,  # the client's, not the default

@@ -48,13 +48,15 @@ def bedrock_config(tmp_path: Path, **bedrock: Any) -> GatewayConfig:
     return load_config(path, KEYS)
 
 
-# Every built-in provider's key (and Azure's endpoint): only Bedrock can lack its credential.
+# Every built-in provider's key (Azure's endpoint, Vertex's key file: a path, never read when
+# resolving): only Bedrock can lack its credential.
 KEYS = {
     "OPENAI_API_KEY": "sk-x",
     "ANTHROPIC_API_KEY": "sk-ant-x",
     "GEMINI_API_KEY": "gm-x",
     "AZURE_OPENAI_API_KEY": "az-x",
     "AZURE_OPENAI_ENDPOINT": "https://example.openai.azure.com",
+    "GOOGLE_APPLICATION_CREDENTIALS": "/var/run/secrets/vertex/sa.json",
 }
 
 
@@ -148,8 +150,8 @@ def test_forward_is_signed_over_what_is_sent(tmp_path: Path, stream: bool) -> No
         up,
         MESSAGES_TO_BEDROCK,
         MESSAGES_TO_BEDROCK.request(client),
-        served_model="alias-the-client-used",
-        provider_model=MODEL,
+        served_model=MODEL,
+        stream=stream,
         max_tokens=100,
         client_headers=("content-type", "anthropic-version", "anthropic-beta", "x-api-key"),
         beta="b-1",

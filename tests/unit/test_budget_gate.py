@@ -13,7 +13,7 @@ import datetime as dt
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -209,6 +209,7 @@ async def admit(
     *,
     entry: ModelEntry = GPT4O,
     requested: str | None = None,
+    allowed: Callable[[ModelEntry], bool] = lambda e: True,
 ) -> Admission:
     return await gate.admit(
         reservation_id=request_id,
@@ -216,6 +217,7 @@ async def admit(
         entry=entry,
         requested=requested or entry.name,
         bound_for=lambda e: Bound(1000, 0 if e.embedding else 100, None, None),
+        allowed=allowed,
     )
 
 
@@ -489,11 +491,6 @@ async def test_downgrade_budget_without_room_serves_the_fallback(
             id="a block budget refuses as well",
         ),
         pytest.param(
-            [budget("cap", 3000, Action.DOWNGRADE, downgrade_to="claude-haiku-4-5")],
-            "'cap'",
-            id="fallback of another API schema",
-        ),
-        pytest.param(
             [budget("cap", 3000, Action.DOWNGRADE, downgrade_to="no-such-model")],
             "'cap'",
             id="fallback not in the catalog",
@@ -511,9 +508,13 @@ async def test_downgrade_that_cannot_be_served_is_429(
     assert await record_state(gate, "req-1") is None
 
 
-async def test_never_downgrades_across_api_schemas(harness: Harness) -> None:
-    """A catalog / budget pair the config loader would refuse: the cheap target speaks another
-    API. Even though it would fit, the gate refuses rather than send a request it cannot serve."""
+@pytest.mark.parametrize("reachable", [True, False])
+async def test_downgrades_across_api_schemas_only_where_the_caller_allows(
+    harness: Harness, reachable: bool
+) -> None:
+    """The cheap target speaks another API: the gate downgrades to it when the caller says the
+    request can reach it (the processor: a translation exists), else refuses rather than send
+    a request that cannot be served."""
     price = Price(input=10**6, output=10**6, cached_input=10**6, cache_write=10**6, reasoning=0)
     big = ModelEntry("big-chat", "p", Schema.OPENAI, 1000, dataclasses.replace(price, input=10**7))
     cheap = ModelEntry("cheap-messages", "q", Schema.ANTHROPIC, 1000, price)
@@ -524,8 +525,16 @@ async def test_never_downgrades_across_api_schemas(harness: Harness) -> None:
         < cap.limit_micros
         < gate.estimate(Bound(1000, 100, None, None), big)
     )
+
+    def allowed(e: ModelEntry) -> bool:
+        return reachable or e.schema is Schema.OPENAI
+
+    if reachable:
+        admission = await admit(gate, entry=big, allowed=allowed)
+        assert admission.entry is cheap and admission.downgraded_from == "big-chat"
+        return
     with pytest.raises(BudgetExceeded, match="budget 'cap' for user"):
-        await admit(gate, entry=big)
+        await admit(gate, entry=big, allowed=allowed)
     assert await counter(gate, cap) == (0, 0)
 
 

@@ -36,6 +36,8 @@ CHAT = {"provider": "local", "schema": "openai", "max_output_tokens": 1000}
 
 # --- the shipped catalog -----------------------------------------------------------------------
 
+# The built-in providers the shipped catalog names.
+PROVIDERS = ["openai", "anthropic", "gemini", "azure", "bedrock", "vertex"]
 SHIPPED_MODELS = [
     *("gpt-6.2-sol", "gpt-6.1-sol", "gpt-6-sol", "gpt-6.1-terra", "gpt-6-luna"),
     *("gpt-5.6-luna", "gpt-5.4-nano", "gpt-5", "gpt-5-mini", "gpt-5-nano"),
@@ -59,6 +61,8 @@ SHIPPED_MODELS = [
         "global.anthropic.claude-haiku-4-5-20251001-v1:0",
         "us.anthropic.claude-haiku-4-5-20251001-v1:0",
     ),
+    *("vertex-claude-sonnet-4-6", "vertex-claude-haiku-4-5"),
+    *("vertex-gemini-2.5-pro", "vertex-gemini-2.5-flash"),
 ]
 
 
@@ -72,14 +76,17 @@ def test_every_shipped_entry_is_priced_and_consistent(shipped: Catalog) -> None:
     for entry in shipped.models():
         assert not entry.free, entry.name  # list prices only; free is for self-hosted models
         assert entry.price.input > 0, entry.name
-        assert entry.provider in {"openai", "anthropic", "gemini", "azure", "bedrock"}, entry.name
-        assert entry.schema is Schema({"azure": "openai"}.get(entry.provider, entry.provider))
+        assert entry.provider in PROVIDERS, entry.name
+        if entry.provider == "vertex":  # Gemini and Claude models, each in its own API
+            assert entry.schema in (Schema.GEMINI, Schema.ANTHROPIC), entry.name
+        else:
+            assert entry.schema is Schema({"azure": "openai"}.get(entry.provider, entry.provider))
         if entry.embedding:
             assert entry.price.output == 0 and entry.max_output_tokens == 0, entry.name
         else:
             assert entry.price.output > 0 and entry.max_output_tokens > 0, entry.name
         assert entry.price.cached_input <= entry.price.input, entry.name
-    assert shipped.validate_providers(["openai", "anthropic", "gemini", "azure", "bedrock"]) == []
+    assert shipped.validate_providers(PROVIDERS) == []
 
 
 # (model, input, output, cached_input, cache_write, cache_write_1h, cache_write_12h) in USD per 1M
@@ -233,6 +240,7 @@ HIDDEN_REASONING = {
     *("gpt-6.2-sol", "gpt-6.1-sol", "gpt-6-sol", "gpt-6.1-terra", "gpt-6-luna"),
     *("gpt-5.6-luna", "gpt-5.4-nano", "gpt-5", "gpt-5-mini", "gpt-5-nano", "o3"),
     *("gemini-2.5-pro", "gemini-2.5-flash"),
+    *("vertex-gemini-2.5-pro", "vertex-gemini-2.5-flash"),
 }
 
 
@@ -309,9 +317,9 @@ def test_operator_files_merge_fields_add_and_remove(tmp_path: Path) -> None:
     assert llama is not None and llama.free and llama.price == Price.free()
     haiku = catalog.lookup("claude-haiku-4-5-20251001")
     assert haiku is not None and haiku.free and haiku.price == Price.free()
-    assert catalog.validate_providers(["openai", "anthropic", "gemini", "azure", "bedrock"]) == [
+    assert catalog.validate_providers(PROVIDERS) == [
         f"{first}: models.llama-3-70b.provider: 'vllm' is not a configured provider "
-        "(known: anthropic, azure, bedrock, gemini, openai)"
+        "(known: anthropic, azure, bedrock, gemini, openai, vertex)"
     ]
 
 

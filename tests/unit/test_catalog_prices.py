@@ -311,6 +311,7 @@ NO_IMAGE_MAXIMUM = {
     "azure/text-embedding-3-small",
     # Gemini tiles a large image into 258-token tiles with no published maximum.
     *("gemini-2.5-pro", "gemini-2.5-flash", "gemini-2.5-flash-lite"),
+    *("vertex-gemini-2.5-pro", "vertex-gemini-2.5-flash"),
 }
 
 
@@ -357,6 +358,7 @@ SHIPPED_LONG_CONTEXT = [
     ("claude-sonnet-4-5", 200_000, "6", "0.60", "7.50", "12", "22.50"),
     ("claude-haiku-5-5", 100_000, "0.50", "0.50", "0.625", "1", "2.50"),
     ("gemini-2.5-pro", 200_000, "2.50", "0.25", "2.50", "2.50", "15"),
+    ("vertex-gemini-2.5-pro", 200_000, "2.50", "0.25", "2.50", "2.50", "15"),
 ]
 
 

@@ -50,7 +50,7 @@ def test_builtin_config_loads() -> None:
     assert config.mock_unconfigured_providers is True
     assert (config.audit_stdout, config.audit_file) == (True, None)
 
-    assert sorted(config.providers) == ["anthropic", "azure", "gemini", "openai"]
+    assert sorted(config.providers) == ["anthropic", "azure", "gemini", "openai", "vertex"]
     openai, anthropic = config.providers["openai"], config.providers["anthropic"]
     assert (openai.schema, openai.base_url, openai.cluster) == (
         Schema.OPENAI,
@@ -80,7 +80,12 @@ def test_builtin_config_loads() -> None:
     models = config.catalog.models()
     assert models, "the shipped catalog is loaded"
     assert {m.provider for m in models} <= set(config.providers)
-    assert all(m.schema is config.providers[m.provider].schema for m in models)
+    assert all(m.schema in config.providers[m.provider].speaks for m in models)
+    vertex = config.providers["vertex"]  # Gemini and Claude, with google-auth credentials
+    assert vertex.vertex is not None and vertex.auth is None
+    assert vertex.speaks == {Schema.GEMINI, Schema.ANTHROPIC}
+    assert vertex.base_url == "https://aiplatform.googleapis.com"
+    assert vertex.vertex.credentials_env == "GOOGLE_APPLICATION_CREDENTIALS"
 
 
 def test_builtin_config_reads_no_environment_by_default() -> None:
@@ -183,7 +188,13 @@ def test_operator_file_merges_over_defaults(tmp_path: Path) -> None:
         "health_check_interval_s": 1,
         "health_check_unhealthy_threshold": 2,
     }
-    assert list(doc["providers"]) == ["openai", "gemini", "azure", "local"]  # anthropic removed
+    assert list(doc["providers"]) == [
+        "openai",
+        "gemini",
+        "azure",
+        "vertex",
+        "local",
+    ]  # no anthropic
     assert doc["providers"]["openai"] == {  # base_url replaced, auth kept from the default
         "schema": "openai",
         "base_url": "https://x.openai.azure.com/openai/v1",
@@ -220,7 +231,9 @@ def test_operator_file_parsed(tmp_path: Path) -> None:
     assert config.limits.ext_proc_message_timeout_ms == 250
     assert (config.drain_s, config.grace_s) == (0.5, 1.0)
     assert isinstance(config.grace_s, float)
-    assert list(config.providers) == ["openai", "anthropic", "gemini", "azure", "local", "vault"]
+    assert list(config.providers) == [
+        *("openai", "anthropic", "gemini", "azure", "vertex", "local", "vault")
+    ]
     assert config.providers["openai"].auth == Credential(
         header="authorization", file=str(tmp_path / "oai")
     )
@@ -377,7 +390,12 @@ INVALID: list[tuple[str, dict[str, Any], dict[str, str], list[str]]] = [
     ),
     (
         "no providers left",
-        {"providers": {"openai": None, "anthropic": None, "gemini": None, "azure": None}},
+        {
+            "providers": {
+                **{"openai": None, "anthropic": None, "gemini": None},
+                **{"azure": None, "vertex": None},
+            }
+        },
         {},
         ["providers: must name at least one provider"],
     ),
@@ -436,7 +454,7 @@ INVALID: list[tuple[str, dict[str, Any], dict[str, str], list[str]]] = [
         {"providers": {"openai": {"schema": "OpenAI"}}},
         {},
         [
-            "providers.openai.schema: must be one of openai, anthropic, gemini, bedrock "
+            "providers.openai.schema: must be one of openai, anthropic, gemini, bedrock, vertex "
             "(got 'OpenAI')"
         ],
     ),
@@ -444,7 +462,10 @@ INVALID: list[tuple[str, dict[str, Any], dict[str, str], list[str]]] = [
         "missing schema",
         {"providers": {"local": {"base_url": "http://h/v1", "auth": None}}},
         {},
-        ["providers.local.schema: must be one of openai, anthropic, gemini, bedrock (got None)"],
+        [
+            "providers.local.schema: must be one of openai, anthropic, gemini, bedrock, vertex "
+            "(got None)"
+        ],
     ),
     (
         "missing base_url",
@@ -595,7 +616,7 @@ def test_every_problem_reported_at_once(tmp_path: Path) -> None:
         "mock_unconfigured_providers": 1,
         "providers": {
             "openai": {
-                "schema": "vertex",
+                "schema": "vertexai",
                 "base_url": "ftp://api.openai.com/v1",
                 "region": "us",
                 "auth": {"header": "h", "prefix": 7, "env": "K", "file": "/k", "scope": "x"},
@@ -628,7 +649,8 @@ def test_every_problem_reported_at_once(tmp_path: Path) -> None:
         "limits.upstream_connect_timeout_s: must be an integer in [1, 600] (got 601)",
         "limits.max_downstream_connections: must be an integer in [1, 10000000] (got 'many')",
         "providers.openai.region: unknown key",
-        "providers.openai.schema: must be one of openai, anthropic, gemini, bedrock (got 'vertex')",
+        "providers.openai.schema: must be one of openai, anthropic, gemini, bedrock, vertex "
+        "(got 'vertexai')",
         "providers.openai.base_url: must be an http(s) URL (got 'ftp://api.openai.com/v1')",
         "providers.openai.auth.scope: unknown key",
         "providers.openai.auth: set exactly one of env, file",
@@ -641,7 +663,7 @@ def test_every_problem_reported_at_once(tmp_path: Path) -> None:
         "providers.v6.auth: must be a mapping or null",
         "providers.listed: must be a mapping",
         f"{catalog}: models.orphan.provider: 'nowhere' is not a configured provider "
-        "(known: anthropic, azure, gemini, local, neither, openai, v6)",
+        "(known: anthropic, azure, gemini, local, neither, openai, v6, vertex)",
         "catalog: models.crossed: schema openai but provider anthropic speaks anthropic",
         "audit.file: must be a path or null",
         "listener.host: must be a non-empty string (got '')",
@@ -725,7 +747,7 @@ def test_catalog_model_for_a_provider_that_is_not_configured(tmp_path: Path) -> 
     path = write_yaml(tmp_path / "gateway.yaml", {"catalog": {"files": [str(catalog)]}})
     assert problems_of(path) == [
         f"{catalog}: models.llama-local.provider: 'local' is not a configured provider "
-        "(known: anthropic, azure, gemini, openai)"
+        "(known: anthropic, azure, gemini, openai, vertex)"
     ]
 
 
@@ -820,7 +842,8 @@ def test_bedrock_provider_defaults_its_endpoint_from_its_region(tmp_path: Path) 
 
 def test_removing_a_builtin_provider_drops_its_shipped_models() -> None:
     doc = merge(
-        load_document(None), {"providers": {"anthropic": None, "gemini": None, "azure": None}}
+        load_document(None),
+        {"providers": {"anthropic": None, "gemini": None, "azure": None, "vertex": None}},
     )
     config = parse_config(doc, {})
     assert set(config.providers) == {"openai"}

@@ -383,11 +383,13 @@ def test_production_provider_clusters(config: GatewayConfig, production: dict[st
         "provider_openai",
         "provider_anthropic",
         "provider_gemini",
+        "provider_vertex",
     ]
     for name, host in (
         ("openai", "api.openai.com"),
         ("anthropic", "api.anthropic.com"),
         ("gemini", "generativelanguage.googleapis.com"),
+        ("vertex", "aiplatform.googleapis.com"),  # location global; a region's: REGION-...
     ):
         c = cluster(production, f"provider_{name}")
         assert c["type"] == "LOGICAL_DNS"
@@ -417,8 +419,9 @@ def test_mocked_provider_clusters(config: GatewayConfig, mocked: dict[str, Any])
         "provider_anthropic",
         "provider_gemini",
         "provider_azure",
+        "provider_vertex",
     ]
-    for name in ("openai", "anthropic", "gemini", "azure"):
+    for name in ("openai", "anthropic", "gemini", "azure", "vertex"):
         c = cluster(mocked, f"provider_{name}")
         assert c["type"] == "STATIC"
         assert endpoint(c) == {
@@ -439,6 +442,7 @@ def test_self_hosted_and_small_limit(self_hosted: tuple[GatewayConfig, dict[str,
         "provider_anthropic",
         "provider_gemini",
         "provider_azure",
+        "provider_vertex",
         "provider_vllm",
     ]
     assert cluster(b, "provider_openai")["transport_socket"]["typed_config"]["sni"] == (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from typing import Any
@@ -466,6 +467,13 @@ def test_unchanged_body_is_not_reserialised() -> None:
     body = b'{ "messages":[{"content":"caf\\u00e9","role":"user"}],  "model" : "gpt-4o" }'
     req = parse_request(Api.OPENAI_CHAT, body)
     assert upstream_body(req, served_model="gpt-4o") is None
+
+
+def test_a_model_named_outside_the_body_is_written_into_it() -> None:
+    """An Azure deployment path names the model; the body's own `model` is replaced."""
+    req = dataclasses.replace(parse(Api.OPENAI_CHAT, BASE[Api.OPENAI_CHAT]), model="gpt-4o-mini")
+    sent = upstream_body(req, served_model="gpt-4o-mini")
+    assert sent is not None and orjson.loads(sent)["model"] == "gpt-4o-mini"
 
 
 # (api, extra fields, the stream_options sent upstream)

@@ -14,6 +14,7 @@ from gateway_extproc.config.gateway import GatewayConfig, load_config, load_docu
 from gateway_extproc.config.upstreams import Upstream, needs_mock, resolve_upstreams
 from gateway_extproc.errors import ConfigError
 from gateway_extproc.providers.forwarding import forward_policy
+from gateway_extproc.providers.vertex.tokens import MOCK_TOKEN
 
 MOCK = "http://127.0.0.1:9/v1"
 OPENAI_KEY = "sk-test-0123456789abcdef"
@@ -21,6 +22,7 @@ ANTHROPIC_KEY = "sk-ant-test-0123456789"
 GEMINI_KEY = "AIza-test-0123456789"
 AZURE_KEY = "azure-test-0123456789"
 AZURE_ENDPOINT = "https://contoso.openai.azure.com"
+GOOGLE_CREDENTIALS = "/var/run/secrets/vertex/sa.json"  # a path: resolving never reads it
 
 
 def config_with(tmp_path: Path, doc: dict[str, Any]) -> GatewayConfig:
@@ -41,8 +43,17 @@ def test_credentials_from_the_environment(default_config: GatewayConfig) -> None
         "GEMINI_API_KEY": GEMINI_KEY,
         "AZURE_OPENAI_API_KEY": AZURE_KEY,
         "AZURE_OPENAI_ENDPOINT": AZURE_ENDPOINT,
+        "GOOGLE_APPLICATION_CREDENTIALS": GOOGLE_CREDENTIALS,
     }
     ups = resolve_upstreams(default_config, environ, MOCK)
+    vertex = ups["vertex"]  # its token comes from google-auth at run time (runtime.py)
+    assert (vertex.host, vertex.tls, vertex.mocked, vertex.auth_value) == (
+        "aiplatform.googleapis.com",
+        True,
+        False,
+        None,
+    )
+    assert vertex.project is None and vertex.base_path == "/" and vertex.tokens is None
     assert ups["openai"] == Upstream(
         provider="openai",
         schema=Schema.OPENAI,
@@ -195,7 +206,7 @@ def test_an_unnamed_builtin_provider_without_its_key_is_left_out(
     # A production config written before gemini was built in: it names no provider and sets
     # two keys. The upgrade starts; gemini is left out (no upstream, no cluster).
     config = config_with(tmp_path, {"mock_unconfigured_providers": allow})
-    assert config.optional_providers == {"openai", "anthropic", "gemini", "azure"}
+    assert config.optional_providers == {"openai", "anthropic", "gemini", "azure", "vertex"}
     environ = {"OPENAI_API_KEY": OPENAI_KEY, "ANTHROPIC_API_KEY": ANTHROPIC_KEY}
     ups = resolve_upstreams(config, environ, mock_url)
     assert set(ups) == {"openai", "anthropic"}
@@ -208,18 +219,23 @@ def test_an_unnamed_builtin_provider_without_its_key_is_left_out(
     assert info.value.problems == [
         "providers: no provider has its credential: set the key of one of openai (environment "
         "variable OPENAI_API_KEY), anthropic (environment variable ANTHROPIC_API_KEY), gemini "
-        "(environment variable GEMINI_API_KEY), azure (environment variable AZURE_OPENAI_API_KEY)"
+        "(environment variable GEMINI_API_KEY), azure (environment variable AZURE_OPENAI_API_KEY), "
+        "vertex (environment variable GOOGLE_APPLICATION_CREDENTIALS)"
     ]
 
 
 def test_the_mock_still_serves_every_builtin_provider_without_a_key(tmp_path: Path) -> None:
     # make run: no file, no keys - every built-in provider, gemini too, goes to the mock.
     ups = resolve_upstreams(load_config(None, {}), {}, MOCK)
-    assert set(ups) == {"openai", "anthropic", "gemini", "azure"}
+    assert set(ups) == {"openai", "anthropic", "gemini", "azure", "vertex"}
     assert all(up.mocked for up in ups.values())
+    # A mocked Vertex is called with the fixed token the mock verifies, in the mock's project.
+    vertex = ups["vertex"]
+    assert (vertex.auth_header, vertex.auth_value) == ("authorization", f"Bearer {MOCK_TOKEN}")
+    assert (vertex.project, vertex.base_path, vertex.tokens) == ("mock-project", "/", None)
     # A named provider without its key goes to the mock as well when mocking is on.
     config = config_with(tmp_path, NAMED)
-    assert config.optional_providers == {"gemini", "azure"}
+    assert config.optional_providers == {"gemini", "azure", "vertex"}
     assert all(up.mocked for up in resolve_upstreams(config, {}, MOCK).values())
 
 
@@ -227,9 +243,11 @@ def test_optional_providers_come_from_the_operator_file_only(tmp_path: Path) -> 
     # A provider the file names, even as a bare `{}`, is not optional; one it removes is gone;
     # a document parsed without the file's names (parse_config alone) requires every key.
     config = config_with(tmp_path, {"providers": {"gemini": {}, "anthropic": None}})
-    assert set(config.providers) == {"openai", "gemini", "azure"}
-    assert config.optional_providers == {"openai", "azure"}
-    assert load_config(None, {}).optional_providers == {"openai", "anthropic", "gemini", "azure"}
+    assert set(config.providers) == {"openai", "gemini", "azure", "vertex"}
+    assert config.optional_providers == {"openai", "azure", "vertex"}
+    assert load_config(None, {}).optional_providers == {
+        *("openai", "anthropic", "gemini", "azure", "vertex")
+    }
     assert parse_config(load_document(None), {}).optional_providers == frozenset()
 
 
@@ -251,6 +269,7 @@ def test_assume_credentials_renders_the_production_shape(default_config: Gateway
         "openai",
         "anthropic",
         "gemini",
+        "vertex",
     }
 
 
@@ -270,6 +289,7 @@ def test_self_hosted_provider_needs_no_credential(tmp_path: Path) -> None:
         "GEMINI_API_KEY": GEMINI_KEY,
         "AZURE_OPENAI_API_KEY": AZURE_KEY,
         "AZURE_OPENAI_ENDPOINT": AZURE_ENDPOINT,
+        "GOOGLE_APPLICATION_CREDENTIALS": GOOGLE_CREDENTIALS,
     }
     up = resolve_upstreams(config, environ, None)["vllm"]
     assert up == Upstream(
@@ -363,8 +383,10 @@ def test_secret_never_in_repr(default_config: GatewayConfig) -> None:
         "GEMINI_API_KEY": GEMINI_KEY,
         "AZURE_OPENAI_API_KEY": AZURE_KEY,
         "AZURE_OPENAI_ENDPOINT": AZURE_ENDPOINT,
+        "GOOGLE_APPLICATION_CREDENTIALS": GOOGLE_CREDENTIALS,
     }
     ups = resolve_upstreams(default_config, environ, MOCK)
+    ups.pop("vertex")  # no static secret: its tokens live in a TokenSource (test_vertex.py)
     for up in ups.values():
         assert up.auth_value is not None
         for text in (repr(up), str(up), repr(ups)):
@@ -385,6 +407,7 @@ NEEDS_MOCK: list[tuple[str, dict[str, str], bool, bool]] = [
             "GEMINI_API_KEY": GEMINI_KEY,
             "AZURE_OPENAI_API_KEY": AZURE_KEY,
             "AZURE_OPENAI_ENDPOINT": AZURE_ENDPOINT,
+            "GOOGLE_APPLICATION_CREDENTIALS": GOOGLE_CREDENTIALS,
         },
         True,
         False,

@@ -169,6 +169,17 @@ Rendered as JSON (valid YAML) so that large integers keep their exact value.
 {{- $_ := set $providers "bedrock" $b }}
 {{- end }}
 {{- end }}
+{{- with .Values.vertex.gcpServiceAccount }}
+{{- if not $.Values.serviceAccount.create }}
+{{- fail "vertex.gcpServiceAccount: needs serviceAccount.create (or annotate your own ServiceAccount iam.gke.io/gcp-service-account and set config.providers.vertex)" }}
+{{- end }}
+{{- $p := deepCopy (default dict (index $providers "vertex")) }}
+{{- $v := dict "location" $.Values.vertex.location "credentials" (dict "workload_identity" true) }}
+{{- with $.Values.vertex.project }}{{- $_ := set $v "project" . }}{{- end }}
+{{- $_ := set $p "schema" "vertex" }}
+{{- $_ := set $p "vertex" $v }}
+{{- $_ := set $providers "vertex" $p }}
+{{- end }}
 {{- if $providers }}{{- $_ := set $c "providers" $providers }}{{- end }}
 {{- if .Values.staticTokens.existingSecret }}
 {{- $identity := deepCopy (default dict $c.identity) }}
