@@ -106,12 +106,14 @@ def test_without_a_deadline_nothing_changes() -> None:
 def test_the_deadline_holds_on_pathological_text(unit: str) -> None:
     """4 MB (dense with findings: ~2 s to scan whole) stop soon after a 100 ms deadline: it is
     checked per detector, per candidate and per `@`; what runs between two checks is at most one
-    regex pass over the text (~60 ms per MB here)."""
+    regex pass over the text (~60 ms per MB here). The deadline and the bound are on this
+    thread's CPU time: the property is the work done after the deadline, and a wall clock also
+    counts the time other processes on a busy machine held the core (0.80 s once, under load)."""
     text = fill(unit, 4_000_000)
-    started = time.perf_counter()
+    started = time.thread_time()
     with pytest.raises(ScanTimeout):
-        scan(text, set(Category), Deadline(time.perf_counter, 0.1))
-    assert time.perf_counter() - started < 0.8
+        scan(text, set(Category), Deadline(time.thread_time, 0.1))
+    assert time.thread_time() - started < 0.8
 
 
 # -- through the processor ------------------------------------------------------------------------

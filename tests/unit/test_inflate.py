@@ -69,7 +69,7 @@ def test_a_bomb_stops_at_the_ratio_and_costs_little() -> None:
     assert len(wire) < 200_000
     inflater = Inflater(GZIP_WBITS)
     tracemalloc.start()
-    started = time.perf_counter()
+    started = time.thread_time()  # CPU: a busy machine's other processes do not count
     try:
         produced = 0
         for i in range(0, len(wire), 16384):
@@ -82,7 +82,7 @@ def test_a_bomb_stops_at_the_ratio_and_costs_little() -> None:
     assert produced == inflater.produced <= max(MAX_RATIO * inflater.received, RATIO_FLOOR)
     assert inflater.received <= 2 * 16384  # it stopped within the chunk that crossed the ratio
     assert peak < 4 * SLICE_BYTES
-    assert time.perf_counter() - started < 2.0
+    assert time.thread_time() - started < 2.0
     assert list(inflater.feed(b"more", True)) == []  # nothing once exceeded
 
 
