@@ -15,6 +15,9 @@ class Schema(enum.StrEnum):
     OPENAI = "openai"
     ANTHROPIC = "anthropic"
     GEMINI = "gemini"
+    # AWS Bedrock's InvokeModel for Anthropic models: Messages bodies, SigV4, event-stream
+    # framing (providers/bedrock/). Clients reach it through /v1/messages (translate/).
+    BEDROCK = "bedrock"
 
 
 class Api(enum.StrEnum):
@@ -29,6 +32,9 @@ class Api(enum.StrEnum):
     # these values are the method, the part after the model.
     GEMINI_GENERATE = ":generateContent"
     GEMINI_STREAM = ":streamGenerateContent"
+    # A provider-side API only: `POST /model/{id}/invoke[-with-response-stream]`, never a
+    # gateway path (not in `api_for_path`).
+    BEDROCK_INVOKE = "/model/invoke"
 
     @property
     def schema(self) -> Schema:
@@ -36,13 +42,15 @@ class Api(enum.StrEnum):
             return Schema.ANTHROPIC
         if self in (Api.GEMINI_GENERATE, Api.GEMINI_STREAM):
             return Schema.GEMINI
-        return Schema.OPENAI
+        return Schema.BEDROCK if self is Api.BEDROCK_INVOKE else Schema.OPENAI
 
 
 API_PREFIX = "/v1"
 MODELS_PATH = "/v1/models"
 GEMINI_VERSIONS = ("v1beta", "v1")
-_BY_PATH = {API_PREFIX + api.value: api for api in Api if api.schema is not Schema.GEMINI}
+# The APIs clients call on the gateway (the others are spoken to providers only).
+CLIENT_APIS = tuple(api for api in Api if api is not Api.BEDROCK_INVOKE)
+_BY_PATH = {API_PREFIX + api.value: api for api in CLIENT_APIS if api.schema is not Schema.GEMINI}
 # `/{version}/{resource}:{method}`: which resource names a model is providers/gemini/paths.py's
 # to say (a bad one is a Gemini-format 400, not a 404).
 _GEMINI_PATH = re.compile(r"/(?:v1beta|v1)/[^?]*(:generateContent|:streamGenerateContent)")

@@ -179,7 +179,7 @@ class PriceBuilder:
             return None
         output = f.get("output", 0)
         cache_write = f.get("cache_write", f["input"])
-        if self.schema is Schema.ANTHROPIC:
+        if self.schema in (Schema.ANTHROPIC, Schema.BEDROCK):  # Claude's 1-hour cache write
             write_1h = f.get("cache_write_1h", CACHE_WRITE_1H_TIMES_INPUT * f["input"])
         else:
             write_1h = f.get("cache_write_1h", cache_write)

@@ -257,8 +257,10 @@ def parse_config(
         except OSError as exc:
             r.problems.append(f"catalog.files: {exc}")
     if catalog is not None and providers:
-        removed = set(_default_document()["providers"]) - set(providers_doc or {})
-        catalog = catalog.without_shipped_models_of(removed)
+        # Shipped models of a provider the config does not have (removed, or opt-in such as
+        # bedrock) are dropped; an operator file's models must name a configured provider.
+        unconfigured = {e.provider for e in catalog.models()} - set(providers)
+        catalog = catalog.without_shipped_models_of(unconfigured)
         r.problems.extend(catalog.validate_providers(providers))
         for entry in catalog.models():
             provider = providers.get(entry.provider)

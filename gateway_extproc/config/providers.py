@@ -4,6 +4,7 @@ credential it is called with, and the client headers forwarded to it."""
 from __future__ import annotations
 
 import dataclasses
+import re
 import urllib.parse
 from collections.abc import Mapping
 
@@ -41,6 +42,10 @@ class ProviderConfig:
     # `schema: vertex`: its project, location and Google credentials (`schema` is then gemini,
     # Google's error family, and the provider speaks both the gemini and anthropic APIs).
     vertex: VertexSettings | None = None
+    # schema: bedrock only - the AWS region (SigV4 scope, default endpoint) and whether the EC2
+    # instance metadata service may supply credentials (providers/bedrock/signing.py).
+    region: str = ""
+    instance_metadata: bool = False
 
     @property
     def speaks(self) -> frozenset[Schema]:
@@ -63,6 +68,16 @@ _PROVIDER_KEYS = {
     "azure",
     VERTEX,
 }
+_BEDROCK_KEYS = {"region", "instance_metadata"}
+_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]+")
+
+
+def bedrock_endpoint(region: str) -> str:
+    """Bedrock Runtime's public endpoint in `region` (`base_url` overrides it: a VPC endpoint,
+    a FIPS endpoint, a proxy)."""
+    return f"https://bedrock-runtime.{region}.amazonaws.com"
+
+
 # OpenAI `service_tier` values a project can default to (`default` is the standard price).
 SERVICE_TIERS = ("default", "priority", "flex", "scale")
 _AUTH_KEYS = {"header", "prefix", "env", "file"}
@@ -75,9 +90,10 @@ def parse_provider(
     if not isinstance(doc, Mapping):
         r.problems.append(f"{path}: must be a mapping")
         return None
-    for extra in sorted(set(doc) - _PROVIDER_KEYS):
-        r.problems.append(f"{path}.{extra}: unknown key")
     schema_value = doc.get("schema")
+    bedrock = schema_value == Schema.BEDROCK.value
+    for extra in sorted(set(doc) - _PROVIDER_KEYS - (_BEDROCK_KEYS if bedrock else set())):
+        r.problems.append(f"{path}.{extra}: unknown key")
     vertex: VertexSettings | None = None
     if schema_value == VERTEX:
         schema = Schema.GEMINI
@@ -93,6 +109,16 @@ def parse_provider(
             schema = Schema.OPENAI
         if doc.get(VERTEX) is not None:
             r.problems.append(f"{path}.{VERTEX}: for schema: vertex only")
+    region, instance_metadata = "", False
+    if bedrock:
+        region = r.string(doc, path, "region")
+        if region and not _REGION.fullmatch(region):
+            r.problems.append(f"{path}.region: must be an AWS region name (got {region!r})")
+        instance_metadata = r.boolean(doc, path, "instance_metadata", False)
+        if doc.get("auth") is not None:
+            r.problems.append(
+                f"{path}.auth: not used by schema: bedrock (credentials come from the AWS chain)"
+            )
     azure = parse_azure(doc.get("azure"), f"{path}.azure", r.problems)
     if azure is not None and schema is not Schema.OPENAI:
         r.problems.append(f"{path}.azure: for schema: openai only (Azure OpenAI)")
@@ -104,7 +130,9 @@ def parse_provider(
     elif doc.get("base_url") is None and azure is not None and azure.endpoint_env:
         base_url = ""  # no endpoint yet: an error only if the provider is served (upstreams.py)
     else:
-        base_url = r.string(doc, path, "base_url")
+        base_url = r.string(doc, path, "base_url", optional=bedrock) or (
+            bedrock_endpoint(region) if bedrock and region else ""
+        )
     if base_url:
         try:
             parts = urllib.parse.urlsplit(base_url)
@@ -156,4 +184,6 @@ def parse_provider(
         default_service_tier=tier,
         azure=azure,
         vertex=vertex,
+        region=region,
+        instance_metadata=instance_metadata,
     )

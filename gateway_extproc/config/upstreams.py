@@ -18,6 +18,12 @@ from gateway_extproc.errors import ConfigError, ProviderUnavailable
 from gateway_extproc.providers.azure.entra import TokenSource
 from gateway_extproc.providers.azure.paths import upstream_path as azure_path
 from gateway_extproc.providers.azure.settings import AzureSettings
+from gateway_extproc.providers.bedrock.signing import (
+    BedrockSigner,
+    chain_credentials,
+    host_header,
+    mock_credentials,
+)
 from gateway_extproc.providers.forwarding import ForwardPolicy, forward_policy
 from gateway_extproc.providers.vertex.settings import MOCK_PROJECT, VertexSettings
 from gateway_extproc.providers.vertex.tokens import MOCK_TOKEN
@@ -39,6 +45,8 @@ class Upstream:
     forward: ForwardPolicy = dataclasses.field(  # which client headers it receives
         default_factory=lambda: forward_policy(Schema.OPENAI, (), mocked=False)
     )
+    # Signs each request after its last rewrite (schema: bedrock); None: a header credential.
+    signer: BedrockSigner | None = dataclasses.field(default=None, repr=False)
     azure: AzureSettings | None = None  # Azure OpenAI: its paths and deployments
     # Entra ID: `Authorization: Bearer` from this source instead of `auth_header`/`auth_value`.
     token: TokenSource | None = dataclasses.field(default=None, repr=False, compare=False)
@@ -74,6 +82,11 @@ class Upstream:
         if self.vertex is not None:
             return self.vertex.model_id(served_model)
         return served_model if self.azure is None else self.azure.deployment(served_model)
+
+    @property
+    def host_header(self) -> str:
+        """The `host` this upstream is called with (what a signature covers)."""
+        return host_header(self.host, self.port, tls=self.tls)
 
     def upstream_path(self, client_path: str) -> str:
         """`/v1/chat/completions?x=1` -> base_path + `/chat/completions?x=1`. Gemini paths carry
@@ -129,7 +142,13 @@ def resolve_upstreams(
     problems: list[str] = []
     left_out: list[str] = []
     for name, provider in config.providers.items():
-        if provider.vertex is not None:
+        signer: BedrockSigner | None = None
+        if provider.schema is Schema.BEDROCK:  # the AWS chain, not a header credential
+            aws = None if assume_credentials else _aws_credentials(provider)
+            mocked = aws is None and not assume_credentials
+            secret = None
+            signer = BedrockSigner(aws or mock_credentials(), provider.region)
+        elif provider.vertex is not None:
             secret = "<credential>" if assume_credentials else None
             source = provider.vertex.credential_source(environ)
             mocked = source is None and not assume_credentials
@@ -143,8 +162,10 @@ def resolve_upstreams(
                 if provider.vertex is not None:
                     where = f"providers.{name}.vertex.credentials"
                     source = provider.vertex.describe()
+                elif auth is None:  # Bedrock
+                    where = f"providers.{name}.auth"
+                    source = "the AWS credential chain (environment, profile, web identity)"
                 else:
-                    assert auth is not None
                     where = f"providers.{name}.auth"
                     source = f"environment variable {auth.env}" if auth.env else f"file {auth.file}"
                 if name in config.optional_providers:
@@ -173,7 +194,9 @@ def resolve_upstreams(
             project = vertex.project or (MOCK_PROJECT if mocked else None)
             if mocked:  # the mock verifies its fixed test token, as Vertex verifies a real one
                 auth_header, auth_value = "authorization", "Bearer " + MOCK_TOKEN
-        if mocked and (provider.schema is Schema.GEMINI or provider.azure is not None):
+        if mocked and signer is not None:  # Bedrock's paths start at the root, the mock's too
+            path = "/"
+        elif mocked and (provider.schema is Schema.GEMINI or provider.azure is not None):
             # The mock's URL is its OpenAI-style root (`.../v1`); Gemini (and Vertex) and Azure
             # paths carry their own version, so they go to the mock's root.
             path = path.removesuffix("/v1") or "/"
@@ -189,6 +212,7 @@ def resolve_upstreams(
             auth_value=auth_value,
             mocked=mocked,
             forward=forward_policy(provider.schema, provider.forward_headers, mocked=mocked),
+            signer=signer,
             azure=provider.azure,
             token=TokenSource()
             if provider.azure is not None and provider.azure.entra_id and not assume_credentials
@@ -206,11 +230,20 @@ def resolve_upstreams(
     return upstreams
 
 
+def _aws_credentials(provider: ProviderConfig) -> object | None:
+    return chain_credentials(instance_metadata=provider.instance_metadata)
+
+
+def _lacks_credential(provider: ProviderConfig, environ: Mapping[str, str]) -> bool:
+    if provider.schema is Schema.BEDROCK:
+        return _aws_credentials(provider) is None
+    if provider.vertex is not None:
+        return provider.vertex.credential_source(environ) is None
+    return provider.auth is not None and _credential(provider, environ) is None
+
+
 def needs_mock(config: GatewayConfig, environ: Mapping[str, str]) -> bool:
     """True when some provider lacks its credential and the config sends it to the mock."""
     return config.mock_unconfigured_providers and any(
-        (p.vertex.credential_source(environ) is None)
-        if p.vertex is not None
-        else (p.auth is not None and _credential(p, environ) is None)
-        for p in config.providers.values()
+        _lacks_credential(p, environ) for p in config.providers.values()
     )

@@ -99,7 +99,9 @@ def _protocol_options(http2: bool, *, tls: bool = False) -> dict[str, Any]:
 
 def _provider_cluster(up: Upstream, config: GatewayConfig, ca_file: str) -> dict[str, Any]:
     endpoint: dict[str, Any] = {"address": _socket(up.host, up.port)}
-    if not _is_ip(up.host):
+    if up.signer is not None:  # SigV4 covers `host`: Envoy sends the one that was signed
+        endpoint["hostname"] = up.host_header
+    elif not _is_ip(up.host):
         endpoint["hostname"] = up.host  # used by auto_host_rewrite for the Host header
     cluster: dict[str, Any] = {
         "name": up.cluster,

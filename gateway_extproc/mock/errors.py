@@ -19,6 +19,7 @@ class Family(enum.StrEnum):
     ANTHROPIC = "anthropic"
     GEMINI = "gemini"
     AZURE = "azure"  # Azure OpenAI: OpenAI's format, its own 401
+    BEDROCK = "bedrock"  # AWS: `{"message": ...}` and the `x-amzn-errortype` header
 
 
 _OPENAI_TYPES: dict[int, tuple[str, str | None]] = {
@@ -108,6 +109,8 @@ def anthropic_type(status: int) -> str:
 
 def error_payload(family: Family, err: ApiError, request_id: str) -> dict[str, Any]:
     """The error object, as the provider's SDK expects it."""
+    if family is Family.BEDROCK:
+        return {"message": err.message}
     if family is Family.GEMINI:
         status = _GOOGLE_STATUS.get(err.status, "INTERNAL" if err.status >= 500 else "UNKNOWN")
         return {"error": {"code": err.status, "message": err.message, "status": status}}

@@ -20,6 +20,7 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
+from gateway_extproc.mock import bedrock_routes as bedrock
 from gateway_extproc.mock.anthropic_api import messages_reply
 from gateway_extproc.mock.azure_api import AZURE_METHODS, CONTENT_FILTER_HEADER, azure_reply
 from gateway_extproc.mock.billing import Progress, billed
@@ -55,6 +56,8 @@ SHUTDOWN_GRACE_SECONDS = 0.5  # in-flight requests get this long on shutdown, th
 MAX_BODY_BYTES = 64 * 1024 * 1024
 _PAD = b" " * (1 << 20)
 Builder = Callable[[dict[str, Any], ReplyContext], Reply]
+# A provider's own request check (Bedrock: SigV4) instead of the key check (`auth_error`).
+Authorize = Callable[[web.Request, bytes], ApiError | None]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -72,6 +75,7 @@ class MockConfig:
 class Endpoint:
     family: Family
     build: Builder
+    authorize: Authorize | None = None
     keyed: bool = True  # takes the family's API key (Vertex takes its bearer token instead)
 
 
@@ -165,6 +169,7 @@ def record_of(request: web.Request, raw: bytes) -> dict[str, Any]:
     return {
         "method": request.method,
         "path": request.path,
+        "raw_path": request.raw_path,  # as sent (percent-encoding kept): what a signature covers
         "query": request.query_string,
         "headers": headers,
         "body": body,
@@ -173,7 +178,10 @@ def record_of(request: web.Request, raw: bytes) -> dict[str, Any]:
 
 def _error_reply(family: Family, err: ApiError, request_id: str) -> JsonReply:
     body = error_body(family, err, request_id)
-    return JsonReply(body, status=err.status, headers=tuple(err.headers().items()))
+    headers = tuple(err.headers().items())
+    if family is Family.BEDROCK:
+        headers += bedrock.error_headers(err)
+    return JsonReply(body, status=err.status, headers=headers)
 
 
 def _response_headers(family: Family, reply: Reply, request_id: str) -> CIMultiDict[str]:
@@ -185,6 +193,8 @@ def _response_headers(family: Family, reply: Reply, request_id: str) -> CIMultiD
         defaults = {"request-id": request_id}
     elif family is Family.AZURE:
         defaults = {"apim-request-id": request_id, "x-request-id": request_id}
+    elif family is Family.BEDROCK:
+        defaults = {bedrock.REQUEST_ID_HEADER: request_id}
     else:
         defaults = {"x-request-id": request_id, "openai-version": "2020-10-01"}
     for name, value in defaults.items():
@@ -332,7 +342,10 @@ def _bill(request: web.Request, reply: Reply, controls: Controls, progress: Prog
 async def _reply(endpoint: Endpoint, request: web.Request, raw: bytes, controls: Controls) -> Reply:
     """The reply to send, in the order a provider decides: auth, then the request itself."""
     config = request.app[CONFIG]
-    denied = auth_error(endpoint.family, request.headers, config) if endpoint.keyed else None
+    if endpoint.authorize is not None:
+        denied = endpoint.authorize(request, raw)
+    else:
+        denied = auth_error(endpoint.family, request.headers, config) if endpoint.keyed else None
     if denied is not None:
         raise denied
     if controls.replay is not None:
@@ -343,7 +356,8 @@ async def _reply(endpoint: Endpoint, request: web.Request, raw: bytes, controls:
         raise injected_error(controls.status)
     context = ReplyContext(controls, secrets.token_hex(12), int(time.time()))
     body = parse_body(raw)
-    if controls.response_model is not None:  # report another model than the one asked for
+    # Report another model than the one asked for (Bedrock's is in its path, not its body).
+    if controls.response_model is not None and endpoint.family is not Family.BEDROCK:
         body = {**body, "model": controls.response_model}
     if endpoint.build is embeddings_reply:  # up to ~100 MB of floats: off the mock's loop
         return await asyncio.to_thread(endpoint.build, body, context)
@@ -406,6 +420,12 @@ async def _azure(request: web.Request) -> web.StreamResponse:
         return azure_reply(build_openai, body, ctx, deployment=deployment, filtered=filtered)
 
     return await _handle(Endpoint(Family.AZURE, build), request)
+
+
+async def _bedrock(request: web.Request) -> web.StreamResponse:
+    """POST /model/{model_id}/invoke[-with-response-stream], SigV4-signed (bedrock_routes.py)."""
+    endpoint = Endpoint(Family.BEDROCK, bedrock.builder(request), bedrock.authorize)
+    return await _handle(endpoint, request)
 
 
 async def _vertex(request: web.Request) -> web.StreamResponse:
@@ -502,6 +522,8 @@ def create_app(
     app.router.add_post(r"/openai/deployments/{deployment}/{method:.+}", _azure)
     app.router.add_post(r"/openai/v1/{method:.+}", _azure)
     app.router.add_post(r"/openai/{method:responses}", _azure)
+    for path in bedrock.PATHS:
+        app.router.add_post(path, _bedrock)
     app.router.add_post(
         "/v1/projects/{project}/locations/{location}/publishers/{publisher}/models/{target}",
         _vertex,

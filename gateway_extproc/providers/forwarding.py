@@ -40,6 +40,8 @@ SCHEMA_FORWARDED = {
     Schema.ANTHROPIC: ("anthropic-version",),
     Schema.OPENAI: (),
     Schema.GEMINI: ("x-goog-api-client",),  # the google SDKs' telemetry (SDK and runtime names)
+    # Bedrock: `anthropic-version` goes into the body as `anthropic_version` (translate/).
+    Schema.BEDROCK: (),
 }
 MOCK_PREFIX = "x-mock-"
 # What each header changes, for the 400 message.

@@ -13,6 +13,7 @@ When usage is missing, the caller charges an upper bound from `output_bytes` (en
 from __future__ import annotations
 
 import dataclasses
+from typing import Protocol, cast
 
 import orjson
 
@@ -85,6 +86,19 @@ def _handler(api: Api) -> StreamHandler:
     return BY_API[api].stream_handler(api)
 
 
+class _Decoder(Protocol):
+    def feed(self, data: bytes) -> list[SSEEvent]: ...
+
+    def flush(self) -> list[SSEEvent]: ...
+
+
+def _decoder(api: Api, max_line_bytes: int) -> _Decoder:
+    """The stream's framing: SSE, unless the provider frames its streams otherwise (Bedrock's
+    event-stream) and says so with a `stream_decoder(api)` (an optional `Provider` method)."""
+    make = getattr(BY_API[api], "stream_decoder", None)
+    return SSEDecoder(max_line_bytes) if make is None else cast(_Decoder, make(api))
+
+
 class StreamMeter:
     """Meters one streamed (`text/event-stream`) response: `feed` every body chunk as it passes,
     then call `flush` once at end of stream (or when the stream is abandoned)."""
@@ -92,7 +106,7 @@ class StreamMeter:
     __slots__ = ("_decoder", "_events", "_handler", "_malformed", "_result")
 
     def __init__(self, api: Api, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> None:
-        self._decoder = SSEDecoder(max_line_bytes)
+        self._decoder = _decoder(api, max_line_bytes)
         self._handler = _handler(api)
         self._events = 0
         self._malformed = 0
@@ -120,6 +134,7 @@ class StreamMeter:
         """Flush the decoder and return the result. Idempotent; feed nothing afterwards."""
         if self._result is None:
             self._consume(self._decoder.flush())
+            self._malformed += getattr(self._decoder, "malformed", 0)  # framing (event-stream)
             handler = self._handler
             self._result = StreamMeterResult(
                 usage=handler.usage(),

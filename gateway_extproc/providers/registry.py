@@ -10,6 +10,7 @@ from gateway_extproc.apis import Api, Schema
 from gateway_extproc.errors import ClientError
 from gateway_extproc.providers.anthropic.provider import PROVIDER as ANTHROPIC
 from gateway_extproc.providers.base import Provider
+from gateway_extproc.providers.bedrock.provider import PROVIDER as BEDROCK
 from gateway_extproc.providers.gemini.provider import PROVIDER as GEMINI
 from gateway_extproc.providers.openai.provider import PROVIDER as OPENAI
 
@@ -17,6 +18,7 @@ PROVIDERS: dict[Schema, Provider] = {
     Schema.OPENAI: OPENAI,
     Schema.ANTHROPIC: ANTHROPIC,
     Schema.GEMINI: GEMINI,
+    Schema.BEDROCK: BEDROCK,
 }
 # Each API's provider, looked up once per response (every Api belongs to exactly one).
 BY_API: dict[Api, Provider] = {api: p for p in PROVIDERS.values() for api in p.apis}

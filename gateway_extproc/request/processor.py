@@ -374,8 +374,8 @@ class StreamProcessor:
         upstream = self.ctx.upstreams[entry.provider]
         if upstream.token is not None:  # Entra ID: cached; waits only when none is valid (503)
             await upstream.token.ensure()
-        if upstream.vertex is not None:  # a Vertex entry's name is its Vertex model id
-            served = entry.name
+        if upstream.vertex is not None or upstream.signer is not None:
+            served = entry.name  # a Vertex or Bedrock entry's name is the provider's model id
         requested_translation = self.translation
         translation = self.translation = self._translation_to(entry)  # a downgrade may cross
         if translation is not requested_translation:  # translated for another API, or none
@@ -393,6 +393,8 @@ class StreamProcessor:
         else:
             if self.translated is None:  # downgraded onto a provider of another API
                 self.translated = translation.request(request.body)
+            if upstream.signer is not None:  # temporary credentials refreshed off the loop
+                await upstream.signer.fresh()
             common = route.forward_translated(
                 upstream,
                 translation,
@@ -401,6 +403,7 @@ class StreamProcessor:
                 stream=request.stream,
                 max_tokens=route.translated_max_tokens(request, admission.bound, entry),
                 client_headers=self.client_headers,
+                beta=self.anthropic_beta,
             )
         synchronous = self.ctx.config.metering.synchronous
         # A translated answer is rewritten, which only this stream can do (observe mode's

@@ -198,12 +198,19 @@ def forward_translated(
     stream: bool,
     max_tokens: int,
     client_headers: tuple[str, ...],
+    beta: str = "",
 ) -> pb.CommonResponse:
     """`forward` for a request translated to the provider's API (translate/): the provider
-    API's path (Gemini's names the served model and the method; Vertex has its own, with the
-    Anthropic API version in the body) and version header, and always a new body."""
+    API's path (Gemini's names the served model and the method, Bedrock's the served model's
+    id; Vertex has its own, with the Anthropic API version in the body) and version header, and
+    always a new body. `beta`: the client's `anthropic-beta` (Bedrock takes it in the body).
+    A signed upstream (Bedrock) is signed last, over the final path, host and body (the host
+    Envoy sends: its cluster endpoint's hostname, by the route's `auto_host_rewrite`); the
+    moved `anthropic-beta` header is not sent."""
     path = translation.provider_path(served_model, stream)
-    body = translation.upstream_body(translated, model=served_model, max_tokens=max_tokens)
+    body = translation.upstream_body(
+        translated, model=served_model, max_tokens=max_tokens, beta=beta
+    )
     headers = dict(translation.headers)
     if upstream.vertex is not None:  # Vertex: its path, the API version in the body
         schema = translation.provider_api.schema
@@ -211,11 +218,19 @@ def forward_translated(
         if schema is Schema.ANTHROPIC:
             body = vertex_paths.anthropic_body(orjson.loads(body))
             headers.pop("anthropic-version", None)
-    set_headers = {CLUSTER_HEADER: upstream.cluster, ":path": upstream.upstream_path(path)}
+    path = upstream.upstream_path(path)
+    set_headers = {CLUSTER_HEADER: upstream.cluster, ":path": path}
     set_headers.update(headers)
     credential = upstream.credential()
     if credential is not None:
         set_headers[credential[0]] = credential[1]
     set_headers["content-length"] = str(len(body))
     remove = upstream.forward.removals(client_headers, provider=upstream.provider, keep=set_headers)
+    signer = upstream.signer
+    if signer is not None:
+        host = upstream.host_header  # Envoy sends it: the route's auto_host_rewrite
+        scheme = "https" if upstream.tls else "http"
+        set_headers.update(signer.sign(host=host, path=path, body=body, scheme=scheme))
+        if "anthropic-beta" in client_headers and "anthropic-beta" not in remove:
+            remove.append("anthropic-beta")  # in the body now
     return msgs.common(set_headers=set_headers, remove=remove, body=body, clear_route_cache=True)

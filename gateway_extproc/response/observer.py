@@ -36,7 +36,7 @@ from gateway_extproc.response.audit import write_record
 from gateway_extproc.response.body import ResponseBody
 from gateway_extproc.response.model_mismatch import in_provider, price_reported
 from gateway_extproc.response.reported_tier import charge_reported_tier
-from gateway_extproc.response.translated import REMOVED_HEADERS, TranslatedResponse
+from gateway_extproc.response.translated import REMOVED_HEADERS, TranslatedResponse, is_stream
 from gateway_extproc.sidecar_auth.guard import RejectedState
 from gateway_extproc.spend.rollup import Dimensions, UsageRecord
 from gateway_extproc.tokens import Usage, UsageSource
@@ -98,7 +98,7 @@ class ResponseObserver:
         except ValueError:
             self.status = 0
         self.first_byte = self._now()
-        streaming = headers.get("content-type", "").startswith("text/event-stream")
+        streaming = is_stream(headers.get("content-type", ""))
         self.body.start(
             self.state.api, stream=streaming, encoding=headers.get("content-encoding", "")
         )
@@ -190,10 +190,11 @@ class ResponseObserver:
                 request_id = {"x-gateway-request-id": self.state.request_id}
                 translated = self.translated
                 remove: tuple[str, ...] = ()
+                set_headers = request_id | response_headers(None)
                 if translated is not None:  # the body is rewritten: not the provider's length
-                    translated.start(status=self.status or 0, streaming=streaming)
+                    set_headers |= translated.start(status=self.status or 0, streaming=streaming)
                     remove = REMOVED_HEADERS
-                reply = msgs.common(set_headers=request_id | response_headers(None), remove=remove)
+                reply = msgs.common(set_headers=set_headers, remove=remove)
                 return msgs.response_headers_reply(reply, stream_body=streaming)
             body = message.response_body
             pieces = self._take(body.body, body.end_of_stream)
@@ -222,7 +223,7 @@ class ResponseObserver:
             if phase == "response_headers":  # keep streams streaming even so
                 content_type = msgs.headers_of(message.response_headers).get("content-type", "")
                 return msgs.response_headers_reply(
-                    msgs.common(), stream_body=content_type.startswith("text/event-stream")
+                    msgs.common(), stream_body=is_stream(content_type)
                 )
             return msgs.passthrough(message)
 

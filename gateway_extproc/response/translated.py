@@ -16,6 +16,13 @@ from gateway_extproc.translate.pairs import BY_APIS, StreamTranslator, Translati
 
 # Response headers that describe the provider's bytes, not the client's.
 REMOVED_HEADERS = ("content-length", "content-encoding")
+# The content types of streamed answers: SSE, and Bedrock's event-stream framing.
+STREAM_CONTENT_TYPES = ("text/event-stream", "application/vnd.amazon.eventstream")
+
+
+def is_stream(content_type: str) -> bool:
+    """Whether a response of this content type is a stream (metered as it passes)."""
+    return content_type.startswith(STREAM_CONTENT_TYPES)
 
 
 class TranslatedResponse:
@@ -37,12 +44,18 @@ class TranslatedResponse:
         translation = BY_APIS[(state.client_api, state.api)]
         return cls(translation, created=int(state.arrived), include_usage=state.wants_usage)
 
-    def start(self, *, status: int, streaming: bool) -> None:
-        """The response's headers: a successful event stream is translated as it passes."""
+    def start(self, *, status: int, streaming: bool) -> dict[str, str]:
+        """The response's headers: a successful event stream is translated as it passes. The
+        headers to set on the client's response (the stream's content type, when the client's
+        differs from the provider's)."""
         if streaming and status < 400:
             self.stream = self.translation.stream(
                 created=self.created, include_usage=self.include_usage
             )
+            content_type = self.translation.stream_content_type
+            if content_type is not None:
+                return {"content-type": content_type}
+        return {}
 
     def chunk(self, pieces: Sequence[bytes], end: bool) -> bytes:
         """The client's bytes for the decoded bytes of one streamed chunk."""

@@ -88,9 +88,12 @@ def gemini_request(body: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def with_overrides(gemini_body: dict[str, Any], *, model: str, max_tokens: int) -> bytes:
+def with_overrides(
+    gemini_body: dict[str, Any], *, model: str, max_tokens: int, beta: str = ""
+) -> bytes:
     """The translated body as it goes upstream: `generationConfig.maxOutputTokens` when the
-    client set none (the model is in the path, `upstream_path`)."""
+    client set none (the model is in the path, `upstream_path`; `beta`, Anthropic's header,
+    means nothing to Gemini)."""
     config = dict(gemini_body.get("generationConfig") or {})
     config.setdefault("maxOutputTokens", max_tokens)
     return orjson.dumps({**gemini_body, "generationConfig": config})

@@ -83,9 +83,12 @@ def messages_request(body: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def with_overrides(messages_body: dict[str, Any], *, model: str, max_tokens: int) -> bytes:
+def with_overrides(
+    messages_body: dict[str, Any], *, model: str, max_tokens: int, beta: str = ""
+) -> bytes:
     """The translated body as it goes upstream: the served model (a downgrade), and
-    `max_tokens`, which Anthropic requires, when the client set none."""
+    `max_tokens`, which Anthropic requires, when the client set none. (`beta`: an allowed
+    `anthropic-beta` header travels as the header here, not in the body.)"""
     out = {**messages_body, "model": model}
     out.setdefault("max_tokens", max_tokens)
     return orjson.dumps(out)

@@ -13,6 +13,7 @@ from gateway_extproc.translate import (
     chat_to_gemini,
     chat_to_messages,
     gemini_to_chat,
+    messages_to_bedrock,
     messages_to_chat,
 )
 from gateway_extproc.translate.gemini_stream import GeminiToChatStream
@@ -47,10 +48,12 @@ class Translation:
     # A streamed answer's translator (`created`, `include_usage`: the client asked for usage).
     stream: Callable[..., StreamTranslator]
     # The provider's path for (the served model, streamed); None: `/v1` + the provider API's
-    # path. Gemini names the model and the method in the path.
+    # path. Gemini and Bedrock name the model (Bedrock: its id) and the method in the path.
     path: Callable[[str, bool], str] | None = None
     # The provider API of a streamed request, when not `provider_api` (Gemini's stream method).
     stream_api: Api | None = None
+    # The content type of a translated stream, when the provider's is not the client's.
+    stream_content_type: str | None = None
 
     @property
     def name(self) -> str:
@@ -92,9 +95,23 @@ CHAT_TO_GEMINI = Translation(
     stream_api=Api.GEMINI_STREAM,
 )
 
+MESSAGES_TO_BEDROCK = Translation(
+    client_api=Api.ANTHROPIC_MESSAGES,
+    provider_api=Api.BEDROCK_INVOKE,
+    request=messages_to_bedrock.invoke_request,
+    upstream_body=messages_to_bedrock.invoke_body,
+    headers={},
+    response=messages_to_bedrock.same_message,
+    error=messages_to_bedrock.anthropic_error,
+    stream=messages_to_bedrock.EventStreamToSSE,
+    path=messages_to_bedrock.invoke_path,
+    stream_content_type=messages_to_bedrock.STREAM_CONTENT_TYPE,
+)
+
 PAIRS: dict[tuple[Api, Schema], Translation] = {
     (Api.OPENAI_CHAT, Schema.ANTHROPIC): CHAT_TO_MESSAGES,
     (Api.OPENAI_CHAT, Schema.GEMINI): CHAT_TO_GEMINI,
+    (Api.ANTHROPIC_MESSAGES, Schema.BEDROCK): MESSAGES_TO_BEDROCK,
 }
 # By the API the provider was called with (a request's state names it): both of Gemini's.
 BY_APIS: dict[tuple[Api, Api], Translation] = {

@@ -978,6 +978,47 @@ def test_fail_open_on_an_emptydir_only_when_the_loss_is_accepted() -> None:
     assert "emptyDir" in volume
 
 
+def test_bedrock_provider_region_endpoint_and_irsa() -> None:
+    """`bedrock.enabled` adds the provider (its region, an endpoint override) to the gateway
+    config; `bedrock.roleArn` annotates the service account for IRSA, beside its other
+    annotations. Off by default: no provider, no annotation."""
+    base = copy.deepcopy(CASES["company"])
+    docs = render(base)
+    assert "bedrock" not in gateway_config(docs).get("providers", {})
+    assert "eks.amazonaws.com/role-arn" not in (
+        one(docs, "ServiceAccount")["metadata"].get("annotations") or {}
+    )
+    role = "arn:aws:iam::123456789012:role/llm-gateway-bedrock"
+    values = base | {
+        "bedrock": {"enabled": True, "region": "eu-west-1", "roleArn": role},
+        "serviceAccount": {"annotations": {"team": "platform"}},
+    }
+    docs = render(values)
+    assert gateway_config(docs)["providers"]["bedrock"] == {
+        "schema": "bedrock",
+        "region": "eu-west-1",
+    }
+    annotations = one(docs, "ServiceAccount")["metadata"]["annotations"]
+    assert annotations == {"team": "platform", "eks.amazonaws.com/role-arn": role}
+    endpoint = "https://vpce-0abc.bedrock-runtime.eu-west-1.vpce.amazonaws.com"
+    values["bedrock"] |= {"endpoint": endpoint}
+    assert gateway_config(render(values))["providers"]["bedrock"]["base_url"] == endpoint
+
+
+@pytest.mark.parametrize(
+    "bedrock",
+    [
+        {"region": "Europe"},
+        {"roleArn": "my-role"},
+        {"endpoint": "http://plain.example"},
+        {"regions": "eu-west-1"},
+    ],
+)
+def test_bedrock_values_are_validated(bedrock: dict[str, Any]) -> None:
+    with pytest.raises(helm.HelmError):
+        render(copy.deepcopy(CASES["company"]) | {"bedrock": {"enabled": True, **bedrock}})
+
+
 # --- Vertex AI through GKE workload identity (issue 25) ------------------------------------------
 
 
@@ -1013,3 +1054,22 @@ def test_vertex_workload_identity_needs_the_charts_service_account() -> None:
     values = copy.deepcopy(CASES["vertex"]) | {"serviceAccount": {"create": False}}
     with pytest.raises(helm.HelmError, match=r"vertex\.gcpServiceAccount: needs serviceAccount"):
         render(values)
+
+
+def test_bedrock_and_vertex_annotate_one_service_account() -> None:
+    """IRSA's role and GKE's Google service account are both set when both providers are on
+    (a multi-cloud chart), beside the operator's own annotations."""
+    role = "arn:aws:iam::123456789012:role/llm-gateway-bedrock"
+    values = copy.deepcopy(CASES["vertex"]) | {
+        "bedrock": {"enabled": True, "region": "us-east-1", "roleArn": role}
+    }
+    values["serviceAccount"] = values.get("serviceAccount", {}) | {"annotations": {"team": "ml"}}
+    docs = render(values)
+    assert one(docs, "ServiceAccount")["metadata"]["annotations"] == {
+        "team": "ml",
+        "eks.amazonaws.com/role-arn": role,
+        "iam.gke.io/gcp-service-account": "llm-gateway@acme-ml.iam.gserviceaccount.com",
+    }
+    providers = gateway_config(docs)["providers"]
+    assert providers["bedrock"] == {"schema": "bedrock", "region": "us-east-1"}
+    assert providers["vertex"]["schema"] == "vertex"

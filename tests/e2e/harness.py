@@ -144,7 +144,7 @@ def expected_cost_micros(model: str, tokens: dict[str, int]) -> int:
     # The 1-hour write: listed, else twice input (Anthropic's rule) or the 5-minute rate (OpenAI).
     if "cache_write_1h" in entry:
         write_1h = price("cache_write_1h", "input")
-    elif raw_catalog()[model]["schema"] == "anthropic":
+    elif raw_catalog()[model]["schema"] in ("anthropic", "bedrock"):  # Claude's rule
         write_1h = 2 * price("input", "input")
     else:
         write_1h = price("cache_write", "input")

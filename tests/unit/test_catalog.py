@@ -36,6 +36,8 @@ CHAT = {"provider": "local", "schema": "openai", "max_output_tokens": 1000}
 
 # --- the shipped catalog -----------------------------------------------------------------------
 
+# The built-in providers the shipped catalog names.
+PROVIDERS = ["openai", "anthropic", "gemini", "azure", "bedrock", "vertex"]
 SHIPPED_MODELS = [
     *("gpt-6.2-sol", "gpt-6.1-sol", "gpt-6-sol", "gpt-6.1-terra", "gpt-6-luna"),
     *("gpt-5.6-luna", "gpt-5.4-nano", "gpt-5", "gpt-5-mini", "gpt-5-nano"),
@@ -50,6 +52,15 @@ SHIPPED_MODELS = [
     *("gemini-2.5-pro", "gemini-2.5-flash", "gemini-2.5-flash-lite"),
     *("azure/gpt-4o", "azure/gpt-4o-mini", "azure/gpt-4.1", "azure/gpt-4.1-mini"),
     "azure/text-embedding-3-small",
+    # Claude on Bedrock: named by their Bedrock ids (global and US inference profiles).
+    *(
+        "global.anthropic.claude-sonnet-4-5-20250929-v1:0",
+        "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+    ),
+    *(
+        "global.anthropic.claude-haiku-4-5-20251001-v1:0",
+        "us.anthropic.claude-haiku-4-5-20251001-v1:0",
+    ),
     *("vertex-claude-sonnet-4-6", "vertex-claude-haiku-4-5"),
     *("vertex-gemini-2.5-pro", "vertex-gemini-2.5-flash"),
 ]
@@ -65,7 +76,7 @@ def test_every_shipped_entry_is_priced_and_consistent(shipped: Catalog) -> None:
     for entry in shipped.models():
         assert not entry.free, entry.name  # list prices only; free is for self-hosted models
         assert entry.price.input > 0, entry.name
-        assert entry.provider in {"openai", "anthropic", "gemini", "azure", "vertex"}, entry.name
+        assert entry.provider in PROVIDERS, entry.name
         if entry.provider == "vertex":  # Gemini and Claude models, each in its own API
             assert entry.schema in (Schema.GEMINI, Schema.ANTHROPIC), entry.name
         else:
@@ -75,7 +86,7 @@ def test_every_shipped_entry_is_priced_and_consistent(shipped: Catalog) -> None:
         else:
             assert entry.price.output > 0 and entry.max_output_tokens > 0, entry.name
         assert entry.price.cached_input <= entry.price.input, entry.name
-    assert shipped.validate_providers(["openai", "anthropic", "gemini", "azure", "vertex"]) == []
+    assert shipped.validate_providers(PROVIDERS) == []
 
 
 # (model, input, output, cached_input, cache_write, cache_write_1h, cache_write_12h) in USD per 1M
@@ -98,6 +109,19 @@ SHIPPED_PRICES = [
     ("claude-haiku-4-5", "1", "5", "0.10", "1.25", "2", None),
     ("claude-opus-5-5", "4", "20", "0.20", "5", "8", None),
     ("claude-fable-5-1", "10", "50", "0.25", "12.50", "20", None),
+    # Bedrock: global profiles at Anthropic's rates, geographic ones 10% above.
+    ("bedrock-claude-sonnet-4-5", "3", "15", "0.30", "3.75", "6", None),
+    (
+        "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+        "3.30",
+        "16.50",
+        "0.33",
+        "4.125",
+        "6.60",
+        None,
+    ),
+    ("bedrock-claude-haiku-4-5", "1", "5", "0.10", "1.25", "2", None),
+    ("us.anthropic.claude-haiku-4-5-20251001-v1:0", "1.10", "5.50", "0.11", "1.375", "2.20", None),
 ]
 
 
@@ -293,9 +317,9 @@ def test_operator_files_merge_fields_add_and_remove(tmp_path: Path) -> None:
     assert llama is not None and llama.free and llama.price == Price.free()
     haiku = catalog.lookup("claude-haiku-4-5-20251001")
     assert haiku is not None and haiku.free and haiku.price == Price.free()
-    assert catalog.validate_providers(["openai", "anthropic", "gemini", "azure", "vertex"]) == [
+    assert catalog.validate_providers(PROVIDERS) == [
         f"{first}: models.llama-3-70b.provider: 'vllm' is not a configured provider "
-        "(known: anthropic, azure, gemini, openai, vertex)"
+        "(known: anthropic, azure, bedrock, gemini, openai, vertex)"
     ]
 
 
@@ -381,7 +405,8 @@ def test_every_validation_error_reported_at_once() -> None:
         f"{op}: models.half-priced: needs input and output prices, or free: true",
         f"{op}: models.typo.inptu: unknown key (did you mean 'input'?)",
         f"{op}: models.typo: needs input and output prices, or free: true",
-        f"{op}: models.bad-schema.schema: must be one of openai, anthropic, gemini (got 'vertex')",
+        f"{op}: models.bad-schema.schema: must be one of openai, anthropic, gemini, bedrock "
+        "(got 'vertex')",
         f"{op}: models.zero-max.max_output_tokens: must be a positive integer (got 0)",
         f"{op}: models.bool-max.max_output_tokens: must be a positive integer (got True)",
         f"{op}: models.no-fields.provider: required",

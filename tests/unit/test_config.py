@@ -400,6 +400,32 @@ INVALID: list[tuple[str, dict[str, Any], dict[str, str], list[str]]] = [
         ["providers: must name at least one provider"],
     ),
     (
+        "bedrock without a region, with auth and unknown keys",
+        {
+            "providers": {
+                "aws": {
+                    "schema": "bedrock",
+                    "auth": {"header": "x", "env": "K"},
+                    "instance_metadata": "yes",
+                },
+                "openai": {"region": "us-east-1"},
+            }
+        },
+        {},
+        [
+            "providers.openai.region: unknown key",  # a bedrock key, on another schema
+            "providers.aws.region: must be a non-empty string (got None)",
+            "providers.aws.instance_metadata: must be true or false (got 'yes')",
+            "providers.aws.auth: not used by schema: bedrock (credentials come from the AWS chain)",
+        ],
+    ),
+    (
+        "bedrock region not a region",
+        {"providers": {"aws": {"schema": "bedrock", "region": "Mars"}}},
+        {},
+        ["providers.aws.region: must be an AWS region name (got 'Mars')"],
+    ),
+    (
         "providers not a mapping",
         {"providers": ["openai"]},
         {},
@@ -428,7 +454,7 @@ INVALID: list[tuple[str, dict[str, Any], dict[str, str], list[str]]] = [
         {"providers": {"openai": {"schema": "OpenAI"}}},
         {},
         [
-            "providers.openai.schema: must be one of openai, anthropic, gemini, vertex "
+            "providers.openai.schema: must be one of openai, anthropic, gemini, bedrock, vertex "
             "(got 'OpenAI')"
         ],
     ),
@@ -436,7 +462,10 @@ INVALID: list[tuple[str, dict[str, Any], dict[str, str], list[str]]] = [
         "missing schema",
         {"providers": {"local": {"base_url": "http://h/v1", "auth": None}}},
         {},
-        ["providers.local.schema: must be one of openai, anthropic, gemini, vertex (got None)"],
+        [
+            "providers.local.schema: must be one of openai, anthropic, gemini, bedrock, vertex "
+            "(got None)"
+        ],
     ),
     (
         "missing base_url",
@@ -620,7 +649,7 @@ def test_every_problem_reported_at_once(tmp_path: Path) -> None:
         "limits.upstream_connect_timeout_s: must be an integer in [1, 600] (got 601)",
         "limits.max_downstream_connections: must be an integer in [1, 10000000] (got 'many')",
         "providers.openai.region: unknown key",
-        "providers.openai.schema: must be one of openai, anthropic, gemini, vertex "
+        "providers.openai.schema: must be one of openai, anthropic, gemini, bedrock, vertex "
         "(got 'vertexai')",
         "providers.openai.base_url: must be an http(s) URL (got 'ftp://api.openai.com/v1')",
         "providers.openai.auth.scope: unknown key",
@@ -791,6 +820,24 @@ def test_operator_file_missing(tmp_path: Path) -> None:
     assert len(problems) == 1
     assert problems[0].startswith(f"{path}: ")
     assert "No such file" in problems[0]
+
+
+def test_bedrock_provider_defaults_its_endpoint_from_its_region(tmp_path: Path) -> None:
+    doc = {"providers": {"aws": {"schema": "bedrock", "region": "eu-west-3"}}}
+    config = load_config(write_yaml(tmp_path / "gateway.yaml", doc), {})
+    aws = config.providers["aws"]
+    assert (aws.schema, aws.region, aws.auth, aws.instance_metadata) == (
+        Schema.BEDROCK,
+        "eu-west-3",
+        None,
+        False,
+    )
+    assert aws.base_url == "https://bedrock-runtime.eu-west-3.amazonaws.com"
+    doc["providers"]["aws"] |= {"base_url": "https://vpce-1.bedrock-runtime.example/"}
+    doc["providers"]["aws"] |= {"instance_metadata": True}
+    config = load_config(write_yaml(tmp_path / "gateway.yaml", doc), {})
+    assert config.providers["aws"].base_url == "https://vpce-1.bedrock-runtime.example/"
+    assert config.providers["aws"].instance_metadata is True
 
 
 def test_removing_a_builtin_provider_drops_its_shipped_models() -> None:

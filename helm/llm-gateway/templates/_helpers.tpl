@@ -160,6 +160,15 @@ Rendered as JSON (valid YAML) so that large integers keep their exact value.
 {{- $_ := set $p "auth" (include "llm-gateway.providerAuth" (list $name $key $file) | fromJson) }}
 {{- $_ := set $providers $name $p }}
 {{- end }}
+{{- with .Values.bedrock }}
+{{- if .enabled }}
+{{- $b := deepCopy (default dict (index $providers "bedrock")) }}
+{{- $_ := set $b "schema" "bedrock" }}
+{{- $_ := set $b "region" .region }}
+{{- with .endpoint }}{{- $_ := set $b "base_url" . }}{{- end }}
+{{- $_ := set $providers "bedrock" $b }}
+{{- end }}
+{{- end }}
 {{- with .Values.vertex.gcpServiceAccount }}
 {{- if not $.Values.serviceAccount.create }}
 {{- fail "vertex.gcpServiceAccount: needs serviceAccount.create (or annotate your own ServiceAccount iam.gke.io/gcp-service-account and set config.providers.vertex)" }}

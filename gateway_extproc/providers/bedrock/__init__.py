@@ -1,0 +1,1 @@
+"""AWS Bedrock (InvokeModel / InvokeModelWithResponseStream for Anthropic models)."""
