@@ -35,6 +35,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--azure-token", help="accept `Authorization: Bearer TOKEN` on Azure paths (Entra ID)"
     )
+    parser.add_argument(
+        "--identity-header",
+        help="with --azure-token: serve a managed-identity token endpoint (GET /msi/token, App "
+        "Service style) that issues TOKEN to callers sending `X-IDENTITY-HEADER: SECRET`",
+    )
     return parser.parse_args(argv)
 
 
@@ -53,6 +58,7 @@ async def serve(args: argparse.Namespace) -> None:
         args.gemini_key,
         args.azure_key,
         args.azure_token,
+        args.identity_header,
     )
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
     await runner.setup()

@@ -20,6 +20,7 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
+from gateway_extproc.mock import azure_identity
 from gateway_extproc.mock import bedrock_routes as bedrock
 from gateway_extproc.mock.anthropic_api import messages_reply
 from gateway_extproc.mock.azure_api import AZURE_METHODS, CONTENT_FILTER_HEADER, azure_reply
@@ -501,6 +502,7 @@ def create_app(
     gemini_key: str | None = None,
     azure_key: str | None = None,
     azure_token: str | None = None,
+    identity_header: str | None = None,
 ) -> web.Application:
     """The mock provider. Keys, when given, are required on their provider's endpoints."""
     app = web.Application(client_max_size=MAX_BODY_BYTES)
@@ -534,5 +536,6 @@ def create_app(
     app.router.add_get("/_mock/health", _health)
     app.router.add_post("/_mock/release/{name}", _release)
     app.router.add_get("/_mock/held/{name}", _held)
+    azure_identity.install(app, azure_token or None, identity_header or None)
     app.router.add_route("*", "/{tail:.*}", _not_found)
     return app
