@@ -51,16 +51,16 @@ TEST_WORKERS ?= 2
 test: $(STAMP) lint imports typecheck
 	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
-## bench: overhead of the gateway vs plain Envoy and a no-op ext_proc, and of traces + metrics on vs off (~11 min;
+## bench: overhead of the gateway vs plain Envoy and a no-op ext_proc, and of traces + metrics on vs off (~12 min;
 ##        not part of test; BENCH_ARGS="--setups gateway,gateway+otel" for the telemetry comparison alone);
 ##        ends with the guard's verdict lines against bench/baseline.json (BENCH_ARGS="--setups noop,gateway"
 ##        for the guard alone, ~6 min; add --update-baseline to rewrite the baseline from the run);
 ##        and the gateway's req/s over a LiteLLM proxy's (BENCH_ARGS="--setups litellm,gateway
 ##        --workers 1" alone, ~4 min; LiteLLM installed once into .cache/bench-litellm/ from bench/litellm.lock)
-##        then a translated stream's sidecar CPU per chunk beside a native one (bench/translation.py, ~5 s)
+##        and a translated stream's sidecar CPU and latency per chunk beside native ones, through Envoy,
+##        then in process (BENCH_ARGS="--setups translated --workers 1" alone, ~1.5 min)
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
-	$(BIN)/python -m bench.translation
 
 ## profile: where the sidecar's CPU goes (py-spy, by category) under the bench's json and paced-SSE
 ##          loads, gateway and no-op (~2 min; BENCH_ARGS="--setups gateway+otel" for telemetry on)

@@ -71,11 +71,16 @@ def ensure_wrk() -> str:
     return found
 
 
-def request_body(stream: bool) -> bytes:
+NATIVE_MODEL = "gpt-4o-mini"
+TRANSLATED_MODEL = "claude-haiku-4-5"  # served by the anthropic provider: translated
+
+
+def request_body(stream: bool, model: str = NATIVE_MODEL) -> bytes:
     """The same request for every setup. Streams ask for usage themselves, so the gateway sends
-    the client's bytes unchanged and all three setups get the identical upstream response."""
+    the client's bytes unchanged and all three setups get the identical upstream response.
+    With TRANSLATED_MODEL the same chat request is translated to Anthropic Messages."""
     doc: dict[str, object] = {
-        "model": "gpt-4o-mini",
+        "model": model,
         "messages": [
             {"role": "system", "content": "You are a terse assistant."},
             {"role": "user", "content": "Name a few letters of the NATO alphabet."},
@@ -239,7 +244,7 @@ def request_once(url: str, body: bytes, token: str, gap_ms: float | None = None)
 
 # -- the stream timer -------------------------------------------------------------------------
 
-_STAMP = b'"id":"chatcmpl-'
+STAMP = b'"id":"chatcmpl-'  # where a native paced chunk carries its write time (bench.upstream)
 _DIGITS = 20
 
 
@@ -253,9 +258,12 @@ class StreamTimes:
     chunk_us: float
 
 
-def _read_stream(sock: socket.socket, started: int, lags: list[int]) -> tuple[int, int]:
+def _read_stream(
+    sock: socket.socket, started: int, lags: list[int], stamp: bytes = STAMP
+) -> tuple[int, int]:
     """Read one chunked response; (first body byte, end) in ns after `started`. Paced events'
-    write times are turned into lags (read time - write time, ns) appended to `lags`."""
+    write times (20 digits after `stamp`) are turned into lags (read time - write time, ns)
+    appended to `lags`."""
     buf = bytearray()
     head_end = -1
     first: int | None = None
@@ -278,13 +286,13 @@ def _read_stream(sock: socket.socket, started: int, lags: list[int]) -> tuple[in
             scan = head_end
         if first is None and len(buf) > head_end + 4:
             first = now
-        while (at := buf.find(_STAMP, scan)) >= 0:
-            digits = bytes(buf[at + len(_STAMP) : at + len(_STAMP) + _DIGITS])
+        while (at := buf.find(stamp, scan)) >= 0:
+            digits = bytes(buf[at + len(stamp) : at + len(stamp) + _DIGITS])
             if len(digits) < _DIGITS:
                 break
             if digits.isdigit():
                 lags.append(now - int(digits))
-            scan = at + len(_STAMP) + _DIGITS
+            scan = at + len(stamp) + _DIGITS
         if first is not None and buf.endswith(b"\n0\r\n\r\n"):
             return first - started, now - started
 
@@ -299,9 +307,11 @@ def time_streams(
     count: int = 200,
     max_seconds: float = 3.0,
     warmup: int = 10,
+    stamp: bytes = STAMP,
 ) -> StreamTimes:
     """One keep-alive connection, one stream at a time: time to the first body byte and to the
-    stream's end, for `count` streams or as many as fit in `max_seconds`, after `warmup`."""
+    stream's end, for `count` streams or as many as fit in `max_seconds`, after `warmup`.
+    `stamp`: what precedes a paced chunk's write time in the client's bytes."""
     parts = urllib.parse.urlsplit(url)
     pacing = f"x-bench-chunk-gap-ms: {gap_ms:g}\r\n" if gap_ms else ""
     request = (
@@ -315,12 +325,12 @@ def time_streams(
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         for _ in range(warmup):
             sock.sendall(request)
-            _read_stream(sock, time.monotonic_ns(), [])
+            _read_stream(sock, time.monotonic_ns(), [], stamp)
         deadline = time.monotonic() + max_seconds
         while len(ttfbs) < count and (time.monotonic() < deadline or len(ttfbs) < 3):
             started = time.monotonic_ns()
             sock.sendall(request)
-            ttfb, total = _read_stream(sock, started, lags)
+            ttfb, total = _read_stream(sock, started, lags, stamp)
             ttfbs.append(ttfb)
             totals.append(total)
     if gap_ms:

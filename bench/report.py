@@ -7,7 +7,7 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from bench import versus
+from bench import streams, versus
 
 SETUP_NAMES = {
     "plain": "plain envoy",
@@ -19,6 +19,9 @@ SETUP_NAMES = {
     "gateway": "gateway, observe (after)",
     "gateway+otel": "gateway, traces + metrics on",
     "litellm": "LiteLLM proxy, 1 worker, no DB",
+    "native": "gateway observe, native stream",
+    "native-sync": "gateway sync, native stream",
+    "translated": "gateway, translated stream",
 }
 GATEWAYS = ("gateway", "gateway-sync")
 
@@ -27,7 +30,7 @@ GATEWAYS = ("gateway", "gateway-sync")
 class Row:
     """One setup under one load at one concurrency; None where it does not apply."""
 
-    setup: str  # plain | noop | noop-observe | gateway-sync | gateway | gateway+otel
+    setup: str  # plain | noop | noop-observe | gateway-sync | gateway | gateway+otel | native | …
     workers: int  # sidecar processes (0: plain Envoy)
     load: str  # json | sse | sse-paced
     connections: int
@@ -321,6 +324,7 @@ def build(
         "targets": targets,
         "bursts": [dict(b) for b in bursts],
         "versus_litellm": versus.summary(versus.ratios(table.rows), machine.get("litellm")),
+        "translated_streams": streams.pair(table.rows, sat),
     }
 
 
@@ -411,6 +415,11 @@ def render(result: Mapping[str, Any]) -> str:
     against = versus.render(result.get("versus_litellm") or {})
     if against:
         text += ["", *against]
+    pair = streams.render(
+        result.get("translated_streams") or [], settings["connections"], settings["gap_ms"]
+    )
+    if pair:
+        text += ["", *pair]
     text += ["", "Targets"]
     for t in result["targets"]:
         value = "-" if t["value"] is None else f"{t['value']:.3g} {t['unit']}"

@@ -27,11 +27,23 @@ from typing import IO, Any
 
 import redis
 
-from bench import guard, guardrails, load, otlp_sink, report, request_body, setups, trust, versus
+from bench import (
+    guard,
+    guardrails,
+    load,
+    otlp_sink,
+    report,
+    request_body,
+    setups,
+    translation,
+    trust,
+    versus,
+)
 from bench import litellm as litellm_setup
 from bench import profile as profiler
 from bench.report import Row
 from bench.upstream import CHUNKS, response_bytes
+from bench.upstream_messages import CLIENT_STAMP
 from gateway_extproc.request.processor import CLIENT_LEFT
 from gateway_extproc.stack import StackError, find_binary
 
@@ -55,6 +67,13 @@ class Load:
     name: str  # json | sse | sse-paced
     stream: bool
     gap_ms: float | None = None
+    # An OpenAI client on a Claude model: translated to Anthropic Messages (the upstream
+    # answers in Anthropic's format, to the anthropic cluster).
+    translated: bool = False
+
+    def body(self) -> bytes:
+        model = load.TRANSLATED_MODEL if self.translated else load.NATIVE_MODEL
+        return load.request_body(self.stream, model)
 
 
 class Bench:
@@ -74,8 +93,8 @@ class Bench:
         print(f"[{time.monotonic() - self.started:5.0f}s] {message}", file=sys.stderr, flush=True)
 
     def _script(self, spec: Load) -> Path:
-        body = load.request_body(spec.stream)
-        return load.lua_script(self.run_dir / f"{spec.name}.lua", body, self.token, spec.gap_ms)
+        name = f"{spec.name}-translated" if spec.translated else spec.name
+        return load.lua_script(self.run_dir / f"{name}.lua", spec.body(), self.token, spec.gap_ms)
 
     def _sample(
         self,
@@ -95,8 +114,7 @@ class Bench:
         def counter(name: str) -> float:
             return load.envoy_counter(admin, name) if admin else 0.0
 
-        rx = load.upstream_bytes(running.upstream_cluster)
-        whole = response_bytes(spec.stream, paced=spec.gap_ms is not None)
+        rx, whole = _upstream_counter(running, spec)
         sidecar0 = load.cpu_seconds(running.sidecar_pids)
         envoy0 = load.cpu_seconds((running.envoy_pid,))
         msgs0 = counter(load.EXTPROC_MESSAGES)
@@ -122,11 +140,15 @@ class Bench:
             "served": n,
         }
 
-    def wrk_row(self, running: setups.Running, spec: Load, connections: int) -> Row:
-        """Warm-up, then `runs` wrk runs with process CPU and counters sampled around each."""
+    def wrk_row(
+        self, running: setups.Running, spec: Load, connections: int, setup: str | None = None
+    ) -> Row:
+        """Warm-up, then `runs` wrk runs with process CPU and counters sampled around each.
+        `setup`: the row's name when not the running setup's."""
         s = self.settings
         script = self._script(spec)
-        label = f"{running.setup} W={running.workers} {spec.name} c={connections}"
+        setup = setup or running.setup
+        label = f"{setup} W={running.workers} {spec.name} c={connections}"
         load.run_wrk(self.wrk, running.url, script, connections, s.warmup_s)
         client = redis.Redis.from_url(running.redis_url) if running.redis_url else None
         try:
@@ -147,7 +169,7 @@ class Bench:
 
         sidecar = bool(running.sidecar_pids)
         return Row(
-            setup=running.setup,
+            setup=setup,
             workers=running.workers,
             load=spec.name,
             connections=connections,
@@ -166,25 +188,29 @@ class Bench:
             redis_cmds_per_req=median("redis") if running.redis_url else None,
         )
 
-    def timed_streams(self, running: setups.Running, spec: Load, row: Row | None) -> Row:
+    def timed_streams(
+        self, running: setups.Running, spec: Load, row: Row | None, setup: str | None = None
+    ) -> Row:
         """The stream timer at concurrency 1: time to first byte and per-chunk time."""
+        setup = setup or running.setup
         times = load.time_streams(
             running.url,
-            load.request_body(True),
+            spec.body(),
             self.token,
             CHUNKS,
             gap_ms=spec.gap_ms,
             count=200,
             max_seconds=3.0,
             warmup=2 if spec.gap_ms else 10,
+            stamp=CLIENT_STAMP if spec.translated else load.STAMP,
         )
         self.progress(
-            f"{running.setup} W={running.workers} {spec.name} stream timer: "
+            f"{setup} W={running.workers} {spec.name} stream timer: "
             f"{times.streams} streams, first byte {times.ttfb_ms:.2f} ms, "
             f"chunk {times.chunk_us:.1f} us"
         )
         if row is None:
-            row = Row(running.setup, running.workers, spec.name, 1)
+            row = Row(setup, running.workers, spec.name, 1)
         return dataclasses.replace(row, ttfb_ms=times.ttfb_ms, chunk_us=times.chunk_us)
 
     def measure(self, running: setups.Running, full: bool) -> None:
@@ -215,6 +241,45 @@ class Bench:
         if running.setup == "gateway" and not full:
             for count in (200, 1000):
                 self.bursts.append(self.burst(running, count))
+
+    def translated(self, running: setups.Running) -> None:
+        """Issue 25: paced streams through Envoy and the sidecar, an OpenAI client each, on a
+        native model and on a Claude model translated to Anthropic Messages (its response path
+        synchronous whatever the metering mode); in the synchronous stack the native one only.
+        Per stream: the chunk latency at c=1 (stream timer), the sidecar CPU per chunk at
+        c=sat (wrk). Rows `native`, `translated` (observe stack) and `native-sync`."""
+        s = self.settings
+        native = Load("sse-paced", True, s.gap_ms)
+        claude = Load("sse-paced", True, s.gap_ms, translated=True)
+        if running.setup == "translated-sync":
+            streams = [(native, "native-sync")]
+        else:
+            streams = [(native, "native"), (claude, "translated")]
+        for spec, name in streams:
+            self.rows.append(self.timed_with_cpu(running, spec, name))
+            self.rows.append(self.wrk_row(running, spec, s.connections, name))
+        if running.audit_path is not None:
+            check_audit(running.audit_path)
+
+    def timed_with_cpu(self, running: setups.Running, spec: Load, setup: str) -> Row:
+        """The stream timer's row (c=1) with the sidecar's CPU and Envoy's ext_proc messages
+        per stream sampled around it, per response's worth of upstream bytes (warm-up streams
+        included): at c=1 each paced chunk reaches the sidecar as its own message, where at
+        c=sat a busy Envoy coalesces some."""
+        rx, whole = _upstream_counter(running, spec)
+        cpu0 = load.cpu_seconds(running.sidecar_pids)
+        msgs0 = load.envoy_counter(running.admin_url, load.EXTPROC_MESSAGES)
+        rx0 = load.envoy_counter(running.admin_url, rx)
+        row = self.timed_streams(running, spec, None, setup)
+        n = max((load.envoy_counter(running.admin_url, rx) - rx0) / whole, 1.0)
+        cpu_ms = (load.cpu_seconds(running.sidecar_pids) - cpu0) * 1000 / n
+        msgs = load.envoy_counter(running.admin_url, load.EXTPROC_MESSAGES) - msgs0
+        return dataclasses.replace(
+            row,
+            sidecar_ms_per_req=cpu_ms,
+            sidecar_us_per_chunk=cpu_ms * 1000 / CHUNKS,
+            extproc_msgs_per_req=msgs / n,
+        )
 
     def versus(
         self, running: setups.Running, specs: tuple[Load, ...], skip: tuple[int, ...]
@@ -286,6 +351,16 @@ class Bench:
             monitor.close()
 
 
+def _upstream_counter(running: setups.Running, spec: Load) -> tuple[str, int]:
+    """Envoy's counter of the response bytes from the cluster `spec`'s requests go to, and
+    the bytes of one whole response there."""
+    cluster = running.translated_cluster if spec.translated else running.upstream_cluster
+    assert cluster is not None, f"{running.setup} does not translate"
+    paced = spec.gap_ms is not None
+    whole = response_bytes(spec.stream, paced=paced, anthropic=spec.translated)
+    return load.upstream_bytes(cluster), whole
+
+
 def check_audit(path: Path) -> None:
     """The gateway really did the work: no request was refused, and every completed one was
     identified by its JWT, admitted by the budget, metered from the provider's usage and
@@ -336,8 +411,10 @@ def envoy_version() -> str:
 
 ALL_SETUPS = (
     "plain,noop,noop-observe,noop-state,noop-trust,gateway-sync,gateway,"
-    "gateway+otel,litellm,guardrails,request-body"
+    "gateway+otel,litellm,guardrails,request-body,translated"
 )
+# Plans run when another setup is chosen: `translated` starts the synchronous stack too.
+SELECTED_BY = {"translated-sync": "translated"}
 
 
 def parse_args(argv: list[str] | None) -> tuple[Settings, bool, bool]:
@@ -371,7 +448,10 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, bool, bool]:
         "installed once into .cache/bench-litellm/ from bench/litellm.lock, bench/litellm.py); "
         "noop-state,noop-trust (the caller checks' cost, with the per-call figures); "
         "guardrails: the 1 MB prompt scan; request-body: refusing repeated JSON keys versus "
-        "re-serialising every body (both pure CPU, no processes)",
+        "re-serialising every body (both pure CPU, no processes); translated: a paced stream "
+        "translated to Anthropic Messages beside native ones (observe and synchronous), "
+        "sidecar CPU and latency per chunk through Envoy, then the translation's CPU in "
+        "process (bench/translation.py); W=1, ~1.5 min",
     )
     a = parser.parse_args(argv)
     chosen = a.setups or ("noop,gateway" if a.profile else ALL_SETUPS)
@@ -428,6 +508,9 @@ def run(settings: Settings, run_dir: Path, log: IO[bytes]) -> dict[str, object]:
             ("gateway", 1, True),
             ("gateway+otel", 1, True),  # traces + metrics on, exported to a local sink
             ("litellm", 0, True),  # issue 24's yardstick: LiteLLM, one worker, no database
+            # Issue 25: a translated stream beside native ones (observe, then synchronous).
+            ("translated", 1, True),
+            ("translated-sync", 1, True),
             ("noop", n, False),
             ("noop-observe", n, False),
             ("gateway-sync", n, False),
@@ -435,12 +518,14 @@ def run(settings: Settings, run_dir: Path, log: IO[bytes]) -> dict[str, object]:
         ]
         sink: otlp_sink.Sink | None = None
         for setup, workers, full in plans:
-            if setup not in settings.setups:
+            if SELECTED_BY.get(setup, setup) not in settings.setups:
                 continue
             if workers == n and not full and n == 1 and setup not in setups.NOOP_HANDOFFS:
                 continue  # W=N is W=1 on a one-core machine
-            if settings.profile and (workers != 1 or setup in ("plain", "litellm")):
-                continue  # a profile is of one sidecar worker
+            if settings.profile and (
+                workers != 1 or setup in ("plain", "litellm", *SELECTED_BY, "translated")
+            ):
+                continue  # a profile is of one sidecar worker, under the native loads
             bench.progress(f"starting {setup}" + (f" with {workers} worker(s)" if workers else ""))
             if setup == "plain":
                 cm = setups.plain(log, run_dir, port, env)
@@ -451,6 +536,18 @@ def run(settings: Settings, run_dir: Path, log: IO[bytes]) -> dict[str, object]:
             elif setup == "gateway-sync":
                 cm = setups.gateway(
                     log, log_path, run_dir, port, workers, identity, env, synchronous=True
+                )
+            elif setup in ("translated", "translated-sync"):
+                cm = setups.gateway(
+                    log,
+                    log_path,
+                    run_dir,
+                    port,
+                    workers,
+                    identity,
+                    env,
+                    synchronous=setup == "translated-sync",
+                    translated=True,
                 )
             elif setup == "gateway+otel":
                 sink = otlp_sink.Sink()
@@ -463,6 +560,8 @@ def run(settings: Settings, run_dir: Path, log: IO[bytes]) -> dict[str, object]:
                 with cm as running:
                     if settings.profile:
                         bench.profile(running)
+                    elif setup in ("translated", "translated-sync"):
+                        bench.translated(running)
                     else:
                         bench.measure(running, full)
             finally:
@@ -530,6 +629,10 @@ def main(argv: list[str] | None = None) -> int:
     if "noop-trust" in settings.setups:
         result["caller_checks"] = trust.measure()
         print("\n" + trust.render(result["caller_checks"]))
+    if "translated" in settings.setups:
+        in_process = translation.measure(translation.REPEATS)
+        result["translation_in_process"] = in_process
+        print("\n" + translation.render(in_process))
     result["guard"] = check_floor(result, settings.connections, update_baseline)
     return _write(result, "bench")
 

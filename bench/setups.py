@@ -11,6 +11,9 @@ no-op sets no routing header. (1) is (2) without the ext_proc and compressor fil
 ext_proc cluster and the gateway's route. Every Envoy runs with `--concurrency 1`.
 
 A fourth, `litellm` (a LiteLLM proxy, no Envoy; issue 24's yardstick), is in bench/litellm.py.
+The `translated` setup is (3) with `anthropic` served by the bench upstream too, so an OpenAI
+client's request for a `claude-*` model is translated to Anthropic Messages through the same
+Envoy and sidecar as a native one (`translated=True` below).
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ class Running:
     envoy_pid: int  # the proxy's process: Envoy's, or LiteLLM's in the litellm setup
     sidecar_pids: tuple[int, ...]
     upstream_cluster: str
+    translated_cluster: str | None = None  # anthropic's, when the setup translates
     redis_url: str | None = None
     audit_path: Path | None = None
     proxy_version: str | None = None  # LiteLLM's release (bench/litellm.py)
@@ -132,21 +136,21 @@ def start_envoy(procs: Procs, bootstrap: Mapping[str, Any], path: Path) -> tuple
 # -- configuration ----------------------------------------------------------------------------
 
 
-def provider_overrides(upstream_port: int) -> dict[str, Any]:
+def provider_overrides(upstream_port: int, translated: bool = False) -> dict[str, Any]:
     """One provider, `openai`, served by the bench upstream without a credential; every other
-    built-in provider switched off."""
-    others = {name: None for name in load_document(None)["providers"] if name != "openai"}
+    built-in provider switched off. `translated`: `anthropic` too (the upstream answers
+    `/v1/messages`), so a chat request for a `claude-*` model is translated."""
+    served = ("openai", "anthropic") if translated else ("openai",)
+    bench_upstream = {
+        "base_url": f"http://127.0.0.1:{upstream_port}/v1",
+        "auth": None,
+        # The pacing header must reach the upstream through the header allow-list.
+        "forward_headers": ["x-bench-*"],
+    }
+    others = {name: None for name in load_document(None)["providers"] if name not in served}
     return {
         "listener": {"port": 0, "admin_port": 0},
-        "providers": {
-            **others,
-            "openai": {
-                "base_url": f"http://127.0.0.1:{upstream_port}/v1",
-                "auth": None,
-                # The pacing header must reach the upstream through the header allow-list.
-                "forward_headers": ["x-bench-*"],
-            },
-        },
+        "providers": {**others, **{name: dict(bench_upstream) for name in served}},
         "mock_unconfigured_providers": False,
     }
 
@@ -241,11 +245,19 @@ def make_identity(run_dir: Path) -> Identity:
 BURST_LIMIT_MICROS = 100_000
 
 
-def gateway_document(upstream_port: int, workers: int, identity: Identity) -> dict[str, Any]:
+TRANSLATED_MODELS = "claude-haiku-4-5*"  # the policy's allowance in the translated setup
+
+
+def gateway_document(
+    upstream_port: int, workers: int, identity: Identity, translated: bool = False
+) -> dict[str, Any]:
     """The production defaults but for `drain_s: 0`: nothing to drain at the end of a bench.
-    (The Redis deadline is the default 50 ms: it measures Redis, not the event loop's lag.)"""
+    (The Redis deadline is the default 50 ms: it measures Redis, not the event loop's lag.)
+    `translated`: anthropic served by the bench upstream and the bench group allowed a Claude
+    model (bench/load.py's TRANSLATED_MODEL)."""
+    allow = ["gpt-4o*", TRANSLATED_MODELS] if translated else ["gpt-4o*"]
     return {
-        **provider_overrides(upstream_port),
+        **provider_overrides(upstream_port, translated),
         "sidecar": {"workers": workers, "drain_s": 0},
         "audit": {"stdout": False},
         "identity": {
@@ -260,7 +272,7 @@ def gateway_document(upstream_port: int, workers: int, identity: Identity) -> di
         },
         "policies": {
             "default": {"allow": []},
-            "rules": [{"groups": [GROUP], "allow": ["gpt-4o*"]}],
+            "rules": [{"groups": [GROUP], "allow": allow}],
         },
         "budgets": [
             {
@@ -348,6 +360,7 @@ def gateway(
     environ: Mapping[str, str],
     otlp_endpoint: str | None = None,
     synchronous: bool = False,
+    translated: bool = False,
 ) -> Iterator[Running]:
     """The full gateway: Stack starts redis-server and the sidecar workers; Envoy is started
     here from Stack's own bootstrap, with `--concurrency 1` (Stack's Envoy uses 2).
@@ -356,12 +369,15 @@ def gateway(
     before issue 13, kept as an opt-in for the JSON cost header); else the default observe mode.
     Telemetry is off (no /metrics, no OTEL_* exporter) unless `otlp_endpoint` is given: then
     the `gateway+otel` setup serves /metrics, traces every request (sampler always_on) and
-    exports spans and metrics by OTLP/gRPC to that endpoint."""
+    exports spans and metrics by OTLP/gRPC to that endpoint. `translated`: the `translated`
+    setup (`translated-sync` with `synchronous`), anthropic served by the bench upstream too."""
     name = "gateway" if otlp_endpoint is None else "gateway+otel"
+    if translated:
+        name = "translated"
     if synchronous:
-        name = "gateway-sync"
+        name += "-sync"
     config_path = run_dir / f"{name}-{workers}.yaml"
-    document = gateway_document(upstream_port, workers, identity)
+    document = gateway_document(upstream_port, workers, identity, translated)
     document["observability"] = {"metrics": otlp_endpoint is not None}
     document["metering"] = {"mode": "synchronous" if synchronous else "observe"}
     config_path.write_text(yaml.safe_dump(document, sort_keys=False))
@@ -394,8 +410,18 @@ def gateway(
             stack.process("sidecar" if w == 0 else f"sidecar-{w}").pid for w in range(workers)
         )
         cluster = _cluster(stack.config)
+        anthropic = stack.config.providers.get("anthropic") if translated else None
         yield Running(
-            name, workers, url, admin, pid, sidecars, cluster, stack.redis_url, audit_path
+            name,
+            workers,
+            url,
+            admin,
+            pid,
+            sidecars,
+            cluster,
+            None if anthropic is None else anthropic.cluster,
+            stack.redis_url,
+            audit_path,
         )
     finally:
         procs.stop()

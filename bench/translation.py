@@ -6,8 +6,9 @@ real code: a native chat stream in `synchronous` mode meters the chunk (`StreamM
 answers "continue" (a serialised `ProcessingResponse`); a translated stream meters the
 Anthropic chunk, translates it (`MessagesToChatStream`) and answers with the rewritten body.
 Observe mode's native stream costs the sidecar the metering only (Envoy never waits), shown
-for reference. gRPC transport, Envoy and the client are not included: `make bench`'s
-end-to-end rows measure those (docs/performance.md). Streams of CHUNKS events, one event per
+for reference. gRPC transport, Envoy and the client are not included: the end-to-end rows of
+`python -m bench --setups translated` measure those (docs/performance.md), and print this
+figure after them. Streams of CHUNKS events, one event per
 ext_proc message, as a paced stream arrives.
 """
 
@@ -25,6 +26,7 @@ from gateway_extproc.extproc import messages as msgs
 from gateway_extproc.providers.metering import StreamMeter
 from gateway_extproc.translate.stream import MessagesToChatStream
 
+REPEATS = 200  # streams timed per variant
 WORDS = ("alpha", "beta", "gamma", "delta", "echo", "fox", "golf", "hotel")
 
 
@@ -113,14 +115,18 @@ def measure(repeats: int) -> dict[str, float]:
     }
 
 
+def render(result: dict[str, float]) -> str:
+    lines = [f"translated stream, sidecar CPU per chunk ({CHUNKS}-event streams, in process):"]
+    for name, value in result.items():
+        lines.append(f"  {name.removesuffix('_us_per_chunk'):<20} {value:6.1f} us")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=200, help="streams timed per variant")
+    parser.add_argument("--repeats", type=int, default=REPEATS, help="streams timed per variant")
     args = parser.parse_args()
-    result = measure(args.repeats)
-    print(f"translated stream, sidecar CPU per chunk ({CHUNKS}-event streams, in process):")
-    for name, value in result.items():
-        print(f"  {name.removesuffix('_us_per_chunk'):<20} {value:6.1f} us")
+    print(render(measure(args.repeats)))
 
 
 if __name__ == "__main__":

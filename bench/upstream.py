@@ -1,15 +1,19 @@
-"""The bench's upstream: an instant OpenAI chat endpoint on raw asyncio (no framework).
+"""The bench's upstream: an instant OpenAI chat endpoint (and an Anthropic Messages one, for
+translated streams) on raw asyncio (no framework).
 
 `python -m bench.upstream --port-file F` listens on 127.0.0.1:<free port> and answers
 `POST /v1/chat/completions` from precomputed bytes: a JSON chat completion with `usage`, or,
 when the body says `"stream": true`, an SSE stream of `CHUNKS` chat chunk events (one write
 each, chunked transfer encoding), the usage chunk when `include_usage` is set, and
-`data: [DONE]`. HTTP/1.1 keep-alive, request bodies by content-length only (what Envoy sends).
+`data: [DONE]`. `POST /v1/messages` answers the same in Anthropic's format
+(bench/upstream_messages.py). HTTP/1.1 keep-alive, request bodies by content-length only
+(what Envoy sends).
 
 Paced streams: with a request header `x-bench-chunk-gap-ms: G` the events are written G ms
 apart (the event loop's timer, ~1 ms resolution) and each event's `id` carries the time it was
 written (`chatcmpl-` + 20 digits of CLOCK_MONOTONIC ns), so a client on this machine can
-measure every chunk's latency through the proxy. An instant stream reaches Envoy as one or two
+measure every chunk's latency through the proxy (an Anthropic stream's deltas carry it in their
+text, which survives translation). An instant stream reaches Envoy as one or two
 socket reads (one ext_proc body message); a paced one as one message per event, like a model's.
 """
 
@@ -23,9 +27,10 @@ import time
 from pathlib import Path
 from typing import Any, cast
 
+from bench import upstream_messages as messages
 from bench.service import run_service
 
-CHUNKS = 200
+CHUNKS = messages.CHUNKS
 MODEL = "gpt-4o-mini-2024-07-18"
 PROMPT_TOKENS = 12
 _WORDS = ("alpha", "beta", "gamma", "delta", "echo", "fox", "golf", "hotel")
@@ -116,8 +121,15 @@ _STAMP_AT = tuple(e.index(STAMP_PREFIX) + len(STAMP_PREFIX) for e in PACED_EVENT
 SSE_END = _chunked(b"data: [DONE]\n\n") + b"0\r\n\r\n"
 
 
-def response_bytes(stream: bool, paced: bool = False, usage: bool = True) -> int:
-    """Bytes of one whole response on the wire: upstream bytes / this = responses' worth."""
+def response_bytes(
+    stream: bool, paced: bool = False, usage: bool = True, anthropic: bool = False
+) -> int:
+    """Bytes of one whole response on the wire: upstream bytes / this = responses' worth.
+    `anthropic`: the `/v1/messages` answer (a translated request's upstream response)."""
+    if anthropic:
+        if not stream:
+            return len(messages.JSON_RESPONSE)
+        return messages.stream_bytes(len(SSE_HEAD), paced)
     if not stream:
         return len(JSON_RESPONSE)
     events = PACED_EVENTS if paced else SSE_EVENTS
@@ -163,14 +175,18 @@ class Http(asyncio.Protocol):
     def respond(self, head: bytes, body: bytes) -> None:
         transport = self.transport
         assert transport is not None
-        if not head.startswith(b"POST /v1/chat/completions "):
+        anthropic = head.startswith(b"POST /v1/messages ")
+        if not anthropic and not head.startswith(b"POST /v1/chat/completions "):
             transport.write(NOT_FOUND)
             return
         if b'"stream": true' not in body and b'"stream":true' not in body:
-            transport.write(JSON_RESPONSE)
+            transport.write(messages.JSON_RESPONSE if anthropic else JSON_RESPONSE)
+            return
+        gap = _GAP.search(head)
+        if anthropic:
+            self.messages(None if gap is None else float(gap.group(1)) / 1000)
             return
         usage = b"include_usage" in body  # the gateway and the bench both send `true` with it
-        gap = _GAP.search(head)
         if gap is not None:
             self.paced(float(gap.group(1)) / 1000, usage)
             return
@@ -200,6 +216,30 @@ class Http(asyncio.Protocol):
             if usage:
                 transport.write(SSE_USAGE)
             transport.write(SSE_END)
+
+        send(0)
+
+    def messages(self, gap_s: float | None) -> None:
+        """An Anthropic stream: at once, or its deltas `gap_s` apart, each stamped."""
+        transport = self.transport
+        assert transport is not None
+        transport.write(SSE_HEAD)
+        transport.write(messages.START)
+        if gap_s is None:
+            for event in messages.DELTAS:
+                transport.write(event)
+            transport.write(messages.END)
+            return
+        loop = asyncio.get_running_loop()
+
+        def send(i: int) -> None:
+            if transport.is_closing():
+                return
+            transport.write(messages.stamped(i, time.monotonic_ns()))
+            if i + 1 < CHUNKS:
+                loop.call_later(gap_s, send, i + 1)
+                return
+            transport.write(messages.END)
 
         send(0)
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench import setups
+from bench import load, setups
 from gateway_extproc.config.gateway import merge, parse_config
 from gateway_extproc.config.upstreams import resolve_upstreams
+from gateway_extproc.identity.model import AuthMethod, Identity, Kind
 
 NO_KEYS: dict[str, str] = {}
 
@@ -33,3 +34,37 @@ def test_the_gateway_document_parses(tmp_path: Path) -> None:
     doc = setups.gateway_document(4242, 1, identity)
     config = parse_config(merge(setups.load_document(None), doc), NO_KEYS)
     assert list(resolve_upstreams(config, NO_KEYS, None)) == ["openai"]
+
+
+def test_the_translated_document_serves_a_claude_model_from_the_bench_upstream(
+    tmp_path: Path,
+) -> None:
+    """`--setups translated`: anthropic pointed at the bench upstream, no key needed, and the
+    bench user allowed the Claude model that load.py's translated stream asks for."""
+    identity = setups.make_identity(tmp_path)
+    doc = setups.gateway_document(4242, 1, identity, translated=True)
+    config = parse_config(merge(setups.load_document(None), doc), NO_KEYS)
+    upstreams = resolve_upstreams(config, NO_KEYS, None)
+    assert sorted(upstreams) == ["anthropic", "openai"]
+    assert {u.port for u in upstreams.values()} == {4242}
+    assert config.providers["anthropic"].forward_headers == ("x-bench-*",)  # the pacing header
+    entry = config.catalog.lookup(load.TRANSLATED_MODEL)
+    assert entry is not None and entry.provider == "anthropic"
+    user = Identity(
+        kind=Kind.USER,
+        auth_method=AuthMethod.JWT,
+        user=setups.USER,
+        service=None,
+        groups=frozenset({setups.GROUP}),
+        issuer="bench",
+        attributes={},
+        expires_at=None,
+    )
+    assert config.policies.allows(user, load.TRANSLATED_MODEL)
+    assert config.policies.allows(user, load.NATIVE_MODEL)
+    # The default gateway setup is unchanged: openai only, no Claude model allowed.
+    plain = parse_config(
+        merge(setups.load_document(None), setups.gateway_document(4242, 1, identity)), NO_KEYS
+    )
+    assert list(resolve_upstreams(plain, NO_KEYS, None)) == ["openai"]
+    assert not plain.policies.allows(user, load.TRANSLATED_MODEL)
