@@ -381,6 +381,8 @@ class StreamProcessor:
         if translation is not requested_translation:  # translated for another API, or none
             self.translated = None
         if translation is None:
+            if upstream.signer is not None:  # Converse: temporary credentials refreshed
+                await upstream.signer.fresh()
             common = route.forward(
                 upstream,
                 request,
