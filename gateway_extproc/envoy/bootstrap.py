@@ -34,7 +34,7 @@ from gateway_extproc.envoy.filters import (
 from gateway_extproc.envoy.ops import admin_cluster, ops_listener
 from gateway_extproc.observability import envoy_tracing
 from gateway_extproc.providers.gemini.provider import rpc_status
-from gateway_extproc.request.processor import (
+from gateway_extproc.request.forward import (
     METADATA_RESPONSE_HEADERS,
     RESPONSE_METERED_HERE,
     RESPONSE_METERED_KEY,

@@ -3,8 +3,8 @@ long-context beta), the worst-case bound its reservation holds, and the request 
 that sends it to the served model's provider (cluster, path, credential, the body with the
 served model and the output cap, the client headers the provider must not see).
 
-Pure given the catalog entry, the admission and the provider's `Upstream`; processor.py calls
-these in order on each forwarded request.
+Pure given the catalog entry, the admission and the provider's `Upstream`; admission.py and
+forward.py call these in order on each forwarded request.
 """
 
 from __future__ import annotations

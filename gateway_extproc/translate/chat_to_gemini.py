@@ -28,6 +28,7 @@ from typing import Any
 import orjson
 
 from gateway_extproc.errors import Untranslatable
+from gateway_extproc.translate.chat_common import as_list
 
 _KNOWN = frozenset(
     {
@@ -80,7 +81,7 @@ def gemini_request(body: dict[str, Any]) -> dict[str, Any]:
         out["generationConfig"] = config
     tools = body.get("tools")
     if tools:
-        declarations = [_tool(t, i) for i, t in enumerate(_list(tools, "tools"))]
+        declarations = [_tool(t, i) for i, t in enumerate(as_list(tools, "tools"))]
         out["tools"] = [{"functionDeclarations": declarations}]
     choice = _tool_choice(body.get("tool_choice"))
     if choice is not None:
@@ -135,18 +136,12 @@ def _check_options(body: dict[str, Any]) -> None:
         raise Untranslatable("`user` must be a string")
 
 
-def _list(value: object, where: str) -> list[Any]:
-    if not isinstance(value, list):
-        raise Untranslatable(f"`{where}` must be a list")
-    return value
-
-
 def _conversation(messages: object) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(system parts, contents with merged turns)."""
     system: list[dict[str, Any]] = []
     contents: list[dict[str, Any]] = []
     calls: dict[str, str] = {}  # tool call id -> function name, for the results that answer it
-    for i, message in enumerate(_list(messages, "messages")):
+    for i, message in enumerate(as_list(messages, "messages")):
         where = f"messages[{i}]"
         if not isinstance(message, dict):
             raise Untranslatable(f"`{where}` must be an object")
@@ -179,7 +174,7 @@ def _text_parts(content: object, where: str) -> list[dict[str, Any]]:
     if isinstance(content, str):
         return [{"text": content}] if content else []
     parts = []
-    for j, part in enumerate(_list(content, f"{where}.content")):
+    for j, part in enumerate(as_list(content, f"{where}.content")):
         if not isinstance(part, dict) or part.get("type") != "text":
             kind = part.get("type") if isinstance(part, dict) else type(part).__name__
             raise _refuse(f"`{where}.content[{j}]` of type {kind!r} here")
@@ -195,7 +190,7 @@ def _user_parts(content: object, where: str) -> list[dict[str, Any]]:
     if isinstance(content, str) or content is None:
         return _text_parts(content, where)
     parts = []
-    for j, part in enumerate(_list(content, f"{where}.content")):
+    for j, part in enumerate(as_list(content, f"{where}.content")):
         if isinstance(part, dict) and part.get("type") == "image_url":
             parts.append(_image(part.get("image_url"), f"{where}.content[{j}]"))
         else:

@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 
 from gateway_extproc.errors import Untranslatable
+from gateway_extproc.translate.chat_common import as_list
 
 # Fields read below; any other top-level field is refused by name.
 _KNOWN = frozenset(
@@ -76,7 +77,7 @@ def messages_request(body: dict[str, Any]) -> dict[str, Any]:
         out["metadata"] = {"user_id": user}
     tools = body.get("tools")
     if tools:
-        out["tools"] = [_tool(t, i) for i, t in enumerate(_list(tools, "tools"))]
+        out["tools"] = [_tool(t, i) for i, t in enumerate(as_list(tools, "tools"))]
     choice = _tool_choice(body.get("tool_choice"), body.get("parallel_tool_calls"))
     if choice is not None:
         out["tool_choice"] = choice
@@ -119,17 +120,11 @@ def _check_options(body: dict[str, Any]) -> None:
         raise Untranslatable("`temperature` must be between 0 and 1 for an Anthropic model")
 
 
-def _list(value: object, where: str) -> list[Any]:
-    if not isinstance(value, list):
-        raise Untranslatable(f"`{where}` must be a list")
-    return value
-
-
 def _conversation(messages: object) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(system blocks, alternating turns)."""
     system: list[dict[str, Any]] = []
     turns: list[dict[str, Any]] = []
-    for i, message in enumerate(_list(messages, "messages")):
+    for i, message in enumerate(as_list(messages, "messages")):
         where = f"messages[{i}]"
         if not isinstance(message, dict):
             raise Untranslatable(f"`{where}` must be an object")
@@ -165,7 +160,7 @@ def _text_blocks(content: object, where: str) -> list[dict[str, Any]]:
     if isinstance(content, str):
         return [{"type": "text", "text": content}] if content else []
     blocks = []
-    for j, part in enumerate(_list(content, f"{where}.content")):
+    for j, part in enumerate(as_list(content, f"{where}.content")):
         if not isinstance(part, dict) or part.get("type") != "text":
             kind = part.get("type") if isinstance(part, dict) else type(part).__name__
             raise _refuse(f"`{where}.content[{j}]` of type {kind!r} here")
@@ -181,7 +176,7 @@ def _user_blocks(content: object, where: str) -> list[dict[str, Any]]:
     if isinstance(content, str) or content is None:
         return _text_blocks(content, where)
     blocks = []
-    for j, part in enumerate(_list(content, f"{where}.content")):
+    for j, part in enumerate(as_list(content, f"{where}.content")):
         kind = part.get("type") if isinstance(part, dict) else None
         if kind == "image_url":
             blocks.append(_image(part.get("image_url"), f"{where}.content[{j}]"))

@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 
 from gateway_extproc.providers.sse import SSEDecoder, SSEError, SSEEvent
+from gateway_extproc.translate.chat_common import DONE, chunk_base, sse_line
 from gateway_extproc.translate.gemini_to_chat import (
     blocked,
     chat_id,
@@ -36,11 +37,6 @@ from gateway_extproc.translate.gemini_to_chat import (
     text_of,
     tool_call,
 )
-from gateway_extproc.translate.stream import DONE
-
-
-def _line(obj: dict[str, Any]) -> bytes:
-    return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
 class GeminiToChatStream:
@@ -60,12 +56,7 @@ class GeminiToChatStream:
     def __init__(self, *, created: int, include_usage: bool) -> None:
         self._decoder = SSEDecoder()
         self._include_usage = include_usage
-        self._base: dict[str, Any] = {
-            "id": "chatcmpl",
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": "",
-        }
+        self._base = chunk_base(created)
         self._calls = 0
         self._usage: object = None
         self._finish: object = None  # Gemini's finishReason, or "blocked"
@@ -91,7 +82,7 @@ class GeminiToChatStream:
         )
         out += self._chunk({}, reason)
         if self._include_usage:
-            out += _line({**self._base, "choices": [], "usage": chat_usage(self._usage)})
+            out += sse_line({**self._base, "choices": [], "usage": chat_usage(self._usage)})
         return out + DONE
 
     def _translate(self, events: list[SSEEvent]) -> bytes:
@@ -107,12 +98,12 @@ class GeminiToChatStream:
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return _line({**self._base, "choices": [choice]})
+        return sse_line({**self._base, "choices": [choice]})
 
     def _on(self, obj: dict[str, Any]) -> bytes:
         if "error" in obj:
             self._done = True
-            return _line(error_payload(obj, None))
+            return sse_line(error_payload(obj, None))
         out = bytearray()
         if not self._started:
             self._started = True

@@ -25,18 +25,13 @@ from typing import Any
 import orjson
 
 from gateway_extproc.providers.sse import SSEDecoder, SSEError, SSEEvent
+from gateway_extproc.translate.chat_common import DONE, chunk_base, sse_line
 from gateway_extproc.translate.messages_to_chat import (
     chat_id,
     chat_usage,
     error_payload,
     finish_reason,
 )
-
-DONE = b"data: [DONE]\n\n"
-
-
-def _line(obj: dict[str, Any]) -> bytes:
-    return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
 def _index(obj: dict[str, Any]) -> int:
@@ -60,12 +55,7 @@ class MessagesToChatStream:
     def __init__(self, *, created: int, include_usage: bool) -> None:
         self._decoder = SSEDecoder()
         self._include_usage = include_usage
-        self._base: dict[str, Any] = {
-            "id": "chatcmpl",
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": "",
-        }
+        self._base = chunk_base(created)
         self._tools: dict[int, int] = {}  # content block index -> tool call index
         self._usage: dict[str, Any] = {}
         self._stop_reason: object = None
@@ -96,7 +86,7 @@ class MessagesToChatStream:
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return _line({**self._base, "choices": [choice]})
+        return sse_line({**self._base, "choices": [choice]})
 
     def _on(self, kind: object, obj: dict[str, Any]) -> bytes:
         if self._done:
@@ -135,11 +125,11 @@ class MessagesToChatStream:
             self._done = True
             out = self._chunk({}, finish_reason(self._stop_reason) or "stop")
             if self._include_usage:
-                out += _line({**self._base, "choices": [], "usage": chat_usage(self._usage)})
+                out += sse_line({**self._base, "choices": [], "usage": chat_usage(self._usage)})
             return out + DONE
         if kind == "error":
             self._done = True
-            return _line(error_payload(obj, None))
+            return sse_line(error_payload(obj, None))
         return b""
 
     def _delta(self, obj: dict[str, Any]) -> bytes:

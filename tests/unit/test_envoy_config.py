@@ -20,7 +20,7 @@ from gateway_extproc.envoy.bootstrap import EnvoyPorts, build, render
 from gateway_extproc.envoy.edge import OPERATIONS_RESERVE
 from gateway_extproc.envoy.filters import EXTPROC_CLUSTER, SidecarAccess
 from gateway_extproc.handoff import NAMESPACE
-from gateway_extproc.request.processor import (
+from gateway_extproc.request.forward import (
     METADATA_RESPONSE_HEADERS,
     RESPONSE_METERED_HERE,
     RESPONSE_METERED_KEY,

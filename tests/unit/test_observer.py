@@ -31,7 +31,7 @@ from gateway_extproc.handoff import (
 )
 from gateway_extproc.identity.model import AuthMethod, Identity, Kind
 from gateway_extproc.providers.metering import StreamMeter
-from gateway_extproc.request import processor
+from gateway_extproc.request import forward
 from gateway_extproc.response.observer import ResponseObserver, StreamObserver
 from gateway_extproc.sidecar_auth.seal import StateSeal
 from tests.unit.test_processor import (
@@ -90,7 +90,7 @@ def handed_over(gw: Gateway, body: dict[str, Any]) -> struct_pb2.Struct:
     embeddings request is, so that the observer's JSON path is tested with chat bodies.)"""
     p = gw.processor()
     handle(p, req_headers(CHAT_PATH))
-    with mock.patch.object(processor, "response_on_this_stream", return_value=False):
+    with mock.patch.object(forward, "response_on_this_stream", return_value=False):
         reply = handle(
             p,
             pb.ProcessingRequest(

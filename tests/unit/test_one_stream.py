@@ -13,7 +13,7 @@ from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 
 from gateway_extproc.config.gateway import load_document, merge, parse_config
 from gateway_extproc.handoff import NAMESPACE, STATE_KEY
-from gateway_extproc.request.processor import RESPONSE_METERED_HERE, RESPONSE_METERED_KEY
+from gateway_extproc.request.forward import RESPONSE_METERED_HERE, RESPONSE_METERED_KEY
 from tests.unit.test_processor import (
     CHAT,
     CHAT_PATH,
