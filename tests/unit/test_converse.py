@@ -4,12 +4,13 @@ by the mock's encoder, decoded by botocore's), at every split point."""
 
 from __future__ import annotations
 
+import botocore.parsers
 import orjson
 import pytest
 
 from gateway_extproc.apis import Api, Schema, api_for_path, schema_for_path
 from gateway_extproc.budgets.refusals import BudgetExceeded
-from gateway_extproc.errors import BadRequest
+from gateway_extproc.errors import BadRequest, ClientError, Unauthenticated, UnknownModel
 from gateway_extproc.providers.bedrock import converse
 from gateway_extproc.providers.inbound import parse_request, upstream_body
 from gateway_extproc.providers.metering import StreamMeter, usage_from_json
@@ -108,3 +109,24 @@ def test_stream_usage_from_metadata_event_at_every_split(split: int) -> None:
 def test_gateway_errors_in_bedrock_format() -> None:
     body = orjson.loads(error_body(Schema.BEDROCK, BudgetExceeded("over budget"), "req1"))
     assert body["__type"] == "ThrottlingException" and body["message"] == "over budget"
+
+
+@pytest.mark.parametrize(
+    ("err", "status", "kind"),
+    [
+        (BudgetExceeded("over budget"), 429, "ThrottlingException"),
+        (Unauthenticated("bad token"), 401, "UnrecognizedClientException"),
+        (UnknownModel("no such model"), 400, "ValidationException"),  # as Bedrock says it
+        (BadRequest("bad"), 400, "ValidationException"),
+    ],
+)
+def test_botocore_reads_the_exception_name_as_the_error_code(
+    err: ClientError, status: int, kind: str
+) -> None:
+    """botocore's own rest-json parser (what boto3's bedrock-runtime client raises from) reads
+    the code from `__type`, unless a body key `code` overrides it: the gateway sends none."""
+    body = error_body(Schema.BEDROCK, err, "req1")
+    parser = botocore.parsers.create_parser("rest-json")
+    parsed = parser.parse({"status_code": status, "headers": {}, "body": body}, None)
+    assert parsed["Error"] == {"Code": kind, "Message": err.message}
+    assert orjson.loads(body)["gatewayCode"] == err.code

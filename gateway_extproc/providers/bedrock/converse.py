@@ -279,11 +279,13 @@ class ConverseStream:
 
 
 def converse_error_body(err: ClientError, request_id: str) -> bytes:
-    """Bedrock's JSON error (`message`, and the exception name as `__type`, which botocore
-    reads the error code from when no `x-amzn-errortype` header says it)."""
+    """Bedrock's JSON error: `message`, and the exception name as `__type`, which botocore
+    reads the error code from when no `x-amzn-errortype` header says it. The gateway's stable
+    code is `gatewayCode`: a body key `code` would win over `__type` in botocore's rest-json
+    parser (the `ClientError` would say `budget_exceeded`, not `ThrottlingException`)."""
     kind = _ERROR_TYPES.get(err.status, "InternalServerException")
     return orjson.dumps(
-        {"__type": kind, "message": err.message, "code": err.code, "requestId": request_id}
+        {"__type": kind, "message": err.message, "gatewayCode": err.code, "requestId": request_id}
     )
 
 
