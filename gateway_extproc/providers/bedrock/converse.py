@@ -60,6 +60,7 @@ _ERROR_TYPES = {
     401: "UnrecognizedClientException",
     403: "AccessDeniedException",
     404: "ResourceNotFoundException",
+    408: "RequestTimeoutException",  # not modeled: botocore's ClientError carries the name
     413: "ValidationException",
     429: "ThrottlingException",
     503: "ServiceUnavailableException",
