@@ -22,6 +22,7 @@ import botocore
 import botocore.config
 import botocore.exceptions
 import pytest
+import urllib3.exceptions
 
 from gateway_extproc.identity.devissuer import DevIssuer, ensure_dev_issuer
 from gateway_extproc.stack import Stack
@@ -38,6 +39,7 @@ MESSAGES: list[Any] = [{"role": "user", "content": [{"text": "hello"}]}]
 CONFIG = """
 identity: {dev_issuer: true}
 sidecar: {workers: 1}
+limits: {max_request_body_bytes: 262144}
 providers:
   bedrock:
     schema: bedrock
@@ -203,6 +205,18 @@ def test_an_unknown_model_is_refused_in_bedrocks_format(gw: Gateway) -> None:
     assert "no-such-model-v1:0" in response["Error"]["Message"]
 
 
+def test_envoys_own_refusal_is_in_bedrocks_format(gw: Gateway) -> None:
+    """A body over the limit is refused by Envoy itself (its local reply), before the sidecar
+    reads it: still a Bedrock error botocore reads a code from."""
+    big = [{"role": "user", "content": [{"text": "a" * 300_000}]}]
+    with pytest.raises(botocore.exceptions.ClientError) as err:
+        gw.client().converse(modelId=ALIAS, messages=big)
+    response = err.value.response
+    assert response["ResponseMetadata"]["HTTPStatusCode"] == 413
+    assert response["Error"]["Code"] == "ValidationException"
+    assert "262144" in response["Error"]["Message"]
+
+
 def test_a_provider_error_reaches_the_client_as_bedrocks(gw: Gateway) -> None:
     with pytest.raises(botocore.exceptions.ClientError) as err:
         gw.client(**{"x-mock-status": "429"}).converse(modelId=ALIAS, messages=MESSAGES)
@@ -211,3 +225,80 @@ def test_a_provider_error_reaches_the_client_as_bedrocks(gw: Gateway) -> None:
     assert response["Error"]["Code"] == "ThrottlingException"
     rec = gw.audit.wait_for(_request_id(response))
     assert rec["status"] == 429 and rec["cost_micros"] == 0
+
+
+def _stream(client: Any, model: str, **kwargs: Any) -> tuple[list[dict[str, Any]], str, str]:
+    """(the events, the gateway's request id, the content type) of one ConverseStream."""
+    response = client.converse_stream(modelId=model, messages=MESSAGES, **kwargs)
+    headers = response["ResponseMetadata"]["HTTPHeaders"]
+    return list(response["stream"]), headers["x-gateway-request-id"], headers["content-type"]
+
+
+@pytest.mark.parametrize("chunk_bytes", ["", "1", "7"])
+def test_converse_stream_metered_from_its_metadata_event(gw: Gateway, chunk_bytes: str) -> None:
+    """Event-stream frames split at any byte (`x-mock-chunk-bytes`) reach botocore whole and
+    are metered from the `metadata` event's usage."""
+    headers = {**CACHE, "x-mock-output-tokens": "5"}
+    if chunk_bytes:
+        headers["x-mock-chunk-bytes"] = chunk_bytes
+    token = gw.token()
+    gw.mock.clear()
+    events, request_id, content_type = _stream(
+        gw.client(token=token, **headers), US_MODEL, inferenceConfig={"maxTokens": 32}
+    )
+    assert content_type == "application/vnd.amazon.eventstream"
+    kinds = [next(iter(e)) for e in events]
+    assert kinds[0] == "messageStart" and kinds[-2:] == ["messageStop", "metadata"]
+    deltas = [e["contentBlockDelta"]["delta"] for e in events if "contentBlockDelta" in e]
+    text = "".join(d["text"] for d in deltas)
+    assert len(text.split()) == 5
+    usage = events[-1]["metadata"]["usage"]
+    rec = gw.audit.wait_for(request_id)
+    _audited(rec, stream=True, model=US_MODEL)
+    want = tokens(usage["inputTokens"], cached=2048, cache_write=512, output=5)
+    assert usage["outputTokens"] == 5 and rec["tokens"] == want
+    assert rec["cost_micros"] == expected_cost_micros(US_MODEL, want) > 0
+    (sent,) = gw.mock.received()
+    assert sent["raw_path"] == f"/model/{US_MODEL.replace(':', '%3A')}/converse-stream"
+    _signed_not_bearer(sent, token)
+
+
+def test_a_stream_without_usage_is_charged_an_estimate(gw: Gateway) -> None:
+    """No `metadata` event: charged from what was seen, never nothing, and marked so."""
+    events, request_id, _ = _stream(
+        gw.client(**{"x-mock-omit-usage": "1", "x-mock-output-tokens": "6"}),
+        MODEL,
+        inferenceConfig={"maxTokens": 16},
+    )
+    assert "metadata" not in [next(iter(e)) for e in events]
+    rec = gw.audit.wait_for(request_id)
+    assert rec["usage_source"] != "provider" and rec["cost_micros"] > 0
+
+
+def test_a_budget_refuses_a_stream_before_it_starts(gw: Gateway) -> None:
+    gw.mock.clear()
+    with pytest.raises(botocore.exceptions.ClientError) as err:
+        gw.client("broke").converse_stream(modelId=ALIAS, messages=MESSAGES)
+    assert err.value.response["Error"]["Code"] == "ThrottlingException"
+    assert gw.mock.received() == []
+
+
+def test_a_stream_the_upstream_cuts_is_charged_its_bound(gw: Gateway) -> None:
+    """The provider's connection dies mid-stream: no usage was seen, so the request is charged
+    the upper bound of its bill (docs/budgets.md), as for the other APIs: the output limit, here
+    below what was streamed plus the unseen margin."""
+    headers = {
+        "x-mock-output-tokens": "30",
+        "x-mock-abort-after-events": "10",
+        "x-mock-chunk-delay-ms": "20",
+    }
+    response = gw.client(**headers).converse_stream(
+        modelId=MODEL, messages=MESSAGES, inferenceConfig={"maxTokens": 40}
+    )
+    request_id = response["ResponseMetadata"]["HTTPHeaders"]["x-gateway-request-id"]
+    with pytest.raises(urllib3.exceptions.ProtocolError):  # botocore passes it on
+        list(response["stream"])
+    rec = gw.audit.wait_for(request_id)
+    assert rec["usage_source"] == "bound" and rec["completed"] is False
+    assert rec["tokens"]["output_tokens"] == 40
+    assert rec["cost_micros"] == expected_cost_micros(MODEL, rec["tokens"]) > 0
