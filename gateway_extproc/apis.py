@@ -35,6 +35,10 @@ class Api(enum.StrEnum):
     # A provider-side API only: `POST /model/{id}/invoke[-with-response-stream]`, never a
     # gateway path (not in `api_for_path`).
     BEDROCK_INVOKE = "/model/invoke"
+    # Bedrock's native Converse API, inbound and outbound: `POST /model/{id}/converse` and
+    # `/model/{id}/converse-stream` (providers/bedrock/converse.py); the model is in the path.
+    BEDROCK_CONVERSE = "/converse"
+    BEDROCK_CONVERSE_STREAM = "/converse-stream"
 
     @property
     def schema(self) -> Schema:
@@ -42,7 +46,9 @@ class Api(enum.StrEnum):
             return Schema.ANTHROPIC
         if self in (Api.GEMINI_GENERATE, Api.GEMINI_STREAM):
             return Schema.GEMINI
-        return Schema.BEDROCK if self is Api.BEDROCK_INVOKE else Schema.OPENAI
+        if self in (Api.BEDROCK_INVOKE, Api.BEDROCK_CONVERSE, Api.BEDROCK_CONVERSE_STREAM):
+            return Schema.BEDROCK
+        return Schema.OPENAI
 
 
 API_PREFIX = "/v1"
@@ -50,11 +56,17 @@ MODELS_PATH = "/v1/models"
 GEMINI_VERSIONS = ("v1beta", "v1")
 # The APIs clients call on the gateway (the others are spoken to providers only).
 CLIENT_APIS = tuple(api for api in Api if api is not Api.BEDROCK_INVOKE)
-_BY_PATH = {API_PREFIX + api.value: api for api in CLIENT_APIS if api.schema is not Schema.GEMINI}
+_BY_PATH = {
+    API_PREFIX + api.value: api
+    for api in CLIENT_APIS
+    if api.schema not in (Schema.GEMINI, Schema.BEDROCK)
+}
 # `/{version}/{resource}:{method}`: which resource names a model is providers/gemini/paths.py's
 # to say (a bad one is a Gemini-format 400, not a 404).
 _GEMINI_PATH = re.compile(r"/(?:v1beta|v1)/[^?]*(:generateContent|:streamGenerateContent)")
 _GEMINI_METHODS = {api.value: api for api in (Api.GEMINI_GENERATE, Api.GEMINI_STREAM)}
+_CONVERSE_PATH = re.compile(r"/model/[^/?]+(/converse|/converse-stream)")
+_CONVERSE_METHODS = {api.value: api for api in (Api.BEDROCK_CONVERSE, Api.BEDROCK_CONVERSE_STREAM)}
 
 
 def api_for_path(path: str) -> Api | None:
@@ -64,7 +76,10 @@ def api_for_path(path: str) -> Api | None:
     if api is not None:
         return api
     match = _GEMINI_PATH.fullmatch(bare)
-    return _GEMINI_METHODS[match.group(1)] if match else None
+    if match is not None:
+        return _GEMINI_METHODS[match.group(1)]
+    match = _CONVERSE_PATH.fullmatch(bare)
+    return _CONVERSE_METHODS[match.group(1)] if match else None
 
 
 def looks_gemini(path: str) -> bool:
@@ -87,4 +102,6 @@ def schema_for_path(path: str) -> Schema:
         return api.schema
     if looks_gemini(path):
         return Schema.GEMINI
+    if path.startswith("/model/"):  # boto3's bedrock-runtime client: Bedrock's error format
+        return Schema.BEDROCK
     return Schema.ANTHROPIC if path.startswith(API_PREFIX + "/messages") else Schema.OPENAI

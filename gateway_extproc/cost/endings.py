@@ -108,10 +108,18 @@ def _unbudgeted(shape: Shape, entry: ModelEntry) -> Bound | None:
 
 def hides_reasoning(api: Api, body: Mapping[str, Any], entry: ModelEntry) -> bool:
     """Whether the response may bill reasoning it never shows: an Anthropic request that enables
-    `thinking` (Claude 4 and later stream a summary and bill the full thinking), or a model the
+    `thinking` (Claude 4 and later stream a summary and bill the full thinking; on Bedrock's
+    Converse it is `additionalModelRequestFields.thinking`), or a model the
     catalog marks `hidden_reasoning` unless the request turns reasoning off (effort `none`)."""
     if api is Api.ANTHROPIC_MESSAGES:
         thinking = body.get("thinking")
+        off = isinstance(thinking, Mapping) and thinking.get("type") == "disabled"
+        if thinking is not None and not off:
+            return True
+    if api in (Api.BEDROCK_CONVERSE, Api.BEDROCK_CONVERSE_STREAM):
+        # Claude on Converse: Anthropic's `thinking`, passed through to the model
+        extra = body.get("additionalModelRequestFields")
+        thinking = extra.get("thinking") if isinstance(extra, Mapping) else None
         off = isinstance(thinking, Mapping) and thinking.get("type") == "disabled"
         if thinking is not None and not off:
             return True

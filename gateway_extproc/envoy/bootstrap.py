@@ -33,6 +33,7 @@ from gateway_extproc.envoy.filters import (
 )
 from gateway_extproc.envoy.ops import admin_cluster, ops_listener
 from gateway_extproc.observability import envoy_tracing
+from gateway_extproc.providers.bedrock.converse import error_type as bedrock_error_type
 from gateway_extproc.providers.gemini.provider import rpc_status
 from gateway_extproc.request.forward import (
     METADATA_RESPONSE_HEADERS,
@@ -182,6 +183,7 @@ _FAMILIES = (
         "gemini",
     ),
     (" && request.path.startsWith('/v1/messages')", "anthropic"),
+    (" && request.path.startsWith('/model/')", "bedrock"),  # boto3's bedrock-runtime (Converse)
     ("", "openai"),
 )
 
@@ -203,6 +205,15 @@ def _error_json(family: str, message: str, code: str, status: int | None) -> dic
                 ],
             }
         }
+    if family == "bedrock":  # botocore reads the code from `__type` (a body `code` would win)
+        body: dict[str, Any] = {
+            "message": message,
+            "gatewayCode": code,
+            "requestId": "%REQ(X-REQUEST-ID)%",
+        }
+        if status is not None:  # else botocore's code is the HTTP status Envoy keeps
+            body["__type"] = bedrock_error_type(status)
+        return body
     if family == "anthropic":
         return {
             "type": "error",

@@ -12,7 +12,8 @@ reads"):
 - completions: `prompt` and `suffix`; embeddings: `input`;
 - Anthropic: `system`, and every string in each message's content blocks (text; documents'
   text or content source, title and context; search results; tool results and what they nest;
-  tool_use inputs; server tool results).
+  tool_use inputs; server tool results);
+- Gemini and Bedrock Converse: their providers' `texts` modules say.
 
 Inside a message, part, block or item, a string is text unless its key names something else:
 an id, a name, a role, a status, a media type, a signature or encrypted data (`_NOT_TEXT`). Parts
@@ -30,6 +31,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from gateway_extproc.apis import Api, Schema
+from gateway_extproc.providers.bedrock import texts as converse_texts
 from gateway_extproc.providers.gemini import texts as gemini_texts
 
 Slot = tuple[dict[str, Any] | list[Any], Any]  # container[key] is a str
@@ -164,3 +166,5 @@ def text_slots(api: Api, body: dict[str, Any]) -> Iterator[Slot]:
         yield from _field(body, "input")
     elif api.schema is Schema.GEMINI:
         yield from gemini_texts.text_slots(body)
+    elif api in (Api.BEDROCK_CONVERSE, Api.BEDROCK_CONVERSE_STREAM):
+        yield from converse_texts.text_slots(body)

@@ -1,5 +1,6 @@
-"""The mock's Bedrock routes: InvokeModel and InvokeModelWithResponseStream at
-`/model/{model_id}/...`, their SigV4 check and AWS's error and request-id headers.
+"""The mock's Bedrock routes: InvokeModel and InvokeModelWithResponseStream, Converse and
+ConverseStream at `/model/{model_id}/...`, their SigV4 check and AWS's error and request-id
+headers.
 
 The glue between aiohttp and the pure builders of bedrock_api.py; server.py registers the
 routes and runs them through its one request handler.
@@ -14,11 +15,17 @@ from typing import Any
 from aiohttp import web
 
 from gateway_extproc.mock.bedrock_api import ERROR_TYPES, invoke_reply, signature_error
+from gateway_extproc.mock.converse_api import converse_reply
 from gateway_extproc.mock.errors import ApiError
 from gateway_extproc.mock.wire import Reply, ReplyContext
 
 # The model id is in the path (the body has none: Bedrock refuses one).
-PATHS = ("/model/{model_id}/invoke", "/model/{model_id}/invoke-with-response-stream")
+PATHS = (
+    "/model/{model_id}/invoke",
+    "/model/{model_id}/invoke-with-response-stream",
+    "/model/{model_id}/converse",
+    "/model/{model_id}/converse-stream",
+)
 REQUEST_ID_HEADER = "x-amzn-requestid"
 
 
@@ -33,9 +40,12 @@ def authorize(request: web.Request, raw: bytes) -> ApiError | None:
 def builder(request: web.Request) -> Callable[[dict[str, Any], ReplyContext], Reply]:
     """The reply builder for this request's model id and method (streamed or not)."""
     model_id = request.match_info["model_id"]
-    streamed = request.path.endswith("-with-response-stream")
+    converse = request.path.endswith(("/converse", "/converse-stream"))
+    streamed = request.path.endswith(("-with-response-stream", "/converse-stream"))
 
     def build(body: dict[str, Any], ctx: ReplyContext) -> Reply:
+        if converse:
+            return converse_reply(model_id, streamed, body, ctx)
         return invoke_reply(model_id, streamed, body, ctx)
 
     return build

@@ -49,6 +49,15 @@ def chunk_event(event: Mapping[str, object]) -> bytes:
     )
 
 
+def event_frame(name: str, event: Mapping[str, object]) -> bytes:
+    """One ConverseStream event (`messageStart`, `contentBlockDelta`, `metadata`, ...): its
+    JSON as the payload, named by `:event-type`."""
+    return encode_message(
+        {":event-type": name, ":content-type": "application/json", ":message-type": "event"},
+        orjson.dumps(event),
+    )
+
+
 def exception_event(name: str, message: str) -> bytes:
     """A modeled exception mid-stream (`throttlingException`, `modelStreamErrorException`, ...)."""
     return encode_message(

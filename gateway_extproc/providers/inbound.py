@@ -14,6 +14,7 @@ import orjson
 from gateway_extproc.apis import Api, Schema
 from gateway_extproc.cost.shape import Shape, shape_of
 from gateway_extproc.errors import BadRequest, UnsupportedOption
+from gateway_extproc.providers.bedrock import converse
 from gateway_extproc.providers.gemini import texts as gemini_texts
 from gateway_extproc.providers.gemini.paths import parse_path
 from gateway_extproc.providers.gemini.request import gemini_request, gemini_shape, with_cap
@@ -66,6 +67,10 @@ def _count(value: Any) -> tuple[int, int]:
 def estimate_input_tokens(body: dict[str, Any], api: Api | None = None) -> int:
     if api is not None and api.schema is Schema.GEMINI:
         return _gemini_estimate(body)
+    if api in (Api.BEDROCK_CONVERSE, Api.BEDROCK_CONVERSE_STREAM):
+        messages = body.get("messages")
+        overhead = TOKENS_PER_MESSAGE * len(messages) if isinstance(messages, list) else 0
+        return math.ceil(converse.input_chars(body) / CHARS_PER_TOKEN) + overhead
     chars = media = 0
     for field in _TEXT_FIELDS:
         if field in body:
@@ -134,6 +139,18 @@ def request_of(api: Api, body: dict[str, Any], path: str = "") -> ParsedRequest:
             wants_usage=False,
             shape=gemini.shape,
         )
+    if api in (Api.BEDROCK_CONVERSE, Api.BEDROCK_CONVERSE_STREAM):
+        native = converse.converse_request(api, body, converse.parse_model(path))
+        return ParsedRequest(
+            api=api,
+            body=body,
+            model=native.model,
+            stream=native.stream,
+            max_output_tokens=native.max_output,
+            input_tokens_estimate=estimate_input_tokens(body, api),
+            wants_usage=False,
+            shape=native.shape,
+        )
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
         raise BadRequest("`model` is required and must be a non-empty string")
@@ -189,6 +206,8 @@ def with_body(request: ParsedRequest, body: dict[str, Any]) -> ParsedRequest:
     what it replaces."""
     if request.api.schema is Schema.GEMINI:
         _, shape = gemini_shape(body)
+    elif request.api.schema is Schema.BEDROCK:
+        shape = converse.converse_request(request.api, body, request.model).shape
     else:
         shape = shape_of(request.api, body, request.max_output_tokens)
     return dataclasses.replace(
@@ -214,6 +233,11 @@ def upstream_body(
     """
     body = request.body if redacted is None else redacted
     changed = redacted is not None
+    if request.api.schema is Schema.BEDROCK:  # Converse: the model in the path, the cap nested
+        if output_cap is not None:
+            body = converse.with_cap(body, output_cap[1])
+            changed = True
+        return orjson.dumps(body) if changed else None
     if request.api.schema is Schema.GEMINI:  # the model is in the path (route.py), the cap nested
         if output_cap is not None:
             body = with_cap(body, *output_cap)

@@ -63,6 +63,8 @@ async def forward(stream: RequestStream) -> msgs.ProcessingResponse:
     if translation is not requested_translation:  # translated for another API, or none
         stream.translated = None
     if translation is None:
+        if upstream.signer is not None:  # Converse: temporary credentials refreshed off the loop
+            await upstream.signer.fresh()
         common = route.forward(
             upstream,
             request,

@@ -33,6 +33,7 @@ from gateway_extproc.cost.bounds import (
 from gateway_extproc.errors import CostUnbounded, UnsupportedOption
 from gateway_extproc.extproc import messages as msgs
 from gateway_extproc.identity.model import Identity
+from gateway_extproc.providers.bedrock.converse import converse_path
 from gateway_extproc.providers.gemini.paths import parse_path
 from gateway_extproc.providers.inbound import ParsedRequest, upstream_body
 from gateway_extproc.providers.vertex import paths as vertex_paths
@@ -143,6 +144,8 @@ def forward(
         path = _vertex_path(upstream, request.api.schema, served_model, stream=request.stream)
     elif request.api.schema is Schema.GEMINI:  # the served model is in the path; never `key=`
         path = parse_path(path).upstream(served_model)
+    elif request.api.schema is Schema.BEDROCK:  # Converse: the served model's id in the path
+        path = converse_path(served_model, request.stream)
     upstream_path = upstream.api_path(path, request.api, served_model)
     set_headers = {CLUSTER_HEADER: upstream.cluster, ":path": upstream_path}
     credential = upstream.credential()
@@ -158,9 +161,17 @@ def forward(
         # rawPredict: the model is in the path, Vertex's API version in the body.
         body = request.body if new_body is None else orjson.loads(new_body)
         new_body = vertex_paths.anthropic_body(body)
+    signer = upstream.signer
+    if signer is not None and new_body is None:  # signed over the bytes sent: send ours
+        new_body = orjson.dumps(request.body if redacted is None else redacted)
     if new_body is not None:
         set_headers["content-length"] = str(len(new_body))
     remove = upstream.forward.removals(client_headers, provider=upstream.provider, keep=set_headers)
+    if signer is not None:  # Bedrock: SigV4 last, over the final path, host and body
+        scheme = "https" if upstream.tls else "http"
+        assert new_body is not None
+        host = upstream.host_header
+        set_headers.update(signer.sign(host=host, path=upstream_path, body=new_body, scheme=scheme))
     return msgs.common(
         set_headers=set_headers, remove=remove, body=new_body, clear_route_cache=True
     )

@@ -370,6 +370,20 @@ def test_a_one_hour_cache_write_makes_input_dearest_at_the_one_hour_rate() -> No
         (Api.ANTHROPIC_MESSAGES, CLAUDE, {"thinking": {"type": "adaptive"}}, True),
         (Api.ANTHROPIC_MESSAGES, CLAUDE, {"thinking": {"type": "disabled"}}, False),
         (Api.ANTHROPIC_MESSAGES, CLAUDE, {"thinking": None}, False),
+        (Api.BEDROCK_CONVERSE, CLAUDE, {}, False),
+        (
+            Api.BEDROCK_CONVERSE_STREAM,
+            CLAUDE,
+            {"additionalModelRequestFields": {"thinking": {"type": "enabled"}}},
+            True,
+        ),
+        (
+            Api.BEDROCK_CONVERSE,
+            CLAUDE,
+            {"additionalModelRequestFields": {"thinking": {"type": "disabled"}}},
+            False,
+        ),
+        (Api.BEDROCK_CONVERSE, CLAUDE, {"additionalModelRequestFields": "x"}, False),
     ],
 )
 def test_hides_reasoning(api: Api, entry: ModelEntry, extra: dict[str, Any], hidden: bool) -> None:

@@ -467,8 +467,9 @@ def test_self_hosted_and_small_limit(self_hosted: tuple[GatewayConfig, dict[str,
 def test_local_reply_mappers(config: GatewayConfig, production: dict[str, Any]) -> None:
     mappers = hcm(production)["local_reply_config"]["mappers"]
     # Seven cases (sidecar down, too large, overloaded, header and request timeouts, an
-    # underscore in a header name, anything else), each in Gemini, Anthropic and OpenAI format.
-    assert len(mappers) == 21
+    # underscore in a header name, anything else), each in Gemini, Anthropic, Bedrock and
+    # OpenAI format.
+    assert len(mappers) == 28
     expressions = [m["filter"]["extension_filter"]["typed_config"]["expression"] for m in mappers]
     by_expression = dict(zip(expressions, mappers, strict=True))
     gemini_path = (
@@ -476,13 +477,21 @@ def test_local_reply_mappers(config: GatewayConfig, production: dict[str, Any]) 
         " && request.path.contains(':')))"
     )
     anthropic_path = " && request.path.startsWith('/v1/messages')"
+    bedrock_path = " && request.path.startsWith('/model/')"
     # Envoy uses the first mapper that matches: each case's Gemini mapper, then its Anthropic
     # one, come just before its OpenAI one, which has no path test, so errors before any path (a
     # malformed request line, slow headers) still get JSON.
-    openai_expressions = expressions[2::3]
-    assert expressions[0::3] == [e + gemini_path for e in openai_expressions]
-    assert expressions[1::3] == [e + anthropic_path for e in openai_expressions]
-    for family, path in (("gemini", gemini_path), ("anthropic", anthropic_path), ("openai", "")):
+    openai_expressions = expressions[3::4]
+    assert expressions[0::4] == [e + gemini_path for e in openai_expressions]
+    assert expressions[1::4] == [e + anthropic_path for e in openai_expressions]
+    assert expressions[2::4] == [e + bedrock_path for e in openai_expressions]
+    families = (
+        ("gemini", gemini_path),
+        ("anthropic", anthropic_path),
+        ("bedrock", bedrock_path),
+        ("openai", ""),
+    )
+    for family, path in families:
         down = by_expression[f"response.code_details.startsWith('ext_proc'){path}"]
         too_large = by_expression[f"response.code_details == 'request_payload_too_large'{path}"]
         other = by_expression[f"!response.code_details.startsWith('gateway_'){path}"]
@@ -495,6 +504,10 @@ def test_local_reply_mappers(config: GatewayConfig, production: dict[str, Any]) 
                 (info,) = body["error"]["details"]
                 assert info["metadata"]["request_id"] == "%REQ(X-REQUEST-ID)%"
                 continue
+            if family == "bedrock":  # botocore's code: `__type`, else the HTTP status
+                assert body["requestId"] == "%REQ(X-REQUEST-ID)%" and "code" not in body
+                assert set(body) <= {"__type", "message", "gatewayCode", "requestId"}
+                continue
             assert body["request_id"] == "%REQ(X-REQUEST-ID)%"
             if family == "anthropic":
                 assert body["type"] == "error" and set(body["error"]) == {"type", "message"}
@@ -506,6 +519,12 @@ def test_local_reply_mappers(config: GatewayConfig, production: dict[str, Any]) 
             assert other["body_format_override"]["json_format"]["error"]["code"] == (
                 "%RESPONSE_CODE%"
             )
+        if family == "bedrock":
+            assert down["body_format_override"]["json_format"]["__type"] == (
+                "ServiceUnavailableException"
+            )
+            assert "__type" not in other["body_format_override"]["json_format"]
+            continue
         limit = str(config.limits.max_request_body_bytes)
         assert limit in too_large["body_format_override"]["json_format"]["error"]["message"]
     assert mappers[-1] is by_expression["!response.code_details.startsWith('gateway_')"]

@@ -311,3 +311,65 @@ def test_the_worst_case_is_computed_on_the_redacted_body() -> None:
     assert redacted.shape.text_tokens == request.shape.text_tokens + len(R) - len("a@b.io")
     assert redacted.input_tokens_estimate >= request.input_tokens_estimate
     assert request.body["messages"][0]["content"] == "a@b.io"
+
+
+CONVERSE_MODEL = "global.anthropic.claude-haiku-4-5-20251001-v1:0"
+CONVERSE_PATH = "/model/global.anthropic.claude-haiku-4-5-20251001-v1%3A0/converse"
+CONVERSE_BODY: dict[str, Any] = {
+    "system": [{"text": f"sys {MAIL}"}, {"cachePoint": {"type": "default"}}],
+    "messages": [
+        {
+            "role": "user",
+            "content": [
+                {"text": f"text {MAIL}"},
+                {"image": {"format": "png", "source": {"bytes": IMAGE}}},
+                {"document": {"format": "txt", "name": "doc", "source": {"bytes": IMAGE}}},
+                {"guardContent": {"text": {"text": f"guarded {MAIL}"}}},
+            ],
+        },
+        {
+            "role": "assistant",
+            "content": [
+                {"reasoningContent": {"reasoningText": {"text": MAIL, "signature": "sig"}}},
+                {"toolUse": {"toolUseId": MAIL, "name": "send", "input": {"to": [MAIL]}}},
+            ],
+        },
+        {
+            "role": "user",
+            "content": [
+                {
+                    "toolResult": {
+                        "toolUseId": MAIL,
+                        "status": "success",
+                        "content": [{"text": f"sent {MAIL}"}, {"json": {"cc": {"who": MAIL}}}],
+                    }
+                }
+            ],
+        },
+    ],
+    "requestMetadata": {"owner": MAIL},
+}
+
+
+def test_converse_texts_are_redacted_and_nothing_else_changes() -> None:
+    """Converse: system and message text, guard content, tool use inputs and tool results
+    (text and JSON) are read; media, signed reasoning, ids and request metadata are not."""
+    api = Api.BEDROCK_CONVERSE
+    request = parse_request(api, orjson.dumps(CONVERSE_BODY), CONVERSE_PATH)
+    entry = Catalog.load([]).lookup(CONVERSE_MODEL)
+    assert entry is not None
+    result = REDACT_EMAIL.check(ANONYMOUS, entry, request)
+    assert result is not None and result.body is not None
+    assert result.counts == {Category.EMAIL: 6}
+    sent = upstream_body(request, served_model=CONVERSE_MODEL, redacted=result.body)
+    assert sent is not None
+    upstream = orjson.loads(sent)
+    read = [c[k] for c, k in text_slots(api, upstream)]
+    assert len(read) == 6 and all(R in t and MAIL not in t for t in read)
+    assert (
+        orjson.dumps(upstream).count(MAIL.encode())
+        == orjson.dumps(CONVERSE_BODY).count(MAIL.encode()) - 6
+    )
+    for c, k in text_slots(api, upstream):
+        c[k] = c[k].replace(R, MAIL)
+    assert upstream == CONVERSE_BODY

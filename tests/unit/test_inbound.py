@@ -44,16 +44,21 @@ BASE: dict[Api, dict[str, Any]] = {
     Api.ANTHROPIC_MESSAGES: MESSAGES,
     Api.GEMINI_GENERATE: {"contents": [{"role": "user", "parts": [{"text": "Hi"}]}]},
     Api.GEMINI_STREAM: {"contents": [{"parts": [{"text": "Hi"}]}]},
+    Api.BEDROCK_CONVERSE: {"messages": [{"role": "user", "content": [{"text": "Hi"}]}]},
+    Api.BEDROCK_CONVERSE_STREAM: {"messages": [{"role": "user", "content": [{"text": "Hi"}]}]},
 }
 # Gemini names the model, and whether it streams, in the path.
 GEMINI_PATHS = {
     Api.GEMINI_GENERATE: "/v1beta/models/gemini-2.5-flash:generateContent",
     Api.GEMINI_STREAM: "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+    # Bedrock's Converse too (the model id percent-encoded, as botocore sends it)
+    Api.BEDROCK_CONVERSE: "/model/gemini-2.5-flash/converse",
+    Api.BEDROCK_CONVERSE_STREAM: "/model/gemini-2.5-flash/converse-stream",
 }
 
 
 def test_every_api_has_a_base_request() -> None:
-    assert set(BASE) == set(CLIENT_APIS)  # Bedrock's API is spoken to providers only
+    assert set(BASE) == set(CLIENT_APIS)  # Bedrock's InvokeModel is spoken to providers only
 
 
 # --- parse_request: the fields the gateway relies on --------------------------------------------
@@ -68,7 +73,7 @@ def test_parse_minimal_request(api: Api) -> None:
         api,
         body,
         "gemini-2.5-flash" if path else body["model"],
-        api is Api.GEMINI_STREAM,
+        api in (Api.GEMINI_STREAM, Api.BEDROCK_CONVERSE_STREAM),
         False,
     )
     assert req.input_tokens_estimate == estimate_input_tokens(body, api) > 0

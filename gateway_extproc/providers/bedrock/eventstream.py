@@ -127,3 +127,26 @@ def to_sse(events: list[SSEEvent]) -> bytes:
         b"event: %s\ndata: %s\n\n" % ((e.event or "message").encode(), e.data.encode())
         for e in events
     )
+
+
+class ConverseEventDecoder(EventStreamDecoder):
+    """ConverseStream's frames: each event's payload is its JSON object itself (no base64
+    `bytes` envelope), named by `:event-type` (`messageStart`, `contentBlockDelta`,
+    `messageStop`, `metadata`, ...); an exception frame becomes an `error` event."""
+
+    __slots__ = ()
+
+    @staticmethod
+    def _event(headers: dict[str, object], payload: bytes) -> SSEEvent | None:
+        kind = headers.get(":message-type")
+        if kind == "exception" or kind == "error":
+            name = headers.get(":exception-type") or headers.get(":error-code") or ""
+            return _error_event(str(name), payload)
+        name = headers.get(":event-type")
+        if not isinstance(name, str) or not name:
+            return None
+        try:
+            obj = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return None
+        return SSEEvent(name, payload.decode()) if isinstance(obj, dict) else None

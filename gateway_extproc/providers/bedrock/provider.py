@@ -14,9 +14,13 @@ from __future__ import annotations
 from gateway_extproc.apis import Api, Schema
 from gateway_extproc.errors import ClientError
 from gateway_extproc.providers.anthropic.metering import AnthropicStream, meter_anthropic_json
-from gateway_extproc.providers.anthropic.provider import PROVIDER as ANTHROPIC
 from gateway_extproc.providers.base import JsonMeterResult, StreamHandler, count, usage_or_none
-from gateway_extproc.providers.bedrock.eventstream import EventStreamDecoder
+from gateway_extproc.providers.bedrock.converse import (
+    ConverseStream,
+    converse_error_body,
+    meter_converse_json,
+)
+from gateway_extproc.providers.bedrock.eventstream import ConverseEventDecoder, EventStreamDecoder
 from gateway_extproc.tokens import Usage
 
 METRICS_KEY = "amazon-bedrock-invocationMetrics"
@@ -57,21 +61,24 @@ class BedrockStream(AnthropicStream):
 
 class BedrockProvider:
     schema = Schema.BEDROCK
-    apis = frozenset({Api.BEDROCK_INVOKE})
+    apis = frozenset({Api.BEDROCK_INVOKE, Api.BEDROCK_CONVERSE, Api.BEDROCK_CONVERSE_STREAM})
 
     def meter_json(self, api: Api, obj: dict[str, object]) -> JsonMeterResult:
-        return meter_anthropic_json(obj)
+        if api is Api.BEDROCK_INVOKE:
+            return meter_anthropic_json(obj)
+        return meter_converse_json(obj)
 
     def stream_handler(self, api: Api) -> StreamHandler:
-        return BedrockStream()
+        return BedrockStream() if api is Api.BEDROCK_INVOKE else ConverseStream()
 
     def stream_decoder(self, api: Api) -> EventStreamDecoder:
         """Its streams are event-stream frames, not SSE (providers/metering.py asks for this)."""
-        return EventStreamDecoder()
+        return EventStreamDecoder() if api is Api.BEDROCK_INVOKE else ConverseEventDecoder()
 
     def error_body(self, err: ClientError, request_id: str) -> bytes:
-        """Clients reach Bedrock through the Messages API: Anthropic's error format."""
-        return ANTHROPIC.error_body(err, request_id)
+        """A client of this schema is boto3's `bedrock-runtime` (Converse): Bedrock's JSON
+        error. (Messages clients reaching Bedrock get Anthropic's: their schema is that.)"""
+        return converse_error_body(err, request_id)
 
 
 PROVIDER = BedrockProvider()
