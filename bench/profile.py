@@ -32,7 +32,7 @@ import redis
 from bench import frames, load, setups
 
 if TYPE_CHECKING:
-    from bench.run import Bench, Load
+    from bench.measure import Bench, Load
 
 RATE_HZ = 250  # samples per second per thread
 UNSEEN = "not seen by py-spy (native threads, sampling)"
@@ -90,7 +90,7 @@ class Profile:
 
 def record(bench: Bench, running: setups.Running, spec: Load, connections: int) -> Profile:
     """One wrk run (after a warm-up) with py-spy recording each sidecar worker throughout."""
-    script = bench._script(spec)
+    script = bench.script(spec)
     s = bench.settings
     load.run_wrk(bench.wrk, running.url, script, connections, s.warmup_s)
     raws = [
@@ -123,7 +123,7 @@ def record(bench: Bench, running: setups.Running, spec: Load, connections: int) 
     client = redis.Redis.from_url(running.redis_url) if running.redis_url else None
     try:
         label = f"profile {running.setup} W={running.workers} {spec.name} c={connections}"
-        sample = bench._sample(running, spec, script, connections, client, label)
+        sample = bench.sample(running, spec, script, connections, client, label)
         threads1 = [thread_cpu(pid) for pid in running.sidecar_pids]
     finally:
         if client is not None:

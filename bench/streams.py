@@ -1,6 +1,6 @@
 """Issue 25: a translated stream's per-chunk cost beside a native one's, through Envoy.
 
-Pure: from the bench's rows (the `translated` setup, bench/run.py `Bench.translated`) to the
+Pure: from the bench's rows (the `translated` setup, bench/streams_run.py `translated`) to the
 pair the report prints and the results JSON keeps. Every stream is paced (one ext_proc message
 per chunk) and comes from an OpenAI client on `/v1/chat/completions`:
 

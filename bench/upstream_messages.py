@@ -3,11 +3,12 @@ the shapes of a recorded Anthropic stream (tests/fixtures/streams/anthropic_mess
 `event:` + `data:` lines, `message_start` with the input usage, a text block of `CHUNKS`
 `text_delta` events, `message_delta` with the cumulative `output_tokens`, `message_stop`.
 
-What the gateway translates for an OpenAI client on a `claude-*` model (bench/run.py's
-`translated` setup). A paced stream's deltas carry the time they were written in their text
-(`STAMP_MARK` + 20 digits of CLOCK_MONOTONIC ns): the text survives the translation into the
-client's `"content":"…"`, so the stream timer measures each translated chunk's latency the
-way it measures a native chunk's (whose stamp is in the chunk `id`, which translation replaces).
+What the gateway translates for an OpenAI client on a `claude-*` model (the bench's
+`translated` setup, bench/streams_run.py). A paced stream's deltas carry the time they were
+written in their text (`STAMP_MARK` + 20 digits of CLOCK_MONOTONIC ns): the text survives the
+translation into the client's `"content":"…"`, so the stream timer measures each translated
+chunk's latency the way it measures a native chunk's (whose stamp is in the chunk `id`, which
+translation replaces).
 """
 
 from __future__ import annotations
