@@ -115,6 +115,13 @@ class UpstreamProcessor(pb_grpc.ExternalProcessorServicer):
                 attempt.state = json_format.MessageToDict(state) if state else {}
                 with self.lock:
                     self.attempts[attempt.fact_id].append(attempt)
+                if skip := headers.get(f"x-refuse-{target}"):  # a local reply, no provider call
+                    yield pb.ProcessingResponse(
+                        immediate_response=pb.ImmediateResponse(
+                            status={"code": int(skip)}, body=b"refused by the upstream filter"
+                        )
+                    )
+                    return
                 rewrite = {
                     ":path": f"/{target}/v1/chat",
                     "authorization": f"Bearer key-{target}",
@@ -494,10 +501,16 @@ class Facts:
 
     @contextlib.contextmanager
     def send(
-        self, fact_id: str, acts: dict[str, str], cluster: str = "pair"
+        self,
+        fact_id: str,
+        acts: dict[str, str],
+        cluster: str = "pair",
+        extra: dict[str, str] | None = None,
     ) -> Iterator[http.client.HTTPResponse]:
         """Send one request; yields the response once its headers arrived."""
+        extra = extra or {}
         headers = {"content-type": "application/json", "x-fact-id": fact_id}
+        headers.update({f"x-{k}": v for k, v in extra.items()})
         headers.update({f"x-act-{t}": a for t, a in acts.items()})
         if cluster != "pair":
             headers["x-fact-cluster"] = cluster
@@ -509,9 +522,11 @@ class Facts:
         finally:
             conn.close()
 
-    def post(self, acts: dict[str, str], cluster: str = "pair") -> Answer:
+    def post(
+        self, acts: dict[str, str], cluster: str = "pair", extra: dict[str, str] | None = None
+    ) -> Answer:
         fact_id = uuid.uuid4().hex
-        with self.send(fact_id, acts, cluster) as resp:
+        with self.send(fact_id, acts, cluster, extra) as resp:
             try:
                 body = resp.read()
             except http.client.IncompleteRead as e:
@@ -692,3 +707,16 @@ def test_the_downstream_filter_sees_the_final_response_only(facts: Facts) -> Non
     assert seen.response_headers[0]["x-envoy-attempt-count"] == "2"
     assert seen.metadata[0][ATTEMPT_NS] == {"attempt_1": "a 429", "attempt_2": "b 200"}
     assert seen.metadata[0][STATE_NS] == {"reservation": f"res-{answer.fact_id}"}
+
+
+@pytest.mark.parametrize("status", ["503", "429"])
+def test_a_local_reply_from_the_upstream_filter_is_final(facts: Facts, status: str) -> None:
+    """An upstream ext_proc that refuses an attempt (immediate_response) ends the request: Envoy
+    1.40 does not retry it, even as a 503 under `retry_on: 5xx`, and priority 1 is never tried.
+    So a target the caller's policy forbids cannot be skipped by refusing its attempt."""
+    answer = facts.post({}, extra={"refuse-a": status})
+    assert (answer.status, answer.body) == (int(status), b"refused by the upstream filter")
+    assert [x.attributes[TARGET_ATTR] for x in facts.upstream.attempts[answer.fact_id]] == ["a"]
+    assert answer.fact_id not in facts.a.received
+    assert answer.fact_id not in facts.b.received
+    assert facts.downstream.seen[answer.fact_id].statuses == [status]
