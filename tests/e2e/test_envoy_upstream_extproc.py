@@ -185,7 +185,6 @@ class DownstreamProcessor(pb_grpc.ExternalProcessorServicer):
                     dynamic_metadata=_struct({STATE_NS: {"reservation": f"res-{fact_id}"}}),
                 )
             elif kind == "response_headers":
-                self.before_response(fact_id, request)
                 seen = self.seen[fact_id]
                 headers = headers_of(req.response_headers)
                 seen.statuses.append(headers.get(":status", ""))
@@ -196,6 +195,8 @@ class DownstreamProcessor(pb_grpc.ExternalProcessorServicer):
                         for ns, s in req.metadata_context.filter_metadata.items()
                     }
                 )
+                # Recorded first: a hook may hold the reply while Envoy answers the client.
+                self.before_response(fact_id, request)
                 yield pb.ProcessingResponse(response_headers=pb.HeadersResponse())
 
 
