@@ -29,7 +29,7 @@ STATE_KEY = "state"
 # (sidecar_auth/seal.py): an observer trusts no state without it.
 MAC_KEY = "state_mac"
 # Beside STATE_KEY, the namespace holds response headers under their own names; Envoy copies
-# them into the client's response (route `response_headers_to_add`, envoy/bootstrap.py).
+# them into the client's response (route `response_headers_to_add`, envoy/routes.py).
 VERSION = 1
 
 

@@ -11,7 +11,7 @@ from gateway_extproc.budgets.ratelimits.report import RateLimited
 from gateway_extproc.catalog.pricing import format_usd
 
 # Every header `response_headers` may return: in observe mode Envoy copies them from dynamic
-# metadata, and its route names each one (envoy/bootstrap.py).
+# metadata, and its route names each one (envoy/routes.py).
 RESPONSE_HEADERS = (
     "x-gateway-budget-name",
     "x-gateway-budget-remaining-usd",

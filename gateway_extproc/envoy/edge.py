@@ -174,7 +174,7 @@ def overload_manager(limits: Limits) -> dict[str, Any]:
 
 def local_replies(limits: Limits) -> list[tuple[str, int, str, str]]:
     """Envoy's own refusals at the edge, as (CEL condition on the local reply, status, message,
-    code), rendered in the client's API format with the other local replies (bootstrap.py)."""
+    code), rendered in the client's API format with the other local replies (local_reply.py)."""
     return [
         (
             "response.code_details == 'overload'",

@@ -5,7 +5,10 @@ deterministic usage, records what it received (`GET /_mock/requests`) and obeys 
 control headers (latency, write splitting, errors, aborts, omitted usage, replay of recorded
 transcripts). Modules: `controls` (header parsing), `content` (reply words, token counts),
 `errors` (provider error bodies), `wire` (SSE, write plans, gzip), `openai_api`,
-`responses_api`, `anthropic_api`, `replay` (pure builders), `server` (aiohttp), `cli`,
+`responses_api`, `anthropic_api`, `replay` (pure builders); the aiohttp side: `server` (the app,
+wired), `routes` (which path goes to which builder; `bedrock_routes` for Bedrock's), `handler`
+(the one request handler), `auth` (key checks), `send` (writing a reply), `faults` (holds,
+latency, cut connections), `recorder` (`/_mock/requests`, `/_mock/bills`), `settings`; `cli`,
 `testing` (`running_mock()`: serve in-process on an ephemeral port).
 """
 

@@ -2,8 +2,8 @@
 ConverseStream at `/model/{model_id}/...`, their SigV4 check and AWS's error and request-id
 headers.
 
-The glue between aiohttp and the pure builders of bedrock_api.py; server.py registers the
-routes and runs them through its one request handler.
+The glue between aiohttp and the pure builders of bedrock_api.py; routes.py registers the
+routes and runs them through the one request handler (handler.py).
 """
 
 from __future__ import annotations

@@ -26,10 +26,10 @@ from gateway_extproc.response.observer import ResponseObserver
 from gateway_extproc.translate.pairs import Translation, translation_for
 
 # Observe mode: every response header the request phase may decide, copied by Envoy from
-# dynamic metadata (envoy/bootstrap.py).
+# dynamic metadata (envoy/routes.py).
 METADATA_RESPONSE_HEADERS = ("x-gateway-request-id", *budget_report.RESPONSE_HEADERS, STATUS_HEADER)
 # Observe mode: the dynamic metadata that tells Envoy this stream meters the request's response,
-# so the request is re-matched to the route that leaves the observer out (envoy/bootstrap.py).
+# so the request is re-matched to the route that leaves the observer out (envoy/routes.py).
 RESPONSE_METERED_KEY = "response_metered_by"
 RESPONSE_METERED_HERE = "request_stream"
 _METERED_HERE_METADATA = struct_pb2.Struct()
@@ -168,7 +168,7 @@ def translation_to(stream: RequestStream, entry: ModelEntry) -> Translation | No
 
 def dynamic_metadata(stream: RequestStream, state: RequestState) -> struct_pb2.Struct:
     """Observe mode: the state for the observer stream, and the response headers Envoy adds
-    from it (envoy/bootstrap.py lists the names)."""
+    from it (envoy/routes.py lists the names)."""
     text = state.encode()
     mac = stream.ctx.sidecar_auth.seal.sign(text)  # the observer trusts only what we signed
     fields = {STATE_KEY: text, MAC_KEY: mac, "x-gateway-request-id": stream.request_id}

@@ -20,7 +20,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
-from gateway_extproc.mock.server import MAX_RECORDED
+from gateway_extproc.mock.recorder import MAX_RECORDED
 from gateway_extproc.sidecar_auth.caller import METADATA_KEY
 from gateway_extproc.sidecar_auth.settings import caller_tokens
 from gateway_extproc.stack import Stack

@@ -1,0 +1,150 @@
+"""Envoy's clusters, built in one place: a provider's (its address, DNS, TLS and protocol
+options) and the sidecar workers' (HTTP/2, health checks, outlier detection), with the circuit
+breakers every one of them shares.
+
+Pure: resolved values in, bootstrap fragments out (bootstrap.py assembles them).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from typing import Any
+
+from gateway_extproc.config.gateway import GatewayConfig
+from gateway_extproc.config.upstreams import Upstream
+from gateway_extproc.envoy.filters import EXTPROC_CLUSTER
+from gateway_extproc.server import SERVICE_NAME
+
+_T = "type.googleapis.com/envoy."
+_HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+# Envoy's default circuit breaker allows 1,024 concurrent requests per cluster: 1,024 LLM
+# streams in flight (fewer in observe mode, where each request holds two ext_proc streams)
+# and the next request got a 503. The gateway bounds load itself (the listener's connection
+# limit, the budget store's queue); the breakers only guard against runaway growth.
+CIRCUIT_BREAKERS = {
+    "thresholds": [
+        {"priority": "DEFAULT", "max_requests": 1_000_000, "max_pending_requests": 1_000_000}
+    ]
+}
+
+
+def socket_address(host: str, port: int) -> dict[str, Any]:
+    """An address as Envoy's listeners and clusters take it."""
+    return {"socket_address": {"address": host, "port_value": port}}
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _protocol_options(http2: bool, *, tls: bool = False) -> dict[str, Any]:
+    if http2:
+        config: dict[str, Any] = {"explicit_http_config": {"http2_protocol_options": {}}}
+    elif tls:  # ALPN picks h2 or http/1.1, as the provider prefers
+        config = {"auto_config": {"http2_protocol_options": {}, "http_protocol_options": {}}}
+    else:
+        config = {"explicit_http_config": {"http_protocol_options": {}}}
+    return {_HTTP_OPTIONS: {"@type": _T[: -len("envoy.")] + _HTTP_OPTIONS, **config}}
+
+
+def provider_cluster(up: Upstream, config: GatewayConfig, ca_file: str) -> dict[str, Any]:
+    """One provider's cluster: its address (resolved by DNS when a name), and TLS with its SNI
+    and a SAN check against `ca_file` when the upstream speaks HTTPS."""
+    endpoint: dict[str, Any] = {"address": socket_address(up.host, up.port)}
+    if up.signer is not None:  # SigV4 covers `host`: Envoy sends the one that was signed
+        endpoint["hostname"] = up.host_header
+    elif not _is_ip(up.host):
+        endpoint["hostname"] = up.host  # used by auto_host_rewrite for the Host header
+    cluster: dict[str, Any] = {
+        "name": up.cluster,
+        "type": "STATIC" if _is_ip(up.host) else "LOGICAL_DNS",
+        "connect_timeout": f"{config.limits.upstream_connect_timeout_s}s",
+        "per_connection_buffer_limit_bytes": config.limits.max_request_body_bytes,
+        "circuit_breakers": CIRCUIT_BREAKERS,
+        "load_assignment": {
+            "cluster_name": up.cluster,
+            "endpoints": [{"lb_endpoints": [{"endpoint": endpoint}]}],
+        },
+        "typed_extension_protocol_options": _protocol_options(False, tls=up.tls),
+    }
+    if not _is_ip(up.host):
+        cluster["dns_lookup_family"] = "V4_PREFERRED"
+    if up.tls:
+        cluster["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": _T + "extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": up.host,
+                "common_tls_context": {
+                    "alpn_protocols": ["h2", "http/1.1"],
+                    "validation_context": {
+                        "trusted_ca": {"filename": ca_file},
+                        "match_typed_subject_alt_names": [
+                            {"san_type": "DNS", "matcher": {"exact": up.host}}
+                        ],
+                    },
+                },
+            },
+        }
+    return cluster
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.3f}".rstrip("0").rstrip(".") + "s"
+
+
+def _sidecar_health(config: GatewayConfig) -> dict[str, Any]:
+    """How Envoy notices a draining (NOT_SERVING) or dead worker and stops giving it new
+    streams. Streams already open on it are left alone (`close_connections_on_host_health_
+    failure` stays false), so they finish while the worker drains."""
+    interval = _seconds(config.health_check_interval_s)
+    return {
+        "health_checks": [
+            {
+                "timeout": interval,
+                "interval": interval,
+                # Also before the first request, and while unhealthy: a worker is noticed
+                # within the same bound whatever the traffic (the default is 60 s).
+                "no_traffic_interval": interval,
+                "unhealthy_threshold": config.health_check_unhealthy_threshold,
+                "healthy_threshold": 1,
+                "grpc_health_check": {"service_name": SERVICE_NAME},
+            }
+        ],
+        # A worker that crashed fails its streams before the next health check does:
+        # stop choosing it after a few consecutive failures.
+        "outlier_detection": {
+            "consecutive_5xx": 3,
+            "interval": interval,
+            "base_ejection_time": "5s",
+            "max_ejection_percent": 50,
+        },
+    }
+
+
+def sidecar_cluster(config: GatewayConfig, host: str, ports: Iterable[int]) -> dict[str, Any]:
+    """The sidecar workers' cluster: one endpoint a worker, gRPC over HTTP/2."""
+    return {
+        "name": EXTPROC_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "circuit_breakers": CIRCUIT_BREAKERS,
+        "typed_extension_protocol_options": _protocol_options(True),
+        **_sidecar_health(config),
+        "load_assignment": {
+            "cluster_name": EXTPROC_CLUSTER,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {"endpoint": {"address": socket_address(host, port)}} for port in ports
+                    ]
+                }
+            ],
+        },
+    }

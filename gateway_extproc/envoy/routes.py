@@ -1,0 +1,72 @@
+"""The gateway listener's routes: every request goes to the cluster the request phase chose
+(its routing header), with no overall timeout; in observe mode a second route for the requests
+whose response the request filter meters itself.
+
+Pure: the gateway config in, the route list out.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway_extproc import handoff
+from gateway_extproc.config.gateway import GatewayConfig
+from gateway_extproc.envoy.filters import observer_disabled
+from gateway_extproc.request.forward import (
+    METADATA_RESPONSE_HEADERS,
+    RESPONSE_METERED_HERE,
+    RESPONSE_METERED_KEY,
+)
+from gateway_extproc.request.route import CLUSTER_HEADER
+
+
+def _response_headers_from_metadata(config: GatewayConfig) -> list[dict[str, Any]]:
+    """Observe mode: the response headers the request phase decided (request id, budget
+    report), copied by Envoy from dynamic metadata; an absent key adds nothing."""
+    if config.metering.synchronous:
+        return []
+    names = METADATA_RESPONSE_HEADERS
+    return [
+        {
+            "header": {"key": name, "value": f"%DYNAMIC_METADATA({handoff.NAMESPACE}:{name})%"},
+            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+        }
+        for name in names
+    ]
+
+
+def routes(config: GatewayConfig, idle: str) -> list[dict[str, Any]]:
+    """The provider route (cluster from the request phase's routing header). Observe mode adds
+    the same route for a request whose response the request filter meters (its body reply sets
+    `RESPONSE_METERED_KEY` in dynamic metadata and clears the route cache, so Envoy re-matches):
+    the observer is off there, and the processor sets the response headers itself."""
+    match = {"prefix": "/", "headers": [{"name": CLUSTER_HEADER, "present_match": True}]}
+    action = {
+        "cluster_header": CLUSTER_HEADER,
+        # LLM responses stream for minutes: no overall timeout; an idle stream is still cut.
+        "timeout": "0s",
+        "idle_timeout": idle,
+        "auto_host_rewrite": True,
+    }
+    route: dict[str, Any] = {
+        "match": match,
+        "route": action,
+        # The routing header is the gateway's own: never sent upstream.
+        "request_headers_to_remove": [CLUSTER_HEADER],
+        "response_headers_to_add": _response_headers_from_metadata(config),
+    }
+    if config.metering.synchronous:
+        return [route]
+    metered_here = {
+        "filter": handoff.NAMESPACE,
+        "path": [{"key": RESPONSE_METERED_KEY}],
+        "value": {"string_match": {"exact": RESPONSE_METERED_HERE}},
+    }
+    one_stream = {
+        "name": "response_on_request_stream",
+        "match": {**match, "dynamic_metadata": [metered_here]},
+        "route": action,
+        "request_headers_to_remove": [CLUSTER_HEADER],
+        "typed_per_filter_config": observer_disabled(),
+    }
+    return [one_stream, route]
