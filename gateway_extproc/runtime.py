@@ -90,6 +90,8 @@ def build_context(
         vertex_tokens = TokenSources()
     if not problems:
         problems += _attach_vertex_tokens(upstreams, vertex_tokens, environ)
+        if problems:  # some Vertex provider failed: the others' holds are given back
+            vertex_tokens.release(up.tokens for up in upstreams.values() if up.tokens is not None)
     if problems:
         raise ConfigError(problems)
     assert sidecar_auth is not None
@@ -429,7 +431,8 @@ async def close_context(ctx: GatewayContext) -> None:
     await ctx.budgets.close()
     await ctx.cache.close()
     await ctx.authenticator.close()
-    # Its Entra ID token sources: closed here unless a later configuration holds them too.
+    # Its token sources: stopped or closed here unless a later configuration holds them too.
+    ctx.vertex_tokens.release(up.tokens for up in ctx.upstreams.values() if up.tokens is not None)
     await ctx.entra_tokens.release(
         (name, up.token) for name, up in ctx.upstreams.items() if up.token is not None
     )

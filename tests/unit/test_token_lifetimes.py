@@ -1,18 +1,24 @@
-"""Entra ID token sources across reloads and at shutdown (runtime.py, providers/azure/entra.py):
-a reload that keeps a provider on Entra ID keeps its source (cached token, backoff, credential);
-a source no configuration uses any more is closed once the last stream of the configurations
-that held it ended; shutdown closes every one. The credential is a fake that counts its closes."""
+"""Provider token sources across reloads and at shutdown (runtime.py): a reload that keeps a
+provider's Entra ID settings (providers/azure/entra.py) or Vertex credentials
+(providers/vertex/tokens.py) keeps its source (cached token, backoff, credential, refresher);
+a source no configuration uses any more is closed (a Vertex refresher stopped) once the last
+stream of the configurations that held it ended; shutdown closes every one. The credentials are
+fakes that count their closes."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from gateway_extproc.errors import ProviderUnavailable
 from gateway_extproc.providers.azure.entra import SCOPE, EntraTokens, TokenSource
+from gateway_extproc.providers.vertex.settings import VertexSettings
+from gateway_extproc.providers.vertex.tokens import TokenSource as VertexTokens
+from gateway_extproc.providers.vertex.tokens import TokenSources
 from gateway_extproc.runtime import Runtime, build_context
 from tests.sidecar_secrets import ENV as SIDECAR_ENV
 
@@ -164,3 +170,63 @@ async def test_shutdown_closes_every_source_and_cancels_a_fetch_in_flight(
     stream.__exit__(None, None, None)  # a straggler ending later closes nothing twice
     await _retired(rt)
     assert [c.closes for c in credentials] == [1, 1]
+
+
+# --- Vertex: one refresher per credential source, stopped when no configuration uses it -----
+
+
+def _vertex_config(credentials_file: str, note: str = "") -> str:
+    return f"""# {note}
+mock_unconfigured_providers: false
+providers:
+  vertex:
+    schema: vertex
+    vertex: {{project: acme-ml, location: global, credentials: {{file: {credentials_file}}}}}
+"""
+
+
+def _vertex_runtime(path: Path, tmp_path: Path, made: dict[str, VertexTokens]) -> Runtime:
+    def load(settings: VertexSettings, environ: Any) -> tuple[Any, Any]:
+        return settings.credential_source(environ), "acme-ml"  # the file stands for credentials
+
+    def make(credentials: Any) -> VertexTokens:
+        tokens = VertexTokens(credentials, object())
+        tokens.start = lambda: None  # type: ignore[method-assign]  # no thread in this test
+        made[credentials] = tokens
+        return tokens
+
+    env = {"GATEWAY_AUDIT_LOG": str(tmp_path / "audit.jsonl"), **SIDECAR_ENV}
+    ctx = build_context(path, env, MOCK, vertex_tokens=TokenSources(load, make))
+    return Runtime(ctx, path, env, MOCK)
+
+
+def _stopped(tokens: VertexTokens) -> bool:
+    return tokens._stop.is_set()
+
+
+async def test_vertex_refreshers_are_kept_by_a_reload_and_stopped_when_unused(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(_vertex_config("/sa-one.json"))
+    made: dict[str, VertexTokens] = {}
+    rt = _vertex_runtime(path, tmp_path, made)
+    try:
+        one = made["/sa-one.json"]
+        path.write_text(_vertex_config("/sa-one.json", "same credentials"))
+        assert await rt.reload("test")
+        await _retired(rt)
+        assert rt.ctx.upstreams["vertex"].tokens is one and not _stopped(one)
+        with rt.stream():
+            path.write_text(_vertex_config("/sa-two.json"))  # other credentials
+            assert await rt.reload("again")
+            two = made["/sa-two.json"]
+            assert rt.ctx.upstreams["vertex"].tokens is two
+            await _retired(rt)
+            assert not _stopped(one)  # the stream that started with it still runs
+        await _retired(rt)
+        assert _stopped(one) and not _stopped(two)
+    finally:
+        await rt.close()
+        rt.ctx.audit.close()
+    assert _stopped(two) and len(rt.ctx.vertex_tokens) == 0
