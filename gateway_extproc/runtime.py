@@ -4,7 +4,10 @@ A reload (SIGHUP, or a change to a watched file such as a mounted secret) parses
 everything again; only a fully valid configuration replaces the running one. A bad reload keeps
 the last good configuration and logs every problem. Streams already in flight finish with the
 context they started with: each context counts its streams, and a replaced one is closed when
-its last stream ends (or at shutdown), however long that stream runs. Envoy's own settings
+its last stream ends (or at shutdown), however long that stream runs. Provider token sources
+(Vertex refreshers, Entra ID credentials with their cached tokens) belong to the runtime and
+outlive a reload: a context holds the ones it uses, and one no context holds is closed with the
+last context that held it; all are closed at shutdown. Envoy's own settings
 (listener, clusters) are not reloaded: a change to the provider list needs a restart, and the
 sidecar says so.
 """
@@ -41,6 +44,7 @@ from gateway_extproc.extproc.context import GatewayContext
 from gateway_extproc.identity.authenticator import Authenticator
 from gateway_extproc.identity.devissuer import ensure_dev_issuer
 from gateway_extproc.observability.telemetry import Telemetry
+from gateway_extproc.providers.azure.entra import EntraTokens
 from gateway_extproc.providers.vertex.tokens import TokenSources
 from gateway_extproc.response import reaped_audit
 from gateway_extproc.sidecar_auth.guard import SidecarAuth
@@ -62,12 +66,15 @@ def build_context(
     telemetry: Telemetry | None = None,
     sidecar_auth: SidecarAuth | None = None,
     vertex_tokens: TokenSources | None = None,
+    entra_tokens: EntraTokens | None = None,
 ) -> GatewayContext:
     """Everything the processors share. Raises ConfigError listing every problem.
 
     `services` (the budget store, settlement, fail-open journal) and `sidecar_auth` (the caller
     check and state keys) outlive a reload: the runtime passes the running ones; without them
-    (the first build, tests) new ones are made - the caller secrets read now."""
+    (the first build, tests) new ones are made - the caller secrets read now. The token
+    sources (`vertex_tokens`, `entra_tokens`) are the runtime's too; the context holds the
+    Entra ID ones its upstreams use until `close_context` releases them."""
     config = load_config(config_path, environ)
     problems: list[str] = []
     try:
@@ -83,6 +90,8 @@ def build_context(
         vertex_tokens = TokenSources()
     if not problems:
         problems += _attach_vertex_tokens(upstreams, vertex_tokens, environ)
+        if problems:  # some Vertex provider failed: the others' holds are given back
+            vertex_tokens.release(up.tokens for up in upstreams.values() if up.tokens is not None)
     if problems:
         raise ConfigError(problems)
     assert sidecar_auth is not None
@@ -112,19 +121,35 @@ def build_context(
     names = [n for e in config.catalog.models() for n in (e.name, *e.aliases)]
     for pattern in config.policies.unmatched_patterns(names):
         log.warning("policy pattern %r matches no model in the catalog", pattern)
+    audit = audit or AuditSink(stdout=config.audit_stdout, path=config.audit_file)
+    budgets = build_gate(config, services)
+    cache = build_cache(config.cache, config.budget_store)
+    if entra_tokens is None:
+        entra_tokens = EntraTokens()
+    _attach_entra_tokens(upstreams, entra_tokens)  # last: nothing can fail after the holds
     return GatewayContext(
         config=config,
         catalog=config.catalog,
         upstreams=upstreams,
-        audit=audit or AuditSink(stdout=config.audit_stdout, path=config.audit_file),
+        audit=audit,
         authenticator=authenticator,
-        budgets=build_gate(config, services),
+        budgets=budgets,
         sidecar_auth=sidecar_auth,
         telemetry=telemetry or Telemetry(),
-        cache=build_cache(config.cache, config.budget_store),
+        cache=cache,
         admin_authenticator=admin_authenticator,
         vertex_tokens=vertex_tokens,
+        entra_tokens=entra_tokens,
     )
+
+
+def _attach_entra_tokens(upstreams: dict[str, Upstream], sources: EntraTokens) -> None:
+    """Each Azure upstream on Entra ID gets its provider's token source, held for this context:
+    the one the running configuration uses when the provider stays on Entra ID (its cached
+    token, backoff and credential kept), else a new one."""
+    for name, up in upstreams.items():
+        if up.azure is not None and up.azure.entra_id and not up.mocked:
+            upstreams[name] = dataclasses.replace(up, token=sources.hold(name))
 
 
 def _attach_vertex_tokens(
@@ -303,6 +328,7 @@ class Runtime:
                     self.ctx.telemetry,
                     self.ctx.sidecar_auth,
                     self.ctx.vertex_tokens,
+                    self.ctx.entra_tokens,
                 )
             except ConfigError as exc:
                 self._stamp = stamp  # not retried until a file changes again
@@ -382,8 +408,8 @@ class Runtime:
 
     async def close(self, grace_s: float = 5.0) -> None:
         """At shutdown, after the server stopped: close every context, replaced ones included,
-        then the process-lifetime budget services (pending settles get up to `grace_s`, what is
-        left is journaled)."""
+        then the provider token sources and the process-lifetime budget services (pending
+        settles get up to `grace_s`, what is left is journaled)."""
         for old in self._replaced.values():
             self._retire(old)
         self._replaced.clear()
@@ -391,6 +417,7 @@ class Runtime:
             await asyncio.wait(list(self._retiring))
         self.ctx.vertex_tokens.stop()
         await close_context(self.ctx)
+        await self.ctx.entra_tokens.close()  # any a context still held (none, normally)
         await self.services.close(grace_s)
 
 
@@ -404,6 +431,8 @@ async def close_context(ctx: GatewayContext) -> None:
     await ctx.budgets.close()
     await ctx.cache.close()
     await ctx.authenticator.close()
-    for upstream in ctx.upstreams.values():
-        if upstream.token is not None:
-            await upstream.token.close()
+    # Its token sources: stopped or closed here unless a later configuration holds them too.
+    ctx.vertex_tokens.release(up.tokens for up in ctx.upstreams.values() if up.tokens is not None)
+    await ctx.entra_tokens.release(
+        (name, up.token) for name, up in ctx.upstreams.items() if up.token is not None
+    )

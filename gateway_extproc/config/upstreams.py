@@ -48,7 +48,8 @@ class Upstream:
     # Signs each request after its last rewrite (schema: bedrock); None: a header credential.
     signer: BedrockSigner | None = dataclasses.field(default=None, repr=False)
     azure: AzureSettings | None = None  # Azure OpenAI: its paths and deployments
-    # Entra ID: `Authorization: Bearer` from this source instead of `auth_header`/`auth_value`.
+    # Entra ID: `Authorization: Bearer` from this source instead of `auth_header`/`auth_value`,
+    # attached by the sidecar (runtime.py), which keeps it across reloads.
     token: TokenSource | None = dataclasses.field(default=None, repr=False, compare=False)
     # Vertex AI: its settings, the project its paths name, and (not mocked) the source of its
     # OAuth2 access tokens, attached by the sidecar (runtime.py) once the credentials are read.
@@ -214,9 +215,6 @@ def resolve_upstreams(
             forward=forward_policy(provider.schema, provider.forward_headers, mocked=mocked),
             signer=signer,
             azure=provider.azure,
-            token=TokenSource()
-            if provider.azure is not None and provider.azure.entra_id and not assume_credentials
-            else None,
             vertex=vertex,
             project=project,
         )

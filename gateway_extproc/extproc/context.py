@@ -17,6 +17,7 @@ from gateway_extproc.config.gateway import GatewayConfig
 from gateway_extproc.config.upstreams import Upstream
 from gateway_extproc.identity.authenticator import Authenticator
 from gateway_extproc.observability.telemetry import Telemetry
+from gateway_extproc.providers.azure.entra import EntraTokens
 from gateway_extproc.providers.vertex.tokens import TokenSources
 from gateway_extproc.sidecar_auth.guard import SidecarAuth
 
@@ -64,5 +65,7 @@ class GatewayContext:
     pending_ends: PendingEnds = dataclasses.field(default_factory=PendingEnds)
     # Vertex AI access tokens: process-lifetime, handed to every context a reload builds.
     vertex_tokens: TokenSources = dataclasses.field(default_factory=TokenSources)
+    # Entra ID token sources (Azure): process-lifetime; this context holds its upstreams' ones.
+    entra_tokens: EntraTokens = dataclasses.field(default_factory=EntraTokens)
     monotonic: Callable[[], float] = time.monotonic
     wall_clock: Callable[[], float] = time.time

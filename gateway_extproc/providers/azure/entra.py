@@ -15,6 +15,12 @@ reset by a success): until it ends no fetch starts, neither for a request nor ah
 so a refusing token endpoint is asked at most once per backoff and requests without a valid
 token get their 503 at once instead of one fetch each. `close()` cancels a fetch in flight and
 waits for it to end before closing the credential, so nothing runs on after shutdown.
+
+`EntraTokens` owns the sources for the life of the sidecar, one per Azure provider on Entra ID:
+every configuration a reload brings in that keeps the provider on Entra ID gets the same source
+(its cached token, backoff and credential). Each context holds the sources it uses and releases
+them when it is closed; a source no context holds any more is closed then (a provider removed,
+renamed or moved off Entra ID: once the last stream of the configurations that used it ended).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from gateway_extproc.errors import ProviderUnavailable
@@ -147,3 +153,41 @@ class TokenSource:
         if self._credential is not None:
             await self._credential.close()
             self._credential = None
+
+
+class EntraTokens:
+    """The sidecar's Entra ID token sources by provider name, each with how many contexts hold
+    it. A context holds the sources of its upstreams (`hold`) and releases them when it is
+    closed (`release`); the last release closes the source."""
+
+    def __init__(self, make: Callable[[], TokenSource] = TokenSource) -> None:
+        self._make = make
+        self._held: dict[str, tuple[TokenSource, int]] = {}
+
+    def hold(self, provider: str) -> TokenSource:
+        """`provider`'s source (the running one, or a new one), held once more."""
+        source, holders = self._held.get(provider) or (self._make(), 0)
+        self._held[provider] = (source, holders + 1)
+        return source
+
+    async def release(self, sources: Iterable[tuple[str, TokenSource]]) -> None:
+        """One hold less on each (provider, source); a source no longer held is closed. A
+        source this registry does not hold (closed by `close()`, or not from `hold`) is left."""
+        for provider, source in sources:
+            found = self._held.get(provider)
+            if found is None or found[0] is not source:
+                continue
+            if found[1] > 1:
+                self._held[provider] = (source, found[1] - 1)
+                continue
+            del self._held[provider]
+            await source.close()
+
+    async def close(self) -> None:
+        """At shutdown: close every source still held."""
+        held, self._held = self._held, {}
+        for source, _ in held.values():
+            await source.close()
+
+    def __len__(self) -> int:
+        return len(self._held)

@@ -15,7 +15,7 @@ import datetime
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from gateway_extproc.providers.vertex.settings import SCOPE, VertexSettings
@@ -156,8 +156,10 @@ def token_source(credentials: Any) -> TokenSource:
 
 
 class TokenSources:
-    """The sidecar's token sources, one per credential source, for the life of the process: a
-    configuration reload reuses them (no second refresher for the same credentials)."""
+    """The sidecar's token sources, one per credential source, shared by every configuration
+    that names it: a reload reuses them (no second refresher for the same credentials). Each
+    context holds the ones it uses (`get`) and releases them when it is closed (`release`); a
+    source no context holds any more has its refresher stopped then."""
 
     def __init__(
         self,
@@ -167,12 +169,14 @@ class TokenSources:
         self._load = load
         self._make = make
         self._by_source: dict[str, tuple[TokenSource, str | None]] = {}
+        self._holders: dict[str, int] = {}
 
     def get(
         self, settings: VertexSettings, environ: Mapping[str, str]
     ) -> tuple[TokenSource, str | None]:
-        """The started token source of `settings`' credentials and their project id. Raises
-        whatever reading the credentials raises (the caller reports it as a config problem)."""
+        """The started token source of `settings`' credentials and their project id, held once
+        more. Raises whatever reading the credentials raises (the caller reports it as a config
+        problem)."""
         source = settings.credential_source(environ) or ""
         found = self._by_source.get(source)
         if found is None:
@@ -181,8 +185,26 @@ class TokenSources:
             tokens.start()
             named = project if isinstance(project, str) else None
             found = self._by_source[source] = (tokens, named)
+        self._holders[source] = self._holders.get(source, 0) + 1
         return found
 
+    def release(self, held: Iterable[TokenSource]) -> None:
+        """One hold less on each; a source no longer held stops refreshing. A source this
+        registry does not hold (stopped by `stop()`, or not from `get`) is left alone."""
+        for tokens in held:
+            source = next((k for k, (t, _) in self._by_source.items() if t is tokens), None)
+            if source is None:
+                continue
+            self._holders[source] -= 1
+            if self._holders[source] == 0:
+                del self._holders[source], self._by_source[source]
+                tokens.stop()
+
     def stop(self) -> None:
-        for tokens, _ in self._by_source.values():
+        """At shutdown: stop every refresher."""
+        by_source, self._by_source, self._holders = self._by_source, {}, {}
+        for tokens, _ in by_source.values():
             tokens.stop()
+
+    def __len__(self) -> int:
+        return len(self._by_source)
