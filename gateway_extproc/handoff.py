@@ -31,6 +31,17 @@ MAC_KEY = "state_mac"
 # Beside STATE_KEY, the namespace holds response headers under their own names; Envoy copies
 # them into the client's response (route `response_headers_to_add`, envoy/routes.py).
 VERSION = 1
+# Fallback chains (docs/fallback.md): the endpoint metadata that names the target an attempt got
+# (names only, never secrets), the namespace the per-attempt filter writes `attempt_<n>` records
+# into (Envoy passes them to the downstream filters with the final response), and the gRPC
+# metadata Envoy's generated config sets on the per-attempt filter's streams, which tells the
+# sidecar the two kinds of stream apart (a client cannot set gRPC metadata: only Envoy, which
+# proves itself with the caller token, opens streams).
+TARGET_NAMESPACE = "gw.target"
+TARGET_KEY = "target"
+ATTEMPTS_NAMESPACE = "llm_gateway.attempts"
+STREAM_KIND_KEY = "x-gateway-stream"
+UPSTREAM_STREAM = "upstream"
 
 
 class HandoffError(ValueError):
