@@ -68,11 +68,12 @@ async def forward(stream: RequestStream) -> msgs.ProcessingResponse:
         common = route.forward(
             upstream,
             request,
-            admission,
+            route.output_cap(admission.bound),
             served_model=served,
             path=stream.path,
             client_headers=stream.client_headers,
             redacted=redacted,
+            cluster=upstream.cluster,
         )
     else:
         if stream.translated is None:  # downgraded onto a provider of another API
@@ -88,6 +89,7 @@ async def forward(stream: RequestStream) -> msgs.ProcessingResponse:
             max_tokens=route.translated_max_tokens(request, admission.bound, entry),
             client_headers=stream.client_headers,
             beta=stream.anthropic_beta,
+            cluster=upstream.cluster,
         )
     synchronous = stream.ctx.config.metering.synchronous
     # A translated answer is rewritten, which only this stream can do (observe mode's
