@@ -37,6 +37,8 @@
                                   body the gateway cannot decode: its metering fails)
     x-mock-gzip: 1                gzip the body even though the request did not ask for it (a
                                   provider that ignores the dropped Accept-Encoding)
+    x-mock-fault: M=F[,M=F...]    fail for target model M (or `*`): F is 500, 429[@s], reset,
+                                  stall@ms or cut@bytes; the first match wins (fault_header.py)
     x-mock-pad-bytes: N           N spaces after a JSON reply's opening brace, written 1 MiB at a
                                   time (a body far over the observer's cap; with x-mock-gzip, a
                                   decompression bomb of ~1,000:1)
@@ -50,6 +52,15 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Mapping
+
+from gateway_extproc.mock.fault_header import (
+    FAULT_HEADER,
+    Fault,
+    FaultRule,
+    Kind,
+    parse_fault_header,
+    select_fault,
+)
 
 DEFAULT_OUTPUT_TOKENS = 12
 MAX_OUTPUT_TOKENS = 100_000
@@ -95,6 +106,16 @@ class Controls:
     gzip: bool = False  # compress whatever the request's Accept-Encoding
     pad_bytes: int = 0  # spaces after a JSON reply's opening brace
     generates_after_cut: int = 0  # words billed after a failed write, before noticing the cut
+    faults: tuple[FaultRule, ...] = ()  # x-mock-fault, before `aimed_at` picks this target's
+    fault: Fault | None = None  # the fault `aimed_at` picked for this request's model
+    retry_after_s: int | None = None  # an injected 429's retry-after (None: the default, 1 s)
+    reset: bool = False  # reset the connection before any response header
+    cut_after_bytes: int | None = None  # drop the connection after this many body bytes
+
+    @property
+    def aborts(self) -> bool:
+        """The reply is cut short on purpose (after some events, or some bytes)."""
+        return self.abort_after_events is not None or self.cut_after_bytes is not None
 
 
 class _Reader:
@@ -161,6 +182,15 @@ class _Reader:
             return None
         return raw
 
+    def faults(self, headers: Mapping[str, str]) -> tuple[FaultRule, ...]:
+        # Every `x-mock-fault` line, joined as HTTP joins repeated headers.
+        lines = [v for k, v in headers.items() if k.lower() == FAULT_HEADER and v.strip()]
+        if not lines:
+            return ()
+        rules, problems = parse_fault_header(",".join(lines))
+        self.problems.extend(problems)
+        return rules
+
     def unknown(self) -> None:
         for name in self.headers:
             if name.startswith("x-mock-") and name not in CONTROL_HEADERS:
@@ -191,6 +221,7 @@ CONTROL_HEADERS = (
     "x-mock-gzip",
     "x-mock-pad-bytes",
     "x-mock-generates-after-cut",
+    FAULT_HEADER,
     "x-mock-content-filter",  # Azure paths: read by azure_api.py (`prompt`: a filtered prompt)
 )
 _BIG = 1 << 30
@@ -231,8 +262,27 @@ def parse_controls(headers: Mapping[str, str]) -> Controls:
         generates_after_cut=_or(
             read.integer("x-mock-generates-after-cut", 0, MAX_OUTPUT_TOKENS), 0
         ),
+        faults=read.faults(headers),
     )
     read.unknown()
     if read.problems:
         raise ControlError(read.problems)
     return controls
+
+
+def aimed_at(controls: Controls, model: str | None) -> Controls:
+    """`controls` for a request to `model`: the first matching `x-mock-fault` rule's fault put
+    in place of what the other controls asked (a stall adds to the latency)."""
+    fault = select_fault(controls.faults, model)
+    if fault is None:
+        return controls
+    aimed = dataclasses.replace(controls, fault=fault)
+    if fault.kind is Kind.SERVER_ERROR:
+        return dataclasses.replace(aimed, status=500)
+    if fault.kind is Kind.RATE_LIMITED:
+        return dataclasses.replace(aimed, status=429, retry_after_s=fault.amount)
+    if fault.kind is Kind.RESET:
+        return dataclasses.replace(aimed, reset=True)
+    if fault.kind is Kind.STALL:
+        return dataclasses.replace(aimed, latency_ms=controls.latency_ms + fault.amount)
+    return dataclasses.replace(aimed, cut_after_bytes=fault.amount)

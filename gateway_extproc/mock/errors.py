@@ -78,8 +78,10 @@ class ApiError(Exception):
         code: str | None = None,
         param: str | None = None,
         anthropic_type: str | None = None,
+        retry_after_s: int = int(RETRY_AFTER_SECONDS),
     ) -> None:
         super().__init__(message)
+        self.retry_after_s = retry_after_s  # a 429's retry-after
         self.status = status
         self.message = message
         self.code = code
@@ -89,7 +91,8 @@ class ApiError(Exception):
     def headers(self) -> dict[str, str]:
         """Extra response headers real providers send with this status."""
         if self.status == 429:
-            return {"retry-after": RETRY_AFTER_SECONDS, "retry-after-ms": "1000"}
+            seconds = self.retry_after_s
+            return {"retry-after": str(seconds), "retry-after-ms": str(seconds * 1000)}
         return {}
 
 
@@ -140,8 +143,11 @@ def error_body(family: Family, err: ApiError, request_id: str) -> bytes:
     return orjson.dumps(error_payload(family, err, request_id))
 
 
-def injected_error(status: int) -> ApiError:
-    """The error a test asked for with `x-mock-status`."""
+def injected_error(status: int, retry_after_s: int | None = None) -> ApiError:
+    """The error a test asked for with `x-mock-status` (or `x-mock-fault`: 500, 429@S)."""
+    if status == 429 and retry_after_s is not None:
+        message = f"Rate limit reached (injected). Please try again in {retry_after_s}s."
+        return ApiError(429, message, retry_after_s=retry_after_s)
     message = _INJECTED_MESSAGES.get(status, f"Injected error status {status} (x-mock-status).")
     return ApiError(status, message)
 

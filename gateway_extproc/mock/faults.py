@@ -1,19 +1,47 @@
-"""What the mock does to a reply, as its control headers ask, beyond building it: hold it until
-released (`POST /_mock/release/NAME`; `GET /_mock/held/NAME` counts the waiting), delay it, cut
-the connection after part of it. The error statuses it injects are built in errors.py, the write
-plans that split and cut a reply in wire.py."""
+"""What the mock does to a reply, as its control headers ask, beyond building it: aim
+`x-mock-fault` at this request's model (fault_header.py), hold it until released
+(`POST /_mock/release/NAME`; `GET /_mock/held/NAME` counts the waiting), delay it, reset the
+connection before it, cut the connection after part of it. The error statuses it injects are
+built in errors.py, the write plans that split and cut a reply in wire.py."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import socket
+import struct
+from typing import Any
 
 from aiohttp import web
 
-from gateway_extproc.mock.controls import Controls
+from gateway_extproc.mock import recorder
+from gateway_extproc.mock.controls import Controls, aimed_at
 
 HOLDS = web.AppKey("mock_holds", dict[str, asyncio.Event])
 HELD = web.AppKey("mock_held", collections.Counter[str])
+
+
+def aim(request: web.Request, record: dict[str, Any], controls: Controls) -> Controls:
+    """The controls for the model this request is for (its first matching `x-mock-fault`
+    rule applied), counted by model and fault in the request log."""
+    model = target_model(request, record["body"])
+    aimed = aimed_at(controls, model)
+    recorder.count(request.app, record, model, aimed.fault)
+    return aimed
+
+
+def target_model(request: web.Request, body: Any) -> str | None:
+    """The model the request is for, where its route carries it: Bedrock's model id, an Azure
+    deployment, Gemini's and Vertex's `{model}:{method}`; else the body's `model`."""
+    info = request.match_info
+    if "model_id" in info:
+        return info["model_id"]
+    if "deployment" in info:
+        return info["deployment"]
+    if "target" in info:
+        return info["target"].partition(":")[0]
+    model = body.get("model") if isinstance(body, dict) else None
+    return model if isinstance(model, str) else None
 
 
 async def delay(app: web.Application, controls: Controls) -> None:
@@ -29,6 +57,17 @@ def abort(request: web.Request) -> None:
     transport = request.transport
     if transport is not None:
         transport.close()
+
+
+def reset(request: web.Request) -> None:
+    """Reset the connection (TCP RST, no FIN): nothing of the response was written."""
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
 
 
 async def _hold(app: web.Application, name: str) -> None:

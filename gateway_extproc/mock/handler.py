@@ -41,7 +41,8 @@ class Endpoint:
 async def handle(endpoint: Endpoint, request: web.Request) -> web.StreamResponse:
     """Answer `request` as `endpoint`'s provider would, as its control headers ask."""
     raw = await request.read()
-    request.app[recorder.RECORDS].append(recorder.record_of(request, raw))
+    record = recorder.record_of(request, raw)
+    request.app[recorder.RECORDS].append(record)
     family = endpoint.family
     request_id = f"req_mock{secrets.token_hex(12)}"
     encoder = encoder_for(request.headers.get("Accept-Encoding"))
@@ -51,6 +52,7 @@ async def handle(endpoint: Endpoint, request: web.Request) -> web.StreamResponse
         reply: Reply = error_reply(family, ApiError(400, str(exc)), request_id)
         headers = response_headers(family, reply, request_id)
         return await send_reply(request, reply, Controls(), encoder, headers)
+    controls = faults.aim(request, record, controls)  # this target's x-mock-fault, counted
     if controls.gzip:
         encoder = GzipEncoder()
     await faults.delay(request.app, controls)
@@ -80,7 +82,7 @@ async def _reply(endpoint: Endpoint, request: web.Request, raw: bytes, controls:
         recording = await asyncio.to_thread(load_recording, fixtures, controls.replay)
         return recording.reply()
     if controls.status is not None:
-        raise injected_error(controls.status)
+        raise injected_error(controls.status, controls.retry_after_s)
     context = ReplyContext(controls, secrets.token_hex(12), int(time.time()))
     body = parse_body(raw)
     # Report another model than the one asked for (Bedrock's is in its path, not its body).

@@ -1,5 +1,6 @@
 """What the mock saw and billed: the last requests as received (`GET /_mock/requests`, cleared by
-`DELETE`) and what each reply was billed (`GET /_mock/bills`), kept in bounded logs on the app."""
+`DELETE`), how many it received per model and `x-mock-fault` (`GET /_mock/counts`, cleared with
+the requests) and what each reply was billed (`GET /_mock/bills`), kept on the app."""
 
 from __future__ import annotations
 
@@ -11,12 +12,16 @@ from aiohttp import web
 
 from gateway_extproc.mock.billing import Progress, billed
 from gateway_extproc.mock.controls import Controls
+from gateway_extproc.mock.fault_header import Fault
 from gateway_extproc.mock.wire import Reply, StreamReply, plan_for
 
 MAX_RECORDED = 100
 MAX_BILLS = 1000
 RECORDS = web.AppKey("mock_records", collections.deque[dict[str, Any]])
 BILLS = web.AppKey("mock_bills", collections.deque[dict[str, Any]])
+COUNTS = web.AppKey("mock_counts", collections.Counter[tuple[str, str]])
+NO_MODEL = "-"  # the count key of a request with no model the mock could see
+NO_FAULT = "none"  # the count key of a request no x-mock-fault rule matched
 
 
 def record_of(request: web.Request, raw: bytes) -> dict[str, Any]:
@@ -39,13 +44,22 @@ def record_of(request: web.Request, raw: bytes) -> dict[str, Any]:
     }
 
 
+def count(
+    app: web.Application, record: dict[str, Any], model: str | None, fault: Fault | None
+) -> None:
+    """Note the request's model and fault in its record, and count them."""
+    record["model"] = model
+    record["fault"] = None if fault is None else fault.label
+    app[COUNTS][(model or NO_MODEL, NO_FAULT if fault is None else fault.label)] += 1
+
+
 def record_bill(request: web.Request, reply: Reply, controls: Controls, progress: Progress) -> None:
     """Record what the reply is billed (a failed request bills nothing)."""
-    if reply.bill is None or reply.status >= 400:
+    if reply.bill is None or reply.status >= 400 or controls.reset:
         return
     streamed = isinstance(reply, StreamReply)
     writes = None  # a JSON reply, or a stream written whole: billed whole
-    if isinstance(reply, StreamReply) and (progress.cut or controls.abort_after_events is not None):
+    if isinstance(reply, StreamReply) and (progress.cut or controls.aborts):
         writes = plan_for(reply.events, controls).writes
     request.app[BILLS].append(
         {
@@ -67,7 +81,17 @@ async def _clear_requests(request: web.Request) -> web.Response:
     records = request.app[RECORDS]
     cleared = len(records)
     records.clear()
+    request.app[COUNTS].clear()
     return web.json_response({"cleared": cleared})
+
+
+async def _counts(request: web.Request) -> web.Response:
+    """GET /_mock/counts: `{model: {fault: n}}`, every provider request since the last clear
+    (fault `none`: answered normally as far as x-mock-fault goes; model `-`: none seen)."""
+    out: dict[str, dict[str, int]] = {}
+    for (model, fault), n in sorted(request.app[COUNTS].items()):
+        out.setdefault(model, {})[fault] = n
+    return web.json_response(out)
 
 
 async def _list_bills(request: web.Request) -> web.Response:
@@ -80,6 +104,8 @@ def install(app: web.Application) -> None:
     """The logs, and the routes that read them."""
     app[RECORDS] = collections.deque(maxlen=MAX_RECORDED)
     app[BILLS] = collections.deque(maxlen=MAX_BILLS)
+    app[COUNTS] = collections.Counter()
     app.router.add_get("/_mock/requests", _list_requests)
     app.router.add_delete("/_mock/requests", _clear_requests)
     app.router.add_get("/_mock/bills", _list_bills)
+    app.router.add_get("/_mock/counts", _counts)

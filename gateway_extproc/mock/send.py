@@ -63,6 +63,9 @@ async def send_reply(
     """Write `reply` as the controls ask: split, delayed, compressed, maybe cut off; how far it
     got goes into `progress`."""
     progress = progress or Progress()
+    if controls.reset:  # x-mock-fault reset: not even a status line
+        faults.reset(request)
+        return web.StreamResponse(status=reply.status)
     if encoder.content_encoding is not None:
         headers["Content-Encoding"] = encoder.content_encoding
         headers["Vary"] = "Accept-Encoding"

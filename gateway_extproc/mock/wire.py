@@ -86,16 +86,23 @@ def plan_writes(
     chunk_bytes: int | None = None,
     events_per_write: int = 1,
     abort_after_events: int | None = None,
+    cut_after_bytes: int | None = None,
 ) -> WritePlan:
     """How to put `events` on the wire.
 
     - `abort_after_events=N`: only the first N events are sent, then the connection is cut
       (even when there are N or fewer events: the body is never terminated properly);
     - `chunk_bytes=N`: the (kept) byte stream is cut into N-byte writes, ignoring event borders;
-    - otherwise `events_per_write` whole events go in each write.
+    - otherwise `events_per_write` whole events go in each write;
+    - `cut_after_bytes=N`: only the first N bytes of the (kept) byte stream are sent, in one
+      write or `chunk_bytes` pieces, then the connection is cut.
     """
     abort = abort_after_events is not None
     kept = list(events if abort_after_events is None else events[:abort_after_events])
+    if cut_after_bytes is not None:
+        stream = b"".join(kept)[:cut_after_bytes]
+        size = chunk_bytes or max(len(stream), 1)
+        return WritePlan(tuple(stream[i : i + size] for i in range(0, len(stream), size)), True)
     if chunk_bytes is not None:
         stream = b"".join(kept)
         writes = [stream[i : i + chunk_bytes] for i in range(0, len(stream), chunk_bytes)]
@@ -111,6 +118,7 @@ def plan_for(events: Sequence[bytes], controls: Controls) -> WritePlan:
         chunk_bytes=controls.chunk_bytes,
         events_per_write=controls.events_per_write,
         abort_after_events=controls.abort_after_events,
+        cut_after_bytes=controls.cut_after_bytes,
     )
 
 
