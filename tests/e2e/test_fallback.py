@@ -130,9 +130,9 @@ def test_a_stall_before_the_first_byte_falls_over_after_the_timeout(gw: Chained)
 
 
 def test_a_cut_after_the_first_byte_is_not_retried(gw: Chained) -> None:
-    # The body in 100-byte writes 200 ms apart: the headers and the first bytes reach the client before
-    # the cut. (A cut while the per-attempt filter still holds the headers is retried: Envoy's
-    # router has not seen them, docs/fallback.md fact 5.)
+    # The body in 100-byte writes 200 ms apart: the headers and the first bytes reach the client
+    # before the cut. (A cut while the per-attempt filter still holds the headers is retried:
+    # Envoy's router has not seen them, docs/fallback.md fact 5; measured with one 300-byte write.)
     raw = gw.ask(
         "gpt-4o",
         "gpt-4o=cut@300",
