@@ -48,6 +48,8 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
             "/redis/",
             "/hiredis/",
             _G + "budgets/store.py",
+            _G + "budgets/keys.py",
+            _G + "budgets/recent.py",
             _G + "budgets/pipe.py",
             _G + "budgets/calls.py",
             _G + "budgets/scripts.py",

@@ -5,28 +5,27 @@ A configuration reload builds a new `BudgetGate` (budgets, catalog, estimates) o
 services, so a reload can never strand a settle in flight or fail-open spend not yet charged.
 
 Store calls on the request path go through `call` (calls.py: a bounded number at once, each with
-a deadline that measures Redis, through the circuit breaker).
+a deadline that measures Redis, through the circuit breaker); leases and the reaper are
+leases.py's, fail-open spend and the journal's replay owed.py's.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import dataclasses
-import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gateway_extproc.budgets import journal as journals
 from gateway_extproc.budgets.alerts import AlertSender, webhooks_of
 from gateway_extproc.budgets.breaker import CircuitBreaker
-from gateway_extproc.budgets.calls import Overloaded, StoreCalls
-from gateway_extproc.budgets.journal import SYNC_INTERVAL_S, Journal
+from gateway_extproc.budgets.calls import StoreCalls
+from gateway_extproc.budgets.journal import Journal
 from gateway_extproc.budgets.leases import Leases
 from gateway_extproc.budgets.model import BudgetConfig
+from gateway_extproc.budgets.owed import IfVanished, OwedSpend
 from gateway_extproc.budgets.results import (
     BudgetStoreError,
     Charge,
@@ -41,8 +40,6 @@ from gateway_extproc.spend.rollup import UsageRecord
 
 log = logging.getLogger("gateway.budgets")
 _T = TypeVar("_T")
-# A fail-open charge has no limit: the request was already served.
-_UNLIMITED = 2**52
 # Settle / release retries: first pause, longest pause between attempts, per-attempt timeout.
 RETRY_FIRST_S, RETRY_MAX_S, ATTEMPT_TIMEOUT_S = 0.1, 5.0, 2.0
 
@@ -75,16 +72,6 @@ class BudgetStats:
     vanished: int = 0  # settles whose reservation record Redis had lost: charged fail-open
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class IfVanished:
-    """What a settle charges as fail-open spend if Redis lost its reservation record (a failover
-    with asynchronous replication, AOF `everysec`): the charges (budget, scope value) and the
-    request's arrival time, whose windows the spend goes to."""
-
-    charges: tuple[Charge, ...]
-    arrived: float
-
-
 class BudgetServices:
     def __init__(
         self,
@@ -111,15 +98,11 @@ class BudgetServices:
         self._settling: dict[
             str, tuple[int | None, UsageRecord | None, bool, IfVanished | None]
         ] = {}
-        # Spend admitted fail-open, to charge when the store is back (bounded; drops counted).
-        self._unreconciled: collections.deque[
-            tuple[str, tuple[Charge, ...], int, float, UsageRecord | None]
-        ] = collections.deque(maxlen=100_000)
         self._sync_task: asyncio.Task[None] | None = None
-        self._replayed: set[str] = set()  # settles owed by a previous run (journal entries)
         self.adopt_from: Path | None = None  # journals of gone workers to take over
         self.attempt_timeout_s = ATTEMPT_TIMEOUT_S  # one settle / release attempt
         self._leases = Leases(self)  # reservations of responses in flight
+        self._owed = OwedSpend(self)  # fail-open spend and journaled settles owed to Redis
         # Called with (seconds, ok) after each request-path store call (metrics), if set.
         self.on_call: Callable[[float, bool], None] | None = None
         # Called with (reservation, now) for each reservation this process's reaper expired:
@@ -229,8 +212,8 @@ class BudgetServices:
                 then(answer)
             if not _cancelled():  # else close() journals it as still owed
                 self._settling.pop(reservation_id, None)
-                if reservation_id in self._replayed and self.journal is not None:
-                    self._replayed.discard(reservation_id)
+                if reservation_id in self._owed.replayed and self.journal is not None:
+                    self._owed.replayed.discard(reservation_id)
                     self.journal.done(reservation_id)
 
     def _vanished(
@@ -246,8 +229,8 @@ class BudgetServices:
         TTL. The cost is owed as fail-open spend: journaled, charged under the id
         `<id>:fail-open`, once."""
         self.stats.vanished += 1
-        if reservation_id in self._replayed and self.journal is not None:
-            self._replayed.discard(reservation_id)  # the settle entry is done: ...
+        if reservation_id in self._owed.replayed and self.journal is not None:
+            self._owed.replayed.discard(reservation_id)  # the settle entry is done: ...
             self.journal.done(reservation_id)  # ... the fail-open entry below replaces it
         if if_vanished is None or not if_vanished.charges:
             log.error(
@@ -263,7 +246,7 @@ class BudgetServices:
             format_usd(cost),
             extra={"request_id": reservation_id},
         )
-        self.owe_fail_open(reservation_id, if_vanished.charges, cost, if_vanished.arrived, usage)
+        self._owed.owe(reservation_id, if_vanished.charges, cost, if_vanished.arrived, usage)
 
     def owe_fail_open(
         self,
@@ -274,54 +257,12 @@ class BudgetServices:
         usage: UsageRecord | None = None,
     ) -> None:
         """Spend admitted while the store was down: journal it, charge it when Redis is back."""
-        if len(self._unreconciled) == self._unreconciled.maxlen:
-            self.stats.reconcile_dropped += 1
-            log.error("fail-open queue full: the oldest unreconciled spend is dropped")
-        self._unreconciled.append((reservation_id, charges, cost, arrived, usage))
-        if self.journal is not None:
-            self.journal.owe(
-                {
-                    "op": "fail_open",
-                    "id": reservation_id,
-                    "cost": cost,
-                    "arrived": arrived,
-                    "charges": [[c.budget.name, c.scope_value] for c in charges],
-                    "usage": None if usage is None else usage.to_json(),
-                }
-            )
+        self._owed.owe(reservation_id, charges, cost, arrived, usage)
 
     async def reconcile(self) -> int:
-        """Charge fail-open spend now that the store answers: for each request, a reservation
-        with no limit (the request was already served) settled at its real cost, in the
-        windows of its arrival time. Idempotent per request id. Returns how many were charged."""
-        done = 0
-        store = self.store
-        while self._unreconciled and store is not None:
-            request_id, charges, cost, arrived, usage = self._unreconciled[0]
-            unlimited = tuple(
-                dataclasses.replace(c, estimate_micros=cost, limit_micros=_UNLIMITED)
-                for c in charges
-            )
-            reserve = functools.partial(
-                store.reserve, charges=unlimited, lease_s=self.settings.lease_s, now=arrived
-            )
-            try:
-                charge_id = f"{request_id}:fail-open"
-                await self.call(functools.partial(reserve, charge_id))
-                settled = await asyncio.wait_for(store.settle(charge_id, cost, arrived, usage), 1.0)
-            except (BudgetStoreError, TimeoutError, OSError, Overloaded):
-                return done
-            if settled.state is ReservationState.UNKNOWN:  # lost between reserve and settle
-                return done  # (a failover): reserved and settled again next time
-            if self.alerts is not None:
-                self.alerts.send(settled.crossings)
-            self._unreconciled.popleft()
-            if self.journal is not None:
-                self.journal.done(request_id, "fail_open")
-            done += 1
-        if done:
-            log.warning("reconciled %d request(s) admitted while the budget store was down", done)
-        return done
+        """Charge fail-open spend now that the store answers (owed.py). Returns how many
+        requests were charged."""
+        return await self._owed.reconcile()
 
     # -- leases and the reaper (leases.py) ---------------------------------------------------
 
@@ -342,18 +283,14 @@ class BudgetServices:
         if self.store is None:
             return
         await self.adopt()
-        if self._unreconciled:
+        if self._owed.queue:
             await self.reconcile()
         await self._leases.reap(self.store)
 
     async def adopt(self) -> int:
-        """Take over the journals of workers that are gone (`adopt_from`, journal.py `adopt`):
-        their settles and fail-open spend become this worker's. Returns how many entries."""
-        if self.journal is None or self.adopt_from is None:
-            return 0
-        entries = await asyncio.to_thread(journals.adopt, self.journal, self.adopt_from)
-        self._requeue(entries)
-        return len(entries)
+        """Take over the journals of workers that are gone (`adopt_from`): their settles and
+        fail-open spend become this worker's. Returns how many entries."""
+        return await self._owed.adopt()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -366,73 +303,14 @@ class BudgetServices:
         if self.alerts is not None:
             await self.alerts.start()
         if self.journal is not None:
-            self._replay_journal()
-            self._sync_task = asyncio.ensure_future(self._sync_forever())
+            self._owed.replay_journal()
+            self._sync_task = asyncio.ensure_future(self._owed.sync_forever())
         if self.store is not None:
             try:  # fail fast on a bad URL in the log; requests still apply on_redis_error
                 await asyncio.wait_for(self.store.load_scripts(), 5.0)
                 await asyncio.wait_for(self.store.warm(self.settings.max_inflight), 5.0)
             except (BudgetStoreError, TimeoutError, OSError) as exc:
                 log.error("budget store not reachable at start: %s", exc)
-
-    def _replay_journal(self) -> None:
-        """Re-queue what a previous run of this worker still owed Redis, then compact; take over
-        the journals of gone workers (`adopt_from`)."""
-        assert self.journal is not None
-        kept = self._requeue(self.journal.outstanding())
-        self.journal.compact(kept)
-        if kept:
-            log.warning("journal: %d charge(s) owed to Redis from a previous run", len(kept))
-        if self.adopt_from is not None:
-            self._requeue(journals.adopt(self.journal, self.adopt_from))
-
-    def _requeue(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Queue journal entries (settles, fail-open spend) again; returns those still owed (an
-        entry whose budgets are all gone is dropped, logged and marked done)."""
-        kept = []
-        for entry in entries:
-            key = str(entry["id"])
-            usage = _usage_of(entry)
-            charges = self._charges_of(entry)
-            if entry["op"] == "settle":
-                cost = entry.get("cost")
-                self._replayed.add(key)
-                reserved = bool(entry.get("reserved", True))
-                if_vanished = None
-                if "arrived" in entry:
-                    if_vanished = IfVanished(charges, float(entry["arrived"]))
-                self.settle(
-                    key,
-                    None if cost is None else int(cost),
-                    usage,
-                    reserved=reserved,
-                    if_vanished=if_vanished,
-                )
-                kept.append(entry)
-            elif charges:
-                self._unreconciled.append(
-                    (key, charges, int(entry["cost"]), float(entry["arrived"]), usage)
-                )
-                kept.append(entry)
-            elif self.journal is not None:
-                self.journal.done(key, "fail_open")
-        return kept
-
-    def _charges_of(self, entry: dict[str, Any]) -> tuple[Charge, ...]:
-        charges = []
-        for name, scope_value in entry.get("charges", []):
-            budget = self.budget_lookup(name)
-            if budget is None:
-                log.error("journal: budget %r is gone; its spend owed to Redis is dropped", name)
-                continue
-            charges.append(Charge.of(budget, scope_value, int(entry.get("cost") or 0)))
-        return tuple(charges)
-
-    async def _sync_forever(self) -> None:
-        assert self.journal is not None
-        while True:
-            await asyncio.sleep(SYNC_INTERVAL_S)
-            await asyncio.to_thread(self.journal.sync)
 
     async def drain(self, timeout_s: float = 5.0) -> None:
         if self._pending:
@@ -445,7 +323,7 @@ class BudgetServices:
         deadline = time.monotonic() + grace_s
         await self.drain(grace_s)
         self._leases.close()
-        await self._reconcile_until(deadline)
+        await self._owed.reconcile_until(deadline)
         for task in list(self._pending):
             task.cancel()
         if self.journal is not None:
@@ -465,46 +343,19 @@ class BudgetServices:
             if self._sync_task is not None:
                 self._sync_task.cancel()
             self.journal.close()
-        elif self._settling or self._unreconciled:
+        elif self._settling or self._owed.queue:
             log.error(
                 "stopping with %d settle(s) and %d fail-open charge(s) not taken by Redis, and "
                 "no journal to keep them",
                 len(self._settling),
-                len(self._unreconciled),
+                len(self._owed.queue),
             )
         if self.alerts is not None:
             await self.alerts.close()
         if self.close_client is not None:
             await self.close_client()
 
-    async def _reconcile_until(self, deadline: float) -> None:
-        """Charge fail-open spend before exit, retrying while Redis (or the breaker) refuses,
-        until `deadline` (monotonic). What is left stays in the journal for the next run."""
-        pause = RETRY_FIRST_S
-        while self._unreconciled and self.store is not None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            try:
-                await asyncio.wait_for(self.reconcile(), left)
-            except TimeoutError:
-                break
-            if self._unreconciled:
-                await asyncio.sleep(min(pause, max(deadline - time.monotonic(), 0)))
-                pause = min(pause * 2, 1.0)
-        if self._unreconciled:
-            log.warning(
-                "stopping with %d fail-open charge(s) not taken by Redis: %s",
-                len(self._unreconciled),
-                "left in the journal" if self.journal is not None else "lost (no journal)",
-            )
-
 
 def _cancelled() -> bool:
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
-
-
-def _usage_of(entry: dict[str, Any]) -> UsageRecord | None:
-    doc = entry.get("usage")
-    return UsageRecord.from_json(doc) if isinstance(doc, dict) else None

@@ -10,8 +10,9 @@ from collections.abc import Callable, Sequence
 
 from gateway_extproc.budgets.admission import Decision
 from gateway_extproc.budgets.model import BudgetConfig
+from gateway_extproc.budgets.owed import IfVanished
 from gateway_extproc.budgets.results import Charge, SettleResult
-from gateway_extproc.budgets.services import BudgetServices, IfVanished
+from gateway_extproc.budgets.services import BudgetServices
 from gateway_extproc.catalog.pricing import format_usd
 from gateway_extproc.handoff import BudgetHandoff
 from gateway_extproc.spend.rollup import UsageRecord

@@ -7,16 +7,8 @@ is one script, so a cancelled call either happened whole or not at all). A reser
 may still have run: retry it with the same request id (a replay changes nothing and says so), or
 `release` the id (harmless if it never reserved); otherwise its lease expires and `reap` charges it.
 
-Key layout (P = prefix, T = hash tag; every key of every call shares the slot of `{T}`):
-
-    P:{T}:c:<budget>:<scope value>:<window id>   calendar counter  hash spent, held, a:<pct>
-    P:{T}:r:<budget>:<scope value>:<bucket s>    rolling counter   hash b:<bucket>..., held, a:<pct>
-    P:{T}:rl:<limit>:<scope value>:<window s>    rate limit        hash r:<bucket>, t:<bucket>
-    P:{T}:res:<request id>                       reservation       hash state, lease, charges...
-    P:{T}:leases                                 lease expiries    zset request id -> lease ms
-    P:{T}:ov:<budget>:<scope value>              override          hash limit, expires, reason...
-    P:{T}:overrides                              override index    zset budget\x1fscope -> expiry
-    P:{T}:spend:<YYYY-MM-DD>                     spend rollup      hash "<row>|<metric>" (spend/)
+The keys (one hash slot, `{T}`) are keys.py's; the records of this process's reservations are
+remembered for their settle or release (recent.py).
 
 TTLs are set by the script that writes the key: calendar counters live until their window ends
 plus `counter_grace_s`; rolling counters `duration + counter_grace_s` after their last write;
@@ -42,7 +34,6 @@ stores (prefix and hash tag): each keeps its own atomicity on its own shard.
 from __future__ import annotations
 
 import asyncio
-import collections
 from collections.abc import Sequence
 
 from redis.asyncio import Redis
@@ -50,10 +41,12 @@ from redis.asyncio.cluster import RedisCluster
 
 from gateway_extproc.budgets import windows
 from gateway_extproc.budgets.facts import ReservationFacts
+from gateway_extproc.budgets.keys import StoreKeys
 from gateway_extproc.budgets.model import BudgetConfig, CalendarWindow, RollingWindow
 from gateway_extproc.budgets.pipe import Script, ScriptPipe
 from gateway_extproc.budgets.ratelimits import wire
 from gateway_extproc.budgets.ratelimits.model import RateLimitCharge, RateLimitState
+from gateway_extproc.budgets.recent import RecentReservations
 from gateway_extproc.budgets.results import (
     AlertCrossing,
     BudgetStatus,
@@ -73,9 +66,8 @@ from gateway_extproc.budgets.scripts import (
     script_source,
     text,
 )
-from gateway_extproc.budgets.wire import budget_states, charge_args, record_labels
+from gateway_extproc.budgets.wire import budget_states, charge_args
 from gateway_extproc.spend.rollup import (
-    RollupDay,
     RollupSettings,
     UsageRecord,
     day_key,
@@ -84,13 +76,10 @@ from gateway_extproc.spend.rollup import (
     script_args,
 )
 
-ROLLING_WINDOW_ID = "rolling"
-# Reservations of this process remembered for their settle (bounded; oldest forgotten first).
-RECENT_RESERVATIONS = 100_000
 SCRIPTS = ("reserve", "settle", "release", "checkpoint", "reap", "record", "peek")
 
 
-class BudgetStore:
+class BudgetStore(StoreKeys):
     """Budget counters and reservations in Redis (standalone `Redis` or `RedisCluster`)."""
 
     def __init__(
@@ -107,18 +96,11 @@ class BudgetStore:
     ) -> None:
         """`pipe`: the scripts' lean path to a standalone Redis (pipe.py; `aclose` closes it),
         else every call goes through `client`."""
-        for name, value in (("prefix", prefix), ("hash_tag", hash_tag)):
-            if not value or "{" in value or "}" in value:
-                raise ValueError(f"{name} must be non-empty and free of braces (got {value!r})")
+        super().__init__(prefix, hash_tag, rollups)
         if counter_grace_s < 0 or record_retention_s <= 0:
             raise ValueError("counter_grace_s must be >= 0 and record_retention_s > 0")
         self._client = client
-        self.rollups = rollups or RollupSettings()
-        self._recent: collections.OrderedDict[str, tuple[dict[str, str], list[str]]] = (
-            collections.OrderedDict()
-        )
-        self._base = f"{prefix}:{{{hash_tag}}}"
-        self._leases = f"{self._base}:leases"
+        self._recent = RecentReservations(client, self)
         self._grace_ms = counter_grace_s * 1000
         self._retention_ms = record_retention_s * 1000
         # A reaped reservation's record lives long enough for its sidecar's late settle or
@@ -126,8 +108,6 @@ class BudgetStore:
         self._expired_retention_ms = max(expired_retention_s, record_retention_s) * 1000
         self._sources = {name: script_source(name) for name in SCRIPTS}
         self._pipe = pipe
-        self._spans: dict[CalendarWindow, windows.CalendarSpan] = {}  # calendar_span's memo
-        self._day: RollupDay | None = None  # _rollup_day's memo
 
         def script(name: str) -> Script:
             source = self._sources[name]
@@ -149,11 +129,6 @@ class BudgetStore:
         """Close the script pipe, if any (the client is its owner's to close)."""
         if self._pipe is not None:
             await self._pipe.aclose()
-
-    @property
-    def key_base(self) -> str:
-        """`P:{T}`: every key of this store starts with it (one hash slot)."""
-        return self._base
 
     @property
     def counter_grace_ms(self) -> int:
@@ -181,50 +156,6 @@ class BudgetStore:
                 return
             await asyncio.gather(*(self._client.ping() for _ in range(max(connections, 1))))
 
-    # -- keys ---------------------------------------------------------------------------------
-
-    def counter_key(self, budget: BudgetConfig, scope_value: str, now: float) -> tuple[str, str]:
-        """The counter hash a charge at `now` debits, and its window id."""
-        window = budget.window
-        if isinstance(window, CalendarWindow):
-            span = self.calendar_span(window, now)
-            return f"{self._base}:c:{budget.name}:{scope_value}:{span.id}", span.id
-        key = f"{self._base}:r:{budget.name}:{scope_value}:{window.bucket_s}"
-        return key, ROLLING_WINDOW_ID
-
-    def calendar_span(self, window: CalendarWindow, now: float) -> windows.CalendarSpan:
-        """`windows.calendar_span`, remembered per window until `now` leaves it (every reserve
-        needs it; computing it builds datetimes in the window's timezone)."""
-        span = self._spans.get(window)
-        if span is None or not span.start <= now < span.end:
-            span = self._spans[window] = windows.calendar_span(window, now)
-        return span
-
-    def rate_limit_key(self, charge: RateLimitCharge) -> str:
-        limit = charge.limit
-        return f"{self._base}:rl:{limit.name}:{charge.scope_value}:{limit.window_s}"
-
-    def override_key(self, budget: str, scope_value: str) -> str:
-        return f"{self._base}:ov:{budget}:{scope_value}"
-
-    def rollup_key(self, usage: UsageRecord) -> str:
-        return day_key(self._base, self._rollup_day(usage.arrived).day)
-
-    def _rollup_day(self, ts: float) -> RollupDay:
-        """The rollup day of `ts`, remembered until a settle's arrival leaves it (computing it
-        builds datetimes in the rollups' timezone)."""
-        day = self._day
-        if day is None or not day.holds(ts):
-            day = self._day = RollupDay.of(ts, self.rollups)
-        return day
-
-    def record_key(self, request_id: str) -> str:
-        return f"{self._base}:res:{request_id}"
-
-    @property
-    def leases_key(self) -> str:
-        return self._leases
-
     # -- reserve ------------------------------------------------------------------------------
 
     async def reserve(
@@ -246,7 +177,7 @@ class BudgetStore:
         if not charges and not limits:  # nothing applies: admitted, nothing to hold or settle
             return ReserveResult(True, False, ReservationState.UNKNOWN, ())
         now_ms = ms(now)
-        keys = [self.record_key(request_id), self._leases]
+        keys = [self.record_key(request_id), self.leases_key]
         args: list[str | int] = [request_id, now_ms, ms(now + lease_s), self._retention_ms]
         args.append(len(charges))
         window_ids: list[str] = []
@@ -284,7 +215,7 @@ class BudgetStore:
         reservation = ReservationState(state) if state else ReservationState.UNKNOWN
         if reservation is ReservationState.RESERVED and status != "replay":
             held = [*keys[: 2 + len(charges)], *rate_keys]
-            self._remember(request_id, held, charges, window_ids, len(limits), encoded)
+            self._recent.remember(request_id, held, charges, window_ids, len(limits), encoded)
         return ReserveResult(
             admitted=reservation is ReservationState.RESERVED,
             replayed=status == "replay",
@@ -322,13 +253,13 @@ class BudgetStore:
         if usage is not None:
             tokens = usage.usage.total_input_tokens + usage.usage.output_tokens
         with redis_errors("settle"):
-            record, keys = await self._record(request_id)
+            record, keys = await self._recent.record(request_id)
             if record is None:
                 return SettleResult(ReservationState.UNKNOWN, False)
             args: list[str | int] = [actual_micros, ms(now), self._retention_ms, tokens]
             if usage is not None:
                 keys = [*keys, self.rollup_key(usage)]
-                args += script_args(usage, self.rollups, self._rollup_day(usage.arrived))
+                args += script_args(usage, self.rollups, self.rollup_day(usage.arrived))
             reply = await self._settle(keys=keys, args=args)
         return SettleResult(
             ReservationState(text(reply[0])),
@@ -340,7 +271,7 @@ class BudgetStore:
     async def record_usage(self, request_id: str, usage: UsageRecord, now: float) -> SettleResult:
         """Roll up a billed request that reserved nothing (no budget applied); idempotent."""
         keys = [self.record_key(request_id), self.rollup_key(usage)]
-        day = self._rollup_day(usage.arrived)
+        day = self.rollup_day(usage.arrived)
         args = [self._retention_ms, ms(now), *script_args(usage, self.rollups, day)]
         with redis_errors("record"):
             reply = await self._record_usage(keys=keys, args=args)
@@ -353,7 +284,7 @@ class BudgetStore:
         nothing (state RELEASED, changed False)."""
         with redis_errors("release"):
             for _ in range(3):
-                record, keys = await self._record(request_id)
+                record, keys = await self._recent.record(request_id)
                 if record is not None and "uk" in record:  # reaped and rolled up: take it back
                     keys = [*keys, record["uk"]]
                 reply = await self._release(keys=keys, args=[self._retention_ms, request_id])
@@ -370,43 +301,10 @@ class BudgetStore:
             raise ValueError("partial_micros must be >= 0 and lease_s > 0")
         with redis_errors("checkpoint"):
             reply = await self._checkpoint(
-                keys=[self.record_key(request_id), self._leases],
+                keys=[self.record_key(request_id), self.leases_key],
                 args=[partial_micros, ms(now + lease_s), ms(now), self._retention_ms],
             )
         return SettleResult(ReservationState(text(reply[0])), int(reply[1]) == 1)
-
-    def _remember(
-        self,
-        request_id: str,
-        keys: list[str],
-        charges: Sequence[Charge],
-        window_ids: Sequence[str],
-        rate_limits: int = 0,
-        facts: str | None = None,
-    ) -> None:
-        """Keep what this process just reserved, so its settle or release needs no HGETALL of
-        the record first: one round trip instead of two. (The script still reads the record
-        and checks the keys; another process, or one restarted, falls back to reading it.)"""
-        labels = record_labels(charges, window_ids, rate_limits)
-        if facts is not None:
-            labels["ad"] = facts
-        self._recent[request_id] = (labels, [*keys])
-        if len(self._recent) > RECENT_RESERVATIONS:
-            self._recent.popitem(last=False)
-
-    async def _record(self, request_id: str) -> tuple[dict[str, str] | None, list[str]]:
-        """The reservation record and the keys a script on it needs (read-only; the script
-        re-checks the state and that the keys are the recorded ones)."""
-        known = self._recent.pop(request_id, None)
-        if known is not None:
-            return known
-        record_key = self.record_key(request_id)
-        record = decoded(await self._client.hgetall(record_key))
-        if "state" not in record:
-            return None, [record_key, self._leases]
-        counters = [record[f"k:{i}"] for i in range(1, int(record["n"]) + 1)]
-        counters += [record[f"rk:{j}"] for j in range(1, int(record.get("rn", "0")) + 1)]
-        return record, [record_key, self._leases, *counters]
 
     # -- reap ---------------------------------------------------------------------------------
 
@@ -419,15 +317,16 @@ class BudgetStore:
         reaped: list[Reaped] = []
         found: list[AlertCrossing] = []
         with redis_errors("reap"):
-            due = await self._client.zrangebyscore(self._leases, "-inf", now_ms, start=0, num=limit)
+            leases = self.leases_key
+            due = await self._client.zrangebyscore(leases, "-inf", now_ms, start=0, num=limit)
             for member in due:
                 request_id = text(member)
-                record, keys = await self._record(request_id)
+                record, keys = await self._recent.record(request_id)
                 args: list[str | int] = [request_id, now_ms, self._expired_retention_ms]
                 facts = None if record is None else ReservationFacts.decode(record.get("ad", ""))
                 if facts is not None:
                     day = day_of(facts.arrived, self.rollups.zone)
-                    keys = [*keys, day_key(self._base, day)]
+                    keys = [*keys, day_key(self.key_base, day)]
                     args += [expire_at_ms(day, self.rollups), facts.dimensions.encode()]
                 reply = await self._reap(keys=keys, args=args)
                 if record is None or int(reply[1]) != 1:

@@ -9,6 +9,8 @@ credential never reaches the mock."""
 from __future__ import annotations
 
 import json
+import math
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -86,6 +88,11 @@ def _asked(mock: str) -> list[dict[str, Any]]:
         return list(json.load(r))
 
 
+def _refusals(stack: Stack) -> int:
+    log = (stack.run_dir / "stack.log").read_text(errors="replace")
+    return log.count("Entra ID token for Azure OpenAI not obtained")
+
+
 def _no_secret_in_logs(stack: Stack) -> None:
     log = (stack.run_dir / "stack.log").read_text(errors="replace")
     audit = (stack.run_dir / "audit.jsonl").read_text(errors="replace")
@@ -99,20 +106,21 @@ def test_entra_token_fetched_sent_and_metered(
 ) -> None:
     mock, audit = MockLog(entra_mock), AuditLog(entra_stack.run_dir / "audit.jsonl")
     mock.clear()
-    raw = _client(entra_stack).chat.completions.with_raw_response.create(
-        model="azure/gpt-4o",
-        messages=[{"role": "user", "content": "hi"}],
-        stream=stream,
-        extra_headers={"x-mock-output-tokens": "9"},
-    )
-    if stream:
-        chunks = list(raw.parse())  # type: ignore[call-overload]
-        usage = chunks[-1].usage
-        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    else:
-        completion = raw.parse()
-        usage = completion.usage
-        assert completion.choices[0].message.content
+    with _client(entra_stack) as client:
+        raw = client.chat.completions.with_raw_response.create(
+            model="azure/gpt-4o",
+            messages=[{"role": "user", "content": "hi"}],
+            stream=stream,
+            extra_headers={"x-mock-output-tokens": "9"},
+        )
+        if stream:
+            chunks = list(raw.parse())  # type: ignore[call-overload]
+            usage = chunks[-1].usage
+            assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        else:
+            completion = raw.parse()
+            usage = completion.usage
+            assert completion.choices[0].message.content
     assert usage is not None and usage.completion_tokens == 9
     (seen,) = mock.received()  # the mock answered: it checked the bearer token
     assert seen["path"] == "/openai/v1/chat/completions"
@@ -136,14 +144,15 @@ def test_entra_token_fetched_sent_and_metered(
 
 def test_token_cached_across_requests(entra_stack: Stack, entra_mock: str) -> None:
     """One fetch serves many requests: the token lives an hour, far from its refresh margin."""
-    _client(entra_stack).chat.completions.create(
-        model="azure/gpt-4o", messages=[{"role": "user", "content": "warm"}]
-    )
-    before = len(_asked(entra_mock))
-    for _ in range(3):
-        _client(entra_stack).chat.completions.create(
-            model="azure/gpt-4o", messages=[{"role": "user", "content": "hi"}]
+    with _client(entra_stack) as client:
+        client.chat.completions.create(
+            model="azure/gpt-4o", messages=[{"role": "user", "content": "warm"}]
         )
+        before = len(_asked(entra_mock))
+        for _ in range(3):
+            client.chat.completions.create(
+                model="azure/gpt-4o", messages=[{"role": "user", "content": "hi"}]
+            )
     assert len(_asked(entra_mock)) == before
 
 
@@ -153,17 +162,39 @@ def test_refused_token_is_a_503_charged_nothing(
 ) -> None:
     mock, audit = MockLog(entra_mock), AuditLog(refused_stack.run_dir / "audit.jsonl")
     mock.clear()
-    asked = len(_asked(entra_mock))
-    with pytest.raises(openai.InternalServerError) as caught:
-        _client(refused_stack).chat.completions.create(
+    # The client is closed even when an assertion below fails: a failed test keeps its frames
+    # (and an unclosed client's pooled socket) until exit, a ResourceWarning then.
+    with _client(refused_stack) as client, pytest.raises(openai.InternalServerError) as caught:
+        client.chat.completions.create(
             model="azure/gpt-4o", messages=[{"role": "user", "content": "hi"}], stream=stream
         )
     response = caught.value.response
     assert response.status_code == 503
     error = response.json()["error"]  # OpenAI's error format
     assert "Entra ID" in error["message"] and error["code"]
-    assert len(_asked(entra_mock)) > asked  # the sidecar did ask, and was refused
+    # the sidecar did ask, and was refused (this request, or the one before it: the backoff)
+    assert _asked(entra_mock) and _refusals(refused_stack) > 0
     assert mock.received() == []  # nothing reached Azure without a token
     rec = audit.wait_for(response.headers["x-gateway-request-id"])
     assert rec["status"] == 503 and rec["cost_micros"] == 0
     _no_secret_in_logs(refused_stack)
+
+
+def test_refused_token_backs_off(refused_stack: Stack, entra_mock: str) -> None:
+    """Back-to-back requests while the token endpoint refuses: each gets its 503, but the
+    sidecar asks at most once per backoff (1 s, then doubled), not once per request."""
+    requests = 6
+    asked = len(_asked(entra_mock))
+    started = time.monotonic()
+    with _client(refused_stack) as client:
+        for _ in range(requests):
+            with pytest.raises(openai.InternalServerError) as caught:
+                client.chat.completions.create(
+                    model="azure/gpt-4o", messages=[{"role": "user", "content": "hi"}]
+                )
+            assert caught.value.response.status_code == 503
+    elapsed = time.monotonic() - started
+    # k fetches are at least 1 + 2 + ... + 2**(k-2) = 2**(k-1) - 1 seconds apart in all
+    most = 1 + math.floor(math.log2(elapsed + 1))
+    assert most < requests, f"{requests} requests took {elapsed:.1f} s: too slow to tell"
+    assert len(_asked(entra_mock)) - asked <= most

@@ -34,6 +34,7 @@ from gateway_extproc.budgets.model import (
     Scope,
     ScopeKind,
 )
+from gateway_extproc.budgets.owed import IfVanished
 from gateway_extproc.budgets.ratelimits.model import (
     BUCKETS,
     RateLimitAction,
@@ -41,7 +42,7 @@ from gateway_extproc.budgets.ratelimits.model import (
     RateLimitConfig,
 )
 from gateway_extproc.budgets.results import Charge, ReservationState, SettleResult
-from gateway_extproc.budgets.services import BudgetServices, GateSettings, IfVanished
+from gateway_extproc.budgets.services import BudgetServices, GateSettings
 from gateway_extproc.budgets.store import BudgetStore
 from gateway_extproc.spend.rollup import Dimensions, UsageRecord
 from gateway_extproc.tokens import Usage

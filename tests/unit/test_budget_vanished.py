@@ -24,8 +24,9 @@ from gateway_extproc.budgets.model import (
     Scope,
     ScopeKind,
 )
+from gateway_extproc.budgets.owed import IfVanished
 from gateway_extproc.budgets.results import Charge
-from gateway_extproc.budgets.services import BudgetServices, GateSettings, IfVanished
+from gateway_extproc.budgets.services import BudgetServices, GateSettings
 from gateway_extproc.budgets.store import BudgetStore
 from tests.redis_servers import RedisEndpoint, free_port, redis_standalone_server  # noqa: F401
 

@@ -120,3 +120,11 @@ def test_forward_headers_problems_each_with_its_path() -> None:
         "providers.anthropic.forward_headers: must be a list of header names "
         "(got 'anthropic-beta')",
     ]
+
+
+def test_the_fault_header_reaches_only_the_mock() -> None:
+    """x-mock-fault (fallback tests) makes the mock fail: a real provider never sees it."""
+    mocked = forward_policy(Schema.ANTHROPIC, (), mocked=True)
+    real = forward_policy(Schema.ANTHROPIC, (), mocked=False)
+    assert mocked.removals(["x-mock-fault"], provider="anthropic") == []
+    assert real.removals(["x-mock-fault"], provider="anthropic") == ["x-mock-fault"]

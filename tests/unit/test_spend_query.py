@@ -187,7 +187,7 @@ def test_the_stores_remembered_rollup_day_is_always_the_day_of_the_record(
         for t in (ts, ts + 1, ts + 3600):
             day = rollup.day_of(t, settings.zone)
             assert store.rollup_key(_record_at(t)) == rollup.day_key(store.key_base, day)
-            args = rollup.script_args(_record_at(t), settings, store._rollup_day(t))
+            args = rollup.script_args(_record_at(t), settings, store.rollup_day(t))
             assert args[0] == rollup.expire_at_ms(day, settings)
 
 
