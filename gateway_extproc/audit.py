@@ -76,6 +76,10 @@ class AuditRecord:
     # The API the provider was called with, when the gateway translated the request to it
     # (translate/): `api` stays the API the client called. None: not translated.
     provider_api: str | None = None
+    # A chained request (fallback): every attempt's {target, status, ms} in chain order, and
+    # the target that answered (None: none did). Both absent from a request that was not chained.
+    attempts: Sequence[Mapping[str, Any]] | None = None
+    served_by: str | None = None
 
     def to_json(self) -> bytes:
         doc: dict[str, Any] = {
@@ -115,6 +119,9 @@ class AuditRecord:
             "limits_reached": list(self.limits_reached),
             "reaped_charge_micros": self.reaped_charge_micros,
         }
+        if self.attempts is not None:
+            doc["attempts"] = list(self.attempts)
+            doc["served_by"] = self.served_by
         return orjson.dumps(doc)
 
 

@@ -31,6 +31,17 @@ MAC_KEY = "state_mac"
 # Beside STATE_KEY, the namespace holds response headers under their own names; Envoy copies
 # them into the client's response (route `response_headers_to_add`, envoy/routes.py).
 VERSION = 1
+# Fallback chains (docs/fallback.md): the endpoint metadata that names the target an attempt got
+# (names only, never secrets), the namespace the per-attempt filter writes `attempt_<n>` records
+# into (Envoy passes them to the downstream filters with the final response), and the gRPC
+# metadata Envoy's generated config sets on the per-attempt filter's streams, which tells the
+# sidecar the two kinds of stream apart (a client cannot set gRPC metadata: only Envoy, which
+# proves itself with the caller token, opens streams).
+TARGET_NAMESPACE = "gw.target"
+TARGET_KEY = "target"
+ATTEMPTS_NAMESPACE = "llm_gateway.attempts"
+STREAM_KIND_KEY = "x-gateway-stream"
+UPSTREAM_STREAM = "upstream"
 
 
 class HandoffError(ValueError):
@@ -52,6 +63,48 @@ class BudgetHandoff:
     @property
     def estimate_micros(self) -> int:
         return max((c[2] for c in self.charges), default=0)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ChainTarget:
+    """One target of a chained request, as the request phase admitted and priced it: what the
+    per-attempt filter rewrites the request for, and what the response is metered at when this
+    target answers (docs/fallback.md)."""
+
+    target: str  # `openai/gpt-4o`, as the endpoint metadata names it
+    provider: str
+    model: str  # the catalog entry sent upstream
+    api: Api  # the API the provider is called with (a streamed request's)
+    price: Price
+    max_tokens: int | None  # the output limit sent upstream
+    cap: tuple[str, int] | None  # the output cap written into a same-API body
+    charge_limits: ChargeLimits | None = None
+
+    def to_doc(self) -> list[Any]:
+        return [
+            self.target,
+            self.provider,
+            self.model,
+            self.api.name,
+            _price_doc(self.price),
+            self.max_tokens,
+            None if self.cap is None else list(self.cap),
+            None if self.charge_limits is None else self.charge_limits.to_doc(),
+        ]
+
+    @classmethod
+    def of_doc(cls, doc: list[Any]) -> ChainTarget:
+        cap, limits = doc[6], doc[7]
+        return cls(
+            target=str(doc[0]),
+            provider=str(doc[1]),
+            model=str(doc[2]),
+            api=Api[doc[3]],
+            price=_price_of(doc[4]),
+            max_tokens=None if doc[5] is None else int(doc[5]),
+            cap=None if cap is None else (str(cap[0]), int(cap[1])),
+            charge_limits=None if limits is None else ChargeLimits.of_doc(limits),
+        )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -86,6 +139,25 @@ class RequestState:
     # whose bytes are metered. None: the client called the provider's API itself.
     client_api: Api | None = None
     wants_usage: bool = False  # the client asked for a stream's usage (`include_usage`)
+    # A chained request (fallback): the targets Envoy may try, in order, the first the one
+    # above. Empty: not chained.
+    chain: tuple[ChainTarget, ...] = ()
+
+    def answered_by(self, target: ChainTarget) -> RequestState:
+        """This state as if `target` had been sent the request: its model, price, provider, API
+        (translated from the client's when it differs) and limits."""
+        client = self.client_api or self.api
+        return dataclasses.replace(
+            self,
+            served_model=target.model,
+            price=target.price,
+            provider=target.provider,
+            api=target.api,
+            client_api=None if target.api.schema is client.schema else client,
+            max_tokens=target.max_tokens,
+            cap_injected=target.cap is not None,
+            charge_limits=target.charge_limits,
+        )
 
     # -- encoding ----------------------------------------------------------------------------
 
@@ -117,6 +189,8 @@ class RequestState:
             "capi": None if self.client_api is None else self.client_api.name,
             "wu": self.wants_usage,
         }
+        if self.chain:
+            doc["ch"] = [t.to_doc() for t in self.chain]
         return orjson.dumps(doc).decode()
 
     @classmethod
@@ -149,6 +223,7 @@ class RequestState:
                 charge_limits=None if doc.get("cl") is None else ChargeLimits.of_doc(doc["cl"]),
                 client_api=None if doc.get("capi") is None else Api[doc["capi"]],
                 wants_usage=bool(doc.get("wu", False)),
+                chain=tuple(ChainTarget.of_doc(t) for t in doc.get("ch", ())),
             )
         except HandoffError:
             raise

@@ -21,12 +21,14 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from gateway_extproc import handoff
 from gateway_extproc.admin import server as admin_server
 from gateway_extproc.budgets.journal import Journal
 from gateway_extproc.config.gateway import GatewayConfig
 from gateway_extproc.errors import ConfigError
 from gateway_extproc.logs import setup_logging
 from gateway_extproc.observability.telemetry import start_telemetry
+from gateway_extproc.request.attempt import AttemptProcessor
 from gateway_extproc.request.processor import StreamProcessor
 from gateway_extproc.response.observer import StreamObserver
 from gateway_extproc.runtime import Runtime, build_context
@@ -72,6 +74,12 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
         # stream writes one reply per message.
         # The context current when the stream starts serves the whole stream, across reloads;
         # the runtime keeps it open until its last stream ends.
+        if _is_attempt(metadata):  # a chain cluster's per-attempt filter (request/attempt.py)
+            with self.runtime.stream() as ctx:
+                attempt = AttemptProcessor(ctx)
+                while (message := await context.read()) is not grpc.aio.EOF:
+                    await context.write(await attempt.handle(message))
+            return
         with self.runtime.stream() as ctx:
             processor: StreamProcessor | None = None
             observer = StreamObserver(ctx)
@@ -102,6 +110,16 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc
                     processor.close()
                 observer.close()
                 ctx.telemetry.stream_done(busy, messages)
+
+
+def _is_attempt(metadata: object) -> bool:
+    """Whether Envoy opened this stream from a chain cluster's per-attempt filter: the gRPC
+    metadata its generated config sets (envoy/filters.py upstream_filter); a client of the
+    gateway cannot set it, and the caller token was checked first."""
+    for key, value in metadata or ():  # type: ignore[attr-defined]
+        if key == handoff.STREAM_KIND_KEY:
+            return bool(value == handoff.UPSTREAM_STREAM)
+    return False
 
 
 def trace_context(metadata: object) -> tuple[str | None, str | None]:

@@ -27,6 +27,7 @@ from gateway_extproc.budgets.ratelimits.settings import parse_rate_limits
 from gateway_extproc.budgets.settings import parse_budgets
 from gateway_extproc.cache.settings import CacheConfig, parse_cache
 from gateway_extproc.catalog.models import Catalog
+from gateway_extproc.config.fallback import FallbackConfig, parse_fallback
 from gateway_extproc.config.metering import MeteringConfig, parse_metering
 from gateway_extproc.config.namespaces import namespace_problems
 from gateway_extproc.config.providers import ProviderConfig, parse_provider
@@ -107,6 +108,8 @@ class GatewayConfig:
     # Built-in providers the operator's file does not name: one without its key (and no mock to
     # serve it) is left out instead of stopping the gateway (config/upstreams.py).
     optional_providers: frozenset[str] = frozenset()
+    # Fallback chains: the targets Envoy tries in order when one fails (config/fallback.py).
+    fallback: FallbackConfig = dataclasses.field(default_factory=FallbackConfig)
 
     @property
     def uses_store(self) -> bool:
@@ -181,7 +184,7 @@ def parse_config(
     known = {"listener", "limits", "sidecar", "providers", "mock_unconfigured_providers"}
     known |= {"catalog", "audit", "identity", "policies", "budgets", "budget_store"}
     known |= {"admin_api", "spend", "rate_limits"}
-    known |= {"observability", "metering", "guardrails", "cache"}
+    known |= {"observability", "metering", "guardrails", "cache", "fallback"}
     for extra in sorted(set(doc) - known):
         r.problems.append(f"{extra}: unknown key")
     listener = r.section(doc, "listener", {"host", "port", "admin_port"})
@@ -300,6 +303,8 @@ def parse_config(
     )
     budget_store = parse_budget_store(store_doc, environ, r.problems)
 
+    fallback = parse_fallback(doc.get("fallback"), catalog, set(providers), r.problems)
+
     audit_file = environ.get("GATEWAY_AUDIT_LOG") or audit.get("file")
     if audit_file is not None and not isinstance(audit_file, str):
         r.problems.append("audit.file: must be a path or null")
@@ -342,6 +347,7 @@ def parse_config(
         optional_providers=frozenset()
         if named_providers is None
         else (frozenset(_default_document()["providers"]) & set(providers)) - set(named_providers),
+        fallback=fallback,
     )
     r.problems.extend(caller_problems(config.admin_api, identity, dev_issuer))
     if r.problems:

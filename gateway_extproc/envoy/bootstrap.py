@@ -18,7 +18,12 @@ import yaml
 from gateway_extproc.admin import envoy_json
 from gateway_extproc.config.gateway import GatewayConfig
 from gateway_extproc.config.upstreams import Upstream
-from gateway_extproc.envoy.clusters import provider_cluster, sidecar_cluster, socket_address
+from gateway_extproc.envoy.clusters import (
+    chain_cluster,
+    provider_cluster,
+    sidecar_cluster,
+    socket_address,
+)
 from gateway_extproc.envoy.edge import overload_manager, runtime
 from gateway_extproc.envoy.filters import EXTPROC_CLUSTER, SidecarAccess, secure_sidecar_calls
 from gateway_extproc.envoy.listener import gateway_listener
@@ -48,7 +53,13 @@ def build(
     """`access`: how Envoy proves itself to the sidecar (its caller token, a client cert)."""
     listeners = [gateway_listener(config, ports.listen_host, ports.listen_port)]
     clusters = [sidecar_cluster(config, ports.sidecar_host, ports.sidecar_ports)]
-    clusters += [provider_cluster(up, config, ca_file) for up in upstreams]
+    by_provider = {up.provider: up for up in upstreams}
+    clusters += [provider_cluster(up, config, ca_file) for up in by_provider.values()]
+    clusters += [
+        chain_cluster(model, chain, by_provider, config, ca_file)
+        for model, chain in config.fallback.chains.items()
+        if all(t.provider in by_provider for t in chain)
+    ]
     clusters += envoy_tracing.collector_cluster(config.observability.envoy_otlp_endpoint)
     if ports.ops_port is not None:
         listeners.append(ops_listener(ports.listen_host, ports.ops_port, EXTPROC_CLUSTER))

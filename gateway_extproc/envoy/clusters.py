@@ -11,9 +11,11 @@ import ipaddress
 from collections.abc import Iterable
 from typing import Any
 
+from gateway_extproc import handoff
+from gateway_extproc.config.fallback import Target, cluster_name
 from gateway_extproc.config.gateway import GatewayConfig
 from gateway_extproc.config.upstreams import Upstream
-from gateway_extproc.envoy.filters import EXTPROC_CLUSTER
+from gateway_extproc.envoy.filters import EXTPROC_CLUSTER, upstream_filter
 from gateway_extproc.server import SERVICE_NAME
 
 _T = "type.googleapis.com/envoy."
@@ -53,14 +55,41 @@ def _protocol_options(http2: bool, *, tls: bool = False) -> dict[str, Any]:
     return {_HTTP_OPTIONS: {"@type": _T[: -len("envoy.")] + _HTTP_OPTIONS, **config}}
 
 
-def provider_cluster(up: Upstream, config: GatewayConfig, ca_file: str) -> dict[str, Any]:
-    """One provider's cluster: its address (resolved by DNS when a name), and TLS with its SNI
-    and a SAN check against `ca_file` when the upstream speaks HTTPS."""
+def _endpoint(up: Upstream) -> dict[str, Any]:
     endpoint: dict[str, Any] = {"address": socket_address(up.host, up.port)}
     if up.signer is not None:  # SigV4 covers `host`: Envoy sends the one that was signed
         endpoint["hostname"] = up.host_header
     elif not _is_ip(up.host):
         endpoint["hostname"] = up.host  # used by auto_host_rewrite for the Host header
+    return endpoint
+
+
+def _tls_socket(
+    host: str, ca_file: str, alpn: tuple[str, ...] = ("h2", "http/1.1")
+) -> dict[str, Any]:
+    """TLS to `host`: its SNI, and a SAN check against `ca_file`."""
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": _T + "extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "sni": host,
+            "common_tls_context": {
+                "alpn_protocols": list(alpn),
+                "validation_context": {
+                    "trusted_ca": {"filename": ca_file},
+                    "match_typed_subject_alt_names": [
+                        {"san_type": "DNS", "matcher": {"exact": host}}
+                    ],
+                },
+            },
+        },
+    }
+
+
+def provider_cluster(up: Upstream, config: GatewayConfig, ca_file: str) -> dict[str, Any]:
+    """One provider's cluster: its address (resolved by DNS when a name), and TLS with its SNI
+    and a SAN check against `ca_file` when the upstream speaks HTTPS."""
+    endpoint = _endpoint(up)
     cluster: dict[str, Any] = {
         "name": up.cluster,
         "type": "STATIC" if _is_ip(up.host) else "LOGICAL_DNS",
@@ -76,22 +105,89 @@ def provider_cluster(up: Upstream, config: GatewayConfig, ca_file: str) -> dict[
     if not _is_ip(up.host):
         cluster["dns_lookup_family"] = "V4_PREFERRED"
     if up.tls:
-        cluster["transport_socket"] = {
-            "name": "envoy.transport_sockets.tls",
-            "typed_config": {
-                "@type": _T + "extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-                "sni": up.host,
-                "common_tls_context": {
-                    "alpn_protocols": ["h2", "http/1.1"],
-                    "validation_context": {
-                        "trusted_ca": {"filename": ca_file},
-                        "match_typed_subject_alt_names": [
-                            {"san_type": "DNS", "matcher": {"exact": up.host}}
-                        ],
-                    },
-                },
-            },
+        cluster["transport_socket"] = _tls_socket(up.host, ca_file)
+    return cluster
+
+
+# A chain cluster's attempts are retries: Envoy's default allows 3 in flight per cluster, which a
+# provider outage exceeds at once (every request of the chain retries).
+CHAIN_CIRCUIT_BREAKERS = {
+    "thresholds": [
+        {
+            "priority": "DEFAULT",
+            "max_requests": 1_000_000,
+            "max_pending_requests": 1_000_000,
+            "max_retries": 1_000_000,
         }
+    ]
+}
+_TLS_MATCH = "envoy.transport_socket_match"
+
+
+def chain_cluster(
+    model: str,
+    chain: tuple[Target, ...],
+    upstreams: dict[str, Upstream],
+    config: GatewayConfig,
+    ca_file: str,
+) -> dict[str, Any]:
+    """A requested model's fallback chain (docs/fallback.md): priority i is target i, its
+    endpoint the target provider's address with metadata naming the target (names only, never
+    a secret); TLS follows the endpoint (`transport_socket_matches` on its SNI: one cluster
+    holds several providers); the per-attempt ext_proc rewrites each attempt for its target."""
+    levels = []
+    tls_hosts: list[str] = []
+    by_name = False
+    for priority, target in enumerate(chain):
+        up = upstreams[target.provider]
+        endpoint = _endpoint(up)
+        metadata: dict[str, Any] = {handoff.TARGET_NAMESPACE: {handoff.TARGET_KEY: target.name}}
+        if up.tls:
+            metadata[_TLS_MATCH] = {"sni": up.host}
+            if up.host not in tls_hosts:
+                tls_hosts.append(up.host)
+        by_name = by_name or not _is_ip(up.host)
+        levels.append(
+            {
+                "priority": priority,
+                "lb_endpoints": [{"endpoint": endpoint, "metadata": {"filter_metadata": metadata}}],
+            }
+        )
+    name = cluster_name(model)
+    # HTTP/1.1 to every target: Envoy's ALPN auto_config needs one TLS socket for the whole
+    # cluster, and a chain may mix TLS providers with plaintext ones (the mock, a local vLLM).
+    options = _protocol_options(False)
+    (http,) = options.values()
+    http["http_filters"] = [
+        upstream_filter(config),
+        {
+            "name": "envoy.filters.http.upstream_codec",
+            "typed_config": {
+                "@type": _T + "extensions.filters.http.upstream_codec.v3.UpstreamCodec"
+            },
+        },
+    ]
+    cluster: dict[str, Any] = {
+        "name": name,
+        # STRICT_DNS: every endpoint resolved (LOGICAL_DNS allows one endpoint per cluster)
+        "type": "STRICT_DNS" if by_name else "STATIC",
+        "connect_timeout": f"{config.limits.upstream_connect_timeout_s}s",
+        "per_connection_buffer_limit_bytes": config.limits.max_request_body_bytes,
+        "circuit_breakers": CHAIN_CIRCUIT_BREAKERS,
+        "load_assignment": {"cluster_name": name, "endpoints": levels},
+        "typed_extension_protocol_options": options,
+    }
+    if by_name:
+        cluster["dns_lookup_family"] = "V4_PREFERRED"
+    if tls_hosts:
+        cluster["transport_socket_matches"] = [
+            {
+                "name": f"tls_{host}",
+                "match": {"sni": host},
+                "transport_socket": _tls_socket(host, ca_file, ("http/1.1",)),
+            }
+            for host in tls_hosts
+        ]
     return cluster
 
 

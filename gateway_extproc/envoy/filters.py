@@ -17,6 +17,7 @@ from gateway_extproc.sidecar_auth.settings import caller_tokens
 
 EXTPROC_CLUSTER = "gateway_extproc"
 OBSERVER_FILTER = "gateway.observer"
+UPSTREAM_FILTER = "gateway.attempt"
 _T = "type.googleapis.com/envoy."
 
 
@@ -66,9 +67,17 @@ def ext_proc_filters(config: GatewayConfig) -> list[dict[str, Any]]:
         },
         "allow_mode_override": True,
     }
+    if config.fallback.chains:  # the state for the per-attempt filter; its attempt records back
+        request["metadata_options"] = {
+            "receiving_namespaces": {"untyped": [handoff.NAMESPACE]},
+            "forwarding_namespaces": {"untyped": [handoff.ATTEMPTS_NAMESPACE]},
+        }
     if config.metering.synchronous:
         return [{"name": "envoy.filters.http.ext_proc", "typed_config": request}]
-    request["metadata_options"] = {"receiving_namespaces": {"untyped": [handoff.NAMESPACE]}}
+    request["metadata_options"] = {
+        **request.get("metadata_options", {}),
+        "receiving_namespaces": {"untyped": [handoff.NAMESPACE]},
+    }
     close_ms = config.metering.observer_close_timeout_ms
     observer = {
         "@type": _T + "extensions.filters.http.ext_proc.v3.ExternalProcessor",
@@ -92,12 +101,65 @@ def ext_proc_filters(config: GatewayConfig) -> list[dict[str, Any]]:
             "request_trailer_mode": "SKIP",
             "response_trailer_mode": "SKIP",
         },
-        "metadata_options": {"forwarding_namespaces": {"untyped": [handoff.NAMESPACE]}},
+        "metadata_options": {"forwarding_namespaces": {"untyped": _observed(config)}},
     }
     return [
         {"name": "gateway.request", "typed_config": request},
         {"name": OBSERVER_FILTER, "typed_config": observer},
     ]
+
+
+def _observed(config: GatewayConfig) -> list[str]:
+    """The namespaces the observer is sent: the state, and with chains the attempt records."""
+    if config.fallback.chains:
+        return [handoff.NAMESPACE, handoff.ATTEMPTS_NAMESPACE]
+    return [handoff.NAMESPACE]
+
+
+# The attribute the per-attempt filter asks for: the target named by the metadata of the
+# endpoint THIS attempt got (docs/fallback.md, fact 1).
+TARGET_ATTRIBUTE = (
+    f"xds.upstream_host_metadata.filter_metadata['{handoff.TARGET_NAMESPACE}']"
+    f"['{handoff.TARGET_KEY}']"
+)
+
+
+def upstream_filter(config: GatewayConfig) -> dict[str, Any]:
+    """The per-attempt ext_proc of a chain cluster (its upstream `http_filters`, before
+    `upstream_codec`): one stream per attempt, sent the request headers and the body Envoy
+    replays from its retry buffer, the request filter's state (forwarded namespace), the target
+    as an attribute; it rewrites the request for that target (`allow_all_routing`: else Envoy
+    drops the `:authority` change) and writes the attempt's record when its response headers
+    come (`receiving_namespaces`). Its streams carry `STREAM_KIND_KEY` in their gRPC metadata."""
+    timeout_ms = config.limits.ext_proc_message_timeout_ms
+    service = _ext_proc_service(config)
+    service["initial_metadata"] = [
+        {"key": handoff.STREAM_KIND_KEY, "value": handoff.UPSTREAM_STREAM}
+    ]
+    return {
+        "name": UPSTREAM_FILTER,
+        "typed_config": {
+            "@type": _T + "extensions.filters.http.ext_proc.v3.ExternalProcessor",
+            "grpc_service": service,
+            "failure_mode_allow": False,
+            "status_on_error": {"code": 503},
+            "message_timeout": f"{timeout_ms / 1000:g}s",
+            "processing_mode": {
+                "request_header_mode": "SEND",
+                "request_body_mode": "BUFFERED",
+                "response_header_mode": "SEND",
+                "response_body_mode": "NONE",
+                "request_trailer_mode": "SKIP",
+                "response_trailer_mode": "SKIP",
+            },
+            "request_attributes": [TARGET_ATTRIBUTE],
+            "mutation_rules": {"allow_all_routing": True},
+            "metadata_options": {
+                "forwarding_namespaces": {"untyped": [handoff.NAMESPACE]},
+                "receiving_namespaces": {"untyped": [handoff.ATTEMPTS_NAMESPACE]},
+            },
+        },
+    }
 
 
 def observer_disabled() -> dict[str, dict[str, Any]]:
@@ -174,10 +236,18 @@ def secure_sidecar_calls(bootstrap: dict[str, Any], access: SidecarAccess) -> No
         if _is_ext_proc(f)
     ]
     assert filters, "the gateway listener has no ext_proc filter"
+    filters += [  # the per-attempt filters of the chain clusters
+        f
+        for cluster in resources["clusters"]
+        for options in cluster.get("typed_extension_protocol_options", {}).values()
+        for f in options.get("http_filters", ())
+        if _is_ext_proc(f)
+    ]
     for f in filters:
         if access.token is not None:
             service = f["typed_config"]["grpc_service"]
-            service["initial_metadata"] = [{"key": METADATA_KEY, "value": access.token}]
+            token = {"key": METADATA_KEY, "value": access.token}
+            service["initial_metadata"] = [*service.get("initial_metadata", ()), token]
     if access.tls is None:
         return
     tls = access.tls

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway_extproc import handoff
+from gateway_extproc.config.fallback import FallbackConfig, Trigger, cluster_name
 from gateway_extproc.config.gateway import GatewayConfig
 from gateway_extproc.envoy.filters import observer_disabled
 from gateway_extproc.request.forward import (
@@ -35,6 +36,57 @@ def _response_headers_from_metadata(config: GatewayConfig) -> list[dict[str, Any
     ]
 
 
+# Envoy's retry conditions for each trigger (a per-try timeout is retried whenever it is set).
+_RETRY_ON = {
+    Trigger.CONNECT_FAILURE: "connect-failure",
+    Trigger.RESET: "reset",
+    Trigger.SERVER_ERROR: "5xx",
+    Trigger.RATE_LIMITED: "retriable-status-codes",
+}
+
+
+def retry_policy(fallback: FallbackConfig, num_retries: int) -> dict[str, Any]:
+    """A chained request's retry policy: each retry moves to the next priority level, i.e. the
+    next target of the chain (`previous_priorities`, docs/fallback.md fact 3)."""
+    policy: dict[str, Any] = {
+        "retry_on": ",".join(v for k, v in _RETRY_ON.items() if k in fallback.on) or "reset",
+        "num_retries": num_retries,
+        "retry_priority": {
+            "name": "envoy.retry_priorities.previous_priorities",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.retry.priority."
+                "previous_priorities.v3.PreviousPrioritiesConfig",
+                "update_frequency": 1,
+            },
+        },
+        "retry_back_off": {"base_interval": "0.01s", "max_interval": "0.1s"},
+    }
+    if Trigger.RATE_LIMITED in fallback.on:
+        policy["retriable_status_codes"] = [429]
+    if Trigger.FIRST_BYTE_TIMEOUT in fallback.on:  # nothing before the first byte: next target
+        policy["per_try_timeout"] = f"{fallback.first_byte_timeout_s:g}s"
+    return policy
+
+
+def _chained(config: GatewayConfig, route: dict[str, Any]) -> list[dict[str, Any]]:
+    """The route for the requests the request phase sent to a chain cluster (one per chain:
+    `num_retries` follows its length), with the retry policy; before `route`."""
+    out = []
+    fallback = config.fallback
+    for model, chain in fallback.chains.items():
+        cluster = cluster_name(model)
+        header = {"name": CLUSTER_HEADER, "string_match": {"exact": cluster}}
+        match = {**route["match"], "headers": [header]}
+        action = {
+            **route["route"],
+            "retry_policy": retry_policy(fallback, fallback.attempts(chain) - 1),
+        }
+        chained = {**route, "match": match, "route": action}
+        chained.pop("name", None)
+        out.append(chained)
+    return out
+
+
 def routes(config: GatewayConfig, idle: str) -> list[dict[str, Any]]:
     """The provider route (cluster from the request phase's routing header). Observe mode adds
     the same route for a request whose response the request filter meters (its body reply sets
@@ -56,7 +108,7 @@ def routes(config: GatewayConfig, idle: str) -> list[dict[str, Any]]:
         "response_headers_to_add": _response_headers_from_metadata(config),
     }
     if config.metering.synchronous:
-        return [route]
+        return [*_chained(config, route), route]
     metered_here = {
         "filter": handoff.NAMESPACE,
         "path": [{"key": RESPONSE_METERED_KEY}],
@@ -69,4 +121,4 @@ def routes(config: GatewayConfig, idle: str) -> list[dict[str, Any]]:
         "request_headers_to_remove": [CLUSTER_HEADER],
         "typed_per_filter_config": observer_disabled(),
     }
-    return [one_stream, route]
+    return [*_chained(config, one_stream), one_stream, *_chained(config, route), route]

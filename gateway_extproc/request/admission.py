@@ -21,7 +21,7 @@ from gateway_extproc.catalog.pricing import cost_micros, format_usd
 from gateway_extproc.errors import Forbidden, UnknownModel
 from gateway_extproc.extproc import messages as msgs
 from gateway_extproc.providers.inbound import ParsedRequest, with_body
-from gateway_extproc.request import prompt_checks, route
+from gateway_extproc.request import chain, prompt_checks, route
 from gateway_extproc.request.bodyparse import parse_off_loop
 from gateway_extproc.request.forward import translation_to
 from gateway_extproc.request.stream import RequestStream
@@ -91,6 +91,18 @@ async def admit(stream: RequestStream, message: msgs.HttpBody) -> msgs.Processin
     stream.entry = entry = route.priced(
         entry, request, long_context_beta=long_context_beta, providers=providers
     )
+    # A fallback chain: the targets the caller may reach, and a reservation for the dearest.
+    stream.chain = chain.admitted(
+        stream,
+        request,
+        entry,
+        lambda e: route.priced(
+            e, request, long_context_beta=long_context_beta, providers=providers
+        ),
+    )
+    bound_for = bounder(stream, request)
+    if stream.chain:
+        bound_for = chain.dearest(bound_for, stream.chain)
     # Budgets: reserve the worst case everywhere it applies, or block / downgrade (429).
     identity = stream.identity
     gate = stream.ctx.budgets
@@ -115,7 +127,7 @@ async def admit(stream: RequestStream, message: msgs.HttpBody) -> msgs.Processin
             identity=identity,
             entry=entry,
             requested=request.model,
-            bound_for=bounder(stream, request),
+            bound_for=bound_for,
             allowed=lambda model: (
                 model.provider in stream.ctx.upstreams
                 and policies.allows(identity, model.name)
@@ -126,7 +138,10 @@ async def admit(stream: RequestStream, message: msgs.HttpBody) -> msgs.Processin
     except RateLimited as refused:
         stream.rate_limited = refused
         raise
+    if stream.chain and stream.cache_ticket is not None:  # a fallback may answer: not stored
+        stream.cache_ticket = CacheTicket(stream.cache_ticket.status)
     if admission.downgraded_from is not None:
+        stream.chain = ()  # another model is served: its provider's own route
         stream.entry = entry = admission.entry
         if admission.bound is not None and admission.bound.price is not None:
             stream.entry = entry = dataclasses.replace(entry, price=admission.bound.price)

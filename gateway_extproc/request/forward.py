@@ -9,6 +9,8 @@ to the observer stream in Envoy dynamic metadata, signed.
 
 from __future__ import annotations
 
+import dataclasses
+
 from google.protobuf import struct_pb2
 
 from gateway_extproc.apis import Api
@@ -20,7 +22,7 @@ from gateway_extproc.errors import BadRequest
 from gateway_extproc.extproc import messages as msgs
 from gateway_extproc.handoff import MAC_KEY, NAMESPACE, STATE_KEY, RequestState
 from gateway_extproc.providers.inbound import ParsedRequest
-from gateway_extproc.request import route
+from gateway_extproc.request import chain, route
 from gateway_extproc.request.stream import RequestStream
 from gateway_extproc.response.observer import ResponseObserver
 from gateway_extproc.translate.pairs import Translation, translation_for
@@ -58,6 +60,8 @@ async def forward(stream: RequestStream) -> msgs.ProcessingResponse:
         await upstream.token.ensure()
     if upstream.vertex is not None or upstream.signer is not None:
         served = entry.name  # a Vertex or Bedrock entry's name is the provider's model id
+    if stream.chain:
+        return _forward_chain(stream, request, entry)
     requested_translation = stream.translation
     translation = stream.translation = translation_to(stream, entry)  # a downgrade may cross
     if translation is not requested_translation:  # translated for another API, or none
@@ -68,11 +72,12 @@ async def forward(stream: RequestStream) -> msgs.ProcessingResponse:
         common = route.forward(
             upstream,
             request,
-            admission,
+            route.output_cap(admission.bound),
             served_model=served,
             path=stream.path,
             client_headers=stream.client_headers,
             redacted=redacted,
+            cluster=upstream.cluster,
         )
     else:
         if stream.translated is None:  # downgraded onto a provider of another API
@@ -88,6 +93,7 @@ async def forward(stream: RequestStream) -> msgs.ProcessingResponse:
             max_tokens=route.translated_max_tokens(request, admission.bound, entry),
             client_headers=stream.client_headers,
             beta=stream.anthropic_beta,
+            cluster=upstream.cluster,
         )
     synchronous = stream.ctx.config.metering.synchronous
     # A translated answer is rewritten, which only this stream can do (observe mode's
@@ -100,6 +106,45 @@ async def forward(stream: RequestStream) -> msgs.ProcessingResponse:
             return msgs.request_body_reply(common)
         # observe mode, a JSON answer: the observer stays out of it
         return msgs.request_body_reply(common, dynamic_metadata=_METERED_HERE_METADATA)
+    stream.handed_off = True
+    return msgs.request_body_reply(common, dynamic_metadata=dynamic_metadata(stream, state))
+
+
+def _forward_chain(
+    stream: RequestStream, request: ParsedRequest, entry: ModelEntry
+) -> msgs.ProcessingResponse:
+    """A chained request (request/chain.py): to the chain's cluster, its state (with every
+    admitted target) signed in dynamic metadata for each attempt's filter. Its response comes to
+    this stream when a target may answer in another API (only this stream can translate it back),
+    in synchronous mode, or for a JSON answer; else to the observer, as any other."""
+    admission = stream.admission
+    assert admission is not None
+    settings = stream.ctx.budgets.settings
+    bound_for = route.bounder(  # each target's own bound: its output cap, its charge limits
+        request,
+        default_max_output=settings.default_max_output_tokens,
+        unseen_input=settings.unseen_input,
+        long_context_beta="context-1m" in stream.anthropic_beta,
+        providers=stream.ctx.config.providers,
+    )
+    targets = chain.targets(stream, bound_for, budgeted=admission.bound is not None)
+    translation = stream.translation
+    first = targets[0]
+    state = hand_off(stream, request, entry, first.provider, None)
+    state = dataclasses.replace(state, chain=targets).answered_by(first)
+    synchronous = stream.ctx.config.metering.synchronous
+    crosses = any(t.api.schema is not request.api.schema for t in targets)
+    here = synchronous or response_on_this_stream(request) or crosses or translation is not None
+    common = chain.forward(stream)
+    if here:
+        stream.observer = ResponseObserver(
+            stream.ctx, dataclasses.replace(state, started_monotonic=stream.started)
+        )
+        # observe mode: the observer stays out of it (the route's metadata match)
+        extra = {} if synchronous else {RESPONSE_METERED_KEY: RESPONSE_METERED_HERE}
+        return msgs.request_body_reply(
+            common, dynamic_metadata=dynamic_metadata(stream, state, extra)
+        )
     stream.handed_off = True
     return msgs.request_body_reply(common, dynamic_metadata=dynamic_metadata(stream, state))
 
@@ -166,11 +211,14 @@ def translation_to(stream: RequestStream, entry: ModelEntry) -> Translation | No
     return translation
 
 
-def dynamic_metadata(stream: RequestStream, state: RequestState) -> struct_pb2.Struct:
+def dynamic_metadata(
+    stream: RequestStream, state: RequestState, extra: dict[str, str] | None = None
+) -> struct_pb2.Struct:
     """Observe mode: the state for the observer stream, and the response headers Envoy adds
     from it (envoy/routes.py lists the names)."""
     text = state.encode()
     mac = stream.ctx.sidecar_auth.seal.sign(text)  # the observer trusts only what we signed
     fields = {STATE_KEY: text, MAC_KEY: mac, "x-gateway-request-id": stream.request_id}
     fields.update(stream.response_headers())
+    fields.update(extra or {})
     return msgs.string_struct(NAMESPACE, fields)

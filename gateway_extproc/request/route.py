@@ -17,7 +17,6 @@ import orjson
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from gateway_extproc.apis import Schema
-from gateway_extproc.budgets.admission import Admission
 from gateway_extproc.budgets.gate import BoundFor, BudgetGate
 from gateway_extproc.catalog.models import ModelEntry
 from gateway_extproc.config.providers import ProviderConfig
@@ -127,19 +126,30 @@ def cap_if_admitted(
     return output_cap(bound)
 
 
+def _routing(upstream: Upstream, cluster: str | None) -> dict[str, str]:
+    """The request phase routes by CLUSTER_HEADER (`cluster`: the provider's or a chain's, and
+    Envoy re-matches the route); a chain's per-attempt filter (`cluster` None), already routed,
+    names the attempt's host instead (its endpoint is the target provider's)."""
+    if cluster is None:
+        return {":authority": upstream.host_header}
+    return {CLUSTER_HEADER: cluster}
+
+
 def forward(
     upstream: Upstream,
     request: ParsedRequest,
-    admission: Admission,
+    cap: tuple[str, int] | None,
     *,
     served_model: str,
     path: str,
     client_headers: tuple[str, ...],
     redacted: dict[str, Any] | None,
+    cluster: str | None,
 ) -> pb.CommonResponse:
-    """The request phase's CommonResponse for a forwarded request: Envoy's route picks the
-    cluster from CLUSTER_HEADER; the body is rewritten only when the served model, the
-    injected output cap or a redaction changes it."""
+    """The CommonResponse that sends a request to `upstream` in its own API (`cap`: the output
+    cap to write, `output_cap`): the request phase's (`cluster`: its routing header) or a chain
+    attempt's (`cluster` None). The body is rewritten only when the served model, the injected
+    output cap or a redaction changes it."""
     if upstream.vertex is not None:  # the model and the method in Vertex's path
         path = _vertex_path(upstream, request.api.schema, served_model, stream=request.stream)
     elif request.api.schema is Schema.GEMINI:  # the served model is in the path; never `key=`
@@ -147,14 +157,14 @@ def forward(
     elif request.api.schema is Schema.BEDROCK:  # Converse: the served model's id in the path
         path = converse_path(served_model, request.stream)
     upstream_path = upstream.api_path(path, request.api, served_model)
-    set_headers = {CLUSTER_HEADER: upstream.cluster, ":path": upstream_path}
+    set_headers = {**_routing(upstream, cluster), ":path": upstream_path}
     credential = upstream.credential()
     if credential is not None:
         set_headers[credential[0]] = credential[1]
     new_body = upstream_body(
         request,
         served_model=upstream.model_name(served_model),  # an Azure deployment: the body's model
-        output_cap=output_cap(admission.bound),
+        output_cap=cap,
         redacted=redacted,
     )
     if upstream.vertex is not None and request.api.schema is Schema.ANTHROPIC:
@@ -173,7 +183,7 @@ def forward(
         host = upstream.host_header
         set_headers.update(signer.sign(host=host, path=upstream_path, body=new_body, scheme=scheme))
     return msgs.common(
-        set_headers=set_headers, remove=remove, body=new_body, clear_route_cache=True
+        set_headers=set_headers, remove=remove, body=new_body, clear_route_cache=cluster is not None
     )
 
 
@@ -210,6 +220,7 @@ def forward_translated(
     max_tokens: int,
     client_headers: tuple[str, ...],
     beta: str = "",
+    cluster: str | None,
 ) -> pb.CommonResponse:
     """`forward` for a request translated to the provider's API (translate/): the provider
     API's path (Gemini's names the served model and the method, Bedrock's the served model's
@@ -217,7 +228,7 @@ def forward_translated(
     always a new body. `beta`: the client's `anthropic-beta` (Bedrock takes it in the body).
     A signed upstream (Bedrock) is signed last, over the final path, host and body (the host
     Envoy sends: its cluster endpoint's hostname, by the route's `auto_host_rewrite`); the
-    moved `anthropic-beta` header is not sent."""
+    moved `anthropic-beta` header is not sent. `cluster`: as in `forward`."""
     path = translation.provider_path(served_model, stream)
     body = translation.upstream_body(
         translated, model=served_model, max_tokens=max_tokens, beta=beta
@@ -230,7 +241,7 @@ def forward_translated(
             body = vertex_paths.anthropic_body(orjson.loads(body))
             headers.pop("anthropic-version", None)
     path = upstream.upstream_path(path)
-    set_headers = {CLUSTER_HEADER: upstream.cluster, ":path": path}
+    set_headers = {**_routing(upstream, cluster), ":path": path}
     set_headers.update(headers)
     credential = upstream.credential()
     if credential is not None:
@@ -244,4 +255,6 @@ def forward_translated(
         set_headers.update(signer.sign(host=host, path=path, body=body, scheme=scheme))
         if "anthropic-beta" in client_headers and "anthropic-beta" not in remove:
             remove.append("anthropic-beta")  # in the body now
-    return msgs.common(set_headers=set_headers, remove=remove, body=body, clear_route_cache=True)
+    return msgs.common(
+        set_headers=set_headers, remove=remove, body=body, clear_route_cache=cluster is not None
+    )

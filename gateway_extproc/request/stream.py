@@ -21,6 +21,7 @@ from gateway_extproc.budgets.admission import Admission
 from gateway_extproc.budgets.ratelimits.report import RateLimited
 from gateway_extproc.cache.key import CacheTicket
 from gateway_extproc.catalog.models import ModelEntry
+from gateway_extproc.config.fallback import Target
 from gateway_extproc.extproc.context import GatewayContext
 from gateway_extproc.guardrails import GuardResult
 from gateway_extproc.identity.model import Identity
@@ -56,6 +57,8 @@ class RequestStream:
         # (translate/), and its body in the provider's API (model and output limit set later).
         self.translation: Translation | None = None
         self.translated: dict[str, Any] | None = None
+        # A fallback chain (request/chain.py): its admitted targets, priced; empty: none.
+        self.chain: tuple[tuple[Target, ModelEntry], ...] = ()
         self.status: int | None = None
         self.error_code: str | None = None
         self.concluded = False

@@ -20,6 +20,9 @@ import dataclasses
 import functools
 import logging
 from collections.abc import Callable, Sequence
+from typing import Any
+
+import orjson
 
 from gateway_extproc.budgets.results import SettleResult
 from gateway_extproc.cache.key import CacheTicket
@@ -29,7 +32,14 @@ from gateway_extproc.cost.endings import charge, checkpoint_output, output_seen
 from gateway_extproc.extproc import messages as msgs
 from gateway_extproc.extproc.context import GatewayContext
 from gateway_extproc.extproc.offload import OFFLOAD_BYTES, off_loop_if_large, run_off_loop
-from gateway_extproc.handoff import MAC_KEY, NAMESPACE, STATE_KEY, HandoffError, RequestState
+from gateway_extproc.handoff import (
+    ATTEMPTS_NAMESPACE,
+    MAC_KEY,
+    NAMESPACE,
+    STATE_KEY,
+    HandoffError,
+    RequestState,
+)
 from gateway_extproc.providers.base import JsonMeterResult
 from gateway_extproc.providers.metering import StreamMeter
 from gateway_extproc.response.audit import write_record
@@ -88,6 +98,36 @@ class ResponseObserver:
         if self.state.started_monotonic is not None:
             return self.ctx.monotonic() - self.state.started_monotonic
         return self.ctx.wall_clock() - self.state.arrived
+
+    # -- fallback ----------------------------------------------------------------------------
+
+    def on_attempts(self, message: msgs.ProcessingRequest) -> None:
+        """A chained request's response headers come with every attempt's record (the
+        per-attempt filter's, request/attempt.py): the target that answered is the last one
+        whose status is the response's. Its model, price and API are what the response is
+        metered, charged and translated by; every attempt, and the target that answered, go to
+        the audit record. Failed attempts are not billed by providers: they charge nothing."""
+        state = self.state
+        if not state.chain:
+            return
+        records = attempt_records(message)
+        status = msgs.headers_of(message.response_headers).get(":status", "")
+        answered = None
+        if records and str(records[-1].get("status")) == status:
+            answered = records[-1]
+        served = None
+        if answered is not None:
+            served = next((t for t in state.chain if t.target == answered.get("target")), None)
+        extra = dict(state.audit_extra)
+        extra["attempts"] = records
+        extra["served_by"] = None if served is None else served.target
+        state = dataclasses.replace(state, audit_extra=extra)
+        if served is not None and served.target != state.chain[0].target:
+            state = state.answered_by(served)
+            self.entry = served_entry(self.ctx, state)
+            self.upstream = self.ctx.upstreams.get(state.provider)
+            self.translated = TranslatedResponse.of(state)
+        self.state = state
 
     # -- metering ----------------------------------------------------------------------------
 
@@ -185,6 +225,7 @@ class ResponseObserver:
         phase = message.WhichOneof("request")
         try:
             if phase == "response_headers":
+                self.on_attempts(message)
                 headers = msgs.headers_of(message.response_headers)
                 streaming = self.on_headers(headers, message.response_headers.end_of_stream)
                 request_id = {"x-gateway-request-id": self.state.request_id}
@@ -411,6 +452,25 @@ class ResponseObserver:
         record(reaped_micros=None if settled is None else settled.reaped_micros)
 
 
+def attempt_records(message: msgs.ProcessingRequest) -> list[dict[str, Any]]:
+    """The attempts namespace's `attempt_<n>` records, in chain order (an attempt whose
+    connection was refused has none: the filter runs once an attempt has a connection)."""
+    namespace = message.metadata_context.filter_metadata.get(ATTEMPTS_NAMESPACE)
+    if namespace is None:
+        return []
+    found = []
+    for key, value in namespace.fields.items():
+        if not key.startswith("attempt_") or not key[8:].isdigit():
+            continue
+        try:
+            record = orjson.loads(value.string_value)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            found.append((int(key[8:]), record))
+    return [record for _, record in sorted(found, key=lambda pair: pair[0])]
+
+
 def _body(rewritten: bytes | None) -> msgs.CommonResponse | None:
     """A streamed chunk's reply: unchanged (None), or replaced by `rewritten`."""
     return None if rewritten is None else msgs.common(body=rewritten)
@@ -447,6 +507,7 @@ class StreamObserver:
         phase = message.WhichOneof("request")
         try:
             if phase == "response_headers":
+                response.on_attempts(message)
                 headers = msgs.headers_of(message.response_headers)
                 response.on_headers(headers, message.response_headers.end_of_stream)
             elif phase == "response_body":

@@ -155,6 +155,7 @@ def test_forward_is_signed_over_what_is_sent(tmp_path: Path, stream: bool) -> No
         max_tokens=100,
         client_headers=("content-type", "anthropic-version", "anthropic-beta", "x-api-key"),
         beta="b-1",
+        cluster=up.cluster,
     )
     headers = _set(common)
     action = "invoke-with-response-stream" if stream else "invoke"

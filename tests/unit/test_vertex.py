@@ -230,11 +230,12 @@ def test_forward_to_vertex_claude_with_the_current_token() -> None:
         return route.forward(
             up,
             request,
-            admission,
+            route.output_cap(admission.bound),
             served_model="vertex-claude-haiku-4-5",
             path="/v1/messages",
             client_headers=("authorization", "anthropic-version", "content-type"),
             redacted=None,
+            cluster=up.cluster,
         )
 
     with pytest.raises(ProviderUnavailable):  # no token yet: 503, never an unauthenticated call

@@ -1,0 +1,128 @@
+"""A chained request (docs/fallback.md): which targets of its model's chain the caller may reach,
+the reservation that covers the dearest of them, and the request phase's reply that sends it to
+the chain's cluster (Envoy's retries walk the targets; the per-attempt filter, attempt.py,
+rewrites each attempt for its target).
+
+Policy is applied where the chain is chosen: the chain is cut before the first target the caller's
+model policy forbids (or its API cannot reach, or that is not priced for this request), and Envoy
+is told to stop there (`x-envoy-max-retries`). A chain cut to one target is no chain: the request
+takes the provider's own route.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+from gateway_extproc.budgets.gate import BoundFor
+from gateway_extproc.catalog.models import ModelEntry
+from gateway_extproc.catalog.pricing import worst_case_micros
+from gateway_extproc.config.fallback import Target, cluster_name
+from gateway_extproc.cost.bounds import Bound
+from gateway_extproc.cost.endings import limits_for
+from gateway_extproc.errors import ClientError
+from gateway_extproc.extproc import messages as msgs
+from gateway_extproc.handoff import ChainTarget
+from gateway_extproc.providers.inbound import ParsedRequest
+from gateway_extproc.request import route
+from gateway_extproc.request.stream import RequestStream
+from gateway_extproc.translate.pairs import reaches, translation_for
+
+# Envoy's per-request override of the route's `num_retries` (the router reads it; the edge strips
+# every client-sent x-envoy-* header: envoy/edge.py `use_remote_address`).
+MAX_RETRIES_HEADER = "x-envoy-max-retries"
+
+
+def admitted(
+    stream: RequestStream,
+    request: ParsedRequest,
+    head: ModelEntry,
+    price: Callable[[ModelEntry], ModelEntry],
+) -> tuple[tuple[Target, ModelEntry], ...]:
+    """The chain of the requested model the caller may use, each target priced for this request
+    (`price`: route.priced), cut before the first it may not; () when that leaves one target."""
+    ctx = stream.ctx
+    chain = ctx.config.fallback.chain_for(head.name)
+    if chain is None or stream.identity is None or stream.guard is not None:
+        return ()  # a redacted body is not what Envoy's retry buffer replays: no chain
+    if not all(t.provider in ctx.upstreams for t in chain):  # no cluster was generated
+        return ()
+    out: list[tuple[Target, ModelEntry]] = [(chain[0], head)]
+    for target in chain[1 : ctx.config.fallback.attempts(chain)]:
+        entry = ctx.catalog.lookup(target.model)
+        if (
+            entry is None
+            or not ctx.config.policies.allows(stream.identity, entry.name)
+            or not reaches(request.api, entry.schema)
+        ):
+            break
+        try:
+            out.append((target, price(entry)))
+        except ClientError:  # an option this target has no price for
+            break
+    return tuple(out) if len(out) > 1 else ()
+
+
+def dearest(bound_for: BoundFor, chain: tuple[tuple[Target, ModelEntry], ...]) -> BoundFor:
+    """`bound_for`, except that the chain's head is bounded by its dearest target: the
+    reservation covers whichever target answers. Another model (a downgrade) as before."""
+    head = chain[0][1]
+
+    def bound(model: ModelEntry) -> Bound:
+        if model.name != head.name:
+            return bound_for(model)
+        worst: tuple[int, Bound] | None = None
+        for _, entry in chain:
+            b = bound_for(entry)
+            price = b.reserve_price or b.price or entry.price
+            cost = worst_case_micros(b.input_tokens, b.output_tokens, price)
+            if worst is None or cost > worst[0]:
+                worst = (cost, dataclasses.replace(b, reserve_price=price))
+        assert worst is not None
+        return worst[1]
+
+    return bound
+
+
+def targets(stream: RequestStream, bound_for: BoundFor, budgeted: bool) -> tuple[ChainTarget, ...]:
+    """What the per-attempt filter and the response side need of each admitted target."""
+    request = stream.request
+    assert request is not None
+    out = []
+    for target, entry in stream.chain:
+        bound = bound_for(entry) if budgeted else None
+        translation = translation_for(request.api, entry.schema)
+        cap = route.output_cap(bound) if translation is None else None
+        if translation is None:
+            max_tokens = request.max_output_tokens if cap is None else cap[1]
+            api = request.api
+        else:
+            max_tokens = route.translated_max_tokens(request, bound, entry)
+            api = translation.provider_api_for(request.stream)
+        out.append(
+            ChainTarget(
+                target=target.name,
+                provider=entry.provider,
+                model=entry.name,
+                api=api,
+                price=entry.price,
+                max_tokens=max_tokens,
+                cap=cap,
+                charge_limits=limits_for(request.api, request.body, request.shape, entry, bound),
+            )
+        )
+    return tuple(out)
+
+
+def forward(stream: RequestStream) -> msgs.CommonResponse:
+    """The request phase's reply for a chained request: the chain's cluster, and Envoy's retries
+    stopped at the last admitted target. The body goes as the client sent it: each attempt's
+    filter rewrites it for its target (Envoy replays the original from its retry buffer)."""
+    head = stream.chain[0][1]
+    fallback = stream.ctx.config.fallback
+    chain = fallback.chain_for(head.name)
+    assert chain is not None
+    set_headers = {route.CLUSTER_HEADER: cluster_name(head.name)}
+    if len(stream.chain) < fallback.attempts(chain):
+        set_headers[MAX_RETRIES_HEADER] = str(len(stream.chain) - 1)
+    return msgs.common(set_headers=set_headers, clear_route_cache=True)
