@@ -176,3 +176,21 @@ def test_a_model_without_a_chain_takes_the_old_path(gw: Chained) -> None:
     record = gw.audit.wait_for(raw.headers["x-gateway-request-id"])
     assert "attempts" not in record and "served_by" not in record
     assert record["served_model"] == "gpt-4o-mini"
+
+
+def test_a_stream_longer_than_the_first_byte_timeout_is_not_cut(gw: Chained) -> None:
+    """`first_byte_timeout_s` is Envoy's per_try_timeout: measured on 1.40, it stops counting
+    once the attempt's response headers are in, so a stream that runs past it completes."""
+    started = time.monotonic()
+    raw = gw.ask(
+        "gpt-4o",
+        "gpt-4o-mini=500",
+        extra={"x-mock-chunk-delay-ms": "400", "x-mock-output-tokens": "4"},
+        stream=True,
+    )
+    chunks = list(raw.parse())
+    assert time.monotonic() - started > 2 * FIRST_BYTE_TIMEOUT_S  # it did run past it
+    record = gw.audit.wait_for(raw.headers["x-gateway-request-id"])
+    assert record["completed"] is True and record["usage_source"] == "provider"
+    assert [(a["target"], a["status"]) for a in record["attempts"]] == [("openai/gpt-4o", 200)]
+    assert chunks[-1].usage is not None
