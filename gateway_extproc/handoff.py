@@ -39,6 +39,7 @@ VERSION = 1
 # proves itself with the caller token, opens streams).
 TARGET_NAMESPACE = "gw.target"
 TARGET_KEY = "target"
+POOL_KEY = "key"  # a key pool's endpoint: the name of its key (never the secret)
 ATTEMPTS_NAMESPACE = "llm_gateway.attempts"
 STREAM_KIND_KEY = "x-gateway-stream"
 UPSTREAM_STREAM = "upstream"

@@ -3,8 +3,12 @@
 translations the gateway performs, every problem reported with its path. Pure.
 
 A target is written `provider/model`: the catalog model `model` served by `provider` (a catalog
-name that itself holds a slash, `azure/gpt-4o`, is written as it is: `azure/gpt-4o`). Key pools
-(`providers.<p>.keys`) are not built: one credential per provider.
+name that itself holds a slash, `azure/gpt-4o`, is written as it is: `azure/gpt-4o`).
+
+A provider with a key pool (`providers.<p>.keys`, more than one key) makes every target of it a
+level of keys: each attempt at a target may use another key, so a chain gets `keys_per_target`
+attempts per target, and a model of such a provider without a chain gets a one-target chain
+(`with_pools`): its requests go through a chain cluster too.
 """
 
 from __future__ import annotations
@@ -53,6 +57,17 @@ class FallbackConfig:
     on: frozenset[Trigger] = DEFAULT_TRIGGERS
     first_byte_timeout_s: float = 20.0
     max_attempts: int = 3
+    # Providers with a key pool of more than one key -> how many keys.
+    pools: Mapping[str, int] = dataclasses.field(default_factory=dict)
+
+    def keys_per_target(self, chain: tuple[Target, ...]) -> int:
+        """Attempts Envoy makes at each target of `chain` before the next (Envoy's
+        previous_priorities `update_frequency`): the largest key pool among its providers."""
+        return max((self.pools.get(t.provider, 1) for t in chain), default=1)
+
+    def tries(self, chain: tuple[Target, ...], targets: int | None = None) -> int:
+        """Envoy's attempts in all for the first `targets` (default: attempts(chain))."""
+        return (targets or self.attempts(chain)) * self.keys_per_target(chain)
 
     def chain_for(self, model: str) -> tuple[Target, ...] | None:
         """The chain of a requested catalog model (its canonical name), or None."""
@@ -107,6 +122,22 @@ def parse_fallback(
             if chain is not None:
                 chains[chain[0].model] = chain
     return FallbackConfig(chains, on, float(timeout), attempts)
+
+
+def with_pools(
+    fallback: FallbackConfig, pools: Mapping[str, int], catalog: Catalog | None
+) -> FallbackConfig:
+    """`fallback` knowing the key pools (provider -> keys, for pools of 2 or more); every chat
+    model of a pooled provider that heads no chain gets a one-target chain (its own cluster of
+    keys, docs/fallback.md)."""
+    if not pools:
+        return fallback
+    chains = dict(fallback.chains)
+    for entry in catalog.models() if catalog is not None else ():
+        priced = entry.free or entry.price.input > 0 or entry.price.output > 0
+        if entry.provider in pools and not entry.embedding and priced:
+            chains.setdefault(entry.name, (Target(entry.provider, entry.name),))
+    return dataclasses.replace(fallback, chains=chains, pools=dict(pools))
 
 
 def _triggers(doc: object, problems: list[str]) -> frozenset[Trigger]:

@@ -124,6 +124,26 @@ CHAIN_CIRCUIT_BREAKERS = {
 _TLS_MATCH = "envoy.transport_socket_match"
 
 
+def _key_endpoints(
+    up: Upstream, endpoint: dict[str, Any], metadata: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """A target's endpoints: one, or one per key of its provider's pool (the same address,
+    weighted, the key's NAME in the metadata: the per-attempt filter injects its secret)."""
+    if len(up.keys) < 2:
+        return [{"endpoint": endpoint, "metadata": {"filter_metadata": metadata}}]
+    out = []
+    for name, weight, _secret in up.keys:
+        named = {**metadata[handoff.TARGET_NAMESPACE], handoff.POOL_KEY: name}
+        out.append(
+            {
+                "endpoint": endpoint,
+                "load_balancing_weight": weight,
+                "metadata": {"filter_metadata": {**metadata, handoff.TARGET_NAMESPACE: named}},
+            }
+        )
+    return out
+
+
 def chain_cluster(
     model: str,
     chain: tuple[Target, ...],
@@ -150,7 +170,7 @@ def chain_cluster(
         levels.append(
             {
                 "priority": priority,
-                "lb_endpoints": [{"endpoint": endpoint, "metadata": {"filter_metadata": metadata}}],
+                "lb_endpoints": _key_endpoints(up, endpoint, metadata),
             }
         )
     name = cluster_name(model)

@@ -38,12 +38,16 @@ _ATTRIBUTES = "envoy.filters.http.ext_proc"
 CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key", "x-goog-api-key")
 
 
-def target_attribute(message: msgs.ProcessingRequest) -> str | None:
+def target_attribute(
+    message: msgs.ProcessingRequest, field: str = handoff.TARGET_KEY
+) -> str | None:
+    """The endpoint metadata `field` of this attempt's endpoint: its target, or (`POOL_KEY`)
+    the name of its pool key."""
     attrs = message.attributes.get(_ATTRIBUTES)
     if attrs is None:
         return None
     for key, value in attrs.fields.items():
-        if key.endswith(f"['{handoff.TARGET_KEY}']") and value.string_value:
+        if key.endswith(f"['{field}']") and value.string_value:
             return str(value.string_value)
     return None
 
@@ -57,6 +61,7 @@ class AttemptProcessor:
         self.state: RequestState | None = None
         self.index = -1  # the target's place in the chain
         self.target: ChainTarget | None = None
+        self.key: str | None = None  # the pool key this attempt got (its name)
         self.headers: dict[str, str] = {}
 
     async def handle(self, message: msgs.ProcessingRequest) -> msgs.ProcessingResponse:
@@ -92,6 +97,7 @@ class AttemptProcessor:
         except HandoffError as exc:
             raise ProviderUnavailable(f"a fallback attempt's state is unreadable: {exc}") from None
         name = target_attribute(message)
+        self.key = target_attribute(message, handoff.POOL_KEY)
         for i, target in enumerate(state.chain):
             if target.target == name:
                 self.index, self.target = i, target
@@ -136,6 +142,8 @@ class AttemptProcessor:
                 beta=self.headers.get("anthropic-beta", ""),
                 cluster=None,
             )
+        if self.key is not None:
+            _use_key(common, upstream.key_credential(self.key), self.key)
         removed = [h for h in CREDENTIAL_HEADERS if h in self.headers]
         removed += [h for h in self.headers if h.startswith("x-gateway-")]
         set_names = {h.header.key for h in common.header_mutation.set_headers}
@@ -150,11 +158,13 @@ class AttemptProcessor:
         """The attempt's record, into the attempts namespace (one key per chain position)."""
         headers = msgs.headers_of(message.response_headers)
         ms = int((self.ctx.monotonic() - self.started) * 1000)
-        record = {
+        record: dict[str, object] = {
             "target": self.target.target if self.target is not None else None,
             "status": int(headers.get(":status", "0") or 0),
             "ms": ms,
         }
+        if self.key is not None:
+            record["key"] = self.key
         key = f"attempt_{self.index + 1}"
         return msgs.string_struct(handoff.ATTEMPTS_NAMESPACE, {key: orjson.dumps(record).decode()})
 
@@ -165,3 +175,16 @@ class AttemptProcessor:
         body = error_body(schema, err, rid) if schema is not None else err.message.encode()
         headers = {"content-type": "application/json", "x-gateway-request-id": rid}
         return msgs.immediate(err.status, body, headers | err.headers, f"gateway_{err.code}")
+
+
+def _use_key(common: msgs.CommonResponse, credential: tuple[str, str] | None, name: str) -> None:
+    """The pool key's secret in place of the provider's first key (route.forward set that)."""
+    if credential is None:  # the endpoint names a key this configuration does not have
+        raise ProviderUnavailable(f"pool key {name!r} is not configured")
+    header, value = credential
+    for option in common.header_mutation.set_headers:
+        if option.header.key == header:
+            option.header.raw_value = value.encode()
+            return
+    option = common.header_mutation.set_headers.add()
+    option.header.key, option.header.raw_value = header, value.encode()

@@ -60,7 +60,8 @@ def admitted(
             out.append((target, price(entry)))
         except ClientError:  # an option this target has no price for
             break
-    return tuple(out) if len(out) > 1 else ()
+    pooled = ctx.config.fallback.keys_per_target(chain) > 1  # one target, several keys
+    return tuple(out) if len(out) > 1 or pooled else ()
 
 
 def dearest(bound_for: BoundFor, chain: tuple[tuple[Target, ModelEntry], ...]) -> BoundFor:
@@ -124,5 +125,5 @@ def forward(stream: RequestStream) -> msgs.CommonResponse:
     assert chain is not None
     set_headers = {route.CLUSTER_HEADER: cluster_name(head.name)}
     if len(stream.chain) < fallback.attempts(chain):
-        set_headers[MAX_RETRIES_HEADER] = str(len(stream.chain) - 1)
+        set_headers[MAX_RETRIES_HEADER] = str(fallback.tries(chain, len(stream.chain)) - 1)
     return msgs.common(set_headers=set_headers, clear_route_cache=True)

@@ -14,7 +14,12 @@ from gateway_extproc import handoff
 from gateway_extproc.config.gateway import GatewayConfig, load_config
 from gateway_extproc.config.upstreams import resolve_upstreams
 from gateway_extproc.envoy.bootstrap import build, render
-from gateway_extproc.envoy.filters import EXTPROC_CLUSTER, TARGET_ATTRIBUTE, UPSTREAM_FILTER
+from gateway_extproc.envoy.filters import (
+    EXTPROC_CLUSTER,
+    KEY_ATTRIBUTE,
+    TARGET_ATTRIBUTE,
+    UPSTREAM_FILTER,
+)
 from gateway_extproc.request.route import CLUSTER_HEADER
 from gateway_extproc.sidecar_auth.caller import METADATA_KEY
 from gateway_extproc.stack import validate_envoy_config
@@ -97,7 +102,7 @@ def test_the_per_attempt_filter(tmp_path: Path) -> None:
         {"key": handoff.STREAM_KIND_KEY, "value": handoff.UPSTREAM_STREAM},
         {"key": METADATA_KEY, "value": CALLER_TOKEN},
     ]
-    assert ext["request_attributes"] == [TARGET_ATTRIBUTE]
+    assert ext["request_attributes"] == [TARGET_ATTRIBUTE, KEY_ATTRIBUTE]
     assert ext["mutation_rules"] == {"allow_all_routing": True}
     assert ext["metadata_options"] == {
         "forwarding_namespaces": {"untyped": [handoff.NAMESPACE]},

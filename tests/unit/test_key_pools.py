@@ -1,0 +1,143 @@
+"""Key pools (`providers.<p>.keys`, docs/fallback.md): the configuration, validated with every
+problem's path, and the Envoy config generated from it (one endpoint per key on the target's
+level, the key's name in its metadata and never its secret; a pooled provider's models without
+a chain get a one-target chain; the retry policy tries every key of a level before the next),
+validated by Envoy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from gateway_extproc import handoff
+from gateway_extproc.config.gateway import GatewayConfig, load_config
+from gateway_extproc.config.upstreams import resolve_upstreams
+from gateway_extproc.envoy.bootstrap import build, render
+from gateway_extproc.errors import ConfigError
+from gateway_extproc.request.route import CLUSTER_HEADER
+from gateway_extproc.stack import validate_envoy_config
+from tests.sidecar_secrets import ACCESS
+from tests.unit.test_envoy_config import CA_FILE, PORTS, routes
+
+KEYS = [
+    {"name": "main", "env": "POOL_KEY_MAIN", "weight": 3},
+    {"name": "spare", "env": "POOL_KEY_SPARE"},
+]
+SECRETS = {
+    "POOL_KEY_MAIN": "sk-pool-main-secret",
+    "POOL_KEY_SPARE": "sk-pool-spare-secret",
+    "ANTHROPIC_API_KEY": "sk-ant-secret",
+}
+CHAINS = {"gpt-4o": ["openai/gpt-4o", "anthropic/claude-sonnet-4-5"]}
+
+
+def _config(tmp_path: Path, keys: object = KEYS) -> GatewayConfig:
+    path = tmp_path / "gateway.yaml"
+    doc = {"providers": {"openai": {"keys": keys}}, "fallback": {"chains": CHAINS}}
+    path.write_text(yaml.safe_dump(doc))
+    return load_config(path, SECRETS)
+
+
+def _bootstrap(config: GatewayConfig) -> dict[str, Any]:
+    upstreams = resolve_upstreams(config, SECRETS, None)
+    return build(config, PORTS, upstreams.values(), CA_FILE, ACCESS)
+
+
+def _cluster(b: dict[str, Any], name: str) -> dict[str, Any]:
+    (found,) = (c for c in b["static_resources"]["clusters"] if c["name"] == name)
+    return found
+
+
+def _levels(cluster: dict[str, Any]) -> list[list[tuple[dict[str, str], int | None]]]:
+    return [
+        [
+            (
+                e["metadata"]["filter_metadata"][handoff.TARGET_NAMESPACE],
+                e.get("load_balancing_weight"),
+            )
+            for e in level["lb_endpoints"]
+        ]
+        for level in cluster["load_assignment"]["endpoints"]
+    ]
+
+
+def test_a_target_of_a_pooled_provider_is_a_level_of_weighted_keys(tmp_path: Path) -> None:
+    b = _bootstrap(_config(tmp_path))
+    assert _levels(_cluster(b, "chain_gpt-4o")) == [
+        [
+            ({"target": "openai/gpt-4o", "key": "main"}, 3),
+            ({"target": "openai/gpt-4o", "key": "spare"}, 1),
+        ],
+        [({"target": "anthropic/claude-sonnet-4-5"}, None)],
+    ]
+    text = render(b)
+    assert not any(secret in text for secret in SECRETS.values())
+
+
+def test_a_pooled_providers_model_without_a_chain_gets_a_one_target_chain(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    assert config.fallback.chain_for("gpt-4o-mini") is not None
+    assert config.fallback.chain_for("claude-haiku-4-5") is None  # anthropic has one key
+    b = _bootstrap(config)
+    assert [k for k, _ in _levels(_cluster(b, "chain_gpt-4o-mini"))[0]] == [
+        {"target": "openai/gpt-4o-mini", "key": "main"},
+        {"target": "openai/gpt-4o-mini", "key": "spare"},
+    ]
+
+
+def _retry_policy(b: dict[str, Any], cluster: str) -> dict[str, Any]:
+    for route in routes(b):
+        headers = route["match"].get("headers", [])
+        if any(
+            h["name"] == CLUSTER_HEADER and h["string_match"]["exact"] == cluster for h in headers
+        ):
+            return dict(route["route"]["retry_policy"])
+    raise AssertionError(f"no route for {cluster}")
+
+
+def test_every_key_of_a_level_is_tried_before_the_next_level(tmp_path: Path) -> None:
+    """Fact 8: previous_hosts plus previous_priorities updated every pool-size attempts."""
+    b = _bootstrap(_config(tmp_path))
+    for cluster, retries in (("chain_gpt-4o", 3), ("chain_gpt-4o-mini", 1)):
+        policy = _retry_policy(b, cluster)
+        assert policy["num_retries"] == retries
+        assert policy["retry_priority"]["typed_config"]["update_frequency"] == 2
+        assert policy["retry_host_predicate"][0]["name"].endswith("previous_hosts")
+
+
+def test_envoy_accepts_the_pools(tmp_path: Path) -> None:
+    path = tmp_path / "envoy.yaml"
+    path.write_text(render(_bootstrap(_config(tmp_path))))
+    validate_envoy_config(path)
+
+
+@pytest.mark.parametrize(
+    ("keys", "problem"),
+    [
+        ([], "providers.openai.keys: must be a list of 1 to 10 keys"),
+        ([{"name": "a b", "env": "X"}], "providers.openai.keys[0].name: must be 1-64 letters"),
+        ([{"name": "a"}], "providers.openai.keys[0]: set exactly one of env, file"),
+        ([{"name": "a", "env": "X", "weight": 0}], "providers.openai.keys[0].weight: must be"),
+        (
+            [{"name": "a", "env": "X", "secret": "s"}],
+            "providers.openai.keys[0].secret: unknown key",
+        ),
+        ([{"name": "a", "env": "X"}, {"name": "a", "env": "Y"}], "names key 'a' twice"),
+    ],
+)
+def test_a_bad_pool_is_refused_with_its_path(tmp_path: Path, keys: object, problem: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        _config(tmp_path, keys)
+    assert any(problem in p for p in err.value.problems), err.value.problems
+
+
+def test_a_pool_key_without_its_secret_is_a_problem(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    with pytest.raises(ConfigError) as err:
+        resolve_upstreams(config, {"POOL_KEY_MAIN": "sk-1"}, None)
+    assert "providers.openai.keys[1]: no credential in environment variable POOL_KEY_SPARE" in (
+        err.value.problems
+    )
