@@ -102,11 +102,35 @@ def provider_cluster(up: Upstream, config: GatewayConfig, ca_file: str) -> dict[
         },
         "typed_extension_protocol_options": _protocol_options(False, tls=up.tls),
     }
+    if config.fallback.chains:  # the attempt count Envoy adds for the chains: not for providers
+        (http,) = cluster["typed_extension_protocol_options"].values()
+        http["http_filters"] = [_strip_attempt_count(), _UPSTREAM_CODEC]
     if not _is_ip(up.host):
         cluster["dns_lookup_family"] = "V4_PREFERRED"
     if up.tls:
         cluster["transport_socket"] = _tls_socket(up.host, ca_file)
     return cluster
+
+
+_UPSTREAM_CODEC = {
+    "name": "envoy.filters.http.upstream_codec",
+    "typed_config": {"@type": _T + "extensions.filters.http.upstream_codec.v3.UpstreamCodec"},
+}
+STRIP_ATTEMPT_COUNT = "gateway.strip_attempt_count"
+
+
+def _strip_attempt_count() -> dict[str, Any]:
+    """With chains configured Envoy adds `x-envoy-attempt-count` to every upstream request
+    (`include_request_attempt_count` is a virtual host setting; the per-attempt filter numbers
+    its records by it and removes it). A provider cluster has no per-attempt filter: this
+    upstream header mutation removes it there (in Envoy, no sidecar message)."""
+    return {
+        "name": STRIP_ATTEMPT_COUNT,
+        "typed_config": {
+            "@type": _T + "extensions.filters.http.header_mutation.v3.HeaderMutation",
+            "mutations": {"request_mutations": [{"remove": handoff.ATTEMPT_COUNT_HEADER}]},
+        },
+    }
 
 
 # A chain cluster's attempts are retries: Envoy's default allows 3 in flight per cluster, which a
@@ -178,15 +202,7 @@ def chain_cluster(
     # cluster, and a chain may mix TLS providers with plaintext ones (the mock, a local vLLM).
     options = _protocol_options(False)
     (http,) = options.values()
-    http["http_filters"] = [
-        upstream_filter(config),
-        {
-            "name": "envoy.filters.http.upstream_codec",
-            "typed_config": {
-                "@type": _T + "extensions.filters.http.upstream_codec.v3.UpstreamCodec"
-            },
-        },
-    ]
+    http["http_filters"] = [upstream_filter(config), _UPSTREAM_CODEC]
     cluster: dict[str, Any] = {
         "name": name,
         # STRICT_DNS: every endpoint resolved (LOGICAL_DNS allows one endpoint per cluster)

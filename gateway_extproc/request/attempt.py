@@ -6,8 +6,10 @@ From the target its endpoint names (a request attribute) and the request filter'
 path, host, credential (every client credential removed again), the body's model and output cap,
 or the whole body translated for another API, SigV4 last for Bedrock - with the same functions the
 request phase forwards with (route.py). When the attempt's response headers come it records
-`attempt_<n>: {target, status, ms}` in the attempts namespace: the request filter and the
-observer receive every attempt's record with the final response (Envoy merges them by key).
+`attempt_<n>: {target, key, status, ms}` in the attempts namespace, n = Envoy's attempt count
+(`x-envoy-attempt-count`, removed before the provider): the request filter and the observer
+receive every attempt's record with the final response (Envoy merges them by key, so two
+attempts at one target - two keys of its pool - keep a record each).
 
 A stream without a verifiable state, or for a target the state did not admit, is answered with
 an error (Envoy's local reply from this filter is final: never retried).
@@ -62,6 +64,7 @@ class AttemptProcessor:
         self.index = -1  # the target's place in the chain
         self.target: ChainTarget | None = None
         self.key: str | None = None  # the pool key this attempt got (its name)
+        self.attempt = 0  # Envoy's count of this attempt (0: not sent)
         self.headers: dict[str, str] = {}
 
     async def handle(self, message: msgs.ProcessingRequest) -> msgs.ProcessingResponse:
@@ -69,6 +72,8 @@ class AttemptProcessor:
         try:
             if phase == "request_headers":
                 self.headers = msgs.headers_of(message.request_headers)
+                count = self.headers.get(handoff.ATTEMPT_COUNT_HEADER, "")
+                self.attempt = int(count) if count.isdigit() else 0
                 self._find_target(message)
                 return msgs.passthrough(message)
             if phase == "request_body":
@@ -146,6 +151,7 @@ class AttemptProcessor:
             _use_key(common, upstream.key_credential(self.key), self.key)
         removed = [h for h in CREDENTIAL_HEADERS if h in self.headers]
         removed += [h for h in self.headers if h.startswith("x-gateway-")]
+        removed.append(handoff.ATTEMPT_COUNT_HEADER)  # Envoy's, for the records: not sent on
         set_names = {h.header.key for h in common.header_mutation.set_headers}
         common.header_mutation.remove_headers.extend(
             h
@@ -155,7 +161,8 @@ class AttemptProcessor:
         return common
 
     def _record(self, message: msgs.ProcessingRequest) -> struct_pb2.Struct:
-        """The attempt's record, into the attempts namespace (one key per chain position)."""
+        """The attempt's record, into the attempts namespace (one key per Envoy attempt; an
+        Envoy that did not send the count: one per chain position, as before it was sent)."""
         headers = msgs.headers_of(message.response_headers)
         ms = int((self.ctx.monotonic() - self.started) * 1000)
         record: dict[str, object] = {
@@ -165,7 +172,7 @@ class AttemptProcessor:
         }
         if self.key is not None:
             record["key"] = self.key
-        key = f"attempt_{self.index + 1}"
+        key = f"attempt_{self.attempt or self.index + 1}"
         return msgs.string_struct(handoff.ATTEMPTS_NAMESPACE, {key: orjson.dumps(record).decode()})
 
     def _reject(self, err: ClientError) -> msgs.ProcessingResponse:

@@ -14,6 +14,7 @@ from gateway_extproc import handoff
 from gateway_extproc.config.gateway import GatewayConfig, load_config
 from gateway_extproc.config.upstreams import resolve_upstreams
 from gateway_extproc.envoy.bootstrap import build, render
+from gateway_extproc.envoy.clusters import STRIP_ATTEMPT_COUNT
 from gateway_extproc.envoy.filters import (
     EXTPROC_CLUSTER,
     KEY_ATTRIBUTE,
@@ -110,10 +111,17 @@ def test_the_per_attempt_filter(tmp_path: Path) -> None:
     }
     mode = ext["processing_mode"]
     assert (mode["request_body_mode"], mode["response_header_mode"]) == ("BUFFERED", "SEND")
-    # Models without a chain keep their provider cluster, with no per-attempt filter.
+    # Models without a chain keep their provider cluster, with no per-attempt filter: only
+    # Envoy's removal of the attempt count the virtual host adds for the chains' records.
+    assert hcm(b)["route_config"]["virtual_hosts"][0]["include_request_attempt_count"] is True
     for c in b["static_resources"]["clusters"]:
         if c["name"].startswith("provider_"):
-            assert _http_filters(c) == []
+            strip, codec = _http_filters(c)
+            assert strip["name"] == STRIP_ATTEMPT_COUNT
+            assert strip["typed_config"]["mutations"] == {
+                "request_mutations": [{"remove": "x-envoy-attempt-count"}]
+            }
+            assert codec["name"] == "envoy.filters.http.upstream_codec"
 
 
 @pytest.mark.parametrize("mode", ["observe", "synchronous"])
@@ -172,3 +180,4 @@ def test_no_chain_no_change() -> None:
         build(config, PORTS, resolve_upstreams(config, {}, MOCK).values(), CA_FILE, ACCESS)
     )
     assert "chain_" not in text and handoff.ATTEMPTS_NAMESPACE not in text
+    assert "attempt_count" not in text and STRIP_ATTEMPT_COUNT not in text
