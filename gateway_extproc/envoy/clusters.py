@@ -121,9 +121,10 @@ STRIP_ATTEMPT_COUNT = "gateway.strip_attempt_count"
 
 def _strip_attempt_count() -> dict[str, Any]:
     """With chains configured Envoy adds `x-envoy-attempt-count` to every upstream request
-    (`include_request_attempt_count` is a virtual host setting; the per-attempt filter numbers
-    its records by it and removes it). A provider cluster has no per-attempt filter: this
-    upstream header mutation removes it there (in Envoy, no sidecar message)."""
+    (`include_request_attempt_count` is a virtual host setting): the per-attempt filter numbers
+    its records by it, then this upstream header mutation removes it before the provider, in
+    every cluster (in Envoy: the ext_proc filter may not remove `x-envoy-*` headers unless its
+    mutation rules allow every Envoy header, and a provider cluster has no ext_proc)."""
     return {
         "name": STRIP_ATTEMPT_COUNT,
         "typed_config": {
@@ -202,7 +203,7 @@ def chain_cluster(
     # cluster, and a chain may mix TLS providers with plaintext ones (the mock, a local vLLM).
     options = _protocol_options(False)
     (http,) = options.values()
-    http["http_filters"] = [upstream_filter(config), _UPSTREAM_CODEC]
+    http["http_filters"] = [upstream_filter(config), _strip_attempt_count(), _UPSTREAM_CODEC]
     cluster: dict[str, Any] = {
         "name": name,
         # STRICT_DNS: every endpoint resolved (LOGICAL_DNS allows one endpoint per cluster)

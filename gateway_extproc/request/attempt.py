@@ -7,7 +7,7 @@ path, host, credential (every client credential removed again), the body's model
 or the whole body translated for another API, SigV4 last for Bedrock - with the same functions the
 request phase forwards with (route.py). When the attempt's response headers come it records
 `attempt_<n>: {target, key, status, ms}` in the attempts namespace, n = Envoy's attempt count
-(`x-envoy-attempt-count`, removed before the provider): the request filter and the observer
+(`x-envoy-attempt-count`, removed by the next upstream filter): the request filter and the observer
 receive every attempt's record with the final response (Envoy merges them by key, so two
 attempts at one target - two keys of its pool - keep a record each).
 
@@ -151,7 +151,6 @@ class AttemptProcessor:
             _use_key(common, upstream.key_credential(self.key), self.key)
         removed = [h for h in CREDENTIAL_HEADERS if h in self.headers]
         removed += [h for h in self.headers if h.startswith("x-gateway-")]
-        removed.append(handoff.ATTEMPT_COUNT_HEADER)  # Envoy's, for the records: not sent on
         set_names = {h.header.key for h in common.header_mutation.set_headers}
         common.header_mutation.remove_headers.extend(
             h

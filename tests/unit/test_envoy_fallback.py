@@ -94,7 +94,11 @@ def test_one_cluster_per_chain_a_priority_per_target(tmp_path: Path) -> None:
 def test_the_per_attempt_filter(tmp_path: Path) -> None:
     b = _build(_config(tmp_path), mocked=False)
     filters = _http_filters(_cluster(b, "chain_gpt-4o"))
-    assert [f["name"] for f in filters] == [UPSTREAM_FILTER, "envoy.filters.http.upstream_codec"]
+    assert [f["name"] for f in filters] == [
+        UPSTREAM_FILTER,
+        STRIP_ATTEMPT_COUNT,  # after the records are numbered, before the provider
+        "envoy.filters.http.upstream_codec",
+    ]
     ext = filters[0]["typed_config"]
     assert ext["grpc_service"]["envoy_grpc"]["cluster_name"] == EXTPROC_CLUSTER
     # Told apart from the request filter's streams by metadata only Envoy sets; the caller
