@@ -113,8 +113,10 @@ class GatewayConfig:
 
     @property
     def uses_store(self) -> bool:
-        """Whether the sidecar needs Redis: budgets, rate limits or the admin API."""
-        return bool(self.budgets or self.rate_limits) or self.admin_api.enabled
+        """Whether the sidecar needs Redis: budgets, rate limits, the admin API or key pools
+        (their cooldowns, budgets/keycool.py)."""
+        pools = any(len(p.keys) > 1 for p in self.providers.values())
+        return bool(self.budgets or self.rate_limits) or self.admin_api.enabled or pools
 
     @property
     def unhealthy_after_s(self) -> float:

@@ -23,6 +23,7 @@ import orjson
 from google.protobuf import struct_pb2
 
 from gateway_extproc import handoff
+from gateway_extproc.budgets.keycool import KeyCooldowns, pick_key, retry_after_s
 from gateway_extproc.errors import ClientError, InternalError, ProviderUnavailable
 from gateway_extproc.extproc import messages as msgs
 from gateway_extproc.extproc.context import GatewayContext
@@ -81,6 +82,7 @@ class AttemptProcessor:
             if phase == "response_headers":
                 reply = msgs.passthrough(message)
                 reply.dynamic_metadata.CopyFrom(self._record(message))
+                await self._cool(message)
                 return reply
             return msgs.passthrough(message)
         except ClientError as err:
@@ -148,6 +150,7 @@ class AttemptProcessor:
                 cluster=None,
             )
         if self.key is not None:
+            self.key = await self._key_to_use(target.provider, self.key)
             _use_key(common, upstream.key_credential(self.key), self.key)
         removed = [h for h in CREDENTIAL_HEADERS if h in self.headers]
         removed += [h for h in self.headers if h.startswith("x-gateway-")]
@@ -173,6 +176,29 @@ class AttemptProcessor:
             record["key"] = self.key
         key = f"attempt_{self.attempt or self.index + 1}"
         return msgs.string_struct(handoff.ATTEMPTS_NAMESPACE, {key: orjson.dumps(record).decode()})
+
+    def _cooldowns(self) -> KeyCooldowns | None:
+        store = self.ctx.budgets.store
+        return None if store is None else KeyCooldowns(store.client, store.key_base)
+
+    async def _key_to_use(self, provider: str, got: str) -> str:
+        """The endpoint's key, or another of the pool when it is cooling (docs/fallback.md):
+        the record names the key actually presented."""
+        pool = [name for name, _, _ in self.ctx.upstreams[provider].keys]
+        cooldowns = self._cooldowns()
+        if len(pool) < 2 or cooldowns is None:
+            return got
+        return pick_key(got, pool, await cooldowns.cooling(provider, pool))
+
+    async def _cool(self, message: msgs.ProcessingRequest) -> None:
+        """A 429 with `retry-after` cools the key that got it, for every pod."""
+        headers = msgs.headers_of(message.response_headers)
+        seconds = retry_after_s(headers.get("retry-after"))
+        cooldowns = self._cooldowns()
+        if headers.get(":status") != "429" or seconds <= 0 or cooldowns is None:
+            return
+        if self.key is not None and self.target is not None:
+            await cooldowns.cool(self.target.provider, self.key, seconds)
 
     def _reject(self, err: ClientError) -> msgs.ProcessingResponse:
         state = self.state

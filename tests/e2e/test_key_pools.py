@@ -192,6 +192,22 @@ def test_an_unchained_request_never_carries_the_attempt_count(gw: Pooled) -> Non
     _no_attempt_count(gw.mock.received())
 
 
+COOLED_ASKS = 6  # Envoy's endpoint is `main` in 3 of 4: without the cooldown one goes to main
+
+
+def test_a_429_with_retry_after_cools_the_key_for_the_next_requests(gw: Pooled) -> None:
+    """Cools `main` for 30 s: run after every test that needs it (file order)."""
+    fault = f"key:{MAIN_SECRET}=429@30"
+    raw, sent = gw.ask_main_first("gpt-4.1", fault)
+    assert raw.status_code == 200 and sent == [("gpt-4.1", "main"), ("gpt-4.1", "spare")]
+    for _ in range(COOLED_ASKS):  # whichever endpoint Envoy picks, the attempt presents spare
+        raw = gw.ask("gpt-4.1", fault)
+        assert raw.status_code == 200
+        assert gw.keys_sent() == [("gpt-4.1", "spare")]
+        record = gw.audit.wait_for(raw.headers["x-gateway-request-id"])
+        assert [(a.get("key"), a["status"]) for a in record["attempts"]] == [("spare", 200)]
+
+
 def test_no_secret_in_the_audit_or_the_logs(gw: Pooled) -> None:
     """Run last in the module (file order): every request above has been logged."""
     audit = gw.audit.path.read_text(errors="replace")
