@@ -7,7 +7,7 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from bench import streams, versus
+from bench import fallback, streams, versus
 
 SETUP_NAMES = {
     "plain": "plain envoy",
@@ -22,6 +22,9 @@ SETUP_NAMES = {
     "native": "gateway observe, native stream",
     "native-sync": "gateway sync, native stream",
     "translated": "gateway, translated stream",
+    fallback.UNCHAINED: "fallback stack, model w/o chain",
+    fallback.FIRST: "fallback stack, chained, 1 attempt",
+    fallback.SECOND: "fallback stack, chained, 2 attempts",
 }
 GATEWAYS = ("gateway", "gateway-sync")
 
@@ -325,6 +328,7 @@ def build(
         "bursts": [dict(b) for b in bursts],
         "versus_litellm": versus.summary(versus.ratios(table.rows), machine.get("litellm")),
         "translated_streams": streams.pair(table.rows, sat),
+        "fallback": fallback.pair(table.rows, sat),
     }
 
 
@@ -420,6 +424,9 @@ def render(result: Mapping[str, Any]) -> str:
     )
     if pair:
         text += ["", *pair]
+    chains = fallback.render(result.get("fallback") or {})
+    if chains:
+        text += ["", *chains]
     text += ["", "Targets"]
     for t in result["targets"]:
         value = "-" if t["value"] is None else f"{t['value']:.3g} {t['unit']}"

@@ -21,6 +21,7 @@ from types import FrameType
 from typing import IO
 
 from bench import (
+    fallback_run,
     guardrails,
     load,
     otlp_sink,
@@ -133,6 +134,8 @@ def run(settings: Settings, run_dir: Path, log: IO[bytes]) -> dict[str, object]:
             # Issue 25: a translated stream beside native ones (observe, then synchronous).
             ("translated", 1, True),
             ("translated-sync", 1, True),
+            # Issue 26: a chained model's per-attempt filter beside a model without a chain.
+            ("fallback", 1, True),
             ("noop", n, False),
             ("noop-observe", n, False),
             ("gateway-sync", n, False),
@@ -145,7 +148,8 @@ def run(settings: Settings, run_dir: Path, log: IO[bytes]) -> dict[str, object]:
             if workers == n and not full and n == 1 and setup not in setups.NOOP_HANDOFFS:
                 continue  # W=N is W=1 on a one-core machine
             if settings.profile and (
-                workers != 1 or setup in ("plain", "litellm", *SELECTED_BY, "translated")
+                workers != 1
+                or setup in ("plain", "litellm", *SELECTED_BY, "translated", "fallback")
             ):
                 continue  # a profile is of one sidecar worker, under the native loads
             bench.progress(f"starting {setup}" + (f" with {workers} worker(s)" if workers else ""))
@@ -171,6 +175,10 @@ def run(settings: Settings, run_dir: Path, log: IO[bytes]) -> dict[str, object]:
                     synchronous=setup == "translated-sync",
                     translated=True,
                 )
+            elif setup == "fallback":
+                cm = setups.gateway(
+                    log, log_path, run_dir, port, workers, identity, env, fallback=True
+                )
             elif setup == "gateway+otel":
                 sink = otlp_sink.Sink()
                 cm = setups.gateway(
@@ -184,6 +192,8 @@ def run(settings: Settings, run_dir: Path, log: IO[bytes]) -> dict[str, object]:
                         profile_setup(bench, running)
                     elif setup in ("translated", "translated-sync"):
                         streams_run.translated(bench, running)
+                    elif setup == "fallback":
+                        fallback_run.fallback(bench, running)
                     else:
                         measure_setup(bench, running, full)
             finally:

@@ -13,7 +13,10 @@ ext_proc cluster and the gateway's route. Every Envoy runs with `--concurrency 1
 A fourth, `litellm` (a LiteLLM proxy, no Envoy; issue 24's yardstick), is in bench/litellm.py.
 The `translated` setup is (3) with `anthropic` served by the bench upstream too, so an OpenAI
 client's request for a `claude-*` model is translated to Anthropic Messages through the same
-Envoy and sidecar as a native one (`translated=True` below).
+Envoy and sidecar as a native one (`translated=True` below). The `fallback` setup is (3) with a
+fallback chain for one model, CHAIN (both targets on the bench upstream), so one stack serves a
+model without a chain, the chained model by its first target, and by its second
+(bench/fallback_run.py).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import jwt
 import yaml
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from gateway_extproc.config.fallback import cluster_name
 from gateway_extproc.config.gateway import GatewayConfig, load_document, merge, parse_config
 from gateway_extproc.config.upstreams import resolve_upstreams
 from gateway_extproc.envoy import bootstrap as envoy_config
@@ -68,6 +72,7 @@ class Running:
     redis_url: str | None = None
     audit_path: Path | None = None
     proxy_version: str | None = None  # LiteLLM's release (bench/litellm.py)
+    chain_cluster: str | None = None  # CHAINED_MODEL's chain cluster, in the fallback setup
 
 
 class Procs:
@@ -246,17 +251,26 @@ BURST_LIMIT_MICROS = 100_000
 
 
 TRANSLATED_MODELS = "claude-haiku-4-5*"  # the policy's allowance in the translated setup
+# The fallback setup's chain: the requested model, then its targets in order (bench/upstream.py
+# serves both; `x-bench-fail-model` makes the first one answer 500).
+CHAINED_MODEL = "gpt-4o"
+CHAIN = ("openai/gpt-4o", "openai/gpt-4o-mini")
 
 
 def gateway_document(
-    upstream_port: int, workers: int, identity: Identity, translated: bool = False
+    upstream_port: int,
+    workers: int,
+    identity: Identity,
+    translated: bool = False,
+    fallback: bool = False,
 ) -> dict[str, Any]:
     """The production defaults but for `drain_s: 0`: nothing to drain at the end of a bench.
     (The Redis deadline is the default 50 ms: it measures Redis, not the event loop's lag.)
     `translated`: anthropic served by the bench upstream and the bench group allowed a Claude
-    model (bench/load.py's TRANSLATED_MODEL)."""
+    model (bench/load.py's TRANSLATED_MODEL). `fallback`: CHAINED_MODEL falls back along CHAIN,
+    and no burst budget (it matches gpt-4o, the chained model the setup loads)."""
     allow = ["gpt-4o*", TRANSLATED_MODELS] if translated else ["gpt-4o*"]
-    return {
+    doc: dict[str, Any] = {
         **provider_overrides(upstream_port, translated),
         "sidecar": {"workers": workers, "drain_s": 0},
         "audit": {"stdout": False},
@@ -292,6 +306,10 @@ def gateway_document(
             },
         ],
     }
+    if fallback:
+        doc["budgets"] = doc["budgets"][:1]
+        doc["fallback"] = {"chains": {CHAINED_MODEL: list(CHAIN)}}
+    return doc
 
 
 # -- the setups -------------------------------------------------------------------------------
@@ -361,6 +379,7 @@ def gateway(
     otlp_endpoint: str | None = None,
     synchronous: bool = False,
     translated: bool = False,
+    fallback: bool = False,
 ) -> Iterator[Running]:
     """The full gateway: Stack starts redis-server and the sidecar workers; Envoy is started
     here from Stack's own bootstrap, with `--concurrency 1` (Stack's Envoy uses 2).
@@ -370,14 +389,17 @@ def gateway(
     Telemetry is off (no /metrics, no OTEL_* exporter) unless `otlp_endpoint` is given: then
     the `gateway+otel` setup serves /metrics, traces every request (sampler always_on) and
     exports spans and metrics by OTLP/gRPC to that endpoint. `translated`: the `translated`
-    setup (`translated-sync` with `synchronous`), anthropic served by the bench upstream too."""
+    setup (`translated-sync` with `synchronous`), anthropic served by the bench upstream too.
+    `fallback`: the `fallback` setup, CHAINED_MODEL chained (gateway_document)."""
     name = "gateway" if otlp_endpoint is None else "gateway+otel"
     if translated:
         name = "translated"
+    if fallback:
+        name = "fallback"
     if synchronous:
         name += "-sync"
     config_path = run_dir / f"{name}-{workers}.yaml"
-    document = gateway_document(upstream_port, workers, identity, translated)
+    document = gateway_document(upstream_port, workers, identity, translated, fallback)
     document["observability"] = {"metrics": otlp_endpoint is not None}
     document["metering"] = {"mode": "synchronous" if synchronous else "observe"}
     config_path.write_text(yaml.safe_dump(document, sort_keys=False))
@@ -411,6 +433,7 @@ def gateway(
         )
         cluster = _cluster(stack.config)
         anthropic = stack.config.providers.get("anthropic") if translated else None
+        chained = CHAINED_MODEL in stack.config.fallback.chains
         yield Running(
             name,
             workers,
@@ -422,6 +445,7 @@ def gateway(
             None if anthropic is None else anthropic.cluster,
             stack.redis_url,
             audit_path,
+            chain_cluster=cluster_name(CHAINED_MODEL) if chained else None,
         )
     finally:
         procs.stop()

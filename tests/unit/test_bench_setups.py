@@ -7,8 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench import load, setups
+from gateway_extproc.config.fallback import cluster_name
 from gateway_extproc.config.gateway import merge, parse_config
 from gateway_extproc.config.upstreams import resolve_upstreams
+from gateway_extproc.envoy.filters import UPSTREAM_FILTER
 from gateway_extproc.identity.model import AuthMethod, Identity, Kind
 
 NO_KEYS: dict[str, str] = {}
@@ -68,3 +70,26 @@ def test_the_translated_document_serves_a_claude_model_from_the_bench_upstream(
     )
     assert list(resolve_upstreams(plain, NO_KEYS, None)) == ["openai"]
     assert not plain.policies.allows(user, load.TRANSLATED_MODEL)
+
+
+def test_the_fallback_document_chains_one_model_on_the_bench_upstream(tmp_path: Path) -> None:
+    """`--setups fallback`: CHAINED_MODEL falls back along CHAIN, both targets served by the
+    bench upstream with no key; the unchained model the other rows load keeps its cluster;
+    no burst budget (it matches the chained model); the Envoy bootstrap renders the chain
+    cluster with its per-attempt filter."""
+    identity = setups.make_identity(tmp_path)
+    doc = setups.gateway_document(4242, 1, identity, fallback=True)
+    config = parse_config(merge(setups.load_document(None), doc), NO_KEYS)
+    assert list(resolve_upstreams(config, NO_KEYS, None)) == ["openai"]
+    chain = config.fallback.chain_for(setups.CHAINED_MODEL)
+    assert chain is not None and tuple(t.name for t in chain) == setups.CHAIN
+    assert config.fallback.chain_for(load.NATIVE_MODEL) is None
+    assert [b.name for b in config.budgets] == ["bench-user-monthly"]
+    bootstrap = setups.noop_bootstrap(config, (1,), NO_KEYS)
+    (cluster,) = (
+        c
+        for c in bootstrap["static_resources"]["clusters"]
+        if c["name"] == cluster_name(setups.CHAINED_MODEL)
+    )
+    (options,) = cluster["typed_extension_protocol_options"].values()
+    assert UPSTREAM_FILTER in [f["name"] for f in options["http_filters"]]
