@@ -1,6 +1,6 @@
 """A chained request's attempts (docs/fallback.md) as its response phase receives them: every
 attempt's record, which the per-attempt filter (request/attempt.py) wrote into the attempts
-namespace and Envoy merged by key, and the target that answered. Pure."""
+namespace and Envoy merged by key, the target that answered, and what each attempt cost. Pure."""
 
 from __future__ import annotations
 
@@ -41,3 +41,15 @@ def answering_target(
         return None
     name = records[-1].get("target")
     return next((t for t in chain if t.target == name), None)
+
+
+def with_costs(
+    records: Sequence[dict[str, Any]], served_by: str | None, cost_micros: int
+) -> list[dict[str, Any]]:
+    """Each attempt with its `cost_micros`: the one that answered (the last, when a target
+    answered) the request's charge, every other 0 - providers do not bill a 5xx, a 429 or a
+    connection that gave nothing back."""
+    out = [{**record, "cost_micros": 0} for record in records]
+    if served_by is not None and out and out[-1].get("target") == served_by:
+        out[-1]["cost_micros"] = cost_micros
+    return out
