@@ -130,6 +130,9 @@ def _served_by_fallback(gw: Chained, raw: Any, first_status: int) -> dict[str, A
         ("openai/gpt-4o", first_status),
         ("openai/gpt-4o-mini", 200),
     ]
+    # Money per attempt: the failed one is not billed, the answering one carries the charge.
+    assert [a["cost_micros"] for a in attempts] == [0, record["cost_micros"]]
+    assert all(isinstance(a["latency_ms"], int) and a["latency_ms"] >= 0 for a in attempts)
     return record
 
 
@@ -259,6 +262,7 @@ def test_a_target_the_callers_policy_forbids_is_skipped(gw: Chained) -> None:
     record = gw.audit.wait_for(raw.headers["x-gateway-request-id"])
     assert _attempts(record) == [("openai/gpt-4.1-mini", 500), ("openai/gpt-4.1", 200)]
     assert record["served_by"] == "openai/gpt-4.1" and record["served_model"] == "gpt-4.1"
+    assert [a["cost_micros"] for a in record["attempts"]] == [0, record["cost_micros"]]
     usage = reply.usage
     want = tokens(usage.prompt_tokens, output=usage.completion_tokens)
     assert record["cost_micros"] == expected_cost_micros("gpt-4.1", want)
