@@ -27,7 +27,7 @@ from gateway_extproc.budgets.ratelimits.settings import parse_rate_limits
 from gateway_extproc.budgets.settings import parse_budgets
 from gateway_extproc.cache.settings import CacheConfig, parse_cache
 from gateway_extproc.catalog.models import Catalog
-from gateway_extproc.config.fallback import FallbackConfig, parse_fallback
+from gateway_extproc.config.fallback import FallbackConfig, parse_fallback, with_variants
 from gateway_extproc.config.metering import MeteringConfig, parse_metering
 from gateway_extproc.config.namespaces import namespace_problems
 from gateway_extproc.config.providers import ProviderConfig, parse_provider
@@ -304,6 +304,7 @@ def parse_config(
     budget_store = parse_budget_store(store_doc, environ, r.problems)
 
     fallback = parse_fallback(doc.get("fallback"), catalog, set(providers), r.problems)
+    fallback = with_variants(fallback, policies)  # clusters without a forbidden target
 
     audit_file = environ.get("GATEWAY_AUDIT_LOG") or audit.get("file")
     if audit_file is not None and not isinstance(audit_file, str):

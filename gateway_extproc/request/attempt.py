@@ -6,7 +6,7 @@ From the target its endpoint names (a request attribute) and the request filter'
 path, host, credential (every client credential removed again), the body's model and output cap,
 or the whole body translated for another API, SigV4 last for Bedrock - with the same functions the
 request phase forwards with (route.py). When the attempt's response headers come it records
-`attempt_<n>: {target, status, ms}` in the attempts namespace: the request filter and the
+`attempt_<n>: {target, status, latency_ms}` in the attempts namespace: the request filter and the
 observer receive every attempt's record with the final response (Envoy merges them by key).
 
 A stream without a verifiable state, or for a target the state did not admit, is answered with
@@ -153,7 +153,7 @@ class AttemptProcessor:
         record = {
             "target": self.target.target if self.target is not None else None,
             "status": int(headers.get(":status", "0") or 0),
-            "ms": ms,
+            "latency_ms": ms,
         }
         key = f"attempt_{self.index + 1}"
         return msgs.string_struct(handoff.ATTEMPTS_NAMESPACE, {key: orjson.dumps(record).decode()})
