@@ -72,7 +72,7 @@ def test_each_case_loads_its_model_and_switch() -> None:
 def _record(model: str, served: str | None, attempts: list[tuple[str, int]] | None) -> Any:
     doc: dict[str, Any] = {"requested_model": model, "completed": True, "status": 200}
     if attempts is not None:
-        doc["attempts"] = [{"target": t, "status": s, "ms": 3} for t, s in attempts]
+        doc["attempts"] = [{"target": t, "status": s, "latency_ms": 3} for t, s in attempts]
         doc["served_by"] = served
     return doc
 
