@@ -26,6 +26,7 @@ from bench import (
     load,
     otlp_sink,
     report,
+    report_text,
     request_body,
     results_json,
     setup_configs,
@@ -245,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench: logs kept in {run_dir}", file=sys.stderr)
     if settings.profile:
         return results_json.write(result, "profile", str(result["text"]))
-    print(report.render(result))
+    print(report_text.render(result))
     if "guardrails" in settings.setups:
         result["guardrails_scan"] = guardrails.measure()
         print("\n" + guardrails.render(result["guardrails_scan"]))

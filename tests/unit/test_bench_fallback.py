@@ -11,7 +11,7 @@ import pytest
 
 from bench import fallback, fallback_run, load, setup_configs
 from bench.measure import Load
-from bench.report import Row
+from bench.rows import Row
 from bench.upstream import FAIL_HEADER, FAIL_RESPONSE, JSON_RESPONSE, Http
 
 
