@@ -1,5 +1,5 @@
 """Issue 26's rows through Envoy (the `fallback` setup): one gateway stack whose configuration
-chains one model (setups.CHAIN), loaded with JSON requests at c=1 and c=sat for a model without
+chains one model (CHAIN), loaded with JSON requests at c=1 and c=sat for a model without
 a chain, the chained model answered by its first target, and the chained model whose first
 target answers 500 (the bench upstream's `x-bench-fail-model`). bench/fallback.py pairs the rows;
 the audit records prove each case took the attempts it is named for."""
@@ -14,8 +14,9 @@ from bench import load, setups
 from bench.fallback import CASES, FIRST, SECOND, UNCHAINED
 from bench.measure import Bench, Load
 from bench.probes import check_audit
+from bench.setup_configs import CHAIN, CHAINED_MODEL
 
-FIRST_TARGET, SECOND_TARGET = setups.CHAIN
+FIRST_TARGET, SECOND_TARGET = CHAIN
 FIRST_MODEL = FIRST_TARGET.split("/", 1)[1]  # what the first attempt's body asks for
 
 
@@ -23,8 +24,8 @@ def loads() -> dict[str, Load]:
     """Each case's load: the same JSON request, its model and the upstream's failure switch."""
     return {
         UNCHAINED: Load("json", False),  # load.NATIVE_MODEL: not chained
-        FIRST: Load("json", False, model=setups.CHAINED_MODEL),
-        SECOND: Load("json", False, model=setups.CHAINED_MODEL, fail_model=FIRST_MODEL),
+        FIRST: Load("json", False, model=CHAINED_MODEL),
+        SECOND: Load("json", False, model=CHAINED_MODEL, fail_model=FIRST_MODEL),
     }
 
 
@@ -55,7 +56,7 @@ def case_of(record: dict[str, object]) -> str | None:
     attempts = record.get("attempts")
     if record.get("requested_model") == load.NATIVE_MODEL:
         return UNCHAINED if attempts is None else None
-    if record.get("requested_model") != setups.CHAINED_MODEL or not isinstance(attempts, list):
+    if record.get("requested_model") != CHAINED_MODEL or not isinstance(attempts, list):
         return None
     shape = [(a.get("target"), a.get("status")) for a in attempts]
     served = record.get("served_by")

@@ -15,7 +15,7 @@ import redis
 from bench import load, setups
 from bench.cli import Settings
 from bench.profile import Profile
-from bench.report import Row
+from bench.rows import Row
 from bench.upstream import CHUNKS, FAIL_HEADER, FAIL_RESPONSE, response_bytes
 from bench.upstream_messages import CLIENT_STAMP
 

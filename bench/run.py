@@ -26,8 +26,10 @@ from bench import (
     load,
     otlp_sink,
     report,
+    report_text,
     request_body,
     results_json,
+    setup_configs,
     setups,
     streams_run,
     translation,
@@ -39,6 +41,7 @@ from bench import profile as profiler
 from bench.cli import SELECTED_BY, Settings, parse_args
 from bench.measure import Bench, Load
 from bench.probes import burst, check_audit, redis_probe
+from bench.procs import Procs, start_upstream
 from bench.upstream import CHUNKS
 from gateway_extproc.stack import StackError
 
@@ -107,16 +110,16 @@ def _terminate_as_exit() -> Iterator[None]:
 
 def run(settings: Settings, run_dir: Path, log: IO[bytes]) -> dict[str, object]:
     env = dict(os.environ)
-    identity = setups.make_identity(run_dir)
+    identity = setup_configs.make_identity(run_dir)
     bench = Bench(settings, run_dir, identity.token)
     n = settings.workers
     bench.progress(
         f"bench: {os.cpu_count()} cores shared by wrk, Envoy (--concurrency 1), the upstream, "
         f"the sidecar workers and redis-server; logs in {run_dir}"
     )
-    procs = setups.Procs(log)
+    procs = Procs(log)
     try:
-        port, _pid = setups.start_upstream(procs, run_dir)
+        port, _pid = start_upstream(procs, run_dir)
         bench.progress(f"upstream on 127.0.0.1:{port}")
         log_path = run_dir / "processes.log"
         plans = [
@@ -243,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench: logs kept in {run_dir}", file=sys.stderr)
     if settings.profile:
         return results_json.write(result, "profile", str(result["text"]))
-    print(report.render(result))
+    print(report_text.render(result))
     if "guardrails" in settings.setups:
         result["guardrails_scan"] = guardrails.measure()
         print("\n" + guardrails.render(result["guardrails_scan"]))

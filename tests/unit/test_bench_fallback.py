@@ -9,9 +9,9 @@ from typing import Any, cast
 
 import pytest
 
-from bench import fallback, fallback_run, load, setups
+from bench import fallback, fallback_run, load, setup_configs
 from bench.measure import Load
-from bench.report import Row
+from bench.rows import Row
 from bench.upstream import FAIL_HEADER, FAIL_RESPONSE, JSON_RESPONSE, Http
 
 
@@ -62,7 +62,7 @@ def test_each_case_loads_its_model_and_switch() -> None:
     specs = fallback_run.loads()
     assert specs[fallback.UNCHAINED].body() == load.request_body(False, load.NATIVE_MODEL)
     for name in (fallback.FIRST, fallback.SECOND):
-        assert specs[name].body() == load.request_body(False, setups.CHAINED_MODEL)
+        assert specs[name].body() == load.request_body(False, setup_configs.CHAINED_MODEL)
     assert specs[fallback.FIRST].headers() == {}
     assert specs[fallback.SECOND].headers() == {FAIL_HEADER: fallback_run.FIRST_MODEL}
     assert len({s.file_name() for s in specs.values()}) == 3  # a wrk script each
@@ -77,7 +77,7 @@ def _record(model: str, served: str | None, attempts: list[tuple[str, int]] | No
     return doc
 
 
-A, B = setups.CHAIN
+A, B = setup_configs.CHAIN
 
 
 @pytest.mark.parametrize(
