@@ -21,6 +21,7 @@ from gateway_extproc.identity.devissuer import DevIssuer, ensure_dev_issuer
 from gateway_extproc.stack import Stack
 from tests.e2e.conftest import start_stack, static_tokens_yaml
 from tests.e2e.harness import AuditLog, MockLog, expected_cost_micros, tokens
+from tests.e2e.worst_case import release
 
 pytestmark = pytest.mark.e2e
 FIRST_BYTE_TIMEOUT_S = 1
@@ -182,19 +183,26 @@ def test_a_stall_before_the_first_byte_falls_over_after_the_timeout(gw: Chained)
 
 
 def test_a_cut_after_the_first_byte_is_not_retried(gw: Chained) -> None:
-    # The body in 100-byte writes 200 ms apart: the headers and the first bytes reach the client
-    # before the cut. (A cut while the per-attempt filter still holds the headers is retried:
-    # Envoy's router has not seen them, docs/fallback.md fact 5; measured with one 300-byte write.)
-    raw = gw.ask(
-        "gpt-4o",
-        "gpt-4o=cut@300",
-        extra={"x-mock-chunk-delay-ms": "200", "x-mock-chunk-bytes": "100"},
-        stream=True,
-    )
-    assert raw.status_code == 200  # the headers reached the client: no other target now
-    with contextlib.suppress(openai.APIError, httpx.HTTPError):  # cut: ends short or raises
-        list(raw.parse())
-    record = gw.audit.wait_for(raw.headers["x-gateway-request-id"])
+    # The mock holds the body after its first event until the client has read it, then cuts at
+    # 300 bytes: the headers reached the client before the cut. (A cut while the
+    # per-attempt filter still holds the headers is retried: Envoy's router has not seen them,
+    # docs/fallback.md fact 5.)
+    gw.mock.clear()
+    hold = f"cut-{uuid.uuid4().hex}"
+    headers = {
+        "x-mock-fault": "gpt-4o=cut@300",
+        "x-mock-hold-after-events": f"{hold}@1",
+    }
+    with gw.oai.chat.completions.with_streaming_response.create(
+        model="gpt-4o", messages=ASK, stream=True, extra_headers=headers
+    ) as response:
+        assert response.status_code == 200  # the headers reached the client: no other target now
+        request_id = response.headers["x-gateway-request-id"]
+        with contextlib.suppress(openai.APIError, httpx.HTTPError):  # cut: short or raises
+            for n, _ in enumerate(response.parse()):
+                if n == 0:
+                    release(gw.mock_root, hold)
+    record = gw.audit.wait_for(request_id)
     assert "gpt-4o-mini" not in gw.counts()  # the fallback never heard of it
     assert record["served_by"] == "openai/gpt-4o" and record["served_model"] == "gpt-4o"
     assert record["completed"] is False and record["usage_source"] == "bound"
