@@ -59,6 +59,9 @@ test: $(STAMP) lint imports typecheck
 ##        --workers 1" alone, ~4 min; LiteLLM installed once into .cache/bench-litellm/ from bench/litellm.lock)
 ##        and a translated stream's sidecar CPU and latency per chunk beside native ones, through Envoy,
 ##        then in process (BENCH_ARGS="--setups translated --workers 1" alone, ~1.5 min)
+##        and a fallback chain's per-attempt filter: a model without a chain, a chained one answered
+##        by its first target, and by its second after a 500 (BENCH_ARGS="--setups fallback
+##        --workers 1" alone, ~1.5 min; "--setups gateway,fallback --workers 1" adds the no-chain stack)
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 

@@ -22,7 +22,7 @@ class Settings:
 
 ALL_SETUPS = (
     "plain,noop,noop-observe,noop-state,noop-trust,gateway-sync,gateway,"
-    "gateway+otel,litellm,guardrails,request-body,translated"
+    "gateway+otel,litellm,guardrails,request-body,translated,fallback"
 )
 # Plans run when another setup is chosen: `translated` starts the synchronous stack too.
 SELECTED_BY = {"translated-sync": "translated"}
@@ -64,7 +64,10 @@ def parse_args(argv: list[str] | None, description: str | None) -> tuple[Setting
         "re-serialising every body (both pure CPU, no processes); translated: a paced stream "
         "translated to Anthropic Messages beside native ones (observe and synchronous), "
         "sidecar CPU and latency per chunk through Envoy, then the translation's CPU in "
-        "process (bench/translation.py); W=1, ~1.5 min",
+        "process (bench/translation.py); W=1, ~1.5 min; "
+        "fallback: one stack chaining one model (gpt-4o -> gpt-4o-mini), json at c=1 and "
+        "c=sat for a model without a chain, the chained model answered by its first target, "
+        "and by its second after a 500 (bench/fallback.py); W=1, ~2 min",
     )
     a = parser.parse_args(argv)
     chosen = a.setups or ("noop,gateway" if a.profile else ALL_SETUPS)

@@ -26,7 +26,8 @@ from typing import IO, Any
 
 import yaml
 
-from bench.setups import REPO, Procs, Running
+from bench.procs import REPO, Procs
+from bench.setups import Running
 from gateway_extproc.stack import StackError, free_port, wait_for
 
 LOCK = Path(__file__).resolve().parent / "litellm.lock"

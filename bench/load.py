@@ -19,7 +19,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import redis
@@ -94,7 +94,15 @@ def request_body(stream: bool, model: str = NATIVE_MODEL) -> bytes:
     return json.dumps(doc).encode()
 
 
-def lua_script(path: Path, body: bytes, token: str, gap_ms: float | None = None) -> Path:
+def lua_script(
+    path: Path,
+    body: bytes,
+    token: str,
+    gap_ms: float | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> Path:
+    """wrk's script: POST `body` with the bearer token, the pacing header for a paced stream,
+    and `headers` (the bench upstream's switches, e.g. `x-bench-fail-model`)."""
     text = (
         'wrk.method = "POST"\n'
         f"wrk.body = [==[{body.decode()}]==]\n"
@@ -103,6 +111,8 @@ def lua_script(path: Path, body: bytes, token: str, gap_ms: float | None = None)
     )
     if gap_ms:
         text += f'wrk.headers["x-bench-chunk-gap-ms"] = "{gap_ms:g}"\n'
+    for name, value in (headers or {}).items():
+        text += f'wrk.headers["{name}"] = "{value}"\n'
     text += _DONE % MARKER
     path.write_text(text)
     return path
@@ -165,6 +175,14 @@ def envoy_counter(admin_url: str, name: str) -> int:
 
 
 EXTPROC_MESSAGES = "http.gateway.ext_proc.stream_msgs_sent"  # Envoy -> sidecar messages
+
+
+def upstream_extproc_messages(cluster: str) -> str:
+    """Messages Envoy sent to the per-attempt ext_proc of chain cluster `cluster` (an upstream
+    filter's stats live in its cluster's scope)."""
+    return f"cluster.{cluster}.ext_proc.stream_msgs_sent"
+
+
 EXTPROC_ACTIVE = f"cluster.{EXTPROC_CLUSTER}.upstream_rq_active"  # ext_proc streams open (gauge)
 
 

@@ -15,8 +15,8 @@ import redis
 from bench import load, setups
 from bench.cli import Settings
 from bench.profile import Profile
-from bench.report import Row
-from bench.upstream import CHUNKS, response_bytes
+from bench.rows import Row
+from bench.upstream import CHUNKS, FAIL_HEADER, FAIL_RESPONSE, response_bytes
 from bench.upstream_messages import CLIENT_STAMP
 
 
@@ -28,10 +28,23 @@ class Load:
     # An OpenAI client on a Claude model: translated to Anthropic Messages (the upstream
     # answers in Anthropic's format, to the anthropic cluster).
     translated: bool = False
+    model: str | None = None  # the requested model when not the native or translated one
+    # The bench upstream answers 500 to a request for this model (`x-bench-fail-model`): a
+    # chain's first target fails and its second answers.
+    fail_model: str | None = None
 
     def body(self) -> bytes:
         model = load.TRANSLATED_MODEL if self.translated else load.NATIVE_MODEL
-        return load.request_body(self.stream, model)
+        return load.request_body(self.stream, self.model or model)
+
+    def headers(self) -> dict[str, str]:
+        return {} if self.fail_model is None else {FAIL_HEADER: self.fail_model}
+
+    def file_name(self) -> str:
+        """A name for its wrk script, unique among the loads of a run."""
+        parts = [self.name, "translated" if self.translated else "", self.model or ""]
+        parts.append(f"fail-{self.fail_model}" if self.fail_model else "")
+        return "-".join(p for p in parts if p)
 
 
 class Bench:
@@ -51,8 +64,8 @@ class Bench:
         print(f"[{time.monotonic() - self.started:5.0f}s] {message}", file=sys.stderr, flush=True)
 
     def script(self, spec: Load) -> Path:
-        name = f"{spec.name}-translated" if spec.translated else spec.name
-        return load.lua_script(self.run_dir / f"{name}.lua", spec.body(), self.token, spec.gap_ms)
+        path = self.run_dir / f"{spec.file_name()}.lua"
+        return load.lua_script(path, spec.body(), self.token, spec.gap_ms, spec.headers())
 
     def sample(
         self,
@@ -72,10 +85,15 @@ class Bench:
         def counter(name: str) -> float:
             return load.envoy_counter(admin, name) if admin else 0.0
 
+        def messages() -> float:  # the request filters', and the per-attempt filter's
+            chain = running.chain_cluster
+            extra = counter(load.upstream_extproc_messages(chain)) if chain else 0.0
+            return counter(load.EXTPROC_MESSAGES) + extra
+
         rx, whole = upstream_counter(running, spec)
         sidecar0 = load.cpu_seconds(running.sidecar_pids)
         envoy0 = load.cpu_seconds((running.envoy_pid,))
-        msgs0 = counter(load.EXTPROC_MESSAGES)
+        msgs0 = messages()
         rx0 = counter(rx)
         redis0 = load.redis_commands(client)
         result = load.run_wrk(self.wrk, running.url, script, connections, self.settings.duration_s)
@@ -93,7 +111,7 @@ class Bench:
             "mean_ms": result.mean_ms,
             "sidecar_ms": (load.cpu_seconds(running.sidecar_pids) - sidecar0) * 1000 / n,
             "envoy_ms": (load.cpu_seconds((running.envoy_pid,)) - envoy0) * 1000 / n,
-            "msgs": (counter(load.EXTPROC_MESSAGES) - msgs0) / n,
+            "msgs": (messages() - msgs0) / n,
             "redis": (load.redis_commands(client) - redis0) / n,
             "served": n,
         }
@@ -179,4 +197,6 @@ def upstream_counter(running: setups.Running, spec: Load) -> tuple[str, int]:
     assert cluster is not None, f"{running.setup} does not translate"
     paced = spec.gap_ms is not None
     whole = response_bytes(spec.stream, paced=paced, anthropic=spec.translated)
+    if spec.fail_model is not None:  # every request's first attempt got the 500 first
+        whole += len(FAIL_RESPONSE)
     return load.upstream_bytes(cluster), whole

@@ -12,6 +12,7 @@ import redis
 
 from bench import load, setups
 from bench.measure import Bench, Load
+from bench.setup_configs import BURST_LIMIT_MICROS
 from gateway_extproc.request.processor import CLIENT_LEFT
 
 
@@ -36,7 +37,7 @@ def burst(bench: Bench, running: setups.Running, count: int) -> dict[str, object
         "requests": count,
         "statuses": {str(k): statuses.count(k) for k in sorted(set(statuses))},
         "spent_micros": spent,
-        "limit_micros": setups.BURST_LIMIT_MICROS,
+        "limit_micros": BURST_LIMIT_MICROS,
     }
     bench.progress(f"burst of {count}: {result['statuses']}, spent {spent} of the limit")
     return result

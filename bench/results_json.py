@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench import guard, setups
+from bench import guard
+from bench.procs import ENVOY_CONCURRENCY
 from gateway_extproc.stack import find_binary
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -48,7 +49,7 @@ def machine(litellm_version: str | None) -> dict[str, object]:
     out: dict[str, object] = {
         "cpus": os.cpu_count(),
         "envoy": envoy_version(),
-        "envoy_concurrency": setups.ENVOY_CONCURRENCY,
+        "envoy_concurrency": ENVOY_CONCURRENCY,
         "python": sys.version.split()[0],
         "commit": gateway_commit(),
     }

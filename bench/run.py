@@ -21,12 +21,15 @@ from types import FrameType
 from typing import IO
 
 from bench import (
+    fallback_run,
     guardrails,
     load,
     otlp_sink,
     report,
+    report_text,
     request_body,
     results_json,
+    setup_configs,
     setups,
     streams_run,
     translation,
@@ -38,6 +41,7 @@ from bench import profile as profiler
 from bench.cli import SELECTED_BY, Settings, parse_args
 from bench.measure import Bench, Load
 from bench.probes import burst, check_audit, redis_probe
+from bench.procs import Procs, start_upstream
 from bench.upstream import CHUNKS
 from gateway_extproc.stack import StackError
 
@@ -106,16 +110,16 @@ def _terminate_as_exit() -> Iterator[None]:
 
 def run(settings: Settings, run_dir: Path, log: IO[bytes]) -> dict[str, object]:
     env = dict(os.environ)
-    identity = setups.make_identity(run_dir)
+    identity = setup_configs.make_identity(run_dir)
     bench = Bench(settings, run_dir, identity.token)
     n = settings.workers
     bench.progress(
         f"bench: {os.cpu_count()} cores shared by wrk, Envoy (--concurrency 1), the upstream, "
         f"the sidecar workers and redis-server; logs in {run_dir}"
     )
-    procs = setups.Procs(log)
+    procs = Procs(log)
     try:
-        port, _pid = setups.start_upstream(procs, run_dir)
+        port, _pid = start_upstream(procs, run_dir)
         bench.progress(f"upstream on 127.0.0.1:{port}")
         log_path = run_dir / "processes.log"
         plans = [
@@ -133,6 +137,8 @@ def run(settings: Settings, run_dir: Path, log: IO[bytes]) -> dict[str, object]:
             # Issue 25: a translated stream beside native ones (observe, then synchronous).
             ("translated", 1, True),
             ("translated-sync", 1, True),
+            # Issue 26: a chained model's per-attempt filter beside a model without a chain.
+            ("fallback", 1, True),
             ("noop", n, False),
             ("noop-observe", n, False),
             ("gateway-sync", n, False),
@@ -145,7 +151,8 @@ def run(settings: Settings, run_dir: Path, log: IO[bytes]) -> dict[str, object]:
             if workers == n and not full and n == 1 and setup not in setups.NOOP_HANDOFFS:
                 continue  # W=N is W=1 on a one-core machine
             if settings.profile and (
-                workers != 1 or setup in ("plain", "litellm", *SELECTED_BY, "translated")
+                workers != 1
+                or setup in ("plain", "litellm", *SELECTED_BY, "translated", "fallback")
             ):
                 continue  # a profile is of one sidecar worker, under the native loads
             bench.progress(f"starting {setup}" + (f" with {workers} worker(s)" if workers else ""))
@@ -171,6 +178,10 @@ def run(settings: Settings, run_dir: Path, log: IO[bytes]) -> dict[str, object]:
                     synchronous=setup == "translated-sync",
                     translated=True,
                 )
+            elif setup == "fallback":
+                cm = setups.gateway(
+                    log, log_path, run_dir, port, workers, identity, env, fallback=True
+                )
             elif setup == "gateway+otel":
                 sink = otlp_sink.Sink()
                 cm = setups.gateway(
@@ -184,6 +195,8 @@ def run(settings: Settings, run_dir: Path, log: IO[bytes]) -> dict[str, object]:
                         profile_setup(bench, running)
                     elif setup in ("translated", "translated-sync"):
                         streams_run.translated(bench, running)
+                    elif setup == "fallback":
+                        fallback_run.fallback(bench, running)
                     else:
                         measure_setup(bench, running, full)
             finally:
@@ -233,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench: logs kept in {run_dir}", file=sys.stderr)
     if settings.profile:
         return results_json.write(result, "profile", str(result["text"]))
-    print(report.render(result))
+    print(report_text.render(result))
     if "guardrails" in settings.setups:
         result["guardrails_scan"] = guardrails.measure()
         print("\n" + guardrails.render(result["guardrails_scan"]))

@@ -10,7 +10,7 @@ import dataclasses
 from bench import load, setups
 from bench.measure import Bench, Load, upstream_counter
 from bench.probes import check_audit
-from bench.report import Row
+from bench.rows import Row
 from bench.upstream import CHUNKS
 
 

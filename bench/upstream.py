@@ -15,6 +15,10 @@ written (`chatcmpl-` + 20 digits of CLOCK_MONOTONIC ns), so a client on this mac
 measure every chunk's latency through the proxy (an Anthropic stream's deltas carry it in their
 text, which survives translation). An instant stream reaches Envoy as one or two
 socket reads (one ext_proc body message); a paced one as one message per event, like a model's.
+
+Failing on demand: with a request header `x-bench-fail-model: M` a request whose body asks for
+model `M` is answered `500` (an OpenAI error body, FAIL_RESPONSE), so a fallback chain's first
+target fails and Envoy retries the next one, whose rewritten body names another model.
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ PROMPT_TOKENS = 12
 _WORDS = ("alpha", "beta", "gamma", "delta", "echo", "fox", "golf", "hotel")
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)", re.IGNORECASE)
 _GAP = re.compile(rb"\r\nx-bench-chunk-gap-ms:[ \t]*([0-9.]+)", re.IGNORECASE)
+FAIL_HEADER = "x-bench-fail-model"
+_FAIL = re.compile(rb"\r\nx-bench-fail-model:[ \t]*([^\r]+)", re.IGNORECASE)
+_MODEL = re.compile(rb'"model"[ \t]*:[ \t]*"([^"]*)"')
 STAMP_PREFIX = b'"id":"chatcmpl-'
 STAMP_DIGITS = 20
 _MAX_HEAD = 64 * 1024
@@ -136,6 +143,25 @@ def response_bytes(
     return len(SSE_HEAD) + sum(map(len, events)) + (len(SSE_USAGE) if usage else 0) + len(SSE_END)
 
 
+_ERROR = (
+    b'{"error":{"message":"bench upstream: failing on x-bench-fail-model",'
+    b'"type":"server_error","param":null,"code":null}}'
+)
+FAIL_RESPONSE = (
+    b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\n"
+    b"content-length: %d\r\n\r\n%s" % (len(_ERROR), _ERROR)
+)
+
+
+def fails(head: bytes, body: bytes) -> bool:
+    """Whether the request asks to fail (`x-bench-fail-model`) and names that model."""
+    fail = _FAIL.search(head)
+    if fail is None:
+        return False
+    model = _MODEL.search(body)
+    return model is not None and model.group(1) == fail.group(1).strip()
+
+
 NOT_FOUND = b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n"
 LENGTH_REQUIRED = b"HTTP/1.1 411 Length Required\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 
@@ -178,6 +204,9 @@ class Http(asyncio.Protocol):
         anthropic = head.startswith(b"POST /v1/messages ")
         if not anthropic and not head.startswith(b"POST /v1/chat/completions "):
             transport.write(NOT_FOUND)
+            return
+        if fails(head, body):
+            transport.write(FAIL_RESPONSE)
             return
         if b'"stream": true' not in body and b'"stream":true' not in body:
             transport.write(messages.JSON_RESPONSE if anthropic else JSON_RESPONSE)

@@ -76,8 +76,9 @@ class AuditRecord:
     # The API the provider was called with, when the gateway translated the request to it
     # (translate/): `api` stays the API the client called. None: not translated.
     provider_api: str | None = None
-    # A chained request (fallback): every attempt's {target, status, ms} in chain order, and
-    # the target that answered (None: none did). Both absent from a request that was not chained.
+    # A chained request (fallback): every attempt's {target, status, latency_ms, cost_micros} in
+    # chain order (a refused connection leaves none), and the target that answered (None: none
+    # did). Both absent from a request that was not chained.
     attempts: Sequence[Mapping[str, Any]] | None = None
     served_by: str | None = None
 

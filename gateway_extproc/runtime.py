@@ -37,6 +37,7 @@ from gateway_extproc.budgets.pipe import ScriptPipe
 from gateway_extproc.budgets.services import BudgetServices
 from gateway_extproc.budgets.store import BudgetStore
 from gateway_extproc.cache.service import build_cache
+from gateway_extproc.config.fallback import MAX_VARIANTS
 from gateway_extproc.config.gateway import GatewayConfig, load_config
 from gateway_extproc.config.upstreams import Upstream, resolve_upstreams
 from gateway_extproc.errors import ConfigError
@@ -121,6 +122,14 @@ def build_context(
     names = [n for e in config.catalog.models() for n in (e.name, *e.aliases)]
     for pattern in config.policies.unmatched_patterns(names):
         log.warning("policy pattern %r matches no model in the catalog", pattern)
+    for model in config.fallback.too_many_variants:
+        log.warning(
+            "fallback.chains.%s: the policies allow more than %d different sets of its targets; "
+            "no variant is generated, so a target a caller's policy forbids cuts the chain "
+            "before it",
+            model,
+            MAX_VARIANTS,
+        )
     audit = audit or AuditSink(stdout=config.audit_stdout, path=config.audit_file)
     budgets = build_gate(config, services)
     cache = build_cache(config.cache, config.budget_store)
@@ -339,6 +348,11 @@ class Runtime:
                 return False
             if set(new.upstreams) != set(self.ctx.upstreams):
                 log.warning("the provider list changed: restart Envoy to apply its clusters")
+            if list(new.config.fallback.clusters()) != list(self.ctx.config.fallback.clusters()):
+                log.warning(
+                    "the fallback chains or their policy variants changed: restart Envoy to "
+                    "apply their clusters (until then a request routed to a new one gets a 503)"
+                )
             await start_context(new)
             old, self.ctx = self.ctx, new
             new_files = watched_files(self._config_path, new.config)

@@ -30,7 +30,7 @@ from gateway_extproc.logs import setup_logging
 from gateway_extproc.observability.telemetry import start_telemetry
 from gateway_extproc.request.attempt import AttemptProcessor
 from gateway_extproc.request.processor import StreamProcessor
-from gateway_extproc.response.observer import StreamObserver
+from gateway_extproc.response.stream_observer import StreamObserver
 from gateway_extproc.runtime import Runtime, build_context
 from gateway_extproc.sidecar_auth.settings import plaintext_bind_problem
 

@@ -9,19 +9,32 @@ A provider with a key pool (`providers.<p>.keys`, more than one key) makes every
 level of keys: each attempt at a target may use another key, so a chain gets `keys_per_target`
 attempts per target, and a model of such a provider without a chain gets a one-target chain
 (`with_pools`): its requests go through a chain cluster too.
+
+Policy variants (`with_variants`): Envoy's retries walk a cluster's priorities in order and an
+attempt cannot be skipped once begun (docs/fallback.md fact 7), so a caller whose policy forbids a
+target in the middle of a chain needs a cluster without it. Only the target lists the
+configuration's policies can produce are generated (at most `MAX_VARIANTS` a chain); a list that
+is a prefix of another cluster's needs none (Envoy stops early: `x-envoy-max-retries`). A
+variant's levels hold one endpoint per key like the chain's, and its attempts per target follow
+the pools among its own targets.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 from gateway_extproc.catalog.models import Catalog, ModelEntry
+from gateway_extproc.identity.policy import PolicySet
 from gateway_extproc.translate.pairs import PAIRS
 
 MAX_ATTEMPTS = 10  # Envoy retries a chain this many times at most
+# Policy variants a chain gets at most (each a cluster and its routes in Envoy's config). A chain
+# whose policies give more gets none: a forbidden target cuts the chain before it, as without
+# variants, and the sidecar warns at load.
+MAX_VARIANTS = 8
 
 
 class Trigger(enum.StrEnum):
@@ -57,6 +70,10 @@ class FallbackConfig:
     on: frozenset[Trigger] = DEFAULT_TRIGGERS
     first_byte_timeout_s: float = 20.0
     max_attempts: int = 3
+    # Per requested model, the target lists its cluster variants hold (with_variants).
+    variants: Mapping[str, tuple[tuple[Target, ...], ...]] = dataclasses.field(default_factory=dict)
+    # The chains whose policies give more than MAX_VARIANTS lists: they get no variant.
+    too_many_variants: tuple[str, ...] = ()
     # Providers with a key pool of more than one key -> how many keys.
     pools: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
@@ -77,11 +94,81 @@ class FallbackConfig:
         """How many targets of `chain` Envoy tries at most."""
         return min(self.max_attempts, len(chain))
 
+    def clusters(self) -> Iterator[tuple[str, tuple[Target, ...]]]:
+        """Every chain cluster: (its name, its targets in priority order); a chain's own first."""
+        for model, chain in self.chains.items():
+            yield cluster_name(model), chain
+            for targets in self.variants.get(model, ()):
+                yield variant_name(model, chain, targets), targets
+
+    def cluster_for(
+        self, model: str, admitted: Sequence[Target]
+    ) -> tuple[str, tuple[Target, ...], int]:
+        """The cluster for a request to `model` whose caller may use `admitted` (in chain order,
+        the head first): the one whose targets start with the longest prefix of it - its name,
+        its targets and that prefix's length (the attempts Envoy is to make: fewer than the
+        cluster's are stopped by `x-envoy-max-retries`). Without a variant, the chain's own
+        cluster: cut before the first target not admitted."""
+        chain = self.chains[model]
+        best = (cluster_name(model), chain, _common(chain, admitted))
+        for targets in self.variants.get(model, ()):
+            n = _common(targets, admitted)
+            if n > best[2]:
+                best = (variant_name(model, chain, targets), targets, n)
+        return best
+
+
+def _common(targets: Sequence[Target], admitted: Sequence[Target]) -> int:
+    n = 0
+    while n < min(len(targets), len(admitted)) and targets[n] == admitted[n]:
+        n += 1
+    return n
+
 
 def cluster_name(model: str) -> str:
     """The Envoy cluster of a requested model's chain (a name Envoy accepts)."""
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model)
     return f"chain_{safe}"
+
+
+def variant_name(model: str, chain: Sequence[Target], targets: Sequence[Target]) -> str:
+    """A variant's cluster: the chain's, with the places of the targets it keeps
+    (`chain_gpt-4o.t0_2`)."""
+    kept = "_".join(str(chain.index(t)) for t in targets)
+    return f"{cluster_name(model)}.t{kept}"
+
+
+def with_variants(fallback: FallbackConfig, policies: PolicySet) -> FallbackConfig:
+    """`fallback` with the cluster variants its chains need for `policies`: for every set of
+    targets some identity may use, the chain without the others (the head always stays: a
+    caller it is forbidden to is refused before any chain). A list that is a prefix of the
+    chain's or of another list is left out (Envoy stops early there). Pure."""
+    variants: dict[str, tuple[tuple[Target, ...], ...]] = {}
+    too_many = []
+    for model, chain in fallback.chains.items():
+        rest = [t.model for t in chain[1:]]
+        decisions = policies.decisions(rest, limit=4 * MAX_VARIANTS)
+        lists: dict[tuple[Target, ...], None] = {}
+        for allowed in decisions or ():
+            kept = [t for t in chain[1:] if t.model in allowed][: fallback.max_attempts - 1]
+            lists[(chain[0], *kept)] = None
+        full = chain[: fallback.attempts(chain)]
+        needed = [
+            targets
+            for targets in lists
+            if len(targets) > 1
+            and not _is_prefix(targets, full)
+            and not any(other != targets and _is_prefix(targets, other) for other in lists)
+        ]
+        if decisions is None or len(needed) > MAX_VARIANTS:
+            too_many.append(model)
+        elif needed:
+            variants[model] = tuple(needed)
+    return dataclasses.replace(fallback, variants=variants, too_many_variants=tuple(too_many))
+
+
+def _is_prefix(short: Sequence[Target], long: Sequence[Target]) -> bool:
+    return len(short) <= len(long) and tuple(long[: len(short)]) == tuple(short)
 
 
 def parse_fallback(

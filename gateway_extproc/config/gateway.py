@@ -27,7 +27,12 @@ from gateway_extproc.budgets.ratelimits.settings import parse_rate_limits
 from gateway_extproc.budgets.settings import parse_budgets
 from gateway_extproc.cache.settings import CacheConfig, parse_cache
 from gateway_extproc.catalog.models import Catalog
-from gateway_extproc.config.fallback import FallbackConfig, parse_fallback, with_pools
+from gateway_extproc.config.fallback import (
+    FallbackConfig,
+    parse_fallback,
+    with_pools,
+    with_variants,
+)
 from gateway_extproc.config.metering import MeteringConfig, parse_metering
 from gateway_extproc.config.namespaces import namespace_problems
 from gateway_extproc.config.providers import ProviderConfig, parse_provider
@@ -306,8 +311,9 @@ def parse_config(
     budget_store = parse_budget_store(store_doc, environ, r.problems)
 
     fallback = parse_fallback(doc.get("fallback"), catalog, set(providers), r.problems)
+    fallback = with_variants(fallback, policies)  # clusters without a forbidden target
     pools = {name: len(p.keys) for name, p in providers.items() if len(p.keys) > 1}
-    fallback = with_pools(fallback, pools, catalog)
+    fallback = with_pools(fallback, pools, catalog)  # a one-target chain has no variant
 
     audit_file = environ.get("GATEWAY_AUDIT_LOG") or audit.get("file")
     if audit_file is not None and not isinstance(audit_file, str):

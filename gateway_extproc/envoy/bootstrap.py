@@ -56,8 +56,8 @@ def build(
     by_provider = {up.provider: up for up in upstreams}
     clusters += [provider_cluster(up, config, ca_file) for up in by_provider.values()]
     clusters += [
-        chain_cluster(model, chain, by_provider, config, ca_file)
-        for model, chain in config.fallback.chains.items()
+        chain_cluster(chain[0].model, chain, by_provider, config, ca_file, name=name)
+        for name, chain in config.fallback.clusters()
         if all(t.provider in by_provider for t in chain)
     ]
     clusters += envoy_tracing.collector_cluster(config.observability.envoy_otlp_endpoint)

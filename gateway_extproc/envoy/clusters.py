@@ -175,6 +175,7 @@ def chain_cluster(
     upstreams: dict[str, Upstream],
     config: GatewayConfig,
     ca_file: str,
+    name: str | None = None,  # a policy variant's (config/fallback.py variant_name)
 ) -> dict[str, Any]:
     """A requested model's fallback chain (docs/fallback.md): priority i is target i, its
     endpoint the target provider's address with metadata naming the target (names only, never
@@ -198,7 +199,7 @@ def chain_cluster(
                 "lb_endpoints": _key_endpoints(up, endpoint, metadata),
             }
         )
-    name = cluster_name(model)
+    name = name or cluster_name(model)
     # HTTP/1.1 to every target: Envoy's ALPN auto_config needs one TLS socket for the whole
     # cluster, and a chain may mix TLS providers with plaintext ones (the mock, a local vLLM).
     options = _protocol_options(False)

@@ -72,6 +72,10 @@ def ext_proc_filters(config: GatewayConfig) -> list[dict[str, Any]]:
             "receiving_namespaces": {"untyped": [handoff.NAMESPACE]},
             "forwarding_namespaces": {"untyped": [handoff.ATTEMPTS_NAMESPACE]},
         }
+        # A trimmed chain's `x-envoy-max-retries` (request/chain.py): ext_proc drops a mutation
+        # of an x-envoy-* header unless `allow_envoy` (measured on 1.40: Envoy went on to the
+        # next target). Clients' x-envoy-* headers are stripped at the edge before this filter.
+        request["mutation_rules"] = {"allow_envoy": True}
     if config.metering.synchronous:
         return [{"name": "envoy.filters.http.ext_proc", "typed_config": request}]
     request["metadata_options"] = {

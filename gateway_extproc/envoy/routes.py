@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway_extproc import handoff
-from gateway_extproc.config.fallback import FallbackConfig, Trigger, cluster_name
+from gateway_extproc.config.fallback import FallbackConfig, Trigger
 from gateway_extproc.config.gateway import GatewayConfig
 from gateway_extproc.envoy.filters import observer_disabled
 from gateway_extproc.request.forward import (
@@ -82,12 +82,11 @@ def retry_policy(fallback: FallbackConfig, num_retries: int, per_target: int = 1
 
 
 def _chained(config: GatewayConfig, route: dict[str, Any]) -> list[dict[str, Any]]:
-    """The route for the requests the request phase sent to a chain cluster (one per chain:
-    `num_retries` follows its length), with the retry policy; before `route`."""
+    """The route for the requests the request phase sent to a chain cluster (one per chain and
+    policy variant: `num_retries` follows its length), with the retry policy; before `route`."""
     out = []
     fallback = config.fallback
-    for model, chain in fallback.chains.items():
-        cluster = cluster_name(model)
+    for cluster, chain in fallback.clusters():
         header = {"name": CLUSTER_HEADER, "string_match": {"exact": cluster}}
         match = {**route["match"], "headers": [header]}
         action = {

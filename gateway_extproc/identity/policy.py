@@ -71,6 +71,9 @@ _SUBJECT_KEYS = (
 _RULE_KEYS = ("users", "groups", "services", "static_tokens", "allow", "deny")
 _KIND_LABELS = {"static_token": "static token"}
 _EXPLAIN_MAX_PATTERNS = 10
+# `decisions`: distinct (allowed, denied) pairs of group combinations it tracks at most (each
+# pair a subset pair of the models asked about: at most 4**len(models) exist).
+_MAX_GROUP_COMBINATIONS = 4096
 
 # ("user" | "service" | "static_token" | "group" | "anonymous", name)
 _Subjects = frozenset[tuple[str, str]]
@@ -235,6 +238,39 @@ class PolicySet:
         if more > 0:
             shown += f" and {more} more"
         return f"{decider.says('allows', 'allow')} only {shown}"
+
+    def decisions(self, models: Sequence[str], limit: int) -> list[frozenset[str]] | None:
+        """Every distinct subset of `models` (catalog names) that some identity may use, in a
+        stable order; None when there are more than `limit`. One per deciding kind of rules
+        (precedence 2): the default, the anonymous policy, each user's, service's and static
+        token's rules, and every combination of groups (its rules' allows less their denies).
+        For generating what only the configuration's policies can produce (fallback variants)."""
+
+        def split(rules: Iterable[_Rule]) -> tuple[frozenset[str], frozenset[str]]:
+            rules = tuple(rules)
+            allowed = frozenset(m for m in models if any(r.allow.matches(m) for r in rules))
+            denied = frozenset(m for m in models if any(r.deny.matches(m) for r in rules))
+            return allowed, denied
+
+        found: dict[frozenset[str], None] = {}
+        deciders: list[tuple[_Rule, ...]] = [(self._default,)]
+        if self._anonymous is not None:
+            deciders.append((self._anonymous,))
+        for index in (self._users, self._services, self._static):
+            deciders.extend(index.values())
+        for rules in deciders:
+            allowed, denied = split(rules)
+            found[allowed - denied] = None
+        # Groups: any non-empty combination of the groups rules name decides by all their rules.
+        combos: set[tuple[frozenset[str], frozenset[str]]] = set()
+        for rules in self._groups.values():
+            one = split(rules)
+            combos |= {one} | {(a | one[0], d | one[1]) for a, d in combos}
+            if len(combos) > _MAX_GROUP_COMBINATIONS:
+                return None
+        for allowed, denied in sorted(combos, key=lambda c: (sorted(c[0]), sorted(c[1]))):
+            found[allowed - denied] = None
+        return list(found) if len(found) <= limit else None
 
     def unmatched_patterns(self, catalog_names: Iterable[str]) -> list[str]:
         """The patterns (each once, in config order) that match none of `catalog_names`, for the

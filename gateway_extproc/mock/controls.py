@@ -27,6 +27,11 @@
     x-mock-replay: NAME           replay NAME.yaml (go-vcr cassette) from --fixtures-dir
     x-mock-hold: NAME             hold the response until `POST /_mock/release/NAME` (tests that
                                   need every admitted request in flight at once)
+    x-mock-hold-after-events: NAME@N
+                                  after the first N body writes (N events, or N pieces with
+                                  x-mock-chunk-bytes), wait for `POST /_mock/release/NAME`, then
+                                  go on (a cut asked by abort-after-events comes after): a test
+                                  acts mid-stream once the client has read what came before
     x-mock-response-model: NAME   report NAME as the response's model (not the request's)
     x-mock-tool-use: NAME         Anthropic, Gemini: after its text, call tool NAME with the
                                   input {"query": "mock"} (stop_reason tool_use; Gemini: a
@@ -99,6 +104,7 @@ class Controls:
     omit_usage: bool = False
     replay: str | None = None
     hold: str | None = None
+    hold_after: tuple[str, int] | None = None  # (NAME, N): wait after the first N writes
     response_model: str | None = None
     tool_use: str | None = None  # Anthropic, Gemini: the tool the reply calls
     service_tier: str | None = None  # None: `default`
@@ -175,6 +181,16 @@ class _Reader:
             return None
         return raw
 
+    def hold_after(self, name: str) -> tuple[str, int] | None:
+        raw = self._raw(name)
+        if raw is None:
+            return None
+        hold, _, count = raw.rpartition("@")
+        if not _REPLAY_NAME.match(hold) or not count.isdigit() or int(count) < 1:
+            self.problems.append(f"{name}: {raw!r} must be NAME@N (a hold name, N >= 1 writes)")
+            return None
+        return hold, int(count)
+
     def coding(self, name: str) -> str | None:
         raw = self._raw(name)
         if raw is not None and not _CODING.match(raw):
@@ -214,6 +230,7 @@ CONTROL_HEADERS = (
     "x-mock-omit-usage",
     "x-mock-replay",
     "x-mock-hold",
+    "x-mock-hold-after-events",
     "x-mock-response-model",
     "x-mock-tool-use",
     "x-mock-service-tier",
@@ -253,6 +270,7 @@ def parse_controls(headers: Mapping[str, str]) -> Controls:
         omit_usage=read.flag("x-mock-omit-usage"),
         replay=read.replay("x-mock-replay"),
         hold=read.replay("x-mock-hold"),
+        hold_after=read.hold_after("x-mock-hold-after-events"),
         response_model=read.name("x-mock-response-model"),
         tool_use=read.name("x-mock-tool-use"),
         service_tier=read.name("x-mock-service-tier"),

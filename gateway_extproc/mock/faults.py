@@ -1,8 +1,9 @@
 """What the mock does to a reply, as its control headers ask, beyond building it: aim
 `x-mock-fault` at this request's model (fault_header.py), hold it until released
-(`POST /_mock/release/NAME`; `GET /_mock/held/NAME` counts the waiting), delay it, reset the
-connection before it, cut the connection after part of it. The error statuses it injects are
-built in errors.py, the write plans that split and cut a reply in wire.py."""
+(`POST /_mock/release/NAME`; `GET /_mock/held/NAME` counts the waiting), before it or mid-body,
+delay it, reset the connection before it, cut the connection after part of it. The error
+statuses it injects are built in errors.py, the write plans that split and cut a reply in
+wire.py."""
 
 from __future__ import annotations
 
@@ -59,6 +60,12 @@ async def delay(app: web.Application, controls: Controls) -> None:
         await _hold(app, controls.hold)
     if controls.latency_ms:
         await asyncio.sleep(controls.latency_ms / 1000)
+
+
+async def hold_mid_body(app: web.Application, controls: Controls, written: int) -> None:
+    """After `written` body writes: wait for the release when the controls hold there."""
+    if controls.hold_after is not None and controls.hold_after[1] == written:
+        await _hold(app, controls.hold_after[0])
 
 
 def abort(request: web.Request) -> None:

@@ -81,7 +81,7 @@ async def send_reply(
         payload = encoder.encode(reply.body) + encoder.flush()
         plan = plan_for([payload], controls)
         writes = list(plan.writes)
-        if not plan.abort and len(writes) <= 1:
+        if not plan.abort and len(writes) <= 1 and controls.hold_after is None:
             return web.Response(body=payload, status=reply.status, headers=headers)
         headers["Content-Length"] = str(len(payload))
     response = web.StreamResponse(status=reply.status, headers=headers)
@@ -93,6 +93,7 @@ async def send_reply(
                 await asyncio.sleep(delay)
             progress.attempted = index + 1
             await response.write(chunk)
+            await faults.hold_mid_body(request.app, controls, index + 1)
         if plan.abort:
             faults.abort(request)
             return response

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 from gateway_extproc.audit import AuditRecord
 from gateway_extproc.observability.settings import Disclosure, ObservabilityConfig
@@ -182,3 +183,20 @@ def span_attributes(
     if budget.get("budgets"):
         attrs["gateway.budget.names"] = [str(b["name"]) for b in budget["budgets"]]
     return attrs
+
+
+def attempt_outcome(record: Mapping[str, Any], answered: bool) -> str:
+    """An attempt's outcome, a closed set (a metric label): `served`, `rate_limited` (429),
+    `server_error` (5xx), `client_error` (other 4xx), or `dropped` (its headers came back, but
+    another attempt answered: docs/fallback.md fact 5)."""
+    if answered:
+        return "served"
+    status = record.get("status")
+    code = status if isinstance(status, int) else 0
+    if code == 429:
+        return "rate_limited"
+    if code >= 500:
+        return "server_error"
+    if code >= 400:
+        return "client_error"
+    return "dropped"

@@ -173,6 +173,12 @@ class GatewayMetrics:
         self.extproc_messages = m.create_counter(
             "gateway.extproc.messages", unit="{message}", description="ext_proc messages handled"
         )
+        self.fallback_attempts = m.create_counter(
+            "gateway.fallback.attempts",
+            unit="{attempt}",
+            description="Attempts of chained requests, by target and outcome (served, "
+            "rate_limited, server_error, client_error, dropped)",
+        )
         for name, unit, desc, fn in (
             (
                 "gateway.budget.remaining.micro_usd",
@@ -262,6 +268,14 @@ class GatewayMetrics:
                     "gateway.guardrail.action": str(found["action"]),
                 }
                 self.guardrail_findings.add(int(found["count"]), labels)
+        attempts = record.attempts or ()
+        for i, attempt in enumerate(attempts):  # targets are the configuration's: bounded
+            answered = i == len(attempts) - 1 and attempt.get("target") == record.served_by
+            labels = {
+                "gateway.fallback.target": str(attempt.get("target")),
+                "gateway.fallback.outcome": at.attempt_outcome(attempt, answered),
+            }
+            self.fallback_attempts.add(1, labels)
         for reached in record.limits_reached:  # a closed set (audit.LimitReached): bounded
             self.limits_reached.add(1, {"gateway.limit": reached})
         for decision in at.decisions(record):

@@ -6,10 +6,11 @@ From the target its endpoint names (a request attribute) and the request filter'
 path, host, credential (every client credential removed again), the body's model and output cap,
 or the whole body translated for another API, SigV4 last for Bedrock - with the same functions the
 request phase forwards with (route.py). When the attempt's response headers come it records
-`attempt_<n>: {target, key, status, ms}` in the attempts namespace, n = Envoy's attempt count
-(`x-envoy-attempt-count`, removed by the next upstream filter): the request filter and the observer
-receive every attempt's record with the final response (Envoy merges them by key, so two
-attempts at one target - two keys of its pool - keep a record each).
+`attempt_<n>: {target, key, status, latency_ms}` in the attempts namespace, n = Envoy's attempt
+count (`x-envoy-attempt-count`, removed by the next upstream filter; `key` only for a key pool's
+endpoint): the request filter and the observer receive every attempt's record with the final
+response (Envoy merges them by key, so two attempts at one target - two keys of its pool - keep a
+record each; response/attempts.py reads them in attempt order).
 
 A stream without a verifiable state, or for a target the state did not admit, is answered with
 an error (Envoy's local reply from this filter is final: never retried).
@@ -170,7 +171,7 @@ class AttemptProcessor:
         record: dict[str, object] = {
             "target": self.target.target if self.target is not None else None,
             "status": int(headers.get(":status", "0") or 0),
-            "ms": ms,
+            "latency_ms": ms,
         }
         if self.key is not None:
             record["key"] = self.key

@@ -3,10 +3,14 @@ the reservation that covers the dearest of them, and the request phase's reply t
 the chain's cluster (Envoy's retries walk the targets; the per-attempt filter, attempt.py,
 rewrites each attempt for its target).
 
-Policy is applied where the chain is chosen: the chain is cut before the first target the caller's
-model policy forbids (or its API cannot reach, or that is not priced for this request), and Envoy
-is told to stop there (`x-envoy-max-retries`). A chain cut to one target is no chain: the request
-takes the provider's own route.
+Policy is applied where the chain is chosen (an attempt cannot skip its target: Envoy's local
+reply from the per-attempt filter is final): a target the caller's model policy forbids (or its
+API cannot reach, or that is not priced for this request) is left out, and the request goes to
+the cluster variant without it (config/fallback.py `with_variants`). Where no variant holds that
+list, the chain is cut before the first target left out; either way Envoy is told to stop after
+the last admitted target (`x-envoy-max-retries`, counting every key of a pooled target: the
+tries are targets x keys). A chain of one target is no chain - the request takes the provider's
+own route - unless that target's provider has a key pool (its other keys are the retries).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from collections.abc import Callable
 from gateway_extproc.budgets.gate import BoundFor
 from gateway_extproc.catalog.models import ModelEntry
 from gateway_extproc.catalog.pricing import worst_case_micros
-from gateway_extproc.config.fallback import Target, cluster_name
+from gateway_extproc.config.fallback import Target
 from gateway_extproc.cost.bounds import Bound
 from gateway_extproc.cost.endings import limits_for
 from gateway_extproc.errors import ClientError
@@ -39,29 +43,36 @@ def admitted(
     head: ModelEntry,
     price: Callable[[ModelEntry], ModelEntry],
 ) -> tuple[tuple[Target, ModelEntry], ...]:
-    """The chain of the requested model the caller may use, each target priced for this request
-    (`price`: route.priced), cut before the first it may not; () when that leaves one target."""
+    """The targets of the requested model's chain the caller may use (at most `max_attempts`),
+    each priced for this request (`price`: route.priced), as far as a generated cluster holds
+    them in that order (cluster_for); () when that leaves one target of a provider without a
+    key pool."""
     ctx = stream.ctx
-    chain = ctx.config.fallback.chain_for(head.name)
+    fallback = ctx.config.fallback
+    chain = fallback.chain_for(head.name)
     if chain is None or stream.identity is None or stream.guard is not None:
         return ()  # a redacted body is not what Envoy's retry buffer replays: no chain
     if not all(t.provider in ctx.upstreams for t in chain):  # no cluster was generated
         return ()
     out: list[tuple[Target, ModelEntry]] = [(chain[0], head)]
-    for target in chain[1 : ctx.config.fallback.attempts(chain)]:
+    for target in chain[1:]:
+        if len(out) == fallback.max_attempts:
+            break
         entry = ctx.catalog.lookup(target.model)
         if (
             entry is None
             or not ctx.config.policies.allows(stream.identity, entry.name)
             or not reaches(request.api, entry.schema)
         ):
-            break
+            continue
         try:
             out.append((target, price(entry)))
         except ClientError:  # an option this target has no price for
-            break
-    pooled = ctx.config.fallback.keys_per_target(chain) > 1  # one target, several keys
-    return tuple(out) if len(out) > 1 or pooled else ()
+            continue
+    _, targets, reached = fallback.cluster_for(head.name, [t for t, _ in out])
+    # One target is a chain when its provider has a key pool: the other keys are its retries.
+    pooled = reached == 1 and fallback.keys_per_target(targets[:1]) > 1
+    return tuple(out[:reached]) if reached > 1 or pooled else ()
 
 
 def dearest(bound_for: BoundFor, chain: tuple[tuple[Target, ModelEntry], ...]) -> BoundFor:
@@ -121,9 +132,10 @@ def forward(stream: RequestStream) -> msgs.CommonResponse:
     filter rewrites it for its target (Envoy replays the original from its retry buffer)."""
     head = stream.chain[0][1]
     fallback = stream.ctx.config.fallback
-    chain = fallback.chain_for(head.name)
-    assert chain is not None
-    set_headers = {route.CLUSTER_HEADER: cluster_name(head.name)}
-    if len(stream.chain) < fallback.attempts(chain):
-        set_headers[MAX_RETRIES_HEADER] = str(fallback.tries(chain, len(stream.chain)) - 1)
+    admitted = [t for t, _ in stream.chain]
+    cluster, targets, reached = fallback.cluster_for(head.name, admitted)
+    assert reached == len(admitted)  # admitted() kept what a cluster holds
+    set_headers = {route.CLUSTER_HEADER: cluster}
+    if len(admitted) < fallback.attempts(targets):  # Envoy's tries: every key of each target
+        set_headers[MAX_RETRIES_HEADER] = str(fallback.tries(targets, len(admitted)) - 1)
     return msgs.common(set_headers=set_headers, clear_route_cache=True)

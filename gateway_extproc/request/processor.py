@@ -35,6 +35,7 @@ from gateway_extproc.request.admission import admit
 from gateway_extproc.request.forward import forward
 from gateway_extproc.request.models_api import models_response
 from gateway_extproc.request.stream import RequestStream
+from gateway_extproc.response import synchronous
 
 log = logging.getLogger("gateway.processor")
 
@@ -58,7 +59,7 @@ class StreamProcessor(RequestStream):
                 if phase == "response_headers":
                     return msgs.response_headers_without_body()
                 return msgs.passthrough(message)
-            return await self.observer.reply(message, self.response_headers)
+            return await synchronous.reply(self.observer, message, self.response_headers)
         try:
             if phase == "request_headers":
                 headers = msgs.headers_of(message.request_headers)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from gateway_extproc.audit import AuditRecord
 from gateway_extproc.observability.attributes import RequestFacts
+from gateway_extproc.response.attempts import with_costs
 from gateway_extproc.tokens import Usage, UsageSource
 
 if TYPE_CHECKING:
@@ -71,6 +72,10 @@ def write_record(
     if "limits_reached" in extra:  # the request phase's bounds come first
         extra = dict(extra)
         limits = (*extra.pop("limits_reached"), *limits)
+    charged = cost if reaped_micros is None else cost - reaped_micros
+    if "attempts" in extra:  # a chained request: each attempt's cost
+        extra = dict(extra)
+        extra["attempts"] = with_costs(extra["attempts"], extra.get("served_by"), charged)
     record = AuditRecord(
         request_id=state.request_id,
         time=datetime.datetime.fromtimestamp(state.arrived, datetime.UTC),
@@ -88,7 +93,7 @@ def write_record(
         completed=o.completed,
         usage=usage,
         usage_source=source,
-        cost_micros=cost if reaped_micros is None else cost - reaped_micros,
+        cost_micros=charged,
         latency_ms=latency_s * 1000,
         time_to_first_byte_ms=None if o.first_byte is None else o.first_byte * 1000,
         error_code=o.error_code,

@@ -11,6 +11,9 @@ Memory and time stay bounded whatever the upstream sends (response_body.py): com
 inflate at most 100:1, a JSON body is kept whole only up to `metering.max_json_body_bytes`, and
 one over 64 KiB is parsed in the body-parsing thread, not on the event loop (synchronous mode
 awaits it; observe mode ends the request from there).
+
+Beside it: the observe-mode stream that feeds it (stream_observer.py), synchronous mode's answers
+(synchronous.py), a chained request's attempt records (attempts.py).
 """
 
 from __future__ import annotations
@@ -20,34 +23,24 @@ import dataclasses
 import functools
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
-
-import orjson
 
 from gateway_extproc.budgets.results import SettleResult
 from gateway_extproc.cache.key import CacheTicket
 from gateway_extproc.catalog.models import ModelEntry
-from gateway_extproc.catalog.pricing import cost_micros, format_usd
+from gateway_extproc.catalog.pricing import cost_micros
 from gateway_extproc.cost.endings import charge, checkpoint_output, output_seen
 from gateway_extproc.extproc import messages as msgs
 from gateway_extproc.extproc.context import GatewayContext
-from gateway_extproc.extproc.offload import OFFLOAD_BYTES, off_loop_if_large, run_off_loop
-from gateway_extproc.handoff import (
-    ATTEMPTS_NAMESPACE,
-    MAC_KEY,
-    NAMESPACE,
-    STATE_KEY,
-    HandoffError,
-    RequestState,
-)
+from gateway_extproc.extproc.offload import OFFLOAD_BYTES, run_off_loop
+from gateway_extproc.handoff import RequestState
 from gateway_extproc.providers.base import JsonMeterResult
 from gateway_extproc.providers.metering import StreamMeter
+from gateway_extproc.response.attempts import answering_target, attempt_records
 from gateway_extproc.response.audit import write_record
 from gateway_extproc.response.body import ResponseBody
 from gateway_extproc.response.model_mismatch import in_provider, price_reported
 from gateway_extproc.response.reported_tier import charge_reported_tier
-from gateway_extproc.response.translated import REMOVED_HEADERS, TranslatedResponse, is_stream
-from gateway_extproc.sidecar_auth.guard import RejectedState
+from gateway_extproc.response.translated import TranslatedResponse, is_stream
 from gateway_extproc.spend.rollup import Dimensions, UsageRecord
 from gateway_extproc.tokens import Usage, UsageSource
 
@@ -112,12 +105,7 @@ class ResponseObserver:
             return
         records = attempt_records(message)
         status = msgs.headers_of(message.response_headers).get(":status", "")
-        answered = None
-        if records and str(records[-1].get("status")) == status:
-            answered = records[-1]
-        served = None
-        if answered is not None:
-            served = next((t for t in state.chain if t.target == answered.get("target")), None)
+        served = answering_target(state.chain, records, status)
         extra = dict(state.audit_extra)
         extra["attempts"] = records
         extra["served_by"] = None if served is None else served.target
@@ -158,7 +146,7 @@ class ResponseObserver:
     def on_body(self, chunk: bytes, end: bool) -> int | None:
         """Observe mode: one body chunk; at the end, the request's cost (micro-dollars), or None
         when a large JSON body went to the body-parsing thread (the request ends from there)."""
-        self._take(chunk, end)
+        self.take(chunk, end)
         if not end:
             return None
         self.completed = True
@@ -166,7 +154,7 @@ class ResponseObserver:
             return None
         return self.conclude()
 
-    def _take(self, chunk: bytes, end: bool) -> Sequence[bytes]:
+    def take(self, chunk: bytes, end: bool) -> Sequence[bytes]:
         """Meter one chunk; a stream's decoded bytes (the chunk itself when not decoded)."""
         if self.metering_broken:
             return (chunk,)
@@ -183,14 +171,14 @@ class ResponseObserver:
             )
         return pieces if self.body.unreadable is None else (chunk,)
 
-    def _readable_json(self) -> bool:
+    def readable_json(self) -> bool:
         return self.meter is None and self.body.unreadable is None and not self.metering_broken
 
     def _end_off_loop(self) -> bool:
         """Observe mode: parse a large JSON body in the body-parsing thread and end the request
         when that is done (its context waits for it before closing). False when the parse is
         cheap enough for the event loop, or there is no loop (tools, tests)."""
-        if not self._readable_json() or self.body.json.kept < OFFLOAD_BYTES:
+        if not self.readable_json() or self.body.json.kept < OFFLOAD_BYTES:
             return False
         try:
             loop = asyncio.get_running_loop()
@@ -212,61 +200,6 @@ class ResponseObserver:
         else:
             self.parsed = future.result()
         self._end()
-
-    async def reply(
-        self,
-        message: msgs.ProcessingRequest,
-        response_headers: Callable[[int | None], dict[str, str]],
-    ) -> msgs.ProcessingResponse:
-        """Synchronous mode: observe a response message and answer it. `response_headers(cost)`
-        gives the headers the request phase decided (with the cost once a JSON body is
-        metered; a large one is parsed in the body-parsing thread, awaited here). The response
-        is already on its way: a metering fault never breaks it."""
-        phase = message.WhichOneof("request")
-        try:
-            if phase == "response_headers":
-                self.on_attempts(message)
-                headers = msgs.headers_of(message.response_headers)
-                streaming = self.on_headers(headers, message.response_headers.end_of_stream)
-                request_id = {"x-gateway-request-id": self.state.request_id}
-                translated = self.translated
-                remove: tuple[str, ...] = ()
-                set_headers = request_id | response_headers(None)
-                if translated is not None:  # the body is rewritten: not the provider's length
-                    set_headers |= translated.start(status=self.status or 0, streaming=streaming)
-                    remove = REMOVED_HEADERS
-                reply = msgs.common(set_headers=set_headers, remove=remove)
-                return msgs.response_headers_reply(reply, stream_body=streaming)
-            body = message.response_body
-            pieces = self._take(body.body, body.end_of_stream)
-            end = body.end_of_stream
-            rewritten = None
-            if self.translated is not None and self.meter is not None:
-                rewritten = self.translated.chunk(pieces, end)
-            if not end:
-                return msgs.response_body_reply(_body(rewritten))
-            self.completed = True
-            if self._readable_json():
-                json = self.body.json
-                self.parsed = await off_loop_if_large(json.kept, json.meter, self.state.api)
-            cost = self.conclude()
-            if self.meter is not None:
-                return msgs.response_body_reply(_body(rewritten))
-            headers = {"x-gateway-cost-usd": format_usd(cost)} | response_headers(cost)
-            if self.translated is not None:
-                whole = self.body.json.whole() if self.body.unreadable is None else None
-                rewritten = self.translated.whole(
-                    None if whole is None else bytes(whole), self.status or 0
-                )
-            return msgs.response_body_reply(msgs.common(set_headers=headers, body=rewritten))
-        except Exception:
-            self.broken()
-            if phase == "response_headers":  # keep streams streaming even so
-                content_type = msgs.headers_of(message.response_headers).get("content-type", "")
-                return msgs.response_headers_reply(
-                    msgs.common(), stream_body=is_stream(content_type)
-                )
-            return msgs.passthrough(message)
 
     def broken(self) -> None:
         """Metering raised: the response still flows; the request is charged its estimate."""
@@ -317,7 +250,7 @@ class ResponseObserver:
             # up before the transport's end-of-stream reached Envoy.
             complete = result.completed and not self.metering_broken
             self.completed = self.completed or result.completed
-        elif self.body.json.size and self._readable_json():
+        elif self.body.json.size and self.readable_json():
             jr = self.parsed or self.body.json.meter(self.state.api, ended=self.completed)
             usage, provider_model, output_bytes = jr.usage, jr.served_model, jr.output_bytes
             self.response_meta = (jr.response_id, jr.finish_reasons)
@@ -450,88 +383,3 @@ class ResponseObserver:
         cost is the real cost less the reaper's charge, so the request's records sum to what
         the ledger holds (docs/budgets.md, "Every reservation ends in one audit record")."""
         record(reaped_micros=None if settled is None else settled.reaped_micros)
-
-
-def attempt_records(message: msgs.ProcessingRequest) -> list[dict[str, Any]]:
-    """The attempts namespace's `attempt_<n>` records, in chain order (an attempt whose
-    connection was refused has none: the filter runs once an attempt has a connection)."""
-    namespace = message.metadata_context.filter_metadata.get(ATTEMPTS_NAMESPACE)
-    if namespace is None:
-        return []
-    found = []
-    for key, value in namespace.fields.items():
-        if not key.startswith("attempt_") or not key[8:].isdigit():
-            continue
-        try:
-            record = orjson.loads(value.string_value)
-        except orjson.JSONDecodeError:
-            continue
-        if isinstance(record, dict):
-            found.append((int(key[8:]), record))
-    return [record for _, record in sorted(found, key=lambda pair: pair[0])]
-
-
-def _body(rewritten: bytes | None) -> msgs.CommonResponse | None:
-    """A streamed chunk's reply: unchanged (None), or replaced by `rewritten`."""
-    return None if rewritten is None else msgs.common(body=rewritten)
-
-
-class StreamObserver:
-    """One observability-mode ext_proc stream (observe mode): Envoy sends the request headers
-    and the response without waiting for replies. The request filter's state arrives in dynamic
-    metadata with the first message; a stream without it (a request the gateway answered
-    itself, already audited) has nothing to meter and is closed at once - else Envoy would
-    keep it open for its deferred close, holding a stream per refused request. A state whose
-    MAC fails (not signed by a worker of this deployment) is never settled, cached or audited."""
-
-    def __init__(self, ctx: GatewayContext) -> None:
-        self.ctx = ctx
-        self.response: ResponseObserver | None = None
-
-    def handle(self, message: msgs.ProcessingRequest) -> bool:
-        """Observe one message; True when there is nothing more to observe (the stream may
-        close)."""
-        response = self.response
-        if response is None:
-            text = msgs.observed_state(message, NAMESPACE, STATE_KEY)
-            if text is None:
-                return True
-            if not self._signed(text, msgs.observed_state(message, NAMESPACE, MAC_KEY)):
-                return True
-            try:
-                state = RequestState.decode(text)
-            except HandoffError as exc:
-                log.error("observer stream without a usable request state: %s", exc)
-                return True
-            self.response = response = ResponseObserver(self.ctx, state)
-        phase = message.WhichOneof("request")
-        try:
-            if phase == "response_headers":
-                response.on_attempts(message)
-                headers = msgs.headers_of(message.response_headers)
-                response.on_headers(headers, message.response_headers.end_of_stream)
-            elif phase == "response_body":
-                body = message.response_body
-                response.on_body(body.body, body.end_of_stream)
-        except Exception:
-            response.broken()
-        return response.concluded
-
-    def _signed(self, text: str, mac: str | None) -> bool:
-        """Verified once per stream, before the state is decoded: counted and logged (never
-        its contents) when it fails."""
-        if self.ctx.sidecar_auth.seal.verify(text, mac):
-            return True
-        reason = RejectedState.UNSIGNED if not mac else RejectedState.BAD_MAC
-        self.ctx.sidecar_auth.stats.rejected_states[reason] += 1
-        log.error(
-            "observer stream refused: its request state is %s; nothing settled, cached or "
-            "audited (a caller other than this deployment's Envoy, or state keys that differ "
-            "between workers)",
-            "unsigned" if reason == RejectedState.UNSIGNED else "not signed by a state key",
-        )
-        return False
-
-    def close(self) -> None:
-        if self.response is not None:
-            self.response.close()

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from gateway_extproc.identity.devissuer import DevIssuer, ensure_dev_issuer
 from gateway_extproc.stack import Stack, find_binary, free_port
 from tests.e2e.conftest import start_stack
 from tests.e2e.harness import AuditLog, complete_lines, eventually
+from tests.e2e.worst_case import release
 
 pytestmark = pytest.mark.e2e
 CHAT = "/v1/chat/completions"
@@ -160,6 +162,9 @@ def test_a_settle_outlives_a_redis_outage_and_a_sigterm(gw: Durable) -> None:
     request_ids: list[str] = []
     body = {**BODY, "stream": True, "max_tokens": 400}
     started = threading.Event()
+    # The mock holds the stream after its first event until Redis is down: its settle, at the
+    # end, finds Redis down however long stopping it takes.
+    hold = f"durable-{uuid.uuid4().hex}"
 
     def stream() -> None:
         with httpx.stream(
@@ -170,18 +175,19 @@ def test_a_settle_outlives_a_redis_outage_and_a_sigterm(gw: Durable) -> None:
             headers={
                 "authorization": f"Bearer {token}",
                 "x-mock-output-tokens": "400",
-                "x-mock-chunk-delay-ms": "5",
+                "x-mock-hold-after-events": f"{hold}@1",
             },
         ) as r:
             request_ids.append(r.headers["x-gateway-request-id"])
-            started.set()
             for _ in r.iter_raw():
-                pass
+                started.set()
 
     thread = threading.Thread(target=stream)
     thread.start()
-    assert started.wait(30)
-    gw.stop_redis()  # the stream is admitted and running; its settle will find Redis down
+    assert started.wait(30)  # the first event arrived: admitted and running, held at the mock
+    gw.stop_redis()
+    assert thread.is_alive()  # the stream has not ended yet: its settle comes after Redis left
+    release(str(gw.stack.mock_url).removesuffix("/v1"), hold)
     thread.join(60)
     rec = gw.audit.wait_for(request_ids[0])
     assert rec["status"] == 200 and rec["completed"] and rec["usage_source"] == "provider"

@@ -29,6 +29,7 @@ from gateway_extproc.stack import Stack
 from tests.e2e.conftest import start_stack
 from tests.e2e.harness import AuditLog, MockLog, expected_cost_micros, tokens
 from tests.e2e.test_bedrock import aws_free_environ
+from tests.e2e.worst_case import release
 
 pytestmark = pytest.mark.e2e
 ALIAS = "bedrock-claude-haiku-4-5"
@@ -287,17 +288,23 @@ def test_a_stream_the_upstream_cuts_is_charged_its_bound(gw: Gateway) -> None:
     """The provider's connection dies mid-stream: no usage was seen, so the request is charged
     the upper bound of its bill (docs/budgets.md), as for the other APIs: the output limit, here
     below what was streamed plus the unseen margin."""
+    # The mock holds after its first event: the cut comes once the client has read it (so it
+    # has the 200's headers; a drop while a filter still held them would be a 502).
+    hold = f"converse-cut-{uuid.uuid4().hex}"
     headers = {
         "x-mock-output-tokens": "30",
+        "x-mock-hold-after-events": f"{hold}@1",
         "x-mock-abort-after-events": "10",
-        "x-mock-chunk-delay-ms": "20",
     }
     response = gw.client(**headers).converse_stream(
         modelId=MODEL, messages=MESSAGES, inferenceConfig={"maxTokens": 40}
     )
     request_id = response["ResponseMetadata"]["HTTPHeaders"]["x-gateway-request-id"]
+    events = iter(response["stream"])
+    assert "messageStart" in next(events)
+    release(gw.mock.base, hold)
     with pytest.raises(urllib3.exceptions.ProtocolError):  # botocore passes it on
-        list(response["stream"])
+        list(events)
     rec = gw.audit.wait_for(request_id)
     assert rec["usage_source"] == "bound" and rec["completed"] is False
     assert rec["tokens"]["output_tokens"] == 40

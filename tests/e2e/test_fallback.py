@@ -1,7 +1,7 @@
 """Fallback chains end to end (issue 26, docs/fallback.md): real Envoy retries by priority through
 the chain cluster, the sidecar's per-attempt filter rewrites each attempt for its target, the mock
 fails the targets a test names (`x-mock-fault`), the official openai SDK is the client. One stack
-for the module (observe mode, the default)."""
+for the module in each metering mode (observe, the default, and synchronous)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import contextlib
 import json
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,29 +17,55 @@ import httpx
 import openai
 import pytest
 
+from gateway_extproc.identity.devissuer import DevIssuer, ensure_dev_issuer
 from gateway_extproc.stack import Stack
 from tests.e2e.conftest import start_stack, static_tokens_yaml
 from tests.e2e.harness import AuditLog, MockLog, expected_cost_micros, tokens
+from tests.e2e.worst_case import release
 
 pytestmark = pytest.mark.e2e
 FIRST_BYTE_TIMEOUT_S = 1
+# A 3-target chain whose middle target one group may not use and whose last another may not,
+# the last the dearest (gpt-4.1: $8/M output; gpt-4.1-mini $1.6/M).
+THREE = ["openai/gpt-4.1-mini", "openai/gpt-5-nano", "openai/gpt-4.1"]
+# Covers gpt-4.1-mini's bound for 1,000 output tokens, not gpt-4.1's.
+THRIFTY_LIMIT_USD = 0.004
 CONFIG = f"""
 identity:
+  dev_issuer: true
   allow_anonymous: true
   static_tokens:
 {static_tokens_yaml()}sidecar: {{workers: 1}}
+policies:
+  rules:
+    - groups: [no-nano]
+      allow: ["*"]
+      deny: [gpt-5-nano]
+    - groups: [no-gpt-4.1]
+      allow: ["*"]
+      deny: [gpt-4.1]
+budgets:
+  - name: thrifty
+    scope: {{kind: user}}
+    match: {{groups: [thrifty]}}
+    limit_usd: {THRIFTY_LIMIT_USD}
+    window: {{type: calendar, period: month}}
+    action: block
 fallback:
   first_byte_timeout_s: {FIRST_BYTE_TIMEOUT_S}
   chains:
     gpt-4o: [openai/gpt-4o, openai/gpt-4o-mini]
     gpt-4.1: [openai/gpt-4.1, anthropic/claude-haiku-4-5]
+    gpt-4.1-mini: [{", ".join(THREE)}]
 """
 ASK = [{"role": "user", "content": "hi"}]
 
 
 class Chained:
-    def __init__(self, stack: Stack) -> None:
+    def __init__(self, stack: Stack, issuer: DevIssuer) -> None:
         self.stack = stack
+        self.issuer = issuer
+        self.clients: list[openai.OpenAI] = []
         self.audit = AuditLog(stack.run_dir / "audit.jsonl")
         assert stack.mock_url is not None
         self.mock_root = stack.mock_url.removesuffix("/v1")
@@ -47,28 +74,51 @@ class Chained:
             base_url=stack.gateway_url + "/v1", api_key="client-key", max_retries=0
         )
 
+    def member(self, group: str) -> openai.OpenAI:
+        """A client with a token of a fresh user in `group`."""
+        user = f"{uuid.uuid4().hex[:8]}@example.com"
+        token = self.issuer.mint(user, [group], None, 3600, {}, time.time())
+        c = openai.OpenAI(base_url=self.stack.gateway_url + "/v1", api_key=token, max_retries=0)
+        self.clients.append(c)
+        return c
+
+    def sent(self) -> list[str]:
+        """The models the mock was asked for since the last `ask`, in order."""
+        return [r["body"]["model"] for r in self.mock.requests()]
+
     def counts(self) -> dict[str, Any]:
         with urllib.request.urlopen(self.mock_root + "/_mock/counts", timeout=5) as r:
             return dict(json.load(r))
 
     def ask(
-        self, model: str, fault: str, *, extra: dict[str, str] | None = None, **kwargs: Any
+        self,
+        model: str,
+        fault: str,
+        *,
+        extra: dict[str, str] | None = None,
+        client: openai.OpenAI | None = None,
+        **kwargs: Any,
     ) -> Any:
         self.mock.clear()
-        headers = {"x-mock-fault": fault, **(extra or {})}
-        return self.oai.chat.completions.with_raw_response.create(
+        headers = {**({"x-mock-fault": fault} if fault else {}), **(extra or {})}
+        return (client or self.oai).chat.completions.with_raw_response.create(
             model=model, messages=ASK, extra_headers=headers, **kwargs
         )
 
 
-@pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chained]:
-    tmp_path = tmp_path_factory.mktemp("fallback")
+@pytest.fixture(scope="module", params=["observe", "synchronous"])
+def gw(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Chained]:
+    tmp_path = tmp_path_factory.mktemp(f"fallback-{request.param}")
+    run_dir = tmp_path / "run"
+    issuer = ensure_dev_issuer(run_dir / "dev-issuer")
     config = tmp_path / "gateway.yaml"
-    config.write_text(CONFIG)
-    g = Chained(start_stack(tmp_path / "run", config_path=config))
+    config.write_text(CONFIG + f"metering: {{mode: {request.param}}}\n")
+    g = Chained(start_stack(run_dir, config_path=config), issuer)
     yield g
-    g.oai.close()
+    for c in [g.oai, *g.clients]:
+        c.close()
     g.stack.stop()
 
 
@@ -81,6 +131,9 @@ def _served_by_fallback(gw: Chained, raw: Any, first_status: int) -> dict[str, A
         ("openai/gpt-4o", first_status),
         ("openai/gpt-4o-mini", 200),
     ]
+    # Money per attempt: the failed one is not billed, the answering one carries the charge.
+    assert [a["cost_micros"] for a in attempts] == [0, record["cost_micros"]]
+    assert all(isinstance(a["latency_ms"], int) and a["latency_ms"] >= 0 for a in attempts)
     return record
 
 
@@ -130,19 +183,26 @@ def test_a_stall_before_the_first_byte_falls_over_after_the_timeout(gw: Chained)
 
 
 def test_a_cut_after_the_first_byte_is_not_retried(gw: Chained) -> None:
-    # The body in 100-byte writes 200 ms apart: the headers and the first bytes reach the client
-    # before the cut. (A cut while the per-attempt filter still holds the headers is retried:
-    # Envoy's router has not seen them, docs/fallback.md fact 5; measured with one 300-byte write.)
-    raw = gw.ask(
-        "gpt-4o",
-        "gpt-4o=cut@300",
-        extra={"x-mock-chunk-delay-ms": "200", "x-mock-chunk-bytes": "100"},
-        stream=True,
-    )
-    assert raw.status_code == 200  # the headers reached the client: no other target now
-    with contextlib.suppress(openai.APIError, httpx.HTTPError):  # cut: ends short or raises
-        list(raw.parse())
-    record = gw.audit.wait_for(raw.headers["x-gateway-request-id"])
+    # The mock holds the body after its first event until the client has read it, then cuts at
+    # 300 bytes: the headers reached the client before the cut. (A cut while the
+    # per-attempt filter still holds the headers is retried: Envoy's router has not seen them,
+    # docs/fallback.md fact 5.)
+    gw.mock.clear()
+    hold = f"cut-{uuid.uuid4().hex}"
+    headers = {
+        "x-mock-fault": "gpt-4o=cut@300",
+        "x-mock-hold-after-events": f"{hold}@1",
+    }
+    with gw.oai.chat.completions.with_streaming_response.create(
+        model="gpt-4o", messages=ASK, stream=True, extra_headers=headers
+    ) as response:
+        assert response.status_code == 200  # the headers reached the client: no other target now
+        request_id = response.headers["x-gateway-request-id"]
+        with contextlib.suppress(openai.APIError, httpx.HTTPError):  # cut: short or raises
+            for n, _ in enumerate(response.parse()):
+                if n == 0:
+                    release(gw.mock_root, hold)
+    record = gw.audit.wait_for(request_id)
     assert "gpt-4o-mini" not in gw.counts()  # the fallback never heard of it
     assert record["served_by"] == "openai/gpt-4o" and record["served_model"] == "gpt-4o"
     assert record["completed"] is False and record["usage_source"] == "bound"
@@ -194,3 +254,71 @@ def test_a_stream_longer_than_the_first_byte_timeout_is_not_cut(gw: Chained) -> 
     assert record["completed"] is True and record["usage_source"] == "provider"
     assert [(a["target"], a["status"]) for a in record["attempts"]] == [("openai/gpt-4o", 200)]
     assert chunks[-1].usage is not None
+
+
+def _attempts(record: dict[str, Any]) -> list[tuple[str, int]]:
+    return [(a["target"], a["status"]) for a in record["attempts"]]
+
+
+def test_a_target_the_callers_policy_forbids_is_skipped(gw: Chained) -> None:
+    """The middle target is forbidden to group no-nano: after the first fails, the third answers
+    (a cluster variant without it); the middle one never hears of the request."""
+    raw = gw.ask("gpt-4.1-mini", "gpt-4.1-mini=500", client=gw.member("no-nano"))
+    reply = raw.parse()
+    assert raw.status_code == 200 and reply.model.startswith("gpt-4.1")
+    assert gw.sent() == ["gpt-4.1-mini", "gpt-4.1"]
+    record = gw.audit.wait_for(raw.headers["x-gateway-request-id"])
+    assert _attempts(record) == [("openai/gpt-4.1-mini", 500), ("openai/gpt-4.1", 200)]
+    assert record["served_by"] == "openai/gpt-4.1" and record["served_model"] == "gpt-4.1"
+    assert [a["cost_micros"] for a in record["attempts"]] == [0, record["cost_micros"]]
+    usage = reply.usage
+    want = tokens(usage.prompt_tokens, output=usage.completion_tokens)
+    assert record["cost_micros"] == expected_cost_micros("gpt-4.1", want)
+
+
+def test_a_caller_allowed_everything_goes_through_all_three(gw: Chained) -> None:
+    raw = gw.ask("gpt-4.1-mini", "gpt-4.1-mini=500,gpt-5-nano=500")
+    assert raw.status_code == 200 and raw.parse().model.startswith("gpt-4.1")
+    assert gw.sent() == ["gpt-4.1-mini", "gpt-5-nano", "gpt-4.1"]
+    record = gw.audit.wait_for(raw.headers["x-gateway-request-id"])
+    assert _attempts(record) == [
+        ("openai/gpt-4.1-mini", 500),
+        ("openai/gpt-5-nano", 500),
+        ("openai/gpt-4.1", 200),
+    ]
+
+
+def test_a_forbidden_last_target_trims_the_chain(gw: Chained) -> None:
+    """Group no-gpt-4.1 may not use the last target: the chain's own cluster, stopped after two
+    attempts by x-envoy-max-retries (without it Envoy would go on to gpt-4.1 and answer 200)."""
+    with pytest.raises(openai.InternalServerError) as err:
+        gw.ask("gpt-4.1-mini", "gpt-4.1-mini=500,gpt-5-nano=500", client=gw.member("no-gpt-4.1"))
+    # The last attempt's answer (a third attempt would get the per-attempt filter's final 503:
+    # gpt-4.1 is not in the request's admitted targets).
+    assert err.value.status_code == 500
+    assert gw.sent() == ["gpt-4.1-mini", "gpt-5-nano"]
+    record = gw.audit.wait_for(err.value.response.headers["x-gateway-request-id"])
+    assert _attempts(record) == [("openai/gpt-4.1-mini", 500), ("openai/gpt-5-nano", 500)]
+    assert record["cost_micros"] == 0
+
+
+def test_a_budget_covering_only_the_first_target_refuses_the_chain(gw: Chained) -> None:
+    """The reservation covers the dearest target the chain can reach (gpt-4.1), not the first:
+    a budget that covers only gpt-4.1-mini's bound refuses the request (429) before any target
+    is asked; the chain is not trimmed to what the budget admits (docs/fallback.md)."""
+    with pytest.raises(openai.RateLimitError) as err:
+        gw.ask("gpt-4.1-mini", "", client=gw.member("thrifty"), max_tokens=1000)
+    assert err.value.status_code == 429
+    assert gw.sent() == []
+
+
+def test_a_client_sent_envoy_header_cannot_change_the_attempts(gw: Chained) -> None:
+    """The edge strips every client-sent x-envoy-* header: `x-envoy-max-retries: 0` does not
+    stop the fallback (nor would a larger value extend a trimmed chain)."""
+    raw = gw.ask(
+        "gpt-4o",
+        "gpt-4o=500",
+        extra={"x-envoy-max-retries": "0", "x-envoy-retry-on": "retriable-headers"},
+    )
+    assert raw.status_code == 200 and raw.parse().model.startswith("gpt-4o-mini")
+    _served_by_fallback(gw, raw, 500)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
 
 import anthropic
@@ -13,7 +14,7 @@ import pytest
 from gateway_extproc.stack import Stack
 from tests.e2e.conftest import start_stack
 from tests.e2e.harness import AuditLog, MockLog, eventually, expected_cost_micros
-from tests.e2e.worst_case import input_bound
+from tests.e2e.worst_case import input_bound, release
 
 pytestmark = pytest.mark.e2e
 MESSAGES = [{"role": "user", "content": "Tell me a long story."}]
@@ -32,14 +33,17 @@ def _records_for(audit: AuditLog, predicate: object, timeout: float = 15) -> dic
 
 
 def test_upstream_abort_mid_stream_is_charged_its_bound(
-    oai: openai.OpenAI, audit: AuditLog
+    oai: openai.OpenAI, audit: AuditLog, mock: MockLog
 ) -> None:
     """The upstream cut the stream: its bill is unknown. Charged the input bound, and what was
     streamed (UTF-8 bytes bound its tokens) plus what it may have generated unseen."""
+    # The mock holds after its first event: the cut comes once the client has read it, so the
+    # client has the 200's headers (a drop while a filter still held them would be a 502).
+    hold = f"abort-{uuid.uuid4().hex}"
     headers = {
         "x-mock-output-tokens": "50",
+        "x-mock-hold-after-events": f"{hold}@1",
         "x-mock-abort-after-events": "10",
-        "x-mock-chunk-delay-ms": "20",
     }
     received: list[str] = []
     with oai.chat.completions.with_streaming_response.create(
@@ -47,8 +51,11 @@ def test_upstream_abort_mid_stream_is_charged_its_bound(
     ) as response:
         rid = response.headers["x-gateway-request-id"]
         with pytest.raises((openai.APIError, httpx.HTTPError)):
-            for chunk in response.parse():
+            for n, chunk in enumerate(response.parse()):
                 received += [c.delta.content or "" for c in chunk.choices]
+                if n == 0:
+                    release(mock.base, hold)
+    assert len(received) == 10  # the events before the cut, the first one held
     rec = audit.wait_for(rid)
     assert rec["completed"] is False and rec["usage_source"] == "bound"
     streamed = len("".join(received).encode())

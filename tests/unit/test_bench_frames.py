@@ -19,7 +19,7 @@ LOOP = [
 ]
 SERVICER = [*LOOP, f"ExternalProcessor.Process ({REPO}/server.py:96)"]
 PROCESSOR = [*SERVICER, f"StreamProcessor.handle ({REPO}/request/processor.py:120)"]
-OBSERVER = [*SERVICER, f"StreamObserver.handle ({REPO}/response/observer.py:90)"]
+OBSERVER = [*SERVICER, f"StreamObserver.handle ({REPO}/response/stream_observer.py:30)"]
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bench import litellm, report, versus
-from bench.report import Row
+from bench import litellm, report, report_text, versus
+from bench.rows import Row
 from gateway_extproc.stack import StackError
 
 
@@ -194,14 +194,14 @@ def test_the_bench_report_carries_the_comparison_into_json_and_text() -> None:
     assert against["litellm"] == "1.108.7" and against["met"] is False
     assert len(against["ratios"]) == 4
     assert versus.judged(against["lowest"]) == pytest.approx(7.5)
-    text = report.render(result)
+    text = report_text.render(result)
     assert "Against LiteLLM 1.108.7" in text
     assert "goal >= 10x LiteLLM's req/s: NOT MET" in text
     assert "LiteLLM proxy, 1 worker, no DB" in text  # the rows' setup name
     without = report.build(
         ROWS[:8], redis_round_trips={}, settings=settings, machine=machine, elapsed_s=1.0
     )
-    assert "Against LiteLLM" not in report.render(without)
+    assert "Against LiteLLM" not in report_text.render(without)
 
 
 def test_make_lock_recompiles_the_bench_lock_with_hashes() -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from bench import load, streams
 from bench import upstream_messages as messages
-from bench.report import Row
+from bench.rows import Row
 from bench.upstream import SSE_HEAD, Http, response_bytes
 from gateway_extproc.apis import Api
 from gateway_extproc.providers.metering import StreamMeter

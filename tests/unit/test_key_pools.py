@@ -2,10 +2,12 @@
 problem's path, and the Envoy config generated from it (one endpoint per key on the target's
 level, the key's name in its metadata and never its secret; a pooled provider's models without
 a chain get a one-target chain; the retry policy tries every key of a level before the next),
-validated by Envoy."""
+validated by Envoy. With policy variants: a variant's levels hold every key too, and the request
+phase's `x-envoy-max-retries` counts every key of the targets it keeps."""
 
 from __future__ import annotations
 
+import types
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +15,13 @@ import pytest
 import yaml
 
 from gateway_extproc import handoff
+from gateway_extproc.config.fallback import FallbackConfig, Target
 from gateway_extproc.config.gateway import GatewayConfig, load_config
 from gateway_extproc.config.upstreams import resolve_upstreams
 from gateway_extproc.envoy.bootstrap import build, render
 from gateway_extproc.errors import ConfigError
+from gateway_extproc.extproc import messages as msgs
+from gateway_extproc.request import chain as chained
 from gateway_extproc.request.route import CLUSTER_HEADER
 from gateway_extproc.stack import validate_envoy_config
 from tests.sidecar_secrets import ACCESS
@@ -34,9 +39,13 @@ SECRETS = {
 CHAINS = {"gpt-4o": ["openai/gpt-4o", "anthropic/claude-sonnet-4-5"]}
 
 
-def _config(tmp_path: Path, keys: object = KEYS) -> GatewayConfig:
+def _config(
+    tmp_path: Path, keys: object = KEYS, chains: object = CHAINS, policies: object = None
+) -> GatewayConfig:
     path = tmp_path / "gateway.yaml"
-    doc = {"providers": {"openai": {"keys": keys}}, "fallback": {"chains": CHAINS}}
+    doc: dict[str, Any] = {"providers": {"openai": {"keys": keys}}, "fallback": {"chains": chains}}
+    if policies is not None:
+        doc["policies"] = policies
     path.write_text(yaml.safe_dump(doc))
     return load_config(path, SECRETS)
 
@@ -141,3 +150,58 @@ def test_a_pool_key_without_its_secret_is_a_problem(tmp_path: Path) -> None:
     assert "providers.openai.keys[1]: no credential in environment variable POOL_KEY_SPARE" in (
         err.value.problems
     )
+
+
+NO_NANO = {"rules": [{"groups": ["no-nano"], "allow": ["*"], "deny": ["gpt-5-nano"]}]}
+OPENAI_CHAIN = {"gpt-4.1-mini": ["openai/gpt-4.1-mini", "openai/gpt-5-nano", "openai/o3"]}
+
+
+def test_a_policy_variant_is_a_cluster_of_keys_too(tmp_path: Path) -> None:
+    """A variant (the chain without a forbidden middle target) holds one endpoint per key on
+    each level and retries every key of each target it keeps."""
+    b = _bootstrap(_config(tmp_path, chains=OPENAI_CHAIN, policies=NO_NANO))
+    variant = _cluster(b, "chain_gpt-4.1-mini.t0_2")
+    assert _levels(variant) == [
+        [
+            ({handoff.TARGET_KEY: f"openai/{model}", handoff.POOL_KEY: "main"}, 3),
+            ({handoff.TARGET_KEY: f"openai/{model}", handoff.POOL_KEY: "spare"}, 1),
+        ]
+        for model in ("gpt-4.1-mini", "o3")
+    ]
+    for cluster, retries in (("chain_gpt-4.1-mini", 5), ("chain_gpt-4.1-mini.t0_2", 3)):
+        policy = _retry_policy(b, cluster)
+        assert policy["num_retries"] == retries  # targets x keys - 1
+        assert policy["retry_priority"]["typed_config"]["update_frequency"] == 2
+    path = tmp_path / "envoy.yaml"
+    path.write_text(render(b))
+    validate_envoy_config(path)
+
+
+def _forward(fallback: FallbackConfig, admitted: list[Target]) -> dict[str, str]:
+    """The request phase's routing headers for a chained request that admitted `admitted`."""
+    stream = types.SimpleNamespace(
+        chain=tuple((t, types.SimpleNamespace(name=t.model)) for t in admitted),
+        ctx=types.SimpleNamespace(config=types.SimpleNamespace(fallback=fallback)),
+    )
+    reply = chained.forward(stream)  # type: ignore[arg-type]
+    assert isinstance(reply, msgs.CommonResponse)
+    return {h.header.key: h.header.raw_value.decode() for h in reply.header_mutation.set_headers}
+
+
+def test_a_trimmed_request_stops_after_every_key_of_its_last_target() -> None:
+    """`x-envoy-max-retries` counts Envoy's tries (targets kept x keys), in the cluster the
+    request goes to: a variant's or the chain's own."""
+    a, b, c, d = (Target("openai", m) for m in ("gpt-4.1-mini", "gpt-5-nano", "o3", "gpt-4o"))
+    fallback = FallbackConfig(
+        {"gpt-4.1-mini": (a, b, c, d)},
+        max_attempts=4,
+        variants={"gpt-4.1-mini": ((a, c, d),)},
+        pools={"openai": 2},
+    )
+    got = _forward(fallback, [a, c])  # b forbidden, d unpriced: the variant, stopped after c
+    assert got[CLUSTER_HEADER] == "chain_gpt-4.1-mini.t0_2_3"
+    assert got[chained.MAX_RETRIES_HEADER] == "3"  # 2 targets x 2 keys - 1
+    got = _forward(fallback, [a])  # the head alone: both its keys
+    assert got[CLUSTER_HEADER] == "chain_gpt-4.1-mini"
+    assert got[chained.MAX_RETRIES_HEADER] == "1"
+    assert chained.MAX_RETRIES_HEADER not in _forward(fallback, [a, c, d])  # the route's own

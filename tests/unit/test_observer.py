@@ -32,7 +32,8 @@ from gateway_extproc.handoff import (
 from gateway_extproc.identity.model import AuthMethod, Identity, Kind
 from gateway_extproc.providers.metering import StreamMeter
 from gateway_extproc.request import forward
-from gateway_extproc.response.observer import ResponseObserver, StreamObserver
+from gateway_extproc.response.observer import ResponseObserver
+from gateway_extproc.response.stream_observer import StreamObserver
 from gateway_extproc.sidecar_auth.seal import StateSeal
 from tests.unit.test_processor import (
     CHAT,

@@ -18,7 +18,7 @@ import pytest
 from gateway_extproc.config.gateway import GatewayConfig, load_document, merge, parse_config
 from gateway_extproc.errors import ConfigError
 from gateway_extproc.response import json_body as metering_bounded
-from gateway_extproc.response.observer import StreamObserver
+from gateway_extproc.response.stream_observer import StreamObserver
 from tests.unit.test_observer import handed_over, observed
 from tests.unit.test_processor import (
     CHAT,
