@@ -5,13 +5,12 @@ block; at the end hand the real cost to settlement.
 One gate per configuration (budgets, catalog, estimate settings); everything that must outlive a
 reload - the store and its breaker, settles being retried, fail-open spend - lives in the
 process-lifetime `BudgetServices` the gate is built over. The decisions are made by the store's
-Lua scripts; this module adds the worst case, the fallback model and `on_redis_error`.
+Lua scripts; this module adds the worst case and the fallback model, and `reserve` the store
+calls with what `on_redis_error` makes of their failures.
 """
 
 from __future__ import annotations
 
-import logging
-import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -21,27 +20,17 @@ from gateway_extproc.budgets.breaker import CircuitBreaker
 from gateway_extproc.budgets.calls import Overloaded
 from gateway_extproc.budgets.facts import ReservationFacts
 from gateway_extproc.budgets.matching import for_entry
-from gateway_extproc.budgets.model import (
-    Action,
-    BudgetConfig,
-    CalendarWindow,
-    OnRedisError,
-)
+from gateway_extproc.budgets.model import Action, BudgetConfig
 from gateway_extproc.budgets.ratelimits import report as rate_report
 from gateway_extproc.budgets.ratelimits.model import RateLimitCharge, RateLimitConfig
-from gateway_extproc.budgets.refusals import BudgetExceeded, BudgetUnavailable, describe
-from gateway_extproc.budgets.results import (
-    BudgetState,
-    BudgetStoreError,
-    Charge,
-    ReserveResult,
-    SettleResult,
-)
+from gateway_extproc.budgets.refusals import BudgetUnavailable
+from gateway_extproc.budgets.reserve import Reserver, report_would_block
+from gateway_extproc.budgets.results import Charge, ReserveResult, SettleResult
 from gateway_extproc.budgets.services import BudgetServices, GateSettings
 from gateway_extproc.budgets.settle import settle_outcome
 from gateway_extproc.budgets.store import BudgetStore
 from gateway_extproc.catalog.models import Catalog, ModelEntry
-from gateway_extproc.catalog.pricing import format_usd, worst_case_micros
+from gateway_extproc.catalog.pricing import worst_case_micros
 from gateway_extproc.cost.bounds import Bound
 from gateway_extproc.handoff import BudgetHandoff
 from gateway_extproc.identity.model import Identity
@@ -49,7 +38,6 @@ from gateway_extproc.spend.rollup import UsageRecord
 
 __all__ = ["Admission", "BudgetGate", "Decision", "GateSettings", "Overloaded"]
 
-log = logging.getLogger("gateway.budgets")
 # The worst case of a request on a model (bounds.bound with the request's shape); may raise
 # bounds.Unbounded, which the processor answers with a 400.
 BoundFor = Callable[[ModelEntry], Bound]
@@ -81,6 +69,7 @@ class BudgetGate:
         if services is None:
             services = BudgetServices(store, settings, alerts, clock, close_client)
         self.services = services
+        self._reserver = Reserver(services, settings.lease_s, clock)
         services.configure(settings, self.budgets, webhooks=not self._owns_services)
 
     # Process-lifetime state, reached through the gate for callers and tests.
@@ -178,7 +167,7 @@ class BudgetGate:
         charges = tuple(Charge.of(b, value, estimate) for b, value in budgets)
         rates = self.rate_charges(identity, entry, requested, bound)
         facts = None if facts_for is None else facts_for(entry)
-        result = await self._reserve(reservation_id, charges, now, rates, facts)
+        result = await self._reserver.reserve(reservation_id, charges, now, rates, facts)
         decision = Decision.ADMITTED if budgets else Decision.NONE
         if result is None:
             self.services.stats.fail_open_admitted += 1
@@ -186,7 +175,7 @@ class BudgetGate:
                 Decision.FAIL_OPEN, entry, reservation_id, charges, None, bound, arrived=now
             )
         if result.admitted:
-            self._report_would_block(result, reservation_id)
+            report_would_block(result, reservation_id)
             return Admission(
                 decision,
                 entry,
@@ -203,7 +192,7 @@ class BudgetGate:
         if not blockers:  # a replayed reservation id whose reservation already ended
             raise BudgetUnavailable(f"reservation {reservation_id} was already used")
         if any(b.budget.action is Action.BLOCK for b in blockers):
-            raise await self._exceeded(
+            raise await self._reserver.exceeded(
                 next(b for b in blockers if b.budget.action is Action.BLOCK), charges
             )
         # Every budget that refused says downgrade: the most constrained one picks the target.
@@ -212,7 +201,7 @@ class BudgetGate:
         if target is None or not allowed(target):
             # The caller says what it may be served: its model policy, and a target of another
             # API only when its request can be translated to it.
-            raise await self._exceeded(decider, charges)
+            raise await self._reserver.exceeded(decider, charges)
         served: ModelEntry = target
         target_bound = bound_for(served)
         target_estimate = self.estimate(target_bound, target)
@@ -240,7 +229,7 @@ class BudgetGate:
         if not fallback and not fallback_rates:  # nothing applies to the fallback at all
             return downgraded(Decision.DOWNGRADED)
         facts = None if facts_for is None else facts_for(served)
-        retry = await self._reserve(reservation_id, fallback, now, fallback_rates, facts)
+        retry = await self._reserver.reserve(reservation_id, fallback, now, fallback_rates, facts)
         if retry is None:
             self.services.stats.fail_open_admitted += 1
             return downgraded(Decision.FAIL_OPEN, fallback)
@@ -249,8 +238,9 @@ class BudgetGate:
                 retry.rate_limited, retry.rate_limits, _tokens(fallback_rates)
             )
         if not retry.admitted:
-            raise await self._exceeded(retry.blocking[0] if retry.blocking else decider, fallback)
-        self._report_would_block(retry, reservation_id)
+            blocker = retry.blocking[0] if retry.blocking else decider
+            raise await self._reserver.exceeded(blocker, fallback)
+        report_would_block(retry, reservation_id)
         return downgraded(Decision.DOWNGRADED, fallback, retry)
 
     def bound_if_admitted(
@@ -279,93 +269,15 @@ class BudgetGate:
         if not rates:
             return None
         now = self.clock()
-        result = await self._reserve(reservation_id, (), now, rates)
+        result = await self._reserver.reserve(reservation_id, (), now, rates)
         if result is None:
             return None
         if result.rate_limited:
             raise rate_report.refusal(result.rate_limited, result.rate_limits, 0)
-        self._report_would_block(result, reservation_id)
+        report_would_block(result, reservation_id)
         return Admission(
             Decision.NONE, entry, reservation_id, (), result, None, arrived=now, rate_charges=rates
         )
-
-    @staticmethod
-    def _report_would_block(result: ReserveResult, reservation_id: str) -> None:
-        for state in result.rate_limits:
-            if state.would_block and not state.limit.enforced:
-                log.warning(
-                    "rate limit %r (monitor) would block %s %s",
-                    state.limit.name,
-                    state.limit.scope.kind.value,
-                    state.scope_value,
-                    extra={"request_id": reservation_id},
-                )
-
-    async def _reserve(
-        self,
-        reservation_id: str,
-        charges: tuple[Charge, ...],
-        now: float,
-        rates: tuple[RateLimitCharge, ...] = (),
-        facts: ReservationFacts | None = None,
-    ) -> ReserveResult | None:
-        """The reservation, or None when the store failed and every budget is fail_open (rate
-        limits fail open: their state is disposable, see README "Rate limits")."""
-        services = self.services
-        store = services.store
-        try:
-            result = await services.call(
-                lambda: store.reserve(  # type: ignore[union-attr]
-                    reservation_id, charges, self.settings.lease_s, now, rates, facts
-                )
-            )
-        except BudgetStoreError as exc:
-            # A reserve that timed out may still run in Redis: release it in the background
-            # (idempotent, and a tombstone stops a late reserve from holding anything).
-            if exc.maybe_ran:
-                services.settle(reservation_id, None)
-            closed = [
-                c.budget.name
-                for c in charges
-                if c.budget.on_redis_error is OnRedisError.FAIL_CLOSED
-            ]
-            if closed:
-                log.error(
-                    "budget store unavailable; refusing (fail_closed: %s): %s",
-                    ", ".join(closed),
-                    exc,
-                    extra={"request_id": reservation_id},
-                )
-                raise BudgetUnavailable(
-                    "the budget service is unavailable; the request was not sent "
-                    f"(budgets {', '.join(closed)} are fail_closed)"
-                ) from None
-            log.warning(
-                "budget store unavailable; admitting (fail_open): %s",
-                exc,
-                extra={"request_id": reservation_id},
-            )
-            return None
-        assert isinstance(result, ReserveResult)
-        return result
-
-    async def _exceeded(self, state: BudgetState, charges: tuple[Charge, ...]) -> BudgetExceeded:
-        estimate = next((c.estimate_micros for c in charges if c.budget is state.budget), 0)
-        retry_after: float | None = None
-        store = self.store
-        try:
-            assert store is not None
-            retry_after = await self.services.call(
-                lambda: store.retry_after(state.budget, state.scope_value, estimate, self.clock())
-            )
-        except (BudgetStoreError, Overloaded):
-            retry_after = None
-        if retry_after is None:
-            window = state.budget.window
-            retry_after = window.duration_s if not isinstance(window, CalendarWindow) else 3600.0
-        seconds = max(1, math.ceil(retry_after))
-        message = f"{describe(state)}; this request could cost up to ${format_usd(estimate)}"
-        return BudgetExceeded(message, headers={"retry-after": str(seconds)})
 
     # -- the end of a request -----------------------------------------------------------------
 

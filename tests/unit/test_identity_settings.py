@@ -10,13 +10,14 @@ from typing import Any
 import pytest
 import yaml
 
+from gateway_extproc.identity.issuer_settings import DEFAULT_ALGORITHMS
 from gateway_extproc.identity.model import (
     ClaimMapping,
     IdentityConfig,
     IssuerConfig,
     StaticToken,
 )
-from gateway_extproc.identity.settings import DEFAULT_ALGORITHMS, parse_identity
+from gateway_extproc.identity.settings import parse_identity
 
 DIGEST = hashlib.sha256(b"docs-bot-secret").hexdigest()
 SECRET = "s" * 48

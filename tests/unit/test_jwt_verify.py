@@ -24,6 +24,7 @@ from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from gateway_extproc.errors import Unauthenticated
 from gateway_extproc.identity.authenticator import Authenticator
+from gateway_extproc.identity.issuer_settings import DEFAULT_ALGORITHMS
 from gateway_extproc.identity.jwks import KeySet
 from gateway_extproc.identity.jwt_verify import (
     TokenRejected,
@@ -39,7 +40,6 @@ from gateway_extproc.identity.model import (
     IssuerConfig,
     Kind,
 )
-from gateway_extproc.identity.settings import DEFAULT_ALGORITHMS
 
 NOW = 1_800_000_000.0
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
