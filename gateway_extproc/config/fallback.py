@@ -11,13 +11,17 @@ attempt cannot be skipped once begun (docs/fallback.md fact 7), so a caller whos
 target in the middle of a chain needs a cluster without it. Only the target lists the
 configuration's policies can produce are generated (at most `MAX_VARIANTS` a chain); a list that
 is a prefix of another cluster's needs none (Envoy stops early: `x-envoy-max-retries`).
+
+Envoy's clusters are fixed when it starts; a reload may want others. `pinned` keeps a reloaded
+configuration to the clusters Envoy has (`envoy_clusters` of the configuration it started with):
+a request goes to the one holding the longest prefix of what its caller may use, or unchained.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from gateway_extproc.catalog.models import Catalog, ModelEntry
@@ -58,6 +62,16 @@ class Target:
         return self.model if self.model.startswith(prefix) else prefix + self.model
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class ChainCluster:
+    """A chain cluster in Envoy's config: its name, the requested model it serves and the
+    targets its route tries (priority order, as many as its `num_retries` + 1)."""
+
+    name: str
+    model: str
+    targets: tuple[Target, ...]
+
+
 @dataclasses.dataclass(frozen=True)
 class FallbackConfig:
     chains: Mapping[str, tuple[Target, ...]] = dataclasses.field(default_factory=dict)
@@ -68,6 +82,8 @@ class FallbackConfig:
     variants: Mapping[str, tuple[tuple[Target, ...], ...]] = dataclasses.field(default_factory=dict)
     # The chains whose policies give more than MAX_VARIANTS lists: they get no variant.
     too_many_variants: tuple[str, ...] = ()
+    # The chain clusters Envoy has when they are not this configuration's own (a reload: pinned).
+    envoy: tuple[ChainCluster, ...] | None = None
 
     def chain_for(self, model: str) -> tuple[Target, ...] | None:
         """The chain of a requested catalog model (its canonical name), or None."""
@@ -84,20 +100,52 @@ class FallbackConfig:
             for targets in self.variants.get(model, ()):
                 yield variant_name(model, chain, targets), targets
 
+    def envoy_clusters(self, providers: Collection[str]) -> tuple[ChainCluster, ...]:
+        """The chain clusters Envoy's config generated from this one holds (envoy/bootstrap.py:
+        none for a chain naming a provider left out), each with the targets its route tries."""
+        return tuple(
+            cluster
+            for model, chain in self.chains.items()
+            if all(t.provider in providers for t in chain)
+            for cluster in self._own(model, chain)
+        )
+
+    def _own(self, model: str, chain: tuple[Target, ...]) -> Iterator[ChainCluster]:
+        """The chain's cluster, then its variants'."""
+        yield ChainCluster(cluster_name(model), model, chain[: self.attempts(chain)])
+        for targets in self.variants.get(model, ()):
+            name = variant_name(model, chain, targets)
+            yield ChainCluster(name, model, targets[: self.attempts(targets)])
+
+    def pinned(self, envoy: tuple[ChainCluster, ...]) -> FallbackConfig:
+        """This configuration routing only to `envoy`, the clusters Envoy has."""
+        return dataclasses.replace(self, envoy=envoy)
+
+    def missing(self, providers: Collection[str]) -> tuple[str, ...]:
+        """The clusters this configuration wants that Envoy lacks (none unless pinned)."""
+        have = set(self.envoy) if self.envoy is not None else None
+        wanted = self.envoy_clusters(providers)
+        return () if have is None else tuple(c.name for c in wanted if c not in have)
+
     def cluster_for(
         self, model: str, admitted: Sequence[Target]
     ) -> tuple[str, tuple[Target, ...], int]:
         """The cluster for a request to `model` whose caller may use `admitted` (in chain order,
         the head first): the one whose targets start with the longest prefix of it - its name,
-        its targets and that prefix's length (the attempts Envoy is to make: fewer than the
-        cluster's are stopped by `x-envoy-max-retries`). Without a variant, the chain's own
-        cluster: cut before the first target not admitted."""
-        chain = self.chains[model]
-        best = (cluster_name(model), chain, _common(chain, admitted))
-        for targets in self.variants.get(model, ()):
-            n = _common(targets, admitted)
-            if n > best[2]:
-                best = (variant_name(model, chain, targets), targets, n)
+        the targets its route tries and that prefix's length (the attempts Envoy is to make:
+        fewer than the route's are stopped by `x-envoy-max-retries`). Without a variant, the
+        chain's own cluster: cut before the first target not admitted. Pinned to Envoy's
+        clusters (after a reload), only those: ("", (), 0) when Envoy has none for `model`."""
+        candidates: Iterable[ChainCluster] = self.envoy or ()
+        if self.envoy is None and model in self.chains:
+            candidates = self._own(model, self.chains[model])
+        best: tuple[str, tuple[Target, ...], int] = ("", (), 0)
+        for cluster in candidates:
+            if cluster.model != model:
+                continue
+            n = _common(cluster.targets, admitted)
+            if n > best[2] or not best[0]:
+                best = (cluster.name, cluster.targets, n)
         return best
 
 

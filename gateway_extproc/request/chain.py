@@ -9,7 +9,9 @@ API cannot reach, or that is not priced for this request) is left out, and the r
 the cluster variant without it (config/fallback.py `with_variants`). Where no variant holds that
 list, the chain is cut before the first target left out; either way Envoy is told to stop after
 the last admitted target (`x-envoy-max-retries`). A chain of one target is no chain: the request
-takes the provider's own route.
+takes the provider's own route. After a reload only the clusters Envoy was started with are
+used (FallbackConfig.pinned): a new variant's request is cut at the longest prefix Envoy holds, a
+new chain's goes unchained.
 """
 
 from __future__ import annotations
@@ -132,6 +134,6 @@ def forward(stream: RequestStream) -> msgs.CommonResponse:
     cluster, targets, reached = fallback.cluster_for(head.name, admitted)
     assert reached == len(admitted)  # admitted() kept what a cluster holds
     set_headers = {route.CLUSTER_HEADER: cluster}
-    if len(admitted) < fallback.attempts(targets):
+    if len(admitted) < len(targets):  # the targets the cluster's route tries
         set_headers[MAX_RETRIES_HEADER] = str(len(admitted) - 1)
     return msgs.common(set_headers=set_headers, clear_route_cache=True)
