@@ -9,7 +9,11 @@ its last stream ends (or at shutdown), however long that stream runs. Provider t
 outlive a reload: a context holds the ones it uses, and one no context holds is closed with the
 last context that held it; all are closed at shutdown. Envoy's own settings
 (listener, clusters) are not reloaded: a change to the provider list needs a restart, and the
-sidecar says so.
+sidecar says so. Fallback chains and their policy variants are Envoy clusters too: a reloaded
+configuration routes only to the chain clusters the start configuration generated (a request
+whose cluster Envoy lacks takes the longest prefix Envoy holds, or the unchained route; never a
+503 for a missing cluster; its attempts are counted with the key pools Envoy has), and each
+reload names the clusters a restart would add or change (a resized key pool changes its).
 """
 
 from __future__ import annotations
@@ -309,6 +313,9 @@ class Runtime:
         self._environ = environ
         self._mock_url = mock_url
         self._stamp = _stamp(watched_files(config_path, ctx.config))
+        # The chain clusters Envoy was generated with: those of the start configuration, the one
+        # `gatewayctl run`, the test stack and the chart's init container render envoy.yaml from.
+        self.envoy_clusters = ctx.config.fallback.envoy_clusters(ctx.upstreams)
         self._lock = asyncio.Lock()
         # Streams in flight per context (by id: contexts are not hashable), and the contexts
         # a reload replaced while streams were still using them.
@@ -348,10 +355,17 @@ class Runtime:
                 return False
             if set(new.upstreams) != set(self.ctx.upstreams):
                 log.warning("the provider list changed: restart Envoy to apply its clusters")
-            if list(new.config.fallback.clusters()) != list(self.ctx.config.fallback.clusters()):
+            fallback = new.config.fallback.pinned(self.envoy_clusters)
+            new = dataclasses.replace(
+                new, config=dataclasses.replace(new.config, fallback=fallback)
+            )
+            if missing := fallback.missing(new.upstreams):
                 log.warning(
-                    "the fallback chains or their policy variants changed: restart Envoy to "
-                    "apply their clusters (until then a request routed to a new one gets a 503)"
+                    "the fallback chains, their policy variants or key pools changed: Envoy has "
+                    "no cluster %s; regenerate Envoy's config and restart Envoy to apply them "
+                    "(until then their requests take the longest chain prefix Envoy has, or the "
+                    "model's own route)",
+                    ", ".join(missing),
                 )
             await start_context(new)
             old, self.ctx = self.ctx, new

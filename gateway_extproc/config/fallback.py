@@ -6,9 +6,9 @@ A target is written `provider/model`: the catalog model `model` served by `provi
 name that itself holds a slash, `azure/gpt-4o`, is written as it is: `azure/gpt-4o`).
 
 A provider with a key pool (`providers.<p>.keys`, more than one key) makes every target of it a
-level of keys: each attempt at a target may use another key, so a chain gets `keys_per_target`
-attempts per target, and a model of such a provider without a chain gets a one-target chain
-(`with_pools`): its requests go through a chain cluster too.
+level of keys: each attempt at a target may use another key, so a chain cluster gets
+`ChainCluster.per_target` attempts per target, and a model of such a provider without a chain
+gets a one-target chain (`with_pools`): its requests go through a chain cluster too.
 
 Policy variants (`with_variants`): Envoy's retries walk a cluster's priorities in order and an
 attempt cannot be skipped once begun (docs/fallback.md fact 7), so a caller whose policy forbids a
@@ -16,14 +16,19 @@ target in the middle of a chain needs a cluster without it. Only the target list
 configuration's policies can produce are generated (at most `MAX_VARIANTS` a chain); a list that
 is a prefix of another cluster's needs none (Envoy stops early: `x-envoy-max-retries`). A
 variant's levels hold one endpoint per key like the chain's, and its attempts per target follow
-the pools among its own targets.
+the pools among the targets its route tries.
+
+Envoy's clusters are fixed when it starts; a reload may want others. `pinned` keeps a reloaded
+configuration to the clusters Envoy has (`envoy_clusters` of the configuration it started with,
+their key counts included): a request goes to the one holding the longest prefix of what its
+caller may use, or unchained, and its attempts are counted with Envoy's pools, not the reload's.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from gateway_extproc.catalog.models import Catalog, ModelEntry
@@ -64,6 +69,29 @@ class Target:
         return self.model if self.model.startswith(prefix) else prefix + self.model
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class ChainCluster:
+    """A chain cluster in Envoy's config: its name, the requested model it serves, the targets
+    its route tries (priority order, at most `max_attempts`) and the keys of each (its level's
+    endpoints: the provider's pool, 1 without one)."""
+
+    name: str
+    model: str
+    targets: tuple[Target, ...]
+    keys: tuple[int, ...]
+
+    @property
+    def per_target(self) -> int:
+        """Attempts Envoy makes at each target before the next (the route's previous_priorities
+        `update_frequency`): the largest pool among the targets it tries."""
+        return max(self.keys, default=1)
+
+    def tries(self, targets: int | None = None) -> int:
+        """Envoy's attempts in all for the first `targets` (default: all it tries); the route's
+        `num_retries` is `tries() - 1`."""
+        return (len(self.targets) if targets is None else targets) * self.per_target
+
+
 @dataclasses.dataclass(frozen=True)
 class FallbackConfig:
     chains: Mapping[str, tuple[Target, ...]] = dataclasses.field(default_factory=dict)
@@ -76,15 +104,8 @@ class FallbackConfig:
     too_many_variants: tuple[str, ...] = ()
     # Providers with a key pool of more than one key -> how many keys.
     pools: Mapping[str, int] = dataclasses.field(default_factory=dict)
-
-    def keys_per_target(self, chain: tuple[Target, ...]) -> int:
-        """Attempts Envoy makes at each target of `chain` before the next (Envoy's
-        previous_priorities `update_frequency`): the largest key pool among its providers."""
-        return max((self.pools.get(t.provider, 1) for t in chain), default=1)
-
-    def tries(self, chain: tuple[Target, ...], targets: int | None = None) -> int:
-        """Envoy's attempts in all for the first `targets` (default: attempts(chain))."""
-        return (targets or self.attempts(chain)) * self.keys_per_target(chain)
+    # The chain clusters Envoy has when they are not this configuration's own (a reload: pinned).
+    envoy: tuple[ChainCluster, ...] | None = None
 
     def chain_for(self, model: str) -> tuple[Target, ...] | None:
         """The chain of a requested catalog model (its canonical name), or None."""
@@ -101,20 +122,64 @@ class FallbackConfig:
             for targets in self.variants.get(model, ()):
                 yield variant_name(model, chain, targets), targets
 
+    def envoy_clusters(self, providers: Collection[str]) -> tuple[ChainCluster, ...]:
+        """The chain clusters Envoy's config generated from this one holds (envoy/bootstrap.py:
+        none for a chain naming a provider left out), each with the targets its route tries."""
+        return tuple(
+            cluster
+            for model, chain in self.chains.items()
+            if all(t.provider in providers for t in chain)
+            for cluster in self._own(model, chain)
+        )
+
+    def envoy_cluster(self, name: str, model: str, targets: tuple[Target, ...]) -> ChainCluster:
+        """The cluster `name` (of the chain of `model`, or a variant's) as Envoy's config
+        generated from this one holds it: the targets its route tries and their pools."""
+        tried = targets[: self.attempts(targets)]
+        return ChainCluster(name, model, tried, tuple(self.pools.get(t.provider, 1) for t in tried))
+
+    def _own(self, model: str, chain: tuple[Target, ...]) -> Iterator[ChainCluster]:
+        """The chain's cluster, then its variants'."""
+        yield self.envoy_cluster(cluster_name(model), model, chain)
+        for targets in self.variants.get(model, ()):
+            yield self.envoy_cluster(variant_name(model, chain, targets), model, targets)
+
+    def pinned(self, envoy: tuple[ChainCluster, ...]) -> FallbackConfig:
+        """This configuration routing only to `envoy`, the clusters Envoy has."""
+        return dataclasses.replace(self, envoy=envoy)
+
+    def missing(self, providers: Collection[str]) -> tuple[str, ...]:
+        """The clusters this configuration wants that Envoy lacks (none unless pinned)."""
+        have = set(self.envoy) if self.envoy is not None else None
+        wanted = self.envoy_clusters(providers)
+        return () if have is None else tuple(c.name for c in wanted if c not in have)
+
     def cluster_for(
         self, model: str, admitted: Sequence[Target]
     ) -> tuple[str, tuple[Target, ...], int]:
+        """`chosen` as (its name, the targets its route tries, the prefix's length); ("", (), 0)
+        when Envoy has no cluster for `model`."""
+        cluster, n = self.chosen(model, admitted)
+        return ("", (), 0) if cluster is None else (cluster.name, cluster.targets, n)
+
+    def chosen(self, model: str, admitted: Sequence[Target]) -> tuple[ChainCluster | None, int]:
         """The cluster for a request to `model` whose caller may use `admitted` (in chain order,
-        the head first): the one whose targets start with the longest prefix of it - its name,
-        its targets and that prefix's length (the attempts Envoy is to make: fewer than the
-        cluster's are stopped by `x-envoy-max-retries`). Without a variant, the chain's own
-        cluster: cut before the first target not admitted."""
-        chain = self.chains[model]
-        best = (cluster_name(model), chain, _common(chain, admitted))
-        for targets in self.variants.get(model, ()):
-            n = _common(targets, admitted)
-            if n > best[2]:
-                best = (variant_name(model, chain, targets), targets, n)
+        the head first): the one whose targets start with the longest prefix of it, and that
+        prefix's length (the targets Envoy is to try: fewer than the route's are stopped by
+        `x-envoy-max-retries`, counted with the cluster's pools: `ChainCluster.tries`). Without
+        a variant, the chain's own cluster: cut before the first target not admitted. Pinned to
+        Envoy's clusters (after a reload), only those, with Envoy's pools: (None, 0) when Envoy
+        has none for `model`."""
+        candidates: Iterable[ChainCluster] = self.envoy or ()
+        if self.envoy is None and model in self.chains:
+            candidates = self._own(model, self.chains[model])
+        best: tuple[ChainCluster | None, int] = (None, 0)
+        for cluster in candidates:
+            if cluster.model != model:
+                continue
+            n = _common(cluster.targets, admitted)
+            if n > best[1] or best[0] is None:
+                best = (cluster, n)
         return best
 
 

@@ -86,14 +86,14 @@ def _chained(config: GatewayConfig, route: dict[str, Any]) -> list[dict[str, Any
     policy variant: `num_retries` follows its length), with the retry policy; before `route`."""
     out = []
     fallback = config.fallback
-    for cluster, chain in fallback.clusters():
-        header = {"name": CLUSTER_HEADER, "string_match": {"exact": cluster}}
+    for name, chain in fallback.clusters():
+        # The targets the route tries and their pools: what the request phase counts with.
+        cluster = fallback.envoy_cluster(name, chain[0].model, chain)
+        header = {"name": CLUSTER_HEADER, "string_match": {"exact": name}}
         match = {**route["match"], "headers": [header]}
         action = {
             **route["route"],
-            "retry_policy": retry_policy(
-                fallback, fallback.tries(chain) - 1, fallback.keys_per_target(chain)
-            ),
+            "retry_policy": retry_policy(fallback, cluster.tries() - 1, cluster.per_target),
         }
         chained = {**route, "match": match, "route": action}
         chained.pop("name", None)

@@ -38,10 +38,11 @@ Precedence:
 5. Without a `policies` section, or without `policies.default`, an identity no rule names may
    use every model (as if `default: {allow: ["*"]}`).
 
-Validation reports every problem with its path: unknown keys; a rule must name at least one
-subject and at least one allow or deny pattern (`deny: ["*"]` blocks its subjects); `default`
-and `anonymous` must set `allow`; names and patterns are non-empty strings without surrounding
-spaces. A pattern that matches no catalog model is a warning only (`unmatched_patterns`).
+Validation (policy_rules.py, beside the compiled rules) reports every problem with its path:
+unknown keys; a rule must name at least one subject and at least one allow or deny pattern
+(`deny: ["*"]` blocks its subjects); `default` and `anonymous` must set `allow`; names and
+patterns are non-empty strings without surrounding spaces. A pattern that matches no catalog
+model is a warning only (`unmatched_patterns`).
 
 Decisions are memoised per (the identity's deciding subjects, model, requested name) in a
 bounded dict, since the same callers ask for the same models over and over.
@@ -51,24 +52,21 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Generic, TypeVar
 
 from gateway_extproc.identity.model import Identity, Kind
+from gateway_extproc.identity.policy_rules import (
+    ALLOW_ALL,
+    ALLOW_NOTHING,
+    TOP_KEYS,
+    Rule,
+    parse_sections,
+)
 
 __all__ = ["DEFAULT_MEMO_SIZE", "PolicySet", "parse_policies"]
 
 DEFAULT_MEMO_SIZE = 16_384
-_TOP_KEYS = ("default", "anonymous", "rules")
-_POLICY_KEYS = ("allow", "deny")
-_SUBJECT_KEYS = (
-    ("users", "user"),
-    ("services", "service"),
-    ("static_tokens", "static_token"),
-    ("groups", "group"),
-)
-_RULE_KEYS = ("users", "groups", "services", "static_tokens", "allow", "deny")
 _KIND_LABELS = {"static_token": "static token"}
 _EXPLAIN_MAX_PATTERNS = 10
 # `decisions`: distinct (allowed, denied) pairs of group combinations it tracks at most (each
@@ -82,47 +80,12 @@ _ANONYMOUS: _Subjects = frozenset({("anonymous", "")})
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class _Patterns:
-    """A rule's allow or deny list, compiled into one anchored regex."""
-
-    items: tuple[tuple[str, str], ...] = ()  # (config path, pattern)
-    regex: re.Pattern[str] | None = None
-
-    @classmethod
-    def compile(cls, items: Sequence[tuple[str, str]]) -> _Patterns:
-        if not items:
-            return cls()
-        joined = "|".join(fnmatch.translate(pattern) for _, pattern in items)
-        return cls(tuple(items), re.compile(f"(?:{joined})"))
-
-    def matches(self, name: str) -> bool:
-        return self.regex is not None and self.regex.match(name) is not None
-
-    def first_match(self, name: str) -> str | None:
-        for _, pattern in self.items:
-            if fnmatch.fnmatchcase(name, pattern):
-                return pattern
-        return None
-
-
-@dataclasses.dataclass(frozen=True, slots=True, eq=False)  # eq=False: compared by identity
-class _Rule:
-    order: int  # position in `rules`; -1 for default and anonymous
-    allow: _Patterns
-    deny: _Patterns
-
-
-_ALLOW_ALL = _Rule(-1, _Patterns.compile([("policies.default.allow[0]", "*")]), _Patterns())
-_ALLOW_NOTHING = _Rule(-1, _Patterns(), _Patterns())
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
 class _Decider:
     """The rules of the deciding kind for one set of subjects, and how to name them."""
 
     label: str  # "group interns", "groups eng, ml-team", "the default policy"
     plural: bool
-    rules: tuple[_Rule, ...]
+    rules: tuple[Rule, ...]
 
     def allows(self, names: tuple[str, ...]) -> bool:
         rules = self.rules
@@ -162,9 +125,9 @@ class PolicySet:
 
     def __init__(
         self,
-        default: _Rule,
-        anonymous: _Rule | None,
-        rules: Sequence[tuple[_Rule, Mapping[str, Sequence[str]]]],
+        default: Rule,
+        anonymous: Rule | None,
+        rules: Sequence[tuple[Rule, Mapping[str, Sequence[str]]]],
         memo_size: int = DEFAULT_MEMO_SIZE,
     ) -> None:
         """Use `parse_policies` or `PolicySet.allow_all()`; `rules` pairs each compiled rule
@@ -172,7 +135,7 @@ class PolicySet:
         self._default = default
         self._anonymous = anonymous
         self._rules = tuple(rule for rule, _ in rules)
-        index: dict[str, dict[str, list[_Rule]]] = {
+        index: dict[str, dict[str, list[Rule]]] = {
             "user": {},
             "service": {},
             "static_token": {},
@@ -194,11 +157,11 @@ class PolicySet:
     @classmethod
     def allow_all(cls, memo_size: int = DEFAULT_MEMO_SIZE) -> PolicySet:
         """Every identity may use every model: the gateway without a `policies` section."""
-        return cls(_ALLOW_ALL, None, [], memo_size)
+        return cls(ALLOW_ALL, None, [], memo_size)
 
     @classmethod
     def allow_nothing(cls) -> PolicySet:
-        return cls(_ALLOW_NOTHING, None, [], 0)
+        return cls(ALLOW_NOTHING, None, [], 0)
 
     def allows(self, identity: Identity, model: str, requested: str | None = None) -> bool:
         """May `identity` use catalog model `model`, asked for by the name `requested`?"""
@@ -246,14 +209,14 @@ class PolicySet:
         token's rules, and every combination of groups (its rules' allows less their denies).
         For generating what only the configuration's policies can produce (fallback variants)."""
 
-        def split(rules: Iterable[_Rule]) -> tuple[frozenset[str], frozenset[str]]:
+        def split(rules: Iterable[Rule]) -> tuple[frozenset[str], frozenset[str]]:
             rules = tuple(rules)
             allowed = frozenset(m for m in models if any(r.allow.matches(m) for r in rules))
             denied = frozenset(m for m in models if any(r.deny.matches(m) for r in rules))
             return allowed, denied
 
         found: dict[frozenset[str], None] = {}
-        deciders: list[tuple[_Rule, ...]] = [(self._default,)]
+        deciders: list[tuple[Rule, ...]] = [(self._default,)]
         if self._anonymous is not None:
             deciders.append((self._anonymous,))
         for index in (self._users, self._services, self._static):
@@ -329,77 +292,6 @@ class PolicySet:
         return _Decider(label, len(names) > 1, rules)
 
 
-# --- parsing -----------------------------------------------------------------------------------
-
-
-def _expected(keys: Iterable[str]) -> str:
-    return f"unknown key (expected one of {', '.join(keys)})"
-
-
-def _names(
-    doc: Mapping[object, object], path: str, key: str, what: str, problems: list[str]
-) -> list[str]:
-    """`doc[key]`: a list of subject names or model patterns; each bad element is a problem."""
-    if key not in doc:
-        return []
-    raw, path = doc[key], f"{path}.{key}"
-    if not isinstance(raw, list):
-        problems.append(f"{path}: must be a list of {what} (got {raw!r})")
-        return []
-    out: list[str] = []
-    for i, item in enumerate(raw):
-        if not isinstance(item, str) or not item.strip() or item != item.strip():
-            problems.append(
-                f"{path}[{i}]: must be a non-empty string without surrounding spaces (got {item!r})"
-            )
-        else:
-            out.append(item)
-    return out
-
-
-def _patterns(doc: Mapping[object, object], path: str, key: str, problems: list[str]) -> _Patterns:
-    items = _names(doc, path, key, "model patterns", problems)
-    return _Patterns.compile([(f"{path}.{key}[{i}]", item) for i, item in enumerate(items)])
-
-
-def _policy(doc: object, path: str, problems: list[str]) -> _Rule | None:
-    """`default` or `anonymous`: `{allow: [...], deny: [...]}`, allow required."""
-    if not isinstance(doc, Mapping):
-        problems.append(f"{path}: must be a mapping with allow (and optionally deny)")
-        return None
-    for key in doc:
-        if key not in _POLICY_KEYS:
-            problems.append(f"{path}.{key}: {_expected(_POLICY_KEYS)}")
-    if "allow" not in doc:
-        problems.append(f"{path}.allow: required (allow: [] allows nothing)")
-    return _Rule(
-        -1, _patterns(doc, path, "allow", problems), _patterns(doc, path, "deny", problems)
-    )
-
-
-def _rule(
-    doc: object, order: int, path: str, problems: list[str]
-) -> tuple[_Rule, dict[str, list[str]]] | None:
-    if not isinstance(doc, Mapping):
-        problems.append(f"{path}: must be a mapping with subjects and allow/deny (got {doc!r})")
-        return None
-    for key in doc:
-        if key not in _RULE_KEYS:
-            problems.append(f"{path}.{key}: {_expected(_RULE_KEYS)}")
-    before = len(problems)
-    subjects = {kind: _names(doc, path, key, "names", problems) for key, kind in _SUBJECT_KEYS}
-    if len(problems) == before and not any(subjects.values()):
-        problems.append(f"{path}: names no subject (set users, groups, services or static_tokens)")
-    before = len(problems)
-    allow = _patterns(doc, path, "allow", problems)
-    deny = _patterns(doc, path, "deny", problems)
-    if len(problems) == before and not allow.items and not deny.items:
-        problems.append(
-            f"{path}: needs at least one allow or deny pattern (to allow nothing: deny: ['*'])"
-        )
-    return _Rule(order, allow, deny), {kind: names for kind, names in subjects.items() if names}
-
-
 def parse_policies(
     doc: object,
     problems: list[str],
@@ -413,30 +305,11 @@ def parse_policies(
     allows nothing (the caller raises `ConfigError` with them)."""
     if doc is None:
         return PolicySet.allow_all(memo_size)
-    before = len(problems)
     if not isinstance(doc, Mapping):
-        problems.append(f"{path}: must be a mapping with keys {', '.join(_TOP_KEYS)}")
+        problems.append(f"{path}: must be a mapping with keys {', '.join(TOP_KEYS)}")
         return PolicySet.allow_nothing()
-    for key in doc:
-        if key not in _TOP_KEYS:
-            problems.append(f"{path}.{key}: {_expected(_TOP_KEYS)}")
-    default_doc = doc.get("default")
-    default = (
-        _ALLOW_ALL if default_doc is None else _policy(default_doc, f"{path}.default", problems)
-    )
-    anonymous_doc = doc.get("anonymous")
-    anonymous = (
-        None if anonymous_doc is None else _policy(anonymous_doc, f"{path}.anonymous", problems)
-    )
-    rules: list[tuple[_Rule, dict[str, list[str]]]] = []
-    rules_doc = doc.get("rules")
-    if rules_doc is not None and not isinstance(rules_doc, list):
-        problems.append(f"{path}.rules: must be a list of rules (got {rules_doc!r})")
-    elif rules_doc is not None:
-        for i, rule_doc in enumerate(rules_doc):
-            parsed = _rule(rule_doc, i, f"{path}.rules[{i}]", problems)
-            if parsed is not None:
-                rules.append(parsed)
-    if len(problems) > before or default is None:
+    parsed = parse_sections(doc, path, problems)
+    if parsed is None:
         return PolicySet.allow_nothing()
+    default, anonymous, rules = parsed
     return PolicySet(default, anonymous, rules, memo_size)

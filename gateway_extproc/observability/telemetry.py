@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
 
     from gateway_extproc.audit import AuditRecord
-    from gateway_extproc.observability.metrics import GatewayMetrics, Observed
+    from gateway_extproc.observability.collected import Observed
+    from gateway_extproc.observability.metrics import GatewayMetrics
 
 log = logging.getLogger("gateway.observability")
 SERVICE_NAME = "llm-spend-gateway"

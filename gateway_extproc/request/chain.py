@@ -11,6 +11,9 @@ list, the chain is cut before the first target left out; either way Envoy is tol
 the last admitted target (`x-envoy-max-retries`, counting every key of a pooled target: the
 tries are targets x keys). A chain of one target is no chain - the request takes the provider's
 own route - unless that target's provider has a key pool (its other keys are the retries).
+After a reload only the clusters Envoy was started with are used (FallbackConfig.pinned): a new
+variant's request is cut at the longest prefix Envoy holds, a new chain's goes unchained, and
+the keys counted are those of Envoy's endpoints (a reload that resized a pool changes neither).
 """
 
 from __future__ import annotations
@@ -69,9 +72,10 @@ def admitted(
             out.append((target, price(entry)))
         except ClientError:  # an option this target has no price for
             continue
-    _, targets, reached = fallback.cluster_for(head.name, [t for t, _ in out])
-    # One target is a chain when its provider has a key pool: the other keys are its retries.
-    pooled = reached == 1 and fallback.keys_per_target(targets[:1]) > 1
+    cluster, reached = fallback.chosen(head.name, [t for t, _ in out])
+    # One target is a chain when its level in Envoy's cluster holds a key pool: the other keys
+    # are its retries.
+    pooled = reached == 1 and cluster is not None and cluster.keys[0] > 1
     return tuple(out[:reached]) if reached > 1 or pooled else ()
 
 
@@ -133,9 +137,9 @@ def forward(stream: RequestStream) -> msgs.CommonResponse:
     head = stream.chain[0][1]
     fallback = stream.ctx.config.fallback
     admitted = [t for t, _ in stream.chain]
-    cluster, targets, reached = fallback.cluster_for(head.name, admitted)
-    assert reached == len(admitted)  # admitted() kept what a cluster holds
-    set_headers = {route.CLUSTER_HEADER: cluster}
-    if len(admitted) < fallback.attempts(targets):  # Envoy's tries: every key of each target
-        set_headers[MAX_RETRIES_HEADER] = str(fallback.tries(targets, len(admitted)) - 1)
+    cluster, reached = fallback.chosen(head.name, admitted)
+    assert cluster is not None and reached == len(admitted)  # admitted() kept what one holds
+    set_headers = {route.CLUSTER_HEADER: cluster.name}
+    if reached < len(cluster.targets):  # fewer than the route tries: every key of each target
+        set_headers[MAX_RETRIES_HEADER] = str(cluster.tries(reached) - 1)
     return msgs.common(set_headers=set_headers, clear_route_cache=True)

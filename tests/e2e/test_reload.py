@@ -17,8 +17,8 @@ import httpx
 import pytest
 
 from gateway_extproc.stack import Stack
-from tests.e2e.conftest import start_stack
-from tests.e2e.harness import eventually, worker_auth_status
+from tests.e2e.conftest import start_stack, static_tokens_yaml
+from tests.e2e.harness import MockLog, eventually, worker_auth_status
 
 pytestmark = pytest.mark.e2e
 WORKERS = 2
@@ -107,5 +107,67 @@ def test_a_changed_tokens_file_is_picked_up_without_a_signal(tmp_path: Path) -> 
         tokens.write_text(f'bot-y: {{sha256: "{digest}"}}\n')  # the mounted secret is rotated
         # Each worker polls on its own: secret-x is refused by all of them within the bound.
         every_worker(stack, {"secret-x": False, "secret-y": True})
+    finally:
+        stack.stop()
+
+
+# --- a reload that wants chain clusters Envoy was not started with --------------------------
+
+CHAINED = f"""sidecar: {{workers: {WORKERS}, reload_poll_s: 0}}
+identity:
+  static_tokens:
+{static_tokens_yaml()}fallback:
+  chains:
+    gpt-4.1-mini: [openai/gpt-4.1-mini, openai/gpt-5-nano, openai/gpt-4.1]
+"""
+# Added by the reload: a policy forbidding the chain's middle target to one static token (the
+# cluster variant without it is not in Envoy's config) and a chain Envoy has no cluster for.
+ADDED = """policies:
+  rules:
+    - {static_tokens: [e2e-client], allow: ["*"], deny: [gpt-5-nano]}
+"""
+NEW_CHAIN = "    gpt-4o: [openai/gpt-4o, openai/gpt-4o-mini]\n"
+
+
+def test_a_reload_needing_new_chain_clusters_is_served_by_those_envoy_has(
+    tmp_path: Path,
+) -> None:
+    """The caller forbidden the middle target is cut after the head (Envoy's chain cluster,
+    `x-envoy-max-retries: 0`): a 200 when the head answers, the head's 500 when it fails, never
+    Envoy's 503 for a cluster it lacks; the new chain's model takes its provider's route; a
+    caller allowed everything still falls over. Each worker names what a restart would add."""
+    config = tmp_path / "gateway.yaml"
+    config.write_text(CHAINED)
+    stack = start_stack(tmp_path / "run", config_path=config)
+    assert stack.mock_url is not None
+    mock = MockLog(stack.mock_url.removesuffix("/v1"))
+    log = stack.run_dir / "stack.log"
+    try:
+        config.write_text(CHAINED + NEW_CHAIN + ADDED)
+        stack.signal_sidecars(signal.SIGHUP)
+        eventually(lambda: log.read_bytes().count(b"configuration reloaded (SIGHUP)") == WORKERS)
+
+        def ask(model: str, secret: str, fault: str = "") -> tuple[int, list[str]]:
+            mock.clear()
+            r = httpx.post(
+                stack.gateway_url + "/v1/chat/completions",
+                json={"model": model, "messages": [{"role": "user", "content": "hi"}]},
+                headers={"authorization": f"Bearer {secret}", "x-mock-fault": fault},
+                timeout=10,
+            )
+            return r.status_code, [q["body"]["model"] for q in mock.requests()]
+
+        for _ in range(WORKERS):  # every worker (round robin)
+            assert ask("gpt-4.1-mini", "client-key") == (200, ["gpt-4.1-mini"])
+            assert ask("gpt-4.1-mini", "client-key", "gpt-4.1-mini=500") == (500, ["gpt-4.1-mini"])
+            assert ask("gpt-4o", "client-key") == (200, ["gpt-4o"])
+            assert ask("gpt-4o", "client-key", "gpt-4o=500") == (500, ["gpt-4o"])
+            # The other static token may use every target: the chain Envoy has, all of it.
+            allowed = ask("gpt-4.1-mini", "sk-leak-me-not-0815", "gpt-4.1-mini=500,gpt-5-nano=500")
+            assert allowed == (200, ["gpt-4.1-mini", "gpt-5-nano", "gpt-4.1"])
+        warned = log.read_bytes().count(
+            b"Envoy has no cluster chain_gpt-4.1-mini.t0_2, chain_gpt-4o;"
+        )
+        assert warned == WORKERS
     finally:
         stack.stop()

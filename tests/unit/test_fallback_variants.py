@@ -130,6 +130,60 @@ def test_beyond_the_bound_no_variant_and_it_is_said() -> None:
     assert fallback.cluster_for("gpt-4.1-mini", [A, tail[1]])[::2] == ("chain_gpt-4.1-mini", 1)
 
 
+NO_NANO = {"rules": [{"groups": ["no-nano"], "allow": ["*"], "deny": ["gpt-5-nano"]}]}
+
+
+def test_after_a_reload_only_the_clusters_envoy_has_are_used() -> None:
+    """Envoy started without the variant a reloaded policy needs: the caller it forbids the
+    middle target to is cut after the head (the chain's own cluster, which Envoy has), not sent
+    to a cluster Envoy lacks; the clusters a restart would add are named."""
+    started = _fallback(None)
+    envoy = started.envoy_clusters({"openai"})
+    assert [c.name for c in envoy] == ["chain_gpt-4.1-mini"]
+    reloaded = _fallback(NO_NANO).pinned(envoy)
+    assert reloaded.missing({"openai"}) == ("chain_gpt-4.1-mini.t0_2",)
+    assert reloaded.cluster_for("gpt-4.1-mini", [A, C]) == ("chain_gpt-4.1-mini", (A, B, C), 1)
+    assert reloaded.cluster_for("gpt-4.1-mini", [A, B, C]) == ("chain_gpt-4.1-mini", (A, B, C), 3)
+    # Unpinned (the start configuration's own clusters): the variant.
+    assert _fallback(NO_NANO).cluster_for("gpt-4.1-mini", [A, C])[0] == "chain_gpt-4.1-mini.t0_2"
+    # Nothing new: nothing to restart for.
+    assert (
+        _fallback(NO_NANO).pinned(_fallback(NO_NANO).envoy_clusters({"openai"})).missing({"openai"})
+        == ()
+    )
+
+
+def test_after_a_reload_a_new_chain_goes_unchained() -> None:
+    envoy = FallbackConfig().envoy_clusters({"openai"})
+    assert envoy == ()
+    reloaded = _fallback(None).pinned(envoy)
+    assert reloaded.cluster_for("gpt-4.1-mini", [A, B, C]) == ("", (), 0)
+    assert reloaded.missing({"openai"}) == ("chain_gpt-4.1-mini",)
+
+
+def test_after_a_reload_a_changed_chain_matches_envoys_targets() -> None:
+    """Same cluster name, other targets (the chain was edited): Envoy's targets decide."""
+    envoy = _fallback(None).envoy_clusters({"openai"})
+    d = Target("openai", "gpt-5-mini")
+    edited = with_variants(FallbackConfig({"gpt-4.1-mini": (A, d, C)}), _policies(None))
+    reloaded = edited.pinned(envoy)
+    assert reloaded.cluster_for("gpt-4.1-mini", [A, d, C]) == ("chain_gpt-4.1-mini", (A, B, C), 1)
+    assert reloaded.missing({"openai"}) == ("chain_gpt-4.1-mini",)
+
+
+def test_after_a_reload_the_attempts_are_those_of_envoys_route() -> None:
+    """Envoy's route was generated with max_attempts 2 (num_retries 1): a reload raising it
+    cannot make Envoy try a third target, and the request phase knows it."""
+    envoy = _fallback(None, max_attempts=2).envoy_clusters({"openai"})
+    assert [c.targets for c in envoy] == [(A, B)]
+    reloaded = _fallback(None, max_attempts=3).pinned(envoy)
+    assert reloaded.cluster_for("gpt-4.1-mini", [A, B, C]) == ("chain_gpt-4.1-mini", (A, B), 2)
+
+
+def test_a_chain_naming_a_provider_left_out_has_no_envoy_cluster() -> None:
+    assert _fallback(NO_NANO).envoy_clusters({"anthropic"}) == ()
+
+
 def _config(tmp_path: Path, mode: str) -> GatewayConfig:
     path = tmp_path / "gateway.yaml"
     doc = {

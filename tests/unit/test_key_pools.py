@@ -7,6 +7,7 @@ phase's `x-envoy-max-retries` counts every key of the targets it keeps."""
 
 from __future__ import annotations
 
+import dataclasses
 import types
 from pathlib import Path
 from typing import Any
@@ -205,3 +206,29 @@ def test_a_trimmed_request_stops_after_every_key_of_its_last_target() -> None:
     assert got[CLUSTER_HEADER] == "chain_gpt-4.1-mini"
     assert got[chained.MAX_RETRIES_HEADER] == "1"
     assert chained.MAX_RETRIES_HEADER not in _forward(fallback, [a, c, d])  # the route's own
+
+
+def test_after_a_reload_that_resized_a_pool_the_trim_counts_envoys_keys() -> None:
+    """Envoy started with 2 keys per openai target; a reload grows the pool to 3. Until Envoy
+    restarts its levels still hold 2 endpoints and its route leaves a level after 2 attempts:
+    the trim counts 2 keys (3 would let Envoy retry into a target the caller may not use), the
+    one-target choice follows Envoy's pool, and the resized clusters are named for the restart."""
+    a, b, c = (Target("openai", m) for m in ("gpt-4.1-mini", "gpt-5-nano", "o3"))
+    started = FallbackConfig({"gpt-4.1-mini": (a, b, c)}, pools={"openai": 2})
+    envoy = started.envoy_clusters({"openai"})
+    assert [(cl.name, cl.keys) for cl in envoy] == [("chain_gpt-4.1-mini", (2, 2, 2))]
+    reloaded = dataclasses.replace(started, pools={"openai": 3}).pinned(envoy)
+    got = _forward(reloaded, [a, b])
+    assert got[CLUSTER_HEADER] == "chain_gpt-4.1-mini"
+    assert got[chained.MAX_RETRIES_HEADER] == "3"  # 2 targets x Envoy's 2 keys - 1, not 5
+    assert _forward(reloaded, [a])[chained.MAX_RETRIES_HEADER] == "1"
+    assert reloaded.missing({"openai"}) == ("chain_gpt-4.1-mini",)
+    # A pool removed by the reload: Envoy's level still has 2 keys, so the head alone is
+    # still a chain (its other key is the retry), counted with Envoy's keys.
+    shrunk = dataclasses.replace(started, pools={}).pinned(envoy)
+    cluster, reached = shrunk.chosen("gpt-4.1-mini", [a])
+    assert cluster is not None and (cluster.keys[0], reached) == (2, 1)
+    assert _forward(shrunk, [a])[chained.MAX_RETRIES_HEADER] == "1"
+    assert shrunk.missing({"openai"}) == ("chain_gpt-4.1-mini",)
+    # Nothing resized: nothing to restart for.
+    assert started.pinned(envoy).missing({"openai"}) == ()

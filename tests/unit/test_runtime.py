@@ -190,3 +190,41 @@ async def test_a_reload_keeps_the_process_telemetry(runtime: Runtime) -> None:
     assert await runtime.reload("test")
     assert runtime.ctx.telemetry is telemetry  # spans and metrics outlive a configuration
     await runtime.close()
+
+
+CHAIN = (
+    "fallback:\n  chains:\n    gpt-4.1-mini: [openai/gpt-4.1-mini, openai/gpt-5-nano, openai/o3]\n"
+)
+NO_NANO = "policies:\n  rules:\n    - {groups: [no-nano], allow: ['*'], deny: [gpt-5-nano]}\n"
+
+
+async def test_a_reload_routes_only_to_the_clusters_envoy_was_started_with(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reload adding a policy that needs a new variant (and a new chain): the running
+    configuration keeps to the start's chain clusters, and the reload names the missing ones
+    in one warning."""
+    path = tmp_path / "gateway.yaml"
+    path.write_text(CHAIN)
+    env = {"GATEWAY_AUDIT_LOG": str(tmp_path / "audit.jsonl"), **SIDECAR_ENV}
+    rt = Runtime(build_context(path, env, MOCK), path, env, MOCK)
+    try:
+        path.write_text(CHAIN + "    gpt-4o: [openai/gpt-4o, openai/gpt-4o-mini]\n" + NO_NANO)
+        with caplog.at_level("WARNING", logger="gateway.runtime"):
+            assert await rt.reload("test")
+        fallback = rt.ctx.config.fallback
+        assert fallback.variants  # the reloaded configuration wants the variant...
+        chain = fallback.chains["gpt-4.1-mini"]
+        # ...but Envoy has only the chain's own cluster: cut after the head.
+        assert fallback.cluster_for("gpt-4.1-mini", [chain[0], chain[2]])[::2] == (
+            "chain_gpt-4.1-mini",
+            1,
+        )
+        assert fallback.cluster_for("gpt-4o", fallback.chains["gpt-4o"]) == ("", (), 0)
+        messages = [r.getMessage() for r in caplog.records]
+        warned = [m for m in messages if "Envoy has no cluster" in m]
+        assert len(warned) == 1
+        assert "chain_gpt-4.1-mini.t0_2" in warned[0] and "chain_gpt-4o" in warned[0]
+    finally:
+        await rt.close()
+        rt.ctx.audit.close()
