@@ -39,7 +39,11 @@ VERSION = 1
 # proves itself with the caller token, opens streams).
 TARGET_NAMESPACE = "gw.target"
 TARGET_KEY = "target"
+POOL_KEY = "key"  # a key pool's endpoint: the name of its key (never the secret)
 ATTEMPTS_NAMESPACE = "llm_gateway.attempts"
+# Envoy's count of the request's attempts (1, 2, ...), on each upstream request when chains are
+# configured: attempt records are numbered by it (two keys of one target are two attempts).
+ATTEMPT_COUNT_HEADER = "x-envoy-attempt-count"
 STREAM_KIND_KEY = "x-gateway-stream"
 UPSTREAM_STREAM = "upstream"
 

@@ -12,7 +12,8 @@ last context that held it; all are closed at shutdown. Envoy's own settings
 sidecar says so. Fallback chains and their policy variants are Envoy clusters too: a reloaded
 configuration routes only to the chain clusters the start configuration generated (a request
 whose cluster Envoy lacks takes the longest prefix Envoy holds, or the unchained route; never a
-503 for a missing cluster), and each reload names the clusters a restart would add.
+503 for a missing cluster; its attempts are counted with the key pools Envoy has), and each
+reload names the clusters a restart would add or change (a resized key pool changes its).
 """
 
 from __future__ import annotations
@@ -360,10 +361,10 @@ class Runtime:
             )
             if missing := fallback.missing(new.upstreams):
                 log.warning(
-                    "the fallback chains or their policy variants changed: Envoy has no cluster "
-                    "%s; regenerate Envoy's config and restart Envoy to apply them (until then "
-                    "their requests take the longest chain prefix Envoy has, or the model's own "
-                    "route)",
+                    "the fallback chains, their policy variants or key pools changed: Envoy has "
+                    "no cluster %s; regenerate Envoy's config and restart Envoy to apply them "
+                    "(until then their requests take the longest chain prefix Envoy has, or the "
+                    "model's own route)",
                     ", ".join(missing),
                 )
             await start_context(new)

@@ -3,18 +3,25 @@
 translations the gateway performs, every problem reported with its path. Pure.
 
 A target is written `provider/model`: the catalog model `model` served by `provider` (a catalog
-name that itself holds a slash, `azure/gpt-4o`, is written as it is: `azure/gpt-4o`). Key pools
-(`providers.<p>.keys`) are not built: one credential per provider.
+name that itself holds a slash, `azure/gpt-4o`, is written as it is: `azure/gpt-4o`).
+
+A provider with a key pool (`providers.<p>.keys`, more than one key) makes every target of it a
+level of keys: each attempt at a target may use another key, so a chain cluster gets
+`ChainCluster.per_target` attempts per target, and a model of such a provider without a chain
+gets a one-target chain (`with_pools`): its requests go through a chain cluster too.
 
 Policy variants (`with_variants`): Envoy's retries walk a cluster's priorities in order and an
 attempt cannot be skipped once begun (docs/fallback.md fact 7), so a caller whose policy forbids a
 target in the middle of a chain needs a cluster without it. Only the target lists the
 configuration's policies can produce are generated (at most `MAX_VARIANTS` a chain); a list that
-is a prefix of another cluster's needs none (Envoy stops early: `x-envoy-max-retries`).
+is a prefix of another cluster's needs none (Envoy stops early: `x-envoy-max-retries`). A
+variant's levels hold one endpoint per key like the chain's, and its attempts per target follow
+the pools among the targets its route tries.
 
 Envoy's clusters are fixed when it starts; a reload may want others. `pinned` keeps a reloaded
-configuration to the clusters Envoy has (`envoy_clusters` of the configuration it started with):
-a request goes to the one holding the longest prefix of what its caller may use, or unchained.
+configuration to the clusters Envoy has (`envoy_clusters` of the configuration it started with,
+their key counts included): a request goes to the one holding the longest prefix of what its
+caller may use, or unchained, and its attempts are counted with Envoy's pools, not the reload's.
 """
 
 from __future__ import annotations
@@ -64,12 +71,25 @@ class Target:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ChainCluster:
-    """A chain cluster in Envoy's config: its name, the requested model it serves and the
-    targets its route tries (priority order, as many as its `num_retries` + 1)."""
+    """A chain cluster in Envoy's config: its name, the requested model it serves, the targets
+    its route tries (priority order, at most `max_attempts`) and the keys of each (its level's
+    endpoints: the provider's pool, 1 without one)."""
 
     name: str
     model: str
     targets: tuple[Target, ...]
+    keys: tuple[int, ...]
+
+    @property
+    def per_target(self) -> int:
+        """Attempts Envoy makes at each target before the next (the route's previous_priorities
+        `update_frequency`): the largest pool among the targets it tries."""
+        return max(self.keys, default=1)
+
+    def tries(self, targets: int | None = None) -> int:
+        """Envoy's attempts in all for the first `targets` (default: all it tries); the route's
+        `num_retries` is `tries() - 1`."""
+        return (len(self.targets) if targets is None else targets) * self.per_target
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +102,8 @@ class FallbackConfig:
     variants: Mapping[str, tuple[tuple[Target, ...], ...]] = dataclasses.field(default_factory=dict)
     # The chains whose policies give more than MAX_VARIANTS lists: they get no variant.
     too_many_variants: tuple[str, ...] = ()
+    # Providers with a key pool of more than one key -> how many keys.
+    pools: Mapping[str, int] = dataclasses.field(default_factory=dict)
     # The chain clusters Envoy has when they are not this configuration's own (a reload: pinned).
     envoy: tuple[ChainCluster, ...] | None = None
 
@@ -110,12 +132,17 @@ class FallbackConfig:
             for cluster in self._own(model, chain)
         )
 
+    def envoy_cluster(self, name: str, model: str, targets: tuple[Target, ...]) -> ChainCluster:
+        """The cluster `name` (of the chain of `model`, or a variant's) as Envoy's config
+        generated from this one holds it: the targets its route tries and their pools."""
+        tried = targets[: self.attempts(targets)]
+        return ChainCluster(name, model, tried, tuple(self.pools.get(t.provider, 1) for t in tried))
+
     def _own(self, model: str, chain: tuple[Target, ...]) -> Iterator[ChainCluster]:
         """The chain's cluster, then its variants'."""
-        yield ChainCluster(cluster_name(model), model, chain[: self.attempts(chain)])
+        yield self.envoy_cluster(cluster_name(model), model, chain)
         for targets in self.variants.get(model, ()):
-            name = variant_name(model, chain, targets)
-            yield ChainCluster(name, model, targets[: self.attempts(targets)])
+            yield self.envoy_cluster(variant_name(model, chain, targets), model, targets)
 
     def pinned(self, envoy: tuple[ChainCluster, ...]) -> FallbackConfig:
         """This configuration routing only to `envoy`, the clusters Envoy has."""
@@ -130,22 +157,29 @@ class FallbackConfig:
     def cluster_for(
         self, model: str, admitted: Sequence[Target]
     ) -> tuple[str, tuple[Target, ...], int]:
+        """`chosen` as (its name, the targets its route tries, the prefix's length); ("", (), 0)
+        when Envoy has no cluster for `model`."""
+        cluster, n = self.chosen(model, admitted)
+        return ("", (), 0) if cluster is None else (cluster.name, cluster.targets, n)
+
+    def chosen(self, model: str, admitted: Sequence[Target]) -> tuple[ChainCluster | None, int]:
         """The cluster for a request to `model` whose caller may use `admitted` (in chain order,
-        the head first): the one whose targets start with the longest prefix of it - its name,
-        the targets its route tries and that prefix's length (the attempts Envoy is to make:
-        fewer than the route's are stopped by `x-envoy-max-retries`). Without a variant, the
-        chain's own cluster: cut before the first target not admitted. Pinned to Envoy's
-        clusters (after a reload), only those: ("", (), 0) when Envoy has none for `model`."""
+        the head first): the one whose targets start with the longest prefix of it, and that
+        prefix's length (the targets Envoy is to try: fewer than the route's are stopped by
+        `x-envoy-max-retries`, counted with the cluster's pools: `ChainCluster.tries`). Without
+        a variant, the chain's own cluster: cut before the first target not admitted. Pinned to
+        Envoy's clusters (after a reload), only those, with Envoy's pools: (None, 0) when Envoy
+        has none for `model`."""
         candidates: Iterable[ChainCluster] = self.envoy or ()
         if self.envoy is None and model in self.chains:
             candidates = self._own(model, self.chains[model])
-        best: tuple[str, tuple[Target, ...], int] = ("", (), 0)
+        best: tuple[ChainCluster | None, int] = (None, 0)
         for cluster in candidates:
             if cluster.model != model:
                 continue
             n = _common(cluster.targets, admitted)
-            if n > best[2] or not best[0]:
-                best = (cluster.name, cluster.targets, n)
+            if n > best[1] or best[0] is None:
+                best = (cluster, n)
         return best
 
 
@@ -240,6 +274,22 @@ def parse_fallback(
             if chain is not None:
                 chains[chain[0].model] = chain
     return FallbackConfig(chains, on, float(timeout), attempts)
+
+
+def with_pools(
+    fallback: FallbackConfig, pools: Mapping[str, int], catalog: Catalog | None
+) -> FallbackConfig:
+    """`fallback` knowing the key pools (provider -> keys, for pools of 2 or more); every chat
+    model of a pooled provider that heads no chain gets a one-target chain (its own cluster of
+    keys, docs/fallback.md)."""
+    if not pools:
+        return fallback
+    chains = dict(fallback.chains)
+    for entry in catalog.models() if catalog is not None else ():
+        priced = entry.free or entry.price.input > 0 or entry.price.output > 0
+        if entry.provider in pools and not entry.embedding and priced:
+            chains.setdefault(entry.name, (Target(entry.provider, entry.name),))
+    return dataclasses.replace(fallback, chains=chains, pools=dict(pools))
 
 
 def _triggers(doc: object, problems: list[str]) -> frozenset[Trigger]:

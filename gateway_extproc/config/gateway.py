@@ -27,7 +27,12 @@ from gateway_extproc.budgets.ratelimits.settings import parse_rate_limits
 from gateway_extproc.budgets.settings import parse_budgets
 from gateway_extproc.cache.settings import CacheConfig, parse_cache
 from gateway_extproc.catalog.models import Catalog
-from gateway_extproc.config.fallback import FallbackConfig, parse_fallback, with_variants
+from gateway_extproc.config.fallback import (
+    FallbackConfig,
+    parse_fallback,
+    with_pools,
+    with_variants,
+)
 from gateway_extproc.config.metering import MeteringConfig, parse_metering
 from gateway_extproc.config.namespaces import namespace_problems
 from gateway_extproc.config.providers import ProviderConfig, parse_provider
@@ -113,8 +118,10 @@ class GatewayConfig:
 
     @property
     def uses_store(self) -> bool:
-        """Whether the sidecar needs Redis: budgets, rate limits or the admin API."""
-        return bool(self.budgets or self.rate_limits) or self.admin_api.enabled
+        """Whether the sidecar needs Redis: budgets, rate limits, the admin API or key pools
+        (their cooldowns, budgets/keycool.py)."""
+        pools = any(len(p.keys) > 1 for p in self.providers.values())
+        return bool(self.budgets or self.rate_limits) or self.admin_api.enabled or pools
 
     @property
     def unhealthy_after_s(self) -> float:
@@ -305,6 +312,8 @@ def parse_config(
 
     fallback = parse_fallback(doc.get("fallback"), catalog, set(providers), r.problems)
     fallback = with_variants(fallback, policies)  # clusters without a forbidden target
+    pools = {name: len(p.keys) for name, p in providers.items() if len(p.keys) > 1}
+    fallback = with_pools(fallback, pools, catalog)  # a one-target chain has no variant
 
     audit_file = environ.get("GATEWAY_AUDIT_LOG") or audit.get("file")
     if audit_file is not None and not isinstance(audit_file, str):

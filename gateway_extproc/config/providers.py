@@ -9,6 +9,7 @@ import urllib.parse
 from collections.abc import Mapping
 
 from gateway_extproc.apis import Schema
+from gateway_extproc.config.keys import PoolKey, parse_keys
 from gateway_extproc.config.reader import Reader
 from gateway_extproc.providers.azure.settings import AzureSettings, parse_azure
 from gateway_extproc.providers.forwarding import forward_header_problems
@@ -46,6 +47,8 @@ class ProviderConfig:
     # instance metadata service may supply credentials (providers/bedrock/signing.py).
     region: str = ""
     instance_metadata: bool = False
+    # A key pool (config/keys.py): each key's secret replaces auth.env / auth.file.
+    keys: tuple[PoolKey, ...] = ()
 
     @property
     def speaks(self) -> frozenset[Schema]:
@@ -63,6 +66,7 @@ _PROVIDER_KEYS = {
     "schema",
     "base_url",
     "auth",
+    "keys",
     "forward_headers",
     "default_service_tier",
     "azure",
@@ -164,6 +168,9 @@ def parse_provider(
         r.problems.append(f"{path}.auth: must be a mapping or null")
     if azure is not None and azure.entra_id and auth is not None:
         r.problems.append(f"{path}.auth: must be null with azure.entra_id: true (Entra ID tokens)")
+    keys = parse_keys(doc.get("keys"), f"{path}.keys", r.problems)
+    if keys and auth is None:
+        r.problems.append(f"{path}.keys: needs auth (its header and prefix carry every key)")
     forward, problems = forward_header_problems(
         doc.get("forward_headers"), f"{path}.forward_headers"
     )
@@ -186,4 +193,5 @@ def parse_provider(
         vertex=vertex,
         region=region,
         instance_metadata=instance_metadata,
+        keys=keys,
     )

@@ -56,6 +56,16 @@ class Upstream:
     vertex: VertexSettings | None = None
     project: str | None = None
     tokens: VertexTokens | None = dataclasses.field(default=None, compare=False, repr=False)
+    # A key pool (config/keys.py): (name, weight, credential value: a secret) per key; the
+    # first key's value is also `auth_value` (what a request outside a chain cluster gets).
+    keys: tuple[tuple[str, int, str], ...] = dataclasses.field(default=(), repr=False)
+
+    def key_credential(self, name: str) -> tuple[str, str] | None:
+        """The header and value of pool key `name`, or None (no pool, or no such key)."""
+        for key, _, value in self.keys:
+            if key == name and self.auth_header:
+                return self.auth_header, value
+        return None
 
     def credential(self) -> tuple[str, str] | None:
         """The header that carries the gateway's credential upstream, and its value (a secret),
@@ -110,13 +120,36 @@ def _credential(provider: ProviderConfig, environ: Mapping[str, str]) -> str | N
     auth = provider.auth
     if auth is None:
         return None
-    if auth.env is not None:
-        return environ.get(auth.env) or None
-    assert auth.file is not None
+    if provider.keys:  # a pool: the first key stands for the provider
+        return _secret(provider.keys[0].env, provider.keys[0].file, environ)
+    return _secret(auth.env, auth.file, environ)
+
+
+def _secret(env: str | None, file: str | None, environ: Mapping[str, str]) -> str | None:
+    if env is not None:
+        return environ.get(env) or None
+    assert file is not None
     try:
-        return Path(auth.file).read_text().strip() or None
+        return Path(file).read_text().strip() or None
     except OSError:
         return None
+
+
+def _pool(
+    provider: ProviderConfig, environ: Mapping[str, str], assume: bool, problems: list[str]
+) -> tuple[tuple[str, int, str], ...]:
+    """Every key of the provider's pool with its credential value; a key without its secret is
+    a problem (a pool is configured on purpose: no key goes quietly missing)."""
+    assert provider.auth is not None
+    out = []
+    for i, key in enumerate(provider.keys):
+        secret = "<credential>" if assume else _secret(key.env, key.file, environ)
+        if secret is None:
+            source = f"environment variable {key.env}" if key.env else f"file {key.file}"
+            problems.append(f"providers.{provider.name}.keys[{i}]: no credential in {source}")
+            continue
+        out.append((key.name, key.weight, provider.auth.prefix + secret))
+    return tuple(out)
 
 
 def _address(base_url: str) -> tuple[str, int, bool, str]:
@@ -217,6 +250,9 @@ def resolve_upstreams(
             azure=provider.azure,
             vertex=vertex,
             project=project,
+            keys=()
+            if mocked or not provider.keys
+            else _pool(provider, environ, assume_credentials, problems),
         )
     if not upstreams and left_out and not problems:
         problems.append(

@@ -102,11 +102,36 @@ def provider_cluster(up: Upstream, config: GatewayConfig, ca_file: str) -> dict[
         },
         "typed_extension_protocol_options": _protocol_options(False, tls=up.tls),
     }
+    if config.fallback.chains:  # the attempt count Envoy adds for the chains: not for providers
+        (http,) = cluster["typed_extension_protocol_options"].values()
+        http["http_filters"] = [_strip_attempt_count(), _UPSTREAM_CODEC]
     if not _is_ip(up.host):
         cluster["dns_lookup_family"] = "V4_PREFERRED"
     if up.tls:
         cluster["transport_socket"] = _tls_socket(up.host, ca_file)
     return cluster
+
+
+_UPSTREAM_CODEC = {
+    "name": "envoy.filters.http.upstream_codec",
+    "typed_config": {"@type": _T + "extensions.filters.http.upstream_codec.v3.UpstreamCodec"},
+}
+STRIP_ATTEMPT_COUNT = "gateway.strip_attempt_count"
+
+
+def _strip_attempt_count() -> dict[str, Any]:
+    """With chains configured Envoy adds `x-envoy-attempt-count` to every upstream request
+    (`include_request_attempt_count` is a virtual host setting): the per-attempt filter numbers
+    its records by it, then this upstream header mutation removes it before the provider, in
+    every cluster (in Envoy: the ext_proc filter may not remove `x-envoy-*` headers unless its
+    mutation rules allow every Envoy header, and a provider cluster has no ext_proc)."""
+    return {
+        "name": STRIP_ATTEMPT_COUNT,
+        "typed_config": {
+            "@type": _T + "extensions.filters.http.header_mutation.v3.HeaderMutation",
+            "mutations": {"request_mutations": [{"remove": handoff.ATTEMPT_COUNT_HEADER}]},
+        },
+    }
 
 
 # A chain cluster's attempts are retries: Envoy's default allows 3 in flight per cluster, which a
@@ -122,6 +147,26 @@ CHAIN_CIRCUIT_BREAKERS = {
     ]
 }
 _TLS_MATCH = "envoy.transport_socket_match"
+
+
+def _key_endpoints(
+    up: Upstream, endpoint: dict[str, Any], metadata: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """A target's endpoints: one, or one per key of its provider's pool (the same address,
+    weighted, the key's NAME in the metadata: the per-attempt filter injects its secret)."""
+    if len(up.keys) < 2:
+        return [{"endpoint": endpoint, "metadata": {"filter_metadata": metadata}}]
+    out = []
+    for name, weight, _secret in up.keys:
+        named = {**metadata[handoff.TARGET_NAMESPACE], handoff.POOL_KEY: name}
+        out.append(
+            {
+                "endpoint": endpoint,
+                "load_balancing_weight": weight,
+                "metadata": {"filter_metadata": {**metadata, handoff.TARGET_NAMESPACE: named}},
+            }
+        )
+    return out
 
 
 def chain_cluster(
@@ -151,7 +196,7 @@ def chain_cluster(
         levels.append(
             {
                 "priority": priority,
-                "lb_endpoints": [{"endpoint": endpoint, "metadata": {"filter_metadata": metadata}}],
+                "lb_endpoints": _key_endpoints(up, endpoint, metadata),
             }
         )
     name = name or cluster_name(model)
@@ -159,15 +204,7 @@ def chain_cluster(
     # cluster, and a chain may mix TLS providers with plaintext ones (the mock, a local vLLM).
     options = _protocol_options(False)
     (http,) = options.values()
-    http["http_filters"] = [
-        upstream_filter(config),
-        {
-            "name": "envoy.filters.http.upstream_codec",
-            "typed_config": {
-                "@type": _T + "extensions.filters.http.upstream_codec.v3.UpstreamCodec"
-            },
-        },
-    ]
+    http["http_filters"] = [upstream_filter(config), _strip_attempt_count(), _UPSTREAM_CODEC]
     cluster: dict[str, Any] = {
         "name": name,
         # STRICT_DNS: every endpoint resolved (LOGICAL_DNS allows one endpoint per cluster)

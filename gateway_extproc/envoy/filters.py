@@ -126,6 +126,11 @@ TARGET_ATTRIBUTE = (
     f"xds.upstream_host_metadata.filter_metadata['{handoff.TARGET_NAMESPACE}']"
     f"['{handoff.TARGET_KEY}']"
 )
+# ... and the key of a key pool's endpoint (absent for a provider with one key).
+KEY_ATTRIBUTE = (
+    f"xds.upstream_host_metadata.filter_metadata['{handoff.TARGET_NAMESPACE}']"
+    f"['{handoff.POOL_KEY}']"
+)
 
 
 def upstream_filter(config: GatewayConfig) -> dict[str, Any]:
@@ -156,7 +161,7 @@ def upstream_filter(config: GatewayConfig) -> dict[str, Any]:
                 "request_trailer_mode": "SKIP",
                 "response_trailer_mode": "SKIP",
             },
-            "request_attributes": [TARGET_ATTRIBUTE],
+            "request_attributes": [TARGET_ATTRIBUTE, KEY_ATTRIBUTE],
             "mutation_rules": {"allow_all_routing": True},
             "metadata_options": {
                 "forwarding_namespaces": {"untyped": [handoff.NAMESPACE]},

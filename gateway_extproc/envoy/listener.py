@@ -90,6 +90,13 @@ def _http_connection_manager(config: GatewayConfig) -> dict[str, Any]:
                         "name": "llm",
                         "domains": ["*"],
                         "routes": routes(config, idle),
+                        # Numbers the per-attempt filter's records (a virtual host setting
+                        # only: every cluster's requests get it, and every cluster removes it).
+                        **(
+                            {"include_request_attempt_count": True}
+                            if config.fallback.chains
+                            else {}
+                        ),
                     }
                 ],
             },

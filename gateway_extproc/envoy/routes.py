@@ -45,9 +45,11 @@ _RETRY_ON = {
 }
 
 
-def retry_policy(fallback: FallbackConfig, num_retries: int) -> dict[str, Any]:
+def retry_policy(fallback: FallbackConfig, num_retries: int, per_target: int = 1) -> dict[str, Any]:
     """A chained request's retry policy: each retry moves to the next priority level, i.e. the
-    next target of the chain (`previous_priorities`, docs/fallback.md fact 3)."""
+    next target of the chain (`previous_priorities`, docs/fallback.md fact 3). With key pools
+    (`per_target` > 1) a level is left after `per_target` attempts, each retry avoiding the keys
+    already tried (`previous_hosts`; docs/fallback.md fact 8)."""
     policy: dict[str, Any] = {
         "retry_on": ",".join(v for k, v in _RETRY_ON.items() if k in fallback.on) or "reset",
         "num_retries": num_retries,
@@ -56,11 +58,22 @@ def retry_policy(fallback: FallbackConfig, num_retries: int) -> dict[str, Any]:
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.retry.priority."
                 "previous_priorities.v3.PreviousPrioritiesConfig",
-                "update_frequency": 1,
+                "update_frequency": per_target,
             },
         },
         "retry_back_off": {"base_interval": "0.01s", "max_interval": "0.1s"},
     }
+    if per_target > 1:
+        policy["retry_host_predicate"] = [
+            {
+                "name": "envoy.retry_host_predicates.previous_hosts",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3."
+                    "PreviousHostsPredicate"
+                },
+            }
+        ]
+        policy["host_selection_retry_max_attempts"] = 5
     if Trigger.RATE_LIMITED in fallback.on:
         policy["retriable_status_codes"] = [429]
     if Trigger.FIRST_BYTE_TIMEOUT in fallback.on:  # nothing before the first byte: next target
@@ -73,12 +86,14 @@ def _chained(config: GatewayConfig, route: dict[str, Any]) -> list[dict[str, Any
     policy variant: `num_retries` follows its length), with the retry policy; before `route`."""
     out = []
     fallback = config.fallback
-    for cluster, chain in fallback.clusters():
-        header = {"name": CLUSTER_HEADER, "string_match": {"exact": cluster}}
+    for name, chain in fallback.clusters():
+        # The targets the route tries and their pools: what the request phase counts with.
+        cluster = fallback.envoy_cluster(name, chain[0].model, chain)
+        header = {"name": CLUSTER_HEADER, "string_match": {"exact": name}}
         match = {**route["match"], "headers": [header]}
         action = {
             **route["route"],
-            "retry_policy": retry_policy(fallback, fallback.attempts(chain) - 1),
+            "retry_policy": retry_policy(fallback, cluster.tries() - 1, cluster.per_target),
         }
         chained = {**route, "match": match, "route": action}
         chained.pop("name", None)

@@ -56,7 +56,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from gateway_extproc.mock.fault_header import (
     FAULT_HEADER,
@@ -288,10 +288,10 @@ def parse_controls(headers: Mapping[str, str]) -> Controls:
     return controls
 
 
-def aimed_at(controls: Controls, model: str | None) -> Controls:
-    """`controls` for a request to `model`: the first matching `x-mock-fault` rule's fault put
-    in place of what the other controls asked (a stall adds to the latency)."""
-    fault = select_fault(controls.faults, model)
+def aimed_at(controls: Controls, model: str | None, keys: Sequence[str] = ()) -> Controls:
+    """`controls` for a request to `model` presenting `keys`: the first matching `x-mock-fault`
+    rule's fault put in place of what the other controls asked (a stall adds to the latency)."""
+    fault = select_fault(controls.faults, model, keys)
     if fault is None:
         return controls
     aimed = dataclasses.replace(controls, fault=fault)

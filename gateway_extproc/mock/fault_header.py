@@ -3,7 +3,9 @@
     x-mock-fault: <selector>=<fault>[,<selector>=<fault>...]
 
 `<selector>` is the model the mock sees in the request it receives (the body's `model`, or the
-model in the path: Gemini, Vertex, Bedrock, an Azure deployment) or `*` for any model. The first
+model in the path: Gemini, Vertex, Bedrock, an Azure deployment), `key:<credential>` for the
+requests that present that key (`authorization: Bearer`, `x-api-key`, `api-key` or
+`x-goog-api-key`: one key of a gateway's key pool), or `*` for any model. The first
 rule whose selector matches wins; no header, or no match, is a normal answer. A gateway that
 retries a failed request to its next target rewrites the model, so `gpt-4o=500` fails the
 first attempt and lets the retry to `gpt-4o-mini` through.
@@ -33,6 +35,7 @@ from collections.abc import Sequence
 
 FAULT_HEADER = "x-mock-fault"
 ANY_MODEL = "*"
+KEY_SELECTOR = "key:"  # `key:<credential>`: the requests presenting that key
 DEFAULT_RETRY_AFTER_S = 1
 MAX_RETRY_AFTER_S = 86_400
 MAX_STALL_MS = 3_600_000
@@ -75,7 +78,7 @@ class Fault:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class FaultRule:
-    selector: str  # a model id, or `*`
+    selector: str  # a model id, `key:<credential>`, or `*`
     fault: Fault
 
 
@@ -117,9 +120,14 @@ def _parse_fault(text: str) -> Fault | str:
     return Fault(kind, int(amount))
 
 
-def select_fault(rules: Sequence[FaultRule], model: str | None) -> Fault | None:
-    """The fault of the first rule that matches `model` (`*` matches any, even none)."""
+def select_fault(
+    rules: Sequence[FaultRule], model: str | None, keys: Sequence[str] = ()
+) -> Fault | None:
+    """The fault of the first rule that matches `model` (`*` matches any, even none) or one of
+    the `keys` the request presents (`key:<credential>`)."""
     for rule in rules:
         if rule.selector == ANY_MODEL or rule.selector == model:
+            return rule.fault
+        if rule.selector.startswith(KEY_SELECTOR) and rule.selector[len(KEY_SELECTOR) :] in keys:
             return rule.fault
     return None

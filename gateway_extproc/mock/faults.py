@@ -26,9 +26,18 @@ def aim(request: web.Request, record: dict[str, Any], controls: Controls) -> Con
     """The controls for the model this request is for (its first matching `x-mock-fault`
     rule applied), counted by model and fault in the request log."""
     model = target_model(request, record["body"])
-    aimed = aimed_at(controls, model)
+    aimed = aimed_at(controls, model, presented_keys(request))
     recorder.count(request.app, record, model, aimed.fault)
     return aimed
+
+
+def presented_keys(request: web.Request) -> tuple[str, ...]:
+    """The credentials the request presents (`x-mock-fault: key:<credential>=...`)."""
+    h = request.headers
+    scheme, _, token = h.get("authorization", "").partition(" ")
+    keys = [token.strip()] if scheme.lower() == "bearer" else []
+    keys += [h[k] for k in ("x-api-key", "api-key", "x-goog-api-key") if k in h]
+    return tuple(keys)
 
 
 def target_model(request: web.Request, body: Any) -> str | None:

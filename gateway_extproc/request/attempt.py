@@ -6,8 +6,11 @@ From the target its endpoint names (a request attribute) and the request filter'
 path, host, credential (every client credential removed again), the body's model and output cap,
 or the whole body translated for another API, SigV4 last for Bedrock - with the same functions the
 request phase forwards with (route.py). When the attempt's response headers come it records
-`attempt_<n>: {target, status, latency_ms}` in the attempts namespace: the request filter and the
-observer receive every attempt's record with the final response (Envoy merges them by key).
+`attempt_<n>: {target, key, status, latency_ms}` in the attempts namespace, n = Envoy's attempt
+count (`x-envoy-attempt-count`, removed by the next upstream filter; `key` only for a key pool's
+endpoint): the request filter and the observer receive every attempt's record with the final
+response (Envoy merges them by key, so two attempts at one target - two keys of its pool - keep a
+record each; response/attempts.py reads them in attempt order).
 
 A stream without a verifiable state, or for a target the state did not admit, is answered with
 an error (Envoy's local reply from this filter is final: never retried).
@@ -21,6 +24,7 @@ import orjson
 from google.protobuf import struct_pb2
 
 from gateway_extproc import handoff
+from gateway_extproc.budgets.keycool import KeyCooldowns, pick_key, retry_after_s
 from gateway_extproc.errors import ClientError, InternalError, ProviderUnavailable
 from gateway_extproc.extproc import messages as msgs
 from gateway_extproc.extproc.context import GatewayContext
@@ -38,12 +42,16 @@ _ATTRIBUTES = "envoy.filters.http.ext_proc"
 CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key", "x-goog-api-key")
 
 
-def target_attribute(message: msgs.ProcessingRequest) -> str | None:
+def target_attribute(
+    message: msgs.ProcessingRequest, field: str = handoff.TARGET_KEY
+) -> str | None:
+    """The endpoint metadata `field` of this attempt's endpoint: its target, or (`POOL_KEY`)
+    the name of its pool key."""
     attrs = message.attributes.get(_ATTRIBUTES)
     if attrs is None:
         return None
     for key, value in attrs.fields.items():
-        if key.endswith(f"['{handoff.TARGET_KEY}']") and value.string_value:
+        if key.endswith(f"['{field}']") and value.string_value:
             return str(value.string_value)
     return None
 
@@ -57,6 +65,8 @@ class AttemptProcessor:
         self.state: RequestState | None = None
         self.index = -1  # the target's place in the chain
         self.target: ChainTarget | None = None
+        self.key: str | None = None  # the pool key this attempt got (its name)
+        self.attempt = 0  # Envoy's count of this attempt (0: not sent)
         self.headers: dict[str, str] = {}
 
     async def handle(self, message: msgs.ProcessingRequest) -> msgs.ProcessingResponse:
@@ -64,6 +74,8 @@ class AttemptProcessor:
         try:
             if phase == "request_headers":
                 self.headers = msgs.headers_of(message.request_headers)
+                count = self.headers.get(handoff.ATTEMPT_COUNT_HEADER, "")
+                self.attempt = int(count) if count.isdigit() else 0
                 self._find_target(message)
                 return msgs.passthrough(message)
             if phase == "request_body":
@@ -71,6 +83,7 @@ class AttemptProcessor:
             if phase == "response_headers":
                 reply = msgs.passthrough(message)
                 reply.dynamic_metadata.CopyFrom(self._record(message))
+                await self._cool(message)
                 return reply
             return msgs.passthrough(message)
         except ClientError as err:
@@ -92,6 +105,7 @@ class AttemptProcessor:
         except HandoffError as exc:
             raise ProviderUnavailable(f"a fallback attempt's state is unreadable: {exc}") from None
         name = target_attribute(message)
+        self.key = target_attribute(message, handoff.POOL_KEY)
         for i, target in enumerate(state.chain):
             if target.target == name:
                 self.index, self.target = i, target
@@ -136,6 +150,9 @@ class AttemptProcessor:
                 beta=self.headers.get("anthropic-beta", ""),
                 cluster=None,
             )
+        if self.key is not None:
+            self.key = await self._key_to_use(target.provider, self.key)
+            _use_key(common, upstream.key_credential(self.key), self.key)
         removed = [h for h in CREDENTIAL_HEADERS if h in self.headers]
         removed += [h for h in self.headers if h.startswith("x-gateway-")]
         set_names = {h.header.key for h in common.header_mutation.set_headers}
@@ -147,16 +164,42 @@ class AttemptProcessor:
         return common
 
     def _record(self, message: msgs.ProcessingRequest) -> struct_pb2.Struct:
-        """The attempt's record, into the attempts namespace (one key per chain position)."""
+        """The attempt's record, into the attempts namespace (one key per Envoy attempt; an
+        Envoy that did not send the count: one per chain position, as before it was sent)."""
         headers = msgs.headers_of(message.response_headers)
         ms = int((self.ctx.monotonic() - self.started) * 1000)
-        record = {
+        record: dict[str, object] = {
             "target": self.target.target if self.target is not None else None,
             "status": int(headers.get(":status", "0") or 0),
             "latency_ms": ms,
         }
-        key = f"attempt_{self.index + 1}"
+        if self.key is not None:
+            record["key"] = self.key
+        key = f"attempt_{self.attempt or self.index + 1}"
         return msgs.string_struct(handoff.ATTEMPTS_NAMESPACE, {key: orjson.dumps(record).decode()})
+
+    def _cooldowns(self) -> KeyCooldowns | None:
+        store = self.ctx.budgets.store
+        return None if store is None else KeyCooldowns(store.client, store.key_base)
+
+    async def _key_to_use(self, provider: str, got: str) -> str:
+        """The endpoint's key, or another of the pool when it is cooling (docs/fallback.md):
+        the record names the key actually presented."""
+        pool = [name for name, _, _ in self.ctx.upstreams[provider].keys]
+        cooldowns = self._cooldowns()
+        if len(pool) < 2 or cooldowns is None:
+            return got
+        return pick_key(got, pool, await cooldowns.cooling(provider, pool))
+
+    async def _cool(self, message: msgs.ProcessingRequest) -> None:
+        """A 429 with `retry-after` cools the key that got it, for every pod."""
+        headers = msgs.headers_of(message.response_headers)
+        seconds = retry_after_s(headers.get("retry-after"))
+        cooldowns = self._cooldowns()
+        if headers.get(":status") != "429" or seconds <= 0 or cooldowns is None:
+            return
+        if self.key is not None and self.target is not None:
+            await cooldowns.cool(self.target.provider, self.key, seconds)
 
     def _reject(self, err: ClientError) -> msgs.ProcessingResponse:
         state = self.state
@@ -165,3 +208,16 @@ class AttemptProcessor:
         body = error_body(schema, err, rid) if schema is not None else err.message.encode()
         headers = {"content-type": "application/json", "x-gateway-request-id": rid}
         return msgs.immediate(err.status, body, headers | err.headers, f"gateway_{err.code}")
+
+
+def _use_key(common: msgs.CommonResponse, credential: tuple[str, str] | None, name: str) -> None:
+    """The pool key's secret in place of the provider's first key (route.forward set that)."""
+    if credential is None:  # the endpoint names a key this configuration does not have
+        raise ProviderUnavailable(f"pool key {name!r} is not configured")
+    header, value = credential
+    for option in common.header_mutation.set_headers:
+        if option.header.key == header:
+            option.header.raw_value = value.encode()
+            return
+    option = common.header_mutation.set_headers.add()
+    option.header.key, option.header.raw_value = header, value.encode()

@@ -8,10 +8,12 @@ reply from the per-attempt filter is final): a target the caller's model policy 
 API cannot reach, or that is not priced for this request) is left out, and the request goes to
 the cluster variant without it (config/fallback.py `with_variants`). Where no variant holds that
 list, the chain is cut before the first target left out; either way Envoy is told to stop after
-the last admitted target (`x-envoy-max-retries`). A chain of one target is no chain: the request
-takes the provider's own route. After a reload only the clusters Envoy was started with are
-used (FallbackConfig.pinned): a new variant's request is cut at the longest prefix Envoy holds, a
-new chain's goes unchained.
+the last admitted target (`x-envoy-max-retries`, counting every key of a pooled target: the
+tries are targets x keys). A chain of one target is no chain - the request takes the provider's
+own route - unless that target's provider has a key pool (its other keys are the retries).
+After a reload only the clusters Envoy was started with are used (FallbackConfig.pinned): a new
+variant's request is cut at the longest prefix Envoy holds, a new chain's goes unchained, and
+the keys counted are those of Envoy's endpoints (a reload that resized a pool changes neither).
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ def admitted(
 ) -> tuple[tuple[Target, ModelEntry], ...]:
     """The targets of the requested model's chain the caller may use (at most `max_attempts`),
     each priced for this request (`price`: route.priced), as far as a generated cluster holds
-    them in that order (cluster_for); () when that leaves one target."""
+    them in that order (cluster_for); () when that leaves one target of a provider without a
+    key pool."""
     ctx = stream.ctx
     fallback = ctx.config.fallback
     chain = fallback.chain_for(head.name)
@@ -69,8 +72,11 @@ def admitted(
             out.append((target, price(entry)))
         except ClientError:  # an option this target has no price for
             continue
-    _, _, reached = fallback.cluster_for(head.name, [t for t, _ in out])
-    return tuple(out[:reached]) if reached > 1 else ()
+    cluster, reached = fallback.chosen(head.name, [t for t, _ in out])
+    # One target is a chain when its level in Envoy's cluster holds a key pool: the other keys
+    # are its retries.
+    pooled = reached == 1 and cluster is not None and cluster.keys[0] > 1
+    return tuple(out[:reached]) if reached > 1 or pooled else ()
 
 
 def dearest(bound_for: BoundFor, chain: tuple[tuple[Target, ModelEntry], ...]) -> BoundFor:
@@ -131,9 +137,9 @@ def forward(stream: RequestStream) -> msgs.CommonResponse:
     head = stream.chain[0][1]
     fallback = stream.ctx.config.fallback
     admitted = [t for t, _ in stream.chain]
-    cluster, targets, reached = fallback.cluster_for(head.name, admitted)
-    assert reached == len(admitted)  # admitted() kept what a cluster holds
-    set_headers = {route.CLUSTER_HEADER: cluster}
-    if len(admitted) < len(targets):  # the targets the cluster's route tries
-        set_headers[MAX_RETRIES_HEADER] = str(len(admitted) - 1)
+    cluster, reached = fallback.chosen(head.name, admitted)
+    assert cluster is not None and reached == len(admitted)  # admitted() kept what one holds
+    set_headers = {route.CLUSTER_HEADER: cluster.name}
+    if reached < len(cluster.targets):  # fewer than the route tries: every key of each target
+        set_headers[MAX_RETRIES_HEADER] = str(cluster.tries(reached) - 1)
     return msgs.common(set_headers=set_headers, clear_route_cache=True)

@@ -14,7 +14,8 @@ from gateway_extproc.handoff import ATTEMPTS_NAMESPACE, ChainTarget
 
 
 def attempt_records(message: msgs.ProcessingRequest) -> list[dict[str, Any]]:
-    """The attempts namespace's `attempt_<n>` records, in chain order (an attempt whose
+    """The attempts namespace's `attempt_<n>` records in attempt order (n is Envoy's attempt
+    count: several records may name one target, one per key of its pool; an attempt whose
     connection was refused has none: the filter runs once an attempt has a connection)."""
     namespace = message.metadata_context.filter_metadata.get(ATTEMPTS_NAMESPACE)
     if namespace is None:

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.upstream_parties import ATTEMPT_NS, STALL_S, STATE_NS, TARGET_ATTR
+from tests.e2e.upstream_parties import ATTEMPT_NS, KEY_ATTR, STALL_S, STATE_NS, TARGET_ATTR
 from tests.e2e.upstream_stack import (
     PER_TRY_TIMEOUT_S,
     REQUEST_BODY,
@@ -165,3 +165,48 @@ def test_a_local_reply_from_the_upstream_filter_is_final(facts: Facts, status: s
     assert answer.fact_id not in facts.a.received
     assert answer.fact_id not in facts.b.received
     assert facts.downstream.seen[answer.fact_id].statuses == [status]
+
+
+def _keys(facts: Facts, fact_id: str) -> list[tuple[str, str | None]]:
+    """(key, status) of each attempt the upstream filter saw, in order."""
+    return [(x.attributes.get(KEY_ATTR, "?"), x.status) for x in facts.upstream.attempts[fact_id]]
+
+
+@pytest.mark.parametrize("failure", ["429", "500"])
+def test_a_failed_key_is_retried_on_the_other_key_of_its_level(facts: Facts, failure: str) -> None:
+    """Open question 1: a key pool as endpoints of ONE priority level (same address, the key
+    in endpoint metadata). With `previous_hosts` and `previous_priorities` updated every 2
+    attempts (the pool's size), a 429/500 on one key is retried on the other key of the same
+    level, not on priority 1. Both orders are run: k1 fails (k2 answers, Envoy may have picked
+    k2 first), then k2 fails."""
+    for bad, good in (("k1", "k2"), ("k2", "k1")):
+        answer = facts.post({f"a.{bad}": failure}, "pool")
+        assert (answer.status, answer.served_by()) == (200, good)
+        keys = _keys(facts, answer.fact_id)
+        assert keys in ([(good, "200")], [(bad, failure), (good, "200")])
+        assert answer.fact_id not in facts.b.received
+
+
+def test_the_next_level_is_tried_only_after_every_key_of_the_level(facts: Facts) -> None:
+    """Both keys of priority 0 answer 429: the third attempt goes to priority 1, after each
+    key was tried once (previous_hosts never repeats a key while another is left)."""
+    answer = facts.post({"a.k1": "429", "a.k2": "429"}, "pool")
+    assert (answer.status, answer.served_by()) == (200, "b")
+    keys = _keys(facts, answer.fact_id)
+    assert sorted(keys[:2]) == [("k1", "429"), ("k2", "429")]
+    assert keys[2:] == [("b", "200")]
+
+
+def test_update_frequency_one_leaves_a_level_after_one_key(facts: Facts) -> None:
+    """The control: with `update_frequency: 1` (the chains' setting before pools) one failed key
+    excludes its whole level: the retry goes to priority 1 although the other key was free."""
+    answer = facts.post({"a.k1": "429", "a.k2": "429"}, "pool-uf1")
+    assert (answer.status, answer.served_by()) == (200, "b")
+    assert [k for k, _ in _keys(facts, answer.fact_id)][1:] == ["b"]
+
+
+def test_keys_share_load_by_weight(facts: Facts) -> None:
+    """Weights hold inside a level: 3:1 between k1 and k2 over 40 requests with no failure
+    (binomial, p = 0.75: k1 outside 20..38 has probability < 1e-4)."""
+    first = [_keys(facts, facts.post({}, "pool").fact_id)[0][0] for _ in range(40)]
+    assert 20 <= first.count("k1") <= 38 and first.count("k1") + first.count("k2") == 40

@@ -26,6 +26,8 @@ from gateway_extproc.extproc.messages import headers_of
 TARGET_NS = "gw.target"  # endpoint metadata namespace naming the target
 # The attribute the upstream ext_proc asks for: the metadata of the host THIS attempt got.
 TARGET_ATTR = f"xds.upstream_host_metadata.filter_metadata['{TARGET_NS}']['name']"
+# A key pool's endpoints also name their key (cluster `pool`): the credential this attempt uses.
+KEY_ATTR = f"xds.upstream_host_metadata.filter_metadata['{TARGET_NS}']['key']"
 STATE_NS = "gw"  # downstream filter -> upstream filter (the reservation, in the product)
 ATTEMPT_NS = "gw.attempt"  # upstream filter -> ? (does a per-attempt record reach downstream?)
 STALL_S = 5.0  # a stalled target never answers within the test
@@ -92,6 +94,7 @@ class UpstreamProcessor(pb_grpc.ExternalProcessorServicer):
                 attrs = req.attributes.get("envoy.filters.http.ext_proc")
                 attempt.attributes = json_format.MessageToDict(attrs) if attrs else {}
                 target = str(attempt.attributes.get(TARGET_ATTR, "?"))
+                key = str(attempt.attributes.get(KEY_ATTR, target))
                 state = req.metadata_context.filter_metadata.get(STATE_NS)
                 attempt.state = json_format.MessageToDict(state) if state else {}
                 with self.lock:
@@ -105,7 +108,8 @@ class UpstreamProcessor(pb_grpc.ExternalProcessorServicer):
                     return
                 rewrite = {
                     ":path": f"/{target}/v1/chat",
-                    "authorization": f"Bearer key-{target}",
+                    "authorization": f"Bearer key-{key}",
+                    "x-key": key,  # the target acts on x-act-<target>.<key> first
                     ":authority": f"{target}.example",
                 }
                 yield pb.ProcessingResponse(
@@ -138,7 +142,7 @@ class UpstreamProcessor(pb_grpc.ExternalProcessorServicer):
                         # One key per attempt: does the downstream side see them all?
                         {
                             ATTEMPT_NS: {
-                                f"attempt_{attempt.attempt_count}": f"{target} {attempt.status}"
+                                f"attempt_{attempt.attempt_count}": f"{key} {attempt.status}"
                             }
                         }
                     ),
@@ -212,7 +216,8 @@ class Target:
                 target.received[headers.get("x-fact-id", "")].append(
                     Received(self.path, headers, body)
                 )
-                target.act(self, headers.get(f"x-act-{name}", "ok"))
+                act = headers.get(f"x-act-{name}.{headers.get('x-key')}")
+                target.act(self, act or headers.get(f"x-act-{name}", "ok"))
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
@@ -247,7 +252,8 @@ class Target:
             self.event(f"dropped {fact_id}").set()
             return
         status = {"ok": 200, "500": 500, "429": 429}[action]
-        payload = json.dumps({"served_by": self.name, "status": status}).encode()
+        served_by = h.headers.get("x-key") or self.name
+        payload = json.dumps({"served_by": served_by, "status": status}).encode()
         h.send_response(status)
         h.send_header("content-type", "application/json")
         h.send_header("content-length", str(len(payload)))

@@ -22,6 +22,7 @@ import yaml
 from gateway_extproc.launch import free_port, launch_envoy
 from tests.e2e.upstream_parties import (
     ATTEMPT_NS,
+    KEY_ATTR,
     STALL_S,
     STATE_NS,
     TARGET_ATTR,
@@ -88,7 +89,7 @@ def _target_cluster(
             "response_header_mode": "SEND",
             "response_body_mode": "NONE",
         },
-        request_attributes=[TARGET_ATTR, "xds.cluster_name", "upstream.address"],
+        request_attributes=[TARGET_ATTR, KEY_ATTR, "xds.cluster_name", "upstream.address"],
         # Without this, Envoy silently drops a mutation of :authority / host (measured).
         mutation_rules={"allow_all_routing": True},
         metadata_options={
@@ -134,6 +135,28 @@ def _target_cluster(
     }
 
 
+def _pool_cluster(name: str, upstream_port: int, a: int, b: int) -> dict[str, Any]:
+    """A key pool: priority 0 holds two endpoints of target `a` (one address, by hostname, as
+    every key of a real provider), keys `k1` (weight 3) and `k2` (weight 1) named in their
+    metadata; priority 1 is `b`. STRICT_DNS like a generated chain cluster of named hosts."""
+    cluster = _target_cluster(name, upstream_port, [])
+    cluster.update(type="STRICT_DNS", dns_lookup_family="V4_ONLY")
+
+    def endpoint(target: str, key: str, port: int, weight: int) -> dict[str, Any]:
+        address = {"socket_address": {"address": "localhost", "port_value": port}}
+        return {
+            "endpoint": {"address": address},
+            "load_balancing_weight": weight,
+            "metadata": {"filter_metadata": {TARGET_NS: {"name": target, "key": key}}},
+        }
+
+    cluster["load_assignment"]["endpoints"] = [
+        {"priority": 0, "lb_endpoints": [endpoint("a", "k1", a, 3), endpoint("a", "k2", a, 1)]},
+        {"priority": 1, "lb_endpoints": [endpoint("b", "b", b, 1)]},
+    ]
+    return cluster
+
+
 RETRY_POLICY = {
     # 5xx and 429 answers, a reset before the response started, a refused connection, and a
     # per-try timeout (always retried when a retry policy is in place).
@@ -154,6 +177,39 @@ RETRY_POLICY = {
 }
 
 
+def pool_retry_policy(update_frequency: int) -> dict[str, Any]:
+    """RETRY_POLICY for a level of two keys: a retry avoids the hosts already tried
+    (`previous_hosts`, re-picking up to 5 times) and the priority load is updated every
+    `update_frequency` attempts; three attempts in all."""
+    policy = {**RETRY_POLICY, "num_retries": 2}
+    policy["retry_priority"] = {
+        **RETRY_POLICY["retry_priority"],
+        "typed_config": {
+            **RETRY_POLICY["retry_priority"]["typed_config"],
+            "update_frequency": update_frequency,
+        },
+    }
+    policy["retry_host_predicate"] = [
+        {
+            "name": "envoy.retry_host_predicates.previous_hosts",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3."
+                "PreviousHostsPredicate"
+            },
+        }
+    ]
+    policy["host_selection_retry_max_attempts"] = 5
+    return policy
+
+
+# x-fact-cluster -> (cluster, retry policy); without the header: `pair`, RETRY_POLICY.
+ROUTES = {
+    "refused": ("refused", RETRY_POLICY),
+    "pool": ("pool", pool_retry_policy(2)),
+    "pool-uf1": ("pool", pool_retry_policy(1)),
+}
+
+
 def _bootstrap(down_port: int, up_port: int, a: int, b: int, closed: int) -> dict[str, Any]:
     downstream_filter = _ext_proc(
         down_port,
@@ -168,17 +224,22 @@ def _bootstrap(down_port: int, up_port: int, a: int, b: int, closed: int) -> dic
             "forwarding_namespaces": {"untyped": [STATE_NS, ATTEMPT_NS]},
         },
     )
-    action = {"timeout": "0s", "retry_policy": RETRY_POLICY}
     routes = [
         {
             "match": {
                 "prefix": "/",
-                "headers": [{"name": "x-fact-cluster", "string_match": {"exact": "refused"}}],
+                "headers": [{"name": "x-fact-cluster", "string_match": {"exact": value}}],
             },
-            "route": {**action, "cluster": "refused"},
-        },
-        {"match": {"prefix": "/"}, "route": {**action, "cluster": "pair"}},
+            "route": {"timeout": "0s", "retry_policy": policy, "cluster": cluster},
+        }
+        for value, (cluster, policy) in ROUTES.items()
     ]
+    routes.append(
+        {
+            "match": {"prefix": "/"},
+            "route": {"timeout": "0s", "retry_policy": RETRY_POLICY, "cluster": "pair"},
+        }
+    )
     hcm = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager."
         "v3.HttpConnectionManager",
@@ -228,6 +289,7 @@ def _bootstrap(down_port: int, up_port: int, a: int, b: int, closed: int) -> dic
                 _grpc_cluster(up_port),
                 _target_cluster("pair", up_port, [("a", a), ("b", b)]),
                 _target_cluster("refused", up_port, [("dead", closed), ("b", b)]),
+                _pool_cluster("pool", up_port, a, b),
             ],
         },
     }

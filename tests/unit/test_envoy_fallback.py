@@ -14,7 +14,13 @@ from gateway_extproc import handoff
 from gateway_extproc.config.gateway import GatewayConfig, load_config
 from gateway_extproc.config.upstreams import resolve_upstreams
 from gateway_extproc.envoy.bootstrap import build, render
-from gateway_extproc.envoy.filters import EXTPROC_CLUSTER, TARGET_ATTRIBUTE, UPSTREAM_FILTER
+from gateway_extproc.envoy.clusters import STRIP_ATTEMPT_COUNT
+from gateway_extproc.envoy.filters import (
+    EXTPROC_CLUSTER,
+    KEY_ATTRIBUTE,
+    TARGET_ATTRIBUTE,
+    UPSTREAM_FILTER,
+)
 from gateway_extproc.request.route import CLUSTER_HEADER
 from gateway_extproc.sidecar_auth.caller import METADATA_KEY
 from gateway_extproc.stack import validate_envoy_config
@@ -88,7 +94,11 @@ def test_one_cluster_per_chain_a_priority_per_target(tmp_path: Path) -> None:
 def test_the_per_attempt_filter(tmp_path: Path) -> None:
     b = _build(_config(tmp_path), mocked=False)
     filters = _http_filters(_cluster(b, "chain_gpt-4o"))
-    assert [f["name"] for f in filters] == [UPSTREAM_FILTER, "envoy.filters.http.upstream_codec"]
+    assert [f["name"] for f in filters] == [
+        UPSTREAM_FILTER,
+        STRIP_ATTEMPT_COUNT,  # after the records are numbered, before the provider
+        "envoy.filters.http.upstream_codec",
+    ]
     ext = filters[0]["typed_config"]
     assert ext["grpc_service"]["envoy_grpc"]["cluster_name"] == EXTPROC_CLUSTER
     # Told apart from the request filter's streams by metadata only Envoy sets; the caller
@@ -97,7 +107,7 @@ def test_the_per_attempt_filter(tmp_path: Path) -> None:
         {"key": handoff.STREAM_KIND_KEY, "value": handoff.UPSTREAM_STREAM},
         {"key": METADATA_KEY, "value": CALLER_TOKEN},
     ]
-    assert ext["request_attributes"] == [TARGET_ATTRIBUTE]
+    assert ext["request_attributes"] == [TARGET_ATTRIBUTE, KEY_ATTRIBUTE]
     assert ext["mutation_rules"] == {"allow_all_routing": True}
     assert ext["metadata_options"] == {
         "forwarding_namespaces": {"untyped": [handoff.NAMESPACE]},
@@ -105,10 +115,17 @@ def test_the_per_attempt_filter(tmp_path: Path) -> None:
     }
     mode = ext["processing_mode"]
     assert (mode["request_body_mode"], mode["response_header_mode"]) == ("BUFFERED", "SEND")
-    # Models without a chain keep their provider cluster, with no per-attempt filter.
+    # Models without a chain keep their provider cluster, with no per-attempt filter: only
+    # Envoy's removal of the attempt count the virtual host adds for the chains' records.
+    assert hcm(b)["route_config"]["virtual_hosts"][0]["include_request_attempt_count"] is True
     for c in b["static_resources"]["clusters"]:
         if c["name"].startswith("provider_"):
-            assert _http_filters(c) == []
+            strip, codec = _http_filters(c)
+            assert strip["name"] == STRIP_ATTEMPT_COUNT
+            assert strip["typed_config"]["mutations"] == {
+                "request_mutations": [{"remove": "x-envoy-attempt-count"}]
+            }
+            assert codec["name"] == "envoy.filters.http.upstream_codec"
 
 
 @pytest.mark.parametrize("mode", ["observe", "synchronous"])
@@ -167,3 +184,4 @@ def test_no_chain_no_change() -> None:
         build(config, PORTS, resolve_upstreams(config, {}, MOCK).values(), CA_FILE, ACCESS)
     )
     assert "chain_" not in text and handoff.ATTEMPTS_NAMESPACE not in text
+    assert "attempt_count" not in text and STRIP_ATTEMPT_COUNT not in text

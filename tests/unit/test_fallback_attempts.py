@@ -18,7 +18,7 @@ from google.protobuf import struct_pb2
 from gateway_extproc import handoff
 from gateway_extproc.apis import Api
 from gateway_extproc.catalog.pricing import Price
-from gateway_extproc.envoy.filters import TARGET_ATTRIBUTE
+from gateway_extproc.envoy.filters import KEY_ATTRIBUTE, TARGET_ATTRIBUTE
 from gateway_extproc.handoff import ATTEMPTS_NAMESPACE, ChainTarget, RequestState
 from gateway_extproc.observability import attributes as at
 from gateway_extproc.observability.settings import ObservabilityConfig
@@ -62,7 +62,7 @@ def _attempts_message(status: str, records: dict[str, Any]) -> pb.ProcessingRequ
 # -- reading the records -------------------------------------------------------------------------
 
 
-def test_records_in_chain_order_bad_ones_left_out() -> None:
+def test_records_in_attempt_order_bad_ones_left_out() -> None:
     message = _attempts_message(
         "200",
         {
@@ -176,16 +176,32 @@ class Clock:
 
 
 def _processor(clock: Clock) -> AttemptProcessor:
-    ctx = types.SimpleNamespace(monotonic=clock, sidecar_auth=types.SimpleNamespace(seal=SEAL))
+    ctx = types.SimpleNamespace(
+        monotonic=clock,
+        sidecar_auth=types.SimpleNamespace(seal=SEAL),
+        budgets=types.SimpleNamespace(store=None),  # no Redis: no key cooldowns
+    )
     return AttemptProcessor(ctx)  # type: ignore[arg-type]
 
 
-def _request_headers(target: str | None, state: RequestState | None, *, mac: str = "") -> Any:
+def _request_headers(
+    target: str | None,
+    state: RequestState | None,
+    *,
+    mac: str = "",
+    key: str | None = None,
+    attempt: int | None = None,
+) -> Any:
     message = pb.ProcessingRequest()
     message.request_headers.headers.headers.add(key=":path", raw_value=b"/v1/chat/completions")
+    if attempt is not None:
+        count = str(attempt).encode()
+        message.request_headers.headers.headers.add(key="x-envoy-attempt-count", raw_value=count)
     if target is not None:
         attrs = struct_pb2.Struct()
         attrs.fields[TARGET_ATTRIBUTE].string_value = target
+        if key is not None:
+            attrs.fields[KEY_ATTRIBUTE].string_value = key
         message.attributes["envoy.filters.http.ext_proc"].CopyFrom(attrs)
     if state is not None:
         text = state.encode()
@@ -217,6 +233,48 @@ async def test_an_attempt_finds_its_target_and_records_its_answer() -> None:
         "status": 429,
         "latency_ms": 250,
     }
+
+
+async def test_an_attempt_on_a_pool_key_is_numbered_by_envoys_count() -> None:
+    """Two keys of one target are two Envoy attempts: the record is `attempt_<count>` (not the
+    target's place, which both share) and names the key, with latency_ms."""
+    clock = Clock()
+    p = _processor(clock)
+    await p.handle(_request_headers(MINI.target, STATE, key="spare", attempt=3))
+    clock.now += 0.04
+    message = pb.ProcessingRequest()
+    message.response_headers.headers.headers.add(key=":status", raw_value=b"429")
+    message.response_headers.headers.headers.add(key="retry-after", raw_value=b"5")
+    reply = await p.handle(message)
+    fields = reply.dynamic_metadata.fields[ATTEMPTS_NAMESPACE].struct_value.fields
+    assert list(fields) == ["attempt_3"]
+    assert orjson.loads(fields["attempt_3"].string_value) == {
+        "target": MINI.target,
+        "key": "spare",
+        "status": 429,
+        "latency_ms": 40,
+    }
+
+
+def test_on_attempts_over_keys_and_a_variant() -> None:
+    """A variant without the chain's middle target (the state's chain is what was admitted),
+    its head tried on both keys, the next target answering: records in attempt order (10 after
+    9), the answer metered by the last, each attempt's key kept, only the answer costs."""
+    observer = _observer()
+    records = {
+        "attempt_9": {"target": HEAD.target, "key": "main", "status": 429, "latency_ms": 2},
+        "attempt_10": {"target": HEAD.target, "key": "spare", "status": 500, "latency_ms": 3},
+        "attempt_11": {"target": MINI.target, "key": "main", "status": 200, "latency_ms": 5},
+    }
+    observer.on_attempts(_attempts_message("200", records))
+    extra = observer.state.audit_extra
+    assert extra["served_by"] == MINI.target and observer.state.price == MINI.price
+    attempts = with_costs(extra["attempts"], extra["served_by"], 777)
+    assert [(r["key"], r["status"], r["cost_micros"]) for r in attempts] == [
+        ("main", 429, 0),
+        ("spare", 500, 0),
+        ("main", 200, 777),
+    ]
 
 
 @pytest.mark.parametrize(

@@ -182,3 +182,12 @@ def test_a_cut_plan_keeps_the_first_bytes_then_aborts(
 ) -> None:
     plan = plan_writes([b"aaa", b"bbb", b"ccc"], chunk_bytes=chunk_bytes, cut_after_bytes=cut)
     assert (plan.writes, plan.abort) == (writes, True)
+
+
+def test_a_key_selector_matches_the_requests_presenting_that_key() -> None:
+    """`key:<credential>` picks one key of a gateway's pool, whatever the model."""
+    rules, problems = parse_fault_header("key:sk-a=429@2,gpt-4o=500")
+    assert problems == []
+    assert select_fault(rules, "gpt-4o-mini", ("sk-a",)) == Fault(Kind.RATE_LIMITED, 2)
+    assert select_fault(rules, "gpt-4o-mini", ("sk-b",)) is None
+    assert select_fault(rules, "gpt-4o", ("sk-b",)) == Fault(Kind.SERVER_ERROR)
