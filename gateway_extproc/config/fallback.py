@@ -32,6 +32,12 @@ from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from gateway_extproc.catalog.models import Catalog, ModelEntry
+from gateway_extproc.config.outlier import (
+    BreakerConfig,
+    OutlierConfig,
+    parse_breakers,
+    parse_outlier,
+)
 from gateway_extproc.identity.policy import PolicySet
 from gateway_extproc.translate.pairs import PAIRS
 
@@ -98,6 +104,9 @@ class FallbackConfig:
     on: frozenset[Trigger] = DEFAULT_TRIGGERS
     first_byte_timeout_s: float = 20.0
     max_attempts: int = 3
+    # Envoy's outlier detection on every chain cluster (None: off) and its circuit breakers.
+    outlier: OutlierConfig | None = dataclasses.field(default_factory=OutlierConfig)
+    breakers: BreakerConfig = dataclasses.field(default_factory=BreakerConfig)
     # Per requested model, the target lists its cluster variants hold (with_variants).
     variants: Mapping[str, tuple[tuple[Target, ...], ...]] = dataclasses.field(default_factory=dict)
     # The chains whose policies give more than MAX_VARIANTS lists: they get no variant.
@@ -245,7 +254,8 @@ def parse_fallback(
     if not isinstance(doc, Mapping):
         problems.append("fallback: must be a mapping")
         return FallbackConfig()
-    for extra in sorted(set(doc) - {"chains", "on", "first_byte_timeout_s", "max_attempts"}):
+    known = {"chains", "on", "first_byte_timeout_s", "max_attempts", "outlier", "circuit_breakers"}
+    for extra in sorted(set(doc) - known):
         problems.append(f"fallback.{extra}: unknown key")
     on = _triggers(doc.get("on"), problems)
     timeout = doc.get("first_byte_timeout_s", FallbackConfig.first_byte_timeout_s)
@@ -273,7 +283,9 @@ def parse_fallback(
             chain = _chain(str(requested), targets, catalog, providers, problems)
             if chain is not None:
                 chains[chain[0].model] = chain
-    return FallbackConfig(chains, on, float(timeout), attempts)
+    outlier = parse_outlier(doc.get("outlier"), problems)
+    breakers = parse_breakers(doc.get("circuit_breakers"), problems)
+    return FallbackConfig(chains, on, float(timeout), attempts, outlier, breakers)
 
 
 def with_pools(

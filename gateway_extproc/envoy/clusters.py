@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from gateway_extproc import handoff
-from gateway_extproc.config.fallback import Target, cluster_name
+from gateway_extproc.config.fallback import FallbackConfig, Target, cluster_name
 from gateway_extproc.config.gateway import GatewayConfig
 from gateway_extproc.config.upstreams import Upstream
 from gateway_extproc.envoy.filters import EXTPROC_CLUSTER, upstream_filter
@@ -134,18 +134,44 @@ def _strip_attempt_count() -> dict[str, Any]:
     }
 
 
-# A chain cluster's attempts are retries: Envoy's default allows 3 in flight per cluster, which a
-# provider outage exceeds at once (every request of the chain retries).
-CHAIN_CIRCUIT_BREAKERS = {
-    "thresholds": [
-        {
-            "priority": "DEFAULT",
-            "max_requests": 1_000_000,
-            "max_pending_requests": 1_000_000,
-            "max_retries": 1_000_000,
+def chain_health(fallback: FallbackConfig) -> dict[str, Any]:
+    """A chain cluster's circuit breakers and outlier detection (config/outlier.py). A chain's
+    attempts are retries: Envoy's default allows 3 in flight per cluster, which a provider outage
+    exceeds at once (every request of the chain retries), hence `max_retries` raised with the
+    rest. Ejection may take a whole priority level (max_ejection_percent 100: a level is one
+    target's endpoints, one per key of its pool, each ejected on its own failures); refused
+    connections, resets and timeouts are counted apart from the 5xx answers
+    (`split_external_local_origin_errors`), so each has its own threshold."""
+    b = fallback.breakers
+    breakers: dict[str, Any] = {
+        "thresholds": [
+            {
+                "priority": "DEFAULT",
+                "max_requests": b.max_requests,
+                "max_pending_requests": b.max_pending,
+                "max_retries": b.max_retries,
+            }
+        ]
+    }
+    if b.max_connections_per_target is not None:
+        breakers["per_host_thresholds"] = [
+            {"priority": "DEFAULT", "max_connections": b.max_connections_per_target}
+        ]
+    health: dict[str, Any] = {"circuit_breakers": breakers}
+    o = fallback.outlier
+    if o is not None:
+        health["outlier_detection"] = {
+            "consecutive_5xx": o.consecutive_5xx,
+            "split_external_local_origin_errors": True,
+            "consecutive_local_origin_failure": o.consecutive_local_origin_failure,
+            "interval": _seconds(o.interval_s),
+            "base_ejection_time": _seconds(o.base_ejection_s),
+            "max_ejection_time": _seconds(o.max_ejection_s),
+            "max_ejection_percent": 100,
         }
-    ]
-}
+    return health
+
+
 _TLS_MATCH = "envoy.transport_socket_match"
 
 
@@ -211,7 +237,7 @@ def chain_cluster(
         "type": "STRICT_DNS" if by_name else "STATIC",
         "connect_timeout": f"{config.limits.upstream_connect_timeout_s}s",
         "per_connection_buffer_limit_bytes": config.limits.max_request_body_bytes,
-        "circuit_breakers": CHAIN_CIRCUIT_BREAKERS,
+        **chain_health(config.fallback),
         "load_assignment": {"cluster_name": name, "endpoints": levels},
         "typed_extension_protocol_options": options,
     }

@@ -136,8 +136,14 @@ class UpstreamProcessor(pb_grpc.ExternalProcessorServicer):
                     response.get("retry-after"),
                 )
                 self.before_response(attempt.fact_id, headers)
+                # `x-status-<target>: 503`: answer the router with that status instead (the
+                # 429 -> 503 idea: does outlier detection count what the filter rewrote?)
+                status = headers.get(f"x-status-{target}")
+                rewrite = _mutation({":status": status}) if status else None
                 yield pb.ProcessingResponse(
-                    response_headers=pb.HeadersResponse(),
+                    response_headers=pb.HeadersResponse(
+                        response=pb.CommonResponse(header_mutation=rewrite)
+                    ),
                     dynamic_metadata=_struct(
                         # One key per attempt: does the downstream side see them all?
                         {

@@ -10,7 +10,10 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import re
 import subprocess
+import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -77,10 +80,14 @@ def _addr(port: int) -> dict[str, Any]:
 
 
 def _target_cluster(
-    name: str, upstream_port: int, by_priority: list[tuple[str, int]]
+    name: str,
+    upstream_port: int,
+    by_priority: list[tuple[str, int]],
+    outlier: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A cluster with one endpoint per priority, each naming its target in endpoint metadata,
-    and the upstream ext_proc as a per-attempt filter (before the mandatory upstream_codec)."""
+    and the upstream ext_proc as a per-attempt filter (before the mandatory upstream_codec);
+    with `outlier`, Envoy's outlier detection on it."""
     upstream_filter = _ext_proc(
         upstream_port,
         {
@@ -97,7 +104,7 @@ def _target_cluster(
             "receiving_namespaces": {"untyped": [ATTEMPT_NS]},
         },
     )
-    return {
+    cluster: dict[str, Any] = {
         "name": name,
         "type": "STATIC",
         "connect_timeout": "0.25s",
@@ -133,6 +140,27 @@ def _target_cluster(
             }
         },
     }
+    if outlier is not None:
+        cluster["outlier_detection"] = outlier
+    return cluster
+
+
+# Outlier detection as a chain cluster would have it, its times short for the tests: a host is
+# ejected after EJECT_AFTER consecutive 5xx (or, split from those, refused connections) and
+# comes back EJECTION_S later (checked every `interval`). max_ejection_percent 100: a priority
+# level's only host may go (Envoy's default, 10%, still ejects one host of one).
+EJECT_AFTER = 2
+EJECTION_S = 0.5
+OUTLIER = {
+    "consecutive_5xx": EJECT_AFTER,
+    "interval": "0.1s",
+    "base_ejection_time": f"{EJECTION_S}s",
+    "max_ejection_percent": 100,
+    "split_external_local_origin_errors": True,
+    "consecutive_local_origin_failure": EJECT_AFTER,
+}
+# Each outlier fact has its own cluster (ejections are per cluster: no fact sees another's).
+OUTLIER_CLUSTERS = ("eject_5xx", "eject_429", "eject_429_as_503", "eject_refused")
 
 
 def _pool_cluster(name: str, upstream_port: int, a: int, b: int) -> dict[str, Any]:
@@ -207,6 +235,7 @@ ROUTES = {
     "refused": ("refused", RETRY_POLICY),
     "pool": ("pool", pool_retry_policy(2)),
     "pool-uf1": ("pool", pool_retry_policy(1)),
+    **{name: (name, RETRY_POLICY) for name in OUTLIER_CLUSTERS},
 }
 
 
@@ -290,6 +319,15 @@ def _bootstrap(down_port: int, up_port: int, a: int, b: int, closed: int) -> dic
                 _target_cluster("pair", up_port, [("a", a), ("b", b)]),
                 _target_cluster("refused", up_port, [("dead", closed), ("b", b)]),
                 _pool_cluster("pool", up_port, a, b),
+                *(
+                    _target_cluster(
+                        name,
+                        up_port,
+                        [("dead", closed) if name == "eject_refused" else ("a", a), ("b", b)],
+                        OUTLIER,
+                    )
+                    for name in OUTLIER_CLUSTERS
+                ),
             ],
         },
     }
@@ -316,6 +354,22 @@ class Facts:
     downstream: DownstreamProcessor
     a: Target
     b: Target
+    admin: str  # Envoy's admin URL
+
+    def stat(self, name: str) -> int:
+        """One of Envoy's counters or gauges (0 when it has none yet)."""
+        url = f"{self.admin}/stats?format=json&filter=^{re.escape(name)}$"
+        with urllib.request.urlopen(url, timeout=5) as r:
+            found = json.load(r)["stats"]
+        return int(found[0]["value"]) if found else 0
+
+    def until_stat(self, name: str, value: int, within_s: float = 5.0) -> None:
+        """Wait (bounded) until Envoy's main thread reports `name` == `value`: an ejection is
+        decided there, after the attempt that caused it has answered the client."""
+        deadline = time.monotonic() + within_s
+        while (now := self.stat(name)) != value:
+            assert time.monotonic() < deadline, f"{name} stayed {now}, not {value}"
+            time.sleep(0.01)
 
     @contextlib.contextmanager
     def send(
@@ -386,8 +440,8 @@ def running(run_dir: Path) -> Iterator[Facts]:
         return procs[-1]
 
     try:
-        url, _admin, _pid = launch_envoy(config, spawn, 1)
-        yield Facts(url, upstream, downstream, a, b)
+        url, admin, _pid = launch_envoy(config, spawn, 1)
+        yield Facts(url, upstream, downstream, a, b, admin)
     finally:
         for proc in procs:
             proc.terminate()
