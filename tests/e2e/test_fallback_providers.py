@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import anthropic
+import openai
 import pytest
 
 from tests.e2e.conftest import start_stack, static_tokens_yaml
@@ -32,10 +33,13 @@ providers:
   bedrock:
     schema: bedrock
     region: us-east-1
+  azure:
+    azure: {{api: deployments, api_version: 2024-10-21, deployments: {{azure/gpt-4o: prod-4o}}}}
 fallback:
   outlier: false  # the primary fails in every test: ejecting it would skip the retry
   chains:
     claude-sonnet-4-5: [anthropic/claude-sonnet-4-5, bedrock/{BEDROCK}]
+    gpt-4o: [openai/gpt-4o, azure/gpt-4o]
 """
 ASK = [{"role": "user", "content": "hello"}]
 
@@ -49,6 +53,9 @@ class Gateway:
         self.claude = anthropic.Anthropic(
             base_url=stack.gateway_url, api_key="client-key", max_retries=0
         )
+        self.oai = openai.OpenAI(
+            base_url=stack.gateway_url + "/v1", api_key="client-key", max_retries=0
+        )
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +67,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     g = Gateway(start_stack(run_dir, config_path=config, environ=aws_free_environ(run_dir)))
     yield g
     g.claude.close()
+    g.oai.close()
     g.stack.stop()
 
 
@@ -136,3 +144,37 @@ def test_a_primary_500_is_answered_by_bedrock_stream(gw: Gateway, chunk_bytes: s
     assert record["tokens"] == want
     assert record["cost_micros"] == expected_cost_micros(BEDROCK, want)
     assert record["cost_micros"] != expected_cost_micros("claude-sonnet-4-5", want)
+
+
+def test_a_primary_500_is_answered_by_azure(gw: Gateway) -> None:
+    """An OpenAI client's gpt-4o whose primary fails is answered by the Azure deployment: the
+    attempt goes to Azure's deployment path and api-version, without the client's credential,
+    and is charged at the azure/gpt-4o entry's price."""
+    gw.mock.clear()
+    raw = gw.oai.chat.completions.with_raw_response.create(
+        model="gpt-4o",
+        messages=ASK,
+        max_tokens=32,
+        extra_headers={"x-mock-fault": "gpt-4o=500"},
+    )
+    reply = raw.parse()
+    assert raw.status_code == 200 and reply.object == "chat.completion"
+    record = gw.audit.wait_for(raw.headers["x-gateway-request-id"])
+    assert record["served_by"] == "azure/gpt-4o" and record["provider"] == "azure"
+    attempts = record["attempts"]
+    assert [(a["target"], a["status"]) for a in attempts] == [
+        ("openai/gpt-4o", 500),
+        ("azure/gpt-4o", 200),
+    ]
+    usage = reply.usage
+    assert usage is not None
+    want = tokens(usage.prompt_tokens, output=usage.completion_tokens)
+    assert record["cost_micros"] == expected_cost_micros("azure/gpt-4o", want) > 0
+    assert [a["cost_micros"] for a in attempts] == [0, record["cost_micros"]]
+    first, second = gw.mock.received()
+    assert first["path"] == "/v1/chat/completions"
+    assert second["path"] == "/openai/deployments/prod-4o/chat/completions"
+    assert second["query"] == "api-version=2024-10-21"
+    # A mocked provider is sent no key of the gateway's (config/upstreams.py): only check that
+    # the client's credential did not travel.
+    assert "client-key" not in str(second["headers"])
