@@ -76,11 +76,14 @@ class AuditRecord:
     # The API the provider was called with, when the gateway translated the request to it
     # (translate/): `api` stays the API the client called. None: not translated.
     provider_api: str | None = None
-    # A chained request (fallback): every attempt's {target, status, latency_ms, cost_micros} in
-    # chain order (a refused connection leaves none), and the target that answered (None: none
-    # did). Both absent from a request that was not chained.
+    # A chained request (fallback): every attempt's {attempt, target, key, status, latency_ms,
+    # cost_micros} in attempt order (one that left no record: target None, outcome no_response;
+    # a dropped 2xx charged its bound: usage_source bound), the target that answered (None: none
+    # did) and the chain's targets no attempt reached before a later one did (`skipped`). All
+    # absent from a request that was not chained.
     attempts: Sequence[Mapping[str, Any]] | None = None
     served_by: str | None = None
+    skipped: Sequence[str] = ()
 
     def to_json(self) -> bytes:
         doc: dict[str, Any] = {
@@ -123,6 +126,7 @@ class AuditRecord:
         if self.attempts is not None:
             doc["attempts"] = list(self.attempts)
             doc["served_by"] = self.served_by
+            doc["skipped"] = list(self.skipped)
         return orjson.dumps(doc)
 
 

@@ -187,10 +187,13 @@ def span_attributes(
 
 def attempt_outcome(record: Mapping[str, Any], answered: bool) -> str:
     """An attempt's outcome, a closed set (a metric label): `served`, `rate_limited` (429),
-    `server_error` (5xx), `client_error` (other 4xx), or `dropped` (its headers came back, but
-    another attempt answered: docs/fallback.md fact 5)."""
+    `server_error` (5xx), `client_error` (other 4xx), `dropped` (its headers came back, but
+    another attempt answered: docs/fallback.md fact 5), or `no_response` (it left no record: a
+    refused connection, a timeout or a reset before its headers)."""
     if answered:
         return "served"
+    if record.get("outcome") == "no_response":
+        return "no_response"
     status = record.get("status")
     code = status if isinstance(status, int) else 0
     if code == 429:

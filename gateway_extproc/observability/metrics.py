@@ -149,7 +149,7 @@ class GatewayMetrics:
             "gateway.fallback.attempts",
             unit="{attempt}",
             description="Attempts of chained requests, by target and outcome (served, "
-            "rate_limited, server_error, client_error, dropped)",
+            "rate_limited, server_error, client_error, dropped, no_response)",
         )
 
     # -- per request --------------------------------------------------------------------------
@@ -193,7 +193,7 @@ class GatewayMetrics:
         for i, attempt in enumerate(attempts):  # targets are the configuration's: bounded
             answered = i == len(attempts) - 1 and attempt.get("target") == record.served_by
             labels = {
-                "gateway.fallback.target": str(attempt.get("target")),
+                "gateway.fallback.target": str(attempt.get("target") or "unknown"),
                 "gateway.fallback.outcome": at.attempt_outcome(attempt, answered),
             }
             self.fallback_attempts.add(1, labels)

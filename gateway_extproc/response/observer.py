@@ -35,7 +35,13 @@ from gateway_extproc.extproc.offload import OFFLOAD_BYTES, run_off_loop
 from gateway_extproc.handoff import RequestState
 from gateway_extproc.providers.base import JsonMeterResult
 from gateway_extproc.providers.metering import StreamMeter
-from gateway_extproc.response.attempts import answering_target, attempt_records
+from gateway_extproc.response.attempts import (
+    answering_target,
+    attempt_records,
+    charge_dropped,
+    dropped_micros,
+    skipped_targets,
+)
 from gateway_extproc.response.audit import write_record
 from gateway_extproc.response.body import ResponseBody
 from gateway_extproc.response.model_mismatch import in_provider, price_reported
@@ -74,6 +80,7 @@ class ResponseObserver:
         self.error_code: str | None = None
         self.overrun_micros = 0
         self.cost = 0
+        self.dropped = 0  # what a chained request's dropped answers were charged (fact 5)
         self.response_meta: tuple[str | None, tuple[str, ...]] = (None, ())  # id, finish reasons
         self.service_tier: str | None = None  # the tier the provider reports it served
         # The response cache's decision for a miss: its answer is stored when it completes.
@@ -99,16 +106,25 @@ class ResponseObserver:
         per-attempt filter's, request/attempt.py): the target that answered is the last one
         whose status is the response's. Its model, price and API are what the response is
         metered, charged and translated by; every attempt, and the target that answered, go to
-        the audit record. Failed attempts are not billed by providers: they charge nothing."""
+        the audit record, with the chain's targets no attempt reached (`skipped`). Failed
+        attempts are not billed by providers: they charge nothing; a 2xx that did not answer
+        (fact 5) is charged its target's bound, on top of the answer's cost (`dropped`)."""
         state = self.state
         if not state.chain:
             return
         records = attempt_records(message)
         status = msgs.headers_of(message.response_headers).get(":status", "")
         served = answering_target(state.chain, records, status)
+        served_by = None if served is None else served.target
+        margin = self.ctx.config.metering.unseen_output_tokens
+        records = charge_dropped(
+            state.chain, records, served_by, stream=state.stream, margin=margin
+        )
+        self.dropped = dropped_micros(records)
         extra = dict(state.audit_extra)
         extra["attempts"] = records
-        extra["served_by"] = None if served is None else served.target
+        extra["served_by"] = served_by
+        extra["skipped"] = skipped_targets(state.chain, records)
         state = dataclasses.replace(state, audit_extra=extra)
         if served is not None and served.target != state.chain[0].target:
             state = state.answered_by(served)
@@ -219,7 +235,7 @@ class ResponseObserver:
             usage, _ = self._unreported(None, 0, ended=False)
         else:
             usage, _ = self._unreported(meter.usage_so_far, meter.output_bytes_so_far, ended=None)
-        return cost_micros(usage, self.entry.price)
+        return cost_micros(usage, self.entry.price) + self.dropped
 
     # -- the end -----------------------------------------------------------------------------
 
@@ -323,11 +339,12 @@ class ResponseObserver:
             (usage, source), provider_model = self._unreported(None, 0, ended=False), None
             cost = cost_micros(usage, self.entry.price)
             self.error_code = self.error_code or "metering_failed"
+        cost += self.dropped  # answers the router dropped and retried (docs/fallback.md)
         if self.lease is not None:
             self.ctx.budgets.services.drop_lease(self.lease)
-        billed = source is not UsageSource.NONE
+        billed = source is not UsageSource.NONE or self.dropped > 0
         dims = Dimensions.of(state.identity, self.entry.name, state.provider)
-        estimated = source in (UsageSource.BOUND, UsageSource.ESTIMATED)  # not the provider's
+        estimated = source in (UsageSource.BOUND, UsageSource.ESTIMATED) or self.dropped > 0
         rollup = UsageRecord(state.arrived, dims, usage, cost, estimated)
         gate = self.ctx.budgets
         record = functools.partial(

@@ -181,8 +181,14 @@ def test_a_stall_before_the_first_byte_falls_over_after_the_timeout(gw: Chained)
     assert FIRST_BYTE_TIMEOUT_S <= took < 5
     record = gw.audit.wait_for(raw.headers["x-gateway-request-id"])
     assert record["served_by"] == "openai/gpt-4o-mini"
-    # The stalled attempt never had response headers: no record of its own.
-    assert [a["target"] for a in record["attempts"]] == ["openai/gpt-4o-mini"]
+    # The stalled attempt never had response headers: no record of its own, reported as the
+    # gap it left in the attempt numbers (its target unknown), charged nothing.
+    assert [(a["attempt"], a["target"], a.get("outcome")) for a in record["attempts"]] == [
+        (1, None, "no_response"),
+        (2, "openai/gpt-4o-mini", None),
+    ]
+    assert [a["cost_micros"] for a in record["attempts"]] == [0, record["cost_micros"]]
+    assert record["skipped"] == []  # the gap may have been the head: nothing said
 
 
 def test_a_cut_after_the_first_byte_is_not_retried(gw: Chained) -> None:

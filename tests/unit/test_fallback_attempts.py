@@ -18,12 +18,19 @@ from google.protobuf import struct_pb2
 from gateway_extproc import handoff
 from gateway_extproc.apis import Api
 from gateway_extproc.catalog.pricing import Price
+from gateway_extproc.cost.endings import ChargeLimits
 from gateway_extproc.envoy.filters import KEY_ATTRIBUTE, TARGET_ATTRIBUTE
 from gateway_extproc.handoff import ATTEMPTS_NAMESPACE, ChainTarget, RequestState
 from gateway_extproc.observability import attributes as at
 from gateway_extproc.observability.settings import ObservabilityConfig
 from gateway_extproc.request.attempt import AttemptProcessor, target_attribute
-from gateway_extproc.response.attempts import answering_target, attempt_records, with_costs
+from gateway_extproc.response.attempts import (
+    answering_target,
+    attempt_records,
+    charge_dropped,
+    skipped_targets,
+    with_costs,
+)
 from gateway_extproc.response.observer import ResponseObserver
 from gateway_extproc.sidecar_auth.seal import StateSeal
 from tests.unit.test_observability import FACTS, collect, metrics_with, record
@@ -75,8 +82,112 @@ def test_records_in_attempt_order_bad_ones_left_out() -> None:
             "attempt_4": "[1, 2]",
         },
     )
-    assert [r["target"] for r in attempt_records(message)] == ["a", "b", "j"]
+    got = attempt_records(message)
+    # Unreadable records are attempts without a record: numbers 3 to 9 are gaps.
+    assert [(r["attempt"], r["target"]) for r in got] == [
+        (1, "a"),
+        (2, "b"),
+        *((n, None) for n in range(3, 10)),
+        (10, "j"),
+    ]
     assert attempt_records(pb.ProcessingRequest()) == []
+
+
+def test_a_gap_in_the_attempt_numbers_is_an_attempt_without_a_response() -> None:
+    """A refused connection (fact 3) or a timeout before the headers leaves no record: the gap
+    is reported, its target unknown, not guessed."""
+    message = _attempts_message(
+        "200",
+        {
+            "attempt_2": {"target": HEAD.target, "status": 500},
+            "attempt_4": {"target": MINI.target, "status": 200},
+        },
+    )
+    gap = {"target": None, "status": None, "outcome": "no_response"}
+    assert attempt_records(message) == [
+        {"attempt": 1, **gap},
+        {"attempt": 2, "target": HEAD.target, "status": 500},
+        {"attempt": 3, **gap},
+        {"attempt": 4, "target": MINI.target, "status": 200},
+    ]
+    assert with_costs(attempt_records(message), MINI.target, 50)[0]["cost_micros"] == 0
+    assert at.attempt_outcome(attempt_records(message)[0], False) == "no_response"
+
+
+MARGIN = 10
+# The head with charge limits: 100 input tokens, 50 output at most; 1 micro-dollar an input
+# token, 2 an output token (prices are pico-dollars a token).
+M = 1_000_000
+LIMITED = dataclasses.replace(
+    HEAD, price=Price(M, 2 * M, M, M, 2 * M), charge_limits=ChargeLimits(100, 50)
+)
+HEAD_BOUND = 100 * 1 + 50 * 2  # a JSON answer: its whole output limit
+STREAM_BOUND = 100 * 1 + MARGIN * 2  # a stream: cut at its first write, the margin after it
+
+
+@pytest.mark.parametrize(
+    ("statuses", "served_by", "stream", "want"),
+    [
+        ([500, 200], MINI.target, False, [None, None]),  # only a 2xx may have been billed
+        ([200, 200], MINI.target, False, [HEAD_BOUND, None]),  # fact 5: dropped, retried
+        ([200, 200], MINI.target, True, [STREAM_BOUND, None]),
+        ([200, 503], None, False, [HEAD_BOUND, None]),  # then every other attempt failed
+        ([200], None, False, [HEAD_BOUND]),  # the last dropped too: Envoy's own reply
+        ([200], LIMITED.target, False, [None]),  # the answer: charged by its metering
+    ],
+)
+def test_a_dropped_answer_is_charged_its_targets_bound(
+    statuses: list[int], served_by: str | None, stream: bool, want: list[int | None]
+) -> None:
+    targets = [LIMITED.target, MINI.target]
+    records = [{"target": targets[i], "status": s} for i, s in enumerate(statuses)]
+    got = charge_dropped((LIMITED, MINI), records, served_by, stream=stream, margin=MARGIN)
+    assert [r.get("cost_micros") for r in got] == want
+    assert [r.get("usage_source") for r in got] == [None if w is None else "bound" for w in want]
+    assert "cost_micros" not in records[0]  # not changed in place
+
+
+def test_a_dropped_answer_without_charge_limits_is_not_charged() -> None:
+    records = [{"target": HEAD.target, "status": 200}, {"target": MINI.target, "status": 200}]
+    got = charge_dropped((HEAD, MINI), records, MINI.target, stream=False, margin=MARGIN)
+    assert [r.get("cost_micros") for r in got] == [None, None]
+
+
+def test_the_answer_carries_the_charge_less_the_dropped_bounds() -> None:
+    records = [
+        {"target": HEAD.target, "status": 200, "cost_micros": 300, "usage_source": "bound"},
+        {"target": MINI.target, "status": 200},
+    ]
+    assert [r["cost_micros"] for r in with_costs(records, MINI.target, 1000)] == [300, 700]
+    assert [r["cost_micros"] for r in with_costs(records, None, 1000)] == [300, 0]
+
+
+THIRD = dataclasses.replace(MINI, target="openai/gpt-4.1", model="gpt-4.1")
+
+
+@pytest.mark.parametrize(
+    ("attempts", "want"),
+    [
+        ([HEAD.target, MINI.target], []),
+        ([MINI.target], [HEAD.target]),  # the head ejected (fact 9): one attempt, the second
+        ([THIRD.target], [HEAD.target, MINI.target]),
+        ([HEAD.target, THIRD.target], [MINI.target]),
+        ([HEAD.target, HEAD.target, MINI.target], []),  # two keys of one target
+        ([None, MINI.target], []),  # a gap first: it may have been the head, nothing said
+        ([HEAD.target, None, THIRD.target], []),
+        ([], []),
+    ],
+)
+def test_targets_no_attempt_reached_are_skipped(
+    attempts: list[str | None], want: list[str]
+) -> None:
+    records = [
+        {"target": t, "status": None, "outcome": "no_response"}
+        if t is None
+        else {"target": t, "status": 500}
+        for t in attempts
+    ]
+    assert skipped_targets((HEAD, MINI, THIRD), records) == want
 
 
 @pytest.mark.parametrize(
@@ -127,7 +238,11 @@ def _observer() -> ResponseObserver:
     """An observer over STATE with just what `on_attempts` reads of its context."""
     observer = ResponseObserver.__new__(ResponseObserver)
     catalog = types.SimpleNamespace(lookup=lambda name: None)
-    observer.ctx = types.SimpleNamespace(catalog=catalog, upstreams={})  # type: ignore[assignment]
+    metering = types.SimpleNamespace(unseen_output_tokens=MARGIN)
+    config = types.SimpleNamespace(metering=metering)
+    observer.ctx = types.SimpleNamespace(  # type: ignore[assignment]
+        catalog=catalog, upstreams={}, config=config
+    )
     observer.state = STATE
     observer.translated = None
     return observer
@@ -145,6 +260,24 @@ def test_on_attempts_meters_by_the_target_that_answered() -> None:
     assert state.audit_extra["served_by"] == MINI.target
     assert [r["target"] for r in state.audit_extra["attempts"]] == [HEAD.target, MINI.target]
     assert observer.entry.name == "gpt-4o-mini" and observer.entry.price == MINI.price
+
+
+def test_on_attempts_charges_a_dropped_answer_and_names_skipped_targets() -> None:
+    """Fact 5: the head's 200 was dropped while the per-attempt filter held it and the router
+    retried: that attempt is charged its bound and adds to the request's charge."""
+    observer = _observer()
+    observer.state = dataclasses.replace(STATE, chain=(LIMITED, MINI), stream=False)
+    records = {
+        "attempt_1": {"target": LIMITED.target, "status": 200, "latency_ms": 3},
+        "attempt_2": {"target": MINI.target, "status": 200, "latency_ms": 5},
+    }
+    observer.on_attempts(_attempts_message("200", records))
+    extra = observer.state.audit_extra
+    assert extra["served_by"] == MINI.target and extra["skipped"] == []
+    assert observer.dropped == HEAD_BOUND
+    assert [a.get("usage_source") for a in extra["attempts"]] == ["bound", None]
+    attempts = with_costs(extra["attempts"], MINI.target, HEAD_BOUND + 7)
+    assert [a["cost_micros"] for a in attempts] == [HEAD_BOUND, 7]
 
 
 def test_on_attempts_without_an_answer_keeps_the_head() -> None:
@@ -270,7 +403,8 @@ def test_on_attempts_over_keys_and_a_variant() -> None:
     extra = observer.state.audit_extra
     assert extra["served_by"] == MINI.target and observer.state.price == MINI.price
     attempts = with_costs(extra["attempts"], extra["served_by"], 777)
-    assert [(r["key"], r["status"], r["cost_micros"]) for r in attempts] == [
+    assert [r["attempt"] for r in attempts[:8] if r["target"] is None] == list(range(1, 9))
+    assert [(r["key"], r["status"], r["cost_micros"]) for r in attempts[8:]] == [
         ("main", 429, 0),
         ("spare", 500, 0),
         ("main", 200, 777),
