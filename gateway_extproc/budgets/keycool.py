@@ -1,6 +1,8 @@
 """Key cooldowns (docs/fallback.md, "Key pools"): a pool key that answered 429 with `retry-after`
 is left alone for that long by every pod. The per-attempt filter writes the cooldown and, when
-the key its endpoint names is cooling, presents another key of the pool instead.
+the key its endpoint names is cooling, presents another key of the pool instead. A provider with
+ONE key cools the same way (its key's name, `DEFAULT_KEY` for the one-key shorthand): the request
+phase reads the cooldowns of a chain's targets and skips a cooling head (request/chain.py).
 
 Keys, beside the budget store's (budgets/keys.py) and in its hash slot, so one MGET reads a pool:
 
@@ -21,6 +23,16 @@ from redis.exceptions import RedisError
 log = logging.getLogger("gateway.keycool")
 
 MAX_COOLDOWN_S = 3600  # a longer retry-after still cools for an hour (a key is not lost for a day)
+# The cooldown name of a provider's one key given as `auth.env` / `auth.file` (no `keys:` list).
+DEFAULT_KEY = "default"
+
+
+def one_key(pool: Sequence[str]) -> str | None:
+    """The cooldown name of a provider whose key `pool` holds at most one key; None for a pool
+    of several (those cool per key and are not skipped as a target)."""
+    if len(pool) > 1:
+        return None
+    return pool[0] if pool else DEFAULT_KEY
 
 
 def retry_after_s(value: str | None) -> int:
@@ -56,6 +68,18 @@ class KeyCooldowns:
             log.warning("key cooldowns unreadable, none applied: %s", type(exc).__name__)
             return set()
         return {name for name, value in zip(pool, values, strict=True) if value is not None}
+
+    async def cooling_of(self, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        """The (provider, key name) pairs of `keys` now cooling (one MGET, whatever the
+        providers); nothing when Redis fails."""
+        if not keys:
+            return set()
+        try:
+            values = await self._client.mget([self.key(p, name) for p, name in keys])
+        except (RedisError, OSError) as exc:
+            log.warning("target cooldowns unreadable, none applied: %s", type(exc).__name__)
+            return set()
+        return {pair for pair, value in zip(keys, values, strict=True) if value is not None}
 
     async def cool(self, provider: str, name: str, seconds: int) -> None:
         """Cool key `name` for `seconds` (0: nothing); a Redis failure is logged, not raised."""
