@@ -7,12 +7,17 @@ the sidecar. `auth.env` / `auth.file` stays the one-key shorthand. Pure.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _KEY_KEYS = {"name", "env", "file", "weight"}
 MAX_WEIGHT = 1000
 MAX_KEYS = 10  # Envoy retries a chain this many times per target at most
+# The heaviest key of a pool weighs at most this many times its lightest: the re-picks a retry
+# needs to reach the lightest key grow with the ratio (`repicks`), and a key below 1 % of the
+# attempts is no share of the load (docs/fallback.md, fact 8).
+MAX_WEIGHT_RATIO = 100
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -64,7 +69,29 @@ def parse_keys(doc: object, path: str, problems: list[str]) -> tuple[PoolKey, ..
             ok = False
         if ok:
             keys.append(PoolKey(str(name), env, file, int(weight)))
+    weights = [k.weight for k in keys]
+    if keys and max(weights) > MAX_WEIGHT_RATIO * min(weights):
+        problems.append(
+            f"{path}: the heaviest key weighs at most {MAX_WEIGHT_RATIO} times the lightest "
+            f"(got {max(weights)}:{min(weights)})"
+        )
+        return ()
     names = [k.name for k in keys]
     for dup in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"{path}: names key {dup!r} twice")
     return tuple(keys) if len(keys) == len(doc) and len(set(names)) == len(names) else ()
+
+
+def repicks(weights: tuple[int, ...]) -> int:
+    """Envoy's `host_selection_retry_max_attempts` for a level of keys of these weights: enough
+    re-picks that a retry reaches a key not tried yet, whichever keys were tried (0 for one key).
+
+    Envoy's weighted round robin (EDF) gives a host of weight w a deadline every 1/w; the picks
+    between two picks of the lightest key (weight m, deadlines 1/m apart) hold at most
+    floor(w/m) + 1 picks of each other key of weight w (the +1: a deadline equal to the lightest
+    key's, which Envoy breaks by insertion order). The worst retry needs the lightest key, every
+    other key tried: at most (keys - 1) x (ceil(max/min) + 1) picks of tried keys first. Envoy
+    picks once and re-picks up to this many times, then keeps its last pick (fact 8)."""
+    if len(weights) < 2:
+        return 0
+    return (len(weights) - 1) * (math.ceil(max(weights) / min(weights)) + 1)

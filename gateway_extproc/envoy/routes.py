@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from gateway_extproc import handoff
-from gateway_extproc.config.fallback import FallbackConfig, Trigger
+from gateway_extproc.config.fallback import ChainCluster, FallbackConfig, Trigger
 from gateway_extproc.config.gateway import GatewayConfig
+from gateway_extproc.config.keys import repicks
 from gateway_extproc.envoy.filters import observer_disabled
 from gateway_extproc.request.forward import (
     METADATA_RESPONSE_HEADERS,
@@ -45,11 +46,17 @@ _RETRY_ON = {
 }
 
 
-def retry_policy(fallback: FallbackConfig, num_retries: int, per_target: int = 1) -> dict[str, Any]:
+# Re-picks never below the count measured with mild weights (fact 8), whatever `keys.repicks` says.
+MIN_REPICKS = 5
+
+
+def retry_policy(
+    fallback: FallbackConfig, num_retries: int, per_target: int = 1, host_repicks: int = 0
+) -> dict[str, Any]:
     """A chained request's retry policy: each retry moves to the next priority level, i.e. the
     next target of the chain (`previous_priorities`, docs/fallback.md fact 3). With key pools
     (`per_target` > 1) a level is left after `per_target` attempts, each retry avoiding the keys
-    already tried (`previous_hosts`; docs/fallback.md fact 8)."""
+    already tried (`previous_hosts`, re-picking up to `host_repicks` times; fact 8)."""
     policy: dict[str, Any] = {
         "retry_on": ",".join(v for k, v in _RETRY_ON.items() if k in fallback.on) or "reset",
         "num_retries": num_retries,
@@ -73,12 +80,22 @@ def retry_policy(fallback: FallbackConfig, num_retries: int, per_target: int = 1
                 },
             }
         ]
-        policy["host_selection_retry_max_attempts"] = 5
+        policy["host_selection_retry_max_attempts"] = max(MIN_REPICKS, host_repicks)
     if Trigger.RATE_LIMITED in fallback.on:
         policy["retriable_status_codes"] = [429]
     if Trigger.FIRST_BYTE_TIMEOUT in fallback.on:  # nothing before the first byte: next target
         policy["per_try_timeout"] = f"{fallback.first_byte_timeout_s:g}s"
     return policy
+
+
+def _repicks(config: GatewayConfig, cluster: ChainCluster) -> int:
+    """The re-picks a retry of `cluster` needs to reach a key not tried yet in the level of
+    each target it tries (`keys.repicks`), the largest: one number per route."""
+    weights = (
+        tuple(k.weight for k in p.keys) if (p := config.providers.get(t.provider)) else ()
+        for t in cluster.targets
+    )
+    return max((repicks(w) for w in weights), default=0)
 
 
 def _chained(config: GatewayConfig, route: dict[str, Any]) -> list[dict[str, Any]]:
@@ -93,7 +110,9 @@ def _chained(config: GatewayConfig, route: dict[str, Any]) -> list[dict[str, Any
         match = {**route["match"], "headers": [header]}
         action = {
             **route["route"],
-            "retry_policy": retry_policy(fallback, cluster.tries() - 1, cluster.per_target),
+            "retry_policy": retry_policy(
+                fallback, cluster.tries() - 1, cluster.per_target, _repicks(config, cluster)
+            ),
         }
         chained = {**route, "match": match, "route": action}
         chained.pop("name", None)

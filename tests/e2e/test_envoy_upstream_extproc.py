@@ -214,6 +214,30 @@ def test_keys_share_load_by_weight(facts: Facts) -> None:
     assert 20 <= first.count("k1") <= 38 and first.count("k1") + first.count("k2") == 40
 
 
+SKEWED_SENDS = 10
+
+
+@pytest.mark.parametrize(("route", "always_k2"), [("pool20", True), ("pool20-5", False)])
+def test_a_skewed_pool_retries_on_the_light_key_with_the_computed_re_picks(
+    facts: Facts, route: str, always_k2: bool
+) -> None:
+    """Weights 20:1, the heavy key `k1` answers 429. With the re-picks the gateway computes
+    (config/keys.py `repicks`: 21) every request ends on the light key `k2`. With 5 (the count
+    before) Envoy's weighted round robin (EDF, one `k2` pick in 21) often re-picks `k1` six
+    times and keeps it: `k1` is tried twice and `b` answers. Certain over 10 sends: each send
+    takes at most 7 picks, so 10 of them cannot all meet one of the few `k2` picks (one every
+    21)."""
+    served = []
+    for _ in range(SKEWED_SENDS):
+        answer = facts.post({"a.k1": "429"}, route)
+        assert answer.status == 200
+        served.append(answer.served_by())
+        if answer.served_by() == "b":  # every key of the level tried before the next
+            keys = [k for k, _ in _keys(facts, answer.fact_id)]
+            assert keys == ["k1", "k1", "b"], keys
+    assert (set(served) == {"k2"}) is always_k2, served
+
+
 def _ejected(facts: Facts, cluster: str) -> str:
     return f"cluster.{cluster}.outlier_detection.ejections_active"
 

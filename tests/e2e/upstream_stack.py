@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from gateway_extproc.config.keys import repicks
 from gateway_extproc.launch import free_port, launch_envoy
 from tests.e2e.upstream_parties import (
     ATTEMPT_NS,
@@ -163,10 +164,13 @@ OUTLIER = {
 OUTLIER_CLUSTERS = ("eject_5xx", "eject_429", "eject_429_as_503", "eject_refused")
 
 
-def _pool_cluster(name: str, upstream_port: int, a: int, b: int) -> dict[str, Any]:
+def _pool_cluster(
+    name: str, upstream_port: int, a: int, b: int, weights: tuple[int, int] = (3, 1)
+) -> dict[str, Any]:
     """A key pool: priority 0 holds two endpoints of target `a` (one address, by hostname, as
-    every key of a real provider), keys `k1` (weight 3) and `k2` (weight 1) named in their
-    metadata; priority 1 is `b`. STRICT_DNS like a generated chain cluster of named hosts."""
+    every key of a real provider), keys `k1` and `k2` (`weights`, 3:1 by default) named in
+    their metadata; priority 1 is `b`. STRICT_DNS like a generated chain cluster of named
+    hosts."""
     cluster = _target_cluster(name, upstream_port, [])
     cluster.update(type="STRICT_DNS", dns_lookup_family="V4_ONLY")
 
@@ -179,7 +183,13 @@ def _pool_cluster(name: str, upstream_port: int, a: int, b: int) -> dict[str, An
         }
 
     cluster["load_assignment"]["endpoints"] = [
-        {"priority": 0, "lb_endpoints": [endpoint("a", "k1", a, 3), endpoint("a", "k2", a, 1)]},
+        {
+            "priority": 0,
+            "lb_endpoints": [
+                endpoint("a", "k1", a, weights[0]),
+                endpoint("a", "k2", a, weights[1]),
+            ],
+        },
         {"priority": 1, "lb_endpoints": [endpoint("b", "b", b, 1)]},
     ]
     return cluster
@@ -205,9 +215,9 @@ RETRY_POLICY = {
 }
 
 
-def pool_retry_policy(update_frequency: int) -> dict[str, Any]:
+def pool_retry_policy(update_frequency: int, repicks: int = 5) -> dict[str, Any]:
     """RETRY_POLICY for a level of two keys: a retry avoids the hosts already tried
-    (`previous_hosts`, re-picking up to 5 times) and the priority load is updated every
+    (`previous_hosts`, re-picking up to `repicks` times) and the priority load is updated every
     `update_frequency` attempts; three attempts in all."""
     policy = {**RETRY_POLICY, "num_retries": 2}
     policy["retry_priority"] = {
@@ -226,8 +236,13 @@ def pool_retry_policy(update_frequency: int) -> dict[str, Any]:
             },
         }
     ]
-    policy["host_selection_retry_max_attempts"] = 5
+    policy["host_selection_retry_max_attempts"] = repicks
     return policy
+
+
+# A skewed pool (`pool20`: k1 weighs 20, k2 1), retried with the re-picks the gateway computes for
+# it (config/keys.py `repicks`) and with the 5 it used before.
+SKEWED = (20, 1)
 
 
 # x-fact-cluster -> (cluster, retry policy); without the header: `pair`, RETRY_POLICY.
@@ -235,6 +250,8 @@ ROUTES = {
     "refused": ("refused", RETRY_POLICY),
     "pool": ("pool", pool_retry_policy(2)),
     "pool-uf1": ("pool", pool_retry_policy(1)),
+    "pool20": ("pool20", pool_retry_policy(2, repicks(SKEWED))),
+    "pool20-5": ("pool20", pool_retry_policy(2, 5)),
     **{name: (name, RETRY_POLICY) for name in OUTLIER_CLUSTERS},
 }
 
@@ -319,6 +336,7 @@ def _bootstrap(down_port: int, up_port: int, a: int, b: int, closed: int) -> dic
                 _target_cluster("pair", up_port, [("a", a), ("b", b)]),
                 _target_cluster("refused", up_port, [("dead", closed), ("b", b)]),
                 _pool_cluster("pool", up_port, a, b),
+                _pool_cluster("pool20", up_port, a, b, SKEWED),
                 *(
                     _target_cluster(
                         name,

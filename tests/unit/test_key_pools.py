@@ -8,6 +8,7 @@ phase's `x-envoy-max-retries` counts every key of the targets it keeps."""
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import types
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import pytest
 import yaml
 
 from gateway_extproc import handoff
+from gateway_extproc.config import keys as pool_keys
 from gateway_extproc.config.fallback import FallbackConfig, Target, with_suffixes
 from gateway_extproc.config.gateway import GatewayConfig, load_config
 from gateway_extproc.config.upstreams import resolve_upstreams
@@ -118,6 +120,54 @@ def test_every_key_of_a_level_is_tried_before_the_next_level(tmp_path: Path) -> 
         assert policy["retry_host_predicate"][0]["name"].endswith("previous_hosts")
 
 
+@pytest.mark.parametrize(
+    ("weights", "repicks"),
+    [((3, 1), 5), ((1, 1), 5), ((20, 1), 21), ((100, 1), 101), ((20, 20, 1), 42), ((7, 3), 5)],
+)
+def test_a_retry_re_picks_enough_to_reach_the_lightest_key(
+    tmp_path: Path, weights: tuple[int, ...], repicks: int
+) -> None:
+    """Fact 8: `previous_hosts` re-picks (keys - 1) x (ceil(max/min) + 1) times, never fewer
+    than 5, on every route whose targets include the pool (the chain's and the one-target
+    chain of a pooled model without one)."""
+    keys = [{"name": f"k{i}", "env": f"POOL_KEY_{i}", "weight": w} for i, w in enumerate(weights)]
+    secrets = {**SECRETS, **{f"POOL_KEY_{i}": f"sk-{i}" for i in range(len(weights))}}
+    path = tmp_path / "gateway.yaml"
+    path.write_text(
+        yaml.safe_dump({"providers": {"openai": {"keys": keys}}, "fallback": {"chains": CHAINS}})
+    )
+    config = load_config(path, secrets)
+    b = build(config, PORTS, resolve_upstreams(config, secrets, None).values(), CA_FILE, ACCESS)
+    for cluster in ("chain_gpt-4o", "chain_gpt-4o-mini"):
+        assert _retry_policy(b, cluster)["host_selection_retry_max_attempts"] == repicks
+
+
+def _edf_run_without(weights: tuple[int, ...], steps: int = 5000) -> int:
+    """The longest run of picks without the lightest host in Envoy's EDF scheduler (deadline
+    = the current time + 1/weight, ties to the earliest added)."""
+    queue = [(1 / w, i, i) for i, w in enumerate(weights)]
+    heapq.heapify(queue)
+    lightest, order, run, longest = weights.index(min(weights)), len(weights), 0, 0
+    for _ in range(steps):
+        now, _order, host = heapq.heappop(queue)
+        heapq.heappush(queue, (now + 1 / weights[host], order, host))
+        order += 1
+        run = 0 if host == lightest else run + 1
+        longest = max(longest, run)
+    return longest
+
+
+@pytest.mark.parametrize(
+    "weights", [(3, 1), (20, 1), (100, 1), (20, 20, 1), (5, 5, 5, 1), (100, 99, 1), (10, 3, 1)]
+)
+def test_the_re_picks_cover_the_longest_run_without_the_lightest_key(
+    weights: tuple[int, ...],
+) -> None:
+    """The formula against a model of Envoy's EDF: the first pick plus the re-picks reach the
+    lightest key from any state (the tie case makes 20:1 need 21, not 20)."""
+    assert _edf_run_without(weights) <= pool_keys.repicks(weights)
+
+
 def test_envoy_accepts_the_pools(tmp_path: Path) -> None:
     path = tmp_path / "envoy.yaml"
     path.write_text(render(_bootstrap(_config(tmp_path))))
@@ -136,6 +186,11 @@ def test_envoy_accepts_the_pools(tmp_path: Path) -> None:
             "providers.openai.keys[0].secret: unknown key",
         ),
         ([{"name": "a", "env": "X"}, {"name": "a", "env": "Y"}], "names key 'a' twice"),
+        (
+            [{"name": "a", "env": "X", "weight": 101}, {"name": "b", "env": "Y"}],
+            "providers.openai.keys: the heaviest key weighs at most 100 times the lightest "
+            "(got 101:1)",
+        ),
     ],
 )
 def test_a_bad_pool_is_refused_with_its_path(tmp_path: Path, keys: object, problem: str) -> None:
