@@ -89,23 +89,21 @@ def admitted(
 
 
 async def cooling(stream: RequestStream, head: ModelEntry) -> frozenset[str]:
-    """The targets of `head`'s chain whose one-key provider is cooling (one MGET of every
-    such provider's key); nothing without a chain of two or more, or without Redis."""
+    """The targets of `head`'s chain cooling on their one-key provider for their model (one
+    MGET); nothing without a chain of two or more, or without Redis."""
     ctx = stream.ctx
     chain = ctx.config.fallback.chain_for(head.name)
     store = ctx.budgets.store
     if chain is None or len(chain) < 2 or store is None:
         return frozenset()
-    keys: dict[str, str] = {}
+    keys: dict[str, tuple[str, str, str]] = {}
     for target in chain:
         upstream = ctx.upstreams.get(target.provider)
         name = None if upstream is None else one_key([n for n, _, _ in upstream.keys])
         if name is not None:
-            keys[target.provider] = name
-    pairs = list(keys.items())
-    cool = await KeyCooldowns(store.client, store.key_base).cooling_of(pairs)
-    providers = {p for p, _ in cool}
-    return frozenset(t.name for t in chain if t.provider in providers)
+            keys[target.name] = (target.provider, target.model, name)
+    cool = await KeyCooldowns(store.client, store.key_base).cooling_of(list(keys.values()))
+    return frozenset(t for t, triple in keys.items() if triple in cool)
 
 
 def skipped_head(stream: RequestStream, head: ModelEntry, cooling: Collection[str]) -> int:

@@ -36,6 +36,7 @@ fallback:
   outlier: false
   chains:
     gpt-4o: [openai/gpt-4o, anthropic/claude-haiku-4-5]
+    gpt-4o-mini: [openai/gpt-4o-mini, anthropic/claude-haiku-4-5]
 """
 ASK = [{"role": "user", "content": "hi"}]
 
@@ -86,6 +87,12 @@ def test_a_head_cooling_after_a_429_is_skipped_by_the_next_request(stack: Stack)
         assert record["skipped"] == ["openai/gpt-4o"]
         assert record["cost_micros"] > 0  # charged at the answering target's price
 
+        # Providers rate-limit per model: the same key still serves another model's chain.
+        other = chat.with_raw_response.create(model="gpt-4o-mini", messages=ASK)
+        record = audit.wait_for(other.headers["x-gateway-request-id"])
+        assert record["served_by"] == "openai/gpt-4o-mini" and record["skipped"] == []
+
     counts = _counts(mock_root)
     assert sum(counts.get("gpt-4o", {}).values()) == 1  # the head asked once, in request 1
     assert sum(counts.get("claude-haiku-4-5", {}).values()) == 2
+    assert sum(counts.get("gpt-4o-mini", {}).values()) == 1
