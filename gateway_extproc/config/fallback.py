@@ -22,6 +22,10 @@ Envoy's clusters are fixed when it starts; a reload may want others. `pinned` ke
 configuration to the clusters Envoy has (`envoy_clusters` of the configuration it started with,
 their key counts included): a request goes to the one holding the longest prefix of what its
 caller may use, or unchained, and its attempts are counted with Envoy's pools, not the reload's.
+
+Suffix variants: a chain (or policy variant) [A, B, C] also gets [B, C] and [C], so a request
+whose head is cooling (a 429 with `retry-after`, request/chain.py) can start at the next target;
+they count in `MAX_VARIANTS` after the policy variants, and are pinned like them.
 """
 
 from __future__ import annotations
@@ -239,6 +243,38 @@ def with_variants(fallback: FallbackConfig, policies: PolicySet) -> FallbackConf
         elif needed:
             variants[model] = tuple(needed)
     return dataclasses.replace(fallback, variants=variants, too_many_variants=tuple(too_many))
+
+
+def with_suffixes(fallback: FallbackConfig) -> FallbackConfig:
+    """`fallback` (its policy variants and pools known) with the suffix variants of its chains:
+    each chain and policy variant without its first targets, so a request whose head is cooling
+    (request/chain.py) starts at the next one. Only targets of one-key providers are cut (a
+    pool cools per key: its head is not skipped); within MAX_VARIANTS a chain, after its policy
+    variants; none for a chain with too many of those. Pure."""
+    variants = dict(fallback.variants)
+    for model, chain in fallback.chains.items():
+        if model in fallback.too_many_variants:
+            continue
+        have = list(variants.get(model, ()))
+        lists = [chain[: fallback.attempts(chain)], *have]
+        added = _suffixes(lists, MAX_VARIANTS - len(have), set(fallback.pools))
+        if added:
+            variants[model] = (*have, *added)
+    return dataclasses.replace(fallback, variants=variants)
+
+
+def _suffixes(
+    lists: Sequence[Sequence[Target]], room: int, pooled: Collection[str]
+) -> list[tuple[Target, ...]]:
+    """Every proper suffix of each list whose cut targets are all of one-key providers,
+    shortest cut first, none that is a prefix of another, at most `room` of them."""
+    found: dict[tuple[Target, ...], None] = {}
+    for cut in range(1, max((len(t) for t in lists), default=0)):
+        for targets in lists:
+            if cut < len(targets) and not any(t.provider in pooled for t in targets[:cut]):
+                found[tuple(targets[cut:])] = None
+    kept = [t for t in found if not any(o != t and _is_prefix(t, o) for o in found)]
+    return kept[:room]
 
 
 def _is_prefix(short: Sequence[Target], long: Sequence[Target]) -> bool:

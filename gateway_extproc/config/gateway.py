@@ -31,6 +31,7 @@ from gateway_extproc.config.fallback import (
     FallbackConfig,
     parse_fallback,
     with_pools,
+    with_suffixes,
     with_variants,
 )
 from gateway_extproc.config.metering import MeteringConfig, parse_metering
@@ -314,6 +315,7 @@ def parse_config(
     fallback = with_variants(fallback, policies)  # clusters without a forbidden target
     pools = {name: len(p.keys) for name, p in providers.items() if len(p.keys) > 1}
     fallback = with_pools(fallback, pools, catalog)  # a one-target chain has no variant
+    fallback = with_suffixes(fallback)  # a cooling head skipped (request/chain.py)
 
     audit_file = environ.get("GATEWAY_AUDIT_LOG") or audit.get("file")
     if audit_file is not None and not isinstance(audit_file, str):

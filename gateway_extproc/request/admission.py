@@ -100,6 +100,8 @@ async def admit(stream: RequestStream, message: msgs.HttpBody) -> msgs.Processin
             e, request, long_context_beta=long_context_beta, providers=providers
         ),
     )
+    if stream.chain:  # a cooling head (429 retry-after) skipped: the suffix variant's cluster
+        stream.chain_skip = chain.skipped_head(stream, entry, await chain.cooling(stream, entry))
     bound_for = bounder(stream, request)
     if stream.chain:
         bound_for = chain.dearest(bound_for, stream.chain)
@@ -142,6 +144,7 @@ async def admit(stream: RequestStream, message: msgs.HttpBody) -> msgs.Processin
         stream.cache_ticket = CacheTicket(stream.cache_ticket.status)
     if admission.downgraded_from is not None:
         stream.chain = ()  # another model is served: its provider's own route
+        stream.chain_skip = 0
         stream.entry = entry = admission.entry
         if admission.bound is not None and admission.bound.price is not None:
             stream.entry = entry = dataclasses.replace(entry, price=admission.bound.price)

@@ -24,7 +24,7 @@ import orjson
 from google.protobuf import struct_pb2
 
 from gateway_extproc import handoff
-from gateway_extproc.budgets.keycool import KeyCooldowns, pick_key, retry_after_s
+from gateway_extproc.budgets.keycool import KeyCooldowns, one_key, pick_key, retry_after_s
 from gateway_extproc.errors import ClientError, InternalError, ProviderUnavailable
 from gateway_extproc.extproc import messages as msgs
 from gateway_extproc.extproc.context import GatewayContext
@@ -151,7 +151,7 @@ class AttemptProcessor:
                 cluster=None,
             )
         if self.key is not None:
-            self.key = await self._key_to_use(target.provider, self.key)
+            self.key = await self._key_to_use(target.provider, target.model, self.key)
             _use_key(common, upstream.key_credential(self.key), self.key)
         removed = [h for h in CREDENTIAL_HEADERS if h in self.headers]
         removed += [h for h in self.headers if h.startswith("x-gateway-")]
@@ -182,24 +182,31 @@ class AttemptProcessor:
         store = self.ctx.budgets.store
         return None if store is None else KeyCooldowns(store.client, store.key_base)
 
-    async def _key_to_use(self, provider: str, got: str) -> str:
+    async def _key_to_use(self, provider: str, model: str, got: str) -> str:
         """The endpoint's key, or another of the pool when it is cooling (docs/fallback.md):
         the record names the key actually presented."""
         pool = [name for name, _, _ in self.ctx.upstreams[provider].keys]
         cooldowns = self._cooldowns()
         if len(pool) < 2 or cooldowns is None:
             return got
-        return pick_key(got, pool, await cooldowns.cooling(provider, pool))
+        return pick_key(got, pool, await cooldowns.cooling(provider, model, pool))
 
     async def _cool(self, message: msgs.ProcessingRequest) -> None:
-        """A 429 with `retry-after` cools the key that got it, for every pod."""
+        """A 429 with `retry-after` cools the key that got it, for every pod: a pool's key, or
+        a one-key provider's only key (then later requests skip the target while it is the
+        chain's head: request/chain.py)."""
         headers = msgs.headers_of(message.response_headers)
         seconds = retry_after_s(headers.get("retry-after"))
         cooldowns = self._cooldowns()
         if headers.get(":status") != "429" or seconds <= 0 or cooldowns is None:
             return
-        if self.key is not None and self.target is not None:
-            await cooldowns.cool(self.target.provider, self.key, seconds)
+        if self.target is None:
+            return
+        name = self.key
+        if name is None:
+            name = one_key([n for n, _, _ in self.ctx.upstreams[self.target.provider].keys])
+        if name is not None:
+            await cooldowns.cool(self.target.provider, self.target.model, name, seconds)
 
     def _reject(self, err: ClientError) -> msgs.ProcessingResponse:
         state = self.state

@@ -14,14 +14,23 @@ own route - unless that target's provider has a key pool (its other keys are the
 After a reload only the clusters Envoy was started with are used (FallbackConfig.pinned): a new
 variant's request is cut at the longest prefix Envoy holds, a new chain's goes unchained, and
 the keys counted are those of Envoy's endpoints (a reload that resized a pool changes neither).
+
+Cooling targets: a one-key provider's target that answered 429 with `retry-after` is cooling
+(budgets/keycool.py, written by attempt.py). The request phase reads the chain's cooldowns (one
+MGET, chained requests only; Redis down: none) and, when the head and any targets right after it
+are cooling, sends the request to the suffix variant without them (`with_variants`): the skipped
+targets stay in the request's chain (reservation, state; the audit's `skipped` names them). A
+cooling target after the head is left to fall over (a 429 then the next target); a cooling head
+without a suffix cluster (pinned to an older Envoy) is tried as before.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from gateway_extproc.budgets.gate import BoundFor
+from gateway_extproc.budgets.keycool import KeyCooldowns, one_key
 from gateway_extproc.catalog.models import ModelEntry
 from gateway_extproc.catalog.pricing import worst_case_micros
 from gateway_extproc.config.fallback import Target
@@ -77,6 +86,39 @@ def admitted(
     # are its retries.
     pooled = reached == 1 and cluster is not None and cluster.keys[0] > 1
     return tuple(out[:reached]) if reached > 1 or pooled else ()
+
+
+async def cooling(stream: RequestStream, head: ModelEntry) -> frozenset[str]:
+    """The targets of `head`'s chain cooling on their one-key provider for their model (one
+    MGET); nothing without a chain of two or more, or without Redis."""
+    ctx = stream.ctx
+    chain = ctx.config.fallback.chain_for(head.name)
+    store = ctx.budgets.store
+    if chain is None or len(chain) < 2 or store is None:
+        return frozenset()
+    keys: dict[str, tuple[str, str, str]] = {}
+    for target in chain:
+        upstream = ctx.upstreams.get(target.provider)
+        name = None if upstream is None else one_key([n for n, _, _ in upstream.keys])
+        if name is not None:
+            keys[target.name] = (target.provider, target.model, name)
+    cool = await KeyCooldowns(store.client, store.key_base).cooling_of(list(keys.values()))
+    return frozenset(t for t, triple in keys.items() if triple in cool)
+
+
+def skipped_head(stream: RequestStream, head: ModelEntry, cooling: Collection[str]) -> int:
+    """How many targets at the start of the admitted chain (`stream.chain`) to skip: the
+    cooling ones before the first that is not, when a cluster holds all the rest in order
+    (a suffix variant); else 0 (the head is tried, and falls over)."""
+    chain = stream.chain
+    skip = 0
+    while skip < len(chain) - 1 and chain[skip][0].name in cooling:
+        skip += 1
+    if skip == 0:
+        return 0
+    rest = [t for t, _ in chain[skip:]]
+    cluster, reached = stream.ctx.config.fallback.chosen(head.name, rest)
+    return skip if cluster is not None and reached == len(rest) else 0
 
 
 def dearest(bound_for: BoundFor, chain: tuple[tuple[Target, ModelEntry], ...]) -> BoundFor:
@@ -136,7 +178,7 @@ def forward(stream: RequestStream) -> msgs.CommonResponse:
     filter rewrites it for its target (Envoy replays the original from its retry buffer)."""
     head = stream.chain[0][1]
     fallback = stream.ctx.config.fallback
-    admitted = [t for t, _ in stream.chain]
+    admitted = [t for t, _ in stream.chain[stream.chain_skip :]]  # a cooling head skipped
     cluster, reached = fallback.chosen(head.name, admitted)
     assert cluster is not None and reached == len(admitted)  # admitted() kept what one holds
     set_headers = {route.CLUSTER_HEADER: cluster.name}

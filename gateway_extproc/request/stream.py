@@ -59,6 +59,8 @@ class RequestStream:
         self.translated: dict[str, Any] | None = None
         # A fallback chain (request/chain.py): its admitted targets, priced; empty: none.
         self.chain: tuple[tuple[Target, ModelEntry], ...] = ()
+        # Its first targets skipped as cooling (chain.skipped_head): the cluster starts after.
+        self.chain_skip = 0
         self.status: int | None = None
         self.error_code: str | None = None
         self.concluded = False

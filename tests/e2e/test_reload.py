@@ -166,7 +166,7 @@ def test_a_reload_needing_new_chain_clusters_is_served_by_those_envoy_has(
             allowed = ask("gpt-4.1-mini", "sk-leak-me-not-0815", "gpt-4.1-mini=500,gpt-5-nano=500")
             assert allowed == (200, ["gpt-4.1-mini", "gpt-5-nano", "gpt-4.1"])
         warned = log.read_bytes().count(
-            b"Envoy has no cluster chain_gpt-4.1-mini.t0_2, chain_gpt-4o;"
+            b"Envoy has no cluster chain_gpt-4.1-mini.t0_2, chain_gpt-4o, chain_gpt-4o.t1;"
         )
         assert warned == WORKERS
     finally:

@@ -5,6 +5,7 @@ request phase picks the cluster (`cluster_for`); Envoy gets a cluster and routes
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from gateway_extproc.config.fallback import (
     FallbackConfig,
     Target,
     cluster_name,
+    with_suffixes,
     with_variants,
 )
 from gateway_extproc.config.gateway import GatewayConfig, load_config
@@ -213,7 +215,33 @@ def test_envoy_gets_a_cluster_and_routes_per_variant(tmp_path: Path, mode: str) 
         for h in r["match"]["headers"]:
             if h["name"] == CLUSTER_HEADER and "string_match" in h:
                 retries[h["string_match"]["exact"]] = r["route"]["retry_policy"]["num_retries"]
-    assert retries == {cluster_name("gpt-4.1-mini"): 2, "chain_gpt-4.1-mini.t0_2": 1}
+    assert retries == {
+        cluster_name("gpt-4.1-mini"): 2,
+        "chain_gpt-4.1-mini.t0_2": 1,
+        # suffix variants (a cooling head skipped, with_suffixes): [B, C] and [C]
+        "chain_gpt-4.1-mini.t1_2": 1,
+        "chain_gpt-4.1-mini.t2": 0,
+    }
     path = tmp_path / "envoy.yaml"
     path.write_text(render(b))
     validate_envoy_config(path)  # raises StackError with Envoy's complaint
+
+
+def test_suffix_variants_let_a_cooling_head_be_skipped() -> None:
+    """[A, B, C] and its policy variant [A, C] give [B, C] and [C] (deduplicated), which the
+    request phase chooses when A is cooling; pinned after a reload like the policy variants."""
+    fallback = with_suffixes(_fallback(NO_NANO))
+    assert fallback.variants == {"gpt-4.1-mini": ((A, C), (B, C), (C,))}
+    assert fallback.cluster_for("gpt-4.1-mini", [B, C]) == ("chain_gpt-4.1-mini.t1_2", (B, C), 2)
+    assert fallback.cluster_for("gpt-4.1-mini", [C]) == ("chain_gpt-4.1-mini.t2", (C,), 1)
+    reloaded = FallbackConfig({"gpt-4.1-mini": (A, B, C)}).pinned(
+        fallback.envoy_clusters({"openai"})
+    )
+    assert reloaded.cluster_for("gpt-4.1-mini", [B, C])[0] == "chain_gpt-4.1-mini.t1_2"
+
+
+def test_no_suffix_cuts_a_pooled_target_or_passes_the_bound() -> None:
+    pooled = dataclasses.replace(_fallback({}), pools={"openai": 2})
+    assert with_suffixes(pooled).variants == {}
+    full = dataclasses.replace(_fallback({}), variants={"gpt-4.1-mini": ((A, C),) * MAX_VARIANTS})
+    assert with_suffixes(full).variants == full.variants

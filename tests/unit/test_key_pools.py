@@ -18,7 +18,7 @@ import yaml
 
 from gateway_extproc import handoff
 from gateway_extproc.config import keys as pool_keys
-from gateway_extproc.config.fallback import FallbackConfig, Target
+from gateway_extproc.config.fallback import FallbackConfig, Target, with_suffixes
 from gateway_extproc.config.gateway import GatewayConfig, load_config
 from gateway_extproc.config.upstreams import resolve_upstreams
 from gateway_extproc.envoy.bootstrap import build, render
@@ -233,12 +233,18 @@ def test_a_policy_variant_is_a_cluster_of_keys_too(tmp_path: Path) -> None:
     validate_envoy_config(path)
 
 
-def _forward(fallback: FallbackConfig, admitted: list[Target]) -> dict[str, str]:
-    """The request phase's routing headers for a chained request that admitted `admitted`."""
+def _forward(
+    fallback: FallbackConfig, admitted: list[Target], cooling: frozenset[str] = frozenset()
+) -> dict[str, str]:
+    """The request phase's routing headers for a chained request that admitted `admitted`
+    (its targets named in `cooling` cooling: chain.skipped_head)."""
     stream = types.SimpleNamespace(
         chain=tuple((t, types.SimpleNamespace(name=t.model)) for t in admitted),
         ctx=types.SimpleNamespace(config=types.SimpleNamespace(fallback=fallback)),
+        chain_skip=0,
     )
+    head = stream.chain[0][1]
+    stream.chain_skip = chained.skipped_head(stream, head, cooling)  # type: ignore[arg-type]
     reply = chained.forward(stream)  # type: ignore[arg-type]
     assert isinstance(reply, msgs.CommonResponse)
     return {h.header.key: h.header.raw_value.decode() for h in reply.header_mutation.set_headers}
@@ -287,3 +293,22 @@ def test_after_a_reload_that_resized_a_pool_the_trim_counts_envoys_keys() -> Non
     assert shrunk.missing({"openai"}) == ("chain_gpt-4.1-mini",)
     # Nothing resized: nothing to restart for.
     assert started.pinned(envoy).missing({"openai"}) == ()
+
+
+def test_a_cooling_head_goes_to_the_suffix_variant() -> None:
+    """chain.skipped_head: a cooling head (and cooling targets right after it) are skipped
+    through a suffix variant; a cooling middle target is left to fall over; without a suffix
+    cluster (pinned to an older Envoy) the head is tried."""
+    a, b, c = Target("openai", "gpt-4o"), Target("anthropic", "claude"), Target("gemini", "g")
+    fallback = with_suffixes(FallbackConfig({"gpt-4o": (a, b, c)}))
+    route = CLUSTER_HEADER
+    assert _forward(fallback, [a, b, c], frozenset({a.name}))[route] == "chain_gpt-4o.t1_2"
+    assert _forward(fallback, [a, b, c], frozenset({a.name, b.name}))[route] == "chain_gpt-4o.t2"
+    assert _forward(fallback, [a, b, c], frozenset({b.name}))[route] == "chain_gpt-4o"
+    assert _forward(fallback, [a, b, c], frozenset())[route] == "chain_gpt-4o"
+    every = frozenset({a.name, b.name, c.name})  # the last is tried, cooling or not
+    assert _forward(fallback, [a, b, c], every)[route] == "chain_gpt-4o.t2"
+    trimmed = _forward(fallback, [a, b], frozenset({a.name}))  # c not admitted: stop after b
+    assert trimmed == {route: "chain_gpt-4o.t1_2", chained.MAX_RETRIES_HEADER: "0"}
+    plain = FallbackConfig({"gpt-4o": (a, b, c)})
+    assert _forward(plain, [a, b, c], frozenset({a.name}))[route] == "chain_gpt-4o"

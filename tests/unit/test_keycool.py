@@ -47,12 +47,13 @@ async def test_a_cooled_key_is_cooling_for_retry_after(redis_server: RedisEndpoi
     client = Redis(host=redis_server.host, port=redis_server.port)
     try:
         cool = KeyCooldowns(client, "llmgw:{gwb}")
-        assert await cool.cooling("openai", POOL) == set()
-        await cool.cool("openai", "main", 30)
-        await cool.cool("openai", "spare", 0)  # no retry-after: no cooldown
-        assert await cool.cooling("openai", POOL) == {"main"}
-        assert await cool.cooling("anthropic", POOL) == set()  # per provider
-        key = cool.key("openai", "main")
+        assert await cool.cooling("openai", "gpt-4o", POOL) == set()
+        await cool.cool("openai", "gpt-4o", "main", 30)
+        await cool.cool("openai", "gpt-4o", "spare", 0)  # no retry-after: no cooldown
+        assert await cool.cooling("openai", "gpt-4o", POOL) == {"main"}
+        assert await cool.cooling("openai", "gpt-4o-mini", POOL) == set()  # per model
+        assert await cool.cooling("anthropic", "gpt-4o", POOL) == set()  # per provider
+        key = cool.key("openai", "gpt-4o", "main")
         assert key.startswith("llmgw:{gwb}:")  # the store's hash slot
         assert 29_000 < await client.pttl(key) <= 30_000
     finally:
@@ -63,7 +64,7 @@ async def test_redis_down_means_no_cooldown_never_an_error() -> None:
     client = Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5)
     try:
         cool = KeyCooldowns(client, "llmgw:{gwb}")
-        await cool.cool("openai", "main", 30)
-        assert await cool.cooling("openai", POOL) == set()
+        await cool.cool("openai", "gpt-4o", "main", 30)
+        assert await cool.cooling("openai", "gpt-4o", POOL) == set()
     finally:
         await client.aclose()
