@@ -161,6 +161,9 @@ class Page:
         values.setdefault("session", None)
         values.setdefault("demo", False)
         values.setdefault("active", "")
+        for flag in ("signin", "bearer_only"):
+            values.setdefault(flag, False)
+        values.setdefault("public_url", "")
         body = self._templates.get_template(template).render(**values)
         return web.Response(text=body, status=status, content_type="text/html")
 

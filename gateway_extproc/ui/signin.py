@@ -17,6 +17,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import httpx
 import jwt
 from authlib.integrations.base_client.errors import OAuthError
 from authlib.integrations.httpx_client import AsyncOAuth2Client
@@ -77,7 +78,7 @@ class SignIn:
             return cached[0]
         url = self.discovery_url(issuer)
         try:
-            async with self._client() as client:
+            async with httpx.AsyncClient(timeout=HTTP_TIMEOUT_S) as client:
                 answer = await client.get(url)
             answer.raise_for_status()
             doc = answer.json()
