@@ -24,7 +24,10 @@ from pathlib import Path
 
 PACKAGE = "uplot"
 VERSION = "1.6.31"
-INTEGRITY = "sha512-sQZqSwVCbJGnFB4IQjQYopzj5CoTZJ4Br1fG/xdONimqgHmsacvCjNesdGDypNKFbrhLGIeshYhy89FxPF+H+w=="
+INTEGRITY = (
+    "sha512-"
+    "sQZqSwVCbJGnFB4IQjQYopzj5CoTZJ4Br1fG/xdONimqgHmsacvCjNesdGDypNKFbrhLGIeshYhy89FxPF+H+w=="
+)
 FILES = {  # path in the tarball -> file name under the page's static directory
     "package/dist/uPlot.iife.min.js": "uPlot.iife.min.js",
     "package/dist/uPlot.min.css": "uPlot.min.css",
