@@ -51,6 +51,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             if stack.admin_api_address
             else ""
         )
+        + (
+            f"  spend     {stack.spend_page_url}  (the spend page, in a browser)\n"
+            if stack.spend_page_url
+            else ""
+        )
         + f"  redis     {stack.redis_url}\n"
         + (f"  mock      {stack.mock_url}  serving: {', '.join(mocked)}\n" if mocked else "")
         + (
@@ -117,6 +122,7 @@ def cmd_envoy_config(args: argparse.Namespace) -> int:
         ops_port=args.ops_port,
         admin_api_port=config.admin_api.port,
         admin_api_http_port=config.admin_api.http_port,
+        spend_page_port=config.spend_page.port,
     )
     sidecar_tls = (args.sidecar_tls_cert, args.sidecar_tls_key, args.sidecar_tls_ca)
     client_tls = None

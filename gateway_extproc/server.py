@@ -33,6 +33,8 @@ from gateway_extproc.request.processor import StreamProcessor
 from gateway_extproc.response.stream_observer import StreamObserver
 from gateway_extproc.runtime import Runtime, build_context
 from gateway_extproc.sidecar_auth.settings import plaintext_bind_problem
+from gateway_extproc.ui import server as page_server
+from gateway_extproc.ui.settings import page_socket
 
 log = logging.getLogger("gateway.server")
 
@@ -147,6 +149,8 @@ async def serve(
     port_file: Path | None,
     admin_address: str | None = None,
     admin_port_file: Path | None = None,
+    page_address: str | None = None,
+    page_port_file: Path | None = None,
 ) -> None:
     ctx = runtime.ctx
     server = grpc.aio.server(options=grpc_options(ctx.config))
@@ -195,6 +199,16 @@ async def serve(
         if admin_port_file is not None:
             admin_port_file.with_suffix(".tmp").write_text(str(admin_port))
             admin_port_file.with_suffix(".tmp").replace(admin_port_file)
+    page = None
+    if page_address is not None:  # worker 0 only, beside the admin API
+        host, _, page_port = page_address.rpartition(":")
+        socket = page_socket(ctx.config.admin_api.socket) if ctx.config.admin_api.tls else None
+        page, bound = await page_server.start(
+            lambda: runtime.ctx, host, int(page_port), socket, os.environ
+        )
+        if page_port_file is not None:
+            page_port_file.with_suffix(".tmp").write_text(str(bound))
+            page_port_file.with_suffix(".tmp").replace(page_port_file)
     for service in ("", SERVICE_NAME):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     if port_file is not None:
@@ -210,6 +224,8 @@ async def serve(
             ctx.config.unhealthy_after_s,
         )
     await stop.wait()
+    if page is not None:
+        await page.cleanup()
     if admin is not None:
         await admin.stop(1.0)
     await drain(server, health_servicer, runtime)
@@ -277,6 +293,10 @@ def main(argv: list[str] | None = None) -> int:
         "--admin-address", default=None, help="serve the admin API on host:port (worker 0)"
     )
     parser.add_argument("--admin-port-file", type=Path, default=None)
+    parser.add_argument(
+        "--spend-page-address", default=None, help="serve the spend page on host:port (worker 0)"
+    )
+    parser.add_argument("--spend-page-port-file", type=Path, default=None)
     parser.add_argument("--worker", type=int, default=0, help="this worker's index (telemetry)")
     parser.add_argument(
         "--metrics-port",
@@ -342,7 +362,17 @@ def main(argv: list[str] | None = None) -> int:
         import uvloop
 
         run = uvloop.run
-    run(serve(runtime, address, args.port_file, args.admin_address, args.admin_port_file))
+    run(
+        serve(
+            runtime,
+            address,
+            args.port_file,
+            args.admin_address,
+            args.admin_port_file,
+            args.spend_page_address,
+            args.spend_page_port_file,
+        )
+    )
     return 0
 
 

@@ -76,6 +76,7 @@ class Stack:
     admin_port: int | None = None
     admin_api_port: int | None = None  # None: from config (admin_api.port); 0: ephemeral
     admin_api_http_port: int | None = None  # None: from config (admin_api.http_port)
+    spend_page_port: int | None = None  # None: from config (spend_page.port); 0: ephemeral
     log_path: Path | None = None  # where children write; None: inherit the terminal
     mock_args: tuple[str, ...] = ()
     start_sidecar: bool = True
@@ -99,6 +100,7 @@ class Stack:
         self.gateway_url = ""
         self.admin_url = ""
         self.admin_api_address = ""  # host:port of the admin API, when admin_api.enabled
+        self.page_port = 0  # worker 0's spend page port, when spend_page.enabled
         self.sidecar_ports: dict[int, int] = {}  # worker -> bound port
         self.metrics_ports: dict[int, int] = {}  # worker -> its /metrics port
         self.upstreams: dict[str, Upstream] = {}
@@ -218,6 +220,14 @@ class Stack:
             admin_port_file.unlink(missing_ok=True)
             argv += ["--admin-address", f"{admin.host}:{admin_port}"]
             argv += ["--admin-port-file", str(admin_port_file)]
+        page = self.config.spend_page
+        page_port_file = self.run_dir / "spend-page.port"
+        serves_page = worker == 0 and admin.enabled and page.enabled
+        if serves_page:
+            page_port = page.port if self.spend_page_port is None else self.spend_page_port
+            page_port_file.unlink(missing_ok=True)
+            argv += ["--spend-page-address", f"{self.config.sidecar_host}:{page_port}"]
+            argv += ["--spend-page-port-file", str(page_port_file)]
         env = {
             **self.sidecar_environ,
             "GATEWAY_REDIS_URL": self.redis_url,
@@ -229,8 +239,23 @@ class Stack:
         self.sidecar_ports = {**self.sidecar_ports, worker: bound}
         if worker == 0 and admin.enabled:
             self.admin_api_address = f"{admin.host}:{admin_port_file.read_text().strip()}"
+        if serves_page:
+            self.page_port = int(page_port_file.read_text().strip())
         if port_written(metrics_file):  # written before the port file, when metrics are on
             self.metrics_ports = {**self.metrics_ports, worker: int(metrics_file.read_text())}
+
+    @property
+    def spend_page_url(self) -> str:
+        """Where a person opens the spend page: its public URL, else the admin JSON listener."""
+        page, admin = self.config.spend_page, self.config.admin_api
+        if not (page.enabled and admin.enabled and self.admin_api_address):
+            return ""
+        if page.public_url:
+            return f"{page.public_url}/ui/"
+        port = admin.http_port if self.admin_api_http_port is None else self.admin_api_http_port
+        host = "127.0.0.1" if admin.host in ("0.0.0.0", "::", "") else admin.host
+        scheme = "https" if admin.tls is not None else "http"
+        return f"{scheme}://{host}:{port}/ui/" if port else ""
 
     def journal_path(self, worker: int = 0) -> Path:
         directory = self.journal_dir or self.run_dir / "journal"
@@ -263,6 +288,7 @@ class Stack:
             admin_api_http_port=self.config.admin_api.http_port
             if self.admin_api_http_port is None
             else self.admin_api_http_port,
+            spend_page_port=self.page_port,
         )
         access = sidecar_access(self.config, self.sidecar_environ, self.sidecar_client_tls)
         bootstrap = envoy_config.build(self.config, ports, upstreams.values(), ca_bundle(), access)

@@ -6,6 +6,10 @@ names: `groupBy`, `scopeValue`, ...) and `authorization: Bearer <token>`, which 
 gRPC metadata; gRPC errors come back as HTTP statuses with a JSON `{code, message}` body. With
 `admin_api.tls` the listener serves the same certificate (and asks for client certificates
 when the gRPC port does) and reaches worker 0 over `admin_api.socket`.
+
+With the spend page on, the same listener routes `/ui/` to worker 0's page (plain HTTP/1.1 on
+a loopback port, or a unix socket with TLS) and redirects `/` there; the public listener never
+routes to either.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from gateway_extproc.admin.api import SERVICE
 from gateway_extproc.admin.tls import AdminTls
 
 CLUSTER = "gateway_admin_api"
+PAGE_CLUSTER = "gateway_spend_page"
 _T = "type.googleapis.com/envoy."
 
 
@@ -57,7 +62,18 @@ def _downstream_tls(tls: AdminTls) -> dict[str, Any]:
     return {"name": "envoy.transport_sockets.tls", "typed_config": context}
 
 
-def listener(host: str, port: int, tls: AdminTls | None = None) -> dict[str, Any]:
+def page_routes() -> list[dict[str, Any]]:
+    """`/ui/...` to the spend page (streamed CSVs: no route timeout cut below a minute), and
+    `/` to `/ui/`."""
+    return [
+        {"match": {"prefix": "/ui"}, "route": {"cluster": PAGE_CLUSTER, "timeout": "60s"}},
+        {"match": {"path": "/"}, "redirect": {"path_redirect": "/ui/"}},
+    ]
+
+
+def listener(
+    host: str, port: int, tls: AdminTls | None = None, page: bool = False
+) -> dict[str, Any]:
     transcoder = {
         "name": "envoy.filters.http.grpc_json_transcoder",
         "typed_config": {
@@ -86,7 +102,8 @@ def listener(host: str, port: int, tls: AdminTls | None = None) -> dict[str, Any
                             {
                                 "match": {"prefix": f"/{SERVICE}/"},
                                 "route": {"cluster": CLUSTER, "timeout": "60s"},
-                            }
+                            },
+                            *(page_routes() if page else ()),
                         ],
                     }
                 ],
@@ -123,6 +140,20 @@ def cluster(host: str, port: int, unix_socket: str | None = None) -> dict[str, A
         },
         "load_assignment": {
             "cluster_name": CLUSTER,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}],
+        },
+    }
+
+
+def page_cluster(host: str, port: int, unix_socket: str | None = None) -> dict[str, Any]:
+    """Worker 0's spend page: HTTP/1.1 on a loopback port, or its unix socket (admin TLS)."""
+    address = _socket(host, port) if unix_socket is None else {"pipe": {"path": unix_socket}}
+    return {
+        "name": PAGE_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": PAGE_CLUSTER,
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}],
         },
     }

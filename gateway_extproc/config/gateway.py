@@ -48,6 +48,7 @@ from gateway_extproc.observability.settings import ObservabilityConfig, parse_ob
 from gateway_extproc.sidecar_auth.settings import KEYS as SIDECAR_AUTH_KEYS
 from gateway_extproc.sidecar_auth.settings import SidecarAuthConfig, parse_sidecar_auth
 from gateway_extproc.spend.rollup import RollupSettings
+from gateway_extproc.ui.settings import SpendPageConfig, page_problems, parse_spend_page
 
 # What Envoy does with a request header whose name has an underscore (its
 # `headers_with_underscores_action`): some servers read `x_api_key` as `x-api-key`.
@@ -105,6 +106,8 @@ class GatewayConfig:
     rate_limits: tuple[RateLimitConfig, ...] = ()
     admin_api: AdminApiConfig = dataclasses.field(default_factory=AdminApiConfig)
     spend: RollupSettings = dataclasses.field(default_factory=RollupSettings)
+    # The spend page (ui/), served by worker 0 through the admin API's JSON listener.
+    spend_page: SpendPageConfig = dataclasses.field(default_factory=SpendPageConfig)
     observability: ObservabilityConfig = dataclasses.field(default_factory=ObservabilityConfig)
     metering: MeteringConfig = dataclasses.field(default_factory=MeteringConfig)
     guardrails: Guardrails = dataclasses.field(default_factory=Guardrails)
@@ -191,7 +194,7 @@ def parse_config(
     r = Reader()
     known = {"listener", "limits", "sidecar", "providers", "mock_unconfigured_providers"}
     known |= {"catalog", "audit", "identity", "policies", "budgets", "budget_store"}
-    known |= {"admin_api", "spend", "rate_limits"}
+    known |= {"admin_api", "spend", "spend_page", "rate_limits"}
     known |= {"observability", "metering", "guardrails", "cache", "fallback"}
     for extra in sorted(set(doc) - known):
         r.problems.append(f"{extra}: unknown key")
@@ -351,6 +354,7 @@ def parse_config(
         rate_limits=rate_limits,
         admin_api=parse_admin_api(doc.get("admin_api"), r.problems),
         spend=parse_spend(doc.get("spend"), r.problems),
+        spend_page=parse_spend_page(doc.get("spend_page"), r.problems),
         observability=parse_observability(doc.get("observability"), r.problems),
         metering=parse_metering(r, doc),
         guardrails=guardrails,
@@ -362,6 +366,7 @@ def parse_config(
         fallback=fallback,
     )
     r.problems.extend(caller_problems(config.admin_api, identity, dev_issuer))
+    r.problems.extend(page_problems(config.spend_page, identity, config.admin_api.enabled))
     if r.problems:
         raise ConfigError(r.problems)
     return config

@@ -29,6 +29,7 @@ from gateway_extproc.envoy.filters import EXTPROC_CLUSTER, SidecarAccess, secure
 from gateway_extproc.envoy.listener import gateway_listener
 from gateway_extproc.envoy.ops import admin_cluster, ops_listener
 from gateway_extproc.observability import envoy_tracing
+from gateway_extproc.ui.settings import page_socket
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +42,7 @@ class EnvoyPorts:
     ops_port: int | None = None  # readiness and metrics for Kubernetes (ops.py)
     admin_api_port: int = 0  # worker 0's admin gRPC port (0: no JSON listener)
     admin_api_http_port: int = 0  # the JSON listener's port (0: none)
+    spend_page_port: int = 0  # worker 0's spend page port (0: none, unless on a unix socket)
 
 
 def build(
@@ -73,12 +75,18 @@ def build(
     admin = config.admin_api  # JSON over HTTP: admin_api.http_port (or the stack's choice)
     if admin.enabled and ports.admin_api_port and ports.admin_api_http_port:
         resources = bootstrap["static_resources"]
+        socket = page_socket(admin.socket) if admin.tls is not None else None
+        page = config.spend_page.enabled and bool(ports.spend_page_port or socket)
         resources["listeners"].append(
-            envoy_json.listener(admin.host, ports.admin_api_http_port, admin.tls)
+            envoy_json.listener(admin.host, ports.admin_api_http_port, admin.tls, page)
         )
         resources["clusters"].append(
             envoy_json.cluster(ports.sidecar_host, ports.admin_api_port, admin.socket)
         )
+        if page:
+            resources["clusters"].append(
+                envoy_json.page_cluster(ports.sidecar_host, ports.spend_page_port, socket)
+            )
     secure_sidecar_calls(bootstrap, access)
     return bootstrap
 

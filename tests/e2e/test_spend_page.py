@@ -1,0 +1,346 @@
+"""The spend page through the real stack (Envoy's admin JSON listener, the sidecar's worker 0,
+redis-server, the mock provider) and a real OIDC provider (tests/idp.py): sign-in by the IdP's
+form (authorization code + PKCE), the own view against the admin view, filters, drill-down, CSV
+equal to GetSpend (through the admin API) and to the audit log's sums after real SDK requests,
+logout, forged and expired cookies, and sign-ins that go wrong. One stack, httpx (no browser)."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import html
+import io
+import re
+import time
+import urllib.parse
+from collections import defaultdict
+from collections.abc import Iterator
+
+import anthropic
+import httpx
+import openai
+import pytest
+import redis.asyncio
+
+from gateway_extproc.budgets.store import BudgetStore
+from gateway_extproc.catalog.pricing import format_usd
+from gateway_extproc.identity.model import AuthMethod, Identity, Kind
+from gateway_extproc.stack import Stack, free_port
+from gateway_extproc.ui.sessions import Sessions
+from tests.e2e.conftest import start_stack
+from tests.e2e.harness import AuditLog, eventually
+from tests.idp import IdpClient, IdpUser, OidcProvider
+
+pytestmark = pytest.mark.e2e
+ADA = IdpUser("ada@example.com", "pw-ada", ("eng",))
+GRACE = IdpUser("grace@example.com", "pw-grace", ("eng", "ml"))
+ROOT = IdpUser("root@example.com", "pw-root", ("gateway-admins",))
+CONFIG = """
+identity:
+  issuers:
+    corp:
+      issuer: {issuer}
+      audiences: [llm-gateway]
+      jwks_url: {jwks}
+admin_api: {{enabled: true}}
+spend_page:
+  enabled: true
+  public_url: {public}
+  oidc: {{issuer: corp, client_id: page, scopes: [openid, email]}}
+budgets:
+  - name: eng-monthly
+    scope: {{kind: group}}
+    match: {{groups: [eng]}}
+    limit_usd: 100
+    window: {{type: calendar, period: month}}
+    action: monitor
+  - name: per-user
+    scope: {{kind: user}}
+    limit_usd: 10
+    window: {{type: calendar, period: month}}
+    action: block
+"""
+
+
+class Page:
+    def __init__(self, stack: Stack, idp: OidcProvider, base: str) -> None:
+        self.stack, self.idp, self.base = stack, idp, base
+        self.audit = AuditLog(stack.run_dir / "audit.jsonl")
+
+    def browser(self) -> httpx.Client:
+        return httpx.Client(base_url=self.base, timeout=30)
+
+    def start_sign_in(self, client: httpx.Client, path: str = "/ui/") -> str:
+        """Open a page signed out: redirected to /ui/login, then to the IdP. Returns the
+        IdP's authorization URL."""
+        first = client.get(path)
+        assert first.status_code == 302, first.text
+        assert first.headers["location"].startswith("/ui/login?next=")
+        login = client.get(first.headers["location"])
+        assert login.status_code == 302, login.text
+        target = login.headers["location"]
+        assert target.startswith(self.idp.issuer + "/authorize?")
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(target).query)
+        assert query["code_challenge_method"] == ["S256"] and query["nonce"][0]
+        return target
+
+    def idp_form(self, authorize_url: str, user: IdpUser, action: str = "allow") -> str:
+        """Fill in the IdP's sign-in form as a person would; returns where it redirects."""
+        form_page = httpx.get(authorize_url, timeout=10)
+        assert form_page.status_code == 200, form_page.text
+        fields = {
+            html.unescape(k): html.unescape(v)
+            for k, v in re.findall(r'type="hidden" name="([^"]+)" value="([^"]*)"', form_page.text)
+        }
+        fields |= {"username": user.email, "password": user.password, "action": action}
+        answer = httpx.post(f"{self.idp.issuer}/authorize", data=fields, timeout=10)
+        assert answer.status_code == 302, answer.text
+        return answer.headers["location"]
+
+    def sign_in(self, client: httpx.Client, user: IdpUser) -> None:
+        callback = self.idp_form(self.start_sign_in(client), user)
+        assert callback.startswith(self.base + "/ui/callback?")
+        back = client.get(callback)
+        assert back.status_code == 303, back.text
+        assert back.headers["location"] == "/ui/"
+        cookie = back.headers["set-cookie"]
+        assert "gw_session=" in cookie and "HttpOnly" in cookie and "Path=/ui" in cookie
+        assert "SameSite=Lax" in cookie and "Secure" not in cookie  # public URL is http
+
+    def admin_token(self) -> str:
+        claims = {"sub": "root", "email": ROOT.email, "email_verified": True}
+        claims |= {"groups": list(ROOT.groups), "iss": self.idp.issuer, "aud": "llm-gateway-admin"}
+        return self.idp.key.token(claims)
+
+    def bearer(self, token: str) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.base, timeout=30, headers={"authorization": f"Bearer {token}"}
+        )
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
+    tmp_path = tmp_path_factory.mktemp("spend-page")
+    json_port = free_port()
+    base = f"http://127.0.0.1:{json_port}"
+    idp = OidcProvider([ADA, GRACE, ROOT], [IdpClient("page", (f"{base}/ui/callback",))])
+    config = tmp_path / "gateway.yaml"
+    config.write_text(CONFIG.format(issuer=idp.issuer, jwks=idp.jwks_url, public=base))
+    stack = start_stack(
+        tmp_path / "run",
+        config_path=config,
+        admin_api_port=0,
+        admin_api_http_port=json_port,
+        spend_page_port=0,
+    )
+    try:
+        yield Page(stack, idp, base)
+    finally:
+        stack.stop()
+        idp.close()
+
+
+@pytest.fixture(scope="module")
+def traffic(page: Page) -> list[str]:
+    """Real SDK requests by ada and grace (tokens from the IdP, as `gatewayctl login` gets)."""
+    ids: list[str] = []
+    for user, n in ((ADA, 2), (GRACE, 1)):
+        token = page.idp.access_token(page.idp.users[user.email], "cli")
+        oai = openai.OpenAI(base_url=page.stack.gateway_url + "/v1", api_key=token, max_retries=0)
+        for _ in range(n):
+            raw = oai.chat.completions.with_raw_response.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=20
+            )
+            ids.append(raw.headers["x-gateway-request-id"])
+        claude = anthropic.Anthropic(base_url=page.stack.gateway_url, api_key=token, max_retries=0)
+        raw_a = claude.messages.with_raw_response.create(
+            model="claude-haiku-4-5", messages=[{"role": "user", "content": "hi"}], max_tokens=20
+        )
+        ids.append(raw_a.headers["x-gateway-request-id"])
+    for rid in ids:
+        page.audit.wait_for(rid)
+    return ids
+
+
+def rows(text: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def audit_sums(page: Page, ids: list[str], dim: str) -> dict[str, tuple[int, str]]:
+    sums: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for rec in page.audit.records():
+        if rec.get("request_id") in ids and rec["usage_source"] != "none":
+            key = rec["served_model"] if dim == "model" else rec["identity"]["user"]
+            sums[key][0] += 1
+            sums[key][1] += rec["cost_micros"]
+    return {k: (n, format_usd(c)) for k, (n, c) in sums.items()}
+
+
+def csv_sums(text: str, dim: str) -> dict[str, tuple[int, str]]:
+    return {r[dim]: (int(r["requests"]), r["cost_usd"]) for r in rows(text)}
+
+
+# -- one source of truth ----------------------------------------------------------------------
+
+
+def test_csv_equals_getspend_and_the_audit_sums(page: Page, traffic: list[str]) -> None:
+    with page.bearer(page.admin_token()) as admin:
+        compare_with_getspend_and_audit(page, admin, traffic)
+
+
+def compare_with_getspend_and_audit(page: Page, admin: httpx.Client, traffic: list[str]) -> None:
+    for dim in ("user", "model"):
+        expected = audit_sums(page, traffic, dim)
+        eventually(
+            lambda dim=dim, expected=expected: (
+                csv_sums(  # type: ignore[misc]
+                    admin.get(f"/ui/spend.csv?by={dim}").text, dim
+                )
+                == expected
+            ),
+            what=f"the page's CSV by {dim} to reach the audit sums",
+        )
+        answer = admin.get(f"/ui/spend.csv?by={dim}")
+        assert answer.headers["content-type"].startswith("text/csv")
+        api = admin.post("/gateway.admin.v1.AdminService/GetSpend", json={"groupBy": [dim]})
+        assert api.status_code == 200, api.text
+        from_api = {
+            r["key"][0]: (int(r["requests"]), format_usd(int(r["costMicros"])))
+            for r in api.json()["rows"]
+        }
+        assert csv_sums(answer.text, dim) == from_api == expected
+    header = rows(admin.get("/ui/spend.csv?by=model").text)[0].keys()
+    assert list(header)[:3] == ["model", "requests", "input_tokens"]
+
+
+def test_a_data_plane_token_sees_only_its_own_spend(page: Page, traffic: list[str]) -> None:
+    token = page.idp.access_token(page.idp.users[ADA.email], "cli")
+    with page.bearer(token) as curl:
+        widened = curl.get("/ui/spend.csv?by=user&user=grace@example.com")
+        assert widened.status_code == 200
+        assert [r["user"] for r in rows(widened.text)] == [ADA.email]
+        assert "your own view" in curl.get("/ui/").text
+
+
+# -- sign-in, views, logout --------------------------------------------------------------------
+
+
+def test_signed_in_person_sees_own_view_and_budgets_then_signs_out(
+    page: Page, traffic: list[str]
+) -> None:
+    with page.browser() as me:
+        page.sign_in(me, ADA)
+        view = me.get("/ui/?by=model&user=grace@example.com")
+        assert view.status_code == 200
+        assert "ada@example.com · your own view" in view.text
+        assert "grace" not in view.text  # the forced filter is not even shown as removable
+        csp = view.headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+        assert '<meta name="viewport"' in view.text
+        own = rows(me.get("/ui/spend.csv?by=user&user=grace@example.com").text)
+        assert [r["user"] for r in own] == [ADA.email]
+        budgets = rows(me.get("/ui/budgets.csv").text)
+        assert {(b["budget"], b["scope_value"]) for b in budgets} == {
+            ("eng-monthly", "eng"),
+            ("per-user", ADA.email),
+        }
+        assert all(b["forecast_usd"] for b in budgets)
+        token = re.search(r'name="csrf" value="([^"]+)"', view.text)
+        assert token is not None
+        refused = me.post("/ui/logout", data={"csrf": "forged"})
+        assert refused.status_code == 403
+        cross = me.post(
+            "/ui/logout", data={"csrf": token[1]}, headers={"origin": "https://evil.example"}
+        )
+        assert cross.status_code == 403
+        old = me.cookies.get("gw_session")
+        out = me.post("/ui/logout", data={"csrf": token[1]}, headers={"origin": page.base})
+        assert out.status_code == 200 and "signed out" in out.text
+    with page.browser() as later:  # the deleted session's cookie opens nothing
+        later.cookies.set("gw_session", old or "", path="/ui")
+        again = later.get("/ui/")
+        assert again.status_code == 302 and again.headers["location"].startswith("/ui/login")
+
+
+def test_admin_sees_everyone_filters_and_drills_down(page: Page, traffic: list[str]) -> None:
+    with page.browser() as boss:
+        page.sign_in(boss, ROOT)
+        view = boss.get("/ui/?by=group")
+        assert view.status_code == 200 and "root@example.com · admin view" in view.text
+        assert "Top spenders" in view.text
+        drill = re.search(r'<a href="(/ui/\?by=user[^"]*group=eng[^"]*)">eng</a>', view.text)
+        assert drill is not None, view.text
+        link = html.unescape(drill[1])
+        users = boss.get(link.replace("/ui/?", "/ui/spend.csv?"))
+        assert {r["user"] for r in rows(users.text)} == {ADA.email, GRACE.email}
+        filtered = rows(boss.get("/ui/spend.csv?by=user&group=ml").text)
+        assert [r["user"] for r in filtered] == [GRACE.email]
+        budgets = rows(boss.get("/ui/budgets.csv").text)
+        assert ("per-user", GRACE.email) in {(b["budget"], b["scope_value"]) for b in budgets}
+
+
+# -- what must not let anyone in -----------------------------------------------------------------
+
+
+def test_forged_and_expired_session_cookies_open_nothing(page: Page) -> None:
+    with page.browser() as forged:
+        forged.cookies.set("gw_session", "x" * 43, path="/ui")
+        assert forged.get("/ui/").status_code == 302
+        assert forged.get("/ui/spend.csv").status_code == 401
+
+    async def expired_session() -> str:
+        client = redis.asyncio.Redis.from_url(page.stack.redis_url)
+        try:
+            store = BudgetStore(client, page.stack.config.budget_store.key_prefix)
+            sessions = Sessions(client, store.key_base)  # where the page keeps them
+            ada = Identity(
+                kind=Kind.USER,
+                auth_method=AuthMethod.JWT,
+                user=ADA.email,
+                service=None,
+                groups=frozenset(ADA.groups),
+                issuer="corp",
+                attributes={},
+                expires_at=None,
+            )
+            session_id, _ = await sessions.create(ada, 60, time.time() - 120)  # ended 60 s ago
+            return session_id
+        finally:
+            await client.aclose()
+
+    session_id = asyncio.run(expired_session())
+    with page.browser() as late:
+        late.cookies.set("gw_session", session_id, path="/ui")
+        assert late.get("/ui/spend.csv").status_code == 401
+
+
+def test_sign_ins_that_go_wrong_get_a_clear_page(page: Page) -> None:
+    with page.browser() as client:  # a state that is not the one this browser started
+        callback = page.idp_form(page.start_sign_in(client), ADA)
+        forged = re.sub(r"state=[^&]+", "state=forged", callback)
+        answer = client.get(forged)
+        assert answer.status_code == 400 and "state does not match" in answer.text
+    with page.browser() as client:  # the person declines at the IdP
+        callback = page.idp_form(page.start_sign_in(client), ADA, action="deny")
+        answer = client.get(callback)
+        assert answer.status_code == 403 and "you declined the sign-in" in answer.text
+    with page.browser() as client:  # the same callback twice: the sign-in is used up
+        callback = page.idp_form(page.start_sign_in(client), ADA)
+        assert client.get(callback).status_code == 303
+        replay = client.get(callback)
+        assert replay.status_code == 400 and "already used" in replay.text
+    with page.browser() as other, page.browser() as stranger:  # not the browser that began it
+        callback = page.idp_form(page.start_sign_in(other), ADA)
+        answer = stranger.get(callback)
+        assert answer.status_code == 400 and "Traceback" not in answer.text
+
+
+def test_root_redirects_and_static_files_are_cached(page: Page) -> None:
+    root = httpx.get(page.base + "/", timeout=10)
+    assert root.status_code in (301, 302) and root.headers["location"].endswith("/ui/")
+    script = httpx.get(page.base + "/ui/static/uplot/uPlot.iife.min.js", timeout=10)
+    assert script.status_code == 200 and "immutable" in script.headers["cache-control"]
+    assert script.headers["content-type"].startswith("text/javascript")
+    # the public listener never serves the page
+    public = httpx.get(page.stack.gateway_url + "/ui/", timeout=10)
+    assert public.status_code != 200 or "LLM gateway" not in public.text
