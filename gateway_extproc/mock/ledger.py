@@ -15,7 +15,7 @@ import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 
-from gateway_extproc.mock.prices import PRICES, per_token
+from gateway_extproc.mock.prices import listed, per_token
 
 TOKEN_KINDS = (
     "input_tokens",  # uncached input, cache writes not included
@@ -60,9 +60,9 @@ class Switches:
 
     def rates(self, provider: str, model: str) -> dict[str, Decimal]:
         """USD per token of each kind for `model`, with the price change applied."""
-        listed = self.prices.get(model) or PRICES.get(model) or {}
+        prices = self.prices.get(model) or listed(model)
         factor = self.price_factor.get(provider, Decimal(1))
-        return {kind: rate * factor for kind, rate in per_token(listed).items()}
+        return {kind: rate * factor for kind, rate in per_token(prices).items()}
 
 
 _RATE_OF = {

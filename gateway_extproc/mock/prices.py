@@ -9,6 +9,7 @@ reports - a test that needs its cost lists it here.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from decimal import Decimal
 
@@ -32,6 +33,18 @@ PRICES: Mapping[str, Mapping[str, str]] = {
         "output": "15.00",
     },
 }
+
+
+_DATED = re.compile(r"^(?P<base>.+?)-(?:\d{8}|\d{4}-\d{2}-\d{2})$")
+
+
+def listed(model: str) -> Mapping[str, str]:
+    """The list price of `model`, or of the undated model of a dated snapshot
+    (`claude-haiku-4-5-20251001`, `gpt-4o-mini-2024-07-18`); {} when not listed."""
+    if model in PRICES:
+        return PRICES[model]
+    dated = _DATED.match(model)
+    return PRICES.get(dated["base"], {}) if dated else {}
 
 
 def per_token(prices: Mapping[str, str]) -> dict[str, Decimal]:
