@@ -45,6 +45,7 @@ from gateway_extproc.identity.model import IdentityConfig
 from gateway_extproc.identity.policy import PolicySet, parse_policies
 from gateway_extproc.identity.settings import parse_identity
 from gateway_extproc.observability.settings import ObservabilityConfig, parse_observability
+from gateway_extproc.reconcile.settings import ReconcileSettings, parse_reconcile
 from gateway_extproc.sidecar_auth.settings import KEYS as SIDECAR_AUTH_KEYS
 from gateway_extproc.sidecar_auth.settings import SidecarAuthConfig, parse_sidecar_auth
 from gateway_extproc.spend.rollup import RollupSettings
@@ -108,6 +109,7 @@ class GatewayConfig:
     spend: RollupSettings = dataclasses.field(default_factory=RollupSettings)
     # The spend page (ui/), served by worker 0 through the admin API's JSON listener.
     spend_page: SpendPageConfig = dataclasses.field(default_factory=SpendPageConfig)
+    reconcile: ReconcileSettings = dataclasses.field(default_factory=ReconcileSettings)
     observability: ObservabilityConfig = dataclasses.field(default_factory=ObservabilityConfig)
     metering: MeteringConfig = dataclasses.field(default_factory=MeteringConfig)
     guardrails: Guardrails = dataclasses.field(default_factory=Guardrails)
@@ -194,7 +196,7 @@ def parse_config(
     r = Reader()
     known = {"listener", "limits", "sidecar", "providers", "mock_unconfigured_providers"}
     known |= {"catalog", "audit", "identity", "policies", "budgets", "budget_store"}
-    known |= {"admin_api", "spend", "spend_page", "rate_limits"}
+    known |= {"admin_api", "spend", "spend_page", "rate_limits", "reconcile"}
     known |= {"observability", "metering", "guardrails", "cache", "fallback"}
     for extra in sorted(set(doc) - known):
         r.problems.append(f"{extra}: unknown key")
@@ -355,6 +357,7 @@ def parse_config(
         admin_api=parse_admin_api(doc.get("admin_api"), r.problems),
         spend=parse_spend(doc.get("spend"), r.problems),
         spend_page=parse_spend_page(doc.get("spend_page"), r.problems),
+        reconcile=parse_reconcile(doc.get("reconcile"), r.problems),
         observability=parse_observability(doc.get("observability"), r.problems),
         metering=parse_metering(r, doc),
         guardrails=guardrails,
@@ -365,6 +368,11 @@ def parse_config(
         else (frozenset(_default_document()["providers"]) & set(providers)) - set(named_providers),
         fallback=fallback,
     )
+    if config.reconcile.enabled and config.spend.timezone != "UTC":
+        r.problems.append(
+            "reconcile: the providers' reports are kept per UTC day, so the rollups must be too "
+            f"(spend.timezone is {config.spend.timezone!r}; set it to UTC to reconcile)"
+        )
     r.problems.extend(caller_problems(config.admin_api, identity, dev_issuer))
     r.problems.extend(page_problems(config.spend_page, identity, config.admin_api.enabled))
     if r.problems:

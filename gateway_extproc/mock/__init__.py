@@ -8,7 +8,8 @@ transcripts). Modules: `controls` (header parsing), `content` (reply words, toke
 `responses_api`, `anthropic_api`, `replay` (pure builders); the aiohttp side: `server` (the app,
 wired), `routes` (which path goes to which builder; `bedrock_routes` for Bedrock's), `handler`
 (the one request handler), `auth` (key checks), `send` (writing a reply), `faults` (holds,
-latency, cut connections), `recorder` (`/_mock/requests`, `/_mock/bills`), `settings`; `cli`,
+latency, cut connections), `recorder` (`/_mock/requests`, `/_mock/bills`), `reports` (the
+organisation usage and cost report APIs over `ledger`, priced from `prices`), `settings`; `cli`,
 `testing` (`running_mock()`: serve in-process on an ephemeral port).
 """
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from gateway_extproc.mock.ledger import key_projects
 from gateway_extproc.mock.server import SHUTDOWN_GRACE_SECONDS, create_app
 
 
@@ -40,6 +41,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="with --azure-token: serve a managed-identity token endpoint (GET /msi/token, App "
         "Service style) that issues TOKEN to callers sending `X-IDENTITY-HEADER: SECRET`",
     )
+    parser.add_argument(
+        "--openai-admin-key", help="the admin key OpenAI's usage and costs reports take"
+    )
+    parser.add_argument(
+        "--anthropic-admin-key", help="the admin key Anthropic's usage and cost reports take"
+    )
+    parser.add_argument(
+        "--key-project",
+        action="append",
+        default=[],
+        metavar="KEY=PROJECT",
+        help="the project (OpenAI) or workspace (Anthropic) a serving key belongs to in the "
+        "reports (repeatable; other keys: the default project / workspace)",
+    )
     return parser.parse_args(argv)
 
 
@@ -59,6 +74,8 @@ async def serve(args: argparse.Namespace) -> None:
         args.azure_key,
         args.azure_token,
         args.identity_header,
+        admin_keys=(args.openai_admin_key, args.anthropic_admin_key),
+        key_projects=key_projects(args.key_project),
     )
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
     await runner.setup()

@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway_extproc.mock import faults, recorder
+from gateway_extproc.mock import faults, recorder, reports
 from gateway_extproc.mock.auth import auth_error
 from gateway_extproc.mock.billing import Progress
 from gateway_extproc.mock.content import parse_body
@@ -65,7 +65,9 @@ async def handle(endpoint: Endpoint, request: web.Request) -> web.StreamResponse
     try:
         return await send_reply(request, reply, controls, encoder, headers, progress)
     finally:
-        recorder.record_bill(request, reply, controls, progress)
+        tokens = recorder.record_bill(request, reply, controls, progress)
+        if tokens is not None:  # on its provider's usage and cost reports too
+            reports.note(request, record.get("model"), tokens)
 
 
 async def _reply(endpoint: Endpoint, request: web.Request, raw: bytes, controls: Controls) -> Reply:

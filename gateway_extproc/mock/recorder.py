@@ -53,23 +53,27 @@ def count(
     app[COUNTS][(model or NO_MODEL, NO_FAULT if fault is None else fault.label)] += 1
 
 
-def record_bill(request: web.Request, reply: Reply, controls: Controls, progress: Progress) -> None:
-    """Record what the reply is billed (a failed request bills nothing)."""
+def record_bill(
+    request: web.Request, reply: Reply, controls: Controls, progress: Progress
+) -> dict[str, int] | None:
+    """Record what the reply is billed (a failed request bills nothing); return the tokens."""
     if reply.bill is None or reply.status >= 400 or controls.reset:
-        return
+        return None
     streamed = isinstance(reply, StreamReply)
     writes = None  # a JSON reply, or a stream written whole: billed whole
     if isinstance(reply, StreamReply) and (progress.cut or controls.aborts):
         writes = plan_for(reply.events, controls).writes
+    tokens = billed(reply.bill, writes, progress, controls.generates_after_cut)
     request.app[BILLS].append(
         {
             "request_id": request.headers.get("x-request-id"),
             "path": request.path,
             "streamed": streamed,
             "cut": progress.cut,
-            "tokens": billed(reply.bill, writes, progress, controls.generates_after_cut),
+            "tokens": tokens,
         }
     )
+    return tokens
 
 
 async def _list_requests(request: web.Request) -> web.Response:
