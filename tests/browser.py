@@ -102,6 +102,15 @@ def page(browser: Browser) -> Iterator[Page]:
         context.close()
 
 
+def _is_page(value: object) -> bool:
+    """A Playwright page (a test may have a fixture of its own called `page`)."""
+    if value is None:
+        return False
+    from playwright.sync_api import Page
+
+    return isinstance(value, Page)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
@@ -109,7 +118,7 @@ def pytest_runtest_makereport(
     """A failed browser test leaves a screenshot of the page as it was, named in its report."""
     report = yield
     failed_page = getattr(item, "funcargs", {}).get("page")
-    if report.when == "call" and report.failed and failed_page is not None:
+    if report.when == "call" and report.failed and _is_page(failed_page):
         try:
             path = shot(failed_page, "failed", item.nodeid)
         except Exception as exc:  # a crashed browser must not hide the test's own failure
