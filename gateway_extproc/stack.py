@@ -1,4 +1,5 @@
-"""Start and stop the whole local stack: redis-server, mock provider, sidecar, Envoy.
+"""Start and stop the whole local stack: redis-server, mock provider, sidecar, Envoy (and, for
+`gatewayctl run` with the dev issuer, the development IdP: gateway_extproc/devidp.py).
 
 Used by `gatewayctl run` (what `make run` calls) and by the end-to-end tests, so the tests run
 exactly what a user runs. Every process gets an ephemeral loopback port unless told otherwise,
