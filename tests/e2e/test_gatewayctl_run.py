@@ -156,8 +156,14 @@ def test_run_serves_the_mock_writes_audit_and_ctrl_c_stops_everything(tmp_path: 
             out, _ = proc.communicate(timeout=30)
         finally:
             if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+                # Ctrl-C, as a person would: gatewayctl stops its children (they run in their
+                # own sessions, so killing it alone would leave them running after a failure).
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
     assert proc.returncode == 0
     audit = [json.loads(line) for line in out.splitlines() if line.startswith(b"{")]
     mine = [a for a in audit if a["request_id"] == r.headers["x-gateway-request-id"]]
