@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench profile lint imports typecheck unit e2e envoy-config proto lock deps-latest clean
+.PHONY: run test browser bench profile lint imports typecheck unit e2e envoy-config proto lock deps-latest clean
 
 $(STAMP): pyproject.toml uv.lock scripts/locked_install.py
 	$(PYTHON) scripts/locked_install.py $(VENV) --extra dev
@@ -48,7 +48,8 @@ run: $(STAMP)
 TEST_WORKERS ?= 2
 
 ## test: lint, import contracts, type-check, unit tests, end-to-end tests through real Envoy
-test: $(STAMP) lint imports typecheck
+##       and in a real browser (Debian's chromium, installed first where missing)
+test: $(STAMP) lint imports typecheck browser
 	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 ## bench: overhead of the gateway vs plain Envoy and a no-op ext_proc, and of traces + metrics on vs off (~12 min;
@@ -69,6 +70,11 @@ bench: $(STAMP)
 ##          loads, gateway and no-op (~2 min; BENCH_ARGS="--setups gateway+otel" for telemetry on)
 profile: $(STAMP)
 	$(BIN)/python -m bench --profile --duration 15 $(BENCH_ARGS)
+
+## browser: Debian's chromium for the Playwright tests: nothing if /usr/bin/chromium exists,
+##          else apt-get install (needs root); never a browser download of Playwright's own
+browser:
+	$(PYTHON) scripts/ensure_chromium.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check gateway_extproc tests bench scripts

@@ -24,7 +24,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from gateway_extproc.launch import StackError
     from gateway_extproc.stack import Stack
 
-    stack = Stack(run_dir=Path(args.run_dir), config_path=_config_path(args.config))
+    stack = Stack(
+        run_dir=Path(args.run_dir), config_path=_config_path(args.config), start_dev_idp=True
+    )
     stopping = False
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -57,6 +59,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             else ""
         )
         + f"  redis     {stack.redis_url}\n"
+        + _dev_idp_lines(stack.dev_idp_url)
         + (f"  mock      {stack.mock_url}  serving: {', '.join(mocked)}\n" if mocked else "")
         + (
             f"  left out  {', '.join(left_out)}  (no key; not named in the config)\n"
@@ -83,6 +86,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         stack.stop()
     return 0
+
+
+def _dev_idp_lines(url: str) -> str:
+    if not url:
+        return ""
+    return (
+        f"  dev IdP   {url}  (OIDC discovery: {url}/.well-known/openid-configuration;\n"
+        "            local development only: sign in as anyone, no password)\n"
+    )
 
 
 def _traces_line(environ: Mapping[str, str]) -> str:

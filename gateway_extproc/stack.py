@@ -1,4 +1,5 @@
-"""Start and stop the whole local stack: redis-server, mock provider, sidecar, Envoy.
+"""Start and stop the whole local stack: redis-server, mock provider, sidecar, Envoy (and, for
+`gatewayctl run` with the dev issuer, the development IdP: gateway_extproc/devidp.py).
 
 Used by `gatewayctl run` (what `make run` calls) and by the end-to-end tests, so the tests run
 exactly what a user runs. Every process gets an ephemeral loopback port unless told otherwise,
@@ -59,7 +60,7 @@ def _is_sidecar(name: str) -> bool:
 
 
 def _stop_rank(name: str) -> int:
-    """Stop order: Envoy, the sidecar workers, the mock provider, then Redis."""
+    """Stop order: Envoy, the sidecar workers, the mock provider and dev IdP, then Redis."""
     if name == "envoy":
         return 0
     if _is_sidecar(name):
@@ -88,6 +89,10 @@ class Stack:
     journal_prefix: str = ""
     adopt_journals: Path | None = None
     redis_url: str = ""  # a Redis this stack does not own (tests of outages); "": start one
+    # The development IdP (gateway_extproc/devidp.py) beside the dev issuer: gatewayctl run
+    # starts it when identity.dev_issuer is on; port None: from config (identity.dev_idp_port).
+    start_dev_idp: bool = False
+    dev_idp_port: int | None = None
 
     def __post_init__(self) -> None:
         # A local run: its configuration may trust the development issuer (config/local.yaml).
@@ -97,6 +102,7 @@ class Stack:
         self.config: GatewayConfig = load_config(self.config_path, self.environ)
         self._own_redis = not self.redis_url
         self.mock_url: str | None = None
+        self.dev_idp_url = ""  # http://127.0.0.1:<port> when the dev IdP runs
         self.gateway_url = ""
         self.admin_url = ""
         self.admin_api_address = ""  # host:port of the admin API, when admin_api.enabled
@@ -177,6 +183,17 @@ class Stack:
         )
         wait_for(lambda: port_written(port_file), "mock provider", 20, proc)
         self.mock_url = f"http://127.0.0.1:{port_file.read_text().strip()}/v1"
+
+    def start_dev_idp_process(self) -> None:
+        """The development IdP on loopback, signing with this run's dev issuer key."""
+        port_file = self.run_dir / "dev-idp.port"
+        port_file.unlink(missing_ok=True)
+        port = self.config.dev_idp_port if self.dev_idp_port is None else self.dev_idp_port
+        argv = [sys.executable, "-m", "gateway_extproc.devidp", "--port", str(port)]
+        argv += ["--dir", str(self.run_dir / "dev-issuer"), "--port-file", str(port_file)]
+        proc = self._spawn("dev-idp", argv)
+        wait_for(lambda: port_written(port_file), "dev IdP", 20, proc)
+        self.dev_idp_url = f"http://127.0.0.1:{port_file.read_text().strip()}"
 
     def start_sidecar_process(self, worker: int = 0, port: int | None = None) -> None:
         """Start sidecar worker `worker` (process name "sidecar" for worker 0, else
@@ -315,6 +332,8 @@ class Stack:
                 self.start_redis()
             if needs_mock(self.config, self.environ):
                 self.start_mock()
+            if self.start_dev_idp and self.config.dev_issuer:
+                self.start_dev_idp_process()
             if self.start_sidecar:
                 self.start_sidecars()
             self.start_envoy()

@@ -6,6 +6,9 @@ import pytest
 
 from tests.skip_policy import SkipPolicy
 
+# Playwright fixtures (`browser`, `page`) and the screenshot-on-failure hook: tests/browser.py.
+pytest_plugins = ["tests.browser"]
+
 # Tests allowed not to run, by node id, each with the reason that is fine. Empty: everything the
 # suite collects runs on the machine `make test` is meant for (data beside the repo included).
 ALLOWED_SKIPS: dict[str, str] = {}

@@ -40,6 +40,8 @@ from gateway_extproc.config.providers import ProviderConfig, parse_provider
 from gateway_extproc.config.reader import Reader
 from gateway_extproc.errors import ConfigError
 from gateway_extproc.guardrails import Guardrails, parse_guardrails
+from gateway_extproc.identity.dev_oidc_requests import DEFAULT_PORT as DEV_IDP_DEFAULT_PORT
+from gateway_extproc.identity.dev_oidc_requests import PORT_ENV as DEV_IDP_PORT_ENV
 from gateway_extproc.identity.devissuer import ALLOW_ENV as DEV_ISSUER_ALLOW_ENV
 from gateway_extproc.identity.model import IdentityConfig
 from gateway_extproc.identity.policy import PolicySet, parse_policies
@@ -96,6 +98,7 @@ class GatewayConfig:
     identity: IdentityConfig = dataclasses.field(default_factory=IdentityConfig)
     policies: PolicySet = dataclasses.field(default_factory=PolicySet.allow_all)
     dev_issuer: bool = False  # accept tokens from the local development issuer (make run)
+    dev_idp_port: int = DEV_IDP_DEFAULT_PORT  # gatewayctl run's dev IdP, with dev_issuer (0: any)
     reload_poll_s: float = 10.0  # 0: reload on SIGHUP only
     health_check_interval_s: float = 1.0  # Envoy's gRPC health checks of each worker
     health_check_unhealthy_threshold: int = 2  # unanswered checks before Envoy stops using it
@@ -289,9 +292,13 @@ def parse_config(
 
     identity_doc = doc.get("identity")
     dev_issuer = False
+    dev_idp_port = DEV_IDP_DEFAULT_PORT
     if isinstance(identity_doc, Mapping) and "dev_issuer" in identity_doc:
         dev_issuer = r.boolean(identity_doc, "identity", "dev_issuer", False)
-        identity_doc = {k: v for k, v in identity_doc.items() if k != "dev_issuer"}
+    if isinstance(identity_doc, Mapping):
+        dev_idp_port = _dev_idp_port(r, identity_doc, environ, dev_issuer)
+        dev_keys = ("dev_issuer", "dev_idp_port")
+        identity_doc = {k: v for k, v in identity_doc.items() if k not in dev_keys}
     if dev_issuer and environ.get(DEV_ISSUER_ALLOW_ENV) != "1":
         r.problems.append(
             "identity.dev_issuer: the local development issuer is for gatewayctl run (make run) "
@@ -343,6 +350,7 @@ def parse_config(
         identity=identity,
         policies=policies,
         dev_issuer=dev_issuer,
+        dev_idp_port=dev_idp_port,
         reload_poll_s=r.number(sidecar, "sidecar", "reload_poll_s", 10.0),
         health_check_interval_s=_interval(r, sidecar),
         health_check_unhealthy_threshold=r.integer(
@@ -462,3 +470,24 @@ def load_config(path: Path | None, environ: Mapping[str, str]) -> GatewayConfig:
         environ,
         named_providers=list(named) if isinstance(named, Mapping) else [],
     )
+
+
+def _dev_idp_port(
+    r: Reader, identity: Mapping[str, Any], environ: Mapping[str, str], dev_issuer: bool
+) -> int:
+    """`identity.dev_idp_port` (GATEWAY_DEV_IDP_PORT wins): the loopback port of the
+    development IdP that gatewayctl run serves beside the dev issuer; 0 takes any free port."""
+    if not dev_issuer:
+        if "dev_idp_port" in identity:
+            r.problems.append("identity.dev_idp_port: only with identity.dev_issuer: true")
+        return DEV_IDP_DEFAULT_PORT
+    port = identity.get("dev_idp_port", DEV_IDP_DEFAULT_PORT)
+    if DEV_IDP_PORT_ENV in environ:
+        try:
+            port = int(environ[DEV_IDP_PORT_ENV])
+        except ValueError:
+            r.problems.append(
+                f"{DEV_IDP_PORT_ENV}: must be an integer (got {environ[DEV_IDP_PORT_ENV]!r})"
+            )
+            return DEV_IDP_DEFAULT_PORT
+    return r.integer({"dev_idp_port": port}, "identity", "dev_idp_port", 0, 65535)

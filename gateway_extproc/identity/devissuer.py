@@ -106,6 +106,10 @@ class DevIssuer:
     def jwks_path(self) -> Path:
         return self.directory / JWKS_FILE
 
+    def jwks(self) -> dict[str, list[dict[str, str]]]:
+        """The public key set (what `jwks.json` holds), for the dev IdP's jwks_uri."""
+        return {"keys": [_public_jwk(self.key)]}
+
     def issuer_config(self, attributes: Iterable[str] = ()) -> IssuerConfig:
         """The verifier's config for this issuer. `attributes` names top-level claims to record
         as verified attributes (`cost_center` -> claim `cost_center`)."""

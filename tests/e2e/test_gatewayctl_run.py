@@ -73,7 +73,10 @@ def test_run_serves_the_mock_writes_audit_and_ctrl_c_stops_everything(tmp_path: 
         if not k.endswith("_API_KEY") and not k.startswith("OTEL_")
     }
     env.update(
-        GATEWAY_PORT="0", GATEWAY_AUDIT_LOG=str(tmp_path / "audit.jsonl"), PYTHONUNBUFFERED="1"
+        GATEWAY_PORT="0",
+        GATEWAY_DEV_IDP_PORT="0",  # 10094 by default; this machine runs other stacks
+        GATEWAY_AUDIT_LOG=str(tmp_path / "audit.jsonl"),
+        PYTHONUNBUFFERED="1",
     )
     config = tmp_path / "gateway.yaml"
     # config/local.yaml is what `make run` uses; 9901 may be taken on this machine.
@@ -113,6 +116,11 @@ def test_run_serves_the_mock_writes_audit_and_ctrl_c_stops_everything(tmp_path: 
             metrics = re.findall(r"metrics +(http://[\d.]+:\d+/metrics)", stderr_path.read_text())
             assert len(metrics) == len(set(metrics)) >= 1
             assert "traces    off" in stderr_path.read_text()  # no OTEL_* exporter configured
+            # The development IdP beside the dev issuer (config/local.yaml turns it on).
+            idp = re.search(r"dev IdP +(http://127\.0\.0\.1:\d+) ", stderr_path.read_text())
+            assert idp is not None
+            discovery = httpx.get(f"{idp.group(1)}/.well-known/openid-configuration", timeout=5)
+            assert discovery.json()["token_endpoint"] == f"{idp.group(1)}/token"
             check_run_secrets(tmp_path / "run")
             # The README's demo: mint a token from the local development issuer.
             token = subprocess.run(
@@ -148,8 +156,14 @@ def test_run_serves_the_mock_writes_audit_and_ctrl_c_stops_everything(tmp_path: 
             out, _ = proc.communicate(timeout=30)
         finally:
             if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+                # Ctrl-C, as a person would: gatewayctl stops its children (they run in their
+                # own sessions, so killing it alone would leave them running after a failure).
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
     assert proc.returncode == 0
     audit = [json.loads(line) for line in out.splitlines() if line.startswith(b"{")]
     mine = [a for a in audit if a["request_id"] == r.headers["x-gateway-request-id"]]
@@ -157,3 +171,4 @@ def test_run_serves_the_mock_writes_audit_and_ctrl_c_stops_everything(tmp_path: 
     assert mine[0]["identity"]["user"] == "alice@example.com"
     assert mine[0]["identity"]["issuer"] == "dev" and mine[0]["identity"]["groups"] == ["eng"]
     assert not _port_open(gateway) and not _port_open(admin.group(1))
+    assert not _port_open(idp.group(1))
