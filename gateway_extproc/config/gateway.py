@@ -382,7 +382,9 @@ def parse_config(
             f"(spend.timezone is {config.spend.timezone!r}; set it to UTC to reconcile)"
         )
     r.problems.extend(caller_problems(config.admin_api, identity, dev_issuer))
-    r.problems.extend(page_problems(config.spend_page, identity, config.admin_api.enabled))
+    r.problems.extend(
+        page_problems(config.spend_page, identity, config.admin_api.enabled, dev_issuer)
+    )
     if r.problems:
         raise ConfigError(r.problems)
     return config

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from pathlib import PurePosixPath
 from urllib.parse import urlsplit
 
+from gateway_extproc.admin.auth import DEV_ISSUER_NAME
 from gateway_extproc.identity.model import IdentityConfig
 
 DEFAULT_PAGE_PORT = 10092
@@ -154,10 +155,12 @@ def parse_spend_page(doc: object, problems: list[str]) -> SpendPageConfig:
 
 
 def page_problems(
-    page: SpendPageConfig, identity: IdentityConfig, admin_enabled: bool
+    page: SpendPageConfig, identity: IdentityConfig, admin_enabled: bool, dev_issuer: bool = False
 ) -> list[str]:
     """What the rest of the configuration must give the page: the admin API (its listener and
-    its authorisation) and, for sign-in, an issuer with a JWKS to verify id tokens with."""
+    its authorisation) and, for sign-in, an issuer with a JWKS to verify id tokens with (with
+    `identity.dev_issuer`, also the local development issuer, `dev`, whose IdP `gatewayctl run`
+    serves)."""
     problems: list[str] = []
     if page.enabled and not admin_enabled:
         problems.append(
@@ -165,6 +168,8 @@ def page_problems(
             "API's JSON listener, with its authorisation)"
         )
     if page.oidc is not None and page.oidc.issuer:
+        if dev_issuer and page.oidc.issuer == DEV_ISSUER_NAME:
+            return problems
         issuers = {i.name: i for i in identity.issuers}
         found = issuers.get(page.oidc.issuer)
         if found is None:
