@@ -70,7 +70,8 @@ def start(
     if audience:
         form["audience"] = audience
     try:
-        answer = client.post(
+        answer = client.request(
+            "POST",
             endpoint,
             data=form,
             withhold_token=True,

@@ -538,10 +538,13 @@ def test_local_reply_mappers(config: GatewayConfig, production: dict[str, Any]) 
         limit = str(config.limits.max_request_body_bytes)
         assert limit in too_large["body_format_override"]["json_format"]["error"]["message"]
     # Last: Envoy's other replies, except a route's direct response (/.well-known/llm-gateway).
-    assert mappers[-1] is by_expression[
-        "!response.code_details.startsWith('gateway_')"
-        " && response.code_details != 'direct_response'"
-    ]
+    assert (
+        mappers[-1]
+        is by_expression[
+            "!response.code_details.startsWith('gateway_')"
+            " && response.code_details != 'direct_response'"
+        ]
+    )
 
 
 def test_access_log_has_no_secret_headers(production: dict[str, Any]) -> None:
