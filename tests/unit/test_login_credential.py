@@ -117,8 +117,9 @@ def test_concurrent_callers_refresh_once(idp: OidcProvider, tmp_path: Path) -> N
         t.join(30)
     refreshes = idp.grants("refresh_token")[before:]
     assert [c.outcome for c in refreshes] == ["ok"]
+    # (The new access token may equal the old one: the test IdP's JWTs have whole-second
+    # times. The refresh is proven by the IdP's record, the rotation and the new expiry.)
     assert len(set(map(str, results))) == 1 and isinstance(results[0], str)
-    assert results[0] != entry.access_token
     with store.locked():
         stored = store.get(GATEWAY)
     assert stored is not None and stored.access_token == results[0]
