@@ -13,6 +13,7 @@ from pathlib import Path
 from gateway_extproc.admin.cli import add_admin_commands, budgets_command
 from gateway_extproc.errors import ConfigError
 from gateway_extproc.identity.devissuer import add_token_command
+from gateway_extproc.login.commands import add_login_commands, print_mode
 
 
 def _config_path(value: str | None) -> Path | None:
@@ -303,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         "keys (exit status 2 naming each missing one)",
     )
     check.set_defaults(func=cmd_check)
-    add_token_command(sub)
+    add_login_commands(sub, add_token_command(sub, modes=print_mode))
     add_admin_commands(sub)
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["budgets"]:

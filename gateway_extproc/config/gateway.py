@@ -34,6 +34,7 @@ from gateway_extproc.config.fallback import (
     with_suffixes,
     with_variants,
 )
+from gateway_extproc.config.login import LoginConfig, parse_login
 from gateway_extproc.config.metering import MeteringConfig, parse_metering
 from gateway_extproc.config.namespaces import namespace_problems
 from gateway_extproc.config.providers import ProviderConfig, parse_provider
@@ -124,6 +125,9 @@ class GatewayConfig:
     optional_providers: frozenset[str] = frozenset()
     # Fallback chains: the targets Envoy tries in order when one fails (config/fallback.py).
     fallback: FallbackConfig = dataclasses.field(default_factory=FallbackConfig)
+    # How people sign in for a gateway token (gatewayctl login), published by Envoy at
+    # /.well-known/llm-gateway (config/login.py); None: no `login:` section.
+    login: LoginConfig | None = None
 
     @property
     def uses_store(self) -> bool:
@@ -200,7 +204,7 @@ def parse_config(
     known = {"listener", "limits", "sidecar", "providers", "mock_unconfigured_providers"}
     known |= {"catalog", "audit", "identity", "policies", "budgets", "budget_store"}
     known |= {"admin_api", "spend", "spend_page", "rate_limits", "reconcile"}
-    known |= {"observability", "metering", "guardrails", "cache", "fallback"}
+    known |= {"observability", "metering", "guardrails", "cache", "fallback", "login"}
     for extra in sorted(set(doc) - known):
         r.problems.append(f"{extra}: unknown key")
     listener = r.section(doc, "listener", {"host", "port", "admin_port"})
@@ -375,6 +379,7 @@ def parse_config(
         if named_providers is None
         else (frozenset(_default_document()["providers"]) & set(providers)) - set(named_providers),
         fallback=fallback,
+        login=parse_login(doc.get("login"), identity, r.problems),
     )
     if config.reconcile.enabled and config.spend.timezone != "UTC":
         r.problems.append(

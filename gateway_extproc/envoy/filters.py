@@ -182,6 +182,13 @@ def observer_disabled() -> dict[str, dict[str, Any]]:
     }
 
 
+def ext_proc_disabled(config: GatewayConfig) -> dict[str, dict[str, Any]]:
+    """A route's `typed_per_filter_config` that turns every ext_proc filter off: Envoy answers
+    the route itself (a direct response) and the sidecar never hears of the request."""
+    off = {"@type": _T + "extensions.filters.http.ext_proc.v3.ExtProcPerRoute", "disabled": True}
+    return {f["name"]: dict(off) for f in ext_proc_filters(config)}
+
+
 # -- how Envoy proves itself to the sidecar ------------------------------------------------------
 
 

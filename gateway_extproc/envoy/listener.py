@@ -14,6 +14,7 @@ from gateway_extproc.envoy.edge import connection_manager_settings, listener_set
 from gateway_extproc.envoy.filters import ext_proc_filters
 from gateway_extproc.envoy.local_reply import local_reply_config
 from gateway_extproc.envoy.routes import routes
+from gateway_extproc.envoy.wellknown import well_known_route
 from gateway_extproc.observability import envoy_tracing
 
 _T = "type.googleapis.com/envoy."
@@ -89,7 +90,7 @@ def _http_connection_manager(config: GatewayConfig) -> dict[str, Any]:
                     {
                         "name": "llm",
                         "domains": ["*"],
-                        "routes": routes(config, idle),
+                        "routes": [well_known_route(config), *routes(config, idle)],
                         # Numbers the per-attempt filter's records (a virtual host setting
                         # only: every cluster's requests get it, and every cluster removes it).
                         **(

@@ -88,7 +88,9 @@ def local_reply_config(config: GatewayConfig) -> dict[str, Any]:
         ),
         *local_replies(config.limits),
         (
-            "!response.code_details.startsWith('gateway_')",
+            # A route's direct response (/.well-known/llm-gateway) is an answer, not an error.
+            "!response.code_details.startsWith('gateway_')"
+            " && response.code_details != 'direct_response'",
             None,
             "%LOCAL_REPLY_BODY% (%RESPONSE_CODE_DETAILS%)",
             "gateway_error",

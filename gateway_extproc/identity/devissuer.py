@@ -27,7 +27,7 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import jwt
@@ -254,8 +254,10 @@ def _attribute(text: str) -> tuple[str, str]:
 
 def add_token_command(
     subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    modes: Callable[[argparse._MutuallyExclusiveGroup], None] | None = None,
 ) -> argparse.ArgumentParser:
-    """Register `gatewayctl token` on the CLI's subparsers."""
+    """Register `gatewayctl token` on the CLI's subparsers. `modes` adds other ways of getting
+    a token to the one-of group (--user, --service): `--print`, from gatewayctl login."""
     parser = subparsers.add_parser(
         "token",
         help="print a development JWT signed by the local dev issuer",
@@ -265,6 +267,8 @@ def add_token_command(
     who = parser.add_mutually_exclusive_group(required=True)
     who.add_argument("--user", help="a person, e.g. alice@example.com (the email claim)")
     who.add_argument("--service", help="a service, e.g. ci-runner (the client_id claim)")
+    if modes is not None:
+        modes(who)
     parser.add_argument(
         "--group", action="append", dest="groups", metavar="GROUP", help="repeat for several"
     )

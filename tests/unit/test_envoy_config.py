@@ -106,9 +106,16 @@ def hcm(b: dict[str, Any]) -> dict[str, Any]:
     return manager["typed_config"]
 
 
-def routes(b: dict[str, Any]) -> list[dict[str, Any]]:
+def all_routes(b: dict[str, Any]) -> list[dict[str, Any]]:
     (vhost,) = hcm(b)["route_config"]["virtual_hosts"]
     return list(vhost["routes"])
+
+
+def routes(b: dict[str, Any]) -> list[dict[str, Any]]:
+    """The routes to providers (after /.well-known/llm-gateway, which Envoy answers itself)."""
+    first, *rest = all_routes(b)
+    assert first["name"] == "well_known_llm_gateway"
+    return rest
 
 
 def route(b: dict[str, Any]) -> dict[str, Any]:
@@ -494,7 +501,10 @@ def test_local_reply_mappers(config: GatewayConfig, production: dict[str, Any]) 
     for family, path in families:
         down = by_expression[f"response.code_details.startsWith('ext_proc'){path}"]
         too_large = by_expression[f"response.code_details == 'request_payload_too_large'{path}"]
-        other = by_expression[f"!response.code_details.startsWith('gateway_'){path}"]
+        other = by_expression[
+            "!response.code_details.startsWith('gateway_')"
+            f" && response.code_details != 'direct_response'{path}"
+        ]
         assert (down["status_code"], too_large["status_code"]) == (503, 413)
         assert "status_code" not in other  # Envoy's own status is kept
         for m in (down, too_large, other):
@@ -527,7 +537,14 @@ def test_local_reply_mappers(config: GatewayConfig, production: dict[str, Any]) 
             continue
         limit = str(config.limits.max_request_body_bytes)
         assert limit in too_large["body_format_override"]["json_format"]["error"]["message"]
-    assert mappers[-1] is by_expression["!response.code_details.startsWith('gateway_')"]
+    # Last: Envoy's other replies, except a route's direct response (/.well-known/llm-gateway).
+    assert (
+        mappers[-1]
+        is by_expression[
+            "!response.code_details.startsWith('gateway_')"
+            " && response.code_details != 'direct_response'"
+        ]
+    )
 
 
 def test_access_log_has_no_secret_headers(production: dict[str, Any]) -> None:
