@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from gateway_extproc.admin.auth import caller_problems
+from gateway_extproc.admin.auth import DEV_ISSUER_NAME, caller_problems
 from gateway_extproc.admin.settings import AdminApiConfig, parse_admin_api, parse_spend
 from gateway_extproc.budgets.loader import (
     BudgetStoreConfig,
@@ -44,7 +44,8 @@ from gateway_extproc.guardrails import Guardrails, parse_guardrails
 from gateway_extproc.identity.dev_oidc_requests import DEFAULT_PORT as DEV_IDP_DEFAULT_PORT
 from gateway_extproc.identity.dev_oidc_requests import PORT_ENV as DEV_IDP_PORT_ENV
 from gateway_extproc.identity.devissuer import ALLOW_ENV as DEV_ISSUER_ALLOW_ENV
-from gateway_extproc.identity.model import IdentityConfig
+from gateway_extproc.identity.devissuer import DEV_AUDIENCE, DEV_ISSUER
+from gateway_extproc.identity.model import IdentityConfig, IssuerConfig
 from gateway_extproc.identity.policy import PolicySet, parse_policies
 from gateway_extproc.identity.settings import parse_identity
 from gateway_extproc.observability.settings import ObservabilityConfig, parse_observability
@@ -379,7 +380,7 @@ def parse_config(
         if named_providers is None
         else (frozenset(_default_document()["providers"]) & set(providers)) - set(named_providers),
         fallback=fallback,
-        login=parse_login(doc.get("login"), identity, r.problems),
+        login=parse_login(doc.get("login"), _with_dev_issuer(identity, dev_issuer), r.problems),
     )
     if config.reconcile.enabled and config.spend.timezone != "UTC":
         r.problems.append(
@@ -498,3 +499,15 @@ def _dev_idp_port(
             )
             return DEV_IDP_DEFAULT_PORT
     return r.integer({"dev_idp_port": port}, "identity", "dev_idp_port", 0, 65535)
+
+
+def _with_dev_issuer(identity: IdentityConfig, dev_issuer: bool) -> IdentityConfig:
+    """With `identity.dev_issuer`, the identity issuers plus the local development issuer (name
+    `dev`; the runtime adds the real one, with its key), so `login.issuer: dev` can name it and
+    `gatewayctl login` runs against the dev IdP `gatewayctl run` serves."""
+    if not dev_issuer:
+        return identity
+    dev = IssuerConfig(
+        name=DEV_ISSUER_NAME, issuer=DEV_ISSUER, audiences=(DEV_AUDIENCE,), algorithms=("ES256",)
+    )
+    return dataclasses.replace(identity, issuers=(*identity.issuers, dev))
