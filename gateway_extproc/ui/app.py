@@ -143,7 +143,10 @@ class Page:
             )
         response.headers.setdefault("content-security-policy", CSP)
         response.headers.setdefault("x-content-type-options", "nosniff")
-        response.headers.setdefault("referrer-policy", "no-referrer")
+        # same-origin, not no-referrer: a view's URL (its filters name people) never leaves for
+        # another site, and the browser still sends the Origin the sign-out check compares
+        # (with no-referrer, Chromium sends `Origin: null` on the page's own form).
+        response.headers.setdefault("referrer-policy", "same-origin")
         response.headers.setdefault("cache-control", "no-store")
         return response
 

@@ -75,6 +75,8 @@ def parse_query(params: Iterable[tuple[str, str]]) -> SpendQuery:
                 raise QueryError(f"window: use one of {', '.join(WINDOWS)} (got {value!r})")
             window = value
         elif key in ("since", "until"):
+            if value == "":  # the page's own form sends its empty date fields
+                continue
             try:
                 dt.date.fromisoformat(value)
             except ValueError:

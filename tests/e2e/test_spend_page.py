@@ -2,7 +2,10 @@
 redis-server, the mock provider) and a real OIDC provider (tests/idp.py): sign-in by the IdP's
 form (authorization code + PKCE), the own view against the admin view, filters, drill-down, CSV
 equal to GetSpend (through the admin API) and to the audit log's sums after real SDK requests,
-logout, forged and expired cookies, and sign-ins that go wrong. One stack, httpx (no browser)."""
+logout, forged and expired cookies, and sign-ins that go wrong - with httpx, and in a real browser
+(Debian's chromium through Playwright: sign-in at the IdP's form, the filter form, drill-down, the
+CSV download against the audit sums, sign-out, a phone-sized own view; screenshots saved as test
+artefacts). One stack for the file."""
 
 from __future__ import annotations
 
@@ -15,18 +18,21 @@ import time
 import urllib.parse
 from collections import defaultdict
 from collections.abc import Iterator
+from pathlib import Path
 
 import anthropic
 import httpx
 import openai
 import pytest
 import redis.asyncio
+from playwright.sync_api import Page as PwPage
 
 from gateway_extproc.budgets.store import BudgetStore
 from gateway_extproc.catalog.pricing import format_usd
 from gateway_extproc.identity.model import AuthMethod, Identity, Kind
 from gateway_extproc.stack import Stack, free_port
 from gateway_extproc.ui.sessions import Sessions
+from tests.browser import shot
 from tests.e2e.conftest import start_stack
 from tests.e2e.harness import AuditLog, eventually
 from tests.idp import IdpClient, IdpUser, OidcProvider
@@ -62,7 +68,7 @@ budgets:
 """
 
 
-class Page:
+class Site:
     def __init__(self, stack: Stack, idp: OidcProvider, base: str) -> None:
         self.stack, self.idp, self.base = stack, idp, base
         self.audit = AuditLog(stack.run_dir / "audit.jsonl")
@@ -119,7 +125,7 @@ class Page:
 
 
 @pytest.fixture(scope="module")
-def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     tmp_path = tmp_path_factory.mktemp("spend-page")
     json_port = free_port()
     base = f"http://127.0.0.1:{json_port}"
@@ -134,31 +140,31 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
         spend_page_port=0,
     )
     try:
-        yield Page(stack, idp, base)
+        yield Site(stack, idp, base)
     finally:
         stack.stop()
         idp.close()
 
 
 @pytest.fixture(scope="module")
-def traffic(page: Page) -> list[str]:
+def traffic(site: Site) -> list[str]:
     """Real SDK requests by ada and grace (tokens from the IdP, as `gatewayctl login` gets)."""
     ids: list[str] = []
     for user, n in ((ADA, 2), (GRACE, 1)):
-        token = page.idp.access_token(page.idp.users[user.email], "cli")
-        oai = openai.OpenAI(base_url=page.stack.gateway_url + "/v1", api_key=token, max_retries=0)
+        token = site.idp.access_token(site.idp.users[user.email], "cli")
+        oai = openai.OpenAI(base_url=site.stack.gateway_url + "/v1", api_key=token, max_retries=0)
         for _ in range(n):
             raw = oai.chat.completions.with_raw_response.create(
                 model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=20
             )
             ids.append(raw.headers["x-gateway-request-id"])
-        claude = anthropic.Anthropic(base_url=page.stack.gateway_url, api_key=token, max_retries=0)
+        claude = anthropic.Anthropic(base_url=site.stack.gateway_url, api_key=token, max_retries=0)
         raw_a = claude.messages.with_raw_response.create(
             model="claude-haiku-4-5", messages=[{"role": "user", "content": "hi"}], max_tokens=20
         )
         ids.append(raw_a.headers["x-gateway-request-id"])
     for rid in ids:
-        page.audit.wait_for(rid)
+        site.audit.wait_for(rid)
     return ids
 
 
@@ -166,9 +172,9 @@ def rows(text: str) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(text)))
 
 
-def audit_sums(page: Page, ids: list[str], dim: str) -> dict[str, tuple[int, str]]:
+def audit_sums(site: Site, ids: list[str], dim: str) -> dict[str, tuple[int, str]]:
     sums: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for rec in page.audit.records():
+    for rec in site.audit.records():
         if rec.get("request_id") in ids and rec["usage_source"] != "none":
             key = rec["served_model"] if dim == "model" else rec["identity"]["user"]
             sums[key][0] += 1
@@ -183,14 +189,14 @@ def csv_sums(text: str, dim: str) -> dict[str, tuple[int, str]]:
 # -- one source of truth ----------------------------------------------------------------------
 
 
-def test_csv_equals_getspend_and_the_audit_sums(page: Page, traffic: list[str]) -> None:
-    with page.bearer(page.admin_token()) as admin:
-        compare_with_getspend_and_audit(page, admin, traffic)
+def test_csv_equals_getspend_and_the_audit_sums(site: Site, traffic: list[str]) -> None:
+    with site.bearer(site.admin_token()) as admin:
+        compare_with_getspend_and_audit(site, admin, traffic)
 
 
-def compare_with_getspend_and_audit(page: Page, admin: httpx.Client, traffic: list[str]) -> None:
+def compare_with_getspend_and_audit(site: Site, admin: httpx.Client, traffic: list[str]) -> None:
     for dim in ("user", "model"):
-        expected = audit_sums(page, traffic, dim)
+        expected = audit_sums(site, traffic, dim)
         eventually(
             lambda dim=dim, expected=expected: (
                 csv_sums(  # type: ignore[misc]
@@ -213,9 +219,9 @@ def compare_with_getspend_and_audit(page: Page, admin: httpx.Client, traffic: li
     assert list(header)[:3] == ["model", "requests", "input_tokens"]
 
 
-def test_a_data_plane_token_sees_only_its_own_spend(page: Page, traffic: list[str]) -> None:
-    token = page.idp.access_token(page.idp.users[ADA.email], "cli")
-    with page.bearer(token) as curl:
+def test_a_data_plane_token_sees_only_its_own_spend(site: Site, traffic: list[str]) -> None:
+    token = site.idp.access_token(site.idp.users[ADA.email], "cli")
+    with site.bearer(token) as curl:
         widened = curl.get("/ui/spend.csv?by=user&user=grace@example.com")
         assert widened.status_code == 200
         assert [r["user"] for r in rows(widened.text)] == [ADA.email]
@@ -226,10 +232,10 @@ def test_a_data_plane_token_sees_only_its_own_spend(page: Page, traffic: list[st
 
 
 def test_signed_in_person_sees_own_view_and_budgets_then_signs_out(
-    page: Page, traffic: list[str]
+    site: Site, traffic: list[str]
 ) -> None:
-    with page.browser() as me:
-        page.sign_in(me, ADA)
+    with site.browser() as me:
+        site.sign_in(me, ADA)
         view = me.get("/ui/?by=model&user=grace@example.com")
         assert view.status_code == 200
         assert "ada@example.com · your own view" in view.text
@@ -254,17 +260,17 @@ def test_signed_in_person_sees_own_view_and_budgets_then_signs_out(
         )
         assert cross.status_code == 403
         old = me.cookies.get("gw_session")
-        out = me.post("/ui/logout", data={"csrf": token[1]}, headers={"origin": page.base})
+        out = me.post("/ui/logout", data={"csrf": token[1]}, headers={"origin": site.base})
         assert out.status_code == 200 and "signed out" in out.text
-    with page.browser() as later:  # the deleted session's cookie opens nothing
+    with site.browser() as later:  # the deleted session's cookie opens nothing
         later.cookies.set("gw_session", old or "", path="/ui")
         again = later.get("/ui/")
         assert again.status_code == 302 and again.headers["location"].startswith("/ui/login")
 
 
-def test_admin_sees_everyone_filters_and_drills_down(page: Page, traffic: list[str]) -> None:
-    with page.browser() as boss:
-        page.sign_in(boss, ROOT)
+def test_admin_sees_everyone_filters_and_drills_down(site: Site, traffic: list[str]) -> None:
+    with site.browser() as boss:
+        site.sign_in(boss, ROOT)
         view = boss.get("/ui/?by=group")
         assert view.status_code == 200 and "root@example.com · admin view" in view.text
         assert "Top spenders" in view.text
@@ -282,16 +288,16 @@ def test_admin_sees_everyone_filters_and_drills_down(page: Page, traffic: list[s
 # -- what must not let anyone in -----------------------------------------------------------------
 
 
-def test_forged_and_expired_session_cookies_open_nothing(page: Page) -> None:
-    with page.browser() as forged:
+def test_forged_and_expired_session_cookies_open_nothing(site: Site) -> None:
+    with site.browser() as forged:
         forged.cookies.set("gw_session", "x" * 43, path="/ui")
         assert forged.get("/ui/").status_code == 302
         assert forged.get("/ui/spend.csv").status_code == 401
 
     async def expired_session() -> str:
-        client = redis.asyncio.Redis.from_url(page.stack.redis_url)
+        client = redis.asyncio.Redis.from_url(site.stack.redis_url)
         try:
-            store = BudgetStore(client, page.stack.config.budget_store.key_prefix)
+            store = BudgetStore(client, site.stack.config.budget_store.key_prefix)
             sessions = Sessions(client, store.key_base)  # where the page keeps them
             ada = Identity(
                 kind=Kind.USER,
@@ -309,38 +315,102 @@ def test_forged_and_expired_session_cookies_open_nothing(page: Page) -> None:
             await client.aclose()
 
     session_id = asyncio.run(expired_session())
-    with page.browser() as late:
+    with site.browser() as late:
         late.cookies.set("gw_session", session_id, path="/ui")
         assert late.get("/ui/spend.csv").status_code == 401
 
 
-def test_sign_ins_that_go_wrong_get_a_clear_page(page: Page) -> None:
-    with page.browser() as client:  # a state that is not the one this browser started
-        callback = page.idp_form(page.start_sign_in(client), ADA)
+def test_sign_ins_that_go_wrong_get_a_clear_page(site: Site) -> None:
+    with site.browser() as client:  # a state that is not the one this browser started
+        callback = site.idp_form(site.start_sign_in(client), ADA)
         forged = re.sub(r"state=[^&]+", "state=forged", callback)
         answer = client.get(forged)
         assert answer.status_code == 400 and "state does not match" in answer.text
-    with page.browser() as client:  # the person declines at the IdP
-        callback = page.idp_form(page.start_sign_in(client), ADA, action="deny")
+    with site.browser() as client:  # the person declines at the IdP
+        callback = site.idp_form(site.start_sign_in(client), ADA, action="deny")
         answer = client.get(callback)
         assert answer.status_code == 403 and "you declined the sign-in" in answer.text
-    with page.browser() as client:  # the same callback twice: the sign-in is used up
-        callback = page.idp_form(page.start_sign_in(client), ADA)
+    with site.browser() as client:  # the same callback twice: the sign-in is used up
+        callback = site.idp_form(site.start_sign_in(client), ADA)
         assert client.get(callback).status_code == 303
         replay = client.get(callback)
         assert replay.status_code == 400 and "already used" in replay.text
-    with page.browser() as other, page.browser() as stranger:  # not the browser that began it
-        callback = page.idp_form(page.start_sign_in(other), ADA)
+    with site.browser() as other, site.browser() as stranger:  # not the browser that began it
+        callback = site.idp_form(site.start_sign_in(other), ADA)
         answer = stranger.get(callback)
         assert answer.status_code == 400 and "Traceback" not in answer.text
 
 
-def test_root_redirects_and_static_files_are_cached(page: Page) -> None:
-    root = httpx.get(page.base + "/", timeout=10)
+def test_root_redirects_and_static_files_are_cached(site: Site) -> None:
+    root = httpx.get(site.base + "/", timeout=10)
     assert root.status_code in (301, 302) and root.headers["location"].endswith("/ui/")
-    script = httpx.get(page.base + "/ui/static/uplot/uPlot.iife.min.js", timeout=10)
+    script = httpx.get(site.base + "/ui/static/uplot/uPlot.iife.min.js", timeout=10)
     assert script.status_code == 200 and "immutable" in script.headers["cache-control"]
     assert script.headers["content-type"].startswith("text/javascript")
     # the public listener never serves the page
-    public = httpx.get(page.stack.gateway_url + "/ui/", timeout=10)
+    public = httpx.get(site.stack.gateway_url + "/ui/", timeout=10)
     assert public.status_code != 200 or "LLM gateway" not in public.text
+
+
+# -- in a real browser (Debian's chromium through Playwright: tests/browser.py) -----------------
+
+
+def browser_sign_in(site: Site, page: PwPage, user: IdpUser) -> None:
+    """Open the page signed out and sign in at the IdP's form, as a person does."""
+    page.goto(site.base + "/")  # Envoy redirects to /ui/, which sends the browser to the IdP
+    assert page.url.startswith(site.idp.issuer + "/authorize?"), page.url
+    page.fill("input[name=username]", user.email)
+    page.fill("input[name=password]", user.password)
+    page.click("button[value=allow]")
+    page.wait_for_url(site.base + "/ui/")
+
+
+def test_in_a_browser_sign_in_filter_drill_down_and_export_csv(
+    site: Site, traffic: list[str], page: PwPage
+) -> None:
+    browser_sign_in(site, page, ROOT)
+    assert "root@example.com · admin view" in page.inner_text("header")
+    page.wait_for_selector("#chart canvas")  # the vendored uPlot drew the cost-per-day chart
+    shot(page, "signed-in")
+
+    page.select_option("select[name=by]", "group")  # filter form: group by group
+    page.click("form.controls button")
+    page.wait_for_url("**/ui/?by=group*")
+    page.click("table.rows a:text-is('eng')")  # drill down: eng's users
+    page.wait_for_url("**group=eng*")
+    shown = {
+        c.strip() for c in page.locator("table.rows tbody tr td:first-child").all_inner_texts()
+    }
+    assert shown == {ADA.email, GRACE.email}
+    shot(page, "drilled-down")
+
+    with page.expect_download() as download:
+        page.click("text=CSV")
+    exported = Path(download.value.path()).read_text()
+    assert download.value.suggested_filename.endswith(".csv")
+    expected = audit_sums(site, traffic, "user")
+    assert csv_sums(exported, "user") == expected  # eng is all of ada's and grace's spend
+
+    page.click("text=Budgets")
+    page.wait_for_url("**/ui/budgets")
+    assert "per-user" in page.inner_text("main")
+    shot(page, "budgets")
+    with page.expect_navigation():
+        page.click("header button:text-is('Sign out')")
+    assert "you are signed out" in page.inner_text("main"), page.inner_text("main")
+    page.goto(site.base + "/ui/")
+    assert page.url.startswith(site.idp.issuer + "/authorize?")  # signed out: back to the IdP
+
+
+def test_in_a_browser_a_person_sees_their_own_spend_on_a_phone(
+    site: Site, traffic: list[str], page: PwPage
+) -> None:
+    page.set_viewport_size({"width": 390, "height": 844})
+    browser_sign_in(site, page, GRACE)
+    assert "grace@example.com · your own view" in page.inner_text("header")
+    page.goto(site.base + "/ui/?by=user&user=ada@example.com")  # cannot widen the own view
+    shown = page.locator("table.rows tbody tr td:first-child").all_inner_texts()
+    assert [s.strip() for s in shown] == [GRACE.email]
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 390, f"the page is {width}px wide on a 390px phone: it must not scroll sideways"
+    shot(page, "phone")

@@ -16,7 +16,14 @@
       scales: { x: { time: true } },
       series: [{}, { label: "cost (USD)", stroke: "#2457c5", fill: "rgba(36,87,197,0.12)",
         value: function (u, v) { return v == null ? "-" : "$" + v.toFixed(6); } }],
-      axes: [{}, { values: function (u, vals) { return vals.map(function (v) { return "$" + v; }); } }],
+      axes: [{}, {
+        values: function (u, vals) { return vals.map(function (v) { return "$" + v; }); },
+        // wide enough for the longest label: small amounts have many decimals ($0.00015)
+        size: function (u, values) {
+          var longest = Math.max.apply(null, (values || ["$0"]).map(function (v) { return v.length; }));
+          return 16 + 8 * longest;
+        },
+      }],
       tzDate: function (ts) { return uPlot.tzDate(new Date(ts * 1000), "Etc/UTC"); },
     };
     var plot = new uPlot(opts, [xs, ys], holder);
