@@ -200,7 +200,7 @@ def redis_commands(client: redis.Redis | None) -> int:
     return sum(int(v["calls"]) for k, v in stats.items() if k != "cmdstat_info")
 
 
-_MONITOR_LINE = re.compile(rb'^\+[0-9.]+ \[\d+ ([^\]]+)\] "([^"]+)"')
+_MONITOR_LINE = re.compile(rb'^\+[0-9.]+ \[\d+ ([^\]]+)\] "([^"]+)"(?: "([^"]+)")?')
 
 
 class RedisMonitor:
@@ -212,6 +212,7 @@ class RedisMonitor:
         self.sock = socket.create_connection((parts.hostname, parts.port or 6379), timeout=5)
         self.sock.sendall(b"MONITOR\r\n")
         self.counts: collections.Counter[str] = collections.Counter()
+        self.scripts: collections.Counter[str] = collections.Counter()  # EVALSHA by script SHA
         self.lock = threading.Lock()
         self.thread = threading.Thread(target=self._read, daemon=True)
         self.thread.start()
@@ -229,12 +230,20 @@ class RedisMonitor:
             for line in lines:
                 match = _MONITOR_LINE.match(line)
                 if match and match.group(1) != b"lua":
+                    command = match.group(2).decode().lower()
                     with self.lock:
-                        self.counts[match.group(2).decode().lower()] += 1
+                        self.counts[command] += 1
+                        if command == "evalsha" and match.group(3):
+                            self.scripts[match.group(3).decode().lower()] += 1
 
     def snapshot(self) -> collections.Counter[str]:
         with self.lock:
             return collections.Counter(self.counts)
+
+    def script_snapshot(self) -> collections.Counter[str]:
+        """EVALSHA calls so far by script SHA (which script: sha1 of its source)."""
+        with self.lock:
+            return collections.Counter(self.scripts)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):

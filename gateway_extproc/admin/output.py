@@ -14,6 +14,8 @@ import orjson
 from gateway_extproc.admin._generated.gateway.admin.v1 import admin_pb2 as pb
 from gateway_extproc.catalog.pricing import format_usd
 
+# Requests refused before anything was sent, by what refused them (pb.Refusals' fields).
+REFUSED = ("refused_guardrail", "refused_rate_limit", "refused_budget", "refused_policy")
 SPEND_COLUMNS = (
     "requests",
     "input_tokens",
@@ -25,6 +27,9 @@ SPEND_COLUMNS = (
     "cost_usd",
     "estimated_cost_usd",
     "reported_cost_usd",
+    "cache_hits",
+    "cache_saved_usd",
+    *REFUSED,
 )
 BUDGET_COLUMNS = (
     "budget",
@@ -57,6 +62,13 @@ def spend_record(row: pb.SpendRow) -> dict[str, Any]:
         "reported_cost_usd": format_usd(row.reported_cost_micros),
         "cost_micros": row.cost_micros,
         "estimated_cost_micros": row.estimated_cost_micros,
+        "cache_hits": row.cache_hits,
+        "cache_saved_usd": format_usd(row.cache_saved_micros),
+        "cache_saved_micros": row.cache_saved_micros,
+        "refused_guardrail": row.refused.guardrail,
+        "refused_rate_limit": row.refused.rate_limit,
+        "refused_budget": row.refused.budget,
+        "refused_policy": row.refused.policy,
     }
 
 
@@ -138,7 +150,18 @@ def render_spend(response: pb.GetSpendResponse, fmt: str) -> str:
             "total": spend_record(response.total),
         }
         return orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode()
-    table_columns = ("requests", "input_tokens", "output_tokens", "cost_usd", "estimated_cost_usd")
+    table_columns = (
+        "requests",
+        "input_tokens",
+        "output_tokens",
+        "cost_usd",
+        "estimated_cost_usd",
+        "cache_hits",
+        "cache_saved_usd",
+        "refused",
+    )
+    if fmt == "table":
+        records = [r | {"refused": refused(r)} for r in records]
     columns = [*response.group_by, *(SPEND_COLUMNS if fmt == "csv" else table_columns)]
     text = render(records, columns, fmt)
     if fmt == "table":
@@ -146,6 +169,12 @@ def render_spend(response: pb.GetSpendResponse, fmt: str) -> str:
         text += (
             f"\n\n{response.first_day} to {response.last_day} ({response.timezone}): "
             f"{total['requests']} requests, ${total['cost_usd']} "
-            f"(${total['estimated_cost_usd']} estimated)"
+            f"(${total['estimated_cost_usd']} estimated); {total['cache_hits']} cache hits "
+            f"(${total['cache_saved_usd']} saved); {refused(total)} refused"
         )
     return text
+
+
+def refused(record: dict[str, Any]) -> int:
+    """Every kind of refusal of a spend record (the table's one column)."""
+    return sum(int(record[name]) for name in REFUSED)

@@ -54,6 +54,14 @@ def _row(row: SpendRow) -> pb.SpendRow:
         cost_micros=t["cost_micros"],
         estimated_cost_micros=t["estimated_cost_micros"],
         reported_cost_micros=t["cost_micros"] - t["estimated_cost_micros"],
+        cache_hits=t["cache_hits"],
+        cache_saved_micros=t["cache_saved_micros"],
+        refused=pb.Refusals(
+            guardrail=t["refused_guardrail"],
+            rate_limit=t["refused_rate_limit"],
+            budget=t["refused_budget"],
+            policy=t["refused_policy"],
+        ),
     )
 
 
@@ -80,5 +88,5 @@ async def get_spend(
         last_day=days.last.isoformat(),
         timezone=store.rollups.timezone,
         rows=[_row(r) for r in rows],
-        total=_row(total[0]) if total else pb.SpendRow(tokens=pb.Tokens()),
+        total=_row(total[0]) if total else pb.SpendRow(tokens=pb.Tokens(), refused=pb.Refusals()),
     )

@@ -163,6 +163,13 @@ class BudgetServices:
             self._settle(reservation_id, cost_micros, usage, reserved, if_vanished, then)
         )
 
+    def roll_up_answered(self, request_id: str, record: UsageRecord) -> None:
+        """Roll up a request the gateway answered itself (a cache hit, a refusal) in the
+        background: the `record` script, exactly once per `request_id` (a marker under that
+        id), retried and journaled like a settle. Its id must not be a reservation's (a hit
+        may have a reservation to release under the request's own)."""
+        self.settle(request_id, None, record, reserved=False)
+
     async def _settle(
         self,
         reservation_id: str,

@@ -28,6 +28,8 @@ from gateway_extproc.identity.model import Identity
 from gateway_extproc.observability.attributes import RequestFacts
 from gateway_extproc.providers.inbound import ParsedRequest
 from gateway_extproc.response.observer import ResponseObserver
+from gateway_extproc.spend.outcome import answered_outcome
+from gateway_extproc.spend.rollup import Dimensions, UsageRecord
 from gateway_extproc.tokens import Usage, UsageSource
 from gateway_extproc.translate.pairs import Translation
 
@@ -107,6 +109,28 @@ class RequestStream:
             headers.update(self.cache_ticket.response_headers())
         return headers
 
+    def _roll_up_answered(self, hit: bool) -> None:
+        """Count a cache hit or a refusal in the spend rollups, on the row of the identity and
+        the model asked for (its catalog name and provider; nothing was served), in the
+        background. A request refused before it was identified is not attributable: not
+        counted. Other endings are in the audit log only (spend/outcome.py)."""
+        outcome = answered_outcome(self.error_code, cache_hit=hit)
+        if outcome is None or self.identity is None:
+            return
+        model = self.request.model if self.request is not None else None
+        provider = None
+        if self.entry is not None:  # the catalog's name, as a billed request's row has it
+            model, provider = self.entry.name, self.entry.provider
+        record = UsageRecord.answered(
+            self.arrived,
+            Dimensions.of(self.identity, model, provider),
+            outcome,
+            saved_micros=self.cost_saved or 0,
+        )
+        # Its own id: a hit's reservation (rate limits that count hits) is released under
+        # the reservation's.
+        self.ctx.budgets.services.roll_up_answered(f"{self.reservation_id}:answered", record)
+
     def conclude(self) -> None:
         """Audit a request the gateway answered itself (an error, /v1/models); a reservation
         taken before a late failure is released."""
@@ -149,6 +173,7 @@ class RequestStream:
             ).name.lower(),
             **self.audit_extra(),
         )
+        self._roll_up_answered(hit)
         try:
             self.ctx.audit.write(record)
         except OSError:

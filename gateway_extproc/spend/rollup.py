@@ -1,11 +1,13 @@
-"""What one billed request adds to the spend rollups, and where. Pure (no Redis, no clock).
+"""What one request adds to the spend rollups, and where. Pure (no Redis, no clock).
 
 A rollup is one Redis hash per day (in the configured rollup timezone):
 
     P:{T}:spend:<YYYY-MM-DD>    field "<row>|<metric>" -> integer
 
 `<row>` is the canonical JSON of the request's dimensions (user, groups, service, static token,
-served model, provider, verified attributes), `<metric>` one of `METRICS`. A report reads the
+served model, provider, verified attributes), `<metric>` one of `METRICS`. A billed request adds
+its usage and cost; a cache hit or a refusal (outcome.py) adds one count of what happened, on the
+row of the model asked for (nothing was served). A report reads the
 days it covers and groups and filters the rows in Python (`query.py`), so any dimension can be
 grouped by or filtered on without a hash per dimension. The settle script writes the fields
 with HINCRBY and sets the day's TTL (the end of the day plus the retention) in the same call.
@@ -21,6 +23,7 @@ from collections.abc import Mapping
 import orjson
 
 from gateway_extproc.identity.model import Identity
+from gateway_extproc.spend.outcome import OUTCOME_METRICS, Outcome
 from gateway_extproc.tokens import Usage
 
 # metric -> what it counts (integers; money in micro-dollars)
@@ -34,6 +37,13 @@ METRICS: Mapping[str, str] = {
     "rs": "reasoning_tokens",
     "c": "cost_micros",
     "ce": "estimated_cost_micros",  # the part of c that was estimated, not provider-reported
+    # Requests the gateway answered itself (outcome.py): never in n, never in c.
+    "h": "cache_hits",
+    "hs": "cache_saved_micros",  # what the hits would have cost at the model's price
+    "rg": "refused_guardrail",
+    "rr": "refused_rate_limit",
+    "rb": "refused_budget",
+    "rp": "refused_policy",
 }
 DEFAULT_RETENTION_DAYS = 400
 
@@ -92,16 +102,33 @@ class Dimensions:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class UsageRecord:
-    """One billed request, as the settle path rolls it up."""
+    """One request as the rollups count it: billed (usage and cost, from the settle path), or
+    answered by the gateway itself (`outcome`: a cache hit, a refusal; from `answered`)."""
 
     arrived: float  # unix time the request arrived (its day)
     dimensions: Dimensions
     usage: Usage
     cost_micros: int
     estimated: bool  # the usage was estimated (stream cut short, no provider report)
+    outcome: Outcome = Outcome.BILLED
+    saved_micros: int = 0  # a cache hit: what the answer would have cost
+
+    @classmethod
+    def answered(
+        cls, arrived: float, dimensions: Dimensions, outcome: Outcome, saved_micros: int = 0
+    ) -> UsageRecord:
+        """A request the gateway answered itself: no usage, no cost."""
+        if outcome is Outcome.BILLED:
+            raise ValueError("a billed request is rolled up with its usage")
+        return cls(arrived, dimensions, Usage(), 0, False, outcome, saved_micros)
 
     def metrics(self) -> list[tuple[str, int]]:
         """(metric, amount) pairs to add; zero amounts left out (they cost memory)."""
+        if self.outcome is not Outcome.BILLED:
+            pairs = [(OUTCOME_METRICS[self.outcome], 1)]
+            if self.outcome is Outcome.CACHE_HIT:
+                pairs.append(("hs", self.saved_micros))
+            return [(m, v) for m, v in pairs if v]
         u = self.usage
         values = (
             ("n", 1),
@@ -118,13 +145,17 @@ class UsageRecord:
 
     def to_json(self) -> dict[str, object]:
         """For the journal (settles owed across a restart)."""
-        return {
+        doc: dict[str, object] = {
             "arrived": self.arrived,
             "row": self.dimensions.encode(),
             "usage": self.usage.as_dict(),
             "cost": self.cost_micros,
             "estimated": self.estimated,
         }
+        if self.outcome is not Outcome.BILLED:  # absent: billed (journals written before)
+            doc["outcome"] = self.outcome.value
+            doc["saved"] = self.saved_micros
+        return doc
 
     @classmethod
     def from_json(cls, doc: Mapping[str, object]) -> UsageRecord:
@@ -136,6 +167,8 @@ class UsageRecord:
             usage=Usage(**{str(k): int(v) for k, v in usage.items()}),
             cost_micros=int(str(doc["cost"])),
             estimated=bool(doc["estimated"]),
+            outcome=Outcome(str(doc.get("outcome", Outcome.BILLED.value))),
+            saved_micros=int(str(doc.get("saved", 0))),
         )
 
 

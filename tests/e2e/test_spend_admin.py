@@ -13,19 +13,23 @@ import os
 import subprocess
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator
+from hashlib import sha1
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
+from bench.load import RedisMonitor
 from gateway_extproc.admin.settings import DEFAULT_ADMIN_AUDIENCE as ADMIN_AUDIENCE
+from gateway_extproc.budgets.scripts import script_source
+from gateway_extproc.budgets.store import SCRIPTS
 from gateway_extproc.identity.devissuer import DevIssuer, ensure_dev_issuer
 from gateway_extproc.stack import Stack, free_port
 from tests.e2e.conftest import start_stack
-from tests.e2e.harness import AuditLog, eventually
+from tests.e2e.harness import AuditLog, eventually, raw_catalog
 
 pytestmark = pytest.mark.e2e
 MESSAGES = [{"role": "user", "content": "Count the stars, please."}]
@@ -61,7 +65,48 @@ budgets:
     window: {type: calendar, period: month}
     action: monitor
     on_redis_error: fail_open
+cache:
+  rules:
+    - name: cached
+      match: {groups: [cached]}
+      ttl: 1h
+rate_limits:
+  - name: two-a-minute  # a hit counts too: the hit's reservation is released, not settled
+    scope: {kind: user}
+    match: {groups: [cached]}
+    requests: 2
+    window: 60s
+    action: block
+    count_cache_hits: true
+guardrails:
+  - name: no-secrets
+    match: {groups: [guarded]}
+    categories: {secrets: block}
+policies:
+  default: {allow: ["*"]}
+  rules:
+    - groups: [mini-only]
+      allow: [gpt-4o-mini]
 """
+SECRET = "deploy with AKIA6I8J76B2LAJLJ4H9 please"  # an AWS access key id: a secret
+# The audit record's error code -> the spend report's refusal column.
+REFUSED = {
+    "guardrail_blocked": "refused_guardrail",
+    "rate_limited": "refused_rate_limit",
+    "budget_exceeded": "refused_budget",
+    "model_not_allowed": "refused_policy",
+}
+# What audit_sums and api_sums compare, per row.
+FIELDS = (
+    "requests",
+    "cost_micros",
+    "estimated_cost_micros",
+    "input_tokens",
+    "output_tokens",
+    "cache_hits",
+    "cache_saved_micros",
+    *REFUSED.values(),
+)
 
 
 class Gateway:
@@ -137,45 +182,63 @@ def values(record: dict[str, Any], dim: str) -> list[str]:
         return [record["time"][:10]]
     if dim == "model":
         return [record["served_model"] or ""]
-    if dim == "provider":
-        return [record["provider"] or ""]
+    if dim == "provider":  # a refusal's: the provider of the model asked for (none was called)
+        provider = record["provider"]
+        if provider is None and record["served_model"]:
+            provider = raw_catalog()[record["served_model"]]["provider"]
+        return [provider or ""]
     if dim.startswith("attribute:"):
         return [(ident.get("attributes") or {}).get(dim.split(":", 1)[1]) or ""]
     return [ident.get(dim) or ""]
 
 
-def audit_sums(records: list[dict[str, Any]], dims: list[str]) -> dict[tuple[str, ...], tuple]:
-    sums: dict[tuple[str, ...], list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])
-    for rec in records:
-        if rec["usage_source"] == "none":  # not billed: no spend to report
-            continue
+def counted(rec: dict[str, Any]) -> dict[str, int]:
+    """What one audit record adds to its spend row (empty: nothing is rolled up)."""
+    if rec.get("type") != "gateway.audit.v1":
+        return {}
+    if rec["usage_source"] != "none":  # billed
         estimated = rec["usage_source"] in ("estimated", "bound")  # not the provider's report
+        return {
+            "requests": 1,
+            "cost_micros": rec["cost_micros"],
+            "estimated_cost_micros": rec["cost_micros"] if estimated else 0,
+            "input_tokens": rec["tokens"]["input_tokens"],
+            "output_tokens": rec["tokens"]["output_tokens"],
+        }
+    if rec["identity"] is None:  # refused before it was identified: not attributable
+        return {}
+    if rec["cache"] == "hit":
+        return {"cache_hits": 1, "cache_saved_micros": rec["cost_saved_micros"]}
+    kind = REFUSED.get(rec["error_code"] or "")
+    return {kind: 1} if kind else {}  # other failures (upstream, bad input): audit log only
+
+
+def audit_sums(
+    records: list[dict[str, Any]], dims: list[str]
+) -> dict[tuple[str, ...], tuple[int, ...]]:
+    sums: dict[tuple[str, ...], dict[str, int]] = defaultdict(lambda: dict.fromkeys(FIELDS, 0))
+    for rec in records:
+        adds = counted(rec)
+        if not adds:
+            continue
         for key in itertools.product(*(values(rec, d) for d in dims)):
-            s = sums[key]
-            s[0] += 1
-            s[1] += rec["cost_micros"]
-            s[2] += rec["cost_micros"] if estimated else 0
-            s[3] += rec["tokens"]["input_tokens"]
-            s[4] += rec["tokens"]["output_tokens"]
-    return {k: tuple(v) for k, v in sums.items()}
+            for field, amount in adds.items():
+                sums[key][field] += amount
+    return {k: tuple(v[f] for f in FIELDS) for k, v in sums.items()}
 
 
-def api_sums(gw: Gateway, dims: list[str], since: str, until: str) -> dict[tuple[str, ...], tuple]:
+def api_sums(
+    gw: Gateway, dims: list[str], since: str, until: str, *where: str
+) -> dict[tuple[str, ...], tuple[int, ...]]:
     argv = ["spend", "--since", since, "--until", until]
     for d in dims:
         argv += ["--by", d]
+    for w in where:
+        argv += ["--where", w]
     doc = gw.cli_json(*argv)
-    out = {}
-    for row in doc["rows"]:
-        key = tuple(row[d] for d in dims)
-        out[key] = (
-            row["requests"],
-            row["cost_micros"],
-            row["estimated_cost_micros"],
-            row["input_tokens"],
-            row["output_tokens"],
-        )
-    return out
+    if not dims:
+        return {(): tuple(doc["total"][f] for f in FIELDS)} if doc["rows"] else {}
+    return {tuple(row[d] for d in dims): tuple(row[f] for f in FIELDS) for row in doc["rows"]}
 
 
 # -- the scripted mix ---------------------------------------------------------------------------
@@ -265,11 +328,11 @@ def test_api_spend_equals_the_audit_records(gw: Gateway) -> None:
     since = days[0]
     until = (dt.date.fromisoformat(days[-1]) + dt.timedelta(days=1)).isoformat()
 
-    def settled() -> bool:  # every billed request's settle has reached Redis
-        total = gw.cli_json("spend", "--since", since, "--until", until)
-        return total["total"]["requests"] == len(billed)
+    def settled() -> bool:  # every settle and every answered request's rollup reached Redis
+        return api_sums(gw, [], since, until) == audit_sums(gw.audit.records(), [])
 
     eventually(settled)
+    records = gw.audit.records()
     for dims in (
         [],
         ["user"],
@@ -281,14 +344,7 @@ def test_api_spend_equals_the_audit_records(gw: Gateway) -> None:
         ["day", "model"],
         ["user", "attribute:team"],
     ):
-        expected = audit_sums(records, dims)
-        if not dims:
-            got = gw.cli_json("spend", "--since", since, "--until", until)["total"]
-            assert (got["requests"], got["cost_micros"], got["estimated_cost_micros"]) == expected[
-                ()
-            ][:3]
-            continue
-        assert api_sums(gw, dims, since, until) == expected, dims
+        assert api_sums(gw, dims, since, until) == audit_sums(records, dims), dims
     # Filters: alice's spend on OpenAI models only.
     doc = gw.cli_json(
         "spend",
@@ -433,3 +489,121 @@ def test_json_over_http_through_envoy(gw: Gateway) -> None:
         timeout=30,
     )
     assert r.status_code == 403 and "needs one of the groups" in r.json()["message"]
+
+
+# -- requests the gateway answered itself -------------------------------------------------------
+
+
+def test_hits_and_refusals_are_reported_as_the_audit_records_count_them(gw: Gateway) -> None:
+    """A cache hit (and what it saved), and refusals by a guardrail, a rate limit, a budget and
+    a policy, each in GetSpend on its caller's row - even a row with no spend - equal to what
+    the audit records say; a caller refused before it was identified is in no row."""
+    mini = {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 50}
+    hana = gw.token("hana@example.com", "cached", cost_center="11")
+    miss = gw.post(hana, mini)
+    hit = gw.post(hana, mini)
+    over = gw.post(hana, mini)  # the limit counts hits: the third request is refused
+    assert (miss.status_code, miss.headers["x-gateway-cache-status"]) == (200, "miss"), miss.text
+    assert (hit.status_code, hit.headers["x-gateway-cache-status"]) == (200, "hit"), hit.text
+    assert (over.status_code, over.json()["error"]["code"]) == (429, "rate_limited"), over.text
+    gus = gw.token("gus@example.com", "guarded", cost_center="12")
+    blocked = gw.post(gus, {**mini, "messages": [{"role": "user", "content": SECRET}]})
+    assert blocked.json()["error"]["code"] == "guardrail_blocked", blocked.text
+    tilda = gw.token("tilda@example.com", "tight")
+    broke = gw.post(tilda, mini)
+    assert broke.json()["error"]["code"] == "budget_exceeded", broke.text
+    pia = gw.token("pia@example.com", "mini-only")
+    forbidden = gw.post(pia, {**mini, "model": "claude-haiku-4-5"}, "/v1/messages")
+    assert forbidden.status_code == 403, forbidden.text  # Anthropic's error format: no code
+    nobody = gw.post("not-a-token", mini)
+    assert nobody.status_code == 401, nobody.text
+    ids = [r.headers["x-gateway-request-id"] for r in (miss, hit, over, blocked, broke, forbidden)]
+    ids.append(nobody.headers["x-gateway-request-id"])
+    mine = [gw.audit.wait_for(rid) for rid in ids]
+    assert mine[1]["cost_saved_micros"] == mine[0]["cost_micros"] > 0  # the hit saved the miss
+    assert mine[5]["error_code"] == "model_not_allowed"
+    assert mine[-1]["identity"] is None and mine[-1]["error_code"] == "unauthenticated"
+    day = mine[0]["time"][:10]
+    until = (dt.date.fromisoformat(day) + dt.timedelta(days=1)).isoformat()
+    users = ["hana@example.com", "gus@example.com", "tilda@example.com", "pia@example.com"]
+    where = [f"user={u}" for u in users]
+    dims = ["user", "model", "provider", "attribute:cost_center"]
+    expected = audit_sums(mine, dims)
+    got: dict[tuple[str, ...], tuple[int, ...]] = {}
+
+    def rolled_up() -> bool:  # hits and refusals are rolled up in the background
+        nonlocal got
+        got = api_sums(gw, dims, day, until, *where)
+        return got == expected
+
+    eventually(rolled_up)
+    row = dict(zip(FIELDS, got[("hana@example.com", "gpt-4o-mini", "openai", "11")], strict=True))
+    assert row["requests"] == 1 and row["cache_hits"] == 1 and row["refused_rate_limit"] == 1
+    assert row["cache_saved_micros"] == row["cost_micros"]
+    assert (
+        got[("gus@example.com", "gpt-4o-mini", "openai", "12")]
+        == expected[("gus@example.com", "gpt-4o-mini", "openai", "12")]
+    )
+    refusals_only = {k[0]: dict(zip(FIELDS, v, strict=True)) for k, v in got.items()}
+    assert refusals_only["gus@example.com"]["refused_guardrail"] == 1
+    assert refusals_only["tilda@example.com"]["refused_budget"] == 1
+    assert refusals_only["pia@example.com"]["refused_policy"] == 1
+    assert all(r["requests"] == 0 for u, r in refusals_only.items() if u != "hana@example.com")
+    # The policy refusal is on the row of the model asked for, and its provider.
+    assert ("pia@example.com", "claude-haiku-4-5", "anthropic", "") in got
+    # Group-by and filters work on them as on spend.
+    by_group = api_sums(gw, ["group"], day, until, *where)
+    assert by_group == audit_sums(mine, ["group"])
+    assert by_group[("guarded",)][FIELDS.index("refused_guardrail")] == 1
+    # JSON over HTTP carries them too (proto3 JSON: int64 as strings).
+    admin = gw.admin_token("root@example.com", "gateway-admins")
+    r = httpx.post(
+        f"http://127.0.0.1:{gw.json_port}/gateway.admin.v1.AdminService/GetSpend",
+        json={
+            "groupBy": ["user"],
+            "filters": [{"dimension": "user", "value": "hana@example.com"}],
+            "dates": {"since": day, "until": until},
+        },
+        headers={"authorization": f"Bearer {admin}"},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    [hana_row] = r.json()["rows"]
+    assert hana_row["cacheHits"] == "1"
+    assert hana_row["refused"] == {"guardrail": "0", "rateLimit": "1", "budget": "0", "policy": "0"}
+    assert hana_row["cacheSavedMicros"] == str(row["cache_saved_micros"])
+
+
+def test_a_billed_request_keeps_its_two_scripts_and_a_refusal_adds_one(gw: Gateway) -> None:
+    """Under MONITOR, by script: a billed request with a budget still runs exactly its reserve
+    and its settle (the rollup rides in the settle), one without a budget its `record` script;
+    a refusal runs one `record` script, in the background, and nothing else."""
+    names = {sha1(script_source(n).encode()).hexdigest(): n for n in SCRIPTS}
+    mini = {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 50}
+    ray = gw.token("ray@example.com", "eng")  # the eng budget (monitor): reserve, settle
+    nel = gw.token("nel@example.com")  # no budget applies: its rollup alone (record)
+    ida = gw.token("ida@example.com", "guarded")
+    monitor = RedisMonitor(gw.stack.redis_url)
+
+    def scripts_since(before: Counter[str]) -> dict[str, int]:
+        return {names.get(sha, sha): n for sha, n in (monitor.script_snapshot() - before).items()}
+
+    try:
+        start = monitor.script_snapshot()
+        assert gw.post(ray, mini).status_code == 200
+        eventually(lambda: "settle" in scripts_since(start))
+        billed = scripts_since(start)
+        start = monitor.script_snapshot()
+        assert gw.post(nel, mini).status_code == 200
+        eventually(lambda: "record" in scripts_since(start))
+        unbudgeted = scripts_since(start)
+        middle = monitor.script_snapshot()
+        refused = gw.post(ida, {**mini, "messages": [{"role": "user", "content": SECRET}]})
+        assert refused.status_code == 400, refused.text
+        eventually(lambda: "record" in scripts_since(middle))
+        answered = scripts_since(middle)
+    finally:
+        monitor.close()
+    assert billed == {"reserve": 1, "settle": 1}
+    assert unbudgeted == {"record": 1}
+    assert answered == {"record": 1}

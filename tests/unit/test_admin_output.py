@@ -26,8 +26,22 @@ RESPONSE = pb.GetSpendResponse(
             reported_cost_micros=1_000_000,
         ),
         pb.SpendRow(key=["", "m"], requests=1, tokens=pb.Tokens(), cost_micros=7),
+        pb.SpendRow(  # refusals and hits only: no spend
+            key=["bob", "gpt-4o"],
+            tokens=pb.Tokens(),
+            cache_hits=2,
+            cache_saved_micros=250,
+            refused=pb.Refusals(guardrail=1, rate_limit=2, budget=3, policy=4),
+        ),
     ],
-    total=pb.SpendRow(requests=4, tokens=pb.Tokens(input=10, output=5), cost_micros=1_500_007),
+    total=pb.SpendRow(
+        requests=4,
+        tokens=pb.Tokens(input=10, output=5),
+        cost_micros=1_500_007,
+        cache_hits=2,
+        cache_saved_micros=250,
+        refused=pb.Refusals(guardrail=1, rate_limit=2, budget=3, policy=4),
+    ),
 )
 
 
@@ -41,18 +55,43 @@ def test_spend_table_json_csv() -> None:
         "OUTPUT_TOKENS",
         "COST_USD",
         "ESTIMATED_COST_USD",
+        "CACHE_HITS",
+        "CACHE_SAVED_USD",
+        "REFUSED",
     ]
-    assert table[1].split() == ["alice", "gpt-4o", "3", "10", "5", "1.500000", "0.500000"]
+    assert table[1].split() == [
+        "alice", "gpt-4o", "3", "10", "5", "1.500000", "0.500000", "0", "0.000000", "0"
+    ]  # fmt: skip
     assert table[2].split()[:2] == ["-", "m"]  # no value: "-" in a table
-    assert (
-        table[-1] == "2026-11-01 to 2026-11-26 (UTC): 4 requests, $1.500007 ($0.000000 estimated)"
+    assert table[3].split()[-3:] == ["2", "0.000250", "10"]  # every kind of refusal
+    assert table[-1] == (
+        "2026-11-01 to 2026-11-26 (UTC): 4 requests, $1.500007 ($0.000000 estimated); "
+        "2 cache hits ($0.000250 saved); 10 refused"
     )
     doc = json.loads(output.render_spend(RESPONSE, "json"))
     assert doc["rows"][0]["user"] == "alice" and doc["rows"][0]["cost_micros"] == 1_500_000
     assert doc["rows"][1]["user"] == "" and doc["total"]["requests"] == 4
+    assert {
+        k: v
+        for k, v in doc["rows"][2].items()
+        if k.startswith(("cache_hits", "cache_saved", "refused_"))
+    } == {
+        "cache_hits": 2,
+        "cache_saved_usd": "0.000250",
+        "cache_saved_micros": 250,
+        "refused_guardrail": 1,
+        "refused_rate_limit": 2,
+        "refused_budget": 3,
+        "refused_policy": 4,
+    }
     csv_lines = output.render_spend(RESPONSE, "csv").splitlines()
     assert csv_lines[0].startswith("user,model,requests,input_tokens,")
+    assert csv_lines[0].endswith(
+        ",cache_hits,cache_saved_usd,refused_guardrail,refused_rate_limit,refused_budget,"
+        "refused_policy"
+    )
     assert csv_lines[2].startswith(",m,1,")
+    assert csv_lines[3].endswith(",2,0.000250,1,2,3,4")
 
 
 def args(**kw: object) -> argparse.Namespace:

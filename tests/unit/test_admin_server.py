@@ -27,6 +27,7 @@ from gateway_extproc.errors import Unauthenticated
 from gateway_extproc.extproc.context import GatewayContext
 from gateway_extproc.identity.devissuer import DEV_ISSUER, DevIssuer, ensure_dev_issuer
 from gateway_extproc.runtime import build_context, close_context, start_context
+from gateway_extproc.spend.outcome import Outcome
 from gateway_extproc.spend.rollup import Dimensions, UsageRecord
 from gateway_extproc.tokens import Usage
 from tests.redis_servers import RedisEndpoint, redis_standalone_server  # noqa: F401
@@ -406,3 +407,40 @@ async def test_get_spend_groups_rollups(admin: Admin) -> None:
         (["2026-11-26"], 10),
         (["2026-11-24"], 1),
     ]
+
+
+async def test_get_spend_reports_hits_and_refusals(admin: Admin) -> None:
+    store = admin.ctx.budgets.store
+    assert store is not None
+    a, c = Dimensions(user="a", model="m1"), Dimensions(user="c", model="m1")
+    await store.record_usage("b", UsageRecord(NOW, a, Usage(output_tokens=2), 10, False), NOW)
+    answered = [
+        (a, Outcome.CACHE_HIT, 40),
+        (a, Outcome.REFUSED_RATE_LIMIT, 0),
+        (c, Outcome.REFUSED_GUARDRAIL, 0),
+        (c, Outcome.REFUSED_BUDGET, 0),
+        (c, Outcome.REFUSED_POLICY, 0),
+        (c, Outcome.REFUSED_POLICY, 0),
+    ]
+    for i, (dims, outcome, saved) in enumerate(answered):
+        record = UsageRecord.answered(NOW, dims, outcome, saved)
+        await store.record_usage(f"x{i}:answered", record, NOW)
+    spend = await admin.call(
+        "GetSpend", pb.GetSpendRequest(group_by=["user"], window=pb.NamedWindow(name="day"))
+    )
+    rows = {r.key[0]: r for r in spend.rows}
+    assert (rows["a"].requests, rows["a"].cost_micros, rows["a"].cache_hits) == (1, 10, 1)
+    assert rows["a"].cache_saved_micros == 40 and rows["a"].refused.rate_limit == 1
+    refused = rows["c"].refused  # a row with refusals only
+    assert rows["c"].requests == 0 and rows["c"].cost_micros == 0
+    assert (refused.guardrail, refused.rate_limit, refused.budget, refused.policy) == (1, 0, 1, 2)
+    total = spend.total
+    assert (total.requests, total.cache_hits, total.cache_saved_micros) == (1, 1, 40)
+    assert (total.refused.guardrail, total.refused.rate_limit, total.refused.policy) == (1, 1, 2)
+    only_c = await admin.call(
+        "GetSpend",
+        pb.GetSpendRequest(
+            filters=[pb.Filter(dimension="user", value="c")], window=pb.NamedWindow(name="day")
+        ),
+    )
+    assert only_c.total.refused.policy == 2 and only_c.total.cache_hits == 0

@@ -223,7 +223,12 @@ async def test_a_blocked_prompt_reserves_nothing(gw: Gateway) -> None:
     status, error = immediate(await gw.ask(ROOMY, chat("gpt-4o", SECRET_TEXT)))
     assert (status, error["error"]["code"]) == (400, "guardrail_blocked")
     assert gw.last.admission is None
-    assert await gw.keys() == []  # no counter, no reservation record, no lease: nothing at all
+    # No counter, no reservation record, no lease: only the refusal's count in the day's spend
+    # rollup and the marker that makes that count happen once (`<reservation id>:answered`).
+    await gw.ctx.budgets.drain()
+    keys = sorted(k.decode().removeprefix(gw.prefix + ":{gwb}:") for k in await gw.keys())
+    assert [k.split(":")[0] for k in keys] == ["res", "spend"]
+    assert keys[0].endswith(":answered")
     (record,) = gw.records()
     assert record["status"] == 400 and record["budget"] is None
 

@@ -27,6 +27,7 @@ from gateway_extproc.budgets.results import Charge
 from gateway_extproc.budgets.services import BudgetServices, GateSettings
 from gateway_extproc.budgets.store import BudgetStore
 from gateway_extproc.spend import query
+from gateway_extproc.spend.outcome import Outcome
 from gateway_extproc.spend.rollup import Dimensions, UsageRecord
 from gateway_extproc.tokens import Usage
 from tests.redis_servers import RedisEndpoint, free_port, redis_standalone_server  # noqa: F401
@@ -61,6 +62,11 @@ async def test_rollups_owed_at_shutdown_are_replayed(
     first.configure(GateSettings(), [BUDGET], webhooks=False)
     first.settle("req-1", None, alone, reserved=False)
     first.owe_fail_open("req-2", (Charge.of(BUDGET, "eng", 300),), 300, now, failed_open)
+    hit = UsageRecord.answered(now, dims, Outcome.CACHE_HIT, saved_micros=70)
+    first.roll_up_answered("req-3:answered", hit)
+    first.roll_up_answered(
+        "req-4:answered", UsageRecord.answered(now, dims, Outcome.REFUSED_BUDGET)
+    )
     await first.close(grace_s=0.3)
 
     live = store_at(redis_standalone_server.port, tag)
@@ -75,6 +81,8 @@ async def test_rollups_owed_at_shutdown_are_replayed(
     assert row.totals["requests"] == 2
     assert row.totals["cost_micros"] == 1000 and row.totals["estimated_cost_micros"] == 300
     assert row.totals["input_tokens"] == 3 and row.totals["output_tokens"] == 5
+    assert (row.totals["cache_hits"], row.totals["cache_saved_micros"]) == (1, 70)
+    assert row.totals["refused_budget"] == 1
     assert (await live.status(BUDGET, "eng", now)).spent_micros == 300
     await second.close()
     await dead.client.aclose()

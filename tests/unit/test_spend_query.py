@@ -10,9 +10,20 @@ from hypothesis import given
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
+from gateway_extproc.budgets.ratelimits.report import RateLimited
+from gateway_extproc.budgets.refusals import BudgetExceeded, BudgetUnavailable
 from gateway_extproc.budgets.store import BudgetStore
+from gateway_extproc.errors import (
+    ClientError,
+    Forbidden,
+    GuardrailBlocked,
+    PayloadTooLarge,
+    Unauthenticated,
+    UnknownModel,
+)
 from gateway_extproc.identity.model import AuthMethod, Identity, Kind
 from gateway_extproc.spend import query, rollup
+from gateway_extproc.spend.outcome import Outcome, answered_outcome
 from gateway_extproc.spend.query import DayRange, Dimension, QueryError, RetentionError
 from gateway_extproc.spend.rollup import (
     Dimensions,
@@ -59,6 +70,56 @@ def test_metrics_leave_out_zeros_and_mark_estimates() -> None:
     reported = UsageRecord(NOW, Dimensions(), Usage(), 0, estimated=False)
     assert reported.metrics() == [("n", 1)]
     assert UsageRecord.from_json(rec.to_json()) == rec
+
+
+def test_answered_requests_add_one_count_and_no_spend() -> None:
+    dims = Dimensions(user="a", model="gpt-4o", provider="openai")
+    hit = UsageRecord.answered(NOW, dims, Outcome.CACHE_HIT, saved_micros=1234)
+    assert hit.metrics() == [("h", 1), ("hs", 1234)]
+    free_hit = UsageRecord.answered(NOW, dims, Outcome.CACHE_HIT)  # a $0 model: no hs field
+    assert free_hit.metrics() == [("h", 1)]
+    for outcome, metric in (
+        (Outcome.REFUSED_GUARDRAIL, "rg"),
+        (Outcome.REFUSED_RATE_LIMIT, "rr"),
+        (Outcome.REFUSED_BUDGET, "rb"),
+        (Outcome.REFUSED_POLICY, "rp"),
+    ):
+        assert UsageRecord.answered(NOW, dims, outcome).metrics() == [(metric, 1)]
+    with pytest.raises(ValueError, match="billed"):
+        UsageRecord.answered(NOW, dims, Outcome.BILLED)
+    # every metric written is one the reports read
+    assert {m for o in Outcome if o is not Outcome.BILLED for m, _ in
+            UsageRecord.answered(NOW, dims, o, 5).metrics()} <= set(rollup.METRICS)  # fmt: skip
+
+
+def test_journal_form_keeps_the_outcome() -> None:
+    dims = Dimensions(user="a", model="gpt-4o", provider="openai")
+    hit = UsageRecord.answered(NOW, dims, Outcome.CACHE_HIT, saved_micros=99)
+    assert UsageRecord.from_json(hit.to_json()) == hit
+    billed = UsageRecord(NOW, dims, Usage(input_tokens=1), 5, estimated=False)
+    assert "outcome" not in billed.to_json()  # as journals written before outcomes were
+    assert UsageRecord.from_json(billed.to_json()) == billed
+
+
+@pytest.mark.parametrize(
+    ("error", "outcome"),
+    [
+        (GuardrailBlocked("x"), Outcome.REFUSED_GUARDRAIL),
+        (RateLimited("x"), Outcome.REFUSED_RATE_LIMIT),
+        (BudgetExceeded("x"), Outcome.REFUSED_BUDGET),
+        (Forbidden("x"), Outcome.REFUSED_POLICY),
+        (UnknownModel("x"), None),
+        (Unauthenticated("x"), None),
+        (BudgetUnavailable("x"), None),
+        (PayloadTooLarge("x"), None),
+    ],
+)
+def test_refusals_are_told_apart_by_the_clients_error_code(
+    error: ClientError, outcome: Outcome | None
+) -> None:
+    assert answered_outcome(error.code, cache_hit=False) is outcome
+    assert answered_outcome(error.code, cache_hit=True) is Outcome.CACHE_HIT
+    assert answered_outcome(None, cache_hit=False) is None
 
 
 def test_day_key_and_expiry_follow_the_rollup_timezone() -> None:
@@ -169,6 +230,27 @@ def test_aggregate_groups_filters_and_sorts() -> None:
     assert [r.key for r in rows] == [("a",), ("b",)]  # dearest first
     assert rows[0].totals["estimated_cost_micros"] == 40
     assert rows[0].totals["input_tokens"] == 5 and rows[1].totals["requests"] == 3
+
+
+def test_rows_of_hits_and_refusals_group_filter_and_appear_without_spend() -> None:
+    d = query.parse_dimension
+    c = Dimensions(user="c", groups=("ml",), model="m1", provider="p")
+    data = {
+        DAY1: DATA[DAY1] | _fields((A, {"h": 2, "hs": 30, "rr": 1}), (c, {"rg": 1, "rb": 2})),
+        DAY2: DATA[DAY2] | _fields((c, {"rp": 1, "rg": 1})),
+    }
+    by_user = {r.key: r.totals for r in query.aggregate(data, [d("user")])}
+    assert by_user[("c",)] == dict.fromkeys(rollup.METRICS.values(), 0) | {
+        "refused_guardrail": 2,
+        "refused_budget": 2,
+        "refused_policy": 1,
+    }  # a row with refusals only: no requests, no cost, still reported
+    assert by_user[("a",)]["cache_hits"] == 2 and by_user[("a",)]["cache_saved_micros"] == 30
+    assert by_user[("a",)]["refused_rate_limit"] == 1 and by_user[("a",)]["requests"] == 2
+    [ml] = query.aggregate(data, [], [(d("group"), "ml")])  # a: eng+ml, c: ml
+    assert ml.totals["refused_guardrail"] == 2 and ml.totals["cache_hits"] == 2
+    by_day = {r.key: r.totals["refused_guardrail"] for r in query.aggregate(data, [d("day")])}
+    assert by_day == {("2026-11-01",): 1, ("2026-11-02",): 1}
 
 
 @given(

@@ -22,9 +22,16 @@ from gateway_extproc.budgets.model import (
     ScopeKind,
 )
 from gateway_extproc.budgets.overrides import Overrides
+from gateway_extproc.budgets.ratelimits.model import (
+    RateLimitAction,
+    RateLimitCharge,
+    RateLimitConfig,
+)
 from gateway_extproc.budgets.results import Charge, ReservationState
+from gateway_extproc.budgets.services import BudgetServices, GateSettings
 from gateway_extproc.budgets.store import BudgetStore
 from gateway_extproc.spend import query
+from gateway_extproc.spend.outcome import Outcome
 from gateway_extproc.spend.rollup import Dimensions, RollupSettings, UsageRecord
 from gateway_extproc.tokens import Usage
 from tests.redis_servers import (  # noqa: F401 - session fixtures used via getfixturevalue
@@ -165,3 +172,42 @@ async def test_rollup_keys_share_the_budget_slot(store: BudgetStore) -> None:
     end_of_day = dt.datetime(2026, 11, 25, tzinfo=dt.UTC).timestamp()
     # The day's end plus the retention, relative to the caller's (simulated) clock.
     assert abs(ttl_ms - ((end_of_day - T0) * 1000 + 400 * 86_400_000)) < 60_000
+
+
+async def test_answered_requests_roll_up_once_beside_billed_ones(store: BudgetStore) -> None:
+    """A cache hit and refusals go through the `record` script: once per id, even retried;
+    a row with refusals only is reported."""
+    eve = Dimensions(user="eve", model="claude-haiku-4-5", provider="anthropic")
+    await store.record_usage("b1", usage(40), T0)
+    hit = UsageRecord.answered(T0, ALICE, Outcome.CACHE_HIT, saved_micros=321)
+    assert (await store.record_usage("h1:answered", hit, T0)).changed
+    assert not (await store.record_usage("h1:answered", hit, T0 + 1)).changed  # a retry
+    for n, outcome in enumerate([Outcome.REFUSED_GUARDRAIL, Outcome.REFUSED_BUDGET] * 2):
+        await store.record_usage(f"x{n}:answered", UsageRecord.answered(T0, eve, outcome), T0)
+    by_user = await report(store, "user")
+    alice, eve_row = by_user[("alice",)], by_user[("eve",)]
+    assert (alice["requests"], alice["cost_micros"]) == (1, 40)  # a hit is no billed request
+    assert (alice["cache_hits"], alice["cache_saved_micros"]) == (1, 321)
+    assert eve_row["requests"] == 0 and eve_row["cost_micros"] == 0
+    assert (eve_row["refused_guardrail"], eve_row["refused_budget"]) == (2, 2)
+
+
+async def test_a_hit_releases_its_reservation_and_rolls_up_under_its_own_id(
+    store: BudgetStore,
+) -> None:
+    """A hit counted in a rate limit holds a reservation under the request's id, released when
+    the hit is answered: the hit's rollup, under `<id>:answered`, is not swallowed by it (nor
+    dropped as a duplicate of the release in flight)."""
+    limit = RateLimitConfig(
+        "hits", Scope(ScopeKind.USER), 60, RateLimitAction.BLOCK, requests=10, count_cache_hits=True
+    )
+    charge = RateLimitCharge(limit, "alice", 0)
+    assert (await store.reserve("h2", [], 60, T0, limits=[charge])).admitted
+    services = BudgetServices(store, GateSettings(), clock=lambda: T0)
+    services.settle("h2", None)  # the release conclude() hands over
+    hit = UsageRecord.answered(T0, ALICE, Outcome.CACHE_HIT, saved_micros=5)
+    services.roll_up_answered("h2:answered", hit)
+    await services.drain()
+    assert (await report(store))[()]["cache_hits"] == 1
+    record = await store.client.hgetall(store.record_key("h2"))
+    assert record[b"state"] == b"RELEASED"

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cgateway/admin/v1/admin.proto\x12\x10gateway.admin.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"*\n\x06\x46ilter\x12\x11\n\tdimension\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"-\n\x0bNamedWindow\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08timezone\x18\x02 \x01(\t\")\n\tDateRange\x12\r\n\x05since\x18\x01 \x01(\t\x12\r\n\x05until\x18\x02 \x01(\t\"a\n\tTimeRange\x12)\n\x05since\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe4\x01\n\x0fGetSpendRequest\x12\x10\n\x08group_by\x18\x01 \x03(\t\x12)\n\x07\x66ilters\x18\x02 \x03(\x0b\x32\x18.gateway.admin.v1.Filter\x12/\n\x06window\x18\x03 \x01(\x0b\x32\x1d.gateway.admin.v1.NamedWindowH\x00\x12,\n\x05\x64\x61tes\x18\x04 \x01(\x0b\x32\x1b.gateway.admin.v1.DateRangeH\x00\x12+\n\x04time\x18\x05 \x01(\x0b\x32\x1b.gateway.admin.v1.TimeRangeH\x00\x42\x08\n\x06period\"}\n\x06Tokens\x12\r\n\x05input\x18\x01 \x01(\x03\x12\x14\n\x0c\x63\x61\x63hed_input\x18\x02 \x01(\x03\x12\x13\n\x0b\x63\x61\x63he_write\x18\x03 \x01(\x03\x12\x16\n\x0e\x63\x61\x63he_write_1h\x18\x04 \x01(\x03\x12\x0e\n\x06output\x18\x05 \x01(\x03\x12\x11\n\treasoning\x18\x06 \x01(\x03\"\xa5\x01\n\x08SpendRow\x12\x0b\n\x03key\x18\x01 \x03(\t\x12\x10\n\x08requests\x18\x02 \x01(\x03\x12(\n\x06tokens\x18\x03 \x01(\x0b\x32\x18.gateway.admin.v1.Tokens\x12\x13\n\x0b\x63ost_micros\x18\x04 \x01(\x03\x12\x1d\n\x15\x65stimated_cost_micros\x18\x05 \x01(\x03\x12\x1c\n\x14reported_cost_micros\x18\x06 \x01(\x03\"\xb0\x01\n\x10GetSpendResponse\x12\x10\n\x08group_by\x18\x01 \x03(\t\x12\x11\n\tfirst_day\x18\x02 \x01(\t\x12\x10\n\x08last_day\x18\x03 \x01(\t\x12\x10\n\x08timezone\x18\x04 \x01(\t\x12(\n\x04rows\x18\x05 \x03(\x0b\x32\x1a.gateway.admin.v1.SpendRow\x12)\n\x05total\x18\x06 \x01(\x0b\x32\x1a.gateway.admin.v1.SpendRow\"\xe0\x01\n\x08Override\x12\x0e\n\x06\x62udget\x18\x01 \x01(\t\x12\x13\n\x0bscope_value\x18\x02 \x01(\t\x12\x14\n\x0climit_micros\x18\x03 \x01(\x03\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0e\n\x06set_by\x18\x06 \x01(\t\x12*\n\x06set_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1d\n\x15previous_limit_micros\x18\x08 \x01(\x03\"\x9c\x03\n\x0c\x42udgetStatus\x12\x0e\n\x06\x62udget\x18\x01 \x01(\t\x12\x12\n\nscope_kind\x18\x02 \x01(\t\x12\x13\n\x0bscope_value\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x14\n\x0climit_micros\x18\x05 \x01(\x03\x12\x1f\n\x17\x63onfigured_limit_micros\x18\x06 \x01(\x03\x12\x15\n\rtop_up_micros\x18\x07 \x01(\x03\x12\x14\n\x0cspent_micros\x18\x08 \x01(\x03\x12\x13\n\x0bheld_micros\x18\t \x01(\x03\x12\x18\n\x10remaining_micros\x18\n \x01(\x03\x12\x0e\n\x06window\x18\x0b \x01(\t\x12\x11\n\twindow_id\x18\x0c \x01(\t\x12\x30\n\x0cwindow_start\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tresets_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08override\x18\x0f \x01(\x0b\x32\x1a.gateway.admin.v1.Override\"\x14\n\x12ListBudgetsRequest\"F\n\x13ListBudgetsResponse\x12/\n\x07\x62udgets\x18\x01 \x03(\x0b\x32\x1e.gateway.admin.v1.BudgetStatus\"=\n\x16GetBudgetStatusRequest\x12\x0e\n\x06\x62udget\x18\x01 \x01(\t\x12\x13\n\x0bscope_value\x18\x02 \x01(\t\"K\n\x17GetBudgetStatusResponse\x12\x30\n\x08statuses\x18\x01 \x03(\x0b\x32\x1e.gateway.admin.v1.BudgetStatus\"\x8f\x01\n\x12SetOverrideRequest\x12\x0e\n\x06\x62udget\x18\x01 \x01(\t\x12\x13\n\x0bscope_value\x18\x02 \x01(\t\x12\x14\n\x0climit_micros\x18\x03 \x01(\x03\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x05 \x01(\t\"L\n\x15RemoveOverrideRequest\x12\x0e\n\x06\x62udget\x18\x01 \x01(\t\x12\x13\n\x0bscope_value\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\")\n\x16RemoveOverrideResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x08\"\x16\n\x14ListOverridesRequest\"F\n\x15ListOverridesResponse\x12-\n\toverrides\x18\x01 \x03(\x0b\x32\x1a.gateway.admin.v1.Override\"Z\n\x0cTopUpRequest\x12\x0e\n\x06\x62udget\x18\x01 \x01(\t\x12\x13\n\x0bscope_value\x18\x02 \x01(\t\x12\x15\n\ramount_micros\x18\x03 \x01(\x03\x12\x0e\n\x06reason\x18\x04 \x01(\t\"V\n\rTopUpResponse\x12\x15\n\rtop_up_micros\x18\x01 \x01(\x03\x12.\n\x06status\x18\x02 \x01(\x0b\x32\x1e.gateway.admin.v1.BudgetStatus2\x87\x05\n\x0c\x41\x64minService\x12Q\n\x08GetSpend\x12!.gateway.admin.v1.GetSpendRequest\x1a\".gateway.admin.v1.GetSpendResponse\x12Z\n\x0bListBudgets\x12$.gateway.admin.v1.ListBudgetsRequest\x1a%.gateway.admin.v1.ListBudgetsResponse\x12\x66\n\x0fGetBudgetStatus\x12(.gateway.admin.v1.GetBudgetStatusRequest\x1a).gateway.admin.v1.GetBudgetStatusResponse\x12O\n\x0bSetOverride\x12$.gateway.admin.v1.SetOverrideRequest\x1a\x1a.gateway.admin.v1.Override\x12\x63\n\x0eRemoveOverride\x12\'.gateway.admin.v1.RemoveOverrideRequest\x1a(.gateway.admin.v1.RemoveOverrideResponse\x12`\n\rListOverrides\x12&.gateway.admin.v1.ListOverridesRequest\x1a\'.gateway.admin.v1.ListOverridesResponse\x12H\n\x05TopUp\x12\x1e.gateway.admin.v1.TopUpRequest\x1a\x1f.gateway.admin.v1.TopUpResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cgateway/admin/v1/admin.proto\x12\x10gateway.admin.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"*\n\x06\x46ilter\x12\x11\n\tdimension\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"-\n\x0bNamedWindow\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08timezone\x18\x02 \x01(\t\")\n\tDateRange\x12\r\n\x05since\x18\x01 \x01(\t\x12\r\n\x05until\x18\x02 \x01(\t\"a\n\tTimeRange\x12)\n\x05since\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe4\x01\n\x0fGetSpendRequest\x12\x10\n\x08group_by\x18\x01 \x03(\t\x12)\n\x07\x66ilters\x18\x02 \x03(\x0b\x32\x18.gateway.admin.v1.Filter\x12/\n\x06window\x18\x03 \x01(\x0b\x32\x1d.gateway.admin.v1.NamedWindowH\x00\x12,\n\x05\x64\x61tes\x18\x04 \x01(\x0b\x32\x1b.gateway.admin.v1.DateRangeH\x00\x12+\n\x04time\x18\x05 \x01(\x0b\x32\x1b.gateway.admin.v1.TimeRangeH\x00\x42\x08\n\x06period\"}\n\x06Tokens\x12\r\n\x05input\x18\x01 \x01(\x03\x12\x14\n\x0c\x63\x61\x63hed_input\x18\x02 \x01(\x03\x12\x13\n\x0b\x63\x61\x63he_write\x18\x03 \x01(\x03\x12\x16\n\x0e\x63\x61\x63he_write_1h\x18\x04 \x01(\x03\x12\x0e\n\x06output\x18\x05 \x01(\x03\x12\x11\n\treasoning\x18\x06 \x01(\x03\"Q\n\x08Refusals\x12\x11\n\tguardrail\x18\x01 \x01(\x03\x12\x12\n\nrate_limit\x18\x02 \x01(\x03\x12\x0e\n\x06\x62udget\x18\x03 \x01(\x03\x12\x0e\n\x06policy\x18\x04 \x01(\x03\"\x82\x02\n\x08SpendRow\x12\x0b\n\x03key\x18\x01 \x03(\t\x12\x10\n\x08requests\x18\x02 \x01(\x03\x12(\n\x06tokens\x18\x03 \x01(\x0b\x32\x18.gateway.admin.v1.Tokens\x12\x13\n\x0b\x63ost_micros\x18\x04 \x01(\x03\x12\x1d\n\x15\x65stimated_cost_micros\x18\x05 \x01(\x03\x12\x1c\n\x14reported_cost_micros\x18\x06 \x01(\x03\x12\x12\n\ncache_hits\x18\x07 \x01(\x03\x12\x1a\n\x12\x63\x61\x63he_saved_micros\x18\x08 \x01(\x03\x12+\n\x07refused\x18\t \x01(\x0b\x32\x1a.gateway.admin.v1.Refusals\"\xb0\x01\n\x10GetSpendResponse\x12\x10\n\x08group_by\x18\x01 \x03(\t\x12\x11\n\tfirst_day\x18\x02 \x01(\t\x12\x10\n\x08last_day\x18\x03 \x01(\t\x12\x10\n\x08timezone\x18\x04 \x01(\t\x12(\n\x04rows\x18\x05 \x03(\x0b\x32\x1a.gateway.admin.v1.SpendRow\x12)\n\x05total\x18\x06 \x01(\x0b\x32\x1a.gateway.admin.v1.SpendRow\"\xe0\x01\n\x08Override\x12\x0e\n\x06\x62udget\x18\x01 \x01(\t\x12\x13\n\x0bscope_value\x18\x02 \x01(\t\x12\x14\n\x0climit_micros\x18\x03 \x01(\x03\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0e\n\x06set_by\x18\x06 \x01(\t\x12*\n\x06set_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1d\n\x15previous_limit_micros\x18\x08 \x01(\x03\"\x9c\x03\n\x0c\x42udgetStatus\x12\x0e\n\x06\x62udget\x18\x01 \x01(\t\x12\x12\n\nscope_kind\x18\x02 \x01(\t\x12\x13\n\x0bscope_value\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x14\n\x0climit_micros\x18\x05 \x01(\x03\x12\x1f\n\x17\x63onfigured_limit_micros\x18\x06 \x01(\x03\x12\x15\n\rtop_up_micros\x18\x07 \x01(\x03\x12\x14\n\x0cspent_micros\x18\x08 \x01(\x03\x12\x13\n\x0bheld_micros\x18\t \x01(\x03\x12\x18\n\x10remaining_micros\x18\n \x01(\x03\x12\x0e\n\x06window\x18\x0b \x01(\t\x12\x11\n\twindow_id\x18\x0c \x01(\t\x12\x30\n\x0cwindow_start\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tresets_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08override\x18\x0f \x01(\x0b\x32\x1a.gateway.admin.v1.Override\"\x14\n\x12ListBudgetsRequest\"F\n\x13ListBudgetsResponse\x12/\n\x07\x62udgets\x18\x01 \x03(\x0b\x32\x1e.gateway.admin.v1.BudgetStatus\"=\n\x16GetBudgetStatusRequest\x12\x0e\n\x06\x62udget\x18\x01 \x01(\t\x12\x13\n\x0bscope_value\x18\x02 \x01(\t\"K\n\x17GetBudgetStatusResponse\x12\x30\n\x08statuses\x18\x01 \x03(\x0b\x32\x1e.gateway.admin.v1.BudgetStatus\"\x8f\x01\n\x12SetOverrideRequest\x12\x0e\n\x06\x62udget\x18\x01 \x01(\t\x12\x13\n\x0bscope_value\x18\x02 \x01(\t\x12\x14\n\x0climit_micros\x18\x03 \x01(\x03\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x05 \x01(\t\"L\n\x15RemoveOverrideRequest\x12\x0e\n\x06\x62udget\x18\x01 \x01(\t\x12\x13\n\x0bscope_value\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\")\n\x16RemoveOverrideResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x08\"\x16\n\x14ListOverridesRequest\"F\n\x15ListOverridesResponse\x12-\n\toverrides\x18\x01 \x03(\x0b\x32\x1a.gateway.admin.v1.Override\"Z\n\x0cTopUpRequest\x12\x0e\n\x06\x62udget\x18\x01 \x01(\t\x12\x13\n\x0bscope_value\x18\x02 \x01(\t\x12\x15\n\ramount_micros\x18\x03 \x01(\x03\x12\x0e\n\x06reason\x18\x04 \x01(\t\"V\n\rTopUpResponse\x12\x15\n\rtop_up_micros\x18\x01 \x01(\x03\x12.\n\x06status\x18\x02 \x01(\x0b\x32\x1e.gateway.admin.v1.BudgetStatus2\x87\x05\n\x0c\x41\x64minService\x12Q\n\x08GetSpend\x12!.gateway.admin.v1.GetSpendRequest\x1a\".gateway.admin.v1.GetSpendResponse\x12Z\n\x0bListBudgets\x12$.gateway.admin.v1.ListBudgetsRequest\x1a%.gateway.admin.v1.ListBudgetsResponse\x12\x66\n\x0fGetBudgetStatus\x12(.gateway.admin.v1.GetBudgetStatusRequest\x1a).gateway.admin.v1.GetBudgetStatusResponse\x12O\n\x0bSetOverride\x12$.gateway.admin.v1.SetOverrideRequest\x1a\x1a.gateway.admin.v1.Override\x12\x63\n\x0eRemoveOverride\x12\'.gateway.admin.v1.RemoveOverrideRequest\x1a(.gateway.admin.v1.RemoveOverrideResponse\x12`\n\rListOverrides\x12&.gateway.admin.v1.ListOverridesRequest\x1a\'.gateway.admin.v1.ListOverridesResponse\x12H\n\x05TopUp\x12\x1e.gateway.admin.v1.TopUpRequest\x1a\x1f.gateway.admin.v1.TopUpResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,36 +44,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSPENDREQUEST']._serialized_end=545
   _globals['_TOKENS']._serialized_start=547
   _globals['_TOKENS']._serialized_end=672
-  _globals['_SPENDROW']._serialized_start=675
-  _globals['_SPENDROW']._serialized_end=840
-  _globals['_GETSPENDRESPONSE']._serialized_start=843
-  _globals['_GETSPENDRESPONSE']._serialized_end=1019
-  _globals['_OVERRIDE']._serialized_start=1022
-  _globals['_OVERRIDE']._serialized_end=1246
-  _globals['_BUDGETSTATUS']._serialized_start=1249
-  _globals['_BUDGETSTATUS']._serialized_end=1661
-  _globals['_LISTBUDGETSREQUEST']._serialized_start=1663
-  _globals['_LISTBUDGETSREQUEST']._serialized_end=1683
-  _globals['_LISTBUDGETSRESPONSE']._serialized_start=1685
-  _globals['_LISTBUDGETSRESPONSE']._serialized_end=1755
-  _globals['_GETBUDGETSTATUSREQUEST']._serialized_start=1757
-  _globals['_GETBUDGETSTATUSREQUEST']._serialized_end=1818
-  _globals['_GETBUDGETSTATUSRESPONSE']._serialized_start=1820
-  _globals['_GETBUDGETSTATUSRESPONSE']._serialized_end=1895
-  _globals['_SETOVERRIDEREQUEST']._serialized_start=1898
-  _globals['_SETOVERRIDEREQUEST']._serialized_end=2041
-  _globals['_REMOVEOVERRIDEREQUEST']._serialized_start=2043
-  _globals['_REMOVEOVERRIDEREQUEST']._serialized_end=2119
-  _globals['_REMOVEOVERRIDERESPONSE']._serialized_start=2121
-  _globals['_REMOVEOVERRIDERESPONSE']._serialized_end=2162
-  _globals['_LISTOVERRIDESREQUEST']._serialized_start=2164
-  _globals['_LISTOVERRIDESREQUEST']._serialized_end=2186
-  _globals['_LISTOVERRIDESRESPONSE']._serialized_start=2188
-  _globals['_LISTOVERRIDESRESPONSE']._serialized_end=2258
-  _globals['_TOPUPREQUEST']._serialized_start=2260
-  _globals['_TOPUPREQUEST']._serialized_end=2350
-  _globals['_TOPUPRESPONSE']._serialized_start=2352
-  _globals['_TOPUPRESPONSE']._serialized_end=2438
-  _globals['_ADMINSERVICE']._serialized_start=2441
-  _globals['_ADMINSERVICE']._serialized_end=3088
+  _globals['_REFUSALS']._serialized_start=674
+  _globals['_REFUSALS']._serialized_end=755
+  _globals['_SPENDROW']._serialized_start=758
+  _globals['_SPENDROW']._serialized_end=1016
+  _globals['_GETSPENDRESPONSE']._serialized_start=1019
+  _globals['_GETSPENDRESPONSE']._serialized_end=1195
+  _globals['_OVERRIDE']._serialized_start=1198
+  _globals['_OVERRIDE']._serialized_end=1422
+  _globals['_BUDGETSTATUS']._serialized_start=1425
+  _globals['_BUDGETSTATUS']._serialized_end=1837
+  _globals['_LISTBUDGETSREQUEST']._serialized_start=1839
+  _globals['_LISTBUDGETSREQUEST']._serialized_end=1859
+  _globals['_LISTBUDGETSRESPONSE']._serialized_start=1861
+  _globals['_LISTBUDGETSRESPONSE']._serialized_end=1931
+  _globals['_GETBUDGETSTATUSREQUEST']._serialized_start=1933
+  _globals['_GETBUDGETSTATUSREQUEST']._serialized_end=1994
+  _globals['_GETBUDGETSTATUSRESPONSE']._serialized_start=1996
+  _globals['_GETBUDGETSTATUSRESPONSE']._serialized_end=2071
+  _globals['_SETOVERRIDEREQUEST']._serialized_start=2074
+  _globals['_SETOVERRIDEREQUEST']._serialized_end=2217
+  _globals['_REMOVEOVERRIDEREQUEST']._serialized_start=2219
+  _globals['_REMOVEOVERRIDEREQUEST']._serialized_end=2295
+  _globals['_REMOVEOVERRIDERESPONSE']._serialized_start=2297
+  _globals['_REMOVEOVERRIDERESPONSE']._serialized_end=2338
+  _globals['_LISTOVERRIDESREQUEST']._serialized_start=2340
+  _globals['_LISTOVERRIDESREQUEST']._serialized_end=2362
+  _globals['_LISTOVERRIDESRESPONSE']._serialized_start=2364
+  _globals['_LISTOVERRIDESRESPONSE']._serialized_end=2434
+  _globals['_TOPUPREQUEST']._serialized_start=2436
+  _globals['_TOPUPREQUEST']._serialized_end=2526
+  _globals['_TOPUPRESPONSE']._serialized_start=2528
+  _globals['_TOPUPRESPONSE']._serialized_end=2614
+  _globals['_ADMINSERVICE']._serialized_start=2617
+  _globals['_ADMINSERVICE']._serialized_end=3264
 # @@protoc_insertion_point(module_scope)

@@ -71,21 +71,39 @@ class Tokens(_message.Message):
     reasoning: int
     def __init__(self, input: _Optional[int] = ..., cached_input: _Optional[int] = ..., cache_write: _Optional[int] = ..., cache_write_1h: _Optional[int] = ..., output: _Optional[int] = ..., reasoning: _Optional[int] = ...) -> None: ...
 
+class Refusals(_message.Message):
+    __slots__ = ("guardrail", "rate_limit", "budget", "policy")
+    GUARDRAIL_FIELD_NUMBER: _ClassVar[int]
+    RATE_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    guardrail: int
+    rate_limit: int
+    budget: int
+    policy: int
+    def __init__(self, guardrail: _Optional[int] = ..., rate_limit: _Optional[int] = ..., budget: _Optional[int] = ..., policy: _Optional[int] = ...) -> None: ...
+
 class SpendRow(_message.Message):
-    __slots__ = ("key", "requests", "tokens", "cost_micros", "estimated_cost_micros", "reported_cost_micros")
+    __slots__ = ("key", "requests", "tokens", "cost_micros", "estimated_cost_micros", "reported_cost_micros", "cache_hits", "cache_saved_micros", "refused")
     KEY_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     COST_MICROS_FIELD_NUMBER: _ClassVar[int]
     ESTIMATED_COST_MICROS_FIELD_NUMBER: _ClassVar[int]
     REPORTED_COST_MICROS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_HITS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_SAVED_MICROS_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
     key: _containers.RepeatedScalarFieldContainer[str]
     requests: int
     tokens: Tokens
     cost_micros: int
     estimated_cost_micros: int
     reported_cost_micros: int
-    def __init__(self, key: _Optional[_Iterable[str]] = ..., requests: _Optional[int] = ..., tokens: _Optional[_Union[Tokens, _Mapping]] = ..., cost_micros: _Optional[int] = ..., estimated_cost_micros: _Optional[int] = ..., reported_cost_micros: _Optional[int] = ...) -> None: ...
+    cache_hits: int
+    cache_saved_micros: int
+    refused: Refusals
+    def __init__(self, key: _Optional[_Iterable[str]] = ..., requests: _Optional[int] = ..., tokens: _Optional[_Union[Tokens, _Mapping]] = ..., cost_micros: _Optional[int] = ..., estimated_cost_micros: _Optional[int] = ..., reported_cost_micros: _Optional[int] = ..., cache_hits: _Optional[int] = ..., cache_saved_micros: _Optional[int] = ..., refused: _Optional[_Union[Refusals, _Mapping]] = ...) -> None: ...
 
 class GetSpendResponse(_message.Message):
     __slots__ = ("group_by", "first_day", "last_day", "timezone", "rows", "total")
