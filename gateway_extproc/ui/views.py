@@ -158,7 +158,7 @@ def extra_fields(row: Any, prefix: str = "") -> list[tuple[str, int]]:
             continue
         value = getattr(row, field.name)
         name = f"{prefix}{field.name}"
-        if field.message_type is not None and field.label != field.LABEL_REPEATED:
+        if field.message_type is not None and not field.is_repeated:
             out += extra_fields(value, f"{name}_")
         elif isinstance(value, int) and not isinstance(value, bool):
             out.append((name, value))
@@ -182,6 +182,8 @@ def spend_csv(response: pb.GetSpendResponse) -> str:
         for name, value in extra_fields(row):
             usd = name.endswith("_micros")
             column = name.removesuffix("_micros") + "_usd" if usd else name
+            if column in SPEND_COLUMNS:  # gatewayctl's columns already carry it
+                continue
             record[column] = format_usd(value) if usd else value
             if column not in extras:
                 extras.append(column)
