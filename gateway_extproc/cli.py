@@ -50,7 +50,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"Anthropic SDK: base_url={stack.gateway_url})\n"
         f"  admin     {stack.admin_url}\n"
         + (
-            f"  admin API {stack.admin_api_address}  (gatewayctl spend, gatewayctl budgets)\n"
+            f"  admin API {stack.admin_api_address}  (gatewayctl spend, budgets, reconcile)\n"
             if stack.admin_api_address
             else ""
         )

@@ -328,6 +328,11 @@ class Runtime:
         self.reloads = 0
         self.failed_reloads = 0
 
+    @property
+    def mock_url(self) -> str | None:
+        """The mock provider's URL (`make run`, tests), for `base_url: mock` settings."""
+        return self._mock_url
+
     async def reload(self, reason: str) -> bool:
         async with self._lock:
             # Stamped before reading: a file that changes while it loads is seen at the next

@@ -22,7 +22,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from gateway_extproc import handoff
+from gateway_extproc.admin import recon_schedule
 from gateway_extproc.admin import server as admin_server
+from gateway_extproc.admin.recon_runner import Reconciler
 from gateway_extproc.budgets.journal import Journal
 from gateway_extproc.config.gateway import GatewayConfig
 from gateway_extproc.errors import ConfigError
@@ -193,9 +195,17 @@ async def serve(
     if ctx.config.reload_poll_s > 0:
         background.add(asyncio.create_task(runtime.watch(ctx.config.reload_poll_s)))
     await server.start()
-    admin = None
+    admin = reconciler = None
     if admin_address is not None:  # worker 0 only (the admin API's own port)
-        admin, admin_port = await admin_server.start(lambda: runtime.ctx, admin_address)
+        # Reconciliation runs here too: on demand (the admin API) and on its schedule.
+        reconciler = Reconciler(runtime.mock_url, os.environ)
+        await reconciler.start()
+        background.add(
+            asyncio.create_task(recon_schedule.run_forever(lambda: runtime.ctx, reconciler))
+        )
+        admin, admin_port = await admin_server.start(
+            lambda: runtime.ctx, admin_address, reconciler=reconciler
+        )
         if admin_port_file is not None:
             admin_port_file.with_suffix(".tmp").write_text(str(admin_port))
             admin_port_file.with_suffix(".tmp").replace(admin_port_file)
@@ -229,6 +239,8 @@ async def serve(
     if admin is not None:
         await admin.stop(1.0)
     await drain(server, health_servicer, runtime)
+    if reconciler is not None:
+        await reconciler.close()
     for task in background:
         task.cancel()
     await runtime.close(SETTLE_GRACE_S)

@@ -36,7 +36,12 @@ from gateway_extproc.launch import (
     wait_for,
     write_private,
 )
+from gateway_extproc.reconcile.settings import MOCK as MOCK_REPORTS
 from gateway_extproc.sidecar_auth.settings import fresh_secrets
+
+# The admin keys a local stack gives the mock's usage and cost report APIs (and its sidecars,
+# unless the environment names others): local, never a real provider's.
+MOCK_ADMIN_KEYS = {"openai": "sk-admin-mock-openai", "anthropic": "sk-ant-admin01-mock"}
 
 # Importers of the stack (bench, tests) find these here as they always did.
 __all__ = [
@@ -113,6 +118,13 @@ class Stack:
         # This run's caller token and state key: in the sidecar workers' environment only (and
         # the token in Envoy's bootstrap, a file only its owner reads), never on a command line.
         self.sidecar_secrets = fresh_secrets(self.config.sidecar_auth)
+        # `reconcile` against the mock (`base_url: mock`): the mock's report APIs take these
+        # admin keys, and the sidecar reads them where its settings say (unless already set).
+        self.reports_admin_env = {
+            p.admin_key_env: self.environ.get(p.admin_key_env) or MOCK_ADMIN_KEYS[p.provider]
+            for p in self.config.reconcile.providers
+            if p.base_url == MOCK_REPORTS
+        }
 
     # -- processes --------------------------------------------------------------------------
 
@@ -178,6 +190,7 @@ class Stack:
                 "0",
                 "--port-file",
                 str(port_file),
+                *self.mock_admin_args(),
                 *self.mock_args,
             ],
         )
@@ -311,10 +324,19 @@ class Stack:
         bootstrap = envoy_config.build(self.config, ports, upstreams.values(), ca_bundle(), access)
         return envoy_config.render(bootstrap)
 
+    def mock_admin_args(self) -> list[str]:
+        """The admin keys the mock's report APIs take: those the sidecar reconciles with."""
+        args = []
+        for p in self.config.reconcile.providers:
+            if p.base_url == MOCK_REPORTS:
+                args += [f"--{p.provider}-admin-key", self.reports_admin_env[p.admin_key_env]]
+        return args
+
     @property
     def sidecar_environ(self) -> dict[str, str]:
-        """The environment the sidecar workers read their caller secrets from."""
-        return {**self.environ, **self.sidecar_secrets}
+        """The environment the sidecar workers read their caller secrets (and, reconciling
+        against the mock, its admin keys) from."""
+        return {**self.environ, **self.reports_admin_env, **self.sidecar_secrets}
 
     def start_envoy(self) -> None:
         path = self.run_dir / "envoy.yaml"
@@ -330,7 +352,7 @@ class Stack:
         try:
             if self._own_redis:
                 self.start_redis()
-            if needs_mock(self.config, self.environ):
+            if needs_mock(self.config, self.environ) or self.reports_admin_env:
                 self.start_mock()
             if self.start_dev_idp and self.config.dev_issuer:
                 self.start_dev_idp_process()

@@ -12,6 +12,8 @@ import grpc
 from gateway_extproc.admin._generated.gateway.admin.v1 import admin_pb2 as pb
 
 SERVICE = "gateway.admin.v1.AdminService"
+RECONCILIATION = "gateway.admin.v1.ReconciliationService"
+SERVICES = (SERVICE, RECONCILIATION)
 READ, WRITE = "read", "write"
 
 
@@ -21,10 +23,11 @@ class Method:
     request: Any  # the generated message classes
     response: Any
     role: str  # READ: any admin group; WRITE: a write group
+    service: str = SERVICE
 
     @property
     def path(self) -> str:
-        return f"/{SERVICE}/{self.name}"
+        return f"/{self.service}/{self.name}"
 
 
 METHODS: Mapping[str, Method] = {
@@ -37,23 +40,42 @@ METHODS: Mapping[str, Method] = {
         Method("SetOverride", pb.SetOverrideRequest, pb.Override, WRITE),
         Method("RemoveOverride", pb.RemoveOverrideRequest, pb.RemoveOverrideResponse, WRITE),
         Method("TopUp", pb.TopUpRequest, pb.TopUpResponse, WRITE),
+        Method(
+            "GetReconciliation",
+            pb.GetReconciliationRequest,
+            pb.GetReconciliationResponse,
+            READ,
+            RECONCILIATION,
+        ),
+        Method(
+            "RunReconciliation",
+            pb.RunReconciliationRequest,
+            pb.RunReconciliationResponse,
+            WRITE,
+            RECONCILIATION,
+        ),
     )
 }
 
 Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
-def generic_handler(handlers: Mapping[str, Handler]) -> grpc.GenericRpcHandler:
-    return grpc.method_handlers_generic_handler(
-        SERVICE,
-        {
-            name: grpc.unary_unary_rpc_method_handler(
-                handlers[name],
-                request_deserializer=m.request.FromString,
-                response_serializer=m.response.SerializeToString,
-            )
-            for name, m in METHODS.items()
-        },
+def generic_handlers(handlers: Mapping[str, Handler]) -> tuple[grpc.GenericRpcHandler, ...]:
+    """One generic handler per service (AdminService, ReconciliationService)."""
+    return tuple(
+        grpc.method_handlers_generic_handler(
+            service,
+            {
+                name: grpc.unary_unary_rpc_method_handler(
+                    handlers[name],
+                    request_deserializer=m.request.FromString,
+                    response_serializer=m.response.SerializeToString,
+                )
+                for name, m in METHODS.items()
+                if m.service == service
+            },
+        )
+        for service in SERVICES
     )
 
 

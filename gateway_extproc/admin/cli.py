@@ -1,4 +1,4 @@
-"""`gatewayctl spend` and `gatewayctl budgets`: clients of the admin API.
+"""`gatewayctl spend`, `gatewayctl budgets` and `gatewayctl reconcile`: clients of the admin API.
 
 Address: --admin-address, else $GATEWAY_ADMIN_ADDRESS, else 127.0.0.1:10090 (make run's);
 plaintext unless a TLS option is given (--tls, --tls-ca, --tls-cert/--tls-key for mutual TLS).
@@ -20,7 +20,7 @@ from typing import Any
 
 import grpc
 
-from gateway_extproc.admin import output
+from gateway_extproc.admin import output, recon_output
 from gateway_extproc.admin._generated.gateway.admin.v1 import admin_pb2 as pb
 from gateway_extproc.admin.api import AdminClient
 from gateway_extproc.admin.budget_api import ts
@@ -80,18 +80,18 @@ def _channel(args: argparse.Namespace, address: str) -> grpc.aio.Channel:
     return grpc.aio.secure_channel(address, credentials, options=options)
 
 
-async def _call(args: argparse.Namespace, method: str, request: Any) -> Any:
+async def _call(args: argparse.Namespace, method: str, request: Any, timeout_s: float) -> Any:
     address = args.admin_address or os.environ.get("GATEWAY_ADMIN_ADDRESS") or DEFAULT_ADDRESS
     token = _credential(args)
     async with _channel(args, address) as channel:
         try:
-            return await AdminClient(channel, token).call(method, request)
+            return await AdminClient(channel, token).call(method, request, timeout_s)
         except grpc.aio.AioRpcError as exc:
             raise CliError(f"{exc.code().name}: {exc.details()} ({address})") from None
 
 
-def _run(args: argparse.Namespace, method: str, request: Any) -> Any:
-    return asyncio.run(_call(args, method, request))
+def _run(args: argparse.Namespace, method: str, request: Any, timeout_s: float = 30.0) -> Any:
+    return asyncio.run(_call(args, method, request, timeout_s))
 
 
 def _connection_args(parser: argparse.ArgumentParser) -> None:
@@ -155,6 +155,29 @@ def spend_request(args: argparse.Namespace) -> pb.GetSpendRequest:
 def cmd_spend(args: argparse.Namespace) -> int:
     response = _run(args, "GetSpend", spend_request(args))
     print(output.render_spend(response, args.format))
+    return 0
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    providers = args.provider or []
+    if args.show:
+        request = pb.GetReconciliationRequest(providers=providers)
+        if args.since or args.until:
+            if not (args.since and args.until):
+                raise CliError("give both --since and --until")
+            request.dates.since, request.dates.until = args.since, args.until
+        elif args.day:
+            request.day = args.day
+        found = _run(args, "GetReconciliation", request)
+        days, missing = list(found.days), list(found.missing)
+    else:
+        if args.since or args.until:
+            raise CliError("--since/--until read stored results: add --show")
+        run = pb.RunReconciliationRequest(providers=providers, day=args.day or "")
+        run.reason = args.reason
+        # pulling both reports, paginated and retried with backoff, may take minutes
+        days, missing = list(_run(args, "RunReconciliation", run, 300.0).days), []
+    print(recon_output.render_reconciliation(days, missing, args.format))
     return 0
 
 
@@ -253,6 +276,22 @@ def add_admin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     spend.add_argument("--until", type=_instant, help="exclusive; as --since")
     spend.add_argument("--where", action="append", type=_where, metavar="KEY=VALUE")
     spend.set_defaults(func=_guarded(cmd_spend))
+    recon = sub.add_parser(
+        "reconcile",
+        help="reconcile a UTC day with the providers' bills now (--show: stored results only)",
+    )
+    _connection_args(recon)
+    recon.add_argument("--day", help="YYYY-MM-DD, UTC (default: yesterday)")
+    recon.add_argument(
+        "--provider", action="append", help="openai or anthropic (repeat; default: all configured)"
+    )
+    recon.add_argument("--show", action="store_true", help="print stored results; call no provider")
+    recon.add_argument("--since", help="with --show: first day, YYYY-MM-DD")
+    recon.add_argument("--until", help="with --show: the day after the last, YYYY-MM-DD")
+    recon.add_argument(
+        "--reason", default="gatewayctl reconcile", help="recorded in the audit log (runs)"
+    )
+    recon.set_defaults(func=_guarded(cmd_reconcile))
     budgets = sub.add_parser(
         "budgets",
         help="budget status; `budgets override|top-up|overrides ...` change them",

@@ -1,11 +1,12 @@
 """JSON over HTTP for the admin API: an Envoy listener with the gRPC-JSON transcoder in front of
 sidecar worker 0's admin gRPC port, so `curl` and dashboards work. Pure (dicts for the bootstrap).
 
-`POST /gateway.admin.v1.AdminService/<Method>` with the request message as JSON (proto3 JSON
-names: `groupBy`, `scopeValue`, ...) and `authorization: Bearer <token>`, which Envoy passes on as
-gRPC metadata; gRPC errors come back as HTTP statuses with a JSON `{code, message}` body. With
-`admin_api.tls` the listener serves the same certificate (and asks for client certificates
-when the gRPC port does) and reaches worker 0 over `admin_api.socket`.
+`POST /gateway.admin.v1.AdminService/<Method>` (and `.../ReconciliationService/<Method>`) with
+the request message as JSON (proto3 JSON names: `groupBy`, `scopeValue`, ...) and
+`authorization: Bearer <token>`, which Envoy passes on as gRPC metadata; gRPC errors come back
+as HTTP statuses with a JSON `{code, message}` body. With `admin_api.tls` the listener serves
+the same certificate (and asks for client certificates when the gRPC port does) and reaches
+worker 0 over `admin_api.socket`.
 
 With the spend page on, the same listener routes `/ui/` to worker 0's page (plain HTTP/1.1 on
 a loopback port, or a unix socket with TLS) and redirects `/` there; the public listener never
@@ -20,12 +21,14 @@ from typing import Any
 from google.protobuf import descriptor_pb2, timestamp_pb2
 
 from gateway_extproc.admin._generated.gateway.admin.v1 import admin_pb2 as pb
-from gateway_extproc.admin.api import SERVICE
+from gateway_extproc.admin.api import SERVICES
 from gateway_extproc.admin.tls import AdminTls
 
 CLUSTER = "gateway_admin_api"
 PAGE_CLUSTER = "gateway_spend_page"
 _T = "type.googleapis.com/envoy."
+# RunReconciliation pulls two reports per provider, paginated, with backoff: minutes at worst.
+_TIMEOUTS = {SERVICES[0]: "60s", SERVICES[1]: "300s"}
 
 
 def descriptor_set() -> bytes:
@@ -79,8 +82,9 @@ def listener(
         "typed_config": {
             "@type": _T + "extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder",
             "proto_descriptor_bin": base64.b64encode(descriptor_set()).decode(),
-            "services": [SERVICE],
-            "auto_mapping": True,  # POST /gateway.admin.v1.AdminService/<Method>, JSON body
+            "services": list(SERVICES),
+            # POST /gateway.admin.v1.AdminService/<Method> (and ReconciliationService), JSON body
+            "auto_mapping": True,
             "convert_grpc_status": True,
             "print_options": {"add_whitespace": True, "always_print_primitive_fields": True},
         },
@@ -99,10 +103,13 @@ def listener(
                         "name": "admin_api",
                         "domains": ["*"],
                         "routes": [
-                            {
-                                "match": {"prefix": f"/{SERVICE}/"},
-                                "route": {"cluster": CLUSTER, "timeout": "60s"},
-                            },
+                            *(
+                                {
+                                    "match": {"prefix": f"/{service}/"},
+                                    "route": {"cluster": CLUSTER, "timeout": _TIMEOUTS[service]},
+                                }
+                                for service in SERVICES
+                            ),
                             *(page_routes() if page else ()),
                         ],
                     }

@@ -22,11 +22,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from gateway_extproc.admin import budget_api, spend_api
+from gateway_extproc.admin import budget_api, recon_api, spend_api
 from gateway_extproc.admin._generated.gateway.admin.v1 import admin_pb2 as pb
-from gateway_extproc.admin.api import METHODS, READ, SERVICE, Handler, generic_handler
+from gateway_extproc.admin.api import METHODS, READ, SERVICES, Handler, generic_handlers
 from gateway_extproc.admin.auth import hint
 from gateway_extproc.admin.budget_api import AdminAuditRecord, AdminError
+from gateway_extproc.admin.recon_runner import ReconcileConfig, ReconcileError, Reconciler
 from gateway_extproc.admin.tls import server_credentials
 from gateway_extproc.budgets.overrides import Overrides
 from gateway_extproc.budgets.results import BudgetStoreError
@@ -41,12 +42,14 @@ if TYPE_CHECKING:
     from gateway_extproc.audit import AuditSink
     from gateway_extproc.budgets.gate import BudgetGate
     from gateway_extproc.budgets.model import BudgetConfig
+    from gateway_extproc.catalog.models import Catalog
     from gateway_extproc.identity.authenticator import Authenticator
+    from gateway_extproc.observability.telemetry import Telemetry
 
 log = logging.getLogger("gateway.admin")
 
 
-class AdminConfig(Protocol):
+class AdminConfig(ReconcileConfig, Protocol):
     @property
     def admin_api(self) -> AdminApiConfig: ...
     @property
@@ -66,6 +69,10 @@ class AdminContext(Protocol):
     def admin_authenticator(self) -> Authenticator | None: ...
     @property
     def audit(self) -> AuditSink: ...
+    @property
+    def catalog(self) -> Catalog: ...
+    @property
+    def telemetry(self) -> Telemetry: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,10 +85,14 @@ class Call:
 
 class AdminServicer:
     def __init__(
-        self, context: Callable[[], AdminContext], clock: Callable[[], float] = time.time
+        self,
+        context: Callable[[], AdminContext],
+        clock: Callable[[], float] = time.time,
+        reconciler: Reconciler | None = None,
     ) -> None:
         self._context = context  # the running configuration's context (swapped on reload)
         self._clock = clock
+        self._reconciler = reconciler  # worker 0's (None: RunReconciliation is unavailable)
         self._overrides: dict[int, Overrides] = {}
 
     def handlers(self) -> dict[str, Handler]:
@@ -117,6 +128,9 @@ class AdminServicer:
             code, message = grpc.StatusCode[exc.code], str(exc)
         except RetentionError as exc:
             code, message = grpc.StatusCode.OUT_OF_RANGE, str(exc)
+        except ReconcileError as exc:  # a report unreadable: says which and why, never a key
+            log.error("admin %s: %s", name, exc)
+            code, message = grpc.StatusCode.UNAVAILABLE, str(exc)
         except QueryError as exc:
             code, message = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
         except BudgetStoreError as exc:
@@ -240,9 +254,40 @@ class AdminServicer:
         status = await budget_api.status(overrides, budget, request.scope_value, call.now)
         return pb.TopUpResponse(top_up_micros=credit, status=status)
 
+    async def _GetReconciliation(
+        self, request: pb.GetReconciliationRequest, call: Call
+    ) -> pb.GetReconciliationResponse:
+        return await recon_api.get_reconciliation(request, call.ctx, call.store, call.now)
+
+    async def _RunReconciliation(
+        self, request: pb.RunReconciliationRequest, call: Call
+    ) -> pb.RunReconciliationResponse:
+        if self._reconciler is None:
+            raise AdminError("UNAVAILABLE", "this server does not run reconciliations")
+        response = await recon_api.run_reconciliation(
+            request, call.ctx, self._reconciler, call.store, call.now
+        )
+        change = {
+            "days": [
+                {
+                    "provider": d.provider,
+                    "day": d.day,
+                    "capture_rate": d.total.capture_rate or None,
+                    "gateway_usd": format_usd(d.total.gateway_cost_micros),
+                    "provider_usd": format_usd(d.total.provider_cost_micros),
+                    "unexplained_usd": format_usd(d.total.unexplained_micros),
+                }
+                for d in response.days
+            ]
+        }
+        self._audit(call, "RunReconciliation", request, change)
+        return response
+
     def _audit(self, call: Call, method: str, request: Any, change: dict[str, Any]) -> None:
         """The admin audit line: who, when, what, why (and a log line saying the same)."""
-        budget, value, reason = request.budget, request.scope_value, request.reason
+        budget = getattr(request, "budget", "")
+        value = getattr(request, "scope_value", "")
+        reason = request.reason
         record = AdminAuditRecord(method, call.caller, call.now, budget, value, change, reason)
         log.warning(
             "admin %s by %s: budget %s scope value %s: %s",
@@ -260,18 +305,22 @@ class AdminServicer:
 
 
 async def start(
-    context: Callable[[], AdminContext], address: str, clock: Callable[[], float] = time.time
+    context: Callable[[], AdminContext],
+    address: str,
+    clock: Callable[[], float] = time.time,
+    reconciler: Reconciler | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """Start the admin API on `address` (host:port; port 0: any free one), over TLS when
     `admin_api.tls` is set, and on `admin_api.socket` (plaintext, for Envoy in the same pod) when
     that is set. Returns the server (stop it with `server.stop(grace)`) and the bound port."""
     settings = context().config.admin_api
     server = grpc.aio.server()
-    server.add_generic_rpc_handlers((generic_handler(AdminServicer(context, clock).handlers()),))
+    servicer = AdminServicer(context, clock, reconciler)
+    server.add_generic_rpc_handlers(generic_handlers(servicer.handlers()))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
-    reflection.enable_server_reflection((SERVICE, health_name, reflection.SERVICE_NAME), server)
+    reflection.enable_server_reflection((*SERVICES, health_name, reflection.SERVICE_NAME), server)
     if settings.tls is None:
         port = server.add_insecure_port(address)
     else:
@@ -283,7 +332,8 @@ async def start(
     if socket is not None and server.add_insecure_port(socket) == 0:
         raise RuntimeError(f"admin API: cannot listen on unix:{settings.socket}")
     await server.start()
-    await health_servicer.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
+    for service in SERVICES:
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     mode = "plaintext" if settings.tls is None else "TLS"
     if settings.tls is not None and settings.tls.client_ca_file is not None:
         mode = "mutual TLS"

@@ -79,7 +79,7 @@ def alert_payload(crossing: AlertCrossing, now: float) -> bytes:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Delivery:
-    crossing: AlertCrossing
+    what: str  # for the log: which alert (never the URL's secret parts)
     url: str
     shown_url: str  # loggable_url(url)
     body: bytes
@@ -188,14 +188,26 @@ class AlertSender:
             log.warning("budget alert not delivered, the sender is closed: %s", _describe(c))
             return
         url, shown = hook
+        self._queue_one(_Delivery(_describe(c), url, shown, alert_payload(c, self._clock())))
+
+    def post(self, url: str, body: bytes, what: str) -> None:
+        """Queue one webhook POST of an alert that is not a budget's (reconciliation drift:
+        the same delivery, retries and logging). Never blocks, never raises."""
+        if self._closed:
+            self.dropped += 1
+            log.warning("alert not delivered, the sender is closed: %s", what)
+            return
+        self._queue_one(_Delivery(what, url, loggable_url(url), body))
+
+    def _queue_one(self, delivery: _Delivery) -> None:
         try:
-            self._queue.put_nowait(_Delivery(c, url, shown, alert_payload(c, self._clock())))
+            self._queue.put_nowait(delivery)
         except asyncio.QueueFull:
             self.dropped += 1
             log.warning(
                 "budget alert dropped, %d deliveries already queued: %s",
                 self._queue_size,
-                _describe(c),
+                delivery.what,
             )
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -247,7 +259,7 @@ class AlertSender:
             self._queue.task_done()
         self.dropped += len(abandoned)
         for d in abandoned:
-            log.warning("budget alert not delivered before shutdown: %s", _describe(d.crossing))
+            log.warning("budget alert not delivered before shutdown: %s", d.what)
 
     # -- delivery ------------------------------------------------------------------------------
 
@@ -262,7 +274,7 @@ class AlertSender:
                 log.error(
                     "budget alert to %s failed: %s (%s)",
                     delivery.shown_url,
-                    _describe(delivery.crossing),
+                    delivery.what,
                     _describe_error(exc),
                 )
             finally:
@@ -274,7 +286,7 @@ class AlertSender:
             retry, outcome = await self._attempt(d)
             if outcome is None:
                 self.delivered += 1
-                log.info("budget alert delivered to %s: %s", d.shown_url, _describe(d.crossing))
+                log.info("budget alert delivered to %s: %s", d.shown_url, d.what)
                 return
             if not retry:
                 self.failed += 1
@@ -282,7 +294,7 @@ class AlertSender:
                     "budget alert to %s failed permanently (%s): %s",
                     d.shown_url,
                     outcome,
-                    _describe(d.crossing),
+                    d.what,
                 )
                 return
             if attempt == self._attempts:
@@ -304,7 +316,7 @@ class AlertSender:
             d.shown_url,
             self._attempts,
             outcome,
-            _describe(d.crossing),
+            d.what,
         )
 
     async def _attempt(self, d: _Delivery) -> tuple[bool, str | None]:

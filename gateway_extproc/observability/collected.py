@@ -28,6 +28,16 @@ class BudgetGauge:
     held: int
 
 
+@dataclasses.dataclass
+class ReconcileGauge:
+    """One provider and model of the latest day reconciled (reconciliation runs on worker 0)."""
+
+    day: str
+    capture_ratio: float | None  # gateway / provider dollars; None: the provider billed nothing
+    unexplained: int  # micro-dollars, gateway - provider after the explained parts
+    outside: int  # provider spend the gateway never saw, micro-dollars
+
+
 class Observed(Protocol):
     """What the metric callbacks read of the running configuration's context
     (`extproc.context.GatewayContext`, which holds the metrics' telemetry: a view of it, so
@@ -57,6 +67,7 @@ class CollectedMetrics:
         self.config = config
         self.current = current
         self.budgets: dict[tuple[str, str], BudgetGauge] = {}
+        self.reconcile: dict[tuple[str, str], ReconcileGauge] = {}  # (provider, model)
         m = meter
         for name, unit, desc, fn in (
             (
@@ -68,6 +79,24 @@ class CollectedMetrics:
             ("gateway.budget.held.micro_usd", "{microdollar}", "Held as last seen", self._held),
             ("gateway.budget.limit.micro_usd", "{microdollar}", "The budget's limit", self._limit),
             ("gateway.budget_store.breaker.open", "1", "1 while the breaker is open", self._open),
+            (
+                "gateway.reconcile.capture_ratio",
+                "1",
+                "Gateway / provider dollars of the latest UTC day reconciled (1.0: all captured)",
+                self._capture,
+            ),
+            (
+                "gateway.reconcile.unexplained.micro_usd",
+                "{microdollar}",
+                "Gateway - provider dollars not explained (latest day reconciled)",
+                self._unexplained,
+            ),
+            (
+                "gateway.reconcile.outside.micro_usd",
+                "{microdollar}",
+                "Provider spend outside the gateway's projects / keys (latest day reconciled)",
+                self._outside,
+            ),
         ):
             m.create_observable_gauge(name, [fn], unit=unit, description=desc)
         for name, unit, desc, fn in (
@@ -122,6 +151,22 @@ class CollectedMetrics:
                 "limit": gauge.limit,
             }[field]
             yield Observation(value, labels)
+
+    def _reconcile_obs(self, field: str) -> Iterable[Observation]:
+        for (provider, model), gauge in list(self.reconcile.items()):
+            labels = {"gen_ai.provider.name": provider, "gen_ai.request.model": model}
+            value = getattr(gauge, field)
+            if value is not None:
+                yield Observation(value, labels)
+
+    def _capture(self, _o: CallbackOptions) -> Iterable[Observation]:
+        return self._reconcile_obs("capture_ratio")
+
+    def _unexplained(self, _o: CallbackOptions) -> Iterable[Observation]:
+        return self._reconcile_obs("unexplained")
+
+    def _outside(self, _o: CallbackOptions) -> Iterable[Observation]:
+        return self._reconcile_obs("outside")
 
     def _remaining(self, _o: CallbackOptions) -> Iterable[Observation]:
         return self._budget_obs("remaining")

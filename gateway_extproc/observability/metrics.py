@@ -145,6 +145,18 @@ class GatewayMetrics:
         self.extproc_messages = m.create_counter(
             "gateway.extproc.messages", unit="{message}", description="ext_proc messages handled"
         )
+        self.reconcile_runs = m.create_counter(
+            "gateway.reconcile.runs",
+            unit="{run}",
+            description="Reconciliations of a provider's day, by gateway.outcome (ok, failed) "
+            "and gateway.trigger (schedule, admin)",
+        )
+        self.reconcile_alerts = m.create_counter(
+            "gateway.reconcile.alerts",
+            unit="{alert}",
+            description="Drift alerts fired, by provider and gateway.reconcile.kind "
+            "(unexplained, outside)",
+        )
         self.fallback_attempts = m.create_counter(
             "gateway.fallback.attempts",
             unit="{attempt}",

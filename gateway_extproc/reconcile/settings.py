@@ -4,6 +4,12 @@ every problem reported with its path.
 
     reconcile:
       schedule: "02:30"              # UTC; each run reconciles the previous UTC day
+      rerun_days: 2                  # and re-runs the 2 days before it (reports are revised)
+      alert:                         # drift alerts, once per provider, day and kind
+        unexplained_pct: 0.5         # |unexplained| above 0.5 % of the provider's bill
+        unexplained_usd_per_day: 5   # or above $5 a day (either crossing fires)
+        outside_usd_per_day: 0       # optional: provider spend outside the gateway above $0
+        webhook: https://hooks.example.com/...   # POSTed as budget alerts are
       providers:
         openai:
           admin_key_env: OPENAI_ADMIN_KEY     # an admin key (sk-admin-...), never a serving key
@@ -21,7 +27,10 @@ import dataclasses
 import datetime as dt
 import re
 from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
 from typing import Any
+
+from gateway_extproc.catalog.pricing import usd_to_micros
 
 PROVIDERS = ("openai", "anthropic")
 DEFAULT_BASE_URLS = {"openai": "https://api.openai.com", "anthropic": "https://api.anthropic.com"}
@@ -29,6 +38,8 @@ DEFAULT_KEY_ENVS = {"openai": "OPENAI_ADMIN_KEY", "anthropic": "ANTHROPIC_ADMIN_
 MOCK = "mock"  # base_url: the mock provider the local stack runs
 DEFAULT_WORKSPACE = "default"  # Anthropic's Default Workspace (reported with a null id)
 DEFAULT_SCHEDULE = dt.time(2, 30)
+DEFAULT_RERUN_DAYS = 2
+MAX_RERUN_DAYS = 31
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SCHEDULE = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])$")
 
@@ -57,9 +68,28 @@ class ProviderReports:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class AlertThresholds:
+    """When a provider's day fires the drift webhook. None: that threshold is off."""
+
+    unexplained_pct: Decimal | None = None  # |unexplained| / provider dollars, in percent
+    unexplained_micros: int | None = None  # |unexplained| per provider and day
+    outside_micros: int | None = None  # provider spend outside the gateway, per day
+    webhook: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return any(
+            t is not None
+            for t in (self.unexplained_pct, self.unexplained_micros, self.outside_micros)
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class ReconcileSettings:
     providers: tuple[ProviderReports, ...] = ()
     schedule: dt.time = DEFAULT_SCHEDULE  # UTC
+    rerun_days: int = DEFAULT_RERUN_DAYS  # days before yesterday each scheduled run re-runs
+    alert: AlertThresholds = dataclasses.field(default_factory=AlertThresholds)
 
     @property
     def enabled(self) -> bool:
@@ -104,6 +134,63 @@ def _provider(name: str, raw: object, path: str, problems: list[str]) -> Provide
     return ProviderReports(name, str(env), str(url), owned, frozenset(keys))
 
 
+def _amount(raw: object, path: str, problems: list[str]) -> Decimal | None:
+    if raw is None:
+        return None
+    try:
+        if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+            raise InvalidOperation
+        value = Decimal(str(raw))
+    except InvalidOperation:
+        value = Decimal(-1)
+    if not value.is_finite() or value < 0:
+        problems.append(f"{path}: must be a number >= 0, got {raw!r}")
+        return None
+    return value
+
+
+def _micros(usd: Decimal | None, path: str, problems: list[str]) -> int | None:
+    if usd is None:
+        return None
+    try:
+        return usd_to_micros(str(usd))
+    except ValueError:
+        problems.append(f"{path}: at most 6 decimal places (micro-dollars)")
+        return None
+
+
+def _alert(raw: object, problems: list[str]) -> AlertThresholds:
+    path = "reconcile.alert"
+    if raw is None:
+        return AlertThresholds()
+    if not isinstance(raw, Mapping):
+        problems.append(f"{path}: must be a mapping")
+        return AlertThresholds()
+    known = {"unexplained_pct", "unexplained_usd_per_day", "outside_usd_per_day", "webhook"}
+    problems += [f"{path}.{key}: unknown key" for key in sorted(set(raw) - known, key=str)]
+    pct = _amount(raw.get("unexplained_pct"), f"{path}.unexplained_pct", problems)
+    usd = _amount(raw.get("unexplained_usd_per_day"), f"{path}.unexplained_usd_per_day", problems)
+    out = _amount(raw.get("outside_usd_per_day"), f"{path}.outside_usd_per_day", problems)
+    webhook = raw.get("webhook")
+    if webhook is not None and (
+        not isinstance(webhook, str) or not re.match(r"^https?://[^/\s]+", webhook)
+    ):
+        problems.append(f"{path}.webhook: must be an http(s) URL")
+        webhook = None
+    alert = AlertThresholds(
+        pct,
+        _micros(usd, f"{path}.unexplained_usd_per_day", problems),
+        _micros(out, f"{path}.outside_usd_per_day", problems),
+        webhook,
+    )
+    if webhook is not None and not alert.enabled:
+        problems.append(
+            f"{path}: a webhook without a threshold never fires: set unexplained_pct, "
+            "unexplained_usd_per_day or outside_usd_per_day"
+        )
+    return alert
+
+
 def parse_reconcile(raw: object, problems: list[str]) -> ReconcileSettings:
     if raw is None:
         return ReconcileSettings()
@@ -111,8 +198,13 @@ def parse_reconcile(raw: object, problems: list[str]) -> ReconcileSettings:
         problems.append("reconcile: must be a mapping")
         return ReconcileSettings()
     problems += [
-        f"reconcile.{k}: unknown key" for k in sorted(set(raw) - {"schedule", "providers"}, key=str)
+        f"reconcile.{k}: unknown key"
+        for k in sorted(set(raw) - {"schedule", "providers", "rerun_days", "alert"}, key=str)
     ]
+    rerun = raw.get("rerun_days", DEFAULT_RERUN_DAYS)
+    if isinstance(rerun, bool) or not isinstance(rerun, int) or not 0 <= rerun <= MAX_RERUN_DAYS:
+        problems.append(f"reconcile.rerun_days: must be an integer 0..{MAX_RERUN_DAYS}")
+        rerun = DEFAULT_RERUN_DAYS
     schedule = DEFAULT_SCHEDULE
     text = raw.get("schedule", "02:30")
     match = _SCHEDULE.match(text) if isinstance(text, str) else None
@@ -133,4 +225,4 @@ def parse_reconcile(raw: object, problems: list[str]) -> ReconcileSettings:
         parsed = _provider(name, doc, path, problems)
         if parsed is not None:
             providers.append(parsed)
-    return ReconcileSettings(tuple(providers), schedule)
+    return ReconcileSettings(tuple(providers), schedule, rerun, _alert(raw.get("alert"), problems))

@@ -651,9 +651,15 @@ def test_admin_api_json_listener(tmp_path: Path) -> None:
     }
     (manager,) = json_listener["filter_chains"][0]["filters"]
     transcoder = manager["typed_config"]["http_filters"][0]["typed_config"]
-    assert transcoder["services"] == ["gateway.admin.v1.AdminService"]
-    (route_,) = manager["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
-    assert route_["route"]["cluster"] == "gateway_admin_api"
+    assert transcoder["services"] == [
+        "gateway.admin.v1.AdminService",
+        "gateway.admin.v1.ReconciliationService",
+    ]
+    routes = manager["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+    assert [(r["match"]["prefix"], r["route"]["cluster"]) for r in routes] == [
+        ("/gateway.admin.v1.AdminService/", "gateway_admin_api"),
+        ("/gateway.admin.v1.ReconciliationService/", "gateway_admin_api"),
+    ]
     assert endpoint(cluster(b, "gateway_admin_api"))["address"]["socket_address"]["port_value"] == (
         10090
     )

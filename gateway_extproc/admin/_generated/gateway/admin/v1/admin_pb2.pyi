@@ -258,3 +258,87 @@ class TopUpResponse(_message.Message):
     top_up_micros: int
     status: BudgetStatus
     def __init__(self, top_up_micros: _Optional[int] = ..., status: _Optional[_Union[BudgetStatus, _Mapping]] = ...) -> None: ...
+
+class GetReconciliationRequest(_message.Message):
+    __slots__ = ("providers", "day", "dates")
+    PROVIDERS_FIELD_NUMBER: _ClassVar[int]
+    DAY_FIELD_NUMBER: _ClassVar[int]
+    DATES_FIELD_NUMBER: _ClassVar[int]
+    providers: _containers.RepeatedScalarFieldContainer[str]
+    day: str
+    dates: DateRange
+    def __init__(self, providers: _Optional[_Iterable[str]] = ..., day: _Optional[str] = ..., dates: _Optional[_Union[DateRange, _Mapping]] = ...) -> None: ...
+
+class ReconciliationRow(_message.Message):
+    __slots__ = ("model", "gateway_tokens", "provider_tokens", "outside_tokens", "gateway_requests", "provider_requests", "gateway_cost_micros", "estimated_cost_micros", "provider_cost_micros", "outside_cost_micros", "difference_micros", "capture_rate", "explained_outside_micros", "explained_estimates_micros", "explained_rounding_micros", "unexplained_micros")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    OUTSIDE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_COST_MICROS_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATED_COST_MICROS_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_COST_MICROS_FIELD_NUMBER: _ClassVar[int]
+    OUTSIDE_COST_MICROS_FIELD_NUMBER: _ClassVar[int]
+    DIFFERENCE_MICROS_FIELD_NUMBER: _ClassVar[int]
+    CAPTURE_RATE_FIELD_NUMBER: _ClassVar[int]
+    EXPLAINED_OUTSIDE_MICROS_FIELD_NUMBER: _ClassVar[int]
+    EXPLAINED_ESTIMATES_MICROS_FIELD_NUMBER: _ClassVar[int]
+    EXPLAINED_ROUNDING_MICROS_FIELD_NUMBER: _ClassVar[int]
+    UNEXPLAINED_MICROS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    gateway_tokens: Tokens
+    provider_tokens: Tokens
+    outside_tokens: Tokens
+    gateway_requests: int
+    provider_requests: int
+    gateway_cost_micros: int
+    estimated_cost_micros: int
+    provider_cost_micros: int
+    outside_cost_micros: int
+    difference_micros: int
+    capture_rate: str
+    explained_outside_micros: int
+    explained_estimates_micros: int
+    explained_rounding_micros: int
+    unexplained_micros: int
+    def __init__(self, model: _Optional[str] = ..., gateway_tokens: _Optional[_Union[Tokens, _Mapping]] = ..., provider_tokens: _Optional[_Union[Tokens, _Mapping]] = ..., outside_tokens: _Optional[_Union[Tokens, _Mapping]] = ..., gateway_requests: _Optional[int] = ..., provider_requests: _Optional[int] = ..., gateway_cost_micros: _Optional[int] = ..., estimated_cost_micros: _Optional[int] = ..., provider_cost_micros: _Optional[int] = ..., outside_cost_micros: _Optional[int] = ..., difference_micros: _Optional[int] = ..., capture_rate: _Optional[str] = ..., explained_outside_micros: _Optional[int] = ..., explained_estimates_micros: _Optional[int] = ..., explained_rounding_micros: _Optional[int] = ..., unexplained_micros: _Optional[int] = ...) -> None: ...
+
+class ReconciliationDay(_message.Message):
+    __slots__ = ("provider", "day", "reconciled_at", "rows", "total")
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    DAY_FIELD_NUMBER: _ClassVar[int]
+    RECONCILED_AT_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    provider: str
+    day: str
+    reconciled_at: _timestamp_pb2.Timestamp
+    rows: _containers.RepeatedCompositeFieldContainer[ReconciliationRow]
+    total: ReconciliationRow
+    def __init__(self, provider: _Optional[str] = ..., day: _Optional[str] = ..., reconciled_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., rows: _Optional[_Iterable[_Union[ReconciliationRow, _Mapping]]] = ..., total: _Optional[_Union[ReconciliationRow, _Mapping]] = ...) -> None: ...
+
+class GetReconciliationResponse(_message.Message):
+    __slots__ = ("days", "missing")
+    DAYS_FIELD_NUMBER: _ClassVar[int]
+    MISSING_FIELD_NUMBER: _ClassVar[int]
+    days: _containers.RepeatedCompositeFieldContainer[ReconciliationDay]
+    missing: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, days: _Optional[_Iterable[_Union[ReconciliationDay, _Mapping]]] = ..., missing: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RunReconciliationRequest(_message.Message):
+    __slots__ = ("providers", "day", "reason")
+    PROVIDERS_FIELD_NUMBER: _ClassVar[int]
+    DAY_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    providers: _containers.RepeatedScalarFieldContainer[str]
+    day: str
+    reason: str
+    def __init__(self, providers: _Optional[_Iterable[str]] = ..., day: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class RunReconciliationResponse(_message.Message):
+    __slots__ = ("days",)
+    DAYS_FIELD_NUMBER: _ClassVar[int]
+    days: _containers.RepeatedCompositeFieldContainer[ReconciliationDay]
+    def __init__(self, days: _Optional[_Iterable[_Union[ReconciliationDay, _Mapping]]] = ...) -> None: ...
