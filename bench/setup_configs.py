@@ -90,7 +90,8 @@ def noop_bootstrap(
     # own sends such requests to the provider's cluster (the gateway's requests never use it).
     hcm = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
     routes = hcm["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
-    fallback = copy.deepcopy(routes[0])
+    # (the first route that routes: /.well-known/llm-gateway before it is a direct response)
+    fallback = copy.deepcopy(next(r for r in routes if "route" in r))
     fallback["match"] = {"prefix": "/"}
     del fallback["route"]["cluster_header"]
     fallback["route"]["cluster"] = upstream_cluster(config)
