@@ -110,7 +110,7 @@ def plain_bootstrap(noop: Mapping[str, Any], cluster: str) -> dict[str, Any]:
     hcm = resources["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"].endswith(".router")]
     vhost = hcm["route_config"]["virtual_hosts"][0]
-    vhost["routes"] = [r for r in vhost["routes"] if r["route"].get("cluster") == cluster]
+    vhost["routes"] = [r for r in vhost["routes"] if r.get("route", {}).get("cluster") == cluster]
     return bootstrap
 
 
