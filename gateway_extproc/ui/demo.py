@@ -1,5 +1,6 @@
 """A labelled demo history for `make run` (`spend_page.demo_data: true`): 30 days of spend by a
-few users, groups, a service and four models, so the page has something to show at once.
+few users, groups, a service and four models, up to yesterday, so the page has something to
+show at once (today holds only real requests).
 
 Written through the rollup path real requests take when no budget applies
 (`BudgetStore.record_usage`, the `record` script: same hash, same fields, same TTL), never a
@@ -47,13 +48,15 @@ def marker_key(store: BudgetStore) -> str:
 
 
 def history(today: dt.date, zone: dt.tzinfo, now: float) -> list[tuple[str, UsageRecord]]:
-    """The demo requests (request id, rollup record) of the DAYS days up to `today`, each at
-    an instant before `now`. Pure and deterministic."""
+    """The demo requests (request id, rollup record) of the DAYS days before `today`, each at
+    an instant before `now`. Pure and deterministic. Today is left to real traffic: the mock
+    provider's usage reports hold only what it served, so `gatewayctl reconcile --day <today>`
+    after a few requests compares like with like (past demo days reconcile against nothing)."""
     rng = random.Random(27)
     out: list[tuple[str, UsageRecord]] = []
     callers: list[tuple[tuple[str, tuple[str, ...], str], str | None]] = [(p, None) for p in PEOPLE]
     callers.append((SERVICE, SERVICE[0]))
-    for back in range(DAYS - 1, -1, -1):
+    for back in range(DAYS, 0, -1):
         day = today - dt.timedelta(days=back)
         start = day_start(day, zone)
         weekday = day.weekday() < 5
