@@ -118,13 +118,18 @@ ROW_HEADERS = (
 )
 
 
+def _dollars(usd: str) -> str:
+    """recon_output's USD text with its sign before the dollar sign: `-$0.001500`."""
+    return f"-${usd[1:]}" if usd.startswith("-") else f"${usd}"
+
+
 def cells(record: dict[str, Any]) -> list[str]:
     """A recon_output record as the table shows it: dollars, the capture rate, then each token
     kind as `gateway / provider` (and what the provider counted outside the gateway)."""
     out = [str(record["model"])]
-    out += [f"${record[k]}" for k in MONEY]
+    out += [_dollars(record[k]) for k in MONEY]
     out.append(record["capture_rate"] or "-")
-    out += [f"${record[k]}" for k in PARTS]
+    out += [_dollars(record[k]) for k in PARTS]
     for kind in TOKEN_KINDS:
         gateway = record[f"gateway_{kind}_tokens"]
         provider = record[f"provider_{kind}_tokens"]

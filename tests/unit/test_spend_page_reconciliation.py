@@ -131,7 +131,7 @@ def test_days_over_the_thresholds_are_highlighted_and_unreconciled_days_said_so(
     header = dict(zip(recon_view.ROW_HEADERS, over.rows[0], strict=True))
     assert header["gateway"] == "$0.001010" and header["provider"] == "$0.001000"
     assert header["capture"] == "99.0 %" and header["unexplained"] == "$0.000010"
-    assert header["outside"] == "$-0.000050"
+    assert header["outside"] == "-$0.000050"
     assert header["input tokens"] == "1,000 / 1,000 (+50 outside)"
     assert header["cached input tokens"] == "200 / 200"
     total = dict(zip(recon_view.ROW_HEADERS, over.rows[-1], strict=True))
