@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from gateway_extproc.config.gateway import load_config
-from tests.deploy.pod import CHART, one, render
+from tests.deploy.pod import CHART, notes, one, render
 
 VALUES: dict[str, Any] = yaml.safe_load((CHART / "ci" / "spend-page-values.yaml").read_text())
 
@@ -190,6 +190,15 @@ def test_the_page_is_reached_on_the_admin_json_port_only(
     (endpoint,) = page["load_assignment"]["endpoints"][0]["lb_endpoints"]
     address = endpoint["endpoint"]["address"]["socket_address"]
     assert (address["address"], address["port_value"]) == ("127.0.0.1", 10092)
+
+
+def test_notes_say_where_the_page_is() -> None:
+    text = notes(VALUES)
+    assert "https://spend.example.com/ui/" in text
+    assert "kubectl -n llm port-forward svc/gw-llm-gateway-admin 10091" in text
+    assert "http://127.0.0.1:10091/ui/ with Authorization: Bearer (sign-in with corp" in text
+    assert "finance, platform-admins" in text and "and the reconciliation" in text
+    assert "spend page" not in notes({"adminApi": {"enabled": True}, **ADMIN})
 
 
 def test_none_of_it_by_default() -> None:
