@@ -19,6 +19,7 @@ from gateway_extproc.budgets.store import BudgetStore
 from gateway_extproc.reconcile.compare import Comparison
 from gateway_extproc.reconcile.results import DayResult
 from gateway_extproc.reconcile.rows import Tokens
+from gateway_extproc.reconcile.settings import ReconcileSettings
 from gateway_extproc.spend import query
 from gateway_extproc.spend.query import DayRange, QueryError
 
@@ -98,14 +99,26 @@ def request_days(request: pb.GetReconciliationRequest, store: BudgetStore, now: 
     return days
 
 
+async def reconciled(
+    request: pb.GetReconciliationRequest,
+    settings: ReconcileSettings,
+    store: BudgetStore,
+    now: float,
+) -> tuple[list[DayResult], list[tuple[str, dt.date]]]:
+    """The stored results a GetReconciliation request asks for, and the (provider, day) pairs
+    never reconciled: what GetReconciliation answers and the spend page shows. Raises
+    AdminError, QueryError, BudgetStoreError."""
+    providers = chosen_providers(settings, list(request.providers))
+    return await stored(store, providers, request_days(request, store, now))
+
+
 async def get_reconciliation(
     request: pb.GetReconciliationRequest,
     ctx: ReconcileContext,
     store: BudgetStore,
     now: float,
 ) -> pb.GetReconciliationResponse:
-    providers = chosen_providers(ctx.config.reconcile, list(request.providers))
-    results, missing = await stored(store, providers, request_days(request, store, now))
+    results, missing = await reconciled(request, ctx.config.reconcile, store, now)
     return pb.GetReconciliationResponse(
         days=[day_pb(r) for r in results],
         missing=[f"{p} {d.isoformat()}" for p, d in missing],

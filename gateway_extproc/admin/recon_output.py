@@ -25,12 +25,16 @@ TABLE_COLUMNS = (
     "rounding_usd",
     "unexplained_usd",
 )
-_KINDS = ("input", "cached_input", "cache_write", "cache_write_1h", "output")
+TOKEN_KINDS = ("input", "cached_input", "cache_write", "cache_write_1h", "output")
 CSV_COLUMNS = (
     *TABLE_COLUMNS[:3],
     "gateway_requests",
     "provider_requests",
-    *(f"{side}_{kind}_tokens" for side in ("gateway", "provider", "outside") for kind in _KINDS),
+    *(
+        f"{side}_{kind}_tokens"
+        for side in ("gateway", "provider", "outside")
+        for kind in TOKEN_KINDS
+    ),
     "gateway_cost_micros",
     "estimated_cost_micros",
     "provider_cost_micros",
@@ -55,7 +59,7 @@ def row_record(day: pb.ReconciliationDay, row: pb.ReconciliationRow) -> dict[str
         ("provider", row.provider_tokens),
         ("outside", row.outside_tokens),
     ):
-        for kind in _KINDS:
+        for kind in TOKEN_KINDS:
             record[f"{side}_{kind}_tokens"] = getattr(tokens, kind)
     return record | {
         "gateway_cost_micros": row.gateway_cost_micros,

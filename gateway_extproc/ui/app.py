@@ -1,6 +1,6 @@
 """The spend page's HTTP handlers (aiohttp), served by sidecar worker 0 behind Envoy's admin JSON
-listener: `/ui/` (spend), `/ui/budgets`, their `.csv` exports, the sign-in (`/ui/login`,
-`/ui/callback`), `/ui/logout` (POST) and `/ui/static/`.
+listener: `/ui/` (spend), `/ui/budgets`, `/ui/reconciliation` (admins), their `.csv` exports,
+the sign-in (`/ui/login`, `/ui/callback`), `/ui/logout` (POST) and `/ui/static/`.
 
 Every answer carries a strict Content-Security-Policy (scripts from the page's own origin only,
 no inline script, nothing framed) and `no-store`, except the static files, which are named by
@@ -10,6 +10,7 @@ unexpected is a 500 with a request id, its details in the log only.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import hmac
 import importlib.resources
@@ -17,17 +18,19 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlencode, urlsplit
 
 import jinja2
 from aiohttp import web
 
+from gateway_extproc.admin import recon_api
+from gateway_extproc.admin.budget_api import AdminError
 from gateway_extproc.budgets.overrides import Overrides
 from gateway_extproc.budgets.results import BudgetStoreError
 from gateway_extproc.spend.query import QueryError
-from gateway_extproc.ui import demo, pages, views
+from gateway_extproc.ui import demo, pages, recon_view, views
 from gateway_extproc.ui.auth import SESSION_COOKIE, Refused, from_bearer, from_session
 from gateway_extproc.ui.sessions import LoginState, Sessions, new_id
 from gateway_extproc.ui.signin import SignIn, SignInError, verify_id_token
@@ -38,6 +41,7 @@ if TYPE_CHECKING:
     from gateway_extproc.budgets.model import BudgetConfig
     from gateway_extproc.budgets.store import BudgetStore
     from gateway_extproc.identity.authenticator import Authenticator
+    from gateway_extproc.reconcile.settings import ReconcileSettings
     from gateway_extproc.ui.settings import SpendPageConfig
 
 log = logging.getLogger("gateway.ui")
@@ -58,6 +62,8 @@ class PageConfig(Protocol):
     def spend_page(self) -> SpendPageConfig: ...
     @property
     def budgets(self) -> Sequence[BudgetConfig]: ...
+    @property
+    def reconcile(self) -> ReconcileSettings: ...
 
 
 class PageContext(Protocol):
@@ -109,6 +115,8 @@ class Page:
         app.router.add_get("/ui/spend.csv", self._spend_csv)
         app.router.add_get("/ui/budgets", self._budgets)
         app.router.add_get("/ui/budgets.csv", self._budgets_csv)
+        app.router.add_get(recon_view.PATH, self._reconciliation)
+        app.router.add_get(recon_view.PATH + ".csv", self._reconciliation_csv)
         app.router.add_get("/ui/login", self._login)
         app.router.add_get("/ui/callback", self._callback)
         app.router.add_post("/ui/logout", self._logout)
@@ -123,10 +131,14 @@ class Page:
     ) -> web.StreamResponse:
         try:
             response = await handler(request)
-        except web.HTTPException as exc:
-            response = exc
+        except web.HTTPException as exc:  # raised on, not returned (deprecated by aiohttp)
+            _harden(exc.headers)
+            raise
         except QueryError as exc:
             response = self._message(request, 400, "Bad view", str(exc))
+        except AdminError as exc:  # reconciliation not configured, or an unknown provider
+            status = 404 if exc.code == "FAILED_PRECONDITION" else 400
+            response = self._message(request, status, "Reconciliation", str(exc))
         except BudgetStoreError as exc:
             log.error("spend page: %s", exc)
             response = self._message(request, 503, "Unavailable", "the budget store is unavailable")
@@ -141,13 +153,7 @@ class Page:
             response = self._message(
                 request, 500, "Something went wrong", f"internal error (request id {request_id})"
             )
-        response.headers.setdefault("content-security-policy", CSP)
-        response.headers.setdefault("x-content-type-options", "nosniff")
-        # same-origin, not no-referrer: a view's URL (its filters name people) never leaves for
-        # another site, and the browser still sends the Origin the sign-out check compares
-        # (with no-referrer, Chromium sends `Origin: null` on the page's own form).
-        response.headers.setdefault("referrer-policy", "same-origin")
-        response.headers.setdefault("cache-control", "no-store")
+        _harden(response.headers)
         return response
 
     def _settings(self) -> SpendPageConfig:
@@ -167,6 +173,7 @@ class Page:
         for flag in ("signin", "bearer_only"):
             values.setdefault(flag, False)
         values.setdefault("public_url", "")
+        values.setdefault("reconcile", self._context().config.reconcile.enabled)
         body = self._templates.get_template(template).render(**values)
         return web.Response(text=body, status=status, content_type="text/html")
 
@@ -232,7 +239,7 @@ class Page:
             public_url=settings.public_url,
         )
         return web.HTTPUnauthorized(
-            body=response.body,
+            text=response.text,
             content_type=response.content_type,
             headers={"www-authenticate": 'Bearer realm="llm-gateway spend page"'},
         )
@@ -289,6 +296,50 @@ class Page:
     async def _budgets_csv(self, request: web.Request) -> web.StreamResponse:
         _, _, records = await self._budget_records(request)
         return _csv(views.budgets_csv(records, pages.BUDGET_CSV_COLUMNS), "budgets.csv")
+
+    async def _reconciled(self, request: web.Request) -> tuple[Any, Any, Any, list[Any], list[Any]]:
+        """(viewer, session, query, results, missing) for an admin; 403 for anyone else."""
+        viewer, session = await self._viewer(request)
+        if not viewer.admin:
+            response = self._message(
+                request,
+                403,
+                "Admins only",
+                "reconciliation with the providers' bills is shown to admins only "
+                "(admin_api.read_groups)",
+                viewer=viewer,
+                session=session,
+            )
+            raise web.HTTPForbidden(text=response.text, content_type=response.content_type)
+        now = self._clock()
+        today = dt.datetime.fromtimestamp(now, dt.UTC).date()
+        query = recon_view.parse_query(request.query.items(), today)
+        settings = self._context().config.reconcile
+        # GetReconciliation's own read (admin/recon_api.reconciled): the page's numbers are
+        # the admin API's numbers.
+        results, missing = await recon_api.reconciled(query.request(), settings, self._store(), now)
+        return viewer, session, query, results, missing
+
+    async def _reconciliation(self, request: web.Request) -> web.StreamResponse:
+        viewer, session, query, results, missing = await self._reconciled(request)
+        settings = self._context().config.reconcile
+        return self._html(
+            "reconciliation.html",
+            title="Reconciliation",
+            viewer=viewer,
+            session=session,
+            active="reconciliation",
+            query=query,
+            providers=[p.provider for p in settings.providers],
+            thresholds=recon_view.thresholds(settings.alert),
+            blocks=recon_view.blocks(results, missing, settings.alert),
+            headers=recon_view.ROW_HEADERS,
+            csv_link=query.link(recon_view.PATH + ".csv"),
+        )
+
+    async def _reconciliation_csv(self, request: web.Request) -> web.StreamResponse:
+        _, _, _, results, _ = await self._reconciled(request)
+        return _csv(recon_view.recon_csv(results), "reconciliation.csv")
 
     # -- sign-in ------------------------------------------------------------------------------
 
@@ -423,3 +474,14 @@ def _csv(text: str, name: str) -> web.Response:
     response = web.Response(text=text, content_type="text/csv")
     response.headers["content-disposition"] = f'attachment; filename="{name}"'
     return response
+
+
+def _harden(headers: MutableMapping[str, str]) -> None:
+    """The security headers every answer carries (docs/spend-page.md)."""
+    headers.setdefault("content-security-policy", CSP)
+    headers.setdefault("x-content-type-options", "nosniff")
+    # same-origin, not no-referrer: a view's URL (its filters name people) never leaves for
+    # another site, and the browser still sends the Origin the sign-out check compares
+    # (with no-referrer, Chromium sends `Origin: null` on the page's own form).
+    headers.setdefault("referrer-policy", "same-origin")
+    headers.setdefault("cache-control", "no-store")

@@ -44,6 +44,7 @@ def test_the_ci_matrix_covers_what_the_issue_asks() -> None:
         "hpa-off",
         "admin",
         "observability",
+        "spend-page",
     } <= set(CASES)
 
 
@@ -121,7 +122,7 @@ def test_what_each_case_adds(rendered: dict[str, list[dict[str, Any]]]) -> None:
     assert "ServiceMonitor" in kinds("redis-cluster") and "ServiceMonitor" not in kinds("default")
     assert "HorizontalPodAutoscaler" not in kinds("hpa-off")
     admin_cases = [c for c in CASES if "gw-llm-gateway-admin" in services(rendered[c])]
-    assert sorted(admin_cases) == ["admin", "admin-tls"]
+    assert sorted(admin_cases) == ["admin", "admin-tls", "spend-page"]
     deployment = one(rendered["hpa-off"], "Deployment")
     assert deployment["spec"]["replicas"] == 3
     assert "replicas" not in one(rendered["default"], "Deployment")["spec"]  # the HPA owns it

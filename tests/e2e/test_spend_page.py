@@ -4,13 +4,17 @@ form (authorization code + PKCE), the own view against the admin view, filters, 
 equal to GetSpend (through the admin API) and to the audit log's sums after real SDK requests,
 logout, forged and expired cookies, and sign-ins that go wrong - with httpx, and in a real browser
 (Debian's chromium through Playwright: sign-in at the IdP's form, the filter form, drill-down, the
-CSV download against the audit sums, sign-out, a phone-sized own view; screenshots saved as test
-artefacts). One stack for the file."""
+CSV download against the audit sums, the reconciliation view, sign-out, a phone-sized own view;
+screenshots saved as test artefacts). The reconciliation view (admins only) after a real
+RunReconciliation against the mock's reports: its CSV equals GetReconciliation's answer through
+the admin API's JSON route, a day over the alert thresholds is highlighted, a person gets 403.
+One stack for the file."""
 
 from __future__ import annotations
 
 import asyncio
 import csv
+import datetime as dt
 import html
 import io
 import re
@@ -25,8 +29,11 @@ import httpx
 import openai
 import pytest
 import redis.asyncio
+from google.protobuf import json_format
 from playwright.sync_api import Page as PwPage
 
+from gateway_extproc.admin._generated.gateway.admin.v1 import admin_pb2 as pb
+from gateway_extproc.admin.recon_output import render_reconciliation
 from gateway_extproc.budgets.store import BudgetStore
 from gateway_extproc.catalog.pricing import format_usd
 from gateway_extproc.identity.model import AuthMethod, Identity, Kind
@@ -65,6 +72,11 @@ budgets:
     limit_usd: 10
     window: {{type: calendar, period: month}}
     action: block
+reconcile:
+  providers:
+    openai: {{base_url: mock, projects: [proj_default]}}
+    anthropic: {{base_url: mock, workspaces: [default]}}
+  alert: {{outside_usd_per_day: 0}}
 """
 
 
@@ -168,6 +180,42 @@ def traffic(site: Site) -> list[str]:
     return ids
 
 
+@pytest.fixture(scope="module")
+def reconciled(site: Site, traffic: list[str]) -> str:
+    """Today (UTC) reconciled by RunReconciliation through the admin API's JSON route, after the
+    rollups hold the traffic and the mock's reports carry a leaked key's Anthropic spend outside
+    the gateway's workspace (over `outside_usd_per_day: 0`). Returns the day."""
+    day = dt.datetime.now(dt.UTC).date().isoformat()
+    with site.bearer(site.admin_token()) as admin:
+        expected = audit_sums(site, traffic, "model")
+        eventually(
+            lambda: csv_sums(admin.get("/ui/spend.csv?by=model").text, "model") == expected,
+            what="the rollups to hold the traffic before reconciling",
+        )
+        assert site.stack.mock_url is not None
+        leaked = httpx.post(
+            site.stack.mock_url.removesuffix("/v1") + "/_mock/reports/served",
+            json={
+                "provider": "anthropic",
+                "day": day,
+                "model": "claude-haiku-4-5-20251001",
+                "api_key": "sk-ant-api03-leaked",
+                "project": "wrkspc_shadow",
+                "tokens": {"input_tokens": 1000, "output_tokens": 100},
+            },
+            timeout=10,
+        )
+        assert leaked.status_code == 200, leaked.text
+        run = admin.post(
+            "/gateway.admin.v1.ReconciliationService/RunReconciliation",
+            json={"day": day, "reason": "spend page test"},
+            timeout=120,
+        )
+        assert run.status_code == 200, run.text
+        assert {d["provider"] for d in run.json()["days"]} == {"openai", "anthropic"}
+    return day
+
+
 def rows(text: str) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(text)))
 
@@ -226,6 +274,62 @@ def test_a_data_plane_token_sees_only_its_own_spend(site: Site, traffic: list[st
         assert widened.status_code == 200
         assert [r["user"] for r in rows(widened.text)] == [ADA.email]
         assert "your own view" in curl.get("/ui/").text
+
+
+# -- reconciliation (admins only) -------------------------------------------------------------
+
+
+def test_reconciliation_csv_equals_getreconciliation(
+    site: Site, traffic: list[str], reconciled: str
+) -> None:
+    day = dt.date.fromisoformat(reconciled)
+    # Today only: worker 0's schedule reconciles yesterday and the days before it meanwhile.
+    since, until = reconciled, (day + dt.timedelta(days=1)).isoformat()
+    with site.bearer(site.admin_token()) as admin:
+        exported = admin.get(f"/ui/reconciliation.csv?since={since}&until={until}")
+        assert exported.status_code == 200, exported.text
+        assert exported.headers["content-type"].startswith("text/csv")
+        api = admin.post(
+            "/gateway.admin.v1.ReconciliationService/GetReconciliation",
+            json={"dates": {"since": since, "until": until}},
+        )
+        assert api.status_code == 200, api.text
+        answer = json_format.ParseDict(api.json(), pb.GetReconciliationResponse())
+        assert exported.text == render_reconciliation(answer.days, answer.missing, "csv") + "\n"
+        totals = {r["provider"]: r for r in rows(exported.text) if r["model"] == "*"}
+        assert set(totals) == {"openai", "anthropic"}
+        by_provider: dict[str, int] = defaultdict(int)  # what the audit log says was charged
+        for rec in site.audit.records():
+            if rec.get("request_id") in traffic and rec["usage_source"] != "none":
+                by_provider[rec["provider"]] += rec["cost_micros"]
+        assert {p: int(r["gateway_cost_micros"]) for p, r in totals.items()} == by_provider
+        assert int(totals["anthropic"]["outside_cost_micros"]) > 0  # the leaked key's spend
+        assert int(totals["openai"]["outside_cost_micros"]) == 0
+
+        page = admin.get(f"/ui/reconciliation?since={since}&until={until}")
+        assert page.status_code == 200 and "root@example.com · admin view" in page.text
+        over = re.search(
+            rf'<tbody class="day over" data-provider="anthropic" data-day="{reconciled}">',
+            page.text,
+        )
+        assert over is not None, page.text  # over outside_usd_per_day: highlighted
+        assert f'<tbody class="day" data-provider="openai" data-day="{reconciled}">' in page.text
+        old = day - dt.timedelta(days=20)  # before any day the schedule reconciles
+        never = admin.get(f"/ui/reconciliation?since={old}&until={old + dt.timedelta(days=1)}")
+        assert f'data-day="{old}"' in never.text and "never reconciled" in never.text
+
+
+def test_a_person_cannot_see_the_reconciliation(site: Site, reconciled: str) -> None:
+    token = site.idp.access_token(site.idp.users[ADA.email], "cli")
+    with site.bearer(token) as curl:
+        assert "/ui/reconciliation" not in curl.get("/ui/").text  # no nav link
+        for path in ("/ui/reconciliation", "/ui/reconciliation.csv"):
+            answer = curl.get(f"{path}?since={reconciled}&until=2999-01-01")
+            assert answer.status_code == 403, answer.text
+            assert "claude" not in answer.text and "gpt" not in answer.text
+    with site.browser() as me:
+        site.sign_in(me, GRACE)
+        assert me.get("/ui/reconciliation").status_code == 403
 
 
 # -- sign-in, views, logout --------------------------------------------------------------------
@@ -366,7 +470,7 @@ def browser_sign_in(site: Site, page: PwPage, user: IdpUser) -> None:
 
 
 def test_in_a_browser_sign_in_filter_drill_down_and_export_csv(
-    site: Site, traffic: list[str], page: PwPage
+    site: Site, traffic: list[str], reconciled: str, page: PwPage
 ) -> None:
     browser_sign_in(site, page, ROOT)
     assert "root@example.com · admin view" in page.inner_text("header")
@@ -395,6 +499,19 @@ def test_in_a_browser_sign_in_filter_drill_down_and_export_csv(
     page.wait_for_url("**/ui/budgets")
     assert "per-user" in page.inner_text("main")
     shot(page, "budgets")
+
+    page.click("header nav a:text-is('Reconciliation')")  # admins only: the nav link
+    page.wait_for_url("**/ui/reconciliation")
+    page.fill("input[name=since]", reconciled)  # the form: today, which the run reconciled
+    next_day = dt.date.fromisoformat(reconciled) + dt.timedelta(days=1)
+    page.fill("input[name=until]", next_day.isoformat())
+    page.click("form.controls button")
+    page.wait_for_url(f"**/ui/reconciliation?since={reconciled}*")
+    flagged = page.locator("table.recon tbody.over .alert").all_inner_texts()
+    assert [t.split(" $")[0] for t in flagged] == ["outside"], flagged  # anthropic's leaked key
+    totals = page.locator("table.recon tr.total td:first-child").all_inner_texts()
+    assert [t.strip() for t in totals] == ["*", "*"]  # anthropic's day and openai's
+    shot(page, "reconciliation")
     with page.expect_navigation():
         page.click("header button:text-is('Sign out')")
     assert "you are signed out" in page.inner_text("main"), page.inner_text("main")

@@ -198,7 +198,77 @@ Rendered as JSON (valid YAML) so that large integers keep their exact value.
 {{- $_ := set $store "cluster" (and (not .Values.redis.bundled.enabled) .Values.redis.external.cluster) }}
 {{- $_ := set $c "budget_store" $store }}
 {{- end }}
+{{- with .Values.spendPage }}
+{{- if .enabled }}
+{{- $page := dict "enabled" true "port" (int .port) "session_ttl_s" (int .sessionTtlSeconds) }}
+{{- with .publicUrl }}{{- $_ := set $page "public_url" . }}{{- end }}
+{{- if .oidc.issuer }}
+{{- $oidc := dict "issuer" .oidc.issuer "client_id" .oidc.clientId "scopes" .oidc.scopes }}
+{{- with .oidc.discoveryUrl }}{{- $_ := set $oidc "discovery_url" . }}{{- end }}
+{{- if .oidc.clientSecret.existingSecret }}{{- $_ := set $oidc "client_secret_env" "SPEND_PAGE_CLIENT_SECRET" }}{{- end }}
+{{- $_ := set $page "oidc" $oidc }}
+{{- end }}
+{{- $_ := set $c "spend_page" $page }}
+{{- end }}
+{{- end }}
+{{- with .Values.login }}
+{{- if .issuer }}
+{{- $login := dict "issuer" .issuer "client_id" .clientId "scopes" .scopes "token" .token }}
+{{- with .discoveryUrl }}{{- $_ := set $login "discovery_url" . }}{{- end }}
+{{- with .audience }}{{- $_ := set $login "audience" . }}{{- end }}
+{{- $_ := set $c "login" $login }}
+{{- end }}
+{{- end }}
+{{- with .Values.reconcile }}
+{{- if .providers }}
+{{- $providers := dict }}
+{{- range $name, $p := .providers }}
+{{- $r := dict "admin_key_env" (include "llm-gateway.adminKeyEnv" $name) }}
+{{- with $p.projects }}{{- $_ := set $r "projects" . }}{{- end }}
+{{- with $p.workspaces }}{{- $_ := set $r "workspaces" . }}{{- end }}
+{{- with $p.apiKeyIds }}{{- $_ := set $r "api_key_ids" . }}{{- end }}
+{{- with $p.baseUrl }}{{- $_ := set $r "base_url" . }}{{- end }}
+{{- $_ := set $providers $name $r }}
+{{- end }}
+{{- $alert := dict }}
+{{- range $key, $as := dict "unexplainedPct" "unexplained_pct" "unexplainedUsdPerDay" "unexplained_usd_per_day" "outsideUsdPerDay" "outside_usd_per_day" }}
+{{- $v := get $.Values.reconcile.alert $key }}
+{{- if and (not (kindIs "invalid" $v)) (ne (toString $v) "") }}{{- $_ := set $alert $as (toString $v) }}{{- end }}
+{{- end }}
+{{- with .alert.webhook }}{{- $_ := set $alert "webhook" . }}{{- end }}
+{{- $recon := dict "providers" $providers "schedule" .schedule "rerun_days" (int .rerunDays) }}
+{{- if $alert }}{{- $_ := set $recon "alert" $alert }}{{- end }}
+{{- $_ := set $c "reconcile" $recon }}
+{{- end }}
+{{- end }}
 {{- toPrettyJson $c }}
+{{- end }}
+
+{{/* The variable a reconciled provider's admin key is given to worker 0 in (the gateway's
+default for that provider: OPENAI_ADMIN_KEY, ANTHROPIC_ADMIN_KEY). */}}
+{{- define "llm-gateway.adminKeyEnv" -}}
+{{- printf "%s_ADMIN_KEY" (upper .) }}
+{{- end }}
+
+{{/* Worker 0's own secrets (it alone serves the spend page and runs reconciliations): the page's
+client secret and the providers' admin keys, by reference only. */}}
+{{- define "llm-gateway.worker0Env" -}}
+{{- with .Values.spendPage }}
+{{- if and .enabled .oidc.issuer .oidc.clientSecret.existingSecret }}
+- name: SPEND_PAGE_CLIENT_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ .oidc.clientSecret.existingSecret }}
+      key: {{ .oidc.clientSecret.key }}
+{{- end }}
+{{- end }}
+{{- range $name, $p := .Values.reconcile.providers }}
+- name: {{ include "llm-gateway.adminKeyEnv" $name }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $p.adminKey.existingSecret }}
+      key: {{ default "admin-key" $p.adminKey.key }}
+{{- end }}
 {{- end }}
 
 {{/* The admin API's own credentials and TLS (admin/auth.py, admin/tls.py), set on the
@@ -319,6 +389,43 @@ sidecars. */}}
 {{- end }}
 {{- if and $admin.tls.clientCASecret (not $admin.tls.enabled) }}
 {{- fail "adminApi.tls.clientCASecret: client certificates need adminApi.tls.enabled: true" }}
+{{- end }}
+{{- range $k, $by := dict "spend_page" "spendPage" "login" "login" "reconcile" "reconcile" }}
+{{- if hasKey $cfg $k }}
+{{- fail (printf "config.%s: set by the chart from %s; remove it from config" $k $by) }}
+{{- end }}
+{{- end }}
+{{- $page := .Values.spendPage }}
+{{- if $page.enabled }}
+{{- if not (and $admin.enabled $admin.httpPort) }}
+{{- fail "spendPage.enabled: needs adminApi.enabled and adminApi.httpPort (the page is served through the admin API's JSON listener, with its authorisation)" }}
+{{- end }}
+{{- $taken := dict (toString (int .Values.envoy.port)) "envoy.port" (toString (int .Values.envoy.opsPort)) "envoy.opsPort" (toString (int .Values.envoy.adminPort)) "envoy.adminPort" (toString (int $admin.port)) "adminApi.port" (toString (int $admin.httpPort)) "adminApi.httpPort" }}
+{{- range $i, $_ := until (int .Values.sidecar.workers) }}
+{{- $_ := set $taken (toString (add (int $.Values.sidecar.port) $i)) (printf "sidecar.port + %d (worker %d)" $i $i) }}
+{{- $_ := set $taken (toString (add (int $.Values.metrics.port) $i)) (printf "metrics.port + %d (worker %d's /metrics)" $i $i) }}
+{{- end }}
+{{- if hasKey $taken (toString (int $page.port)) }}
+{{- fail (printf "spendPage.port: %d is already used by %s" (int $page.port) (get $taken (toString (int $page.port)))) }}
+{{- end }}
+{{- if and $page.oidc.issuer (not $page.publicUrl) }}
+{{- fail "spendPage.publicUrl: required with spendPage.oidc.issuer (the IdP redirects to <publicUrl>/ui/callback)" }}
+{{- end }}
+{{- if and $page.oidc.issuer (not $page.oidc.clientId) }}
+{{- fail "spendPage.oidc.clientId: required with spendPage.oidc.issuer" }}
+{{- end }}
+{{- end }}
+{{- if and .Values.login.issuer (not .Values.login.clientId) }}
+{{- fail "login.clientId: required with login.issuer" }}
+{{- end }}
+{{- if .Values.reconcile.providers }}
+{{- if not $admin.enabled }}
+{{- fail "reconcile.providers: needs adminApi.enabled (worker 0 runs the reconciliations and serves their results)" }}
+{{- end }}
+{{- $zone := get (default dict $cfg.spend) "timezone" }}
+{{- if and $zone (ne (toString $zone) "UTC") }}
+{{- fail (printf "reconcile.providers: the providers bill by UTC day, so the rollups must be kept in UTC days (config.spend.timezone is %s)" $zone) }}
+{{- end }}
 {{- end }}
 {{- $journal := .Values.sidecar.journal }}
 {{- if not (or $journal.persistence.enabled $journal.acceptLossOnPodReplacement) }}
