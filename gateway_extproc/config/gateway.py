@@ -35,11 +35,11 @@ from gateway_extproc.config.document import (
 )
 from gateway_extproc.config.fallback import (
     FallbackConfig,
-    parse_fallback,
     with_pools,
     with_suffixes,
     with_variants,
 )
+from gateway_extproc.config.fallback_settings import parse_fallback
 from gateway_extproc.config.identity import parse_identity_section, with_dev_issuer
 from gateway_extproc.config.limits import Limits, parse_limits
 from gateway_extproc.config.login import LoginConfig, parse_login
