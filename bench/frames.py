@@ -74,7 +74,7 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
             _G + "handoff.py",
             _G + "extproc/",
             _G + "request/",
-            _G + "runtime.py",
+            _G + "runtime/",
             _G + "envoy/",
             _G + "apis.py",
             _G + "errors.py",

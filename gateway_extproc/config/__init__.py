@@ -1,8 +1,10 @@
 """The gateway's configuration: parsed once, every problem reported with its path.
 
-* `gateway` - `GatewayConfig`, the whole file (each concern's section parsed by its own
-  `settings` module); `default_config.yaml` - the built-in defaults;
-* `reader` - typed readers of a mapping; `providers`, `metering` - those sections;
+* `gateway` - `GatewayConfig`, the whole file, assembled from its sections (each concern's
+  `settings` module parses its own) and checked across them;
+* `document` - the built-in defaults (`default_config.yaml`) with the operator's file merged over;
+* `reader` - typed readers of a mapping; `limits`, `providers`, `catalog`, `identity` (the dev
+  issuer's keys), `metering`, `login`, `fallback` (with `outlier`), `keys` - those sections;
 * `upstreams` - providers resolved into addresses, TLS and credentials;
 * `namespaces` - the static-token / JWT-service cross-check.
 """

@@ -87,6 +87,24 @@ SERVICE_TIERS = ("default", "priority", "flex", "scale")
 _AUTH_KEYS = {"header", "prefix", "env", "file"}
 
 
+def parse_providers(
+    r: Reader, doc: object, environ: Mapping[str, str]
+) -> dict[str, ProviderConfig]:
+    """The value of the `providers` key: at least one provider, each validated."""
+    providers: dict[str, ProviderConfig] = {}
+    if not isinstance(doc, Mapping) or not doc:
+        r.problems.append("providers: must name at least one provider")
+        return providers
+    for name, pdoc in doc.items():
+        if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
+            r.problems.append(f"providers.{name}: name must be letters, digits, - and _")
+            continue
+        provider = parse_provider(r, name, pdoc, environ)
+        if provider is not None:
+            providers[name] = provider
+    return providers
+
+
 def parse_provider(
     r: Reader, name: str, doc: object, environ: Mapping[str, str] | None = None
 ) -> ProviderConfig | None:

@@ -49,10 +49,11 @@ class Upstream:
     signer: BedrockSigner | None = dataclasses.field(default=None, repr=False)
     azure: AzureSettings | None = None  # Azure OpenAI: its paths and deployments
     # Entra ID: `Authorization: Bearer` from this source instead of `auth_header`/`auth_value`,
-    # attached by the sidecar (runtime.py), which keeps it across reloads.
+    # attached by the sidecar (runtime/context.py), which keeps it across reloads.
     token: TokenSource | None = dataclasses.field(default=None, repr=False, compare=False)
     # Vertex AI: its settings, the project its paths name, and (not mocked) the source of its
-    # OAuth2 access tokens, attached by the sidecar (runtime.py) once the credentials are read.
+    # OAuth2 access tokens, attached by the sidecar (runtime/context.py) once the credentials
+    # are read.
     vertex: VertexSettings | None = None
     project: str | None = None
     tokens: VertexTokens | None = dataclasses.field(default=None, compare=False, repr=False)

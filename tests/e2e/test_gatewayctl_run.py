@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -66,23 +67,47 @@ def check_run_secrets(run_dir: Path) -> None:
     assert token not in Stack(run_dir).sidecar_secrets.values()
 
 
+def local_config_on_free_ports(path: Path) -> tuple[int, int]:
+    """config/local.yaml's content written to `path` with every listener it fixes (Envoy's
+    admin 9901, the admin API 10090, its JSON listener 10091, the spend page 10092, the dev IdP
+    10094) moved to a free port, and the URLs naming them (spend_page.public_url, the dev IdP's
+    discovery URLs) rewritten to match: a `make run` left running holds the fixed ones. The
+    gateway's own port comes from GATEWAY_PORT. Returns (admin JSON port, dev IdP port)."""
+    doc = yaml.safe_load((REPO / "config" / "local.yaml").read_text())
+    with socket.socket() as one, socket.socket() as two:  # both bound at once: two ports
+        one.bind(("127.0.0.1", 0))
+        two.bind(("127.0.0.1", 0))
+        admin_http, idp = one.getsockname()[1], two.getsockname()[1]
+    discovery = f"http://127.0.0.1:{idp}/.well-known/openid-configuration"
+    doc["listener"] = {**doc.get("listener", {}), "admin_port": 0}
+    doc["identity"]["dev_idp_port"] = idp
+    doc["admin_api"].update(port=0, http_port=admin_http)
+    doc["spend_page"].update(port=0, public_url=f"http://127.0.0.1:{admin_http}")
+    doc["spend_page"]["oidc"]["discovery_url"] = discovery
+    doc["login"]["discovery_url"] = discovery
+    text = yaml.safe_dump(doc, sort_keys=False)
+    # A fixed port local.yaml names later (a URL, a key) needs rewriting here too.
+    assert not re.search(r"\b(9901|100\d\d)\b", text), text
+    path.write_text(text)
+    return admin_http, idp
+
+
 def test_run_serves_the_mock_writes_audit_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.endswith("_API_KEY") and not k.startswith("OTEL_")
+        if not k.endswith("_API_KEY")
+        and not k.startswith("OTEL_")
+        and k != "GATEWAY_DEV_IDP_PORT"  # the config's port, below
     }
     env.update(
         GATEWAY_PORT="0",
-        GATEWAY_DEV_IDP_PORT="0",  # 10094 by default; this machine runs other stacks
         GATEWAY_AUDIT_LOG=str(tmp_path / "audit.jsonl"),
         PYTHONUNBUFFERED="1",
     )
+    # config/local.yaml is what `make run` uses, on ports a `make run` beside it leaves free.
     config = tmp_path / "gateway.yaml"
-    # config/local.yaml is what `make run` uses; 9901 may be taken on this machine.
-    config.write_text(
-        (REPO / "config" / "local.yaml").read_text() + "\nlistener: {admin_port: 0}\n"
-    )
+    admin_http, idp_port = local_config_on_free_ports(config)
     stderr_path = tmp_path / "stderr.log"
     with stderr_path.open("wb") as stderr:
         proc = subprocess.Popen(
@@ -118,9 +143,21 @@ def test_run_serves_the_mock_writes_audit_and_ctrl_c_stops_everything(tmp_path: 
             assert "traces    off" in stderr_path.read_text()  # no OTEL_* exporter configured
             # The development IdP beside the dev issuer (config/local.yaml turns it on).
             idp = re.search(r"dev IdP +(http://127\.0\.0\.1:\d+) ", stderr_path.read_text())
-            assert idp is not None
+            assert idp is not None and idp.group(1) == f"http://127.0.0.1:{idp_port}"
             discovery = httpx.get(f"{idp.group(1)}/.well-known/openid-configuration", timeout=5)
             assert discovery.json()["token_endpoint"] == f"{idp.group(1)}/token"
+            # The spend page on this run's admin JSON listener signs in with this run's dev IdP
+            # (not with whatever else holds local.yaml's ports), and `gatewayctl login` is told
+            # the same IdP.
+            page = f"http://127.0.0.1:{admin_http}"
+            assert f"spend     {page}/ui/" in stderr_path.read_text()
+            signin = httpx.get(f"{page}/ui/login", timeout=10)
+            assert signin.status_code == 302, signin.text
+            authorize = urlsplit(signin.headers["location"])
+            assert f"{authorize.scheme}://{authorize.netloc}" == idp.group(1)
+            assert parse_qs(authorize.query)["redirect_uri"] == [f"{page}/ui/callback"]
+            published = httpx.get(f"{gateway}/.well-known/llm-gateway", timeout=5).text
+            assert f"{idp.group(1)}/.well-known/openid-configuration" in published
             check_run_secrets(tmp_path / "run")
             # The README's demo: mint a token from the local development issuer.
             token = subprocess.run(
@@ -171,4 +208,4 @@ def test_run_serves_the_mock_writes_audit_and_ctrl_c_stops_everything(tmp_path: 
     assert mine[0]["identity"]["user"] == "alice@example.com"
     assert mine[0]["identity"]["issuer"] == "dev" and mine[0]["identity"]["groups"] == ["eng"]
     assert not _port_open(gateway) and not _port_open(admin.group(1))
-    assert not _port_open(idp.group(1))
+    assert not _port_open(idp.group(1)) and not _port_open(page)

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from gateway_extproc import runtime as runtime_module
 from gateway_extproc.extproc.context import GatewayContext
 from gateway_extproc.observability.telemetry import Telemetry
 from gateway_extproc.runtime import Runtime, build_context
+from gateway_extproc.runtime import reload as runtime_module  # where Runtime looks them up
 from tests.sidecar_secrets import ENV as SIDECAR_ENV
 
 MOCK = "http://127.0.0.1:9/v1"

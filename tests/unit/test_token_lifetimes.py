@@ -1,4 +1,4 @@
-"""Provider token sources across reloads and at shutdown (runtime.py): a reload that keeps a
+"""Provider token sources across reloads and at shutdown (runtime/): a reload that keeps a
 provider's Entra ID settings (providers/azure/entra.py) or Vertex credentials
 (providers/vertex/tokens.py) keeps its source (cached token, backoff, credential, refresher);
 a source no configuration uses any more is closed (a Vertex refresher stopped) once the last

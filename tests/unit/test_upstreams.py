@@ -46,7 +46,7 @@ def test_credentials_from_the_environment(default_config: GatewayConfig) -> None
         "GOOGLE_APPLICATION_CREDENTIALS": GOOGLE_CREDENTIALS,
     }
     ups = resolve_upstreams(default_config, environ, MOCK)
-    vertex = ups["vertex"]  # its token comes from google-auth at run time (runtime.py)
+    vertex = ups["vertex"]  # its token comes from google-auth at run time (runtime/context.py)
     assert (vertex.host, vertex.tls, vertex.mocked, vertex.auth_value) == (
         "aiplatform.googleapis.com",
         True,

@@ -32,7 +32,7 @@ from gateway_extproc.providers.vertex.tokens import (
     TokenSources,
 )
 from gateway_extproc.request import route
-from gateway_extproc.runtime import _attach_vertex_tokens
+from gateway_extproc.runtime.context import _attach_vertex_tokens
 
 T0 = 1_900_000_000.0  # a fixed "now"
 HOUR = 3600.0
