@@ -143,7 +143,8 @@ class Harness:
         self.endpoint = endpoint
         self.tag = uuid.uuid4().hex[:10]
         self.clients: list[Redis] = []
-        self.gates: list[tuple[BudgetGate, RedisEndpoint]] = []
+        self.gates: list[BudgetGate] = []
+        self._endpoints: dict[int, RedisEndpoint] = {}  # id(gate) -> its Redis, if not ours
 
     def client(self, endpoint: RedisEndpoint | None = None) -> Redis:
         ep = endpoint or self.endpoint
@@ -179,15 +180,17 @@ class Harness:
             clock=clock or Clock(),
         )
         await gate.start()
-        self.gates.append((gate, endpoint or self.endpoint))
+        self.gates.append(gate)
+        if endpoint is not None:
+            self._endpoints[id(gate)] = endpoint
         return gate
 
     async def close(self) -> None:
         """Let each gate's background settles land, where they can: one whose Redis is gone
         (never there, or stopped by the test) has none that can, and waiting for them would
         only run out drain()'s 5 s."""
-        for gate, endpoint in self.gates:
-            if await _answers(endpoint):
+        for gate in self.gates:
+            if await _answers(self._endpoints.get(id(gate), self.endpoint)):
                 await gate.drain()
         for client in self.clients:
             await client.aclose()
