@@ -18,7 +18,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(SkipPolicy(ALLOWED_SKIPS), "skip-policy")
     if not hasattr(config, "workerinput"):  # once a run, before the xdist workers start
         # The gateway's bytecode, written now: with PYTHONDONTWRITEBYTECODE set (CI, these
-        # machines) Python never keeps what it compiles, and the suite starts hundreds of
+        # machines) Python never keeps what it compiles, and the suite starts over a hundred
         # processes that import the package (sidecar workers, the mock, gatewayctl). Up-to-date
         # files are skipped; the dependencies' bytecode is compiled at install
         # (scripts/locked_install.py).
