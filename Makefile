@@ -43,7 +43,7 @@ run: $(STAMP)
 	$(BIN)/gatewayctl run --config $(CONFIG)
 
 # Test files run in parallel, a whole file per pytest-xdist worker (each file's stacks stay in
-# one process). Most of the end-to-end time is waiting (a 3-minute stream, drains, deferred
+# one process). Most of the end-to-end time is waiting (long streams, drains, deferred
 # closes), so two workers on two cores halve the run (TEST_WORKERS=0 runs serially).
 TEST_WORKERS ?= 2
 

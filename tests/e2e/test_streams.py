@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from gateway_extproc.stack import Stack
-from tests.e2e.conftest import start_stack
+from tests.e2e.conftest import start_stack, static_tokens_yaml
 from tests.e2e.harness import AuditLog, MockLog, eventually, expected_cost_micros
 from tests.e2e.worst_case import input_bound, release
 
@@ -120,43 +120,92 @@ def test_omitted_usage_is_charged_its_bound(
     assert rec["usage_source"] == "bound" and rec["tokens"]["output_tokens"] == 100  # max_tokens
 
 
-def test_a_three_minute_stream_is_not_cut(oai: openai.OpenAI, audit: AuditLog) -> None:
-    """Envoy's default 15 s route timeout would end this with a 504 after 15 s."""
-    headers = {"x-mock-output-tokens": "61", "x-mock-chunk-delay-ms": "3000"}
-    started = time.monotonic()
-    with oai.chat.completions.with_streaming_response.create(
-        model="gpt-4o-mini", messages=MESSAGES, stream=True, extra_headers=headers, timeout=400
-    ) as response:
-        rid = response.headers["x-gateway-request-id"]
-        chunks = list(response.parse())
-    assert time.monotonic() - started >= 180
-    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert len(text.split()) == 61
-    rec = audit.wait_for(rid)
-    assert rec["completed"] is True and rec["usage_source"] == "provider"
-    assert rec["tokens"]["output_tokens"] == 61
+# The stack whose timers a long stream crosses, each lowered from its default to seconds, so that
+# one stream of LONG_STREAM_S crosses them all - and Envoy's own 15 s default route timeout, which
+# the generated routes switch off: no configuration lowers that one, a stream can only outlast it.
+IDLE_S = 2  # limits.stream_idle_timeout_s (default 600): the silence allowed between chunks
+CONNECTION_IDLE_S = 2  # limits.connection_idle_timeout_s (default 75)
+REQUEST_S = 3  # limits.request_timeout_s (default 300)
+LEASE_S = 5  # budget_store.lease_s (default 120; 5 is the smallest allowed)
+ENVOY_ROUTE_TIMEOUT_S = 15  # Envoy's default route `timeout` (the generated routes set "0s")
+LONG_STREAM_S = ENVOY_ROUTE_TIMEOUT_S + 2
+CHUNK_GAP_MS = 500  # a quarter of IDLE_S: the stream is never idle
 
 
 @pytest.fixture(scope="module")
-def impatient_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    run_dir = tmp_path_factory.mktemp("impatient")
+def short_limits(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    run_dir = tmp_path_factory.mktemp("short-limits")
     config = run_dir / "gateway.yaml"
-    config.write_text("limits:\n  stream_idle_timeout_s: 2\nidentity:\n  allow_anonymous: true\n")
+    config.write_text(
+        f"identity:\n  allow_anonymous: true\n  static_tokens:\n{static_tokens_yaml()}"
+        "limits:\n"
+        f"  stream_idle_timeout_s: {IDLE_S}\n"
+        f"  connection_idle_timeout_s: {CONNECTION_IDLE_S}\n"
+        f"  request_timeout_s: {REQUEST_S}\n"
+        # A reaper that looks often: a lease that ran out is charged within half a second.
+        f"budget_store: {{lease_s: {LEASE_S}, reap_interval_s: 0.5}}\n"
+        "budgets:\n"
+        "  - name: everyone\n"
+        "    scope: {kind: global}\n"
+        "    limit_usd: 1000\n"
+        "    window: {type: calendar, period: month}\n"
+        "    action: block\n"
+    )
     s = start_stack(run_dir, config_path=config)
     yield s
     s.stop()
 
 
-def test_idle_streams_are_still_cut(impatient_stack: Stack) -> None:
+def test_a_stream_longer_than_every_timer_is_not_cut(short_limits: Stack) -> None:
+    """A stream of LONG_STREAM_S (a chunk every CHUNK_GAP_MS) runs to its end and is metered
+    from the provider's usage, in exactly one audit record. It outlasts every timer on its path
+    that could end or charge it early, each lowered from its default on this stack
+    (tests/unit/test_long_stream_limits.py pins the generated defaults):
+    - Envoy's default route timeout, 15 s: the generated routes set `timeout: 0s` (else a 504
+      at 15 s - the one default no configuration lowers, so the stream is just past it);
+    - `stream_idle_timeout_s` (the listener's and the route's idle timeout) times the silence
+      between chunks, never the stream's length;
+    - `connection_idle_timeout_s` never closes a connection with a request in flight;
+    - `request_timeout_s` ends once the request has gone upstream;
+    - `ext_proc_message_timeout_ms` (5 s) bounds one ext_proc message, not the observer's stream;
+    - the budget reservation's lease (`lease_s`): the sidecar renews it while the response runs;
+      a lease left to run out is reaped mid-stream - charged and audited by the reaper, a second
+      record for the request.
+    This stream replaced a 3-minute one on the default stack, which had no budget (so no lease)
+    and crossed, of the defaults above, only the route timeout."""
+    tokens = LONG_STREAM_S * 1000 // CHUNK_GAP_MS + 1  # the first event comes at once
+    headers = {"x-mock-output-tokens": str(tokens), "x-mock-chunk-delay-ms": str(CHUNK_GAP_MS)}
+    client = openai.OpenAI(
+        base_url=short_limits.gateway_url + "/v1", api_key="client-key", max_retries=0
+    )
+    started = time.monotonic()
+    with (
+        client,
+        client.chat.completions.with_streaming_response.create(
+            model="gpt-4o-mini", messages=MESSAGES, stream=True, extra_headers=headers, timeout=60
+        ) as response,
+    ):
+        rid = response.headers["x-gateway-request-id"]
+        chunks = list(response.parse())
+    assert time.monotonic() - started >= LONG_STREAM_S
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert len(text.split()) == tokens
+    rec = AuditLog(short_limits.run_dir / "audit.jsonl").wait_for(rid)
+    assert rec["completed"] is True and rec["usage_source"] == "provider"
+    assert rec["tokens"]["output_tokens"] == tokens
+    assert rec["budget"]["decision"] == "admitted"  # it held a reservation, and so a lease
+
+
+def test_idle_streams_are_still_cut(short_limits: Stack) -> None:
     body = b'{"model": "gpt-4o-mini", "stream": true, "messages": []}'
     # The mock writes the first event, then waits 5 s before each next one; the stream goes idle
-    # after 2 s and is cut there, so the client gets exactly one event and then an error.
+    # after IDLE_S and is cut there, so the client gets exactly one event and then an error.
     headers = {"content-type": "application/json", "x-mock-chunk-delay-ms": "5000"}
     received = bytearray()
     with (
         httpx.stream(
             "POST",
-            impatient_stack.gateway_url + "/v1/chat/completions",
+            short_limits.gateway_url + "/v1/chat/completions",
             content=body,
             headers=headers,
             timeout=30,
@@ -166,6 +215,6 @@ def test_idle_streams_are_still_cut(impatient_stack: Stack) -> None:
         for data in r.iter_raw():
             received.extend(data)
     assert received.count(b"data: ") == 1 and received.endswith(b"\n\n")
-    audit = AuditLog(impatient_stack.run_dir / "audit.jsonl")
-    rec = _records_for(audit, lambda r: r["stream"] is True)
+    audit = AuditLog(short_limits.run_dir / "audit.jsonl")
+    rec = _records_for(audit, lambda r: r["stream"] is True and not r["completed"])
     assert rec["completed"] is False and rec["usage_source"] == "bound"
