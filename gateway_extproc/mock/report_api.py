@@ -24,14 +24,13 @@ import dataclasses
 import datetime as dt
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
 from gateway_extproc.mock.ledger import (
     TOKEN_KINDS,
     Bucket,
-    Group,
     Served,
     Switches,
     cost_lines,
@@ -69,6 +68,9 @@ _DESCRIPTION_KIND = {
     "cache_creation.ephemeral_1h_input_tokens": "Cache Write (1h)",
     "output_tokens": "Output Tokens",
 }
+
+
+K = TypeVar("K")  # the key a day's costs are summed by
 
 
 class BadQuery(ValueError):
@@ -201,117 +203,42 @@ def _iso(day: dt.date) -> str:
     return f"{day.isoformat()}T00:00:00Z"
 
 
-def _dims(group: Group) -> dict[str, object]:
-    return dict(group)
-
-
-def openai_usage(entries: Sequence[Served], q: Query, switches: Switches) -> dict[str, Any]:
-    served = reported(entries, "openai", switches)
+def _usage_buckets(
+    served: Sequence[Served],
+    q: Query,
+    result: Callable[[Mapping[str, object], Mapping[str, int]], dict[str, Any]],
+) -> list[Bucket]:
+    """A bucket a day, a result per group of `q.group_by`: `result(dimensions, totals)`."""
     buckets = []
     for day in days_between(q.start, q.end):
-        results = []
-        for group, t in usage_by_group(served, day, q.group_by).items():
-            dims = _dims(group)
-            results.append(
-                {
-                    "object": "organization.usage.completions.result",
-                    "input_tokens": t["input_tokens"]
-                    + t["cached_input_tokens"]
-                    + t["cache_write_input_tokens"]
-                    + t["cache_write_1h_input_tokens"],
-                    "output_tokens": t["output_tokens"],
-                    "input_cached_tokens": t["cached_input_tokens"],
-                    "input_audio_tokens": 0,
-                    "output_audio_tokens": 0,
-                    "num_model_requests": t["requests"],
-                    "project_id": dims.get("project_id"),
-                    "user_id": None,
-                    "api_key_id": dims.get("api_key_id"),
-                    "model": dims.get("model"),
-                    "batch": False if "batch" in q.group_by else None,
-                    "service_tier": "default" if "service_tier" in q.group_by else None,
-                }
-            )
-        buckets.append(Bucket(day, results))
-
-    def render(b: Bucket) -> dict[str, Any]:
-        return {
-            "object": "bucket",
-            "start_time": _ts(b.day),
-            "end_time": _ts(b.day + dt.timedelta(days=1)),
-            "results": b.results,
-        }
-
-    return {"object": "page", **_page(buckets, q, switches, render)}
+        groups = usage_by_group(served, day, q.group_by)
+        buckets.append(Bucket(day, [result(dict(g), t) for g, t in groups.items()]))
+    return buckets
 
 
-def _usd_number(value: Decimal) -> orjson.Fragment:
-    """An exact decimal as a JSON number (no float on the way)."""
-    return orjson.Fragment(format(value.normalize(), "f").encode())
-
-
-def openai_costs(entries: Sequence[Served], q: Query, switches: Switches) -> dict[str, Any]:
-    served = reported(entries, "openai", switches)
-    buckets = []
-    for day in days_between(q.start, q.end):
-        sums: dict[tuple[object, object], Decimal] = {}
-        for e in served:
-            if e.day != day:
+def _day_costs(
+    served: Sequence[Served], day: dt.date, switches: Switches, key: Callable[[Served, str], K]
+) -> dict[K, Decimal]:
+    """`day`'s exact USD summed by `key(entry, token kind)`, over the kinds an entry used."""
+    sums: dict[K, Decimal] = {}
+    for e in served:
+        if e.day != day:
+            continue
+        for kind, usd in cost_lines(e, switches).items():
+            if not e.tokens.get(kind):
                 continue
-            for kind, usd in cost_lines(e, switches).items():
-                if not e.tokens.get(kind):
-                    continue
-                line = f"{e.model}, {OPENAI_LINE_KIND[kind]}" if "line_item" in q.group_by else None
-                project = e.project if "project_id" in q.group_by else None
-                sums[(project, line)] = sums.get((project, line), Decimal(0)) + usd
-        results = [
-            {
-                "object": "organization.costs.result",
-                "amount": {"value": _usd_number(usd), "currency": "usd"},
-                "line_item": line,
-                "project_id": project,
-            }
-            for (project, line), usd in sums.items()
-        ]
-        buckets.append(Bucket(day, results))
-
-    def render(b: Bucket) -> dict[str, Any]:
-        return {
-            "object": "bucket",
-            "start_time": _ts(b.day),
-            "end_time": _ts(b.day + dt.timedelta(days=1)),
-            "results": b.results,
-        }
-
-    return {"object": "page", **_page(buckets, q, switches, render)}
+            k = key(e, kind)
+            sums[k] = sums.get(k, Decimal(0)) + usd
+    return sums
 
 
-def anthropic_usage(entries: Sequence[Served], q: Query, switches: Switches) -> dict[str, Any]:
-    served = reported(entries, "anthropic", switches)
-    buckets = []
-    for day in days_between(q.start, q.end):
-        results = []
-        for group, t in usage_by_group(served, day, q.group_by).items():
-            dims = _dims(group)
-            results.append(
-                {
-                    "uncached_input_tokens": t["input_tokens"],
-                    "cache_creation": {
-                        "ephemeral_1h_input_tokens": t["cache_write_1h_input_tokens"],
-                        "ephemeral_5m_input_tokens": t["cache_write_input_tokens"],
-                    },
-                    "cache_read_input_tokens": t["cached_input_tokens"],
-                    "output_tokens": t["output_tokens"],
-                    "server_tool_use": {"web_search_requests": 0},
-                    "api_key_id": dims.get("api_key_id"),
-                    "workspace_id": dims.get("workspace_id"),
-                    "model": dims.get("model"),
-                    "service_tier": "standard" if "service_tier" in q.group_by else None,
-                    "context_window": "0-200k" if "context_window" in q.group_by else None,
-                }
-            )
-        buckets.append(Bucket(day, results))
-    return _page(buckets, q, switches, _anthropic_bucket)
+def _openai_bucket(b: Bucket) -> dict[str, Any]:
+    return {
+        "object": "bucket",
+        "start_time": _ts(b.day),
+        "end_time": _ts(b.day + dt.timedelta(days=1)),
+        "results": b.results,
+    }
 
 
 def _anthropic_bucket(b: Bucket) -> dict[str, Any]:
@@ -322,25 +249,95 @@ def _anthropic_bucket(b: Bucket) -> dict[str, Any]:
     }
 
 
+def openai_usage(entries: Sequence[Served], q: Query, switches: Switches) -> dict[str, Any]:
+    def result(dims: Mapping[str, object], t: Mapping[str, int]) -> dict[str, Any]:
+        return {
+            "object": "organization.usage.completions.result",
+            "input_tokens": t["input_tokens"]
+            + t["cached_input_tokens"]
+            + t["cache_write_input_tokens"]
+            + t["cache_write_1h_input_tokens"],
+            "output_tokens": t["output_tokens"],
+            "input_cached_tokens": t["cached_input_tokens"],
+            "input_audio_tokens": 0,
+            "output_audio_tokens": 0,
+            "num_model_requests": t["requests"],
+            "project_id": dims.get("project_id"),
+            "user_id": None,
+            "api_key_id": dims.get("api_key_id"),
+            "model": dims.get("model"),
+            "batch": False if "batch" in q.group_by else None,
+            "service_tier": "default" if "service_tier" in q.group_by else None,
+        }
+
+    buckets = _usage_buckets(reported(entries, "openai", switches), q, result)
+    return {"object": "page", **_page(buckets, q, switches, _openai_bucket)}
+
+
+def _usd_number(value: Decimal) -> orjson.Fragment:
+    """An exact decimal as a JSON number (no float on the way)."""
+    return orjson.Fragment(format(value.normalize(), "f").encode())
+
+
+def openai_costs(entries: Sequence[Served], q: Query, switches: Switches) -> dict[str, Any]:
+    served = reported(entries, "openai", switches)
+
+    def key(e: Served, kind: str) -> tuple[str | None, str | None]:
+        project = e.project if "project_id" in q.group_by else None
+        line = f"{e.model}, {OPENAI_LINE_KIND[kind]}" if "line_item" in q.group_by else None
+        return project, line
+
+    buckets = []
+    for day in days_between(q.start, q.end):
+        results: list[dict[str, Any]] = [
+            {
+                "object": "organization.costs.result",
+                "amount": {"value": _usd_number(usd), "currency": "usd"},
+                "line_item": line,
+                "project_id": project,
+            }
+            for (project, line), usd in _day_costs(served, day, switches, key).items()
+        ]
+        buckets.append(Bucket(day, results))
+    return {"object": "page", **_page(buckets, q, switches, _openai_bucket)}
+
+
+def anthropic_usage(entries: Sequence[Served], q: Query, switches: Switches) -> dict[str, Any]:
+    def result(dims: Mapping[str, object], t: Mapping[str, int]) -> dict[str, Any]:
+        return {
+            "uncached_input_tokens": t["input_tokens"],
+            "cache_creation": {
+                "ephemeral_1h_input_tokens": t["cache_write_1h_input_tokens"],
+                "ephemeral_5m_input_tokens": t["cache_write_input_tokens"],
+            },
+            "cache_read_input_tokens": t["cached_input_tokens"],
+            "output_tokens": t["output_tokens"],
+            "server_tool_use": {"web_search_requests": 0},
+            "api_key_id": dims.get("api_key_id"),
+            "workspace_id": dims.get("workspace_id"),
+            "model": dims.get("model"),
+            "service_tier": "standard" if "service_tier" in q.group_by else None,
+            "context_window": "0-200k" if "context_window" in q.group_by else None,
+        }
+
+    buckets = _usage_buckets(reported(entries, "anthropic", switches), q, result)
+    return _page(buckets, q, switches, _anthropic_bucket)
+
+
 def anthropic_costs(entries: Sequence[Served], q: Query, switches: Switches) -> dict[str, Any]:
     served = reported(entries, "anthropic", switches)
     described = "description" in q.group_by
+
+    def key(e: Served, kind: str) -> tuple[str | None, str | None, str | None]:
+        workspace = e.project if "workspace_id" in q.group_by else None
+        model = e.model if described else None
+        token_type = ANTHROPIC_TOKEN_TYPE[kind] if described else None
+        return workspace, model, token_type
+
     buckets = []
     for day in days_between(q.start, q.end):
-        sums: dict[tuple[str | None, str | None, str | None], Decimal] = {}
-        for e in served:
-            if e.day != day:
-                continue
-            for kind, usd in cost_lines(e, switches).items():
-                if not e.tokens.get(kind):
-                    continue
-                workspace = e.project if "workspace_id" in q.group_by else None
-                model = e.model if described else None
-                token_type = ANTHROPIC_TOKEN_TYPE[kind] if described else None
-                key = (workspace, model, token_type)
-                sums[key] = sums.get(key, Decimal(0)) + usd
         results: list[dict[str, Any]] = []
-        for (workspace, model, token_type), usd in sums.items():
+        for (workspace, model, token_type), usd in _day_costs(served, day, switches, key).items():
             cents = usd * 100
             results.append(
                 {
