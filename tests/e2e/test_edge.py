@@ -136,6 +136,16 @@ def test_silent_connections_beyond_the_cap_do_not_lock_out_a_client(edge_stack: 
     listener is full, and it closes the silent ones when the first-byte timeout runs out: a real
     SDK request then gets through. Before this, they were held for Envoy's 1 h idle timeout."""
     listener = "listener.127.0.0.1_0."  # the gateway listener's stats (bound to port 0)
+
+    def active() -> int:
+        stats = envoy_stats(edge_stack, listener + "downstream_(pre_cx_active|cx_active)")
+        return (
+            stats[listener + "downstream_pre_cx_active"] + stats[listener + "downstream_cx_active"]
+        )
+
+    # Start from an empty listener: a connection left by an earlier client (the stack's own
+    # readiness requests) would take a slot of the cap and count as accepted.
+    eventually(lambda: active() == 0, timeout=IDLE_S + 15, what="no earlier connection left")
     refused_before = envoy_stats(edge_stack, listener + "downstream_cx_overflow")
     opened = time.monotonic()
     silent = [socket.create_connection(address(edge_stack)) for _ in range(CAP + 8)]
@@ -155,10 +165,17 @@ def test_silent_connections_beyond_the_cap_do_not_lock_out_a_client(edge_stack: 
             counted["refused"] = stats[listener + "downstream_cx_overflow"] - sum(
                 refused_before.values()
             )
-            return counted["accepted"] + counted["refused"] >= CAP + 8
+            return counted == {"accepted": CAP, "refused": 8}
 
-        eventually(all_counted, timeout=FIRST_BYTE_S, what="Envoy taking every connection")
-        assert counted == {"accepted": CAP, "refused": 8}
+        # Envoy's admin reads the gauges and the overflow counter one after another while its
+        # workers change them: one fresh-clone run read 13 accepted and 7 refused (a refused
+        # connection not yet off the accepted gauge, or its overflow not yet counted), which the
+        # old "all counted" test (accepted + refused >= CAP + 8) took as final. Wait for the
+        # settled counts; over-acceptance that lasts still fails here, with the last count.
+        try:
+            eventually(all_counted, timeout=FIRST_BYTE_S - 1, what="Envoy's settled counts")
+        except AssertionError as exc:
+            raise AssertionError(f"counted {counted}, want {CAP} accepted, 8 refused") from exc
         eventually(
             lambda: all(closed_by_peer(s) for s in silent),
             timeout=FIRST_BYTE_S + 30,
