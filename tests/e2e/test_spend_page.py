@@ -55,6 +55,7 @@ identity:
       issuer: {issuer}
       audiences: [llm-gateway]
       jwks_url: {jwks}
+      claims: {{attributes: {{cost_center: org.cost_center}}}}
 admin_api: {{enabled: true}}
 spend_page:
   enabled: true
@@ -378,6 +379,8 @@ def test_admin_sees_everyone_filters_and_drills_down(site: Site, traffic: list[s
         view = boss.get("/ui/?by=group")
         assert view.status_code == 200 and "root@example.com · admin view" in view.text
         assert "Top spenders" in view.text
+        # the "Group by" menu offers the attribute the issuer's claim mapping produces
+        assert "<option>attribute:cost_center</option>" in view.text
         drill = re.search(r'<a href="(/ui/\?by=user[^"]*group=eng[^"]*)">eng</a>', view.text)
         assert drill is not None, view.text
         link = html.unescape(drill[1])
