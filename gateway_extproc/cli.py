@@ -7,13 +7,65 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from gateway_extproc.admin.cli import add_admin_commands, budgets_command
 from gateway_extproc.errors import ConfigError
-from gateway_extproc.identity.devissuer import add_token_command
-from gateway_extproc.login.commands import add_login_commands, print_mode
+
+
+def _register_login(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from gateway_extproc.identity.devissuer import add_token_command
+    from gateway_extproc.login.commands import add_login_commands, print_mode
+
+    add_login_commands(sub, add_token_command(sub, modes=print_mode))
+
+
+def _register_admin(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from gateway_extproc.admin.cli import add_admin_commands
+
+    add_admin_commands(sub)
+
+
+# Subcommands whose modules are slow to import (the admin clients: grpc, the protobufs, redis;
+# tokens and login: httpx, authlib, cryptography), by group: a group's modules are imported and
+# its commands registered only when the command line names one of them, so `gatewayctl token
+# --print` (Claude Code's apiKeyHelper, run again and again) never imports the admin client.
+# Any other group's commands get a parser with their one-line help alone: what `gatewayctl
+# --help` lists (tests/unit/test_cli_lazy.py holds these lines equal to the real parsers').
+LAZY_GROUPS = (
+    (
+        _register_login,
+        {
+            "token": "print a development JWT signed by the local dev issuer",
+            "login": "sign in with the gateway's IdP (device code) and store the tokens",
+            "logout": "revoke the stored refresh token at the IdP and forget the tokens",
+            "env": "print the OpenAI/Anthropic SDK variables for the gateway, with a fresh token",
+        },
+    ),
+    (
+        _register_admin,
+        {
+            "spend": "spend report from the admin API",
+            "reconcile": "reconcile a UTC day with the providers' bills now (--show: stored "
+            "results only)",
+            "budgets": "budget status; `budgets override|top-up|overrides ...` change them",
+        },
+    ),
+)
+
+
+def register_lazy(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], argv: Sequence[str]
+) -> None:
+    """Every group in LAZY_GROUPS: registered for real when `argv` names one of its commands,
+    else by name and help only."""
+    named = argv[0] if argv else None
+    for register, commands in LAZY_GROUPS:
+        if named in commands:
+            register(sub)
+        else:
+            for name, line in commands.items():
+                sub.add_parser(name, help=line, add_help=False)
 
 
 def _config_path(value: str | None) -> Path | None:
@@ -234,7 +286,8 @@ def cmd_drain_envoy(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+    """The command line's parser, with the lazy group `argv` names (if any) registered for real."""
     parser = argparse.ArgumentParser(prog="gatewayctl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser(
@@ -304,10 +357,16 @@ def main(argv: list[str] | None = None) -> int:
         "keys (exit status 2 naming each missing one)",
     )
     check.set_defaults(func=cmd_check)
-    add_login_commands(sub, add_token_command(sub, modes=print_mode))
-    add_admin_commands(sub)
+    register_lazy(sub, argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv)
     if argv[:1] == ["budgets"]:
+        from gateway_extproc.admin.cli import budgets_command
+
         # Its own parser takes everything after the word, options first included (argparse's
         # REMAINDER leaves a leading -h or --format to the top-level parser, which refuses it).
         args = argparse.Namespace(rest=argv[1:], func=budgets_command)

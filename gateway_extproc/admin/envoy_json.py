@@ -67,10 +67,11 @@ def _downstream_tls(tls: AdminTls) -> dict[str, Any]:
 
 def page_routes() -> list[dict[str, Any]]:
     """`/ui/...` to the spend page (streamed CSVs: no route timeout cut below a minute), and
-    `/` to `/ui/`."""
+    `/` to `/ui/` with a 302 (Envoy's default 301 is cached by browsers for good, so `/` would
+    stay a redirect after the page is turned off or moved)."""
     return [
         {"match": {"prefix": "/ui"}, "route": {"cluster": PAGE_CLUSTER, "timeout": "60s"}},
-        {"match": {"path": "/"}, "redirect": {"path_redirect": "/ui/"}},
+        {"match": {"path": "/"}, "redirect": {"path_redirect": "/ui/", "response_code": "FOUND"}},
     ]
 
 

@@ -16,7 +16,7 @@ from gateway_extproc.budgets.model import BudgetConfig
 from gateway_extproc.budgets.overrides import Overrides
 from gateway_extproc.budgets.store import BudgetStore
 from gateway_extproc.catalog.pricing import format_usd
-from gateway_extproc.spend.query import KINDS, NONE
+from gateway_extproc.spend.query import NONE
 from gateway_extproc.ui import views
 from gateway_extproc.ui.access import Viewer, own_scope_values
 from gateway_extproc.ui.views import SpendQuery
@@ -62,8 +62,14 @@ async def spend(
 
 
 async def spend_context(
-    store: BudgetStore, query: SpendQuery, viewer: Viewer, now: float
+    store: BudgetStore,
+    query: SpendQuery,
+    viewer: Viewer,
+    now: float,
+    attributes: Sequence[str] = (),
 ) -> dict[str, Any]:
+    """The spend view's values; `attributes` the verified attribute names the configuration
+    can produce (views.attribute_names), offered in the "Group by" menu."""
     held, response = await spend(store, query, viewer, now)
     per_day = await spend_api.get_spend(views.request(held, ["day"]), store, now)
     extras = _extras(response)
@@ -94,7 +100,7 @@ async def spend_context(
             "days": [d.isoformat() for d in days],
             "cost_micros": [by_day.get(d.isoformat(), 0) for d in days],
         },
-        "dimensions": [k for k in KINDS if k != "day"] + ["day"],
+        "dimensions": views.dimensions(attributes, held.by),
         "filters": [
             (dim, value, held.without(dim, value).link())
             for dim, value in held.filters

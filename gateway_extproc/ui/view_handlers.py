@@ -25,7 +25,8 @@ class ViewHandlers:
         viewer, session = await shell.viewer(request)
         query = views.parse_query(request.query.items())
         store = shell.store()
-        values = await pages.spend_context(store, query, viewer, shell.clock())
+        attributes = views.attribute_names(shell.context().authenticator.config)
+        values = await pages.spend_context(store, query, viewer, shell.clock(), attributes)
         return shell.html(
             "spend.html",
             title="Spend",

@@ -25,7 +25,8 @@ from urllib.parse import urlencode
 from gateway_extproc.admin._generated.gateway.admin.v1 import admin_pb2 as pb
 from gateway_extproc.admin.output import SPEND_COLUMNS, render, spend_records
 from gateway_extproc.catalog.pricing import format_usd
-from gateway_extproc.spend.query import WINDOWS, QueryError, parse_dimension
+from gateway_extproc.identity.model import IdentityConfig
+from gateway_extproc.spend.query import KINDS, WINDOWS, QueryError, parse_dimension
 
 RESERVED = ("by", "window", "since", "until")
 # Drill-down: a clicked row's value becomes a filter and the next dimension not yet filtered
@@ -95,6 +96,25 @@ def parse_query(params: Iterable[tuple[str, str]]) -> SpendQuery:
     if since is None and window is None:
         window = "month"
     return SpendQuery(by, None if since else window, since, until, tuple(filters))
+
+
+def attribute_names(identity: IdentityConfig) -> list[str]:
+    """The verified attributes requests can carry under this identity configuration: the names
+    of every issuer's claim mapping (`claims.attributes`) and every static token's attributes.
+    (The client metadata header's attributes are unverified and never reach the rollups.)"""
+    names = {name for issuer in identity.issuers for name in issuer.claims.attributes}
+    names |= {name for token in identity.static_tokens for name in token.attributes}
+    return sorted(names)
+
+
+def dimensions(attributes: Iterable[str], by: str) -> list[str]:
+    """The "Group by" menu: GetSpend's dimensions, `attribute:NAME` for each attribute the
+    configuration can produce, then day; the view's own `by` too when only its link names it
+    (an attribute a past configuration produced), so the form keeps it."""
+    out = [k for k in KINDS if k != "day"] + [f"attribute:{name}" for name in attributes]
+    if by not in out and by != "day":
+        out.append(by)
+    return [*out, "day"]
 
 
 def held_to(query: SpendQuery, own: tuple[str, str] | None) -> SpendQuery:

@@ -55,6 +55,7 @@ identity:
       issuer: {issuer}
       audiences: [llm-gateway]
       jwks_url: {jwks}
+      claims: {{attributes: {{cost_center: org.cost_center}}}}
 admin_api: {{enabled: true}}
 spend_page:
   enabled: true
@@ -378,6 +379,8 @@ def test_admin_sees_everyone_filters_and_drills_down(site: Site, traffic: list[s
         view = boss.get("/ui/?by=group")
         assert view.status_code == 200 and "root@example.com · admin view" in view.text
         assert "Top spenders" in view.text
+        # the "Group by" menu offers the attribute the issuer's claim mapping produces
+        assert "<option>attribute:cost_center</option>" in view.text
         drill = re.search(r'<a href="(/ui/\?by=user[^"]*group=eng[^"]*)">eng</a>', view.text)
         assert drill is not None, view.text
         link = html.unescape(drill[1])
@@ -447,7 +450,8 @@ def test_sign_ins_that_go_wrong_get_a_clear_page(site: Site) -> None:
 
 def test_root_redirects_and_static_files_are_cached(site: Site) -> None:
     root = httpx.get(site.base + "/", timeout=10)
-    assert root.status_code in (301, 302) and root.headers["location"].endswith("/ui/")
+    # a 302: a 301 would be cached by browsers for good
+    assert root.status_code == 302 and root.headers["location"].endswith("/ui/")
     script = httpx.get(site.base + "/ui/static/uplot/uPlot.iife.min.js", timeout=10)
     assert script.status_code == 200 and "immutable" in script.headers["cache-control"]
     assert script.headers["content-type"].startswith("text/javascript")

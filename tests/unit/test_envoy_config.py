@@ -669,6 +669,27 @@ def test_admin_api_json_listener(tmp_path: Path) -> None:
     _validate(tmp_path, b)
 
 
+def test_the_page_root_redirect_is_temporary(tmp_path: Path) -> None:
+    """With the spend page on, the JSON listener sends `/` to `/ui/` with a 302, never Envoy's
+    default 301 (browsers cache that for good); Envoy accepts it."""
+    cfg = load_config(None, {})
+    cfg = dataclasses.replace(
+        cfg,
+        admin_api=dataclasses.replace(cfg.admin_api, enabled=True),
+        spend_page=dataclasses.replace(cfg.spend_page, enabled=True),
+    )
+    ports = dataclasses.replace(
+        PORTS, admin_api_port=10090, admin_api_http_port=10091, spend_page_port=10093
+    )
+    b = build(cfg, ports, resolve_upstreams(cfg, {}, MOCK).values(), CA_FILE, ACCESS)
+    json_listener = b["static_resources"]["listeners"][1]
+    (manager,) = json_listener["filter_chains"][0]["filters"]
+    routes = manager["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+    (root,) = [r for r in routes if r["match"].get("path") == "/"]
+    assert root["redirect"] == {"path_redirect": "/ui/", "response_code": "FOUND"}
+    _validate(tmp_path, b)
+
+
 @pytest.mark.parametrize("mutual", [False, True])
 def test_admin_api_json_listener_over_tls(tmp_path: Path, mutual: bool) -> None:
     """With admin_api.tls, the JSON listener serves the admin certificate (asking for a client

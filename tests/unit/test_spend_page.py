@@ -1,10 +1,12 @@
 """The spend page's pure parts: a view's query, the own view's forced filter, drill-down links,
 the forecast, the CSV columns, who gets the admin view, which budgets cover a person, and the
-`spend_page:` section's problems."""
+`spend_page:` section's problems, and the attributes the "Group by" menu offers (under `make run`'s
+configuration too)."""
 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -20,12 +22,22 @@ from gateway_extproc.budgets.model import (
     Scope,
     ScopeKind,
 )
-from gateway_extproc.identity.model import AuthMethod, Identity, IdentityConfig, IssuerConfig, Kind
+from gateway_extproc.identity.model import (
+    AuthMethod,
+    ClaimMapping,
+    Identity,
+    IdentityConfig,
+    IssuerConfig,
+    Kind,
+    StaticToken,
+)
+from gateway_extproc.runtime import DEV_ATTRIBUTES, build_context, close_context
 from gateway_extproc.spend.query import QueryError
 from gateway_extproc.ui import views
 from gateway_extproc.ui.access import Source, may_admin, own_scope_values, viewer
 from gateway_extproc.ui.settings import page_problems, parse_spend_page
 from gateway_extproc.ui.views import SpendQuery
+from tests.sidecar_secrets import ENV as SIDECAR_ENV
 
 ADA = Identity(
     kind=Kind.USER,
@@ -119,6 +131,56 @@ def test_the_own_view_cannot_be_widened_by_parameters() -> None:
         dataclasses.replace(ADA, groups=frozenset({"gateway-admins"})), Source.SESSION, ADMIN
     )
     assert views.held_to(asked, boss.own_filter) == asked
+
+
+def test_group_by_offers_the_attributes_the_configuration_produces() -> None:
+    def issuer(name: str, **attributes: str) -> IssuerConfig:
+        claims = ClaimMapping(attributes=attributes)
+        return IssuerConfig(name, f"https://{name}", ("gw",), ("RS256",), claims=claims)
+
+    identity = IdentityConfig(
+        issuers=(issuer("corp", team="org.team", cost_center="cc"), issuer("ci")),
+        static_tokens=(
+            StaticToken("bot", b"x" * 32, attributes={"cost_center": "42", "env": "prod"}),
+            StaticToken("plain", b"y" * 32),
+        ),
+    )
+    names = views.attribute_names(identity)
+    assert names == ["cost_center", "env", "team"]  # each once, sorted
+    assert views.attribute_names(IdentityConfig()) == []
+    fixed = ["user", "group", "service", "static_token", "model", "provider"]
+    assert views.dimensions(names, "user") == [
+        *fixed,
+        "attribute:cost_center",
+        "attribute:env",
+        "attribute:team",
+        "day",
+    ]
+    assert views.dimensions([], "day") == [*fixed, "day"]
+    # an attribute only the link names (a past configuration's) stays in the menu, selected
+    assert views.dimensions(names[:1], "attribute:region") == [
+        *fixed,
+        "attribute:cost_center",
+        "attribute:region",
+        "day",
+    ]
+    # every option is a dimension GetSpend takes
+    for dim in views.dimensions(names, "user"):
+        assert views.parse_query([("by", dim)]).by == dim
+
+
+async def test_make_runs_menu_offers_the_dev_issuers_attributes(tmp_path: Path) -> None:
+    """What the page reads (the data-plane authenticator's configuration) under config/local.yaml
+    holds the development issuer's attributes (`gatewayctl token --attr`)."""
+    env = {"GATEWAY_RUN_DIR": str(tmp_path), "GATEWAY_ALLOW_DEV_ISSUER": "1", **SIDECAR_ENV}
+    local = Path(__file__).parents[2] / "config" / "local.yaml"
+    ctx = build_context(local, env, "http://127.0.0.1:9/v1")
+    try:
+        names = views.attribute_names(ctx.authenticator.config)
+        assert names == sorted(DEV_ATTRIBUTES)
+        assert "attribute:cost_center" in views.dimensions(names, "user")  # the demo's attribute
+    finally:
+        await close_context(ctx)
 
 
 def test_request_carries_the_range() -> None:
