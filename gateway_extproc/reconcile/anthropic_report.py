@@ -21,7 +21,7 @@ from decimal import Decimal
 from typing import Any
 
 from gateway_extproc.reconcile.money import cents
-from gateway_extproc.reconcile.openai_report import ReportShapeError
+from gateway_extproc.reconcile.openai_report import ReportShapeError, token_count
 from gateway_extproc.reconcile.rows import KeyUsage, Tokens
 
 USAGE_PATH = "/v1/organizations/usage_report/messages"
@@ -77,13 +77,6 @@ def results(page: Any, day: dt.date) -> Iterable[Mapping[str, Any]]:
             yield result
 
 
-def _count(doc: Mapping[str, Any], name: str) -> int:
-    value = doc.get(name) or 0
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ReportShapeError(f"{name}: {value!r} is not a token count")
-    return value
-
-
 def usage_entries(page: Any, day: dt.date) -> list[tuple[str, str | None, KeyUsage]]:
     out = []
     for r in results(page, day):
@@ -91,11 +84,11 @@ def usage_entries(page: Any, day: dt.date) -> list[tuple[str, str | None, KeyUsa
         if not isinstance(creation, dict):
             raise ReportShapeError("cache_creation: not an object")
         tokens = Tokens(
-            input=_count(r, "uncached_input_tokens"),
-            cached_input=_count(r, "cache_read_input_tokens"),
-            cache_write=_count(creation, "ephemeral_5m_input_tokens"),
-            cache_write_1h=_count(creation, "ephemeral_1h_input_tokens"),
-            output=_count(r, "output_tokens"),
+            input=token_count(r, "uncached_input_tokens"),
+            cached_input=token_count(r, "cache_read_input_tokens"),
+            cache_write=token_count(creation, "ephemeral_5m_input_tokens"),
+            cache_write_1h=token_count(creation, "ephemeral_1h_input_tokens"),
+            output=token_count(r, "output_tokens"),
         )
         share = KeyUsage(r.get("api_key_id"), tokens, None)
         out.append((str(r.get("model") or ""), r.get("workspace_id"), share))

@@ -62,7 +62,8 @@ def results(page: Any, day: dt.date) -> Iterable[Mapping[str, Any]]:
             yield result
 
 
-def _count(result: Mapping[str, Any], name: str) -> int:
+def token_count(result: Mapping[str, Any], name: str) -> int:
+    """A result's token count `name` (absent or null: 0); anything else than a count is refused."""
     value = result.get(name) or 0
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ReportShapeError(f"{name}: {value!r} is not a token count")
@@ -73,11 +74,13 @@ def usage_entries(page: Any, day: dt.date) -> list[tuple[str, str | None, KeyUsa
     """(model, project, key share) per usage result of `day`."""
     out = []
     for r in results(page, day):
-        total, cached = _count(r, "input_tokens"), _count(r, "input_cached_tokens")
+        total, cached = token_count(r, "input_tokens"), token_count(r, "input_cached_tokens")
         tokens = Tokens(
-            input=max(total - cached, 0), cached_input=cached, output=_count(r, "output_tokens")
+            input=max(total - cached, 0),
+            cached_input=cached,
+            output=token_count(r, "output_tokens"),
         )
-        share = KeyUsage(r.get("api_key_id"), tokens, _count(r, "num_model_requests"))
+        share = KeyUsage(r.get("api_key_id"), tokens, token_count(r, "num_model_requests"))
         out.append((str(r.get("model") or ""), r.get("project_id"), share))
     return out
 
